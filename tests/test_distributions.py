@@ -1,0 +1,180 @@
+"""Invariants of the Plackett-Luce slate distribution (agents/distributions.py)."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch as th
+
+from agents.distributions import PlackettLuceDistribution
+
+
+def _all_slates(n: int, k: int) -> th.Tensor:
+    """Every ranked slate of k distinct candidates out of n: (n!/(n-k)!, k)."""
+    return th.tensor(list(itertools.permutations(range(n), k)), dtype=th.long)
+
+
+def _exact_probs(logits: th.Tensor, k: int) -> tuple[th.Tensor, th.Tensor]:
+    """Probabilities (S,) of all slates (S, k) for one row of logits (N,), by the PL formula in float64."""
+    slates = _all_slates(logits.shape[0], k)
+    dist = PlackettLuceDistribution(logits.shape[0], k).proba_distribution(
+        logits.double().expand(slates.shape[0], -1)
+    )
+    return slates, dist.log_prob(slates).exp()
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_probabilities_of_all_slates_sum_to_one(k: int) -> None:
+    gen = th.Generator().manual_seed(k)
+    for _ in range(5):
+        logits = 2.0 * th.randn(4, generator=gen)
+        _, probs = _exact_probs(logits, k)
+        assert abs(float(probs.sum()) - 1.0) < 1e-5
+        # float32 path agrees with float64
+        slates = _all_slates(4, k)
+        p32 = PlackettLuceDistribution(4, k).proba_distribution(logits.expand(slates.shape[0], -1)).log_prob(slates)
+        assert abs(float(p32.exp().sum()) - 1.0) < 1e-5
+
+
+def test_log_prob_matches_hand_computation() -> None:
+    logits = th.tensor([[0.0, 1.0, 2.0, -1.0]])
+    dist = PlackettLuceDistribution(4, 2).proba_distribution(logits)
+    e = logits[0].exp()
+    expected = (e[2] / e.sum()) * (e[0] / (e.sum() - e[2]))
+    assert th.allclose(dist.log_prob(th.tensor([[2, 0]])).exp(), expected.reshape(1), atol=1e-6)
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_sampled_frequencies_match_probabilities(k: int) -> None:
+    th.manual_seed(1234)
+    logits = th.tensor([1.0, 0.2, -0.5, 0.6])
+    slates, probs = _exact_probs(logits, k)
+    n_samples = 20_000
+    dist = PlackettLuceDistribution(4, k).proba_distribution(logits.expand(n_samples, -1))
+    samples = dist.sample()
+    codes = (samples * th.tensor([16, 4, 1][-k:])).sum(dim=1)
+    slate_codes = (slates * th.tensor([16, 4, 1][-k:])).sum(dim=1)
+    freq = (codes.unsqueeze(1) == slate_codes.unsqueeze(0)).double().mean(dim=0)
+    assert float(freq.sum()) == pytest.approx(1.0)  # no sample outside the slate set (no duplicates)
+    # 4-sigma binomial bound per slate
+    sigma = (probs * (1 - probs) / n_samples).sqrt()
+    assert bool(((freq - probs).abs() <= 4 * sigma + 1e-4).all()), (freq, probs)
+    chi2 = float(((freq - probs) ** 2 / probs).sum() * n_samples)
+    dof = slates.shape[0] - 1
+    assert chi2 < dof + 5 * (2 * dof) ** 0.5
+
+
+def test_explicit_generator_makes_sampling_reproducible() -> None:
+    logits = th.randn(64, 30)
+    a = PlackettLuceDistribution(30, 5, generator=th.Generator().manual_seed(7)).proba_distribution(logits).sample()
+    b = PlackettLuceDistribution(30, 5, generator=th.Generator().manual_seed(7)).proba_distribution(logits).sample()
+    c = PlackettLuceDistribution(30, 5, generator=th.Generator().manual_seed(8)).proba_distribution(logits).sample()
+    assert th.equal(a, b)
+    assert not th.equal(a, c)
+
+
+def test_mode_has_the_highest_log_prob() -> None:
+    gen = th.Generator().manual_seed(3)
+    for k in (2, 3):
+        logits = th.randn(1, 4, generator=gen)
+        slates = _all_slates(4, k)
+        dist = PlackettLuceDistribution(4, k).proba_distribution(logits)
+        mode = dist.mode()
+        lp_mode = dist.log_prob(mode)
+        all_lp = PlackettLuceDistribution(4, k).proba_distribution(logits.expand(slates.shape[0], -1)).log_prob(slates)
+        assert float(lp_mode) >= float(all_lp.max()) - 1e-6
+        assert th.equal(mode[0], th.argsort(logits[0], descending=True)[:k])
+
+
+def test_samples_never_repeat_a_candidate() -> None:
+    th.manual_seed(0)
+    n, k, b = 200, 20, 2000
+    # peaked logits make near-ties between a few candidates, the case a buggy sampler would duplicate
+    logits = th.zeros(b, n)
+    logits[:, :3] = 30.0
+    dist = PlackettLuceDistribution(n, k).proba_distribution(logits)
+    for _ in range(3):
+        s = dist.sample()
+        assert s.shape == (b, k) and s.dtype == th.long
+        srt = s.sort(dim=1).values
+        assert not bool((srt[:, 1:] == srt[:, :-1]).any())
+        assert bool(((s >= 0) & (s < n)).all())
+
+
+def test_masked_candidates_are_never_sampled() -> None:
+    th.manual_seed(1)
+    b, n, k = 4000, 12, 4
+    logits = th.randn(b, n) * 3.0
+    logits[:, :3] += 10.0  # the masked ones would be favourites
+    mask = th.rand(b, n) > 0.4
+    mask[:, 3 : 3 + k] = True  # at least K valid per row
+    mask[:, :3] = False
+    dist = PlackettLuceDistribution(n, k).proba_distribution(logits, mask)
+    s = dist.sample()
+    assert bool(mask.gather(1, s).all())
+    assert bool(mask.gather(1, dist.mode()).all())
+    # masked picks have zero probability; valid ones a finite log-prob
+    assert bool(th.isfinite(dist.log_prob(s)).all())
+    bad = s.clone()
+    bad[:, 0] = 0
+    assert bool(th.isneginf(dist.log_prob(bad)).all())
+
+
+def test_mask_with_too_few_valid_candidates_is_rejected() -> None:
+    mask = th.ones(3, 5, dtype=th.bool)
+    mask[1, :3] = False
+    with pytest.raises(ValueError, match="row 1"):
+        PlackettLuceDistribution(5, 3).proba_distribution(th.zeros(3, 5), mask)
+
+
+def test_float32_actions_accepted() -> None:
+    logits = th.randn(8, 6)
+    dist = PlackettLuceDistribution(6, 3).proba_distribution(logits)
+    a = dist.sample()
+    assert th.allclose(dist.log_prob(a.float()), dist.log_prob(a))
+
+
+def test_repeated_candidate_has_zero_probability() -> None:
+    dist = PlackettLuceDistribution(5, 2).proba_distribution(th.zeros(1, 5))
+    assert bool(th.isneginf(dist.log_prob(th.tensor([[1, 1]]))).all())
+
+
+def test_entropy_estimate_is_unbiased_and_differentiable() -> None:
+    th.manual_seed(5)
+    logits = th.randn(1, 4) * 1.5
+    for k in (2, 3):
+        _, probs = _exact_probs(logits[0], k)
+        exact = float(-(probs * probs.log()).sum())
+        n = 20_000
+        big = logits.expand(n, -1).clone().requires_grad_(True)
+        dist = PlackettLuceDistribution(4, k).proba_distribution(big)
+        h = dist.entropy()
+        assert h.shape == (n,)
+        assert abs(float(h.detach().mean()) - exact) < 0.02
+        h.mean().backward()
+        assert big.grad is not None and bool(th.isfinite(big.grad).all())
+        # the "mode" estimator is deterministic
+        d2 = PlackettLuceDistribution(4, k, entropy_estimator="mode").proba_distribution(logits)
+        assert th.equal(d2.entropy(), d2.entropy())
+
+
+def test_entropy_with_mask_has_finite_gradients() -> None:
+    logits = th.randn(16, 10, requires_grad=True)
+    mask = th.ones(16, 10, dtype=th.bool)
+    mask[:, :4] = False
+    dist = PlackettLuceDistribution(10, 3).proba_distribution(logits, mask)
+    (dist.entropy().sum() + dist.log_prob(dist.sample()).sum()).backward()
+    assert logits.grad is not None and bool(th.isfinite(logits.grad).all())
+    assert bool((logits.grad[:, :4] == 0).all())
+
+
+def test_params_helpers() -> None:
+    logits = th.randn(5, 7)
+    dist = PlackettLuceDistribution(7, 3)
+    actions, lp = dist.log_prob_from_params(logits)
+    assert actions.shape == (5, 3) and lp.shape == (5,)
+    assert th.allclose(lp, dist.proba_distribution(logits).log_prob(actions))
+    det = dist.actions_from_params(logits, deterministic=True)
+    assert th.equal(det, th.topk(logits, 3, dim=1).indices)
+    assert dist.proba_distribution_net(11)(th.zeros(2, 11)).shape == (2, 7)
