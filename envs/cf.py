@@ -94,7 +94,8 @@ def fit_als(
     model = AlternatingLeastSquares(
         factors=factors, regularization=regularization, iterations=iterations, random_state=seed
     )
-    with threadpool_limits(1, "blas"):
+    with threadpool_limits(1, "blas"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
         model.fit(matrix, show_progress=False)
     return MFModel(
         user_factors=np.ascontiguousarray(model.user_factors, dtype=np.float32),

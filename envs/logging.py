@@ -1,0 +1,119 @@
+"""Interaction logging: any rollout, written to Parquet, read back by the CF fit and off-policy evaluation.
+
+One row per (user, request): the user, the candidates, the shown slate (catalog ids), the ranker's log
+propensity of that slate when it is stochastic (NaN when deterministic), and the response.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from configs.loader import atomic_write_bytes
+from envs.core import StepResult
+
+LOG_COLUMNS = (
+    "population", "user", "session", "step", "candidates", "slate", "log_propensity", "click_rank", "clicked_item",
+    "purchase", "dwell", "reward",
+)
+
+
+@dataclass
+class RolloutLogger:
+    """Collects batched steps; arrays are copied, so the core's buffers can move on.
+
+    Attributes:
+        population: Name of the population the users come from.
+    """
+
+    population: str
+    _chunks: list[dict[str, np.ndarray]] = field(default_factory=list, repr=False)
+
+    def log(self, users: np.ndarray, sessions: np.ndarray, steps: np.ndarray, candidates: np.ndarray,
+            result: StepResult, log_propensity: np.ndarray | None = None, rows: np.ndarray | None = None) -> None:
+        """Record one batched step.
+
+        Args:
+            users: int (B,) population user indices.
+            sessions: int (B,) session ids (any unique numbering per user).
+            steps: int (B,) step within the session (before the step).
+            candidates: int64 (B, N) catalog ids offered.
+            result: The core's step result (``items`` is the slate as catalog ids).
+            log_propensity: float (B,) log-probability of the slate under the ranker, or ``None``.
+            rows: Only log these rows (e.g. active ones); default all.
+        """
+        sel = slice(None) if rows is None else rows
+        rank = result.click_rank[sel]
+        items = result.items[sel]
+        clicked_item = np.where(rank >= 0, items[np.arange(len(rank)), np.maximum(rank, 0)], -1)
+        lp = (np.full(len(rank), np.nan) if log_propensity is None else np.asarray(log_propensity)[sel])
+        self._chunks.append({
+            "user": np.asarray(users)[sel].copy(),
+            "session": np.asarray(sessions)[sel].copy(),
+            "step": np.asarray(steps)[sel].copy(),
+            "candidates": np.asarray(candidates)[sel].copy(),
+            "slate": items.copy(),
+            "log_propensity": lp.astype(np.float64),
+            "click_rank": rank.copy(),
+            "clicked_item": clicked_item,
+            "purchase": result.purchases[sel].any(axis=1),
+            "dwell": result.dwell[sel].sum(axis=1),
+            "reward": result.reward[sel].copy(),
+        })
+
+    def __len__(self) -> int:
+        return sum(len(c["user"]) for c in self._chunks)
+
+    def to_frame(self) -> pd.DataFrame:
+        """All logged rows as a DataFrame with :data:`LOG_COLUMNS` (list-valued ``candidates``/``slate``)."""
+        if not self._chunks:
+            return pd.DataFrame({c: [] for c in LOG_COLUMNS})
+        cat = {k: np.concatenate([c[k] for c in self._chunks]) for k in self._chunks[0]}
+        frame = pd.DataFrame({k: v for k, v in cat.items() if v.ndim == 1})
+        frame["candidates"] = list(cat["candidates"])
+        frame["slate"] = list(cat["slate"])
+        frame.insert(0, "population", self.population)
+        return frame[list(LOG_COLUMNS)]
+
+    def write_parquet(self, path: str | Path) -> Path:
+        """Write the log to Parquet atomically and return the path."""
+        return write_log(self.to_frame(), path)
+
+
+def write_log(frame: pd.DataFrame, path: str | Path) -> Path:
+    """Write a log frame to Parquet atomically (never a half-written file).
+
+    Args:
+        frame: Rows with :data:`LOG_COLUMNS`.
+        path: Destination ``.parquet`` file.
+
+    Returns:
+        The path.
+    """
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), buf)
+    atomic_write_bytes(path, buf.getvalue())
+    return Path(path)
+
+
+def read_log(path: str | Path) -> pd.DataFrame:
+    """Read a rollout log written by :func:`write_log`.
+
+    Raises:
+        FileNotFoundError: If missing.
+        ValueError: If it lacks the log columns.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"rollout log {p} does not exist")
+    frame = pq.read_table(p).to_pandas()
+    missing = [c for c in LOG_COLUMNS if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{p} is not a recfeed rollout log: missing column(s) {missing}")
+    return frame

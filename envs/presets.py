@@ -1,0 +1,311 @@
+"""Building worlds: the embedded default, the small preset, and any config; cached on disk.
+
+Building a world (``build_world``):
+1. the catalog (synthetic, or an item table) and its LLM embeddings (encoder cache: a second run encodes nothing);
+2. the train and held-out populations: persona texts → LLM semantic tastes, hidden traits;
+3. a logging phase: every user lives ``logging.sessions_per_user`` cold-start sessions under a stochastic
+   logging policy (ε-uniform + softmax over LLM similarity), logged with propensities to Parquet;
+4. the CF model (ALS) fitted on those logged clicks, the users' prior histories and pooled LLM states, and
+   the items' logged popularity.
+The result depends only on the config and the encoder identity; it is saved under a hash of both.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from configs.loader import CONFIG_DIR, from_dict, to_dict
+from configs.schema import EncoderConfig, EnvConfig
+from encoders.base import TextEncoder
+from envs import rng
+from envs.catalog import Catalog, catalog_from_items, generate_catalog, persona_texts
+from envs.cf import fit_als
+from envs.core import BatchedCore
+from envs.logging import RolloutLogger, write_log
+from envs.spaces import F_LLM
+from envs.users import Population, pool_history, sample_traits
+from envs.world import World
+
+WORLD_FORMAT = 1
+PRESET_DIR = CONFIG_DIR / "presets"
+
+
+def preset_config(name: str, overrides: dict | None = None) -> EnvConfig:
+    """The env config of a named preset (``configs/presets/<name>.yaml``), with optional overrides.
+
+    Args:
+        name: ``"default"``, ``"small"`` or another file in ``configs/presets``.
+        overrides: Nested dict of EnvConfig values applied on top.
+
+    Returns:
+        The EnvConfig.
+
+    Raises:
+        ValueError: For an unknown preset, listing the known ones.
+    """
+    import yaml
+
+    path = PRESET_DIR / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+        raise ValueError(f"unknown preset {name!r}; known presets: {known}")
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    data = _deep_merge(data, overrides or {})
+    return from_dict(EnvConfig, data, "env")
+
+
+def _deep_merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def world_key(cfg: EnvConfig, encoder_name: str) -> str:
+    """Hash of everything a world depends on (not N/K/limits of later envs: only what the build uses)."""
+    relevant = {
+        "format": WORLD_FORMAT,
+        "encoder": encoder_name,
+        "catalog": to_dict(cfg.catalog),
+        "user_model": to_dict(cfg.user_model),
+        "logging": to_dict(cfg.logging),
+        "candidates": to_dict(cfg.candidates),
+        "reward": to_dict(cfg.reward),
+        "env": {k: getattr(cfg, k) for k in ("n_candidates", "slate_size", "max_steps", "state_decay", "click_weight",
+                                             "purchase_weight")},
+    }
+    if cfg.catalog.source != "synthetic":
+        p = Path(cfg.catalog.source)
+        relevant["catalog_file"] = [str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns]
+    return hashlib.sha1(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load_catalog(cfg: EnvConfig) -> Catalog:
+    """The synthetic catalog, or the item table named by ``catalog.source``."""
+    if cfg.catalog.source == "synthetic":
+        return generate_catalog(cfg.catalog)
+    from envs.logs import read_items
+
+    return catalog_from_items(read_items(cfg.catalog.source), cfg.catalog.cf_dim, cfg.catalog.seed)
+
+
+def make_population(name: str, cfg: EnvConfig, n: int, seed: int, encoder: TextEncoder) -> Population:
+    """A synthetic population: personas encoded by the LLM, hidden traits drawn from ``seed``."""
+    texts, _ = persona_texts(n, seed)
+    traits = sample_traits(cfg.user_model, n, cfg.catalog.cf_dim, seed + 1)
+    return Population(name=name, persona=texts, sem_taste=encoder.encode(texts).astype(np.float32), **traits)
+
+
+def logging_policy(obs: dict[str, np.ndarray], keys: np.ndarray, t: np.ndarray, slate_size: int, epsilon: float,
+                   temperature: float) -> tuple[np.ndarray, np.ndarray]:
+    """The logging policy: with probability ε a uniform random slate, else Plackett-Luce on llm_sim / temperature.
+
+    Args:
+        obs: Batched observation (uses ``features[..., llm_sim]``).
+        keys: uint64 (B,) episode keys (randomness source).
+        t: int (B,) steps.
+        slate_size: K.
+        epsilon: Share of uniform slates.
+        temperature: Softmax temperature.
+
+    Returns:
+        ``(slate (B, K) int64, log_propensity (B,))``: the log-probability of the slate under the mixture.
+    """
+    logits = obs["features"][:, :, F_LLM].astype(np.float64) / temperature  # (B, N)
+    b, n = logits.shape
+    uni = rng.uniform(keys, t, rng.LOGGING)
+    gumbel = -np.log(-np.log(np.clip(rng.uniform(keys, t, rng.RANKER, slots=n), 1e-12, 1 - 1e-12)))
+    explore = uni < epsilon
+    scores = np.where(explore[:, None], gumbel, logits + gumbel)
+    slate = np.argsort(-scores, axis=1)[:, :slate_size].astype(np.int64)
+    # log P(slate) under PL(logits) and under uniform, mixed with weights (1-ε, ε).
+    remaining = np.ones((b, n), bool)
+    lp_pl = np.zeros(b)
+    for k in range(slate_size):
+        chosen = slate[:, k]
+        masked = np.where(remaining, logits, -np.inf)
+        top = masked.max(axis=1)
+        lse = top + np.log(np.exp(masked - top[:, None]).sum(axis=1))
+        lp_pl += logits[np.arange(b), chosen] - lse
+        remaining[np.arange(b), chosen] = False
+    lp_uni = -np.sum(np.log(n - np.arange(slate_size)))
+    log_prop = np.logaddexp(np.log1p(-epsilon) + lp_pl, np.log(epsilon) + lp_uni) if epsilon > 0 else lp_pl
+    return slate, log_prop
+
+
+def run_logging_phase(world: World, cfg: EnvConfig, population: str, seed: int, batch_size: int = 512,
+                      progress: bool = False) -> pd.DataFrame:
+    """Every user of ``population`` lives ``sessions_per_user`` sessions under the logging policy.
+
+    Args:
+        world: A world without CF model or histories yet (cold-start users).
+        cfg: Env config.
+        population: Population name.
+        seed: Seed of the episode keys.
+        batch_size: Users simulated at once.
+        progress: Show a progress bar.
+
+    Returns:
+        The rollout log (see :mod:`envs.logging`).
+    """
+    pop = world.populations[population]
+    queue = np.repeat(np.arange(pop.size), cfg.logging.sessions_per_user)
+    n_sessions = len(queue)
+    b = min(batch_size, n_sessions)
+    core = BatchedCore(world, cfg, b, population=population)
+    logger = RolloutLogger(population)
+    session_keys = rng.splitmix64(np.arange(n_sessions, dtype=np.uint64) + np.uint64(seed) * np.uint64(1_000_003))
+    row_session = np.arange(b)
+    core.reset_rows(np.arange(b), session_keys[:b], queue[:b])
+    nxt = b
+    active = np.ones(b, bool)
+    bar = tqdm(total=n_sessions, desc=f"logging {population} sessions", disable=not progress, leave=False)
+    obs = core.observe()
+    while active.any():
+        slate, lp = logging_policy(obs, core.keys, core.t, cfg.slate_size, cfg.logging.epsilon,
+                                   cfg.logging.temperature)
+        steps = core.t.copy()
+        cands = core.cands.copy()
+        res = core.step(slate)
+        rows = np.flatnonzero(active)
+        logger.log(core.user, row_session, steps, cands, res, lp, rows=rows)
+        done = np.flatnonzero((res.terminated | res.truncated) & active)
+        bar.update(len(done))
+        take = min(len(done), n_sessions - nxt)
+        if take:
+            restart = done[:take]
+            core.reset_rows(restart, session_keys[nxt:nxt + take], queue[nxt:nxt + take])
+            row_session[restart] = np.arange(nxt, nxt + take)
+            nxt += take
+        active[done[take:]] = False
+        obs = core.observe()
+    bar.close()
+    return logger.to_frame()
+
+
+def build_world(cfg: EnvConfig, encoder: TextEncoder, progress: bool = True, log_dir: Path | None = None) -> World:
+    """Build a world from scratch (see the module docstring).
+
+    Args:
+        cfg: Env config.
+        encoder: Text encoder (cached).
+        progress: Show progress bars.
+        log_dir: Where to write the logging phase's Parquet logs (default: not written).
+
+    Returns:
+        The world, with CF model, popularity and prior histories.
+    """
+    t0 = time.perf_counter()
+    catalog = load_catalog(cfg)
+    item_emb = encoder.encode(catalog.texts).astype(np.float32)
+    um = cfg.user_model
+    pops = {
+        "train": make_population("train", cfg, um.n_train, um.seed, encoder),
+        "heldout": make_population("heldout", cfg, um.n_heldout, um.seed + 7919, encoder),
+    }
+    for p in pops.values():
+        p.history = np.full((p.size, 0), -1, np.int64)
+        p.init_state = np.zeros((p.size, item_emb.shape[1]), np.float32)
+    world = World(catalog=catalog, item_emb=item_emb, populations=pops,
+                  item_factors=np.zeros((catalog.n_items, 0), np.float32),
+                  popularity=np.zeros(catalog.n_items, np.float32), encoder_name=encoder.name)
+    t_encode = time.perf_counter() - t0
+    logs = {name: run_logging_phase(world, cfg, name, seed=um.seed + i, progress=progress)
+            for i, name in enumerate(pops)}
+    if log_dir is not None:
+        for name, frame in logs.items():
+            write_log(frame, Path(log_dir) / f"logging_{name}.parquet")
+    fit_world_from_logs(world, cfg, logs)
+    world.meta.update({
+        "config_key": world_key(cfg, encoder.name),
+        "build_seconds": round(time.perf_counter() - t0, 2),
+        "encode_seconds": round(t_encode, 2),
+        "logged_requests": {k: len(v) for k, v in logs.items()},
+        "logged_clicks": {k: int((v["click_rank"] >= 0).sum()) for k, v in logs.items()},
+    })
+    return world
+
+
+def fit_world_from_logs(world: World, cfg: EnvConfig, logs: dict[str, pd.DataFrame]) -> None:
+    """Fit ALS on the logged clicks (purchases weigh double), set popularity, histories and pooled states.
+
+    Args:
+        world: The world to complete (modified in place).
+        cfg: Env config (``logging`` section).
+        logs: Rollout log per population.
+    """
+    names = list(world.populations)
+    offsets = np.cumsum([0] + [world.populations[n].size for n in names])
+    users, items, weights = [], [], []
+    for off, name in zip(offsets, names, strict=False):
+        clicks = logs[name][logs[name]["click_rank"] >= 0]
+        users.append(clicks["user"].to_numpy() + off)
+        items.append(clicks["clicked_item"].to_numpy())
+        weights.append(1.0 + clicks["purchase"].to_numpy(dtype=np.float32))
+    u, i, w = np.concatenate(users), np.concatenate(items), np.concatenate(weights)
+    lc = cfg.logging
+    mf = fit_als(u, i, w, int(offsets[-1]), world.n_items, factors=lc.cf_factors, regularization=lc.cf_regularization,
+                 iterations=lc.cf_iterations, seed=cfg.user_model.seed)
+    world.item_factors = mf.item_factors
+    world.popularity = np.bincount(i, minlength=world.n_items).astype(np.float32)
+    for off, name in zip(offsets, names, strict=False):
+        pop = world.populations[name]
+        pop.cf_user = mf.user_factors[off:off + pop.size]
+        clicks = logs[name][logs[name]["click_rank"] >= 0].sort_values(["user", "session", "step"], kind="stable")
+        tail = clicks.groupby("user").tail(lc.history_len)
+        hist = np.full((pop.size, lc.history_len), -1, np.int64)
+        if len(tail):
+            pos_from_end = tail.groupby("user").cumcount(ascending=False).to_numpy()
+            hist[tail["user"].to_numpy(), lc.history_len - 1 - pos_from_end] = tail["clicked_item"].to_numpy()
+        pop.history = hist
+        pop.init_state = pool_history(hist, world.item_emb, cfg.state_decay)
+    world.__dict__.pop("item_features", None)
+    world.__dict__.pop("popular_items", None)
+    world._tables.clear()
+
+
+def default_world_dir(cfg: EnvConfig, enc_cfg: EncoderConfig) -> Path:
+    """Folder under which worlds are cached."""
+    from encoders.cache import default_cache_dir
+
+    base = Path(cfg.cache_dir) if cfg.cache_dir else Path(enc_cfg.cache_dir or default_cache_dir())
+    return base / "worlds"
+
+
+def load_world(cfg: EnvConfig, enc_cfg: EncoderConfig | None = None, encoder: TextEncoder | None = None,
+               progress: bool = True) -> World:
+    """The world of ``cfg``: a calibrated preset folder, else the disk cache, else built and cached.
+
+    Args:
+        cfg: Env config (``preset_dir`` wins when set).
+        enc_cfg: Encoder config (default: the transformer).
+        encoder: A ready encoder (else made from ``enc_cfg``).
+        progress: Show progress bars while building.
+
+    Returns:
+        The world.
+    """
+    if cfg.preset_dir:
+        return World.load(Path(cfg.preset_dir) / "world")
+    enc_cfg = enc_cfg or EncoderConfig()
+    if encoder is None:
+        from encoders.factory import make_encoder
+
+        encoder = make_encoder(dataclasses.replace(enc_cfg, progress=progress and enc_cfg.progress))
+    folder = default_world_dir(cfg, enc_cfg) / world_key(cfg, encoder.name)
+    if (folder / "world.json").is_file():
+        try:
+            return World.load(folder)
+        except (ValueError, KeyError, OSError):
+            pass  # corrupt cache entry: rebuild below
+    world = build_world(cfg, encoder, progress=progress)
+    world.save(folder)
+    return world

@@ -1,0 +1,30 @@
+"""Shared fixtures: a small world built once per test session with the hashing encoder (fast, no model).
+
+Tests that need the real transformer encoder use it explicitly; nothing here touches the network.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from configs.schema import EnvConfig
+from encoders.hashing import HashingEncoder
+from envs.presets import build_world, preset_config
+from envs.world import World
+
+REPO = Path(__file__).resolve().parents[1]
+MOVIELENS = REPO.parent / "shared" / "data" / "ml-latest-small"
+
+
+@pytest.fixture(scope="session")
+def small_cfg() -> EnvConfig:
+    """The small preset's env config."""
+    return preset_config("small")
+
+
+@pytest.fixture(scope="session")
+def small_world(small_cfg: EnvConfig) -> World:
+    """The small preset's world, built with a 64-d hashing encoder (about a second)."""
+    return build_world(small_cfg, HashingEncoder(dim=64), progress=False)
