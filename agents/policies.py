@@ -1,0 +1,324 @@
+"""The PPO slate policy: a learned, state-dependent correction of the fixed α blend.
+
+Every candidate is scored with shared weights (permutation-equivariant in the N candidates)::
+
+    logits_i = [α_θ(s)·llm_sim_i + (1 - α_θ(s))·cf_score_i] / τ + residual_θ(s, x_i)
+
+* ``s`` is the state: ``obs["user"]`` (D), ``obs["context"]`` (C) and permutation-invariant summaries
+  (mean and max over N) of the per-candidate inputs ``x_i``;
+* ``x_i`` is the candidate's feature row (F), plus its embedding (D) when the observation carries
+  ``item_emb``, plus a learned item-table embedding when ``use_item_table`` is on;
+* ``α_θ(s) ∈ [0, 1]`` is a sigmoid gate on a state MLP, the residual an MLP over ``[x_i, state embedding]``.
+
+At initialisation the gate's weights are zero and its bias is ``logit(init_alpha)``, and the residual's
+last layer has orthogonal gain ``residual_init_scale`` (near 0): the policy starts as the fixed-α blend
+(its mode is the fixed-α greedy top-K) and PPO learns where to depart from it. The slate is drawn from a
+:class:`agents.distributions.PlackettLuceDistribution` over the logits.
+
+The critic is a separate MLP over the same state input (user, context, candidate summaries) unless
+``share_state_net`` is set, in which case it reads the actor's state embedding.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.policies import ActorCriticPolicy
+from stable_baselines3.common.preprocessing import preprocess_obs
+from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
+from torch import nn
+
+from agents.distributions import EntropyEstimator, PlackettLuceDistribution
+from envs.spaces import F_CF, F_LLM
+
+DEFAULT_INIT_ALPHA = 0.5
+
+
+def _symlog(x: th.Tensor) -> th.Tensor:
+    """sign(x)·log1p(|x|): keeps sign and order, tames unbounded feature columns for the MLPs."""
+    return th.sign(x) * th.log1p(th.abs(x))
+
+
+def _mlp(in_dim: int, hidden: int, n_layers: int, activation_fn: type[nn.Module]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    dim = in_dim
+    for _ in range(n_layers):
+        layers += [nn.Linear(dim, hidden), activation_fn()]
+        dim = hidden
+    return nn.Sequential(*layers)
+
+
+class SlatePolicy(ActorCriticPolicy):
+    """Actor-critic slate policy for the Dict observation of :mod:`envs.spaces` and ``MultiDiscrete([N]*K)``.
+
+    Works with SB3's ``PPO`` unchanged: ``PPO(SlatePolicy, env, policy_kwargs={...})``.
+
+    Args:
+        observation_space: ``Dict(user (D,), candidates (N,), features (N, F), context (C,) [, item_emb (N, D)]
+            [, mask (N,)])``. An optional ``mask`` key (nonzero = valid candidate) is honoured if present.
+        action_space: ``MultiDiscrete([N] * K)``.
+        lr_schedule: Learning-rate schedule; ``lr_schedule(1)`` is the initial rate.
+        hidden: Width of the state, residual and critic MLPs.
+        n_layers: Hidden layers in each MLP.
+        temperature: τ dividing the blend.
+        init_alpha: α at initialisation, in (0, 1) (``None``: 0.5).
+        residual_init_scale: Orthogonal gain of the residual head's last layer (near 0: start at the blend).
+        use_item_table: Learn an item embedding table indexed by the candidate ids.
+        n_items: Rows of the item table (``None``: ``observation_space["candidates"].high.max() + 1``).
+        item_dim: Width of the item table.
+        share_state_net: Critic reads the actor's state embedding instead of its own MLP.
+        entropy_estimator: Slate-entropy estimate, ``"sample"`` or ``"mode"`` (see the distribution).
+        activation_fn: Hidden activation.
+        ortho_init: Orthogonal initialisation of the hidden layers (gain √2), critic head gain 1.
+        use_sde: Must be False (SB3's algorithms pass it).
+        optimizer_class: Optimizer.
+        optimizer_kwargs: Extra optimizer kwargs (default ``eps=1e-5`` for Adam, as SB3).
+        normalize_images: Unused (no images); kept for SB3's constructor protocol.
+        **kwargs: Other ``ActorCriticPolicy`` kwargs (``net_arch``, ``log_std_init`` …) are accepted and ignored.
+    """
+
+    action_dist: PlackettLuceDistribution
+
+    def __init__(
+        self,
+        observation_space: spaces.Dict,
+        action_space: spaces.MultiDiscrete,
+        lr_schedule: Schedule,
+        hidden: int = 128,
+        n_layers: int = 2,
+        temperature: float = 0.25,
+        init_alpha: float | None = None,
+        residual_init_scale: float = 0.01,
+        use_item_table: bool = False,
+        n_items: int | None = None,
+        item_dim: int = 16,
+        share_state_net: bool = False,
+        entropy_estimator: EntropyEstimator = "sample",
+        activation_fn: type[nn.Module] = nn.Tanh,
+        ortho_init: bool = True,
+        use_sde: bool = False,
+        optimizer_class: type[th.optim.Optimizer] = th.optim.Adam,
+        optimizer_kwargs: dict[str, Any] | None = None,
+        normalize_images: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        if use_sde:
+            raise ValueError("SlatePolicy has discrete slate actions: use_sde must be False")
+        if not isinstance(observation_space, spaces.Dict):
+            raise ValueError(f"SlatePolicy needs a Dict observation space, got {observation_space}")
+        missing = {"user", "candidates", "features", "context"} - set(observation_space.spaces)
+        if missing:
+            raise ValueError(f"observation space lacks keys {sorted(missing)} (see envs/spaces.py)")
+        if not isinstance(action_space, spaces.MultiDiscrete) or len(set(action_space.nvec.tolist())) != 1:
+            raise ValueError(f"SlatePolicy needs MultiDiscrete([N] * K), got {action_space}")
+        n_cand = int(observation_space["features"].shape[0])
+        if int(action_space.nvec[0]) != n_cand:
+            raise ValueError(f"action space picks among {action_space.nvec[0]} but the obs has N={n_cand}")
+        alpha0 = DEFAULT_INIT_ALPHA if init_alpha is None else float(init_alpha)
+        if not 0.0 < alpha0 < 1.0:
+            raise ValueError(f"init_alpha must be in (0, 1), got {alpha0}")
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+
+        self.hidden = int(hidden)
+        self.n_layers = int(n_layers)
+        self.temperature = float(temperature)
+        self.init_alpha = alpha0
+        self.residual_init_scale = float(residual_init_scale)
+        self.use_item_table = bool(use_item_table)
+        if n_items is None and use_item_table:
+            n_items = int(np.max(observation_space["candidates"].high)) + 1
+        self.n_items = n_items
+        self.item_dim = int(item_dim)
+        self.share_state_net = bool(share_state_net)
+        self.entropy_estimator: EntropyEstimator = entropy_estimator
+        self.n_candidates = n_cand
+        self.slate_size = len(action_space.nvec)
+        for ignored in ("net_arch", "log_std_init", "full_std", "use_expln", "squash_output"):
+            kwargs.pop(ignored, None)
+        super().__init__(
+            observation_space,
+            action_space,
+            lr_schedule,
+            activation_fn=activation_fn,
+            ortho_init=ortho_init,
+            use_sde=False,
+            optimizer_class=optimizer_class,
+            optimizer_kwargs=optimizer_kwargs,
+            normalize_images=normalize_images,
+            **kwargs,
+        )
+
+    # ------------------------------------------------------------------ construction
+
+    def _build(self, lr_schedule: Schedule) -> None:
+        """Set the distribution, build the networks, initialise them and create the optimizer."""
+        self.action_dist = PlackettLuceDistribution(
+            self.n_candidates, self.slate_size, entropy_estimator=self.entropy_estimator
+        )
+        obs_space = self.observation_space
+        assert isinstance(obs_space, spaces.Dict)
+        user_dim = int(obs_space["user"].shape[0])
+        ctx_dim = int(obs_space["context"].shape[0])
+        n_feat = int(obs_space["features"].shape[1])
+        emb_dim = int(obs_space["item_emb"].shape[1]) if "item_emb" in obs_space.spaces else 0
+        self.item_table: nn.Embedding | None = None
+        if self.use_item_table:
+            assert self.n_items is not None
+            self.item_table = nn.Embedding(self.n_items, self.item_dim)
+        cand_dim = n_feat + emb_dim + (self.item_dim if self.use_item_table else 0)
+        state_in = user_dim + ctx_dim + 2 * cand_dim
+        act = self.activation_fn
+
+        self.state_net = _mlp(state_in, self.hidden, self.n_layers, act)
+        self.alpha_head = nn.Linear(self.hidden, 1)
+        self.residual_net = _mlp(cand_dim + self.hidden, self.hidden, self.n_layers, act)
+        self.residual_head = nn.Linear(self.hidden, 1)
+        self.value_trunk: nn.Module = (
+            nn.Identity() if self.share_state_net else _mlp(state_in, self.hidden, self.n_layers, act)
+        )
+        self.value_net = nn.Linear(self.hidden, 1)
+
+        if self.ortho_init:
+            for module in (self.state_net, self.residual_net, self.value_trunk):
+                module.apply(lambda m: self.init_weights(m, gain=math.sqrt(2)))
+            self.init_weights(self.value_net, gain=1.0)
+        self.init_weights(self.residual_head, gain=self.residual_init_scale)
+        nn.init.zeros_(self.alpha_head.weight)
+        nn.init.constant_(self.alpha_head.bias, math.log(self.init_alpha / (1.0 - self.init_alpha)))
+        if self.item_table is not None:
+            nn.init.normal_(self.item_table.weight, std=0.1)
+
+        self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)  # type: ignore[call-arg]
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        data = dict(
+            observation_space=self.observation_space,
+            action_space=self.action_space,
+            normalize_images=self.normalize_images,
+            lr_schedule=self._dummy_schedule,
+            hidden=self.hidden,
+            n_layers=self.n_layers,
+            temperature=self.temperature,
+            init_alpha=self.init_alpha,
+            residual_init_scale=self.residual_init_scale,
+            use_item_table=self.use_item_table,
+            n_items=self.n_items,
+            item_dim=self.item_dim,
+            share_state_net=self.share_state_net,
+            entropy_estimator=self.entropy_estimator,
+            activation_fn=self.activation_fn,
+            ortho_init=self.ortho_init,
+            optimizer_class=self.optimizer_class,
+            optimizer_kwargs=self.optimizer_kwargs,
+        )
+        return data
+
+    # ------------------------------------------------------------------ the network
+
+    def _prepare(self, obs: PyTorchObs | dict[str, np.ndarray]) -> dict[str, th.Tensor]:
+        """Obs (tensors or numpy, batched or not) → float tensors on the policy's device."""
+        if not isinstance(obs, dict):
+            raise ValueError(f"SlatePolicy expects a dict observation, got {type(obs)}")
+        if not all(isinstance(v, th.Tensor) for v in obs.values()):
+            obs, _ = self.obs_to_tensor({k: np.asarray(v) for k, v in obs.items()})  # type: ignore[arg-type]
+        out = preprocess_obs(obs, self.observation_space, normalize_images=False)
+        assert isinstance(out, dict)
+        return out
+
+    def _encode(self, obs: dict[str, th.Tensor]) -> tuple[th.Tensor, th.Tensor, th.Tensor, th.Tensor | None]:
+        """Shared encoding.
+
+        Returns:
+            ``(state_in (B, S), cand (B, N, X), features (B, N, F), mask (B, N) bool or None)``.
+        """
+        features = obs["features"]
+        parts = [_symlog(features)]
+        if "item_emb" in obs:
+            parts.append(obs["item_emb"])
+        if self.item_table is not None:
+            ids = obs["candidates"].round().long().clamp_(0, self.item_table.num_embeddings - 1)
+            parts.append(self.item_table(ids))
+        cand = th.cat(parts, dim=-1) if len(parts) > 1 else parts[0]  # (B, N, X)
+        mask = obs["mask"] > 0.5 if "mask" in obs else None
+        if mask is None:
+            mean = cand.mean(dim=1)
+            mx = cand.max(dim=1).values
+        else:
+            w = mask.unsqueeze(-1).to(cand.dtype)
+            mean = (cand * w).sum(dim=1) / w.sum(dim=1).clamp(min=1.0)
+            mx = cand.masked_fill(~mask.unsqueeze(-1), float("-inf")).max(dim=1).values
+            mx = th.where(th.isfinite(mx), mx, th.zeros_like(mx))
+        state_in = th.cat([obs["user"], obs["context"], mean, mx], dim=-1)
+        return state_in, cand, features, mask
+
+    def _actor(
+        self, state_in: th.Tensor, cand: th.Tensor, features: th.Tensor
+    ) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
+        """Returns ``(logits (B, N), alpha (B,), state embedding (B, H))``."""
+        h = self.state_net(state_in)  # (B, H)
+        alpha = th.sigmoid(self.alpha_head(h)).squeeze(-1)  # (B,)
+        blend = alpha.unsqueeze(-1) * features[..., F_LLM] + (1.0 - alpha.unsqueeze(-1)) * features[..., F_CF]
+        n = cand.shape[1]
+        res_in = th.cat([cand, h.unsqueeze(1).expand(-1, n, -1)], dim=-1)  # (B, N, X + H)
+        residual = self.residual_head(self.residual_net(res_in)).squeeze(-1)  # (B, N)
+        return blend / self.temperature + residual, alpha, h
+
+    def _critic(self, state_in: th.Tensor, h: th.Tensor | None) -> th.Tensor:
+        """Values (B, 1) from the state input (or, with ``share_state_net``, the actor's embedding)."""
+        if self.share_state_net:
+            if h is None:
+                h = self.state_net(state_in)
+            return self.value_net(h)
+        return self.value_net(self.value_trunk(state_in))
+
+    def _dist(self, logits: th.Tensor, mask: th.Tensor | None) -> PlackettLuceDistribution:
+        return self.action_dist.proba_distribution(logits, mask)
+
+    # ------------------------------------------------------------------ SB3 interface
+
+    def forward(self, obs: PyTorchObs, deterministic: bool = False) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
+        """Actions int64 (B, K), values (B, 1) and log-probabilities (B,) for a batch of observations."""
+        state_in, cand, features, mask = self._encode(self._prepare(obs))
+        logits, _, h = self._actor(state_in, cand, features)
+        dist = self._dist(logits, mask)
+        actions = dist.get_actions(deterministic=deterministic)
+        return actions, self._critic(state_in, h), dist.log_prob(actions)
+
+    def evaluate_actions(self, obs: PyTorchObs, actions: th.Tensor) -> tuple[th.Tensor, th.Tensor, th.Tensor | None]:
+        """Values (B, 1), log-probabilities (B,) of ``actions`` (B, K) and the entropy estimate (B,)."""
+        state_in, cand, features, mask = self._encode(self._prepare(obs))
+        logits, _, h = self._actor(state_in, cand, features)
+        dist = self._dist(logits, mask)
+        return self._critic(state_in, h), dist.log_prob(actions), dist.entropy()
+
+    def get_distribution(self, obs: PyTorchObs) -> PlackettLuceDistribution:
+        """The Plackett-Luce distribution over slates for a batch of observations."""
+        state_in, cand, features, mask = self._encode(self._prepare(obs))
+        logits, _, _ = self._actor(state_in, cand, features)
+        return self._dist(logits, mask)
+
+    def predict_values(self, obs: PyTorchObs) -> th.Tensor:
+        """Values (B, 1)."""
+        state_in, _, _, _ = self._encode(self._prepare(obs))
+        return self._critic(state_in, None)
+
+    def _predict(self, observation: PyTorchObs, deterministic: bool = False) -> th.Tensor:
+        return self.get_distribution(observation).get_actions(deterministic=deterministic)
+
+    # ------------------------------------------------------------------ interpretability
+
+    def alpha(self, obs: PyTorchObs | dict[str, np.ndarray]) -> th.Tensor:
+        """The state-dependent blend weight α_θ(s) (B,), e.g. for ``train/alpha_mean``."""
+        state_in, _, _, _ = self._encode(self._prepare(obs))
+        return th.sigmoid(self.alpha_head(self.state_net(state_in))).squeeze(-1)
+
+    def candidate_logits(self, obs: PyTorchObs | dict[str, np.ndarray]) -> th.Tensor:
+        """Per-candidate logits (B, N) (masked candidates at ``-inf`` when the obs has a ``mask``)."""
+        state_in, cand, features, mask = self._encode(self._prepare(obs))
+        logits, _, _ = self._actor(state_in, cand, features)
+        return logits if mask is None else logits.masked_fill(~mask, float("-inf"))
