@@ -121,6 +121,8 @@ class SlatePolicy(ActorCriticPolicy):
         alpha0 = DEFAULT_INIT_ALPHA if init_alpha is None else float(init_alpha)
         if not 0.0 < alpha0 < 1.0:
             raise ValueError(f"init_alpha must be in (0, 1), got {alpha0}")
+        if n_layers < 1:
+            raise ValueError(f"n_layers must be >= 1, got {n_layers}")
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
 
@@ -176,7 +178,11 @@ class SlatePolicy(ActorCriticPolicy):
 
         self.state_net = _mlp(state_in, self.hidden, self.n_layers, act)
         self.alpha_head = nn.Linear(self.hidden, 1)
-        self.residual_net = _mlp(cand_dim + self.hidden, self.hidden, self.n_layers, act)
+        # The residual MLP over [x_i, h]: its first layer is split as W_x·x_i + W_h·h so that W_h·h is computed
+        # once per row (B, H) and broadcast over N, not once per candidate (same function, ~half the FLOPs).
+        self.residual_cand = nn.Linear(cand_dim, self.hidden)
+        self.residual_state = nn.Linear(self.hidden, self.hidden, bias=False)
+        self.residual_net = nn.Sequential(act(), *_mlp(self.hidden, self.hidden, self.n_layers - 1, act))
         self.residual_head = nn.Linear(self.hidden, 1)
         self.value_trunk: nn.Module = (
             nn.Identity() if self.share_state_net else _mlp(state_in, self.hidden, self.n_layers, act)
@@ -184,7 +190,8 @@ class SlatePolicy(ActorCriticPolicy):
         self.value_net = nn.Linear(self.hidden, 1)
 
         if self.ortho_init:
-            for module in (self.state_net, self.residual_net, self.value_trunk):
+            hidden = (self.state_net, self.residual_cand, self.residual_state, self.residual_net, self.value_trunk)
+            for module in hidden:
                 module.apply(lambda m: self.init_weights(m, gain=math.sqrt(2)))
             self.init_weights(self.value_net, gain=1.0)
         self.init_weights(self.residual_head, gain=self.residual_init_scale)
@@ -263,9 +270,8 @@ class SlatePolicy(ActorCriticPolicy):
         h = self.state_net(state_in)  # (B, H)
         alpha = th.sigmoid(self.alpha_head(h)).squeeze(-1)  # (B,)
         blend = alpha.unsqueeze(-1) * features[..., F_LLM] + (1.0 - alpha.unsqueeze(-1)) * features[..., F_CF]
-        n = cand.shape[1]
-        res_in = th.cat([cand, h.unsqueeze(1).expand(-1, n, -1)], dim=-1)  # (B, N, X + H)
-        residual = self.residual_head(self.residual_net(res_in)).squeeze(-1)  # (B, N)
+        pre = self.residual_cand(cand) + self.residual_state(h).unsqueeze(1)  # (B, N, H)
+        residual = self.residual_head(self.residual_net(pre)).squeeze(-1)  # (B, N)
         return blend / self.temperature + residual, alpha, h
 
     def _critic(self, state_in: th.Tensor, h: th.Tensor | None) -> th.Tensor:
