@@ -202,7 +202,13 @@ class SlatePolicy(ActorCriticPolicy):
 
         self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)  # type: ignore[call-arg]
 
+    def set_generator(self, generator: th.Generator | None) -> None:
+        """Draw slates (and the sampled-entropy path) from ``generator`` (on the policy's device); ``None``:
+        torch's default RNG. Not saved with the policy."""
+        self.action_dist.set_generator(generator)
+
     def _get_constructor_parameters(self) -> dict[str, Any]:
+        """Everything :meth:`SlatePolicy.load` needs to rebuild this policy (SB3's save/load protocol)."""
         data = dict(
             observation_space=self.observation_space,
             action_space=self.action_space,

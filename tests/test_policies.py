@@ -222,6 +222,18 @@ def test_initial_mode_is_the_fixed_alpha_greedy_slate(init_alpha: float) -> None
         assert np.abs(residual).max() < 0.2
 
 
+def test_explicit_generator_makes_stochastic_slates_reproducible() -> None:
+    policy = _policy()
+    obs = _fake_obs(policy.observation_space, 64, seed=9)
+    draws = []
+    for seed in (1, 1, 2):
+        policy.set_generator(th.Generator(device=policy.device).manual_seed(seed))
+        draws.append(policy.predict(obs, deterministic=False)[0])
+    policy.set_generator(None)
+    np.testing.assert_array_equal(draws[0], draws[1])
+    assert not np.array_equal(draws[0], draws[2])
+
+
 def test_mask_key_is_honoured() -> None:
     space = observation_space(N_ITEMS, N_CAND, DIM)
     space = gym.spaces.Dict({**space.spaces, "mask": gym.spaces.MultiBinary(N_CAND)})
