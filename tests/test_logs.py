@@ -1,0 +1,510 @@
+"""Readers of real interaction logs: formats, MovieLens layouts, item text, bad input, the log's index maps.
+
+Every fixture is generated in tmp_path; only the last test reads the real ml-latest-small, and skips without it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from envs.logs import (
+    EVENT_WEIGHTS,
+    EVENTS,
+    InteractionLog,
+    LogFormatError,
+    load_logs,
+    movielens_item_text,
+    read_events,
+    read_items,
+    read_logs,
+    read_movielens,
+    split_movielens_title,
+)
+
+MOVIELENS = Path(__file__).resolve().parents[2] / "shared/data/ml-latest-small"
+
+EVENTS_CSV = """user,item,event,timestamp,value
+u1,i1,view,1600000000,12.5
+u1,i2,click,2020-09-13T12:26:41Z,
+u2,i1,purchase,1600000100,
+u2,i3,rating,1600000200,4.5
+"""
+ITEMS_CSV = """id,text,category,price
+i1,A red shirt,shirts,19.99
+i2,"Blue jeans, slim",jeans,
+i3,A hat,,5
+"""
+
+
+def _write(path: Path, text: str | bytes) -> Path:
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _frame(csv_text: str) -> pd.DataFrame:
+    import io
+
+    return pd.read_csv(io.StringIO(csv_text), dtype=str, keep_default_na=False)
+
+
+def _as_format(tmp_path: Path, name: str, csv_text: str, fmt: str) -> Path:
+    """The CSV content written as csv / parquet / jsonl (JSON numbers where the CSV holds numbers)."""
+    if fmt == "csv":
+        return _write(tmp_path / f"{name}.csv", csv_text)
+    df = _frame(csv_text)
+    if fmt == "parquet":
+        path = tmp_path / f"{name}.parquet"
+        df.to_parquet(path)
+        return path
+    path = tmp_path / f"{name}.jsonl"
+    lines = []
+    for rec in df.to_dict("records"):
+        out = {}
+        for k, v in rec.items():
+            if v == "":
+                continue  # absent key = missing
+            try:
+                out[k] = int(v) if k in ("timestamp",) else v
+            except ValueError:
+                out[k] = v
+        lines.append(json.dumps(out))
+    return _write(path, "\n".join(lines) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Formats
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet", "jsonl"])
+def test_read_events_each_format(tmp_path, fmt):
+    events, report = read_events(_as_format(tmp_path, "events", EVENTS_CSV, fmt))
+    assert list(events.columns) == ["user", "item", "event", "timestamp", "value"]
+    assert events["user"].tolist() == ["u1", "u1", "u2", "u2"]
+    assert events["event"].tolist() == ["view", "click", "purchase", "rating"]
+    assert events["event"].dtype == pd.CategoricalDtype(list(EVENTS))
+    assert events["timestamp"].dtype == np.int64
+    # ISO-8601 string and integer seconds agree: 2020-09-13T12:26:41Z == 1600000001
+    assert events["timestamp"].tolist() == [1600000000, 1600000001, 1600000100, 1600000200]
+    np.testing.assert_array_equal(events["value"].to_numpy(), [12.5, np.nan, np.nan, 4.5])
+    assert report.kept == 4 and report.n_skipped == 0
+    if fmt != "parquet":  # text formats: index = line numbers (CSV header = row 1)
+        assert events.index.tolist() == ([2, 3, 4, 5] if fmt == "csv" else [1, 2, 3, 4])
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet", "jsonl"])
+def test_read_items_each_format(tmp_path, fmt):
+    items, _ = read_items(_as_format(tmp_path, "items", ITEMS_CSV, fmt))
+    assert items["id"].tolist() == ["i1", "i2", "i3"]
+    assert items["text"].tolist() == ["A red shirt", "Blue jeans, slim", "A hat"]
+    assert items["category"].tolist()[:2] == ["shirts", "jeans"] and pd.isna(items["category"].iloc[2])
+    np.testing.assert_array_equal(items["price"].to_numpy(), [19.99, np.nan, 5.0])
+
+
+def test_numeric_ids_and_datetime_columns_from_parquet(tmp_path):
+    df = pd.DataFrame(
+        {
+            "user": [1, 2],
+            "item": [10.0, 11.0],
+            "event": ["CLICK", " view "],
+            "timestamp": pd.to_datetime(["2020-09-13 12:26:40", "2020-09-13 12:26:41"]),
+            "value": [1, 2],
+        }
+    )
+    df.to_parquet(tmp_path / "e.pq")
+    events, _ = read_events(tmp_path / "e.pq")
+    assert events["user"].tolist() == ["1", "2"]
+    assert events["item"].tolist() == ["10", "11"]  # integral floats print without ".0"
+    assert events["event"].tolist() == ["click", "view"]  # case and blanks ignored
+    assert events["timestamp"].tolist() == [1600000000, 1600000001]
+
+
+def test_event_aliases_and_column_renaming(tmp_path):
+    path = _write(tmp_path / "e.csv", "visitorid,itemid,event,timestamp\nv,a,addtocart,5\nv,b,transaction,6\n")
+    events, _ = read_events(
+        path,
+        columns={"visitorid": "user", "itemid": "item"},
+        event_aliases={"addtocart": "cart", "transaction": "purchase"},
+    )
+    assert events["event"].tolist() == ["cart", "purchase"]
+
+
+def test_csv_row_numbers_count_blank_lines_and_quoted_newlines(tmp_path):
+    text = 'user,item,event,timestamp\nu1,i1,view,1\n\nu1,"i\n2",view,2\nu2,i3,oops,3\n'
+    with pytest.raises(LogFormatError) as err:
+        read_events(_write(tmp_path / "e.csv", text))
+    assert err.value.row == 6 and err.value.column == "event"
+    assert "e.csv, row 6, column 'event': unknown event 'oops'" in str(err.value)
+
+
+def test_read_logs_and_load_logs_spec(tmp_path):
+    items = _write(tmp_path / "items.csv", ITEMS_CSV)
+    events = _as_format(tmp_path, "events", EVENTS_CSV, "jsonl")
+    log = read_logs(items, events)
+    log2 = load_logs(f"logs:{items},{events}")
+    assert log.n_events == log2.n_events == 4 and log.n_items == 3 and log.n_users == 2
+    with pytest.raises(ValueError, match="movielens:PATH"):
+        load_logs(f"csv:{events}")
+    with pytest.raises(ValueError, match="ITEMS_PATH,EVENTS_PATH"):
+        load_logs(f"logs:{items}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Bad input
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_malformed_csv_row_error_and_counted_skip(tmp_path):
+    path = _write(tmp_path / "e.csv", EVENTS_CSV + "u3,i1,view,1600000300,1,EXTRA\nu3,i2,view,1600000400,\n")
+    with pytest.raises(LogFormatError, match=r"row 6: malformed row: expected 5 fields, saw 6") as err:
+        read_events(path)
+    assert err.value.path == str(path) and err.value.row == 6
+    events, report = read_events(path, on_bad_rows="skip")
+    assert len(events) == 5 and report.rows == 6 and report.kept == 5
+    assert report.skipped == {"malformed row (more than 5 fields)": 1}
+    assert report.examples["malformed row (more than 5 fields)"] == [6]
+    assert events.index[-1] == 7  # rows after the bad one keep their true line numbers
+
+
+def test_malformed_jsonl_line_error_and_skip(tmp_path):
+    text = '{"user": "u", "item": "i", "event": "view", "timestamp": 1}\n\n{"user": "u", "item": \n[1, 2]\n'
+    path = _write(tmp_path / "e.jsonl", text)
+    with pytest.raises(LogFormatError, match=r"e.jsonl, row 3: malformed row: not a JSON object \(2 such lines"):
+        read_events(path)
+    events, report = read_events(path, on_bad_rows="skip")
+    assert len(events) == 1 and report.skipped == {"malformed row (not a JSON object)": 2}
+    assert report.examples["malformed row (not a JSON object)"] == [3, 4]
+
+
+def test_malformed_jsonl_value_found_by_slow_path(tmp_path):
+    good = '{"user": "u", "item": "i", "event": "view", "timestamp": 1}'
+    path = _write(tmp_path / "e.jsonl", f'{good}\n{{"user": "u", "item": x}}\n{good}\n')
+    with pytest.raises(LogFormatError, match="row 2: malformed row"):
+        read_events(path)
+
+
+def test_unknown_event_names_row_and_column_and_skip_counts(tmp_path):
+    path = _write(tmp_path / "e.csv", EVENTS_CSV + "u3,i2,like,1600000300,\nu3,i2,share,1600000301,\n")
+    with pytest.raises(LogFormatError) as err:
+        read_events(path)
+    msg = str(err.value)
+    assert err.value.row == 6 and err.value.column == "event"
+    assert "unknown event 'like'" in msg and "view, click, cart, purchase, rating" in msg
+    assert "2 bad rows in all" in msg and "on_bad_rows='skip'" in msg
+    events, report = read_events(path, on_bad_rows="skip")
+    assert len(events) == 4 and report.skipped == {"unknown event": 2}
+    assert "skipped 2: 2 unknown event (e.g. row 6, 7)" in str(report)
+
+
+@pytest.mark.parametrize(
+    ("line", "column", "message"),
+    [
+        ("u3,i2,view,yesterday,", "timestamp", "timestamp 'yesterday' is neither integer epoch seconds nor ISO-8601"),
+        ("u3,i2,view,,", "timestamp", "missing timestamp"),
+        ("u3,i2,view,1600000300,long", "value", "value 'long' is not a number"),
+        (",i2,view,1600000300,", "user", "missing user id"),
+        ("u3,,view,1600000300,", "item", "missing item id"),
+        ("u3,i2,,1600000300,", "event", "missing event name"),
+    ],
+)
+def test_bad_field_values(tmp_path, line, column, message):
+    path = _write(tmp_path / "e.csv", EVENTS_CSV + line + "\n")
+    with pytest.raises(LogFormatError) as err:
+        read_events(path)
+    assert err.value.row == 6 and err.value.column == column
+    assert message in str(err.value)
+    events, report = read_events(path, on_bad_rows="skip")
+    assert len(events) == 4 and report.n_skipped == 1
+
+
+def test_short_row_message_mentions_field_count(tmp_path):
+    path = _write(tmp_path / "e.csv", EVENTS_CSV + "u3,i2,view\n")
+    with pytest.raises(LogFormatError, match=r"missing timestamp.*the row has 3 fields, the header 5"):
+        read_events(path)
+
+
+def test_missing_column_is_named(tmp_path):
+    path = _write(tmp_path / "e.csv", "user,item,timestamp\nu,i,1\n")
+    with pytest.raises(LogFormatError) as err:
+        read_events(path)
+    assert err.value.column == "event"
+    assert "missing required column 'event' for events; found columns ['user', 'item', 'timestamp']" in str(err.value)
+    with pytest.raises(LogFormatError, match="missing required column 'text'"):
+        read_items(_write(tmp_path / "i.jsonl", '{"id": "a"}\n'))
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("e.csv", b"", "the file is empty"),
+        ("e.csv", b"  \n\n", "the file is empty"),
+        ("e.csv", b"user,item,event,timestamp\n", "has a header but no data rows"),
+        ("e.jsonl", b"", "the file is empty"),
+        ("e.jsonl", b"\n \n", "the file is empty"),
+        ("e.parquet", b"", "the file is empty"),
+        ("e.parquet", b"not parquet at all", "cannot be read as Parquet"),
+    ],
+)
+def test_empty_and_unreadable_files(tmp_path, name, content, message):
+    path = _write(tmp_path / name, content)
+    with pytest.raises(LogFormatError, match=message) as err:
+        read_events(path)
+    assert str(path) in str(err.value)
+
+
+def test_empty_parquet_table(tmp_path):
+    pd.DataFrame({"user": pd.Series([], dtype=str), "item": pd.Series([], dtype=str)}).to_parquet(tmp_path / "e.pq")
+    with pytest.raises(LogFormatError, match=r"e\.pq: the file has no rows"):
+        read_events(tmp_path / "e.pq")
+
+
+def test_unknown_extension_and_missing_file(tmp_path):
+    with pytest.raises(LogFormatError, match=r"unknown file extension '.xlsx'"):
+        read_events(_write(tmp_path / "e.xlsx", "x"))
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        read_events(tmp_path / "absent.csv")
+    with pytest.raises(ValueError, match="on_bad_rows must be"):
+        read_events(tmp_path / "absent.csv", on_bad_rows="ignore")
+
+
+def test_latin1_bytes_in_utf8_csv(tmp_path):
+    data = EVENTS_CSV.encode() + "u3,caf\xe9,view,1600000300,\n".encode("latin-1") + b"u3,i2,view,1600000301,\n"
+    path = _write(tmp_path / "e.csv", data)
+    with pytest.raises(LogFormatError) as err:
+        read_events(path)
+    assert err.value.row == 6 and err.value.column == "item"
+    assert "not valid utf-8 (byte 0xe9)" in str(err.value) and "encoding='latin-1'" in str(err.value)
+    events, report = read_events(path, on_bad_rows="skip")
+    assert (
+        len(events) == 5
+        and report.skipped == {"invalid utf-8 bytes": 1}
+        and report.examples == {"invalid utf-8 bytes": [6]}
+    )
+    assert events.index[-1] == 7
+    events, _ = read_events(path, encoding="latin-1")  # the caller knows better
+    assert "café" in events["item"].tolist()
+
+
+def test_bad_header_encoding_is_always_an_error(tmp_path):
+    path = _write(tmp_path / "e.csv", "us\xe9r,item,event,timestamp\n".encode("latin-1") + b"u,i,view,1\n")
+    with pytest.raises(LogFormatError, match="row 1"):
+        read_events(path, on_bad_rows="skip")
+
+
+def test_items_duplicates_and_bad_prices(tmp_path):
+    path = _write(tmp_path / "i.csv", ITEMS_CSV + "i1,again,shirts,1\ni4,x,,-3\ni5,y,,cheap\n")
+    with pytest.raises(LogFormatError, match=r"row 5, column 'id': duplicate item id 'i1' \(first at row 2\)"):
+        read_items(path)
+    items, report = read_items(path, on_bad_rows="skip")
+    assert items["id"].tolist() == ["i1", "i2", "i3"] and items["text"].iloc[0] == "A red shirt"
+    assert report.skipped == {"duplicate item id": 1, "non-numeric price": 1, "negative price": 1}
+
+
+def test_items_missing_from_item_table(tmp_path):
+    items = _write(tmp_path / "items.csv", ITEMS_CSV)
+    events = _write(tmp_path / "e.csv", EVENTS_CSV + "u3,x9,view,1600000300,\nu3,x8,view,1600000301,\n")
+    with pytest.raises(LogFormatError) as err:
+        read_logs(items, events)
+    msg = str(err.value)
+    assert err.value.row == 6 and err.value.column == "item"
+    assert "2 events reference 2 item ids missing from the item table" in msg and "'x9', 'x8'" in msg
+    log = read_logs(items, events, on_missing_items="skip")
+    assert log.n_events == 4
+    ev_report = log.reports[1]
+    assert ev_report.skipped == {"item not in the item table": 2} and ev_report.kept == 4 and ev_report.rows == 6
+
+
+def test_all_rows_skipped_is_an_error(tmp_path):
+    path = _write(tmp_path / "e.csv", "user,item,event,timestamp\nu,i,like,1\n")
+    with pytest.raises(LogFormatError, match="no valid rows left"):
+        read_events(path, on_bad_rows="skip")
+
+
+def test_from_frames_validates_like_the_readers():
+    items = pd.DataFrame({"id": ["a", "b"], "text": ["A", "B"]})
+    events = pd.DataFrame({"user": ["u", "u"], "item": ["a", "b"], "event": ["view", "swipe"], "timestamp": [1, 2]})
+    with pytest.raises(LogFormatError, match=r"<events frame>, row 2, column 'event': unknown event 'swipe'"):
+        InteractionLog.from_frames(events, items)
+    log = InteractionLog.from_frames(events, items, on_bad_rows="skip")
+    assert log.n_events == 1 and log.reports[0].skipped == {"unknown event": 1}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The log: maps and CF weights
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _log(rows: list[tuple], items=("a", "b", "c")) -> InteractionLog:
+    events = pd.DataFrame(rows, columns=["user", "item", "event", "timestamp", "value"])
+    return InteractionLog.from_frames(events, pd.DataFrame({"id": list(items), "text": list(items)}))
+
+
+def test_index_maps_round_trip():
+    log = _log([("u2", "b", "view", 1, None), ("u1", "c", "click", 2, None), ("u2", "a", "click", 3, None)])
+    assert log.user_ids.tolist() == ["u1", "u2"] and log.item_ids.tolist() == ["a", "b", "c"]
+    users, items = log.codes()
+    assert users.tolist() == [1, 0, 1] and items.tolist() == [1, 2, 0]
+    np.testing.assert_array_equal(log.user_ids[users], log.events["user"].to_numpy(dtype=object))
+    np.testing.assert_array_equal(log.item_ids[items], log.events["item"].to_numpy(dtype=object))
+    assert log.user_index(["u2", "nobody"]).tolist() == [1, -1]
+    assert log.n_users == 2 and log.n_items == 3 and log.n_events == 3
+
+
+def test_interaction_weights_order_and_ratings():
+    log = _log(
+        [
+            ("u", "a", "view", 1, None),
+            ("u", "a", "click", 2, None),  # same pair: adds up
+            ("u", "b", "purchase", 3, None),
+            ("v", "a", "cart", 4, None),
+            ("v", "b", "rating", 5, 5.0),
+            ("v", "c", "rating", 6, 3.5),  # below the threshold: left out
+            ("w", "c", "rating", 7, 4.0),
+        ]
+    )
+    assert EVENT_WEIGHTS["purchase"] > EVENT_WEIGHTS["cart"] > EVENT_WEIGHTS["click"] > EVENT_WEIGHTS["view"]
+    u, i, w = log.interaction_weights()
+    got = {(log.user_ids[a], log.item_ids[b]): float(c) for a, b, c in zip(u, i, w, strict=True)}
+    assert got == {
+        ("u", "a"): EVENT_WEIGHTS["view"] + EVENT_WEIGHTS["click"],
+        ("u", "b"): EVENT_WEIGHTS["purchase"],
+        ("v", "a"): EVENT_WEIGHTS["cart"],
+        ("v", "b"): 2.0,
+        ("w", "c"): 1.0,
+    }
+    u, i, w = log.interaction_weights(mode="binary")
+    assert len(w) == 6 and (w == 1).all()
+    with pytest.raises(ValueError, match="unknown events"):
+        log.interaction_weights(event_weights={"like": 1.0})
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# MovieLens
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_movielens_item_text():
+    text = movielens_item_text(
+        "Toy Story (1995)",
+        None,
+        ["Adventure", "Animation", "Children", "Comedy", "Fantasy"],
+        ["Pixar", "fun", " pixar "],
+    )
+    assert text == "Toy Story (1995). Genres: adventure, animation, children, comedy, fantasy. Tags: pixar, fun."
+    assert movielens_item_text("Shawshank Redemption, The (1994)", 1994, ["(no genres listed)"]) == (
+        "The Shawshank Redemption (1994)."
+    )
+    assert movielens_item_text("Babylon 5", None, ["Sci-Fi"], [f"t{k}" for k in range(20)], max_tags=2) == (
+        "Babylon 5. Genres: sci-fi. Tags: t0, t1."
+    )
+    assert split_movielens_title("Misérables, Les (1995)") == ("Les Misérables", 1995)
+    assert split_movielens_title("Death Note: Desu nôto (2006–2007)") == ("Death Note: Desu nôto", 2006)
+    assert split_movielens_title("City of Lost Children, The (Cité des enfants perdus, La) (1995)") == (
+        "The City of Lost Children (Cité des enfants perdus, La)",
+        1995,
+    )
+
+
+def _ml_latest(root: Path) -> Path:
+    root.mkdir()
+    _write(
+        root / "movies.csv",
+        "movieId,title,genres\n"
+        "1,Toy Story (1995),Adventure|Animation|Children|Comedy|Fantasy\n"
+        '2,"American President, The (1995)",Comedy|Drama|Romance\n'
+        "3,Nothing Here,(no genres listed)\n",
+    )
+    _write(
+        root / "ratings.csv",
+        "userId,movieId,rating,timestamp\n1,1,4.0,964982703\n1,2,3.5,964981247\n2,1,5.0,964982224\n2,3,0.5,964983815\n",
+    )
+    _write(
+        root / "tags.csv",
+        "userId,movieId,tag,timestamp\n1,1,pixar,1\n2,1,Pixar,2\n2,1,fun,3\n1,2,politics,4\n1,99,orphan tag,5\n",
+    )
+    _write(root / "links.csv", "movieId,imdbId,tmdbId\n1,0114709,862\n")
+    return root
+
+
+def test_read_movielens_latest_layout(tmp_path):
+    log = read_movielens(_ml_latest(tmp_path / "ml"))
+    assert log.n_events == 4 and log.n_items == 3 and log.n_users == 2
+    assert set(log.events["event"]) == {"rating"}
+    assert log.events["value"].tolist() == [4.0, 3.5, 5.0, 0.5]
+    assert log.events["timestamp"].iloc[0] == 964982703
+    assert log.items["text"].tolist() == [
+        "Toy Story (1995). Genres: adventure, animation, children, comedy, fantasy. Tags: pixar, fun.",
+        "The American President (1995). Genres: comedy, drama, romance. Tags: politics.",
+        "Nothing Here.",
+    ]
+    assert log.items["category"].tolist()[:2] == ["adventure", "comedy"] and pd.isna(log.items["category"].iloc[2])
+    assert log.items["price"].isna().all()
+    tag_report = next(r for r in log.reports if r.path.endswith("tags.csv"))
+    assert tag_report.skipped == {"tag of a movie missing from movies.csv": 1} and tag_report.rows == 5
+    assert load_logs(f"movielens:{tmp_path / 'ml'}").n_events == 4
+
+
+def test_read_movielens_latest_bad_rating_row(tmp_path):
+    root = _ml_latest(tmp_path / "ml")
+    with (root / "ratings.csv").open("a") as f:
+        f.write("3,1,four,964983815\n3,7,4.0,964983816\n")
+    with pytest.raises(LogFormatError, match=r"ratings.csv, row 6, column 'value': value 'four' is not a number"):
+        read_movielens(root)
+    log = read_movielens(root, on_bad_rows="skip")
+    report = log.reports[-1]
+    assert report.skipped == {"non-numeric value": 1, "item not in the item table": 1}
+    assert log.n_events == 4
+
+
+def _ml_100k(root: Path) -> Path:
+    root.mkdir()
+    _write(root / "u.data", "196\t242\t3\t881250949\n186\t302\t3\t891717742\n22\t242\t1\t878887116\n")
+    flags = ["0"] * 19
+    f242, f302 = list(flags), list(flags)
+    f242[5] = "1"  # Comedy
+    f302[6], f302[16] = "1", "1"  # Crime, Thriller
+    lines = [
+        "|".join(["242", "Kolya (1996)", "24-Jan-1997", "", "http://x", *f242]),
+        "|".join(["302", "L.A. Confidential (1997)", "01-Jan-1997", "", "http://y", *f302]),
+        "|".join(["303", "Café Society", "01-Jan-1996", "", "http://z", *flags]),
+    ]
+    _write(root / "u.item", ("\n".join(lines) + "\n").encode("latin-1"))
+    return root
+
+
+def test_read_movielens_100k_layout(tmp_path):
+    log = read_movielens(_ml_100k(tmp_path / "ml100k"))
+    assert log.n_events == 3 and log.n_items == 3
+    assert log.events["value"].tolist() == [3.0, 3.0, 1.0]
+    assert log.items["text"].tolist() == [
+        "Kolya (1996). Genres: comedy.",
+        "L.A. Confidential (1997). Genres: crime, thriller.",
+        "Café Society (1996).",  # latin-1 decoded; year from the release date
+    ]
+    assert log.items["category"].tolist()[:2] == ["comedy", "crime"]
+
+
+def test_read_movielens_not_a_movielens_directory(tmp_path):
+    (tmp_path / "x").mkdir()
+    _write(tmp_path / "x" / "ratings.dat", "1::2::3::4\n")
+    with pytest.raises(LogFormatError, match=r"not a MovieLens directory.*ratings.dat"):
+        read_movielens(tmp_path / "x")
+    with pytest.raises(FileNotFoundError):
+        read_movielens(tmp_path / "absent")
+
+
+@pytest.mark.skipif(not MOVIELENS.is_dir(), reason=f"real MovieLens sample not found at {MOVIELENS}")
+def test_real_ml_latest_small():
+    log = load_logs(f"movielens:{MOVIELENS}")
+    assert log.n_events == 100_836 and log.n_items == 9_742 and log.n_users == 610
+    assert all(r.n_skipped == 0 for r in log.reports)
+    toy = log.items.loc[log.items["id"] == "1", "text"].item()
+    assert toy.startswith("Toy Story (1995). Genres: adventure, animation, children, comedy, fantasy. Tags: pixar")
