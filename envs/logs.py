@@ -28,7 +28,8 @@ Readers
 * required columns present (events: user, item, event, timestamp; items: id, text), extra columns ignored;
 * event names known (case-insensitive, surrounding blanks ignored; ``event_aliases`` maps others);
 * timestamps are integer epoch seconds (fractions truncated) or ISO-8601 strings (a naive time is UTC);
-* values and prices numeric (empty, ``NA``, ``null``, ``nan`` mean missing);
+* values and prices numeric (empty, ``NA``, ``N/A``, ``null``, ``None``, ``NaN`` mean missing; ids are missing only
+  when empty);
 * bytes decode in the given encoding (UTF-8 by default, a BOM is ignored).
 
 Every problem is a :class:`LogFormatError` naming the file, the row (as a person counts lines in the file:
@@ -89,6 +90,7 @@ OnBadRows = Literal["error", "skip"]
 
 _FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 _MISSING_TOKENS = ("", "na", "n/a", "nan", "null", "none")
+_MISSING_SPELLINGS = tuple({v for t in _MISSING_TOKENS for v in (t, t.upper(), t.capitalize())} | {"NaN", "N/A"})
 _MAX_EXAMPLES = 5
 
 
@@ -226,15 +228,70 @@ def _read_bytes(path: Path) -> bytes:
     return data
 
 
-def _line_offsets(text: str) -> tuple[list[str], np.ndarray]:
-    """Split text into lines; also return an array marking non-blank lines.
+def _is_blank(c: np.ndarray) -> np.ndarray:
+    return (c == 32) | ((c >= 9) & (c <= 13))
+
+
+def _solid_edge(b: np.ndarray, starts: np.ndarray, ends: np.ndarray, forward: bool) -> np.ndarray:
+    """First (or last) non-blank byte of each line, -1 for a blank line.
+
+    Walks all lines one byte at a time in lock-step (lines rarely have more than a ``\\r`` or an indent to
+    skip); the few lines still undecided after 16 steps are finished one by one.
+
+    Args:
+        b: uint8 (N,) the bytes.
+        starts: int64 (L,) line starts.
+        ends: int64 (L,) line ends (exclusive).
+        forward: Search from the start (True) or from the end.
 
     Returns:
-        (lines, nonblank): the lines (without "\\n") and bool (L,) whether each holds more than blanks.
+        int16 (L,).
     """
-    lines = text.split("\n")
-    stripped = pd.Series(lines, dtype="str").str.strip()
-    return lines, (stripped.str.len() > 0).to_numpy()
+    out = np.full(starts.size, -1, dtype=np.int16)
+    pos = starts.copy() if forward else ends - 1
+    live = np.flatnonzero(starts < ends)
+    for _ in range(16):
+        if live.size == 0:
+            return out
+        c = b[pos[live]]
+        solid = ~_is_blank(c)
+        out[live[solid]] = c[solid]
+        live = live[~solid]
+        pos[live] += 1 if forward else -1
+        live = live[(pos[live] < ends[live]) if forward else (pos[live] >= starts[live])]
+    for i in live.tolist():  # long runs of blanks only
+        seg = b[starts[i] : ends[i]]
+        hit = np.flatnonzero(~_is_blank(seg))
+        if hit.size:
+            out[i] = seg[hit[0] if forward else hit[-1]]
+    return out
+
+
+def _scan_lines(text: str, sep: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per physical line (as ``text.split("\\n")`` cuts them), vectorised over the UTF-8 bytes.
+
+    Newlines and an ASCII separator never occur inside a multi-byte UTF-8 character, so bytes suffice.
+
+    Args:
+        text: The decoded file.
+        sep: A one-character ASCII separator to count, or None.
+
+    Returns:
+        (nonblank bool (L,), n_sep int64 (L,), first int16 (L,), last int16 (L,)): whether the line holds more than
+        ASCII blanks, how many separators it holds, and its first / last non-blank byte (-1 for a blank line).
+    """
+    b = np.frombuffer(text.encode("utf-8", "surrogatepass"), dtype=np.uint8)
+    nl = np.flatnonzero(b == 10)
+    starts = np.r_[0, nl + 1]
+    ends = np.r_[nl, b.size]  # exclusive
+    first = _solid_edge(b, starts, ends, forward=True)
+    last = _solid_edge(b, starts, ends, forward=False)
+    nonblank = first >= 0
+    n_sep = np.zeros(starts.size, dtype=np.int64)
+    if sep is not None:
+        at = np.flatnonzero(b == ord(sep))
+        n_sep = np.searchsorted(at, ends, side="left") - np.searchsorted(at, starts, side="left")
+    return nonblank, n_sep.astype(np.int64), first, last
 
 
 def _decode(
@@ -322,14 +379,10 @@ def _read_delimited(
     had_bad = any("Skipping line" in str(w.message) for w in caught)
     # Row numbers: vectorised when no record can span lines, else one csv pass
     approximate = False
-    if quoting == csv.QUOTE_NONE or '"' not in text:
-        lines, nonblank = _line_offsets(text)
+    if len(sep) == 1 and sep.isascii() and (quoting == csv.QUOTE_NONE or '"' not in text):
+        nonblank, n_sep, _, _ = _scan_lines(text, sep)
         starts = np.flatnonzero(nonblank).astype(np.int64) + 1
-        counts = (
-            pd.Series(lines, dtype="str")[nonblank].str.count(re.escape(sep)).to_numpy(dtype=np.int64) + 1
-            if len(starts)
-            else np.zeros(0, np.int64)
-        )
+        counts = n_sep[nonblank] + 1
     else:
         starts, counts, approximate = _csv_layout(text, sep, quoting)
     if header:
@@ -385,9 +438,8 @@ def _read_jsonl(path: Path, *, encoding: str, on_bad_rows: OnBadRows, report: Re
     """Read one JSON object per line; blank lines are ignored."""
     data = _read_bytes(path)
     text = _decode(data, path, encoding, on_bad_rows, report)
-    lines, nonblank = _line_offsets(text)
-    stripped = pd.Series(lines, dtype="str").str.strip()
-    looks = (stripped.str.startswith("{") & stripped.str.endswith("}")).to_numpy(dtype=bool)
+    nonblank, _, first_byte, last_byte = _scan_lines(text)
+    looks = (first_byte == ord("{")) & (last_byte == ord("}"))
     malformed = nonblank & ~looks
     good = nonblank & looks
     frame = None
@@ -402,6 +454,7 @@ def _read_jsonl(path: Path, *, encoding: str, on_bad_rows: OnBadRows, report: Re
         except (pa.ArrowInvalid, UnicodeEncodeError):
             frame = None
     if frame is None:  # slow path: find the exact bad lines
+        lines = text.split("\n")
         records: list[dict] = []
         ok = np.zeros(len(lines), dtype=bool)
         for i in good_idx.tolist():
@@ -501,12 +554,25 @@ def _as_text(s: pd.Series) -> pd.Series:
 
 
 def _missing_mask(text: pd.Series) -> np.ndarray:
-    return (text.isna() | text.str.lower().isin(_MISSING_TOKENS)).to_numpy(dtype=bool)
+    return (text.isna() | text.isin(_MISSING_SPELLINGS)).to_numpy(dtype=bool)
 
 
 def _id_column(s: pd.Series) -> tuple[pd.Series, np.ndarray]:
+    """Ids as strings; only an empty cell or a null is missing (an id may well be "NA" or "None")."""
     text = _as_text(s)
-    return text, _missing_mask(text) | _nonscalar(s)
+    return text, (text.isna() | (text == "")).to_numpy(dtype=bool) | _nonscalar(s)
+
+
+def _to_float(text: pd.Series, missing: np.ndarray) -> np.ndarray:
+    """float64 (n,) of stripped strings; NaN where missing or not a number (a fresh, writable array)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    cleaned = text.where(~missing)
+    try:  # Arrow's parser is much faster than pd.to_numeric, and strict: any bad cell raises
+        return pc.cast(pa.array(cleaned, type=pa.string()), pa.float64()).to_numpy(zero_copy_only=False).copy()
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):
+        return pd.to_numeric(cleaned, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan, copy=True)
 
 
 def _float_column(s: pd.Series) -> tuple[np.ndarray, np.ndarray]:
@@ -518,7 +584,7 @@ def _float_column(s: pd.Series) -> tuple[np.ndarray, np.ndarray]:
         return v, np.isinf(v)
     text = s.astype("str").str.strip()
     missing = _missing_mask(text)
-    v = pd.to_numeric(text.where(~missing), errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan, copy=True)
+    v = _to_float(text, missing)
     bad = (~missing & ~np.isfinite(v)) | _nonscalar(s)
     v[bad] = np.nan
     return v, bad
@@ -550,7 +616,7 @@ def _timestamp_column(s: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     else:
         text = s.astype("str").str.strip()
         missing = _missing_mask(text) | _nonscalar(s)
-        numeric = pd.to_numeric(text.where(~missing), errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+        numeric = _to_float(text, missing)
         rest = ~missing & np.isnan(numeric)
     bad = ~missing & ~rest & ~(np.abs(numeric) < 2.0**62)  # inf / overflow
     ok_num = ~missing & ~rest & ~bad
