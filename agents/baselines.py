@@ -1,0 +1,756 @@
+"""Baseline rankers, and ``make_ranker(spec, ctx)``: the registry that turns specs like ``fixed-alpha:0.5`` into them.
+
+Every ranker implements :class:`agents.base.Ranker` (``act(obs) -> slate (B, K)``, vectorised over B rows) and
+its docstring states its scoring rule and where the rule comes from. Specs (see :data:`SPECS`):
+
+``random``, ``popular``, ``greedy-llm``, ``greedy-cf``, ``fixed-alpha:A``, ``scored``, ``tuned-alpha``,
+``online-alpha:A``, ``strategy-alpha:A``, ``linucb[:C]``, ``oracle``, ``run:DIR``.
+
+Rankers that learn before the evaluation do so on the TRAINING population only: ``tuned-alpha`` grid-searches
+α there, ``scored`` and ``linucb`` fit on impressions logged there by ``envs.presets.logging_policy``. All of
+their randomness derives from the context's seed (never the global RNG).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy.special import expit
+
+from agents.base import Feedback, Ranker, top_k
+from agents.evaluation import Bootstrap, episode_plan, percentile_ci, run_episodes
+from configs.schema import EncoderConfig, EnvConfig
+from envs.core import BatchedCore
+from envs.presets import logging_policy
+from envs.rec_env import make_core
+from envs.spaces import F_CF, F_LLM, F_POP, FEATURE_NAMES
+from envs.world import World
+
+#: The α grid of ``tuned-alpha``.
+ALPHA_GRID: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(11))
+#: Spec syntax → what it is; the order of the error message listing the valid choices.
+SPECS: dict[str, str] = {
+    "random": "uniformly random slate",
+    "popular": "most logged clicks first",
+    "greedy-llm": "top-K by LLM similarity (α = 1)",
+    "greedy-cf": "top-K by CF score (α = 0)",
+    "fixed-alpha:A": "top-K by A·llm_sim + (1-A)·cf_score, A in [0, 1]",
+    "scored": "top-K by sigmoid(W·x + b), W, b fitted on logged impressions",
+    "tuned-alpha": "fixed-alpha with α grid-searched on the training users",
+    "online-alpha:A": "fixed-α blend whose user vector takes a gradient step on each click and skip",
+    "strategy-alpha:A": "per-user LLM/CF weight updated by new = A·current + (1-A)·signal",
+    "linucb[:C]": "LinUCB over the candidate features, per user, exploration C (default 0.1)",
+    "oracle": "true click probability (reads the simulator's hidden state)",
+    "run:DIR": "a trained PPO run directory (train.py)",
+}
+_NEEDS_ALPHA = ("fixed-alpha", "online-alpha", "strategy-alpha")
+_NO_ARG = ("random", "popular", "greedy-llm", "greedy-cf", "scored", "tuned-alpha", "oracle")
+#: Offsets that keep the training-side seeds (tuning, fitting) apart from the evaluation seeds.
+_TUNE_SEED, _FIT_SEED = 1_000_003, 2_000_003
+
+
+def valid_choices() -> str:
+    """The spec syntaxes, comma separated (for error messages and ``--help``)."""
+    return ", ".join(SPECS)
+
+
+def parse_spec(spec: str) -> tuple[str, str | None]:
+    """Split and check a ranker spec.
+
+    Args:
+        spec: e.g. ``"fixed-alpha:0.5"``, ``"linucb"``, ``"run:runs/ppo-1"``.
+
+    Returns:
+        ``(name, argument or None)``.
+
+    Raises:
+        ValueError: For an unknown name or a bad argument; the message lists the valid choices.
+    """
+    name, sep, arg = spec.strip().partition(":")
+    bad = f"; valid choices: {valid_choices()}"
+    if name in _NO_ARG:
+        if sep:
+            raise ValueError(f"ranker {name!r} takes no argument, got {spec!r}{bad}")
+        return name, None
+    if name in _NEEDS_ALPHA:
+        try:
+            alpha = float(arg)
+        except ValueError:
+            raise ValueError(f"ranker {spec!r} needs α in [0, 1], as in '{name}:0.5'{bad}") from None
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"ranker {spec!r}: α must be in [0, 1], got {alpha}{bad}")
+        return name, arg
+    if name == "linucb":
+        if sep:
+            try:
+                ok = float(arg) >= 0.0
+            except ValueError:
+                ok = False
+            if not ok:
+                raise ValueError(f"ranker {spec!r}: the exploration weight must be a number >= 0{bad}")
+        return name, arg or None
+    if name == "run":
+        if not arg:
+            raise ValueError(f"ranker {spec!r} needs a run directory, as in 'run:runs/my-run'{bad}")
+        return name, arg
+    raise ValueError(f"unknown ranker {spec!r}; valid choices: {valid_choices()}")
+
+
+def check_specs(specs: list[str]) -> None:
+    """Validate a list of specs before any expensive work: syntax, duplicates, run directories.
+
+    Raises:
+        ValueError: Empty list, duplicates, or a bad spec (listing the valid choices).
+        FileNotFoundError: A ``run:DIR`` whose directory does not exist.
+    """
+    if not specs:
+        raise ValueError(f"no rankers given; valid choices: {valid_choices()}")
+    dup = sorted({s for s in specs if specs.count(s) > 1})
+    if dup:
+        raise ValueError(f"rankers listed twice: {dup}")
+    for spec in specs:
+        name, arg = parse_spec(spec)
+        if name == "run" and arg is not None and not Path(arg).is_dir():
+            raise FileNotFoundError(f"run directory {arg!r} (ranker {spec!r}) does not exist")
+
+
+# ---- the simple rankers --------------------------------------------------------------------------------------
+
+
+class RandomRanker(Ranker):
+    """A uniformly random slate of K distinct candidates: the floor every ranker must beat.
+
+    Formula: ``slate = first K of a uniform random permutation of the N candidates``.
+
+    Args:
+        k: Slate size.
+        seed: Seed of its own ``np.random.Generator``.
+    """
+
+    name = "random"
+
+    def __init__(self, k: int, seed: int) -> None:
+        super().__init__(k)
+        self.rng = np.random.default_rng([int(seed), 0x7A4D])
+
+    def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        """Random slate: int64 (B, K)."""
+        b, n = obs["candidates"].shape
+        return np.argsort(self.rng.random((b, n)), axis=1)[:, : self.k].astype(np.int64)
+
+
+class PopularRanker(Ranker):
+    """Most popular first (TopPop; Cremonesi, Koren & Turrin, RecSys 2010): the non-personalised baseline.
+
+    Formula: ``score_i = popularity_i`` (the ``popularity`` feature, log logged clicks scaled to [0, 1]).
+    """
+
+    name = "popular"
+
+    def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        """Top-K by popularity: int64 (B, K)."""
+        return top_k(obs["features"][:, :, F_POP], self.k)
+
+
+class BlendRanker(Ranker):
+    """The fixed α blend of the LLM-for-recsys pipelines: LLM similarity fused linearly with a CF score.
+
+    Formula: ``score_i = α·llm_sim_i + (1 − α)·cf_score_i``, top-K by score. α = 1 is greedy by LLM similarity,
+    α = 0 greedy by CF score. Source: the hybrid scoring that LLM-for-recsys write-ups stop at (the design card's
+    starting point); the PPO policy starts from the same blend (``agents/policies.py``).
+
+    Args:
+        k: Slate size.
+        alpha: α in [0, 1].
+        name: Display name (default ``fixed-alpha:<α>``).
+    """
+
+    def __init__(self, k: int, alpha: float, name: str | None = None) -> None:
+        super().__init__(k)
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        self.alpha = float(alpha)
+        self.name = name or f"fixed-alpha:{alpha:g}"
+
+    def scores(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        """``α·llm_sim + (1 − α)·cf_score``: float32 (B, N)."""
+        f = obs["features"]
+        return self.alpha * f[:, :, F_LLM] + (1.0 - self.alpha) * f[:, :, F_CF]
+
+    def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        """Top-K by the blend: int64 (B, K)."""
+        return top_k(self.scores(obs), self.k)
+
+
+class OracleRanker(Ranker):
+    """Myopic oracle: ranks by the simulator's true click probability. Reads HIDDEN state: an upper reference.
+
+    Formula: ``score_i = P(click i | shown alone at the top) = σ(U_ui − u_0)`` from
+    ``BatchedCore.true_click_probs``; greedy in the current step, blind to fatigue and budget to come.
+
+    Args:
+        k: Slate size.
+        core: The core whose current request is being ranked (the evaluation's core).
+    """
+
+    name = "oracle"
+    reads_hidden_state = True
+
+    def __init__(self, k: int, core: BatchedCore) -> None:
+        super().__init__(k)
+        self.core = core
+
+    def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        """Top-K by true click probability: int64 (B, K).
+
+        Raises:
+            ValueError: If ``obs`` is not the core's current observation.
+        """
+        if obs["candidates"].shape != self.core.cands.shape or not np.array_equal(obs["candidates"], self.core.cands):
+            raise ValueError("the oracle can only rank the current request of the core it reads")
+        return top_k(self.core.true_click_probs(), self.k)
+
+
+def _examined(clicks: np.ndarray) -> np.ndarray:
+    """Cascade reading of a slate (Craswell et al., WSDM 2008): slots down to the click, all K without one.
+
+    Args:
+        clicks: bool (B, K).
+
+    Returns:
+        bool (B, K) examined slots.
+    """
+    k = clicks.shape[1]
+    last = np.where(clicks.any(axis=1), clicks.argmax(axis=1), k - 1)
+    return np.arange(k)[None, :] <= last[:, None]
+
+
+# ---- rankers fitted on logged data (training users) -------------------------------------------------------------
+
+
+@dataclass
+class Impressions:
+    """Impressions logged by the logging policy on the training users.
+
+    Attributes:
+        features: float32 (n, F) candidate features at the time of the impression.
+        rank: int64 (n,) slot in the slate.
+        clicked: bool (n,).
+        examined: bool (n,) at or above the click (all K when nothing was clicked): the cascade reading.
+    """
+
+    features: np.ndarray
+    rank: np.ndarray
+    clicked: np.ndarray
+    examined: np.ndarray
+
+
+class _LoggingPolicyRanker(Ranker):
+    """``envs.presets.logging_policy`` as a ranker (its randomness comes from the core's episode keys)."""
+
+    name = "logging-policy"
+
+    def __init__(self, k: int, core: BatchedCore) -> None:
+        super().__init__(k)
+        self.core = core
+
+    def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        lc = self.core.cfg.logging
+        return logging_policy(obs, self.core.keys, self.core.t, self.k, lc.epsilon, lc.temperature)[0]
+
+
+def collect_impressions(world: World, env_cfg: EnvConfig, sessions: int, seed: int, batch: int = 256,
+                        population: str = "train", encoder: EncoderConfig | None = None,
+                        progress: bool = False) -> Impressions:
+    """Log the impressions of ``sessions`` sessions of the logging policy on ``population``.
+
+    Args:
+        world: The world.
+        env_cfg: Env config.
+        sessions: Sessions to log.
+        seed: Seed of the episode keys.
+        batch: Users simulated at once.
+        population: Population (training users).
+        encoder: Encoder config (text observation mode only).
+        progress: Show a progress bar.
+
+    Returns:
+        The impressions.
+    """
+    core = make_core(env_cfg, env_cfg.preset, encoder, world, population, min(batch, sessions))
+    chunks: list[tuple[np.ndarray, ...]] = []
+
+    def record(obs: dict[str, np.ndarray], slate: np.ndarray, fb: Feedback, active: np.ndarray) -> None:
+        rows = np.flatnonzero(active)
+        feats = np.take_along_axis(obs["features"][rows], slate[rows][:, :, None], axis=1)  # (r, K, F)
+        rank = np.broadcast_to(np.arange(slate.shape[1]), slate[rows].shape)
+        chunks.append((feats.reshape(-1, feats.shape[2]), rank.ravel(), fb.clicks[rows].ravel(),
+                       _examined(fb.clicks[rows]).ravel()))
+
+    plan = episode_plan(sessions, [seed], world.populations[population].size)
+    run_episodes(core, _LoggingPolicyRanker(env_cfg.slate_size, core), plan, progress=progress,
+                 desc="logging impressions", on_step=record)
+    feats, rank, clicked, examined = (np.concatenate(parts) for parts in zip(*chunks, strict=True))
+    return Impressions(feats.astype(np.float32), rank.astype(np.int64), clicked, examined)
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-4, max_iter: int = 50,
+                 tol: float = 1e-8) -> np.ndarray:
+    """L2-regularised logistic regression by Newton's method (IRLS).
+
+    Minimises ``mean(log(1 + exp(−s·x·w))) + l2/2·|w|²`` with ``s = ±1``.
+
+    Args:
+        x: (n, p) design matrix (add a column of ones for an intercept).
+        y: (n,) labels in {0, 1}.
+        l2: Ridge weight.
+        max_iter: Newton steps at most.
+        tol: Stop when the largest step is below this.
+
+    Returns:
+        float64 (p,) weights.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    n, p = x.shape
+    w = np.zeros(p)
+    for _ in range(max_iter):
+        prob = expit(x @ w)
+        grad = x.T @ (prob - y) / n + l2 * w
+        hess = (x * (prob * (1.0 - prob))[:, None]).T @ x / n + l2 * np.eye(p)
+        step = np.linalg.solve(hess, grad)
+        w -= step
+        if np.abs(step).max() < tol:
+            break
+    return w
+
+
+class ScoredRanker(Ranker):
+    """Scored blend: ``Score_i = sigmoid(W·x_i + b)`` over the candidate features, W and b learnt from logs.
+
+    The LLM-for-recsys "scored" variant of the fixed blend: instead of a hand-set α, a logistic model over all
+    F features (``llm_sim, cf_score, popularity, price, cat_exposure, cat_clicks, item_seen``) learns the
+    weights from logged clicks (logistic CTR models, e.g. McMahan et al., KDD 2013). The fit is position-aware
+    (PAL; Guo et al., RecSys 2019): one-hot slot terms absorb position bias during training and are dropped
+    when scoring. Ranks by Score (equivalently by ``W·x + b``).
+
+    Args:
+        k: Slate size.
+        weights: float (F,) W.
+        bias: b.
+    """
+
+    name = "scored"
+
+    def __init__(self, k: int, weights: np.ndarray, bias: float) -> None:
+        super().__init__(k)
+        self.weights = np.asarray(weights, dtype=np.float32)
+        self.bias = float(bias)
+
+    @classmethod
+    def fit(cls, imp: Impressions, k: int, l2: float = 1e-4) -> ScoredRanker:
+        """Fit W, b on logged impressions (features + slot one-hots → clicked)."""
+        n_feat = imp.features.shape[1]
+        slots = int(imp.rank.max()) + 1
+        onehot = np.zeros((len(imp.rank), slots - 1))  # slot 0 is the baseline
+        rows = np.flatnonzero(imp.rank > 0)
+        onehot[rows, imp.rank[rows] - 1] = 1.0
+        x = np.concatenate([imp.features, onehot, np.ones((len(imp.rank), 1))], axis=1)
+        w = fit_logistic(x, imp.clicked, l2=l2)
+        return cls(k, w[:n_feat], float(w[-1]))
+
+    def scores(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        """``sigmoid(W·x + b)``: float32 (B, N)."""
+        return expit(obs["features"] @ self.weights + self.bias)
+
+    def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        """Top-K by Score: int64 (B, K)."""
+        return top_k(self.scores(obs), self.k)
+
+    def describe(self) -> dict[str, float]:
+        """The fitted weights by feature name, and the bias."""
+        return {**dict(zip(FEATURE_NAMES, map(float, self.weights), strict=True)), "bias": self.bias}
+
+
+class LinUCBRanker(Ranker):
+    """LinUCB over the candidate features, one linear model per user, learnt online within the session.
+
+    Formula (Li, Chu, Langford & Schapire, WWW 2010, disjoint model shared by the items of one user): with
+    ``x_i = [features_i, 1]`` (d = F + 1), ``A = λI + Σ x xᵀ``, ``b = λθ₀ + Σ y·x``, ``θ = A⁻¹b``,
+    ``score_i = θ·x_i + c·sqrt(x_iᵀ A⁻¹ x_i)``, top-K by score. Feedback is read as in CascadeLinUCB (Zong et
+    al., UAI 2016): slots down to the click are observed (y = 1 for the click, 0 above it), all K when nothing
+    was clicked. The prior mean θ₀ (weight λ) is a ridge regression on examined logged impressions of the
+    training users, so a session starts from what the population does and moves toward this user.
+
+    Per-user state is batched: A⁻¹ (B, d, d), b (B, d); one ``np.linalg.inv`` of the batch per step.
+
+    Args:
+        k: Slate size.
+        theta0: float (d,) prior mean.
+        prior_weight: λ, in pseudo-observations.
+        exploration: c.
+    """
+
+    name = "linucb"
+
+    def __init__(self, k: int, theta0: np.ndarray, prior_weight: float = 20.0, exploration: float = 0.1) -> None:
+        super().__init__(k)
+        if prior_weight <= 0 or exploration < 0:
+            raise ValueError(f"need prior_weight > 0 and exploration >= 0, got {prior_weight}, {exploration}")
+        self.theta0 = np.asarray(theta0, dtype=np.float64)
+        self.lam, self.c = float(prior_weight), float(exploration)
+        self.a = np.zeros((0, len(self.theta0), len(self.theta0)))
+        self.a_inv = self.a.copy()
+        self.b = np.zeros((0, len(self.theta0)))
+
+    @classmethod
+    def fit(cls, imp: Impressions, k: int, prior_weight: float = 20.0, exploration: float = 0.1,
+            l2: float = 1.0) -> LinUCBRanker:
+        """Prior mean θ₀ by ridge regression (weight ``l2``) of clicks on ``[features, 1]`` over examined slots."""
+        x = _with_bias(imp.features[imp.examined].astype(np.float64))
+        y = imp.clicked[imp.examined].astype(np.float64)
+        theta0 = np.linalg.solve(x.T @ x + l2 * np.eye(x.shape[1]), x.T @ y)
+        return cls(k, theta0, prior_weight, exploration)
+
+    def reset(self, rows: np.ndarray, obs: dict[str, np.ndarray]) -> None:
+        """Forget the previous users of ``rows``: back to the prior."""
+        b = len(obs["features"])
+        d = len(self.theta0)
+        if len(self.b) != b:
+            self.a, self.a_inv, self.b = np.zeros((b, d, d)), np.zeros((b, d, d)), np.zeros((b, d))
+            rows = np.arange(b)
+        self.a[rows] = self.lam * np.eye(d)
+        self.a_inv[rows] = np.eye(d) / self.lam
+        self.b[rows] = self.lam * self.theta0
+
+    def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        """Top-K by upper confidence bound: int64 (B, K)."""
+        if len(self.b) != len(obs["features"]):
+            self.reset(np.arange(len(obs["features"])), obs)
+        x = _with_bias(obs["features"].astype(np.float64))  # (B, N, d)
+        theta = np.einsum("bij,bj->bi", self.a_inv, self.b)
+        width = np.einsum("bni,bij,bnj->bn", x, self.a_inv, x)
+        return top_k(np.einsum("bnd,bd->bn", x, theta) + self.c * np.sqrt(np.maximum(width, 0.0)), self.k)
+
+    def update(self, obs: dict[str, np.ndarray], slate: np.ndarray, feedback: Feedback) -> None:
+        """Add the examined slots of each row to its A and b (cascade reading of the slate)."""
+        x = _with_bias(np.take_along_axis(obs["features"], slate[:, :, None], axis=1).astype(np.float64))
+        seen = _examined(feedback.clicks).astype(np.float64)
+        self.a += np.einsum("bk,bki,bkj->bij", seen, x, x)
+        self.b += np.einsum("bk,bki->bi", seen * feedback.clicks, x)
+        self.a_inv = np.linalg.inv(self.a)
+
+
+def _with_bias(x: np.ndarray) -> np.ndarray:
+    """Append a column of ones: (…, F) → (…, F + 1)."""
+    return np.concatenate([x, np.ones((*x.shape[:-1], 1), x.dtype)], axis=-1)
+
+
+# ---- online blends ---------------------------------------------------------------------------------------------
+
+
+class OnlineAlphaRanker(BlendRanker):
+    """Fixed-α blend over a user vector learnt online within the session (the "dynamic user model").
+
+    Formula: ``score_i = α·cos(u, e_i) + (1 − α)·cf_score_i`` with ``u = obs.user + δ``. After each slate, δ
+    takes one stochastic-gradient step on the logistic log-likelihood of the examined slots (cascade reading):
+    ``δ ← δ + η·[Σ_click (1 − σ(u·e_j))·e_j − w_skip·Σ_skip σ(u·e_s)·e_s]``. This is online matrix factorisation's
+    per-user update (Rendle & Schmidt-Thieme, RecSys 2008) applied to the LLM-space user vector; δ = 0 at the
+    start of a session, where the ranker equals ``fixed-alpha:α``.
+
+    Args:
+        k: Slate size.
+        alpha: α in [0, 1].
+        item_emb: float32 (M, D) item embeddings (the catalog's LLM embeddings, public to the service).
+        lr: η.
+        skip_weight: Weight of a skipped slot relative to a click (skips are weak evidence).
+    """
+
+    def __init__(self, k: int, alpha: float, item_emb: np.ndarray, lr: float = 0.3, skip_weight: float = 0.1) -> None:
+        super().__init__(k, alpha, name=f"online-alpha:{alpha:g}")
+        self.item_emb = item_emb
+        self.lr, self.skip_weight = float(lr), float(skip_weight)
+        self.delta = np.zeros((0, item_emb.shape[1]), np.float32)
+
+    def reset(self, rows: np.ndarray, obs: dict[str, np.ndarray]) -> None:
+        """New sessions in ``rows``: δ = 0."""
+        b = len(obs["user"])
+        if len(self.delta) != b:
+            self.delta = np.zeros((b, self.item_emb.shape[1]), np.float32)
+        self.delta[rows] = 0.0
+
+    def _user(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        if len(self.delta) != len(obs["user"]):
+            self.reset(np.arange(len(obs["user"])), obs)
+        return obs["user"] + self.delta
+
+    def scores(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        """``α·cos(u, e_i) + (1 − α)·cf_score_i``: float32 (B, N)."""
+        u = self._user(obs)
+        emb = obs["item_emb"] if "item_emb" in obs else self.item_emb[obs["candidates"]]  # (B, N, D)
+        norm = np.linalg.norm(u, axis=1)
+        sim = np.matmul(emb, u[:, :, None])[:, :, 0] / np.where(norm > 0, norm, 1.0)[:, None]
+        return self.alpha * sim + (1.0 - self.alpha) * obs["features"][:, :, F_CF]
+
+    def update(self, obs: dict[str, np.ndarray], slate: np.ndarray, feedback: Feedback) -> None:
+        """One gradient step of δ on the examined slots."""
+        u = self._user(obs)
+        e = self.item_emb[np.take_along_axis(obs["candidates"], slate, axis=1)]  # (B, K, D)
+        p = expit(np.einsum("bkd,bd->bk", e, u))
+        skip = _examined(feedback.clicks) & ~feedback.clicks
+        g = feedback.clicks * (1.0 - p) - self.skip_weight * skip * p  # (B, K)
+        self.delta += (self.lr * np.einsum("bk,bkd->bd", g, e)).astype(np.float32)
+
+
+class StrategyAlphaRanker(Ranker):
+    """Strategy blend: a per-user weight on the LLM strategy vs the CF strategy, smoothed from feedback.
+
+    Formula: ``score_i = w·z(llm_sim)_i + (1 − w)·z(cf_score)_i`` with ``z`` the z-score over the request's N
+    candidates (so w is a share of trust, not a unit conversion). After a click on item j the weight moves by
+    the exponential-smoothing rule ``w_new = α·w + (1 − α)·signal``, ``signal = 1`` when the clicked item stood
+    out more by LLM similarity than by CF score (``z(llm)_j > z(cf)_j``), else 0; no click leaves w unchanged.
+    w = 0.5 at session start. Source: the ``new = α·current + (1 − α)·signal_from_feedback`` update that
+    LLM-for-recsys write-ups use to adapt a blend from real-time feedback.
+
+    Args:
+        k: Slate size.
+        alpha: α in [0, 1] (memory of the smoothing).
+        init_weight: w at session start.
+    """
+
+    def __init__(self, k: int, alpha: float, init_weight: float = 0.5) -> None:
+        super().__init__(k)
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        self.alpha, self.init_weight = float(alpha), float(init_weight)
+        self.name = f"strategy-alpha:{alpha:g}"
+        self.weight = np.zeros(0)
+
+    def reset(self, rows: np.ndarray, obs: dict[str, np.ndarray]) -> None:
+        """New sessions in ``rows``: w back to its start."""
+        b = len(obs["features"])
+        if len(self.weight) != b:
+            self.weight = np.full(b, self.init_weight)
+        self.weight[rows] = self.init_weight
+
+    @staticmethod
+    def _z(obs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        f = obs["features"][:, :, [F_LLM, F_CF]].astype(np.float64)  # (B, N, 2)
+        z = (f - f.mean(axis=1, keepdims=True)) / np.maximum(f.std(axis=1, keepdims=True), 1e-6)
+        return z[:, :, 0], z[:, :, 1]
+
+    def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        """Top-K by the per-user blend of z-scores: int64 (B, K)."""
+        if len(self.weight) != len(obs["features"]):
+            self.reset(np.arange(len(obs["features"])), obs)
+        z_llm, z_cf = self._z(obs)
+        w = self.weight[:, None]
+        return top_k(w * z_llm + (1.0 - w) * z_cf, self.k)
+
+    def update(self, obs: dict[str, np.ndarray], slate: np.ndarray, feedback: Feedback) -> None:
+        """Smooth w toward the strategy that explains each click."""
+        clicked = feedback.clicks.any(axis=1)
+        pos = np.take_along_axis(slate, feedback.clicks.argmax(axis=1)[:, None], axis=1)  # (B, 1)
+        z_llm, z_cf = self._z(obs)
+        signal = (np.take_along_axis(z_llm, pos, axis=1) > np.take_along_axis(z_cf, pos, axis=1))[:, 0]
+        self.weight = np.where(clicked, self.alpha * self.weight + (1.0 - self.alpha) * signal, self.weight)
+
+
+# ---- tuned α -------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class AlphaCurve:
+    """Return per session of the fixed-α blend over a grid of α, on one population.
+
+    Attributes:
+        alphas: The grid.
+        mean_return: Mean return per α.
+        ci95: 95% bootstrap interval per α.
+        best_alpha: The α of the highest mean return (the first on ties).
+        episodes: Sessions per α (the same sessions for every α).
+        population: Where it was measured (training users).
+        seed: Seed of the sessions.
+    """
+
+    alphas: list[float]
+    mean_return: list[float]
+    ci95: list[list[float]]
+    best_alpha: float
+    episodes: int
+    population: str
+    seed: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict for JSON."""
+        return dataclasses.asdict(self)
+
+
+def tune_alpha(world: World, env_cfg: EnvConfig, alphas: tuple[float, ...] = ALPHA_GRID, episodes: int = 400,
+               seed: int = _TUNE_SEED, batch: int = 256, population: str = "train",
+               encoder: EncoderConfig | None = None, progress: bool = False) -> AlphaCurve:
+    """Grid-search α of the fixed blend on ``population`` (the training users, never the held-out ones).
+
+    Every α meets the same sessions (common random numbers), so the curve's differences are paired.
+
+    Args:
+        world: The world.
+        env_cfg: Env config.
+        alphas: The grid.
+        episodes: Sessions per α.
+        seed: Seed of the sessions.
+        batch: Users simulated at once.
+        population: Population to tune on.
+        encoder: Encoder config (text observation mode only).
+        progress: Show a progress bar.
+
+    Returns:
+        The curve; ``best_alpha`` is its argmax.
+    """
+    if not alphas:
+        raise ValueError("the α grid is empty")
+    core = make_core(env_cfg, env_cfg.preset, encoder, world, population, min(batch, episodes))
+    plan = episode_plan(episodes, [seed], world.populations[population].size)
+    boot = Bootstrap(len(plan), 1000, seed)
+    returns = [run_episodes(core, BlendRanker(env_cfg.slate_size, a), plan, progress=progress,
+                            desc=f"tuning α={a:g}").ret for a in alphas]
+    means = [float(r.mean()) for r in returns]
+    return AlphaCurve(alphas=[float(a) for a in alphas], mean_return=means,
+                      ci95=[list(percentile_ci(boot.means(r))) for r in returns],
+                      best_alpha=float(alphas[int(np.argmax(means))]), episodes=episodes, population=population,
+                      seed=seed)
+
+
+class TunedAlphaRanker(BlendRanker):
+    """``fixed-alpha`` at the α that maximised return on the training users (grid search, :func:`tune_alpha`).
+
+    Formula: ``score_i = α*·llm_sim_i + (1 − α*)·cf_score_i``, ``α* = argmax_α mean return(α)`` over
+    :data:`ALPHA_GRID` on the training population, so that learned policies are compared with the best fixed α,
+    not an arbitrary one.
+
+    Args:
+        k: Slate size.
+        curve: The grid search's result.
+    """
+
+    def __init__(self, k: int, curve: AlphaCurve) -> None:
+        super().__init__(k, curve.best_alpha, name="tuned-alpha")
+        self.curve = curve
+
+
+# ---- the registry ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RankerContext:
+    """What the factory needs to build any ranker.
+
+    Attributes:
+        world: The world.
+        env_cfg: Env config (K, N, logging settings).
+        core: The evaluation core (the oracle reads its hidden state); required for ``oracle``.
+        seed: Seed of the rankers' own randomness; training-side seeds are derived from it.
+        train_population: Population that tuning and fitting use.
+        alphas: tuned-alpha's grid.
+        tune_episodes: Sessions per α for tuned-alpha.
+        fit_sessions: Logged sessions for ``scored`` and ``linucb``.
+        batch: Users simulated at once while tuning and fitting.
+        encoder: Encoder config (text observation mode only).
+        device: Torch device for ``run:DIR``.
+        progress: Show progress bars while tuning and fitting.
+    """
+
+    world: World
+    env_cfg: EnvConfig
+    core: BatchedCore | None = None
+    seed: int = 0
+    train_population: str = "train"
+    alphas: tuple[float, ...] = ALPHA_GRID
+    tune_episodes: int = 400
+    fit_sessions: int = 600
+    batch: int = 256
+    encoder: EncoderConfig | None = None
+    device: str = "auto"
+    progress: bool = False
+    _impressions: Impressions | None = field(default=None, repr=False)
+
+    def impressions(self) -> Impressions:
+        """Logged impressions on the training users (collected once, shared by ``scored`` and ``linucb``)."""
+        if self._impressions is None:
+            self._impressions = collect_impressions(self.world, self.env_cfg, self.fit_sessions,
+                                                    self.seed + _FIT_SEED, self.batch, self.train_population,
+                                                    self.encoder, self.progress)
+        return self._impressions
+
+
+def make_ranker(spec: str, ctx: RankerContext) -> Ranker:
+    """Build the ranker named by ``spec`` (see :data:`SPECS`).
+
+    Args:
+        spec: e.g. ``"random"``, ``"fixed-alpha:0.5"``, ``"linucb:0.2"``, ``"run:runs/ppo-1"``.
+        ctx: World, config, evaluation core and seeds.
+
+    Returns:
+        The ranker, its ``name`` set to the spec.
+
+    Raises:
+        ValueError: For an unknown or malformed spec (listing the valid choices), or ``oracle`` without a core.
+        FileNotFoundError: For ``run:DIR`` when DIR does not exist.
+        ImportError: For ``run:DIR`` when the PPO ranker module (``agents/ppo_ranker.py``) is not available.
+    """
+    name, arg = parse_spec(spec)
+    k = ctx.env_cfg.slate_size
+    ranker: Ranker
+    if name == "random":
+        ranker = RandomRanker(k, ctx.seed)
+    elif name == "popular":
+        ranker = PopularRanker(k)
+    elif name == "greedy-llm":
+        ranker = BlendRanker(k, 1.0, name="greedy-llm")
+    elif name == "greedy-cf":
+        ranker = BlendRanker(k, 0.0, name="greedy-cf")
+    elif name == "fixed-alpha":
+        ranker = BlendRanker(k, float(arg))
+    elif name == "scored":
+        ranker = ScoredRanker.fit(ctx.impressions(), k)
+    elif name == "tuned-alpha":
+        ranker = TunedAlphaRanker(k, tune_alpha(ctx.world, ctx.env_cfg, ctx.alphas, ctx.tune_episodes,
+                                                ctx.seed + _TUNE_SEED, ctx.batch, ctx.train_population,
+                                                ctx.encoder, ctx.progress))
+    elif name == "online-alpha":
+        ranker = OnlineAlphaRanker(k, float(arg), ctx.world.item_emb)
+    elif name == "strategy-alpha":
+        ranker = StrategyAlphaRanker(k, float(arg))
+    elif name == "linucb":
+        ranker = LinUCBRanker.fit(ctx.impressions(), k, exploration=float(arg) if arg else 0.1)
+    elif name == "oracle":
+        if ctx.core is None:
+            raise ValueError("the oracle reads the evaluation core's hidden state: give RankerContext a core")
+        ranker = OracleRanker(k, ctx.core)
+    else:  # run:DIR (parse_spec admits nothing else)
+        ranker = load_run(str(arg), ctx.device)
+    ranker.name = spec
+    return ranker
+
+
+def load_run(run_dir: str, device: str = "auto") -> Ranker:
+    """The ranker of a PPO run directory, through ``agents.ppo_ranker.load_run_ranker`` (imported lazily).
+
+    Raises:
+        FileNotFoundError: If ``run_dir`` does not exist.
+        ImportError: If ``agents/ppo_ranker.py`` is not available.
+    """
+    if not Path(run_dir).is_dir():
+        raise FileNotFoundError(f"run directory {run_dir!r} does not exist")
+    try:
+        from agents.ppo_ranker import load_run_ranker
+    except ModuleNotFoundError as exc:
+        if exc.name != "agents.ppo_ranker":
+            raise
+        raise ImportError(f"cannot load run {run_dir!r}: agents/ppo_ranker.py (the PPO ranker) is not available "
+                          "in this checkout") from exc
+    return load_run_ranker(run_dir, device=device)
