@@ -1,0 +1,315 @@
+"""The evaluation engine and its statistics (agents/evaluation.py).
+
+Hand-computed cases for the bootstrap, the paired test and the slate metrics; a scripted fake core for the
+engine's bookkeeping; the small world for common random numbers and determinism.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from scipy import sparse
+
+from agents.base import Ranker
+from agents.baselines import BlendRanker, OracleRanker, RandomRanker
+from agents.evaluation import (
+    Bootstrap,
+    bootstrap_ci,
+    coverage,
+    episode_plan,
+    evaluate_rankers,
+    intra_list_diversity,
+    item_novelty,
+    markdown_table,
+    ndcg_at_k,
+    paired_test,
+    run_episodes,
+    summarise,
+    write_report,
+)
+from configs.schema import EnvConfig
+from envs.core import BatchedCore, StepResult
+from envs.spaces import CONTEXT_NAMES, FEATURE_NAMES
+from envs.world import World
+
+# ---- statistics on hand-computed cases -------------------------------------------------------------------------
+
+
+def test_bootstrap_two_point_sample() -> None:
+    """x = [0, 1]: a resample mean is 0, 1/2, 1 with probabilities 1/4, 1/2, 1/4, so the 95% interval is [0, 1]."""
+    boot = Bootstrap(2, 20_000, seed=3)
+    means = boot.means(np.array([0.0, 1.0]))
+    assert set(np.unique(means)) <= {0.0, 0.5, 1.0}
+    assert np.mean(means == 0.5) == pytest.approx(0.5, abs=0.02)
+    assert np.mean(means == 0.0) == pytest.approx(0.25, abs=0.02)
+    assert bootstrap_ci(np.array([0.0, 1.0]), 20_000, seed=3) == (0.0, 1.0)
+
+
+def test_bootstrap_skewed_sample() -> None:
+    """x = [0, 0, 0, 1]: P(mean = 0) = (3/4)^4 ≈ 0.32 > 2.5%, P(mean >= 3/4) ≈ 0.051 and P(mean = 1) ≈ 0.004."""
+    lo, hi = bootstrap_ci(np.array([0.0, 0.0, 0.0, 1.0]), 20_000, seed=0)
+    assert (lo, hi) == (0.0, 0.75)
+
+
+def test_bootstrap_constant_and_seeded() -> None:
+    assert bootstrap_ci(np.full(10, 2.5), 500, seed=1) == (2.5, 2.5)
+    x = np.random.default_rng(0).normal(size=50)
+    assert bootstrap_ci(x, 500, seed=7) == bootstrap_ci(x, 500, seed=7)
+    assert bootstrap_ci(x, 500, seed=7) != bootstrap_ci(x, 500, seed=8)
+    with pytest.raises(ValueError, match="expected shape"):
+        Bootstrap(5, 10, 0).means(np.zeros(4))
+
+
+def test_paired_t_test_by_hand() -> None:
+    """d = [1, 2, 3, 4]: mean 2.5, sd √(5/3), t = 2.5 / (sd / 2) ≈ 3.873 with 3 degrees of freedom.
+
+    For 3 degrees of freedom the two-sided p-value has a closed form: p = 1 − (2/π)(θ + sin θ cos θ),
+    θ = arctan(t / √3).
+    """
+    x = np.array([3.0, 5.0, 7.0, 9.0])
+    ref = np.array([2.0, 3.0, 4.0, 5.0])
+    out = paired_test(x, ref, Bootstrap(4, 1000, 0))
+    t = 2.5 / (math.sqrt(5.0 / 3.0) / 2.0)
+    theta = math.atan(t / math.sqrt(3.0))
+    p = 1.0 - 2.0 / math.pi * (theta + math.sin(theta) * math.cos(theta))
+    assert out["diff"] == 2.5
+    assert out["t"] == pytest.approx(t, rel=1e-9)
+    assert out["p_value"] == pytest.approx(p, rel=1e-9)
+    assert out["n"] == 4
+    lo, hi = out["ci95"]
+    assert 1.0 <= lo <= 2.5 <= hi <= 4.0
+
+
+def test_paired_test_sees_what_an_unpaired_view_hides() -> None:
+    """Episodes differ wildly, the ranker is consistently a little better: paired, that is significant."""
+    rng = np.random.default_rng(0)
+    base = rng.normal(0.0, 10.0, 200)
+    better = base + 0.3 + rng.normal(0.0, 0.1, 200)
+    assert paired_test(better, base)["p_value"] < 1e-6
+    assert bootstrap_ci(better - base, 1000, 0)[0] > 0.0
+    # the two means' own intervals overlap heavily
+    assert bootstrap_ci(better, 1000, 0)[0] < bootstrap_ci(base, 1000, 0)[1]
+
+
+def test_paired_test_degenerate_cases() -> None:
+    x = np.array([1.0, 2.0, 3.0])
+    same = paired_test(x, x)
+    assert same["diff"] == 0.0 and same["p_value"] == 1.0 and same["t"] is None
+    shifted = paired_test(x + 1.0, x)
+    assert shifted["diff"] == 1.0 and shifted["p_value"] == 0.0
+    assert paired_test(np.array([1.0]), np.array([0.0]))["p_value"] is None
+    with pytest.raises(ValueError, match="equal 1-d shapes"):
+        paired_test(x, x[:2])
+
+
+def test_ndcg_by_hand() -> None:
+    rel = np.array([[0.1, 0.4, 0.2], [0.0, 0.0, 0.0]])
+    ideal = 0.4 + 0.2 / math.log2(3)
+    out = ndcg_at_k(rel, np.array([[0, 1], [0, 1]]))
+    assert out[0] == pytest.approx((0.1 + 0.4 / math.log2(3)) / ideal)
+    assert out[1] == 1.0  # nothing relevant: every slate is ideal
+    assert ndcg_at_k(rel[:1], np.array([[1, 2]]))[0] == pytest.approx(1.0)
+
+
+def test_intra_list_diversity_by_hand() -> None:
+    emb = np.eye(3, dtype=np.float32)
+    items = np.array([[0, 1, 2], [0, 0, 0], [0, 0, 1]])
+    # orthogonal: every pair 1; identical: 0; (e0, e0, e1): pairs 0, 1, 1 → 2/3
+    assert intra_list_diversity(emb, items) == pytest.approx([1.0, 0.0, 2.0 / 3.0])
+    assert intra_list_diversity(emb, items[:, :1]).tolist() == [0.0, 0.0, 0.0]
+
+
+def test_novelty_by_hand() -> None:
+    """Add-one smoothed click shares: c = [3, 0, 1, 0] → p = (c + 1) / 8 → −log2 p = [1, 3, 2, 3] bits."""
+    assert item_novelty(np.array([3.0, 0.0, 1.0, 0.0])) == pytest.approx([1.0, 3.0, 2.0, 3.0])
+
+
+def test_coverage_and_its_interval() -> None:
+    same = sparse.csr_matrix(np.tile([True, True, False, False], (10, 1)))
+    assert coverage(same) == {"mean": 0.5, "ci95": [0.5, 0.5]}
+    rare = np.tile([True, False, False, False], (10, 1))
+    rare[3, 2] = True  # one item hangs on one episode: the jackknife sees it
+    cov = coverage(sparse.csr_matrix(rare))
+    assert cov["mean"] == 0.5
+    assert cov["ci95"][0] < 0.5 < cov["ci95"][1]
+
+
+# ---- the engine on a scripted core (hand-checked episodes) ------------------------------------------------------
+
+
+class ScriptedCore:
+    """A stand-in for BatchedCore with a fixed script.
+
+    Every session lasts two requests; user u sees candidates ``[u, u+1, u+2]`` with true click probabilities
+    ``[0.5, 0.1, 0.3]``; the first request gets a click on rank 0 (reward 1, dwell 10 s, a purchase for user 1),
+    the second none, then the user leaves. Item embeddings are orthogonal; logged clicks ``[3, 0, 1, 0]``.
+    """
+
+    N, K, M = 3, 2, 4
+
+    def __init__(self, batch: int) -> None:
+        self.B = batch
+        self.world = SimpleNamespace(item_emb=np.eye(4, dtype=np.float32), popularity=np.array([3.0, 0.0, 1.0, 0.0]))
+        self.pop = SimpleNamespace(rho=np.array([0.2, 0.9]))
+        self.user = np.zeros(batch, np.int64)
+        self.keys = np.zeros(batch, np.uint64)
+        self.t = np.zeros(batch, np.int64)
+        self.cands = np.zeros((batch, self.N), np.int64)
+
+    def reset_rows(self, rows: np.ndarray, keys: np.ndarray, users: np.ndarray) -> None:
+        self.user[rows], self.keys[rows], self.t[rows] = users, keys, 0
+
+    def observe(self) -> dict[str, np.ndarray]:
+        self.cands = self.user[:, None] + np.arange(self.N)[None, :]
+        return {"user": np.zeros((self.B, 4), np.float32), "candidates": self.cands.copy(),
+                "features": np.zeros((self.B, self.N, len(FEATURE_NAMES)), np.float32),
+                "context": np.zeros((self.B, len(CONTEXT_NAMES)), np.float32)}
+
+    def true_click_probs(self) -> np.ndarray:
+        return np.tile([0.5, 0.1, 0.3], (self.B, 1))
+
+    def step(self, slate: np.ndarray) -> StepResult:
+        b, k = self.B, self.K
+        first = self.t == 0
+        clicks = np.zeros((b, k), bool)
+        clicks[:, 0] = first
+        purchases = clicks & (self.user == 1)[:, None]
+        dwell = np.where(clicks, 10.0, 0.0).astype(np.float32)
+        reward = first.astype(np.float32)
+        self.t += 1
+        z = np.zeros(b, np.float32)
+        return StepResult(reward=reward, terminated=self.t >= 2, truncated=np.zeros(b, bool),
+                          items=np.take_along_axis(self.cands, slate, axis=1), click_rank=np.where(first, 0, -1),
+                          clicks=clicks, purchases=purchases, dwell=dwell, reward_click=reward, reward_purchase=z,
+                          reward_dwell=z)
+
+
+class FirstTwo(Ranker):
+    """Always the first two candidates; records its resets."""
+
+    name = "first-two"
+
+    def __init__(self) -> None:
+        super().__init__(2)
+        self.resets: list[list[int]] = []
+
+    def reset(self, rows: np.ndarray, obs: dict[str, np.ndarray]) -> None:
+        self.resets.append(sorted(np.asarray(rows).tolist()))
+
+    def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        return np.tile(np.array([0, 1], np.int64), (len(obs["candidates"]), 1))
+
+
+@pytest.mark.parametrize("batch", [1, 2, 5])
+def test_engine_metrics_on_scripted_episodes(batch: int) -> None:
+    """Three sessions (users 0, 1, 0), any batch size: the same hand-checked per-episode numbers."""
+    plan = episode_plan(3, [0], 2)
+    plan = type(plan)(plan.keys, np.array([0, 1, 0]), plan.seeds)
+    ranker = FirstTwo()
+    st = run_episodes(ScriptedCore(batch), ranker, plan)  # type: ignore[arg-type]
+    assert st.ret.tolist() == [1.0, 1.0, 1.0]
+    assert st.length.tolist() == [2.0, 2.0, 2.0]
+    assert st.metric("ctr").tolist() == [0.5, 0.5, 0.5]
+    assert st.purchases.tolist() == [0.0, 1.0, 0.0]
+    assert st.dwell.tolist() == [10.0, 10.0, 10.0]
+    ndcg = (0.5 + 0.1 / math.log2(3)) / (0.5 + 0.3 / math.log2(3))
+    assert st.ndcg == pytest.approx([ndcg] * 3)
+    assert st.diversity == pytest.approx([1.0] * 3)
+    # user 0 sees items 0, 1 (1 and 3 bits), user 1 sees 1, 2 (3 and 2 bits)
+    assert st.novelty == pytest.approx([2.0, 2.5, 2.0])
+    assert st.rho.tolist() == [0.2, 0.9, 0.2]
+    assert st.shown.toarray().astype(int).tolist() == [[1, 1, 0, 0], [0, 1, 1, 0], [1, 1, 0, 0]]
+    assert coverage(st.shown)["mean"] == 0.75
+    assert ranker.resets[0] == list(range(batch))
+    assert sum(len(r) for r in ranker.resets[1:]) == max(0, 3 - batch)  # refills as sessions end
+
+
+def test_engine_names_a_ranker_with_bad_slates() -> None:
+    class Repeats(FirstTwo):
+        name = "repeats"
+
+        def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+            return np.zeros((len(obs["candidates"]), 2), np.int64)
+
+    with pytest.raises(ValueError, match=r"ranker 'repeats' returned a bad slate.*repeats a candidate"):
+        run_episodes(ScriptedCore(2), Repeats(), episode_plan(2, [0], 2))  # type: ignore[arg-type]
+
+
+# ---- plans, common random numbers, determinism on the small world ------------------------------------------------
+
+
+def test_episode_plan() -> None:
+    a = episode_plan(10, [0, 1], 10)
+    assert len(a) == 20 and a.keys.dtype == np.uint64
+    assert sorted(a.users[:10].tolist()) == list(range(10))  # a permutation per seed
+    assert a.seeds.tolist() == [0] * 10 + [1] * 10
+    b = episode_plan(10, [0, 1], 10)
+    assert np.array_equal(a.keys, b.keys) and np.array_equal(a.users, b.users)
+    assert not set(a.keys[:10].tolist()) & set(a.keys[10:].tolist())
+    assert np.array_equal(episode_plan(4, [1], 10).keys, a.keys[10:14])  # a seed's episodes do not depend on others
+    with pytest.raises(ValueError):
+        episode_plan(0, [0], 10)
+
+
+def test_episodes_do_not_depend_on_the_batch(small_world: World, small_cfg: EnvConfig) -> None:
+    """Common random numbers: an episode's outcome depends on its key and user, not on its row or the batch."""
+    plan = episode_plan(24, [5], small_world.populations["heldout"].size)
+    k = small_cfg.slate_size
+    runs = [run_episodes(BatchedCore(small_world, small_cfg, b, population="heldout"), BlendRanker(k, 0.7), plan)
+            for b in (5, 24, 32)]
+    for st in runs[1:]:
+        assert np.array_equal(st.ret, runs[0].ret)
+        assert np.array_equal(st.length, runs[0].length)
+        assert np.allclose(st.ndcg, runs[0].ndcg)
+
+
+def test_evaluation_is_deterministic_and_paired(small_world: World, small_cfg: EnvConfig) -> None:
+    plan = episode_plan(30, [0, 1], small_world.populations["heldout"].size)
+    k = small_cfg.slate_size
+
+    def run() -> dict:
+        core = BatchedCore(small_world, small_cfg, 16, population="heldout")
+        rankers = {"random": RandomRanker(k, seed=0), "greedy": BlendRanker(k, 1.0), "oracle": OracleRanker(k, core)}
+        return evaluate_rankers(core, rankers, plan)
+
+    first, second = run(), run()
+    for name in first:
+        assert np.array_equal(first[name].ret, second[name].ret)
+        assert np.array_equal(first[name].users, plan.users)
+    res = summarise(first, "greedy", n_boot=300, seed=0, hidden=["oracle"])
+    assert summarise(second, "greedy", n_boot=300, seed=0, hidden=["oracle"])["rankers"] == res["rankers"]
+    for name, row in res["rankers"].items():
+        assert {"return", "ctr", "purchases", "dwell", "length", "diversity", "coverage", "novelty", "ndcg",
+                "oracle_share"} <= set(row)
+        for v in row.values():
+            assert v["ci95"][0] <= v["mean"] + 1e-12 and v["mean"] <= v["ci95"][1] + 1e-12, name
+    assert res["rankers"]["oracle"]["oracle_share"]["mean"] == 1.0
+    assert res["rankers"]["oracle"]["ndcg"]["mean"] == pytest.approx(1.0)
+    assert res["paired"]["results"]["greedy"]["return"]["p_value"] == 1.0
+    assert set(res["by_rho"]["results"]["random"]) <= set(res["by_rho"]["buckets"])
+    with pytest.raises(ValueError, match="reference 'nope'"):
+        summarise(first, "nope")
+
+
+def test_write_report(tmp_path: Path, small_world: World, small_cfg: EnvConfig) -> None:
+    plan = episode_plan(12, [0], small_world.populations["heldout"].size)
+    core = BatchedCore(small_world, small_cfg, 12, population="heldout")
+    k = small_cfg.slate_size
+    st = evaluate_rankers(core, {"a": BlendRanker(k, 0.2), "oracle": OracleRanker(k, core)}, plan)
+    curve = {"alphas": [0.0, 1.0], "mean_return": [1.0, 2.0], "ci95": [[0.5, 1.5], [1.5, 2.5]], "best_alpha": 1.0,
+             "episodes": 5, "population": "train", "seed": 1}
+    res = summarise(st, "a", n_boot=200, hidden=["oracle"], alpha_curve=curve, setup={"slate_size": k})
+    paths = write_report(res, tmp_path / "rep")
+    assert json.loads(paths["json"].read_text())["rankers"]["a"]["return"]["mean"] == res["rankers"]["a"]["return"][
+        "mean"]
+    assert paths["csv"].read_text().splitlines()[0].startswith("ranker,metric,mean,ci95_lo,ci95_hi")
+    table = paths["markdown"].read_text()
+    assert table == markdown_table(res) and "oracle †" in table and "(reference)" in table
+    for name in ("metrics", "alpha_curve", "by_rho"):
+        assert paths[name].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not [p for p in (tmp_path / "rep").rglob("*.tmp")]
