@@ -76,3 +76,14 @@ def test_bad_input_is_a_clear_error(tmp_path: Path, cache: list[str], capsys: py
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_shipped_config_matches_the_documented_command() -> None:
+    """configs/eval_baselines.yaml resolves to the BENCHMARKS.md command (no run: only the config)."""
+    from_file, _ = evaluate.resolve_config(evaluate.build_parser().parse_args(
+        ["--config", str(Path(evaluate.__file__).parent / "configs" / "eval_baselines.yaml")]))
+    from_flags, _ = evaluate.resolve_config(evaluate.build_parser().parse_args(
+        ["--rankers", "random,popular,greedy-llm,greedy-cf,fixed-alpha:0.5,scored,tuned-alpha,online-alpha:0.5,"
+         "strategy-alpha:0.5,linucb,oracle", "--episodes", "1000", "--seeds", "2", "--users", "heldout", "--out",
+         "reports/baselines"]))
+    assert from_file.eval == from_flags.eval and from_file.env == from_flags.env
