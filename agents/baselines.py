@@ -124,7 +124,8 @@ def check_specs(specs: list[str]) -> None:
 class RandomRanker(Ranker):
     """A uniformly random slate of K distinct candidates: the floor every ranker must beat.
 
-    Formula: ``slate = first K of a uniform random permutation of the N candidates``.
+    Formula: ``slate = first K of a uniform random permutation of the N candidates``. Its draws come from its own
+    Generator in batch order, so its slates (not the sessions) depend on the batch size B as well as the seed.
 
     Args:
         k: Slate size.

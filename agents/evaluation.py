@@ -635,12 +635,13 @@ def _plots(results: dict[str, Any]) -> dict[str, Any]:
     ax = fig.subplots()
     width = 0.8 / len(names)
     x = np.arange(len(labels))
-    cmap = colormaps["tab20"]
+    cmap = colormaps["tab20"]  # dark shades first, then the light ones: neighbours stay distinct
     for i, n in enumerate(names):
         cells = [by_rho["results"][n][b]["return"] for b in labels]
         means = np.array([c["mean"] for c in cells])
         ci = np.array([c["ci95"] for c in cells])
-        ax.bar(x + (i - (len(names) - 1) / 2) * width, means, width, color=cmap(i % 20), label=n,
+        color = cmap((2 * i) % 20 + (2 * i) // 20 % 2)
+        ax.bar(x + (i - (len(names) - 1) / 2) * width, means, width, color=color, label=n,
                yerr=np.abs(np.stack([means - ci[:, 0], ci[:, 1] - means])), capsize=1.5)
     counts = [by_rho["results"][names[0]][b]["n"] for b in labels]
     ax.set_xticks(x, [f"{b}\n(n={c})" for b, c in zip(labels, counts, strict=True)], fontsize=8)
