@@ -52,7 +52,7 @@ class CatalogConfig:
 
     source: str = "synthetic"
     n_items: int = 3000
-    cf_dim: int = 16
+    cf_dim: int = 8
     seed: int = 7
 
 
@@ -81,12 +81,14 @@ class UserConfig:
         fatigue_weight: Utility penalty per unit of category fatigue.
         repeat_weight: Utility penalty per earlier impression of the same item in the session.
         drift_rate: Step of the semantic taste toward a liked item (and away from a disappointing one).
-        like_threshold: Satisfaction above which a click counts as liked (below minus it: disappointed).
+        like_threshold: Satisfaction (relative to the outside option) above which a click counts as liked;
+            below ``like_threshold - 1.5`` it disappointed.
         budget_mean: Mean initial time budget (in "requests" of patience); Gamma distributed.
         budget_shape: Gamma shape of the initial budget.
         step_cost: Budget burnt per request.
         no_click_cost: Extra budget burnt by a slate with no click.
-        click_refund_weight: Budget refunded per unit of positive satisfaction on a click.
+        click_refund_base: Budget refunded by any click (a click costs nothing net when this equals step_cost).
+        click_refund_weight: Extra budget refunded per unit of satisfaction above ``like_threshold``.
         dwell_log_mean: Log-seconds of dwell at zero satisfaction.
         dwell_sat_slope: Log-seconds of dwell per unit of satisfaction.
         dwell_sigma: Log-normal sigma of dwell.
@@ -106,22 +108,23 @@ class UserConfig:
     affinity_scale: float = 1.6
     quality_weight: float = 0.6
     price_weight: float = 0.25
-    no_click_utility: float = 2.2
+    no_click_utility: float = 5.5
     choice_model: Literal["mnl", "cascade"] = "mnl"
     position_decay: float = 0.8
     cascade_abandon: float = 0.08
-    fatigue_gain: float = 0.12
-    fatigue_click_gain: float = 0.35
-    fatigue_recovery: float = 0.8
-    fatigue_weight: float = 0.9
-    repeat_weight: float = 0.8
+    fatigue_gain: float = 0.06
+    fatigue_click_gain: float = 0.3
+    fatigue_recovery: float = 0.85
+    fatigue_weight: float = 0.5
+    repeat_weight: float = 0.5
     drift_rate: float = 0.08
-    like_threshold: float = 0.0
-    budget_mean: float = 14.0
+    like_threshold: float = -1.0
+    budget_mean: float = 10.0
     budget_shape: float = 4.0
     step_cost: float = 1.0
     no_click_cost: float = 1.0
-    click_refund_weight: float = 0.6
+    click_refund_base: float = 1.0
+    click_refund_weight: float = 0.5
     dwell_log_mean: float = 3.4
     dwell_sat_slope: float = 0.5
     dwell_sigma: float = 0.6
@@ -172,24 +175,31 @@ class CandidateConfig:
 
 @dataclass
 class LoggingConfig:
-    """The logging phase that produces the interactions the CF model is fitted on.
+    """The interactions the CF model is fitted on: organic history, then logged recommendation sessions.
 
     Attributes:
+        organic_per_user: Items each user consumed before (search, browsing, word of mouth), drawn without
+            replacement with probability ∝ exp(true utility / organic_temperature).
+        organic_temperature: Temperature of that draw (higher: noisier histories).
         sessions_per_user: Logged sessions per population user.
         epsilon: Share of uniformly random slates in the logging policy.
         temperature: Softmax temperature of the logging policy over LLM similarity and popularity.
         cf_factors: ALS factors.
         cf_iterations: ALS iterations.
         cf_regularization: ALS L2 regularisation.
+        cf_alpha: ALS confidence scale: an interaction of weight w counts ``1 + cf_alpha·w``.
         history_len: Prior-history items kept per user to seed the pooled state.
     """
 
+    organic_per_user: int = 30
+    organic_temperature: float = 1.0
     sessions_per_user: int = 2
     epsilon: float = 0.2
     temperature: float = 0.5
-    cf_factors: int = 32
+    cf_factors: int = 16
     cf_iterations: int = 15
-    cf_regularization: float = 0.05
+    cf_regularization: float = 0.1
+    cf_alpha: float = 10.0
     history_len: int = 20
 
 

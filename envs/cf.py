@@ -6,7 +6,6 @@ of a model fitted on *logged* interactions (never on the simulator's hidden trut
 
 from __future__ import annotations
 
-import os
 import warnings
 from dataclasses import dataclass
 
@@ -82,20 +81,18 @@ def fit_als(
         raise ValueError(f"user index out of range [0, {n_users})")
     if items.size and (items.min() < 0 or items.max() >= n_items):
         raise ValueError(f"item index out of range [0, {n_items})")
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     from threadpoolctl import threadpool_limits
-
-    with warnings.catch_warnings():  # implicit warns about BLAS threads; we limit them below
-        warnings.simplefilter("ignore", RuntimeWarning)
-        from implicit.cpu.als import AlternatingLeastSquares
 
     matrix = sp.csr_matrix((alpha * weights, (users, items)), shape=(n_users, n_items), dtype=np.float32)
     matrix.sum_duplicates()
-    model = AlternatingLeastSquares(
-        factors=factors, regularization=regularization, iterations=iterations, random_state=seed
-    )
+    # implicit warns about BLAS threads in its constructor; we limit them to one for the fit, as it asks.
     with threadpool_limits(1, "blas"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
+        from implicit.cpu.als import AlternatingLeastSquares
+
+        model = AlternatingLeastSquares(
+            factors=factors, regularization=regularization, iterations=iterations, random_state=seed
+        )
         model.fit(matrix, show_progress=False)
     return MFModel(
         user_factors=np.ascontiguousarray(model.user_factors, dtype=np.float32),

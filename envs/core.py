@@ -137,7 +137,8 @@ class BatchedCore:
                            cfg.candidates.random_share], dtype=np.float64)
         if (shares < 0).any() or shares.sum() <= 0:
             raise ValueError(f"candidate shares must be >= 0 and not all 0, got {shares.tolist()}")
-        self._part_sizes = np.floor(shares / shares.sum() * (self.P + self.R)).astype(int)
+        self.S = self.P + self.R
+        self._part_sizes = np.floor(shares / shares.sum() * self.S).astype(int)
         self.tables = world.tables(self.population, int(self._part_sizes[:2].max()) + self.H + 8,
                                    um.affinity_scale, um.quality_weight)
         self.text_encoder = text_encoder
@@ -148,31 +149,37 @@ class BatchedCore:
         self._alloc()
 
     # ---- state ---------------------------------------------------------------------------------------------
+    #
+    # A session only ever sees items from its pool, so every per-item quantity is kept per *slot*: (B, S)
+    # arrays with S = P + R (pool + reserve), addressed by ``slot_items`` (B, S). Candidates are P-positions
+    # mapped to slots by ``pool_slots`` (B, P); a consumed item's position is pointed at the next reserve slot.
 
     def _alloc(self) -> None:
-        b, m, d, c = self.B, self.M, self.D, self.C
+        b, d, c, s = self.B, self.D, self.C, self.S
         f32 = np.float32
         self.user = np.zeros(b, np.int64)
         self.keys = np.zeros(b, np.uint64)
         self.t = np.zeros(b, np.int64)
-        self.sem_aff = np.zeros((b, m), f32)  # hidden θ·E, drifting
-        self.theta = np.zeros((b, d), f32)  # hidden unit semantic taste
+        self.slot_items = np.zeros((b, s), np.int64)
+        self.pool_slots = np.zeros((b, self.P), np.int64)
+        self.reserve_ptr = np.zeros(b, np.int64)
+        self.sem_aff = np.zeros((b, s), f32)  # hidden θ·e per slot, drifting (θ unit norm)
+        self.static_util = np.zeros((b, s), f32)  # hidden non-drifting part of the utility
+        self.cf_obs = np.zeros((b, s), f32)  # observed CF score
+        self.state_sim = np.zeros((b, s), f32)  # observed pooled state · e (unnormalised)
+        self.seen = np.zeros((b, s), f32)  # impressions this session
         self.sem_mu = np.zeros(b, f32)
         self.sem_sd = np.ones(b, f32)
         self.a_rho = np.zeros(b, f32)
         self.price_sens = np.zeros(b, f32)
         self.budget = np.zeros(b, np.float64)
         self.state = np.zeros((b, d), f32)  # observed pooled LLM state (unnormalised)
-        self.state_sim = np.zeros((b, m), f32)  # state·E
         self.state_norm = np.zeros(b, f32)
-        self.fatigue = np.zeros((b, c), np.float64)
+        self.fatigue = np.zeros((b, c), f32)
         self.exposure = np.zeros((b, c), f32)
         self.cat_clicks = np.zeros((b, c), f32)
-        self.seen = np.zeros((b, m), f32)
-        self.pool = np.zeros((b, self.P), np.int64)
-        self.reserve = np.zeros((b, self.R), np.int64)
-        self.reserve_ptr = np.zeros(b, np.int64)
-        self.cands = np.zeros((b, self.N), np.int64)
+        self.cands = np.zeros((b, self.N), np.int64)  # catalog ids of the current candidates
+        self.cand_slots = np.zeros((b, self.N), np.int64)
         self.cand_pos = np.zeros((b, self.N), np.int64)
         self.recent = np.full((b, RECENT), -1, np.int64)
         # context accumulators
@@ -211,8 +218,17 @@ class BatchedCore:
         self.user[rows] = users
         self.keys[rows] = keys
         self.t[rows] = 0
-        self.sem_aff[rows] = tab.sem_aff[users]
-        self.theta[rows] = pop.sem_taste[users]
+        hist = pop.history[users] if self.H else np.zeros((len(rows), 0), np.int64)
+        slot_items = self._build_pools(keys, users, hist)
+        self.slot_items[rows] = slot_items
+        self.pool_slots[rows] = np.arange(self.P)
+        self.reserve_ptr[rows] = 0
+        flat = users[:, None] * self.M + slot_items
+        self.sem_aff[rows] = tab.sem_aff.ravel()[flat]
+        self.static_util[rows] = tab.static_util.ravel()[flat]
+        self.cf_obs[rows] = tab.cf_obs.ravel()[flat]
+        self.state_sim[rows] = tab.state_sim.ravel()[flat]
+        self.seen[rows] = 0.0
         self.sem_mu[rows] = tab.sem_mu[users]
         self.sem_sd[rows] = tab.sem_sd[users]
         self.a_rho[rows] = um.affinity_scale * pop.rho[users]
@@ -221,14 +237,10 @@ class BatchedCore:
         scale = um.budget_mean / um.budget_shape
         self.budget[rows] = gammaincinv(um.budget_shape, np.clip(u, 1e-9, 1 - 1e-9)) * scale * pop.patience[users]
         self.state[rows] = pop.init_state[users]
-        self.state_sim[rows] = tab.state_sim[users]
         self.state_norm[rows] = np.linalg.norm(self.state[rows], axis=1)
         self.fatigue[rows] = 0.0
         self.exposure[rows] = 0.0
         self.cat_clicks[rows] = 0.0
-        self.seen[rows] = 0.0
-        self.reserve_ptr[rows] = 0
-        hist = pop.history[users] if self.H else np.zeros((len(rows), 0), np.int64)
         self.recent[rows] = -1
         if self.H:
             k = min(RECENT, self.H)
@@ -238,19 +250,20 @@ class BatchedCore:
             acc[rows] = 0.0
         self.last_rank[rows] = 1.0
         self._update_obs_user(rows)
-        self._build_pools(rows, keys, users, hist)
 
-    def _build_pools(self, rows: np.ndarray, keys: np.ndarray, users: np.ndarray, hist: np.ndarray) -> None:
-        """Per-session pools: LLM retrieval, CF retrieval, popular, random; distinct, history excluded."""
+    def _build_pools(self, keys: np.ndarray, users: np.ndarray, hist: np.ndarray) -> np.ndarray:
+        """Per-session slots: LLM retrieval, CF retrieval, popular, random; distinct, history excluded.
+
+        Returns:
+            int64 (r, S) catalog ids, shuffled; the first P are the pool, the rest the reserve.
+        """
         n_llm, n_cf, n_pop, n_rand = self._part_sizes
-        need = self.P + self.R
-        r = len(rows)
+        need = self.S
         pop_top = self.world.popular_items[: max(3 * n_pop, 1)]
-        pop_pick = pop_top[rng.integers(keys, 0, rng.POOL, len(pop_top), slots=n_pop)] if n_pop else None
         rand = rng.integers(keys, 1, rng.POOL, self.M, slots=n_rand + need // 4 + 16)
         parts = [hist, self.tables.llm_top[users, : n_llm + self.H], self.tables.cf_top[users, : n_cf + self.H]]
-        if pop_pick is not None:
-            parts.append(pop_pick)
+        if n_pop:
+            parts.append(pop_top[rng.integers(keys, 0, rng.POOL, len(pop_top), slots=n_pop)])
         parts.append(rand)
         a = np.concatenate(parts, axis=1)
         width = a.shape[1]
@@ -265,22 +278,20 @@ class BatchedCore:
         pos = np.arange(width)
         pick = np.argsort(np.where(valid, pos, width + pos), axis=1, kind="stable")[:, :need]
         chosen = np.take_along_axis(a, pick, axis=1)
-        short = np.flatnonzero(valid.sum(axis=1) < need)
-        for i in short:  # tiny catalogs only: fill with any unused items, deterministically
+        for i in np.flatnonzero(valid.sum(axis=1) < need):  # tiny catalogs only: fill with any unused items
             keep = chosen[i][valid[i][pick[i]]]
             banned = np.concatenate([keep, hist[i][hist[i] >= 0]])
-            free = np.setdiff1d(np.arange(self.M), banned)
-            chosen[i] = np.concatenate([keep, free[: need - len(keep)]])
+            chosen[i] = np.concatenate([keep, np.setdiff1d(np.arange(self.M), banned)[: need - len(keep)]])
         perm = np.argsort(rng.uniform(keys, 2, rng.POOL, slots=need), axis=1)
-        chosen = np.take_along_axis(chosen, perm, axis=1)
-        self.pool[rows] = chosen[:, : self.P]
-        self.reserve[rows] = chosen[:, self.P :]
-        del r
+        return np.take_along_axis(chosen, perm, axis=1)
 
     def _update_obs_user(self, rows: np.ndarray) -> None:
         norm = self.state_norm[rows]
-        safe = np.where(norm > 0, norm, 1.0)
-        self.obs_user[rows] = self.state[rows] / safe[:, None]
+        self.obs_user[rows] = self.state[rows] / np.where(norm > 0, norm, 1.0)[:, None]
+
+    def _gather(self, arr: np.ndarray, idx: np.ndarray, slots: np.ndarray) -> np.ndarray:
+        """``arr[idx[:, None], slots]`` for a (B, S) per-slot array: (r, X)."""
+        return arr.ravel()[idx[:, None] * self.S + slots]
 
     # ---- observation ------------------------------------------------------------------------------------------
 
@@ -300,28 +311,30 @@ class BatchedCore:
         walk = rng.integers(keys, t, rng.CANDIDATES, self.P, slots=2)
         stride = 1 + walk[:, 1] % (self.P - 1) if self.P > 1 else np.zeros(len(idx), np.int64)
         pos = (walk[:, :1] + stride[:, None] * np.arange(self.N)[None, :]) % self.P
-        cands = np.take_along_axis(self.pool[sel], pos, axis=1)
+        slots = np.take_along_axis(self.pool_slots[sel], pos, axis=1)
+        cands = np.take_along_axis(self.slot_items[sel], slots, axis=1)
         self.cand_pos[sel] = pos
+        self.cand_slots[sel] = slots
         self.cands[sel] = cands
-        feats = np.empty((len(idx), self.N, len(FEATURE_NAMES)), np.float32) if rows is not None else self.obs_features
-        flat = idx[:, None] * self.M + cands
         if self.cfg.obs_mode == "text":
             state = self._text_states(idx)
             self.obs_user[sel] = state
-            feats[:, :, F_LLM] = np.einsum("bnd,bd->bn", self.world.item_emb[cands], state)
+            llm = np.einsum("bnd,bd->bn", self.world.item_emb[cands], state)
         else:
             norm = self.state_norm[sel]
-            feats[:, :, F_LLM] = self.state_sim.ravel()[flat] / np.where(norm > 0, norm, np.inf)[:, None]
-        feats[:, :, F_CF] = self.tables.cf_obs.ravel()[self.user[sel][:, None] * self.M + cands]
+            llm = self._gather(self.state_sim, idx, slots) / np.where(norm > 0, norm, np.inf)[:, None]
         static = self.world.item_features[cands]
-        feats[:, :, F_POP] = static[:, :, 0]
-        feats[:, :, F_PRICE] = static[:, :, 1]
         cat_flat = idx[:, None] * self.C + self._category[cands]
-        feats[:, :, F_CAT_EXPOSURE] = self.exposure.ravel()[cat_flat]
-        feats[:, :, F_CAT_CLICKS] = self.cat_clicks.ravel()[cat_flat]
-        feats[:, :, F_ITEM_SEEN] = self.seen.ravel()[flat]
-        if rows is not None:
-            self.obs_features[sel] = feats
+        columns = {
+            F_LLM: llm,
+            F_CF: self._gather(self.cf_obs, idx, slots),
+            F_POP: static[:, :, 0],
+            F_PRICE: static[:, :, 1],
+            F_CAT_EXPOSURE: self.exposure.ravel()[cat_flat],
+            F_CAT_CLICKS: self.cat_clicks.ravel()[cat_flat],
+            F_ITEM_SEEN: self._gather(self.seen, idx, slots),
+        }
+        self.obs_features[sel] = np.stack([columns[j] for j in range(len(FEATURE_NAMES))], axis=-1)
         steps = np.maximum(t, 1).astype(np.float32)
         self.obs_context[sel] = np.stack(
             [
@@ -372,28 +385,31 @@ class BatchedCore:
 
     # ---- hidden truth -------------------------------------------------------------------------------------------
 
-    def utility(self, items: np.ndarray) -> np.ndarray:
-        """True (noise-free) utility of catalog items for each row, given the current hidden state.
+    def utility(self, slots: np.ndarray) -> np.ndarray:
+        """True (noise-free) utility of each row's slots given its current hidden state.
 
         Args:
-            items: int64 (B, X) catalog ids.
+            slots: int64 (B, X) slot indices (``cand_slots`` or a slate's slots).
 
         Returns:
-            float64 (B, X).
+            float32 (B, X).
         """
         um = self.cfg.user_model
-        rows = self._rows[:, None]
-        flat = rows * self.M + items
-        z_sem = (self.sem_aff.ravel()[flat] - self.sem_mu[:, None]) / self.sem_sd[:, None]
-        static = self.tables.static_util.ravel()[self.user[:, None] * self.M + items]
-        fat = self.fatigue.ravel()[rows * self.C + self._category[items]]
-        seen = self.seen.ravel()[flat]
-        return self.a_rho[:, None] * z_sem + static - um.fatigue_weight * fat - um.repeat_weight * seen
+        idx = self._rows
+        items = np.take_along_axis(self.slot_items, slots, axis=1)
+        z_sem = (self._gather(self.sem_aff, idx, slots) - self.sem_mu[:, None]) / self.sem_sd[:, None]
+        fat = self.fatigue.ravel()[idx[:, None] * self.C + self._category[items]]
+        return (self.a_rho[:, None] * z_sem + self._gather(self.static_util, idx, slots)
+                - um.fatigue_weight * fat - um.repeat_weight * self._gather(self.seen, idx, slots))
+
+    def candidate_utility(self) -> np.ndarray:
+        """True utility of the current candidates: float32 (B, N) (hidden state: for oracles and diagnosis)."""
+        return self.utility(self.cand_slots)
 
     def true_click_probs(self) -> np.ndarray:
-        """Probability that each current candidate is clicked if shown alone at the top: float64 (B, N)."""
+        """Probability that each current candidate is clicked if shown alone at the top: float32 (B, N)."""
         um = self.cfg.user_model
-        return 1.0 / (1.0 + np.exp(-(self.utility(self.cands) - um.no_click_utility)))
+        return 1.0 / (1.0 + np.exp(-(self.candidate_utility() - um.no_click_utility)))
 
     # ---- step ----------------------------------------------------------------------------------------------------
 
@@ -412,8 +428,9 @@ class BatchedCore:
         um, rw = self.cfg.user_model, self.cfg.reward
         slate = validate_slate(slate, self.N, self.K)
         b, rows = self.B, self._rows
-        items = np.take_along_axis(self.cands, slate, axis=1)
-        util = self.utility(items)
+        slots = np.take_along_axis(self.cand_slots, slate, axis=1)
+        items = np.take_along_axis(self.slot_items, slots, axis=1)
+        util = self.utility(slots)
         if um.choice_model == "mnl":
             probs = mnl_click_probs(util, self._pos_w, um.no_click_utility)
         else:
@@ -422,6 +439,7 @@ class BatchedCore:
         clicked = rank >= 0
         rk = np.where(clicked, rank, 0)
         item_c = items[rows, rk]
+        slot_c = slots[rows, rk]
         rel = util[rows, rk] + um.satisfaction_noise * rng.normal(self.keys, self.t, rng.SATISFACTION)
         rel -= um.no_click_utility
         dwell = np.where(clicked, dwell_seconds(rel, rng.normal(self.keys, self.t, rng.DWELL), um.dwell_log_mean,
@@ -433,57 +451,52 @@ class BatchedCore:
         r_buy = (rw.purchase * bought).astype(np.float32)
         r_dwell = (rw.dwell * dwell / 60.0).astype(np.float32)
 
-        # Observable session features, computed before the dynamics move.
+        # Observable session evidence, from the features the ranker saw for this slate.
         feats = self.obs_features
-        slate_llm = np.take_along_axis(feats[:, :, F_LLM], slate, axis=1)
-        slate_cf = np.take_along_axis(feats[:, :, F_CF], slate, axis=1)
-        d_llm = slate_llm[rows, rk] - slate_llm.mean(axis=1)
-        d_cf = slate_cf[rows, rk] - slate_cf.mean(axis=1)
+        d_llm = feats[rows, slate[rows, rk], F_LLM] - feats[rows[:, None], slate, F_LLM].mean(axis=1)
+        d_cf = feats[rows, slate[rows, rk], F_CF] - feats[rows[:, None], slate, F_CF].mean(axis=1)
 
         # Dynamics: fatigue, exposure, repeats, drift, pooled state, budget, consumption.
         cats = self._category[items]
         cat_c = self._category[item_c]
-        click_f = clicked.astype(np.float64)
         gain = category_counts(cats, um.fatigue_gain * self._pos_w, self.C)
-        gain[rows, cat_c] += um.fatigue_click_gain * click_f
-        update_fatigue(self.fatigue, gain, um.fatigue_recovery)
+        gain[rows, cat_c] += um.fatigue_click_gain * clicked
+        update_fatigue(self.fatigue, gain.astype(np.float32), um.fatigue_recovery)
         self.exposure *= OBS_DECAY
-        self.exposure += category_counts(cats, np.full(self.K, 1.0 / self.K), self.C)
+        self.exposure += category_counts(cats, np.full(self.K, 1.0 / self.K), self.C).astype(np.float32)
         self.cat_clicks *= OBS_DECAY
         self.cat_clicks[rows, cat_c] += clicked
-        self.seen.ravel()[rows[:, None] * self.M + items] += 1.0
+        self.seen.ravel()[rows[:, None] * self.S + slots] += 1.0
 
         cr = np.flatnonzero(clicked)
         if cr.size:
-            ic = item_c[cr]
-            g = self.world.gram_rows(ic)  # (r, M)
+            ic, sc = item_c[cr], slot_c[cr]
+            g = self.world.gram_block(ic, self.slot_items[cr])  # (r, S): e_clicked · e_slot
             e = self.world.item_emb[ic]  # (r, D)
             rel_c = rel[cr]
             liked = rel_c > um.like_threshold
-            disliked = rel_c < um.like_threshold - 1.0
+            disliked = rel_c < um.like_threshold - 1.5
             c_keep, c_item = drift_coefficients(liked, disliked, um.drift_rate)
-            theta_e = self.sem_aff[cr, ic].astype(np.float64)
+            theta_e = self.sem_aff[cr, sc].astype(np.float64)
             norm = drift_norm(np.ones_like(theta_e), theta_e, c_keep, c_item)
             ck, ci = (c_keep / norm).astype(np.float32), (c_item / norm).astype(np.float32)
             self.sem_aff[cr] = ck[:, None] * self.sem_aff[cr] + ci[:, None] * g
-            self.theta[cr] = ck[:, None] * self.theta[cr] + ci[:, None] * e
             w = (self.cfg.click_weight + self.cfg.purchase_weight * bought[cr]).astype(np.float32)
             decay = np.float32(self.cfg.state_decay)
             self.state[cr] = decay * self.state[cr] + w[:, None] * e
             self.state_sim[cr] = decay * self.state_sim[cr] + w[:, None] * g
             self.state_norm[cr] = np.linalg.norm(self.state[cr], axis=1)
             self._update_obs_user(cr)
-            # consumed: its pool slot takes the next reserve item
-            # (a row stepped past its end, e.g. an idle row in a batch, keeps its pool once the reserve is spent)
+            # consumed: its pool position now points at the next reserve slot (a row stepped past its end, e.g.
+            # an idle row in a batch, keeps its pool once the reserve is spent)
             ok = self.reserve_ptr[cr] < self.R
             cro = cr[ok]
-            ppos = self.cand_pos[cro, slate[cro, rank[cro]]]
-            self.pool[cro, ppos] = self.reserve[cro, self.reserve_ptr[cro]]
+            self.pool_slots[cro, self.cand_pos[cro, slate[cro, rank[cro]]]] = self.P + self.reserve_ptr[cro]
             self.reserve_ptr[cro] += 1
             self.recent[cr, :-1] = self.recent[cr, 1:]
             self.recent[cr, -1] = ic
-        self.budget = update_budget(self.budget, clicked, rel, um.step_cost, um.no_click_cost,
-                                    um.click_refund_weight)
+        self.budget = update_budget(self.budget, clicked, rel - um.like_threshold, um.step_cost, um.no_click_cost,
+                                    um.click_refund_base, um.click_refund_weight)
 
         # Context accumulators.
         self.n_clicks += clicked

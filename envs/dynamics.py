@@ -38,25 +38,26 @@ def update_fatigue(fatigue: np.ndarray, exposure: np.ndarray, recovery: float) -
     return fatigue
 
 
-def update_budget(budget: np.ndarray, clicked: np.ndarray, rel_satisfaction: np.ndarray, step_cost: float,
-                  no_click_cost: float, refund_weight: float) -> np.ndarray:
+def update_budget(budget: np.ndarray, clicked: np.ndarray, satisfaction: np.ndarray, step_cost: float,
+                  no_click_cost: float, refund_base: float, refund_weight: float) -> np.ndarray:
     """Time budget after one request.
 
     Each request costs ``step_cost``; a slate with no click costs ``no_click_cost`` more; a click refunds
-    ``refund_weight·max(relative satisfaction, 0)``. So good slates extend the session and bad ones end it.
+    ``refund_base + refund_weight·max(satisfaction, 0)``. So good slates extend the session, bad ones end it.
 
     Args:
         budget: (B,) budget before the request.
         clicked: bool (B,).
-        rel_satisfaction: (B,) satisfaction of the click relative to the outside option (ignored without click).
+        satisfaction: (B,) how much the clicked item pleased, above the liking bar (ignored without click).
         step_cost: Cost of a request.
         no_click_cost: Extra cost of a slate without a click.
-        refund_weight: Refund per unit of positive relative satisfaction.
+        refund_base: Refund of any click.
+        refund_weight: Refund per unit of positive satisfaction.
 
     Returns:
         (B,) new budget.
     """
-    refund = np.where(clicked, refund_weight * np.maximum(rel_satisfaction, 0.0), 0.0)
+    refund = np.where(clicked, refund_base + refund_weight * np.maximum(satisfaction, 0.0), 0.0)
     return budget - step_cost - np.where(clicked, 0.0, no_click_cost) + refund
 
 

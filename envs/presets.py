@@ -218,42 +218,78 @@ def build_world(cfg: EnvConfig, encoder: TextEncoder, progress: bool = True, log
                   item_factors=np.zeros((catalog.n_items, 0), np.float32),
                   popularity=np.zeros(catalog.n_items, np.float32), encoder_name=encoder.name)
     t_encode = time.perf_counter() - t0
+    organic = {name: organic_history(world, cfg, name, seed=um.seed + 101 + i) for i, name in enumerate(pops)}
     logs = {name: run_logging_phase(world, cfg, name, seed=um.seed + i, progress=progress)
             for i, name in enumerate(pops)}
     if log_dir is not None:
         for name, frame in logs.items():
             write_log(frame, Path(log_dir) / f"logging_{name}.parquet")
-    fit_world_from_logs(world, cfg, logs)
+    fit_world_from_logs(world, cfg, logs, organic)
     world.meta.update({
         "config_key": world_key(cfg, encoder.name),
         "build_seconds": round(time.perf_counter() - t0, 2),
         "encode_seconds": round(t_encode, 2),
         "logged_requests": {k: len(v) for k, v in logs.items()},
         "logged_clicks": {k: int((v["click_rank"] >= 0).sum()) for k, v in logs.items()},
+        "organic_items": {k: int(v.size) for k, v in organic.items()},
     })
     return world
 
 
-def fit_world_from_logs(world: World, cfg: EnvConfig, logs: dict[str, pd.DataFrame]) -> None:
-    """Fit ALS on the logged clicks (purchases weigh double), set popularity, histories and pooled states.
+def organic_history(world: World, cfg: EnvConfig, population: str, seed: int) -> np.ndarray:
+    """Items each user consumed outside the recommender, in consumption order.
+
+    Drawn without replacement by Gumbel-top-k over the catalog with probability ∝ exp(U / τ), where U is
+    the user's true session-start utility (no fatigue); so the organic history reflects both tastes.
+
+    Args:
+        world: The world (tables of the population).
+        cfg: Env config (``logging.organic_per_user``, ``logging.organic_temperature``).
+        population: Population name.
+        seed: Seed.
+
+    Returns:
+        int64 (U, organic_per_user) item ids.
+    """
+    um, lc = cfg.user_model, cfg.logging
+    n = min(lc.organic_per_user, world.n_items)
+    if n <= 0:
+        return np.zeros((world.populations[population].size, 0), np.int64)
+    tab = world.tables(population, 1, um.affinity_scale, um.quality_weight)
+    pop = world.populations[population]
+    util = (um.affinity_scale * pop.rho[:, None] * (tab.sem_aff - tab.sem_mu[:, None]) / tab.sem_sd[:, None]
+            + tab.static_util)
+    gen = np.random.default_rng(seed)
+    keys = util / lc.organic_temperature - np.log(-np.log(gen.random(util.shape)))
+    top = np.argpartition(-keys, n - 1, axis=1)[:, :n]
+    return np.take_along_axis(top, gen.permuted(np.tile(np.arange(n), (len(top), 1)), axis=1), axis=1)
+
+
+def fit_world_from_logs(world: World, cfg: EnvConfig, logs: dict[str, pd.DataFrame],
+                        organic: dict[str, np.ndarray] | None = None) -> None:
+    """Fit ALS on organic histories and logged clicks (purchases weigh double); set popularity, histories
+    and pooled states.
 
     Args:
         world: The world to complete (modified in place).
         cfg: Env config (``logging`` section).
         logs: Rollout log per population.
+        organic: int64 (U, n) organic history per population (consumed before the logged sessions).
     """
     names = list(world.populations)
+    organic = organic or {n: np.zeros((world.populations[n].size, 0), np.int64) for n in names}
     offsets = np.cumsum([0] + [world.populations[n].size for n in names])
     users, items, weights = [], [], []
     for off, name in zip(offsets, names, strict=False):
         clicks = logs[name][logs[name]["click_rank"] >= 0]
-        users.append(clicks["user"].to_numpy() + off)
-        items.append(clicks["clicked_item"].to_numpy())
-        weights.append(1.0 + clicks["purchase"].to_numpy(dtype=np.float32))
+        org = organic[name]
+        users += [np.repeat(np.arange(len(org)), org.shape[1]) + off, clicks["user"].to_numpy() + off]
+        items += [org.ravel(), clicks["clicked_item"].to_numpy()]
+        weights += [np.ones(org.size, np.float32), 1.0 + clicks["purchase"].to_numpy(dtype=np.float32)]
     u, i, w = np.concatenate(users), np.concatenate(items), np.concatenate(weights)
     lc = cfg.logging
     mf = fit_als(u, i, w, int(offsets[-1]), world.n_items, factors=lc.cf_factors, regularization=lc.cf_regularization,
-                 iterations=lc.cf_iterations, seed=cfg.user_model.seed)
+                 iterations=lc.cf_iterations, alpha=lc.cf_alpha, seed=cfg.user_model.seed)
     world.item_factors = mf.item_factors
     world.popularity = np.bincount(i, minlength=world.n_items).astype(np.float32)
     for off, name in zip(offsets, names, strict=False):
@@ -261,15 +297,30 @@ def fit_world_from_logs(world: World, cfg: EnvConfig, logs: dict[str, pd.DataFra
         pop.cf_user = mf.user_factors[off:off + pop.size]
         clicks = logs[name][logs[name]["click_rank"] >= 0].sort_values(["user", "session", "step"], kind="stable")
         tail = clicks.groupby("user").tail(lc.history_len)
-        hist = np.full((pop.size, lc.history_len), -1, np.int64)
+        logged = np.full((pop.size, lc.history_len), -1, np.int64)
         if len(tail):
             pos_from_end = tail.groupby("user").cumcount(ascending=False).to_numpy()
-            hist[tail["user"].to_numpy(), lc.history_len - 1 - pos_from_end] = tail["clicked_item"].to_numpy()
+            logged[tail["user"].to_numpy(), lc.history_len - 1 - pos_from_end] = tail["clicked_item"].to_numpy()
+        hist = _last_valid(np.concatenate([organic[name], logged], axis=1), lc.history_len)
         pop.history = hist
         pop.init_state = pool_history(hist, world.item_emb, cfg.state_decay)
     world.__dict__.pop("item_features", None)
     world.__dict__.pop("popular_items", None)
     world._tables.clear()
+
+
+def _last_valid(seq: np.ndarray, width: int) -> np.ndarray:
+    """The last ``width`` non-negative entries of each row, right-aligned, -1 padded: (U, L) → (U, width)."""
+    valid = seq >= 0
+    order = np.argsort(~valid, axis=1, kind="stable")  # valid entries first, in order
+    packed = np.take_along_axis(seq, order, axis=1)
+    count = valid.sum(axis=1)
+    out = np.full((len(seq), width), -1, np.int64)
+    for k in range(width):  # column k of the output takes the (count - width + k)-th valid entry
+        src = count - width + k
+        ok = src >= 0
+        out[ok, k] = packed[ok, src[ok]]
+    return out
 
 
 def default_world_dir(cfg: EnvConfig, enc_cfg: EncoderConfig) -> Path:

@@ -102,12 +102,15 @@ class World:
             return None
         return (self.item_emb @ self.item_emb.T).astype(np.float32)
 
-    def gram_rows(self, items: np.ndarray) -> np.ndarray:
-        """Rows of the Gram matrix for ``items`` (int (r,)) → float32 (r, M), computed if not materialised."""
+    def gram_block(self, items: np.ndarray, others: np.ndarray) -> np.ndarray:
+        """``e_items[r] · e_others[r, s]``: float32 (r, S) for items int (r,) and others int (r, S).
+
+        Read from the Gram matrix when it is materialised, else computed from the embeddings.
+        """
         g = self.gram
         if g is not None:
-            return g[items]
-        return (self.item_emb[items] @ self.item_emb.T).astype(np.float32)
+            return g.ravel()[items[:, None] * self.n_items + others]
+        return np.einsum("rd,rsd->rs", self.item_emb[items], self.item_emb[others]).astype(np.float32)
 
     @cached_property
     def log_price(self) -> np.ndarray:

@@ -1,0 +1,293 @@
+"""The simulator: determinism, batched == single, dynamics, response model, slate validation, API checks."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+import envs
+from configs.schema import EnvConfig
+from envs.core import BatchedCore
+from envs.response import cascade_click_probs, mnl_click_probs, position_weights, sample_choice
+from envs.sb3 import SB3VecEnv
+from envs.spaces import F_CAT_EXPOSURE, F_ITEM_SEEN, F_LLM, validate_slate
+from envs.world import World
+
+
+def greedy(obs: dict[str, np.ndarray], k: int) -> np.ndarray:
+    return np.argsort(-obs["features"][:, :, F_LLM], axis=1, kind="stable")[:, :k]
+
+
+def rollout(env: envs.RecVectorEnv, steps: int, seed: int) -> list[tuple[np.ndarray, ...]]:
+    obs, _ = env.reset(seed=seed)
+    out = []
+    for _ in range(steps):
+        obs, rew, term, trunc, info = env.step(greedy(obs, env.core.K))
+        out.append((obs["features"].copy(), obs["candidates"].copy(), rew, term, trunc, info["click_rank"]))
+    return out
+
+
+def test_same_seed_same_trajectory(small_cfg: EnvConfig, small_world: World) -> None:
+    a = rollout(envs.RecVectorEnv(16, config=small_cfg, world=small_world), 40, seed=5)
+    b = rollout(envs.RecVectorEnv(16, config=small_cfg, world=small_world), 40, seed=5)
+    c = rollout(envs.RecVectorEnv(16, config=small_cfg, world=small_world), 40, seed=6)
+    for x, y in zip(a, b, strict=True):
+        for u, v in zip(x, y, strict=True):
+            assert np.array_equal(u, v)
+    assert not all(np.array_equal(x[1], y[1]) for x, y in zip(a, c, strict=True))
+
+
+def test_batched_env_equals_single_envs(small_cfg: EnvConfig, small_world: World) -> None:
+    b = 6
+    vec = envs.RecVectorEnv(b, config=small_cfg, world=small_world)
+    singles = [envs.RecEnv(config=small_cfg, world=small_world) for _ in range(b)]
+    obs, _ = vec.reset(seed=11)
+    sobs = [s.reset(seed=11 + i)[0] for i, s in enumerate(singles)]
+    ends = 0
+    for _ in range(70):
+        for i in range(b):
+            assert np.array_equal(obs["candidates"][i], sobs[i]["candidates"])
+            np.testing.assert_allclose(obs["features"][i], sobs[i]["features"], rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(obs["context"][i], sobs[i]["context"], rtol=1e-5, atol=1e-6)
+        act = greedy(obs, vec.core.K)
+        obs, rew, term, trunc, info = vec.step(act)
+        for i, s in enumerate(singles):
+            o, r, te, tr, inf = s.step(act[i])
+            assert inf["click_rank"] == info["click_rank"][i]
+            assert (te, tr) == (term[i], trunc[i])
+            np.testing.assert_allclose(r, rew[i], rtol=1e-5)
+            if te or tr:
+                ends += 1
+                np.testing.assert_allclose(info["final_obs"][i]["features"], o["features"], rtol=1e-5, atol=1e-6)
+                o, _ = s.reset()
+            sobs[i] = o
+    assert ends > b  # autoreset was exercised
+
+
+def test_invalid_slates_rejected_naming_the_row() -> None:
+    with pytest.raises(ValueError, match="row 1 repeats"):
+        validate_slate(np.array([[0, 1, 2], [3, 3, 4]]), 10, 3)
+    with pytest.raises(ValueError, match=r"row 0 has entries outside \[0, 10\)"):
+        validate_slate(np.array([[0, 1, 10], [3, 2, 4]]), 10, 3)
+    with pytest.raises(ValueError, match="shape"):
+        validate_slate(np.array([[0, 1]]), 10, 3)
+    with pytest.raises(ValueError, match="integer"):
+        validate_slate(np.array([[0.5, 1, 2]]), 10, 3)
+
+
+def test_env_step_rejects_bad_slate_and_dedupe_repairs(small_cfg: EnvConfig, small_world: World) -> None:
+    env = envs.RecEnv(config=small_cfg, world=small_world)
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match="row 0 repeats"):
+        env.step(np.zeros(small_cfg.slate_size, np.int64))
+    repaired = envs.RecEnv(config=small_cfg, world=small_world, repair="dedupe")
+    repaired.reset(seed=0)
+    _, _, _, _, info = repaired.step(np.zeros(small_cfg.slate_size, np.int64))
+    assert len(set(info["slate_items"].tolist())) == small_cfg.slate_size
+
+
+def test_gymnasium_and_sb3_checkers_pass(small_cfg: EnvConfig, small_world: World) -> None:
+    from gymnasium.utils.env_checker import check_env
+
+    with pytest.warns(UserWarning):  # the checkers warn about unbounded Box features; not an error
+        check_env(envs.RecEnv(config=small_cfg, world=small_world, repair="dedupe"), skip_render_check=True)
+        sb3_check_env(envs.RecEnv(config=small_cfg, world=small_world, repair="dedupe"))
+
+
+def test_registered_ids_and_vector_entry_point(small_cfg: EnvConfig, small_world: World) -> None:
+    assert "recfeed/SlateRec-v0" in gym.registry and "recfeed/SlateRec-small-v0" in gym.registry
+    venv = gym.make_vec("recfeed/SlateRec-small-v0", num_envs=3, vectorization_mode="vector_entry_point",
+                        world=small_world)
+    obs, _ = venv.reset(seed=0)
+    assert obs["features"].shape == (3, small_cfg.n_candidates, 7)
+    env = gym.make("recfeed/SlateRec-small-v0", world=small_world)
+    o, _ = env.reset(seed=0)
+    assert env.observation_space.contains(o)
+
+
+def test_sb3_adapter_terminal_observation_and_truncation(small_cfg: EnvConfig, small_world: World) -> None:
+    cfg = dataclasses.replace(small_cfg, max_steps=4)
+    venv = SB3VecEnv(envs.RecVectorEnv(5, config=cfg, world=small_world))
+    venv.seed(3)
+    obs = venv.reset()
+    saw_done = False
+    for _ in range(6):
+        venv.step_async(greedy(obs, cfg.slate_size).astype(np.float32))  # SB3 hands float actions
+        obs, rew, dones, infos = venv.step_wait()
+        assert rew.shape == (5,) and dones.shape == (5,)
+        for i in np.flatnonzero(dones):
+            saw_done = True
+            assert set(infos[i]["terminal_observation"]) == {"user", "candidates", "features", "context"}
+            assert "TimeLimit.truncated" in infos[i] and infos[i]["episode"]["l"] <= 4
+    assert saw_done
+    assert venv.pop_stats()["steps"] == 30
+
+
+def make_core(cfg: EnvConfig, world: World, b: int = 64, **um: float) -> BatchedCore:
+    cfg = dataclasses.replace(cfg, user_model=dataclasses.replace(cfg.user_model, **um))
+    core = BatchedCore(world, cfg, b)
+    core.reset_rows(np.arange(b), np.arange(b, dtype=np.uint64) * np.uint64(977) + np.uint64(1))
+    core.observe()
+    return core
+
+
+def test_fatigue_rises_with_repeats_and_recovers(small_cfg: EnvConfig, small_world: World) -> None:
+    core = make_core(small_cfg, small_world)
+    k = small_cfg.slate_size
+    # Show the same category again and again: pick, per row, the candidates of its most common category.
+    cats = small_world.catalog.category
+    before = core.fatigue.copy()
+    for _ in range(3):
+        obs = core.observe()
+        c = cats[obs["candidates"]]
+        target = np.array([np.bincount(row).argmax() for row in c])
+        score = (c == target[:, None]).astype(float) + 1e-3 * obs["features"][:, :, F_LLM]
+        core.step(np.argsort(-score, axis=1)[:, :k])
+    rows = np.arange(core.B)
+    high = core.fatigue[rows, target]
+    assert np.all(high > before[rows, target])
+    assert np.all(high > np.median(core.fatigue, axis=1))
+    assert np.all(core.observe()["features"][:, :, F_CAT_EXPOSURE].max(axis=1) > 0)
+    # Recovery: with no exposure fatigue decays geometrically.
+    from envs.dynamics import update_fatigue
+
+    f = update_fatigue(core.fatigue.copy(), np.zeros_like(core.fatigue), small_cfg.user_model.fatigue_recovery)
+    np.testing.assert_allclose(f, core.fatigue * small_cfg.user_model.fatigue_recovery)
+    assert np.all(f[rows, target] < high)
+
+
+def test_repeated_items_are_marked_seen(small_cfg: EnvConfig, small_world: World) -> None:
+    core = make_core(small_cfg, small_world, b=8)
+    obs = core.observe()
+    shown = obs["candidates"][:, : small_cfg.slate_size].copy()
+    core.step(np.tile(np.arange(small_cfg.slate_size), (8, 1)))
+    feats = core.observe()["features"]
+    seen_now = feats[:, :, F_ITEM_SEEN]
+    cands = core.cands
+    for i in range(8):
+        was_shown = np.isin(cands[i], shown[i])
+        assert np.all(seen_now[i][was_shown] >= 1) and np.all(seen_now[i][~was_shown] == 0)
+
+
+def test_bad_slates_end_sessions_sooner(small_cfg: EnvConfig, small_world: World) -> None:
+    def mean_length(pick_worst: bool) -> float:
+        core = make_core(small_cfg, small_world, b=128)
+        alive = np.ones(core.B, bool)
+        length = np.zeros(core.B)
+        for _ in range(small_cfg.max_steps):
+            core.observe()
+            u = core.candidate_utility()
+            order = np.argsort(u if pick_worst else -u, axis=1)[:, : small_cfg.slate_size]
+            res = core.step(order)
+            length += alive
+            alive &= ~(res.terminated | res.truncated)
+        return float(length.mean())
+
+    assert mean_length(pick_worst=True) < 0.8 * mean_length(pick_worst=False)
+
+
+def test_drift_moves_taste_toward_liked_items(small_cfg: EnvConfig, small_world: World) -> None:
+    core = make_core(small_cfg, small_world, b=256, satisfaction_noise=0.0)
+    sem_before = core.sem_aff.copy()
+    slate = np.tile(np.arange(small_cfg.slate_size), (core.B, 1))
+    rel = core.utility(np.take_along_axis(core.cand_slots, slate, axis=1)) - small_cfg.user_model.no_click_utility
+    res = core.step(slate)
+    rows = np.flatnonzero(res.click_rank >= 0)
+    slot = core.cand_slots[rows, res.click_rank[rows]]
+    liked = rel[rows, res.click_rank[rows]] > small_cfg.user_model.like_threshold
+    assert liked.sum() >= 3
+    # the hidden taste's affinity to a liked item rises; to the catalog's other items it moves by the exact
+    # renormalised drift, so the relative order of unrelated items is kept
+    assert np.all(core.sem_aff[rows, slot][liked] > sem_before[rows, slot][liked])
+    disliked = rel[rows, res.click_rank[rows]] < small_cfg.user_model.like_threshold - 1.5
+    if disliked.any():
+        assert np.all(core.sem_aff[rows, slot][disliked] < sem_before[rows, slot][disliked])
+
+
+def test_pooled_state_matches_its_definition(small_cfg: EnvConfig, small_world: World) -> None:
+    core = make_core(small_cfg, small_world, b=32)
+    for _ in range(5):
+        obs = core.observe()
+        core.step(greedy(obs, small_cfg.slate_size))
+    obs = core.observe()
+    emb = small_world.item_emb[obs["candidates"]]  # (B, N, D)
+    expected = np.einsum("bnd,bd->bn", emb, obs["user"])
+    np.testing.assert_allclose(obs["features"][:, :, F_LLM], expected, atol=1e-4)
+
+
+def test_click_rate_falls_with_rank(small_cfg: EnvConfig, small_world: World) -> None:
+    core = make_core(small_cfg, small_world, b=512)
+    k = small_cfg.slate_size
+    clicks = np.zeros(k)
+    gen = np.random.default_rng(0)
+    for _ in range(20):
+        core.observe()
+        res = core.step(np.argsort(gen.random((core.B, small_cfg.n_candidates)), axis=1)[:, :k])
+        clicks += res.clicks.sum(axis=0)
+        done = np.flatnonzero(res.terminated | res.truncated)
+        core.reset_rows(done, core.keys[done] + np.uint64(12345))
+    assert np.all(np.diff(clicks[:3]) < 0) and clicks[0] > 2 * clicks[-1], clicks
+
+
+def test_choice_models_hand_checked() -> None:
+    w = position_weights(3, 1.0)
+    np.testing.assert_allclose(w, [1.0, 0.5, 1 / 3])
+    p = mnl_click_probs(np.zeros((1, 3)), w, 0.0)
+    np.testing.assert_allclose(p, [[1 / (1 + 11 / 6), 0.5 / (1 + 11 / 6), (1 / 3) / (1 + 11 / 6)]])
+    pc = cascade_click_probs(np.zeros((1, 2)), np.ones(2), 0.0, abandon=0.0)
+    np.testing.assert_allclose(pc, [[0.5, 0.25]])
+    assert sample_choice(np.array([[0.2, 0.3]]), np.array([0.1]))[0] == 0
+    assert sample_choice(np.array([[0.2, 0.3]]), np.array([0.45]))[0] == 1
+    assert sample_choice(np.array([[0.2, 0.3]]), np.array([0.6]))[0] == -1
+
+
+def test_cascade_choice_model_runs(small_cfg: EnvConfig, small_world: World) -> None:
+    core = make_core(small_cfg, small_world, b=64)
+    core.cfg = dataclasses.replace(core.cfg, user_model=dataclasses.replace(core.cfg.user_model,
+                                                                            choice_model="cascade"))
+    res = core.step(np.tile(np.arange(small_cfg.slate_size), (64, 1)))
+    assert res.clicks.sum(axis=1).max() <= 1 and res.clicks.any()
+
+
+def test_candidates_distinct_and_exclude_consumed(small_cfg: EnvConfig, small_world: World) -> None:
+    core = make_core(small_cfg, small_world, b=64)
+    hist = small_world.populations["train"].history[core.user]
+    consumed: list[set[int]] = [set(h[h >= 0].tolist()) for h in hist]
+    for _ in range(15):
+        obs = core.observe()
+        for i in range(core.B):
+            row = obs["candidates"][i].tolist()
+            assert len(set(row)) == len(row)
+            assert not consumed[i] & set(row)
+        res = core.step(greedy(obs, small_cfg.slate_size))
+        for i in np.flatnonzero(res.click_rank >= 0):
+            consumed[i].add(int(res.items[i, res.click_rank[i]]))
+
+
+def test_reward_components_add_up(small_cfg: EnvConfig, small_world: World) -> None:
+    env = envs.RecEnv(config=small_cfg, world=small_world)
+    env.reset(seed=1)
+    total = 0.0
+    for _ in range(10):
+        _, r, te, tr, info = env.step(np.arange(small_cfg.slate_size))
+        assert r == pytest.approx(info["reward_click"] + info["reward_purchase"] + info["reward_dwell"], rel=1e-5)
+        assert info["reward_click"] == pytest.approx(small_cfg.reward.click * info["click"])
+        total += r
+        if te or tr:
+            break
+    assert total > 0
+
+
+def test_catalog_too_small_is_a_clear_error(small_world: World) -> None:
+    cfg = EnvConfig(n_candidates=390, slate_size=5, max_steps=30)
+    with pytest.raises(ValueError, match="too small for N=390"):
+        BatchedCore(small_world, cfg, 2)
+
+
+def test_unknown_population_is_a_clear_error(small_cfg: EnvConfig, small_world: World) -> None:
+    with pytest.raises(KeyError, match="unknown user population 'nobody'"):
+        BatchedCore(small_world, small_cfg, 2, population="nobody")
