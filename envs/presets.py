@@ -39,25 +39,34 @@ PRESET_DIR = CONFIG_DIR / "presets"
 
 
 def preset_config(name: str, overrides: dict | None = None) -> EnvConfig:
-    """The env config of a named preset (``configs/presets/<name>.yaml``), with optional overrides.
+    """The env config of a preset, with optional overrides.
 
     Args:
-        name: ``"default"``, ``"small"`` or another file in ``configs/presets``.
+        name: ``"default"``, ``"small"`` (files in ``configs/presets``), or a calibrated preset directory
+            written by ``python -m envs.calibrate`` (it holds ``env.yaml`` and ``world/``).
         overrides: Nested dict of EnvConfig values applied on top.
 
     Returns:
-        The EnvConfig.
+        The EnvConfig (``preset_dir`` set for a calibrated preset).
 
     Raises:
         ValueError: For an unknown preset, listing the known ones.
     """
     import yaml
 
-    path = PRESET_DIR / f"{name}.yaml"
-    if not path.is_file():
-        known = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
-        raise ValueError(f"unknown preset {name!r}; known presets: {known}")
+    folder = Path(name)
+    if folder.is_dir():
+        path = folder / "env.yaml"
+        if not path.is_file():
+            raise ValueError(f"{folder} is not a preset directory: it has no env.yaml (make one with envs.calibrate)")
+    else:
+        path = PRESET_DIR / f"{name}.yaml"
+        if not path.is_file():
+            known = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+            raise ValueError(f"unknown preset {name!r}; known presets: {known}, or a calibrated preset directory")
     data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if folder.is_dir():
+        data["preset_dir"] = str(folder.resolve())
     data = _deep_merge(data, overrides or {})
     return from_dict(EnvConfig, data, "env")
 
