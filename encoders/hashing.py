@@ -26,7 +26,7 @@ class HashingEncoder:
 
     A text's vector is ``Σ_f sign(f) · (1 + log tf(f))`` over its distinct n-grams ``f``, each added to bucket
     ``h(f) mod D`` with a sign taken from another bit of the same blake2b hash, then L2-normalised. A text with
-    no word characters maps to the all-zero row (there is nothing to normalise).
+    no word characters (or, rarely, whose signed buckets all cancel) maps to the all-zero row.
 
     Args:
         dim: Output dimension D.
@@ -59,7 +59,7 @@ class HashingEncoder:
             texts: n texts.
 
         Returns:
-            float32 (n, D), L2-normalised rows (all-zero for a text without words).
+            float32 (n, D), L2-normalised rows (all-zero where nothing is left to normalise).
         """
         texts = check_texts(texts)
         n, dim = len(texts), self.dim
