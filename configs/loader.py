@@ -205,6 +205,9 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     dest = Path(path)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the mode a plain open() would
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
