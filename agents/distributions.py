@@ -8,14 +8,22 @@ per-candidate logits ``s`` (B, N), the slate ``a = (a_1, …, a_K)`` has probabi
 i.e. the top item is drawn from ``softmax(s)``, the second from the softmax over what is left, and so on.
 Masked candidates (``mask`` False) get ``s = -inf``: probability zero at every step.
 
-Sampling uses the Gumbel-top-K trick: ``top_k(s + G)`` with i.i.d. standard Gumbel noise ``G`` is an exact
-Plackett-Luce sample, in one vectorised call. The uniforms behind ``G`` are drawn from
+**Within-slate repulsion (optional).** With candidate groups ``g`` (B, N) (e.g. categories) and a strength
+``β`` (B,) >= 0, the k-th pick is drawn from ``softmax(s_j − β·c_k(g_j))`` over the candidates not yet placed,
+where ``c_k(g)`` counts the earlier picks of group ``g``: every repeat of a group lowers its later chances, so the
+policy can express "diverse slates" that independent per-candidate scores cannot. ``β = 0`` is plain
+Plackett-Luce. Sampling is then sequential (fresh Gumbel noise per position), and the log-probability, mode and
+entropy follow the same sequence; all stay exact.
+
+Without repulsion, sampling uses the Gumbel-top-K trick: ``top_k(s + G)`` with i.i.d. standard Gumbel noise
+``G`` is an exact Plackett-Luce sample, in one vectorised call. The uniforms behind ``G`` are drawn from
 ``self.generator`` when one is set (see :meth:`PlackettLuceDistribution.set_generator`; it must live on
 the logits' device), else from torch's default RNG (which SB3 seeds through ``set_random_seed``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Literal
 
 import torch as th
@@ -68,6 +76,8 @@ class PlackettLuceDistribution(Distribution):
         self.generator = generator
         self.entropy_estimator: EntropyEstimator = entropy_estimator
         self.logits: th.Tensor | None = None  # (B, N), masked entries at -inf
+        self.groups: th.Tensor | None = None  # (B, N) int64 group of each candidate
+        self.repulsion: th.Tensor | None = None  # (B,) β >= 0
 
     def set_generator(self, generator: th.Generator | None) -> None:
         """Use ``generator`` (or, with ``None``, torch's default RNG) for all later sampling.
@@ -91,13 +101,16 @@ class PlackettLuceDistribution(Distribution):
         """
         return nn.Linear(latent_dim, self.n_candidates)
 
-    def proba_distribution(self, logits: th.Tensor, mask: th.Tensor | None = None) -> PlackettLuceDistribution:
+    def proba_distribution(self, logits: th.Tensor, mask: th.Tensor | None = None, groups: th.Tensor | None = None,
+                           repulsion: th.Tensor | None = None) -> PlackettLuceDistribution:
         """Set the distribution's parameters.
 
         Args:
             logits: (B, N) candidate scores.
             mask: Optional (B, N) boolean, True for valid candidates; invalid ones get ``-inf``. Every row
                 needs at least K valid candidates.
+            groups: Optional (B, N) int64 group ids in ``[0, G)`` for within-slate repulsion.
+            repulsion: (B,) β >= 0, required with ``groups``.
 
         Returns:
             self.
@@ -116,8 +129,52 @@ class PlackettLuceDistribution(Distribution):
                 row = int(th.nonzero(short)[0, 0])
                 raise ValueError(f"mask row {row} has fewer than slate_size={self.slate_size} valid candidates")
             logits = logits.masked_fill(~mask, float("-inf"))
-        self.logits = logits
+        if (groups is None) != (repulsion is None):
+            raise ValueError("groups and repulsion go together")
+        if groups is not None and repulsion is not None:
+            if groups.shape != logits.shape or repulsion.shape != logits.shape[:1]:
+                raise ValueError(f"groups must be {tuple(logits.shape)} and repulsion ({logits.shape[0]},), got "
+                                 f"{tuple(groups.shape)} and {tuple(repulsion.shape)}")
+            groups = groups.long()
+        self.logits, self.groups, self.repulsion = logits, groups, repulsion
         return self
+
+    def _steps(self, path: th.Tensor | None = None, noise: bool = False) -> Iterator[tuple[int, th.Tensor]]:
+        """Walk the K positions: yield ``(k, effective logits over the remaining candidates (B, N))`` and advance
+        along ``path`` (B, K) — or, when ``path`` is None, along the argmax (plus fresh Gumbel noise if
+        ``noise``), recording the picks in ``self._walked``."""
+        logits = self._require_logits()
+        b = logits.shape[0]
+        neg_inf = th.tensor(float("-inf"), dtype=logits.dtype, device=logits.device)
+        placed = th.zeros_like(logits, dtype=th.bool)
+        counts = None
+        if self.groups is not None:
+            n_groups = int(self.groups.max().item()) + 1 if self.groups.numel() else 1
+            counts = th.zeros(b, n_groups, dtype=logits.dtype, device=logits.device)
+        picks = []
+        for k in range(self.slate_size):
+            eff = logits
+            if counts is not None and self.repulsion is not None:
+                eff = logits - self.repulsion.unsqueeze(1) * counts.gather(1, self.groups)
+            eff = eff.masked_fill(placed, neg_inf)
+            yield k, eff
+            if path is not None:
+                a_k = path[:, k : k + 1]
+            else:
+                with th.no_grad():
+                    key = eff.detach() + self._gumbel(eff) if noise else eff.detach()
+                    a_k = key.argmax(dim=1, keepdim=True)
+                picks.append(a_k)
+            placed = placed.scatter(1, a_k, True)
+            if counts is not None:
+                counts = counts.scatter_add(1, self.groups.gather(1, a_k), th.ones_like(a_k, dtype=counts.dtype))
+        self._walked = th.cat(picks, dim=1) if picks else None
+
+    def _walk(self, noise: bool) -> th.Tensor:
+        for _ in self._steps(noise=noise):
+            pass
+        assert self._walked is not None
+        return self._walked
 
     def _require_logits(self) -> th.Tensor:
         if self.logits is None:
@@ -137,6 +194,8 @@ class PlackettLuceDistribution(Distribution):
             int64 (B, K) distinct candidate positions, in rank order.
         """
         logits = self._require_logits()
+        if self.groups is not None:
+            return self._walk(noise=True)
         with th.no_grad():
             keys = logits.detach() + self._gumbel(logits)
             return th.topk(keys, self.slate_size, dim=1).indices
@@ -148,6 +207,8 @@ class PlackettLuceDistribution(Distribution):
             int64 (B, K).
         """
         logits = self._require_logits()
+        if self.groups is not None:
+            return self._walk(noise=False)
         with th.no_grad():
             return th.topk(logits.detach(), self.slate_size, dim=1).indices
 
@@ -167,27 +228,20 @@ class PlackettLuceDistribution(Distribution):
         actions = actions.reshape(-1, self.slate_size).long()
         if actions.shape[0] != logits.shape[0]:
             raise ValueError(f"actions batch {actions.shape[0]} != logits batch {logits.shape[0]}")
-        neg_inf = th.tensor(float("-inf"), dtype=logits.dtype, device=logits.device)
-        remaining = logits  # (B, N): logits of candidates not yet placed, -inf for placed / masked
         total = th.zeros(logits.shape[0], dtype=logits.dtype, device=logits.device)
-        for k in range(self.slate_size):
-            a_k = actions[:, k : k + 1]  # (B, 1)
-            total = total + remaining.gather(1, a_k).squeeze(1) - th.logsumexp(remaining, dim=1)
-            remaining = remaining.scatter(1, a_k, neg_inf.expand_as(a_k))
+        for k, remaining in self._steps(path=actions):  # remaining: (B, N), -inf for placed / masked
+            total = total + remaining.gather(1, actions[:, k : k + 1]).squeeze(1) - th.logsumexp(remaining, dim=1)
         return total
 
     def _path_entropy(self, path: th.Tensor) -> th.Tensor:
         """Sum over k of the entropy of the k-th conditional softmax along ``path`` (B, K) → (B,)."""
         logits = self._require_logits()
-        neg_inf = th.tensor(float("-inf"), dtype=logits.dtype, device=logits.device)
-        remaining = logits
         total = th.zeros(logits.shape[0], dtype=logits.dtype, device=logits.device)
-        for k in range(self.slate_size):
+        for _, remaining in self._steps(path=path):
             logp = th.log_softmax(remaining, dim=1)
             p = logp.exp()
             logp = logp.masked_fill(th.isinf(remaining), 0.0)  # 0·log 0 = 0, without NaN gradients
             total = total - (p * logp).sum(dim=1)
-            remaining = remaining.scatter(1, path[:, k : k + 1], neg_inf.expand(path.shape[0], 1))
         return total
 
     def entropy(self) -> th.Tensor:

@@ -178,3 +178,54 @@ def test_params_helpers() -> None:
     det = dist.actions_from_params(logits, deterministic=True)
     assert th.equal(det, th.topk(logits, 3, dim=1).indices)
     assert dist.proba_distribution_net(11)(th.zeros(2, 11)).shape == (2, 7)
+
+
+def _repulsive(logits: th.Tensor, groups: th.Tensor, beta: float, k: int) -> PlackettLuceDistribution:
+    b, n = logits.shape
+    return PlackettLuceDistribution(n, k).proba_distribution(logits, groups=groups.expand(b, n),
+                                                             repulsion=th.full((b,), beta))
+
+
+def test_repulsion_probabilities_sum_to_one_and_match_hand_computation() -> None:
+    th.manual_seed(3)
+    logits = th.randn(1, 4)
+    groups = th.tensor([[0, 0, 1, 1]])
+    slates = _all_slates(4, 3)
+    dist = _repulsive(logits.expand(len(slates), 4), groups, 0.7, 3)
+    lp = dist.log_prob(slates)
+    assert abs(float(lp.exp().sum()) - 1.0) < 1e-5
+    # hand: (0, 1, 2): s0 - lse(s), then s1 - 0.7 - lse(s1 - 0.7, s2, s3), then s2 - lse(s2, s3)
+    s = logits[0]
+    second = th.stack([s[1] - 0.7, s[2], s[3]])
+    hand = (s[0] - th.logsumexp(s, 0)) + (s[1] - 0.7 - th.logsumexp(second, 0)) + (s[2] - th.logsumexp(s[2:], 0))
+    idx = next(i for i, sl in enumerate(slates.tolist()) if sl == [0, 1, 2])
+    assert abs(float(lp[idx]) - float(hand)) < 1e-5
+
+
+def test_repulsion_sampling_matches_probabilities_and_lowers_repeats() -> None:
+    th.manual_seed(5)
+    logits = th.tensor([[1.0, 0.9, 0.2, 0.1]])
+    groups = th.tensor([[0, 0, 1, 1]])
+    slates = _all_slates(4, 2)
+    exact = _repulsive(logits.expand(len(slates), 4), groups, 1.5, 2).log_prob(slates).exp()
+    draws = _repulsive(logits.expand(20000, 4), groups, 1.5, 2).sample()
+    codes = draws[:, 0] * 4 + draws[:, 1]
+    freq = th.bincount(codes, minlength=16).float() / len(draws)
+    assert float((freq[slates[:, 0] * 4 + slates[:, 1]] - exact).abs().max()) < 0.015
+    plain = PlackettLuceDistribution(4, 2).proba_distribution(logits.expand(20000, 4)).sample()
+    same = lambda d: float((groups[0][d[:, 0]] == groups[0][d[:, 1]]).float().mean())  # noqa: E731
+    assert same(draws) < same(plain) - 0.1
+
+
+def test_repulsion_mode_is_sequential_greedy_and_zero_beta_is_plain() -> None:
+    logits = th.tensor([[3.0, 2.9, 2.0, 0.0]])
+    groups = th.tensor([[0, 0, 1, 1]])
+    assert _repulsive(logits, groups, 2.0, 2).mode().tolist() == [[0, 2]]
+    assert _repulsive(logits, groups, 0.0, 2).mode().tolist() == [[0, 1]]
+    th.manual_seed(0)
+    a = th.randn(6, 5)
+    g = th.randint(0, 3, (6, 5))
+    acts = PlackettLuceDistribution(5, 3).proba_distribution(a).sample()
+    plain = PlackettLuceDistribution(5, 3).proba_distribution(a).log_prob(acts)
+    zero = PlackettLuceDistribution(5, 3).proba_distribution(a, groups=g, repulsion=th.zeros(6)).log_prob(acts)
+    assert th.allclose(plain, zero, atol=1e-6)
