@@ -27,7 +27,7 @@ from configs.schema import EncoderConfig, EnvConfig
 from envs.core import BatchedCore
 from envs.presets import logging_policy
 from envs.rec_env import make_core
-from envs.spaces import F_CF, F_LLM, F_POP, FEATURE_NAMES
+from envs.spaces import F_CAT_EXPOSURE, F_CF, F_ITEM_SEEN, F_LLM, F_POP, FEATURE_NAMES
 from envs.world import World
 
 #: The α grid of ``tuned-alpha``.
@@ -44,10 +44,11 @@ SPECS: dict[str, str] = {
     "online-alpha:A": "fixed-α blend whose user vector takes a gradient step on each click and skip",
     "strategy-alpha:A": "per-user LLM/CF weight updated by new = A·current + (1-A)·signal",
     "linucb[:C]": "LinUCB over the candidate features, per user, exploration C (default 0.1)",
+    "diverse:A": "fixed-alpha:A with penalties on recently shown categories and items, at most 2 per category",
     "oracle": "true click probability (reads the simulator's hidden state)",
     "run:DIR": "a trained PPO run directory (train.py)",
 }
-_NEEDS_ALPHA = ("fixed-alpha", "online-alpha", "strategy-alpha")
+_NEEDS_ALPHA = ("fixed-alpha", "online-alpha", "strategy-alpha", "diverse")
 _NO_ARG = ("random", "popular", "greedy-llm", "greedy-cf", "scored", "tuned-alpha", "oracle")
 #: Offsets that keep the training-side seeds (tuning, fitting) apart from the evaluation seeds.
 _TUNE_SEED, _FIT_SEED = 1_000_003, 2_000_003
@@ -185,6 +186,52 @@ class BlendRanker(Ranker):
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         """Top-K by the blend: int64 (B, K)."""
         return top_k(self.scores(obs), self.k)
+
+
+class DiverseRanker(BlendRanker):
+    """A diversity-aware heuristic on top of the fixed α blend (MMR-style re-ranking with a category cap).
+
+    Formula: ``score_i = z(α·llm_sim_i + (1 − α)·cf_score_i) − λ_c·cat_exposure_i − λ_s·item_seen_i``, where ``z``
+    standardises the blend over the request's candidates (so the penalties are in units of its spread), then greedy
+    selection that skips a candidate once its category already fills ``cap`` slots of the slate (unless nothing
+    else is left). Source: maximal marginal relevance (Carbonell & Goldstein, SIGIR 1998) and the category
+    caps of production feeds; here it answers fatigue, which a myopic blend ignores.
+
+    Args:
+        k: Slate size.
+        alpha: α in [0, 1].
+        category: int (M,) category of every catalog item (the env's catalog; observable item metadata).
+        exposure_weight: λ_c.
+        seen_weight: λ_s.
+        cap: Most slots one category may take.
+        name: Display name.
+    """
+
+    def __init__(self, k: int, alpha: float, category: np.ndarray, exposure_weight: float = 3.0,
+                 seen_weight: float = 0.5, cap: int = 2, name: str | None = None) -> None:
+        super().__init__(k, alpha, name=name or f"diverse:{alpha:g}")
+        self.category = np.asarray(category, dtype=np.int64)
+        self.n_categories = int(self.category.max()) + 1
+        self.exposure_weight, self.seen_weight, self.cap = exposure_weight, seen_weight, cap
+
+    def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        """Greedy top-K under the category cap: int64 (B, K)."""
+        f = obs["features"]
+        base = self.scores(obs).astype(np.float64)
+        base = (base - base.mean(axis=1, keepdims=True)) / (base.std(axis=1, keepdims=True) + 1e-9)
+        score = base - self.exposure_weight * f[:, :, F_CAT_EXPOSURE] - self.seen_weight * f[:, :, F_ITEM_SEEN]
+        cats = self.category[obs["candidates"]]  # (B, N)
+        b = score.shape[0]
+        rows = np.arange(b)
+        counts = np.zeros((b, self.n_categories), np.int64)
+        slate = np.empty((b, self.k), np.int64)
+        for j in range(self.k):
+            full = np.take_along_axis(counts, cats, axis=1) >= self.cap
+            pick = np.argmax(np.where(full, score - 1e6, score), axis=1)  # capped ones only if nothing else
+            slate[:, j] = pick
+            counts[rows, cats[rows, pick]] += 1
+            score[rows, pick] = -np.inf
+        return slate
 
 
 class OracleRanker(Ranker):
@@ -722,6 +769,8 @@ def make_ranker(spec: str, ctx: RankerContext) -> Ranker:
         ranker = TunedAlphaRanker(k, tune_alpha(ctx.world, ctx.env_cfg, ctx.alphas, ctx.tune_episodes,
                                                 ctx.seed + _TUNE_SEED, ctx.batch, ctx.train_population,
                                                 ctx.encoder, ctx.progress))
+    elif name == "diverse":
+        ranker = DiverseRanker(k, float(arg), ctx.world.catalog.category)
     elif name == "online-alpha":
         ranker = OnlineAlphaRanker(k, float(arg), ctx.world.item_emb)
     elif name == "strategy-alpha":

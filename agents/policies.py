@@ -62,8 +62,15 @@ class SlatePolicy(ActorCriticPolicy):
             [, mask (N,)])``. An optional ``mask`` key (nonzero = valid candidate) is honoured if present.
         action_space: ``MultiDiscrete([N] * K)``.
         lr_schedule: Learning-rate schedule; ``lr_schedule(1)`` is the initial rate.
-        hidden: Width of the state, residual and critic MLPs.
+        hidden: Width of the state and critic MLPs.
         n_layers: Hidden layers in each MLP.
+        candidate_hidden: Width of the per-candidate residual MLP (it runs N times per row: the main cost of a
+            minibatch, so it is kept narrower than the state MLP; ``None``: ``hidden``).
+        item_category: Category of every catalog item (M,). When given, slates are drawn with a learned,
+            state-dependent within-slate repulsion β_θ(s) between candidates of one category (see
+            :class:`agents.distributions.PlackettLuceDistribution`); independent per-candidate scores cannot
+            express "not three cookbooks in one slate".
+        repulsion_init: β at initialisation (small: start near the plain blend).
         temperature: τ dividing the blend.
         init_alpha: α at initialisation, in (0, 1) (``None``: 0.5).
         residual_init_scale: Orthogonal gain of the residual head's last layer (near 0: start at the blend).
@@ -90,6 +97,9 @@ class SlatePolicy(ActorCriticPolicy):
         lr_schedule: Schedule,
         hidden: int = 128,
         n_layers: int = 2,
+        candidate_hidden: int | None = None,
+        item_category: list[int] | np.ndarray | None = None,
+        repulsion_init: float = 0.05,
         temperature: float = 0.25,
         init_alpha: float | None = None,
         residual_init_scale: float = 0.01,
@@ -128,6 +138,11 @@ class SlatePolicy(ActorCriticPolicy):
 
         self.hidden = int(hidden)
         self.n_layers = int(n_layers)
+        self.candidate_hidden = int(candidate_hidden) if candidate_hidden else self.hidden
+        self.item_category_list = None if item_category is None else [int(c) for c in np.asarray(item_category)]
+        if repulsion_init <= 0:
+            raise ValueError(f"repulsion_init must be > 0, got {repulsion_init}")
+        self.repulsion_init = float(repulsion_init)
         self.temperature = float(temperature)
         self.init_alpha = alpha0
         self.residual_init_scale = float(residual_init_scale)
@@ -180,14 +195,19 @@ class SlatePolicy(ActorCriticPolicy):
         self.alpha_head = nn.Linear(self.hidden, 1)
         # The residual MLP over [x_i, h]: its first layer is split as W_x·x_i + W_h·h so that W_h·h is computed
         # once per row (B, H) and broadcast over N, not once per candidate (same function, ~half the FLOPs).
-        self.residual_cand = nn.Linear(cand_dim, self.hidden)
-        self.residual_state = nn.Linear(self.hidden, self.hidden, bias=False)
-        self.residual_net = nn.Sequential(act(), *_mlp(self.hidden, self.hidden, self.n_layers - 1, act))
-        self.residual_head = nn.Linear(self.hidden, 1)
+        ch = self.candidate_hidden
+        self.residual_cand = nn.Linear(cand_dim, ch)
+        self.residual_state = nn.Linear(self.hidden, ch, bias=False)
+        self.residual_net = nn.Sequential(act(), *_mlp(ch, ch, self.n_layers - 1, act))
+        self.residual_head = nn.Linear(ch, 1)
         self.value_trunk: nn.Module = (
             nn.Identity() if self.share_state_net else _mlp(state_in, self.hidden, self.n_layers, act)
         )
         self.value_net = nn.Linear(self.hidden, 1)
+        self.repulsion_head: nn.Linear | None = None
+        if self.item_category_list is not None:
+            self.register_buffer("item_category", th.tensor(self.item_category_list, dtype=th.long))
+            self.repulsion_head = nn.Linear(self.hidden, 1)
 
         if self.ortho_init:
             hidden = (self.state_net, self.residual_cand, self.residual_state, self.residual_net, self.value_trunk)
@@ -197,6 +217,9 @@ class SlatePolicy(ActorCriticPolicy):
         self.init_weights(self.residual_head, gain=self.residual_init_scale)
         nn.init.zeros_(self.alpha_head.weight)
         nn.init.constant_(self.alpha_head.bias, math.log(self.init_alpha / (1.0 - self.init_alpha)))
+        if self.repulsion_head is not None:  # softplus(bias) = repulsion_init
+            nn.init.zeros_(self.repulsion_head.weight)
+            nn.init.constant_(self.repulsion_head.bias, math.log(math.expm1(self.repulsion_init)))
         if self.item_table is not None:
             nn.init.normal_(self.item_table.weight, std=0.1)
 
@@ -216,6 +239,9 @@ class SlatePolicy(ActorCriticPolicy):
             lr_schedule=self._dummy_schedule,
             hidden=self.hidden,
             n_layers=self.n_layers,
+            candidate_hidden=self.candidate_hidden,
+            item_category=self.item_category_list,
+            repulsion_init=self.repulsion_init,
             temperature=self.temperature,
             init_alpha=self.init_alpha,
             residual_init_scale=self.residual_init_scale,
@@ -288,31 +314,48 @@ class SlatePolicy(ActorCriticPolicy):
             return self.value_net(h)
         return self.value_net(self.value_trunk(state_in))
 
-    def _dist(self, logits: th.Tensor, mask: th.Tensor | None) -> PlackettLuceDistribution:
-        return self.action_dist.proba_distribution(logits, mask)
+    def _repulsion(self, h: th.Tensor) -> th.Tensor | None:
+        """β_θ(s) >= 0 (B,) from the state embedding, or None without item categories."""
+        if self.repulsion_head is None:
+            return None
+        return nn.functional.softplus(self.repulsion_head(h)).squeeze(-1)
+
+    def _groups(self, obs: dict[str, th.Tensor]) -> th.Tensor | None:
+        """Category (B, N) of each candidate, or None without item categories."""
+        if self.repulsion_head is None:
+            return None
+        table = self.item_category
+        return table[obs["candidates"].round().long().clamp(0, table.numel() - 1)]
+
+    def _dist_for(self, obs: dict[str, th.Tensor]) -> tuple[PlackettLuceDistribution, th.Tensor, th.Tensor]:
+        """The slate distribution for prepared obs; also the state input and the state embedding."""
+        state_in, cand, features, mask = self._encode(obs)
+        logits, _, h = self._actor(state_in, cand, features)
+        beta = self._repulsion(h)
+        groups = self._groups(obs)
+        return self.action_dist.proba_distribution(logits, mask, groups, beta), state_in, h
 
     # ------------------------------------------------------------------ SB3 interface
 
     def forward(self, obs: PyTorchObs, deterministic: bool = False) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
         """Actions int64 (B, K), values (B, 1) and log-probabilities (B,) for a batch of observations."""
-        state_in, cand, features, mask = self._encode(self._prepare(obs))
-        logits, _, h = self._actor(state_in, cand, features)
-        dist = self._dist(logits, mask)
+        dist, state_in, h = self._dist_for(self._prepare(obs))
         actions = dist.get_actions(deterministic=deterministic)
         return actions, self._critic(state_in, h), dist.log_prob(actions)
 
     def evaluate_actions(self, obs: PyTorchObs, actions: th.Tensor) -> tuple[th.Tensor, th.Tensor, th.Tensor | None]:
         """Values (B, 1), log-probabilities (B,) of ``actions`` (B, K) and the entropy estimate (B,)."""
-        state_in, cand, features, mask = self._encode(self._prepare(obs))
-        logits, _, h = self._actor(state_in, cand, features)
-        dist = self._dist(logits, mask)
+        dist, state_in, h = self._dist_for(self._prepare(obs))
         return self._critic(state_in, h), dist.log_prob(actions), dist.entropy()
 
     def get_distribution(self, obs: PyTorchObs) -> PlackettLuceDistribution:
         """The Plackett-Luce distribution over slates for a batch of observations."""
-        state_in, cand, features, mask = self._encode(self._prepare(obs))
-        logits, _, _ = self._actor(state_in, cand, features)
-        return self._dist(logits, mask)
+        return self._dist_for(self._prepare(obs))[0]
+
+    def repulsion(self, obs: PyTorchObs | dict[str, np.ndarray]) -> th.Tensor | None:
+        """The within-slate category repulsion β_θ(s) (B,), or None when the policy has no item categories."""
+        state_in, _, _, _ = self._encode(self._prepare(obs))
+        return self._repulsion(self.state_net(state_in))
 
     def predict_values(self, obs: PyTorchObs) -> th.Tensor:
         """Values (B, 1)."""

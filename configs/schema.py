@@ -267,10 +267,10 @@ class PPOConfig:
         normalize_reward: Wrap with VecNormalize on rewards only.
     """
 
-    n_envs: int = 64
-    n_steps: int = 128
-    batch_size: int = 1024
-    n_epochs: int = 4
+    n_envs: int = 256
+    n_steps: int = 64
+    batch_size: int = 2048
+    n_epochs: int = 3
     learning_rate: float = 3e-4
     gamma: float = 0.97
     gae_lambda: float = 0.95
@@ -287,18 +287,26 @@ class PolicyConfig:
     """The slate policy network.
 
     Attributes:
-        hidden: Width of the state and candidate MLPs.
+        hidden: Width of the state and critic MLPs.
+        candidate_hidden: Width of the per-candidate residual MLP (runs N times per row).
+        n_layers: Hidden layers per MLP.
         temperature: τ of the α blend inside the logits.
         init_alpha: Starting α (``None``: use tuned-alpha's value when known, else 0.5).
         residual_init_scale: Scale of the residual head's last layer at init (near 0: start at the blend).
         use_item_table: Learn an item embedding table indexed by candidate id.
+        category_repulsion: Learn a state-dependent within-slate repulsion between items of one category.
+        entropy_estimator: ``"sample"`` (unbiased, one extra sampled slate per minibatch) or ``"mode"``.
     """
 
-    hidden: int = 128
+    hidden: int = 64
+    candidate_hidden: int = 16
+    n_layers: int = 2
     temperature: float = 0.25
     init_alpha: float | None = None
     residual_init_scale: float = 0.01
     use_item_table: bool = False
+    category_repulsion: bool = True
+    entropy_estimator: Literal["sample", "mode"] = "sample"
 
 
 @dataclass
@@ -309,6 +317,8 @@ class TrainConfig:
         total_timesteps: Env steps (user-requests) to train for.
         seed: Run seed.
         device: ``"auto"`` (cuda when available), ``"cpu"`` or ``"cuda"``.
+        torch_threads: CPU threads for torch (0: torch's default, all cores). Set 1 on a machine busy with other
+            work: with small minibatches, OpenMP spin-waiting made updates up to 20× slower there.
         eval_every: Steps between evaluations against tuned-alpha on held-out users.
         eval_episodes: Sessions per periodic evaluation.
         checkpoint_every: Steps between checkpoints.
@@ -318,9 +328,10 @@ class TrainConfig:
         policy: Policy network.
     """
 
-    total_timesteps: int = 500_000
+    total_timesteps: int = 300_000
     seed: int = 0
     device: str = "auto"
+    torch_threads: int = 0
     eval_every: int = 100_000
     eval_episodes: int = 512
     checkpoint_every: int = 100_000
