@@ -291,3 +291,48 @@ def test_catalog_too_small_is_a_clear_error(small_world: World) -> None:
 def test_unknown_population_is_a_clear_error(small_cfg: EnvConfig, small_world: World) -> None:
     with pytest.raises(KeyError, match="unknown user population 'nobody'"):
         BatchedCore(small_world, small_cfg, 2, population="nobody")
+
+
+def test_text_mode_encodes_a_prompt_of_the_recent_history(small_cfg: EnvConfig, small_world: World) -> None:
+    from encoders.hashing import HashingEncoder
+
+    enc = HashingEncoder(dim=64)  # the small world's item embeddings come from the same encoder
+    cfg = dataclasses.replace(small_cfg, obs_mode="text")
+    core = BatchedCore(small_world, cfg, 4, text_encoder=enc)
+    core.reset_rows(np.arange(4), np.arange(4, dtype=np.uint64) + np.uint64(99))
+    obs = core.observe()
+    prompts = core.prompts()
+    assert all(p.startswith("User context: recently enjoyed") and "Task: recommend" in p for p in prompts)
+    np.testing.assert_allclose(obs["user"], enc.encode(prompts), atol=1e-6)
+    emb = small_world.item_emb[obs["candidates"]]
+    np.testing.assert_allclose(obs["features"][:, :, F_LLM], np.einsum("bnd,bd->bn", emb, obs["user"]), atol=1e-5)
+    res = core.step(greedy(obs, cfg.slate_size))
+    core.observe()
+    for i in np.flatnonzero(res.click_rank >= 0):  # a click shows up in the next prompt
+        title = small_world.catalog.texts[res.items[i, res.click_rank[i]]].split(".")[0]
+        assert title in core.prompts()[i]
+
+
+def test_rollouts_log_to_parquet_and_the_cf_fit_reads_them(small_cfg: EnvConfig, small_world: World,
+                                                           tmp_path) -> None:
+    from envs.logging import LOG_COLUMNS, read_log
+    from envs.presets import fit_world_from_logs, run_logging_phase
+
+    frame = run_logging_phase(small_world, small_cfg, "train", seed=3, batch_size=64)
+    path = tmp_path / "train.parquet"
+    from envs.logging import write_log
+
+    write_log(frame, path)
+    back = read_log(path)
+    assert list(back.columns) == list(LOG_COLUMNS) and len(back) == len(frame)
+    assert np.all(back["log_propensity"] < 0) and np.all(np.isfinite(back["log_propensity"]))
+    clicked = back[back["click_rank"] >= 0]
+    assert np.array_equal(clicked["clicked_item"].to_numpy(),
+                          np.array([s[r] for s, r in zip(clicked["slate"], clicked["click_rank"], strict=True)]))
+    heldout = run_logging_phase(small_world, small_cfg, "heldout", seed=4, batch_size=64)
+    import copy
+
+    world = copy.deepcopy(small_world)
+    fit_world_from_logs(world, small_cfg, {"train": back, "heldout": heldout})
+    assert world.popularity.sum() == (back["click_rank"] >= 0).sum() + (heldout["click_rank"] >= 0).sum()
+    assert np.abs(world.item_factors).sum() > 0
