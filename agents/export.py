@@ -1,0 +1,480 @@
+"""Export a trained run's policy for serving: a self-contained artifact directory.
+
+``python -m agents.export RUN_DIR --format onnx|torchscript [--out DIR]`` writes (default ``RUN_DIR/export``)::
+
+    policy.onnx | policy.pt   the actor: (user (B, D), features (B, N, F), context (B, C)
+                              [, candidates (B, N) int64] [, item_emb (B, N, D)])
+                              -> (logits (B, N), alpha (B,), repulsion (B,))
+    items.npz                 what the runtime needs to build features (np.load(allow_pickle=False)):
+                              ids (M,) str, item_emb (M, D) f32, item_factors (M, F') f32,
+                              item_features (M, 2) f32 [popularity, price], category (M,) int32,
+                              category_names (C,) str
+    manifest.json             feature schema, N used in training, K, D, M, C, encoder identity, fallback α,
+                              observation decay constants, CF fold-in settings, file hashes, the parity check
+
+The graph has a dynamic N axis (the policy scores candidates with shared weights), so any number of
+candidates works at serving time. No pickle is needed to load it: ONNX is a protobuf; TorchScript's archive is
+read by ``torch.jit.load`` (TorchScript's own restricted loader: tensors and TorchScript code only, no arbitrary
+Python objects).
+
+The deterministic slate is the top-K by logit or, for a policy with the within-slate category repulsion β_θ(s)
+(``train.policy.category_repulsion``), the greedy walk ``agents.serving.greedy_slates`` over the logits, β and
+the items' categories (``items.npz``), as ``PlackettLuceDistribution.mode`` walks it.
+
+**Parity.** Before anything is written, observations are collected from the run's own env (held-out users, the
+SB3 model choosing slates) and the exported graph must give the same slate as ``PPO.predict(obs,
+deterministic=True)`` on every one of them (a difference is tolerated only where the SB3 slate is also a greedy
+choice over the exported logits within ``1e-5``), with logits, α and β within ``1e-4``; the logits are also
+checked at a second N (``2N + 3``) against the policy's own forward. The result is recorded in the manifest;
+a failed check raises and writes nothing.
+
+The fallback α (what the serving runtime blends with when the model fails or is late) is ``tuned_alpha`` from
+the run's ``summary.json`` when present, else the policy's α at a neutral state (cold user, session start,
+all-zero features).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch as th
+from torch import nn
+
+from configs.loader import load_config, to_dict
+from configs.schema import Config
+from envs.core import OBS_DECAY
+from envs.spaces import CONTEXT_NAMES, FEATURE_NAMES
+from envs.world import World
+
+EXPORT_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+ITEMS_FILE = "items.npz"
+MODEL_FILES = {"onnx": "policy.onnx", "torchscript": "policy.pt"}
+ONNX_OPSET = 17
+#: Logit gap below which two candidates count as tied (their order may legitimately differ).
+TIE_TOL = 1e-5
+#: Largest tolerated |logit| / |α| difference between the exported graph and the SB3 policy.
+VALUE_TOL = 1e-4
+
+#: Graph outputs.
+OUTPUTS = ["logits", "alpha", "repulsion"]
+
+Format = Literal["onnx", "torchscript"]
+
+
+class PolicyGraph(nn.Module):
+    """The policy's actor as a plain module over tensors, for tracing.
+
+    Calls :class:`agents.policies.SlatePolicy`'s own ``_encode`` and ``_actor``, so the graph is the policy's
+    function by construction (no copy of its code).
+
+    Args:
+        policy: The trained SlatePolicy (put in eval mode).
+        input_names: The graph inputs, in order: ``user``, ``features``, ``context`` and, when the policy needs
+            them, ``candidates`` (int64 catalog ids, for the item table) and ``item_emb``.
+    """
+
+    def __init__(self, policy: nn.Module, input_names: list[str]) -> None:
+        super().__init__()
+        self.policy = policy
+        self.input_names = list(input_names)
+
+    def forward(self, *inputs: th.Tensor) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
+        """``(user (B, D), features (B, N, F), context (B, C)[, candidates (B, N)][, item_emb (B, N, D)])``
+        → ``(logits (B, N), alpha (B,), repulsion (B,))`` (repulsion β = 0 for a policy without one)."""
+        obs = dict(zip(self.input_names, inputs, strict=True))
+        if "candidates" in obs:
+            obs["candidates"] = obs["candidates"].to(th.float32)  # as SB3's preprocess_obs hands it over
+        state_in, cand, features, _ = self.policy._encode(obs)
+        logits, alpha, h = self.policy._actor(state_in, cand, features)
+        beta = self.policy._repulsion(h) if has_repulsion(self.policy) else None
+        return logits, alpha, th.zeros_like(alpha) if beta is None else beta
+
+
+def has_repulsion(policy: Any) -> bool:
+    """The policy draws slates with a learned within-slate category repulsion β_θ(s)."""
+    return getattr(policy, "repulsion_head", None) is not None
+
+
+def graph_inputs(policy: Any) -> list[str]:
+    """The inputs the exported graph needs for this policy (see :class:`PolicyGraph`)."""
+    names = ["user", "features", "context"]
+    if getattr(policy, "item_table", None) is not None:
+        names.append("candidates")
+    if "item_emb" in policy.observation_space.spaces:
+        names.append("item_emb")
+    return names
+
+
+def load_run(run_dir: str | Path, device: str = "cpu") -> tuple[Config, Any, dict[str, Any]]:
+    """The resolved config, the SB3 PPO model and the summary (``{}`` if absent) of a run directory.
+
+    Raises:
+        FileNotFoundError: If ``config.yaml`` or ``model.zip`` is missing.
+    """
+    from stable_baselines3 import PPO
+
+    from agents.policies import SlatePolicy
+
+    run = Path(run_dir)
+    for name in ("config.yaml", "model.zip"):
+        if not (run / name).is_file():
+            raise FileNotFoundError(f"{run} is not a finished recfeed run directory: {run / name} is missing")
+    cfg = load_config(run / "config.yaml")
+    model = PPO.load(run / "model.zip", device=device, custom_objects={"policy_class": SlatePolicy})
+    if not isinstance(model.policy, SlatePolicy):
+        raise ValueError(f"{run / 'model.zip'} holds a {type(model.policy).__name__}, not a SlatePolicy")
+    model.policy.set_training_mode(False)
+    summary: dict[str, Any] = {}
+    if (run / "summary.json").is_file():
+        summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
+    return cfg, model, summary
+
+
+def collect_observations(model: Any, cfg: Config, world: World, n_envs: int = 32, steps: int = 8,
+                         seed: int = 12345) -> dict[str, np.ndarray]:
+    """Observations of held-out users met while the SB3 model itself chooses the slates.
+
+    Args:
+        model: SB3 PPO with SlatePolicy.
+        cfg: The run's config.
+        world: Its world.
+        n_envs: Users simulated at once.
+        steps: Requests per user (``n_envs * steps`` observations).
+        seed: Env seed.
+
+    Returns:
+        Batched observation ``{key: (n_envs * steps, …)}``.
+    """
+    from envs.vector_env import RecVectorEnv
+
+    env = RecVectorEnv(n_envs, config=cfg.env, world=world, population="heldout")
+    obs, _ = env.reset(seed=seed)
+    chunks: list[dict[str, np.ndarray]] = []
+    for _ in range(steps):
+        chunks.append({k: v.copy() for k, v in obs.items()})
+        action, _ = model.predict(obs, deterministic=True)
+        obs, *_ = env.step(action)
+    return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+
+
+def _graph_args(obs: dict[str, np.ndarray], names: list[str]) -> tuple[th.Tensor, ...]:
+    out = []
+    for n in names:
+        arr = np.asarray(obs[n])
+        out.append(th.as_tensor(arr, dtype=th.int64 if n == "candidates" else th.float32))
+    return tuple(out)
+
+
+def neutral_alpha(policy: Any, n_candidates: int) -> float:
+    """The policy's α for a cold user at session start with all-zero candidate features."""
+    space = policy.observation_space
+    obs = {k: np.zeros((1, *space[k].shape), np.float32) for k in space.spaces if k != "mask"}
+    if "candidates" in obs:
+        obs["candidates"] = np.zeros((1, n_candidates), np.int64)
+    with th.no_grad():
+        return float(policy.alpha(obs)[0])
+
+
+def fallback_alpha(policy: Any, summary: dict[str, Any], n_candidates: int) -> tuple[float, str]:
+    """``(α, source)``: the run's tuned α when its summary has one, else :func:`neutral_alpha`."""
+    tuned = summary.get("tuned_alpha")
+    if isinstance(tuned, int | float) and 0.0 <= float(tuned) <= 1.0:
+        return float(tuned), "summary.json:tuned_alpha"
+    return neutral_alpha(policy, n_candidates), "policy_alpha_at_neutral_state"
+
+
+# ---- runners for the exported file (used by the parity check and by agents.serving) ------------------------
+
+
+def run_exported(path: Path, fmt: Format, args: tuple[np.ndarray, ...],
+                 names: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Run an exported graph once. Returns ``(logits (B, N), alpha (B,), repulsion (B,))`` as numpy."""
+    if fmt == "onnx":
+        import onnxruntime as ort
+
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        out = sess.run(OUTPUTS, dict(zip(names, args, strict=True)))
+        return np.asarray(out[0]), np.asarray(out[1]), np.asarray(out[2])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        module = th.jit.load(str(path), map_location="cpu")
+    with th.no_grad():
+        tensors = [th.as_tensor(a) for a in args]
+        logits, alpha, beta = module(*tensors)
+    return logits.numpy(), alpha.numpy(), beta.numpy()
+
+
+def _write_graph(graph: PolicyGraph, example: tuple[th.Tensor, ...], names: list[str], path: Path,
+                 fmt: Format) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the legacy exporter / tracer deprecation notices
+        if fmt == "onnx":
+            dyn: dict[str, dict[int, str]] = {n: {0: "B"} for n in names}
+            for n in names:
+                if n != "user" and n != "context":
+                    dyn[n][1] = "N"
+            dyn["logits"] = {0: "B", 1: "N"}
+            dyn["alpha"] = {0: "B"}
+            dyn["repulsion"] = {0: "B"}
+            th.onnx.export(graph, example, str(path), input_names=names, output_names=OUTPUTS,
+                           dynamic_axes=dyn, opset_version=ONNX_OPSET, dynamo=False)
+            import onnx
+
+            onnx.checker.check_model(onnx.load(str(path)))
+        else:
+            traced = th.jit.trace(graph, example, check_trace=False)
+            traced = th.jit.freeze(traced.eval())
+            traced.save(str(path))
+
+
+@dataclass
+class ParityReport:
+    """Agreement of the exported graph with the SB3 model.
+
+    Attributes:
+        observations: Observations compared.
+        slates_equal: Observations whose slate is identical.
+        slates_equal_up_to_ties: Observations whose slate differs only between tied candidates.
+        max_abs_logit_diff: Over all observations and candidates.
+        max_abs_alpha_diff: Of α and of the repulsion β, over all observations.
+        other_n: The second N checked against the policy's forward.
+        other_n_max_abs_logit_diff: Its largest logit difference.
+    """
+
+    observations: int
+    slates_equal: int
+    slates_equal_up_to_ties: int
+    max_abs_logit_diff: float
+    max_abs_alpha_diff: float
+    other_n: int
+    other_n_max_abs_logit_diff: float
+
+    @property
+    def ok(self) -> bool:
+        """Every slate agrees (up to ties) and the values are within :data:`VALUE_TOL`."""
+        return (self.slates_equal_up_to_ties == self.observations and self.max_abs_logit_diff <= VALUE_TOL
+                and self.max_abs_alpha_diff <= VALUE_TOL and self.other_n_max_abs_logit_diff <= VALUE_TOL)
+
+
+def parity_check(model: Any, path: Path, fmt: Format, names: list[str], obs: dict[str, np.ndarray],
+                 slate_size: int, categories: np.ndarray) -> ParityReport:
+    """Compare the exported graph with the SB3 model on ``obs`` (see the module docstring).
+
+    Args:
+        model: SB3 PPO with SlatePolicy.
+        path: The exported file.
+        fmt: Its format.
+        names: Graph inputs.
+        obs: Batched observations (B, …).
+        slate_size: K.
+        categories: int (M,) item categories (the groups of the policy's repulsion, if it has one).
+
+    Returns:
+        The report (check :attr:`ParityReport.ok`).
+    """
+    from agents.serving import greedy_slates, is_greedy_path
+
+    policy = model.policy
+    sb3_slates, _ = model.predict(obs, deterministic=True)
+    with th.no_grad():
+        ref_logits = policy.candidate_logits(obs).cpu().numpy()
+        ref_alpha = policy.alpha(obs).cpu().numpy()
+        rep = policy.repulsion(obs) if has_repulsion(policy) else None
+        ref_beta = np.zeros_like(ref_alpha) if rep is None else rep.cpu().numpy()
+    args = tuple(a.numpy() for a in _graph_args(obs, names))
+    logits, alpha, beta = run_exported(path, fmt, args, names)
+    groups = categories[obs["candidates"]] if has_repulsion(policy) else None
+    ours = greedy_slates(logits, slate_size, groups, beta)
+    equal = (ours == sb3_slates).all(axis=1)
+    ties = np.array([bool(equal[i]) or is_greedy_path(sb3_slates[i], logits[i], None if groups is None
+                                                       else groups[i], float(beta[i]), TIE_TOL)
+                     for i in range(len(equal))])
+    # A second N: tile each row's candidates to 2N + 3 and compare with the policy's forward on the same tensors.
+    n = obs["features"].shape[1]
+    n2 = 2 * n + 3
+    idx = np.arange(n2) % n
+    big = {key: (v[:, idx] if key in ("features", "candidates", "item_emb") else v) for key, v in obs.items()
+           if key in names}
+    big_args = _graph_args(big, names)
+    with th.no_grad():
+        ref2, _, _ = PolicyGraph(policy, names)(*big_args)
+    got2, _, _ = run_exported(path, fmt, tuple(a.numpy() for a in big_args), names)
+    return ParityReport(
+        observations=len(equal),
+        slates_equal=int(equal.sum()),
+        slates_equal_up_to_ties=int(ties.sum()),
+        max_abs_logit_diff=float(np.abs(logits - ref_logits).max()),
+        max_abs_alpha_diff=float(max(np.abs(alpha - ref_alpha).max(), np.abs(beta - ref_beta).max())),
+        other_n=n2,
+        other_n_max_abs_logit_diff=float(np.abs(got2 - ref2.numpy()).max()),
+    )
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_items(world: World, path: Path) -> None:
+    """Write the runtime's item table (see the module docstring) to ``path`` (no pickled objects)."""
+    ids = np.array(world.catalog.ids)
+    if ids.dtype.kind != "U":
+        raise ValueError(f"catalog ids must be strings, got dtype {ids.dtype}")
+    with path.open("wb") as fh:
+        np.savez(
+            fh,
+            ids=ids,
+            item_emb=np.ascontiguousarray(world.item_emb, np.float32),
+            item_factors=np.ascontiguousarray(world.item_factors, np.float32),
+            item_features=np.ascontiguousarray(world.item_features, np.float32),
+            category=np.ascontiguousarray(world.catalog.category, np.int32),
+            category_names=np.array(list(world.catalog.category_names), dtype=str),
+        )
+
+
+def export_run(run_dir: str | Path, fmt: Format = "onnx", out: str | Path | None = None, world: World | None = None,
+               parity_envs: int = 32, parity_steps: int = 8, progress: bool = False) -> Path:
+    """Export ``run_dir``'s policy (see the module docstring).
+
+    Args:
+        run_dir: A run directory (``config.yaml``, ``model.zip``, optionally ``summary.json``).
+        fmt: ``"onnx"`` or ``"torchscript"``.
+        out: Artifact directory (default ``RUN_DIR/export``); replaced atomically if it exists.
+        world: The run's world (default: ``envs.presets.load_world(cfg.env, cfg.encoder)``, cached on disk).
+        parity_envs: Users simulated for the parity observations.
+        parity_steps: Requests per user for the parity observations.
+        progress: Show progress while a world is built.
+
+    Returns:
+        The artifact directory.
+
+    Raises:
+        FileNotFoundError: For a missing run directory or file.
+        ValueError: For an unknown format, a world that does not match the policy, or a failed parity check.
+    """
+    if fmt not in MODEL_FILES:
+        raise ValueError(f"format must be one of {sorted(MODEL_FILES)}, got {fmt!r}")
+    run = Path(run_dir)
+    cfg, model, summary = load_run(run)
+    policy = model.policy
+    if world is None:
+        from envs.presets import load_world
+
+        world = load_world(cfg.env, cfg.encoder, progress=progress)
+    space = policy.observation_space
+    d, n_train = int(space["user"].shape[0]), int(space["features"].shape[0])
+    if d != world.dim:
+        raise ValueError(f"the policy was trained on D={d} embeddings but the run's world has D={world.dim}")
+    if tuple(space["features"].shape[1:]) != (len(FEATURE_NAMES),) or space["context"].shape != (len(CONTEXT_NAMES),):
+        raise ValueError("the policy's feature/context layout differs from envs/spaces.py: re-train or use the "
+                         "recfeed version it was trained with")
+    if "mask" in space.spaces:
+        raise ValueError("policies with a candidate mask input are not exportable yet")
+    if has_repulsion(policy):
+        cats = policy.item_category.cpu().numpy()
+        if cats.shape != (world.n_items,) or not np.array_equal(cats, world.catalog.category):
+            raise ValueError("the policy's item categories (its repulsion groups) differ from the world's catalog")
+    names = graph_inputs(policy)
+
+    t0 = time.perf_counter()
+    obs = collect_observations(model, cfg, world, parity_envs, parity_steps)
+    dest = Path(out) if out is not None else run / "export"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        model_path = tmp / MODEL_FILES[fmt]
+        graph = PolicyGraph(policy, names).eval()
+        example = _graph_args({k: v[:2] for k, v in obs.items()}, names)
+        _write_graph(graph, example, names, model_path, fmt)
+        report = parity_check(model, model_path, fmt, names, obs, cfg.env.slate_size, world.catalog.category)
+        if not report.ok:
+            raise ValueError(f"exported policy disagrees with the SB3 model: {report}")
+        write_items(world, tmp / ITEMS_FILE)
+        alpha, alpha_src = fallback_alpha(policy, summary, n_train)
+        with th.no_grad():
+            visited = policy.alpha(obs).cpu().numpy()
+        manifest = {
+            "version": EXPORT_VERSION,
+            "format": fmt,
+            "created_unix": time.time(),
+            "run_dir": str(run.resolve()),
+            "files": {"model": MODEL_FILES[fmt], "items": ITEMS_FILE},
+            "sha256": {MODEL_FILES[fmt]: _sha256(model_path), ITEMS_FILE: _sha256(tmp / ITEMS_FILE)},
+            "inputs": names,
+            "outputs": OUTPUTS,
+            "repulsion": has_repulsion(policy),
+            "feature_names": list(FEATURE_NAMES),
+            "context_names": list(CONTEXT_NAMES),
+            "n_candidates": n_train,
+            "slate_size": int(cfg.env.slate_size),
+            "dim": d,
+            "n_items": int(world.n_items),
+            "n_categories": int(world.catalog.n_categories),
+            "cf_dim": int(world.item_factors.shape[1]),
+            "encoder": {"name": world.encoder_name, "kind": cfg.encoder.kind, "model_path": cfg.encoder.model_path,
+                        "hashing_dim": cfg.encoder.hashing_dim if cfg.encoder.kind == "hashing" else None},
+            "fallback_alpha": alpha,
+            "fallback_alpha_source": alpha_src,
+            "alpha_on_parity_observations": {"mean": float(visited.mean()), "std": float(visited.std())},
+            "obs": {"obs_decay": OBS_DECAY, "state_decay": cfg.env.state_decay, "click_weight": cfg.env.click_weight,
+                    "purchase_weight": cfg.env.purchase_weight, "max_steps": cfg.env.max_steps,
+                    "obs_mode": cfg.env.obs_mode},
+            "cf": {"regularization": cfg.env.logging.cf_regularization, "alpha": cfg.env.logging.cf_alpha,
+                   "click_weight": 1.0, "purchase_weight": 1.0},
+            "policy": to_dict(cfg.train.policy),
+            "env_preset": cfg.env.preset,
+            "parity": {**report.__dict__, "tie_tol": TIE_TOL, "value_tol": VALUE_TOL},
+            "versions": {"torch": th.__version__, "onnx_opset": ONNX_OPSET if fmt == "onnx" else None},
+            "export_seconds": round(time.perf_counter() - t0, 2),
+        }
+        (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+        if dest.exists():
+            shutil.rmtree(dest)
+        tmp.rename(dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point (see the module docstring)."""
+    parser = argparse.ArgumentParser(prog="python -m agents.export", description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_dir", help="run directory written by train.py (config.yaml, model.zip)")
+    parser.add_argument("--format", choices=sorted(MODEL_FILES), default="onnx", help="artifact format")
+    parser.add_argument("--out", default=None, help="artifact directory (default: RUN_DIR/export)")
+    parser.add_argument("--parity-envs", type=int, default=32, help="users simulated for the parity check")
+    parser.add_argument("--parity-steps", type=int, default=8, help="requests per user for the parity check")
+    args = parser.parse_args(argv)
+    try:
+        dest = export_run(args.run_dir, args.format, args.out, parity_envs=args.parity_envs,
+                          parity_steps=args.parity_steps, progress=True)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"export failed: {exc}", file=sys.stderr)
+        return 2
+    manifest = json.loads((dest / MANIFEST_FILE).read_text(encoding="utf-8"))
+    p = manifest["parity"]
+    print(f"exported {manifest['format']} policy to {dest}")
+    print(f"  parity: {p['slates_equal_up_to_ties']}/{p['observations']} slates equal to the SB3 model "
+          f"(max |Δlogit| {p['max_abs_logit_diff']:.2e}, N={manifest['n_candidates']} and N={p['other_n']})")
+    print(f"  fallback α = {manifest['fallback_alpha']:.3f} ({manifest['fallback_alpha_source']})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

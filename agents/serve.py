@@ -1,0 +1,359 @@
+"""The HTTP ranking service: FastAPI over :class:`agents.serving.Ranker`, run by uvicorn.
+
+``python -m agents.serve RUN_DIR [--redis redis://127.0.0.1:6379/0] [--port 8000]`` serves the run's exported
+policy (``RUN_DIR/export``; exported as ONNX first if missing; RUN_DIR may also be an artifact directory).
+
+Endpoints (JSON; see docs/serving.md for a curl session and the trust model):
+
+* ``POST /recommend`` ``{"user_id", "candidate_ids": [...], "k"?, "record"?}`` →
+  ``{"items", "scores", "alpha", "source", "request_id", "fallback_reason"}``
+* ``POST /feedback`` ``{"user_id", "events": [{"type": "click"|"purchase"|"dwell", "item_id", "dwell_s"?,
+  "request_id"?}, ...]}`` → ``{"applied": n}``
+* ``GET /health`` → status, model, store (503 when the store is unreachable); never needs the API key
+* ``GET /metrics`` → Prometheus text
+
+Errors are ``{"error": code, "detail": ...}`` with: 400 malformed JSON or missing body, 401 missing or wrong
+API key, 404 unknown item ids (listed) or path, 405 wrong method, 413 body over the size limit, 415 a body that
+is not ``application/json``, 422 a body that breaks the schema or the limits (candidates over the limit, k out of
+range, repeated candidates, too many events), 503 store unavailable.
+
+The API key, when set, comes from the environment (``RECFEED_API_KEY``) or a file, never from the command line
+(it would show in ``ps``); clients send it as ``X-API-Key: …`` or ``Authorization: Bearer …``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hmac
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from starlette.concurrency import run_in_threadpool
+
+from agents.serving import InvalidRequestError, Ranker, StoreConflictError, UnknownItemsError
+
+MAX_ID_LEN = 256
+MAX_EVENTS = 1000
+DEFAULT_MAX_BODY_BYTES = 256 * 1024
+ENDPOINTS = ("/recommend", "/feedback", "/health", "/metrics")
+OPEN_PATHS = frozenset({"/health"})
+API_KEY_ENV = "RECFEED_API_KEY"
+CONFIG_ENV = "RECFEED_SERVE_CONFIG"
+
+Id = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_LEN)]
+
+
+class RecommendBody(BaseModel):
+    """``POST /recommend``."""
+
+    model_config = ConfigDict(extra="forbid")
+    user_id: Id
+    candidate_ids: Annotated[list[Id], Field(min_length=1)]
+    k: Annotated[int | None, Field(ge=1)] = None
+    record: bool = True
+
+
+class EventBody(BaseModel):
+    """One feedback event."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["click", "purchase", "dwell"]
+    item_id: Id
+    dwell_s: Annotated[float, Field(ge=0.0, le=86_400.0, allow_inf_nan=False)] = 0.0
+    request_id: Annotated[int | None, Field(ge=0)] = None
+
+
+class FeedbackBody(BaseModel):
+    """``POST /feedback``."""
+
+    model_config = ConfigDict(extra="forbid")
+    user_id: Id
+    events: Annotated[list[EventBody], Field(min_length=1, max_length=MAX_EVENTS)]
+
+
+def _json(status: int, data: Any) -> Response:
+    return Response(json.dumps(data, separators=(",", ":")).encode(), status_code=status,
+                    media_type="application/json")
+
+
+def _error(status: int, code: str, detail: Any) -> Response:
+    return _json(status, {"error": code, "detail": detail})
+
+
+class _Guard:
+    """Pure ASGI middleware: request metrics, the API key, and the body size limit (checked on the bytes read,
+    whatever Content-Length claims)."""
+
+    def __init__(self, app: Any, ranker: Ranker, api_key: str | None, max_body_bytes: int) -> None:
+        from prometheus_client import Counter, Histogram
+
+        self.app, self.api_key, self.max_body = app, api_key, max_body_bytes
+        reg = ranker.metrics.registry
+        self.requests = Counter("recfeed_http_requests_total", "HTTP requests by endpoint and status",
+                                ["endpoint", "status"], registry=reg)
+        self.seconds = Histogram("recfeed_http_request_seconds", "HTTP request latency by endpoint", ["endpoint"],
+                                 buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 2.0),
+                                 registry=reg)
+
+    async def _respond(self, send: Any, resp: Response) -> None:
+        await send({"type": "http.response.start", "status": resp.status_code, "headers": resp.raw_headers})
+        await send({"type": "http.response.body", "body": resp.body})
+
+    def _authorised(self, scope: dict[str, Any]) -> bool:
+        assert self.api_key is not None
+        key = self.api_key.encode()
+        ok = False
+        for name, value in scope["headers"]:
+            if name == b"x-api-key":
+                ok |= hmac.compare_digest(value, key)
+            elif name == b"authorization" and value[:7].lower() == b"bearer ":
+                ok |= hmac.compare_digest(value[7:].strip(), key)
+        return ok
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+        path = scope["path"]
+        status = [500]
+
+        async def send_status(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            if self.api_key is not None and path not in OPEN_PATHS and not self._authorised(scope):
+                await self._respond(send_status, _error(401, "unauthorized", "missing or wrong API key"))
+                return
+            if scope["method"] in ("POST", "PUT", "PATCH"):
+                ctype = b""
+                for name, value in scope["headers"]:
+                    if name == b"content-type":
+                        ctype = value.split(b";")[0].strip().lower()
+                if ctype != b"application/json" and not ctype.endswith(b"+json"):
+                    await self._respond(send_status, _error(415, "unsupported_media_type",
+                                                            "send the body as Content-Type: application/json"))
+                    return
+                too_big = _error(413, "body_too_large", f"request body is over the limit of {self.max_body} bytes")
+                for name, value in scope["headers"]:
+                    if name == b"content-length" and value.isdigit() and int(value) > self.max_body:
+                        await self._respond(send_status, too_big)
+                        return
+                chunks, size = [], 0
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        return
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > self.max_body:
+                        await self._respond(send_status, too_big)
+                        return
+                    chunks.append(chunk)
+                    if not message.get("more_body", False):
+                        break
+                body = b"".join(chunks)
+                replayed = False
+
+                async def replay() -> dict[str, Any]:
+                    nonlocal replayed
+                    if not replayed:
+                        replayed = True
+                        return {"type": "http.request", "body": body, "more_body": False}
+                    return await receive()
+
+                await self.app(scope, replay, send_status)
+            else:
+                await self.app(scope, receive, send_status)
+        finally:
+            endpoint = path if path in ENDPOINTS else "other"
+            self.requests.labels(endpoint, str(status[0])).inc()
+            self.seconds.labels(endpoint).observe(time.perf_counter() - t0)
+
+
+def create_app(ranker: Ranker, api_key: str | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+               threadpool: bool | None = None) -> FastAPI:
+    """The FastAPI app over ``ranker``.
+
+    Args:
+        ranker: The runtime.
+        api_key: Required key (``None``: no authentication; see docs/serving.md).
+        max_body_bytes: Largest request body (413 above).
+        threadpool: Run the ranker in the threadpool (default: with a Redis store, whose calls block on the
+            network; the in-process store is CPU-only and runs on the event loop).
+
+    Returns:
+        The app.
+    """
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    if api_key is not None and not api_key:
+        raise ValueError("api_key must be None or non-empty")
+    offload = ranker.store.kind != "memory" if threadpool is None else threadpool
+    app = FastAPI(title="recfeed ranking service", version="1", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.ranker = ranker
+
+    async def call(fn: Any, *args: Any) -> Any:
+        return await run_in_threadpool(fn, *args) if offload else fn(*args)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> Response:
+        errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+                  for e in exc.errors()]
+        if any(e["type"] == "json_invalid" or (e["type"] == "missing" and e["loc"] == ["body"]) for e in errors):
+            return _error(400, "malformed_json", "the body must be a JSON object: " + "; ".join(
+                e["msg"] for e in errors))
+        return _error(422, "invalid_request", errors)
+
+    @app.exception_handler(UnknownItemsError)
+    async def unknown(_: Request, exc: UnknownItemsError) -> Response:
+        return _error(404, "unknown_items", {"unknown": exc.unknown[:50], "count": len(exc.unknown)})
+
+    @app.exception_handler(InvalidRequestError)
+    async def bad(_: Request, exc: InvalidRequestError) -> Response:
+        return _error(422, "invalid_request", str(exc))
+
+    @app.exception_handler(StoreConflictError)
+    async def conflict(_: Request, exc: StoreConflictError) -> Response:
+        return _error(503, "store_busy", str(exc))
+
+    try:
+        import redis
+
+        @app.exception_handler(redis.RedisError)
+        async def store_down(_: Request, exc: Exception) -> Response:
+            return _error(503, "store_unavailable", f"{type(exc).__name__}: {exc}")
+    except ImportError:  # pragma: no cover - redis is a dependency
+        pass
+
+    @app.post("/recommend")
+    async def recommend(body: RecommendBody) -> Response:
+        rec = await call(ranker.recommend, body.user_id, body.candidate_ids, body.k, body.record)
+        return _json(200, rec.to_dict())
+
+    @app.post("/feedback")
+    async def feedback(body: FeedbackBody) -> Response:
+        events = [{"type": e.type, "item_id": e.item_id, "dwell_s": e.dwell_s, "request_id": e.request_id}
+                  for e in body.events]
+        n = await call(ranker.observe, body.user_id, events)
+        return _json(200, {"applied": n})
+
+    @app.get("/health")
+    async def health() -> Response:
+        h = await call(ranker.health)
+        return _json(200 if h["store_ok"] else 503, h)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(ranker.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    app.add_middleware(_Guard, ranker=ranker, api_key=api_key, max_body_bytes=max_body_bytes)
+    return app
+
+
+# ---- CLI --------------------------------------------------------------------------------------------------------
+
+
+def resolve_artifact(path: str | Path, fmt: str = "onnx") -> Path:
+    """The artifact directory for ``path``: itself if it holds a manifest, else ``path/export`` (exported now,
+    as ``fmt``, when missing)."""
+    p = Path(path)
+    if (p / "manifest.json").is_file():
+        return p
+    if (p / "export" / "manifest.json").is_file():
+        return p / "export"
+    if not (p / "model.zip").is_file():
+        raise FileNotFoundError(f"{p} is neither a run directory (model.zip) nor an exported policy (manifest.json)")
+    from agents.export import export_run
+
+    print(f"no export in {p}: exporting the policy as {fmt} to {p / 'export'} ...", flush=True)
+    return export_run(p, fmt, progress=True)  # type: ignore[arg-type]
+
+
+def _api_key(args: argparse.Namespace) -> str | None:
+    if args.api_key_file:
+        key = Path(args.api_key_file).read_text(encoding="utf-8").strip()
+        if not key:
+            raise ValueError(f"{args.api_key_file} is empty")
+        return key
+    return os.environ.get(API_KEY_ENV) or None
+
+
+def _build(conf: dict[str, Any]) -> FastAPI:
+    ranker = Ranker.load(conf["artifact"], conf["redis"], time_budget_ms=conf["time_budget_ms"],
+                         session_timeout_s=conf["session_timeout_s"], max_candidates=conf["max_candidates"],
+                         cf_fold_in=conf["cf_fold_in"])
+    return create_app(ranker, api_key=conf["api_key"], max_body_bytes=conf["max_body_bytes"])
+
+
+def app_from_env() -> FastAPI:
+    """App factory for uvicorn workers (``--workers``): the settings come in ``RECFEED_SERVE_CONFIG``."""
+    conf = json.loads(os.environ[CONFIG_ENV])
+    conf["api_key"] = os.environ.get(API_KEY_ENV) or conf.get("api_key")
+    return _build(conf)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point (see the module docstring)."""
+    ap = argparse.ArgumentParser(prog="python -m agents.serve", description=__doc__.split("\n\n")[0])
+    ap.add_argument("path", help="run directory (RUN_DIR/export is used, exported first if missing) or an "
+                    "exported artifact directory")
+    ap.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
+    ap.add_argument("--port", type=int, default=8000)
+    ap.add_argument("--redis", default=None, help="redis:// URL of the user-state store (default: in-process)")
+    ap.add_argument("--format", choices=["onnx", "torchscript"], default="onnx", help="format when exporting")
+    ap.add_argument("--time-budget-ms", type=float, default=10.0, help="model deadline; the fallback answers after")
+    ap.add_argument("--session-timeout-s", type=float, default=1800.0, help="idle time that ends a session")
+    ap.add_argument("--max-candidates", type=int, default=1000, help="largest candidate list per request")
+    ap.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES, help="largest request body")
+    ap.add_argument("--no-cf-fold-in", action="store_true", help="keep CF factors fixed (imported or zero)")
+    ap.add_argument("--api-key-file", default=None,
+                    help=f"file holding the API key (else ${API_KEY_ENV}; neither: no authentication)")
+    ap.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (needs --redis)")
+    ap.add_argument("--log-level", default="warning")
+    ap.add_argument("--access-log", action="store_true", help="log every request (costs throughput)")
+    args = ap.parse_args(argv)
+    import uvicorn
+
+    if args.workers > 1 and not args.redis:
+        print("--workers > 1 needs --redis: in-process user state is not shared between processes",
+              file=sys.stderr)
+        return 2
+    try:
+        artifact = resolve_artifact(args.path, args.format)
+        conf = {"artifact": str(artifact), "redis": args.redis, "time_budget_ms": args.time_budget_ms,
+                "session_timeout_s": args.session_timeout_s, "max_candidates": args.max_candidates,
+                "max_body_bytes": args.max_body_bytes, "cf_fold_in": not args.no_cf_fold_in,
+                "api_key": _api_key(args)}
+        if args.workers == 1:
+            app = _build(conf)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"cannot serve: {exc}", file=sys.stderr)
+        return 2
+    auth = "API key required" if conf["api_key"] else "no authentication"
+    print(f"serving {artifact} on http://{args.host}:{args.port} (store: {args.redis or 'in-process'}, {auth})",
+          flush=True)
+    common = {"host": args.host, "port": args.port, "log_level": args.log_level, "access_log": args.access_log,
+              "timeout_keep_alive": 5}
+    if args.workers == 1:
+        uvicorn.run(app, **common)
+    else:
+        os.environ[CONFIG_ENV] = json.dumps({**conf, "api_key": None})
+        if conf["api_key"]:
+            os.environ[API_KEY_ENV] = conf["api_key"]
+        uvicorn.run("agents.serve:app_from_env", factory=True, workers=args.workers, **common)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
