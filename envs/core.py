@@ -16,6 +16,7 @@ from configs.schema import EnvConfig
 from encoders.base import TextEncoder
 from envs import rng
 from envs.dynamics import category_counts, drift_coefficients, drift_norm, update_budget, update_fatigue
+from envs.kernels import click_updates, first_unique, gather_features
 from envs.response import (
     cascade_click_probs,
     dwell_seconds,
@@ -26,13 +27,8 @@ from envs.response import (
 )
 from envs.spaces import (
     CONTEXT_NAMES,
-    F_CAT_CLICKS,
-    F_CAT_EXPOSURE,
     F_CF,
-    F_ITEM_SEEN,
     F_LLM,
-    F_POP,
-    F_PRICE,
     FEATURE_NAMES,
     validate_slate,
 )
@@ -266,24 +262,26 @@ class BatchedCore:
             parts.append(pop_top[rng.integers(keys, 0, rng.POOL, len(pop_top), slots=n_pop)])
         parts.append(rand)
         a = np.concatenate(parts, axis=1)
-        width = a.shape[1]
-        order = np.argsort(a, axis=1, kind="stable")
-        srt = np.take_along_axis(a, order, axis=1)
-        dup_sorted = np.zeros_like(srt, dtype=bool)
-        dup_sorted[:, 1:] = srt[:, 1:] == srt[:, :-1]
-        dup = np.empty_like(dup_sorted)
-        np.put_along_axis(dup, order, dup_sorted, axis=1)
-        valid = ~dup & (a >= 0)
-        valid[:, : self.H] = False  # consumed before the session
-        pos = np.arange(width)
-        pick = np.argsort(np.where(valid, pos, width + pos), axis=1, kind="stable")[:, :need]
-        chosen = np.take_along_axis(a, pick, axis=1)
-        for i in np.flatnonzero(valid.sum(axis=1) < need):  # tiny catalogs only: fill with any unused items
-            keep = chosen[i][valid[i][pick[i]]]
+        chosen = np.empty((len(a), need), np.int64)
+        got = first_unique(a, self.H, need, self.M, chosen)
+        for i in np.flatnonzero(got < need):  # tiny catalogs only: fill with any unused items
+            keep = chosen[i, : got[i]]
             banned = np.concatenate([keep, hist[i][hist[i] >= 0]])
-            chosen[i] = np.concatenate([keep, np.setdiff1d(np.arange(self.M), banned)[: need - len(keep)]])
+            chosen[i] = np.concatenate([keep, np.setdiff1d(np.arange(self.M), banned)[: need - got[i]]])
         perm = np.argsort(rng.uniform(keys, 2, rng.POOL, slots=need), axis=1)
         return np.take_along_axis(chosen, perm, axis=1)
+
+    def _click_updates(self, cr: np.ndarray, items: np.ndarray, sem_keep: np.ndarray, sem_item: np.ndarray,
+                       decay: np.float32, weight: np.ndarray) -> None:
+        """Drift the hidden affinity and move the pooled-state similarity of clicked rows, on every slot."""
+        gram = self.world.gram
+        if gram is not None:
+            click_updates(cr, items, gram, self.slot_items, self.sem_aff, sem_keep, sem_item, self.state_sim,
+                          float(decay), weight)
+            return
+        g = self.world.gram_block(items, self.slot_items[cr])  # (r, S), computed from E for huge catalogs
+        self.sem_aff[cr] = sem_keep[:, None] * self.sem_aff[cr] + sem_item[:, None] * g
+        self.state_sim[cr] = decay * self.state_sim[cr] + weight[:, None] * g
 
     def _update_obs_user(self, rows: np.ndarray) -> None:
         norm = self.state_norm[rows]
@@ -310,31 +308,16 @@ class BatchedCore:
         keys, t = self.keys[sel], self.t[sel]
         walk = rng.integers(keys, t, rng.CANDIDATES, self.P, slots=2)
         stride = 1 + walk[:, 1] % (self.P - 1) if self.P > 1 else np.zeros(len(idx), np.int64)
-        pos = (walk[:, :1] + stride[:, None] * np.arange(self.N)[None, :]) % self.P
-        slots = np.take_along_axis(self.pool_slots[sel], pos, axis=1)
-        cands = np.take_along_axis(self.slot_items[sel], slots, axis=1)
-        self.cand_pos[sel] = pos
-        self.cand_slots[sel] = slots
-        self.cands[sel] = cands
-        if self.cfg.obs_mode == "text":
+        text = self.cfg.obs_mode == "text"
+        norm = self.state_norm
+        inv_norm = np.divide(1.0, norm, out=np.zeros_like(norm), where=norm > 0)
+        gather_features(idx, walk[:, 0], stride, self.pool_slots, self.slot_items, self.state_sim, inv_norm,
+                        self.cf_obs, self.seen, self.world.item_features, self._category, self.exposure,
+                        self.cat_clicks, self.cand_pos, self.cand_slots, self.cands, self.obs_features, not text)
+        if text:
             state = self._text_states(idx)
             self.obs_user[sel] = state
-            llm = np.einsum("bnd,bd->bn", self.world.item_emb[cands], state)
-        else:
-            norm = self.state_norm[sel]
-            llm = self._gather(self.state_sim, idx, slots) / np.where(norm > 0, norm, np.inf)[:, None]
-        static = self.world.item_features[cands]
-        cat_flat = idx[:, None] * self.C + self._category[cands]
-        columns = {
-            F_LLM: llm,
-            F_CF: self._gather(self.cf_obs, idx, slots),
-            F_POP: static[:, :, 0],
-            F_PRICE: static[:, :, 1],
-            F_CAT_EXPOSURE: self.exposure.ravel()[cat_flat],
-            F_CAT_CLICKS: self.cat_clicks.ravel()[cat_flat],
-            F_ITEM_SEEN: self._gather(self.seen, idx, slots),
-        }
-        self.obs_features[sel] = np.stack([columns[j] for j in range(len(FEATURE_NAMES))], axis=-1)
+            self.obs_features[sel, :, F_LLM] = np.einsum("bnd,bd->bn", self.world.item_emb[self.cands[sel]], state)
         steps = np.maximum(t, 1).astype(np.float32)
         self.obs_context[sel] = np.stack(
             [
@@ -471,7 +454,6 @@ class BatchedCore:
         cr = np.flatnonzero(clicked)
         if cr.size:
             ic, sc = item_c[cr], slot_c[cr]
-            g = self.world.gram_block(ic, self.slot_items[cr])  # (r, S): e_clicked · e_slot
             e = self.world.item_emb[ic]  # (r, D)
             rel_c = rel[cr]
             liked = rel_c > um.like_threshold
@@ -480,11 +462,10 @@ class BatchedCore:
             theta_e = self.sem_aff[cr, sc].astype(np.float64)
             norm = drift_norm(np.ones_like(theta_e), theta_e, c_keep, c_item)
             ck, ci = (c_keep / norm).astype(np.float32), (c_item / norm).astype(np.float32)
-            self.sem_aff[cr] = ck[:, None] * self.sem_aff[cr] + ci[:, None] * g
             w = (self.cfg.click_weight + self.cfg.purchase_weight * bought[cr]).astype(np.float32)
             decay = np.float32(self.cfg.state_decay)
+            self._click_updates(cr, ic, ck, ci, decay, w)
             self.state[cr] = decay * self.state[cr] + w[:, None] * e
-            self.state_sim[cr] = decay * self.state_sim[cr] + w[:, None] * g
             self.state_norm[cr] = np.linalg.norm(self.state[cr], axis=1)
             self._update_obs_user(cr)
             # consumed: its pool position now points at the next reserve slot (a row stepped past its end, e.g.
