@@ -52,6 +52,7 @@ import contextlib
 import hashlib
 import json
 import math
+import operator
 import struct
 import threading
 import time
@@ -64,8 +65,17 @@ from typing import Any, Literal, Protocol, TypeVar
 
 import numpy as np
 
-from envs.dynamics import category_counts
-from envs.spaces import CONTEXT_NAMES, F_CF, F_LLM, FEATURE_NAMES
+from envs.spaces import (
+    CONTEXT_NAMES,
+    F_CAT_CLICKS,
+    F_CAT_EXPOSURE,
+    F_CF,
+    F_ITEM_SEEN,
+    F_LLM,
+    F_POP,
+    F_PRICE,
+    FEATURE_NAMES,
+)
 from envs.users import pool_history
 
 R = TypeVar("R")
@@ -231,7 +241,9 @@ class ItemTable:
         """
         index = self.index
         try:
-            return np.fromiter((index[i] for i in item_ids), np.int64, len(item_ids))
+            if len(item_ids) == 1:
+                return np.array([index[item_ids[0]]], np.int64)
+            return np.array(operator.itemgetter(*item_ids)(index), np.int64)
         except (KeyError, TypeError):
             unknown = list(dict.fromkeys(i for i in item_ids if not isinstance(i, str) or i not in index))
             raise UnknownItemsError([str(u) for u in unknown]) from None
@@ -357,7 +369,10 @@ class UserState:
 
     def copy(self) -> UserState:
         """A deep copy."""
-        return decode_state(encode_state(self))
+        out = UserState(**{k: getattr(self, k).copy() for k in _ARRAY_FIELDS})
+        for k in _SCALAR_FIELDS:
+            setattr(out, k, getattr(self, k))
+        return out
 
 
 def encode_state(st: UserState) -> bytes:
@@ -484,6 +499,7 @@ class MemoryStore:
             st = self._users.get(user_id)
             return None if st is None else st.copy()
 
+
     def delete(self, user_id: str) -> None:
         """See :class:`StateStore`."""
         with self._stripes(user_id), self._lock:
@@ -593,15 +609,20 @@ class ModelTimeoutError(TimeoutError):
 
 
 class _Watchdog:
-    """Cancels ONNX Runtime runs that pass their deadline (one daemon thread, awake only while runs are in
-    flight; it checks every ``period_s``)."""
+    """Cancels ONNX Runtime runs that pass their deadline.
 
-    def __init__(self, period_s: float) -> None:
-        self.period_s = period_s
+    One daemon thread checks the runs in flight every ``period_s``. It keeps polling while requests keep coming
+    and blocks after ``idle_s`` without any, so a busy server never pays for waking it (registering a run is a
+    dict insert under a lock) and an idle one costs nothing.
+    """
+
+    def __init__(self, period_s: float, idle_s: float = 1.0) -> None:
+        self.period_s, self.idle_s = period_s, idle_s
         self._inflight: dict[int, tuple[float, Any]] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._next = 0
+        self._last_start = 0.0
         self._thread = threading.Thread(target=self._loop, name="recfeed-model-watchdog", daemon=True)
         self._thread.start()
 
@@ -610,6 +631,7 @@ class _Watchdog:
             self._next += 1
             self._inflight[self._next] = (deadline, run_options)
             token = self._next
+            self._last_start = time.perf_counter()
         if not self._wake.is_set():
             self._wake.set()
         return token
@@ -627,7 +649,7 @@ class _Watchdog:
                 for deadline, ro in self._inflight.values():
                     if now >= deadline:
                         ro.terminate = True
-                if not self._inflight:
+                if not self._inflight and now - self._last_start > self.idle_s:
                     self._wake.clear()
 
 
@@ -654,7 +676,7 @@ class OnnxModel:
     """
 
     def __init__(self, path: str | Path, input_names: list[str], threads: int = 1,
-                 watchdog_period_s: float = 0.001) -> None:
+                 watchdog_period_s: float = 0.002) -> None:
         import onnxruntime as ort
 
         so = ort.SessionOptions()
@@ -747,12 +769,10 @@ class ServingMetrics:
                                buckets=tuple(np.round(np.linspace(0.1, 1.0, 10), 2)), registry=r)
         self.users = Gauge("recfeed_store_users", "Users held by the in-process store (-1: not known)",
                            registry=r)
-        for source in ("model", "fallback"):
-            self.recommend.labels(source)
-        for reason in ("timeout", "error", "invalid_output", "no_model"):
-            self.fallback.labels(reason)
-        for t in EVENT_TYPES:
-            self.events.labels(t)
+        # children looked up once (labels() costs a lock and a dict lookup per call)
+        self.by_source = {source: self.recommend.labels(source) for source in ("model", "fallback")}
+        self.by_reason = {r: self.fallback.labels(r) for r in ("timeout", "error", "invalid_output", "no_model")}
+        self.by_event = {t: self.events.labels(t) for t in EVENT_TYPES}
 
 
 # ---- the runtime -------------------------------------------------------------------------------------------------
@@ -826,6 +846,29 @@ def greedy_slates(logits: np.ndarray, k: int, groups: np.ndarray | None = None,
         placed[rows, pick] = True
         counts[rows, groups[rows, pick]] += 1.0
     return out
+
+
+def greedy_slate(logits: np.ndarray, k: int, groups: np.ndarray | None = None, beta: float = 0.0) -> np.ndarray:
+    """:func:`greedy_slates` for one request (the serving hot path): ``logits`` float32 (N,), ``groups`` int (N,)
+    → int64 (K,). The same float32 arithmetic, so the same slate."""
+    n = len(logits)
+    if groups is not None and beta > 0:
+        # Within a group every member carries the same penalty, so the walk takes a group's members in logit
+        # order, and the j-th best of a group becomes available with value logit − β·j. Those values decrease
+        # within each group, so the walk (always the best available head) is the merge of the groups' sequences:
+        # the top K of v = logit − β·(rank within group), in float32 as the walk computes it.
+        logits = np.asarray(logits, np.float32)
+        order = np.lexsort((-logits, groups))  # by group, then by logit descending (ties: lower index first)
+        sorted_groups = groups[order]
+        idx = np.arange(n)
+        new_group = np.ones(n, bool)
+        new_group[1:] = sorted_groups[1:] != sorted_groups[:-1]
+        rank = idx - np.maximum.accumulate(np.where(new_group, idx, 0))
+        values = np.empty(n, np.float32)
+        values[order] = logits[order] - np.float32(beta) * rank.astype(np.float32)
+        logits = values
+    top = np.argpartition(-logits, k - 1)[:k] if k < n else np.arange(n)
+    return top[np.argsort(-logits[top], kind="stable")].astype(np.int64)
 
 
 def is_greedy_path(path: np.ndarray, logits: np.ndarray, groups: np.ndarray | None, beta: float,
@@ -991,34 +1034,32 @@ class Ranker:
             (N, D)`` when the graph needs it.
         """
         it, c = self.items, self.const
-        emb = it.emb[cand]  # (N, D)
-        norm = float(np.linalg.norm(st.state))
+        n = len(cand)
+        emb = np.take(it.emb, cand, axis=0)  # (N, D)
+        feats = np.empty((n, len(FEATURE_NAMES)), np.float32)
+        norm = np.linalg.norm(st.state)  # float32, as the simulator's state_norm
         if norm > 0:
-            user = (st.state / np.float32(norm)).astype(np.float32)
-            llm = (emb @ st.state) / np.float32(norm)
+            user = st.state / norm
+            np.divide(emb @ st.state, norm, out=feats[:, F_LLM])
         else:
             user = np.zeros_like(st.state)
-            llm = np.zeros(len(cand), np.float32)
-        p = st.cf_factor.astype(np.float64)
-        if p.any():
+            feats[:, F_LLM] = 0.0
+        if st.cf_factor.any():
+            p = st.cf_factor.astype(np.float64)
             sd = math.sqrt(max(float(p @ it.cf_cov @ p), 0.0))
-            cf = ((it.factors[cand] @ p) - float(it.cf_mean @ p)) / max(sd, 1e-6)
+            scores = np.take(it.factors, cand, axis=0) @ p
+            feats[:, F_CF] = (scores - float(it.cf_mean @ p)) / max(sd, 1e-6)
         else:
-            cf = np.zeros(len(cand))
-        cats = it.category[cand]
-        seen = np.zeros(len(cand), np.float32)
+            feats[:, F_CF] = 0.0
+        feats[:, F_POP:F_PRICE + 1] = np.take(it.features, cand, axis=0)
+        cats = np.take(it.category, cand)
+        feats[:, F_CAT_EXPOSURE] = np.take(st.exposure, cats)
+        feats[:, F_CAT_CLICKS] = np.take(st.cat_clicks, cats)
+        feats[:, F_ITEM_SEEN] = 0.0
         if len(st.seen_items):
-            pos = np.searchsorted(st.seen_items, cand)
-            pos = np.minimum(pos, len(st.seen_items) - 1)
+            pos = np.minimum(np.searchsorted(st.seen_items, cand), len(st.seen_items) - 1)
             hit = st.seen_items[pos] == cand
-            seen[hit] = st.seen_counts[pos[hit]]
-        feats = np.empty((len(cand), len(FEATURE_NAMES)), np.float32)
-        feats[:, F_LLM] = llm
-        feats[:, F_CF] = cf
-        feats[:, 2:4] = it.features[cand]  # popularity, price (FEATURE_NAMES order)
-        feats[:, 4] = st.exposure[cats]
-        feats[:, 5] = st.cat_clicks[cats]
-        feats[:, 6] = seen
+            feats[hit, F_ITEM_SEEN] = st.seen_counts[pos[hit]]
         a = st.ctx
         steps = max(st.t, 1)
         t_frac = min(st.t, c.max_steps - 1) / c.max_steps
@@ -1052,7 +1093,7 @@ class Ranker:
         if not 1 <= k <= min(n, self.max_k):
             raise InvalidRequestError(f"k must be in [1, min(N={n}, {self.max_k})], got {k}")
         cand = self.items.lookup(candidate_ids)
-        if len(np.unique(cand)) != n:
+        if len(set(candidate_ids)) != n:
             raise InvalidRequestError("candidate_ids repeats an item")
         return cand, k
 
@@ -1108,8 +1149,7 @@ class Ranker:
                 st.reset_session()
             obs = self.build_observation(st, cand)
             scores, alpha, beta, reason, model_s = self._score(obs)
-            groups = self.items.category[cand][None] if beta > 0 else None
-            top = greedy_slates(scores[None], k, groups, np.array([beta]))[0]
+            top = greedy_slate(scores, k, self.items.category[cand] if beta > 0 else None, beta)
             rid = st.n_requests
             if record:
                 self._record_slate(st, cand[top], obs["features"][top])
@@ -1123,9 +1163,9 @@ class Ranker:
         else:
             rec = fn(self.store.get(user_id) or self._new_state())
         m = self.metrics
-        m.recommend.labels(rec.source).inc()
+        m.by_source[rec.source].inc()
         if rec.fallback_reason:
-            m.fallback.labels(rec.fallback_reason).inc()
+            m.by_reason[rec.fallback_reason].inc()
         m.alpha.observe(rec.alpha)
         m.recommend_seconds.observe(time.perf_counter() - t0)
         return rec
@@ -1136,14 +1176,24 @@ class Ranker:
         k = len(items)
         cats = self.items.category[items]
         st.exposure *= d
-        st.exposure += category_counts(cats[None], np.full(k, 1.0 / k), self.items.n_categories)[0].astype(
+        # as envs.dynamics.category_counts(cats, 1/K) for one row (bincount, same summation order)
+        st.exposure += np.bincount(cats, weights=np.full(k, 1.0 / k), minlength=self.items.n_categories).astype(
             np.float32)
         st.cat_clicks *= d
-        merged = np.concatenate([st.seen_items, items.astype(np.int32)])
-        counts = np.concatenate([st.seen_counts, np.ones(k, np.float32)])
-        uniq, inv = np.unique(merged, return_inverse=True)
-        st.seen_items = uniq.astype(np.int32)
-        st.seen_counts = np.bincount(inv, weights=counts, minlength=len(uniq)).astype(np.float32)
+        items32 = items.astype(np.int32)
+        seen = st.seen_items
+        if len(seen):
+            pos = np.minimum(np.searchsorted(seen, items32), len(seen) - 1)
+            hit = seen[pos] == items32
+            st.seen_counts[pos[hit]] += 1.0  # a slate's items are distinct: no repeated index
+            new = items32[~hit]
+        else:
+            new = items32
+        if len(new):
+            merged = np.concatenate([seen, new])
+            order = np.argsort(merged, kind="stable")
+            st.seen_items = merged[order]
+            st.seen_counts = np.concatenate([st.seen_counts, np.ones(len(new), np.float32)])[order]
         a = st.ctx
         a[A_CLICK_EMA] *= d
         a[A_DWELL_EMA] *= d
@@ -1193,7 +1243,7 @@ class Ranker:
 
         n = self.store.transact(user_id, fn, self._new_state) if evs else 0
         for e in evs:
-            self.metrics.events.labels(e.type).inc()
+            self.metrics.by_event[e.type].inc()
         self.metrics.observe_seconds.observe(time.perf_counter() - t0)
         return n
 
