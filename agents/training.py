@@ -44,7 +44,7 @@ from envs.world import World
 
 CKPT_DIR = "checkpoints"
 #: Baselines of the final comparison (the oracle reads hidden state; it is the upper reference).
-FINAL_BASELINES = ("random", "greedy-llm", "greedy-cf", "tuned-alpha", "linucb", "oracle")
+FINAL_BASELINES = ("random", "greedy-llm", "greedy-cf", "tuned-alpha", "linucb", "diverse", "oracle")
 
 
 def versions() -> dict[str, str]:
@@ -179,6 +179,17 @@ class RolloutMetrics(BaseCallback):
             self.logger.record("train/repulsion_mean", float(beta.mean()))
         if self.bar is not None:
             self.bar.set_postfix(ctr=f"{s['clicks'] / steps:.3f}", alpha=f"{float(alpha.mean()):.2f}")
+
+
+class TimeLimit(BaseCallback):
+    """Stops learning once ``minutes`` of wall time have passed (checked every step)."""
+
+    def __init__(self, minutes: float) -> None:
+        super().__init__()
+        self.deadline = time.perf_counter() + 60.0 * minutes
+
+    def _on_step(self) -> bool:
+        return time.perf_counter() < self.deadline
 
 
 class PeriodicEval(BaseCallback):
@@ -332,9 +343,11 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False, progre
     ckpt._next = (model.num_timesteps // tc.checkpoint_every + 1) * tc.checkpoint_every if tc.checkpoint_every else 0
     t_learn = time.perf_counter()
     steps_before = model.num_timesteps
+    callbacks: list[BaseCallback] = [metrics, periodic, ckpt]
+    if tc.max_minutes is not None:
+        callbacks.append(TimeLimit(tc.max_minutes))
     if remaining:
-        model.learn(remaining, callback=CallbackList([metrics, periodic, ckpt]), reset_num_timesteps=not resume,
-                    tb_log_name="ppo")
+        model.learn(remaining, callback=CallbackList(callbacks), reset_num_timesteps=not resume, tb_log_name="ppo")
     bar.close()
     learn_s = time.perf_counter() - t_learn
     save_checkpoint(model, ckpt_dir)
@@ -380,8 +393,12 @@ def final_comparison(cfg: Config, world: World, policy: SlatePolicy, curve: Any,
     ctx = RankerContext(world, cfg.env, core=core, seed=cfg.train.seed, batch=ec.batch, progress=progress)
     rankers = {}
     for spec in FINAL_BASELINES:
-        rankers[spec] = (make_ranker(f"fixed-alpha:{curve.best_alpha}", ctx) if spec == "tuned-alpha"
-                         else make_ranker(spec, ctx))
+        if spec in ("tuned-alpha", "diverse"):  # both on the α tuned above (not tuned again)
+            base = "fixed-alpha" if spec == "tuned-alpha" else "diverse"
+            rankers[spec] = make_ranker(f"{base}:{curve.best_alpha:g}", ctx)
+            rankers[spec].name = spec
+        else:
+            rankers[spec] = make_ranker(spec, ctx)
     ppo = PPORanker(policy, cfg.env.slate_size)
     alpha_rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (rho, step, alpha) per step
 

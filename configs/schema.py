@@ -271,7 +271,7 @@ class PPOConfig:
     n_steps: int = 64
     batch_size: int = 2048
     n_epochs: int = 3
-    learning_rate: float = 3e-4
+    learning_rate: float = 1e-3
     gamma: float = 0.97
     gae_lambda: float = 0.95
     clip_range: float = 0.2
@@ -315,6 +315,7 @@ class TrainConfig:
 
     Attributes:
         total_timesteps: Env steps (user-requests) to train for.
+        max_minutes: Stop learning after this many minutes of wall time, whatever the steps (``None``: no limit).
         seed: Run seed.
         device: ``"auto"`` (cuda when available), ``"cpu"`` or ``"cuda"``.
         torch_threads: CPU threads for torch (0: torch's default, all cores). Set 1 on a machine busy with other
@@ -329,6 +330,7 @@ class TrainConfig:
     """
 
     total_timesteps: int = 300_000
+    max_minutes: float | None = None
     seed: int = 0
     device: str = "auto"
     torch_threads: int = 0
