@@ -71,7 +71,8 @@ class SlatePolicy(ActorCriticPolicy):
             :class:`agents.distributions.PlackettLuceDistribution`); independent per-candidate scores cannot
             express "not three cookbooks in one slate".
         repulsion_init: β at initialisation (small: start near the plain blend).
-        temperature: τ dividing the blend.
+        temperature: τ dividing the blend at initialisation; ``log(1/τ)`` is then learned (one scalar), so PPO can
+            sharpen the slate distribution without distorting the blend.
         init_alpha: α at initialisation, in (0, 1) (``None``: 0.5).
         residual_init_scale: Orthogonal gain of the residual head's last layer (near 0: start at the blend).
         use_item_table: Learn an item embedding table indexed by the candidate ids.
@@ -200,6 +201,10 @@ class SlatePolicy(ActorCriticPolicy):
         self.residual_state = nn.Linear(self.hidden, ch, bias=False)
         self.residual_net = nn.Sequential(act(), *_mlp(ch, ch, self.n_layers - 1, act))
         self.residual_head = nn.Linear(ch, 1)
+        # A linear path from the raw features to the logits (zero at init): penalties such as "recently shown
+        # category" or "already seen" are linear in the features, and PPO finds them much faster this way.
+        self.feature_linear = nn.Linear(n_feat, 1, bias=False)
+        self.log_inv_temperature = nn.Parameter(th.tensor(math.log(1.0 / self.temperature)))
         self.value_trunk: nn.Module = (
             nn.Identity() if self.share_state_net else _mlp(state_in, self.hidden, self.n_layers, act)
         )
@@ -215,6 +220,7 @@ class SlatePolicy(ActorCriticPolicy):
                 module.apply(lambda m: self.init_weights(m, gain=math.sqrt(2)))
             self.init_weights(self.value_net, gain=1.0)
         self.init_weights(self.residual_head, gain=self.residual_init_scale)
+        nn.init.zeros_(self.feature_linear.weight)
         nn.init.zeros_(self.alpha_head.weight)
         nn.init.constant_(self.alpha_head.bias, math.log(self.init_alpha / (1.0 - self.init_alpha)))
         if self.repulsion_head is not None:  # softplus(bias) = repulsion_init
@@ -304,7 +310,8 @@ class SlatePolicy(ActorCriticPolicy):
         blend = alpha.unsqueeze(-1) * features[..., F_LLM] + (1.0 - alpha.unsqueeze(-1)) * features[..., F_CF]
         pre = self.residual_cand(cand) + self.residual_state(h).unsqueeze(1)  # (B, N, H)
         residual = self.residual_head(self.residual_net(pre)).squeeze(-1)  # (B, N)
-        return blend / self.temperature + residual, alpha, h
+        residual = residual + self.feature_linear(features).squeeze(-1)
+        return blend * self.log_inv_temperature.exp() + residual, alpha, h
 
     def _critic(self, state_in: th.Tensor, h: th.Tensor | None) -> th.Tensor:
         """Values (B, 1) from the state input (or, with ``share_state_net``, the actor's embedding)."""
