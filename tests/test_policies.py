@@ -322,3 +322,27 @@ def test_ppo_learns_probe_near_optimal(seed: int) -> None:
     before, after, _ = _train_probe(8192, seed=seed)
     assert before < 1.1
     assert after > 1.81, (before, after)
+
+
+def test_category_repulsion_is_consistent_and_round_trips(tmp_path: Path) -> None:
+    categories = np.arange(N_ITEMS) % 4
+    policy = _policy(item_category=categories, repulsion_init=2.0, residual_init_scale=1.0)
+    obs = _fake_obs(observation_space(N_ITEMS, N_CAND, DIM), 16, seed=4)
+    t = _tensor(policy, obs)
+    dist = policy.get_distribution(t)
+    actions = dist.sample()
+    _, log_prob, entropy = policy.evaluate_actions(t, actions.float())
+    assert th.allclose(log_prob, policy.get_distribution(t).log_prob(actions), atol=1e-5)
+    assert entropy is not None and bool(th.isfinite(entropy).all())
+    beta = policy.repulsion(t)
+    assert beta is not None and th.allclose(beta, th.full_like(beta, 2.0), atol=1e-5)
+    # with a strong repulsion the mode spreads over categories more than the plain top-K of the logits
+    mode = dist.mode().numpy()
+    cats = categories[obs["candidates"][np.arange(16)[:, None], mode]]
+    logits = policy.candidate_logits(t).detach().numpy()
+    plain = categories[np.take_along_axis(obs["candidates"], np.argsort(-logits, axis=1)[:, :K], axis=1)]
+    distinct = lambda c: np.mean([len(set(r)) for r in c.tolist()])  # noqa: E731
+    assert distinct(cats) >= distinct(plain)
+    policy.save(str(tmp_path / "p.pt"))
+    loaded = SlatePolicy.load(str(tmp_path / "p.pt"))
+    assert th.allclose(loaded.get_distribution(_tensor(loaded, obs)).log_prob(actions), log_prob, atol=1e-5)
