@@ -41,9 +41,9 @@ TorchScript answer is discarded. On a timeout, an exception, or non-finite outpu
 ``α·llm_sim + (1 − α)·cf_score`` with the manifest's fallback α answers, and ``recfeed_fallback_total{reason}``
 counts it.
 
-**User state** lives in an in-process store (striped locks, LRU-bounded) or in Redis (one key per user; a
-WATCH/MULTI transaction per update, retried on conflict, so concurrent feedback for one user loses no event,
-across threads and processes). It is serialised compactly without pickle (a JSON header + raw arrays).
+**User state** lives in an in-process store (striped locks, LRU-bounded) or in Redis (one hash per user; an
+optimistic read then a Lua compare-and-set on a version, retried on conflict, so concurrent feedback for one user
+loses no event, across threads and processes). It is serialised compactly without pickle (a JSON header + raw arrays).
 """
 
 from __future__ import annotations
@@ -398,12 +398,12 @@ def decode_state(blob: bytes) -> UserState:
         raise ValueError(f"user state version {header.get('v')} is not {STATE_VERSION}")
     buf = bytearray(blob[8 + hlen:])
     layout = [(np.dtype(dt), [int(x) for x in shape]) for dt, shape in header["a"]]
-    if sum(int(np.prod(shape)) * dt.itemsize for dt, shape in layout) != len(buf):
+    if sum(math.prod(shape) * dt.itemsize for dt, shape in layout) != len(buf):
         raise ValueError("user state is truncated or has trailing bytes")
     off = 0
     values: dict[str, Any] = {}
     for name, (dtype, shape) in zip(_ARRAY_FIELDS, layout, strict=True):
-        count = int(np.prod(shape))
+        count = math.prod(shape)
         values[name] = np.frombuffer(buf, dtype, count=count, offset=off).reshape(shape)
         off += count * dtype.itemsize
     for k in _SCALAR_FIELDS:
@@ -521,12 +521,24 @@ class StoreConflictError(RuntimeError):
     """A Redis transaction kept conflicting with concurrent writers."""
 
 
-class RedisStore:
-    """User states in Redis: key ``{prefix}{user_id}``, one WATCH/MULTI/EXEC transaction per update.
+#: Compare-and-set of a user's state: KEYS[1] the hash, ARGV = expected version ('' if absent), new version,
+#: new state, TTL seconds (0: none). Returns 1 if written, 0 on a concurrent change.
+_CAS_LUA = """
+local v = redis.call('HGET', KEYS[1], 'v')
+if (v or '') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'v', ARGV[2], 's', ARGV[3])
+if tonumber(ARGV[4]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[4]) end
+return 1
+"""
 
-    A transaction that meets a concurrent write (``WatchError``) re-reads the state and re-applies ``fn``, so
-    no update is lost, across threads and processes. Within a process, a striped lock also serialises updates
-    of one user (fewer retries).
+
+class RedisStore:
+    """User states in Redis: a hash ``{prefix}{user_id}`` with the serialised state ``s`` and a version ``v``.
+
+    An update is optimistic: read ``v`` and ``s`` (HMGET), apply ``fn``, then write through a Lua
+    compare-and-set that stores the new state only if ``v`` is unchanged (two round trips). A write that meets
+    a concurrent one re-reads and re-applies ``fn``, so no update is lost, across threads and processes. Within
+    a process, a striped lock also serialises updates of one user (fewer retries).
 
     Args:
         url: ``redis://host:port/db`` (``rediss://`` for TLS; credentials in the URL or ``REDIS_PASSWORD``).
@@ -548,7 +560,7 @@ class RedisStore:
         if os.environ.get("REDIS_PASSWORD") and "@" not in url:
             kwargs["password"] = os.environ["REDIS_PASSWORD"]
         self._redis = redis.Redis.from_url(url, **kwargs)
-        self._watch_error = redis.WatchError
+        self._cas = self._redis.register_script(_CAS_LUA)
         self.prefix, self.ttl_s, self.max_retries = prefix, ttl_s, max_retries
         self._stripes = _Stripes()
         self.conflicts = 0
@@ -559,26 +571,21 @@ class RedisStore:
     def transact(self, user_id: str, fn: Callable[[UserState], R], new: Callable[[], UserState]) -> R:
         """See :class:`StateStore`."""
         key = self._key(user_id)
+        ttl = self.ttl_s or 0
         with self._stripes(user_id):
             for _ in range(self.max_retries):
-                with self._redis.pipeline(transaction=True) as pipe:
-                    try:
-                        pipe.watch(key)
-                        blob = pipe.get(key)
-                        st = decode_state(blob) if blob else new()
-                        result = fn(st)
-                        pipe.multi()
-                        pipe.set(key, encode_state(st), ex=self.ttl_s)
-                        pipe.execute()
-                        return result
-                    except self._watch_error:
-                        self.conflicts += 1
-                        continue
+                version, blob = self._redis.hmget(key, ["v", "s"])
+                st = decode_state(blob) if blob else new()
+                result = fn(st)
+                old = version.decode() if version else ""
+                if self._cas(keys=[key], args=[old, str(int(old or 0) + 1), encode_state(st), ttl]):
+                    return result
+                self.conflicts += 1
         raise StoreConflictError(f"user {user_id!r}: {self.max_retries} conflicting concurrent updates in a row")
 
     def get(self, user_id: str) -> UserState | None:
         """See :class:`StateStore`."""
-        blob = self._redis.get(self._key(user_id))
+        blob = self._redis.hget(self._key(user_id), "s")
         return decode_state(blob) if blob else None
 
     def delete(self, user_id: str) -> None:
@@ -950,8 +957,8 @@ class Ranker:
             on_model_error: A model file that fails to load raises (``"raise"``) or leaves the runtime answering
                 with the fallback blend only (``"fallback"``, counted as ``no_model``).
             threads: Model intra-op threads.
-            redis_prefix: Redis key prefix (default ``recfeed:<items fingerprint>:user:``: states hold item rows,
-                so a different catalog gets a different key space).
+            redis_prefix: Redis key prefix (default ``recfeed:s<state version>:<items fingerprint>:user:``: states
+                hold item rows, so a different catalog or state format gets a different key space).
             redis_ttl_s: Expiry of idle users' Redis state.
             clock: Wall clock.
 
@@ -988,7 +995,7 @@ class Ranker:
         elif isinstance(store, str):
             if not store.startswith(("redis://", "rediss://", "unix://")):
                 raise ValueError(f"store must be 'memory' or a redis:// URL, got {store!r}")
-            prefix = redis_prefix if redis_prefix is not None else f"recfeed:{items.fingerprint}:user:"
+            prefix = redis_prefix or f"recfeed:s{STATE_VERSION}:{items.fingerprint}:user:"
             st = RedisStore(store, prefix=prefix, ttl_s=redis_ttl_s)
         else:
             st = store

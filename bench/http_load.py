@@ -240,7 +240,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--k", type=int, default=10, help="K per recommend request")
     ap.add_argument("--users", type=int, default=5000, help="distinct users")
     ap.add_argument("--feedback-share", type=float, default=0.3, help="share of requests that are feedback")
-    ap.add_argument("--redis", default=None, help="redis:// URL for the service's user store")
+    ap.add_argument("--redis", default=None,
+                    help="redis:// URL for the service's user store, or 'auto': a throwaway redis-server on a free "
+                    "loopback port, stopped at the end")
     ap.add_argument("--workers", type=int, default=1, help="server worker processes (needs --redis)")
     ap.add_argument("--time-budget-ms", type=float, default=10.0, help="the server's model deadline")
     ap.add_argument("--warmup", type=float, default=5.0, help="seconds of load before measuring")
@@ -253,6 +255,18 @@ def main(argv: list[str] | None = None) -> dict:
 
     artifact = resolve_artifact(args.run)
     ids = [str(s) for s in np.load(artifact / "items.npz", allow_pickle=False)["ids"]]
+    redis_proc = None
+    if args.redis == "auto":
+        import shutil
+
+        exe = shutil.which("redis-server")
+        if exe is None:
+            ap.error("--redis auto needs redis-server (apt-get install -y redis-server)")
+        rport = _free_port()
+        redis_proc = subprocess.Popen([exe, "--port", str(rport), "--bind", HOST, "--save", "", "--appendonly", "no"],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        args.redis = f"redis://{HOST}:{rport}/0"
+        time.sleep(0.5)
     port = _free_port()
     api_key = "bench-" + os.urandom(8).hex()
     env = {**os.environ, "RECFEED_API_KEY": api_key, "PYTHONPATH": str(REPO)}
@@ -289,6 +303,9 @@ def main(argv: list[str] | None = None) -> dict:
             server.wait(timeout=30)
         except subprocess.TimeoutExpired:
             server.kill()
+        if redis_proc is not None:
+            redis_proc.terminate()
+            redis_proc.wait(timeout=10)
     out.update({"connections": args.connections, "candidates": args.candidates, "k": args.k, "users": args.users,
                 "feedback_share": args.feedback_share, "store": "redis" if args.redis else "memory",
                 "workers": args.workers, "loadavg_1m": round(os.getloadavg()[0], 2), "cpus": os.cpu_count()})
