@@ -15,7 +15,8 @@ Endpoints (JSON; see docs/serving.md for a curl session and the trust model):
 Errors are ``{"error": code, "detail": ...}`` with: 400 malformed JSON or missing body, 401 missing or wrong
 API key, 404 unknown item ids (listed) or path, 405 wrong method, 413 body over the size limit, 415 a body that
 is not ``application/json``, 422 a body that breaks the schema or the limits (candidates over the limit, k out of
-range, repeated candidates, too many events), 503 store unavailable.
+range, repeated candidates, too many events), 500 a stored user state that does not fit the artifact, 503 store
+unavailable.
 
 The API key, when set, comes from the environment (``RECFEED_API_KEY``) or a file, never from the command line
 (it would show in ``ps``); clients send it as ``X-API-Key: …`` or ``Authorization: Bearer …``.
@@ -38,7 +39,14 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from agents.serving import Event, InvalidRequestError, Ranker, StoreConflictError, UnknownItemsError
+from agents.serving import (
+    CorruptStateError,
+    Event,
+    InvalidRequestError,
+    Ranker,
+    StoreConflictError,
+    UnknownItemsError,
+)
 
 MAX_ID_LEN = 256
 MAX_EVENTS = 1000
@@ -233,6 +241,10 @@ def create_app(ranker: Ranker, api_key: str | None = None, max_body_bytes: int =
     @app.exception_handler(InvalidRequestError)
     async def bad(_: Request, exc: InvalidRequestError) -> Response:
         return _error(422, "invalid_request", str(exc))
+
+    @app.exception_handler(CorruptStateError)
+    async def corrupt(_: Request, exc: CorruptStateError) -> Response:
+        return _error(500, "corrupt_user_state", str(exc))
 
     @app.exception_handler(StoreConflictError)
     async def conflict(_: Request, exc: StoreConflictError) -> Response:

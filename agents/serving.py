@@ -109,6 +109,10 @@ class UnknownItemsError(KeyError):
         return str(self.args[0])
 
 
+class CorruptStateError(ValueError):
+    """A stored user state that does not fit the loaded artifact."""
+
+
 class InvalidRequestError(ValueError):
     """A request that is well-formed but cannot be answered (duplicates, k out of range, too many candidates)."""
 
@@ -1023,8 +1027,22 @@ class Ranker:
 
     # ---- features ----------------------------------------------------------------------------------------------
 
+    def _check(self, st: UserState) -> None:
+        """Refuse a stored state that does not fit this artifact (a tampered or foreign Redis value)."""
+        it = self.items
+        d, f, c, k = it.dim, it.cf_dim, it.n_categories, len(st.slate_items)
+        ok = (st.state.shape == (d,) and st.cf_factor.shape == (f,) and st.cf_a.shape == (f, f)
+              and st.cf_b.shape == (f,) and st.exposure.shape == st.cat_clicks.shape == (c,)
+              and st.seen_items.shape == st.seen_counts.shape and st.ctx.shape == (len(ACC_NAMES),)
+              and st.slate_llm.shape == st.slate_cf.shape == (k,))
+        for rows in (st.seen_items, st.slate_items, st.cf_items):
+            ok = ok and (len(rows) == 0 or (int(rows.min()) >= 0 and int(rows.max()) < it.n_items))
+        if not ok:
+            raise CorruptStateError("a stored user state does not fit this artifact (shapes or item rows)")
+
     def _touch(self, st: UserState, now: float) -> None:
-        """Start a new session when the last one went idle."""
+        """Check the state; start a new session when the last one went idle."""
+        self._check(st)
         if st.last_active and now - st.last_active > self.session_timeout_s:
             st.reset_session()
         st.last_active = now
@@ -1082,6 +1100,7 @@ class Ranker:
         """The observation ``recommend`` would build now (read-only; for debugging and parity checks)."""
         cand = self.items.lookup(candidate_ids)
         st = self.store.get(user_id) or self._new_state()
+        self._check(st)
         if st.last_active and self.clock() - st.last_active > self.session_timeout_s:
             st.reset_session()
         return self.build_observation(st, cand)
@@ -1151,9 +1170,11 @@ class Ranker:
             now = self.clock()
             if record:
                 self._touch(st, now)
-            elif st.last_active and now - st.last_active > self.session_timeout_s:
-                st = st.copy()
-                st.reset_session()
+            else:
+                self._check(st)
+                if st.last_active and now - st.last_active > self.session_timeout_s:
+                    st = st.copy()
+                    st.reset_session()
             obs = self.build_observation(st, cand)
             scores, alpha, beta, reason, model_s = self._score(obs)
             top = greedy_slate(scores, k, self.items.category[cand] if beta > 0 else None, beta)

@@ -22,6 +22,7 @@ from test_export import onnx_export, run_dir, ts_export  # noqa: F401 - session 
 
 from agents.serving import (
     A_LAST_RANK,
+    CorruptStateError,
     Event,
     InvalidRequestError,
     ItemTable,
@@ -434,6 +435,14 @@ def test_redis_state_survives_a_new_runtime(redis_url: str, onnx_export: Path, s
     for key in ("user", "features", "context"):
         np.testing.assert_array_equal(obs_after[key], obs_before[key])
     assert second.recommend("r1", cids, k=5).request_id == 1
+    # a tampered value is refused, not served
+    bad = second.user_state("r1")
+    assert bad is not None
+    bad.seen_items = np.array([10**6], np.int32)
+    bad.seen_counts = np.ones(1, np.float32)
+    second.store.transact("r1", lambda st: st.__dict__.update(bad.__dict__), second._new_state)
+    with pytest.raises(CorruptStateError, match="does not fit"):
+        second.recommend("r1", cids, k=5)
     second.close()
 
 
