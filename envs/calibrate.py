@@ -553,6 +553,34 @@ def _choice_loglik(blk: _ChoiceBlock, a: float, q: np.ndarray, rho: np.ndarray, 
     return ll, grad, info
 
 
+def _grid_loglik(blk: _ChoiceBlock, a: float, q: np.ndarray, rho_grid: np.ndarray, sequential: bool) -> np.ndarray:
+    """Per-user log-likelihood at every ρ of the grid, all users sharing each ρ: float64 (U, G).
+
+    The same numbers as :func:`_choice_loglik` with ``rho = full(U, r)``, with the ρ-free part of the logits
+    computed once and the per-ρ logits built in place.
+    """
+    sn, n_users = blk.n_sampled, len(blk.z_cf)
+    base = np.float32(a) * blk.z_cf + blk.log_w  # (U, C)
+    if q.size:
+        base[:, :sn] += (q @ blk.f_cols).astype(np.float32)[None, :]
+        base[:, sn:] += np.einsum("k,kup->up", q, blk.f_pos).astype(np.float32)
+    s = np.empty_like(base)
+    out = np.empty((n_users, len(rho_grid)))
+    for g, r in enumerate(rho_grid):
+        np.multiply(blk.diff, np.float32(a * r), out=s)
+        s += base
+        top = s.max(axis=1)
+        top = np.where(np.isfinite(top), top, 0.0).astype(np.float32)
+        s_pos = np.where(blk.valid, s[:, sn:].astype(np.float64) - top[:, None], 0.0)
+        s -= top[:, None]
+        np.exp(s, out=s)
+        z = s.sum(axis=1, dtype=np.float64)
+        ep = s[:, sn:].astype(np.float64)
+        rest = np.maximum(z[:, None] - (_excl_cumsum(ep) if sequential else 0.0), 1e-300)
+        out[:, g] = np.where(blk.valid, s_pos - np.log(rest), 0.0).sum(axis=1)
+    return out
+
+
 def fit_response(
     z_sem: np.ndarray,
     z_cf: np.ndarray,
@@ -560,7 +588,7 @@ def fit_response(
     choices: np.ndarray,
     exclude: sp.csr_matrix,
     grid: int = 21,
-    rounds: int = 6,
+    rounds: int = 4,
     prior: str = "population",
     newton_steps: int = 8,
     sample: int = 2048,
@@ -647,8 +675,7 @@ def fit_response(
                 break
             _, grad, info = _choice_loglik(blk, theta[0], theta[1:], rho, sequential, moments=True)
         # ρ_u on the grid for fixed (a, q): one pass over the block per grid point, all users at once.
-        grid_ll = np.stack([_choice_loglik(blk, theta[0], theta[1:], np.full(n_users, r), sequential)[0]
-                            for r in rho_grid], axis=1)  # (U, G)
+        grid_ll = _grid_loglik(blk, theta[0], theta[1:], rho_grid, sequential)  # (U, G)
         if prior == "population":
             log_prior = _npmle_prior(grid_ll)
             post = grid_ll + log_prior[None, :]
