@@ -198,9 +198,11 @@ class ItemTable:
     cf_mean: np.ndarray = field(init=False)  # float64 (F',) mean of the factors over the catalog
     cf_cov: np.ndarray = field(init=False)  # float64 (F', F') their population covariance
     cf_gram: np.ndarray = field(init=False)  # float64 (F', F') QᵀQ
+    factors64: np.ndarray = field(init=False)  # float64 (M, F') the factors, for the fold-in
 
     def __post_init__(self) -> None:
         q = self.factors.astype(np.float64)
+        self.factors64 = q
         self.cf_mean = q.mean(axis=0) if len(q) else np.zeros(q.shape[1])
         centred = q - self.cf_mean
         self.cf_cov = centred.T @ centred / max(len(q), 1)
@@ -290,7 +292,8 @@ class ObsConstants:
 
 _ARRAY_FIELDS = ("state", "cf_factor", "cf_a", "cf_b", "cf_items", "exposure", "cat_clicks", "seen_items",
                  "seen_counts", "ctx", "slate_items", "slate_llm", "slate_cf")
-_SCALAR_FIELDS = ("cf_pinned", "t", "n_requests", "slate_id", "slate_clicked", "last_active", "n_events", "sessions")
+_SCALAR_FIELDS = ("cf_pinned", "cf_dirty", "t", "n_requests", "slate_id", "slate_clicked", "last_active", "n_events",
+                  "sessions")
 
 
 @dataclass
@@ -302,8 +305,9 @@ class UserState:
         cf_factor: float32 (F',) CF user factor (long-term).
         cf_a: float64 (F', F') fold-in accumulator ``Σ_i (c_i − 1) q_i q_iᵀ``.
         cf_b: float64 (F',) fold-in accumulator ``Σ_i c_i q_i``.
-        cf_items: int32 (P,) sorted items with a positive event (their first event carries the ``−1``).
+        cf_items: int32 (P,) items with a positive event (their first event carries the ``−1``).
         cf_pinned: The factor was imported (kept fixed; events do not refold it).
+        cf_dirty: Events changed the fold-in accumulators since ``cf_factor`` was solved.
         exposure: float32 (C,) decayed impressions per category this session, / slate size.
         cat_clicks: float32 (C,) decayed clicks per category this session.
         seen_items: int32 (S,) sorted items shown this session.
@@ -335,6 +339,7 @@ class UserState:
     slate_llm: np.ndarray
     slate_cf: np.ndarray
     cf_pinned: bool = False
+    cf_dirty: bool = False
     t: int = 0
     n_requests: int = 0
     slate_id: int = -1
@@ -1029,6 +1034,8 @@ class Ranker:
 
     def _check(self, st: UserState) -> None:
         """Refuse a stored state that does not fit this artifact (a tampered or foreign Redis value)."""
+        if self.store.kind == "memory":  # states this process made itself
+            return
         it = self.items
         d, f, c, k = it.dim, it.cf_dim, it.n_categories, len(st.slate_items)
         ok = (st.state.shape == (d,) and st.cf_factor.shape == (f,) and st.cf_a.shape == (f, f)
@@ -1059,6 +1066,7 @@ class Ranker:
             (N, D)`` when the graph needs it.
         """
         it, c = self.items, self.const
+        self._refresh_cf(st)
         n = len(cand)
         emb = np.take(it.emb, cand, axis=0)  # (N, D)
         feats = np.empty((n, len(FEATURE_NAMES)), np.float32)
@@ -1278,15 +1286,20 @@ class Ranker:
     def _cf_add(self, st: UserState, item: int, weight: float) -> None:
         if not self.cf_fold_in or st.cf_pinned or self.items.cf_dim == 0:
             return
-        q = self.items.factors[item].astype(np.float64)
+        q = self.items.factors64[item]
         c = self.const.cf_alpha * weight
-        pos = int(np.searchsorted(st.cf_items, item))
-        first = pos >= len(st.cf_items) or st.cf_items[pos] != item
+        first = not (st.cf_items == item).any()
         if first:
-            st.cf_items = np.insert(st.cf_items, pos, item).astype(np.int32)
+            st.cf_items = np.append(st.cf_items, np.int32(item))
         st.cf_a += ((c - 1.0) if first else c) * np.outer(q, q)
         st.cf_b += c * q
-        st.cf_factor = fold_in(self._gram_reg, st.cf_a, st.cf_b)
+        st.cf_dirty = True  # solved when next needed (once per request, not once per event)
+
+    def _refresh_cf(self, st: UserState) -> None:
+        """Solve the fold-in if events changed its accumulators since the last solve."""
+        if st.cf_dirty:
+            st.cf_factor = fold_in(self._gram_reg, st.cf_a, st.cf_b)
+            st.cf_dirty = False
 
     def _apply(self, st: UserState, e: Event, item: int) -> None:
         """One event (``BatchedCore.step``'s response-dependent part, for this user)."""
@@ -1370,8 +1383,11 @@ class Ranker:
         self.store.transact(user_id, lambda st: st.reset_session(), self._new_state)
 
     def user_state(self, user_id: str) -> UserState | None:
-        """A snapshot of the user's state (``None`` if unknown)."""
-        return self.store.get(user_id)
+        """A snapshot of the user's state (``None`` if unknown), its CF factor solved."""
+        st = self.store.get(user_id)
+        if st is not None:
+            self._refresh_cf(st)
+        return st
 
     def health(self) -> dict[str, Any]:
         """Liveness and configuration summary."""
