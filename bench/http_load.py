@@ -278,7 +278,7 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         import httpx
 
-        deadline = time.time() + 180
+        deadline = time.time() + 300
         while True:
             if server.poll() is not None:
                 raise RuntimeError(f"server exited: {server.stderr.read().decode() if server.stderr else ''}")
@@ -288,7 +288,7 @@ def main(argv: list[str] | None = None) -> dict:
             except httpx.TransportError:
                 pass
             if time.time() > deadline:
-                raise RuntimeError("server did not come up in 180 s")
+                raise RuntimeError("server did not come up in 300 s")
             time.sleep(0.2)
         if args.warmup > 0:
             warm = argparse.Namespace(**{**vars(args), "duration": args.warmup})

@@ -625,3 +625,19 @@ def test_http_without_api_key_and_too_many_events(onnx_export: Path, small_world
         r = c.post("/feedback", json={"user_id": "n", "events": [ev] * 1001})
         assert r.status_code == 422 and r.json()["error"] == "invalid_request"
         assert c.post("/feedback", json={"user_id": "n", "events": [ev] * 1000}).json() == {"applied": 1000}
+
+
+def test_serve_cli_resolves_artifacts_and_refuses_bad_setups(tmp_path: Path, onnx_export: Path,  # noqa: F811
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from agents.serve import main, resolve_artifact
+
+    assert resolve_artifact(onnx_export) == onnx_export  # an artifact directory is used as it is
+    run = tmp_path / "run"
+    shutil.copytree(onnx_export, run / "export")
+    assert resolve_artifact(run) == run / "export"  # a run directory's export/
+    with pytest.raises(FileNotFoundError, match="neither a run directory"):
+        resolve_artifact(tmp_path / "empty")
+    assert main([str(onnx_export), "--workers", "2"]) == 2  # in-process state cannot be shared by workers
+    assert "needs --redis" in capsys.readouterr().err
+    assert main([str(tmp_path / "empty")]) == 2
+    assert "cannot serve" in capsys.readouterr().err
