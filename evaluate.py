@@ -15,14 +15,11 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import sys
-from pathlib import Path
 from typing import Any
-
-import yaml
 
 from agents.baselines import RankerContext, TunedAlphaRanker, check_specs, make_ranker, valid_choices
 from agents.evaluation import episode_plan, evaluate_rankers, markdown_table, summarise, write_report
-from configs.loader import ConfigError, apply_overrides, from_dict
+from configs.loader import ConfigError, apply_overrides, from_dict, read_yaml_mapping
 from configs.schema import Config
 from envs.presets import load_world, preset_config
 from envs.rec_env import make_core
@@ -51,19 +48,6 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _read_yaml(path: str) -> dict[str, Any]:
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file {str(p)!r} does not exist")
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {str(p)!r} is not valid YAML: {exc}") from exc
-    if not isinstance(data, dict | None):
-        raise ConfigError(f"config file {str(p)!r} must hold a mapping at top level")
-    return data or {}
-
-
 def resolve_config(args: argparse.Namespace) -> tuple[Config, str | None]:
     """The validated config of this evaluation, and a note when the default reference had to change.
 
@@ -76,7 +60,7 @@ def resolve_config(args: argparse.Namespace) -> tuple[Config, str | None]:
         FileNotFoundError: A ``run:DIR`` whose directory is missing.
         ImportError: ``run:DIR`` without the PPO ranker module.
     """
-    data = _read_yaml(args.config) if args.config else {}
+    data = read_yaml_mapping(args.config) if args.config else {}
     apply_overrides(data, args.set)
     for section in ("eval", "env", "encoder"):
         if not isinstance(data.setdefault(section, {}), dict):

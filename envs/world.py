@@ -8,14 +8,13 @@ copy, not a matrix product (see DESIGN_NOTES.md, "The hot path").
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
+from configs.loader import atomic_dir
 from envs.catalog import Catalog
 from envs.users import Population
 
@@ -186,10 +185,7 @@ class World:
         Args:
             directory: Destination folder (replaced if it exists).
         """
-        dest = Path(directory)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-        try:
+        with atomic_dir(directory) as tmp:
             cat = self.catalog
             arrays = {
                 "item_emb": self.item_emb,
@@ -215,12 +211,6 @@ class World:
                 "meta": self.meta,
             }
             (tmp / "world.json").write_text(json.dumps(meta), encoding="utf-8")
-            if dest.exists():
-                shutil.rmtree(dest)
-            tmp.rename(dest)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
 
     @classmethod
     def load(cls, directory: str | Path) -> World:
