@@ -201,6 +201,39 @@ def test_semantic_taste_and_history_helpers(tmp_path: Path) -> None:
         assert hist[user].tolist() == mine[-4:].tolist()  # most recent last
 
 
+def test_generic_logs_with_implicit_events_and_prices(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    n_items, n_users = 70, 25
+    cats = ["shoes", "hats", "bags"]
+    pd.DataFrame({
+        "id": [f"sku{j}" for j in range(n_items)],
+        "text": [f"A {['red', 'blue', 'green'][j % 3]} {cats[j % 3][:-1]} number {j}" for j in range(n_items)],
+        "category": [cats[j % 3] for j in range(n_items)],
+        "price": rng.uniform(5, 80, n_items).round(2),
+    }).to_csv(tmp_path / "items.csv", index=False)
+    rows = []
+    for u in range(n_users):
+        fav = u % 3
+        items = rng.choice(n_items, size=18, replace=False, p=np.where(np.arange(n_items) % 3 == fav, 3.0, 1.0)
+                           / np.where(np.arange(n_items) % 3 == fav, 3.0, 1.0).sum())
+        for k, i in enumerate(items):
+            event = ["view", "click", "purchase"][int(rng.integers(0, 3))]
+            rows.append((f"user{u}", f"sku{i}", event, 1_600_000_000 + 600 * k + 86_400 * u, ""))
+    pd.DataFrame(rows, columns=["user", "item", "event", "timestamp", "value"]).to_csv(tmp_path / "ev.csv",
+                                                                                      index=False)
+    out = tmp_path / "preset"
+    code = main(["--data", f"logs:{tmp_path / 'items.csv'},{tmp_path / 'ev.csv'}", "--out", str(out), "--quiet",
+                 "--encoder", "hashing", "--set", f"encoder.cache_dir={tmp_path / 'cache'}",
+                 *[x for s in TINY_ENV for x in ("--set", s)]])
+    assert code == 0
+    cfg = preset_config(str(out))
+    assert cfg.catalog.source == str(tmp_path / "items.csv")
+    report = json.loads((out / "fidelity.json").read_text())
+    assert report["fit"]["quality_features"] == ["popularity"]  # no ratings in the log
+    world = load_world(cfg)
+    assert world.catalog.price.max() > 5 and world.catalog.category_names == sorted(cats)
+
+
 @pytest.mark.parametrize("spec", ["bogus", "movielens:", "logs:onlyitems.csv", "logs:,events.csv", "csv:x"])
 def test_bad_data_spec_is_a_clear_error(spec: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(ValueError, match="movielens:PATH"):
