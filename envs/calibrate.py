@@ -905,8 +905,8 @@ def _draw_choices(util: np.ndarray, exclude: sp.csr_matrix, n_draw: np.ndarray, 
     return users.astype(np.int64), top[take].astype(np.int64)
 
 
-def _distributions(real_items: np.ndarray, real_users: np.ndarray, sims: dict[str, tuple[np.ndarray, np.ndarray]],
-                   real_activity: np.ndarray, sim_activity: np.ndarray, catalog: Catalog) -> dict[str, Any]:
+def _distributions(real_items: np.ndarray, sims: dict[str, tuple[np.ndarray, np.ndarray]], real_activity: np.ndarray,
+                   sim_activity: np.ndarray, catalog: Catalog) -> dict[str, Any]:
     """Popularity curve, genre mix and activity statistics, real against each simulated source."""
     m, c = catalog.n_items, catalog.n_categories
     names = catalog.category_names
@@ -1209,7 +1209,7 @@ def calibrate(
     # 7. distribution checks
     seen_train = interaction_matrix(train)
     held = (interaction_matrix(test) > seen_train).tocsr()
-    real_u, real_i = held.nonzero()
+    _, real_i = held.nonzero()
     sims = {"simulated_choices": _draw_choices(util, seen_train, np.diff(held.indptr), cfg.seed)}
     from envs.presets import run_logging_phase
 
@@ -1228,7 +1228,7 @@ def calibrate(
         world.__dict__.pop("gram", None)
     sims["simulated_sessions"] = (np.concatenate(su), np.concatenate(si))
     sim_activity = np.bincount(sims["simulated_sessions"][0], minlength=clean.n_users)
-    dist = _distributions(real_i, real_u, sims, n_train_events, sim_activity, catalog)
+    dist = _distributions(real_i, sims, n_train_events, sim_activity, catalog)
     dist["activity"]["simulated_sessions_per_user"] = cfg.sim_sessions
     plots = _plots(out, dist, models, n_train_events, sim_activity)
     dist = {k: v for k, v in dist.items() if not k.startswith("_")}
