@@ -4,10 +4,11 @@ Registered ids: ``recfeed/SlateRec-v0`` (default preset) and ``recfeed/SlateRec-
 a vector entry point: ``gymnasium.make_vec(id, num_envs=B, vectorization_mode="vector_entry_point")``.
 """
 
+from typing import Any
+
 import gymnasium as gym
 
 from envs.rec_env import RecEnv
-from envs.sb3 import SB3VecEnv
 from envs.vector_env import RecVectorEnv
 
 for _id, _preset in (("recfeed/SlateRec-v0", "default"), ("recfeed/SlateRec-small-v0", "small")):
@@ -20,3 +21,12 @@ for _id, _preset in (("recfeed/SlateRec-v0", "default"), ("recfeed/SlateRec-smal
         )
 
 __all__ = ["RecEnv", "RecVectorEnv", "SB3VecEnv"]
+
+
+def __getattr__(name: str) -> Any:
+    """``envs.SB3VecEnv`` on first use: importing stable-baselines3 (and torch) costs seconds every CLI start."""
+    if name == "SB3VecEnv":
+        from envs.sb3 import SB3VecEnv
+
+        return SB3VecEnv
+    raise AttributeError(f"module 'envs' has no attribute {name!r}")
