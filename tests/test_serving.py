@@ -641,3 +641,19 @@ def test_serve_cli_resolves_artifacts_and_refuses_bad_setups(tmp_path: Path, onn
     assert "needs --redis" in capsys.readouterr().err
     assert main([str(tmp_path / "empty")]) == 2
     assert "cannot serve" in capsys.readouterr().err
+
+
+def test_http_store_down_is_503(onnx_export: Path, small_world: World) -> None:  # noqa: F811
+    """A Redis store that cannot be reached: requests get 503 store_unavailable, /health says so."""
+    from fastapi.testclient import TestClient
+
+    from agents.serve import create_app
+
+    ranker = Ranker.load(onnx_export, store=f"redis://127.0.0.1:{_free_port()}/0")
+    with TestClient(create_app(ranker)) as c:
+        r = c.post("/recommend", json={"user_id": "x", "candidate_ids": ids_of(small_world, range(10))})
+        assert r.status_code == 503 and r.json()["error"] == "store_unavailable"
+        r = c.post("/feedback", json={"user_id": "x", "events": [{"type": "click", "item_id": "item-00001"}]})
+        assert r.status_code == 503
+        h = c.get("/health")
+        assert h.status_code == 503 and h.json()["store_ok"] is False
