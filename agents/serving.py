@@ -63,6 +63,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar
 
+import numba
 import numpy as np
 
 from envs.spaces import (
@@ -866,23 +867,13 @@ def greedy_slates(logits: np.ndarray, k: int, groups: np.ndarray | None = None,
 
 def greedy_slate(logits: np.ndarray, k: int, groups: np.ndarray | None = None, beta: float = 0.0) -> np.ndarray:
     """:func:`greedy_slates` for one request (the serving hot path): ``logits`` float32 (N,), ``groups`` int (N,)
-    → int64 (K,). The same float32 arithmetic, so the same slate."""
+    → int64 (K,). The same float32 arithmetic, so the same slate (a compiled loop, :func:`_greedy_walk`)."""
     n = len(logits)
     if groups is not None and beta > 0:
-        # Within a group every member carries the same penalty, so the walk takes a group's members in logit
-        # order, and the j-th best of a group becomes available with value logit − β·j. Those values decrease
-        # within each group, so the walk (always the best available head) is the merge of the groups' sequences:
-        # the top K of v = logit − β·(rank within group), in float32 as the walk computes it.
-        logits = np.asarray(logits, np.float32)
-        order = np.lexsort((-logits, groups))  # by group, then by logit descending (ties: lower index first)
-        sorted_groups = groups[order]
-        idx = np.arange(n)
-        new_group = np.ones(n, bool)
-        new_group[1:] = sorted_groups[1:] != sorted_groups[:-1]
-        rank = idx - np.maximum.accumulate(np.where(new_group, idx, 0))
-        values = np.empty(n, np.float32)
-        values[order] = logits[order] - np.float32(beta) * rank.astype(np.float32)
-        logits = values
+        out = np.empty(k, np.int64)
+        _greedy_walk(np.ascontiguousarray(logits, np.float32), k, np.ascontiguousarray(groups, np.int64),
+                     np.float32(beta), out)
+        return out
     top = np.argpartition(-logits, k - 1)[:k] if k < n else np.arange(n)
     return top[np.argsort(-logits[top], kind="stable")].astype(np.int64)
 
@@ -901,6 +892,72 @@ def is_greedy_path(path: np.ndarray, logits: np.ndarray, groups: np.ndarray | No
         if groups is not None:
             counts[int(groups[a])] = counts.get(int(groups[a]), 0) + 1
     return True
+
+
+@numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})  # reassociation lets the dot use SIMD
+def _candidate_features(cand: np.ndarray, emb: np.ndarray, state: np.ndarray, inv_norm: np.float32,
+                        factors: np.ndarray, p: np.ndarray, cf_mu: float, cf_inv_sd: float,
+                        static: np.ndarray, category: np.ndarray, exposure: np.ndarray, cat_clicks: np.ndarray,
+                        seen_items: np.ndarray, seen_counts: np.ndarray, out: np.ndarray) -> None:
+    """Write the (N, F) features of ``cand`` into ``out`` in one pass (columns of ``envs.spaces.FEATURE_NAMES``).
+
+    The numpy reading: ``llm = emb[cand] @ state · inv_norm`` (0 when ``inv_norm`` is 0),
+    ``cf = (factors[cand] @ p − cf_mu) · cf_inv_sd`` (0 when ``cf_inv_sd`` is 0), ``static[cand]`` (popularity,
+    price), ``exposure[category[cand]]``, ``cat_clicks[category[cand]]``, and the count of ``cand`` in the sorted
+    ``seen_items`` (0 if absent). ``tests/test_serving.py`` checks it against the simulator's observations.
+    """
+    n_seen = seen_items.shape[0]
+    for n in range(cand.shape[0]):
+        i = cand[n]
+        llm = np.float32(0.0)
+        if inv_norm != 0:
+            acc = np.float32(0.0)
+            for d in range(emb.shape[1]):
+                acc += emb[i, d] * state[d]
+            llm = acc * inv_norm
+        out[n, F_LLM] = llm
+        cf = 0.0
+        if cf_inv_sd != 0:
+            acc64 = 0.0
+            for f in range(factors.shape[1]):
+                acc64 += factors[i, f] * p[f]
+            cf = (acc64 - cf_mu) * cf_inv_sd
+        out[n, F_CF] = cf
+        out[n, F_POP] = static[i, 0]
+        out[n, F_PRICE] = static[i, 1]
+        c = category[i]
+        out[n, F_CAT_EXPOSURE] = exposure[c]
+        out[n, F_CAT_CLICKS] = cat_clicks[c]
+        lo, hi = 0, n_seen
+        while lo < hi:  # binary search in the sorted seen items
+            mid = (lo + hi) // 2
+            if seen_items[mid] < i:
+                lo = mid + 1
+            else:
+                hi = mid
+        out[n, F_ITEM_SEEN] = seen_counts[lo] if lo < n_seen and seen_items[lo] == i else np.float32(0.0)
+
+
+@numba.njit(cache=True, nogil=True)
+def _greedy_walk(logits: np.ndarray, k: int, groups: np.ndarray, beta: np.float32, out: np.ndarray) -> None:
+    """The sequential walk of :func:`greedy_slates` for one request (float32, first index on ties)."""
+    n = logits.shape[0]
+    n_groups = 0
+    for j in range(n):
+        n_groups = max(n_groups, groups[j] + 1)
+    counts = np.zeros(n_groups, np.float32)
+    placed = np.zeros(n, np.bool_)
+    for step in range(k):
+        best, best_v = -1, np.float32(0.0)
+        for j in range(n):
+            if placed[j]:
+                continue
+            v = logits[j] - beta * counts[groups[j]]
+            if best < 0 or v > best_v:
+                best, best_v = j, v
+        out[step] = best
+        placed[best] = True
+        counts[groups[best]] += np.float32(1.0)
 
 
 class Ranker:
@@ -1067,32 +1124,17 @@ class Ranker:
         """
         it, c = self.items, self.const
         self._refresh_cf(st)
-        n = len(cand)
-        emb = np.take(it.emb, cand, axis=0)  # (N, D)
-        feats = np.empty((n, len(FEATURE_NAMES)), np.float32)
+        feats = np.empty((len(cand), len(FEATURE_NAMES)), np.float32)
         norm = np.linalg.norm(st.state)  # float32, as the simulator's state_norm
-        if norm > 0:
-            user = st.state / norm
-            np.divide(emb @ st.state, norm, out=feats[:, F_LLM])
-        else:
-            user = np.zeros_like(st.state)
-            feats[:, F_LLM] = 0.0
-        if st.cf_factor.any():
-            p = st.cf_factor.astype(np.float64)
-            sd = math.sqrt(max(float(p @ it.cf_cov @ p), 0.0))
-            scores = np.take(it.factors, cand, axis=0) @ p
-            feats[:, F_CF] = (scores - float(it.cf_mean @ p)) / max(sd, 1e-6)
-        else:
-            feats[:, F_CF] = 0.0
-        feats[:, F_POP:F_PRICE + 1] = np.take(it.features, cand, axis=0)
-        cats = np.take(it.category, cand)
-        feats[:, F_CAT_EXPOSURE] = np.take(st.exposure, cats)
-        feats[:, F_CAT_CLICKS] = np.take(st.cat_clicks, cats)
-        feats[:, F_ITEM_SEEN] = 0.0
-        if len(st.seen_items):
-            pos = np.minimum(np.searchsorted(st.seen_items, cand), len(st.seen_items) - 1)
-            hit = st.seen_items[pos] == cand
-            feats[hit, F_ITEM_SEEN] = st.seen_counts[pos[hit]]
+        inv_norm = np.float32(1.0) / norm if norm > 0 else np.float32(0.0)
+        user = st.state * inv_norm
+        p = st.cf_factor.astype(np.float64)
+        cf_mu, cf_inv_sd = 0.0, 0.0
+        if p.any():
+            cf_mu = float(it.cf_mean @ p)
+            cf_inv_sd = 1.0 / max(math.sqrt(max(float(p @ it.cf_cov @ p), 0.0)), 1e-6)
+        _candidate_features(cand, it.emb, st.state, inv_norm, it.factors, p, cf_mu, cf_inv_sd, it.features,
+                            it.category, st.exposure, st.cat_clicks, st.seen_items, st.seen_counts, feats)
         a = st.ctx
         steps = max(st.t, 1)
         t_frac = min(st.t, c.max_steps - 1) / c.max_steps
@@ -1101,7 +1143,7 @@ class Ranker:
                             min(a[A_SKIP] / 5.0, 1.0)], np.float32)
         obs = {"user": user, "candidates": cand, "features": feats, "context": context}
         if "item_emb" in self.input_names:
-            obs["item_emb"] = emb
+            obs["item_emb"] = np.take(it.emb, cand, axis=0)
         return obs
 
     def observation(self, user_id: str, candidate_ids: Sequence[str]) -> dict[str, np.ndarray]:
