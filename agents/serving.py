@@ -318,8 +318,8 @@ class UserState:
         n_requests: Requests answered ever (the ``request_id`` counter).
         slate_id: ``request_id`` of the last recorded slate (-1: none this session).
         slate_items: int32 (k,) its items, best first.
-        slate_llm: float32 (k,) their ``llm_sim`` as served.
-        slate_cf: float32 (k,) their ``cf_score`` as served.
+        slate_llm: float32 (k,) their ``llm_sim`` as served, minus the slate's mean (the click's evidence).
+        slate_cf: float32 (k,) their ``cf_score`` as served, minus the slate's mean.
         slate_clicked: The last slate already got a click.
         last_active: Wall-clock time of the last request or event.
         n_events: Events observed ever.
@@ -1280,8 +1280,9 @@ class Ranker:
         a[A_SKIP] += 1.0
         st.slate_id = st.n_requests
         st.slate_items = items.astype(np.int32)
-        st.slate_llm = feats[:, F_LLM].copy()
-        st.slate_cf = feats[:, F_CF].copy()
+        llm, cf = feats[:, F_LLM], feats[:, F_CF]
+        st.slate_llm = llm - llm.mean()  # float32, as the simulator's clicked-minus-mean evidence
+        st.slate_cf = cf - cf.mean()
         st.slate_clicked = False
         st.t += 1
         st.n_requests += 1
@@ -1366,8 +1367,8 @@ class Ranker:
                 a[A_LAST_CLICK] = 1.0
                 a[A_LAST_RANK] = in_slate / len(st.slate_items)
                 a[A_SKIP] = 0.0
-                a[A_LLM_EMA] = d * a[A_LLM_EMA] + (1 - d) * float(st.slate_llm[in_slate] - st.slate_llm.mean())
-                a[A_CF_EMA] = d * a[A_CF_EMA] + (1 - d) * float(st.slate_cf[in_slate] - st.slate_cf.mean())
+                a[A_LLM_EMA] = d * a[A_LLM_EMA] + (1 - d) * float(st.slate_llm[in_slate])
+                a[A_CF_EMA] = d * a[A_CF_EMA] + (1 - d) * float(st.slate_cf[in_slate])
             if e.dwell_s > 0:
                 a[A_DWELL_EMA] += (1 - d) * e.dwell_s / 60.0
         elif e.type == "purchase":
