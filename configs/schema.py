@@ -318,8 +318,10 @@ class TrainConfig:
         max_minutes: Stop learning after this many minutes of wall time, whatever the steps (``None``: no limit).
         seed: Run seed.
         device: ``"auto"`` (cuda when available), ``"cpu"`` or ``"cuda"``.
-        torch_threads: CPU threads for torch (0: torch's default, all cores). Set 1 on a machine busy with other
-            work: with small minibatches, OpenMP spin-waiting made updates up to 20× slower there.
+        torch_threads: CPU threads for torch (0: torch's default, all cores). The default is 1: on a 2-core
+            machine busy with anything else, OpenMP spin-waiting across 2 threads made PPO updates 20× slower
+            (and a first update of `make train` took minutes); alone on 2 quiet cores, 2 threads are about 1.6×
+            faster, so set 0 there.
         eval_every: Steps between evaluations against tuned-alpha on held-out users.
         eval_episodes: Sessions per periodic evaluation.
         checkpoint_every: Steps between checkpoints.
@@ -333,7 +335,7 @@ class TrainConfig:
     max_minutes: float | None = None
     seed: int = 0
     device: str = "auto"
-    torch_threads: int = 0
+    torch_threads: int = 1
     eval_every: int = 100_000
     eval_episodes: int = 512
     checkpoint_every: int = 100_000
