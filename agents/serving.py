@@ -28,10 +28,11 @@ from ``envs/spaces.py``):
   shown to the user (pass ``record=False`` for a preview that changes nothing). The slate-level context
   (``click_ema``, ``click_rate``, ``last_click``, ``last_click_rank``, ``clicked_*_ema``, ``skip_streak``)
   counts the first click on the last slate (the simulator allows one click per request); every click moves
-  the pooled state, the CF factor and ``cat_clicks``. ``t_frac`` is ``t / max_steps`` capped at
-  ``(max_steps - 1) / max_steps``, the largest value seen in training.
+  the pooled state, the CF factor and ``cat_clicks``. ``t_frac`` is ``t / max_steps``.
 
-A session ends after ``session_timeout_s`` without requests or events, or on :meth:`Ranker.end_session`: the
+A session ends after ``session_timeout_s`` without requests or events, after ``max_steps`` answered requests
+(the training horizon: the policy never saw a longer session, and the per-session state stays bounded), or on
+:meth:`Ranker.end_session`: the
 session counters restart at zero while the pooled state and the CF factor (the user's history) are kept, as a
 simulated session starts from the pooled prior history.
 
@@ -1220,6 +1221,8 @@ class Ranker:
             now = self.clock()
             if record:
                 self._touch(st, now)
+                if st.t >= self.const.max_steps:  # the simulator truncates sessions here
+                    st.reset_session()
             else:
                 self._check(st)
                 if st.last_active and now - st.last_active > self.session_timeout_s:

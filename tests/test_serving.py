@@ -203,6 +203,14 @@ def test_session_timeout_preview_and_end_session(onnx_export: Path, small_world:
     ranker.end_session("s")
     st = ranker.user_state("s")
     assert st is not None and st.t == 0 and st.sessions == 3 and st.state.any()
+    # a session lasts at most max_steps requests (the training horizon), then the next one starts
+    for _ in range(ranker.const.max_steps):
+        ranker.recommend("s", cids, k=4)
+    st = ranker.user_state("s")
+    assert st is not None and st.t == ranker.const.max_steps == 30 and st.sessions == 3
+    ranker.recommend("s", cids, k=4)
+    st = ranker.user_state("s")
+    assert st is not None and st.t == 1 and st.sessions == 4 and len(st.seen_items) == 4
 
 
 def test_state_serialisation_round_trip() -> None:
