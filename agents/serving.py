@@ -940,6 +940,22 @@ def _candidate_features(cand: np.ndarray, emb: np.ndarray, state: np.ndarray, in
 
 
 @numba.njit(cache=True, nogil=True)
+def _pool_add(state: np.ndarray, emb: np.ndarray, keep: np.float32, weight: np.float32) -> None:
+    """``state ← keep·state + weight·emb`` in place (float32, as the simulator's pooled-state update)."""
+    for d in range(state.shape[0]):
+        state[d] = keep * state[d] + weight * emb[d]
+
+
+@numba.njit(cache=True, nogil=True)
+def _rank_one(cf_a: np.ndarray, cf_b: np.ndarray, q: np.ndarray, wa: float, wb: float) -> None:
+    """The fold-in's normal equations, in place: ``cf_a += wa·q qᵀ``, ``cf_b += wb·q``."""
+    for i in range(q.shape[0]):
+        cf_b[i] += wb * q[i]
+        for j in range(q.shape[0]):
+            cf_a[i, j] += wa * q[i] * q[j]
+
+
+@numba.njit(cache=True, nogil=True)
 def _greedy_walk(logits: np.ndarray, k: int, groups: np.ndarray, beta: np.float32, out: np.ndarray) -> None:
     """The sequential walk of :func:`greedy_slates` for one request (float32, first index on ties)."""
     n = logits.shape[0]
@@ -1337,8 +1353,7 @@ class Ranker:
         first = not (st.cf_items == item).any()
         if first:
             st.cf_items = np.append(st.cf_items, np.int32(item))
-        st.cf_a += ((c - 1.0) if first else c) * np.outer(q, q)
-        st.cf_b += c * q
+        _rank_one(st.cf_a, st.cf_b, q, (c - 1.0) if first else c, c)
         st.cf_dirty = True  # solved when next needed (once per request, not once per event)
 
     def _refresh_cf(self, st: UserState) -> None:
@@ -1359,8 +1374,7 @@ class Ranker:
             in_slate = int(hits[0]) if len(hits) else -1
         emb = self.items.emb[item]
         if e.type == "click":
-            st.state *= np.float32(c.state_decay)
-            st.state += np.float32(c.click_weight) * emb
+            _pool_add(st.state, emb, np.float32(c.state_decay), np.float32(c.click_weight))
             self._cf_add(st, item, 1.0)
             st.cat_clicks[self.items.category[item]] += 1.0
             if in_slate >= 0 and not st.slate_clicked:
@@ -1375,7 +1389,7 @@ class Ranker:
             if e.dwell_s > 0:
                 a[A_DWELL_EMA] += (1 - d) * e.dwell_s / 60.0
         elif e.type == "purchase":
-            st.state += np.float32(c.purchase_weight) * emb
+            _pool_add(st.state, emb, np.float32(1.0), np.float32(c.purchase_weight))
             self._cf_add(st, item, 1.0)
             a[A_PURCHASES] += 1.0
         else:  # dwell
