@@ -92,7 +92,7 @@ A_CLICKS, A_PURCHASES, A_CLICK_EMA, A_LAST_CLICK, A_LAST_RANK, A_LLM_EMA, A_CF_E
     len(ACC_NAMES))
 
 STATE_MAGIC = b"RFUS"
-STATE_VERSION = 1
+STATE_VERSION = 2
 SUPPORTED_EXPORT_VERSIONS = (1,)
 
 
@@ -399,18 +399,25 @@ def decode_state(blob: bytes) -> UserState:
     """Inverse of :func:`encode_state`.
 
     Raises:
-        ValueError: For a blob that is not a serialised state of this version.
+        CorruptStateError: For a blob that is not a serialised state of this version.
     """
     if blob[:4] != STATE_MAGIC or len(blob) < 8:
-        raise ValueError("not a recfeed user state")
+        raise CorruptStateError("not a recfeed user state")
     (hlen,) = struct.unpack_from("<I", blob, 4)
-    header = json.loads(blob[8:8 + hlen])
-    if header.get("v") != STATE_VERSION:
-        raise ValueError(f"user state version {header.get('v')} is not {STATE_VERSION}")
+    try:
+        header = json.loads(blob[8:8 + hlen])
+    except ValueError as exc:
+        raise CorruptStateError(f"user state header is not JSON: {exc}") from None
+    if not isinstance(header, dict) or header.get("v") != STATE_VERSION:
+        raise CorruptStateError(f"user state version {header.get('v') if isinstance(header, dict) else '?'} "
+                                f"is not {STATE_VERSION}")
+    missing = [k for k in (*_SCALAR_FIELDS, "a") if k not in header]
+    if missing or len(header["a"]) != len(_ARRAY_FIELDS):
+        raise CorruptStateError(f"user state header lacks {missing or 'array layouts'}")
     buf = bytearray(blob[8 + hlen:])
     layout = [(np.dtype(dt), [int(x) for x in shape]) for dt, shape in header["a"]]
     if sum(math.prod(shape) * dt.itemsize for dt, shape in layout) != len(buf):
-        raise ValueError("user state is truncated or has trailing bytes")
+        raise CorruptStateError("user state is truncated or has trailing bytes")
     off = 0
     values: dict[str, Any] = {}
     for name, (dtype, shape) in zip(_ARRAY_FIELDS, layout, strict=True):
