@@ -38,9 +38,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import shutil
 import sys
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -51,7 +49,7 @@ import numpy as np
 import torch as th
 from torch import nn
 
-from configs.loader import load_config, to_dict
+from configs.loader import atomic_dir, load_config, to_dict
 from configs.schema import Config
 from envs.core import OBS_DECAY
 from envs.spaces import CONTEXT_NAMES, FEATURE_NAMES
@@ -76,7 +74,7 @@ Format = Literal["onnx", "torchscript"]
 class PolicyGraph(nn.Module):
     """The policy's actor as a plain module over tensors, for tracing.
 
-    Calls :class:`agents.policies.SlatePolicy`'s own ``_encode`` and ``_actor``, so the graph is the policy's
+    Calls :meth:`agents.policies.SlatePolicy.score_candidates`, so the graph is the policy's
     function by construction (no copy of its code).
 
     Args:
@@ -96,9 +94,7 @@ class PolicyGraph(nn.Module):
         obs = dict(zip(self.input_names, inputs, strict=True))
         if "candidates" in obs:
             obs["candidates"] = obs["candidates"].to(th.float32)  # as SB3's preprocess_obs hands it over
-        state_in, cand, features, _ = self.policy._encode(obs)
-        logits, alpha, h = self.policy._actor(state_in, cand, features)
-        beta = self.policy._repulsion(h) if has_repulsion(self.policy) else None
+        logits, alpha, beta = self.policy.score_candidates(obs)
         return logits, alpha, th.zeros_like(alpha) if beta is None else beta
 
 
@@ -394,9 +390,7 @@ def export_run(run_dir: str | Path, fmt: Format = "onnx", out: str | Path | None
     t0 = time.perf_counter()
     obs = collect_observations(model, cfg, world, parity_envs, parity_steps)
     dest = Path(out) if out is not None else run / "export"
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    try:
+    with atomic_dir(dest) as tmp:
         model_path = tmp / MODEL_FILES[fmt]
         graph = PolicyGraph(policy, names).eval()
         example = _graph_args({k: v[:2] for k, v in obs.items()}, names)
@@ -443,12 +437,6 @@ def export_run(run_dir: str | Path, fmt: Format = "onnx", out: str | Path | None
             "export_seconds": round(time.perf_counter() - t0, 2),
         }
         (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-        if dest.exists():
-            shutil.rmtree(dest)
-        tmp.rename(dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return dest
 
 

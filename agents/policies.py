@@ -359,6 +359,16 @@ class SlatePolicy(ActorCriticPolicy):
         """The Plackett-Luce distribution over slates for a batch of observations."""
         return self._dist_for(self._prepare(obs))[0]
 
+    def score_candidates(self, obs: dict[str, th.Tensor]) -> tuple[th.Tensor, th.Tensor, th.Tensor | None]:
+        """What the slate distribution is built from, for already-prepared float observations.
+
+        Returns:
+            ``(logits (B, N), alpha (B,), repulsion β (B,) or None)`` (masked candidates are not filled here).
+        """
+        state_in, cand, features, _ = self._encode(obs)
+        logits, alpha, h = self._actor(state_in, cand, features)
+        return logits, alpha, self._repulsion(h)
+
     def repulsion(self, obs: PyTorchObs | dict[str, np.ndarray]) -> th.Tensor | None:
         """The within-slate category repulsion β_θ(s) (B,), or None when the policy has no item categories."""
         state_in, _, _, _ = self._encode(self._prepare(obs))

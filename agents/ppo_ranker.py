@@ -52,10 +52,8 @@ class PPORanker(Ranker):
         """Slates (B, K) from the policy; the α (and β) it used are kept in ``last_alpha`` (``last_beta``) (B,)."""
         with th.no_grad():
             prepared = self.policy._prepare(obs)
-            state_in, cand, features, _ = self.policy._encode(prepared)
-            _, alpha, h = self.policy._actor(state_in, cand, features)
+            _, alpha, beta = self.policy.score_candidates(prepared)
             self.last_alpha = alpha.cpu().numpy()
-            beta = self.policy._repulsion(h)
             self.last_beta = None if beta is None else beta.cpu().numpy()
             dist = self.policy.get_distribution(prepared)
             return dist.get_actions(deterministic=self.deterministic).cpu().numpy()
