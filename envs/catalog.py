@@ -272,7 +272,7 @@ def catalog_from_items(items: pd.DataFrame, cf_dim: int, seed: int) -> Catalog:
     )
 
 
-def persona_texts(n: int, seed: int) -> tuple[list[str], np.ndarray]:
+def persona_texts(n: int, seed: int) -> list[str]:
     """Persona descriptions of synthetic users, deterministic from the seed.
 
     Args:
@@ -280,7 +280,7 @@ def persona_texts(n: int, seed: int) -> tuple[list[str], np.ndarray]:
         seed: Seed.
 
     Returns:
-        ``(texts, favourite_categories)``: n persona texts and int64 (n, 2) category indices they name.
+        n persona texts, each naming two favourite categories and themes and a style.
     """
     rng = np.random.default_rng(seed)
     names = list(CATEGORIES)
@@ -299,4 +299,4 @@ def persona_texts(n: int, seed: int) -> tuple[list[str], np.ndarray]:
             f"A {AGES[age[u]]} {OCCUPATIONS[occ[u]]} who loves {CATEGORIES[c1][0]}s about {t1} "
             f"and enjoys {CATEGORIES[c2][0]}s about {t2}; prefers a {STYLES[style[u]]} style."
         )
-    return texts, cats.astype(np.int64)
+    return texts

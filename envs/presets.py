@@ -108,7 +108,7 @@ def load_catalog(cfg: EnvConfig) -> Catalog:
 
 def make_population(name: str, cfg: EnvConfig, n: int, seed: int, encoder: TextEncoder) -> Population:
     """A synthetic population: personas encoded by the LLM, hidden traits drawn from ``seed``."""
-    texts, _ = persona_texts(n, seed)
+    texts = persona_texts(n, seed)
     traits = sample_traits(cfg.user_model, n, cfg.catalog.cf_dim, seed + 1)
     return Population(name=name, persona=texts, sem_taste=encoder.encode(texts).astype(np.float32), **traits)
 
