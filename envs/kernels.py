@@ -6,6 +6,8 @@ tests check the kernels against it (``tests/test_envs.py``).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numba
 import numpy as np
 
@@ -43,8 +45,8 @@ def gather_features(
         rows: int64 (r,) rows to refresh.
         start: int64 (r,) walk start.
         stride: int64 (r,) walk stride (coprime with P).
-        pool_slots: int64 (B, P).
-        slot_items: int64 (B, S).
+        pool_slots: int32 (B, P).
+        slot_items: int32 (B, S).
         state_sim: float32 (B, S).
         inv_norm: float32 (B,) 1 / norm of the pooled state (0 for none).
         cf_obs: float32 (B, S).
@@ -53,8 +55,8 @@ def gather_features(
         category: int64 (M,).
         exposure: float32 (B, C).
         cat_clicks: float32 (B, C).
-        out_pos: int64 (B, N) written: the pool positions.
-        out_slots: int64 (B, N) written.
+        out_pos: int32 (B, N) written: the pool positions.
+        out_slots: int32 (B, N) written.
         out_items: int64 (B, N) written.
         out_features: float32 (B, N, F) written.
         write_llm: Write the llm_sim column (False in text mode, where it is computed from the encoded prompt).
@@ -71,15 +73,14 @@ def gather_features(
             out_pos[b, n] = pos
             out_slots[b, n] = slot
             out_items[b, n] = item
-            f = out_features[b, n]
             if write_llm:
-                f[0] = state_sim[b, slot] * inv_norm[b]
-            f[1] = cf_obs[b, slot]
-            f[2] = item_features[item, 0]
-            f[3] = item_features[item, 1]
-            f[4] = exposure[b, cat]
-            f[5] = cat_clicks[b, cat]
-            f[6] = seen[b, slot]
+                out_features[b, n, 0] = state_sim[b, slot] * inv_norm[b]
+            out_features[b, n, 1] = cf_obs[b, slot]
+            out_features[b, n, 2] = item_features[item, 0]
+            out_features[b, n, 3] = item_features[item, 1]
+            out_features[b, n, 4] = exposure[b, cat]
+            out_features[b, n, 5] = cat_clicks[b, cat]
+            out_features[b, n, 6] = seen[b, slot]
             pos += stride[r]
             if pos >= p:
                 pos -= p
@@ -108,7 +109,7 @@ def click_updates(
         rows: int64 (r,) clicked rows.
         clicked_items: int64 (r,) the clicked catalog items.
         gram: float32 (M, M) item Gram matrix.
-        slot_items: int64 (B, S).
+        slot_items: int32 (B, S).
         sem_aff: float32 (B, S) updated in place.
         sem_keep: float32 (r,).
         sem_item: float32 (r,).
@@ -162,3 +163,530 @@ def first_unique(candidates: np.ndarray, skip: int, need: int, n_items: int, out
             if x >= 0:
                 mark[x] = False
     return got
+
+
+# ---- counter-based random numbers, bit-identical to envs.rng (whose docstring defines the streams) ---------------
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+_STEP_MUL = np.uint64(0x632BE59BD9B4E019)
+_INV_2_53 = 1.0 / float(1 << 53)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _splitmix64(x: np.uint64) -> np.uint64:
+    z = x + _GOLDEN
+    z = (z ^ (z >> np.uint64(30))) * _M1
+    z = (z ^ (z >> np.uint64(27))) * _M2
+    return z ^ (z >> np.uint64(31))
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _stream(key: np.uint64, step: int, purpose: int) -> np.uint64:
+    """``envs.rng.bits(key, step, purpose)``: the base word of one row's stream."""
+    return _splitmix64(key ^ _splitmix64(np.uint64(step) * _STEP_MUL + np.uint64(purpose)))
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _slot_bits(base: np.uint64, j: int) -> np.uint64:
+    """Word ``j`` (0-based) of ``envs.rng.bits(..., slots=n)``."""
+    return _splitmix64(base + np.uint64(j + 1) * _GOLDEN)
+
+
+@numba.njit(cache=True, nogil=True)
+def rng_bits(keys: np.ndarray, step: int, purpose: int, slots: int) -> np.ndarray:
+    """``envs.rng.bits(keys, step, purpose, slots)`` compiled (for the bit-exactness test): uint64 (r, slots)."""
+    out = np.empty((keys.shape[0], slots), np.uint64)
+    for r in range(keys.shape[0]):
+        base = _stream(keys[r], step, purpose)
+        for j in range(slots):
+            out[r, j] = _slot_bits(base, j)
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _argsort_uniform(u: np.ndarray, order: np.ndarray, count: np.ndarray) -> None:
+    """``order[:] = argsort(u)`` for distinct ``u`` in [0, 1) in O(n): bucket by ``⌊u·n⌋``, then insertion-sort
+    each bucket (one element per bucket on average). ``count`` is int64 (n + 1,) scratch."""
+    n = u.shape[0]
+    count[:] = 0
+    for i in range(n):
+        count[int(u[i] * n) + 1] += 1
+    for b in range(n):
+        count[b + 1] += count[b]
+    for i in range(n):
+        b = int(u[i] * n)
+        order[count[b]] = i
+        count[b] += 1
+    for i in range(1, n):  # buckets are in order; insertion sort fixes order within them
+        x = order[i]
+        j = i - 1
+        while j >= 0 and u[order[j]] > u[x]:
+            order[j + 1] = order[j]
+            j -= 1
+        order[j + 1] = x
+
+
+# ---- session start -----------------------------------------------------------------------------------------------
+
+
+@numba.njit(cache=True, nogil=True)
+def build_sessions(
+    rows: np.ndarray,
+    keys: np.ndarray,
+    users: np.ndarray,
+    budgets: np.ndarray,
+    history: np.ndarray,
+    st: SessionState,
+    tables: np.ndarray,
+    llm_top: np.ndarray,
+    cf_top: np.ndarray,
+    pop_top: np.ndarray,
+    sem_mu: np.ndarray,
+    sem_sd: np.ndarray,
+    a_rho: np.ndarray,
+    price_sens: np.ndarray,
+    init_state: np.ndarray,
+    n_llm: int,
+    n_cf: int,
+    n_pop: int,
+    n_rand: int,
+    lo: int,
+    hi: int,
+) -> None:
+    """Start a new session in each of ``rows[lo:hi]``: its slots, their table values and a fresh user state.
+
+    For row ``b = rows[r]`` of user ``u = users[r]``: the S slot items are the first S distinct ids of the
+    priority list ``llm_top[u, :n_llm+H] ++ cf_top[u, :n_cf+H] ++ pop_top[n_pop random] ++ n_rand random ids``
+    that are not in ``history[r]`` (then, in tiny catalogs only, the lowest unused ids), in the order of
+    ``argsort`` of S uniforms; random words come from the row's key (``envs.rng`` streams ``POOL`` 0, 1, 2).
+    The per-slot values are ``tables[u, slot_items[b, s]]`` (sem_aff, static_util, cf_obs, state_sim); the pool
+    positions point at slots ``0..P-1``; the pooled state is the user's prior-history state; counters, fatigue,
+    exposure and impressions start at zero; the recent list holds the last history items.
+    ``tests/reference_core.py`` holds the numpy reading (``reset_rows``).
+
+    Args:
+        rows: int64 (r,) rows to start.
+        keys: uint64 (r,) episode keys.
+        users: int64 (r,) population indices.
+        budgets: float64 (r,) initial time budgets.
+        history: int64 (r, H) consumed items (excluded; negative entries are padding).
+        st: The session arrays, written for ``rows``.
+        tables: float32 (U, M, 4) the population's packed tables (``PopulationTables.packed``).
+        llm_top: int64 (U, L) items by LLM similarity per user.
+        cf_top: int64 (U, L) items by observed CF score per user.
+        pop_top: int64 (Q,) popular items (``Q >= 1``).
+        sem_mu: float32 (U,) mean hidden affinity per user; likewise ``sem_sd``.
+        a_rho: float32 (U,) affinity scale times ρ_u.
+        price_sens: float32 (U,).
+        init_state: float32 (U, D) pooled prior-history states.
+        n_llm: LLM-retrieved slots wanted.
+        n_cf: CF-retrieved slots wanted.
+        n_pop: Popular slots drawn.
+        n_rand: Random ids drawn.
+        lo: First entry of ``rows`` to start (the kernel releases the GIL: ranges run in parallel threads).
+        hi: One past the last.
+    """
+    n_items = tables.shape[1]
+    n_slots = st.slot_items.shape[1]
+    n_hist = history.shape[1]
+    n_rec = st.recent.shape[1]
+    mark = np.zeros(n_items, np.bool_)
+    chosen = np.empty(n_slots, np.int64)
+    order = np.empty(n_slots, np.int64)
+    u = np.empty(n_slots, np.float64)
+    count = np.zeros(n_slots + 1, np.int64)
+    for r in range(lo, hi):
+        b, user, key = rows[r], users[r], keys[r]
+        for j in range(n_hist):
+            if history[r, j] >= 0:
+                mark[history[r, j]] = True
+        got = 0
+        for j in range(min(n_llm + n_hist, llm_top.shape[1])):
+            x = llm_top[user, j]
+            if got < n_slots and not mark[x]:
+                mark[x] = True
+                chosen[got] = x
+                got += 1
+        for j in range(min(n_cf + n_hist, cf_top.shape[1])):
+            x = cf_top[user, j]
+            if got < n_slots and not mark[x]:
+                mark[x] = True
+                chosen[got] = x
+                got += 1
+        if n_pop > 0:
+            base = _stream(key, 0, 8)
+            for j in range(n_pop):
+                x = pop_top[np.int64(_slot_bits(base, j) % np.uint64(pop_top.shape[0]))]
+                if got < n_slots and not mark[x]:
+                    mark[x] = True
+                    chosen[got] = x
+                    got += 1
+        base = _stream(key, 1, 8)
+        for j in range(n_rand):
+            if got >= n_slots:
+                break
+            x = np.int64(_slot_bits(base, j) % np.uint64(n_items))
+            if not mark[x]:
+                mark[x] = True
+                chosen[got] = x
+                got += 1
+        x = 0
+        while got < n_slots and x < n_items:  # tiny catalogs only: the lowest unused ids
+            if not mark[x]:
+                mark[x] = True
+                chosen[got] = x
+                got += 1
+            x += 1
+        for j in range(n_hist):
+            if history[r, j] >= 0:
+                mark[history[r, j]] = False
+        for j in range(got):
+            mark[chosen[j]] = False
+        base = _stream(key, 2, 8)
+        for j in range(n_slots):
+            u[j] = np.float64(_slot_bits(base, j) >> np.uint64(11)) * _INV_2_53
+        _argsort_uniform(u, order, count)
+        for s in range(n_slots):
+            item = chosen[order[s]]
+            cell = tables[user, item]
+            st.slot_items[b, s] = item
+            st.sem_aff[b, s] = cell[0]
+            st.static_util[b, s] = cell[1]
+            st.cf_obs[b, s] = cell[2]
+            st.state_sim[b, s] = cell[3]
+            st.seen[b, s] = 0.0
+        for p in range(st.pool_slots.shape[1]):
+            st.pool_slots[b, p] = p
+        st.reserve_ptr[b] = 0
+        # the user
+        st.user[b], st.keys[b], st.t[b], st.budget[b] = user, key, 0, budgets[r]
+        st.sem_mu[b], st.sem_sd[b] = sem_mu[user], sem_sd[user]
+        st.a_rho[b], st.price_sens[b] = a_rho[user], price_sens[user]
+        sq = np.float32(0.0)
+        for d in range(init_state.shape[1]):
+            v = init_state[user, d]
+            st.state[b, d] = v
+            sq += v * v
+        nrm = np.sqrt(sq)
+        st.state_norm[b] = nrm
+        inv = np.float32(1.0) / (nrm if nrm > 0 else np.float32(1.0))
+        for d in range(init_state.shape[1]):
+            st.obs_user[b, d] = st.state[b, d] * inv
+        st.fatigue[b, :] = 0.0
+        st.exposure[b, :] = 0.0
+        st.cat_clicks[b, :] = 0.0
+        for j in range(n_rec):
+            hj = n_hist - n_rec + j
+            st.recent[b, j] = history[r, hj] if hj >= 0 else -1
+        st.n_clicks[b] = st.n_purchases[b] = st.click_ema[b] = st.last_click[b] = 0.0
+        st.llm_ema[b] = st.cf_ema[b] = st.dwell_ema[b] = st.skip_streak[b] = 0.0
+        st.last_rank[b] = 1.0
+
+
+# ---- the step ----------------------------------------------------------------------------------------------------
+
+
+class StepParams(NamedTuple):
+    """The scalar settings the step kernel reads (from ``EnvConfig``; see its docstrings)."""
+
+    cascade: bool
+    no_click_utility: float
+    cascade_abandon: float
+    fatigue_weight: float
+    repeat_weight: float
+    satisfaction_noise: float
+    dwell_log_mean: float
+    dwell_sat_slope: float
+    dwell_sigma: float
+    dwell_cap: float
+    purchase_bias: float
+    purchase_sat_slope: float
+    purchase_price_slope: float
+    reward_click: float
+    reward_purchase: float
+    reward_dwell: float
+    fatigue_gain: float
+    fatigue_click_gain: float
+    fatigue_recovery: float
+    like_threshold: float
+    drift_rate: float
+    click_weight: float
+    purchase_weight: float
+    state_decay: float
+    step_cost: float
+    no_click_cost: float
+    click_refund_base: float
+    click_refund_weight: float
+    obs_decay: float
+    max_steps: int
+
+
+class SessionState(NamedTuple):
+    """The core's per-row arrays the kernels read and update (the fields of ``BatchedCore`` of the same names)."""
+
+    user: np.ndarray
+    keys: np.ndarray
+    t: np.ndarray
+    cand_slots: np.ndarray
+    cand_pos: np.ndarray
+    slot_items: np.ndarray
+    pool_slots: np.ndarray
+    reserve_ptr: np.ndarray
+    sem_aff: np.ndarray
+    static_util: np.ndarray
+    cf_obs: np.ndarray
+    state_sim: np.ndarray
+    seen: np.ndarray
+    sem_mu: np.ndarray
+    sem_sd: np.ndarray
+    a_rho: np.ndarray
+    price_sens: np.ndarray
+    budget: np.ndarray
+    state: np.ndarray
+    state_norm: np.ndarray
+    obs_user: np.ndarray
+    obs_features: np.ndarray
+    fatigue: np.ndarray
+    exposure: np.ndarray
+    cat_clicks: np.ndarray
+    recent: np.ndarray
+    n_clicks: np.ndarray
+    n_purchases: np.ndarray
+    click_ema: np.ndarray
+    last_click: np.ndarray
+    last_rank: np.ndarray
+    llm_ema: np.ndarray
+    cf_ema: np.ndarray
+    dwell_ema: np.ndarray
+    skip_streak: np.ndarray
+
+
+class StepOutputs(NamedTuple):
+    """Buffers the step kernel writes (see ``envs.core.StepResult``)."""
+
+    reward: np.ndarray
+    terminated: np.ndarray
+    truncated: np.ndarray
+    items: np.ndarray
+    click_rank: np.ndarray
+    clicks: np.ndarray
+    purchases: np.ndarray
+    dwell: np.ndarray
+    reward_click: np.ndarray
+    reward_purchase: np.ndarray
+    reward_dwell: np.ndarray
+
+
+@numba.njit(cache=True, nogil=True)
+def slate_error_row(slate: np.ndarray, n_candidates: int) -> int:
+    """First row of an int64 (B, K) slate with an entry outside ``[0, N)`` or a repeat, else -1."""
+    for b in range(slate.shape[0]):
+        for k in range(slate.shape[1]):
+            x = slate[b, k]
+            if x < 0 or x >= n_candidates:
+                return b
+            for j in range(k):
+                if slate[b, j] == x:
+                    return b
+    return -1
+
+
+@numba.njit(cache=True, nogil=True)
+def step_sessions(
+    slate: np.ndarray,
+    u_choice: np.ndarray,
+    z_sat: np.ndarray,
+    z_dwell: np.ndarray,
+    u_buy: np.ndarray,
+    st: SessionState,
+    out: StepOutputs,
+    prm: StepParams,
+    pos_w: np.ndarray,
+    category: np.ndarray,
+    log1p_price: np.ndarray,
+    item_emb: np.ndarray,
+    gram: np.ndarray,
+    use_gram: bool,
+    lo: int,
+    hi: int,
+) -> None:
+    """One request of rows ``lo:hi``: response, reward and all dynamics, one pass per row.
+
+    The semantics are the numpy reading in ``tests/reference_core.py`` (``step``), term by term: utility
+    ``a_ρ·z(θ·e) + static − w_f·fatigue[cat] − w_r·seen``; position-weighted MNL (or cascade) choice with an
+    outside option sampled with ``u_choice``; satisfaction, dwell, price-dependent purchase; fatigue, exposure,
+    category clicks, impressions; on a click the drift of the hidden taste and the pooled state over all the
+    row's slots (through the item Gram matrix, or the embeddings when ``use_gram`` is False), the consumed
+    item's pool position moved to the next reserve slot, the recent list; the budget; the context
+    accumulators; ``t``, terminated, truncated.
+
+    Args:
+        slate: int64 (B, K) valid positions into the current candidates.
+        u_choice: float64 (B,) uniforms of the choice.
+        z_sat: float64 (B,) normals of the satisfaction noise.
+        z_dwell: float64 (B,) normals of the dwell time.
+        u_buy: float64 (B,) uniforms of the purchase.
+        st: The session arrays, updated in place.
+        out: Output buffers, written.
+        prm: Scalar settings.
+        pos_w: float64 (K,) examination weights.
+        category: int64 (M,) item categories.
+        log1p_price: float64 (M,).
+        item_emb: float32 (M, D).
+        gram: float32 (M, M) (any shape when ``use_gram`` is False).
+        use_gram: Read item similarities from ``gram`` rather than computing them.
+        lo: First row (the kernel releases the GIL: row ranges run in parallel threads).
+        hi: One past the last row.
+    """
+    k_slate = slate.shape[1]
+    n_slots = st.slot_items.shape[1]
+    n_pool = st.pool_slots.shape[1]
+    n_reserve = n_slots - n_pool
+    n_cat = st.fatigue.shape[1]
+    dim = st.state.shape[1]
+    u0 = prm.no_click_utility
+    od = np.float32(prm.obs_decay)
+    oa = np.float32(1.0 - prm.obs_decay)
+    f_rec = np.float32(prm.fatigue_recovery)
+    decay = np.float32(prm.state_decay)
+    util = np.empty(k_slate, np.float64)
+    probs = np.empty(k_slate, np.float64)
+    slots = np.empty(k_slate, np.int64)
+    items = out.items
+    for b in range(lo, hi):
+        # utility of the shown items (hidden state before this request)
+        top = u0
+        for k in range(k_slate):
+            slot = st.cand_slots[b, slate[b, k]]
+            item = st.slot_items[b, slot]
+            slots[k] = slot
+            items[b, k] = item
+            z = (st.sem_aff[b, slot] - st.sem_mu[b]) / st.sem_sd[b]
+            util[k] = (st.a_rho[b] * z + st.static_util[b, slot]
+                       - prm.fatigue_weight * st.fatigue[b, category[item]] - prm.repeat_weight * st.seen[b, slot])
+            top = max(top, util[k])
+        # choice
+        if prm.cascade:
+            examine = 1.0
+            for k in range(k_slate):
+                attract = pos_w[k] / (1.0 + np.exp(-(util[k] - u0)))
+                probs[k] = examine * attract
+                examine *= (1.0 - attract) * (1.0 - prm.cascade_abandon)
+        else:
+            denom = np.exp(u0 - top)
+            for k in range(k_slate):
+                probs[k] = np.exp(util[k] - top) * pos_w[k]
+                denom += probs[k]
+            for k in range(k_slate):
+                probs[k] /= denom
+        rank = -1
+        cum = 0.0
+        for k in range(k_slate):
+            cum += probs[k]
+            if u_choice[b] < cum:
+                rank = k
+                break
+        clicked = rank >= 0
+        rk = rank if clicked else 0
+        item_c, slot_c = items[b, rk], slots[rk]
+        rel = util[rk] + prm.satisfaction_noise * z_sat[b] - u0
+        dwell = 0.0
+        bought = False
+        if clicked:
+            dwell = min(np.exp(prm.dwell_log_mean + prm.dwell_sat_slope * min(max(rel, -4.0), 4.0)
+                               + prm.dwell_sigma * z_dwell[b]), prm.dwell_cap)
+            logit = (prm.purchase_bias + prm.purchase_sat_slope * rel
+                     - prm.purchase_price_slope * st.price_sens[b] * log1p_price[item_c])
+            bought = u_buy[b] < 1.0 / (1.0 + np.exp(-logit))
+        r_click = np.float32(prm.reward_click * clicked)
+        r_buy = np.float32(prm.reward_purchase * bought)
+        r_dwell = np.float32(prm.reward_dwell * dwell / 60.0)
+        out.reward_click[b], out.reward_purchase[b], out.reward_dwell[b] = r_click, r_buy, r_dwell
+        out.reward[b] = r_click + r_buy + r_dwell
+        # observable session evidence: the clicked item's features against the slate's mean
+        m_llm = np.float32(0.0)
+        m_cf = np.float32(0.0)
+        for k in range(k_slate):
+            m_llm += st.obs_features[b, slate[b, k], 0]
+            m_cf += st.obs_features[b, slate[b, k], 1]
+        d_llm = st.obs_features[b, slate[b, rk], 0] - m_llm / k_slate
+        d_cf = st.obs_features[b, slate[b, rk], 1] - m_cf / k_slate
+        # fatigue, exposure, category clicks, impressions
+        for c in range(n_cat):
+            st.fatigue[b, c] *= f_rec
+            st.exposure[b, c] *= od
+            st.cat_clicks[b, c] *= od
+        for k in range(k_slate):
+            cat = category[items[b, k]]
+            st.fatigue[b, cat] += np.float32(prm.fatigue_gain * pos_w[k])
+            st.exposure[b, cat] += np.float32(1.0 / k_slate)
+            st.seen[b, slots[k]] += 1.0
+        for k in range(k_slate):
+            out.clicks[b, k] = False
+            out.purchases[b, k] = False
+            out.dwell[b, k] = 0.0
+        if clicked:
+            cat_c = category[item_c]
+            st.fatigue[b, cat_c] += np.float32(prm.fatigue_click_gain)
+            st.cat_clicks[b, cat_c] += 1.0
+            out.clicks[b, rank] = True
+            out.purchases[b, rank] = bought
+            out.dwell[b, rank] = np.float32(dwell)
+            # drift of the hidden taste toward (away from) the item, renormalised; the pooled state
+            c_keep, c_item = 1.0, 0.0
+            if rel > prm.like_threshold:
+                c_keep, c_item = 1.0 - prm.drift_rate, prm.drift_rate
+            elif rel < prm.like_threshold - 1.5:
+                c_keep, c_item = 1.0 + prm.drift_rate, -prm.drift_rate
+            theta_e = np.float64(st.sem_aff[b, slot_c])
+            norm = np.sqrt(max(c_keep * c_keep + 2.0 * c_keep * c_item * theta_e + c_item * c_item, 1e-16))
+            ck, ci = np.float32(c_keep / norm), np.float32(c_item / norm)
+            w = np.float32(prm.click_weight + prm.purchase_weight * bought)
+            e_c = item_emb[item_c]
+            for s in range(n_slots):
+                other = st.slot_items[b, s]
+                if use_gram:
+                    g = gram[item_c, other]
+                else:
+                    g = np.float32(0.0)
+                    for d in range(dim):
+                        g += e_c[d] * item_emb[other, d]
+                st.sem_aff[b, s] = ck * st.sem_aff[b, s] + ci * g
+                st.state_sim[b, s] = decay * st.state_sim[b, s] + w * g
+            sq = 0.0
+            for d in range(dim):
+                v = decay * st.state[b, d] + w * e_c[d]
+                st.state[b, d] = v
+                sq += np.float64(v) * v
+            nrm = np.float32(np.sqrt(sq))
+            st.state_norm[b] = nrm
+            inv = np.float32(1.0) / (nrm if nrm > 0 else np.float32(1.0))
+            for d in range(dim):
+                st.obs_user[b, d] = st.state[b, d] * inv
+            if st.reserve_ptr[b] < n_reserve:  # the consumed item's pool position → the next reserve slot
+                st.pool_slots[b, st.cand_pos[b, slate[b, rank]]] = n_pool + st.reserve_ptr[b]
+                st.reserve_ptr[b] += 1
+            n_rec = st.recent.shape[1]
+            for j in range(n_rec - 1):
+                st.recent[b, j] = st.recent[b, j + 1]
+            st.recent[b, n_rec - 1] = item_c
+            st.budget[b] += prm.click_refund_base + prm.click_refund_weight * max(rel - prm.like_threshold, 0.0)
+            st.llm_ema[b] = od * st.llm_ema[b] + oa * d_llm
+            st.cf_ema[b] = od * st.cf_ema[b] + oa * d_cf
+        else:
+            st.budget[b] -= prm.no_click_cost
+        st.budget[b] -= prm.step_cost
+        # context accumulators
+        st.n_clicks[b] += clicked
+        st.n_purchases[b] += bought
+        st.click_ema[b] = od * st.click_ema[b] + oa * clicked
+        st.last_click[b] = clicked
+        st.last_rank[b] = rank / k_slate if clicked else 1.0
+        st.dwell_ema[b] = od * st.dwell_ema[b] + oa * np.float32(dwell / 60.0)
+        st.skip_streak[b] = 0.0 if clicked else st.skip_streak[b] + 1.0
+        st.t[b] += 1
+        out.click_rank[b] = rank
+        out.terminated[b] = st.budget[b] <= 0.0
+        out.truncated[b] = st.t[b] >= prm.max_steps and not out.terminated[b]

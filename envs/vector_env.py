@@ -98,9 +98,10 @@ class RecVectorEnv(VectorEnv):
         obs = self.core.observe()
         done = np.flatnonzero(terminated | truncated)
         if done.size:
+            block = {k: v[done] for k, v in obs.items()}  # one copy per key; each row's dict holds views of it
             final = np.full(self.num_envs, None, dtype=object)
-            for i in done:
-                final[i] = {k: v[i].copy() for k, v in obs.items()}
+            for j, i in enumerate(done):
+                final[i] = {k: v[j] for k, v in block.items()}
             mask = np.zeros(self.num_envs, bool)
             mask[done] = True
             infos["final_obs"], infos["_final_obs"] = final, mask

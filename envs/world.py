@@ -36,6 +36,9 @@ class PopulationTables:
         cf_obs: Observed CF score ``P_u·Q_i``, standardised per user over the catalog.
         llm_top: int64 (U, L) items with the highest observed LLM similarity (history excluded later).
         cf_top: int64 (U, L) items with the highest observed CF score.
+        packed: float32 (U, M, 4): ``sem_aff, static_util, cf_obs, state_sim`` interleaved, the four
+            (U, M) tables above being views of it. A session start gathers all four for ~300 items of one
+            user, and one 16-byte cell per item is one cache miss instead of four (see DESIGN_NOTES.md).
     """
 
     sem_aff: np.ndarray
@@ -46,6 +49,7 @@ class PopulationTables:
     cf_obs: np.ndarray
     llm_top: np.ndarray
     cf_top: np.ndarray
+    packed: np.ndarray
 
 
 def _standardise_rows(x: np.ndarray) -> np.ndarray:
@@ -166,15 +170,19 @@ class World:
             cf_obs = _standardise_rows(pop.cf_user @ self.item_factors.T)
         else:
             cf_obs = np.zeros((pop.size, self.n_items), np.float32)
+        packed = np.empty((pop.size, self.n_items, 4), np.float32)
+        for j, table in enumerate((sem_aff, static, cf_obs, state_sim)):
+            packed[:, :, j] = table
         return PopulationTables(
-            sem_aff=sem_aff,
+            sem_aff=packed[:, :, 0],
             sem_mu=sem_aff.mean(axis=1).astype(np.float32),
             sem_sd=np.maximum(sem_aff.std(axis=1), 1e-6).astype(np.float32),
-            static_util=static,
-            state_sim=state_sim,
-            cf_obs=cf_obs,
+            static_util=packed[:, :, 1],
+            state_sim=packed[:, :, 3],
+            cf_obs=packed[:, :, 2],
             llm_top=_top_items(state_sim, top_k),
             cf_top=_top_items(cf_obs, top_k),
+            packed=packed,
         )
 
     # ---- persistence -------------------------------------------------------------------------------------

@@ -127,7 +127,7 @@ def test_sb3_adapter_terminal_observation_and_truncation(small_cfg: EnvConfig, s
     assert venv.pop_stats()["steps"] == 30
 
 
-def make_core(cfg: EnvConfig, world: World, b: int = 64, **um: float) -> BatchedCore:
+def make_core(cfg: EnvConfig, world: World, b: int = 64, **um: float | str) -> BatchedCore:
     cfg = dataclasses.replace(cfg, user_model=dataclasses.replace(cfg.user_model, **um))
     core = BatchedCore(world, cfg, b)
     core.reset_rows(np.arange(b), np.arange(b, dtype=np.uint64) * np.uint64(977) + np.uint64(1))
@@ -246,9 +246,7 @@ def test_choice_models_hand_checked() -> None:
 
 
 def test_cascade_choice_model_runs(small_cfg: EnvConfig, small_world: World) -> None:
-    core = make_core(small_cfg, small_world, b=64)
-    core.cfg = dataclasses.replace(core.cfg, user_model=dataclasses.replace(core.cfg.user_model,
-                                                                            choice_model="cascade"))
+    core = make_core(small_cfg, small_world, b=64, choice_model="cascade")
     res = core.step(np.tile(np.arange(small_cfg.slate_size), (64, 1)))
     assert res.clicks.sum(axis=1).max() <= 1 and res.clicks.any()
 
@@ -376,3 +374,85 @@ def test_kernels_match_their_numpy_reading() -> None:
     np.testing.assert_allclose(sem[rows], keep[:, None] * sem0[rows] + add[:, None] * blk, rtol=1e-5)
     np.testing.assert_allclose(state[rows], 0.85 * state0[rows] + w[:, None] * blk, rtol=1e-5)
     assert np.array_equal(sem[[1, 3]], sem0[[1, 3]])
+
+
+SESSION_ARRAYS = ("user", "keys", "t", "slot_items", "pool_slots", "reserve_ptr", "sem_aff", "static_util", "cf_obs",
+                  "state_sim", "seen", "sem_mu", "sem_sd", "a_rho", "price_sens", "budget", "state", "state_norm",
+                  "fatigue", "exposure", "cat_clicks", "recent", "n_clicks", "n_purchases", "click_ema",
+                  "last_click", "last_rank", "llm_ema", "cf_ema", "dwell_ema", "skip_streak", "obs_user")
+
+
+def assert_same_state(a: BatchedCore, b: BatchedCore) -> None:
+    for name in SESSION_ARRAYS:
+        x, y = getattr(a, name), getattr(b, name)
+        if x.dtype.kind in "iub":
+            assert np.array_equal(x, y), name
+        else:
+            np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+@pytest.mark.parametrize("variant", ["mnl", "cascade", "no-gram"])
+def test_compiled_core_matches_its_numpy_reading(small_cfg: EnvConfig, small_world: World, variant: str) -> None:
+    """The compiled session start and step equal ``tests/reference_core.py`` on every state array and output,
+    over sessions that end and restart (and with the catalog's similarities computed instead of read from the
+    Gram matrix)."""
+    import copy
+
+    import reference_core as ref
+
+    from envs import rng
+
+    world = small_world
+    cfg = small_cfg
+    if variant == "cascade":
+        cfg = dataclasses.replace(cfg, user_model=dataclasses.replace(cfg.user_model, choice_model="cascade"))
+    if variant == "no-gram":
+        world = copy.deepcopy(small_world)
+        world.__dict__["gram"] = None  # as for catalogs above GRAM_MAX_ITEMS
+    b = 48
+    fast, slow = BatchedCore(world, cfg, b), BatchedCore(world, cfg, b)
+    keys = rng.keys_from_seed(3, b)
+    users = rng.integers(keys, 0, rng.USER, fast.pop.size)
+    fast.reset_rows(np.arange(b), keys)
+    ref.reset_rows(slow, np.arange(b), keys, users)
+    assert_same_state(fast, slow)
+    g = np.random.default_rng(0)
+    ends = clicks = 0
+    for _ in range(60):
+        of, os_ = fast.observe(), slow.observe()
+        for name in ("candidates", "features", "context", "user"):
+            np.testing.assert_allclose(of[name], os_[name], rtol=1e-4, atol=1e-5, err_msg=name)
+        slate = np.argsort(g.random((b, fast.N)) - 0.3 * of["features"][:, :, F_LLM], axis=1)[:, : fast.K]
+        rf, rs = fast.step(slate), ref.step(slow, slate)
+        for name, want in rs.items():
+            got = getattr(rf, name)
+            if got.dtype.kind in "iub":
+                assert np.array_equal(got, want), name
+            else:
+                np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5, err_msg=name)
+        assert_same_state(fast, slow)
+        clicks += int((rf.click_rank >= 0).sum())
+        done = np.flatnonzero(rf.terminated | rf.truncated)
+        ends += done.size
+        if done.size:
+            nk = rng.next_key(fast.keys[done])
+            fast.reset_rows(done, nk)
+            ref.reset_rows(slow, done, nk, rng.integers(nk, 0, rng.USER, fast.pop.size))
+    assert ends > b and clicks > b  # sessions ended and restarted, users clicked
+
+
+def test_kernel_threads_do_not_change_results(small_cfg: EnvConfig, small_world: World,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows split over 3 threads (session starts, steps, feature gathers) give the single thread's trajectory."""
+    runs = []
+    for threads in ("1", "3"):
+        monkeypatch.setenv("RECFEED_ENV_THREADS", threads)
+        env = envs.RecVectorEnv(200, config=small_cfg, world=small_world)
+        assert env.core.threads == int(threads)
+        runs.append(rollout(env, 25, seed=2))
+    for x, y in zip(*runs, strict=True):
+        for u, v in zip(x, y, strict=True):
+            assert np.array_equal(u, v)
+    monkeypatch.setenv("RECFEED_ENV_THREADS", "zero")
+    with pytest.raises(ValueError, match="RECFEED_ENV_THREADS"):
+        envs.RecVectorEnv(4, config=small_cfg, world=small_world)
