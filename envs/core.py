@@ -311,41 +311,16 @@ class BatchedCore:
         """
         sel: slice | np.ndarray = slice(None) if rows is None else np.asarray(rows, dtype=np.int64)
         idx = self._rows[sel]
-        keys, t = self.keys[sel], self.t[sel]
-        walk = rng.integers(keys, t, rng.CANDIDATES, self.P, slots=2)
-        stride = 1 + walk[:, 1] % (self.P - 1) if self.P > 1 else np.zeros(len(idx), np.int64)
         text = self.cfg.obs_mode == "text"
-        norm = self.state_norm
-        inv_norm = np.divide(1.0, norm, out=np.zeros_like(norm), where=norm > 0)
-        start = walk[:, 0]
 
         def gather(lo: int, hi: int) -> None:
-            gather_features(idx[lo:hi], start[lo:hi], stride[lo:hi], self.pool_slots, self.slot_items,
-                            self.state_sim, inv_norm, self.cf_obs, self.seen, self.world.item_features,
-                            self._category, self.exposure, self.cat_clicks, self.cand_pos, self.cand_slots,
-                            self.cands, self.obs_features, not text)
+            gather_features(idx[lo:hi], self._session, self.world.item_features, self._category, self.T, not text)
 
         split_rows(len(idx), gather, self.threads)
         if text:
             state = self._text_states(idx)
             self.obs_user[sel] = state
             self.obs_features[sel, :, F_LLM] = np.einsum("bnd,bd->bn", self.world.item_emb[self.cands[sel]], state)
-        steps = np.maximum(t, 1).astype(np.float32)
-        self.obs_context[sel] = np.stack(
-            [
-                t / self.T,
-                self.click_ema[sel],
-                self.n_clicks[sel] / steps,
-                self.last_click[sel],
-                self.last_rank[sel],
-                self.llm_ema[sel],
-                self.cf_ema[sel],
-                self.n_purchases[sel] / steps,
-                self.dwell_ema[sel],
-                np.minimum(self.skip_streak[sel] / 5.0, 1.0),
-            ],
-            axis=1,
-        )
         obs = {"user": self.obs_user, "candidates": self.cands, "features": self.obs_features,
                "context": self.obs_context}
         if self.cfg.obs_item_embeddings:
@@ -427,10 +402,8 @@ class BatchedCore:
             if slate.shape[0] != self.B:
                 raise ValueError(f"slate has {slate.shape[0]} rows for a batch of {self.B}")
         keys, t, b, k = self.keys, self.t, self.B, self.K
-        u_choice = rng.uniform(keys, t, rng.CHOICE)
         z_sat = rng.normal(keys, t, rng.SATISFACTION)
         z_dwell = rng.normal(keys, t, rng.DWELL)
-        u_buy = rng.uniform(keys, t, rng.PURCHASE)
         f32 = np.float32
         out = StepOutputs(
             reward=np.empty(b, f32), terminated=np.empty(b, bool), truncated=np.empty(b, bool),
@@ -441,7 +414,7 @@ class BatchedCore:
         use_gram = self.world.gram is not None
 
         def advance(lo: int, hi: int) -> None:
-            step_sessions(slate, u_choice, z_sat, z_dwell, u_buy, self._session, out, self._params, self._pos_w,
+            step_sessions(slate, z_sat, z_dwell, self._session, out, self._params, self._pos_w,
                           self._category, self._log1p_price, self.world.item_emb, self._gram, use_gram, lo, hi)
 
         split_rows(b, advance, self.threads)

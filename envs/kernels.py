@@ -1,7 +1,9 @@
-"""Compiled (numba) loops for the two places of the hot path where numpy would make several passes over memory.
+"""The simulator's hot path, compiled (numba): session start, step and observation, one pass per row each.
 
-Each kernel is one pass over its rows; the numpy reading of the same computation is in the docstring and the
-tests check the kernels against it (``tests/test_envs.py``).
+numpy would make a pass over memory per quantity (tens per step); these loops touch each row's data once.
+Rows are independent and the kernels release the GIL, so ``envs.core`` splits rows over threads. Random words
+are the counter-based streams of :mod:`envs.rng`, bit for bit. The numpy reading of every kernel is
+``tests/reference_core.py``; ``tests/test_envs.py`` checks the kernels against it on every state array.
 """
 
 from __future__ import annotations
@@ -10,160 +12,6 @@ from typing import NamedTuple
 
 import numba
 import numpy as np
-
-
-@numba.njit(cache=True, nogil=True)
-def gather_features(
-    rows: np.ndarray,
-    start: np.ndarray,
-    stride: np.ndarray,
-    pool_slots: np.ndarray,
-    slot_items: np.ndarray,
-    state_sim: np.ndarray,
-    inv_norm: np.ndarray,
-    cf_obs: np.ndarray,
-    seen: np.ndarray,
-    item_features: np.ndarray,
-    category: np.ndarray,
-    exposure: np.ndarray,
-    cat_clicks: np.ndarray,
-    out_pos: np.ndarray,
-    out_slots: np.ndarray,
-    out_items: np.ndarray,
-    out_features: np.ndarray,
-    write_llm: bool,
-) -> None:
-    """Draw each row's candidates by a stride walk over its pool and write their features.
-
-    For row ``b = rows[r]`` and candidate ``n``: ``pos = (start[r] + stride[r]·n) mod P``,
-    ``slot = pool_slots[b, pos]``, ``item = slot_items[b, slot]`` and the features (columns of
-    ``envs.spaces.FEATURE_NAMES``): ``state_sim[b, slot]·inv_norm[b]``, ``cf_obs[b, slot]``,
-    ``item_features[item, 0:2]``, ``exposure[b, category[item]]``, ``cat_clicks[b, category[item]]``,
-    ``seen[b, slot]``.
-
-    Args:
-        rows: int64 (r,) rows to refresh.
-        start: int64 (r,) walk start.
-        stride: int64 (r,) walk stride (coprime with P).
-        pool_slots: int32 (B, P).
-        slot_items: int32 (B, S).
-        state_sim: float32 (B, S).
-        inv_norm: float32 (B,) 1 / norm of the pooled state (0 for none).
-        cf_obs: float32 (B, S).
-        seen: float32 (B, S).
-        item_features: float32 (M, 2) popularity and price.
-        category: int64 (M,).
-        exposure: float32 (B, C).
-        cat_clicks: float32 (B, C).
-        out_pos: int32 (B, N) written: the pool positions.
-        out_slots: int32 (B, N) written.
-        out_items: int64 (B, N) written.
-        out_features: float32 (B, N, F) written.
-        write_llm: Write the llm_sim column (False in text mode, where it is computed from the encoded prompt).
-    """
-    n_cand = out_items.shape[1]
-    p = pool_slots.shape[1]
-    for r in range(rows.shape[0]):
-        b = rows[r]
-        pos = start[r] % p
-        for n in range(n_cand):
-            slot = pool_slots[b, pos]
-            item = slot_items[b, slot]
-            cat = category[item]
-            out_pos[b, n] = pos
-            out_slots[b, n] = slot
-            out_items[b, n] = item
-            if write_llm:
-                out_features[b, n, 0] = state_sim[b, slot] * inv_norm[b]
-            out_features[b, n, 1] = cf_obs[b, slot]
-            out_features[b, n, 2] = item_features[item, 0]
-            out_features[b, n, 3] = item_features[item, 1]
-            out_features[b, n, 4] = exposure[b, cat]
-            out_features[b, n, 5] = cat_clicks[b, cat]
-            out_features[b, n, 6] = seen[b, slot]
-            pos += stride[r]
-            if pos >= p:
-                pos -= p
-
-
-@numba.njit(cache=True, nogil=True)
-def click_updates(
-    rows: np.ndarray,
-    clicked_items: np.ndarray,
-    gram: np.ndarray,
-    slot_items: np.ndarray,
-    sem_aff: np.ndarray,
-    sem_keep: np.ndarray,
-    sem_item: np.ndarray,
-    state_sim: np.ndarray,
-    state_keep: float,
-    state_item: np.ndarray,
-) -> None:
-    """Move the hidden taste and the pooled state of clicked rows, on every slot, in one pass.
-
-    For row ``b = rows[r]`` and slot ``s`` with ``g = gram[clicked_items[r], slot_items[b, s]]``:
-    ``sem_aff[b, s] = sem_keep[r]·sem_aff[b, s] + sem_item[r]·g`` and
-    ``state_sim[b, s] = state_keep·state_sim[b, s] + state_item[r]·g``.
-
-    Args:
-        rows: int64 (r,) clicked rows.
-        clicked_items: int64 (r,) the clicked catalog items.
-        gram: float32 (M, M) item Gram matrix.
-        slot_items: int32 (B, S).
-        sem_aff: float32 (B, S) updated in place.
-        sem_keep: float32 (r,).
-        sem_item: float32 (r,).
-        state_sim: float32 (B, S) updated in place.
-        state_keep: The pooled state's decay.
-        state_item: float32 (r,) weight of the clicked item in the pooled state.
-    """
-    n_slots = slot_items.shape[1]
-    for r in range(rows.shape[0]):
-        b = rows[r]
-        g_row = gram[clicked_items[r]]
-        a, c, w = sem_keep[r], sem_item[r], state_item[r]
-        for s in range(n_slots):
-            g = g_row[slot_items[b, s]]
-            sem_aff[b, s] = a * sem_aff[b, s] + c * g
-            state_sim[b, s] = state_keep * state_sim[b, s] + w * g
-
-
-@numba.njit(cache=True, nogil=True)
-def first_unique(candidates: np.ndarray, skip: int, need: int, n_items: int, out: np.ndarray) -> np.ndarray:
-    """Per row, the first ``need`` distinct non-negative ids of ``candidates[:, skip:]`` that do not occur in
-    ``candidates[:, :skip]`` (the history), in order.
-
-    Args:
-        candidates: int64 (r, W) ids in priority order; negative entries are padding.
-        skip: Leading columns that are excluded, not taken (the consumed history).
-        need: Ids wanted per row.
-        n_items: M (ids are in ``[0, M)``).
-        out: int64 (r, need) written; rows with fewer distinct ids are filled with -1.
-
-    Returns:
-        int64 (r,) how many ids each row got.
-    """
-    r_count, width = candidates.shape
-    mark = np.zeros(n_items, np.bool_)
-    got = np.zeros(r_count, np.int64)
-    for r in range(r_count):
-        for j in range(width):
-            x = candidates[r, j]
-            if x >= 0:
-                if j < skip:
-                    mark[x] = True
-                elif not mark[x] and got[r] < need:
-                    mark[x] = True
-                    out[r, got[r]] = x
-                    got[r] += 1
-        for k in range(got[r], need):
-            out[r, k] = -1
-        for j in range(width):  # clear only what this row marked
-            x = candidates[r, j]
-            if x >= 0:
-                mark[x] = False
-    return got
-
 
 # ---- counter-based random numbers, bit-identical to envs.rng (whose docstring defines the streams) ---------------
 
@@ -192,6 +40,12 @@ def _stream(key: np.uint64, step: int, purpose: int) -> np.uint64:
 def _slot_bits(base: np.uint64, j: int) -> np.uint64:
     """Word ``j`` (0-based) of ``envs.rng.bits(..., slots=n)``."""
     return _splitmix64(base + np.uint64(j + 1) * _GOLDEN)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _uniform(word: np.uint64) -> float:
+    """``envs.rng.uniform`` of one word: float64 in [0, 1)."""
+    return np.float64(word >> np.uint64(11)) * _INV_2_53
 
 
 @numba.njit(cache=True, nogil=True)
@@ -226,6 +80,75 @@ def _argsort_uniform(u: np.ndarray, order: np.ndarray, count: np.ndarray) -> Non
             order[j + 1] = order[j]
             j -= 1
         order[j + 1] = x
+
+
+@numba.njit(cache=True, nogil=True)
+def gather_features(
+    rows: np.ndarray,
+    st: SessionState,
+    item_features: np.ndarray,
+    category: np.ndarray,
+    max_steps: int,
+    write_llm: bool,
+) -> None:
+    """Draw each row's candidates by a stride walk over its pool; write their features and the row's context.
+
+    For row ``b = rows[r]`` and candidate ``n``: ``pos = (start + stride·n) mod P`` where ``start = w0 mod P`` and
+    ``stride = 1 + (w1 mod P) mod (P - 1)`` for the row's two CANDIDATES words of step ``t[b]`` (``envs.rng``),
+    ``slot = pool_slots[b, pos]``, ``item = slot_items[b, slot]`` and the features (columns of
+    ``envs.spaces.FEATURE_NAMES``): ``state_sim[b, slot] / state_norm[b]`` (0 without a state),
+    ``cf_obs[b, slot]``, ``item_features[item, 0:2]``, ``exposure[b, category[item]]``,
+    ``cat_clicks[b, category[item]]``, ``seen[b, slot]``. The context row holds the columns of
+    ``envs.spaces.CONTEXT_NAMES`` (rates over ``max(t, 1)`` steps, the skip streak over 5 capped at 1).
+
+    Args:
+        rows: int64 (r,) rows to refresh.
+        st: The session arrays; writes ``cand_pos``, ``cand_slots``, ``cands``, ``obs_features``, ``obs_context``
+            of ``rows``.
+        item_features: float32 (M, 2) popularity and price.
+        category: int64 (M,).
+        max_steps: T (the context's first column is ``t / T``).
+        write_llm: Write the llm_sim column (False in text mode, where it is computed from the encoded prompt).
+    """
+    n_cand = st.cands.shape[1]
+    p = st.pool_slots.shape[1]
+    for r in range(rows.shape[0]):
+        b = rows[r]
+        base = _stream(st.keys[b], st.t[b], 7)
+        pos = np.int64(_slot_bits(base, 0) % np.uint64(p))
+        stride = 1 + np.int64(_slot_bits(base, 1) % np.uint64(p)) % (p - 1) if p > 1 else 0
+        nrm = st.state_norm[b]
+        inv_norm = np.float32(1.0) / nrm if nrm > 0 else np.float32(0.0)
+        for n in range(n_cand):
+            slot = st.pool_slots[b, pos]
+            item = st.slot_items[b, slot]
+            cat = category[item]
+            st.cand_pos[b, n] = pos
+            st.cand_slots[b, n] = slot
+            st.cands[b, n] = item
+            if write_llm:
+                st.obs_features[b, n, 0] = st.state_sim[b, slot] * inv_norm
+            st.obs_features[b, n, 1] = st.cf_obs[b, slot]
+            st.obs_features[b, n, 2] = item_features[item, 0]
+            st.obs_features[b, n, 3] = item_features[item, 1]
+            st.obs_features[b, n, 4] = st.exposure[b, cat]
+            st.obs_features[b, n, 5] = st.cat_clicks[b, cat]
+            st.obs_features[b, n, 6] = st.seen[b, slot]
+            pos += stride
+            if pos >= p:
+                pos -= p
+        steps = np.float32(max(st.t[b], 1))
+        ctx = st.obs_context[b]
+        ctx[0] = st.t[b] / max_steps
+        ctx[1] = st.click_ema[b]
+        ctx[2] = st.n_clicks[b] / steps
+        ctx[3] = st.last_click[b]
+        ctx[4] = st.last_rank[b]
+        ctx[5] = st.llm_ema[b]
+        ctx[6] = st.cf_ema[b]
+        ctx[7] = st.n_purchases[b] / steps
+        ctx[8] = st.dwell_ema[b]
+        ctx[9] = min(st.skip_streak[b] / np.float32(5.0), np.float32(1.0))
 
 
 # ---- session start -----------------------------------------------------------------------------------------------
@@ -346,7 +269,7 @@ def build_sessions(
             mark[chosen[j]] = False
         base = _stream(key, 2, 8)
         for j in range(n_slots):
-            u[j] = np.float64(_slot_bits(base, j) >> np.uint64(11)) * _INV_2_53
+            u[j] = _uniform(_slot_bits(base, j))
         _argsort_uniform(u, order, count)
         for s in range(n_slots):
             item = chosen[order[s]]
@@ -452,6 +375,8 @@ class SessionState(NamedTuple):
     exposure: np.ndarray
     cat_clicks: np.ndarray
     recent: np.ndarray
+    cands: np.ndarray
+    obs_context: np.ndarray
     n_clicks: np.ndarray
     n_purchases: np.ndarray
     click_ema: np.ndarray
@@ -496,10 +421,8 @@ def slate_error_row(slate: np.ndarray, n_candidates: int) -> int:
 @numba.njit(cache=True, nogil=True)
 def step_sessions(
     slate: np.ndarray,
-    u_choice: np.ndarray,
     z_sat: np.ndarray,
     z_dwell: np.ndarray,
-    u_buy: np.ndarray,
     st: SessionState,
     out: StepOutputs,
     prm: StepParams,
@@ -516,7 +439,8 @@ def step_sessions(
 
     The semantics are the numpy reading in ``tests/reference_core.py`` (``step``), term by term: utility
     ``a_ρ·z(θ·e) + static − w_f·fatigue[cat] − w_r·seen``; position-weighted MNL (or cascade) choice with an
-    outside option sampled with ``u_choice``; satisfaction, dwell, price-dependent purchase; fatigue, exposure,
+    outside option sampled with the row's CHOICE uniform (its PURCHASE uniform decides a purchase; both drawn
+    here, bit-identical to ``envs.rng.uniform``); satisfaction, dwell, price-dependent purchase; fatigue, exposure,
     category clicks, impressions; on a click the drift of the hidden taste and the pooled state over all the
     row's slots (through the item Gram matrix, or the embeddings when ``use_gram`` is False), the consumed
     item's pool position moved to the next reserve slot, the recent list; the budget; the context
@@ -524,10 +448,8 @@ def step_sessions(
 
     Args:
         slate: int64 (B, K) valid positions into the current candidates.
-        u_choice: float64 (B,) uniforms of the choice.
-        z_sat: float64 (B,) normals of the satisfaction noise.
-        z_dwell: float64 (B,) normals of the dwell time.
-        u_buy: float64 (B,) uniforms of the purchase.
+        z_sat: float64 (B,) normals of the satisfaction noise (``envs.rng.normal``, purpose SATISFACTION).
+        z_dwell: float64 (B,) normals of the dwell time (purpose DWELL).
         st: The session arrays, updated in place.
         out: Output buffers, written.
         prm: Scalar settings.
@@ -581,11 +503,12 @@ def step_sessions(
                 denom += probs[k]
             for k in range(k_slate):
                 probs[k] /= denom
+        u_choice = _uniform(_stream(st.keys[b], st.t[b], 3))
         rank = -1
         cum = 0.0
         for k in range(k_slate):
             cum += probs[k]
-            if u_choice[b] < cum:
+            if u_choice < cum:
                 rank = k
                 break
         clicked = rank >= 0
@@ -599,7 +522,7 @@ def step_sessions(
                                + prm.dwell_sigma * z_dwell[b]), prm.dwell_cap)
             logit = (prm.purchase_bias + prm.purchase_sat_slope * rel
                      - prm.purchase_price_slope * st.price_sens[b] * log1p_price[item_c])
-            bought = u_buy[b] < 1.0 / (1.0 + np.exp(-logit))
+            bought = _uniform(_stream(st.keys[b], st.t[b], 5)) < 1.0 / (1.0 + np.exp(-logit))
         r_click = np.float32(prm.reward_click * clicked)
         r_buy = np.float32(prm.reward_purchase * bought)
         r_dwell = np.float32(prm.reward_dwell * dwell / 60.0)

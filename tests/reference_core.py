@@ -13,9 +13,27 @@ from scipy.special import gammaincinv
 from envs import rng
 from envs.core import OBS_DECAY, RECENT, BatchedCore
 from envs.dynamics import category_counts, drift_coefficients, drift_norm, update_budget, update_fatigue
-from envs.kernels import first_unique
 from envs.response import cascade_click_probs, dwell_seconds, mnl_click_probs, purchase_probs, sample_choice
 from envs.spaces import F_CF, F_LLM, validate_slate
+
+
+def first_unique(candidates: np.ndarray, skip: int, need: int, out: np.ndarray) -> np.ndarray:
+    """Per row, the first ``need`` distinct non-negative ids of ``candidates[:, skip:]`` not in
+    ``candidates[:, :skip]`` (the history), in order; ``out`` (r, need) is filled with them (-1 after the last).
+
+    Returns:
+        int64 (r,) how many ids each row got.
+    """
+    got = np.zeros(len(candidates), np.int64)
+    out[:] = -1
+    for r, row in enumerate(candidates):
+        banned = {int(x) for x in row[:skip] if x >= 0}
+        for x in row[skip:]:
+            if x >= 0 and x not in banned and got[r] < need:
+                banned.add(int(x))
+                out[r, got[r]] = x
+                got[r] += 1
+    return got
 
 
 def build_pools(core: BatchedCore, keys: np.ndarray, users: np.ndarray, hist: np.ndarray) -> np.ndarray:
@@ -34,7 +52,7 @@ def build_pools(core: BatchedCore, keys: np.ndarray, users: np.ndarray, hist: np
     parts.append(rand)
     a = np.concatenate(parts, axis=1)
     chosen = np.empty((len(a), need), np.int64)
-    got = first_unique(a, core.H, need, core.M, chosen)
+    got = first_unique(a, core.H, need, chosen)
     for i in np.flatnonzero(got < need):  # tiny catalogs only: fill with any unused items
         keep = chosen[i, : got[i]]
         banned = np.concatenate([keep, hist[i][hist[i] >= 0]])
@@ -82,6 +100,30 @@ def reset_rows(core: BatchedCore, rows: np.ndarray, keys: np.ndarray, users: np.
     core.last_rank[rows] = 1.0
     norm = core.state_norm[rows]
     core.obs_user[rows] = core.state[rows] / np.where(norm > 0, norm, 1.0)[:, None]
+
+
+def observe(core: BatchedCore) -> dict[str, np.ndarray]:
+    """Draw every row's candidates (a stride walk over its pool) and build the observation, in numpy."""
+    keys, t, p = core.keys, core.t, core.P
+    walk = rng.integers(keys, t, rng.CANDIDATES, p, slots=2)
+    stride = 1 + walk[:, 1] % (p - 1) if p > 1 else np.zeros(core.B, np.int64)
+    pos = (walk[:, :1] + stride[:, None] * np.arange(core.N)) % p
+    rows = core._rows[:, None]
+    slots = core.pool_slots[rows, pos]
+    items = core.slot_items[rows, slots]
+    cats = core._category[items]
+    norm = core.state_norm[:, None]
+    feats = np.stack([np.where(norm > 0, core.state_sim[rows, slots] / np.where(norm > 0, norm, 1.0), 0.0),
+                      core.cf_obs[rows, slots], core.world.item_features[items, 0], core.world.item_features[items, 1],
+                      core.exposure[rows, cats], core.cat_clicks[rows, cats], core.seen[rows, slots]], axis=2)
+    core.cand_pos[:], core.cand_slots[:], core.cands[:] = pos, slots, items
+    core.obs_features[:] = feats
+    steps = np.maximum(t, 1).astype(np.float32)
+    core.obs_context[:] = np.stack([t / core.T, core.click_ema, core.n_clicks / steps, core.last_click, core.last_rank,
+                                    core.llm_ema, core.cf_ema, core.n_purchases / steps, core.dwell_ema,
+                                    np.minimum(core.skip_streak / 5.0, 1.0)], axis=1)
+    return {"user": core.obs_user, "candidates": core.cands, "features": core.obs_features,
+            "context": core.obs_context}
 
 
 def _gather(core: BatchedCore, arr: np.ndarray, slots: np.ndarray) -> np.ndarray:

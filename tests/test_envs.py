@@ -336,44 +336,18 @@ def test_rollouts_log_to_parquet_and_the_cf_fit_reads_them(small_cfg: EnvConfig,
     assert np.abs(world.item_factors).sum() > 0
 
 
-def test_kernels_match_their_numpy_reading() -> None:
-    from envs.kernels import click_updates, gather_features
+def test_compiled_random_streams_are_bit_identical_to_envs_rng() -> None:
+    from envs import rng
+    from envs.kernels import _argsort_uniform, rng_bits
 
-    g = np.random.default_rng(0)
-    b, s, p, n, m, c = 5, 12, 11, 6, 30, 4
-    slot_items = np.stack([g.permutation(m)[:s] for _ in range(b)]).astype(np.int64)
-    pool_slots = np.stack([g.permutation(s)[:p] for _ in range(b)]).astype(np.int64)
-    f32 = lambda *shape: g.random(shape).astype(np.float32)  # noqa: E731
-    state_sim, cf_obs, seen, exposure, clicks = f32(b, s), f32(b, s), f32(b, s), f32(b, c), f32(b, c)
-    item_features, category = f32(m, 2), g.integers(0, c, m).astype(np.int64)
-    inv_norm = f32(b)
-    rows = np.array([0, 2, 4])
-    start, stride = np.array([3, 0, 10]), np.array([1, 4, 7])
-    pos_o, slots_o, items_o = (np.zeros((b, n), np.int64) for _ in range(3))
-    feats = np.zeros((b, n, 7), np.float32)
-    gather_features(rows, start, stride, pool_slots, slot_items, state_sim, inv_norm, cf_obs, seen, item_features,
-                    category, exposure, clicks, pos_o, slots_o, items_o, feats, True)
-    for r, row in enumerate(rows):
-        pos = (start[r] + stride[r] * np.arange(n)) % p
-        slot = pool_slots[row, pos]
-        item = slot_items[row, slot]
-        assert np.array_equal(pos_o[row], pos) and np.array_equal(items_o[row], item)
-        expect = np.stack([state_sim[row, slot] * inv_norm[row], cf_obs[row, slot], item_features[item, 0],
-                           item_features[item, 1], exposure[row, category[item]], clicks[row, category[item]],
-                           seen[row, slot]], axis=1)
-        np.testing.assert_allclose(feats[row], expect, rtol=1e-6)
-    assert not feats[1].any() and not feats[3].any()
-
-    gram = f32(m, m)
-    sem, state = f32(b, s), f32(b, s)
-    sem0, state0 = sem.copy(), state.copy()
-    items = np.array([5, 7, 9])
-    keep, add, w = f32(3), f32(3), f32(3)
-    click_updates(rows, items, gram, slot_items, sem, keep, add, state, 0.85, w)
-    blk = gram[items[:, None], slot_items[rows]]
-    np.testing.assert_allclose(sem[rows], keep[:, None] * sem0[rows] + add[:, None] * blk, rtol=1e-5)
-    np.testing.assert_allclose(state[rows], 0.85 * state0[rows] + w[:, None] * blk, rtol=1e-5)
-    assert np.array_equal(sem[[1, 3]], sem0[[1, 3]])
+    keys = np.random.default_rng(0).integers(0, 2**63, 40, dtype=np.uint64)
+    for step, purpose in ((0, rng.POOL), (3, rng.CHOICE), (17, rng.CANDIDATES)):
+        assert np.array_equal(rng_bits(keys, step, purpose, 33), rng.bits(keys, step, purpose, 33))
+    u = rng.uniform(keys, 2, rng.POOL, slots=301)
+    order, count = np.empty(301, np.int64), np.zeros(302, np.int64)
+    for row in u:
+        _argsort_uniform(row, order, count)
+        assert np.array_equal(order, np.argsort(row))
 
 
 SESSION_ARRAYS = ("user", "keys", "t", "slot_items", "pool_slots", "reserve_ptr", "sem_aff", "static_util", "cf_obs",
@@ -419,7 +393,7 @@ def test_compiled_core_matches_its_numpy_reading(small_cfg: EnvConfig, small_wor
     g = np.random.default_rng(0)
     ends = clicks = 0
     for _ in range(60):
-        of, os_ = fast.observe(), slow.observe()
+        of, os_ = fast.observe(), ref.observe(slow)
         for name in ("candidates", "features", "context", "user"):
             np.testing.assert_allclose(of[name], os_[name], rtol=1e-4, atol=1e-5, err_msg=name)
         slate = np.argsort(g.random((b, fast.N)) - 0.3 * of["features"][:, :, F_LLM], axis=1)[:, : fast.K]
