@@ -947,19 +947,33 @@ def _candidate_features(cand: np.ndarray, emb: np.ndarray, state: np.ndarray, in
 
 
 @numba.njit(cache=True, nogil=True)
-def _pool_add(state: np.ndarray, emb: np.ndarray, keep: np.float32, weight: np.float32) -> None:
-    """``state ← keep·state + weight·emb`` in place (float32, as the simulator's pooled-state update)."""
+def _consume(state: np.ndarray, emb: np.ndarray, keep: float, weight: float, fold_in: bool, cf_a: np.ndarray,
+             cf_b: np.ndarray, q: np.ndarray, cf_items: np.ndarray, item: int, c: float) -> bool:
+    """A click or purchase of ``item``, in place, in one compiled call (a feedback event's whole O(D + F'²) cost).
+
+    ``state ← keep·state + weight·emb`` (float32, as the simulator's pooled-state update); then, when
+    ``fold_in``, the fold-in's normal equations: ``cf_a += wa·q qᵀ``, ``cf_b += c·q`` with ``wa = c − 1`` for an
+    item not yet in ``cf_items`` (implicit ALS: its zero-preference term is replaced) and ``wa = c`` after.
+
+    Returns:
+        Whether ``item`` was new to ``cf_items`` (the caller appends it).
+    """
+    k32, w32 = np.float32(keep), np.float32(weight)
     for d in range(state.shape[0]):
-        state[d] = keep * state[d] + weight * emb[d]
-
-
-@numba.njit(cache=True, nogil=True)
-def _rank_one(cf_a: np.ndarray, cf_b: np.ndarray, q: np.ndarray, wa: float, wb: float) -> None:
-    """The fold-in's normal equations, in place: ``cf_a += wa·q qᵀ``, ``cf_b += wb·q``."""
+        state[d] = k32 * state[d] + w32 * emb[d]
+    if not fold_in:
+        return False
+    first = True
+    for x in cf_items:
+        if x == item:
+            first = False
+            break
+    wa = c - 1.0 if first else c
     for i in range(q.shape[0]):
-        cf_b[i] += wb * q[i]
+        cf_b[i] += c * q[i]
         for j in range(q.shape[0]):
             cf_a[i, j] += wa * q[i] * q[j]
+    return first
 
 
 @numba.njit(cache=True, nogil=True)
@@ -1352,16 +1366,15 @@ class Ranker:
         self.metrics.observe_seconds.observe(time.perf_counter() - t0)
         return n
 
-    def _cf_add(self, st: UserState, item: int, weight: float) -> None:
-        if not self.cf_fold_in or st.cf_pinned or self.items.cf_dim == 0:
-            return
+    def _consume(self, st: UserState, item: int, keep: float, weight: float) -> None:
+        """Pool ``item`` into the state (``keep``, ``weight``) and fold it into the CF factor's equations."""
+        fold = bool(self.cf_fold_in and not st.cf_pinned and self.items.cf_dim > 0)
         q = self.items.factors64[item]
-        c = self.const.cf_alpha * weight
-        first = not (st.cf_items == item).any()
-        if first:
+        if _consume(st.state, self.items.emb[item], keep, weight, fold, st.cf_a, st.cf_b, q, st.cf_items, item,
+                    self.const.cf_alpha):
             st.cf_items = np.append(st.cf_items, np.int32(item))
-        _rank_one(st.cf_a, st.cf_b, q, (c - 1.0) if first else c, c)
-        st.cf_dirty = True  # solved when next needed (once per request, not once per event)
+        if fold:
+            st.cf_dirty = True  # solved when next needed (once per request, not once per event)
 
     def _refresh_cf(self, st: UserState) -> None:
         """Solve the fold-in if events changed its accumulators since the last solve."""
@@ -1379,10 +1392,8 @@ class Ranker:
         if st.slate_id >= 0 and (e.request_id is None or e.request_id == st.slate_id):
             hits = np.flatnonzero(st.slate_items == item)
             in_slate = int(hits[0]) if len(hits) else -1
-        emb = self.items.emb[item]
         if e.type == "click":
-            _pool_add(st.state, emb, np.float32(c.state_decay), np.float32(c.click_weight))
-            self._cf_add(st, item, 1.0)
+            self._consume(st, item, c.state_decay, c.click_weight)
             st.cat_clicks[self.items.category[item]] += 1.0
             if in_slate >= 0 and not st.slate_clicked:
                 st.slate_clicked = True
@@ -1396,8 +1407,7 @@ class Ranker:
             if e.dwell_s > 0:
                 a[A_DWELL_EMA] += (1 - d) * e.dwell_s / 60.0
         elif e.type == "purchase":
-            _pool_add(st.state, emb, np.float32(1.0), np.float32(c.purchase_weight))
-            self._cf_add(st, item, 1.0)
+            self._consume(st, item, 1.0, c.purchase_weight)
             a[A_PURCHASES] += 1.0
         else:  # dwell
             a[A_DWELL_EMA] += (1 - d) * e.dwell_s / 60.0
@@ -1435,8 +1445,8 @@ class Ranker:
                 raise ValueError(f"cf_factor must have shape {st.cf_factor.shape}, got {cf.shape}")
             st.cf_factor, st.cf_pinned = cf.copy(), True
         else:
-            for r in rows:
-                self._cf_add(st, int(r), 1.0)
+            for r in rows:  # fold the history into the CF equations (the pooled state is set above)
+                self._consume(st, int(r), 1.0, 0.0)
         st.last_active = self.clock()
 
         def fn(old: UserState) -> None:
