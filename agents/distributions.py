@@ -23,9 +23,9 @@ the logits' device), else from torch's default RNG (which SB3 seeds through ``se
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Literal
 
+import numpy as np
 import torch as th
 from stable_baselines3.common.distributions import Distribution
 from torch import nn
@@ -78,6 +78,9 @@ class PlackettLuceDistribution(Distribution):
         self.logits: th.Tensor | None = None  # (B, N), masked entries at -inf
         self.groups: th.Tensor | None = None  # (B, N) int64 group of each candidate
         self.repulsion: th.Tensor | None = None  # (B,) β >= 0
+        self._stats: tuple[th.Tensor, th.Tensor, th.Tensor, th.Tensor, th.Tensor | None] | None = None
+        self._groups_count: int | None = None
+        self._stats_have_grad = False
 
     def set_generator(self, generator: th.Generator | None) -> None:
         """Use ``generator`` (or, with ``None``, torch's default RNG) for all later sampling.
@@ -137,44 +140,225 @@ class PlackettLuceDistribution(Distribution):
                                  f"{tuple(groups.shape)} and {tuple(repulsion.shape)}")
             groups = groups.long()
         self.logits, self.groups, self.repulsion = logits, groups, repulsion
+        self._stats = None
+        self._groups_count = None
         return self
 
-    def _steps(self, path: th.Tensor | None = None, noise: bool = False) -> Iterator[tuple[int, th.Tensor]]:
-        """Walk the K positions: yield ``(k, effective logits over the remaining candidates (B, N))`` and advance
-        along ``path`` (B, K) — or, when ``path`` is None, along the argmax (plus fresh Gumbel noise if
-        ``noise``), recording the picks in ``self._walked``."""
-        logits = self._require_logits()
-        b = logits.shape[0]
-        neg_inf = th.tensor(float("-inf"), dtype=logits.dtype, device=logits.device)
-        placed = th.zeros_like(logits, dtype=th.bool)
-        counts = None
-        if self.groups is not None:
-            n_groups = int(self.groups.max().item()) + 1 if self.groups.numel() else 1
-            counts = th.zeros(b, n_groups, dtype=logits.dtype, device=logits.device)
-        picks = []
-        for k in range(self.slate_size):
-            eff = logits
-            if counts is not None and self.repulsion is not None:
-                eff = logits - self.repulsion.unsqueeze(1) * counts.gather(1, self.groups)
-            eff = eff.masked_fill(placed, neg_inf)
-            yield k, eff
-            if path is not None:
-                a_k = path[:, k : k + 1]
-            else:
-                with th.no_grad():
-                    key = eff.detach() + self._gumbel(eff) if noise else eff.detach()
-                    a_k = key.argmax(dim=1, keepdim=True)
-                picks.append(a_k)
-            placed = placed.scatter(1, a_k, True)
-            if counts is not None:
-                counts = counts.scatter_add(1, self.groups.gather(1, a_k), th.ones_like(a_k, dtype=counts.dtype))
-        self._walked = th.cat(picks, dim=1) if picks else None
+    def _walk(self, with_log_prob: bool = False) -> tuple[th.Tensor, th.Tensor | None]:
+        """The greedy walk (the mode with repulsion), without gradients.
 
-    def _walk(self, noise: bool) -> th.Tensor:
-        for _ in self._steps(noise=noise):
-            pass
-        assert self._walked is not None
-        return self._walked
+        At step k the effective logits over the candidates not yet placed are ``s − β·c_k(g)`` (placed ones at
+        ``-inf``); the pick is their argmax. Counts are exact small integers, so the effective logits equal
+        ``agents.serving.greedy_slates``' bit for bit.
+
+        Args:
+            with_log_prob: Also return the log-probability of the walked slate.
+
+        Returns:
+            ``(slates int64 (B, K), log-probabilities (B,) or None)``.
+        """
+        with th.no_grad():
+            logits = self._require_logits().detach()
+            b = logits.shape[0]
+            groups = self.groups
+            beta = None if self.repulsion is None else self.repulsion.detach().unsqueeze(1)  # (B, 1)
+            counts = th.zeros_like(logits) if groups is not None else None  # (B, N) earlier picks of j's group
+            placed = th.zeros_like(logits)  # (B, N): 0, or -inf once placed
+            total = th.zeros(b, dtype=logits.dtype, device=logits.device) if with_log_prob else None
+            picks = th.empty((b, self.slate_size), dtype=th.long, device=logits.device)
+            for k in range(self.slate_size):
+                eff = logits - beta * counts + placed if counts is not None and beta is not None else logits + placed
+                a_k = eff.argmax(dim=1, keepdim=True)
+                if total is not None:
+                    total += eff.gather(1, a_k).squeeze(1) - th.logsumexp(eff, dim=1)
+                picks[:, k : k + 1] = a_k
+                placed.scatter_(1, a_k, float("-inf"))
+                if counts is not None and groups is not None:
+                    counts += groups == groups.gather(1, a_k)
+        return picks, total
+
+    def _n_groups(self) -> int:
+        """G: the number of candidate groups (1 without repulsion)."""
+        if self.groups is None:
+            return 1
+        if self._groups_count is None:
+            self._groups_count = int(self.groups.max().item()) + 1 if self.groups.numel() else 1
+        return self._groups_count
+
+    def _row_stats(self) -> tuple[th.Tensor, th.Tensor, th.Tensor, th.Tensor, th.Tensor | None]:
+        """Per-row quantities shared by :meth:`log_prob`, :meth:`entropy` and sampling (cached until the next
+        :meth:`proba_distribution`; differentiable when computed with autograd on).
+
+        Returns:
+            ``(x, e, S, T, beta)``: float64 shifted logits ``x = s − max(s)`` (B, N) (masked: ``-inf``),
+            ``e = exp(x)`` (B, N), per-group sums ``S_g = Σ_{j∈g} e_j`` and ``T_g = Σ_{j∈g} e_j·x_j`` (B, G), and
+            β as float64 (B,) (None without repulsion).
+        """
+        grad = th.is_grad_enabled()
+        if self._stats is None or (grad and not self._stats_have_grad):  # a no-grad cache cannot serve autograd
+            self._stats_have_grad = grad
+            logits = self._require_logits()
+            s = logits.double()
+            x = s - s.detach().max(dim=1, keepdim=True).values  # (B, N), max 0
+            e = x.exp()  # masked: 0
+            g = self._group_ids()
+            n_g = self._n_groups()
+            zeros = th.zeros(logits.shape[0], n_g, dtype=e.dtype, device=e.device)
+            big_s = zeros.scatter_add(1, g, e)
+            big_t = zeros.scatter_add(1, g, th.where(e > 0, x, 0.0) * e)  # no -inf·0
+            beta = None if self.repulsion is None else self.repulsion.double()
+            self._stats = (x, e, big_s, big_t, beta)
+        return self._stats
+
+    def _group_ids(self) -> th.Tensor:
+        """(B, N) int64 group of each candidate (all 0 without repulsion)."""
+        logits = self._require_logits()
+        if self.groups is None:
+            return th.zeros(logits.shape, dtype=th.long, device=logits.device)
+        return self.groups
+
+    def _path_terms(self, path: th.Tensor, entropy: bool) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
+        """The K conditional softmaxes along ``path`` (B, K), computed per group instead of per candidate.
+
+        At step k the effective logit of an unplaced candidate j is ``x_j − β·c_k(g_j)``, constant within a group,
+        so the normaliser is ``Z_k = Σ_g exp(−β·c_k(g))·S_g^(k)`` with ``S_g^(k)`` the group's mass not placed
+        before k (``S_g`` minus an exclusive cumulative sum of the path's picks: float64, so the subtraction
+        loses nothing that matters) and, for the entropy, ``H_k = log Z_k − Σ_g exp(−β·c_k(g))·(T_g^(k) −
+        β·c_k(g)·S_g^(k)) / Z_k``. The same quantities as a softmax over the N candidates per step, at O(B·K·G)
+        instead of O(B·K·N).
+
+        Args:
+            path: int64 (B, K) candidate positions.
+            entropy: Also compute the entropy terms.
+
+        Returns:
+            ``(log_p (B, K) per step, entropy (B,) or zeros, invalid (B,) bool)``; ``invalid`` marks paths that
+            repeat a candidate or pick a masked one (probability zero).
+        """
+        x, e, big_s, big_t, beta = self._row_stats()
+        b, n = x.shape
+        kk = self.slate_size
+        n_g = big_s.shape[1]
+        g = self._group_ids()
+        steps = th.arange(kk, device=x.device)
+        first = th.full((b, n), kk, dtype=th.long, device=x.device).scatter_reduce(
+            1, path, steps.expand(b, kk), reduce="amin")  # (B, N) first position of each candidate in path
+        x_a = x.gather(1, path)  # (B, K)
+        invalid = (first.gather(1, path) < steps).any(dim=1) | th.isneginf(x_a).any(dim=1)
+        g_a = g.gather(1, path)  # (B, K)
+        onehot = (g_a.unsqueeze(2) == th.arange(n_g, device=x.device)).to(x.dtype)  # (B, K, G)
+        pad = th.zeros(b, 1, n_g, dtype=x.dtype, device=x.device)
+
+        def before(v: th.Tensor) -> th.Tensor:  # exclusive cumulative sum over K of (B, K, G)
+            return th.cat([pad, v[:, :-1].cumsum(dim=1)], dim=1)
+
+        e_a = th.where(invalid.unsqueeze(1), 0.0, e.gather(1, path))  # (B, K); invalid paths remove nothing
+        s_k = (big_s.unsqueeze(1) - before(onehot * e_a.unsqueeze(2))).clamp(min=0.0)  # (B, K, G)
+        if beta is None:
+            w = None
+            c_a = None
+            z = s_k.sum(dim=2)
+        else:
+            counts = before(onehot)  # (B, K, G) earlier picks per group (exact integers)
+            w = th.exp(-beta.view(b, 1, 1) * counts)
+            z = (w * s_k).sum(dim=2)
+            c_a = counts.gather(2, g_a.unsqueeze(2)).squeeze(2)  # (B, K)
+        log_z = z.clamp(min=1e-300).log()  # (B, K); Z_k > 0 for valid paths
+        eff_a = x_a if c_a is None or beta is None else x_a - beta.unsqueeze(1) * c_a
+        log_p = eff_a - log_z
+        ent = th.zeros(b, dtype=x.dtype, device=x.device)
+        if entropy:
+            xe_a = th.where(invalid.unsqueeze(1), 0.0, e_a * th.where(th.isneginf(x_a), 0.0, x_a))
+            t_k = big_t.unsqueeze(1) - before(onehot * xe_a.unsqueeze(2))  # (B, K, G)
+            if w is None or beta is None:
+                mean_eff = t_k.sum(dim=2) / z.clamp(min=1e-300)
+            else:
+                mean_eff = (w * (t_k - beta.view(b, 1, 1) * counts * s_k)).sum(dim=2) / z.clamp(min=1e-300)
+            ent = (log_z - mean_eff).sum(dim=1)
+        return log_p, ent, invalid
+
+    def _sample_groups_cpu(self, with_log_prob: bool) -> tuple[th.Tensor, th.Tensor | None]:
+        """:meth:`_sample_groups` on CPU, by the compiled kernel :func:`agents._pl_kernels.sample_groups`: the same
+        two-stage draw, except that the candidate within the group is drawn by inverse CDF over its unplaced
+        ``exp`` logits (a second uniform per row and step) instead of from a Gumbel order (a sort of (B, N))."""
+        from agents._pl_kernels import sample_groups
+
+        logits = self._require_logits()
+        with th.no_grad():
+            x = logits.detach().double()
+            x = (x - x.max(dim=1, keepdim=True).values).numpy()
+            b = x.shape[0]
+            groups = self._group_ids().numpy()
+            beta = (np.zeros(b) if self.repulsion is None
+                    else self.repulsion.detach().double().numpy())
+            u = th.rand((b, self.slate_size, 2), generator=self.generator, dtype=th.float64).numpy()
+            picks = np.empty((b, self.slate_size), np.int64)
+            log_prob = np.empty(b)
+            sample_groups(np.ascontiguousarray(x), np.ascontiguousarray(groups), beta, u, self._n_groups(), picks,
+                          log_prob)
+        return th.from_numpy(picks), th.from_numpy(log_prob).to(logits.dtype) if with_log_prob else None
+
+    def _sample_groups(self, with_log_prob: bool) -> tuple[th.Tensor, th.Tensor | None]:
+        """An exact sample of the repulsive Plackett-Luce, group first (no gradient).
+
+        Within a group every unplaced candidate has the same penalty, so the k-th pick is: a group with
+        probability ∝ ``exp(−β·c_k(g))·S_g^(k)`` (one uniform per row and step, inverse CDF over G), then the next
+        candidate of that group in a Gumbel-perturbed order ``x_j + Gumbel`` drawn once per candidate. That
+        order is a plain Plackett-Luce ranking of the group, so its next unplaced candidate is drawn ∝ ``e_j``
+        among the group's unplaced ones, whatever happened before: the pair is the conditional softmax.
+
+        Args:
+            with_log_prob: Also return the log-probability of the sample.
+
+        Returns:
+            ``(int64 (B, K), (B,) log-probabilities in the logits' dtype or None)``.
+        """
+        if self._require_logits().device.type == "cpu":
+            return self._sample_groups_cpu(with_log_prob)
+        return self._sample_groups_torch(with_log_prob)
+
+    def _sample_groups_torch(self, with_log_prob: bool) -> tuple[th.Tensor, th.Tensor | None]:
+        """:meth:`_sample_groups` in torch ops (any device; the within-group order from Gumbel keys)."""
+        with th.no_grad():
+            x, e, big_s, _, beta = (t.detach() if t is not None else None for t in self._row_stats())
+            b = x.shape[0]
+            kk = self.slate_size
+            n_g = big_s.shape[1]
+            g = self._group_ids()
+            rows = th.arange(b, device=x.device)
+            key = x.to(self._require_logits().dtype) + self._gumbel(x.to(self._require_logits().dtype))
+            by_key = th.sort(key, dim=1, descending=True, stable=True).indices  # (B, N)
+            by_group = th.sort(g.gather(1, by_key), dim=1, stable=True).indices
+            order = by_key.gather(1, by_group)  # (B, N): by group, then by key (masked last within their group)
+            valid = th.isfinite(x)
+            n_valid = th.zeros(b, n_g, dtype=th.long, device=x.device).scatter_add(1, g, valid.long())  # (B, G)
+            start = th.zeros(b, n_g, dtype=th.long, device=x.device).scatter_add(1, g, th.ones_like(g))
+            start = start.cumsum(dim=1) - start  # (B, G) first slot of each group in `order`
+            mass = big_s.clone()  # (B, G) unplaced mass
+            counts = th.zeros(b, n_g, dtype=th.long, device=x.device)
+            u = th.rand((b, kk), generator=self.generator, device=x.device, dtype=x.dtype)
+            picks = th.empty((b, kk), dtype=th.long, device=x.device)
+            total = th.zeros(b, dtype=x.dtype, device=x.device) if with_log_prob else None
+            for k in range(kk):
+                weight = mass.clamp(min=0.0)  # (B, G)
+                if beta is not None:
+                    weight = weight * th.exp(-beta.unsqueeze(1) * counts)
+                weight = th.where(counts < n_valid, weight, 0.0)  # a group whose valid candidates are all placed
+                cum = weight.cumsum(dim=1)  # (B, G)
+                grp = th.searchsorted(cum, u[:, k : k + 1] * cum[:, -1:], right=True).clamp_(max=n_g - 1)
+                bad = weight.gather(1, grp) <= 0  # only by float rounding when u is within 2^-53 of 1
+                if bool(bad.any()):
+                    last = th.where(weight > 0, th.arange(n_g, device=x.device), -1).argmax(1, keepdim=True)
+                    grp = th.where(bad, last, grp)
+                c_g = counts.gather(1, grp)  # (B, 1)
+                item = order.gather(1, start.gather(1, grp) + c_g)  # (B, 1)
+                picks[:, k : k + 1] = item
+                if total is not None:
+                    pen = 0.0 if beta is None else beta.unsqueeze(1) * c_g
+                    total += (x.gather(1, item) - pen - cum[:, -1:].log()).squeeze(1)
+                mass.scatter_add_(1, grp, -e.gather(1, item))
+                counts[rows, grp.squeeze(1)] += 1
+        return picks, None if total is None else total.to(self._require_logits().dtype)
 
     def _require_logits(self) -> th.Tensor:
         if self.logits is None:
@@ -195,7 +379,7 @@ class PlackettLuceDistribution(Distribution):
         """
         logits = self._require_logits()
         if self.groups is not None:
-            return self._walk(noise=True)
+            return self._sample_groups(with_log_prob=False)[0]
         with th.no_grad():
             keys = logits.detach() + self._gumbel(logits)
             return th.topk(keys, self.slate_size, dim=1).indices
@@ -208,41 +392,59 @@ class PlackettLuceDistribution(Distribution):
         """
         logits = self._require_logits()
         if self.groups is not None:
-            return self._walk(noise=False)
+            return self._walk()[0]
         with th.no_grad():
             return th.topk(logits.detach(), self.slate_size, dim=1).indices
 
     def log_prob(self, actions: th.Tensor) -> th.Tensor:
         """Exact log-probability of ranked slates.
 
-        ``log P(a) = sum_k [ s_{a_k} - logsumexp(s_j : j not in a_1..a_{k-1}) ]``, vectorised over B (a loop
-        over K only). A slate that repeats a candidate or picks a masked one gets ``-inf``.
+        ``log P(a) = sum_k [ s_{a_k} - logsumexp(s_j : j not in a_1..a_{k-1}) ]`` (with repulsion, ``s`` is the
+        step's effective logits), vectorised over B and K. A slate that repeats a candidate or picks a masked
+        one gets ``-inf``.
 
         Args:
             actions: (B, K) candidate positions, any numeric dtype (float32 from SB3's buffer is fine).
 
         Returns:
-            (B,) log-probabilities, differentiable in the logits.
+            (B,) log-probabilities, differentiable in the logits (and β).
         """
         logits = self._require_logits()
         actions = actions.reshape(-1, self.slate_size).long()
         if actions.shape[0] != logits.shape[0]:
             raise ValueError(f"actions batch {actions.shape[0]} != logits batch {logits.shape[0]}")
-        total = th.zeros(logits.shape[0], dtype=logits.dtype, device=logits.device)
-        for k, remaining in self._steps(path=actions):  # remaining: (B, N), -inf for placed / masked
-            total = total + remaining.gather(1, actions[:, k : k + 1]).squeeze(1) - th.logsumexp(remaining, dim=1)
-        return total
+        log_p, _, invalid = self._path_terms(actions, entropy=False)
+        return log_p.sum(dim=1).to(logits.dtype).masked_fill(invalid, float("-inf"))
+
+    def sample_with_log_prob(self, deterministic: bool = False) -> tuple[th.Tensor, th.Tensor]:
+        """Slates (B, K) and their log-probabilities (B,) in one pass (what a rollout needs).
+
+        With repulsion, the sampling walk already computes every conditional softmax, so the log-probability
+        comes with it (no gradient: use :meth:`log_prob` when one is needed, as it is whenever autograd is on).
+
+        Args:
+            deterministic: The mode instead of a sample.
+
+        Returns:
+            ``(int64 (B, K), (B,))``.
+        """
+        logits = self._require_logits()
+        if th.is_grad_enabled() and logits.requires_grad:
+            actions = self.get_actions(deterministic=deterministic)
+            return actions, self.log_prob(actions)
+        if deterministic and self.groups is not None:
+            actions, log_prob = self._walk(with_log_prob=True)
+        elif not deterministic and self.groups is not None:
+            actions, log_prob = self._sample_groups(with_log_prob=True)
+        else:
+            actions = self.get_actions(deterministic=deterministic)
+            log_prob = self.log_prob(actions)
+        assert log_prob is not None
+        return actions, log_prob
 
     def _path_entropy(self, path: th.Tensor) -> th.Tensor:
         """Sum over k of the entropy of the k-th conditional softmax along ``path`` (B, K) → (B,)."""
-        logits = self._require_logits()
-        total = th.zeros(logits.shape[0], dtype=logits.dtype, device=logits.device)
-        for _, remaining in self._steps(path=path):
-            logp = th.log_softmax(remaining, dim=1)
-            p = logp.exp()
-            logp = logp.masked_fill(th.isinf(remaining), 0.0)  # 0·log 0 = 0, without NaN gradients
-            total = total - (p * logp).sum(dim=1)
-        return total
+        return self._path_terms(path, entropy=True)[1].to(self._require_logits().dtype)
 
     def entropy(self) -> th.Tensor:
         """Tractable slate-entropy estimate (see the class docstring: chain rule along one slate).
