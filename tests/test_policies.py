@@ -346,3 +346,30 @@ def test_category_repulsion_is_consistent_and_round_trips(tmp_path: Path) -> Non
     policy.save(str(tmp_path / "p.pt"))
     loaded = SlatePolicy.load(str(tmp_path / "p.pt"))
     assert th.allclose(loaded.get_distribution(_tensor(loaded, obs)).log_prob(actions), log_prob, atol=1e-5)
+
+
+@pytest.mark.parametrize("use_item_table", [False, True])
+def test_folded_residual_equals_the_tanh_mlp_with_its_gradients(use_item_table: bool) -> None:
+    """The residual is evaluated as sigmoids with folded weights; it must be the plain tanh MLP, gradients too."""
+    th.manual_seed(0)
+    policy = _policy(use_item_table=use_item_table, residual_init_scale=1.0, candidate_hidden=8, n_layers=3)
+    assert policy._fold_tanh
+    obs = _tensor(policy, _fake_obs(policy.observation_space, 16))
+    state_in, cand, _, _ = policy._encode(obs)
+    h = policy.state_net(state_in)
+
+    def grads(out: th.Tensor) -> list[th.Tensor]:
+        policy.zero_grad()
+        (out * th.linspace(-1.0, 1.0, out.numel()).view_as(out)).sum().backward(retain_graph=True)
+        return [p.grad.clone() if p.grad is not None else th.zeros_like(p) for p in policy.parameters()]
+
+    folded = policy._residual(cand, h)
+    g_folded = grads(folded)
+    pre = policy.residual_cand(cand) + policy.residual_state(h).unsqueeze(1)
+    plain = policy.residual_head(policy.residual_net(pre)).squeeze(-1)
+    g_plain = grads(plain)
+    assert th.allclose(folded, plain, atol=1e-5)
+    for a, b in zip(g_folded, g_plain, strict=True):
+        assert th.allclose(a, b, atol=1e-5, rtol=1e-4)
+    with th.no_grad():
+        assert th.allclose(policy._residual(cand, h), folded, atol=1e-6)
