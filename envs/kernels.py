@@ -183,9 +183,11 @@ def build_sessions(
     For row ``b = rows[r]`` of user ``u = users[r]``: the S slot items are the first S distinct ids of the
     priority list ``llm_top[u, :n_llm+H] ++ cf_top[u, :n_cf+H] ++ pop_top[n_pop random] ++ n_rand random ids``
     that are not in ``history[r]`` (then, in tiny catalogs only, the lowest unused ids), in the order of
-    ``argsort`` of S uniforms; random words come from the row's key (``envs.rng`` streams ``POOL`` 0, 1, 2).
-    The per-slot values are ``tables[u, slot_items[b, s]]`` (sem_aff, static_util, cf_obs, state_sim); the pool
-    positions point at slots ``0..P-1``; the pooled state is the user's prior-history state; counters, fatigue,
+    ``argsort`` of S uniforms (random words from the row's key: ``envs.rng`` streams ``POOL`` 0, 1, 2): the first
+    P are the pool's positions, the rest the reserve. The pool's items sit in slots ``0..P-1`` in catalog order
+    (``pool_slots`` maps each position to its item's slot), the reserve's in slots ``P..S-1`` in drawn order.
+    The per-slot values are ``tables[u, slot_items[b, s]]`` (sem_aff, static_util, cf_obs, state_sim); the pooled
+    state is the user's prior-history state; counters, fatigue,
     exposure and impressions start at zero; the recent list holds the last history items.
     ``tests/reference_core.py`` holds the numpy reading (``reset_rows``).
 
@@ -215,7 +217,9 @@ def build_sessions(
     n_slots = st.slot_items.shape[1]
     n_hist = history.shape[1]
     n_rec = st.recent.shape[1]
+    n_pool = st.pool_slots.shape[1]
     mark = np.zeros(n_items, np.bool_)
+    pos_of = np.full(n_items, -1, np.int64)
     chosen = np.empty(n_slots, np.int64)
     order = np.empty(n_slots, np.int64)
     u = np.empty(n_slots, np.float64)
@@ -271,17 +275,27 @@ def build_sessions(
         for j in range(n_slots):
             u[j] = _uniform(_slot_bits(base, j))
         _argsort_uniform(u, order, count)
+        # Pool position p holds item chosen[order[p]]; its slot is the item's rank among the pool's items, so
+        # slots run in catalog order and the table gathers here and the Gram-row gathers of clicks walk memory
+        # forwards. Reserve slots keep the shuffled order (it is the order they replace consumed items in).
+        for p in range(n_pool):
+            pos_of[chosen[order[p]]] = p
+        s = 0
+        for x in range(n_items):
+            if pos_of[x] >= 0:
+                st.slot_items[b, s] = x
+                st.pool_slots[b, pos_of[x]] = s
+                pos_of[x] = -1
+                s += 1
+        for s in range(n_pool, n_slots):
+            st.slot_items[b, s] = chosen[order[s]]
         for s in range(n_slots):
-            item = chosen[order[s]]
-            cell = tables[user, item]
-            st.slot_items[b, s] = item
+            cell = tables[user, st.slot_items[b, s]]
             st.sem_aff[b, s] = cell[0]
             st.static_util[b, s] = cell[1]
             st.cf_obs[b, s] = cell[2]
             st.state_sim[b, s] = cell[3]
             st.seen[b, s] = 0.0
-        for p in range(st.pool_slots.shape[1]):
-            st.pool_slots[b, p] = p
         st.reserve_ptr[b] = 0
         # the user
         st.user[b], st.keys[b], st.t[b], st.budget[b] = user, key, 0, budgets[r]

@@ -68,9 +68,11 @@ def reset_rows(core: BatchedCore, rows: np.ndarray, keys: np.ndarray, users: np.
     core.keys[rows] = keys
     core.t[rows] = 0
     hist = pop.history[users] if core.H else np.zeros((len(rows), 0), np.int64)
-    slot_items = build_pools(core, keys, users, hist)
+    drawn = build_pools(core, keys, users, hist)  # pool positions, then the reserve
+    order = np.argsort(drawn[:, : core.P], axis=1)  # pool slots hold the pool's items in catalog order
+    slot_items = np.concatenate([np.take_along_axis(drawn[:, : core.P], order, axis=1), drawn[:, core.P:]], axis=1)
     core.slot_items[rows] = slot_items
-    core.pool_slots[rows] = np.arange(core.P)
+    core.pool_slots[rows] = np.argsort(order, axis=1)  # position p -> the slot of its item
     core.reserve_ptr[rows] = 0
     flat = users[:, None] * core.M + slot_items
     core.sem_aff[rows] = tab.sem_aff.ravel()[flat]
