@@ -219,7 +219,7 @@ def build_sessions(
     n_rec = st.recent.shape[1]
     n_pool = st.pool_slots.shape[1]
     mark = np.zeros(n_items, np.bool_)
-    pos_of = np.full(n_items, -1, np.int64)
+    by_item = np.empty(n_pool, np.int64)
     chosen = np.empty(n_slots, np.int64)
     order = np.empty(n_slots, np.int64)
     u = np.empty(n_slots, np.float64)
@@ -278,15 +278,13 @@ def build_sessions(
         # Pool position p holds item chosen[order[p]]; its slot is the item's rank among the pool's items, so
         # slots run in catalog order and the table gathers here and the Gram-row gathers of clicks walk memory
         # forwards. Reserve slots keep the shuffled order (it is the order they replace consumed items in).
-        for p in range(n_pool):
-            pos_of[chosen[order[p]]] = p
-        s = 0
-        for x in range(n_items):
-            if pos_of[x] >= 0:
-                st.slot_items[b, s] = x
-                st.pool_slots[b, pos_of[x]] = s
-                pos_of[x] = -1
-                s += 1
+        for p in range(n_pool):  # distinct items → distinct keys in [0, 1): the O(P) bucket argsort applies
+            u[p] = chosen[order[p]] / n_items
+        _argsort_uniform(u[:n_pool], by_item, count)
+        for s in range(n_pool):
+            p = by_item[s]
+            st.slot_items[b, s] = chosen[order[p]]
+            st.pool_slots[b, p] = s
         for s in range(n_pool, n_slots):
             st.slot_items[b, s] = chosen[order[s]]
         for s in range(n_slots):
