@@ -1,23 +1,60 @@
 """End-to-end PPO training throughput (collection + updates) on the default config.
 
-``python -m bench.train_throughput --threads 1 --rollouts 3`` builds the default world and PPO exactly as
-``train.py`` does, learns one warm-up rollout, then times ``--rollouts`` more; the last line is a JSON object
-with ``steps_per_s``. ``--set key=value`` overrides config values (e.g. ``train.ppo.n_epochs=2``).
+``python -m bench.train_throughput --threads 1 --rollouts 3`` builds the default world and PPO as ``train.py``
+does (every ``train.ppo`` hyperparameter, reward normalisation, the policy kwargs), learns one warm-up rollout,
+then times ``--rollouts`` more (``--repeats`` times, in one process). The last line is a JSON object with
+``steps_per_s`` (the median over the repeats), ``collect_s`` / ``update_s`` (the split of the timed wall time
+between collecting rollouts and the gradient updates, summed over the repeats) and the per-repeat figures.
+``--set key=value`` overrides config values (e.g. ``train.ppo.n_epochs=2``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 
 import torch as th
 from stable_baselines3 import PPO
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.vec_env import VecNormalize
 
 from agents.policies import SlatePolicy
 from agents.training import make_venv, policy_kwargs
 from configs.loader import load_config
 from envs.presets import load_world
+from envs.sb3 import SB3VecEnv
+
+
+class _Split(BaseCallback):
+    """Wall time spent collecting rollouts vs in the updates that follow them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.collect_s = self.update_s = 0.0
+        self._t: float | None = None
+        self._in_update = False
+
+    def _on_rollout_start(self) -> None:
+        now = time.perf_counter()
+        if self._in_update and self._t is not None:
+            self.update_s += now - self._t
+        self._t, self._in_update = now, False
+
+    def _on_rollout_end(self) -> None:
+        now = time.perf_counter()
+        if self._t is not None:
+            self.collect_s += now - self._t
+        self._t, self._in_update = now, True
+
+    def _on_training_end(self) -> None:
+        if self._in_update and self._t is not None:
+            self.update_s += time.perf_counter() - self._t
+        self._in_update = False
+
+    def _on_step(self) -> bool:
+        return True
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -25,22 +62,31 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     ap.add_argument("--rollouts", type=int, default=3, help="timed rollouts (after one warm-up)")
+    ap.add_argument("--repeats", type=int, default=1, help="timed blocks of --rollouts; steps_per_s is the median")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = ap.parse_args(argv)
     th.set_num_threads(args.threads)
     cfg = load_config(None, args.overrides)
     world = load_world(cfg.env, cfg.encoder, progress=False)
     pc = cfg.train.ppo
-    model = PPO(SlatePolicy, make_venv(cfg, world, 0), n_steps=pc.n_steps, batch_size=pc.batch_size,
-                n_epochs=pc.n_epochs, learning_rate=pc.learning_rate, gamma=pc.gamma,
-                policy_kwargs=policy_kwargs(cfg, 0.9, world), verbose=0)
+    venv: SB3VecEnv | VecNormalize = make_venv(cfg, world, 0)
+    if pc.normalize_reward:
+        venv = VecNormalize(venv, norm_obs=False, norm_reward=True, gamma=pc.gamma)
+    model = PPO(SlatePolicy, venv, learning_rate=pc.learning_rate, n_steps=pc.n_steps, batch_size=pc.batch_size,
+                n_epochs=pc.n_epochs, gamma=pc.gamma, gae_lambda=pc.gae_lambda, clip_range=pc.clip_range,
+                ent_coef=pc.ent_coef, vf_coef=pc.vf_coef, max_grad_norm=pc.max_grad_norm, target_kl=pc.target_kl,
+                seed=0, policy_kwargs=policy_kwargs(cfg, 0.9, world), verbose=0)
     per_rollout = pc.n_envs * pc.n_steps
     model.learn(per_rollout)
-    t0 = time.perf_counter()
-    model.learn(args.rollouts * per_rollout, reset_num_timesteps=False)
-    seconds = time.perf_counter() - t0
-    out = {"threads": args.threads, "steps": args.rollouts * per_rollout, "seconds": round(seconds, 2),
-           "steps_per_s": round(args.rollouts * per_rollout / seconds, 1), "n_envs": pc.n_envs, "n_steps": pc.n_steps,
+    split = _Split()
+    rates = []
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        model.learn(args.rollouts * per_rollout, reset_num_timesteps=False, callback=split)
+        rates.append(round(args.rollouts * per_rollout / (time.perf_counter() - t0), 1))
+    out = {"threads": args.threads, "steps": args.rollouts * per_rollout, "repeats": args.repeats,
+           "steps_per_s": statistics.median(rates), "runs": rates, "collect_s": round(split.collect_s, 2),
+           "update_s": round(split.update_s, 2), "n_envs": pc.n_envs, "n_steps": pc.n_steps,
            "batch_size": pc.batch_size, "n_epochs": pc.n_epochs}
     print(json.dumps(out))
     return out
