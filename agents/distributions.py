@@ -12,13 +12,18 @@ Masked candidates (``mask`` False) get ``s = -inf``: probability zero at every s
 ``β`` (B,) >= 0, the k-th pick is drawn from ``softmax(s_j − β·c_k(g_j))`` over the candidates not yet placed,
 where ``c_k(g)`` counts the earlier picks of group ``g``: every repeat of a group lowers its later chances, so the
 policy can express "diverse slates" that independent per-candidate scores cannot. ``β = 0`` is plain
-Plackett-Luce. Sampling is then sequential (fresh Gumbel noise per position), and the log-probability, mode and
-entropy follow the same sequence; all stay exact.
+Plackett-Luce. All of sampling, log-probability, mode and entropy stay exact.
 
+**How it is computed.** Within a group every unplaced candidate carries the same penalty, so each step's
+normaliser is a sum over the G groups of ``exp(−β·c_k(g))`` times the group's unplaced mass: the log-probability
+and the path entropy cost O(B·K·G) after one O(B·N) pass (per-group sums of ``exp`` logits, in float64), instead
+of K softmaxes over N. Sampling with repulsion goes group first: a group ∝ its repulsion-weighted unplaced mass,
+then a candidate of that group ∝ ``exp(s_j)`` among its unplaced ones (on CPU a compiled loop,
+:mod:`agents._pl_kernels`; elsewhere torch ops with a Gumbel order per group). The mode is the greedy walk.
 Without repulsion, sampling uses the Gumbel-top-K trick: ``top_k(s + G)`` with i.i.d. standard Gumbel noise
-``G`` is an exact Plackett-Luce sample, in one vectorised call. The uniforms behind ``G`` are drawn from
-``self.generator`` when one is set (see :meth:`PlackettLuceDistribution.set_generator`; it must live on
-the logits' device), else from torch's default RNG (which SB3 seeds through ``set_random_seed``).
+``G`` is an exact Plackett-Luce sample, in one vectorised call. Uniforms are drawn from ``self.generator`` when
+one is set (see :meth:`PlackettLuceDistribution.set_generator`; it must live on the logits' device), else from
+torch's default RNG (which SB3 seeds through ``set_random_seed``).
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ class PlackettLuceDistribution(Distribution):
 
         H_hat = sum_k H( softmax(s over candidates not in x_1..x_{k-1}) )
 
-    With ``entropy_estimator="sample"`` (default) ``x`` is a fresh Gumbel-top-K sample, so by the chain rule
+    With ``entropy_estimator="sample"`` (default) ``x`` is a fresh sample of the distribution, so by the chain rule
     ``E_x[H_hat] = H(P)``: an unbiased estimate of the entropy's value. Gradients flow through the
     conditional softmaxes only (not through the choice of ``x``), so the gradient is that of the
     "path-wise" conditional entropies, a standard, well-behaved exploration bonus for PPO. With
