@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 import numpy as np
 from scipy.special import gammaincinv
@@ -20,8 +19,8 @@ from encoders.base import TextEncoder
 from envs import rng
 from envs.kernels import (
     SessionState,
-    StepOutputs,
     StepParams,
+    StepResult,
     build_sessions,
     gather_features,
     slate_error_row,
@@ -94,37 +93,6 @@ def _prev_prime(n: int) -> int:
     while n > 2 and any(n % d == 0 for d in range(2, int(n**0.5) + 1)):
         n -= 1
     return n
-
-
-@dataclass
-class StepResult:
-    """What one batched step returns (arrays are views of the core's buffers; copy to keep).
-
-    Attributes:
-        reward: float32 (B,).
-        terminated: bool (B,) the user left (budget exhausted).
-        truncated: bool (B,) the step limit was reached.
-        items: int64 (B, K) catalog ids of the shown slate.
-        click_rank: int64 (B,) rank of the click, -1 for none.
-        clicks: bool (B, K).
-        purchases: bool (B, K).
-        dwell: float32 (B, K) seconds.
-        reward_click: float32 (B,) click part of the reward.
-        reward_purchase: float32 (B,) purchase part.
-        reward_dwell: float32 (B,) dwell part.
-    """
-
-    reward: np.ndarray
-    terminated: np.ndarray
-    truncated: np.ndarray
-    items: np.ndarray
-    click_rank: np.ndarray
-    clicks: np.ndarray
-    purchases: np.ndarray
-    dwell: np.ndarray
-    reward_click: np.ndarray
-    reward_purchase: np.ndarray
-    reward_dwell: np.ndarray
 
 
 class BatchedCore:
@@ -405,7 +373,7 @@ class BatchedCore:
         z_sat = rng.normal(keys, t, rng.SATISFACTION)
         z_dwell = rng.normal(keys, t, rng.DWELL)
         f32 = np.float32
-        out = StepOutputs(
+        out = StepResult(
             reward=np.empty(b, f32), terminated=np.empty(b, bool), truncated=np.empty(b, bool),
             items=np.empty((b, k), np.int64), click_rank=np.empty(b, np.int64), clicks=np.empty((b, k), bool),
             purchases=np.empty((b, k), bool), dwell=np.empty((b, k), f32), reward_click=np.empty(b, f32),
@@ -418,4 +386,4 @@ class BatchedCore:
                           self._category, self._log1p_price, self.world.item_emb, self._gram, use_gram, lo, hi)
 
         split_rows(b, advance, self.threads)
-        return StepResult(**out._asdict())
+        return out

@@ -154,6 +154,17 @@ def gather_features(
 # ---- session start -----------------------------------------------------------------------------------------------
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _take_unseen(ranked: np.ndarray, mark: np.ndarray, chosen: np.ndarray, got: int) -> int:
+    """Append the ids of ``ranked`` not yet marked to ``chosen[got:]`` (marking them), until it is full."""
+    for x in ranked:
+        if got < chosen.shape[0] and not mark[x]:
+            mark[x] = True
+            chosen[got] = x
+            got += 1
+    return got
+
+
 @numba.njit(cache=True, nogil=True)
 def build_sessions(
     rows: np.ndarray,
@@ -230,18 +241,8 @@ def build_sessions(
             if history[r, j] >= 0:
                 mark[history[r, j]] = True
         got = 0
-        for j in range(min(n_llm + n_hist, llm_top.shape[1])):
-            x = llm_top[user, j]
-            if got < n_slots and not mark[x]:
-                mark[x] = True
-                chosen[got] = x
-                got += 1
-        for j in range(min(n_cf + n_hist, cf_top.shape[1])):
-            x = cf_top[user, j]
-            if got < n_slots and not mark[x]:
-                mark[x] = True
-                chosen[got] = x
-                got += 1
+        got = _take_unseen(llm_top[user, : n_llm + n_hist], mark, chosen, got)
+        got = _take_unseen(cf_top[user, : n_cf + n_hist], mark, chosen, got)
         if n_pop > 0:
             base = _stream(key, 0, 8)
             for j in range(n_pop):
@@ -400,8 +401,22 @@ class SessionState(NamedTuple):
     skip_streak: np.ndarray
 
 
-class StepOutputs(NamedTuple):
-    """Buffers the step kernel writes (see ``envs.core.StepResult``)."""
+class StepResult(NamedTuple):
+    """What one batched step returns (fresh arrays each step; the step kernel writes them).
+
+    Attributes:
+        reward: float32 (B,).
+        terminated: bool (B,) the user left (budget exhausted).
+        truncated: bool (B,) the step limit was reached.
+        items: int64 (B, K) catalog ids of the shown slate.
+        click_rank: int64 (B,) rank of the click, -1 for none.
+        clicks: bool (B, K).
+        purchases: bool (B, K).
+        dwell: float32 (B, K) seconds.
+        reward_click: float32 (B,) click part of the reward.
+        reward_purchase: float32 (B,) purchase part.
+        reward_dwell: float32 (B,) dwell part.
+    """
 
     reward: np.ndarray
     terminated: np.ndarray
@@ -436,7 +451,7 @@ def step_sessions(
     z_sat: np.ndarray,
     z_dwell: np.ndarray,
     st: SessionState,
-    out: StepOutputs,
+    out: StepResult,
     prm: StepParams,
     pos_w: np.ndarray,
     category: np.ndarray,
