@@ -1,8 +1,11 @@
 """The batched simulator core: B user sessions stepped at once, over preallocated arrays.
 
-The env classes only orchestrate this core (RecSim's separation, batched; PufferLib's preallocation). The
-user's response lives in :mod:`envs.response`, the dynamics in :mod:`envs.dynamics`, randomness in
-:mod:`envs.rng`. See DESIGN_NOTES.md for why per-row (M,) affinity vectors replace (B, N, D) gathers.
+The env classes only orchestrate this core (RecSim's separation, batched; PufferLib's preallocation). The hot
+path (session start, step, observation) runs as compiled per-row kernels (:mod:`envs.kernels`) split over
+threads; the same rules as plain numpy functions are :mod:`envs.response` (choice, dwell, purchase) and
+:mod:`envs.dynamics` (fatigue, budget, drift), and the whole numpy core the kernels are checked against is
+``tests/reference_core.py``. Randomness: :mod:`envs.rng`. See DESIGN_NOTES.md for why per-session slot arrays
+and an item Gram matrix replace (B, N, D) gathers.
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""User dynamics within a session: fatigue, budget and interest drift. Pure functions over batched arrays."""
+"""User dynamics within a session: fatigue, budget and interest drift. Pure functions over batched arrays.
+
+The simulator's step runs these rules compiled, per row (``envs.kernels.step_sessions``); these numpy forms are
+their readable statement, used by the reference core the kernels are tested against.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,8 @@
 """The user's response to a slate: pure functions over batched arrays (RecSim's choice model, batched).
 
+The simulator's step runs these rules compiled, per row (``envs.kernels.step_sessions``); these numpy forms are
+their readable statement, used by the reference core the kernels are tested against and by calibration.
+
 Nothing here holds state or draws random numbers itself: uniforms and normals come in as arguments, so
 each piece can be tested with hand-picked values.
 """
