@@ -41,6 +41,7 @@ RECENT = 5
 MIN_ROWS_PER_THREAD = 64
 
 _POOL: ThreadPoolExecutor | None = None
+_POOL_PID = 0  # the process that made _POOL: a forked child has the object but not its threads
 
 
 def kernel_threads() -> int:
@@ -71,13 +72,14 @@ def split_rows(n: int, call: Callable[[int, int], None], threads: int) -> None:
         call: Processes rows ``lo:hi`` (a GIL-releasing kernel call).
         threads: Upper bound on the ranges (each at least :data:`MIN_ROWS_PER_THREAD` rows).
     """
-    global _POOL
+    global _POOL, _POOL_PID
     parts = max(1, min(threads, n // MIN_ROWS_PER_THREAD))
     if parts == 1:
         call(0, n)
         return
-    if _POOL is None or _POOL._max_workers < parts - 1:
+    if _POOL is None or _POOL_PID != os.getpid() or _POOL._max_workers < parts - 1:
         _POOL = ThreadPoolExecutor(max_workers=parts - 1, thread_name_prefix="recfeed-kernel")
+        _POOL_PID = os.getpid()
     bounds = [n * i // parts for i in range(parts + 1)]
     futures = [_POOL.submit(call, bounds[i], bounds[i + 1]) for i in range(1, parts)]
     call(bounds[0], bounds[1])

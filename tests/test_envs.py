@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import time
 
 import gymnasium as gym
 import numpy as np
@@ -430,3 +432,31 @@ def test_kernel_threads_do_not_change_results(small_cfg: EnvConfig, small_world:
     monkeypatch.setenv("RECFEED_ENV_THREADS", "zero")
     with pytest.raises(ValueError, match="RECFEED_ENV_THREADS"):
         envs.RecVectorEnv(4, config=small_cfg, world=small_world)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_kernel_threads_work_in_a_forked_child(small_cfg: EnvConfig, small_world: World,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A child forked after the parent's kernels used their thread pool steps the env too (no deadlock)."""
+    monkeypatch.setenv("RECFEED_ENV_THREADS", "2")
+    env = envs.RecVectorEnv(200, config=small_cfg, world=small_world)
+    want = rollout(env, 3, seed=4)  # the parent's pool now exists
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: same rollout, report whether it matches
+        ok = False
+        try:
+            got = rollout(envs.RecVectorEnv(200, config=small_cfg, world=small_world), 3, seed=4)
+            ok = all(np.array_equal(u, v) for x, y in zip(want, got, strict=True) for u, v in zip(x, y, strict=True))
+        finally:
+            os.write(write, b"1" if ok else b"0")
+            os._exit(0)
+    os.close(write)
+    deadline = time.monotonic() + 60
+    while os.waitpid(pid, os.WNOHANG) == (0, 0):
+        if time.monotonic() > deadline:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child did not finish its rollout within 60 s")
+        time.sleep(0.05)
+    assert os.read(read, 1) == b"1"
