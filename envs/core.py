@@ -241,16 +241,26 @@ class BatchedCore:
             rows: int (r,) row indices.
             keys: uint64 (r,) episode keys (all randomness of the session derives from them).
             users: int (r,) population indices; default: drawn from the keys.
+
+        Raises:
+            ValueError: Rows outside the batch or repeated, or ``keys`` / ``users`` not one per row, or a user
+                outside the population (checked here: the compiled kernel does not bounds-check).
         """
-        rows = np.asarray(rows, dtype=np.int64)
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
         if rows.size == 0:
             return
-        keys = np.asarray(keys, dtype=np.uint64)
+        if rows.min() < 0 or rows.max() >= self.B or np.unique(rows).size != rows.size:
+            raise ValueError(f"rows must be distinct indices in [0, {self.B}), got {rows.tolist()[:10]}")
+        keys = np.asarray(keys, dtype=np.uint64).reshape(-1)
+        if keys.shape != rows.shape:
+            raise ValueError(f"got {keys.size} keys for {rows.size} rows")
         pop, tab, um = self.pop, self.tables, self.cfg.user_model
         if users is None:
             users = rng.integers(keys, 0, rng.USER, pop.size)
-        users = np.asarray(users, dtype=np.int64)
-        if users.size and (users.min() < 0 or users.max() >= pop.size):
+        users = np.asarray(users, dtype=np.int64).reshape(-1)
+        if users.shape != rows.shape:
+            raise ValueError(f"got {users.size} users for {rows.size} rows")
+        if users.min() < 0 or users.max() >= pop.size:
             raise ValueError(f"user index out of range [0, {pop.size})")
         u = rng.uniform(keys, 0, rng.BUDGET)
         scale = um.budget_mean / um.budget_shape

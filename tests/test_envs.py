@@ -460,3 +460,23 @@ def test_kernel_threads_work_in_a_forked_child(small_cfg: EnvConfig, small_world
             pytest.fail("the forked child did not finish its rollout within 60 s")
         time.sleep(0.05)
     assert os.read(read, 1) == b"1"
+
+
+def test_reset_rows_rejects_bad_rows_keys_and_users(small_cfg: EnvConfig, small_world: World) -> None:
+    """The compiled session start does not bounds-check, so bad indices must be refused before it runs."""
+    core = make_core(small_cfg, small_world, b=8)
+    before = core.slot_items.copy()
+    key = np.array([1], np.uint64)
+    with pytest.raises(ValueError, match=r"rows must be distinct indices in \[0, 8\)"):
+        core.reset_rows(np.array([8]), key)
+    with pytest.raises(ValueError, match="rows must be distinct"):
+        core.reset_rows(np.array([-1]), key)
+    with pytest.raises(ValueError, match="rows must be distinct"):
+        core.reset_rows(np.array([2, 2]), np.array([1, 2], np.uint64))
+    with pytest.raises(ValueError, match="got 1 keys for 2 rows"):
+        core.reset_rows(np.array([1, 2]), key)
+    with pytest.raises(ValueError, match="got 1 users for 2 rows"):
+        core.reset_rows(np.array([1, 2]), np.array([1, 2], np.uint64), users=np.array([0]))
+    with pytest.raises(ValueError, match="user index out of range"):
+        core.reset_rows(np.array([1]), key, users=np.array([core.pop.size]))
+    assert np.array_equal(core.slot_items, before)  # nothing was written
