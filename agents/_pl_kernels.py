@@ -2,7 +2,8 @@
 
 One pass per row, no (B, N) temporaries: see :meth:`agents.distributions.PlackettLuceDistribution._sample_groups`
 for the scheme (a group by inverse CDF over its repulsion-weighted unplaced mass, then a candidate of that group
-by inverse CDF over its unplaced ``exp`` logits; two uniforms per row and step).
+by inverse CDF over its unplaced ``exp`` logits; two uniforms per row and step); and the per-group arithmetic of
+the log-probability and path entropy with its gradient (:class:`agents.distributions._PathTermsCPU`).
 """
 
 from __future__ import annotations
@@ -87,3 +88,147 @@ def sample_groups(x: np.ndarray, groups: np.ndarray, beta: np.ndarray, u: np.nda
             left[chosen] -= 1
             counts[chosen] += 1
         log_prob[r] = total
+
+
+@numba.njit(cache=True, nogil=True)
+def _row_steps(big_s: np.ndarray, big_t: np.ndarray, e_a: np.ndarray, xe_a: np.ndarray, g_a: np.ndarray,
+               beta: float, r: int, raw: np.ndarray, t: np.ndarray, cnt: np.ndarray, z: np.ndarray,
+               m: np.ndarray, with_entropy: bool, pw: np.ndarray, cum_e: np.ndarray, cum_xe: np.ndarray,
+               counts: np.ndarray) -> None:
+    """Row r's per-step, per-group quantities of :func:`path_terms_forward` (into the (K, G) / (K,) scratch);
+    ``pw[c] = exp(−β·c)`` for the K possible counts."""
+    kk, n_g = raw.shape
+    cum_e[:] = 0.0
+    cum_xe[:] = 0.0
+    counts[:] = 0.0
+    for c in range(kk):
+        pw[c] = math.exp(-beta * float(c))
+    for k in range(kk):
+        zk = 0.0
+        mk = 0.0
+        for g in range(n_g):
+            rs = big_s[r, g] - cum_e[g]
+            raw[k, g] = rs
+            sc = rs if rs > 0.0 else 0.0
+            cnt[k, g] = counts[g]
+            w = pw[int(counts[g])]
+            zk += w * sc
+            if with_entropy:
+                tk = big_t[r, g] - cum_xe[g]
+                t[k, g] = tk
+                mk += w * (tk - beta * counts[g] * sc)
+        z[k] = zk
+        m[k] = mk
+        ga = g_a[r, k]
+        cum_e[ga] += e_a[r, k]
+        cum_xe[ga] += xe_a[r, k]
+        counts[ga] += 1.0
+
+
+@numba.njit(cache=True, nogil=True)
+def path_terms_forward(big_s: np.ndarray, big_t: np.ndarray, e_a: np.ndarray, xe_a: np.ndarray, x_a: np.ndarray,
+                       g_a: np.ndarray, beta: np.ndarray, with_entropy: bool, log_p: np.ndarray,
+                       entropy: np.ndarray) -> None:
+    """The K conditional softmaxes along a path, per group (see ``PlackettLuceDistribution._path_terms``).
+
+    Args:
+        big_s, big_t: float64 (B, G) per-group sums of ``e`` and ``e·x``.
+        e_a, xe_a, x_a: float64 (B, K) ``e``, ``e·x`` and ``x`` of the path's picks (``e_a`` / ``xe_a`` zero on
+            invalid paths).
+        g_a: int64 (B, K) the picks' groups.
+        beta: float64 (B,) β (zeros without repulsion).
+        with_entropy: Also compute the entropy.
+        log_p: float64 (B, K) output, per step.
+        entropy: float64 (B,) output (left untouched without ``with_entropy``).
+    """
+    b, kk = x_a.shape
+    n_g = big_s.shape[1]
+    raw = np.empty((kk, n_g))
+    t = np.empty((kk, n_g))
+    cnt = np.empty((kk, n_g))
+    z = np.empty(kk)
+    m = np.empty(kk)
+    pw = np.empty(kk)
+    cum_e = np.empty(n_g)
+    cum_xe = np.empty(n_g)
+    counts = np.empty(n_g)
+    for r in range(b):
+        _row_steps(big_s, big_t, e_a, xe_a, g_a, beta[r], r, raw, t, cnt, z, m, with_entropy, pw, cum_e, cum_xe,
+                   counts)
+        ent = 0.0
+        for k in range(kk):
+            zc = z[k] if z[k] >= 1e-300 else 1e-300
+            log_z = math.log(zc)
+            log_p[r, k] = x_a[r, k] - beta[r] * cnt[k, g_a[r, k]] - log_z
+            if with_entropy:
+                ent += log_z - m[k] / zc
+        if with_entropy:
+            entropy[r] = ent
+
+
+@numba.njit(cache=True, nogil=True)
+def path_terms_backward(big_s: np.ndarray, big_t: np.ndarray, e_a: np.ndarray, xe_a: np.ndarray,
+                        g_a: np.ndarray, beta: np.ndarray, with_entropy: bool, grad_log_p: np.ndarray,
+                        grad_entropy: np.ndarray, d_s: np.ndarray, d_t: np.ndarray, d_e: np.ndarray,
+                        d_xe: np.ndarray, d_x: np.ndarray, d_beta: np.ndarray) -> None:
+    """Gradients of :func:`path_terms_forward`'s outputs (weighted by ``grad_log_p`` (B, K) and ``grad_entropy``
+    (B,)) with respect to ``big_s``, ``big_t`` (B, G), ``e_a``, ``xe_a``, ``x_a`` (B, K) and ``beta`` (B,), into the
+    ``d_*`` outputs. The clamps of the forward (unplaced mass at 0, the normaliser at 1e-300) pass the gradient
+    where the value is at or above the bound, as ``torch.clamp`` does."""
+    b, kk = e_a.shape
+    n_g = big_s.shape[1]
+    raw = np.empty((kk, n_g))
+    t = np.empty((kk, n_g))
+    cnt = np.empty((kk, n_g))
+    z = np.empty(kk)
+    m = np.empty(kk)
+    acc_s = np.empty(n_g)  # sum over later steps of d raw_k[g]
+    acc_t = np.empty(n_g)
+    pw = np.empty(kk)
+    cum_e = np.empty(n_g)
+    cum_xe = np.empty(n_g)
+    counts = np.empty(n_g)
+    for r in range(b):
+        be = beta[r]
+        _row_steps(big_s, big_t, e_a, xe_a, g_a, be, r, raw, t, cnt, z, m, with_entropy, pw, cum_e, cum_xe, counts)
+        acc_s[:] = 0.0
+        acc_t[:] = 0.0
+        db = 0.0
+        for k in range(kk - 1, -1, -1):
+            ga = g_a[r, k]
+            # step k's picks are removed from the steps after it
+            d_e[r, k] = -acc_s[ga]
+            d_xe[r, k] = -acc_t[ga]
+            a = grad_log_p[r, k]
+            d_x[r, k] = a
+            db -= a * cnt[k, ga]
+            zc = z[k] if z[k] >= 1e-300 else 1e-300
+            d_log_z = -a
+            d_m = 0.0
+            d_zc = 0.0
+            if with_entropy:
+                h = grad_entropy[r]
+                d_log_z += h
+                d_m = -h / zc
+                d_zc = h * m[k] / (zc * zc)
+            d_zc += d_log_z / zc
+            d_z = d_zc if z[k] >= 1e-300 else 0.0
+            for g in range(n_g):
+                rs = raw[k, g]
+                sc = rs if rs > 0.0 else 0.0
+                c = cnt[k, g]
+                w = pw[int(c)]
+                d_sc = d_z * w
+                d_w = d_z * sc
+                if with_entropy:
+                    d_w += d_m * (t[k, g] - be * c * sc)
+                    acc_t[g] += d_m * w
+                    d_sc -= d_m * be * c * w
+                    db -= d_m * w * c * sc
+                db -= d_w * c * w
+                if rs >= 0.0:
+                    acc_s[g] += d_sc
+        for g in range(n_g):
+            d_s[r, g] = acc_s[g]
+            d_t[r, g] = acc_t[g]
+        d_beta[r] = db

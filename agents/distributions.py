@@ -17,7 +17,8 @@ Plackett-Luce. All of sampling, log-probability, mode and entropy stay exact.
 **How it is computed.** Within a group every unplaced candidate carries the same penalty, so each step's
 normaliser is a sum over the G groups of ``exp(−β·c_k(g))`` times the group's unplaced mass: the log-probability
 and the path entropy cost O(B·K·G) after one O(B·N) pass (per-group sums of ``exp`` logits, in float64), instead
-of K softmaxes over N. Sampling with repulsion goes group first: a group ∝ its repulsion-weighted unplaced mass,
+of K softmaxes over N (on CPU that per-group arithmetic, forward and backward, is a compiled loop,
+:class:`_PathTermsCPU`). Sampling with repulsion goes group first: a group ∝ its repulsion-weighted unplaced mass,
 then a candidate of that group ∝ ``exp(s_j)`` among its unplaced ones (on CPU a compiled loop,
 :mod:`agents._pl_kernels`; elsewhere torch ops with a Gumbel order per group). The mode is the greedy walk.
 Without repulsion, sampling uses the Gumbel-top-K trick: ``top_k(s + G)`` with i.i.d. standard Gumbel noise
@@ -36,6 +37,49 @@ from stable_baselines3.common.distributions import Distribution
 from torch import nn
 
 EntropyEstimator = Literal["sample", "mode"]
+
+
+class _PathTermsCPU(th.autograd.Function):
+    """:meth:`PlackettLuceDistribution._path_terms`' per-group arithmetic on CPU, by the compiled kernels
+    :func:`agents._pl_kernels.path_terms_forward` / ``path_terms_backward``: one pass per row over (K, G), instead of
+    ~40 torch ops over (B, K, G) tensors forward and as many backward. The same function (the same float64
+    operations, in the same order up to the sum over G) and its analytic gradient; the torch ops remain the
+    reference and the path on other devices (a test compares values and gradients).
+
+    ``forward(big_s, big_t (B, G), e_a, xe_a, x_a (B, K), beta (B,), g_a int64 (B, K), entropy: bool)`` →
+    ``(log_p (B, K), entropy (B,))`` (entropy zeros unless asked).
+    """
+
+    @staticmethod
+    def forward(ctx: object, big_s: th.Tensor, big_t: th.Tensor, e_a: th.Tensor, xe_a: th.Tensor, x_a: th.Tensor,
+                beta: th.Tensor, g_a: th.Tensor, entropy: bool) -> tuple[th.Tensor, th.Tensor]:
+        from agents._pl_kernels import path_terms_forward
+
+        ins = [v.detach().contiguous() for v in (big_s, big_t, e_a, xe_a, x_a, g_a, beta)]
+        log_p = th.empty(x_a.shape, dtype=th.float64)
+        ent = th.zeros(x_a.shape[0], dtype=th.float64)
+        path_terms_forward(*(v.numpy() for v in ins), bool(entropy), log_p.numpy(), ent.numpy())
+        big_s_, big_t_, e_a_, xe_a_, _, g_a_, beta_ = ins
+        ctx.save_for_backward(big_s_, big_t_, e_a_, xe_a_, g_a_, beta_)  # type: ignore[attr-defined]
+        ctx.entropy = bool(entropy)  # type: ignore[attr-defined]
+        return log_p, ent
+
+    @staticmethod
+    def backward(ctx: object, grad_log_p: th.Tensor | None,
+                 grad_ent: th.Tensor | None) -> tuple[th.Tensor | None, ...]:
+        from agents._pl_kernels import path_terms_backward
+
+        big_s, big_t, e_a, xe_a, g_a, beta = ctx.saved_tensors  # type: ignore[attr-defined]
+        b, kk = e_a.shape
+        gl = th.zeros(b, kk, dtype=th.float64) if grad_log_p is None else grad_log_p.double().contiguous()
+        gh = th.zeros(b, dtype=th.float64) if grad_ent is None else grad_ent.double().contiguous()
+        d_s, d_t = th.empty_like(big_s), th.empty_like(big_t)
+        d_e, d_xe, d_x = th.empty_like(e_a), th.empty_like(e_a), th.empty_like(e_a)
+        d_beta = th.empty_like(beta)
+        path_terms_backward(big_s.numpy(), big_t.numpy(), e_a.numpy(), xe_a.numpy(), g_a.numpy(), beta.numpy(),
+                            ctx.entropy, gl.numpy(), gh.numpy(), d_s.numpy(), d_t.numpy(),  # type: ignore[attr-defined]
+                            d_e.numpy(), d_xe.numpy(), d_x.numpy(), d_beta.numpy())
+        return d_s, d_t, d_e, d_xe, d_x, d_beta, None, None
 
 
 class PlackettLuceDistribution(Distribution):
@@ -86,6 +130,7 @@ class PlackettLuceDistribution(Distribution):
         self._stats: tuple[th.Tensor, th.Tensor, th.Tensor, th.Tensor, th.Tensor | None] | None = None
         self._groups_count: int | None = None
         self._stats_have_grad = False
+        self.use_compiled = True  # on CPU, the path terms by the compiled kernels (False: the torch ops)
 
     def set_generator(self, generator: th.Generator | None) -> None:
         """Use ``generator`` (or, with ``None``, torch's default RNG) for all later sampling.
@@ -251,13 +296,19 @@ class PlackettLuceDistribution(Distribution):
         x_a = x.gather(1, path)  # (B, K)
         invalid = (first.gather(1, path) < steps).any(dim=1) | th.isneginf(x_a).any(dim=1)
         g_a = g.gather(1, path)  # (B, K)
+        e_a = th.where(invalid.unsqueeze(1), 0.0, e.gather(1, path))  # (B, K); invalid paths remove nothing
+        xe_a = th.where(invalid.unsqueeze(1), 0.0, e_a * th.where(th.isneginf(x_a), 0.0, x_a)) if entropy else None
+        if x.device.type == "cpu" and self.use_compiled:
+            beta_in = beta if beta is not None else th.zeros(b, dtype=x.dtype)
+            log_p, ent = _PathTermsCPU.apply(big_s, big_t, e_a, xe_a if xe_a is not None else th.zeros_like(e_a),
+                                             x_a, beta_in, g_a, entropy)
+            return log_p, ent, invalid
         onehot = (g_a.unsqueeze(2) == th.arange(n_g, device=x.device)).to(x.dtype)  # (B, K, G)
         pad = th.zeros(b, 1, n_g, dtype=x.dtype, device=x.device)
 
         def before(v: th.Tensor) -> th.Tensor:  # exclusive cumulative sum over K of (B, K, G)
             return th.cat([pad, v[:, :-1].cumsum(dim=1)], dim=1)
 
-        e_a = th.where(invalid.unsqueeze(1), 0.0, e.gather(1, path))  # (B, K); invalid paths remove nothing
         s_k = (big_s.unsqueeze(1) - before(onehot * e_a.unsqueeze(2))).clamp(min=0.0)  # (B, K, G)
         if beta is None:
             w = None
@@ -272,8 +323,7 @@ class PlackettLuceDistribution(Distribution):
         eff_a = x_a if c_a is None or beta is None else x_a - beta.unsqueeze(1) * c_a
         log_p = eff_a - log_z
         ent = th.zeros(b, dtype=x.dtype, device=x.device)
-        if entropy:
-            xe_a = th.where(invalid.unsqueeze(1), 0.0, e_a * th.where(th.isneginf(x_a), 0.0, x_a))
+        if xe_a is not None:
             t_k = big_t.unsqueeze(1) - before(onehot * xe_a.unsqueeze(2))  # (B, K, G)
             if w is None or beta is None:
                 mean_eff = t_k.sum(dim=2) / z.clamp(min=1e-300)
