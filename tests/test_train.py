@@ -68,3 +68,47 @@ def test_bad_config_is_a_clear_error(cache: Path, capsys: pytest.CaptureFixture[
         train.main(["--config", str(SMOKE), "--set", "train.ppo.n_epochz=2", "--out", str(cache)])
     with pytest.raises(SystemExit, match="not a run directory"):
         train.main(["--resume", str(cache / "nowhere")])
+
+
+def test_reward_normalize_is_vecnormalize_without_observation_copies() -> None:
+    """RewardNormalize passes the env's (new every step) observations on as they are; rewards, dones, infos and
+    the running statistics are VecNormalize's."""
+    import gymnasium as gym
+    from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+
+    from agents.training import RewardNormalize
+
+    class Toy(gym.Env):
+        observation_space = gym.spaces.Dict({"a": gym.spaces.Box(-1.0, 1.0, (3,)), "b": gym.spaces.Box(0.0, 1.0, (2,))})
+        action_space = gym.spaces.Discrete(2)
+
+        def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[dict, dict]:
+            super().reset(seed=seed)
+            self.t = 0
+            return self._obs(), {}
+
+        def _obs(self) -> dict:
+            return {"a": self.np_random.uniform(-1, 1, 3).astype(np.float32),
+                    "b": self.np_random.uniform(0, 1, 2).astype(np.float32)}
+
+        def step(self, action: int) -> tuple[dict, float, bool, bool, dict]:
+            self.t += 1
+            return self._obs(), float(self.np_random.normal()), self.t % 5 == 0, False, {}
+
+    def make() -> DummyVecEnv:
+        venv = DummyVecEnv([Toy for _ in range(3)])
+        venv.seed(0)
+        return venv
+
+    ours, ref = RewardNormalize(make(), norm_obs=False, gamma=0.9), VecNormalize(make(), norm_obs=False, gamma=0.9)
+    np.testing.assert_equal(ours.reset(), ref.reset())
+    for _ in range(12):
+        a = np.array([0, 1, 0])
+        o1, r1, d1, i1 = ours.step(a)
+        o2, r2, d2, i2 = ref.step(a)
+        np.testing.assert_equal(o1, o2)
+        np.testing.assert_array_equal(r1, r2)
+        np.testing.assert_array_equal(d1, d2)
+        np.testing.assert_equal(i1, i2)
+        assert o1 is ours.old_obs  # not copied
+    np.testing.assert_array_equal(ours.ret_rms.var, ref.ret_rms.var)
