@@ -15,11 +15,9 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from scipy.special import gammaincinv
 
 from configs.schema import EnvConfig
 from encoders.base import TextEncoder
-from envs import rng
 from envs.kernels import (
     SessionState,
     StepParams,
@@ -160,6 +158,7 @@ class BatchedCore:
         self._rows = np.arange(batch_size)
         self.threads = kernel_threads()
         self._a_rho = (um.affinity_scale * self.pop.rho).astype(np.float32)
+        self._history = np.ascontiguousarray(self.pop.history if self.H else np.zeros((self.pop.size, 0)), np.int64)
         self._pop_top = np.ascontiguousarray(world.popular_items[: max(3 * int(self._part_sizes[2]), 1)])
         gram = world.gram
         self._gram = gram if gram is not None else np.zeros((1, 1), np.float32)
@@ -181,7 +180,7 @@ class BatchedCore:
         self._params = self._params._replace(**{k: float(v) for k, v in self._params._asdict().items()
                                                 if StepParams.__annotations__[k] == "float"})
         self._alloc()
-        self._session = SessionState(*(getattr(self, name) for name in SessionState._fields))
+        self._bind()
 
     # ---- state ---------------------------------------------------------------------------------------------
     #
@@ -215,7 +214,7 @@ class BatchedCore:
         self.fatigue = np.zeros((b, c), f32)
         self.exposure = np.zeros((b, c), f32)
         self.cat_clicks = np.zeros((b, c), f32)
-        self.cands = np.zeros((b, self.N), np.int64)  # catalog ids of the current candidates
+        self.cand_llm = np.zeros((b, self.N), f32)  # llm_sim of the current candidates (the step reads it)
         self.cand_slots = np.zeros((b, self.N), np.int32)
         self.cand_pos = np.zeros((b, self.N), np.int32)
         self.recent = np.full((b, RECENT), -1, np.int64)
@@ -229,10 +228,23 @@ class BatchedCore:
         self.cf_ema = np.zeros(b, f32)
         self.dwell_ema = np.zeros(b, f32)
         self.skip_streak = np.zeros(b, f32)
-        # observation buffers
-        self.obs_user = np.zeros((b, d), f32)
-        self.obs_features = np.zeros((b, self.N, len(FEATURE_NAMES)), f32)
-        self.obs_context = np.zeros((b, len(CONTEXT_NAMES)), f32)
+        self._new_obs_buffers(np.zeros)
+
+    def _new_obs_buffers(self, alloc: Callable[..., np.ndarray] = np.empty) -> None:
+        """Point the observation buffers at new arrays (written in full by the next :meth:`observe`).
+
+        The core never reads them back, so the arrays :meth:`observe` returns belong to the caller once the next
+        full observation has replaced them: no copy is needed to keep them.
+        """
+        b, f32 = self.B, np.float32
+        self.obs_user = alloc((b, self.D), f32)  # the pooled state, normalised
+        self.cands = alloc((b, self.N), np.int64)  # catalog ids of the current candidates
+        self.obs_features = alloc((b, self.N, len(FEATURE_NAMES)), f32)
+        self.obs_context = alloc((b, len(CONTEXT_NAMES)), f32)
+
+    def _bind(self) -> None:
+        """(Re)build the tuple of arrays the kernels take from the current attributes."""
+        self._session = SessionState(*(getattr(self, name) for name in SessionState._fields))
 
     def reset_rows(self, rows: np.ndarray, keys: np.ndarray, users: np.ndarray | None = None) -> None:
         """Start new sessions in ``rows``.
@@ -249,30 +261,29 @@ class BatchedCore:
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)
         if rows.size == 0:
             return
-        if rows.min() < 0 or rows.max() >= self.B or np.unique(rows).size != rows.size:
+        ordered = rows[0] >= 0 and rows[-1] < self.B and bool((rows[1:] > rows[:-1]).all())  # the usual case
+        if not ordered and (rows.min() < 0 or rows.max() >= self.B or np.unique(rows).size != rows.size):
             raise ValueError(f"rows must be distinct indices in [0, {self.B}), got {rows.tolist()[:10]}")
         keys = np.asarray(keys, dtype=np.uint64).reshape(-1)
         if keys.shape != rows.shape:
             raise ValueError(f"got {keys.size} keys for {rows.size} rows")
         pop, tab, um = self.pop, self.tables, self.cfg.user_model
-        if users is None:
-            users = rng.integers(keys, 0, rng.USER, pop.size)
+        draw = users is None
+        if draw:  # the kernel draws them from the keys (stream USER)
+            users = np.empty(rows.size, np.int64)
         users = np.asarray(users, dtype=np.int64).reshape(-1)
         if users.shape != rows.shape:
             raise ValueError(f"got {users.size} users for {rows.size} rows")
-        if users.min() < 0 or users.max() >= pop.size:
+        if not draw and (users.min() < 0 or users.max() >= pop.size):
             raise ValueError(f"user index out of range [0, {pop.size})")
-        u = rng.uniform(keys, 0, rng.BUDGET)
-        scale = um.budget_mean / um.budget_shape
-        budgets = gammaincinv(um.budget_shape, np.clip(u, 1e-9, 1 - 1e-9)) * scale * pop.patience[users]
-        hist = pop.history[users] if self.H else np.zeros((len(rows), 0), np.int64)
+        shape, scale = float(um.budget_shape), float(um.budget_mean / um.budget_shape)
         n_llm, n_cf, n_pop, n_rand = (int(x) for x in self._part_sizes)
         n_rand += self.S // 4 + 16
 
         def start(lo: int, hi: int) -> None:
-            build_sessions(rows, keys, users, budgets, hist, self._session, tab.packed, tab.llm_top, tab.cf_top,
-                           self._pop_top, tab.sem_mu, tab.sem_sd, self._a_rho, pop.price_sens, pop.init_state,
-                           n_llm, n_cf, n_pop, n_rand, lo, hi)
+            build_sessions(rows, keys, users, draw, self._history, pop.patience, shape, scale, self._session,
+                           tab.packed, tab.llm_top, tab.cf_top, self._pop_top, tab.sem_mu, tab.sem_sd, self._a_rho,
+                           pop.price_sens, pop.init_state, n_llm, n_cf, n_pop, n_rand, lo, hi)
 
         split_rows(len(rows), start, self.threads)
 
@@ -285,16 +296,22 @@ class BatchedCore:
     def observe(self, rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Draw the N candidates of each row's current request and build the observation.
 
+        A full observation (``rows`` None) is written into new arrays, so the arrays of the previous one are left
+        to whoever holds them; a partial one (after a partial reset) updates the current arrays' ``rows``.
+
         Args:
             rows: Only refresh these rows (after a partial reset); default all.
 
         Returns:
             ``{"user": (B, D), "candidates": (B, N) int64, "features": (B, N, F), "context": (B, C)}`` (plus
-            ``item_emb`` (B, N, D) when configured): the core's buffers, all B rows.
+            ``item_emb`` (B, N, D) when configured): the current observation arrays, all B rows.
         """
         sel: slice | np.ndarray = slice(None) if rows is None else np.asarray(rows, dtype=np.int64)
         idx = self._rows[sel]
         text = self.cfg.obs_mode == "text"
+        if rows is None:
+            self._new_obs_buffers()
+            self._bind()
 
         def gather(lo: int, hi: int) -> None:
             gather_features(idx[lo:hi], self._session, self.world.item_features, self._category, self.T, not text)
@@ -303,7 +320,8 @@ class BatchedCore:
         if text:
             state = self._text_states(idx)
             self.obs_user[sel] = state
-            self.obs_features[sel, :, F_LLM] = np.einsum("bnd,bd->bn", self.world.item_emb[self.cands[sel]], state)
+            self.cand_llm[sel] = np.einsum("bnd,bd->bn", self.world.item_emb[self.cands[sel]], state)
+            self.obs_features[sel, :, F_LLM] = self.cand_llm[sel]
         obs = {"user": self.obs_user, "candidates": self.cands, "features": self.obs_features,
                "context": self.obs_context}
         if self.cfg.obs_item_embeddings:
@@ -384,9 +402,7 @@ class BatchedCore:
             slate = validate_slate(slate, self.N, self.K)  # raises naming the row, or converts the dtype
             if slate.shape[0] != self.B:
                 raise ValueError(f"slate has {slate.shape[0]} rows for a batch of {self.B}")
-        keys, t, b, k = self.keys, self.t, self.B, self.K
-        z_sat = rng.normal(keys, t, rng.SATISFACTION)
-        z_dwell = rng.normal(keys, t, rng.DWELL)
+        b, k = self.B, self.K
         f32 = np.float32
         out = StepResult(
             reward=np.empty(b, f32), terminated=np.empty(b, bool), truncated=np.empty(b, bool),
@@ -397,7 +413,7 @@ class BatchedCore:
         use_gram = self.world.gram is not None
 
         def advance(lo: int, hi: int) -> None:
-            step_sessions(slate, z_sat, z_dwell, self._session, out, self._params, self._pos_w,
+            step_sessions(slate, self._session, out, self._params, self._pos_w,
                           self._category, self._log1p_price, self.world.item_emb, self._gram, use_gram, lo, hi)
 
         split_rows(b, advance, self.threads)

@@ -12,6 +12,19 @@ from typing import NamedTuple
 
 import numba
 import numpy as np
+from llvmlite import binding as _llvm
+from numba import types as _types
+from numba.extending import get_cython_function_address
+
+# scipy's own ``ndtri`` (the inverse normal CDF of ``envs.rng.normal``) and ``gammaincinv`` (the session budget),
+# called from compiled code through their Cython exports (``double f(double..., int skip_dispatch)``): the same
+# functions, so the kernels' draws equal the numpy ones bit for bit. Bound by symbol name (not as ctypes
+# pointers) so that the kernels stay in numba's on-disk cache.
+for _name in ("ndtri", "gammaincinv"):
+    _llvm.add_symbol(f"recfeed_scipy_{_name}", get_cython_function_address("scipy.special.cython_special", _name))
+_ndtri = _types.ExternalFunction("recfeed_scipy_ndtri", _types.float64(_types.float64, _types.int32))
+_gammaincinv = _types.ExternalFunction("recfeed_scipy_gammaincinv",
+                                       _types.float64(_types.float64, _types.float64, _types.int32))
 
 # ---- counter-based random numbers, bit-identical to envs.rng (whose docstring defines the streams) ---------------
 
@@ -46,6 +59,21 @@ def _slot_bits(base: np.uint64, j: int) -> np.uint64:
 def _uniform(word: np.uint64) -> float:
     """``envs.rng.uniform`` of one word: float64 in [0, 1)."""
     return np.float64(word >> np.uint64(11)) * _INV_2_53
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _normal(word: np.uint64) -> float:
+    """``envs.rng.normal`` of one word: float64."""
+    return _ndtri(min(max(_uniform(word), 1e-12), 1.0 - 1e-12), 0)
+
+
+@numba.njit(cache=True, nogil=True)
+def rng_normal(keys: np.ndarray, step: np.ndarray, purpose: int) -> np.ndarray:
+    """``envs.rng.normal(keys, step, purpose)`` compiled (for the bit-exactness test): float64 (r,)."""
+    out = np.empty(keys.shape[0], np.float64)
+    for i in range(keys.shape[0]):
+        out[i] = _normal(_stream(keys[i], step[i], purpose))
+    return out
 
 
 @numba.njit(cache=True, nogil=True)
@@ -104,11 +132,13 @@ def gather_features(
     Args:
         rows: int64 (r,) rows to refresh.
         st: The session arrays; writes ``cand_pos``, ``cand_slots``, ``cands``, ``obs_features``, ``obs_context``
-            of ``rows``.
+            of ``rows`` and, unless ``write_llm`` is False, ``cand_llm`` (the llm_sim column, which the step
+            reads: the core never reads the observation buffers back) and ``obs_user`` (``state / ‖state‖``).
         item_features: float32 (M, 2) popularity and price.
         category: int64 (M,).
         max_steps: T (the context's first column is ``t / T``).
-        write_llm: Write the llm_sim column (False in text mode, where it is computed from the encoded prompt).
+        write_llm: Write the llm_sim column, ``cand_llm`` and ``obs_user`` (False in text mode, where they come
+            from the encoded prompt).
     """
     n_cand = st.cands.shape[1]
     p = st.pool_slots.shape[1]
@@ -119,6 +149,10 @@ def gather_features(
         stride = 1 + np.int64(_slot_bits(base, 1) % np.uint64(p)) % (p - 1) if p > 1 else 0
         nrm = st.state_norm[b]
         inv_norm = np.float32(1.0) / nrm if nrm > 0 else np.float32(0.0)
+        if write_llm:
+            inv = np.float32(1.0) / (nrm if nrm > 0 else np.float32(1.0))
+            for d in range(st.state.shape[1]):
+                st.obs_user[b, d] = st.state[b, d] * inv
         for n in range(n_cand):
             slot = st.pool_slots[b, pos]
             item = st.slot_items[b, slot]
@@ -127,7 +161,9 @@ def gather_features(
             st.cand_slots[b, n] = slot
             st.cands[b, n] = item
             if write_llm:
-                st.obs_features[b, n, 0] = st.state_sim[b, slot] * inv_norm
+                llm = st.state_sim[b, slot] * inv_norm
+                st.cand_llm[b, n] = llm
+                st.obs_features[b, n, 0] = llm
             st.obs_features[b, n, 1] = st.cf_obs[b, slot]
             st.obs_features[b, n, 2] = item_features[item, 0]
             st.obs_features[b, n, 3] = item_features[item, 1]
@@ -170,8 +206,11 @@ def build_sessions(
     rows: np.ndarray,
     keys: np.ndarray,
     users: np.ndarray,
-    budgets: np.ndarray,
+    draw_users: bool,
     history: np.ndarray,
+    patience: np.ndarray,
+    budget_shape: float,
+    budget_scale: float,
     st: SessionState,
     tables: np.ndarray,
     llm_top: np.ndarray,
@@ -193,7 +232,7 @@ def build_sessions(
 
     For row ``b = rows[r]`` of user ``u = users[r]``: the S slot items are the first S distinct ids of the
     priority list ``llm_top[u, :n_llm+H] ++ cf_top[u, :n_cf+H] ++ pop_top[n_pop random] ++ n_rand random ids``
-    that are not in ``history[r]`` (then, in tiny catalogs only, the lowest unused ids), in the order of
+    that are not in ``history[u]`` (then, in tiny catalogs only, the lowest unused ids), in the order of
     ``argsort`` of S uniforms (random words from the row's key: ``envs.rng`` streams ``POOL`` 0, 1, 2): the first
     P are the pool's positions, the rest the reserve. The pool's items sit in slots ``0..P-1`` in catalog order
     (``pool_slots`` maps each position to its item's slot), the reserve's in slots ``P..S-1`` in drawn order.
@@ -205,9 +244,13 @@ def build_sessions(
     Args:
         rows: int64 (r,) rows to start.
         keys: uint64 (r,) episode keys.
-        users: int64 (r,) population indices.
-        budgets: float64 (r,) initial time budgets.
-        history: int64 (r, H) consumed items (excluded; negative entries are padding).
+        users: int64 (r,) population indices; written (drawn from the keys: stream USER) when ``draw_users``.
+        draw_users: Draw the users instead of reading them.
+        history: int64 (U, H) each user's consumed items (excluded; negative entries are padding).
+        patience: float32 (U,) budget multipliers.
+        budget_shape: Gamma shape of the initial budget; the budget is ``gammaincinv(shape, u) · scale ·
+            patience[u]`` for the row's BUDGET uniform ``u`` (clipped to [1e-9, 1 − 1e-9]).
+        budget_scale: Gamma scale (``budget_mean / budget_shape``).
         st: The session arrays, written for ``rows``.
         tables: float32 (U, M, 4) the population's packed tables (``PopulationTables.packed``).
         llm_top: int64 (U, L) items by LLM similarity per user.
@@ -236,10 +279,13 @@ def build_sessions(
     u = np.empty(n_slots, np.float64)
     count = np.zeros(n_slots + 1, np.int64)
     for r in range(lo, hi):
-        b, user, key = rows[r], users[r], keys[r]
+        b, key = rows[r], keys[r]
+        if draw_users:
+            users[r] = np.int64(_stream(key, 0, 1) % np.uint64(tables.shape[0]))
+        user = users[r]
         for j in range(n_hist):
-            if history[r, j] >= 0:
-                mark[history[r, j]] = True
+            if history[user, j] >= 0:
+                mark[history[user, j]] = True
         got = 0
         got = _take_unseen(llm_top[user, : n_llm + n_hist], mark, chosen, got)
         got = _take_unseen(cf_top[user, : n_cf + n_hist], mark, chosen, got)
@@ -268,8 +314,8 @@ def build_sessions(
                 got += 1
             x += 1
         for j in range(n_hist):
-            if history[r, j] >= 0:
-                mark[history[r, j]] = False
+            if history[user, j] >= 0:
+                mark[history[user, j]] = False
         for j in range(got):
             mark[chosen[j]] = False
         base = _stream(key, 2, 8)
@@ -297,7 +343,9 @@ def build_sessions(
             st.seen[b, s] = 0.0
         st.reserve_ptr[b] = 0
         # the user
-        st.user[b], st.keys[b], st.t[b], st.budget[b] = user, key, 0, budgets[r]
+        u_budget = min(max(_uniform(_stream(key, 0, 2)), 1e-9), 1.0 - 1e-9)
+        budget = _gammaincinv(budget_shape, u_budget, 0) * budget_scale * np.float64(patience[user])
+        st.user[b], st.keys[b], st.t[b], st.budget[b] = user, key, 0, budget
         st.sem_mu[b], st.sem_sd[b] = sem_mu[user], sem_sd[user]
         st.a_rho[b], st.price_sens[b] = a_rho[user], price_sens[user]
         sq = np.float32(0.0)
@@ -307,15 +355,12 @@ def build_sessions(
             sq += v * v
         nrm = np.sqrt(sq)
         st.state_norm[b] = nrm
-        inv = np.float32(1.0) / (nrm if nrm > 0 else np.float32(1.0))
-        for d in range(init_state.shape[1]):
-            st.obs_user[b, d] = st.state[b, d] * inv
         st.fatigue[b, :] = 0.0
         st.exposure[b, :] = 0.0
         st.cat_clicks[b, :] = 0.0
         for j in range(n_rec):
             hj = n_hist - n_rec + j
-            st.recent[b, j] = history[r, hj] if hj >= 0 else -1
+            st.recent[b, j] = history[user, hj] if hj >= 0 else -1
         st.n_clicks[b] = st.n_purchases[b] = st.click_ema[b] = st.last_click[b] = 0.0
         st.llm_ema[b] = st.cf_ema[b] = st.dwell_ema[b] = st.skip_streak[b] = 0.0
         st.last_rank[b] = 1.0
@@ -390,6 +435,7 @@ class SessionState(NamedTuple):
     recent: np.ndarray
     cands: np.ndarray
     obs_context: np.ndarray
+    cand_llm: np.ndarray
     n_clicks: np.ndarray
     n_purchases: np.ndarray
     click_ema: np.ndarray
@@ -448,8 +494,6 @@ def slate_error_row(slate: np.ndarray, n_candidates: int) -> int:
 @numba.njit(cache=True, nogil=True)
 def step_sessions(
     slate: np.ndarray,
-    z_sat: np.ndarray,
-    z_dwell: np.ndarray,
     st: SessionState,
     out: StepResult,
     prm: StepParams,
@@ -466,8 +510,9 @@ def step_sessions(
 
     The semantics are the numpy reading in ``tests/reference_core.py`` (``step``), term by term: utility
     ``a_ρ·z(θ·e) + static − w_f·fatigue[cat] − w_r·seen``; position-weighted MNL (or cascade) choice with an
-    outside option sampled with the row's CHOICE uniform (its PURCHASE uniform decides a purchase; both drawn
-    here, bit-identical to ``envs.rng.uniform``); satisfaction, dwell, price-dependent purchase; fatigue, exposure,
+    outside option sampled with the row's CHOICE uniform; for a click, satisfaction (SATISFACTION normal), dwell
+    (DWELL normal) and a price-dependent purchase (PURCHASE uniform), every random number drawn here only for
+    the rows that need it, bit-identical to ``envs.rng.uniform`` / ``envs.rng.normal``; fatigue, exposure,
     category clicks, impressions; on a click the drift of the hidden taste and the pooled state over all the
     row's slots (through the item Gram matrix, or the embeddings when ``use_gram`` is False), the consumed
     item's pool position moved to the next reserve slot, the recent list; the budget; the context
@@ -475,8 +520,6 @@ def step_sessions(
 
     Args:
         slate: int64 (B, K) valid positions into the current candidates.
-        z_sat: float64 (B,) normals of the satisfaction noise (``envs.rng.normal``, purpose SATISFACTION).
-        z_dwell: float64 (B,) normals of the dwell time (purpose DWELL).
         st: The session arrays, updated in place.
         out: Output buffers, written.
         prm: Scalar settings.
@@ -541,12 +584,13 @@ def step_sessions(
         clicked = rank >= 0
         rk = rank if clicked else 0
         item_c, slot_c = items[b, rk], slots[rk]
-        rel = util[rk] + prm.satisfaction_noise * z_sat[b] - u0
+        rel = 0.0  # satisfaction relative to the outside option: only a click has one
         dwell = 0.0
         bought = False
         if clicked:
+            rel = util[rk] + prm.satisfaction_noise * _normal(_stream(st.keys[b], st.t[b], 6)) - u0
             dwell = min(np.exp(prm.dwell_log_mean + prm.dwell_sat_slope * min(max(rel, -4.0), 4.0)
-                               + prm.dwell_sigma * z_dwell[b]), prm.dwell_cap)
+                               + prm.dwell_sigma * _normal(_stream(st.keys[b], st.t[b], 4))), prm.dwell_cap)
             logit = (prm.purchase_bias + prm.purchase_sat_slope * rel
                      - prm.purchase_price_slope * st.price_sens[b] * log1p_price[item_c])
             bought = _uniform(_stream(st.keys[b], st.t[b], 5)) < 1.0 / (1.0 + np.exp(-logit))
@@ -559,10 +603,10 @@ def step_sessions(
         m_llm = np.float32(0.0)
         m_cf = np.float32(0.0)
         for k in range(k_slate):
-            m_llm += st.obs_features[b, slate[b, k], 0]
-            m_cf += st.obs_features[b, slate[b, k], 1]
-        d_llm = st.obs_features[b, slate[b, rk], 0] - m_llm / k_slate
-        d_cf = st.obs_features[b, slate[b, rk], 1] - m_cf / k_slate
+            m_llm += st.cand_llm[b, slate[b, k]]
+            m_cf += st.cf_obs[b, slots[k]]
+        d_llm = st.cand_llm[b, slate[b, rk]] - m_llm / k_slate
+        d_cf = st.cf_obs[b, slots[rk]] - m_cf / k_slate
         # fatigue, exposure, category clicks, impressions
         for c in range(n_cat):
             st.fatigue[b, c] *= f_rec
@@ -610,11 +654,7 @@ def step_sessions(
                 v = decay * st.state[b, d] + w * e_c[d]
                 st.state[b, d] = v
                 sq += np.float64(v) * v
-            nrm = np.float32(np.sqrt(sq))
-            st.state_norm[b] = nrm
-            inv = np.float32(1.0) / (nrm if nrm > 0 else np.float32(1.0))
-            for d in range(dim):
-                st.obs_user[b, d] = st.state[b, d] * inv
+            st.state_norm[b] = np.float32(np.sqrt(sq))
             if st.reserve_ptr[b] < n_reserve:  # the consumed item's pool position → the next reserve slot
                 st.pool_slots[b, st.cand_pos[b, slate[b, rank]]] = n_pool + st.reserve_ptr[b]
                 st.reserve_ptr[b] += 1

@@ -31,16 +31,17 @@ def make_core(config: EnvConfig | None, preset: str, encoder: EncoderConfig | No
 
 
 def step_info(res: StepResult, user: np.ndarray) -> dict[str, np.ndarray]:
-    """The per-step info arrays shared by both envs: reward components and the response, (B,) each."""
+    """The per-step info arrays shared by both envs: reward components and the response, (B,) each (the
+    step's result arrays are new every step: shared, not copied)."""
     return {
         "user": user.copy(),
         "click": res.click_rank >= 0,
-        "click_rank": res.click_rank.copy(),
+        "click_rank": res.click_rank,
         "purchase": res.purchases.any(axis=1),
         "dwell": res.dwell.sum(axis=1),
-        "reward_click": res.reward_click.copy(),
-        "reward_purchase": res.reward_purchase.copy(),
-        "reward_dwell": res.reward_dwell.copy(),
+        "reward_click": res.reward_click,
+        "reward_purchase": res.reward_purchase,
+        "reward_dwell": res.reward_dwell,
     }
 
 
@@ -101,7 +102,7 @@ class RecEnv(gym.Env):
         self._last: StepResult | None = None
 
     def _obs(self, obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return {k: v[0].copy() for k, v in obs.items()}
+        return {k: v[0] for k, v in obs.items()}  # views of new arrays: the core never touches them again
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None
               ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:

@@ -21,12 +21,10 @@ class SB3VecEnv(VecEnv):
     """SB3 ``VecEnv`` over a natively batched :class:`RecVectorEnv`.
 
     Args:
-        venv: The vector env (its ``copy`` must be True: SB3 keeps the last observation across steps).
+        venv: The vector env (its observations are new arrays every step, so SB3 may keep them).
     """
 
     def __init__(self, venv: RecVectorEnv) -> None:
-        if not venv.copy:
-            raise ValueError("SB3VecEnv needs a RecVectorEnv with copy=True")
         self.venv = venv
         self.render_mode = None  # must exist before VecEnv.__init__ (it calls get_attr("render_mode"))
         super().__init__(venv.num_envs, venv.single_observation_space, venv.single_action_space)

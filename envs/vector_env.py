@@ -34,20 +34,22 @@ class RecVectorEnv(VectorEnv):
         world: A ready world (skips loading/building).
         population: ``"train"`` / ``"heldout"`` (default ``config.users``).
         repair: ``"dedupe"`` to repair repeated entries of raw MultiDiscrete samples.
-        copy: Return copies of the observation buffers (set False only if you copy them yourself).
+
+    Every observation (and every array in ``infos``) is a new array the env never reads or writes again: keep
+    it, change it, no copy is needed.
     """
 
     metadata = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}
 
     def __init__(self, num_envs: int, config: EnvConfig | None = None, preset: str = "default",
                  encoder: EncoderConfig | None = None, world: World | None = None, population: str | None = None,
-                 repair: Literal["dedupe"] | None = None, copy: bool = True) -> None:
+                 repair: Literal["dedupe"] | None = None) -> None:
         if repair not in (None, "dedupe"):
             raise ValueError(f"repair must be None or 'dedupe', got {repair!r}")
         self.core = make_core(config, preset, encoder, world, population, batch_size=num_envs)
         self.config = self.core.cfg
         self.num_envs = num_envs
-        self.repair, self.copy = repair, copy
+        self.repair = repair
         self.render_mode = None
         self.single_observation_space = observation_space(self.core.M, self.core.N, self.core.D,
                                                           self.config.obs_item_embeddings)
@@ -55,9 +57,6 @@ class RecVectorEnv(VectorEnv):
         self.observation_space = batch_space(self.single_observation_space, num_envs)
         self.action_space = batch_space(self.single_action_space, num_envs)
         self._all = np.arange(num_envs)
-
-    def _out(self, obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return {k: v.copy() for k, v in obs.items()} if self.copy else obs
 
     def reset(self, *, seed: int | list[int] | None = None, options: dict[str, Any] | None = None
               ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -84,18 +83,17 @@ class RecVectorEnv(VectorEnv):
         if users is not None and users.shape != (self.num_envs,):
             raise ValueError(f"options['users'] must have shape ({self.num_envs},), got {users.shape}")
         self.core.reset_rows(self._all, keys, users)
-        return self._out(self.core.observe()), {"user": self.core.user.copy()}
+        return self.core.observe(), {"user": self.core.user.copy()}
 
     def step(self, actions: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray,
                                                   dict[str, Any]]:
         """Show each row its slate; rows whose session ended are reset in the same step."""
         if self.repair == "dedupe":
             actions = dedupe_slate(actions, self.core.N)
-        res = self.core.step(actions)
-        reward = res.reward.copy()
-        terminated, truncated = res.terminated.copy(), res.truncated.copy()
+        res = self.core.step(actions)  # new arrays every step
+        reward, terminated, truncated = res.reward, res.terminated, res.truncated
         infos: dict[str, Any] = step_info(res, self.core.user)
-        obs = self.core.observe()
+        obs = self.core.observe()  # new arrays; the rows of ended sessions are refreshed in place below
         done = np.flatnonzero(terminated | truncated)
         if done.size:
             block = {k: v[done] for k, v in obs.items()}  # one copy per key; each row's dict holds views of it
@@ -108,4 +106,4 @@ class RecVectorEnv(VectorEnv):
             infos["episode_steps"] = self.core.t.copy()
             self.core.reset_rows(done, rng.next_key(self.core.keys[done]))
             obs = self.core.observe(rows=done)
-        return self._out(obs), reward, terminated, truncated, infos
+        return obs, reward, terminated, truncated, infos

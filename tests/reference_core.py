@@ -100,8 +100,6 @@ def reset_rows(core: BatchedCore, rows: np.ndarray, keys: np.ndarray, users: np.
                 core.dwell_ema, core.skip_streak):
         acc[rows] = 0.0
     core.last_rank[rows] = 1.0
-    norm = core.state_norm[rows]
-    core.obs_user[rows] = core.state[rows] / np.where(norm > 0, norm, 1.0)[:, None]
 
 
 def observe(core: BatchedCore) -> dict[str, np.ndarray]:
@@ -124,6 +122,7 @@ def observe(core: BatchedCore) -> dict[str, np.ndarray]:
     core.obs_context[:] = np.stack([t / core.T, core.click_ema, core.n_clicks / steps, core.last_click, core.last_rank,
                                     core.llm_ema, core.cf_ema, core.n_purchases / steps, core.dwell_ema,
                                     np.minimum(core.skip_streak / 5.0, 1.0)], axis=1)
+    core.obs_user[:] = core.state / np.where(norm > 0, norm, 1.0)
     return {"user": core.obs_user, "candidates": core.cands, "features": core.obs_features,
             "context": core.obs_context}
 
@@ -203,8 +202,6 @@ def step(core: BatchedCore, slate: np.ndarray) -> dict[str, np.ndarray]:
         core.state_sim[cr] = decay * core.state_sim[cr] + w[:, None] * g
         core.state[cr] = decay * core.state[cr] + w[:, None] * e
         core.state_norm[cr] = np.linalg.norm(core.state[cr], axis=1)
-        norm_c = core.state_norm[cr]
-        core.obs_user[cr] = core.state[cr] / np.where(norm_c > 0, norm_c, 1.0)[:, None]
         ok = core.reserve_ptr[cr] < core.R
         cro = cr[ok]
         core.pool_slots[cro, core.cand_pos[cro, slate[cro, rank[cro]]]] = core.P + core.reserve_ptr[cro]

@@ -43,6 +43,30 @@ def test_same_seed_same_trajectory(small_cfg: EnvConfig, small_world: World) -> 
     assert not all(np.array_equal(x[1], y[1]) for x, y in zip(a, c, strict=True))
 
 
+def test_returned_observations_belong_to_the_caller(small_cfg: EnvConfig, small_world: World) -> None:
+    """The env writes every observation into new arrays and never reads them back: later steps leave kept
+    observations as they were, and scribbling on one does not change the trajectory."""
+    env = envs.RecVectorEnv(16, config=small_cfg, world=small_world)
+    clean = rollout(envs.RecVectorEnv(16, config=small_cfg, world=small_world), 40, seed=5)
+    obs, _ = env.reset(seed=5)
+    kept: list[dict[str, np.ndarray]] = []
+    ends = 0
+    for want in clean:
+        act = greedy(obs, env.core.K)
+        obs, _, term, trunc, info = env.step(act)
+        assert np.array_equal(obs["features"], want[0]) and np.array_equal(obs["candidates"], want[1])
+        assert np.array_equal(info["click_rank"], want[5])
+        ends += int((term | trunc).sum())
+        kept.append({k: v.copy() for k, v in obs.items()})  # what the env returned, for the next step's slate
+        for v in obs.values():  # the caller may change what it got ...
+            v[...] = -7
+        kept[-1], obs = obs, kept[-1]
+    assert ends > 0  # rows were refreshed in place by the autoreset
+    for got in kept:  # ... and later steps leave it alone
+        for k, v in got.items():
+            assert (v == -7).all(), k
+
+
 def test_batched_env_equals_single_envs(small_cfg: EnvConfig, small_world: World) -> None:
     b = 6
     vec = envs.RecVectorEnv(b, config=small_cfg, world=small_world)
@@ -340,11 +364,16 @@ def test_rollouts_log_to_parquet_and_the_cf_fit_reads_them(small_cfg: EnvConfig,
 
 def test_compiled_random_streams_are_bit_identical_to_envs_rng() -> None:
     from envs import rng
-    from envs.kernels import _argsort_uniform, rng_bits
+    from envs.kernels import _argsort_uniform, rng_bits, rng_normal
 
     keys = np.random.default_rng(0).integers(0, 2**63, 40, dtype=np.uint64)
     for step, purpose in ((0, rng.POOL), (3, rng.CHOICE), (17, rng.CANDIDATES)):
         assert np.array_equal(rng_bits(keys, step, purpose, 33), rng.bits(keys, step, purpose, 33))
+    many = np.random.default_rng(1).integers(0, 2**64 - 1, 200_000, dtype=np.uint64)
+    steps = np.arange(many.size) % 50
+    for purpose in (rng.SATISFACTION, rng.DWELL):  # normals: scipy's ndtri called from the kernel, same bits
+        z = rng_normal(many, steps, purpose)
+        assert np.array_equal(z, rng.normal(many, steps, purpose)) and np.abs(z).max() > 4
     u = rng.uniform(keys, 2, rng.POOL, slots=301)
     order, count = np.empty(301, np.int64), np.zeros(302, np.int64)
     for row in u:
@@ -355,7 +384,7 @@ def test_compiled_random_streams_are_bit_identical_to_envs_rng() -> None:
 SESSION_ARRAYS = ("user", "keys", "t", "slot_items", "pool_slots", "reserve_ptr", "sem_aff", "static_util", "cf_obs",
                   "state_sim", "seen", "sem_mu", "sem_sd", "a_rho", "price_sens", "budget", "state", "state_norm",
                   "fatigue", "exposure", "cat_clicks", "recent", "n_clicks", "n_purchases", "click_ema",
-                  "last_click", "last_rank", "llm_ema", "cf_ema", "dwell_ema", "skip_streak", "obs_user")
+                  "last_click", "last_rank", "llm_ema", "cf_ema", "dwell_ema", "skip_streak")
 
 
 def assert_same_state(a: BatchedCore, b: BatchedCore) -> None:
