@@ -126,109 +126,188 @@ def _row_steps(big_s: np.ndarray, big_t: np.ndarray, e_a: np.ndarray, xe_a: np.n
 
 
 @numba.njit(cache=True, nogil=True)
-def path_terms_forward(big_s: np.ndarray, big_t: np.ndarray, e_a: np.ndarray, xe_a: np.ndarray, x_a: np.ndarray,
-                       g_a: np.ndarray, beta: np.ndarray, with_entropy: bool, log_p: np.ndarray,
-                       entropy: np.ndarray) -> None:
-    """The K conditional softmaxes along a path, per group (see ``PlackettLuceDistribution._path_terms``).
+def _row_forward(big_s: np.ndarray, big_t: np.ndarray, e_a: np.ndarray, xe_a: np.ndarray, x_a: np.ndarray,
+                 g_a: np.ndarray, beta: float, r: int, with_entropy: bool, log_p: np.ndarray, lr: int,
+                 sc: tuple) -> float:
+    """Row r's log-probability per step (into ``log_p[lr]``); returns its path entropy (0 without)."""
+    raw, t, cnt, z, m, pw, cum_e, cum_xe, counts = sc
+    kk = raw.shape[0]
+    _row_steps(big_s, big_t, e_a, xe_a, g_a, beta, r, raw, t, cnt, z, m, with_entropy, pw, cum_e, cum_xe, counts)
+    ent = 0.0
+    for k in range(kk):
+        zc = z[k] if z[k] >= 1e-300 else 1e-300
+        log_z = math.log(zc)
+        log_p[lr, k] = x_a[r, k] - beta * cnt[k, g_a[r, k]] - log_z
+        if with_entropy:
+            ent += log_z - m[k] / zc
+    return ent
+
+
+@numba.njit(cache=True, nogil=True)
+def _row_backward(big_s: np.ndarray, big_t: np.ndarray, e_a: np.ndarray, xe_a: np.ndarray, g_a: np.ndarray,
+                  be: float, r: int, with_entropy: bool, grad_log_p: np.ndarray, h: float, lr: int, sc: tuple,
+                  acc_s: np.ndarray, acc_t: np.ndarray, d_e: np.ndarray, d_xe: np.ndarray, d_x: np.ndarray) -> float:
+    """Row r's gradients (see :func:`path_terms_backward`): ``acc_s`` / ``acc_t`` (G,) end as d big_s / d big_t,
+    ``d_e``, ``d_xe``, ``d_x`` (K,) are filled; returns d β. ``grad_log_p[lr]`` is the row's upstream gradient of
+    the per-step log-probabilities, ``h`` that of the entropy."""
+    raw, t, cnt, z, m, pw, cum_e, cum_xe, counts = sc
+    kk, n_g = raw.shape
+    _row_steps(big_s, big_t, e_a, xe_a, g_a, be, r, raw, t, cnt, z, m, with_entropy, pw, cum_e, cum_xe, counts)
+    acc_s[:] = 0.0
+    acc_t[:] = 0.0
+    db = 0.0
+    for k in range(kk - 1, -1, -1):
+        ga = g_a[r, k]
+        # step k's pick is removed from the steps after it
+        d_e[k] = -acc_s[ga]
+        d_xe[k] = -acc_t[ga]
+        a = grad_log_p[lr, k]
+        d_x[k] = a
+        db -= a * cnt[k, ga]
+        zc = z[k] if z[k] >= 1e-300 else 1e-300
+        d_log_z = -a
+        d_m = 0.0
+        d_zc = 0.0
+        if with_entropy:
+            d_log_z += h
+            d_m = -h / zc
+            d_zc = h * m[k] / (zc * zc)
+        d_zc += d_log_z / zc
+        d_z = d_zc if z[k] >= 1e-300 else 0.0
+        for g in range(n_g):
+            rs = raw[k, g]
+            sv = rs if rs > 0.0 else 0.0
+            c = cnt[k, g]
+            w = pw[int(c)]
+            d_sc = d_z * w
+            d_w = d_z * sv
+            if with_entropy:
+                d_w += d_m * (t[k, g] - be * c * sv)
+                acc_t[g] += d_m * w
+                d_sc -= d_m * be * c * w
+                db -= d_m * w * c * sv
+            db -= d_w * c * w
+            if rs >= 0.0:
+                acc_s[g] += d_sc
+    return db
+
+
+@numba.njit(cache=True, nogil=True)
+def _scratch(kk: int, n_g: int) -> tuple:
+    return (np.empty((kk, n_g)), np.empty((kk, n_g)), np.empty((kk, n_g)), np.empty(kk), np.empty(kk),
+            np.empty(kk), np.empty(n_g), np.empty(n_g), np.empty(n_g))
+
+
+@numba.njit(cache=True, nogil=True)
+def _row_inputs(s: np.ndarray, groups: np.ndarray, path: np.ndarray, r: int, x: np.ndarray, e: np.ndarray,
+                big_s: np.ndarray, big_t: np.ndarray, e_a: np.ndarray, xe_a: np.ndarray, x_a: np.ndarray,
+                g_a: np.ndarray, seen: np.ndarray) -> bool:
+    """Row r of ``PlackettLuceDistribution._row_stats`` and the path gathers of ``_path_terms``, into scratch
+    (``x``, ``e`` (N,); ``big_s``, ``big_t`` (1, G); ``e_a``, ``xe_a``, ``x_a``, ``g_a`` (1, K)). Returns whether the
+    path is invalid (a repeated or masked pick)."""
+    n = s.shape[1]
+    kk = path.shape[1]
+    mx = -math.inf
+    for j in range(n):
+        v = float(s[r, j])
+        if v > mx:
+            mx = v
+    big_s[0, :] = 0.0
+    big_t[0, :] = 0.0
+    for j in range(n):
+        xv = float(s[r, j]) - mx
+        ev = math.exp(xv)
+        x[j] = xv
+        e[j] = ev
+        seen[j] = False
+        g = groups[r, j]
+        big_s[0, g] += ev
+        if ev > 0.0:
+            big_t[0, g] += xv * ev
+    invalid = False
+    for k in range(kk):
+        a = path[r, k]
+        if seen[a] or x[a] == -math.inf:
+            invalid = True
+        seen[a] = True
+    for k in range(kk):
+        a = path[r, k]
+        x_a[0, k] = x[a]
+        g_a[0, k] = groups[r, a]
+        if invalid:
+            e_a[0, k] = 0.0
+            xe_a[0, k] = 0.0
+        else:
+            e_a[0, k] = e[a]
+            xe_a[0, k] = e[a] * x[a] if x[a] > -math.inf else 0.0
+    return invalid
+
+
+@numba.njit(cache=True, nogil=True)
+def _row_buffers(n: int, kk: int, n_g: int) -> tuple:
+    return (np.empty(n), np.empty(n), np.empty(n, np.bool_), np.empty((1, n_g)), np.empty((1, n_g)),
+            np.empty((1, kk)), np.empty((1, kk)), np.empty((1, kk)), np.empty((1, kk), np.int64))
+
+
+@numba.njit(cache=True, nogil=True)
+def path_terms_forward(s: np.ndarray, groups: np.ndarray, beta: np.ndarray, path: np.ndarray, n_groups: int,
+                       with_entropy: bool, log_p: np.ndarray, entropy: np.ndarray, invalid: np.ndarray) -> None:
+    """``PlackettLuceDistribution._path_terms`` from the logits, one pass per row.
 
     Args:
-        big_s, big_t: float64 (B, G) per-group sums of ``e`` and ``e·x``.
-        e_a, xe_a, x_a: float64 (B, K) ``e``, ``e·x`` and ``x`` of the path's picks (``e_a`` / ``xe_a`` zero on
-            invalid paths).
-        g_a: int64 (B, K) the picks' groups.
+        s: float64 (B, N) logits (masked: ``-inf``).
+        groups: int64 (B, N) group of each candidate, in ``[0, n_groups)``.
         beta: float64 (B,) β (zeros without repulsion).
-        with_entropy: Also compute the entropy.
-        log_p: float64 (B, K) output, per step.
-        entropy: float64 (B,) output (left untouched without ``with_entropy``).
+        path: int64 (B, K) candidate positions.
+        n_groups: G.
+        with_entropy: Also compute the path entropy.
+        log_p: float64 (B, K) output: the log-probability of each step's pick.
+        entropy: float64 (B,) output (untouched without ``with_entropy``).
+        invalid: bool (B,) output: the path repeats a candidate or picks a masked one.
     """
-    b, kk = x_a.shape
-    n_g = big_s.shape[1]
-    raw = np.empty((kk, n_g))
-    t = np.empty((kk, n_g))
-    cnt = np.empty((kk, n_g))
-    z = np.empty(kk)
-    m = np.empty(kk)
-    pw = np.empty(kk)
-    cum_e = np.empty(n_g)
-    cum_xe = np.empty(n_g)
-    counts = np.empty(n_g)
+    b, n = s.shape
+    kk = path.shape[1]
+    x, e, seen, big_s, big_t, e_a, xe_a, x_a, g_a = _row_buffers(n, kk, n_groups)
+    sc = _scratch(kk, n_groups)
     for r in range(b):
-        _row_steps(big_s, big_t, e_a, xe_a, g_a, beta[r], r, raw, t, cnt, z, m, with_entropy, pw, cum_e, cum_xe,
-                   counts)
-        ent = 0.0
-        for k in range(kk):
-            zc = z[k] if z[k] >= 1e-300 else 1e-300
-            log_z = math.log(zc)
-            log_p[r, k] = x_a[r, k] - beta[r] * cnt[k, g_a[r, k]] - log_z
-            if with_entropy:
-                ent += log_z - m[k] / zc
+        invalid[r] = _row_inputs(s, groups, path, r, x, e, big_s, big_t, e_a, xe_a, x_a, g_a, seen)
+        ent = _row_forward(big_s, big_t, e_a, xe_a, x_a, g_a, beta[r], 0, with_entropy, log_p, r, sc)
         if with_entropy:
             entropy[r] = ent
 
 
 @numba.njit(cache=True, nogil=True)
-def path_terms_backward(big_s: np.ndarray, big_t: np.ndarray, e_a: np.ndarray, xe_a: np.ndarray,
-                        g_a: np.ndarray, beta: np.ndarray, with_entropy: bool, grad_log_p: np.ndarray,
-                        grad_entropy: np.ndarray, d_s: np.ndarray, d_t: np.ndarray, d_e: np.ndarray,
-                        d_xe: np.ndarray, d_x: np.ndarray, d_beta: np.ndarray) -> None:
-    """Gradients of :func:`path_terms_forward`'s outputs (weighted by ``grad_log_p`` (B, K) and ``grad_entropy``
-    (B,)) with respect to ``big_s``, ``big_t`` (B, G), ``e_a``, ``xe_a``, ``x_a`` (B, K) and ``beta`` (B,), into the
-    ``d_*`` outputs. The clamps of the forward (unplaced mass at 0, the normaliser at 1e-300) pass the gradient
-    where the value is at or above the bound, as ``torch.clamp`` does."""
-    b, kk = e_a.shape
-    n_g = big_s.shape[1]
-    raw = np.empty((kk, n_g))
-    t = np.empty((kk, n_g))
-    cnt = np.empty((kk, n_g))
-    z = np.empty(kk)
-    m = np.empty(kk)
-    acc_s = np.empty(n_g)  # sum over later steps of d raw_k[g]
-    acc_t = np.empty(n_g)
-    pw = np.empty(kk)
-    cum_e = np.empty(n_g)
-    cum_xe = np.empty(n_g)
-    counts = np.empty(n_g)
+def path_terms_backward(s: np.ndarray, groups: np.ndarray, beta: np.ndarray, path: np.ndarray, n_groups: int,
+                        with_entropy: bool, grad_log_p: np.ndarray, grad_entropy: np.ndarray, d_s: np.ndarray,
+                        d_beta: np.ndarray) -> None:
+    """Gradients of :func:`path_terms_forward`'s outputs, weighted by ``grad_log_p`` (B, K) and ``grad_entropy``
+    (B,), with respect to ``s`` (into ``d_s`` (B, N)) and ``beta`` (into ``d_beta`` (B,)): the derivative of the same
+    float64 operations, as autograd takes it through the torch ops (the row maximum is a constant; clamps pass the
+    gradient at or above their bound; an invalid path's picks remove nothing, so only its ``x_a`` carries one)."""
+    b, n = s.shape
+    kk = path.shape[1]
+    x, e, seen, big_s, big_t, e_a, xe_a, x_a, g_a = _row_buffers(n, kk, n_groups)
+    sc = _scratch(kk, n_groups)
+    acc_s = np.empty(n_groups)
+    acc_t = np.empty(n_groups)
+    d_e = np.empty(kk)
+    d_xe = np.empty(kk)
+    d_x = np.empty(kk)
     for r in range(b):
-        be = beta[r]
-        _row_steps(big_s, big_t, e_a, xe_a, g_a, be, r, raw, t, cnt, z, m, with_entropy, pw, cum_e, cum_xe, counts)
-        acc_s[:] = 0.0
-        acc_t[:] = 0.0
-        db = 0.0
-        for k in range(kk - 1, -1, -1):
-            ga = g_a[r, k]
-            # step k's picks are removed from the steps after it
-            d_e[r, k] = -acc_s[ga]
-            d_xe[r, k] = -acc_t[ga]
-            a = grad_log_p[r, k]
-            d_x[r, k] = a
-            db -= a * cnt[k, ga]
-            zc = z[k] if z[k] >= 1e-300 else 1e-300
-            d_log_z = -a
-            d_m = 0.0
-            d_zc = 0.0
-            if with_entropy:
-                h = grad_entropy[r]
-                d_log_z += h
-                d_m = -h / zc
-                d_zc = h * m[k] / (zc * zc)
-            d_zc += d_log_z / zc
-            d_z = d_zc if z[k] >= 1e-300 else 0.0
-            for g in range(n_g):
-                rs = raw[k, g]
-                sc = rs if rs > 0.0 else 0.0
-                c = cnt[k, g]
-                w = pw[int(c)]
-                d_sc = d_z * w
-                d_w = d_z * sc
-                if with_entropy:
-                    d_w += d_m * (t[k, g] - be * c * sc)
-                    acc_t[g] += d_m * w
-                    d_sc -= d_m * be * c * w
-                    db -= d_m * w * c * sc
-                db -= d_w * c * w
-                if rs >= 0.0:
-                    acc_s[g] += d_sc
-        for g in range(n_g):
-            d_s[r, g] = acc_s[g]
-            d_t[r, g] = acc_t[g]
-        d_beta[r] = db
+        inv = _row_inputs(s, groups, path, r, x, e, big_s, big_t, e_a, xe_a, x_a, g_a, seen)
+        d_beta[r] = _row_backward(big_s, big_t, e_a, xe_a, g_a, beta[r], 0, with_entropy, grad_log_p,
+                                  grad_entropy[r], r, sc, acc_s, acc_t, d_e, d_xe, d_x)
+        for j in range(n):  # through S_g = Σ e_j and T_g = Σ x_j·e_j (e_j = exp(x_j))
+            ev = e[j]
+            g = groups[r, j]
+            v = ev * acc_s[g]
+            if ev > 0.0:
+                v += acc_t[g] * ev * (x[j] + 1.0)
+            d_s[r, j] = v
+        for k in range(kk):  # through the picks' x_a, e_a and x_a·e_a
+            a = path[r, k]
+            d_s[r, a] += d_x[k]
+            if not inv:
+                d_s[r, a] += d_e[k] * e[a]
+                if x[a] > -math.inf:
+                    d_s[r, a] += d_xe[k] * e[a] * (x[a] + 1.0)

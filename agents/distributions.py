@@ -29,7 +29,7 @@ torch's default RNG (which SB3 seeds through ``set_random_seed``).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch as th
@@ -40,46 +40,53 @@ EntropyEstimator = Literal["sample", "mode"]
 
 
 class _PathTermsCPU(th.autograd.Function):
-    """:meth:`PlackettLuceDistribution._path_terms`' per-group arithmetic on CPU, by the compiled kernels
-    :func:`agents._pl_kernels.path_terms_forward` / ``path_terms_backward``: one pass per row over (K, G), instead of
-    ~40 torch ops over (B, K, G) tensors forward and as many backward. The same function (the same float64
-    operations, in the same order up to the sum over G) and its analytic gradient; the torch ops remain the
-    reference and the path on other devices (a test compares values and gradients).
+    """:meth:`PlackettLuceDistribution._path_terms` on CPU, from the logits, by the compiled kernels
+    :func:`agents._pl_kernels.path_terms_forward` / ``path_terms_backward``: one pass per row (the row's group sums
+    over N, then the K steps over G), instead of ~60 torch ops over (B, N) and (B, K, G) tensors forward and as
+    many backward. The same float64 operations (in the same order up to the sums over G) and their analytic
+    gradient; the torch ops remain the reference and the path on other devices (tests compare values and
+    gradients, and gradcheck the kernels).
 
-    ``forward(big_s, big_t (B, G), e_a, xe_a, x_a (B, K), beta (B,), g_a int64 (B, K), entropy: bool)`` →
-    ``(log_p (B, K), entropy (B,))`` (entropy zeros unless asked).
+    ``forward(logits (B, N), beta (B,), groups int64 (B, N), path int64 (B, K), n_groups, entropy: bool)`` →
+    ``(log_p float64 (B, K), entropy float64 (B,) (zeros unless asked), invalid bool (B,))``.
     """
 
     @staticmethod
-    def forward(ctx: object, big_s: th.Tensor, big_t: th.Tensor, e_a: th.Tensor, xe_a: th.Tensor, x_a: th.Tensor,
-                beta: th.Tensor, g_a: th.Tensor, entropy: bool) -> tuple[th.Tensor, th.Tensor]:
+    def forward(ctx: Any, logits: th.Tensor, beta: th.Tensor, groups: th.Tensor, path: th.Tensor, n_groups: int,
+                entropy: bool) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
         from agents._pl_kernels import path_terms_forward
 
-        ins = [v.detach().contiguous() for v in (big_s, big_t, e_a, xe_a, x_a, g_a, beta)]
-        log_p = th.empty(x_a.shape, dtype=th.float64)
-        ent = th.zeros(x_a.shape[0], dtype=th.float64)
-        path_terms_forward(*(v.numpy() for v in ins), bool(entropy), log_p.numpy(), ent.numpy())
-        big_s_, big_t_, e_a_, xe_a_, _, g_a_, beta_ = ins
-        ctx.save_for_backward(big_s_, big_t_, e_a_, xe_a_, g_a_, beta_)  # type: ignore[attr-defined]
-        ctx.entropy = bool(entropy)  # type: ignore[attr-defined]
-        return log_p, ent
+        s = logits.detach().double().contiguous()
+        bt = beta.detach().double().contiguous()
+        groups, path = groups.contiguous(), path.contiguous()
+        b, kk = path.shape
+        if path.numel() and (int(path.min()) < 0 or int(path.max()) >= s.shape[1]):
+            raise IndexError(f"slate positions must be in [0, {s.shape[1]})")
+        log_p = th.empty((b, kk), dtype=th.float64)
+        ent = th.zeros(b, dtype=th.float64)
+        invalid = th.empty(b, dtype=th.bool)
+        path_terms_forward(s.numpy(), groups.numpy(), bt.numpy(), path.numpy(), int(n_groups), bool(entropy),
+                           log_p.numpy(), ent.numpy(), invalid.numpy())
+        ctx.save_for_backward(s, bt, groups, path)
+        ctx.n_groups, ctx.entropy = int(n_groups), bool(entropy)
+        ctx.dtypes = (logits.dtype, beta.dtype)
+        ctx.mark_non_differentiable(invalid)
+        return log_p, ent, invalid
 
     @staticmethod
-    def backward(ctx: object, grad_log_p: th.Tensor | None,
-                 grad_ent: th.Tensor | None) -> tuple[th.Tensor | None, ...]:
+    def backward(ctx: Any, grad_log_p: th.Tensor | None, grad_ent: th.Tensor | None,
+                 _: th.Tensor | None) -> tuple[th.Tensor | None, ...]:
         from agents._pl_kernels import path_terms_backward
 
-        big_s, big_t, e_a, xe_a, g_a, beta = ctx.saved_tensors  # type: ignore[attr-defined]
-        b, kk = e_a.shape
+        s, bt, groups, path = ctx.saved_tensors
+        b, kk = path.shape
         gl = th.zeros(b, kk, dtype=th.float64) if grad_log_p is None else grad_log_p.double().contiguous()
         gh = th.zeros(b, dtype=th.float64) if grad_ent is None else grad_ent.double().contiguous()
-        d_s, d_t = th.empty_like(big_s), th.empty_like(big_t)
-        d_e, d_xe, d_x = th.empty_like(e_a), th.empty_like(e_a), th.empty_like(e_a)
-        d_beta = th.empty_like(beta)
-        path_terms_backward(big_s.numpy(), big_t.numpy(), e_a.numpy(), xe_a.numpy(), g_a.numpy(), beta.numpy(),
-                            ctx.entropy, gl.numpy(), gh.numpy(), d_s.numpy(), d_t.numpy(),  # type: ignore[attr-defined]
-                            d_e.numpy(), d_xe.numpy(), d_x.numpy(), d_beta.numpy())
-        return d_s, d_t, d_e, d_xe, d_x, d_beta, None, None
+        d_s = th.empty_like(s)
+        d_beta = th.empty_like(bt)
+        path_terms_backward(s.numpy(), groups.numpy(), bt.numpy(), path.numpy(), ctx.n_groups, ctx.entropy,
+                            gl.numpy(), gh.numpy(), d_s.numpy(), d_beta.numpy())
+        return d_s.to(ctx.dtypes[0]), d_beta.to(ctx.dtypes[1]), None, None, None, None
 
 
 class PlackettLuceDistribution(Distribution):
@@ -285,6 +292,11 @@ class PlackettLuceDistribution(Distribution):
             ``(log_p (B, K) per step, entropy (B,) or zeros, invalid (B,) bool)``; ``invalid`` marks paths that
             repeat a candidate or pick a masked one (probability zero).
         """
+        logits = self._require_logits()
+        if logits.device.type == "cpu" and self.use_compiled:
+            g = self._group_ids()
+            beta_in = self.repulsion if self.repulsion is not None else th.zeros(logits.shape[0], dtype=logits.dtype)
+            return _PathTermsCPU.apply(logits, beta_in, g, path, self._n_groups(), entropy)
         x, e, big_s, big_t, beta = self._row_stats()
         b, n = x.shape
         kk = self.slate_size
@@ -298,11 +310,6 @@ class PlackettLuceDistribution(Distribution):
         g_a = g.gather(1, path)  # (B, K)
         e_a = th.where(invalid.unsqueeze(1), 0.0, e.gather(1, path))  # (B, K); invalid paths remove nothing
         xe_a = th.where(invalid.unsqueeze(1), 0.0, e_a * th.where(th.isneginf(x_a), 0.0, x_a)) if entropy else None
-        if x.device.type == "cpu" and self.use_compiled:
-            beta_in = beta if beta is not None else th.zeros(b, dtype=x.dtype)
-            log_p, ent = _PathTermsCPU.apply(big_s, big_t, e_a, xe_a if xe_a is not None else th.zeros_like(e_a),
-                                             x_a, beta_in, g_a, entropy)
-            return log_p, ent, invalid
         onehot = (g_a.unsqueeze(2) == th.arange(n_g, device=x.device)).to(x.dtype)  # (B, K, G)
         pad = th.zeros(b, 1, n_g, dtype=x.dtype, device=x.device)
 
