@@ -348,11 +348,11 @@ def test_category_repulsion_is_consistent_and_round_trips(tmp_path: Path) -> Non
     assert th.allclose(loaded.get_distribution(_tensor(loaded, obs)).log_prob(actions), log_prob, atol=1e-5)
 
 
-@pytest.mark.parametrize(("use_item_table", "n_layers"), [(False, 3), (True, 3), (False, 1), (False, 2)])
-def test_folded_residual_equals_the_tanh_mlp_with_its_gradients(use_item_table: bool, n_layers: int) -> None:
+@pytest.mark.parametrize("use_item_table", [False, True])
+def test_folded_residual_equals_the_tanh_mlp_with_its_gradients(use_item_table: bool) -> None:
     """The residual is evaluated as sigmoids with folded weights; it must be the plain tanh MLP, gradients too."""
     th.manual_seed(0)
-    policy = _policy(use_item_table=use_item_table, residual_init_scale=1.0, candidate_hidden=8, n_layers=n_layers)
+    policy = _policy(use_item_table=use_item_table, residual_init_scale=1.0, candidate_hidden=8, n_layers=3)
     assert policy._fold_tanh
     obs = _tensor(policy, _fake_obs(policy.observation_space, 16))
     state_in, cand, _, _ = policy._encode(obs)
@@ -373,35 +373,3 @@ def test_folded_residual_equals_the_tanh_mlp_with_its_gradients(use_item_table: 
         assert th.allclose(a, b, atol=1e-5, rtol=1e-4)
     with th.no_grad():
         assert th.allclose(policy._residual(cand, h), folded, atol=1e-6)
-
-
-@pytest.mark.parametrize("n_layers", [1, 2, 3])
-def test_folded_residual_backward_is_autograds(n_layers: int) -> None:
-    """The hand-written backward of the folded residual equals autograd's over the same ops (float64 gradcheck)."""
-    from agents.policies import _FoldedResidual
-
-    gen = th.Generator().manual_seed(n_layers)
-    b, n, x_dim, ch = 3, 5, 4, 6
-
-    def rand(*shape: int) -> th.Tensor:
-        return th.randn(*shape, generator=gen, dtype=th.float64).requires_grad_()
-
-    params = [rand(ch, x_dim), rand(ch)]
-    for _ in range(n_layers - 1):
-        params += [rand(ch, ch), rand(ch)]
-    params += [rand(1, ch), rand(1)]
-    x, u = rand(b * n, x_dim), rand(b, ch)
-
-    def plain(x: th.Tensor, u: th.Tensor, *p: th.Tensor) -> th.Tensor:
-        s = th.sigmoid((x @ p[0].t() + p[1]).view(b, n, ch) + u.unsqueeze(1)).view(b * n, ch)
-        for i in range(2, len(p) - 2, 2):
-            s = th.sigmoid(s @ p[i].t() + p[i + 1])
-        return (s @ p[-2].t() + p[-1]).view(b, n)
-
-    assert th.allclose(_FoldedResidual.apply(x, u, *params), plain(x, u, *params), atol=1e-12)
-    assert th.autograd.gradcheck(_FoldedResidual.apply, (x, u, *params))
-    w = th.randn(b, n, generator=gen, dtype=th.float64)
-    ours = th.autograd.grad((_FoldedResidual.apply(x, u, *params) * w).sum(), (x, u, *params))
-    theirs = th.autograd.grad((plain(x, u, *params) * w).sum(), (x, u, *params))
-    for a, c in zip(ours, theirs, strict=True):
-        assert th.allclose(a, c, atol=1e-12)
