@@ -21,7 +21,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import VecNormalize
 
 from agents.policies import SlatePolicy
-from agents.training import RewardNormalize, make_venv, policy_kwargs
+from agents.training import make_venv, policy_kwargs
 from configs.loader import load_config
 from envs.presets import load_world
 from envs.sb3 import SB3VecEnv
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> dict:
     pc = cfg.train.ppo
     venv: SB3VecEnv | VecNormalize = make_venv(cfg, world, 0)
     if pc.normalize_reward:
-        venv = RewardNormalize(venv, norm_obs=False, norm_reward=True, gamma=pc.gamma)
+        venv = VecNormalize(venv, norm_obs=False, norm_reward=True, gamma=pc.gamma)
     model = PPO(SlatePolicy, venv, learning_rate=pc.learning_rate, n_steps=pc.n_steps, batch_size=pc.batch_size,
                 n_epochs=pc.n_epochs, gamma=pc.gamma, gae_lambda=pc.gae_lambda, clip_range=pc.clip_range,
                 ent_coef=pc.ent_coef, vf_coef=pc.vf_coef, max_grad_norm=pc.max_grad_norm, target_kl=pc.target_kl,
