@@ -334,7 +334,7 @@ class TrainConfig:
         policy: Policy network.
     """
 
-    total_timesteps: int = 300_000
+    total_timesteps: int = 1_000_000
     max_minutes: float | None = None
     seed: int = 0
     device: str = "auto"
