@@ -18,6 +18,7 @@ import numpy as np
 
 from configs.schema import EnvConfig
 from encoders.base import TextEncoder
+from envs.features import ACC_NAMES, new_accumulators
 from envs.kernels import (
     SessionState,
     StepParams,
@@ -218,16 +219,10 @@ class BatchedCore:
         self.cand_slots = np.zeros((b, self.N), np.int32)
         self.cand_pos = np.zeros((b, self.N), np.int32)
         self.recent = np.full((b, RECENT), -1, np.int64)
-        # context accumulators
-        self.n_clicks = np.zeros(b, f32)
-        self.n_purchases = np.zeros(b, f32)
-        self.click_ema = np.zeros(b, f32)
-        self.last_click = np.zeros(b, f32)
-        self.last_rank = np.ones(b, f32)
-        self.llm_ema = np.zeros(b, f32)
-        self.cf_ema = np.zeros(b, f32)
-        self.dwell_ema = np.zeros(b, f32)
-        self.skip_streak = np.zeros(b, f32)
+        # the context's accumulators (envs.features.ACC_NAMES), also readable by name as column views
+        self.acc = new_accumulators(b)  # (B, A) float32
+        (self.n_clicks, self.n_purchases, self.click_ema, self.last_click, self.last_rank, self.llm_ema, self.cf_ema,
+         self.dwell_ema, self.skip_streak) = (self.acc[:, a] for a in range(len(ACC_NAMES)))
         self._new_obs_buffers(np.zeros)
 
     def _new_obs_buffers(self, alloc: Callable[..., np.ndarray] = np.empty) -> None:

@@ -16,6 +16,9 @@ from llvmlite import binding as _llvm
 from numba import types as _types
 from numba.extending import get_cython_function_address
 
+from envs import features as obs_state
+from envs.spaces import F_LLM
+
 # scipy's own ``ndtri`` (the inverse normal CDF of ``envs.rng.normal``) and ``gammaincinv`` (the session budget),
 # called from compiled code through their Cython exports (``double f(double..., int skip_dispatch)``): the same
 # functions, so the kernels' draws equal the numpy ones bit for bit. Bound by symbol name (not as ctypes
@@ -160,31 +163,18 @@ def gather_features(
             st.cand_pos[b, n] = pos
             st.cand_slots[b, n] = slot
             st.cands[b, n] = item
+            feat = st.obs_features[b, n]
             if write_llm:
                 llm = st.state_sim[b, slot] * inv_norm
                 st.cand_llm[b, n] = llm
-                st.obs_features[b, n, 0] = llm
-            st.obs_features[b, n, 1] = st.cf_obs[b, slot]
-            st.obs_features[b, n, 2] = item_features[item, 0]
-            st.obs_features[b, n, 3] = item_features[item, 1]
-            st.obs_features[b, n, 4] = st.exposure[b, cat]
-            st.obs_features[b, n, 5] = st.cat_clicks[b, cat]
-            st.obs_features[b, n, 6] = st.seen[b, slot]
+            else:  # text mode: the caller writes the llm_sim column from the encoded prompt
+                llm = feat[F_LLM]
+            obs_state.write_candidate(feat, llm, st.cf_obs[b, slot], item_features[item, 0], item_features[item, 1],
+                                      st.exposure[b, cat], st.cat_clicks[b, cat], st.seen[b, slot])
             pos += stride
             if pos >= p:
                 pos -= p
-        steps = np.float32(max(st.t[b], 1))
-        ctx = st.obs_context[b]
-        ctx[0] = st.t[b] / max_steps
-        ctx[1] = st.click_ema[b]
-        ctx[2] = st.n_clicks[b] / steps
-        ctx[3] = st.last_click[b]
-        ctx[4] = st.last_rank[b]
-        ctx[5] = st.llm_ema[b]
-        ctx[6] = st.cf_ema[b]
-        ctx[7] = st.n_purchases[b] / steps
-        ctx[8] = st.dwell_ema[b]
-        ctx[9] = min(st.skip_streak[b] / np.float32(5.0), np.float32(1.0))
+        obs_state.write_context(st.acc[b], st.t[b], max_steps, st.obs_context[b])
 
 
 # ---- session start -----------------------------------------------------------------------------------------------
@@ -356,14 +346,10 @@ def build_sessions(
         nrm = np.sqrt(sq)
         st.state_norm[b] = nrm
         st.fatigue[b, :] = 0.0
-        st.exposure[b, :] = 0.0
-        st.cat_clicks[b, :] = 0.0
+        obs_state.reset_session(st.acc[b], st.exposure[b], st.cat_clicks[b])
         for j in range(n_rec):
             hj = n_hist - n_rec + j
             st.recent[b, j] = history[user, hj] if hj >= 0 else -1
-        st.n_clicks[b] = st.n_purchases[b] = st.click_ema[b] = st.last_click[b] = 0.0
-        st.llm_ema[b] = st.cf_ema[b] = st.dwell_ema[b] = st.skip_streak[b] = 0.0
-        st.last_rank[b] = 1.0
 
 
 # ---- the step ----------------------------------------------------------------------------------------------------
@@ -436,15 +422,7 @@ class SessionState(NamedTuple):
     cands: np.ndarray
     obs_context: np.ndarray
     cand_llm: np.ndarray
-    n_clicks: np.ndarray
-    n_purchases: np.ndarray
-    click_ema: np.ndarray
-    last_click: np.ndarray
-    last_rank: np.ndarray
-    llm_ema: np.ndarray
-    cf_ema: np.ndarray
-    dwell_ema: np.ndarray
-    skip_streak: np.ndarray
+    acc: np.ndarray
 
 
 class StepResult(NamedTuple):
@@ -539,13 +517,12 @@ def step_sessions(
     n_cat = st.fatigue.shape[1]
     dim = st.state.shape[1]
     u0 = prm.no_click_utility
-    od = np.float32(prm.obs_decay)
-    oa = np.float32(1.0 - prm.obs_decay)
     f_rec = np.float32(prm.fatigue_recovery)
     decay = np.float32(prm.state_decay)
     util = np.empty(k_slate, np.float64)
     probs = np.empty(k_slate, np.float64)
     slots = np.empty(k_slate, np.int64)
+    cats = np.empty(k_slate, np.int64)
     items = out.items
     for b in range(lo, hi):
         # utility of the shown items (hidden state before this request)
@@ -607,16 +584,16 @@ def step_sessions(
             m_cf += st.cf_obs[b, slots[k]]
         d_llm = st.cand_llm[b, slate[b, rk]] - m_llm / k_slate
         d_cf = st.cf_obs[b, slots[rk]] - m_cf / k_slate
-        # fatigue, exposure, category clicks, impressions
+        # fatigue and impressions (hidden), then the observable request-level update (envs.features)
         for c in range(n_cat):
             st.fatigue[b, c] *= f_rec
-            st.exposure[b, c] *= od
-            st.cat_clicks[b, c] *= od
         for k in range(k_slate):
             cat = category[items[b, k]]
+            cats[k] = cat
             st.fatigue[b, cat] += np.float32(prm.fatigue_gain * pos_w[k])
-            st.exposure[b, cat] += np.float32(1.0 / k_slate)
             st.seen[b, slots[k]] += 1.0
+        acc = st.acc[b]
+        obs_state.on_slate(acc, st.exposure[b], st.cat_clicks[b], cats, prm.obs_decay)
         for k in range(k_slate):
             out.clicks[b, k] = False
             out.purchases[b, k] = False
@@ -624,7 +601,10 @@ def step_sessions(
         if clicked:
             cat_c = category[item_c]
             st.fatigue[b, cat_c] += np.float32(prm.fatigue_click_gain)
-            st.cat_clicks[b, cat_c] += 1.0
+            obs_state.on_click(acc, st.cat_clicks[b], cat_c, rank, k_slate, d_llm, d_cf, prm.obs_decay)
+            if bought:
+                obs_state.on_purchase(acc)
+            obs_state.on_dwell(acc, np.float32(dwell / 60.0), prm.obs_decay)
             out.clicks[b, rank] = True
             out.purchases[b, rank] = bought
             out.dwell[b, rank] = np.float32(dwell)
@@ -663,19 +643,9 @@ def step_sessions(
                 st.recent[b, j] = st.recent[b, j + 1]
             st.recent[b, n_rec - 1] = item_c
             st.budget[b] += prm.click_refund_base + prm.click_refund_weight * max(rel - prm.like_threshold, 0.0)
-            st.llm_ema[b] = od * st.llm_ema[b] + oa * d_llm
-            st.cf_ema[b] = od * st.cf_ema[b] + oa * d_cf
         else:
             st.budget[b] -= prm.no_click_cost
         st.budget[b] -= prm.step_cost
-        # context accumulators
-        st.n_clicks[b] += clicked
-        st.n_purchases[b] += bought
-        st.click_ema[b] = od * st.click_ema[b] + oa * clicked
-        st.last_click[b] = clicked
-        st.last_rank[b] = rank / k_slate if clicked else 1.0
-        st.dwell_ema[b] = od * st.dwell_ema[b] + oa * np.float32(dwell / 60.0)
-        st.skip_streak[b] = 0.0 if clicked else st.skip_streak[b] + 1.0
         st.t[b] += 1
         out.click_rank[b] = rank
         out.terminated[b] = st.budget[b] <= 0.0
