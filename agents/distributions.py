@@ -472,7 +472,7 @@ class PlackettLuceDistribution(Distribution):
             (B,) log-probabilities, differentiable in the logits (and β).
         """
         logits = self._require_logits()
-        actions = actions.reshape(-1, self.slate_size).long()
+        actions = actions.reshape(-1, self.slate_size).long().to(logits.device)  # slates may come from the host
         if actions.shape[0] != logits.shape[0]:
             raise ValueError(f"actions batch {actions.shape[0]} != logits batch {logits.shape[0]}")
         log_p, _, invalid = self._path_terms(actions, entropy=False)
@@ -506,7 +506,8 @@ class PlackettLuceDistribution(Distribution):
 
     def _path_entropy(self, path: th.Tensor) -> th.Tensor:
         """Sum over k of the entropy of the k-th conditional softmax along ``path`` (B, K) → (B,)."""
-        return self._path_terms(path, entropy=True)[1].to(self._require_logits().dtype)
+        logits = self._require_logits()
+        return self._path_terms(path.to(logits.device), entropy=True)[1].to(logits.dtype)
 
     def entropy(self) -> th.Tensor:
         """Tractable slate-entropy estimate (see the class docstring: chain rule along one slate).

@@ -26,10 +26,10 @@ ENC=(--set encoder.kind=hashing --set encoder.hashing_dim=384)
 gymnasium.__version__, 'sb3', sb3.__version__)"
 } 2>&1 | tee "$OUT/device.txt"
 
-echo "== install (no index, no deps)" | tee "$OUT/install.log"
-python3 -m venv --system-site-packages /tmp/rf-venv \
-  && /tmp/rf-venv/bin/python -m pip install -q --no-index --no-deps --no-build-isolation -e . 2>&1 | tail -3 \
-  && /tmp/rf-venv/bin/python -c "import envs, agents.training; print('import ok')" 2>&1 | tee -a "$OUT/install.log"
+echo "== install (no index, no deps: the package itself, built and installed into a folder of its own)"
+{ python3 -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/rf-pkg . 2>&1 | tail -3 \
+  && (cd /tmp && PYTHONPATH=/tmp/rf-pkg:${PYTHONPATH:-} python3 -c "import envs, agents.training, train, evaluate;
+print('installed package imports from', envs.__file__)"); } 2>&1 | tee "$OUT/install.log"
 
 echo "== tests"
 timeout 300 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_distributions.py \

@@ -39,6 +39,8 @@ def test_log_prob_and_entropy_agree_with_cpu(repulsion: bool) -> None:
     # the entropy estimate follows one path (sampled or the mode): compare along the same path
     assert th.allclose(cpu._path_entropy(slates), gpu._path_entropy(slates.cuda()).cpu(), atol=1e-4, rtol=1e-4)
     assert th.equal(cpu.mode(), gpu.mode().cpu())
+    # slates handed over from the host are accepted by a distribution on the GPU
+    assert th.allclose(gpu.log_prob(slates).cpu(), lp_cpu, atol=1e-4, rtol=1e-4)
 
 
 def test_gpu_samples_are_valid_slates() -> None:
@@ -58,8 +60,8 @@ def test_gradients_agree_with_cpu() -> None:
     slates = PlackettLuceDistribution(n, k).proba_distribution(logits, groups=groups, repulsion=beta).sample()
     grads = []
     for device in ("cpu", "cuda"):
-        x = logits.to(device).requires_grad_(True)
-        bt = beta.to(device).requires_grad_(True)
+        x = logits.detach().to(device).requires_grad_(True)
+        bt = beta.detach().to(device).requires_grad_(True)
         d = PlackettLuceDistribution(n, k).proba_distribution(x, groups=groups.to(device), repulsion=bt)
         (d.log_prob(slates.to(device)).sum() + 0.1 * d._path_entropy(slates.to(device)).sum()).backward()
         grads.append((x.grad.cpu(), bt.grad.cpu()))
