@@ -617,6 +617,8 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False, progre
         run_dir = new_run_dir(cfg)
     run_dir = Path(run_dir)
     say = (lambda msg: tqdm.write(msg)) if progress else (lambda msg: None)
+    ckpt: Checkpoint | None = None
+    skipped: list[str] = []
     if resume:
         done = finished_summary(cfg, run_dir)
         if done is not None:
@@ -650,7 +652,7 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False, progre
     stats_env = venv
     ckpt_dir = run_dir / CKPT_DIR
     resumed_from: dict[str, Any] | None = None
-    if resume:
+    if ckpt is not None:
         model = restore_model(cfg, ckpt, venv, device, run_dir)
         resumed_from = {"checkpoint": str(ckpt.path), "num_timesteps": ckpt.num_timesteps, "skipped": skipped}
         say(f"resuming from step {model.num_timesteps:,} ({ckpt.path.name})")

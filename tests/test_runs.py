@@ -152,7 +152,7 @@ def test_no_usable_checkpoint_is_a_clear_error(trained: Path, tmp_path: Path) ->
     shutil.rmtree(run / "checkpoints")
     (run / "checkpoints").mkdir()
     (run / "checkpoints" / "latest.zip").write_bytes(b"PK")  # an older recfeed's pickled checkpoint
-    with pytest.raises(SystemExit, match="older recfeed.*pickle-free"):
+    with pytest.raises(SystemExit, match=r"older recfeed.*pickle-free"):
         train.main(["--resume", str(run), "--quiet"])
 
 
@@ -160,20 +160,20 @@ def test_sigkill_then_resume_loses_at_most_one_checkpoint_interval(tmp_path: Pat
     """train.py killed with SIGKILL after its first checkpoint; ``--resume`` carries on from the newest whole one."""
     env = {**os.environ, "RECFEED_CACHE": str(tmp_path / "cache"), "RECFEED_ENV_THREADS": "1"}
     args = tiny_args(tmp_path / "runs", "killed", 1_000_000)
-    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log = tmp_path / "train.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=REPO, env=env,
+                                stdout=out, stderr=subprocess.STDOUT)
     ckpts = tmp_path / "runs" / "killed" / "checkpoints"
     try:
         deadline = time.monotonic() + 600  # a guard against a hang, not a timing assertion
         while not checkpoint_dirs(ckpts):
-            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else proc.returncode
+            assert proc.poll() is None, log.read_text()
             assert time.monotonic() < deadline, "no checkpoint appeared"
             time.sleep(0.2)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        if proc.stderr:
-            proc.stderr.close()
     assert proc.returncode == -signal.SIGKILL
     run = ckpts.parent
     newest = json.loads((checkpoint_dirs(ckpts)[0] / "state.json").read_text())["num_timesteps"]
@@ -317,7 +317,7 @@ def test_a_run_with_only_model_zip_is_refused_then_converted_on_request(small_ru
     expected = load_policy(small_run, "cpu").state_dict()
     for name in ("policy.safetensors", "policy.json"):
         (small_run / name).unlink()
-    with pytest.raises(FileNotFoundError, match="would unpickle.*python -m agents.ppo_ranker convert"):
+    with pytest.raises(FileNotFoundError, match=r"would unpickle.*python -m agents\.ppo_ranker convert"):
         load_policy(small_run, "cpu")
     convert_legacy_run(small_run)  # the explicit, trusted-file path
     assert _weights_equal(load_policy(small_run, "cpu").state_dict(), expected)
