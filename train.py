@@ -32,7 +32,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict:
     """Entry point; returns the run summary."""
     args = parse_args(argv)
-    from agents.training import print_summary, train
+    from agents.training import CheckpointError, print_summary, train
 
     try:
         if args.resume:
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> dict:
 
                 cfg.env = preset_config(args.preset)
             summary = train(cfg, progress=not args.quiet)
-    except (ConfigError, FileNotFoundError, FileExistsError) as exc:
+    except (ConfigError, CheckpointError, FileNotFoundError, FileExistsError) as exc:
         sys.exit(f"train.py: error: {exc}")
     print_summary(summary, Path(summary["paths"]["report"]) / "results.md")
     return summary

@@ -782,13 +782,15 @@ def make_ranker(spec: str, ctx: RankerContext) -> Ranker:
             raise ValueError("the oracle reads the evaluation core's hidden state: give RankerContext a core")
         ranker = OracleRanker(k, ctx.core)
     else:  # run:DIR (parse_spec admits nothing else)
-        ranker = load_run(str(arg), ctx.device)
+        ranker = load_run(str(arg), ctx.device, n_items=ctx.world.n_items)
     ranker.name = spec
     return ranker
 
 
-def load_run(run_dir: str, device: str = "auto") -> Ranker:
+def load_run(run_dir: str, device: str = "auto", n_items: int | None = None) -> Ranker:
     """The ranker of a PPO run directory, through ``agents.ppo_ranker.load_run_ranker`` (imported lazily).
+
+    ``n_items``: the evaluation world's catalog size; a policy trained on another catalog is an error.
 
     Raises:
         FileNotFoundError: If ``run_dir`` does not exist.
@@ -803,4 +805,4 @@ def load_run(run_dir: str, device: str = "auto") -> Ranker:
             raise
         raise ImportError(f"cannot load run {run_dir!r}: agents/ppo_ranker.py (the PPO ranker) is not available "
                           "in this checkout") from exc
-    return load_run_ranker(run_dir, device=device)
+    return load_run_ranker(run_dir, device=device, n_items=n_items)

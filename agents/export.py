@@ -1,6 +1,7 @@
 """Export a trained run's policy for serving: a self-contained artifact directory.
 
-``python -m agents.export RUN_DIR --format onnx|torchscript [--out DIR]`` writes (default ``RUN_DIR/export``)::
+``python -m agents.export RUN_DIR --format onnx|torchscript [--out DIR] [--force]`` writes (default
+``RUN_DIR/export``)::
 
     policy.onnx | policy.pt   the actor: (user (B, D), features (B, N, F), context (B, C)
                               [, candidates (B, N) int64] [, item_emb (B, N, D)])
@@ -11,6 +12,16 @@
                               category_names (C,) str
     manifest.json             feature schema, N used in training, K, D, M, C, encoder identity, fallback α,
                               observation decay constants, CF fold-in settings, file hashes, the parity check
+
+**Where it writes.** The artifact is built in a new temporary folder beside ``--out`` and renamed into place, so
+``--out`` holds the old export or the new one, never half of one. An existing ``--out`` is replaced only when it is
+empty or a previous export (its ``manifest.json`` written here, and nothing but the files that manifest names);
+any other non-empty folder needs ``--force``. The run directory itself, a folder above it, a folder that contains a
+run directory, and the run's own entries (``checkpoints/``, ``tb/``, ``report/`` …) are refused even with
+``--force``: nothing recfeed did not write is deleted unasked, and no run is ever deleted.
+
+**Loading.** The run's policy is read from ``policy.safetensors`` + ``policy.json`` (``agents.ppo_ranker.load_policy``);
+``model.zip`` (SB3's pickled archive) is never opened.
 
 The graph has a dynamic N axis (the policy scores candidates with shared weights), so any number of
 candidates works at serving time. No pickle is needed to load it: ONNX is a protobuf; TorchScript's archive is
@@ -36,11 +47,16 @@ all-zero features).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
+import os
+import shutil
 import sys
+import tempfile
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -49,7 +65,7 @@ import numpy as np
 import torch as th
 from torch import nn
 
-from configs.loader import atomic_dir, load_config, to_dict
+from configs.loader import load_config, to_dict
 from configs.schema import Config
 from envs.core import OBS_DECAY
 from envs.spaces import CONTEXT_NAMES, FEATURE_NAMES
@@ -57,6 +73,11 @@ from envs.world import World
 
 EXPORT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
+#: ``manifest.json``'s ``producer``: how a previous export is recognised (see :func:`is_previous_export`).
+PRODUCER = "recfeed.agents.export"
+#: What ``train.py`` writes into a run directory (an export target inside a run must not be one of these).
+RUN_ENTRIES = frozenset({"config.yaml", "versions.json", "signature.json", "tb", "checkpoints", "eval.jsonl",
+                         "model.zip", "policy.safetensors", "policy.json", "report", "summary.json"})
 ITEMS_FILE = "items.npz"
 MODEL_FILES = {"onnx": "policy.onnx", "torchscript": "policy.pt"}
 ONNX_OPSET = 17
@@ -113,29 +134,136 @@ def graph_inputs(policy: Any) -> list[str]:
     return names
 
 
-def load_run(run_dir: str | Path, device: str = "cpu") -> tuple[Config, Any, dict[str, Any]]:
-    """The resolved config, the SB3 PPO model and the summary (``{}`` if absent) of a run directory.
+class ExportTargetError(ValueError):
+    """``--out`` names a folder that an export must not replace; the message says why."""
+
+
+@dataclass
+class LoadedPolicy:
+    """A run's policy, loaded pickle-free, with the ``predict`` of an SB3 model (``PPO.predict`` calls the same).
+
+    Attributes:
+        policy: The SlatePolicy (eval mode).
+    """
+
+    policy: Any
+
+    def predict(self, obs: dict[str, np.ndarray], deterministic: bool = True) -> tuple[np.ndarray, None]:
+        """``(slates (B, K), None)`` for a batched observation, as ``PPO.predict``."""
+        return self.policy.predict(obs, deterministic=deterministic)
+
+
+def load_run(run_dir: str | Path, device: str = "cpu") -> tuple[Config, LoadedPolicy, dict[str, Any]]:
+    """The resolved config, the policy and the summary (``{}`` if absent) of a run directory.
+
+    The policy comes from ``policy.safetensors`` + ``policy.json`` (:func:`agents.ppo_ranker.load_policy`);
+    ``model.zip`` is never unpickled.
 
     Raises:
-        FileNotFoundError: If ``config.yaml`` or ``model.zip`` is missing.
+        FileNotFoundError: If ``config.yaml`` or the policy files are missing.
+        ValueError: If the policy files are unreadable or inconsistent.
     """
-    from stable_baselines3 import PPO
-
-    from agents.policies import SlatePolicy
+    from agents.ppo_ranker import CONFIG_FILE, load_policy
 
     run = Path(run_dir)
-    for name in ("config.yaml", "model.zip"):
-        if not (run / name).is_file():
-            raise FileNotFoundError(f"{run} is not a finished recfeed run directory: {run / name} is missing")
-    cfg = load_config(run / "config.yaml")
-    model = PPO.load(run / "model.zip", device=device, custom_objects={"policy_class": SlatePolicy})
-    if not isinstance(model.policy, SlatePolicy):
-        raise ValueError(f"{run / 'model.zip'} holds a {type(model.policy).__name__}, not a SlatePolicy")
-    model.policy.set_training_mode(False)
+    if not (run / CONFIG_FILE).is_file():
+        raise FileNotFoundError(f"{run} is not a finished recfeed run directory: {run / CONFIG_FILE} is missing")
+    cfg = load_config(run / CONFIG_FILE)
+    policy = load_policy(run, device)
     summary: dict[str, Any] = {}
     if (run / "summary.json").is_file():
         summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
-    return cfg, model, summary
+    return cfg, LoadedPolicy(policy), summary
+
+
+# ---- where an export may be written ----------------------------------------------------------------------------
+
+
+def is_run_dir(path: Path) -> bool:
+    """``path`` looks like a run directory (``config.yaml`` with a model, policy, checkpoints or versions)."""
+    return (path / "config.yaml").is_file() and any(
+        (path / name).exists() for name in ("model.zip", "policy.safetensors", "checkpoints", "versions.json"))
+
+
+def is_previous_export(path: Path) -> bool:
+    """``path`` holds an export written here: a ``manifest.json`` from this module and nothing but plain files that
+    an export writes (its model file, ``items.npz``, the manifest)."""
+    try:
+        manifest = json.loads((path / MANIFEST_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        return False
+    ours = manifest.get("producer") == PRODUCER or (  # exports written before the producer field
+        manifest.get("version") == 1 and manifest.get("format") in MODEL_FILES and "parity" in manifest)
+    allowed = {MANIFEST_FILE, ITEMS_FILE, *MODEL_FILES.values(), *map(str, manifest["files"].values())}
+    return ours and all(p.name in allowed and p.is_file() and not p.is_symlink() for p in path.iterdir())
+
+
+def check_export_target(run_dir: str | Path, out: str | Path, force: bool = False) -> None:
+    """Raise :class:`ExportTargetError` unless an export of ``run_dir`` may be written to ``out`` (see the module
+    docstring, "Where it writes").
+
+    Args:
+        run_dir: The run being exported.
+        out: The artifact folder.
+        force: Replace a non-empty folder that is not a previous export (still never a run, nor part of one).
+    """
+    run, dest = Path(run_dir).resolve(), Path(out).resolve()
+    if dest == run or dest in run.parents:
+        raise ExportTargetError(f"--out {out} is the run directory {run_dir} or a folder above it; an export never "
+                                "replaces it (pick a new folder, e.g. the default RUN_DIR/export)")
+    for above in dest.parents:
+        if is_run_dir(above):
+            part = dest.relative_to(above).parts[0]
+            if part in RUN_ENTRIES:
+                raise ExportTargetError(f"--out {out} is {part!r} of the run directory {above}; an export never "
+                                        "replaces what train.py wrote")
+            break
+    if not dest.exists():
+        return
+    if not dest.is_dir():
+        raise ExportTargetError(f"--out {out} exists and is not a directory")
+    if is_run_dir(dest):
+        raise ExportTargetError(f"--out {out} is a run directory; an export never replaces a run")
+    if not any(dest.iterdir()) or is_previous_export(dest):
+        return
+    for root, _, _ in os.walk(dest):
+        if is_run_dir(Path(root)):
+            raise ExportTargetError(f"--out {out} contains the run directory {root}; an export never replaces a run")
+    if not force:
+        raise ExportTargetError(f"--out {out} is not empty and is not a previous export (no {MANIFEST_FILE} written "
+                                "by agents.export, or other files beside it); pick a new folder, or pass --force to "
+                                "replace it")
+
+
+@contextlib.contextmanager
+def _new_dir(dest: Path, ok_to_replace: Any) -> Iterator[Path]:
+    """Yield a new temporary folder beside ``dest``; on success it takes ``dest``'s place (by rename).
+
+    ``ok_to_replace()`` is called again just before an existing ``dest`` is replaced (it raises if that is no longer
+    allowed). On any error the temporary folder is removed and ``dest`` is left as it was.
+    """
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    try:
+        yield tmp
+        old = None
+        if dest.exists():
+            ok_to_replace()
+            old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".old", dir=dest.parent))
+            os.rename(dest, old / dest.name)
+        try:
+            os.rename(tmp, dest)
+        except BaseException:
+            if old is not None:
+                os.rename(old / dest.name, dest)
+            raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def collect_observations(model: Any, cfg: Config, world: World, n_envs: int = 32, steps: int = 8,
@@ -143,7 +271,7 @@ def collect_observations(model: Any, cfg: Config, world: World, n_envs: int = 32
     """Observations of held-out users met while the SB3 model itself chooses the slates.
 
     Args:
-        model: SB3 PPO with SlatePolicy.
+        model: The policy with a ``predict`` (:class:`LoadedPolicy`, or an SB3 PPO with SlatePolicy).
         cfg: The run's config.
         world: Its world.
         n_envs: Users simulated at once.
@@ -269,7 +397,7 @@ def parity_check(model: Any, path: Path, fmt: Format, names: list[str], obs: dic
     """Compare the exported graph with the SB3 model on ``obs`` (see the module docstring).
 
     Args:
-        model: SB3 PPO with SlatePolicy.
+        model: The policy with a ``predict`` (:class:`LoadedPolicy`, or an SB3 PPO with SlatePolicy).
         path: The exported file.
         fmt: Its format.
         names: Graph inputs.
@@ -344,28 +472,34 @@ def write_items(world: World, path: Path) -> None:
 
 
 def export_run(run_dir: str | Path, fmt: Format = "onnx", out: str | Path | None = None, world: World | None = None,
-               parity_envs: int = 32, parity_steps: int = 8, progress: bool = False) -> Path:
+               parity_envs: int = 32, parity_steps: int = 8, progress: bool = False, force: bool = False) -> Path:
     """Export ``run_dir``'s policy (see the module docstring).
 
     Args:
-        run_dir: A run directory (``config.yaml``, ``model.zip``, optionally ``summary.json``).
+        run_dir: A run directory (``config.yaml``, ``policy.safetensors`` + ``policy.json``, optionally
+            ``summary.json``).
         fmt: ``"onnx"`` or ``"torchscript"``.
-        out: Artifact directory (default ``RUN_DIR/export``); replaced atomically if it exists.
+        out: Artifact directory (default ``RUN_DIR/export``): written as a new folder renamed into place; an existing
+            one is replaced only if empty or a previous export (see :func:`check_export_target`).
         world: The run's world (default: ``envs.presets.load_world(cfg.env, cfg.encoder)``, cached on disk).
         parity_envs: Users simulated for the parity observations.
         parity_steps: Requests per user for the parity observations.
         progress: Show progress while a world is built.
+        force: Replace a non-empty ``out`` that is not a previous export (never a run directory or part of one).
 
     Returns:
         The artifact directory.
 
     Raises:
         FileNotFoundError: For a missing run directory or file.
+        ExportTargetError: For an ``out`` that must not be replaced (checked before anything else is done).
         ValueError: For an unknown format, a world that does not match the policy, or a failed parity check.
     """
     if fmt not in MODEL_FILES:
         raise ValueError(f"format must be one of {sorted(MODEL_FILES)}, got {fmt!r}")
     run = Path(run_dir)
+    dest = Path(out) if out is not None else run / "export"
+    check_export_target(run, dest, force)
     cfg, model, summary = load_run(run)
     policy = model.policy
     if world is None:
@@ -374,6 +508,9 @@ def export_run(run_dir: str | Path, fmt: Format = "onnx", out: str | Path | None
         world = load_world(cfg.env, cfg.encoder, progress=progress)
     space = policy.observation_space
     d, n_train = int(space["user"].shape[0]), int(space["features"].shape[0])
+    from agents.ppo_ranker import check_n_items
+
+    check_n_items(policy, world.n_items, str(run / "policy.json"))
     if d != world.dim:
         raise ValueError(f"the policy was trained on D={d} embeddings but the run's world has D={world.dim}")
     if tuple(space["features"].shape[1:]) != (len(FEATURE_NAMES),) or space["context"].shape != (len(CONTEXT_NAMES),):
@@ -389,8 +526,7 @@ def export_run(run_dir: str | Path, fmt: Format = "onnx", out: str | Path | None
 
     t0 = time.perf_counter()
     obs = collect_observations(model, cfg, world, parity_envs, parity_steps)
-    dest = Path(out) if out is not None else run / "export"
-    with atomic_dir(dest) as tmp:
+    with _new_dir(dest, lambda: check_export_target(run, dest, force)) as tmp:
         model_path = tmp / MODEL_FILES[fmt]
         graph = PolicyGraph(policy, names).eval()
         example = _graph_args({k: v[:2] for k, v in obs.items()}, names)
@@ -404,6 +540,7 @@ def export_run(run_dir: str | Path, fmt: Format = "onnx", out: str | Path | None
             visited = policy.alpha(obs).cpu().numpy()
         manifest = {
             "version": EXPORT_VERSION,
+            "producer": PRODUCER,
             "format": fmt,
             "created_unix": time.time(),
             "run_dir": str(run.resolve()),
@@ -445,13 +582,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m agents.export", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", help="run directory written by train.py (config.yaml, model.zip)")
     parser.add_argument("--format", choices=sorted(MODEL_FILES), default="onnx", help="artifact format")
-    parser.add_argument("--out", default=None, help="artifact directory (default: RUN_DIR/export)")
+    parser.add_argument("--out", default=None, help="artifact directory (default: RUN_DIR/export); an existing one "
+                        "is replaced only if empty or a previous export")
+    parser.add_argument("--force", action="store_true", help="replace a non-empty --out that is not a previous export "
+                        "(never a run directory, a folder holding one, or part of one)")
     parser.add_argument("--parity-envs", type=int, default=32, help="users simulated for the parity check")
     parser.add_argument("--parity-steps", type=int, default=8, help="requests per user for the parity check")
     args = parser.parse_args(argv)
     try:
         dest = export_run(args.run_dir, args.format, args.out, parity_envs=args.parity_envs,
-                          parity_steps=args.parity_steps, progress=True)
+                          parity_steps=args.parity_steps, progress=True, force=args.force)
     except (FileNotFoundError, ValueError) as exc:
         print(f"export failed: {exc}", file=sys.stderr)
         return 2

@@ -78,6 +78,28 @@ def _rows_linear(x: th.Tensor, w: th.Tensor, b: th.Tensor) -> th.Tensor:
     return th.addmm(b, x, w.t())
 
 
+def _catalog_ids(candidates: th.Tensor, n_items: int) -> th.Tensor:
+    """Candidate catalog ids (B, N) as int64, checked to lie in ``[0, n_items)`` (the policy's item tables).
+
+    An id outside the catalog the policy was trained on is an error, never clamped onto another item: it means
+    the observation comes from another world. The check is one ``aminmax`` over (B, N); it is left out while the
+    graph is traced for export (the exported runtime's gather then rejects such an id itself).
+
+    Raises:
+        ValueError: Naming the first offending row and id.
+    """
+    ids = candidates.round().long()
+    if ids.numel() and not (th.jit.is_tracing() or th.onnx.is_in_onnx_export()):
+        lo, hi = th.aminmax(ids)
+        if bool(lo < 0) or bool(hi >= n_items):
+            bad = (ids < 0) | (ids >= n_items)
+            row = int(bad.any(dim=-1).nonzero()[0, 0]) if ids.dim() > 1 else 0
+            value = int(ids.reshape(-1)[bad.reshape(-1).nonzero()[0, 0]])
+            raise ValueError(f"candidate id {value} (row {row}) is outside the policy's catalog [0, {n_items}): "
+                             "the observation comes from another catalog than the one the policy was trained on")
+    return ids
+
+
 def _mlp(in_dim: int, hidden: int, n_layers: int, activation_fn: type[nn.Module]) -> nn.Sequential:
     layers: list[nn.Module] = []
     dim = in_dim
@@ -325,8 +347,7 @@ class SlatePolicy(ActorCriticPolicy):
         if "item_emb" in obs:
             parts.append(obs["item_emb"])
         if self.item_table is not None:
-            ids = obs["candidates"].round().long().clamp_(0, self.item_table.num_embeddings - 1)
-            parts.append(self.item_table(ids))
+            parts.append(self.item_table(_catalog_ids(obs["candidates"], self.item_table.num_embeddings)))
         cand = th.cat(parts, dim=-1) if len(parts) > 1 else parts[0]  # (B, N, X)
         mask = obs["mask"] > 0.5 if "mask" in obs else None
         if mask is None:
@@ -399,7 +420,7 @@ class SlatePolicy(ActorCriticPolicy):
         if self.repulsion_head is None:
             return None
         table = self.item_category
-        return table[obs["candidates"].round().long().clamp(0, table.numel() - 1)]
+        return table[_catalog_ids(obs["candidates"], table.numel())]
 
     def _dist_for(self, obs: dict[str, th.Tensor]) -> tuple[PlackettLuceDistribution, th.Tensor, th.Tensor]:
         """The slate distribution for prepared obs; also the state input and the state embedding."""

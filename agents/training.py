@@ -5,19 +5,38 @@
     config.yaml      the resolved config (every hyperparameter)
     versions.json    library versions, device, seeds, the world's key
     tb/              TensorBoard events (SB3's scalars + rollout/*, train/alpha_*, time/*, eval/*)
-    checkpoints/     latest.zip (+ vecnormalize.pkl, state.json), written atomically every N steps
+    checkpoints/     step-<N>/ every train.checkpoint_every steps, the last two kept (see below)
     eval.jsonl       periodic evaluations against tuned-alpha on held-out users
-    model.zip        the final model (SB3 PPO with SlatePolicy)
+    policy.safetensors + policy.json   the final policy, pickle-free: what evaluate.py / export / serve read
+    model.zip        the final model as SB3's archive (PPO with SlatePolicy), for SB3 users; recfeed never reads it
     report/          final comparison: results.json / .md / .csv, plots/*.png, alpha.json
     summary.json     headline figures, timings and paths
+
+A checkpoint ``checkpoints/step-<N>/`` is a folder built beside its final name and renamed into place (a kill
+leaves the previous checkpoints whole), holding nothing that is unpickled on resume::
+
+    policy.safetensors, policy.json   weights + constructor settings (agents/ppo_ranker.py)
+    optimizer.pt      Adam's state: tensors and numbers only, read with torch.load(weights_only=True)
+    vecnormalize.npz  the reward-normalisation statistics (train.ppo.normalize_reward), read with allow_pickle=False
+    state.json        step count, update count, the sha256 of every file above (written last)
+
+``--resume`` rebuilds PPO from the run's config and loads these into it; a checkpoint that is truncated or
+unreadable (or lacks its reward-normalisation file) is named in a message and the previous one is used.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import platform
+import re
+import shutil
+import sys
+import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +51,20 @@ from tqdm.auto import tqdm
 from agents.baselines import RankerContext, make_ranker, tune_alpha
 from agents.evaluation import RHO_EDGES, RHO_LABELS, episode_plan, run_episodes, summarise, write_report
 from agents.policies import SlatePolicy
-from agents.ppo_ranker import CONFIG_FILE, MODEL_FILE, PPORanker, resolve_device
-from configs.loader import atomic_write_text, save_yaml, to_dict
+from agents.ppo_ranker import (
+    CONFIG_FILE,
+    MODEL_FILE,
+    SETTINGS_FILE,
+    WEIGHTS_FILE,
+    PolicyFileError,
+    PPORanker,
+    policy_spec,
+    read_policy_files,
+    resolve_device,
+    same_space,
+    save_policy,
+)
+from configs.loader import atomic_write_text, load_config, save_yaml, to_dict
 from configs.schema import Config
 from envs.core import BatchedCore
 from envs.presets import load_world, world_key
@@ -43,6 +74,15 @@ from envs.vector_env import RecVectorEnv
 from envs.world import World
 
 CKPT_DIR = "checkpoints"
+#: A checkpoint folder is ``checkpoints/step-<num_timesteps, 12 digits>``.
+CKPT_PREFIX = "step-"
+#: Checkpoints kept (the newest ones); an unusable newest one falls back to the one before.
+KEEP_CHECKPOINTS = 2
+OPTIMIZER_FILE = "optimizer.pt"
+VECNORM_FILE = "vecnormalize.npz"
+STATE_FILE = "state.json"
+CKPT_FORMAT = "recfeed.checkpoint"
+CKPT_VERSION = 1
 #: Baselines of the final comparison (the oracle reads hidden state; it is the upper reference).
 FINAL_BASELINES = ("random", "greedy-llm", "greedy-cf", "tuned-alpha", "linucb", "diverse", "oracle")
 
@@ -233,7 +273,7 @@ class PeriodicEval(BaseCallback):
 
 
 class Checkpointer(BaseCallback):
-    """Every ``every`` steps: ``checkpoints/latest.zip`` (+ reward-normalisation stats, step count), atomically."""
+    """Every ``every`` steps: a checkpoint ``checkpoints/step-<N>/`` (see the module docstring), the last two kept."""
 
     def __init__(self, run_dir: Path, every: int) -> None:
         super().__init__()
@@ -251,14 +291,298 @@ class Checkpointer(BaseCallback):
         save_checkpoint(self.model, self.dir)
 
 
-def save_checkpoint(model: PPO, ckpt_dir: Path) -> None:
-    """Model, VecNormalize statistics and step count, each written atomically; state.json last."""
+# ---- checkpoints ---------------------------------------------------------------------------------------------
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be used; the message names the file and what is wrong with it."""
+
+
+@dataclass
+class Checkpoint:
+    """A checkpoint read back and checked (see :func:`read_checkpoint`).
+
+    Attributes:
+        path: Its folder.
+        state: ``state.json``.
+        settings: ``policy.json``.
+        weights: The policy's state dict.
+        optimizer: The optimizer's state dict.
+        vecnorm: The reward-normalisation statistics (``None``: the run does not normalise rewards).
+    """
+
+    path: Path
+    state: dict[str, Any]
+    settings: dict[str, Any]
+    weights: dict[str, th.Tensor]
+    optimizer: dict[str, Any]
+    vecnorm: dict[str, np.ndarray] | None = field(default=None)
+
+    @property
+    def num_timesteps(self) -> int:
+        """Env steps trained when it was written."""
+        return int(self.state["num_timesteps"])
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def checkpoint_dirs(ckpt_dir: Path) -> list[Path]:
+    """The checkpoint folders in ``ckpt_dir`` (``step-<N>``), newest (largest N) first."""
+    if not ckpt_dir.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in ckpt_dir.iterdir()
+             if p.is_dir() and (m := re.fullmatch(re.escape(CKPT_PREFIX) + r"(\d+)", p.name))]
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def save_checkpoint(model: PPO, ckpt_dir: Path, keep: int = KEEP_CHECKPOINTS) -> Path:
+    """Write ``ckpt_dir/step-<N>/`` (policy, optimizer, reward-normalisation stats, state.json) and keep the newest
+    ``keep`` checkpoints.
+
+    The folder is built under a temporary name beside it and renamed into place, so a kill at any moment leaves
+    every earlier checkpoint whole. A checkpoint of the same step (the final save right after a periodic one) is
+    replaced. Only folders this function wrote (``step-<N>`` and its own temporary names) are ever removed.
+
+    Returns:
+        The checkpoint folder.
+    """
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_save(model.save, ckpt_dir / "latest.zip")
-    venv = model.get_env()
-    if isinstance(venv, VecNormalize):
-        _atomic_save(venv.save, ckpt_dir / "vecnormalize.pkl")
-    _json(ckpt_dir / "state.json", {"num_timesteps": int(model.num_timesteps), "time": time.time()})
+    step = int(model.num_timesteps)
+    dest = ckpt_dir / f"{CKPT_PREFIX}{step:012d}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=ckpt_dir))
+    try:
+        policy = model.policy
+        assert isinstance(policy, SlatePolicy)
+        save_policy(policy, tmp)
+        th.save(policy.optimizer.state_dict(), tmp / OPTIMIZER_FILE)
+        venv = model.get_env()
+        files = [WEIGHTS_FILE, SETTINGS_FILE, OPTIMIZER_FILE]
+        if isinstance(venv, VecNormalize):
+            rms = venv.ret_rms
+            buf = io.BytesIO()
+            np.savez(buf, ret_mean=np.asarray(rms.mean, np.float64), ret_var=np.asarray(rms.var, np.float64),
+                     ret_count=np.float64(rms.count), gamma=np.float64(venv.gamma),
+                     epsilon=np.float64(venv.epsilon), clip_reward=np.float64(venv.clip_reward),
+                     norm_obs=np.bool_(venv.norm_obs), norm_reward=np.bool_(venv.norm_reward))
+            (tmp / VECNORM_FILE).write_bytes(buf.getvalue())
+            files.append(VECNORM_FILE)
+        state = {"format": CKPT_FORMAT, "version": CKPT_VERSION, "num_timesteps": step,
+                 "n_updates": int(model._n_updates), "episode_num": int(model._episode_num), "time": time.time(),
+                 "reward_normalisation": isinstance(venv, VecNormalize),
+                 "sha256": {name: _sha256_file(tmp / name) for name in files}}
+        _json(tmp / STATE_FILE, state)
+        old = None
+        if dest.exists():
+            old = ckpt_dir / f".{dest.name}.replaced"
+            if old.exists():
+                shutil.rmtree(old)
+            os.rename(dest, old)
+        os.rename(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    for stale in checkpoint_dirs(ckpt_dir)[keep:]:
+        shutil.rmtree(stale)
+    for p in ckpt_dir.glob(f".{CKPT_PREFIX}*"):  # leftovers of a write that was killed
+        if p.is_dir() and p.name.endswith((".tmp", ".replaced")):
+            shutil.rmtree(p, ignore_errors=True)
+    return dest
+
+
+def read_checkpoint(path: Path, device: th.device | str = "cpu", normalize_reward: bool | None = None) -> Checkpoint:
+    """Read and check one checkpoint folder (no unpickling).
+
+    Args:
+        path: ``checkpoints/step-<N>``.
+        device: Where the optimizer state goes.
+        normalize_reward: The run's ``train.ppo.normalize_reward`` (``None``: not checked); when true, a
+            checkpoint without its reward-normalisation file is an error.
+
+    Raises:
+        CheckpointError: A file is missing, truncated, changed since it was written, or unreadable (named).
+    """
+    spath = path / STATE_FILE
+    try:
+        state = json.loads(spath.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise CheckpointError(f"{spath} is missing (the checkpoint was not finished)") from exc
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{spath}: unreadable ({exc})") from exc
+    if not isinstance(state, dict) or state.get("format") != CKPT_FORMAT or state.get("version") != CKPT_VERSION:
+        raise CheckpointError(f"{spath}: not a recfeed checkpoint state (format {CKPT_FORMAT!r} v{CKPT_VERSION})")
+    hashes = state.get("sha256")
+    if not isinstance(hashes, dict) or not isinstance(state.get("num_timesteps"), int):
+        raise CheckpointError(f"{spath}: lacks sha256 / num_timesteps")
+    wants_vecnorm = bool(state.get("reward_normalisation")) or bool(normalize_reward)
+    if wants_vecnorm and VECNORM_FILE not in hashes:
+        raise CheckpointError(f"{path / VECNORM_FILE}: the run normalises rewards but this checkpoint has no "
+                              "reward-normalisation statistics")
+    required = [WEIGHTS_FILE, SETTINGS_FILE, OPTIMIZER_FILE] + ([VECNORM_FILE] if VECNORM_FILE in hashes else [])
+    for name in required:
+        f = path / name
+        if not f.is_file():
+            if name == VECNORM_FILE:
+                raise CheckpointError(f"{f} is missing: the reward-normalisation statistics are needed to resume "
+                                      "(without them the run would silently switch to unnormalised rewards)")
+            raise CheckpointError(f"{f} is missing (part of the checkpoint)")
+        if _sha256_file(f) != hashes.get(name):
+            raise CheckpointError(f"{f}: truncated or changed since the checkpoint was written (sha256 differs)")
+    try:
+        settings, weights = read_policy_files(path)
+    except (FileNotFoundError, PolicyFileError) as exc:
+        raise CheckpointError(str(exc)) from exc
+    try:
+        optimizer = th.load(path / OPTIMIZER_FILE, map_location=device, weights_only=True)
+    except Exception as exc:  # torch raises several types for a bad archive
+        raise CheckpointError(f"{path / OPTIMIZER_FILE}: unreadable ({exc})") from exc
+    if not isinstance(optimizer, dict) or "state" not in optimizer or "param_groups" not in optimizer:
+        raise CheckpointError(f"{path / OPTIMIZER_FILE}: not an optimizer state dict")
+    vecnorm = None
+    if VECNORM_FILE in hashes:
+        try:
+            with np.load(path / VECNORM_FILE, allow_pickle=False) as z:
+                vecnorm = {k: np.asarray(z[k]) for k in z.files}
+        except Exception as exc:  # zipfile / numpy errors for a bad archive
+            raise CheckpointError(f"{path / VECNORM_FILE}: unreadable ({exc})") from exc
+        missing = {"ret_mean", "ret_var", "ret_count", "gamma", "norm_obs"} - set(vecnorm)
+        if missing:
+            raise CheckpointError(f"{path / VECNORM_FILE}: lacks {sorted(missing)}")
+    return Checkpoint(path, state, settings, weights, optimizer, vecnorm)
+
+
+def latest_checkpoint(ckpt_dir: Path, device: th.device | str = "cpu", normalize_reward: bool | None = None,
+                      warn: Any = None) -> tuple[Checkpoint, list[str]]:
+    """The newest usable checkpoint in ``ckpt_dir``, and why each newer one was skipped.
+
+    Args:
+        ckpt_dir: ``RUN_DIR/checkpoints``.
+        device: Where the optimizer state goes.
+        normalize_reward: See :func:`read_checkpoint`.
+        warn: Called with a message for each unusable checkpoint (default: printed to stderr).
+
+    Raises:
+        FileNotFoundError: No checkpoint at all.
+        CheckpointError: No usable checkpoint (every reason named), or only an older recfeed's pickled one.
+    """
+    if warn is None:
+        def warn(msg: str) -> None:
+            print(f"train.py: warning: {msg}", file=sys.stderr, flush=True)
+
+    dirs = checkpoint_dirs(ckpt_dir)
+    if not dirs:
+        if (ckpt_dir / "latest.zip").is_file():
+            raise CheckpointError(f"{ckpt_dir / 'latest.zip'} was written by an older recfeed (a pickled SB3 "
+                                  "archive and vecnormalize.pkl); this recfeed resumes only from pickle-free "
+                                  "checkpoints: start a new run")
+        raise FileNotFoundError(f"no checkpoint to resume in {ckpt_dir}")
+    skipped: list[str] = []
+    for d in dirs:
+        try:
+            ckpt = read_checkpoint(d, device, normalize_reward)
+        except CheckpointError as exc:
+            skipped.append(str(exc))
+            warn(f"checkpoint {d.name} is unusable: {exc}")
+            continue
+        if skipped:
+            warn(f"resuming from the previous checkpoint, {d.name}")
+        return ckpt, skipped
+    raise CheckpointError(f"no usable checkpoint in {ckpt_dir}: " + "; ".join(skipped))
+
+
+def restore_model(cfg: Config, ckpt: Checkpoint, venv: SB3VecEnv, device: th.device,
+                  run_dir: Path | None = None) -> PPO:
+    """A PPO built from the run's config (as a new run builds it) with the checkpoint's state loaded into it.
+
+    Weights, optimizer state, step and update counts and the reward-normalisation statistics come from the
+    checkpoint; nothing is unpickled.
+
+    Args:
+        cfg: The run's config.
+        ckpt: The checkpoint (:func:`read_checkpoint`).
+        venv: The training env (wrapped here in VecNormalize when the checkpoint has statistics).
+        device: Torch device.
+        run_dir: Run directory (TensorBoard folder); ``None``: no TensorBoard.
+
+    Raises:
+        CheckpointError: The checkpoint does not fit the run's env or config.
+    """
+    where = str(ckpt.path / SETTINGS_FILE)
+    try:
+        obs_space, act_space, kwargs = policy_spec(ckpt.settings, ckpt.weights, where)
+    except PolicyFileError as exc:
+        raise CheckpointError(str(exc)) from exc
+    if not same_space(obs_space, venv.observation_space) or not same_space(act_space, venv.action_space):
+        raise CheckpointError(f"{where}: the checkpoint's policy was built for other observation/action spaces than "
+                              "this run's env (was the world or the config changed?)")
+    env: SB3VecEnv | VecNormalize = venv
+    if ckpt.vecnorm is not None:
+        v = ckpt.vecnorm
+        if bool(v["norm_obs"]) or not np.isclose(float(v["gamma"]), cfg.train.ppo.gamma):
+            raise CheckpointError(f"{ckpt.path / VECNORM_FILE}: settings (norm_obs={bool(v['norm_obs'])}, "
+                                  f"gamma={float(v['gamma'])}) differ from the run's (rewards only, "
+                                  f"gamma={cfg.train.ppo.gamma})")
+        env = VecNormalize(venv, norm_obs=False, norm_reward=True, gamma=cfg.train.ppo.gamma)
+        env.ret_rms.mean = np.asarray(v["ret_mean"], np.float64)
+        env.ret_rms.var = np.asarray(v["ret_var"], np.float64)
+        env.ret_rms.count = float(v["ret_count"])
+        if "epsilon" in v:
+            env.epsilon = float(v["epsilon"])
+        if "clip_reward" in v:
+            env.clip_reward = float(v["clip_reward"])
+    model = _new_ppo(cfg, env, device, run_dir, kwargs)
+    policy = model.policy
+    try:
+        policy.load_state_dict(ckpt.weights, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{ckpt.path / WEIGHTS_FILE}: does not fit the policy ({exc})") from exc
+    try:
+        policy.optimizer.load_state_dict(ckpt.optimizer)
+    except (ValueError, KeyError, RuntimeError) as exc:
+        raise CheckpointError(f"{ckpt.path / OPTIMIZER_FILE}: does not fit the optimizer ({exc})") from exc
+    model.num_timesteps = ckpt.num_timesteps
+    model._n_updates = int(ckpt.state.get("n_updates", 0))
+    model._episode_num = int(ckpt.state.get("episode_num", 0))
+    return model
+
+
+def _new_ppo(cfg: Config, env: SB3VecEnv | VecNormalize, device: th.device, run_dir: Path | None,
+             kwargs: dict[str, Any]) -> PPO:
+    """PPO with the config's hyperparameters and ``SlatePolicy(**kwargs)``."""
+    pc, tc = cfg.train.ppo, cfg.train
+    return PPO(SlatePolicy, env, learning_rate=pc.learning_rate, n_steps=pc.n_steps, batch_size=pc.batch_size,
+               n_epochs=pc.n_epochs, gamma=pc.gamma, gae_lambda=pc.gae_lambda, clip_range=pc.clip_range,
+               ent_coef=pc.ent_coef, vf_coef=pc.vf_coef, max_grad_norm=pc.max_grad_norm, target_kl=pc.target_kl,
+               tensorboard_log=None if run_dir is None else str(run_dir / "tb"), device=device, seed=tc.seed,
+               policy_kwargs=kwargs, verbose=0)
+
+
+def finished_summary(cfg: Config, run_dir: Path) -> dict[str, Any] | None:
+    """The saved summary when ``run_dir`` has finished training up to ``train.total_timesteps``, else ``None``.
+
+    Finished: ``summary.json`` and the final policy exist, the summary counts at least ``total_timesteps`` steps,
+    and no checkpoint was written after it (a resume that was killed before its summary is not finished).
+    """
+    path = run_dir / "summary.json"
+    if not path.is_file() or not (run_dir / WEIGHTS_FILE).is_file():
+        return None
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+        steps = int(summary["total_timesteps"])
+        dirs = checkpoint_dirs(run_dir / CKPT_DIR)
+        newest = json.loads((dirs[0] / STATE_FILE).read_text(encoding="utf-8"))["num_timesteps"] if dirs else steps
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if steps >= cfg.train.total_timesteps and newest == steps:
+        return summary
+    return None
 
 
 # ---- the run -------------------------------------------------------------------------------------------------
@@ -270,11 +594,18 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False, progre
     Args:
         cfg: The resolved config.
         run_dir: Run directory (``None``: a new one under ``train.out_dir``).
-        resume: Continue ``run_dir`` from its last checkpoint (its saved config is used).
+        resume: Continue ``run_dir`` from its last usable checkpoint (``cfg`` is its saved config, with a larger
+            ``train.total_timesteps`` to extend a finished run). A run that has already trained
+            ``train.total_timesteps`` steps and written its summary is not trained again: a message says so and
+            its saved summary is returned (with ``"already_finished": True``).
         progress: Show progress bars.
 
     Returns:
         The summary (also in ``summary.json``).
+
+    Raises:
+        FileNotFoundError: ``resume`` without any checkpoint.
+        CheckpointError: ``resume`` without a usable checkpoint (each one's fault named).
     """
     t_start = time.perf_counter()
     tc = cfg.train
@@ -286,7 +617,22 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False, progre
         run_dir = new_run_dir(cfg)
     run_dir = Path(run_dir)
     say = (lambda msg: tqdm.write(msg)) if progress else (lambda msg: None)
-    if not resume:
+    ckpt: Checkpoint | None = None
+    skipped: list[str] = []
+    if resume:
+        done = finished_summary(cfg, run_dir)
+        if done is not None:
+            print(f"train.py: {run_dir} has already finished: {done['total_timesteps']:,} steps trained "
+                  f"(train.total_timesteps = {tc.total_timesteps:,}); to train it further, resume with a larger "
+                  "--total-timesteps", file=sys.stderr, flush=True)
+            return {**done, "already_finished": True}
+        # Read (and check) the checkpoint before anything slow; an unusable newest one falls back to the previous.
+        ckpt, skipped = latest_checkpoint(run_dir / CKPT_DIR, device, tc.ppo.normalize_reward)
+        saved = load_config(run_dir / CONFIG_FILE)
+        if tc.total_timesteps > saved.train.total_timesteps:  # extending: the run's config says how far it goes
+            saved.train.total_timesteps = tc.total_timesteps
+            save_yaml(saved, run_dir / CONFIG_FILE)
+    else:
         save_yaml(cfg, run_dir / CONFIG_FILE)
     say(f"run directory: {run_dir}")
 
@@ -305,28 +651,19 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False, progre
     venv: SB3VecEnv | VecNormalize = make_venv(cfg, world, tc.seed)
     stats_env = venv
     ckpt_dir = run_dir / CKPT_DIR
-    if resume:
-        if not (ckpt_dir / "latest.zip").is_file():
-            raise FileNotFoundError(f"no checkpoint to resume in {ckpt_dir}")
-        if (ckpt_dir / "vecnormalize.pkl").is_file():
-            venv = VecNormalize.load(str(ckpt_dir / "vecnormalize.pkl"), venv)
-        model = PPO.load(ckpt_dir / "latest.zip", env=venv, device=device,
-                         custom_objects={"policy_class": SlatePolicy})
-        say(f"resuming from step {model.num_timesteps:,}")
+    resumed_from: dict[str, Any] | None = None
+    if ckpt is not None:
+        model = restore_model(cfg, ckpt, venv, device, run_dir)
+        resumed_from = {"checkpoint": str(ckpt.path), "num_timesteps": ckpt.num_timesteps, "skipped": skipped}
+        say(f"resuming from step {model.num_timesteps:,} ({ckpt.path.name})")
+        model.set_logger(_tb_logger(run_dir))
     else:
         if tc.ppo.normalize_reward:
             venv = VecNormalize(venv, norm_obs=False, norm_reward=True, gamma=tc.ppo.gamma)
-        pc = tc.ppo
-        model = PPO(SlatePolicy, venv, learning_rate=pc.learning_rate, n_steps=pc.n_steps, batch_size=pc.batch_size,
-                    n_epochs=pc.n_epochs, gamma=pc.gamma, gae_lambda=pc.gae_lambda, clip_range=pc.clip_range,
-                    ent_coef=pc.ent_coef, vf_coef=pc.vf_coef, max_grad_norm=pc.max_grad_norm,
-                    target_kl=pc.target_kl, tensorboard_log=str(run_dir / "tb"), device=device, seed=tc.seed,
-                    policy_kwargs=policy_kwargs(cfg, curve.best_alpha, world), verbose=0)
+        model = _new_ppo(cfg, venv, device, run_dir, policy_kwargs(cfg, curve.best_alpha, world))
         model.set_logger(_tb_logger(run_dir))
         model.logger.record("hparams", HParam(_flat_hparams(cfg), {"eval/return": 0.0, "eval/ratio_vs_tuned": 0.0}),
                             exclude=("stdout", "log", "json", "csv"))
-    if resume:
-        model.set_logger(_tb_logger(run_dir))
 
     eval_core = make_core(cfg.env, cfg.env.preset, cfg.encoder, world, "heldout", cfg.eval.batch)
     eval_plan = episode_plan(tc.eval_episodes, [tc.seed + 7], world.populations["heldout"].size)
@@ -346,12 +683,15 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False, progre
     callbacks: list[BaseCallback] = [metrics, periodic, ckpt]
     if tc.max_minutes is not None:
         callbacks.append(TimeLimit(tc.max_minutes))
+    periodic.init_callback(model)  # learn() does this too, but the final evaluation needs it when nothing is left
     if remaining:
         model.learn(remaining, callback=CallbackList(callbacks), reset_num_timesteps=not resume, tb_log_name="ppo")
     bar.close()
     learn_s = time.perf_counter() - t_learn
     save_checkpoint(model, ckpt_dir)
-    _atomic_save(model.save, run_dir / MODEL_FILE)
+    assert isinstance(model.policy, SlatePolicy)
+    save_policy(model.policy, run_dir)  # what recfeed reads (pickle-free)
+    _atomic_save(model.save, run_dir / MODEL_FILE)  # SB3's archive, for SB3 users
     final_eval = periodic.evaluate() if tc.eval_every > 0 else None
     say(f"trained {model.num_timesteps - steps_before:,} steps in {learn_s:.0f}s "
         f"({(model.num_timesteps - steps_before) / max(learn_s, 1e-9):,.0f} steps/s; "
@@ -373,7 +713,9 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False, progre
         "ratio_vs_tuned_alpha": report["ratio_vs_tuned_alpha"],
         "gap_closed_to_oracle": report.get("gap_closed_to_oracle"),
         "alpha_by_user_type": report["alpha"]["by_rho"],
+        "resumed_from": resumed_from,
         "paths": {"config": str(run_dir / CONFIG_FILE), "model": str(run_dir / MODEL_FILE),
+                  "policy": str(run_dir / WEIGHTS_FILE),
                   "tensorboard": str(run_dir / "tb"), "report": str(run_dir / "report"),
                   "plots": str(run_dir / "report" / "plots")},
     }

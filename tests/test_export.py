@@ -23,11 +23,12 @@ from envs.world import World
 def make_run_dir(root: Path, world: World, use_item_table: bool = False, steps: int = 256,
                  summary: dict | None = None, repulsion: bool = True) -> Path:
     """A tiny run directory: config.yaml (small preset, 64-d hashing encoder, caches under ``root``), a PPO
-    model.zip learned for ``steps`` steps (with the category repulsion train.py uses by default, strong enough
-    to change slates), and optionally summary.json."""
+    model.zip and the pickle-free policy.safetensors / policy.json, learned for ``steps`` steps (with the category
+    repulsion train.py uses by default, strong enough to change slates), and optionally summary.json."""
     from stable_baselines3 import PPO
 
     from agents.policies import SlatePolicy
+    from agents.ppo_ranker import save_policy
     from envs.presets import preset_config
     from envs.sb3 import SB3VecEnv
     from envs.vector_env import RecVectorEnv
@@ -50,6 +51,7 @@ def make_run_dir(root: Path, world: World, use_item_table: bool = False, steps: 
                                "item_category": world.catalog.category if repulsion else None})
     model.learn(steps)
     model.save(run / "model.zip")
+    save_policy(model.policy, run)  # policy.safetensors + policy.json, what recfeed loads (as train.py writes them)
     if summary is not None:
         (run / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
     return run

@@ -373,3 +373,19 @@ def test_folded_residual_equals_the_tanh_mlp_with_its_gradients(use_item_table: 
         assert th.allclose(a, b, atol=1e-5, rtol=1e-4)
     with th.no_grad():
         assert th.allclose(policy._residual(cand, h), folded, atol=1e-6)
+
+
+@pytest.mark.parametrize("bad_id", [N_ITEMS, N_ITEMS + 10, -1])
+@pytest.mark.parametrize("kind", ["item_table", "categories"])
+def test_candidate_ids_outside_the_catalog_are_an_error_not_clamped(kind: str, bad_id: int) -> None:
+    """An id the policy's item table / category table does not have means another world: a clear error."""
+    kwargs: dict[str, Any] = ({"use_item_table": True} if kind == "item_table"
+                              else {"item_category": np.arange(N_ITEMS) % 4})
+    policy = _policy(**kwargs)
+    obs = _fake_obs(observation_space(N_ITEMS, N_CAND, DIM), 4, seed=5)
+    with th.no_grad():
+        policy.get_distribution(_tensor(policy, obs)).mode()  # in range: fine
+        obs["candidates"][2, 3] = bad_id
+        with pytest.raises(ValueError, match=rf"candidate id {bad_id} \(row 2\) is outside the policy's catalog "
+                                             rf"\[0, {N_ITEMS}\)"):
+            policy.get_distribution(_tensor(policy, obs)).mode()

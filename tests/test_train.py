@@ -10,6 +10,7 @@ import pytest
 
 import evaluate
 import train
+from agents.training import checkpoint_dirs
 
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
 
@@ -35,9 +36,12 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_smoke_run_writes_a_run_directory_that_evaluate_loads(cache: Path) -> None:
     summary = train.main(tiny_args(cache / "runs", "smoke", 1024))
     run = Path(summary["run_dir"])
-    for name in ("config.yaml", "versions.json", "model.zip", "summary.json", "eval.jsonl",
-                 "checkpoints/latest.zip", "checkpoints/state.json", "report/results.json", "report/plots/alpha.png"):
+    for name in ("config.yaml", "versions.json", "model.zip", "policy.safetensors", "policy.json", "summary.json",
+                 "eval.jsonl", "report/results.json", "report/plots/alpha.png"):
         assert (run / name).is_file(), name
+    assert [p.name for p in checkpoint_dirs(run / "checkpoints")] == ["step-000000001024", "step-000000000512"]
+    for name in ("policy.safetensors", "policy.json", "optimizer.pt", "vecnormalize.npz", "state.json"):
+        assert (run / "checkpoints" / "step-000000001024" / name).is_file(), name
     assert any((run / "tb").rglob("events.out.tfevents.*"))
     saved = json.loads((run / "summary.json").read_text())
     assert saved["total_timesteps"] >= 1024 and "ppo" in saved["heldout"] and "tuned-alpha" in saved["heldout"]
@@ -56,11 +60,12 @@ def test_smoke_run_writes_a_run_directory_that_evaluate_loads(cache: Path) -> No
 def test_resume_continues_from_the_last_checkpoint(cache: Path) -> None:
     first = train.main(tiny_args(cache / "runs", "resumable", 512))
     run = Path(first["run_dir"])
-    state = json.loads((run / "checkpoints" / "state.json").read_text())
-    assert state["num_timesteps"] >= 512
+    state = json.loads((checkpoint_dirs(run / "checkpoints")[0] / "state.json").read_text())
+    assert state["num_timesteps"] == 512
     second = train.main(["--resume", str(run), "--total-timesteps", "1024", "--quiet"])
-    assert second["total_timesteps"] >= 1024
-    assert json.loads((run / "checkpoints" / "state.json").read_text())["num_timesteps"] >= 1024
+    assert second["total_timesteps"] == 1024
+    assert second["resumed_from"]["num_timesteps"] == 512 and second["resumed_from"]["skipped"] == []
+    assert json.loads((checkpoint_dirs(run / "checkpoints")[0] / "state.json").read_text())["num_timesteps"] == 1024
 
 
 def test_bad_config_is_a_clear_error(cache: Path, capsys: pytest.CaptureFixture[str]) -> None:
