@@ -5,8 +5,11 @@ Every consumer indexes features by these names, never by bare numbers.
 
 from __future__ import annotations
 
+from copy import deepcopy
+
 import gymnasium as gym
 import numpy as np
+from gymnasium.vector.utils import batch_space
 
 #: Per-candidate features, columns of ``obs["features"]`` (…, N, F).
 FEATURE_NAMES: tuple[str, ...] = (
@@ -72,9 +75,135 @@ def observation_space(
     return gym.spaces.Dict(spaces)
 
 
-def action_space(n_candidates: int, slate_size: int) -> gym.spaces.MultiDiscrete:
-    """A slate: K positions into the request's N candidates (distinct; checked by the env)."""
-    return gym.spaces.MultiDiscrete(np.full(slate_size, n_candidates, dtype=np.int64))
+class SlateSpace(gym.spaces.MultiDiscrete):
+    """Slates: K distinct positions into N candidates, ``MultiDiscrete([N] * K)`` restricted to distinct entries.
+
+    A :class:`gymnasium.spaces.MultiDiscrete` subclass, so code that knows only MultiDiscrete (SB3's policies,
+    ``gymnasium.spaces.utils.flatten``) still accepts it, but :meth:`sample` draws K *distinct* positions (a
+    uniformly random ordered K-subset) from the space's own generator (``space.seed(s)`` reproduces the draws)
+    and :meth:`contains` also checks distinctness. With ``batch=B`` the space holds (B, K) slates, distinct per
+    row: the vector env's ``action_space``, and what :func:`gymnasium.vector.utils.batch_space` makes of a
+    single slate space (registered below).
+
+    Equality is MultiDiscrete's (same ``nvec``, ``start``, dtype): a slate space equals the plain
+    ``MultiDiscrete([N] * K)`` it restricts, so checkpoints saved against either load against the other.
+
+    Args:
+        n_candidates: N.
+        slate_size: K (``1 <= K <= N``).
+        batch: B for a batched (B, K) space; ``None`` for one slate (K,).
+        seed: Seed (or generator) of the space's sampler.
+
+    Raises:
+        ValueError: If not ``1 <= K <= N`` or ``batch < 1``.
+    """
+
+    def __init__(self, n_candidates: int, slate_size: int, batch: int | None = None,
+                 seed: int | np.random.Generator | None = None) -> None:
+        n, k = int(n_candidates), int(slate_size)
+        if not 1 <= k <= n:
+            raise ValueError(f"a slate space needs 1 <= slate_size <= n_candidates, got K={k}, N={n}")
+        if batch is not None and int(batch) < 1:
+            raise ValueError(f"batch must be >= 1, got {batch}")
+        self.n_candidates, self.slate_size = n, k
+        self.batch = None if batch is None else int(batch)
+        shape = (k,) if self.batch is None else (self.batch, k)
+        super().__init__(np.full(shape, n, dtype=np.int64), dtype=np.int64, seed=seed)
+
+    def sample(self, mask: np.ndarray | None = None, probability: np.ndarray | None = None) -> np.ndarray:
+        """Draw slates of K distinct positions.
+
+        Without arguments every ordered K-subset is equally likely. ``mask`` and ``probability`` are per
+        *candidate* (not MultiDiscrete's tuple of per-position masks, which cannot express distinctness):
+
+        Args:
+            mask: int8 / bool (N,) or (B, N): 1 where a candidate may be shown; the slate is drawn uniformly among
+                the allowed ones (at least K per row).
+            probability: float (N,) or (B, N) non-negative weights (at least K positive per row): positions are
+                filled one by one, each by a candidate not yet placed, with probability proportional to its weight
+                (Plackett-Luce; what ``Generator.choice(N, K, replace=False, p=w / w.sum())`` draws).
+
+        Returns:
+            int64 (K,) or, for a batched space, (B, K).
+
+        Raises:
+            ValueError: Both arguments given, a tuple (per-position) mask, a wrong shape or dtype, negative or
+                non-finite weights, or a row with fewer than K allowed candidates (naming the row).
+        """
+        if mask is not None and probability is not None:
+            raise ValueError("give at most one of mask and probability")
+        rows = 1 if self.batch is None else self.batch
+        n, k = self.n_candidates, self.slate_size
+        keys = self.np_random.random((rows, n))  # uniform keys; the K smallest, in order, are a uniform slate
+        if mask is not None or probability is not None:
+            name = "mask" if mask is not None else "probability"
+            w = self._candidate_weights(mask if mask is not None else probability, name, rows)
+            with np.errstate(divide="ignore", invalid="ignore"):  # weight 0: inf (or nan), drawn never
+                keys = -np.log1p(-keys) / w  # exponential race: the smallest keys are successive weighted draws
+        out = np.argsort(keys, axis=1, kind="stable")[:, :k].astype(np.int64)
+        return out[0] if self.batch is None else out
+
+    def _candidate_weights(self, arg: object, name: str, rows: int) -> np.ndarray:
+        """Check a candidate mask / weight array and return float64 (rows, N) weights (0 = never drawn)."""
+        n, k = self.n_candidates, self.slate_size
+        if isinstance(arg, tuple):
+            raise ValueError(
+                f"SlateSpace.sample takes one {name} over the N={n} candidates, shape ({n},) or (B, {n}), not "
+                f"MultiDiscrete's tuple of per-position {name}s (a slate's positions are not independent)"
+            )
+        arr = np.asarray(arg)
+        if arr.shape not in ((n,), (rows, n)):
+            want = f"({n},)" if self.batch is None else f"({n},) or ({rows}, {n})"
+            raise ValueError(f"{name} must have shape {want}, got {arr.shape}")
+        if name == "mask":
+            if arr.dtype != np.bool_ and not (arr.dtype.kind in "iu" and np.isin(arr, (0, 1)).all()):
+                raise ValueError(f"mask must hold 0/1 (int8 or bool), got dtype {arr.dtype}")
+            w = arr.astype(np.float64)
+        else:
+            if arr.dtype.kind not in "fiu":
+                raise ValueError(f"probability must hold numbers, got dtype {arr.dtype}")
+            w = arr.astype(np.float64)
+            if not np.isfinite(w).all() or (w < 0).any():
+                raise ValueError("probability must be finite and >= 0")
+        w = np.broadcast_to(w, (rows, n))
+        short = (w > 0).sum(axis=1) < k
+        if short.any():
+            row = int(np.flatnonzero(short)[0])
+            raise ValueError(f"{name} row {row} allows {int((w[row] > 0).sum())} candidates, fewer than K={k}")
+        return w
+
+    def contains(self, x: object) -> bool:
+        """Whether ``x`` is a slate (or, batched, a (B, K) block of slates) of in-range, distinct positions."""
+        if not super().contains(x):
+            return False
+        arr = np.sort(np.asarray(x).reshape(-1, self.slate_size), axis=1)
+        return not bool((arr[:, 1:] == arr[:, :-1]).any())
+
+    def __getitem__(self, index: int | tuple[int, ...]) -> gym.spaces.Discrete | gym.spaces.MultiDiscrete:
+        """A row of a batched slate space is a :class:`SlateSpace`; anything else is MultiDiscrete's subspace."""
+        if self.batch is not None and isinstance(index, int | np.integer):
+            row = SlateSpace(self.n_candidates, self.slate_size)
+            row.np_random.bit_generator.state = self.np_random.bit_generator.state
+            return row
+        return super().__getitem__(index)
+
+    def __repr__(self) -> str:
+        """``SlateSpace(n_candidates=N, slate_size=K[, batch=B])``."""
+        batch = "" if self.batch is None else f", batch={self.batch}"
+        return f"SlateSpace(n_candidates={self.n_candidates}, slate_size={self.slate_size}{batch})"
+
+
+@batch_space.register(SlateSpace)
+def _batch_slate_space(space: SlateSpace, n: int = 1) -> SlateSpace:
+    """B copies of a single slate space: a (B, K) slate space (MultiDiscrete's rule would give a Box)."""
+    if space.batch is not None:
+        raise ValueError(f"cannot batch the already batched {space!r}")
+    return SlateSpace(space.n_candidates, space.slate_size, batch=n, seed=deepcopy(space.np_random))
+
+
+def action_space(n_candidates: int, slate_size: int) -> SlateSpace:
+    """A slate: K distinct positions into the request's N candidates (see :class:`SlateSpace`)."""
+    return SlateSpace(n_candidates, slate_size)
 
 
 def validate_slate(slate: np.ndarray, n_candidates: int, slate_size: int) -> np.ndarray:
@@ -110,7 +239,10 @@ def validate_slate(slate: np.ndarray, n_candidates: int, slate_size: int) -> np.
     dup = (srt[:, 1:] == srt[:, :-1]).any(axis=1)
     if dup.any():
         row = int(np.flatnonzero(dup)[0])
-        raise ValueError(f"slate row {row} repeats a candidate: {arr[row].tolist()}")
+        raise ValueError(
+            f"slate row {row} repeats a candidate: {arr[row].tolist()} (a slate holds {slate_size} distinct positions; "
+            "for an agent that samples each position independently, make the env with repair='dedupe')"
+        )
     return arr
 
 

@@ -23,6 +23,9 @@ class RecVectorEnv(VectorEnv):
     ``None`` for rows that did not end, with mask ``infos["_final_obs"]``). Row i after ``reset(seed=s)``
     follows exactly the trajectory of ``RecEnv.reset(seed=s + i)``.
 
+    ``single_action_space`` is ``SlateSpace(N, K)`` and ``action_space`` the batched ``SlateSpace(N, K, batch=B)``
+    (its samples are (B, K), distinct within each row); see :class:`envs.spaces.SlateSpace`.
+
     Infos hold (B,) arrays: ``user, click, click_rank, purchase, dwell, reward_click, reward_purchase,
     reward_dwell``.
 
@@ -33,7 +36,7 @@ class RecVectorEnv(VectorEnv):
         encoder: Encoder config (for building the world, and text mode).
         world: A ready world (skips loading/building).
         population: ``"train"`` / ``"heldout"`` (default ``config.users``).
-        repair: ``"dedupe"`` to repair repeated entries of raw MultiDiscrete samples.
+        repair: ``"dedupe"`` to repair repeated entries (for agents that sample each position independently).
 
     Every observation (and every array in ``infos``) is a new array the env never reads or writes again: keep
     it, change it, no copy is needed.

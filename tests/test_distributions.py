@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 import torch as th
@@ -22,6 +23,35 @@ def _exact_probs(logits: th.Tensor, k: int) -> tuple[th.Tensor, th.Tensor]:
         logits.double().expand(slates.shape[0], -1)
     )
     return slates, dist.log_prob(slates).exp()
+
+
+def _brute_force_probs(logits: list[float], k: int) -> dict[tuple[int, ...], float]:
+    """The Plackett-Luce probability of every ranked slate, from the definition in plain Python floats (no torch,
+    nothing of the class under test): each position picks among the candidates not yet placed ∝ exp(logit)."""
+    w = [math.exp(x) for x in logits]
+    out = {}
+    for slate in itertools.permutations(range(len(w)), k):
+        p, left = 1.0, sum(w)
+        for c in slate:
+            p *= w[c] / left
+            left -= w[c]
+        out[slate] = p
+    return out
+
+
+def _brute_force_path_entropy(probs: dict[tuple[int, ...], float], path: tuple[int, ...]) -> float:
+    """Sum over positions k of the entropy of the k-th pick given the ``path``'s first k picks, each conditional
+    read off the enumerated slate probabilities by marginalising."""
+    total = 0.0
+    for k in range(len(path)):
+        prefix = path[:k]
+        cond: dict[int, float] = {}
+        for slate, p in probs.items():
+            if slate[:k] == prefix:
+                cond[slate[k]] = cond.get(slate[k], 0.0) + p
+        z = sum(cond.values())
+        total -= sum(q / z * math.log(q / z) for q in cond.values() if q > 0)
+    return total
 
 
 @pytest.mark.parametrize("k", [2, 3])
@@ -83,7 +113,9 @@ def test_mode_has_the_highest_log_prob() -> None:
         mode = dist.mode()
         lp_mode = dist.log_prob(mode)
         all_lp = PlackettLuceDistribution(4, k).proba_distribution(logits.expand(slates.shape[0], -1)).log_prob(slates)
-        assert float(lp_mode) >= float(all_lp.max()) - 1e-6
+        is_mode = (slates == mode).all(dim=1)
+        assert int(is_mode.sum()) == 1 and float(lp_mode) == pytest.approx(float(all_lp[is_mode]), abs=1e-6)
+        assert bool((all_lp[~is_mode] < lp_mode).all())  # distinct logits: every other slate is strictly less likely
         assert th.equal(mode[0], th.argsort(logits[0], descending=True)[:k])
 
 
@@ -144,8 +176,8 @@ def test_entropy_estimate_is_unbiased_and_differentiable() -> None:
     th.manual_seed(5)
     logits = th.randn(1, 4) * 1.5
     for k in (2, 3):
-        _, probs = _exact_probs(logits[0], k)
-        exact = float(-(probs * probs.log()).sum())
+        brute = _brute_force_probs(logits[0].tolist(), k)
+        exact = -sum(p * math.log(p) for p in brute.values())
         n = 20_000
         big = logits.expand(n, -1).clone().requires_grad_(True)
         dist = PlackettLuceDistribution(4, k).proba_distribution(big)
@@ -154,9 +186,14 @@ def test_entropy_estimate_is_unbiased_and_differentiable() -> None:
         assert abs(float(h.detach().mean()) - exact) < 0.02
         h.mean().backward()
         assert big.grad is not None and bool(th.isfinite(big.grad).all())
-        # the "mode" estimator is deterministic
-        d2 = PlackettLuceDistribution(4, k, entropy_estimator="mode").proba_distribution(logits)
-        assert th.equal(d2.entropy(), d2.entropy())
+        # the "mode" estimator is the path entropy along the top-K slate, the same on every call (no draws)
+        # (64 copies of the row: an estimator that drew a path would give other values on some of them)
+        d2 = PlackettLuceDistribution(4, k, entropy_estimator="mode").proba_distribution(logits.expand(64, -1))
+        top = tuple(th.argsort(logits[0], descending=True)[:k].tolist())
+        want = _brute_force_path_entropy(brute, top)
+        assert abs(want - exact) > 0.05  # the mode's path entropy is not the slate entropy: the check can fail
+        for _ in range(2):
+            assert th.allclose(d2.entropy().double(), th.full((64,), want, dtype=th.float64), atol=1e-5)
 
 
 def test_entropy_with_mask_has_finite_gradients() -> None:
