@@ -1118,7 +1118,9 @@ def calibrate(
     choices = choice_sequences(val_log, seen_fit)  # (U, P) new items in time order
     if not (choices >= 0).any():
         raise ValueError("the validation split holds no new items: too few events per user to calibrate "
-                         f"(min_events = {cfg.min_events}, validation = {cfg.validation})")
+                         f"(min_events = {cfg.min_events}, validation = {cfg.validation}); lower min_events or raise "
+                         "validation: CalibrationConfig(min_events=...) or, on the command line, --set "
+                         "calibrate.min_events=2")
     say(f"fitting rho, a, q by maximum likelihood on {int((choices >= 0).sum())} validation choices of "
         f"{int((choices >= 0).any(axis=1).sum())} users")
     fit = fit_response(parts_fit.z_sem, parts_fit.z_cf, parts_fit.features, choices, seen_fit, grid=cfg.rho_grid,
@@ -1424,15 +1426,8 @@ def check_data_spec(spec: str) -> None:
                          "events file, CSV / Parquet / JSONL)")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m envs.calibrate --data SPEC --out DIR [...]``: write a calibrated preset and its report.
-
-    Args:
-        argv: Command line (None: sys.argv[1:]).
-
-    Returns:
-        0 on success (errors exit with status 2 and a one-line message).
-    """
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m envs.calibrate`` (every reader option an error message suggests is here)."""
     p = argparse.ArgumentParser(prog="python -m envs.calibrate",
                                 description="Calibrate simulated users on real logs; write a preset directory.")
     p.add_argument("--data", required=True, help="movielens:PATH or logs:ITEMS,EVENTS")
@@ -1443,7 +1438,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override: env.<EnvConfig key>, encoder.<key>, calibrate.<key>, preprocess.<key>")
     p.add_argument("--on-bad-rows", choices=("error", "skip"), default="error", help="reader policy for bad rows")
+    p.add_argument("--on-missing-items", choices=("error", "skip"), default=None,
+                   help="reader policy for events whose item is not in the item table (default: error; MovieLens: "
+                        "as --on-bad-rows)")
+    p.add_argument("--encoding", default=None,
+                   help="text encoding of the log files, e.g. latin-1 (default: UTF-8; MovieLens: each layout's own)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
+    return p
+
+
+def reader_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments of :func:`envs.logs.load_logs` that the command line sets."""
+    opts: dict[str, Any] = {"on_bad_rows": args.on_bad_rows}
+    if args.on_missing_items is not None:
+        opts["on_missing_items"] = args.on_missing_items
+    if args.encoding is not None:
+        opts["encoding"] = args.encoding
+    return opts
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m envs.calibrate --data SPEC --out DIR [...]``: write a calibrated preset and its report.
+
+    Args:
+        argv: Command line (None: sys.argv[1:]).
+
+    Returns:
+        0 on success (errors exit with status 2 and a one-line message).
+    """
+    p = build_parser()
     args = p.parse_args(argv)
     t0 = time.perf_counter()
 
@@ -1464,7 +1487,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "preset_dir" in sets.get("env", {}):
             raise ConfigError("env.preset_dir cannot be set: preset_config adds it when the preset is loaded")
         say(f"reading {args.data}")
-        log = load_logs(args.data, on_bad_rows=args.on_bad_rows)
+        log = load_logs(args.data, **reader_options(args))
         read_s = time.perf_counter() - t0
         say(f"read {log.n_events} events, {log.n_users} users, {log.n_items} items in {read_s:.1f} s")
         from encoders.factory import make_encoder

@@ -27,9 +27,13 @@ Readers
 
 * required columns present (events: user, item, event, timestamp; items: id, text), extra columns ignored;
 * event names known (case-insensitive, surrounding blanks ignored; ``event_aliases`` maps others);
-* timestamps are integer epoch seconds (fractions truncated) or ISO-8601 strings (a naive time is UTC);
+* timestamps are integer epoch seconds (fractions truncated) or ISO-8601 strings (a naive time is UTC), within
+  the dates pandas can hold (:data:`TIMESTAMP_MIN` .. :data:`TIMESTAMP_MAX`, 1677-09-21 to 2262-04-11): an
+  infinite, overflowing or out-of-range timestamp is a bad row, never wrapped or clipped;
 * values and prices numeric (empty, ``NA``, ``N/A``, ``null``, ``None``, ``NaN`` mean missing; ids are missing only
-  when empty);
+  when empty or null);
+* ids are kept as written (integers of any size and sign too); a float id that cannot be exact (infinite, or
+  beyond 2**53) is a bad row;
 * bytes decode in the given encoding (UTF-8 by default, a BOM is ignored).
 
 Every problem is a :class:`LogFormatError` naming the file, the row (as a person counts lines in the file:
@@ -92,6 +96,24 @@ _FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "j
 _MISSING_TOKENS = ("", "na", "n/a", "nan", "null", "none")
 _MISSING_SPELLINGS = tuple({v for t in _MISSING_TOKENS for v in (t, t.upper(), t.capitalize())} | {"NaN", "N/A"})
 _MAX_EXAMPLES = 5
+#: Epoch seconds a timestamp may take: what pandas' datetime64[ns] represents (1677-09-21 to 2262-04-11 UTC).
+TIMESTAMP_MIN = -(-pd.Timestamp.min.value // 10**9)
+TIMESTAMP_MAX = pd.Timestamp.max.value // 10**9
+#: Floats hold every integer up to this exactly; a float id beyond it is not the id that was written.
+_EXACT_FLOAT_INT = 2.0**53
+
+
+def option_hint(name: str, value: str) -> str:
+    """How to ask for a reader option, as a Python keyword and as a ``python -m envs.calibrate`` flag.
+
+    Args:
+        name: The keyword (``on_bad_rows``, ``on_missing_items``, ``encoding``).
+        value: The value to suggest.
+
+    Returns:
+        e.g. ``"on_bad_rows='skip' or, on the command line, --on-bad-rows skip"``.
+    """
+    return f"{name}={value!r} or, on the command line, --{name.replace('_', '-')} {value}"
 
 
 class LogFormatError(ValueError):
@@ -324,8 +346,8 @@ def _decode(
                 column = header[hit[0]]
         raise LogFormatError(
             f"bytes that are not valid {encoding} (byte 0x{data[first_bad.start]:02x}); re-encode the file as "
-            f"UTF-8, pass the encoding it uses (e.g. encoding='latin-1')"
-            + ("" if bad_line == 1 else ", or on_bad_rows='skip' to drop such rows"),
+            f"UTF-8, or pass the encoding it uses, e.g. {option_hint('encoding', 'latin-1')}"
+            + ("" if bad_line == 1 else f"; or pass {option_hint('on_bad_rows', 'skip')}, to drop such rows"),
             path=path,
             row=bad_line,
             column=column,
@@ -402,7 +424,8 @@ def _read_delimited(
             saw = int(counts[too_many][0]) if bad_rows.size else "more"
             raise LogFormatError(
                 f"malformed row: expected {expected} fields, saw {saw}"
-                f" ({int(too_many.sum())} such rows; pass on_bad_rows='skip' to drop and count them)",
+                f" ({int(too_many.sum())} such rows; pass {option_hint('on_bad_rows', 'skip')}, to drop and count "
+                "them)",
                 path=path,
                 row=first,
             )
@@ -453,6 +476,8 @@ def _read_jsonl(path: Path, *, encoding: str, on_bad_rows: OnBadRows, report: Re
             frame = table.to_pandas() if table.num_rows == good_idx.size else None
         except (pa.ArrowInvalid, UnicodeEncodeError):
             frame = None
+        if frame is not None and any(_rounded_ints(frame[c]) for c in frame.columns):
+            frame = None  # Arrow read integers beyond 2**53 as doubles: json keeps them exact
     if frame is None:  # slow path: find the exact bad lines
         lines = text.split("\n")
         records: list[dict] = []
@@ -472,8 +497,8 @@ def _read_jsonl(path: Path, *, encoding: str, on_bad_rows: OnBadRows, report: Re
         bad_rows = np.flatnonzero(malformed) + 1
         if on_bad_rows == "error":
             raise LogFormatError(
-                f"malformed row: not a JSON object ({bad_rows.size} such lines; pass on_bad_rows='skip' to drop "
-                "and count them)",
+                f"malformed row: not a JSON object ({bad_rows.size} such lines; pass "
+                f"{option_hint('on_bad_rows', 'skip')}, to drop and count them)",
                 path=path,
                 row=int(bad_rows[0]),
             )
@@ -482,6 +507,15 @@ def _read_jsonl(path: Path, *, encoding: str, on_bad_rows: OnBadRows, report: Re
         raise LogFormatError("the file has no JSON rows", path=path)
     frame.columns = [str(c).strip() for c in frame.columns]
     return _Raw(frame.reset_index(drop=True), str(path), good_idx.astype(np.int64) + 1)
+
+
+def _rounded_ints(s: pd.Series) -> bool:
+    """Whether a float column holds integral values beyond 2**53 (integers a JSON parser may have rounded)."""
+    if not pd.api.types.is_float_dtype(s.dtype):
+        return False
+    v = s.to_numpy(dtype=np.float64, na_value=np.nan)
+    with np.errstate(invalid="ignore"):
+        return bool((np.isfinite(v) & (np.abs(v) >= _EXACT_FLOAT_INT) & (np.floor(v) == v)).any())
 
 
 def _read_parquet(path: Path) -> _Raw:
@@ -541,15 +575,27 @@ def _nonscalar(s: pd.Series) -> np.ndarray:
     return s.map(lambda v: isinstance(v, (dict, list, tuple, set))).to_numpy(dtype=bool)
 
 
+def _object_floats(s: pd.Series) -> np.ndarray:
+    """bool (n,) cells of an object column that hold a Python / numpy float (mixed JSON columns)."""
+    if s.dtype != object:
+        return np.zeros(len(s), dtype=bool)
+    return np.fromiter((isinstance(v, (float, np.floating)) for v in s.to_numpy()), dtype=bool, count=len(s))
+
+
 def _as_text(s: pd.Series) -> pd.Series:
-    """Strings, stripped; NA stays NA. Integral floats print without '.0'."""
+    """Strings, stripped; NA stays NA. Integral floats (below 2**53) print without '.0', in float and mixed columns."""
     if pd.api.types.is_float_dtype(s.dtype):
         v = s.to_numpy(dtype=np.float64)
-        integral = np.isfinite(v) & (np.floor(v) == v)
+        integral = np.isfinite(v) & (np.floor(v) == v) & (np.abs(v) < _EXACT_FLOAT_INT)
         out = s.astype("str")
         if integral.any():
             out[integral] = pd.Series(v[integral].astype(np.int64), index=s.index[integral]).astype("str")
         return out.where(~np.isnan(v))
+    floats = _object_floats(s)
+    if floats.any():
+        out = s.copy()
+        out[floats] = _as_text(pd.Series(s[floats].to_numpy(dtype=np.float64), index=s.index[floats]))
+        s = out
     return s.astype("str").str.strip()
 
 
@@ -561,6 +607,23 @@ def _id_column(s: pd.Series) -> tuple[pd.Series, np.ndarray]:
     """Ids as strings; only an empty cell or a null is missing (an id may well be "NA" or "None")."""
     text = _as_text(s)
     return text, (text.isna() | (text == "")).to_numpy(dtype=bool) | _nonscalar(s)
+
+
+def _inexact_ids(s: pd.Series) -> np.ndarray:
+    """bool (n,) float ids that cannot be the id as written: infinite, or integral beyond 2**53 (rounded).
+
+    Integer, string and negative ids are kept as written (signed 64-bit hashed ids are common); NaN is missing.
+    """
+    if pd.api.types.is_float_dtype(s.dtype):
+        v = s.to_numpy(dtype=np.float64, na_value=np.nan)
+    else:
+        floats = _object_floats(s)
+        if not floats.any():
+            return np.zeros(len(s), dtype=bool)
+        v = np.full(len(s), np.nan)
+        v[floats] = s[floats].to_numpy(dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        return np.isinf(v) | (np.abs(v) >= _EXACT_FLOAT_INT)
 
 
 def _to_float(text: pd.Series, missing: np.ndarray) -> np.ndarray:
@@ -590,24 +653,50 @@ def _float_column(s: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     return v, bad
 
 
-def _timestamp_column(s: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Epoch seconds from integers / floats (truncated) / datetimes / ISO-8601 strings.
+def _datetime_seconds(s: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Epoch seconds (floored) of a datetime column of any unit, naive (UTC) or tz-aware, without overflow.
 
     Returns:
-        (seconds int64 (n,), missing bool (n,), unparsable bool (n,)).
+        (seconds int64 (n,), 0 where missing; missing bool (n,)).
+    """
+    if isinstance(s.dtype, pd.DatetimeTZDtype):
+        s = s.dt.tz_convert("UTC").dt.tz_localize(None)
+    vals = s.to_numpy()  # datetime64[unit], NaT for missing
+    unit, count = np.datetime_data(vals.dtype)
+    missing = np.isnat(vals)
+    per = max(int(np.timedelta64(1, "s") // np.timedelta64(count, unit)), 1)
+    secs = np.where(missing, 0, vals.view(np.int64) // per)
+    return secs.astype(np.int64), missing
+
+
+def _timestamp_column(s: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Epoch seconds from integers / floats (floored) / datetimes / ISO-8601 strings.
+
+    A timestamp must lie in [:data:`TIMESTAMP_MIN`, :data:`TIMESTAMP_MAX`] (what pandas can represent as a date):
+    an infinite, overflowing or out-of-range value is never wrapped or clipped.
+
+    Returns:
+        (seconds int64 (n,), missing bool (n,), unparsable bool (n,), out_of_range bool (n,)); seconds are 0 where
+        a row is missing, unparsable or out of range.
     """
     n = len(s)
     out = np.zeros(n, dtype=np.int64)
+    no = np.zeros(n, dtype=bool)
     if isinstance(s.dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_dtype(s.dtype):
-        ts = s.dt.tz_convert("UTC") if isinstance(s.dtype, pd.DatetimeTZDtype) else s.dt.tz_localize("UTC")
-        missing = ts.isna().to_numpy()
-        secs = (ts - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)
-        out[~missing] = secs[~missing].to_numpy(dtype=np.int64)
-        return out, missing, np.zeros(n, dtype=bool)
+        secs, missing = _datetime_seconds(s)
+        far = ~missing & ((secs < TIMESTAMP_MIN) | (secs > TIMESTAMP_MAX))
+        ok = ~missing & ~far
+        out[ok] = secs[ok]
+        return out, missing, no, far
     if pd.api.types.is_integer_dtype(s.dtype):
         missing = s.isna().to_numpy()
-        out[~missing] = s[~missing].to_numpy(dtype=np.int64)
-        return out, missing, np.zeros(n, dtype=bool)
+        vals = s[~missing].to_numpy()
+        inside = (vals.astype(np.float64) >= TIMESTAMP_MIN) & (vals.astype(np.float64) <= TIMESTAMP_MAX)
+        idx = np.flatnonzero(~missing)
+        out[idx[inside]] = vals[inside].astype(np.int64)
+        far = np.zeros(n, dtype=bool)
+        far[idx[~inside]] = True
+        return out, missing, no, far
     if pd.api.types.is_float_dtype(s.dtype):
         text = None
         numeric = s.to_numpy(dtype=np.float64, na_value=np.nan)
@@ -618,17 +707,37 @@ def _timestamp_column(s: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]
         missing = _missing_mask(text) | _nonscalar(s)
         numeric = _to_float(text, missing)
         rest = ~missing & np.isnan(numeric)
-    bad = ~missing & ~rest & ~(np.abs(numeric) < 2.0**62)  # inf / overflow
-    ok_num = ~missing & ~rest & ~bad
+    is_num = ~missing & ~rest
+    with np.errstate(invalid="ignore"):
+        far = is_num & ~((numeric >= TIMESTAMP_MIN) & (numeric < TIMESTAMP_MAX + 1))  # inf, overflow, out of range
+    ok_num = is_num & ~far
     out[ok_num] = np.floor(numeric[ok_num]).astype(np.int64)
+    bad = np.zeros(n, dtype=bool)
     if rest.any():
-        parsed = pd.to_datetime(text[rest], format="ISO8601", utc=True, errors="coerce")
-        good = parsed.notna().to_numpy()
         idx = np.flatnonzero(rest)
-        secs = (parsed[good] - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)
-        out[idx[good]] = secs.to_numpy(dtype=np.int64)
-        bad[idx[~good]] = True
-    return out, missing, bad
+        parsed = pd.to_datetime(text[rest], format="ISO8601", utc=True, errors="coerce")
+        secs, nat = _datetime_seconds(parsed)
+        inside = ~nat & (secs >= TIMESTAMP_MIN) & (secs <= TIMESTAMP_MAX)
+        out[idx[inside]] = secs[inside]
+        far[idx[~nat & ~inside]] = True
+        for j in idx[nat].tolist():  # a date pandas could not hold at the column's resolution, or not a date
+            far[j] = _beyond_datetime_range(text.iloc[j])
+            bad[j] = not far[j]
+    return out, missing, bad, far
+
+
+def _beyond_datetime_range(text: str) -> bool:
+    """Whether an ISO-8601 string is a valid date outside [TIMESTAMP_MIN, TIMESTAMP_MAX] (e.g. year 3000)."""
+    import datetime as dt
+
+    try:
+        when = dt.datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        return False
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.timezone.utc)
+    secs = (when - dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)).total_seconds()
+    return not TIMESTAMP_MIN <= secs < TIMESTAMP_MAX + 1
 
 
 def _resolve(raw: _Raw, checks: list[_Check], on_bad_rows: OnBadRows, report: ReadReport) -> np.ndarray:
@@ -652,7 +761,7 @@ def _resolve(raw: _Raw, checks: list[_Check], on_bad_rows: OnBadRows, report: Re
         total = int(any_bad.sum())
         more = f"; {total} bad rows in all" if total > 1 else ""
         raise LogFormatError(
-            f"{msg}{more} (pass on_bad_rows='skip' to drop and count them)"
+            f"{msg}{more} (pass {option_hint('on_bad_rows', 'skip')}, to drop and count them)"
             + (" [row number approximate]" if raw.approximate else ""),
             path=raw.path,
             row=int(raw.rows[first]),
@@ -675,6 +784,28 @@ def _finish(report: ReadReport, raw: _Raw, kept: int) -> None:
         raise LogFormatError(f"no valid rows left ({report})", path=raw.path)
 
 
+def _plain(x: object) -> object:
+    """A cell as it reads in a message: numpy scalars as Python numbers (``inf``, not ``np.float64(inf)``)."""
+    if isinstance(x, pd.Timestamp):
+        return x.isoformat()
+    return x.item() if isinstance(x, np.generic) else x
+
+
+def _out_of_range_message(x: object) -> str:
+    msg = (f"timestamp {_plain(x)!r} is out of range: epoch seconds must be finite and within [{TIMESTAMP_MIN}, "
+           f"{TIMESTAMP_MAX}] (1677-09-21 to 2262-04-11 UTC, the dates pandas can hold)")
+    try:
+        v = float(_plain(x))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return msg
+    return msg + ("; it looks like milliseconds" if TIMESTAMP_MIN <= v / 1000 <= TIMESTAMP_MAX else "")
+
+
+def _inexact_message(what: str, x: object) -> str:
+    return (f"{what} id {_plain(x)!r} is a float that cannot be an exact id (infinite, or beyond 2**53 where floats "
+            "round); write ids as strings or integers")
+
+
 def _validate_events(
     raw: _Raw, on_bad_rows: OnBadRows, report: ReadReport, event_aliases: Mapping[str, str] | None = None
 ) -> pd.DataFrame:
@@ -683,13 +814,15 @@ def _validate_events(
     df = raw.frame
     user, bad_user = _id_column(df["user"])
     item, bad_item = _id_column(df["item"])
+    inexact_user = _inexact_ids(df["user"])
+    inexact_item = _inexact_ids(df["item"])
     ev_raw = _as_text(df["event"])
     ev = ev_raw.str.lower()
     if event_aliases:
         ev = ev.replace({k.lower(): v for k, v in event_aliases.items()})
     miss_event = _missing_mask(ev_raw)
     unknown = ~miss_event & ~ev.isin(EVENTS).to_numpy(dtype=bool)
-    ts, miss_ts, bad_ts = _timestamp_column(df["timestamp"])
+    ts, miss_ts, bad_ts, far_ts = _timestamp_column(df["timestamp"])
     if "value" in df.columns:
         value, bad_value = _float_column(df["value"])
     else:
@@ -698,6 +831,8 @@ def _validate_events(
     checks = [
         _Check("user", "missing user id", bad_user, lambda i: "missing user id"),
         _Check("item", "missing item id", bad_item, lambda i: "missing item id"),
+        _Check("user", "inexact user id", inexact_user, lambda i: _inexact_message("user", df["user"].iloc[i])),
+        _Check("item", "inexact item id", inexact_item, lambda i: _inexact_message("item", df["item"].iloc[i])),
         _Check("event", "missing event", miss_event, lambda i: "missing event name"),
         _Check(
             "event",
@@ -711,6 +846,12 @@ def _validate_events(
             "bad timestamp",
             bad_ts,
             lambda i: f"timestamp {df['timestamp'].iloc[i]!r} is neither integer epoch seconds nor ISO-8601",
+        ),
+        _Check(
+            "timestamp",
+            "timestamp out of range",
+            far_ts,
+            lambda i: _out_of_range_message(df["timestamp"].iloc[i]),
         ),
         _Check("value", "non-numeric value", bad_value, lambda i: f"value {df['value'].iloc[i]!r} is not a number"),
     ]
@@ -736,7 +877,8 @@ def _validate_items(raw: _Raw, on_bad_rows: OnBadRows, report: ReadReport) -> pd
     _require_columns(raw, ("id", "text"), "items")
     df = raw.frame
     ids, bad_id = _id_column(df["id"])
-    dup = ids.duplicated(keep="first").to_numpy(dtype=bool) & ~bad_id
+    inexact = _inexact_ids(df["id"]) & ~bad_id
+    dup = ids.duplicated(keep="first").to_numpy(dtype=bool) & ~bad_id & ~inexact
     text = _as_text(df["text"])
     text = text.where(~_missing_mask(text), "")
     nonscalar_text = _nonscalar(df["text"])
@@ -754,6 +896,7 @@ def _validate_items(raw: _Raw, on_bad_rows: OnBadRows, report: ReadReport) -> pd
 
     checks = [
         _Check("id", "missing item id", bad_id, lambda i: "missing item id"),
+        _Check("id", "inexact item id", inexact, lambda i: _inexact_message("item", df["id"].iloc[i])),
         _Check(
             "id",
             "duplicate item id",
@@ -891,7 +1034,7 @@ def check_item_references(
     rows = events.index.to_numpy()[missing] if events.index.name == "row" else np.flatnonzero(missing) + 1
     if on_missing_items == "error":
         raise LogFormatError(
-            msg + " (pass on_missing_items='skip' to drop and count them)",
+            msg + f" (pass {option_hint('on_missing_items', 'skip')}, to drop and count them)",
             path=events_path,
             row=int(rows[0]),
             column="item",
@@ -1246,7 +1389,13 @@ def _movielens_items(
 
 
 def read_movielens(
-    path: str | Path, *, on_bad_rows: OnBadRows = "error", max_tags: int = 10, with_tags: bool = True
+    path: str | Path,
+    *,
+    on_bad_rows: OnBadRows = "error",
+    on_missing_items: OnBadRows | None = None,
+    encoding: str | None = None,
+    max_tags: int = 10,
+    with_tags: bool = True,
 ) -> InteractionLog:
     """Read a MovieLens directory: ml-latest-small layout or ml-100k layout (detected from the files).
 
@@ -1257,8 +1406,12 @@ def read_movielens(
 
     Args:
         path: The directory.
-        on_bad_rows: ``"error"`` or ``"skip"`` for bad rows and for ratings of movies missing from the movie
-            table (tags of unknown movies are always skipped and counted).
+        on_bad_rows: ``"error"`` or ``"skip"`` for bad rows (tags of unknown movies are always skipped and
+            counted).
+        on_missing_items: ``"error"`` or ``"skip"`` for ratings of movies missing from the movie table (None: as
+            ``on_bad_rows``).
+        encoding: Text encoding of every file (None: each layout's own, UTF-8 for ml-latest and ``u.data``,
+            latin-1 for ``u.item``).
         max_tags: Tags per item text.
         with_tags: Read tags.csv into the text (ml-latest only).
 
@@ -1271,13 +1424,16 @@ def read_movielens(
         FileNotFoundError: No such directory.
     """
     _check_on_bad(on_bad_rows)
+    on_missing_items = on_bad_rows if on_missing_items is None else on_missing_items
+    _check_on_bad(on_missing_items)
+    enc = encoding or "utf-8"
     root = Path(path)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no such directory (expected a MovieLens directory)")
     reports: list[ReadReport] = []
     if (root / "ratings.csv").is_file() and (root / "movies.csv").is_file():
         mv_report = ReadReport(str(root / "movies.csv"))
-        raw = _read_delimited(root / "movies.csv", on_bad_rows=on_bad_rows, report=mv_report)
+        raw = _read_delimited(root / "movies.csv", encoding=enc, on_bad_rows=on_bad_rows, report=mv_report)
         _require_columns(raw, ("movieId", "title", "genres"), "MovieLens movies")
         ids, _ = _id_column(raw.frame["movieId"])
         titles = raw.frame["title"]
@@ -1285,7 +1441,7 @@ def read_movielens(
         tags = pd.Series(dtype=object)
         if with_tags and (root / "tags.csv").is_file():
             tg_report = ReadReport(str(root / "tags.csv"))
-            traw = _read_delimited(root / "tags.csv", on_bad_rows=on_bad_rows, report=tg_report)
+            traw = _read_delimited(root / "tags.csv", encoding=enc, on_bad_rows=on_bad_rows, report=tg_report)
             _require_columns(traw, ("movieId", "tag"), "MovieLens tags")
             tid, _ = _id_column(traw.frame["movieId"])
             tframe = pd.DataFrame({"item": tid.to_numpy(), "tag": traw.frame["tag"].to_numpy()})
@@ -1303,7 +1459,7 @@ def read_movielens(
         )
         ev_path = root / "ratings.csv"
         ev_report = ReadReport(str(ev_path))
-        eraw = _read_delimited(ev_path, on_bad_rows=on_bad_rows, report=ev_report)
+        eraw = _read_delimited(ev_path, encoding=enc, on_bad_rows=on_bad_rows, report=ev_report)
         _require_columns(eraw, ("userId", "movieId", "rating", "timestamp"), "MovieLens ratings")
         eraw.frame = eraw.frame.rename(columns={"userId": "user", "movieId": "item", "rating": "value"})
         reports.insert(0, mv_report)
@@ -1314,7 +1470,7 @@ def read_movielens(
             root / "u.item",
             sep="|",
             names=names,
-            encoding="latin-1",
+            encoding=encoding or "latin-1",
             quoting=csv.QUOTE_NONE,
             on_bad_rows=on_bad_rows,
             report=mv_report,
@@ -1339,6 +1495,7 @@ def read_movielens(
             ev_path,
             sep="\t",
             names=["user", "item", "value", "timestamp"],
+            encoding=enc,
             quoting=csv.QUOTE_NONE,
             on_bad_rows=on_bad_rows,
             report=ev_report,
@@ -1355,7 +1512,7 @@ def read_movielens(
     events = check_item_references(
         events,
         items,
-        on_missing_items=on_bad_rows,
+        on_missing_items=on_missing_items,
         events_path=str(ev_path),
         items_path=mv_report.path,
         report=ev_report,
@@ -1371,7 +1528,8 @@ def load_logs(spec: str, **kwargs) -> InteractionLog:
 
     Args:
         spec: The spec.
-        **kwargs: Passed to the reader (e.g. ``on_bad_rows="skip"``).
+        **kwargs: Passed to the reader: ``on_bad_rows``, ``on_missing_items``, ``encoding`` (both readers take
+            them), ``event_aliases`` (``logs:`` only), ``max_tags`` / ``with_tags`` (``movielens:`` only).
 
     Returns:
         The log.

@@ -173,7 +173,9 @@ def _bot_users(user_codes: np.ndarray, ts: np.ndarray, max_per_minute: int) -> n
     u, t = user_codes[order], ts[order] - ts.min()
     stride = np.int64(t.max()) + 61
     if u.max() > (np.iinfo(np.int64).max // stride) - 1:
-        raise ValueError("timestamp span too large for the bot rule; filter implausible timestamps first")
+        raise ValueError("timestamp span too large for the bot rule; filter implausible timestamps first: "
+                         "PreprocessConfig(min_timestamp=..., max_future_seconds=...) or, on the command line, "
+                         "--set preprocess.min_timestamp=631152000 --set preprocess.max_future_seconds=86400")
     key = u * stride + t
     in_window = np.searchsorted(key, key + 60, side="left") - np.arange(key.size)  # events in [t, t + 60)
     return np.unique(u[in_window > max_per_minute])
@@ -308,7 +310,11 @@ def preprocess(log: InteractionLog, cfg: PreprocessConfig | None = None) -> tupl
         )
 
     if len(ev) == 0:
-        raise ValueError(f"preprocessing left no events:\n{report.to_markdown()}")
+        raise ValueError(
+            "preprocessing left no events; relax the rules that dropped them: PreprocessConfig(...) or, on the "
+            f"command line, --set preprocess.<rule>=... (e.g. --set preprocess.min_events_per_user=1):\n"
+            f"{report.to_markdown()}"
+        )
     out = InteractionLog.build(ev, items, source=log.source, reports=log.reports)
     report.rows_out = out.n_events
     report.users_out = out.n_users

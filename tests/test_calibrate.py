@@ -2,26 +2,35 @@
 choices, the preset loading into an env, bad input; and the fidelity target on the real ml-latest-small.
 
 Every fixture is generated in tmp_path with the hashing encoder (seconds); only the last test reads the real data
-(and skips without it).
+(skips without it, fails without it under CI).
 """
 
 from __future__ import annotations
 
+import inspect
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+from conftest import require_movielens
 from scipy.stats import spearmanr
 
+import envs.calibrate
+import envs.logs
+import envs.preprocess
+from configs.loader import from_dict
 from configs.schema import EncoderConfig
 from encoders.factory import make_encoder
 from envs.calibrate import (
     METRICS,
     MODELS,
     CalibrationConfig,
+    _parse_sets,
+    build_parser,
     calibrate,
     check_data_spec,
     event_order,
@@ -32,9 +41,9 @@ from envs.calibrate import (
     standardise_rows,
 )
 from envs.logs import load_logs
+from envs.preprocess import PreprocessConfig
 from envs.presets import load_world, preset_config
 
-MOVIELENS = Path(__file__).resolve().parents[2] / "shared/data/ml-latest-small"
 GENRES = ["Action", "Comedy", "Drama", "Horror", "Romance", "Sci-Fi"]
 TINY_ENV = ["env.n_candidates=10", "env.slate_size=3", "env.max_steps=5", "calibrate.history_len=5",
             "calibrate.sim_sessions=2", "calibrate.rho_grid=6", "calibrate.fit_rounds=2"]
@@ -258,12 +267,77 @@ def test_missing_directory_and_bad_set_are_clear_errors(tmp_path: Path, capsys: 
     assert "holdout" in capsys.readouterr().err
 
 
+# What the user can type: every option an error message suggests exists on the command line
+
+
+def _suggested_flag(message: str) -> list[str]:
+    """The first ``on the command line, --flag value`` a message suggests, as argv items ([] if none)."""
+    m = re.search(r"on the command line, (--[a-z-]+) ([^\s,;)]+)", message)
+    return [m.group(1), m.group(2)] if m else []
+
+
+@pytest.mark.parametrize("layout", ["logs", "movielens"])
+def test_following_the_suggested_flags_reads_the_log(layout: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """Latin-1 text, an unknown event / a non-numeric rating and an unknown item: each error names a flag to type,
+    and typing the flags it names, one after the other, gets the log read."""
+    if layout == "logs":
+        _write_bytes(tmp_path / "items.csv", "id,text\ni1,Caf\xe9 cr\xe8me\ni2,Tea\n".encode("latin-1"))
+        _write_bytes(tmp_path / "ev.csv", b"user,item,event,timestamp\nu,i1,view,1600000000\nu,i2,swipe,1600000001\n"
+                     b"u,i9,view,1600000002\nu,i2,view,1600000003\n")
+        spec = f"logs:{tmp_path / 'items.csv'},{tmp_path / 'ev.csv'}"
+        expected = ["--encoding", "latin-1", "--on-bad-rows", "skip", "--on-missing-items", "skip"]
+    else:
+        root = write_movielens(tmp_path / "ml", n_users=3, n_items=20, per_user=3)
+        movies = (root / "movies.csv").read_bytes().replace(b"Movie Number 1,", "Movie N\xba 1,".encode("latin-1"))
+        (root / "movies.csv").write_bytes(movies)
+        with (root / "ratings.csv").open("a") as f:
+            f.write("1,2,four,1100000000\n1,99,4.0,1100000001\n")
+        spec = f"movielens:{root}"
+        expected = ["--encoding", "latin-1", "--on-bad-rows", "skip"]  # missing movies follow --on-bad-rows
+    read: list = []
+    monkeypatch.setattr(envs.calibrate, "calibrate", lambda log, *a, **k: read.append(log) or {"models": {},
+                                                                                              "timings": {}})
+    argv = ["--data", spec, "--out", str(tmp_path / "out"), "--quiet", "--encoder", "hashing"]
+    typed: list[str] = []
+    for _ in range(4):
+        try:
+            assert main(argv + typed) == 0
+            break
+        except SystemExit as exc:
+            assert exc.code == 2
+            flag = _suggested_flag(capsys.readouterr().err)
+            assert flag, "the error suggests no command-line flag"
+            typed += flag
+    assert typed == expected and len(read) == 1 and read[0].n_events >= 2
+
+
+def _write_bytes(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def test_every_suggestion_in_the_data_modules_is_accepted_by_the_cli() -> None:
+    """Scans the messages of the real-data modules for command-line suggestions; each must parse and validate."""
+    source = "\n".join(inspect.getsource(m) for m in (envs.logs, envs.preprocess, envs.calibrate))
+    hints = re.findall(r"option_hint\('([a-z_]+)', '([^']+)'\)", source)
+    assert {h[0] for h in hints} == {"on_bad_rows", "on_missing_items", "encoding"}
+    parser = build_parser()
+    for name, value in hints:
+        args = parser.parse_args(["--data", "logs:a,b", "--out", "o", f"--{name.replace('_', '-')}", value])
+        assert getattr(args, name) == value
+    sets = re.findall(r"--set ([a-z_]+\.[a-z_]+=[0-9]+)", source)
+    assert len(sets) >= 3, sets
+    configs = {"calibrate": CalibrationConfig, "preprocess": PreprocessConfig}
+    for item in sets:
+        for section, values in _parse_sets([item]).items():
+            from_dict(configs[section], values, section)  # a known key with a valid value
+
+
 @pytest.mark.expensive
 def test_movielens_simulator_ranks_at_least_as_well_as_mf(tmp_path: Path) -> None:
     """The target: on ml-latest-small's temporal 80/20 split the simulator's NDCG@10 and AUC are >= the ALS's."""
-    if not (MOVIELENS / "ratings.csv").is_file():
-        pytest.skip(f"ml-latest-small not found at {MOVIELENS} (research-use data, not in the repo)")
-    code = main(["--data", f"movielens:{MOVIELENS}", "--out", str(tmp_path / "ml"), "--quiet"])
+    code = main(["--data", f"movielens:{require_movielens()}", "--out", str(tmp_path / "ml"), "--quiet"])
     assert code == 0
     models = json.loads((tmp_path / "ml" / "fidelity.json").read_text())["models"]
     assert models["simulator"]["ndcg@10"] >= models["mf"]["ndcg@10"] > models["popularity"]["ndcg@10"]

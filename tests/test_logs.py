@@ -1,6 +1,7 @@
 """Readers of real interaction logs: formats, MovieLens layouts, item text, bad input, the log's index maps.
 
-Every fixture is generated in tmp_path; only the last test reads the real ml-latest-small, and skips without it.
+Every fixture is generated in tmp_path; only the last test reads the real ml-latest-small (skips without it, fails
+without it under CI).
 """
 
 from __future__ import annotations
@@ -11,10 +12,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import require_movielens
 
 from envs.logs import (
     EVENT_WEIGHTS,
     EVENTS,
+    TIMESTAMP_MAX,
+    TIMESTAMP_MIN,
     InteractionLog,
     LogFormatError,
     load_logs,
@@ -25,8 +29,6 @@ from envs.logs import (
     read_movielens,
     split_movielens_title,
 )
-
-MOVIELENS = Path(__file__).resolve().parents[2] / "shared/data/ml-latest-small"
 
 EVENTS_CSV = """user,item,event,timestamp,value
 u1,i1,view,1600000000,12.5
@@ -209,7 +211,9 @@ def test_unknown_event_names_row_and_column_and_skip_counts(tmp_path):
     [
         ("u3,i2,view,yesterday,", "timestamp", "timestamp 'yesterday' is neither integer epoch seconds nor ISO-8601"),
         ("u3,i2,view,,", "timestamp", "missing timestamp"),
+        ("u3,i2,view,10000-01-01,", "timestamp", "timestamp '10000-01-01' is neither integer epoch seconds nor"),
         ("u3,i2,view,1600000300,long", "value", "value 'long' is not a number"),
+        ("u3,i2,view,1600000300,inf", "value", "value 'inf' is not a number"),
         (",i2,view,1600000300,", "user", "missing user id"),
         ("u3,,view,1600000300,", "item", "missing item id"),
         ("u3,i2,,1600000300,", "event", "missing event name"),
@@ -335,6 +339,151 @@ def test_from_frames_validates_like_the_readers():
         InteractionLog.from_frames(events, items)
     log = InteractionLog.from_frames(events, items, on_bad_rows="skip")
     assert log.n_events == 1 and log.reports[0].skipped == {"unknown event": 1}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Values that would convert silently: infinite / overflowing / out-of-range timestamps, inexact float ids
+# ---------------------------------------------------------------------------------------------------------------
+
+GOOD_ROW = {"user": "u1", "item": "i1", "event": "view", "timestamp": 1_600_000_000}
+
+
+def _events_file(tmp_path: Path, fmt: str, column: str, bad: object) -> Path:
+    """Two events, the second with ``column`` = ``bad`` (a CSV cell is written as text, others keep the type)."""
+    if fmt == "csv":
+        rows = [GOOD_ROW, {**GOOD_ROW, column: bad}]
+        text = "user,item,event,timestamp\n" + "".join(",".join(str(r[c]) for c in GOOD_ROW) + "\n" for r in rows)
+        return _write(tmp_path / "e.csv", text)
+    if fmt == "jsonl":  # bad is the JSON text of the value
+        good = json.dumps(GOOD_ROW)
+        second = json.dumps({**GOOD_ROW, column: "@"}).replace('"@"', str(bad))
+        return _write(tmp_path / "e.jsonl", f"{good}\n{second}\n")
+    dtype = np.asarray([bad]).dtype
+    good = {"user": 1, "item": 1, "timestamp": GOOD_ROW["timestamp"]}[column]
+    good = np.datetime64(good, "s") if dtype.kind == "M" else good
+    frame = pd.DataFrame([GOOD_ROW, GOOD_ROW])
+    frame[column] = pd.Series([good, bad]).astype(dtype)
+    frame.to_parquet(tmp_path / "e.parquet")
+    return tmp_path / "e.parquet"
+
+
+@pytest.mark.parametrize(
+    ("fmt", "bad"),
+    [
+        ("csv", "inf"),
+        ("csv", "-Infinity"),
+        ("csv", "1e30"),
+        ("csv", "9223372036854775807"),
+        ("csv", "99999999999999999999"),
+        ("csv", "1600000000000"),  # milliseconds
+        ("csv", "3000-01-01T00:00:00Z"),
+        ("csv", "1500-06-01"),
+        ("jsonl", "Infinity"),
+        ("jsonl", "1e30"),
+        ("jsonl", "99999999999999999999"),
+        ("jsonl", "1600000000000"),
+        ("parquet", np.float64("inf")),
+        ("parquet", np.float64(1e30)),
+        ("parquet", np.int64(2**63 - 1)),
+        ("parquet", np.int64(-(2**63))),
+        ("parquet", np.uint64(2**64 - 1)),
+        ("parquet", np.datetime64("3000-01-01T00:00:00", "s")),
+    ],
+)
+def test_timestamps_out_of_range_are_bad_rows(tmp_path, fmt, bad):
+    path = _events_file(tmp_path, fmt, "timestamp", bad)
+    with pytest.raises(LogFormatError, match="is out of range: epoch seconds must be finite") as err:
+        read_events(path)
+    assert err.value.row == (3 if fmt == "csv" else 2) and err.value.column == "timestamp"
+    assert "on_bad_rows='skip' or, on the command line, --on-bad-rows skip" in str(err.value)
+    events, report = read_events(path, on_bad_rows="skip")
+    assert report.skipped == {"timestamp out of range": 1} and events["timestamp"].tolist() == [1_600_000_000]
+
+
+def test_timestamp_range_edges_are_kept_and_convert_to_dates(tmp_path):
+    text = "user,item,event,timestamp\n" + "".join(
+        f"u,i,view,{t}\n" for t in (TIMESTAMP_MIN, TIMESTAMP_MAX, "2262-04-11T00:00:00Z", TIMESTAMP_MAX + 1)
+    )
+    events, report = read_events(_write(tmp_path / "e.csv", text), on_bad_rows="skip")
+    assert events["timestamp"].tolist() == [TIMESTAMP_MIN, TIMESTAMP_MAX, 9_223_286_400]
+    assert report.examples == {"timestamp out of range": [5]}
+    assert pd.to_datetime(events["timestamp"], unit="s").notna().all()  # every kept timestamp is a date
+
+
+def test_milliseconds_are_named_in_the_message(tmp_path):
+    with pytest.raises(LogFormatError, match="looks like milliseconds"):
+        read_events(_events_file(tmp_path, "csv", "timestamp", "1600000000000"))
+
+
+@pytest.mark.parametrize(
+    ("fmt", "column", "bad"),
+    [
+        ("parquet", "user", np.float64("inf")),
+        ("parquet", "user", np.float64(1e20)),
+        ("parquet", "item", np.float64(2.0**53 + 2)),
+        ("jsonl", "user", "Infinity"),
+        ("jsonl", "user", "1e20"),
+        ("jsonl", "item", "-Infinity"),
+        ("jsonl", "item", "1.5e300"),
+    ],
+)
+def test_float_ids_that_cannot_be_exact_are_bad_rows(tmp_path, fmt, column, bad):
+    path = _events_file(tmp_path, fmt, column, bad)
+    with pytest.raises(LogFormatError, match="is a float that cannot be an exact id") as err:
+        read_events(path)
+    assert err.value.row == 2 and err.value.column == column
+    events, report = read_events(path, on_bad_rows="skip")
+    assert report.skipped == {f"inexact {column} id": 1} and len(events) == 1
+    assert "-9223372036854775808" not in events[column].tolist()
+
+
+def test_mixed_json_ids_and_in_memory_frames_get_the_same_checks(tmp_path):
+    path = _write(tmp_path / "e.jsonl", '{"user": "a", "item": "i", "event": "view", "timestamp": 1}\n'
+                  '{"user": Infinity, "item": "i", "event": "view", "timestamp": 2}\n'
+                  '{"user": 3.0, "item": "i", "event": "view", "timestamp": 3}\n')
+    events, report = read_events(path, on_bad_rows="skip")
+    assert events["user"].tolist() == ["a", "3"] and report.skipped == {"inexact user id": 1}
+    frame = pd.DataFrame({"user": ["a", np.nan, np.inf, 1e20], "item": ["i"] * 4, "event": ["view"] * 4,
+                          "timestamp": [1.0, 2.0, 3.0, np.inf]})
+    log = InteractionLog.from_frames(frame, pd.DataFrame({"id": ["i"], "text": ["I"]}), on_bad_rows="skip")
+    assert log.events["user"].tolist() == ["a"]
+    assert log.reports[0].skipped == {"missing user id": 1, "inexact user id": 2}  # first reason per row counts
+
+
+def test_item_table_ids_get_the_same_checks(tmp_path):
+    pd.DataFrame({"id": [1.0, 1e20, np.inf, np.nan], "text": ["a", "b", "c", "d"]}).to_parquet(tmp_path / "i.pq")
+    with pytest.raises(LogFormatError, match=r"row 2, column 'id': item id 1e\+20 is a float that cannot be an"):
+        read_items(tmp_path / "i.pq")
+    items, report = read_items(tmp_path / "i.pq", on_bad_rows="skip")
+    assert items["id"].tolist() == ["1"] and report.skipped == {"inexact item id": 2, "missing item id": 1}
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet", "jsonl"])
+def test_negative_and_large_integer_ids_are_kept_exactly(tmp_path, fmt):
+    """Only floats convert: integer ids (hashed ids are often negative or beyond 2**53) stay as written."""
+    big = 2**63 - 1 if fmt == "parquet" else 10**20  # JSON integers beyond 2**53 are not rounded to floats
+    if fmt == "parquet":
+        frame = pd.DataFrame({**{k: [v, v, v] for k, v in GOOD_ROW.items()}})
+        frame["user"] = np.array([-1, big, 2**53 + 1], dtype=np.int64)
+        frame.to_parquet(tmp_path / "e.parquet")
+        path = tmp_path / "e.parquet"
+    else:
+        rows = [{**GOOD_ROW, "user": u} for u in (-1, big, 2**53 + 1)]
+        if fmt == "csv":
+            text = "user,item,event,timestamp\n" + "".join(",".join(str(r[c]) for c in GOOD_ROW) + "\n" for r in rows)
+            path = _write(tmp_path / "e.csv", text)
+        else:
+            path = _write(tmp_path / "e.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    events, _ = read_events(path)
+    assert events["user"].tolist() == ["-1", str(big), str(2**53 + 1)]
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "jsonl"])
+def test_nan_ids_are_missing_ids(tmp_path, fmt):
+    path = _events_file(tmp_path, fmt, "item", np.float64("nan") if fmt == "parquet" else "NaN")
+    with pytest.raises(LogFormatError, match="missing item id") as err:
+        read_events(path)
+    assert err.value.row == 2 and err.value.column == "item"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -464,6 +613,25 @@ def test_read_movielens_latest_bad_rating_row(tmp_path):
     assert log.n_events == 4
 
 
+def test_read_movielens_takes_the_options_its_messages_suggest(tmp_path):
+    root = _ml_latest(tmp_path / "ml")
+    with (root / "ratings.csv").open("a") as f:
+        f.write("3,7,4.0,964983816\n")  # movie 7 is not in movies.csv
+    with pytest.raises(LogFormatError, match="on_missing_items='skip'") as err:
+        read_movielens(root)
+    assert "--on-missing-items skip" in str(err.value)
+    assert read_movielens(root, on_missing_items="skip").reports[-1].skipped == {"item not in the item table": 1}
+    with pytest.raises(LogFormatError, match="missing from the item table"):  # bad rows skipped, missing items not
+        read_movielens(root, on_bad_rows="skip", on_missing_items="error")
+    movies = (root / "movies.csv").read_bytes().replace(b"Nothing Here", "Caf\xe9 Here".encode("latin-1"))
+    (root / "movies.csv").write_bytes(movies)
+    with pytest.raises(LogFormatError, match="encoding='latin-1'") as err:
+        read_movielens(root, on_missing_items="skip")
+    assert "--encoding latin-1" in str(err.value)
+    log = read_movielens(root, on_missing_items="skip", encoding="latin-1")
+    assert log.items["text"].iloc[2] == "Café Here."
+
+
 def _ml_100k(root: Path) -> Path:
     root.mkdir()
     _write(root / "u.data", "196\t242\t3\t881250949\n186\t302\t3\t891717742\n22\t242\t1\t878887116\n")
@@ -501,10 +669,20 @@ def test_read_movielens_not_a_movielens_directory(tmp_path):
         read_movielens(tmp_path / "absent")
 
 
-@pytest.mark.skipif(not MOVIELENS.is_dir(), reason=f"real MovieLens sample not found at {MOVIELENS}")
 def test_real_ml_latest_small():
-    log = load_logs(f"movielens:{MOVIELENS}")
+    log = load_logs(f"movielens:{require_movielens()}")
     assert log.n_events == 100_836 and log.n_items == 9_742 and log.n_users == 610
     assert all(r.n_skipped == 0 for r in log.reports)
     toy = log.items.loc[log.items["id"] == "1", "text"].item()
     assert toy.startswith("Toy Story (1995). Genres: adventure, animation, children, comedy, fantasy. Tags: pixar")
+
+
+def test_require_movielens_skips_outside_ci_and_fails_under_ci(tmp_path, monkeypatch):
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="ml-latest-small not found"):
+        require_movielens(tmp_path / "absent")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI is set: ml-latest-small not found"):
+        require_movielens(tmp_path / "absent")
+    _write(tmp_path / "ratings.csv", "userId,movieId,rating,timestamp\n")
+    assert require_movielens(tmp_path) == tmp_path
