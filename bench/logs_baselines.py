@@ -3,7 +3,7 @@
 python -m bench.logs_baselines --data movielens:../shared/data/ml-latest-small
 
 The seconds of each stage and ``total_s`` (read to last metric) are this benchmark's figures; tests assert the
-results only (tests/test_preprocess.py::test_real_movielens_mf_beats_popularity), never a duration.
+results only (tests/test_data_cf_eval.py::test_real_movielens_mf_beats_popularity), never a duration.
 """
 
 from __future__ import annotations
@@ -36,9 +36,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
-    from envs.cf_eval import evaluate_scores, mf_scorer, popularity_scorer
-    from envs.logs import load_logs
-    from envs.preprocess import PreprocessConfig, preprocess, temporal_split
+    from configs.data import PreprocessConfig
+    from envs.data.cf_eval import evaluate_scores, mf_scorer, popularity_scorer
+    from envs.data.preprocess import preprocess, temporal_split
+    from envs.data.readers import load_logs
 
     t_start = t = time.perf_counter()
     log = load_logs(args.data)

@@ -1,5 +1,6 @@
-"""Calibration from real logs: end to end on a generated MovieLens-format fixture, the ρ / a / q fit on synthetic
-choices, the preset loading into an env, bad input; and the fidelity target on the real ml-latest-small.
+"""Calibration from real logs (envs.calibrate): end to end on a generated MovieLens-format fixture, the preset
+loading into an env, the taste helpers, the command line and bad input; and the fidelity target on the real
+ml-latest-small. The ρ / a / q fit is tested in test_calibrate_fitting.py.
 
 Every fixture is generated in tmp_path with the hashing encoder (seconds); only the last test reads the real data
 (skips without it, fails without it under CI).
@@ -15,33 +16,22 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import scipy.sparse as sp
 from conftest import require_movielens
-from scipy.stats import spearmanr
 
-import envs.calibrate
-import envs.logs
-import envs.preprocess
+import envs.calibrate.cli
+import envs.calibrate.pipeline
+import envs.data.columns
+import envs.data.files
+import envs.data.movielens
+import envs.data.preprocess
+from configs.data import CalibrationConfig, PreprocessConfig
 from configs.loader import from_dict
 from configs.schema import EncoderConfig
 from encoders.factory import make_encoder
-from envs.calibrate import (
-    METRICS,
-    MODELS,
-    CalibrationConfig,
-    _parse_sets,
-    build_parser,
-    calibrate,
-    check_data_spec,
-    event_order,
-    fit_response,
-    last_items,
-    main,
-    semantic_taste,
-    standardise_rows,
-)
-from envs.logs import load_logs
-from envs.preprocess import PreprocessConfig
+from envs.calibrate import METRICS, MODELS, calibrate
+from envs.calibrate.cli import _parse_sets, build_parser, check_data_spec, main
+from envs.calibrate.tastes import event_order, last_items, semantic_taste
+from envs.data import load_logs
 from envs.presets import load_world, preset_config
 
 GENRES = ["Action", "Comedy", "Drama", "Horror", "Romance", "Sci-Fi"]
@@ -161,40 +151,6 @@ def test_calibrate_function_and_explicit_override(tmp_path: Path) -> None:
         calibrate(log, cfg, encoder, tmp_path / "q", env_overrides={"preset_dir": "x"})
 
 
-def test_fit_recovers_known_rho_and_scale() -> None:
-    rng = np.random.default_rng(0)
-    n_users, m, n_choices = 300, 400, 40
-    z_sem = standardise_rows(rng.normal(size=(n_users, m)))
-    z_cf = standardise_rows(rng.normal(size=(n_users, m)))
-    feat = rng.normal(size=(1, m)).astype(np.float32)
-    rho = rng.uniform(0, 1, n_users)
-    a, q = 2.5, 0.5
-    util = a * (rho[:, None] * z_sem + (1 - rho[:, None]) * z_cf) + q * feat
-    exclude = np.zeros((n_users, m), bool)
-    exclude[np.arange(n_users)[:, None], rng.integers(0, m, (n_users, 20))] = True
-    keys = np.where(exclude, -np.inf, util + rng.gumbel(size=util.shape))
-    # Gumbel-top-k: a draw without replacement from the softmax, in Plackett-Luce order
-    chosen = np.argsort(-keys, axis=1)[:, :n_choices]
-    for sample in (0, 200):
-        fit = fit_response(z_sem, z_cf, feat, chosen, sp.csr_matrix(exclude), grid=21, rounds=6, sample=sample)
-        assert spearmanr(fit.rho, rho).statistic > 0.8, sample
-        assert abs(fit.affinity_scale - a) / a < 0.15, (sample, fit.affinity_scale)
-        assert abs(fit.quality_coef[0] - q) < 0.15, (sample, fit.quality_coef)
-        # users the data says are semantic get a higher ρ than users it says are collaborative
-        assert fit.rho[rho > 0.8].mean() > fit.rho[rho < 0.2].mean() + 0.4
-    flat = fit_response(z_sem, z_cf, feat, chosen, sp.csr_matrix(exclude), prior="flat", rounds=3)
-    assert spearmanr(flat.rho, rho).statistic > 0.75
-    # independent draws from the full set ignore that a user never picks an item twice: a comes out too low
-    naive = fit_response(z_sem, z_cf, feat, chosen, sp.csr_matrix(exclude), rounds=3, sequential=False)
-    assert naive.affinity_scale < 0.85 * fit.affinity_scale
-    pos = np.zeros((n_users, m), bool)
-    pos[np.arange(n_users)[:, None], chosen] = True
-    with pytest.raises(ValueError, match="excluded"):
-        fit_response(z_sem, z_cf, feat, chosen, sp.csr_matrix(pos))
-    with pytest.raises(ValueError, match="twice"):
-        fit_response(z_sem, z_cf, feat, np.c_[chosen[:, :1], chosen[:, :1]], sp.csr_matrix(exclude))
-
-
 def test_semantic_taste_and_history_helpers(tmp_path: Path) -> None:
     emb = np.eye(4, dtype=np.float32)[[0, 1, 2, 3, 0]]  # (M=5, D=4)
     theta = semantic_taste(np.array([0, 0, 1]), np.array([0, 4, 1]), np.array([1.0, 1.0, 2.0]), emb, 3, center=False)
@@ -296,8 +252,8 @@ def test_following_the_suggested_flags_reads_the_log(layout: str, tmp_path: Path
         spec = f"movielens:{root}"
         expected = ["--encoding", "latin-1", "--on-bad-rows", "skip"]  # missing movies follow --on-bad-rows
     read: list = []
-    monkeypatch.setattr(envs.calibrate, "calibrate", lambda log, *a, **k: read.append(log) or {"models": {},
-                                                                                              "timings": {}})
+    monkeypatch.setattr(envs.calibrate.cli, "calibrate", lambda log, *a, **k: read.append(log) or {"models": {},
+                                                                                                  "timings": {}})
     argv = ["--data", spec, "--out", str(tmp_path / "out"), "--quiet", "--encoder", "hashing"]
     typed: list[str] = []
     for _ in range(4):
@@ -319,7 +275,8 @@ def _write_bytes(path: Path, data: bytes) -> Path:
 
 def test_every_suggestion_in_the_data_modules_is_accepted_by_the_cli() -> None:
     """Scans the messages of the real-data modules for command-line suggestions; each must parse and validate."""
-    source = "\n".join(inspect.getsource(m) for m in (envs.logs, envs.preprocess, envs.calibrate))
+    modules = (envs.data.files, envs.data.columns, envs.data.movielens, envs.data.preprocess, envs.calibrate.pipeline)
+    source = "\n".join(inspect.getsource(m) for m in modules)
     hints = re.findall(r"option_hint\('([a-z_]+)', '([^']+)'\)", source)
     assert {h[0] for h in hints} == {"on_bad_rows", "on_missing_items", "encoding"}
     parser = build_parser()
