@@ -20,10 +20,17 @@ MOVIELENS = REPO.parent / "shared" / "data" / "ml-latest-small"
 
 
 def require_movielens(path: Path | None = None) -> Path:
-    """The real ml-latest-small directory (``RECFEED_MOVIELENS`` overrides :data:`MOVIELENS`).
+    """The real ml-latest-small directory; skips the calling test without it, or fails it under CI.
 
-    Without it the calling test is skipped, with the reason, or fails when the environment variable ``CI`` is
-    ``true`` (CI must not pass by skipping the real-data tests).
+    Args:
+        path: The directory (None: ``$RECFEED_MOVIELENS``, else :data:`MOVIELENS`).
+
+    Returns:
+        The directory (it holds ``ratings.csv``).
+
+    Raises:
+        pytest.skip.Exception: The data is missing (the reason names the path).
+        pytest.fail.Exception: The data is missing and ``CI`` is ``true`` (CI must not pass by skipping).
     """
     path = Path(path or os.environ.get("RECFEED_MOVIELENS") or MOVIELENS)
     if (path / "ratings.csv").is_file():
