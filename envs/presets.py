@@ -29,7 +29,7 @@ from envs import rng
 from envs.catalog import Catalog, catalog_from_items, generate_catalog, persona_texts
 from envs.cf import fit_als
 from envs.core import BatchedCore
-from envs.logging import RolloutLogger, write_log
+from envs.rollout_log import RolloutLogger, write_rollout_log
 from envs.spaces import F_LLM
 from envs.users import Population, pool_history, sample_traits
 from envs.world import World
@@ -101,7 +101,7 @@ def load_catalog(cfg: EnvConfig) -> Catalog:
     """The synthetic catalog, or the item table named by ``catalog.source``."""
     if cfg.catalog.source == "synthetic":
         return generate_catalog(cfg.catalog)
-    from envs.logs import read_items
+    from envs.data.readers import read_items
 
     return catalog_from_items(read_items(cfg.catalog.source), cfg.catalog.cf_dim, cfg.catalog.seed)
 
@@ -163,7 +163,7 @@ def run_logging_phase(world: World, cfg: EnvConfig, population: str, seed: int, 
         progress: Show a progress bar.
 
     Returns:
-        The rollout log (see :mod:`envs.logging`).
+        The rollout log (see :mod:`envs.rollout_log`).
     """
     pop = world.populations[population]
     queue = np.repeat(np.arange(pop.size), cfg.logging.sessions_per_user)
@@ -232,7 +232,7 @@ def build_world(cfg: EnvConfig, encoder: TextEncoder, progress: bool = True, log
             for i, name in enumerate(pops)}
     if log_dir is not None:
         for name, frame in logs.items():
-            write_log(frame, Path(log_dir) / f"logging_{name}.parquet")
+            write_rollout_log(frame, Path(log_dir) / f"logging_{name}.parquet")
     fit_world_from_logs(world, cfg, logs, organic)
     world.meta.update({
         "config_key": world_key(cfg, encoder.name),

@@ -5,6 +5,7 @@ Tests that need the real transformer encoder use it explicitly; nothing here tou
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,28 @@ from envs.world import World
 
 REPO = Path(__file__).resolve().parents[1]
 MOVIELENS = REPO.parent / "shared" / "data" / "ml-latest-small"
+
+
+def require_movielens(path: Path | None = None) -> Path:
+    """The real ml-latest-small directory; skips the calling test without it, or fails it under CI.
+
+    Args:
+        path: The directory (None: ``$RECFEED_MOVIELENS``, else :data:`MOVIELENS`).
+
+    Returns:
+        The directory (it holds ``ratings.csv``).
+
+    Raises:
+        pytest.skip.Exception: The data is missing (the reason names the path).
+        pytest.fail.Exception: The data is missing and ``CI`` is ``true`` (CI must not pass by skipping).
+    """
+    path = Path(path or os.environ.get("RECFEED_MOVIELENS") or MOVIELENS)
+    if (path / "ratings.csv").is_file():
+        return path
+    reason = f"ml-latest-small not found at {path} (research-use data, not in the repo; RECFEED_MOVIELENS=DIR)"
+    if os.environ.get("CI", "").strip().lower() in ("true", "1", "yes"):
+        pytest.fail(f"CI is set: {reason}", pytrace=False)
+    pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")

@@ -1,40 +1,39 @@
-"""Calibration from real logs: end to end on a generated MovieLens-format fixture, the ρ / a / q fit on synthetic
-choices, the preset loading into an env, bad input; and the fidelity target on the real ml-latest-small.
+"""Calibration from real logs (envs.calibrate): end to end on a generated MovieLens-format fixture, the preset
+loading into an env, the taste helpers, the command line and bad input; and the fidelity target on the real
+ml-latest-small. The ρ / a / q fit is tested in test_calibrate_fitting.py.
 
 Every fixture is generated in tmp_path with the hashing encoder (seconds); only the last test reads the real data
-(and skips without it).
+(skips without it, fails without it under CI).
 """
 
 from __future__ import annotations
 
+import inspect
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-import scipy.sparse as sp
-from scipy.stats import spearmanr
+from conftest import require_movielens
 
+import envs.calibrate.cli
+import envs.calibrate.pipeline
+import envs.data.columns
+import envs.data.files
+import envs.data.movielens
+import envs.data.preprocess
+from configs.data import CalibrationConfig, PreprocessConfig
+from configs.loader import from_dict
 from configs.schema import EncoderConfig
 from encoders.factory import make_encoder
-from envs.calibrate import (
-    METRICS,
-    MODELS,
-    CalibrationConfig,
-    calibrate,
-    check_data_spec,
-    event_order,
-    fit_response,
-    last_items,
-    main,
-    semantic_taste,
-    standardise_rows,
-)
-from envs.logs import load_logs
+from envs.calibrate import METRICS, MODELS, calibrate
+from envs.calibrate.cli import _parse_sets, build_parser, check_data_spec, main
+from envs.calibrate.tastes import event_order, last_items, semantic_taste
+from envs.data import load_logs
 from envs.presets import load_world, preset_config
 
-MOVIELENS = Path(__file__).resolve().parents[2] / "shared/data/ml-latest-small"
 GENRES = ["Action", "Comedy", "Drama", "Horror", "Romance", "Sci-Fi"]
 TINY_ENV = ["env.n_candidates=10", "env.slate_size=3", "env.max_steps=5", "calibrate.history_len=5",
             "calibrate.sim_sessions=2", "calibrate.rho_grid=6", "calibrate.fit_rounds=2"]
@@ -152,40 +151,6 @@ def test_calibrate_function_and_explicit_override(tmp_path: Path) -> None:
         calibrate(log, cfg, encoder, tmp_path / "q", env_overrides={"preset_dir": "x"})
 
 
-def test_fit_recovers_known_rho_and_scale() -> None:
-    rng = np.random.default_rng(0)
-    n_users, m, n_choices = 300, 400, 40
-    z_sem = standardise_rows(rng.normal(size=(n_users, m)))
-    z_cf = standardise_rows(rng.normal(size=(n_users, m)))
-    feat = rng.normal(size=(1, m)).astype(np.float32)
-    rho = rng.uniform(0, 1, n_users)
-    a, q = 2.5, 0.5
-    util = a * (rho[:, None] * z_sem + (1 - rho[:, None]) * z_cf) + q * feat
-    exclude = np.zeros((n_users, m), bool)
-    exclude[np.arange(n_users)[:, None], rng.integers(0, m, (n_users, 20))] = True
-    keys = np.where(exclude, -np.inf, util + rng.gumbel(size=util.shape))
-    # Gumbel-top-k: a draw without replacement from the softmax, in Plackett-Luce order
-    chosen = np.argsort(-keys, axis=1)[:, :n_choices]
-    for sample in (0, 200):
-        fit = fit_response(z_sem, z_cf, feat, chosen, sp.csr_matrix(exclude), grid=21, rounds=6, sample=sample)
-        assert spearmanr(fit.rho, rho).statistic > 0.8, sample
-        assert abs(fit.affinity_scale - a) / a < 0.15, (sample, fit.affinity_scale)
-        assert abs(fit.quality_coef[0] - q) < 0.15, (sample, fit.quality_coef)
-        # users the data says are semantic get a higher ρ than users it says are collaborative
-        assert fit.rho[rho > 0.8].mean() > fit.rho[rho < 0.2].mean() + 0.4
-    flat = fit_response(z_sem, z_cf, feat, chosen, sp.csr_matrix(exclude), prior="flat", rounds=3)
-    assert spearmanr(flat.rho, rho).statistic > 0.75
-    # independent draws from the full set ignore that a user never picks an item twice: a comes out too low
-    naive = fit_response(z_sem, z_cf, feat, chosen, sp.csr_matrix(exclude), rounds=3, sequential=False)
-    assert naive.affinity_scale < 0.85 * fit.affinity_scale
-    pos = np.zeros((n_users, m), bool)
-    pos[np.arange(n_users)[:, None], chosen] = True
-    with pytest.raises(ValueError, match="excluded"):
-        fit_response(z_sem, z_cf, feat, chosen, sp.csr_matrix(pos))
-    with pytest.raises(ValueError, match="twice"):
-        fit_response(z_sem, z_cf, feat, np.c_[chosen[:, :1], chosen[:, :1]], sp.csr_matrix(exclude))
-
-
 def test_semantic_taste_and_history_helpers(tmp_path: Path) -> None:
     emb = np.eye(4, dtype=np.float32)[[0, 1, 2, 3, 0]]  # (M=5, D=4)
     theta = semantic_taste(np.array([0, 0, 1]), np.array([0, 4, 1]), np.array([1.0, 1.0, 2.0]), emb, 3, center=False)
@@ -258,12 +223,78 @@ def test_missing_directory_and_bad_set_are_clear_errors(tmp_path: Path, capsys: 
     assert "holdout" in capsys.readouterr().err
 
 
+# What the user can type: every option an error message suggests exists on the command line
+
+
+def _suggested_flag(message: str) -> list[str]:
+    """The first ``on the command line, --flag value`` a message suggests, as argv items ([] if none)."""
+    m = re.search(r"on the command line, (--[a-z-]+) ([^\s,;)]+)", message)
+    return [m.group(1), m.group(2)] if m else []
+
+
+@pytest.mark.parametrize("layout", ["logs", "movielens"])
+def test_following_the_suggested_flags_reads_the_log(layout: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """Latin-1 text, an unknown event / a non-numeric rating and an unknown item: each error names a flag to type,
+    and typing the flags it names, one after the other, gets the log read."""
+    if layout == "logs":
+        _write_bytes(tmp_path / "items.csv", "id,text\ni1,Caf\xe9 cr\xe8me\ni2,Tea\n".encode("latin-1"))
+        _write_bytes(tmp_path / "ev.csv", b"user,item,event,timestamp\nu,i1,view,1600000000\nu,i2,swipe,1600000001\n"
+                     b"u,i9,view,1600000002\nu,i2,view,1600000003\n")
+        spec = f"logs:{tmp_path / 'items.csv'},{tmp_path / 'ev.csv'}"
+        expected = ["--encoding", "latin-1", "--on-bad-rows", "skip", "--on-missing-items", "skip"]
+    else:
+        root = write_movielens(tmp_path / "ml", n_users=3, n_items=20, per_user=3)
+        movies = (root / "movies.csv").read_bytes().replace(b"Movie Number 1,", "Movie N\xba 1,".encode("latin-1"))
+        (root / "movies.csv").write_bytes(movies)
+        with (root / "ratings.csv").open("a") as f:
+            f.write("1,2,four,1100000000\n1,99,4.0,1100000001\n")
+        spec = f"movielens:{root}"
+        expected = ["--encoding", "latin-1", "--on-bad-rows", "skip"]  # missing movies follow --on-bad-rows
+    read: list = []
+    monkeypatch.setattr(envs.calibrate.cli, "calibrate", lambda log, *a, **k: read.append(log) or {"models": {},
+                                                                                                  "timings": {}})
+    argv = ["--data", spec, "--out", str(tmp_path / "out"), "--quiet", "--encoder", "hashing"]
+    typed: list[str] = []
+    for _ in range(4):
+        try:
+            assert main(argv + typed) == 0
+            break
+        except SystemExit as exc:
+            assert exc.code == 2
+            flag = _suggested_flag(capsys.readouterr().err)
+            assert flag, "the error suggests no command-line flag"
+            typed += flag
+    assert typed == expected and len(read) == 1 and read[0].n_events >= 2
+
+
+def _write_bytes(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def test_every_suggestion_in_the_data_modules_is_accepted_by_the_cli() -> None:
+    """Scans the messages of the real-data modules for command-line suggestions; each must parse and validate."""
+    modules = (envs.data.files, envs.data.columns, envs.data.movielens, envs.data.preprocess, envs.calibrate.pipeline)
+    source = "\n".join(inspect.getsource(m) for m in modules)
+    hints = re.findall(r"option_hint\('([a-z_]+)', '([^']+)'\)", source)
+    assert {h[0] for h in hints} == {"on_bad_rows", "on_missing_items", "encoding"}
+    parser = build_parser()
+    for name, value in hints:
+        args = parser.parse_args(["--data", "logs:a,b", "--out", "o", f"--{name.replace('_', '-')}", value])
+        assert getattr(args, name) == value
+    sets = re.findall(r"--set ([a-z_]+\.[a-z_]+=[0-9]+)", source)
+    assert len(sets) >= 3, sets
+    configs = {"calibrate": CalibrationConfig, "preprocess": PreprocessConfig}
+    for item in sets:
+        for section, values in _parse_sets([item]).items():
+            from_dict(configs[section], values, section)  # a known key with a valid value
+
+
 @pytest.mark.expensive
 def test_movielens_simulator_ranks_at_least_as_well_as_mf(tmp_path: Path) -> None:
     """The target: on ml-latest-small's temporal 80/20 split the simulator's NDCG@10 and AUC are >= the ALS's."""
-    if not (MOVIELENS / "ratings.csv").is_file():
-        pytest.skip(f"ml-latest-small not found at {MOVIELENS} (research-use data, not in the repo)")
-    code = main(["--data", f"movielens:{MOVIELENS}", "--out", str(tmp_path / "ml"), "--quiet"])
+    code = main(["--data", f"movielens:{require_movielens()}", "--out", str(tmp_path / "ml"), "--quiet"])
     assert code == 0
     models = json.loads((tmp_path / "ml" / "fidelity.json").read_text())["models"]
     assert models["simulator"]["ndcg@10"] >= models["mf"]["ndcg@10"] > models["popularity"]["ndcg@10"]

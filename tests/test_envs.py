@@ -350,12 +350,13 @@ def test_text_mode_encodes_a_prompt_of_the_recent_history(small_cfg: EnvConfig, 
 
 def test_rollouts_log_to_parquet_and_the_cf_fit_reads_them(small_cfg: EnvConfig, small_world: World,
                                                            tmp_path) -> None:
-    from envs.logging import LOG_COLUMNS, read_log
     from envs.presets import fit_world_from_logs, run_logging_phase
+    from envs.rollout_log import ROLLOUT_COLUMNS as LOG_COLUMNS
+    from envs.rollout_log import read_rollout_log as read_log
 
     frame = run_logging_phase(small_world, small_cfg, "train", seed=3, batch_size=64)
     path = tmp_path / "train.parquet"
-    from envs.logging import write_log
+    from envs.rollout_log import write_rollout_log as write_log
 
     write_log(frame, path)
     back = read_log(path)

@@ -1,7 +1,5 @@
-"""Readers of real interaction logs: formats, MovieLens layouts, item text, bad input, the log's index maps.
-
-Every fixture is generated in tmp_path; only the last test reads the real ml-latest-small, and skips without it.
-"""
+"""Readers of real interaction logs (envs.data): formats, row numbers, bad input, values that would convert
+silently, in-memory frames. Every fixture is generated in tmp_path."""
 
 from __future__ import annotations
 
@@ -12,21 +10,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from envs.logs import (
-    EVENT_WEIGHTS,
+from envs.data import (
     EVENTS,
+    TIMESTAMP_MAX,
+    TIMESTAMP_MIN,
     InteractionLog,
     LogFormatError,
     load_logs,
-    movielens_item_text,
     read_events,
     read_items,
     read_logs,
-    read_movielens,
-    split_movielens_title,
 )
-
-MOVIELENS = Path(__file__).resolve().parents[2] / "shared/data/ml-latest-small"
 
 EVENTS_CSV = """user,item,event,timestamp,value
 u1,i1,view,1600000000,12.5
@@ -209,7 +203,9 @@ def test_unknown_event_names_row_and_column_and_skip_counts(tmp_path):
     [
         ("u3,i2,view,yesterday,", "timestamp", "timestamp 'yesterday' is neither integer epoch seconds nor ISO-8601"),
         ("u3,i2,view,,", "timestamp", "missing timestamp"),
+        ("u3,i2,view,10000-01-01,", "timestamp", "timestamp '10000-01-01' is neither integer epoch seconds nor"),
         ("u3,i2,view,1600000300,long", "value", "value 'long' is not a number"),
+        ("u3,i2,view,1600000300,inf", "value", "value 'inf' is not a number"),
         (",i2,view,1600000300,", "user", "missing user id"),
         ("u3,,view,1600000300,", "item", "missing item id"),
         ("u3,i2,,1600000300,", "event", "missing event name"),
@@ -338,173 +334,145 @@ def test_from_frames_validates_like_the_readers():
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The log: maps and CF weights
+# Values that would convert silently: infinite / overflowing / out-of-range timestamps, inexact float ids
 # ---------------------------------------------------------------------------------------------------------------
 
-
-def _log(rows: list[tuple], items=("a", "b", "c")) -> InteractionLog:
-    events = pd.DataFrame(rows, columns=["user", "item", "event", "timestamp", "value"])
-    return InteractionLog.from_frames(events, pd.DataFrame({"id": list(items), "text": list(items)}))
+GOOD_ROW = {"user": "u1", "item": "i1", "event": "view", "timestamp": 1_600_000_000}
 
 
-def test_index_maps_round_trip():
-    log = _log([("u2", "b", "view", 1, None), ("u1", "c", "click", 2, None), ("u2", "a", "click", 3, None)])
-    assert log.user_ids.tolist() == ["u1", "u2"] and log.item_ids.tolist() == ["a", "b", "c"]
-    users, items = log.codes()
-    assert users.tolist() == [1, 0, 1] and items.tolist() == [1, 2, 0]
-    np.testing.assert_array_equal(log.user_ids[users], log.events["user"].to_numpy(dtype=object))
-    np.testing.assert_array_equal(log.item_ids[items], log.events["item"].to_numpy(dtype=object))
-    assert log.user_index(["u2", "nobody"]).tolist() == [1, -1]
-    assert log.n_users == 2 and log.n_items == 3 and log.n_events == 3
+def _events_file(tmp_path: Path, fmt: str, column: str, bad: object) -> Path:
+    """Two events, the second with ``column`` = ``bad`` (a CSV cell is written as text, others keep the type)."""
+    if fmt == "csv":
+        rows = [GOOD_ROW, {**GOOD_ROW, column: bad}]
+        text = "user,item,event,timestamp\n" + "".join(",".join(str(r[c]) for c in GOOD_ROW) + "\n" for r in rows)
+        return _write(tmp_path / "e.csv", text)
+    if fmt == "jsonl":  # bad is the JSON text of the value
+        good = json.dumps(GOOD_ROW)
+        second = json.dumps({**GOOD_ROW, column: "@"}).replace('"@"', str(bad))
+        return _write(tmp_path / "e.jsonl", f"{good}\n{second}\n")
+    dtype = np.asarray([bad]).dtype
+    good = {"user": 1, "item": 1, "timestamp": GOOD_ROW["timestamp"]}[column]
+    good = np.datetime64(good, "s") if dtype.kind == "M" else good
+    frame = pd.DataFrame([GOOD_ROW, GOOD_ROW])
+    frame[column] = pd.Series([good, bad]).astype(dtype)
+    frame.to_parquet(tmp_path / "e.parquet")
+    return tmp_path / "e.parquet"
 
 
-def test_interaction_weights_order_and_ratings():
-    log = _log(
-        [
-            ("u", "a", "view", 1, None),
-            ("u", "a", "click", 2, None),  # same pair: adds up
-            ("u", "b", "purchase", 3, None),
-            ("v", "a", "cart", 4, None),
-            ("v", "b", "rating", 5, 5.0),
-            ("v", "c", "rating", 6, 3.5),  # below the threshold: left out
-            ("w", "c", "rating", 7, 4.0),
-        ]
+@pytest.mark.parametrize(
+    ("fmt", "bad"),
+    [
+        ("csv", "inf"),
+        ("csv", "-Infinity"),
+        ("csv", "1e30"),
+        ("csv", "9223372036854775807"),
+        ("csv", "99999999999999999999"),
+        ("csv", "1600000000000"),  # milliseconds
+        ("csv", "3000-01-01T00:00:00Z"),
+        ("csv", "1500-06-01"),
+        ("jsonl", "Infinity"),
+        ("jsonl", "1e30"),
+        ("jsonl", "99999999999999999999"),
+        ("jsonl", "1600000000000"),
+        ("parquet", np.float64("inf")),
+        ("parquet", np.float64(1e30)),
+        ("parquet", np.int64(2**63 - 1)),
+        ("parquet", np.int64(-(2**63))),
+        ("parquet", np.uint64(2**64 - 1)),
+        ("parquet", np.datetime64("3000-01-01T00:00:00", "s")),
+    ],
+)
+def test_timestamps_out_of_range_are_bad_rows(tmp_path, fmt, bad):
+    path = _events_file(tmp_path, fmt, "timestamp", bad)
+    with pytest.raises(LogFormatError, match="is out of range: epoch seconds must be finite") as err:
+        read_events(path)
+    assert err.value.row == (3 if fmt == "csv" else 2) and err.value.column == "timestamp"
+    assert "on_bad_rows='skip' or, on the command line, --on-bad-rows skip" in str(err.value)
+    events, report = read_events(path, on_bad_rows="skip")
+    assert report.skipped == {"timestamp out of range": 1} and events["timestamp"].tolist() == [1_600_000_000]
+
+
+def test_timestamp_range_edges_are_kept_and_convert_to_dates(tmp_path):
+    text = "user,item,event,timestamp\n" + "".join(
+        f"u,i,view,{t}\n" for t in (TIMESTAMP_MIN, TIMESTAMP_MAX, "2262-04-11T00:00:00Z", TIMESTAMP_MAX + 1)
     )
-    assert EVENT_WEIGHTS["purchase"] > EVENT_WEIGHTS["cart"] > EVENT_WEIGHTS["click"] > EVENT_WEIGHTS["view"]
-    u, i, w = log.interaction_weights()
-    got = {(log.user_ids[a], log.item_ids[b]): float(c) for a, b, c in zip(u, i, w, strict=True)}
-    assert got == {
-        ("u", "a"): EVENT_WEIGHTS["view"] + EVENT_WEIGHTS["click"],
-        ("u", "b"): EVENT_WEIGHTS["purchase"],
-        ("v", "a"): EVENT_WEIGHTS["cart"],
-        ("v", "b"): 2.0,
-        ("w", "c"): 1.0,
-    }
-    u, i, w = log.interaction_weights(mode="binary")
-    assert len(w) == 6 and (w == 1).all()
-    with pytest.raises(ValueError, match="unknown events"):
-        log.interaction_weights(event_weights={"like": 1.0})
+    events, report = read_events(_write(tmp_path / "e.csv", text), on_bad_rows="skip")
+    assert events["timestamp"].tolist() == [TIMESTAMP_MIN, TIMESTAMP_MAX, 9_223_286_400]
+    assert report.examples == {"timestamp out of range": [5]}
+    assert pd.to_datetime(events["timestamp"], unit="s").notna().all()  # every kept timestamp is a date
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# MovieLens
-# ---------------------------------------------------------------------------------------------------------------
+def test_milliseconds_are_named_in_the_message(tmp_path):
+    with pytest.raises(LogFormatError, match="looks like milliseconds"):
+        read_events(_events_file(tmp_path, "csv", "timestamp", "1600000000000"))
 
 
-def test_movielens_item_text():
-    text = movielens_item_text(
-        "Toy Story (1995)",
-        None,
-        ["Adventure", "Animation", "Children", "Comedy", "Fantasy"],
-        ["Pixar", "fun", " pixar "],
-    )
-    assert text == "Toy Story (1995). Genres: adventure, animation, children, comedy, fantasy. Tags: pixar, fun."
-    assert movielens_item_text("Shawshank Redemption, The (1994)", 1994, ["(no genres listed)"]) == (
-        "The Shawshank Redemption (1994)."
-    )
-    assert movielens_item_text("Babylon 5", None, ["Sci-Fi"], [f"t{k}" for k in range(20)], max_tags=2) == (
-        "Babylon 5. Genres: sci-fi. Tags: t0, t1."
-    )
-    assert split_movielens_title("Misérables, Les (1995)") == ("Les Misérables", 1995)
-    assert split_movielens_title("Death Note: Desu nôto (2006–2007)") == ("Death Note: Desu nôto", 2006)
-    assert split_movielens_title("City of Lost Children, The (Cité des enfants perdus, La) (1995)") == (
-        "The City of Lost Children (Cité des enfants perdus, La)",
-        1995,
-    )
+@pytest.mark.parametrize(
+    ("fmt", "column", "bad"),
+    [
+        ("parquet", "user", np.float64("inf")),
+        ("parquet", "user", np.float64(1e20)),
+        ("parquet", "item", np.float64(2.0**53 + 2)),
+        ("jsonl", "user", "Infinity"),
+        ("jsonl", "user", "1e20"),
+        ("jsonl", "item", "-Infinity"),
+        ("jsonl", "item", "1.5e300"),
+    ],
+)
+def test_float_ids_that_cannot_be_exact_are_bad_rows(tmp_path, fmt, column, bad):
+    path = _events_file(tmp_path, fmt, column, bad)
+    with pytest.raises(LogFormatError, match="is a float that cannot be an exact id") as err:
+        read_events(path)
+    assert err.value.row == 2 and err.value.column == column
+    events, report = read_events(path, on_bad_rows="skip")
+    assert report.skipped == {f"inexact {column} id": 1} and len(events) == 1
+    assert "-9223372036854775808" not in events[column].tolist()
 
 
-def _ml_latest(root: Path) -> Path:
-    root.mkdir()
-    _write(
-        root / "movies.csv",
-        "movieId,title,genres\n"
-        "1,Toy Story (1995),Adventure|Animation|Children|Comedy|Fantasy\n"
-        '2,"American President, The (1995)",Comedy|Drama|Romance\n'
-        "3,Nothing Here,(no genres listed)\n",
-    )
-    _write(
-        root / "ratings.csv",
-        "userId,movieId,rating,timestamp\n1,1,4.0,964982703\n1,2,3.5,964981247\n2,1,5.0,964982224\n2,3,0.5,964983815\n",
-    )
-    _write(
-        root / "tags.csv",
-        "userId,movieId,tag,timestamp\n1,1,pixar,1\n2,1,Pixar,2\n2,1,fun,3\n1,2,politics,4\n1,99,orphan tag,5\n",
-    )
-    _write(root / "links.csv", "movieId,imdbId,tmdbId\n1,0114709,862\n")
-    return root
+def test_mixed_json_ids_and_in_memory_frames_get_the_same_checks(tmp_path):
+    path = _write(tmp_path / "e.jsonl", '{"user": "a", "item": "i", "event": "view", "timestamp": 1}\n'
+                  '{"user": Infinity, "item": "i", "event": "view", "timestamp": 2}\n'
+                  '{"user": 3.0, "item": "i", "event": "view", "timestamp": 3}\n')
+    events, report = read_events(path, on_bad_rows="skip")
+    assert events["user"].tolist() == ["a", "3"] and report.skipped == {"inexact user id": 1}
+    frame = pd.DataFrame({"user": ["a", np.nan, np.inf, 1e20], "item": ["i"] * 4, "event": ["view"] * 4,
+                          "timestamp": [1.0, 2.0, 3.0, np.inf]})
+    log = InteractionLog.from_frames(frame, pd.DataFrame({"id": ["i"], "text": ["I"]}), on_bad_rows="skip")
+    assert log.events["user"].tolist() == ["a"]
+    assert log.reports[0].skipped == {"missing user id": 1, "inexact user id": 2}  # first reason per row counts
 
 
-def test_read_movielens_latest_layout(tmp_path):
-    log = read_movielens(_ml_latest(tmp_path / "ml"))
-    assert log.n_events == 4 and log.n_items == 3 and log.n_users == 2
-    assert set(log.events["event"]) == {"rating"}
-    assert log.events["value"].tolist() == [4.0, 3.5, 5.0, 0.5]
-    assert log.events["timestamp"].iloc[0] == 964982703
-    assert log.items["text"].tolist() == [
-        "Toy Story (1995). Genres: adventure, animation, children, comedy, fantasy. Tags: pixar, fun.",
-        "The American President (1995). Genres: comedy, drama, romance. Tags: politics.",
-        "Nothing Here.",
-    ]
-    assert log.items["category"].tolist()[:2] == ["adventure", "comedy"] and pd.isna(log.items["category"].iloc[2])
-    assert log.items["price"].isna().all()
-    tag_report = next(r for r in log.reports if r.path.endswith("tags.csv"))
-    assert tag_report.skipped == {"tag of a movie missing from movies.csv": 1} and tag_report.rows == 5
-    assert load_logs(f"movielens:{tmp_path / 'ml'}").n_events == 4
+def test_item_table_ids_get_the_same_checks(tmp_path):
+    pd.DataFrame({"id": [1.0, 1e20, np.inf, np.nan], "text": ["a", "b", "c", "d"]}).to_parquet(tmp_path / "i.pq")
+    with pytest.raises(LogFormatError, match=r"row 2, column 'id': item id 1e\+20 is a float that cannot be an"):
+        read_items(tmp_path / "i.pq")
+    items, report = read_items(tmp_path / "i.pq", on_bad_rows="skip")
+    assert items["id"].tolist() == ["1"] and report.skipped == {"inexact item id": 2, "missing item id": 1}
 
 
-def test_read_movielens_latest_bad_rating_row(tmp_path):
-    root = _ml_latest(tmp_path / "ml")
-    with (root / "ratings.csv").open("a") as f:
-        f.write("3,1,four,964983815\n3,7,4.0,964983816\n")
-    with pytest.raises(LogFormatError, match=r"ratings.csv, row 6, column 'value': value 'four' is not a number"):
-        read_movielens(root)
-    log = read_movielens(root, on_bad_rows="skip")
-    report = log.reports[-1]
-    assert report.skipped == {"non-numeric value": 1, "item not in the item table": 1}
-    assert log.n_events == 4
+@pytest.mark.parametrize("fmt", ["csv", "parquet", "jsonl"])
+def test_negative_and_large_integer_ids_are_kept_exactly(tmp_path, fmt):
+    """Only floats convert: integer ids (hashed ids are often negative or beyond 2**53) stay as written."""
+    big = 2**63 - 1 if fmt == "parquet" else 10**20  # JSON integers beyond 2**53 are not rounded to floats
+    if fmt == "parquet":
+        frame = pd.DataFrame({**{k: [v, v, v] for k, v in GOOD_ROW.items()}})
+        frame["user"] = np.array([-1, big, 2**53 + 1], dtype=np.int64)
+        frame.to_parquet(tmp_path / "e.parquet")
+        path = tmp_path / "e.parquet"
+    else:
+        rows = [{**GOOD_ROW, "user": u} for u in (-1, big, 2**53 + 1)]
+        if fmt == "csv":
+            text = "user,item,event,timestamp\n" + "".join(",".join(str(r[c]) for c in GOOD_ROW) + "\n" for r in rows)
+            path = _write(tmp_path / "e.csv", text)
+        else:
+            path = _write(tmp_path / "e.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    events, _ = read_events(path)
+    assert events["user"].tolist() == ["-1", str(big), str(2**53 + 1)]
 
 
-def _ml_100k(root: Path) -> Path:
-    root.mkdir()
-    _write(root / "u.data", "196\t242\t3\t881250949\n186\t302\t3\t891717742\n22\t242\t1\t878887116\n")
-    flags = ["0"] * 19
-    f242, f302 = list(flags), list(flags)
-    f242[5] = "1"  # Comedy
-    f302[6], f302[16] = "1", "1"  # Crime, Thriller
-    lines = [
-        "|".join(["242", "Kolya (1996)", "24-Jan-1997", "", "http://x", *f242]),
-        "|".join(["302", "L.A. Confidential (1997)", "01-Jan-1997", "", "http://y", *f302]),
-        "|".join(["303", "Café Society", "01-Jan-1996", "", "http://z", *flags]),
-    ]
-    _write(root / "u.item", ("\n".join(lines) + "\n").encode("latin-1"))
-    return root
-
-
-def test_read_movielens_100k_layout(tmp_path):
-    log = read_movielens(_ml_100k(tmp_path / "ml100k"))
-    assert log.n_events == 3 and log.n_items == 3
-    assert log.events["value"].tolist() == [3.0, 3.0, 1.0]
-    assert log.items["text"].tolist() == [
-        "Kolya (1996). Genres: comedy.",
-        "L.A. Confidential (1997). Genres: crime, thriller.",
-        "Café Society (1996).",  # latin-1 decoded; year from the release date
-    ]
-    assert log.items["category"].tolist()[:2] == ["comedy", "crime"]
-
-
-def test_read_movielens_not_a_movielens_directory(tmp_path):
-    (tmp_path / "x").mkdir()
-    _write(tmp_path / "x" / "ratings.dat", "1::2::3::4\n")
-    with pytest.raises(LogFormatError, match=r"not a MovieLens directory.*ratings.dat"):
-        read_movielens(tmp_path / "x")
-    with pytest.raises(FileNotFoundError):
-        read_movielens(tmp_path / "absent")
-
-
-@pytest.mark.skipif(not MOVIELENS.is_dir(), reason=f"real MovieLens sample not found at {MOVIELENS}")
-def test_real_ml_latest_small():
-    log = load_logs(f"movielens:{MOVIELENS}")
-    assert log.n_events == 100_836 and log.n_items == 9_742 and log.n_users == 610
-    assert all(r.n_skipped == 0 for r in log.reports)
-    toy = log.items.loc[log.items["id"] == "1", "text"].item()
-    assert toy.startswith("Toy Story (1995). Genres: adventure, animation, children, comedy, fantasy. Tags: pixar")
+@pytest.mark.parametrize("fmt", ["parquet", "jsonl"])
+def test_nan_ids_are_missing_ids(tmp_path, fmt):
+    path = _events_file(tmp_path, fmt, "item", np.float64("nan") if fmt == "parquet" else "NaN")
+    with pytest.raises(LogFormatError, match="missing item id") as err:
+        read_events(path)
+    assert err.value.row == 2 and err.value.column == "item"

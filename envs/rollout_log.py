@@ -1,7 +1,8 @@
-"""Interaction logging: any rollout, written to Parquet, read back by the CF fit and off-policy evaluation.
+"""The simulator's rollout log: one row per (user, request) of a rollout, as a DataFrame or a Parquet file.
 
-One row per (user, request): the user, the candidates, the shown slate (catalog ids), the ranker's log
-propensity of that slate when it is stochastic (NaN when deterministic), and the response.
+The world builder's logging phase records its sessions with it (:func:`envs.presets.run_logging_phase`; the CF fit
+reads the frame in memory, ``build_world(log_dir=...)`` also writes it). Real interaction logs are another
+subject: :mod:`envs.data`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ import pyarrow.parquet as pq
 from configs.loader import atomic_write_bytes
 from envs.core import StepResult
 
-LOG_COLUMNS = (
+#: Columns of a rollout log: the user, the candidates, the shown slate (catalog ids), the ranker's log-probability
+#: of that slate when it samples (NaN when deterministic; recorded, not used by recfeed so far), and the response.
+ROLLOUT_COLUMNS = (
     "population", "user", "session", "step", "candidates", "slate", "log_propensity", "click_rank", "clicked_item",
     "purchase", "dwell", "reward",
 )
@@ -26,7 +29,7 @@ LOG_COLUMNS = (
 
 @dataclass
 class RolloutLogger:
-    """Collects batched steps; arrays are copied, so the core's buffers can move on.
+    """Collects batched steps into a rollout log; arrays are copied, so the core's buffers can move on.
 
     Attributes:
         population: Name of the population the users come from.
@@ -71,26 +74,26 @@ class RolloutLogger:
         return sum(len(c["user"]) for c in self._chunks)
 
     def to_frame(self) -> pd.DataFrame:
-        """All logged rows as a DataFrame with :data:`LOG_COLUMNS` (list-valued ``candidates``/``slate``)."""
+        """All logged rows as a DataFrame with :data:`ROLLOUT_COLUMNS` (list-valued ``candidates``/``slate``)."""
         if not self._chunks:
-            return pd.DataFrame({c: [] for c in LOG_COLUMNS})
+            return pd.DataFrame({c: [] for c in ROLLOUT_COLUMNS})
         cat = {k: np.concatenate([c[k] for c in self._chunks]) for k in self._chunks[0]}
         frame = pd.DataFrame({k: v for k, v in cat.items() if v.ndim == 1})
         frame["candidates"] = list(cat["candidates"])
         frame["slate"] = list(cat["slate"])
         frame.insert(0, "population", self.population)
-        return frame[list(LOG_COLUMNS)]
+        return frame[list(ROLLOUT_COLUMNS)]
 
     def write_parquet(self, path: str | Path) -> Path:
         """Write the log to Parquet atomically and return the path."""
-        return write_log(self.to_frame(), path)
+        return write_rollout_log(self.to_frame(), path)
 
 
-def write_log(frame: pd.DataFrame, path: str | Path) -> Path:
-    """Write a log frame to Parquet atomically (never a half-written file).
+def write_rollout_log(frame: pd.DataFrame, path: str | Path) -> Path:
+    """Write a rollout log frame to Parquet atomically (never a half-written file).
 
     Args:
-        frame: Rows with :data:`LOG_COLUMNS`.
+        frame: Rows with :data:`ROLLOUT_COLUMNS`.
         path: Destination ``.parquet`` file.
 
     Returns:
@@ -102,8 +105,8 @@ def write_log(frame: pd.DataFrame, path: str | Path) -> Path:
     return Path(path)
 
 
-def read_log(path: str | Path) -> pd.DataFrame:
-    """Read a rollout log written by :func:`write_log`.
+def read_rollout_log(path: str | Path) -> pd.DataFrame:
+    """Read a rollout log written by :func:`write_rollout_log`.
 
     Raises:
         FileNotFoundError: If missing.
@@ -113,7 +116,7 @@ def read_log(path: str | Path) -> pd.DataFrame:
     if not p.is_file():
         raise FileNotFoundError(f"rollout log {p} does not exist")
     frame = pq.read_table(p).to_pandas()
-    missing = [c for c in LOG_COLUMNS if c not in frame.columns]
+    missing = [c for c in ROLLOUT_COLUMNS if c not in frame.columns]
     if missing:
         raise ValueError(f"{p} is not a recfeed rollout log: missing column(s) {missing}")
     return frame

@@ -1,16 +1,5 @@
-"""Ranking metrics on a held-out split, and the popularity / matrix-factorisation baselines.
-
-For each user with held-out items, every item *not* in the user's train set is a candidate; the positives
-are the user's held-out items that are not in their train set. For rating logs every held-out rated item is
-positive, whatever the rating (the task is "which movies will this user rate next"). Users without a
-positive or without a negative candidate are skipped. Metrics are per user, then averaged over users:
-
-* ``auc``: probability that a random positive outranks a random negative candidate (ties count half);
-* ``ndcg@k``: binary-gain DCG of the top k over the ideal DCG (``min(k, #positives)`` hits at the top);
-* ``recall@k``: hits in the top k over ``min(k, #positives)`` (Liang et al. 2018, so a perfect ranker scores 1).
-
-Top-k ties are broken by lower item index. A score function maps user indices int (B,) to scores float (B, M)
-over the whole item table; it is called per chunk of users, so memory stays O(chunk · M).
+"""Held-out ranking metrics (AUC, NDCG@k, recall@k; the protocol in :func:`evaluate_scores`) and the popularity /
+matrix-factorisation baselines.
 """
 
 from __future__ import annotations
@@ -22,7 +11,7 @@ import scipy.sparse as sp
 from scipy.stats import rankdata
 
 from envs.cf import fit_als
-from envs.logs import InteractionLog
+from envs.data.interaction_log import InteractionLog
 
 #: users int64 (B,) -> scores float (B, M).
 ScoreFn = Callable[[np.ndarray], np.ndarray]
@@ -46,7 +35,19 @@ def _same_maps(a: InteractionLog, b: InteractionLog) -> None:
 def evaluate_scores(
     score_fn: ScoreFn, train: InteractionLog, test: InteractionLog, k: int = 10, chunk_size: int = 256
 ) -> dict[str, float]:
-    """AUC, NDCG@k and recall@k of a scorer on a held-out split (see the module docstring).
+    """AUC, NDCG@k and recall@k of a scorer on a held-out split.
+
+    For each user with held-out items, every item *not* in the user's train set is a candidate; the positives
+    are the user's held-out items that are not in their train set. For rating logs every held-out rated item is
+    positive, whatever the rating (the task is "which movies will this user rate next"). Users without a
+    positive or without a negative candidate are skipped. Metrics are per user, then averaged over users:
+
+    * ``auc``: probability that a random positive outranks a random negative candidate (ties count half);
+    * ``ndcg@k``: binary-gain DCG of the top k over the ideal DCG (``min(k, #positives)`` hits at the top);
+    * ``recall@k``: hits in the top k over ``min(k, #positives)`` (Liang et al. 2018: a perfect ranker scores 1).
+
+    Top-k ties are broken by lower item index. ``score_fn`` is called per chunk of users, so memory stays
+    O(chunk · M).
 
     Args:
         score_fn: users int64 (B,) -> float (B, M) scores; must be finite.

@@ -1,82 +1,24 @@
-"""Preprocessing of real interaction logs, per-user behaviour features and the temporal train / test split.
+"""Preprocessing of interaction logs by configurable rules, each reported; per-user features; the temporal split.
 
-:func:`preprocess` applies configurable rules in a fixed order, and every rule reports how many rows it
-dropped (or filled) and why in a :class:`PreprocessReport` (Markdown via :meth:`PreprocessReport.to_markdown`);
-nothing is removed silently. The order:
-
-1. missing values: a ``rating`` event without a value is dropped or filled (``missing_rating``); an empty item
-   text is filled from the item's category and id (``missing_text``). Dwell (``value`` of view / click), price
-   and category are optional in the schema and stay NaN / NA.
-2. implausible timestamps: before ``min_timestamp`` (1990-01-01) or after ``now + max_future_seconds`` (1 day).
-3. implausible values: a rating outside ``rating_range``; a dwell that is negative or above ``max_dwell_seconds``.
-4. duplicates: several rows with one (user, item, event, timestamp) keep the last in file order.
-5. bots: a user with more than ``max_events_per_user_per_minute`` events inside any 60-second window loses all
-   their events. People rate in bursts: in ml-latest-small the median user peaks at 11 ratings in a minute,
-   two users exceed 60 and one reaches 392 (the default threshold, 100, drops that one).
-6. rare items: events of items with fewer than ``min_events_per_item`` events (items stay in the item table).
-7. inactive users: users with fewer than ``min_events_per_user`` events (one pass each for 6 and 7, not a k-core).
-
-The returned log keeps the item table (item index unchanged) and re-indexes users to those left.
+Settings: :class:`configs.data.PreprocessConfig`; why the rules are what they are: docs/calibration.md.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Literal
 
 import numpy as np
 import pandas as pd
 
-from envs.logs import EVENTS, InteractionLog, ReadReport
+from configs.data import PreprocessConfig
+from envs.data.interaction_log import InteractionLog
+from envs.data.schema import EVENTS, ReadReport
+
+__all__ = ["PreprocessConfig", "PreprocessReport", "PreprocessStep", "preprocess", "temporal_split", "user_features"]
 
 _RATING = EVENTS.index("rating")
 _DWELL_EVENTS = (EVENTS.index("view"), EVENTS.index("click"))
-_JAN_1990 = 631152000
-
-
-@dataclass
-class PreprocessConfig:
-    """Rules of :func:`preprocess` (None disables a rule).
-
-    Attributes:
-        missing_rating: A rating event without value: ``"drop"`` it, or fill with the user's mean rating
-            (``"user_mean"``, global mean for users without any) or the global mean (``"global_mean"``).
-        missing_text: ``"fill"`` an empty item text with ``"Item <id>. Category: <category>."``, or ``"keep"``.
-        min_timestamp: Events before this (epoch seconds; 1990-01-01 UTC) are implausible.
-        max_future_seconds: Events later than ``now`` plus this are implausible (None: no upper bound).
-        now: The reference "now" (epoch seconds); None means the wall clock at the call.
-        rating_range: Inclusive valid rating range.
-        max_dwell_seconds: Largest plausible dwell on a view / click; negative dwell is always implausible.
-        dedupe: Drop repeated (user, item, event, timestamp) rows, keeping the last.
-        max_events_per_user_per_minute: Bot rule threshold.
-        min_events_per_item: Drop events of items with fewer events than this (after the rules above).
-        min_events_per_user: Drop users with fewer events than this (after the item rule).
-    """
-
-    missing_rating: Literal["drop", "user_mean", "global_mean"] = "drop"
-    missing_text: Literal["fill", "keep"] = "fill"
-    min_timestamp: int | None = _JAN_1990
-    max_future_seconds: int | None = 86_400
-    now: int | None = None
-    rating_range: tuple[float, float] | None = (0.5, 5.0)
-    max_dwell_seconds: float | None = 4 * 3600.0
-    dedupe: bool = True
-    max_events_per_user_per_minute: int | None = 100
-    min_events_per_item: int = 1
-    min_events_per_user: int = 5
-
-    def __post_init__(self) -> None:
-        if self.missing_rating not in ("drop", "user_mean", "global_mean"):
-            raise ValueError(f"missing_rating must be drop / user_mean / global_mean, got {self.missing_rating!r}")
-        if self.missing_text not in ("fill", "keep"):
-            raise ValueError(f"missing_text must be fill / keep, got {self.missing_text!r}")
-        if self.rating_range is not None and not self.rating_range[0] <= self.rating_range[1]:
-            raise ValueError(f"rating_range must be (low, high) with low <= high, got {self.rating_range}")
-        for name in ("max_events_per_user_per_minute", "min_events_per_item", "min_events_per_user"):
-            v = getattr(self, name)
-            if v is not None and v < 0:
-                raise ValueError(f"{name} must be >= 0, got {v}")
 
 
 @dataclass
@@ -173,14 +115,28 @@ def _bot_users(user_codes: np.ndarray, ts: np.ndarray, max_per_minute: int) -> n
     u, t = user_codes[order], ts[order] - ts.min()
     stride = np.int64(t.max()) + 61
     if u.max() > (np.iinfo(np.int64).max // stride) - 1:
-        raise ValueError("timestamp span too large for the bot rule; filter implausible timestamps first")
+        raise ValueError("timestamp span too large for the bot rule; filter implausible timestamps first: "
+                         "PreprocessConfig(min_timestamp=..., max_future_seconds=...) or, on the command line, "
+                         "--set preprocess.min_timestamp=631152000 --set preprocess.max_future_seconds=86400")
     key = u * stride + t
     in_window = np.searchsorted(key, key + 60, side="left") - np.arange(key.size)  # events in [t, t + 60)
     return np.unique(u[in_window > max_per_minute])
 
 
 def preprocess(log: InteractionLog, cfg: PreprocessConfig | None = None) -> tuple[InteractionLog, PreprocessReport]:
-    """Clean a log by the rules of ``cfg`` (see the module docstring for the order).
+    """Clean a log by the rules of ``cfg``, in this order, each reporting what it dropped (or filled) and why.
+
+    1. missing values: a ``rating`` event without a value is dropped or filled (``missing_rating``); an empty
+       item text is filled from the item's category and id (``missing_text``). Dwell (``value`` of view /
+       click), price and category are optional and stay NaN / NA.
+    2. implausible timestamps: before ``min_timestamp`` (1990-01-01) or after ``now + max_future_seconds``.
+    3. implausible values: a rating outside ``rating_range``; a dwell < 0 or above ``max_dwell_seconds``.
+    4. duplicates: several rows with one (user, item, event, timestamp) keep the last in file order.
+    5. bots: a user with more than ``max_events_per_user_per_minute`` events in any 60-second window loses all
+       their events.
+    6. rare items: events of items with fewer than ``min_events_per_item`` events (items stay in the table).
+    7. inactive users: users with fewer than ``min_events_per_user`` events (one pass each for 6 and 7, not a
+       k-core).
 
     Args:
         log: The log (not modified).
@@ -308,7 +264,11 @@ def preprocess(log: InteractionLog, cfg: PreprocessConfig | None = None) -> tupl
         )
 
     if len(ev) == 0:
-        raise ValueError(f"preprocessing left no events:\n{report.to_markdown()}")
+        raise ValueError(
+            "preprocessing left no events; relax the rules that dropped them: PreprocessConfig(...) or, on the "
+            f"command line, --set preprocess.<rule>=... (e.g. --set preprocess.min_events_per_user=1):\n"
+            f"{report.to_markdown()}"
+        )
     out = InteractionLog.build(ev, items, source=log.source, reports=log.reports)
     report.rows_out = out.n_events
     report.users_out = out.n_users

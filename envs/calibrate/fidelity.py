@@ -1,0 +1,391 @@
+"""The fidelity report: held-out ranking of the simulator against MF and popularity, distribution checks
+(popularity curve, genre mix, activity), plots and ``fidelity.md``."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from configs.loader import atomic_write_bytes
+from configs.schema import EnvConfig
+from envs.catalog import Catalog
+from envs.cf import MFModel
+from envs.data.cf_eval import evaluate_scores, interaction_matrix
+from envs.data.interaction_log import InteractionLog
+from envs.data.preprocess import PreprocessReport
+from envs.world import World
+
+#: Model keys of ``fidelity.json``.
+MODELS: tuple[str, ...] = ("simulator", "mf", "popularity")
+#: Metric keys per model in ``fidelity.json``.
+METRICS: tuple[str, ...] = ("auc", "ndcg@10", "recall@10")
+
+
+def _session_start_utility(world: World, cfg: EnvConfig, users: dict[str, np.ndarray], n_users: int) -> np.ndarray:
+    """float32 (U, M) session-start utility of every real user (no fatigue, no repeats), from the world's tables.
+
+    The tables are taken from a one-row core of each population, so the env's later cores reuse them.
+    """
+    from envs.core import BatchedCore
+
+    um = cfg.user_model
+    out = np.zeros((n_users, world.n_items), np.float32)
+    for name, idx in users.items():
+        pop = world.populations[name]
+        tab = BatchedCore(world, cfg, 1, population=name).tables
+        out[idx] = um.affinity_scale * pop.rho[:, None] * (tab.sem_aff - tab.sem_mu[:, None]) / tab.sem_sd[:, None]
+        out[idx] += tab.static_util
+    return out
+
+
+def rank_held_out(world: World, env: EnvConfig, users: dict[str, np.ndarray], n_users: int, mf: MFModel,
+                  popularity: np.ndarray, train: InteractionLog, test: InteractionLog,
+                  ) -> tuple[dict[str, dict[str, float]], int, np.ndarray]:
+    """Held-out ranking of the simulator's session-start utility, the ALS alone and popularity.
+
+    Args:
+        world: The calibrated world.
+        env: Its env config.
+        users: Real user indices per distinct population.
+        n_users: U, real users.
+        mf: The ALS fitted on train.
+        popularity: float (M,) distinct train users per item.
+        train: Train split.
+        test: Held-out split.
+
+    Returns:
+        (``{model: {metric: value}}`` rounded to 4 places, users evaluated, float32 (U, M) the simulator's utility).
+    """
+    util = _session_start_utility(world, env, users, n_users)  # (U, M)
+    uf, itf = mf.user_factors, mf.item_factors
+    pop_scores = popularity.astype(np.float64)
+    models = {
+        "simulator": evaluate_scores(lambda ub: util[ub], train, test),
+        "mf": evaluate_scores(lambda ub: uf[ub] @ itf.T, train, test),
+        "popularity": evaluate_scores(lambda ub: np.broadcast_to(pop_scores, (len(ub), pop_scores.size)), train,
+                                      test),
+    }
+    n_eval = models["simulator"]["users"]
+    return {k: {m_: round(float(v[m_]), 4) for m_ in METRICS} for k, v in models.items()}, n_eval, util
+
+
+def distribution_checks(world: World, env: EnvConfig, users: dict[str, np.ndarray], util: np.ndarray,
+                        train: InteractionLog, test: InteractionLog, n_train_events: np.ndarray, sim_sessions: int,
+                        seed: int, models: dict[str, dict[str, float]], out: Path) -> tuple[dict[str, Any], list[str]]:
+    """Real held-out consumption against simulated choices and simulated sessions; the plots.
+
+    Args:
+        world: The calibrated world.
+        env: Its env config.
+        users: Real user indices per distinct population.
+        util: float32 (U, M) the simulator's session-start utility.
+        train: Train split.
+        test: Held-out split.
+        n_train_events: int (U,) train events per real user (the real activity).
+        sim_sessions: Env sessions per user under the logging policy.
+        seed: Seed of the draws and the sessions.
+        models: The ranking metrics (for the ranking plot).
+        out: The preset directory (plots go to ``out/plots``).
+
+    Returns:
+        (the distributions for ``fidelity.json``, the plot paths relative to ``out``).
+    """
+    import dataclasses
+
+    from envs.presets import run_logging_phase
+
+    n_users = len(util)
+    seen_train = interaction_matrix(train)
+    held = (interaction_matrix(test) > seen_train).tocsr()
+    _, real_i = held.nonzero()
+    sims = {"simulated_choices": _draw_choices(util, seen_train, np.diff(held.indptr), seed)}
+    env_sim = dataclasses.replace(env, logging=dataclasses.replace(env.logging, sessions_per_user=sim_sessions))
+    su, si = [], []
+    # These few sessions compute the Gram rows they need from the embeddings (World.gram_block's path for large
+    # catalogs) instead of materialising the 4·M² byte matrix (380 MB, seconds, for MovieLens) on this world.
+    world.__dict__["gram"] = None
+    try:
+        for j, (name, idx) in enumerate(users.items()):
+            frame = run_logging_phase(world, env_sim, name, seed=seed + 17 * j)
+            clicks = frame[frame["click_rank"] >= 0]
+            su.append(idx[clicks["user"].to_numpy(dtype=np.int64)])
+            si.append(clicks["clicked_item"].to_numpy(dtype=np.int64))
+    finally:
+        world.__dict__.pop("gram", None)
+    sims["simulated_sessions"] = (np.concatenate(su), np.concatenate(si))
+    sim_activity = np.bincount(sims["simulated_sessions"][0], minlength=n_users)
+    dist = _distributions(real_i, sims, n_train_events, sim_activity, world.catalog)
+    dist["activity"]["simulated_sessions_per_user"] = sim_sessions
+    plots = _plots(out, dist, models, n_train_events, sim_activity)
+    return {k: v for k, v in dist.items() if not k.startswith("_")}, plots
+
+
+def _gini(counts: np.ndarray) -> float:
+    x = np.sort(np.asarray(counts, np.float64))
+    if x.sum() <= 0:
+        return 0.0
+    n = x.size
+    return float((2 * np.arange(1, n + 1) - n - 1) @ x / (n * x.sum()))
+
+
+def _popularity_stats(counts: np.ndarray) -> dict[str, float]:
+    total = counts.sum()
+    top = np.sort(counts)[::-1]
+    k1 = max(1, round(0.01 * counts.size))
+    k10 = max(1, round(0.10 * counts.size))
+    return {
+        "events": int(total),
+        "gini": round(_gini(counts), 4),
+        "top1pct_share": round(float(top[:k1].sum() / max(total, 1)), 4),
+        "top10pct_share": round(float(top[:k10].sum() / max(total, 1)), 4),
+        "coverage": round(float((counts > 0).mean()), 4),
+    }
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    from scipy.stats import spearmanr
+
+    if a.size < 3 or np.all(a == a[0]) or np.all(b == b[0]):
+        return float("nan")
+    return round(float(spearmanr(a, b).statistic), 4)
+
+
+def _draw_choices(util: np.ndarray, exclude: sp.csr_matrix, n_draw: np.ndarray, seed: int) -> tuple[np.ndarray, ...]:
+    """Each user draws ``n_draw[u]`` items without replacement from softmax(util[u]) over non-excluded items.
+
+    Gumbel-top-k: the k largest of ``util + Gumbel noise`` are a sample without replacement from the softmax.
+
+    Args:
+        util: float32 (U, M) utilities.
+        exclude: bool (U, M) items that cannot be drawn.
+        n_draw: int (U,) items per user.
+        seed: Seed.
+
+    Returns:
+        (users int64 (n,), items int64 (n,)).
+    """
+    gen = np.random.default_rng(seed)
+    keys = util - np.log(-np.log(gen.random(util.shape, dtype=np.float32) + np.float32(1e-12)))
+    keys[exclude.toarray().astype(bool)] = -np.inf
+    n_draw = np.minimum(n_draw, np.isfinite(keys).sum(axis=1))
+    width = int(n_draw.max()) if n_draw.size else 0
+    if width == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    top = np.argpartition(-keys, width - 1, axis=1)[:, :width]
+    order = np.argsort(-np.take_along_axis(keys, top, axis=1), axis=1)
+    top = np.take_along_axis(top, order, axis=1)
+    take = np.arange(width)[None, :] < n_draw[:, None]
+    users = np.broadcast_to(np.arange(len(util))[:, None], top.shape)[take]
+    return users.astype(np.int64), top[take].astype(np.int64)
+
+
+def _distributions(real_items: np.ndarray, sims: dict[str, tuple[np.ndarray, np.ndarray]], real_activity: np.ndarray,
+                   sim_activity: np.ndarray, catalog: Catalog) -> dict[str, Any]:
+    """Popularity curve, genre mix and activity statistics, real against each simulated source."""
+    m, c = catalog.n_items, catalog.n_categories
+    names = catalog.category_names
+    real_counts = np.bincount(real_items, minlength=m)
+    sources = {"real": real_counts, **{k: np.bincount(v[1], minlength=m) for k, v in sims.items()}}
+    pop = {k: _popularity_stats(v) for k, v in sources.items()}
+    for k in sims:
+        pop[k]["spearman_vs_real"] = _spearman(real_counts, sources[k])
+    mix = {k: np.bincount(catalog.category[v > 0].repeat(v[v > 0]), minlength=c) for k, v in sources.items()}
+    shares = {k: (v / max(v.sum(), 1)).round(4).tolist() for k, v in mix.items()}
+    tv = {k: round(0.5 * float(np.abs(np.array(shares[k]) - np.array(shares["real"])).sum()), 4) for k in sims}
+
+    def quantiles(x: np.ndarray) -> dict[str, float]:
+        med = float(np.median(x)) if x.size else 0.0
+        qs = np.quantile(x, [0.1, 0.25, 0.5, 0.75, 0.9]) if x.size else np.zeros(5)
+        return {"median": round(med, 3), "mean": round(float(x.mean()) if x.size else 0.0, 3),
+                **{f"q{int(p * 100)}_over_median": round(float(v / med), 3) if med > 0 else None
+                   for p, v in zip((0.1, 0.25, 0.5, 0.75, 0.9), qs, strict=True)},
+                "cv": round(float(x.std() / x.mean()), 3) if x.size and x.mean() > 0 else None}
+
+    return {
+        "popularity": pop,
+        "genre_mix": {"categories": names, "shares": shares, "tv_distance_vs_real": tv},
+        "activity": {
+            "real": quantiles(real_activity.astype(np.float64)),
+            "simulated_sessions": quantiles(sim_activity.astype(np.float64)),
+            "spearman_real_vs_simulated": _spearman(real_activity, sim_activity),
+        },
+        "_counts": sources,  # for the plots; dropped before writing JSON
+        "_mix": mix,
+    }
+
+
+def _save_figure(fig: Any, path: Path) -> None:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _plots(out: Path, dist: dict[str, Any], models: dict[str, dict[str, float]], real_activity: np.ndarray,
+           sim_activity: np.ndarray) -> list[str]:
+    """Write the PNGs under ``out/plots``; returns their paths relative to ``out``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = {"real": "real (held-out)", "simulated_choices": "simulated choices",
+              "simulated_sessions": "simulated sessions (logging policy)"}
+    colors = {"real": "black", "simulated_choices": "tab:blue", "simulated_sessions": "tab:orange"}
+    written = []
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), layout="constrained")
+    for k, counts in dist["_counts"].items():
+        y = np.sort(counts)[::-1].astype(np.float64)
+        y = y[y > 0] / counts.sum()
+        x = np.unique(np.geomspace(1, max(y.size, 1), 200).astype(np.int64))  # log-spaced ranks: a light figure
+        ax.loglog(x, y[x - 1], label=labels.get(k, k), color=colors.get(k))
+    ax.set_xlabel("item rank")
+    ax.set_ylabel("share of consumption")
+    ax.set_title("Item popularity curve")
+    ax.legend()
+    _save_figure(fig, out / "plots" / "popularity.png")
+    plt.close(fig)
+    written.append("plots/popularity.png")
+
+    names = dist["genre_mix"]["categories"]
+    shares = dist["genre_mix"]["shares"]
+    order = np.argsort(-np.array(shares["real"]))
+    fig, ax = plt.subplots(figsize=(max(6.4, 0.45 * len(names)), 4.2), layout="constrained")
+    width = 0.8 / len(shares)
+    for j, (k, v) in enumerate(shares.items()):
+        ax.bar(np.arange(len(names)) + j * width, np.array(v)[order], width, label=labels.get(k, k),
+               color=colors.get(k))
+    ax.set_xticks(np.arange(len(names)) + 0.4 - width / 2)
+    ax.set_xticklabels([names[i] for i in order], rotation=60, ha="right")
+    ax.set_ylabel("share of consumption")
+    ax.set_title("Genre mix of consumption (first genre)")
+    ax.legend()
+    _save_figure(fig, out / "plots" / "genre_mix.png")
+    plt.close(fig)
+    written.append("plots/genre_mix.png")
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), layout="constrained")
+    act_labels = {"real": "real (train events)", "simulated_sessions": "simulated sessions (clicks)"}
+    for k, x in (("real", real_activity), ("simulated_sessions", sim_activity)):
+        x = np.sort(np.asarray(x, np.float64))
+        mean = x.mean() if x.size and x.mean() > 0 else 1.0
+        ax.step(x / mean, np.arange(1, x.size + 1) / max(x.size, 1), where="post", label=act_labels[k],
+                color=colors.get(k))
+    ax.set_xscale("symlog", linthresh=0.1)
+    ax.set_xlim(left=0)
+    ax.set_xlabel("activity / mean activity (symlog: users without clicks sit at 0)")
+    ax.set_ylabel("share of users (CDF)")
+    ax.set_title("Activity per user")
+    ax.legend()
+    _save_figure(fig, out / "plots" / "activity.png")
+    plt.close(fig)
+    written.append("plots/activity.png")
+
+    fig, axes = plt.subplots(1, len(METRICS), figsize=(9.6, 3.4), layout="constrained")
+    for ax, metric in zip(axes, METRICS, strict=True):
+        vals = [models[k][metric] for k in MODELS]
+        ax.bar(MODELS, vals, color=["tab:green", "tab:blue", "tab:gray"])
+        ax.set_title(metric)
+        for j, v in enumerate(vals):
+            ax.text(j, v, f"{v:.3f}", ha="center", va="bottom", fontsize=8)
+        ax.tick_params(axis="x", rotation=20)
+    fig.suptitle("Held-out ranking of the real users' next items")
+    _save_figure(fig, out / "plots" / "ranking.png")
+    plt.close(fig)
+    written.append("plots/ranking.png")
+    return written
+
+
+def fidelity_markdown(report: dict[str, Any], prep: PreprocessReport | None = None) -> str:
+    """The fidelity report as Markdown (what ``fidelity.md`` holds).
+
+    Args:
+        report: The dict :func:`calibrate` returns.
+        prep: The preprocessing report (its table is included when given).
+
+    Returns:
+        Markdown text.
+    """
+    sp_, fit, dist = report["split"], report["fit"], report["distributions"]
+    lines = [
+        f"# Fidelity of the calibrated preset `{report['preset']}`",
+        "",
+        f"Encoder `{report['encoder']}`." + (f" Command: `{report['command']}`" if report.get("command") else ""),
+        "",
+        "## Held-out ranking",
+        "",
+        f"Temporal split: each user's last {sp_['holdout']:.0%} of events in time held out; train "
+        f"{sp_['train_events']} / test {sp_['test_events']} events; {sp_['users_evaluated']} users evaluated over "
+        f"the items they had not consumed in train ({sp_['items']} items). `simulator`: the simulated user's "
+        "session-start utility (the order of its click probabilities); `mf`: the same ALS alone; `popularity`: "
+        "distinct train users per item.",
+        "",
+        "| model | " + " | ".join(METRICS) + " |",
+        "|---|" + "---:|" * len(METRICS),
+    ]
+    for k in MODELS:
+        lines.append(f"| {k} | " + " | ".join(f"{report['models'][k][m]:.4f}" for m in METRICS) + " |")
+    lines += [
+        "",
+        "![ranking](plots/ranking.png)",
+        "",
+        "## Fitted response parameters",
+        "",
+        f"Maximum likelihood on {fit['choices']} validation choices ({fit['users_with_choices']} users; each "
+        f"user's last {sp_['validation']:.0%} of train events, the rest refitted): log-likelihood per choice "
+        f"{fit['loglik_per_choice']:.3f}.",
+        "",
+        "| parameter | value |",
+        "|---|---|",
+        f"| affinity_scale a | {fit['affinity_scale']} |",
+        f"| quality features → coefficients | {', '.join(f'{n} {c:+.3f}' for n, c in zip(fit['quality_features'], fit['quality_coef'], strict=True)) or 'none'} |",  # noqa: E501
+        f"| quality_weight (std of the fitted combination) | {fit['quality_weight']} |",
+        f"| ρ_u: mean, 10 / 50 / 90 % | {fit['rho']['mean']:.3f}, {fit['rho']['q10']:.3f} / "
+        f"{fit['rho']['q50']:.3f} / {fit['rho']['q90']:.3f} ({fit['rho']['prior']} prior) |",
+        f"| no_click_utility | {fit['no_click_utility']} (random-slate first-request CTR "
+        f"{fit['random_slate_ctr']}, target {fit['target_random_ctr']}) |",
+        f"| ALS | {fit['als']} |",
+        f"| semantic taste | {fit['taste']} |",
+        "",
+        "## Distributions, simulated against real",
+        "",
+        "Real = the held-out consumption (test items new to the user). Simulated choices = each simulated user "
+        "draws as many items as the real user held out, without replacement, from its choice probabilities over "
+        f"the items not in its train set. Simulated sessions = {dist['activity'].get('simulated_sessions_per_user')} "
+        "env sessions per user under the logging policy (ε-uniform + Plackett-Luce on LLM similarity), "
+        "consumption = clicks.",
+        "",
+        "| source | events | gini | top 1% items' share | top 10% share | coverage | Spearman vs real | genre TV distance |",  # noqa: E501
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for k, v in dist["popularity"].items():
+        rho_s = v.get("spearman_vs_real")
+        tv = dist["genre_mix"]["tv_distance_vs_real"].get(k)
+        lines.append(f"| {k} | {v['events']} | {v['gini']:.3f} | {v['top1pct_share']:.3f} | {v['top10pct_share']:.3f} "
+                     f"| {v['coverage']:.3f} | {'' if rho_s is None else f'{rho_s:.3f}'} | "
+                     f"{'' if tv is None else f'{tv:.3f}'} |")
+    act = dist["activity"]
+    lines += [
+        "",
+        "![popularity](plots/popularity.png) ![genres](plots/genre_mix.png)",
+        "",
+        "Activity per user (real: train events; simulated: clicks in the sessions; patience scales with real "
+        f"activity): Spearman {act['spearman_real_vs_simulated']}.",
+        "",
+        "| source | median | mean | q10 / median | q90 / median | cv |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for k in ("real", "simulated_sessions"):
+        v = act[k]
+        lines.append(f"| {k} | {v['median']} | {v['mean']} | {v['q10_over_median']} | {v['q90_over_median']} | "
+                     f"{v['cv']} |")
+    lines += ["", "![activity](plots/activity.png)", "", "## Timings (seconds)", "",
+              "| step | s |", "|---|---:|"]
+    lines += [f"| {k} | {v} |" for k, v in report["timings"].items()]
+    if prep is not None:
+        lines += ["", "## Preprocessing", "", prep.to_markdown()]
+    return "\n".join(lines).rstrip() + "\n"
