@@ -13,23 +13,28 @@ Endpoints (JSON; see docs/serving.md for a curl session and the trust model):
 * ``GET /metrics`` → Prometheus text
 
 Errors are ``{"error": code, "detail": ...}`` with: 400 malformed JSON or missing body, 401 missing or wrong
-API key, 404 unknown item ids (listed) or path, 405 wrong method, 413 body over the size limit, 415 a body that
-is not ``application/json``, 422 a body that breaks the schema or the limits (candidates over the limit, k out of
-range, repeated candidates, too many events), 500 a stored user state that does not fit the artifact, 503 store
-unavailable.
+API key, 404 unknown item ids (listed) or path (``not_found``), 405 wrong method (``method_not_allowed``), 413
+body over the size limit, 415 a body that is not ``application/json``, 422 a body that breaks the schema or the
+limits (candidates over the limit, k out of range, repeated candidates, too many events), 500 a stored user state
+that does not fit the artifact, 503 store unavailable. A client that disconnects before its body has arrived is
+counted as status 499 in ``recfeed_http_requests_total``.
 
 The API key, when set, comes from the environment (``RECFEED_API_KEY``) or a file, never from the command line
-(it would show in ``ps``); clients send it as ``X-API-Key: …`` or ``Authorization: Bearer …``.
+(it would show in ``ps``); clients send it as ``X-API-Key: …`` or ``Authorization: Bearer …``. Without a key the
+service binds to a loopback address only, unless ``--insecure`` says otherwise.
 """
 
 from __future__ import annotations
 
 import argparse
 import hmac
+import ipaddress
 import json
+import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -38,6 +43,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from agents.serving import (
     CorruptStateError,
@@ -53,6 +59,9 @@ MAX_EVENTS = 1000
 DEFAULT_MAX_BODY_BYTES = 256 * 1024
 ENDPOINTS = ("/recommend", "/feedback", "/health", "/metrics")
 OPEN_PATHS = frozenset({"/health"})
+#: The status ``recfeed_http_requests_total`` records for a client that disconnected before its body arrived
+#: (nginx's "client closed request"; no response was sent).
+DISCONNECT_STATUS = 499
 API_KEY_ENV = "RECFEED_API_KEY"
 CONFIG_ENV = "RECFEED_SERVE_CONFIG"
 
@@ -199,6 +208,7 @@ class _Guard:
                 while True:
                     message = await receive()
                     if message["type"] == "http.disconnect":
+                        status[0] = DISCONNECT_STATUS
                         return
                     chunk = message.get("body", b"")
                     size += len(chunk)
@@ -254,6 +264,8 @@ def create_app(ranker: Ranker, api_key: str | None = None, max_body_bytes: int =
 
     if api_key is not None and not api_key:
         raise ValueError("api_key must be None or non-empty")
+    if not (isinstance(max_body_bytes, int) and max_body_bytes >= 1):
+        raise ValueError(f"max_body_bytes must be an integer >= 1, got {max_body_bytes!r}")
     offload = bool(threadpool)
     app = FastAPI(title="recfeed ranking service", version="1", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.ranker = ranker
@@ -264,6 +276,22 @@ def create_app(ranker: Ranker, api_key: str | None = None, max_body_bytes: int =
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> Response:
         return _validation_error(exc.errors())
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        """Unknown paths (404) and wrong methods (405, with ``Allow``) in the documented error shape."""
+        path = request.url.path
+        if exc.status_code == 404:
+            resp = _error(404, "not_found", f"no endpoint {path}; the endpoints are {', '.join(ENDPOINTS)}")
+        elif exc.status_code == 405:
+            allowed = (exc.headers or {}).get("Allow", "")
+            resp = _error(405, "method_not_allowed", f"{request.method} is not allowed on {path} (allowed: "
+                          f"{allowed})")
+        else:
+            resp = _error(exc.status_code, "http_error", str(exc.detail))
+        for name, value in (exc.headers or {}).items():
+            resp.headers[name] = value
+        return resp
 
     known = _known_errors()
     for exc_type in known:
@@ -347,7 +375,7 @@ def _api_key(args: argparse.Namespace) -> str | None:
 def _build(conf: dict[str, Any]) -> FastAPI:
     ranker = Ranker.load(conf["artifact"], conf["redis"], time_budget_ms=conf["time_budget_ms"],
                          session_timeout_s=conf["session_timeout_s"], max_candidates=conf["max_candidates"],
-                         cf_fold_in=conf["cf_fold_in"])
+                         cf_fold_in=conf["cf_fold_in"], threads=conf.get("model_threads", 1))
     return create_app(ranker, api_key=conf["api_key"], max_body_bytes=conf["max_body_bytes"])
 
 
@@ -358,26 +386,78 @@ def app_from_env() -> FastAPI:
     return _build(conf)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """CLI entry point (see the module docstring)."""
+def is_loopback(host: str) -> bool:
+    """``host`` is ``localhost`` or a loopback IP address (127.0.0.0/8, ::1)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _int_arg(lo: int, hi: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer in ``[lo, hi]``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < lo or (hi is not None and value > hi):
+            raise argparse.ArgumentTypeError(f"{value} is not >= {lo}" if hi is None
+                                             else f"{value} is not in [{lo}, {hi}]")
+        return value
+
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    """An argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text} is not a finite number > 0")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The CLI's parser: every limit is checked here (a bad value exits with status 2 naming the flag)."""
     ap = argparse.ArgumentParser(prog="python -m agents.serve", description=__doc__.split("\n\n")[0])
     ap.add_argument("path", help="run directory (RUN_DIR/export is used, exported first if missing) or an "
                     "exported artifact directory")
-    ap.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
-    ap.add_argument("--port", type=int, default=8000)
+    ap.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only; another address "
+                    "needs an API key or --insecure)")
+    ap.add_argument("--port", type=_int_arg(1, 65535), default=8000, help="TCP port, 1-65535")
+    ap.add_argument("--insecure", action="store_true",
+                    help="allow a non-loopback --host without an API key (anyone who reaches the port can read "
+                    "and write every user's state)")
     ap.add_argument("--redis", default=None, help="redis:// URL of the user-state store (default: in-process)")
     ap.add_argument("--format", choices=["onnx", "torchscript"], default="onnx", help="format when exporting")
-    ap.add_argument("--time-budget-ms", type=float, default=10.0, help="model deadline; the fallback answers after")
-    ap.add_argument("--session-timeout-s", type=float, default=1800.0, help="idle time that ends a session")
-    ap.add_argument("--max-candidates", type=int, default=1000, help="largest candidate list per request")
-    ap.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES, help="largest request body")
+    ap.add_argument("--time-budget-ms", type=_positive_float, default=10.0,
+                    help="model deadline; the fallback answers after")
+    ap.add_argument("--session-timeout-s", type=_positive_float, default=1800.0,
+                    help="idle time that ends a session")
+    ap.add_argument("--max-candidates", type=_int_arg(1), default=1000, help="largest candidate list per request")
+    ap.add_argument("--max-body-bytes", type=_int_arg(1), default=DEFAULT_MAX_BODY_BYTES,
+                    help="largest request body")
+    ap.add_argument("--model-threads", type=_int_arg(1), default=1,
+                    help="model intra-op threads (ONNX Runtime; TorchScript: torch.set_num_threads, process-wide)")
     ap.add_argument("--no-cf-fold-in", action="store_true", help="keep CF factors fixed (imported or zero)")
     ap.add_argument("--api-key-file", default=None,
                     help=f"file holding the API key (else ${API_KEY_ENV}; neither: no authentication)")
-    ap.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (needs --redis)")
-    ap.add_argument("--log-level", default="warning")
+    ap.add_argument("--workers", type=_int_arg(1), default=1, help="uvicorn worker processes (needs --redis)")
+    ap.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug",
+                                                                "trace"])
     ap.add_argument("--access-log", action="store_true", help="log every request (costs throughput)")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point (see the module docstring)."""
+    args = build_parser().parse_args(argv)
     import uvicorn
 
     if args.workers > 1 and not args.redis:
@@ -385,14 +465,19 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     try:
+        api_key = _api_key(args)
+        if api_key is None and not is_loopback(args.host) and not args.insecure:
+            raise ValueError(f"--host {args.host} is not a loopback address and no API key is set: anyone who "
+                             f"reaches the port could read and write every user's state. Set ${API_KEY_ENV} or "
+                             "--api-key-file, or pass --insecure")
         artifact = resolve_artifact(args.path, args.format)
         conf = {"artifact": str(artifact), "redis": args.redis, "time_budget_ms": args.time_budget_ms,
                 "session_timeout_s": args.session_timeout_s, "max_candidates": args.max_candidates,
                 "max_body_bytes": args.max_body_bytes, "cf_fold_in": not args.no_cf_fold_in,
-                "api_key": _api_key(args)}
+                "model_threads": args.model_threads, "api_key": api_key}
         if args.workers == 1:
             app = _build(conf)
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError, OSError) as exc:
         print(f"cannot serve: {exc}", file=sys.stderr)
         return 2
     auth = "API key required" if conf["api_key"] else "no authentication"

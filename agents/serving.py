@@ -36,11 +36,15 @@ A session ends after ``session_timeout_s`` without requests or events, after ``m
 session counters restart at zero while the pooled state and the CF factor (the user's history) are kept, as a
 simulated session starts from the pooled prior history.
 
+**Feedback** counts only for items shown to the user in the current session (others are not applied, and
+counted); a dwell above the simulator's cap is applied as the cap; each context column is clipped to the range
+it takes in the simulator (:func:`context_bounds`), and out-of-range columns are counted.
+
 **Time budget.** The model runs with a deadline (``time_budget_ms``). ONNX Runtime runs are cancelled at the
-deadline by a watchdog thread (``RunOptions.terminate``); TorchScript cannot be interrupted, so a late
-TorchScript answer is discarded. On a timeout, an exception, or non-finite output, the fixed-α blend
-``α·llm_sim + (1 − α)·cf_score`` with the manifest's fallback α answers, and ``recfeed_fallback_total{reason}``
-counts it.
+deadline by a watchdog thread (``RunOptions.terminate``); TorchScript cannot be interrupted, so it runs on a
+thread of its own (:class:`ThreadedModel`) and a request does not wait for it past the deadline. On a timeout,
+an exception, or non-finite output, the fixed-α blend ``α·llm_sim + (1 − α)·cf_score`` with the manifest's
+fallback α answers, and ``recfeed_fallback_total{reason}`` counts it.
 
 **User state** lives in an in-process store (striped locks, LRU-bounded) or in Redis (one hash per user; an
 optimistic read then a Lua compare-and-set on a version, retried on conflict, so concurrent feedback for one user
@@ -54,6 +58,7 @@ import hashlib
 import json
 import math
 import operator
+import queue
 import struct
 import threading
 import time
@@ -83,6 +88,10 @@ from envs.users import pool_history
 R = TypeVar("R")
 
 EVENT_TYPES: tuple[str, ...] = ("click", "purchase", "dwell")
+#: Why a feedback event was not applied (``recfeed_feedback_ignored_total{reason}``).
+IGNORE_REASONS: tuple[str, ...] = ("not_shown",)
+#: The simulator's dwell cap when a manifest does not record one (``configs.schema.UserConfig.dwell_cap``).
+DEFAULT_DWELL_CAP_S = 900.0
 EventType = Literal["click", "purchase", "dwell"]
 
 #: Context accumulators kept per session (``UserState.ctx``), in this order.
@@ -679,7 +688,11 @@ class _Watchdog:
 
 
 class PolicyModel(Protocol):
-    """What the runtime needs from a model: ``run(inputs, deadline) -> (logits (N,), alpha, repulsion β)``."""
+    """What the runtime needs from a model: ``run(inputs, deadline) -> (logits (N,), alpha, repulsion β)``.
+
+    A model whose class sets ``enforces_deadline = True`` returns or raises by its deadline itself (ONNX Runtime:
+    cancelled by the watchdog); any other model is run by the runtime on a :class:`ThreadedModel`.
+    """
 
     def run(self, inputs: dict[str, np.ndarray], deadline: float) -> tuple[np.ndarray, float, float]:
         """Run on one request (batch of 1) before ``deadline`` (``time.perf_counter()`` seconds).
@@ -693,12 +706,17 @@ class PolicyModel(Protocol):
 class OnnxModel:
     """An exported ``policy.onnx`` under ONNX Runtime (CPU), cancelled at the deadline.
 
+    ONNX Runtime checks the terminate flag between graph nodes (and between a loop's iterations), so a run ends
+    at the first node boundary after its deadline.
+
     Args:
         path: The ONNX file.
         input_names: Graph inputs (manifest ``inputs``).
         threads: Intra-op threads (1: the request is tiny; the server's other work needs the cores).
         watchdog_period_s: How often the watchdog checks deadlines.
     """
+
+    enforces_deadline = True
 
     def __init__(self, path: str | Path, input_names: list[str], threads: int = 1,
                  watchdog_period_s: float = 0.002) -> None:
@@ -736,21 +754,39 @@ class OnnxModel:
 
 
 class TorchScriptModel:
-    """An exported ``policy.pt`` under TorchScript (CPU). It cannot be interrupted: a late answer is discarded.
+    """An exported ``policy.pt`` under TorchScript (CPU).
+
+    A TorchScript run cannot be interrupted, so the runtime runs it on its own thread (:class:`ThreadedModel`)
+    and answers with the fallback at the deadline without waiting for it.
 
     Args:
         path: The TorchScript file.
         input_names: Graph inputs (manifest ``inputs``).
+        threads: Torch intra-op threads, set by :meth:`init_thread` on the thread that runs the model (``None``:
+            leave torch's setting alone). ``torch.set_num_threads`` is process-global: it also sets the thread
+            count of any other torch work in this process that starts later.
     """
 
-    def __init__(self, path: str | Path, input_names: list[str]) -> None:
+    def __init__(self, path: str | Path, input_names: list[str], threads: int | None = 1) -> None:
         import torch as th
 
+        if threads is not None and threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
         self._th = th
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             self.module = th.jit.load(str(path), map_location="cpu")
         self.input_names = list(input_names)
+        self.threads = threads
+
+    def init_thread(self) -> None:
+        """Set torch's intra-op thread count on the calling thread (the thread that will run the model).
+
+        Torch reads the count lazily per thread (a thread that already ran torch ops keeps its count), so it is
+        set on the model's own thread, before its first run.
+        """
+        if self.threads is not None:
+            self._th.set_num_threads(self.threads)
 
     def run(self, inputs: dict[str, np.ndarray], deadline: float) -> tuple[np.ndarray, float, float]:
         """See :class:`PolicyModel`."""
@@ -760,6 +796,87 @@ class TorchScriptModel:
         if time.perf_counter() > deadline:
             raise ModelTimeoutError("model answered after its deadline")
         return logits[0].numpy(), float(alpha[0]), float(beta[0])
+
+
+class _Job:
+    """One call handed to a :class:`ThreadedModel`'s thread."""
+
+    __slots__ = ("deadline", "done", "error", "fn", "result")
+
+    def __init__(self, fn: Callable[[], Any], deadline: float) -> None:
+        self.fn, self.deadline = fn, deadline
+        self.done = threading.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+
+class ThreadedModel:
+    """Runs a model that cannot be cancelled on a thread of its own, so a request never waits past its deadline.
+
+    :meth:`run` hands the call to the model thread and waits for it until the deadline; a call still running
+    then is left to finish on that thread (its answer is dropped) and :class:`ModelTimeoutError` is raised. Calls
+    queue behind a running one; a queued call whose deadline has passed before it starts is not run at all, so a
+    stuck model wastes at most the one call it is stuck in. The runtime wraps every model that does not enforce
+    its own deadline (``enforces_deadline``) in one.
+
+    Args:
+        model: The model (``run(inputs, deadline)``; an optional ``init_thread()`` runs first on the model thread).
+        name: The thread's name.
+    """
+
+    enforces_deadline = True
+
+    def __init__(self, model: PolicyModel, name: str = "recfeed-model") -> None:
+        self.model = model
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        init_error: BaseException | None = None
+        init = getattr(self.model, "init_thread", None)
+        if init is not None:
+            try:
+                init()
+            except Exception as exc:  # every call reports it
+                init_error = exc
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            if init_error is not None:
+                job.error = init_error
+            elif time.perf_counter() >= job.deadline:
+                job.error = ModelTimeoutError("the deadline passed before the model thread was free")
+            else:
+                try:
+                    job.result = job.fn()
+                except BaseException as exc:
+                    job.error = exc
+            job.done.set()
+
+    def call(self, fn: Callable[[], R], deadline: float = math.inf) -> R:
+        """Run ``fn()`` on the model thread; wait for it until ``deadline`` (``time.perf_counter()`` seconds).
+
+        Raises:
+            ModelTimeoutError: The call did not finish by the deadline (it is not waited for).
+        """
+        job = _Job(fn, deadline)
+        self._jobs.put(job)
+        wait = None if math.isinf(deadline) else max(deadline - time.perf_counter(), 0.0)
+        if not job.done.wait(wait):
+            raise ModelTimeoutError("the model did not answer by its deadline (its call was not waited for)")
+        if job.error is not None:
+            raise job.error
+        return job.result
+
+    def run(self, inputs: dict[str, np.ndarray], deadline: float) -> tuple[np.ndarray, float, float]:
+        """See :class:`PolicyModel`."""
+        return self.call(lambda: self.model.run(inputs, deadline), deadline)
+
+    def close(self) -> None:
+        """Stop the model thread once its queued calls are done (a call stuck in the model keeps it alive)."""
+        self._jobs.put(None)
 
 
 # ---- metrics ----------------------------------------------------------------------------------------------------
@@ -794,10 +911,20 @@ class ServingMetrics:
                                buckets=tuple(np.round(np.linspace(0.1, 1.0, 10), 2)), registry=r)
         self.users = Gauge("recfeed_store_users", "Users held by the in-process store (-1: not known)",
                            registry=r)
+        self.ignored = Counter("recfeed_feedback_ignored_total", "Feedback events not applied, by reason "
+                               "(not_shown: the item was not shown to the user this session)", ["reason"],
+                               registry=r)
+        self.dwell_clipped = Counter("recfeed_feedback_dwell_clipped_total", "Dwell values above the simulator's "
+                                     "cap (manifest obs.dwell_cap_s), applied as the cap", registry=r)
+        self.out_of_range = Counter("recfeed_context_out_of_range_total", "Answered requests whose context column "
+                                    "was outside the simulator's range (clipped to it), by column", ["feature"],
+                                    registry=r)
         # children looked up once (labels() costs a lock and a dict lookup per call)
         self.by_source = {source: self.recommend.labels(source) for source in ("model", "fallback")}
         self.by_reason = {r: self.fallback.labels(r) for r in ("timeout", "error", "invalid_output", "no_model")}
         self.by_event = {t: self.events.labels(t) for t in EVENT_TYPES}
+        self.by_ignore = {r: self.ignored.labels(r) for r in IGNORE_REASONS}
+        self.by_context = [self.out_of_range.labels(n) for n in CONTEXT_NAMES]
 
 
 # ---- the runtime -------------------------------------------------------------------------------------------------
@@ -832,6 +959,33 @@ def fold_in(gram_reg: np.ndarray, cf_a: np.ndarray, cf_b: np.ndarray) -> np.ndar
     if not cf_b.any():
         return np.zeros(len(cf_b), np.float32)
     return np.linalg.solve(gram_reg + cf_a, cf_b).astype(np.float32)
+
+
+def context_bounds(max_steps: int, n_items: int, dwell_cap_s: float) -> tuple[np.ndarray, np.ndarray]:
+    """The range each context column (``envs.spaces.CONTEXT_NAMES``) takes in the simulator: float64 (C,) each.
+
+    From the simulator's rules (``envs/kernels.py``, the observation and the step): ``t_frac = t / max_steps``
+    with ``t < max_steps``; ``click_ema``, ``click_rate``, ``last_click``, ``purchase_rate`` (at most one click
+    and one purchase per request) and ``skip_streak`` (capped) in [0, 1]; ``last_click_rank`` (rank / K, or 1) in
+    [0, 1]; ``clicked_llm_ema``, an EMA of a cosine minus the slate's mean, in [-2, 2]; ``clicked_cf_ema``, the
+    same of a score standardised over the M catalog items (``|z| <= sqrt(M - 1)``), in ``±2·sqrt(M - 1)``;
+    ``dwell_ema``, an EMA of dwell minutes, each at most the simulator's ``dwell_cap`` / 60.
+
+    Args:
+        max_steps: The session length of the training env.
+        n_items: M.
+        dwell_cap_s: The simulator's dwell cap in seconds.
+
+    Returns:
+        ``(low, high)``.
+    """
+    cf = 2.0 * math.sqrt(max(n_items - 1, 0))
+    bounds = {"t_frac": (0.0, (max_steps - 1) / max_steps), "click_ema": (0.0, 1.0), "click_rate": (0.0, 1.0),
+              "last_click": (0.0, 1.0), "last_click_rank": (0.0, 1.0), "clicked_llm_ema": (-2.0, 2.0),
+              "clicked_cf_ema": (-cf, cf), "purchase_rate": (0.0, 1.0), "dwell_ema": (0.0, dwell_cap_s / 60.0),
+              "skip_streak": (0.0, 1.0)}
+    lo, hi = zip(*(bounds[n] for n in CONTEXT_NAMES), strict=True)
+    return np.array(lo, np.float64), np.array(hi, np.float64)
 
 
 def greedy_slates(logits: np.ndarray, k: int, groups: np.ndarray | None = None,
@@ -1020,8 +1174,14 @@ class Ranker:
     def __init__(self, manifest: dict[str, Any], items: ItemTable, model: PolicyModel | None, store: StateStore,
                  time_budget_ms: float = 10.0, session_timeout_s: float = 1800.0, cf_fold_in: bool = True,
                  max_candidates: int = 1000, max_k: int = 100, clock: Callable[[], float] = time.time) -> None:
-        if time_budget_ms <= 0:
-            raise ValueError(f"time_budget_ms must be > 0, got {time_budget_ms}")
+        for name, value in (("time_budget_ms", time_budget_ms), ("session_timeout_s", session_timeout_s)):
+            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+        for name, value in (("max_candidates", max_candidates), ("max_k", max_k)):
+            if not (isinstance(value, int | np.integer) and not isinstance(value, bool) and value >= 1):
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if model is not None and not getattr(model, "enforces_deadline", False):
+            model = ThreadedModel(model)  # a request never waits for a model past its deadline
         self.manifest, self.items, self.model, self.store = manifest, items, model, store
         self.const = ObsConstants.from_manifest(manifest)
         self.input_names: list[str] = list(manifest["inputs"])
@@ -1035,6 +1195,8 @@ class Ranker:
         self.metrics = ServingMetrics()
         self.metrics.users.set_function(self._store_size)
         self._gram_reg = items.cf_gram + self.const.cf_regularization * np.eye(items.cf_dim)
+        self.dwell_cap_s = float(manifest["obs"].get("dwell_cap_s", DEFAULT_DWELL_CAP_S))
+        self._ctx_lo, self._ctx_hi = context_bounds(self.const.max_steps, items.n_items, self.dwell_cap_s)
         self._started = time.time()
         if items.dim != int(manifest["dim"]) or items.n_items != int(manifest["n_items"]):
             raise ValueError("items.npz does not match the manifest (D or M differ)")
@@ -1060,7 +1222,8 @@ class Ranker:
             verify: Check the files' SHA-256 against the manifest.
             on_model_error: A model file that fails to load raises (``"raise"``) or leaves the runtime answering
                 with the fallback blend only (``"fallback"``, counted as ``no_model``).
-            threads: Model intra-op threads.
+            threads: Model intra-op threads (ONNX Runtime's session option; for TorchScript
+                ``torch.set_num_threads`` on the model's thread, which is process-global in torch).
             redis_prefix: Redis key prefix (default ``recfeed:s<state version>:<items fingerprint>:user:``: states
                 hold item rows, so a different catalog or state format gets a different key space).
             redis_ttl_s: Expiry of idle users' Redis state.
@@ -1086,7 +1249,7 @@ class Ranker:
             if m["format"] == "onnx":
                 model = OnnxModel(model_file, m["inputs"], threads=threads)
             elif m["format"] == "torchscript":
-                model = TorchScriptModel(model_file, m["inputs"])
+                model = TorchScriptModel(model_file, m["inputs"], threads=threads)
             else:
                 raise ValueError(f"unknown export format {m['format']!r}")
         except Exception as exc:
@@ -1152,6 +1315,8 @@ class Ranker:
     def build_observation(self, st: UserState, cand: np.ndarray) -> dict[str, np.ndarray]:
         """The observation the policy sees for ``cand`` (no state change).
 
+        Each context column is clipped to the range it takes in the simulator (:func:`context_bounds`).
+
         Args:
             st: The user's state.
             cand: int64 (N,) catalog rows.
@@ -1160,6 +1325,10 @@ class Ranker:
             ``user (D,)``, ``candidates (N,)`` int64, ``features (N, F)``, ``context (C,)`` float32, and ``item_emb
             (N, D)`` when the graph needs it.
         """
+        return self._observe(st, cand)[0]
+
+    def _observe(self, st: UserState, cand: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """:meth:`build_observation` and which context columns were out of range before clipping: bool (C,)."""
         it, c = self.items, self.const
         self._refresh_cf(st)
         feats = np.empty((len(cand), len(FEATURE_NAMES)), np.float32)
@@ -1176,13 +1345,15 @@ class Ranker:
         a = st.ctx
         steps = max(st.t, 1)
         t_frac = min(st.t, c.max_steps - 1) / c.max_steps
-        context = np.array([t_frac, a[A_CLICK_EMA], a[A_CLICKS] / steps, a[A_LAST_CLICK], a[A_LAST_RANK],
-                            a[A_LLM_EMA], a[A_CF_EMA], a[A_PURCHASES] / steps, a[A_DWELL_EMA],
-                            min(a[A_SKIP] / 5.0, 1.0)], np.float32)
+        raw = np.array([t_frac, a[A_CLICK_EMA], a[A_CLICKS] / steps, a[A_LAST_CLICK], a[A_LAST_RANK], a[A_LLM_EMA],
+                        a[A_CF_EMA], a[A_PURCHASES] / steps, a[A_DWELL_EMA], min(a[A_SKIP] / 5.0, 1.0)], np.float64)
+        out_of_range = (raw < self._ctx_lo) | (raw > self._ctx_hi)
+        context = np.clip(raw, self._ctx_lo, self._ctx_hi).astype(np.float32) if out_of_range.any() else raw.astype(
+            np.float32)
         obs = {"user": user, "candidates": cand, "features": feats, "context": context}
         if "item_emb" in self.input_names:
             obs["item_emb"] = np.take(it.emb, cand, axis=0)
-        return obs
+        return obs, out_of_range
 
     def observation(self, user_id: str, candidate_ids: Sequence[str]) -> dict[str, np.ndarray]:
         """The observation ``recommend`` would build now (read-only; for debugging and parity checks)."""
@@ -1253,6 +1424,7 @@ class Ranker:
         """
         t0 = time.perf_counter()
         cand, k = self._validate(user_id, candidate_ids, k)
+        out_of_range: list[np.ndarray] = []
 
         def fn(st: UserState) -> Recommendation:
             now = self.clock()
@@ -1265,7 +1437,8 @@ class Ranker:
                 if st.last_active and now - st.last_active > self.session_timeout_s:
                     st = st.copy()
                     st.reset_session()
-            obs = self.build_observation(st, cand)
+            obs, oor = self._observe(st, cand)
+            out_of_range[:] = [oor]  # a retried transaction keeps the last attempt's
             scores, alpha, beta, reason, model_s = self._score(obs)
             top = greedy_slate(scores, k, self.items.category[cand] if beta > 0 else None, beta)
             rid = st.n_requests
@@ -1285,6 +1458,9 @@ class Ranker:
         if rec.fallback_reason:
             m.by_reason[rec.fallback_reason].inc()
         m.alpha.observe(rec.alpha)
+        if out_of_range and out_of_range[0].any():
+            for col in np.flatnonzero(out_of_range[0]):
+                m.by_context[col].inc()
         m.recommend_seconds.observe(time.perf_counter() - t0)
         return rec
 
@@ -1332,12 +1508,17 @@ class Ranker:
     def observe(self, user_id: str, events: Iterable[Event | dict[str, Any]]) -> int:
         """Apply a batch of feedback events to ``user_id`` at once, in order, atomically.
 
+        An event for an item not shown to the user in the current session is not applied (counted in
+        ``recfeed_feedback_ignored_total{reason="not_shown"}``): the simulator's user only reacts to the slates
+        it is shown. A dwell above the simulator's cap (``dwell_cap_s``) is applied as the cap (counted in
+        ``recfeed_feedback_dwell_clipped_total``).
+
         Args:
             user_id: The user.
             events: :class:`Event` objects or dicts with the same fields.
 
         Returns:
-            Events applied.
+            Events applied (the batch's length less those not applied).
 
         Raises:
             UnknownItemsError: Unknown item ids (nothing is applied).
@@ -1353,18 +1534,24 @@ class Ranker:
             if not (isinstance(e.dwell_s, int | float) and math.isfinite(e.dwell_s) and e.dwell_s >= 0):
                 raise InvalidRequestError(f"dwell_s must be a finite number >= 0, got {e.dwell_s!r}")
         rows = self.items.lookup([e.item_id for e in evs])
+        cap = self.dwell_cap_s
+        clipped = [e.dwell_s > cap for e in evs]
 
-        def fn(st: UserState) -> int:
+        def fn(st: UserState) -> list[bool]:
             self._touch(st, self.clock())
-            for e, row in zip(evs, rows, strict=True):
-                self._apply(st, e, int(row))
-            return len(evs)
+            return [self._apply(st, e, int(row), min(e.dwell_s, cap)) for e, row in zip(evs, rows, strict=True)]
 
-        n = self.store.transact(user_id, fn, self._new_state) if evs else 0
-        for e in evs:
-            self.metrics.by_event[e.type].inc()
-        self.metrics.observe_seconds.observe(time.perf_counter() - t0)
-        return n
+        applied = self.store.transact(user_id, fn, self._new_state) if evs else []
+        m = self.metrics
+        for e, ok, clip in zip(evs, applied, clipped, strict=True):
+            if ok:
+                m.by_event[e.type].inc()
+                if clip:
+                    m.dwell_clipped.inc()
+            else:
+                m.by_ignore["not_shown"].inc()
+        m.observe_seconds.observe(time.perf_counter() - t0)
+        return sum(applied)
 
     def _consume(self, st: UserState, item: int, keep: float, weight: float) -> None:
         """Pool ``item`` into the state (``keep``, ``weight``) and fold it into the CF factor's equations."""
@@ -1382,8 +1569,16 @@ class Ranker:
             st.cf_factor = fold_in(self._gram_reg, st.cf_a, st.cf_b)
             st.cf_dirty = False
 
-    def _apply(self, st: UserState, e: Event, item: int) -> None:
-        """One event (``BatchedCore.step``'s response-dependent part, for this user)."""
+    def _apply(self, st: UserState, e: Event, item: int, dwell_s: float) -> bool:
+        """One event (``BatchedCore.step``'s response-dependent part, for this user), with its dwell clipped.
+
+        Returns:
+            Whether it was applied (not: the item was not shown this session).
+        """
+        seen = st.seen_items
+        pos = int(np.searchsorted(seen, item))
+        if pos >= len(seen) or seen[pos] != item:
+            return False
         c = self.const
         d = c.obs_decay
         a = st.ctx
@@ -1404,13 +1599,14 @@ class Ranker:
                 a[A_SKIP] = 0.0
                 a[A_LLM_EMA] = d * a[A_LLM_EMA] + (1 - d) * float(st.slate_llm[in_slate])
                 a[A_CF_EMA] = d * a[A_CF_EMA] + (1 - d) * float(st.slate_cf[in_slate])
-            if e.dwell_s > 0:
-                a[A_DWELL_EMA] += (1 - d) * e.dwell_s / 60.0
+            if dwell_s > 0:
+                a[A_DWELL_EMA] += (1 - d) * dwell_s / 60.0
         elif e.type == "purchase":
             self._consume(st, item, 1.0, c.purchase_weight)
             a[A_PURCHASES] += 1.0
         else:  # dwell
-            a[A_DWELL_EMA] += (1 - d) * e.dwell_s / 60.0
+            a[A_DWELL_EMA] += (1 - d) * dwell_s / 60.0
+        return True
 
     # ---- user management --------------------------------------------------------------------------------------------
 
@@ -1476,5 +1672,8 @@ class Ranker:
                 "encoder": self.manifest["encoder"]["name"], "uptime_s": round(time.time() - self._started, 1)}
 
     def close(self) -> None:
-        """Release the store's connections."""
+        """Release the store's connections and stop the model thread (if any)."""
         self.store.close()
+        close_model = getattr(self.model, "close", None)
+        if close_model is not None:
+            close_model()

@@ -278,8 +278,10 @@ end
 
 def drive_wrk(port: int, ids: list[str], args: argparse.Namespace, api_key: str, server_pid: int) -> dict:
     """Closed-loop load with ``wrk`` (one thread, ``--connections`` connections): the same request mix, generated in
-    LuaJIT (a feedback click names an item of the latest recommendation the thread received, for a random user).
-    wrk is closed-loop, so its latencies leave out requests a stalled server kept it from sending."""
+    LuaJIT (a feedback click names an item of the latest recommendation the thread received, for a random user:
+    mostly an item that user was not shown, which the service counts and does not apply, so wrk's feedback requests
+    cost less than the Python client's). wrk is closed-loop, so its latencies leave out requests a stalled server
+    kept it from sending."""
     import shutil
     import tempfile
 
