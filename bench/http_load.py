@@ -357,7 +357,7 @@ def main(argv: list[str] | None = None) -> dict:
     if not 0 < args.duration <= 3600 or not 0 <= args.rate <= 20_000 or args.connections < 1:
         ap.error("need 0 < --duration <= 3600, 0 <= --rate <= 20000, --connections >= 1")
 
-    from agents.serve import resolve_artifact
+    from agents.serving.app import resolve_artifact
 
     artifact = resolve_artifact(args.run)
     ids = [str(s) for s in np.load(artifact / "items.npz", allow_pickle=False)["ids"]]

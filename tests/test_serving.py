@@ -1,7 +1,7 @@
 """Serving runtime and HTTP service: feature parity with the simulator, user state, fallback, stores, HTTP errors.
 
-Redis tests start a real ``redis-server`` on a free loopback port (skipped, saying why, when it is not installed:
-``apt-get install -y redis-server``).
+Redis tests start a real ``redis-server`` on a free loopback port (``apt-get install -y redis-server``); without
+one they are skipped, saying why, except in CI (``CI=true``), where that fails the run.
 """
 
 from __future__ import annotations
@@ -18,10 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_export import onnx_export, run_dir, ts_export  # noqa: F401 - session fixtures shared with the export tests
 
 from agents.serving import (
-    A_LAST_RANK,
     CorruptStateError,
     Event,
     InvalidRequestError,
@@ -29,8 +27,8 @@ from agents.serving import (
     MemoryStore,
     ModelTimeoutError,
     OnnxModel,
-    Ranker,
     Recommendation,
+    ServingRuntime,
     ThreadedModel,
     UnknownItemsError,
     UserState,
@@ -39,6 +37,7 @@ from agents.serving import (
     encode_state,
     load_manifest,
 )
+from agents.serving.state import A_LAST_RANK
 from envs.spaces import CONTEXT_NAMES, F_CF, F_LLM, FEATURE_NAMES
 from envs.world import World
 
@@ -78,7 +77,7 @@ def _torch_threads_restored() -> Iterator[None]:
 FORCED = {"click_purchase": {"no_click_utility": -50.0, "purchase_bias": 50.0}, "skip": {"no_click_utility": 50.0}}
 
 
-def _replay(ranker: Ranker, world: World, scenario: str, n_sessions: int, split_dwell: bool = False) -> dict:
+def _replay(runtime: ServingRuntime, world: World, scenario: str, n_sessions: int, split_dwell: bool = False) -> dict:
     """Replay env sessions through the runtime: the runtime ranks, the env's user responds, the runtime observes
     the same click / dwell / purchase; at every request the runtime's observation of the env's candidates is
     compared with the env's (every feature column, the context, the user vector).
@@ -100,16 +99,16 @@ def _replay(ranker: Ranker, world: World, scenario: str, n_sessions: int, split_
         u = (3 * ep + 1) % pop.init_state.shape[0]
         obs, _ = env.reset(seed=100 + ep, options={"user": u})
         uid = f"sim-{scenario}-{ep}"
-        ranker.set_user(uid, pooled_state=pop.init_state[u], cf_factor=pop.cf_user[u])
+        runtime.set_user(uid, pooled_state=pop.init_state[u], cf_factor=pop.cf_user[u])
         done = False
         while not done:
             cids = ids_of(world, obs["candidates"])
-            mine = ranker.observation(uid, cids)
+            mine = runtime.observation(uid, cids)
             out["worst_f"] = np.maximum(out["worst_f"], np.abs(mine["features"] - obs["features"]).max(axis=0))
             out["worst_c"] = np.maximum(out["worst_c"], np.abs(mine["context"] - obs["context"]))
             out["max_dwell_ema"] = max(out["max_dwell_ema"], float(obs["context"][CONTEXT_NAMES.index("dwell_ema")]))
             np.testing.assert_allclose(mine["user"], obs["user"], atol=1e-5)
-            rec = ranker.recommend(uid, cids)
+            rec = runtime.recommend(uid, cids)
             assert rec.source == "model", rec.fallback_reason
             pos = np.array([cids.index(i) for i in rec.items])
             obs, _, term, trunc, info = env.step(pos)
@@ -127,7 +126,7 @@ def _replay(ranker: Ranker, world: World, scenario: str, n_sessions: int, split_
                 if later:
                     out["dwell_events"] += 1
                     events.append(Event("dwell", item, dwell_s=dwell))
-                assert ranker.observe(uid, events) == len(events)  # every event is for an item shown
+                assert runtime.observe(uid, events) == len(events)  # every event is for an item shown
     return out
 
 
@@ -138,35 +137,35 @@ def _parity_failures(out: dict) -> tuple[dict, dict]:
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
-def test_runtime_features_equal_simulator_observations(fmt: str, onnx_export: Path, ts_export: Path,  # noqa: F811
+def test_runtime_features_equal_simulator_observations(fmt: str, onnx_export: Path, ts_export: Path,
                                                        small_world: World) -> None:
     """Sessions of the small preset's users replayed through the runtime: at every request the runtime's
     observation equals the env's (whatever mix of clicks, purchases and skips the trained policy meets)."""
     art = onnx_export if fmt == "onnx" else ts_export
-    ranker = Ranker.load(art, clock=FakeClock(), time_budget_ms=60_000)  # no timeouts on a busy test machine
-    out = _replay(ranker, small_world, "default", n_sessions=12)
+    runtime = ServingRuntime.load(art, clock=FakeClock(), time_budget_ms=60_000)  # no timeouts on a busy test machine
+    out = _replay(runtime, small_world, "default", n_sessions=12)
     assert out["steps"] >= 12
     assert _parity_failures(out) == ({}, {})
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 def test_click_purchase_and_later_dwell_events_move_the_state_as_the_simulator(
-        fmt: str, onnx_export: Path, ts_export: Path, small_world: World) -> None:  # noqa: F811
+        fmt: str, onnx_export: Path, ts_export: Path, small_world: World) -> None:
     """Users who click and buy at every request, half of the dwell times reported later as ``dwell`` events:
     after each click, purchase and dwell the runtime's context row (and every feature) is the simulator core's
     after the same event."""
     art = onnx_export if fmt == "onnx" else ts_export
-    ranker = Ranker.load(art, clock=FakeClock(), time_budget_ms=60_000)
-    out = _replay(ranker, small_world, "click_purchase", n_sessions=3, split_dwell=True)
+    runtime = ServingRuntime.load(art, clock=FakeClock(), time_budget_ms=60_000)
+    out = _replay(runtime, small_world, "click_purchase", n_sessions=3, split_dwell=True)
     assert out["clicks"] == out["purchases"] == out["steps"] >= 3  # forced by the response model
     assert out["dwell_events"] >= 1 and out["max_dwell_ema"] > 0
     assert _parity_failures(out) == ({}, {})
 
 
-def test_sessions_without_clicks_replay_like_the_simulator(onnx_export: Path, small_world: World) -> None:  # noqa: F811
+def test_sessions_without_clicks_replay_like_the_simulator(onnx_export: Path, small_world: World) -> None:
     """Users who never click (skip streaks, budget run out): the runtime's observations equal the env's."""
-    ranker = Ranker.load(onnx_export, clock=FakeClock(), time_budget_ms=60_000)
-    out = _replay(ranker, small_world, "skip", n_sessions=4)
+    runtime = ServingRuntime.load(onnx_export, clock=FakeClock(), time_budget_ms=60_000)
+    out = _replay(runtime, small_world, "skip", n_sessions=4)
     assert out["clicks"] == 0 and out["steps"] >= 4
     assert _parity_failures(out) == ({}, {})
 
@@ -191,12 +190,12 @@ def test_simulator_context_stays_within_the_serving_bounds(small_world: World) -
             obs, *_ = env.step(slate)
 
 
-def test_new_user_and_history_import(onnx_export: Path, small_world: World) -> None:  # noqa: F811
+def test_new_user_and_history_import(onnx_export: Path, small_world: World) -> None:
     from envs.users import pool_history
 
-    ranker = Ranker.load(onnx_export)
+    runtime = ServingRuntime.load(onnx_export)
     cids = ids_of(small_world, range(20))
-    o = ranker.observation("nobody", cids)
+    o = runtime.observation("nobody", cids)
     assert not o["user"].any() and not o["features"][:, [F_LLM, F_CF, 4, 5, 6]].any()
     expected_ctx = np.zeros(len(CONTEXT_NAMES), np.float32)
     expected_ctx[CONTEXT_NAMES.index("last_click_rank")] = 1.0
@@ -204,28 +203,28 @@ def test_new_user_and_history_import(onnx_export: Path, small_world: World) -> N
     np.testing.assert_array_equal(o["features"][:, 2:4], small_world.item_features[:20])
 
     hist = [5, 17, 230, 17, 99]
-    ranker.set_user("u", history=ids_of(small_world, hist))
-    st = ranker.user_state("u")
+    runtime.set_user("u", history=ids_of(small_world, hist))
+    st = runtime.user_state("u")
     assert st is not None
     np.testing.assert_allclose(st.state, pool_history(np.array([hist]), small_world.item_emb, 0.85)[0], atol=1e-6)
     assert st.cf_factor.any() and not st.cf_pinned
     with pytest.raises(UnknownItemsError, match="nope"):
-        ranker.set_user("u", history=["nope"])
+        runtime.set_user("u", history=["nope"])
     with pytest.raises(ValueError, match="pooled_state must have shape"):
-        ranker.set_user("u", pooled_state=np.zeros(3))
+        runtime.set_user("u", pooled_state=np.zeros(3))
 
 
-def test_cf_fold_in_matches_implicit_least_squares(onnx_export: Path, small_world: World) -> None:  # noqa: F811
+def test_cf_fold_in_matches_implicit_least_squares(onnx_export: Path, small_world: World) -> None:
     """The incremental fold-in equals implicit's user solve on the same confidences (c = cf_alpha·Σw)."""
     import scipy.sparse as sp
     from implicit.cpu.als import user_factor
 
-    ranker = Ranker.load(onnx_export)
+    runtime = ServingRuntime.load(onnx_export)
     m = load_manifest(onnx_export)
     items, lam, alpha = [3, 50, 3, 120], m["cf"]["regularization"], m["cf"]["alpha"]
-    ranker.recommend("cf", ids_of(small_world, [3, 50, 120]), k=3)  # feedback counts for items shown
-    ranker.observe("cf", [Event("click", i) for i in ids_of(small_world, items)] + [Event("purchase", "item-00120")])
-    st = ranker.user_state("cf")
+    runtime.recommend("cf", ids_of(small_world, [3, 50, 120]), k=3)  # feedback counts for items shown
+    runtime.observe("cf", [Event("click", i) for i in ids_of(small_world, items)] + [Event("purchase", "item-00120")])
+    st = runtime.user_state("cf")
     assert st is not None
     weights = {3: 2.0, 50: 1.0, 120: 2.0}
     row = sp.csr_matrix((alpha * np.array(list(weights.values())), ([0, 0, 0], list(weights))),
@@ -236,7 +235,7 @@ def test_cf_fold_in_matches_implicit_least_squares(onnx_export: Path, small_worl
     # the served cf_score is that factor's score standardised over the whole catalog
     scores = y @ expected
     z = (scores - scores.mean()) / scores.std()
-    o = ranker.observation("cf", ids_of(small_world, range(40)))
+    o = runtime.observation("cf", ids_of(small_world, range(40)))
     np.testing.assert_allclose(o["features"][:, F_CF], z[:40], atol=1e-4)
 
 
@@ -245,7 +244,7 @@ def test_fast_greedy_slate_equals_the_sequential_walk() -> None:
     import torch as th
 
     from agents.distributions import PlackettLuceDistribution
-    from agents.serving import greedy_slate, greedy_slates
+    from agents.slate_mode import greedy_slate, greedy_slates
 
     rng = np.random.default_rng(0)
     for trial in range(200):
@@ -264,37 +263,37 @@ def test_fast_greedy_slate_equals_the_sequential_walk() -> None:
 # ---- sessions, record, state serialisation --------------------------------------------------------------------
 
 
-def test_session_timeout_preview_and_end_session(onnx_export: Path, small_world: World) -> None:  # noqa: F811
+def test_session_timeout_preview_and_end_session(onnx_export: Path, small_world: World) -> None:
     clock = FakeClock()
-    ranker = Ranker.load(onnx_export, session_timeout_s=60, clock=clock)
+    runtime = ServingRuntime.load(onnx_export, session_timeout_s=60, clock=clock)
     cids = ids_of(small_world, range(30))
-    rec = ranker.recommend("s", cids, k=4)
-    ranker.observe("s", [{"type": "click", "item_id": rec.items[1], "dwell_s": 30.0}])
-    before = ranker.user_state("s")
+    rec = runtime.recommend("s", cids, k=4)
+    runtime.observe("s", [{"type": "click", "item_id": rec.items[1], "dwell_s": 30.0}])
+    before = runtime.user_state("s")
     assert before is not None and before.t == 1 and before.ctx[A_LAST_RANK] == 0.25
 
-    preview = ranker.recommend("s", cids, k=4, record=False)
-    after = ranker.user_state("s")
+    preview = runtime.recommend("s", cids, k=4, record=False)
+    after = runtime.user_state("s")
     assert after is not None and encode_state(after) == encode_state(before)  # a preview changes nothing
     assert preview.request_id == 1
 
     clock.t += 61  # idle: the next request starts a new session; the pooled state and CF factor stay
-    o = ranker.observation("s", cids)
+    o = runtime.observation("s", cids)
     assert o["context"][0] == 0.0 and not o["features"][:, 4:].any()
     np.testing.assert_allclose(np.linalg.norm(o["user"]), 1.0, rtol=1e-5)
-    ranker.recommend("s", cids, k=4)
-    st = ranker.user_state("s")
+    runtime.recommend("s", cids, k=4)
+    st = runtime.user_state("s")
     assert st is not None and st.t == 1 and st.sessions == 2 and st.n_requests == 2
-    ranker.end_session("s")
-    st = ranker.user_state("s")
+    runtime.end_session("s")
+    st = runtime.user_state("s")
     assert st is not None and st.t == 0 and st.sessions == 3 and st.state.any()
     # a session lasts at most max_steps requests (the training horizon), then the next one starts
-    for _ in range(ranker.const.max_steps):
-        ranker.recommend("s", cids, k=4)
-    st = ranker.user_state("s")
-    assert st is not None and st.t == ranker.const.max_steps == 30 and st.sessions == 3
-    ranker.recommend("s", cids, k=4)
-    st = ranker.user_state("s")
+    for _ in range(runtime.const.max_steps):
+        runtime.recommend("s", cids, k=4)
+    st = runtime.user_state("s")
+    assert st is not None and st.t == runtime.const.max_steps == 30 and st.sessions == 3
+    runtime.recommend("s", cids, k=4)
+    st = runtime.user_state("s")
     assert st is not None and st.t == 1 and st.sessions == 4 and len(st.seen_items) == 4
 
 
@@ -316,23 +315,23 @@ def test_state_serialisation_round_trip() -> None:
         decode_state(blob[:-4])
 
 
-def test_request_validation_in_process(onnx_export: Path, small_world: World) -> None:  # noqa: F811
-    ranker = Ranker.load(onnx_export, max_candidates=50)
+def test_request_validation_in_process(onnx_export: Path, small_world: World) -> None:
+    runtime = ServingRuntime.load(onnx_export, max_candidates=50)
     cids = ids_of(small_world, range(20))
     with pytest.raises(UnknownItemsError) as exc:
-        ranker.recommend("v", [*cids, "ghost-1", "ghost-2", "ghost-1"])
+        runtime.recommend("v", [*cids, "ghost-1", "ghost-2", "ghost-1"])
     assert exc.value.unknown == ["ghost-1", "ghost-2"]
     for bad, match in [([], "empty"), (ids_of(small_world, range(51)), "over the limit of 50"),
                        ([cids[0], cids[0]], "repeats")]:
         with pytest.raises(InvalidRequestError, match=match):
-            ranker.recommend("v", bad)
+            runtime.recommend("v", bad)
     with pytest.raises(InvalidRequestError, match="k must be"):
-        ranker.recommend("v", cids, k=21)
+        runtime.recommend("v", cids, k=21)
     with pytest.raises(InvalidRequestError, match="event type"):
-        ranker.observe("v", [{"type": "like", "item_id": cids[0]}])
+        runtime.observe("v", [{"type": "like", "item_id": cids[0]}])
     with pytest.raises(UnknownItemsError):
-        ranker.observe("v", [Event("click", cids[0]), Event("click", "ghost")])
-    assert ranker.user_state("v") is None  # nothing was applied
+        runtime.observe("v", [Event("click", cids[0]), Event("click", "ghost")])
+    assert runtime.user_state("v") is None  # nothing was applied
 
 
 @pytest.mark.parametrize(("kwargs", "match"), [({"time_budget_ms": 0}, "time_budget_ms"),
@@ -340,60 +339,60 @@ def test_request_validation_in_process(onnx_export: Path, small_world: World) ->
                                                ({"session_timeout_s": -1.0}, "session_timeout_s"),
                                                ({"max_candidates": 0}, "max_candidates"), ({"max_k": 0}, "max_k"),
                                                ({"max_candidates": 2.5}, "max_candidates")])
-def test_runtime_and_app_refuse_bad_limits(kwargs: dict, match: str, onnx_export: Path) -> None:  # noqa: F811
-    from agents.serve import create_app
+def test_runtime_and_app_refuse_bad_limits(kwargs: dict, match: str, onnx_export: Path) -> None:
+    from agents.serving.app import create_app
 
-    good = Ranker.load(onnx_export)
+    good = ServingRuntime.load(onnx_export)
     with pytest.raises(ValueError, match=match):
-        Ranker(good.manifest, good.items, None, MemoryStore(), **kwargs)
+        ServingRuntime(good.manifest, good.items, None, MemoryStore(), **kwargs)
     with pytest.raises(ValueError, match="max_body_bytes"):
         create_app(good, max_body_bytes=0)
 
 
-def test_feedback_for_items_not_shown_this_session_is_ignored_and_counted(onnx_export: Path,  # noqa: F811
+def test_feedback_for_items_not_shown_this_session_is_ignored_and_counted(onnx_export: Path,
                                                                           small_world: World) -> None:
-    ranker = Ranker.load(onnx_export)
+    runtime = ServingRuntime.load(onnx_export)
     cids = ids_of(small_world, range(20))
-    assert ranker.observe("n", [Event("click", cids[0]), Event("purchase", cids[0])]) == 0  # nothing shown yet
-    st = ranker.user_state("n")
+    assert runtime.observe("n", [Event("click", cids[0]), Event("purchase", cids[0])]) == 0  # nothing shown yet
+    st = runtime.user_state("n")
     assert st is not None and st.n_events == 0 and not st.state.any() and not st.cf_b.any()
-    rec = ranker.recommend("n", cids, k=5)
+    rec = runtime.recommend("n", cids, k=5)
     unseen = next(c for c in cids if c not in rec.items)
-    applied = ranker.observe("n", [Event("click", rec.items[1], request_id=rec.request_id),
+    applied = runtime.observe("n", [Event("click", rec.items[1], request_id=rec.request_id),
                                    Event("purchase", unseen), Event("dwell", unseen, dwell_s=30.0)])
     assert applied == 1
-    st = ranker.user_state("n")
+    st = runtime.user_state("n")
     assert st is not None and st.n_events == 1 and st.ctx[A_LAST_RANK] == 0.2
-    o = ranker.observation("n", cids)
+    o = runtime.observation("n", cids)
     ctx = dict(zip(CONTEXT_NAMES, o["context"].tolist(), strict=True))
     assert ctx["purchase_rate"] == 0.0 and ctx["dwell_ema"] == 0.0
-    m = ranker.metrics
+    m = runtime.metrics
     assert m.ignored.labels("not_shown")._value.get() == 4
     assert m.events.labels("click")._value.get() == 1 and m.events.labels("purchase")._value.get() == 0
-    ranker.end_session("n")  # a new session has shown nothing yet
-    assert ranker.observe("n", [Event("click", rec.items[0])]) == 0
+    runtime.end_session("n")  # a new session has shown nothing yet
+    assert runtime.observe("n", [Event("click", rec.items[0])]) == 0
 
 
-def test_feedback_cannot_push_the_context_outside_the_simulators_range(onnx_export: Path,  # noqa: F811
+def test_feedback_cannot_push_the_context_outside_the_simulators_range(onnx_export: Path,
                                                                        small_world: World) -> None:
     """1,000 purchases and 1,000 dwell events of a day on one shown item: the dwell is applied as the simulator's
     cap, every context column stays in the simulator's range, and the out-of-range columns are counted."""
-    ranker = Ranker.load(onnx_export)
+    runtime = ServingRuntime.load(onnx_export)
     cids = ids_of(small_world, range(20))
-    rec = ranker.recommend("x", cids, k=5)
+    rec = runtime.recommend("x", cids, k=5)
     item = rec.items[0]
     events = [Event("click", item, request_id=rec.request_id), *[Event("purchase", item)] * 1000,
               *[Event("dwell", item, dwell_s=86_400.0)] * 1000]
-    assert ranker.observe("x", events) == 2001
-    assert ranker.metrics.dwell_clipped._value.get() == 1000
-    lo, hi = context_bounds(ranker.const.max_steps, ranker.items.n_items, ranker.dwell_cap_s)
-    o = ranker.observation("x", cids)
+    assert runtime.observe("x", events) == 2001
+    assert runtime.metrics.dwell_clipped._value.get() == 1000
+    lo, hi = context_bounds(runtime.const.max_steps, runtime.items.n_items, runtime.dwell_cap_s)
+    o = runtime.observation("x", cids)
     assert np.all(o["context"] >= lo) and np.all(o["context"] <= hi)
     ctx = dict(zip(CONTEXT_NAMES, o["context"].tolist(), strict=True))
-    assert ctx["purchase_rate"] == 1.0 and ctx["dwell_ema"] == pytest.approx(ranker.dwell_cap_s / 60.0)
-    assert ranker.dwell_cap_s == 900.0  # the small preset's (configs.schema.UserConfig.dwell_cap)
-    ranker.recommend("x", cids, k=5)
-    counted = {n: ranker.metrics.out_of_range.labels(n)._value.get() for n in CONTEXT_NAMES}
+    assert ctx["purchase_rate"] == 1.0 and ctx["dwell_ema"] == pytest.approx(runtime.dwell_cap_s / 60.0)
+    assert runtime.dwell_cap_s == 900.0  # the small preset's (configs.schema.UserConfig.dwell_cap)
+    runtime.recommend("x", cids, k=5)
+    counted = {n: runtime.metrics.out_of_range.labels(n)._value.get() for n in CONTEXT_NAMES}
     assert counted == {n: float(n in ("purchase_rate", "dwell_ema")) for n in CONTEXT_NAMES}
 
 
@@ -413,20 +412,20 @@ class BrokenModel:
 
 
 @pytest.mark.parametrize(("mode", "reason"), [("raise", "error"), ("nan", "invalid_output"), ("late", "timeout")])
-def test_fallback_answers_when_model_is_broken(mode: str, reason: str, onnx_export: Path,  # noqa: F811
+def test_fallback_answers_when_model_is_broken(mode: str, reason: str, onnx_export: Path,
                                                small_world: World) -> None:
     from agents.baselines import BlendRanker
 
-    good = Ranker.load(onnx_export)
-    ranker = Ranker(good.manifest, good.items, BrokenModel(mode), MemoryStore())
+    good = ServingRuntime.load(onnx_export)
+    runtime = ServingRuntime(good.manifest, good.items, BrokenModel(mode), MemoryStore())
     cids = ids_of(small_world, range(40))
-    ranker.set_user("f", history=ids_of(small_world, [1, 2, 3]))
-    obs = ranker.observation("f", cids)
-    rec = ranker.recommend("f", cids, k=5)
+    runtime.set_user("f", history=ids_of(small_world, [1, 2, 3]))
+    obs = runtime.observation("f", cids)
+    rec = runtime.recommend("f", cids, k=5)
     assert (rec.source, rec.fallback_reason, rec.alpha) == ("fallback", reason, 0.6)
     expected = BlendRanker(5, 0.6).act({k: v[None] for k, v in obs.items()})[0]
     assert rec.items == ids_of(small_world, np.array(obs["candidates"])[expected])
-    metrics = ranker.metrics
+    metrics = runtime.metrics
     assert metrics.fallback.labels(reason)._value.get() == 1
     assert metrics.recommend.labels("fallback")._value.get() == 1
 
@@ -460,30 +459,30 @@ def _in_thread(fn: Callable[[], object]) -> object:
     return box[0]
 
 
-def test_stuck_model_is_not_waited_for(onnx_export: Path, small_world: World) -> None:  # noqa: F811
+def test_stuck_model_is_not_waited_for(onnx_export: Path, small_world: World) -> None:
     """A model that blocks in its call: the request comes back from the fallback at its deadline while the model's
     call is still blocked; calls queued behind it are dropped, not run late; once the model is free it answers."""
-    good = Ranker.load(onnx_export)
+    good = ServingRuntime.load(onnx_export)
     model = GatedModel()
-    ranker = Ranker(good.manifest, good.items, model, MemoryStore(), time_budget_ms=50)
-    assert isinstance(ranker.model, ThreadedModel)  # a model that cannot enforce its deadline runs on its thread
+    runtime = ServingRuntime(good.manifest, good.items, model, MemoryStore(), time_budget_ms=50)
+    assert isinstance(runtime.model, ThreadedModel)  # a model that cannot enforce its deadline runs on its thread
     cids = ids_of(small_world, range(20))
-    rec = _in_thread(lambda: ranker.recommend("stuck", cids, k=3))
+    rec = _in_thread(lambda: runtime.recommend("stuck", cids, k=3))
     assert isinstance(rec, Recommendation)
     assert (rec.source, rec.fallback_reason) == ("fallback", "timeout")
     assert model.finished == 0  # the answer came while the gate was shut: the blocked call was not waited for
-    again = _in_thread(lambda: ranker.recommend("stuck", cids, k=3))  # queued behind the stuck call
+    again = _in_thread(lambda: runtime.recommend("stuck", cids, k=3))  # queued behind the stuck call
     assert isinstance(again, Recommendation) and again.fallback_reason == "timeout"
-    assert ranker.metrics.fallback.labels("timeout")._value.get() == 2
-    assert ranker.metrics.recommend.labels("fallback")._value.get() == 2
+    assert runtime.metrics.fallback.labels("timeout")._value.get() == 2
+    assert runtime.metrics.recommend.labels("fallback")._value.get() == 2
 
     model.gate.set()
-    ranker.model.call(lambda: None, time.perf_counter() + SAFETY_S)  # the model thread is free again
+    runtime.model.call(lambda: None, time.perf_counter() + SAFETY_S)  # the model thread is free again
     assert model.calls <= 1  # the queued call's deadline had passed: it was never run
-    ranker.time_budget_s = SAFETY_S
-    rec = ranker.recommend("stuck", cids, k=3)
+    runtime.time_budget_s = SAFETY_S
+    rec = runtime.recommend("stuck", cids, k=3)
     assert rec.source == "model" and rec.items == cids[:3]  # the gated model's logits decrease with position
-    ranker.close()
+    runtime.close()
 
 
 def _loop_onnx(path: Path, trips: int, size: int = 64) -> None:
@@ -528,7 +527,7 @@ def _loop_onnx(path: Path, trips: int, size: int = 64) -> None:
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
 
 
-def test_onnx_run_is_cancelled_at_its_deadline(tmp_path: Path, onnx_export: Path,  # noqa: F811
+def test_onnx_run_is_cancelled_at_its_deadline(tmp_path: Path, onnx_export: Path,
                                               small_world: World) -> None:
     """An ONNX graph that would run for ages (2^62 loop iterations) is cancelled at its deadline (ONNX Runtime's
     terminate flag) and the blend answers; the same graph with 3 iterations answers normally."""
@@ -542,53 +541,53 @@ def test_onnx_run_is_cancelled_at_its_deadline(tmp_path: Path, onnx_export: Path
 
     _loop_onnx(tmp_path / "endless.onnx", trips=2**62)
     model = OnnxModel(tmp_path / "endless.onnx", ["user", "features", "context"])
-    good = Ranker.load(onnx_export)
-    ranker = Ranker(good.manifest, good.items, model, MemoryStore(), time_budget_ms=20)
-    assert ranker.model is model  # ONNX Runtime enforces the deadline itself: run on the request's thread
-    rec = _in_thread(lambda: ranker.recommend("slow", ids_of(small_world, range(20)), k=3))
+    good = ServingRuntime.load(onnx_export)
+    runtime = ServingRuntime(good.manifest, good.items, model, MemoryStore(), time_budget_ms=20)
+    assert runtime.model is model  # ONNX Runtime enforces the deadline itself: run on the request's thread
+    rec = _in_thread(lambda: runtime.recommend("slow", ids_of(small_world, range(20)), k=3))
     assert isinstance(rec, Recommendation)
     assert (rec.source, rec.fallback_reason) == ("fallback", "timeout")
-    assert ranker.metrics.fallback.labels("timeout")._value.get() == 1
+    assert runtime.metrics.fallback.labels("timeout")._value.get() == 1
 
 
-def test_torchscript_runs_with_the_thread_setting(ts_export: Path, small_world: World) -> None:  # noqa: F811
+def test_torchscript_runs_with_the_thread_setting(ts_export: Path, small_world: World) -> None:
     """``threads`` reaches the TorchScript model: torch's intra-op thread count on the model's thread is it."""
     import torch as th
 
     before = th.get_num_threads()
     want = 2 if before == 1 else 1
-    ranker = Ranker.load(ts_export, threads=want, time_budget_ms=SAFETY_S * 1000)
+    runtime = ServingRuntime.load(ts_export, threads=want, time_budget_ms=SAFETY_S * 1000)
     try:
-        assert isinstance(ranker.model, ThreadedModel)
-        assert ranker.model.call(th.get_num_threads, time.perf_counter() + SAFETY_S) == want
-        assert ranker.recommend("t", ids_of(small_world, range(20)), k=3).source == "model"
+        assert isinstance(runtime.model, ThreadedModel)
+        assert runtime.model.call(th.get_num_threads, time.perf_counter() + SAFETY_S) == want
+        assert runtime.recommend("t", ids_of(small_world, range(20)), k=3).source == "model"
     finally:
-        ranker.close()
+        runtime.close()
         th.set_num_threads(before)  # process-global in torch: leave the test process as it was
     with pytest.raises(ValueError, match="threads must be >= 1"):
-        Ranker.load(ts_export, threads=0)
+        ServingRuntime.load(ts_export, threads=0)
 
 
-def test_corrupt_model_file(tmp_path: Path, onnx_export: Path, small_world: World) -> None:  # noqa: F811
+def test_corrupt_model_file(tmp_path: Path, onnx_export: Path, small_world: World) -> None:
     art = tmp_path / "art"
     shutil.copytree(onnx_export, art)
     (art / "policy.onnx").write_bytes(b"\x00garbage")
     with pytest.raises(ValueError, match="does not match the SHA-256"):
-        Ranker.load(art)
+        ServingRuntime.load(art)
     with pytest.raises(ValueError, match="cannot load the model"):
-        Ranker.load(art, verify=False)
-    ranker = Ranker.load(art, verify=False, on_model_error="fallback")
-    rec = ranker.recommend("c", ids_of(small_world, range(10)), k=2)
+        ServingRuntime.load(art, verify=False)
+    runtime = ServingRuntime.load(art, verify=False, on_model_error="fallback")
+    rec = runtime.recommend("c", ids_of(small_world, range(10)), k=2)
     assert (rec.source, rec.fallback_reason) == ("fallback", "no_model")
-    assert ranker.health()["model"] == "missing"
+    assert runtime.health()["model"] == "missing"
 
 
 # ---- concurrency ------------------------------------------------------------------------------------------------
 
 
-def _hammer(rankers: list[Ranker], user: str, items: list[str], threads: int, per_thread: int) -> None:
+def _hammer(runtimes: list[ServingRuntime], user: str, items: list[str], threads: int, per_thread: int) -> None:
     def work(i: int) -> None:
-        r = rankers[i % len(rankers)]
+        r = runtimes[i % len(runtimes)]
         for j in range(per_thread):
             if j % 10 == 0:  # every item shown (feedback counts for shown items), before the first click
                 r.recommend(user, items, k=len(items))
@@ -605,14 +604,14 @@ def _expected_cf_b(items: ItemTable, rows: list[int], alpha: float) -> np.ndarra
     return alpha * items.factors[rows].astype(np.float64).sum(axis=0)
 
 
-def test_concurrent_feedback_loses_no_event_in_memory(onnx_export: Path, small_world: World) -> None:  # noqa: F811
-    ranker = Ranker.load(onnx_export)
+def test_concurrent_feedback_loses_no_event_in_memory(onnx_export: Path, small_world: World) -> None:
+    runtime = ServingRuntime.load(onnx_export)
     items = ids_of(small_world, range(60))
-    _hammer([ranker], "busy", items, threads=8, per_thread=40)
-    st = ranker.user_state("busy")
+    _hammer([runtime], "busy", items, threads=8, per_thread=40)
+    st = runtime.user_state("busy")
     assert st is not None and st.n_events == 320 and st.n_requests == 32
     rows = [(i * 40 + j) % 60 for i in range(8) for j in range(40)]
-    np.testing.assert_allclose(st.cf_b, _expected_cf_b(ranker.items, rows, ranker.const.cf_alpha), rtol=1e-9)
+    np.testing.assert_allclose(st.cf_b, _expected_cf_b(runtime.items, rows, runtime.const.cf_alpha), rtol=1e-9)
 
 
 # ---- Redis -------------------------------------------------------------------------------------------------------
@@ -675,9 +674,9 @@ def redis_url() -> Iterator[str]:
         proc.wait(timeout=10)
 
 
-def test_redis_state_survives_a_new_runtime(redis_url: str, onnx_export: Path, small_world: World) -> None:  # noqa: F811
+def test_redis_state_survives_a_new_runtime(redis_url: str, onnx_export: Path, small_world: World) -> None:
     cids = ids_of(small_world, range(40))
-    first = Ranker.load(onnx_export, store=redis_url)
+    first = ServingRuntime.load(onnx_export, store=redis_url)
     first.set_user("r1", history=ids_of(small_world, [4, 8, 15]))
     rec = first.recommend("r1", cids, k=5)
     first.observe("r1", [Event("click", rec.items[0], dwell_s=12.0, request_id=rec.request_id),
@@ -686,7 +685,7 @@ def test_redis_state_survives_a_new_runtime(redis_url: str, onnx_export: Path, s
     state_before = encode_state(first.user_state("r1"))  # type: ignore[arg-type]
     first.close()
 
-    second = Ranker.load(onnx_export, store=redis_url)  # a restarted service
+    second = ServingRuntime.load(onnx_export, store=redis_url)  # a restarted service
     assert encode_state(second.user_state("r1")) == state_before  # type: ignore[arg-type]
     obs_after = second.observation("r1", cids)
     for key in ("user", "features", "context"):
@@ -703,19 +702,19 @@ def test_redis_state_survives_a_new_runtime(redis_url: str, onnx_export: Path, s
     second.close()
 
 
-def test_redis_concurrent_feedback_from_many_processes_loses_no_event(redis_url: str, onnx_export: Path,  # noqa: F811
+def test_redis_concurrent_feedback_from_many_processes_loses_no_event(redis_url: str, onnx_export: Path,
                                                                       small_world: World) -> None:
     """Four runtimes (as four worker processes would be, each with its own connections and locks) and eight
     threads update one user at once: every event lands (WATCH/MULTI retries on conflict)."""
-    rankers = [Ranker.load(onnx_export, store=redis_url) for _ in range(4)]
+    runtimes = [ServingRuntime.load(onnx_export, store=redis_url) for _ in range(4)]
     items = ids_of(small_world, range(60))
-    _hammer(rankers, "hot", items, threads=8, per_thread=25)
-    st = rankers[0].user_state("hot")
+    _hammer(runtimes, "hot", items, threads=8, per_thread=25)
+    st = runtimes[0].user_state("hot")
     assert st is not None and st.n_events == 200 and st.n_requests == 24
     rows = [(i * 25 + j) % 60 for i in range(8) for j in range(25)]
-    np.testing.assert_allclose(st.cf_b, _expected_cf_b(rankers[0].items, rows, rankers[0].const.cf_alpha),
+    np.testing.assert_allclose(st.cf_b, _expected_cf_b(runtimes[0].items, rows, runtimes[0].const.cf_alpha),
                                rtol=1e-9)
-    for r in rankers:
+    for r in runtimes:
         r.close()
 
 
@@ -739,7 +738,7 @@ def _start_service(art: Path, port: int, redis_url: str, env: dict[str, str]) ->
     pytest.fail("service did not come up in 120 s")
 
 
-def test_http_service_restart_keeps_user_state_in_redis(redis_url: str, onnx_export: Path,  # noqa: F811
+def test_http_service_restart_keeps_user_state_in_redis(redis_url: str, onnx_export: Path,
                                                         small_world: World) -> None:
     """`python -m agents.serve ART --redis URL`: feedback, stop the process, start a new one: the user's state
     (request counter, features) is where it was."""
@@ -777,13 +776,13 @@ def test_http_service_restart_keeps_user_state_in_redis(redis_url: str, onnx_exp
 
 
 @pytest.fixture
-def client(onnx_export: Path) -> Iterator:  # noqa: F811
+def client(onnx_export: Path) -> Iterator:
     from fastapi.testclient import TestClient
 
-    from agents.serve import create_app
+    from agents.serving.app import create_app
 
-    ranker = Ranker.load(onnx_export, max_candidates=100, time_budget_ms=5000)
-    with TestClient(create_app(ranker, api_key="s3cret", max_body_bytes=4096)) as c:
+    runtime = ServingRuntime.load(onnx_export, max_candidates=100, time_budget_ms=5000)
+    with TestClient(create_app(runtime, api_key="s3cret", max_body_bytes=4096)) as c:
         c.headers["X-API-Key"] = "s3cret"
         yield c
 
@@ -870,7 +869,7 @@ def test_http_bad_requests_get_the_right_status(client, small_world: World) -> N
     r = client.post("/recommend", content=chunks(), headers=json_ct)
     assert r.status_code == 413
     # the events limit is enforced by the schema when the body fits
-    from agents.serve import MAX_EVENTS
+    from agents.serving.app import MAX_EVENTS
 
     assert MAX_EVENTS == 1000
     text = client.get("/metrics").text
@@ -878,12 +877,12 @@ def test_http_bad_requests_get_the_right_status(client, small_world: World) -> N
     assert client.get("/health", headers={"X-API-Key": ""}).status_code == 200  # health needs no key
 
 
-def test_http_without_api_key_and_too_many_events(onnx_export: Path, small_world: World) -> None:  # noqa: F811
+def test_http_without_api_key_and_too_many_events(onnx_export: Path, small_world: World) -> None:
     from fastapi.testclient import TestClient
 
-    from agents.serve import create_app
+    from agents.serving.app import create_app
 
-    with TestClient(create_app(Ranker.load(onnx_export), api_key=None, max_body_bytes=1 << 20)) as c:
+    with TestClient(create_app(ServingRuntime.load(onnx_export), api_key=None, max_body_bytes=1 << 20)) as c:
         ev = {"type": "click", "item_id": small_world.catalog.ids[0]}
         assert c.post("/recommend", json={"user_id": "n", "candidate_ids": [ev["item_id"]]}).status_code == 200
         r = c.post("/feedback", json={"user_id": "n", "events": [ev] * 1001})
@@ -891,16 +890,16 @@ def test_http_without_api_key_and_too_many_events(onnx_export: Path, small_world
         assert c.post("/feedback", json={"user_id": "n", "events": [ev] * 1000}).json() == {"applied": 1000}
 
 
-def test_http_client_disconnect_is_not_counted_as_a_server_error(onnx_export: Path) -> None:  # noqa: F811
+def test_http_client_disconnect_is_not_counted_as_a_server_error(onnx_export: Path) -> None:
     """A client that goes away before its body has arrived gets no answer and is counted as 499, not 500."""
     import asyncio
 
     from prometheus_client import generate_latest
 
-    from agents.serve import DISCONNECT_STATUS, create_app
+    from agents.serving.app import DISCONNECT_STATUS, create_app
 
-    ranker = Ranker.load(onnx_export)
-    app = create_app(ranker, api_key=None)
+    runtime = ServingRuntime.load(onnx_export)
+    app = create_app(runtime, api_key=None)
     sent: list[dict] = []
 
     async def receive() -> dict:
@@ -915,7 +914,7 @@ def test_http_client_disconnect_is_not_counted_as_a_server_error(onnx_export: Pa
              "server": ("127.0.0.1", 8000)}
     asyncio.run(app(scope, receive, send))
     assert sent == []
-    text = generate_latest(ranker.metrics.registry).decode()
+    text = generate_latest(runtime.metrics.registry).decode()
     assert f'recfeed_http_requests_total{{endpoint="/recommend",status="{DISCONNECT_STATUS}"}} 1.0' in text
     assert 'status="500"' not in text
 
@@ -927,7 +926,7 @@ def test_http_client_disconnect_is_not_counted_as_a_server_error(onnx_export: Pa
                                    ["--workers", "0"], ["--model-threads", "0"], ["--log-level", "loud"]])
 def test_serve_cli_rejects_bad_limits(flags: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Each bad flag value exits with status 2 and a message naming the flag, before anything is loaded."""
-    from agents.serve import main
+    from agents.serving.app import main
 
     with pytest.raises(SystemExit) as exc:
         main([str(tmp_path), *flags])
@@ -935,12 +934,12 @@ def test_serve_cli_rejects_bad_limits(flags: list[str], tmp_path: Path, capsys: 
     assert f"argument {flags[0]}" in capsys.readouterr().err
 
 
-def test_serve_cli_binds_beyond_loopback_only_with_a_key_or_insecure(onnx_export: Path,  # noqa: F811
+def test_serve_cli_binds_beyond_loopback_only_with_a_key_or_insecure(onnx_export: Path,
                                                                      monkeypatch: pytest.MonkeyPatch,
                                                                      capsys: pytest.CaptureFixture[str]) -> None:
     import uvicorn
 
-    from agents.serve import is_loopback, main
+    from agents.serving.app import is_loopback, main
 
     runs: list[dict] = []
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: runs.append(kw))
@@ -958,9 +957,9 @@ def test_serve_cli_binds_beyond_loopback_only_with_a_key_or_insecure(onnx_export
                                      "10.0.0.1", "example.com")] == [True] * 5 + [False] * 4
 
 
-def test_serve_cli_resolves_artifacts_and_refuses_bad_setups(tmp_path: Path, onnx_export: Path,  # noqa: F811
+def test_serve_cli_resolves_artifacts_and_refuses_bad_setups(tmp_path: Path, onnx_export: Path,
                                                              capsys: pytest.CaptureFixture[str]) -> None:
-    from agents.serve import main, resolve_artifact
+    from agents.serving.app import main, resolve_artifact
 
     assert resolve_artifact(onnx_export) == onnx_export  # an artifact directory is used as it is
     run = tmp_path / "run"
@@ -974,14 +973,14 @@ def test_serve_cli_resolves_artifacts_and_refuses_bad_setups(tmp_path: Path, onn
     assert "cannot serve" in capsys.readouterr().err
 
 
-def test_http_store_down_is_503(onnx_export: Path, small_world: World) -> None:  # noqa: F811
+def test_http_store_down_is_503(onnx_export: Path, small_world: World) -> None:
     """A Redis store that cannot be reached: requests get 503 store_unavailable, /health says so."""
     from fastapi.testclient import TestClient
 
-    from agents.serve import create_app
+    from agents.serving.app import create_app
 
-    ranker = Ranker.load(onnx_export, store=f"redis://127.0.0.1:{_free_port()}/0")
-    with TestClient(create_app(ranker)) as c:
+    runtime = ServingRuntime.load(onnx_export, store=f"redis://127.0.0.1:{_free_port()}/0")
+    with TestClient(create_app(runtime)) as c:
         r = c.post("/recommend", json={"user_id": "x", "candidate_ids": ids_of(small_world, range(10))})
         assert r.status_code == 503 and r.json()["error"] == "store_unavailable"
         r = c.post("/feedback", json={"user_id": "x", "events": [{"type": "click", "item_id": "item-00001"}]})
