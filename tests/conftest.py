@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from agents.export import export_run
 from configs.loader import save_yaml
 from configs.schema import Config, EncoderConfig, EnvConfig
 from encoders.hashing import HashingEncoder
@@ -42,7 +41,6 @@ def make_run_dir(root: Path, world: World, use_item_table: bool = False, steps: 
     from stable_baselines3 import PPO
 
     from agents.policies import SlatePolicy
-    from envs.presets import preset_config
     from envs.sb3 import SB3VecEnv
     from envs.vector_env import RecVectorEnv
 
@@ -78,10 +76,14 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory, small_world: World) -> Pat
 @pytest.fixture(scope="session")
 def onnx_export(run_dir: Path, small_world: World) -> Path:
     """The run exported as ONNX."""
+    from agents.export import export_run  # torch and ONNX only for the tests that use an export
+
     return export_run(run_dir, "onnx", run_dir / "export-onnx", world=small_world)
 
 
 @pytest.fixture(scope="session")
 def ts_export(run_dir: Path, small_world: World) -> Path:
     """The run exported as TorchScript."""
+    from agents.export import export_run
+
     return export_run(run_dir, "torchscript", run_dir / "export-ts", world=small_world)
