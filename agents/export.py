@@ -427,7 +427,7 @@ def export_run(run_dir: str | Path, fmt: Format = "onnx", out: str | Path | None
             "alpha_on_parity_observations": {"mean": float(visited.mean()), "std": float(visited.std())},
             "obs": {"obs_decay": OBS_DECAY, "state_decay": cfg.env.state_decay, "click_weight": cfg.env.click_weight,
                     "purchase_weight": cfg.env.purchase_weight, "max_steps": cfg.env.max_steps,
-                    "obs_mode": cfg.env.obs_mode},
+                    "obs_mode": cfg.env.obs_mode, "dwell_cap_s": cfg.env.user_model.dwell_cap},
             "cf": {"regularization": cfg.env.logging.cf_regularization, "alpha": cfg.env.logging.cf_alpha,
                    "click_weight": 1.0, "purchase_weight": 1.0},
             "policy": to_dict(cfg.train.policy),

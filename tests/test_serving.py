@@ -390,7 +390,7 @@ def test_feedback_cannot_push_the_context_outside_the_simulators_range(onnx_expo
     assert np.all(o["context"] >= lo) and np.all(o["context"] <= hi)
     ctx = dict(zip(CONTEXT_NAMES, o["context"].tolist(), strict=True))
     assert ctx["purchase_rate"] == 1.0 and ctx["dwell_ema"] == pytest.approx(runtime.dwell_cap_s / 60.0)
-    assert runtime.dwell_cap_s == 900.0  # the small preset's (configs.schema.UserConfig.dwell_cap)
+    assert runtime.dwell_cap_s == load_manifest(onnx_export)["obs"]["dwell_cap_s"] == 900.0  # the run's dwell_cap
     runtime.recommend("x", cids, k=5)
     counted = {n: runtime.metrics.out_of_range.labels(n)._value.get() for n in CONTEXT_NAMES}
     assert counted == {n: float(n in ("purchase_rate", "dwell_ema")) for n in CONTEXT_NAMES}
