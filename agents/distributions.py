@@ -206,7 +206,7 @@ class PlackettLuceDistribution(Distribution):
 
         At step k the effective logits over the candidates not yet placed are ``s − β·c_k(g)`` (placed ones at
         ``-inf``); the pick is their argmax. Counts are exact small integers, so the effective logits equal
-        ``agents.serving.greedy_slates``' bit for bit.
+        ``agents.slate_mode.greedy_slates``' bit for bit.
 
         Args:
             with_log_prob: Also return the log-probability of the walked slate.

@@ -29,7 +29,7 @@ read by ``torch.jit.load`` (TorchScript's own restricted loader: tensors and Tor
 Python objects).
 
 The deterministic slate is the top-K by logit or, for a policy with the within-slate category repulsion β_θ(s)
-(``train.policy.category_repulsion``), the greedy walk ``agents.serving.greedy_slates`` over the logits, β and
+(``train.policy.category_repulsion``), the greedy walk ``agents.slate_mode.greedy_slates`` over the logits, β and
 the items' categories (``items.npz``), as ``PlackettLuceDistribution.mode`` walks it.
 
 **Parity.** Before anything is written, observations are collected from the run's own env (held-out users, the
@@ -65,6 +65,8 @@ import numpy as np
 import torch as th
 from torch import nn
 
+from agents.serving.runners import run_exported
+from agents.slate_mode import greedy_slates, is_greedy_path
 from configs.loader import load_config, to_dict
 from configs.schema import Config
 from envs.core import OBS_DECAY
@@ -319,27 +321,6 @@ def fallback_alpha(policy: Any, summary: dict[str, Any], n_candidates: int) -> t
     return neutral_alpha(policy, n_candidates), "policy_alpha_at_neutral_state"
 
 
-# ---- runners for the exported file (used by the parity check and by agents.serving) ------------------------
-
-
-def run_exported(path: Path, fmt: Format, args: tuple[np.ndarray, ...],
-                 names: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Run an exported graph once. Returns ``(logits (B, N), alpha (B,), repulsion (B,))`` as numpy."""
-    if fmt == "onnx":
-        import onnxruntime as ort
-
-        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        out = sess.run(OUTPUTS, dict(zip(names, args, strict=True)))
-        return np.asarray(out[0]), np.asarray(out[1]), np.asarray(out[2])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        module = th.jit.load(str(path), map_location="cpu")
-    with th.no_grad():
-        tensors = [th.as_tensor(a) for a in args]
-        logits, alpha, beta = module(*tensors)
-    return logits.numpy(), alpha.numpy(), beta.numpy()
-
-
 def _write_graph(graph: PolicyGraph, example: tuple[th.Tensor, ...], names: list[str], path: Path,
                  fmt: Format) -> None:
     with warnings.catch_warnings():
@@ -408,8 +389,6 @@ def parity_check(model: Any, path: Path, fmt: Format, names: list[str], obs: dic
     Returns:
         The report (check :attr:`ParityReport.ok`).
     """
-    from agents.serving import greedy_slates, is_greedy_path
-
     policy = model.policy
     sb3_slates, _ = model.predict(obs, deterministic=True)
     with th.no_grad():
@@ -564,7 +543,7 @@ def export_run(run_dir: str | Path, fmt: Format = "onnx", out: str | Path | None
             "alpha_on_parity_observations": {"mean": float(visited.mean()), "std": float(visited.std())},
             "obs": {"obs_decay": OBS_DECAY, "state_decay": cfg.env.state_decay, "click_weight": cfg.env.click_weight,
                     "purchase_weight": cfg.env.purchase_weight, "max_steps": cfg.env.max_steps,
-                    "obs_mode": cfg.env.obs_mode},
+                    "obs_mode": cfg.env.obs_mode, "dwell_cap_s": cfg.env.user_model.dwell_cap},
             "cf": {"regularization": cfg.env.logging.cf_regularization, "alpha": cfg.env.logging.cf_alpha,
                    "click_weight": 1.0, "purchase_weight": 1.0},
             "policy": to_dict(cfg.train.policy),

@@ -278,8 +278,10 @@ end
 
 def drive_wrk(port: int, ids: list[str], args: argparse.Namespace, api_key: str, server_pid: int) -> dict:
     """Closed-loop load with ``wrk`` (one thread, ``--connections`` connections): the same request mix, generated in
-    LuaJIT (a feedback click names an item of the latest recommendation the thread received, for a random user).
-    wrk is closed-loop, so its latencies leave out requests a stalled server kept it from sending."""
+    LuaJIT (a feedback click names an item of the latest recommendation the thread received, for a random user:
+    mostly an item that user was not shown, which the service counts and does not apply, so wrk's feedback requests
+    cost less than the Python client's). wrk is closed-loop, so its latencies leave out requests a stalled server
+    kept it from sending."""
     import shutil
     import tempfile
 
@@ -355,7 +357,7 @@ def main(argv: list[str] | None = None) -> dict:
     if not 0 < args.duration <= 3600 or not 0 <= args.rate <= 20_000 or args.connections < 1:
         ap.error("need 0 < --duration <= 3600, 0 <= --rate <= 20000, --connections >= 1")
 
-    from agents.serve import resolve_artifact
+    from agents.serving.app import resolve_artifact
 
     artifact = resolve_artifact(args.run)
     ids = [str(s) for s in np.load(artifact / "items.npz", allow_pickle=False)["ids"]]

@@ -1,4 +1,4 @@
-"""In-process serving latency: ``Ranker.recommend`` and ``Ranker.observe`` of an exported policy.
+"""In-process serving latency: ``ServingRuntime.recommend`` and ``ServingRuntime.observe`` of an exported policy.
 
 ``python -m bench.serving_latency --run RUN_DIR --candidates 200 --k 10`` loads ``RUN_DIR/export`` (exported
 as ONNX first if missing; RUN_DIR may also be an artifact directory), imports ``--users`` users with a
@@ -45,21 +45,21 @@ def main(argv: list[str] | None = None) -> dict:
     if args.requests < 1 or args.candidates < args.k or args.k < 1:
         ap.error("need --requests >= 1 and 1 <= --k <= --candidates")
 
-    from agents.serve import resolve_artifact
-    from agents.serving import Event, Ranker
+    from agents.serving import Event, ServingRuntime
+    from agents.serving.app import resolve_artifact
 
     artifact = resolve_artifact(args.run, args.format)
-    ranker = Ranker.load(artifact, args.store, time_budget_ms=args.time_budget_ms,
-                         max_candidates=max(1000, args.candidates))
-    m = ranker.manifest
-    ids = [str(s) for s in ranker.items.ids]
+    runtime = ServingRuntime.load(artifact, args.store, time_budget_ms=args.time_budget_ms,
+                                  max_candidates=max(1000, args.candidates))
+    m = runtime.manifest
+    ids = [str(s) for s in runtime.items.ids]
     n_items = len(ids)
     if args.candidates > n_items:
         ap.error(f"--candidates {args.candidates} is more than the catalog's {n_items} items")
     rng = np.random.default_rng(args.seed)
     users = [f"bench-{u}" for u in range(args.users)]
     for u in users:
-        ranker.set_user(u, history=[ids[i] for i in rng.choice(n_items, 20, replace=False)])
+        runtime.set_user(u, history=[ids[i] for i in rng.choice(n_items, 20, replace=False)])
     total = args.warmup + args.requests
     cand_lists = [[ids[i] for i in rng.choice(n_items, args.candidates, replace=False)] for _ in range(total)]
     who = rng.integers(0, args.users, total)
@@ -77,9 +77,9 @@ def main(argv: list[str] | None = None) -> dict:
     for i in range(total):
         user = users[who[i]]
         c0, t0 = cpu(), time.perf_counter()
-        rec = ranker.recommend(user, cand_lists[i], args.k)
+        rec = runtime.recommend(user, cand_lists[i], args.k)
         c1, t1 = cpu(), time.perf_counter()
-        ranker.observe(user, [Event("click", rec.items[click_pos[i]], dwell_s=30.0, request_id=rec.request_id)])
+        runtime.observe(user, [Event("click", rec.items[click_pos[i]], dwell_s=30.0, request_id=rec.request_id)])
         c2, t2 = cpu(), time.perf_counter()
         if i >= args.warmup:
             rec_s.append(t1 - t0)
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> dict:
     out = {
         "artifact": str(artifact), "format": m["format"], "n_items": n_items, "dim": int(m["dim"]),
         "candidates": args.candidates, "k": args.k, "requests": args.requests, "users": args.users,
-        "store": ranker.store.kind, "time_budget_ms": args.time_budget_ms,
+        "store": runtime.store.kind, "time_budget_ms": args.time_budget_ms,
         "p50_ms": _pct(rec_s, 50), "p90_ms": _pct(rec_s, 90), "p99_ms": _pct(rec_s, 99), "max_ms": _pct(rec_s, 100),
         "model_p50_ms": round(float(np.percentile(model_ms, 50)), 4),
         "model_p99_ms": round(float(np.percentile(model_ms, 99)), 4),
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> dict:
         "fallbacks": sources["fallback"], "loadavg_1m": round(os.getloadavg()[0], 2), "cpus": os.cpu_count(),
     }
     print(f"recommend (N={args.candidates}, K={args.k}, {m['format']}, D={m['dim']}, M={n_items}, "
-          f"{ranker.store.kind} store): p50 {out['p50_ms']:.3f} ms, p99 {out['p99_ms']:.3f} ms "
+          f"{runtime.store.kind} store): p50 {out['p50_ms']:.3f} ms, p99 {out['p99_ms']:.3f} ms "
           f"(model p50 {out['model_p50_ms']:.3f} ms), fallbacks {out['fallbacks']}/{args.requests}")
     print(f"observe (1 click event):  p50 {out['observe_p50_ms']:.3f} ms, p99 {out['observe_p99_ms']:.3f} ms")
     print(f"CPU time of the calling thread (what waiting for a core does not inflate): recommend p50 "
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
           f"p99 {out['observe_cpu_p99_ms']:.3f} ms")
     print(f"load average (1 min) during the run: {out['loadavg_1m']} on {out['cpus']} CPUs")
     print(json.dumps(out))
-    ranker.close()
+    runtime.close()
     return out
 
 

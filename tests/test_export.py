@@ -1,6 +1,7 @@
 """Export: a tiny trained run → ONNX / TorchScript artifact that ranks like the SB3 model.
 
-The fixtures here (a tiny run directory and its exports) are also imported by ``tests/test_serving.py``.
+The fixtures (a tiny run directory and its exports, ``make_run_dir``) are in ``tests/conftest.py``, shared with
+``tests/test_serving.py``.
 """
 
 from __future__ import annotations
@@ -10,69 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import make_run_dir
 
 from agents.export import ITEMS_FILE, MANIFEST_FILE, MODEL_FILES, export_run, main, run_exported
 from agents.serving import greedy_slates
-from configs.loader import save_yaml
-from configs.schema import Config, EncoderConfig
-from envs.presets import default_world_dir, world_key
 from envs.spaces import CONTEXT_NAMES, FEATURE_NAMES
 from envs.world import World
-
-
-def make_run_dir(root: Path, world: World, use_item_table: bool = False, steps: int = 256,
-                 summary: dict | None = None, repulsion: bool = True) -> Path:
-    """A tiny run directory: config.yaml (small preset, 64-d hashing encoder, caches under ``root``), a PPO
-    model.zip and the pickle-free policy.safetensors / policy.json, learned for ``steps`` steps (with the category
-    repulsion train.py uses by default, strong enough to change slates), and optionally summary.json."""
-    from stable_baselines3 import PPO
-
-    from agents.policies import SlatePolicy
-    from agents.ppo_ranker import save_policy
-    from envs.presets import preset_config
-    from envs.sb3 import SB3VecEnv
-    from envs.vector_env import RecVectorEnv
-
-    run = root / ("run-table" if use_item_table else "run")
-    run.mkdir(parents=True)
-    cfg = Config(encoder=EncoderConfig(kind="hashing", hashing_dim=64, cache_dir=str(root / "cache"), progress=False),
-                 env=preset_config("small"))
-    cfg.env.cache_dir = str(root / "cache")
-    cfg.train.policy.use_item_table = use_item_table
-    save_yaml(cfg, run / "config.yaml")
-    # Put the fixture's world where load_world(cfg.env, cfg.encoder) looks for it (saves a rebuild).
-    folder = default_world_dir(cfg.env, cfg.encoder) / world_key(cfg.env, world.encoder_name)
-    if not folder.exists():
-        world.save(folder)
-    venv = SB3VecEnv(RecVectorEnv(8, config=cfg.env, world=world))
-    venv.seed(0)
-    model = PPO(SlatePolicy, venv, n_steps=32, batch_size=64, n_epochs=1, seed=0, device="cpu",
-                policy_kwargs={"hidden": 32, "use_item_table": use_item_table, "repulsion_init": 2.0,
-                               "item_category": world.catalog.category if repulsion else None})
-    model.learn(steps)
-    model.save(run / "model.zip")
-    save_policy(model.policy, run)  # policy.safetensors + policy.json, what recfeed loads (as train.py writes them)
-    if summary is not None:
-        (run / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
-    return run
-
-
-@pytest.fixture(scope="session")
-def run_dir(tmp_path_factory: pytest.TempPathFactory, small_world: World) -> Path:
-    """A tiny trained run (small preset, hashing encoder) with a summary giving tuned_alpha = 0.6."""
-    return make_run_dir(tmp_path_factory.mktemp("runs"), small_world, summary={"tuned_alpha": 0.6})
-
-
-@pytest.fixture(scope="session")
-def onnx_export(run_dir: Path, small_world: World) -> Path:
-    """The run exported as ONNX."""
-    return export_run(run_dir, "onnx", run_dir / "export-onnx", world=small_world)
-
-
-@pytest.fixture(scope="session")
-def ts_export(run_dir: Path, small_world: World) -> Path:
-    """The run exported as TorchScript."""
-    return export_run(run_dir, "torchscript", run_dir / "export-ts", world=small_world)
 
 
 def _manifest(path: Path) -> dict:

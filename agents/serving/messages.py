@@ -1,0 +1,60 @@
+"""What goes into and out of the runtime: feedback events and the answer to a request."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+EVENT_TYPES: tuple[str, ...] = ("click", "purchase", "dwell")
+EventType = Literal["click", "purchase", "dwell"]
+#: Why a feedback event was not applied (``recfeed_feedback_ignored_total{reason}``).
+IGNORE_REASONS: tuple[str, ...] = ("not_shown",)
+
+
+@dataclass(frozen=True)
+class Event:
+    """One piece of feedback.
+
+    Attributes:
+        type: ``"click"``, ``"purchase"`` (of a clicked item) or ``"dwell"`` (time spent, reported later).
+        item_id: Catalog item id.
+        dwell_s: Seconds spent on the item (with a click or a dwell event; 0 if unknown).
+        request_id: The ``request_id`` of the recommendation the item was shown in (optional: default, the last
+            slate if it holds the item).
+    """
+
+    type: EventType
+    item_id: str
+    dwell_s: float = 0.0
+    request_id: int | None = None
+
+
+@dataclass
+class Recommendation:
+    """The answer to one request.
+
+    Attributes:
+        items: K item ids, best first.
+        scores: Their scores (the policy's logits, or the fallback blend). With category repulsion the order is
+            the policy's greedy walk (see :func:`greedy_slates`), so the scores need not decrease.
+        alpha: The α the answer used (the policy's α_θ(s), or the fallback α).
+        repulsion: The within-slate category repulsion β_θ(s) it used (0 without one, and for the fallback).
+        source: ``"model"`` or ``"fallback"``.
+        request_id: Per-user request counter; feedback may quote it.
+        fallback_reason: Why the fallback answered (``timeout``, ``error``, ``invalid_output``, ``no_model``).
+        model_ms: Time spent in the model (0 when it was not run).
+    """
+
+    items: list[str]
+    scores: list[float]
+    alpha: float
+    source: Literal["model", "fallback"]
+    request_id: int
+    repulsion: float = 0.0
+    fallback_reason: str | None = None
+    model_ms: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return {"items": self.items, "scores": self.scores, "alpha": self.alpha, "repulsion": self.repulsion,
+                "source": self.source, "request_id": self.request_id, "fallback_reason": self.fallback_reason}

@@ -1,0 +1,202 @@
+"""Where user states live: in process (striped locks, LRU) or in Redis (optimistic read + Lua compare-and-set)."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
+
+from agents.serving.errors import StoreConflictError
+from agents.serving.state import UserState, decode_state, encode_state
+
+R = TypeVar("R")
+
+
+class StateStore(Protocol):
+    """Where user states live. ``transact`` is an atomic read-modify-write of one user."""
+
+    kind: str
+
+    def transact(self, user_id: str, fn: Callable[[UserState], R], new: Callable[[], UserState]) -> R:
+        """Apply ``fn`` to the user's state (``new()`` if absent) and store the result atomically."""
+        ...
+
+    def get(self, user_id: str) -> UserState | None:
+        """A snapshot of the user's state (``None`` if absent); changing it changes nothing stored."""
+        ...
+
+    def delete(self, user_id: str) -> None:
+        """Forget a user."""
+        ...
+
+    def ping(self) -> bool:
+        """The store is reachable."""
+        ...
+
+    def size(self) -> int | None:
+        """Users held (``None`` if unknown)."""
+        ...
+
+    def close(self) -> None:
+        """Release connections."""
+        ...
+
+
+class _Stripes:
+    """A fixed set of locks; a user maps to one by hash (bounded memory for any number of users)."""
+
+    def __init__(self, n: int = 256) -> None:
+        self.locks = [threading.Lock() for _ in range(n)]
+
+    def __call__(self, user_id: str) -> threading.Lock:
+        return self.locks[hash(user_id) % len(self.locks)]
+
+
+class MemoryStore:
+    """In-process user states, least-recently-used first out beyond ``max_users``.
+
+    Updates of one user are serialised by a striped lock; different users proceed concurrently.
+
+    Args:
+        max_users: Users kept (the oldest are forgotten beyond it; a few KB each).
+    """
+
+    kind = "memory"
+
+    def __init__(self, max_users: int = 100_000) -> None:
+        if max_users < 1:
+            raise ValueError(f"max_users must be >= 1, got {max_users}")
+        self.max_users = max_users
+        self._users: OrderedDict[str, UserState] = OrderedDict()
+        self._lock = threading.Lock()
+        self._stripes = _Stripes()
+        self.evictions = 0
+
+    def transact(self, user_id: str, fn: Callable[[UserState], R], new: Callable[[], UserState]) -> R:
+        """See :class:`StateStore`."""
+        with self._stripes(user_id):
+            with self._lock:
+                st = self._users.get(user_id)
+                if st is not None:
+                    self._users.move_to_end(user_id)
+            created = st is None
+            if st is None:
+                st = new()
+            result = fn(st)
+            if created:
+                with self._lock:
+                    self._users[user_id] = st
+                    while len(self._users) > self.max_users:
+                        self._users.popitem(last=False)
+                        self.evictions += 1
+            return result
+
+    def get(self, user_id: str) -> UserState | None:
+        """See :class:`StateStore`."""
+        with self._stripes(user_id):
+            st = self._users.get(user_id)
+            return None if st is None else st.copy()
+
+
+    def delete(self, user_id: str) -> None:
+        """See :class:`StateStore`."""
+        with self._stripes(user_id), self._lock:
+            self._users.pop(user_id, None)
+
+    def ping(self) -> bool:
+        """Always reachable."""
+        return True
+
+    def size(self) -> int:
+        """Users held."""
+        return len(self._users)
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+#: Compare-and-set of a user's state: KEYS[1] the hash, ARGV = expected version ('' if absent), new version,
+#: new state, TTL seconds (0: none). Returns 1 if written, 0 on a concurrent change.
+_CAS_LUA = """
+local v = redis.call('HGET', KEYS[1], 'v')
+if (v or '') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'v', ARGV[2], 's', ARGV[3])
+if tonumber(ARGV[4]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[4]) end
+return 1
+"""
+
+
+class RedisStore:
+    """User states in Redis: a hash ``{prefix}{user_id}`` with the serialised state ``s`` and a version ``v``.
+
+    An update is optimistic: read ``v`` and ``s`` (HMGET), apply ``fn``, then write through a Lua
+    compare-and-set that stores the new state only if ``v`` is unchanged (two round trips). A write that meets
+    a concurrent one re-reads and re-applies ``fn``, so no update is lost, across threads and processes. Within
+    a process, a striped lock also serialises updates of one user (fewer retries).
+
+    Args:
+        url: ``redis://host:port/db`` (``rediss://`` for TLS; credentials in the URL or ``REDIS_PASSWORD``).
+        prefix: Key prefix.
+        ttl_s: Expiry of an idle user's state (``None``: never).
+        max_retries: Transaction attempts before :class:`StoreConflictError`.
+        socket_timeout_s: Redis socket timeout.
+    """
+
+    kind = "redis"
+
+    def __init__(self, url: str, prefix: str = "recfeed:user:", ttl_s: int | None = 30 * 86400,
+                 max_retries: int = 50, socket_timeout_s: float = 2.0) -> None:
+        import redis
+
+        kwargs: dict[str, Any] = {"socket_timeout": socket_timeout_s, "socket_connect_timeout": socket_timeout_s}
+        if os.environ.get("REDIS_PASSWORD") and "@" not in url:
+            kwargs["password"] = os.environ["REDIS_PASSWORD"]
+        self._redis = redis.Redis.from_url(url, **kwargs)
+        self._cas = self._redis.register_script(_CAS_LUA)
+        self.prefix, self.ttl_s, self.max_retries = prefix, ttl_s, max_retries
+        self._stripes = _Stripes()
+        self.conflicts = 0
+
+    def _key(self, user_id: str) -> str:
+        return self.prefix + user_id
+
+    def transact(self, user_id: str, fn: Callable[[UserState], R], new: Callable[[], UserState]) -> R:
+        """See :class:`StateStore`."""
+        key = self._key(user_id)
+        ttl = self.ttl_s or 0
+        with self._stripes(user_id):
+            for _ in range(self.max_retries):
+                version, blob = self._redis.hmget(key, ["v", "s"])
+                st = decode_state(blob) if blob else new()
+                result = fn(st)
+                old = version.decode() if version else ""
+                if self._cas(keys=[key], args=[old, str(int(old or 0) + 1), encode_state(st), ttl]):
+                    return result
+                self.conflicts += 1
+        raise StoreConflictError(f"user {user_id!r}: {self.max_retries} conflicting concurrent updates in a row")
+
+    def get(self, user_id: str) -> UserState | None:
+        """See :class:`StateStore`."""
+        blob = self._redis.hget(self._key(user_id), "s")
+        return decode_state(blob) if blob else None
+
+    def delete(self, user_id: str) -> None:
+        """See :class:`StateStore`."""
+        self._redis.delete(self._key(user_id))
+
+    def ping(self) -> bool:
+        """Redis answers PING."""
+        try:
+            return bool(self._redis.ping())
+        except Exception:
+            return False
+
+    def size(self) -> int | None:
+        """Unknown (counting keys would scan Redis)."""
+        return None
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._redis.close()

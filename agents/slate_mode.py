@@ -1,0 +1,108 @@
+"""The policy's deterministic slate in numpy: the mode of :class:`agents.distributions.PlackettLuceDistribution`.
+
+One implementation for serving (one request at a time) and export (batches): top-K by logit, or, with category
+repulsion, the greedy walk that picks ``argmax_j logits_j − β·(earlier picks of j's group)`` over the candidates
+not yet placed, K times, in float32 with the first index on ties (the distribution's ``mode()``, tested equal).
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+
+@numba.njit(cache=True, nogil=True)
+def _greedy_walk(logits: np.ndarray, k: int, groups: np.ndarray, beta: np.float32, out: np.ndarray) -> None:
+    """The greedy walk over one row: ``logits`` float32 (N,), ``groups`` int64 (N,) → ``out`` int64 (K,)."""
+    n = logits.shape[0]
+    n_groups = 0
+    for j in range(n):
+        n_groups = max(n_groups, groups[j] + 1)
+    counts = np.zeros(n_groups, np.float32)
+    placed = np.zeros(n, np.bool_)
+    for step in range(k):
+        best, best_v = -1, np.float32(0.0)
+        for j in range(n):
+            if placed[j]:
+                continue
+            v = logits[j] - beta * counts[groups[j]]
+            if best < 0 or v > best_v:
+                best, best_v = j, v
+        out[step] = best
+        placed[best] = True
+        counts[groups[best]] += np.float32(1.0)
+
+
+@numba.njit(cache=True, nogil=True)
+def _greedy_walks(logits: np.ndarray, k: int, groups: np.ndarray, beta: np.ndarray, out: np.ndarray) -> None:
+    """:func:`_greedy_walk` over the rows of ``logits`` (B, N), ``groups`` (B, N), ``beta`` (B,) → ``out`` (B, K)."""
+    for b in range(logits.shape[0]):
+        _greedy_walk(logits[b], k, groups[b], beta[b], out[b])
+
+
+def _top_k(logits: np.ndarray, k: int) -> np.ndarray:
+    """Top-K positions along the last axis, best first (stable among equal logits): int64 (..., K)."""
+    n = logits.shape[-1]
+    if k < n:
+        part = np.argpartition(-logits, k - 1, axis=-1)[..., :k]
+        order = np.argsort(-np.take_along_axis(logits, part, axis=-1), axis=-1, kind="stable")
+        return np.take_along_axis(part, order, axis=-1).astype(np.int64)
+    return np.argsort(-logits, axis=-1, kind="stable").astype(np.int64)
+
+
+def greedy_slates(logits: np.ndarray, k: int, groups: np.ndarray | None = None,
+                  beta: np.ndarray | None = None) -> np.ndarray:
+    """The policy's deterministic slates: top-K by logit, or the greedy walk when any row has a repulsion β > 0.
+
+    Args:
+        logits: float32 (B, N).
+        k: K.
+        groups: int (B, N) candidate groups (categories), or None.
+        beta: float32 (B,) repulsion β >= 0, or None.
+
+    Returns:
+        int64 (B, K) positions, best first.
+    """
+    if groups is None or beta is None or not np.any(beta > 0):
+        return _top_k(logits, k)
+    b = logits.shape[0]
+    out = np.empty((b, k), np.int64)
+    _greedy_walks(np.ascontiguousarray(logits, np.float32), k, np.ascontiguousarray(groups, np.int64),
+                  np.ascontiguousarray(beta, np.float32).reshape(b), out)
+    return out
+
+
+def greedy_slate(logits: np.ndarray, k: int, groups: np.ndarray | None = None, beta: float = 0.0) -> np.ndarray:
+    """:func:`greedy_slates` for one request (the serving hot path, without a batch axis).
+
+    Args:
+        logits: float32 (N,).
+        k: K.
+        groups: int (N,) candidate groups, or None.
+        beta: Repulsion β >= 0.
+
+    Returns:
+        int64 (K,) positions, best first.
+    """
+    if groups is None or not beta > 0:
+        return _top_k(logits, k)
+    out = np.empty(k, np.int64)
+    _greedy_walk(np.ascontiguousarray(logits, np.float32), k, np.ascontiguousarray(groups, np.int64),
+                 np.float32(beta), out)
+    return out
+
+
+def is_greedy_path(path: np.ndarray, logits: np.ndarray, groups: np.ndarray | None, beta: float,
+                   tol: float) -> bool:
+    """``path`` (K,) is a greedy walk over ``logits`` (N,) up to ties within ``tol`` (see :func:`greedy_slates`)."""
+    placed = np.zeros(len(logits), bool)
+    counts: dict[int, int] = {}
+    for a in np.asarray(path, np.int64):
+        pen = np.zeros(len(logits)) if groups is None else beta * np.array([counts.get(int(g), 0) for g in groups])
+        eff = np.where(placed, -np.inf, logits - pen)
+        if placed[a] or eff[a] < eff.max() - tol:
+            return False
+        placed[a] = True
+        if groups is not None:
+            counts[int(groups[a])] = counts.get(int(groups[a]), 0) + 1
+    return True
