@@ -12,6 +12,8 @@ that order they give the simulator's one-pass step bit for bit (the EMAs are ``d
 
 from __future__ import annotations
 
+import math
+
 import numba
 import numpy as np
 
@@ -26,6 +28,7 @@ from envs.spaces import (
     C_PURCHASE_RATE,
     C_SKIP_STREAK,
     C_T_FRAC,
+    CONTEXT_NAMES,
     F_CAT_CLICKS,
     F_CAT_EXPOSURE,
     F_CF,
@@ -61,6 +64,33 @@ ACC_NAMES: tuple[str, ...] = (
 
 #: The context's skip streak is ``min(skip_streak / SKIP_STREAK_SCALE, 1)``.
 SKIP_STREAK_SCALE = 5.0
+
+
+def context_bounds(max_steps: int, n_items: int, dwell_cap_s: float) -> tuple[np.ndarray, np.ndarray]:
+    """The range each context column (``envs.spaces.CONTEXT_NAMES``) takes in the simulator: float64 (C,) each.
+
+    From the rules below and the step: ``t_frac = t / max_steps`` with ``t < max_steps`` when a request is
+    answered; ``click_ema``, ``click_rate``, ``last_click``, ``purchase_rate`` (at most one click and one purchase
+    per request) and ``skip_streak`` (capped) in [0, 1]; ``last_click_rank`` (rank / K, or 1) in [0, 1];
+    ``clicked_llm_ema``, an EMA of a cosine minus the slate's mean, in [-2, 2]; ``clicked_cf_ema``, the same of a
+    score standardised over the M catalog items (``|z| <= sqrt(M - 1)``), in ``±2·sqrt(M - 1)``; ``dwell_ema``, an
+    EMA of dwell minutes, each at most the simulator's ``dwell_cap`` / 60.
+
+    Args:
+        max_steps: The session length of the training env.
+        n_items: M.
+        dwell_cap_s: The simulator's dwell cap in seconds.
+
+    Returns:
+        ``(low, high)``.
+    """
+    cf = 2.0 * math.sqrt(max(n_items - 1, 0))
+    bounds = {"t_frac": (0.0, (max_steps - 1) / max_steps), "click_ema": (0.0, 1.0), "click_rate": (0.0, 1.0),
+              "last_click": (0.0, 1.0), "last_click_rank": (0.0, 1.0), "clicked_llm_ema": (-2.0, 2.0),
+              "clicked_cf_ema": (-cf, cf), "purchase_rate": (0.0, 1.0), "dwell_ema": (0.0, dwell_cap_s / 60.0),
+              "skip_streak": (0.0, 1.0)}
+    lo, hi = zip(*(bounds[n] for n in CONTEXT_NAMES), strict=True)
+    return np.array(lo, np.float64), np.array(hi, np.float64)
 
 
 def new_accumulators(rows: int) -> np.ndarray:
@@ -110,13 +140,14 @@ def on_slate(acc: np.ndarray, exposure: np.ndarray, cat_clicks: np.ndarray, cats
 @numba.njit(cache=True, nogil=True, inline="always")
 def on_click(acc: np.ndarray, cat_clicks: np.ndarray, cat: int, rank: int, k: int, d_llm: np.float32,
              d_cf: np.float32, decay: float) -> None:
-    """The slate's first click, at ``rank`` of ``k``, in place (after :func:`on_slate`).
+    """A click, in place (after :func:`on_slate`): the slate's first click at ``rank`` of ``k``, or with ``rank``
+    < 0 a click on an item shown earlier this session (then only the category's click count moves).
 
     Args:
         acc: float32 (A,) the session's accumulators.
         cat_clicks: float32 (G,) decayed clicks per category.
         cat: The clicked item's category.
-        rank: Its position in the slate.
+        rank: Its position in the current slate, or -1.
         k: Slate size K.
         d_llm: float32 the clicked item's llm_sim minus the slate's mean llm_sim.
         d_cf: float32 the same for cf_score.
@@ -125,6 +156,8 @@ def on_click(acc: np.ndarray, cat_clicks: np.ndarray, cat: int, rank: int, k: in
     od = np.float32(decay)
     oa = np.float32(1.0 - decay)
     cat_clicks[cat] += 1.0
+    if rank < 0:
+        return
     acc[A_N_CLICKS] += 1.0
     acc[A_CLICK_EMA] += oa
     acc[A_LAST_CLICK] = 1.0
@@ -147,17 +180,19 @@ def on_dwell(acc: np.ndarray, minutes: np.float32, decay: float) -> None:
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def write_context(acc: np.ndarray, t: int, max_steps: int, out: np.ndarray) -> None:
+def write_context(acc: np.ndarray, t: int, max_steps: int, t_cap: int, out: np.ndarray) -> None:
     """The context row (columns of ``envs.spaces.CONTEXT_NAMES``) of a session at request ``t``.
 
     Args:
         acc: float32 (A,) the session's accumulators.
         t: Requests answered so far this session.
-        max_steps: T (the first column is ``t / T``).
+        max_steps: T (the first column is ``min(t, t_cap) / T``).
+        t_cap: The largest ``t`` the first column shows (the simulator: T; a service, whose sessions may run
+            longer than training's, T − 1).
         out: float32 (C,) written.
     """
     steps = np.float32(max(t, 1))
-    out[C_T_FRAC] = t / max_steps
+    out[C_T_FRAC] = min(t, t_cap) / max_steps
     out[C_CLICK_EMA] = acc[A_CLICK_EMA]
     out[C_CLICK_RATE] = acc[A_N_CLICKS] / steps
     out[C_LAST_CLICK] = acc[A_LAST_CLICK]

@@ -174,7 +174,7 @@ def gather_features(
             pos += stride
             if pos >= p:
                 pos -= p
-        obs_state.write_context(st.acc[b], st.t[b], max_steps, st.obs_context[b])
+        obs_state.write_context(st.acc[b], st.t[b], max_steps, max_steps, st.obs_context[b])
 
 
 # ---- session start -----------------------------------------------------------------------------------------------

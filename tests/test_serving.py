@@ -32,12 +32,11 @@ from agents.serving import (
     ThreadedModel,
     UnknownItemsError,
     UserState,
-    context_bounds,
     decode_state,
     encode_state,
     load_manifest,
 )
-from agents.serving.state import A_LAST_RANK
+from envs.features import A_LAST_RANK, context_bounds
 from envs.spaces import CONTEXT_NAMES, F_CF, F_LLM, FEATURE_NAMES
 from envs.world import World
 

@@ -14,7 +14,6 @@ from agents.serving.errors import (
     StoreConflictError,
     UnknownItemsError,
 )
-from agents.serving.features import context_bounds
 from agents.serving.messages import EVENT_TYPES, Event, Recommendation
 from agents.serving.runners import OnnxModel, PolicyModel, ThreadedModel, TorchScriptModel, run_exported
 from agents.serving.runtime import ServingRuntime
@@ -42,7 +41,6 @@ __all__ = [
     "TorchScriptModel",
     "UnknownItemsError",
     "UserState",
-    "context_bounds",
     "decode_state",
     "encode_state",
     "greedy_slate",

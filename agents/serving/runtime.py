@@ -26,21 +26,11 @@ from agents.serving.artifact import (
     sha256_file,
 )
 from agents.serving.errors import CorruptStateError, InvalidRequestError, ModelTimeoutError
-from agents.serving.features import candidate_features, consume, context_bounds, fold_in
+from agents.serving.features import candidate_features, consume, fold_in
 from agents.serving.messages import EVENT_TYPES, Event, Recommendation
 from agents.serving.metrics import ServingMetrics
 from agents.serving.runners import PolicyModel, ThreadedModel, load_model
 from agents.serving.state import (
-    A_CF_EMA,
-    A_CLICK_EMA,
-    A_CLICKS,
-    A_DWELL_EMA,
-    A_LAST_CLICK,
-    A_LAST_RANK,
-    A_LLM_EMA,
-    A_PURCHASES,
-    A_SKIP,
-    ACC_NAMES,
     ARRAY_FIELDS,
     SCALAR_FIELDS,
     STATE_VERSION,
@@ -48,7 +38,9 @@ from agents.serving.state import (
 )
 from agents.serving.stores import MemoryStore, RedisStore, StateStore
 from agents.slate_mode import greedy_slate
-from envs.spaces import F_CF, F_LLM, FEATURE_NAMES
+from envs import features as obs_state
+from envs.features import context_bounds
+from envs.spaces import CONTEXT_NAMES, F_CF, F_LLM, FEATURE_NAMES
 from envs.users import pool_history
 
 
@@ -193,7 +185,8 @@ class ServingRuntime:
         d, f, c, k = it.dim, it.cf_dim, it.n_categories, len(st.slate_items)
         ok = (st.state.shape == (d,) and st.cf_factor.shape == (f,) and st.cf_a.shape == (f, f)
               and st.cf_b.shape == (f,) and st.exposure.shape == st.cat_clicks.shape == (c,)
-              and st.seen_items.shape == st.seen_counts.shape and st.ctx.shape == (len(ACC_NAMES),)
+              and st.seen_items.shape == st.seen_counts.shape
+              and st.ctx.shape == (len(obs_state.ACC_NAMES),) and st.ctx.dtype == np.float32
               and st.slate_llm.shape == st.slate_cf.shape == (k,))
         for rows in (st.seen_items, st.slate_items, st.cf_items):
             ok = ok and (len(rows) == 0 or (int(rows.min()) >= 0 and int(rows.max()) < it.n_items))
@@ -237,14 +230,10 @@ class ServingRuntime:
             cf_inv_sd = 1.0 / max(math.sqrt(max(float(p @ it.cf_cov @ p), 0.0)), 1e-6)
         candidate_features(cand, it.emb, st.state, inv_norm, it.factors, p, cf_mu, cf_inv_sd, it.features,
                             it.category, st.exposure, st.cat_clicks, st.seen_items, st.seen_counts, feats)
-        a = st.ctx
-        steps = max(st.t, 1)
-        t_frac = min(st.t, c.max_steps - 1) / c.max_steps
-        raw = np.array([t_frac, a[A_CLICK_EMA], a[A_CLICKS] / steps, a[A_LAST_CLICK], a[A_LAST_RANK], a[A_LLM_EMA],
-                        a[A_CF_EMA], a[A_PURCHASES] / steps, a[A_DWELL_EMA], min(a[A_SKIP] / 5.0, 1.0)], np.float64)
+        raw = np.empty(len(CONTEXT_NAMES), np.float32)
+        obs_state.write_context(st.ctx, st.t, c.max_steps, c.max_steps - 1, raw)
         out_of_range = (raw < self._ctx_lo) | (raw > self._ctx_hi)
-        context = np.clip(raw, self._ctx_lo, self._ctx_hi).astype(np.float32) if out_of_range.any() else raw.astype(
-            np.float32)
+        context = np.clip(raw, self._ctx_lo, self._ctx_hi).astype(np.float32) if out_of_range.any() else raw
         obs = {"user": user, "candidates": cand, "features": feats, "context": context}
         if "item_emb" in self.input_names:
             obs["item_emb"] = np.take(it.emb, cand, axis=0)
@@ -361,14 +350,7 @@ class ServingRuntime:
 
     def _record_slate(self, st: UserState, items: np.ndarray, feats: np.ndarray) -> None:
         """The request-level update of a shown slate (``BatchedCore.step`` before the response is known)."""
-        d = np.float32(self.const.obs_decay)
-        k = len(items)
-        cats = self.items.category[items]
-        st.exposure *= d
-        # as envs.dynamics.category_counts(cats, 1/K) for one row (bincount, same summation order)
-        st.exposure += np.bincount(cats, weights=np.full(k, 1.0 / k), minlength=self.items.n_categories).astype(
-            np.float32)
-        st.cat_clicks *= d
+        obs_state.on_slate(st.ctx, st.exposure, st.cat_clicks, self.items.category[items], self.const.obs_decay)
         items32 = items.astype(np.int32)
         seen = st.seen_items
         if len(seen):
@@ -383,12 +365,6 @@ class ServingRuntime:
             order = np.argsort(merged, kind="stable")
             st.seen_items = merged[order]
             st.seen_counts = np.concatenate([st.seen_counts, np.ones(len(new), np.float32)])[order]
-        a = st.ctx
-        a[A_CLICK_EMA] *= d
-        a[A_DWELL_EMA] *= d
-        a[A_LAST_CLICK] = 0.0
-        a[A_LAST_RANK] = 1.0
-        a[A_SKIP] += 1.0
         st.slate_id = st.n_requests
         st.slate_items = items.astype(np.int32)
         llm, cf = feats[:, F_LLM], feats[:, F_CF]
@@ -476,7 +452,6 @@ class ServingRuntime:
             return False
         c = self.const
         d = c.obs_decay
-        a = st.ctx
         st.n_events += 1
         in_slate = -1
         if st.slate_id >= 0 and (e.request_id is None or e.request_id == st.slate_id):
@@ -484,23 +459,19 @@ class ServingRuntime:
             in_slate = int(hits[0]) if len(hits) else -1
         if e.type == "click":
             self._consume(st, item, c.state_decay, c.click_weight)
-            st.cat_clicks[self.items.category[item]] += 1.0
-            if in_slate >= 0 and not st.slate_clicked:
-                st.slate_clicked = True
-                a[A_CLICKS] += 1.0
-                a[A_CLICK_EMA] += 1.0 - d
-                a[A_LAST_CLICK] = 1.0
-                a[A_LAST_RANK] = in_slate / len(st.slate_items)
-                a[A_SKIP] = 0.0
-                a[A_LLM_EMA] = d * a[A_LLM_EMA] + (1 - d) * float(st.slate_llm[in_slate])
-                a[A_CF_EMA] = d * a[A_CF_EMA] + (1 - d) * float(st.slate_cf[in_slate])
+            first = in_slate >= 0 and not st.slate_clicked  # the slate's click (a later one moves only the counts)
+            rank = in_slate if first else -1
+            st.slate_clicked = st.slate_clicked or first
+            d_llm, d_cf = (float(st.slate_llm[rank]), float(st.slate_cf[rank])) if first else (0.0, 0.0)
+            obs_state.on_click(st.ctx, st.cat_clicks, int(self.items.category[item]), rank, len(st.slate_items),
+                               d_llm, d_cf, d)
             if dwell_s > 0:
-                a[A_DWELL_EMA] += (1 - d) * dwell_s / 60.0
+                obs_state.on_dwell(st.ctx, np.float32(dwell_s / 60.0), d)
         elif e.type == "purchase":
             self._consume(st, item, 1.0, c.purchase_weight)
-            a[A_PURCHASES] += 1.0
+            obs_state.on_purchase(st.ctx)
         else:  # dwell
-            a[A_DWELL_EMA] += (1 - d) * dwell_s / 60.0
+            obs_state.on_dwell(st.ctx, np.float32(dwell_s / 60.0), d)
         return True
 
     # ---- user management --------------------------------------------------------------------------------------------

@@ -11,15 +11,10 @@ from typing import Any
 import numpy as np
 
 from agents.serving.errors import CorruptStateError
-
-#: Context accumulators kept per session (``UserState.ctx``), in this order.
-ACC_NAMES: tuple[str, ...] = ("n_clicks", "n_purchases", "click_ema", "last_click", "last_rank", "llm_ema", "cf_ema",
-                              "dwell_ema", "skip_streak")
-A_CLICKS, A_PURCHASES, A_CLICK_EMA, A_LAST_CLICK, A_LAST_RANK, A_LLM_EMA, A_CF_EMA, A_DWELL_EMA, A_SKIP = range(
-    len(ACC_NAMES))
+from envs.features import new_accumulators, reset_session
 
 STATE_MAGIC = b"RFUS"
-STATE_VERSION = 2
+STATE_VERSION = 3  # 3: float32 accumulators in envs.features.ACC_NAMES order
 
 
 ARRAY_FIELDS = ("state", "cf_factor", "cf_a", "cf_b", "cf_items", "exposure", "cat_clicks", "seen_items",
@@ -44,7 +39,7 @@ class UserState:
         cat_clicks: float32 (C,) decayed clicks per category this session.
         seen_items: int32 (S,) sorted items shown this session.
         seen_counts: float32 (S,) how often each was shown.
-        ctx: float64 (len(ACC_NAMES),) context accumulators (see :data:`ACC_NAMES`).
+        ctx: float32 (A,) the session's context accumulators (``envs.features.ACC_NAMES``).
         t: Requests answered this session.
         n_requests: Requests answered ever (the ``request_id`` counter).
         slate_id: ``request_id`` of the last recorded slate (-1: none this session).
@@ -87,19 +82,16 @@ class UserState:
                  cf_a=np.zeros((cf_dim, cf_dim)), cf_b=np.zeros(cf_dim), cf_items=np.zeros(0, np.int32),
                  exposure=np.zeros(n_categories, np.float32), cat_clicks=np.zeros(n_categories, np.float32),
                  seen_items=np.zeros(0, np.int32), seen_counts=np.zeros(0, np.float32),
-                 ctx=np.zeros(len(ACC_NAMES)), slate_items=np.zeros(0, np.int32), slate_llm=np.zeros(0, np.float32),
+                 ctx=new_accumulators(1)[0], slate_items=np.zeros(0, np.int32), slate_llm=np.zeros(0, np.float32),
                  slate_cf=np.zeros(0, np.float32))
         st.reset_session()
         return st
 
     def reset_session(self) -> None:
         """Start a new session: counters and context to zero; pooled state and CF factor kept."""
-        self.exposure[:] = 0.0
-        self.cat_clicks[:] = 0.0
+        reset_session(self.ctx, self.exposure, self.cat_clicks)
         self.seen_items = np.zeros(0, np.int32)
         self.seen_counts = np.zeros(0, np.float32)
-        self.ctx[:] = 0.0
-        self.ctx[A_LAST_RANK] = 1.0
         self.t = 0
         self.slate_id = -1
         self.slate_items = np.zeros(0, np.int32)
