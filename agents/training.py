@@ -4,6 +4,7 @@
 
     config.yaml      the resolved config (every hyperparameter)
     versions.json    library versions, device, seeds, the world's key
+    signature.json   the world and env shape the policy is trained on (agents/runinfo.py)
     tb/              TensorBoard events (SB3's scalars + rollout/*, train/alpha_*, time/*, eval/*)
     checkpoints/     latest.zip (+ vecnormalize.pkl, state.json), written atomically every N steps
     eval.jsonl       periodic evaluations against tuned-alpha on held-out users
@@ -33,6 +34,7 @@ from agents.baselines import RankerContext, make_ranker, tune_alpha
 from agents.evaluation import RHO_EDGES, RHO_LABELS, episode_plan, run_episodes, summarise, write_report
 from agents.policies import SlatePolicy
 from agents.ppo_ranker import CONFIG_FILE, MODEL_FILE, PPORanker, resolve_device
+from agents.runinfo import write_signature
 from configs.loader import atomic_write_text, save_yaml, to_dict
 from configs.schema import Config
 from envs.core import BatchedCore
@@ -295,6 +297,7 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False, progre
         f"encoder {world.encoder_name}")
     _json(run_dir / "versions.json", {**versions(), "device": str(device), "seed": tc.seed,
                                       "world_key": world_key(cfg.env, world.encoder_name)})
+    write_signature(run_dir, cfg, world)  # what evaluate.py checks run:DIR against (agents/runinfo.py)
 
     # The reference every result is compared with: the best fixed α on the training users.
     t0 = time.perf_counter()
