@@ -15,19 +15,31 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import sys
+from pathlib import Path
 from typing import Any
 
 from agents.baselines import RankerContext, TunedAlphaRanker, check_specs, make_ranker, valid_choices
 from agents.evaluation import episode_plan, evaluate_rankers, markdown_table, summarise, write_report
-from configs.loader import ConfigError, apply_overrides, from_dict, read_yaml_mapping
-from configs.schema import Config
-from envs.presets import load_world, preset_config
+from agents.runinfo import SIGNATURE_FILE, describe, mismatch, read_signature, signature
+from configs import loader
+from configs.loader import (
+    ConfigError,
+    apply_overrides,
+    check_output_dir,
+    from_dict,
+    load_config,
+    read_yaml_mapping,
+    to_dict,
+)
+from configs.schema import Config, EvalConfig
+from envs.presets import load_world
 from envs.rec_env import make_core
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line (flags win over ``--set``, which wins over ``--config``)."""
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="evaluate.py", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", help="YAML with eval:, env:, encoder: sections (configs/schema.py)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a config value, e.g. eval.bootstrap=5000 or env.max_steps=30 (repeatable)")
@@ -37,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--users", choices=["heldout", "train"], help="population to evaluate on")
     ap.add_argument("--reference", help="ranker the paired tests compare against (default tuned-alpha)")
     ap.add_argument("--out", help="report folder")
-    ap.add_argument("--preset", help="env preset (configs/presets/<name>.yaml) under the config's env: section")
+    ap.add_argument("--preset", help="env preset (configs/presets/<name>.yaml or a calibrated preset directory) under "
+                                     "the config's env: section; default: a run:DIR's own env, else 'default'")
     ap.add_argument("--encoder", choices=["transformer", "hashing"],
                     help="text encoder (hashing: fast, for smoke runs only)")
     ap.add_argument("--tune-episodes", type=int, default=400, help="training sessions per α for tuned-alpha")
@@ -49,51 +62,96 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_config(args: argparse.Namespace) -> tuple[Config, str | None]:
-    """The validated config of this evaluation, and a note when the default reference had to change.
+    """The validated config of this evaluation, and a note (the default reference changed, the env was adopted).
 
-    The env section starts from the preset (``--preset``, else ``env.preset``, else ``default``); the config
-    file's other ``env`` values and ``--set env.*`` apply on top of it.
+    The config resolves as every script's does (:func:`configs.loader.resolve_config`): the preset's env
+    values (``--preset``, else ``env.preset``), then the file's ``env`` values and ``--set env.*``, then the flags.
+    With ``run:DIR`` rankers and no preset named, the env (and encoder) start from the run's own config instead of
+    the ``default`` preset, so ``evaluate.py --rankers ...,run:DIR`` evaluates the run where it was trained. Every
+    run's signature (agents/runinfo.py) must then agree with the others' and with this env; the world-dependent
+    keys are checked again by :func:`check_runs` once the world is loaded.
 
     Raises:
-        ConfigError: Bad file, unknown key, wrong type, bad count, or an explicit reference not evaluated.
+        ConfigError: Bad file, unknown key, wrong type, bad count, an explicit reference not evaluated, an ``--out``
+            that cannot be a folder, or a run that does not fit the env (one line naming both sides).
         ValueError: Unknown ranker (listing the valid choices) or preset.
-        FileNotFoundError: A ``run:DIR`` whose directory is missing.
+        FileNotFoundError: A ``run:DIR`` whose directory, config or model is missing.
         ImportError: ``run:DIR`` without the PPO ranker module.
     """
-    data = read_yaml_mapping(args.config) if args.config else {}
-    apply_overrides(data, args.set)
-    for section in ("eval", "env", "encoder"):
+    data = apply_overrides(read_yaml_mapping(args.config) if args.config else {}, args.set)
+    for section in ("eval", "env"):
         if not isinstance(data.setdefault(section, {}), dict):
             raise ConfigError(f"{section}: expected a mapping, got {data[section]!r}")
     explicit_reference = args.reference is not None or "reference" in data["eval"]
     flags = {"rankers": args.rankers, "episodes": args.episodes, "seeds": args.seeds, "users": args.users,
              "reference": args.reference, "out": args.out}
-    data["eval"].update({k: v for k, v in flags.items() if v is not None})
+    ev_flags: dict[str, Any] = {k: v for k, v in flags.items() if v is not None}
+    # the rankers first: a bad spec or a missing run directory is named before any run is read
+    specs = from_dict(EvalConfig, {**data["eval"], **ev_flags}, "eval").rankers
+    check_specs(specs)
+    runs = [s.split(":", 1)[1] for s in specs if s.startswith("run:")]
+    if runs and importlib.util.find_spec("agents.ppo_ranker") is None:
+        raise ImportError("run:DIR rankers need agents/ppo_ranker.py (the PPO ranker), which is not in this checkout")
+    sigs = {run: _run_signature(run) for run in runs}
+    for other in runs[1:]:
+        why = mismatch(sigs[other], sigs[runs[0]], f"run:{other}", f"run:{runs[0]}")
+        if why:
+            raise ConfigError(f"the runs were trained on different envs: {why}")
+    env_base = encoder_base = None
+    notes = []
+    if runs:
+        run_cfg = load_config(Path(runs[0]) / "config.yaml")
+        encoder_base = to_dict(run_cfg.encoder)
+        if args.preset is None and "preset" not in data["env"]:
+            env_base = to_dict(run_cfg.env)
+            notes.append(f"evaluating on the env of run:{runs[0]} ({describe(sigs[runs[0]])}), with any env.* "
+                         "values given on top; --preset names another")
+    cli: dict[str, Any] = {"eval": ev_flags}
     if args.encoder:
-        data["encoder"]["kind"] = args.encoder
-    env_data = data.pop("env")
-    preset = args.preset or env_data.pop("preset", None) or "default"
-    env_data.pop("preset", None)
-    cfg = from_dict(Config, data)
-    cfg.env = preset_config(preset, env_data)
+        cli["encoder"] = {"kind": args.encoder}
+    cfg = loader.resolve_config(args.config, args.preset, args.set, flags=cli, env_base=env_base,
+                                encoder_base=encoder_base)
     ev = cfg.eval
-    for key in ("episodes", "seeds", "batch"):
-        if getattr(ev, key) < 1:
-            raise ConfigError(f"eval.{key}: must be >= 1, got {getattr(ev, key)}")
-    if ev.bootstrap < 100:
-        raise ConfigError(f"eval.bootstrap: use at least 100 resamples, got {ev.bootstrap}")
     if args.tune_episodes < 1 or args.fit_sessions < 1:
         raise ConfigError("--tune-episodes and --fit-sessions must be >= 1")
-    check_specs(ev.rankers)
-    if any(s.startswith("run:") for s in ev.rankers) and importlib.util.find_spec("agents.ppo_ranker") is None:
-        raise ImportError("run:DIR rankers need agents/ppo_ranker.py (the PPO ranker), which is not in this checkout")
-    note = None
+    check_output_dir(ev.out, "--out" if args.out is not None else "eval.out")
+    env_sig = signature(cfg)
+    for run in runs:
+        why = mismatch(sigs[run], env_sig, f"run:{run}")
+        if why:
+            raise ConfigError(why)
     if ev.reference not in ev.rankers:
         if explicit_reference:
             raise ConfigError(f"eval.reference: {ev.reference!r} is not among the rankers {ev.rankers}")
-        note = f"reference {ev.reference!r} was not evaluated; using {ev.rankers[0]!r}"
+        notes.append(f"reference {ev.reference!r} was not evaluated; using {ev.rankers[0]!r}")
         ev.reference = ev.rankers[0]
-    return cfg, note
+    return cfg, "; ".join(notes) or None
+
+
+def _run_signature(run_dir: str) -> dict[str, Any]:
+    """The signature of a ``run:DIR`` (derived from its config for older runs), after checking it is complete."""
+    run = Path(run_dir)
+    for name in ("config.yaml", "model.zip"):
+        if not (run / name).is_file():
+            raise FileNotFoundError(f"run:{run_dir} is not a finished recfeed run: {run / name} is missing")
+    sig = read_signature(run)
+    if "derived_from" in sig:
+        print(f"note: run:{run_dir} has no {SIGNATURE_FILE} (trained before signatures); checking it against what "
+              f"{' and '.join(sig['derived_from'])} say", file=sys.stderr)
+    return sig
+
+
+def check_runs(cfg: Config, world: Any, runs: list[str]) -> None:
+    """Every run's signature against the loaded world's (encoder identity, world key, catalog size, dimension).
+
+    Raises:
+        ConfigError: One line naming the run and the env, on the first that does not fit.
+    """
+    env_sig = signature(cfg, world)
+    for run in runs:
+        why = mismatch(read_signature(run), env_sig, f"run:{run}")
+        if why:
+            raise ConfigError(why)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -108,6 +166,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"note: {note}", file=sys.stderr)
     ev, progress = cfg.eval, not args.no_progress
     world = load_world(cfg.env, cfg.encoder, progress=progress)
+    try:
+        check_runs(cfg, world, [s.split(":", 1)[1] for s in ev.rankers if s.startswith("run:")])
+    except ConfigError as exc:
+        parser.error(str(exc))
     plan = episode_plan(ev.episodes, list(range(ev.seeds)), world.populations[ev.users].size)
     core = make_core(cfg.env, cfg.env.preset, cfg.encoder, world, ev.users, min(ev.batch, len(plan)))
     ctx = RankerContext(world, cfg.env, core=core, seed=0, tune_episodes=args.tune_episodes,

@@ -1,8 +1,9 @@
-"""Train the PPO slate policy: ``python train.py [--config configs/X.yaml] [--set key=value ...] [--out DIR]``.
+"""Train the PPO slate policy: ``python train.py [--config configs/X.yaml] [--preset P] [--set key=value ...]``.
 
-The embedded default needs no argument. Ends by printing how the trained policy compares with the baselines
-on held-out users, and where the run, its TensorBoard logs and plots are. ``--resume RUN_DIR`` continues a run
-from its last checkpoint.
+The embedded default needs no argument. The config resolves as every script's does
+(:func:`configs.loader.resolve_config`): the preset's env values, then the file's, then ``--set``, then the flags.
+Ends by printing how the trained policy compares with the baselines on held-out users, and where the run, its
+TensorBoard logs and plots are. ``--resume RUN_DIR`` continues a run from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -10,8 +11,10 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
-from configs.loader import ConfigError, load_config
+from configs.loader import ConfigError, check_output_dir, load_config, resolve_config
+from configs.schema import Config
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -22,38 +25,56 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="override a config value, e.g. --set train.total_timesteps=200000 (repeatable)")
     ap.add_argument("--out", help="parent folder of run directories (train.out_dir)")
     ap.add_argument("--name", help="run directory name (train.run_name)")
-    ap.add_argument("--preset", help="env preset: default, small, or a calibrated preset directory")
+    ap.add_argument("--preset", help="env preset: default, small, or a calibrated preset directory; the config's "
+                                     "env: values and --set env.* apply on top of it")
     ap.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its last checkpoint")
     ap.add_argument("--total-timesteps", type=int, help="with --resume: train up to this many steps in all")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     return ap.parse_args(argv)
 
 
+def resolve(args: argparse.Namespace) -> tuple[Config, Path | None]:
+    """The validated config of this run and, with ``--resume``, its run directory; nothing is written.
+
+    Raises:
+        ConfigError: Bad file, preset, key, type, value, or an output folder that cannot be one.
+    """
+    if args.resume:
+        run_dir = Path(args.resume)
+        if not (run_dir / "config.yaml").is_file():
+            raise ConfigError(f"--resume {run_dir}: not a run directory (no config.yaml)")
+        if args.config or args.preset or args.overrides or args.out or args.name:
+            raise ConfigError("--resume continues a run with its saved config: --config, --preset, --set, --out and "
+                              "--name do not apply (only --total-timesteps)")
+        extra = [f"train.total_timesteps={args.total_timesteps}"] if args.total_timesteps is not None else []
+        return load_config(run_dir / "config.yaml", extra), run_dir
+    flags: dict[str, Any] = {}
+    if args.out is not None:
+        flags["out_dir"] = args.out
+    if args.name is not None:
+        flags["run_name"] = args.name
+    cfg = resolve_config(args.config, args.preset, args.overrides, flags={"train": flags} if flags else None)
+    what = "--out" if args.out is not None else "train.out_dir"
+    out = check_output_dir(cfg.train.out_dir, what)
+    if cfg.train.run_name is not None:
+        run = out / cfg.train.run_name
+        if run.exists():
+            raise ConfigError(f"run directory {run} already exists; pick another --name (train.run_name) or use "
+                              "--resume")
+    return cfg, None
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Entry point; returns the run summary."""
     args = parse_args(argv)
+    try:
+        cfg, run_dir = resolve(args)
+    except ConfigError as exc:
+        sys.exit(f"train.py: error: {exc}")
     from agents.training import CheckpointError, print_summary, train
 
     try:
-        if args.resume:
-            run_dir = Path(args.resume)
-            if not (run_dir / "config.yaml").is_file():
-                raise ConfigError(f"--resume {run_dir}: not a run directory (no config.yaml)")
-            extra = [f"train.total_timesteps={args.total_timesteps}"] if args.total_timesteps else []
-            cfg = load_config(run_dir / "config.yaml", extra)
-            summary = train(cfg, run_dir, resume=True, progress=not args.quiet)
-        else:
-            overrides = list(args.overrides)
-            if args.out:
-                overrides.append(f"train.out_dir={args.out}")
-            if args.name:
-                overrides.append(f"train.run_name={args.name}")
-            cfg = load_config(args.config, overrides)
-            if args.preset:
-                from envs.presets import preset_config
-
-                cfg.env = preset_config(args.preset)
-            summary = train(cfg, progress=not args.quiet)
+        summary = train(cfg, run_dir, resume=run_dir is not None, progress=not args.quiet)
     except (ConfigError, CheckpointError, FileNotFoundError, FileExistsError) as exc:
         sys.exit(f"train.py: error: {exc}")
     print_summary(summary, Path(summary["paths"]["report"]) / "results.md")

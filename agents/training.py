@@ -4,6 +4,7 @@
 
     config.yaml      the resolved config (every hyperparameter)
     versions.json    library versions, device, seeds, the world's key
+    signature.json   the world and env shape the policy is trained on (agents/runinfo.py)
     tb/              TensorBoard events (SB3's scalars + rollout/*, train/alpha_*, time/*, eval/*)
     checkpoints/     step-<N>/ every train.checkpoint_every steps, the last two kept (see below)
     eval.jsonl       periodic evaluations against tuned-alpha on held-out users
@@ -64,6 +65,7 @@ from agents.ppo_ranker import (
     same_space,
     save_policy,
 )
+from agents.runinfo import write_signature
 from configs.loader import atomic_write_text, load_config, save_yaml, to_dict
 from configs.schema import Config
 from envs.core import BatchedCore
@@ -641,6 +643,7 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False, progre
         f"encoder {world.encoder_name}")
     _json(run_dir / "versions.json", {**versions(), "device": str(device), "seed": tc.seed,
                                       "world_key": world_key(cfg.env, world.encoder_name)})
+    write_signature(run_dir, cfg, world)  # what evaluate.py checks run:DIR against (agents/runinfo.py)
 
     # The reference every result is compared with: the best fixed α on the training users.
     t0 = time.perf_counter()

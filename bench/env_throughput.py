@@ -13,8 +13,8 @@ import time
 
 import numpy as np
 
-from configs.schema import EncoderConfig
-from envs.presets import load_world, preset_config
+from configs.loader import ConfigError, resolve_config
+from envs.presets import load_world
 from envs.vector_env import RecVectorEnv
 
 
@@ -42,9 +42,15 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--repeats", type=int, default=3, help="timed windows; the median is reported")
     ap.add_argument("--mode", choices=["pooled", "text"], default="pooled", help="user-state encoding")
     ap.add_argument("--preset", default="default")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config value, e.g. env.max_steps=30 (repeatable; configs/schema.py)")
     args = ap.parse_args(argv)
-    cfg = preset_config(args.preset, {"obs_mode": args.mode})
-    world = load_world(cfg, EncoderConfig())
+    try:
+        full = resolve_config(None, args.preset, args.overrides, flags={"env": {"obs_mode": args.mode}})
+    except ConfigError as exc:
+        ap.error(str(exc))
+    cfg = full.env
+    world = load_world(cfg, full.encoder)
     env = RecVectorEnv(args.batch, config=cfg, world=world)
     measure(env, min(1.0, args.seconds))  # warm-up: tables, caches
     runs = [measure(env, args.seconds, seed=i) for i in range(args.repeats)]

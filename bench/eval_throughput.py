@@ -15,9 +15,9 @@ import time
 
 from agents.baselines import RankerContext, check_specs, make_ranker
 from agents.evaluation import episode_plan, run_episodes
-from configs.schema import EncoderConfig
+from configs.loader import ConfigError, resolve_config
 from envs.core import BatchedCore
-from envs.presets import load_world, preset_config
+from envs.presets import load_world
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -29,11 +29,17 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--preset", default="default")
     ap.add_argument("--users", choices=["heldout", "train"], default="heldout")
     ap.add_argument("--encoder", choices=["transformer", "hashing"], default="transformer")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config value, e.g. env.max_steps=30 (repeatable; configs/schema.py)")
     args = ap.parse_args(argv)
     specs = [s.strip() for s in args.rankers.split(",") if s.strip()]
     check_specs(specs)
-    cfg = preset_config(args.preset)
-    world = load_world(cfg, EncoderConfig(kind=args.encoder))
+    try:
+        full = resolve_config(None, args.preset, args.overrides, flags={"encoder": {"kind": args.encoder}})
+    except ConfigError as exc:
+        ap.error(str(exc))
+    cfg = full.env
+    world = load_world(cfg, full.encoder)
     plan = episode_plan(args.episodes, [0], world.populations[args.users].size)
     core = BatchedCore(world, cfg, min(args.batch, len(plan)), population=args.users)
     ctx = RankerContext(world, cfg, core=core, batch=args.batch)

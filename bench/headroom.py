@@ -20,8 +20,8 @@ import numpy as np
 
 from agents.baselines import ALPHA_GRID, RankerContext, make_ranker
 from agents.evaluation import Bootstrap, EpisodeStats, episode_plan, paired_test, percentile_ci, run_episodes
-from configs.schema import EncoderConfig
-from envs.presets import load_world, preset_config
+from configs.loader import ConfigError, resolve_config
+from envs.presets import load_world
 from envs.rec_env import make_core
 
 
@@ -40,9 +40,15 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--preset", default="default")
     ap.add_argument("--batch", type=int, default=500)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config value, e.g. env.max_steps=30 (repeatable; configs/schema.py)")
     args = ap.parse_args(argv)
-    cfg = preset_config(args.preset)
-    world = load_world(cfg, EncoderConfig())
+    try:
+        full = resolve_config(None, args.preset, args.overrides)
+    except ConfigError as exc:
+        ap.error(str(exc))
+    cfg = full.env
+    world = load_world(cfg, full.encoder)
     core = make_core(cfg, cfg.preset, None, world, "heldout", args.batch)
     plan = episode_plan(args.episodes, [args.seed], world.populations["heldout"].size)
     ctx = RankerContext(world, cfg, core=core, seed=args.seed)

@@ -22,7 +22,7 @@ from stable_baselines3.common.vec_env import VecNormalize
 
 from agents.policies import SlatePolicy
 from agents.training import make_venv, policy_kwargs
-from configs.loader import load_config
+from configs.loader import ConfigError, resolve_config
 from envs.presets import load_world
 from envs.sb3 import SB3VecEnv
 
@@ -63,10 +63,14 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     ap.add_argument("--rollouts", type=int, default=3, help="timed rollouts (after one warm-up)")
     ap.add_argument("--repeats", type=int, default=1, help="timed blocks of --rollouts; steps_per_s is the median")
+    ap.add_argument("--preset", help="env preset (default: env.preset, else 'default')")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = ap.parse_args(argv)
     th.set_num_threads(args.threads)
-    cfg = load_config(None, args.overrides)
+    try:
+        cfg = resolve_config(None, args.preset, args.overrides)
+    except ConfigError as exc:
+        ap.error(str(exc))
     world = load_world(cfg.env, cfg.encoder, progress=False)
     pc = cfg.train.ppo
     venv: SB3VecEnv | VecNormalize = make_venv(cfg, world, 0)

@@ -7,8 +7,68 @@ the offending key path (``env.slate_size: expected int, got 'ten'``).
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
+
+
+class ConfigError(ValueError):
+    """A config value or key is wrong; the message names the key path."""
+
+
+class FieldError(ConfigError):
+    """A value out of range, raised by a config dataclass's own check; :func:`configs.loader.from_dict` prefixes
+    ``key`` with the section's path (``slate_size`` → ``env.slate_size``).
+
+    Args:
+        key: The field (relative to the dataclass that raised).
+        detail: What is wrong, with the value.
+    """
+
+    def __init__(self, key: str, detail: str) -> None:
+        super().__init__(f"{key}: {detail}")
+        self.key, self.detail = key, detail
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _check(obj: Any, rule: str, *names: str) -> None:
+    """Range rules over numeric fields (``None`` and non-numbers pass: types are the loader's job).
+
+    ``rule`` is one of ``">0"``, ``">=0"``, ``">=1"``, ``">=2"``, ``"[0,1]"``, ``"[0,1)"``, ``"(0,1]"``.
+    """
+    tests = {
+        ">0": (lambda v: v > 0, "must be > 0"),
+        ">=0": (lambda v: v >= 0, "must be >= 0"),
+        ">=1": (lambda v: v >= 1, "must be >= 1"),
+        ">=2": (lambda v: v >= 2, "must be >= 2"),
+        "[0,1]": (lambda v: 0 <= v <= 1, "must be in [0, 1]"),
+        "[0,1)": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
+        "(0,1]": (lambda v: 0 < v <= 1, "must be in (0, 1]"),
+    }
+    ok, need = tests[rule]
+    for name in names:
+        v = getattr(obj, name)
+        if _number(v) and not ok(v):
+            raise FieldError(name, f"{need}, got {v!r}")
+
+
+def _finite(obj: Any) -> None:
+    """Every float field of ``obj`` is finite (YAML reads ``.nan`` and ``.inf`` as numbers)."""
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        if isinstance(v, float) and not math.isfinite(v):
+            raise FieldError(f.name, f"must be a finite number, got {v!r}")
+
+
+def _nonempty(obj: Any, *names: str) -> None:
+    for name in names:
+        v = getattr(obj, name)
+        if isinstance(v, str) and not v.strip():
+            raise FieldError(name, "must not be empty")
 
 
 @dataclass
@@ -37,6 +97,10 @@ class EncoderConfig:
     cache_dir: str | None = None
     progress: bool = True
 
+    def __post_init__(self) -> None:
+        _check(self, ">=1", "batch_size", "max_length", "hashing_dim")
+        _nonempty(self, "device")
+
 
 @dataclass
 class CatalogConfig:
@@ -54,6 +118,11 @@ class CatalogConfig:
     n_items: int = 3000
     cf_dim: int = 8
     seed: int = 7
+
+    def __post_init__(self) -> None:
+        _nonempty(self, "source")
+        _check(self, ">=1", "n_items", "cf_dim")
+        _check(self, ">=0", "seed")
 
 
 @dataclass
@@ -134,6 +203,16 @@ class UserConfig:
     purchase_price_slope: float = 0.8
     satisfaction_noise: float = 0.5
 
+    def __post_init__(self) -> None:
+        _finite(self)
+        _check(self, ">=1", "n_train")
+        _check(self, ">=0", "n_heldout", "seed", "position_decay", "fatigue_gain", "fatigue_click_gain",
+               "step_cost", "no_click_cost", "click_refund_base", "click_refund_weight", "dwell_sigma",
+               "satisfaction_noise")
+        _check(self, "[0,1]", "rho_mix", "fatigue_recovery", "drift_rate")
+        _check(self, "[0,1)", "cascade_abandon")
+        _check(self, ">0", "rho_a", "rho_b", "budget_mean", "budget_shape", "dwell_cap")
+
 
 @dataclass
 class RewardConfig:
@@ -148,6 +227,9 @@ class RewardConfig:
     click: float = 1.0
     purchase: float = 2.0
     dwell: float = 0.25
+
+    def __post_init__(self) -> None:
+        _finite(self)
 
 
 @dataclass
@@ -171,6 +253,14 @@ class CandidateConfig:
     cf_share: float = 0.35
     popular_share: float = 0.1
     random_share: float = 0.2
+
+    def __post_init__(self) -> None:
+        _finite(self)
+        _check(self, ">=1", "pool_size")
+        _check(self, ">=0", "llm_share", "cf_share", "popular_share", "random_share")
+        shares = (self.llm_share, self.cf_share, self.popular_share, self.random_share)
+        if all(_number(v) for v in shares) and sum(shares) <= 0:
+            raise FieldError("random_share", "the four *_share values are all 0; at least one must be > 0")
 
 
 @dataclass
@@ -201,6 +291,13 @@ class LoggingConfig:
     cf_regularization: float = 0.1
     cf_alpha: float = 10.0
     history_len: int = 20
+
+    def __post_init__(self) -> None:
+        _finite(self)
+        _check(self, ">=0", "organic_per_user", "sessions_per_user", "cf_regularization", "cf_alpha")
+        _check(self, ">0", "organic_temperature", "temperature")
+        _check(self, "[0,1]", "epsilon")
+        _check(self, ">=1", "cf_factors", "cf_iterations", "history_len")
 
 
 @dataclass
@@ -246,6 +343,24 @@ class EnvConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     cache_dir: str | None = None
 
+    def __post_init__(self) -> None:
+        _finite(self)
+        _nonempty(self, "preset")
+        _check(self, ">=1", "n_candidates", "slate_size", "max_steps")
+        _check(self, "[0,1]", "state_decay")
+        _check(self, ">=0", "click_weight", "purchase_weight")
+        n, k = self.n_candidates, self.slate_size
+        if _number(n) and _number(k) and n >= 1 and k > n:
+            raise FieldError("slate_size", f"must be <= n_candidates ({n}), got {k}")
+        cat, lc = self.catalog, self.logging
+        if (isinstance(cat, CatalogConfig) and isinstance(lc, LoggingConfig) and cat.source == "synthetic"
+                and all(_number(v) for v in (n, self.max_steps, lc.history_len))):
+            need = n + self.max_steps + lc.history_len
+            if cat.n_items < need:
+                raise FieldError("n_candidates", f"{n} candidates need a catalog of at least {need} items (n_candidates"
+                                 f" + max_steps {self.max_steps} + logging.history_len {lc.history_len}); "
+                                 f"catalog.n_items is {cat.n_items}")
+
 
 @dataclass
 class PPOConfig:
@@ -283,6 +398,17 @@ class PPOConfig:
     target_kl: float | None = None
     normalize_reward: bool = True
 
+    def __post_init__(self) -> None:
+        _finite(self)
+        _check(self, ">=1", "n_envs", "n_steps", "n_epochs")
+        _check(self, ">=2", "batch_size")  # SB3 normalises advantages per minibatch
+        _check(self, ">0", "learning_rate", "clip_range", "max_grad_norm", "target_kl")
+        _check(self, "[0,1]", "gamma", "gae_lambda")
+        _check(self, ">=0", "ent_coef", "vf_coef")
+        if _number(self.n_envs) and _number(self.n_steps) and self.n_envs * self.n_steps < 2:
+            raise FieldError("n_steps", f"a rollout of n_envs × n_steps = {self.n_envs * self.n_steps} step is too "
+                             "short; SB3 needs at least 2")
+
 
 @dataclass
 class PolicyConfig:
@@ -310,6 +436,13 @@ class PolicyConfig:
     use_item_table: bool = False
     category_repulsion: bool = True
     entropy_estimator: Literal["sample", "mode"] = "sample"
+
+    def __post_init__(self) -> None:
+        _finite(self)
+        _check(self, ">=1", "hidden", "candidate_hidden", "n_layers")
+        _check(self, ">0", "temperature")
+        _check(self, "[0,1]", "init_alpha")
+        _check(self, ">=0", "residual_init_scale")
 
 
 @dataclass
@@ -347,6 +480,16 @@ class TrainConfig:
     ppo: PPOConfig = field(default_factory=PPOConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
 
+    def __post_init__(self) -> None:
+        _finite(self)
+        _check(self, ">=1", "total_timesteps", "eval_episodes")
+        _check(self, ">0", "max_minutes")
+        _check(self, ">=0", "seed", "torch_threads", "eval_every", "checkpoint_every")
+        _nonempty(self, "out_dir", "device")
+        name = self.run_name
+        if isinstance(name, str) and (not name.strip() or name in (".", "..") or "/" in name or "\\" in name):
+            raise FieldError("run_name", f"must be a plain folder name (no path separators), got {name!r}")
+
 
 @dataclass
 class EvalConfig:
@@ -373,6 +516,12 @@ class EvalConfig:
     bootstrap: int = 2000
     batch: int = 256
     out: str = "reports/eval"
+
+    def __post_init__(self) -> None:
+        _check(self, ">=1", "episodes", "seeds", "batch")
+        if _number(self.bootstrap) and self.bootstrap < 100:
+            raise FieldError("bootstrap", f"use at least 100 resamples, got {self.bootstrap!r}")
+        _nonempty(self, "reference", "out")
 
 
 @dataclass

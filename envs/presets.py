@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from configs.loader import CONFIG_DIR, from_dict, to_dict
+from configs.loader import CONFIG_DIR, preset_env, to_dict
 from configs.schema import EncoderConfig, EnvConfig
 from encoders.base import TextEncoder
 from envs import rng
@@ -39,7 +39,8 @@ PRESET_DIR = CONFIG_DIR / "presets"
 
 
 def preset_config(name: str, overrides: dict | None = None) -> EnvConfig:
-    """The env config of a preset, with optional overrides.
+    """The env config of a preset, with optional overrides (see :func:`configs.loader.preset_env`, where the
+    preset lookup lives so that every script resolves presets the same way).
 
     Args:
         name: ``"default"``, ``"small"`` (files in ``configs/presets``), or a calibrated preset directory
@@ -50,25 +51,9 @@ def preset_config(name: str, overrides: dict | None = None) -> EnvConfig:
         The EnvConfig (``preset_dir`` set for a calibrated preset).
 
     Raises:
-        ValueError: For an unknown preset, listing the known ones.
+        ValueError: For an unknown preset, listing the known ones (a :class:`configs.loader.ConfigError`).
     """
-    import yaml
-
-    folder = Path(name)
-    if folder.is_dir():
-        path = folder / "env.yaml"
-        if not path.is_file():
-            raise ValueError(f"{folder} is not a preset directory: it has no env.yaml (make one with envs.calibrate)")
-    else:
-        path = PRESET_DIR / f"{name}.yaml"
-        if not path.is_file():
-            known = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
-            raise ValueError(f"unknown preset {name!r}; known presets: {known}, or a calibrated preset directory")
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    if folder.is_dir():
-        data["preset_dir"] = str(folder.resolve())
-    data = _deep_merge(data, overrides or {})
-    return from_dict(EnvConfig, data, "env")
+    return preset_env(name, overrides)
 
 
 def _deep_merge(base: dict, extra: dict) -> dict:

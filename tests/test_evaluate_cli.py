@@ -6,6 +6,7 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import evaluate
@@ -87,3 +88,68 @@ def test_shipped_config_matches_the_documented_command() -> None:
          "strategy-alpha:0.5,linucb,oracle", "--episodes", "1000", "--seeds", "2", "--users", "heldout", "--out",
          "reports/baselines"]))
     assert from_file.eval == from_flags.eval and from_file.env == from_flags.env
+
+
+def test_bad_paths_fail_before_any_work(tmp_path: Path, cache: list[str], capsys: pytest.CaptureFixture,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """--out that is a file, a config that is a folder or not UTF-8: one line, exit 2, nothing built or evaluated.
+
+    Regression: ``--out FILE`` used to fail in write_report, after the whole evaluation.
+    """
+    def no_world(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the world was loaded despite bad input")
+
+    monkeypatch.setattr(evaluate, "load_world", no_world)
+    afile = tmp_path / "afile"
+    afile.write_text("keep me", encoding="utf-8")
+    latin = tmp_path / "latin1.yaml"
+    latin.write_bytes(b"eval:\n  out: caf\xe9\n")
+    cases = [
+        (["--out", str(afile)], f"--out '{afile}': '{afile}' is a file, not a folder"),
+        (["--out", str(afile / "sub")], f"'{afile}' is a file, not a folder"),
+        (["--set", f"eval.out={afile}"], f"eval.out '{afile}': '{afile}' is a file, not a folder"),
+        (["--config", str(tmp_path)], "is a folder, not a YAML file"),
+        (["--config", str(latin)], "is not UTF-8 text (byte 0xe9"),
+        (["--set", "env.slate_size=0"], "env.slate_size: must be >= 1, got 0"),
+        (["--set", "env.slate_size=21"], "env.slate_size: must be <= n_candidates (20), got 21"),
+        (["--set", "eval.bootstrap=5"], "eval.bootstrap: use at least 100 resamples, got 5"),
+    ]
+    base = ["--preset", "small", "--encoder", "hashing", "--rankers", "random", "--no-progress", *cache]
+    for argv, message in cases:
+        out = [] if any(a.startswith(("--out", "eval.out")) for a in argv) else ["--out", str(tmp_path / "never")]
+        with pytest.raises(SystemExit) as exc:
+            evaluate.main([*base, *out, *argv])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        last = err.strip().splitlines()[-1]
+        assert last.startswith("evaluate.py: error: ") and message in last, (argv, err)
+    assert afile.read_text(encoding="utf-8") == "keep me"
+    assert not (tmp_path / "never").exists()
+
+
+@pytest.mark.parametrize("users", ["heldout", "train"])
+def test_evaluation_simulates_the_named_population(tmp_path: Path, cache: list[str], users: str) -> None:
+    """The sessions evaluate.py reports are the named population's: recomputed on that population's core, the
+    numbers agree exactly, and the hidden ρ_u breakdown counts that population's users."""
+    from agents.baselines import BlendRanker
+    from agents.evaluation import RHO_EDGES, RHO_LABELS, episode_plan, run_episodes
+    from envs.core import BatchedCore
+    from envs.presets import load_world
+
+    argv = _args(tmp_path / "out", cache, "--rankers", "greedy-llm,random", "--users", users, "--set",
+                 "eval.bootstrap=100", "--reference", "random")
+    results = evaluate.main(argv)
+    cfg, _ = evaluate.resolve_config(evaluate.build_parser().parse_args(argv))
+    world = load_world(cfg.env, cfg.encoder, progress=False)
+    expected = {}
+    for pop in ("heldout", "train"):
+        plan = episode_plan(24, [0, 1], world.populations[pop].size)
+        st = run_episodes(BatchedCore(world, cfg.env, 7, population=pop), BlendRanker(cfg.env.slate_size, 1.0), plan)
+        rho = world.populations[pop].rho[plan.users]
+        bucket = np.clip(np.digitize(rho, RHO_EDGES[1:-1]), 0, len(RHO_LABELS) - 1)
+        expected[pop] = (float(st.ret.mean()), {RHO_LABELS[i]: int((bucket == i).sum()) for i in np.unique(bucket)})
+    assert expected["heldout"] != expected["train"]  # the test can tell the populations apart
+    assert results["setup"]["users"] == users
+    assert results["rankers"]["greedy-llm"]["return"]["mean"] == pytest.approx(expected[users][0], rel=1e-12)
+    counts = {label: row["n"] for label, row in results["by_rho"]["results"]["greedy-llm"].items()}
+    assert counts == expected[users][1]

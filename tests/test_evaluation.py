@@ -32,7 +32,7 @@ from agents.evaluation import (
     summarise,
     write_report,
 )
-from configs.schema import EnvConfig
+from configs.schema import Config, EnvConfig
 from envs.core import BatchedCore, StepResult
 from envs.spaces import CONTEXT_NAMES, FEATURE_NAMES
 from envs.world import World
@@ -313,3 +313,74 @@ def test_write_report(tmp_path: Path, small_world: World, small_cfg: EnvConfig) 
     for name in ("metrics", "alpha_curve", "by_rho"):
         assert paths[name].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not [p for p in (tmp_path / "rep").rglob("*.tmp")]
+
+
+# ---- signs and populations of the reports --------------------------------------------------------------------------
+
+
+def test_paired_differences_are_ranker_minus_reference(small_world: World, small_cfg: EnvConfig) -> None:
+    """Rankers of known order (oracle > greedy-llm > random on return): every paired difference is the ranker's
+    per-episode value minus the reference's, so the better ranker gets a positive Δ in results and table."""
+    plan = episode_plan(40, [0], small_world.populations["heldout"].size)
+    k = small_cfg.slate_size
+    core = BatchedCore(small_world, small_cfg, 20, population="heldout")
+    st = evaluate_rankers(core, {"random": RandomRanker(k, seed=0), "oracle": OracleRanker(k, core)}, plan)
+    assert st["oracle"].ret.mean() > st["random"].ret.mean()  # the known order
+    res = summarise(st, "random", n_boot=200, seed=0)
+    for m in ("return", "ctr", "ndcg", "length"):
+        want = float((st["oracle"].metric(m) - st["random"].metric(m)).mean())
+        assert res["paired"]["results"]["oracle"][m]["diff"] == pytest.approx(want, abs=1e-12), m
+    up = res["paired"]["results"]["oracle"]["return"]
+    assert up["diff"] > 0 and up["ci95"][0] > 0 and up["t"] > 0
+    assert res["paired"]["results"]["random"]["return"]["diff"] == 0.0
+    assert f"| {up['diff']:+.2f} |" in markdown_table(res) and up["diff"] >= 0.005
+    down = summarise(st, "oracle", n_boot=200, seed=0)["paired"]["results"]["random"]["return"]
+    assert down["diff"] == pytest.approx(-up["diff"], abs=1e-12) and down["ci95"][1] < 0 and down["t"] < 0
+
+
+def test_final_comparison_uses_the_alpha_it_is_given_on_held_out_users(tmp_path: Path, small_world: World,
+                                                                        small_cfg: EnvConfig) -> None:
+    """train.py's final table: tuned-alpha is the blend at the tuned α handed in (0.2 here, not 0.5 or another
+    re-tuning), simulated on the held-out population, and the headline ratio is PPO over that row."""
+    import torch as th
+
+    from agents.baselines import AlphaCurve, BlendRanker
+    from agents.policies import SlatePolicy
+    from agents.training import final_comparison, make_venv, policy_kwargs
+    from configs.loader import from_dict
+
+    cfg = from_dict(Config, {"train": {"ppo": {"n_envs": 2}, "device": "cpu"},
+                             "eval": {"episodes": 30, "seeds": 1, "batch": 15, "bootstrap": 100}})
+    cfg.env = small_cfg
+    venv = make_venv(cfg, small_world, 0)
+    policy = SlatePolicy(venv.observation_space, venv.action_space, lambda _: 1e-3,
+                         **policy_kwargs(cfg, 0.2, small_world))
+    gen = th.Generator().manual_seed(0)
+    with th.no_grad():  # an untrained policy's α is one constant; make it vary with the state, as a trained one's does
+        for p in policy.parameters():
+            p.add_(0.05 * th.randn(p.shape, generator=gen))
+    curve = AlphaCurve(alphas=[0.2, 0.5], mean_return=[2.0, 1.0], ci95=[[1.9, 2.1], [0.9, 1.1]], best_alpha=0.2,
+                       episodes=10, population="train", seed=1)
+    res = final_comparison(cfg, small_world, policy, curve, tmp_path, progress=False)
+    held = small_world.populations["heldout"]
+    plan = episode_plan(30, [0], held.size)
+    k = small_cfg.slate_size
+
+    def mean(alpha: float, population: str) -> float:
+        core = BatchedCore(small_world, small_cfg, 7, population=population)
+        return float(run_episodes(core, BlendRanker(k, alpha), plan).ret.mean())
+
+    tuned = mean(0.2, "heldout")
+    assert tuned != mean(0.5, "heldout") and tuned != mean(0.2, "train")  # the test can tell them apart
+    rows = res["rankers"]
+    assert rows["tuned-alpha"]["return"]["mean"] == pytest.approx(tuned, rel=1e-12)
+    assert res["ratio_vs_tuned_alpha"] == pytest.approx(rows["ppo"]["return"]["mean"] / tuned, rel=1e-12)
+    assert res["paired"]["reference"] == "tuned-alpha" and res["setup"]["users"] == "heldout"
+    assert res["alpha_curve"]["best_alpha"] == 0.2
+    from agents.evaluation import RHO_EDGES, RHO_LABELS
+
+    bucket = np.clip(np.digitize(held.rho[plan.users], RHO_EDGES[1:-1]), 0, len(RHO_LABELS) - 1)
+    counts = {label: row["n"] for label, row in res["by_rho"]["results"]["ppo"].items()}
+    assert counts == {RHO_LABELS[i]: int((bucket == i).sum()) for i in np.unique(bucket)}
+    assert json.loads((tmp_path / "report" / "results.json").read_text())["rankers"]["tuned-alpha"] == rows[
+        "tuned-alpha"]
