@@ -20,6 +20,7 @@ from typing import Any
 
 from agents.baselines import RankerContext, TunedAlphaRanker, check_specs, make_ranker, valid_choices
 from agents.evaluation import episode_plan, evaluate_rankers, markdown_table, summarise, write_report
+from agents.ppo_ranker import MODEL_FILE, WEIGHTS_FILE
 from agents.runinfo import SIGNATURE_FILE, describe, mismatch, read_signature, signature
 from configs import loader
 from configs.loader import (
@@ -131,9 +132,11 @@ def resolve_config(args: argparse.Namespace) -> tuple[Config, str | None]:
 def _run_signature(run_dir: str) -> dict[str, Any]:
     """The signature of a ``run:DIR`` (derived from its config for older runs), after checking it is complete."""
     run = Path(run_dir)
-    for name in ("config.yaml", "model.zip"):
-        if not (run / name).is_file():
-            raise FileNotFoundError(f"run:{run_dir} is not a finished recfeed run: {run / name} is missing")
+    # the policy itself is read from policy.safetensors / policy.json (a run with only SB3's model.zip is refused
+    # when loaded, with the command that converts it)
+    for names in (("config.yaml",), (WEIGHTS_FILE, MODEL_FILE)):
+        if not any((run / name).is_file() for name in names):
+            raise FileNotFoundError(f"run:{run_dir} is not a finished recfeed run: {run / names[0]} is missing")
     sig = read_signature(run)
     if "derived_from" in sig:
         print(f"note: run:{run_dir} has no {SIGNATURE_FILE} (trained before signatures); checking it against what "

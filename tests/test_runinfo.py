@@ -208,10 +208,10 @@ def test_runs_that_disagree_are_named(run: Path, tmp_path: Path, no_evaluation: 
 
 def test_unfinished_or_foreign_run_directories(run: Path, tmp_path: Path, no_evaluation: None,
                                                capsys: pytest.CaptureFixture[str]) -> None:
-    half = copy_run(run, tmp_path / "half", drop=("model.zip",))
+    half = copy_run(run, tmp_path / "half", drop=("model.zip", "policy.safetensors"))
     foreign = tmp_path / "foreign"
     foreign.mkdir()
-    for path, message in ((half, f"run:{half} is not a finished recfeed run: {half / 'model.zip'} is missing"),
+    for path, message in ((half, f"run:{half} is not a finished recfeed run: {half / 'policy.safetensors'} is missing"),
                           (foreign, f"{foreign / 'config.yaml'} is missing")):
         with pytest.raises(SystemExit):
             evaluate.main(["--rankers", f"random,run:{path}", *eval_args(tmp_path / "out")])
