@@ -773,7 +773,7 @@ def final_comparison(cfg: Config, world: World, policy: SlatePolicy, curve: Any,
                           "rho<0.5": float(alpha[lo_t].mean()) if lo_t.any() else None,
                           "rho>=0.5": float(alpha[hi_t].mean()) if hi_t.any() else None}
     results["alpha"] = {"by_rho": by_rho, "by_step": by_step,
-                        "corr_alpha_rho": float(np.corrcoef(alpha, rho)[0, 1]) if alpha.std() > 0 else 0.0}
+                        "corr_alpha_rho": _correlation(alpha, rho)}
     r = results["rankers"]
     results["ratio_vs_tuned_alpha"] = r["ppo"]["return"]["mean"] / r["tuned-alpha"]["return"]["mean"]
     gap = r["oracle"]["return"]["mean"] - r["tuned-alpha"]["return"]["mean"]
@@ -783,6 +783,13 @@ def final_comparison(cfg: Config, world: World, policy: SlatePolicy, curve: Any,
     write_report(results, out)
     _alpha_plot(results["alpha"], out / "plots" / "alpha.png")
     return results
+
+
+def _correlation(x: np.ndarray, y: np.ndarray) -> float | None:
+    """Pearson correlation of two (n,) arrays in float64; None where it is undefined (a constant side)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        c = float(np.corrcoef(np.asarray(x, np.float64), np.asarray(y, np.float64))[0, 1]) if len(x) > 1 else np.nan
+    return c if np.isfinite(c) else None
 
 
 def _alpha_plot(alpha: dict[str, Any], path: Path) -> None:
