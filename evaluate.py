@@ -21,8 +21,8 @@ from agents.baselines import RankerContext, TunedAlphaRanker, check_specs, make_
 from agents.evaluation import episode_plan, evaluate_rankers, markdown_table, summarise, write_report
 from configs.loader import ConfigError, apply_overrides, from_dict, read_yaml_mapping
 from configs.schema import Config
+from envs.factory import make_core
 from envs.presets import load_world, preset_config
-from envs.rec_env import make_core
 
 
 def build_parser() -> argparse.ArgumentParser:

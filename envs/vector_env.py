@@ -10,7 +10,8 @@ from gymnasium.vector.utils import batch_space
 
 from configs.schema import EncoderConfig, EnvConfig
 from envs import rng
-from envs.rec_env import make_core, step_info
+from envs.factory import make_core
+from envs.rec_env import step_info
 from envs.spaces import action_space, dedupe_slate, observation_space
 from envs.world import World
 
