@@ -31,6 +31,7 @@ from envs.cf import fit_als
 from envs.core import BatchedCore
 from envs.logging import RolloutLogger, write_log
 from envs.logging_policy import logging_policy
+from envs.sessions import Sessions
 from envs.users import Population, pool_history, sample_traits
 from envs.world import World
 
@@ -131,33 +132,22 @@ def run_logging_phase(world: World, cfg: EnvConfig, population: str, seed: int, 
     pop = world.populations[population]
     queue = np.repeat(np.arange(pop.size), cfg.logging.sessions_per_user)
     n_sessions = len(queue)
-    b = min(batch_size, n_sessions)
-    core = BatchedCore(world, cfg, b, population=population)
-    logger = RolloutLogger(population)
+    core = BatchedCore(world, cfg, min(batch_size, n_sessions), population=population)
     session_keys = rng.splitmix64(np.arange(n_sessions, dtype=np.uint64) + np.uint64(seed) * np.uint64(1_000_003))
-    row_session = np.arange(b)
-    core.reset_rows(np.arange(b), session_keys[:b], queue[:b])
-    nxt = b
-    active = np.ones(b, bool)
+    sessions = Sessions(core, session_keys, queue)
+    sessions.start()
+    logger = RolloutLogger(population)
     bar = tqdm(total=n_sessions, desc=f"logging {population} sessions", disable=not progress, leave=False)
     obs = core.observe()
-    while active.any():
+    while (active := sessions.active).any():
         slate, lp = logging_policy(obs, core.keys, core.t, cfg.slate_size, cfg.logging.epsilon,
                                    cfg.logging.temperature)
         steps = core.t.copy()
         cands = core.cands.copy()
-        res = core.step(slate)
-        rows = np.flatnonzero(active)
-        logger.log(core.user, row_session, steps, cands, res, lp, rows=rows)
-        done = np.flatnonzero((res.terminated | res.truncated) & active)
-        bar.update(len(done))
-        take = min(len(done), n_sessions - nxt)
-        if take:
-            restart = done[:take]
-            core.reset_rows(restart, session_keys[nxt:nxt + take], queue[nxt:nxt + take])
-            row_session[restart] = np.arange(nxt, nxt + take)
-            nxt += take
-        active[done[take:]] = False
+        res = sessions.step(slate)
+        logger.log(core.user, sessions.session, steps, cands, res, lp, rows=np.flatnonzero(active))
+        bar.update(len(sessions.ended))
+        sessions.refill()
         obs = core.observe()
     bar.close()
     return logger.to_frame()
