@@ -3,8 +3,8 @@
 Building a world (``build_world``):
 1. the catalog (synthetic, or an item table) and its LLM embeddings (encoder cache: a second run encodes nothing);
 2. the train and held-out populations: persona texts → LLM semantic tastes, hidden traits;
-3. a logging phase: every user lives ``logging.sessions_per_user`` cold-start sessions under a stochastic
-   logging policy (ε-uniform + softmax over LLM similarity), logged with propensities to Parquet;
+3. a logging phase: every user lives ``logging.sessions_per_user`` cold-start sessions under the stochastic
+   logging policy (:mod:`envs.logging_policy`), logged with propensities to Parquet;
 4. the CF model (ALS) fitted on those logged clicks, the users' prior histories and pooled LLM states, and
    the items' logged popularity.
 The result depends only on the config and the encoder identity; it is saved under a hash of both.
@@ -223,6 +223,8 @@ def organic_history(world: World, cfg: EnvConfig, population: str, seed: int) ->
             + tab.static_util)
     gen = np.random.default_rng(seed)
     keys = util / lc.organic_temperature - np.log(-np.log(gen.random(util.shape)))
+    # the set of the n largest keys, in argpartition's order: the permutation below shuffles that order, so a
+    # sorted top_k here would give other histories (and another world)
     top = np.argpartition(-keys, n - 1, axis=1)[:, :n]
     return np.take_along_axis(top, gen.permuted(np.tile(np.arange(n), (len(top), 1)), axis=1), axis=1)
 
