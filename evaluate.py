@@ -33,8 +33,8 @@ from configs.loader import (
     to_dict,
 )
 from configs.schema import Config, EvalConfig
+from envs.factory import make_core
 from envs.presets import load_world
-from envs.rec_env import make_core
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -38,19 +38,6 @@ class Feedback:
                    reward=result.reward.copy())
 
 
-def top_k(scores: np.ndarray, k: int) -> np.ndarray:
-    """Positions of the K highest scores per row, best first; ties go to the lower position.
-
-    Args:
-        scores: (B, N) scores.
-        k: K.
-
-    Returns:
-        int64 (B, K) slate.
-    """
-    return np.argsort(-scores, axis=1, kind="stable")[:, :k].astype(np.int64)
-
-
 class Ranker(ABC):
     """A ranker answers each request of a batch of B users with a slate of K of their N candidates.
 

@@ -21,13 +21,14 @@ from typing import Any
 import numpy as np
 from scipy.special import expit
 
-from agents.base import Feedback, Ranker, top_k
+from agents.base import Feedback, Ranker
 from agents.evaluation import Bootstrap, episode_plan, percentile_ci, run_episodes
 from configs.schema import EncoderConfig, EnvConfig
 from envs.core import BatchedCore
-from envs.presets import logging_policy
-from envs.rec_env import make_core
+from envs.factory import make_core
+from envs.logging_policy import logging_policy
 from envs.spaces import F_CAT_EXPOSURE, F_CF, F_ITEM_SEEN, F_LLM, F_POP, FEATURE_NAMES
+from envs.topk import top_k
 from envs.world import World
 
 #: The α grid of ``tuned-alpha``.

@@ -39,6 +39,7 @@ from agents.base import Feedback, Ranker
 from configs.loader import atomic_write_bytes, atomic_write_text
 from envs import rng
 from envs.core import BatchedCore
+from envs.sessions import Sessions
 from envs.spaces import validate_slate
 
 #: Per-episode metrics (arrays of shape (E,)); ``coverage`` and ``oracle_share`` are computed over episodes.
@@ -216,8 +217,9 @@ def run_episodes(core: BatchedCore, ranker: Ranker, plan: EpisodePlan, progress:
                  ) -> EpisodeStats:
     """Run ``ranker`` over every episode of ``plan`` on ``core`` (B rows refilled from the plan as sessions end).
 
-    Row r plays episode ``row_ep[r]``; when its session ends the next episode of the plan starts there (the
-    ranker's ``reset`` is told), and rows left without an episode idle until the last session ends.
+    The rows play the plan as a queue (:class:`envs.sessions.Sessions`): when a session ends the next episode
+    starts in its row (the ranker's ``reset`` is told), and rows left without an episode idle until the last
+    session ends.
 
     Args:
         core: The batched simulator (its population is the evaluated one).
@@ -231,28 +233,24 @@ def run_episodes(core: BatchedCore, ranker: Ranker, plan: EpisodePlan, progress:
         The per-episode outcomes.
 
     Raises:
-        ValueError: When the ranker returns a malformed slate (the message names the ranker).
+        ValueError: When the ranker returns a malformed slate (the message names the ranker), or for an empty plan.
     """
     t0 = time.perf_counter()
     b, n_ep, m = core.B, len(plan), core.M
     pop_rho = core.pop.rho.astype(np.float64)
     novelty = item_novelty(core.world.popularity)
     unit_emb = unit_rows(core.world.item_emb)
-    all_rows = np.arange(b)
-    start = all_rows % n_ep  # rows beyond the plan replay its first episodes but are not recorded
-    core.reset_rows(all_rows, plan.keys[start], plan.users[start])
-    row_ep = np.where(all_rows < n_ep, all_rows, -1)
-    nxt = min(b, n_ep)
+    sessions = Sessions(core, plan.keys, plan.users)  # rows beyond the plan replay its first episodes, unrecorded
+    sessions.start()
     sums = {name: np.zeros(b) for name in ("ret", "clicks", "purchases", "dwell", "length", "ndcg", "diversity",
                                            "novelty")}
     out = {name: np.zeros(n_ep) for name in sums}
     shown_ep: list[np.ndarray] = []
     shown_item: list[np.ndarray] = []
     obs = _copy(core.observe())
-    ranker.reset(all_rows, obs)
+    ranker.reset(np.arange(b), obs)
     bar = tqdm(total=n_ep, desc=desc or ranker.name, disable=not progress, leave=False)
-    while (row_ep >= 0).any():
-        active = row_ep >= 0
+    while (active := sessions.active).any():
         try:
             slate = validate_slate(ranker.act(obs), core.N, core.K)
         except ValueError as exc:
@@ -261,7 +259,7 @@ def run_episodes(core: BatchedCore, ranker: Ranker, plan: EpisodePlan, progress:
         sums["ndcg"] += ndcg_at_k(core.true_click_probs(), slate)
         sums["diversity"] += intra_list_diversity(unit_emb, items)
         sums["novelty"] += novelty[items].mean(axis=1)
-        res = core.step(slate)
+        res = sessions.step(slate)
         feedback = Feedback.from_step(res)
         if on_step is not None:
             on_step(obs, slate, feedback, active)
@@ -271,19 +269,15 @@ def run_episodes(core: BatchedCore, ranker: Ranker, plan: EpisodePlan, progress:
         sums["purchases"] += feedback.purchases.sum(axis=1)
         sums["dwell"] += feedback.dwell.sum(axis=1)
         sums["length"] += 1.0
-        shown_ep.append(np.repeat(row_ep[active], core.K))
+        shown_ep.append(np.repeat(sessions.session[active], core.K))
         shown_item.append(items[active].ravel())
-        done = np.flatnonzero((res.terminated | res.truncated) & active)
-        restart = done[: max(0, min(len(done), n_ep - nxt))]
+        done = sessions.ended
         if done.size:
             for name, acc in sums.items():
-                out[name][row_ep[done]] = acc[done]
+                out[name][sessions.session[done]] = acc[done]
                 acc[done] = 0.0
-            row_ep[done] = -1
-            row_ep[restart] = np.arange(nxt, nxt + len(restart))
-            core.reset_rows(restart, plan.keys[row_ep[restart]], plan.users[row_ep[restart]])
-            nxt += len(restart)
             bar.update(len(done))
+        restart = sessions.refill()
         obs = _copy(core.observe())
         if restart.size:
             ranker.reset(restart, obs)

@@ -69,8 +69,8 @@ from agents.runinfo import write_signature
 from configs.loader import atomic_write_text, load_config, save_yaml, to_dict
 from configs.schema import Config
 from envs.core import BatchedCore
+from envs.factory import make_core
 from envs.presets import load_world, world_key
-from envs.rec_env import make_core
 from envs.sb3 import SB3VecEnv
 from envs.vector_env import RecVectorEnv
 from envs.world import World

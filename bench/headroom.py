@@ -21,8 +21,8 @@ import numpy as np
 from agents.baselines import ALPHA_GRID, RankerContext, make_ranker
 from agents.evaluation import Bootstrap, EpisodeStats, episode_plan, paired_test, percentile_ci, run_episodes
 from configs.loader import ConfigError, resolve_config
+from envs.factory import make_core
 from envs.presets import load_world
-from envs.rec_env import make_core
 
 
 def _mean_ci(x: np.ndarray, boot: Bootstrap, sel: np.ndarray | None = None) -> dict[str, float | list[float]]:

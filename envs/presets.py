@@ -3,8 +3,8 @@
 Building a world (``build_world``):
 1. the catalog (synthetic, or an item table) and its LLM embeddings (encoder cache: a second run encodes nothing);
 2. the train and held-out populations: persona texts → LLM semantic tastes, hidden traits;
-3. a logging phase: every user lives ``logging.sessions_per_user`` cold-start sessions under a stochastic
-   logging policy (ε-uniform + softmax over LLM similarity), logged with propensities to Parquet;
+3. a logging phase: every user lives ``logging.sessions_per_user`` cold-start sessions under the stochastic
+   logging policy (:mod:`envs.logging_policy`), logged with propensities to Parquet;
 4. the CF model (ALS) fitted on those logged clicks, the users' prior histories and pooled LLM states, and
    the items' logged popularity.
 The result depends only on the config and the encoder identity; it is saved under a hash of both.
@@ -29,8 +29,9 @@ from envs import rng
 from envs.catalog import Catalog, catalog_from_items, generate_catalog, persona_texts
 from envs.cf import fit_als
 from envs.core import BatchedCore
+from envs.logging_policy import logging_policy
 from envs.rollout_log import RolloutLogger, write_rollout_log
-from envs.spaces import F_LLM
+from envs.sessions import Sessions
 from envs.users import Population, pool_history, sample_traits
 from envs.world import World
 
@@ -98,43 +99,6 @@ def make_population(name: str, cfg: EnvConfig, n: int, seed: int, encoder: TextE
     return Population(name=name, persona=texts, sem_taste=encoder.encode(texts).astype(np.float32), **traits)
 
 
-def logging_policy(obs: dict[str, np.ndarray], keys: np.ndarray, t: np.ndarray, slate_size: int, epsilon: float,
-                   temperature: float) -> tuple[np.ndarray, np.ndarray]:
-    """The logging policy: with probability ε a uniform random slate, else Plackett-Luce on llm_sim / temperature.
-
-    Args:
-        obs: Batched observation (uses ``features[..., llm_sim]``).
-        keys: uint64 (B,) episode keys (randomness source).
-        t: int (B,) steps.
-        slate_size: K.
-        epsilon: Share of uniform slates.
-        temperature: Softmax temperature.
-
-    Returns:
-        ``(slate (B, K) int64, log_propensity (B,))``: the log-probability of the slate under the mixture.
-    """
-    logits = obs["features"][:, :, F_LLM].astype(np.float64) / temperature  # (B, N)
-    b, n = logits.shape
-    uni = rng.uniform(keys, t, rng.LOGGING)
-    gumbel = -np.log(-np.log(np.clip(rng.uniform(keys, t, rng.RANKER, slots=n), 1e-12, 1 - 1e-12)))
-    explore = uni < epsilon
-    scores = np.where(explore[:, None], gumbel, logits + gumbel)
-    slate = np.argsort(-scores, axis=1)[:, :slate_size].astype(np.int64)
-    # log P(slate) under PL(logits) and under uniform, mixed with weights (1-ε, ε).
-    remaining = np.ones((b, n), bool)
-    lp_pl = np.zeros(b)
-    for k in range(slate_size):
-        chosen = slate[:, k]
-        masked = np.where(remaining, logits, -np.inf)
-        top = masked.max(axis=1)
-        lse = top + np.log(np.exp(masked - top[:, None]).sum(axis=1))
-        lp_pl += logits[np.arange(b), chosen] - lse
-        remaining[np.arange(b), chosen] = False
-    lp_uni = -np.sum(np.log(n - np.arange(slate_size)))
-    log_prop = np.logaddexp(np.log1p(-epsilon) + lp_pl, np.log(epsilon) + lp_uni) if epsilon > 0 else lp_pl
-    return slate, log_prop
-
-
 def run_logging_phase(world: World, cfg: EnvConfig, population: str, seed: int, batch_size: int = 512,
                       progress: bool = False) -> pd.DataFrame:
     """Every user of ``population`` lives ``sessions_per_user`` sessions under the logging policy.
@@ -153,33 +117,22 @@ def run_logging_phase(world: World, cfg: EnvConfig, population: str, seed: int, 
     pop = world.populations[population]
     queue = np.repeat(np.arange(pop.size), cfg.logging.sessions_per_user)
     n_sessions = len(queue)
-    b = min(batch_size, n_sessions)
-    core = BatchedCore(world, cfg, b, population=population)
-    logger = RolloutLogger(population)
+    core = BatchedCore(world, cfg, min(batch_size, n_sessions), population=population)
     session_keys = rng.splitmix64(np.arange(n_sessions, dtype=np.uint64) + np.uint64(seed) * np.uint64(1_000_003))
-    row_session = np.arange(b)
-    core.reset_rows(np.arange(b), session_keys[:b], queue[:b])
-    nxt = b
-    active = np.ones(b, bool)
+    sessions = Sessions(core, session_keys, queue)
+    sessions.start()
+    logger = RolloutLogger(population)
     bar = tqdm(total=n_sessions, desc=f"logging {population} sessions", disable=not progress, leave=False)
     obs = core.observe()
-    while active.any():
+    while (active := sessions.active).any():
         slate, lp = logging_policy(obs, core.keys, core.t, cfg.slate_size, cfg.logging.epsilon,
                                    cfg.logging.temperature)
         steps = core.t.copy()
         cands = core.cands.copy()
-        res = core.step(slate)
-        rows = np.flatnonzero(active)
-        logger.log(core.user, row_session, steps, cands, res, lp, rows=rows)
-        done = np.flatnonzero((res.terminated | res.truncated) & active)
-        bar.update(len(done))
-        take = min(len(done), n_sessions - nxt)
-        if take:
-            restart = done[:take]
-            core.reset_rows(restart, session_keys[nxt:nxt + take], queue[nxt:nxt + take])
-            row_session[restart] = np.arange(nxt, nxt + take)
-            nxt += take
-        active[done[take:]] = False
+        res = sessions.step(slate)
+        logger.log(core.user, sessions.session, steps, cands, res, lp, rows=np.flatnonzero(active))
+        bar.update(len(sessions.ended))
+        sessions.refill()
         obs = core.observe()
     bar.close()
     return logger.to_frame()
@@ -255,6 +208,8 @@ def organic_history(world: World, cfg: EnvConfig, population: str, seed: int) ->
             + tab.static_util)
     gen = np.random.default_rng(seed)
     keys = util / lc.organic_temperature - np.log(-np.log(gen.random(util.shape)))
+    # the set of the n largest keys, in argpartition's order: the permutation below shuffles that order, so a
+    # sorted top_k here would give other histories (and another world)
     top = np.argpartition(-keys, n - 1, axis=1)[:, :n]
     return np.take_along_axis(top, gen.permuted(np.tile(np.arange(n), (len(top), 1)), axis=1), axis=1)
 

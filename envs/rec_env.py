@@ -10,26 +10,11 @@ from gymnasium.error import ResetNeeded
 
 from configs.schema import EncoderConfig, EnvConfig
 from envs import rng
-from envs.core import BatchedCore, StepResult
-from envs.presets import load_world, preset_config
+from envs.core import StepResult
+from envs.factory import make_core
 from envs.render import SessionView, render_ansi, render_rgb
 from envs.spaces import action_space, dedupe_slate, observation_space
 from envs.world import World
-
-
-def make_core(config: EnvConfig | None, preset: str, encoder: EncoderConfig | None, world: World | None,
-              population: str | None, batch_size: int) -> BatchedCore:
-    """The batched core behind both env classes (loads or builds the world when not given)."""
-    cfg = config if config is not None else preset_config(preset)
-    text_encoder = None
-    if cfg.obs_mode == "text" or world is None:
-        from encoders.factory import make_encoder
-
-        text_encoder = make_encoder(encoder or EncoderConfig())
-    if world is None:
-        world = load_world(cfg, encoder, encoder=text_encoder)
-    return BatchedCore(world, cfg, batch_size, population=population,
-                       text_encoder=text_encoder if cfg.obs_mode == "text" else None)
 
 
 def step_info(res: StepResult, user: np.ndarray) -> dict[str, np.ndarray]:

@@ -10,7 +10,9 @@ from gymnasium.vector.utils import batch_space
 
 from configs.schema import EncoderConfig, EnvConfig
 from envs import rng
-from envs.rec_env import make_core, step_info
+from envs.factory import make_core
+from envs.rec_env import step_info
+from envs.sessions import Sessions
 from envs.spaces import action_space, dedupe_slate, observation_space
 from envs.world import World
 
@@ -50,6 +52,7 @@ class RecVectorEnv(VectorEnv):
         if repair not in (None, "dedupe"):
             raise ValueError(f"repair must be None or 'dedupe', got {repair!r}")
         self.core = make_core(config, preset, encoder, world, population, batch_size=num_envs)
+        self.sessions = Sessions(self.core)  # chained: an ended row restarts with the next key of its chain
         self.config = self.core.cfg
         self.num_envs = num_envs
         self.repair = repair
@@ -59,7 +62,6 @@ class RecVectorEnv(VectorEnv):
         self.single_action_space = action_space(self.core.N, self.core.K)
         self.observation_space = batch_space(self.single_observation_space, num_envs)
         self.action_space = batch_space(self.single_action_space, num_envs)
-        self._all = np.arange(num_envs)
 
     def reset(self, *, seed: int | list[int] | None = None, options: dict[str, Any] | None = None
               ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -85,7 +87,7 @@ class RecVectorEnv(VectorEnv):
         users = None if not options or "users" not in options else np.asarray(options["users"], np.int64)
         if users is not None and users.shape != (self.num_envs,):
             raise ValueError(f"options['users'] must have shape ({self.num_envs},), got {users.shape}")
-        self.core.reset_rows(self._all, keys, users)
+        self.sessions.start(keys, users)
         return self.core.observe(), {"user": self.core.user.copy()}
 
     def step(self, actions: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray,
@@ -93,11 +95,11 @@ class RecVectorEnv(VectorEnv):
         """Show each row its slate; rows whose session ended are reset in the same step."""
         if self.repair == "dedupe":
             actions = dedupe_slate(actions, self.core.N)
-        res = self.core.step(actions)  # new arrays every step
+        res = self.sessions.step(actions)  # new arrays every step
         reward, terminated, truncated = res.reward, res.terminated, res.truncated
         infos: dict[str, Any] = step_info(res, self.core.user)
         obs = self.core.observe()  # new arrays; the rows of ended sessions are refreshed in place below
-        done = np.flatnonzero(terminated | truncated)
+        done = self.sessions.ended
         if done.size:
             block = {k: v[done] for k, v in obs.items()}  # one copy per key; each row's dict holds views of it
             final = np.full(self.num_envs, None, dtype=object)
@@ -107,6 +109,6 @@ class RecVectorEnv(VectorEnv):
             mask[done] = True
             infos["final_obs"], infos["_final_obs"] = final, mask
             infos["episode_steps"] = self.core.t.copy()
-            self.core.reset_rows(done, rng.next_key(self.core.keys[done]))
+            self.sessions.refill()
             obs = self.core.observe(rows=done)
         return obs, reward, terminated, truncated, infos

@@ -16,6 +16,7 @@ import numpy as np
 
 from configs.loader import atomic_dir
 from envs.catalog import Catalog
+from envs.topk import top_k
 from envs.users import Population
 
 #: Above this catalog size the Gram matrix (4·M² bytes) is not materialised.
@@ -56,13 +57,6 @@ def _standardise_rows(x: np.ndarray) -> np.ndarray:
     mu = x.mean(axis=1, keepdims=True)
     sd = x.std(axis=1, keepdims=True)
     return ((x - mu) / np.maximum(sd, 1e-6)).astype(np.float32)
-
-
-def _top_items(scores: np.ndarray, k: int) -> np.ndarray:
-    k = min(k, scores.shape[1])
-    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
-    return np.take_along_axis(part, order, axis=1).astype(np.int64)
 
 
 @dataclass
@@ -156,7 +150,7 @@ class World:
                                                      quality_weight)
         return self._tables[key]
 
-    def _compute_tables(self, pop: Population, top_k: int, affinity_scale: float,
+    def _compute_tables(self, pop: Population, length: int, affinity_scale: float,
                         quality_weight: float) -> PopulationTables:
         sem_aff = (pop.sem_taste @ self.item_emb.T).astype(np.float32)
         cf_true = _standardise_rows(pop.cf_taste @ self.catalog.cf_factor.T)
@@ -180,8 +174,8 @@ class World:
             static_util=packed[:, :, 1],
             state_sim=packed[:, :, 3],
             cf_obs=packed[:, :, 2],
-            llm_top=_top_items(state_sim, top_k),
-            cf_top=_top_items(cf_obs, top_k),
+            llm_top=top_k(state_sim, length, ties="partition"),  # cold users' (all-zero) lists: selection order
+            cf_top=top_k(cf_obs, length, ties="partition"),
             packed=packed,
         )
 
