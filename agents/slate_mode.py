@@ -10,6 +10,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from envs.topk import top_k
+
 
 @numba.njit(cache=True, nogil=True)
 def _greedy_walk(logits: np.ndarray, k: int, groups: np.ndarray, beta: np.float32, out: np.ndarray) -> None:
@@ -41,13 +43,10 @@ def _greedy_walks(logits: np.ndarray, k: int, groups: np.ndarray, beta: np.ndarr
 
 
 def _top_k(logits: np.ndarray, k: int) -> np.ndarray:
-    """Top-K positions along the last axis, best first (stable among equal logits): int64 (..., K)."""
-    n = logits.shape[-1]
-    if k < n:
-        part = np.argpartition(-logits, k - 1, axis=-1)[..., :k]
-        order = np.argsort(-np.take_along_axis(logits, part, axis=-1), axis=-1, kind="stable")
-        return np.take_along_axis(part, order, axis=-1).astype(np.int64)
-    return np.argsort(-logits, axis=-1, kind="stable").astype(np.int64)
+    """Top-K positions along the last axis, best first: int64 (..., K) (``envs.topk.top_k``'s partition rule)."""
+    flat = logits.reshape(-1, logits.shape[-1])
+    out = top_k(flat, k, ties="partition" if k < logits.shape[-1] else "lowest")
+    return out.reshape(*logits.shape[:-1], out.shape[-1])
 
 
 def greedy_slates(logits: np.ndarray, k: int, groups: np.ndarray | None = None,
