@@ -68,6 +68,11 @@ class CalibrationConfig:
         taste_halflife: Items after which a consumed item's weight in the semantic taste halves (<= 0: no decay).
         taste_rating_weight: Weigh rated items by ``max(r − mean_u + 1, 0.1)`` in the semantic taste.
         taste_center: Subtract the catalog's mean embedding before normalising the taste.
+        center_embeddings: Store centred item embeddings in the world (each minus the catalog's mean embedding,
+            re-normalised to unit length), so the observed LLM state, ``llm_sim`` and the exported item table are
+            built from them. Text-encoder embeddings share a large common component (``|ē| ≈ 0.64`` for MiniLM on
+            MovieLens) that otherwise makes ``cos(pooled state, e)`` rank items by closeness to the catalog mean,
+            whoever the user (docs/llm_signal.md).
         quality_features: Item features the hidden quality is fitted from: ``popularity`` (log distinct users),
             ``rating`` (mean rating shrunk toward the global mean by ``rating_prior`` pseudo-ratings).
         rating_prior: Pseudo-ratings of the shrunk mean rating.
@@ -97,6 +102,7 @@ class CalibrationConfig:
     taste_halflife: float = 30.0
     taste_rating_weight: bool = True
     taste_center: bool = True
+    center_embeddings: bool = True
     quality_features: list[str] = field(default_factory=lambda: ["popularity", "rating"])
     rating_prior: float = 5.0
     rho_grid: int = 21

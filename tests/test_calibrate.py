@@ -26,13 +26,14 @@ import envs.data.movielens
 import envs.data.preprocess
 from configs.data import CalibrationConfig, PreprocessConfig
 from configs.loader import from_dict
-from configs.schema import EncoderConfig
+from configs.schema import EncoderConfig, EnvConfig
 from encoders.factory import make_encoder
 from envs.calibrate import METRICS, MODELS, calibrate
 from envs.calibrate.cli import _parse_sets, build_parser, check_data_spec, main
-from envs.calibrate.tastes import event_order, last_items, semantic_taste
+from envs.calibrate.tastes import center_embeddings, event_order, last_items, semantic_taste
 from envs.data import load_logs
 from envs.presets import load_world, preset_config
+from envs.world import World
 
 GENRES = ["Action", "Comedy", "Drama", "Horror", "Romance", "Sci-Fi"]
 TINY_ENV = ["env.n_candidates=10", "env.slate_size=3", "env.max_steps=5", "calibrate.history_len=5",
@@ -111,9 +112,9 @@ def test_end_to_end_writes_a_loadable_preset(tiny_preset: tuple[Path, dict, int]
     heldout.step(np.tile(np.arange(3), (2, 1)))
 
 
-def test_fidelity_json_has_the_three_models_and_metrics(tiny_preset: tuple[Path, dict, int]) -> None:
+def test_fidelity_json_has_the_four_models_and_metrics(tiny_preset: tuple[Path, dict, int]) -> None:
     out, report, _ = tiny_preset
-    assert set(report["models"]) == set(MODELS) == {"simulator", "mf", "popularity"}
+    assert set(report["models"]) == set(MODELS) == {"simulator", "mf", "popularity", "llm_sim"}
     for model in MODELS:
         assert set(report["models"][model]) == set(METRICS) == {"auc", "ndcg@10", "recall@10"}
         for v in report["models"][model].values():
@@ -129,7 +130,8 @@ def test_fidelity_json_has_the_three_models_and_metrics(tiny_preset: tuple[Path,
     assert dist["popularity"]["simulated_choices"]["events"] == dist["popularity"]["real"]["events"]
     assert report["timings"]["total"] > 0
     md = (out / "fidelity.md").read_text()
-    assert "| simulator |" in md and "plots/popularity.png" in md
+    assert "| simulator |" in md and "| llm_sim |" in md and "plots/popularity.png" in md
+    assert report["item_embeddings"]["centred"] is True and "mean" not in report["item_embeddings"]
 
 
 def test_calibrate_function_and_explicit_override(tmp_path: Path) -> None:
@@ -157,6 +159,13 @@ def test_semantic_taste_and_history_helpers(tmp_path: Path) -> None:
     assert np.allclose(theta[0], [1, 0, 0, 0]) and np.allclose(theta[1], [0, 1, 0, 0]) and not theta[2].any()
     centred = semantic_taste(np.array([0]), np.array([1]), np.array([1.0]), emb, 1, center=True)
     assert centred[0, 1] > 0 and centred[0, 0] < 0  # the catalog mean (mostly dimension 0) is taken out
+    shared = np.array([[3.0, 1.0, 0.0], [3.0, -1.0, 0.0], [3.0, 0.0, 1.0], [3.0, 0.0, -1.0]], np.float32)
+    cen, mean = center_embeddings(shared / np.linalg.norm(shared, axis=1, keepdims=True))  # (4, 3), (3,)
+    assert cen[:, 0] == pytest.approx(np.zeros(4), abs=1e-6)  # the shared direction is gone
+    assert np.linalg.norm(cen, axis=1) == pytest.approx(np.ones(4), abs=1e-6) and mean[0] > 0.9
+    assert cen[0] @ cen[1] == pytest.approx(-1.0, abs=1e-6)  # raw cosine 0.8: opposite once centred
+    same, _ = center_embeddings(np.tile([[0.6, 0.8]], (3, 1)))
+    assert not same.any()  # a row equal to the mean stays zero (no NaN)
     data = write_movielens(tmp_path / "ml", n_users=3, n_items=30, per_user=6, seed=1)
     log = load_logs(f"movielens:{data}")
     u, i, age = event_order(log)
@@ -197,6 +206,139 @@ def test_generic_logs_with_implicit_events_and_prices(tmp_path: Path) -> None:
     assert report["fit"]["quality_features"] == ["popularity"]  # no ratings in the log
     world = load_world(cfg)
     assert world.catalog.price.max() > 5 and world.catalog.category_names == sorted(cats)
+
+
+# The observed LLM signal (docs/llm_signal.md): embeddings with a strong common component
+
+
+def write_popular_movielens(root: Path, n_users: int = 60, n_items: int = 200, per_user: int = 20,
+                            seed: int = 0) -> tuple[Path, np.ndarray]:
+    """An ml-latest-small-format directory with one genre per movie, users who like two genres, and item popularity.
+
+    Returns:
+        (the directory, float (M,) each movie's popularity logit; movie ``j`` is ``Movie Number j``).
+    """
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    genre = rng.integers(0, len(GENRES), n_items)
+    pop = rng.normal(size=n_items)
+    pd.DataFrame({"movieId": np.arange(1, n_items + 1),
+                  "title": [f"Movie Number {j} ({1980 + j % 40})" for j in range(n_items)],
+                  "genres": [GENRES[g] for g in genre]}).to_csv(root / "movies.csv", index=False)
+    rows = []
+    for u in range(n_users):
+        logits = 3.0 * np.isin(genre, rng.choice(len(GENRES), size=2, replace=False)) + pop
+        p = np.exp(logits - logits.max())
+        for k, i in enumerate(rng.choice(n_items, size=per_user, replace=False, p=p / p.sum())):
+            rows.append((u + 1, int(i) + 1, float(rng.integers(1, 11)) / 2, 1_100_000_000 + 3600 * k + 10**6 * u))
+    pd.DataFrame(rows, columns=["userId", "movieId", "rating", "timestamp"]).to_csv(root / "ratings.csv", index=False)
+    return root, pop
+
+
+class CommonComponentEncoder:
+    """A test encoder shaped like MiniLM on MovieLens: every vector shares a large common direction (``|ē| ≈ 0.9``);
+    the genre sits in a few dimensions; how far a movie leans on the common direction (its "genericness") falls with
+    its popularity, so the closeness to the catalog mean ranks the unpopular movies first."""
+
+    dim = 16
+
+    def __init__(self, popularity: np.ndarray) -> None:
+        self.popularity = popularity
+        self.name = "test-common-component-v1"
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        """float32 (n, 16) unit vectors: common direction, one-hot genre, item noise (see the class docstring)."""
+        genres = [g.lower() for g in GENRES]
+        out = np.zeros((len(texts), self.dim), np.float32)
+        for r, text in enumerate(texts):
+            j = int(re.search(r"Movie Number (\d+)", text).group(1))
+            v = np.zeros(self.dim)
+            v[0] = 3.0 * (1.0 - 0.5 * np.tanh(self.popularity[j]))
+            for g in re.search(r"Genres: ([^.]*)", text).group(1).split(", "):
+                v[1 + genres.index(g)] += 1.0
+            v[1 + len(GENRES):] = 0.3 * np.random.default_rng(j).normal(size=self.dim - 1 - len(GENRES))
+            out[r] = v / np.linalg.norm(v)
+        return out
+
+
+@pytest.fixture(scope="module")
+def common_component_presets(tmp_path_factory: pytest.TempPathFactory) -> dict[bool, tuple[Path, dict]]:
+    """The same log calibrated with and without centring the item embeddings: {centred: (preset dir, report)}."""
+    base = tmp_path_factory.mktemp("common")
+    data, pop = write_popular_movielens(base / "ml")
+    log = load_logs(f"movielens:{data}")
+    env = {"n_candidates": 10, "slate_size": 3, "max_steps": 5}
+    out = {}
+    for centred in (True, False):
+        cfg = CalibrationConfig(history_len=5, sim_sessions=1, rho_grid=5, fit_rounds=2, center_embeddings=centred)
+        report = calibrate(log, cfg, CommonComponentEncoder(pop), base / f"p{centred}", env_overrides=env)
+        out[centred] = (base / f"p{centred}", report)
+    return out
+
+
+def test_centred_observed_llm_signal_ranks_held_out_items_above_random(
+    common_component_presets: dict[bool, tuple[Path, dict]],
+) -> None:
+    """With a strong common component the uncentred pooled state ranks items by closeness to the catalog mean
+    (no better than random here); centred, the observed llm_sim ranks each user's held-out items well."""
+    centred = common_component_presets[True][1]["models"]["llm_sim"]["auc"]
+    raw = common_component_presets[False][1]["models"]["llm_sim"]["auc"]
+    assert common_component_presets[False][1]["item_embeddings"]["raw_mean_norm"] > 0.8
+    assert centred > 0.65, centred
+    assert raw < 0.58, raw
+    assert centred - raw > 0.15
+    sim = common_component_presets[True][1]["models"]["simulator"]["auc"]
+    assert sim > 0.65  # the hidden utility still ranks them (the fit follows the centred embeddings)
+
+
+def test_centred_world_is_what_the_env_and_the_serving_table_read(
+    common_component_presets: dict[bool, tuple[Path, dict]], tmp_path: Path,
+) -> None:
+    """The centred embeddings are the world's item_emb; init_state, the env's state_sim and the exported item table
+    (what serving pools a user's history with) are all built from them; without centring the world keeps the
+    encoder's vectors bit for bit."""
+    from agents.export import write_items
+    from envs.calibrate.tastes import center_embeddings
+    from envs.users import pool_history
+
+    out, _ = common_component_presets[True]
+    cfg = preset_config(str(out))
+    world = load_world(cfg)
+    emb = world.item_emb  # (M, D)
+    assert np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    assert np.linalg.norm(emb.mean(axis=0)) < 0.2  # the raw catalog mean is ~0.9 long
+    info = world.meta["item_emb"]
+    assert info["centred"] is True and len(info["mean"]) == emb.shape[1]
+    raw_out, _ = common_component_presets[False]
+    raw = load_world(preset_config(str(raw_out)))
+    assert raw.meta["item_emb"] == {"centred": False, "raw_mean_norm": info["raw_mean_norm"]}
+    np.testing.assert_array_equal(center_embeddings(raw.item_emb)[0], emb)
+    np.testing.assert_allclose(np.asarray(info["mean"], np.float32), raw.item_emb.mean(axis=0), atol=1e-6)
+    for pop in world.populations.values():
+        np.testing.assert_array_equal(pop.init_state, pool_history(pop.history, emb, cfg.state_decay))
+    tab = world.tables("train", 8, cfg.user_model.affinity_scale, cfg.user_model.quality_weight)
+    np.testing.assert_allclose(tab.state_sim, world.populations["train"].init_state @ emb.T, rtol=1e-5, atol=1e-6)
+    write_items(world, tmp_path / "items.npz")
+    with np.load(tmp_path / "items.npz") as z:
+        np.testing.assert_array_equal(z["item_emb"], emb)
+
+
+def test_default_presets_worlds_are_not_centred(small_cfg: EnvConfig, small_world: World) -> None:
+    """Centring is the calibration's: the built-in presets' world keys are the ones before it, and their worlds
+    hold the encoder's vectors and the history pooled from them."""
+    from encoders.hashing import HashingEncoder
+    from envs.presets import world_key
+    from envs.users import pool_history
+
+    enc = HashingEncoder(dim=64)
+    assert world_key(preset_config("default"), enc.name) == "783c843dc019d9c9"
+    assert world_key(preset_config("default"), "transformer:model:33fac7a9c422") == "3ef433fdef456828"
+    assert world_key(preset_config("small"), enc.name) == "3b21def4043ec455"
+    np.testing.assert_array_equal(small_world.item_emb, enc.encode(small_world.catalog.texts).astype(np.float32))
+    for pop in small_world.populations.values():
+        np.testing.assert_array_equal(pop.init_state,
+                                      pool_history(pop.history, small_world.item_emb, small_cfg.state_decay))
+    assert "item_emb" not in small_world.meta
 
 
 @pytest.mark.parametrize("spec", ["bogus", "movielens:", "logs:onlyitems.csv", "logs:,events.csv", "csv:x"])
@@ -293,10 +435,13 @@ def test_every_suggestion_in_the_data_modules_is_accepted_by_the_cli() -> None:
 
 @pytest.mark.expensive
 def test_movielens_simulator_ranks_at_least_as_well_as_mf(tmp_path: Path) -> None:
-    """The target: on ml-latest-small's temporal 80/20 split the simulator's NDCG@10 and AUC are >= the ALS's."""
+    """The target: on ml-latest-small's temporal 80/20 split the simulator's NDCG@10 and AUC are >= the ALS's, and
+    the observed llm_sim ranks the held-out items well above random."""
     code = main(["--data", f"movielens:{require_movielens()}", "--out", str(tmp_path / "ml"), "--quiet"])
     assert code == 0
     models = json.loads((tmp_path / "ml" / "fidelity.json").read_text())["models"]
     assert models["simulator"]["ndcg@10"] >= models["mf"]["ndcg@10"] > models["popularity"]["ndcg@10"]
     assert models["simulator"]["auc"] >= models["mf"]["auc"] > models["popularity"]["auc"]
     assert models["mf"]["ndcg@10"] > 0.11 and models["simulator"]["auc"] > 0.88
+    # the observed LLM signal (centred embeddings) ranks the held-out items well above random (0.67 uncentred)
+    assert models["llm_sim"]["auc"] > 0.75

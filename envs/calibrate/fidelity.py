@@ -19,33 +19,42 @@ from envs.data.interaction_log import InteractionLog
 from envs.data.preprocess import PreprocessReport
 from envs.world import World
 
-#: Model keys of ``fidelity.json``.
-MODELS: tuple[str, ...] = ("simulator", "mf", "popularity")
+#: Model keys of ``fidelity.json``: the simulator's hidden utility, the ALS, popularity, and the observed LLM
+#: similarity ``llm_sim`` (pooled history state · item embedding: the signal ``greedy-llm`` and α weigh).
+MODELS: tuple[str, ...] = ("simulator", "mf", "popularity", "llm_sim")
 #: Metric keys per model in ``fidelity.json``.
 METRICS: tuple[str, ...] = ("auc", "ndcg@10", "recall@10")
 
 
-def _session_start_utility(world: World, cfg: EnvConfig, users: dict[str, np.ndarray], n_users: int) -> np.ndarray:
-    """float32 (U, M) session-start utility of every real user (no fatigue, no repeats), from the world's tables.
+def _session_start_scores(world: World, cfg: EnvConfig, users: dict[str, np.ndarray],
+                          n_users: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every real user's session-start utility and observed LLM similarity, from the world's tables.
 
     The tables are taken from a one-row core of each population, so the env's later cores reuse them.
+
+    Returns:
+        (float32 (U, M) hidden utility (no fatigue, no repeats), float32 (U, M) observed ``state_sim = s_u·e_i``:
+        the env's ``llm_sim`` feature times ``‖s_u‖``, the same order per user).
     """
     from envs.core import BatchedCore
 
     um = cfg.user_model
-    out = np.zeros((n_users, world.n_items), np.float32)
+    util = np.zeros((n_users, world.n_items), np.float32)
+    llm = np.zeros((n_users, world.n_items), np.float32)
     for name, idx in users.items():
         pop = world.populations[name]
         tab = BatchedCore(world, cfg, 1, population=name).tables
-        out[idx] = um.affinity_scale * pop.rho[:, None] * (tab.sem_aff - tab.sem_mu[:, None]) / tab.sem_sd[:, None]
-        out[idx] += tab.static_util
-    return out
+        util[idx] = um.affinity_scale * pop.rho[:, None] * (tab.sem_aff - tab.sem_mu[:, None]) / tab.sem_sd[:, None]
+        util[idx] += tab.static_util
+        llm[idx] = tab.state_sim
+    return util, llm
 
 
 def rank_held_out(world: World, env: EnvConfig, users: dict[str, np.ndarray], n_users: int, mf: MFModel,
                   popularity: np.ndarray, train: InteractionLog, test: InteractionLog,
                   ) -> tuple[dict[str, dict[str, float]], int, np.ndarray]:
-    """Held-out ranking of the simulator's session-start utility, the ALS alone and popularity.
+    """Held-out ranking of the simulator's session-start utility, the ALS alone, popularity and the observed LLM
+    similarity (what the service sees of the text signal).
 
     Args:
         world: The calibrated world.
@@ -60,7 +69,7 @@ def rank_held_out(world: World, env: EnvConfig, users: dict[str, np.ndarray], n_
     Returns:
         (``{model: {metric: value}}`` rounded to 4 places, users evaluated, float32 (U, M) the simulator's utility).
     """
-    util = _session_start_utility(world, env, users, n_users)  # (U, M)
+    util, llm = _session_start_scores(world, env, users, n_users)  # (U, M) each
     uf, itf = mf.user_factors, mf.item_factors
     pop_scores = popularity.astype(np.float64)
     models = {
@@ -68,6 +77,7 @@ def rank_held_out(world: World, env: EnvConfig, users: dict[str, np.ndarray], n_
         "mf": evaluate_scores(lambda ub: uf[ub] @ itf.T, train, test),
         "popularity": evaluate_scores(lambda ub: np.broadcast_to(pop_scores, (len(ub), pop_scores.size)), train,
                                       test),
+        "llm_sim": evaluate_scores(lambda ub: llm[ub], train, test),
     }
     n_eval = models["simulator"]["users"]
     return {k: {m_: round(float(v[m_]), 4) for m_ in METRICS} for k, v in models.items()}, n_eval, util
@@ -285,10 +295,10 @@ def _plots(out: Path, dist: dict[str, Any], models: dict[str, dict[str, float]],
     plt.close(fig)
     written.append("plots/activity.png")
 
-    fig, axes = plt.subplots(1, len(METRICS), figsize=(9.6, 3.4), layout="constrained")
+    fig, axes = plt.subplots(1, len(METRICS), figsize=(11.2, 3.6), layout="constrained")
     for ax, metric in zip(axes, METRICS, strict=True):
         vals = [models[k][metric] for k in MODELS]
-        ax.bar(MODELS, vals, color=["tab:green", "tab:blue", "tab:gray"])
+        ax.bar(MODELS, vals, color=["tab:green", "tab:blue", "tab:gray", "tab:purple"])
         ax.set_title(metric)
         for j, v in enumerate(vals):
             ax.text(j, v, f"{v:.3f}", ha="center", va="bottom", fontsize=8)
@@ -311,6 +321,7 @@ def fidelity_markdown(report: dict[str, Any], prep: PreprocessReport | None = No
         Markdown text.
     """
     sp_, fit, dist = report["split"], report["fit"], report["distributions"]
+    emb = report.get("item_embeddings") or {}
     lines = [
         f"# Fidelity of the calibrated preset `{report['preset']}`",
         "",
@@ -322,7 +333,10 @@ def fidelity_markdown(report: dict[str, Any], prep: PreprocessReport | None = No
         f"{sp_['train_events']} / test {sp_['test_events']} events; {sp_['users_evaluated']} users evaluated over "
         f"the items they had not consumed in train ({sp_['items']} items). `simulator`: the simulated user's "
         "session-start utility (the order of its click probabilities); `mf`: the same ALS alone; `popularity`: "
-        "distinct train users per item.",
+        "distinct train users per item; `llm_sim`: the *observed* LLM similarity of the pooled history state "
+        "to the item (the env's `llm_sim` feature, what `greedy-llm` ranks by and the α blend weighs)"
+        + (f", computed on item embeddings {'centred on the catalog mean' if emb.get('centred') else 'not centred'}"
+           f" (raw |mean| {emb.get('raw_mean_norm')})" if emb else "") + ".",
         "",
         "| model | " + " | ".join(METRICS) + " |",
         "|---|" + "---:|" * len(METRICS),

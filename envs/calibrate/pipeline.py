@@ -21,6 +21,7 @@ from encoders.base import TextEncoder
 from envs.calibrate.fidelity import METRICS, distribution_checks, fidelity_markdown, rank_held_out
 from envs.calibrate.fitting import ResponseFit, choice_sequences, fit_response
 from envs.calibrate.tastes import (
+    center_embeddings,
     event_order,
     item_features,
     last_items,
@@ -242,11 +243,24 @@ def _preprocess_and_split(log: InteractionLog, cfg: CalibrationConfig, preproces
     return _Splits(clean=clean, prep=prep, train=train, test=test, fit=fit_log, validation=val_log)
 
 
-def _encode_items(clean: InteractionLog, encoder: TextEncoder, say: Callable[[str], None]) -> np.ndarray:
-    """Step 2: float32 (M, D) item embeddings of the item texts (cached by the encoder)."""
+def _encode_items(clean: InteractionLog, encoder: TextEncoder, center: bool,
+                  say: Callable[[str], None]) -> tuple[np.ndarray, dict[str, Any]]:
+    """Step 2: the item embeddings of the item texts (cached by the encoder), centred when ``center``.
+
+    Returns:
+        (float32 (M, D) the embeddings the world stores (every later step uses them), what was done to them for
+        ``World.meta["item_emb"]``: ``centred``, ``raw_mean_norm`` and, when centred, the ``mean`` (D,) subtracted
+        (a new item's raw embedding ``e`` maps to ``(e − mean) / ‖e − mean‖``)).
+    """
     say(f"encoding {clean.n_items} item texts with {encoder.name}")
     texts = clean.items["text"].astype(str).tolist()
-    return np.asarray(encoder.encode(texts), np.float32)  # (M, D)
+    raw = np.asarray(encoder.encode(texts), np.float32)  # (M, D)
+    mean_norm = float(np.linalg.norm(raw.mean(axis=0, dtype=np.float64)))
+    if not center:
+        return raw, {"centred": False, "raw_mean_norm": _r(mean_norm)}
+    emb, mean = center_embeddings(raw)
+    say(f"centred the item embeddings on the catalog mean (|mean| = {mean_norm:.3f}) and re-normalised them")
+    return emb, {"centred": True, "raw_mean_norm": _r(mean_norm), "mean": [float(x) for x in mean]}
 
 
 def _fit_response_parameters(splits: _Splits, item_emb: np.ndarray, cfg: CalibrationConfig,
@@ -376,6 +390,7 @@ def _report(*, source: str, env: EnvConfig, encoder: TextEncoder, command: str |
             "taste": {"halflife": cfg.taste_halflife, "rating_weight": cfg.taste_rating_weight,
                       "center": cfg.taste_center},
         },
+        "item_embeddings": {k: v for k, v in built.world.meta.get("item_emb", {}).items() if k != "mean"},
         "populations": {n: int(p.size) for n, p in built.world.populations.items()}
         | {"heldout_users": cfg.heldout_users},
         "distributions": dist,
@@ -472,7 +487,7 @@ def calibrate(
     splits = _preprocess_and_split(log, cfg, preprocess_cfg, say)
     clock.lap("preprocess_split")
 
-    item_emb = _encode_items(splits.clean, encoder, say)
+    item_emb, emb_info = _encode_items(splits.clean, encoder, cfg.center_embeddings, say)
     hits, misses = getattr(encoder, "hits", None), getattr(encoder, "misses", None)
     clock.lap("encode")
     cache = f" (cache: {hits} hits, {misses} misses)" if hits is not None else ""
@@ -485,6 +500,7 @@ def calibrate(
         f"({clock.timings['fit_response']:.1f} s)")
 
     built = _build_world(source, splits, item_emb, fit, cfg, base_env, overrides, encoder)
+    built.world.meta["item_emb"] = emb_info
     clock.lap("build_world")
 
     env, u0, ctr0 = _set_outside_option(built, cfg, overrides, out)

@@ -82,6 +82,27 @@ def taste_weights(log: InteractionLog, halflife: float, rating_weight: bool) -> 
     return w
 
 
+def center_embeddings(item_emb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Item embeddings minus the catalog's mean embedding, re-normalised to unit length.
+
+    Text-encoder embeddings share a common component (MiniLM on MovieLens: ``|ē| ≈ 0.64``). A pooled state
+    ``s = Σ w_h e_h`` then carries ``(Σ w_h)·ē``, and ``s·e_i`` ranks items mostly by ``ē·e_i``, the same order
+    for every user; centring removes it (docs/llm_signal.md).
+
+    Args:
+        item_emb: float (M, D) item embeddings.
+
+    Returns:
+        (float32 (M, D) centred unit rows (a row equal to the mean stays zero), float32 (D,) the mean subtracted).
+    """
+    emb = np.asarray(item_emb, np.float64)
+    mean = emb.mean(axis=0)
+    centred = emb - mean
+    norm = np.linalg.norm(centred, axis=1, keepdims=True)
+    out = np.where(norm > 1e-12, centred / np.where(norm > 1e-12, norm, 1.0), 0.0)
+    return out.astype(np.float32), mean.astype(np.float32)
+
+
 def semantic_taste(
     users: np.ndarray, items: np.ndarray, weights: np.ndarray, item_emb: np.ndarray, n_users: int, center: bool = True
 ) -> np.ndarray:
