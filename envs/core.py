@@ -346,8 +346,15 @@ class BatchedCore:
         return out
 
     def _text_states(self, rows: np.ndarray) -> np.ndarray:
+        """The encoded prompts (r, D), in the item embeddings' space (centred the same way on calibrated worlds)."""
         assert self.text_encoder is not None
-        return self.text_encoder.encode(self.prompts(rows)).astype(np.float32)
+        states = self.text_encoder.encode(self.prompts(rows)).astype(np.float32)
+        info = self.world.meta.get("item_emb") or {}
+        if info.get("centred"):  # the world's item embeddings are centred on the raw catalog mean: so is the prompt
+            states = states - np.asarray(info["mean"], np.float32)
+            norms = np.linalg.norm(states, axis=1, keepdims=True)
+            states = np.where(norms > 0, states / np.maximum(norms, 1e-12), 0.0).astype(np.float32)
+        return states
 
     # ---- hidden truth -------------------------------------------------------------------------------------------
 
