@@ -262,7 +262,7 @@ def test_policy_save_load_round_trip(tmp_path: Path) -> None:
     policy = _policy(hidden=32, temperature=0.5, init_alpha=0.3, use_item_table=True, residual_init_scale=1.0)
     path = tmp_path / "policy.pt"
     policy.save(str(path))
-    loaded = SlatePolicy.load(str(path))
+    loaded = SlatePolicy.load(str(path), device="cpu")  # compared with the CPU original (a GPU would be "auto")
     assert (loaded.hidden, loaded.temperature, loaded.init_alpha, loaded.use_item_table) == (32, 0.5, 0.3, True)
     obs = _fake_obs(policy.observation_space, 8, seed=7)
     with th.no_grad():
@@ -344,7 +344,7 @@ def test_category_repulsion_is_consistent_and_round_trips(tmp_path: Path) -> Non
     distinct = lambda c: np.mean([len(set(r)) for r in c.tolist()])  # noqa: E731
     assert distinct(cats) >= distinct(plain)
     policy.save(str(tmp_path / "p.pt"))
-    loaded = SlatePolicy.load(str(tmp_path / "p.pt"))
+    loaded = SlatePolicy.load(str(tmp_path / "p.pt"), device="cpu")  # compared with the CPU original
     assert th.allclose(loaded.get_distribution(_tensor(loaded, obs)).log_prob(actions), log_prob, atol=1e-5)
 
 
