@@ -733,7 +733,7 @@ class ParamSearch:
         method: ``"exhaustive"`` (every grid point) or ``"coordinate"`` (coordinate ascent from ``start``).
         start: The point the search started from (a coordinate search never ends below it).
         start_mean: Its mean return.
-        best: The point of the highest mean return among those evaluated (the first on ties).
+        best: The point of the highest mean return among those evaluated (on ties, the one reached first).
         best_mean: Its mean return.
         best_ci95: 95% bootstrap interval of its mean.
         points: Every evaluated point, in evaluation order.
@@ -777,7 +777,8 @@ class ParamSearch:
 def coordinate_search(evaluate: Callable[[dict[str, float]], np.ndarray], axes: dict[str, tuple[float, ...]],
                       start: dict[str, float], select: np.ndarray | None = None, exhaustive_max: int = EXHAUSTIVE_MAX,
                       max_rounds: int = 4,
-                      memo: dict[tuple[float, ...], np.ndarray] | None = None) -> tuple[dict[str, float], list]:
+                      memo: dict[tuple[float, ...], np.ndarray] | None = None
+                      ) -> tuple[dict[str, float], list[tuple[dict[str, float], float]]]:
     """Maximise the mean of ``evaluate(point)`` over a grid: every point when the grid is small, else coordinate
     ascent (sweep one axis at a time with the others fixed; move only on a strict gain; stop after a round
     without a move or after ``max_rounds``).
