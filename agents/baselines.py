@@ -4,16 +4,22 @@ Every ranker implements :class:`agents.base.Ranker` (``act(obs) -> slate (B, K)`
 its docstring states its scoring rule and where the rule comes from. Specs (see :data:`SPECS`):
 
 ``random``, ``popular``, ``greedy-llm``, ``greedy-cf``, ``fixed-alpha:A``, ``scored``, ``tuned-alpha``,
-``online-alpha:A``, ``strategy-alpha:A``, ``linucb[:C]``, ``oracle``, ``run:DIR``.
+``online-alpha:A``, ``strategy-alpha:A``, ``linucb[:C]``, ``diverse:A``, ``tuned-diverse``, ``oracle``,
+``tuned-oracle-diverse``, ``run:DIR``.
 
 Rankers that learn before the evaluation do so on the TRAINING population only: ``tuned-alpha`` grid-searches
-α there, ``scored`` and ``linucb`` fit on impressions logged there by ``envs.presets.logging_policy``. All of
-their randomness derives from the context's seed (never the global RNG).
+α there, ``tuned-diverse`` and ``tuned-oracle-diverse`` search their parameters there by the same protocol,
+``scored`` and ``linucb`` fit on impressions logged there by ``envs.presets.logging_policy``. All of their
+randomness derives from the context's seed (never the global RNG).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import itertools
+import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,10 +29,12 @@ from scipy.special import expit
 
 from agents.base import Feedback, Ranker
 from agents.evaluation import Bootstrap, episode_plan, percentile_ci, run_episodes
+from configs.loader import atomic_write_text, to_dict
 from configs.schema import EncoderConfig, EnvConfig
 from envs.core import BatchedCore
 from envs.factory import make_core
 from envs.logging_policy import logging_policy
+from envs.presets import default_world_dir, world_key
 from envs.spaces import F_CAT_EXPOSURE, F_CF, F_ITEM_SEEN, F_LLM, F_POP, FEATURE_NAMES
 from envs.topk import top_k
 from envs.world import World
@@ -46,13 +54,19 @@ SPECS: dict[str, str] = {
     "strategy-alpha:A": "per-user LLM/CF weight updated by new = A·current + (1-A)·signal",
     "linucb[:C]": "LinUCB over the candidate features, per user, exploration C (default 0.1)",
     "diverse:A": "fixed-alpha:A with penalties on recently shown categories and items, at most 2 per category",
+    "tuned-diverse": "diverse with α, category cap and penalty weights searched on the training users",
     "oracle": "true click probability (reads the simulator's hidden state)",
+    "tuned-oracle-diverse": "true utility with a category cap and exposure penalty tuned on the training users "
+                            "(non-myopic upper reference; reads the simulator's hidden state)",
     "run:DIR": "a trained PPO run directory (train.py)",
 }
 _NEEDS_ALPHA = ("fixed-alpha", "online-alpha", "strategy-alpha", "diverse")
-_NO_ARG = ("random", "popular", "greedy-llm", "greedy-cf", "scored", "tuned-alpha", "oracle")
+_NO_ARG = ("random", "popular", "greedy-llm", "greedy-cf", "scored", "tuned-alpha", "tuned-diverse", "oracle",
+           "tuned-oracle-diverse")
 #: Offsets that keep the training-side seeds (tuning, fitting) apart from the evaluation seeds.
 _TUNE_SEED, _FIT_SEED = 1_000_003, 2_000_003
+#: The tuning seed offset, public: tuning sessions are ``episode_plan(episodes, [seed + TUNE_SEED], U)``.
+TUNE_SEED = _TUNE_SEED
 
 
 def valid_choices() -> str:
@@ -691,6 +705,364 @@ class TunedAlphaRanker(BlendRanker):
         self.curve = curve
 
 
+# ---- tuned diversity heuristic and the non-myopic upper reference --------------------------------------------
+
+#: The axes of ``tuned-diverse``'s search (parameters of :class:`DiverseRanker`; caps above K mean no cap).
+DIVERSE_GRID: dict[str, tuple[float, ...]] = {
+    "alpha": ALPHA_GRID,
+    "cap": (1, 2, 3, 5),
+    "exposure_weight": (0.0, 0.5, 1.0, 2.0, 3.0, 5.0, 8.0),
+    "seen_weight": (0.0, 0.25, 0.5, 1.0, 2.0),
+}
+#: :class:`DiverseRanker`'s hand-set defaults, the start of ``tuned-diverse``'s search (α: tuned-alpha's value).
+DIVERSE_DEFAULTS: dict[str, float] = {"cap": 2, "exposure_weight": 3.0, "seen_weight": 0.5}
+#: The axes of ``tuned-oracle-diverse``'s search; its start is the myopic oracle (no penalty, no cap).
+ORACLE_DIVERSE_GRID: dict[str, tuple[float, ...]] = {
+    "cap": (1, 2, 3, 5, 1000),
+    "exposure_weight": (0.0, 0.25, 0.5, 1.0, 2.0, 4.0),
+}
+#: Grids with at most this many points are searched exhaustively; larger ones by coordinate ascent.
+EXHAUSTIVE_MAX = 64
+
+
+@dataclass
+class ParamSearch:
+    """A search over a grid of ranker parameters on one population (common random numbers for every point).
+
+    Attributes:
+        kind: What was tuned (``"diverse"``, ``"oracle-diverse"``).
+        axes: Grid values per parameter, in search order.
+        method: ``"exhaustive"`` (every grid point) or ``"coordinate"`` (coordinate ascent from ``start``).
+        start: The point the search started from (a coordinate search never ends below it).
+        start_mean: Its mean return.
+        best: The point of the highest mean return among those evaluated (on ties, the one reached first).
+        best_mean: Its mean return.
+        best_ci95: 95% bootstrap interval of its mean.
+        points: Every evaluated point, in evaluation order.
+        means: Mean return of each point.
+        episodes: Sessions per point (the same sessions for every point).
+        population: Where it was measured (training users).
+        seed: Seed of the sessions.
+    """
+
+    kind: str
+    axes: dict[str, list[float]]
+    method: str
+    start: dict[str, float]
+    start_mean: float
+    best: dict[str, float]
+    best_mean: float
+    best_ci95: list[float]
+    points: list[dict[str, float]]
+    means: list[float]
+    episodes: int
+    population: str
+    seed: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict for JSON."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ParamSearch:
+        """The inverse of :meth:`to_dict` (for the JSON cache).
+
+        Raises:
+            ValueError: If keys are missing or unknown.
+        """
+        names = {f.name for f in dataclasses.fields(cls)}
+        if set(data) != names:
+            raise ValueError(f"a parameter search needs the keys {sorted(names)}, got {sorted(data)}")
+        return cls(**data)
+
+
+def coordinate_search(evaluate: Callable[[dict[str, float]], np.ndarray], axes: dict[str, tuple[float, ...]],
+                      start: dict[str, float], select: np.ndarray | None = None, exhaustive_max: int = EXHAUSTIVE_MAX,
+                      max_rounds: int = 4,
+                      memo: dict[tuple[float, ...], np.ndarray] | None = None
+                      ) -> tuple[dict[str, float], list[tuple[dict[str, float], float]]]:
+    """Maximise the mean of ``evaluate(point)`` over a grid: every point when the grid is small, else coordinate
+    ascent (sweep one axis at a time with the others fixed; move only on a strict gain; stop after a round
+    without a move or after ``max_rounds``).
+
+    Either way the returned point has the highest mean of all evaluated points (coordinate ascent moves to the
+    best point of each sweep, and the current point only gets better), and it is never below ``start``.
+
+    Args:
+        evaluate: Point → per-episode returns (E,) on fixed sessions (common random numbers across points).
+        axes: Grid values per parameter, in sweep order.
+        start: Starting point; every value must be on its axis.
+        select: bool (E,) episodes that count (e.g. one ρ group; default all).
+        exhaustive_max: Grids of at most this many points are searched exhaustively.
+        max_rounds: Rounds of coordinate ascent at most.
+        memo: Shared cache point → returns (lets several searches over the same sessions share evaluations).
+
+    Returns:
+        ``(best point, [(point, mean) for every point evaluated by this search, in order])``.
+
+    Raises:
+        ValueError: For an empty axis, or a start value that is not on its axis.
+    """
+    names = list(axes)
+    for name in names:
+        if not axes[name]:
+            raise ValueError(f"the grid axis {name!r} is empty")
+        if name not in start or start[name] not in axes[name]:
+            raise ValueError(f"the start value of {name!r} ({start.get(name)!r}) is not on its axis {axes[name]}")
+    memo = {} if memo is None else memo
+    seen: dict[tuple[float, ...], float] = {}
+
+    def mean_of(point: dict[str, float]) -> float:
+        key = tuple(point[n] for n in names)
+        if key not in seen:
+            if key not in memo:
+                memo[key] = np.asarray(evaluate(dict(point)), dtype=np.float64)
+            ret = memo[key]
+            seen[key] = float(ret.mean() if select is None else ret[select].mean())
+        return seen[key]
+
+    best = dict(start)
+    best_mean = mean_of(best)
+    if int(np.prod([len(axes[n]) for n in names])) <= exhaustive_max:
+        for values in itertools.product(*(axes[n] for n in names)):
+            point = dict(zip(names, values, strict=True))
+            if mean_of(point) > best_mean:
+                best, best_mean = point, mean_of(point)
+    else:
+        for _ in range(max_rounds):
+            moved = False
+            for name in names:
+                for value in axes[name]:
+                    point = {**best, name: value}
+                    if mean_of(point) > best_mean:
+                        best, best_mean, moved = point, mean_of(point), True
+            if not moved:
+                break
+    evaluated = [(dict(zip(names, key, strict=True)), m) for key, m in seen.items()]
+    return best, evaluated
+
+
+def _search_cache_path(cache_dir: str | Path, kind: str, world: World, env_cfg: EnvConfig,
+                       spec: dict[str, Any]) -> Path:
+    """The cache file of one search: keyed by the world (its config key) and everything the search depends on."""
+    world_id = world.meta.get("config_key") or world_key(env_cfg, world.encoder_name)
+    key = {"kind": kind, "world": world_id, "preset_dir": env_cfg.preset_dir, "obs_mode": env_cfg.obs_mode,
+           "env": {k: getattr(env_cfg, k) for k in ("n_candidates", "slate_size", "max_steps")},
+           "user_model": to_dict(env_cfg.user_model), "reward": to_dict(env_cfg.reward), **spec}
+    digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return Path(cache_dir) / f"{kind}-{digest}.json"
+
+
+def _search(kind: str, factory: Callable[[BatchedCore, dict[str, float]], Ranker], world: World,
+            env_cfg: EnvConfig, axes: dict[str, tuple[float, ...]], start: dict[str, float], episodes: int,
+            seed: int, batch: int, population: str, encoder: EncoderConfig | None, progress: bool,
+            cache_dir: str | Path | None) -> ParamSearch:
+    """Run (or load from ``cache_dir``) one :func:`coordinate_search` of ``factory``'s rankers on ``population``."""
+    axes = {n: tuple(sorted(set(v) | {start[n]})) for n, v in axes.items()}  # the start is always on the grid
+    spec = {"axes": {n: list(v) for n, v in axes.items()}, "start": start, "episodes": episodes, "seed": seed,
+            "population": population}
+    path = _search_cache_path(cache_dir, kind, world, env_cfg, spec) if cache_dir is not None else None
+    if path is not None and path.is_file():
+        try:
+            return ParamSearch.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        except (ValueError, TypeError, json.JSONDecodeError):
+            pass  # a corrupt cache entry: search again and overwrite it
+    core = make_core(env_cfg, env_cfg.preset, encoder, world, population, min(batch, episodes))
+    plan = episode_plan(episodes, [seed], world.populations[population].size)
+    memo: dict[tuple[float, ...], np.ndarray] = {}
+
+    def evaluate(point: dict[str, float]) -> np.ndarray:
+        return run_episodes(core, factory(core, point), plan, progress=progress, desc=f"tuning {kind} {point}").ret
+
+    best, evaluated = coordinate_search(evaluate, axes, start, memo=memo)
+    names = list(axes)
+    exhaustive = int(np.prod([len(v) for v in axes.values()])) <= EXHAUSTIVE_MAX
+    best_ret = memo[tuple(best[n] for n in names)]
+    result = ParamSearch(
+        kind=kind, axes={n: [float(x) for x in v] for n, v in axes.items()},
+        method="exhaustive" if exhaustive else "coordinate", start={n: float(v) for n, v in start.items()},
+        start_mean=float(memo[tuple(start[n] for n in names)].mean()), best={n: float(v) for n, v in best.items()},
+        best_mean=float(best_ret.mean()),
+        best_ci95=list(percentile_ci(Bootstrap(len(plan), 1000, seed).means(best_ret))),
+        points=[{n: float(v) for n, v in p.items()} for p, _ in evaluated], means=[m for _, m in evaluated],
+        episodes=episodes, population=population, seed=seed)
+    if path is not None:
+        atomic_write_text(path, json.dumps(result.to_dict(), indent=1))
+    return result
+
+
+def diverse_ranker(k: int, category: np.ndarray, point: dict[str, float], name: str | None = None) -> DiverseRanker:
+    """The :class:`DiverseRanker` of one grid point ``{alpha, cap, exposure_weight, seen_weight}``."""
+    return DiverseRanker(k, float(point["alpha"]), category, exposure_weight=float(point["exposure_weight"]),
+                         seen_weight=float(point["seen_weight"]), cap=int(point["cap"]), name=name)
+
+
+def tune_diverse(world: World, env_cfg: EnvConfig, alpha: float, grid: dict[str, tuple[float, ...]] | None = None,
+                 episodes: int = 400, seed: int = _TUNE_SEED, batch: int = 256, population: str = "train",
+                 encoder: EncoderConfig | None = None, progress: bool = False,
+                 cache_dir: str | Path | None = None) -> ParamSearch:
+    """Tune the diversity heuristic's α, category cap, exposure and seen weights on ``population`` (training users).
+
+    The protocol of :func:`tune_alpha`: every grid point meets the same sessions (common random numbers). The
+    search starts at ``diverse:<alpha>`` with the hand-set defaults (:data:`DIVERSE_DEFAULTS`), so on these
+    sessions the result is never worse than that; grids of at most :data:`EXHAUSTIVE_MAX` points are searched
+    exhaustively, larger ones by coordinate ascent (:func:`coordinate_search`: about 30–60 points for
+    :data:`DIVERSE_GRID`).
+
+    Args:
+        world: The world.
+        env_cfg: Env config.
+        alpha: Start α (tuned-alpha's value); added to the α axis if missing.
+        grid: Axes ``alpha, cap, exposure_weight, seen_weight`` (default :data:`DIVERSE_GRID`).
+        episodes: Sessions per point.
+        seed: Seed of the sessions.
+        batch: Users simulated at once.
+        population: Population to tune on.
+        encoder: Encoder config (text observation mode only).
+        progress: Show progress bars.
+        cache_dir: Folder of a JSON cache of results, keyed by the world and the search's settings (``None``:
+            no cache; :func:`tuning_cache_dir` is the usual place).
+
+    Returns:
+        The search; ``best`` holds the tuned parameters.
+
+    Raises:
+        ValueError: For a grid with missing or unknown axes, or an empty axis.
+    """
+    grid = dict(DIVERSE_GRID if grid is None else grid)
+    if set(grid) != set(DIVERSE_GRID):
+        raise ValueError(f"the diverse grid needs the axes {sorted(DIVERSE_GRID)}, got {sorted(grid)}")
+    k = env_cfg.slate_size
+    grid["cap"] = tuple(sorted({min(int(c), k) for c in grid["cap"]}))  # caps above K all mean "no cap"
+    start = {"alpha": float(alpha), **DIVERSE_DEFAULTS}
+    start["cap"] = min(int(start["cap"]), k)
+    category = world.catalog.category
+    return _search("diverse", lambda core, p: diverse_ranker(k, category, p), world, env_cfg, grid, start, episodes,
+                   seed, batch, population, encoder, progress, cache_dir)
+
+
+class TunedDiverseRanker(DiverseRanker):
+    """``diverse`` at the parameters that maximised return on the training users (:func:`tune_diverse`).
+
+    Formula: :class:`DiverseRanker`'s, with ``(α, cap, λ_c, λ_s) = argmax mean return`` of the search over
+    :data:`DIVERSE_GRID` on the training population: the best hand-written ranker, tuned by the protocol of
+    ``tuned-alpha`` (the reference of the quality bar).
+
+    Args:
+        k: Slate size.
+        category: int (M,) item categories.
+        search: The search's result.
+    """
+
+    def __init__(self, k: int, category: np.ndarray, search: ParamSearch) -> None:
+        p = search.best
+        super().__init__(k, p["alpha"], category, exposure_weight=p["exposure_weight"],
+                         seen_weight=p["seen_weight"], cap=int(p["cap"]), name="tuned-diverse")
+        self.search = search
+
+
+class OracleDiverseRanker(DiverseRanker):
+    """Fatigue-aware oracle: true utilities re-ranked like the diversity heuristic. Reads HIDDEN state.
+
+    Formula: ``score_i = z(U_i) − λ_c·cat_exposure_i``, ``U_i`` the simulator's true utility of candidate i now
+    (``BatchedCore.candidate_utility``: taste, quality, price, current fatigue and repeat penalty), ``z`` over the
+    request's candidates; then greedy selection with at most ``cap`` items per category, as in
+    :class:`DiverseRanker`. The cap and λ_c look ahead: the myopic oracle (``cap`` ≥ K, λ_c = 0) piles a slate
+    into the user's favourite category, whose fatigue then costs every later request; spreading the slate keeps
+    the session alive. It reads the true utility (hidden tastes, ρ_u, price sensitivity, fatigue), not the
+    future random draws.
+
+    Args:
+        k: Slate size.
+        core: The core whose current request is ranked.
+        exposure_weight: λ_c.
+        cap: Most slots one category may take.
+        name: Display name.
+    """
+
+    reads_hidden_state = True
+
+    def __init__(self, k: int, core: BatchedCore, exposure_weight: float = 0.0, cap: int = 1000,
+                 name: str | None = None) -> None:
+        super().__init__(k, 1.0, core.world.catalog.category, exposure_weight=exposure_weight, seen_weight=0.0,
+                         cap=cap, name=name or f"oracle-diverse(cap={cap}, λ_c={exposure_weight:g})")
+        self.core = core
+
+    def scores(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        """True utility of each candidate: float32 (B, N).
+
+        Raises:
+            ValueError: If ``obs`` is not the core's current observation.
+        """
+        if obs["candidates"].shape != self.core.cands.shape or not np.array_equal(obs["candidates"], self.core.cands):
+            raise ValueError("the oracle can only rank the current request of the core it reads")
+        return self.core.candidate_utility()
+
+
+def oracle_diverse_ranker(k: int, core: BatchedCore, point: dict[str, float],
+                          name: str | None = None) -> OracleDiverseRanker:
+    """The :class:`OracleDiverseRanker` of one grid point ``{cap, exposure_weight}`` reading ``core``."""
+    return OracleDiverseRanker(k, core, exposure_weight=float(point["exposure_weight"]), cap=int(point["cap"]),
+                               name=name)
+
+
+def tune_oracle_diverse(world: World, env_cfg: EnvConfig, grid: dict[str, tuple[float, ...]] | None = None,
+                        episodes: int = 400, seed: int = _TUNE_SEED, batch: int = 256, population: str = "train",
+                        encoder: EncoderConfig | None = None, progress: bool = False,
+                        cache_dir: str | Path | None = None) -> ParamSearch:
+    """Tune :class:`OracleDiverseRanker`'s cap and λ_c on ``population`` (training users), like :func:`tune_diverse`.
+
+    The search starts at the myopic oracle (λ_c = 0, no cap), so on these sessions the result is never below it.
+
+    Args:
+        world: The world.
+        env_cfg: Env config.
+        grid: Axes ``cap, exposure_weight`` (default :data:`ORACLE_DIVERSE_GRID`).
+        episodes: Sessions per point.
+        seed: Seed of the sessions.
+        batch: Users simulated at once.
+        population: Population to tune on.
+        encoder: Encoder config (text observation mode only).
+        progress: Show progress bars.
+        cache_dir: JSON cache folder (see :func:`tune_diverse`).
+
+    Returns:
+        The search; ``best`` holds the tuned parameters.
+
+    Raises:
+        ValueError: For a grid with missing or unknown axes, or an empty axis.
+    """
+    grid = dict(ORACLE_DIVERSE_GRID if grid is None else grid)
+    if set(grid) != set(ORACLE_DIVERSE_GRID):
+        raise ValueError(f"the oracle-diverse grid needs the axes {sorted(ORACLE_DIVERSE_GRID)}, got {sorted(grid)}")
+    k = env_cfg.slate_size
+    grid["cap"] = tuple(sorted({min(int(c), k) for c in grid["cap"]}))
+    start = {"cap": k, "exposure_weight": 0.0}
+    return _search("oracle-diverse", lambda core, p: oracle_diverse_ranker(k, core, p), world, env_cfg, grid, start,
+                   episodes, seed, batch, population, encoder, progress, cache_dir)
+
+
+class TunedOracleDiverseRanker(OracleDiverseRanker):
+    """:class:`OracleDiverseRanker` at the cap and λ_c that maximised return on the training users
+    (:func:`tune_oracle_diverse`): the non-myopic upper reference. Reads HIDDEN state.
+
+    Args:
+        k: Slate size.
+        core: The core whose current request is ranked (the evaluation's core).
+        search: The search's result.
+    """
+
+    def __init__(self, k: int, core: BatchedCore, search: ParamSearch) -> None:
+        super().__init__(k, core, exposure_weight=search.best["exposure_weight"], cap=int(search.best["cap"]),
+                         name="tuned-oracle-diverse")
+        self.search = search
+
+
+def tuning_cache_dir(env_cfg: EnvConfig, encoder: EncoderConfig | None = None) -> Path:
+    """Where tuning results are cached by default: ``<world cache folder>/tuning``."""
+    return default_world_dir(env_cfg, encoder or EncoderConfig()) / "tuning"
+
+
 # ---- the registry ----------------------------------------------------------------------------------------------
 
 
@@ -701,16 +1073,21 @@ class RankerContext:
     Attributes:
         world: The world.
         env_cfg: Env config (K, N, logging settings).
-        core: The evaluation core (the oracle reads its hidden state); required for ``oracle``.
+        core: The evaluation core (the oracles read its hidden state); required for ``oracle`` and
+            ``tuned-oracle-diverse``.
         seed: Seed of the rankers' own randomness; training-side seeds are derived from it.
         train_population: Population that tuning and fitting use.
         alphas: tuned-alpha's grid.
-        tune_episodes: Sessions per α for tuned-alpha.
+        tune_episodes: Sessions per grid point for tuned-alpha, tuned-diverse and tuned-oracle-diverse.
         fit_sessions: Logged sessions for ``scored`` and ``linucb``.
         batch: Users simulated at once while tuning and fitting.
         encoder: Encoder config (text observation mode only).
         device: Torch device for ``run:DIR``.
         progress: Show progress bars while tuning and fitting.
+        diverse_grid: tuned-diverse's axes (``None``: :data:`DIVERSE_GRID`).
+        oracle_grid: tuned-oracle-diverse's axes (``None``: :data:`ORACLE_DIVERSE_GRID`).
+        cache_dir: JSON cache of the tuned-diverse and tuned-oracle-diverse searches (``None``: none; see
+            :func:`tuning_cache_dir`).
     """
 
     world: World
@@ -725,7 +1102,13 @@ class RankerContext:
     encoder: EncoderConfig | None = None
     device: str = "auto"
     progress: bool = False
+    diverse_grid: dict[str, tuple[float, ...]] | None = None
+    oracle_grid: dict[str, tuple[float, ...]] | None = None
+    cache_dir: str | None = None
     _impressions: Impressions | None = field(default=None, repr=False)
+    _alpha_curve: AlphaCurve | None = field(default=None, repr=False)
+    _diverse: ParamSearch | None = field(default=None, repr=False)
+    _oracle_diverse: ParamSearch | None = field(default=None, repr=False)
 
     def impressions(self) -> Impressions:
         """Logged impressions on the training users (collected once, shared by ``scored`` and ``linucb``)."""
@@ -734,6 +1117,30 @@ class RankerContext:
                                                     self.seed + _FIT_SEED, self.batch, self.train_population,
                                                     self.encoder, self.progress)
         return self._impressions
+
+    def alpha_curve(self) -> AlphaCurve:
+        """tuned-alpha's grid search on the training users (run once, shared by tuned-alpha and tuned-diverse)."""
+        if self._alpha_curve is None:
+            self._alpha_curve = tune_alpha(self.world, self.env_cfg, self.alphas, self.tune_episodes,
+                                           self.seed + _TUNE_SEED, self.batch, self.train_population, self.encoder,
+                                           self.progress)
+        return self._alpha_curve
+
+    def diverse_search(self) -> ParamSearch:
+        """tuned-diverse's search on the training users, from ``diverse:<tuned-alpha's α>`` (run once)."""
+        if self._diverse is None:
+            self._diverse = tune_diverse(self.world, self.env_cfg, self.alpha_curve().best_alpha, self.diverse_grid,
+                                         self.tune_episodes, self.seed + _TUNE_SEED, self.batch,
+                                         self.train_population, self.encoder, self.progress, self.cache_dir)
+        return self._diverse
+
+    def oracle_diverse_search(self) -> ParamSearch:
+        """tuned-oracle-diverse's search on the training users (run once)."""
+        if self._oracle_diverse is None:
+            self._oracle_diverse = tune_oracle_diverse(self.world, self.env_cfg, self.oracle_grid, self.tune_episodes,
+                                                       self.seed + _TUNE_SEED, self.batch, self.train_population,
+                                                       self.encoder, self.progress, self.cache_dir)
+        return self._oracle_diverse
 
 
 def make_ranker(spec: str, ctx: RankerContext) -> Ranker:
@@ -747,7 +1154,7 @@ def make_ranker(spec: str, ctx: RankerContext) -> Ranker:
         The ranker, its ``name`` set to the spec.
 
     Raises:
-        ValueError: For an unknown or malformed spec (listing the valid choices), or ``oracle`` without a core.
+        ValueError: For an unknown or malformed spec (listing the valid choices), or an oracle without a core.
         FileNotFoundError: For ``run:DIR`` when DIR does not exist.
         ImportError: For ``run:DIR`` when the PPO ranker module (``agents/ppo_ranker.py``) is not available.
     """
@@ -767,21 +1174,24 @@ def make_ranker(spec: str, ctx: RankerContext) -> Ranker:
     elif name == "scored":
         ranker = ScoredRanker.fit(ctx.impressions(), k)
     elif name == "tuned-alpha":
-        ranker = TunedAlphaRanker(k, tune_alpha(ctx.world, ctx.env_cfg, ctx.alphas, ctx.tune_episodes,
-                                                ctx.seed + _TUNE_SEED, ctx.batch, ctx.train_population,
-                                                ctx.encoder, ctx.progress))
+        ranker = TunedAlphaRanker(k, ctx.alpha_curve())
     elif name == "diverse":
         ranker = DiverseRanker(k, float(arg), ctx.world.catalog.category)
+    elif name == "tuned-diverse":
+        ranker = TunedDiverseRanker(k, ctx.world.catalog.category, ctx.diverse_search())
     elif name == "online-alpha":
         ranker = OnlineAlphaRanker(k, float(arg), ctx.world.item_emb)
     elif name == "strategy-alpha":
         ranker = StrategyAlphaRanker(k, float(arg))
     elif name == "linucb":
         ranker = LinUCBRanker.fit(ctx.impressions(), k, exploration=float(arg) if arg else 0.1)
-    elif name == "oracle":
+    elif name in ("oracle", "tuned-oracle-diverse"):
         if ctx.core is None:
-            raise ValueError("the oracle reads the evaluation core's hidden state: give RankerContext a core")
-        ranker = OracleRanker(k, ctx.core)
+            raise ValueError(f"{name} reads the evaluation core's hidden state: give RankerContext a core")
+        if name == "oracle":
+            ranker = OracleRanker(k, ctx.core)
+        else:
+            ranker = TunedOracleDiverseRanker(k, ctx.core, ctx.oracle_diverse_search())
     else:  # run:DIR (parse_spec admits nothing else)
         ranker = load_run(str(arg), ctx.device, n_items=ctx.world.n_items)
     ranker.name = spec

@@ -1,13 +1,26 @@
 """Is there something to learn? Headroom checks of the simulator on held-out users (common random numbers).
 
-``python -m bench.headroom --episodes 2000`` runs, on the same sessions: random, greedy-by-LLM, greedy-by-CF,
-the fixed α blend over a grid, a diversity-aware heuristic on the best α, and the myopic oracle. It checks:
+``python -m bench.headroom --episodes 2000`` runs, on the same held-out sessions: random, greedy-by-LLM,
+greedy-by-CF, the fixed α blend over a grid, the diversity heuristic (at 0.9 and at the held-out best α), the
+myopic oracle, and the references of the quality bar, tuned on the TRAINING users (``--tune-episodes`` sessions
+per grid point, common random numbers): ``tuned-alpha``, ``tuned-diverse`` and the non-myopic upper reference
+``tuned-oracle-diverse`` (``agents/baselines.py``). It checks:
 
 1. the oracle beats greedy-by-LLM and greedy-by-CF, which beat random (paired tests);
 2. the best fixed α differs between users with low and high ρ_u (each group's best α beats the other group's
    best α within that group);
 3. the diversity-aware heuristic beats pure greedy (the same α blend) on return;
-and prints the plausibility figures (CTR per request, session length, purchases per click, dwell per click).
+
+and reports
+
+* the **value of adaptation**: the return of choosing, per hidden ρ_u group (``--rho-edges``), the best fixed α
+  (resp. the best diversity parameters) on the training users, evaluated on the held-out users, against the
+  single tuned value (tuned-alpha, resp. tuned-diverse): what knowing the user's type is worth to a fixed ranker;
+* the **type leak**: how well the ρ group (ρ_u ≥ 0.5) is predicted from the first request's observation alone
+  (a logistic classifier on summary features, fitted on the training users, accuracy on the held-out users); a
+  type that is not predictable there has to be learnt from in-session feedback;
+* the plausibility figures (CTR per request, session length, purchases per click, dwell per click).
+
 The last line is a JSON object with every figure and the checks as booleans.
 """
 
@@ -15,34 +28,292 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
-from agents.baselines import ALPHA_GRID, RankerContext, make_ranker
-from agents.evaluation import Bootstrap, EpisodeStats, episode_plan, paired_test, percentile_ci, run_episodes
+from agents.baselines import (
+    ALPHA_GRID,
+    DIVERSE_GRID,
+    TUNE_SEED,
+    BlendRanker,
+    RankerContext,
+    coordinate_search,
+    diverse_ranker,
+    fit_logistic,
+    make_ranker,
+)
+from agents.evaluation import (
+    Bootstrap,
+    EpisodePlan,
+    EpisodeStats,
+    episode_plan,
+    paired_test,
+    percentile_ci,
+    run_episodes,
+)
 from configs.loader import ConfigError, resolve_config
+from configs.schema import EnvConfig
+from envs.core import BatchedCore
 from envs.factory import make_core
 from envs.presets import load_world
+from envs.spaces import F_CF, F_LLM, F_POP, F_PRICE
+from envs.world import World
+
+#: Default ρ_u group edges of the value of adaptation (the thirds of ``agents.evaluation.RHO_EDGES``).
+RHO_EDGES: tuple[float, ...] = (1 / 3, 2 / 3)
+#: A ρ group with fewer training sessions than this keeps the single tuned choice.
+MIN_GROUP_EPISODES = 30
 
 
 def _mean_ci(x: np.ndarray, boot: Bootstrap, sel: np.ndarray | None = None) -> dict[str, float | list[float]]:
     if sel is not None:
+        if not sel.any():
+            return {"mean": float("nan"), "ci95": [float("nan"), float("nan")]}
         x = np.where(sel, x, np.nan)
         means = boot.means(np.nan_to_num(x)) / boot.means(sel.astype(float))
         return {"mean": float(np.nanmean(x)), "ci95": list(percentile_ci(means))}
     return {"mean": float(x.mean()), "ci95": list(percentile_ci(boot.means(x)))}
 
 
+def _ratio_ci(x: np.ndarray, ref: np.ndarray, boot: Bootstrap) -> dict[str, float | list[float]]:
+    """Ratio of mean returns ``mean(x) / mean(ref)`` on the same episodes, with a paired bootstrap interval."""
+    return {"mean": float(x.mean() / ref.mean()), "ci95": list(percentile_ci(boot.means(x) / boot.means(ref)))}
+
+
+# ---- value of adaptation ----------------------------------------------------------------------------------------
+
+
+def rho_groups(rho: np.ndarray, edges: Sequence[float] = RHO_EDGES) -> np.ndarray:
+    """The ρ group of each value: ``i`` for ``edges[i-1] <= ρ < edges[i]`` (inner edges, increasing).
+
+    Args:
+        rho: (E,) hidden ρ_u values.
+        edges: Inner edges (G − 1 of them for G groups).
+
+    Returns:
+        int64 (E,) in [0, G).
+
+    Raises:
+        ValueError: If the edges are not strictly increasing inside (0, 1).
+    """
+    e = np.asarray(edges, dtype=np.float64)
+    if e.ndim != 1 or (e.size and (e[0] <= 0.0 or e[-1] >= 1.0 or np.any(np.diff(e) <= 0))):
+        raise ValueError(f"ρ group edges must be strictly increasing inside (0, 1), got {list(edges)}")
+    return np.searchsorted(e, np.asarray(rho, dtype=np.float64), side="right").astype(np.int64)
+
+
+def best_per_group(returns: dict[Any, np.ndarray], groups: np.ndarray, n_groups: int, fallback: Any,
+                   min_count: int = MIN_GROUP_EPISODES) -> list[Any]:
+    """For each group, the key whose returns have the highest mean over the group's episodes (first on ties).
+
+    Args:
+        returns: key → per-episode returns (E,) on the same sessions.
+        groups: int (E,) group of each episode.
+        n_groups: G.
+        fallback: The choice for a group with fewer than ``min_count`` episodes.
+        min_count: Fewest episodes a group needs for its own choice.
+
+    Returns:
+        G keys.
+    """
+    keys = list(returns)
+    out = []
+    for g in range(n_groups):
+        sel = groups == g
+        if sel.sum() < min_count:
+            out.append(fallback)
+            continue
+        means = [float(returns[k][sel].mean()) for k in keys]
+        out.append(keys[int(np.argmax(means))])
+    return out
+
+
+def alpha_by_group(world: World, cfg: EnvConfig, alphas: Sequence[float] = ALPHA_GRID,
+                   edges: Sequence[float] = RHO_EDGES, episodes: int = 1000, seed: int = TUNE_SEED,
+                   batch: int = 256, population: str = "train",
+                   min_count: int = MIN_GROUP_EPISODES) -> dict[str, Any]:
+    """The best fixed α of each hidden ρ group on ``population`` (training users), and the single best α.
+
+    Every α meets the same sessions (common random numbers); with the same ``episodes`` and ``seed`` the single
+    choice is tuned-alpha's (``agents.baselines.tune_alpha``).
+
+    Args:
+        world: The world.
+        cfg: Env config.
+        alphas: The α grid.
+        edges: Inner ρ group edges.
+        episodes: Training sessions per α.
+        seed: Seed of the sessions.
+        batch: Users simulated at once.
+        population: Population the choices are made on.
+        min_count: A group with fewer sessions keeps the single choice.
+
+    Returns:
+        ``{"single": α, "per_group": [α per group], "counts": [sessions per group],
+        "group_means": {α: [mean return per group]}}``.
+    """
+    core = make_core(cfg, cfg.preset, None, world, population, min(batch, episodes))
+    plan = episode_plan(episodes, [seed], world.populations[population].size)
+    groups = rho_groups(world.populations[population].rho[plan.users], edges)
+    n_groups = len(edges) + 1
+    rets = {float(a): run_episodes(core, BlendRanker(cfg.slate_size, float(a)), plan).ret for a in alphas}
+    single = max(rets, key=lambda a: rets[a].mean())
+    return {
+        "single": single,
+        "per_group": best_per_group(rets, groups, n_groups, single, min_count),
+        "counts": [int((groups == g).sum()) for g in range(n_groups)],
+        "group_means": {a: [float(r[groups == g].mean()) if (groups == g).any() else float("nan")
+                            for g in range(n_groups)] for a, r in rets.items()},
+    }
+
+
+def diverse_by_group(world: World, cfg: EnvConfig, start: dict[str, float],
+                     grid: dict[str, tuple[float, ...]] | None = None, edges: Sequence[float] = RHO_EDGES,
+                     episodes: int = 1000, seed: int = TUNE_SEED, batch: int = 256, population: str = "train",
+                     min_count: int = MIN_GROUP_EPISODES) -> dict[str, Any]:
+    """The best diversity-heuristic parameters of each hidden ρ group on ``population`` (training users).
+
+    One :func:`agents.baselines.coordinate_search` per group, each over that group's sessions and starting from
+    ``start`` (the single tuned-diverse choice), sharing evaluations; so on the training sessions each group's
+    choice is at least as good as ``start`` within the group.
+
+    Args:
+        world: The world.
+        cfg: Env config.
+        start: The single tuned choice ``{alpha, cap, exposure_weight, seen_weight}``.
+        grid: Axes (default ``agents.baselines.DIVERSE_GRID``, caps clipped to K).
+        edges: Inner ρ group edges.
+        episodes: Training sessions per point.
+        seed: Seed of the sessions.
+        batch: Users simulated at once.
+        population: Population the choices are made on.
+        min_count: A group with fewer sessions keeps ``start``.
+
+    Returns:
+        ``{"single": start, "per_group": [point per group], "counts": [sessions per group], "points": n}``.
+    """
+    k = cfg.slate_size
+    start = {**start, "cap": min(int(start["cap"]), k)}
+    axes = dict(DIVERSE_GRID if grid is None else grid)
+    axes["cap"] = tuple(sorted({min(int(c), k) for c in axes["cap"]}))
+    axes = {n: tuple(sorted(set(v) | {start[n]})) for n, v in axes.items()}
+    core = make_core(cfg, cfg.preset, None, world, population, min(batch, episodes))
+    plan = episode_plan(episodes, [seed], world.populations[population].size)
+    groups = rho_groups(world.populations[population].rho[plan.users], edges)
+    memo: dict[tuple[float, ...], np.ndarray] = {}
+    category = world.catalog.category
+
+    def evaluate(point: dict[str, float]) -> np.ndarray:
+        return run_episodes(core, diverse_ranker(k, category, point), plan).ret
+
+    per_group = []
+    for g in range(len(edges) + 1):
+        sel = groups == g
+        if sel.sum() < min_count:
+            per_group.append(dict(start))
+            continue
+        best, _ = coordinate_search(evaluate, axes, start, select=sel, memo=memo)
+        per_group.append(best)
+    return {"single": dict(start), "per_group": per_group,
+            "counts": [int((groups == g).sum()) for g in range(len(edges) + 1)], "points": len(memo)}
+
+
+def grouped_returns(returns_of: Callable[[Any], np.ndarray], groups: np.ndarray,
+                    per_group: Sequence[Any]) -> np.ndarray:
+    """Per-episode returns of "each episode gets its group's choice": float64 (E,).
+
+    Exact for rankers without memory across rows: a session's trajectory depends only on its key, its user and
+    the slates it is shown, not on the other rows of the batch.
+
+    Args:
+        returns_of: choice → per-episode returns (E,) of that choice on every session.
+        groups: int (E,) group of each session.
+        per_group: The choice of each group.
+    """
+    out = np.zeros(len(groups))
+    for g, choice in enumerate(per_group):
+        sel = groups == g
+        if sel.any():
+            out[sel] = returns_of(choice)[sel]
+    return out
+
+
+# ---- type leak ---------------------------------------------------------------------------------------------------
+
+#: Summary features of a first observation that the type-leak classifier reads.
+LEAK_FEATURES: tuple[str, ...] = ("llm_mean", "llm_std", "llm_max", "cf_mean", "cf_std", "cf_max", "llm_cf_corr",
+                                  "popularity_mean", "price_mean")
+
+
+def first_request_summary(world: World, cfg: EnvConfig, population: str, seed: int = 3) -> np.ndarray:
+    """Summary of each user's first observation (one session per user): float64 (U, len(LEAK_FEATURES))."""
+    n = world.populations[population].size
+    core = BatchedCore(world, cfg, n, population=population)
+    keys = np.arange(n, dtype=np.uint64) * np.uint64(7919) + np.uint64(seed)
+    core.reset_rows(np.arange(n), keys, np.arange(n))
+    f = core.observe()["features"].astype(np.float64)
+    llm, cf = f[:, :, F_LLM], f[:, :, F_CF]
+
+    def z(x: np.ndarray) -> np.ndarray:
+        return (x - x.mean(axis=1, keepdims=True)) / (x.std(axis=1, keepdims=True) + 1e-9)
+
+    return np.stack([llm.mean(1), llm.std(1), llm.max(1), cf.mean(1), cf.std(1), cf.max(1), (z(llm) * z(cf)).mean(1),
+                     f[:, :, F_POP].mean(1), f[:, :, F_PRICE].mean(1)], axis=1)
+
+
+def type_leak(world: World, cfg: EnvConfig, threshold: float = 0.5) -> dict[str, float]:
+    """How well ``ρ_u >= threshold`` is predicted from the first request alone (logistic classifier).
+
+    Fitted on the training users' first observations (:func:`first_request_summary`, standardised), scored on
+    the held-out users'. A lower bound on what a richer model could read there.
+
+    Returns:
+        ``{"accuracy": held-out accuracy, "base_rate": accuracy of always guessing the larger class}``.
+    """
+    xt, xh = first_request_summary(world, cfg, "train"), first_request_summary(world, cfg, "heldout")
+    yt = world.populations["train"].rho >= threshold
+    yh = world.populations["heldout"].rho >= threshold
+    mu, sd = xt.mean(axis=0), xt.std(axis=0) + 1e-9
+    w = fit_logistic(np.c_[(xt - mu) / sd, np.ones(len(xt))], yt, l2=1e-2)
+    pred = np.c_[(xh - mu) / sd, np.ones(len(xh))] @ w > 0
+    return {"accuracy": float((pred == yh).mean()), "base_rate": float(max(yh.mean(), 1.0 - yh.mean()))}
+
+
+# ---- the run ------------------------------------------------------------------------------------------------------
+
+
+def _figures(s: EpisodeStats, boot: Bootstrap, groups: np.ndarray, n_groups: int) -> dict[str, Any]:
+    clicks = max(s.clicks.sum(), 1.0)
+    low, high = s.rho < 0.5, s.rho >= 0.5
+    return {
+        "return": _mean_ci(s.ret, boot),
+        "return_low_rho": _mean_ci(s.ret, boot, low),
+        "return_high_rho": _mean_ci(s.ret, boot, high),
+        "return_by_group": [_mean_ci(s.ret, boot, groups == g)["mean"] for g in range(n_groups)],
+        "ctr_per_request": float(s.clicks.sum() / s.length.sum()),
+        "session_length": float(s.length.mean()),
+        "purchases_per_click": float(s.purchases.sum() / clicks),
+        "dwell_per_click_s": float(s.dwell.sum() / clicks),
+    }
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Run the checks; print a table and the JSON summary (last line)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--episodes", type=int, default=2000, help="held-out sessions (same for every ranker)")
+    ap.add_argument("--tune-episodes", type=int, default=1000,
+                    help="training sessions per grid point for the tuned references and the value of adaptation")
     ap.add_argument("--preset", default="default")
     ap.add_argument("--batch", type=int, default=500)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--rho-edges", default="0.3333333,0.6666667",
+                    help="inner edges of the ρ_u groups of the value of adaptation, comma separated")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a config value, e.g. env.max_steps=30 (repeatable; configs/schema.py)")
     args = ap.parse_args(argv)
+    edges = tuple(float(x) for x in args.rho_edges.split(",") if x.strip())
     try:
         full = resolve_config(None, args.preset, args.overrides)
     except ConfigError as exc:
@@ -50,20 +321,59 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = full.env
     world = load_world(cfg, full.encoder)
     core = make_core(cfg, cfg.preset, None, world, "heldout", args.batch)
-    plan = episode_plan(args.episodes, [args.seed], world.populations["heldout"].size)
-    ctx = RankerContext(world, cfg, core=core, seed=args.seed)
-    specs = ["random", "greedy-llm", "greedy-cf", "oracle"] + [f"fixed-alpha:{a:g}" for a in ALPHA_GRID]
+    plan: EpisodePlan = episode_plan(args.episodes, [args.seed], world.populations["heldout"].size)
+    ctx = RankerContext(world, cfg, core=core, seed=args.seed, tune_episodes=args.tune_episodes, batch=256)
+    fixed_specs = [f"fixed-alpha:{a:g}" for a in ALPHA_GRID]
+    specs = ["random", "greedy-llm", "greedy-cf", *fixed_specs, "diverse:0.9", "tuned-alpha", "tuned-diverse",
+             "oracle", "tuned-oracle-diverse"]
     stats: dict[str, EpisodeStats] = {s: run_episodes(core, make_ranker(s, ctx), plan) for s in specs}
     fixed = {a: stats[f"fixed-alpha:{a:g}"].ret for a in ALPHA_GRID}
     best = max(fixed, key=lambda a: fixed[a].mean())
     div = f"diverse:{best:g}"
-    stats[div] = run_episodes(core, make_ranker(div, ctx), plan)
+    if div not in stats:
+        stats[div] = run_episodes(core, make_ranker(div, ctx), plan)
 
     boot = Bootstrap(len(plan), 2000, args.seed)
     rho = stats["random"].rho
     low, high = rho < 0.5, rho >= 0.5
     best_low = max(fixed, key=lambda a: fixed[a][low].mean())
     best_high = max(fixed, key=lambda a: fixed[a][high].mean())
+
+    # value of adaptation: choices per ρ group on the training users, evaluated on the held-out sessions
+    n_groups = len(edges) + 1
+    groups = rho_groups(rho, edges)
+    tune_seed = args.seed + TUNE_SEED
+    by_alpha = alpha_by_group(world, cfg, ALPHA_GRID, edges, args.tune_episodes, tune_seed)
+    tuned_div = ctx.diverse_search()
+    by_div = diverse_by_group(world, cfg, tuned_div.best, None, edges, args.tune_episodes, tune_seed)
+    div_cache: dict[tuple, np.ndarray] = {}
+
+    def div_returns(point: dict[str, float]) -> np.ndarray:
+        key = tuple(sorted(point.items()))
+        if key not in div_cache:
+            div_cache[key] = run_episodes(core, diverse_ranker(cfg.slate_size, world.catalog.category, point),
+                                          plan).ret
+        return div_cache[key]
+
+    alpha_adapted = grouped_returns(lambda a: fixed[a], groups, by_alpha["per_group"])
+    div_adapted = grouped_returns(div_returns, groups, by_div["per_group"])
+    ret_tuned_alpha, ret_tuned_div = stats["tuned-alpha"].ret, stats["tuned-diverse"].ret
+    adaptation = {
+        "edges": list(edges),
+        "heldout_sessions_per_group": [int((groups == g).sum()) for g in range(n_groups)],
+        "alpha": {**by_alpha, "group_means": {f"{a:g}": m for a, m in by_alpha["group_means"].items()},
+                  "return": _mean_ci(alpha_adapted, boot),
+                  "single_return": _mean_ci(ret_tuned_alpha, boot),
+                  "ratio_vs_single": _ratio_ci(alpha_adapted, ret_tuned_alpha, boot),
+                  "by_group": [_mean_ci(alpha_adapted, boot, groups == g)["mean"] for g in range(n_groups)]},
+        "diverse": {**by_div,
+                    "return": _mean_ci(div_adapted, boot),
+                    "single_return": _mean_ci(ret_tuned_div, boot),
+                    "ratio_vs_single": _ratio_ci(div_adapted, ret_tuned_div, boot),
+                    "ratio_vs_tuned_alpha": _ratio_ci(div_adapted, ret_tuned_alpha, boot),
+                    "by_group": [_mean_ci(div_adapted, boot, groups == g)["mean"] for g in range(n_groups)]},
+    }
+    leak = type_leak(world, cfg)
 
     def beats(a: np.ndarray, b: np.ndarray, sel: np.ndarray | None = None) -> dict:
         s = np.ones(len(a), bool) if sel is None else sel
@@ -80,32 +390,49 @@ def main(argv: list[str] | None = None) -> dict:
         f"high-rho: alpha {best_high:g} > alpha {best_low:g}": beats(fixed[best_high], fixed[best_low], high),
         f"{div}>fixed-alpha:{best:g}": beats(r[div], fixed[best]),
     }
-    figures = {}
-    for name, s in stats.items():
-        clicks = max(s.clicks.sum(), 1.0)
-        figures[name] = {
-            "return": _mean_ci(s.ret, boot),
-            "return_low_rho": _mean_ci(s.ret, boot, low),
-            "return_high_rho": _mean_ci(s.ret, boot, high),
-            "ctr_per_request": float(s.clicks.sum() / s.length.sum()),
-            "session_length": float(s.length.mean()),
-            "purchases_per_click": float(s.purchases.sum() / clicks),
-            "dwell_per_click_s": float(s.dwell.sum() / clicks),
-        }
-    print(f"{'ranker':<18}{'return (95% CI)':>22}{'ρ<0.5':>8}{'ρ>=0.5':>8}{'CTR':>7}{'length':>8}{'buy/click':>10}"
+    figures = {name: _figures(s, boot, groups, n_groups) for name, s in stats.items()}
+    shares = {name: _ratio_ci(s.ret, r["tuned-oracle-diverse"], boot) for name, s in stats.items()}
+    for name, f in figures.items():
+        f["share_of_ceiling"] = shares[name]
+    label = {"alpha by ρ group (hidden)": alpha_adapted, "diverse by ρ group (hidden)": div_adapted}
+    for name, x in label.items():
+        f = {"return": _mean_ci(x, boot), "return_low_rho": _mean_ci(x, boot, low),
+             "return_high_rho": _mean_ci(x, boot, high)}
+        figures[name] = f
+
+    print(f"{'ranker':<28}{'return (95% CI)':>24}{'ρ<0.5':>8}{'ρ>=0.5':>8}{'CTR':>7}{'length':>8}{'buy/click':>10}"
           f"{'dwell/click':>12}")
     for name, f in figures.items():
         lo, hi = f["return"]["ci95"]
-        print(f"{name:<18}{f['return']['mean']:>8.3f} ({lo:.3f}–{hi:.3f}){f['return_low_rho']['mean']:>8.2f}"
-              f"{f['return_high_rho']['mean']:>8.2f}{f['ctr_per_request']:>7.3f}{f['session_length']:>8.1f}"
-              f"{f['purchases_per_click']:>10.3f}{f['dwell_per_click_s']:>11.0f}s")
-    print(f"best fixed α: all users {best:g}, ρ<0.5 {best_low:g}, ρ>=0.5 {best_high:g}")
+        line = (f"{name:<28}{f['return']['mean']:>8.3f} ({lo:6.3f}–{hi:6.3f}){f['return_low_rho']['mean']:>8.2f}"
+                f"{f['return_high_rho']['mean']:>8.2f}")
+        if "ctr_per_request" in f:
+            line += (f"{f['ctr_per_request']:>7.3f}{f['session_length']:>8.1f}{f['purchases_per_click']:>10.3f}"
+                     f"{f['dwell_per_click_s']:>11.0f}s")
+        print(line)
+    print(f"best fixed α on held-out users: all {best:g}, ρ<0.5 {best_low:g}, ρ>=0.5 {best_high:g}")
+    print(f"tuned-diverse (training users): {tuned_div.best} ({tuned_div.method}, {len(tuned_div.points)} points)")
+    orc = ctx.oracle_diverse_search()
+    print(f"tuned-oracle-diverse (training users): {orc.best} ({orc.method}, {len(orc.points)} points)")
+    a, d = adaptation["alpha"], adaptation["diverse"]
+    print(f"ρ groups (inner edges {list(edges)}): held-out sessions {adaptation['heldout_sessions_per_group']}, "
+          f"training sessions {a['counts']}")
+    print(f"value of adaptation, α: per-group α {a['per_group']} vs single {a['single']:g}: "
+          f"{a['return']['mean']:.3f} vs {a['single_return']['mean']:.3f}, ratio {a['ratio_vs_single']['mean']:.3f} "
+          f"({a['ratio_vs_single']['ci95'][0]:.3f}–{a['ratio_vs_single']['ci95'][1]:.3f})")
+    print(f"value of adaptation, diverse: per-group {d['per_group']} vs single {d['single']}: "
+          f"{d['return']['mean']:.3f} vs {d['single_return']['mean']:.3f}, ratio {d['ratio_vs_single']['mean']:.3f} "
+          f"({d['ratio_vs_single']['ci95'][0]:.3f}–{d['ratio_vs_single']['ci95'][1]:.3f})")
+    print(f"type leak: ρ>=0.5 predicted from the first request with accuracy {leak['accuracy']:.3f} "
+          f"(base rate {leak['base_rate']:.3f})")
     for name, c in checks.items():
         print(f"{'PASS' if c['holds'] else 'FAIL'}  {name}: Δ {c['delta']:+.3f}, p = {c['p']:.2g}")
-    out = {"preset": args.preset, "episodes": len(plan), "best_alpha": best, "best_alpha_low_rho": best_low,
-           "best_alpha_high_rho": best_high, "checks": checks, "all_hold": all(c["holds"] for c in checks.values()),
-           "figures": figures}
-    print(json.dumps(out))
+    out = {"preset": args.preset, "episodes": len(plan), "tune_episodes": args.tune_episodes, "best_alpha": best,
+           "best_alpha_low_rho": best_low, "best_alpha_high_rho": best_high,
+           "tuned_alpha": ctx.alpha_curve().best_alpha, "tuned_diverse": tuned_div.to_dict(),
+           "tuned_oracle_diverse": orc.to_dict(), "adaptation": adaptation, "type_leak": leak, "checks": checks,
+           "all_hold": all(c["holds"] for c in checks.values()), "figures": figures}
+    print(json.dumps(out, default=float))
     return out
 
 

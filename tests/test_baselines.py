@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import itertools
+import json
 from pathlib import Path
 
 import numpy as np
@@ -10,30 +12,51 @@ import pytest
 
 from agents.base import Feedback
 from agents.baselines import (
+    DIVERSE_GRID,
     SPECS,
     BlendRanker,
+    DiverseRanker,
     Impressions,
     LinUCBRanker,
     OnlineAlphaRanker,
+    OracleDiverseRanker,
+    ParamSearch,
     RankerContext,
     ScoredRanker,
     StrategyAlphaRanker,
     TunedAlphaRanker,
+    TunedDiverseRanker,
+    TunedOracleDiverseRanker,
     _examined,
     check_specs,
+    coordinate_search,
+    diverse_ranker,
     fit_logistic,
     make_ranker,
+    oracle_diverse_ranker,
     parse_spec,
     tune_alpha,
+    tune_diverse,
+    tune_oracle_diverse,
 )
-from agents.evaluation import episode_plan, evaluate_rankers, paired_test
+from agents.evaluation import episode_plan, evaluate_rankers, paired_test, run_episodes
+from bench.headroom import alpha_by_group, best_per_group, diverse_by_group, grouped_returns, rho_groups
 from configs.schema import EnvConfig
+from encoders.hashing import HashingEncoder
 from envs.core import BatchedCore
+from envs.kernels import SessionState
+from envs.presets import build_world, preset_config
 from envs.spaces import CONTEXT_NAMES, F_CF, F_ITEM_SEEN, F_LLM, FEATURE_NAMES
+from envs.users import sample_traits
 from envs.world import World
 
 ALL_SPECS = ["random", "popular", "greedy-llm", "greedy-cf", "fixed-alpha:0.3", "scored", "tuned-alpha",
-             "online-alpha:0.5", "strategy-alpha:0.5", "linucb", "linucb:0.5", "oracle"]
+             "online-alpha:0.5", "strategy-alpha:0.5", "linucb", "linucb:0.5", "diverse:0.7", "tuned-diverse",
+             "oracle", "tuned-oracle-diverse"]
+HIDDEN = ("oracle", "tuned-oracle-diverse")
+#: Tiny grids: the tuned references of the ``ctx`` fixture stay cheap.
+TINY_DIVERSE = {"alpha": (0.5, 1.0), "cap": (1, 2), "exposure_weight": (0.0, 3.0), "seen_weight": (0.5,)}
+TINY_ORACLE = {"cap": (1, 5), "exposure_weight": (0.0, 1.0)}
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +64,7 @@ def ctx(small_world: World, small_cfg: EnvConfig) -> RankerContext:
     """A context with a held-out evaluation core and cheap tuning/fitting budgets."""
     core = BatchedCore(small_world, small_cfg, 32, population="heldout")
     return RankerContext(small_world, small_cfg, core=core, seed=0, alphas=(0.0, 0.5, 1.0), tune_episodes=40,
-                         fit_sessions=60, batch=32)
+                         fit_sessions=60, batch=32, diverse_grid=TINY_DIVERSE, oracle_grid=TINY_ORACLE)
 
 
 def _obs(features: np.ndarray) -> dict[str, np.ndarray]:
@@ -77,8 +100,9 @@ def test_missing_run_directory_is_named(tmp_path: Path, ctx: RankerContext) -> N
 
 
 def test_oracle_needs_the_core(small_world: World, small_cfg: EnvConfig) -> None:
-    with pytest.raises(ValueError, match="core"):
-        make_ranker("oracle", RankerContext(small_world, small_cfg))
+    for spec in HIDDEN:
+        with pytest.raises(ValueError, match="core"):
+            make_ranker(spec, RankerContext(small_world, small_cfg))
 
 
 def test_every_ranker_returns_valid_slates_deterministically(ctx: RankerContext, small_cfg: EnvConfig) -> None:
@@ -91,7 +115,7 @@ def test_every_ranker_returns_valid_slates_deterministically(ctx: RankerContext,
     for spec in ALL_SPECS:
         first, second = make_ranker(spec, ctx), make_ranker(spec, ctx)
         assert first.name == spec
-        assert first.reads_hidden_state == (spec == "oracle")
+        assert first.reads_hidden_state == (spec in HIDDEN)
         for r in (first, second):
             r.reset(np.arange(core.B), obs)
         a, b = first.act(obs), second.act(obs)
@@ -236,3 +260,195 @@ def test_tune_alpha_returns_the_argmax_of_its_curve(small_world: World, small_cf
     assert again.mean_return == pytest.approx(curve.mean_return)  # same sessions whatever the batch
     tuned = TunedAlphaRanker(small_cfg.slate_size, curve)
     assert tuned.alpha == curve.best_alpha and tuned.name == "tuned-alpha"
+
+
+# ---- tuned references -----------------------------------------------------------------------------------------
+
+
+def _point_returns(world: World, cfg: EnvConfig, point: dict[str, float], episodes: int, seed: int) -> np.ndarray:
+    """Training-user returns of the diverse heuristic at one point, on the sessions the tuning uses."""
+    core = BatchedCore(world, cfg, min(32, episodes), population="train")
+    plan = episode_plan(episodes, [seed], world.populations["train"].size)
+    return run_episodes(core, diverse_ranker(cfg.slate_size, world.catalog.category, point), plan).ret
+
+
+def test_coordinate_search_finds_the_best_point_of_a_known_surface() -> None:
+    """A separable surface with its peak at (a=3, b=1): coordinate ascent from a corner reaches it; the result is
+    the best evaluated point and never below the start; a small grid is searched point by point."""
+    axes = {"a": (0.0, 1.0, 2.0, 3.0, 4.0), "b": (0.0, 1.0, 2.0)}
+    calls: list[tuple[float, float]] = []
+
+    def evaluate(p: dict[str, float]) -> np.ndarray:
+        calls.append((p["a"], p["b"]))
+        return np.full(4, -(p["a"] - 3.0) ** 2 - 2.0 * (p["b"] - 1.0) ** 2)
+
+    best, evaluated = coordinate_search(evaluate, axes, {"a": 0.0, "b": 2.0}, exhaustive_max=4)
+    assert best == {"a": 3.0, "b": 1.0}
+    assert max(m for _, m in evaluated) == evaluate(best).mean()
+    assert len(set(calls)) == len(calls) - 1 < 15  # memoised (the extra call is the check above); not all 15 points
+    best_all, evaluated_all = coordinate_search(evaluate, axes, {"a": 0.0, "b": 2.0})
+    assert best_all == best and len(evaluated_all) == 15
+    # only the selected episodes count
+    sel = np.array([True, False, False, False])
+    best_sel, _ = coordinate_search(lambda p: np.array([p["a"], -p["a"], -p["a"], -p["a"]]), {"a": (0.0, 1.0)},
+                                    {"a": 0.0}, select=sel)
+    assert best_sel == {"a": 1.0}
+    with pytest.raises(ValueError, match="not on its axis"):
+        coordinate_search(evaluate, axes, {"a": 0.5, "b": 0.0})
+    with pytest.raises(ValueError, match="empty"):
+        coordinate_search(evaluate, {"a": ()}, {"a": 0.0})
+
+
+def test_tune_diverse_picks_the_argmax_of_a_tiny_grid(small_world: World, small_cfg: EnvConfig) -> None:
+    episodes, seed = 48, 5
+    search = tune_diverse(small_world, small_cfg, 1.0, TINY_DIVERSE, episodes=episodes, seed=seed, batch=32)
+    assert search.method == "exhaustive" and search.population == "train"
+    assert len(search.points) == 8  # 2·2·2·1, the start (1.0, cap 2, 3.0, 0.5) among them
+    means = {tuple(sorted(p.items())): _point_returns(small_world, small_cfg, p, episodes, seed).mean()
+             for p in search.points}
+    best_key = max(means, key=lambda key: means[key])
+    assert tuple(sorted(search.best.items())) == best_key
+    assert search.best_mean == pytest.approx(means[best_key])
+    assert search.best_ci95[0] <= search.best_mean <= search.best_ci95[1]
+    tuned = TunedDiverseRanker(small_cfg.slate_size, small_world.catalog.category, search)
+    assert tuned.name == "tuned-diverse" and tuned.alpha == search.best["alpha"] and tuned.cap == search.best["cap"]
+    with pytest.raises(ValueError, match="axes"):
+        tune_diverse(small_world, small_cfg, 1.0, {"alpha": (1.0,)}, episodes=8)
+
+
+def test_tune_diverse_is_never_below_the_hand_set_heuristic(small_world: World, small_cfg: EnvConfig) -> None:
+    """Over the full grid (coordinate ascent), the tuned point is at least ``diverse:<α>`` with its defaults on the
+    training sessions it was tuned on, and the best of every point it evaluated."""
+    episodes, seed, alpha = 40, 9, 0.9
+    search = tune_diverse(small_world, small_cfg, alpha, episodes=episodes, seed=seed, batch=32)
+    assert search.method == "coordinate"
+    assert set(search.best) == set(DIVERSE_GRID)
+    core = BatchedCore(small_world, small_cfg, 32, population="train")
+    plan = episode_plan(episodes, [seed], small_world.populations["train"].size)
+    hand_set = run_episodes(core, DiverseRanker(small_cfg.slate_size, alpha, small_world.catalog.category), plan).ret
+    assert search.start_mean == pytest.approx(hand_set.mean())
+    assert search.best_mean >= hand_set.mean()
+    assert search.best_mean == pytest.approx(max(search.means))
+    again = _point_returns(small_world, small_cfg, search.best, episodes, seed)
+    assert again.mean() == pytest.approx(search.best_mean)
+
+
+def test_tuning_results_are_cached_by_world_and_settings(small_world: World, small_cfg: EnvConfig, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    first = tune_diverse(small_world, small_cfg, 1.0, TINY_DIVERSE, episodes=24, seed=1, batch=24, cache_dir=tmp_path)
+    files = list(tmp_path.glob("diverse-*.json"))
+    assert len(files) == 1
+    import agents.baselines as baselines
+
+    def no_runs(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a cached search ran sessions")
+
+    monkeypatch.setattr(baselines, "run_episodes", no_runs)
+    assert tune_diverse(small_world, small_cfg, 1.0, TINY_DIVERSE, episodes=24, seed=1, batch=8,
+                        cache_dir=tmp_path) == first
+    monkeypatch.undo()
+    files[0].write_text("{not json", encoding="utf-8")  # a corrupt entry is searched again and rewritten
+    assert tune_diverse(small_world, small_cfg, 1.0, TINY_DIVERSE, episodes=24, seed=1, batch=24,
+                        cache_dir=tmp_path) == first
+    assert ParamSearch.from_dict(json.loads(files[0].read_text(encoding="utf-8"))) == first
+    other = tune_diverse(small_world, small_cfg, 1.0, TINY_DIVERSE, episodes=24, seed=2, batch=24, cache_dir=tmp_path)
+    assert other.seed == 2 and len(list(tmp_path.glob("diverse-*.json"))) == 2
+
+
+def test_the_non_myopic_oracle_reads_the_core_without_changing_it(small_world: World, small_cfg: EnvConfig) -> None:
+    core = BatchedCore(small_world, small_cfg, 24, population="heldout")
+    core.reset_rows(np.arange(24), np.arange(24, dtype=np.uint64) + np.uint64(5))
+    for _ in range(2):  # some fatigue, exposure and impressions to read
+        core.observe()
+        core.step(np.tile(np.arange(small_cfg.slate_size), (24, 1)))
+    obs = {key: v.copy() for key, v in core.observe().items()}
+    before = {name: getattr(core, name).copy() for name in SessionState._fields}
+    search = tune_oracle_diverse(small_world, small_cfg, TINY_ORACLE, episodes=24, seed=3, batch=24)
+    ranker = TunedOracleDiverseRanker(small_cfg.slate_size, core, search)
+    assert ranker.reads_hidden_state and ranker.name == "tuned-oracle-diverse"
+    slate = ranker.act(obs)
+    for name in SessionState._fields:
+        assert np.array_equal(getattr(core, name), before[name]), name
+    # the rule: z(true utility) − λ_c·exposure, greedy under the cap
+    cap = int(search.best["cap"])
+    cats = small_world.catalog.category[obs["candidates"]]
+    for row in range(24):
+        assert np.bincount(cats[row, slate[row]]).max() <= cap
+    uncapped = oracle_diverse_ranker(small_cfg.slate_size, core, {"cap": small_cfg.slate_size,
+                                                                  "exposure_weight": 0.0})
+    assert np.array_equal(uncapped.act(obs), make_ranker("oracle", RankerContext(small_world, small_cfg,
+                                                                                  core=core)).act(obs))
+    assert search.start == {"cap": small_cfg.slate_size, "exposure_weight": 0.0}  # starts at the myopic oracle
+    assert search.best_mean >= search.start_mean
+    stale = {**obs, "candidates": obs["candidates"][:, ::-1].copy()}
+    with pytest.raises(ValueError, match="current request"):
+        OracleDiverseRanker(small_cfg.slate_size, core).act(stale)
+
+
+def test_make_ranker_shares_the_tuning_between_tuned_references(ctx: RankerContext) -> None:
+    tuned = make_ranker("tuned-diverse", ctx)
+    assert isinstance(tuned, TunedDiverseRanker) and tuned.search is ctx.diverse_search()
+    assert ctx.diverse_search().start["alpha"] == ctx.alpha_curve().best_alpha
+    assert make_ranker("tuned-alpha", ctx).curve is ctx.alpha_curve()  # type: ignore[attr-defined]
+    oracle = make_ranker("tuned-oracle-diverse", ctx)
+    assert isinstance(oracle, TunedOracleDiverseRanker) and oracle.core is ctx.core
+
+
+# ---- value of adaptation (bench/headroom.py) ------------------------------------------------------------------
+
+
+def test_rho_groups_and_grouped_returns() -> None:
+    assert rho_groups(np.array([0.0, 0.2, 1 / 3, 0.5, 0.9, 1.0])).tolist() == [0, 0, 1, 1, 2, 2]
+    assert rho_groups(np.array([0.1, 0.7]), (0.5,)).tolist() == [0, 1]
+    for bad in ((0.6, 0.4), (0.0,), (1.0,)):
+        with pytest.raises(ValueError, match="edges"):
+            rho_groups(np.array([0.5]), bad)
+    returns = {"a": np.array([1.0, 5.0, 0.0, 2.0]), "b": np.array([2.0, 1.0, 3.0, 1.0])}
+    groups = np.array([0, 1, 0, 1])
+    assert best_per_group(returns, groups, 3, "a", min_count=1) == ["b", "a", "a"]  # group 2 is empty: fallback
+    assert grouped_returns(lambda key: returns[key], groups, ["b", "a"]).tolist() == [2.0, 5.0, 3.0, 2.0]
+
+
+def test_per_group_choices_are_the_argmax_within_each_group(small_world: World, small_cfg: EnvConfig) -> None:
+    episodes, seed, edges = 80, 4, (0.5,)
+    core = BatchedCore(small_world, small_cfg, 40, population="train")
+    plan = episode_plan(episodes, [seed], small_world.populations["train"].size)
+    groups = rho_groups(small_world.populations["train"].rho[plan.users], edges)
+    assert min((groups == 0).sum(), (groups == 1).sum()) >= 20
+    alphas = (0.0, 0.5, 1.0)
+    out = alpha_by_group(small_world, small_cfg, alphas, edges, episodes, seed, batch=40, min_count=20)
+    rets = {a: run_episodes(core, BlendRanker(small_cfg.slate_size, a), plan).ret for a in alphas}
+    assert out["single"] == max(alphas, key=lambda a: rets[a].mean())
+    assert out["counts"] == [int((groups == g).sum()) for g in range(2)]
+    for g, chosen in enumerate(out["per_group"]):
+        sel = groups == g
+        assert rets[chosen][sel].mean() == max(r[sel].mean() for r in rets.values())
+    # the diversity version, on a grid small enough to be searched exhaustively in each group
+    start = {"alpha": 1.0, "cap": 2, "exposure_weight": 3.0, "seen_weight": 0.5}
+    div = diverse_by_group(small_world, small_cfg, start, TINY_DIVERSE, edges, episodes, seed, batch=40, min_count=20)
+    grid = [dict(zip(TINY_DIVERSE, v, strict=True)) for v in itertools.product(*TINY_DIVERSE.values())]
+    point_rets = [run_episodes(core, diverse_ranker(small_cfg.slate_size, small_world.catalog.category, p),
+                               plan).ret for p in grid]
+    for g, chosen in enumerate(div["per_group"]):
+        sel = groups == g
+        chosen_ret = run_episodes(core, diverse_ranker(small_cfg.slate_size, small_world.catalog.category, chosen),
+                                  plan).ret
+        assert chosen_ret[sel].mean() == pytest.approx(max(r[sel].mean() for r in point_rets))
+
+
+# ---- the adapt preset ------------------------------------------------------------------------------------------
+
+
+def test_the_adapt_preset_has_two_populated_rho_modes() -> None:
+    cfg = preset_config("adapt")
+    assert cfg.preset == "adapt"
+    rho = sample_traits(cfg.user_model, 4000, cfg.catalog.cf_dim, seed=1)["rho"]
+    low, high, middle = (rho < 0.2).mean(), (rho > 0.8).mean(), ((rho > 0.35) & (rho < 0.65)).mean()
+    assert low > 0.35 and high > 0.35 and middle < 0.05  # bimodal, both modes common, a gap between them
+    # a shrunken copy builds and keeps the modes in both populations
+    small = preset_config("adapt", {"n_candidates": 20, "slate_size": 5, "catalog": {"n_items": 400},
+                                    "candidates": {"pool_size": 60}, "logging": {"organic_per_user": 20},
+                                    "user_model": {"n_train": 200, "n_heldout": 100}})
+    world = build_world(small, HashingEncoder(dim=32), progress=False)
+    for pop in world.populations.values():
+        assert (pop.rho < 0.2).mean() > 0.3 and (pop.rho > 0.8).mean() > 0.3
