@@ -19,6 +19,7 @@ from typing import Any
 
 from agents.baselines import RankerContext, TunedAlphaRanker, check_specs, make_ranker, valid_choices
 from agents.evaluation import episode_plan, evaluate_rankers, markdown_table, summarise, write_report
+from agents.plausibility import plausibility_markdown, write_plausibility
 from configs.loader import ConfigError, apply_overrides, from_dict, read_yaml_mapping
 from configs.schema import Config
 from envs.presets import load_world, preset_config
@@ -128,8 +129,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         alpha_curve=tuned.curve.to_dict() if isinstance(tuned, TunedAlphaRanker) else None,
                         setup=setup)
     paths = write_report(results, ev.out)
+    plaus = write_plausibility(results, ev.out, policies=[n for n in rankers if n.startswith("run:")])
     print(markdown_table(results))
-    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    print(plausibility_markdown(plaus))
+    print("wrote " + ", ".join([*(str(p) for p in paths.values()), *plaus["paths"].values()]))
     return results
 
 

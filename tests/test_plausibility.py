@@ -145,3 +145,20 @@ def test_bad_range_files_are_named(tmp_path: Path, edit: Any, message: str) -> N
 def test_missing_range_file(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="plausibility range file"):
         load_range(tmp_path / "nope.yaml")
+
+
+def test_evaluate_writes_the_plausibility_report(tmp_path: Path, run_dir: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """evaluate.py's hook: plausibility.{json,md} beside results.*, the run:DIR ranker marked as the policy."""
+    import evaluate
+
+    out = tmp_path / "report"
+    evaluate.main(["--preset", "small", "--encoder", "hashing", "--episodes", "8", "--seeds", "1", "--no-progress",
+                   "--rankers", f"random,run:{run_dir}", "--reference", "random", "--set", "eval.bootstrap=100",
+                   "--set", "encoder.hashing_dim=64", "--set", f"env.cache_dir={tmp_path}", "--set",
+                   f"encoder.cache_dir={tmp_path}", "--out", str(out)])
+    rep = json.loads((out / "plausibility.json").read_text(encoding="utf-8"))
+    assert list(rep["rows"]) == ["random", f"run:{run_dir}"]
+    assert rep["policies"] == [f"run:{run_dir}"]
+    assert "plausibility.md" in capsys.readouterr().out
+    assert (out / "plausibility.md").read_text(encoding="utf-8").count(f"| **run:{run_dir}** |") == 1
