@@ -434,7 +434,7 @@ def probe_table(result: dict[str, Any]) -> str:
 def _gap_line(result: dict[str, Any]) -> str:
     g = result["alpha_gap"]
     lo, hi = g["ci95"]
-    return (f"α gap cf − llm at request {g['request']}: {g['cf_minus_llm']:+.3f} (95% CI {lo:+.3f} to {hi:+.3f}, "
+    return (f"α gap cf − llm at request {g['request']}: {g['cf_minus_llm']:+.4f} (95% CI {lo:+.4f} to {hi:+.4f}, "
             f"paired over {result['settings']['sessions']} sessions)")
 
 
@@ -456,6 +456,7 @@ def probe_markdown(result: dict[str, Any]) -> str:
         "α: the policy's blend weight of llm_sim (1 − α on cf_score); β: its within-slate category repulsion; slate "
         "columns: means over the K shown items, then over sessions; 95% percentile-bootstrap intervals over sessions.",
         "",
+        "",
     ]
     return "\n".join(head) + probe_table(result) + "\n" + _gap_line(result) + ".\n"
 
@@ -476,7 +477,7 @@ def probe_plot(result: dict[str, Any]) -> bytes:
         ax_c.plot(x, [r["slate_cf_score"] for r in rows], marker="o", ms=3, color=_COLOURS[b], label=b)
     g = result["alpha_gap"]
     ax_a.axvline(g["request"], color="#cccccc", lw=0.8, zorder=0)
-    ax_a.set_title(f"policy α by request (gap cf − llm at {g['request']}: {g['cf_minus_llm']:+.2f})")
+    ax_a.set_title(f"policy α by request (gap cf − llm at {g['request']}: {g['cf_minus_llm']:+.3f})")
     ax_a.set_ylabel("α (weight of llm_sim)")
     ax_l.set_title("slate mean llm_sim")
     ax_c.set_title("slate mean cf_score")
