@@ -20,6 +20,7 @@ from typing import Any
 
 from agents.baselines import RankerContext, TunedAlphaRanker, check_specs, make_ranker, valid_choices
 from agents.evaluation import episode_plan, evaluate_rankers, markdown_table, summarise, write_report
+from agents.plausibility import plausibility_markdown, write_plausibility
 from agents.ppo_ranker import MODEL_FILE, WEIGHTS_FILE
 from agents.runinfo import SIGNATURE_FILE, describe, mismatch, read_signature, signature
 from configs import loader
@@ -193,8 +194,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         alpha_curve=tuned.curve.to_dict() if isinstance(tuned, TunedAlphaRanker) else None,
                         setup=setup)
     paths = write_report(results, ev.out)
+    plaus = write_plausibility(results, ev.out, policies=[n for n in rankers if n.startswith("run:")])
     print(markdown_table(results))
-    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    print(plausibility_markdown(plaus))
+    print("wrote " + ", ".join([*(str(p) for p in paths.values()), *plaus["paths"].values()]))
     return results
 
 

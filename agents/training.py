@@ -51,6 +51,7 @@ from tqdm.auto import tqdm
 
 from agents.baselines import RankerContext, make_ranker, tune_alpha, tuning_cache_dir
 from agents.evaluation import RHO_EDGES, RHO_LABELS, episode_plan, run_episodes, summarise, write_report
+from agents.plausibility import write_plausibility
 from agents.policies import SlatePolicy
 from agents.ppo_ranker import (
     CONFIG_FILE,
@@ -791,6 +792,7 @@ def final_comparison(cfg: Config, world: World, policy: SlatePolicy, curve: Any,
                                    if getattr(rankers[name], "search", None) is not None}
     out = run_dir / "report"
     write_report(results, out)
+    write_plausibility(results, out, policies=["ppo"])  # report/plausibility.json / .md: flags figures out of range
     _alpha_plot(results["alpha"], out / "plots" / "alpha.png")
     return results
 
