@@ -15,8 +15,15 @@ import numpy as np
 
 
 @numba.njit(cache=True, nogil=True)
+def _penalty(beta: float, count: float, cap: int, cap_pen: float) -> float:
+    """The effective-logit penalty of a group with ``count`` earlier picks: ``β·count``, plus ``cap_pen`` once
+    ``count >= cap`` (the soft category cap; ``cap_pen = 0``: none)."""
+    return beta * count + (cap_pen if count >= cap else 0.0)
+
+
+@numba.njit(cache=True, nogil=True)
 def sample_groups(x: np.ndarray, groups: np.ndarray, beta: np.ndarray, u: np.ndarray, n_groups: int,
-                  picks: np.ndarray, log_prob: np.ndarray) -> None:
+                  picks: np.ndarray, log_prob: np.ndarray, cap: int = 1 << 30, cap_pen: float = 0.0) -> None:
     """Draw one slate per row.
 
     Args:
@@ -27,6 +34,8 @@ def sample_groups(x: np.ndarray, groups: np.ndarray, beta: np.ndarray, u: np.nda
         n_groups: G.
         picks: int64 (B, K) output: candidate positions, in rank order.
         log_prob: float64 (B,) output: the slates' log-probabilities.
+        cap: Soft category cap: a group with ``cap`` or more earlier picks takes ``cap_pen`` more penalty.
+        cap_pen: That penalty (nats).
     """
     b, n = x.shape
     kk = picks.shape[1]
@@ -53,7 +62,7 @@ def sample_groups(x: np.ndarray, groups: np.ndarray, beta: np.ndarray, u: np.nda
             for g in range(n_groups):
                 w = 0.0
                 if left[g] > 0 and mass[g] > 0.0:
-                    w = mass[g] * math.exp(-beta[r] * counts[g])
+                    w = mass[g] * math.exp(-_penalty(beta[r], counts[g], cap, cap_pen))
                 weight[g] = w
                 z += w
             target = u[r, k, 0] * z
@@ -81,7 +90,7 @@ def sample_groups(x: np.ndarray, groups: np.ndarray, beta: np.ndarray, u: np.nda
                         item = j
                 chosen = groups[r, item]
             else:
-                total += x[r, item] - beta[r] * counts[chosen] - math.log(z)
+                total += x[r, item] - _penalty(beta[r], counts[chosen], cap, cap_pen) - math.log(z)
             picks[r, k] = item
             placed[item] = True
             mass[chosen] = max(mass[chosen] - e[item], 0.0)
@@ -94,15 +103,16 @@ def sample_groups(x: np.ndarray, groups: np.ndarray, beta: np.ndarray, u: np.nda
 def _row_steps(big_s: np.ndarray, big_t: np.ndarray, e_a: np.ndarray, xe_a: np.ndarray, g_a: np.ndarray,
                beta: float, r: int, raw: np.ndarray, t: np.ndarray, cnt: np.ndarray, z: np.ndarray,
                m: np.ndarray, with_entropy: bool, pw: np.ndarray, cum_e: np.ndarray, cum_xe: np.ndarray,
-               counts: np.ndarray) -> None:
+               counts: np.ndarray, pen: np.ndarray, cap: int, cap_pen: float) -> None:
     """Row r's per-step, per-group quantities of :func:`path_terms_forward` (into the (K, G) / (K,) scratch);
-    ``pw[c] = exp(−β·c)`` for the K possible counts."""
+    ``pen[c]`` (:func:`_penalty`) and ``pw[c] = exp(−pen[c])`` for the K possible counts."""
     kk, n_g = raw.shape
     cum_e[:] = 0.0
     cum_xe[:] = 0.0
     counts[:] = 0.0
     for c in range(kk):
-        pw[c] = math.exp(-beta * float(c))
+        pen[c] = _penalty(beta, float(c), cap, cap_pen)
+        pw[c] = math.exp(-pen[c])
     for k in range(kk):
         zk = 0.0
         mk = 0.0
@@ -116,7 +126,7 @@ def _row_steps(big_s: np.ndarray, big_t: np.ndarray, e_a: np.ndarray, xe_a: np.n
             if with_entropy:
                 tk = big_t[r, g] - cum_xe[g]
                 t[k, g] = tk
-                mk += w * (tk - beta * counts[g] * sc)
+                mk += w * (tk - pen[int(counts[g])] * sc)
         z[k] = zk
         m[k] = mk
         ga = g_a[r, k]
@@ -128,16 +138,17 @@ def _row_steps(big_s: np.ndarray, big_t: np.ndarray, e_a: np.ndarray, xe_a: np.n
 @numba.njit(cache=True, nogil=True)
 def _row_forward(big_s: np.ndarray, big_t: np.ndarray, e_a: np.ndarray, xe_a: np.ndarray, x_a: np.ndarray,
                  g_a: np.ndarray, beta: float, r: int, with_entropy: bool, log_p: np.ndarray, lr: int,
-                 sc: tuple) -> float:
+                 sc: tuple, cap: int, cap_pen: float) -> float:
     """Row r's log-probability per step (into ``log_p[lr]``); returns its path entropy (0 without)."""
-    raw, t, cnt, z, m, pw, cum_e, cum_xe, counts = sc
+    raw, t, cnt, z, m, pw, cum_e, cum_xe, counts, pen = sc
     kk = raw.shape[0]
-    _row_steps(big_s, big_t, e_a, xe_a, g_a, beta, r, raw, t, cnt, z, m, with_entropy, pw, cum_e, cum_xe, counts)
+    _row_steps(big_s, big_t, e_a, xe_a, g_a, beta, r, raw, t, cnt, z, m, with_entropy, pw, cum_e, cum_xe, counts,
+               pen, cap, cap_pen)
     ent = 0.0
     for k in range(kk):
         zc = z[k] if z[k] >= 1e-300 else 1e-300
         log_z = math.log(zc)
-        log_p[lr, k] = x_a[r, k] - beta * cnt[k, g_a[r, k]] - log_z
+        log_p[lr, k] = x_a[r, k] - pen[int(cnt[k, g_a[r, k]])] - log_z
         if with_entropy:
             ent += log_z - m[k] / zc
     return ent
@@ -146,13 +157,15 @@ def _row_forward(big_s: np.ndarray, big_t: np.ndarray, e_a: np.ndarray, xe_a: np
 @numba.njit(cache=True, nogil=True)
 def _row_backward(big_s: np.ndarray, big_t: np.ndarray, e_a: np.ndarray, xe_a: np.ndarray, g_a: np.ndarray,
                   be: float, r: int, with_entropy: bool, grad_log_p: np.ndarray, h: float, lr: int, sc: tuple,
-                  acc_s: np.ndarray, acc_t: np.ndarray, d_e: np.ndarray, d_xe: np.ndarray, d_x: np.ndarray) -> float:
+                  acc_s: np.ndarray, acc_t: np.ndarray, d_e: np.ndarray, d_xe: np.ndarray, d_x: np.ndarray,
+                  cap: int, cap_pen: float) -> float:
     """Row r's gradients (see :func:`path_terms_backward`): ``acc_s`` / ``acc_t`` (G,) end as d big_s / d big_t,
     ``d_e``, ``d_xe``, ``d_x`` (K,) are filled; returns d β. ``grad_log_p[lr]`` is the row's upstream gradient of
     the per-step log-probabilities, ``h`` that of the entropy."""
-    raw, t, cnt, z, m, pw, cum_e, cum_xe, counts = sc
+    raw, t, cnt, z, m, pw, cum_e, cum_xe, counts, pen = sc
     kk, n_g = raw.shape
-    _row_steps(big_s, big_t, e_a, xe_a, g_a, be, r, raw, t, cnt, z, m, with_entropy, pw, cum_e, cum_xe, counts)
+    _row_steps(big_s, big_t, e_a, xe_a, g_a, be, r, raw, t, cnt, z, m, with_entropy, pw, cum_e, cum_xe, counts,
+               pen, cap, cap_pen)
     acc_s[:] = 0.0
     acc_t[:] = 0.0
     db = 0.0
@@ -179,12 +192,13 @@ def _row_backward(big_s: np.ndarray, big_t: np.ndarray, e_a: np.ndarray, xe_a: n
             sv = rs if rs > 0.0 else 0.0
             c = cnt[k, g]
             w = pw[int(c)]
+            pc = pen[int(c)]
             d_sc = d_z * w
             d_w = d_z * sv
             if with_entropy:
-                d_w += d_m * (t[k, g] - be * c * sv)
+                d_w += d_m * (t[k, g] - pc * sv)
                 acc_t[g] += d_m * w
-                d_sc -= d_m * be * c * w
+                d_sc -= d_m * pc * w
                 db -= d_m * w * c * sv
             db -= d_w * c * w
             if rs >= 0.0:
@@ -195,7 +209,7 @@ def _row_backward(big_s: np.ndarray, big_t: np.ndarray, e_a: np.ndarray, xe_a: n
 @numba.njit(cache=True, nogil=True)
 def _scratch(kk: int, n_g: int) -> tuple:
     return (np.empty((kk, n_g)), np.empty((kk, n_g)), np.empty((kk, n_g)), np.empty(kk), np.empty(kk),
-            np.empty(kk), np.empty(n_g), np.empty(n_g), np.empty(n_g))
+            np.empty(kk), np.empty(n_g), np.empty(n_g), np.empty(n_g), np.empty(kk))
 
 
 @numba.njit(cache=True, nogil=True)
@@ -251,7 +265,8 @@ def _row_buffers(n: int, kk: int, n_g: int) -> tuple:
 
 @numba.njit(cache=True, nogil=True)
 def path_terms_forward(s: np.ndarray, groups: np.ndarray, beta: np.ndarray, path: np.ndarray, n_groups: int,
-                       with_entropy: bool, log_p: np.ndarray, entropy: np.ndarray, invalid: np.ndarray) -> None:
+                       with_entropy: bool, log_p: np.ndarray, entropy: np.ndarray, invalid: np.ndarray,
+                       cap: int = 1 << 30, cap_pen: float = 0.0) -> None:
     """``PlackettLuceDistribution._path_terms`` from the logits, one pass per row.
 
     Args:
@@ -264,6 +279,8 @@ def path_terms_forward(s: np.ndarray, groups: np.ndarray, beta: np.ndarray, path
         log_p: float64 (B, K) output: the log-probability of each step's pick.
         entropy: float64 (B,) output (untouched without ``with_entropy``).
         invalid: bool (B,) output: the path repeats a candidate or picks a masked one.
+        cap: Soft category cap (see :func:`sample_groups`).
+        cap_pen: Its penalty.
     """
     b, n = s.shape
     kk = path.shape[1]
@@ -271,7 +288,7 @@ def path_terms_forward(s: np.ndarray, groups: np.ndarray, beta: np.ndarray, path
     sc = _scratch(kk, n_groups)
     for r in range(b):
         invalid[r] = _row_inputs(s, groups, path, r, x, e, big_s, big_t, e_a, xe_a, x_a, g_a, seen)
-        ent = _row_forward(big_s, big_t, e_a, xe_a, x_a, g_a, beta[r], 0, with_entropy, log_p, r, sc)
+        ent = _row_forward(big_s, big_t, e_a, xe_a, x_a, g_a, beta[r], 0, with_entropy, log_p, r, sc, cap, cap_pen)
         if with_entropy:
             entropy[r] = ent
 
@@ -279,7 +296,7 @@ def path_terms_forward(s: np.ndarray, groups: np.ndarray, beta: np.ndarray, path
 @numba.njit(cache=True, nogil=True)
 def path_terms_backward(s: np.ndarray, groups: np.ndarray, beta: np.ndarray, path: np.ndarray, n_groups: int,
                         with_entropy: bool, grad_log_p: np.ndarray, grad_entropy: np.ndarray, d_s: np.ndarray,
-                        d_beta: np.ndarray) -> None:
+                        d_beta: np.ndarray, cap: int = 1 << 30, cap_pen: float = 0.0) -> None:
     """Gradients of :func:`path_terms_forward`'s outputs, weighted by ``grad_log_p`` (B, K) and ``grad_entropy``
     (B,), with respect to ``s`` (into ``d_s`` (B, N)) and ``beta`` (into ``d_beta`` (B,)): the derivative of the same
     float64 operations, as autograd takes it through the torch ops (the row maximum is a constant; clamps pass the
@@ -296,7 +313,7 @@ def path_terms_backward(s: np.ndarray, groups: np.ndarray, beta: np.ndarray, pat
     for r in range(b):
         inv = _row_inputs(s, groups, path, r, x, e, big_s, big_t, e_a, xe_a, x_a, g_a, seen)
         d_beta[r] = _row_backward(big_s, big_t, e_a, xe_a, g_a, beta[r], 0, with_entropy, grad_log_p,
-                                  grad_entropy[r], r, sc, acc_s, acc_t, d_e, d_xe, d_x)
+                                  grad_entropy[r], r, sc, acc_s, acc_t, d_e, d_xe, d_x, cap, cap_pen)
         for j in range(n):  # through S_g = Σ e_j and T_g = Σ x_j·e_j (e_j = exp(x_j))
             ev = e[j]
             g = groups[r, j]

@@ -14,6 +14,13 @@ where ``c_k(g)`` counts the earlier picks of group ``g``: every repeat of a grou
 policy can express "diverse slates" that independent per-candidate scores cannot. ``β = 0`` is plain
 Plackett-Luce. All of sampling, log-probability, mode and entropy stay exact.
 
+**Soft category cap (optional).** With ``category_cap = c*`` a group that already fills ``c*`` slots takes a further
+``CAP_PENALTY`` nats (30: a factor e^-30 ≈ 1e-13) at every later step: the slate-level rule "at most c* per
+category" of the diversity heuristics (``agents.baselines.DiverseRanker``), as a penalty of the same per-group
+form, so every computation below is unchanged in shape and stays exact. It is soft, not a mask, so a row whose
+unplaced candidates are all in full groups still has a distribution (the heuristic's "unless nothing else is
+left"); a candidate in a full group outranks one in an open group only when its logit is over 30 higher.
+
 **How it is computed.** Within a group every unplaced candidate carries the same penalty, so each step's
 normaliser is a sum over the G groups of ``exp(−β·c_k(g))`` times the group's unplaced mass: the log-probability
 and the path entropy cost O(B·K·G) after one O(B·N) pass (per-group sums of ``exp`` logits, in float64), instead
@@ -53,7 +60,7 @@ class _PathTermsCPU(th.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, logits: th.Tensor, beta: th.Tensor, groups: th.Tensor, path: th.Tensor, n_groups: int,
-                entropy: bool) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
+                entropy: bool, cap: int = 1 << 30, cap_pen: float = 0.0) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
         from agents._pl_kernels import path_terms_forward
 
         s = logits.detach().double().contiguous()
@@ -66,9 +73,9 @@ class _PathTermsCPU(th.autograd.Function):
         ent = th.zeros(b, dtype=th.float64)
         invalid = th.empty(b, dtype=th.bool)
         path_terms_forward(s.numpy(), groups.numpy(), bt.numpy(), path.numpy(), int(n_groups), bool(entropy),
-                           log_p.numpy(), ent.numpy(), invalid.numpy())
+                           log_p.numpy(), ent.numpy(), invalid.numpy(), int(cap), float(cap_pen))
         ctx.save_for_backward(s, bt, groups, path)
-        ctx.n_groups, ctx.entropy = int(n_groups), bool(entropy)
+        ctx.n_groups, ctx.entropy, ctx.cap = int(n_groups), bool(entropy), (int(cap), float(cap_pen))
         ctx.dtypes = (logits.dtype, beta.dtype)
         ctx.mark_non_differentiable(invalid)
         return log_p, ent, invalid
@@ -85,8 +92,8 @@ class _PathTermsCPU(th.autograd.Function):
         d_s = th.empty_like(s)
         d_beta = th.empty_like(bt)
         path_terms_backward(s.numpy(), groups.numpy(), bt.numpy(), path.numpy(), ctx.n_groups, ctx.entropy,
-                            gl.numpy(), gh.numpy(), d_s.numpy(), d_beta.numpy())
-        return d_s.to(ctx.dtypes[0]), d_beta.to(ctx.dtypes[1]), None, None, None, None
+                            gl.numpy(), gh.numpy(), d_s.numpy(), d_beta.numpy(), *ctx.cap)
+        return d_s.to(ctx.dtypes[0]), d_beta.to(ctx.dtypes[1]), None, None, None, None, None, None
 
 
 class PlackettLuceDistribution(Distribution):
@@ -113,7 +120,11 @@ class PlackettLuceDistribution(Distribution):
         slate_size: K (``K <= N``).
         generator: Optional ``torch.Generator`` for sampling (on the logits' device).
         entropy_estimator: ``"sample"`` or ``"mode"`` (see above).
+        category_cap: Soft cap on the picks per group (``None``: none); needs groups (see above).
     """
+
+    #: Extra penalty (nats) of a group that has filled its cap.
+    CAP_PENALTY = 30.0
 
     def __init__(
         self,
@@ -121,8 +132,11 @@ class PlackettLuceDistribution(Distribution):
         slate_size: int,
         generator: th.Generator | None = None,
         entropy_estimator: EntropyEstimator = "sample",
+        category_cap: int | None = None,
     ) -> None:
         super().__init__()
+        if category_cap is not None and category_cap < 1:
+            raise ValueError(f"category_cap must be >= 1 or None, got {category_cap}")
         if not 1 <= slate_size <= n_candidates:
             raise ValueError(f"slate_size must be in [1, n_candidates={n_candidates}], got {slate_size}")
         if entropy_estimator not in ("sample", "mode"):
@@ -138,6 +152,22 @@ class PlackettLuceDistribution(Distribution):
         self._groups_count: int | None = None
         self._stats_have_grad = False
         self.use_compiled = True  # on CPU, the path terms by the compiled kernels (False: the torch ops)
+        self.category_cap = None if category_cap is None else int(category_cap)
+
+    def _cap_args(self) -> tuple[int, float]:
+        """``(cap, cap_pen)`` for the compiled kernels (no cap: an unreachable count and no penalty)."""
+        if self.category_cap is None or self.groups is None:
+            return 1 << 30, 0.0
+        return self.category_cap, self.CAP_PENALTY
+
+    def _penalty(self, beta: th.Tensor | None, counts: th.Tensor) -> th.Tensor | float:
+        """Effective-logit penalty of a group with ``counts`` earlier picks: ``β·c`` plus the cap's penalty once
+        ``c >= category_cap`` (broadcast; ``beta`` shaped to match ``counts``)."""
+        pen: th.Tensor | float = 0.0 if beta is None else beta * counts
+        if self.category_cap is not None and self.groups is not None:
+            pen = pen + self.CAP_PENALTY * (counts >= self.category_cap).to(counts.dtype if counts.is_floating_point()
+                                                                            else th.float64)
+        return pen
 
     def set_generator(self, generator: th.Generator | None) -> None:
         """Use ``generator`` (or, with ``None``, torch's default RNG) for all later sampling.
@@ -224,7 +254,10 @@ class PlackettLuceDistribution(Distribution):
             total = th.zeros(b, dtype=logits.dtype, device=logits.device) if with_log_prob else None
             picks = th.empty((b, self.slate_size), dtype=th.long, device=logits.device)
             for k in range(self.slate_size):
-                eff = logits - beta * counts + placed if counts is not None and beta is not None else logits + placed
+                if counts is not None and beta is not None:
+                    eff = logits - self._penalty(beta, counts).to(logits.dtype) + placed
+                else:
+                    eff = logits + placed
                 a_k = eff.argmax(dim=1, keepdim=True)
                 if total is not None:
                     total += eff.gather(1, a_k).squeeze(1) - th.logsumexp(eff, dim=1)
@@ -296,7 +329,7 @@ class PlackettLuceDistribution(Distribution):
         if logits.device.type == "cpu" and self.use_compiled:
             g = self._group_ids()
             beta_in = self.repulsion if self.repulsion is not None else th.zeros(logits.shape[0], dtype=logits.dtype)
-            return _PathTermsCPU.apply(logits, beta_in, g, path, self._n_groups(), entropy)
+            return _PathTermsCPU.apply(logits, beta_in, g, path, self._n_groups(), entropy, *self._cap_args())
         x, e, big_s, big_t, beta = self._row_stats()
         b, n = x.shape
         kk = self.slate_size
@@ -323,11 +356,12 @@ class PlackettLuceDistribution(Distribution):
             z = s_k.sum(dim=2)
         else:
             counts = before(onehot)  # (B, K, G) earlier picks per group (exact integers)
-            w = th.exp(-beta.view(b, 1, 1) * counts)
+            pen = self._penalty(beta.view(b, 1, 1), counts)  # (B, K, G)
+            w = th.exp(-pen)
             z = (w * s_k).sum(dim=2)
             c_a = counts.gather(2, g_a.unsqueeze(2)).squeeze(2)  # (B, K)
         log_z = z.clamp(min=1e-300).log()  # (B, K); Z_k > 0 for valid paths
-        eff_a = x_a if c_a is None or beta is None else x_a - beta.unsqueeze(1) * c_a
+        eff_a = x_a if c_a is None or beta is None else x_a - self._penalty(beta.unsqueeze(1), c_a)
         log_p = eff_a - log_z
         ent = th.zeros(b, dtype=x.dtype, device=x.device)
         if xe_a is not None:
@@ -335,7 +369,7 @@ class PlackettLuceDistribution(Distribution):
             if w is None or beta is None:
                 mean_eff = t_k.sum(dim=2) / z.clamp(min=1e-300)
             else:
-                mean_eff = (w * (t_k - beta.view(b, 1, 1) * counts * s_k)).sum(dim=2) / z.clamp(min=1e-300)
+                mean_eff = (w * (t_k - pen * s_k)).sum(dim=2) / z.clamp(min=1e-300)
             ent = (log_z - mean_eff).sum(dim=1)
         return log_p, ent, invalid
 
@@ -357,7 +391,7 @@ class PlackettLuceDistribution(Distribution):
             picks = np.empty((b, self.slate_size), np.int64)
             log_prob = np.empty(b)
             sample_groups(np.ascontiguousarray(x), np.ascontiguousarray(groups), beta, u, self._n_groups(), picks,
-                          log_prob)
+                          log_prob, *self._cap_args())
         return th.from_numpy(picks), th.from_numpy(log_prob).to(logits.dtype) if with_log_prob else None
 
     def _sample_groups(self, with_log_prob: bool) -> tuple[th.Tensor, th.Tensor | None]:
@@ -404,7 +438,7 @@ class PlackettLuceDistribution(Distribution):
             for k in range(kk):
                 weight = mass.clamp(min=0.0)  # (B, G)
                 if beta is not None:
-                    weight = weight * th.exp(-beta.unsqueeze(1) * counts)
+                    weight = weight * th.exp(-self._penalty(beta.unsqueeze(1), counts.to(x.dtype)))
                 weight = th.where(counts < n_valid, weight, 0.0)  # a group whose valid candidates are all placed
                 cum = weight.cumsum(dim=1)  # (B, G)
                 grp = th.searchsorted(cum, u[:, k : k + 1] * cum[:, -1:], right=True).clamp_(max=n_g - 1)
@@ -416,7 +450,7 @@ class PlackettLuceDistribution(Distribution):
                 item = order.gather(1, start.gather(1, grp) + c_g)  # (B, 1)
                 picks[:, k : k + 1] = item
                 if total is not None:
-                    pen = 0.0 if beta is None else beta.unsqueeze(1) * c_g
+                    pen = 0.0 if beta is None else self._penalty(beta.unsqueeze(1), c_g.to(x.dtype))
                     total += (x.gather(1, item) - pen - cum[:, -1:].log()).squeeze(1)
                 mass.scatter_add_(1, grp, -e.gather(1, item))
                 counts[rows, grp.squeeze(1)] += 1

@@ -73,7 +73,7 @@ from envs.core import OBS_DECAY
 from envs.spaces import CONTEXT_NAMES, FEATURE_NAMES
 from envs.world import World
 
-EXPORT_VERSION = 1
+EXPORT_VERSION = 2  # 2: the manifest carries "category_cap"
 MANIFEST_FILE = "manifest.json"
 #: ``manifest.json``'s ``producer``: how a previous export is recognised (see :func:`is_previous_export`).
 PRODUCER = "recfeed.agents.export"
@@ -399,10 +399,11 @@ def parity_check(model: Any, path: Path, fmt: Format, names: list[str], obs: dic
     args = tuple(a.numpy() for a in _graph_args(obs, names))
     logits, alpha, beta = run_exported(path, fmt, args, names)
     groups = categories[obs["candidates"]] if has_repulsion(policy) else None
-    ours = greedy_slates(logits, slate_size, groups, beta)
+    cap = getattr(policy, "category_cap", None)
+    ours = greedy_slates(logits, slate_size, groups, beta, cap)
     equal = (ours == sb3_slates).all(axis=1)
     ties = np.array([bool(equal[i]) or is_greedy_path(sb3_slates[i], logits[i], None if groups is None
-                                                       else groups[i], float(beta[i]), TIE_TOL)
+                                                       else groups[i], float(beta[i]), TIE_TOL, cap)
                      for i in range(len(equal))])
     # A second N: tile each row's candidates to 2N + 3 and compare with the policy's forward on the same tensors.
     n = obs["features"].shape[1]
@@ -528,6 +529,7 @@ def export_run(run_dir: str | Path, fmt: Format = "onnx", out: str | Path | None
             "inputs": names,
             "outputs": OUTPUTS,
             "repulsion": has_repulsion(policy),
+            "category_cap": getattr(policy, "category_cap", None),
             "feature_names": list(FEATURE_NAMES),
             "context_names": list(CONTEXT_NAMES),
             "n_candidates": n_train,

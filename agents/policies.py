@@ -10,6 +10,16 @@ Every candidate is scored with shared weights (permutation-equivariant in the N 
   ``item_emb``, plus a learned item-table embedding when ``use_item_table`` is on;
 * ``α_θ(s) ∈ [0, 1]`` is a sigmoid gate on a state MLP, the residual an MLP over ``[x_i, state embedding]``.
 
+**Residual on the diversity heuristic** (``base="diverse"``). The blend is standardised over the request's
+candidates and the heuristic's fixed penalties are added, and the slate distribution gets the heuristic's category
+cap (a soft cap, :class:`agents.distributions.PlackettLuceDistribution`)::
+
+    logits_i = [z_i(α_θ(s)·llm_sim + (1 - α_θ(s))·cf_score) + w·f_i] / τ + residual_θ(s, x_i)
+
+with ``w`` (F,) fixed (``-λ_c`` on ``cat_exposure``, ``-λ_s`` on ``item_seen``). Started at ``tuned-diverse``'s
+parameters (α, λ_c, λ_s, cap) with a near-zero residual and repulsion, the policy's mode is that heuristic's slate,
+so PPO starts from the strongest hand-written ranker and learns where to depart from it.
+
 At initialisation the gate's weights are zero and its bias is ``logit(init_alpha)``, and the residual's
 last layer has orthogonal gain ``residual_init_scale`` (near 0): the policy starts as the fixed-α blend
 (its mode is the fixed-α greedy top-K) and PPO learns where to depart from it. The slate is drawn from a
@@ -36,6 +46,18 @@ from agents.distributions import EntropyEstimator, PlackettLuceDistribution
 from envs.spaces import F_CF, F_LLM
 
 DEFAULT_INIT_ALPHA = 0.5
+#: What the logits are a residual on: the fixed α blend, or the diversity heuristic (see the module docstring).
+BASES = ("blend", "diverse")
+
+
+def standardise_rows(x: th.Tensor, eps: float = 1e-9) -> th.Tensor:
+    """``(x − mean) / (std + eps)`` over the last axis (population std, as numpy's): (B, N) → (B, N).
+
+    The diversity heuristic's ``z`` (``agents.baselines.DiverseRanker``), so a residual on it starts at its slates.
+    """
+    mean = x.mean(dim=-1, keepdim=True)
+    std = (x - mean).square().mean(dim=-1, keepdim=True).sqrt()
+    return (x - mean) / (std + eps)
 
 
 def _symlog(x: th.Tensor) -> th.Tensor:
@@ -137,6 +159,11 @@ class SlatePolicy(ActorCriticPolicy):
         item_dim: Width of the item table.
         share_state_net: Critic reads the actor's state embedding instead of its own MLP.
         entropy_estimator: Slate-entropy estimate, ``"sample"`` or ``"mode"`` (see the distribution).
+        base: ``"blend"`` (the fixed-α blend) or ``"diverse"`` (the standardised blend plus ``base_weights``, with
+            the category cap; see the module docstring).
+        base_weights: (F,) fixed weights of the feature columns added to the standardised blend (``"diverse"``
+            only; ``None``: zeros).
+        category_cap: Soft cap on the slate's items per category (needs ``item_category``; ``None``: none).
         activation_fn: Hidden activation.
         ortho_init: Orthogonal initialisation of the hidden layers (gain √2), critic head gain 1.
         use_sde: Must be False (SB3's algorithms pass it).
@@ -166,6 +193,9 @@ class SlatePolicy(ActorCriticPolicy):
         item_dim: int = 16,
         share_state_net: bool = False,
         entropy_estimator: EntropyEstimator = "sample",
+        base: str = "blend",
+        base_weights: list[float] | np.ndarray | None = None,
+        category_cap: int | None = None,
         activation_fn: type[nn.Module] = nn.Tanh,
         ortho_init: bool = True,
         use_sde: bool = False,
@@ -211,6 +241,20 @@ class SlatePolicy(ActorCriticPolicy):
         self.item_dim = int(item_dim)
         self.share_state_net = bool(share_state_net)
         self.entropy_estimator: EntropyEstimator = entropy_estimator
+        if base not in BASES:
+            raise ValueError(f"base must be one of {BASES}, got {base!r}")
+        self.base = base
+        n_feat = int(observation_space["features"].shape[1])
+        if base_weights is not None:
+            if base != "diverse":
+                raise ValueError("base_weights go with base='diverse'")
+            if len(base_weights) != n_feat:
+                raise ValueError(f"base_weights needs {n_feat} entries (one per feature column), got "
+                                 f"{len(base_weights)}")
+        self.base_weights_list = None if base_weights is None else [float(w) for w in base_weights]
+        if category_cap is not None and (item_category is None or int(category_cap) < 1):
+            raise ValueError("category_cap needs item_category and must be >= 1")
+        self.category_cap = None if category_cap is None else int(category_cap)
         self.n_candidates = n_cand
         self.slate_size = len(action_space.nvec)
         for ignored in ("net_arch", "log_std_init", "full_std", "use_expln", "squash_output"):
@@ -233,7 +277,8 @@ class SlatePolicy(ActorCriticPolicy):
     def _build(self, lr_schedule: Schedule) -> None:
         """Set the distribution, build the networks, initialise them and create the optimizer."""
         self.action_dist = PlackettLuceDistribution(
-            self.n_candidates, self.slate_size, entropy_estimator=self.entropy_estimator
+            self.n_candidates, self.slate_size, entropy_estimator=self.entropy_estimator,
+            category_cap=self.category_cap,
         )
         obs_space = self.observation_space
         assert isinstance(obs_space, spaces.Dict)
@@ -266,6 +311,9 @@ class SlatePolicy(ActorCriticPolicy):
         # category" or "already seen" are linear in the features, and PPO finds them much faster this way.
         self.feature_linear = nn.Linear(n_feat, 1, bias=False)
         self.log_inv_temperature = nn.Parameter(th.tensor(math.log(1.0 / self.temperature)))
+        if self.base == "diverse":
+            w = self.base_weights_list if self.base_weights_list is not None else [0.0] * n_feat
+            self.register_buffer("base_weights", th.tensor(w, dtype=th.float32))
         self.value_trunk: nn.Module = (
             nn.Identity() if self.share_state_net else _mlp(state_in, self.hidden, self.n_layers, act)
         )
@@ -317,6 +365,9 @@ class SlatePolicy(ActorCriticPolicy):
             item_dim=self.item_dim,
             share_state_net=self.share_state_net,
             entropy_estimator=self.entropy_estimator,
+            base=self.base,
+            base_weights=self.base_weights_list,
+            category_cap=self.category_cap,
             activation_fn=self.activation_fn,
             ortho_init=self.ortho_init,
             optimizer_class=self.optimizer_class,
@@ -368,6 +419,8 @@ class SlatePolicy(ActorCriticPolicy):
         h = self.state_net(state_in)  # (B, H)
         alpha = th.sigmoid(self.alpha_head(h)).squeeze(-1)  # (B,)
         blend = alpha.unsqueeze(-1) * features[..., F_LLM] + (1.0 - alpha.unsqueeze(-1)) * features[..., F_CF]
+        if self.base == "diverse":
+            blend = standardise_rows(blend) + features @ self.base_weights
         residual = self._residual(cand, h) + self.feature_linear(features).squeeze(-1)  # (B, N)
         return blend * self.log_inv_temperature.exp() + residual, alpha, h
 

@@ -49,7 +49,7 @@ from stable_baselines3.common.logger import HParam
 from stable_baselines3.common.vec_env import VecNormalize
 from tqdm.auto import tqdm
 
-from agents.baselines import RankerContext, make_ranker, tune_alpha, tuning_cache_dir
+from agents.baselines import ParamSearch, RankerContext, make_ranker, tune_alpha, tuning_cache_dir
 from agents.evaluation import RHO_EDGES, RHO_LABELS, episode_plan, run_episodes, summarise, write_report
 from agents.plausibility import write_plausibility
 from agents.policies import SlatePolicy
@@ -73,6 +73,7 @@ from envs.core import BatchedCore
 from envs.factory import make_core
 from envs.presets import load_world, world_key
 from envs.sb3 import SB3VecEnv
+from envs.spaces import F_CAT_EXPOSURE, F_ITEM_SEEN, FEATURE_NAMES
 from envs.vector_env import RecVectorEnv
 from envs.world import World
 
@@ -135,15 +136,35 @@ def _atomic_save(save: Any, dest: Path) -> None:
     os.replace(written, dest)
 
 
-def policy_kwargs(cfg: Config, init_alpha: float, world: World) -> dict[str, Any]:
-    """SlatePolicy constructor arguments from the config (``init_alpha`` clipped into (0, 1))."""
+def policy_kwargs(cfg: Config, init_alpha: float, world: World,
+                  diverse: dict[str, float] | None = None) -> dict[str, Any]:
+    """SlatePolicy constructor arguments from the config (``init_alpha`` clipped into (0, 1)).
+
+    Args:
+        cfg: The run's config.
+        init_alpha: tuned-alpha's α (the start of a ``"blend"`` policy unless ``policy.init_alpha`` is set).
+        world: The world (item categories).
+        diverse: ``tuned-diverse``'s parameters ``{alpha, cap, exposure_weight, seen_weight}``; required for
+            ``policy.base = "diverse"``, whose start they are (α, the fixed penalties, the category cap).
+    """
     pc = cfg.train.policy
+    extra: dict[str, Any] = {}
+    if pc.base == "diverse":
+        if diverse is None:
+            raise ValueError("policy.base = 'diverse' needs tuned-diverse's parameters")
+        init_alpha = float(diverse["alpha"])
+        weights = np.zeros(len(FEATURE_NAMES))
+        weights[F_CAT_EXPOSURE] = -float(diverse["exposure_weight"])
+        weights[F_ITEM_SEEN] = -float(diverse["seen_weight"])
+        cap = int(diverse["cap"])
+        extra = dict(base="diverse", base_weights=weights.tolist(),
+                     category_cap=cap if cap < cfg.env.slate_size else None)
     alpha0 = pc.init_alpha if pc.init_alpha is not None else init_alpha
     return dict(hidden=pc.hidden, candidate_hidden=pc.candidate_hidden, n_layers=pc.n_layers,
                 temperature=pc.temperature, init_alpha=float(np.clip(alpha0, 0.02, 0.98)),
                 residual_init_scale=pc.residual_init_scale, use_item_table=pc.use_item_table,
                 item_category=world.catalog.category if pc.category_repulsion else None,
-                entropy_estimator=pc.entropy_estimator)
+                entropy_estimator=pc.entropy_estimator, **extra)
 
 
 def make_venv(cfg: Config, world: World, seed: int) -> SB3VecEnv:
@@ -654,6 +675,11 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False, progre
     curve = tune_alpha(world, cfg.env, episodes=max(100, cfg.eval.episodes // 2), seed=tc.seed + 1_000_003,
                        batch=cfg.eval.batch, progress=progress)
     say(f"tuned-alpha on training users: α* = {curve.best_alpha:g} ({time.perf_counter() - t0:.0f}s)")
+    diverse: ParamSearch | None = None
+    if tc.policy.base == "diverse":  # the policy starts at tuned-diverse: search it now (cached for the final table)
+        t0 = time.perf_counter()
+        diverse = _tuning_context(cfg, world, None, progress).diverse_search()
+        say(f"tuned-diverse on training users: {diverse.best} ({time.perf_counter() - t0:.0f}s)")
 
     venv: SB3VecEnv | VecNormalize = make_venv(cfg, world, tc.seed)
     stats_env = venv
@@ -667,7 +693,8 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False, progre
     else:
         if tc.ppo.normalize_reward:
             venv = VecNormalize(venv, norm_obs=False, norm_reward=True, gamma=tc.ppo.gamma)
-        model = _new_ppo(cfg, venv, device, run_dir, policy_kwargs(cfg, curve.best_alpha, world))
+        model = _new_ppo(cfg, venv, device, run_dir,
+                         policy_kwargs(cfg, curve.best_alpha, world, None if diverse is None else diverse.best))
         model.set_logger(_tb_logger(run_dir))
         model.logger.record("hparams", HParam(_flat_hparams(cfg), {"eval/return": 0.0, "eval/ratio_vs_tuned": 0.0}),
                             exclude=("stdout", "log", "json", "csv"))
@@ -704,7 +731,7 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False, progre
         f"({(model.num_timesteps - steps_before) / max(learn_s, 1e-9):,.0f} steps/s; "
         f"collection {metrics.collect_s:.0f}s, updates {metrics.train_s:.0f}s)")
 
-    report = final_comparison(cfg, world, model.policy, curve, run_dir, progress)
+    report = final_comparison(cfg, world, model.policy, curve, run_dir, progress, diverse)
     summary = {
         "run_dir": str(run_dir),
         "total_timesteps": int(model.num_timesteps),
@@ -732,17 +759,24 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False, progre
     return summary
 
 
+def _tuning_context(cfg: Config, world: World, core: Any, progress: bool) -> RankerContext:
+    """The references' context of a run: tuning on the training users, its searches cached beside the world."""
+    return RankerContext(world, cfg.env, core=core, seed=cfg.train.seed, batch=cfg.eval.batch, progress=progress,
+                         tune_episodes=400, cache_dir=str(tuning_cache_dir(cfg.env, cfg.encoder)))
+
+
 def final_comparison(cfg: Config, world: World, policy: SlatePolicy, curve: Any, run_dir: Path,
-                     progress: bool) -> dict[str, Any]:
+                     progress: bool, diverse: ParamSearch | None = None) -> dict[str, Any]:
     """PPO against the baselines on held-out users (common random numbers); α by user type and by step.
 
-    Writes ``report/`` (results.json/.md/.csv, plots) and ``report/alpha.json``.
+    Writes ``report/`` (results.json/.md/.csv, plots) and ``report/alpha.json``. ``diverse``: tuned-diverse's search
+    when training already ran it (a ``"diverse"`` policy starts there), so that the table's reference is the same.
     """
     ec = cfg.eval
     core = make_core(cfg.env, cfg.env.preset, cfg.encoder, world, "heldout", ec.batch)
     plan = episode_plan(ec.episodes, list(range(ec.seeds)), world.populations["heldout"].size)
-    ctx = RankerContext(world, cfg.env, core=core, seed=cfg.train.seed, batch=ec.batch, progress=progress,
-                        tune_episodes=400, cache_dir=str(tuning_cache_dir(cfg.env, cfg.encoder)))
+    ctx = _tuning_context(cfg, world, core, progress)
+    ctx._diverse = diverse
     rankers = {}
     for spec in FINAL_BASELINES:
         if spec in ("tuned-alpha", "diverse"):  # both on the α tuned above (not tuned again)

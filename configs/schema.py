@@ -425,6 +425,10 @@ class PolicyConfig:
         use_item_table: Learn an item embedding table indexed by candidate id.
         category_repulsion: Learn a state-dependent within-slate repulsion between items of one category.
         entropy_estimator: ``"sample"`` (unbiased, one extra sampled slate per minibatch) or ``"mode"``.
+        base: What the policy is a residual on: ``"blend"`` (the fixed α blend, started at tuned-alpha's α) or
+            ``"diverse"`` (the diversity heuristic at ``tuned-diverse``'s parameters, searched on the training users
+            before training: the standardised blend, its exposure / seen penalties and its category cap; needs
+            ``category_repulsion``). See ``agents/policies.py``.
     """
 
     hidden: int = 64
@@ -436,9 +440,13 @@ class PolicyConfig:
     use_item_table: bool = False
     category_repulsion: bool = True
     entropy_estimator: Literal["sample", "mode"] = "sample"
+    base: Literal["blend", "diverse"] = "diverse"
 
     def __post_init__(self) -> None:
         _finite(self)
+        if self.base == "diverse" and not self.category_repulsion:
+            raise FieldError("base", "'diverse' needs category_repulsion: true (the category cap acts on the slate "
+                             "distribution's category groups)")
         _check(self, ">=1", "hidden", "candidate_hidden", "n_layers")
         _check(self, ">0", "temperature")
         _check(self, "[0,1]", "init_alpha")

@@ -57,10 +57,12 @@ def small_world(small_cfg: EnvConfig) -> World:
 
 
 def make_run_dir(root: Path, world: World, use_item_table: bool = False, steps: int = 256,
-                 summary: dict | None = None, repulsion: bool = True) -> Path:
+                 summary: dict | None = None, repulsion: bool = True, diverse: bool = True) -> Path:
     """A tiny run directory: config.yaml (small preset, 64-d hashing encoder, caches under ``root``), a PPO
     model.zip and the pickle-free policy.safetensors / policy.json, learned for ``steps`` steps (with the category
-    repulsion train.py uses by default, strong enough to change slates), and optionally summary.json."""
+    repulsion train.py uses by default, strong enough to change slates, and, with ``diverse``, train.py's default
+    residual on the diversity heuristic: standardised blend, a seen penalty and a category cap of 2), and
+    optionally summary.json."""
     from stable_baselines3 import PPO
 
     from agents.policies import SlatePolicy
@@ -83,13 +85,23 @@ def make_run_dir(root: Path, world: World, use_item_table: bool = False, steps: 
     venv.seed(0)
     model = PPO(SlatePolicy, venv, n_steps=32, batch_size=64, n_epochs=1, seed=0, device="cpu",
                 policy_kwargs={"hidden": 32, "use_item_table": use_item_table, "repulsion_init": 2.0,
-                               "item_category": world.catalog.category if repulsion else None})
+                               "item_category": world.catalog.category if repulsion else None,
+                               **(_diverse_kwargs() if diverse and repulsion else {})})
     model.learn(steps)
     model.save(run / "model.zip")
     save_policy(model.policy, run)  # policy.safetensors + policy.json, what recfeed loads (as train.py writes them)
     if summary is not None:
         (run / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
     return run
+
+
+def _diverse_kwargs() -> dict:
+    """SlatePolicy kwargs of a residual on the diversity heuristic (as ``agents.training.policy_kwargs`` builds)."""
+    from envs.spaces import F_ITEM_SEEN, FEATURE_NAMES
+
+    weights = [0.0] * len(FEATURE_NAMES)
+    weights[F_ITEM_SEEN] = -0.5
+    return {"base": "diverse", "base_weights": weights, "category_cap": 2, "init_alpha": 0.9}
 
 
 @pytest.fixture(scope="session")

@@ -269,16 +269,19 @@ def test_repulsion_mode_is_sequential_greedy_and_zero_beta_is_plain() -> None:
 
 
 def _reference_path(logits: th.Tensor, groups: th.Tensor, beta: th.Tensor,
-                    path: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
+                    path: th.Tensor, cap: int | None = None) -> tuple[th.Tensor, th.Tensor]:
     """The definition, step by step over the N candidates: log-probability (B,) and path entropy (B,) of
-    ``path`` (B, K) under repulsive Plackett-Luce (masked candidates at -inf in ``logits``)."""
+    ``path`` (B, K) under repulsive Plackett-Luce (masked candidates at -inf in ``logits``), with the soft cap's
+    30 nats on groups that already have ``cap`` picks."""
     b, n = logits.shape
     placed = th.zeros(b, n, dtype=th.bool)
     counts = th.zeros(b, int(groups.max()) + 1, dtype=logits.dtype)
     log_prob = th.zeros(b, dtype=logits.dtype)
     entropy = th.zeros(b, dtype=logits.dtype)
     for k in range(path.shape[1]):
-        eff = (logits - beta.unsqueeze(1) * counts.gather(1, groups)).masked_fill(placed, float("-inf"))
+        c = counts.gather(1, groups)
+        pen = beta.unsqueeze(1) * c + (30.0 * (c >= cap) if cap is not None else 0.0)
+        eff = (logits - pen).masked_fill(placed, float("-inf"))
         logp = th.log_softmax(eff, dim=1)
         log_prob = log_prob + logp.gather(1, path[:, k : k + 1]).squeeze(1)
         entropy = entropy - (logp.exp() * logp.masked_fill(th.isinf(logp), 0.0)).sum(dim=1)
@@ -287,8 +290,8 @@ def _reference_path(logits: th.Tensor, groups: th.Tensor, beta: th.Tensor,
     return log_prob, entropy
 
 
-@pytest.mark.parametrize("scale", [0.5, 3.0, 8.0])
-def test_log_prob_entropy_and_gradients_match_the_stepwise_definition(scale: float) -> None:
+@pytest.mark.parametrize(("scale", "cap"), [(0.5, None), (3.0, None), (8.0, None), (1.0, 1), (3.0, 2)])
+def test_log_prob_entropy_and_gradients_match_the_stepwise_definition(scale: float, cap: int | None) -> None:
     gen = th.Generator().manual_seed(11)
     b, n, k = 64, 20, 6
     base = th.randn(b, n, generator=gen) * scale
@@ -298,13 +301,14 @@ def test_log_prob_entropy_and_gradients_match_the_stepwise_definition(scale: flo
     beta0 = th.rand(b, generator=gen) * 2.0
     logits = base.clone().requires_grad_(True)
     beta = beta0.clone().requires_grad_(True)
-    dist = PlackettLuceDistribution(n, k, generator=gen).proba_distribution(logits, mask, groups, beta)
+    dist = PlackettLuceDistribution(n, k, generator=gen, category_cap=cap).proba_distribution(logits, mask, groups,
+                                                                                               beta)
     path = dist.sample()
     lp, ent = dist.log_prob(path), dist._path_entropy(path)
     (lp.sum() + 0.3 * ent.sum()).backward()
     ref_logits = base.double().masked_fill(~mask, float("-inf")).requires_grad_(True)
     ref_beta = beta0.double().requires_grad_(True)
-    ref_lp, ref_ent = _reference_path(ref_logits, groups, ref_beta, path)
+    ref_lp, ref_ent = _reference_path(ref_logits, groups, ref_beta, path, cap)
     (ref_lp.sum() + 0.3 * ref_ent.sum()).backward()
     assert th.allclose(lp.double(), ref_lp, atol=1e-4)
     assert th.allclose(ent.double(), ref_ent, atol=1e-4)
@@ -344,8 +348,10 @@ def test_repulsive_sampling_with_mask_matches_probabilities(sampler: str) -> Non
     assert bool(((freq - expected).abs() <= 4.5 * sigma + 1e-4).all())
 
 
-@pytest.mark.parametrize(("repulsion", "scale"), [(True, 1.0), (True, 6.0), (False, 2.0)])
-def test_compiled_path_terms_match_the_torch_ops_with_gradients(repulsion: bool, scale: float) -> None:
+@pytest.mark.parametrize(("repulsion", "scale", "cap"),
+                         [(True, 1.0, None), (True, 6.0, None), (False, 2.0, None), (True, 1.0, 1), (True, 4.0, 2)])
+def test_compiled_path_terms_match_the_torch_ops_with_gradients(repulsion: bool, scale: float,
+                                                                 cap: int | None) -> None:
     """On CPU the per-group path arithmetic runs in compiled kernels; values and gradients (logits and β) must be
     the torch ops', for sampled paths, invalid ones (a repeated or masked pick) and masked candidates."""
     gen = th.Generator().manual_seed(5)
@@ -363,7 +369,7 @@ def test_compiled_path_terms_match_the_torch_ops_with_gradients(repulsion: bool,
     for compiled in (True, False):
         logits = base.clone().requires_grad_(True)
         beta = beta0.clone().requires_grad_(True) if beta0 is not None else None
-        dist = PlackettLuceDistribution(n, k).proba_distribution(logits, mask, groups, beta)
+        dist = PlackettLuceDistribution(n, k, category_cap=cap).proba_distribution(logits, mask, groups, beta)
         dist.use_compiled = compiled
         lp, ent = dist.log_prob(path), dist._path_entropy(path)
         finite = th.isfinite(lp)
@@ -396,5 +402,55 @@ def test_compiled_path_terms_gradcheck() -> None:
             log_p, ent, _ = _PathTermsCPU.apply(s, bt, groups, path, n_g, entropy)
             return log_p, ent
         assert th.autograd.gradcheck(f, (logits, beta))
+
+        def f_cap(s: th.Tensor, bt: th.Tensor, entropy: bool = entropy) -> tuple[th.Tensor, th.Tensor]:
+            log_p, ent, _ = _PathTermsCPU.apply(s, bt, groups, path, n_g, entropy, 1, 30.0)
+            return log_p, ent
+        assert th.autograd.gradcheck(f_cap, (logits, beta))
     with pytest.raises(IndexError):
         _PathTermsCPU.apply(logits, beta, groups, path + n, n_g, False)
+
+
+@pytest.mark.parametrize("sampler", ["compiled", "torch"])
+def test_soft_category_cap_sampling_matches_probabilities_and_caps_the_mode(sampler: str) -> None:
+    """With ``category_cap`` a group that has filled its cap is 30 nats down: sampled frequencies follow the exact
+    probabilities (which sum to one), almost no slate exceeds the cap while an open group is left, and the mode is
+    the capped greedy walk (the diversity heuristic's rule), falling back to a full group only when nothing else is
+    left."""
+    th.manual_seed(4)
+    logits = th.tensor([[2.0, 1.9, 1.8, 0.1, -0.2, 0.3]])
+    groups = th.tensor([[0, 0, 0, 1, 1, 2]])
+    slates = _all_slates(6, 3)
+    n_draws = 40_000
+
+    def dist_for(b: int) -> PlackettLuceDistribution:
+        return PlackettLuceDistribution(6, 3, category_cap=1).proba_distribution(
+            logits.expand(b, 6), groups=groups.expand(b, 6), repulsion=th.full((b,), 0.2))
+
+    probs = dist_for(len(slates)).log_prob(slates).exp()
+    assert abs(float(probs.sum()) - 1.0) < 1e-6
+    dist = dist_for(n_draws)
+    draws, log_prob = dist._sample_groups_cpu(True) if sampler == "compiled" else dist._sample_groups_torch(True)
+    assert log_prob is not None and th.allclose(log_prob, dist.log_prob(draws), atol=1e-5)
+    codes = draws[:, 0] * 36 + draws[:, 1] * 6 + draws[:, 2]
+    freq = th.bincount(codes, minlength=216).double() / n_draws
+    expected = th.zeros(216, dtype=th.float64)
+    expected[slates[:, 0] * 36 + slates[:, 1] * 6 + slates[:, 2]] = probs.double()
+    sigma = (expected * (1 - expected) / n_draws).sqrt()
+    assert bool(((freq - expected).abs() <= 4.5 * sigma + 1e-4).all())
+    g = groups[0][draws]
+    distinct = (g[:, 0] != g[:, 1]) & (g[:, 0] != g[:, 2]) & (g[:, 1] != g[:, 2])
+    assert float(distinct.float().mean()) > 0.999  # three groups, cap 1: one of each
+    assert dist_for(1).mode().tolist() == [[0, 5, 3]]  # best of group 0, then group 2 (0.3), then group 1
+    uncapped = PlackettLuceDistribution(6, 3).proba_distribution(logits, groups=groups, repulsion=th.full((1,), 0.2))
+    assert uncapped.mode().tolist() == [[0, 1, 2]]
+    # two groups, cap 1, K = 3: the third pick has to come from a full group, and it is the best one left
+    two = PlackettLuceDistribution(4, 3, category_cap=1).proba_distribution(
+        th.tensor([[1.0, 0.5, 0.2, -1.0]]), groups=th.tensor([[0, 0, 1, 1]]), repulsion=th.zeros(1))
+    assert two.mode().tolist() == [[0, 2, 1]]
+    assert th.isfinite(two.log_prob(two.mode())).all()
+
+
+def test_category_cap_is_validated() -> None:
+    with pytest.raises(ValueError, match="category_cap"):
+        PlackettLuceDistribution(5, 2, category_cap=0)

@@ -60,10 +60,13 @@ def test_export_parity_with_sb3_model(fmt: str, run_dir: Path, onnx_export: Path
     args = tuple(np.asarray(obs[n], np.float32) for n in ("user", "features", "context"))
     logits, alpha, beta = run_exported(out / MODEL_FILES[fmt], fmt, args, ["user", "features", "context"])
     groups = small_world.catalog.category[obs["candidates"]]
-    np.testing.assert_array_equal(greedy_slates(logits, 5, groups, beta), sb3_slates)
+    cap = _manifest(out)["category_cap"]
+    assert cap == 2  # the fixture's policy is a residual on the diversity heuristic, with its category cap
+    np.testing.assert_array_equal(greedy_slates(logits, 5, groups, beta, cap), sb3_slates)
     assert alpha.shape == beta.shape == (96,) and np.all((alpha > 0) & (alpha < 1)) and np.all(beta > 0)
-    # the repulsion matters here: plain top-K by logit would give other slates for some of these requests
+    # the repulsion and the cap matter here: without them other slates come out for some of these requests
     assert (greedy_slates(logits, 5) != sb3_slates).any(axis=1).sum() >= 5
+    assert (greedy_slates(logits, 5, groups, beta) != sb3_slates).any(axis=1).sum() >= 1
 
 
 def test_export_with_item_table(tmp_path: Path, small_world: World) -> None:

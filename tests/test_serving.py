@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -76,13 +77,16 @@ def _torch_threads_restored() -> Iterator[None]:
 FORCED = {"click_purchase": {"no_click_utility": -50.0, "purchase_bias": 50.0}, "skip": {"no_click_utility": 50.0}}
 
 
-def _replay(runtime: ServingRuntime, world: World, scenario: str, n_sessions: int, split_dwell: bool = False) -> dict:
+def _replay(runtime: ServingRuntime, world: World, scenario: str, n_sessions: int, split_dwell: bool = False,
+            policy: Any = None) -> dict:
     """Replay env sessions through the runtime: the runtime ranks, the env's user responds, the runtime observes
     the same click / dwell / purchase; at every request the runtime's observation of the env's candidates is
     compared with the env's (every feature column, the context, the user vector).
 
     With ``split_dwell`` every other click is sent without its dwell, which follows as a ``dwell`` event (a dwell
-    reported later). Returns the counts of steps and events and the largest differences per column.
+    reported later). With ``policy`` (the run's SlatePolicy) every served slate is also checked to be the policy's
+    mode on the runtime's observation (repulsion and category cap included). Returns the counts of steps and events
+    and the largest differences per column.
     """
     from envs.presets import preset_config
     from envs.rec_env import RecEnv
@@ -110,6 +114,11 @@ def _replay(runtime: ServingRuntime, world: World, scenario: str, n_sessions: in
             rec = runtime.recommend(uid, cids)
             assert rec.source == "model", rec.fallback_reason
             pos = np.array([cids.index(i) for i in rec.items])
+            if policy is not None:
+                batch = {key: np.asarray(v)[None] for key, v in mine.items()}
+                mode = policy.get_distribution(batch).mode().cpu().numpy()[0]
+                np.testing.assert_array_equal(pos, mode)
+                out["mode_checked"] = out.get("mode_checked", 0) + 1
             obs, _, term, trunc, info = env.step(pos)
             done = term or trunc
             out["steps"] += 1
@@ -137,13 +146,17 @@ def _parity_failures(out: dict) -> tuple[dict, dict]:
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 def test_runtime_features_equal_simulator_observations(fmt: str, onnx_export: Path, ts_export: Path,
-                                                       small_world: World) -> None:
+                                                       run_dir: Path, small_world: World) -> None:
     """Sessions of the small preset's users replayed through the runtime: at every request the runtime's
-    observation equals the env's (whatever mix of clicks, purchases and skips the trained policy meets)."""
+    observation equals the env's (whatever mix of clicks, purchases and skips the trained policy meets), and its
+    slate is the trained policy's mode (the greedy walk with the repulsion and the category cap)."""
+    from agents.ppo_ranker import load_policy
+
     art = onnx_export if fmt == "onnx" else ts_export
     runtime = ServingRuntime.load(art, clock=FakeClock(), time_budget_ms=60_000)  # no timeouts on a busy test machine
-    out = _replay(runtime, small_world, "default", n_sessions=12)
-    assert out["steps"] >= 12
+    assert runtime.category_cap == 2
+    out = _replay(runtime, small_world, "default", n_sessions=12, policy=load_policy(run_dir, "cpu"))
+    assert out["steps"] >= 12 and out["mode_checked"] == out["steps"]
     assert _parity_failures(out) == ({}, {})
 
 

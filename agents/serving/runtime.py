@@ -79,6 +79,10 @@ class ServingRuntime:
         self.input_names: list[str] = list(manifest["inputs"])
         self.slate_size = int(manifest["slate_size"])
         self.fallback_alpha = float(manifest["fallback_alpha"])
+        cap = manifest.get("category_cap")  # absent in artifacts exported before the cap existed: none
+        if cap is not None and (not isinstance(cap, int) or isinstance(cap, bool) or cap < 1):
+            raise ValueError(f"manifest category_cap must be a positive integer or null, got {cap!r}")
+        self.category_cap: int | None = cap
         self.time_budget_s = time_budget_ms / 1000.0
         self.session_timeout_s = float(session_timeout_s)
         self.cf_fold_in = cf_fold_in
@@ -324,7 +328,9 @@ class ServingRuntime:
             obs, oor = self._observe(st, cand)
             out_of_range[:] = [oor]  # a retried transaction keeps the last attempt's
             scores, alpha, beta, reason, model_s = self._score(obs)
-            top = greedy_slate(scores, k, self.items.category[cand] if beta > 0 else None, beta)
+            cap = None if reason else self.category_cap  # the fixed-α fallback is a plain top-K
+            top = greedy_slate(scores, k, self.items.category[cand] if beta > 0 or cap is not None else None, beta,
+                               cap)
             rid = st.n_requests
             if record:
                 self._record_slate(st, cand[top], obs["features"][top])
