@@ -50,7 +50,16 @@ from stable_baselines3.common.vec_env import VecNormalize
 from tqdm.auto import tqdm
 
 from agents.baselines import ParamSearch, RankerContext, make_ranker, tune_alpha, tuning_cache_dir
-from agents.evaluation import RHO_EDGES, RHO_LABELS, episode_plan, run_episodes, summarise, write_report
+from agents.evaluation import (
+    RHO_EDGES,
+    RHO_LABELS,
+    Bootstrap,
+    episode_plan,
+    paired_test,
+    run_episodes,
+    summarise,
+    write_report,
+)
 from agents.plausibility import write_plausibility
 from agents.policies import SlatePolicy
 from agents.ppo_ranker import (
@@ -747,6 +756,8 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False, progre
         "ratio_vs_tuned_alpha": report["ratio_vs_tuned_alpha"],
         "gap_closed_to_oracle": report.get("gap_closed_to_oracle"),
         "ratio_vs_tuned_diverse": report["ratio_vs_tuned_diverse"],
+        "paired_vs_tuned_diverse": report["paired_vs_tuned_diverse"],
+        "policy_base": tc.policy.base,
         "gap_closed_to_ceiling": report.get("gap_closed_to_ceiling"),
         "alpha_by_user_type": report["alpha"]["by_rho"],
         "resumed_from": resumed_from,
@@ -818,6 +829,9 @@ def final_comparison(cfg: Config, world: World, policy: SlatePolicy, curve: Any,
     r = results["rankers"]
     results["ratio_vs_tuned_alpha"] = r["ppo"]["return"]["mean"] / r["tuned-alpha"]["return"]["mean"]
     results["ratio_vs_tuned_diverse"] = r["ppo"]["return"]["mean"] / r[STRONGEST_HEURISTIC]["return"]["mean"]
+    # the quality bar's paired comparison: PPO − tuned-diverse on the same sessions (per-session differences)
+    results["paired_vs_tuned_diverse"] = paired_test(stats["ppo"].ret, stats[STRONGEST_HEURISTIC].ret,
+                                                     Bootstrap(len(stats["ppo"].ret), ec.bootstrap, cfg.train.seed))
     for key, top in (("gap_closed_to_oracle", "oracle"), ("gap_closed_to_ceiling", CEILING)):
         gap = r[top]["return"]["mean"] - r["tuned-alpha"]["return"]["mean"]
         if gap > 0:
@@ -904,6 +918,10 @@ def print_summary(summary: dict[str, Any], results_md: Path) -> None:
     if "ratio_vs_tuned_diverse" in summary:
         print(f"against the strongest hand-written ranker: tuned-diverse {h[STRONGEST_HEURISTIC]['mean']:.3f} → "
               f"{summary['ratio_vs_tuned_diverse']:.3f}×")
+    pd = summary.get("paired_vs_tuned_diverse")
+    if pd and pd.get("ci95"):
+        print(f"  paired on the same sessions: PPO − tuned-diverse {pd['diff']:+.3f} (95% CI {pd['ci95'][0]:+.3f} to "
+              f"{pd['ci95'][1]:+.3f}, p {pd['p_value']:.2g})")
     if summary.get("gap_closed_to_oracle") is not None:
         print(f"share of the tuned-alpha → myopic oracle gap closed: {summary['gap_closed_to_oracle']:.2f}")
     if summary.get("gap_closed_to_ceiling") is not None:

@@ -1,0 +1,196 @@
+"""One command per quality protocol of issue #13: train the seeds, evaluate, print the table with intervals.
+
+``python -m bench.quality_protocol --preset default --seeds 0,1,2,3,4 --minutes 15 --parallel 2`` trains one run
+per seed with ``train.py --config configs/quality.yaml`` (at most ``--minutes`` of learning each, ``--parallel``
+runs at a time, each on one core: one torch thread, one env-kernel thread), each run evaluated by ``train.py``
+on the same held-out sessions (common random numbers) against the baselines, then aggregates the runs:
+
+* per ranker, the mean return over the seeds and its 95% t-interval across seeds (the baselines vary with the
+  seed only through their tuning on the training users);
+* PPO / tuned-diverse (the quality bar's reference) and PPO / tuned-alpha per seed, with t-intervals;
+* the paired per-session difference PPO − tuned-diverse of each run (bootstrap interval over its sessions);
+* the share of the tuned-alpha → non-myopic ceiling (``tuned-oracle-diverse``) gap closed, and of the gap to the
+  myopic oracle;
+* α by hidden user type, and every run's plausibility flags.
+
+A run whose ``summary.json`` exists is not trained again (re-running the command finishes a protocol that was
+interrupted); ``--preset`` takes a preset name or a calibrated preset folder; ``--set`` passes config overrides to
+every run. Writes ``<name>.json`` and ``<name>.md`` into ``--out``; the last printed line is the JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.ppo_seeds import t_interval
+from configs.loader import atomic_write_text
+
+REFERENCE, CEILING, MYOPIC = "tuned-diverse", "tuned-oracle-diverse", "oracle"
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seeds must be comma-separated integers, got {text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"--seeds must name distinct seeds, got {text!r}")
+    return seeds
+
+
+def train_commands(args: argparse.Namespace) -> list[tuple[Path, list[str]]]:
+    """``(run directory, train.py command)`` per seed."""
+    out = []
+    for seed in args.seeds:
+        name = f"{args.name}-s{seed}"
+        cmd = [sys.executable, "train.py", "--config", args.config, "--preset", args.preset, "--out", str(args.out),
+               "--name", name, "--quiet", "--set", f"train.seed={seed}",
+               "--set", f"train.max_minutes={args.minutes:g}"]
+        for item in args.set:
+            cmd += ["--set", item]
+        out.append((Path(args.out) / name, cmd))
+    return out
+
+
+def run_all(jobs: list[tuple[Path, list[str]]], parallel: int) -> dict[str, Any]:
+    """Run the training commands, ``parallel`` at a time; skip runs that have finished. Returns per-run status."""
+    status: dict[str, Any] = {}
+    pending = []
+    for run, cmd in jobs:
+        if (run / "summary.json").is_file():
+            status[run.name] = "finished before"
+        else:
+            pending.append((run, cmd))
+    env = {**os.environ, "RECFEED_ENV_THREADS": "1"}
+    active: list[tuple[Path, subprocess.Popen, Any, float]] = []
+    while pending or active:
+        while pending and len(active) < parallel:
+            run, cmd = pending.pop(0)
+            run.parent.mkdir(parents=True, exist_ok=True)
+            log = open(run.parent / f"{run.name}.log", "w", encoding="utf-8")  # noqa: SIM115 (closed below)
+            print(f"[protocol] start {run.name}: {' '.join(cmd[1:])}", flush=True)
+            active.append((run, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log,
+                           time.perf_counter()))
+        time.sleep(2.0)
+        for item in list(active):
+            run, proc, log, t0 = item
+            if proc.poll() is not None:
+                log.close()
+                active.remove(item)
+                ok = proc.returncode == 0 and (run / "summary.json").is_file()
+                status[run.name] = "trained" if ok else f"failed (exit {proc.returncode}; see {log.name})"
+                print(f"[protocol] {run.name}: {status[run.name]} in {time.perf_counter() - t0:.0f}s", flush=True)
+    return status
+
+
+def aggregate(runs: list[Path]) -> dict[str, Any]:
+    """The protocol's figures from finished run directories (see the module docstring)."""
+    results = [json.loads((r / "report" / "results.json").read_text(encoding="utf-8")) for r in runs]
+    summaries = [json.loads((r / "summary.json").read_text(encoding="utf-8")) for r in runs]
+    names = list(results[0]["rankers"])
+    per_seed = {n: np.array([r["rankers"][n]["return"]["mean"] for r in results]) for n in names}
+    table = {n: {"mean": float(v.mean()), "ci95": t_interval(v), "per_seed": v.tolist()} for n, v in per_seed.items()}
+    ppo = per_seed["ppo"]
+    out: dict[str, Any] = {"runs": [str(r) for r in runs], "seeds": len(runs), "return": table}
+
+    def ratio(ref: str) -> dict[str, Any]:
+        x = ppo / per_seed[ref]
+        return {"mean": float(x.mean()), "ci95": t_interval(x), "per_seed": x.tolist()}
+
+    out["ratio_vs_tuned_diverse"] = ratio(REFERENCE)
+    out["ratio_vs_tuned_alpha"] = ratio("tuned-alpha")
+    diff = ppo - per_seed[REFERENCE]
+    out["diff_vs_tuned_diverse"] = {"mean": float(diff.mean()), "ci95": t_interval(diff), "per_seed": diff.tolist()}
+    out["paired_vs_tuned_diverse_per_run"] = [r.get("paired_vs_tuned_diverse") for r in results]
+    out["above_tuned_diverse_intervals_apart"] = bool(out["diff_vs_tuned_diverse"]["ci95"][0] > 0)
+    for key, top in (("gap_closed_to_ceiling", CEILING), ("gap_closed_to_oracle", MYOPIC)):
+        if top in per_seed:
+            gap = (ppo - per_seed["tuned-alpha"]) / (per_seed[top] - per_seed["tuned-alpha"])
+            out[key] = {"mean": float(gap.mean()), "ci95": t_interval(gap), "per_seed": gap.tolist()}
+    out["alpha_by_user_type"] = [s.get("alpha_by_user_type") for s in summaries]
+    out["steps"] = [s["total_timesteps"] for s in summaries]
+    out["learn_minutes"] = [round(s["learn_seconds"] / 60, 1) for s in summaries]
+    flags = []
+    for r in runs:
+        p = r / "report" / "plausibility.json"
+        if p.is_file():
+            flags.append(json.loads(p.read_text(encoding="utf-8")).get("policy_flags", {}).get("ppo", []))
+    out["plausibility_flags"] = flags
+    return out
+
+
+def markdown(agg: dict[str, Any], title: str) -> str:
+    """The protocol's table (Markdown)."""
+    def ci(d: dict[str, Any], fmt: str = ".2f") -> str:
+        return f"{d['mean']:{fmt}} ({d['ci95'][0]:{fmt}}–{d['ci95'][1]:{fmt}})"
+
+    lines = [f"### {title}", "", f"{agg['seeds']} training seeds; steps per run {agg['steps']}; learning minutes "
+             f"{agg['learn_minutes']}. Return per held-out session: mean over seeds (95% t-interval across seeds).",
+             "", "| ranker | return | per seed |", "|---|---:|---|"]
+    for name, row in agg["return"].items():
+        lines.append(f"| {name} | {ci(row)} | {', '.join(f'{v:.2f}' for v in row['per_seed'])} |")
+    lines += ["", "| figure | value (95% t-interval across seeds) | per seed |", "|---|---:|---|"]
+    for key in ("ratio_vs_tuned_diverse", "diff_vs_tuned_diverse", "ratio_vs_tuned_alpha", "gap_closed_to_ceiling",
+                "gap_closed_to_oracle"):
+        if key in agg:
+            d = agg[key]
+            lines.append(f"| {key} | {ci(d, '.3f')} | {', '.join(f'{v:.3f}' for v in d['per_seed'])} |")
+    paired = [p for p in agg["paired_vs_tuned_diverse_per_run"] if p]
+    if paired:
+        lines.append("| paired PPO − tuned-diverse per run (bootstrap 95% over sessions) | | "
+                     + ", ".join(f"{p['diff']:+.2f} ({p['ci95'][0]:+.2f} to {p['ci95'][1]:+.2f})" for p in paired)
+                     + " |")
+    lines.append(f"\nPPO above tuned-diverse with the interval of the difference above 0: "
+                 f"**{agg['above_tuned_diverse_intervals_apart']}**. α by hidden user type per run: "
+                 + "; ".join(", ".join(f"{v:.2f}" for v in a.values() if v is not None)
+                             for a in agg["alpha_by_user_type"] if a)
+                 + f". Plausibility flags per run: {agg['plausibility_flags']}.")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Train, aggregate, print and write the protocol's table."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="default", help="preset name or calibrated preset folder")
+    ap.add_argument("--seeds", type=_seeds, default=_seeds("0,1,2,3,4"), help="training seeds, e.g. 0,1,2")
+    ap.add_argument("--minutes", type=float, default=15.0, help="learning minutes per run (train.max_minutes)")
+    ap.add_argument("--parallel", type=int, default=2, help="runs at a time (one core each)")
+    ap.add_argument("--config", default="configs/quality.yaml", help="train.py config of every run")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
+    ap.add_argument("--out", type=Path, default=Path("runs/protocol"), help="parent folder of the runs")
+    ap.add_argument("--name", default=None, help="run name prefix (default: protocol-<preset>)")
+    ap.add_argument("--aggregate-only", action="store_true", help="do not train; aggregate the finished runs")
+    args = ap.parse_args(argv)
+    if args.minutes <= 0 or args.parallel < 1:
+        ap.error("--minutes must be > 0 and --parallel >= 1")
+    if not Path(args.config).is_file():
+        ap.error(f"--config {args.config} does not exist")
+    args.name = args.name or f"protocol-{Path(args.preset).name}"
+    jobs = train_commands(args)
+    status = {} if args.aggregate_only else run_all(jobs, args.parallel)
+    done = [run for run, _ in jobs if (run / "report" / "results.json").is_file() and (run / "summary.json").is_file()]
+    if not done:
+        raise SystemExit(f"no finished run under {args.out} (status: {status})")
+    agg = aggregate(done)
+    agg["status"] = status
+    agg["command"] = " ".join(["python -m bench.quality_protocol", *(argv if argv is not None else sys.argv[1:])])
+    md = markdown(agg, f"Quality protocol: preset {args.preset}, {len(done)} seeds, ≤ {args.minutes:g} min each")
+    args.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.out / f"{args.name}.json", json.dumps(agg, indent=1))
+    atomic_write_text(args.out / f"{args.name}.md", md)
+    print(md)
+    print(json.dumps(agg))
+    return agg
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""The quality protocol's aggregation and its re-run rule (bench/quality_protocol.py), on fabricated run folders."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench.quality_protocol import aggregate, main, markdown, run_all
+
+
+def _fake_run(root: Path, name: str, returns: dict[str, float], paired_diff: float) -> Path:
+    run = root / name
+    (run / "report").mkdir(parents=True)
+    results = {"rankers": {n: {"return": {"mean": v, "ci95": [v - 1, v + 1]}} for n, v in returns.items()},
+               "paired_vs_tuned_diverse": {"diff": paired_diff, "ci95": [paired_diff - 0.1, paired_diff + 0.1],
+                                           "p_value": 0.01}}
+    (run / "report" / "results.json").write_text(json.dumps(results))
+    (run / "report" / "plausibility.json").write_text(json.dumps({"policy_flags": {"ppo": []}}))
+    (run / "summary.json").write_text(json.dumps({"total_timesteps": 1000, "learn_seconds": 60.0,
+                                                  "alpha_by_user_type": {"a": 0.5, "b": 0.6}}))
+    return run
+
+
+def _returns(ppo: float, diverse: float) -> dict[str, float]:
+    return {"ppo": ppo, "tuned-alpha": 4.0, "tuned-diverse": diverse, "oracle": 8.0, "tuned-oracle-diverse": 12.0}
+
+
+def test_aggregate_ratios_intervals_and_gap(tmp_path: Path) -> None:
+    runs = [_fake_run(tmp_path, f"r{i}", _returns(p, d), p - d)
+            for i, (p, d) in enumerate([(7.0, 6.0), (7.5, 6.4), (8.0, 6.9)])]
+    agg = aggregate(runs)
+    ratios = np.array([7.0 / 6.0, 7.5 / 6.4, 8.0 / 6.9])
+    assert agg["ratio_vs_tuned_diverse"]["mean"] == pytest.approx(ratios.mean())
+    lo, hi = agg["ratio_vs_tuned_diverse"]["ci95"]
+    assert lo < ratios.mean() < hi
+    assert agg["diff_vs_tuned_diverse"]["per_seed"] == pytest.approx([1.0, 1.1, 1.1])
+    assert agg["above_tuned_diverse_intervals_apart"]  # differences 1.0, 1.1, 1.1: the interval is above 0
+    assert agg["gap_closed_to_ceiling"]["per_seed"] == pytest.approx([3 / 8, 3.5 / 8, 4 / 8])
+    assert agg["ratio_vs_tuned_alpha"]["mean"] == pytest.approx(np.mean([7.0, 7.5, 8.0]) / 4.0)
+    md = markdown(agg, "t")
+    assert "ratio_vs_tuned_diverse" in md and "**True**" in md
+    # a seed below the reference makes the interval of the difference reach below 0
+    worse = [*runs[:2], _fake_run(tmp_path, "r3", _returns(5.0, 6.5), -1.5)]
+    assert not aggregate(worse)["above_tuned_diverse_intervals_apart"]
+
+
+def test_finished_runs_are_not_trained_again(tmp_path: Path) -> None:
+    done = _fake_run(tmp_path, "p-s0", _returns(7.0, 6.0), 1.0)
+    fail = tmp_path / "p-s1"
+    status = run_all([(done, ["false"]), (fail, ["python3", "-c", "import sys; sys.exit(3)"])], parallel=2)
+    assert status["p-s0"] == "finished before"
+    assert status["p-s1"].startswith("failed (exit 3")
+
+
+def test_aggregate_only_reads_finished_runs_and_rejects_bad_flags(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    for s in (0, 1):
+        _fake_run(tmp_path, f"protocol-default-s{s}", _returns(7.0 + s, 6.0), 1.0 + s)
+    agg = main(["--seeds", "0,1,2", "--out", str(tmp_path), "--aggregate-only"])
+    assert agg["seeds"] == 2  # seed 2 has no run: left out, not invented
+    assert (tmp_path / "protocol-default.json").is_file() and (tmp_path / "protocol-default.md").is_file()
+    with pytest.raises(SystemExit):
+        main(["--seeds", "0,0", "--out", str(tmp_path), "--aggregate-only"])
+    assert "distinct seeds" in capsys.readouterr().err
