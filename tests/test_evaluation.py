@@ -16,7 +16,6 @@ import pytest
 from scipy import sparse
 
 from agents.base import Ranker
-from agents.baselines import BlendRanker, OracleRanker, RandomRanker
 from agents.evaluation import (
     Bootstrap,
     bootstrap_ci,
@@ -32,6 +31,7 @@ from agents.evaluation import (
     summarise,
     write_report,
 )
+from agents.rankers import BlendRanker, OracleRanker, RandomRanker
 from configs.schema import Config, EnvConfig
 from envs.core import BatchedCore, StepResult
 from envs.spaces import CONTEXT_NAMES, FEATURE_NAMES
@@ -344,9 +344,10 @@ def test_final_comparison_uses_the_alpha_it_is_given_on_held_out_users(tmp_path:
     re-tuning), simulated on the held-out population, and the headline ratio is PPO over that row."""
     import torch as th
 
-    from agents.baselines import AlphaCurve, BlendRanker
     from agents.policies import SlatePolicy
+    from agents.rankers import BlendRanker
     from agents.training import final_comparison, make_venv, policy_kwargs
+    from agents.tuning import AlphaCurve
     from configs.loader import from_dict
 
     cfg = from_dict(Config, {"train": {"ppo": {"n_envs": 2}, "device": "cpu"},
