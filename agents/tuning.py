@@ -19,8 +19,9 @@ from typing import Any
 import numpy as np
 
 from agents.base import Ranker
-from agents.evaluation import Bootstrap, episode_plan, percentile_ci, run_episodes
+from agents.evaluation import episode_plan, run_episodes
 from agents.rankers import BlendRanker, DiverseRanker, OracleDiverseRanker
+from agents.report import Bootstrap, percentile_ci
 from configs.loader import atomic_write_text, to_dict
 from configs.schema import EncoderConfig, EnvConfig
 from envs.core import BatchedCore

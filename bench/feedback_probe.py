@@ -302,7 +302,7 @@ def _play(runtime: Any, world: Any, cfg: Any, settings: ProbeSettings, users: np
 
 def _summarise(arrays: dict[str, dict[str, np.ndarray]], settings: ProbeSettings) -> tuple[list[dict], dict]:
     """Per (request, behaviour) rows and the α gap cf − llm (paired bootstrap over sessions)."""
-    from agents.evaluation import Bootstrap, percentile_ci
+    from agents.report import Bootstrap, percentile_ci
 
     boot = Bootstrap(settings.sessions, settings.n_boot, settings.seed)
     rows = []

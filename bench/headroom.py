@@ -33,18 +33,11 @@ from typing import Any
 
 import numpy as np
 
-from agents.evaluation import (
-    Bootstrap,
-    EpisodePlan,
-    EpisodeStats,
-    episode_plan,
-    paired_test,
-    percentile_ci,
-    run_episodes,
-)
+from agents.evaluation import EpisodePlan, EpisodeStats, episode_plan, run_episodes
 from agents.fitting import fit_logistic
 from agents.rankers import BlendRanker
 from agents.registry import RankerContext, make_ranker
+from agents.report import Bootstrap, paired_test, percentile_ci
 from agents.tuning import ALPHA_GRID, DIVERSE_GRID, TUNE_SEED, coordinate_search, diverse_ranker
 from configs.loader import ConfigError, resolve_config
 from configs.schema import EnvConfig

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from agents.base import Feedback
-from agents.evaluation import episode_plan, evaluate_rankers, paired_test, run_episodes
+from agents.evaluation import episode_plan, evaluate_rankers, run_episodes
 from agents.fitting import Impressions, examined_slots, fit_logistic
 from agents.rankers import (
     BlendRanker,
@@ -27,6 +27,7 @@ from agents.rankers import (
     TunedOracleDiverseRanker,
 )
 from agents.registry import SPECS, RankerContext, check_specs, make_ranker, parse_spec
+from agents.report import paired_test
 from agents.tuning import (
     DIVERSE_GRID,
     ParamSearch,
