@@ -33,7 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from configs.loader import atomic_write_text, read_yaml_mapping
+from configs.fileio import atomic_write_text
+from configs.loader import read_yaml_mapping
 
 #: The figures of a plausibility row, in table order.
 FIGURES: tuple[str, ...] = ("ctr_per_slate", "requests_per_session", "purchases_per_click", "dwell_per_click_s")

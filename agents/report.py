@@ -20,7 +20,7 @@ import numpy as np
 from scipy import sparse, stats
 
 from agents.evaluation import EPISODE_METRICS, RHO_EDGES, RHO_LABELS, EpisodeStats
-from configs.loader import atomic_write_bytes, atomic_write_text
+from configs.fileio import atomic_write_bytes, atomic_write_text, json_default
 
 #: Column label and number format of each metric in the Markdown table (``clicks`` is left to JSON/CSV).
 TABLE_COLUMNS: dict[str, tuple[str, str]] = {
@@ -283,7 +283,7 @@ def write_report(results: dict[str, Any], out_dir: str | Path) -> dict[str, Path
     """
     out = Path(out_dir)
     paths = {"json": out / "results.json", "csv": out / "results.csv", "markdown": out / "results.md"}
-    atomic_write_text(paths["json"], json.dumps(results, indent=2, allow_nan=False, default=_json_default) + "\n")
+    atomic_write_text(paths["json"], json.dumps(results, indent=2, allow_nan=False, default=json_default) + "\n")
     atomic_write_text(paths["csv"], results_csv(results))
     atomic_write_text(paths["markdown"], markdown_table(results))
     for name, fig in _plots(results).items():
@@ -292,12 +292,6 @@ def write_report(results: dict[str, Any], out_dir: str | Path) -> dict[str, Path
         paths[name] = out / "plots" / f"{name}.png"
         atomic_write_bytes(paths[name], buf.getvalue())
     return paths
-
-
-def _json_default(x: Any) -> Any:
-    if isinstance(x, np.generic):
-        return x.item()
-    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
 
 
 def _plots(results: dict[str, Any]) -> dict[str, Any]:

@@ -22,7 +22,8 @@ from agents.base import Ranker
 from agents.evaluation import episode_plan, run_episodes
 from agents.rankers import BlendRanker, DiverseRanker, OracleDiverseRanker
 from agents.report import Bootstrap, percentile_ci
-from configs.loader import atomic_write_text, to_dict
+from configs.fileio import atomic_write_text
+from configs.loader import to_dict
 from configs.schema import EncoderConfig, EnvConfig
 from envs.core import BatchedCore
 from envs.factory import make_core

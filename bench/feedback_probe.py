@@ -55,7 +55,8 @@ from typing import Any
 
 import numpy as np
 
-from configs.loader import ConfigError, atomic_write_bytes, atomic_write_text
+from configs.fileio import atomic_write_bytes, atomic_write_text
+from configs.loader import ConfigError
 
 #: The scripted behaviours, in report order.
 BEHAVIOURS: tuple[str, ...] = ("cf", "llm", "none")
