@@ -7,7 +7,8 @@
 Every ranker meets the same sessions (same users, same episode keys: common random numbers), so the
 comparisons are paired. ``tuned-alpha``, ``scored`` and ``linucb`` learn on the training users only. Writes
 ``results.json``, ``results.csv``, ``results.md`` and ``plots/*.png`` into ``--out`` (atomically) and prints the
-Markdown table. The engine is :mod:`agents.evaluation`, the rankers are :mod:`agents.baselines`.
+Markdown table. The engine is :mod:`agents.evaluation`, the report :mod:`agents.report`, the rankers are
+:mod:`agents.rankers`, built from specs by :mod:`agents.registry`.
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from agents.baselines import RankerContext, TunedAlphaRanker, check_specs, make_ranker, valid_choices
-from agents.evaluation import episode_plan, evaluate_rankers, markdown_table, summarise, write_report
+from agents.evaluation import episode_plan, evaluate_rankers
 from agents.plausibility import plausibility_markdown, write_plausibility
 from agents.ppo_ranker import MODEL_FILE, WEIGHTS_FILE
+from agents.rankers import TunedAlphaRanker
+from agents.registry import RankerContext, check_specs, make_ranker, valid_choices
+from agents.report import markdown_table, summarise, write_report
 from agents.runinfo import SIGNATURE_FILE, describe, mismatch, read_signature, signature
 from configs import loader
 from configs.loader import (

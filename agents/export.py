@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -67,6 +66,7 @@ from torch import nn
 
 from agents.serving.runners import run_exported
 from agents.slate_mode import greedy_slates, is_greedy_path
+from configs.fileio import sha256_file
 from configs.loader import load_config, to_dict
 from configs.schema import Config
 from envs.core import OBS_DECAY
@@ -426,14 +426,6 @@ def parity_check(model: Any, path: Path, fmt: Format, names: list[str], obs: dic
     )
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def write_items(world: World, path: Path) -> None:
     """Write the runtime's item table (see the module docstring) to ``path`` (no pickled objects)."""
     ids = np.array(world.catalog.ids)
@@ -525,7 +517,7 @@ def export_run(run_dir: str | Path, fmt: Format = "onnx", out: str | Path | None
             "created_unix": time.time(),
             "run_dir": str(run.resolve()),
             "files": {"model": MODEL_FILES[fmt], "items": ITEMS_FILE},
-            "sha256": {MODEL_FILES[fmt]: _sha256(model_path), ITEMS_FILE: _sha256(tmp / ITEMS_FILE)},
+            "sha256": {MODEL_FILES[fmt]: sha256_file(model_path), ITEMS_FILE: sha256_file(tmp / ITEMS_FILE)},
             "inputs": names,
             "outputs": OUTPUTS,
             "repulsion": has_repulsion(policy),

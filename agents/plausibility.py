@@ -13,7 +13,7 @@ the range that the real-data calibrated preset (MovieLens) and the default prese
 
 All four are ratios of totals over the evaluated sessions (as ``bench/headroom.py`` prints them), so they are
 computed alike from an :class:`~agents.evaluation.EpisodeStats` or from a report of
-:func:`~agents.evaluation.summarise` (whose per-session means over the same sessions give the same ratios).
+:func:`~agents.report.summarise` (whose per-session means over the same sessions give the same ratios).
 
 The range lives in ``configs/plausibility.yaml`` (values with the command each comes from) with a relative
 tolerance: a figure is flagged when it lies outside ``[lo·(1 − tol), hi·(1 + tol)]``.
@@ -33,7 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from configs.loader import atomic_write_text, read_yaml_mapping
+from configs.fileio import atomic_write_text
+from configs.loader import read_yaml_mapping
 
 #: The figures of a plausibility row, in table order.
 FIGURES: tuple[str, ...] = ("ctr_per_slate", "requests_per_session", "purchases_per_click", "dwell_per_click_s")
@@ -93,7 +94,7 @@ def row_from_stats(stats: Any) -> dict[str, float]:
 
 
 def row_from_summary(ranker_row: Mapping[str, Any], name: str = "ranker") -> dict[str, float]:
-    """The plausibility row of one ranker in a :func:`~agents.evaluation.summarise` report.
+    """The plausibility row of one ranker in a :func:`~agents.report.summarise` report.
 
     Args:
         ranker_row: ``results["rankers"][name]``: ``{metric: {"mean": …, "ci95": …}}`` with at least ``clicks``,
@@ -255,7 +256,7 @@ def load_range(path: str | Path | None = None) -> PlausibleRange:
 
 def plausibility(results: Mapping[str, Any], policies: Iterable[str] = (), bounds: PlausibleRange | None = None
                  ) -> dict[str, Any]:
-    """Plausibility rows of every ranker of a :func:`~agents.evaluation.summarise` report, and their flags.
+    """Plausibility rows of every ranker of a :func:`~agents.report.summarise` report, and their flags.
 
     Args:
         results: The report (``results["rankers"][name]`` with ``clicks``, ``purchases``, ``dwell``, ``length``).
@@ -330,7 +331,7 @@ def write_plausibility(results: dict[str, Any], out_dir: str | Path, policies: S
     Writes ``plausibility.json`` and ``plausibility.md`` into ``out_dir`` atomically.
 
     Args:
-        results: A :func:`~agents.evaluation.summarise` report (updated in place).
+        results: A :func:`~agents.report.summarise` report (updated in place).
         out_dir: The report folder (e.g. ``RUN_DIR/report``).
         policies: Names of the trained policies among the rankers.
         bounds: The range (default: ``configs/plausibility.yaml``).

@@ -20,7 +20,8 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from configs.loader import ConfigError, atomic_write_text, load_config
+from configs.fileio import atomic_write_text
+from configs.loader import ConfigError, load_config
 from configs.schema import Config
 from envs.spaces import CONTEXT_NAMES, FEATURE_NAMES
 

@@ -13,8 +13,8 @@ import argparse
 import json
 import time
 
-from agents.baselines import RankerContext, check_specs, make_ranker
 from agents.evaluation import episode_plan, run_episodes
+from agents.registry import RankerContext, check_specs, make_ranker
 from configs.loader import ConfigError, resolve_config
 from envs.core import BatchedCore
 from envs.presets import load_world

@@ -55,7 +55,8 @@ from typing import Any
 
 import numpy as np
 
-from configs.loader import ConfigError, atomic_write_bytes, atomic_write_text
+from configs.fileio import atomic_write_bytes, atomic_write_text
+from configs.loader import ConfigError
 
 #: The scripted behaviours, in report order.
 BEHAVIOURS: tuple[str, ...] = ("cf", "llm", "none")
@@ -302,7 +303,7 @@ def _play(runtime: Any, world: Any, cfg: Any, settings: ProbeSettings, users: np
 
 def _summarise(arrays: dict[str, dict[str, np.ndarray]], settings: ProbeSettings) -> tuple[list[dict], dict]:
     """Per (request, behaviour) rows and the α gap cf − llm (paired bootstrap over sessions)."""
-    from agents.evaluation import Bootstrap, percentile_ci
+    from agents.report import Bootstrap, percentile_ci
 
     boot = Bootstrap(settings.sessions, settings.n_boot, settings.seed)
     rows = []

@@ -4,7 +4,7 @@
 greedy-by-CF, the fixed α blend over a grid, the diversity heuristic (at 0.9 and at the held-out best α), the
 myopic oracle, and the references of the quality bar, tuned on the TRAINING users (``--tune-episodes`` sessions
 per grid point, common random numbers): ``tuned-alpha``, ``tuned-diverse`` and the non-myopic upper reference
-``tuned-oracle-diverse`` (``agents/baselines.py``). It checks:
+``tuned-oracle-diverse`` (``agents/tuning.py``). It checks:
 
 1. the oracle beats greedy-by-LLM and greedy-by-CF, which beat random (paired tests);
 2. the best fixed α differs between users with low and high ρ_u (each group's best α beats the other group's
@@ -33,26 +33,12 @@ from typing import Any
 
 import numpy as np
 
-from agents.baselines import (
-    ALPHA_GRID,
-    DIVERSE_GRID,
-    TUNE_SEED,
-    BlendRanker,
-    RankerContext,
-    coordinate_search,
-    diverse_ranker,
-    fit_logistic,
-    make_ranker,
-)
-from agents.evaluation import (
-    Bootstrap,
-    EpisodePlan,
-    EpisodeStats,
-    episode_plan,
-    paired_test,
-    percentile_ci,
-    run_episodes,
-)
+from agents.evaluation import EpisodePlan, EpisodeStats, episode_plan, run_episodes
+from agents.fitting import fit_logistic
+from agents.rankers import BlendRanker
+from agents.registry import RankerContext, make_ranker
+from agents.report import Bootstrap, paired_test, percentile_ci
+from agents.tuning import ALPHA_GRID, DIVERSE_GRID, TUNE_SEED, coordinate_search, diverse_ranker
 from configs.loader import ConfigError, resolve_config
 from configs.schema import EnvConfig
 from envs.core import BatchedCore
@@ -137,7 +123,7 @@ def alpha_by_group(world: World, cfg: EnvConfig, alphas: Sequence[float] = ALPHA
     """The best fixed α of each hidden ρ group on ``population`` (training users), and the single best α.
 
     Every α meets the same sessions (common random numbers); with the same ``episodes`` and ``seed`` the single
-    choice is tuned-alpha's (``agents.baselines.tune_alpha``).
+    choice is tuned-alpha's (``agents.tuning.tune_alpha``).
 
     Args:
         world: The world.
@@ -175,7 +161,7 @@ def diverse_by_group(world: World, cfg: EnvConfig, start: dict[str, float],
                      min_count: int = MIN_GROUP_EPISODES) -> dict[str, Any]:
     """The best diversity-heuristic parameters of each hidden ρ group on ``population`` (training users).
 
-    One :func:`agents.baselines.coordinate_search` per group, each over that group's sessions and starting from
+    One :func:`agents.tuning.coordinate_search` per group, each over that group's sessions and starting from
     ``start`` (the single tuned-diverse choice), sharing evaluations; so on the training sessions each group's
     choice is at least as good as ``start`` within the group.
 
@@ -183,7 +169,7 @@ def diverse_by_group(world: World, cfg: EnvConfig, start: dict[str, float],
         world: The world.
         cfg: Env config.
         start: The single tuned choice ``{alpha, cap, exposure_weight, seen_weight}``.
-        grid: Axes (default ``agents.baselines.DIVERSE_GRID``, caps clipped to K).
+        grid: Axes (default ``agents.tuning.DIVERSE_GRID``, caps clipped to K).
         edges: Inner ρ group edges.
         episodes: Training sessions per point.
         seed: Seed of the sessions.

@@ -1,10 +1,9 @@
 """Typed configs (dataclasses) and their YAML loader."""
 
+from configs.fileio import atomic_write_bytes, atomic_write_text
 from configs.loader import (
     ConfigError,
     apply_overrides,
-    atomic_write_bytes,
-    atomic_write_text,
     check_output_dir,
     deep_merge,
     from_dict,

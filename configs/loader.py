@@ -5,19 +5,17 @@ Unknown keys and wrong types are errors naming the key path; nothing is ever ``e
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
-import shutil
-import tempfile
 import types
 import typing
-from collections.abc import Iterator
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
+from configs.fileio import atomic_dir, atomic_write_bytes, atomic_write_text
 from configs.schema import Config, ConfigError, EnvConfig, FieldError
 
 T = TypeVar("T")
@@ -26,6 +24,7 @@ CONFIG_DIR = Path(__file__).resolve().parent
 #: The named presets: ``configs/presets/<name>.yaml``.
 PRESET_DIR = CONFIG_DIR / "presets"
 
+# atomic_dir / atomic_write_*: defined in configs.fileio, still importable from here (the old path).
 __all__ = ["CONFIG_DIR", "PRESET_DIR", "ConfigError", "apply_overrides", "atomic_dir", "atomic_write_bytes",
            "atomic_write_text", "check_output_dir", "deep_merge", "from_dict", "load_config", "preset_data",
            "preset_env", "read_yaml_mapping", "resolve_config", "save_yaml", "to_dict"]
@@ -183,11 +182,14 @@ def load_config(path: str | os.PathLike[str] | None = None, overrides: typing.It
     return from_dict(Config, data)
 
 
-def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    """``base`` updated by ``extra``, recursively for mappings (neither argument is modified)."""
+def deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` updated by ``extra``, recursively where both sides hold a mapping (neither argument is modified).
+
+    The one merge of nested config dicts (presets, ``--set`` layers, calibration's fitted values and overrides).
+    """
     out = dict(base)
     for k, v in extra.items():
-        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = deep_merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), dict) else v
     return out
 
 
@@ -356,56 +358,8 @@ def check_output_dir(path: str | os.PathLike[str], what: str) -> Path:
     return p
 
 
-@contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Build a folder atomically: yield a temp folder beside ``path``; on success it replaces ``path``.
-
-    On any error the temp folder is removed and ``path`` is left as it was.
-    """
-    dest = Path(path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    try:
-        yield tmp
-        if dest.exists():
-            shutil.rmtree(dest)
-        tmp.rename(dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def save_yaml(data: Any, path: str | os.PathLike[str]) -> None:
     """Write a config (dataclass or dict) as YAML atomically (temp file + rename)."""
     if dataclasses.is_dataclass(data):
         data = to_dict(data)
     atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))
-
-
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
-    """Write text to ``path`` atomically: readers see the old file or the new one, never half.
-
-    Args:
-        path: Destination file; its folder is created if needed.
-        text: Content (UTF-8).
-    """
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write bytes to ``path`` atomically (temp file in the same folder, fsync, ``os.replace``)."""
-    dest = Path(path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the mode a plain open() would
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -18,7 +18,7 @@ import numpy as np
 
 from configs.schema import EnvConfig
 from encoders.base import TextEncoder
-from envs.features import ACC_NAMES, new_accumulators
+from envs.features import ACC_NAMES, new_accumulators, text_llm_sim
 from envs.kernels import (
     SessionState,
     StepParams,
@@ -315,7 +315,7 @@ class BatchedCore:
         if text:
             state = self._text_states(idx)
             self.obs_user[sel] = state
-            self.cand_llm[sel] = np.einsum("bnd,bd->bn", self.world.item_emb[self.cands[sel]], state)
+            self.cand_llm[sel] = text_llm_sim(self.world.item_emb, self.cands[sel], state)
             self.obs_features[sel, :, F_LLM] = self.cand_llm[sel]
         obs = {"user": self.obs_user, "candidates": self.cands, "features": self.obs_features,
                "context": self.obs_context}

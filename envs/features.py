@@ -226,3 +226,20 @@ def write_candidate(out: np.ndarray, llm: np.float32, cf: np.float32, popularity
     out[F_CAT_EXPOSURE] = exposure
     out[F_CAT_CLICKS] = cat_clicks
     out[F_ITEM_SEEN] = seen
+
+
+def text_llm_sim(item_emb: np.ndarray, candidates: np.ndarray, prompt_state: np.ndarray) -> np.ndarray:
+    """Text mode's ``llm_sim`` column: each candidate's embedding against the encoded prompt (numpy, not compiled).
+
+    In ``obs_mode="text"`` the user state is the encoding of a prompt built from the recent history, so the
+    column is computed after the compiled gather, from embeddings rather than the cached per-slot similarities.
+
+    Args:
+        item_emb: float32 (M, D) unit item embeddings.
+        candidates: int (r, N) catalog indices of the rows' candidates.
+        prompt_state: float32 (r, D) the rows' encoded prompts (unit vectors, or zeros).
+
+    Returns:
+        float32 (r, N) cosine similarities.
+    """
+    return np.einsum("bnd,bd->bn", item_emb[candidates], prompt_state)

@@ -3,7 +3,7 @@
 numpy would make a pass over memory per quantity (tens per step); these loops touch each row's data once.
 Rows are independent and the kernels release the GIL, so ``envs.core`` splits rows over threads. Random words
 are the counter-based streams of :mod:`envs.rng`, bit for bit. The numpy reading of every kernel is
-``tests/reference_core.py``; ``tests/test_envs.py`` checks the kernels against it on every state array.
+``tests/reference_core.py``; ``tests/test_kernels.py`` checks the kernels against it on every state array.
 """
 
 from __future__ import annotations

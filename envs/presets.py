@@ -57,13 +57,6 @@ def preset_config(name: str, overrides: dict | None = None) -> EnvConfig:
     return preset_env(name, overrides)
 
 
-def _deep_merge(base: dict, extra: dict) -> dict:
-    out = dict(base)
-    for k, v in extra.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 def world_key(cfg: EnvConfig, encoder_name: str) -> str:
     """Hash of everything a world depends on (not N/K/limits of later envs: only what the build uses)."""
     relevant = {

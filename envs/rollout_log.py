@@ -16,7 +16,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from configs.loader import atomic_write_bytes
+from configs.fileio import atomic_write_bytes
 from envs.core import StepResult
 
 #: Columns of a rollout log: the user, the candidates, the shown slate (catalog ids), the ranker's log-probability

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from configs.loader import atomic_dir
+from configs.fileio import atomic_dir
 from envs.catalog import Catalog
 from envs.topk import top_k
 from envs.users import Population

@@ -1,21 +1,27 @@
 """Shared fixtures: a small world built once per test session with the hashing encoder (fast, no model), and a
-tiny trained run with its ONNX / TorchScript exports (used by the export and the serving tests).
+tiny trained run with its ONNX / TorchScript exports (used by the export and the serving tests); and the helpers
+the simulator's tests share (``greedy``, ``rollout``, ``make_core``: ``from conftest import ...``).
 
 Tests that need the real transformer encoder use it explicitly; nothing here touches the network.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from configs.loader import save_yaml
 from configs.schema import Config, EncoderConfig, EnvConfig
 from encoders.hashing import HashingEncoder
+from envs.core import BatchedCore
 from envs.presets import build_world, default_world_dir, preset_config, world_key
+from envs.spaces import F_LLM
+from envs.vector_env import RecVectorEnv
 from envs.world import World
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,6 +48,31 @@ def require_movielens(path: Path | None = None) -> Path:
     if os.environ.get("CI", "").strip().lower() in ("true", "1", "yes"):
         pytest.fail(f"CI is set: {reason}", pytrace=False)
     pytest.skip(reason)
+
+
+def greedy(obs: dict[str, np.ndarray], k: int) -> np.ndarray:
+    """Top-K by ``llm_sim``, ties to the lower position: int64 (B, K) slates for observations with a B axis."""
+    return np.argsort(-obs["features"][:, :, F_LLM], axis=1, kind="stable")[:, :k]
+
+
+def rollout(env: RecVectorEnv, steps: int, seed: int) -> list[tuple[np.ndarray, ...]]:
+    """``steps`` greedy steps of ``env`` from ``reset(seed=seed)``: per step (features, candidates, reward,
+    terminated, truncated, click_rank), copied."""
+    obs, _ = env.reset(seed=seed)
+    out = []
+    for _ in range(steps):
+        obs, rew, term, trunc, info = env.step(greedy(obs, env.core.K))
+        out.append((obs["features"].copy(), obs["candidates"].copy(), rew, term, trunc, info["click_rank"]))
+    return out
+
+
+def make_core(cfg: EnvConfig, world: World, b: int = 64, **um: float | str) -> BatchedCore:
+    """A core of ``b`` started rows (fixed keys) with ``cfg.user_model`` fields replaced by ``um``, observed once."""
+    cfg = dataclasses.replace(cfg, user_model=dataclasses.replace(cfg.user_model, **um))
+    core = BatchedCore(world, cfg, b)
+    core.reset_rows(np.arange(b), np.arange(b, dtype=np.uint64) * np.uint64(977) + np.uint64(1))
+    core.observe()
+    return core
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,7 @@
 """The numpy reading of the simulator core's compiled kernels: the batched step and session start exactly as
 ``envs/core.py`` computed them before they were compiled (one numpy pass per quantity, over all rows).
 
-``tests/test_envs.py`` runs a core through these and a twin core through the kernels and checks that every
+``tests/test_kernels.py`` runs a core through these and a twin core through the kernels and checks that every
 state array and every output agree. Readable, slow; never on the hot path.
 """
 

@@ -1,4 +1,5 @@
-"""Baseline rankers and the ranker registry (agents/baselines.py)."""
+"""Baseline rankers, their fitting and tuning, and the ranker registry (agents/rankers.py, fitting.py, tuning.py,
+registry.py; agents/baselines.py re-exports them)."""
 
 from __future__ import annotations
 
@@ -11,35 +12,32 @@ import numpy as np
 import pytest
 
 from agents.base import Feedback
-from agents.baselines import (
-    DIVERSE_GRID,
-    SPECS,
+from agents.evaluation import episode_plan, evaluate_rankers, run_episodes
+from agents.fitting import Impressions, examined_slots, fit_logistic
+from agents.rankers import (
     BlendRanker,
     DiverseRanker,
-    Impressions,
     LinUCBRanker,
     OnlineAlphaRanker,
     OracleDiverseRanker,
-    ParamSearch,
-    RankerContext,
     ScoredRanker,
     StrategyAlphaRanker,
     TunedAlphaRanker,
     TunedDiverseRanker,
     TunedOracleDiverseRanker,
-    _examined,
-    check_specs,
+)
+from agents.registry import SPECS, RankerContext, check_specs, make_ranker, parse_spec
+from agents.report import paired_test
+from agents.tuning import (
+    DIVERSE_GRID,
+    ParamSearch,
     coordinate_search,
     diverse_ranker,
-    fit_logistic,
-    make_ranker,
     oracle_diverse_ranker,
-    parse_spec,
     tune_alpha,
     tune_diverse,
     tune_oracle_diverse,
 )
-from agents.evaluation import episode_plan, evaluate_rankers, paired_test, run_episodes
 from bench.headroom import alpha_by_group, best_per_group, diverse_by_group, grouped_returns, rho_groups
 from configs.schema import EnvConfig
 from encoders.hashing import HashingEncoder
@@ -143,7 +141,7 @@ def test_blend_formula() -> None:
 
 def test_examined_is_the_cascade_reading() -> None:
     clicks = np.array([[False, True, False], [False, False, False], [True, False, False]])
-    assert _examined(clicks).tolist() == [[True, True, False], [True, True, True], [True, False, False]]
+    assert examined_slots(clicks).tolist() == [[True, True, False], [True, True, True], [True, False, False]]
 
 
 def test_fit_logistic_recovers_weights() -> None:
@@ -338,12 +336,12 @@ def test_tuning_results_are_cached_by_world_and_settings(small_world: World, sma
     first = tune_diverse(small_world, small_cfg, 1.0, TINY_DIVERSE, episodes=24, seed=1, batch=24, cache_dir=tmp_path)
     files = list(tmp_path.glob("diverse-*.json"))
     assert len(files) == 1
-    import agents.baselines as baselines
+    import agents.tuning as tuning
 
     def no_runs(*args: object, **kwargs: object) -> None:
         raise AssertionError("a cached search ran sessions")
 
-    monkeypatch.setattr(baselines, "run_episodes", no_runs)
+    monkeypatch.setattr(tuning, "run_episodes", no_runs)
     assert tune_diverse(small_world, small_cfg, 1.0, TINY_DIVERSE, episodes=24, seed=1, batch=8,
                         cache_dir=tmp_path) == first
     monkeypatch.undo()
@@ -452,3 +450,17 @@ def test_the_adapt_preset_has_two_populated_rho_modes() -> None:
     world = build_world(small, HashingEncoder(dim=32), progress=False)
     for pop in world.populations.values():
         assert (pop.rho < 0.2).mean() > 0.3 and (pop.rho > 0.8).mean() > 0.3
+
+
+def test_the_stable_import_path_re_exports_the_new_homes() -> None:
+    """agents.baselines stays the import path of every name it held before the split (agents/training.py uses it)."""
+    import agents.baselines as baselines
+    import agents.fitting
+    import agents.rankers
+    import agents.registry
+    import agents.tuning
+
+    homes = (agents.fitting, agents.rankers, agents.registry, agents.tuning)
+    for name in baselines.__all__:
+        assert any(getattr(m, name, None) is getattr(baselines, name) for m in homes) or name.startswith("_"), name
+    assert baselines._examined is agents.fitting.examined_slots and baselines._TUNE_SEED == agents.tuning.TUNE_SEED

@@ -340,3 +340,26 @@ def test_benches_use_the_resolver(monkeypatch: pytest.MonkeyPatch, module: str) 
     assert (env.preset, env.n_candidates, env.max_steps) == ("small", 20, 7)
     with pytest.raises(SystemExit):
         bench.main(["--set", "env.slate_size=0"])
+
+
+def test_file_helpers_json_default_sha256_and_deep_merge(tmp_path: Path) -> None:
+    """configs.fileio's shared helpers (one definition each) and the one nested-dict merge."""
+    import hashlib
+    import json
+    from types import MappingProxyType
+
+    import numpy as np
+
+    from configs.fileio import atomic_write_bytes, json_default, sha256_file
+    from configs.loader import deep_merge
+
+    doc = {"i": np.int64(3), "f": np.float32(0.5), "b": np.bool_(True), "a": np.arange(3)}
+    assert json.loads(json.dumps(doc, default=json_default)) == {"i": 3, "f": 0.5, "b": True, "a": [0, 1, 2]}
+    with pytest.raises(TypeError, match="not JSON serialisable"):
+        json.dumps({"x": object()}, default=json_default)
+    blob = bytes(range(256)) * 5000  # more than one 1 MiB block
+    atomic_write_bytes(tmp_path / "f.bin", blob)
+    assert sha256_file(tmp_path / "f.bin") == hashlib.sha256(blob).hexdigest()
+    base = {"a": {"x": 1, "y": 2}, "b": 1}
+    assert deep_merge(base, {"a": MappingProxyType({"y": 3})}) == {"a": {"x": 1, "y": 3}, "b": 1}
+    assert base == {"a": {"x": 1, "y": 2}, "b": 1}

@@ -131,8 +131,8 @@ def test_bad_paths_fail_before_any_work(tmp_path: Path, cache: list[str], capsys
 def test_evaluation_simulates_the_named_population(tmp_path: Path, cache: list[str], users: str) -> None:
     """The sessions evaluate.py reports are the named population's: recomputed on that population's core, the
     numbers agree exactly, and the hidden ρ_u breakdown counts that population's users."""
-    from agents.baselines import BlendRanker
     from agents.evaluation import RHO_EDGES, RHO_LABELS, episode_plan, run_episodes
+    from agents.rankers import BlendRanker
     from envs.core import BatchedCore
     from envs.presets import load_world
 

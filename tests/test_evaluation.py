@@ -1,4 +1,4 @@
-"""The evaluation engine and its statistics (agents/evaluation.py).
+"""The evaluation engine and its statistics (agents/evaluation.py, agents/report.py).
 
 Hand-computed cases for the bootstrap, the paired test and the slate metrics; a scripted fake core for the
 engine's bookkeeping; the small world for common random numbers and determinism.
@@ -16,22 +16,16 @@ import pytest
 from scipy import sparse
 
 from agents.base import Ranker
-from agents.baselines import BlendRanker, OracleRanker, RandomRanker
 from agents.evaluation import (
-    Bootstrap,
-    bootstrap_ci,
-    coverage,
     episode_plan,
     evaluate_rankers,
     intra_list_diversity,
     item_novelty,
-    markdown_table,
     ndcg_at_k,
-    paired_test,
     run_episodes,
-    summarise,
-    write_report,
 )
+from agents.rankers import BlendRanker, OracleRanker, RandomRanker
+from agents.report import Bootstrap, bootstrap_ci, coverage, markdown_table, paired_test, summarise, write_report
 from configs.schema import Config, EnvConfig
 from envs.core import BatchedCore, StepResult
 from envs.spaces import CONTEXT_NAMES, FEATURE_NAMES
@@ -344,9 +338,10 @@ def test_final_comparison_uses_the_alpha_it_is_given_on_held_out_users(tmp_path:
     re-tuning), simulated on the held-out population, and the headline ratio is PPO over that row."""
     import torch as th
 
-    from agents.baselines import AlphaCurve, BlendRanker
     from agents.policies import SlatePolicy
+    from agents.rankers import BlendRanker
     from agents.training import final_comparison, make_venv, policy_kwargs
+    from agents.tuning import AlphaCurve
     from configs.loader import from_dict
 
     cfg = from_dict(Config, {"train": {"ppo": {"n_envs": 2}, "device": "cpu"},
@@ -384,3 +379,16 @@ def test_final_comparison_uses_the_alpha_it_is_given_on_held_out_users(tmp_path:
     assert counts == {RHO_LABELS[i]: int((bucket == i).sum()) for i in np.unique(bucket)}
     assert json.loads((tmp_path / "report" / "results.json").read_text())["rankers"]["tuned-alpha"] == rows[
         "tuned-alpha"]
+
+
+def test_the_report_names_stay_importable_from_the_engine_module() -> None:
+    """agents.training imports summarise and write_report from agents.evaluation: the engine module hands them
+    out from agents.report (lazily: the report reads the engine), and nothing else."""
+    import agents.evaluation as engine
+    import agents.report as report
+    from agents.evaluation import summarise as s
+    from agents.evaluation import write_report as w
+
+    assert s is report.summarise and w is report.write_report and engine.Bootstrap is report.Bootstrap
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        engine.nothing  # noqa: B018

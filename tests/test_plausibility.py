@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy import sparse
 
-from agents.evaluation import EpisodeStats, summarise
+from agents.evaluation import EpisodeStats
 from agents.plausibility import (
     FIGURES,
     FLAG,
@@ -23,6 +23,7 @@ from agents.plausibility import (
     row_from_summary,
     write_plausibility,
 )
+from agents.report import summarise
 
 RANGE = {
     "tolerance": 0.25,

@@ -17,9 +17,10 @@ import pytest
 
 import evaluate
 import train
-from agents.baselines import BlendRanker, tune_alpha
 from agents.evaluation import episode_plan, run_episodes
+from agents.rankers import BlendRanker
 from agents.runinfo import MATCH_KEYS, SIGNATURE_FILE, mismatch, read_signature, signature
+from agents.tuning import tune_alpha
 from configs.loader import ConfigError, load_config
 from configs.schema import Config
 from envs.core import BatchedCore

@@ -350,7 +350,7 @@ def test_run_ranker_ranks_with_the_policy_mode(small_run: Path, small_world: Wor
 
 
 def test_a_policy_for_another_catalog_size_is_refused_at_load(small_run: Path, small_world: World) -> None:
-    from agents.baselines import RankerContext, make_ranker
+    from agents.registry import RankerContext, make_ranker
 
     m = small_world.n_items
     assert load_policy(small_run, "cpu", n_items=m) is not None

@@ -426,7 +426,7 @@ class BrokenModel:
 @pytest.mark.parametrize(("mode", "reason"), [("raise", "error"), ("nan", "invalid_output"), ("late", "timeout")])
 def test_fallback_answers_when_model_is_broken(mode: str, reason: str, onnx_export: Path,
                                                small_world: World) -> None:
-    from agents.baselines import BlendRanker
+    from agents.rankers import BlendRanker
 
     good = ServingRuntime.load(onnx_export)
     runtime = ServingRuntime(good.manifest, good.items, BrokenModel(mode), MemoryStore())

@@ -152,8 +152,3 @@ def load_manifest(path: str | Path) -> dict[str, Any]:
     if tuple(m["feature_names"]) != FEATURE_NAMES or tuple(m["context_names"]) != CONTEXT_NAMES:
         raise ValueError("the exported feature/context layout differs from envs/spaces.py of this runtime")
     return m
-
-
-def sha256_file(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    return hashlib.sha256(path.read_bytes()).hexdigest()

@@ -23,7 +23,6 @@ from agents.serving.artifact import (
     ItemTable,
     ObsConstants,
     load_manifest,
-    sha256_file,
 )
 from agents.serving.errors import CorruptStateError, InvalidRequestError, ModelTimeoutError
 from agents.serving.features import candidate_features, consume, fold_in
@@ -38,6 +37,7 @@ from agents.serving.state import (
 )
 from agents.serving.stores import MemoryStore, RedisStore, StateStore
 from agents.slate_mode import greedy_slate
+from configs.fileio import sha256_file
 from envs import features as obs_state
 from envs.features import context_bounds
 from envs.spaces import CONTEXT_NAMES, F_CF, F_LLM, FEATURE_NAMES

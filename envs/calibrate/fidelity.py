@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from configs.loader import atomic_write_bytes
+from configs.fileio import atomic_write_bytes
 from configs.schema import EnvConfig
 from envs.catalog import Catalog
 from envs.cf import MFModel

@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 
 from configs.data import CalibrationConfig, PreprocessConfig
-from configs.loader import atomic_write_text, from_dict, to_dict
+from configs.fileio import atomic_write_text, json_default
+from configs.loader import deep_merge, from_dict, to_dict
 from configs.schema import EnvConfig
 from encoders.base import TextEncoder
 from envs.calibrate.fidelity import METRICS, distribution_checks, fidelity_markdown, rank_held_out
@@ -144,13 +145,6 @@ def _outside_option(world: World, cfg: EnvConfig, target: float, seed: int) -> t
         return um.no_click_utility, ctr(um.no_click_utility)
     u0 = float(brentq(lambda v: ctr(v) - target, lo, hi, xtol=1e-4))
     return round(u0, 4), ctr(round(u0, 4))
-
-
-def _deep_merge(base: dict, extra: Mapping) -> dict:
-    out = dict(base)
-    for k, v in extra.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), dict) else v
-    return out
 
 
 def _r(x: float, nd: int = 4) -> float:
@@ -320,7 +314,7 @@ def _build_world(source: str, splits: _Splits, item_emb: np.ndarray, fit: Respon
     }
     if source.startswith("logs:"):
         fitted["catalog"]["source"] = source[len("logs:"):].split(",")[0]
-    env = from_dict(EnvConfig, _deep_merge(_deep_merge(to_dict(EnvConfig()), fitted), overrides), "env")
+    env = from_dict(EnvConfig, deep_merge(deep_merge(to_dict(EnvConfig()), fitted), overrides), "env")
     key = hashlib.sha1(json.dumps({"format": FORMAT, "source": source, "calibrate": to_dict(cfg),
                                    "env": to_dict(env), "encoder": encoder.name}, sort_keys=True,
                                   default=str).encode()).hexdigest()[:16]
@@ -401,20 +395,10 @@ def _report(*, source: str, env: EnvConfig, encoder: TextEncoder, command: str |
     }
 
 
-def _json_default(x: Any) -> Any:
-    if isinstance(x, np.integer):
-        return int(x)
-    if isinstance(x, np.floating):
-        return float(x)
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    raise TypeError(f"not JSON serialisable: {type(x)}")
-
-
 def _write_report_and_preset(out: Path, report: dict[str, Any], prep: PreprocessReport, env: EnvConfig,
                              source: str) -> None:
     """Step 7: fidelity.json, fidelity.md, then env.yaml last (a preset whose run failed is never loadable)."""
-    atomic_write_text(out / "fidelity.json", json.dumps(report, indent=2, default=_json_default) + "\n")
+    atomic_write_text(out / "fidelity.json", json.dumps(report, indent=2, default=json_default) + "\n")
     atomic_write_text(out / "fidelity.md", fidelity_markdown(report, prep))
     env_data = to_dict(env)
     env_data.pop("preset_dir", None)
@@ -477,7 +461,7 @@ def calibrate(
     overrides = dict(env_overrides or {})
     if "preset_dir" in overrides:
         raise ValueError("env.preset_dir cannot be set: preset_config adds it when the preset is loaded")
-    base_env = from_dict(EnvConfig, _deep_merge(to_dict(EnvConfig()), overrides), "env")
+    base_env = from_dict(EnvConfig, deep_merge(to_dict(EnvConfig()), overrides), "env")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "env.yaml").unlink(missing_ok=True)

@@ -1,0 +1,275 @@
+"""The ranker registry: ranker specs (``fixed-alpha:0.5``, ``run:DIR`` …), their checks, and ``make_ranker(spec, ctx)``.
+
+Specs (see :data:`SPECS`): ``random``, ``popular``, ``greedy-llm``, ``greedy-cf``, ``fixed-alpha:A``, ``scored``,
+``tuned-alpha``, ``online-alpha:A``, ``strategy-alpha:A``, ``linucb[:C]``, ``diverse:A``, ``tuned-diverse``,
+``oracle``, ``tuned-oracle-diverse``, ``run:DIR``. Rankers that learn before the evaluation do so on the TRAINING
+population only (:mod:`agents.tuning`, :mod:`agents.fitting`), with seeds derived from the context's seed (never
+the global RNG); :class:`RankerContext` runs each tuning or fit once and shares it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agents.base import Ranker
+from agents.fitting import FIT_SEED, Impressions, collect_impressions
+from agents.rankers import (
+    BlendRanker,
+    DiverseRanker,
+    LinUCBRanker,
+    OnlineAlphaRanker,
+    OracleRanker,
+    PopularRanker,
+    RandomRanker,
+    ScoredRanker,
+    StrategyAlphaRanker,
+    TunedAlphaRanker,
+    TunedDiverseRanker,
+    TunedOracleDiverseRanker,
+)
+from agents.tuning import ALPHA_GRID, TUNE_SEED, AlphaCurve, ParamSearch, tune_alpha, tune_diverse, tune_oracle_diverse
+from configs.schema import EncoderConfig, EnvConfig
+from envs.core import BatchedCore
+from envs.world import World
+
+#: Spec syntax → what it is; the order of the error message listing the valid choices.
+SPECS: dict[str, str] = {
+    "random": "uniformly random slate",
+    "popular": "most logged clicks first",
+    "greedy-llm": "top-K by LLM similarity (α = 1)",
+    "greedy-cf": "top-K by CF score (α = 0)",
+    "fixed-alpha:A": "top-K by A·llm_sim + (1-A)·cf_score, A in [0, 1]",
+    "scored": "top-K by sigmoid(W·x + b), W, b fitted on logged impressions",
+    "tuned-alpha": "fixed-alpha with α grid-searched on the training users",
+    "online-alpha:A": "fixed-α blend whose user vector takes a gradient step on each click and skip",
+    "strategy-alpha:A": "per-user LLM/CF weight updated by new = A·current + (1-A)·signal",
+    "linucb[:C]": "LinUCB over the candidate features, per user, exploration C (default 0.1)",
+    "diverse:A": "fixed-alpha:A with penalties on recently shown categories and items, at most 2 per category",
+    "tuned-diverse": "diverse with α, category cap and penalty weights searched on the training users",
+    "oracle": "true click probability (reads the simulator's hidden state)",
+    "tuned-oracle-diverse": "true utility with a category cap and exposure penalty tuned on the training users "
+                            "(non-myopic upper reference; reads the simulator's hidden state)",
+    "run:DIR": "a trained PPO run directory (train.py)",
+}
+_NEEDS_ALPHA = ("fixed-alpha", "online-alpha", "strategy-alpha", "diverse")
+_NO_ARG = ("random", "popular", "greedy-llm", "greedy-cf", "scored", "tuned-alpha", "tuned-diverse", "oracle",
+           "tuned-oracle-diverse")
+
+
+def valid_choices() -> str:
+    """The spec syntaxes, comma separated (for error messages and ``--help``)."""
+    return ", ".join(SPECS)
+
+
+def parse_spec(spec: str) -> tuple[str, str | None]:
+    """Split and check a ranker spec.
+
+    Args:
+        spec: e.g. ``"fixed-alpha:0.5"``, ``"linucb"``, ``"run:runs/ppo-1"``.
+
+    Returns:
+        ``(name, argument or None)``.
+
+    Raises:
+        ValueError: For an unknown name or a bad argument; the message lists the valid choices.
+    """
+    name, sep, arg = spec.strip().partition(":")
+    bad = f"; valid choices: {valid_choices()}"
+    if name in _NO_ARG:
+        if sep:
+            raise ValueError(f"ranker {name!r} takes no argument, got {spec!r}{bad}")
+        return name, None
+    if name in _NEEDS_ALPHA:
+        try:
+            alpha = float(arg)
+        except ValueError:
+            raise ValueError(f"ranker {spec!r} needs α in [0, 1], as in '{name}:0.5'{bad}") from None
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"ranker {spec!r}: α must be in [0, 1], got {alpha}{bad}")
+        return name, arg
+    if name == "linucb":
+        if sep:
+            try:
+                ok = float(arg) >= 0.0
+            except ValueError:
+                ok = False
+            if not ok:
+                raise ValueError(f"ranker {spec!r}: the exploration weight must be a number >= 0{bad}")
+        return name, arg or None
+    if name == "run":
+        if not arg:
+            raise ValueError(f"ranker {spec!r} needs a run directory, as in 'run:runs/my-run'{bad}")
+        return name, arg
+    raise ValueError(f"unknown ranker {spec!r}; valid choices: {valid_choices()}")
+
+
+def check_specs(specs: list[str]) -> None:
+    """Validate a list of specs before any expensive work: syntax, duplicates, run directories.
+
+    Raises:
+        ValueError: Empty list, duplicates, or a bad spec (listing the valid choices).
+        FileNotFoundError: A ``run:DIR`` whose directory does not exist.
+    """
+    if not specs:
+        raise ValueError(f"no rankers given; valid choices: {valid_choices()}")
+    dup = sorted({s for s in specs if specs.count(s) > 1})
+    if dup:
+        raise ValueError(f"rankers listed twice: {dup}")
+    for spec in specs:
+        name, arg = parse_spec(spec)
+        if name == "run" and arg is not None and not Path(arg).is_dir():
+            raise FileNotFoundError(f"run directory {arg!r} (ranker {spec!r}) does not exist")
+
+
+@dataclass
+class RankerContext:
+    """What the factory needs to build any ranker.
+
+    Attributes:
+        world: The world.
+        env_cfg: Env config (K, N, logging settings).
+        core: The evaluation core (the oracles read its hidden state); required for ``oracle`` and
+            ``tuned-oracle-diverse``.
+        seed: Seed of the rankers' own randomness; training-side seeds are derived from it.
+        train_population: Population that tuning and fitting use.
+        alphas: tuned-alpha's grid.
+        tune_episodes: Sessions per grid point for tuned-alpha, tuned-diverse and tuned-oracle-diverse.
+        fit_sessions: Logged sessions for ``scored`` and ``linucb``.
+        batch: Users simulated at once while tuning and fitting.
+        encoder: Encoder config (text observation mode only).
+        device: Torch device for ``run:DIR``.
+        progress: Show progress bars while tuning and fitting.
+        diverse_grid: tuned-diverse's axes (``None``: :data:`DIVERSE_GRID`).
+        oracle_grid: tuned-oracle-diverse's axes (``None``: :data:`ORACLE_DIVERSE_GRID`).
+        cache_dir: JSON cache of the tuned-diverse and tuned-oracle-diverse searches (``None``: none; see
+            :func:`tuning_cache_dir`).
+    """
+
+    world: World
+    env_cfg: EnvConfig
+    core: BatchedCore | None = None
+    seed: int = 0
+    train_population: str = "train"
+    alphas: tuple[float, ...] = ALPHA_GRID
+    tune_episodes: int = 400
+    fit_sessions: int = 600
+    batch: int = 256
+    encoder: EncoderConfig | None = None
+    device: str = "auto"
+    progress: bool = False
+    diverse_grid: dict[str, tuple[float, ...]] | None = None
+    oracle_grid: dict[str, tuple[float, ...]] | None = None
+    cache_dir: str | None = None
+    _impressions: Impressions | None = field(default=None, repr=False)
+    _alpha_curve: AlphaCurve | None = field(default=None, repr=False)
+    _diverse: ParamSearch | None = field(default=None, repr=False)
+    _oracle_diverse: ParamSearch | None = field(default=None, repr=False)
+
+    def impressions(self) -> Impressions:
+        """Logged impressions on the training users (collected once, shared by ``scored`` and ``linucb``)."""
+        if self._impressions is None:
+            self._impressions = collect_impressions(self.world, self.env_cfg, self.fit_sessions,
+                                                    self.seed + FIT_SEED, self.batch, self.train_population,
+                                                    self.encoder, self.progress)
+        return self._impressions
+
+    def alpha_curve(self) -> AlphaCurve:
+        """tuned-alpha's grid search on the training users (run once, shared by tuned-alpha and tuned-diverse)."""
+        if self._alpha_curve is None:
+            self._alpha_curve = tune_alpha(self.world, self.env_cfg, self.alphas, self.tune_episodes,
+                                           self.seed + TUNE_SEED, self.batch, self.train_population, self.encoder,
+                                           self.progress)
+        return self._alpha_curve
+
+    def diverse_search(self) -> ParamSearch:
+        """tuned-diverse's search on the training users, from ``diverse:<tuned-alpha's α>`` (run once)."""
+        if self._diverse is None:
+            self._diverse = tune_diverse(self.world, self.env_cfg, self.alpha_curve().best_alpha, self.diverse_grid,
+                                         self.tune_episodes, self.seed + TUNE_SEED, self.batch,
+                                         self.train_population, self.encoder, self.progress, self.cache_dir)
+        return self._diverse
+
+    def oracle_diverse_search(self) -> ParamSearch:
+        """tuned-oracle-diverse's search on the training users (run once)."""
+        if self._oracle_diverse is None:
+            self._oracle_diverse = tune_oracle_diverse(self.world, self.env_cfg, self.oracle_grid, self.tune_episodes,
+                                                       self.seed + TUNE_SEED, self.batch, self.train_population,
+                                                       self.encoder, self.progress, self.cache_dir)
+        return self._oracle_diverse
+
+
+def make_ranker(spec: str, ctx: RankerContext) -> Ranker:
+    """Build the ranker named by ``spec`` (see :data:`SPECS`).
+
+    Args:
+        spec: e.g. ``"random"``, ``"fixed-alpha:0.5"``, ``"linucb:0.2"``, ``"run:runs/ppo-1"``.
+        ctx: World, config, evaluation core and seeds.
+
+    Returns:
+        The ranker, its ``name`` set to the spec.
+
+    Raises:
+        ValueError: For an unknown or malformed spec (listing the valid choices), or an oracle without a core.
+        FileNotFoundError: For ``run:DIR`` when DIR does not exist.
+        ImportError: For ``run:DIR`` when the PPO ranker module (``agents/ppo_ranker.py``) is not available.
+    """
+    name, arg = parse_spec(spec)
+    k = ctx.env_cfg.slate_size
+    ranker: Ranker
+    if name == "random":
+        ranker = RandomRanker(k, ctx.seed)
+    elif name == "popular":
+        ranker = PopularRanker(k)
+    elif name == "greedy-llm":
+        ranker = BlendRanker(k, 1.0, name="greedy-llm")
+    elif name == "greedy-cf":
+        ranker = BlendRanker(k, 0.0, name="greedy-cf")
+    elif name == "fixed-alpha":
+        ranker = BlendRanker(k, float(arg))
+    elif name == "scored":
+        ranker = ScoredRanker.fit(ctx.impressions(), k)
+    elif name == "tuned-alpha":
+        ranker = TunedAlphaRanker(k, ctx.alpha_curve())
+    elif name == "diverse":
+        ranker = DiverseRanker(k, float(arg), ctx.world.catalog.category)
+    elif name == "tuned-diverse":
+        ranker = TunedDiverseRanker(k, ctx.world.catalog.category, ctx.diverse_search())
+    elif name == "online-alpha":
+        ranker = OnlineAlphaRanker(k, float(arg), ctx.world.item_emb)
+    elif name == "strategy-alpha":
+        ranker = StrategyAlphaRanker(k, float(arg))
+    elif name == "linucb":
+        ranker = LinUCBRanker.fit(ctx.impressions(), k, exploration=float(arg) if arg else 0.1)
+    elif name in ("oracle", "tuned-oracle-diverse"):
+        if ctx.core is None:
+            raise ValueError(f"{name} reads the evaluation core's hidden state: give RankerContext a core")
+        if name == "oracle":
+            ranker = OracleRanker(k, ctx.core)
+        else:
+            ranker = TunedOracleDiverseRanker(k, ctx.core, ctx.oracle_diverse_search())
+    else:  # run:DIR (parse_spec admits nothing else)
+        ranker = load_run(str(arg), ctx.device, n_items=ctx.world.n_items)
+    ranker.name = spec
+    return ranker
+
+
+def load_run(run_dir: str, device: str = "auto", n_items: int | None = None) -> Ranker:
+    """The ranker of a PPO run directory, through ``agents.ppo_ranker.load_run_ranker`` (imported lazily).
+
+    ``n_items``: the evaluation world's catalog size; a policy trained on another catalog is an error.
+
+    Raises:
+        FileNotFoundError: If ``run_dir`` does not exist.
+        ImportError: If ``agents/ppo_ranker.py`` is not available.
+    """
+    if not Path(run_dir).is_dir():
+        raise FileNotFoundError(f"run directory {run_dir!r} does not exist")
+    try:
+        from agents.ppo_ranker import load_run_ranker
+    except ModuleNotFoundError as exc:
+        if exc.name != "agents.ppo_ranker":
+            raise
+        raise ImportError(f"cannot load run {run_dir!r}: agents/ppo_ranker.py (the PPO ranker) is not available "
+                          "in this checkout") from exc
+    return load_run_ranker(run_dir, device=device, n_items=n_items)

@@ -1,0 +1,387 @@
+"""Tuning of the baselines on the TRAINING users: tuned-alpha's α grid search, the parameter searches of
+tuned-diverse and tuned-oracle-diverse (exhaustive or coordinate ascent, cached as JSON), and their grids.
+
+Every point of a search meets the same sessions (common random numbers), drawn from the tuning seeds
+(``seed + TUNE_SEED``), never the evaluation's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agents.base import Ranker
+from agents.evaluation import episode_plan, run_episodes
+from agents.rankers import BlendRanker, DiverseRanker, OracleDiverseRanker
+from agents.report import Bootstrap, percentile_ci
+from configs.fileio import atomic_write_text
+from configs.loader import to_dict
+from configs.schema import EncoderConfig, EnvConfig
+from envs.core import BatchedCore
+from envs.factory import make_core
+from envs.presets import default_world_dir, world_key
+from envs.world import World
+
+#: The α grid of ``tuned-alpha``.
+ALPHA_GRID: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(11))
+#: The tuning seed offset (keeps the training-side sessions apart from the evaluation seeds): tuning sessions are
+#: ``episode_plan(episodes, [seed + TUNE_SEED], U)``.
+TUNE_SEED = 1_000_003
+
+
+@dataclass
+class AlphaCurve:
+    """Return per session of the fixed-α blend over a grid of α, on one population.
+
+    Attributes:
+        alphas: The grid.
+        mean_return: Mean return per α.
+        ci95: 95% bootstrap interval per α.
+        best_alpha: The α of the highest mean return (the first on ties).
+        episodes: Sessions per α (the same sessions for every α).
+        population: Where it was measured (training users).
+        seed: Seed of the sessions.
+    """
+
+    alphas: list[float]
+    mean_return: list[float]
+    ci95: list[list[float]]
+    best_alpha: float
+    episodes: int
+    population: str
+    seed: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict for JSON."""
+        return dataclasses.asdict(self)
+
+
+def tune_alpha(world: World, env_cfg: EnvConfig, alphas: tuple[float, ...] = ALPHA_GRID, episodes: int = 400,
+               seed: int = TUNE_SEED, batch: int = 256, population: str = "train",
+               encoder: EncoderConfig | None = None, progress: bool = False) -> AlphaCurve:
+    """Grid-search α of the fixed blend on ``population`` (the training users, never the held-out ones).
+
+    Every α meets the same sessions (common random numbers), so the curve's differences are paired.
+
+    Args:
+        world: The world.
+        env_cfg: Env config.
+        alphas: The grid.
+        episodes: Sessions per α.
+        seed: Seed of the sessions.
+        batch: Users simulated at once.
+        population: Population to tune on.
+        encoder: Encoder config (text observation mode only).
+        progress: Show a progress bar.
+
+    Returns:
+        The curve; ``best_alpha`` is its argmax.
+    """
+    if not alphas:
+        raise ValueError("the α grid is empty")
+    core = make_core(env_cfg, env_cfg.preset, encoder, world, population, min(batch, episodes))
+    plan = episode_plan(episodes, [seed], world.populations[population].size)
+    boot = Bootstrap(len(plan), 1000, seed)
+    returns = [run_episodes(core, BlendRanker(env_cfg.slate_size, a), plan, progress=progress,
+                            desc=f"tuning α={a:g}").ret for a in alphas]
+    means = [float(r.mean()) for r in returns]
+    return AlphaCurve(alphas=[float(a) for a in alphas], mean_return=means,
+                      ci95=[list(percentile_ci(boot.means(r))) for r in returns],
+                      best_alpha=float(alphas[int(np.argmax(means))]), episodes=episodes, population=population,
+                      seed=seed)
+
+
+# ---- parameter searches: tuned-diverse and tuned-oracle-diverse -------------------------------------------
+
+#: The axes of ``tuned-diverse``'s search (parameters of :class:`DiverseRanker`; caps above K mean no cap).
+DIVERSE_GRID: dict[str, tuple[float, ...]] = {
+    "alpha": ALPHA_GRID,
+    "cap": (1, 2, 3, 5),
+    "exposure_weight": (0.0, 0.5, 1.0, 2.0, 3.0, 5.0, 8.0),
+    "seen_weight": (0.0, 0.25, 0.5, 1.0, 2.0),
+}
+#: :class:`DiverseRanker`'s hand-set defaults, the start of ``tuned-diverse``'s search (α: tuned-alpha's value).
+DIVERSE_DEFAULTS: dict[str, float] = {"cap": 2, "exposure_weight": 3.0, "seen_weight": 0.5}
+#: The axes of ``tuned-oracle-diverse``'s search; its start is the myopic oracle (no penalty, no cap).
+ORACLE_DIVERSE_GRID: dict[str, tuple[float, ...]] = {
+    "cap": (1, 2, 3, 5, 1000),
+    "exposure_weight": (0.0, 0.25, 0.5, 1.0, 2.0, 4.0),
+}
+#: Grids with at most this many points are searched exhaustively; larger ones by coordinate ascent.
+EXHAUSTIVE_MAX = 64
+
+
+@dataclass
+class ParamSearch:
+    """A search over a grid of ranker parameters on one population (common random numbers for every point).
+
+    Attributes:
+        kind: What was tuned (``"diverse"``, ``"oracle-diverse"``).
+        axes: Grid values per parameter, in search order.
+        method: ``"exhaustive"`` (every grid point) or ``"coordinate"`` (coordinate ascent from ``start``).
+        start: The point the search started from (a coordinate search never ends below it).
+        start_mean: Its mean return.
+        best: The point of the highest mean return among those evaluated (on ties, the one reached first).
+        best_mean: Its mean return.
+        best_ci95: 95% bootstrap interval of its mean.
+        points: Every evaluated point, in evaluation order.
+        means: Mean return of each point.
+        episodes: Sessions per point (the same sessions for every point).
+        population: Where it was measured (training users).
+        seed: Seed of the sessions.
+    """
+
+    kind: str
+    axes: dict[str, list[float]]
+    method: str
+    start: dict[str, float]
+    start_mean: float
+    best: dict[str, float]
+    best_mean: float
+    best_ci95: list[float]
+    points: list[dict[str, float]]
+    means: list[float]
+    episodes: int
+    population: str
+    seed: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict for JSON."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ParamSearch:
+        """The inverse of :meth:`to_dict` (for the JSON cache).
+
+        Raises:
+            ValueError: If keys are missing or unknown.
+        """
+        names = {f.name for f in dataclasses.fields(cls)}
+        if set(data) != names:
+            raise ValueError(f"a parameter search needs the keys {sorted(names)}, got {sorted(data)}")
+        return cls(**data)
+
+
+def coordinate_search(evaluate: Callable[[dict[str, float]], np.ndarray], axes: dict[str, tuple[float, ...]],
+                      start: dict[str, float], select: np.ndarray | None = None, exhaustive_max: int = EXHAUSTIVE_MAX,
+                      max_rounds: int = 4,
+                      memo: dict[tuple[float, ...], np.ndarray] | None = None
+                      ) -> tuple[dict[str, float], list[tuple[dict[str, float], float]]]:
+    """Maximise the mean of ``evaluate(point)`` over a grid: every point when the grid is small, else coordinate
+    ascent (sweep one axis at a time with the others fixed; move only on a strict gain; stop after a round
+    without a move or after ``max_rounds``).
+
+    Either way the returned point has the highest mean of all evaluated points (coordinate ascent moves to the
+    best point of each sweep, and the current point only gets better), and it is never below ``start``.
+
+    Args:
+        evaluate: Point → per-episode returns (E,) on fixed sessions (common random numbers across points).
+        axes: Grid values per parameter, in sweep order.
+        start: Starting point; every value must be on its axis.
+        select: bool (E,) episodes that count (e.g. one ρ group; default all).
+        exhaustive_max: Grids of at most this many points are searched exhaustively.
+        max_rounds: Rounds of coordinate ascent at most.
+        memo: Shared cache point → returns (lets several searches over the same sessions share evaluations).
+
+    Returns:
+        ``(best point, [(point, mean) for every point evaluated by this search, in order])``.
+
+    Raises:
+        ValueError: For an empty axis, or a start value that is not on its axis.
+    """
+    names = list(axes)
+    for name in names:
+        if not axes[name]:
+            raise ValueError(f"the grid axis {name!r} is empty")
+        if name not in start or start[name] not in axes[name]:
+            raise ValueError(f"the start value of {name!r} ({start.get(name)!r}) is not on its axis {axes[name]}")
+    memo = {} if memo is None else memo
+    seen: dict[tuple[float, ...], float] = {}
+
+    def mean_of(point: dict[str, float]) -> float:
+        key = tuple(point[n] for n in names)
+        if key not in seen:
+            if key not in memo:
+                memo[key] = np.asarray(evaluate(dict(point)), dtype=np.float64)
+            ret = memo[key]
+            seen[key] = float(ret.mean() if select is None else ret[select].mean())
+        return seen[key]
+
+    best = dict(start)
+    best_mean = mean_of(best)
+    if int(np.prod([len(axes[n]) for n in names])) <= exhaustive_max:
+        for values in itertools.product(*(axes[n] for n in names)):
+            point = dict(zip(names, values, strict=True))
+            if mean_of(point) > best_mean:
+                best, best_mean = point, mean_of(point)
+    else:
+        for _ in range(max_rounds):
+            moved = False
+            for name in names:
+                for value in axes[name]:
+                    point = {**best, name: value}
+                    if mean_of(point) > best_mean:
+                        best, best_mean, moved = point, mean_of(point), True
+            if not moved:
+                break
+    evaluated = [(dict(zip(names, key, strict=True)), m) for key, m in seen.items()]
+    return best, evaluated
+
+
+def _search_cache_path(cache_dir: str | Path, kind: str, world: World, env_cfg: EnvConfig,
+                       spec: dict[str, Any]) -> Path:
+    """The cache file of one search: keyed by the world (its config key) and everything the search depends on."""
+    world_id = world.meta.get("config_key") or world_key(env_cfg, world.encoder_name)
+    key = {"kind": kind, "world": world_id, "preset_dir": env_cfg.preset_dir, "obs_mode": env_cfg.obs_mode,
+           "env": {k: getattr(env_cfg, k) for k in ("n_candidates", "slate_size", "max_steps")},
+           "user_model": to_dict(env_cfg.user_model), "reward": to_dict(env_cfg.reward), **spec}
+    digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return Path(cache_dir) / f"{kind}-{digest}.json"
+
+
+def _search(kind: str, factory: Callable[[BatchedCore, dict[str, float]], Ranker],
+            default_grid: dict[str, tuple[float, ...]], grid: dict[str, tuple[float, ...]] | None,
+            start: dict[str, float], world: World, env_cfg: EnvConfig, episodes: int, seed: int, batch: int,
+            population: str, encoder: EncoderConfig | None, progress: bool,
+            cache_dir: str | Path | None) -> ParamSearch:
+    """Search the parameters of a ranker family on ``population``: the one protocol of every ParamSearch-tuned
+    ranker. Checks ``grid`` (default ``default_grid``) against ``default_grid``'s axes, clips its caps to K (caps
+    above K all mean "no cap"), puts ``start`` on the grid, then runs (or loads from ``cache_dir``) one
+    :func:`coordinate_search` of ``factory``'s rankers.
+
+    Raises:
+        ValueError: For a grid with missing or unknown axes, or an empty axis.
+    """
+    axes = dict(default_grid if grid is None else grid)
+    if set(axes) != set(default_grid):
+        raise ValueError(f"the {kind} grid needs the axes {sorted(default_grid)}, got {sorted(axes)}")
+    axes["cap"] = tuple(sorted({min(int(c), env_cfg.slate_size) for c in axes["cap"]}))
+    axes = {n: tuple(sorted(set(v) | {start[n]})) for n, v in axes.items()}  # the start is always on the grid
+    spec = {"axes": {n: list(v) for n, v in axes.items()}, "start": start, "episodes": episodes, "seed": seed,
+            "population": population}
+    path = _search_cache_path(cache_dir, kind, world, env_cfg, spec) if cache_dir is not None else None
+    if path is not None and path.is_file():
+        try:
+            return ParamSearch.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        except (ValueError, TypeError, json.JSONDecodeError):
+            pass  # a corrupt cache entry: search again and overwrite it
+    core = make_core(env_cfg, env_cfg.preset, encoder, world, population, min(batch, episodes))
+    plan = episode_plan(episodes, [seed], world.populations[population].size)
+    memo: dict[tuple[float, ...], np.ndarray] = {}
+
+    def evaluate(point: dict[str, float]) -> np.ndarray:
+        return run_episodes(core, factory(core, point), plan, progress=progress, desc=f"tuning {kind} {point}").ret
+
+    best, evaluated = coordinate_search(evaluate, axes, start, memo=memo)
+    names = list(axes)
+    exhaustive = int(np.prod([len(v) for v in axes.values()])) <= EXHAUSTIVE_MAX
+    best_ret = memo[tuple(best[n] for n in names)]
+    result = ParamSearch(
+        kind=kind, axes={n: [float(x) for x in v] for n, v in axes.items()},
+        method="exhaustive" if exhaustive else "coordinate", start={n: float(v) for n, v in start.items()},
+        start_mean=float(memo[tuple(start[n] for n in names)].mean()), best={n: float(v) for n, v in best.items()},
+        best_mean=float(best_ret.mean()),
+        best_ci95=list(percentile_ci(Bootstrap(len(plan), 1000, seed).means(best_ret))),
+        points=[{n: float(v) for n, v in p.items()} for p, _ in evaluated], means=[m for _, m in evaluated],
+        episodes=episodes, population=population, seed=seed)
+    if path is not None:
+        atomic_write_text(path, json.dumps(result.to_dict(), indent=1))
+    return result
+
+
+def diverse_ranker(k: int, category: np.ndarray, point: dict[str, float], name: str | None = None) -> DiverseRanker:
+    """The :class:`DiverseRanker` of one grid point ``{alpha, cap, exposure_weight, seen_weight}``."""
+    return DiverseRanker(k, float(point["alpha"]), category, exposure_weight=float(point["exposure_weight"]),
+                         seen_weight=float(point["seen_weight"]), cap=int(point["cap"]), name=name)
+
+
+def tune_diverse(world: World, env_cfg: EnvConfig, alpha: float, grid: dict[str, tuple[float, ...]] | None = None,
+                 episodes: int = 400, seed: int = TUNE_SEED, batch: int = 256, population: str = "train",
+                 encoder: EncoderConfig | None = None, progress: bool = False,
+                 cache_dir: str | Path | None = None) -> ParamSearch:
+    """Tune the diversity heuristic's α, category cap, exposure and seen weights on ``population`` (training users).
+
+    The protocol of :func:`tune_alpha`: every grid point meets the same sessions (common random numbers). The
+    search starts at ``diverse:<alpha>`` with the hand-set defaults (:data:`DIVERSE_DEFAULTS`), so on these
+    sessions the result is never worse than that; grids of at most :data:`EXHAUSTIVE_MAX` points are searched
+    exhaustively, larger ones by coordinate ascent (:func:`coordinate_search`: about 30–60 points for
+    :data:`DIVERSE_GRID`).
+
+    Args:
+        world: The world.
+        env_cfg: Env config.
+        alpha: Start α (tuned-alpha's value); added to the α axis if missing.
+        grid: Axes ``alpha, cap, exposure_weight, seen_weight`` (default :data:`DIVERSE_GRID`).
+        episodes: Sessions per point.
+        seed: Seed of the sessions.
+        batch: Users simulated at once.
+        population: Population to tune on.
+        encoder: Encoder config (text observation mode only).
+        progress: Show progress bars.
+        cache_dir: Folder of a JSON cache of results, keyed by the world and the search's settings (``None``:
+            no cache; :func:`tuning_cache_dir` is the usual place).
+
+    Returns:
+        The search; ``best`` holds the tuned parameters.
+
+    Raises:
+        ValueError: For a grid with missing or unknown axes, or an empty axis.
+    """
+    k = env_cfg.slate_size
+    start = {"alpha": float(alpha), **DIVERSE_DEFAULTS}
+    start["cap"] = min(int(start["cap"]), k)
+    category = world.catalog.category
+    return _search("diverse", lambda core, p: diverse_ranker(k, category, p), DIVERSE_GRID, grid, start, world,
+                   env_cfg, episodes, seed, batch, population, encoder, progress, cache_dir)
+
+
+def oracle_diverse_ranker(k: int, core: BatchedCore, point: dict[str, float],
+                          name: str | None = None) -> OracleDiverseRanker:
+    """The :class:`OracleDiverseRanker` of one grid point ``{cap, exposure_weight}`` reading ``core``."""
+    return OracleDiverseRanker(k, core, exposure_weight=float(point["exposure_weight"]), cap=int(point["cap"]),
+                               name=name)
+
+
+def tune_oracle_diverse(world: World, env_cfg: EnvConfig, grid: dict[str, tuple[float, ...]] | None = None,
+                        episodes: int = 400, seed: int = TUNE_SEED, batch: int = 256, population: str = "train",
+                        encoder: EncoderConfig | None = None, progress: bool = False,
+                        cache_dir: str | Path | None = None) -> ParamSearch:
+    """Tune :class:`OracleDiverseRanker`'s cap and λ_c on ``population`` (training users), like :func:`tune_diverse`.
+
+    The search starts at the myopic oracle (λ_c = 0, no cap), so on these sessions the result is never below it.
+
+    Args:
+        world: The world.
+        env_cfg: Env config.
+        grid: Axes ``cap, exposure_weight`` (default :data:`ORACLE_DIVERSE_GRID`).
+        episodes: Sessions per point.
+        seed: Seed of the sessions.
+        batch: Users simulated at once.
+        population: Population to tune on.
+        encoder: Encoder config (text observation mode only).
+        progress: Show progress bars.
+        cache_dir: JSON cache folder (see :func:`tune_diverse`).
+
+    Returns:
+        The search; ``best`` holds the tuned parameters.
+
+    Raises:
+        ValueError: For a grid with missing or unknown axes, or an empty axis.
+    """
+    k = env_cfg.slate_size
+    return _search("oracle-diverse", lambda core, p: oracle_diverse_ranker(k, core, p), ORACLE_DIVERSE_GRID, grid,
+                   {"cap": k, "exposure_weight": 0.0}, world, env_cfg, episodes, seed, batch, population, encoder,
+                   progress, cache_dir)
+
+
+def tuning_cache_dir(env_cfg: EnvConfig, encoder: EncoderConfig | None = None) -> Path:
+    """Where tuning results are cached by default: ``<world cache folder>/tuning``."""
+    return default_world_dir(env_cfg, encoder or EncoderConfig()) / "tuning"

@@ -1,0 +1,243 @@
+"""BatchedCore (envs/core.py): dynamics (fatigue, drift, session length), the response as the core samples it,
+candidates, text mode, row checks, and the row-split threads."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+
+import numpy as np
+import pytest
+from conftest import greedy, make_core, rollout
+
+import envs
+from configs.schema import EnvConfig
+from envs.core import BatchedCore
+from envs.spaces import F_CAT_EXPOSURE, F_ITEM_SEEN, F_LLM
+from envs.world import World
+
+
+def test_fatigue_rises_with_repeats_and_recovers(small_cfg: EnvConfig, small_world: World) -> None:
+    core = make_core(small_cfg, small_world)
+    k = small_cfg.slate_size
+    # Show the same category again and again: pick, per row, the candidates of its most common category.
+    cats = small_world.catalog.category
+    before = core.fatigue.copy()
+    for _ in range(3):
+        obs = core.observe()
+        c = cats[obs["candidates"]]
+        target = np.array([np.bincount(row).argmax() for row in c])
+        score = (c == target[:, None]).astype(float) + 1e-3 * obs["features"][:, :, F_LLM]
+        core.step(np.argsort(-score, axis=1)[:, :k])
+    rows = np.arange(core.B)
+    high = core.fatigue[rows, target]
+    assert np.all(high > before[rows, target])
+    assert np.all(high > np.median(core.fatigue, axis=1))
+    assert np.all(core.observe()["features"][:, :, F_CAT_EXPOSURE].max(axis=1) > 0)
+    # Recovery, through the core: slates without the tired category leave its fatigue to decay geometrically.
+    rec = np.float32(small_cfg.user_model.fatigue_recovery)
+    assert rec < 1
+    ok = np.ones(core.B, bool)  # rows that had K candidates outside their tired category at every step
+    for _ in range(4):
+        obs = core.observe()
+        away = cats[obs["candidates"]] != target[:, None]
+        ok &= away.sum(axis=1) >= k
+        core.step(np.argsort(~away, axis=1, kind="stable")[:, :k])  # candidates of other categories first
+    assert ok.sum() >= core.B // 2, ok.sum()
+    after = core.fatigue[rows, target]
+    expected = high.copy()
+    for _ in range(4):
+        expected *= rec  # the kernel's float32 update: no gain for a category that was not shown
+    np.testing.assert_allclose(after[ok], expected[ok], rtol=1e-6)
+    assert np.all(after[ok] < high[ok])
+
+
+def test_repeated_items_are_marked_seen(small_cfg: EnvConfig, small_world: World) -> None:
+    core = make_core(small_cfg, small_world, b=8)
+    obs = core.observe()
+    shown = obs["candidates"][:, : small_cfg.slate_size].copy()
+    core.step(np.tile(np.arange(small_cfg.slate_size), (8, 1)))
+    feats = core.observe()["features"]
+    seen_now = feats[:, :, F_ITEM_SEEN]
+    cands = core.cands
+    for i in range(8):
+        was_shown = np.isin(cands[i], shown[i])
+        assert np.all(seen_now[i][was_shown] == 1) and np.all(seen_now[i][~was_shown] == 0)  # shown once
+
+
+def test_bad_slates_end_sessions_sooner(small_cfg: EnvConfig, small_world: World) -> None:
+    def mean_length(pick_worst: bool) -> float:
+        core = make_core(small_cfg, small_world, b=128)
+        alive = np.ones(core.B, bool)
+        length = np.zeros(core.B)
+        for _ in range(small_cfg.max_steps):
+            core.observe()
+            u = core.candidate_utility()
+            order = np.argsort(u if pick_worst else -u, axis=1)[:, : small_cfg.slate_size]
+            res = core.step(order)
+            length += alive
+            alive &= ~(res.terminated | res.truncated)
+        return float(length.mean())
+
+    assert mean_length(pick_worst=True) < 0.8 * mean_length(pick_worst=False)
+
+
+def test_drift_moves_taste_toward_liked_items(small_cfg: EnvConfig, small_world: World) -> None:
+    core = make_core(small_cfg, small_world, b=256, satisfaction_noise=0.0)
+    sem_before = core.sem_aff.copy()
+    slate = np.tile(np.arange(small_cfg.slate_size), (core.B, 1))
+    rel = core.utility(np.take_along_axis(core.cand_slots, slate, axis=1)) - small_cfg.user_model.no_click_utility
+    res = core.step(slate)
+    rows = np.flatnonzero(res.click_rank >= 0)
+    slot = core.cand_slots[rows, res.click_rank[rows]]
+    liked = rel[rows, res.click_rank[rows]] > small_cfg.user_model.like_threshold
+    assert liked.sum() >= 3
+    # the hidden taste's affinity to a liked item rises; to the catalog's other items it moves by the exact
+    # renormalised drift, so the relative order of unrelated items is kept
+    assert np.all(core.sem_aff[rows, slot][liked] > sem_before[rows, slot][liked])
+    disliked = rel[rows, res.click_rank[rows]] < small_cfg.user_model.like_threshold - 1.5
+    if disliked.any():
+        assert np.all(core.sem_aff[rows, slot][disliked] < sem_before[rows, slot][disliked])
+
+
+def test_pooled_state_matches_its_definition(small_cfg: EnvConfig, small_world: World) -> None:
+    core = make_core(small_cfg, small_world, b=32)
+    for _ in range(5):
+        obs = core.observe()
+        core.step(greedy(obs, small_cfg.slate_size))
+    obs = core.observe()
+    emb = small_world.item_emb[obs["candidates"]]  # (B, N, D)
+    expected = np.einsum("bnd,bd->bn", emb, obs["user"])
+    np.testing.assert_allclose(obs["features"][:, :, F_LLM], expected, atol=1e-4)
+
+
+def test_click_rate_falls_with_rank(small_cfg: EnvConfig, small_world: World) -> None:
+    core = make_core(small_cfg, small_world, b=512)
+    k = small_cfg.slate_size
+    clicks = np.zeros(k)
+    gen = np.random.default_rng(0)
+    for _ in range(20):
+        core.observe()
+        res = core.step(np.argsort(gen.random((core.B, small_cfg.n_candidates)), axis=1)[:, :k])
+        clicks += res.clicks.sum(axis=0)
+        done = np.flatnonzero(res.terminated | res.truncated)
+        core.reset_rows(done, core.keys[done] + np.uint64(12345))
+    assert np.all(np.diff(clicks[:3]) < 0) and clicks[0] > 2 * clicks[-1], clicks
+
+
+def test_cascade_choice_model_runs(small_cfg: EnvConfig, small_world: World) -> None:
+    core = make_core(small_cfg, small_world, b=64, choice_model="cascade")
+    res = core.step(np.tile(np.arange(small_cfg.slate_size), (64, 1)))
+    assert res.clicks.sum(axis=1).max() <= 1 and res.clicks.any()
+
+
+def test_candidates_distinct_and_exclude_consumed(small_cfg: EnvConfig, small_world: World) -> None:
+    core = make_core(small_cfg, small_world, b=64)
+    hist = small_world.populations["train"].history[core.user]
+    consumed: list[set[int]] = [set(h[h >= 0].tolist()) for h in hist]
+    for _ in range(15):
+        obs = core.observe()
+        for i in range(core.B):
+            row = obs["candidates"][i].tolist()
+            assert len(set(row)) == len(row)
+            assert not consumed[i] & set(row)
+        res = core.step(greedy(obs, small_cfg.slate_size))
+        for i in np.flatnonzero(res.click_rank >= 0):
+            consumed[i].add(int(res.items[i, res.click_rank[i]]))
+
+
+def test_catalog_too_small_is_a_clear_error(small_world: World) -> None:
+    cfg = EnvConfig(n_candidates=390, slate_size=5, max_steps=30)
+    with pytest.raises(ValueError, match="too small for N=390"):
+        BatchedCore(small_world, cfg, 2)
+
+
+def test_unknown_population_is_a_clear_error(small_cfg: EnvConfig, small_world: World) -> None:
+    with pytest.raises(KeyError, match="unknown user population 'nobody'"):
+        BatchedCore(small_world, small_cfg, 2, population="nobody")
+
+
+def test_text_mode_encodes_a_prompt_of_the_recent_history(small_cfg: EnvConfig, small_world: World) -> None:
+    from encoders.hashing import HashingEncoder
+
+    enc = HashingEncoder(dim=64)  # the small world's item embeddings come from the same encoder
+    cfg = dataclasses.replace(small_cfg, obs_mode="text")
+    core = BatchedCore(small_world, cfg, 4, text_encoder=enc)
+    core.reset_rows(np.arange(4), np.arange(4, dtype=np.uint64) + np.uint64(99))
+    obs = core.observe()
+    prompts = core.prompts()
+    assert all(p.startswith("User context: recently enjoyed") and "Task: recommend" in p for p in prompts)
+    np.testing.assert_allclose(obs["user"], enc.encode(prompts), atol=1e-6)
+    emb = small_world.item_emb[obs["candidates"]]
+    np.testing.assert_allclose(obs["features"][:, :, F_LLM], np.einsum("bnd,bd->bn", emb, obs["user"]), atol=1e-5)
+    res = core.step(greedy(obs, cfg.slate_size))
+    core.observe()
+    for i in np.flatnonzero(res.click_rank >= 0):  # a click shows up in the next prompt
+        title = small_world.catalog.texts[res.items[i, res.click_rank[i]]].split(".")[0]
+        assert title in core.prompts()[i]
+
+
+def test_reset_rows_rejects_bad_rows_keys_and_users(small_cfg: EnvConfig, small_world: World) -> None:
+    """The compiled session start does not bounds-check, so bad indices must be refused before it runs."""
+    core = make_core(small_cfg, small_world, b=8)
+    before = core.slot_items.copy()
+    key = np.array([1], np.uint64)
+    with pytest.raises(ValueError, match=r"rows must be distinct indices in \[0, 8\)"):
+        core.reset_rows(np.array([8]), key)
+    with pytest.raises(ValueError, match="rows must be distinct"):
+        core.reset_rows(np.array([-1]), key)
+    with pytest.raises(ValueError, match="rows must be distinct"):
+        core.reset_rows(np.array([2, 2]), np.array([1, 2], np.uint64))
+    with pytest.raises(ValueError, match="got 1 keys for 2 rows"):
+        core.reset_rows(np.array([1, 2]), key)
+    with pytest.raises(ValueError, match="got 1 users for 2 rows"):
+        core.reset_rows(np.array([1, 2]), np.array([1, 2], np.uint64), users=np.array([0]))
+    with pytest.raises(ValueError, match="user index out of range"):
+        core.reset_rows(np.array([1]), key, users=np.array([core.pop.size]))
+    assert np.array_equal(core.slot_items, before)  # nothing was written
+
+
+def test_kernel_threads_do_not_change_results(small_cfg: EnvConfig, small_world: World,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows split over 3 threads (session starts, steps, feature gathers) give the single thread's trajectory."""
+    runs = []
+    for threads in ("1", "3"):
+        monkeypatch.setenv("RECFEED_ENV_THREADS", threads)
+        env = envs.RecVectorEnv(200, config=small_cfg, world=small_world)
+        assert env.core.threads == int(threads)
+        runs.append(rollout(env, 25, seed=2))
+    for x, y in zip(*runs, strict=True):
+        for u, v in zip(x, y, strict=True):
+            assert np.array_equal(u, v)
+    monkeypatch.setenv("RECFEED_ENV_THREADS", "zero")
+    with pytest.raises(ValueError, match="RECFEED_ENV_THREADS"):
+        envs.RecVectorEnv(4, config=small_cfg, world=small_world)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_kernel_threads_work_in_a_forked_child(small_cfg: EnvConfig, small_world: World,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A child forked after the parent's kernels used their thread pool steps the env too (no deadlock)."""
+    monkeypatch.setenv("RECFEED_ENV_THREADS", "2")
+    env = envs.RecVectorEnv(200, config=small_cfg, world=small_world)
+    want = rollout(env, 3, seed=4)  # the parent's pool now exists
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: same rollout, report whether it matches
+        ok = False
+        try:
+            got = rollout(envs.RecVectorEnv(200, config=small_cfg, world=small_world), 3, seed=4)
+            ok = all(np.array_equal(u, v) for x, y in zip(want, got, strict=True) for u, v in zip(x, y, strict=True))
+        finally:
+            os.write(write, b"1" if ok else b"0")
+            os._exit(0)
+    os.close(write)
+    deadline = time.monotonic() + 60
+    while os.waitpid(pid, os.WNOHANG) == (0, 0):
+        if time.monotonic() > deadline:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child did not finish its rollout within 60 s")
+        time.sleep(0.05)
+    assert os.read(read, 1) == b"1"
