@@ -27,7 +27,6 @@ unreadable (or lacks its reward-normalisation file) is named in a message and th
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -76,6 +75,7 @@ from agents.ppo_ranker import (
     save_policy,
 )
 from agents.runinfo import write_signature
+from configs.fileio import json_default, sha256_file
 from configs.loader import atomic_write_text, load_config, save_yaml, to_dict
 from configs.schema import Config
 from envs.core import BatchedCore
@@ -126,15 +126,7 @@ def new_run_dir(cfg: Config) -> Path:
 
 
 def _json(path: Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, default=_json_default) + "\n")
-
-
-def _json_default(x: Any) -> Any:
-    if isinstance(x, np.generic):
-        return x.item()
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    raise TypeError(f"not JSON serialisable: {type(x)}")
+    atomic_write_text(path, json.dumps(data, indent=2, default=json_default) + "\n")
 
 
 def _atomic_save(save: Any, dest: Path) -> None:
@@ -360,14 +352,6 @@ class Checkpoint:
         return int(self.state["num_timesteps"])
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def checkpoint_dirs(ckpt_dir: Path) -> list[Path]:
     """The checkpoint folders in ``ckpt_dir`` (``step-<N>``), newest (largest N) first."""
     if not ckpt_dir.is_dir():
@@ -411,7 +395,7 @@ def save_checkpoint(model: PPO, ckpt_dir: Path, keep: int = KEEP_CHECKPOINTS) ->
         state = {"format": CKPT_FORMAT, "version": CKPT_VERSION, "num_timesteps": step,
                  "n_updates": int(model._n_updates), "episode_num": int(model._episode_num), "time": time.time(),
                  "reward_normalisation": isinstance(venv, VecNormalize),
-                 "sha256": {name: _sha256_file(tmp / name) for name in files}}
+                 "sha256": {name: sha256_file(tmp / name) for name in files}}
         _json(tmp / STATE_FILE, state)
         old = None
         if dest.exists():
@@ -469,7 +453,7 @@ def read_checkpoint(path: Path, device: th.device | str = "cpu", normalize_rewar
                 raise CheckpointError(f"{f} is missing: the reward-normalisation statistics are needed to resume "
                                       "(without them the run would silently switch to unnormalised rewards)")
             raise CheckpointError(f"{f} is missing (part of the checkpoint)")
-        if _sha256_file(f) != hashes.get(name):
+        if sha256_file(f) != hashes.get(name):
             raise CheckpointError(f"{f}: truncated or changed since the checkpoint was written (sha256 differs)")
     try:
         settings, weights = read_policy_files(path)
