@@ -210,6 +210,10 @@ class PlackettLuceDistribution(Distribution):
         """
         if logits.ndim != 2 or logits.shape[1] != self.n_candidates:
             raise ValueError(f"logits must have shape (B, {self.n_candidates}), got {tuple(logits.shape)}")
+        if bool(th.isnan(logits.detach()).any()):  # the samplers would return no valid slate for such a row
+            row = int(th.isnan(logits.detach()).any(dim=1).nonzero()[0, 0])
+            raise ValueError(f"slate logits contain NaN (row {row}): the policy's weights diverged; lower the "
+                             "learning rate or raise the temperature, and resume from an earlier checkpoint")
         if mask is not None:
             if mask.shape != logits.shape:
                 raise ValueError(f"mask must have shape {tuple(logits.shape)}, got {tuple(mask.shape)}")
@@ -312,10 +316,11 @@ class PlackettLuceDistribution(Distribution):
 
         At step k the effective logit of an unplaced candidate j is ``x_j − β·c_k(g_j)``, constant within a group,
         so the normaliser is ``Z_k = Σ_g exp(−β·c_k(g))·S_g^(k)`` with ``S_g^(k)`` the group's mass not placed
-        before k (``S_g`` minus an exclusive cumulative sum of the path's picks: float64, so the subtraction
-        loses nothing that matters) and, for the entropy, ``H_k = log Z_k − Σ_g exp(−β·c_k(g))·(T_g^(k) −
-        β·c_k(g)·S_g^(k)) / Z_k``. The same quantities as a softmax over the N candidates per step, at O(B·K·G)
-        instead of O(B·K·N).
+        before k (``S_g`` minus an exclusive cumulative sum of the path's picks, in float64: exact enough while a
+        row's logits span less than ~30 nats, which :class:`agents.policies.SlatePolicy` ensures; at 60 nats what is
+        left after the best picks is rounding noise and the entropy blows up) and, for the entropy,
+        ``H_k = log Z_k − Σ_g exp(−β·c_k(g))·(T_g^(k) − β·c_k(g)·S_g^(k)) / Z_k``.
+        The same quantities as a softmax over the N candidates per step, at O(B·K·G) instead of O(B·K·N).
 
         Args:
             path: int64 (B, K) candidate positions.

@@ -46,6 +46,8 @@ from agents.distributions import EntropyEstimator, PlackettLuceDistribution
 from envs.spaces import F_CF, F_LLM
 
 DEFAULT_INIT_ALPHA = 0.5
+#: How far below the row's best logit a candidate's logit may go (nats; see ``SlatePolicy._actor``).
+LOGIT_RANGE = 30.0
 #: What the logits are a residual on: the fixed α blend, or the diversity heuristic (see the module docstring).
 BASES = ("blend", "diverse")
 
@@ -422,7 +424,11 @@ class SlatePolicy(ActorCriticPolicy):
         if self.base == "diverse":
             blend = standardise_rows(blend) + features @ self.base_weights
         residual = self._residual(cand, h) + self.feature_linear(features).squeeze(-1)  # (B, N)
-        return blend * self.log_inv_temperature.exp() + residual, alpha, h
+        logits = blend * self.log_inv_temperature.exp() + residual
+        # Candidates more than LOGIT_RANGE nats below the row's best are held there (their probability is < e^-30
+        # either way): the per-group sums of the slate distribution, which later steps take by subtraction, then keep
+        # their precision (at 60 nats the subtraction left rounding noise: entropy ~1e28, NaN gradients, a crash).
+        return th.maximum(logits, logits.detach().amax(dim=-1, keepdim=True) - LOGIT_RANGE), alpha, h
 
     def _residual(self, cand: th.Tensor, h: th.Tensor) -> th.Tensor:
         """The per-candidate residual MLP ``head(net(W_x·x_i + W_h·h))`` → (B, N).

@@ -454,3 +454,10 @@ def test_soft_category_cap_sampling_matches_probabilities_and_caps_the_mode(samp
 def test_category_cap_is_validated() -> None:
     with pytest.raises(ValueError, match="category_cap"):
         PlackettLuceDistribution(5, 2, category_cap=0)
+
+
+def test_nan_logits_are_a_clear_error_not_an_out_of_range_slate() -> None:
+    logits = th.zeros(3, 5)
+    logits[1, 2] = float("nan")
+    with pytest.raises(ValueError, match=r"NaN \(row 1\)"):
+        PlackettLuceDistribution(5, 2).proba_distribution(logits)

@@ -6,6 +6,7 @@ defined here (one-step contextual bandit whose optimum only the residual can fin
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -428,3 +429,24 @@ def test_diverse_base_settings_are_checked() -> None:
         _policy(base_weights=[0.0] * len(FEATURE_NAMES))
     with pytest.raises(ValueError, match="category_cap needs item_category"):
         _policy(category_cap=2)
+
+
+def test_very_sharp_logits_keep_a_finite_entropy_and_gradients() -> None:
+    """A policy whose logits have sharpened far (a large learned inverse temperature): the slate entropy, the
+    log-probabilities and their gradients stay finite (the candidates far below the best are held at
+    LOGIT_RANGE below it), so PPO's loss cannot turn NaN there."""
+    from agents.policies import LOGIT_RANGE
+
+    categories = np.arange(N_ITEMS) % 4
+    policy = _policy(item_category=categories, category_cap=2, base="diverse")
+    with th.no_grad():
+        policy.log_inv_temperature.fill_(math.log(400.0))
+    t = _tensor(policy, _fake_obs(observation_space(N_ITEMS, N_CAND, DIM), 64, seed=2))
+    logits = policy.candidate_logits(t)
+    spread = (logits.max(dim=1).values - logits.min(dim=1).values)
+    assert float(spread.max()) == pytest.approx(LOGIT_RANGE, abs=1e-3)  # clipped: unclipped it is ~400 × the z range
+    actions = policy.get_distribution(t).sample()
+    _, log_prob, entropy = policy.evaluate_actions(t, actions.float())
+    assert entropy is not None and bool(th.isfinite(entropy).all()) and bool(th.isfinite(log_prob).all())
+    (entropy.sum() - log_prob.sum()).backward()
+    assert all(bool(th.isfinite(p.grad).all()) for p in policy.parameters() if p.grad is not None)
