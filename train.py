@@ -71,7 +71,9 @@ def main(argv: list[str] | None = None) -> dict:
         cfg, run_dir = resolve(args)
     except ConfigError as exc:
         sys.exit(f"train.py: error: {exc}")
-    from agents.training import CheckpointError, print_summary, train
+    from agents.checkpoints import CheckpointError
+    from agents.final_report import print_summary
+    from agents.training import train
 
     try:
         summary = train(cfg, run_dir, resume=run_dir is not None, progress=not args.quiet)

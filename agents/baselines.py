@@ -9,7 +9,8 @@ stays importable from here.
 
 from __future__ import annotations
 
-# The stable import path (agents/training.py and outside code import from here): keep these re-exports.
+# The stable import path (agents/training.py, agents/final_report.py and outside code import from here): keep these
+# re-exports.
 from agents.fitting import (
     FIT_SEED,
     Impressions,

@@ -293,7 +293,7 @@ def evaluate_rankers(core: BatchedCore, rankers: dict[str, Ranker], plan: Episod
 
 
 #: Names of :mod:`agents.report` that this module held before the split, still importable from here
-#: (``agents.training`` imports ``summarise`` and ``write_report`` from ``agents.evaluation``).
+#: (``agents.final_report`` imports ``summarise`` and ``write_report`` from ``agents.evaluation``).
 _REPORT_NAMES = frozenset({
     "COVERAGE_GROUPS", "TABLE_COLUMNS", "Bootstrap", "bootstrap_ci", "coverage", "markdown_table", "paired_test",
     "percentile_ci", "results_csv", "summarise", "write_report",

@@ -18,7 +18,7 @@ computed alike from an :class:`~agents.evaluation.EpisodeStats` or from a report
 The range lives in ``configs/plausibility.yaml`` (values with the command each comes from) with a relative
 tolerance: a figure is flagged when it lies outside ``[lo·(1 − tol), hi·(1 + tol)]``.
 
-For the end of training (``agents/training.py``'s ``final_comparison``, after ``write_report(results, out)``)::
+For the end of training (``agents/final_report.py``'s ``final_comparison``, after ``write_report(results, out)``)::
 
     from agents.plausibility import write_plausibility
     write_plausibility(results, out, policies=["ppo"])   # report/plausibility.{json,md}; results["plausibility"]

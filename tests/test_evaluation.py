@@ -338,9 +338,10 @@ def test_final_comparison_uses_the_alpha_it_is_given_on_held_out_users(tmp_path:
     re-tuning), simulated on the held-out population, and the headline ratio is PPO over that row."""
     import torch as th
 
+    from agents.final_report import final_comparison
     from agents.policies import SlatePolicy
     from agents.rankers import BlendRanker
-    from agents.training import final_comparison, make_venv, policy_kwargs
+    from agents.training import make_venv, policy_kwargs
     from agents.tuning import AlphaCurve
     from configs.loader import from_dict
 
@@ -382,7 +383,7 @@ def test_final_comparison_uses_the_alpha_it_is_given_on_held_out_users(tmp_path:
 
 
 def test_the_report_names_stay_importable_from_the_engine_module() -> None:
-    """agents.training imports summarise and write_report from agents.evaluation: the engine module hands them
+    """agents.final_report imports summarise and write_report from agents.evaluation: the engine module hands them
     out from agents.report (lazily: the report reads the engine), and nothing else."""
     import agents.evaluation as engine
     import agents.report as report

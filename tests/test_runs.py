@@ -29,10 +29,11 @@ from test_train import tiny_args
 
 import evaluate
 import train
+from agents.checkpoints import checkpoint_dirs, latest_checkpoint, restore_model
 from agents.export import MANIFEST_FILE, PRODUCER, export_run
 from agents.export import main as export_main
 from agents.ppo_ranker import PolicyFileError, load_policy, load_run_config, load_run_ranker
-from agents.training import checkpoint_dirs, latest_checkpoint, make_venv, restore_model
+from agents.training import make_venv
 from envs.world import World
 
 REPO = Path(__file__).resolve().parents[1]

@@ -10,7 +10,7 @@ import pytest
 
 import evaluate
 import train
-from agents.training import checkpoint_dirs
+from agents.checkpoints import checkpoint_dirs
 
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
 

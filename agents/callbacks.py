@@ -1,0 +1,164 @@
+"""The SB3 callbacks of a training run: rollout metrics, the wall-time limit, periodic evaluation, checkpoints.
+
+:func:`agents.training.train` hands them to ``PPO.learn``; what they log goes to the run's TensorBoard folder.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch as th
+from stable_baselines3.common.callbacks import BaseCallback
+from tqdm.auto import tqdm
+
+from agents.checkpoints import CKPT_DIR, save_checkpoint
+from agents.evaluation import run_episodes
+from agents.policies import SlatePolicy
+from agents.ppo_ranker import PPORanker
+from envs.core import BatchedCore
+from envs.sb3 import SB3VecEnv
+
+
+class RolloutMetrics(BaseCallback):
+    """Logs what users did during each rollout, the learned α, and where the time goes.
+
+    ``rollout/ctr`` (sessions' requests with a click), ``rollout/purchase_rate`` (purchases per request),
+    ``rollout/dwell`` (dwell seconds per request), ``rollout/session_length``, ``rollout/session_return``,
+    ``train/alpha_mean`` / ``train/alpha_std`` and the ``train/alpha`` histogram over the rollout's states,
+    ``time/collect_s``, ``time/train_s``, ``time/env_steps_per_s``.
+    """
+
+    def __init__(self, stats_env: SB3VecEnv, bar: tqdm | None = None) -> None:
+        super().__init__()
+        self.stats_env, self.bar = stats_env, bar
+        self._t_rollout = self._t_train = time.perf_counter()
+        self.collect_s = self.train_s = 0.0
+        self._last_steps = 0
+        self._updating = False
+
+    def _on_rollout_start(self) -> None:
+        now = time.perf_counter()
+        if self._updating:  # the time since the last rollout ended went into the update
+            self.train_s += now - self._t_train
+            self.logger.record("time/train_s", now - self._t_train)
+        self._t_rollout = now
+
+    def _on_training_end(self) -> None:
+        if self._updating:
+            self.train_s += time.perf_counter() - self._t_train
+            self._updating = False
+
+    def _on_step(self) -> bool:
+        if self.bar is not None:
+            self.bar.update(self.training_env.num_envs)
+        return True
+
+    def _on_rollout_end(self) -> None:
+        now = time.perf_counter()
+        collect = now - self._t_rollout
+        self.collect_s += collect
+        self._t_train = now
+        self._updating = True
+        s = self.stats_env.pop_stats()
+        steps = max(s["steps"], 1)
+        self.logger.record("rollout/ctr", s["clicks"] / steps)
+        self.logger.record("rollout/purchase_rate", s["purchases"] / steps)
+        self.logger.record("rollout/dwell", s["dwell"] / steps)
+        self.logger.record("rollout/reward_per_request", s["reward"] / steps)
+        if s["episodes"]:
+            self.logger.record("rollout/session_length", s["episode_len"] / s["episodes"])
+            self.logger.record("rollout/session_return", s["episode_return"] / s["episodes"])
+        self.logger.record("time/collect_s", collect)
+        self.logger.record("time/env_steps_per_s", (self.num_timesteps - self._last_steps) / max(collect, 1e-9))
+        self._last_steps = self.num_timesteps
+        policy = self.model.policy
+        assert isinstance(policy, SlatePolicy)
+        buf = self.model.rollout_buffer.observations
+        assert isinstance(buf, dict)
+        n = min(2048, buf["context"].shape[0] * buf["context"].shape[1])
+        flat = {k: v.reshape(-1, *v.shape[2:])[-n:] for k, v in buf.items()}
+        with th.no_grad():
+            alpha = policy.alpha(flat).cpu()
+        self.logger.record("train/alpha_mean", float(alpha.mean()))
+        self.logger.record("train/alpha_std", float(alpha.std()))
+        self.logger.record("train/alpha", alpha)
+        with th.no_grad():
+            beta = policy.repulsion(flat)
+        if beta is not None:
+            self.logger.record("train/repulsion_mean", float(beta.mean()))
+        if self.bar is not None:
+            self.bar.set_postfix(ctr=f"{s['clicks'] / steps:.3f}", alpha=f"{float(alpha.mean()):.2f}")
+
+
+class TimeLimit(BaseCallback):
+    """Stops learning once ``minutes`` of wall time have passed (checked every step)."""
+
+    def __init__(self, minutes: float) -> None:
+        super().__init__()
+        self.deadline = time.perf_counter() + 60.0 * minutes
+
+    def _on_step(self) -> bool:
+        return time.perf_counter() < self.deadline
+
+
+class PeriodicEval(BaseCallback):
+    """Every ``every`` steps: the policy against tuned-alpha on the same held-out sessions (``eval.jsonl``).
+
+    Args:
+        core: Evaluation core over the held-out users.
+        plan: The fixed held-out sessions.
+        tuned_return: tuned-alpha's per-episode returns on ``plan`` (computed once).
+        every: Steps between evaluations.
+        path: The ``eval.jsonl`` file.
+        k: Slate size.
+    """
+
+    def __init__(self, core: BatchedCore, plan: Any, tuned_return: np.ndarray, every: int, path: Path,
+                 k: int) -> None:
+        super().__init__()
+        self.core, self.plan, self.tuned, self.every, self.path, self.k = core, plan, tuned_return, every, path, k
+        self._next = every
+
+    def _on_step(self) -> bool:
+        if self.every > 0 and self.num_timesteps >= self._next:
+            self._next += self.every
+            self.evaluate()
+        return True
+
+    def evaluate(self) -> dict[str, float]:
+        """Run the evaluation now; log and append it."""
+        policy = self.model.policy
+        assert isinstance(policy, SlatePolicy)
+        ret = run_episodes(self.core, PPORanker(policy, self.k), self.plan).ret
+        policy.train()
+        row = {"step": int(self.num_timesteps), "return": float(ret.mean()),
+               "return_tuned_alpha": float(self.tuned.mean()), "ratio_vs_tuned": float(ret.mean() / self.tuned.mean()),
+               "time": time.time()}
+        for k in ("return", "return_tuned_alpha", "ratio_vs_tuned"):
+            self.logger.record(f"eval/{k}", row[k])
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(row) + "\n")
+        return row
+
+
+class Checkpointer(BaseCallback):
+    """Every ``every`` steps: a checkpoint ``checkpoints/step-<N>/`` (:mod:`agents.checkpoints`), the last two kept."""
+
+    def __init__(self, run_dir: Path, every: int) -> None:
+        super().__init__()
+        self.dir, self.every = run_dir / CKPT_DIR, every
+        self._next = every
+
+    def _on_step(self) -> bool:
+        if self.every > 0 and self.num_timesteps >= self._next:
+            self._next += self.every
+            self.save()
+        return True
+
+    def save(self) -> None:
+        """Write the checkpoint now."""
+        save_checkpoint(self.model, self.dir)

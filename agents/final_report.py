@@ -1,0 +1,179 @@
+"""The end of a training run: the trained policy against the baselines on held-out users, and what it learned.
+
+:func:`final_comparison` writes ``RUN_DIR/report/`` (results.json / .md / .csv, plausibility, plots/*.png) with the
+learned α by hidden user type and by step within the session; :func:`print_summary` is ``train.py``'s closing
+message.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agents.baselines import ParamSearch, RankerContext, make_ranker, tuning_cache_dir
+from agents.evaluation import (
+    RHO_EDGES,
+    RHO_LABELS,
+    Bootstrap,
+    episode_plan,
+    paired_test,
+    run_episodes,
+    summarise,
+    write_report,
+)
+from agents.plausibility import write_plausibility
+from agents.policies import SlatePolicy
+from agents.ppo_ranker import PPORanker
+from configs.schema import Config
+from envs.factory import make_core
+from envs.world import World
+
+#: Baselines of the final comparison (the oracle reads hidden state; it is the upper reference).
+FINAL_BASELINES = ("random", "greedy-llm", "greedy-cf", "tuned-alpha", "linucb", "diverse", "tuned-diverse", "oracle",
+                   "tuned-oracle-diverse")
+#: The quality bar's reference (the strongest hand-written ranker) and the non-myopic ceiling (reads hidden state).
+STRONGEST_HEURISTIC, CEILING = "tuned-diverse", "tuned-oracle-diverse"
+
+
+def tuning_context(cfg: Config, world: World, core: Any, progress: bool) -> RankerContext:
+    """The references' context of a run: tuning on the training users, its searches cached beside the world."""
+    return RankerContext(world, cfg.env, core=core, seed=cfg.train.seed, batch=cfg.eval.batch, progress=progress,
+                         tune_episodes=400, cache_dir=str(tuning_cache_dir(cfg.env, cfg.encoder)))
+
+
+def final_comparison(cfg: Config, world: World, policy: SlatePolicy, curve: Any, run_dir: Path,
+                     progress: bool, diverse: ParamSearch | None = None) -> dict[str, Any]:
+    """PPO against the baselines on held-out users (common random numbers); α by user type and by step.
+
+    Writes ``report/`` (results.json/.md/.csv, plots) and ``report/alpha.json``. ``diverse``: tuned-diverse's search
+    when training already ran it (a ``"diverse"`` policy starts there), so that the table's reference is the same.
+    """
+    ec = cfg.eval
+    core = make_core(cfg.env, cfg.env.preset, cfg.encoder, world, "heldout", ec.batch)
+    plan = episode_plan(ec.episodes, list(range(ec.seeds)), world.populations["heldout"].size)
+    ctx = tuning_context(cfg, world, core, progress)
+    ctx._diverse = diverse
+    rankers = {}
+    for spec in FINAL_BASELINES:
+        if spec in ("tuned-alpha", "diverse"):  # both on the α tuned above (not tuned again)
+            base = "fixed-alpha" if spec == "tuned-alpha" else "diverse"
+            rankers[spec] = make_ranker(f"{base}:{curve.best_alpha:g}", ctx)
+            rankers[spec].name = spec
+        else:
+            rankers[spec] = make_ranker(spec, ctx)
+    ppo = PPORanker(policy, cfg.env.slate_size)
+    alpha_rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (rho, step, alpha) per step
+
+    def record_alpha(obs: dict[str, np.ndarray], slate: np.ndarray, feedback: Any, active: np.ndarray) -> None:
+        assert ppo.last_alpha is not None
+        rows = np.flatnonzero(active)
+        alpha_rows.append((core.pop.rho[core.user[rows]], core.t[rows] - 1, ppo.last_alpha[rows]))
+
+    stats = {"ppo": run_episodes(core, ppo, plan, progress=progress, desc="ppo (held-out)", on_step=record_alpha)}
+    for name, r in rankers.items():
+        stats[name] = run_episodes(core, r, plan, progress=progress, desc=f"{name} (held-out)")
+    results = summarise(stats, reference="tuned-alpha", n_boot=ec.bootstrap, seed=cfg.train.seed,
+                        hidden=["oracle", CEILING], alpha_curve=curve.to_dict(),
+                        setup={"users": "heldout", "preset": cfg.env.preset, "seeds": list(range(ec.seeds))})
+    rho, step, alpha = (np.concatenate(x) for x in zip(*alpha_rows, strict=True))
+    by_rho = {}
+    for lo, hi, label in zip(RHO_EDGES[:-1], RHO_EDGES[1:], RHO_LABELS, strict=True):
+        sel = (rho >= lo) & ((rho < hi) | (hi == 1.0))
+        by_rho[label] = float(alpha[sel].mean()) if sel.any() else None
+    by_step = {}
+    for t in range(min(cfg.env.max_steps, 20)):
+        sel = step == t
+        if sel.sum() >= 20:
+            lo_t = sel & (rho < 0.5)
+            hi_t = sel & (rho >= 0.5)
+            by_step[t] = {"all": float(alpha[sel].mean()),
+                          "rho<0.5": float(alpha[lo_t].mean()) if lo_t.any() else None,
+                          "rho>=0.5": float(alpha[hi_t].mean()) if hi_t.any() else None}
+    results["alpha"] = {"by_rho": by_rho, "by_step": by_step,
+                        "corr_alpha_rho": _correlation(alpha, rho)}
+    r = results["rankers"]
+    results["ratio_vs_tuned_alpha"] = r["ppo"]["return"]["mean"] / r["tuned-alpha"]["return"]["mean"]
+    results["ratio_vs_tuned_diverse"] = r["ppo"]["return"]["mean"] / r[STRONGEST_HEURISTIC]["return"]["mean"]
+    # the quality bar's paired comparison: PPO − tuned-diverse on the same sessions (per-session differences)
+    results["paired_vs_tuned_diverse"] = paired_test(stats["ppo"].ret, stats[STRONGEST_HEURISTIC].ret,
+                                                     Bootstrap(len(stats["ppo"].ret), ec.bootstrap, cfg.train.seed))
+    for key, top in (("gap_closed_to_oracle", "oracle"), ("gap_closed_to_ceiling", CEILING)):
+        gap = r[top]["return"]["mean"] - r["tuned-alpha"]["return"]["mean"]
+        if gap > 0:
+            results[key] = (r["ppo"]["return"]["mean"] - r["tuned-alpha"]["return"]["mean"]) / gap
+    results["tuned_parameters"] = {name: rankers[name].search.to_dict() for name in (STRONGEST_HEURISTIC, CEILING)
+                                   if getattr(rankers[name], "search", None) is not None}
+    out = run_dir / "report"
+    write_report(results, out)
+    write_plausibility(results, out, policies=["ppo"])  # report/plausibility.json / .md: flags figures out of range
+    _alpha_plot(results["alpha"], out / "plots" / "alpha.png")
+    return results
+
+
+def _correlation(x: np.ndarray, y: np.ndarray) -> float | None:
+    """Pearson correlation of two (n,) arrays in float64; None where it is undefined (a constant side)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        c = float(np.corrcoef(np.asarray(x, np.float64), np.asarray(y, np.float64))[0, 1]) if len(x) > 1 else np.nan
+    return c if np.isfinite(c) else None
+
+
+def _alpha_plot(alpha: dict[str, Any], path: Path) -> None:
+    """Plot learned α by hidden user type and by step within the session."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from configs.loader import atomic_write_bytes
+
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    labels = [k for k, v in alpha["by_rho"].items() if v is not None]
+    a1.bar(range(len(labels)), [alpha["by_rho"][k] for k in labels], color="#4C72B0")
+    a1.set_xticks(range(len(labels)), [k.split(" ")[1].strip("()") if " " in k else k for k in labels])
+    a1.set_ylabel("mean learned α")
+    a1.set_title("α by hidden user type (ρ_u)")
+    steps = sorted(alpha["by_step"], key=int)
+    for key, colour in (("rho<0.5", "#DD8452"), ("rho>=0.5", "#55A868"), ("all", "#4C72B0")):
+        a2.plot([int(s) for s in steps], [alpha["by_step"][s][key] for s in steps], label=key, color=colour)
+    a2.set_xlabel("step in session")
+    a2.set_ylabel("mean learned α")
+    a2.set_title("α within the session")
+    a2.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+
+def print_summary(summary: dict[str, Any], results_md: Path) -> None:
+    """The closing message of ``train.py``: how PPO compares, and where everything is."""
+    print()
+    if results_md.is_file():
+        print(results_md.read_text(encoding="utf-8"))
+    h = summary["heldout"]
+    ppo, tuned = h["ppo"]["mean"], h["tuned-alpha"]["mean"]
+    print(f"PPO return per session on held-out users: {ppo:.3f} (95% CI {h['ppo']['ci95'][0]:.3f}–"
+          f"{h['ppo']['ci95'][1]:.3f}); tuned-alpha {tuned:.3f} → {summary['ratio_vs_tuned_alpha']:.3f}×")
+    if "ratio_vs_tuned_diverse" in summary:
+        print(f"against the strongest hand-written ranker: tuned-diverse {h[STRONGEST_HEURISTIC]['mean']:.3f} → "
+              f"{summary['ratio_vs_tuned_diverse']:.3f}×")
+    pd = summary.get("paired_vs_tuned_diverse")
+    if pd and pd.get("ci95"):
+        print(f"  paired on the same sessions: PPO − tuned-diverse {pd['diff']:+.3f} (95% CI {pd['ci95'][0]:+.3f} to "
+              f"{pd['ci95'][1]:+.3f}, p {pd['p_value']:.2g})")
+    if summary.get("gap_closed_to_oracle") is not None:
+        print(f"share of the tuned-alpha → myopic oracle gap closed: {summary['gap_closed_to_oracle']:.2f}")
+    if summary.get("gap_closed_to_ceiling") is not None:
+        print(f"share of the tuned-alpha → non-myopic ceiling ({CEILING}) gap closed: "
+              f"{summary['gap_closed_to_ceiling']:.2f}")
+    print("learned α by hidden user type: "
+          + ", ".join(f"{k}: {v:.2f}" for k, v in summary["alpha_by_user_type"].items() if v is not None))
+    p = summary["paths"]
+    print(f"\nrun directory: {summary['run_dir']}\n  model:       {p['model']}\n  TensorBoard: tensorboard "
+          f"--logdir {p['tensorboard']}\n  report:      {p['report']}/results.md\n  plots:       {p['plots']}")
