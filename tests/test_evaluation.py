@@ -345,7 +345,9 @@ def test_final_comparison_uses_the_alpha_it_is_given_on_held_out_users(tmp_path:
     from agents.tuning import AlphaCurve
     from configs.loader import from_dict
 
-    cfg = from_dict(Config, {"train": {"ppo": {"n_envs": 2}, "device": "cpu"},
+    # the blend-based policy: its α is what this test reads (the default, a residual on tuned-diverse, starts at that
+    # heuristic's α instead)
+    cfg = from_dict(Config, {"train": {"ppo": {"n_envs": 2}, "device": "cpu", "policy": {"base": "blend"}},
                              "eval": {"episodes": 30, "seeds": 1, "batch": 15, "bootstrap": 100}})
     cfg.env = small_cfg
     venv = make_venv(cfg, small_world, 0)

@@ -73,3 +73,28 @@ def test_bad_config_is_a_clear_error(cache: Path, capsys: pytest.CaptureFixture[
         train.main(["--config", str(SMOKE), "--set", "train.ppo.n_epochz=2", "--out", str(cache)])
     with pytest.raises(SystemExit, match="not a run directory"):
         train.main(["--resume", str(cache / "nowhere")])
+
+
+def test_policy_kwargs_of_the_diverse_base_are_tuned_diverses_parameters(small_world) -> None:
+    """``policy.base = "diverse"`` (the default): the policy starts at tuned-diverse's α, with its exposure and seen
+    weights as fixed feature weights and its cap (a cap of K or more is no cap); without the search it refuses."""
+    import pytest
+
+    from agents.training import policy_kwargs
+    from configs.schema import Config
+    from envs.presets import preset_config
+    from envs.spaces import F_CAT_EXPOSURE, F_ITEM_SEEN
+
+    cfg = Config(env=preset_config("small"))
+    assert cfg.train.policy.base == "diverse"
+    point = {"alpha": 0.6, "cap": 2, "exposure_weight": 1.5, "seen_weight": 0.25}
+    kw = policy_kwargs(cfg, 0.9, small_world, point)
+    assert kw["base"] == "diverse" and kw["category_cap"] == 2 and kw["init_alpha"] == pytest.approx(0.6)
+    w = kw["base_weights"]
+    assert w[F_CAT_EXPOSURE] == -1.5 and w[F_ITEM_SEEN] == -0.25 and sum(abs(x) for x in w) == pytest.approx(1.75)
+    assert policy_kwargs(cfg, 0.9, small_world, {**point, "cap": cfg.env.slate_size})["category_cap"] is None
+    with pytest.raises(ValueError, match="needs tuned-diverse"):
+        policy_kwargs(cfg, 0.9, small_world)
+    cfg.train.policy.base = "blend"
+    blend = policy_kwargs(cfg, 0.9, small_world)
+    assert "base" not in blend and blend["init_alpha"] == 0.9
