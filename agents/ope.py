@@ -295,13 +295,7 @@ def pl_pinv_gram(logits: np.ndarray, k: int, generator: np.random.Generator, n_s
     _check_epsilon(epsilon)
     b, n = logits.shape
     kn = k * n
-    uni = np.full((k, n, k, n), 1.0 / (n * (n - 1))) if n > 1 else np.zeros((k, n, k, n))
-    for j in range(k):
-        uni[j, :, j, :] = np.eye(n) / n
-        for jj in range(k):
-            if jj != j:
-                uni[j, np.arange(n), jj, np.arange(n)] = 0.0
-    uni = uni.reshape(kn, kn)
+    uni = _uniform_gram(k, n)
     out = np.zeros((b, kn, kn))
     for lo in range(0, b, chunk):
         s = pl_sample(logits[lo:lo + chunk], k, generator, n_samples, 0.0).transpose(1, 0, 2)  # (c, S, K)
@@ -312,6 +306,91 @@ def pl_pinv_gram(logits: np.ndarray, k: int, generator: np.random.Generator, n_s
         gram = (1.0 - epsilon) * gram + epsilon * uni[None]
         out[lo:lo + c] = np.linalg.pinv(gram, rcond=1e-8, hermitian=True)
     return out
+
+
+def _null_projector(k: int, n: int) -> np.ndarray:
+    """Projector onto the directions every slate indicator is orthogonal to (block sums equal): (K·N, K·N)."""
+    d = np.zeros((k * n, max(k - 1, 0)))
+    for j in range(1, k):
+        d[j * n:(j + 1) * n, j - 1] = 1.0
+        d[:n, j - 1] = -1.0
+    if d.shape[1] == 0:
+        return np.zeros((k * n, k * n))
+    return d @ np.linalg.solve(d.T @ d, d.T)
+
+
+def pi_weights(logits: np.ndarray, slates: np.ndarray, target_marginals: Sequence[np.ndarray],
+               generator: np.random.Generator, n_samples: int = 1024, epsilon: float = 0.0, chunk: int = 32,
+               logging_marginals: np.ndarray | None = None) -> list[np.ndarray]:
+    """The pseudo-inverse estimator's weights ``q_πᵀ Γ_μ⁺ 1_s`` of the logged slates, for several targets at once.
+
+    Γ_μ is estimated as in :func:`pl_pinv_gram` (plain Monte Carlo of the PL part, exact ε-uniform part), but
+    never inverted: ``Γ⁺ q = (Γ + P)⁻¹ q`` for q in Γ's range, P the projector on the K − 1 directions every
+    slate indicator is orthogonal to (Γ's null space when ε > 0), one LU solve per request for all targets. With
+    ε = 0 a sampled Γ may be singular beyond those directions; the pseudo-inverse is used then.
+
+    Control variate: for the logging policy itself the weight is exactly 1 (``q_μ = Γ c`` with ``1_sᵀ c = 1``),
+    but Monte Carlo noise in Γ, magnified by its pseudo-inverse, makes ``q_μᵀ Γ̂⁺ 1_s`` far from 1 (mean
+    ``|w − 1|`` 0.58 at S = 256, 0.14 at 2,048 on N = 20, K = 5). With ``logging_marginals`` the weight is
+    ``1 + (q_π − q_μ)ᵀ Γ̂⁺ 1_s``: exact at π = μ, the error shrinking with the distance between the policies.
+
+    Args:
+        logits: (n, N) logging logits.
+        slates: int (n, K) logged slates.
+        target_marginals: per target, (n, K, N) per-position marginals.
+        generator: Randomness of the sampled slates.
+        n_samples: S sampled slates per request.
+        epsilon: The logging policy's uniform share.
+        chunk: Requests per block.
+        logging_marginals: (n, K, N) the logging policy's marginals (the control variate above), or None.
+
+    Returns:
+        Per target, float64 (n,).
+    """
+    logits = _check_logits(logits, np.shape(slates)[-1])
+    b, n = logits.shape
+    slates = _check_slates(slates, b, n)
+    _check_epsilon(epsilon)
+    k = slates.shape[1]
+    kn = k * n
+    for m in target_marginals:
+        if np.shape(m) != (b, k, n):
+            raise ValueError(f"target marginals must be (n, K, N) = {(b, k, n)}, got {np.shape(m)}")
+    uni = _uniform_gram(k, n)
+    proj = _null_projector(k, n)
+    q = np.stack([np.asarray(m, dtype=np.float64).reshape(b, kn) for m in target_marginals], axis=2)  # (n, KN, T)
+    base = 0.0
+    if logging_marginals is not None:
+        if np.shape(logging_marginals) != (b, k, n):
+            raise ValueError(f"logging marginals must be (n, K, N) = {(b, k, n)}, got {np.shape(logging_marginals)}")
+        q = q - np.asarray(logging_marginals, dtype=np.float64).reshape(b, kn, 1)
+        base = 1.0
+    idx = np.arange(k)[None, :] * n + slates  # (n, K)
+    out = np.zeros((b, q.shape[2]))
+    for lo in range(0, b, chunk):
+        s = pl_sample(logits[lo:lo + chunk], k, generator, n_samples, 0.0).transpose(1, 0, 2)  # (c, S, K)
+        c = len(s)
+        flat = np.arange(k) * n + s  # (c, S, K)
+        pair = (flat[:, :, :, None] * kn + flat[:, :, None, :]).reshape(c, -1) + (np.arange(c) * kn * kn)[:, None]
+        gram = np.bincount(pair.ravel(), minlength=c * kn * kn).reshape(c, kn, kn) / n_samples
+        gram = (1.0 - epsilon) * gram + epsilon * uni[None]
+        if epsilon > 0:
+            sol = np.linalg.solve(gram + proj[None], q[lo:lo + c])
+        else:
+            sol = np.linalg.pinv(gram, rcond=1e-8, hermitian=True) @ q[lo:lo + c]
+        out[lo:lo + c] = np.take_along_axis(sol, idx[lo:lo + c, :, None], axis=1).sum(axis=1)
+    return [base + out[:, t] for t in range(out.shape[1])]
+
+
+def _uniform_gram(k: int, n: int) -> np.ndarray:
+    """E[1_s 1_sᵀ] of a uniform random ranking of K out of N: (K·N, K·N)."""
+    uni = np.full((k, n, k, n), 1.0 / (n * (n - 1))) if n > 1 else np.zeros((k, n, k, n))
+    for j in range(k):
+        uni[j, :, j, :] = np.eye(n) / n
+        for jj in range(k):
+            if jj != j:
+                uni[j, np.arange(n), jj, np.arange(n)] = 0.0
+    return uni.reshape(k * n, k * n)
 
 
 # ---- policies ----------------------------------------------------------------------------------------------------
@@ -624,11 +703,14 @@ class TargetTerms:
         prefix_logp: float64 (n, K) log π(s_{1:k}|x) of the logged prefixes.
         marginals: float64 (n, K, N) π's per-position marginals (IIPS, PI).
         conditionals: float64 (n, K, N) π(a | x, s_{1:k−1}) at the logged prefixes (cascade DR).
+        pi_weight: float64 (n,) the PI weights ``q_πᵀ Γ_μ⁺ 1_s`` (:func:`pi_weights`); when ``None``, PI computes
+            them from ``marginals`` and the logging policy's ``pinv_gram``.
     """
 
     prefix_logp: np.ndarray
     marginals: np.ndarray | None
     conditionals: np.ndarray | None
+    pi_weight: np.ndarray | None = None
 
 
 @dataclass
@@ -802,6 +884,10 @@ def estimator_terms(name: str, log: SlateLog, rewards: np.ndarray, target: Targe
         if not (pl > 0).all():
             raise ValueError("iips: a logged (position, item) has logging marginal 0 (or NaN)")
         return (rewards * pt / pl).sum(axis=1)
+    if name == "pi" and target.pi_weight is not None:
+        if np.shape(target.pi_weight) != (n,):
+            raise ValueError(f"pi_weight must be (n={n},), got shape {np.shape(target.pi_weight)}")
+        return np.asarray(target.pi_weight, dtype=np.float64) * total
     if name == "pi":
         if target.marginals is None or logging.pinv_gram is None:
             raise ValueError("pi needs the target's marginals and the logging policy's Γ⁺ (pinv_gram)")

@@ -14,6 +14,7 @@ from agents.ope import (
     TargetTerms,
     estimate_all,
     estimator_terms,
+    pi_weights,
     pl_conditionals,
     pl_marginals,
     pl_pinv_gram,
@@ -210,3 +211,25 @@ def test_bad_inputs_raise_clear_errors() -> None:
         pl_prefix_log_prob(np.full((1, N), np.nan), np.array([[0, 1]]))
     with pytest.raises(ValueError, match="epsilon"):
         pl_prefix_log_prob(np.zeros((1, N)), np.array([[0, 1]]), 1.0)
+
+
+def test_pi_weights_by_solve_match_the_pseudo_inverse() -> None:
+    g = np.random.default_rng(7)
+    logits = g.normal(size=(3, 6))
+    slates = pl_sample(logits, 3, g, 1, EPS)[0]
+    marg = [pl_marginals(1.5 * g.normal(size=(3, 6)), 3, g, 2000) for _ in range(2)]
+    fast = pi_weights(logits, slates, marg, np.random.default_rng(8), 3000, EPS)
+    pinv = pl_pinv_gram(logits, 3, np.random.default_rng(8), 3000, EPS)
+    for m, wt in zip(marg, fast, strict=True):
+        ref = np.array([pinv[i] @ m[i].ravel() for i in range(3)])
+        np.testing.assert_allclose(wt, np.take_along_axis(ref, np.arange(3) * 6 + slates, axis=1).sum(axis=1),
+                                   rtol=1e-6, atol=1e-8)
+
+
+def test_pi_weight_of_the_logging_policy_is_one_with_the_control_variate() -> None:
+    g = np.random.default_rng(9)
+    logits = g.normal(size=(4, 6))
+    slates = pl_sample(logits, 3, g, 1, EPS)[0]
+    q = pl_marginals(logits, 3, g, 200, EPS)
+    w = pi_weights(logits, slates, [q], g, 200, EPS, logging_marginals=q)[0]
+    np.testing.assert_allclose(w, 1.0, atol=1e-9)
