@@ -960,10 +960,13 @@ def main(argv: list[str] | None = None) -> int:
         policies = [parse_policy(s) for s in args.policy]
         _, log = read_ope_log(args.logs)
         gen = np.random.default_rng(args.seed)
-        lt = logging_terms(log, gen, args.samples, with_pi="pi" in ests)
+        lt = logging_terms(log, gen, args.samples, with_pi=False)
         result: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
         for pol in policies:
             tt = target_terms(log, pol, gen, args.samples)
+            if "pi" in ests:
+                tt.pi_weight = pi_weights(log.logging_logits, log.slates, [tt.marginals], gen, 4 * args.samples,
+                                          log.logging_epsilon, logging_marginals=lt.marginals)[0]
             result[pol.name] = {
                 "reward": {k: v.to_dict() for k, v in estimate_all(log, log.rewards, tt, lt, ests).items()},
                 "click": {k: v.to_dict() for k, v in estimate_all(log, log.clicks, tt, lt, ests).items()},

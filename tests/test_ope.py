@@ -233,3 +233,25 @@ def test_pi_weight_of_the_logging_policy_is_one_with_the_control_variate() -> No
     q = pl_marginals(logits, 3, g, 200, EPS)
     w = pi_weights(logits, slates, [q], g, 200, EPS, logging_marginals=q)[0]
     np.testing.assert_allclose(w, 1.0, atol=1e-9)
+
+
+def test_logged_requests_round_trip_and_cli(small_world, small_cfg, tmp_path, capsys) -> None:
+    import json
+
+    from agents.ope import log_policy, logging_pl_policy, main, read_ope_log, write_ope_log
+
+    frame, log = log_policy(small_world, small_cfg, logging_pl_policy(small_cfg), 300, seed=3)
+    assert len(frame) == len(log) == 300
+    # the frame's propensity is the logging policy's probability of the slate it shows
+    lp = pl_prefix_log_prob(log.logging_logits, log.slates, log.logging_epsilon)[:, -1]
+    np.testing.assert_allclose(frame["log_propensity"].to_numpy(), lp)
+    np.testing.assert_allclose(log.rewards.sum(axis=1), frame["reward"].to_numpy(), rtol=1e-6)
+    path = write_ope_log(frame, log, tmp_path / "log.parquet")
+    _, back = read_ope_log(path)
+    np.testing.assert_array_equal(back.slates, log.slates)
+    np.testing.assert_allclose(back.obs["features"], log.obs["features"])
+    assert main(["--logs", str(path), "--policy", "pl:0.5:0.2", "--samples", "64"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(out["pl:0.5:0.2"]["reward"]) == {"ips", "snips", "iips", "rips", "pi", "cascade-dr"}
+    assert main(["--logs", str(tmp_path / "missing.parquet"), "--policy", "pl:0.5:0.2"]) == 2
+    assert main(["--logs", str(path), "--policy", "greedy"]) == 2
