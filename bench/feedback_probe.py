@@ -178,6 +178,25 @@ def request_candidates(pool: np.ndarray, consumed: set[int], n: int, rng: np.ran
     return keep[:n]
 
 
+def effective_alpha(alpha: float, features: np.ndarray) -> float:
+    """α on a common scale: the LLM signal's share of the blend's weight once both signals are standardised over the
+    request's candidates. ``α·llm + (1 − α)·cf = α·sd_llm·z(llm) + (1 − α)·sd_cf·z(cf) + const``, so the blend of
+    standardised signals it equals has weight ``α·sd_llm / (α·sd_llm + (1 − α)·sd_cf)`` on the LLM side. The raw α
+    sits near 1 whenever the CF score's spread (a standardised score, ~3) dwarfs the cosine's (~0.2), so its moves
+    look small; this one is comparable across requests, users and presets.
+
+    Args:
+        alpha: The policy's α for the request.
+        features: float (N, F) the request's candidate features.
+    """
+    from envs.spaces import F_CF, F_LLM
+
+    sd_llm = float(np.std(features[:, F_LLM].astype(np.float64)))
+    sd_cf = float(np.std(features[:, F_CF].astype(np.float64)))
+    den = alpha * sd_llm + (1.0 - alpha) * sd_cf
+    return float(alpha * sd_llm / den) if den > 0 else float("nan")
+
+
 def _zscore(x: np.ndarray) -> np.ndarray:
     return (x - x.mean()) / max(float(x.std()), 1e-6)
 
@@ -250,7 +269,8 @@ def _play(runtime: Any, world: Any, cfg: Any, settings: ProbeSettings, users: np
     category = world.catalog.category
     n = int(runtime.manifest["n_candidates"])
     c_llm, c_cf = CONTEXT_NAMES.index("clicked_llm_ema"), CONTEXT_NAMES.index("clicked_cf_ema")
-    keys = ("alpha", "repulsion", "slate_llm_sim", "slate_cf_score", "slate_categories", "clicks", "click_lean",
+    keys = ("alpha", "alpha_eff", "slate_lean", "repulsion", "slate_llm_sim", "slate_cf_score", "slate_categories",
+            "clicks", "click_lean",
             "ctx_clicked_llm_ema", "ctx_clicked_cf_ema")
     out = {b: {k: np.full((s_n, r_n), np.nan) for k in keys} for b in BEHAVIOURS}
     events = {b: {"sent": 0, "applied": 0} for b in BEHAVIOURS}
@@ -278,6 +298,10 @@ def _play(runtime: Any, world: Any, cfg: Any, settings: ProbeSettings, users: np
                 pos = np.array([where[i] for i in rec.items])
                 shown = obs["features"][pos]
                 rec_arr["alpha"][s, r] = rec.alpha
+                rec_arr["alpha_eff"][s, r] = effective_alpha(rec.alpha, obs["features"])
+                z_lean = (_zscore(obs["features"][:, F_CF].astype(np.float64))
+                          - _zscore(obs["features"][:, F_LLM].astype(np.float64)))
+                rec_arr["slate_lean"][s, r] = float(z_lean[pos].mean())
                 rec_arr["repulsion"][s, r] = rec.repulsion
                 rec_arr["slate_llm_sim"][s, r] = float(shown[:, F_LLM].mean())
                 rec_arr["slate_cf_score"][s, r] = float(shown[:, F_CF].mean())
@@ -317,6 +341,8 @@ def _summarise(arrays: dict[str, dict[str, np.ndarray]], settings: ProbeSettings
                 "behaviour": b,
                 "alpha": float(alpha.mean()),
                 "alpha_ci95": list(percentile_ci(boot.means(alpha))),
+                "alpha_eff": float(a["alpha_eff"][:, r].mean()),
+                "slate_lean": float(a["slate_lean"][:, r].mean()),
                 "repulsion": float(a["repulsion"][:, r].mean()),
                 "slate_llm_sim": float(a["slate_llm_sim"][:, r].mean()),
                 "slate_cf_score": float(a["slate_cf_score"][:, r].mean()),
@@ -326,14 +352,19 @@ def _summarise(arrays: dict[str, dict[str, np.ndarray]], settings: ProbeSettings
                 "ctx_clicked_llm_ema": float(a["ctx_clicked_llm_ema"][:, r].mean()),
                 "ctx_clicked_cf_ema": float(a["ctx_clicked_cf_ema"][:, r].mean()),
             })
-    by_request = []
-    for r in range(settings.requests):
-        d = arrays["cf"]["alpha"][:, r] - arrays["llm"]["alpha"][:, r]
-        by_request.append({"request": r + 1, "cf_minus_llm": float(d.mean()),
-                           "ci95": list(percentile_ci(boot.means(d)))})
     at = min(settings.gap_at, settings.requests)
-    gap = {"request": at, **{k: v for k, v in by_request[at - 1].items() if k != "request"},
-           "abs": abs(by_request[at - 1]["cf_minus_llm"]), "by_request": by_request}
+    gaps = {}
+    for key in ("alpha", "alpha_eff", "slate_lean"):
+        by_request = []
+        for r in range(settings.requests):
+            d = arrays["cf"][key][:, r] - arrays["llm"][key][:, r]
+            by_request.append({"request": r + 1, "cf_minus_llm": float(d.mean()),
+                               "ci95": list(percentile_ci(boot.means(d)))})
+        gaps[key] = {"request": at, **{k: v for k, v in by_request[at - 1].items() if k != "request"},
+                     "abs": abs(by_request[at - 1]["cf_minus_llm"]), "by_request": by_request}
+    gap = gaps["alpha"]
+    gap["effective_alpha"] = gaps["alpha_eff"]
+    gap["slate_lean"] = gaps["slate_lean"]
     return rows, gap
 
 
@@ -422,11 +453,13 @@ def _f(x: float | None, spec: str) -> str:
 
 def probe_table(result: dict[str, Any]) -> str:
     """The Markdown table: one row per (request, behaviour)."""
-    lines = ["| request | behaviour | α (95% CI) | β | slate llm_sim | slate cf_score | categories | clicks |",
-             "|---:|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| request | behaviour | α (95% CI) | effective α | slate lean (z cf − z llm) | β | slate llm_sim | "
+             "slate cf_score | categories | clicks |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in result["rows"]:
         lo, hi = row["alpha_ci95"]
         lines.append(f"| {row['request']} | {row['behaviour']} | {row['alpha']:.3f} ({lo:.3f}–{hi:.3f}) | "
+                     f"{_f(row.get('alpha_eff'), '.3f')} | {_f(row.get('slate_lean'), '+.3f')} | "
                      f"{row['repulsion']:.2f} | {row['slate_llm_sim']:.3f} | {row['slate_cf_score']:.3f} | "
                      f"{row['slate_categories']:.1f} | {row['clicks']} |")
     return "\n".join(lines) + "\n"
@@ -435,8 +468,13 @@ def probe_table(result: dict[str, Any]) -> str:
 def _gap_line(result: dict[str, Any]) -> str:
     g = result["alpha_gap"]
     lo, hi = g["ci95"]
-    return (f"α gap cf − llm at request {g['request']}: {g['cf_minus_llm']:+.4f} (95% CI {lo:+.4f} to {hi:+.4f}, "
+    line = (f"α gap cf − llm at request {g['request']}: {g['cf_minus_llm']:+.4f} (95% CI {lo:+.4f} to {hi:+.4f}, "
             f"paired over {result['settings']['sessions']} sessions)")
+    for key, label, spec in (("effective_alpha", "effective α", "+.3f"), ("slate_lean", "slate lean", "+.3f")):
+        e = g.get(key)
+        if e:
+            line += (f"; {label} gap: {e['cf_minus_llm']:{spec}} ({e['ci95'][0]:{spec}} to {e['ci95'][1]:{spec}})")
+    return line
 
 
 def probe_markdown(result: dict[str, Any]) -> str:
@@ -535,7 +573,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     g = result["alpha_gap"]
     print(json.dumps({"run_dir": result["run_dir"], "alpha_gap_request": g["request"],
-                      "alpha_gap_cf_minus_llm": g["cf_minus_llm"], "ci95": g["ci95"]}))
+                      "alpha_gap_cf_minus_llm": g["cf_minus_llm"], "ci95": g["ci95"],
+                      "effective_alpha_gap": g["effective_alpha"]["cf_minus_llm"],
+                      "effective_alpha_ci95": g["effective_alpha"]["ci95"],
+                      "slate_lean_gap": g["slate_lean"]["cf_minus_llm"]}))
     return 0
 
 

@@ -200,3 +200,22 @@ def test_export_of_another_run_is_refused(run_dir: Path, onnx_export: Path, smal
     (exp / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
     with pytest.raises(ProbeError, match="was made from '/somewhere/else'"):
         run_probe(run_dir, ProbeSettings(sessions=1, requests=1, n_boot=10), export_dir=exp, world=small_world)
+
+
+def test_effective_alpha_puts_both_signals_on_one_scale() -> None:
+    """α = 0.9375 on a cosine with spread 0.2 and a CF score with spread 3 weighs the two standardised signals
+    equally (0.5); α = 0.5 there is almost all CF; equal spreads leave α as it is."""
+    import numpy as np
+
+    from bench.feedback_probe import effective_alpha
+    from envs.spaces import F_CF, F_LLM, FEATURE_NAMES
+
+    rng = np.random.default_rng(0)
+    f = np.zeros((50, len(FEATURE_NAMES)))
+    z1, z2 = rng.normal(size=50), rng.normal(size=50)
+    f[:, F_LLM] = 0.2 * (z1 - z1.mean()) / z1.std()
+    f[:, F_CF] = 3.0 * (z2 - z2.mean()) / z2.std()
+    assert effective_alpha(0.9375, f) == pytest.approx(0.5)
+    assert effective_alpha(0.5, f) == pytest.approx(0.2 / 3.2)
+    f[:, F_CF] = 0.2 * (z2 - z2.mean()) / z2.std()
+    assert effective_alpha(0.3, f) == pytest.approx(0.3)
