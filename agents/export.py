@@ -11,37 +11,14 @@
                               item_features (M, 2) f32 [popularity, price], category (M,) int32,
                               category_names (C,) str
     manifest.json             feature schema, N used in training, K, D, M, C, encoder identity, fallback α,
-                              observation decay constants, CF fold-in settings, file hashes, the parity check
+                              category cap, observation decay constants, CF fold-in settings, file hashes, parity
 
-**Where it writes.** The artifact is built in a new temporary folder beside ``--out`` and renamed into place, so
-``--out`` holds the old export or the new one, never half of one. An existing ``--out`` is replaced only when it is
-empty or a previous export (its ``manifest.json`` written here, and nothing but the files that manifest names);
-any other non-empty folder needs ``--force``. The run directory itself, a folder above it, a folder that contains a
-run directory, and the run's own entries (``checkpoints/``, ``tb/``, ``report/`` …) are refused even with
-``--force``: nothing recfeed did not write is deleted unasked, and no run is ever deleted.
-
-**Loading.** The run's policy is read from ``policy.safetensors`` + ``policy.json`` (``agents.ppo_ranker.load_policy``);
-``model.zip`` (SB3's pickled archive) is never opened.
-
-The graph has a dynamic N axis (the policy scores candidates with shared weights), so any number of
-candidates works at serving time. No pickle is needed to load it: ONNX is a protobuf; TorchScript's archive is
-read by ``torch.jit.load`` (TorchScript's own restricted loader: tensors and TorchScript code only, no arbitrary
-Python objects).
-
-The deterministic slate is the top-K by logit or, for a policy with the within-slate category repulsion β_θ(s)
-(``train.policy.category_repulsion``), the greedy walk ``agents.slate_mode.greedy_slates`` over the logits, β and
-the items' categories (``items.npz``), as ``PlackettLuceDistribution.mode`` walks it.
-
-**Parity.** Before anything is written, observations are collected from the run's own env (held-out users, the
-SB3 model choosing slates) and the exported graph must give the same slate as ``PPO.predict(obs,
-deterministic=True)`` on every one of them (a difference is tolerated only where the SB3 slate is also a greedy
-choice over the exported logits within ``1e-5``), with logits, α and β within ``1e-4``; the logits are also
-checked at a second N (``2N + 3``) against the policy's own forward. The result is recorded in the manifest;
-a failed check raises and writes nothing.
-
-The fallback α (what the serving runtime blends with when the model fails or is late) is ``tuned_alpha`` from
-the run's ``summary.json`` when present, else the policy's α at a neutral state (cold user, session start,
-all-zero features).
+The artifact is built in a new folder beside ``--out`` and renamed into place; an existing ``--out`` is replaced
+only when empty or a previous export, and runs are never touched. The policy is read from ``policy.safetensors`` +
+``policy.json`` (``model.zip`` is never opened); nothing in the artifact needs pickle. Before anything is written
+the exported graph must give the SB3 model's deterministic slate on held-out observations (parity; the slate mode
+is ``agents.slate_mode.greedy_slates``, repulsion and category cap included). The rules, the parity tolerances and
+the fallback α: ``docs/serving.md`` ("1. Export").
 """
 
 from __future__ import annotations

@@ -7,49 +7,15 @@ the user clicks at most once per request). The value of a target policy π is th
 ``V(π) = E_x E_{s~π(·|x)} [Σ_k r_k]`` over the logged contexts' distribution. Every estimator below returns that
 value and a 95 % normal interval from its per-request terms (delta method for the self-normalised one).
 
-Estimators and what each needs to be unbiased (besides μ(s|x) > 0 wherever π(s|x) > 0):
-
-* ``ips``, standard slate IPS: ``w(s) = π(s|x)/μ(s|x)`` on the whole slate. No assumption on the reward; its
-  variance grows with the number of slates (N!/(N−K)! of them).
-* ``snips``, self-normalised IPS: ``Σ w R / Σ w``; consistent, biased at O(1/n), lower variance.
-* ``iips``, independent IPS (Li et al., 2018, "Offline evaluation of ranking policies with click models", KDD):
-  ``Σ_k r_k π_k(s_k|x)/μ_k(s_k|x)`` with per-position marginals; needs the reward at position k to depend
-  only on the item at k (independent / position-based model).
-* ``rips``, reward-interaction IPS (McInerney et al., 2020, "Counterfactual evaluation of slate recommendations
-  with sequential reward interactions", KDD): ``Σ_k r_k π(s_{1:k}|x)/μ(s_{1:k}|x)``; needs the cascade
-  assumption: r_k depends only on the items at positions 1..k.
-* ``pi``, the pseudo-inverse estimator (Swaminathan et al., 2017, "Off-policy evaluation for slate
-  recommendation", NeurIPS): ``R · q_π(x)ᵀ Γ_μ(x)⁺ 1_s`` with ``q_π`` the target's (K·N) slot × item marginals and
-  ``Γ_μ = E_μ[1_s 1_sᵀ]``; needs the expected slate reward to be additive over (slot, item) pairs,
-  ``E[R|x,s] = Σ_k φ_x(k, s_k)`` (position-based click models are; MNL choice among the slate is not).
-* ``cascade-dr``, cascade doubly robust (Kiyohara et al., 2022, "Doubly robust off-policy evaluation for ranking
-  policies under the cascade behavior model", WSDM): RIPS with a per-position control variate
-  ``Σ_k [w_{1:k}(r_k − Q̂_k(s_{1:k})) + w_{1:k−1} Σ_a π(a|x,s_{1:k−1}) Q̂_k(s_{1:k−1}, a)]``. Same cascade
-  assumption as RIPS; unbiased for any Q̂ (the correction has mean zero), lower variance the better Q̂ predicts
-  the reward to go. Q̂ here: a ridge regression per position of r_k on the item's observable features and the
-  context (cross-fitted over two halves of the log), plus the rewards expected at later positions when they are
-  drawn from the target's next conditional distribution (an approximation, which only affects the variance).
-
-Policies are Plackett-Luce (PL) over per-candidate logits, optionally mixed with a uniform random slate with
-probability ε (recfeed's logging policy, :func:`envs.logging_policy.logging_policy`, is PL on llm_sim / T mixed with
-ε-uniform). For those, slate and prefix probabilities and the conditional distribution at each position are exact;
-per-position marginals (IIPS, PI) and the pairwise slot × item moments (PI) have no closed form and are estimated by
-Monte Carlo over S prefixes sampled from the policy, Rao-Blackwellised: the marginal of position k is the mean over
-samples of the exact conditional distribution of position k given the sampled prefix (standard error at most
-``sqrt(p(1−p)/S)`` per entry, much less in practice, and never 0 where p > 0, so no importance weight divides by
-a sampled zero); the uniform part of a mixture is added exactly. A deterministic target (a greedy blend) is PL at a
-small temperature.
-
-Why hand-written numpy and not Open Bandit Pipeline (``obp`` 0.5.7, last release April 2023): obp's slate
-estimators (``SlateStandardIPS``, ``SlateIndependentIPS``, ``SlateRewardInteractionIPS``,
-``SlateCascadeDoublyRobust``) take precomputed propensities and a fixed set of ``n_unique_action`` actions per
-slot; the pseudo-inverse estimator is absent; the part that is hard here (PL propensities, marginals and moments
-over each request's own candidates) would be ours anyway, and the estimators themselves are a few lines once
-those are known; obp would also bring seaborn, matplotlib and its own torch requirement into the environment.
-
-The log format (:func:`write_ope_log` / :func:`read_ope_log`) is the simulator's rollout log
-(:data:`envs.rollout_log.ROLLOUT_COLUMNS`, Parquet) plus a sidecar ``<log>.obs.npz`` with the observations the
-targets need and the logging policy's logits and ε (from which every logging propensity is recomputed).
+Estimators (each needs μ(s|x) > 0 wherever π(s|x) > 0): ``ips`` (whole-slate weights; no reward assumption),
+``snips`` (self-normalised), ``iips`` (per-position marginals; independent / position-based rewards; Li et al.,
+KDD 2018), ``rips`` (prefix weights; cascade rewards; McInerney et al., KDD 2020), ``pi`` (pseudo-inverse;
+rewards additive over slot × item; Swaminathan et al., NeurIPS 2017) and ``cascade-dr`` (RIPS with a per-position
+reward model as control variate; Kiyohara et al., WSDM 2022). Policies are Plackett-Luce over per-candidate logits,
+optionally mixed with a uniform slate (recfeed's logging policy): slate and prefix probabilities are exact,
+per-position marginals and PI's moments are Rao-Blackwellised Monte Carlo. Formulas, assumptions, why this is numpy
+and not Open Bandit Pipeline, the log format (rollout log + ``<log>.obs.npz``) and the validation against the
+simulator: ``docs/ope.md``.
 """
 
 from __future__ import annotations
