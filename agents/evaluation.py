@@ -13,8 +13,9 @@ averaged over the session's steps:
 * novelty, the mean ``−log2 p_i`` of the shown items, ``p_i`` their add-one smoothed share of logged clicks
   (Zhou et al., 2010);
 
-plus the set of items shown, for catalog coverage. The statistics and the written report (bootstrap intervals,
-paired tests, tables, plots) are :mod:`agents.report`'s.
+plus precision@K, recall@K and F1@K against the session's own clicked or purchased items
+(:func:`precision_recall_f1`), and the set of items shown, for catalog coverage. The statistics and the written
+report (bootstrap intervals, paired tests, tables, plots) are :mod:`agents.report`'s.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ from envs.spaces import validate_slate
 
 #: Per-episode metrics (arrays of shape (E,)); ``coverage`` and ``oracle_share`` are computed over episodes.
 EPISODE_METRICS: tuple[str, ...] = (
-    "return", "ctr", "clicks", "purchases", "dwell", "length", "diversity", "novelty", "ndcg",
+    "return", "ctr", "clicks", "purchases", "dwell", "length", "diversity", "novelty", "ndcg", "precision", "recall",
+    "f1",
 )
 METRICS: tuple[str, ...] = (*EPISODE_METRICS, "coverage", "oracle_share")
 #: Hidden user types for the breakdown: ρ_u (weight of the semantic taste) in thirds.
@@ -105,6 +107,10 @@ class EpisodeStats:
         ndcg: float64 NDCG@K vs the oracle ordering, mean over steps.
         diversity: float64 intra-list diversity, mean over steps.
         novelty: float64 novelty in bits, mean over steps.
+        precision: float64 precision@K against the session's clicked or purchased items, mean over steps
+            (:func:`precision_recall_f1`).
+        recall: float64 recall@K against the same set, mean over steps.
+        f1: float64 F1@K, the harmonic mean of the episode's ``precision`` and ``recall``.
         users: int64 population indices.
         rho: float64 hidden ρ_u of each episode's user (for the breakdown only).
         seeds: int64 evaluation seed of each episode.
@@ -120,6 +126,9 @@ class EpisodeStats:
     ndcg: np.ndarray
     diversity: np.ndarray
     novelty: np.ndarray
+    precision: np.ndarray
+    recall: np.ndarray
+    f1: np.ndarray
     users: np.ndarray
     rho: np.ndarray
     seeds: np.ndarray
@@ -154,6 +163,44 @@ def ndcg_at_k(relevance: np.ndarray, slate: np.ndarray) -> np.ndarray:
     dcg = np.take_along_axis(relevance, slate, axis=1) @ disc
     ideal = -np.sort(-relevance, axis=1)[:, :k] @ disc
     return np.where(ideal > 0, dcg / np.where(ideal > 0, ideal, 1.0), 1.0)
+
+
+def precision_recall_f1(shown: sparse.csr_matrix, relevant: sparse.csr_matrix, length: np.ndarray,
+                        k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Precision@K, recall@K and F1@K of each session against the items its user clicked or purchased in it.
+
+    The relevant set ``R_e`` of session e is the items clicked or purchased in it. Per request t with slate
+    ``S_t`` (K items), ``P_t = |S_t ∩ R_e| / K`` and ``R_t = |S_t ∩ R_e| / |R_e|`` (0 when ``R_e`` is empty); the
+    session's precision@K and recall@K are their means over its T requests, and F1@K is
+    ``2·P·R / (P + R)`` of those two means (0 when both are 0). Recall is per request because the session-level
+    "share of ``R_e`` shown in some slate" is 1 by construction (an item is clicked only where it is shown).
+    Since ``Σ_t |S_t ∩ R_e| = Σ_{i ∈ R_e} n_e(i)`` with ``n_e(i)`` the slates of session e that showed i, the
+    whole computation is two sparse products, no per-step work.
+
+    Relevance here is the simulated user's own response to the slates, so these metrics are partly circular (a
+    ranker earns them by being clicked, as CTR does); they are reported beside return, not instead of it.
+
+    Args:
+        shown: (E, M) how many of session e's slates showed item i (float or int counts).
+        relevant: (E, M) nonzero where item i was clicked or purchased in session e.
+        length: (E,) requests T of each session.
+        k: Slate size K.
+
+    Returns:
+        ``(precision, recall, f1)``, each float64 (E,) in [0, 1].
+    """
+    rel = sparse.csr_matrix(relevant, copy=True)
+    rel.sum_duplicates()
+    rel.eliminate_zeros()
+    rel.data = np.ones(len(rel.data))
+    hits = np.asarray(sparse.csr_matrix(shown).multiply(rel).sum(axis=1), dtype=np.float64).ravel()  # Σ_t |S_t ∩ R|
+    steps = np.maximum(np.asarray(length, dtype=np.float64), 1.0)
+    n_rel = np.diff(rel.indptr).astype(np.float64)
+    precision = hits / (k * steps)
+    recall = np.where(n_rel > 0, hits / (np.maximum(n_rel, 1.0) * steps), 0.0)
+    total = precision + recall
+    f1 = np.where(total > 0, 2.0 * precision * recall / np.where(total > 0, total, 1.0), 0.0)
+    return precision, recall, f1
 
 
 def intra_list_diversity(unit_emb: np.ndarray, items: np.ndarray) -> np.ndarray:
@@ -224,6 +271,8 @@ def run_episodes(core: BatchedCore, ranker: Ranker, plan: EpisodePlan, progress:
     out = {name: np.zeros(n_ep) for name in sums}
     shown_ep: list[np.ndarray] = []
     shown_item: list[np.ndarray] = []
+    rel_ep: list[np.ndarray] = []
+    rel_item: list[np.ndarray] = []
     obs = _copy(core.observe())
     ranker.reset(np.arange(b), obs)
     bar = tqdm(total=n_ep, desc=desc or ranker.name, disable=not progress, leave=False)
@@ -248,6 +297,9 @@ def run_episodes(core: BatchedCore, ranker: Ranker, plan: EpisodePlan, progress:
         sums["length"] += 1.0
         shown_ep.append(np.repeat(sessions.session[active], core.K))
         shown_item.append(items[active].ravel())
+        r, c = np.nonzero((feedback.clicks | feedback.purchases)[active])  # the session's relevant items
+        rel_ep.append(sessions.session[active][r])
+        rel_item.append(items[active][r, c])
         done = sessions.ended
         if done.size:
             for name, acc in sums.items():
@@ -260,12 +312,17 @@ def run_episodes(core: BatchedCore, ranker: Ranker, plan: EpisodePlan, progress:
             ranker.reset(restart, obs)
     bar.close()
     ep = np.concatenate(shown_ep)
-    shown = sparse.csr_matrix((np.ones(len(ep), bool), (ep, np.concatenate(shown_item))), shape=(n_ep, m))
-    shown.sum_duplicates()
+    counts = sparse.csr_matrix((np.ones(len(ep)), (ep, np.concatenate(shown_item))), shape=(n_ep, m))
+    counts.sum_duplicates()  # slates of each session that showed each item
+    shown = counts.astype(bool)
+    rep = np.concatenate(rel_ep)
+    relevant = sparse.csr_matrix((np.ones(len(rep)), (rep, np.concatenate(rel_item))), shape=(n_ep, m))
+    precision, recall, f1 = precision_recall_f1(counts, relevant, out["length"], core.K)
     steps = np.maximum(out["length"], 1.0)
     return EpisodeStats(
         ret=out["ret"], clicks=out["clicks"], purchases=out["purchases"], dwell=out["dwell"], length=out["length"],
         ndcg=out["ndcg"] / steps, diversity=out["diversity"] / steps, novelty=out["novelty"] / steps,
+        precision=precision, recall=recall, f1=f1,
         users=plan.users.copy(), rho=pop_rho[plan.users], seeds=plan.seeds.copy(), shown=shown,
         seconds=time.perf_counter() - t0,
     )

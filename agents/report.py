@@ -33,6 +33,9 @@ TABLE_COLUMNS: dict[str, tuple[str, str]] = {
     "coverage": ("coverage", ".3f"),
     "novelty": ("novelty", ".2f"),
     "ndcg": ("NDCG@K", ".3f"),
+    "precision": ("P@K", ".3f"),
+    "recall": ("R@K", ".3f"),
+    "f1": ("F1@K", ".3f"),
     "oracle_share": ("oracle share", ".3f"),
 }
 #: Delete-a-group jackknife groups for the coverage interval.

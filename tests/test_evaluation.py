@@ -22,6 +22,7 @@ from agents.evaluation import (
     intra_list_diversity,
     item_novelty,
     ndcg_at_k,
+    precision_recall_f1,
     run_episodes,
 )
 from agents.rankers import BlendRanker, OracleRanker, RandomRanker
@@ -108,6 +109,36 @@ def test_ndcg_by_hand() -> None:
     assert out[0] == pytest.approx((0.1 + 0.4 / math.log2(3)) / ideal)
     assert out[1] == 1.0  # nothing relevant: every slate is ideal
     assert ndcg_at_k(rel[:1], np.array([[1, 2]]))[0] == pytest.approx(1.0)
+
+
+def _per_request_prf(slates: list[list[int]], relevant: set[int], k: int) -> tuple[float, float, float]:
+    """The definition, literally: per-request P and R against the session's set, averaged; F1 of the means."""
+    p = [len(set(s) & relevant) / k for s in slates]
+    r = [len(set(s) & relevant) / len(relevant) if relevant else 0.0 for s in slates]
+    mp, mr = sum(p) / len(p), sum(r) / len(r)
+    return mp, mr, (2 * mp * mr / (mp + mr) if mp + mr else 0.0)
+
+
+def test_precision_recall_f1_by_hand() -> None:
+    """Three hand-made sessions (K = 2, M = 6): the sparse computation equals the per-request definition."""
+    sessions = [([[0, 1], [1, 2], [2, 3]], [1]),  # item 1 clicked; shown in 2 of 3 slates
+                ([[0, 1], [0, 2]], []),  # no click
+                ([[4, 5]], [4, 4])]  # click and purchase of item 4: one relevant item
+    ep, it, rep, rit = [], [], [], []
+    for e, (slates, rel) in enumerate(sessions):
+        for s in slates:
+            ep += [e] * len(s)
+            it += s
+        rep += [e] * len(rel)
+        rit += rel
+    shown = sparse.csr_matrix((np.ones(len(ep)), (ep, it)), shape=(3, 6))
+    relevant = sparse.csr_matrix((np.ones(len(rep)), (rep, rit)), shape=(3, 6))
+    p, r, f1 = precision_recall_f1(shown, relevant, np.array([3.0, 2.0, 1.0]), 2)
+    assert p == pytest.approx([1 / 3, 0.0, 0.5])
+    assert r == pytest.approx([2 / 3, 0.0, 1.0])
+    assert f1 == pytest.approx([4 / 9, 0.0, 2 / 3])
+    for e, (slates, rel) in enumerate(sessions):
+        assert (p[e], r[e], f1[e]) == pytest.approx(_per_request_prf(slates, set(rel), 2))
 
 
 def test_intra_list_diversity_by_hand() -> None:
@@ -218,6 +249,10 @@ def test_engine_metrics_on_scripted_episodes(batch: int) -> None:
     assert st.novelty == pytest.approx([2.0, 2.5, 2.0])
     assert st.rho.tolist() == [0.2, 0.9, 0.2]
     assert st.shown.toarray().astype(int).tolist() == [[1, 1, 0, 0], [0, 1, 1, 0], [1, 1, 0, 0]]
+    # each user clicks their first item on the first request and sees it again on the second: P = 2/4, R = 2/2
+    assert st.metric("precision") == pytest.approx([0.5] * 3)
+    assert st.metric("recall") == pytest.approx([1.0] * 3)
+    assert st.metric("f1") == pytest.approx([2 / 3] * 3)
     assert coverage(st.shown)["mean"] == 0.75
     assert ranker.resets[0] == list(range(batch))
     assert sum(len(r) for r in ranker.resets[1:]) == max(0, 3 - batch)  # refills as sessions end
@@ -304,6 +339,16 @@ def test_write_report(tmp_path: Path, small_world: World, small_cfg: EnvConfig) 
     assert paths["csv"].read_text().splitlines()[0].startswith("ranker,metric,mean,ci95_lo,ci95_hi")
     table = paths["markdown"].read_text()
     assert table == markdown_table(res) and "oracle †" in table and "(reference)" in table
+    header = table.splitlines()[0]
+    assert all(f"| {c}@{k} |" in header for c in ("NDCG", "P", "R", "F1")), header
+    for m in ("precision", "recall", "f1"):
+        row = res["rankers"]["oracle"][m]
+        assert 0.0 <= row["ci95"][0] <= row["mean"] <= row["ci95"][1] <= 1.0
+        assert m in res["paired"]["results"]["oracle"]
+    # every click is a relevant item in the slate it was clicked in: precision >= clicks / (K · length)
+    o = st["oracle"]
+    assert np.all(o.precision >= o.clicks / (k * np.maximum(o.length, 1)) - 1e-12)
+    assert np.all((o.recall > 0) == (o.clicks > 0))
     for name in ("metrics", "alpha_curve", "by_rho"):
         assert paths[name].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not [p for p in (tmp_path / "rep").rglob("*.tmp")]

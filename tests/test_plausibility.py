@@ -41,7 +41,8 @@ def _stats(clicks: list[float], purchases: list[float], dwell: list[float], leng
     arr = np.asarray
     return EpisodeStats(ret=arr(clicks, float), clicks=arr(clicks, float), purchases=arr(purchases, float),
                         dwell=arr(dwell, float), length=arr(length, float), ndcg=np.zeros(e), diversity=np.zeros(e),
-                        novelty=np.zeros(e), users=np.arange(e), rho=np.linspace(0, 1, e), seeds=np.zeros(e, np.int64),
+                        novelty=np.zeros(e), precision=np.zeros(e), recall=np.zeros(e), f1=np.zeros(e),
+                        users=np.arange(e), rho=np.linspace(0, 1, e), seeds=np.zeros(e, np.int64),
                         shown=sparse.csr_matrix((e, 5), dtype=bool), seconds=1.0)
 
 
