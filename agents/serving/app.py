@@ -1,7 +1,8 @@
 """The HTTP ranking service: FastAPI over :class:`agents.serving.ServingRuntime`, run by uvicorn.
 
 ``python -m agents.serve RUN_DIR [--redis URL] [--port 8000]`` (or ``python -m agents.serving``): ``POST
-/recommend``, ``POST /feedback``, ``GET /health``, ``GET /metrics``; errors ``{"error": code, "detail": ...}``.
+/recommend``, ``POST /feedback``, ``DELETE /users/{id}``, ``GET /health``, ``GET /metrics``; errors
+``{"error": code, "detail": ...}``.
 docs/serving.md has the endpoints, every error status, the limits and the trust model.
 """
 
@@ -28,12 +29,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from agents.serving.errors import CorruptStateError, InvalidRequestError, StoreConflictError, UnknownItemsError
 from agents.serving.messages import Event
+from agents.serving.privacy import LOG_KEY_ENV, install_access_log_filter
 from agents.serving.runtime import ServingRuntime
 
 MAX_ID_LEN = 256
 MAX_EVENTS = 1000
 DEFAULT_MAX_BODY_BYTES = 256 * 1024
-ENDPOINTS = ("/recommend", "/feedback", "/health", "/metrics")
+#: Idle time after which a user's state is forgotten, in both stores (30 days; ``--state-ttl-s``).
+DEFAULT_STATE_TTL_S = 30 * 86400
+ENDPOINTS = ("/recommend", "/feedback", "/health", "/metrics", "/users/{id}")
+USERS_PREFIX = "/users/"
 OPEN_PATHS = frozenset({"/health"})
 #: The status ``recfeed_http_requests_total`` records for a client that disconnected before its body arrived
 #: (nginx's "client closed request"; no response was sent).
@@ -212,7 +217,7 @@ class _Guard:
             else:
                 await self.app(scope, receive, send_status)
         finally:
-            endpoint = path if path in ENDPOINTS else "other"
+            endpoint = path if path in ENDPOINTS else "/users/{id}" if path.startswith(USERS_PREFIX) else "other"
             key = (endpoint, status[0])
             counter = self._counters.get(key)
             if counter is None:  # a handful of (endpoint, status) pairs: cached children, no labels() per request
@@ -306,6 +311,22 @@ def create_app(runtime: ServingRuntime, api_key: str | None = None, max_body_byt
     app.router.add_route("/recommend", recommend, methods=["POST"])
     app.router.add_route("/feedback", feedback, methods=["POST"])
 
+    async def forget(request: Request) -> Response:
+        """``DELETE /users/{id}``: erase the user's state (204), or 404 ``unknown_user``."""
+        user_id = request.path_params["user_id"]
+        if not 1 <= len(user_id) <= MAX_ID_LEN:
+            return _error(422, "invalid_request", f"the user id must have 1 to {MAX_ID_LEN} characters")
+        try:
+            erased = await call(runtime.forget_user, user_id)
+        except known as exc:
+            return _error_response(exc)
+        if not erased:
+            return _error(404, "unknown_user", "no state is held for this user (never seen, erased, or expired)")
+        return Response(status_code=204)
+
+    app.router.add_route(USERS_PREFIX + "{user_id:path}", forget, methods=["DELETE"])
+    install_access_log_filter(runtime.hash_user_id)  # uvicorn's access log writes the path: only the pseudonym
+
     @app.get("/health")
     async def health() -> Response:
         h = await call(runtime.health)
@@ -351,8 +372,23 @@ def _api_key(args: argparse.Namespace) -> str | None:
 def _build(conf: dict[str, Any]) -> FastAPI:
     runtime = ServingRuntime.load(conf["artifact"], conf["redis"], time_budget_ms=conf["time_budget_ms"],
                          session_timeout_s=conf["session_timeout_s"], max_candidates=conf["max_candidates"],
-                         cf_fold_in=conf["cf_fold_in"], threads=conf.get("model_threads", 1))
+                         cf_fold_in=conf["cf_fold_in"], threads=conf.get("model_threads", 1),
+                         **_ttl_kwargs(conf.get("state_ttl_s", DEFAULT_STATE_TTL_S)), log_key=conf.get("log_key"))
     return create_app(runtime, api_key=conf["api_key"], max_body_bytes=conf["max_body_bytes"])
+
+
+def _ttl_kwargs(ttl_s: int) -> dict[str, Any]:
+    """``--state-ttl-s`` (0: never) as the runtime's two expiries: the in-process store's and Redis's."""
+    return {"state_ttl_s": ttl_s or None, "redis_ttl_s": ttl_s or None}
+
+
+def _log_key(args: argparse.Namespace) -> str | None:
+    if args.log_key_file:
+        key = Path(args.log_key_file).read_text(encoding="utf-8").strip()
+        if not key:
+            raise ValueError(f"{args.log_key_file} is empty")
+        return key
+    return os.environ.get(LOG_KEY_ENV) or None
 
 
 def app_from_env() -> FastAPI:
@@ -424,6 +460,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--no-cf-fold-in", action="store_true", help="keep CF factors fixed (imported or zero)")
     ap.add_argument("--api-key-file", default=None,
                     help=f"file holding the API key (else ${API_KEY_ENV}; neither: no authentication)")
+    ap.add_argument("--state-ttl-s", type=_int_arg(0), default=DEFAULT_STATE_TTL_S,
+                    help="idle seconds after which a user's state is forgotten, in memory and in Redis (default 30 "
+                    "days; 0: never)")
+    ap.add_argument("--log-key-file", default=None,
+                    help=f"file holding the key of the user-id hash in logs (else ${LOG_KEY_ENV}; neither: a random "
+                    "key per process)")
     ap.add_argument("--workers", type=_int_arg(1), default=1, help="uvicorn worker processes (needs --redis)")
     ap.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug",
                                                                 "trace"])
@@ -442,6 +484,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         api_key = _api_key(args)
+        log_key = _log_key(args)
         if api_key is None and not is_loopback(args.host) and not args.insecure:
             raise ValueError(f"--host {args.host} is not a loopback address and no API key is set: anyone who "
                              f"reaches the port could read and write every user's state. Set ${API_KEY_ENV} or "
@@ -450,7 +493,8 @@ def main(argv: list[str] | None = None) -> int:
         conf = {"artifact": str(artifact), "redis": args.redis, "time_budget_ms": args.time_budget_ms,
                 "session_timeout_s": args.session_timeout_s, "max_candidates": args.max_candidates,
                 "max_body_bytes": args.max_body_bytes, "cf_fold_in": not args.no_cf_fold_in,
-                "model_threads": args.model_threads, "api_key": api_key}
+                "model_threads": args.model_threads, "api_key": api_key, "state_ttl_s": args.state_ttl_s,
+                "log_key": log_key}
         if args.workers == 1:
             app = _build(conf)
     except (FileNotFoundError, ValueError, OSError) as exc:
@@ -464,9 +508,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.workers == 1:
         uvicorn.run(app, **common)
     else:
-        os.environ[CONFIG_ENV] = json.dumps({**conf, "api_key": None})
+        os.environ[CONFIG_ENV] = json.dumps({**conf, "api_key": None, "log_key": None})
         if conf["api_key"]:
             os.environ[API_KEY_ENV] = conf["api_key"]
+        if log_key:  # every worker hashes user ids with the same key
+            os.environ[LOG_KEY_ENV] = log_key
         uvicorn.run("agents.serving.app:app_from_env", factory=True, workers=args.workers, **common)
     return 0
 

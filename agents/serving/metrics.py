@@ -53,3 +53,8 @@ class ServingMetrics:
         self.by_event = {t: self.events.labels(t) for t in EVENT_TYPES}
         self.by_ignore = {r: self.ignored.labels(r) for r in IGNORE_REASONS}
         self.by_context = [self.out_of_range.labels(n) for n in CONTEXT_NAMES]
+        self.users_erased = Counter("recfeed_users_erased_total", "User states erased on request (DELETE "
+                                    "/users/{id}, ServingRuntime.forget_user)", registry=r)
+        self.users_expired = Counter("recfeed_users_expired_total", "User states the in-process store forgot after "
+                                     "their idle time (Redis expires its keys itself: see its expired_keys)",
+                                     registry=r)

@@ -10,6 +10,7 @@ Features, context and their updates mean what the simulator's do; docs/serving.m
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -28,6 +29,7 @@ from agents.serving.errors import CorruptStateError, InvalidRequestError, ModelT
 from agents.serving.features import candidate_features, consume, fold_in
 from agents.serving.messages import EVENT_TYPES, Event, Recommendation
 from agents.serving.metrics import ServingMetrics
+from agents.serving.privacy import UserIdHasher
 from agents.serving.runners import PolicyModel, ThreadedModel, load_model
 from agents.serving.state import (
     ARRAY_FIELDS,
@@ -42,6 +44,8 @@ from envs import features as obs_state
 from envs.features import context_bounds
 from envs.spaces import CONTEXT_NAMES, F_CF, F_LLM, FEATURE_NAMES
 from envs.users import pool_history
+
+log = logging.getLogger("agents.serving")
 
 
 class ServingRuntime:
@@ -96,6 +100,9 @@ class ServingRuntime:
         self._started = time.time()
         if items.dim != int(manifest["dim"]) or items.n_items != int(manifest["n_items"]):
             raise ValueError("items.npz does not match the manifest (D or M differ)")
+        self.hash_user_id = UserIdHasher()  # user ids in logs (load(log_key=...) sets the deployment's key)
+        if hasattr(store, "on_expire"):
+            store.on_expire = self.metrics.users_expired.inc
 
     # ---- construction ----------------------------------------------------------------------------------------
 
@@ -104,7 +111,8 @@ class ServingRuntime:
              session_timeout_s: float = 1800.0, cf_fold_in: bool = True, max_candidates: int = 1000,
              max_k: int = 100, verify: bool = True, on_model_error: Literal["raise", "fallback"] = "raise",
              threads: int = 1, redis_prefix: str | None = None, redis_ttl_s: int | None = 30 * 86400,
-             clock: Callable[[], float] = time.time) -> ServingRuntime:
+             clock: Callable[[], float] = time.time, state_ttl_s: float | None = 30 * 86400,
+             log_key: bytes | str | None = None) -> ServingRuntime:
         """Load an exported artifact directory (written by ``python -m agents.export``).
 
         Args:
@@ -122,8 +130,11 @@ class ServingRuntime:
                 ``torch.set_num_threads`` on the model's thread, which is process-global in torch).
             redis_prefix: Redis key prefix (default ``recfeed:s<state version>:<items fingerprint>:user:``: states
                 hold item rows, so a different catalog or state format gets a different key space).
-            redis_ttl_s: Expiry of idle users' Redis state.
+            redis_ttl_s: Expiry of idle users' Redis state (``None``: never).
             clock: Wall clock.
+            state_ttl_s: Idle time after which the in-process store forgets a user (``None``: never; LRU only).
+            log_key: Key of the user-id hash in logs (default ``$RECFEED_LOG_KEY``, else random per process;
+                :class:`agents.serving.privacy.UserIdHasher`).
 
         Returns:
             The runtime.
@@ -149,7 +160,7 @@ class ServingRuntime:
             model = None
         st: StateStore
         if store is None or store == "memory":
-            st = MemoryStore()
+            st = MemoryStore(ttl_s=state_ttl_s, clock=clock)
         elif isinstance(store, str):
             if not store.startswith(("redis://", "rediss://", "unix://")):
                 raise ValueError(f"store must be 'memory' or a redis:// URL, got {store!r}")
@@ -159,6 +170,8 @@ class ServingRuntime:
             st = store
         runtime = cls(m, items, model, st, time_budget_ms=time_budget_ms, session_timeout_s=session_timeout_s,
                       cf_fold_in=cf_fold_in, max_candidates=max_candidates, max_k=max_k, clock=clock)
+        if log_key is not None:
+            runtime.hash_user_id = UserIdHasher(log_key)
         runtime.warm_up()
         return runtime
 
@@ -526,6 +539,27 @@ class ServingRuntime:
     def end_session(self, user_id: str) -> None:
         """End the user's session now (the next request starts a new one)."""
         self.store.transact(user_id, lambda st: st.reset_session(), self._new_state)
+
+    def forget_user(self, user_id: str) -> bool:
+        """Erase everything held for ``user_id`` (pooled state, CF factor and its fold-in, session): their next
+        request starts as a new user's.
+
+        Args:
+            user_id: The user.
+
+        Returns:
+            Whether a state was held (``False``: unknown, or already expired).
+
+        Raises:
+            InvalidRequestError: For an empty or non-string id.
+        """
+        if not isinstance(user_id, str) or not user_id:
+            raise InvalidRequestError("user_id must be a non-empty string")
+        erased = bool(self.store.delete(user_id))
+        if erased:
+            self.metrics.users_erased.inc()
+        log.info("forget user %s: %s", self.hash_user_id(user_id), "erased" if erased else "not held")
+        return erased
 
     def user_state(self, user_id: str) -> UserState | None:
         """A snapshot of the user's state (``None`` if unknown), its CF factor solved."""

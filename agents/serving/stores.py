@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import os
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
@@ -27,8 +29,8 @@ class StateStore(Protocol):
         """A snapshot of the user's state (``None`` if absent); changing it changes nothing stored."""
         ...
 
-    def delete(self, user_id: str) -> None:
-        """Forget a user."""
+    def delete(self, user_id: str) -> bool:
+        """Forget a user; whether a state was held for them."""
         ...
 
     def ping(self) -> bool:
@@ -55,32 +57,97 @@ class _Stripes:
 
 
 class MemoryStore:
-    """In-process user states, least-recently-used first out beyond ``max_users``.
+    """In-process user states, least-recently-used first out beyond ``max_users``, forgotten after ``ttl_s`` idle.
 
     Updates of one user are serialised by a striped lock; different users proceed concurrently.
 
+    **Expiry** (no background thread): a user whose last write (``transact``: a recorded request, feedback,
+    an import, a session end) is more than ``ttl_s`` old is treated as absent when next read or written (and
+    dropped then), and each write also drops up to ``sweep_batch`` expired users from the least-recently-written
+    end, so idle users do not pile up between their own visits. A read (``get``) does not refresh a user, as a
+    Redis ``HGET`` does not refresh its key's TTL.
+
     Args:
         max_users: Users kept (the oldest are forgotten beyond it; a few KB each).
+        ttl_s: Idle time after which a user is forgotten (``None``: kept until evicted or deleted).
+        clock: Wall clock in seconds (injectable for tests).
+        sweep_batch: Expired users dropped per write at most.
+
+    Attributes:
+        on_expire: Called with the number of users that expired (lazily or by a sweep), if set.
     """
 
     kind = "memory"
 
-    def __init__(self, max_users: int = 100_000) -> None:
+    def __init__(self, max_users: int = 100_000, ttl_s: float | None = None, clock: Callable[[], float] = time.time,
+                 sweep_batch: int = 16) -> None:
         if max_users < 1:
             raise ValueError(f"max_users must be >= 1, got {max_users}")
+        if ttl_s is not None and not (isinstance(ttl_s, int | float) and not isinstance(ttl_s, bool)
+                                      and math.isfinite(ttl_s) and ttl_s > 0):
+            raise ValueError(f"ttl_s must be None or a finite number > 0, got {ttl_s!r}")
+        if sweep_batch < 1:
+            raise ValueError(f"sweep_batch must be >= 1, got {sweep_batch}")
         self.max_users = max_users
-        self._users: OrderedDict[str, UserState] = OrderedDict()
+        self.ttl_s = None if ttl_s is None else float(ttl_s)
+        self.clock = clock
+        self.sweep_batch = sweep_batch
+        self._users: OrderedDict[str, UserState] = OrderedDict()  # least recently written first
+        self._written: dict[str, float] = {}  # user → time of the last write
         self._lock = threading.Lock()
         self._stripes = _Stripes()
         self.evictions = 0
+        self.expired = 0
+        self.on_expire: Callable[[int], None] | None = None
+
+    def _stale(self, user_id: str, now: float) -> bool:
+        """The user is held but idle for longer than ``ttl_s`` (caller holds ``_lock``)."""
+        return self.ttl_s is not None and now - self._written.get(user_id, now) > self.ttl_s
+
+    def _drop(self, user_id: str) -> bool:
+        """Forget one user (caller holds ``_lock``); whether it was held."""
+        self._written.pop(user_id, None)
+        return self._users.pop(user_id, None) is not None
+
+    def _expired(self, n: int) -> None:
+        if n:
+            self.expired += n
+            if self.on_expire is not None:
+                self.on_expire(n)
+
+    def sweep(self, limit: int | None = None) -> int:
+        """Drop up to ``limit`` (default ``sweep_batch``) expired users, oldest first.
+
+        Returns:
+            Users dropped.
+        """
+        if self.ttl_s is None:
+            return 0
+        now, n, limit = self.clock(), 0, self.sweep_batch if limit is None else limit
+        with self._lock:
+            while n < limit and self._users:
+                oldest = next(iter(self._users))
+                if not self._stale(oldest, now):
+                    break  # written in order: everyone after it is younger
+                self._drop(oldest)
+                n += 1
+        self._expired(n)
+        return n
 
     def transact(self, user_id: str, fn: Callable[[UserState], R], new: Callable[[], UserState]) -> R:
         """See :class:`StateStore`."""
         with self._stripes(user_id):
+            now = self.clock()
+            expired = 0
             with self._lock:
                 st = self._users.get(user_id)
+                if st is not None and self._stale(user_id, now):
+                    self._drop(user_id)
+                    st, expired = None, 1
                 if st is not None:
                     self._users.move_to_end(user_id)
+                    self._written[user_id] = now
+            self._expired(expired)
             created = st is None
             if st is None:
                 st = new()
@@ -88,29 +155,41 @@ class MemoryStore:
             if created:
                 with self._lock:
                     self._users[user_id] = st
+                    self._written[user_id] = now
                     while len(self._users) > self.max_users:
-                        self._users.popitem(last=False)
+                        oldest, _ = self._users.popitem(last=False)
+                        self._written.pop(oldest, None)
                         self.evictions += 1
-            return result
+        self.sweep()
+        return result
 
     def get(self, user_id: str) -> UserState | None:
         """See :class:`StateStore`."""
         with self._stripes(user_id):
-            st = self._users.get(user_id)
+            expired = False
+            with self._lock:
+                st = self._users.get(user_id)
+                if st is not None and self._stale(user_id, self.clock()):
+                    self._drop(user_id)
+                    st, expired = None, True
+            self._expired(int(expired))
             return None if st is None else st.copy()
 
-
-    def delete(self, user_id: str) -> None:
-        """See :class:`StateStore`."""
-        with self._stripes(user_id), self._lock:
-            self._users.pop(user_id, None)
+    def delete(self, user_id: str) -> bool:
+        """See :class:`StateStore` (an expired user counts as expired, not deleted: ``False``)."""
+        with self._stripes(user_id):
+            with self._lock:
+                stale = user_id in self._users and self._stale(user_id, self.clock())
+                held = self._drop(user_id)
+            self._expired(int(stale))
+            return held and not stale
 
     def ping(self) -> bool:
         """Always reachable."""
         return True
 
     def size(self) -> int:
-        """Users held."""
+        """Users held (expired users not yet dropped included)."""
         return len(self._users)
 
     def close(self) -> None:
@@ -182,9 +261,9 @@ class RedisStore:
         blob = self._redis.hget(self._key(user_id), "s")
         return decode_state(blob) if blob else None
 
-    def delete(self, user_id: str) -> None:
-        """See :class:`StateStore`."""
-        self._redis.delete(self._key(user_id))
+    def delete(self, user_id: str) -> bool:
+        """See :class:`StateStore` (a key Redis already expired is not held: ``False``)."""
+        return bool(self._redis.delete(self._key(user_id)))
 
     def ping(self) -> bool:
         """Redis answers PING."""
