@@ -120,3 +120,4 @@ def test_exported_score_parts_match_the_policy(fmt: str, run_dir: Path, onnx_exp
     plain = run_exported(out / MODEL_FILES[fmt], fmt, args, names)
     np.testing.assert_allclose(plain[0], logits, rtol=0, atol=1e-6)
     np.testing.assert_allclose(plain[1], alpha, rtol=0, atol=1e-7)
+    np.testing.assert_allclose(plain[2], beta, rtol=0, atol=1e-7)
