@@ -25,6 +25,11 @@ last layer has orthogonal gain ``residual_init_scale`` (near 0): the policy star
 (its mode is the fixed-α greedy top-K) and PPO learns where to depart from it. The slate is drawn from a
 :class:`agents.distributions.PlackettLuceDistribution` over the logits.
 
+**Explanations.** :meth:`SlatePolicy.score_parts` splits each logit into additive parts (the LLM and CF terms
+of the blend, the fixed diversity penalty, the learned residual, the range clip; :data:`SCORE_PARTS`), computed
+in the same pass as the logits; the exported graph returns them as its ``parts`` output (``docs/serving.md``,
+"Explanations").
+
 The critic is a separate MLP over the same state input (user, context, candidate summaries) unless
 ``share_state_net`` is set, in which case it reads the actor's state embedding.
 """
