@@ -71,7 +71,9 @@ class PolicyModel(Protocol):
     """What the runtime needs from a model: ``run(inputs, deadline) -> (logits (N,), alpha, repulsion β)``.
 
     A model whose class sets ``enforces_deadline = True`` returns or raises by its deadline itself (ONNX Runtime:
-    cancelled by the watchdog); any other model is run by the runtime on a :class:`ThreadedModel`.
+    cancelled by the watchdog); any other model is run by the runtime on a :class:`ThreadedModel`. A model that
+    can explain its logits also has ``run_explained(inputs, deadline) -> (logits (N,), alpha, β, parts (N, P))``
+    (the same run with the graph's ``parts`` output); without it the runtime refuses ``explain``.
     """
 
     def run(self, inputs: dict[str, np.ndarray], deadline: float) -> tuple[np.ndarray, float, float]:
