@@ -5,7 +5,8 @@
 
     policy.onnx | policy.pt   the actor: (user (B, D), features (B, N, F), context (B, C)
                               [, candidates (B, N) int64] [, item_emb (B, N, D)])
-                              -> (logits (B, N), alpha (B,), repulsion (B,))
+                              -> (logits (B, N), alpha (B,), repulsion (B,), parts (B, N, P))
+                              (parts: the logits' additive parts, named by the manifest's "score_parts")
     items.npz                 what the runtime needs to build features (np.load(allow_pickle=False)):
                               ids (M,) str, item_emb (M, D) f32, item_factors (M, F') f32,
                               item_features (M, 2) f32 [popularity, price], category (M,) int32,
@@ -41,7 +42,8 @@ import numpy as np
 import torch as th
 from torch import nn
 
-from agents.serving.runners import run_exported
+from agents.policies import SCORE_PARTS
+from agents.serving.runners import run_exported, run_exported_parts
 from agents.slate_mode import greedy_slates, is_greedy_path
 from configs.fileio import sha256_file
 from configs.loader import load_config, to_dict
@@ -50,7 +52,7 @@ from envs.core import OBS_DECAY
 from envs.spaces import CONTEXT_NAMES, FEATURE_NAMES
 from envs.world import World
 
-EXPORT_VERSION = 2  # 2: the manifest carries "category_cap"
+EXPORT_VERSION = 3  # 2: the manifest carries "category_cap"; 3: the "parts" output and "score_parts"
 MANIFEST_FILE = "manifest.json"
 #: ``manifest.json``'s ``producer``: how a previous export is recognised (see :func:`is_previous_export`).
 PRODUCER = "recfeed.agents.export"
@@ -65,8 +67,8 @@ TIE_TOL = 1e-5
 #: Largest tolerated |logit| / |α| difference between the exported graph and the SB3 policy.
 VALUE_TOL = 1e-4
 
-#: Graph outputs.
-OUTPUTS = ["logits", "alpha", "repulsion"]
+#: Graph outputs (``parts`` (B, N, P): each logit's additive parts, :data:`agents.policies.SCORE_PARTS`).
+OUTPUTS = ["logits", "alpha", "repulsion", "parts"]
 
 Format = Literal["onnx", "torchscript"]
 
@@ -74,8 +76,8 @@ Format = Literal["onnx", "torchscript"]
 class PolicyGraph(nn.Module):
     """The policy's actor as a plain module over tensors, for tracing.
 
-    Calls :meth:`agents.policies.SlatePolicy.score_candidates`, so the graph is the policy's
-    function by construction (no copy of its code).
+    Calls :meth:`agents.policies.SlatePolicy.score_candidates_explained`, so the graph is the policy's
+    function by construction (no copy of its code), and the logits' parts come from the same pass.
 
     Args:
         policy: The trained SlatePolicy (put in eval mode).
@@ -88,14 +90,15 @@ class PolicyGraph(nn.Module):
         self.policy = policy
         self.input_names = list(input_names)
 
-    def forward(self, *inputs: th.Tensor) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
+    def forward(self, *inputs: th.Tensor) -> tuple[th.Tensor, th.Tensor, th.Tensor, th.Tensor]:
         """``(user (B, D), features (B, N, F), context (B, C)[, candidates (B, N)][, item_emb (B, N, D)])``
-        → ``(logits (B, N), alpha (B,), repulsion (B,))`` (repulsion β = 0 for a policy without one)."""
+        → ``(logits (B, N), alpha (B,), repulsion (B,), parts (B, N, P))`` (repulsion β = 0 for a policy without
+        one; the parts sum to the logits, see :meth:`agents.policies.SlatePolicy.score_parts`)."""
         obs = dict(zip(self.input_names, inputs, strict=True))
         if "candidates" in obs:
             obs["candidates"] = obs["candidates"].to(th.float32)  # as SB3's preprocess_obs hands it over
-        logits, alpha, beta = self.policy.score_candidates(obs)
-        return logits, alpha, th.zeros_like(alpha) if beta is None else beta
+        logits, alpha, beta, parts = self.policy.score_candidates_explained(obs)
+        return logits, alpha, th.zeros_like(alpha) if beta is None else beta, parts
 
 
 def has_repulsion(policy: Any) -> bool:
@@ -310,6 +313,7 @@ def _write_graph(graph: PolicyGraph, example: tuple[th.Tensor, ...], names: list
             dyn["logits"] = {0: "B", 1: "N"}
             dyn["alpha"] = {0: "B"}
             dyn["repulsion"] = {0: "B"}
+            dyn["parts"] = {0: "B", 1: "N"}
             th.onnx.export(graph, example, str(path), input_names=names, output_names=OUTPUTS,
                            dynamic_axes=dyn, opset_version=ONNX_OPSET, dynamo=False)
             import onnx
@@ -331,6 +335,8 @@ class ParityReport:
         slates_equal_up_to_ties: Observations whose slate differs only between tied candidates.
         max_abs_logit_diff: Over all observations and candidates.
         max_abs_alpha_diff: Of α and of the repulsion β, over all observations.
+        max_abs_parts_diff: Of the logits' parts (the graph's ``parts`` output against
+            :meth:`agents.policies.SlatePolicy.score_parts`), over all observations, candidates and parts.
         other_n: The second N checked against the policy's forward.
         other_n_max_abs_logit_diff: Its largest logit difference.
     """
@@ -340,6 +346,7 @@ class ParityReport:
     slates_equal_up_to_ties: int
     max_abs_logit_diff: float
     max_abs_alpha_diff: float
+    max_abs_parts_diff: float
     other_n: int
     other_n_max_abs_logit_diff: float
 
@@ -347,7 +354,8 @@ class ParityReport:
     def ok(self) -> bool:
         """Every slate agrees (up to ties) and the values are within :data:`VALUE_TOL`."""
         return (self.slates_equal_up_to_ties == self.observations and self.max_abs_logit_diff <= VALUE_TOL
-                and self.max_abs_alpha_diff <= VALUE_TOL and self.other_n_max_abs_logit_diff <= VALUE_TOL)
+                and self.max_abs_alpha_diff <= VALUE_TOL and self.max_abs_parts_diff <= VALUE_TOL
+                and self.other_n_max_abs_logit_diff <= VALUE_TOL)
 
 
 def parity_check(model: Any, path: Path, fmt: Format, names: list[str], obs: dict[str, np.ndarray],
@@ -373,8 +381,9 @@ def parity_check(model: Any, path: Path, fmt: Format, names: list[str], obs: dic
         ref_alpha = policy.alpha(obs).cpu().numpy()
         rep = policy.repulsion(obs) if has_repulsion(policy) else None
         ref_beta = np.zeros_like(ref_alpha) if rep is None else rep.cpu().numpy()
+        ref_parts = policy.score_parts_tensor(obs).cpu().numpy()
     args = tuple(a.numpy() for a in _graph_args(obs, names))
-    logits, alpha, beta = run_exported(path, fmt, args, names)
+    logits, alpha, beta, parts = run_exported_parts(path, fmt, args, names)
     groups = categories[obs["candidates"]] if has_repulsion(policy) else None
     cap = getattr(policy, "category_cap", None)
     ours = greedy_slates(logits, slate_size, groups, beta, cap)
@@ -390,7 +399,7 @@ def parity_check(model: Any, path: Path, fmt: Format, names: list[str], obs: dic
            if key in names}
     big_args = _graph_args(big, names)
     with th.no_grad():
-        ref2, _, _ = PolicyGraph(policy, names)(*big_args)
+        ref2 = PolicyGraph(policy, names)(*big_args)[0]
     got2, _, _ = run_exported(path, fmt, tuple(a.numpy() for a in big_args), names)
     return ParityReport(
         observations=len(equal),
@@ -398,6 +407,7 @@ def parity_check(model: Any, path: Path, fmt: Format, names: list[str], obs: dic
         slates_equal_up_to_ties=int(ties.sum()),
         max_abs_logit_diff=float(np.abs(logits - ref_logits).max()),
         max_abs_alpha_diff=float(max(np.abs(alpha - ref_alpha).max(), np.abs(beta - ref_beta).max())),
+        max_abs_parts_diff=float(np.abs(parts - ref_parts).max()),
         other_n=n2,
         other_n_max_abs_logit_diff=float(np.abs(got2 - ref2.numpy()).max()),
     )
@@ -497,6 +507,7 @@ def export_run(run_dir: str | Path, fmt: Format = "onnx", out: str | Path | None
             "sha256": {MODEL_FILES[fmt]: sha256_file(model_path), ITEMS_FILE: sha256_file(tmp / ITEMS_FILE)},
             "inputs": names,
             "outputs": OUTPUTS,
+            "score_parts": list(SCORE_PARTS),
             "repulsion": has_repulsion(policy),
             "category_cap": getattr(policy, "category_cap", None),
             "feature_names": list(FEATURE_NAMES),

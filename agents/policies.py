@@ -25,6 +25,11 @@ last layer has orthogonal gain ``residual_init_scale`` (near 0): the policy star
 (its mode is the fixed-α greedy top-K) and PPO learns where to depart from it. The slate is drawn from a
 :class:`agents.distributions.PlackettLuceDistribution` over the logits.
 
+**Explanations.** :meth:`SlatePolicy.score_parts` splits each logit into additive parts (the LLM and CF terms
+of the blend, the fixed diversity penalty, the learned residual, the range clip; :data:`SCORE_PARTS`), computed
+in the same pass as the logits; the exported graph returns them as its ``parts`` output (``docs/serving.md``,
+"Explanations").
+
 The critic is a separate MLP over the same state input (user, context, candidate summaries) unless
 ``share_state_net`` is set, in which case it reads the actor's state embedding.
 """
@@ -50,6 +55,9 @@ DEFAULT_INIT_ALPHA = 0.5
 LOGIT_RANGE = 30.0
 #: What the logits are a residual on: the fixed α blend, or the diversity heuristic (see the module docstring).
 BASES = ("blend", "diverse")
+#: The parts of a candidate's logit, in the order of :meth:`SlatePolicy.score_parts_tensor`'s last axis (see
+#: :meth:`SlatePolicy.score_parts`): they sum to the logit.
+SCORE_PARTS = ("llm", "cf", "diversity", "residual", "clip")
 
 
 def standardise_rows(x: th.Tensor, eps: float = 1e-9) -> th.Tensor:
@@ -430,6 +438,42 @@ class SlatePolicy(ActorCriticPolicy):
         # their precision (at 60 nats the subtraction left rounding noise: entropy ~1e28, NaN gradients, a crash).
         return th.maximum(logits, logits.detach().amax(dim=-1, keepdim=True) - LOGIT_RANGE), alpha, h
 
+    def _actor_parts(
+        self, state_in: th.Tensor, cand: th.Tensor, features: th.Tensor
+    ) -> tuple[th.Tensor, th.Tensor, th.Tensor, th.Tensor]:
+        """:meth:`_actor` and the parts of each logit, from one pass.
+
+        The logits are computed by the same operations as :meth:`_actor`'s, in the same order (so they are
+        bit-identical; ``tests/test_policies.py`` checks it); the parts are extra (B, N) terms read off the
+        intermediate values (see :meth:`score_parts`).
+
+        Returns:
+            ``(logits (B, N), alpha (B,), state embedding (B, H), parts (B, N, P))``, P = ``len(SCORE_PARTS)``.
+        """
+        h = self.state_net(state_in)  # (B, H)
+        alpha = th.sigmoid(self.alpha_head(h)).squeeze(-1)  # (B,)
+        a = alpha.unsqueeze(-1)
+        llm_w = a * features[..., F_LLM]  # (B, N) α·llm_sim
+        cf_w = (1.0 - a) * features[..., F_CF]  # (B, N) (1 − α)·cf_score
+        blend = a * features[..., F_LLM] + (1.0 - a) * features[..., F_CF]
+        penalty: th.Tensor | None = None
+        if self.base == "diverse":
+            # z is linear: z(b) = (b − mean b) / (std b + eps) splits into the α·llm and (1 − α)·cf terms, each
+            # centred on its own row mean and divided by the blend's (std + eps)
+            mean = blend.mean(dim=-1, keepdim=True)
+            denom = (blend - mean).square().mean(dim=-1, keepdim=True).sqrt() + 1e-9
+            llm_w = (llm_w - llm_w.mean(dim=-1, keepdim=True)) / denom
+            cf_w = (cf_w - cf_w.mean(dim=-1, keepdim=True)) / denom
+            penalty = features @ self.base_weights
+            blend = standardise_rows(blend) + penalty
+        residual = self._residual(cand, h) + self.feature_linear(features).squeeze(-1)  # (B, N)
+        inv_t = self.log_inv_temperature.exp()
+        raw = blend * inv_t + residual
+        logits = th.maximum(raw, raw.detach().amax(dim=-1, keepdim=True) - LOGIT_RANGE)
+        diversity = th.zeros_like(raw) if penalty is None else penalty * inv_t
+        parts = th.stack([llm_w * inv_t, cf_w * inv_t, diversity, residual, logits - raw], dim=-1)
+        return logits, alpha, h, parts
+
     def _residual(self, cand: th.Tensor, h: th.Tensor) -> th.Tensor:
         """The per-candidate residual MLP ``head(net(W_x·x_i + W_h·h))`` → (B, N).
 
@@ -515,6 +559,47 @@ class SlatePolicy(ActorCriticPolicy):
         state_in, cand, features, _ = self._encode(obs)
         logits, alpha, h = self._actor(state_in, cand, features)
         return logits, alpha, self._repulsion(h)
+
+    def score_candidates_explained(
+        self, obs: dict[str, th.Tensor]
+    ) -> tuple[th.Tensor, th.Tensor, th.Tensor | None, th.Tensor]:
+        """:meth:`score_candidates` plus the parts of each logit (:meth:`score_parts`), from the same pass.
+
+        Returns:
+            ``(logits (B, N), alpha (B,), repulsion β (B,) or None, parts (B, N, P))``; the parts' last axis is
+            :data:`SCORE_PARTS`.
+        """
+        state_in, cand, features, _ = self._encode(obs)
+        logits, alpha, h, parts = self._actor_parts(state_in, cand, features)
+        return logits, alpha, self._repulsion(h), parts
+
+    def score_parts_tensor(self, obs: PyTorchObs | dict[str, np.ndarray]) -> th.Tensor:
+        """:meth:`score_parts` as one tensor (B, N, P), the last axis in the order of :data:`SCORE_PARTS`."""
+        return self.score_candidates_explained(self._prepare(obs))[3]
+
+    def score_parts(self, obs: PyTorchObs | dict[str, np.ndarray]) -> dict[str, th.Tensor]:
+        """Each candidate's logit split into additive parts: ``{name: (B, N)}`` for the names in :data:`SCORE_PARTS`.
+
+        With ``inv_t = exp(log_inv_temperature)`` (the learned 1/τ) and ``α = α_θ(s)``:
+
+        * ``llm``, ``cf``: the blend's two terms times ``inv_t``. Base ``"blend"``: ``α·llm_sim_i·inv_t`` and
+          ``(1 − α)·cf_score_i·inv_t``. Base ``"diverse"``: the standardisation ``z`` is linear, so
+          ``z_i(α·llm + (1 − α)·cf) = [α·(llm_i − mean llm) + (1 − α)·(cf_i − mean cf)] / (std + eps)`` with the
+          blend's row std; ``llm`` is the first term, ``cf`` the second (each times ``inv_t``): a candidate
+          whose LLM similarity is above the request's mean gets a positive ``llm`` part.
+        * ``diversity``: the fixed penalty of the diversity heuristic, ``base_weights·f_i·inv_t`` (``-λ_c`` on
+          ``cat_exposure``, ``-λ_s`` on ``item_seen``); 0 for base ``"blend"``.
+        * ``residual``: everything PPO learned beyond the gated blend and the fixed penalty: the residual MLP
+          plus the learned linear feature term ``feature_linear·f_i`` (not divided by τ, as in the logits). The
+          linear term is counted here, not under ``diversity``: it is learned, spans every feature column (LLM
+          and CF scores, popularity and price too) and its sign is free.
+        * ``clip``: what the hold at :data:`LOGIT_RANGE` below the row's best added (``>= 0``; 0 unless it binds).
+
+        The parts sum to :meth:`candidate_logits` (to float rounding) and are computed in the same pass (the
+        exported graph's ``parts`` output is this). Masked candidates are not filled here.
+        """
+        parts = self.score_parts_tensor(obs)
+        return {name: parts[..., i] for i, name in enumerate(SCORE_PARTS)}
 
     def repulsion(self, obs: PyTorchObs | dict[str, np.ndarray]) -> th.Tensor | None:
         """The within-slate category repulsion β_θ(s) (B,), or None when the policy has no item categories."""

@@ -8,7 +8,8 @@ lists are drawn before the clock starts. It prints a table, then a JSON object a
 ``p50_ms`` / ``p99_ms`` (recommend), ``observe_p50_ms`` / ``observe_p99_ms``, the model's share and the
 number of fallback answers (a model run past ``--time-budget-ms`` is answered by the blend and counted), and
 the same percentiles of the calling thread's CPU time (``cpu_p50_ms`` …), which waiting for a core on a busy
-machine does not inflate.
+machine does not inflate. ``--explain`` asks every ``recommend`` for its explanation (the graph's ``parts``
+output, issue #17 item 6); compare with a run without it.
 
 Targets (the serving issue): recommend p99 <= 2 ms at N = 200, K = 10; a feedback update p99 <= 0.2 ms.
 """
@@ -41,6 +42,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--format", choices=["onnx", "torchscript"], default="onnx", help="format if exporting")
     ap.add_argument("--time-budget-ms", type=float, default=10.0, help="model deadline")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--explain", action="store_true", help="ask every recommend for its explanation (score parts)")
     args = ap.parse_args(argv)
     if args.requests < 1 or args.candidates < args.k or args.k < 1:
         ap.error("need --requests >= 1 and 1 <= --k <= --candidates")
@@ -77,7 +79,7 @@ def main(argv: list[str] | None = None) -> dict:
     for i in range(total):
         user = users[who[i]]
         c0, t0 = cpu(), time.perf_counter()
-        rec = runtime.recommend(user, cand_lists[i], args.k)
+        rec = runtime.recommend(user, cand_lists[i], args.k, explain=args.explain)
         c1, t1 = cpu(), time.perf_counter()
         runtime.observe(user, [Event("click", rec.items[click_pos[i]], dwell_s=30.0, request_id=rec.request_id)])
         c2, t2 = cpu(), time.perf_counter()
@@ -91,7 +93,7 @@ def main(argv: list[str] | None = None) -> dict:
     out = {
         "artifact": str(artifact), "format": m["format"], "n_items": n_items, "dim": int(m["dim"]),
         "candidates": args.candidates, "k": args.k, "requests": args.requests, "users": args.users,
-        "store": runtime.store.kind, "time_budget_ms": args.time_budget_ms,
+        "store": runtime.store.kind, "time_budget_ms": args.time_budget_ms, "explain": args.explain,
         "p50_ms": _pct(rec_s, 50), "p90_ms": _pct(rec_s, 90), "p99_ms": _pct(rec_s, 99), "max_ms": _pct(rec_s, 100),
         "model_p50_ms": round(float(np.percentile(model_ms, 50)), 4),
         "model_p99_ms": round(float(np.percentile(model_ms, 99)), 4),
@@ -101,7 +103,8 @@ def main(argv: list[str] | None = None) -> dict:
         "fallbacks": sources["fallback"], "loadavg_1m": round(os.getloadavg()[0], 2), "cpus": os.cpu_count(),
     }
     print(f"recommend (N={args.candidates}, K={args.k}, {m['format']}, D={m['dim']}, M={n_items}, "
-          f"{runtime.store.kind} store): p50 {out['p50_ms']:.3f} ms, p99 {out['p99_ms']:.3f} ms "
+          f"{runtime.store.kind} store{', explain' if args.explain else ''}): p50 {out['p50_ms']:.3f} ms, "
+          f"p99 {out['p99_ms']:.3f} ms "
           f"(model p50 {out['model_p50_ms']:.3f} ms), fallbacks {out['fallbacks']}/{args.requests}")
     print(f"observe (1 click event):  p50 {out['observe_p50_ms']:.3f} ms, p99 {out['observe_p99_ms']:.3f} ms")
     print(f"CPU time of the calling thread (what waiting for a core does not inflate): recommend p50 "

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import make_run_dir
 
 from agents.export import ITEMS_FILE, MANIFEST_FILE, MODEL_FILES, export_run, main, run_exported
@@ -35,7 +36,8 @@ def test_export_writes_self_contained_artifact(fmt: str, onnx_export: Path, ts_e
     assert m["encoder"]["name"] == small_world.encoder_name and m["encoder"]["kind"] == "hashing"
     assert m["fallback_alpha"] == 0.6 and m["fallback_alpha_source"] == "summary.json:tuned_alpha"
     assert m["inputs"] == ["user", "features", "context"]
-    assert m["outputs"] == ["logits", "alpha", "repulsion"] and m["repulsion"]
+    assert m["outputs"] == ["logits", "alpha", "repulsion", "parts"] and m["repulsion"]
+    assert m["version"] == 3 and m["score_parts"] == ["llm", "cf", "diversity", "residual", "clip"]
     items = np.load(out / ITEMS_FILE, allow_pickle=False)  # no pickled object arrays anywhere
     assert list(items["ids"]) == small_world.catalog.ids
     np.testing.assert_array_equal(items["item_emb"], small_world.item_emb)
@@ -52,7 +54,7 @@ def test_export_parity_with_sb3_model(fmt: str, run_dir: Path, onnx_export: Path
     out = onnx_export if fmt == "onnx" else ts_export
     p = _manifest(out)["parity"]
     assert p["slates_equal_up_to_ties"] == p["observations"] == 256
-    assert p["max_abs_logit_diff"] < 1e-4 and p["other_n"] == 43
+    assert p["max_abs_logit_diff"] < 1e-4 and p["other_n"] == 43 and p["max_abs_parts_diff"] < 1e-4
 
     cfg, model, _ = load_run(run_dir)
     obs = collect_observations(model, cfg, small_world, n_envs=16, steps=6, seed=777)
@@ -90,3 +92,32 @@ def test_export_cli_and_errors(tmp_path: Path, run_dir: Path, capsys: pytest.Cap
     assert "config.yaml is missing" in capsys.readouterr().err
     with pytest.raises(ValueError, match="format must be one of"):
         export_run(run_dir, "tflite")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_exported_score_parts_match_the_policy(fmt: str, run_dir: Path, onnx_export: Path, ts_export: Path,
+                                               small_world: World) -> None:
+    """The graph's ``parts`` output (same run as the logits) equals the policy's ``score_parts`` within 1e-4 on
+    observations export did not see, sums to the graph's logits, and the run without parts gives the same
+    logits."""
+    from agents.export import collect_observations, load_run
+    from agents.policies import SCORE_PARTS
+    from agents.serving.runners import run_exported_parts
+
+    out = onnx_export if fmt == "onnx" else ts_export
+    cfg, model, _ = load_run(run_dir)
+    obs = collect_observations(model, cfg, small_world, n_envs=8, steps=4, seed=4242)
+    names = ["user", "features", "context"]
+    args = tuple(np.asarray(obs[n], np.float32) for n in names)
+    logits, alpha, beta, parts = run_exported_parts(out / MODEL_FILES[fmt], fmt, args, names)
+    assert parts.shape == (32, 20, len(SCORE_PARTS))
+    with torch.no_grad():
+        ref = model.policy.score_parts(obs)
+    for i, name in enumerate(SCORE_PARTS):
+        np.testing.assert_allclose(parts[..., i], ref[name].numpy(), rtol=0, atol=1e-4, err_msg=name)
+    np.testing.assert_allclose(parts.sum(-1), logits, rtol=0, atol=1e-5)
+    assert np.abs(parts[..., SCORE_PARTS.index("diversity")]).max() > 0  # the fixture's diverse base penalises
+    plain = run_exported(out / MODEL_FILES[fmt], fmt, args, names)
+    np.testing.assert_allclose(plain[0], logits, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(plain[1], alpha, rtol=0, atol=1e-7)
+    np.testing.assert_allclose(plain[2], beta, rtol=0, atol=1e-7)

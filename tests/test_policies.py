@@ -450,3 +450,71 @@ def test_very_sharp_logits_keep_a_finite_entropy_and_gradients() -> None:
     assert entropy is not None and bool(th.isfinite(entropy).all()) and bool(th.isfinite(log_prob).all())
     (entropy.sum() - log_prob.sum()).backward()
     assert all(bool(th.isfinite(p.grad).all()) for p in policy.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize(("base", "inv_t", "extras"), [("blend", 4.0, {}), ("diverse", 4.0, {}),
+                                                         ("diverse", 60.0, {"use_item_table": True}),
+                                                         ("blend", 60.0, {"with_item_emb": True})])
+def test_score_parts_sum_to_the_logits(base: str, inv_t: float, extras: dict[str, bool]) -> None:
+    """The parts of each logit (LLM, CF, diversity penalty, learned residual, range clip) sum to
+    ``candidate_logits``, for both bases, on a policy whose every weight is perturbed away from its
+    initialisation; the logits of the explained pass are bit-identical to ``_actor``'s; each part is what it
+    claims to be (``llm`` is α·llm_sim·inv_t for the plain blend, the diversity part the fixed penalty, the clip
+    non-negative and nonzero only where it binds)."""
+    from agents.policies import LOGIT_RANGE, SCORE_PARTS
+    from envs.spaces import F_CAT_EXPOSURE
+
+    with_emb = extras.get("with_item_emb", False)
+    space = observation_space(N_ITEMS, N_CAND, DIM, with_item_embeddings=True) if with_emb else None
+    kwargs: dict[str, Any] = dict(item_category=np.arange(N_ITEMS) % 3,
+                                  use_item_table=extras.get("use_item_table", False))
+    if base == "diverse":
+        weights = np.zeros(len(FEATURE_NAMES))
+        weights[F_CAT_EXPOSURE], weights[F_ITEM_SEEN] = -0.7, -1.3
+        kwargs.update(base="diverse", base_weights=weights.tolist(), category_cap=2)
+    policy = _policy(space, **kwargs)
+    gen = th.Generator().manual_seed(3)
+    with th.no_grad():
+        for p in policy.parameters():
+            p.add_(0.3 * th.randn(p.shape, generator=gen))
+        policy.log_inv_temperature.fill_(math.log(inv_t))
+    obs = _fake_obs(space or observation_space(N_ITEMS, N_CAND, DIM), 64, seed=5)
+    t = _tensor(policy, obs)
+    with th.no_grad():
+        logits = policy.candidate_logits(t)
+        parts = policy.score_parts(t)
+        state_in, cand, features, _ = policy._encode(t)
+        ref, ref_alpha, _ = policy._actor(state_in, cand, features)
+        got, got_alpha, _, stacked = policy._actor_parts(state_in, cand, features)
+    assert list(parts) == list(SCORE_PARTS)
+    assert th.equal(got, ref) and th.equal(got_alpha, ref_alpha)  # the same operations: bit-identical
+    total = sum(parts.values())
+    # 1e-5 at a realistic temperature; float32 rounding grows with the logits' scale (∝ inv_t) for the sharp one
+    np.testing.assert_allclose(total.numpy(), logits.numpy(), rtol=0, atol=1e-5 * max(1.0, inv_t / 4.0))
+    np.testing.assert_array_equal(th.stack(list(parts.values()), dim=-1).numpy(), stacked.numpy())
+    clip = parts["clip"]
+    assert bool((clip >= 0).all())
+    binds = clip > 0
+    at_floor = logits <= logits.amax(dim=-1, keepdim=True) - LOGIT_RANGE + 1e-4
+    assert bool((~binds | at_floor).all())
+    assert bool(binds.any()) == (inv_t > 30)  # the range clip binds only for the sharp policy
+    with th.no_grad():
+        alpha = policy.alpha(t).unsqueeze(-1)
+    f = t["features"]
+    if base == "blend":
+        np.testing.assert_allclose(parts["llm"].numpy(), (alpha * f[..., F_LLM] * inv_t).numpy(), rtol=1e-5)
+        np.testing.assert_allclose(parts["cf"].numpy(), ((1 - alpha) * f[..., F_CF] * inv_t).numpy(), rtol=1e-5,
+                                   atol=1e-6)
+        assert bool((parts["diversity"] == 0).all())
+    else:
+        penalty = (-0.7 * f[..., F_CAT_EXPOSURE] - 1.3 * f[..., F_ITEM_SEEN]) * inv_t
+        np.testing.assert_allclose(parts["diversity"].numpy(), penalty.numpy(), rtol=1e-5, atol=1e-5)
+        # centred per row: the LLM and CF parts each sum to 0 over the candidates
+        np.testing.assert_allclose(parts["llm"].sum(-1).numpy(), 0.0, atol=1e-4)
+        np.testing.assert_allclose(parts["cf"].sum(-1).numpy(), 0.0, atol=1e-4)
+        # and they are the α·llm and (1 − α)·cf terms: a larger α moves weight from the CF to the LLM part
+        blend = alpha * f[..., F_LLM] + (1 - alpha) * f[..., F_CF]
+        sd = blend.std(dim=-1, unbiased=False, keepdim=True)
+        llm = alpha * (f[..., F_LLM] - f[..., F_LLM].mean(-1, keepdim=True)) / sd * inv_t
+        np.testing.assert_allclose(parts["llm"].numpy(), llm.numpy(), rtol=1e-4, atol=1e-4)
+    assert bool((parts["residual"].abs() > 1e-3).any())  # the perturbed residual takes part

@@ -23,11 +23,17 @@ from typing import Annotated, Any, Literal
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StringConstraints, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from agents.serving.errors import CorruptStateError, InvalidRequestError, StoreConflictError, UnknownItemsError
+from agents.serving.errors import (
+    CorruptStateError,
+    ExplanationUnavailableError,
+    InvalidRequestError,
+    StoreConflictError,
+    UnknownItemsError,
+)
 from agents.serving.messages import Event
 from agents.serving.privacy import LOG_KEY_ENV, install_access_log_filter
 from agents.serving.runtime import ServingRuntime
@@ -57,6 +63,7 @@ class RecommendBody(BaseModel):
     candidate_ids: Annotated[list[Id], Field(min_length=1)]
     k: Annotated[int | None, Field(ge=1)] = None
     record: bool = True
+    explain: StrictBool = False  # JSON true / false only (not 1, "yes")
 
 
 class EventBody(BaseModel):
@@ -106,6 +113,8 @@ def _error_response(exc: Exception) -> Response:
     """The HTTP answer to one of :func:`_known_errors`."""
     if isinstance(exc, UnknownItemsError):
         return _error(404, "unknown_items", {"unknown": exc.unknown[:50], "count": len(exc.unknown)})
+    if isinstance(exc, ExplanationUnavailableError):
+        return _error(409, "explain_unavailable", str(exc))
     if isinstance(exc, InvalidRequestError):
         return _error(422, "invalid_request", str(exc))
     if isinstance(exc, CorruptStateError):
@@ -283,7 +292,7 @@ def create_app(runtime: ServingRuntime, api_key: str | None = None, max_body_byt
     async def handle_recommend(raw: bytes) -> Response:
         try:
             body = RecommendBody.model_validate_json(raw)
-            rec = await call(runtime.recommend, body.user_id, body.candidate_ids, body.k, body.record)
+            rec = await call(runtime.recommend, body.user_id, body.candidate_ids, body.k, body.record, body.explain)
         except ValidationError as exc:
             return _validation_error(exc.errors(include_url=False, include_input=False), prefix=["body"])
         except known as exc:

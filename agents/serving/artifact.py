@@ -16,7 +16,7 @@ import numpy as np
 from agents.serving.errors import UnknownItemsError
 from envs.spaces import CONTEXT_NAMES, FEATURE_NAMES
 
-SUPPORTED_EXPORT_VERSIONS = (1, 2)  # 2 adds "category_cap" (the slate mode's soft cap)
+SUPPORTED_EXPORT_VERSIONS = (1, 2, 3)  # 2 adds "category_cap" (the slate mode's soft cap); 3 the "parts" output
 #: The simulator's dwell cap when a manifest does not record one (``configs.schema.UserConfig.dwell_cap``).
 DEFAULT_DWELL_CAP_S = 900.0
 

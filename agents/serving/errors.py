@@ -26,6 +26,11 @@ class InvalidRequestError(ValueError):
     """A request that is well-formed but cannot be answered (duplicates, k out of range, too many candidates)."""
 
 
+class ExplanationUnavailableError(InvalidRequestError):
+    """``explain`` was asked of an artifact that cannot explain (exported before version 3: its graph has no
+    ``parts`` output). Nothing was changed; the HTTP service answers 409 ``explain_unavailable``."""
+
+
 class StoreConflictError(RuntimeError):
     """A Redis transaction kept conflicting with concurrent writers."""
 

@@ -43,6 +43,10 @@ class Recommendation:
         request_id: Per-user request counter; feedback may quote it.
         fallback_reason: Why the fallback answered (``timeout``, ``error``, ``invalid_output``, ``no_model``).
         model_ms: Time spent in the model (0 when it was not run).
+        explanation: Only when asked for (``explain``): ``{"alpha", "repulsion", "items": [{part: value, ...,
+            "score": s}, ...]}``, one entry per item, whose parts sum to the item's score. A model answer has the
+            manifest's ``score_parts`` (``llm``, ``cf``, ``diversity``, ``residual``, ``clip``); a fallback answer
+            has ``llm`` = α·llm_sim and ``cf`` = (1 − α)·cf_score only.
     """
 
     items: list[str]
@@ -53,8 +57,12 @@ class Recommendation:
     repulsion: float = 0.0
     fallback_reason: str | None = None
     model_ms: float = 0.0
+    explanation: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict."""
-        return {"items": self.items, "scores": self.scores, "alpha": self.alpha, "repulsion": self.repulsion,
-                "source": self.source, "request_id": self.request_id, "fallback_reason": self.fallback_reason}
+        """JSON-ready dict (with ``explanation`` only when it was asked for)."""
+        out = {"items": self.items, "scores": self.scores, "alpha": self.alpha, "repulsion": self.repulsion,
+               "source": self.source, "request_id": self.request_id, "fallback_reason": self.fallback_reason}
+        if self.explanation is not None:
+            out["explanation"] = self.explanation
+        return out

@@ -71,7 +71,9 @@ class PolicyModel(Protocol):
     """What the runtime needs from a model: ``run(inputs, deadline) -> (logits (N,), alpha, repulsion β)``.
 
     A model whose class sets ``enforces_deadline = True`` returns or raises by its deadline itself (ONNX Runtime:
-    cancelled by the watchdog); any other model is run by the runtime on a :class:`ThreadedModel`.
+    cancelled by the watchdog); any other model is run by the runtime on a :class:`ThreadedModel`. A model that
+    can explain its logits also has ``run_explained(inputs, deadline) -> (logits (N,), alpha, β, parts (N, P))``
+    (the same run with the graph's ``parts`` output); without it the runtime refuses ``explain``.
     """
 
     def run(self, inputs: dict[str, np.ndarray], deadline: float) -> tuple[np.ndarray, float, float]:
@@ -84,6 +86,14 @@ class PolicyModel(Protocol):
 
 
 Outputs = tuple[np.ndarray, np.ndarray, np.ndarray]
+#: ``(logits (B, N), alpha (B,), repulsion (B,), parts (B, N, P))``: :data:`Outputs` and the logits' parts.
+ExplainedOutputs = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+#: One request's answer with the logits' parts: ``(logits (N,), alpha, repulsion β, parts (N, P))``.
+Explained = tuple[np.ndarray, float, float, np.ndarray]
+
+
+class NoScorePartsError(ValueError):
+    """The exported graph has no ``parts`` output (an export older than version 3): nothing to explain with."""
 
 
 class OnnxModel:
@@ -120,6 +130,7 @@ class OnnxModel:
         self.outputs = [o.name for o in self.session.get_outputs()]
         if self.outputs[:2] != ["logits", "alpha"]:
             raise ValueError(f"{path}: graph outputs {self.outputs}, expected logits, alpha[, repulsion]")
+        self.has_parts = "parts" in self.outputs  # exports of version 3 on
         self.outputs = self.outputs[:3]  # a graph without the repulsion output (hand-made) has β = 0
         self._watchdog_period_s = watchdog_period_s
         self._watchdog: _Watchdog | None = None
@@ -131,8 +142,36 @@ class OnnxModel:
         beta = np.asarray(out[2]) if len(out) > 2 else np.zeros_like(np.asarray(out[1]))
         return np.asarray(out[0]), np.asarray(out[1]), beta
 
+    def run_batch_explained(self, inputs: dict[str, np.ndarray]) -> ExplainedOutputs:
+        """:meth:`run_batch` and the ``parts`` output (B, N, P), from the same run.
+
+        Raises:
+            NoScorePartsError: The graph has no ``parts`` output.
+        """
+        if not self.has_parts or len(self.outputs) < 3:
+            raise NoScorePartsError("this exported graph has no 'parts' output (export version < 3)")
+        out = self.session.run([*self.outputs, "parts"], inputs)
+        return np.asarray(out[0]), np.asarray(out[1]), np.asarray(out[2]), np.asarray(out[3])
+
     def run(self, inputs: dict[str, np.ndarray], deadline: float) -> tuple[np.ndarray, float, float]:
         """See :class:`PolicyModel`."""
+        out = self._run_until(self.outputs, inputs, deadline)
+        return out[0][0], float(out[1][0]), float(out[2][0]) if len(out) > 2 else 0.0
+
+    def run_explained(self, inputs: dict[str, np.ndarray], deadline: float) -> Explained:
+        """:meth:`run` and the logits' parts (N, P) of the one request, from the same graph run.
+
+        Raises:
+            NoScorePartsError: The graph has no ``parts`` output.
+            ModelTimeoutError: When the deadline passed.
+        """
+        if not self.has_parts or len(self.outputs) < 3:
+            raise NoScorePartsError("this exported graph has no 'parts' output (export version < 3)")
+        out = self._run_until([*self.outputs, "parts"], inputs, deadline)
+        return out[0][0], float(out[1][0]), float(out[2][0]), out[3][0]
+
+    def _run_until(self, outputs: list[str], inputs: dict[str, np.ndarray], deadline: float) -> list[Any]:
+        """``session.run(outputs, inputs)``, cancelled by the watchdog at ``deadline``."""
         if self._watchdog is None:
             with self._lock:
                 if self._watchdog is None:
@@ -140,7 +179,7 @@ class OnnxModel:
         ro = self._ort.RunOptions()
         token = self._watchdog.start(deadline, ro)
         try:
-            out = self.session.run(self.outputs, inputs, ro)
+            out = self.session.run(outputs, inputs, ro)
         except Exception as exc:
             if ro.terminate:
                 raise ModelTimeoutError("model cancelled at its deadline") from exc
@@ -149,7 +188,7 @@ class OnnxModel:
             self._watchdog.finish(token)
         if time.perf_counter() > deadline:
             raise ModelTimeoutError("model answered after its deadline")
-        return out[0][0], float(out[1][0]), float(out[2][0]) if len(out) > 2 else 0.0
+        return out
 
 
 class TorchScriptModel:
@@ -189,10 +228,25 @@ class TorchScriptModel:
 
     def run_batch(self, inputs: dict[str, np.ndarray]) -> Outputs:
         """Run on a batch without a deadline: ``(logits (B, N), alpha (B,), repulsion (B,))``."""
+        logits, alpha, beta = self._outputs(inputs)[:3]
+        return logits.numpy(), alpha.numpy(), beta.numpy()
+
+    def _outputs(self, inputs: dict[str, np.ndarray]) -> tuple[Any, ...]:
+        """The graph's outputs as tensors (3 before export version 3, 4 with ``parts`` from then on)."""
         th = self._th
         with th.inference_mode():
-            logits, alpha, beta = self.module(*(th.from_numpy(inputs[n]) for n in self.input_names))
-        return logits.numpy(), alpha.numpy(), beta.numpy()
+            return tuple(self.module(*(th.from_numpy(inputs[n]) for n in self.input_names)))
+
+    def run_batch_explained(self, inputs: dict[str, np.ndarray]) -> ExplainedOutputs:
+        """:meth:`run_batch` and the ``parts`` output (B, N, P), from the same run.
+
+        Raises:
+            NoScorePartsError: The graph has no ``parts`` output.
+        """
+        out = self._outputs(inputs)
+        if len(out) < 4:
+            raise NoScorePartsError("this exported graph has no 'parts' output (export version < 3)")
+        return out[0].numpy(), out[1].numpy(), out[2].numpy(), out[3].numpy()
 
     def run(self, inputs: dict[str, np.ndarray], deadline: float) -> tuple[np.ndarray, float, float]:
         """See :class:`PolicyModel`."""
@@ -200,6 +254,13 @@ class TorchScriptModel:
         if time.perf_counter() > deadline:
             raise ModelTimeoutError("model answered after its deadline")
         return logits[0], float(alpha[0]), float(beta[0])
+
+    def run_explained(self, inputs: dict[str, np.ndarray], deadline: float) -> Explained:
+        """:meth:`run` and the logits' parts (N, P), from the same run (see :meth:`OnnxModel.run_explained`)."""
+        logits, alpha, beta, parts = self.run_batch_explained(inputs)
+        if time.perf_counter() > deadline:
+            raise ModelTimeoutError("model answered after its deadline")
+        return logits[0], float(alpha[0]), float(beta[0]), parts[0]
 
 
 def load_model(path: str | Path, fmt: Literal["onnx", "torchscript"], input_names: list[str],
@@ -230,6 +291,19 @@ def run_exported(path: str | Path, fmt: Literal["onnx", "torchscript"], args: tu
         ``(logits (B, N), alpha (B,), repulsion (B,))`` as numpy.
     """
     return load_model(path, fmt, names, threads=None).run_batch(dict(zip(names, args, strict=True)))
+
+
+def run_exported_parts(path: str | Path, fmt: Literal["onnx", "torchscript"], args: tuple[np.ndarray, ...],
+                       names: list[str]) -> ExplainedOutputs:
+    """:func:`run_exported` and the graph's ``parts`` output, from the same run.
+
+    Returns:
+        ``(logits (B, N), alpha (B,), repulsion (B,), parts (B, N, P))`` as numpy.
+
+    Raises:
+        NoScorePartsError: The graph has no ``parts`` output (export version < 3).
+    """
+    return load_model(path, fmt, names, threads=None).run_batch_explained(dict(zip(names, args, strict=True)))
 
 
 class _Job:
@@ -307,6 +381,17 @@ class ThreadedModel:
     def run(self, inputs: dict[str, np.ndarray], deadline: float) -> tuple[np.ndarray, float, float]:
         """See :class:`PolicyModel`."""
         return self.call(lambda: self.model.run(inputs, deadline), deadline)
+
+    def run_explained(self, inputs: dict[str, np.ndarray], deadline: float) -> Explained:
+        """The model's ``run_explained`` on the model thread (see :meth:`run`).
+
+        Raises:
+            NoScorePartsError: The model cannot explain (no ``run_explained``, or a graph without ``parts``).
+        """
+        fn = getattr(self.model, "run_explained", None)
+        if fn is None:
+            raise NoScorePartsError(f"{type(self.model).__name__} does not return the logits' parts")
+        return self.call(lambda: fn(inputs, deadline), deadline)
 
     def close(self) -> None:
         """Stop the model thread once its queued calls are done (a call stuck in the model keeps it alive)."""

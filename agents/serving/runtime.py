@@ -25,7 +25,12 @@ from agents.serving.artifact import (
     ObsConstants,
     load_manifest,
 )
-from agents.serving.errors import CorruptStateError, InvalidRequestError, ModelTimeoutError
+from agents.serving.errors import (
+    CorruptStateError,
+    ExplanationUnavailableError,
+    InvalidRequestError,
+    ModelTimeoutError,
+)
 from agents.serving.features import candidate_features, consume, fold_in
 from agents.serving.messages import EVENT_TYPES, Event, Recommendation
 from agents.serving.metrics import ServingMetrics
@@ -46,6 +51,9 @@ from envs.spaces import CONTEXT_NAMES, F_CF, F_LLM, FEATURE_NAMES
 from envs.users import pool_history
 
 log = logging.getLogger("agents.serving")
+
+#: The parts of a fallback answer's score (the fixed-α blend): α·llm_sim and (1 − α)·cf_score.
+FALLBACK_PARTS: tuple[str, ...] = ("llm", "cf")
 
 
 class ServingRuntime:
@@ -76,6 +84,11 @@ class ServingRuntime:
         for name, value in (("max_candidates", max_candidates), ("max_k", max_k)):
             if not (isinstance(value, int | np.integer) and not isinstance(value, bool) and value >= 1):
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        # explanations need an export with the graph's "parts" output (version 3) and a model that returns it
+        parts = manifest.get("score_parts")
+        explains = model is None or (callable(getattr(model, "run_explained", None))
+                                     and getattr(model, "has_parts", True))
+        self.score_parts: tuple[str, ...] | None = tuple(parts) if parts and explains else None
         if model is not None and not getattr(model, "enforces_deadline", False):
             model = ThreadedModel(model)  # a request never waits for a model past its deadline
         self.manifest, self.items, self.model, self.store = manifest, items, model, store
@@ -283,16 +296,29 @@ class ServingRuntime:
             raise InvalidRequestError("candidate_ids repeats an item")
         return cand, k
 
-    def _score(self, obs: dict[str, np.ndarray]) -> tuple[np.ndarray, float, float, str | None, float]:
-        """``(scores (N,), alpha, repulsion β, fallback_reason or None, model seconds)``."""
+    def _score(self, obs: dict[str, np.ndarray], explain: bool = False
+               ) -> tuple[np.ndarray, float, float, str | None, float, np.ndarray | None]:
+        """``(scores (N,), alpha, repulsion β, fallback_reason or None, model seconds, parts)``.
+
+        ``parts`` is ``None`` unless ``explain``: then (N, P), the model's ``parts`` output (P =
+        ``self.score_parts``) from the same run as the scores, or for a fallback answer (N, 2), the blend's
+        α·llm_sim and (1 − α)·cf_score (:data:`FALLBACK_PARTS`).
+        """
         reason: str | None = "no_model"
         model_s = 0.0
+        parts: np.ndarray | None = None
         if self.model is not None:
             inputs = {n: obs[n][None] for n in self.input_names}
             t0 = time.perf_counter()
             try:
-                logits, alpha, beta = self.model.run(inputs, t0 + self.time_budget_s)
+                if explain:
+                    logits, alpha, beta, parts = self.model.run_explained(inputs, t0 + self.time_budget_s)
+                else:
+                    logits, alpha, beta = self.model.run(inputs, t0 + self.time_budget_s)
                 finite = np.all(np.isfinite(logits)) and math.isfinite(alpha) and math.isfinite(beta) and beta >= 0
+                if parts is not None:
+                    finite = finite and parts.shape == (len(logits), len(self.score_parts or ())) and bool(
+                        np.all(np.isfinite(parts)))
                 reason = None if finite else "invalid_output"
             except ModelTimeoutError:
                 reason = "timeout"
@@ -301,13 +327,22 @@ class ServingRuntime:
             model_s = time.perf_counter() - t0
             self.metrics.model_seconds.observe(model_s)
             if reason is None:
-                return logits, alpha, beta, None, model_s
+                return logits, alpha, beta, None, model_s, parts
         a = self.fallback_alpha
         f = obs["features"]
-        return a * f[:, F_LLM] + (1.0 - a) * f[:, F_CF], a, 0.0, reason, model_s
+        if explain:
+            parts = np.stack([a * f[:, F_LLM], (1.0 - a) * f[:, F_CF]], axis=-1)
+        return a * f[:, F_LLM] + (1.0 - a) * f[:, F_CF], a, 0.0, reason, model_s, parts if explain else None
+
+    def _explanation(self, parts: np.ndarray, scores: np.ndarray, names: Sequence[str], alpha: float,
+                     beta: float) -> dict[str, Any]:
+        """The ``explanation`` of a :class:`Recommendation`: ``parts`` (K, P) and ``scores`` (K,) of the slate."""
+        items = [{**{n: float(v) for n, v in zip(names, row, strict=True)}, "score": float(s)}
+                 for row, s in zip(parts.tolist(), scores.tolist(), strict=True)]
+        return {"alpha": float(alpha), "repulsion": float(beta), "items": items}
 
     def recommend(self, user_id: str, candidate_ids: Sequence[str], k: int | None = None,
-                  record: bool = True) -> Recommendation:
+                  record: bool = True, explain: bool = False) -> Recommendation:
         """Rank ``candidate_ids`` for ``user_id`` and (``record``) count the answer as a slate shown.
 
         Args:
@@ -315,15 +350,26 @@ class ServingRuntime:
             candidate_ids: N distinct catalog item ids.
             k: Slate size (default: the training K, at most N).
             record: Update the session counters as the simulator does for a shown slate.
+            explain: Add each item's score split into its parts (``Recommendation.explanation``): for a model
+                answer the graph's ``parts`` output from the same run (LLM, CF, diversity penalty, learned
+                residual, range clip; they sum to the score), for a fallback answer the blend's LLM and CF terms.
 
         Returns:
             The recommendation.
 
         Raises:
             UnknownItemsError: Unknown item ids.
-            InvalidRequestError: Empty or too long candidate list, repeated ids, k out of range.
+            InvalidRequestError: Empty or too long candidate list, repeated ids, k out of range, ``explain`` not
+                a bool.
+            ExplanationUnavailableError: ``explain`` with an artifact exported before version 3 (nothing changes).
         """
         t0 = time.perf_counter()
+        if not isinstance(explain, bool):
+            raise InvalidRequestError(f"explain must be true or false, got {explain!r}")
+        if explain and self.score_parts is None:
+            raise ExplanationUnavailableError(
+                "this artifact cannot explain its scores: its graph has no 'parts' output (exported before "
+                "export version 3); re-export the run with `python -m agents.export RUN_DIR`")
         cand, k = self._validate(user_id, candidate_ids, k)
         out_of_range: list[np.ndarray] = []
 
@@ -340,17 +386,21 @@ class ServingRuntime:
                     st.reset_session()
             obs, oor = self._observe(st, cand)
             out_of_range[:] = [oor]  # a retried transaction keeps the last attempt's
-            scores, alpha, beta, reason, model_s = self._score(obs)
+            scores, alpha, beta, reason, model_s, parts = self._score(obs, explain)
             cap = None if reason else self.category_cap  # the fixed-α fallback is a plain top-K
             top = greedy_slate(scores, k, self.items.category[cand] if beta > 0 or cap is not None else None, beta,
                                cap)
             rid = st.n_requests
             if record:
                 self._record_slate(st, cand[top], obs["features"][top])
+            explanation = None
+            if parts is not None:
+                names = FALLBACK_PARTS if reason else (self.score_parts or ())
+                explanation = self._explanation(parts[top], scores[top], names, alpha, beta)
             return Recommendation(items=[str(x) for x in self.items.ids[cand[top]]],
                                   scores=[float(s) for s in scores[top]], alpha=float(alpha), repulsion=beta,
                                   source="fallback" if reason else "model", request_id=rid, fallback_reason=reason,
-                                  model_ms=model_s * 1000.0)
+                                  model_ms=model_s * 1000.0, explanation=explanation)
 
         if record:
             rec = self.store.transact(user_id, fn, self._new_state)
