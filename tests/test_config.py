@@ -363,3 +363,46 @@ def test_file_helpers_json_default_sha256_and_deep_merge(tmp_path: Path) -> None
     base = {"a": {"x": 1, "y": 2}, "b": 1}
     assert deep_merge(base, {"a": MappingProxyType({"y": 3})}) == {"a": {"x": 1, "y": 3}, "b": 1}
     assert base == {"a": {"x": 1, "y": 2}, "b": 1}
+
+
+def test_yaml_errors_point_at_the_line_and_column(tmp_path: Path) -> None:
+    bad = tmp_path / "indent.yaml"
+    bad.write_text("env:\n  max_steps: 1\n slate_size: 2\n", encoding="utf-8")  # line 3 is indented by one space
+    with pytest.raises(ConfigError, match=r"expected <block end>, but found '<block mapping start>' at line 3, "
+                                          r"column 2$"):
+        read_yaml_mapping(bad)
+
+
+def test_load_config_without_a_file_is_the_schema_default() -> None:
+    assert load_config() == Config()
+    assert load_config(None, ["env.max_steps=7"]).env.max_steps == 7
+
+
+def test_preset_overrides_are_named_under_env() -> None:
+    with pytest.raises(ConfigError, match=r"^env\.max_steps: must be >= 1, got 0"):
+        preset_env("small", {"max_steps": 0})
+
+
+def test_output_folder_refuses_an_empty_path_and_a_dangling_link(tmp_path: Path) -> None:
+    for empty in ("", "  "):
+        with pytest.raises(ConfigError, match=r"^--out: empty path$"):
+            check_output_dir(empty, "--out")
+    link = tmp_path / "gone"
+    link.symlink_to(tmp_path / "nowhere")
+    with pytest.raises(ConfigError, match=r"'.*gone' is a dangling symbolic link"):
+        check_output_dir(link / "run", "--out")
+
+
+def test_override_values_may_hold_equals_signs_and_encoder_base_is_the_start() -> None:
+    assert resolve_config(None, None, ["train.run_name=a=b"]).train.run_name == "a=b"  # split at the first '='
+    cfg = resolve_config(None, None, ["encoder.hashing_dim=32"], encoder_base={"kind": "hashing", "hashing_dim": 16})
+    assert (cfg.encoder.kind, cfg.encoder.hashing_dim) == ("hashing", 32)
+    assert resolve_config(None, None, (), encoder_base={"kind": "hashing"}).encoder.kind == "hashing"
+
+
+def test_optional_fields_check_the_value_and_take_null() -> None:
+    # `float | None`: a wrong value gets the float's message under the key; null is allowed.
+    with pytest.raises(ConfigError, match=r"^train\.ppo\.target_kl: expected a number, got 'abc'$"):
+        resolve_config(None, None, ["train.ppo.target_kl=abc"])
+    assert resolve_config(None, None, ["train.ppo.target_kl=null"]).train.ppo.target_kl is None
+    assert resolve_config(None, None, ["train.ppo.target_kl=0.02"]).train.ppo.target_kl == 0.02

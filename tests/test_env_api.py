@@ -109,6 +109,88 @@ def test_slate_space_sample_mask_and_probability() -> None:
         space.sample(mask=mask, probability=weights)
 
 
+
+def test_slate_space_bounds_k_and_batch() -> None:
+    # K = 1 and K = N are slate spaces (a single pick, a full permutation); batch=1 is a (1, K) block.
+    assert spaces.SlateSpace(5, 1, seed=0).sample().shape == (1,)
+    full = spaces.SlateSpace(5, 5, seed=0).sample()
+    assert sorted(full.tolist()) == [0, 1, 2, 3, 4]
+    one = spaces.SlateSpace(5, 2, batch=1, seed=0)
+    assert one.shape == (1, 2) and one.sample().shape == (1, 2)
+    for bad in (0, -3):
+        with pytest.raises(ValueError, match=f"batch must be >= 1, got {bad}"):
+            spaces.SlateSpace(5, 2, batch=bad)
+    with pytest.raises(ValueError, match="1 <= slate_size <= n_candidates"):
+        spaces.SlateSpace(5, 0)
+
+
+def test_slate_space_subspaces_follow_multidiscrete() -> None:
+    # Only a row of a *batched* space is a slate space; an entry of a single slate is MultiDiscrete's Discrete(N).
+    single = spaces.SlateSpace(10, 3)
+    assert single[0] == gym.spaces.Discrete(10) and not isinstance(single[0], spaces.SlateSpace)
+    batched = spaces.SlateSpace(10, 3, batch=4)
+    assert batched[1, 2] == gym.spaces.Discrete(10)
+    assert repr(single) == "SlateSpace(n_candidates=10, slate_size=3)"
+    assert repr(batched) == "SlateSpace(n_candidates=10, slate_size=3, batch=4)"
+
+
+def test_slate_space_sample_argument_checks_per_row_and_shape() -> None:
+    single = spaces.SlateSpace(8, 3, seed=0)
+    with pytest.raises(ValueError, match=r"mask must have shape \(8,\), got \(2, 8\)"):
+        single.sample(mask=np.ones((2, 8), np.int8))  # a single space takes one row, not a block
+    with pytest.raises(ValueError, match=r"probability must have shape \(8,\), got \(7,\)"):
+        single.sample(probability=np.ones(7))
+    with pytest.raises(ValueError, match="probability must hold numbers"):
+        single.sample(probability=np.array(["1"] * 8))
+    batched = spaces.SlateSpace(8, 3, batch=2, seed=0)
+    with pytest.raises(ValueError, match=r"must have shape \(8,\) or \(2, 8\), got \(3, 8\)"):
+        batched.sample(mask=np.ones((3, 8), np.int8))
+    rows_mask = np.ones((2, 8), np.int8)
+    rows_mask[1, 2:] = 0  # row 1 allows 2 < K candidates, though the block allows 10
+    with pytest.raises(ValueError, match="mask row 1 allows 2 candidates, fewer than K=3"):
+        batched.sample(mask=rows_mask)
+
+
+def test_slate_space_sampling_with_zero_weights_warns_nothing() -> None:
+    space = spaces.SlateSpace(8, 3, seed=0)
+    mask = np.array([1, 0, 1, 0, 1, 1, 0, 0], np.int8)
+    weights = np.array([8.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # weight 0 is a division by zero inside the draw; it must stay silent
+        for _ in range(200):
+            space.sample(mask=mask)
+            space.sample(probability=weights)
+
+
+
+def test_observation_space_layout() -> None:
+    space = spaces.observation_space(50, 6, 4)
+    assert set(space.spaces) == {"user", "candidates", "features", "context"}  # item_emb only when asked for
+    want = {"user": ((4,), np.float32, -1.0, 1.0), "candidates": ((6,), np.int64, 0, 49),
+            "features": ((6, len(spaces.FEATURE_NAMES)), np.float32, -np.inf, np.inf),
+            "context": ((len(spaces.CONTEXT_NAMES),), np.float32, -np.inf, np.inf)}
+    for key, (shape, dtype, low, high) in want.items():
+        box = space[key]
+        assert (box.shape, box.dtype) == (shape, dtype), key
+        assert (box.low == low).all() and (box.high == high).all(), key
+    obs = space.sample()
+    obs["candidates"][0] = 50  # candidate ids are in [0, M)
+    assert obs not in space
+    with_emb = spaces.observation_space(50, 6, 4, with_item_embeddings=True)["item_emb"]
+    assert (with_emb.shape, with_emb.dtype) == ((6, 4), np.float32)
+    assert (with_emb.low == -1.0).all() and (with_emb.high == 1.0).all()
+
+
+def test_dedupe_slate_keeps_first_occurrences_and_the_callers_array() -> None:
+    given = np.array([[3, 3, 0, 3], [1, 2, 0, 4], [5, 5, 5, 5]], np.int64)
+    kept = given.copy()
+    got = spaces.dedupe_slate(given, 6)
+    # Repeats become the lowest positions unused in the row, in order; rows without repeats are left alone.
+    assert got.tolist() == [[3, 1, 0, 2], [1, 2, 0, 4], [5, 0, 1, 2]]
+    assert got.dtype == np.int64 and np.array_equal(given, kept)  # a new array: the agent's actions are not edited
+    assert spaces.dedupe_slate(np.array([[2.0, 2.0]]), 3).dtype == np.int64
+
+
 # ---- the registered ids as gym.make returns them -----------------------------------------------------------
 
 

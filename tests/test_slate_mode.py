@@ -55,3 +55,35 @@ def test_top_k_equals_the_distribution_mode_without_repulsion() -> None:
         np.testing.assert_array_equal(greedy_slates(logits, k, rng.integers(0, 3, (b, n)), zero), mode)
         for i in range(b):
             np.testing.assert_array_equal(greedy_slate(logits[i], k), mode[i])
+
+
+def test_without_groups_or_beta_the_slate_is_top_k() -> None:
+    # β without groups (or groups without β) is top-K by logit, batched and for one request; int64 either way.
+    logits = np.array([[0.1, 0.9, 0.5, 0.7, 0.3]], np.float32)
+    groups = np.array([[0, 0, 0, 0, 1]])
+    assert greedy_slates(logits, 3, None, np.array([0.5], np.float32)).tolist() == [[1, 3, 2]]
+    assert greedy_slate(logits[0], 3, None, 0.5).tolist() == [1, 3, 2]
+    assert greedy_slate(logits[0], 3, groups[0]).tolist() == [1, 3, 2]  # β defaults to 0
+    walked = greedy_slates(logits, 3, groups, np.array([0.3], np.float32))  # 0.5 - 2 * 0.3 < 0.3 (another group)
+    assert walked.tolist() == [[1, 3, 4]] and walked.dtype == np.int64
+    one = greedy_slate(logits[0], 3, groups[0], 0.3)
+    assert one.tolist() == [1, 3, 4] and one.dtype == np.int64
+
+
+def test_the_walk_runs_in_float32_like_the_distribution() -> None:
+    # float64 logits 1e-12 apart are one float32 value: a tie, which goes to the first index (as mode() does).
+    logits = np.array([[1.0, 1.0 + 1e-12, -1.0]])
+    groups = np.array([[0, 1, 2]])
+    assert greedy_slates(logits, 2, groups, np.array([0.5]))[0].tolist() == [0, 1]
+    assert greedy_slate(logits[0], 2, groups[0], 0.5).tolist() == [0, 1]
+
+
+def test_is_greedy_path_refuses_repeats_and_non_greedy_picks() -> None:
+    logits = np.array([0.9, 0.5, 0.1])
+    assert is_greedy_path(np.array([0, 1]), logits, None, 0.0, tol=1e-6)
+    assert not is_greedy_path(np.array([1, 0]), logits, None, 0.0, tol=1e-6)
+    assert not is_greedy_path(np.array([0, 0]), logits, None, 0.0, tol=1e-6)
+    assert is_greedy_path(np.array([1, 0]), logits, None, 0.0, tol=0.5)  # within the tolerance
+    groups = np.array([0, 0, 1])
+    assert is_greedy_path(np.array([0, 2]), logits, groups, 0.5, tol=1e-6)  # 0.5 - 0.5 < 0.1
+    assert not is_greedy_path(np.array([0, 1]), logits, groups, 0.5, tol=1e-6)
