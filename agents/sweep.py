@@ -71,7 +71,7 @@ FORWARD_ENV_PREFIX = "RECFEED_"
 #: Test hook: a trial whose run name equals this variable raises before training (forwarded like RECFEED_*).
 FAULT_ENV = "RECFEED_SWEEP_FAULT"
 DISTRIBUTIONS = ("uniform", "loguniform", "randint", "choice")
-_SAFE = re.compile(r"[^A-Za-z0-9._=+-]+")
+_SAFE = re.compile(r"[^A-Za-z0-9._=+,-]+")
 
 
 @dataclass
@@ -365,8 +365,9 @@ def run_trial(params: dict[str, Any]) -> dict[str, Any]:
 
     from agents.training import train
 
-    for key, value in params["env"].items():
-        os.environ[key] = value
+    for key in [k for k in os.environ if k.startswith(FORWARD_ENV_PREFIX) and k not in params["env"]]:
+        del os.environ[key]  # a worker process may outlive the invocation that set it (or inherit Ray's start env)
+    os.environ.update(params["env"])
     threads = int(params["threads"])
     os.environ["RECFEED_ENV_THREADS"] = str(threads)
     th.set_num_threads(threads)

@@ -21,7 +21,7 @@ SMOKE_SWEEP = REPO / "configs" / "sweeps" / "smoke.yaml"
 #: Far smaller than configs/sweeps/smoke.yaml: 256 steps, a few dozen evaluation sessions.
 TINY = ["encoder.kind=hashing", "encoder.hashing_dim=64", "train.total_timesteps=256", "train.eval_every=128",
         "train.checkpoint_every=128", "train.eval_episodes=8", "train.ppo.n_envs=8", "train.ppo.n_steps=16",
-        "train.ppo.batch_size=64", "train.ppo.n_epochs=1", "eval.episodes=16", "eval.bootstrap=50",
+        "train.ppo.batch_size=64", "train.ppo.n_epochs=1", "eval.episodes=16", "eval.bootstrap=100",
         "eval.batch=16"]
 
 
