@@ -365,6 +365,8 @@ def run_trial(params: dict[str, Any]) -> dict[str, Any]:
 
     from agents.training import train
 
+    t0 = time.perf_counter()
+
     for key in [k for k in os.environ if k.startswith(FORWARD_ENV_PREFIX) and k not in params["env"]]:
         del os.environ[key]  # a worker process may outlive the invocation that set it (or inherit Ray's start env)
     os.environ.update(params["env"])
@@ -385,16 +387,20 @@ def run_trial(params: dict[str, Any]) -> dict[str, Any]:
         cfg = from_dict(Config, params["config"])
         run_dir.mkdir(parents=True)
     summary = train(cfg, run_dir, resume=resume, progress=False)
-    return {"ppo_return": float(summary["heldout"]["ppo"]["mean"]) if "ppo" in summary["heldout"] else float("nan"),
+    ppo = summary["heldout"].get("ppo")
+    return {"ppo_return": float(ppo["mean"]) if isinstance(ppo, dict) else float("nan"),
             "ratio_vs_tuned_diverse": summary.get("ratio_vs_tuned_diverse"),
-            "total_timesteps": summary["total_timesteps"], "resumed": resume}
+            "total_timesteps": summary["total_timesteps"], "resumed": resume,
+            "trial_seconds": round(time.perf_counter() - t0, 2), "node_id": params.get("node_id", ""),
+            "hostname": os.uname().nodename if hasattr(os, "uname") else ""}
 
 
 def _tune_trainable(params: dict[str, Any]) -> None:
     """Tune's function trainable: one :func:`run_trial`, its figures reported once."""
+    import ray
     from ray import tune
 
-    tune.report(run_trial(params))
+    tune.report(run_trial({**params, "node_id": ray.get_runtime_context().get_node_id()}))
 
 
 # ---- running ---------------------------------------------------------------------------------------------------
@@ -417,7 +423,7 @@ def _init_ray(spec: SweepSpec, address: str | None) -> Any:
     return ray
 
 
-def run_sweep(sweep: Sweep, address: str | None = None) -> dict[str, str]:
+def run_sweep(sweep: Sweep, address: str | None = None) -> tuple[dict[str, str], dict[str, dict[str, Any]]]:
     """Run the sweep's unfinished trials as Ray Tune trials; skip the finished ones.
 
     Args:
@@ -425,9 +431,12 @@ def run_sweep(sweep: Sweep, address: str | None = None) -> dict[str, str]:
         address: A Ray cluster to join (``None``: ``$RAY_ADDRESS``, else a local Ray on this machine).
 
     Returns:
-        Per run name: ``"finished before"``, ``"trained"``, ``"resumed"`` or ``"failed: <error's last line>"``.
+        Per run name, its status (``"finished before"``, ``"trained"``, ``"resumed"`` or ``"failed: <error's last
+        line>"``); and per trial run now, what it reported to Tune (held-out return, steps, ``trial_seconds``, the
+        Ray ``node_id`` it ran on).
     """
     status: dict[str, str] = {}
+    reported: dict[str, dict[str, Any]] = {}
     pending = []
     for trial in sweep.trials:
         if is_finished(trial.run_dir):
@@ -435,7 +444,7 @@ def run_sweep(sweep: Sweep, address: str | None = None) -> dict[str, str]:
         else:
             pending.append(trial)
     if not pending:
-        return status
+        return status, reported
     ray = _init_ray(sweep.spec, address)
     from ray import tune
 
@@ -461,6 +470,10 @@ def run_sweep(sweep: Sweep, address: str | None = None) -> dict[str, str]:
     grid = tuner.fit()
     for result in grid:
         name = result.config["trial"]
+        if result.metrics:
+            reported[name] = {k: result.metrics[k] for k in ("ppo_return", "ratio_vs_tuned_diverse",
+                                                             "total_timesteps", "resumed", "trial_seconds",
+                                                             "node_id", "hostname") if k in result.metrics}
         if result.error is not None:
             lines = [ln for ln in str(result.error).strip().splitlines() if ln.strip()]
             status[name] = f"failed: {lines[-1] if lines else type(result.error).__name__}"
@@ -472,7 +485,7 @@ def run_sweep(sweep: Sweep, address: str | None = None) -> dict[str, str]:
         status.setdefault(name, "failed: not run")
     print(f"[sweep] {len(pending)} trial(s) in {time.perf_counter() - t0:.0f}s on Ray "
           f"{ray.__version__}", file=sys.stderr, flush=True)
-    return status
+    return status, reported
 
 
 def _plain(cfg: Config) -> dict[str, Any]:
@@ -484,12 +497,14 @@ def _plain(cfg: Config) -> dict[str, Any]:
 # ---- the table -------------------------------------------------------------------------------------------------
 
 
-def summarize(sweep: Sweep, status: dict[str, str]) -> dict[str, Any]:
+def summarize(sweep: Sweep, status: dict[str, str], reported: dict[str, dict[str, Any]] | None = None
+              ) -> dict[str, Any]:
     """Aggregate the finished runs per setting and write ``sweep.{json,md,csv,png}`` into the sweep folder.
 
     Returns:
         The JSON written: ``settings`` (per setting: values, runs, :func:`bench.quality_protocol.aggregate`'s
-        figures or ``None`` without a finished run), ``status`` per trial, ``files``.
+        figures or ``None`` without a finished run), ``status`` per trial, ``trials`` (what the trials run in this
+        invocation reported: node, seconds, return), ``files``.
     """
     from bench.quality_protocol import aggregate, markdown
 
@@ -500,7 +515,8 @@ def summarize(sweep: Sweep, status: dict[str, str]) -> dict[str, Any]:
         done = [t.run_dir for t in trials if is_finished(t.run_dir)]
         rows.append({"setting": label, "values": trials[0].values, "seeds": [t.seed for t in trials],
                      "finished": len(done), "aggregate": aggregate(done) if done else None})
-    out = {"sweep": str(sweep.path), "out": str(sweep.out), "title": title, "settings": rows, "status": status}
+    out = {"sweep": str(sweep.path), "out": str(sweep.out), "title": title, "settings": rows, "status": status,
+           "trials": reported or {}}
     files = {k: str(sweep.out / f"sweep.{k}") for k in ("json", "md", "csv", "png")}
     out["files"] = files
     failed = {k: v for k, v in status.items() if v.startswith("failed")}
@@ -611,11 +627,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             state = "finished" if is_finished(t.run_dir) else "to run"
             print(f"{t.name}\t{state}\t{' '.join(t.overrides)}")
         return {"trials": [t.name for t in sweep.trials]}
-    status = ({t.name: "finished before" if is_finished(t.run_dir) else "not run" for t in sweep.trials}
-              if args.aggregate_only else run_sweep(sweep, args.address))
+    if args.aggregate_only:
+        status = {t.name: "finished before" if is_finished(t.run_dir) else "not run" for t in sweep.trials}
+        reported: dict[str, dict[str, Any]] = {}
+    else:
+        status, reported = run_sweep(sweep, args.address)
     for name, state in status.items():
         print(f"[sweep] {name}: {state}", file=sys.stderr)
-    out = summarize(sweep, status)
+    out = summarize(sweep, status, reported)
     print(Path(out["files"]["md"]).read_text(encoding="utf-8"))
     failed = [k for k, v in status.items() if v.startswith("failed")]
     if failed:

@@ -105,25 +105,34 @@ def test_bad_sweep_files_name_the_key(tmp_path: Path, extra: dict, needle: str) 
 
 
 # ---- on Ray ------------------------------------------------------------------------------------------------------
+# One Ray cluster for the whole story (each start costs seconds): a head and a second node on loopback.
 
 
-def test_sweep_end_to_end_skip_and_retry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """2 settings × 2 seeds on a local Ray: one trial fails (injected), the rest finish and are tabulated; the
-    second invocation trains only the failed trial; a third trains nothing."""
+def test_sweep_on_two_nodes_skip_and_retry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """2 settings × 2 seeds on a head and a second Ray node on this machine (one CPU each), joined by address:
+    the concurrent one-CPU trials run on both nodes; one trial fails (injected), the rest finish and are
+    tabulated; the second invocation trains only the failed trial; a third trains nothing and starts no Ray."""
     require_ray()
     import ray
+    from ray.cluster_utils import Cluster
 
     from agents.sweep import main
 
     monkeypatch.setenv("RECFEED_CACHE", str(tmp_path / "cache"))
-    path = write_sweep(tmp_path / "tiny.yaml")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    path = write_sweep(tmp_path / "tiny.yaml", num_cpus=None)
     sweep = load_sweep(path)
     broken = sweep.trials[-1]
     monkeypatch.setenv(FAULT_ENV, broken.name)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     try:
-        first = main(["--config", str(path)])
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        first = main(["--config", str(path), "--address", cluster.address])
         assert first["status"][broken.name].startswith("failed") and "injected fault" in first["status"][broken.name]
         assert all(first["status"][t.name] == "trained" for t in sweep.trials[:-1])
+        nodes = {info["node_id"] for info in first["trials"].values() if "node_id" in info}
+        assert len(nodes) == 2 and nodes <= {n["NodeID"] for n in ray.nodes() if n["Alive"]}
         assert not (broken.run_dir / "summary.json").exists()
         for t in sweep.trials[:-1]:  # each a normal run directory
             for f in ("config.yaml", "summary.json", "policy.safetensors", "report/results.json"):
@@ -145,15 +154,31 @@ def test_sweep_end_to_end_skip_and_retry(tmp_path: Path, monkeypatch: pytest.Mon
 
         stamps = {t.name: (t.run_dir / "summary.json").stat().st_mtime_ns for t in sweep.trials[:-1]}
         monkeypatch.delenv(FAULT_ENV)
-        second = main(["--config", str(path)])
+        second = main(["--config", str(path), "--address", cluster.address])
         assert second["status"][broken.name] in ("trained", "resumed")
         assert all(second["status"][n] == "finished before" for n in stamps)
         assert {n: (sweep.out / "runs" / n / "summary.json").stat().st_mtime_ns for n in stamps} == stamps
         assert [r["finished"] for r in second["settings"]] == [2, 2]
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    third = main(["--config", str(path)])
+    assert set(third["status"].values()) == {"finished before"} and not third["trials"]
+    assert not ray.is_initialized()
+    saved = json.loads(Path(third["files"]["json"]).read_text(encoding="utf-8"))
+    assert [r["finished"] for r in saved["settings"]] == [2, 2]
 
-        third = main(["--config", str(path)])
-        assert set(third["status"].values()) == {"finished before"}
-        saved = json.loads(Path(third["files"]["json"]).read_text(encoding="utf-8"))
-        assert [r["finished"] for r in saved["settings"]] == [2, 2]
+
+def test_local_ray_by_default_with_the_sweeps_cpus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    require_ray()
+    import ray
+
+    from agents.sweep import _init_ray
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    sweep = load_sweep(write_sweep(tmp_path / "s.yaml", num_cpus=1))
+    try:
+        _init_ray(sweep.spec, None)
+        assert ray.cluster_resources().get("CPU") == 1 and len(ray.nodes()) == 1
     finally:
         ray.shutdown()
