@@ -152,10 +152,14 @@ def test_sweep_on_two_nodes_skip_and_retry(tmp_path: Path, monkeypatch: pytest.M
         assert Path(first["files"]["png"]).read_bytes()[:4] == b"\x89PNG"
         assert "return:ppo" in Path(first["files"]["csv"]).read_text(encoding="utf-8")
 
-        stamps = {t.name: (t.run_dir / "summary.json").stat().st_mtime_ns for t in sweep.trials[:-1]}
+        cut = sweep.trials[0]  # as if killed after its last checkpoint, before its summary: resumed, not retrained
+        (cut.run_dir / "summary.json").unlink()
+        stamps = {t.name: (t.run_dir / "summary.json").stat().st_mtime_ns for t in sweep.trials[1:-1]}
         monkeypatch.delenv(FAULT_ENV)
         second = main(["--config", str(path), "--address", cluster.address])
-        assert second["status"][broken.name] in ("trained", "resumed")
+        assert second["status"][broken.name] == "trained" and second["status"][cut.name] == "resumed"
+        resumed = json.loads((cut.run_dir / "summary.json").read_text(encoding="utf-8"))["resumed_from"]
+        assert resumed["num_timesteps"] == 256
         assert all(second["status"][n] == "finished before" for n in stamps)
         assert {n: (sweep.out / "runs" / n / "summary.json").stat().st_mtime_ns for n in stamps} == stamps
         assert [r["finished"] for r in second["settings"]] == [2, 2]
