@@ -132,8 +132,8 @@ class Trial:
         values: The setting's swept values, dotted key → value.
         seed: The training seed.
         run_dir: Its run directory (absolute).
-        overrides: Every ``key=value`` override of the trial (the sweep's ``set``, the setting, the seed, the run's
-            folder).
+        overrides: Every ``key=value`` override of the trial (the sweep's ``set``, the setting, the seed); the run's
+            folder goes in as ``train.out_dir`` / ``train.run_name`` (:func:`trial_config`).
     """
 
     setting: str
@@ -321,14 +321,14 @@ def load_sweep(path: str | os.PathLike[str], out: str | None = None) -> Sweep:
         for seed in spec.seeds:
             run_dir = runs / f"{label}__s{seed}"
             trials.append(Trial(label, values, seed, run_dir,
-                                [*spec.set, *swept, f"train.seed={seed}", f"train.out_dir={runs}",
-                                 f"train.run_name={run_dir.name}"]))
+                                [*spec.set, *swept, f"train.seed={seed}"]))
     return Sweep(spec, path.resolve(), sweep_out, config.resolve() if config else None, trials)
 
 
 def trial_config(sweep: Sweep, trial: Trial) -> Config:
     """The trial's training config (torch threads = the trial's CPUs, at least one)."""
-    cfg = resolve_config(sweep.config, sweep.spec.preset, trial.overrides)
+    cfg = resolve_config(sweep.config, sweep.spec.preset, trial.overrides,
+                         flags={"train": {"out_dir": str(trial.run_dir.parent), "run_name": trial.run_dir.name}})
     cfg.train.torch_threads = max(1, int(sweep.spec.cpus_per_trial))
     return cfg
 

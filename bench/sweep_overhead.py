@@ -3,8 +3,9 @@
 ``python -m bench.sweep_overhead --repeats 3`` alternates, ``--repeats`` times, one ``train.py`` run of
 ``configs/smoke.yaml`` under the budget of ``configs/sweeps/smoke.yaml`` and a one-trial sweep of the same config
 (``python -m agents.sweep``: Ray's start, Tune's trial, the table), each a fresh process with a warm world cache
-(one untimed run first), and prints the median wall time of each and their difference. Writes nothing outside a
-temporary folder.
+(one untimed run first), and prints the median wall time of each, their difference, and the time spent inside
+the Tune trial (its ``train()`` call; the rest of the sweep's time is Ray's start, Tune, imports and the table).
+Writes nothing outside a temporary folder.
 """
 
 from __future__ import annotations
@@ -56,10 +57,12 @@ def main(argv: list[str] | None = None) -> dict:
             return [sys.executable, "-m", "agents.sweep", "--config", str(path)]
 
         _timed(direct(-1), env)  # builds the world and the tuning caches; untimed
-        times: dict[str, list[float]] = {"train.py": [], "agents.sweep (1 trial)": []}
+        times: dict[str, list[float]] = {"train.py": [], "agents.sweep (1 trial)": [], "inside the trial": []}
         for i in range(args.repeats):
             times["train.py"].append(_timed(direct(i), env))
             times["agents.sweep (1 trial)"].append(_timed(sweep(i), env))
+            trials = json.loads((root / f"sweep{i}" / "sweep.json").read_text(encoding="utf-8"))["trials"]
+            times["inside the trial"].append(next(iter(trials.values()))["trial_seconds"])
     med = {k: statistics.median(v) for k, v in times.items()}
     out = {"median_s": med, "all_s": times, "overhead_s": med["agents.sweep (1 trial)"] - med["train.py"]}
     print(json.dumps(out, indent=1))
