@@ -104,6 +104,27 @@ def test_bad_sweep_files_name_the_key(tmp_path: Path, extra: dict, needle: str) 
         load_sweep(write_sweep(tmp_path / "bad.yaml", **extra))
 
 
+def test_dry_run_lists_trials_and_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from agents.sweep import main
+
+    path = write_sweep(tmp_path / "s.yaml")
+    out = main(["--config", str(path), "--dry-run"])
+    assert len(out["trials"]) == 4 and len(capsys.readouterr().out.strip().splitlines()) == 4
+    assert not (tmp_path / "sweep").exists()
+    with pytest.raises(SystemExit, match="seedz"):
+        main(["--config", str(write_sweep(tmp_path / "bad.yaml", seedz=[1])), "--dry-run"])
+
+
+def test_the_sweep_module_does_not_import_ray() -> None:
+    """Ray is optional: importing the sweep module does not import it (only running a sweep does)."""
+    import subprocess
+    import sys
+
+    code = "import sys, agents.sweep; print('ray' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
+
+
 # ---- on Ray ------------------------------------------------------------------------------------------------------
 # One Ray cluster for the whole story (each start costs seconds): a head and a second node on loopback.
 
