@@ -51,7 +51,7 @@ def write_sweep(path: Path, **extra: object) -> Path:
 
 
 def test_shipped_sweep_files_validate(tmp_path: Path) -> None:
-    for name in ("smoke", "quality"):
+    for name in ("smoke", "quality", "quality-adapt"):  # quality-ml needs a calibrated preset (presets/ml)
         sweep = load_sweep(REPO / "configs" / "sweeps" / f"{name}.yaml", out=str(tmp_path / name))
         assert sweep.trials and all(t.run_dir.parent == tmp_path.resolve() / name / "runs" for t in sweep.trials)
     quality = load_sweep(REPO / "configs" / "sweeps" / "quality.yaml", out=str(tmp_path / "q"))
