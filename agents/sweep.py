@@ -351,8 +351,11 @@ def has_checkpoint(run_dir: Path) -> bool:
 def run_trial(params: dict[str, Any]) -> dict[str, Any]:
     """The body of one trial (in a Ray worker process, possibly on another node): train into the run directory.
 
-    A run directory with a checkpoint is resumed; one without (a trial that died before its first checkpoint) is
-    moved aside to ``<name>.failed-<time>`` (never deleted) and trained afresh.
+    A run directory with a checkpoint is resumed with its saved config; one without (a trial that died before its
+    first checkpoint) is moved aside to ``<name>.failed-<time>`` (never deleted) and trained afresh. A run whose
+    learning had ended (its final ``policy.safetensors`` is there: it died in the final evaluation) learns no further
+    on resume, so a time-limited run keeps its time; one that died while learning gets ``train.max_minutes`` anew
+    from its checkpoint (checkpoints count steps, not minutes).
 
     Args:
         params: ``run_dir``, ``config`` (the resolved training config as a mapping), ``threads`` and ``env``
@@ -380,9 +383,14 @@ def run_trial(params: dict[str, Any]) -> dict[str, Any]:
     if run_dir.exists() and not resume:
         os.replace(run_dir, run_dir.with_name(f"{run_dir.name}.failed-{time.strftime('%Y%m%d-%H%M%S')}"))
     if resume:
+        from agents.checkpoints import CKPT_DIR, STATE_FILE, checkpoint_dirs
+        from agents.ppo_ranker import WEIGHTS_FILE
         from configs.loader import load_config
 
         cfg = load_config(run_dir / "config.yaml")
+        if (run_dir / WEIGHTS_FILE).is_file():  # learning had ended (a time limit, say): redo only the evaluation
+            state = json.loads((checkpoint_dirs(run_dir / CKPT_DIR)[0] / STATE_FILE).read_text(encoding="utf-8"))
+            cfg.train.total_timesteps = min(cfg.train.total_timesteps, int(state["num_timesteps"]))
     else:
         cfg = from_dict(Config, params["config"])
         run_dir.mkdir(parents=True)

@@ -173,14 +173,19 @@ def test_sweep_on_two_nodes_skip_and_retry(tmp_path: Path, monkeypatch: pytest.M
         assert Path(first["files"]["png"]).read_bytes()[:4] == b"\x89PNG"
         assert "return:ppo" in Path(first["files"]["csv"]).read_text(encoding="utf-8")
 
-        cut = sweep.trials[0]  # as if killed after its last checkpoint, before its summary: resumed, not retrained
+        # As if a time-limited run (learning stopped by train.max_minutes at 256 of 100,000 steps) had been killed in
+        # its final evaluation: resumed from its checkpoint, evaluated again, and not trained any further.
+        cut = sweep.trials[0]
         (cut.run_dir / "summary.json").unlink()
+        saved_cfg = yaml.safe_load((cut.run_dir / "config.yaml").read_text(encoding="utf-8"))
+        saved_cfg["train"].update(total_timesteps=100_000, max_minutes=5.0)
+        (cut.run_dir / "config.yaml").write_text(yaml.safe_dump(saved_cfg), encoding="utf-8")
         stamps = {t.name: (t.run_dir / "summary.json").stat().st_mtime_ns for t in sweep.trials[1:-1]}
         monkeypatch.delenv(FAULT_ENV)
         second = main(["--config", str(path), "--address", cluster.address])
         assert second["status"][broken.name] == "trained" and second["status"][cut.name] == "resumed"
-        resumed = json.loads((cut.run_dir / "summary.json").read_text(encoding="utf-8"))["resumed_from"]
-        assert resumed["num_timesteps"] == 256
+        resumed = json.loads((cut.run_dir / "summary.json").read_text(encoding="utf-8"))
+        assert resumed["resumed_from"]["num_timesteps"] == 256 and resumed["total_timesteps"] == 256
         assert all(second["status"][n] == "finished before" for n in stamps)
         assert {n: (sweep.out / "runs" / n / "summary.json").stat().st_mtime_ns for n in stamps} == stamps
         assert [r["finished"] for r in second["settings"]] == [2, 2]
