@@ -442,7 +442,7 @@ def test_very_sharp_logits_keep_a_finite_entropy_and_gradients() -> None:
     with th.no_grad():
         policy.log_inv_temperature.fill_(math.log(400.0))
     t = _tensor(policy, _fake_obs(observation_space(N_ITEMS, N_CAND, DIM), 64, seed=2))
-    logits = policy.candidate_logits(t)
+    logits = policy.candidate_logits(t).detach()
     spread = (logits.max(dim=1).values - logits.min(dim=1).values)
     assert float(spread.max()) == pytest.approx(LOGIT_RANGE, abs=1e-3)  # clipped: unclipped it is ~400 × the z range
     actions = policy.get_distribution(t).sample()
