@@ -1,4 +1,4 @@
-"""Off-policy estimators of slate policies (agents/ope.py) on a tiny bandit whose truth is known exactly:
+"""Off-policy estimators of slate policies (agents/ope/) on a tiny bandit whose truth is known exactly:
 N = 4 candidates, K = 2 positions, 12 ranked slates enumerated per context."""
 
 from __future__ import annotations
