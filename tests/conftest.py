@@ -10,6 +10,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -155,3 +160,87 @@ def ts_export(run_dir: Path, small_world: World) -> Path:
     from agents.export import export_run
 
     return export_run(run_dir, "torchscript", run_dir / "export-ts", world=small_world)
+
+
+# ---- serving helpers shared by the serving test modules ----------------------------------------------------------
+
+SAFETY_S = 120.0  # a bound on waits that only a broken runtime reaches (never a timing assertion)
+
+
+class FakeClock:
+    """A settable wall clock."""
+
+    def __init__(self, t: float = 1_000_000.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def ids_of(world: World, rows: np.ndarray | list[int]) -> list[str]:
+    return [world.catalog.ids[int(i)] for i in rows]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def redis_server_or_skip(which: Callable[[str], str | None] = shutil.which,
+                         env: dict[str, str] | os._Environ[str] = os.environ) -> str:
+    """The redis-server executable. Missing: the Redis tests fail in CI (``CI=true``, where they must run) and
+    are skipped, saying why, elsewhere."""
+    exe = which("redis-server")
+    if exe is None:
+        why = "redis-server is not installed (apt-get install -y redis-server)"
+        if env.get("CI", "").strip().lower() in ("true", "1", "yes"):
+            pytest.fail(f"CI={env['CI']}: the Redis tests must run in CI, but {why}", pytrace=False)
+        pytest.skip(f"{why}; with CI=true this is a failure")
+    return exe
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    """A throwaway redis-server on a free loopback port (no persistence), stopped after the module."""
+    exe = redis_server_or_skip()
+    port = free_port()
+    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    import redis
+
+    client = redis.Redis(host="127.0.0.1", port=port)
+    deadline = time.monotonic() + SAFETY_S
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                pytest.fail(f"redis-server did not start (exit code {proc.poll()})")
+            time.sleep(0.05)
+    try:
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        client.close()
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+# ---- training helpers ---------------------------------------------------------------------------------------------
+
+SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
+
+
+def tiny_args(out: Path, name: str, steps: int) -> list[str]:
+    """train.py flags of a tiny smoke run (hashing encoder, a few hundred steps) into ``out/name``."""
+    return [
+        "--config", str(SMOKE), "--out", str(out), "--name", name, "--quiet",
+        "--set", "encoder.kind=hashing", "--set", "encoder.hashing_dim=32",
+        "--set", f"train.total_timesteps={steps}", "--set", "train.eval_every=512",
+        "--set", "train.checkpoint_every=512", "--set", "train.eval_episodes=16",
+        "--set", "train.ppo.n_envs=8", "--set", "train.ppo.n_steps=32", "--set", "train.ppo.batch_size=128",
+        "--set", "train.ppo.n_epochs=1", "--set", "eval.episodes=24", "--set", "eval.bootstrap=100",
+        "--set", "eval.batch=24",
+    ]

@@ -23,9 +23,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch as th
+from conftest import make_run_dir, tiny_args
 from safetensors.torch import load_file
-from test_export import make_run_dir
-from test_train import tiny_args
 
 import evaluate
 import train

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -19,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import SAFETY_S, FakeClock, free_port, ids_of, redis_server_or_skip
 
 from agents.serving import (
     CorruptStateError,
@@ -42,20 +42,6 @@ from envs.spaces import CONTEXT_NAMES, F_CF, F_LLM, FEATURE_NAMES
 from envs.world import World
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-class FakeClock:
-    """A settable wall clock."""
-
-    def __init__(self, t: float = 1_000_000.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-
-def ids_of(world: World, rows: np.ndarray | list[int]) -> list[str]:
-    return [world.catalog.ids[int(i)] for i in rows]
 
 
 @pytest.fixture(autouse=True)
@@ -443,7 +429,6 @@ def test_fallback_answers_when_model_is_broken(mode: str, reason: str, onnx_expo
     assert metrics.recommend.labels("fallback")._value.get() == 1
 
 
-SAFETY_S = 120.0  # a bound on waits that only a broken runtime reaches (never a timing assertion)
 
 
 class GatedModel:
@@ -630,25 +615,6 @@ def test_concurrent_feedback_loses_no_event_in_memory(onnx_export: Path, small_w
 # ---- Redis -------------------------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def redis_server_or_skip(which: Callable[[str], str | None] = shutil.which,
-                         env: dict[str, str] | os._Environ[str] = os.environ) -> str:
-    """The redis-server executable. Missing: the Redis tests fail in CI (``CI=true``, where they must run) and
-    are skipped, saying why, elsewhere."""
-    exe = which("redis-server")
-    if exe is None:
-        why = "redis-server is not installed (apt-get install -y redis-server)"
-        if env.get("CI", "").strip().lower() in ("true", "1", "yes"):
-            pytest.fail(f"CI={env['CI']}: the Redis tests must run in CI, but {why}", pytrace=False)
-        pytest.skip(f"{why}; with CI=true this is a failure")
-    return exe
-
-
 def test_missing_redis_server_fails_in_ci_and_skips_elsewhere() -> None:
     with pytest.raises(pytest.fail.Exception, match="must run in CI"):
         redis_server_or_skip(lambda _: None, {"CI": "true"})
@@ -657,34 +623,6 @@ def test_missing_redis_server_fails_in_ci_and_skips_elsewhere() -> None:
     with pytest.raises(pytest.skip.Exception):
         redis_server_or_skip(lambda _: None, {"CI": "false"})
     assert redis_server_or_skip(lambda _: "/usr/bin/redis-server", {"CI": "true"}) == "/usr/bin/redis-server"
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    """A throwaway redis-server on a free loopback port (no persistence), stopped after the module."""
-    exe = redis_server_or_skip()
-    port = _free_port()
-    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    import redis
-
-    client = redis.Redis(host="127.0.0.1", port=port)
-    deadline = time.monotonic() + SAFETY_S
-    while True:
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                proc.kill()
-                pytest.fail(f"redis-server did not start (exit code {proc.poll()})")
-            time.sleep(0.05)
-    try:
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        client.close()
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def test_redis_state_survives_a_new_runtime(redis_url: str, onnx_export: Path, small_world: World) -> None:
@@ -757,7 +695,7 @@ def test_http_service_restart_keeps_user_state_in_redis(redis_url: str, onnx_exp
     (request counter, features) is where it was."""
     import httpx
 
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "RECFEED_API_KEY": "k-123", "PYTHONPATH": str(REPO)}
     headers = {"X-API-Key": "k-123"}
     base = f"http://127.0.0.1:{port}"
@@ -992,7 +930,7 @@ def test_http_store_down_is_503(onnx_export: Path, small_world: World) -> None:
 
     from agents.serving.app import create_app
 
-    runtime = ServingRuntime.load(onnx_export, store=f"redis://127.0.0.1:{_free_port()}/0")
+    runtime = ServingRuntime.load(onnx_export, store=f"redis://127.0.0.1:{free_port()}/0")
     with TestClient(create_app(runtime)) as c:
         r = c.post("/recommend", json={"user_id": "x", "candidate_ids": ids_of(small_world, range(10))})
         assert r.status_code == 503 and r.json()["error"] == "store_unavailable"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_serving import FakeClock, ids_of, redis_url  # noqa: F401 (redis_url: the module's Redis fixture)
+from conftest import FakeClock, ids_of
 
 from agents.serving import Event, MemoryStore, ServingRuntime, UserState
 from agents.serving.privacy import LOG_KEY_ENV, HashUserPaths, UserIdHasher, install_access_log_filter
@@ -75,7 +75,7 @@ def test_forget_user_in_memory_starts_the_user_afresh(onnx_export: Path, small_w
     _forget_round_trip(runtime, small_world)
 
 
-def test_forget_user_in_redis_starts_the_user_afresh(redis_url: str, onnx_export: Path,  # noqa: F811
+def test_forget_user_in_redis_starts_the_user_afresh(redis_url: str, onnx_export: Path,
                                                      small_world: World) -> None:
     import redis
 

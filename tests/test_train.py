@@ -7,24 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SMOKE, tiny_args
 
 import evaluate
 import train
 from agents.checkpoints import checkpoint_dirs
-
-SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
-
-
-def tiny_args(out: Path, name: str, steps: int) -> list[str]:
-    return [
-        "--config", str(SMOKE), "--out", str(out), "--name", name, "--quiet",
-        "--set", "encoder.kind=hashing", "--set", "encoder.hashing_dim=32",
-        "--set", f"train.total_timesteps={steps}", "--set", "train.eval_every=512",
-        "--set", "train.checkpoint_every=512", "--set", "train.eval_episodes=16",
-        "--set", "train.ppo.n_envs=8", "--set", "train.ppo.n_steps=32", "--set", "train.ppo.batch_size=128",
-        "--set", "train.ppo.n_epochs=1", "--set", "eval.episodes=24", "--set", "eval.bootstrap=100",
-        "--set", "eval.batch=24",
-    ]
 
 
 @pytest.fixture()
