@@ -323,6 +323,18 @@ def test_log_prob_entropy_and_gradients_match_the_stepwise_definition(scale: flo
         assert all(len(set(row)) == k for row in acts.tolist())
 
 
+def _assert_frequencies_match(draws: th.Tensor, slates: th.Tensor, probs: th.Tensor, n: int) -> None:
+    """Sampled 3-slates' frequencies (draws (D, 3) out of n candidates) equal the exact probabilities ``probs`` of
+    ``slates`` (S, 3) within 4.5 binomial standard deviations (+1e-4) for every slate."""
+    n_draws = draws.shape[0]
+    codes = draws[:, 0] * n * n + draws[:, 1] * n + draws[:, 2]
+    freq = th.bincount(codes, minlength=n ** 3).double() / n_draws
+    expected = th.zeros(n ** 3, dtype=th.float64)
+    expected[slates[:, 0] * n * n + slates[:, 1] * n + slates[:, 2]] = probs.double()
+    sigma = (expected * (1 - expected) / n_draws).sqrt()
+    assert bool(((freq - expected).abs() <= 4.5 * sigma + 1e-4).all())
+
+
 @pytest.mark.parametrize("sampler", ["compiled", "torch"])
 def test_repulsive_sampling_with_mask_matches_probabilities(sampler: str) -> None:
     th.manual_seed(9)
@@ -340,12 +352,7 @@ def test_repulsive_sampling_with_mask_matches_probabilities(sampler: str) -> Non
         logits.expand(n_draws, 6), mask.expand(n_draws, 6), groups.expand(n_draws, 6), th.full((n_draws,), 0.9))
     draws, log_prob = dist._sample_groups_cpu(True) if sampler == "compiled" else dist._sample_groups_torch(True)
     assert log_prob is not None and th.allclose(log_prob, dist.log_prob(draws), atol=1e-5)
-    codes = draws[:, 0] * 36 + draws[:, 1] * 6 + draws[:, 2]
-    freq = th.bincount(codes, minlength=216).double() / n_draws
-    expected = th.zeros(216, dtype=th.float64)
-    expected[slates[:, 0] * 36 + slates[:, 1] * 6 + slates[:, 2]] = probs.double()
-    sigma = (expected * (1 - expected) / n_draws).sqrt()
-    assert bool(((freq - expected).abs() <= 4.5 * sigma + 1e-4).all())
+    _assert_frequencies_match(draws, slates, probs, n=6)
 
 
 @pytest.mark.parametrize(("repulsion", "scale", "cap"),
@@ -432,12 +439,7 @@ def test_soft_category_cap_sampling_matches_probabilities_and_caps_the_mode(samp
     dist = dist_for(n_draws)
     draws, log_prob = dist._sample_groups_cpu(True) if sampler == "compiled" else dist._sample_groups_torch(True)
     assert log_prob is not None and th.allclose(log_prob, dist.log_prob(draws), atol=1e-5)
-    codes = draws[:, 0] * 36 + draws[:, 1] * 6 + draws[:, 2]
-    freq = th.bincount(codes, minlength=216).double() / n_draws
-    expected = th.zeros(216, dtype=th.float64)
-    expected[slates[:, 0] * 36 + slates[:, 1] * 6 + slates[:, 2]] = probs.double()
-    sigma = (expected * (1 - expected) / n_draws).sqrt()
-    assert bool(((freq - expected).abs() <= 4.5 * sigma + 1e-4).all())
+    _assert_frequencies_match(draws, slates, probs, n=6)
     g = groups[0][draws]
     distinct = (g[:, 0] != g[:, 1]) & (g[:, 0] != g[:, 2]) & (g[:, 1] != g[:, 2])
     assert float(distinct.float().mean()) > 0.999  # three groups, cap 1: one of each
