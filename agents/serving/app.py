@@ -369,35 +369,32 @@ def resolve_artifact(path: str | Path, fmt: str = "onnx") -> Path:
     return export_run(p, fmt, progress=True)  # type: ignore[arg-type]
 
 
-def _api_key(args: argparse.Namespace) -> str | None:
-    if args.api_key_file:
-        key = Path(args.api_key_file).read_text(encoding="utf-8").strip()
+def _secret(path: str | None, env_var: str) -> str | None:
+    """A key from a file (``--api-key-file`` / ``--log-key-file``), else from ``env_var``, else None.
+
+    Raises:
+        ValueError: The file is empty.
+    """
+    if path:
+        key = Path(path).read_text(encoding="utf-8").strip()
         if not key:
-            raise ValueError(f"{args.api_key_file} is empty")
+            raise ValueError(f"{path} is empty")
         return key
-    return os.environ.get(API_KEY_ENV) or None
+    return os.environ.get(env_var) or None
 
 
 def _build(conf: dict[str, Any]) -> FastAPI:
     runtime = ServingRuntime.load(conf["artifact"], conf["redis"], time_budget_ms=conf["time_budget_ms"],
-                         session_timeout_s=conf["session_timeout_s"], max_candidates=conf["max_candidates"],
-                         cf_fold_in=conf["cf_fold_in"], threads=conf.get("model_threads", 1),
-                         **_ttl_kwargs(conf.get("state_ttl_s", DEFAULT_STATE_TTL_S)), log_key=conf.get("log_key"))
+                                  session_timeout_s=conf["session_timeout_s"], max_candidates=conf["max_candidates"],
+                                  cf_fold_in=conf["cf_fold_in"], threads=conf.get("model_threads", 1),
+                                  **_ttl_kwargs(conf.get("state_ttl_s", DEFAULT_STATE_TTL_S)),
+                                  log_key=conf.get("log_key"))
     return create_app(runtime, api_key=conf["api_key"], max_body_bytes=conf["max_body_bytes"])
 
 
 def _ttl_kwargs(ttl_s: int) -> dict[str, Any]:
     """``--state-ttl-s`` (0: never) as the runtime's two expiries: the in-process store's and Redis's."""
     return {"state_ttl_s": ttl_s or None, "redis_ttl_s": ttl_s or None}
-
-
-def _log_key(args: argparse.Namespace) -> str | None:
-    if args.log_key_file:
-        key = Path(args.log_key_file).read_text(encoding="utf-8").strip()
-        if not key:
-            raise ValueError(f"{args.log_key_file} is empty")
-        return key
-    return os.environ.get(LOG_KEY_ENV) or None
 
 
 def app_from_env() -> FastAPI:
@@ -492,8 +489,8 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     try:
-        api_key = _api_key(args)
-        log_key = _log_key(args)
+        api_key = _secret(args.api_key_file, API_KEY_ENV)
+        log_key = _secret(args.log_key_file, LOG_KEY_ENV)
         if api_key is None and not is_loopback(args.host) and not args.insecure:
             raise ValueError(f"--host {args.host} is not a loopback address and no API key is set: anyone who "
                              f"reaches the port could read and write every user's state. Set ${API_KEY_ENV} or "
