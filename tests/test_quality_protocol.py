@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +51,7 @@ def test_aggregate_ratios_intervals_and_gap(tmp_path: Path) -> None:
 def test_finished_runs_are_not_trained_again(tmp_path: Path) -> None:
     done = _fake_run(tmp_path, "p-s0", _returns(7.0, 6.0), 1.0)
     fail = tmp_path / "p-s1"
-    status = run_all([(done, ["false"]), (fail, ["python3", "-c", "import sys; sys.exit(3)"])], parallel=2)
+    status = run_all([(done, ["false"]), (fail, [sys.executable, "-c", "import sys; sys.exit(3)"])], parallel=2)
     assert status["p-s0"] == "finished before"
     assert status["p-s1"].startswith("failed (exit 3")
 
