@@ -425,52 +425,49 @@ class SlatePolicy(ActorCriticPolicy):
     def _actor(
         self, state_in: th.Tensor, cand: th.Tensor, features: th.Tensor
     ) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
-        """Returns ``(logits (B, N), alpha (B,), state embedding (B, H))``."""
-        h = self.state_net(state_in)  # (B, H)
-        alpha = th.sigmoid(self.alpha_head(h)).squeeze(-1)  # (B,)
-        blend = alpha.unsqueeze(-1) * features[..., F_LLM] + (1.0 - alpha.unsqueeze(-1)) * features[..., F_CF]
-        if self.base == "diverse":
-            blend = standardise_rows(blend) + features @ self.base_weights
-        residual = self._residual(cand, h) + self.feature_linear(features).squeeze(-1)  # (B, N)
-        logits = blend * self.log_inv_temperature.exp() + residual
-        # Candidates more than LOGIT_RANGE nats below the row's best are held there (their probability is < e^-30
-        # either way): the per-group sums of the slate distribution, which later steps take by subtraction, then keep
-        # their precision (at 60 nats the subtraction left rounding noise: entropy ~1e28, NaN gradients, a crash).
-        return th.maximum(logits, logits.detach().amax(dim=-1, keepdim=True) - LOGIT_RANGE), alpha, h
+        """Returns ``(logits (B, N), alpha (B,), state embedding (B, H))`` (:meth:`_actor_parts` without the parts)."""
+        logits, alpha, h, _ = self._actor_parts(state_in, cand, features, with_parts=False)
+        return logits, alpha, h
 
     def _actor_parts(
-        self, state_in: th.Tensor, cand: th.Tensor, features: th.Tensor
-    ) -> tuple[th.Tensor, th.Tensor, th.Tensor, th.Tensor]:
-        """:meth:`_actor` and the parts of each logit, from one pass.
-
-        The logits are computed by the same operations as :meth:`_actor`'s, in the same order (so they are
-        bit-identical; ``tests/test_policies.py`` checks it); the parts are extra (B, N) terms read off the
-        intermediate values (see :meth:`score_parts`).
+        self, state_in: th.Tensor, cand: th.Tensor, features: th.Tensor, with_parts: bool = True
+    ) -> tuple[th.Tensor, th.Tensor, th.Tensor, th.Tensor | None]:
+        """The actor's logits and, with ``with_parts``, the parts of each logit (see :meth:`score_parts`), from one
+        pass: the parts are extra (B, N) terms read off the intermediate values, so the logits are the same either
+        way.
 
         Returns:
-            ``(logits (B, N), alpha (B,), state embedding (B, H), parts (B, N, P))``, P = ``len(SCORE_PARTS)``.
+            ``(logits (B, N), alpha (B,), state embedding (B, H), parts (B, N, P) or None)``,
+            P = ``len(SCORE_PARTS)``.
         """
         h = self.state_net(state_in)  # (B, H)
         alpha = th.sigmoid(self.alpha_head(h)).squeeze(-1)  # (B,)
         a = alpha.unsqueeze(-1)
-        llm_w = a * features[..., F_LLM]  # (B, N) α·llm_sim
-        cf_w = (1.0 - a) * features[..., F_CF]  # (B, N) (1 − α)·cf_score
         blend = a * features[..., F_LLM] + (1.0 - a) * features[..., F_CF]
         penalty: th.Tensor | None = None
         if self.base == "diverse":
+            penalty = features @ self.base_weights
+            z = standardise_rows(blend)
+        residual = self._residual(cand, h) + self.feature_linear(features).squeeze(-1)  # (B, N)
+        inv_t = self.log_inv_temperature.exp()
+        raw = (blend if penalty is None else z + penalty) * inv_t + residual
+        # Candidates more than LOGIT_RANGE nats below the row's best are held there (their probability is < e^-30
+        # either way): the per-group sums of the slate distribution, which later steps take by subtraction, then keep
+        # their precision (at 60 nats the subtraction left rounding noise: entropy ~1e28, NaN gradients, a crash).
+        logits = th.maximum(raw, raw.detach().amax(dim=-1, keepdim=True) - LOGIT_RANGE)
+        if not with_parts:
+            return logits, alpha, h, None
+        llm_w = a * features[..., F_LLM]  # (B, N) α·llm_sim
+        cf_w = (1.0 - a) * features[..., F_CF]  # (B, N) (1 − α)·cf_score
+        diversity = th.zeros_like(raw)
+        if penalty is not None:
             # z is linear: z(b) = (b − mean b) / (std b + eps) splits into the α·llm and (1 − α)·cf terms, each
             # centred on its own row mean and divided by the blend's (std + eps)
             mean = blend.mean(dim=-1, keepdim=True)
             denom = (blend - mean).square().mean(dim=-1, keepdim=True).sqrt() + 1e-9
             llm_w = (llm_w - llm_w.mean(dim=-1, keepdim=True)) / denom
             cf_w = (cf_w - cf_w.mean(dim=-1, keepdim=True)) / denom
-            penalty = features @ self.base_weights
-            blend = standardise_rows(blend) + penalty
-        residual = self._residual(cand, h) + self.feature_linear(features).squeeze(-1)  # (B, N)
-        inv_t = self.log_inv_temperature.exp()
-        raw = blend * inv_t + residual
-        logits = th.maximum(raw, raw.detach().amax(dim=-1, keepdim=True) - LOGIT_RANGE)
-        diversity = th.zeros_like(raw) if penalty is None else penalty * inv_t
+            diversity = penalty * inv_t
         parts = th.stack([llm_w * inv_t, cf_w * inv_t, diversity, residual, logits - raw], dim=-1)
         return logits, alpha, h, parts
 
@@ -571,6 +568,7 @@ class SlatePolicy(ActorCriticPolicy):
         """
         state_in, cand, features, _ = self._encode(obs)
         logits, alpha, h, parts = self._actor_parts(state_in, cand, features)
+        assert parts is not None
         return logits, alpha, self._repulsion(h), parts
 
     def score_parts_tensor(self, obs: PyTorchObs | dict[str, np.ndarray]) -> th.Tensor:
