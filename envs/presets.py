@@ -82,7 +82,8 @@ def load_catalog(cfg: EnvConfig) -> Catalog:
         return generate_catalog(cfg.catalog)
     from envs.data.readers import read_items
 
-    return catalog_from_items(read_items(cfg.catalog.source), cfg.catalog.cf_dim, cfg.catalog.seed)
+    items, _report = read_items(cfg.catalog.source)
+    return catalog_from_items(items, cfg.catalog.cf_dim, cfg.catalog.seed)
 
 
 def make_population(name: str, cfg: EnvConfig, n: int, seed: int, encoder: TextEncoder) -> Population:

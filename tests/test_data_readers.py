@@ -476,3 +476,19 @@ def test_nan_ids_are_missing_ids(tmp_path, fmt):
     with pytest.raises(LogFormatError, match="missing item id") as err:
         read_events(path)
     assert err.value.row == 2 and err.value.column == "item"
+
+
+def test_load_catalog_reads_the_item_table_named_by_the_config(tmp_path: Path) -> None:
+    """``env.catalog.source`` = a CSV builds the catalog from its rows (read_items returns (frame, report))."""
+    from configs.loader import resolve_config
+    from envs.presets import load_catalog
+
+    table = tmp_path / "items.csv"
+    pd.DataFrame({"id": ["a", "b", "c"], "text": ["red shoes", "blue hat", "green scarf"],
+                  "category": ["shoes", "hats", "hats"], "price": [10.0, 5.0, 7.5]}).to_csv(table, index=False)
+    cfg = resolve_config(None, "small", [f"env.catalog.source={table}"]).env
+    catalog = load_catalog(cfg)
+    assert catalog.ids == ["a", "b", "c"]
+    assert catalog.texts[1] == "blue hat"
+    assert np.allclose(catalog.price, [10.0, 5.0, 7.5])
+    assert catalog.category[1] == catalog.category[2] != catalog.category[0]
