@@ -37,7 +37,7 @@ def new_item_mask(n_items: int, share: float, seed: int) -> np.ndarray:
     if not 0.0 <= share < 1.0:
         raise ValueError(f"new_item_share must be in [0, 1), got {share}")
     mask = np.zeros(n_items, bool)
-    n_new = int(round(share * n_items))
+    n_new = round(share * n_items)
     if n_new:
         gen = np.random.default_rng(seed + NEW_ITEM_SEED_OFFSET)
         mask[gen.choice(n_items, size=n_new, replace=False)] = True
