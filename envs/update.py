@@ -308,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
 
             enc = make_encoder(EncoderConfig(kind=args.encoder_kind, hashing_dim=args.hashing_dim, progress=False))
             n0 = world.n_items
-            world = add_items(world, read_items(args.add_items), enc, seed=args.seed)
+            world = add_items(world, read_items(args.add_items)[0], enc, seed=args.seed)
             report["added_items"] = world.n_items - n0
         if args.logs:
             logs = pd.concat([read_rollout_log(p) for p in args.logs], ignore_index=True)
@@ -332,6 +332,7 @@ def main(argv: list[str] | None = None) -> int:
                 data = to_dict(cfg)
                 data.pop("preset_dir", None)
                 data["preset"] = "updated"
+                data["catalog"]["n_items"] = world.n_items
                 (tmp / "env.yaml").write_text("# written by python -m envs.update\n"
                                               + yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
         else:
