@@ -82,7 +82,7 @@ def register_items(app: FastAPI, runtime: Any, call: Callable[..., Awaitable[Any
             return _error(409, "items_unavailable", str(exc))
         except InvalidRequestError as exc:
             return _error(422, "invalid_request", str(exc))
-        return Response(json.dumps({"added": added, "n_items": runtime.items.n_items}).encode(), status_code=201,
-                        media_type="application/json")
+        return Response(json.dumps({"added": added, "n_items": runtime.items.n_items}, separators=(",", ":")).encode(),
+                        status_code=201, media_type="application/json")
 
     app.router.add_route("/items", add_items, methods=["POST"])
