@@ -113,8 +113,41 @@ def main(argv: list[str] | None = None) -> int:
             print(f"arm {arm} failed: see {out / f'arm-{arm}.log'}", file=sys.stderr)
             return 1
         (out / f"arm-{arm}" / "bench_start.json").write_text(json.dumps({"start": starts[arm]}), encoding="utf-8")
+    step0 = out / "step0.json"
+    if not step0.is_file():
+        step0.write_text(json.dumps(step0_returns(out, src)), encoding="utf-8")
     print(curve_table(out, args.arms.split(",")))
     return 0
+
+
+def step0_returns(out: Path, src: Path) -> dict[str, float]:
+    """Held-out return of each arm's policy before any update, on the sessions ``eval.jsonl`` uses: ``warm`` (the
+    source policy on the updated world) and ``scratch`` (a new run's start: PPO's seeded initialisation on the
+    tuned-diverse base, as ``train.py`` builds it)."""
+    import torch as th
+
+    from agents.checkpoints import new_ppo
+    from agents.evaluation import episode_plan, run_episodes
+    from agents.final_report import tuning_context
+    from agents.ppo_ranker import PPORanker
+    from agents.training import make_venv, policy_kwargs
+    from agents.warm_start import warm_start_model
+    from envs.factory import make_core
+    from envs.presets import load_world
+
+    cfg = load_config(out / "arm-scratch" / "config.yaml")
+    world = load_world(cfg.env, cfg.encoder, progress=False)
+    tc = cfg.train
+    core = make_core(cfg.env, cfg.env.preset, cfg.encoder, world, "heldout", cfg.eval.batch)
+    plan = episode_plan(tc.eval_episodes, [tc.seed + 7], world.populations["heldout"].size)
+    summary = json.loads((out / "arm-scratch" / "summary.json").read_text())
+    venv = make_venv(cfg, world, tc.seed)
+    th.manual_seed(tc.seed)
+    diverse = tuning_context(cfg, world, None, False).diverse_search().best
+    scratch = new_ppo(cfg, venv, th.device("cpu"), None, policy_kwargs(cfg, summary["tuned_alpha"], world, diverse))
+    warm, _ = warm_start_model(cfg, src, venv, world, th.device("cpu"), None)
+    return {name: float(run_episodes(core, PPORanker(m.policy, cfg.env.slate_size), plan).ret.mean())
+            for name, m in (("warm", warm), ("scratch", scratch))}
 
 
 def curve_table(out: Path, arms: list[str]) -> str:
@@ -126,6 +159,13 @@ def curve_table(out: Path, arms: list[str]) -> str:
         start = json.loads(start_f.read_text())["start"] if start_f.is_file() else rows[0]["time"]
         curves[arm] = {r["step"]: (r["return"], (r["time"] - start) / 60, r["return_tuned_alpha"]) for r in rows}
     steps = sorted(set().union(*[set(c) for c in curves.values()]))
+    step0 = out / "step0.json"
+    if step0.is_file():
+        s0 = json.loads(step0.read_text())
+        for a in arms:
+            if a in s0:
+                curves[a][0] = (s0[a], 0.0, next(iter(curves[a].values()))[2])
+        steps = [0, *steps]
     head = "| step | " + " | ".join(f"{a}: return (min)" for a in arms) + " | tuned-alpha |"
     lines = [head, "|" + "---:|" * (len(arms) + 2)]
     for s in steps:
