@@ -85,8 +85,8 @@ def main(argv: list[str] | None = None) -> dict:
     from agents.training import train
 
     try:
-        summary = train(cfg, run_dir, resume=run_dir is not None, progress=not args.quiet,
-                        init_from=args.init_from)
+        warm = {"init_from": args.init_from} if args.init_from else {}
+        summary = train(cfg, run_dir, resume=run_dir is not None, progress=not args.quiet, **warm)
     except (ConfigError, CheckpointError, FileNotFoundError, FileExistsError) as exc:
         sys.exit(f"train.py: error: {exc}")
     print_summary(summary, Path(summary["paths"]["report"]) / "results.md")
