@@ -20,10 +20,14 @@ From the logs (the rollout-log schema of :mod:`envs.rollout_log`: served or simu
 - **histories** of the logged users append their clicks (last ``logging.history_len`` kept), and their pooled LLM
   states are recomputed from them.
 
-Items folded in are no longer flagged new. ``--add-items`` appends items (``id, text`` and optional ``category,
-price``; CSV / JSONL / Parquet as ``envs.data.readers.read_items`` reads), encoded with the world's encoder (the
-encoder cache), hidden quality and collaborative factor drawn from ``--seed``, zero CF factors, popularity 0 and the
-new flag: the simulator's cold-start items (``envs/shift.py``).
+Items folded in are no longer flagged new. The logs' ``user`` is the index of the user in the population its
+``population`` column names (a simulated log's, as written); a served log must be mapped to population rows first.
+
+``--add-items`` appends items (``id, text, category`` and optional ``price``; CSV / JSONL / Parquet as
+``envs.data.readers.read_items`` reads), encoded with the world's encoder (``--encoder-kind``,
+``--encoder-model-path``, ``--hashing-dim``; its name must be the world's; the encoder cache), hidden quality and
+collaborative factor drawn from ``--seed``, zero CF factors, popularity 0 and the new flag: the simulator's
+cold-start items (``envs/shift.py``).
 """
 
 from __future__ import annotations
@@ -95,6 +99,9 @@ def log_interactions(logs: pd.DataFrame, population: str | None = None) -> pd.Da
     missing = [c for c in ("user", "click_rank", "clicked_item", "purchase") if c not in logs.columns]
     if missing:
         raise ValueError(f"the logs lack rollout-log column(s) {missing}")
+    if len(logs) and not pd.api.types.is_integer_dtype(logs["user"]):
+        raise ValueError("the logs' user column must hold population indices (integers); served logs name users by "
+                         "keyed hash: map them to the world's population rows first")
     clicks = logs[logs["click_rank"] >= 0]
     if population is not None and "population" in clicks.columns:
         clicks = clicks[clicks["population"] == population]
@@ -280,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
                          "train.py --preset DIR2 reads")
     ap.add_argument("--seed", type=int, default=0, help="seed of added items' hidden attributes")
     ap.add_argument("--encoder-kind", default="transformer", choices=["transformer", "hashing"])
+    ap.add_argument("--encoder-model-path", help="local model folder of a transformer encoder (default: MiniLM)")
     ap.add_argument("--hashing-dim", type=int, default=256)
     args = ap.parse_args(argv)
     from configs.loader import ConfigError, apply_overrides, deep_merge, from_dict, preset_data, preset_env
@@ -306,7 +314,8 @@ def main(argv: list[str] | None = None) -> int:
             from encoders.factory import make_encoder
             from envs.data.readers import read_items
 
-            enc = make_encoder(EncoderConfig(kind=args.encoder_kind, hashing_dim=args.hashing_dim, progress=False))
+            enc = make_encoder(EncoderConfig(kind=args.encoder_kind, model_path=args.encoder_model_path,
+                                             hashing_dim=args.hashing_dim, progress=False))
             n0 = world.n_items
             world = add_items(world, read_items(args.add_items)[0], enc, seed=args.seed)
             report["added_items"] = world.n_items - n0

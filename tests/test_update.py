@@ -133,6 +133,8 @@ def test_update_rejects_bad_logs(cold_world: World) -> None:
         update_world(cold_world, cfg, _log(cold_world, [("train", 10_000, 1, False)]))
     with pytest.raises(ValueError, match="population"):
         update_world(cold_world, cfg, _log(cold_world, [("nobody", 0, 1, False)]))
+    with pytest.raises(ValueError, match="population indices"):
+        update_world(cold_world, cfg, _log(cold_world, [("train", 0, 1, False)]).assign(user=["u:abc"]))
 
 
 def test_add_items_appends_cold_items(cold_world: World) -> None:
