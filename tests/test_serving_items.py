@@ -151,6 +151,9 @@ def test_http_post_items(client, small_world: World) -> None:
     assert r.status_code == 400 and r.json()["error"] == "malformed_json"
     assert client.post("/items", json={"items": [_item(4)]}, headers={"X-API-Key": "wrong"}).status_code == 401
     assert client.get("/items").status_code == 405
+    text = client.get("/metrics").text
+    assert 'recfeed_http_requests_total{endpoint="/items",status="201"} 1.0' in text
+    assert 'recfeed_http_requests_total{endpoint="/items",status="409"} 2.0' in text
 
 
 def test_http_encoder_mismatch(client, runtime: ServingRuntime) -> None:
