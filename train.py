@@ -3,7 +3,8 @@
 The embedded default needs no argument. The config resolves as every script's does
 (:func:`configs.loader.resolve_config`): the preset's env values, then the file's, then ``--set``, then the flags.
 Ends by printing how the trained policy compares with the baselines on held-out users, and where the run, its
-TensorBoard logs and plots are. ``--resume RUN_DIR`` continues a run from its last checkpoint.
+TensorBoard logs and plots are. ``--resume RUN_DIR`` continues a run from its last checkpoint; ``--init-from
+RUN_DIR`` starts a new run (another world or config) from RUN_DIR's final policy.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--preset", help="env preset: default, small, or a calibrated preset directory; the config's "
                                      "env: values and --set env.* apply on top of it")
     ap.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its last checkpoint")
+    ap.add_argument("--init-from", metavar="RUN_DIR",
+                    help="start this new run's policy from RUN_DIR's final policy (e.g. after python -m envs.update "
+                         "changed the world); the optimizer starts fresh")
     ap.add_argument("--total-timesteps", type=int, help="with --resume: train up to this many steps in all")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     return ap.parse_args(argv)
@@ -43,6 +47,8 @@ def resolve(args: argparse.Namespace) -> tuple[Config, Path | None]:
         run_dir = Path(args.resume)
         if not (run_dir / "config.yaml").is_file():
             raise ConfigError(f"--resume {run_dir}: not a run directory (no config.yaml)")
+        if args.init_from:
+            raise ConfigError("--init-from starts a new run; --resume continues one: use one of them")
         if args.config or args.preset or args.overrides or args.out or args.name:
             raise ConfigError("--resume continues a run with its saved config: --config, --preset, --set, --out and "
                               "--name do not apply (only --total-timesteps)")
@@ -61,6 +67,9 @@ def resolve(args: argparse.Namespace) -> tuple[Config, Path | None]:
         if run.exists():
             raise ConfigError(f"run directory {run} already exists; pick another --name (train.run_name) or use "
                               "--resume")
+    if args.init_from and not (Path(args.init_from) / "policy.safetensors").is_file():
+        raise ConfigError(f"--init-from {args.init_from}: not a run directory with a pickle-free policy "
+                          "(policy.safetensors)")
     return cfg, None
 
 
@@ -76,7 +85,8 @@ def main(argv: list[str] | None = None) -> dict:
     from agents.training import train
 
     try:
-        summary = train(cfg, run_dir, resume=run_dir is not None, progress=not args.quiet)
+        warm = {"init_from": args.init_from} if args.init_from else {}
+        summary = train(cfg, run_dir, resume=run_dir is not None, progress=not args.quiet, **warm)
     except (ConfigError, CheckpointError, FileNotFoundError, FileExistsError) as exc:
         sys.exit(f"train.py: error: {exc}")
     print_summary(summary, Path(summary["paths"]["report"]) / "results.md")

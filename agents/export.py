@@ -10,7 +10,8 @@
     items.npz                 what the runtime needs to build features (np.load(allow_pickle=False)):
                               ids (M,) str, item_emb (M, D) f32, item_factors (M, F') f32,
                               item_features (M, 2) f32 [popularity, price], category (M,) int32,
-                              category_names (C,) str
+                              category_names (C,) str, price (M,) f32 raw prices, is_new (M,) bool
+                              (items without interactions: zero factors; POST /items appends to these)
     manifest.json             feature schema, N used in training, K, D, M, C, encoder identity, fallback α,
                               category cap, observation decay constants, CF fold-in settings, file hashes, parity
 
@@ -427,6 +428,8 @@ def write_items(world: World, path: Path) -> None:
             item_features=np.ascontiguousarray(world.item_features, np.float32),
             category=np.ascontiguousarray(world.catalog.category, np.int32),
             category_names=np.array(list(world.catalog.category_names), dtype=str),
+            price=np.ascontiguousarray(world.catalog.price, np.float32),
+            is_new=world.new_items if world.new_items.size else np.zeros(world.n_items, bool),
         )
 
 

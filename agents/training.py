@@ -157,7 +157,8 @@ def finished_summary(cfg: Config, run_dir: Path) -> dict[str, Any] | None:
 # ---- the run -------------------------------------------------------------------------------------------------
 
 
-def train(cfg: Config, run_dir: Path | None = None, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+def train(cfg: Config, run_dir: Path | None = None, resume: bool = False, progress: bool = True,
+          init_from: str | Path | None = None) -> dict[str, Any]:
     """Train PPO on the configured world; evaluate against the baselines; write the run directory.
 
     Args:
@@ -168,6 +169,8 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False, progre
             ``train.total_timesteps`` steps and written its summary is not trained again: a message says so and
             its saved summary is returned (with ``"already_finished": True``).
         progress: Show progress bars.
+        init_from: A run directory whose final policy the new run starts from (``agents/warm_start.py``);
+            not with ``resume``.
 
     Returns:
         The summary (also in ``summary.json``).
@@ -227,7 +230,14 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False, progre
     stats_env = venv
     ckpt_dir = run_dir / CKPT_DIR
     resumed_from: dict[str, Any] | None = None
-    if ckpt is not None:
+    initialised_from: dict[str, Any] | None = None
+    if init_from is not None and ckpt is None:
+        from agents.warm_start import warm_start_model
+
+        model, initialised_from = warm_start_model(cfg, init_from, venv, world, device, run_dir)
+        say(f"policy initialised from {init_from}")
+        model.set_logger(_tb_logger(run_dir))
+    elif ckpt is not None:
         model = restore_model(cfg, ckpt, venv, device, run_dir)
         resumed_from = {"checkpoint": str(ckpt.path), "num_timesteps": ckpt.num_timesteps, "skipped": skipped}
         say(f"resuming from step {model.num_timesteps:,} ({ckpt.path.name})")
@@ -294,6 +304,7 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False, progre
         "gap_closed_to_ceiling": report.get("gap_closed_to_ceiling"),
         "alpha_by_user_type": report["alpha"]["by_rho"],
         "resumed_from": resumed_from,
+        "initialised_from": initialised_from,
         "paths": {"config": str(run_dir / CONFIG_FILE), "model": str(run_dir / MODEL_FILE),
                   "policy": str(run_dir / WEIGHTS_FILE),
                   "tensorboard": str(run_dir / "tb"), "report": str(run_dir / "report"),

@@ -112,17 +112,23 @@ class CatalogConfig:
         n_items: Catalog size M for the synthetic generator.
         cf_dim: Dimension of the hidden collaborative factor that text cannot see.
         seed: Generator seed (the catalog is a pure function of its config).
+        new_item_share: Share of the items that are new (cold start): they are left out of the logging phase and
+            the organic histories, so they have no logged interactions, zero CF item factors and popularity 0,
+            while the users' hidden utility sees them as any other item (``envs/shift.py``). 0 (the default)
+            builds the world exactly as before.
     """
 
     source: str = "synthetic"
     n_items: int = 3000
     cf_dim: int = 8
     seed: int = 7
+    new_item_share: float = 0.0
 
     def __post_init__(self) -> None:
         _nonempty(self, "source")
         _check(self, ">=1", "n_items", "cf_dim")
         _check(self, ">=0", "seed")
+        _check(self, "[0,1)", "new_item_share")
 
 
 @dataclass

@@ -32,6 +32,7 @@ from envs.core import BatchedCore
 from envs.logging_policy import logging_policy
 from envs.rollout_log import RolloutLogger, write_rollout_log
 from envs.sessions import Sessions
+from envs.shift import new_item_mask, old_items_world, remap_log, to_catalog_ids, zero_new_items
 from envs.users import Population, pool_history, sample_traits
 from envs.world import World
 
@@ -62,7 +63,7 @@ def world_key(cfg: EnvConfig, encoder_name: str) -> str:
     relevant = {
         "format": WORLD_FORMAT,
         "encoder": encoder_name,
-        "catalog": to_dict(cfg.catalog),
+        "catalog": _catalog_key(cfg),
         "user_model": to_dict(cfg.user_model),
         "logging": to_dict(cfg.logging),
         "candidates": to_dict(cfg.candidates),
@@ -74,6 +75,15 @@ def world_key(cfg: EnvConfig, encoder_name: str) -> str:
         p = Path(cfg.catalog.source)
         relevant["catalog_file"] = [str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns]
     return hashlib.sha1(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _catalog_key(cfg: EnvConfig) -> dict:
+    """The catalog section of the world key; ``new_item_share`` only when set (worlds built before it keep their
+    keys)."""
+    data = to_dict(cfg.catalog)
+    if not data.get("new_item_share"):
+        data.pop("new_item_share", None)
+    return data
 
 
 def load_catalog(cfg: EnvConfig) -> Catalog:
@@ -159,13 +169,22 @@ def build_world(cfg: EnvConfig, encoder: TextEncoder, progress: bool = True, log
                   item_factors=np.zeros((catalog.n_items, 0), np.float32),
                   popularity=np.zeros(catalog.n_items, np.float32), encoder_name=encoder.name)
     t_encode = time.perf_counter() - t0
-    organic = {name: organic_history(world, cfg, name, seed=um.seed + 101 + i) for i, name in enumerate(pops)}
-    logs = {name: run_logging_phase(world, cfg, name, seed=um.seed + i, progress=progress)
+    new = new_item_mask(catalog.n_items, cfg.catalog.new_item_share, cfg.catalog.seed)
+    keep = np.flatnonzero(~new)
+    # new items (cold start, envs/shift.py) exist for nobody before the CF fit: histories and logs use the rest
+    src = old_items_world(world, keep) if new.any() else world
+    organic = {name: organic_history(src, cfg, name, seed=um.seed + 101 + i) for i, name in enumerate(pops)}
+    logs = {name: run_logging_phase(src, cfg, name, seed=um.seed + i, progress=progress)
             for i, name in enumerate(pops)}
+    if new.any():
+        organic = {name: to_catalog_ids(v, keep) for name, v in organic.items()}
+        logs = {name: remap_log(v, keep) for name, v in logs.items()}
     if log_dir is not None:
         for name, frame in logs.items():
             write_rollout_log(frame, Path(log_dir) / f"logging_{name}.parquet")
     fit_world_from_logs(world, cfg, logs, organic)
+    if new.any():
+        zero_new_items(world, new)
     world.meta.update({
         "config_key": world_key(cfg, encoder.name),
         "build_seconds": round(time.perf_counter() - t0, 2),
@@ -173,6 +192,7 @@ def build_world(cfg: EnvConfig, encoder: TextEncoder, progress: bool = True, log
         "logged_requests": {k: len(v) for k, v in logs.items()},
         "logged_clicks": {k: int((v["click_rank"] >= 0).sum()) for k, v in logs.items()},
         "organic_items": {k: int(v.size) for k, v in organic.items()},
+        **({"new_items": int(new.sum())} if new.any() else {}),
     })
     return world
 

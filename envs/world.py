@@ -71,6 +71,8 @@ class World:
         popularity: float32 (M,) logged clicks per item.
         encoder_name: Identity of the encoder that made the embeddings.
         meta: Free-form provenance (config hash, log sizes, fit times).
+        new_items: bool (M,) items without logged interactions when the CF model was fitted (zero factors,
+            popularity 0; ``env.catalog.new_item_share``, ``envs/shift.py``); empty when there are none.
     """
 
     catalog: Catalog
@@ -80,6 +82,7 @@ class World:
     popularity: np.ndarray
     encoder_name: str
     meta: dict = field(default_factory=dict)
+    new_items: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
     _tables: dict[tuple[str, int, float, float], PopulationTables] = field(default_factory=dict, repr=False)
 
     @property
@@ -199,6 +202,8 @@ class World:
                 "cat_cf_factor": cat.cf_factor,
                 "cat_themes": cat.themes,
             }
+            if self.new_items.any():
+                arrays["new_items"] = self.new_items
             for name, pop in self.populations.items():
                 for attr in ("sem_taste", "cf_taste", "rho", "price_sens", "patience", "history", "init_state",
                              "cf_user"):
@@ -253,4 +258,5 @@ class World:
             popularity=arrays["popularity"],
             encoder_name=meta["encoder_name"],
             meta=meta.get("meta", {}),
+            new_items=arrays.get("new_items", np.zeros(0, bool)).astype(bool),
         )

@@ -34,6 +34,7 @@ from agents.serving.errors import (
     StoreConflictError,
     UnknownItemsError,
 )
+from agents.serving.items import register_items
 from agents.serving.messages import Event
 from agents.serving.privacy import LOG_KEY_ENV, install_access_log_filter
 from agents.serving.runtime import ServingRuntime
@@ -43,7 +44,7 @@ MAX_EVENTS = 1000
 DEFAULT_MAX_BODY_BYTES = 256 * 1024
 #: Idle time after which a user's state is forgotten, in both stores (30 days; ``--state-ttl-s``).
 DEFAULT_STATE_TTL_S = 30 * 86400
-ENDPOINTS = ("/recommend", "/feedback", "/health", "/metrics", "/users/{id}")
+ENDPOINTS = ("/recommend", "/feedback", "/health", "/metrics", "/users/{id}", "/items")
 USERS_PREFIX = "/users/"
 OPEN_PATHS = frozenset({"/health"})
 #: The status ``recfeed_http_requests_total`` records for a client that disconnected before its body arrived
@@ -344,6 +345,8 @@ def create_app(runtime: ServingRuntime, api_key: str | None = None, max_body_byt
     @app.get("/metrics")
     async def metrics() -> Response:
         return Response(generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    register_items(app, runtime, call, _validation_error)  # POST /items: new items (agents/serving/items.py)
 
     app.add_middleware(_Guard, runtime=runtime, api_key=api_key, max_body_bytes=max_body_bytes,
                        hot={"/recommend": handle_recommend, "/feedback": handle_feedback})

@@ -34,6 +34,11 @@ class ItemTable:
         category: int64 (M,).
         n_categories: C.
         fingerprint: Short hash of the item table (names the Redis key space: item rows are stored in states).
+        category_names: (C,) category names (empty for an artifact exported before they were kept).
+        price: float32 (M,) raw prices (``None`` for an artifact exported before they were kept): the scale of a
+            new item's price feature (``POST /items``, ``agents/serving/catalog.py``).
+        is_new: bool (M,) items without interaction history (zero CF factors, popularity 0): the world's new items
+            and those added while serving; ``None`` when the artifact does not say.
     """
 
     ids: np.ndarray
@@ -44,6 +49,9 @@ class ItemTable:
     category: np.ndarray
     n_categories: int
     fingerprint: str
+    category_names: tuple[str, ...] = ()
+    price: np.ndarray | None = None
+    is_new: np.ndarray | None = None
     cf_mean: np.ndarray = field(init=False)  # float64 (F',) mean of the factors over the catalog
     cf_cov: np.ndarray = field(init=False)  # float64 (F', F') their population covariance
     cf_gram: np.ndarray = field(init=False)  # float64 (F', F') QᵀQ
@@ -64,12 +72,16 @@ class ItemTable:
         with np.load(io.BytesIO(raw), allow_pickle=False) as z:
             ids = z["ids"]
             cat = z["category"].astype(np.int64)
-            c = int(n_categories if n_categories is not None else len(z["category_names"]))
+            names = tuple(str(n) for n in z["category_names"].tolist()) if "category_names" in z.files else ()
+            c = int(n_categories if n_categories is not None else len(names))
+            price = np.asarray(z["price"], np.float32) if "price" in z.files else None
+            is_new = np.asarray(z["is_new"], bool) if "is_new" in z.files else None
             return cls(ids=ids, index={str(s): i for i, s in enumerate(ids.tolist())},
                        emb=np.ascontiguousarray(z["item_emb"], np.float32),
                        factors=np.ascontiguousarray(z["item_factors"], np.float32),
                        features=np.ascontiguousarray(z["item_features"], np.float32), category=cat, n_categories=c,
-                       fingerprint=hashlib.sha256(raw).hexdigest()[:12])
+                       fingerprint=hashlib.sha256(raw).hexdigest()[:12], category_names=names, price=price,
+                       is_new=is_new)
 
     @property
     def n_items(self) -> int:

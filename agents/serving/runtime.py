@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -113,6 +114,8 @@ class ServingRuntime:
         self._started = time.time()
         if items.dim != int(manifest["dim"]) or items.n_items != int(manifest["n_items"]):
             raise ValueError("items.npz does not match the manifest (D or M differ)")
+        self._items_lock = threading.Lock()  # serialises POST /items (readers never lock: copy-on-write)
+        self.encoder: Any = None  # the run's text encoder, built by the first add_items
         self.hash_user_id = UserIdHasher()  # user ids in logs (load(log_key=...) sets the deployment's key)
         if hasattr(store, "on_expire"):
             store.on_expire = self.metrics.users_expired.inc
@@ -617,6 +620,37 @@ class ServingRuntime:
         if st is not None:
             self._refresh_cf(st)
         return st
+
+    def add_items(self, items: Sequence[Any], encoder: Any = None) -> list[str]:
+        """Add new items (cold start) while serving: encoded with the run's encoder, zero CF factors, popularity 0,
+        flagged new (``agents/serving/catalog.py``); then rankable like any other. Thread-safe: the item table is
+        replaced copy-on-write (rows are only appended), so concurrent requests see the old or the new table.
+
+        Args:
+            items: :class:`agents.serving.catalog.NewItem` s.
+            encoder: The encoder (default: the one the manifest names, built once, with its disk cache).
+
+        Returns:
+            The ids added.
+
+        Raises:
+            InvalidRequestError: Bad items (``DuplicateItemsError``, ``EncoderMismatchError``,
+                ``ItemsUnavailableError`` among them); nothing is added then.
+        """
+        from agents.serving.catalog import check_new_items, encode_items, extend_table, run_encoder
+
+        with self._items_lock:
+            table = self.items
+            codes = check_new_items(table, items)
+            if encoder is None:
+                self.encoder = encoder = self.encoder or run_encoder(self.manifest)
+            enc = encoder
+            emb = encode_items(enc, self.manifest["encoder"]["name"], table.dim, [it.text for it in items])
+            new = extend_table(table, items, codes, emb)
+            self._ctx_lo, self._ctx_hi = context_bounds(self.const.max_steps, new.n_items, self.dwell_cap_s)
+            self.items = new  # one reference swap: a request reads the old or the new table
+        log.info("added %d new item(s); the catalog has %d", len(items), new.n_items)
+        return [it.id for it in items]
 
     def health(self) -> dict[str, Any]:
         """Liveness and configuration summary."""
