@@ -51,11 +51,17 @@ class ServedLog:
     dropped: int
 
     def logging_terms(self, generator: np.random.Generator, n_samples: int = 256) -> LoggingTerms:
-        """The serving arms' prefix propensities (as logged) and marginals."""
+        """The serving arms' prefix propensities (as logged) and marginals.
+
+        The marginals average the exact conditionals along ``n_samples`` sampled slates and the logged one (so a
+        logged (position, item) never gets a marginal that underflowed to 0 in the sampled prefixes; the logged
+        slate is one more draw from the same policy, so the average stays consistent).
+        """
         k = self.log.slates.shape[1]
         marg = rpl_marginals(self.logits, k, generator, self.groups, self.beta, self.cap, self.temperature,
                              n_samples)
-        return LoggingTerms(self.logged_prefix, marg, None)
+        own = rpl_conditionals(self.logits, self.log.slates, self.groups, self.beta, self.cap, self.temperature)
+        return LoggingTerms(self.logged_prefix, (n_samples * marg + own) / (n_samples + 1), None)
 
 
 def served_log(source: str | Path | ABLog, reward: RewardWeights | None = None) -> ServedLog:

@@ -355,7 +355,7 @@ def create_app(runtime: ServingRuntime, api_key: str | None = None, max_body_byt
         if writer is not None:
             await run_in_threadpool(writer.close)
 
-    app.add_event_handler("shutdown", flush_logs)
+    app.router.add_event_handler("shutdown", flush_logs)
     app.add_middleware(_Guard, runtime=runtime, api_key=api_key, max_body_bytes=max_body_bytes,
                        hot={"/recommend": handle_recommend, "/feedback": handle_feedback})
     return app
