@@ -12,6 +12,9 @@ float64, vectorised over rows (B), looping over the K positions.
 
 from __future__ import annotations
 
+import math
+
+import numba
 import numpy as np
 
 from agents.slate_mode import CAP_PENALTY, NO_CAP
@@ -164,3 +167,92 @@ def greedy_log_prob(greedy: np.ndarray, slates: np.ndarray) -> np.ndarray:
     the prefix matches, -inf from the first difference on: float64 (B, K)."""
     same = np.cumprod(np.asarray(greedy) == np.asarray(slates), axis=1).astype(bool)
     return np.where(same, 0.0, -np.inf)
+
+
+# ---- one request, compiled (the serving path) ----------------------------------------------------------------------
+
+
+@numba.njit(cache=True, nogil=True)
+def _walk_row(logits: np.ndarray, groups: np.ndarray, beta: float, cap: int, temperature: float, k: int,
+              uniforms: np.ndarray, slate: np.ndarray, prefix: np.ndarray, sample: bool) -> None:
+    """One row of the walk: ``logits`` float64 (N,), ``groups`` int64 (N,); samples ``slate`` (K,) by inverse CDF
+    from ``uniforms`` (K,) when ``sample``, else reads it; writes the prefix log-probabilities into ``prefix``."""
+    n = logits.shape[0]
+    n_groups = 0
+    for j in range(n):
+        n_groups = max(n_groups, groups[j] + 1)
+    counts = np.zeros(n_groups)
+    placed = np.zeros(n, np.bool_)
+    v = np.empty(n)
+    acc = 0.0
+    for step in range(k):
+        top = -np.inf
+        for j in range(n):
+            if placed[j]:
+                v[j] = -np.inf
+                continue
+            c = counts[groups[j]]
+            x = logits[j] - beta * c
+            if c >= cap:
+                x -= CAP_PENALTY
+            x /= temperature
+            v[j] = x
+            top = max(top, x)
+        total = 0.0
+        for j in range(n):
+            if not placed[j]:
+                total += math.exp(v[j] - top)
+        if sample:
+            target = uniforms[step] * total
+            pick, run = -1, 0.0
+            for j in range(n):
+                if placed[j]:
+                    continue
+                pick = j
+                run += math.exp(v[j] - top)
+                if run > target:
+                    break
+            slate[step] = pick
+        pick = slate[step]
+        acc += v[pick] - top - math.log(total)
+        prefix[step] = acc
+        placed[pick] = True
+        counts[groups[pick]] += 1.0
+
+
+def walk_one(logits: np.ndarray, k: int, groups: np.ndarray, beta: float, cap: int | None, temperature: float,
+             generator: np.random.Generator | None = None, slate: np.ndarray | None = None,
+             uniforms: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """One request's walk, compiled: sample a slate (``generator``) or score a given ``slate``.
+
+    Same distribution as :func:`rpl_sample` / :func:`rpl_prefix_log_prob` (tested equal), at a fraction of their
+    per-call overhead for B = 1.
+
+    Args:
+        logits: (N,) logits.
+        k: Slate size.
+        groups: int (N,) categories.
+        beta: Repulsion ≥ 0.
+        cap: Category cap (``None``: none).
+        temperature: T > 0.
+        generator: Randomness (sampling).
+        slate: int (K,) positions to score instead of sampling.
+        uniforms: (K,) uniform draws in [0, 1) to sample with instead of ``generator``'s.
+
+    Returns:
+        ``(slate int64 (K,), prefix log-probabilities float64 (K,))``.
+    """
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    lg = np.ascontiguousarray(logits, dtype=np.float64)
+    g = np.ascontiguousarray(groups, dtype=np.int64)
+    out = np.empty(k, np.int64) if slate is None else np.ascontiguousarray(slate, dtype=np.int64)
+    if slate is None and uniforms is None:
+        if generator is None:
+            raise ValueError("sampling needs a generator or uniforms")
+        uniforms = generator.random(k)
+    u = np.zeros(k) if uniforms is None else np.ascontiguousarray(uniforms, dtype=np.float64)
+    prefix = np.empty(k)
+    _walk_row(lg, g, float(beta), NO_CAP if cap is None or cap <= 0 else int(cap), float(temperature), k, u, out,
+              prefix, slate is None)
+    return out, prefix

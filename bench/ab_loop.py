@@ -11,9 +11,10 @@
    in process with ``set_user``, as the service has no import endpoint), the env's response model clicks, buys and
    dwells on the served slates, and the feedback goes back over HTTP.
 3. Reports the arms (``agents.ab_report``), and checks that the arm difference in return per session agrees with the
-   paired difference of the same two rankers (same scorers and temperatures) from ``evaluate.py``'s engine
-   (``agents.evaluation.evaluate_rankers`` + ``agents.report.summarise``) on held-out users: the evaluation's
-   difference must lie in the A/B interval.
+   paired difference of the same two rankers from ``evaluate.py``'s machinery on held-out users (its specs
+   ``run:RUN@T`` and ``tuned-alpha@T``, built by ``agents.registry.make_ranker`` with the same scorers and
+   temperatures, run by ``agents.evaluation.evaluate_rankers``, compared by ``agents.report.summarise``): the
+   evaluation's difference must lie in the A/B interval.
 4. Gives the log to ``agents.ope`` to value ``tuned-diverse`` at ``--diverse-temperature`` and checks that its
    on-policy per-request reward (measured in the simulator) lies in each estimator's 95 % interval.
 
@@ -38,11 +39,11 @@ from agents.evaluation import episode_plan, evaluate_rankers
 from agents.ope.cli import served_estimates
 from agents.ope.served import Target, served_log
 from agents.ppo_ranker import load_run_config
-from agents.registry import RankerContext
+from agents.registry import RankerContext, make_ranker
 from agents.report import percentile_ci, summarise
 from agents.serving.ablog import RewardWeights, read_ab_logs
 from agents.serving.app import create_app
-from agents.serving.arms import ABRuntime, BlendScorer, DiverseScorer, ModelScorer, SampledRanker, load_arms_file
+from agents.serving.arms import ABRuntime, DiverseScorer, load_arms_file
 from agents.tuning import tuning_cache_dir
 from configs.schema import Config
 from envs.factory import make_core
@@ -120,9 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.max_steps < 1:
             ap.error(f"--max-steps must be >= 1, got {args.max_steps}")
         cfg = dataclasses.replace(cfg, env=dataclasses.replace(cfg.env, max_steps=args.max_steps))
-    k = cfg.env.slate_size
     core = make_core(cfg.env, cfg.env.preset, cfg.encoder, world, "heldout", 64)
-    ctx = RankerContext(world, cfg.env, core=core, seed=0, tune_episodes=args.tune_episodes, batch=64,
+    ctx = RankerContext(world, cfg.env, core=core, seed=args.seed, tune_episodes=args.tune_episodes, batch=64,
                         encoder=cfg.encoder, progress=False, cache_dir=tuning_cache_dir(cfg.env, cfg.encoder))
     alpha = float(ctx.alpha_curve().best_alpha)
     div = ctx.diverse_search().best
@@ -171,12 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown(report))
 
     # ---- the same two rankers in evaluate.py's engine -------------------------------------------------------------
-    cat = world.catalog.category
-    rankers = {"ppo": SampledRanker("ppo", ModelScorer(export, threads=None), args.ppo_temperature, cat, k, 1),
-               "tuned-alpha": SampledRanker("tuned-alpha", BlendScorer(alpha), args.blend_temperature, cat, k, 2),
-               "tuned-diverse": SampledRanker("tuned-diverse", DiverseScorer(div["alpha"], div["exposure_weight"],
-                                                                             div["seen_weight"], int(div["cap"])),
-                                              args.diverse_temperature, cat, k, 3)}
+    specs = {"ppo": f"run:{run}@{args.ppo_temperature:g}", "tuned-alpha": f"tuned-alpha@{args.blend_temperature:g}",
+             "tuned-diverse": f"tuned-diverse@{args.diverse_temperature:g}"}
+    rankers = {name: make_ranker(spec, ctx) for name, spec in specs.items()}  # evaluate.py's specs and factory
     plan = episode_plan(args.eval_episodes, [args.seed + 100], world.populations["heldout"].size)
     stats = evaluate_rankers(core, rankers, plan)
     res = summarise(stats, "tuned-alpha", args.bootstrap, seed=args.seed)

@@ -26,7 +26,8 @@ from agents.serving.arms import (
 )
 from agents.serving.errors import InvalidRequestError, UnknownArmError
 from agents.serving.privacy import UserIdHasher
-from agents.slate_sampling import rpl_conditionals, rpl_marginals, rpl_prefix_log_prob, rpl_sample
+from agents.slate_sampling import rpl_conditionals, rpl_marginals, rpl_prefix_log_prob, rpl_sample, walk_one
+from configs.schema import EnvConfig
 from envs.world import World
 
 # ---- the slate walk ---------------------------------------------------------------------------------------------
@@ -62,6 +63,22 @@ def test_walk_probabilities_sum_to_one_and_samples_follow_them() -> None:
     for s, pr in zip(slates, p, strict=True):
         exact[np.arange(k), s] += pr
     assert np.abs(marg[0] - exact).max() < 0.02
+
+
+def test_compiled_one_request_walk_matches_the_numpy_walk() -> None:
+    gen = np.random.default_rng(3)
+    n, k = 5, 3
+    logits, groups = gen.normal(size=n), np.array([0, 0, 1, 1, 2])
+    slates = np.array(list(itertools.permutations(range(n), k)))
+    lp = rpl_prefix_log_prob(np.repeat(logits[None], len(slates), 0), slates, np.repeat(groups[None], len(slates), 0),
+                             0.7, 1, 0.8)
+    index = {tuple(s): i for i, s in enumerate(slates.tolist())}
+    draws = [walk_one(logits, k, groups, 0.7, 1, 0.8, gen) for _ in range(20000)]
+    for s, pre in draws[:50]:
+        np.testing.assert_allclose(pre, lp[index[tuple(s.tolist())]], atol=1e-12)
+        np.testing.assert_allclose(walk_one(logits, k, groups, 0.7, 1, 0.8, slate=s)[1], pre, atol=1e-12)
+    freq = np.bincount([index[tuple(s.tolist())] for s, _ in draws], minlength=len(slates)) / len(draws)
+    assert np.abs(freq - np.exp(lp[:, -1])).max() < 0.02
 
 
 def test_low_temperature_samples_the_greedy_walk() -> None:
@@ -289,3 +306,28 @@ def test_serve_cli_refuses_bad_arms(tmp_path: Path, onnx_export: Path, monkeypat
     monkeypatch.setenv("RECFEED_LOG_KEY", "k")
     assert main([str(onnx_export), "--arms", str(bad)]) == 2
     assert "sum to 1" in capsys.readouterr().err
+
+
+# ---- sampled rankers in evaluate.py ("SPEC@T") ----------------------------------------------------------------------
+
+
+def test_sampled_ranker_specs(small_world: World, small_cfg: EnvConfig, onnx_export: Path) -> None:
+    from conftest import make_core
+
+    from agents.registry import RankerContext, check_specs, make_ranker, parse_spec, run_dir_of
+
+    assert parse_spec("fixed-alpha:0.5@0.1") == ("fixed-alpha", "0.5")
+    assert run_dir_of("run:/x/y@1") == "/x/y" and run_dir_of("run:/x/y") == "/x/y" and run_dir_of("random") is None
+    for bad, msg in (("tuned-alpha@0", "finite number > 0"), ("tuned-alpha@x", "finite number > 0"),
+                     ("random@0.5", "can sample"), ("oracle@1", "can sample")):
+        with pytest.raises(ValueError, match=msg):
+            check_specs([bad])
+    core = make_core(small_cfg, small_world, b=16)
+    ctx = RankerContext(small_world, small_cfg, core=core, seed=0)
+    obs = core.observe()
+    cold = make_ranker("fixed-alpha:0.5@0.0001", ctx).act(obs)  # T → 0: the deterministic ranker
+    np.testing.assert_array_equal(cold, make_ranker("fixed-alpha:0.5", ctx).act(obs))
+    hot = make_ranker("fixed-alpha:0.5@5", ctx).act(obs)
+    assert hot.shape == cold.shape and not np.array_equal(hot, cold)
+    ranker = make_ranker(f"run:{onnx_export}@1", ctx)
+    assert ranker.name == f"run:{onnx_export}@1" and ranker.act(obs).shape == (16, small_cfg.slate_size)

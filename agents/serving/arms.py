@@ -40,7 +40,7 @@ from agents.serving.messages import Event, Recommendation
 from agents.serving.runners import OnnxModel
 from agents.serving.runtime import FALLBACK_PARTS, Ranked, ServingRuntime
 from agents.slate_mode import greedy_slate, greedy_slates
-from agents.slate_sampling import greedy_log_prob, rpl_prefix_log_prob, rpl_sample
+from agents.slate_sampling import greedy_log_prob, rpl_prefix_log_prob, rpl_sample, walk_one
 from envs.spaces import F_CAT_EXPOSURE, F_CF, F_ITEM_SEEN, F_LLM
 
 ARM_KINDS = ("export", "blend", "diverse")
@@ -447,9 +447,8 @@ class ABRuntime(ServingRuntime):
         temp = spec.temperature
         if temp > 0:
             with self._gen_lock:
-                top2, prefix2 = rpl_sample(np.asarray(scores, np.float64)[None], k, self._gen, groups[None], beta, cap,
-                                           temp)
-            top, prefix = top2[0], prefix2[0]
+                u = self._gen.random(k)
+            top, prefix = walk_one(scores, k, groups, beta, cap, temp, slate=None, uniforms=u)
         else:
             top = greedy_slate(scores, k, groups if beta > 0 or cap is not None else None, beta, cap)
             prefix = np.zeros(k)
@@ -463,7 +462,12 @@ class ABRuntime(ServingRuntime):
                     lps[other.name] = prefix
                     continue
                 try:
-                    lps[other.name] = arm_prefix_log_prob(sc, batch, groups[None], top[None], other.temperature)[0]
+                    logits, _, beta2 = sc.score(batch)
+                    if other.temperature > 0:
+                        lps[other.name] = walk_one(logits[0], k, groups, float(beta2[0]), sc.cap, other.temperature,
+                                                   slate=top)[1]
+                    else:
+                        lps[other.name] = arm_prefix_log_prob(sc, batch, groups[None], top[None], 0.0)[0]
                 except (ModelTimeoutError, ValueError, RuntimeError):
                     lps[other.name] = np.full(k, np.nan)
             log = {"arm": spec.name, "forced": arm is not None, "source": "fallback" if reason else "model",
