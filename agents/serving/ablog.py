@@ -163,34 +163,43 @@ class ServeLogWriter:
             self.errors.inc()
 
     def _requests_table(self, rows: list[dict[str, Any]]) -> pa.Table:
+        def scalars(key: str, typ: pa.DataType, conv: Any = None) -> pa.Array:
+            return pa.array([r[key] if conv is None else conv(r[key]) for r in rows], typ)
+
+        def lists(values: list[np.ndarray], dtype: Any, typ: pa.DataType) -> pa.Array:
+            """A list column from one concatenated buffer (no per-element Python objects)."""
+            flat = [np.asarray(v, dtype).ravel() for v in values]
+            offsets = np.zeros(len(flat) + 1, np.int32)
+            np.cumsum([len(v) for v in flat], out=offsets[1:])
+            return pa.ListArray.from_arrays(pa.array(offsets), pa.array(np.concatenate(flat), typ))
+
+        cands = [np.asarray(r["candidates"], np.int64) for r in rows]
         col = {
             "population": pa.array(["served"] * len(rows)),
-            "user": pa.array([r["user"] for r in rows]),
-            "session": pa.array([int(r["session"]) for r in rows], pa.int64()),
-            "step": pa.array([int(r["step"]) for r in rows], pa.int64()),
-            "candidates": pa.array([np.asarray(r["candidates"], np.int64) for r in rows], pa.list_(pa.int64())),
-            "slate": pa.array([np.asarray(r["candidates"])[r["positions"]].astype(np.int64) for r in rows],
-                              pa.list_(pa.int64())),
-            "log_propensity": pa.array([float(r["log_propensity"]) for r in rows], pa.float64()),
-            "request_id": pa.array([int(r["request_id"]) for r in rows], pa.int64()),
-            "ts": pa.array([float(r["ts"]) for r in rows], pa.float64()),
-            "arm": pa.array([r["arm"] for r in rows]),
-            "forced": pa.array([bool(r["forced"]) for r in rows]),
-            "source": pa.array([r["source"] for r in rows]),
-            "temperature": pa.array([float(r["temperature"]) for r in rows], pa.float64()),
-            "positions": pa.array([np.asarray(r["positions"], np.int64) for r in rows], pa.list_(pa.int64())),
-            "logits": pa.array([np.asarray(r["logits"], np.float64) for r in rows], pa.list_(pa.float64())),
-            "beta": pa.array([float(r["beta"]) for r in rows], pa.float64()),
-            "cap": pa.array([int(r["cap"]) for r in rows], pa.int64()),
-            "groups": pa.array([np.asarray(r["groups"], np.int64) for r in rows], pa.list_(pa.int64())),
+            "user": scalars("user", pa.string()),
+            "session": scalars("session", pa.int64(), int),
+            "step": scalars("step", pa.int64(), int),
+            "candidates": lists(cands, np.int64, pa.int64()),
+            "slate": lists([c[r["positions"]] for c, r in zip(cands, rows, strict=True)], np.int64, pa.int64()),
+            "log_propensity": scalars("log_propensity", pa.float64(), float),
+            "request_id": scalars("request_id", pa.int64(), int),
+            "ts": scalars("ts", pa.float64(), float),
+            "arm": scalars("arm", pa.string()),
+            "forced": scalars("forced", pa.bool_(), bool),
+            "source": scalars("source", pa.string()),
+            "temperature": scalars("temperature", pa.float64(), float),
+            "positions": lists([r["positions"] for r in rows], np.int64, pa.int64()),
+            "logits": lists([r["logits"] for r in rows], np.float64, pa.float64()),
+            "beta": scalars("beta", pa.float64(), float),
+            "cap": scalars("cap", pa.int64(), int),
+            "groups": lists([r["groups"] for r in rows], np.int64, pa.int64()),
             "n_features": pa.array([int(np.shape(r["features"])[-1]) for r in rows], pa.int64()),
-            "features": pa.array([np.asarray(r["features"], np.float32).ravel() for r in rows],
-                                 pa.list_(pa.float32())),
-            "context": pa.array([np.asarray(r["context"], np.float32) for r in rows], pa.list_(pa.float32())),
-            "user_state": pa.array([np.asarray(r["user_state"], np.float32) for r in rows], pa.list_(pa.float32())),
+            "features": lists([r["features"] for r in rows], np.float32, pa.float32()),
+            "context": lists([r["context"] for r in rows], np.float32, pa.float32()),
+            "user_state": lists([r["user_state"] for r in rows], np.float32, pa.float32()),
         }
         for a in self.arms:
-            col[f"lp.{a}"] = pa.array([np.asarray(r["lp"][a], np.float64) for r in rows], pa.list_(pa.float64()))
+            col[f"lp.{a}"] = lists([r["lp"][a] for r in rows], np.float64, pa.float64())
         return pa.table(col)
 
 
