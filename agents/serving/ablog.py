@@ -40,6 +40,8 @@ from envs.rollout_log import ROLLOUT_COLUMNS
 
 KINDS = ("requests", "feedback")
 _STOP = object()
+#: How often the writer thread drains the queue (seconds).
+POLL_S = 0.05
 META_KEY = b"recfeed_ab"
 
 
@@ -86,6 +88,7 @@ class ServeLogWriter:
         self._dropped = {k: self.dropped.labels(k) for k in KINDS}
         self.written: list[Path] = []
         self._closed = False
+        self._wake = threading.Event()  # set on close: drain now
         self._thread = threading.Thread(target=self._loop, name="recfeed-ab-log", daemon=True)
         self._thread.start()
 
@@ -114,36 +117,39 @@ class ServeLogWriter:
         if self._closed:
             return
         self._closed = True
+        self._wake.set()
         self._q.put(_STOP, timeout=timeout_s)
         self._thread.join(timeout_s)
 
     # ---- the writer thread -----------------------------------------------------------------------------------
 
     def _loop(self) -> None:
+        """Drain the queue every ``POLL_S`` (not on every row: a waiting thread woken per row would take the GIL from
+        the request thread once per request), buffer, and write files when full, old or at the end."""
         buf: dict[str, list[dict[str, Any]]] = {k: [] for k in KINDS}
         size = dict.fromkeys(KINDS, 0)
         since = time.monotonic()
-        while True:
-            try:
-                item = self._q.get(timeout=min(self.flush_s, 1.0))
-            except queue.Empty:
-                item = None
-            if item is _STOP:
-                for k in KINDS:
-                    self._flush(k, buf[k])
-                return
-            if item is not None:
+        done = False
+        while not done:
+            self._wake.wait(POLL_S)
+            while True:
+                try:
+                    item = self._q.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    done = True
+                    break
                 kind, row = item
                 buf[kind].append(row)
                 size[kind] += sum(getattr(v, "nbytes", 8) for v in row.values())
                 if len(buf[kind]) >= self.max_rows or size[kind] >= self.max_bytes:
                     self._flush(kind, buf[kind])
                     buf[kind], size[kind] = [], 0
-            if time.monotonic() - since >= self.flush_s:
+            if done or time.monotonic() - since >= self.flush_s:
                 for k in KINDS:
-                    if buf[k]:
-                        self._flush(k, buf[k])
-                        buf[k], size[k] = [], 0
+                    self._flush(k, buf[k])
+                    buf[k], size[k] = [], 0
                 since = time.monotonic()
 
     def _flush(self, kind: str, rows: list[dict[str, Any]]) -> None:
