@@ -372,7 +372,8 @@ class ABRuntime(ServingRuntime):
     plain runtime. The artifact it is loaded from supplies the item table, the observation constants and the
     fallback; every arm's export must have the same item table."""
 
-    arms: list[ArmSpec] = []
+    arms: tuple[ArmSpec, ...] | list[ArmSpec] = ()
+    writer: ServeLogWriter | None = None
 
     def set_arms(self, arms: list[ArmSpec], log_dir: str | Path | None = None, seed: int | None = None,
                  threads: int | None = 1, **writer_kwargs: Any) -> None:
