@@ -15,8 +15,10 @@
    ``run:RUN@T`` and ``tuned-alpha@T``, built by ``agents.registry.make_ranker`` with the same scorers and
    temperatures, run by ``agents.evaluation.evaluate_rankers``, compared by ``agents.report.summarise``): the
    evaluation's difference must lie in the A/B interval.
-4. Gives the log to ``agents.ope`` to value ``tuned-diverse`` at ``--diverse-temperature`` and checks that its
-   on-policy per-request reward (measured in the simulator) lies in each estimator's 95 % interval.
+4. Gives the log to ``agents.ope`` to value ``tuned-diverse`` at ``--diverse-temperature`` (and each ``--target``)
+   and reports whether its on-policy per-request reward (measured in the simulator) lies in each estimator's 95 %
+   interval, with the effective sample size of the whole-slate importance weights; the check is
+   ``--check-estimator``'s (SNIPS by default, chosen before any run: no reward-structure assumption).
 
 Prints Markdown and a JSON line; exits 1 when a check fails.
 """
@@ -43,7 +45,7 @@ from agents.registry import RankerContext, make_ranker
 from agents.report import percentile_ci, summarise
 from agents.serving.ablog import RewardWeights, read_ab_logs
 from agents.serving.app import create_app
-from agents.serving.arms import ABRuntime, DiverseScorer, load_arms_file
+from agents.serving.arms import ABRuntime, arm_prefix_log_prob, load_arms_file
 from agents.tuning import tuning_cache_dir
 from configs.schema import Config
 from envs.factory import make_core
@@ -110,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bootstrap", type=int, default=2000)
     ap.add_argument("--check-estimator", default="snips", choices=["ips", "snips", "iips", "rips", "cascade-dr"],
                     help="the estimator whose interval must cover the on-policy value")
+    ap.add_argument("--target", action="append", default=[],
+                    help="another policy to value from the log (an evaluate.py SPEC@T, e.g. fixed-alpha:0.8@0.2); "
+                    "repeatable")
     ap.add_argument("--samples", type=int, default=128, help="Monte Carlo slates per request (OPE marginals)")
     args = ap.parse_args(argv)
     t_start = time.time()
@@ -185,36 +190,48 @@ def main(argv: list[str] | None = None) -> int:
           f" sessions); evaluate.py engine, paired {ev['diff']:+.3f} [{ev['ci95'][0]:+.3f}, {ev['ci95'][1]:+.3f}] "
           f"({ev['n']} episodes): {'AGREE' if agree else 'DISAGREE'}")
 
-    # ---- OPE of the third policy -----------------------------------------------------------------------------------
-    st = stats["tuned-diverse"]
-    gen = np.random.default_rng(args.seed)
-    idx = gen.integers(0, len(st.ret), (args.bootstrap, len(st.ret)))
-    per_req = float(st.ret.sum() / st.length.sum())
-    truth_ci = percentile_ci(st.ret[idx].sum(axis=1) / st.length[idx].sum(axis=1))
+    # ---- OPE of the third policy (and any --target) ------------------------------------------------------------------
     slog = served_log(ab)
-    target = Target("tuned-diverse", DiverseScorer(div["alpha"], div["exposure_weight"], div["seen_weight"],
-                                                   int(div["cap"])), args.diverse_temperature)
     ests = ["ips", "snips", "iips", "rips", "cascade-dr"]
-    est = served_estimates(slog, [target], ests, args.samples, args.seed)["tuned-diverse"]["reward"]
-    print(f"\ntuned-diverse@{args.diverse_temperature:g}, per-request reward: on-policy {per_req:.4f} "
-          f"[{truth_ci[0]:.4f}, {truth_ci[1]:.4f}] ({int(st.length.sum())} requests); off-policy from "
-          f"{len(slog.log)} logged requests:\n")
-    print("| estimator | estimate | 95% CI | on-policy value inside |\n|---|---|---|---|")
-    covered = {}
-    for e in ests:
-        r = est[e]
-        covered[e] = bool(r["low"] <= per_req <= r["high"])
-        print(f"| {e} | {r['value']:.4f} | [{r['low']:.4f}, {r['high']:.4f}] | {'yes' if covered[e] else 'no'} |")
+    gen = np.random.default_rng(args.seed)
+    ope: dict[str, dict] = {}
+    extra = {spec: make_ranker(spec, ctx) for spec in args.target if spec not in specs.values()}
+    if extra:
+        stats.update(evaluate_rankers(core, extra, plan))
+    targets = {"tuned-diverse": rankers["tuned-diverse"], **extra}
+    for name, ranker in targets.items():
+        st = stats[name]
+        idx = gen.integers(0, len(st.ret), (args.bootstrap, len(st.ret)))
+        per_req = float(st.ret.sum() / st.length.sum())
+        truth_ci = percentile_ci(st.ret[idx].sum(axis=1) / st.length[idx].sum(axis=1))
+        target = Target(name, ranker.scorer, ranker.temperature)
+        lw = arm_prefix_log_prob(ranker.scorer, slog.log.obs, slog.groups, slog.log.slates,
+                                 ranker.temperature)[:, -1] - slog.logged_prefix[:, -1]
+        w = np.exp(lw)
+        ess = float(w.sum() ** 2 / (w ** 2).sum()) if w.sum() > 0 else 0.0
+        est = served_estimates(slog, [target], ests, args.samples, args.seed)[name]["reward"]
+        print(f"\n{ranker.name}, per-request reward: on-policy {per_req:.4f} [{truth_ci[0]:.4f}, {truth_ci[1]:.4f}] "
+              f"({int(st.length.sum())} requests); off-policy from {len(slog.log)} logged requests, effective sample "
+              f"size of the whole-slate weights {ess:.1f} (mean weight {w.mean():.3f}):\n")
+        print("| estimator | estimate | 95% CI | on-policy value inside |\n|---|---|---|---|")
+        covered = {}
+        for e in ests:
+            r = est[e]
+            covered[e] = bool(r["low"] <= per_req <= r["high"])
+            print(f"| {e} | {r['value']:.4f} | [{r['low']:.4f}, {r['high']:.4f}] | {'yes' if covered[e] else 'no'} |")
+        ope[ranker.name] = {"truth": {"value": per_req, "ci95": list(truth_ci)}, "estimates": est,
+                            "covered": covered, "ess": ess, "mean_weight": float(w.mean())}
+    covered = ope[rankers["tuned-diverse"].name]["covered"]
     ok = agree and covered[args.check_estimator]
     summary = {"requests": n_req, "sessions": args.sessions, "serve_s": serve_s, "ab": report,
-               "eval_paired_return": ev, "agree": agree, "tuned_alpha": alpha, "tuned_diverse": div,
-               "ope_truth": {"value": per_req, "ci95": list(truth_ci)}, "ope": est, "ope_covered": covered,
+               "eval_paired_return": ev, "agree": agree, "tuned_alpha": alpha, "tuned_diverse": div, "ope": ope,
                "wall_s": time.time() - t_start, "command": "python -m bench.ab_loop " + " ".join(
                    argv if argv is not None else sys.argv[1:])}
     (out / "ab_loop.json").write_text(json.dumps(summary, indent=2, default=float))
-    print(f"\nchecks: arm difference agrees with evaluate.py's: {agree}; OPE ({args.check_estimator}) covers the "
-          f"on-policy value: {covered[args.check_estimator]}; wall {summary['wall_s']:.0f} s")
-    print(json.dumps({"agree": agree, "ope_covered": covered, "ok": ok}))
+    print(f"\nchecks: arm difference agrees with evaluate.py's: {agree}; OPE ({args.check_estimator}) covers "
+          f"tuned-diverse's on-policy value: {covered[args.check_estimator]}; wall {summary['wall_s']:.0f} s")
+    print(json.dumps({"agree": agree, "ope_covered": {k: v["covered"] for k, v in ope.items()},
+                      "ess": {k: round(v["ess"], 1) for k, v in ope.items()}, "ok": ok}))
     return 0 if ok else 1
 
 
