@@ -39,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--estimators", default=",".join(ESTIMATORS))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None, help="also write the estimates here")
+    ap.add_argument("--logging", choices=["mixture", "arm"], default="mixture",
+                    help="serving logs: the logging policy of a request is the share-weighted mixture of the arms "
+                    "(default) or the arm that served it (docs/ope.md)")
     ap.add_argument("--reward", default="1,2,0.25", help="serving logs: reward weights click,purchase,dwell-minute "
                     "(the simulator's env.reward)")
     args = ap.parse_args(argv)
@@ -101,7 +104,7 @@ def _served_main(args: argparse.Namespace, ests: list[str]) -> int:
             w = []
         if len(w) != 3:
             raise ValueError(f"--reward must be three numbers click,purchase,dwell, got {args.reward!r}")
-        slog = served_log(args.logs, RewardWeights(*w))
+        slog = served_log(args.logs, RewardWeights(*w), args.logging)
         targets = [parse_target(s, slog.arms) for s in args.policy]
         result = served_estimates(slog, targets, ests, args.samples, args.seed)
     except (ValueError, FileNotFoundError) as exc:

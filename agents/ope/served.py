@@ -49,6 +49,9 @@ class ServedLog:
     logged_prefix: np.ndarray
     arms: list[ArmSpec]
     dropped: int
+    weights: np.ndarray | None = None
+    serving: np.ndarray | None = None
+    fallback_alpha: float = 1.0
 
     def logging_terms(self, generator: np.random.Generator, n_samples: int = 256) -> LoggingTerms:
         """The serving arms' prefix propensities (as logged) and marginals.
@@ -61,15 +64,50 @@ class ServedLog:
         marg = rpl_marginals(self.logits, k, generator, self.groups, self.beta, self.cap, self.temperature,
                              n_samples)
         own = rpl_conditionals(self.logits, self.log.slates, self.groups, self.beta, self.cap, self.temperature)
-        return LoggingTerms(self.logged_prefix, (n_samples * marg + own) / (n_samples + 1), None)
+        marg = (n_samples * marg + own) / (n_samples + 1)
+        if self.weights is None:
+            return LoggingTerms(self.logged_prefix, marg, None)
+        # the mixture of arms: Σ_a w_a·marginals_a, the serving arm's from its logged logits, the others re-scored
+        assert self.serving is not None
+        mix = np.zeros_like(marg)
+        for a, spec in enumerate(self.arms):
+            w = self.weights[:, a]
+            if not w.any():
+                continue
+            mine = self.serving == a
+            if mine.all():
+                mix += w[:, None, None] * marg
+                continue
+            scorer = build_scorer(spec, self.fallback_alpha, None)
+            logits, _, beta = scorer.score(self.log.obs)
+            cap = 0 if scorer.cap is None else int(scorer.cap)
+            m_a = rpl_marginals(logits, k, generator, self.groups, beta, cap, spec.temperature, n_samples)
+            m_a[mine] = marg[mine]
+            mix += w[:, None, None] * m_a
+        return LoggingTerms(self.logged_prefix, mix, None)
 
 
-def served_log(source: str | Path | ABLog, reward: RewardWeights | None = None) -> ServedLog:
+def served_log(source: str | Path | ABLog, reward: RewardWeights | None = None, logging: str = "mixture"
+               ) -> ServedLog:
     """The stochastic requests of an A/B log as a :class:`ServedLog`.
 
+    Args:
+        source: The log folder or a read log.
+        reward: Reward weights.
+        logging: ``"mixture"``: a request's logging policy is the share-weighted mixture of the arms,
+            ``μ(s|x) = Σ_a share_a·μ_a(s|x)`` (assignment is a hash of the id, independent of the request: the
+            estimator for several loggers of Agarwal et al., WSDM 2017, with the propensities under every arm that
+            the log holds); a forced request (``"arm"`` in the body) keeps its arm's. ``"arm"``: the arm that served.
+            The mixture covers every slate any arm could show, where one arm's support is narrow (the other arm's
+            users then carry the weight); it is exact when a request's context does not depend on the arm (one
+            request per session), an approximation with longer sessions (the context then tells the arms apart).
+
     Raises:
-        ValueError: No request served at a temperature > 0.
+        ValueError: No request served at a temperature > 0; an unknown ``logging``; a mixture with a
+            deterministic arm.
     """
+    if logging not in ("mixture", "arm"):
+        raise ValueError(f"logging must be 'mixture' or 'arm', got {logging!r}")
     ab = source if isinstance(source, ABLog) else read_ab_logs(source, reward)
     f = ab.frame
     n_cand = f["candidates"].map(len).to_numpy()
@@ -100,8 +138,28 @@ def served_log(source: str | Path | ABLog, reward: RewardWeights | None = None) 
     served = np.stack([np.asarray(row[f"lp.{arm}"], np.float64) for _, row in g.iterrows()
                        for arm in [row["arm"]]])
     arms = [ArmSpec(**a) for a in ab.meta.get("arms", [])]
+    fallback_alpha = float(ab.meta.get("manifest_fallback_alpha", 1.0))
+    weights = serving = None
+    if logging == "mixture" and arms:
+        names = [a.name for a in arms]
+        shares = np.array([a.share for a in arms])
+        if any(a.temperature <= 0 for a in arms if a.share > 0):
+            raise ValueError("the mixture of arms needs every arm with a share to sample (temperature > 0); use "
+                             "--logging arm")
+        serving = g["arm"].map({n: i for i, n in enumerate(names)}).to_numpy()
+        weights = np.tile(shares, (len(g), 1))
+        forced = g["forced"].to_numpy(bool)
+        weights[forced] = np.eye(len(arms))[serving[forced]]
+        per_arm = np.stack([np.stack(g[f"lp.{n}"].to_numpy()).astype(np.float64) for n in names], axis=1)  # (n,A,K)
+        with np.errstate(divide="ignore"):
+            lw = np.log(weights)[:, :, None] + per_arm
+        lw = np.where(np.isnan(lw) & (weights[:, :, None] == 0), -np.inf, lw)
+        bad = np.isnan(lw).any(axis=(1, 2))
+        mix = np.logaddexp.reduce(np.where(np.isnan(lw), -np.inf, lw), axis=1)
+        served = np.where(bad[:, None], served, mix)  # an arm's propensity missing (its model failed): own arm's
     return ServedLog(log, logits, stack("groups", np.int64), g["beta"].to_numpy(np.float64),
-                     g["cap"].to_numpy(np.int64), temp, served, arms, int((~keep).sum()))
+                     g["cap"].to_numpy(np.int64), temp, served, arms, int((~keep).sum()), weights, serving,
+                     fallback_alpha)
 
 
 @dataclass
