@@ -287,6 +287,20 @@ def test_logs_are_readable_by_ope_and_the_report(ab_runtime: ABRuntime, small_wo
     # the diverse target equals the logged arm "div": same estimates
     assert res["arm:div"]["reward"]["ips"]["value"] == pytest.approx(
         res["diverse:0.7:3:0.5:2@0.2"]["reward"]["ips"]["value"], rel=1e-6)
+    # the default logging policy is the mixture of the arms (shares 0.5 / 0.3 / 0.2): its log-propensity is
+    # log Σ_a share_a·μ_a(s), from the propensities under every arm; "arm" is the serving arm's alone
+    from agents.ope.served import served_log
+
+    mix, own = served_log(d), served_log(d, logging="arm")
+    frame = read_ab_logs(d).frame
+    per_arm = np.stack([np.stack(frame[f"lp.{a}"])[:, -1] for a in ("ppo", "blend", "div")], axis=1)
+    np.testing.assert_allclose(mix.logged_prefix[:, -1], np.log(np.exp(per_arm) @ [0.5, 0.3, 0.2]), atol=1e-9)
+    np.testing.assert_allclose(own.logged_prefix[:, -1], frame["log_propensity"], atol=1e-9)
+    lt = mix.logging_terms(np.random.default_rng(0), 16)
+    np.testing.assert_allclose(lt.marginals.sum(axis=-1), 1.0, atol=1e-9)
+    with pytest.raises(ValueError, match="mixture"):
+        served_log(d, logging="bogus")
+    assert ope_main(["--logs", d, "--policy", "blend:0.5@0.1", "--logging", "arm", "--estimators", "ips"]) == 0
     assert ope_main(["--logs", d, "--policy", "arm:nope"]) == 2
     assert ope_main(["--logs", d, "--policy", "blend:0.5@0", "--estimators", "ips"]) == 2
     assert ope_main(["--logs", d, "--policy", "blend:0.5", "--estimators", "pi"]) == 2
