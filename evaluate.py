@@ -23,7 +23,7 @@ from agents.evaluation import episode_plan, evaluate_rankers
 from agents.plausibility import plausibility_markdown, write_plausibility
 from agents.ppo_ranker import MODEL_FILE, WEIGHTS_FILE
 from agents.rankers import TunedAlphaRanker
-from agents.registry import RankerContext, check_specs, make_ranker, valid_choices
+from agents.registry import RankerContext, check_specs, make_ranker, run_dir_of, valid_choices
 from agents.report import markdown_table, summarise, write_report
 from agents.runinfo import SIGNATURE_FILE, describe, mismatch, read_signature, signature
 from configs import loader
@@ -94,7 +94,7 @@ def resolve_config(args: argparse.Namespace) -> tuple[Config, str | None]:
     # the rankers first: a bad spec or a missing run directory is named before any run is read
     specs = from_dict(EvalConfig, {**data["eval"], **ev_flags}, "eval").rankers
     check_specs(specs)
-    runs = [s.split(":", 1)[1] for s in specs if s.startswith("run:")]
+    runs = list(dict.fromkeys(d for d in map(run_dir_of, specs) if d is not None))
     if runs and importlib.util.find_spec("agents.ppo_ranker") is None:
         raise ImportError("run:DIR rankers need agents/ppo_ranker.py (the PPO ranker), which is not in this checkout")
     sigs = {run: _run_signature(run) for run in runs}
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ev, progress = cfg.eval, not args.no_progress
     world = load_world(cfg.env, cfg.encoder, progress=progress)
     try:
-        check_runs(cfg, world, [s.split(":", 1)[1] for s in ev.rankers if s.startswith("run:")])
+        check_runs(cfg, world, list(dict.fromkeys(d for d in map(run_dir_of, ev.rankers) if d is not None)))
     except ConfigError as exc:
         parser.error(str(exc))
     plan = episode_plan(ev.episodes, list(range(ev.seeds)), world.populations[ev.users].size)
@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         alpha_curve=tuned.curve.to_dict() if isinstance(tuned, TunedAlphaRanker) else None,
                         setup=setup)
     paths = write_report(results, ev.out)
-    plaus = write_plausibility(results, ev.out, policies=[n for n in rankers if n.startswith("run:")])
+    plaus = write_plausibility(results, ev.out, policies=[n for n in rankers if n.startswith("run:") and "@" not in n])
     print(markdown_table(results))
     print(plausibility_markdown(plaus))
     print("wrote " + ", ".join([*(str(p) for p in paths.values()), *plaus["paths"].values()]))

@@ -9,6 +9,7 @@ the global RNG); :class:`RankerContext` runs each tuning or fit once and shares 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,7 +52,12 @@ SPECS: dict[str, str] = {
     "tuned-oracle-diverse": "true utility with a category cap and exposure penalty tuned on the training users "
                             "(non-myopic upper reference; reads the simulator's hidden state)",
     "run:DIR": "a trained PPO run directory (train.py)",
+    "SPEC@T": "fixed-alpha:A, greedy-llm, greedy-cf, tuned-alpha, diverse:A, tuned-diverse or run:DIR sampling its "
+              "slate from its Plackett-Luce walk at temperature T > 0 (the A/B arms' stochastic serving; run:DIR "
+              "needs its export/)",
 }
+#: Specs that take a ``@T`` suffix (:func:`split_temperature`).
+_SAMPLABLE = ("fixed-alpha", "greedy-llm", "greedy-cf", "tuned-alpha", "diverse", "tuned-diverse", "run")
 _NEEDS_ALPHA = ("fixed-alpha", "online-alpha", "strategy-alpha", "diverse")
 _NO_ARG = ("random", "popular", "greedy-llm", "greedy-cf", "scored", "tuned-alpha", "tuned-diverse", "oracle",
            "tuned-oracle-diverse")
@@ -60,6 +66,32 @@ _NO_ARG = ("random", "popular", "greedy-llm", "greedy-cf", "scored", "tuned-alph
 def valid_choices() -> str:
     """The spec syntaxes, comma separated (for error messages and ``--help``)."""
     return ", ".join(SPECS)
+
+
+def split_temperature(spec: str) -> tuple[str, float | None]:
+    """``"tuned-alpha@0.1"`` → ``("tuned-alpha", 0.1)``; a spec without ``@T`` → ``(spec, None)``.
+
+    Raises:
+        ValueError: A temperature that is not a finite number > 0, or ``@T`` on a ranker that cannot sample.
+    """
+    base, sep, t = spec.strip().rpartition("@")
+    if not sep:
+        return spec.strip(), None
+    try:
+        temp = float(t)
+    except ValueError:
+        temp = float("nan")
+    if not (math.isfinite(temp) and temp > 0):
+        raise ValueError(f"ranker {spec!r}: the temperature after '@' must be a finite number > 0")
+    if base.partition(":")[0] not in _SAMPLABLE:
+        raise ValueError(f"ranker {spec!r}: only {', '.join(_SAMPLABLE)} can sample at a temperature")
+    return base, temp
+
+
+def run_dir_of(spec: str) -> str | None:
+    """The directory of a ``run:DIR`` or ``run:DIR@T`` spec, else ``None``."""
+    base = split_temperature(spec)[0] if "@" in spec else spec.strip()
+    return base.split(":", 1)[1] if base.startswith("run:") else None
 
 
 def parse_spec(spec: str) -> tuple[str, str | None]:
@@ -74,7 +106,7 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
     Raises:
         ValueError: For an unknown name or a bad argument; the message lists the valid choices.
     """
-    name, sep, arg = spec.strip().partition(":")
+    name, sep, arg = split_temperature(spec)[0].partition(":")  # a "@T" suffix is checked and set aside
     bad = f"; valid choices: {valid_choices()}"
     if name in _NO_ARG:
         if sep:
@@ -217,6 +249,9 @@ def make_ranker(spec: str, ctx: RankerContext) -> Ranker:
     name, arg = parse_spec(spec)
     k = ctx.env_cfg.slate_size
     ranker: Ranker
+    temperature = split_temperature(spec)[1]
+    if temperature is not None:
+        return _sampled(spec, name, arg, temperature, ctx)
     if name == "random":
         ranker = RandomRanker(k, ctx.seed)
     elif name == "popular":
@@ -252,6 +287,31 @@ def make_ranker(spec: str, ctx: RankerContext) -> Ranker:
         ranker = load_run(str(arg), ctx.device, n_items=ctx.world.n_items)
     ranker.name = spec
     return ranker
+
+
+def _sampled(spec: str, name: str, arg: str | None, temperature: float, ctx: RankerContext) -> Ranker:
+    """A ``SPEC@T`` ranker: the spec's scorer (:mod:`agents.serving.arms`) sampled at ``temperature``."""
+    from agents.serving.arms import ArmScorer, BlendScorer, DiverseScorer, ModelScorer, SampledRanker
+
+    scorer: ArmScorer
+    if name in ("fixed-alpha", "greedy-llm", "greedy-cf", "tuned-alpha"):
+        alpha = {"greedy-llm": 1.0, "greedy-cf": 0.0}.get(name)
+        if alpha is None:
+            alpha = float(arg) if name == "fixed-alpha" else ctx.alpha_curve().best_alpha
+        scorer = BlendScorer(alpha)
+    elif name == "diverse":
+        scorer = DiverseScorer(float(arg), 3.0, 0.5, 2)  # DiverseRanker's defaults
+    elif name == "tuned-diverse":
+        p = ctx.diverse_search().best
+        scorer = DiverseScorer(p["alpha"], p["exposure_weight"], p["seen_weight"], int(p["cap"]))
+    else:  # run
+        if not Path(str(arg)).is_dir():
+            raise FileNotFoundError(f"run directory {arg!r} does not exist")
+        scorer = ModelScorer(str(arg), threads=None)
+        if scorer.items.n_items != ctx.world.n_items:
+            raise ValueError(f"ranker {spec!r}: its export has {scorer.items.n_items} items, the world "
+                             f"{ctx.world.n_items}")
+    return SampledRanker(spec, scorer, temperature, ctx.world.catalog.category, ctx.env_cfg.slate_size, ctx.seed)
 
 
 def load_run(run_dir: str, device: str = "auto", n_items: int | None = None) -> Ranker:

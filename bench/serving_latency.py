@@ -9,7 +9,9 @@ lists are drawn before the clock starts. It prints a table, then a JSON object a
 number of fallback answers (a model run past ``--time-budget-ms`` is answered by the blend and counted), and
 the same percentiles of the calling thread's CPU time (``cpu_p50_ms`` …), which waiting for a core on a busy
 machine does not inflate. ``--explain`` asks every ``recommend`` for its explanation (the graph's ``parts``
-output, issue #17 item 6); compare with a run without it.
+output, issue #17 item 6); compare with a run without it. ``--arms FILE`` serves A/B arms (issue #17 item 1) and
+``--ab-log-dir DIR`` turns their serving log on (propensities under every arm, Parquet written by a background
+thread); compare the three.
 
 Targets (the serving issue): recommend p99 <= 2 ms at N = 200, K = 10; a feedback update p99 <= 0.2 ms.
 """
@@ -43,6 +45,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--time-budget-ms", type=float, default=10.0, help="model deadline")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--explain", action="store_true", help="ask every recommend for its explanation (score parts)")
+    ap.add_argument("--arms", default=None, help="serve these A/B arms (agents/serving/arms.py), not the run alone")
+    ap.add_argument("--ab-log-dir", default=None, help="with --arms: write the serving log here (logging on)")
     args = ap.parse_args(argv)
     if args.requests < 1 or args.candidates < args.k or args.k < 1:
         ap.error("need --requests >= 1 and 1 <= --k <= --candidates")
@@ -51,8 +55,17 @@ def main(argv: list[str] | None = None) -> dict:
     from agents.serving.app import resolve_artifact
 
     artifact = resolve_artifact(args.run, args.format)
-    runtime = ServingRuntime.load(artifact, args.store, time_budget_ms=args.time_budget_ms,
-                                  max_candidates=max(1000, args.candidates))
+    if args.arms:
+        from agents.serving.arms import ABRuntime, load_arms_file
+
+        runtime = ABRuntime.load(artifact, args.store, time_budget_ms=args.time_budget_ms,
+                                 max_candidates=max(1000, args.candidates), log_key="bench")
+        runtime.set_arms(load_arms_file(args.arms), log_dir=args.ab_log_dir, seed=args.seed)
+    else:
+        if args.ab_log_dir:
+            ap.error("--ab-log-dir needs --arms")
+        runtime = ServingRuntime.load(artifact, args.store, time_budget_ms=args.time_budget_ms,
+                                      max_candidates=max(1000, args.candidates))
     m = runtime.manifest
     ids = [str(s) for s in runtime.items.ids]
     n_items = len(ids)
@@ -94,6 +107,7 @@ def main(argv: list[str] | None = None) -> dict:
         "artifact": str(artifact), "format": m["format"], "n_items": n_items, "dim": int(m["dim"]),
         "candidates": args.candidates, "k": args.k, "requests": args.requests, "users": args.users,
         "store": runtime.store.kind, "time_budget_ms": args.time_budget_ms, "explain": args.explain,
+        "arms": args.arms, "ab_logging": bool(args.ab_log_dir),
         "p50_ms": _pct(rec_s, 50), "p90_ms": _pct(rec_s, 90), "p99_ms": _pct(rec_s, 99), "max_ms": _pct(rec_s, 100),
         "model_p50_ms": round(float(np.percentile(model_ms, 50)), 4),
         "model_p99_ms": round(float(np.percentile(model_ms, 99)), 4),
@@ -102,6 +116,10 @@ def main(argv: list[str] | None = None) -> dict:
         "observe_cpu_p50_ms": _pct(obs_cpu, 50), "observe_cpu_p99_ms": _pct(obs_cpu, 99),
         "fallbacks": sources["fallback"], "loadavg_1m": round(os.getloadavg()[0], 2), "cpus": os.cpu_count(),
     }
+    if getattr(runtime, "writer", None) is not None:
+        runtime.writer.close()
+        out["ab_log_dropped"] = sum(s.value for m_ in runtime.writer.dropped.collect() for s in m_.samples
+                                    if s.name.endswith("_total"))
     print(f"recommend (N={args.candidates}, K={args.k}, {m['format']}, D={m['dim']}, M={n_items}, "
           f"{runtime.store.kind} store{', explain' if args.explain else ''}): p50 {out['p50_ms']:.3f} ms, "
           f"p99 {out['p99_ms']:.3f} ms "

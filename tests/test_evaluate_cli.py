@@ -153,3 +153,14 @@ def test_evaluation_simulates_the_named_population(tmp_path: Path, cache: list[s
     assert results["rankers"]["greedy-llm"]["return"]["mean"] == pytest.approx(expected[users][0], rel=1e-12)
     counts = {label: row["n"] for label, row in results["by_rho"]["results"]["greedy-llm"].items()}
     assert counts == expected[users][1]
+
+
+def test_sampled_rankers_at_a_temperature(tmp_path: Path, cache: list[str]) -> None:
+    """``SPEC@T`` (the A/B arms' stochastic policies) evaluate like any ranker; a near-zero T is the ranker itself."""
+    rankers = "fixed-alpha:0.5,fixed-alpha:0.5@0.00001,fixed-alpha:0.5@2"
+    res = evaluate.main(_args(tmp_path / "r", cache, "--rankers", rankers, "--reference", "fixed-alpha:0.5",
+                              "--set", "eval.bootstrap=100"))
+    assert list(res["rankers"]) == rankers.split(",")
+    cold = res["paired"]["results"]["fixed-alpha:0.5@0.00001"]["return"]
+    assert cold["diff"] == pytest.approx(0.0, abs=1e-12)  # same slates on the same sessions
+    assert res["rankers"]["fixed-alpha:0.5@2"]["return"]["mean"] != res["rankers"]["fixed-alpha:0.5"]["return"]["mean"]

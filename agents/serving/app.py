@@ -32,6 +32,7 @@ from agents.serving.errors import (
     ExplanationUnavailableError,
     InvalidRequestError,
     StoreConflictError,
+    UnknownArmError,
     UnknownItemsError,
 )
 from agents.serving.items import register_items
@@ -65,6 +66,7 @@ class RecommendBody(BaseModel):
     k: Annotated[int | None, Field(ge=1)] = None
     record: bool = True
     explain: StrictBool = False  # JSON true / false only (not 1, "yes")
+    arm: Id | None = None  # A/B: serve this arm instead of the assigned one (services started with --arms)
 
 
 class EventBody(BaseModel):
@@ -116,6 +118,8 @@ def _error_response(exc: Exception) -> Response:
         return _error(404, "unknown_items", {"unknown": exc.unknown[:50], "count": len(exc.unknown)})
     if isinstance(exc, ExplanationUnavailableError):
         return _error(409, "explain_unavailable", str(exc))
+    if isinstance(exc, UnknownArmError):
+        return _error(422, "unknown_arm", str(exc))
     if isinstance(exc, InvalidRequestError):
         return _error(422, "invalid_request", str(exc))
     if isinstance(exc, CorruptStateError):
@@ -293,7 +297,8 @@ def create_app(runtime: ServingRuntime, api_key: str | None = None, max_body_byt
     async def handle_recommend(raw: bytes) -> Response:
         try:
             body = RecommendBody.model_validate_json(raw)
-            rec = await call(runtime.recommend, body.user_id, body.candidate_ids, body.k, body.record, body.explain)
+            rec = await call(runtime.recommend, body.user_id, body.candidate_ids, body.k, body.record, body.explain,
+                             body.arm)
         except ValidationError as exc:
             return _validation_error(exc.errors(include_url=False, include_input=False), prefix=["body"])
         except known as exc:
@@ -348,6 +353,12 @@ def create_app(runtime: ServingRuntime, api_key: str | None = None, max_body_byt
 
     register_items(app, runtime, call, _validation_error)  # POST /items: new items (agents/serving/items.py)
 
+    async def flush_logs() -> None:  # the A/B log's buffered rows reach the disk on shutdown
+        writer = getattr(runtime, "writer", None)
+        if writer is not None:
+            await run_in_threadpool(writer.close)
+
+    app.router.add_event_handler("shutdown", flush_logs)
     app.add_middleware(_Guard, runtime=runtime, api_key=api_key, max_body_bytes=max_body_bytes,
                        hot={"/recommend": handle_recommend, "/feedback": handle_feedback})
     return app
@@ -387,11 +398,21 @@ def _secret(path: str | None, env_var: str) -> str | None:
 
 
 def _build(conf: dict[str, Any]) -> FastAPI:
-    runtime = ServingRuntime.load(conf["artifact"], conf["redis"], time_budget_ms=conf["time_budget_ms"],
+    cls = ServingRuntime
+    if conf.get("arms"):
+        from agents.serving.arms import ABRuntime
+
+        cls = ABRuntime
+    runtime = cls.load(conf["artifact"], conf["redis"], time_budget_ms=conf["time_budget_ms"],
                                   session_timeout_s=conf["session_timeout_s"], max_candidates=conf["max_candidates"],
                                   cf_fold_in=conf["cf_fold_in"], threads=conf.get("model_threads", 1),
                                   **_ttl_kwargs(conf.get("state_ttl_s", DEFAULT_STATE_TTL_S)),
                                   log_key=conf.get("log_key"))
+    if conf.get("arms"):
+        from agents.serving.arms import load_arms_file
+
+        runtime.set_arms(load_arms_file(conf["arms"]), log_dir=conf.get("ab_log_dir"),  # type: ignore[attr-defined]
+                         threads=conf.get("model_threads", 1))
     return create_app(runtime, api_key=conf["api_key"], max_body_bytes=conf["max_body_bytes"])
 
 
@@ -475,6 +496,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--log-key-file", default=None,
                     help=f"file holding the key of the user-id hash in logs (else ${LOG_KEY_ENV}; neither: a random "
                     "key per process)")
+    ap.add_argument("--arms", default=None, help="A/B arms file (YAML/JSON: name, kind or export, share, temperature; "
+                    "docs/serving.md 'A/B arms'); needs a log key (assignment hashes the user id with it)")
+    ap.add_argument("--ab-log-dir", default=None, help="with --arms: folder of the Parquet serving log (requests with "
+                    "propensities under every arm, and feedback); default: no log")
     ap.add_argument("--workers", type=_int_arg(1), default=1, help="uvicorn worker processes (needs --redis)")
     ap.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug",
                                                                 "trace"])
@@ -498,12 +523,22 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--host {args.host} is not a loopback address and no API key is set: anyone who "
                              f"reaches the port could read and write every user's state. Set ${API_KEY_ENV} or "
                              "--api-key-file, or pass --insecure")
+        if args.ab_log_dir and not args.arms:
+            raise ValueError("--ab-log-dir needs --arms")
+        if args.arms:
+            from agents.serving.arms import load_arms_file
+
+            load_arms_file(args.arms)  # bad arms exit here, naming what is wrong
+            if log_key is None:
+                raise ValueError(f"--arms needs a log key (--log-key-file or ${LOG_KEY_ENV}): users are assigned "
+                                 "to arms by the keyed hash of their id, which must not change on a restart")
         artifact = resolve_artifact(args.path, args.format)
         conf = {"artifact": str(artifact), "redis": args.redis, "time_budget_ms": args.time_budget_ms,
                 "session_timeout_s": args.session_timeout_s, "max_candidates": args.max_candidates,
                 "max_body_bytes": args.max_body_bytes, "cf_fold_in": not args.no_cf_fold_in,
                 "model_threads": args.model_threads, "api_key": api_key, "state_ttl_s": args.state_ttl_s,
-                "log_key": log_key}
+                "log_key": log_key, "arms": args.arms and str(Path(args.arms).resolve()),
+                "ab_log_dir": args.ab_log_dir and str(Path(args.ab_log_dir).resolve())}
         if args.workers == 1:
             app = _build(conf)
     except (FileNotFoundError, ValueError, OSError) as exc:

@@ -31,6 +31,10 @@ class ExplanationUnavailableError(InvalidRequestError):
     ``parts`` output). Nothing was changed; the HTTP service answers 409 ``explain_unavailable``."""
 
 
+class UnknownArmError(InvalidRequestError):
+    """A request named an A/B arm the service does not run (HTTP 422 ``unknown_arm``)."""
+
+
 class StoreConflictError(RuntimeError):
     """A Redis transaction kept conflicting with concurrent writers."""
 

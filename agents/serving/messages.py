@@ -47,6 +47,8 @@ class Recommendation:
             "score": s}, ...]}``, one entry per item, whose parts sum to the item's score. A model answer has the
             manifest's ``score_parts`` (``llm``, ``cf``, ``diversity``, ``residual``, ``clip``); a fallback answer
             has ``llm`` = α·llm_sim and ``cf`` = (1 − α)·cf_score only.
+        arm: The A/B arm that served (``None`` when the service runs no arms).
+        log_propensity: log-probability of the slate under that arm (0 for a deterministic arm).
     """
 
     items: list[str]
@@ -58,6 +60,8 @@ class Recommendation:
     fallback_reason: str | None = None
     model_ms: float = 0.0
     explanation: dict[str, Any] | None = None
+    arm: str | None = None
+    log_propensity: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (with ``explanation`` only when it was asked for)."""
@@ -65,4 +69,7 @@ class Recommendation:
                "source": self.source, "request_id": self.request_id, "fallback_reason": self.fallback_reason}
         if self.explanation is not None:
             out["explanation"] = self.explanation
+        if self.arm is not None:
+            out["arm"] = self.arm
+            out["log_propensity"] = self.log_propensity
         return out

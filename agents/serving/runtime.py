@@ -15,6 +15,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -55,6 +56,37 @@ log = logging.getLogger("agents.serving")
 
 #: The parts of a fallback answer's score (the fixed-α blend): α·llm_sim and (1 − α)·cf_score.
 FALLBACK_PARTS: tuple[str, ...] = ("llm", "cf")
+
+
+@dataclass
+class Ranked:
+    """One request's ranking before it is recorded.
+
+    Attributes:
+        top: int64 (K,) positions into the candidates, best first.
+        scores: float (N,) per-candidate scores.
+        alpha: α used.
+        beta: Within-slate category repulsion used.
+        reason: Fallback reason or ``None``.
+        model_s: Model seconds.
+        parts: (N, P) score parts when explaining, else ``None``.
+        part_names: Names of ``parts``' last axis.
+        arm: A/B arm that served (``None`` without arms).
+        log_propensity: log-probability of the slate under that arm (``None`` without arms).
+        log: What the A/B log records of the request (arm runtimes only).
+    """
+
+    top: np.ndarray
+    scores: np.ndarray
+    alpha: float
+    beta: float
+    reason: str | None
+    model_s: float
+    parts: np.ndarray | None
+    part_names: tuple[str, ...] = ()
+    arm: str | None = None
+    log_propensity: float | None = None
+    log: dict[str, Any] | None = None
 
 
 class ServingRuntime:
@@ -299,25 +331,27 @@ class ServingRuntime:
             raise InvalidRequestError("candidate_ids repeats an item")
         return cand, k
 
-    def _score(self, obs: dict[str, np.ndarray], explain: bool = False
+    def _score(self, obs: dict[str, np.ndarray], explain: bool = False, model: PolicyModel | None = None
                ) -> tuple[np.ndarray, float, float, str | None, float, np.ndarray | None]:
         """``(scores (N,), alpha, repulsion β, fallback_reason or None, model seconds, parts)``.
 
         ``parts`` is ``None`` unless ``explain``: then (N, P), the model's ``parts`` output (P =
         ``self.score_parts``) from the same run as the scores, or for a fallback answer (N, 2), the blend's
-        α·llm_sim and (1 − α)·cf_score (:data:`FALLBACK_PARTS`).
+        α·llm_sim and (1 − α)·cf_score (:data:`FALLBACK_PARTS`). ``model``: run this model instead of the
+        runtime's (an A/B arm's; it must enforce its own deadline, as ONNX models do).
         """
         reason: str | None = "no_model"
         model_s = 0.0
         parts: np.ndarray | None = None
-        if self.model is not None:
+        model = self.model if model is None else model  # an A/B arm's own model
+        if model is not None:
             inputs = {n: obs[n][None] for n in self.input_names}
             t0 = time.perf_counter()
             try:
                 if explain:
-                    logits, alpha, beta, parts = self.model.run_explained(inputs, t0 + self.time_budget_s)
+                    logits, alpha, beta, parts = model.run_explained(inputs, t0 + self.time_budget_s)
                 else:
-                    logits, alpha, beta = self.model.run(inputs, t0 + self.time_budget_s)
+                    logits, alpha, beta = model.run(inputs, t0 + self.time_budget_s)
                 finite = np.all(np.isfinite(logits)) and math.isfinite(alpha) and math.isfinite(beta) and beta >= 0
                 if parts is not None:
                     finite = finite and parts.shape == (len(logits), len(self.score_parts or ())) and bool(
@@ -344,8 +378,27 @@ class ServingRuntime:
                  for row, s in zip(parts.tolist(), scores.tolist(), strict=True)]
         return {"alpha": float(alpha), "repulsion": float(beta), "items": items}
 
+    def _rank(self, user_id: str, obs: dict[str, np.ndarray], cand: np.ndarray, k: int, explain: bool,
+              arm: str | None) -> Ranked:
+        """Score and order one request's candidates (the A/B runtime, ``agents/serving/arms.py``, overrides it).
+
+        Raises:
+            InvalidRequestError: ``arm`` given to a service without arms.
+        """
+        if arm is not None:
+            raise InvalidRequestError(f"unknown arm {arm!r}: this service runs no A/B arms (start it with --arms)")
+        scores, alpha, beta, reason, model_s, parts = self._score(obs, explain)
+        cap = None if reason else self.category_cap  # the fixed-α fallback is a plain top-K
+        top = greedy_slate(scores, k, self.items.category[cand] if beta > 0 or cap is not None else None, beta, cap)
+        names = FALLBACK_PARTS if reason else (self.score_parts or ())
+        return Ranked(top, scores, float(alpha), float(beta), reason, model_s, parts, tuple(names))
+
+    def _served(self, user_id: str, rec: Recommendation, ranked: Ranked, obs: dict[str, np.ndarray], step: int,
+                session: int) -> None:
+        """Called once per recorded answer, after the user's update is stored (the A/B runtime logs it here)."""
+
     def recommend(self, user_id: str, candidate_ids: Sequence[str], k: int | None = None,
-                  record: bool = True, explain: bool = False) -> Recommendation:
+                  record: bool = True, explain: bool = False, arm: str | None = None) -> Recommendation:
         """Rank ``candidate_ids`` for ``user_id`` and (``record``) count the answer as a slate shown.
 
         Args:
@@ -356,6 +409,8 @@ class ServingRuntime:
             explain: Add each item's score split into its parts (``Recommendation.explanation``): for a model
                 answer the graph's ``parts`` output from the same run (LLM, CF, diversity penalty, learned
                 residual, range clip; they sum to the score), for a fallback answer the blend's LLM and CF terms.
+            arm: Serve this A/B arm instead of the user's assigned one (only with arms; otherwise, and for an
+                unknown arm, :class:`InvalidRequestError`).
 
         Returns:
             The recommendation.
@@ -389,26 +444,30 @@ class ServingRuntime:
                     st.reset_session()
             obs, oor = self._observe(st, cand)
             out_of_range[:] = [oor]  # a retried transaction keeps the last attempt's
-            scores, alpha, beta, reason, model_s, parts = self._score(obs, explain)
-            cap = None if reason else self.category_cap  # the fixed-α fallback is a plain top-K
-            top = greedy_slate(scores, k, self.items.category[cand] if beta > 0 or cap is not None else None, beta,
-                               cap)
+            step, session = st.t, st.sessions
+            r = self._rank(user_id, obs, cand, k, explain, arm)
+            top = r.top
             rid = st.n_requests
             if record:
                 self._record_slate(st, cand[top], obs["features"][top])
             explanation = None
-            if parts is not None:
-                names = FALLBACK_PARTS if reason else (self.score_parts or ())
-                explanation = self._explanation(parts[top], scores[top], names, alpha, beta)
-            return Recommendation(items=[str(x) for x in self.items.ids[cand[top]]],
-                                  scores=[float(s) for s in scores[top]], alpha=float(alpha), repulsion=beta,
-                                  source="fallback" if reason else "model", request_id=rid, fallback_reason=reason,
-                                  model_ms=model_s * 1000.0, explanation=explanation)
+            if r.parts is not None:
+                explanation = self._explanation(r.parts[top], r.scores[top], r.part_names, r.alpha, r.beta)
+            rec = Recommendation(items=[str(x) for x in self.items.ids[cand[top]]],
+                                 scores=[float(s) for s in r.scores[top]], alpha=float(r.alpha), repulsion=r.beta,
+                                 source="fallback" if r.reason else "model", request_id=rid,
+                                 fallback_reason=r.reason, model_ms=r.model_s * 1000.0, explanation=explanation,
+                                 arm=r.arm, log_propensity=r.log_propensity)
+            pending[:] = [(rec, r, obs, step, session)] if record else []
+            return rec
 
+        pending: list[tuple[Recommendation, Ranked, dict[str, np.ndarray], int, int]] = []
         if record:
             rec = self.store.transact(user_id, fn, self._new_state)
         else:
             rec = fn(self.store.get(user_id) or self._new_state())
+        if pending:
+            self._served(user_id, *pending[0])
         m = self.metrics
         m.by_source[rec.source].inc()
         if rec.fallback_reason:
@@ -480,11 +539,16 @@ class ServingRuntime:
         cap = self.dwell_cap_s
         clipped = [e.dwell_s > cap for e in evs]
 
+        resolved: list[int] = []  # the request each event is for (its request_id, else the last slate's)
+
         def fn(st: UserState) -> list[bool]:
             self._touch(st, self.clock())
+            resolved[:] = [st.slate_id if e.request_id is None else int(e.request_id) for e in evs]
             return [self._apply(st, e, int(row), min(e.dwell_s, cap)) for e, row in zip(evs, rows, strict=True)]
 
         applied = self.store.transact(user_id, fn, self._new_state) if evs else []
+        if any(applied):
+            self._observed(user_id, evs, applied, resolved)
         m = self.metrics
         for e, ok, clip in zip(evs, applied, clipped, strict=True):
             if ok:
@@ -495,6 +559,10 @@ class ServingRuntime:
                 m.by_ignore["not_shown"].inc()
         m.observe_seconds.observe(time.perf_counter() - t0)
         return sum(applied)
+
+    def _observed(self, user_id: str, events: list[Event], applied: list[bool], request_ids: list[int]) -> None:
+        """Called after a feedback batch is stored, with which events were applied and the request each is for (the
+        A/B runtime logs them here)."""
 
     def _consume(self, st: UserState, item: int, keep: float, weight: float) -> None:
         """Pool ``item`` into the state (``keep``, ``weight``) and fold it into the CF factor's equations."""
