@@ -352,3 +352,21 @@ def test_sampled_ranker_specs(small_world: World, small_cfg: EnvConfig, onnx_exp
     assert hot.shape == cold.shape and not np.array_equal(hot, cold)
     ranker = make_ranker(f"run:{onnx_export}@1", ctx)
     assert ranker.name == f"run:{onnx_export}@1" and ranker.act(obs).shape == (16, small_cfg.slate_size)
+
+
+def test_items_added_while_arms_serve_are_ranked_by_every_arm(ab_runtime: ABRuntime, small_world: World) -> None:
+    """POST /items under A/B arms: the exported arm scores the new rows too, and their propensities are logged."""
+    from agents.serving.catalog import NewItem
+    from encoders.hashing import HashingEncoder
+
+    m = small_world.n_items
+    new = [NewItem(id=f"fresh-{i}", text=f"a quiet novel about the sea, part {i}", category="scifi", price=9.0)
+           for i in range(3)]
+    ab_runtime.add_items(new, encoder=HashingEncoder(dim=64))  # the fixture world's encoder
+    scorer = ab_runtime.scorers[ab_runtime._index["ppo"]]
+    assert isinstance(scorer, ModelScorer) and scorer.items.n_items == m + 3
+    cids = [*ids_of(small_world, range(12)), "fresh-0", "fresh-1", "fresh-2"]
+    for arm in ("ppo", "blend", "div"):
+        rec = ab_runtime.recommend(f"new-items-{arm}", cids, arm=arm)
+        assert rec.arm == arm and len(rec.items) == len(set(rec.items)) and set(rec.items) <= set(cids)
+        assert np.isfinite(rec.log_propensity)

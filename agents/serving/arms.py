@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -410,6 +411,15 @@ class ABRuntime(ServingRuntime):
                     "slate_size": self.slate_size, "manifest_fallback_alpha": self.fallback_alpha}
             self.writer = ServeLogWriter(log_dir, [a.name for a in self.arms], meta, registry=self.metrics.registry,
                                          **writer_kwargs)
+
+    def add_items(self, items: Sequence[Any], encoder: Any = None) -> list[str]:
+        """:meth:`ServingRuntime.add_items`, then every exported arm reads the grown item table too (rows are only
+        appended and the fingerprint is kept, so each arm's view of the old rows is unchanged)."""
+        added = super().add_items(items, encoder)
+        for s in getattr(self, "scorers", ()):
+            if isinstance(s, ModelScorer):
+                s.items = self.items
+        return added
 
     def arm_of(self, user_id: str) -> str:
         """The arm ``user_id`` is assigned to."""
