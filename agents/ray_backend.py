@@ -44,6 +44,8 @@ FORWARD_ENV_PREFIX = "RECFEED_"
 #: Test hook: ``(iteration, worker, step)`` makes that worker's process exit mid-rollout at that step of that
 #: iteration (counted from 1), as a crash would; ``None`` (always, outside tests) does nothing.
 CRASH_FOR_TEST: tuple[int, int, int] | None = None
+#: Seconds a restarting actor may take before its iteration fails.
+RESTART_WAIT_S = 300.0
 _STARTED = False  # whether init_ray connected this process (and so shutdown_if_started disconnects it)
 
 
@@ -83,13 +85,13 @@ class RolloutWorker:
         os.environ["RECFEED_ENV_THREADS"] = str(threads)
         th.set_num_threads(threads)
         from agents.policies import SlatePolicy
+        from agents.training import load_training_world
         from configs.loader import from_dict
-        from envs.presets import load_world
         from envs.sb3 import SB3VecEnv
         from envs.vector_env import RecVectorEnv
 
         cfg = from_dict(Config, config)
-        world = load_world(cfg.env, cfg.encoder, progress=False)  # the driver built and cached it
+        world = load_training_world(cfg)  # the driver built and cached it
         # The local backend's env, over this shard's rows; in text mode make_core builds the encoder here.
         self.venv = SB3VecEnv(RecVectorEnv(rows, config=cfg.env, encoder=cfg.encoder, world=world,
                                            population="train"))
@@ -104,6 +106,16 @@ class RolloutWorker:
     def spaces(self) -> tuple[Any, Any]:
         """The shard's single-row observation and action spaces."""
         return self.venv.observation_space, self.venv.action_space
+
+    def describe(self) -> dict[str, Any]:
+        """Where this shard runs and what it holds: ``pid``, ``node``, ``rows``, ``offset``, ``obs_mode``, and the
+        prompt encoder's class in text mode (built here, in the actor) or ``None``."""
+        import ray
+
+        enc = self.venv.venv.core.text_encoder
+        return {"pid": os.getpid(), "node": ray.get_runtime_context().get_node_id(), "rows": self.rows,
+                "offset": self.offset, "obs_mode": self.venv.venv.config.obs_mode,
+                "text_encoder": None if enc is None else type(enc).__name__}
 
     def reset(self, seed: int) -> dict[str, np.ndarray]:
         """Start new sessions on every row (row ``i`` as ``RecEnv.reset(seed=seed + i)``); their observations."""
@@ -327,7 +339,7 @@ class RayVecEnv(VecEnv):
                 off = self.shards[w][0]
                 seed = (self._seed or 0) + self.n_envs * self.lost_rollouts * 1_000 + off  # rows no reset used
                 try:
-                    parts.append(self.ray.get(self.actors[w].rollout.remote(weights, n_steps, seed)))
+                    parts.append(self._retry(w, weights, n_steps, seed))
                 except RayActorError as again:
                     raise RuntimeError(f"Ray worker {w} (rows {off}…{off + self.shards[w][1] - 1}) died twice in "
                                        f"iteration {self.iterations}: {again}") from exc
@@ -338,6 +350,20 @@ class RayVecEnv(VecEnv):
                 stats[k] = stats.get(k, 0) + v
         self._stats = stats
         return parts
+
+    def _retry(self, w: int, weights: Any, n_steps: int, seed: int) -> dict[str, Any]:
+        """Worker ``w``'s rollout on new sessions (``seed``), once Ray has restarted it (waiting up to
+        :data:`RESTART_WAIT_S` while it is "temporarily unavailable")."""
+        from ray.exceptions import ActorUnavailableError
+
+        deadline = time.monotonic() + RESTART_WAIT_S
+        while True:
+            try:
+                return self.ray.get(self.actors[w].rollout.remote(weights, n_steps, seed))
+            except ActorUnavailableError:  # restarting: its process and world are being rebuilt
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
 
     def pop_stats(self) -> dict[str, float]:
         """The env totals of the last rollout (clicks, purchases, …; as :meth:`envs.sb3.SB3VecEnv.pop_stats`)."""

@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -126,6 +127,12 @@ def policy_kwargs(cfg: Config, init_alpha: float, world: World,
                 entropy_estimator=pc.entropy_estimator, **extra)
 
 
+def load_training_world(cfg: Config, progress: bool = False) -> World:
+    """The run's world (cache, else built). Built as in pooled mode: a world does not depend on ``env.obs_mode``
+    (``world_key`` leaves it out), and its logging phase cannot run in text mode (no prompt encoder there)."""
+    return load_world(dataclasses.replace(cfg.env, obs_mode="pooled"), cfg.encoder, progress=progress)
+
+
 def make_venv(cfg: Config, world: World, seed: int) -> SB3VecEnv:
     """The native vector env over the training users, behind the SB3 adapter (seeded; row i as ``seed + i``)."""
     venv = SB3VecEnv(RecVectorEnv(cfg.train.ppo.n_envs, config=cfg.env, encoder=cfg.encoder, world=world,
@@ -217,7 +224,7 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False, progre
         save_yaml(cfg, run_dir / CONFIG_FILE)
     say(f"run directory: {run_dir}")
 
-    world = load_world(cfg.env, cfg.encoder, progress=progress)
+    world = load_training_world(cfg, progress)
     say(f"world: {world.n_items} items, users {({k: p.size for k, p in world.populations.items()})}, "
         f"encoder {world.encoder_name}")
     _json(run_dir / "versions.json", {**versions(), "device": str(device), "seed": tc.seed,
@@ -338,8 +345,9 @@ def _backend_summary(cfg: Config, env: Any) -> dict[str, Any]:
     """How the rollouts were collected: ``{"name": "local"}``, or the Ray backend's workers, shards and faults."""
     if cfg.train.backend != "ray":
         return {"name": "local"}
-    return {"name": "ray", "workers": cfg.train.ray.workers, "shards": env.shards, "iterations": env.iterations,
-            "lost_rollouts": env.lost_rollouts, "worker_collect_seconds": round(env.worker_seconds, 1),
+    return {"name": "ray", "workers": cfg.train.ray.workers, "shards": [list(s) for s in env.shards],
+            "iterations": env.iterations, "lost_rollouts": env.lost_rollouts,
+            "worker_collect_seconds": round(env.worker_seconds, 1),
             "address": env.address}
 
 
