@@ -5,7 +5,8 @@ order local, ray W=1, ray W=2, local, … (``--rounds`` times), PPO as ``train.p
 (:func:`agents.training.make_train_env` and :func:`agents.checkpoints.new_ppo`, so the backend switch is the only
 difference): one warm-up rollout, then ``--rollouts`` timed rollouts + updates. Each measurement reports env
 steps/s, the collect / update split of the timed wall (the collect part, for Ray, includes the weight broadcast,
-the actors' stepping and the driver's replay into the buffer) and, for Ray, the start (Ray + actors) seconds.
+the actors' stepping and the driver's replay into the buffer), for Ray the slowest actor's own rollout seconds
+(``actor_s``: collect minus it is the backend's overhead) and the start (Ray + actors) seconds.
 The last line is a JSON object: per backend the median steps/s over the rounds, every run, and the load average.
 
 ``--set`` overrides config values (e.g. ``env.obs_mode=text`` with a smaller ``train.ppo.n_envs``). One
@@ -52,9 +53,11 @@ def measure(backend: str, overrides: list[str], rollouts: int, threads: int) -> 
     try:
         model.learn(per_rollout)  # warm-up: the actors' first rollout, numba and torch first calls
         split = _Split()
+        actor_s0 = getattr(venv, "worker_seconds", 0.0)
         t0 = time.perf_counter()
         model.learn(rollouts * per_rollout, reset_num_timesteps=False, callback=split)
         wall = time.perf_counter() - t0
+        actor_s = getattr(venv, "worker_seconds", 0.0) - actor_s0  # the slowest actor's rollout, per iteration
     finally:
         venv.close()
         if cfg.train.backend == "ray":
@@ -63,8 +66,45 @@ def measure(backend: str, overrides: list[str], rollouts: int, threads: int) -> 
             shutdown_if_started()
     return {"backend": backend, "steps": rollouts * per_rollout, "steps_per_s": round(rollouts * per_rollout / wall, 1),
             "collect_s": round(split.collect_s, 2), "update_s": round(split.update_s, 2),
-            "start_s": round(start_s, 1), "n_envs": pc.n_envs, "n_steps": pc.n_steps,
+            "start_s": round(start_s, 1), "actor_s": round(actor_s, 2), "n_envs": pc.n_envs, "n_steps": pc.n_steps,
             "obs_mode": cfg.env.obs_mode, "load": os.getloadavg()[0]}
+
+
+def projected_steps_per_s(workers: int, worker_rate: float, overhead_s: float, update_s: float) -> float:
+    """Projected steps/s of the synchronous Ray backend (collect on every actor, then update in the driver).
+
+    Per iteration of S samples (S grows with W: each actor keeps its shard size): the actors collect in
+    S / (W · worker_rate) seconds, the driver spends ``overhead_s`` per sample (weights out, rollout in, replay into
+    the buffer) and ``update_s`` per sample in PPO's update; nothing overlaps. So steps/s =
+    1 / (1 / (W · worker_rate) + overhead_s + update_s).
+
+    Args:
+        workers: W.
+        worker_rate: One actor's collection rate (its env steps + its policy forward), steps/s.
+        overhead_s: Driver seconds per sample outside the actors and the update.
+        update_s: Learner seconds per sample (PPO's epochs over the rollout).
+    """
+    return 1.0 / (1.0 / (workers * worker_rate) + overhead_s + update_s)
+
+
+def project(summary: dict[str, Any], gpu_update_s: float, workers: tuple[int, ...] = (16, 64)) -> dict[str, Any]:
+    """The scaling model from a measured alternation (``ray:1`` and ``local``): per-worker rate, overhead and the
+    CPU update cost per sample from the medians here; ``gpu_update_s`` (seconds per sample) from a GPU measurement."""
+    res = summary["results"]
+    one = res["ray:1"]
+    steps = summary["steps"]
+    med = statistics.median
+    worker_rate = steps / med(one["actor_s"])
+    overhead = (med(one["collect_s"]) - med(one["actor_s"])) / steps
+    cpu_update = med(res["local"]["update_s"]) / steps
+    out: dict[str, Any] = {"worker_rate": round(worker_rate, 1), "overhead_us_per_sample": round(overhead * 1e6, 2),
+                           "cpu_update_us_per_sample": round(cpu_update * 1e6, 2),
+                           "gpu_update_us_per_sample": round(gpu_update_s * 1e6, 2)}
+    for w in workers:
+        out[f"W={w}"] = {"cpu_learner": round(projected_steps_per_s(w, worker_rate, overhead, cpu_update)),
+                         "gpu_learner": round(projected_steps_per_s(w, worker_rate, overhead, gpu_update_s)),
+                         "collection_only": round(w * worker_rate)}
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -97,8 +137,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     summary = {b: {"median_steps_per_s": statistics.median(x["steps_per_s"] for x in rs),
                    "steps_per_s": [x["steps_per_s"] for x in rs], "collect_s": [x["collect_s"] for x in rs],
                    "update_s": [x["update_s"] for x in rs], "start_s": [x["start_s"] for x in rs],
+                   "actor_s": [x.get("actor_s", 0.0) for x in rs],
                    "load": [round(x["load"], 1) for x in rs]} for b, rs in runs.items()}
-    out = {"overrides": args.overrides, "rollouts": args.rollouts, "rounds": args.rounds, "results": summary}
+    out = {"overrides": args.overrides, "rollouts": args.rollouts, "rounds": args.rounds, "results": summary,
+           "steps": runs["local"][0]["steps"]}
     print(json.dumps(out))
     return out
 

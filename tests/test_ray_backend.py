@@ -206,6 +206,10 @@ def test_a_worker_killed_mid_rollout_is_restarted_and_training_goes_on(ray_local
     run = Path(summary["run_dir"])
     assert json.loads((run / "summary.json").read_text())["backend"]["lost_rollouts"] == 1
     assert [json.loads(x)["step"] for x in (run / "eval.jsonl").read_text().splitlines()][:2] == [512, 1024]
+    monkeypatch.setattr(ray_backend, "CRASH_FOR_TEST", None)
+    resumed = train.main(["--resume", str(run), "--total-timesteps", "1536", "--quiet"])  # from its checkpoint
+    assert resumed["total_timesteps"] == 1536 and resumed["resumed_from"]["num_timesteps"] == 1024
+    assert resumed["backend"]["name"] == "ray" and resumed["backend"]["iterations"] == 2
     out = cache / "eval"  # the same run directory as the local backend's: evaluate.py reads it
     evaluate.main(["--rankers", f"random,run:{run}", "--episodes", "12", "--seeds", "1", "--preset", "small",
                    "--set", "env.user_model.no_click_utility=3.5", "--encoder", "hashing", "--set",
