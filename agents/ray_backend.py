@@ -190,7 +190,7 @@ class RolloutWorker:
 
 
 def init_ray(address: str | None, num_cpus: float) -> Any:
-    """Join ``address`` (or ``$RAY_ADDRESS``), else start a local Ray with ``num_cpus`` CPUs; quiet, no dashboard.
+    """Join ``address`` (or ``$RAY_ADDRESS``), else start a new local Ray with ``num_cpus`` CPUs; quiet, no dashboard.
 
     A Ray already initialised in this process is used as it is.
     """
@@ -205,8 +205,10 @@ def init_ray(address: str | None, num_cpus: float) -> Any:
     if address:
         ray.init(address=address, log_to_driver=False, logging_level="warning")
     else:
-        ray.init(num_cpus=max(1, math.ceil(num_cpus)), include_dashboard=False, log_to_driver=False,
-                 logging_level="warning")
+        # address="local": a new Ray of our own, even when a `ray start` cluster runs on this machine (a bare
+        # ray.init() would join that one instead, and refuse num_cpus).
+        ray.init(address="local", num_cpus=max(1, math.ceil(num_cpus)), include_dashboard=False,
+                 log_to_driver=False, logging_level="warning")
     _STARTED = True
     return ray
 

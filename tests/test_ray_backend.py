@@ -70,7 +70,7 @@ def test_local_is_the_default_backend() -> None:
 @pytest.fixture(scope="module")
 def ray_local() -> Iterator[object]:
     ray = require_ray()
-    ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False, logging_level="warning")  # type: ignore[attr-defined]
+    ray.init(address="local", num_cpus=3, include_dashboard=False, log_to_driver=False, logging_level="warning")  # type: ignore[attr-defined]
     yield ray
     ray.shutdown()  # type: ignore[attr-defined]
 
