@@ -21,11 +21,16 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import torch as th
 from stable_baselines3.common.vec_env import VecNormalize
+
+from configs.loader import resolve_config
+from encoders.cache import default_cache_dir
 
 #: ``tuned-diverse``-like parameters for the default ``policy.base = "diverse"`` (no search: the figures are rates).
 DIVERSE = {"alpha": 0.8, "cap": 2, "exposure_weight": 0.3, "seen_weight": 0.5}
@@ -36,8 +41,6 @@ def measure(backend: str, overrides: list[str], rollouts: int, threads: int) -> 
     from agents.checkpoints import new_ppo
     from agents.training import load_training_world, make_train_env, policy_kwargs
     from bench.train_throughput import _Split
-    from configs.loader import resolve_config
-
     th.set_num_threads(threads)
     extra = [] if backend == "local" else ["train.backend=ray", f"train.ray.workers={backend.split(':')[1]}"]
     cfg = resolve_config(None, None, [*overrides, *extra])
@@ -116,6 +119,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--threads", type=int, default=1, help="the driver's torch threads")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--one", help="one measurement in this process: local or ray:W")
+    ap.add_argument("--fresh-encoder-cache", action="store_true",
+                    help="every measurement encodes through a new, empty embedding cache (text mode: else the prompts "
+                         "of earlier runs, the same seeds' sessions, are cache hits); worlds are still read from the "
+                         "usual cache")
     args = ap.parse_args(argv)
     if args.one:
         out = measure(args.one, args.overrides, args.rollouts, args.threads)
@@ -123,10 +130,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return out
     backends = ["local", *[f"ray:{w}" for w in args.workers.split(",")]]
     runs: dict[str, list[dict[str, Any]]] = {b: [] for b in backends}
+    tmp = tempfile.TemporaryDirectory(prefix="ray-bench-")
+    base = resolve_config(None, None, args.overrides)
+    worlds = Path(base.env.cache_dir or base.encoder.cache_dir or default_cache_dir())
     for r in range(args.rounds):
         for b in backends:
+            fresh = ["--set", f"env.cache_dir={worlds}", "--set", f"encoder.cache_dir={tmp.name}/{r}-{b}"] \
+                if args.fresh_encoder_cache else []
             cmd = [sys.executable, "-m", "bench.ray_backend", "--one", b, "--rollouts", str(args.rollouts),
-                   "--threads", str(args.threads), *[x for o in args.overrides for x in ("--set", o)]]
+                   "--threads", str(args.threads), *[x for o in args.overrides for x in ("--set", o)], *fresh]
             proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
             if proc.returncode != 0:
                 print(proc.stdout[-2000:], proc.stderr[-4000:], file=sys.stderr)
@@ -139,7 +151,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    "update_s": [x["update_s"] for x in rs], "start_s": [x["start_s"] for x in rs],
                    "actor_s": [x.get("actor_s", 0.0) for x in rs],
                    "load": [round(x["load"], 1) for x in rs]} for b, rs in runs.items()}
-    out = {"overrides": args.overrides, "rollouts": args.rollouts, "rounds": args.rounds, "results": summary,
+    tmp.cleanup()
+    out = {"overrides": args.overrides, "fresh_encoder_cache": args.fresh_encoder_cache, "rollouts": args.rollouts,
+           "rounds": args.rounds, "results": summary,
            "steps": runs["local"][0]["steps"]}
     print(json.dumps(out))
     return out
