@@ -427,7 +427,10 @@ def _init_ray(spec: SweepSpec, address: str | None) -> Any:
     if address:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
     else:
-        ray.init(num_cpus=spec.num_cpus, runtime_env=runtime_env, log_to_driver=False, include_dashboard=False)
+        # address="local": our own Ray, not a `ray start` cluster that may run on this machine (which a bare
+        # ray.init() would join, refusing num_cpus).
+        ray.init(address="local", num_cpus=spec.num_cpus, runtime_env=runtime_env, log_to_driver=False,
+                 include_dashboard=False)
     return ray
 
 

@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -126,11 +127,29 @@ def policy_kwargs(cfg: Config, init_alpha: float, world: World,
                 entropy_estimator=pc.entropy_estimator, **extra)
 
 
+def load_training_world(cfg: Config, progress: bool = False) -> World:
+    """The run's world (cache, else built). Built as in pooled mode: a world does not depend on ``env.obs_mode``
+    (``world_key`` leaves it out), and its logging phase cannot run in text mode (no prompt encoder there)."""
+    return load_world(dataclasses.replace(cfg.env, obs_mode="pooled"), cfg.encoder, progress=progress)
+
+
 def make_venv(cfg: Config, world: World, seed: int) -> SB3VecEnv:
-    """The native vector env over the training users, behind the SB3 adapter (seeded)."""
-    venv = SB3VecEnv(RecVectorEnv(cfg.train.ppo.n_envs, config=cfg.env, world=world, population="train"))
+    """The native vector env over the training users, behind the SB3 adapter (seeded; row i as ``seed + i``)."""
+    venv = SB3VecEnv(RecVectorEnv(cfg.train.ppo.n_envs, config=cfg.env, encoder=cfg.encoder, world=world,
+                                  population="train"))
     venv.seed(seed)
     return venv
+
+
+def make_train_env(cfg: Config, world: World, kwargs: dict[str, Any]) -> Any:
+    """The training env of ``train.backend``: :func:`make_venv` (local), or the Ray actors' :class:`RayVecEnv`
+    (ray: W shards of the same rows, each building the same env; ``kwargs`` is the policy's constructor arguments
+    for their CPU copies)."""
+    if cfg.train.backend == "ray":
+        from agents.ray_backend import make_ray_venv
+
+        return make_ray_venv(cfg, kwargs)
+    return make_venv(cfg, world, cfg.train.seed)
 
 
 def finished_summary(cfg: Config, run_dir: Path) -> dict[str, Any] | None:
@@ -208,7 +227,7 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False, progre
         save_yaml(cfg, run_dir / CONFIG_FILE)
     say(f"run directory: {run_dir}")
 
-    world = load_world(cfg.env, cfg.encoder, progress=progress)
+    world = load_training_world(cfg, progress)
     say(f"world: {world.n_items} items, users {({k: p.size for k, p in world.populations.items()})}, "
         f"encoder {world.encoder_name}")
     _json(run_dir / "versions.json", {**versions(), "device": str(device), "seed": tc.seed,
@@ -226,7 +245,26 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False, progre
         diverse = tuning_context(cfg, world, None, progress).diverse_search()
         say(f"tuned-diverse on training users: {diverse.best} ({time.perf_counter() - t0:.0f}s)")
 
-    venv: SB3VecEnv | VecNormalize = make_venv(cfg, world, tc.seed)
+    kwargs = policy_kwargs(cfg, curve.best_alpha, world, None if diverse is None else diverse.best)
+    venv: SB3VecEnv | VecNormalize = make_train_env(cfg, world, kwargs)
+    try:
+        return _learn_and_report(cfg, run_dir, world, curve, diverse, venv, ckpt, skipped, kwargs, device, say,
+                                 progress, t_start, init_from)
+    finally:
+        venv.close()
+        if tc.backend == "ray":
+            from agents.ray_backend import shutdown_if_started
+
+            shutdown_if_started()
+
+
+def _learn_and_report(cfg: Config, run_dir: Path, world: World, curve: Any, diverse: ParamSearch | None, venv: Any,
+                      ckpt: Checkpoint | None, skipped: list[str], kwargs: dict[str, Any], device: th.device,
+                      say: Any, progress: bool, t_start: float, init_from: str | Path | None = None
+                      ) -> dict[str, Any]:
+    """:func:`train` from the training env on: learn, save, evaluate, write the summary."""
+    tc = cfg.train
+    resume = ckpt is not None
     stats_env = venv
     ckpt_dir = run_dir / CKPT_DIR
     resumed_from: dict[str, Any] | None = None
@@ -245,8 +283,7 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False, progre
     else:
         if tc.ppo.normalize_reward:
             venv = VecNormalize(venv, norm_obs=False, norm_reward=True, gamma=tc.ppo.gamma)
-        model = new_ppo(cfg, venv, device, run_dir,
-                        policy_kwargs(cfg, curve.best_alpha, world, None if diverse is None else diverse.best))
+        model = new_ppo(cfg, venv, device, run_dir, kwargs)
         model.set_logger(_tb_logger(run_dir))
         model.logger.record("hparams", HParam(_flat_hparams(cfg), {"eval/return": 0.0, "eval/ratio_vs_tuned": 0.0}),
                             exclude=("stdout", "log", "json", "csv"))
@@ -305,6 +342,7 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False, progre
         "alpha_by_user_type": report["alpha"]["by_rho"],
         "resumed_from": resumed_from,
         "initialised_from": initialised_from,
+        "backend": _backend_summary(cfg, stats_env),
         "paths": {"config": str(run_dir / CONFIG_FILE), "model": str(run_dir / MODEL_FILE),
                   "policy": str(run_dir / WEIGHTS_FILE),
                   "tensorboard": str(run_dir / "tb"), "report": str(run_dir / "report"),
@@ -313,6 +351,16 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False, progre
     _json(run_dir / "summary.json", summary)
     return summary
 
+
+
+def _backend_summary(cfg: Config, env: Any) -> dict[str, Any]:
+    """How the rollouts were collected: ``{"name": "local"}``, or the Ray backend's workers, shards and faults."""
+    if cfg.train.backend != "ray":
+        return {"name": "local"}
+    return {"name": "ray", "workers": cfg.train.ray.workers, "shards": [list(s) for s in env.shards],
+            "iterations": env.iterations, "lost_rollouts": env.lost_rollouts,
+            "worker_collect_seconds": round(env.worker_seconds, 1),
+            "address": env.address}
 
 
 def _tb_logger(run_dir: Path) -> Any:

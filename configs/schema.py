@@ -460,6 +460,34 @@ class PolicyConfig:
 
 
 @dataclass
+class RayConfig:
+    """The Ray backend of training (``train.backend = "ray"``; the ``recfeed[ray]`` extra).
+
+    Attributes:
+        workers: W rollout actors; each steps ``n_envs / W`` users (the first ``n_envs % W`` one more) with a CPU
+            copy of the policy. At most ``train.ppo.n_envs``.
+        address: A Ray cluster to join (``ray://…`` or ``host:port``); ``None``: ``$RAY_ADDRESS``, else a local Ray
+            started with ``workers × cpus_per_worker`` CPUs.
+        cpus_per_worker: CPUs reserved per actor (also its torch and env-kernel threads, rounded up to >= 1).
+        max_restarts: How often Ray restarts a dead actor; the rollout it was collecting is lost and asked for again
+            once (counted in ``summary.json``'s ``ray.lost_rollouts``).
+    """
+
+    workers: int = 2
+    address: str | None = None
+    cpus_per_worker: float = 1.0
+    max_restarts: int = 3
+
+    def __post_init__(self) -> None:
+        _finite(self)
+        _check(self, ">=1", "workers")
+        _check(self, ">0", "cpus_per_worker")
+        _check(self, ">=0", "max_restarts")
+        if isinstance(self.address, str) and not self.address.strip():
+            raise FieldError("address", "must not be empty (omit it, or null, for a local Ray)")
+
+
+@dataclass
 class TrainConfig:
     """One training run.
 
@@ -477,6 +505,9 @@ class TrainConfig:
         checkpoint_every: Steps between checkpoints.
         out_dir: Parent folder of run directories.
         run_name: Run directory name (``None``: a timestamp).
+        backend: ``"local"`` (the vector env in this process) or ``"ray"`` (rollouts collected on Ray actors,
+            learned here; :mod:`agents.ray_backend`).
+        ray: The Ray backend's settings (used with ``backend = "ray"``).
         ppo: PPO hyperparameters.
         policy: Policy network.
     """
@@ -491,6 +522,8 @@ class TrainConfig:
     checkpoint_every: int = 100_000
     out_dir: str = "runs"
     run_name: str | None = None
+    backend: Literal["local", "ray"] = "local"
+    ray: RayConfig = field(default_factory=RayConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
 
@@ -503,6 +536,10 @@ class TrainConfig:
         name = self.run_name
         if isinstance(name, str) and (not name.strip() or name in (".", "..") or "/" in name or "\\" in name):
             raise FieldError("run_name", f"must be a plain folder name (no path separators), got {name!r}")
+        workers, n_envs = self.ray.workers, self.ppo.n_envs
+        if self.backend == "ray" and _number(workers) and _number(n_envs) and workers > n_envs:
+            raise FieldError("ray.workers", f"{workers} workers for train.ppo.n_envs = {n_envs} users: each worker "
+                             "needs at least one (use at most n_envs workers)")
 
 
 @dataclass

@@ -55,6 +55,18 @@ def require_movielens(path: Path | None = None) -> Path:
     pytest.skip(reason)
 
 
+def require_ray() -> object:
+    """The ``ray`` module; skips without it, fails under CI (CI installs the dev extra, which holds Ray)."""
+    try:
+        import ray
+    except ImportError:
+        reason = "ray is not installed (the optional recfeed[ray] extra: pip install -e '.[ray]')"
+        if os.environ.get("CI", "").strip().lower() in ("true", "1", "yes"):
+            pytest.fail(f"CI is set: {reason}", pytrace=False)
+        pytest.skip(reason)
+    return ray
+
+
 def greedy(obs: dict[str, np.ndarray], k: int) -> np.ndarray:
     """Top-K by ``llm_sim``, ties to the lower position: int64 (B, K) slates for observations with a B axis."""
     return np.argsort(-obs["features"][:, :, F_LLM], axis=1, kind="stable")[:, :k]

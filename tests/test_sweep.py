@@ -7,11 +7,11 @@ Ray is the optional ``recfeed[ray]`` extra: without it the Ray tests skip, excep
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import require_ray
 
 from agents.sweep import FAULT_ENV, load_sweep, setting_label
 from configs.loader import ConfigError
@@ -23,18 +23,6 @@ TINY = ["encoder.kind=hashing", "encoder.hashing_dim=64", "train.total_timesteps
         "train.checkpoint_every=128", "train.eval_episodes=8", "train.ppo.n_envs=8", "train.ppo.n_steps=16",
         "train.ppo.batch_size=64", "train.ppo.n_epochs=1", "eval.episodes=16", "eval.bootstrap=100",
         "eval.batch=16"]
-
-
-def require_ray() -> object:
-    """The ``ray`` module; skips without it, fails under CI (CI installs the dev extra, which holds Ray)."""
-    try:
-        import ray
-    except ImportError:
-        reason = "ray is not installed (the optional recfeed[ray] extra: pip install -e '.[ray]')"
-        if os.environ.get("CI", "").strip().lower() in ("true", "1", "yes"):
-            pytest.fail(f"CI is set: {reason}", pytrace=False)
-        pytest.skip(reason)
-    return ray
 
 
 def write_sweep(path: Path, **extra: object) -> Path:
