@@ -71,8 +71,8 @@ class AnnIndex:
     def build(cls, vectors: np.ndarray, nprobe: int = 16, seed: int = 0) -> AnnIndex:
         """Train the k-means cells on a sample of the items and add all of them.
 
-        ``nlist = round(sqrt(M))`` cells (clipped to [1, 4096]); k-means on at most 40 points per cell, 10
-        iterations, so that building stays O(M·sqrt(M)·d) and a 1M-item catalog indexes in tens of seconds.
+        ``nlist = round(sqrt(M))`` cells (clipped to [1, 4096] and to M/39); k-means on at most 40 points per
+        cell, 10 iterations, so that building stays O(M·sqrt(M)·d) and a 1M-item catalog indexes in tens of seconds.
 
         Args:
             vectors: float32 (M, d) item vectors.
@@ -93,7 +93,7 @@ class AnnIndex:
         m, d = vectors.shape
         if m == 0 or d == 0:
             raise ValueError(f"cannot index {m} item vectors of dimension {d}")
-        nlist = int(min(4096, max(1, round(np.sqrt(m)))))
+        nlist = int(max(1, min(4096, round(np.sqrt(m)), m // 39)))  # faiss wants >= 39 training points per cell
         quantizer = faiss.IndexFlatIP(d)
         index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
         index.cp.niter = 10

@@ -217,11 +217,16 @@ class World:
         """
         if ann_min_items is None or len(vectors) < ann_min_items:
             return exact_top(queries, vectors, k)
-        out = self.index(name, vectors, nprobe).search(queries, k)
-        sample = np.random.default_rng(0).choice(len(queries), min(RECALL_QUERIES, len(queries)), replace=False)
-        self.meta.setdefault("ann", {})[label or name] = {
-            "recall": round(recall_at(out[sample], exact_top(queries[sample], vectors, k)), 4), "L": int(out.shape[1]),
-            "nprobe": int(nprobe), "nlist": int(self._indexes[name].index.nlist)}
+        live = np.flatnonzero(queries.any(axis=1))
+        # all-zero queries (cold users) score every item 0: exact search's list for them is one fixed list
+        out = np.empty((len(queries), min(k, len(vectors))), np.int64)
+        out[:] = top_k(np.zeros((1, len(vectors)), np.float32), k, ties="partition")
+        if live.size:
+            out[live] = self.index(name, vectors, nprobe).search(queries[live], k)
+            sample = np.random.default_rng(0).choice(live, min(RECALL_QUERIES, live.size), replace=False)
+            self.meta.setdefault("ann", {})[label or name] = {
+                "recall": round(recall_at(out[sample], exact_top(queries[sample], vectors, k)), 4),
+                "L": int(out.shape[1]), "nprobe": int(nprobe), "nlist": int(self._indexes[name].index.nlist)}
         return out
 
     def index(self, name: str, vectors: np.ndarray, nprobe: int = 16) -> AnnIndex:
