@@ -40,6 +40,8 @@ WORLD_FORMAT = 1
 #: EnvConfig keys that decide a build's table path and retrieval (see :func:`world_key`).
 SCALE_KEYS = ("table_budget_mb", "ann_min_items", "ann_nprobe")
 SCALE_DEFAULTS = {k: EnvConfig.__dataclass_fields__[k].default for k in SCALE_KEYS}
+#: Texts per encoder call when building a world (65,536 = 1,024 transformer batches of 64).
+ENCODE_BATCH = 65_536
 #: Users per chunk of the factored organic-history draw (bounds its (chunk, C, D) gather).
 ORGANIC_CHUNK = 256
 PRESET_DIR = CONFIG_DIR / "presets"
@@ -96,11 +98,34 @@ def load_catalog(cfg: EnvConfig) -> Catalog:
     return catalog_from_items(read_items(cfg.catalog.source), cfg.catalog.cf_dim, cfg.catalog.seed)
 
 
+def encode_in_batches(encoder: TextEncoder, texts: list[str], progress: bool = True) -> np.ndarray:
+    """Encode ``texts`` in batches of :data:`ENCODE_BATCH` (a multiple of the transformer's batch sizes, so the
+    rows equal one call's), with a progress bar for large catalogs: bounded memory per call, and a crash keeps
+    the batches already in the encoder's cache.
+
+    Returns:
+        float32 (len(texts), D).
+    """
+    if len(texts) <= ENCODE_BATCH:
+        return encoder.encode(texts).astype(np.float32)
+    out = None
+    bar = tqdm(total=len(texts), desc="encoding items", unit="text", disable=not progress, leave=False)
+    for lo in range(0, len(texts), ENCODE_BATCH):
+        part = encoder.encode(texts[lo:lo + ENCODE_BATCH]).astype(np.float32)
+        if out is None:
+            out = np.empty((len(texts), part.shape[1]), np.float32)
+        out[lo:lo + len(part)] = part
+        bar.update(len(part))
+    bar.close()
+    assert out is not None
+    return out
+
+
 def make_population(name: str, cfg: EnvConfig, n: int, seed: int, encoder: TextEncoder) -> Population:
     """A synthetic population: personas encoded by the LLM, hidden traits drawn from ``seed``."""
     texts = persona_texts(n, seed)
     traits = sample_traits(cfg.user_model, n, cfg.catalog.cf_dim, seed + 1)
-    return Population(name=name, persona=texts, sem_taste=encoder.encode(texts).astype(np.float32), **traits)
+    return Population(name=name, persona=texts, sem_taste=encode_in_batches(encoder, texts, progress=False), **traits)
 
 
 def run_logging_phase(world: World, cfg: EnvConfig, population: str, seed: int, batch_size: int = 512,
@@ -158,7 +183,7 @@ def build_world(cfg: EnvConfig, encoder: TextEncoder, progress: bool = True, log
     """
     t0 = time.perf_counter()
     catalog = load_catalog(cfg)
-    item_emb = encoder.encode(catalog.texts).astype(np.float32)
+    item_emb = encode_in_batches(encoder, catalog.texts, progress=progress)
     um = cfg.user_model
     pops = {
         "train": make_population("train", cfg, um.n_train, um.seed, encoder),
