@@ -104,6 +104,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--out", default="bench/results/scale", help="folder for env_scaling.{json,csv,png}")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="extra config override for every size (repeatable)")
+    ap.add_argument("--append", action="store_true",
+                    help="merge with the rows already in --out (a size measured again replaces its row)")
     ap.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child is not None:
@@ -139,6 +141,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
               f"load {row['load']}", flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.append and (out / "env_scaling.json").is_file():
+        old = json.loads((out / "env_scaling.json").read_text(encoding="utf-8"))
+        rows = sorted([r for r in old if r["n_items"] not in sizes] + rows, key=lambda r: r["n_items"])
     (out / "env_scaling.json").write_text(json.dumps(rows, indent=1), encoding="utf-8")
     with open(out / "env_scaling.csv", "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=COLUMNS, extrasaction="ignore")
