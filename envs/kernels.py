@@ -356,6 +356,16 @@ def build_sessions(
             st.recent[b, j] = history[user, hj] if hj >= 0 else -1
 
 
+@numba.njit(cache=True, nogil=True, fastmath=True)
+def _dot_row(e: np.ndarray, item_emb: np.ndarray, other: int) -> np.float32:
+    """``e · item_emb[other]`` in float32, reassociated so that it vectorises (the step's similarities without a
+    Gram matrix: catalogs above its budget). Not inlined, so that the fastmath flag stays on this loop only."""
+    g = np.float32(0.0)
+    for d in range(e.shape[0]):
+        g += e[d] * item_emb[other, d]
+    return g
+
+
 # ---- the step ----------------------------------------------------------------------------------------------------
 
 
@@ -625,12 +635,7 @@ def step_sessions(
             e_c = item_emb[item_c]
             for s in range(n_slots):
                 other = st.slot_items[b, s]
-                if use_gram:
-                    g = gram[item_c, other]
-                else:
-                    g = np.float32(0.0)
-                    for d in range(dim):
-                        g += e_c[d] * item_emb[other, d]
+                g = gram[item_c, other] if use_gram else _dot_row(e_c, item_emb, other)
                 st.sem_aff[b, s] = ck * st.sem_aff[b, s] + ci * g
                 st.state_sim[b, s] = decay * st.state_sim[b, s] + w * g
             sq = 0.0
