@@ -145,3 +145,22 @@ def test_world_key_of_dense_builds_is_unchanged() -> None:
     cfg = preset_config("default")
     assert world_key(cfg, "enc") == world_key(dataclasses.replace(cfg, gram_budget_mb=10.0), "enc")
     assert world_key(cfg, "enc") != world_key(dataclasses.replace(cfg, table_budget_mb=1.0), "enc")
+
+
+def test_batched_encoding_equals_one_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    from envs import presets
+
+    texts = [f"item {i} about topic {i % 7} and style {i % 3}" for i in range(50)]
+    enc = HashingEncoder(dim=16)
+    monkeypatch.setattr(presets, "ENCODE_BATCH", 8)
+    np.testing.assert_array_equal(presets.encode_in_batches(enc, texts, progress=False), enc.encode(texts))
+
+
+def test_logging_log_without_lists_keeps_what_the_fit_reads(small_cfg: EnvConfig, small_world: World) -> None:
+    from envs.presets import run_logging_phase
+
+    full = run_logging_phase(small_world, small_cfg, "heldout", seed=5)
+    light = run_logging_phase(small_world, small_cfg, "heldout", seed=5, lists=False)
+    assert "candidates" not in light.columns and "slate" not in light.columns
+    for col in ("user", "session", "step", "click_rank", "clicked_item", "purchase"):
+        np.testing.assert_array_equal(light[col].to_numpy(), full[col].to_numpy(), err_msg=col)
