@@ -65,6 +65,16 @@ def _standardise_rows(x: np.ndarray) -> np.ndarray:
     return ((x - mu) / np.maximum(sd, 1e-6)).astype(np.float32)
 
 
+def _load_npy(path: Path, mmap: bool) -> np.ndarray:
+    """An ``.npy`` array, memory-mapped read-only when asked (an empty array cannot be mapped: read instead)."""
+    if mmap:
+        try:
+            return np.load(path, mmap_mode="r")
+        except ValueError:
+            pass
+    return np.load(path)
+
+
 @dataclass
 class World:
     """Everything the simulator reads.
@@ -339,7 +349,7 @@ class World:
             arrays = dict(np.load(src / "arrays.npz"))
             for name in ITEM_ARRAYS:  # worlds saved before the item arrays moved out keep them in the npz
                 if name not in arrays:
-                    arrays[name] = np.load(src / f"{name}.npy", mmap_mode="r" if mmap else None)
+                    arrays[name] = _load_npy(src / f"{name}.npy", mmap)
         except (OSError, ValueError, json.JSONDecodeError) as exc:
             raise ValueError(f"world folder {src} is corrupt: {exc}") from exc
         cat = Catalog(
