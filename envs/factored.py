@@ -18,6 +18,7 @@ they come from the approximate index (:mod:`envs.ann`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -129,7 +130,9 @@ class FactoredTables:
 
 
 def factor_arrays(pop, catalog, item_emb: np.ndarray, item_factors: np.ndarray, log_price: np.ndarray,
-                  affinity_scale: float, quality_weight: float) -> tuple[FactorArrays, np.ndarray, np.ndarray]:
+                  affinity_scale: float, quality_weight: float,
+                  moments: Callable[[str, np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None,
+                  ) -> tuple[FactorArrays, np.ndarray, np.ndarray]:
     """The factors of one population and its exact per-user catalog statistics.
 
     Args:
@@ -140,19 +143,24 @@ def factor_arrays(pop, catalog, item_emb: np.ndarray, item_factors: np.ndarray, 
         log_price: float32 (M,) centred ``log1p(price)``.
         affinity_scale: ``a``.
         quality_weight: ``q``.
+        moments: ``(name, vectors) → (mean, cov)``, e.g. ``World.item_moments`` (cached per world: the d×d
+            moments of a million 256-d items cost ~1e11 flops); default: :func:`item_moments` each time.
 
     Returns:
         ``(factors, sem_mu (U,), sem_sd (U,))``.
     """
     f32 = np.float32
-    e_mean, e_cov = item_moments(item_emb)
+    if moments is None:
+        def moments(_name: str, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            return item_moments(vectors)
+    e_mean, e_cov = moments("item_emb", item_emb)
     sem_mu, sem_sd = user_stats(pop.sem_taste, e_mean, e_cov)
-    c_mean, c_cov = item_moments(catalog.cf_factor)
+    c_mean, c_cov = moments("cf_factor", catalog.cf_factor)
     cft_mu, cft_sd = user_stats(pop.cf_taste, c_mean, c_cov)
     u = pop.size
     has_cf = item_factors.size > 0 and pop.cf_user.size > 0 and bool(np.any(pop.cf_user))
     if has_cf:
-        q_mean, q_cov = item_moments(item_factors)
+        q_mean, q_cov = moments("item_factors", item_factors)
         cfo_mu, cfo_sd = user_stats(pop.cf_user, q_mean, q_cov)
         cf_user, q_items = pop.cf_user, item_factors
     else:  # before the fit: cf_obs is 0 everywhere, as on the dense path

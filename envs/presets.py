@@ -261,7 +261,7 @@ def _organic_history_factored(world: World, cfg: EnvConfig, population: str, n: 
     um, lc = cfg.user_model, cfg.logging
     pop = world.populations[population]
     fa, sem_mu, sem_sd = factor_arrays(pop, world.catalog, world.item_emb, world.item_factors, world.log_price,
-                                       um.affinity_scale, um.quality_weight)
+                                       um.affinity_scale, um.quality_weight, world.item_moments)
     c = min(4 * n, world.n_items)
     ann = {"ann_min_items": cfg.ann_min_items, "nprobe": cfg.ann_nprobe}
     sem_top = world.retrieve("item_emb", world.item_emb, fa.sem_taste, c, label=f"organic_sem/{population}", **ann)

@@ -17,7 +17,7 @@ import numpy as np
 from configs.fileio import atomic_dir
 from envs.ann import AnnIndex, exact_top, fingerprint, recall_at
 from envs.catalog import Catalog
-from envs.factored import FactoredTables, dense_table_bytes, factor_arrays
+from envs.factored import FactoredTables, dense_table_bytes, factor_arrays, item_moments
 from envs.topk import top_k
 from envs.users import Population
 
@@ -99,6 +99,7 @@ class World:
     folder: Path | None = field(default=None, repr=False)
     _tables: dict[tuple, PopulationTables | FactoredTables] = field(default_factory=dict, repr=False)
     _indexes: dict[str, AnnIndex] = field(default_factory=dict, repr=False)
+    _moments: dict[str, tuple[str, tuple[np.ndarray, np.ndarray]]] = field(default_factory=dict, repr=False)
 
     @property
     def n_items(self) -> int:
@@ -195,7 +196,7 @@ class World:
     def _factored_tables(self, pop: Population, length: int, affinity_scale: float, quality_weight: float,
                          ann_min_items: int | None, nprobe: int) -> FactoredTables:
         factors, sem_mu, sem_sd = factor_arrays(pop, self.catalog, self.item_emb, self.item_factors,
-                                                self.log_price, affinity_scale, quality_weight)
+                                                self.log_price, affinity_scale, quality_weight, self.item_moments)
         llm_top = self.retrieve("item_emb", self.item_emb, factors.init_state, length, ann_min_items, nprobe,
                                 label=f"llm_top/{pop.name}")
         if factors.item_factors.shape[1]:
@@ -206,6 +207,14 @@ class World:
         return FactoredTables(sem_mu=sem_mu, sem_sd=sem_sd, llm_top=llm_top, cf_top=cf_top,
                               packed=np.empty((pop.size, self.n_items, 0), np.float32), factors=factors,
                               approximate=ann_min_items is not None)
+
+    def item_moments(self, name: str, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:func:`envs.factored.item_moments` of ``vectors``, computed once per (name, vectors) and kept."""
+        fp = fingerprint(vectors)
+        hit = self._moments.get(name)
+        if hit is None or hit[0] != fp:
+            hit = self._moments[name] = (fp, item_moments(vectors))
+        return hit[1]
 
     def retrieve(self, name: str, vectors: np.ndarray, queries: np.ndarray, k: int, ann_min_items: int | None,
                  nprobe: int = 16, label: str | None = None) -> np.ndarray:
