@@ -329,6 +329,15 @@ class EnvConfig:
         candidates: Candidate retrieval.
         logging: Logging phase and CF fit.
         cache_dir: Where built worlds are cached; ``None`` means the encoder cache folder.
+        table_budget_mb: Largest dense per-user × per-item table of one population (``16·U·M`` bytes), in MiB.
+            Above it the world takes the factored path (O(U·D + M·D) memory; a session's values are computed
+            from factors at its start, the per-user catalog statistics exactly; see ``envs/factored.py``). The
+            default keeps the default preset (and anything up to ~12k items × 3k users) dense.
+        gram_budget_mb: Largest item Gram matrix (``4·M²`` bytes, at most 12,000 items) kept, in MiB; above it
+            item similarities are computed from the embeddings.
+        ann_min_items: On the factored path, catalogs of at least this many items take their per-user retrieval
+            lists from an approximate faiss index (cached in the world folder) instead of exact search.
+        ann_nprobe: Index cells the approximate search scans per query (higher: better recall, slower).
     """
 
     preset: str = "default"
@@ -348,10 +357,16 @@ class EnvConfig:
     candidates: CandidateConfig = field(default_factory=CandidateConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     cache_dir: str | None = None
+    table_budget_mb: float = 2048.0
+    gram_budget_mb: float = 550.0
+    ann_min_items: int = 20_000
+    ann_nprobe: int = 16
 
     def __post_init__(self) -> None:
         _finite(self)
         _nonempty(self, "preset")
+        _check(self, ">=0", "table_budget_mb", "gram_budget_mb")
+        _check(self, ">=1", "ann_min_items", "ann_nprobe")
         _check(self, ">=1", "n_candidates", "slate_size", "max_steps")
         _check(self, "[0,1]", "state_decay")
         _check(self, ">=0", "click_weight", "purchase_weight")

@@ -18,6 +18,7 @@ import numpy as np
 
 from configs.schema import EnvConfig
 from encoders.base import TextEncoder
+from envs.factored import FactoredTables, fill_factored
 from envs.features import ACC_NAMES, new_accumulators, text_llm_sim
 from envs.kernels import (
     SessionState,
@@ -151,7 +152,9 @@ class BatchedCore:
         self.S = self.P + self.R
         self._part_sizes = np.floor(shares / shares.sum() * self.S).astype(int)
         self.tables = world.tables(self.population, int(self._part_sizes[:2].max()) + self.H + 8,
-                                   um.affinity_scale, um.quality_weight)
+                                   um.affinity_scale, um.quality_weight, budget_mb=cfg.table_budget_mb,
+                                   ann_min_items=cfg.ann_min_items, ann_nprobe=cfg.ann_nprobe)
+        self.factored = isinstance(self.tables, FactoredTables)
         self.text_encoder = text_encoder
         self._pos_w = position_weights(self.K, um.position_decay)
         self._category = world.catalog.category
@@ -161,7 +164,8 @@ class BatchedCore:
         self._a_rho = (um.affinity_scale * self.pop.rho).astype(np.float32)
         self._history = np.ascontiguousarray(self.pop.history if self.H else np.zeros((self.pop.size, 0)), np.int64)
         self._pop_top = np.ascontiguousarray(world.popular_items[: max(3 * int(self._part_sizes[2]), 1)])
-        gram = world.gram
+        gram = world.gram if 4 * self.M * self.M <= cfg.gram_budget_mb * 2**20 else None
+        self._use_gram = gram is not None
         self._gram = gram if gram is not None else np.zeros((1, 1), np.float32)
         rw = cfg.reward
         self._params = StepParams(
@@ -279,6 +283,8 @@ class BatchedCore:
             build_sessions(rows, keys, users, draw, self._history, pop.patience, shape, scale, self._session,
                            tab.packed, tab.llm_top, tab.cf_top, self._pop_top, tab.sem_mu, tab.sem_sd, self._a_rho,
                            pop.price_sens, pop.init_state, n_llm, n_cf, n_pop, n_rand, lo, hi)
+            if self.factored:  # the slots' four values from the factors (the kernel above read no table)
+                fill_factored(rows, self._session, tab.factors, lo, hi)
 
         split_rows(len(rows), start, self.threads)
 
@@ -412,7 +418,7 @@ class BatchedCore:
             purchases=np.empty((b, k), bool), dwell=np.empty((b, k), f32), reward_click=np.empty(b, f32),
             reward_purchase=np.empty(b, f32), reward_dwell=np.empty(b, f32),
         )
-        use_gram = self.world.gram is not None
+        use_gram = self._use_gram
 
         def advance(lo: int, hi: int) -> None:
             step_sessions(slate, self._session, out, self._params, self._pos_w,

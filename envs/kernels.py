@@ -242,7 +242,9 @@ def build_sessions(
             patience[u]`` for the row's BUDGET uniform ``u`` (clipped to [1e-9, 1 − 1e-9]).
         budget_scale: Gamma scale (``budget_mean / budget_shape``).
         st: The session arrays, written for ``rows``.
-        tables: float32 (U, M, 4) the population's packed tables (``PopulationTables.packed``).
+        tables: float32 (U, M, 4) the population's packed tables (``PopulationTables.packed``), or a zero-size
+            (U, M, 0) array on the factored path (``envs.factored``): the per-slot values are then left to
+            ``fill_factored``.
         llm_top: int64 (U, L) items by LLM similarity per user.
         cf_top: int64 (U, L) items by observed CF score per user.
         pop_top: int64 (Q,) popular items (``Q >= 1``).
@@ -258,6 +260,7 @@ def build_sessions(
         hi: One past the last.
     """
     n_items = tables.shape[1]
+    fill_tables = tables.shape[2] == 4
     n_slots = st.slot_items.shape[1]
     n_hist = history.shape[1]
     n_rec = st.recent.shape[1]
@@ -325,11 +328,12 @@ def build_sessions(
         for s in range(n_pool, n_slots):
             st.slot_items[b, s] = chosen[order[s]]
         for s in range(n_slots):
-            cell = tables[user, st.slot_items[b, s]]
-            st.sem_aff[b, s] = cell[0]
-            st.static_util[b, s] = cell[1]
-            st.cf_obs[b, s] = cell[2]
-            st.state_sim[b, s] = cell[3]
+            if fill_tables:  # else the factored path (envs.factored.fill_factored) writes the four values
+                cell = tables[user, st.slot_items[b, s]]
+                st.sem_aff[b, s] = cell[0]
+                st.static_util[b, s] = cell[1]
+                st.cf_obs[b, s] = cell[2]
+                st.state_sim[b, s] = cell[3]
             st.seen[b, s] = 0.0
         st.reserve_ptr[b] = 0
         # the user
@@ -350,6 +354,16 @@ def build_sessions(
         for j in range(n_rec):
             hj = n_hist - n_rec + j
             st.recent[b, j] = history[user, hj] if hj >= 0 else -1
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True)
+def _dot_row(e: np.ndarray, item_emb: np.ndarray, other: int) -> np.float32:
+    """``e · item_emb[other]`` in float32, reassociated so that it vectorises (the step's similarities without a
+    Gram matrix: catalogs above its budget). Not inlined, so that the fastmath flag stays on this loop only."""
+    g = np.float32(0.0)
+    for d in range(e.shape[0]):
+        g += e[d] * item_emb[other, d]
+    return g
 
 
 # ---- the step ----------------------------------------------------------------------------------------------------
@@ -621,12 +635,7 @@ def step_sessions(
             e_c = item_emb[item_c]
             for s in range(n_slots):
                 other = st.slot_items[b, s]
-                if use_gram:
-                    g = gram[item_c, other]
-                else:
-                    g = np.float32(0.0)
-                    for d in range(dim):
-                        g += e_c[d] * item_emb[other, d]
+                g = gram[item_c, other] if use_gram else _dot_row(e_c, item_emb, other)
                 st.sem_aff[b, s] = ck * st.sem_aff[b, s] + ci * g
                 st.state_sim[b, s] = decay * st.state_sim[b, s] + w * g
             sq = 0.0

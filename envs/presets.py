@@ -29,6 +29,7 @@ from envs import rng
 from envs.catalog import Catalog, catalog_from_items, generate_catalog, persona_texts
 from envs.cf import fit_als
 from envs.core import BatchedCore
+from envs.factored import factor_arrays
 from envs.logging_policy import logging_policy
 from envs.rollout_log import RolloutLogger, write_rollout_log
 from envs.sessions import Sessions
@@ -37,6 +38,13 @@ from envs.users import Population, pool_history, sample_traits
 from envs.world import World
 
 WORLD_FORMAT = 1
+#: EnvConfig keys that decide a build's table path and retrieval (see :func:`world_key`).
+SCALE_KEYS = ("table_budget_mb", "ann_min_items", "ann_nprobe")
+SCALE_DEFAULTS = {k: EnvConfig.__dataclass_fields__[k].default for k in SCALE_KEYS}
+#: Texts per encoder call when building a world (65,536 = 1,024 transformer batches of 64).
+ENCODE_BATCH = 65_536
+#: Users per chunk of the factored organic-history draw (bounds its (chunk, C, D) gather).
+ORGANIC_CHUNK = 256
 PRESET_DIR = CONFIG_DIR / "presets"
 
 
@@ -71,6 +79,11 @@ def world_key(cfg: EnvConfig, encoder_name: str) -> str:
         "env": {k: getattr(cfg, k) for k in ("n_candidates", "slate_size", "max_steps", "state_decay", "click_weight",
                                              "purchase_weight")},
     }
+    scale = {k: getattr(cfg, k) for k in SCALE_KEYS}
+    factored = 16 * max(cfg.user_model.n_train, cfg.user_model.n_heldout) * cfg.catalog.n_items > \
+        cfg.table_budget_mb * 2**20
+    if (cfg.catalog.source == "synthetic" and factored) or scale != SCALE_DEFAULTS:
+        relevant["scale"] = scale  # only then: the keys (and cached worlds) of dense builds stay as they were
     if cfg.catalog.source != "synthetic":
         p = Path(cfg.catalog.source)
         relevant["catalog_file"] = [str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns]
@@ -96,15 +109,38 @@ def load_catalog(cfg: EnvConfig) -> Catalog:
     return catalog_from_items(items, cfg.catalog.cf_dim, cfg.catalog.seed)
 
 
+def encode_in_batches(encoder: TextEncoder, texts: list[str], progress: bool = True) -> np.ndarray:
+    """Encode ``texts`` in batches of :data:`ENCODE_BATCH` (a multiple of the transformer's batch sizes, so the
+    rows equal one call's), with a progress bar for large catalogs: bounded memory per call, and a crash keeps
+    the batches already in the encoder's cache.
+
+    Returns:
+        float32 (len(texts), D).
+    """
+    if len(texts) <= ENCODE_BATCH:
+        return encoder.encode(texts).astype(np.float32)
+    out = None
+    bar = tqdm(total=len(texts), desc="encoding items", unit="text", disable=not progress, leave=False)
+    for lo in range(0, len(texts), ENCODE_BATCH):
+        part = encoder.encode(texts[lo:lo + ENCODE_BATCH]).astype(np.float32)
+        if out is None:
+            out = np.empty((len(texts), part.shape[1]), np.float32)
+        out[lo:lo + len(part)] = part
+        bar.update(len(part))
+    bar.close()
+    assert out is not None
+    return out
+
+
 def make_population(name: str, cfg: EnvConfig, n: int, seed: int, encoder: TextEncoder) -> Population:
     """A synthetic population: personas encoded by the LLM, hidden traits drawn from ``seed``."""
     texts = persona_texts(n, seed)
     traits = sample_traits(cfg.user_model, n, cfg.catalog.cf_dim, seed + 1)
-    return Population(name=name, persona=texts, sem_taste=encoder.encode(texts).astype(np.float32), **traits)
+    return Population(name=name, persona=texts, sem_taste=encode_in_batches(encoder, texts, progress=False), **traits)
 
 
 def run_logging_phase(world: World, cfg: EnvConfig, population: str, seed: int, batch_size: int = 512,
-                      progress: bool = False) -> pd.DataFrame:
+                      progress: bool = False, lists: bool = True) -> pd.DataFrame:
     """Every user of ``population`` lives ``sessions_per_user`` sessions under the logging policy.
 
     Args:
@@ -114,6 +150,8 @@ def run_logging_phase(world: World, cfg: EnvConfig, population: str, seed: int, 
         seed: Seed of the episode keys.
         batch_size: Users simulated at once.
         progress: Show a progress bar.
+        lists: Keep the candidates and slates (else the log has no such columns: what the CF fit reads only,
+            O(rows) instead of O(rows·N), for large populations).
 
     Returns:
         The rollout log (see :mod:`envs.rollout_log`).
@@ -125,7 +163,7 @@ def run_logging_phase(world: World, cfg: EnvConfig, population: str, seed: int, 
     session_keys = rng.splitmix64(np.arange(n_sessions, dtype=np.uint64) + np.uint64(seed) * np.uint64(1_000_003))
     sessions = Sessions(core, session_keys, queue)
     sessions.start()
-    logger = RolloutLogger(population)
+    logger = RolloutLogger(population, lists=lists)
     bar = tqdm(total=n_sessions, desc=f"logging {population} sessions", disable=not progress, leave=False)
     obs = core.observe()
     while (active := sessions.active).any():
@@ -156,7 +194,7 @@ def build_world(cfg: EnvConfig, encoder: TextEncoder, progress: bool = True, log
     """
     t0 = time.perf_counter()
     catalog = load_catalog(cfg)
-    item_emb = encoder.encode(catalog.texts).astype(np.float32)
+    item_emb = encode_in_batches(encoder, catalog.texts, progress=progress)
     um = cfg.user_model
     pops = {
         "train": make_population("train", cfg, um.n_train, um.seed, encoder),
@@ -174,7 +212,7 @@ def build_world(cfg: EnvConfig, encoder: TextEncoder, progress: bool = True, log
     # new items (cold start, envs/shift.py) exist for nobody before the CF fit: histories and logs use the rest
     src = old_items_world(world, keep) if new.any() else world
     organic = {name: organic_history(src, cfg, name, seed=um.seed + 101 + i) for i, name in enumerate(pops)}
-    logs = {name: run_logging_phase(src, cfg, name, seed=um.seed + i, progress=progress)
+    logs = {name: run_logging_phase(src, cfg, name, seed=um.seed + i, progress=progress, lists=log_dir is not None)
             for i, name in enumerate(pops)}
     if new.any():
         organic = {name: to_catalog_ids(v, keep) for name, v in organic.items()}
@@ -193,6 +231,8 @@ def build_world(cfg: EnvConfig, encoder: TextEncoder, progress: bool = True, log
         "logged_clicks": {k: int((v["click_rank"] >= 0).sum()) for k, v in logs.items()},
         "organic_items": {k: int(v.size) for k, v in organic.items()},
         **({"new_items": int(new.sum())} if new.any() else {}),
+        "tables": {k: "factored" if world.is_factored(p.size, cfg.table_budget_mb) else "dense"
+                   for k, p in pops.items()},
     })
     return world
 
@@ -216,6 +256,8 @@ def organic_history(world: World, cfg: EnvConfig, population: str, seed: int) ->
     n = min(lc.organic_per_user, world.n_items)
     if n <= 0:
         return np.zeros((world.populations[population].size, 0), np.int64)
+    if world.is_factored(world.populations[population].size, cfg.table_budget_mb):
+        return _organic_history_factored(world, cfg, population, n, seed)
     tab = world.tables(population, 1, um.affinity_scale, um.quality_weight)
     pop = world.populations[population]
     util = (um.affinity_scale * pop.rho[:, None] * (tab.sem_aff - tab.sem_mu[:, None]) / tab.sem_sd[:, None]
@@ -226,6 +268,45 @@ def organic_history(world: World, cfg: EnvConfig, population: str, seed: int) ->
     # sorted top_k here would give other histories (and another world)
     top = np.argpartition(-keys, n - 1, axis=1)[:, :n]
     return np.take_along_axis(top, gen.permuted(np.tile(np.arange(n), (len(top), 1)), axis=1), axis=1)
+
+
+def _organic_history_factored(world: World, cfg: EnvConfig, population: str, n: int, seed: int) -> np.ndarray:
+    """:func:`organic_history` without (U, M) arrays: the Gumbel-top-n draw over a per-user candidate set.
+
+    The candidates are the user's 4n items of highest semantic affinity ``θ_u·e_i`` and of highest hidden CF
+    score ``c_u·f_i`` (retrieved like the env's lists: exact, or the approximate index on large catalogs), the
+    catalog's 4n items of highest ``q·quality − p̄·logprice``, and 4n uniform random items; the true utility is
+    computed exactly on them. This approximates the full-catalog draw (it drops the draws of low-utility items
+    outside the set, whose share grows with the temperature and the catalog); chunks of users bound memory.
+    """
+    um, lc = cfg.user_model, cfg.logging
+    pop = world.populations[population]
+    fa, sem_mu, sem_sd = factor_arrays(pop, world.catalog, world.item_emb, world.item_factors, world.log_price,
+                                       um.affinity_scale, um.quality_weight, world.item_moments)
+    c = min(4 * n, world.n_items)
+    ann = {"ann_min_items": cfg.ann_min_items, "nprobe": cfg.ann_nprobe}
+    sem_top = world.retrieve("item_emb", world.item_emb, fa.sem_taste, c, label=f"organic_sem/{population}", **ann)
+    cf_top = world.retrieve("cf_factor", fa.cf_factor, fa.cf_taste, c, label=f"organic_cf/{population}", **ann)
+    item_part = fa.q_quality - float(pop.price_sens.mean()) * fa.log_price
+    best = np.argsort(-item_part, kind="stable")[:c]
+    gen = np.random.default_rng(seed)
+    out = np.empty((pop.size, n), np.int64)
+    a_rho = (um.affinity_scale * pop.rho).astype(np.float32)
+    for lo in range(0, pop.size, ORGANIC_CHUNK):
+        hi = min(lo + ORGANIC_CHUNK, pop.size)
+        u = np.arange(lo, hi)
+        cand = np.concatenate([sem_top[lo:hi], cf_top[lo:hi], np.broadcast_to(best, (hi - lo, len(best))),
+                               gen.integers(0, world.n_items, (hi - lo, c))], axis=1)
+        cand.sort(axis=1)
+        sem = np.einsum("ud,ucd->uc", fa.sem_taste[u], fa.item_emb[cand])
+        cft = (np.einsum("uf,ucf->uc", fa.cf_taste[u], fa.cf_factor[cand]) - fa.cft_mu[u, None]) / fa.cft_sd[u, None]
+        util = (a_rho[u, None] * (sem - sem_mu[u, None]) / sem_sd[u, None] + fa.w_cf[u, None] * cft
+                + fa.q_quality[cand] - fa.price_sens[u, None] * fa.log_price[cand])
+        keys = util / lc.organic_temperature - np.log(-np.log(gen.random(util.shape)))
+        keys[:, 1:][cand[:, 1:] == cand[:, :-1]] = -np.inf  # each item once
+        top = np.take_along_axis(cand, np.argpartition(-keys, n - 1, axis=1)[:, :n], axis=1)
+        out[lo:hi] = np.take_along_axis(top, gen.permuted(np.tile(np.arange(n), (hi - lo, 1)), axis=1), axis=1)
+    return out
 
 
 def fit_world_from_logs(world: World, cfg: EnvConfig, logs: dict[str, pd.DataFrame],

@@ -33,9 +33,11 @@ class RolloutLogger:
 
     Attributes:
         population: Name of the population the users come from.
+        lists: Keep the candidates and slates (``False``: the frame has no such columns; O(rows) memory).
     """
 
     population: str
+    lists: bool = True
     _chunks: list[dict[str, np.ndarray]] = field(default_factory=list, repr=False)
 
     def log(self, users: np.ndarray, sessions: np.ndarray, steps: np.ndarray, candidates: np.ndarray,
@@ -60,8 +62,7 @@ class RolloutLogger:
             "user": np.asarray(users)[sel].copy(),
             "session": np.asarray(sessions)[sel].copy(),
             "step": np.asarray(steps)[sel].copy(),
-            "candidates": np.asarray(candidates)[sel].copy(),
-            "slate": items.copy(),
+            **({"candidates": np.asarray(candidates)[sel].copy(), "slate": items.copy()} if self.lists else {}),
             "log_propensity": lp.astype(np.float64),
             "click_rank": rank.copy(),
             "clicked_item": clicked_item,
@@ -79,6 +80,9 @@ class RolloutLogger:
             return pd.DataFrame({c: [] for c in ROLLOUT_COLUMNS})
         cat = {k: np.concatenate([c[k] for c in self._chunks]) for k in self._chunks[0]}
         frame = pd.DataFrame({k: v for k, v in cat.items() if v.ndim == 1})
+        if not self.lists:
+            frame.insert(0, "population", self.population)
+            return frame[[c for c in ROLLOUT_COLUMNS if c not in ("candidates", "slate")]]
         frame["candidates"] = list(cat["candidates"])
         frame["slate"] = list(cat["slate"])
         frame.insert(0, "population", self.population)

@@ -75,8 +75,9 @@ def remap_log(frame: pd.DataFrame, keep: np.ndarray) -> pd.DataFrame:
     """A rollout log of the sub-world with its item columns (candidates, slate, clicked item) as catalog ids."""
     out = frame.copy()
     out["clicked_item"] = to_catalog_ids(out["clicked_item"].to_numpy(), keep)
-    for col in ("candidates", "slate"):
-        out[col] = [to_catalog_ids(np.asarray(v), keep) for v in out[col]]
+    for col in ("candidates", "slate"):  # absent from a log kept without its lists (``lists=False``)
+        if col in out:
+            out[col] = [to_catalog_ids(np.asarray(v), keep) for v in out[col]]
     return out
 
 

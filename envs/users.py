@@ -14,6 +14,9 @@ import numpy as np
 
 from configs.schema import UserConfig
 
+#: Gathered (users × H × D) cells above which :func:`pool_history` works in chunks of users.
+POOL_CHUNK_CELLS = 1 << 26
+
 
 @dataclass
 class Population:
@@ -92,4 +95,11 @@ def pool_history(history: np.ndarray, item_emb: np.ndarray, decay: float) -> np.
     valid = history >= 0
     age = (h - 1 - np.arange(h))[None, :]
     w = np.where(valid, decay ** age, 0.0).astype(np.float32)
-    return np.einsum("uh,uhd->ud", w, item_emb[np.where(valid, history, 0)]).astype(np.float32)
+    idx = np.where(valid, history, 0)
+    if u * h * item_emb.shape[1] <= POOL_CHUNK_CELLS:  # one gather (as always for small populations)
+        return np.einsum("uh,uhd->ud", w, item_emb[idx]).astype(np.float32)
+    out = np.empty((u, item_emb.shape[1]), np.float32)
+    step = max(1, POOL_CHUNK_CELLS // (h * item_emb.shape[1]))
+    for lo in range(0, u, step):  # large populations: bounded (chunk, H, D) gathers
+        out[lo:lo + step] = np.einsum("uh,uhd->ud", w[lo:lo + step], item_emb[idx[lo:lo + step]])
+    return out

@@ -15,12 +15,18 @@ from pathlib import Path
 import numpy as np
 
 from configs.fileio import atomic_dir
+from envs.ann import AnnIndex, exact_top, fingerprint, recall_at
 from envs.catalog import Catalog
+from envs.factored import FactoredTables, dense_table_bytes, factor_arrays, item_moments
 from envs.topk import top_k
 from envs.users import Population
 
 #: Above this catalog size the Gram matrix (4·M² bytes) is not materialised.
 GRAM_MAX_ITEMS = 12_000
+#: Queries whose approximate lists are checked against exact search when an index is built (``meta["ann"]``).
+RECALL_QUERIES = 256
+#: Item arrays saved as separate ``.npy`` files (memory-mappable: ``World.load(mmap=True)``).
+ITEM_ARRAYS = ("item_emb", "item_factors", "cat_cf_factor")
 
 
 @dataclass
@@ -59,6 +65,16 @@ def _standardise_rows(x: np.ndarray) -> np.ndarray:
     return ((x - mu) / np.maximum(sd, 1e-6)).astype(np.float32)
 
 
+def _load_npy(path: Path, mmap: bool) -> np.ndarray:
+    """An ``.npy`` array, memory-mapped read-only when asked (an empty array cannot be mapped: read instead)."""
+    if mmap:
+        try:
+            return np.load(path, mmap_mode="r")
+        except ValueError:
+            pass
+    return np.load(path)
+
+
 @dataclass
 class World:
     """Everything the simulator reads.
@@ -83,7 +99,10 @@ class World:
     encoder_name: str
     meta: dict = field(default_factory=dict)
     new_items: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
-    _tables: dict[tuple[str, int, float, float], PopulationTables] = field(default_factory=dict, repr=False)
+    folder: Path | None = field(default=None, repr=False)
+    _tables: dict[tuple, PopulationTables | FactoredTables] = field(default_factory=dict, repr=False)
+    _indexes: dict[str, AnnIndex] = field(default_factory=dict, repr=False)
+    _moments: dict[str, tuple[str, tuple[np.ndarray, np.ndarray]]] = field(default_factory=dict, repr=False)
 
     @property
     def n_items(self) -> int:
@@ -130,28 +149,127 @@ class World:
         """int64 (M,) items by logged popularity, most popular first (ties by id)."""
         return np.argsort(-self.popularity, kind="stable").astype(np.int64)
 
-    def tables(self, population: str, top_k: int, affinity_scale: float, quality_weight: float) -> PopulationTables:
-        """The (U, M) lookup tables of a population, computed once and kept in memory.
+    def tables(self, population: str, top_k: int, affinity_scale: float, quality_weight: float,
+               budget_mb: float | None = None, ann_min_items: int | None = None,
+               ann_nprobe: int = 16) -> PopulationTables | FactoredTables:
+        """The lookup tables of a population, computed once and kept in memory.
+
+        Dense (U, M) tables (:class:`PopulationTables`) when they fit ``budget_mb``, else the factored path
+        (:class:`envs.factored.FactoredTables`: O(U·D + M·D), the per-slot values computed at session start).
 
         Args:
             population: Population name.
             top_k: Length L of the per-user retrieval lists.
             affinity_scale: ``a`` in the utility.
             quality_weight: ``q`` in the utility.
+            budget_mb: Largest dense packed table (``16·U·M`` bytes) in MiB; ``None``: always dense.
+            ann_min_items: Catalog size from which the retrieval lists of the factored path come from the
+                approximate index (:mod:`envs.ann`); ``None``: always exact. The dense path is always exact.
+            ann_nprobe: Cells the approximate index scans per query.
 
         Returns:
             The tables.
 
         Raises:
             KeyError: For an unknown population, naming the known ones.
+            ValueError: For a negative budget or ``ann_min_items`` < 1.
         """
         if population not in self.populations:
             raise KeyError(f"unknown user population {population!r}; this world has {sorted(self.populations)}")
-        key = (population, top_k, affinity_scale, quality_weight)
+        if budget_mb is not None and not budget_mb >= 0:
+            raise ValueError(f"table_budget_mb must be >= 0, got {budget_mb}")
+        if ann_min_items is not None and ann_min_items < 1:
+            raise ValueError(f"ann_min_items must be >= 1, got {ann_min_items}")
+        pop = self.populations[population]
+        factored = self.is_factored(pop.size, budget_mb)
+        approx = factored and ann_min_items is not None and self.n_items >= ann_min_items
+        key = (population, top_k, affinity_scale, quality_weight, factored, approx, ann_nprobe if approx else 0)
         if key not in self._tables:
-            self._tables[key] = self._compute_tables(self.populations[population], top_k, affinity_scale,
-                                                     quality_weight)
+            if factored:
+                self._tables[key] = self._factored_tables(pop, top_k, affinity_scale, quality_weight,
+                                                          ann_min_items if approx else None, ann_nprobe)
+            else:
+                self._tables[key] = self._compute_tables(pop, top_k, affinity_scale, quality_weight)
         return self._tables[key]
+
+    def is_factored(self, n_users: int, budget_mb: float | None) -> bool:
+        """Whether a population of ``n_users`` takes the factored path under ``budget_mb`` (MiB; None: never)."""
+        return budget_mb is not None and dense_table_bytes(n_users, self.n_items) > budget_mb * 2**20
+
+    def _factored_tables(self, pop: Population, length: int, affinity_scale: float, quality_weight: float,
+                         ann_min_items: int | None, nprobe: int) -> FactoredTables:
+        factors, sem_mu, sem_sd = factor_arrays(pop, self.catalog, self.item_emb, self.item_factors,
+                                                self.log_price, affinity_scale, quality_weight, self.item_moments)
+        llm_top = self.retrieve("item_emb", self.item_emb, factors.init_state, length, ann_min_items, nprobe,
+                                label=f"llm_top/{pop.name}")
+        if factors.item_factors.shape[1]:
+            cf_top = self.retrieve("item_factors", self.item_factors, factors.cf_user, length, ann_min_items, nprobe,
+                                   label=f"cf_top/{pop.name}")
+        else:  # before the CF fit the dense path's cf_obs is all zero: its lists are selection order
+            cf_top = top_k(np.zeros((1, self.n_items), np.float32), length, ties="partition").repeat(pop.size, 0)
+        return FactoredTables(sem_mu=sem_mu, sem_sd=sem_sd, llm_top=llm_top, cf_top=cf_top,
+                              packed=np.empty((pop.size, self.n_items, 0), np.float32), factors=factors,
+                              approximate=ann_min_items is not None)
+
+    def item_moments(self, name: str, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:func:`envs.factored.item_moments` of ``vectors``, computed once per (name, vectors) and kept."""
+        fp = fingerprint(vectors)
+        hit = self._moments.get(name)
+        if hit is None or hit[0] != fp:
+            hit = self._moments[name] = (fp, item_moments(vectors))
+        return hit[1]
+
+    def retrieve(self, name: str, vectors: np.ndarray, queries: np.ndarray, k: int, ann_min_items: int | None,
+                 nprobe: int = 16, label: str | None = None) -> np.ndarray:
+        """Top-``k`` items by inner product ``queries · vectors`` per query: exact, or from the cached
+        approximate index when ``ann_min_items`` is set and the catalog is at least that large (then the recall
+        of the approximate lists against exact search, on a sample of the queries, goes to ``meta["ann"]``).
+
+        Args:
+            name: Name of the item vectors (the index's file name in the world folder).
+            vectors: float32 (M, d).
+            queries: float32 (Q, d).
+            k: List length.
+            ann_min_items: See :meth:`tables`.
+            nprobe: Cells scanned per query.
+            label: Key of the recall in ``meta["ann"]`` (default ``name``).
+
+        Returns:
+            int64 (Q, min(k, M)).
+        """
+        if ann_min_items is None or len(vectors) < ann_min_items:
+            return exact_top(queries, vectors, k)
+        live = np.flatnonzero(queries.any(axis=1))
+        # all-zero queries (cold users) score every item 0: exact search's list for them is one fixed list
+        out = np.empty((len(queries), min(k, len(vectors))), np.int64)
+        out[:] = top_k(np.zeros((1, len(vectors)), np.float32), k, ties="partition")
+        if live.size:
+            out[live] = self.index(name, vectors, nprobe).search(queries[live], k)
+            sample = np.random.default_rng(0).choice(live, min(RECALL_QUERIES, live.size), replace=False)
+            self.meta.setdefault("ann", {})[label or name] = {
+                "recall": round(recall_at(out[sample], exact_top(queries[sample], vectors, k)), 4),
+                "L": int(out.shape[1]), "nprobe": int(self._indexes[name].nprobe),
+                "nlist": int(self._indexes[name].index.nlist)}
+        return out
+
+    def index(self, name: str, vectors: np.ndarray, nprobe: int = 16) -> AnnIndex:
+        """The approximate index of ``vectors``: in memory, else read from the world folder (if its fingerprint
+        matches), else built (and written to the folder when the world has one)."""
+        fp = fingerprint(vectors)
+        idx = self._indexes.get(name)
+        path = self.folder / f"ann_{name}.faiss" if self.folder is not None else None
+        # low-dimensional vectors (the CF factors) scan more cells: each costs d/64 of a 256-d one, and the
+        # inner-product cells of unnormalised factors hold the best items less tightly (recall 0.53 at nprobe 16)
+        nprobe = nprobe * max(1, 64 // max(vectors.shape[1], 1))
+        if idx is None or idx.fingerprint != fp:
+            idx = AnnIndex.load(path, fp) if path is not None else None
+            if idx is None:
+                idx = AnnIndex.build(vectors, nprobe=nprobe)
+                if path is not None:
+                    idx.save(path)
+            self._indexes[name] = idx
+        idx.index.nprobe = idx.nprobe = nprobe
+        return idx
 
     def _compute_tables(self, pop: Population, length: int, affinity_scale: float,
                         quality_weight: float) -> PopulationTables:
@@ -208,7 +326,11 @@ class World:
                 for attr in ("sem_taste", "cf_taste", "rho", "price_sens", "patience", "history", "init_state",
                              "cf_user"):
                     arrays[f"pop_{name}_{attr}"] = getattr(pop, attr)
+            for name in ITEM_ARRAYS:  # one .npy each, so that a node can memory-map them (``load(mmap=True)``)
+                np.save(tmp / f"{name}.npy", arrays.pop(name))
             np.savez(tmp / "arrays.npz", **arrays)
+            for name, idx in self._indexes.items():  # the approximate indexes travel with the world
+                idx.save(tmp / f"ann_{name}.faiss")
             meta = {
                 "encoder_name": self.encoder_name,
                 "ids": cat.ids,
@@ -218,10 +340,16 @@ class World:
                 "meta": self.meta,
             }
             (tmp / "world.json").write_text(json.dumps(meta), encoding="utf-8")
+        self.folder = Path(directory)
 
     @classmethod
-    def load(cls, directory: str | Path) -> World:
-        """Read a world written by :meth:`save`.
+    def load(cls, directory: str | Path, mmap: bool = False) -> World:
+        """Read a world written by :meth:`save` (approximate indexes are read from the folder when first needed).
+
+        Args:
+            directory: The world folder.
+            mmap: Memory-map the item arrays (``item_emb``, ``item_factors``, the hidden CF factors) read-only
+                instead of reading them: processes of one node then share one copy through the page cache.
 
         Raises:
             FileNotFoundError: If the folder or its files are missing.
@@ -233,6 +361,9 @@ class World:
         try:
             meta = json.loads((src / "world.json").read_text(encoding="utf-8"))
             arrays = dict(np.load(src / "arrays.npz"))
+            for name in ITEM_ARRAYS:  # worlds saved before the item arrays moved out keep them in the npz
+                if name not in arrays:
+                    arrays[name] = _load_npy(src / f"{name}.npy", mmap)
         except (OSError, ValueError, json.JSONDecodeError) as exc:
             raise ValueError(f"world folder {src} is corrupt: {exc}") from exc
         cat = Catalog(
@@ -259,4 +390,5 @@ class World:
             encoder_name=meta["encoder_name"],
             meta=meta.get("meta", {}),
             new_items=arrays.get("new_items", np.zeros(0, bool)).astype(bool),
+            folder=src,
         )
