@@ -172,3 +172,21 @@ def test_cli_writes_a_new_folder_and_leaves_the_source(cold_world: World, tmp_pa
     with pytest.raises(SystemExit):
         main([*args, "--out", str(tmp_path / "w2")])  # exists: refused
     assert "exists" in capsys.readouterr().err
+
+
+def test_new_items_in_a_factored_world() -> None:
+    """Cold items and the scalable path together: the list-free logging log is remapped, the core steps."""
+    import dataclasses
+
+    from envs.core import BatchedCore
+
+    cfg = dataclasses.replace(preset_config("small", {"catalog": {"new_item_share": 0.2}}), table_budget_mb=0.0)
+    world = build_world(cfg, HashingEncoder(dim=32), progress=False)
+    assert set(world.meta["tables"].values()) == {"factored"} and world.meta["new_items"] == 80
+    new = world.new_items
+    assert not world.item_factors[new].any() and not world.popularity[new].any()
+    assert world.item_factors[~new].any(axis=1).mean() > 0.9
+    core = BatchedCore(world, cfg, 16)
+    core.reset_rows(np.arange(16), np.arange(16, dtype=np.uint64))
+    core.observe()
+    assert np.isfinite(core.step(np.tile(np.arange(cfg.slate_size), (16, 1))).reward).all()
