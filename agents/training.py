@@ -117,7 +117,7 @@ def policy_kwargs(cfg: Config, init_alpha: float, world: World,
         weights[F_ITEM_SEEN] = -float(diverse["seen_weight"])
         cap = int(diverse["cap"])
         extra = dict(base="diverse", base_weights=weights.tolist(),
-                     category_cap=cap if cap < cfg.env.slate_size else None)
+                     category_cap=cap if cap < cfg.env.slate_size else None, gate=pc.gate)
     alpha0 = pc.init_alpha if pc.init_alpha is not None else init_alpha
     return dict(hidden=pc.hidden, candidate_hidden=pc.candidate_hidden, n_layers=pc.n_layers,
                 temperature=pc.temperature, init_alpha=float(np.clip(alpha0, 0.02, 0.98)),

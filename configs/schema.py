@@ -429,6 +429,9 @@ class PolicyConfig:
             ``"diverse"`` (the diversity heuristic at ``tuned-diverse``'s parameters, searched on the training users
             before training: the standardised blend, its exposure / seen penalties and its category cap; needs
             ``category_repulsion``). See ``agents/policies.py``.
+        gate: What α weighs: ``"raw"`` (the raw LLM similarity and CF score) or ``"standardised"`` (both standardised
+            over the request's candidates, α started per request at the share the base's α gives the LLM signal;
+            base ``"diverse"`` only). See ``agents/policies.py``.
     """
 
     hidden: int = 64
@@ -441,12 +444,15 @@ class PolicyConfig:
     category_repulsion: bool = True
     entropy_estimator: Literal["sample", "mode"] = "sample"
     base: Literal["blend", "diverse"] = "diverse"
+    gate: Literal["raw", "standardised"] = "raw"
 
     def __post_init__(self) -> None:
         _finite(self)
         if self.base == "diverse" and not self.category_repulsion:
             raise FieldError("base", "'diverse' needs category_repulsion: true (the category cap acts on the slate "
                              "distribution's category groups)")
+        if self.gate == "standardised" and self.base != "diverse":
+            raise FieldError("gate", "'standardised' needs base: diverse (the blend is standardised there)")
         _check(self, ">=1", "hidden", "candidate_hidden", "n_layers")
         _check(self, ">0", "temperature")
         _check(self, "[0,1]", "init_alpha")
