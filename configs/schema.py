@@ -432,6 +432,7 @@ class PolicyConfig:
         gate: What α weighs: ``"raw"`` (the raw LLM similarity and CF score) or ``"standardised"`` (both standardised
             over the request's candidates, α started per request at the share the base's α gives the LLM signal;
             base ``"diverse"`` only). See ``agents/policies.py``.
+        gate_gain: Factor on the gate's learned logit shift (with Adam: ~that many times the gate's learning rate).
     """
 
     hidden: int = 64
@@ -445,6 +446,7 @@ class PolicyConfig:
     entropy_estimator: Literal["sample", "mode"] = "sample"
     base: Literal["blend", "diverse"] = "diverse"
     gate: Literal["raw", "standardised"] = "raw"
+    gate_gain: float = 1.0
 
     def __post_init__(self) -> None:
         _finite(self)
@@ -457,6 +459,7 @@ class PolicyConfig:
         _check(self, ">0", "temperature")
         _check(self, "[0,1]", "init_alpha")
         _check(self, ">=0", "residual_init_scale")
+        _check(self, ">0", "gate_gain")
 
 
 @dataclass

@@ -408,7 +408,8 @@ def test_diverse_base_starts_at_the_diversity_heuristic(cap: int, exposure: floa
     weights = np.zeros(len(FEATURE_NAMES))
     weights[F_CAT_EXPOSURE], weights[F_ITEM_SEEN] = -exposure, -seen
     kwargs = dict(item_category=categories, init_alpha=0.8, residual_init_scale=0.0, repulsion_init=1e-6)
-    policy = _policy(base="diverse", base_weights=weights.tolist(), category_cap=cap, gate=gate, **kwargs)
+    policy = _policy(base="diverse", base_weights=weights.tolist(), category_cap=cap, gate=gate, gate_gain=3.0,
+                     **kwargs)
     obs = _fake_obs(observation_space(N_ITEMS, N_CAND, DIM), 256, seed=8)
     heuristic = DiverseRanker(K, 0.8, categories, exposure_weight=exposure, seen_weight=seen, cap=cap).act(obs)
     with th.no_grad():
@@ -418,6 +419,10 @@ def test_diverse_base_starts_at_the_diversity_heuristic(cap: int, exposure: floa
     assert (plain != heuristic).any(axis=1).mean() > 0.5
     loaded = build_policy(policy_settings(policy), dict(policy.state_dict()))
     assert loaded.base == "diverse" and loaded.category_cap == cap and loaded.gate == gate
+    assert loaded.gate_gain == 3.0
+    with th.no_grad():  # the gain leaves the initial α where init_alpha / the heuristic's weight puts it
+        if gate == "raw":
+            np.testing.assert_allclose(policy.alpha(_tensor(policy, obs)).numpy(), 0.8, rtol=1e-5)
     with th.no_grad():
         np.testing.assert_array_equal(loaded.get_distribution(_tensor(loaded, obs)).mode().numpy(), heuristic)
 
@@ -435,6 +440,8 @@ def test_diverse_base_settings_are_checked() -> None:
         _policy(gate="zscore")
     with pytest.raises(ValueError, match="gate='standardised' goes with base='diverse'"):
         _policy(gate="standardised")
+    with pytest.raises(ValueError, match="gate_gain must be"):
+        _policy(gate_gain=0.0)
 
 
 def test_standardised_gate_weighs_the_standardised_signals() -> None:
@@ -460,8 +467,11 @@ def test_standardised_gate_weighs_the_standardised_signals() -> None:
         policy.alpha_head.bias.fill_(2.0)
         parts = policy.score_parts(t)
         moved = policy.alpha(t)
+        policy.gate_gain = 0.5
+        half = policy.alpha(t)
     logit = np.log(alpha / (1 - alpha))
     np.testing.assert_allclose(np.log(moved.numpy() / (1 - moved.numpy())), logit + 2.0, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(np.log(half.numpy() / (1 - half.numpy())), logit + 1.0, rtol=1e-4, atol=1e-4)
     f = t["features"]
     a = moved.unsqueeze(-1)
     blend = a * standardise_rows(f[..., F_LLM]) + (1 - a) * standardise_rows(f[..., F_CF])
