@@ -194,6 +194,9 @@ class SlatePolicy(ActorCriticPolicy):
             module docstring).
         gate_gain: Factor on the gate head's output (its logit shift): with Adam a gain g moves the gate ~g times
             faster at the same learning rate (the head starts at 0 either way).
+        gate_context: Add a linear path from ``obs["context"]`` (the session's feedback EMAs, e.g. the click-weighted
+            ``llm_sim`` / ``cf_score`` of clicked items) straight to the gate's logit shift (zero at init), beside
+            the state embedding's.
         activation_fn: Hidden activation.
         ortho_init: Orthogonal initialisation of the hidden layers (gain √2), critic head gain 1.
         use_sde: Must be False (SB3's algorithms pass it).
@@ -228,6 +231,7 @@ class SlatePolicy(ActorCriticPolicy):
         category_cap: int | None = None,
         gate: str = "raw",
         gate_gain: float = 1.0,
+        gate_context: bool = False,
         activation_fn: type[nn.Module] = nn.Tanh,
         ortho_init: bool = True,
         use_sde: bool = False,
@@ -284,6 +288,7 @@ class SlatePolicy(ActorCriticPolicy):
         if not math.isfinite(gate_gain) or gate_gain <= 0:
             raise ValueError(f"gate_gain must be a finite number > 0, got {gate_gain}")
         self.gate_gain = float(gate_gain)
+        self.gate_context = bool(gate_context)
         n_feat = int(observation_space["features"].shape[1])
         if base_weights is not None:
             if base != "diverse":
@@ -336,6 +341,8 @@ class SlatePolicy(ActorCriticPolicy):
 
         self.state_net = _mlp(state_in, self.hidden, self.n_layers, act)
         self.alpha_head = nn.Linear(self.hidden, 1)
+        self._ctx_cols = (user_dim, user_dim + ctx_dim)  # where obs["context"] sits in the state input
+        self.alpha_context: nn.Linear | None = nn.Linear(ctx_dim, 1, bias=False) if self.gate_context else None
         # The residual MLP over [x_i, h]: its first layer is split as W_x·x_i + W_h·h so that W_h·h is computed
         # once per row (B, H) and broadcast over N, not once per candidate (same function, ~half the FLOPs).
         ch = self.candidate_hidden
@@ -371,6 +378,8 @@ class SlatePolicy(ActorCriticPolicy):
         self.init_weights(self.residual_head, gain=self.residual_init_scale)
         nn.init.zeros_(self.feature_linear.weight)
         nn.init.zeros_(self.alpha_head.weight)
+        if self.alpha_context is not None:
+            nn.init.zeros_(self.alpha_context.weight)
         # raw gate: α = σ(bias) = init_alpha; standardised gate: the bias is the learned shift on the per-request
         # prior (see _gate), 0 at init
         alpha_bias = (0.0 if self.gate == "standardised"
@@ -414,6 +423,7 @@ class SlatePolicy(ActorCriticPolicy):
             category_cap=self.category_cap,
             gate=self.gate,
             gate_gain=self.gate_gain,
+            gate_context=self.gate_context,
             activation_fn=self.activation_fn,
             ortho_init=self.ortho_init,
             optimizer_class=self.optimizer_class,
@@ -477,7 +487,7 @@ class SlatePolicy(ActorCriticPolicy):
             P = ``len(SCORE_PARTS)``.
         """
         h = self.state_net(state_in)  # (B, H)
-        alpha, sig_llm, sig_cf = self._gate(h, features)  # (B,), (B, N), (B, N)
+        alpha, sig_llm, sig_cf = self._gate(h, features, state_in)  # (B,), (B, N), (B, N)
         a = alpha.unsqueeze(-1)
         blend = a * sig_llm + (1.0 - a) * sig_cf
         penalty: th.Tensor | None = None
@@ -507,7 +517,8 @@ class SlatePolicy(ActorCriticPolicy):
         parts = th.stack([llm_w * inv_t, cf_w * inv_t, diversity, residual, logits - raw], dim=-1)
         return logits, alpha, h, parts
 
-    def _gate(self, h: th.Tensor, features: th.Tensor) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
+    def _gate(self, h: th.Tensor, features: th.Tensor,
+              state_in: th.Tensor) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
         """The gate α (B,) and the two signals it weighs, (B, N) each.
 
         ``"raw"``: ``α = σ(gain·head(h))`` and the raw ``llm_sim``, ``cf_score`` columns.
@@ -518,6 +529,9 @@ class SlatePolicy(ActorCriticPolicy):
         """
         llm, cf = features[..., F_LLM], features[..., F_CF]
         shift = self.alpha_head(h).squeeze(-1)  # (B,)
+        if self.alpha_context is not None:  # gate_context: the feedback EMAs straight to the gate
+            lo, hi = self._ctx_cols
+            shift = shift + self.alpha_context(state_in[:, lo:hi]).squeeze(-1)
         if self.gate_gain != 1.0:
             shift = self.gate_gain * shift
         if self.gate == "raw":
@@ -679,7 +693,7 @@ class SlatePolicy(ActorCriticPolicy):
         """The state-dependent blend weight α_θ(s) (B,), e.g. for ``train/alpha_mean`` (with ``gate="standardised"``
         the weight on the standardised LLM signal; see :meth:`_gate`)."""
         state_in, _, features, _ = self._encode(self._prepare(obs))
-        return self._gate(self.state_net(state_in), features)[0]
+        return self._gate(self.state_net(state_in), features, state_in)[0]
 
     def candidate_logits(self, obs: PyTorchObs | dict[str, np.ndarray]) -> th.Tensor:
         """Per-candidate logits (B, N) (masked candidates at ``-inf`` when the obs has a ``mask``)."""

@@ -433,6 +433,7 @@ class PolicyConfig:
             over the request's candidates, α started per request at the share the base's α gives the LLM signal;
             base ``"diverse"`` only). See ``agents/policies.py``.
         gate_gain: Factor on the gate's learned logit shift (with Adam: ~that many times the gate's learning rate).
+        gate_context: A linear path from the context (the session's feedback EMAs) straight to the gate.
     """
 
     hidden: int = 64
@@ -447,6 +448,7 @@ class PolicyConfig:
     base: Literal["blend", "diverse"] = "diverse"
     gate: Literal["raw", "standardised"] = "raw"
     gate_gain: float = 1.0
+    gate_context: bool = False
 
     def __post_init__(self) -> None:
         _finite(self)

@@ -409,7 +409,7 @@ def test_diverse_base_starts_at_the_diversity_heuristic(cap: int, exposure: floa
     weights[F_CAT_EXPOSURE], weights[F_ITEM_SEEN] = -exposure, -seen
     kwargs = dict(item_category=categories, init_alpha=0.8, residual_init_scale=0.0, repulsion_init=1e-6)
     policy = _policy(base="diverse", base_weights=weights.tolist(), category_cap=cap, gate=gate, gate_gain=3.0,
-                     **kwargs)
+                     gate_context=gate == "standardised", **kwargs)
     obs = _fake_obs(observation_space(N_ITEMS, N_CAND, DIM), 256, seed=8)
     heuristic = DiverseRanker(K, 0.8, categories, exposure_weight=exposure, seen_weight=seen, cap=cap).act(obs)
     with th.no_grad():
@@ -419,7 +419,7 @@ def test_diverse_base_starts_at_the_diversity_heuristic(cap: int, exposure: floa
     assert (plain != heuristic).any(axis=1).mean() > 0.5
     loaded = build_policy(policy_settings(policy), dict(policy.state_dict()))
     assert loaded.base == "diverse" and loaded.category_cap == cap and loaded.gate == gate
-    assert loaded.gate_gain == 3.0
+    assert loaded.gate_gain == 3.0 and loaded.gate_context == (gate == "standardised")
     with th.no_grad():  # the gain leaves the initial α where init_alpha / the heuristic's weight puts it
         if gate == "raw":
             np.testing.assert_allclose(policy.alpha(_tensor(policy, obs)).numpy(), 0.8, rtol=1e-5)
@@ -451,10 +451,11 @@ def test_standardised_gate_weighs_the_standardised_signals() -> None:
     and the gate's shift moves it in logit units whatever the two signals' spreads."""
     from agents.policies import standardise_rows
     from bench.feedback_probe import effective_alpha
+    from envs.spaces import C_CLICKED_LLM
 
     weights = [0.0] * len(FEATURE_NAMES)
     policy = _policy(base="diverse", base_weights=weights, gate="standardised", init_alpha=0.9,
-                     residual_init_scale=0.0)
+                     residual_init_scale=0.0, gate_context=True)
     obs = _fake_obs(observation_space(N_ITEMS, N_CAND, DIM), 32, seed=4)
     obs["features"][:, :, F_CF] *= 15.0  # the CF score's spread dwarfs the cosine's, as in the simulator
     t = _tensor(policy, obs)
@@ -469,9 +470,16 @@ def test_standardised_gate_weighs_the_standardised_signals() -> None:
         moved = policy.alpha(t)
         policy.gate_gain = 0.5
         half = policy.alpha(t)
+        policy.gate_gain = 1.0
+        policy.alpha_head.bias.fill_(0.0)
+        assert policy.alpha_context is not None
+        policy.alpha_context.weight[0, C_CLICKED_LLM] = 3.0  # the context path: more LLM weight after LLM clicks
+        ctx_moved = policy.alpha(t).numpy()
     logit = np.log(alpha / (1 - alpha))
     np.testing.assert_allclose(np.log(moved.numpy() / (1 - moved.numpy())), logit + 2.0, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(np.log(half.numpy() / (1 - half.numpy())), logit + 1.0, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(np.log(ctx_moved / (1 - ctx_moved)), logit + 3.0 * obs["context"][:, C_CLICKED_LLM],
+                               rtol=1e-4, atol=1e-4)
     f = t["features"]
     a = moved.unsqueeze(-1)
     blend = a * standardise_rows(f[..., F_LLM]) + (1 - a) * standardise_rows(f[..., F_CF])
