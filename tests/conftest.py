@@ -99,7 +99,8 @@ def make_run_dir(root: Path, world: World, use_item_table: bool = False, steps: 
     model.zip and the pickle-free policy.safetensors / policy.json, learned for ``steps`` steps (with the category
     repulsion train.py uses by default, strong enough to change slates, and, with ``diverse``, train.py's default
     residual on the diversity heuristic: standardised blend, a seen penalty and a category cap of 2), and
-    optionally summary.json. ``gate`` is the diverse policy's gate (``SlatePolicy(gate=...)``)."""
+    optionally summary.json. ``gate`` is the diverse policy's gate (``SlatePolicy(gate=...)``; ``"standardised"``
+    also gets the direct context path, ``gate_context``)."""
     from stable_baselines3 import PPO
 
     from agents.policies import SlatePolicy
@@ -138,7 +139,8 @@ def _diverse_kwargs(gate: str = "raw") -> dict:
 
     weights = [0.0] * len(FEATURE_NAMES)
     weights[F_ITEM_SEEN] = -0.5
-    return {"base": "diverse", "base_weights": weights, "category_cap": 2, "init_alpha": 0.9, "gate": gate}
+    return {"base": "diverse", "base_weights": weights, "category_cap": 2, "init_alpha": 0.9, "gate": gate,
+            "gate_context": gate == "standardised"}
 
 
 @pytest.fixture(scope="session")

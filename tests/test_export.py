@@ -84,7 +84,7 @@ def test_export_with_item_table(tmp_path: Path, small_world: World) -> None:
 
 def test_export_with_standardised_gate(tmp_path: Path, small_world: World) -> None:
     """A policy whose gate weighs the standardised signals exports with parity (its α output included) and says
-    so in the manifest (``alpha_scale``), which the feedback probe reads."""
+    so in the manifest (``alpha_scale``), which the feedback probe reads; its direct context → gate path traces."""
     run = make_run_dir(tmp_path, small_world, steps=64, gate="standardised")
     out = export_run(run, "onnx", world=small_world, parity_envs=8, parity_steps=4)
     m = _manifest(out)
