@@ -197,6 +197,9 @@ class SlatePolicy(ActorCriticPolicy):
         gate_context: Add a linear path from ``obs["context"]`` (the session's feedback EMAs, e.g. the click-weighted
             ``llm_sim`` / ``cf_score`` of clicked items) straight to the gate's logit shift (zero at init), beside
             the state embedding's.
+        gate_only_signals: Hide the ``llm_sim`` and ``cf_score`` columns from the residual (its per-candidate
+            input, the candidate summaries and the linear feature path), so that only the gate can reweight the two
+            signals by state.
         activation_fn: Hidden activation.
         ortho_init: Orthogonal initialisation of the hidden layers (gain √2), critic head gain 1.
         use_sde: Must be False (SB3's algorithms pass it).
@@ -232,6 +235,7 @@ class SlatePolicy(ActorCriticPolicy):
         gate: str = "raw",
         gate_gain: float = 1.0,
         gate_context: bool = False,
+        gate_only_signals: bool = False,
         activation_fn: type[nn.Module] = nn.Tanh,
         ortho_init: bool = True,
         use_sde: bool = False,
@@ -289,6 +293,7 @@ class SlatePolicy(ActorCriticPolicy):
             raise ValueError(f"gate_gain must be a finite number > 0, got {gate_gain}")
         self.gate_gain = float(gate_gain)
         self.gate_context = bool(gate_context)
+        self.gate_only_signals = bool(gate_only_signals)
         n_feat = int(observation_space["features"].shape[1])
         if base_weights is not None:
             if base != "diverse":
@@ -357,6 +362,11 @@ class SlatePolicy(ActorCriticPolicy):
         # A linear path from the raw features to the logits (zero at init): penalties such as "recently shown
         # category" or "already seen" are linear in the features, and PPO finds them much faster this way.
         self.feature_linear = nn.Linear(n_feat, 1, bias=False)
+        mask: th.Tensor | None = None
+        if self.gate_only_signals:  # (F,) 0 on the two signals: the residual does not see them
+            mask = th.ones(n_feat)
+            mask[[F_LLM, F_CF]] = 0.0
+        self.register_buffer("residual_feature_mask", mask)  # None: not a buffer (older policies have none)
         self.log_inv_temperature = nn.Parameter(th.tensor(math.log(1.0 / self.temperature)))
         if self.base == "diverse":
             w = self.base_weights_list if self.base_weights_list is not None else [0.0] * n_feat
@@ -424,6 +434,7 @@ class SlatePolicy(ActorCriticPolicy):
             gate=self.gate,
             gate_gain=self.gate_gain,
             gate_context=self.gate_context,
+            gate_only_signals=self.gate_only_signals,
             activation_fn=self.activation_fn,
             ortho_init=self.ortho_init,
             optimizer_class=self.optimizer_class,
@@ -450,7 +461,8 @@ class SlatePolicy(ActorCriticPolicy):
             ``(state_in (B, S), cand (B, N, X), features (B, N, F), mask (B, N) bool or None)``.
         """
         features = obs["features"]
-        parts = [_symlog(features)]
+        seen = features if self.residual_feature_mask is None else features * self.residual_feature_mask
+        parts = [_symlog(seen)]
         if "item_emb" in obs:
             parts.append(obs["item_emb"])
         if self.item_table is not None:
@@ -494,7 +506,8 @@ class SlatePolicy(ActorCriticPolicy):
         if self.base == "diverse":
             penalty = features @ self.base_weights
             z = standardise_rows(blend)
-        residual = self._residual(cand, h) + self.feature_linear(features).squeeze(-1)  # (B, N)
+        seen = features if self.residual_feature_mask is None else features * self.residual_feature_mask
+        residual = self._residual(cand, h) + self.feature_linear(seen).squeeze(-1)  # (B, N)
         inv_t = self.log_inv_temperature.exp()
         raw = (blend if penalty is None else z + penalty) * inv_t + residual
         # Candidates more than LOGIT_RANGE nats below the row's best are held there (their probability is < e^-30

@@ -124,7 +124,7 @@ def policy_kwargs(cfg: Config, init_alpha: float, world: World,
                 residual_init_scale=pc.residual_init_scale, use_item_table=pc.use_item_table,
                 item_category=world.catalog.category if pc.category_repulsion else None,
                 entropy_estimator=pc.entropy_estimator, gate_gain=pc.gate_gain,
-                gate_context=pc.gate_context, **extra)
+                gate_context=pc.gate_context, gate_only_signals=pc.gate_only_signals, **extra)
 
 
 def make_venv(cfg: Config, world: World, seed: int) -> SB3VecEnv:

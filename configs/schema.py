@@ -434,6 +434,7 @@ class PolicyConfig:
             base ``"diverse"`` only). See ``agents/policies.py``.
         gate_gain: Factor on the gate's learned logit shift (with Adam: ~that many times the gate's learning rate).
         gate_context: A linear path from the context (the session's feedback EMAs) straight to the gate.
+        gate_only_signals: Hide the LLM and CF columns from the residual, so only the gate reweights them by state.
     """
 
     hidden: int = 64
@@ -449,6 +450,7 @@ class PolicyConfig:
     gate: Literal["raw", "standardised"] = "raw"
     gate_gain: float = 1.0
     gate_context: bool = False
+    gate_only_signals: bool = False
 
     def __post_init__(self) -> None:
         _finite(self)

@@ -409,7 +409,7 @@ def test_diverse_base_starts_at_the_diversity_heuristic(cap: int, exposure: floa
     weights[F_CAT_EXPOSURE], weights[F_ITEM_SEEN] = -exposure, -seen
     kwargs = dict(item_category=categories, init_alpha=0.8, residual_init_scale=0.0, repulsion_init=1e-6)
     policy = _policy(base="diverse", base_weights=weights.tolist(), category_cap=cap, gate=gate, gate_gain=3.0,
-                     gate_context=gate == "standardised", **kwargs)
+                     gate_context=gate == "standardised", gate_only_signals=gate == "standardised", **kwargs)
     obs = _fake_obs(observation_space(N_ITEMS, N_CAND, DIM), 256, seed=8)
     heuristic = DiverseRanker(K, 0.8, categories, exposure_weight=exposure, seen_weight=seen, cap=cap).act(obs)
     with th.no_grad():
@@ -419,7 +419,7 @@ def test_diverse_base_starts_at_the_diversity_heuristic(cap: int, exposure: floa
     assert (plain != heuristic).any(axis=1).mean() > 0.5
     loaded = build_policy(policy_settings(policy), dict(policy.state_dict()))
     assert loaded.base == "diverse" and loaded.category_cap == cap and loaded.gate == gate
-    assert loaded.gate_gain == 3.0 and loaded.gate_context == (gate == "standardised")
+    assert loaded.gate_gain == 3.0 and loaded.gate_context == loaded.gate_only_signals == (gate == "standardised")
     with th.no_grad():  # the gain leaves the initial α where init_alpha / the heuristic's weight puts it
         if gate == "raw":
             np.testing.assert_allclose(policy.alpha(_tensor(policy, obs)).numpy(), 0.8, rtol=1e-5)
