@@ -513,6 +513,8 @@ def export_run(run_dir: str | Path, fmt: Format = "onnx", out: str | Path | None
             "score_parts": list(SCORE_PARTS),
             "repulsion": has_repulsion(policy),
             "category_cap": getattr(policy, "category_cap", None),
+            # what the "alpha" output weighs: the raw signals, or both standardised over the request (SlatePolicy.gate)
+            "alpha_scale": getattr(policy, "gate", "raw"),
             "feature_names": list(FEATURE_NAMES),
             "context_names": list(CONTEXT_NAMES),
             "n_candidates": n_train,

@@ -16,7 +16,19 @@ cap (a soft cap, :class:`agents.distributions.PlackettLuceDistribution`)::
 
     logits_i = [z_i(α_θ(s)·llm_sim + (1 - α_θ(s))·cf_score) + w·f_i] / τ + residual_θ(s, x_i)
 
-with ``w`` (F,) fixed (``-λ_c`` on ``cat_exposure``, ``-λ_s`` on ``item_seen``). Started at ``tuned-diverse``'s
+with ``w`` (F,) fixed (``-λ_c`` on ``cat_exposure``, ``-λ_s`` on ``item_seen``).
+
+**Gate on standardised signals** (``gate="standardised"``, base ``"diverse"`` only). The raw blend's α mostly
+reweights the two signals' scales (the CF score's spread is ~15× the cosine's, so the raw α sits near 1 and a move
+of 0.01 is a large move of the effective weight). With this gate both signals are standardised over the request's
+candidates first and α is the LLM signal's share of the weight::
+
+    blend = z(α·z(llm_sim) + (1 − α)·z(cf_score)),   α = σ(logit α₀ + log sd(llm) − log sd(cf) + g_θ(s))
+
+The prior ``logit α₀ + log sd(llm) − log sd(cf)`` (per request) is the share that the heuristic's fixed raw α₀ gives
+the standardised LLM signal, so with ``g_θ = 0`` (its init) ``blend`` equals the heuristic's ``z(α₀·llm + (1 −
+α₀)·cf)`` exactly (a standardisation ignores positive scale) and the initial mode stays ``tuned-diverse``'s slate;
+PPO learns the shift ``g_θ(s)`` in logit units of the effective weight. Started at ``tuned-diverse``'s
 parameters (α, λ_c, λ_s, cap) with a near-zero residual and repulsion, the policy's mode is that heuristic's slate,
 so PPO starts from the strongest hand-written ranker and learns where to depart from it.
 
@@ -55,6 +67,9 @@ DEFAULT_INIT_ALPHA = 0.5
 LOGIT_RANGE = 30.0
 #: What the logits are a residual on: the fixed α blend, or the diversity heuristic (see the module docstring).
 BASES = ("blend", "diverse")
+#: What the gate α weighs (see :meth:`SlatePolicy._gate`): the raw signals, or the signals standardised over the
+#: request's candidates (``"standardised"``: α is then the LLM signal's share on a common scale; base ``"diverse"``).
+GATES = ("raw", "standardised")
 #: The parts of a candidate's logit, in the order of :meth:`SlatePolicy.score_parts_tensor`'s last axis (see
 #: :meth:`SlatePolicy.score_parts`): they sum to the logit.
 SCORE_PARTS = ("llm", "cf", "diversity", "residual", "clip")
@@ -174,6 +189,17 @@ class SlatePolicy(ActorCriticPolicy):
         base_weights: (F,) fixed weights of the feature columns added to the standardised blend (``"diverse"``
             only; ``None``: zeros).
         category_cap: Soft cap on the slate's items per category (needs ``item_category``; ``None``: none).
+        gate: ``"raw"`` (α weighs the raw signals) or ``"standardised"`` (α weighs the signals standardised over the
+            request's candidates, started at the heuristic's effective weight; base ``"diverse"`` only; see the
+            module docstring).
+        gate_gain: Factor on the gate head's output (its logit shift): with Adam a gain g moves the gate ~g times
+            faster at the same learning rate (the head starts at 0 either way).
+        gate_context: Add a linear path from ``obs["context"]`` (the session's feedback EMAs, e.g. the click-weighted
+            ``llm_sim`` / ``cf_score`` of clicked items) straight to the gate's logit shift (zero at init), beside
+            the state embedding's.
+        gate_only_signals: Hide the ``llm_sim`` and ``cf_score`` columns from the residual (its per-candidate
+            input, the candidate summaries and the linear feature path), so that only the gate can reweight the two
+            signals by state.
         activation_fn: Hidden activation.
         ortho_init: Orthogonal initialisation of the hidden layers (gain √2), critic head gain 1.
         use_sde: Must be False (SB3's algorithms pass it).
@@ -206,6 +232,10 @@ class SlatePolicy(ActorCriticPolicy):
         base: str = "blend",
         base_weights: list[float] | np.ndarray | None = None,
         category_cap: int | None = None,
+        gate: str = "raw",
+        gate_gain: float = 1.0,
+        gate_context: bool = False,
+        gate_only_signals: bool = False,
         activation_fn: type[nn.Module] = nn.Tanh,
         ortho_init: bool = True,
         use_sde: bool = False,
@@ -254,6 +284,16 @@ class SlatePolicy(ActorCriticPolicy):
         if base not in BASES:
             raise ValueError(f"base must be one of {BASES}, got {base!r}")
         self.base = base
+        if gate not in GATES:
+            raise ValueError(f"gate must be one of {GATES}, got {gate!r}")
+        if gate == "standardised" and base != "diverse":
+            raise ValueError("gate='standardised' goes with base='diverse' (the blend is standardised there)")
+        self.gate = gate
+        if not math.isfinite(gate_gain) or gate_gain <= 0:
+            raise ValueError(f"gate_gain must be a finite number > 0, got {gate_gain}")
+        self.gate_gain = float(gate_gain)
+        self.gate_context = bool(gate_context)
+        self.gate_only_signals = bool(gate_only_signals)
         n_feat = int(observation_space["features"].shape[1])
         if base_weights is not None:
             if base != "diverse":
@@ -306,6 +346,8 @@ class SlatePolicy(ActorCriticPolicy):
 
         self.state_net = _mlp(state_in, self.hidden, self.n_layers, act)
         self.alpha_head = nn.Linear(self.hidden, 1)
+        self._ctx_cols = (user_dim, user_dim + ctx_dim)  # where obs["context"] sits in the state input
+        self.alpha_context: nn.Linear | None = nn.Linear(ctx_dim, 1, bias=False) if self.gate_context else None
         # The residual MLP over [x_i, h]: its first layer is split as W_x·x_i + W_h·h so that W_h·h is computed
         # once per row (B, H) and broadcast over N, not once per candidate (same function, ~half the FLOPs).
         ch = self.candidate_hidden
@@ -320,6 +362,11 @@ class SlatePolicy(ActorCriticPolicy):
         # A linear path from the raw features to the logits (zero at init): penalties such as "recently shown
         # category" or "already seen" are linear in the features, and PPO finds them much faster this way.
         self.feature_linear = nn.Linear(n_feat, 1, bias=False)
+        mask: th.Tensor | None = None
+        if self.gate_only_signals:  # (F,) 0 on the two signals: the residual does not see them
+            mask = th.ones(n_feat)
+            mask[[F_LLM, F_CF]] = 0.0
+        self.register_buffer("residual_feature_mask", mask)  # None: not a buffer (older policies have none)
         self.log_inv_temperature = nn.Parameter(th.tensor(math.log(1.0 / self.temperature)))
         if self.base == "diverse":
             w = self.base_weights_list if self.base_weights_list is not None else [0.0] * n_feat
@@ -341,7 +388,13 @@ class SlatePolicy(ActorCriticPolicy):
         self.init_weights(self.residual_head, gain=self.residual_init_scale)
         nn.init.zeros_(self.feature_linear.weight)
         nn.init.zeros_(self.alpha_head.weight)
-        nn.init.constant_(self.alpha_head.bias, math.log(self.init_alpha / (1.0 - self.init_alpha)))
+        if self.alpha_context is not None:
+            nn.init.zeros_(self.alpha_context.weight)
+        # raw gate: α = σ(bias) = init_alpha; standardised gate: the bias is the learned shift on the per-request
+        # prior (see _gate), 0 at init
+        alpha_bias = (0.0 if self.gate == "standardised"
+                      else math.log(self.init_alpha / (1.0 - self.init_alpha)) / self.gate_gain)
+        nn.init.constant_(self.alpha_head.bias, alpha_bias)
         if self.repulsion_head is not None:  # softplus(bias) = repulsion_init
             nn.init.zeros_(self.repulsion_head.weight)
             nn.init.constant_(self.repulsion_head.bias, math.log(math.expm1(self.repulsion_init)))
@@ -378,6 +431,10 @@ class SlatePolicy(ActorCriticPolicy):
             base=self.base,
             base_weights=self.base_weights_list,
             category_cap=self.category_cap,
+            gate=self.gate,
+            gate_gain=self.gate_gain,
+            gate_context=self.gate_context,
+            gate_only_signals=self.gate_only_signals,
             activation_fn=self.activation_fn,
             ortho_init=self.ortho_init,
             optimizer_class=self.optimizer_class,
@@ -404,7 +461,8 @@ class SlatePolicy(ActorCriticPolicy):
             ``(state_in (B, S), cand (B, N, X), features (B, N, F), mask (B, N) bool or None)``.
         """
         features = obs["features"]
-        parts = [_symlog(features)]
+        seen = features if self.residual_feature_mask is None else features * self.residual_feature_mask
+        parts = [_symlog(seen)]
         if "item_emb" in obs:
             parts.append(obs["item_emb"])
         if self.item_table is not None:
@@ -441,14 +499,15 @@ class SlatePolicy(ActorCriticPolicy):
             P = ``len(SCORE_PARTS)``.
         """
         h = self.state_net(state_in)  # (B, H)
-        alpha = th.sigmoid(self.alpha_head(h)).squeeze(-1)  # (B,)
+        alpha, sig_llm, sig_cf = self._gate(h, features, state_in)  # (B,), (B, N), (B, N)
         a = alpha.unsqueeze(-1)
-        blend = a * features[..., F_LLM] + (1.0 - a) * features[..., F_CF]
+        blend = a * sig_llm + (1.0 - a) * sig_cf
         penalty: th.Tensor | None = None
         if self.base == "diverse":
             penalty = features @ self.base_weights
             z = standardise_rows(blend)
-        residual = self._residual(cand, h) + self.feature_linear(features).squeeze(-1)  # (B, N)
+        seen = features if self.residual_feature_mask is None else features * self.residual_feature_mask
+        residual = self._residual(cand, h) + self.feature_linear(seen).squeeze(-1)  # (B, N)
         inv_t = self.log_inv_temperature.exp()
         raw = (blend if penalty is None else z + penalty) * inv_t + residual
         # Candidates more than LOGIT_RANGE nats below the row's best are held there (their probability is < e^-30
@@ -457,8 +516,8 @@ class SlatePolicy(ActorCriticPolicy):
         logits = th.maximum(raw, raw.detach().amax(dim=-1, keepdim=True) - LOGIT_RANGE)
         if not with_parts:
             return logits, alpha, h, None
-        llm_w = a * features[..., F_LLM]  # (B, N) α·llm_sim
-        cf_w = (1.0 - a) * features[..., F_CF]  # (B, N) (1 − α)·cf_score
+        llm_w = a * sig_llm  # (B, N) α·llm_sim (standardised gate: α·z(llm_sim))
+        cf_w = (1.0 - a) * sig_cf  # (B, N) (1 − α)·cf_score (standardised gate: (1 − α)·z(cf_score))
         diversity = th.zeros_like(raw)
         if penalty is not None:
             # z is linear: z(b) = (b − mean b) / (std b + eps) splits into the α·llm and (1 − α)·cf terms, each
@@ -470,6 +529,33 @@ class SlatePolicy(ActorCriticPolicy):
             diversity = penalty * inv_t
         parts = th.stack([llm_w * inv_t, cf_w * inv_t, diversity, residual, logits - raw], dim=-1)
         return logits, alpha, h, parts
+
+    def _gate(self, h: th.Tensor, features: th.Tensor,
+              state_in: th.Tensor) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
+        """The gate α (B,) and the two signals it weighs, (B, N) each.
+
+        ``"raw"``: ``α = σ(gain·head(h))`` and the raw ``llm_sim``, ``cf_score`` columns.
+        ``"standardised"``: the columns
+        standardised over the request's candidates (:func:`standardise_rows`) and ``α = σ(logit α₀ + log(sd_llm + ε)
+        − log(sd_cf + ε) + gain·head(h))`` (ε as in :func:`standardise_rows`), so that at ``head(h) = 0``
+        ``α·z(llm) + (1 − α)·z(cf)`` is a positive multiple of ``α₀·llm + (1 − α₀)·cf`` minus its row mean.
+        """
+        llm, cf = features[..., F_LLM], features[..., F_CF]
+        shift = self.alpha_head(h).squeeze(-1)  # (B,)
+        if self.alpha_context is not None:  # gate_context: the feedback EMAs straight to the gate
+            lo, hi = self._ctx_cols
+            shift = shift + self.alpha_context(state_in[:, lo:hi]).squeeze(-1)
+        if self.gate_gain != 1.0:
+            shift = self.gate_gain * shift
+        if self.gate == "raw":
+            return th.sigmoid(shift), llm, cf
+        eps = 1e-9
+        sd_llm = (llm - llm.mean(dim=-1, keepdim=True)).square().mean(dim=-1, keepdim=True).sqrt() + eps  # (B, 1)
+        sd_cf = (cf - cf.mean(dim=-1, keepdim=True)).square().mean(dim=-1, keepdim=True).sqrt() + eps
+        prior = math.log(self.init_alpha / (1.0 - self.init_alpha)) + (sd_llm.log() - sd_cf.log()).squeeze(-1)
+        z_llm = (llm - llm.mean(dim=-1, keepdim=True)) / sd_llm
+        z_cf = (cf - cf.mean(dim=-1, keepdim=True)) / sd_cf
+        return th.sigmoid(prior + shift), z_llm, z_cf
 
     def _residual(self, cand: th.Tensor, h: th.Tensor) -> th.Tensor:
         """The per-candidate residual MLP ``head(net(W_x·x_i + W_h·h))`` → (B, N).
@@ -584,7 +670,9 @@ class SlatePolicy(ActorCriticPolicy):
           ``(1 − α)·cf_score_i·inv_t``. Base ``"diverse"``: the standardisation ``z`` is linear, so
           ``z_i(α·llm + (1 − α)·cf) = [α·(llm_i − mean llm) + (1 − α)·(cf_i − mean cf)] / (std + eps)`` with the
           blend's row std; ``llm`` is the first term, ``cf`` the second (each times ``inv_t``): a candidate
-          whose LLM similarity is above the request's mean gets a positive ``llm`` part.
+          whose LLM similarity is above the request's mean gets a positive ``llm`` part. With
+          ``gate="standardised"`` the same split of ``z(α·z(llm) + (1 − α)·z(cf))``, ``llm`` and ``cf`` standing for
+          their standardised columns.
         * ``diversity``: the fixed penalty of the diversity heuristic, ``base_weights·f_i·inv_t`` (``-λ_c`` on
           ``cat_exposure``, ``-λ_s`` on ``item_seen``); 0 for base ``"blend"``.
         * ``residual``: everything PPO learned beyond the gated blend and the fixed penalty: the residual MLP
@@ -615,9 +703,10 @@ class SlatePolicy(ActorCriticPolicy):
     # ------------------------------------------------------------------ interpretability
 
     def alpha(self, obs: PyTorchObs | dict[str, np.ndarray]) -> th.Tensor:
-        """The state-dependent blend weight α_θ(s) (B,), e.g. for ``train/alpha_mean``."""
-        state_in, _, _, _ = self._encode(self._prepare(obs))
-        return th.sigmoid(self.alpha_head(self.state_net(state_in))).squeeze(-1)
+        """The state-dependent blend weight α_θ(s) (B,), e.g. for ``train/alpha_mean`` (with ``gate="standardised"``
+        the weight on the standardised LLM signal; see :meth:`_gate`)."""
+        state_in, _, features, _ = self._encode(self._prepare(obs))
+        return self._gate(self.state_net(state_in), features, state_in)[0]
 
     def candidate_logits(self, obs: PyTorchObs | dict[str, np.ndarray]) -> th.Tensor:
         """Per-candidate logits (B, N) (masked candidates at ``-inf`` when the obs has a ``mask``)."""

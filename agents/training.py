@@ -118,13 +118,14 @@ def policy_kwargs(cfg: Config, init_alpha: float, world: World,
         weights[F_ITEM_SEEN] = -float(diverse["seen_weight"])
         cap = int(diverse["cap"])
         extra = dict(base="diverse", base_weights=weights.tolist(),
-                     category_cap=cap if cap < cfg.env.slate_size else None)
+                     category_cap=cap if cap < cfg.env.slate_size else None, gate=pc.gate)
     alpha0 = pc.init_alpha if pc.init_alpha is not None else init_alpha
     return dict(hidden=pc.hidden, candidate_hidden=pc.candidate_hidden, n_layers=pc.n_layers,
                 temperature=pc.temperature, init_alpha=float(np.clip(alpha0, 0.02, 0.98)),
                 residual_init_scale=pc.residual_init_scale, use_item_table=pc.use_item_table,
                 item_category=world.catalog.category if pc.category_repulsion else None,
-                entropy_estimator=pc.entropy_estimator, **extra)
+                entropy_estimator=pc.entropy_estimator, gate_gain=pc.gate_gain,
+                gate_context=pc.gate_context, gate_only_signals=pc.gate_only_signals, **extra)
 
 
 def load_training_world(cfg: Config, progress: bool = False) -> World:

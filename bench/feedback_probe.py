@@ -178,19 +178,31 @@ def request_candidates(pool: np.ndarray, consumed: set[int], n: int, rng: np.ran
     return keep[:n]
 
 
-def effective_alpha(alpha: float, features: np.ndarray) -> float:
+def effective_alpha(alpha: float, features: np.ndarray, scale: str = "raw") -> float:
     """α on a common scale: the LLM signal's share of the blend's weight once both signals are standardised over the
     request's candidates. ``α·llm + (1 − α)·cf = α·sd_llm·z(llm) + (1 − α)·sd_cf·z(cf) + const``, so the blend of
     standardised signals it equals has weight ``α·sd_llm / (α·sd_llm + (1 − α)·sd_cf)`` on the LLM side. The raw α
     sits near 1 whenever the CF score's spread (a standardised score, ~3) dwarfs the cosine's (~0.2), so its moves
     look small; this one is comparable across requests, users and presets.
 
+    A policy with the standardised gate (``SlatePolicy(gate="standardised")``, the export manifest's
+    ``"alpha_scale": "standardised"``) blends ``α·z(llm) + (1 − α)·z(cf)``: its α already is this weight and is
+    returned as it is.
+
     Args:
         alpha: The policy's α for the request.
         features: float (N, F) the request's candidate features.
+        scale: What ``alpha`` weighs: ``"raw"`` (the raw signals) or ``"standardised"``.
+
+    Raises:
+        ValueError: For an unknown ``scale``.
     """
     from envs.spaces import F_CF, F_LLM
 
+    if scale == "standardised":
+        return float(alpha)
+    if scale != "raw":
+        raise ValueError(f"scale must be 'raw' or 'standardised', got {scale!r}")
     sd_llm = float(np.std(features[:, F_LLM].astype(np.float64)))
     sd_cf = float(np.std(features[:, F_CF].astype(np.float64)))
     den = alpha * sd_llm + (1.0 - alpha) * sd_cf
@@ -268,6 +280,7 @@ def _play(runtime: Any, world: Any, cfg: Any, settings: ProbeSettings, users: np
     ids = np.asarray(world.catalog.ids)
     category = world.catalog.category
     n = int(runtime.manifest["n_candidates"])
+    alpha_scale = str(runtime.manifest.get("alpha_scale", "raw"))  # absent in exports before the standardised gate
     c_llm, c_cf = CONTEXT_NAMES.index("clicked_llm_ema"), CONTEXT_NAMES.index("clicked_cf_ema")
     keys = ("alpha", "alpha_eff", "slate_lean", "repulsion", "slate_llm_sim", "slate_cf_score", "slate_categories",
             "clicks", "click_lean",
@@ -298,7 +311,7 @@ def _play(runtime: Any, world: Any, cfg: Any, settings: ProbeSettings, users: np
                 pos = np.array([where[i] for i in rec.items])
                 shown = obs["features"][pos]
                 rec_arr["alpha"][s, r] = rec.alpha
-                rec_arr["alpha_eff"][s, r] = effective_alpha(rec.alpha, obs["features"])
+                rec_arr["alpha_eff"][s, r] = effective_alpha(rec.alpha, obs["features"], alpha_scale)
                 z_lean = (_zscore(obs["features"][:, F_CF].astype(np.float64))
                           - _zscore(obs["features"][:, F_LLM].astype(np.float64)))
                 rec_arr["slate_lean"][s, r] = float(z_lean[pos].mean())

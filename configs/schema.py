@@ -450,6 +450,12 @@ class PolicyConfig:
             ``"diverse"`` (the diversity heuristic at ``tuned-diverse``'s parameters, searched on the training users
             before training: the standardised blend, its exposure / seen penalties and its category cap; needs
             ``category_repulsion``). See ``agents/policies.py``.
+        gate: What α weighs: ``"raw"`` (the raw LLM similarity and CF score) or ``"standardised"`` (both standardised
+            over the request's candidates, α started per request at the share the base's α gives the LLM signal;
+            base ``"diverse"`` only). See ``agents/policies.py``.
+        gate_gain: Factor on the gate's learned logit shift (with Adam: ~that many times the gate's learning rate).
+        gate_context: A linear path from the context (the session's feedback EMAs) straight to the gate.
+        gate_only_signals: Hide the LLM and CF columns from the residual, so only the gate reweights them by state.
     """
 
     hidden: int = 64
@@ -462,16 +468,23 @@ class PolicyConfig:
     category_repulsion: bool = True
     entropy_estimator: Literal["sample", "mode"] = "sample"
     base: Literal["blend", "diverse"] = "diverse"
+    gate: Literal["raw", "standardised"] = "raw"
+    gate_gain: float = 1.0
+    gate_context: bool = False
+    gate_only_signals: bool = False
 
     def __post_init__(self) -> None:
         _finite(self)
         if self.base == "diverse" and not self.category_repulsion:
             raise FieldError("base", "'diverse' needs category_repulsion: true (the category cap acts on the slate "
                              "distribution's category groups)")
+        if self.gate == "standardised" and self.base != "diverse":
+            raise FieldError("gate", "'standardised' needs base: diverse (the blend is standardised there)")
         _check(self, ">=1", "hidden", "candidate_hidden", "n_layers")
         _check(self, ">0", "temperature")
         _check(self, "[0,1]", "init_alpha")
         _check(self, ">=0", "residual_init_scale")
+        _check(self, ">0", "gate_gain")
 
 
 @dataclass

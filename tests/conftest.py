@@ -105,12 +105,15 @@ def small_world(small_cfg: EnvConfig) -> World:
 
 
 def make_run_dir(root: Path, world: World, use_item_table: bool = False, steps: int = 256,
-                 summary: dict | None = None, repulsion: bool = True, diverse: bool = True) -> Path:
+                 summary: dict | None = None, repulsion: bool = True, diverse: bool = True,
+                 gate: str = "raw") -> Path:
     """A tiny run directory: config.yaml (small preset, 64-d hashing encoder, caches under ``root``), a PPO
     model.zip and the pickle-free policy.safetensors / policy.json, learned for ``steps`` steps (with the category
     repulsion train.py uses by default, strong enough to change slates, and, with ``diverse``, train.py's default
     residual on the diversity heuristic: standardised blend, a seen penalty and a category cap of 2), and
-    optionally summary.json."""
+    optionally summary.json. ``gate`` is the diverse policy's gate (``SlatePolicy(gate=...)``; ``"standardised"``
+    also gets the direct context path, ``gate_context``, and the residual blind to the signals,
+    ``gate_only_signals``)."""
     from stable_baselines3 import PPO
 
     from agents.policies import SlatePolicy
@@ -118,7 +121,7 @@ def make_run_dir(root: Path, world: World, use_item_table: bool = False, steps: 
     from envs.sb3 import SB3VecEnv
     from envs.vector_env import RecVectorEnv
 
-    run = root / ("run-table" if use_item_table else "run")
+    run = root / ("run-table" if use_item_table else "run" if gate == "raw" else f"run-{gate}")
     run.mkdir(parents=True)
     cfg = Config(encoder=EncoderConfig(kind="hashing", hashing_dim=64, cache_dir=str(root / "cache"), progress=False),
                  env=preset_config("small"))
@@ -134,7 +137,7 @@ def make_run_dir(root: Path, world: World, use_item_table: bool = False, steps: 
     model = PPO(SlatePolicy, venv, n_steps=32, batch_size=64, n_epochs=1, seed=0, device="cpu",
                 policy_kwargs={"hidden": 32, "use_item_table": use_item_table, "repulsion_init": 2.0,
                                "item_category": world.catalog.category if repulsion else None,
-                               **(_diverse_kwargs() if diverse and repulsion else {})})
+                               **(_diverse_kwargs(gate) if diverse and repulsion else {})})
     model.learn(steps)
     model.save(run / "model.zip")
     save_policy(model.policy, run)  # policy.safetensors + policy.json, what recfeed loads (as train.py writes them)
@@ -143,13 +146,14 @@ def make_run_dir(root: Path, world: World, use_item_table: bool = False, steps: 
     return run
 
 
-def _diverse_kwargs() -> dict:
+def _diverse_kwargs(gate: str = "raw") -> dict:
     """SlatePolicy kwargs of a residual on the diversity heuristic (as ``agents.training.policy_kwargs`` builds)."""
     from envs.spaces import F_ITEM_SEEN, FEATURE_NAMES
 
     weights = [0.0] * len(FEATURE_NAMES)
     weights[F_ITEM_SEEN] = -0.5
-    return {"base": "diverse", "base_weights": weights, "category_cap": 2, "init_alpha": 0.9}
+    return {"base": "diverse", "base_weights": weights, "category_cap": 2, "init_alpha": 0.9, "gate": gate,
+            "gate_context": gate == "standardised", "gate_only_signals": gate == "standardised"}
 
 
 @pytest.fixture(scope="session")

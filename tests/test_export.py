@@ -82,6 +82,16 @@ def test_export_with_item_table(tmp_path: Path, small_world: World) -> None:
     assert m["parity"]["slates_equal_up_to_ties"] == m["parity"]["observations"] == 32
 
 
+def test_export_with_standardised_gate(tmp_path: Path, small_world: World) -> None:
+    """A policy whose gate weighs the standardised signals exports with parity (its α output included) and says
+    so in the manifest (``alpha_scale``), which the feedback probe reads; its direct context → gate path traces."""
+    run = make_run_dir(tmp_path, small_world, steps=64, gate="standardised")
+    out = export_run(run, "onnx", world=small_world, parity_envs=8, parity_steps=4)
+    m = _manifest(out)
+    assert m["alpha_scale"] == "standardised" and m["parity"]["max_abs_alpha_diff"] <= 1e-4
+    assert m["parity"]["slates_equal_up_to_ties"] == m["parity"]["observations"] == 32
+
+
 def test_export_cli_and_errors(tmp_path: Path, run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The CLI loads the world from the run's config (the cache the fixture filled) and reports parity."""
     assert main([str(run_dir), "--format", "onnx", "--out", str(tmp_path / "cli"), "--parity-envs", "4",

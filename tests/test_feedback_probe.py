@@ -219,3 +219,8 @@ def test_effective_alpha_puts_both_signals_on_one_scale() -> None:
     assert effective_alpha(0.5, f) == pytest.approx(0.2 / 3.2)
     f[:, F_CF] = 0.2 * (z2 - z2.mean()) / z2.std()
     assert effective_alpha(0.3, f) == pytest.approx(0.3)
+    # a policy with the standardised gate already weighs the standardised signals: its α is the effective one
+    f[:, F_CF] = 3.0 * (z2 - z2.mean()) / z2.std()
+    assert effective_alpha(0.9375, f, "standardised") == pytest.approx(0.9375)
+    with pytest.raises(ValueError, match="scale must be"):
+        effective_alpha(0.5, f, "logit")

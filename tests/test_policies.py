@@ -392,12 +392,14 @@ def test_candidate_ids_outside_the_catalog_are_an_error_not_clamped(kind: str, b
             policy.get_distribution(_tensor(policy, obs)).mode()
 
 
+@pytest.mark.parametrize("gate", ["raw", "standardised"])
 @pytest.mark.parametrize(("cap", "exposure", "seen"), [(2, 0.0, 0.5), (1, 1.0, 1.0), (3, 3.0, 0.0)])
-def test_diverse_base_starts_at_the_diversity_heuristic(cap: int, exposure: float, seen: float,
+def test_diverse_base_starts_at_the_diversity_heuristic(cap: int, exposure: float, seen: float, gate: str,
                                                         tmp_path: Path) -> None:
     """A residual on the diversity heuristic (``base="diverse"``) with a zero residual and a negligible repulsion:
     its mode is the heuristic's slate (standardised blend, exposure / seen penalties, greedy under the category
-    cap) on every row; the plain-blend policy's mode is not; the settings survive a save / load."""
+    cap) on every row, with either gate (the standardised gate starts at the heuristic's effective weight); the
+    plain-blend policy's mode is not; the settings survive a save / load."""
     from agents.baselines import DiverseRanker
     from agents.ppo_ranker import build_policy, policy_settings
     from envs.spaces import F_CAT_EXPOSURE
@@ -406,7 +408,8 @@ def test_diverse_base_starts_at_the_diversity_heuristic(cap: int, exposure: floa
     weights = np.zeros(len(FEATURE_NAMES))
     weights[F_CAT_EXPOSURE], weights[F_ITEM_SEEN] = -exposure, -seen
     kwargs = dict(item_category=categories, init_alpha=0.8, residual_init_scale=0.0, repulsion_init=1e-6)
-    policy = _policy(base="diverse", base_weights=weights.tolist(), category_cap=cap, **kwargs)
+    policy = _policy(base="diverse", base_weights=weights.tolist(), category_cap=cap, gate=gate, gate_gain=3.0,
+                     gate_context=gate == "standardised", gate_only_signals=gate == "standardised", **kwargs)
     obs = _fake_obs(observation_space(N_ITEMS, N_CAND, DIM), 256, seed=8)
     heuristic = DiverseRanker(K, 0.8, categories, exposure_weight=exposure, seen_weight=seen, cap=cap).act(obs)
     with th.no_grad():
@@ -415,7 +418,11 @@ def test_diverse_base_starts_at_the_diversity_heuristic(cap: int, exposure: floa
     np.testing.assert_array_equal(mode, heuristic)
     assert (plain != heuristic).any(axis=1).mean() > 0.5
     loaded = build_policy(policy_settings(policy), dict(policy.state_dict()))
-    assert loaded.base == "diverse" and loaded.category_cap == cap
+    assert loaded.base == "diverse" and loaded.category_cap == cap and loaded.gate == gate
+    assert loaded.gate_gain == 3.0 and loaded.gate_context == loaded.gate_only_signals == (gate == "standardised")
+    with th.no_grad():  # the gain leaves the initial α where init_alpha / the heuristic's weight puts it
+        if gate == "raw":
+            np.testing.assert_allclose(policy.alpha(_tensor(policy, obs)).numpy(), 0.8, rtol=1e-5)
     with th.no_grad():
         np.testing.assert_array_equal(loaded.get_distribution(_tensor(loaded, obs)).mode().numpy(), heuristic)
 
@@ -429,6 +436,56 @@ def test_diverse_base_settings_are_checked() -> None:
         _policy(base_weights=[0.0] * len(FEATURE_NAMES))
     with pytest.raises(ValueError, match="category_cap needs item_category"):
         _policy(category_cap=2)
+    with pytest.raises(ValueError, match="gate must be one of"):
+        _policy(gate="zscore")
+    with pytest.raises(ValueError, match="gate='standardised' goes with base='diverse'"):
+        _policy(gate="standardised")
+    with pytest.raises(ValueError, match="gate_gain must be"):
+        _policy(gate_gain=0.0)
+
+
+def test_standardised_gate_weighs_the_standardised_signals() -> None:
+    """With ``gate="standardised"`` α is the LLM signal's share once both signals are standardised: at init it is
+    the share the raw α₀ gives it (``α₀·sd_llm / (α₀·sd_llm + (1 − α₀)·sd_cf)``, per request, i.e. the feedback
+    probe's effective α of the raw gate), its blend is ``z(α·z(llm) + (1 − α)·z(cf))`` also after the gate moved,
+    and the gate's shift moves it in logit units whatever the two signals' spreads."""
+    from agents.policies import standardise_rows
+    from bench.feedback_probe import effective_alpha
+    from envs.spaces import C_CLICKED_LLM
+
+    weights = [0.0] * len(FEATURE_NAMES)
+    policy = _policy(base="diverse", base_weights=weights, gate="standardised", init_alpha=0.9,
+                     residual_init_scale=0.0, gate_context=True)
+    obs = _fake_obs(observation_space(N_ITEMS, N_CAND, DIM), 32, seed=4)
+    obs["features"][:, :, F_CF] *= 15.0  # the CF score's spread dwarfs the cosine's, as in the simulator
+    t = _tensor(policy, obs)
+    with th.no_grad():
+        alpha = policy.alpha(t).numpy()
+    want = [effective_alpha(0.9, obs["features"][b]) for b in range(32)]
+    np.testing.assert_allclose(alpha, want, rtol=1e-4)
+    assert float(np.mean(alpha)) < 0.5  # far below the raw 0.9: most of the raw weight only undid the scales
+    with th.no_grad():
+        policy.alpha_head.bias.fill_(2.0)
+        parts = policy.score_parts(t)
+        moved = policy.alpha(t)
+        policy.gate_gain = 0.5
+        half = policy.alpha(t)
+        policy.gate_gain = 1.0
+        policy.alpha_head.bias.fill_(0.0)
+        assert policy.alpha_context is not None
+        policy.alpha_context.weight[0, C_CLICKED_LLM] = 3.0  # the context path: more LLM weight after LLM clicks
+        ctx_moved = policy.alpha(t).numpy()
+    logit = np.log(alpha / (1 - alpha))
+    np.testing.assert_allclose(np.log(moved.numpy() / (1 - moved.numpy())), logit + 2.0, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(np.log(half.numpy() / (1 - half.numpy())), logit + 1.0, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(np.log(ctx_moved / (1 - ctx_moved)), logit + 3.0 * obs["context"][:, C_CLICKED_LLM],
+                               rtol=1e-4, atol=1e-4)
+    f = t["features"]
+    a = moved.unsqueeze(-1)
+    blend = a * standardise_rows(f[..., F_LLM]) + (1 - a) * standardise_rows(f[..., F_CF])
+    inv_t = float(policy.log_inv_temperature.detach().exp())
+    np.testing.assert_allclose((parts["llm"] + parts["cf"]).numpy(), (standardise_rows(blend) * inv_t).numpy(),
+                               rtol=1e-4, atol=1e-4)
 
 
 def test_very_sharp_logits_keep_a_finite_entropy_and_gradients() -> None:
@@ -453,6 +510,7 @@ def test_very_sharp_logits_keep_a_finite_entropy_and_gradients() -> None:
 
 
 @pytest.mark.parametrize(("base", "inv_t", "extras"), [("blend", 4.0, {}), ("diverse", 4.0, {}),
+                                                         ("diverse", 4.0, {"gate_standardised": True}),
                                                          ("diverse", 60.0, {"use_item_table": True}),
                                                          ("blend", 60.0, {"with_item_emb": True})])
 def test_score_parts_sum_to_the_logits(base: str, inv_t: float, extras: dict[str, bool]) -> None:
@@ -461,7 +519,7 @@ def test_score_parts_sum_to_the_logits(base: str, inv_t: float, extras: dict[str
     initialisation; the logits of the explained pass are bit-identical to ``_actor``'s; each part is what it
     claims to be (``llm`` is α·llm_sim·inv_t for the plain blend, the diversity part the fixed penalty, the clip
     non-negative and nonzero only where it binds)."""
-    from agents.policies import LOGIT_RANGE, SCORE_PARTS
+    from agents.policies import LOGIT_RANGE, SCORE_PARTS, standardise_rows
     from envs.spaces import F_CAT_EXPOSURE
 
     with_emb = extras.get("with_item_emb", False)
@@ -471,7 +529,8 @@ def test_score_parts_sum_to_the_logits(base: str, inv_t: float, extras: dict[str
     if base == "diverse":
         weights = np.zeros(len(FEATURE_NAMES))
         weights[F_CAT_EXPOSURE], weights[F_ITEM_SEEN] = -0.7, -1.3
-        kwargs.update(base="diverse", base_weights=weights.tolist(), category_cap=2)
+        kwargs.update(base="diverse", base_weights=weights.tolist(), category_cap=2,
+                      gate="standardised" if extras.get("gate_standardised") else "raw")
     policy = _policy(space, **kwargs)
     gen = th.Generator().manual_seed(3)
     with th.no_grad():
@@ -513,8 +572,11 @@ def test_score_parts_sum_to_the_logits(base: str, inv_t: float, extras: dict[str
         np.testing.assert_allclose(parts["llm"].sum(-1).numpy(), 0.0, atol=1e-4)
         np.testing.assert_allclose(parts["cf"].sum(-1).numpy(), 0.0, atol=1e-4)
         # and they are the α·llm and (1 − α)·cf terms: a larger α moves weight from the CF to the LLM part
-        blend = alpha * f[..., F_LLM] + (1 - alpha) * f[..., F_CF]
+        sig_llm, sig_cf = f[..., F_LLM], f[..., F_CF]
+        if policy.gate == "standardised":
+            sig_llm, sig_cf = standardise_rows(sig_llm), standardise_rows(sig_cf)
+        blend = alpha * sig_llm + (1 - alpha) * sig_cf
         sd = blend.std(dim=-1, unbiased=False, keepdim=True)
-        llm = alpha * (f[..., F_LLM] - f[..., F_LLM].mean(-1, keepdim=True)) / sd * inv_t
+        llm = alpha * (sig_llm - sig_llm.mean(-1, keepdim=True)) / sd * inv_t
         np.testing.assert_allclose(parts["llm"].numpy(), llm.numpy(), rtol=1e-4, atol=1e-4)
     assert bool((parts["residual"].abs() > 1e-3).any())  # the perturbed residual takes part
