@@ -66,13 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"{len(log)} logged requests from {args.logs}\n")
-    print("| policy | estimator | reward | 95% CI | click | 95% CI |\n|---|---|---|---|---|---|")
-    for pol, r in result.items():
-        for e in ests:
-            a, c = r["reward"][e], r["click"][e]
-            print(f"| {pol} | {e} | {a['value']:.4f} | [{a['low']:.4f}, {a['high']:.4f}] | {c['value']:.4f} | "
-                  f"[{c['low']:.4f}, {c['high']:.4f}] |")
+    _table(len(log), args.logs, result, ests)
     if args.json:
         atomic_write_bytes(args.json, json.dumps(result, indent=2).encode())
     print(json.dumps(result))
