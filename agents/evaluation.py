@@ -14,8 +14,12 @@ averaged over the session's steps:
   (Zhou et al., 2010);
 
 plus precision@K, recall@K and F1@K against the session's own clicked or purchased items
-(:func:`precision_recall_f1`), and the set of items shown, for catalog coverage. The statistics and the written
-report (bootstrap intervals, paired tests, tables, plots) are :mod:`agents.report`'s.
+(:func:`precision_recall_f1`), and the set of items shown, for catalog coverage. In a calibrated world, whose
+simulated users each stand for a real user, the same three metrics are also computed against that real user's
+held-out items (the calibration's temporal test split, ``Population.test_items``): ``precision_real``,
+``recall_real`` and ``f1_real`` (:data:`REAL_METRICS`), which do not depend on the simulator's responses.
+The statistics and the written report (bootstrap intervals, paired tests, tables, plots) are
+:mod:`agents.report`'s.
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ EPISODE_METRICS: tuple[str, ...] = (
     "f1",
 )
 METRICS: tuple[str, ...] = (*EPISODE_METRICS, "coverage", "oracle_share")
+#: Per-episode metrics against each user's held-out real items: only where the population carries them.
+REAL_METRICS: tuple[str, ...] = ("precision_real", "recall_real", "f1_real")
 #: Hidden user types for the breakdown: ρ_u (weight of the semantic taste) in thirds.
 RHO_EDGES: tuple[float, ...] = (0.0, 1 / 3, 2 / 3, 1.0)
 RHO_LABELS: tuple[str, ...] = ("rho<1/3 (CF-driven)", "1/3<=rho<2/3 (mixed)", "rho>=2/3 (content-driven)")
@@ -116,6 +122,10 @@ class EpisodeStats:
         seeds: int64 evaluation seed of each episode.
         shown: bool sparse (E, M): items shown in each episode.
         seconds: Wall time of the run.
+        precision_real: float64 precision@K against the user's held-out real items (calibrated worlds; else
+            ``None``).
+        recall_real: float64 recall@K against the same items, or ``None``.
+        f1_real: float64 F1@K of those two, or ``None``.
     """
 
     ret: np.ndarray
@@ -134,6 +144,14 @@ class EpisodeStats:
     seeds: np.ndarray
     shown: sparse.csr_matrix
     seconds: float
+    precision_real: np.ndarray | None = None
+    recall_real: np.ndarray | None = None
+    f1_real: np.ndarray | None = None
+
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        """:data:`EPISODE_METRICS`, plus :data:`REAL_METRICS` where the run had held-out real items."""
+        return EPISODE_METRICS + (REAL_METRICS if self.precision_real is not None else ())
 
     def metric(self, name: str) -> np.ndarray:
         """The per-episode values of one of :data:`EPISODE_METRICS`: float64 (E,)."""
@@ -141,8 +159,8 @@ class EpisodeStats:
             return self.ret
         if name == "ctr":
             return self.clicks / np.maximum(self.length, 1.0)
-        if name not in EPISODE_METRICS:
-            raise KeyError(f"unknown per-episode metric {name!r}; choose from {list(EPISODE_METRICS)}")
+        if name not in self.metric_names:
+            raise KeyError(f"unknown per-episode metric {name!r}; choose from {list(self.metric_names)}")
         return getattr(self, name)
 
 
@@ -201,6 +219,23 @@ def precision_recall_f1(shown: sparse.csr_matrix, relevant: sparse.csr_matrix, l
     total = precision + recall
     f1 = np.where(total > 0, 2.0 * precision * recall / np.where(total > 0, total, 1.0), 0.0)
     return precision, recall, f1
+
+
+def held_out_relevance(indptr: np.ndarray, items: np.ndarray, users: np.ndarray, n_items: int) -> sparse.csr_matrix:
+    """Each episode's relevant set for the ``*_real`` metrics: its user's held-out real items.
+
+    Args:
+        indptr: int (U + 1,) CSR row pointers of the population's held-out items (``Population.test_indptr``).
+        items: int (nnz,) their item ids (``Population.test_items``).
+        users: int (E,) population index of each episode.
+        n_items: Catalog size M.
+
+    Returns:
+        float64 sparse (E, M), 1 where the item is one of the episode's user's held-out real items.
+    """
+    per_user = sparse.csr_matrix((np.ones(len(items)), np.asarray(items, np.int64), np.asarray(indptr, np.int64)),
+                                 shape=(len(indptr) - 1, n_items))
+    return per_user[np.asarray(users, np.int64)]
 
 
 def intra_list_diversity(unit_emb: np.ndarray, items: np.ndarray) -> np.ndarray:
@@ -318,13 +353,17 @@ def run_episodes(core: BatchedCore, ranker: Ranker, plan: EpisodePlan, progress:
     rep = np.concatenate(rel_ep)
     relevant = sparse.csr_matrix((np.ones(len(rep)), (rep, np.concatenate(rel_item))), shape=(n_ep, m))
     precision, recall, f1 = precision_recall_f1(counts, relevant, out["length"], core.K)
+    real: dict[str, np.ndarray] = {}
+    if getattr(core.pop, "test_indptr", None) is not None:  # calibrated world: also vs each user's held-out items
+        held = held_out_relevance(core.pop.test_indptr, core.pop.test_items, plan.users, m)
+        real = dict(zip(REAL_METRICS, precision_recall_f1(counts, held, out["length"], core.K), strict=True))
     steps = np.maximum(out["length"], 1.0)
     return EpisodeStats(
         ret=out["ret"], clicks=out["clicks"], purchases=out["purchases"], dwell=out["dwell"], length=out["length"],
         ndcg=out["ndcg"] / steps, diversity=out["diversity"] / steps, novelty=out["novelty"] / steps,
         precision=precision, recall=recall, f1=f1,
         users=plan.users.copy(), rho=pop_rho[plan.users], seeds=plan.seeds.copy(), shown=shown,
-        seconds=time.perf_counter() - t0,
+        seconds=time.perf_counter() - t0, **real,
     )
 
 

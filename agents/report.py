@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from scipy import sparse, stats
 
-from agents.evaluation import EPISODE_METRICS, RHO_EDGES, RHO_LABELS, EpisodeStats
+from agents.evaluation import RHO_EDGES, RHO_LABELS, EpisodeStats
 from configs.fileio import atomic_write_bytes, atomic_write_text, json_default
 
 #: Column label and number format of each metric in the Markdown table (``clicks`` is left to JSON/CSV).
@@ -36,6 +36,9 @@ TABLE_COLUMNS: dict[str, tuple[str, str]] = {
     "precision": ("P@K", ".3f"),
     "recall": ("R@K", ".3f"),
     "f1": ("F1@K", ".3f"),
+    "precision_real": ("P@K real", ".4f"),
+    "recall_real": ("R@K real", ".4f"),
+    "f1_real": ("F1@K real", ".4f"),
     "oracle_share": ("oracle share", ".3f"),
 }
 #: Delete-a-group jackknife groups for the coverage interval.
@@ -178,14 +181,14 @@ def summarise(stats_by_ranker: dict[str, EpisodeStats], reference: str, n_boot: 
     paired: dict[str, dict[str, Any]] = {}
     for name, s in stats_by_ranker.items():
         row = {m: {"mean": float(s.metric(m).mean()), "ci95": list(percentile_ci(boot.means(s.metric(m))))}
-               for m in EPISODE_METRICS}
+               for m in s.metric_names}
         row["coverage"] = coverage(s.shown)
         if oracle is not None:
             o = stats_by_ranker[oracle].ret
             share = boot.means(s.ret) / boot.means(o)
             row["oracle_share"] = {"mean": float(s.ret.mean() / o.mean()), "ci95": list(percentile_ci(share))}
         rankers[name] = row
-        paired[name] = {m: paired_test(s.metric(m), ref.metric(m), boot) for m in EPISODE_METRICS}
+        paired[name] = {m: paired_test(s.metric(m), ref.metric(m), boot) for m in s.metric_names}
     return {
         "rankers": rankers,
         "paired": {"reference": reference, "test": "two-sided paired t-test on per-episode differences",

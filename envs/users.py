@@ -33,6 +33,10 @@ class Population:
         history: int64 (U, H) prior consumed items from the logs, most recent last, -1 padded.
         init_state: float32 (U, D) pooled LLM embedding of the prior history (unnormalised; zeros if none).
         cf_user: float32 (U, F') CF user factors fitted on the logs (zeros before the fit).
+        test_indptr: int64 (U + 1,) CSR row pointers of each user's held-out real items (calibrated worlds
+            only: the real user's temporal test split; ``None`` for synthetic worlds).
+        test_items: int64 (nnz,) item ids of the held-out real items, row ``u`` is
+            ``test_items[test_indptr[u]:test_indptr[u + 1]]`` (``None`` when ``test_indptr`` is).
     """
 
     name: str
@@ -45,6 +49,21 @@ class Population:
     history: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.int64))
     init_state: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
     cf_user: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+    test_indptr: np.ndarray | None = None
+    test_items: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if (self.test_indptr is None) != (self.test_items is None):
+            raise ValueError(f"population {self.name!r}: test_indptr and test_items go together")
+        if self.test_indptr is not None and (
+                self.test_indptr.shape != (len(self.rho) + 1,) or int(self.test_indptr[-1]) != len(self.test_items)):
+            raise ValueError(f"population {self.name!r}: test_indptr must have U + 1 = {len(self.rho) + 1} entries "
+                             f"ending at len(test_items) = {len(self.test_items)}, got shape {self.test_indptr.shape}")
+
+    @property
+    def has_test_items(self) -> bool:
+        """Whether the population carries each user's held-out real items (calibrated worlds)."""
+        return self.test_indptr is not None
 
     @property
     def size(self) -> int:

@@ -326,6 +326,9 @@ class World:
                 for attr in ("sem_taste", "cf_taste", "rho", "price_sens", "patience", "history", "init_state",
                              "cf_user"):
                     arrays[f"pop_{name}_{attr}"] = getattr(pop, attr)
+                if pop.has_test_items:  # calibrated worlds: each user's held-out real items (CSR)
+                    arrays[f"pop_{name}_test_indptr"] = pop.test_indptr
+                    arrays[f"pop_{name}_test_items"] = pop.test_items
             for name in ITEM_ARRAYS:  # one .npy each, so that a node can memory-map them (``load(mmap=True)``)
                 np.save(tmp / f"{name}.npy", arrays.pop(name))
             np.savez(tmp / "arrays.npz", **arrays)
@@ -380,6 +383,8 @@ class World:
         for name, persona in meta["personas"].items():
             fields = {a: arrays[f"pop_{name}_{a}"] for a in ("sem_taste", "cf_taste", "rho", "price_sens",
                                                             "patience", "history", "init_state", "cf_user")}
+            for a in ("test_indptr", "test_items"):  # optional: absent in synthetic and older calibrated worlds
+                fields[a] = arrays.get(f"pop_{name}_{a}")
             pops[name] = Population(name=name, persona=persona, **fields)
         return cls(
             catalog=cat,

@@ -445,3 +445,41 @@ def test_movielens_simulator_ranks_at_least_as_well_as_mf(tmp_path: Path) -> Non
     assert models["mf"]["ndcg@10"] > 0.11 and models["simulator"]["auc"] > 0.88
     # the observed LLM signal (centred embeddings) ranks the held-out items well above random (0.67 uncentred)
     assert models["llm_sim"]["auc"] > 0.75
+
+
+def test_calibrated_world_keeps_held_out_real_items_and_evaluate_reports_them(
+        tiny_preset: tuple[Path, dict, int], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Each simulated user carries its real user's held-out items (not met in train); evaluate scores slates on them;
+    a world folder written before (no such arrays) still loads, without them."""
+    import shutil
+
+    import evaluate
+
+    out, report, _ = tiny_preset
+    world = World.load(out / "world")
+    n_held = 0
+    for pop in world.populations.values():
+        assert pop.has_test_items and pop.test_indptr.shape == (pop.size + 1,)
+        for u in range(pop.size):
+            row = pop.test_items[pop.test_indptr[u]:pop.test_indptr[u + 1]]
+            assert row.size > 0  # every fixture user has 24 ratings, so a test split
+            assert np.all(np.diff(row) > 0) and row.min() >= 0 and row.max() < world.n_items
+            assert not set(row.tolist()) & set(pop.history[u][pop.history[u] >= 0].tolist())  # not seen in train
+            n_held += row.size
+    assert 0 < n_held <= report["split"]["test_events"]
+
+    rep = tmp_path / "report"
+    evaluate.main(["--preset", str(out), "--encoder", "hashing", "--episodes", "12", "--seeds", "1", "--rankers",
+                   "random,greedy-llm", "--reference", "random", "--no-progress", "--out", str(rep),
+                   "--set", "eval.bootstrap=100", "--set", f"encoder.cache_dir={tmp_path / 'cache'}"])
+    results = json.loads((rep / "results.json").read_text())
+    for row in results["rankers"].values():
+        for m in ("precision_real", "recall_real", "f1_real"):
+            assert 0.0 <= row[m]["mean"] <= 1.0
+    assert "P@3 real" in capsys.readouterr().out
+
+    old = tmp_path / "old_world"
+    shutil.copytree(out / "world", old)
+    arrays = dict(np.load(old / "arrays.npz"))
+    np.savez(old / "arrays.npz", **{k: v for k, v in arrays.items() if "_test_" not in k})
+    assert not any(p.has_test_items for p in World.load(old).populations.values())

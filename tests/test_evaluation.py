@@ -6,6 +6,7 @@ engine's bookkeeping; the small world for common random numbers and determinism.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -19,6 +20,7 @@ from agents.base import Ranker
 from agents.evaluation import (
     episode_plan,
     evaluate_rankers,
+    held_out_relevance,
     intra_list_diversity,
     item_novelty,
     ndcg_at_k,
@@ -440,3 +442,58 @@ def test_the_report_names_stay_importable_from_the_engine_module() -> None:
     assert s is report.summarise and w is report.write_report and engine.Bootstrap is report.Bootstrap
     with pytest.raises(AttributeError, match="no attribute 'nothing'"):
         engine.nothing  # noqa: B018
+
+
+# ---- precision / recall / F1 against held-out real items (calibrated worlds) ----------------------------------
+
+
+def test_held_out_relevance_by_hand() -> None:
+    """Users 0..2 hold out {1, 3}, {} and {4}; episodes of users 2, 0, 1: the slates' P/R/F1 by definition."""
+    indptr, items = np.array([0, 2, 2, 3]), np.array([1, 3, 4])
+    held = held_out_relevance(indptr, items, np.array([2, 0, 1]), 6)
+    assert held.toarray().tolist() == [[0, 0, 0, 0, 1, 0], [0, 1, 0, 1, 0, 0], [0] * 6]
+    sessions = [[[4, 5], [0, 4]], [[0, 1], [1, 3], [2, 5]], [[1, 3]]]
+    ep, it = [], []
+    for e, slates in enumerate(sessions):
+        for s in slates:
+            ep += [e] * len(s)
+            it += s
+    shown = sparse.csr_matrix((np.ones(len(ep)), (ep, it)), shape=(3, 6))
+    p, r, f1 = precision_recall_f1(shown, held, np.array([2.0, 3.0, 1.0]), 2)
+    for e, (slates, rel) in enumerate(zip(sessions, [{4}, {1, 3}, set()], strict=True)):
+        assert (p[e], r[e], f1[e]) == pytest.approx(_per_request_prf(slates, rel, 2))
+    assert p == pytest.approx([0.5, 0.5, 0.0]) and r == pytest.approx([1.0, 0.5, 0.0])
+
+
+def test_population_test_items_must_be_a_consistent_csr(small_world: World) -> None:
+    pop = small_world.populations["heldout"]
+    assert not pop.has_test_items  # a synthetic world has no real users
+    with pytest.raises(ValueError, match="go together"):
+        dataclasses.replace(pop, test_indptr=np.zeros(pop.size + 1, np.int64))
+    with pytest.raises(ValueError, match="U \\+ 1"):
+        dataclasses.replace(pop, test_indptr=np.zeros(pop.size, np.int64), test_items=np.zeros(0, np.int64))
+
+
+def test_real_metrics_only_where_the_population_has_held_out_items(small_world: World, small_cfg: EnvConfig) -> None:
+    """Synthetic: no ``*_real`` metric anywhere. Every item held out: P@K real = 1 and R@K real = K / M exactly."""
+    k, m = small_cfg.slate_size, small_world.n_items
+    plan = episode_plan(12, [0], small_world.populations["heldout"].size)
+    core = BatchedCore(small_world, small_cfg, 8, population="heldout")
+    synth = evaluate_rankers(core, {"random": RandomRanker(k, seed=0)}, plan)["random"]
+    assert synth.precision_real is None and "f1_real" not in synth.metric_names
+    with pytest.raises(KeyError, match="f1_real"):
+        synth.metric("f1_real")
+    res = summarise({"random": synth}, "random", n_boot=50, seed=0)
+    assert not {"precision_real", "recall_real", "f1_real"} & set(res["rankers"]["random"])
+    assert "real" not in markdown_table(res)
+
+    u = core.pop.size
+    core.pop = dataclasses.replace(core.pop, test_indptr=np.arange(u + 1, dtype=np.int64) * m,
+                                   test_items=np.tile(np.arange(m, dtype=np.int64), u))
+    real = evaluate_rankers(core, {"random": RandomRanker(k, seed=0)}, plan)["random"]
+    assert np.array_equal(real.ret, synth.ret)  # the held-out items change the metrics, not the sessions
+    assert real.metric("precision_real") == pytest.approx(np.ones(len(plan)))
+    assert real.metric("recall_real") == pytest.approx(np.full(len(plan), k / m))
+    res = summarise({"random": real}, "random", n_boot=50, seed=0)
+    assert res["rankers"]["random"]["precision_real"]["mean"] == pytest.approx(1.0)
+    assert f"P@{k} real" in markdown_table({**res, "setup": {**res["setup"], "slate_size": k}})

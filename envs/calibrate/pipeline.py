@@ -286,7 +286,13 @@ def _build_world(source: str, splits: _Splits, item_emb: np.ndarray, fit: Respon
     med = max(float(np.median(n_train_events)), 1.0)
     patience = np.clip((np.maximum(n_train_events, 1) / med) ** cfg.patience_exponent, 0.25, 4.0).astype(np.float32)
     history = last_items(train, cfg.history_len)
-    popularity = np.asarray(interaction_matrix(train).sum(axis=0), np.float32).ravel()
+    train_seen = interaction_matrix(train)
+    popularity = np.asarray(train_seen.sum(axis=0), np.float32).ravel()
+    # each real user's held-out items they had not met in train (the positives of the fidelity ranking)
+    held = (interaction_matrix(splits.test).astype(np.int8) - train_seen.astype(np.int8)).tocsr()
+    held.data = (held.data > 0).astype(np.int8)
+    held.eliminate_zeros()
+    held.sort_indices()
     a = _r(fit.affinity_scale)
     qw = _r(quality_weight)
     pops = {}
@@ -302,6 +308,8 @@ def _build_world(source: str, splits: _Splits, item_emb: np.ndarray, fit: Respon
             history=history[idx],
             init_state=pool_history(history[idx], item_emb, base_env.state_decay),
             cf_user=parts.mf.user_factors[idx],
+            test_indptr=held[idx].indptr.astype(np.int64),
+            test_items=held[idx].indices.astype(np.int64),
         )
     fitted = {
         "preset": f"calibrated:{source}",
