@@ -64,12 +64,13 @@ def final_comparison(cfg: Config, world: World, policy: SlatePolicy, curve: Any,
         else:
             rankers[spec] = make_ranker(spec, ctx)
     ppo = PPORanker(policy, cfg.env.slate_size)
-    alpha_rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (rho, step, alpha) per step
+    alpha_rows: list[tuple[np.ndarray, ...]] = []  # (rho, step, alpha, effective alpha) per step
 
     def record_alpha(obs: dict[str, np.ndarray], slate: np.ndarray, feedback: Any, active: np.ndarray) -> None:
-        assert ppo.last_alpha is not None
+        assert ppo.last_alpha is not None and ppo.last_alpha_effective is not None
         rows = np.flatnonzero(active)
-        alpha_rows.append((core.pop.rho[core.user[rows]], core.t[rows] - 1, ppo.last_alpha[rows]))
+        alpha_rows.append((core.pop.rho[core.user[rows]], core.t[rows] - 1, ppo.last_alpha[rows],
+                           ppo.last_alpha_effective[rows]))
 
     stats = {"ppo": run_episodes(core, ppo, plan, progress=progress, desc="ppo (held-out)", on_step=record_alpha)}
     for name, r in rankers.items():
@@ -77,22 +78,8 @@ def final_comparison(cfg: Config, world: World, policy: SlatePolicy, curve: Any,
     results = summarise(stats, reference="tuned-alpha", n_boot=ec.bootstrap, seed=cfg.train.seed,
                         hidden=["oracle", CEILING], alpha_curve=curve.to_dict(),
                         setup={"users": "heldout", "preset": cfg.env.preset, "seeds": list(range(ec.seeds))})
-    rho, step, alpha = (np.concatenate(x) for x in zip(*alpha_rows, strict=True))
-    by_rho = {}
-    for lo, hi, label in zip(RHO_EDGES[:-1], RHO_EDGES[1:], RHO_LABELS, strict=True):
-        sel = (rho >= lo) & ((rho < hi) | (hi == 1.0))
-        by_rho[label] = float(alpha[sel].mean()) if sel.any() else None
-    by_step = {}
-    for t in range(min(cfg.env.max_steps, 20)):
-        sel = step == t
-        if sel.sum() >= 20:
-            lo_t = sel & (rho < 0.5)
-            hi_t = sel & (rho >= 0.5)
-            by_step[t] = {"all": float(alpha[sel].mean()),
-                          "rho<0.5": float(alpha[lo_t].mean()) if lo_t.any() else None,
-                          "rho>=0.5": float(alpha[hi_t].mean()) if hi_t.any() else None}
-    results["alpha"] = {"by_rho": by_rho, "by_step": by_step,
-                        "corr_alpha_rho": _correlation(alpha, rho)}
+    rho, step, alpha, alpha_eff = (np.concatenate(x) for x in zip(*alpha_rows, strict=True))
+    results["alpha"] = alpha_by_type(rho, step, alpha, alpha_eff, min(cfg.env.max_steps, 20))
     r = results["rankers"]
     results["ratio_vs_tuned_alpha"] = r["ppo"]["return"]["mean"] / r["tuned-alpha"]["return"]["mean"]
     results["ratio_vs_tuned_diverse"] = r["ppo"]["return"]["mean"] / r[STRONGEST_HEURISTIC]["return"]["mean"]
@@ -110,6 +97,48 @@ def final_comparison(cfg: Config, world: World, policy: SlatePolicy, curve: Any,
     write_plausibility(results, out, policies=["ppo"])  # report/plausibility.json / .md: flags figures out of range
     _alpha_plot(results["alpha"], out / "plots" / "alpha.png")
     return results
+
+
+def _mean(x: np.ndarray) -> float | None:
+    """Mean of the finite values of ``x`` (None when there are none)."""
+    x = x[np.isfinite(x)]
+    return float(x.mean()) if x.size else None
+
+
+def alpha_by_type(rho: np.ndarray, step: np.ndarray, alpha: np.ndarray, alpha_eff: np.ndarray,
+                  max_step: int) -> dict[str, Any]:
+    """The learned α by hidden user type and by request within the session, raw and on the common scale.
+
+    Args:
+        rho: (n,) hidden ρ of the user of each recorded request.
+        step: (n,) 0-based request index within its session.
+        alpha: (n,) the policy's α.
+        alpha_eff: (n,) the same α as the LLM signal's weight once both signals are standardised
+            (:func:`agents.ppo_ranker.effective_alpha`); the comparable quantity across requests and presets.
+        max_step: Requests reported by step (those with at least 20 records).
+
+    Returns:
+        ``{"by_rho", "by_rho_effective": {group label: mean or None}, "by_step": {t: {"all", "rho<0.5",
+        "rho>=0.5", "effective rho<0.5", "effective rho>=0.5"}}, "corr_alpha_rho", "corr_effective_alpha_rho"}``.
+    """
+    by_rho: dict[str, float | None] = {}
+    by_rho_eff: dict[str, float | None] = {}
+    for lo, hi, label in zip(RHO_EDGES[:-1], RHO_EDGES[1:], RHO_LABELS, strict=True):
+        sel = (rho >= lo) & ((rho < hi) | (hi == 1.0))
+        by_rho[label] = _mean(alpha[sel])
+        by_rho_eff[label] = _mean(alpha_eff[sel])
+    by_step: dict[int, dict[str, float | None]] = {}
+    for t in range(max_step):
+        sel = step == t
+        if sel.sum() >= 20:
+            lo_t, hi_t = sel & (rho < 0.5), sel & (rho >= 0.5)
+            by_step[t] = {"all": _mean(alpha[sel]), "rho<0.5": _mean(alpha[lo_t]), "rho>=0.5": _mean(alpha[hi_t]),
+                          "effective rho<0.5": _mean(alpha_eff[lo_t]),
+                          "effective rho>=0.5": _mean(alpha_eff[hi_t])}
+    ok = np.isfinite(alpha_eff)
+    return {"by_rho": by_rho, "by_rho_effective": by_rho_eff, "by_step": by_step,
+            "corr_alpha_rho": _correlation(alpha, rho),
+            "corr_effective_alpha_rho": _correlation(alpha_eff[ok], rho[ok])}
 
 
 def _correlation(x: np.ndarray, y: np.ndarray) -> float | None:
@@ -137,10 +166,12 @@ def _alpha_plot(alpha: dict[str, Any], path: Path) -> None:
     a1.set_ylabel("mean learned α")
     a1.set_title("α by hidden user type (ρ_u)")
     steps = sorted(alpha["by_step"], key=int)
-    for key, colour in (("rho<0.5", "#DD8452"), ("rho>=0.5", "#55A868"), ("all", "#4C72B0")):
-        a2.plot([int(s) for s in steps], [alpha["by_step"][s][key] for s in steps], label=key, color=colour)
+    for key, colour in (("effective rho<0.5", "#DD8452"), ("effective rho>=0.5", "#55A868")):
+        ys = [alpha["by_step"][s].get(key) for s in steps]
+        a2.plot([int(s) for s in steps], [np.nan if y is None else y for y in ys], label=key.split(" ")[1],
+                color=colour)
     a2.set_xlabel("step in session")
-    a2.set_ylabel("mean learned α")
+    a2.set_ylabel("effective α (LLM share, both signals standardised)")
     a2.set_title("α within the session")
     a2.legend()
     fig.tight_layout()
@@ -174,6 +205,10 @@ def print_summary(summary: dict[str, Any], results_md: Path) -> None:
               f"{summary['gap_closed_to_ceiling']:.2f}")
     print("learned α by hidden user type: "
           + ", ".join(f"{k}: {v:.2f}" for k, v in summary["alpha_by_user_type"].items() if v is not None))
+    eff = summary.get("alpha_by_user_type_effective") or {}
+    if any(v is not None for v in eff.values()):
+        print("  effective α (the LLM signal's share once both signals are standardised): "
+              + ", ".join(f"{k}: {v:.2f}" for k, v in eff.items() if v is not None))
     p = summary["paths"]
     print(f"\nrun directory: {summary['run_dir']}\n  model:       {p['model']}\n  TensorBoard: tensorboard "
           f"--logdir {p['tensorboard']}\n  report:      {p['report']}/results.md\n  plots:       {p['plots']}")

@@ -48,6 +48,43 @@ OPTIMIZERS: dict[str, type[th.optim.Optimizer]] = {c.__name__: c for c in (th.op
                                                                             th.optim.SGD, th.optim.RMSprop)}
 
 
+def effective_alpha(alpha: np.ndarray | float, features: np.ndarray, scale: str = "raw") -> np.ndarray:
+    """α on a common scale: the LLM signal's share of the blend's weight once both signals are standardised over the
+    request's candidates.
+
+    ``α·llm + (1 − α)·cf = α·sd_llm·z(llm) + (1 − α)·sd_cf·z(cf) + const``, so the blend of standardised signals it
+    equals puts ``α·sd_llm / (α·sd_llm + (1 − α)·sd_cf)`` on the LLM side. The raw α sits near 1 whenever the CF
+    score's spread (a standardised score, ~3) dwarfs the cosine's (~0.2), so its moves look small; this weight is
+    comparable across requests, users and presets. A policy with the standardised gate
+    (``SlatePolicy(gate="standardised")``, the export manifest's ``"alpha_scale": "standardised"``) blends
+    ``α·z(llm) + (1 − α)·z(cf)``: its α already is this weight and is returned as it is.
+
+    Args:
+        alpha: The policy's α per request, (B,) (or a scalar with ``features`` (N, F)).
+        features: float (B, N, F) (or (N, F)) the requests' candidate features.
+        scale: What ``alpha`` weighs: ``"raw"`` (the raw signals) or ``"standardised"``.
+
+    Returns:
+        float64 (B,) (or a 0-d array): NaN where both signals are constant over the candidates.
+
+    Raises:
+        ValueError: For an unknown ``scale``.
+    """
+    from envs.spaces import F_CF, F_LLM
+
+    a = np.asarray(alpha, np.float64)
+    if scale == "standardised":
+        return a.copy()
+    if scale != "raw":
+        raise ValueError(f"scale must be 'raw' or 'standardised', got {scale!r}")
+    f = np.asarray(features)
+    sd_llm = f[..., F_LLM].astype(np.float64).std(axis=-1)
+    sd_cf = f[..., F_CF].astype(np.float64).std(axis=-1)
+    den = a * sd_llm + (1.0 - a) * sd_cf
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, a * sd_llm / np.where(den > 0, den, 1.0), np.nan)
+
+
 class PolicyFileError(ValueError):
     """A policy's safe files are missing, truncated, inconsistent or do not fit the world; names the file."""
 
@@ -79,14 +116,18 @@ class PPORanker(Ranker):
         self.deterministic = deterministic
         self.name = name
         self.last_alpha: np.ndarray | None = None
+        self.last_alpha_effective: np.ndarray | None = None
         self.last_beta: np.ndarray | None = None
 
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
-        """Slates (B, K) from the policy; the α (and β) it used are kept in ``last_alpha`` (``last_beta``) (B,)."""
+        """Slates (B, K) from the policy; the α (and β) it used are kept in ``last_alpha`` (``last_beta``) (B,), α on
+        the common scale of :func:`effective_alpha` in ``last_alpha_effective`` (B,)."""
         with th.no_grad():
             prepared = self.policy._prepare(obs)
             _, alpha, beta = self.policy.score_candidates(prepared)
             self.last_alpha = alpha.cpu().numpy()
+            self.last_alpha_effective = effective_alpha(self.last_alpha, obs["features"],
+                                                        getattr(self.policy, "gate", "raw"))
             self.last_beta = None if beta is None else beta.cpu().numpy()
             dist = self.policy.get_distribution(prepared)
             return dist.get_actions(deterministic=self.deterministic).cpu().numpy()

@@ -341,6 +341,7 @@ def _learn_and_report(cfg: Config, run_dir: Path, world: World, curve: Any, dive
         "policy_base": tc.policy.base,
         "gap_closed_to_ceiling": report.get("gap_closed_to_ceiling"),
         "alpha_by_user_type": report["alpha"]["by_rho"],
+        "alpha_by_user_type_effective": report["alpha"].get("by_rho_effective"),
         "resumed_from": resumed_from,
         "initialised_from": initialised_from,
         "backend": _backend_summary(cfg, stats_env),

@@ -179,34 +179,10 @@ def request_candidates(pool: np.ndarray, consumed: set[int], n: int, rng: np.ran
 
 
 def effective_alpha(alpha: float, features: np.ndarray, scale: str = "raw") -> float:
-    """α on a common scale: the LLM signal's share of the blend's weight once both signals are standardised over the
-    request's candidates. ``α·llm + (1 − α)·cf = α·sd_llm·z(llm) + (1 − α)·sd_cf·z(cf) + const``, so the blend of
-    standardised signals it equals has weight ``α·sd_llm / (α·sd_llm + (1 − α)·sd_cf)`` on the LLM side. The raw α
-    sits near 1 whenever the CF score's spread (a standardised score, ~3) dwarfs the cosine's (~0.2), so its moves
-    look small; this one is comparable across requests, users and presets.
+    """α on a common scale for one request (``features`` (N, F)): :func:`agents.ppo_ranker.effective_alpha`."""
+    from agents.ppo_ranker import effective_alpha as rows
 
-    A policy with the standardised gate (``SlatePolicy(gate="standardised")``, the export manifest's
-    ``"alpha_scale": "standardised"``) blends ``α·z(llm) + (1 − α)·z(cf)``: its α already is this weight and is
-    returned as it is.
-
-    Args:
-        alpha: The policy's α for the request.
-        features: float (N, F) the request's candidate features.
-        scale: What ``alpha`` weighs: ``"raw"`` (the raw signals) or ``"standardised"``.
-
-    Raises:
-        ValueError: For an unknown ``scale``.
-    """
-    from envs.spaces import F_CF, F_LLM
-
-    if scale == "standardised":
-        return float(alpha)
-    if scale != "raw":
-        raise ValueError(f"scale must be 'raw' or 'standardised', got {scale!r}")
-    sd_llm = float(np.std(features[:, F_LLM].astype(np.float64)))
-    sd_cf = float(np.std(features[:, F_CF].astype(np.float64)))
-    den = alpha * sd_llm + (1.0 - alpha) * sd_cf
-    return float(alpha * sd_llm / den) if den > 0 else float("nan")
+    return float(rows(alpha, features, scale))
 
 
 def _zscore(x: np.ndarray) -> np.ndarray:

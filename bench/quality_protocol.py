@@ -117,6 +117,7 @@ def aggregate(runs: list[Path]) -> dict[str, Any]:
             gap = (ppo - per_seed["tuned-alpha"]) / (per_seed[top] - per_seed["tuned-alpha"])
             out[key] = {"mean": float(gap.mean()), "ci95": t_interval(gap), "per_seed": gap.tolist()}
     out["alpha_by_user_type"] = [s.get("alpha_by_user_type") for s in summaries]
+    out["alpha_by_user_type_effective"] = [s.get("alpha_by_user_type_effective") for s in summaries]
     out["steps"] = [s["total_timesteps"] for s in summaries]
     out["learn_minutes"] = [round(s["learn_seconds"] / 60, 1) for s in summaries]
     flags = []
@@ -126,6 +127,23 @@ def aggregate(runs: list[Path]) -> dict[str, Any]:
             flags.append(json.loads(p.read_text(encoding="utf-8")).get("policy_flags", {}).get("ppo", []))
     out["plausibility_flags"] = flags
     return out
+
+
+def probe_runs(runs: list[Path]) -> dict[str, Any]:
+    """The feedback probe's gaps per run (played now unless ``report/feedback_probe.json`` exists), with t-intervals
+    across the runs: ``{"effective_alpha_gap", "slate_lean_gap": {"mean", "ci95", "per_seed"}}``."""
+    from bench.feedback_probe import run_probe, write_probe
+
+    gaps: dict[str, list[float]] = {"effective_alpha_gap": [], "slate_lean_gap": []}
+    for run in runs:
+        path = run / "report" / "feedback_probe.json"
+        if not path.is_file():
+            print(f"[protocol] feedback probe on {run.name}", flush=True)
+            write_probe(run_probe(run), run / "report")
+        gap = json.loads(path.read_text(encoding="utf-8"))["alpha_gap"]
+        gaps["effective_alpha_gap"].append(float(gap["effective_alpha"]["cf_minus_llm"]))
+        gaps["slate_lean_gap"].append(float(gap["slate_lean"]["cf_minus_llm"]))
+    return {k: {"mean": float(np.mean(v)), "ci95": t_interval(np.array(v)), "per_seed": v} for k, v in gaps.items()}
 
 
 def markdown(agg: dict[str, Any], title: str) -> str:
@@ -149,6 +167,16 @@ def markdown(agg: dict[str, Any], title: str) -> str:
         lines.append("| paired PPO − tuned-diverse per run (bootstrap 95% over sessions) | | "
                      + ", ".join(f"{p['diff']:+.2f} ({p['ci95'][0]:+.2f} to {p['ci95'][1]:+.2f})" for p in paired)
                      + " |")
+    if "probe" in agg:
+        for key, label in (("effective_alpha_gap", "probe: effective α gap cf − llm at request 5"),
+                           ("slate_lean_gap", "probe: slate-lean gap cf − llm at request 5")):
+            d = agg["probe"][key]
+            lines.append(f"| {label} | {ci(d, '+.3f')} | {', '.join(f'{v:+.3f}' for v in d['per_seed'])} |")
+    eff = [a for a in agg.get("alpha_by_user_type_effective", []) if a]
+    if eff:
+        lines.append("\nEffective α (the LLM signal's share, both signals standardised) by hidden user type per run: "
+                     + "; ".join(", ".join(f"{k.split(' ')[0]} {v:.2f}" for k, v in a.items() if v is not None)
+                                 for a in eff) + ".")
     lines.append(f"\nPPO above tuned-diverse with the interval of the difference above 0: "
                  f"**{agg['above_tuned_diverse_intervals_apart']}**. α by hidden user type per run: "
                  + "; ".join(", ".join(f"{v:.2f}" for v in a.values() if v is not None)
@@ -169,6 +197,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--out", type=Path, default=Path("runs/protocol"), help="parent folder of the runs")
     ap.add_argument("--name", default=None, help="run name prefix (default: protocol-<preset>)")
     ap.add_argument("--aggregate-only", action="store_true", help="do not train; aggregate the finished runs")
+    ap.add_argument("--probe", action="store_true",
+                    help="also play the feedback probe (bench.feedback_probe) on every run and aggregate its α gap")
     args = ap.parse_args(argv)
     if args.minutes <= 0 or args.parallel < 1:
         ap.error("--minutes must be > 0 and --parallel >= 1")
@@ -181,6 +211,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if not done:
         raise SystemExit(f"no finished run under {args.out} (status: {status})")
     agg = aggregate(done)
+    if args.probe:
+        agg["probe"] = probe_runs(done)
     agg["status"] = status
     agg["command"] = " ".join(["python -m bench.quality_protocol", *(argv if argv is not None else sys.argv[1:])])
     md = markdown(agg, f"Quality protocol: preset {args.preset}, {len(done)} seeds, ≤ {args.minutes:g} min each")

@@ -224,3 +224,25 @@ def test_effective_alpha_puts_both_signals_on_one_scale() -> None:
     assert effective_alpha(0.9375, f, "standardised") == pytest.approx(0.9375)
     with pytest.raises(ValueError, match="scale must be"):
         effective_alpha(0.5, f, "logit")
+
+
+def test_effective_alpha_of_a_batch_is_the_per_request_value() -> None:
+    """The vectorised form (B requests at once, as the final report and ``PPORanker`` use it) gives each row the
+    value of its own request, and NaN for a request whose two signals are both constant."""
+    import numpy as np
+
+    from agents.ppo_ranker import effective_alpha as rows
+    from bench.feedback_probe import effective_alpha
+    from envs.spaces import F_CF, F_LLM, FEATURE_NAMES
+
+    rng = np.random.default_rng(1)
+    f = np.zeros((4, 30, len(FEATURE_NAMES)), np.float32)
+    f[..., F_LLM] = rng.normal(size=(4, 30)) * np.array([0.1, 0.2, 0.3, 0.0])[:, None]
+    f[..., F_CF] = rng.normal(size=(4, 30)) * np.array([3.0, 1.0, 0.3, 0.0])[:, None]
+    alpha = np.array([0.9, 0.5, 0.2, 0.7])
+    got = rows(alpha, f)
+    assert got.shape == (4,)
+    for b in range(3):
+        assert got[b] == pytest.approx(effective_alpha(float(alpha[b]), f[b]))
+    assert np.isnan(got[3])
+    assert got[0] < alpha[0] and got[1] < alpha[1]  # the wider CF spread takes weight from the LLM side

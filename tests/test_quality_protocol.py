@@ -66,3 +66,22 @@ def test_aggregate_only_reads_finished_runs_and_rejects_bad_flags(tmp_path: Path
     with pytest.raises(SystemExit):
         main(["--seeds", "0,0", "--out", str(tmp_path), "--aggregate-only"])
     assert "distinct seeds" in capsys.readouterr().err
+
+
+def test_probe_gaps_are_read_per_run_and_aggregated(tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """``--probe`` reads each run's ``report/feedback_probe.json`` (a finished probe is not played again) and gives
+    the effective-α gap with its interval across seeds, in the JSON and in the table."""
+    gaps = [-0.44, -0.36, -0.40]
+    for s, g in enumerate(gaps):
+        run = _fake_run(tmp_path, f"protocol-adapt-s{s}", _returns(8.0, 6.5), 1.5)
+        probe = {"alpha_gap": {"effective_alpha": {"cf_minus_llm": g, "ci95": [g - 0.01, g + 0.01]},
+                               "slate_lean": {"cf_minus_llm": -g, "ci95": [-g - 0.1, -g + 0.1]}}}
+        (run / "report" / "feedback_probe.json").write_text(json.dumps(probe))
+    agg = main(["--preset", "adapt", "--seeds", "0,1,2", "--out", str(tmp_path), "--aggregate-only", "--probe"])
+    eff = agg["probe"]["effective_alpha_gap"]
+    assert eff["per_seed"] == pytest.approx(gaps)
+    assert eff["mean"] == pytest.approx(np.mean(gaps))
+    assert eff["ci95"][0] < np.mean(gaps) < eff["ci95"][1] < 0
+    assert agg["probe"]["slate_lean_gap"]["per_seed"] == pytest.approx([0.44, 0.36, 0.40])
+    assert "probe: effective α gap cf − llm at request 5" in capsys.readouterr().out
