@@ -341,8 +341,8 @@ class EnvConfig:
             same values: trajectories are identical either way); 0 turns the copy off.
         slot_emb_dtype: ``"float32"``: that copy holds the embedding rows as they are (bit-identical
             trajectories); ``"int8"``: quantised per row (``max|e|/127`` scale), a quarter of the memory traffic of a
-            click, similarities off by ~5e-4 rms (measured in BENCHMARKS.md, "Scale (#16)"); ``"auto"``: int8 for
-            catalogs of at least ``ann_min_items`` items (the scalable path), else float32.
+            click, similarities off by ~1% of their spread (measured in BENCHMARKS.md, "Scale (#16)");
+            ``"auto"``: int8 for catalogs of at least ``ann_min_items`` items (the scalable path), else float32.
         ann_min_items: On the factored path, catalogs of at least this many items take their per-user retrieval
             lists from an approximate faiss index (cached in the world folder) instead of exact search.
         ann_nprobe: Index cells the approximate search scans per query (higher: better recall, slower).
