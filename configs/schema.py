@@ -335,6 +335,14 @@ class EnvConfig:
             default keeps the default preset (and anything up to ~12k items × 3k users) dense.
         gram_budget_mb: Largest item Gram matrix (``4·M²`` bytes, at most 12,000 items) kept, in MiB; above it
             item similarities are computed from the embeddings.
+        slot_emb_budget_mb: Without a Gram matrix, each env row keeps a contiguous copy of its session's S slot
+            embedding rows (``4·B·S·D`` bytes: 316 MB at B = 1,024, S = 301, D = 256) when it fits this budget, in
+            MiB, so that a click reads them contiguously instead of gathering S rows from the item table (the
+            same values: trajectories are identical either way); 0 turns the copy off.
+        slot_emb_dtype: ``"float32"``: that copy holds the embedding rows as they are (bit-identical
+            trajectories); ``"int8"``: quantised per row (``max|e|/127`` scale), a quarter of the memory traffic of a
+            click, similarities off by ~1% of their spread (measured in BENCHMARKS.md, "Scale (#16)");
+            ``"auto"``: int8 for catalogs of at least ``ann_min_items`` items (the scalable path), else float32.
         ann_min_items: On the factored path, catalogs of at least this many items take their per-user retrieval
             lists from an approximate faiss index (cached in the world folder) instead of exact search.
         ann_nprobe: Index cells the approximate search scans per query (higher: better recall, slower).
@@ -359,13 +367,15 @@ class EnvConfig:
     cache_dir: str | None = None
     table_budget_mb: float = 2048.0
     gram_budget_mb: float = 550.0
+    slot_emb_budget_mb: float = 1024.0
+    slot_emb_dtype: Literal["auto", "float32", "int8"] = "auto"
     ann_min_items: int = 20_000
     ann_nprobe: int = 16
 
     def __post_init__(self) -> None:
         _finite(self)
         _nonempty(self, "preset")
-        _check(self, ">=0", "table_budget_mb", "gram_budget_mb")
+        _check(self, ">=0", "table_budget_mb", "gram_budget_mb", "slot_emb_budget_mb")
         _check(self, ">=1", "ann_min_items", "ann_nprobe")
         _check(self, ">=1", "n_candidates", "slate_size", "max_steps")
         _check(self, "[0,1]", "state_decay")

@@ -25,6 +25,7 @@ from envs.kernels import (
     StepParams,
     StepResult,
     build_sessions,
+    copy_slot_emb,
     gather_features,
     slate_error_row,
     step_sessions,
@@ -42,6 +43,17 @@ MIN_ROWS_PER_THREAD = 64
 
 _POOL: ThreadPoolExecutor | None = None
 _POOL_PID = 0  # the process that made _POOL: a forked child has the object but not its threads
+
+
+def slot_emb_dtype(setting: str, n_items: int, ann_min_items: int) -> str:
+    """The dtype of the per-row slot-embedding copy (``EnvConfig.slot_emb_dtype``): ``"auto"`` is ``"int8"`` for
+    catalogs of at least ``ann_min_items`` items (the scalable path, whose retrieval is approximate too), else
+    ``"float32"`` (bit-identical trajectories)."""
+    if setting not in ("auto", "float32", "int8"):
+        raise ValueError(f"slot_emb_dtype must be 'auto', 'float32' or 'int8', got {setting!r}")
+    if setting == "auto":
+        return "int8" if n_items >= ann_min_items else "float32"
+    return setting
 
 
 def kernel_threads() -> int:
@@ -167,6 +179,15 @@ class BatchedCore:
         gram = world.gram if 4 * self.M * self.M <= cfg.gram_budget_mb * 2**20 else None
         self._use_gram = gram is not None
         self._gram = gram if gram is not None else np.zeros((1, 1), np.float32)
+        # without a Gram matrix, each row keeps a contiguous copy of its S slots' embedding rows (taken at session
+        # start), so that a click streams S·D floats instead of gathering S rows from the catalog-sized table
+        self._slot_emb = np.zeros((0, 0, 0), np.float32)
+        self._slot_scale = np.zeros((0, 0), np.float32)  # the int8 copy's per-slot scales
+        dtype = np.dtype(slot_emb_dtype(cfg.slot_emb_dtype, self.M, cfg.ann_min_items))
+        if not self._use_gram and dtype.itemsize * batch_size * self.S * self.D <= cfg.slot_emb_budget_mb * 2**20:
+            self._slot_emb = np.zeros((batch_size, self.S, self.D), dtype)
+            if dtype == np.int8:
+                self._slot_scale = np.ones((batch_size, self.S), np.float32)
         rw = cfg.reward
         self._params = StepParams(
             cascade=um.choice_model == "cascade", no_click_utility=um.no_click_utility,
@@ -202,6 +223,8 @@ class BatchedCore:
         self.keys = np.zeros(b, np.uint64)
         self.t = np.zeros(b, np.int64)
         self.slot_items = np.zeros((b, s), np.int32)
+        self.slot_cat = np.zeros((b, s), np.int32)  # the slot item's category (copied at session start)
+        self.slot_feat = np.zeros((b, s, 2), f32)  # the slot item's popularity and price (likewise)
         self.pool_slots = np.zeros((b, self.P), np.int32)
         self.reserve_ptr = np.zeros(b, np.int64)
         self.sem_aff = np.zeros((b, s), f32)  # hidden θ·e per slot, drifting (θ unit norm)
@@ -282,9 +305,12 @@ class BatchedCore:
         def start(lo: int, hi: int) -> None:
             build_sessions(rows, keys, users, draw, self._history, pop.patience, shape, scale, self._session,
                            tab.packed, tab.llm_top, tab.cf_top, self._pop_top, tab.sem_mu, tab.sem_sd, self._a_rho,
-                           pop.price_sens, pop.init_state, n_llm, n_cf, n_pop, n_rand, lo, hi)
-            if self.factored:  # the slots' four values from the factors (the kernel above read no table)
-                fill_factored(rows, self._session, tab.factors, lo, hi)
+                           pop.price_sens, pop.init_state, n_llm, n_cf, n_pop, n_rand, self._category,
+                           self.world.item_features, lo, hi)
+            if self.factored:  # the slots' four values (and embedding rows) from the factors: no table was read
+                fill_factored(rows, self._session, tab.factors, self._slot_emb, self._slot_scale, lo, hi)
+            elif self._slot_emb.shape[0]:
+                copy_slot_emb(rows, self.slot_items, self.world.item_emb, self._slot_emb, self._slot_scale, lo, hi)
 
         split_rows(len(rows), start, self.threads)
 
@@ -315,7 +341,7 @@ class BatchedCore:
             self._bind()
 
         def gather(lo: int, hi: int) -> None:
-            gather_features(idx[lo:hi], self._session, self.world.item_features, self._category, self.T, not text)
+            gather_features(idx[lo:hi], self._session, self.T, not text)
 
         split_rows(len(idx), gather, self.threads)
         if text:
@@ -421,8 +447,8 @@ class BatchedCore:
         use_gram = self._use_gram
 
         def advance(lo: int, hi: int) -> None:
-            step_sessions(slate, self._session, out, self._params, self._pos_w,
-                          self._category, self._log1p_price, self.world.item_emb, self._gram, use_gram, lo, hi)
+            step_sessions(slate, self._session, out, self._params, self._pos_w, self._log1p_price,
+                          self.world.item_emb, self._gram, use_gram, self._slot_emb, self._slot_scale, lo, hi)
 
         split_rows(b, advance, self.threads)
         return out

@@ -25,6 +25,8 @@ from typing import NamedTuple
 import numba
 import numpy as np
 
+from envs.kernels import put_slot_emb
+
 #: Item rows per chunk when accumulating the moments (bounds a float64 (chunk, d) temporary).
 MOMENT_CHUNK = 65_536
 
@@ -197,7 +199,8 @@ def _dot(a: np.ndarray, u: int, b: np.ndarray, i: int) -> np.float32:
 
 
 @numba.njit(cache=True, nogil=True, fastmath=True)
-def fill_factored(rows: np.ndarray, st, fa: FactorArrays, lo: int, hi: int) -> None:
+def fill_factored(rows: np.ndarray, st, fa: FactorArrays, slot_emb: np.ndarray, slot_scale: np.ndarray, lo: int,
+                  hi: int) -> None:
     """Write the four per-slot values of the sessions just started in ``rows[lo:hi]`` from the factors.
 
     Reads ``st.user[b]`` and ``st.slot_items[b]`` (written by ``envs.kernels.build_sessions``) and writes
@@ -207,10 +210,15 @@ def fill_factored(rows: np.ndarray, st, fa: FactorArrays, lo: int, hi: int) -> N
         rows: int64 (r,) rows.
         st: The core's ``SessionState``.
         fa: The population's :class:`FactorArrays`.
+        slot_emb: float32 or int8 (B, S, D): also copy each slot's embedding row there
+            (``envs.kernels.put_slot_emb``; ``envs.kernels.step_sessions`` reads it on clicks), or a zero-size
+            (0, 0, 0) array.
+        slot_scale: float32 (B, S) the int8 copy's scales (written), or (0, 0).
         lo: First entry of ``rows``.
         hi: One past the last.
     """
     n_slots = st.slot_items.shape[1]
+    copy = slot_emb.shape[0] > 0
     for r in range(lo, hi):
         b = rows[r]
         u = st.user[b]
@@ -226,6 +234,8 @@ def fill_factored(rows: np.ndarray, st, fa: FactorArrays, lo: int, hi: int) -> N
                 state += fa.init_state[u, d] * e
             st.sem_aff[b, s] = sem
             st.state_sim[b, s] = state
+            if copy:
+                put_slot_emb(slot_emb, slot_scale, b, s, fa.item_emb, i)
             z = (_dot(fa.cf_taste, u, fa.cf_factor, i) - mu_t) / sd_t
             st.static_util[b, s] = w_cf * z + fa.q_quality[i] - p * fa.log_price[i]
             st.cf_obs[b, s] = (_dot(fa.cf_user, u, fa.item_factors, i) - mu_o) / sd_o

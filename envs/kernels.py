@@ -117,8 +117,6 @@ def _argsort_uniform(u: np.ndarray, order: np.ndarray, count: np.ndarray) -> Non
 def gather_features(
     rows: np.ndarray,
     st: SessionState,
-    item_features: np.ndarray,
-    category: np.ndarray,
     max_steps: int,
     write_llm: bool,
 ) -> None:
@@ -128,8 +126,8 @@ def gather_features(
     ``stride = 1 + (w1 mod P) mod (P - 1)`` for the row's two CANDIDATES words of step ``t[b]`` (``envs.rng``),
     ``slot = pool_slots[b, pos]``, ``item = slot_items[b, slot]`` and the features (columns of
     ``envs.spaces.FEATURE_NAMES``): ``state_sim[b, slot] / state_norm[b]`` (0 without a state),
-    ``cf_obs[b, slot]``, ``item_features[item, 0:2]``, ``exposure[b, category[item]]``,
-    ``cat_clicks[b, category[item]]``, ``seen[b, slot]``. The context row holds the columns of
+    ``cf_obs[b, slot]``, ``slot_feat[b, slot, 0:2]`` (the item's popularity and price), ``exposure[b, cat]``,
+    ``cat_clicks[b, cat]`` for ``cat = slot_cat[b, slot]``, ``seen[b, slot]``. The context row holds the columns of
     ``envs.spaces.CONTEXT_NAMES`` (rates over ``max(t, 1)`` steps, the skip streak over 5 capped at 1).
 
     Args:
@@ -137,8 +135,6 @@ def gather_features(
         st: The session arrays; writes ``cand_pos``, ``cand_slots``, ``cands``, ``obs_features``, ``obs_context``
             of ``rows`` and, unless ``write_llm`` is False, ``cand_llm`` (the llm_sim column, which the step
             reads: the core never reads the observation buffers back) and ``obs_user`` (``state / ‖state‖``).
-        item_features: float32 (M, 2) popularity and price.
-        category: int64 (M,).
         max_steps: T (the context's first column is ``t / T``).
         write_llm: Write the llm_sim column, ``cand_llm`` and ``obs_user`` (False in text mode, where they come
             from the encoded prompt).
@@ -159,7 +155,7 @@ def gather_features(
         for n in range(n_cand):
             slot = st.pool_slots[b, pos]
             item = st.slot_items[b, slot]
-            cat = category[item]
+            cat = np.int64(st.slot_cat[b, slot])
             st.cand_pos[b, n] = pos
             st.cand_slots[b, n] = slot
             st.cands[b, n] = item
@@ -169,7 +165,7 @@ def gather_features(
                 st.cand_llm[b, n] = llm
             else:  # text mode: the caller writes the llm_sim column from the encoded prompt
                 llm = feat[F_LLM]
-            obs_state.write_candidate(feat, llm, st.cf_obs[b, slot], item_features[item, 0], item_features[item, 1],
+            obs_state.write_candidate(feat, llm, st.cf_obs[b, slot], st.slot_feat[b, slot, 0], st.slot_feat[b, slot, 1],
                                       st.exposure[b, cat], st.cat_clicks[b, cat], st.seen[b, slot])
             pos += stride
             if pos >= p:
@@ -215,6 +211,8 @@ def build_sessions(
     n_cf: int,
     n_pop: int,
     n_rand: int,
+    category: np.ndarray,
+    item_features: np.ndarray,
     lo: int,
     hi: int,
 ) -> None:
@@ -226,7 +224,8 @@ def build_sessions(
     ``argsort`` of S uniforms (random words from the row's key: ``envs.rng`` streams ``POOL`` 0, 1, 2): the first
     P are the pool's positions, the rest the reserve. The pool's items sit in slots ``0..P-1`` in catalog order
     (``pool_slots`` maps each position to its item's slot), the reserve's in slots ``P..S-1`` in drawn order.
-    The per-slot values are ``tables[u, slot_items[b, s]]`` (sem_aff, static_util, cf_obs, state_sim); the pooled
+    The per-slot values are ``tables[u, slot_items[b, s]]`` (sem_aff, static_util, cf_obs, state_sim), with the
+    item's category and features (``slot_cat``, ``slot_feat``); the pooled
     state is the user's prior-history state; counters, fatigue,
     exposure and impressions start at zero; the recent list holds the last history items.
     ``tests/reference_core.py`` holds the numpy reading (``reset_rows``).
@@ -256,6 +255,9 @@ def build_sessions(
         n_cf: CF-retrieved slots wanted.
         n_pop: Popular slots drawn.
         n_rand: Random ids drawn.
+        category: int64 (M,) item categories: copied per slot (``slot_cat``), so that the observation and the step
+            read them from the row's own (B, S) arrays instead of a catalog-sized one.
+        item_features: float32 (M, 2) popularity and price: copied per slot (``slot_feat``), likewise.
         lo: First entry of ``rows`` to start (the kernel releases the GIL: ranges run in parallel threads).
         hi: One past the last.
     """
@@ -328,6 +330,10 @@ def build_sessions(
         for s in range(n_pool, n_slots):
             st.slot_items[b, s] = chosen[order[s]]
         for s in range(n_slots):
+            item = st.slot_items[b, s]
+            st.slot_cat[b, s] = category[item]
+            st.slot_feat[b, s, 0] = item_features[item, 0]
+            st.slot_feat[b, s, 1] = item_features[item, 1]
             if fill_tables:  # else the factored path (envs.factored.fill_factored) writes the four values
                 cell = tables[user, st.slot_items[b, s]]
                 st.sem_aff[b, s] = cell[0]
@@ -364,6 +370,54 @@ def _dot_row(e: np.ndarray, item_emb: np.ndarray, other: int) -> np.float32:
     for d in range(e.shape[0]):
         g += e[d] * item_emb[other, d]
     return g
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True)
+def _dot_row_q(e: np.ndarray, q: np.ndarray, other: int) -> np.float32:
+    """``e · q[other]`` for an int8 table ``q`` in float32 (times the row's scale: the caller), vectorised."""
+    g = np.float32(0.0)
+    for d in range(e.shape[0]):
+        g += e[d] * np.float32(q[other, d])
+    return g
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def put_slot_emb(slot_emb: np.ndarray, slot_scale: np.ndarray, b: int, s: int, item_emb: np.ndarray,
+                 item: int) -> None:
+    """Row ``b``'s copy of slot ``s``'s embedding: ``item_emb[item]`` as is (float32 ``slot_emb``), or quantised
+    to int8 with the scale ``max|e| / 127`` in ``slot_scale[b, s]`` (round to nearest: error ≤ scale/2 per value)."""
+    if slot_scale.shape[0] == 0:
+        slot_emb[b, s, :] = item_emb[item]
+        return
+    top = np.float32(0.0)
+    for d in range(item_emb.shape[1]):
+        top = max(top, abs(item_emb[item, d]))
+    scale = top / np.float32(127.0) if top > 0 else np.float32(1.0)
+    inv = np.float32(1.0) / scale
+    for d in range(item_emb.shape[1]):
+        slot_emb[b, s, d] = np.int8(np.rint(item_emb[item, d] * inv))
+    slot_scale[b, s] = scale
+
+
+@numba.njit(cache=True, nogil=True)
+def copy_slot_emb(rows: np.ndarray, slot_items: np.ndarray, item_emb: np.ndarray, slot_emb: np.ndarray,
+                  slot_scale: np.ndarray, lo: int, hi: int) -> None:
+    """:func:`put_slot_emb` for every slot of the rows ``rows[lo:hi]`` (the dense-table path's copy; the factored
+    path writes it in ``envs.factored.fill_factored``, which reads the same rows).
+
+    Args:
+        rows: int64 (r,) rows.
+        slot_items: int32 (B, S).
+        item_emb: float32 (M, D).
+        slot_emb: float32 or int8 (B, S, D), written.
+        slot_scale: float32 (B, S) (int8 copy; written) or (0, 0).
+        lo: First entry of ``rows``.
+        hi: One past the last.
+    """
+    for r in range(lo, hi):
+        b = rows[r]
+        for s in range(slot_items.shape[1]):
+            put_slot_emb(slot_emb, slot_scale, b, s, item_emb, slot_items[b, s])
 
 
 # ---- the step ----------------------------------------------------------------------------------------------------
@@ -413,6 +467,8 @@ class SessionState(NamedTuple):
     cand_slots: np.ndarray
     cand_pos: np.ndarray
     slot_items: np.ndarray
+    slot_cat: np.ndarray
+    slot_feat: np.ndarray
     pool_slots: np.ndarray
     reserve_ptr: np.ndarray
     sem_aff: np.ndarray
@@ -490,11 +546,12 @@ def step_sessions(
     out: StepResult,
     prm: StepParams,
     pos_w: np.ndarray,
-    category: np.ndarray,
     log1p_price: np.ndarray,
     item_emb: np.ndarray,
     gram: np.ndarray,
     use_gram: bool,
+    slot_emb: np.ndarray,
+    slot_scale: np.ndarray,
     lo: int,
     hi: int,
 ) -> None:
@@ -516,11 +573,17 @@ def step_sessions(
         out: Output buffers, written.
         prm: Scalar settings.
         pos_w: float64 (K,) examination weights.
-        category: int64 (M,) item categories.
         log1p_price: float64 (M,).
         item_emb: float32 (M, D).
         gram: float32 (M, M) (any shape when ``use_gram`` is False).
         use_gram: Read item similarities from ``gram`` rather than computing them.
+        slot_emb: (B, S, D) each row's copy of its slots' embedding rows, written at session start by
+            :func:`put_slot_emb` (from ``envs.factored.fill_factored`` or :func:`copy_slot_emb`): without a Gram
+            matrix a click computes its similarities from this contiguous copy instead of S rows gathered from the
+            catalog-sized table. float32: ``item_emb[slot_items[b, s]]`` itself (the same floats, the same
+            products: bit-identical to the gather); int8: the row quantised with the scale ``slot_scale[b, s]``
+            (a quarter of the bytes; similarities to ~1e-3). A zero-size (0, 0, 0) array: gather from ``item_emb``.
+        slot_scale: float32 (B, S) the int8 rows' scales, or a zero-size (0, 0) array for a float32 copy.
         lo: First row (the kernel releases the GIL: row ranges run in parallel threads).
         hi: One past the last row.
     """
@@ -538,6 +601,8 @@ def step_sessions(
     slots = np.empty(k_slate, np.int64)
     cats = np.empty(k_slate, np.int64)
     items = out.items
+    use_slot_emb = slot_emb.shape[0] > 0
+    quantised = slot_scale.shape[0] > 0
     for b in range(lo, hi):
         # utility of the shown items (hidden state before this request)
         top = u0
@@ -547,8 +612,9 @@ def step_sessions(
             slots[k] = slot
             items[b, k] = item
             z = (st.sem_aff[b, slot] - st.sem_mu[b]) / st.sem_sd[b]
+            cat = st.slot_cat[b, slot]
             util[k] = (st.a_rho[b] * z + st.static_util[b, slot]
-                       - prm.fatigue_weight * st.fatigue[b, category[item]] - prm.repeat_weight * st.seen[b, slot])
+                       - prm.fatigue_weight * st.fatigue[b, cat] - prm.repeat_weight * st.seen[b, slot])
             top = max(top, util[k])
         # choice
         if prm.cascade:
@@ -602,7 +668,7 @@ def step_sessions(
         for c in range(n_cat):
             st.fatigue[b, c] *= f_rec
         for k in range(k_slate):
-            cat = category[items[b, k]]
+            cat = np.int64(st.slot_cat[b, slots[k]])
             cats[k] = cat
             st.fatigue[b, cat] += np.float32(prm.fatigue_gain * pos_w[k])
             st.seen[b, slots[k]] += 1.0
@@ -613,7 +679,7 @@ def step_sessions(
             out.purchases[b, k] = False
             out.dwell[b, k] = 0.0
         if clicked:
-            cat_c = category[item_c]
+            cat_c = np.int64(st.slot_cat[b, slot_c])
             st.fatigue[b, cat_c] += np.float32(prm.fatigue_click_gain)
             obs_state.on_click(acc, st.cat_clicks[b], cat_c, rank, k_slate, d_llm, d_cf, prm.obs_decay)
             if bought:
@@ -632,12 +698,32 @@ def step_sessions(
             norm = np.sqrt(max(c_keep * c_keep + 2.0 * c_keep * c_item * theta_e + c_item * c_item, 1e-16))
             ck, ci = np.float32(c_keep / norm), np.float32(c_item / norm)
             w = np.float32(prm.click_weight + prm.purchase_weight * bought)
-            e_c = item_emb[item_c]
-            for s in range(n_slots):
-                other = st.slot_items[b, s]
-                g = gram[item_c, other] if use_gram else _dot_row(e_c, item_emb, other)
-                st.sem_aff[b, s] = ck * st.sem_aff[b, s] + ci * g
-                st.state_sim[b, s] = decay * st.state_sim[b, s] + w * g
+            if use_gram:
+                e_c = item_emb[item_c]
+                for s in range(n_slots):
+                    g = gram[item_c, st.slot_items[b, s]]
+                    st.sem_aff[b, s] = ck * st.sem_aff[b, s] + ci * g
+                    st.state_sim[b, s] = decay * st.state_sim[b, s] + w * g
+            elif use_slot_emb and quantised:  # contiguous: S·D bytes streamed from the row's own int8 copy
+                e_c = item_emb[item_c]
+                row_emb, row_scale = slot_emb[b], slot_scale[b]
+                for s in range(n_slots):
+                    g = _dot_row_q(e_c, row_emb, s) * row_scale[s]
+                    st.sem_aff[b, s] = ck * st.sem_aff[b, s] + ci * g
+                    st.state_sim[b, s] = decay * st.state_sim[b, s] + w * g
+            elif use_slot_emb:  # contiguous: S·D floats streamed from the row's own copy
+                e_c = item_emb[item_c]
+                row_emb = slot_emb[b]
+                for s in range(n_slots):
+                    g = _dot_row(e_c, row_emb, s)
+                    st.sem_aff[b, s] = ck * st.sem_aff[b, s] + ci * g
+                    st.state_sim[b, s] = decay * st.state_sim[b, s] + w * g
+            else:
+                e_c = item_emb[item_c]
+                for s in range(n_slots):
+                    g = _dot_row(e_c, item_emb, st.slot_items[b, s])
+                    st.sem_aff[b, s] = ck * st.sem_aff[b, s] + ci * g
+                    st.state_sim[b, s] = decay * st.state_sim[b, s] + w * g
             sq = 0.0
             for d in range(dim):
                 v = decay * st.state[b, d] + w * e_c[d]

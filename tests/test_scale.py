@@ -164,3 +164,113 @@ def test_logging_log_without_lists_keeps_what_the_fit_reads(small_cfg: EnvConfig
     assert "candidates" not in light.columns and "slate" not in light.columns
     for col in ("user", "session", "step", "click_rank", "clicked_item", "purchase"):
         np.testing.assert_array_equal(light[col].to_numpy(), full[col].to_numpy(), err_msg=col)
+
+
+def _no_gram(world: World) -> World:
+    """A copy of ``world`` without the Gram matrix (as for catalogs above its budget)."""
+    import copy
+
+    out = copy.deepcopy(world)
+    out.__dict__["gram"] = None
+    return out
+
+
+def _run(core: BatchedCore, steps: int, seed: int) -> list[tuple[np.ndarray, ...]]:
+    """Step ``core`` with fixed random slates, restarting ended rows; what each step returned and left behind."""
+    b, n, k = core.B, core.N, core.K
+    gen = np.random.default_rng(seed)
+    core.reset_rows(np.arange(b), np.arange(b, dtype=np.uint64) + 100)
+    out = []
+    for t in range(steps):
+        obs = core.observe()
+        res = core.step(np.argsort(gen.random((b, n)), axis=1)[:, :k])
+        out.append((obs["features"], res.click_rank, res.reward, core.sem_aff.copy(), core.state_sim.copy()))
+        done = np.flatnonzero(res.terminated | res.truncated)
+        if done.size:
+            core.reset_rows(done, np.arange(done.size, dtype=np.uint64) + 1000 * (t + 1))
+    return out
+
+
+@pytest.mark.parametrize("factored", [False, True])
+def test_slot_embedding_copy_gives_the_gathers_trajectories(small_cfg: EnvConfig, small_world: World,
+                                                            factored: bool) -> None:
+    """Without a Gram matrix the clicks read each row's float32 copy of its slot embeddings: the same floats as
+    the gather from the item table, so every output and state array is identical, bit for bit."""
+    world = _no_gram(small_world)
+    cfg = _factored(small_cfg) if factored else small_cfg
+    copy_core = BatchedCore(world, dataclasses.replace(cfg, slot_emb_dtype="float32"), 32)
+    gather_core = BatchedCore(world, dataclasses.replace(cfg, slot_emb_budget_mb=0.0), 32)
+    assert copy_core._slot_emb.shape == (32, copy_core.S, copy_core.D) and gather_core._slot_emb.size == 0
+    clicks = 0
+    for a, b in zip(_run(copy_core, 40, 1), _run(gather_core, 40, 1), strict=True):
+        for x, y in zip(a, b, strict=True):
+            np.testing.assert_array_equal(x, y)
+        clicks += int((a[1] >= 0).sum())
+    assert clicks > 50  # the click path ran
+    rows = np.arange(32)
+    np.testing.assert_array_equal(copy_core._slot_emb[rows[:, None], np.arange(copy_core.S)],
+                                  world.item_emb[copy_core.slot_items])
+
+
+def test_int8_slot_embeddings_approximate_the_similarities(small_cfg: EnvConfig, small_world: World) -> None:
+    """The int8 copy: each row within half a step of its scale, similarities within ~1e-3, trajectories close."""
+    world = _no_gram(small_world)
+    cfg = _factored(small_cfg, slot_emb_dtype="int8")
+    q = BatchedCore(world, cfg, 32)
+    exact = BatchedCore(world, dataclasses.replace(cfg, slot_emb_dtype="float32"), 32)
+    assert q._slot_emb.dtype == np.int8 and q._slot_scale.shape == (32, q.S)
+    run_q, run_x = _run(q, 30, 2), _run(exact, 30, 2)
+    e = world.item_emb[q.slot_items]  # (B, S, D)
+    deq = q._slot_emb.astype(np.float32) * q._slot_scale[:, :, None]
+    assert np.all(np.abs(deq - e) <= 0.5001 * q._slot_scale[:, :, None])
+    sims_x = np.einsum("bsd,bd->bs", e, e[:, 0])
+    sims_q = np.einsum("bsd,bd->bs", deq, e[:, 0])
+    assert np.abs(sims_q - sims_x).max() < 5e-3 * np.abs(e).max() * np.sqrt(e.shape[2])
+    first = next(t for t in range(30) if (run_x[t][1] >= 0).any())  # until then, identical
+    for t in range(first):
+        np.testing.assert_array_equal(run_q[t][1], run_x[t][1])
+    agree = np.mean([(a[1] == b[1]).mean() for a, b in zip(run_q, run_x, strict=True)])
+    assert agree > 0.9  # rounding of the similarities flips a few draws later on
+
+
+def test_slot_emb_dtype_auto_is_int8_on_large_catalogs_only() -> None:
+    from envs.core import slot_emb_dtype
+
+    assert slot_emb_dtype("auto", 19_999, 20_000) == "float32"
+    assert slot_emb_dtype("auto", 20_000, 20_000) == "int8"
+    assert slot_emb_dtype("float32", 10**6, 20_000) == "float32"
+    with pytest.raises(ValueError, match="slot_emb_dtype"):
+        slot_emb_dtype("float16", 10, 20)
+    with pytest.raises(FieldError, match="slot_emb_budget_mb"):
+        EnvConfig(slot_emb_budget_mb=-1.0)
+
+
+def test_ann_mips_reduction_keeps_the_inner_product_order() -> None:
+    """Unnormalised low-dimensional vectors (like ALS factors: most zero, the rest of spread norms): scanning every
+    cell gives the exact inner-product lists (the L2 order of the reduced vectors is the inner-product order), and
+    a partial scan most of them."""
+    gen = np.random.default_rng(4)
+    centres = gen.normal(size=(60, 16))
+    items = centres[gen.integers(0, 60, 20_000)] + 0.4 * gen.normal(size=(20_000, 16))
+    items = (items * np.exp(gen.normal(scale=0.3, size=(20_000, 1)))).astype(np.float32)
+    items[gen.random(20_000) < 0.6] = 0.0  # ALS leaves items without interactions at zero
+    queries = gen.normal(size=(300, 16)).astype(np.float32)
+    exact = exact_top(queries, items, 50)
+    idx = AnnIndex.build(items, nprobe=16)
+    idx.index.nprobe = idx.index.nlist
+    np.testing.assert_array_equal(np.sort(idx.search(queries, 50), axis=1), np.sort(exact, axis=1))
+    idx.index.nprobe = 16
+    assert recall_at(idx.search(queries, 50), exact) > 0.9
+    assert not np.isin(idx.search(queries, 50), np.flatnonzero(~items.any(axis=1))).any()  # zeros not indexed
+
+
+def test_stale_inner_product_index_is_rebuilt(tmp_path: Path) -> None:
+    items = np.random.default_rng(0).normal(size=(2000, 8)).astype(np.float32)
+    idx = AnnIndex.build(items)
+    idx.save(tmp_path / "ann_x.faiss")
+    from envs.ann import fingerprint
+
+    assert AnnIndex.load(tmp_path / "ann_x.faiss", fingerprint(items)) is not None
+    meta = tmp_path / "ann_x.faiss.json"
+    meta.write_text(meta.read_text().replace(AnnIndex.KIND, "ivf-flat-ip"))  # as saved before the reduction
+    assert AnnIndex.load(tmp_path / "ann_x.faiss", fingerprint(items)) is None
