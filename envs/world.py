@@ -59,6 +59,36 @@ class PopulationTables:
     packed: np.ndarray
 
 
+#: Cells of one float64 block of :func:`matmul_t` (128 MB).
+MATMUL_BLOCK_CELLS = 1 << 24
+
+
+def matmul_t(a: np.ndarray, b: np.ndarray, dtype: type = np.float32) -> np.ndarray:
+    """``a @ b.T`` computed in float64 and rounded once to ``dtype``, in blocks of items.
+
+    A float32 BLAS product rounds differently with the kernel the library picks for a shape, its thread count and
+    the CPU (seen: a Ray worker's tables differed from the driver's by one unit in the last place), so two
+    processes would simulate slightly different worlds. In float64 those differences stay ~1e-16 relative and
+    vanish in the single rounding to float32 (except at a rounding boundary, ~1e-9 of the values), so the tables
+    are the same in every process of every machine.
+
+    Args:
+        a: (U, D) rows.
+        b: (M, D) rows.
+        dtype: Output dtype (float32, or float64 to keep the exact product).
+
+    Returns:
+        (U, M) array of ``dtype``.
+    """
+    u, m = a.shape[0], b.shape[0]
+    out = np.empty((u, m), dtype)
+    a64 = np.asarray(a, np.float64)
+    step = max(256, MATMUL_BLOCK_CELLS // max(u, 1))
+    for lo in range(0, m, step):
+        out[:, lo:lo + step] = a64 @ np.asarray(b[lo:lo + step], np.float64).T
+    return out
+
+
 def _standardise_rows(x: np.ndarray) -> np.ndarray:
     mu = x.mean(axis=1, keepdims=True)
     sd = x.std(axis=1, keepdims=True)
@@ -119,7 +149,7 @@ class World:
         """float32 (M, M) item Gram matrix ``E Eᵀ``; ``None`` above :data:`GRAM_MAX_ITEMS`."""
         if self.n_items > GRAM_MAX_ITEMS:
             return None
-        return (self.item_emb @ self.item_emb.T).astype(np.float32)
+        return matmul_t(self.item_emb, self.item_emb)
 
     def gram_block(self, items: np.ndarray, others: np.ndarray) -> np.ndarray:
         """``e_items[r] · e_others[r, s]``: float32 (r, S) for items int (r,) and others int (r, S).
@@ -273,16 +303,16 @@ class World:
 
     def _compute_tables(self, pop: Population, length: int, affinity_scale: float,
                         quality_weight: float) -> PopulationTables:
-        sem_aff = (pop.sem_taste @ self.item_emb.T).astype(np.float32)
-        cf_true = _standardise_rows(pop.cf_taste @ self.catalog.cf_factor.T)
+        sem_aff = matmul_t(pop.sem_taste, self.item_emb)  # float64 products: the same tables in every process
+        cf_true = _standardise_rows(matmul_t(pop.cf_taste, self.catalog.cf_factor, np.float64))
         static = (
             affinity_scale * (1.0 - pop.rho)[:, None] * cf_true
             + quality_weight * self.catalog.quality[None, :]
             - pop.price_sens[:, None] * self.log_price[None, :]
         ).astype(np.float32)
-        state_sim = (pop.init_state @ self.item_emb.T).astype(np.float32)
+        state_sim = matmul_t(pop.init_state, self.item_emb)
         if self.item_factors.size and np.any(pop.cf_user):
-            cf_obs = _standardise_rows(pop.cf_user @ self.item_factors.T)
+            cf_obs = _standardise_rows(matmul_t(pop.cf_user, self.item_factors, np.float64))
         else:
             cf_obs = np.zeros((pop.size, self.n_items), np.float32)
         packed = np.empty((pop.size, self.n_items, 4), np.float32)

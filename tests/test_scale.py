@@ -274,3 +274,27 @@ def test_stale_inner_product_index_is_rebuilt(tmp_path: Path) -> None:
     meta = tmp_path / "ann_x.faiss.json"
     meta.write_text(meta.read_text().replace(AnnIndex.KIND, "ivf-flat-ip"))  # as saved before the reduction
     assert AnnIndex.load(tmp_path / "ann_x.faiss", fingerprint(items)) is None
+
+
+def test_world_tables_do_not_depend_on_the_rows_computed_together() -> None:
+    """The tables' products are float64 rounded once (``envs.world.matmul_t``): a subset of users (a Ray worker's
+    shard) or another block size gives the very same float32 values as the whole population, and they equal the
+    exactly rounded product."""
+    from envs import world as world_mod
+
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=(37, 48)).astype(np.float32)
+    b = rng.normal(size=(530, 48)).astype(np.float32)
+    full = world_mod.matmul_t(a, b)
+    assert full.dtype == np.float32 and full.shape == (37, 530)
+    want = (a.astype(np.float64) @ b.astype(np.float64).T).astype(np.float32)
+    np.testing.assert_array_equal(full, want)
+    rows = np.array([5, 0, 36, 11])
+    np.testing.assert_array_equal(world_mod.matmul_t(a[rows], b), full[rows])
+    old = world_mod.MATMUL_BLOCK_CELLS
+    try:
+        world_mod.MATMUL_BLOCK_CELLS = 1  # blocks of 256 items
+        np.testing.assert_array_equal(world_mod.matmul_t(a, b), full)
+    finally:
+        world_mod.MATMUL_BLOCK_CELLS = old
+    assert world_mod.matmul_t(a, b, np.float64).dtype == np.float64
