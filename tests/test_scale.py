@@ -48,7 +48,9 @@ def test_dense_and_factored_tables_agree(small_cfg: EnvConfig, small_world: Worl
     rows, keys = np.arange(64), np.arange(64, dtype=np.uint64) + 11
     dense.reset_rows(rows, keys)
     fact.reset_rows(rows, keys)
-    same = (dense.slot_items == fact.slot_items).all(axis=1)
+    # rows whose sessions start alike: the same slot items and the same pool positions (a near-tie that rounding
+    # orders differently in a retrieval list can change the pool / reserve split with the same slot items)
+    same = (dense.slot_items == fact.slot_items).all(axis=1) & (dense.pool_slots == fact.pool_slots).all(axis=1)
     assert same.mean() > 0.9
     for name in ("sem_aff", "static_util", "cf_obs", "state_sim"):
         np.testing.assert_allclose(getattr(fact, name)[same], getattr(dense, name)[same], atol=1e-4, err_msg=name)
@@ -56,13 +58,15 @@ def test_dense_and_factored_tables_agree(small_cfg: EnvConfig, small_world: Worl
         np.testing.assert_allclose(getattr(fact, name), getattr(dense, name), rtol=1e-4, atol=1e-5, err_msg=name)
     # a few steps with the same slates: the responses agree but where rounding flips a draw
     agree = []
+    still = same.copy()  # rows whose sessions have not parted yet: once rounding flips a draw, a row's paths differ
     for _ in range(3):
         obs_d, obs_f = dense.observe(), fact.observe()
         slate = np.tile(np.arange(small_cfg.slate_size), (64, 1))
-        np.testing.assert_allclose(obs_f["features"][same], obs_d["features"][same], atol=1e-4)
+        np.testing.assert_allclose(obs_f["features"][still], obs_d["features"][still], atol=1e-4)
         rd, rf = dense.step(slate), fact.step(slate)
         agree.append((rd.click_rank == rf.click_rank)[same].mean())
-    assert np.mean(agree) > 0.9
+        still &= (rd.click_rank == rf.click_rank) & (rd.purchases == rf.purchases).all(axis=1)
+    assert np.mean(agree) > 0.9 and still.mean() > 0.8
 
 
 def test_factored_world_never_holds_a_users_by_items_array(tmp_path: Path) -> None:
