@@ -17,8 +17,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from configs.loader import ConfigError, resolve_config
-from envs.presets import load_world
+from bench.env_throughput import add_world_args, config_and_world
 from envs.vector_env import RecVectorEnv
 
 PARTS = ("step", "reset_rows", "observe")
@@ -86,15 +85,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--batch", type=int, default=1024, help="users stepped at once (B)")
     ap.add_argument("--seconds", type=float, default=5.0, help="length of one timed window")
     ap.add_argument("--repeats", type=int, default=3, help="timed windows (each printed)")
-    ap.add_argument("--preset", default="default")
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a config value (repeatable; configs/schema.py)")
+    add_world_args(ap)
     args = ap.parse_args(argv)
-    try:
-        full = resolve_config(None, args.preset, args.overrides)
-    except ConfigError as exc:
-        ap.error(str(exc))
-    world = load_world(full.env, full.encoder, progress=False)
+    full, world = config_and_world(ap, args)
     env = RecVectorEnv(args.batch, config=full.env, world=world)
     profile(env, min(1.0, args.seconds))  # warm-up
     runs = [profile(env, args.seconds, seed=i) for i in range(args.repeats)]

@@ -14,8 +14,10 @@ import time
 import numpy as np
 
 from configs.loader import ConfigError, resolve_config
+from configs.schema import Config
 from envs.presets import load_world
 from envs.vector_env import RecVectorEnv
+from envs.world import World
 
 
 def measure(env: RecVectorEnv, seconds: float, seed: int = 0) -> float:
@@ -34,6 +36,24 @@ def measure(env: RecVectorEnv, seconds: float, seed: int = 0) -> float:
             return steps * b / elapsed
 
 
+def add_world_args(ap: argparse.ArgumentParser) -> None:
+    """The ``--preset`` and repeatable ``--set KEY=VALUE`` options of the env benchmarks."""
+    ap.add_argument("--preset", default="default")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config value, e.g. env.max_steps=30 (repeatable; configs/schema.py)")
+
+
+def config_and_world(ap: argparse.ArgumentParser, args: argparse.Namespace,
+                     flags: dict | None = None, progress: bool = False) -> tuple[Config, World]:
+    """The resolved config of ``--preset`` / ``--set`` (a bad one ends the command with the loader's message) and its
+    world (built or read from the cache; ``progress``: show the build's progress bars)."""
+    try:
+        full = resolve_config(None, args.preset, args.overrides, flags=flags)
+    except ConfigError as exc:
+        ap.error(str(exc))
+    return full, load_world(full.env, full.encoder, progress=progress)
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Run the benchmark and print the JSON summary as the last line."""
     ap = argparse.ArgumentParser(description=__doc__)
@@ -41,16 +61,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seconds", type=float, default=5.0, help="length of one timed window")
     ap.add_argument("--repeats", type=int, default=3, help="timed windows; the median is reported")
     ap.add_argument("--mode", choices=["pooled", "text"], default="pooled", help="user-state encoding")
-    ap.add_argument("--preset", default="default")
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a config value, e.g. env.max_steps=30 (repeatable; configs/schema.py)")
+    add_world_args(ap)
     args = ap.parse_args(argv)
-    try:
-        full = resolve_config(None, args.preset, args.overrides, flags={"env": {"obs_mode": args.mode}})
-    except ConfigError as exc:
-        ap.error(str(exc))
+    full, world = config_and_world(ap, args, flags={"env": {"obs_mode": args.mode}}, progress=True)
     cfg = full.env
-    world = load_world(cfg, full.encoder)
     env = RecVectorEnv(args.batch, config=cfg, world=world)
     measure(env, min(1.0, args.seconds))  # warm-up: tables, caches
     runs = [measure(env, args.seconds, seed=i) for i in range(args.repeats)]

@@ -18,9 +18,8 @@ import json
 
 import numpy as np
 
-from configs.loader import ConfigError, resolve_config
+from bench.env_throughput import add_world_args, config_and_world
 from envs.core import BatchedCore
-from envs.presets import load_world
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -28,14 +27,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--batch", type=int, default=1024, help="rows B")
     ap.add_argument("--steps", type=int, default=200, help="steps of both cores")
-    ap.add_argument("--preset", default="default")
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    add_world_args(ap)
     args = ap.parse_args(argv)
-    try:
-        full = resolve_config(None, args.preset, args.overrides)
-    except ConfigError as exc:
-        ap.error(str(exc))
-    world = load_world(full.env, full.encoder, progress=False)
+    full, world = config_and_world(ap, args)
     world.__dict__["gram"] = None  # the similarity path without a Gram matrix, whatever the catalog size
     cfg = full.env
     cores = {d: BatchedCore(world, dataclasses.replace(cfg, slot_emb_dtype=d), args.batch) for d in ("float32", "int8")}
