@@ -60,7 +60,7 @@ from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 from torch import nn
 
 from agents.distributions import EntropyEstimator, PlackettLuceDistribution
-from envs.spaces import F_CF, F_LLM
+from envs.spaces import C_CLICKED_CF, C_CLICKED_LLM, F_CF, F_LLM
 
 DEFAULT_INIT_ALPHA = 0.5
 #: How far below the row's best logit a candidate's logit may go (nats; see ``SlatePolicy._actor``).
@@ -200,6 +200,10 @@ class SlatePolicy(ActorCriticPolicy):
         gate_only_signals: Hide the ``llm_sim`` and ``cf_score`` columns from the residual (its per-candidate
             input, the candidate summaries and the linear feature path), so that only the gate can reweight the two
             signals by state.
+        lean_gate_only: The two clicked-signal EMAs (``clicked_llm_ema``, ``clicked_cf_ema``: which signal the user's
+            clicks lean to) reach the actor only through the gate's direct context path: they are zeroed in the
+            input of the shared state net, so the residual, the gate's MLP path and the repulsion cannot read them
+            (the critic's own trunk still does). Needs ``gate_context``.
         activation_fn: Hidden activation.
         ortho_init: Orthogonal initialisation of the hidden layers (gain √2), critic head gain 1.
         use_sde: Must be False (SB3's algorithms pass it).
@@ -236,6 +240,7 @@ class SlatePolicy(ActorCriticPolicy):
         gate_gain: float = 1.0,
         gate_context: bool = False,
         gate_only_signals: bool = False,
+        lean_gate_only: bool = False,
         activation_fn: type[nn.Module] = nn.Tanh,
         ortho_init: bool = True,
         use_sde: bool = False,
@@ -294,6 +299,10 @@ class SlatePolicy(ActorCriticPolicy):
         self.gate_gain = float(gate_gain)
         self.gate_context = bool(gate_context)
         self.gate_only_signals = bool(gate_only_signals)
+        if lean_gate_only and not gate_context:
+            raise ValueError("lean_gate_only needs gate_context=True (the gate's direct context path is then the "
+                             "actor's only view of the clicked-signal EMAs)")
+        self.lean_gate_only = bool(lean_gate_only)
         n_feat = int(observation_space["features"].shape[1])
         if base_weights is not None:
             if base != "diverse":
@@ -367,6 +376,11 @@ class SlatePolicy(ActorCriticPolicy):
             mask = th.ones(n_feat)
             mask[[F_LLM, F_CF]] = 0.0
         self.register_buffer("residual_feature_mask", mask)  # None: not a buffer (older policies have none)
+        state_mask: th.Tensor | None = None
+        if self.lean_gate_only:  # (S,) 0 on the two clicked-signal EMAs of obs["context"] (see _state)
+            state_mask = th.ones(state_in)
+            state_mask[[user_dim + C_CLICKED_LLM, user_dim + C_CLICKED_CF]] = 0.0
+        self.register_buffer("actor_state_mask", state_mask)
         self.log_inv_temperature = nn.Parameter(th.tensor(math.log(1.0 / self.temperature)))
         if self.base == "diverse":
             w = self.base_weights_list if self.base_weights_list is not None else [0.0] * n_feat
@@ -435,6 +449,7 @@ class SlatePolicy(ActorCriticPolicy):
             gate_gain=self.gate_gain,
             gate_context=self.gate_context,
             gate_only_signals=self.gate_only_signals,
+            lean_gate_only=self.lean_gate_only,
             activation_fn=self.activation_fn,
             ortho_init=self.ortho_init,
             optimizer_class=self.optimizer_class,
@@ -498,7 +513,7 @@ class SlatePolicy(ActorCriticPolicy):
             ``(logits (B, N), alpha (B,), state embedding (B, H), parts (B, N, P) or None)``,
             P = ``len(SCORE_PARTS)``.
         """
-        h = self.state_net(state_in)  # (B, H)
+        h = self._state(state_in)  # (B, H)
         alpha, sig_llm, sig_cf = self._gate(h, features, state_in)  # (B,), (B, N), (B, N)
         a = alpha.unsqueeze(-1)
         blend = a * sig_llm + (1.0 - a) * sig_cf
@@ -529,6 +544,10 @@ class SlatePolicy(ActorCriticPolicy):
             diversity = penalty * inv_t
         parts = th.stack([llm_w * inv_t, cf_w * inv_t, diversity, residual, logits - raw], dim=-1)
         return logits, alpha, h, parts
+
+    def _state(self, state_in: th.Tensor) -> th.Tensor:
+        """The actor's state embedding (B, H) from the state input (B, S), less what ``lean_gate_only`` hides."""
+        return self.state_net(state_in if self.actor_state_mask is None else state_in * self.actor_state_mask)
 
     def _gate(self, h: th.Tensor, features: th.Tensor,
               state_in: th.Tensor) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
@@ -591,7 +610,7 @@ class SlatePolicy(ActorCriticPolicy):
         """Values (B, 1) from the state input (or, with ``share_state_net``, the actor's embedding)."""
         if self.share_state_net:
             if h is None:
-                h = self.state_net(state_in)
+                h = self._state(state_in)
             return self.value_net(h)
         return self.value_net(self.value_trunk(state_in))
 
@@ -690,7 +709,7 @@ class SlatePolicy(ActorCriticPolicy):
     def repulsion(self, obs: PyTorchObs | dict[str, np.ndarray]) -> th.Tensor | None:
         """The within-slate category repulsion β_θ(s) (B,), or None when the policy has no item categories."""
         state_in, _, _, _ = self._encode(self._prepare(obs))
-        return self._repulsion(self.state_net(state_in))
+        return self._repulsion(self._state(state_in))
 
     def predict_values(self, obs: PyTorchObs) -> th.Tensor:
         """Values (B, 1)."""
@@ -706,7 +725,7 @@ class SlatePolicy(ActorCriticPolicy):
         """The state-dependent blend weight α_θ(s) (B,), e.g. for ``train/alpha_mean`` (with ``gate="standardised"``
         the weight on the standardised LLM signal; see :meth:`_gate`)."""
         state_in, _, features, _ = self._encode(self._prepare(obs))
-        return self._gate(self.state_net(state_in), features, state_in)[0]
+        return self._gate(self._state(state_in), features, state_in)[0]
 
     def candidate_logits(self, obs: PyTorchObs | dict[str, np.ndarray]) -> th.Tensor:
         """Per-candidate logits (B, N) (masked candidates at ``-inf`` when the obs has a ``mask``)."""

@@ -125,7 +125,8 @@ def policy_kwargs(cfg: Config, init_alpha: float, world: World,
                 residual_init_scale=pc.residual_init_scale, use_item_table=pc.use_item_table,
                 item_category=world.catalog.category if pc.category_repulsion else None,
                 entropy_estimator=pc.entropy_estimator, gate_gain=pc.gate_gain,
-                gate_context=pc.gate_context, gate_only_signals=pc.gate_only_signals, **extra)
+                gate_context=pc.gate_context, gate_only_signals=pc.gate_only_signals,
+                lean_gate_only=pc.lean_gate_only, **extra)
 
 
 def load_training_world(cfg: Config, progress: bool = False) -> World:

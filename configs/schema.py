@@ -466,6 +466,9 @@ class PolicyConfig:
         gate_gain: Factor on the gate's learned logit shift (with Adam: ~that many times the gate's learning rate).
         gate_context: A linear path from the context (the session's feedback EMAs) straight to the gate.
         gate_only_signals: Hide the LLM and CF columns from the residual, so only the gate reweights them by state.
+        lean_gate_only: The clicked-signal EMAs (which signal the user's clicks lean to) reach the actor only through
+            the gate's direct context path (needs ``gate_context``): the residual cannot reweight the two signals
+            by the user's click lean, so the gate α carries that adaptation.
     """
 
     hidden: int = 64
@@ -482,6 +485,7 @@ class PolicyConfig:
     gate_gain: float = 1.0
     gate_context: bool = False
     gate_only_signals: bool = False
+    lean_gate_only: bool = False
 
     def __post_init__(self) -> None:
         _finite(self)
@@ -495,6 +499,9 @@ class PolicyConfig:
         _check(self, "[0,1]", "init_alpha")
         _check(self, ">=0", "residual_init_scale")
         _check(self, ">0", "gate_gain")
+        if self.lean_gate_only and not self.gate_context:
+            raise FieldError("lean_gate_only", "needs gate_context: true (the gate's direct context path is then "
+                             "the actor's only view of the clicked-signal EMAs)")
 
 
 @dataclass

@@ -112,8 +112,8 @@ def make_run_dir(root: Path, world: World, use_item_table: bool = False, steps: 
     repulsion train.py uses by default, strong enough to change slates, and, with ``diverse``, train.py's default
     residual on the diversity heuristic: standardised blend, a seen penalty and a category cap of 2), and
     optionally summary.json. ``gate`` is the diverse policy's gate (``SlatePolicy(gate=...)``; ``"standardised"``
-    also gets the direct context path, ``gate_context``, and the residual blind to the signals,
-    ``gate_only_signals``)."""
+    also gets the direct context path, ``gate_context``, the residual blind to the signals,
+    ``gate_only_signals``, and the click lean seen by the gate only, ``lean_gate_only``)."""
     from stable_baselines3 import PPO
 
     from agents.policies import SlatePolicy
@@ -153,7 +153,8 @@ def _diverse_kwargs(gate: str = "raw") -> dict:
     weights = [0.0] * len(FEATURE_NAMES)
     weights[F_ITEM_SEEN] = -0.5
     return {"base": "diverse", "base_weights": weights, "category_cap": 2, "init_alpha": 0.9, "gate": gate,
-            "gate_context": gate == "standardised", "gate_only_signals": gate == "standardised"}
+            "gate_context": gate == "standardised", "gate_only_signals": gate == "standardised",
+            "lean_gate_only": gate == "standardised"}
 
 
 @pytest.fixture(scope="session")

@@ -409,7 +409,8 @@ def test_diverse_base_starts_at_the_diversity_heuristic(cap: int, exposure: floa
     weights[F_CAT_EXPOSURE], weights[F_ITEM_SEEN] = -exposure, -seen
     kwargs = dict(item_category=categories, init_alpha=0.8, residual_init_scale=0.0, repulsion_init=1e-6)
     policy = _policy(base="diverse", base_weights=weights.tolist(), category_cap=cap, gate=gate, gate_gain=3.0,
-                     gate_context=gate == "standardised", gate_only_signals=gate == "standardised", **kwargs)
+                     gate_context=gate == "standardised", gate_only_signals=gate == "standardised",
+                     lean_gate_only=gate == "standardised", **kwargs)
     obs = _fake_obs(observation_space(N_ITEMS, N_CAND, DIM), 256, seed=8)
     heuristic = DiverseRanker(K, 0.8, categories, exposure_weight=exposure, seen_weight=seen, cap=cap).act(obs)
     with th.no_grad():
@@ -420,6 +421,7 @@ def test_diverse_base_starts_at_the_diversity_heuristic(cap: int, exposure: floa
     loaded = build_policy(policy_settings(policy), dict(policy.state_dict()))
     assert loaded.base == "diverse" and loaded.category_cap == cap and loaded.gate == gate
     assert loaded.gate_gain == 3.0 and loaded.gate_context == loaded.gate_only_signals == (gate == "standardised")
+    assert loaded.lean_gate_only == (gate == "standardised")
     with th.no_grad():  # the gain leaves the initial α where init_alpha / the heuristic's weight puts it
         if gate == "raw":
             np.testing.assert_allclose(policy.alpha(_tensor(policy, obs)).numpy(), 0.8, rtol=1e-5)
@@ -442,6 +444,56 @@ def test_diverse_base_settings_are_checked() -> None:
         _policy(gate="standardised")
     with pytest.raises(ValueError, match="gate_gain must be"):
         _policy(gate_gain=0.0)
+
+
+@pytest.mark.parametrize("gate", ["raw", "standardised"])
+def test_lean_gate_only_leaves_the_click_lean_to_the_gate(gate: str) -> None:
+    """With ``lean_gate_only`` the two clicked-signal EMAs move α (through the direct context path) and the critic,
+    and nothing else of the actor: the residual, the repulsion and the gate's MLP path read the same state whatever
+    the user's click lean; every other context column still reaches them. It needs the direct path."""
+    from envs.spaces import C_CLICKED_CF, C_CLICKED_LLM, C_SKIP_STREAK, F_CAT_EXPOSURE
+
+    weights = [0.0] * len(FEATURE_NAMES)
+    weights[F_CAT_EXPOSURE] = -0.5
+    policy = _policy(base="diverse", base_weights=weights, gate=gate, init_alpha=0.7, gate_context=True,
+                     lean_gate_only=True, item_category=np.arange(N_ITEMS) % 3, residual_init_scale=1.0)
+    th.manual_seed(0)
+    with th.no_grad():
+        policy.alpha_context.weight.normal_(std=0.5)
+        policy.alpha_head.weight.normal_(std=0.1)  # the MLP path to the gate: it must not see the lean either
+        policy.repulsion_head.weight.normal_()
+    obs = _fake_obs(observation_space(N_ITEMS, N_CAND, DIM), 16, seed=3)
+    leaned = {k: v.copy() for k, v in obs.items()}
+    leaned["context"][:, C_CLICKED_CF] += 0.8
+    leaned["context"][:, C_CLICKED_LLM] -= 0.5
+    tired = {k: v.copy() for k, v in obs.items()}
+    tired["context"][:, C_SKIP_STREAK] += 0.8
+
+    def readout(o: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        t = _tensor(policy, o)
+        state_in, _, _, _ = policy._encode(policy._prepare(t))
+        with th.no_grad():
+            h = policy._state(state_in)
+            return {"alpha": policy.alpha(t).numpy(), "residual": policy.score_parts(t)["residual"].numpy(),
+                    "repulsion": policy.repulsion(t).numpy(), "gate_mlp": policy.alpha_head(h).numpy(),
+                    "value": policy.predict_values(t).numpy()}
+
+    base, lean, tire = readout(obs), readout(leaned), readout(tired)
+    for name in ("residual", "repulsion", "gate_mlp"):
+        np.testing.assert_array_equal(lean[name], base[name], err_msg=name)
+        assert np.abs(tire[name] - base[name]).max() > 1e-6, name  # other context columns still reach them
+    # the gate reads the lean through its direct path only: its logit moves by exactly that path's change
+    w = policy.alpha_context.weight.detach().numpy()[0]
+    want = w[C_CLICKED_CF] * 0.8 - w[C_CLICKED_LLM] * 0.5
+
+    def logit(a: np.ndarray) -> np.ndarray:
+        return np.log(a.astype(np.float64) / (1.0 - a))
+
+    np.testing.assert_allclose(logit(lean["alpha"]) - logit(base["alpha"]), want, atol=2e-3)
+    assert abs(want) > 0.05
+    assert np.abs(lean["value"] - base["value"]).max() > 1e-6  # and so does the critic
+    with pytest.raises(ValueError, match="lean_gate_only needs gate_context"):
+        _policy(lean_gate_only=True)
 
 
 def test_standardised_gate_weighs_the_standardised_signals() -> None:
