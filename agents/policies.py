@@ -200,6 +200,11 @@ class SlatePolicy(ActorCriticPolicy):
         gate_only_signals: Hide the ``llm_sim`` and ``cf_score`` columns from the residual (its per-candidate
             input, the candidate summaries and the linear feature path), so that only the gate can reweight the two
             signals by state.
+        gate_lean: Start value of a learned weight ``w`` on the clicks' lean in the standardised gate (``None``: no
+            such term): ``α = σ(prior + w·lean + gain·head(h))``, ``lean = clicked_llm_ema / sd_llm − clicked_cf_ema /
+            sd_cf`` over the request's candidates (:func:`agents.rankers.click_lean`), the feedback-adaptive α of
+            the diversity heuristic (``DiverseRanker(lean_weight=w)``), so that a policy on that heuristic starts at
+            its slates. Needs ``gate="standardised"``.
         lean_gate_only: The two clicked-signal EMAs (``clicked_llm_ema``, ``clicked_cf_ema``: which signal the user's
             clicks lean to) reach the actor only through the gate's direct context path: they are zeroed in the
             input of the shared state net, so the residual, the gate's MLP path and the repulsion cannot read them
@@ -241,6 +246,7 @@ class SlatePolicy(ActorCriticPolicy):
         gate_context: bool = False,
         gate_only_signals: bool = False,
         lean_gate_only: bool = False,
+        gate_lean: float | None = None,
         activation_fn: type[nn.Module] = nn.Tanh,
         ortho_init: bool = True,
         use_sde: bool = False,
@@ -303,6 +309,10 @@ class SlatePolicy(ActorCriticPolicy):
             raise ValueError("lean_gate_only needs gate_context=True (the gate's direct context path is then the "
                              "actor's only view of the clicked-signal EMAs)")
         self.lean_gate_only = bool(lean_gate_only)
+        if gate_lean is not None and (gate != "standardised" or not math.isfinite(gate_lean)):
+            raise ValueError(f"gate_lean must be a finite number and goes with gate='standardised', got {gate_lean} "
+                             f"with gate={gate!r}")
+        self.gate_lean = None if gate_lean is None else float(gate_lean)
         n_feat = int(observation_space["features"].shape[1])
         if base_weights is not None:
             if base != "diverse":
@@ -357,6 +367,8 @@ class SlatePolicy(ActorCriticPolicy):
         self.alpha_head = nn.Linear(self.hidden, 1)
         self._ctx_cols = (user_dim, user_dim + ctx_dim)  # where obs["context"] sits in the state input
         self.alpha_context: nn.Linear | None = nn.Linear(ctx_dim, 1, bias=False) if self.gate_context else None
+        self.lean_weight: nn.Parameter | None = (
+            None if self.gate_lean is None else nn.Parameter(th.tensor(self.gate_lean, dtype=th.float32)))
         # The residual MLP over [x_i, h]: its first layer is split as W_x·x_i + W_h·h so that W_h·h is computed
         # once per row (B, H) and broadcast over N, not once per candidate (same function, ~half the FLOPs).
         ch = self.candidate_hidden
@@ -450,6 +462,7 @@ class SlatePolicy(ActorCriticPolicy):
             gate_context=self.gate_context,
             gate_only_signals=self.gate_only_signals,
             lean_gate_only=self.lean_gate_only,
+            gate_lean=self.gate_lean,
             activation_fn=self.activation_fn,
             ortho_init=self.ortho_init,
             optimizer_class=self.optimizer_class,
@@ -572,6 +585,11 @@ class SlatePolicy(ActorCriticPolicy):
         sd_llm = (llm - llm.mean(dim=-1, keepdim=True)).square().mean(dim=-1, keepdim=True).sqrt() + eps  # (B, 1)
         sd_cf = (cf - cf.mean(dim=-1, keepdim=True)).square().mean(dim=-1, keepdim=True).sqrt() + eps
         prior = math.log(self.init_alpha / (1.0 - self.init_alpha)) + (sd_llm.log() - sd_cf.log()).squeeze(-1)
+        if self.lean_weight is not None:  # gate_lean: the heuristic's feedback-adaptive α (agents.rankers.click_lean)
+            lo, _ = self._ctx_cols
+            ctx = state_in[:, lo:lo + max(C_CLICKED_LLM, C_CLICKED_CF) + 1]
+            lean = ctx[:, C_CLICKED_LLM] / sd_llm.squeeze(-1) - ctx[:, C_CLICKED_CF] / sd_cf.squeeze(-1)
+            prior = prior + self.lean_weight * lean
         z_llm = (llm - llm.mean(dim=-1, keepdim=True)) / sd_llm
         z_cf = (cf - cf.mean(dim=-1, keepdim=True)) / sd_cf
         return th.sigmoid(prior + shift), z_llm, z_cf

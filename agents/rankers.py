@@ -17,7 +17,7 @@ from scipy.special import expit
 from agents.base import Feedback, Ranker
 from agents.fitting import Impressions, examined_slots, fit_logistic
 from envs.core import BatchedCore
-from envs.spaces import F_CAT_EXPOSURE, F_CF, F_ITEM_SEEN, F_LLM, F_POP, FEATURE_NAMES
+from envs.spaces import C_CLICKED_CF, C_CLICKED_LLM, F_CAT_EXPOSURE, F_CF, F_ITEM_SEEN, F_LLM, F_POP, FEATURE_NAMES
 from envs.topk import top_k
 
 if TYPE_CHECKING:
@@ -103,14 +103,54 @@ class BlendRanker(Ranker):
         return top_k(self.scores(obs), self.k)
 
 
+#: How close to 0 or 1 the raw α of the feedback-adaptive blend may be (its logit must be finite).
+LEAN_ALPHA_CLIP = 0.02
+
+
+def lean_alpha(alpha: float, sd_llm: np.ndarray, sd_cf: np.ndarray, lean: np.ndarray, weight: float) -> np.ndarray:
+    """The feedback-adaptive blend weight of :class:`DiverseRanker` (and of the policy's ``gate_lean``).
+
+    ``α_t = σ(logit α + log sd_llm − log sd_cf + w·lean)``: the share of the *standardised* LLM signal. At ``w = 0``
+    it is the share the raw α gives it (``z(α·llm + (1 − α)·cf) = z(α_t·z(llm) + (1 − α_t)·z(cf))``); ``lean`` is
+    how far the user's clicks lean to the LLM signal rather than the CF score (:func:`click_lean`). ``α`` is
+    clipped into [0.02, 0.98] so that its logit is finite (the clip of a policy's ``init_alpha``, so that a policy
+    on this heuristic starts at its slates).
+
+    Args:
+        alpha: The raw α.
+        sd_llm: float (B,) the LLM similarity's spread over each request's candidates (> 0).
+        sd_cf: float (B,) the CF score's.
+        lean: float (B,) :func:`click_lean`.
+        weight: w.
+
+    Returns:
+        float64 (B,) in (0, 1).
+    """
+    a = min(max(float(alpha), LEAN_ALPHA_CLIP), 1.0 - LEAN_ALPHA_CLIP)
+    return expit(np.log(a / (1.0 - a)) + np.log(sd_llm) - np.log(sd_cf) + weight * lean)
+
+
+def click_lean(context: np.ndarray, sd_llm: np.ndarray, sd_cf: np.ndarray) -> np.ndarray:
+    """How far the session's clicks lean to the LLM signal rather than the CF score, in units of each signal's spread:
+    ``clicked_llm_ema / sd_llm − clicked_cf_ema / sd_cf`` (float64 (B,); the EMAs are the clicked item's signal
+    minus its slate's mean, ``envs/spaces.py``)."""
+    return context[:, C_CLICKED_LLM] / sd_llm - context[:, C_CLICKED_CF] / sd_cf
+
+
 class DiverseRanker(BlendRanker):
-    """A diversity-aware heuristic on top of the fixed α blend (MMR-style re-ranking with a category cap).
+    """A diversity-aware heuristic on top of the fixed α blend (MMR-style re-ranking with a category cap), with an
+    optional feedback-adaptive α.
 
     Formula: ``score_i = z(α·llm_sim_i + (1 − α)·cf_score_i) − λ_c·cat_exposure_i − λ_s·item_seen_i``, where ``z``
     standardises the blend over the request's candidates (so the penalties are in units of its spread), then greedy
     selection that skips a candidate once its category already fills ``cap`` slots of the slate (unless nothing
     else is left). Source: maximal marginal relevance (Carbonell & Goldstein, SIGIR 1998) and the category
     caps of production feeds; here it answers fatigue, which a myopic blend ignores.
+
+    With ``lean_weight`` w ≠ 0 the blend follows the session's clicks: ``z(α_t·z(llm_sim) + (1 − α_t)·z(cf_score))``
+    with ``α_t`` of :func:`lean_alpha` (the LLM signal's share grows by w logit units per spread-unit that the
+    clicks lean to it); at w = 0 this is the fixed blend above. The rule an engineer would write for users whose
+    clicks show which signal serves them.
 
     Args:
         k: Slate size.
@@ -120,19 +160,34 @@ class DiverseRanker(BlendRanker):
         seen_weight: λ_s.
         cap: Most slots one category may take.
         name: Display name.
+        lean_weight: w of the feedback-adaptive α (0: the fixed blend).
     """
 
     def __init__(self, k: int, alpha: float, category: np.ndarray, exposure_weight: float = 3.0,
-                 seen_weight: float = 0.5, cap: int = 2, name: str | None = None) -> None:
+                 seen_weight: float = 0.5, cap: int = 2, name: str | None = None, lean_weight: float = 0.0) -> None:
         super().__init__(k, alpha, name=name or f"diverse:{alpha:g}")
         self.category = np.asarray(category, dtype=np.int64)
         self.n_categories = int(self.category.max()) + 1
         self.exposure_weight, self.seen_weight, self.cap = exposure_weight, seen_weight, cap
+        self.lean_weight = float(lean_weight)
+
+    def blend(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        """The blend before its standardisation: float64 (B, N) (the raw ``α·llm + (1 − α)·cf`` at w = 0, else
+        ``α_t·z(llm) + (1 − α_t)·z(cf)``)."""
+        if self.lean_weight == 0.0:
+            return self.scores(obs).astype(np.float64)
+        f = obs["features"]
+        llm, cf = f[:, :, F_LLM].astype(np.float64), f[:, :, F_CF].astype(np.float64)
+        sd_llm, sd_cf = llm.std(axis=1) + 1e-9, cf.std(axis=1) + 1e-9  # (B,)
+        a = lean_alpha(self.alpha, sd_llm, sd_cf, click_lean(obs["context"], sd_llm, sd_cf), self.lean_weight)
+        z_llm = (llm - llm.mean(axis=1, keepdims=True)) / sd_llm[:, None]
+        z_cf = (cf - cf.mean(axis=1, keepdims=True)) / sd_cf[:, None]
+        return a[:, None] * z_llm + (1.0 - a[:, None]) * z_cf
 
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         """Greedy top-K under the category cap: int64 (B, K)."""
         f = obs["features"]
-        base = self.scores(obs).astype(np.float64)
+        base = self.blend(obs)
         base = (base - base.mean(axis=1, keepdims=True)) / (base.std(axis=1, keepdims=True) + 1e-9)
         score = base - self.exposure_weight * f[:, :, F_CAT_EXPOSURE] - self.seen_weight * f[:, :, F_ITEM_SEEN]
         cats = self.category[obs["candidates"]]  # (B, N)
@@ -445,7 +500,8 @@ class TunedDiverseRanker(DiverseRanker):
     def __init__(self, k: int, category: np.ndarray, search: ParamSearch) -> None:
         p = search.best
         super().__init__(k, p["alpha"], category, exposure_weight=p["exposure_weight"],
-                         seen_weight=p["seen_weight"], cap=int(p["cap"]), name="tuned-diverse")
+                         seen_weight=p["seen_weight"], cap=int(p["cap"]), name="tuned-diverse",
+                         lean_weight=p.get("lean_weight", 0.0))
         self.search = search
 
 

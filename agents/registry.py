@@ -47,7 +47,8 @@ SPECS: dict[str, str] = {
     "strategy-alpha:A": "per-user LLM/CF weight updated by new = A·current + (1-A)·signal",
     "linucb[:C]": "LinUCB over the candidate features, per user, exploration C (default 0.1)",
     "diverse:A": "fixed-alpha:A with penalties on recently shown categories and items, at most 2 per category",
-    "tuned-diverse": "diverse with α, category cap and penalty weights searched on the training users",
+    "tuned-diverse": "diverse with α, its feedback-adaptive weight, category cap and penalty weights searched on the "
+                     "training users",
     "oracle": "true click probability (reads the simulator's hidden state)",
     "tuned-oracle-diverse": "true utility with a category cap and exposure penalty tuned on the training users "
                             "(non-myopic upper reference; reads the simulator's hidden state)",
@@ -303,6 +304,9 @@ def _sampled(spec: str, name: str, arg: str | None, temperature: float, ctx: Ran
         scorer = DiverseScorer(float(arg), 3.0, 0.5, 2)  # DiverseRanker's defaults
     elif name == "tuned-diverse":
         p = ctx.diverse_search().best
+        if p.get("lean_weight", 0.0) != 0.0:
+            raise ValueError(f"{spec!r}: tuned-diverse's α follows the clicks here (lean_weight "
+                             f"{p['lean_weight']:g}), which the sampled scorers do not implement; use tuned-diverse")
         scorer = DiverseScorer(p["alpha"], p["exposure_weight"], p["seen_weight"], int(p["cap"]))
     else:  # run
         if not Path(str(arg)).is_dir():

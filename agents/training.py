@@ -117,8 +117,14 @@ def policy_kwargs(cfg: Config, init_alpha: float, world: World,
         weights[F_CAT_EXPOSURE] = -float(diverse["exposure_weight"])
         weights[F_ITEM_SEEN] = -float(diverse["seen_weight"])
         cap = int(diverse["cap"])
+        lean = float(diverse.get("lean_weight", 0.0))
+        gate = pc.gate if pc.gate != "auto" else "standardised" if lean != 0.0 else "raw"
+        if lean != 0.0 and gate != "standardised":
+            raise ValueError(f"train.policy.gate: {pc.gate!r} cannot start at tuned-diverse, whose α follows the "
+                             f"clicks (lean_weight {lean:g}); use 'auto' or 'standardised'")
         extra = dict(base="diverse", base_weights=weights.tolist(),
-                     category_cap=cap if cap < cfg.env.slate_size else None, gate=pc.gate)
+                     category_cap=cap if cap < cfg.env.slate_size else None, gate=gate,
+                     gate_lean=lean if lean != 0.0 else None)
     alpha0 = pc.init_alpha if pc.init_alpha is not None else init_alpha
     return dict(hidden=pc.hidden, candidate_hidden=pc.candidate_hidden, n_layers=pc.n_layers,
                 temperature=pc.temperature, init_alpha=float(np.clip(alpha0, 0.02, 0.98)),

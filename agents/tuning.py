@@ -101,15 +101,18 @@ def tune_alpha(world: World, env_cfg: EnvConfig, alphas: tuple[float, ...] = ALP
 
 # ---- parameter searches: tuned-diverse and tuned-oracle-diverse -------------------------------------------
 
-#: The axes of ``tuned-diverse``'s search (parameters of :class:`DiverseRanker`; caps above K mean no cap).
+#: The axes of ``tuned-diverse``'s search (parameters of :class:`DiverseRanker`; caps above K mean no cap). The
+#: feedback-adaptive α's weight comes first: coordinate ascent sweeps the axes in this order, and from α = 1 (a
+#: frequent first pick) no weight moves the blend, so sweeping α first can strand the search there.
 DIVERSE_GRID: dict[str, tuple[float, ...]] = {
+    "lean_weight": (0.0, 0.5, 1.0, 2.0, 4.0, 8.0),
     "alpha": ALPHA_GRID,
     "cap": (1, 2, 3, 5),
     "exposure_weight": (0.0, 0.5, 1.0, 2.0, 3.0, 5.0, 8.0),
     "seen_weight": (0.0, 0.25, 0.5, 1.0, 2.0),
 }
 #: :class:`DiverseRanker`'s hand-set defaults, the start of ``tuned-diverse``'s search (α: tuned-alpha's value).
-DIVERSE_DEFAULTS: dict[str, float] = {"cap": 2, "exposure_weight": 3.0, "seen_weight": 0.5}
+DIVERSE_DEFAULTS: dict[str, float] = {"cap": 2, "exposure_weight": 3.0, "seen_weight": 0.5, "lean_weight": 0.0}
 #: The axes of ``tuned-oracle-diverse``'s search; its start is the myopic oracle (no penalty, no cap).
 ORACLE_DIVERSE_GRID: dict[str, tuple[float, ...]] = {
     "cap": (1, 2, 3, 5, 1000),
@@ -298,9 +301,10 @@ def _search(kind: str, factory: Callable[[BatchedCore, dict[str, float]], Ranker
 
 
 def diverse_ranker(k: int, category: np.ndarray, point: dict[str, float], name: str | None = None) -> DiverseRanker:
-    """The :class:`DiverseRanker` of one grid point ``{alpha, cap, exposure_weight, seen_weight}``."""
+    """The :class:`DiverseRanker` of one grid point ``{alpha, cap, exposure_weight, seen_weight[, lean_weight]}``."""
     return DiverseRanker(k, float(point["alpha"]), category, exposure_weight=float(point["exposure_weight"]),
-                         seen_weight=float(point["seen_weight"]), cap=int(point["cap"]), name=name)
+                         seen_weight=float(point["seen_weight"]), cap=int(point["cap"]), name=name,
+                         lean_weight=float(point.get("lean_weight", 0.0)))
 
 
 def tune_diverse(world: World, env_cfg: EnvConfig, alpha: float, grid: dict[str, tuple[float, ...]] | None = None,
@@ -336,6 +340,8 @@ def tune_diverse(world: World, env_cfg: EnvConfig, alpha: float, grid: dict[str,
         ValueError: For a grid with missing or unknown axes, or an empty axis.
     """
     k = env_cfg.slate_size
+    if grid is not None and "lean_weight" not in grid:  # a grid without the axis: the fixed blend only
+        grid = {"lean_weight": (0.0,), **grid}
     start = {"alpha": float(alpha), **DIVERSE_DEFAULTS}
     start["cap"] = min(int(start["cap"]), k)
     category = world.catalog.category

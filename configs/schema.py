@@ -462,7 +462,9 @@ class PolicyConfig:
             ``category_repulsion``). See ``agents/policies.py``.
         gate: What α weighs: ``"raw"`` (the raw LLM similarity and CF score) or ``"standardised"`` (both standardised
             over the request's candidates, α started per request at the share the base's α gives the LLM signal;
-            base ``"diverse"`` only). See ``agents/policies.py``.
+            base ``"diverse"`` only); ``"auto"``: ``"standardised"`` when tuned-diverse's α follows the clicks (its
+            ``lean_weight`` ≠ 0: the policy then starts with that rule in its gate, a learned weight), else
+            ``"raw"``. See ``agents/policies.py``.
         gate_gain: Factor on the gate's learned logit shift (with Adam: ~that many times the gate's learning rate).
         gate_context: A linear path from the context (the session's feedback EMAs) straight to the gate.
         gate_only_signals: Hide the LLM and CF columns from the residual, so only the gate reweights them by state.
@@ -481,7 +483,7 @@ class PolicyConfig:
     category_repulsion: bool = True
     entropy_estimator: Literal["sample", "mode"] = "sample"
     base: Literal["blend", "diverse"] = "diverse"
-    gate: Literal["raw", "standardised"] = "raw"
+    gate: Literal["auto", "raw", "standardised"] = "auto"
     gate_gain: float = 1.0
     gate_context: bool = False
     gate_only_signals: bool = False

@@ -392,14 +392,16 @@ def test_candidate_ids_outside_the_catalog_are_an_error_not_clamped(kind: str, b
             policy.get_distribution(_tensor(policy, obs)).mode()
 
 
-@pytest.mark.parametrize("gate", ["raw", "standardised"])
+@pytest.mark.parametrize("gate", ["raw", "standardised", "lean"])
 @pytest.mark.parametrize(("cap", "exposure", "seen"), [(2, 0.0, 0.5), (1, 1.0, 1.0), (3, 3.0, 0.0)])
 def test_diverse_base_starts_at_the_diversity_heuristic(cap: int, exposure: float, seen: float, gate: str,
                                                         tmp_path: Path) -> None:
     """A residual on the diversity heuristic (``base="diverse"``) with a zero residual and a negligible repulsion:
     its mode is the heuristic's slate (standardised blend, exposure / seen penalties, greedy under the category
-    cap) on every row, with either gate (the standardised gate starts at the heuristic's effective weight); the
-    plain-blend policy's mode is not; the settings survive a save / load."""
+    cap) on every row, with either gate (the standardised gate starts at the heuristic's effective weight) and with
+    the heuristic's feedback-adaptive α (``"lean"``: the standardised gate with ``gate_lean``, against
+    ``DiverseRanker(lean_weight=...)`` on sessions whose clicks lean either way); the plain-blend policy's mode is
+    not; the settings survive a save / load."""
     from agents.baselines import DiverseRanker
     from agents.ppo_ranker import build_policy, policy_settings
     from envs.spaces import F_CAT_EXPOSURE
@@ -408,18 +410,30 @@ def test_diverse_base_starts_at_the_diversity_heuristic(cap: int, exposure: floa
     weights = np.zeros(len(FEATURE_NAMES))
     weights[F_CAT_EXPOSURE], weights[F_ITEM_SEEN] = -exposure, -seen
     kwargs = dict(item_category=categories, init_alpha=0.8, residual_init_scale=0.0, repulsion_init=1e-6)
-    policy = _policy(base="diverse", base_weights=weights.tolist(), category_cap=cap, gate=gate, gate_gain=3.0,
-                     gate_context=gate == "standardised", gate_only_signals=gate == "standardised",
-                     lean_gate_only=gate == "standardised", **kwargs)
+    from envs.spaces import C_CLICKED_CF, C_CLICKED_LLM
+
+    lean = 2.0 if gate == "lean" else None
+    policy = _policy(base="diverse", base_weights=weights.tolist(), category_cap=cap, gate=gate if lean is None
+                     else "standardised", gate_gain=3.0, gate_context=gate == "standardised",
+                     gate_only_signals=gate == "standardised", lean_gate_only=gate == "standardised", gate_lean=lean,
+                     **kwargs)
     obs = _fake_obs(observation_space(N_ITEMS, N_CAND, DIM), 256, seed=8)
-    heuristic = DiverseRanker(K, 0.8, categories, exposure_weight=exposure, seen_weight=seen, cap=cap).act(obs)
+    rng = np.random.default_rng(8)
+    obs["context"][:, C_CLICKED_LLM] = rng.normal(0.0, 0.3, 256)  # clicks that lean either way
+    obs["context"][:, C_CLICKED_CF] = rng.normal(0.0, 0.5, 256)
+    heuristic = DiverseRanker(K, 0.8, categories, exposure_weight=exposure, seen_weight=seen, cap=cap,
+                              lean_weight=lean or 0.0).act(obs)
     with th.no_grad():
         mode = policy.get_distribution(_tensor(policy, obs)).mode().numpy()
         plain = _policy(**kwargs).get_distribution(_tensor(policy, obs)).mode().numpy()
     np.testing.assert_array_equal(mode, heuristic)
     assert (plain != heuristic).any(axis=1).mean() > 0.5
+    if lean is not None:  # the lean moves the slates: the fixed blend's differ on many rows
+        fixed = DiverseRanker(K, 0.8, categories, exposure_weight=exposure, seen_weight=seen, cap=cap).act(obs)
+        assert (fixed != heuristic).any(axis=1).mean() > 0.2
     loaded = build_policy(policy_settings(policy), dict(policy.state_dict()))
-    assert loaded.base == "diverse" and loaded.category_cap == cap and loaded.gate == gate
+    assert loaded.base == "diverse" and loaded.category_cap == cap
+    assert loaded.gate == ("standardised" if lean is not None else gate) and loaded.gate_lean == lean
     assert loaded.gate_gain == 3.0 and loaded.gate_context == loaded.gate_only_signals == (gate == "standardised")
     assert loaded.lean_gate_only == (gate == "standardised")
     with th.no_grad():  # the gain leaves the initial α where init_alpha / the heuristic's weight puts it
@@ -440,6 +454,8 @@ def test_diverse_base_settings_are_checked() -> None:
         _policy(category_cap=2)
     with pytest.raises(ValueError, match="gate must be one of"):
         _policy(gate="zscore")
+    with pytest.raises(ValueError, match="gate_lean must be a finite number and goes with gate='standardised'"):
+        _policy(base="diverse", gate_lean=1.0)
     with pytest.raises(ValueError, match="gate='standardised' goes with base='diverse'"):
         _policy(gate="standardised")
     with pytest.raises(ValueError, match="gate_gain must be"):
