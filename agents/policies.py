@@ -60,6 +60,7 @@ from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 from torch import nn
 
 from agents.distributions import EntropyEstimator, PlackettLuceDistribution
+from agents.policy_ops import catalog_ids, mlp, rows_linear, standardise_rows, symlog
 from envs.spaces import C_CLICKED_CF, C_CLICKED_LLM, F_CF, F_LLM
 
 DEFAULT_INIT_ALPHA = 0.5
@@ -73,87 +74,6 @@ GATES = ("raw", "standardised")
 #: The parts of a candidate's logit, in the order of :meth:`SlatePolicy.score_parts_tensor`'s last axis (see
 #: :meth:`SlatePolicy.score_parts`): they sum to the logit.
 SCORE_PARTS = ("llm", "cf", "diversity", "residual", "clip")
-
-
-def standardise_rows(x: th.Tensor, eps: float = 1e-9) -> th.Tensor:
-    """``(x − mean) / (std + eps)`` over the last axis (population std, as numpy's): (B, N) → (B, N).
-
-    The diversity heuristic's ``z`` (``agents.baselines.DiverseRanker``), so a residual on it starts at its slates.
-    """
-    mean = x.mean(dim=-1, keepdim=True)
-    std = (x - mean).square().mean(dim=-1, keepdim=True).sqrt()
-    return (x - mean) / (std + eps)
-
-
-def _symlog(x: th.Tensor) -> th.Tensor:
-    """sign(x)·log1p(|x|): keeps sign and order, tames unbounded feature columns for the MLPs."""
-    return th.sign(x) * th.log1p(th.abs(x))
-
-
-class _RowsLinear(th.autograd.Function):
-    """``x @ w.T + b`` for tall ``x`` (R, I) (R = B·N rows), with a backward shaped for such inputs.
-
-    Autograd's own ``linear`` backward forms the weight gradient as ``g.T @ x``, which for (R, I) with small I
-    (7 features) is ~8x slower on CPU than the same product as ``(x.T @ g).T``; and for one output column it
-    forms the input gradient as an outer product by ``mm``, slower than a broadcast multiply. Same values.
-    """
-
-    @staticmethod
-    def forward(ctx: Any, x: th.Tensor, w: th.Tensor, b: th.Tensor) -> th.Tensor:
-        ctx.save_for_backward(x, w)
-        return th.addmm(b, x, w.t())
-
-    @staticmethod
-    def backward(ctx: Any, g: th.Tensor) -> tuple[th.Tensor | None, ...]:
-        x, w = ctx.saved_tensors
-        gx = gw = gb = None
-        if ctx.needs_input_grad[0]:
-            gx = g * w if w.shape[0] == 1 else g @ w  # (R, I)
-        if ctx.needs_input_grad[1]:
-            gw = (x.t() @ g).t().contiguous()  # (O, I)
-        if ctx.needs_input_grad[2]:
-            gb = g.sum(dim=0)
-        return gx, gw, gb
-
-
-def _rows_linear(x: th.Tensor, w: th.Tensor, b: th.Tensor) -> th.Tensor:
-    """``x @ w.T + b`` for x (R, I), w (O, I), b (O,) → (R, O); :class:`_RowsLinear` when autograd is on (and
-    the graph is not being traced for export)."""
-    tracing = th.jit.is_tracing() or th.onnx.is_in_onnx_export()  # export traces the plain op
-    if th.is_grad_enabled() and not tracing and (x.requires_grad or w.requires_grad or b.requires_grad):
-        return _RowsLinear.apply(x, w, b)
-    return th.addmm(b, x, w.t())
-
-
-def _catalog_ids(candidates: th.Tensor, n_items: int) -> th.Tensor:
-    """Candidate catalog ids (B, N) as int64, checked to lie in ``[0, n_items)`` (the policy's item tables).
-
-    An id outside the catalog the policy was trained on is an error, never clamped onto another item: it means
-    the observation comes from another world. The check is one ``aminmax`` over (B, N); it is left out while the
-    graph is traced for export (the exported runtime's gather then rejects such an id itself).
-
-    Raises:
-        ValueError: Naming the first offending row and id.
-    """
-    ids = candidates.round().long()
-    if ids.numel() and not (th.jit.is_tracing() or th.onnx.is_in_onnx_export()):
-        lo, hi = th.aminmax(ids)
-        if bool(lo < 0) or bool(hi >= n_items):
-            bad = (ids < 0) | (ids >= n_items)
-            row = int(bad.any(dim=-1).nonzero()[0, 0]) if ids.dim() > 1 else 0
-            value = int(ids.reshape(-1)[bad.reshape(-1).nonzero()[0, 0]])
-            raise ValueError(f"candidate id {value} (row {row}) is outside the policy's catalog [0, {n_items}): "
-                             "the observation comes from another catalog than the one the policy was trained on")
-    return ids
-
-
-def _mlp(in_dim: int, hidden: int, n_layers: int, activation_fn: type[nn.Module]) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    dim = in_dim
-    for _ in range(n_layers):
-        layers += [nn.Linear(dim, hidden), activation_fn()]
-        dim = hidden
-    return nn.Sequential(*layers)
 
 
 class SlatePolicy(ActorCriticPolicy):
@@ -363,7 +283,7 @@ class SlatePolicy(ActorCriticPolicy):
         state_in = user_dim + ctx_dim + 2 * cand_dim
         act = self.activation_fn
 
-        self.state_net = _mlp(state_in, self.hidden, self.n_layers, act)
+        self.state_net = mlp(state_in, self.hidden, self.n_layers, act)
         self.alpha_head = nn.Linear(self.hidden, 1)
         self._ctx_cols = (user_dim, user_dim + ctx_dim)  # where obs["context"] sits in the state input
         self.alpha_context: nn.Linear | None = nn.Linear(ctx_dim, 1, bias=False) if self.gate_context else None
@@ -374,7 +294,7 @@ class SlatePolicy(ActorCriticPolicy):
         ch = self.candidate_hidden
         self.residual_cand = nn.Linear(cand_dim, ch)
         self.residual_state = nn.Linear(self.hidden, ch, bias=False)
-        self.residual_net = nn.Sequential(act(), *_mlp(ch, ch, self.n_layers - 1, act))
+        self.residual_net = nn.Sequential(act(), *mlp(ch, ch, self.n_layers - 1, act))
         self.residual_head = nn.Linear(ch, 1)
         # tanh → sigmoid folding in _residual: only for the [act, (Linear, act)*] layout built just above
         self._fold_tanh = act is nn.Tanh and all(
@@ -398,7 +318,7 @@ class SlatePolicy(ActorCriticPolicy):
             w = self.base_weights_list if self.base_weights_list is not None else [0.0] * n_feat
             self.register_buffer("base_weights", th.tensor(w, dtype=th.float32))
         self.value_trunk: nn.Module = (
-            nn.Identity() if self.share_state_net else _mlp(state_in, self.hidden, self.n_layers, act)
+            nn.Identity() if self.share_state_net else mlp(state_in, self.hidden, self.n_layers, act)
         )
         self.value_net = nn.Linear(self.hidden, 1)
         self.repulsion_head: nn.Linear | None = None
@@ -490,11 +410,11 @@ class SlatePolicy(ActorCriticPolicy):
         """
         features = obs["features"]
         seen = features if self.residual_feature_mask is None else features * self.residual_feature_mask
-        parts = [_symlog(seen)]
+        parts = [symlog(seen)]
         if "item_emb" in obs:
             parts.append(obs["item_emb"])
         if self.item_table is not None:
-            parts.append(self.item_table(_catalog_ids(obs["candidates"], self.item_table.num_embeddings)))
+            parts.append(self.item_table(catalog_ids(obs["candidates"], self.item_table.num_embeddings)))
         cand = th.cat(parts, dim=-1) if len(parts) > 1 else parts[0]  # (B, N, X)
         mask = obs["mask"] > 0.5 if "mask" in obs else None
         if mask is None:
@@ -614,15 +534,15 @@ class SlatePolicy(ActorCriticPolicy):
             return self.residual_head(self.residual_net(pre)).squeeze(-1)
         b, n, _ = cand.shape
         first = self.residual_cand
-        z2 = _rows_linear(cand.reshape(b * n, -1), 2.0 * first.weight, 2.0 * first.bias)  # 2·(W_x·x_i + b)
+        z2 = rows_linear(cand.reshape(b * n, -1), 2.0 * first.weight, 2.0 * first.bias)  # 2·(W_x·x_i + b)
         z2 = (z2.view(b, n, -1) + (2.0 * self.residual_state(h)).unsqueeze(1)).view(b * n, -1)  # (B·N, ch)
         s = th.sigmoid(z2)  # tanh(pre) = 2s − 1
         for layer in list(self.residual_net)[1:]:
             if isinstance(layer, nn.Linear):
                 w, bias = layer.weight, layer.bias
-                s = th.sigmoid(_rows_linear(s, 4.0 * w, 2.0 * (bias - w.sum(dim=1))))  # σ(2·(W·(2s − 1) + b))
+                s = th.sigmoid(rows_linear(s, 4.0 * w, 2.0 * (bias - w.sum(dim=1))))  # σ(2·(W·(2s − 1) + b))
         head = self.residual_head
-        return _rows_linear(s, 2.0 * head.weight, head.bias - head.weight.sum(dim=1)).view(b, n)
+        return rows_linear(s, 2.0 * head.weight, head.bias - head.weight.sum(dim=1)).view(b, n)
 
     def _critic(self, state_in: th.Tensor, h: th.Tensor | None) -> th.Tensor:
         """Values (B, 1) from the state input (or, with ``share_state_net``, the actor's embedding)."""
@@ -643,7 +563,7 @@ class SlatePolicy(ActorCriticPolicy):
         if self.repulsion_head is None:
             return None
         table = self.item_category
-        return table[_catalog_ids(obs["candidates"], table.numel())]
+        return table[catalog_ids(obs["candidates"], table.numel())]
 
     def _dist_for(self, obs: dict[str, th.Tensor]) -> tuple[PlackettLuceDistribution, th.Tensor, th.Tensor]:
         """The slate distribution for prepared obs; also the state input and the state embedding."""

@@ -38,6 +38,7 @@ from agents.serving.messages import EVENT_TYPES, Event, Recommendation
 from agents.serving.metrics import ServingMetrics
 from agents.serving.privacy import UserIdHasher
 from agents.serving.runners import PolicyModel, ThreadedModel, load_model
+from agents.serving.session_updates import apply_event, record_slate
 from agents.serving.state import (
     ARRAY_FIELDS,
     SCALAR_FIELDS,
@@ -449,7 +450,7 @@ class ServingRuntime:
             top = r.top
             rid = st.n_requests
             if record:
-                self._record_slate(st, cand[top], obs["features"][top])
+                record_slate(st, cand[top], obs["features"][top], self.items.category, self.const.obs_decay)
             explanation = None
             if r.parts is not None:
                 explanation = self._explanation(r.parts[top], r.scores[top], r.part_names, r.alpha, r.beta)
@@ -478,32 +479,6 @@ class ServingRuntime:
                 m.by_context[col].inc()
         m.recommend_seconds.observe(time.perf_counter() - t0)
         return rec
-
-    def _record_slate(self, st: UserState, items: np.ndarray, feats: np.ndarray) -> None:
-        """The request-level update of a shown slate (``BatchedCore.step`` before the response is known)."""
-        obs_state.on_slate(st.ctx, st.exposure, st.cat_clicks, self.items.category[items], self.const.obs_decay)
-        items32 = items.astype(np.int32)
-        seen = st.seen_items
-        if len(seen):
-            pos = np.minimum(np.searchsorted(seen, items32), len(seen) - 1)
-            hit = seen[pos] == items32
-            st.seen_counts[pos[hit]] += 1.0  # a slate's items are distinct: no repeated index
-            new = items32[~hit]
-        else:
-            new = items32
-        if len(new):
-            merged = np.concatenate([seen, new])
-            order = np.argsort(merged, kind="stable")
-            st.seen_items = merged[order]
-            st.seen_counts = np.concatenate([st.seen_counts, np.ones(len(new), np.float32)])[order]
-        st.slate_id = st.n_requests
-        st.slate_items = items.astype(np.int32)
-        llm, cf = feats[:, F_LLM], feats[:, F_CF]
-        st.slate_llm = llm - llm.mean()  # float32, as the simulator's clicked-minus-mean evidence
-        st.slate_cf = cf - cf.mean()
-        st.slate_clicked = False
-        st.t += 1
-        st.n_requests += 1
 
     # ---- feedback ------------------------------------------------------------------------------------------------
 
@@ -544,7 +519,8 @@ class ServingRuntime:
         def fn(st: UserState) -> list[bool]:
             self._touch(st, self.clock())
             resolved[:] = [st.slate_id if e.request_id is None else int(e.request_id) for e in evs]
-            return [self._apply(st, e, int(row), min(e.dwell_s, cap)) for e, row in zip(evs, rows, strict=True)]
+            return [apply_event(st, e, int(row), min(e.dwell_s, cap), self.items.category, self.const, self._consume)
+                    for e, row in zip(evs, rows, strict=True)]
 
         applied = self.store.transact(user_id, fn, self._new_state) if evs else []
         if any(applied):
@@ -579,40 +555,6 @@ class ServingRuntime:
         if st.cf_dirty:
             st.cf_factor = fold_in(self._gram_reg, st.cf_a, st.cf_b)
             st.cf_dirty = False
-
-    def _apply(self, st: UserState, e: Event, item: int, dwell_s: float) -> bool:
-        """One event (``BatchedCore.step``'s response-dependent part, for this user), with its dwell clipped.
-
-        Returns:
-            Whether it was applied (not: the item was not shown this session).
-        """
-        seen = st.seen_items
-        pos = int(np.searchsorted(seen, item))
-        if pos >= len(seen) or seen[pos] != item:
-            return False
-        c = self.const
-        d = c.obs_decay
-        st.n_events += 1
-        in_slate = -1
-        if st.slate_id >= 0 and (e.request_id is None or e.request_id == st.slate_id):
-            hits = np.flatnonzero(st.slate_items == item)
-            in_slate = int(hits[0]) if len(hits) else -1
-        if e.type == "click":
-            self._consume(st, item, c.state_decay, c.click_weight)
-            first = in_slate >= 0 and not st.slate_clicked  # the slate's click (a later one moves only the counts)
-            rank = in_slate if first else -1
-            st.slate_clicked = st.slate_clicked or first
-            d_llm, d_cf = (float(st.slate_llm[rank]), float(st.slate_cf[rank])) if first else (0.0, 0.0)
-            obs_state.on_click(st.ctx, st.cat_clicks, int(self.items.category[item]), rank, len(st.slate_items),
-                               d_llm, d_cf, d)
-            if dwell_s > 0:
-                obs_state.on_dwell(st.ctx, np.float32(dwell_s / 60.0), d)
-        elif e.type == "purchase":
-            self._consume(st, item, 1.0, c.purchase_weight)
-            obs_state.on_purchase(st.ctx)
-        else:  # dwell
-            obs_state.on_dwell(st.ctx, np.float32(dwell_s / 60.0), d)
-        return True
 
     # ---- user management --------------------------------------------------------------------------------------------
 
