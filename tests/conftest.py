@@ -113,7 +113,8 @@ def make_run_dir(root: Path, world: World, use_item_table: bool = False, steps: 
     residual on the diversity heuristic: standardised blend, a seen penalty and a category cap of 2), and
     optionally summary.json. ``gate`` is the diverse policy's gate (``SlatePolicy(gate=...)``; ``"standardised"``
     also gets the direct context path, ``gate_context``, the residual blind to the signals,
-    ``gate_only_signals``, and the click lean seen by the gate only, ``lean_gate_only``)."""
+    ``gate_only_signals``, the click lean seen by the gate only, ``lean_gate_only``, and the heuristic's
+    feedback-adaptive α in the gate, ``gate_lean``)."""
     from stable_baselines3 import PPO
 
     from agents.policies import SlatePolicy
@@ -154,7 +155,7 @@ def _diverse_kwargs(gate: str = "raw") -> dict:
     weights[F_ITEM_SEEN] = -0.5
     return {"base": "diverse", "base_weights": weights, "category_cap": 2, "init_alpha": 0.9, "gate": gate,
             "gate_context": gate == "standardised", "gate_only_signals": gate == "standardised",
-            "lean_gate_only": gate == "standardised"}
+            "lean_gate_only": gate == "standardised", "gate_lean": 1.5 if gate == "standardised" else None}
 
 
 @pytest.fixture(scope="session")

@@ -44,7 +44,7 @@ from encoders.hashing import HashingEncoder
 from envs.core import BatchedCore
 from envs.kernels import SessionState
 from envs.presets import build_world, preset_config
-from envs.spaces import CONTEXT_NAMES, F_CF, F_ITEM_SEEN, F_LLM, FEATURE_NAMES
+from envs.spaces import CONTEXT_NAMES, F_CAT_EXPOSURE, F_CF, F_ITEM_SEEN, F_LLM, FEATURE_NAMES
 from envs.users import sample_traits
 from envs.world import World
 
@@ -295,6 +295,45 @@ def test_coordinate_search_finds_the_best_point_of_a_known_surface() -> None:
         coordinate_search(evaluate, axes, {"a": 0.5, "b": 0.0})
     with pytest.raises(ValueError, match="empty"):
         coordinate_search(evaluate, {"a": ()}, {"a": 0.0})
+
+
+def test_diverse_lean_weight_follows_the_clicks_and_is_the_fixed_blend_at_zero() -> None:
+    """``DiverseRanker(lean_weight=w)``: at w = 0 its blend is the fixed one (the standardised-signal form of the
+    same blend ranks alike); with w > 0 a session whose clicks leaned to the CF score gets a slate with more CF
+    score and less LLM similarity than one whose clicks leaned to the LLM signal, and the LLM signal's share moves
+    by w logit units per spread-unit of lean (:func:`lean_alpha`)."""
+    from agents.rankers import click_lean, lean_alpha
+    from envs.spaces import C_CLICKED_CF, C_CLICKED_LLM
+
+    rng = np.random.default_rng(3)
+    b, n, k = 400, 40, 5
+    feats = rng.uniform(0.0, 1.0, (b, n, len(FEATURE_NAMES)))
+    feats[..., F_LLM] = rng.normal(0.3, 0.1, (b, n))
+    feats[..., F_CF] = rng.normal(0.0, 1.0, (b, n))
+    feats[..., F_CAT_EXPOSURE] = 0.0
+    obs = _obs(feats)
+    category = np.arange(n) % 4
+    fixed = DiverseRanker(k, 0.7, category)
+    zero = DiverseRanker(k, 0.7, category, lean_weight=0.0)
+    z_form = DiverseRanker(k, 0.7, category, lean_weight=1e-12)  # the standardised-signal path, no lean to speak of
+    np.testing.assert_array_equal(zero.act(obs), fixed.act(obs))
+    assert (z_form.act(obs) == fixed.act(obs)).all(axis=1).mean() > 0.99  # the same blend, up to rounding
+    to_cf, to_llm = dict(obs, context=obs["context"].copy()), dict(obs, context=obs["context"].copy())
+    to_cf["context"][:, C_CLICKED_CF], to_llm["context"][:, C_CLICKED_LLM] = 1.0, 0.1
+    adaptive = DiverseRanker(k, 0.7, category, lean_weight=4.0)
+    rows = np.arange(b)[:, None]
+
+    def shown(o: dict[str, np.ndarray], col: int) -> float:
+        return float(feats[rows, adaptive.act(o), col].mean())
+
+    assert shown(to_cf, F_CF) > shown(to_llm, F_CF) + 0.3
+    assert shown(to_llm, F_LLM) > shown(to_cf, F_LLM) + 0.02
+    sd_llm, sd_cf = feats[..., F_LLM].std(axis=1) + 1e-9, feats[..., F_CF].std(axis=1) + 1e-9
+    lean = click_lean(to_cf["context"], sd_llm, sd_cf)
+    np.testing.assert_allclose(lean, -1.0 / sd_cf)
+    logit = lambda a: np.log(a / (1.0 - a))  # noqa: E731
+    np.testing.assert_allclose(logit(lean_alpha(0.7, sd_llm, sd_cf, lean, 4.0))
+                               - logit(lean_alpha(0.7, sd_llm, sd_cf, lean, 0.0)), 4.0 * lean, rtol=1e-6)
 
 
 def test_tune_diverse_picks_the_argmax_of_a_tiny_grid(small_world: World, small_cfg: EnvConfig) -> None:

@@ -672,8 +672,11 @@ def test_redis_concurrent_feedback_from_many_processes_loses_no_event(redis_url:
 def _start_service(art: Path, port: int, redis_url: str, env: dict[str, str]) -> subprocess.Popen:
     import httpx
 
+    # a generous model budget: the tests compare answers across restarts, and on a loaded machine a 10 ms budget
+    # can turn one of them into the fallback's
     proc = subprocess.Popen([sys.executable, "-m", "agents.serve", str(art), "--port", str(port), "--redis",
-                             redis_url], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                             redis_url, "--time-budget-ms", "10000"], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
     deadline = time.time() + 120
     while time.time() < deadline:
         if proc.poll() is not None:
