@@ -345,6 +345,7 @@ def _learn_and_report(cfg: Config, run_dir: Path, world: World, curve: Any, dive
         "gap_closed_to_oracle": report.get("gap_closed_to_oracle"),
         "ratio_vs_tuned_diverse": report["ratio_vs_tuned_diverse"],
         "paired_vs_tuned_diverse": report["paired_vs_tuned_diverse"],
+        "best_hand_written_heldout": report["best_hand_written_heldout"],
         "policy_base": tc.policy.base,
         "gap_closed_to_ceiling": report.get("gap_closed_to_ceiling"),
         "alpha_by_user_type": report["alpha"]["by_rho"],
