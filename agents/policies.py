@@ -506,9 +506,9 @@ class SlatePolicy(ActorCriticPolicy):
         sd_cf = (cf - cf.mean(dim=-1, keepdim=True)).square().mean(dim=-1, keepdim=True).sqrt() + eps
         prior = math.log(self.init_alpha / (1.0 - self.init_alpha)) + (sd_llm.log() - sd_cf.log()).squeeze(-1)
         if self.lean_weight is not None:  # gate_lean: the heuristic's feedback-adaptive α (agents.rankers.click_lean)
-            lo, _ = self._ctx_cols
-            ctx = state_in[:, lo:lo + max(C_CLICKED_LLM, C_CLICKED_CF) + 1]
-            lean = ctx[:, C_CLICKED_LLM] / sd_llm.squeeze(-1) - ctx[:, C_CLICKED_CF] / sd_cf.squeeze(-1)
+            lo, _ = self._ctx_cols  # obs["context"] inside the state input
+            lean = (state_in[:, lo + C_CLICKED_LLM] / sd_llm.squeeze(-1)
+                    - state_in[:, lo + C_CLICKED_CF] / sd_cf.squeeze(-1))  # (B,)
             prior = prior + self.lean_weight * lean
         z_llm = (llm - llm.mean(dim=-1, keepdim=True)) / sd_llm
         z_cf = (cf - cf.mean(dim=-1, keepdim=True)) / sd_cf
