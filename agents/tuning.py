@@ -120,6 +120,15 @@ ORACLE_DIVERSE_GRID: dict[str, tuple[float, ...]] = {
 }
 #: Grids with at most this many points are searched exhaustively; larger ones by coordinate ascent.
 EXHAUSTIVE_MAX = 64
+#: After the search the start and this many of the best points on the tuning sessions meet fresh sessions of the same
+#: users (validation); the best there is the result. Session returns are heavy-tailed, so on 400 sessions the best of
+#: ~60 points is partly luck: the default preset's old pick gained +0.76 on its tuning sessions and lost 0.37 to its
+#: start on 2,000 fresh training sessions and 0.55 on held-out users (BENCHMARKS.md, "Session 10").
+VALIDATE_TOP = 3
+#: Validation sessions per tuning session: a few points on many sessions, so that the pick is not luck again.
+VALIDATION_FACTOR = 5
+#: The validation sessions' seed is the tuning seed plus this.
+VALIDATION_SEED_OFFSET = 7_919
 
 
 @dataclass
@@ -131,15 +140,19 @@ class ParamSearch:
         axes: Grid values per parameter, in search order.
         method: ``"exhaustive"`` (every grid point) or ``"coordinate"`` (coordinate ascent from ``start``).
         start: The point the search started from (a coordinate search never ends below it).
-        start_mean: Its mean return.
-        best: The point of the highest mean return among those evaluated (on ties, the one reached first).
-        best_mean: Its mean return.
-        best_ci95: 95% bootstrap interval of its mean.
-        points: Every evaluated point, in evaluation order.
-        means: Mean return of each point.
-        episodes: Sessions per point (the same sessions for every point).
+        start_mean: Its mean return on the tuning sessions.
+        best: The result: of ``validation_points``, the one of the highest mean return on the validation sessions
+            (on ties, the earlier; the start comes first).
+        best_mean: Its mean return on the tuning sessions.
+        best_ci95: 95% bootstrap interval of that mean.
+        points: Every point evaluated on the tuning sessions, in evaluation order.
+        means: Mean return of each point there.
+        episodes: Tuning sessions per point (the same sessions for every point); the validation has
+            :data:`VALIDATION_FACTOR` times as many.
         population: Where it was measured (training users).
-        seed: Seed of the sessions.
+        seed: Seed of the tuning sessions (the validation sessions': ``seed + VALIDATION_SEED_OFFSET``).
+        validation_points: The start, then the best :data:`VALIDATE_TOP` other points on the tuning sessions.
+        validation_means: Mean return of each on the validation sessions.
     """
 
     kind: str
@@ -155,6 +168,8 @@ class ParamSearch:
     episodes: int
     population: str
     seed: int
+    validation_points: list[dict[str, float]]
+    validation_means: list[float]
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict for JSON."""
@@ -239,6 +254,24 @@ def coordinate_search(evaluate: Callable[[dict[str, float]], np.ndarray], axes: 
     return best, evaluated
 
 
+def validation_candidates(start: dict[str, float], evaluated: list[tuple[dict[str, float], float]],
+                          top: int) -> list[dict[str, float]]:
+    """The points a search's result is picked from: ``start``, then the ``top`` best other points of ``evaluated``
+    by their mean on the tuning sessions (on ties, the one evaluated first).
+
+    Args:
+        start: The search's start.
+        evaluated: ``(point, mean)`` of every point the search evaluated (:func:`coordinate_search`).
+        top: How many besides the start.
+
+    Returns:
+        ``[start, …]``, at most ``top + 1`` distinct points.
+    """
+    others = [(p, m) for p, m in evaluated if p != start]
+    order = sorted(range(len(others)), key=lambda i: (-others[i][1], i))
+    return [dict(start)] + [dict(others[i][0]) for i in order[:top]]
+
+
 def _search_cache_path(cache_dir: str | Path, kind: str, world: World, env_cfg: EnvConfig,
                        spec: dict[str, Any]) -> Path:
     """The cache file of one search: keyed by the world (its config key) and everything the search depends on."""
@@ -258,7 +291,9 @@ def _search(kind: str, factory: Callable[[BatchedCore, dict[str, float]], Ranker
     """Search the parameters of a ranker family on ``population``: the one protocol of every ParamSearch-tuned
     ranker. Checks ``grid`` (default ``default_grid``) against ``default_grid``'s axes, clips its caps to K (caps
     above K all mean "no cap"), puts ``start`` on the grid, then runs (or loads from ``cache_dir``) one
-    :func:`coordinate_search` of ``factory``'s rankers.
+    :func:`coordinate_search` of ``factory``'s rankers on ``episodes`` tuning sessions and picks its result among the
+    start and the best :data:`VALIDATE_TOP` points by their return on ``VALIDATION_FACTOR·episodes`` fresh
+    validation sessions of the same users (:func:`validation_candidates`).
 
     Raises:
         ValueError: For a grid with missing or unknown axes, or an empty axis.
@@ -269,7 +304,7 @@ def _search(kind: str, factory: Callable[[BatchedCore, dict[str, float]], Ranker
     axes["cap"] = tuple(sorted({min(int(c), env_cfg.slate_size) for c in axes["cap"]}))
     axes = {n: tuple(sorted(set(v) | {start[n]})) for n, v in axes.items()}  # the start is always on the grid
     spec = {"axes": {n: list(v) for n, v in axes.items()}, "start": start, "episodes": episodes, "seed": seed,
-            "population": population}
+            "population": population, "validation": [VALIDATE_TOP, VALIDATION_FACTOR, VALIDATION_SEED_OFFSET]}
     path = _search_cache_path(cache_dir, kind, world, env_cfg, spec) if cache_dir is not None else None
     if path is not None and path.is_file():
         try:
@@ -277,13 +312,19 @@ def _search(kind: str, factory: Callable[[BatchedCore, dict[str, float]], Ranker
         except (ValueError, TypeError, json.JSONDecodeError):
             pass  # a corrupt cache entry: search again and overwrite it
     core = make_core(env_cfg, env_cfg.preset, encoder, world, population, min(batch, episodes))
-    plan = episode_plan(episodes, [seed], world.populations[population].size)
+    n_users = world.populations[population].size
+    plan = episode_plan(episodes, [seed], n_users)
+    valid_plan = episode_plan(VALIDATION_FACTOR * episodes, [seed + VALIDATION_SEED_OFFSET], n_users)
     memo: dict[tuple[float, ...], np.ndarray] = {}
 
     def evaluate(point: dict[str, float]) -> np.ndarray:
         return run_episodes(core, factory(core, point), plan, progress=progress, desc=f"tuning {kind} {point}").ret
 
-    best, evaluated = coordinate_search(evaluate, axes, start, memo=memo)
+    _, evaluated = coordinate_search(evaluate, axes, start, memo=memo)
+    candidates = validation_candidates(start, evaluated, VALIDATE_TOP)
+    valid_means = [float(run_episodes(core, factory(core, p), valid_plan, progress=progress,
+                                      desc=f"validating {kind} {p}").ret.mean()) for p in candidates]
+    best = candidates[int(np.argmax(valid_means))]  # the first on ties: the start
     names = list(axes)
     exhaustive = int(np.prod([len(v) for v in axes.values()])) <= EXHAUSTIVE_MAX
     best_ret = memo[tuple(best[n] for n in names)]
@@ -294,7 +335,8 @@ def _search(kind: str, factory: Callable[[BatchedCore, dict[str, float]], Ranker
         best_mean=float(best_ret.mean()),
         best_ci95=list(percentile_ci(Bootstrap(len(plan), 1000, seed).means(best_ret))),
         points=[{n: float(v) for n, v in p.items()} for p, _ in evaluated], means=[m for _, m in evaluated],
-        episodes=episodes, population=population, seed=seed)
+        episodes=episodes, population=population, seed=seed,
+        validation_points=[{n: float(v) for n, v in p.items()} for p in candidates], validation_means=valid_means)
     if path is not None:
         atomic_write_text(path, json.dumps(result.to_dict(), indent=1))
     return result
@@ -314,9 +356,10 @@ def tune_diverse(world: World, env_cfg: EnvConfig, alpha: float, grid: dict[str,
     """Tune the diversity heuristic's α, category cap, exposure and seen weights on ``population`` (training users).
 
     The protocol of :func:`tune_alpha`: every grid point meets the same sessions (common random numbers). The
-    search starts at ``diverse:<alpha>`` with the hand-set defaults (:data:`DIVERSE_DEFAULTS`), so on these
-    sessions the result is never worse than that; grids of at most :data:`EXHAUSTIVE_MAX` points are searched
-    exhaustively, larger ones by coordinate ascent (:func:`coordinate_search`: about 30–60 points for
+    search starts at ``diverse:<alpha>`` with the hand-set defaults (:data:`DIVERSE_DEFAULTS`), and the result is
+    the best on fresh validation sessions of the start and the search's best :data:`VALIDATE_TOP` points (so on
+    those sessions it is never worse than the hand-set heuristic); grids of at most :data:`EXHAUSTIVE_MAX` points
+    are searched exhaustively, larger ones by coordinate ascent (:func:`coordinate_search`: about 30–60 points for
     :data:`DIVERSE_GRID`).
 
     Args:
@@ -362,7 +405,8 @@ def tune_oracle_diverse(world: World, env_cfg: EnvConfig, grid: dict[str, tuple[
                         cache_dir: str | Path | None = None) -> ParamSearch:
     """Tune :class:`OracleDiverseRanker`'s cap and λ_c on ``population`` (training users), like :func:`tune_diverse`.
 
-    The search starts at the myopic oracle (λ_c = 0, no cap), so on these sessions the result is never below it.
+    The search starts at the myopic oracle (λ_c = 0, no cap) and picks its result on validation sessions, so there
+    the result is never below it.
 
     Args:
         world: The world.

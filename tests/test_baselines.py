@@ -30,6 +30,9 @@ from agents.registry import SPECS, RankerContext, check_specs, make_ranker, pars
 from agents.report import paired_test
 from agents.tuning import (
     DIVERSE_GRID,
+    VALIDATE_TOP,
+    VALIDATION_FACTOR,
+    VALIDATION_SEED_OFFSET,
     ParamSearch,
     coordinate_search,
     diverse_ranker,
@@ -37,6 +40,7 @@ from agents.tuning import (
     tune_alpha,
     tune_diverse,
     tune_oracle_diverse,
+    validation_candidates,
 )
 from bench.headroom import alpha_by_group, best_per_group, diverse_by_group, grouped_returns, rho_groups
 from configs.schema import EnvConfig
@@ -336,16 +340,25 @@ def test_diverse_lean_weight_follows_the_clicks_and_is_the_fixed_blend_at_zero()
                                - logit(lean_alpha(0.7, sd_llm, sd_cf, lean, 0.0)), 4.0 * lean, rtol=1e-6)
 
 
-def test_tune_diverse_picks_the_argmax_of_a_tiny_grid(small_world: World, small_cfg: EnvConfig) -> None:
+def test_tune_diverse_searches_a_tiny_grid_and_picks_on_fresh_sessions(small_world: World,
+                                                                       small_cfg: EnvConfig) -> None:
+    """Every point of a small grid meets the tuning sessions; the start and the best :data:`VALIDATE_TOP` points
+    there meet other sessions of the same users, and the result is the best of those on them."""
     episodes, seed = 48, 5
     search = tune_diverse(small_world, small_cfg, 1.0, TINY_DIVERSE, episodes=episodes, seed=seed, batch=32)
     assert search.method == "exhaustive" and search.population == "train"
     assert len(search.points) == 8  # 2·2·2·1, the start (1.0, cap 2, 3.0, 0.5) among them
     means = {tuple(sorted(p.items())): _point_returns(small_world, small_cfg, p, episodes, seed).mean()
              for p in search.points}
-    best_key = max(means, key=lambda key: means[key])
-    assert tuple(sorted(search.best.items())) == best_key
-    assert search.best_mean == pytest.approx(means[best_key])
+    assert [means[tuple(sorted(p.items()))] for p in search.points] == pytest.approx(search.means)
+    ranked = sorted((key for key in means if dict(key) != search.start), key=lambda key: -means[key])
+    assert search.validation_points[0] == search.start
+    assert [tuple(sorted(p.items())) for p in search.validation_points[1:]] == ranked[:VALIDATE_TOP]
+    valid = [_point_returns(small_world, small_cfg, p, VALIDATION_FACTOR * episodes, seed + VALIDATION_SEED_OFFSET)
+             .mean() for p in search.validation_points]
+    assert valid == pytest.approx(search.validation_means)
+    assert search.best == search.validation_points[int(np.argmax(valid))]
+    assert search.best_mean == pytest.approx(means[tuple(sorted(search.best.items()))])
     assert search.best_ci95[0] <= search.best_mean <= search.best_ci95[1]
     tuned = TunedDiverseRanker(small_cfg.slate_size, small_world.catalog.category, search)
     assert tuned.name == "tuned-diverse" and tuned.alpha == search.best["alpha"] and tuned.cap == search.best["cap"]
@@ -354,8 +367,8 @@ def test_tune_diverse_picks_the_argmax_of_a_tiny_grid(small_world: World, small_
 
 
 def test_tune_diverse_is_never_below_the_hand_set_heuristic(small_world: World, small_cfg: EnvConfig) -> None:
-    """Over the full grid (coordinate ascent), the tuned point is at least ``diverse:<α>`` with its defaults on the
-    training sessions it was tuned on, and the best of every point it evaluated."""
+    """Over the full grid (coordinate ascent), the search never ends below ``diverse:<α>`` with its defaults on the
+    tuning sessions, and the result (picked on the validation sessions) is at least that heuristic there."""
     episodes, seed, alpha = 40, 9, 0.9
     search = tune_diverse(small_world, small_cfg, alpha, episodes=episodes, seed=seed, batch=32)
     assert search.method == "coordinate"
@@ -364,10 +377,26 @@ def test_tune_diverse_is_never_below_the_hand_set_heuristic(small_world: World, 
     plan = episode_plan(episodes, [seed], small_world.populations["train"].size)
     hand_set = run_episodes(core, DiverseRanker(small_cfg.slate_size, alpha, small_world.catalog.category), plan).ret
     assert search.start_mean == pytest.approx(hand_set.mean())
-    assert search.best_mean >= hand_set.mean()
-    assert search.best_mean == pytest.approx(max(search.means))
+    assert max(search.means) >= hand_set.mean()
     again = _point_returns(small_world, small_cfg, search.best, episodes, seed)
     assert again.mean() == pytest.approx(search.best_mean)
+    valid_plan = episode_plan(VALIDATION_FACTOR * episodes, [seed + VALIDATION_SEED_OFFSET],
+                              small_world.populations["train"].size)
+    hand_valid = run_episodes(core, DiverseRanker(small_cfg.slate_size, alpha, small_world.catalog.category),
+                              valid_plan).ret
+    assert search.validation_means[0] == pytest.approx(hand_valid.mean())
+    assert max(search.validation_means) >= hand_valid.mean()
+
+
+def test_validation_candidates_are_the_start_then_the_best_others() -> None:
+    """The start first (even when it is not among the best), then the best other points by their tuning mean, the
+    earlier on ties; never the start twice, never more than asked."""
+    start = {"a": 0.0}
+    evaluated = [({"a": 0.0}, 1.0), ({"a": 1.0}, 3.0), ({"a": 2.0}, 2.0), ({"a": 3.0}, 3.0), ({"a": 4.0}, 0.5)]
+    assert validation_candidates(start, evaluated, 2) == [{"a": 0.0}, {"a": 1.0}, {"a": 3.0}]
+    assert validation_candidates(start, evaluated, 10) == [{"a": 0.0}, {"a": 1.0}, {"a": 3.0}, {"a": 2.0},
+                                                           {"a": 4.0}]
+    assert validation_candidates(start, evaluated[:1], 3) == [start]
 
 
 def test_tuning_results_are_cached_by_world_and_settings(small_world: World, small_cfg: EnvConfig, tmp_path: Path,
