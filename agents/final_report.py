@@ -48,7 +48,8 @@ def best_hand_written(stats: dict[str, Any], n_boot: int, seed: int) -> dict[str
 
     tuned-diverse is the bar's reference because it is chosen on the training users; a ranker picked here, on the
     held-out sessions themselves, is an optimistic reference (chosen on the sessions it is scored on), so PPO's
-    difference to it is the conservative one. It is often tuned-diverse itself.
+    difference to it is the conservative one. It is often tuned-diverse itself (on a tie, e.g. when the tuning kept
+    the hand-set start, it is named tuned-diverse).
 
     Args:
         stats: Per ranker, the :class:`agents.evaluation.EpisodeStats` of the same sessions (``"ppo"`` among them).
@@ -59,7 +60,7 @@ def best_hand_written(stats: dict[str, Any], n_boot: int, seed: int) -> dict[str
         ``{"name", "return", "paired"}`` (``paired``: :func:`agents.report.paired_test` of PPO − it).
     """
     names = [n for n in stats if n != "ppo" and n not in HIDDEN]
-    best = max(names, key=lambda n: float(stats[n].ret.mean()))
+    best = max(names, key=lambda n: (float(stats[n].ret.mean()), n == STRONGEST_HEURISTIC))
     ppo = stats["ppo"].ret
     return {"name": best, "return": float(stats[best].ret.mean()),
             "paired": paired_test(ppo, stats[best].ret, Bootstrap(len(ppo), n_boot, seed))}

@@ -34,7 +34,9 @@ def test_smoke_run_writes_a_run_directory_that_evaluate_loads(cache: Path) -> No
     assert saved["total_timesteps"] >= 1024 and "ppo" in saved["heldout"] and "tuned-alpha" in saved["heldout"]
     best = saved["best_hand_written_heldout"]  # the best non-hidden, non-PPO ranker on these sessions
     hand = {n: v["mean"] for n, v in saved["heldout"].items() if n not in ("ppo", "oracle", "tuned-oracle-diverse")}
-    assert best["name"] == max(hand, key=hand.__getitem__) and best["return"] == pytest.approx(hand[best["name"]])
+    assert hand[best["name"]] == max(hand.values()) and best["return"] == pytest.approx(hand[best["name"]])
+    if hand.get("tuned-diverse") == best["return"]:  # a tie with tuned-diverse (it kept its start) names it
+        assert best["name"] == "tuned-diverse"
     assert best["paired"]["diff"] == pytest.approx(saved["heldout"]["ppo"]["mean"] - best["return"], abs=1e-9)
     evals = [json.loads(line) for line in (run / "eval.jsonl").read_text().splitlines()]
     assert [e["step"] for e in evals][:2] == [512, 1024] or evals[0]["step"] >= 512
