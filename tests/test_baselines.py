@@ -301,6 +301,27 @@ def test_coordinate_search_finds_the_best_point_of_a_known_surface() -> None:
         coordinate_search(evaluate, {"a": ()}, {"a": 0.0})
 
 
+def test_term_probe_ranker_is_tuned_diverse_at_zero_and_follows_the_term_when_it_dominates() -> None:
+    """``bench.term_probe``'s ranker: β = 0 gives the base heuristic's slates; a dominant β gives the top of the
+    term (with the cap not binding and no penalties); the slates stay valid (distinct positions)."""
+    from bench.term_probe import TermDiverseRanker
+
+    rng = np.random.default_rng(5)
+    b, n, k = 200, 30, 5
+    feats = rng.uniform(0.0, 1.0, (b, n, len(FEATURE_NAMES)))
+    obs = _obs(feats)
+    term = rng.normal(0.0, 1.0, (b, n))
+    category = np.arange(n) % 3
+    base = DiverseRanker(k, 0.6, category, exposure_weight=0.5, seen_weight=0.5, cap=2)
+    np.testing.assert_array_equal(TermDiverseRanker(base, lambda o: term, 0.0).act(obs), base.act(obs))
+    free = DiverseRanker(k, 0.6, category, exposure_weight=0.0, seen_weight=0.0, cap=k)
+    slate = TermDiverseRanker(free, lambda o: term, 1e6).act(obs)
+    np.testing.assert_array_equal(slate, np.argsort(-term, axis=1)[:, :k])
+    capped = TermDiverseRanker(base, lambda o: term, 1e6).act(obs)
+    assert all(len(set(row)) == k for row in capped.tolist())
+    assert (np.stack([np.bincount(category[row], minlength=3) for row in capped]) <= 2).all()
+
+
 def test_diverse_lean_weight_follows_the_clicks_and_is_the_fixed_blend_at_zero() -> None:
     """``DiverseRanker(lean_weight=w)``: at w = 0 its blend is the fixed one (the standardised-signal form of the
     same blend ranks alike); with w > 0 a session whose clicks leaned to the CF score gets a slate with more CF

@@ -1,0 +1,105 @@
+"""What would one more per-item term add to tuned-diverse? Paired probes on held-out users.
+
+``python -m bench.term_probe --preset presets/ml`` ranks the same held-out sessions with tuned-diverse (tuned on
+the training users, ``agents/tuning.py``) and with tuned-diverse whose standardised blend gets ``β·x`` added before
+its penalties and category cap, for each term ``x`` and each β:
+
+* ``quality``: the item's hidden quality (≈ N(0, 1) over the catalog). It **reads the hidden state**: the most that
+  a learned per-item table (``train.policy.use_item_table``) could recover from clicks;
+* ``popularity`` and ``price``: the observed feature columns, standardised over the request's candidates.
+
+A term whose best β adds nothing is not where a learned policy's headroom is. The last line is a JSON object with
+every paired difference (PPO-free: this measures the world, not a policy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+import numpy as np
+
+from agents.evaluation import episode_plan, run_episodes
+from agents.rankers import DiverseRanker
+from agents.registry import RankerContext
+from agents.report import Bootstrap, paired_test
+from agents.tuning import diverse_ranker
+from configs.loader import resolve_config
+from configs.schema import ConfigError
+from envs.factory import make_core
+from envs.presets import load_world
+from envs.spaces import F_POP, F_PRICE
+
+#: β values tried per term.
+BETAS: dict[str, tuple[float, ...]] = {"quality": (0.25, 0.5, 1.0, 2.0), "popularity": (-0.5, -0.2, 0.2, 0.5),
+                                       "price": (-0.5, -0.2, 0.2, 0.5)}
+
+
+def _standardise(x: np.ndarray) -> np.ndarray:
+    """Rows of ``x`` float (B, N) to mean 0, SD 1 (a constant row stays 0)."""
+    return (x - x.mean(axis=1, keepdims=True)) / (x.std(axis=1, keepdims=True) + 1e-9)
+
+
+class TermDiverseRanker(DiverseRanker):
+    """:class:`DiverseRanker` whose standardised blend gets ``beta·term(obs)`` added (the probe's ranker).
+
+    Args:
+        base: The ranker whose parameters it copies (tuned-diverse).
+        term: obs → float (B, N) extra column.
+        beta: Its weight, in units of the blend's spread.
+    """
+
+    def __init__(self, base: DiverseRanker, term: Any, beta: float) -> None:
+        super().__init__(base.k, base.alpha, base.category, exposure_weight=base.exposure_weight,
+                         seen_weight=base.seen_weight, cap=base.cap, lean_weight=base.lean_weight)
+        self.term, self.beta = term, float(beta)
+
+    def blend(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        """The standardised blend plus ``beta·term``: float64 (B, N)."""
+        return _standardise(super().blend(obs)) + self.beta * self.term(obs)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the probes; print one line per term and β, and the JSON summary (last line)."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="default")
+    ap.add_argument("--config", default=None, help="config file (its eval and tuning settings)")
+    ap.add_argument("--episodes", type=int, default=2000, help="held-out sessions (the same for every ranker)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the sessions and of tuned-diverse's tuning")
+    ap.add_argument("--batch", type=int, default=500)
+    args = ap.parse_args(argv)
+    try:
+        cfg = resolve_config(args.config, args.preset, [])
+    except ConfigError as exc:
+        ap.error(str(exc))
+    world = load_world(cfg.env, cfg.encoder)
+    core = make_core(cfg.env, cfg.env.preset, cfg.encoder, world, "heldout", args.batch)
+    plan = episode_plan(args.episodes, [args.seed], world.populations["heldout"].size)
+    ctx = RankerContext(world, cfg.env, core=core, seed=args.seed, tune_episodes=400, batch=256)
+    point = ctx.diverse_search().best
+    base = diverse_ranker(cfg.env.slate_size, world.catalog.category, point, name="tuned-diverse")
+    ref = run_episodes(core, base, plan).ret
+    quality = world.catalog.quality.astype(np.float64)
+    terms = {"quality": lambda obs: quality[obs["candidates"]],
+             "popularity": lambda obs: _standardise(obs["features"][:, :, F_POP].astype(np.float64)),
+             "price": lambda obs: _standardise(obs["features"][:, :, F_PRICE].astype(np.float64))}
+    boot = Bootstrap(len(plan), 1000, args.seed)
+    out: dict[str, Any] = {"preset": args.preset, "tuned_diverse": point, "tuned_diverse_return": float(ref.mean()),
+                           "episodes": len(plan), "terms": {}}
+    print(f"tuned-diverse {point}: {ref.mean():.3f} on {len(plan)} held-out sessions")
+    for name, term in terms.items():
+        rows = []
+        for beta in BETAS[name]:
+            ret = run_episodes(core, TermDiverseRanker(base, term, beta), plan).ret
+            test = paired_test(ret, ref, boot)
+            rows.append({"beta": beta, "return": float(ret.mean()), **test})
+            print(f"  {name:<10} β {beta:+.2f}: {ret.mean():.3f}, paired {test['diff']:+.3f} "
+                  f"(95% CI {test['ci95'][0]:+.3f} to {test['ci95'][1]:+.3f})")
+        out["terms"][name] = rows
+    print(json.dumps(out))
+    return out
+
+
+if __name__ == "__main__":
+    main()
