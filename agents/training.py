@@ -251,7 +251,10 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False, progre
     if tc.policy.base == "diverse":  # the policy starts at tuned-diverse: search it now (cached for the final table)
         t0 = time.perf_counter()
         diverse = tuning_context(cfg, world, None, progress).diverse_search()
-        say(f"tuned-diverse on training users: {diverse.best} ({time.perf_counter() - t0:.0f}s)")
+        kept = "kept the hand-set start" if diverse.best == diverse.start else "moved from the hand-set start"
+        say(f"tuned-diverse on training users: {diverse.best} ({kept}; validation sessions: "
+            f"{max(diverse.validation_means):.2f} against the start's {diverse.validation_means[0]:.2f}; "
+            f"{time.perf_counter() - t0:.0f}s)")
 
     kwargs = policy_kwargs(cfg, curve.best_alpha, world, None if diverse is None else diverse.best)
     venv: SB3VecEnv | VecNormalize = make_train_env(cfg, world, kwargs)
