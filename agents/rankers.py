@@ -103,6 +103,13 @@ class BlendRanker(Ranker):
         return top_k(self.scores(obs), self.k)
 
 
+def z_rows(x: np.ndarray) -> np.ndarray:
+    """The diversity heuristic's ``z``: each row of ``x`` float (B, N) minus its mean, over its std + 1e-9 (a
+    constant row becomes 0): float64 (B, N)."""
+    x = np.asarray(x, dtype=np.float64)
+    return (x - x.mean(axis=1, keepdims=True)) / (x.std(axis=1, keepdims=True) + 1e-9)
+
+
 #: How close to 0 or 1 the raw α of the feedback-adaptive blend may be (its logit must be finite).
 LEAN_ALPHA_CLIP = 0.02
 
@@ -187,8 +194,7 @@ class DiverseRanker(BlendRanker):
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         """Greedy top-K under the category cap: int64 (B, K)."""
         f = obs["features"]
-        base = self.blend(obs)
-        base = (base - base.mean(axis=1, keepdims=True)) / (base.std(axis=1, keepdims=True) + 1e-9)
+        base = z_rows(self.blend(obs))
         score = base - self.exposure_weight * f[:, :, F_CAT_EXPOSURE] - self.seen_weight * f[:, :, F_ITEM_SEEN]
         cats = self.category[obs["candidates"]]  # (B, N)
         b = score.shape[0]

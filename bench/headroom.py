@@ -35,7 +35,7 @@ import numpy as np
 
 from agents.evaluation import EpisodePlan, EpisodeStats, episode_plan, run_episodes
 from agents.fitting import fit_logistic
-from agents.rankers import BlendRanker
+from agents.rankers import BlendRanker, z_rows
 from agents.registry import RankerContext, make_ranker
 from agents.report import Bootstrap, paired_test, percentile_ci
 from agents.tuning import ALPHA_GRID, DIVERSE_GRID, TUNE_SEED, coordinate_search, diverse_ranker
@@ -241,11 +241,8 @@ def first_request_summary(world: World, cfg: EnvConfig, population: str, seed: i
     core.reset_rows(np.arange(n), keys, np.arange(n))
     f = core.observe()["features"].astype(np.float64)
     llm, cf = f[:, :, F_LLM], f[:, :, F_CF]
-
-    def z(x: np.ndarray) -> np.ndarray:
-        return (x - x.mean(axis=1, keepdims=True)) / (x.std(axis=1, keepdims=True) + 1e-9)
-
-    return np.stack([llm.mean(1), llm.std(1), llm.max(1), cf.mean(1), cf.std(1), cf.max(1), (z(llm) * z(cf)).mean(1),
+    return np.stack([llm.mean(1), llm.std(1), llm.max(1), cf.mean(1), cf.std(1), cf.max(1),
+                     (z_rows(llm) * z_rows(cf)).mean(1),
                      f[:, :, F_POP].mean(1), f[:, :, F_PRICE].mean(1)], axis=1)
 
 

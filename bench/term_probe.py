@@ -16,15 +16,16 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from agents.evaluation import episode_plan, run_episodes
-from agents.rankers import DiverseRanker
+from agents.rankers import DiverseRanker, z_rows
 from agents.registry import RankerContext
 from agents.report import Bootstrap, paired_test
-from agents.tuning import diverse_ranker
+from agents.tuning import diverse_ranker, tuning_cache_dir
 from configs.loader import resolve_config
 from configs.schema import ConfigError
 from envs.factory import make_core
@@ -35,10 +36,8 @@ from envs.spaces import F_POP, F_PRICE
 BETAS: dict[str, tuple[float, ...]] = {"quality": (0.25, 0.5, 1.0, 2.0), "popularity": (-0.5, -0.2, 0.2, 0.5),
                                        "price": (-0.5, -0.2, 0.2, 0.5)}
 
-
-def _standardise(x: np.ndarray) -> np.ndarray:
-    """Rows of ``x`` float (B, N) to mean 0, SD 1 (a constant row stays 0)."""
-    return (x - x.mean(axis=1, keepdims=True)) / (x.std(axis=1, keepdims=True) + 1e-9)
+#: A probe term: the observation → float (B, N), one value per candidate.
+Term = Callable[[dict[str, np.ndarray]], np.ndarray]
 
 
 class TermDiverseRanker(DiverseRanker):
@@ -50,14 +49,14 @@ class TermDiverseRanker(DiverseRanker):
         beta: Its weight, in units of the blend's spread.
     """
 
-    def __init__(self, base: DiverseRanker, term: Any, beta: float) -> None:
+    def __init__(self, base: DiverseRanker, term: Term, beta: float) -> None:
         super().__init__(base.k, base.alpha, base.category, exposure_weight=base.exposure_weight,
                          seen_weight=base.seen_weight, cap=base.cap, lean_weight=base.lean_weight)
         self.term, self.beta = term, float(beta)
 
     def blend(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         """The standardised blend plus ``beta·term``: float64 (B, N)."""
-        return _standardise(super().blend(obs)) + self.beta * self.term(obs)
+        return z_rows(super().blend(obs)) + self.beta * self.term(obs)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -69,6 +68,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--seed", type=int, default=0, help="seed of the sessions and of tuned-diverse's tuning")
     ap.add_argument("--batch", type=int, default=500)
     args = ap.parse_args(argv)
+    if args.episodes < 2 or args.batch < 1:
+        ap.error(f"--episodes must be >= 2 and --batch >= 1, got {args.episodes} and {args.batch}")
     try:
         cfg = resolve_config(args.config, args.preset, [])
     except ConfigError as exc:
@@ -76,14 +77,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     world = load_world(cfg.env, cfg.encoder)
     core = make_core(cfg.env, cfg.env.preset, cfg.encoder, world, "heldout", args.batch)
     plan = episode_plan(args.episodes, [args.seed], world.populations["heldout"].size)
-    ctx = RankerContext(world, cfg.env, core=core, seed=args.seed, tune_episodes=400, batch=256)
+    ctx = RankerContext(world, cfg.env, core=core, seed=args.seed, tune_episodes=400, batch=256,
+                        cache_dir=str(tuning_cache_dir(cfg.env, cfg.encoder)))  # train.py's search, when it ran
     point = ctx.diverse_search().best
     base = diverse_ranker(cfg.env.slate_size, world.catalog.category, point, name="tuned-diverse")
     ref = run_episodes(core, base, plan).ret
     quality = world.catalog.quality.astype(np.float64)
     terms = {"quality": lambda obs: quality[obs["candidates"]],
-             "popularity": lambda obs: _standardise(obs["features"][:, :, F_POP].astype(np.float64)),
-             "price": lambda obs: _standardise(obs["features"][:, :, F_PRICE].astype(np.float64))}
+             "popularity": lambda obs: z_rows(obs["features"][:, :, F_POP].astype(np.float64)),
+             "price": lambda obs: z_rows(obs["features"][:, :, F_PRICE].astype(np.float64))}
     boot = Bootstrap(len(plan), 1000, args.seed)
     out: dict[str, Any] = {"preset": args.preset, "tuned_diverse": point, "tuned_diverse_return": float(ref.mean()),
                            "episodes": len(plan), "terms": {}}

@@ -322,6 +322,14 @@ def test_term_probe_ranker_is_tuned_diverse_at_zero_and_follows_the_term_when_it
     assert (np.stack([np.bincount(category[row], minlength=3) for row in capped]) <= 2).all()
 
 
+def test_term_probe_rejects_too_few_sessions_by_name(capsys: pytest.CaptureFixture[str]) -> None:
+    from bench.term_probe import main
+
+    with pytest.raises(SystemExit):
+        main(["--episodes", "1"])
+    assert "--episodes" in capsys.readouterr().err
+
+
 def test_diverse_lean_weight_follows_the_clicks_and_is_the_fixed_blend_at_zero() -> None:
     """``DiverseRanker(lean_weight=w)``: at w = 0 its blend is the fixed one (the standardised-signal form of the
     same blend ranks alike); with w > 0 a session whose clicks leaned to the CF score gets a slate with more CF
