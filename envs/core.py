@@ -314,6 +314,52 @@ class BatchedCore:
 
         split_rows(len(rows), start, self.threads)
 
+    def copy_rows(self, src: BatchedCore, src_rows: np.ndarray, dst_rows: np.ndarray,
+                  keys: np.ndarray | None = None) -> None:
+        """Make ``dst_rows`` exact copies of ``src``'s sessions ``src_rows`` (their state and current request).
+
+        A copy given its source's key replays the source exactly under the same slates; given another key it is an
+        independent continuation of the same session from here (all randomness derives from key and step). This
+        is what a lookahead needs: many futures of one user's session, at the cost of a memory copy.
+
+        Args:
+            src: A core over the same world, config and population (it may be this core).
+            src_rows: int (r,) rows of ``src``.
+            dst_rows: int (r,) rows of this core, distinct.
+            keys: uint64 (r,) the copies' episode keys (default: the sources' keys).
+
+        Raises:
+            ValueError: For cores over different worlds, configs or populations, or rows not one-to-one.
+        """
+        if src.world is not self.world or src.cfg != self.cfg or src.population != self.population:
+            raise ValueError("copy_rows needs a core over the same world, config and population")
+        src_rows = np.asarray(src_rows, dtype=np.int64).reshape(-1)
+        dst_rows = np.asarray(dst_rows, dtype=np.int64).reshape(-1)
+        if src_rows.shape != dst_rows.shape:
+            raise ValueError(f"got {src_rows.size} source rows for {dst_rows.size} destination rows")
+        if src_rows.size and (src_rows.min() < 0 or src_rows.max() >= src.B):
+            raise ValueError(f"source rows must be in [0, {src.B})")
+        if dst_rows.size and (dst_rows.min() < 0 or dst_rows.max() >= self.B
+                              or np.unique(dst_rows).size != dst_rows.size):
+            raise ValueError(f"destination rows must be distinct indices in [0, {self.B})")
+        for name in SessionState._fields:
+            getattr(self, name)[dst_rows] = getattr(src, name)[src_rows]
+        if self._slot_emb.shape[0] and src._slot_emb.shape[0]:
+            self._slot_emb[dst_rows] = src._slot_emb[src_rows]
+            if self._slot_scale.shape[0]:
+                self._slot_scale[dst_rows] = src._slot_scale[src_rows]
+        elif self._slot_emb.shape[0]:  # the source reads the table: take the rows' copies from it, as at start
+            if self.factored:
+                raise ValueError("copy_rows from a core without per-row slot embeddings into one with them needs "
+                                 "the full embedding table; this world is factored (raise env.slot_emb_budget_mb)")
+            copy_slot_emb(dst_rows, self.slot_items, self.world.item_emb, self._slot_emb, self._slot_scale, 0,
+                          int(dst_rows.size))
+        if keys is not None:
+            keys = np.asarray(keys, dtype=np.uint64).reshape(-1)
+            if keys.shape != dst_rows.shape:
+                raise ValueError(f"got {keys.size} keys for {dst_rows.size} rows")
+            self.keys[dst_rows] = keys
+
     def _gather(self, arr: np.ndarray, idx: np.ndarray, slots: np.ndarray) -> np.ndarray:
         """``arr[idx[:, None], slots]`` for a (B, S) per-slot array: (r, X)."""
         return arr.ravel()[idx[:, None] * self.S + slots]
