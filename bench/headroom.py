@@ -38,7 +38,17 @@ from agents.fitting import fit_logistic
 from agents.rankers import BlendRanker, z_rows
 from agents.registry import RankerContext, make_ranker
 from agents.report import Bootstrap, paired_test, percentile_ci
-from agents.tuning import ALPHA_GRID, DIVERSE_GRID, TUNE_SEED, coordinate_search, diverse_ranker
+from agents.tuning import (
+    ALPHA_GRID,
+    DIVERSE_GRID,
+    TUNE_SEED,
+    VALIDATE_TOP,
+    VALIDATION_FACTOR,
+    VALIDATION_SEED_OFFSET,
+    coordinate_search,
+    diverse_ranker,
+    validation_candidates,
+)
 from configs.loader import ConfigError, resolve_config
 from configs.schema import EnvConfig
 from envs.core import BatchedCore
@@ -161,9 +171,12 @@ def diverse_by_group(world: World, cfg: EnvConfig, start: dict[str, float],
                      min_count: int = MIN_GROUP_EPISODES) -> dict[str, Any]:
     """The best diversity-heuristic parameters of each hidden ρ group on ``population`` (training users).
 
-    One :func:`agents.tuning.coordinate_search` per group, each over that group's sessions and starting from
-    ``start`` (the single tuned-diverse choice), sharing evaluations; so on the training sessions each group's
-    choice is at least as good as ``start`` within the group.
+    Per group, the protocol of tuned-diverse itself (:func:`agents.tuning._search`) on that group's sessions: one
+    :func:`agents.tuning.coordinate_search` over the group's tuning sessions, starting from ``start`` (the single
+    tuned-diverse choice) and sharing evaluations with the other groups; then the choice among ``start`` and the
+    search's :data:`~agents.tuning.VALIDATE_TOP` best other points by their return on the group's sessions among
+    ``VALIDATION_FACTOR·episodes`` fresh validation sessions. So on the validation sessions each group's choice is at
+    least as good as ``start`` within the group, and it is not the luckiest of many points on the tuning sessions.
 
     Args:
         world: The world.
@@ -171,14 +184,15 @@ def diverse_by_group(world: World, cfg: EnvConfig, start: dict[str, float],
         start: The single tuned choice ``{alpha, cap, exposure_weight, seen_weight}``.
         grid: Axes (default ``agents.tuning.DIVERSE_GRID``, caps clipped to K).
         edges: Inner ρ group edges.
-        episodes: Training sessions per point.
+        episodes: Training sessions per point (the validation has ``VALIDATION_FACTOR`` times as many).
         seed: Seed of the sessions.
         batch: Users simulated at once.
         population: Population the choices are made on.
         min_count: A group with fewer sessions keeps ``start``.
 
     Returns:
-        ``{"single": start, "per_group": [point per group], "counts": [sessions per group], "points": n}``.
+        ``{"single": start, "per_group": [point per group], "counts": [sessions per group], "points": n,
+        "validation_points": [[point, ...] per group], "validation_means": [[group mean, ...] per group]}``.
     """
     k = cfg.slate_size
     start = {**start, "cap": min(int(start["cap"]), k)}
@@ -186,24 +200,41 @@ def diverse_by_group(world: World, cfg: EnvConfig, start: dict[str, float],
     axes["cap"] = tuple(sorted({min(int(c), k) for c in axes["cap"]}))
     axes = {n: tuple(sorted(set(v) | {start[n]})) for n, v in axes.items()}
     core = make_core(cfg, cfg.preset, None, world, population, min(batch, episodes))
-    plan = episode_plan(episodes, [seed], world.populations[population].size)
-    groups = rho_groups(world.populations[population].rho[plan.users], edges)
+    pop = world.populations[population]
+    plan = episode_plan(episodes, [seed], pop.size)
+    valid_plan = episode_plan(VALIDATION_FACTOR * episodes, [seed + VALIDATION_SEED_OFFSET], pop.size)
+    groups = rho_groups(pop.rho[plan.users], edges)
+    valid_groups = rho_groups(pop.rho[valid_plan.users], edges)
     memo: dict[tuple[float, ...], np.ndarray] = {}
+    valid_memo: dict[tuple[float, ...], np.ndarray] = {}
     category = world.catalog.category
 
     def evaluate(point: dict[str, float]) -> np.ndarray:
         return run_episodes(core, diverse_ranker(k, category, point), plan).ret
 
-    per_group = []
+    def validate(point: dict[str, float]) -> np.ndarray:
+        key = tuple(point[n] for n in axes)
+        if key not in valid_memo:
+            valid_memo[key] = run_episodes(core, diverse_ranker(k, category, point), valid_plan).ret
+        return valid_memo[key]
+
+    per_group, valid_points, valid_means = [], [], []
     for g in range(len(edges) + 1):
-        sel = groups == g
-        if sel.sum() < min_count:
+        sel, valid_sel = groups == g, valid_groups == g
+        if sel.sum() < min_count or valid_sel.sum() < min_count:
             per_group.append(dict(start))
+            valid_points.append([])
+            valid_means.append([])
             continue
-        best, _ = coordinate_search(evaluate, axes, start, select=sel, memo=memo)
-        per_group.append(best)
+        _, evaluated = coordinate_search(evaluate, axes, start, select=sel, memo=memo)
+        candidates = validation_candidates(start, evaluated, VALIDATE_TOP)
+        means = [float(validate(p)[valid_sel].mean()) for p in candidates]
+        per_group.append(candidates[int(np.argmax(means))])  # the first on ties: the start
+        valid_points.append(candidates)
+        valid_means.append(means)
     return {"single": dict(start), "per_group": per_group,
-            "counts": [int((groups == g).sum()) for g in range(len(edges) + 1)], "points": len(memo)}
+            "counts": [int((groups == g).sum()) for g in range(len(edges) + 1)], "points": len(memo),
+            "validation_points": valid_points, "validation_means": valid_means}
 
 
 def grouped_returns(returns_of: Callable[[Any], np.ndarray], groups: np.ndarray,

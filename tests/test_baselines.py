@@ -524,11 +524,21 @@ def test_per_group_choices_are_the_argmax_within_each_group(small_world: World, 
     grid = [dict(zip(TINY_DIVERSE, v, strict=True)) for v in itertools.product(*TINY_DIVERSE.values())]
     point_rets = [run_episodes(core, diverse_ranker(small_cfg.slate_size, small_world.catalog.category, p),
                                plan).ret for p in grid]
+    # each group's choice: the start or one of the group's best points on the tuning sessions, whichever returns
+    # most on that group's validation sessions (tuned-diverse's own protocol, per group)
+    valid_plan = episode_plan(VALIDATION_FACTOR * episodes, [seed + VALIDATION_SEED_OFFSET],
+                              small_world.populations["train"].size)
+    valid_groups = rho_groups(small_world.populations["train"].rho[valid_plan.users], edges)
     for g, chosen in enumerate(div["per_group"]):
-        sel = groups == g
-        chosen_ret = run_episodes(core, diverse_ranker(small_cfg.slate_size, small_world.catalog.category, chosen),
-                                  plan).ret
-        assert chosen_ret[sel].mean() == pytest.approx(max(r[sel].mean() for r in point_rets))
+        sel, valid_sel = groups == g, valid_groups == g
+        candidates, means = div["validation_points"][g], div["validation_means"][g]
+        assert candidates[0] == start and 2 <= len(candidates) <= VALIDATE_TOP + 1
+        top = grid[int(np.argmax([r[sel].mean() for r in point_rets]))]  # the group's best on the tuning sessions
+        assert top == start or top in candidates
+        direct = [run_episodes(core, diverse_ranker(small_cfg.slate_size, small_world.catalog.category, p),
+                               valid_plan).ret[valid_sel].mean() for p in candidates]
+        assert means == pytest.approx(direct)
+        assert chosen == candidates[int(np.argmax(direct))]
 
 
 # ---- the adapt preset ------------------------------------------------------------------------------------------
