@@ -14,8 +14,9 @@ per grid point, common random numbers): ``tuned-alpha``, ``tuned-diverse`` and t
 and reports
 
 * the **value of adaptation**: the return of choosing, per hidden ρ_u group (``--rho-edges``), the best fixed α
-  (resp. the best diversity parameters) on the training users, evaluated on the held-out users, against the
-  single tuned value (tuned-alpha, resp. tuned-diverse): what knowing the user's type is worth to a fixed ranker;
+  (resp. the best diversity parameters, picked by tuned-diverse's own rule within the group: search, then
+  validation on fresh sessions) on the training users, evaluated on the held-out users, against the single tuned
+  value (tuned-alpha, resp. tuned-diverse): what knowing the user's type is worth to a fixed ranker;
 * the **type leak**: how well the ρ group (ρ_u ≥ 0.5) is predicted from the first request's observation alone
   (a logistic classifier on summary features, fitted on the training users, accuracy on the held-out users); a
   type that is not predictable there has to be learnt from in-session feedback;
