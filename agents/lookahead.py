@@ -2,12 +2,12 @@
 
 At every request the ranker copies each user's session (hidden state included) into ``J·M`` rows of a second core:
 ``J`` candidate slates (from a few hidden-state and observable rankers) times ``M`` independent futures. Each copy
-shows its candidate slate, then follows a base ranker to the end of the session (or ``horizon`` requests); the
-candidate with the highest mean return is shown to the real user. This is the rollout algorithm of approximate
-dynamic programming (Bertsekas, Tsitsiklis & Wu 1997; Tesauro & Galperin 1996): with exact values it is never worse
-than its base ranker (whose own slate is a candidate), and usually better. The ``M`` futures use common random
-numbers across the candidates (future ``m`` of every candidate shares one key), so the comparison between candidates
-is paired.
+shows its candidate slate, then follows a base ranker to the end of the session (or ``horizon`` requests); the real
+user is shown the candidate with the highest mean return if it beats the base's own slate by a margin. This is the
+rollout algorithm of approximate dynamic programming (Bertsekas, Tsitsiklis & Wu 1997; Tesauro & Galperin 1996):
+with exact values it is never worse than its base ranker (whose own slate is a candidate), and usually better. The
+``M`` futures use common random numbers across the candidates (future ``m`` of every candidate shares one key), so
+the comparison between candidates is paired.
 
 It reads the hidden state *and* simulates the future with the true dynamics: no deployable policy can see either,
 so it is a ceiling, not a competitor. Its cost is ``J·M`` simulated sessions per request.

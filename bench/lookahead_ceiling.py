@@ -6,7 +6,8 @@ of a run's final evaluation (``eval.episodes`` × ``eval.seeds``, the sessions P
 * ``tuned-diverse`` (observable; the quality bar's reference) and ``oracle`` (myopic, hidden state);
 * ``tuned-oracle-diverse`` (hidden state; the ceiling the protocol tables report);
 * ``lookahead-oracle`` (:class:`agents.lookahead.LookaheadRanker`): per request, the best of the candidate slates
-  of tuned-oracle-diverse, the other points its search validated, the myopic oracle and tuned-diverse, judged by
+  of tuned-oracle-diverse, the other points its search validated (among them its start, uncapped with λ_c = 0: the
+  myopic oracle's slate) and tuned-diverse, judged by
   ``--rollouts`` simulated futures that continue with tuned-oracle-diverse. It reads the hidden state *and*
   simulates the true dynamics, so it bounds what a deployable policy could reach far more loosely than
   tuned-oracle-diverse does: if even it is only a few percent above tuned-diverse, a preset's headroom is small.
@@ -68,10 +69,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     def oracle_point(p: dict[str, float]) -> RankerFactory:
         return lambda c: oracle_diverse_ranker(k, c, p)
 
+    # the points include the search's start (no cap, λ_c = 0): the myopic oracle's slate, so it is not added again
     candidates: list[RankerFactory] = [oracle_point(p) for p in points]
     labels = [f"oracle-diverse(cap {p['cap']:g}, λ_c {p['exposure_weight']:g})" for p in points]
-    candidates += [lambda c: OracleRanker(k, c), lambda c: diverse_ranker(k, cat, div.best)]
-    labels += ["myopic oracle", "tuned-diverse"]
+    candidates.append(lambda c: diverse_ranker(k, cat, div.best))
+    labels.append("tuned-diverse")
     rankers = {"tuned-diverse": diverse_ranker(k, cat, div.best, name="tuned-diverse"),
                "oracle": OracleRanker(k, core),
                "tuned-oracle-diverse": oracle_diverse_ranker(k, core, odiv.best, name="tuned-oracle-diverse")}

@@ -320,7 +320,9 @@ class BatchedCore:
 
         A copy given its source's key replays the source exactly under the same slates; given another key it is an
         independent continuation of the same session from here (all randomness derives from key and step). This
-        is what a lookahead needs: many futures of one user's session, at the cost of a memory copy.
+        is what a lookahead needs: many futures of one user's session, at the cost of a memory copy. (A destination
+        core too large for per-row slot embeddings reads the catalog table instead: exact in float32; from an int8
+        source the copy then differs from it within the int8 error of ``bench.slot_emb_error``.)
 
         Args:
             src: A core over the same world, config and population (it may be this core).
@@ -342,6 +344,10 @@ class BatchedCore:
         if dst_rows.size and (dst_rows.min() < 0 or dst_rows.max() >= self.B
                               or np.unique(dst_rows).size != dst_rows.size):
             raise ValueError(f"destination rows must be distinct indices in [0, {self.B})")
+        if keys is not None:
+            keys = np.asarray(keys, dtype=np.uint64).reshape(-1)
+            if keys.shape != dst_rows.shape:
+                raise ValueError(f"got {keys.size} keys for {dst_rows.size} rows")
         for name in SessionState._fields:
             getattr(self, name)[dst_rows] = getattr(src, name)[src_rows]
         if self._slot_emb.shape[0] and src._slot_emb.shape[0]:
@@ -355,9 +361,6 @@ class BatchedCore:
             copy_slot_emb(dst_rows, self.slot_items, self.world.item_emb, self._slot_emb, self._slot_scale, 0,
                           int(dst_rows.size))
         if keys is not None:
-            keys = np.asarray(keys, dtype=np.uint64).reshape(-1)
-            if keys.shape != dst_rows.shape:
-                raise ValueError(f"got {keys.size} keys for {dst_rows.size} rows")
             self.keys[dst_rows] = keys
 
     def _gather(self, arr: np.ndarray, idx: np.ndarray, slots: np.ndarray) -> np.ndarray:

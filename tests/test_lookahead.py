@@ -60,8 +60,11 @@ def test_copy_rows_rejects_other_worlds_configs_and_bad_rows(small_cfg: EnvConfi
         core.copy_rows(core, [0, 1], [2, 2])
     with pytest.raises(ValueError, match=r"\[0, 4\)"):
         core.copy_rows(core, [9], [0])
+    before = {name: getattr(core, name).copy() for name in SessionState._fields}
     with pytest.raises(ValueError, match="keys"):
         core.copy_rows(core, [0, 1], [2, 3], keys=np.zeros(1, np.uint64))
+    for name, arr in before.items():  # a rejected copy writes nothing
+        np.testing.assert_array_equal(getattr(core, name), arr, err_msg=name)
 
 
 class AntiOracle(OracleRanker):
