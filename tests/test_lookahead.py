@@ -104,7 +104,7 @@ def test_lookahead_leaves_a_bad_base_for_a_better_candidate(small_cfg: EnvConfig
     """With the anti-oracle as base and first candidate, the oracle's slate (far better now and after) wins most
     requests, and every slate shown is one of the candidates'; with the oracle first, the anti-oracle's slate
     rarely beats it by the margin (it can: a slate that wastes this request may leave a better future)."""
-    core = make_core(small_cfg, small_world, b=16)
+    core = make_core(small_cfg, small_world, b=48)
     obs = core.observe()
     k = core.K
 
