@@ -24,11 +24,11 @@ import time
 from typing import Any
 
 from agents.evaluation import episode_plan, run_episodes
+from agents.final_report import tuning_context
 from agents.lookahead import LookaheadRanker, RankerFactory, planning_core
 from agents.rankers import OracleRanker
-from agents.registry import RankerContext
 from agents.report import Bootstrap, paired_test
-from agents.tuning import diverse_ranker, oracle_diverse_ranker, tuning_cache_dir
+from agents.tuning import diverse_ranker, oracle_diverse_ranker
 from configs.loader import resolve_config
 from configs.schema import ConfigError
 from envs.factory import make_core
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.rollouts < 1 or args.batch < 1 or (args.episodes is not None and args.episodes < 2):
         ap.error("--rollouts and --batch must be >= 1 and --episodes >= 2")
     try:
-        cfg = resolve_config(args.config, args.preset, [])
+        cfg = resolve_config(args.config, args.preset, [f"train.seed={args.seed}"])
     except ConfigError as exc:
         ap.error(str(exc))
     world = load_world(cfg.env, cfg.encoder)
@@ -60,8 +60,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     else:
         plan = episode_plan(args.episodes, [0], n_users)
     core = make_core(cfg.env, cfg.env.preset, cfg.encoder, world, "heldout", args.batch)
-    ctx = RankerContext(world, cfg.env, core=core, seed=args.seed, tune_episodes=400, batch=cfg.eval.batch,
-                        cache_dir=str(tuning_cache_dir(cfg.env, cfg.encoder)))  # train.py's searches, when it ran
+    ctx = tuning_context(cfg, world, core, progress=False)  # a run's references: train.py's cached searches
     div, odiv = ctx.diverse_search(), ctx.oracle_diverse_search()
     cat = world.catalog.category
     points = [odiv.best] + [p for p in odiv.validation_points if p != odiv.best]

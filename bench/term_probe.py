@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 
 from agents.evaluation import episode_plan, run_episodes
+from agents.final_report import tuning_context
 from agents.rankers import DiverseRanker, z_rows
-from agents.registry import RankerContext
 from agents.report import Bootstrap, paired_test
-from agents.tuning import diverse_ranker, tuning_cache_dir
+from agents.tuning import diverse_ranker
 from configs.loader import resolve_config
 from configs.schema import ConfigError
 from envs.factory import make_core
@@ -71,14 +71,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.episodes < 2 or args.batch < 1:
         ap.error(f"--episodes must be >= 2 and --batch >= 1, got {args.episodes} and {args.batch}")
     try:
-        cfg = resolve_config(args.config, args.preset, [])
+        cfg = resolve_config(args.config, args.preset, [f"train.seed={args.seed}"])
     except ConfigError as exc:
         ap.error(str(exc))
     world = load_world(cfg.env, cfg.encoder)
     core = make_core(cfg.env, cfg.env.preset, cfg.encoder, world, "heldout", args.batch)
     plan = episode_plan(args.episodes, [args.seed], world.populations["heldout"].size)
-    ctx = RankerContext(world, cfg.env, core=core, seed=args.seed, tune_episodes=400, batch=256,
-                        cache_dir=str(tuning_cache_dir(cfg.env, cfg.encoder)))  # train.py's search, when it ran
+    ctx = tuning_context(cfg, world, core, progress=False)  # a run's references: train.py's cached search
     point = ctx.diverse_search().best
     base = diverse_ranker(cfg.env.slate_size, world.catalog.category, point, name="tuned-diverse")
     ref = run_episodes(core, base, plan).ret
