@@ -58,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      "the config's env: section; default: a run:DIR's own env, else 'default'")
     ap.add_argument("--encoder", choices=["transformer", "hashing"],
                     help="text encoder (hashing: fast, for smoke runs only)")
-    ap.add_argument("--tune-episodes", type=int, default=400, help="training sessions per α for tuned-alpha")
+    ap.add_argument("--tune-episodes", type=int,
+                    help="training sessions per grid point of the tuned references' searches (eval.tune_episodes)")
     ap.add_argument("--fit-sessions", type=int, default=600,
                     help="logged training sessions that scored and linucb are fitted on")
     ap.add_argument("--device", default="auto", help="torch device for run:DIR rankers")
@@ -89,7 +90,7 @@ def resolve_config(args: argparse.Namespace) -> tuple[Config, str | None]:
             raise ConfigError(f"{section}: expected a mapping, got {data[section]!r}")
     explicit_reference = args.reference is not None or "reference" in data["eval"]
     flags = {"rankers": args.rankers, "episodes": args.episodes, "seeds": args.seeds, "users": args.users,
-             "reference": args.reference, "out": args.out}
+             "reference": args.reference, "out": args.out, "tune_episodes": args.tune_episodes}
     ev_flags: dict[str, Any] = {k: v for k, v in flags.items() if v is not None}
     # the rankers first: a bad spec or a missing run directory is named before any run is read
     specs = from_dict(EvalConfig, {**data["eval"], **ev_flags}, "eval").rankers
@@ -117,8 +118,8 @@ def resolve_config(args: argparse.Namespace) -> tuple[Config, str | None]:
     cfg = loader.resolve_config(args.config, args.preset, args.set, flags=cli, env_base=env_base,
                                 encoder_base=encoder_base)
     ev = cfg.eval
-    if args.tune_episodes < 1 or args.fit_sessions < 1:
-        raise ConfigError("--tune-episodes and --fit-sessions must be >= 1")
+    if args.fit_sessions < 1:
+        raise ConfigError("--fit-sessions must be >= 1")
     check_output_dir(ev.out, "--out" if args.out is not None else "eval.out")
     env_sig = signature(cfg)
     for run in runs:
@@ -179,7 +180,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         parser.error(str(exc))
     plan = episode_plan(ev.episodes, list(range(ev.seeds)), world.populations[ev.users].size)
     core = make_core(cfg.env, cfg.env.preset, cfg.encoder, world, ev.users, min(ev.batch, len(plan)))
-    ctx = RankerContext(world, cfg.env, core=core, seed=0, tune_episodes=args.tune_episodes,
+    ctx = RankerContext(world, cfg.env, core=core, seed=0, tune_episodes=ev.tune_episodes,
                         fit_sessions=args.fit_sessions, batch=ev.batch, encoder=cfg.encoder, device=args.device,
                         progress=progress)
     rankers = {spec: make_ranker(spec, ctx) for spec in ev.rankers}
@@ -189,7 +190,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "command": "python evaluate.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "preset": cfg.env.preset, "world": world.meta.get("config_key"), "encoder": world.encoder_name,
         "users": ev.users, "episodes_per_seed": ev.episodes, "seeds": list(range(ev.seeds)), "batch": core.B,
-        "n_items": core.M, "n_candidates": core.N, "slate_size": core.K, "tune_episodes": args.tune_episodes,
+        "n_items": core.M, "n_candidates": core.N, "slate_size": core.K, "tune_episodes": ev.tune_episodes,
         "fit_sessions": args.fit_sessions, "note": note,
     }
     results = summarise(stats, ev.reference, ev.bootstrap, seed=0,

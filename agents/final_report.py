@@ -69,7 +69,7 @@ def best_hand_written(stats: dict[str, Any], n_boot: int, seed: int) -> dict[str
 def tuning_context(cfg: Config, world: World, core: Any, progress: bool) -> RankerContext:
     """The references' context of a run: tuning on the training users, its searches cached beside the world."""
     return RankerContext(world, cfg.env, core=core, seed=cfg.train.seed, batch=cfg.eval.batch, progress=progress,
-                         tune_episodes=400, cache_dir=str(tuning_cache_dir(cfg.env, cfg.encoder)))
+                         tune_episodes=cfg.eval.tune_episodes, cache_dir=str(tuning_cache_dir(cfg.env, cfg.encoder)))
 
 
 def final_comparison(cfg: Config, world: World, policy: SlatePolicy, curve: Any, run_dir: Path,

@@ -175,8 +175,8 @@ class RankerContext:
         progress: Show progress bars while tuning and fitting.
         diverse_grid: tuned-diverse's axes (``None``: :data:`DIVERSE_GRID`).
         oracle_grid: tuned-oracle-diverse's axes (``None``: :data:`ORACLE_DIVERSE_GRID`).
-        cache_dir: JSON cache of the tuned-diverse and tuned-oracle-diverse searches (``None``: none; see
-            :func:`tuning_cache_dir`).
+        cache_dir: JSON cache of tuned-alpha's curve and the tuned-diverse and tuned-oracle-diverse searches
+            (``None``: none; see :func:`tuning_cache_dir`).
     """
 
     world: World
@@ -212,7 +212,7 @@ class RankerContext:
         if self._alpha_curve is None:
             self._alpha_curve = tune_alpha(self.world, self.env_cfg, self.alphas, self.tune_episodes,
                                            self.seed + TUNE_SEED, self.batch, self.train_population, self.encoder,
-                                           self.progress)
+                                           self.progress, self.cache_dir)
         return self._alpha_curve
 
     def diverse_search(self) -> ParamSearch:

@@ -34,7 +34,7 @@ from stable_baselines3.common.logger import HParam
 from stable_baselines3.common.vec_env import VecNormalize
 from tqdm.auto import tqdm
 
-from agents.baselines import ParamSearch, RankerContext, make_ranker, tune_alpha
+from agents.baselines import ParamSearch, RankerContext, make_ranker, tune_alpha, tuning_cache_dir
 from agents.callbacks import Checkpointer, PeriodicEval, RolloutMetrics, TimeLimit
 from agents.checkpoints import (
     CKPT_DIR,
@@ -63,14 +63,19 @@ from envs.world import World
 
 
 def versions() -> dict[str, str]:
-    """Library versions recorded with a run."""
-    import gymnasium
-    import stable_baselines3
-    import transformers
+    """Library versions recorded with a run (from the installed distributions' metadata: importing transformers only
+    to read its version cost ~2 s per run)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def dist(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
 
     return {"python": platform.python_version(), "numpy": np.__version__, "torch": th.__version__,
-            "stable_baselines3": stable_baselines3.__version__, "gymnasium": gymnasium.__version__,
-            "transformers": transformers.__version__, "platform": platform.platform()}
+            "stable_baselines3": dist("stable-baselines3"), "gymnasium": dist("gymnasium"),
+            "transformers": dist("transformers"), "platform": platform.platform()}
 
 
 def new_run_dir(cfg: Config) -> Path:
@@ -245,7 +250,7 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False, progre
     # The reference every result is compared with: the best fixed α on the training users.
     t0 = time.perf_counter()
     curve = tune_alpha(world, cfg.env, episodes=max(100, cfg.eval.episodes // 2), seed=tc.seed + 1_000_003,
-                       batch=cfg.eval.batch, progress=progress)
+                       batch=cfg.eval.batch, progress=progress, cache_dir=tuning_cache_dir(cfg.env, cfg.encoder))
     say(f"tuned-alpha on training users: α* = {curve.best_alpha:g} ({time.perf_counter() - t0:.0f}s)")
     diverse: ParamSearch | None = None
     if tc.policy.base == "diverse":  # the policy starts at tuned-diverse: search it now (cached for the final table)

@@ -63,13 +63,31 @@ class AlphaCurve:
         """Plain dict for JSON."""
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AlphaCurve:
+        """The inverse of :meth:`to_dict` (for the JSON cache).
+
+        Raises:
+            ValueError: If keys are missing or unknown, or the lists do not match the grid.
+        """
+        names = {f.name for f in dataclasses.fields(cls)}
+        if set(data) != names:
+            raise ValueError(f"an α curve needs the keys {sorted(names)}, got {sorted(data)}")
+        curve = cls(**data)
+        if not len(curve.alphas) == len(curve.mean_return) == len(curve.ci95) or curve.best_alpha not in curve.alphas:
+            raise ValueError("an α curve's returns and intervals must match its grid, and its best α be on it")
+        return curve
+
 
 def tune_alpha(world: World, env_cfg: EnvConfig, alphas: tuple[float, ...] = ALPHA_GRID, episodes: int = 400,
                seed: int = TUNE_SEED, batch: int = 256, population: str = "train",
-               encoder: EncoderConfig | None = None, progress: bool = False) -> AlphaCurve:
+               encoder: EncoderConfig | None = None, progress: bool = False,
+               cache_dir: str | Path | None = None) -> AlphaCurve:
     """Grid-search α of the fixed blend on ``population`` (the training users, never the held-out ones).
 
-    Every α meets the same sessions (common random numbers), so the curve's differences are paired.
+    Every α meets the same sessions (common random numbers), so the curve's differences are paired. With
+    ``cache_dir`` the curve is cached like the parameter searches (keyed by the world and everything the curve
+    depends on; the batch size is not, since results do not depend on it): a second run of the same world reads it.
 
     Args:
         world: The world.
@@ -81,22 +99,33 @@ def tune_alpha(world: World, env_cfg: EnvConfig, alphas: tuple[float, ...] = ALP
         population: Population to tune on.
         encoder: Encoder config (text observation mode only).
         progress: Show a progress bar.
+        cache_dir: Folder of the tuning cache (``None``: no cache).
 
     Returns:
         The curve; ``best_alpha`` is its argmax.
     """
     if not alphas:
         raise ValueError("the α grid is empty")
+    spec = {"alphas": [float(a) for a in alphas], "episodes": episodes, "seed": seed, "population": population}
+    path = _search_cache_path(cache_dir, "alpha", world, env_cfg, spec) if cache_dir is not None else None
+    if path is not None and path.is_file():
+        try:
+            return AlphaCurve.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        except (ValueError, TypeError, json.JSONDecodeError):
+            pass  # a corrupt cache entry: run the grid again and overwrite it
     core = make_core(env_cfg, env_cfg.preset, encoder, world, population, min(batch, episodes))
     plan = episode_plan(episodes, [seed], world.populations[population].size)
     boot = Bootstrap(len(plan), 1000, seed)
     returns = [run_episodes(core, BlendRanker(env_cfg.slate_size, a), plan, progress=progress,
                             desc=f"tuning α={a:g}").ret for a in alphas]
     means = [float(r.mean()) for r in returns]
-    return AlphaCurve(alphas=[float(a) for a in alphas], mean_return=means,
-                      ci95=[list(percentile_ci(boot.means(r))) for r in returns],
-                      best_alpha=float(alphas[int(np.argmax(means))]), episodes=episodes, population=population,
-                      seed=seed)
+    curve = AlphaCurve(alphas=[float(a) for a in alphas], mean_return=means,
+                       ci95=[[float(x) for x in percentile_ci(boot.means(r))] for r in returns],
+                       best_alpha=float(alphas[int(np.argmax(means))]), episodes=episodes, population=population,
+                       seed=seed)
+    if path is not None:
+        atomic_write_text(path, json.dumps(curve.to_dict(), indent=1))
+    return curve
 
 
 # ---- parameter searches: tuned-diverse and tuned-oracle-diverse -------------------------------------------

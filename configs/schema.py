@@ -602,6 +602,9 @@ class EvalConfig:
         bootstrap: Bootstrap resamples for the 95% intervals.
         batch: Users simulated at once.
         out: Report folder.
+        tune_episodes: Training-user sessions per grid point of the tuned references' searches in ``train.py``
+            (tuned-alpha, tuned-diverse, which is also the policy's start, and tuned-oracle-diverse; the validation
+            of a search's best points uses 5× as many). Fewer make the references noisier; tests use few.
     """
 
     rankers: list[str] = field(
@@ -614,9 +617,10 @@ class EvalConfig:
     bootstrap: int = 2000
     batch: int = 256
     out: str = "reports/eval"
+    tune_episodes: int = 400
 
     def __post_init__(self) -> None:
-        _check(self, ">=1", "episodes", "seeds", "batch")
+        _check(self, ">=1", "episodes", "seeds", "batch", "tune_episodes")
         if _number(self.bootstrap) and self.bootstrap < 100:
             raise FieldError("bootstrap", f"use at least 100 resamples, got {self.bootstrap!r}")
         _nonempty(self, "reference", "out")

@@ -33,6 +33,7 @@ from agents.tuning import (
     VALIDATE_TOP,
     VALIDATION_FACTOR,
     VALIDATION_SEED_OFFSET,
+    AlphaCurve,
     ParamSearch,
     coordinate_search,
     diverse_ranker,
@@ -448,6 +449,33 @@ def test_tuning_results_are_cached_by_world_and_settings(small_world: World, sma
     assert ParamSearch.from_dict(json.loads(files[0].read_text(encoding="utf-8"))) == first
     other = tune_diverse(small_world, small_cfg, 1.0, TINY_DIVERSE, episodes=24, seed=2, batch=24, cache_dir=tmp_path)
     assert other.seed == 2 and len(list(tmp_path.glob("diverse-*.json"))) == 2
+
+
+def test_the_alpha_curve_is_cached_by_world_and_settings(small_world: World, small_cfg: EnvConfig, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import agents.tuning as tuning
+
+    first = tune_alpha(small_world, small_cfg, (0.0, 0.5, 1.0), episodes=24, seed=1, batch=24, cache_dir=tmp_path)
+    assert first == tune_alpha(small_world, small_cfg, (0.0, 0.5, 1.0), episodes=24, seed=1, batch=24)
+    files = list(tmp_path.glob("alpha-*.json"))
+    assert len(files) == 1
+
+    def no_runs(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a cached curve ran sessions")
+
+    monkeypatch.setattr(tuning, "run_episodes", no_runs)
+    assert tune_alpha(small_world, small_cfg, (0.0, 0.5, 1.0), episodes=24, seed=1, batch=8,
+                      cache_dir=tmp_path) == first
+    monkeypatch.undo()
+    data = json.loads(files[0].read_text(encoding="utf-8"))
+    files[0].write_text(json.dumps({**data, "mean_return": data["mean_return"][:2]}), encoding="utf-8")
+    assert tune_alpha(small_world, small_cfg, (0.0, 0.5, 1.0), episodes=24, seed=1, batch=24,
+                      cache_dir=tmp_path) == first  # a damaged entry is run again and rewritten
+    assert AlphaCurve.from_dict(json.loads(files[0].read_text(encoding="utf-8"))) == first
+    for changed in ({"seed": 2}, {"episodes": 16}):
+        kwargs = {"episodes": 24, "seed": 1, **changed}
+        assert tune_alpha(small_world, small_cfg, (0.0, 0.5, 1.0), batch=24, cache_dir=tmp_path, **kwargs) != first
+    assert len(list(tmp_path.glob("alpha-*.json"))) == 3
 
 
 def test_the_non_myopic_oracle_reads_the_core_without_changing_it(small_world: World, small_cfg: EnvConfig) -> None:

@@ -185,6 +185,7 @@ def test_configs_import_nothing_downstream() -> None:
         ("train.policy.init_alpha=2", "train.policy.init_alpha: must be in [0, 1], got 2.0"),
         ("train.policy.temperature=0", "train.policy.temperature: must be > 0, got 0.0"),
         ("eval.episodes=0", "eval.episodes: must be >= 1, got 0"),
+        ("eval.tune_episodes=0", "eval.tune_episodes: must be >= 1, got 0"),
         ("eval.bootstrap=10", "eval.bootstrap: use at least 100 resamples, got 10"),
     ],
 )
