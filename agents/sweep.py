@@ -473,7 +473,7 @@ def run_sweep(sweep: Sweep, address: str | None = None) -> tuple[dict[str, str],
     tuner = tune.Tuner(
         tune.with_resources(trainable, {"cpu": sweep.spec.cpus_per_trial}),
         param_space=space,
-        tune_config=tune.TuneConfig(max_concurrent_trials=sweep.spec.max_concurrent, reuse_actors=False),
+        tune_config=tune.TuneConfig(max_concurrent_trials=sweep.spec.max_concurrent, reuse_actors=True),
         run_config=tune.RunConfig(name="tune", storage_path=str(sweep.out), verbose=0,
                                   failure_config=tune.FailureConfig(max_failures=0, fail_fast=False)),
     )
