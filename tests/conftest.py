@@ -251,6 +251,20 @@ def redis_url() -> Iterator[str]:
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
 
 
+@pytest.fixture(scope="session")
+def runs_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One ``RECFEED_CACHE`` for the tests that train tiny runs, as a user's ``~/.cache/recfeed`` is shared by their
+    runs: worlds and tuning searches are cached under keys of everything they depend on, so a run reads what an
+    earlier test's run of the same world wrote instead of rebuilding it (the tiny world's searches cost ~35 s). Tests
+    of the caches themselves keep their own folders."""
+    return tmp_path_factory.mktemp("recfeed-cache")
+
+
+#: Tuning sessions per grid point in tiny runs (400 by default): the references' searches are the slowest part of a tiny
+#: run, and the tests check what the runs write, not how well the references are tuned.
+TINY_TUNE_EPISODES = 50
+
+
 def tiny_args(out: Path, name: str, steps: int) -> list[str]:
     """train.py flags of a tiny smoke run (hashing encoder, a few hundred steps) into ``out/name``."""
     return [
@@ -260,5 +274,5 @@ def tiny_args(out: Path, name: str, steps: int) -> list[str]:
         "--set", "train.checkpoint_every=512", "--set", "train.eval_episodes=16",
         "--set", "train.ppo.n_envs=8", "--set", "train.ppo.n_steps=32", "--set", "train.ppo.batch_size=128",
         "--set", "train.ppo.n_epochs=1", "--set", "eval.episodes=24", "--set", "eval.bootstrap=100",
-        "--set", "eval.batch=24",
+        "--set", "eval.batch=24", "--set", f"eval.tune_episodes={TINY_TUNE_EPISODES}",
     ]

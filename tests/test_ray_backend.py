@@ -75,15 +75,10 @@ def ray_local() -> Iterator[object]:
     ray.shutdown()  # type: ignore[attr-defined]
 
 
-@pytest.fixture(scope="module")
-def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One world cache for the module's tests (each builds or reads the same small world)."""
-    return tmp_path_factory.mktemp("ray-cache")
-
-
 @pytest.fixture()
-def cache(tmp_path: Path, shared_cache: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("RECFEED_CACHE", str(shared_cache))  # forwarded to the actors (RECFEED_*)
+def cache(tmp_path: Path, runs_cache: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The test's folder; ``RECFEED_CACHE`` is the session's shared one (conftest), forwarded to the actors."""
+    monkeypatch.setenv("RECFEED_CACHE", str(runs_cache))  # forwarded to the actors (RECFEED_*)
     return tmp_path
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import tiny_args
 
 import evaluate
 import train
@@ -27,22 +28,14 @@ from envs.core import BatchedCore
 from envs.presets import load_world
 from envs.world import World
 
-SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
-TINY = ["--set", "encoder.kind=hashing", "--set", "encoder.hashing_dim=32", "--set", "train.total_timesteps=512",
-        "--set", "train.eval_every=512", "--set", "train.checkpoint_every=512", "--set", "train.eval_episodes=16",
-        "--set", "train.ppo.n_envs=8", "--set", "train.ppo.n_steps=32", "--set", "train.ppo.batch_size=128",
-        "--set", "train.ppo.n_epochs=1", "--set", "eval.episodes=24", "--set", "eval.bootstrap=100",
-        "--set", "eval.batch=24"]
-
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A finished tiny run (its world cache in the module's temp folder, kept for the module's tests)."""
+def run(tmp_path_factory: pytest.TempPathFactory, runs_cache: Path) -> Iterator[Path]:
+    """A finished tiny run (its world in the session's shared cache, kept for the module's tests)."""
     root = tmp_path_factory.mktemp("runinfo")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("RECFEED_CACHE", str(root / "cache"))
-        summary = train.main(["--config", str(SMOKE), "--out", str(root / "runs"), "--name", "tiny", "--quiet",
-                              *TINY])
+        mp.setenv("RECFEED_CACHE", str(runs_cache))
+        summary = train.main(tiny_args(root / "runs", "tiny", 512))
         yield Path(summary["run_dir"])
 
 

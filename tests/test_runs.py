@@ -40,11 +40,11 @@ STEP_512, STEP_1024 = "step-000000000512", "step-000000001024"
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A finished 1,024-step run (checkpoints at 512 and 1,024); RECFEED_CACHE points at its caches meanwhile."""
+def trained(tmp_path_factory: pytest.TempPathFactory, runs_cache: Path) -> Iterator[Path]:
+    """A finished 1,024-step run (checkpoints at 512 and 1,024); RECFEED_CACHE points at the shared cache meanwhile."""
     root = tmp_path_factory.mktemp("trained")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("RECFEED_CACHE", str(root / "cache"))
+        mp.setenv("RECFEED_CACHE", str(runs_cache))
         summary = train.main(tiny_args(root / "runs", "base", 1024))
         yield Path(summary["run_dir"])
 
@@ -156,9 +156,9 @@ def test_no_usable_checkpoint_is_a_clear_error(trained: Path, tmp_path: Path) ->
         train.main(["--resume", str(run), "--quiet"])
 
 
-def test_sigkill_then_resume_loses_at_most_one_checkpoint_interval(tmp_path: Path) -> None:
+def test_sigkill_then_resume_loses_at_most_one_checkpoint_interval(tmp_path: Path, runs_cache: Path) -> None:
     """train.py killed with SIGKILL after its first checkpoint; ``--resume`` carries on from the newest whole one."""
-    env = {**os.environ, "RECFEED_CACHE": str(tmp_path / "cache"), "RECFEED_ENV_THREADS": "1"}
+    env = {**os.environ, "RECFEED_CACHE": str(runs_cache), "RECFEED_ENV_THREADS": "1"}
     args = tiny_args(tmp_path / "runs", "killed", 1_000_000)
     log = tmp_path / "train.log"
     with log.open("wb") as out:
@@ -179,7 +179,7 @@ def test_sigkill_then_resume_loses_at_most_one_checkpoint_interval(tmp_path: Pat
     newest = json.loads((checkpoint_dirs(ckpts)[0] / "state.json").read_text())["num_timesteps"]
     assert newest >= 512 and not (run / "summary.json").exists()
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("RECFEED_CACHE", str(tmp_path / "cache"))
+        mp.setenv("RECFEED_CACHE", str(runs_cache))
         summary = train.main(["--resume", str(run), "--total-timesteps", str(newest + 512), "--quiet"])
     assert summary["resumed_from"]["num_timesteps"] == newest and summary["resumed_from"]["skipped"] == []
     assert summary["total_timesteps"] == newest + 512

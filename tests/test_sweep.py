@@ -11,18 +11,19 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import require_ray
+from conftest import TINY_TUNE_EPISODES, require_ray
 
 from agents.sweep import FAULT_ENV, load_sweep, setting_label
 from configs.loader import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE_SWEEP = REPO / "configs" / "sweeps" / "smoke.yaml"
-#: Far smaller than configs/sweeps/smoke.yaml: 256 steps, a few dozen evaluation sessions.
-TINY = ["encoder.kind=hashing", "encoder.hashing_dim=64", "train.total_timesteps=256", "train.eval_every=128",
+#: Far smaller than configs/sweeps/smoke.yaml: 256 steps, a few dozen evaluation sessions; the world and tuning budget
+#: of conftest's ``tiny_args``, so that the trials read the searches other tests' runs cached.
+TINY = ["encoder.kind=hashing", "encoder.hashing_dim=32", "train.total_timesteps=256", "train.eval_every=128",
         "train.checkpoint_every=128", "train.eval_episodes=8", "train.ppo.n_envs=8", "train.ppo.n_steps=16",
         "train.ppo.batch_size=64", "train.ppo.n_epochs=1", "eval.episodes=16", "eval.bootstrap=100",
-        "eval.batch=16"]
+        "eval.batch=16", f"eval.tune_episodes={TINY_TUNE_EPISODES}"]
 
 
 def write_sweep(path: Path, **extra: object) -> Path:
@@ -117,7 +118,7 @@ def test_the_sweep_module_does_not_import_ray() -> None:
 # One Ray cluster for the whole story (each start costs seconds): a head and a second node on loopback.
 
 
-def test_sweep_on_two_nodes_skip_and_retry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sweep_on_two_nodes_skip_and_retry(tmp_path: Path, runs_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """2 settings × 2 seeds on a head and a second Ray node on this machine (one CPU each), joined by address:
     the concurrent one-CPU trials run on both nodes; one trial fails (injected), the rest finish and are
     tabulated; the second invocation trains only the failed trial; a third trains nothing and starts no Ray."""
@@ -127,7 +128,7 @@ def test_sweep_on_two_nodes_skip_and_retry(tmp_path: Path, monkeypatch: pytest.M
 
     from agents.sweep import main
 
-    monkeypatch.setenv("RECFEED_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("RECFEED_CACHE", str(runs_cache))
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     path = write_sweep(tmp_path / "tiny.yaml", num_cpus=None)
     sweep = load_sweep(path)

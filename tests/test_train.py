@@ -15,8 +15,9 @@ from agents.checkpoints import checkpoint_dirs
 
 
 @pytest.fixture()
-def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("RECFEED_CACHE", str(tmp_path / "cache"))
+def cache(tmp_path: Path, runs_cache: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The test's folder; ``RECFEED_CACHE`` is the session's shared one (conftest ``runs_cache``)."""
+    monkeypatch.setenv("RECFEED_CACHE", str(runs_cache))
     return tmp_path
 
 
