@@ -14,7 +14,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -108,11 +108,9 @@ def tune_alpha(world: World, env_cfg: EnvConfig, alphas: tuple[float, ...] = ALP
         raise ValueError("the α grid is empty")
     spec = {"alphas": [float(a) for a in alphas], "episodes": episodes, "seed": seed, "population": population}
     path = _search_cache_path(cache_dir, "alpha", world, env_cfg, spec) if cache_dir is not None else None
-    if path is not None and path.is_file():
-        try:
-            return AlphaCurve.from_dict(json.loads(path.read_text(encoding="utf-8")))
-        except (ValueError, TypeError, json.JSONDecodeError):
-            pass  # a corrupt cache entry: run the grid again and overwrite it
+    cached = _read_cached(path, AlphaCurve.from_dict)
+    if cached is not None:
+        return cached
     core = make_core(env_cfg, env_cfg.preset, encoder, world, population, min(batch, episodes))
     plan = episode_plan(episodes, [seed], world.populations[population].size)
     boot = Bootstrap(len(plan), 1000, seed)
@@ -312,6 +310,20 @@ def _search_cache_path(cache_dir: str | Path, kind: str, world: World, env_cfg: 
     return Path(cache_dir) / f"{kind}-{digest}.json"
 
 
+T = TypeVar("T")
+
+
+def _read_cached(path: Path | None, from_dict: Callable[[dict[str, Any]], T]) -> T | None:
+    """The cache entry at ``path`` read with ``from_dict``; ``None`` when there is none or it is damaged (the caller
+    then runs the tuning again and overwrites it)."""
+    if path is None or not path.is_file():
+        return None
+    try:
+        return from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except (ValueError, TypeError, json.JSONDecodeError):
+        return None
+
+
 def _search(kind: str, factory: Callable[[BatchedCore, dict[str, float]], Ranker],
             default_grid: dict[str, tuple[float, ...]], grid: dict[str, tuple[float, ...]] | None,
             start: dict[str, float], world: World, env_cfg: EnvConfig, episodes: int, seed: int, batch: int,
@@ -335,11 +347,9 @@ def _search(kind: str, factory: Callable[[BatchedCore, dict[str, float]], Ranker
     spec = {"axes": {n: list(v) for n, v in axes.items()}, "start": start, "episodes": episodes, "seed": seed,
             "population": population, "validation": [VALIDATE_TOP, VALIDATION_FACTOR, VALIDATION_SEED_OFFSET]}
     path = _search_cache_path(cache_dir, kind, world, env_cfg, spec) if cache_dir is not None else None
-    if path is not None and path.is_file():
-        try:
-            return ParamSearch.from_dict(json.loads(path.read_text(encoding="utf-8")))
-        except (ValueError, TypeError, json.JSONDecodeError):
-            pass  # a corrupt cache entry: search again and overwrite it
+    cached = _read_cached(path, ParamSearch.from_dict)
+    if cached is not None:
+        return cached
     core = make_core(env_cfg, env_cfg.preset, encoder, world, population, min(batch, episodes))
     n_users = world.populations[population].size
     plan = episode_plan(episodes, [seed], n_users)
