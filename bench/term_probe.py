@@ -6,7 +6,12 @@ its penalties and category cap, for each term ``x`` and each β:
 
 * ``quality``: the item's hidden quality (≈ N(0, 1) over the catalog). It **reads the hidden state**: the most that
   a learned per-item table (``train.policy.use_item_table``) could recover from clicks;
-* ``popularity`` and ``price``: the observed feature columns, standardised over the request's candidates.
+* ``popularity`` and ``price``: the observed feature columns, standardised over the request's candidates;
+* ``semantic``, ``static`` and ``taste``: parts of the user's true utility (``BatchedCore.utility_parts``), standardised
+  over the request's candidates. They **read the hidden state**: ``semantic`` is the drifting semantic taste that the
+  observed ``llm_sim`` reads through the pooled history, ``static`` the CF taste plus quality and price that
+  ``cf_score`` reads through the fitted CF model, ``taste`` their sum. They say which hidden quantity the oracles'
+  headroom is made of (session 12).
 
 A term whose best β adds nothing is not where a learned policy's headroom is. The last line is a JSON object with
 every paired difference (PPO-free: this measures the world, not a policy).
@@ -34,7 +39,8 @@ from envs.spaces import F_POP, F_PRICE
 
 #: β values tried per term.
 BETAS: dict[str, tuple[float, ...]] = {"quality": (0.25, 0.5, 1.0, 2.0), "popularity": (-0.5, -0.2, 0.2, 0.5),
-                                       "price": (-0.5, -0.2, 0.2, 0.5)}
+                                       "price": (-0.5, -0.2, 0.2, 0.5), "semantic": (0.25, 0.5, 1.0, 2.0),
+                                       "static": (0.25, 0.5, 1.0, 2.0), "taste": (0.25, 0.5, 1.0, 2.0)}
 
 #: A probe term: the observation → float (B, N), one value per candidate.
 Term = Callable[[dict[str, np.ndarray]], np.ndarray]
@@ -67,9 +73,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--episodes", type=int, default=2000, help="held-out sessions (the same for every ranker)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the sessions and of tuned-diverse's tuning")
     ap.add_argument("--batch", type=int, default=500)
+    ap.add_argument("--terms", default=",".join(BETAS), help=f"comma-separated terms to probe, of {', '.join(BETAS)}")
     args = ap.parse_args(argv)
     if args.episodes < 2 or args.batch < 1:
         ap.error(f"--episodes must be >= 2 and --batch >= 1, got {args.episodes} and {args.batch}")
+    names = [t.strip() for t in args.terms.split(",") if t.strip()]
+    unknown = [t for t in names if t not in BETAS]
+    if unknown or not names:
+        ap.error(f"--terms: unknown or empty {unknown or args.terms!r}; choose from {', '.join(BETAS)}")
     try:
         cfg = resolve_config(args.config, args.preset, [f"train.seed={args.seed}"])
     except ConfigError as exc:
@@ -82,9 +93,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     base = diverse_ranker(cfg.env.slate_size, world.catalog.category, point, name="tuned-diverse")
     ref = run_episodes(core, base, plan).ret
     quality = world.catalog.quality.astype(np.float64)
-    terms = {"quality": lambda obs: quality[obs["candidates"]],
-             "popularity": lambda obs: z_rows(obs["features"][:, :, F_POP].astype(np.float64)),
-             "price": lambda obs: z_rows(obs["features"][:, :, F_PRICE].astype(np.float64))}
+
+    def hidden(*parts: str) -> Term:  # standardised sum of utility parts of the core's current candidates
+        def term(obs: dict[str, np.ndarray]) -> np.ndarray:
+            u = core.utility_parts(core.cand_slots)
+            return z_rows(sum(u[p].astype(np.float64) for p in parts))
+
+        return term
+
+    all_terms: dict[str, Term] = {
+        "quality": lambda obs: quality[obs["candidates"]],
+        "popularity": lambda obs: z_rows(obs["features"][:, :, F_POP].astype(np.float64)),
+        "price": lambda obs: z_rows(obs["features"][:, :, F_PRICE].astype(np.float64)),
+        "semantic": hidden("semantic"), "static": hidden("static"), "taste": hidden("semantic", "static")}
+    terms = {n: all_terms[n] for n in names}
     boot = Bootstrap(len(plan), 1000, args.seed)
     out: dict[str, Any] = {"preset": args.preset, "tuned_diverse": point, "tuned_diverse_return": float(ref.mean()),
                            "episodes": len(plan), "terms": {}}

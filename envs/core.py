@@ -439,6 +439,24 @@ class BatchedCore:
 
     # ---- hidden truth -------------------------------------------------------------------------------------------
 
+    def utility_parts(self, slots: np.ndarray) -> dict[str, np.ndarray]:
+        """The terms of each row's true utility of its slots (hidden state), each float32 (B, X).
+
+        ``semantic``: ``a·ρ_u·z_sem`` (the drifting semantic taste); ``static``: ``a·(1−ρ_u)·z_cf + q·quality −
+        p_u·log1p(price)`` (fixed over the session); ``fatigue`` and ``repeat``: the penalties, as the positive
+        amounts subtracted. :meth:`utility` is ``semantic + static − fatigue − repeat``.
+
+        Args:
+            slots: int64 (B, X) slot indices (``cand_slots`` or a slate's slots).
+        """
+        um = self.cfg.user_model
+        idx = self._rows
+        items = np.take_along_axis(self.slot_items, slots, axis=1)
+        z_sem = (self._gather(self.sem_aff, idx, slots) - self.sem_mu[:, None]) / self.sem_sd[:, None]
+        fat = self.fatigue.ravel()[idx[:, None] * self.C + self._category[items]]
+        return {"semantic": self.a_rho[:, None] * z_sem, "static": self._gather(self.static_util, idx, slots),
+                "fatigue": um.fatigue_weight * fat, "repeat": um.repeat_weight * self._gather(self.seen, idx, slots)}
+
     def utility(self, slots: np.ndarray) -> np.ndarray:
         """True (noise-free) utility of each row's slots given its current hidden state.
 
@@ -448,13 +466,8 @@ class BatchedCore:
         Returns:
             float32 (B, X).
         """
-        um = self.cfg.user_model
-        idx = self._rows
-        items = np.take_along_axis(self.slot_items, slots, axis=1)
-        z_sem = (self._gather(self.sem_aff, idx, slots) - self.sem_mu[:, None]) / self.sem_sd[:, None]
-        fat = self.fatigue.ravel()[idx[:, None] * self.C + self._category[items]]
-        return (self.a_rho[:, None] * z_sem + self._gather(self.static_util, idx, slots)
-                - um.fatigue_weight * fat - um.repeat_weight * self._gather(self.seen, idx, slots))
+        u = self.utility_parts(slots)
+        return u["semantic"] + u["static"] - u["fatigue"] - u["repeat"]
 
     def candidate_utility(self) -> np.ndarray:
         """True utility of the current candidates: float32 (B, N) (hidden state: for oracles and diagnosis)."""

@@ -329,6 +329,10 @@ def test_term_probe_rejects_too_few_sessions_by_name(capsys: pytest.CaptureFixtu
     with pytest.raises(SystemExit):
         main(["--episodes", "1"])
     assert "--episodes" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--terms", "quality,tastee"])
+    err = capsys.readouterr().err
+    assert "--terms" in err and "tastee" in err
 
 
 def test_diverse_lean_weight_follows_the_clicks_and_is_the_fixed_blend_at_zero() -> None:

@@ -83,6 +83,29 @@ def test_bad_slates_end_sessions_sooner(small_cfg: EnvConfig, small_world: World
     assert mean_length(pick_worst=True) < 0.8 * mean_length(pick_worst=False)
 
 
+def test_utility_parts_sum_to_the_utility_and_move_as_the_session_does(small_cfg: EnvConfig,
+                                                                        small_world: World) -> None:
+    """``utility_parts``: semantic + static − fatigue − repeat is ``utility`` bit for bit; showing a slate leaves the
+    static part of every candidate as it was and raises the fatigue and repeat penalties of what was shown."""
+    core = make_core(small_cfg, small_world, b=32)
+    slots = core.cand_slots.copy()
+    before = core.utility_parts(slots)
+    assert set(before) == {"semantic", "static", "fatigue", "repeat"}
+    assert np.array_equal(before["semantic"] + before["static"] - before["fatigue"] - before["repeat"],
+                          core.utility(slots))
+    assert all(v.dtype == np.float32 and v.shape == slots.shape for v in before.values())
+    shown = np.tile(np.arange(small_cfg.slate_size), (core.B, 1))
+    res = core.step(shown)
+    alive = ~(res.terminated | res.truncated)
+    assert alive.sum() >= 8
+    after = core.utility_parts(slots)
+    assert np.array_equal(after["static"][alive], before["static"][alive])
+    k = small_cfg.slate_size
+    assert np.all(after["repeat"][alive][:, :k] > before["repeat"][alive][:, :k])
+    assert np.all(after["fatigue"][alive][:, :k] > before["fatigue"][alive][:, :k])
+    assert np.array_equal(after["semantic"] + after["static"] - after["fatigue"] - after["repeat"], core.utility(slots))
+
+
 def test_drift_moves_taste_toward_liked_items(small_cfg: EnvConfig, small_world: World) -> None:
     core = make_core(small_cfg, small_world, b=256, satisfaction_noise=0.0)
     sem_before = core.sem_aff.copy()
