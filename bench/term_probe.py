@@ -10,8 +10,8 @@ its penalties and category cap, for each term ``x`` and each β:
 * ``semantic``, ``static`` and ``taste``: parts of the user's true utility (``BatchedCore.utility_parts``), standardised
   over the request's candidates. They **read the hidden state**: ``semantic`` is the drifting semantic taste that the
   observed ``llm_sim`` reads through the pooled history, ``static`` the CF taste plus quality and price that
-  ``cf_score`` reads through the fitted CF model, ``taste`` their sum. They say which hidden quantity the oracles'
-  headroom is made of (session 12).
+  ``cf_score`` reads through the fitted CF model, ``taste`` their sum, ``utility`` the whole true utility (fatigue and
+  repeat penalties included). They say which hidden quantity the oracles' headroom is made of (session 12).
 
 A term whose best β adds nothing is not where a learned policy's headroom is. The last line is a JSON object with
 every paired difference (PPO-free: this measures the world, not a policy).
@@ -40,7 +40,10 @@ from envs.spaces import F_POP, F_PRICE
 #: β values tried per term.
 BETAS: dict[str, tuple[float, ...]] = {"quality": (0.25, 0.5, 1.0, 2.0), "popularity": (-0.5, -0.2, 0.2, 0.5),
                                        "price": (-0.5, -0.2, 0.2, 0.5), "semantic": (0.25, 0.5, 1.0, 2.0),
-                                       "static": (0.25, 0.5, 1.0, 2.0), "taste": (0.25, 0.5, 1.0, 2.0)}
+                                       "static": (0.25, 0.5, 1.0, 2.0), "taste": (0.25, 0.5, 1.0, 2.0, 4.0, 8.0),
+                                       "utility": (0.5, 1.0, 2.0, 4.0, 8.0)}
+#: How each part of ``BatchedCore.utility_parts`` enters the utility.
+UTILITY_SIGN: dict[str, float] = {"semantic": 1.0, "static": 1.0, "fatigue": -1.0, "repeat": -1.0}
 
 #: A probe term: the observation → float (B, N), one value per candidate.
 Term = Callable[[dict[str, np.ndarray]], np.ndarray]
@@ -94,10 +97,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ref = run_episodes(core, base, plan).ret
     quality = world.catalog.quality.astype(np.float64)
 
-    def hidden(*parts: str) -> Term:  # standardised sum of utility parts of the core's current candidates
+    def hidden(*parts: str) -> Term:  # standardised signed sum of utility parts of the core's current candidates
         def term(obs: dict[str, np.ndarray]) -> np.ndarray:
             u = core.utility_parts(core.cand_slots)
-            return z_rows(sum(u[p].astype(np.float64) for p in parts))
+            return z_rows(sum(UTILITY_SIGN[p] * u[p].astype(np.float64) for p in parts))
 
         return term
 
@@ -105,7 +108,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "quality": lambda obs: quality[obs["candidates"]],
         "popularity": lambda obs: z_rows(obs["features"][:, :, F_POP].astype(np.float64)),
         "price": lambda obs: z_rows(obs["features"][:, :, F_PRICE].astype(np.float64)),
-        "semantic": hidden("semantic"), "static": hidden("static"), "taste": hidden("semantic", "static")}
+        "semantic": hidden("semantic"), "static": hidden("static"), "taste": hidden("semantic", "static"),
+        "utility": hidden(*UTILITY_SIGN)}
     terms = {n: all_terms[n] for n in names}
     boot = Bootstrap(len(plan), 1000, args.seed)
     out: dict[str, Any] = {"preset": args.preset, "tuned_diverse": point, "tuned_diverse_return": float(ref.mean()),
