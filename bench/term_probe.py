@@ -11,7 +11,9 @@ its penalties and category cap, for each term ``x`` and each β:
   over the request's candidates. They **read the hidden state**: ``semantic`` is the drifting semantic taste that the
   observed ``llm_sim`` reads through the pooled history, ``static`` the CF taste plus quality and price that
   ``cf_score`` reads through the fitted CF model, ``taste`` their sum, ``utility`` the whole true utility (fatigue and
-  repeat penalties included). They say which hidden quantity the oracles' headroom is made of (session 12).
+  repeat penalties included). They say which hidden quantity the oracles' headroom is made of (session 12);
+* ``cat_clicks`` and ``fatigue``: a penalty on the observed decayed clicks of the candidate's category, and on the
+  user's true (hidden) fatigue for it, both unstandardised, as the heuristic's own exposure penalty is.
 
 A term whose best β adds nothing is not where a learned policy's headroom is. The last line is a JSON object with
 every paired difference (PPO-free: this measures the world, not a policy).
@@ -35,13 +37,14 @@ from configs.loader import resolve_config
 from configs.schema import ConfigError
 from envs.factory import make_core
 from envs.presets import load_world
-from envs.spaces import F_POP, F_PRICE
+from envs.spaces import F_CAT_CLICKS, F_POP, F_PRICE
 
 #: β values tried per term.
 BETAS: dict[str, tuple[float, ...]] = {"quality": (0.25, 0.5, 1.0, 2.0), "popularity": (-0.5, -0.2, 0.2, 0.5),
                                        "price": (-0.5, -0.2, 0.2, 0.5), "semantic": (0.25, 0.5, 1.0, 2.0),
                                        "static": (0.25, 0.5, 1.0, 2.0), "taste": (0.25, 0.5, 1.0, 2.0, 4.0, 8.0),
-                                       "utility": (0.5, 1.0, 2.0, 4.0, 8.0)}
+                                       "utility": (0.5, 1.0, 2.0, 4.0, 8.0), "cat_clicks": (0.25, 0.5, 1.0, 2.0),
+                                       "fatigue": (0.25, 0.5, 1.0, 2.0)}
 #: How each part of ``BatchedCore.utility_parts`` enters the utility.
 UTILITY_SIGN: dict[str, float] = {"semantic": 1.0, "static": 1.0, "fatigue": -1.0, "repeat": -1.0}
 
@@ -109,7 +112,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "popularity": lambda obs: z_rows(obs["features"][:, :, F_POP].astype(np.float64)),
         "price": lambda obs: z_rows(obs["features"][:, :, F_PRICE].astype(np.float64)),
         "semantic": hidden("semantic"), "static": hidden("static"), "taste": hidden("semantic", "static"),
-        "utility": hidden(*UTILITY_SIGN)}
+        "utility": hidden(*UTILITY_SIGN),
+        "cat_clicks": lambda obs: -obs["features"][:, :, F_CAT_CLICKS].astype(np.float64),
+        "fatigue": lambda obs: -core.utility_parts(core.cand_slots)["fatigue"].astype(np.float64)}
     terms = {n: all_terms[n] for n in names}
     boot = Bootstrap(len(plan), 1000, args.seed)
     out: dict[str, Any] = {"preset": args.preset, "tuned_diverse": point, "tuned_diverse_return": float(ref.mean()),
