@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from agents.base import Ranker
+from agents.rankers import check_current_request
 from envs.core import BatchedCore
 from envs.rng import splitmix64
 from envs.spaces import validate_slate
@@ -94,8 +95,7 @@ class LookaheadRanker(Ranker):
             ValueError: If ``obs`` is not ``core``'s current request, or a candidate returns a bad slate.
         """
         core, sim, b, n_cand, m = self.core, self.sim, self.core.B, self.n_cand, self.M
-        if obs["candidates"].shape != core.cands.shape or not np.array_equal(obs["candidates"], core.cands):
-            raise ValueError("the lookahead can only rank the current request of the core it reads")
+        check_current_request(obs, core)
         slates = np.stack([validate_slate(c.act(obs), core.N, core.K) for c in self.candidates])  # (J, B, K)
         n = sim.B  # planning rows in (B, J, M) order
         user = np.repeat(np.arange(b), n_cand * m)

@@ -133,6 +133,12 @@ def test_lookahead_rejects_a_planning_core_of_the_wrong_size(small_cfg: EnvConfi
                         lambda c: OracleRanker(k, c), rollouts=2)
     with pytest.raises(ValueError, match="at least one candidate"):
         LookaheadRanker(k, core, planning_core(core, 1, 1), [], lambda c: OracleRanker(k, c), rollouts=1)
+    look = LookaheadRanker(k, core, planning_core(core, 1, 1), [lambda c: OracleRanker(k, c)],
+                           lambda c: OracleRanker(k, c), rollouts=1)
+    obs = core.observe()
+    stale = {**obs, "candidates": obs["candidates"][:, ::-1].copy()}  # not the core's current request
+    with pytest.raises(ValueError, match="current request"):
+        look.act(stale)
 
 
 def test_lookahead_ceiling_rejects_bad_arguments_by_name(capsys: pytest.CaptureFixture[str]) -> None:
