@@ -13,6 +13,10 @@ on the same held-out sessions (common random numbers) against the baselines, the
   myopic oracle;
 * α by hidden user type, and every run's plausibility flags.
 
+``--make-train`` runs what ``make train`` runs instead, once per seed: ``train.py`` with its embedded defaults (no
+``--config``, no time limit: the default budget of 1M steps), so that the ``make train`` bar is measured over
+training seeds and not on seed 0 alone.
+
 A run whose ``summary.json`` exists is not trained again (re-running the command finishes a protocol that was
 interrupted); ``--preset`` takes a preset name or a calibrated preset folder; ``--set`` passes config overrides to
 every run. Writes ``<name>.json`` and ``<name>.md`` into ``--out``; the last printed line is the JSON.
@@ -52,9 +56,10 @@ def train_commands(args: argparse.Namespace) -> list[tuple[Path, list[str]]]:
     out = []
     for seed in args.seeds:
         name = f"{args.name}-s{seed}"
-        cmd = [sys.executable, "train.py", "--config", args.config, "--preset", args.preset, "--out", str(args.out),
-               "--name", name, "--quiet", "--set", f"train.seed={seed}",
-               "--set", f"train.max_minutes={args.minutes:g}"]
+        cmd = [sys.executable, "train.py", "--preset", args.preset, "--out", str(args.out), "--name", name, "--quiet",
+               "--set", f"train.seed={seed}"]
+        if not args.make_train:
+            cmd += ["--config", args.config, "--set", f"train.max_minutes={args.minutes:g}"]
         for item in args.set:
             cmd += ["--set", item]
         out.append((Path(args.out) / name, cmd))
@@ -190,9 +195,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="default", help="preset name or calibrated preset folder")
     ap.add_argument("--seeds", type=_seeds, default=_seeds("0,1,2,3,4"), help="training seeds, e.g. 0,1,2")
-    ap.add_argument("--minutes", type=float, default=15.0, help="learning minutes per run (train.max_minutes)")
+    ap.add_argument("--minutes", type=float, default=None,
+                    help="learning minutes per run (train.max_minutes; default 15)")
     ap.add_argument("--parallel", type=int, default=2, help="runs at a time (one core each)")
-    ap.add_argument("--config", default="configs/quality.yaml", help="train.py config of every run")
+    ap.add_argument("--config", default=None, help="train.py config of every run (default configs/quality.yaml)")
+    ap.add_argument("--make-train", action="store_true",
+                    help="run make train's job per seed: train.py's embedded defaults, no --config, no time limit")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
     ap.add_argument("--out", type=Path, default=Path("runs/protocol"), help="parent folder of the runs")
     ap.add_argument("--name", default=None, help="run name prefix (default: protocol-<preset>)")
@@ -200,11 +208,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--probe", action="store_true",
                     help="also play the feedback probe (bench.feedback_probe) on every run and aggregate its α gap")
     args = ap.parse_args(argv)
+    if args.make_train and (args.config is not None or args.minutes is not None):
+        ap.error("--make-train runs train.py's own defaults: it takes neither --config nor --minutes")
+    args.config = args.config or "configs/quality.yaml"
+    args.minutes = 15.0 if args.minutes is None else args.minutes
     if args.minutes <= 0 or args.parallel < 1:
         ap.error("--minutes must be > 0 and --parallel >= 1")
-    if not Path(args.config).is_file():
+    if not args.make_train and not Path(args.config).is_file():
         ap.error(f"--config {args.config} does not exist")
-    args.name = args.name or f"protocol-{Path(args.preset).name}"
+    args.name = args.name or f"{'make-train' if args.make_train else 'protocol'}-{Path(args.preset).name}"
     jobs = train_commands(args)
     status = {} if args.aggregate_only else run_all(jobs, args.parallel)
     done = [run for run, _ in jobs if (run / "report" / "results.json").is_file() and (run / "summary.json").is_file()]
@@ -215,7 +227,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         agg["probe"] = probe_runs(done)
     agg["status"] = status
     agg["command"] = " ".join(["python -m bench.quality_protocol", *(argv if argv is not None else sys.argv[1:])])
-    md = markdown(agg, f"Quality protocol: preset {args.preset}, {len(done)} seeds, ≤ {args.minutes:g} min each")
+    budget = "make train's job (train.py defaults)" if args.make_train else f"≤ {args.minutes:g} min each"
+    md = markdown(agg, f"Quality protocol: preset {args.preset}, {len(done)} seeds, {budget}")
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out / f"{args.name}.json", json.dumps(agg, indent=1))
     atomic_write_text(args.out / f"{args.name}.md", md)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.quality_protocol import aggregate, main, markdown, run_all
+from bench.quality_protocol import aggregate, main, markdown, run_all, train_commands
 
 
 def _fake_run(root: Path, name: str, returns: dict[str, float], paired_diff: float) -> Path:
@@ -85,3 +86,24 @@ def test_probe_gaps_are_read_per_run_and_aggregated(tmp_path: Path,
     assert eff["ci95"][0] < np.mean(gaps) < eff["ci95"][1] < 0
     assert agg["probe"]["slate_lean_gap"]["per_seed"] == pytest.approx([0.44, 0.36, 0.40])
     assert "probe: effective α gap cf − llm at request 5" in capsys.readouterr().out
+
+
+def test_make_train_mode_runs_train_py_defaults_per_seed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--make-train`` runs ``make train``'s job per seed: no config file, no time limit, only the seed set; the
+    15-minute protocol keeps both. Giving it a config or a time limit is an error, not silently ignored."""
+    base = {"preset": "default", "seeds": [0, 3], "out": tmp_path, "name": "m", "set": ["eval.batch=64"]}
+    jobs = train_commands(argparse.Namespace(**base, make_train=True, config="configs/quality.yaml", minutes=15.0))
+    assert [run.name for run, _ in jobs] == ["m-s0", "m-s3"]
+    cmd = jobs[1][1]
+    assert "--config" not in cmd and not any(c.startswith("train.max_minutes") for c in cmd)
+    assert "train.seed=3" in cmd and cmd[-1] == "eval.batch=64"
+    timed = train_commands(argparse.Namespace(**base, make_train=False, config="configs/quality.yaml", minutes=15.0))
+    assert "configs/quality.yaml" in timed[0][1] and "train.max_minutes=15" in timed[0][1]
+    _fake_run(tmp_path, "make-train-default-s0", _returns(7.8, 7.3), 0.5)
+    agg = main(["--make-train", "--seeds", "0,1", "--out", str(tmp_path), "--aggregate-only"])
+    assert agg["seeds"] == 1 and (tmp_path / "make-train-default.md").is_file()
+    assert "make train's job" in capsys.readouterr().out
+    for extra in (["--config", "configs/quality.yaml"], ["--minutes", "5"]):
+        with pytest.raises(SystemExit):
+            main(["--make-train", *extra, "--out", str(tmp_path), "--aggregate-only"])
+        assert "neither --config nor --minutes" in capsys.readouterr().err
