@@ -203,7 +203,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     help="run make train's job per seed: train.py's embedded defaults, no --config, no time limit")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
     ap.add_argument("--out", type=Path, default=Path("runs/protocol"), help="parent folder of the runs")
-    ap.add_argument("--name", default=None, help="run name prefix (default: protocol-<preset>)")
+    ap.add_argument("--name", default=None,
+                    help="run name prefix (default: protocol-<preset>; make-train-<preset> with --make-train)")
     ap.add_argument("--aggregate-only", action="store_true", help="do not train; aggregate the finished runs")
     ap.add_argument("--probe", action="store_true",
                     help="also play the feedback probe (bench.feedback_probe) on every run and aggregate its α gap")
