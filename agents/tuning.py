@@ -324,17 +324,37 @@ def _read_cached(path: Path | None, from_dict: Callable[[dict[str, Any]], T]) ->
         return None
 
 
-def _search(kind: str, factory: Callable[[BatchedCore, dict[str, float]], Ranker],
-            default_grid: dict[str, tuple[float, ...]], grid: dict[str, tuple[float, ...]] | None,
-            start: dict[str, float], world: World, env_cfg: EnvConfig, episodes: int, seed: int, batch: int,
-            population: str, encoder: EncoderConfig | None, progress: bool,
-            cache_dir: str | Path | None) -> ParamSearch:
+def search_family(kind: str, factory: Callable[[BatchedCore, dict[str, float]], Ranker],
+                  default_grid: dict[str, tuple[float, ...]], grid: dict[str, tuple[float, ...]] | None,
+                  start: dict[str, float], world: World, env_cfg: EnvConfig, episodes: int, seed: int, batch: int,
+                  population: str, encoder: EncoderConfig | None, progress: bool,
+                  cache_dir: str | Path | None) -> ParamSearch:
     """Search the parameters of a ranker family on ``population``: the one protocol of every ParamSearch-tuned
     ranker. Checks ``grid`` (default ``default_grid``) against ``default_grid``'s axes, clips its caps to K (caps
     above K all mean "no cap"), puts ``start`` on the grid, then runs (or loads from ``cache_dir``) one
     :func:`coordinate_search` of ``factory``'s rankers on ``episodes`` tuning sessions and picks its result among the
     start and the best :data:`VALIDATE_TOP` points by their return on ``VALIDATION_FACTOR·episodes`` fresh
     validation sessions of the same users (:func:`validation_candidates`).
+
+    Args:
+        kind: The family's name (part of the cache key and of ``ParamSearch.kind``).
+        factory: ``(core, point) → ranker``; the core is the search's own (on ``population``), for rankers that
+            read it.
+        default_grid: The family's axes (each needs a ``cap`` axis) and their default values.
+        grid: Axes to search instead (the same names), or ``None``.
+        start: Where the search starts; put on the grid.
+        world: The world.
+        env_cfg: Env config.
+        episodes: Tuning sessions per point.
+        seed: Seed of the tuning sessions.
+        batch: Users simulated at once.
+        population: Population to tune on.
+        encoder: Encoder config (text observation mode only).
+        progress: Show progress bars.
+        cache_dir: JSON cache folder (see :func:`tune_diverse`), or ``None``.
+
+    Returns:
+        The search; ``best`` holds the chosen parameters.
 
     Raises:
         ValueError: For a grid with missing or unknown axes, or an empty axis.
@@ -427,7 +447,7 @@ def tune_diverse(world: World, env_cfg: EnvConfig, alpha: float, grid: dict[str,
     start = {"alpha": float(alpha), **DIVERSE_DEFAULTS}
     start["cap"] = min(int(start["cap"]), k)
     category = world.catalog.category
-    return _search("diverse", lambda core, p: diverse_ranker(k, category, p), DIVERSE_GRID, grid, start, world,
+    return search_family("diverse", lambda core, p: diverse_ranker(k, category, p), DIVERSE_GRID, grid, start, world,
                    env_cfg, episodes, seed, batch, population, encoder, progress, cache_dir)
 
 
@@ -466,7 +486,7 @@ def tune_oracle_diverse(world: World, env_cfg: EnvConfig, grid: dict[str, tuple[
         ValueError: For a grid with missing or unknown axes, or an empty axis.
     """
     k = env_cfg.slate_size
-    return _search("oracle-diverse", lambda core, p: oracle_diverse_ranker(k, core, p), ORACLE_DIVERSE_GRID, grid,
+    return search_family("oracle-diverse", lambda core, p: oracle_diverse_ranker(k, core, p), ORACLE_DIVERSE_GRID, grid,
                    {"cap": k, "exposure_weight": 0.0}, world, env_cfg, episodes, seed, batch, population, encoder,
                    progress, cache_dir)
 

@@ -17,6 +17,13 @@ its penalties and category cap, for each term ``x`` and each β:
 
 A term whose best β adds nothing is not where a learned policy's headroom is. The last line is a JSON object with
 every paired difference (PPO-free: this measures the world, not a policy).
+
+``--retune`` asks the question without holding the heuristic's other parameters at tuned-diverse's values: for each
+term, β joins tuned-diverse's own axes (α, category cap, exposure, seen and lean weights) and the whole point is
+searched on the *training* users by tuned-diverse's protocol (``agents.tuning.search_family``: coordinate ascent from
+tuned-diverse's point with β = 0, then the start and the 3 best points re-scored on 5× fresh sessions). Only the
+chosen point meets the held-out sessions, so the figure is not the luckiest of many on them. This is the most the
+best hand-written ranker gets from the term when its penalties and cap may re-balance around it (session 14).
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,12 +40,14 @@ from agents.evaluation import episode_plan, run_episodes
 from agents.final_report import tuning_context
 from agents.rankers import DiverseRanker, z_rows
 from agents.report import Bootstrap, paired_test
-from agents.tuning import diverse_ranker
+from agents.tuning import DIVERSE_GRID, TUNE_SEED, ParamSearch, diverse_ranker, search_family, tuning_cache_dir
 from configs.loader import resolve_config
-from configs.schema import ConfigError
+from configs.schema import ConfigError, EncoderConfig, EnvConfig
+from envs.core import BatchedCore
 from envs.factory import make_core
 from envs.presets import load_world
 from envs.spaces import F_CAT_CLICKS, F_POP, F_PRICE
+from envs.world import World
 
 #: β values tried per term.
 BETAS: dict[str, tuple[float, ...]] = {"quality": (0.25, 0.5, 1.0, 2.0), "popularity": (-0.5, -0.2, 0.2, 0.5),
@@ -71,6 +81,60 @@ class TermDiverseRanker(DiverseRanker):
         return z_rows(super().blend(obs)) + self.beta * self.term(obs)
 
 
+def hidden_term(core: BatchedCore, *parts: str) -> Term:
+    """The standardised, signed sum of ``parts`` of the true utility of ``core``'s current candidates.
+
+    Args:
+        core: The core whose sessions the ranker acts on (it reads their hidden state).
+        parts: Names of :meth:`BatchedCore.utility_parts` (signs from :data:`UTILITY_SIGN`).
+
+    Returns:
+        obs → float64 (B, N): the term, standardised over each request's candidates.
+    """
+    def term(obs: dict[str, np.ndarray]) -> np.ndarray:
+        u = core.utility_parts(core.cand_slots)
+        return z_rows(sum(UTILITY_SIGN[p] * u[p].astype(np.float64) for p in parts))
+
+    return term
+
+
+#: The hidden terms ``--retune`` can search, as parts of the true utility.
+RETUNE_PARTS: dict[str, tuple[str, ...]] = {"semantic": ("semantic",), "static": ("static",),
+                                            "taste": ("semantic", "static"), "utility": tuple(UTILITY_SIGN)}
+#: β's axis in the ``--retune`` search (0 is tuned-diverse itself, the search's start).
+RETUNE_BETAS: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+
+
+def retune_with_term(world: World, env_cfg: EnvConfig, name: str, start: dict[str, float], episodes: int,
+                     batch: int, encoder: EncoderConfig | None = None, cache_dir: str | Path | None = None,
+                     grid: dict[str, tuple[float, ...]] | None = None) -> ParamSearch:
+    """Search β·``name`` together with tuned-diverse's axes on the training users (tuned-diverse's protocol).
+
+    Args:
+        world: The world.
+        env_cfg: Env config.
+        name: A key of :data:`RETUNE_PARTS`.
+        start: tuned-diverse's point; the search starts there with β = 0.
+        episodes: Tuning sessions per point (validation: 5× as many).
+        batch: Users simulated at once.
+        encoder: Encoder config (text observation mode only).
+        cache_dir: JSON cache folder of the search (``None``: none).
+        grid: Axes ``beta`` and tuned-diverse's (default :data:`RETUNE_BETAS` and ``DIVERSE_GRID``).
+
+    Returns:
+        The search; ``best`` holds β and the heuristic's parameters.
+    """
+    k, category = env_cfg.slate_size, world.catalog.category
+
+    def factory(core: BatchedCore, point: dict[str, float]) -> DiverseRanker:
+        base = diverse_ranker(k, category, point)
+        return TermDiverseRanker(base, hidden_term(core, *RETUNE_PARTS[name]), point["beta"])
+
+    return search_family(f"diverse+{name}", factory, {"beta": RETUNE_BETAS, **DIVERSE_GRID}, grid,
+                         {"beta": 0.0, **start}, world, env_cfg, episodes, TUNE_SEED, batch, "train", encoder, False,
+                         cache_dir)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the probes; print one line per term and β, and the JSON summary (last line)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -79,14 +143,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--episodes", type=int, default=2000, help="held-out sessions (the same for every ranker)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the sessions and of tuned-diverse's tuning")
     ap.add_argument("--batch", type=int, default=500)
-    ap.add_argument("--terms", default=",".join(BETAS), help=f"comma-separated terms to probe, of {', '.join(BETAS)}")
+    ap.add_argument("--terms", default=None,
+                    help=f"comma-separated terms to probe, of {', '.join(BETAS)} (default all; with --retune, of "
+                         f"{', '.join(RETUNE_PARTS)}, default taste)")
+    ap.add_argument("--retune", action="store_true",
+                    help="search β with tuned-diverse's own axes on the training users, then score that one point "
+                         "on the held-out sessions (see the module's text)")
+    ap.add_argument("--tune-episodes", type=int, default=400,
+                    help="with --retune: tuning sessions per point (validation: 5× as many)")
     args = ap.parse_args(argv)
-    if args.episodes < 2 or args.batch < 1:
-        ap.error(f"--episodes must be >= 2 and --batch >= 1, got {args.episodes} and {args.batch}")
-    names = [t.strip() for t in args.terms.split(",") if t.strip()]
-    unknown = [t for t in names if t not in BETAS]
+    if args.episodes < 2 or args.batch < 1 or args.tune_episodes < 2:
+        ap.error(f"--episodes and --tune-episodes must be >= 2 and --batch >= 1, got {args.episodes}, "
+                 f"{args.tune_episodes} and {args.batch}")
+    choices = RETUNE_PARTS if args.retune else BETAS
+    names = [t.strip() for t in (args.terms or ("taste" if args.retune else ",".join(BETAS))).split(",") if t.strip()]
+    unknown = [t for t in names if t not in choices]
     if unknown or not names:
-        ap.error(f"--terms: unknown or empty {unknown or args.terms!r}; choose from {', '.join(BETAS)}")
+        ap.error(f"--terms: unknown or empty {unknown or args.terms!r}"
+                 f"{' with --retune' if args.retune else ''}; choose from {', '.join(choices)}")
     try:
         cfg = resolve_config(args.config, args.preset, [f"train.seed={args.seed}"])
     except ConfigError as exc:
@@ -99,13 +173,30 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     base = diverse_ranker(cfg.env.slate_size, world.catalog.category, point, name="tuned-diverse")
     ref = run_episodes(core, base, plan).ret
     quality = world.catalog.quality.astype(np.float64)
+    boot = Bootstrap(len(plan), 1000, args.seed)
+    out: dict[str, Any] = {"preset": args.preset, "tuned_diverse": point, "tuned_diverse_return": float(ref.mean()),
+                           "episodes": len(plan), "terms": {}}
+    print(f"tuned-diverse {point}: {ref.mean():.3f} on {len(plan)} held-out sessions")
+    if args.retune:
+        cache = tuning_cache_dir(cfg.env, cfg.encoder)
+        for name in names:
+            search = retune_with_term(world, cfg.env, name, point, args.tune_episodes, args.batch, cfg.encoder, cache)
+            best = search.best
+            ranker = TermDiverseRanker(diverse_ranker(cfg.env.slate_size, world.catalog.category, best),
+                                       hidden_term(core, *RETUNE_PARTS[name]), best["beta"])
+            ret = run_episodes(core, ranker, plan).ret
+            test = paired_test(ret, ref, boot)
+            out["terms"][name] = {"best": best, "return": float(ret.mean()), "ratio": float(ret.mean() / ref.mean()),
+                                  "points": len(search.points), "validation_points": search.validation_points,
+                                  "validation_means": search.validation_means, **test}
+            print(f"  {name:<10} retuned {best}: {ret.mean():.3f} ({ret.mean() / ref.mean():.3f}×), paired "
+                  f"{test['diff']:+.3f} (95% CI {test['ci95'][0]:+.3f} to {test['ci95'][1]:+.3f}); "
+                  f"{len(search.points)} points searched")
+        print(json.dumps(out))
+        return out
 
-    def hidden(*parts: str) -> Term:  # standardised signed sum of utility parts of the core's current candidates
-        def term(obs: dict[str, np.ndarray]) -> np.ndarray:
-            u = core.utility_parts(core.cand_slots)
-            return z_rows(sum(UTILITY_SIGN[p] * u[p].astype(np.float64) for p in parts))
-
-        return term
+    def hidden(*parts: str) -> Term:
+        return hidden_term(core, *parts)
 
     all_terms: dict[str, Term] = {
         "quality": lambda obs: quality[obs["candidates"]],
@@ -116,10 +207,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "cat_clicks": lambda obs: -obs["features"][:, :, F_CAT_CLICKS].astype(np.float64),
         "fatigue": lambda obs: -core.utility_parts(core.cand_slots)["fatigue"].astype(np.float64)}
     terms = {n: all_terms[n] for n in names}
-    boot = Bootstrap(len(plan), 1000, args.seed)
-    out: dict[str, Any] = {"preset": args.preset, "tuned_diverse": point, "tuned_diverse_return": float(ref.mean()),
-                           "episodes": len(plan), "terms": {}}
-    print(f"tuned-diverse {point}: {ref.mean():.3f} on {len(plan)} held-out sessions")
     for name, term in terms.items():
         rows = []
         for beta in BETAS[name]:

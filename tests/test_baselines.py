@@ -335,6 +335,38 @@ def test_term_probe_rejects_too_few_sessions_by_name(capsys: pytest.CaptureFixtu
     assert "--terms" in err and "tastee" in err
 
 
+def test_term_probe_retune_refuses_a_term_it_cannot_search(capsys: pytest.CaptureFixture[str]) -> None:
+    """``--retune`` searches parts of the true utility only; an observed term is refused by name, with the choices."""
+    from bench.term_probe import main
+
+    with pytest.raises(SystemExit):
+        main(["--retune", "--terms", "popularity"])
+    err = capsys.readouterr().err
+    assert "popularity" in err and "--retune" in err and "taste" in err
+
+
+def test_term_probe_retune_starts_at_tuned_diverse_and_reads_the_searched_core(small_world: World,
+                                                                                small_cfg: EnvConfig) -> None:
+    """The retune search's β = 0 point is the heuristic itself on the search's own sessions (its tuning mean equals
+    the plain ranker's on the same plan), it is the first validation candidate, and a dominant β moves the return
+    (the term reads the hidden utility of the core the search runs, not another one)."""
+    from agents.tuning import TUNE_SEED
+    from bench.term_probe import retune_with_term
+    from envs.factory import make_core as make_env_core
+
+    start = {"alpha": 0.8, "cap": 2.0, "exposure_weight": 1.0, "seen_weight": 0.5, "lean_weight": 0.0}
+    grid = {"beta": (0.0, 16.0), **{n: (v,) for n, v in start.items()}}
+    search = retune_with_term(small_world, small_cfg, "taste", start, episodes=12, batch=12, grid=grid)
+    assert search.kind == "diverse+taste" and search.validation_points[0] == {"beta": 0.0, **start}
+    assert {p["beta"] for p in search.points} == {0.0, 16.0}
+    core = make_env_core(small_cfg, small_cfg.preset, None, small_world, "train", 12)
+    plain = run_episodes(core, diverse_ranker(small_cfg.slate_size, small_world.catalog.category, start),
+                         episode_plan(12, [TUNE_SEED], small_world.populations["train"].size)).ret
+    means = dict(zip((p["beta"] for p in search.points), search.means, strict=True))
+    assert means[0.0] == pytest.approx(float(plain.mean()), rel=1e-12)
+    assert means[16.0] != pytest.approx(means[0.0], rel=1e-6)
+
+
 def test_diverse_lean_weight_follows_the_clicks_and_is_the_fixed_blend_at_zero() -> None:
     """``DiverseRanker(lean_weight=w)``: at w = 0 its blend is the fixed one (the standardised-signal form of the
     same blend ranks alike); with w > 0 a session whose clicks leaned to the CF score gets a slate with more CF
