@@ -11,7 +11,11 @@ on the same held-out sessions (common random numbers) against the baselines, the
 * the paired per-session difference PPO − tuned-diverse of each run (bootstrap interval over its sessions);
 * the share of the tuned-alpha → non-myopic ceiling (``tuned-oracle-diverse``) gap closed, and of the gap to the
   myopic oracle;
-* α by hidden user type, and every run's plausibility flags.
+* α by hidden user type, and every run's plausibility flags;
+* when every run wrote its per-session returns (``report/returns.npz``) on the same sessions: the difference and the
+  ratio to tuned-diverse with an interval over **seeds and sessions** (:func:`seeds_and_sessions_interval`). The
+  t-interval across seeds holds the set of held-out sessions fixed (every run meets the same ones), so it leaves out
+  how far those sessions' mean is from the population's; this one adds that part.
 
 ``--make-train`` runs what ``make train`` runs instead, once per seed: ``train.py`` with its embedded defaults (no
 ``--config``, no time limit: the default budget of 1M steps), so that the ``make train`` bar is measured over
@@ -34,7 +38,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy import stats
 
+from agents.final_report import read_returns
 from bench.ppo_seeds import t_interval
 from configs.loader import atomic_write_text
 
@@ -97,6 +103,60 @@ def run_all(jobs: list[tuple[Path, list[str]]], parallel: int) -> dict[str, Any]
     return status
 
 
+def seeds_and_sessions_interval(x: np.ndarray) -> dict[str, Any]:
+    """Mean of a seeds × sessions table and its 95% interval over both (crossed random effects).
+
+    Every run meets the same sessions, so ``x[s, e] = μ + a_s + b_e + c_se`` (seed effect, session effect,
+    interaction) and the mean's variance is ``σ_a²/S + σ_b²/E + σ_c²/(SE)``. The variance of the per-seed means over
+    S estimates the first and third terms, that of the per-session means (averaged over seeds) over E the second
+    and third: their sum counts the interaction twice, so the interval is slightly conservative. Degrees of
+    freedom: Welch–Satterthwaite.
+
+    Args:
+        x: float (S, E) one value per training seed and held-out session (S >= 2, E >= 2).
+
+    Returns:
+        ``{"mean", "ci95": [lo, hi], "se", "df", "se_seeds", "se_sessions"}``.
+    """
+    n_s, n_e = x.shape
+    v_seed = x.mean(axis=1).var(ddof=1) / n_s
+    v_sess = x.mean(axis=0).var(ddof=1) / n_e
+    se = float(np.sqrt(v_seed + v_sess))
+    df = float(n_s - 1)
+    if se > 0:
+        df = float((v_seed + v_sess) ** 2 / (v_seed ** 2 / (n_s - 1) + v_sess ** 2 / (n_e - 1)))
+    half = float(stats.t.ppf(0.975, df)) * se
+    m = float(x.mean())
+    return {"mean": m, "ci95": [m - half, m + half], "se": se, "df": df, "se_seeds": float(np.sqrt(v_seed)),
+            "se_sessions": float(np.sqrt(v_sess))}
+
+
+def pooled_vs_reference(runs: list[Path], reference: str = REFERENCE) -> dict[str, Any] | None:
+    """PPO − ``reference`` and PPO / ``reference`` with intervals over seeds and sessions, from the runs' per-session
+    returns; ``{"skipped": why}`` when a run lacks them or the runs met different sessions, ``None`` for one run.
+    The ratio's interval is the difference's on the linearised values ``(ppo − r·ref) / mean(ref)`` (delta method).
+    """
+    if len(runs) < 2:
+        return None
+    paths = [r / "report" / "returns.npz" for r in runs]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        return {"skipped": f"no per-session returns (runs from before they were saved): {missing}"}
+    loaded = [read_returns(p) for p in paths]
+    keys = loaded[0][0]
+    if any(k.shape != keys.shape or not np.array_equal(k, keys) for k, _ in loaded[1:]):
+        return {"skipped": "the runs met different held-out sessions (eval settings differ)"}
+    if any("ppo" not in rets or reference not in rets for _, rets in loaded):
+        return {"skipped": f"a run lacks the returns of ppo or {reference}"}
+    ppo = np.stack([rets["ppo"] for _, rets in loaded])  # (S, E)
+    ref = np.stack([rets[reference] for _, rets in loaded])  # (S, E)
+    ratio = float(ppo.mean() / ref.mean())
+    lin = seeds_and_sessions_interval((ppo - ratio * ref) / ref.mean())
+    half = (lin["ci95"][1] - lin["ci95"][0]) / 2
+    return {"reference": reference, "sessions": int(ppo.shape[1]), "diff": seeds_and_sessions_interval(ppo - ref),
+            "ratio": {"mean": ratio, "ci95": [ratio - half, ratio + half], "se": lin["se"], "df": lin["df"]}}
+
+
 def aggregate(runs: list[Path]) -> dict[str, Any]:
     """The protocol's figures from finished run directories (see the module docstring)."""
     results = [json.loads((r / "report" / "results.json").read_text(encoding="utf-8")) for r in runs]
@@ -131,6 +191,9 @@ def aggregate(runs: list[Path]) -> dict[str, Any]:
         if p.is_file():
             flags.append(json.loads(p.read_text(encoding="utf-8")).get("policy_flags", {}).get("ppo", []))
     out["plausibility_flags"] = flags
+    pooled = pooled_vs_reference(runs)
+    if pooled is not None:
+        out["vs_tuned_diverse_seeds_and_sessions"] = pooled
     return out
 
 
@@ -172,6 +235,14 @@ def markdown(agg: dict[str, Any], title: str) -> str:
         lines.append("| paired PPO − tuned-diverse per run (bootstrap 95% over sessions) | | "
                      + ", ".join(f"{p['diff']:+.2f} ({p['ci95'][0]:+.2f} to {p['ci95'][1]:+.2f})" for p in paired)
                      + " |")
+    pooled = agg.get("vs_tuned_diverse_seeds_and_sessions")
+    if pooled and "skipped" not in pooled:
+        d, r = pooled["diff"], pooled["ratio"]
+        lines.append(f"| PPO − tuned-diverse, 95% interval over seeds **and** the {pooled['sessions']} sessions | "
+                     f"{d['mean']:+.3f} ({d['ci95'][0]:+.3f} to {d['ci95'][1]:+.3f}) | SE {d['se']:.3f}: seeds "
+                     f"{d['se_seeds']:.3f}, sessions {d['se_sessions']:.3f} |")
+        lines.append(f"| PPO / tuned-diverse, the same | "
+                     f"{r['mean']:.3f} ({r['ci95'][0]:.3f} to {r['ci95'][1]:.3f}) | |")
     if "probe" in agg:
         for key, label in (("effective_alpha_gap", "probe: effective α gap cf − llm at request 5"),
                            ("slate_lean_gap", "probe: slate-lean gap cf − llm at request 5")):
@@ -182,6 +253,8 @@ def markdown(agg: dict[str, Any], title: str) -> str:
         lines.append("\nEffective α (the LLM signal's share, both signals standardised) by hidden user type per run: "
                      + "; ".join(", ".join(f"{k.split(' ')[0]} {v:.2f}" for k, v in a.items() if v is not None)
                                  for a in eff) + ".")
+    if pooled and "skipped" in pooled:
+        lines.append(f"\nNo interval over seeds and sessions: {pooled['skipped']}.")
     lines.append(f"\nPPO above tuned-diverse with the interval of the difference above 0: "
                  f"**{agg['above_tuned_diverse_intervals_apart']}**. α by hidden user type per run: "
                  + "; ".join(", ".join(f"{v:.2f}" for v in a.values() if v is not None)

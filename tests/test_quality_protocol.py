@@ -107,3 +107,69 @@ def test_make_train_mode_runs_train_py_defaults_per_seed(tmp_path: Path, capsys:
         with pytest.raises(SystemExit):
             main(["--make-train", *extra, "--out", str(tmp_path), "--aggregate-only"])
         assert "neither --config nor --minutes" in capsys.readouterr().err
+
+
+def test_interval_over_seeds_and_sessions_covers_what_the_across_seed_interval_misses() -> None:
+    """Crossed seed × session tables with a large shared session effect: the across-seed t-interval (the sessions held
+    fixed) misses the population mean far more often than 5%, the interval over both covers it at least ~95% of the
+    time (it is conservative by construction), and with no session effect it is no wider than ~the t-interval."""
+    from bench.ppo_seeds import t_interval
+    from bench.quality_protocol import seeds_and_sessions_interval
+
+    rng = np.random.default_rng(0)
+    s, e, reps, mu = 5, 200, 400, 1.0
+    cover_both = cover_seeds = 0
+    for _ in range(reps):
+        x = (mu + rng.normal(0, 0.05, (s, 1)) + rng.normal(0, 2.0, (1, e)) + rng.normal(0, 0.5, (s, e)))
+        lo, hi = seeds_and_sessions_interval(x)["ci95"]
+        cover_both += lo <= mu <= hi
+        lo_s, hi_s = t_interval(x.mean(axis=1))
+        cover_seeds += lo_s <= mu <= hi_s
+    assert cover_both / reps >= 0.93
+    assert cover_seeds / reps < 0.6
+    x = 1.0 + rng.normal(0, 0.3, (s, 1)) + rng.normal(0, 0.01, (s, e))
+    both, seeds_only = seeds_and_sessions_interval(x), t_interval(x.mean(axis=1))
+    assert both["ci95"][1] - both["ci95"][0] <= 1.05 * (seeds_only[1] - seeds_only[0])
+
+
+def _with_returns(run: Path, keys: np.ndarray, ppo: np.ndarray, diverse: np.ndarray) -> None:
+    from agents.evaluation import EpisodePlan
+    from agents.final_report import write_returns
+
+    stats = {n: argparse.Namespace(ret=r) for n, r in (("ppo", ppo), ("tuned-diverse", diverse))}
+    plan = EpisodePlan(keys=keys, users=np.arange(len(keys)), seeds=np.zeros(len(keys), np.int64))
+    write_returns(stats, plan, run / "report" / "returns.npz")  # type: ignore[arg-type]
+
+
+def test_per_session_returns_give_the_pooled_row_or_say_why_not(tmp_path: Path) -> None:
+    """With every run's per-session returns on the same sessions, the aggregate carries the difference and ratio over
+    seeds and sessions (the session means' PPO − tuned-diverse, and the ratio of the grand means); a run without the
+    file, or one that met other sessions, gives a reason instead of a figure."""
+    from agents.final_report import read_returns
+
+    rng = np.random.default_rng(1)
+    keys = np.arange(50, dtype=np.uint64)
+    runs, ppo_all, div_all = [], [], []
+    for i in range(3):
+        div = rng.gamma(2.0, 3.0, 50)
+        ppo = div + 0.5 + rng.normal(0, 0.2, 50)
+        run = _fake_run(tmp_path, f"p{i}", _returns(float(ppo.mean()), float(div.mean())), 0.5)
+        _with_returns(run, keys, ppo, div)
+        runs.append(run)
+        ppo_all.append(ppo)
+        div_all.append(div)
+    got_keys, rets = read_returns(runs[0] / "report" / "returns.npz")
+    np.testing.assert_array_equal(got_keys, keys)
+    np.testing.assert_array_equal(rets["ppo"], ppo_all[0])
+    pooled = aggregate(runs)["vs_tuned_diverse_seeds_and_sessions"]
+    diff = np.stack(ppo_all) - np.stack(div_all)
+    assert pooled["diff"]["mean"] == pytest.approx(diff.mean())
+    assert pooled["diff"]["ci95"][0] < diff.mean() < pooled["diff"]["ci95"][1]
+    assert pooled["ratio"]["mean"] == pytest.approx(np.mean(ppo_all) / np.mean(div_all))
+    assert "over seeds **and** the 50 sessions" in markdown(aggregate(runs), "t")
+    _with_returns(runs[2], keys + 1, ppo_all[2], div_all[2])
+    assert "different held-out sessions" in aggregate(runs)["vs_tuned_diverse_seeds_and_sessions"]["skipped"]
+    (runs[2] / "report" / "returns.npz").unlink()
+    skipped = aggregate(runs)["vs_tuned_diverse_seeds_and_sessions"]["skipped"]
+    assert "no per-session returns" in skipped and "p2" in skipped
+    assert "No interval over seeds and sessions" in markdown(aggregate(runs), "t")

@@ -12,6 +12,7 @@ from conftest import SMOKE, tiny_args
 import evaluate
 import train
 from agents.checkpoints import checkpoint_dirs
+from agents.final_report import read_returns
 
 
 @pytest.fixture()
@@ -39,6 +40,10 @@ def test_smoke_run_writes_a_run_directory_that_evaluate_loads(cache: Path) -> No
     if hand.get("tuned-diverse") == best["return"]:  # a tie with tuned-diverse (it kept its start) names it
         assert best["name"] == "tuned-diverse"
     assert best["paired"]["diff"] == pytest.approx(saved["heldout"]["ppo"]["mean"] - best["return"], abs=1e-9)
+    keys, rets = read_returns(run / "report" / "returns.npz")  # per-session returns, the report's means
+    assert set(rets) == set(saved["heldout"]) and all(len(r) == len(keys) for r in rets.values())
+    for name, ret in rets.items():
+        assert ret.mean() == pytest.approx(saved["heldout"][name]["mean"], rel=1e-9), name
     evals = [json.loads(line) for line in (run / "eval.jsonl").read_text().splitlines()]
     assert [e["step"] for e in evals][:2] == [512, 1024] or evals[0]["step"] >= 512
 
