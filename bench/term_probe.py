@@ -24,6 +24,11 @@ searched on the *training* users by tuned-diverse's protocol (``agents.tuning.se
 tuned-diverse's point with β = 0, then the start and the 3 best points re-scored on 5× fresh sessions). Only the
 chosen point meets the held-out sessions, so the figure is not the luckiest of many on them. This is the most the
 best hand-written ranker gets from the term when its penalties and cap may re-balance around it (session 14).
+``observed-taste`` is the same search over a term that reads only the observation: the least-squares reading of the
+true taste (semantic + static, standardised per request) from the candidate features, their squares and their
+products with the session's feedback context, fitted with the hidden taste as target on fresh training sessions
+under tuned-diverse (``fit_observed_taste``). It says how much of the taste's worth the observation holds for a
+per-candidate linear reading, the question a learner's headroom turns on.
 """
 
 from __future__ import annotations
@@ -36,17 +41,38 @@ from typing import Any
 
 import numpy as np
 
-from agents.evaluation import episode_plan, run_episodes
+from agents.base import Ranker
+from agents.evaluation import EpisodePlan, episode_plan, run_episodes
 from agents.final_report import tuning_context
 from agents.rankers import DiverseRanker, z_rows
 from agents.report import Bootstrap, paired_test
-from agents.tuning import DIVERSE_GRID, TUNE_SEED, ParamSearch, diverse_ranker, search_family, tuning_cache_dir
+from agents.tuning import (
+    DIVERSE_GRID,
+    TUNE_SEED,
+    VALIDATION_FACTOR,
+    ParamSearch,
+    diverse_ranker,
+    search_family,
+    tuning_cache_dir,
+)
 from configs.loader import resolve_config
 from configs.schema import ConfigError, EncoderConfig, EnvConfig
 from envs.core import BatchedCore
 from envs.factory import make_core
 from envs.presets import load_world
-from envs.spaces import F_CAT_CLICKS, F_POP, F_PRICE
+from envs.spaces import (
+    C_CLICK_RATE,
+    C_CLICKED_CF,
+    C_CLICKED_LLM,
+    C_T_FRAC,
+    F_CAT_CLICKS,
+    F_CAT_EXPOSURE,
+    F_CF,
+    F_ITEM_SEEN,
+    F_LLM,
+    F_POP,
+    F_PRICE,
+)
 from envs.world import World
 
 #: β values tried per term.
@@ -101,19 +127,110 @@ def hidden_term(core: BatchedCore, *parts: str) -> Term:
 #: The hidden terms ``--retune`` can search, as parts of the true utility.
 RETUNE_PARTS: dict[str, tuple[str, ...]] = {"semantic": ("semantic",), "static": ("static",),
                                             "taste": ("semantic", "static"), "utility": tuple(UTILITY_SIGN)}
+#: ``--retune``'s observation-only term: the least-squares reading of the true taste from the observation.
+OBSERVED_TASTE = "observed-taste"
+#: Context columns the observed-taste design multiplies the two signals by (what feedback says about the user).
+TASTE_CONTEXT = (C_CLICKED_LLM, C_CLICKED_CF, C_CLICK_RATE, C_T_FRAC)
+
+
+def taste_design(obs: dict[str, np.ndarray]) -> np.ndarray:
+    """The observed-taste regression's design per candidate: float64 (B, N, P).
+
+    Columns: 1, the standardised (over the request) ``llm_sim``, ``cf_score`` and popularity, the raw exposure,
+    clicks and seen features, their squares for the two signals, and the two standardised signals times each
+    :data:`TASTE_CONTEXT` column (so the fit may weigh them by what the session's clicks said).
+    """
+    f = obs["features"].astype(np.float64)
+    llm, cf, pop = z_rows(f[:, :, F_LLM]), z_rows(f[:, :, F_CF]), z_rows(f[:, :, F_POP])
+    ctx = obs["context"].astype(np.float64)[:, None, :]
+    cols = [np.ones_like(llm), llm, cf, pop, f[:, :, F_CAT_EXPOSURE], f[:, :, F_CAT_CLICKS], f[:, :, F_ITEM_SEEN],
+            llm * llm, cf * cf, llm * cf]
+    cols += [sig * ctx[:, :, c] for c in TASTE_CONTEXT for sig in (llm, cf)]
+    return np.stack(cols, axis=-1)
+
+
+class _TasteRecorder(Ranker):
+    """Plays ``base`` and accumulates the normal equations of ``z(true taste) ~ taste_design(obs)``, and the
+    correlation of the taste with ``base``'s own standardised blend. Every row is recorded: the rows that idle at the
+    plan's tail replay real sessions of the same population, so they are valid requests too."""
+
+    def __init__(self, base: DiverseRanker, core: BatchedCore) -> None:
+        super().__init__(base.k)
+        self.base, self.core, self.name = base, core, f"{base.name} (recording)"
+        self.xtx: np.ndarray = np.zeros((0, 0))
+        self.xty: np.ndarray = np.zeros(0)
+        self.sums = {"yy": 0.0, "yb": 0.0, "bb": 0.0, "n": 0.0}
+
+    def reset(self, rows: np.ndarray, obs: dict[str, np.ndarray]) -> None:
+        self.base.reset(rows, obs)
+
+    def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        x = taste_design(obs)
+        x = x.reshape(-1, x.shape[-1])
+        u = self.core.utility_parts(self.core.cand_slots)
+        y = z_rows(u["semantic"].astype(np.float64) + u["static"]).ravel()
+        blend = z_rows(self.base.blend(obs)).ravel()
+        self.xtx = x.T @ x + (self.xtx if self.xtx.size else 0.0)
+        self.xty = x.T @ y + (self.xty if self.xty.size else 0.0)
+        for key, v in (("yy", y @ y), ("yb", y @ blend), ("bb", blend @ blend), ("n", len(y))):
+            self.sums[key] += float(v)
+        return self.base.act(obs)
+
+    def update(self, obs: dict[str, np.ndarray], slate: np.ndarray, feedback: Any) -> None:
+        self.base.update(obs, slate, feedback)
+
+
+def fit_observed_taste(core: BatchedCore, base: DiverseRanker, plan: EpisodePlan,
+                       ridge: float = 1e-3) -> tuple[np.ndarray, dict[str, float]]:
+    """Least-squares weights of ``z(true taste) ≈ taste_design(obs) @ w`` over the requests ``base`` meets on ``plan``.
+
+    The fit reads the hidden taste (the simulator's ground truth, on training users); the term it gives reads only
+    the observation. It is the best per-candidate linear reading of the taste that the observation holds, with the
+    session's feedback as interactions: a generous stand-in for what a learner could infer.
+
+    Args:
+        core: A core on the training population.
+        base: The ranker whose sessions are recorded (tuned-diverse).
+        plan: The sessions.
+        ridge: Ridge penalty relative to the mean diagonal of ``XᵀX``.
+
+    Returns:
+        ``(w float64 (P,), {"r2": the fit's R², "r2_blend": R² of the base's standardised blend alone (its squared
+        correlation with the taste), "candidates": rows of the fit})``.
+    """
+    rec = _TasteRecorder(base, core)
+    run_episodes(core, rec, plan)
+    lam = ridge * float(np.trace(rec.xtx)) / len(rec.xtx)
+    w = np.linalg.solve(rec.xtx + lam * np.eye(len(rec.xtx)), rec.xty)
+    yy = rec.sums["yy"]
+    sse = yy - 2 * float(w @ rec.xty) + float(w @ rec.xtx @ w)
+    return w, {"r2": 1.0 - sse / yy, "r2_blend": rec.sums["yb"] ** 2 / (rec.sums["bb"] * yy),
+               "candidates": int(rec.sums["n"])}
+
+
+def observed_taste_term(w: np.ndarray) -> Term:
+    """obs → float64 (B, N): ``z(taste_design(obs) @ w)``, the fitted reading of the taste (observation only)."""
+    return lambda obs: z_rows(taste_design(obs) @ w)
+
+
+#: The observed-taste fit's sessions: seed ``TUNE_SEED`` plus this (fresh; neither tuning nor validation sessions).
+FIT_SEED_OFFSET = 104_729
 #: β's axis in the ``--retune`` search (0 is tuned-diverse itself, the search's start).
 RETUNE_BETAS: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 
 
-def retune_with_term(world: World, env_cfg: EnvConfig, name: str, start: dict[str, float], episodes: int,
-                     batch: int, encoder: EncoderConfig | None = None, cache_dir: str | Path | None = None,
+def retune_with_term(world: World, env_cfg: EnvConfig, name: str, make_term: Callable[[BatchedCore], Term],
+                     start: dict[str, float], episodes: int, batch: int, encoder: EncoderConfig | None = None,
+                     cache_dir: str | Path | None = None,
                      grid: dict[str, tuple[float, ...]] | None = None) -> ParamSearch:
-    """Search β·``name`` together with tuned-diverse's axes on the training users (tuned-diverse's protocol).
+    """Search β·term together with tuned-diverse's axes on the training users (tuned-diverse's protocol).
 
     Args:
         world: The world.
         env_cfg: Env config.
-        name: A key of :data:`RETUNE_PARTS`.
+        name: The term's name (the search's kind is ``diverse+<name>``; part of its cache key, so a term whose
+            definition can change, like a fitted one, must not be cached).
+        make_term: core → the term, for the search's own core (a hidden term reads that core's sessions).
         start: tuned-diverse's point; the search starts there with β = 0.
         episodes: Tuning sessions per point (validation: 5× as many).
         batch: Users simulated at once.
@@ -127,8 +244,7 @@ def retune_with_term(world: World, env_cfg: EnvConfig, name: str, start: dict[st
     k, category = env_cfg.slate_size, world.catalog.category
 
     def factory(core: BatchedCore, point: dict[str, float]) -> DiverseRanker:
-        base = diverse_ranker(k, category, point)
-        return TermDiverseRanker(base, hidden_term(core, *RETUNE_PARTS[name]), point["beta"])
+        return TermDiverseRanker(diverse_ranker(k, category, point), make_term(core), point["beta"])
 
     return search_family(f"diverse+{name}", factory, {"beta": RETUNE_BETAS, **DIVERSE_GRID}, grid,
                          {"beta": 0.0, **start}, world, env_cfg, episodes, TUNE_SEED, batch, "train", encoder, False,
@@ -145,7 +261,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--batch", type=int, default=500)
     ap.add_argument("--terms", default=None,
                     help=f"comma-separated terms to probe, of {', '.join(BETAS)} (default all; with --retune, of "
-                         f"{', '.join(RETUNE_PARTS)}, default taste)")
+                         f"{', '.join([*RETUNE_PARTS, OBSERVED_TASTE])}, default taste)")
     ap.add_argument("--retune", action="store_true",
                     help="search β with tuned-diverse's own axes on the training users, then score that one point "
                          "on the held-out sessions (see the module's text)")
@@ -155,7 +271,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.episodes < 2 or args.batch < 1 or args.tune_episodes < 2:
         ap.error(f"--episodes and --tune-episodes must be >= 2 and --batch >= 1, got {args.episodes}, "
                  f"{args.tune_episodes} and {args.batch}")
-    choices = RETUNE_PARTS if args.retune else BETAS
+    choices = [*RETUNE_PARTS, OBSERVED_TASTE] if args.retune else list(BETAS)
     names = [t.strip() for t in (args.terms or ("taste" if args.retune else ",".join(BETAS))).split(",") if t.strip()]
     unknown = [t for t in names if t not in choices]
     if unknown or not names:
@@ -180,15 +296,35 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.retune:
         cache = tuning_cache_dir(cfg.env, cfg.encoder)
         for name in names:
-            search = retune_with_term(world, cfg.env, name, point, args.tune_episodes, args.batch, cfg.encoder, cache)
+            fit: dict[str, Any] = {}
+            if name == OBSERVED_TASTE:  # fitted on fresh training sessions under tuned-diverse, then searched
+                train_core = make_core(cfg.env, cfg.env.preset, cfg.encoder, world, "train", args.batch)
+                fit_plan = episode_plan(VALIDATION_FACTOR * args.tune_episodes, [TUNE_SEED + FIT_SEED_OFFSET],
+                                        world.populations["train"].size)
+                w, fit = fit_observed_taste(train_core, base, fit_plan)
+                fit["weights"] = w.tolist()
+                print(f"  {name}: R² of the true taste {fit['r2']:.3f} (tuned-diverse's blend alone "
+                      f"{fit['r2_blend']:.3f}) over {fit['candidates']:,} candidates")
+
+                def make_term(c: BatchedCore, w: np.ndarray = w) -> Term:
+                    return observed_taste_term(w)
+
+                search_cache = None
+            else:
+                def make_term(c: BatchedCore, parts: tuple[str, ...] = RETUNE_PARTS[name]) -> Term:
+                    return hidden_term(c, *parts)
+
+                search_cache = cache
+            search = retune_with_term(world, cfg.env, name, make_term, point, args.tune_episodes, args.batch,
+                                      cfg.encoder, search_cache)
             best = search.best
             ranker = TermDiverseRanker(diverse_ranker(cfg.env.slate_size, world.catalog.category, best),
-                                       hidden_term(core, *RETUNE_PARTS[name]), best["beta"])
+                                       make_term(core), best["beta"])
             ret = run_episodes(core, ranker, plan).ret
             test = paired_test(ret, ref, boot)
             out["terms"][name] = {"best": best, "return": float(ret.mean()), "ratio": float(ret.mean() / ref.mean()),
                                   "points": len(search.points), "validation_points": search.validation_points,
-                                  "validation_means": search.validation_means, **test}
+                                  "validation_means": search.validation_means, **fit, **test}
             print(f"  {name:<10} retuned {best}: {ret.mean():.3f} ({ret.mean() / ref.mean():.3f}×), paired "
                   f"{test['diff']:+.3f} (95% CI {test['ci95'][0]:+.3f} to {test['ci95'][1]:+.3f}); "
                   f"{len(search.points)} points searched")

@@ -25,6 +25,7 @@ from agents.rankers import (
     TunedAlphaRanker,
     TunedDiverseRanker,
     TunedOracleDiverseRanker,
+    z_rows,
 )
 from agents.registry import SPECS, RankerContext, check_specs, make_ranker, parse_spec
 from agents.report import paired_test
@@ -351,12 +352,13 @@ def test_term_probe_retune_starts_at_tuned_diverse_and_reads_the_searched_core(s
     the plain ranker's on the same plan), it is the first validation candidate, and a dominant β moves the return
     (the term reads the hidden utility of the core the search runs, not another one)."""
     from agents.tuning import TUNE_SEED
-    from bench.term_probe import retune_with_term
+    from bench.term_probe import hidden_term, retune_with_term
     from envs.factory import make_core as make_env_core
 
     start = {"alpha": 0.8, "cap": 2.0, "exposure_weight": 1.0, "seen_weight": 0.5, "lean_weight": 0.0}
     grid = {"beta": (0.0, 16.0), **{n: (v,) for n, v in start.items()}}
-    search = retune_with_term(small_world, small_cfg, "taste", start, episodes=12, batch=12, grid=grid)
+    search = retune_with_term(small_world, small_cfg, "taste", lambda c: hidden_term(c, "semantic", "static"), start,
+                              episodes=12, batch=12, grid=grid)
     assert search.kind == "diverse+taste" and search.validation_points[0] == {"beta": 0.0, **start}
     assert {p["beta"] for p in search.points} == {0.0, 16.0}
     core = make_env_core(small_cfg, small_cfg.preset, None, small_world, "train", 12)
@@ -365,6 +367,33 @@ def test_term_probe_retune_starts_at_tuned_diverse_and_reads_the_searched_core(s
     means = dict(zip((p["beta"] for p in search.points), search.means, strict=True))
     assert means[0.0] == pytest.approx(float(plain.mean()), rel=1e-12)
     assert means[16.0] != pytest.approx(means[0.0], rel=1e-6)
+
+
+def test_observed_taste_fit_reads_the_taste_from_the_observation_on_other_users(small_world: World,
+                                                                                 small_cfg: EnvConfig) -> None:
+    """``bench.term_probe.fit_observed_taste``: fitted on training users' sessions, its observation-only term
+    correlates with the hidden taste of held-out users' candidates about as well as the fit's own R² says."""
+    from bench.term_probe import fit_observed_taste, observed_taste_term
+    from envs.factory import make_core as make_env_core
+
+    base = DiverseRanker(small_cfg.slate_size, 0.8, small_world.catalog.category, exposure_weight=1.0, cap=2)
+    train_core = make_env_core(small_cfg, small_cfg.preset, None, small_world, "train", 16)
+    w, fit = fit_observed_taste(train_core, base, episode_plan(16, [0], small_world.populations["train"].size))
+    assert 0.0 < fit["r2"] < 1.0 and fit["candidates"] > 0 and np.isfinite(w).all()
+    core = make_env_core(small_cfg, small_cfg.preset, None, small_world, "heldout", 16)
+    plan = episode_plan(16, [1], small_world.populations["heldout"].size)
+    term, pairs = observed_taste_term(w), []
+
+    class Probe(DiverseRanker):
+        def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+            u = core.utility_parts(core.cand_slots)
+            pairs.append((term(obs).ravel(), z_rows(u["semantic"].astype(np.float64) + u["static"]).ravel()))
+            return super().act(obs)
+
+    run_episodes(core, Probe(small_cfg.slate_size, 0.8, small_world.catalog.category, exposure_weight=1.0, cap=2),
+                 plan)
+    x, y = (np.concatenate(v) for v in zip(*pairs, strict=True))
+    assert np.corrcoef(x, y)[0, 1] > 0.5 * np.sqrt(fit["r2"])
 
 
 def test_diverse_lean_weight_follows_the_clicks_and_is_the_fixed_blend_at_zero() -> None:
