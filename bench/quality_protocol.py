@@ -15,7 +15,7 @@ on the same held-out sessions (common random numbers) against the baselines, the
 * when every run wrote its per-session returns (``report/returns.npz``) on the same sessions: the difference and the
   ratio to tuned-diverse with an interval over **seeds and sessions** (:func:`seeds_and_sessions_interval`). The
   t-interval across seeds holds the set of held-out sessions fixed (every run meets the same ones), so it leaves out
-  how far those sessions' mean is from the population's; this one adds that part.
+  how far those sessions' mean is from the population's; this one adds that part (a two-way random-effects ANOVA).
 
 ``--make-train`` runs what ``make train`` runs instead, once per seed: ``train.py`` with its embedded defaults (no
 ``--config``, no time limit: the default budget of 1M steps), so that the ``make train`` bar is measured over
@@ -104,31 +104,44 @@ def run_all(jobs: list[tuple[Path, list[str]]], parallel: int) -> dict[str, Any]
 
 
 def seeds_and_sessions_interval(x: np.ndarray) -> dict[str, Any]:
-    """Mean of a seeds × sessions table and its 95% interval over both (crossed random effects).
+    """Mean of a seeds × sessions table and its 95% interval over both (crossed random effects, no replication).
 
-    Every run meets the same sessions, so ``x[s, e] = μ + a_s + b_e + c_se`` (seed effect, session effect,
-    interaction) and the mean's variance is ``σ_a²/S + σ_b²/E + σ_c²/(SE)``. The variance of the per-seed means over
-    S estimates the first and third terms, that of the per-session means (averaged over seeds) over E the second
-    and third: their sum counts the interaction twice, so the interval is slightly conservative. Degrees of
-    freedom: Welch–Satterthwaite.
+    Every run meets the same sessions, so ``x[s, e] = μ + a_s + b_e + c_se`` (seed effect, session effect, their
+    interaction) and the mean's variance is ``σ_a²/S + σ_b²/E + σ_c²/(SE)``. The components are estimated by the
+    two-way ANOVA's mean squares (``MS_seeds``, ``MS_sessions``, ``MS_residual``: ``σ_a² = (MS_seeds − MS_residual)/E``
+    and so on), each truncated at 0, and the degrees of freedom by Welch–Satterthwaite over the mean squares that
+    enter. With no seed effect left the interval is the one over the sessions of the seed-averaged values; with no
+    session effect it is close to the t-interval across seeds.
 
     Args:
         x: float (S, E) one value per training seed and held-out session (S >= 2, E >= 2).
 
     Returns:
-        ``{"mean", "ci95": [lo, hi], "se", "df", "se_seeds", "se_sessions"}``.
+        ``{"mean", "ci95": [lo, hi], "se", "df", "var_seeds", "var_sessions", "var_interaction"}``: the last three
+        are the mean's variance parts ``σ_a²/S``, ``σ_b²/E`` and ``σ_c²/(SE)``.
     """
     n_s, n_e = x.shape
-    v_seed = x.mean(axis=1).var(ddof=1) / n_s
-    v_sess = x.mean(axis=0).var(ddof=1) / n_e
-    se = float(np.sqrt(v_seed + v_sess))
-    df = float(n_s - 1)
-    if se > 0:
-        df = float((v_seed + v_sess) ** 2 / (v_seed ** 2 / (n_s - 1) + v_sess ** 2 / (n_e - 1)))
-    half = float(stats.t.ppf(0.975, df)) * se
-    m = float(x.mean())
-    return {"mean": m, "ci95": [m - half, m + half], "se": se, "df": df, "se_seeds": float(np.sqrt(v_seed)),
-            "se_sessions": float(np.sqrt(v_sess))}
+    grand = float(x.mean())
+    rows, cols = x.mean(axis=1), x.mean(axis=0)
+    ms = {"seeds": n_e * float(((rows - grand) ** 2).sum()) / (n_s - 1),
+          "sessions": n_s * float(((cols - grand) ** 2).sum()) / (n_e - 1),
+          "residual": float(((x - rows[:, None] - cols[None, :] + grand) ** 2).sum()) / ((n_s - 1) * (n_e - 1))}
+    dof = {"seeds": n_s - 1, "sessions": n_e - 1, "residual": (n_s - 1) * (n_e - 1)}
+    # Var(mean)·S·E as a combination of mean squares: MS_seeds + MS_sessions − MS_residual, dropping a component
+    # (and its share of −MS_residual) where its estimate would be negative
+    coef = {"seeds": 0.0, "sessions": 0.0, "residual": 1.0}
+    for part in ("seeds", "sessions"):
+        if ms[part] > ms["residual"]:
+            coef[part], coef["residual"] = 1.0, coef["residual"] - 1.0
+    total = sum(coef[k] * ms[k] for k in ms)
+    se = float(np.sqrt(max(total, 0.0) / (n_s * n_e)))
+    denom = sum((coef[k] * ms[k]) ** 2 / dof[k] for k in ms if coef[k])
+    df = float(total ** 2 / denom) if denom > 0 else float(n_s - 1)
+    half = float(stats.t.ppf(0.975, max(df, 1.0))) * se
+    return {"mean": grand, "ci95": [grand - half, grand + half], "se": se, "df": df,
+            "var_seeds": max(ms["seeds"] - ms["residual"], 0.0) / (n_s * n_e),
+            "var_sessions": max(ms["sessions"] - ms["residual"], 0.0) / (n_s * n_e),
+            "var_interaction": ms["residual"] / (n_s * n_e)}
 
 
 def pooled_vs_reference(runs: list[Path], reference: str = REFERENCE) -> dict[str, Any] | None:
@@ -239,8 +252,9 @@ def markdown(agg: dict[str, Any], title: str) -> str:
     if pooled and "skipped" not in pooled:
         d, r = pooled["diff"], pooled["ratio"]
         lines.append(f"| PPO − tuned-diverse, 95% interval over seeds **and** the {pooled['sessions']} sessions | "
-                     f"{d['mean']:+.3f} ({d['ci95'][0]:+.3f} to {d['ci95'][1]:+.3f}) | SE {d['se']:.3f}: seeds "
-                     f"{d['se_seeds']:.3f}, sessions {d['se_sessions']:.3f} |")
+                     f"{d['mean']:+.3f} ({d['ci95'][0]:+.3f} to {d['ci95'][1]:+.3f}) | SE {d['se']:.3f}; variance "
+                     f"parts: seeds {d['var_seeds']:.4f}, sessions {d['var_sessions']:.4f}, interaction "
+                     f"{d['var_interaction']:.4f} |")
         lines.append(f"| PPO / tuned-diverse, the same | "
                      f"{r['mean']:.3f} ({r['ci95'][0]:.3f} to {r['ci95'][1]:.3f}) | |")
     if "probe" in agg:
