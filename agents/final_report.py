@@ -2,13 +2,12 @@
 
 :func:`final_comparison` writes ``RUN_DIR/report/`` (results.json / .md / .csv, plausibility, plots/*.png) with the
 learned α by hidden user type and by step within the session, and every ranker's per-session returns
-(``returns.npz``, :func:`write_returns`), so that runs of several training seeds on the same held-out sessions can be
-compared session by session; :func:`print_summary` is ``train.py``'s closing message.
+(``returns.npz``, :func:`agents.report.write_returns`), so that runs of several training seeds on the same held-out
+sessions can be compared session by session; :func:`print_summary` is ``train.py``'s closing message.
 """
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +18,6 @@ from agents.evaluation import (
     RHO_EDGES,
     RHO_LABELS,
     Bootstrap,
-    EpisodePlan,
-    EpisodeStats,
     episode_plan,
     paired_test,
     run_episodes,
@@ -30,7 +27,7 @@ from agents.evaluation import (
 from agents.plausibility import write_plausibility
 from agents.policies import SlatePolicy
 from agents.ppo_ranker import PPORanker
-from configs.fileio import atomic_write_bytes
+from agents.report import write_returns
 from configs.schema import Config
 from envs.factory import make_core
 from envs.world import World
@@ -69,44 +66,6 @@ def best_hand_written(stats: dict[str, Any], n_boot: int, seed: int) -> dict[str
     ppo = stats["ppo"].ret
     return {"name": best, "return": float(stats[best].ret.mean()),
             "paired": paired_test(ppo, stats[best].ret, Bootstrap(len(ppo), n_boot, seed))}
-
-
-#: Prefix of a ranker's per-session returns in ``returns.npz`` (``ret:<ranker name>``).
-RETURNS_PREFIX = "ret:"
-
-
-def write_returns(stats: dict[str, EpisodeStats], plan: EpisodePlan, path: Path) -> None:
-    """Every ranker's per-session return and the sessions' identity, as one ``.npz`` (written atomically).
-
-    Arrays: ``keys`` uint64 (E,), ``users`` int64 (E,), ``seeds`` int64 (E,) (the plan: which sessions), and
-    ``ret:<name>`` float64 (E,) per ranker, in the plan's order. Plain arrays only (read with ``allow_pickle=False``).
-
-    Args:
-        stats: Ranker name → its outcomes on ``plan``.
-        plan: The sessions.
-        path: File to write.
-    """
-    buf = io.BytesIO()
-    np.savez(buf, keys=plan.keys, users=plan.users, seeds=plan.seeds,
-             **{f"{RETURNS_PREFIX}{name}": np.asarray(st.ret, dtype=np.float64) for name, st in stats.items()})
-    atomic_write_bytes(path, buf.getvalue())
-
-
-def read_returns(path: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """The inverse of :func:`write_returns`: ``(session keys uint64 (E,), name → float64 (E,) returns)``.
-
-    Raises:
-        ValueError: If the file lacks the keys or a return's length differs from theirs.
-    """
-    with np.load(path, allow_pickle=False) as data:
-        if "keys" not in data.files:
-            raise ValueError(f"{path}: no 'keys' array: not a returns file written by recfeed")
-        keys = data["keys"]
-        rets = {f[len(RETURNS_PREFIX):]: data[f] for f in data.files if f.startswith(RETURNS_PREFIX)}
-    bad = [n for n, r in rets.items() if r.shape != keys.shape]
-    if bad:
-        raise ValueError(f"{path}: returns of {bad} do not match the {len(keys)} sessions")
-    return keys, rets
 
 
 def tuning_context(cfg: Config, world: World, core: Any, progress: bool) -> RankerContext:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from scipy import sparse, stats
 
-from agents.evaluation import RHO_EDGES, RHO_LABELS, EpisodeStats
+from agents.evaluation import RHO_EDGES, RHO_LABELS, EpisodePlan, EpisodeStats
 from configs.fileio import atomic_write_bytes, atomic_write_text, json_default
 
 #: Column label and number format of each metric in the Markdown table (``clicks`` is left to JSON/CSV).
@@ -275,6 +275,44 @@ def results_csv(results: dict[str, Any]) -> str:
             extra = [ref, pt["diff"], *(pt["ci95"] or [None, None]), pt["p_value"]] if pt else [ref, "", "", "", ""]
             w.writerow([name, metric, v["mean"], *v["ci95"], *extra])
     return buf.getvalue()
+
+
+#: Prefix of a ranker's per-session returns in ``returns.npz`` (``ret:<ranker name>``).
+RETURNS_PREFIX = "ret:"
+
+
+def write_returns(stats: dict[str, EpisodeStats], plan: EpisodePlan, path: Path) -> None:
+    """Every ranker's per-session return and the sessions' identity, as one ``.npz`` (written atomically).
+
+    Arrays: ``keys`` uint64 (E,), ``users`` int64 (E,), ``seeds`` int64 (E,) (the plan: which sessions), and
+    ``ret:<name>`` float64 (E,) per ranker, in the plan's order. Plain arrays only (read with ``allow_pickle=False``).
+
+    Args:
+        stats: Ranker name → its outcomes on ``plan``.
+        plan: The sessions.
+        path: File to write.
+    """
+    buf = io.BytesIO()
+    np.savez(buf, keys=plan.keys, users=plan.users, seeds=plan.seeds,
+             **{f"{RETURNS_PREFIX}{name}": np.asarray(st.ret, dtype=np.float64) for name, st in stats.items()})
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def read_returns(path: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The inverse of :func:`write_returns`: ``(session keys uint64 (E,), name → float64 (E,) returns)``.
+
+    Raises:
+        ValueError: If the file lacks the keys or a return's length differs from theirs.
+    """
+    with np.load(path, allow_pickle=False) as data:
+        if "keys" not in data.files:
+            raise ValueError(f"{path}: no 'keys' array: not a returns file written by recfeed")
+        keys = data["keys"]
+        rets = {f[len(RETURNS_PREFIX):]: data[f] for f in data.files if f.startswith(RETURNS_PREFIX)}
+    bad = [n for n, r in rets.items() if r.shape != keys.shape]
+    if bad:
+        raise ValueError(f"{path}: returns of {bad} do not match the {len(keys)} sessions")
+    return keys, rets
 
 
 def write_report(results: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:

@@ -34,13 +34,14 @@ import os
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from scipy import stats
 
-from agents.final_report import read_returns
+from agents.report import read_returns
 from bench.ppo_seeds import t_interval
 from configs.loader import atomic_write_text
 
@@ -155,7 +156,10 @@ def pooled_vs_reference(runs: list[Path], reference: str = REFERENCE) -> dict[st
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         return {"skipped": f"no per-session returns (runs from before they were saved): {missing}"}
-    loaded = [read_returns(p) for p in paths]
+    try:
+        loaded = [read_returns(p) for p in paths]
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        return {"skipped": f"unreadable per-session returns: {exc}"}
     keys = loaded[0][0]
     if any(k.shape != keys.shape or not np.array_equal(k, keys) for k, _ in loaded[1:]):
         return {"skipped": "the runs met different held-out sessions (eval settings differ)"}

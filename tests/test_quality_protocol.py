@@ -138,7 +138,7 @@ def test_interval_over_seeds_and_sessions_covers_what_either_one_alone_misses() 
 
 def _with_returns(run: Path, keys: np.ndarray, ppo: np.ndarray, diverse: np.ndarray) -> None:
     from agents.evaluation import EpisodePlan
-    from agents.final_report import write_returns
+    from agents.report import write_returns
 
     stats = {n: argparse.Namespace(ret=r) for n, r in (("ppo", ppo), ("tuned-diverse", diverse))}
     plan = EpisodePlan(keys=keys, users=np.arange(len(keys)), seeds=np.zeros(len(keys), np.int64))
@@ -149,7 +149,7 @@ def test_per_session_returns_give_the_pooled_row_or_say_why_not(tmp_path: Path) 
     """With every run's per-session returns on the same sessions, the aggregate carries the difference and ratio over
     seeds and sessions (the session means' PPO − tuned-diverse, and the ratio of the grand means); a run without the
     file, or one that met other sessions, gives a reason instead of a figure."""
-    from agents.final_report import read_returns
+    from agents.report import read_returns
 
     rng = np.random.default_rng(1)
     keys = np.arange(50, dtype=np.uint64)
@@ -173,6 +173,8 @@ def test_per_session_returns_give_the_pooled_row_or_say_why_not(tmp_path: Path) 
     assert "over seeds **and** the 50 sessions" in markdown(aggregate(runs), "t")
     _with_returns(runs[2], keys + 1, ppo_all[2], div_all[2])
     assert "different held-out sessions" in aggregate(runs)["vs_tuned_diverse_seeds_and_sessions"]["skipped"]
+    (runs[2] / "report" / "returns.npz").write_bytes(b"not an npz")
+    assert "unreadable per-session returns" in aggregate(runs)["vs_tuned_diverse_seeds_and_sessions"]["skipped"]
     (runs[2] / "report" / "returns.npz").unlink()
     skipped = aggregate(runs)["vs_tuned_diverse_seeds_and_sessions"]["skipped"]
     assert "no per-session returns" in skipped and "p2" in skipped

@@ -12,7 +12,7 @@ from conftest import SMOKE, tiny_args
 import evaluate
 import train
 from agents.checkpoints import checkpoint_dirs
-from agents.final_report import read_returns
+from agents.report import read_returns
 
 
 @pytest.fixture()
