@@ -56,7 +56,7 @@ from agents.tuning import (
     tuning_cache_dir,
 )
 from configs.loader import resolve_config
-from configs.schema import ConfigError, EncoderConfig, EnvConfig
+from configs.schema import Config, ConfigError, EncoderConfig, EnvConfig
 from envs.core import BatchedCore
 from envs.factory import make_core
 from envs.presets import load_world
@@ -213,7 +213,7 @@ def observed_taste_term(w: np.ndarray) -> Term:
     return lambda obs: z_rows(taste_design(obs) @ w)
 
 
-#: The observed-taste fit's sessions: seed ``TUNE_SEED`` plus this (fresh; neither tuning nor validation sessions).
+#: The observed-taste fit's sessions: seed ``seed + TUNE_SEED`` plus this (neither tuning nor validation sessions).
 FIT_SEED_OFFSET = 104_729
 #: β's axis in the ``--retune`` search (0 is tuned-diverse itself, the search's start).
 RETUNE_BETAS: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
@@ -221,8 +221,8 @@ RETUNE_BETAS: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 
 def retune_with_term(world: World, env_cfg: EnvConfig, name: str, make_term: Callable[[BatchedCore], Term],
                      start: dict[str, float], episodes: int, batch: int, encoder: EncoderConfig | None = None,
-                     cache_dir: str | Path | None = None,
-                     grid: dict[str, tuple[float, ...]] | None = None) -> ParamSearch:
+                     cache_dir: str | Path | None = None, grid: dict[str, tuple[float, ...]] | None = None,
+                     seed: int = TUNE_SEED) -> ParamSearch:
     """Search β·term together with tuned-diverse's axes on the training users (tuned-diverse's protocol).
 
     Args:
@@ -237,6 +237,7 @@ def retune_with_term(world: World, env_cfg: EnvConfig, name: str, make_term: Cal
         encoder: Encoder config (text observation mode only).
         cache_dir: JSON cache folder of the search (``None``: none).
         grid: Axes ``beta`` and tuned-diverse's (default :data:`RETUNE_BETAS` and ``DIVERSE_GRID``).
+        seed: Seed of the tuning sessions (a run's tuned-diverse uses ``train.seed + TUNE_SEED``).
 
     Returns:
         The search; ``best`` holds β and the heuristic's parameters.
@@ -247,8 +248,68 @@ def retune_with_term(world: World, env_cfg: EnvConfig, name: str, make_term: Cal
         return TermDiverseRanker(diverse_ranker(k, category, point), make_term(core), point["beta"])
 
     return search_family(f"diverse+{name}", factory, {"beta": RETUNE_BETAS, **DIVERSE_GRID}, grid,
-                         {"beta": 0.0, **start}, world, env_cfg, episodes, TUNE_SEED, batch, "train", encoder, False,
+                         {"beta": 0.0, **start}, world, env_cfg, episodes, seed, batch, "train", encoder, False,
                          cache_dir)
+
+
+def retune_terms(names: list[str], cfg: Config, world: World, core: BatchedCore, plan: EpisodePlan,
+                 base: DiverseRanker, point: dict[str, float], ref: np.ndarray, boot: Bootstrap, tune_episodes: int,
+                 batch: int, seed: int) -> dict[str, Any]:
+    """``--retune``: per term, the search of :func:`retune_with_term`, then its pick on the held-out sessions.
+
+    Args:
+        names: Terms (keys of :data:`RETUNE_PARTS`, or :data:`OBSERVED_TASTE`).
+        cfg: The probe's config.
+        world: The world.
+        core: The held-out core.
+        plan: The held-out sessions.
+        base: tuned-diverse (``observed-taste``'s fit plays its sessions).
+        point: tuned-diverse's parameters (the start of every search).
+        ref: float (E,) tuned-diverse's returns on ``plan``.
+        boot: The paired test's bootstrap.
+        tune_episodes: Tuning sessions per point.
+        batch: Users simulated at once.
+        seed: The probe's seed (tuning sessions: ``seed + TUNE_SEED``, as a run's tuned-diverse).
+
+    Returns:
+        Term → ``{"best", "return", "ratio", "points", "validation_points", "validation_means", [the fit's
+        figures,] "diff", "ci95", …}`` (the paired test against tuned-diverse).
+    """
+    out: dict[str, Any] = {}
+    for name in names:
+        fit: dict[str, Any] = {}
+        cache: Path | None = tuning_cache_dir(cfg.env, cfg.encoder)
+        if name == OBSERVED_TASTE:  # fitted on fresh training sessions under tuned-diverse, then searched
+            train_core = make_core(cfg.env, cfg.env.preset, cfg.encoder, world, "train", batch)
+            fit_plan = episode_plan(VALIDATION_FACTOR * tune_episodes, [seed + TUNE_SEED + FIT_SEED_OFFSET],
+                                    world.populations["train"].size)
+            w, fit = fit_observed_taste(train_core, base, fit_plan)
+            fit["weights"] = w.tolist()
+            print(f"  {name}: R² of the true taste {fit['r2']:.3f} (tuned-diverse's blend alone "
+                  f"{fit['r2_blend']:.3f}) over {fit['candidates']:,} candidates")
+
+            def make_term(c: BatchedCore, w: np.ndarray = w) -> Term:
+                return observed_taste_term(w)
+
+            cache = None  # a fitted term is not part of the cache key
+        else:
+            def make_term(c: BatchedCore, parts: tuple[str, ...] = RETUNE_PARTS[name]) -> Term:
+                return hidden_term(c, *parts)
+
+        search = retune_with_term(world, cfg.env, name, make_term, point, tune_episodes, batch, cfg.encoder, cache,
+                                  seed=seed + TUNE_SEED)
+        best = search.best
+        ranker = TermDiverseRanker(diverse_ranker(cfg.env.slate_size, world.catalog.category, best), make_term(core),
+                                   best["beta"])
+        ret = run_episodes(core, ranker, plan).ret
+        test = paired_test(ret, ref, boot)
+        out[name] = {"best": best, "return": float(ret.mean()), "ratio": float(ret.mean() / ref.mean()),
+                     "points": len(search.points), "validation_points": search.validation_points,
+                     "validation_means": search.validation_means, **fit, **test}
+        print(f"  {name:<10} retuned {best}: {ret.mean():.3f} ({ret.mean() / ref.mean():.3f}×), paired "
+              f"{test['diff']:+.3f} (95% CI {test['ci95'][0]:+.3f} to {test['ci95'][1]:+.3f}); "
+              f"{len(search.points)} points searched")
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -294,40 +355,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                            "episodes": len(plan), "terms": {}}
     print(f"tuned-diverse {point}: {ref.mean():.3f} on {len(plan)} held-out sessions")
     if args.retune:
-        cache = tuning_cache_dir(cfg.env, cfg.encoder)
-        for name in names:
-            fit: dict[str, Any] = {}
-            if name == OBSERVED_TASTE:  # fitted on fresh training sessions under tuned-diverse, then searched
-                train_core = make_core(cfg.env, cfg.env.preset, cfg.encoder, world, "train", args.batch)
-                fit_plan = episode_plan(VALIDATION_FACTOR * args.tune_episodes, [TUNE_SEED + FIT_SEED_OFFSET],
-                                        world.populations["train"].size)
-                w, fit = fit_observed_taste(train_core, base, fit_plan)
-                fit["weights"] = w.tolist()
-                print(f"  {name}: R² of the true taste {fit['r2']:.3f} (tuned-diverse's blend alone "
-                      f"{fit['r2_blend']:.3f}) over {fit['candidates']:,} candidates")
-
-                def make_term(c: BatchedCore, w: np.ndarray = w) -> Term:
-                    return observed_taste_term(w)
-
-                search_cache = None
-            else:
-                def make_term(c: BatchedCore, parts: tuple[str, ...] = RETUNE_PARTS[name]) -> Term:
-                    return hidden_term(c, *parts)
-
-                search_cache = cache
-            search = retune_with_term(world, cfg.env, name, make_term, point, args.tune_episodes, args.batch,
-                                      cfg.encoder, search_cache)
-            best = search.best
-            ranker = TermDiverseRanker(diverse_ranker(cfg.env.slate_size, world.catalog.category, best),
-                                       make_term(core), best["beta"])
-            ret = run_episodes(core, ranker, plan).ret
-            test = paired_test(ret, ref, boot)
-            out["terms"][name] = {"best": best, "return": float(ret.mean()), "ratio": float(ret.mean() / ref.mean()),
-                                  "points": len(search.points), "validation_points": search.validation_points,
-                                  "validation_means": search.validation_means, **fit, **test}
-            print(f"  {name:<10} retuned {best}: {ret.mean():.3f} ({ret.mean() / ref.mean():.3f}×), paired "
-                  f"{test['diff']:+.3f} (95% CI {test['ci95'][0]:+.3f} to {test['ci95'][1]:+.3f}); "
-                  f"{len(search.points)} points searched")
+        out["terms"] = retune_terms(names, cfg, world, core, plan, base, point, ref, boot, args.tune_episodes,
+                                    args.batch, args.seed)
         print(json.dumps(out))
         return out
 
