@@ -447,8 +447,8 @@ def tune_diverse(world: World, env_cfg: EnvConfig, alpha: float, grid: dict[str,
     start = {"alpha": float(alpha), **DIVERSE_DEFAULTS}
     start["cap"] = min(int(start["cap"]), k)
     category = world.catalog.category
-    return search_family("diverse", lambda core, p: diverse_ranker(k, category, p), DIVERSE_GRID, grid, start, world,
-                   env_cfg, episodes, seed, batch, population, encoder, progress, cache_dir)
+    return search_family("diverse", lambda core, p: diverse_ranker(k, category, p), DIVERSE_GRID, grid, start,
+                         world, env_cfg, episodes, seed, batch, population, encoder, progress, cache_dir)
 
 
 def oracle_diverse_ranker(k: int, core: BatchedCore, point: dict[str, float],
@@ -486,9 +486,9 @@ def tune_oracle_diverse(world: World, env_cfg: EnvConfig, grid: dict[str, tuple[
         ValueError: For a grid with missing or unknown axes, or an empty axis.
     """
     k = env_cfg.slate_size
-    return search_family("oracle-diverse", lambda core, p: oracle_diverse_ranker(k, core, p), ORACLE_DIVERSE_GRID, grid,
-                   {"cap": k, "exposure_weight": 0.0}, world, env_cfg, episodes, seed, batch, population, encoder,
-                   progress, cache_dir)
+    return search_family("oracle-diverse", lambda core, p: oracle_diverse_ranker(k, core, p), ORACLE_DIVERSE_GRID,
+                         grid, {"cap": k, "exposure_weight": 0.0}, world, env_cfg, episodes, seed, batch, population,
+                         encoder, progress, cache_dir)
 
 
 def tuning_cache_dir(env_cfg: EnvConfig, encoder: EncoderConfig | None = None) -> Path:

@@ -172,8 +172,8 @@ def diverse_by_group(world: World, cfg: EnvConfig, start: dict[str, float],
                      min_count: int = MIN_GROUP_EPISODES) -> dict[str, Any]:
     """The best diversity-heuristic parameters of each hidden ρ group on ``population`` (training users).
 
-    Per group, the protocol of tuned-diverse itself (:func:`agents.tuning.search_family`) on that group's sessions: one
-    :func:`agents.tuning.coordinate_search` over the group's tuning sessions, starting from ``start`` (the single
+    Per group, the protocol of tuned-diverse itself (:func:`agents.tuning.search_family`) on that group's sessions:
+    one :func:`agents.tuning.coordinate_search` over the group's tuning sessions, starting from ``start`` (the single
     tuned-diverse choice) and sharing evaluations with the other groups; then the choice among ``start`` and the
     search's :data:`~agents.tuning.VALIDATE_TOP` best other points by their return on the group's sessions among
     ``VALIDATION_FACTOR·episodes`` fresh validation sessions. So on the validation sessions each group's choice is at
