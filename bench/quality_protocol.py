@@ -257,8 +257,8 @@ def markdown(agg: dict[str, Any], title: str) -> str:
         d, r = pooled["diff"], pooled["ratio"]
         lines.append(f"| PPO − tuned-diverse, 95% interval over seeds **and** the {pooled['sessions']} sessions | "
                      f"{d['mean']:+.3f} ({d['ci95'][0]:+.3f} to {d['ci95'][1]:+.3f}) | SE {d['se']:.3f}; variance "
-                     f"parts: seeds {d['var_seeds']:.4f}, sessions {d['var_sessions']:.4f}, interaction "
-                     f"{d['var_interaction']:.4f} |")
+                     f"parts: seeds {d['var_seeds']:.3g}, sessions {d['var_sessions']:.3g}, interaction "
+                     f"{d['var_interaction']:.3g} |")
         lines.append(f"| PPO / tuned-diverse, the same | "
                      f"{r['mean']:.3f} ({r['ci95'][0]:.3f} to {r['ci95'][1]:.3f}) | |")
     if "probe" in agg:
