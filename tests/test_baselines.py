@@ -337,13 +337,14 @@ def test_term_probe_rejects_too_few_sessions_by_name(capsys: pytest.CaptureFixtu
 
 
 def test_term_probe_retune_refuses_a_term_it_cannot_search(capsys: pytest.CaptureFixture[str]) -> None:
-    """``--retune`` searches parts of the true utility only; an observed term is refused by name, with the choices."""
+    """``--retune`` searches parts of the true utility and ``observed-taste``; another probe term (an observed column)
+    is refused by name, with the choices."""
     from bench.term_probe import main
 
     with pytest.raises(SystemExit):
         main(["--retune", "--terms", "popularity"])
     err = capsys.readouterr().err
-    assert "popularity" in err and "--retune" in err and "taste" in err
+    assert "popularity" in err and "--retune" in err and "taste" in err and "observed-taste" in err
 
 
 def test_term_probe_retune_starts_at_tuned_diverse_and_reads_the_searched_core(small_world: World,
