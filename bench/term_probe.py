@@ -156,9 +156,10 @@ class _TasteRecorder(Ranker):
 
     def __init__(self, base: DiverseRanker, core: BatchedCore) -> None:
         super().__init__(base.k)
-        self.base, self.core, self.name = base, core, f"{base.name} (recording)"
-        self.xtx: np.ndarray = np.zeros((0, 0))
-        self.xty: np.ndarray = np.zeros(0)
+        self.base, self.name = base, f"{base.name} (recording)"
+        self.taste = hidden_term(core, "semantic", "static")
+        self.xtx: np.ndarray | float = 0.0  # (P, P) after the first request
+        self.xty: np.ndarray | float = 0.0  # (P,)
         self.sums = {"yy": 0.0, "yb": 0.0, "bb": 0.0, "n": 0.0}
 
     def reset(self, rows: np.ndarray, obs: dict[str, np.ndarray]) -> None:
@@ -167,11 +168,10 @@ class _TasteRecorder(Ranker):
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         x = taste_design(obs)
         x = x.reshape(-1, x.shape[-1])
-        u = self.core.utility_parts(self.core.cand_slots)
-        y = z_rows(u["semantic"].astype(np.float64) + u["static"]).ravel()
+        y = self.taste(obs).ravel()
         blend = z_rows(self.base.blend(obs)).ravel()
-        self.xtx = x.T @ x + (self.xtx if self.xtx.size else 0.0)
-        self.xty = x.T @ y + (self.xty if self.xty.size else 0.0)
+        self.xtx = self.xtx + x.T @ x
+        self.xty = self.xty + x.T @ y
         for key, v in (("yy", y @ y), ("yb", y @ blend), ("bb", blend @ blend), ("n", len(y))):
             self.sums[key] += float(v)
         return self.base.act(obs)
@@ -200,6 +200,7 @@ def fit_observed_taste(core: BatchedCore, base: DiverseRanker, plan: EpisodePlan
     """
     rec = _TasteRecorder(base, core)
     run_episodes(core, rec, plan)
+    assert isinstance(rec.xtx, np.ndarray) and isinstance(rec.xty, np.ndarray)  # a plan has at least one request
     lam = ridge * float(np.trace(rec.xtx)) / len(rec.xtx)
     w = np.linalg.solve(rec.xtx + lam * np.eye(len(rec.xtx)), rec.xty)
     yy = rec.sums["yy"]

@@ -25,7 +25,6 @@ from agents.rankers import (
     TunedAlphaRanker,
     TunedDiverseRanker,
     TunedOracleDiverseRanker,
-    z_rows,
 )
 from agents.registry import SPECS, RankerContext, check_specs, make_ranker, parse_spec
 from agents.report import paired_test
@@ -374,7 +373,7 @@ def test_observed_taste_fit_reads_the_taste_from_the_observation_on_other_users(
                                                                                  small_cfg: EnvConfig) -> None:
     """``bench.term_probe.fit_observed_taste``: fitted on training users' sessions, its observation-only term
     correlates with the hidden taste of held-out users' candidates about as well as the fit's own R² says."""
-    from bench.term_probe import fit_observed_taste, observed_taste_term
+    from bench.term_probe import fit_observed_taste, hidden_term, observed_taste_term
     from envs.factory import make_core as make_env_core
 
     base = DiverseRanker(small_cfg.slate_size, 0.8, small_world.catalog.category, exposure_weight=1.0, cap=2)
@@ -383,12 +382,11 @@ def test_observed_taste_fit_reads_the_taste_from_the_observation_on_other_users(
     assert 0.0 < fit["r2"] < 1.0 and fit["candidates"] > 0 and np.isfinite(w).all()
     core = make_env_core(small_cfg, small_cfg.preset, None, small_world, "heldout", 16)
     plan = episode_plan(16, [1], small_world.populations["heldout"].size)
-    term, pairs = observed_taste_term(w), []
+    term, taste, pairs = observed_taste_term(w), hidden_term(core, "semantic", "static"), []
 
     class Probe(DiverseRanker):
         def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
-            u = core.utility_parts(core.cand_slots)
-            pairs.append((term(obs).ravel(), z_rows(u["semantic"].astype(np.float64) + u["static"]).ravel()))
+            pairs.append((term(obs).ravel(), taste(obs).ravel()))
             return super().act(obs)
 
     run_episodes(core, Probe(small_cfg.slate_size, 0.8, small_world.catalog.category, exposure_weight=1.0, cap=2),
