@@ -34,7 +34,7 @@ from stable_baselines3.common.logger import HParam
 from stable_baselines3.common.vec_env import VecNormalize
 from tqdm.auto import tqdm
 
-from agents.baselines import ParamSearch, RankerContext, make_ranker, tune_alpha, tuning_cache_dir
+from agents.baselines import ParamSearch, RankerContext, make_ranker
 from agents.callbacks import Checkpointer, PeriodicEval, RolloutMetrics, TimeLimit
 from agents.checkpoints import (
     CKPT_DIR,
@@ -247,15 +247,16 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False, progre
                                       "world_key": world_key(cfg.env, world.encoder_name)})
     write_signature(run_dir, cfg, world)  # what evaluate.py checks run:DIR against (agents/runinfo.py)
 
-    # The reference every result is compared with: the best fixed α on the training users.
+    # The reference every result is compared with: the best fixed α on the training users. One context tunes it and
+    # tuned-diverse (which starts from its α), the same one the final table's references come from.
+    tuning = tuning_context(cfg, world, None, progress)
     t0 = time.perf_counter()
-    curve = tune_alpha(world, cfg.env, episodes=max(100, cfg.eval.episodes // 2), seed=tc.seed + 1_000_003,
-                       batch=cfg.eval.batch, progress=progress, cache_dir=tuning_cache_dir(cfg.env, cfg.encoder))
+    curve = tuning.alpha_curve()
     say(f"tuned-alpha on training users: α* = {curve.best_alpha:g} ({time.perf_counter() - t0:.0f}s)")
     diverse: ParamSearch | None = None
     if tc.policy.base == "diverse":  # the policy starts at tuned-diverse: search it now (cached for the final table)
         t0 = time.perf_counter()
-        diverse = tuning_context(cfg, world, None, progress).diverse_search()
+        diverse = tuning.diverse_search()
         kept = "kept the hand-set start" if diverse.best == diverse.start else "moved from the hand-set start"
         say(f"tuned-diverse on training users: {diverse.best} ({kept}; validation sessions: "
             f"{max(diverse.validation_means):.2f} against the start's {diverse.validation_means[0]:.2f}; "

@@ -21,7 +21,7 @@ import train
 from agents.evaluation import episode_plan, run_episodes
 from agents.rankers import BlendRanker
 from agents.runinfo import MATCH_KEYS, SIGNATURE_FILE, mismatch, read_signature, signature
-from agents.tuning import tune_alpha
+from agents.tuning import TUNE_SEED, tune_alpha
 from configs.loader import ConfigError, load_config
 from configs.schema import Config
 from envs.core import BatchedCore
@@ -216,14 +216,16 @@ def test_unfinished_or_foreign_run_directories(run: Path, tmp_path: Path, no_eva
 
 
 def test_the_report_compares_ppo_with_the_alpha_tuning_found(run: Path, run_cfg: Config, run_world: World) -> None:
-    """summary.json's tuned α is tune_alpha's argmax on the training users; the report's tuned-alpha row is that α's
-    fixed blend on the held-out sessions; the headline ratio is PPO over that row."""
+    """summary.json's tuned α is tune_alpha's argmax on the training users (eval.tune_episodes sessions per point, the
+    tuned references' own protocol), and tuned-diverse's search starts from it; the report's tuned-alpha row is that
+    α's fixed blend on the held-out sessions; the headline ratio is PPO over that row."""
     cfg, world = run_cfg, run_world
     summary = json.loads((run / "summary.json").read_text())
     report = json.loads((run / "report" / "results.json").read_text())
-    curve = tune_alpha(world, cfg.env, episodes=max(100, cfg.eval.episodes // 2), seed=cfg.train.seed + 1_000_003,
-                       batch=cfg.eval.batch)
+    curve = tune_alpha(world, cfg.env, episodes=cfg.eval.tune_episodes, seed=cfg.train.seed + TUNE_SEED,
+                       batch=cfg.eval.batch)  # computed afresh: no cache
     assert summary["tuned_alpha"] == curve.best_alpha == report["alpha_curve"]["best_alpha"]
+    assert report["tuned_parameters"]["tuned-diverse"]["start"]["alpha"] == curve.best_alpha
     assert report["alpha_curve"]["mean_return"] == pytest.approx(curve.mean_return)
     held = world.populations["heldout"].size
     plan = episode_plan(cfg.eval.episodes, list(range(cfg.eval.seeds)), held)
