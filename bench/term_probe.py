@@ -255,7 +255,7 @@ def retune_with_term(world: World, env_cfg: EnvConfig, name: str, make_term: Cal
 
 def retune_terms(names: list[str], cfg: Config, world: World, core: BatchedCore, plan: EpisodePlan,
                  base: DiverseRanker, point: dict[str, float], ref: np.ndarray, boot: Bootstrap, tune_episodes: int,
-                 batch: int, seed: int) -> dict[str, Any]:
+                 batch: int, seed: int, betas: tuple[float, ...] = RETUNE_BETAS) -> dict[str, Any]:
     """``--retune``: per term, the search of :func:`retune_with_term`, then its pick on the held-out sessions.
 
     Args:
@@ -271,6 +271,7 @@ def retune_terms(names: list[str], cfg: Config, world: World, core: BatchedCore,
         tune_episodes: Tuning sessions per point.
         batch: Users simulated at once.
         seed: The probe's seed (tuning sessions: ``seed + TUNE_SEED``, as a run's tuned-diverse).
+        betas: β's axis in every search (0 is tuned-diverse itself).
 
     Returns:
         Term → ``{"best", "return", "ratio", "points", "validation_points", "validation_means", [the fit's
@@ -298,7 +299,7 @@ def retune_terms(names: list[str], cfg: Config, world: World, core: BatchedCore,
                 return hidden_term(c, *parts)
 
         search = retune_with_term(world, cfg.env, name, make_term, point, tune_episodes, batch, cfg.encoder, cache,
-                                  seed=seed + TUNE_SEED)
+                                  {"beta": betas, **DIVERSE_GRID}, seed + TUNE_SEED)
         best = search.best
         ranker = TermDiverseRanker(diverse_ranker(cfg.env.slate_size, world.catalog.category, best), make_term(core),
                                    best["beta"])
@@ -327,12 +328,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--retune", action="store_true",
                     help="search β with tuned-diverse's own axes on the training users, then score that one point "
                          "on the held-out sessions (see the module's text)")
+    ap.add_argument("--betas", default=",".join(f"{b:g}" for b in RETUNE_BETAS),
+                    help="with --retune: β's axis, comma-separated, 0 included (0 is tuned-diverse itself)")
     ap.add_argument("--tune-episodes", type=int, default=400,
                     help="with --retune: tuning sessions per point (validation: 5× as many)")
     args = ap.parse_args(argv)
     if args.episodes < 2 or args.batch < 1 or args.tune_episodes < 2:
         ap.error(f"--episodes and --tune-episodes must be >= 2 and --batch >= 1, got {args.episodes}, "
                  f"{args.tune_episodes} and {args.batch}")
+    try:
+        betas = tuple(sorted({float(b) for b in args.betas.split(",") if b.strip()}))
+    except ValueError:
+        ap.error(f"--betas: not a comma-separated list of numbers: {args.betas!r}")
+    if 0.0 not in betas or any(not np.isfinite(b) for b in betas):
+        ap.error(f"--betas must be finite and include 0 (tuned-diverse itself, the search's start), got {args.betas!r}")
     choices = [*RETUNE_PARTS, OBSERVED_TASTE] if args.retune else list(BETAS)
     names = [t.strip() for t in (args.terms or ("taste" if args.retune else ",".join(BETAS))).split(",") if t.strip()]
     unknown = [t for t in names if t not in choices]
@@ -357,7 +366,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"tuned-diverse {point}: {ref.mean():.3f} on {len(plan)} held-out sessions")
     if args.retune:
         out["terms"] = retune_terms(names, cfg, world, core, plan, base, point, ref, boot, args.tune_episodes,
-                                    args.batch, args.seed)
+                                    args.batch, args.seed, betas)
         print(json.dumps(out))
         return out
 

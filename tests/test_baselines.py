@@ -337,13 +337,18 @@ def test_term_probe_rejects_too_few_sessions_by_name(capsys: pytest.CaptureFixtu
 
 def test_term_probe_retune_refuses_a_term_it_cannot_search(capsys: pytest.CaptureFixture[str]) -> None:
     """``--retune`` searches parts of the true utility and ``observed-taste``; another probe term (an observed column)
-    is refused by name, with the choices."""
+    is refused by name, with the choices; so is a β axis without 0 (tuned-diverse itself) or with a non-number."""
     from bench.term_probe import main
 
     with pytest.raises(SystemExit):
         main(["--retune", "--terms", "popularity"])
     err = capsys.readouterr().err
     assert "popularity" in err and "--retune" in err and "taste" in err and "observed-taste" in err
+    for betas, why in (("1,2", "include 0"), ("0,x", "not a comma-separated list"), ("0,inf", "finite")):
+        with pytest.raises(SystemExit):  # β's axis: refused before any world is loaded
+            main(["--retune", "--betas", betas])
+        err = capsys.readouterr().err
+        assert "--betas" in err and why in err and betas in err
 
 
 def test_term_probe_retune_starts_at_tuned_diverse_and_reads_the_searched_core(small_world: World,
