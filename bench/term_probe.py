@@ -328,16 +328,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--retune", action="store_true",
                     help="search β with tuned-diverse's own axes on the training users, then score that one point "
                          "on the held-out sessions (see the module's text)")
-    ap.add_argument("--betas", default=",".join(f"{b:g}" for b in RETUNE_BETAS),
-                    help="with --retune: β's axis, comma-separated, 0 included (0 is tuned-diverse itself)")
+    ap.add_argument("--betas", default=None,
+                    help="with --retune: β's axis, comma-separated, 0 included (0 is tuned-diverse itself; default "
+                         f"{','.join(f'{b:g}' for b in RETUNE_BETAS)})")
     ap.add_argument("--tune-episodes", type=int, default=400,
                     help="with --retune: tuning sessions per point (validation: 5× as many)")
     args = ap.parse_args(argv)
     if args.episodes < 2 or args.batch < 1 or args.tune_episodes < 2:
         ap.error(f"--episodes and --tune-episodes must be >= 2 and --batch >= 1, got {args.episodes}, "
                  f"{args.tune_episodes} and {args.batch}")
+    if args.betas is not None and not args.retune:
+        ap.error("--betas is β's axis of the --retune search; without --retune each term has its own β values")
     try:
-        betas = tuple(sorted({float(b) for b in args.betas.split(",") if b.strip()}))
+        betas = RETUNE_BETAS if args.betas is None else tuple(sorted({float(b) for b in args.betas.split(",")
+                                                                      if b.strip()}))
     except ValueError:
         ap.error(f"--betas: not a comma-separated list of numbers: {args.betas!r}")
     if 0.0 not in betas or any(not np.isfinite(b) for b in betas):

@@ -337,7 +337,8 @@ def test_term_probe_rejects_too_few_sessions_by_name(capsys: pytest.CaptureFixtu
 
 def test_term_probe_retune_refuses_a_term_it_cannot_search(capsys: pytest.CaptureFixture[str]) -> None:
     """``--retune`` searches parts of the true utility and ``observed-taste``; another probe term (an observed column)
-    is refused by name, with the choices; so is a β axis without 0 (tuned-diverse itself) or with a non-number."""
+    is refused by name, with the choices; so is a β axis without 0 (tuned-diverse itself) or with a non-number, and a
+    β axis without ``--retune``."""
     from bench.term_probe import main
 
     with pytest.raises(SystemExit):
@@ -349,6 +350,10 @@ def test_term_probe_retune_refuses_a_term_it_cannot_search(capsys: pytest.Captur
             main(["--retune", "--betas", betas])
         err = capsys.readouterr().err
         assert "--betas" in err and why in err and betas in err
+    with pytest.raises(SystemExit):  # the plain probe has its own β values per term: --betas would be ignored
+        main(["--betas", "0,1"])
+    err = capsys.readouterr().err
+    assert "--betas" in err and "without --retune" in err
 
 
 def test_term_probe_retune_starts_at_tuned_diverse_and_reads_the_searched_core(small_world: World,
