@@ -105,7 +105,30 @@ class TimeLimit(BaseCallback):
         return time.perf_counter() < self.deadline
 
 
-class PeriodicEval(BaseCallback):
+class _Every(BaseCallback):
+    """Calls :meth:`fire` at every multiple of ``every`` steps after ``start`` (``every`` ≤ 0: never).
+
+    ``start``: the step count learning starts from (a resumed run's), so that the next firing is the next multiple of
+    ``every`` above it rather than ``every`` steps later.
+    """
+
+    def __init__(self, every: int, start: int = 0) -> None:
+        super().__init__()
+        self.every = every
+        self._next = (start // every + 1) * every if every > 0 else 0
+
+    def _on_step(self) -> bool:
+        if self.every > 0 and self.num_timesteps >= self._next:
+            self._next += self.every
+            self.fire()
+        return True
+
+    def fire(self) -> None:
+        """What happens at each multiple of ``every``."""
+        raise NotImplementedError
+
+
+class PeriodicEval(_Every):
     """Every ``every`` steps: the policy against tuned-alpha on the same held-out sessions (``eval.jsonl``).
 
     Args:
@@ -115,19 +138,16 @@ class PeriodicEval(BaseCallback):
         every: Steps between evaluations.
         path: The ``eval.jsonl`` file.
         k: Slate size.
+        start: The step count learning starts from (a resumed run's).
     """
 
     def __init__(self, core: BatchedCore, plan: Any, tuned_return: np.ndarray, every: int, path: Path,
-                 k: int) -> None:
-        super().__init__()
-        self.core, self.plan, self.tuned, self.every, self.path, self.k = core, plan, tuned_return, every, path, k
-        self._next = every
+                 k: int, start: int = 0) -> None:
+        super().__init__(every, start)
+        self.core, self.plan, self.tuned, self.path, self.k = core, plan, tuned_return, path, k
 
-    def _on_step(self) -> bool:
-        if self.every > 0 and self.num_timesteps >= self._next:
-            self._next += self.every
-            self.evaluate()
-        return True
+    def fire(self) -> None:
+        self.evaluate()
 
     def evaluate(self) -> dict[str, float]:
         """Run the evaluation now; log and append it."""
@@ -145,19 +165,16 @@ class PeriodicEval(BaseCallback):
         return row
 
 
-class Checkpointer(BaseCallback):
-    """Every ``every`` steps: a checkpoint ``checkpoints/step-<N>/`` (:mod:`agents.checkpoints`), the last two kept."""
+class Checkpointer(_Every):
+    """Every ``every`` steps after ``start``: a checkpoint ``checkpoints/step-<N>/`` (:mod:`agents.checkpoints`), the
+    last two kept."""
 
-    def __init__(self, run_dir: Path, every: int) -> None:
-        super().__init__()
-        self.dir, self.every = run_dir / CKPT_DIR, every
-        self._next = every
+    def __init__(self, run_dir: Path, every: int, start: int = 0) -> None:
+        super().__init__(every, start)
+        self.dir = run_dir / CKPT_DIR
 
-    def _on_step(self) -> bool:
-        if self.every > 0 and self.num_timesteps >= self._next:
-            self._next += self.every
-            self.save()
-        return True
+    def fire(self) -> None:
+        self.save()
 
     def save(self) -> None:
         """Write the checkpoint now."""

@@ -8,12 +8,13 @@ sessions can be compared session by session; :func:`print_summary` is ``train.py
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from agents.baselines import ParamSearch, RankerContext, make_ranker, tuning_cache_dir
+from agents.baselines import RankerContext, make_ranker, tuning_cache_dir
 from agents.evaluation import (
     RHO_EDGES,
     RHO_LABELS,
@@ -75,17 +76,28 @@ def tuning_context(cfg: Config, world: World, core: Any, progress: bool) -> Rank
 
 
 def final_comparison(cfg: Config, world: World, policy: SlatePolicy, curve: Any, run_dir: Path,
-                     progress: bool, diverse: ParamSearch | None = None) -> dict[str, Any]:
+                     progress: bool, tuning: RankerContext | None = None) -> dict[str, Any]:
     """PPO against the baselines on held-out users (common random numbers); α by user type and by step.
 
-    Writes ``report/`` (results.json/.md/.csv, plots) and ``report/alpha.json``. ``diverse``: tuned-diverse's search
-    when training already ran it (a ``"diverse"`` policy starts there), so that the table's reference is the same.
+    Writes ``report/`` (results.json/.md/.csv, plots) and ``report/alpha.json``.
+
+    Args:
+        cfg: The run's configuration.
+        world: The run's world (its ``heldout`` population is simulated).
+        policy: The trained policy.
+        curve: tuned-alpha's curve (:class:`agents.tuning.AlphaCurve`); the table's tuned-alpha and hand-set
+            ``diverse`` rows use its ``best_alpha``.
+        run_dir: The run folder (``report/`` is written in it).
+        progress: Show progress bars.
+        tuning: The run's tuning context (:func:`tuning_context`), whose searches training already ran (a
+            ``"diverse"`` policy starts at tuned-diverse), so that the table's references are the very searches the
+            policy started from; None builds one (its searches are re-read from the on-disk cache or run).
     """
     ec = cfg.eval
     core = make_core(cfg.env, cfg.env.preset, cfg.encoder, world, "heldout", ec.batch)
     plan = episode_plan(ec.episodes, list(range(ec.seeds)), world.populations["heldout"].size)
-    ctx = tuning_context(cfg, world, core, progress)
-    ctx._diverse = diverse
+    # the same context with the held-out core: a copy keeps the searches already run
+    ctx = tuning_context(cfg, world, core, progress) if tuning is None else replace(tuning, core=core)
     rankers = {}
     for spec in FINAL_BASELINES:
         if spec in ("tuned-alpha", "diverse"):  # both on the α tuned above (not tuned again)

@@ -265,7 +265,7 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False, progre
     kwargs = policy_kwargs(cfg, curve.best_alpha, world, None if diverse is None else diverse.best)
     venv: SB3VecEnv | VecNormalize = make_train_env(cfg, world, kwargs)
     try:
-        return _learn_and_report(cfg, run_dir, world, curve, diverse, venv, ckpt, skipped, kwargs, device, say,
+        return _learn_and_report(cfg, run_dir, world, curve, tuning, venv, ckpt, skipped, kwargs, device, say,
                                  progress, t_start, init_from)
     finally:
         venv.close()
@@ -275,7 +275,7 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False, progre
             shutdown_if_started()
 
 
-def _learn_and_report(cfg: Config, run_dir: Path, world: World, curve: Any, diverse: ParamSearch | None, venv: Any,
+def _learn_and_report(cfg: Config, run_dir: Path, world: World, curve: Any, tuning: RankerContext, venv: Any,
                       ckpt: Checkpoint | None, skipped: list[str], kwargs: dict[str, Any], device: th.device,
                       say: Any, progress: bool, t_start: float, init_from: str | Path | None = None
                       ) -> dict[str, Any]:
@@ -314,10 +314,8 @@ def _learn_and_report(cfg: Config, run_dir: Path, world: World, curve: Any, dive
                smoothing=0.1)
     metrics = RolloutMetrics(stats_env, bar)
     periodic = PeriodicEval(eval_core, eval_plan, tuned_ret, tc.eval_every, run_dir / "eval.jsonl",
-                            cfg.env.slate_size)
-    periodic._next = (model.num_timesteps // tc.eval_every + 1) * tc.eval_every if tc.eval_every > 0 else 0
-    ckpt = Checkpointer(run_dir, tc.checkpoint_every)
-    ckpt._next = (model.num_timesteps // tc.checkpoint_every + 1) * tc.checkpoint_every if tc.checkpoint_every else 0
+                            cfg.env.slate_size, start=model.num_timesteps)
+    ckpt = Checkpointer(run_dir, tc.checkpoint_every, start=model.num_timesteps)
     t_learn = time.perf_counter()
     steps_before = model.num_timesteps
     callbacks: list[BaseCallback] = [metrics, periodic, ckpt]
@@ -337,7 +335,7 @@ def _learn_and_report(cfg: Config, run_dir: Path, world: World, curve: Any, dive
         f"({(model.num_timesteps - steps_before) / max(learn_s, 1e-9):,.0f} steps/s; "
         f"collection {metrics.collect_s:.0f}s, updates {metrics.train_s:.0f}s)")
 
-    report = final_comparison(cfg, world, model.policy, curve, run_dir, progress, diverse)
+    report = final_comparison(cfg, world, model.policy, curve, run_dir, progress, tuning)
     summary = {
         "run_dir": str(run_dir),
         "total_timesteps": int(model.num_timesteps),
