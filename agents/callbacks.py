@@ -1,4 +1,5 @@
-"""The SB3 callbacks of a training run: rollout metrics, the wall-time limit, periodic evaluation, checkpoints.
+"""The SB3 callbacks of a training run: rollout metrics, the wall-time limit, periodic evaluation, checkpoints, the
+running average of the policy's weights.
 
 :func:`agents.training.train` hands them to ``PPO.learn``; what they log goes to the run's TensorBoard folder.
 """
@@ -165,17 +166,76 @@ class PeriodicEval(_Every):
         return row
 
 
+class PolicyAverage(BaseCallback):
+    """An exponential moving average of the policy's weights over PPO updates (Polyak averaging of the iterates).
+
+    After every update (every new ``n_updates`` of the model) ``average ← d·average + (1 − d)·weights`` for each
+    floating-point tensor of the policy's state dict, ``d = 0.5 ** (1 / halflife)``: an update ``halflife`` updates
+    ago weighs half as much as the newest. Integer buffers (the item → category table, feature masks) are copied.
+    Training itself is untouched (the optimizer steps the live weights); the average is what :mod:`agents.training`
+    saves as the run's policy. Why: the return of the policy's mode moves by several tenths between consecutive
+    updates on the same held-out sessions (``eval.jsonl``) while the stochastic policy improves slowly, so the last
+    iterate is one draw from a band; the average of the recent iterates is its centre (BENCHMARKS.md, "Session 16").
+
+    Args:
+        halflife: In updates (rollouts), > 0.
+        average: A saved average to continue (a resumed run's; ``None``: start at the current weights).
+    """
+
+    def __init__(self, halflife: float, average: dict[str, th.Tensor] | None = None) -> None:
+        super().__init__()
+        if not halflife > 0:
+            raise ValueError(f"halflife must be > 0 updates, got {halflife}")
+        self.decay = 0.5 ** (1.0 / float(halflife))
+        self.average = average
+        self._seen_updates: int | None = None
+
+    def _on_training_start(self) -> None:
+        policy = self.model.policy
+        if self.average is None:
+            self.average = {k: v.detach().clone() for k, v in policy.state_dict().items()}
+        else:
+            self.average = {k: v.to(policy.device) for k, v in self.average.items()}
+        self._seen_updates = int(self.model._n_updates)
+
+    def _on_rollout_start(self) -> None:
+        self.update()
+
+    def _on_training_end(self) -> None:
+        self.update()
+
+    def _on_step(self) -> bool:
+        return True
+
+    def update(self) -> None:
+        """Fold the current weights into the average if an update happened since the last call."""
+        n = int(self.model._n_updates)
+        if self.average is None or n == self._seen_updates:
+            return
+        self._seen_updates = n
+        with th.no_grad():
+            for k, v in self.model.policy.state_dict().items():
+                a = self.average[k]
+                if a.is_floating_point():
+                    a.mul_(self.decay).add_(v, alpha=1.0 - self.decay)
+                else:
+                    a.copy_(v)
+
+
 class Checkpointer(_Every):
     """Every ``every`` steps after ``start``: a checkpoint ``checkpoints/step-<N>/`` (:mod:`agents.checkpoints`), the
-    last two kept."""
+    last two kept; with ``average``, the running average of the weights goes into it too (a resume continues it)."""
 
-    def __init__(self, run_dir: Path, every: int, start: int = 0) -> None:
+    def __init__(self, run_dir: Path, every: int, start: int = 0, average: PolicyAverage | None = None) -> None:
         super().__init__(every, start)
         self.dir = run_dir / CKPT_DIR
+        self.average = average
 
     def fire(self) -> None:
         self.save()
 
     def save(self) -> None:
         """Write the checkpoint now."""
-        save_checkpoint(self.model, self.dir)
+        if self.average is not None:
+            self.average.update()
+        save_checkpoint(self.model, self.dir, average=None if self.average is None else self.average.average)

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import torch as th
+from safetensors.torch import load_file, save_file
 from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import VecNormalize
 
@@ -54,6 +55,8 @@ CKPT_PREFIX = "step-"
 KEEP_CHECKPOINTS = 2
 OPTIMIZER_FILE = "optimizer.pt"
 VECNORM_FILE = "vecnormalize.npz"
+#: The running average of the policy's weights (``train.policy_average_halflife`` > 0), safetensors.
+AVERAGE_FILE = "policy_average.safetensors"
 STATE_FILE = "state.json"
 CKPT_FORMAT = "recfeed.checkpoint"
 CKPT_VERSION = 1
@@ -74,6 +77,7 @@ class Checkpoint:
         weights: The policy's state dict.
         optimizer: The optimizer's state dict.
         vecnorm: The reward-normalisation statistics (``None``: the run does not normalise rewards).
+        average: The running average of the policy's weights (``None``: the run does not average them).
     """
 
     path: Path
@@ -82,6 +86,7 @@ class Checkpoint:
     weights: dict[str, th.Tensor]
     optimizer: dict[str, Any]
     vecnorm: dict[str, np.ndarray] | None = field(default=None)
+    average: dict[str, th.Tensor] | None = field(default=None)
 
     @property
     def num_timesteps(self) -> int:
@@ -98,9 +103,10 @@ def checkpoint_dirs(ckpt_dir: Path) -> list[Path]:
     return [p for _, p in sorted(found, reverse=True)]
 
 
-def save_checkpoint(model: PPO, ckpt_dir: Path, keep: int = KEEP_CHECKPOINTS) -> Path:
-    """Write ``ckpt_dir/step-<N>/`` (policy, optimizer, reward-normalisation stats, state.json) and keep the newest
-    ``keep`` checkpoints.
+def save_checkpoint(model: PPO, ckpt_dir: Path, keep: int = KEEP_CHECKPOINTS,
+                    average: dict[str, th.Tensor] | None = None) -> Path:
+    """Write ``ckpt_dir/step-<N>/`` (policy, optimizer, reward-normalisation stats, the running average of the
+    weights when ``average`` is given, state.json) and keep the newest ``keep`` checkpoints.
 
     The folder is built under a temporary name beside it and renamed into place, so a kill at any moment leaves
     every earlier checkpoint whole. A checkpoint of the same step (the final save right after a periodic one) is
@@ -129,6 +135,9 @@ def save_checkpoint(model: PPO, ckpt_dir: Path, keep: int = KEEP_CHECKPOINTS) ->
                      norm_obs=np.bool_(venv.norm_obs), norm_reward=np.bool_(venv.norm_reward))
             (tmp / VECNORM_FILE).write_bytes(buf.getvalue())
             files.append(VECNORM_FILE)
+        if average is not None:
+            save_file({k: v.detach().cpu().contiguous() for k, v in average.items()}, str(tmp / AVERAGE_FILE))
+            files.append(AVERAGE_FILE)
         state = {"format": CKPT_FORMAT, "version": CKPT_VERSION, "num_timesteps": step,
                  "n_updates": int(model._n_updates), "episode_num": int(model._episode_num), "time": time.time(),
                  "reward_normalisation": isinstance(venv, VecNormalize),
@@ -212,7 +221,18 @@ def read_checkpoint(path: Path, device: th.device | str = "cpu", normalize_rewar
         missing = {"ret_mean", "ret_var", "ret_count", "gamma", "norm_obs"} - set(vecnorm)
         if missing:
             raise CheckpointError(f"{path / VECNORM_FILE}: lacks {sorted(missing)}")
-    return Checkpoint(path, state, settings, weights, optimizer, vecnorm)
+    average = None
+    if AVERAGE_FILE in hashes:
+        f = path / AVERAGE_FILE
+        if not f.is_file() or sha256_file(f) != hashes.get(AVERAGE_FILE):
+            raise CheckpointError(f"{f}: missing, truncated or changed since the checkpoint was written")
+        try:
+            average = load_file(str(f), device=str(device))
+        except Exception as exc:  # safetensors raises its own error types for a bad file
+            raise CheckpointError(f"{f}: unreadable ({exc})") from exc
+        if set(average) != set(weights) or any(average[k].shape != weights[k].shape for k in weights):
+            raise CheckpointError(f"{f}: its tensors are not the policy's (names or shapes differ)")
+    return Checkpoint(path, state, settings, weights, optimizer, vecnorm, average)
 
 
 def latest_checkpoint(ckpt_dir: Path, device: th.device | str = "cpu", normalize_reward: bool | None = None,

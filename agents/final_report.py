@@ -40,14 +40,16 @@ FINAL_BASELINES = ("random", "greedy-llm", "greedy-cf", "tuned-alpha", "linucb",
 STRONGEST_HEURISTIC, CEILING = "tuned-diverse", "tuned-oracle-diverse"
 #: The rankers that read the hidden state (upper references, never "hand-written").
 HIDDEN = ("oracle", CEILING)
+#: The row of the last iterate when the run's policy is an average of its weights (``train.policy_average_halflife``).
+LAST_ITERATE = "ppo-last"
 
 
 def best_hand_written(stats: dict[str, Any], n_boot: int, seed: int) -> dict[str, Any]:
     """The baseline with the highest mean return on these very sessions, and PPO's paired difference to it.
 
-    Candidates: every ranker but PPO and those that read the hidden state (the heuristics, and LinUCB, which is
-    fitted on logged impressions rather than written by hand; the name keeps "hand-written" for the heuristics
-    that win in practice).
+    Candidates: every ranker but PPO (and its last iterate) and those that read the hidden state (the heuristics,
+    and LinUCB, which is fitted on logged impressions rather than written by hand; the name keeps "hand-written"
+    for the heuristics that win in practice).
 
     tuned-diverse is the bar's reference because it is chosen on the training users; a ranker picked here, on the
     held-out sessions themselves, is an optimistic reference (chosen on the sessions it is scored on), so PPO's
@@ -62,7 +64,7 @@ def best_hand_written(stats: dict[str, Any], n_boot: int, seed: int) -> dict[str
     Returns:
         ``{"name", "return", "paired"}`` (``paired``: :func:`agents.report.paired_test` of PPO − it).
     """
-    names = [n for n in stats if n != "ppo" and n not in HIDDEN]
+    names = [n for n in stats if n not in ("ppo", LAST_ITERATE) and n not in HIDDEN]
     best = max(names, key=lambda n: (float(stats[n].ret.mean()), n == STRONGEST_HEURISTIC))
     ppo = stats["ppo"].ret
     return {"name": best, "return": float(stats[best].ret.mean()),
@@ -76,7 +78,8 @@ def tuning_context(cfg: Config, world: World, core: Any, progress: bool) -> Rank
 
 
 def final_comparison(cfg: Config, world: World, policy: SlatePolicy, curve: Any, run_dir: Path,
-                     progress: bool, tuning: RankerContext | None = None) -> dict[str, Any]:
+                     progress: bool, tuning: RankerContext | None = None,
+                     last_iterate: SlatePolicy | None = None) -> dict[str, Any]:
     """PPO against the baselines on held-out users (common random numbers); α by user type and by step.
 
     Writes ``report/`` (results.json/.md/.csv, plots) and ``report/alpha.json``.
@@ -92,6 +95,8 @@ def final_comparison(cfg: Config, world: World, policy: SlatePolicy, curve: Any,
         tuning: The run's tuning context (:func:`tuning_context`), whose searches training already ran (a
             ``"diverse"`` policy starts at tuned-diverse), so that the table's references are the very searches the
             policy started from; None builds one (its searches are re-read from the on-disk cache or run).
+        last_iterate: When ``policy`` is an average of the weights (``train.policy_average_halflife``), the last
+            iterate: a row ``ppo-last`` on the same sessions, so that the table shows what the averaging did.
     """
     ec = cfg.eval
     core = make_core(cfg.env, cfg.env.preset, cfg.encoder, world, "heldout", ec.batch)
@@ -116,6 +121,9 @@ def final_comparison(cfg: Config, world: World, policy: SlatePolicy, curve: Any,
                            ppo.last_alpha_effective[rows]))
 
     stats = {"ppo": run_episodes(core, ppo, plan, progress=progress, desc="ppo (held-out)", on_step=record_alpha)}
+    if last_iterate is not None:
+        stats[LAST_ITERATE] = run_episodes(core, PPORanker(last_iterate, cfg.env.slate_size), plan, progress=progress,
+                                           desc=f"{LAST_ITERATE} (held-out)")
     for name, r in rankers.items():
         stats[name] = run_episodes(core, r, plan, progress=progress, desc=f"{name} (held-out)")
     results = summarise(stats, reference="tuned-alpha", n_boot=ec.bootstrap, seed=cfg.train.seed,

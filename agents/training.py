@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
@@ -35,7 +36,7 @@ from stable_baselines3.common.vec_env import VecNormalize
 from tqdm.auto import tqdm
 
 from agents.baselines import ParamSearch, RankerContext, make_ranker
-from agents.callbacks import Checkpointer, PeriodicEval, RolloutMetrics, TimeLimit
+from agents.callbacks import Checkpointer, PeriodicEval, PolicyAverage, RolloutMetrics, TimeLimit
 from agents.checkpoints import (
     CKPT_DIR,
     STATE_FILE,
@@ -315,10 +316,15 @@ def _learn_and_report(cfg: Config, run_dir: Path, world: World, curve: Any, tuni
     metrics = RolloutMetrics(stats_env, bar)
     periodic = PeriodicEval(eval_core, eval_plan, tuned_ret, tc.eval_every, run_dir / "eval.jsonl",
                             cfg.env.slate_size, start=model.num_timesteps)
-    ckpt = Checkpointer(run_dir, tc.checkpoint_every, start=model.num_timesteps)
+    average = None
+    if tc.policy_average_halflife > 0:
+        if resume and ckpt is not None and ckpt.average is None:
+            say("warning: the checkpoint holds no average of the weights; the average restarts from its weights")
+        average = PolicyAverage(tc.policy_average_halflife, None if ckpt is None else ckpt.average)
+    checkpointer = Checkpointer(run_dir, tc.checkpoint_every, start=model.num_timesteps, average=average)
     t_learn = time.perf_counter()
     steps_before = model.num_timesteps
-    callbacks: list[BaseCallback] = [metrics, periodic, ckpt]
+    callbacks: list[BaseCallback] = [metrics, periodic, checkpointer] + ([average] if average is not None else [])
     if tc.max_minutes is not None:
         callbacks.append(TimeLimit(tc.max_minutes))
     periodic.init_callback(model)  # learn() does this too, but the final evaluation needs it when nothing is left
@@ -326,16 +332,25 @@ def _learn_and_report(cfg: Config, run_dir: Path, world: World, curve: Any, tuni
         model.learn(remaining, callback=CallbackList(callbacks), reset_num_timesteps=not resume, tb_log_name="ppo")
     bar.close()
     learn_s = time.perf_counter() - t_learn
-    save_checkpoint(model, ckpt_dir)
     assert isinstance(model.policy, SlatePolicy)
-    save_policy(model.policy, run_dir)  # what recfeed reads (pickle-free)
+    last_iterate: SlatePolicy | None = None
+    if average is not None:
+        if average.average is None:  # nothing was left to train (a finished run resumed): the saved average
+            average.init_callback(model)
+            average.on_training_start({}, {})
+        average.update()
+    save_checkpoint(model, ckpt_dir, average=None if average is None else average.average)  # the live weights
+    final_eval = periodic.evaluate() if tc.eval_every > 0 else None  # eval.jsonl follows the live weights
+    if average is not None and average.average is not None:
+        last_iterate = copy.deepcopy(model.policy)
+        model.policy.load_state_dict(average.average)
+    save_policy(model.policy, run_dir)  # what recfeed reads (pickle-free): the average when there is one
     _atomic_save(model.save, run_dir / MODEL_FILE)  # SB3's archive, for SB3 users
-    final_eval = periodic.evaluate() if tc.eval_every > 0 else None
     say(f"trained {model.num_timesteps - steps_before:,} steps in {learn_s:.0f}s "
         f"({(model.num_timesteps - steps_before) / max(learn_s, 1e-9):,.0f} steps/s; "
         f"collection {metrics.collect_s:.0f}s, updates {metrics.train_s:.0f}s)")
 
-    report = final_comparison(cfg, world, model.policy, curve, run_dir, progress, tuning)
+    report = final_comparison(cfg, world, model.policy, curve, run_dir, progress, tuning, last_iterate)
     summary = {
         "run_dir": str(run_dir),
         "total_timesteps": int(model.num_timesteps),

@@ -550,6 +550,9 @@ class TrainConfig:
         eval_every: Steps between evaluations against tuned-alpha on held-out users.
         eval_episodes: Sessions per periodic evaluation.
         checkpoint_every: Steps between checkpoints.
+        policy_average_halflife: > 0: the run's saved policy is an exponential moving average of the weights over
+            PPO updates with this half-life in updates (rollouts); the final table adds the last iterate as
+            ``ppo-last`` (:class:`agents.callbacks.PolicyAverage`). 0: the last iterate, as before.
         out_dir: Parent folder of run directories.
         run_name: Run directory name (``None``: a timestamp).
         backend: ``"local"`` (the vector env in this process) or ``"ray"`` (rollouts collected on Ray actors,
@@ -567,6 +570,7 @@ class TrainConfig:
     eval_every: int = 100_000
     eval_episodes: int = 512
     checkpoint_every: int = 100_000
+    policy_average_halflife: float = 0.0
     out_dir: str = "runs"
     run_name: str | None = None
     backend: Literal["local", "ray"] = "local"
@@ -578,7 +582,7 @@ class TrainConfig:
         _finite(self)
         _check(self, ">=1", "total_timesteps", "eval_episodes")
         _check(self, ">0", "max_minutes")
-        _check(self, ">=0", "seed", "torch_threads", "eval_every", "checkpoint_every")
+        _check(self, ">=0", "seed", "torch_threads", "eval_every", "checkpoint_every", "policy_average_halflife")
         _nonempty(self, "out_dir", "device")
         name = self.run_name
         if isinstance(name, str) and (not name.strip() or name in (".", "..") or "/" in name or "\\" in name):
