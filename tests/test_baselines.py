@@ -49,7 +49,7 @@ from encoders.hashing import HashingEncoder
 from envs.core import BatchedCore
 from envs.kernels import SessionState
 from envs.presets import build_world, preset_config
-from envs.spaces import CONTEXT_NAMES, F_CAT_EXPOSURE, F_CF, F_ITEM_SEEN, F_LLM, FEATURE_NAMES
+from envs.spaces import CONTEXT_NAMES, F_CAT_CLICKS, F_CAT_EXPOSURE, F_CF, F_ITEM_SEEN, F_LLM, FEATURE_NAMES
 from envs.users import sample_traits
 from envs.world import World
 
@@ -321,6 +321,47 @@ def test_term_probe_ranker_is_tuned_diverse_at_zero_and_follows_the_term_when_it
     capped = TermDiverseRanker(base, lambda o: term, 1e6).act(obs)
     assert all(len(set(row)) == k for row in capped.tolist())
     assert (np.stack([np.bincount(category[row], minlength=3) for row in capped]) <= 2).all()
+
+
+def test_cap_probe_variants_reduce_to_the_heuristic_and_do_what_they_say() -> None:
+    """``bench.cap_probe``: the default variant gives tuned-diverse's slates (fixed and click-following blend); a soft
+    cap of 0 is no cap; ``relax`` gives a clicked category exactly one more slot and the others none."""
+    from bench.cap_probe import CapVariantRanker
+
+    rng = np.random.default_rng(9)
+    b, n, k = 150, 30, 6
+    feats = rng.uniform(0.0, 1.0, (b, n, len(FEATURE_NAMES)))
+    category = np.arange(n) % 3
+    for lean in (0.0, 2.0):
+        obs = _obs(feats)
+        obs["context"] = rng.normal(0.0, 1.0, obs["context"].shape).astype(np.float32)
+        base = DiverseRanker(k, 0.6, category, exposure_weight=0.5, seen_weight=0.5, cap=2, lean_weight=lean)
+        np.testing.assert_array_equal(CapVariantRanker(base).act(obs), base.act(obs))
+        free = DiverseRanker(k, 0.6, category, exposure_weight=0.5, seen_weight=0.5, cap=k, lean_weight=lean)
+        np.testing.assert_array_equal(CapVariantRanker(base, soft=0.0).act(obs), free.act(obs))
+    # category 0 was clicked and its items score highest: with relax=1 it takes cap + 1 = 3 slots, no more
+    feats2 = feats.copy()
+    feats2[:, :, F_CAT_CLICKS] = np.where(category == 0, 1.0, 0.0)
+    feats2[:, :, F_LLM] = feats2[:, :, F_CF] = np.where(category == 0, 10.0, 0.0) + rng.uniform(0, 1, (b, n))
+    base = DiverseRanker(k, 0.6, category, exposure_weight=0.0, seen_weight=0.0, cap=2)
+    obs = _obs(feats2)
+    counts = np.stack([np.bincount(category[row], minlength=3) for row in CapVariantRanker(base, relax=1).act(obs)])
+    assert (counts[:, 0] == 3).all() and (counts[:, 1:] <= 2).all()
+    counts = np.stack([np.bincount(category[row], minlength=3) for row in base.act(obs)])
+    assert (counts[:, 0] == 2).all()  # without it, the cap holds
+
+
+def test_cap_probe_refuses_a_malformed_variant_by_name(capsys: pytest.CaptureFixture[str]) -> None:
+    from bench.cap_probe import main, parse_variant
+
+    assert parse_variant(" relax = 1 , thresh=0.5") == {"relax": 1.0, "thresh": 0.5}
+    for bad, why in (("soft", "KEY=VALUE"), ("cap=2", "KEY=VALUE"), ("soft=x", "not a number"),
+                     ("bonus=-1", "must be >= 0"), ("relax=0.5", "whole")):
+        with pytest.raises(ValueError, match=why):
+            parse_variant(bad)
+    with pytest.raises(SystemExit):
+        main(["--variants", "soft=1", "relax=x"])
+    assert "relax=x" in capsys.readouterr().err
 
 
 def test_term_probe_rejects_too_few_sessions_by_name(capsys: pytest.CaptureFixture[str]) -> None:
