@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -23,6 +24,10 @@ T = TypeVar("T")
 CONFIG_DIR = Path(__file__).resolve().parent
 #: The named presets: ``configs/presets/<name>.yaml``.
 PRESET_DIR = CONFIG_DIR / "presets"
+
+#: A number in exponent notation without the dot or the exponent's sign that YAML 1.1 (PyYAML) requires for a float:
+#: ``1e6``, ``3e-4``, ``-2.5E3``. Read as a number where the schema asks for one.
+_EXPONENT_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 # atomic_dir / atomic_write_*: defined in configs.fileio, still importable from here (the old path).
 __all__ = ["CONFIG_DIR", "PRESET_DIR", "ConfigError", "apply_overrides", "atomic_dir", "atomic_write_bytes",
@@ -72,6 +77,8 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
         if isinstance(value, bool):
             return value
         raise ConfigError(f"{path}: expected true/false, got {value!r}")
+    if tp in (int, float) and isinstance(value, str) and _EXPONENT_NUMBER.fullmatch(value.strip()):
+        value = float(value)  # "1e6", "3e-4": YAML 1.1 reads them as strings; people write them as numbers
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value

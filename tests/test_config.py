@@ -401,6 +401,23 @@ def test_override_values_may_hold_equals_signs_and_encoder_base_is_the_start() -
     assert resolve_config(None, None, (), encoder_base={"kind": "hashing"}).encoder.kind == "hashing"
 
 
+def test_exponent_notation_is_a_number_where_the_schema_asks_for_one(tmp_path: Path) -> None:
+    """YAML 1.1 reads ``1e6`` and ``3e-4`` as strings; a config that writes them means numbers. A string field keeps
+    the text, and an integer field still refuses a fraction."""
+    cfg = resolve_config(None, None, ["train.total_timesteps=2e6", "train.ppo.learning_rate=3e-4",
+                                      "train.ppo.target_kl=1E-2", "train.run_name=1e6"])
+    assert cfg.train.total_timesteps == 2_000_000 and isinstance(cfg.train.total_timesteps, int)
+    assert cfg.train.ppo.learning_rate == 3e-4 and cfg.train.ppo.target_kl == 0.01
+    assert cfg.train.run_name == "1e6"
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  ppo:\n    learning_rate: 5e-4\n")
+    assert resolve_config(str(path)).train.ppo.learning_rate == 5e-4
+    with pytest.raises(ConfigError, match=r"^train\.total_timesteps: expected an integer, got 1500\.5$"):
+        resolve_config(None, None, ["train.total_timesteps=1.5005e3"])
+    with pytest.raises(ConfigError, match=r"^train\.ppo\.learning_rate: must be a finite number, got inf$"):
+        resolve_config(None, None, ["train.ppo.learning_rate=1e999"])  # inf: not finite
+
+
 def test_optional_fields_check_the_value_and_take_null() -> None:
     # `float | None`: a wrong value gets the float's message under the key; null is allowed.
     with pytest.raises(ConfigError, match=r"^train\.ppo\.target_kl: expected a number, got 'abc'$"):
