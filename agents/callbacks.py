@@ -173,9 +173,10 @@ class PolicyAverage(BaseCallback):
     floating-point tensor of the policy's state dict, ``d = 0.5 ** (1 / halflife)``: an update ``halflife`` updates
     ago weighs half as much as the newest. Integer buffers (the item → category table, feature masks) are copied.
     Training itself is untouched (the optimizer steps the live weights); the average is what :mod:`agents.training`
-    saves as the run's policy. Why: the return of the policy's mode moves by several tenths between consecutive
-    updates on the same held-out sessions (``eval.jsonl``) while the stochastic policy improves slowly, so the last
-    iterate is one draw from a band; the average of the recent iterates is its centre (BENCHMARKS.md, "Session 16").
+    saves as the run's policy. Why it exists: the periodic evaluations (``eval.jsonl``) swing by several tenths between
+    consecutive updates, which looked like a last iterate drawn from a band. Measured on ``adapt`` (BENCHMARKS.md,
+    "Session 16"): +0.03 (−0.24 to +0.31) over the last iterate, so it is off by default; the swings are mostly what
+    256 heavy-tailed sessions make of small policy changes.
 
     Args:
         halflife: In updates (rollouts), > 0.
