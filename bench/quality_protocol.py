@@ -211,6 +211,8 @@ def aggregate(runs: list[Path]) -> dict[str, Any]:
     pooled = pooled_vs_reference(runs)
     if pooled is not None:
         out["vs_tuned_diverse_seeds_and_sessions"] = pooled
+        if "skipped" not in pooled:
+            out["above_tuned_diverse_seeds_and_sessions"] = bool(pooled["diff"]["ci95"][0] > 0)
     return out
 
 
@@ -273,8 +275,15 @@ def markdown(agg: dict[str, Any], title: str) -> str:
                                  for a in eff) + ".")
     if pooled and "skipped" in pooled:
         lines.append(f"\nNo interval over seeds and sessions: {pooled['skipped']}.")
-    lines.append(f"\nPPO above tuned-diverse with the interval of the difference above 0: "
-                 f"**{agg['above_tuned_diverse_intervals_apart']}**. α by hidden user type per run: "
+    d = agg["diff_vs_tuned_diverse"]
+    verdict = (f"across seeds **{agg['above_tuned_diverse_intervals_apart']}** ({d['ci95'][0]:+.2f} to "
+               f"{d['ci95'][1]:+.2f})")
+    if "above_tuned_diverse_seeds_and_sessions" in agg:
+        dd = agg["vs_tuned_diverse_seeds_and_sessions"]["diff"]
+        verdict += (f"; over seeds and sessions **{agg['above_tuned_diverse_seeds_and_sessions']}** "
+                    f"({dd['ci95'][0]:+.2f} to {dd['ci95'][1]:+.2f})")
+    lines.append(f"\nPPO above tuned-diverse with the interval of the difference above 0: {verdict}. "
+                 f"α by hidden user type per run: "
                  + "; ".join(", ".join(f"{v:.2f}" for v in a.values() if v is not None)
                              for a in agg["alpha_by_user_type"] if a)
                  + f". Plausibility flags per run: {agg['plausibility_flags']}.")

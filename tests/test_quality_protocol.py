@@ -170,7 +170,10 @@ def test_per_session_returns_give_the_pooled_row_or_say_why_not(tmp_path: Path) 
     assert pooled["diff"]["mean"] == pytest.approx(diff.mean())
     assert pooled["diff"]["ci95"][0] < diff.mean() < pooled["diff"]["ci95"][1]
     assert pooled["ratio"]["mean"] == pytest.approx(np.mean(ppo_all) / np.mean(div_all))
-    assert "over seeds **and** the 50 sessions" in markdown(aggregate(runs), "t")
+    agg = aggregate(runs)
+    assert agg["above_tuned_diverse_seeds_and_sessions"]  # +0.5 with per-session noise 0.2: clear of 0
+    md = markdown(agg, "t")
+    assert "over seeds **and** the 50 sessions" in md and "over seeds and sessions **True** (+0." in md
     _with_returns(runs[2], keys + 1, ppo_all[2], div_all[2])
     assert "different held-out sessions" in aggregate(runs)["vs_tuned_diverse_seeds_and_sessions"]["skipped"]
     (runs[2] / "report" / "returns.npz").write_bytes(b"not an npz")
@@ -179,3 +182,4 @@ def test_per_session_returns_give_the_pooled_row_or_say_why_not(tmp_path: Path) 
     skipped = aggregate(runs)["vs_tuned_diverse_seeds_and_sessions"]["skipped"]
     assert "no per-session returns" in skipped and "p2" in skipped
     assert "No interval over seeds and sessions" in markdown(aggregate(runs), "t")
+    assert "above_tuned_diverse_seeds_and_sessions" not in aggregate(runs)  # no verdict without the interval
