@@ -319,7 +319,9 @@ def _learn_and_report(cfg: Config, run_dir: Path, world: World, curve: Any, tuni
     average = None
     if tc.policy_average_halflife > 0:
         if resume and ckpt is not None and ckpt.average is None:
-            say("warning: the checkpoint holds no average of the weights; the average restarts from its weights")
+            print(f"train.py: warning: {ckpt.path.name} holds no average of the weights (written before "
+                  "train.policy_average_halflife was set?); the average restarts from its weights", file=sys.stderr,
+                  flush=True)
         average = PolicyAverage(tc.policy_average_halflife, None if ckpt is None else ckpt.average)
     checkpointer = Checkpointer(run_dir, tc.checkpoint_every, start=model.num_timesteps, average=average)
     t_learn = time.perf_counter()
@@ -335,7 +337,7 @@ def _learn_and_report(cfg: Config, run_dir: Path, world: World, curve: Any, tuni
     assert isinstance(model.policy, SlatePolicy)
     last_iterate: SlatePolicy | None = None
     if average is not None:
-        if average.average is None:  # nothing was left to train (a finished run resumed): the saved average
+        if not remaining:  # learn() did not run, so it did not start the callback: the saved average as it is
             average.init_callback(model)
             average.on_training_start({}, {})
         average.update()

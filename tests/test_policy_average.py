@@ -110,7 +110,15 @@ def test_a_run_with_an_average_saves_it_reports_the_last_iterate_and_resumes_it(
     assert resumed["total_timesteps"] == 1536
     again = load_file(str(run / "policy.safetensors"))
     assert all(th.allclose(again[k].float(), saved[k].float(), atol=1e-5) for k in saved)
-    assert (checkpoint_dirs(run / "checkpoints")[0] / AVERAGE_FILE).is_file()
+    last = read_checkpoint(checkpoint_dirs(run / "checkpoints")[0])
+    assert last.num_timesteps == 1536 and last.average is not None
+
+    # killed after its last checkpoint, before the final files: the resume trains nothing and saves that average
+    for name in ("summary.json", "policy.safetensors", "policy.json", "model.zip"):
+        (run / name).unlink()
+    assert train.main(["--resume", str(run), "--quiet"])["total_timesteps"] == 1536
+    final = load_file(str(run / "policy.safetensors"))
+    assert all(th.equal(final[k], last.average[k].cpu()) for k in final)
 
 
 def test_a_checkpoint_whose_average_was_changed_is_refused(tmp_path: Path, runs_cache: Path,
