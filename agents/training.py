@@ -8,7 +8,9 @@
     tb/              TensorBoard events (SB3's scalars + rollout/*, train/alpha_*, time/*, eval/*; agents/callbacks.py)
     checkpoints/     step-<N>/ every train.checkpoint_every steps, the last two kept (agents/checkpoints.py)
     eval.jsonl       periodic evaluations against tuned-alpha on held-out users
-    policy.safetensors + policy.json   the final policy, pickle-free: what evaluate.py / export / serve read
+    policy.safetensors + policy.json   the final policy, pickle-free: what evaluate.py / export / serve read (with
+                     train.policy_average_halflife > 0, the average of the weights; the checkpoints hold the
+                     last iterate and the average, policy_average.safetensors)
     model.zip        the final model as SB3's archive (PPO with SlatePolicy), for SB3 users; recfeed never reads it
     report/          final comparison: results.json / .md / .csv, plots/*.png, alpha.json (agents/final_report.py)
     summary.json     headline figures, timings and paths
