@@ -17,6 +17,10 @@ on the same held-out sessions (common random numbers) against the baselines, the
   t-interval across seeds holds the set of held-out sessions fixed (every run meets the same ones), so it leaves out
   how far those sessions' mean is from the population's; this one adds that part (a two-way random-effects ANOVA).
 
+``--steps N`` replaces the time limit by a step budget (``train.total_timesteps``, no time limit). A run is
+deterministic given its seed and step count, while the steps that 15 minutes buy vary by a third with the machine's
+load, so a step budget makes the protocol repeat exactly on one machine and compares sessions at equal samples.
+
 ``--make-train`` runs what ``make train`` runs instead, once per seed: ``train.py`` with its embedded defaults (no
 ``--config``, no time limit: the default budget of 1M steps), so that the ``make train`` bar is measured over
 training seeds and not on seed 0 alone.
@@ -65,7 +69,10 @@ def train_commands(args: argparse.Namespace) -> list[tuple[Path, list[str]]]:
         name = f"{args.name}-s{seed}"
         cmd = [sys.executable, "train.py", "--preset", args.preset, "--out", str(args.out), "--name", name, "--quiet",
                "--set", f"train.seed={seed}"]
-        if not args.make_train:
+        if args.steps is not None:  # a step budget, no time limit: the same runs whatever the machine's load
+            cmd += ["--config", args.config, "--set", f"train.total_timesteps={args.steps}",
+                    "--set", "train.max_minutes=null"]
+        elif not args.make_train:
             cmd += ["--config", args.config, "--set", f"train.max_minutes={args.minutes:g}"]
         for item in args.set:
             cmd += ["--set", item]
@@ -297,6 +304,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--seeds", type=_seeds, default=_seeds("0,1,2,3,4"), help="training seeds, e.g. 0,1,2")
     ap.add_argument("--minutes", type=float, default=None,
                     help="learning minutes per run (train.max_minutes; default 15)")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="a step budget per run instead of the time limit (train.total_timesteps, no time limit): a "
+                         "run is deterministic given its seed and steps, so on one machine the protocol repeats "
+                         "exactly, whatever the load")
     ap.add_argument("--parallel", type=int, default=2, help="runs at a time (one core each)")
     ap.add_argument("--config", default=None, help="train.py config of every run (default configs/quality.yaml)")
     ap.add_argument("--make-train", action="store_true",
@@ -309,8 +320,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--probe", action="store_true",
                     help="also play the feedback probe (bench.feedback_probe) on every run and aggregate its α gap")
     args = ap.parse_args(argv)
-    if args.make_train and (args.config is not None or args.minutes is not None):
-        ap.error("--make-train runs train.py's own defaults: it takes neither --config nor --minutes")
+    if args.make_train and (args.config is not None or args.minutes is not None or args.steps is not None):
+        ap.error("--make-train runs train.py's own defaults: it takes neither --config nor --minutes nor --steps")
+    if args.steps is not None and (args.minutes is not None or args.steps < 1):
+        ap.error(f"--steps is a budget of >= 1 steps instead of --minutes, not with it (got --steps {args.steps}"
+                 f"{'' if args.minutes is None else f' and --minutes {args.minutes:g}'})")
     args.config = args.config or "configs/quality.yaml"
     args.minutes = 15.0 if args.minutes is None else args.minutes
     if args.minutes <= 0 or args.parallel < 1:
@@ -328,7 +342,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         agg["probe"] = probe_runs(done)
     agg["status"] = status
     agg["command"] = " ".join(["python -m bench.quality_protocol", *(argv if argv is not None else sys.argv[1:])])
-    budget = "make train's job (train.py defaults)" if args.make_train else f"≤ {args.minutes:g} min each"
+    budget = ("make train's job (train.py defaults)" if args.make_train
+              else f"{args.steps:,} steps each" if args.steps is not None else f"≤ {args.minutes:g} min each")
     md = markdown(agg, f"Quality protocol: preset {args.preset}, {len(done)} seeds, {budget}")
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out / f"{args.name}.json", json.dumps(agg, indent=1))

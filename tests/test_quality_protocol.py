@@ -91,22 +91,42 @@ def test_probe_gaps_are_read_per_run_and_aggregated(tmp_path: Path,
 def test_make_train_mode_runs_train_py_defaults_per_seed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """``--make-train`` runs ``make train``'s job per seed: no config file, no time limit, only the seed set; the
     15-minute protocol keeps both. Giving it a config or a time limit is an error, not silently ignored."""
-    base = {"preset": "default", "seeds": [0, 3], "out": tmp_path, "name": "m", "set": ["eval.batch=64"]}
-    jobs = train_commands(argparse.Namespace(**base, make_train=True, config="configs/quality.yaml", minutes=15.0))
+    base = {"preset": "default", "seeds": [0, 3], "out": tmp_path, "name": "m", "set": ["eval.batch=64"],
+            "config": "configs/quality.yaml", "minutes": 15.0, "steps": None}
+    jobs = train_commands(argparse.Namespace(**base, make_train=True))
     assert [run.name for run, _ in jobs] == ["m-s0", "m-s3"]
     cmd = jobs[1][1]
     assert "--config" not in cmd and not any(c.startswith("train.max_minutes") for c in cmd)
     assert "train.seed=3" in cmd and cmd[-1] == "eval.batch=64"
-    timed = train_commands(argparse.Namespace(**base, make_train=False, config="configs/quality.yaml", minutes=15.0))
+    timed = train_commands(argparse.Namespace(**base, make_train=False))
     assert "configs/quality.yaml" in timed[0][1] and "train.max_minutes=15" in timed[0][1]
     _fake_run(tmp_path, "make-train-default-s0", _returns(7.8, 7.3), 0.5)
     agg = main(["--make-train", "--seeds", "0,1", "--out", str(tmp_path), "--aggregate-only"])
     assert agg["seeds"] == 1 and (tmp_path / "make-train-default.md").is_file()
     assert "make train's job" in capsys.readouterr().out
-    for extra in (["--config", "configs/quality.yaml"], ["--minutes", "5"]):
+    for extra in (["--config", "configs/quality.yaml"], ["--minutes", "5"], ["--steps", "1000"]):
         with pytest.raises(SystemExit):
             main(["--make-train", *extra, "--out", str(tmp_path), "--aggregate-only"])
-        assert "neither --config nor --minutes" in capsys.readouterr().err
+        assert "neither --config nor --minutes nor --steps" in capsys.readouterr().err
+
+
+def test_a_step_budget_replaces_the_time_limit(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--steps N``: every run gets ``train.total_timesteps=N`` and no time limit (the config's 15 minutes are
+    lifted); it does not combine with ``--minutes``, and a budget below 1 is refused by name."""
+    base = {"preset": "adapt", "seeds": [1], "out": tmp_path, "name": "s", "set": [], "make_train": False,
+            "config": "configs/quality.yaml", "minutes": 15.0}
+    cmd = train_commands(argparse.Namespace(**base, steps=3_400_000))[0][1]
+    assert "train.total_timesteps=3400000" in cmd and "train.max_minutes=null" in cmd
+    assert "train.max_minutes=15" not in cmd and "configs/quality.yaml" in cmd
+    from configs.loader import resolve_config
+
+    overrides = [cmd[i + 1] for i, c in enumerate(cmd) if c == "--set"]
+    cfg = resolve_config("configs/quality.yaml", "adapt", overrides)
+    assert cfg.train.max_minutes is None and cfg.train.total_timesteps == 3_400_000
+    for bad, why in ((["--steps", "1000", "--minutes", "5"], "not with it"), (["--steps", "0"], ">= 1 steps")):
+        with pytest.raises(SystemExit):
+            main([*bad, "--out", str(tmp_path), "--aggregate-only"])
+        assert why in capsys.readouterr().err
 
 
 def test_interval_over_seeds_and_sessions_covers_what_either_one_alone_misses() -> None:
