@@ -200,7 +200,9 @@ def aggregate(runs: list[Path]) -> dict[str, Any]:
     diff = ppo - per_seed[REFERENCE]
     out["diff_vs_tuned_diverse"] = {"mean": float(diff.mean()), "ci95": t_interval(diff), "per_seed": diff.tolist()}
     out["paired_vs_tuned_diverse_per_run"] = [r.get("paired_vs_tuned_diverse") for r in results]
-    out["above_tuned_diverse_intervals_apart"] = bool(out["diff_vs_tuned_diverse"]["ci95"][0] > 0)
+    # one run has no interval across seeds (t_interval returns the point): no verdict rather than a zero-width one
+    out["above_tuned_diverse_intervals_apart"] = (bool(out["diff_vs_tuned_diverse"]["ci95"][0] > 0) if len(runs) > 1
+                                                  else None)
     for key, top in (("gap_closed_to_ceiling", CEILING), ("gap_closed_to_oracle", MYOPIC)):
         if top in per_seed:
             gap = (ppo - per_seed["tuned-alpha"]) / (per_seed[top] - per_seed["tuned-alpha"])
@@ -283,7 +285,8 @@ def markdown(agg: dict[str, Any], title: str) -> str:
     if pooled and "skipped" in pooled:
         lines.append(f"\nNo interval over seeds and sessions: {pooled['skipped']}.")
     d = agg["diff_vs_tuned_diverse"]
-    verdict = (f"across seeds **{agg['above_tuned_diverse_intervals_apart']}** ({d['ci95'][0]:+.2f} to "
+    verdict = ("across seeds: none (one run)" if agg["above_tuned_diverse_intervals_apart"] is None else
+               f"across seeds **{agg['above_tuned_diverse_intervals_apart']}** ({d['ci95'][0]:+.2f} to "
                f"{d['ci95'][1]:+.2f})")
     if "above_tuned_diverse_seeds_and_sessions" in agg:
         dd = agg["vs_tuned_diverse_seeds_and_sessions"]["diff"]

@@ -63,6 +63,9 @@ def test_aggregate_only_reads_finished_runs_and_rejects_bad_flags(tmp_path: Path
         _fake_run(tmp_path, f"protocol-default-s{s}", _returns(7.0 + s, 6.0), 1.0 + s)
     agg = main(["--seeds", "0,1,2", "--out", str(tmp_path), "--aggregate-only"])
     assert agg["seeds"] == 2  # seed 2 has no run: left out, not invented
+    one = main(["--seeds", "0", "--out", str(tmp_path), "--aggregate-only"])
+    assert one["above_tuned_diverse_intervals_apart"] is None  # one run: no interval across seeds, no verdict
+    assert "across seeds: none (one run)" in (tmp_path / "protocol-default.md").read_text()
     assert (tmp_path / "protocol-default.json").is_file() and (tmp_path / "protocol-default.md").is_file()
     with pytest.raises(SystemExit):
         main(["--seeds", "0,0", "--out", str(tmp_path), "--aggregate-only"])
