@@ -193,17 +193,35 @@ class DiverseRanker(BlendRanker):
 
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         """Greedy top-K under the category cap: int64 (B, K)."""
+        return self.greedy(self.penalised(obs), self.category[obs["candidates"]])
+
+    def penalised(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        """The score before the cap, ``z(blend) − λ_c·cat_exposure − λ_s·item_seen``: float64 (B, N)."""
         f = obs["features"]
-        base = z_rows(self.blend(obs))
-        score = base - self.exposure_weight * f[:, :, F_CAT_EXPOSURE] - self.seen_weight * f[:, :, F_ITEM_SEEN]
-        cats = self.category[obs["candidates"]]  # (B, N)
+        return (z_rows(self.blend(obs)) - self.exposure_weight * f[:, :, F_CAT_EXPOSURE]
+                - self.seen_weight * f[:, :, F_ITEM_SEEN])
+
+    def greedy(self, score: np.ndarray, cats: np.ndarray, cap: int | np.ndarray | None = None,
+               soft: float = float("inf")) -> np.ndarray:
+        """Greedy top-K of ``score`` under a category cap: int64 (B, K).
+
+        Args:
+            score: float64 (B, N); overwritten (picked candidates become -inf).
+            cats: int64 (B, N) each candidate's category.
+            cap: Most slots per category: one value, or int (B, N) the cap of each candidate's category
+                (``None``: ``self.cap``).
+            soft: ``inf``: a candidate whose category is full is taken only if nothing else is left; finite μ: it
+                loses ``μ·(count − cap + 1)`` instead (``bench.cap_probe``'s soft cap).
+        """
+        cap = self.cap if cap is None else cap
         b = score.shape[0]
         rows = np.arange(b)
         counts = np.zeros((b, self.n_categories), np.int64)
         slate = np.empty((b, self.k), np.int64)
         for j in range(self.k):
-            full = np.take_along_axis(counts, cats, axis=1) >= self.cap
-            pick = np.argmax(np.where(full, score - 1e6, score), axis=1)  # capped ones only if nothing else
+            over = np.take_along_axis(counts, cats, axis=1) - cap + 1  # > 0: the category is full
+            penalty = 1e6 if not np.isfinite(soft) else soft * over  # capped ones only if nothing else (hard)
+            pick = np.argmax(np.where(over > 0, score - penalty, score), axis=1)
             slate[:, j] = pick
             counts[rows, cats[rows, pick]] += 1
             score[rows, pick] = -np.inf

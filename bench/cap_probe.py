@@ -26,20 +26,20 @@ import numpy as np
 
 from agents.evaluation import episode_plan, run_episodes
 from agents.final_report import tuning_context
-from agents.rankers import DiverseRanker, z_rows
+from agents.rankers import DiverseRanker
 from agents.report import Bootstrap, paired_test
 from agents.tuning import diverse_ranker
 from configs.loader import resolve_config
 from configs.schema import ConfigError
 from envs.factory import make_core
 from envs.presets import load_world
-from envs.spaces import F_CAT_CLICKS, F_CAT_EXPOSURE, F_ITEM_SEEN
+from envs.spaces import F_CAT_CLICKS
 
 #: The variants measured by default (session 16, BENCHMARKS.md).
 DEFAULT_VARIANTS = ("soft=0.5", "soft=1", "soft=2", "soft=4", "relax=1", "relax=1,thresh=0.5", "relax=2",
                     "bonus=0.25", "bonus=0.5", "bonus=1", "relax=1,bonus=0.5")
-#: A variant's keys and their defaults (the defaults give tuned-diverse's slates).
-KEYS = {"soft": float("inf"), "relax": 0.0, "thresh": 0.0, "bonus": 0.0}
+#: A variant's keys (:class:`CapVariantRanker`'s arguments; their defaults give tuned-diverse's slates).
+KEYS = ("soft", "relax", "thresh", "bonus")
 #: The evaluation seed offset of the training users' sessions (not the tuning's sessions).
 TRAIN_SESSIONS_OFFSET = 101
 
@@ -63,24 +63,10 @@ class CapVariantRanker(DiverseRanker):
 
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         """Greedy top-K under the variant's cap: int64 (B, K)."""
-        f = obs["features"]
-        clicks = f[:, :, F_CAT_CLICKS].astype(np.float64)  # (B, N)
-        score = (z_rows(self.blend(obs)) - self.exposure_weight * f[:, :, F_CAT_EXPOSURE]
-                 - self.seen_weight * f[:, :, F_ITEM_SEEN] + self.bonus * clicks)
-        cap = self.cap + self.relax * (clicks > self.thresh)  # (B, N) each candidate's category's cap
-        cats = self.category[obs["candidates"]]
-        rows = np.arange(score.shape[0])
-        counts = np.zeros((score.shape[0], self.n_categories), np.int64)
-        slate = np.empty((score.shape[0], self.k), np.int64)
-        hard = not np.isfinite(self.soft)
-        for j in range(self.k):
-            over = np.take_along_axis(counts, cats, axis=1) - cap + 1  # > 0: the category is full
-            penalty = np.where(over > 0, 1e6 if hard else self.soft * np.maximum(over, 0), 0.0)
-            pick = np.argmax(score - penalty, axis=1)
-            slate[:, j] = pick
-            counts[rows, cats[rows, pick]] += 1
-            score[rows, pick] = -np.inf
-        return slate
+        clicks = obs["features"][:, :, F_CAT_CLICKS].astype(np.float64)  # (B, N)
+        cap = self.cap + self.relax * (clicks > self.thresh)  # (B, N) the cap of each candidate's category
+        return self.greedy(self.penalised(obs) + self.bonus * clicks, self.category[obs["candidates"]], cap,
+                           self.soft)
 
 
 def parse_variant(text: str) -> dict[str, float]:
