@@ -29,7 +29,9 @@ from agents.serving import (
     ModelTimeoutError,
     OnnxModel,
     Recommendation,
+    RedisStore,
     ServingRuntime,
+    StoreConflictError,
     ThreadedModel,
     UnknownItemsError,
     UserState,
@@ -656,7 +658,8 @@ def test_redis_state_survives_a_new_runtime(redis_url: str, onnx_export: Path, s
 def test_redis_concurrent_feedback_from_many_processes_loses_no_event(redis_url: str, onnx_export: Path,
                                                                       small_world: World) -> None:
     """Four runtimes (as four worker processes would be, each with its own connections and locks) and eight
-    threads update one user at once: every event lands (WATCH/MULTI retries on conflict)."""
+    threads update one user at once: every event lands (compare-and-set retries with backoff, then the user's
+    lease)."""
     runtimes = [ServingRuntime.load(onnx_export, store=redis_url) for _ in range(4)]
     items = ids_of(small_world, range(60))
     _hammer(runtimes, "hot", items, threads=8, per_thread=25)
@@ -667,6 +670,92 @@ def test_redis_concurrent_feedback_from_many_processes_loses_no_event(redis_url:
                                rtol=1e-9)
     for r in runtimes:
         r.close()
+
+
+def _count_event(st: UserState) -> int:
+    st.n_events += 1
+    return st.n_events
+
+
+def _tiny_state() -> UserState:
+    return UserState.new(dim=4, cf_dim=2, n_categories=3)
+
+
+def test_redis_writer_that_loses_every_race_takes_the_lease_and_writes(redis_url: str) -> None:
+    """A writer whose every attempt meets a concurrent write starves on optimism alone; with a lease it writes,
+    and the write it would have met is refused while the lease is held."""
+    rival = RedisStore(redis_url, prefix="lease-test:", max_retries=1, lease_after=None)
+    refused = []
+
+    def racing(st: UserState) -> int:  # another process writes the same user between our read and our write
+        try:
+            rival.transact("u", _count_event, _tiny_state)
+        except StoreConflictError:
+            refused.append(1)
+        return _count_event(st)
+
+    optimist = RedisStore(redis_url, prefix="lease-test:", max_retries=5, lease_after=None, backoff_ms=0.0,
+                          backoff_cap_ms=0.0)
+    with pytest.raises(StoreConflictError, match="'u': 5 conflicting"):
+        optimist.transact("u", racing, _tiny_state)
+    assert optimist.conflicts == 5 and optimist.leases == 0 and not refused
+    before = rival.get("u")
+    assert before is not None and before.n_events == 5  # the rival won every race
+
+    leased = RedisStore(redis_url, prefix="lease-test:", max_retries=5, lease_after=2, backoff_ms=0.0,
+                        backoff_cap_ms=0.0)
+    assert leased.transact("u", racing, _tiny_state) == 5 + 2 + 1  # two lost races, then the leased write
+    assert (leased.conflicts, leased.leases, len(refused)) == (2, 1, 1)
+    after = leased.get("u")
+    assert after is not None and after.n_events == 8
+    assert leased._redis.get("lease-test:u:lease") is None  # the write released it
+    for st in (rival, optimist, leased):
+        st.close()
+
+
+def test_redis_lease_refuses_other_writers_until_released_and_expires(redis_url: str) -> None:
+    store = RedisStore(redis_url, prefix="lease-test2:", max_retries=3, lease_after=None, backoff_ms=0.0,
+                       backoff_cap_ms=0.0)
+    store._redis.set("lease-test2:v:lease", "someone-else", px=60_000)  # a holder that died mid-update
+    with pytest.raises(StoreConflictError, match="3 conflicting"):
+        store.transact("v", _count_event, _tiny_state)
+    assert store.get("v") is None  # nothing written under another's lease
+    store._redis.delete("lease-test2:v:lease")  # as its PX expiry would
+    assert store.transact("v", _count_event, _tiny_state) == 1
+
+    holder = RedisStore(redis_url, prefix="lease-test2:", max_retries=3, lease_after=0, lease_ms=5000)
+    ttls: list[int] = []
+
+    def failing(st: UserState) -> int:
+        ttls.append(holder._redis.pttl("lease-test2:v:lease"))
+        raise ValueError("the update failed")
+
+    with pytest.raises(ValueError, match="the update failed"):
+        holder.transact("v", failing, _tiny_state)
+    assert len(ttls) == 1 and 0 < ttls[0] <= 5000  # held, with an expiry
+    assert holder._redis.get("lease-test2:v:lease") is None  # released when fn raised
+    assert holder.transact("v", _count_event, _tiny_state) == 2 and holder.leases == 2
+    for st in (store, holder):
+        st.close()
+
+
+def test_bench_redis_contention_counts_what_it_runs(redis_url: str) -> None:
+    from bench.redis_contention import POLICIES, run_once
+
+    out = run_once(redis_url, "bench-test:", POLICIES["lease"], stores=2, threads=4, updates=5, max_retries=50,
+                   work_s=0.0)
+    assert out["refused"] == 0 and out["stored"] == 20 and out["leases"] <= out["conflicts"]
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"max_retries": 0}, "max_retries must be at least 1"),
+    ({"max_retries": 3, "lease_after": 3}, "lease_after must be in"),
+    ({"lease_ms": 0}, "lease_ms > 0"),
+    ({"backoff_ms": 5.0, "backoff_cap_ms": 1.0}, "backoff_ms <= backoff_cap_ms"),
+])
+def test_redis_store_refuses_bad_retry_settings(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        RedisStore("redis://127.0.0.1:1/0", **kwargs)
 
 
 def _start_service(art: Path, port: int, redis_url: str, env: dict[str, str]) -> subprocess.Popen:

@@ -1,11 +1,14 @@
-"""Where user states live: in process (striped locks, LRU) or in Redis (optimistic read + Lua compare-and-set)."""
+"""Where user states live: in process (striped locks, LRU) or in Redis (optimistic read + Lua compare-and-set,
+with a lease against starvation)."""
 
 from __future__ import annotations
 
 import math
 import os
+import random
 import threading
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
@@ -196,14 +199,25 @@ class MemoryStore:
         """Nothing to release."""
 
 
-#: Compare-and-set of a user's state: KEYS[1] the hash, ARGV = expected version ('' if absent), new version,
-#: new state, TTL seconds (0: none). Returns 1 if written, 0 on a concurrent change.
+#: Compare-and-set of a user's state. KEYS[1] the hash, KEYS[2] the user's lease; ARGV = expected version ('' if
+#: absent), new version, new state, TTL seconds (0: none), the caller's lease token ('' if it holds none). Refused
+#: (0) when the version changed or another writer holds the lease; written (1) otherwise, releasing the caller's
+#: lease.
 _CAS_LUA = """
+local lease = redis.call('GET', KEYS[2])
+if lease and lease ~= ARGV[5] then return 0 end
 local v = redis.call('HGET', KEYS[1], 'v')
 if (v or '') ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 'v', ARGV[2], 's', ARGV[3])
 if tonumber(ARGV[4]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[4]) end
+if lease then redis.call('DEL', KEYS[2]) end
 return 1
+"""
+
+#: Release a lease if the caller still holds it: KEYS[1] the lease, ARGV[1] the caller's token.
+_RELEASE_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
 """
 
 
@@ -215,18 +229,37 @@ class RedisStore:
     a concurrent one re-reads and re-applies ``fn``, so no update is lost, across threads and processes. Within
     a process, a striped lock also serialises updates of one user (fewer retries).
 
+    Optimistic writers can starve one another: under contention one of them may lose every race. So a writer
+    waits a random, growing while after each conflict (jittered exponential backoff, desynchronising the
+    contenders), and after ``lease_after`` conflicts in a row it takes the user's *lease*
+    (``{prefix}{user_id}:lease``, ``SET NX PX``): while the lease is held every other writer's compare-and-set
+    is refused, so the holder's next attempt goes through, and the write releases it. A holder that dies loses
+    its lease after ``lease_ms``.
+
     Args:
         url: ``redis://host:port/db`` (``rediss://`` for TLS; credentials in the URL or ``REDIS_PASSWORD``).
         prefix: Key prefix.
         ttl_s: Expiry of an idle user's state (``None``: never).
         max_retries: Transaction attempts before :class:`StoreConflictError`.
         socket_timeout_s: Redis socket timeout.
+        lease_after: Conflicts in a row before a writer takes the user's lease (``None``: never).
+        lease_ms: How long a lease lives if its holder never writes.
+        backoff_ms: The first backoff's upper bound; it doubles with each conflict, up to ``backoff_cap_ms``.
+        backoff_cap_ms: The largest backoff.
     """
 
     kind = "redis"
 
     def __init__(self, url: str, prefix: str = "recfeed:user:", ttl_s: int | None = 30 * 86400,
-                 max_retries: int = 50, socket_timeout_s: float = 2.0) -> None:
+                 max_retries: int = 50, socket_timeout_s: float = 2.0, lease_after: int | None = 8,
+                 lease_ms: int = 2000, backoff_ms: float = 0.5, backoff_cap_ms: float = 20.0) -> None:
+        if max_retries < 1:
+            raise ValueError(f"max_retries must be at least 1, got {max_retries}")
+        if lease_after is not None and not 0 <= lease_after < max_retries:
+            raise ValueError(f"lease_after must be in [0, max_retries={max_retries}) or None, got {lease_after}")
+        if lease_ms <= 0 or backoff_ms < 0 or backoff_cap_ms < backoff_ms:
+            raise ValueError(f"need lease_ms > 0 and 0 <= backoff_ms <= backoff_cap_ms, got {lease_ms}, "
+                             f"{backoff_ms}, {backoff_cap_ms}")
         import redis
 
         kwargs: dict[str, Any] = {"socket_timeout": socket_timeout_s, "socket_connect_timeout": socket_timeout_s}
@@ -234,26 +267,50 @@ class RedisStore:
             kwargs["password"] = os.environ["REDIS_PASSWORD"]
         self._redis = redis.Redis.from_url(url, **kwargs)
         self._cas = self._redis.register_script(_CAS_LUA)
+        self._release = self._redis.register_script(_RELEASE_LUA)
         self.prefix, self.ttl_s, self.max_retries = prefix, ttl_s, max_retries
+        self.lease_after, self.lease_ms = lease_after, lease_ms
+        self.backoff_ms, self.backoff_cap_ms = backoff_ms, backoff_cap_ms
         self._stripes = _Stripes()
+        self._rng = random.Random()
         self.conflicts = 0
+        self.leases = 0
 
     def _key(self, user_id: str) -> str:
         return self.prefix + user_id
 
     def transact(self, user_id: str, fn: Callable[[UserState], R], new: Callable[[], UserState]) -> R:
-        """See :class:`StateStore`."""
+        """See :class:`StateStore`. Raises :class:`StoreConflictError` after ``max_retries`` refused writes."""
         key = self._key(user_id)
+        lease_key = key + ":lease"
         ttl = self.ttl_s or 0
+        token = ""  # the lease this call holds, if any
         with self._stripes(user_id):
-            for _ in range(self.max_retries):
-                version, blob = self._redis.hmget(key, ["v", "s"])
-                st = decode_state(blob) if blob else new()
-                result = fn(st)
-                old = version.decode() if version else ""
-                if self._cas(keys=[key], args=[old, str(int(old or 0) + 1), encode_state(st), ttl]):
-                    return result
-                self.conflicts += 1
+            try:
+                for attempt in range(self.max_retries):
+                    if not token and self.lease_after is not None and attempt >= self.lease_after:
+                        candidate = uuid.uuid4().hex
+                        if self._redis.set(lease_key, candidate, nx=True, px=self.lease_ms):
+                            token = candidate
+                            self.leases += 1
+                    version, blob = self._redis.hmget(key, ["v", "s"])
+                    st = decode_state(blob) if blob else new()
+                    result = fn(st)
+                    old = version.decode() if version else ""
+                    if self._cas(keys=[key, lease_key], args=[old, str(int(old or 0) + 1), encode_state(st), ttl,
+                                                              token]):
+                        token = ""  # the write released it
+                        return result
+                    self.conflicts += 1
+                    if token:  # the lease ran out before the write, and another writer got in: start over
+                        self._release(keys=[lease_key], args=[token])
+                        token = ""
+                    else:
+                        cap = min(self.backoff_cap_ms, self.backoff_ms * 2.0 ** attempt)
+                        time.sleep(self._rng.uniform(0.0, cap) / 1000.0)
+            finally:
+                if token:  # fn raised, or the lease ran out before the write: let the others on
+                    self._release(keys=[lease_key], args=[token])
         raise StoreConflictError(f"user {user_id!r}: {self.max_retries} conflicting concurrent updates in a row")
 
     def get(self, user_id: str) -> UserState | None:
