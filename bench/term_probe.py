@@ -29,6 +29,12 @@ true taste (semantic + static, standardised per request) from the candidate feat
 products with the session's feedback context, fitted with the hidden taste as target on fresh training sessions
 under tuned-diverse (``fit_observed_taste``). It says how much of the taste's worth the observation holds for a
 per-candidate linear reading, the question a learner's headroom turns on.
+
+``session-clicks`` reads only what a service sees item by item: the cosine of each candidate's embedding with the
+sum of the embeddings of the items this user clicked in this session (0 before the first click), standardised over
+the request (:class:`SessionClickTerm`, session 17). The observed ``llm_sim`` already pools the session's clicks
+into the history's state; this term weighs them on their own. It is a term with memory: the probe's ranker hands
+it each request's feedback.
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from agents.base import Ranker
+from agents.base import Feedback, Ranker
 from agents.evaluation import EpisodePlan, episode_plan, run_episodes
 from agents.final_report import tuning_context
 from agents.rankers import DiverseRanker, z_rows
@@ -80,7 +86,7 @@ BETAS: dict[str, tuple[float, ...]] = {"quality": (0.25, 0.5, 1.0, 2.0), "popula
                                        "price": (-0.5, -0.2, 0.2, 0.5), "semantic": (0.25, 0.5, 1.0, 2.0),
                                        "static": (0.25, 0.5, 1.0, 2.0), "taste": (0.25, 0.5, 1.0, 2.0, 4.0, 8.0),
                                        "utility": (0.5, 1.0, 2.0, 4.0, 8.0), "cat_clicks": (0.25, 0.5, 1.0, 2.0),
-                                       "fatigue": (0.25, 0.5, 1.0, 2.0)}
+                                       "fatigue": (0.25, 0.5, 1.0, 2.0), "session-clicks": (0.1, 0.25, 0.5, 1.0)}
 #: How each part of ``BatchedCore.utility_parts`` enters the utility.
 UTILITY_SIGN: dict[str, float] = {"semantic": 1.0, "static": 1.0, "fatigue": -1.0, "repeat": -1.0}
 
@@ -88,8 +94,49 @@ UTILITY_SIGN: dict[str, float] = {"semantic": 1.0, "static": 1.0, "fatigue": -1.
 Term = Callable[[dict[str, np.ndarray]], np.ndarray]
 
 
+class SessionClickTerm:
+    """The session-clicks term: ``z(cos(e_i, Σ e_clicked))`` over each request's candidates, a term with memory.
+
+    A service holds the item embeddings (the policy's item tower may too) and sees which shown item was clicked;
+    this term keeps, per row, the sum of the embeddings of the items clicked in the row's current session.
+
+    Args:
+        item_emb: float (M, D) item embeddings (the world's, as the observation's ``llm_sim`` uses them).
+    """
+
+    def __init__(self, item_emb: np.ndarray) -> None:
+        self.item_emb = np.asarray(item_emb, np.float64)
+        self.clicked: np.ndarray | None = None  # float64 (B, D) once the first request is seen
+
+    def _rows(self, b: int) -> np.ndarray:
+        if self.clicked is None or len(self.clicked) != b:
+            self.clicked = np.zeros((b, self.item_emb.shape[1]))
+        return self.clicked
+
+    def __call__(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        """obs → float64 (B, N): the standardised cosine (0 on rows without a click this session)."""
+        c = self._rows(len(obs["candidates"]))
+        norm = np.linalg.norm(c, axis=1, keepdims=True)
+        sim = np.einsum("bnd,bd->bn", self.item_emb[obs["candidates"]], c / np.maximum(norm, 1e-12))
+        return z_rows(sim)
+
+    def reset(self, rows: np.ndarray) -> None:
+        """New sessions in ``rows``: nothing clicked yet."""
+        if self.clicked is not None:
+            self.clicked[rows] = 0.0
+
+    def update(self, obs: dict[str, np.ndarray], slate: np.ndarray, feedback: Feedback) -> None:
+        """Add the clicked item's embedding (if any) of each row."""
+        c = self._rows(len(slate))
+        items = np.take_along_axis(obs["candidates"], slate, axis=1)  # (B, K)
+        c += np.einsum("bk,bkd->bd", feedback.clicks.astype(np.float64), self.item_emb[items])
+
+
 class TermDiverseRanker(DiverseRanker):
     """:class:`DiverseRanker` whose standardised blend gets ``beta·term(obs)`` added (the probe's ranker).
+
+    A term with memory (``reset`` / ``update`` methods, as :class:`SessionClickTerm`) is handed the ranker's
+    session starts and feedback.
 
     Args:
         base: The ranker whose parameters it copies (tuned-diverse).
@@ -105,6 +152,18 @@ class TermDiverseRanker(DiverseRanker):
     def blend(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         """The standardised blend plus ``beta·term``: float64 (B, N)."""
         return z_rows(super().blend(obs)) + self.beta * self.term(obs)
+
+    def reset(self, rows: np.ndarray, obs: dict[str, np.ndarray]) -> None:
+        """See :class:`DiverseRanker`; a term with memory forgets ``rows``."""
+        super().reset(rows, obs)
+        if isinstance(self.term, SessionClickTerm):
+            self.term.reset(rows)
+
+    def update(self, obs: dict[str, np.ndarray], slate: np.ndarray, feedback: Feedback) -> None:
+        """See :class:`DiverseRanker`; a term with memory reads the feedback."""
+        super().update(obs, slate, feedback)
+        if isinstance(self.term, SessionClickTerm):
+            self.term.update(obs, slate, feedback)
 
 
 def hidden_term(core: BatchedCore, *parts: str) -> Term:
@@ -129,6 +188,8 @@ RETUNE_PARTS: dict[str, tuple[str, ...]] = {"semantic": ("semantic",), "static":
                                             "taste": ("semantic", "static"), "utility": tuple(UTILITY_SIGN)}
 #: ``--retune``'s observation-only term: the least-squares reading of the true taste from the observation.
 OBSERVED_TASTE = "observed-taste"
+#: ``--retune``'s observation-only term with memory: :class:`SessionClickTerm`.
+SESSION_CLICKS = "session-clicks"
 #: Context columns the observed-taste design multiplies the two signals by (what feedback says about the user).
 TASTE_CONTEXT = (C_CLICKED_LLM, C_CLICKED_CF, C_CLICK_RATE, C_T_FRAC)
 
@@ -259,7 +320,7 @@ def retune_terms(names: list[str], cfg: Config, world: World, core: BatchedCore,
     """``--retune``: per term, the search of :func:`retune_with_term`, then its pick on the held-out sessions.
 
     Args:
-        names: Terms (keys of :data:`RETUNE_PARTS`, or :data:`OBSERVED_TASTE`).
+        names: Terms (keys of :data:`RETUNE_PARTS`, :data:`OBSERVED_TASTE` or :data:`SESSION_CLICKS`).
         cfg: The probe's config.
         world: The world.
         core: The held-out core.
@@ -294,6 +355,9 @@ def retune_terms(names: list[str], cfg: Config, world: World, core: BatchedCore,
                 return observed_taste_term(w)
 
             cache = None  # a fitted term is not part of the cache key
+        elif name == SESSION_CLICKS:
+            def make_term(c: BatchedCore) -> Term:
+                return SessionClickTerm(world.item_emb)
         else:
             def make_term(c: BatchedCore, parts: tuple[str, ...] = RETUNE_PARTS[name]) -> Term:
                 return hidden_term(c, *parts)
@@ -324,7 +388,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--batch", type=int, default=500)
     ap.add_argument("--terms", default=None,
                     help=f"comma-separated terms to probe, of {', '.join(BETAS)} (default all; with --retune, of "
-                         f"{', '.join([*RETUNE_PARTS, OBSERVED_TASTE])}, default taste)")
+                         f"{', '.join([*RETUNE_PARTS, OBSERVED_TASTE, SESSION_CLICKS])}, default taste)")
     ap.add_argument("--retune", action="store_true",
                     help="search β with tuned-diverse's own axes on the training users, then score that one point "
                          "on the held-out sessions (see the module's text)")
@@ -346,7 +410,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ap.error(f"--betas: not a comma-separated list of numbers: {args.betas!r}")
     if 0.0 not in betas or any(not np.isfinite(b) for b in betas):
         ap.error(f"--betas must be finite and include 0 (tuned-diverse itself, the search's start), got {args.betas!r}")
-    choices = [*RETUNE_PARTS, OBSERVED_TASTE] if args.retune else list(BETAS)
+    choices = [*RETUNE_PARTS, OBSERVED_TASTE, SESSION_CLICKS] if args.retune else list(BETAS)
     names = [t.strip() for t in (args.terms or ("taste" if args.retune else ",".join(BETAS))).split(",") if t.strip()]
     unknown = [t for t in names if t not in choices]
     if unknown or not names:
@@ -384,7 +448,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "semantic": hidden("semantic"), "static": hidden("static"), "taste": hidden("semantic", "static"),
         "utility": hidden(*UTILITY_SIGN),
         "cat_clicks": lambda obs: -obs["features"][:, :, F_CAT_CLICKS].astype(np.float64),
-        "fatigue": lambda obs: -core.utility_parts(core.cand_slots)["fatigue"].astype(np.float64)}
+        "fatigue": lambda obs: -core.utility_parts(core.cand_slots)["fatigue"].astype(np.float64),
+        SESSION_CLICKS: SessionClickTerm(world.item_emb)}
     terms = {n: all_terms[n] for n in names}
     for name, term in terms.items():
         rows = []

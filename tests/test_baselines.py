@@ -323,6 +323,52 @@ def test_term_probe_ranker_is_tuned_diverse_at_zero_and_follows_the_term_when_it
     assert (np.stack([np.bincount(category[row], minlength=3) for row in capped]) <= 2).all()
 
 
+def test_session_click_term_follows_this_sessions_clicks_and_forgets_them_at_a_new_session() -> None:
+    """``bench.term_probe``'s session-clicks term: 0 before any click; after a click, the candidates ranked by their
+    cosine with the clicked items' embedding sum; a row whose session restarts forgets, the others keep theirs; the
+    probe's ranker hands it the feedback and the session starts."""
+    from agents.base import Feedback
+    from bench.term_probe import SessionClickTerm, TermDiverseRanker
+
+    rng = np.random.default_rng(3)
+    m, d, b, n, k = 40, 8, 3, 12, 4
+    emb = rng.normal(size=(m, d))
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    cands = np.stack([rng.permutation(m)[:n] for _ in range(b)])
+    obs = {"candidates": cands}
+    term = SessionClickTerm(emb)
+    np.testing.assert_array_equal(term(obs), np.zeros((b, n)))  # nothing clicked yet
+    slate = np.tile(np.arange(k), (b, 1))
+    clicks = np.zeros((b, k), bool)
+    clicks[0, 1] = clicks[1, 2] = True  # row 2 skips the slate
+    feedback = Feedback(clicks, np.zeros((b, k), bool), np.zeros((b, k), np.float32), np.zeros(b, np.float32))
+    term.update(obs, slate, feedback)
+    term.update(obs, slate, feedback)  # the same click twice: same direction
+    z = term(obs)
+    for row, col in ((0, 1), (1, 2)):
+        want = emb[cands[row]] @ emb[cands[row, col]]
+        np.testing.assert_array_equal(np.argsort(-z[row], kind="stable"), np.argsort(-want, kind="stable"))
+        assert abs(z[row].mean()) < 1e-9 and abs(z[row].std() - 1.0) < 1e-6
+    np.testing.assert_array_equal(z[2], 0.0)
+    term.reset(np.array([0]))
+    after = term(obs)
+    np.testing.assert_array_equal(after[0], 0.0)
+    np.testing.assert_array_equal(after[1], z[1])
+
+    category = np.arange(m) % 3  # per catalog item
+    feats = rng.uniform(0.0, 1.0, (b, n, len(FEATURE_NAMES)))
+    base = DiverseRanker(k, 0.6, category, exposure_weight=0.0, seen_weight=0.0, cap=k)
+    ranker = TermDiverseRanker(base, SessionClickTerm(emb), 1e6)
+    full = {**_obs(feats), "candidates": cands}
+    ranker.reset(np.arange(b), full)
+    ranker.update(full, slate, feedback)
+    got = ranker.act(full)
+    want0 = np.argsort(-(emb[cands[0]] @ emb[cands[0, 1]]))[:k]
+    np.testing.assert_array_equal(got[0], want0)  # the dominant term decides once the row clicked
+    ranker.reset(np.array([0]), full)
+    np.testing.assert_array_equal(ranker.act(full)[0], base.act(full)[0])  # forgotten: the heuristic's slate
+
+
 def test_cap_probe_variants_reduce_to_the_heuristic_and_do_what_they_say() -> None:
     """``bench.cap_probe``: the default variant gives tuned-diverse's slates (fixed and click-following blend); a soft
     cap of 0 is no cap; ``relax`` gives a clicked category exactly one more slot and the others none."""
