@@ -60,6 +60,7 @@ def resolve(args: argparse.Namespace) -> tuple[Config, Path | None]:
     if args.name is not None:
         flags["run_name"] = args.name
     cfg = resolve_config(args.config, args.preset, args.overrides, flags={"train": flags} if flags else None)
+    check_extra_references(cfg.eval.extra_references)
     what = "--out" if args.out is not None else "train.out_dir"
     out = check_output_dir(cfg.train.out_dir, what)
     if cfg.train.run_name is not None:
@@ -71,6 +72,27 @@ def resolve(args: argparse.Namespace) -> tuple[Config, Path | None]:
         raise ConfigError(f"--init-from {args.init_from}: not a run directory with a pickle-free policy "
                           "(policy.safetensors)")
     return cfg, None
+
+
+def check_extra_references(specs: list[str]) -> None:
+    """``eval.extra_references``: registry specs that are neither a run nor a row the final table already has.
+
+    Raises:
+        ConfigError: Naming the spec and why.
+    """
+    from agents.final_report import FINAL_BASELINES
+    from agents.registry import parse_spec, valid_choices
+
+    for spec in specs:
+        try:
+            name, _ = parse_spec(spec)
+        except ValueError as exc:
+            raise ConfigError(f"eval.extra_references: {exc}") from None
+        if name == "run" or "@" in spec:
+            raise ConfigError(f"eval.extra_references: {spec!r} is not a hand-written reference; choose from "
+                              f"{valid_choices()} without run:DIR or @T")
+        if spec in FINAL_BASELINES or specs.count(spec) > 1:
+            raise ConfigError(f"eval.extra_references: {spec!r} is already a row of the final table")
 
 
 def main(argv: list[str] | None = None) -> dict:

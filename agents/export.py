@@ -480,6 +480,9 @@ def export_run(run_dir: str | Path, fmt: Format = "onnx", out: str | Path | None
                          "recfeed version it was trained with")
     if "mask" in space.spaces:
         raise ValueError("policies with a candidate mask input are not exportable yet")
+    if "session_sim" in space.spaces:
+        raise ValueError("the policy reads obs['session_sim'] (env.obs_session_sim), which the serving runtime does "
+                         "not compute yet: it is not exportable; train without env.obs_session_sim to serve it")
     if has_repulsion(policy):
         cats = policy.item_category.cpu().numpy()
         if cats.shape != (world.n_items,) or not np.array_equal(cats, world.catalog.category):

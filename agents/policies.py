@@ -279,7 +279,10 @@ class SlatePolicy(ActorCriticPolicy):
         if self.use_item_table:
             assert self.n_items is not None
             self.item_table = nn.Embedding(self.n_items, self.item_dim)
-        cand_dim = n_feat + emb_dim + (self.item_dim if self.use_item_table else 0)
+        # env.obs_session_sim: z(session_sim), the cosine with this session's clicks, is the candidate input's last
+        # column, and reaches the logits through the residual MLP and a direct weight (zero at init)
+        self.reads_session_sim = "session_sim" in obs_space.spaces
+        cand_dim = n_feat + emb_dim + (self.item_dim if self.use_item_table else 0) + int(self.reads_session_sim)
         state_in = user_dim + ctx_dim + 2 * cand_dim
         act = self.activation_fn
 
@@ -303,6 +306,8 @@ class SlatePolicy(ActorCriticPolicy):
         # A linear path from the raw features to the logits (zero at init): penalties such as "recently shown
         # category" or "already seen" are linear in the features, and PPO finds them much faster this way.
         self.feature_linear = nn.Linear(n_feat, 1, bias=False)
+        self.session_weight: nn.Parameter | None = (
+            nn.Parameter(th.zeros((), dtype=th.float32)) if self.reads_session_sim else None)
         mask: th.Tensor | None = None
         if self.gate_only_signals:  # (F,) 0 on the two signals: the residual does not see them
             mask = th.ones(n_feat)
@@ -415,6 +420,8 @@ class SlatePolicy(ActorCriticPolicy):
             parts.append(obs["item_emb"])
         if self.item_table is not None:
             parts.append(self.item_table(catalog_ids(obs["candidates"], self.item_table.num_embeddings)))
+        if self.session_weight is not None:  # last: _actor_parts reads it back as cand[..., -1]
+            parts.append(standardise_rows(obs["session_sim"]).unsqueeze(-1))
         cand = th.cat(parts, dim=-1) if len(parts) > 1 else parts[0]  # (B, N, X)
         mask = obs["mask"] > 0.5 if "mask" in obs else None
         if mask is None:
@@ -456,6 +463,8 @@ class SlatePolicy(ActorCriticPolicy):
             z = standardise_rows(blend)
         seen = features if self.residual_feature_mask is None else features * self.residual_feature_mask
         residual = self._residual(cand, h) + self.feature_linear(seen).squeeze(-1)  # (B, N)
+        if self.session_weight is not None:
+            residual = residual + self.session_weight * cand[..., -1]
         inv_t = self.log_inv_temperature.exp()
         raw = (blend if penalty is None else z + penalty) * inv_t + residual
         # Candidates more than LOGIT_RANGE nats below the row's best are held there (their probability is < e^-30

@@ -529,6 +529,112 @@ class TunedDiverseRanker(DiverseRanker):
         self.search = search
 
 
+class SessionClicks:
+    """What a service knows of this session's clicks, item by item: per row, the sum ``c`` of the embeddings of the
+    items clicked since the session started.
+
+    ``similarity(obs)`` is each candidate's cosine with ``c`` (0 on rows without a click yet): the observation's
+    ``session_sim`` (``env.obs_session_sim``), computed from the catalog's embeddings.
+
+    Args:
+        item_emb: float (M, D) item embeddings (the catalog's, public to the service).
+    """
+
+    def __init__(self, item_emb: np.ndarray) -> None:
+        self.item_emb = np.asarray(item_emb, np.float64)
+        self.clicked = np.zeros((0, self.item_emb.shape[1]))  # float64 (B, D) once the batch size is known
+
+    def _rows(self, b: int) -> np.ndarray:
+        if len(self.clicked) != b:
+            self.clicked = np.zeros((b, self.item_emb.shape[1]))
+        return self.clicked
+
+    def similarity(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        """float64 (B, N): ``cos(e_i, c)`` per candidate (0 on rows without a click this session)."""
+        c = self._rows(len(obs["candidates"]))
+        norm = np.linalg.norm(c, axis=1, keepdims=True)
+        return np.einsum("bnd,bd->bn", self.item_emb[obs["candidates"]], c / np.maximum(norm, 1e-12))
+
+    def __call__(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        """float64 (B, N): :meth:`similarity` standardised over each request's candidates (a term of a blend)."""
+        return z_rows(self.similarity(obs))
+
+    def reset(self, rows: np.ndarray) -> None:
+        """New sessions in ``rows``: nothing clicked yet."""
+        if len(self.clicked):
+            self.clicked[rows] = 0.0
+
+    def update(self, obs: dict[str, np.ndarray], slate: np.ndarray, feedback: Feedback) -> None:
+        """Add each row's clicked item (if any) to its sum."""
+        c = self._rows(len(slate))
+        items = np.take_along_axis(obs["candidates"], slate, axis=1)  # (B, K)
+        c += np.einsum("bk,bkd->bd", feedback.clicks.astype(np.float64), self.item_emb[items])
+
+
+class SessionDiverseRanker(DiverseRanker):
+    """:class:`DiverseRanker` whose blend also follows this session's clicks item by item.
+
+    Formula: ``score_i = z(z(blend)_i + β·z(cos(e_i, c))) − λ_c·cat_exposure_i − λ_s·item_seen_i``, then the
+    greedy category cap, with ``c`` the sum of the embeddings of the items clicked so far in the session
+    (:class:`SessionClicks`; the term is 0 before the first click) and ``blend`` :class:`DiverseRanker`'s (fixed or
+    click-following α). The pooled user state that ``llm_sim`` reads mixes the session's clicks into the history
+    (``env.state_decay``); this term weighs them on their own, as a session-based recommender would (session 17).
+
+    Args:
+        k: Slate size.
+        alpha: α.
+        category: int (M,) item categories.
+        item_emb: float (M, D) item embeddings.
+        session_weight: β, in units of the blend's spread.
+        exposure_weight: λ_c.
+        seen_weight: λ_s.
+        cap: Most slots one category may take.
+        name: Display name.
+        lean_weight: w of the feedback-adaptive α.
+    """
+
+    def __init__(self, k: int, alpha: float, category: np.ndarray, item_emb: np.ndarray, session_weight: float,
+                 exposure_weight: float = 3.0, seen_weight: float = 0.5, cap: int = 2, name: str | None = None,
+                 lean_weight: float = 0.0) -> None:
+        super().__init__(k, alpha, category, exposure_weight=exposure_weight, seen_weight=seen_weight, cap=cap,
+                         name=name or f"session-diverse:{alpha:g}", lean_weight=lean_weight)
+        self.session_weight = float(session_weight)
+        self.clicks = SessionClicks(item_emb)
+
+    def blend(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        """``z(blend) + β·z(cos(e, c))``: float64 (B, N) (:meth:`penalised` standardises it, as any blend)."""
+        return z_rows(super().blend(obs)) + self.session_weight * self.clicks(obs)
+
+    def reset(self, rows: np.ndarray, obs: dict[str, np.ndarray]) -> None:
+        """New sessions in ``rows``: forget their clicks."""
+        super().reset(rows, obs)
+        self.clicks.reset(rows)
+
+    def update(self, obs: dict[str, np.ndarray], slate: np.ndarray, feedback: Feedback) -> None:
+        """Remember the clicked items."""
+        super().update(obs, slate, feedback)
+        self.clicks.update(obs, slate, feedback)
+
+
+class TunedSessionDiverseRanker(SessionDiverseRanker):
+    """``session-diverse`` at the parameters that maximised return on the training users
+    (:func:`agents.tuning.tune_session_diverse`: β searched with tuned-diverse's own axes, from tuned-diverse).
+
+    Args:
+        k: Slate size.
+        category: int (M,) item categories.
+        item_emb: float (M, D) item embeddings.
+        search: The search's result.
+    """
+
+    def __init__(self, k: int, category: np.ndarray, item_emb: np.ndarray, search: ParamSearch) -> None:
+        p = search.best
+        super().__init__(k, p["alpha"], category, item_emb, p["session_weight"], exposure_weight=p["exposure_weight"],
+                         seen_weight=p["seen_weight"], cap=int(p["cap"]), name="tuned-session-diverse",
+                         lean_weight=p.get("lean_weight", 0.0))
+        self.search = search
+
+
 class OracleDiverseRanker(DiverseRanker):
     """Fatigue-aware oracle: true utilities re-ranked like the diversity heuristic. Reads HIDDEN state.
 

@@ -2,9 +2,9 @@
 
 Specs (see :data:`SPECS`): ``random``, ``popular``, ``greedy-llm``, ``greedy-cf``, ``fixed-alpha:A``, ``scored``,
 ``tuned-alpha``, ``online-alpha:A``, ``strategy-alpha:A``, ``linucb[:C]``, ``diverse:A``, ``tuned-diverse``,
-``oracle``, ``tuned-oracle-diverse``, ``run:DIR``. Rankers that learn before the evaluation do so on the TRAINING
-population only (:mod:`agents.tuning`, :mod:`agents.fitting`), with seeds derived from the context's seed (never
-the global RNG); :class:`RankerContext` runs each tuning or fit once and shares it.
+``tuned-session-diverse``, ``oracle``, ``tuned-oracle-diverse``, ``run:DIR``. Rankers that learn before the
+evaluation do so on the TRAINING population only (:mod:`agents.tuning`, :mod:`agents.fitting`), with seeds derived
+from the context's seed (never the global RNG); :class:`RankerContext` runs each tuning or fit once and shares it.
 """
 
 from __future__ import annotations
@@ -28,8 +28,19 @@ from agents.rankers import (
     TunedAlphaRanker,
     TunedDiverseRanker,
     TunedOracleDiverseRanker,
+    TunedSessionDiverseRanker,
 )
-from agents.tuning import ALPHA_GRID, TUNE_SEED, AlphaCurve, ParamSearch, tune_alpha, tune_diverse, tune_oracle_diverse
+from agents.tuning import (
+    ALPHA_GRID,
+    SESSION_WEIGHTS,
+    TUNE_SEED,
+    AlphaCurve,
+    ParamSearch,
+    tune_alpha,
+    tune_diverse,
+    tune_oracle_diverse,
+    tune_session_diverse,
+)
 from configs.schema import EncoderConfig, EnvConfig
 from envs.core import BatchedCore
 from envs.world import World
@@ -49,6 +60,8 @@ SPECS: dict[str, str] = {
     "diverse:A": "fixed-alpha:A with penalties on recently shown categories and items, at most 2 per category",
     "tuned-diverse": "diverse with α, its feedback-adaptive weight, category cap and penalty weights searched on the "
                      "training users",
+    "tuned-session-diverse": "tuned-diverse plus a weight on each candidate's cosine with the items clicked so far "
+                             "this session, searched with tuned-diverse's axes on the training users",
     "oracle": "true click probability (reads the simulator's hidden state)",
     "tuned-oracle-diverse": "true utility with a category cap and exposure penalty tuned on the training users "
                             "(non-myopic upper reference; reads the simulator's hidden state)",
@@ -60,8 +73,8 @@ SPECS: dict[str, str] = {
 #: Specs that take a ``@T`` suffix (:func:`split_temperature`).
 _SAMPLABLE = ("fixed-alpha", "greedy-llm", "greedy-cf", "tuned-alpha", "diverse", "tuned-diverse", "run")
 _NEEDS_ALPHA = ("fixed-alpha", "online-alpha", "strategy-alpha", "diverse")
-_NO_ARG = ("random", "popular", "greedy-llm", "greedy-cf", "scored", "tuned-alpha", "tuned-diverse", "oracle",
-           "tuned-oracle-diverse")
+_NO_ARG = ("random", "popular", "greedy-llm", "greedy-cf", "scored", "tuned-alpha", "tuned-diverse",
+           "tuned-session-diverse", "oracle", "tuned-oracle-diverse")
 
 
 def valid_choices() -> str:
@@ -198,6 +211,7 @@ class RankerContext:
     _alpha_curve: AlphaCurve | None = field(default=None, repr=False)
     _diverse: ParamSearch | None = field(default=None, repr=False)
     _oracle_diverse: ParamSearch | None = field(default=None, repr=False)
+    _session_diverse: ParamSearch | None = field(default=None, repr=False)
 
     def impressions(self) -> Impressions:
         """Logged impressions on the training users (collected once, shared by ``scored`` and ``linucb``)."""
@@ -222,6 +236,16 @@ class RankerContext:
                                          self.tune_episodes, self.seed + TUNE_SEED, self.batch,
                                          self.train_population, self.encoder, self.progress, self.cache_dir)
         return self._diverse
+
+    def session_diverse_search(self) -> ParamSearch:
+        """tuned-session-diverse's search on the training users, from tuned-diverse's point (run once)."""
+        if self._session_diverse is None:
+            grid = None if self.diverse_grid is None else {"session_weight": SESSION_WEIGHTS, **self.diverse_grid}
+            self._session_diverse = tune_session_diverse(self.world, self.env_cfg, self.diverse_search().best, grid,
+                                                         self.tune_episodes, self.seed + TUNE_SEED, self.batch,
+                                                         self.train_population, self.encoder, self.progress,
+                                                         self.cache_dir)
+        return self._session_diverse
 
     def oracle_diverse_search(self) -> ParamSearch:
         """tuned-oracle-diverse's search on the training users (run once)."""
@@ -271,6 +295,9 @@ def make_ranker(spec: str, ctx: RankerContext) -> Ranker:
         ranker = DiverseRanker(k, float(arg), ctx.world.catalog.category)
     elif name == "tuned-diverse":
         ranker = TunedDiverseRanker(k, ctx.world.catalog.category, ctx.diverse_search())
+    elif name == "tuned-session-diverse":
+        ranker = TunedSessionDiverseRanker(k, ctx.world.catalog.category, ctx.world.item_emb,
+                                           ctx.session_diverse_search())
     elif name == "online-alpha":
         ranker = OnlineAlphaRanker(k, float(arg), ctx.world.item_emb)
     elif name == "strategy-alpha":

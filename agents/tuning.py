@@ -20,7 +20,7 @@ import numpy as np
 
 from agents.base import Ranker
 from agents.evaluation import episode_plan, run_episodes
-from agents.rankers import BlendRanker, DiverseRanker, OracleDiverseRanker
+from agents.rankers import BlendRanker, DiverseRanker, OracleDiverseRanker, SessionDiverseRanker
 from agents.report import Bootstrap, percentile_ci
 from configs.fileio import atomic_write_text
 from configs.loader import to_dict
@@ -449,6 +449,53 @@ def tune_diverse(world: World, env_cfg: EnvConfig, alpha: float, grid: dict[str,
     category = world.catalog.category
     return search_family("diverse", lambda core, p: diverse_ranker(k, category, p), DIVERSE_GRID, grid, start,
                          world, env_cfg, episodes, seed, batch, population, encoder, progress, cache_dir)
+
+
+#: β's axis of :func:`tune_session_diverse` (0: tuned-diverse itself, the search's start).
+SESSION_WEIGHTS: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 2.0)
+
+
+def session_diverse_ranker(k: int, category: np.ndarray, item_emb: np.ndarray, point: dict[str, float],
+                           name: str | None = None) -> SessionDiverseRanker:
+    """The :class:`SessionDiverseRanker` of one grid point (:func:`diverse_ranker`'s axes and ``session_weight``)."""
+    return SessionDiverseRanker(k, float(point["alpha"]), category, item_emb, float(point["session_weight"]),
+                                exposure_weight=float(point["exposure_weight"]),
+                                seen_weight=float(point["seen_weight"]), cap=int(point["cap"]), name=name,
+                                lean_weight=float(point.get("lean_weight", 0.0)))
+
+
+def tune_session_diverse(world: World, env_cfg: EnvConfig, start: dict[str, float],
+                         grid: dict[str, tuple[float, ...]] | None = None, episodes: int = 400,
+                         seed: int = TUNE_SEED, batch: int = 256, population: str = "train",
+                         encoder: EncoderConfig | None = None, progress: bool = False,
+                         cache_dir: str | Path | None = None) -> ParamSearch:
+    """Tune ``session-diverse``: β (``session_weight``) searched together with tuned-diverse's axes, from
+    tuned-diverse's point with β = 0, by :func:`search_family`'s protocol (so its pick is never worse than
+    tuned-diverse on the validation sessions).
+
+    Args:
+        world: The world.
+        env_cfg: Env config.
+        start: tuned-diverse's parameters (its search's ``best``).
+        grid: Axes ``session_weight`` and :data:`DIVERSE_GRID`'s (default :data:`SESSION_WEIGHTS` and those).
+        episodes: Sessions per point.
+        seed: Seed of the sessions.
+        batch: Users simulated at once.
+        population: Population to tune on.
+        encoder: Encoder config (text observation mode only).
+        progress: Show progress bars.
+        cache_dir: JSON cache folder (see :func:`tune_diverse`), or ``None``.
+
+    Returns:
+        The search; ``best`` holds β and the heuristic's parameters.
+    """
+    k, category, emb = env_cfg.slate_size, world.catalog.category, world.item_emb
+    if grid is not None and "lean_weight" not in grid:  # as tune_diverse: a grid without the axis, the fixed blend
+        grid = {"lean_weight": (0.0,), **grid}
+    return search_family("session-diverse", lambda core, p: session_diverse_ranker(k, category, emb, p),
+                         {"session_weight": SESSION_WEIGHTS, **DIVERSE_GRID}, grid,
+                         {"session_weight": 0.0, **start}, world, env_cfg, episodes, seed, batch, population,
+                         encoder, progress, cache_dir)
 
 
 def oracle_diverse_ranker(k: int, core: BatchedCore, point: dict[str, float],

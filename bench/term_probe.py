@@ -30,11 +30,15 @@ products with the session's feedback context, fitted with the hidden taste as ta
 under tuned-diverse (``fit_observed_taste``). It says how much of the taste's worth the observation holds for a
 per-candidate linear reading, the question a learner's headroom turns on.
 
-``session-clicks`` reads only what a service sees item by item: the cosine of each candidate's embedding with the
-sum of the embeddings of the items this user clicked in this session (0 before the first click), standardised over
-the request (:class:`SessionClickTerm`, session 17). The observed ``llm_sim`` already pools the session's clicks
-into the history's state; this term weighs them on their own. It is a term with memory: the probe's ranker hands
-it each request's feedback.
+``session-clicks`` reads only what a service sees item by item: the cosine of each candidate's embedding with the sum
+of the embeddings of the items this user clicked in this session (0 before the first click), standardised over the
+request (:class:`agents.rankers.SessionClicks`, session 17; ``tuned-session-diverse`` is the ranker it became). The
+observed ``llm_sim`` already pools the session's clicks into the history's state; this term weighs them on their own.
+It is a term with memory: the probe's ranker hands it each request's feedback.
+
+``--runs RUN[,RUN…]`` plays trained policies on the same held-out sessions and pairs each with tuned-diverse and with
+each term's pick (the retuned point, or the plain probe's best β), so a new hand-written term is measured against the
+learner on the same users.
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ import numpy as np
 from agents.base import Feedback, Ranker
 from agents.evaluation import EpisodePlan, episode_plan, run_episodes
 from agents.final_report import tuning_context
-from agents.rankers import DiverseRanker, z_rows
+from agents.rankers import DiverseRanker, SessionClicks, z_rows
 from agents.report import Bootstrap, paired_test
 from agents.tuning import (
     DIVERSE_GRID,
@@ -94,49 +98,10 @@ UTILITY_SIGN: dict[str, float] = {"semantic": 1.0, "static": 1.0, "fatigue": -1.
 Term = Callable[[dict[str, np.ndarray]], np.ndarray]
 
 
-class SessionClickTerm:
-    """The session-clicks term: ``z(cos(e_i, Σ e_clicked))`` over each request's candidates, a term with memory.
-
-    A service holds the item embeddings (the policy's item tower may too) and sees which shown item was clicked;
-    this term keeps, per row, the sum of the embeddings of the items clicked in the row's current session.
-
-    Args:
-        item_emb: float (M, D) item embeddings (the world's, as the observation's ``llm_sim`` uses them).
-    """
-
-    def __init__(self, item_emb: np.ndarray) -> None:
-        self.item_emb = np.asarray(item_emb, np.float64)
-        self.clicked: np.ndarray | None = None  # float64 (B, D) once the first request is seen
-
-    def _rows(self, b: int) -> np.ndarray:
-        if self.clicked is None or len(self.clicked) != b:
-            self.clicked = np.zeros((b, self.item_emb.shape[1]))
-        return self.clicked
-
-    def __call__(self, obs: dict[str, np.ndarray]) -> np.ndarray:
-        """obs → float64 (B, N): the standardised cosine (0 on rows without a click this session)."""
-        c = self._rows(len(obs["candidates"]))
-        norm = np.linalg.norm(c, axis=1, keepdims=True)
-        sim = np.einsum("bnd,bd->bn", self.item_emb[obs["candidates"]], c / np.maximum(norm, 1e-12))
-        return z_rows(sim)
-
-    def reset(self, rows: np.ndarray) -> None:
-        """New sessions in ``rows``: nothing clicked yet."""
-        if self.clicked is not None:
-            self.clicked[rows] = 0.0
-
-    def update(self, obs: dict[str, np.ndarray], slate: np.ndarray, feedback: Feedback) -> None:
-        """Add the clicked item's embedding (if any) of each row."""
-        c = self._rows(len(slate))
-        items = np.take_along_axis(obs["candidates"], slate, axis=1)  # (B, K)
-        c += np.einsum("bk,bkd->bd", feedback.clicks.astype(np.float64), self.item_emb[items])
-
-
 class TermDiverseRanker(DiverseRanker):
     """:class:`DiverseRanker` whose standardised blend gets ``beta·term(obs)`` added (the probe's ranker).
 
-    A term with memory (``reset`` / ``update`` methods, as :class:`SessionClickTerm`) is handed the ranker's
-    session starts and feedback.
+    A term with memory (:class:`agents.rankers.SessionClicks`) is handed the ranker's session starts and feedback.
 
     Args:
         base: The ranker whose parameters it copies (tuned-diverse).
@@ -156,13 +121,13 @@ class TermDiverseRanker(DiverseRanker):
     def reset(self, rows: np.ndarray, obs: dict[str, np.ndarray]) -> None:
         """See :class:`DiverseRanker`; a term with memory forgets ``rows``."""
         super().reset(rows, obs)
-        if isinstance(self.term, SessionClickTerm):
+        if isinstance(self.term, SessionClicks):
             self.term.reset(rows)
 
     def update(self, obs: dict[str, np.ndarray], slate: np.ndarray, feedback: Feedback) -> None:
         """See :class:`DiverseRanker`; a term with memory reads the feedback."""
         super().update(obs, slate, feedback)
-        if isinstance(self.term, SessionClickTerm):
+        if isinstance(self.term, SessionClicks):
             self.term.update(obs, slate, feedback)
 
 
@@ -188,7 +153,7 @@ RETUNE_PARTS: dict[str, tuple[str, ...]] = {"semantic": ("semantic",), "static":
                                             "taste": ("semantic", "static"), "utility": tuple(UTILITY_SIGN)}
 #: ``--retune``'s observation-only term: the least-squares reading of the true taste from the observation.
 OBSERVED_TASTE = "observed-taste"
-#: ``--retune``'s observation-only term with memory: :class:`SessionClickTerm`.
+#: ``--retune``'s observation-only term with memory: :class:`agents.rankers.SessionClicks`.
 SESSION_CLICKS = "session-clicks"
 #: Context columns the observed-taste design multiplies the two signals by (what feedback says about the user).
 TASTE_CONTEXT = (C_CLICKED_LLM, C_CLICKED_CF, C_CLICK_RATE, C_T_FRAC)
@@ -316,7 +281,8 @@ def retune_with_term(world: World, env_cfg: EnvConfig, name: str, make_term: Cal
 
 def retune_terms(names: list[str], cfg: Config, world: World, core: BatchedCore, plan: EpisodePlan,
                  base: DiverseRanker, point: dict[str, float], ref: np.ndarray, boot: Bootstrap, tune_episodes: int,
-                 batch: int, seed: int, betas: tuple[float, ...] = RETUNE_BETAS) -> dict[str, Any]:
+                 batch: int, seed: int, betas: tuple[float, ...] = RETUNE_BETAS,
+                 returns: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
     """``--retune``: per term, the search of :func:`retune_with_term`, then its pick on the held-out sessions.
 
     Args:
@@ -333,6 +299,7 @@ def retune_terms(names: list[str], cfg: Config, world: World, core: BatchedCore,
         batch: Users simulated at once.
         seed: The probe's seed (tuning sessions: ``seed + TUNE_SEED``, as a run's tuned-diverse).
         betas: β's axis in every search (0 is tuned-diverse itself).
+        returns: If given, filled with each term's float (E,) returns of its pick on ``plan``.
 
     Returns:
         Term → ``{"best", "return", "ratio", "points", "validation_points", "validation_means", [the fit's
@@ -357,7 +324,7 @@ def retune_terms(names: list[str], cfg: Config, world: World, core: BatchedCore,
             cache = None  # a fitted term is not part of the cache key
         elif name == SESSION_CLICKS:
             def make_term(c: BatchedCore) -> Term:
-                return SessionClickTerm(world.item_emb)
+                return SessionClicks(world.item_emb)
         else:
             def make_term(c: BatchedCore, parts: tuple[str, ...] = RETUNE_PARTS[name]) -> Term:
                 return hidden_term(c, *parts)
@@ -368,6 +335,8 @@ def retune_terms(names: list[str], cfg: Config, world: World, core: BatchedCore,
         ranker = TermDiverseRanker(diverse_ranker(cfg.env.slate_size, world.catalog.category, best), make_term(core),
                                    best["beta"])
         ret = run_episodes(core, ranker, plan).ret
+        if returns is not None:
+            returns[name] = ret
         test = paired_test(ret, ref, boot)
         out[name] = {"best": best, "return": float(ret.mean()), "ratio": float(ret.mean() / ref.mean()),
                      "points": len(search.points), "validation_points": search.validation_points,
@@ -395,6 +364,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--betas", default=None,
                     help="with --retune: β's axis, comma-separated, 0 included (0 is tuned-diverse itself; default "
                          f"{','.join(f'{b:g}' for b in RETUNE_BETAS)})")
+    ap.add_argument("--runs", default=None,
+                    help="comma-separated trained run directories: each is played on the same held-out sessions and "
+                         "compared, paired, with tuned-diverse and each term's pick (best β for the plain probe)")
     ap.add_argument("--tune-episodes", type=int, default=400,
                     help="with --retune: tuning sessions per point (validation: 5× as many)")
     args = ap.parse_args(argv)
@@ -416,6 +388,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if unknown or not names:
         ap.error(f"--terms: unknown or empty {unknown or args.terms!r}"
                  f"{' with --retune' if args.retune else ''}; choose from {', '.join(choices)}")
+    runs = [r.strip() for r in (args.runs or "").split(",") if r.strip()]
+    missing = [r for r in runs if not Path(r).is_dir()]
+    if missing:
+        ap.error(f"--runs: no such run directory: {', '.join(missing)}")
     try:
         cfg = resolve_config(args.config, args.preset, [f"train.seed={args.seed}"])
     except ConfigError as exc:
@@ -432,9 +408,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {"preset": args.preset, "tuned_diverse": point, "tuned_diverse_return": float(ref.mean()),
                            "episodes": len(plan), "terms": {}}
     print(f"tuned-diverse {point}: {ref.mean():.3f} on {len(plan)} held-out sessions")
+    picks: dict[str, np.ndarray] = {}  # term → float (E,) returns of its pick on the held-out sessions
     if args.retune:
         out["terms"] = retune_terms(names, cfg, world, core, plan, base, point, ref, boot, args.tune_episodes,
-                                    args.batch, args.seed, betas)
+                                    args.batch, args.seed, betas, picks)
+        out["runs"] = compare_runs(runs, core, world, plan, ref, picks, boot)
         print(json.dumps(out))
         return out
 
@@ -449,18 +427,52 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "utility": hidden(*UTILITY_SIGN),
         "cat_clicks": lambda obs: -obs["features"][:, :, F_CAT_CLICKS].astype(np.float64),
         "fatigue": lambda obs: -core.utility_parts(core.cand_slots)["fatigue"].astype(np.float64),
-        SESSION_CLICKS: SessionClickTerm(world.item_emb)}
+        SESSION_CLICKS: SessionClicks(world.item_emb)}
     terms = {n: all_terms[n] for n in names}
     for name, term in terms.items():
         rows = []
         for beta in BETAS[name]:
             ret = run_episodes(core, TermDiverseRanker(base, term, beta), plan).ret
+            if name not in picks or ret.mean() > picks[name].mean():
+                picks[name] = ret
             test = paired_test(ret, ref, boot)
             rows.append({"beta": beta, "return": float(ret.mean()), **test})
             print(f"  {name:<10} β {beta:+.2f}: {ret.mean():.3f}, paired {test['diff']:+.3f} "
                   f"(95% CI {test['ci95'][0]:+.3f} to {test['ci95'][1]:+.3f})")
         out["terms"][name] = rows
+    out["runs"] = compare_runs(runs, core, world, plan, ref, picks, boot)
     print(json.dumps(out))
+    return out
+
+
+def compare_runs(runs: list[str], core: BatchedCore, world: World, plan: EpisodePlan, ref: np.ndarray,
+                 picks: dict[str, np.ndarray], boot: Bootstrap) -> dict[str, Any]:
+    """``--runs``: each trained policy on the probe's held-out sessions, paired with tuned-diverse and each pick.
+
+    Args:
+        runs: Run directories (``train.py``).
+        core: The held-out core.
+        world: The world (its catalog size is checked against each policy's).
+        plan: The held-out sessions.
+        ref: float (E,) tuned-diverse's returns on ``plan``.
+        picks: Term → float (E,) returns of its pick on ``plan``.
+        boot: The paired test's bootstrap.
+
+    Returns:
+        Run → ``{"return", "vs tuned-diverse": paired test, "vs <term>": paired test, …}``.
+    """
+    from agents.registry import load_run
+
+    out: dict[str, Any] = {}
+    for run in runs:
+        ret = run_episodes(core, load_run(run, n_items=world.n_items), plan).ret
+        row: dict[str, Any] = {"return": float(ret.mean()), "vs tuned-diverse": paired_test(ret, ref, boot)}
+        for name, pick in picks.items():
+            row[f"vs {name}"] = paired_test(ret, pick, boot)
+        out[run] = row
+        print(f"  {run}: {ret.mean():.3f}; " + "; ".join(
+            f"{key} {t['diff']:+.3f} ({t['ci95'][0]:+.3f} to {t['ci95'][1]:+.3f})"
+            for key, t in row.items() if key != "return"))
     return out
 
 

@@ -319,6 +319,10 @@ class EnvConfig:
         obs_mode: ``"pooled"`` (feedback-weighted pool of history embeddings; fast) or ``"text"``
             (a prompt of the recent history encoded by the transformer; slow, for evaluation/serving).
         obs_item_embeddings: Also put the candidates' embeddings (N, D) in the observation (small presets).
+        obs_session_sim: Also put ``session_sim`` (N,) in the observation: each candidate's cosine with the sum of
+            the embeddings of the items clicked so far in this session (0 before the first click). Opt-in, for
+            the policy only: rankers ignore it and ``agents.export`` refuses a policy that reads it (serving does
+            not compute it yet).
         state_decay: Weight kept by the pooled state on each new event.
         click_weight: Pool weight of a clicked item.
         purchase_weight: Extra pool weight of a purchased item.
@@ -355,6 +359,7 @@ class EnvConfig:
     max_steps: int = 50
     obs_mode: Literal["pooled", "text"] = "pooled"
     obs_item_embeddings: bool = False
+    obs_session_sim: bool = False
     state_decay: float = 0.85
     click_weight: float = 1.0
     purchase_weight: float = 1.0
@@ -609,6 +614,9 @@ class EvalConfig:
         tune_episodes: Training-user sessions per grid point of the tuned references' searches in ``train.py``
             (tuned-alpha, tuned-diverse, which is also the policy's start, and tuned-oracle-diverse; the validation
             of a search's best points uses 5× as many). Fewer make the references noisier; tests use few.
+        extra_references: More ranker specs for ``train.py``'s final table, beside its fixed baselines (for example
+            ``tuned-session-diverse``, whose search costs minutes on the default preset: the quality protocols'
+            config lists it, ``make train``'s does not). Checked against the registry before training.
     """
 
     rankers: list[str] = field(
@@ -622,6 +630,7 @@ class EvalConfig:
     batch: int = 256
     out: str = "reports/eval"
     tune_episodes: int = 400
+    extra_references: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         _check(self, ">=1", "episodes", "seeds", "batch", "tune_episodes")

@@ -167,6 +167,9 @@ class BatchedCore:
                                    um.affinity_scale, um.quality_weight, budget_mb=cfg.table_budget_mb,
                                    ann_min_items=cfg.ann_min_items, ann_nprobe=cfg.ann_nprobe)
         self.factored = isinstance(self.tables, FactoredTables)
+        if cfg.obs_session_sim and self.factored:
+            raise ValueError("env.obs_session_sim is not available on the factored path (a catalog whose per-user "
+                             "tables exceed env.table_budget_mb): raise the budget or turn it off")
         self.text_encoder = text_encoder
         self._pos_w = position_weights(self.K, um.position_decay)
         self._category = world.catalog.category
@@ -243,6 +246,9 @@ class BatchedCore:
         self.exposure = np.zeros((b, c), f32)
         self.cat_clicks = np.zeros((b, c), f32)
         self.cand_llm = np.zeros((b, self.N), f32)  # llm_sim of the current candidates (the step reads it)
+        # env.obs_session_sim: per slot, Σ over this session's clicked items of e_clicked · e_slot, and ‖Σ e_clicked‖²
+        self.sess_sim = np.zeros((b, s), f32)
+        self.sess_norm2 = np.zeros(b, f32)
         self.cand_slots = np.zeros((b, self.N), np.int32)
         self.cand_pos = np.zeros((b, self.N), np.int32)
         self.recent = np.full((b, RECENT), -1, np.int64)
@@ -263,6 +269,7 @@ class BatchedCore:
         self.cands = alloc((b, self.N), np.int64)  # catalog ids of the current candidates
         self.obs_features = alloc((b, self.N, len(FEATURE_NAMES)), f32)
         self.obs_context = alloc((b, len(CONTEXT_NAMES)), f32)
+        self.obs_session_sim = alloc((b, self.N if self.cfg.obs_session_sim else 0), f32)
 
     def _bind(self) -> None:
         """(Re)build the tuple of arrays the kernels take from the current attributes."""
@@ -313,6 +320,8 @@ class BatchedCore:
                 copy_slot_emb(rows, self.slot_items, self.world.item_emb, self._slot_emb, self._slot_scale, lo, hi)
 
         split_rows(len(rows), start, self.threads)
+        self.sess_sim[rows] = 0.0
+        self.sess_norm2[rows] = 0.0
 
     def copy_rows(self, src: BatchedCore, src_rows: np.ndarray, dst_rows: np.ndarray,
                   keys: np.ndarray | None = None) -> None:
@@ -350,6 +359,8 @@ class BatchedCore:
                 raise ValueError(f"got {keys.size} keys for {dst_rows.size} rows")
         for name in SessionState._fields:
             getattr(self, name)[dst_rows] = getattr(src, name)[src_rows]
+        self.sess_sim[dst_rows] = src.sess_sim[src_rows]
+        self.sess_norm2[dst_rows] = src.sess_norm2[src_rows]
         if self._slot_emb.shape[0] and src._slot_emb.shape[0]:
             self._slot_emb[dst_rows] = src._slot_emb[src_rows]
             if self._slot_scale.shape[0]:
@@ -402,6 +413,11 @@ class BatchedCore:
                "context": self.obs_context}
         if self.cfg.obs_item_embeddings:
             obs["item_emb"] = self.world.item_emb[self.cands]
+        if self.cfg.obs_session_sim:
+            norm = np.sqrt(self.sess_norm2[idx])
+            sim = self._gather(self.sess_sim, idx, self.cand_slots[idx])  # (r, N)
+            self.obs_session_sim[idx] = np.where(norm[:, None] > 0, sim / np.maximum(norm, 1e-12)[:, None], 0.0)
+            obs["session_sim"] = self.obs_session_sim
         return obs
 
     def prompts(self, rows: np.ndarray | None = None) -> list[str]:
@@ -512,5 +528,32 @@ class BatchedCore:
             step_sessions(slate, self._session, out, self._params, self._pos_w, self._log1p_price,
                           self.world.item_emb, self._gram, use_gram, self._slot_emb, self._slot_scale, lo, hi)
 
+        clicked_slots = np.take_along_axis(self.cand_slots, slate, axis=1) if self.cfg.obs_session_sim else None
         split_rows(b, advance, self.threads)
+        if clicked_slots is not None:
+            self._add_session_clicks(out, clicked_slots)
         return out
+
+    def _add_session_clicks(self, out: StepResult, slate_slots: np.ndarray) -> None:
+        """``env.obs_session_sim``: add each clicked item to its row's session sum (per-slot similarities, norm).
+
+        Args:
+            out: The step's outcome (its ``click_rank`` and ``items``).
+            slate_slots: int (B, K) the slots the slate showed.
+        """
+        rows = np.flatnonzero(out.click_rank >= 0)
+        if rows.size == 0:
+            return
+        rank = out.click_rank[rows]
+        item = out.items[rows, rank]  # (r,) catalog ids
+        slot = slate_slots[rows, rank]  # (r,)
+        if self._use_gram:
+            g = self._gram[item[:, None], self.slot_items[rows]].astype(np.float32)  # (r, S)
+            self_sim = self._gram[item, item].astype(np.float32)
+        else:
+            emb = self.world.item_emb
+            g = np.einsum("rsd,rd->rs", emb[self.slot_items[rows]], emb[item]).astype(np.float32)
+            self_sim = np.einsum("rd,rd->r", emb[item], emb[item]).astype(np.float32)
+        # ‖c + e‖² = ‖c‖² + 2 c·e + e·e, with c·e the clicked slot's similarity before this click
+        self.sess_norm2[rows] += 2.0 * self.sess_sim[rows, slot] + self_sim
+        self.sess_sim[rows] += g

@@ -51,7 +51,7 @@ CONTEXT_NAMES: tuple[str, ...] = (
 
 
 def observation_space(
-    n_items: int, n_candidates: int, dim: int, with_item_embeddings: bool = False
+    n_items: int, n_candidates: int, dim: int, with_item_embeddings: bool = False, with_session_sim: bool = False
 ) -> gym.spaces.Dict:
     """The single-user observation space.
 
@@ -60,9 +60,12 @@ def observation_space(
         n_candidates: N.
         dim: Embedding dimension D.
         with_item_embeddings: Add ``item_emb`` (N, D).
+        with_session_sim: Add ``session_sim`` (N,): each candidate's cosine with this session's clicked items
+            (``env.obs_session_sim``).
 
     Returns:
-        ``Dict(user (D,), candidates (N,) int64, features (N, F), context (C,) [, item_emb (N, D)])``.
+        ``Dict(user (D,), candidates (N,) int64, features (N, F), context (C,) [, item_emb (N, D)]
+        [, session_sim (N,)])``.
     """
     spaces: dict[str, gym.spaces.Space] = {
         "user": gym.spaces.Box(-1.0, 1.0, (dim,), np.float32),
@@ -72,6 +75,8 @@ def observation_space(
     }
     if with_item_embeddings:
         spaces["item_emb"] = gym.spaces.Box(-1.0, 1.0, (n_candidates, dim), np.float32)
+    if with_session_sim:  # a cosine, unbounded in the space only for float rounding's sake
+        spaces["session_sim"] = gym.spaces.Box(-np.inf, np.inf, (n_candidates,), np.float32)
     return gym.spaces.Dict(spaces)
 
 

@@ -55,7 +55,7 @@ from envs.world import World
 
 ALL_SPECS = ["random", "popular", "greedy-llm", "greedy-cf", "fixed-alpha:0.3", "scored", "tuned-alpha",
              "online-alpha:0.5", "strategy-alpha:0.5", "linucb", "linucb:0.5", "diverse:0.7", "tuned-diverse",
-             "oracle", "tuned-oracle-diverse"]
+             "tuned-session-diverse", "oracle", "tuned-oracle-diverse"]
 HIDDEN = ("oracle", "tuned-oracle-diverse")
 #: Tiny grids: the tuned references of the ``ctx`` fixture stay cheap.
 TINY_DIVERSE = {"alpha": (0.5, 1.0), "cap": (1, 2), "exposure_weight": (0.0, 3.0), "seen_weight": (0.5,)}
@@ -324,11 +324,13 @@ def test_term_probe_ranker_is_tuned_diverse_at_zero_and_follows_the_term_when_it
 
 
 def test_session_click_term_follows_this_sessions_clicks_and_forgets_them_at_a_new_session() -> None:
-    """``bench.term_probe``'s session-clicks term: 0 before any click; after a click, the candidates ranked by their
-    cosine with the clicked items' embedding sum; a row whose session restarts forgets, the others keep theirs; the
-    probe's ranker hands it the feedback and the session starts."""
+    """The session-clicks term (``agents.rankers.SessionClicks``, ``bench.term_probe``'s and tuned-session-diverse's): 0
+    before any click; after a click, the candidates ranked by their cosine with the clicked items' embedding sum; a
+    row whose session restarts forgets, the others keep theirs; the probe's ranker hands it the feedback and the
+    session starts."""
     from agents.base import Feedback
-    from bench.term_probe import SessionClickTerm, TermDiverseRanker
+    from agents.rankers import SessionClicks
+    from bench.term_probe import TermDiverseRanker
 
     rng = np.random.default_rng(3)
     m, d, b, n, k = 40, 8, 3, 12, 4
@@ -336,7 +338,7 @@ def test_session_click_term_follows_this_sessions_clicks_and_forgets_them_at_a_n
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
     cands = np.stack([rng.permutation(m)[:n] for _ in range(b)])
     obs = {"candidates": cands}
-    term = SessionClickTerm(emb)
+    term = SessionClicks(emb)
     np.testing.assert_array_equal(term(obs), np.zeros((b, n)))  # nothing clicked yet
     slate = np.tile(np.arange(k), (b, 1))
     clicks = np.zeros((b, k), bool)
@@ -358,7 +360,7 @@ def test_session_click_term_follows_this_sessions_clicks_and_forgets_them_at_a_n
     category = np.arange(m) % 3  # per catalog item
     feats = rng.uniform(0.0, 1.0, (b, n, len(FEATURE_NAMES)))
     base = DiverseRanker(k, 0.6, category, exposure_weight=0.0, seen_weight=0.0, cap=k)
-    ranker = TermDiverseRanker(base, SessionClickTerm(emb), 1e6)
+    ranker = TermDiverseRanker(base, SessionClicks(emb), 1e6)
     full = {**_obs(feats), "candidates": cands}
     ranker.reset(np.arange(b), full)
     ranker.update(full, slate, feedback)
@@ -367,6 +369,42 @@ def test_session_click_term_follows_this_sessions_clicks_and_forgets_them_at_a_n
     np.testing.assert_array_equal(got[0], want0)  # the dominant term decides once the row clicked
     ranker.reset(np.array([0]), full)
     np.testing.assert_array_equal(ranker.act(full)[0], base.act(full)[0])  # forgotten: the heuristic's slate
+
+
+def test_tuned_session_diverse_starts_at_tuned_diverse_and_is_its_heuristic_at_zero_weight(ctx: RankerContext) -> None:
+    """tuned-session-diverse: its search starts at tuned-diverse's point with β = 0 and searches β with the same
+    axes; at β = 0 the ranker's slates are tuned-diverse's, and with a click in the session a large β changes them."""
+    from agents.rankers import SessionDiverseRanker
+    from agents.tuning import session_diverse_ranker
+
+    search = ctx.session_diverse_search()
+    assert search.start == {"session_weight": 0.0, **ctx.diverse_search().best}
+    assert set(search.axes) == {"session_weight", *ctx.diverse_search().axes}
+    assert search.axes["session_weight"][0] == 0.0 and len(search.axes["session_weight"]) > 1
+    core = ctx.core
+    assert core is not None
+    core.reset_rows(np.arange(core.B), np.arange(core.B, dtype=np.uint64) + np.uint64(7))
+    obs = {key: v.copy() for key, v in core.observe().items()}
+    k, cat, emb = core.K, ctx.world.catalog.category, ctx.world.item_emb
+    zero = session_diverse_ranker(k, cat, emb, {**search.start})
+    assert isinstance(zero, SessionDiverseRanker)
+    plain = make_ranker("tuned-diverse", ctx)
+    strong = session_diverse_ranker(k, cat, emb, {**search.start, "session_weight": 50.0})
+    for r in (zero, plain, strong):
+        r.reset(np.arange(core.B), obs)
+    slate = plain.act(obs)
+    np.testing.assert_array_equal(zero.act(obs), slate)
+    np.testing.assert_array_equal(strong.act(obs), slate)  # nothing clicked yet: the term is 0
+    res = core.step(slate)
+    feedback = Feedback.from_step(res)
+    for r in (zero, strong):
+        r.update(obs, slate, feedback)
+    clicked = np.flatnonzero(res.click_rank >= 0)
+    assert clicked.size > 0
+    np.testing.assert_array_equal(zero.act(obs), slate)
+    moved = strong.act(obs)
+    assert (moved[clicked] != slate[clicked]).any(axis=1).mean() > 0.5
+    np.testing.assert_array_equal(moved[res.click_rank < 0], slate[res.click_rank < 0])
 
 
 def test_cap_probe_variants_reduce_to_the_heuristic_and_do_what_they_say() -> None:
@@ -441,6 +479,10 @@ def test_term_probe_retune_refuses_a_term_it_cannot_search(capsys: pytest.Captur
         main(["--betas", "0,1"])
     err = capsys.readouterr().err
     assert "--betas" in err and "without --retune" in err
+    with pytest.raises(SystemExit):  # a run to compare with must exist, before any world is loaded
+        main(["--retune", "--terms", "session-clicks", "--runs", "no/such/run"])
+    err = capsys.readouterr().err
+    assert "--runs" in err and "no/such/run" in err
 
 
 def test_term_probe_retune_starts_at_tuned_diverse_and_reads_the_searched_core(small_world: World,

@@ -264,3 +264,43 @@ def test_kernel_threads_work_in_a_forked_child(small_cfg: EnvConfig, small_world
             pytest.fail("the forked child did not finish its rollout within 60 s")
         time.sleep(0.05)
     assert os.read(read, 1) == b"1"
+
+
+@pytest.mark.parametrize("gram_budget_mb", [64, 0])  # the item Gram matrix, or the embeddings
+def test_session_sim_is_the_cosine_with_this_sessions_clicks(small_cfg: EnvConfig, small_world: World,
+                                                             gram_budget_mb: int) -> None:
+    """``env.obs_session_sim``: ``session_sim`` is each candidate's cosine with the sum of the embeddings of the
+    items clicked so far in the row's session (0 before any click), recomputed here from the catalog's embeddings;
+    it starts over with a row's new session and travels with ``copy_rows``. Off (the default): no such key, and the
+    rest of the observation is the same either way."""
+    off = dataclasses.replace(small_cfg, gram_budget_mb=gram_budget_mb)
+    on = dataclasses.replace(off, obs_session_sim=True)
+    core, plain = make_core(on, small_world, b=32), make_core(off, small_world, b=32)
+    emb = small_world.item_emb.astype(np.float64)
+    clicked: list[list[int]] = [[] for _ in range(32)]
+    obs, ref = core.observe(), plain.observe()
+    assert "session_sim" not in ref and (obs["session_sim"] == 0.0).all()
+    any_clicks = 0
+    for _ in range(6):
+        np.testing.assert_array_equal(obs["features"], ref["features"])
+        slate = greedy(obs, core.K)
+        res, _ = core.step(slate), plain.step(slate)
+        for row in np.flatnonzero(res.click_rank >= 0):
+            clicked[row].append(int(res.items[row, res.click_rank[row]]))
+            any_clicks += 1
+        done = np.flatnonzero(res.terminated | res.truncated)
+        for c in (core, plain):
+            c.reset_rows(done, done.astype(np.uint64) + np.uint64(5000))
+        for row in done:
+            clicked[row] = []
+        obs, ref = core.observe(), plain.observe()
+        for row in range(32):
+            c = emb[clicked[row]].sum(axis=0) if clicked[row] else np.zeros(emb.shape[1])
+            norm = np.linalg.norm(c)
+            want = emb[obs["candidates"][row]] @ (c / norm) if norm > 0 else np.zeros(core.N)
+            np.testing.assert_allclose(obs["session_sim"][row], want, atol=2e-5)
+    assert any_clicks > 10
+    copy = make_core(on, small_world, b=4)
+    copy.copy_rows(core, np.array([3, 7, 11, 20]), np.arange(4))
+    np.testing.assert_array_equal(copy.sess_sim, core.sess_sim[[3, 7, 11, 20]])
+    np.testing.assert_array_equal(copy.sess_norm2, core.sess_norm2[[3, 7, 11, 20]])

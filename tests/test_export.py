@@ -92,6 +92,27 @@ def test_export_with_standardised_gate(tmp_path: Path, small_world: World) -> No
     assert m["parity"]["slates_equal_up_to_ties"] == m["parity"]["observations"] == 32
 
 
+def test_a_policy_reading_session_sim_trains_evaluates_and_is_refused_by_export(tmp_path: Path,
+                                                                                 small_world: World) -> None:
+    """``env.obs_session_sim``: PPO trains on it (the key reaches the policy through the SB3 adapter), the run's
+    ranker plays sessions of a core that has it, and export refuses it by name (serving does not compute it)."""
+    from agents.evaluation import episode_plan, run_episodes
+    from agents.registry import load_run
+    from configs.loader import load_config
+    from envs.core import BatchedCore
+
+    run = make_run_dir(tmp_path, small_world, steps=64, session_sim=True)
+    ranker = load_run(str(run))
+    assert ranker.policy.session_weight is not None  # type: ignore[attr-defined]
+    cfg = load_config(run / "config.yaml")
+    assert cfg.env.obs_session_sim
+    core = BatchedCore(small_world, cfg.env, 16, "heldout")
+    stats = run_episodes(core, ranker, episode_plan(16, [0], small_world.populations["heldout"].size))
+    assert np.isfinite(stats.ret).all() and stats.ret.shape == (16,)
+    with pytest.raises(ValueError, match="session_sim"):
+        export_run(run, "onnx", world=small_world, parity_envs=8, parity_steps=4)
+
+
 def test_export_cli_and_errors(tmp_path: Path, run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The CLI loads the world from the run's config (the cache the fixture filled) and reports parity."""
     assert main([str(run_dir), "--format", "onnx", "--out", str(tmp_path / "cli"), "--parity-envs", "4",

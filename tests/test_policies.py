@@ -20,6 +20,7 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 from agents.policies import SlatePolicy
+from agents.policy_ops import standardise_rows
 from envs.spaces import F_CAT_CLICKS, F_CF, F_ITEM_SEEN, F_LLM, FEATURE_NAMES, action_space, observation_space
 
 N_ITEMS, N_CAND, DIM, K = 50, 8, 16, 3
@@ -50,6 +51,8 @@ def _fake_obs(
         obs["item_emb"] = (emb / np.linalg.norm(emb, axis=-1, keepdims=True)).astype(np.float32)
     if "mask" in obs:
         obs["mask"] = np.ones_like(obs["mask"])
+    if "session_sim" in obs:
+        obs["session_sim"] = rng.uniform(-1.0, 1.0, obs["session_sim"].shape).astype(np.float32)
     return obs
 
 
@@ -181,15 +184,19 @@ def test_evaluate_actions_agrees_with_get_distribution(share_state_net: bool) ->
     assert all(p.grad is not None for p in policy.residual_net.parameters())
 
 
-@pytest.mark.parametrize("extras", [{}, {"item_emb": True}, {"use_item_table": True}])
+@pytest.mark.parametrize("extras", [{}, {"item_emb": True}, {"use_item_table": True}, {"session_sim": True}])
 def test_policy_is_permutation_equivariant(extras: dict[str, bool]) -> None:
     th.manual_seed(0)
-    space = observation_space(N_ITEMS, N_CAND, DIM, with_item_embeddings=bool(extras.get("item_emb")))
+    space = observation_space(N_ITEMS, N_CAND, DIM, with_item_embeddings=bool(extras.get("item_emb")),
+                              with_session_sim=bool(extras.get("session_sim")))
     policy = _policy(space, residual_init_scale=1.0, use_item_table=bool(extras.get("use_item_table")))
+    if policy.session_weight is not None:
+        with th.no_grad():
+            policy.session_weight.fill_(0.7)
     obs = _fake_obs(space, 16, seed=2)
     perm = np.random.default_rng(3).permutation(N_CAND)
     permuted = dict(obs)
-    for key in ("candidates", "features", "item_emb"):
+    for key in ("candidates", "features", "item_emb", "session_sim"):
         if key in obs:
             permuted[key] = obs[key][:, perm]
     with th.no_grad():
@@ -648,3 +655,32 @@ def test_score_parts_sum_to_the_logits(base: str, inv_t: float, extras: dict[str
         llm = alpha * (sig_llm - sig_llm.mean(-1, keepdim=True)) / sd * inv_t
         np.testing.assert_allclose(parts["llm"].numpy(), llm.numpy(), rtol=1e-4, atol=1e-4)
     assert bool((parts["residual"].abs() > 1e-3).any())  # the perturbed residual takes part
+
+
+def test_session_sim_input_starts_silent_then_steers_the_logits_and_round_trips() -> None:
+    """A policy over an observation with ``session_sim`` (``env.obs_session_sim``): with a zero residual its
+    logits are those of the same policy without it (the direct weight starts at 0); the weight then adds
+    ``w·z(session_sim)``; gradients reach it; it survives a save / load."""
+    from agents.ppo_ranker import build_policy, policy_settings
+
+    plain_space = observation_space(N_ITEMS, N_CAND, DIM)
+    space = observation_space(N_ITEMS, N_CAND, DIM, with_session_sim=True)
+    kwargs: dict[str, Any] = dict(residual_init_scale=0.0, item_category=np.arange(N_ITEMS) % 3)
+    th.manual_seed(1)
+    policy = _policy(space, **kwargs)
+    th.manual_seed(1)
+    plain = _policy(plain_space, **kwargs)
+    assert policy.session_weight is not None and plain.session_weight is None
+    obs = _fake_obs(space, 32, seed=6)
+    plain_obs = {k: v for k, v in obs.items() if k != "session_sim"}
+    with th.no_grad():
+        base = policy.candidate_logits(obs)
+        np.testing.assert_allclose(base.numpy(), plain.candidate_logits(plain_obs).numpy(), atol=1e-6)
+        policy.session_weight.fill_(2.0)
+        moved = policy.candidate_logits(obs)
+    z = standardise_rows(th.as_tensor(obs["session_sim"]))
+    np.testing.assert_allclose((moved - base).numpy(), (2.0 * z).numpy(), atol=1e-5)
+    policy.candidate_logits(obs).sum().backward()
+    assert policy.session_weight.grad is not None and policy.session_weight.grad.abs() > 0
+    loaded = build_policy(policy_settings(policy), dict(policy.state_dict()))
+    assert loaded.session_weight is not None and float(loaded.session_weight.detach()) == 2.0

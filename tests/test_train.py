@@ -23,7 +23,8 @@ def cache(tmp_path: Path, runs_cache: Path, monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_smoke_run_writes_a_run_directory_that_evaluate_loads(cache: Path) -> None:
-    summary = train.main(tiny_args(cache / "runs", "smoke", 1024))
+    summary = train.main([*tiny_args(cache / "runs", "smoke", 1024), "--set",
+                          "eval.extra_references=[tuned-session-diverse]"])
     run = Path(summary["run_dir"])
     for name in ("config.yaml", "versions.json", "model.zip", "policy.safetensors", "policy.json", "summary.json",
                  "eval.jsonl", "report/results.json", "report/plots/alpha.png"):
@@ -34,6 +35,7 @@ def test_smoke_run_writes_a_run_directory_that_evaluate_loads(cache: Path) -> No
     assert any((run / "tb").rglob("events.out.tfevents.*"))
     saved = json.loads((run / "summary.json").read_text())
     assert saved["total_timesteps"] >= 1024 and "ppo" in saved["heldout"] and "tuned-alpha" in saved["heldout"]
+    assert "tuned-session-diverse" in saved["heldout"]  # eval.extra_references: a row of the table, a candidate below
     best = saved["best_hand_written_heldout"]  # the best non-hidden, non-PPO ranker on these sessions
     hand = {n: v["mean"] for n, v in saved["heldout"].items() if n not in ("ppo", "oracle", "tuned-oracle-diverse")}
     assert hand[best["name"]] == max(hand.values()) and best["return"] == pytest.approx(hand[best["name"]])
@@ -72,6 +74,10 @@ def test_bad_config_is_a_clear_error(cache: Path, capsys: pytest.CaptureFixture[
         train.main(["--config", str(SMOKE), "--set", "train.ppo.n_epochz=2", "--out", str(cache)])
     with pytest.raises(SystemExit, match="not a run directory"):
         train.main(["--resume", str(cache / "nowhere")])
+    for bad, why in (("[nope]", "valid choices"), ("[run:x]", "not a hand-written reference"),
+                     ("[tuned-diverse]", "already a row"), ("[tuned-diverse@0.5]", "not a hand-written")):
+        with pytest.raises(SystemExit, match=f"eval.extra_references: .*{why}"):
+            train.main(["--config", str(SMOKE), "--set", f"eval.extra_references={bad}", "--out", str(cache)])
 
 
 def test_policy_kwargs_of_the_diverse_base_are_tuned_diverses_parameters(small_world) -> None:
