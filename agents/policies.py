@@ -125,6 +125,9 @@ class SlatePolicy(ActorCriticPolicy):
             sd_cf`` over the request's candidates (:func:`agents.rankers.click_lean`), the feedback-adaptive α of
             the diversity heuristic (``DiverseRanker(lean_weight=w)``), so that a policy on that heuristic starts at
             its slates. Needs ``gate="standardised"``.
+        session_base_weight: β of tuned-session-diverse in the diverse base: ``z(z(blend) + β·z(session_sim))``
+            replaces ``z(blend)``, so a policy over an observation with ``session_sim`` (``env.obs_session_sim``)
+            starts at that heuristic's slates (0: the plain diverse base). Needs ``base="diverse"``.
         lean_gate_only: The two clicked-signal EMAs (``clicked_llm_ema``, ``clicked_cf_ema``: which signal the user's
             clicks lean to) reach the actor only through the gate's direct context path: they are zeroed in the
             input of the shared state net, so the residual, the gate's MLP path and the repulsion cannot read them
@@ -167,6 +170,7 @@ class SlatePolicy(ActorCriticPolicy):
         gate_only_signals: bool = False,
         lean_gate_only: bool = False,
         gate_lean: float | None = None,
+        session_base_weight: float = 0.0,
         activation_fn: type[nn.Module] = nn.Tanh,
         ortho_init: bool = True,
         use_sde: bool = False,
@@ -233,6 +237,11 @@ class SlatePolicy(ActorCriticPolicy):
             raise ValueError(f"gate_lean must be a finite number and goes with gate='standardised', got {gate_lean} "
                              f"with gate={gate!r}")
         self.gate_lean = None if gate_lean is None else float(gate_lean)
+        if session_base_weight != 0.0 and (base != "diverse" or "session_sim" not in observation_space.spaces
+                                           or not math.isfinite(session_base_weight)):
+            raise ValueError(f"session_base_weight ({session_base_weight}) goes with base='diverse' and an observation "
+                             "with session_sim (env.obs_session_sim)")
+        self.session_base_weight = float(session_base_weight)
         n_feat = int(observation_space["features"].shape[1])
         if base_weights is not None:
             if base != "diverse":
@@ -388,6 +397,7 @@ class SlatePolicy(ActorCriticPolicy):
             gate_only_signals=self.gate_only_signals,
             lean_gate_only=self.lean_gate_only,
             gate_lean=self.gate_lean,
+            session_base_weight=self.session_base_weight,
             activation_fn=self.activation_fn,
             ortho_init=self.ortho_init,
             optimizer_class=self.optimizer_class,
@@ -458,9 +468,15 @@ class SlatePolicy(ActorCriticPolicy):
         a = alpha.unsqueeze(-1)
         blend = a * sig_llm + (1.0 - a) * sig_cf
         penalty: th.Tensor | None = None
+        session_scale: th.Tensor | None = None  # (B, 1) the base's re-standardisation with the session term
         if self.base == "diverse":
             penalty = features @ self.base_weights
             z = standardise_rows(blend)
+            if self.session_base_weight != 0.0:  # tuned-session-diverse's z(z(blend) + β·z(session_sim))
+                zs = z + self.session_base_weight * cand[..., -1]
+                session_scale = 1.0 / ((zs - zs.mean(dim=-1, keepdim=True)).square().mean(dim=-1, keepdim=True)
+                                       .sqrt() + 1e-9)
+                z = standardise_rows(zs)
         seen = features if self.residual_feature_mask is None else features * self.residual_feature_mask
         residual = self._residual(cand, h) + self.feature_linear(seen).squeeze(-1)  # (B, N)
         if self.session_weight is not None:
@@ -484,7 +500,11 @@ class SlatePolicy(ActorCriticPolicy):
             llm_w = (llm_w - llm_w.mean(dim=-1, keepdim=True)) / denom
             cf_w = (cf_w - cf_w.mean(dim=-1, keepdim=True)) / denom
             diversity = penalty * inv_t
-        parts = th.stack([llm_w * inv_t, cf_w * inv_t, diversity, residual, logits - raw], dim=-1)
+        learned = residual
+        if session_scale is not None:  # z = (z(blend) + β·z(session_sim))·scale: the session term joins the residual
+            llm_w, cf_w = llm_w * session_scale, cf_w * session_scale
+            learned = residual + self.session_base_weight * cand[..., -1] * session_scale * inv_t
+        parts = th.stack([llm_w * inv_t, cf_w * inv_t, diversity, learned, logits - raw], dim=-1)
         return logits, alpha, h, parts
 
     def _state(self, state_in: th.Tensor) -> th.Tensor:

@@ -113,7 +113,8 @@ def policy_kwargs(cfg: Config, init_alpha: float, world: World,
         init_alpha: tuned-alpha's α (the start of a ``"blend"`` policy unless ``policy.init_alpha`` is set).
         world: The world (item categories).
         diverse: ``tuned-diverse``'s parameters ``{alpha, cap, exposure_weight, seen_weight}``; required for
-            ``policy.base = "diverse"``, whose start they are (α, the fixed penalties, the category cap).
+            ``policy.base = "diverse"``, whose start they are (α, the fixed penalties, the category cap). With
+            ``env.obs_session_sim``, tuned-session-diverse's (the same and ``session_weight``).
     """
     pc = cfg.train.policy
     extra: dict[str, Any] = {}
@@ -133,6 +134,8 @@ def policy_kwargs(cfg: Config, init_alpha: float, world: World,
         extra = dict(base="diverse", base_weights=weights.tolist(),
                      category_cap=cap if cap < cfg.env.slate_size else None, gate=gate,
                      gate_lean=lean if lean != 0.0 else None)
+        if cfg.env.obs_session_sim:  # the start is tuned-session-diverse: its β on z(session_sim) too
+            extra["session_base_weight"] = float(diverse["session_weight"])
     alpha0 = pc.init_alpha if pc.init_alpha is not None else init_alpha
     return dict(hidden=pc.hidden, candidate_hidden=pc.candidate_hidden, n_layers=pc.n_layers,
                 temperature=pc.temperature, init_alpha=float(np.clip(alpha0, 0.02, 0.98)),
@@ -264,6 +267,12 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False, progre
         say(f"tuned-diverse on training users: {diverse.best} ({kept}; validation sessions: "
             f"{max(diverse.validation_means):.2f} against the start's {diverse.validation_means[0]:.2f}; "
             f"{time.perf_counter() - t0:.0f}s)")
+        if cfg.env.obs_session_sim:  # the observation has session_sim: start at the heuristic that reads it
+            t0 = time.perf_counter()
+            diverse = tuning.session_diverse_search()
+            say(f"tuned-session-diverse on training users: {diverse.best} (validation sessions: "
+                f"{max(diverse.validation_means):.2f} against tuned-diverse's {diverse.validation_means[0]:.2f}; "
+                f"{time.perf_counter() - t0:.0f}s)")
 
     kwargs = policy_kwargs(cfg, curve.best_alpha, world, None if diverse is None else diverse.best)
     venv: SB3VecEnv | VecNormalize = make_train_env(cfg, world, kwargs)

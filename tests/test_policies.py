@@ -684,3 +684,34 @@ def test_session_sim_input_starts_silent_then_steers_the_logits_and_round_trips(
     assert policy.session_weight.grad is not None and policy.session_weight.grad.abs() > 0
     loaded = build_policy(policy_settings(policy), dict(policy.state_dict()))
     assert loaded.session_weight is not None and float(loaded.session_weight.detach()) == 2.0
+
+
+def test_session_base_starts_at_tuned_session_diverse_and_its_parts_sum_to_the_logits() -> None:
+    """``session_base_weight`` β: the diverse base becomes ``z(z(blend) + β·z(session_sim))``, so with a zero
+    residual the policy's mode is tuned-session-diverse's slate (the heuristic reading the same column) on every
+    row; the score parts still sum to the logits; β without the diverse base or without the column is refused."""
+    from agents.rankers import DiverseRanker, z_rows
+    from bench.term_probe import TermDiverseRanker
+    from envs.spaces import F_CAT_EXPOSURE
+
+    space = observation_space(N_ITEMS, N_CAND, DIM, with_session_sim=True)
+    categories = np.arange(N_ITEMS) % 3
+    weights = np.zeros(len(FEATURE_NAMES))
+    weights[F_CAT_EXPOSURE], weights[F_ITEM_SEEN] = -1.0, -0.5
+    policy = _policy(space, base="diverse", base_weights=weights.tolist(), category_cap=2, item_category=categories,
+                     init_alpha=0.8, residual_init_scale=0.0, repulsion_init=1e-6, session_base_weight=0.7)
+    obs = _fake_obs(space, 128, seed=9)
+    base = DiverseRanker(K, 0.8, categories, exposure_weight=1.0, seen_weight=0.5, cap=2)
+    heuristic = TermDiverseRanker(base, lambda o: z_rows(o["session_sim"]), 0.7).act(obs)
+    with th.no_grad():
+        mode = policy.get_distribution(_tensor(policy, obs)).mode().numpy()
+        parts = policy.score_parts_tensor(_tensor(policy, obs))
+        logits = policy.candidate_logits(obs)
+    np.testing.assert_array_equal(mode, heuristic)
+    assert (base.act(obs) != heuristic).any(axis=1).mean() > 0.3  # the session term moves the slates
+    np.testing.assert_allclose(parts.sum(dim=-1).numpy(), logits.numpy(), atol=1e-4)
+    with pytest.raises(ValueError, match="session_base_weight"):
+        _policy(observation_space(N_ITEMS, N_CAND, DIM), base="diverse", base_weights=weights.tolist(),
+                session_base_weight=0.7)
+    with pytest.raises(ValueError, match="session_base_weight"):
+        _policy(space, session_base_weight=0.7)
