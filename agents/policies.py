@@ -431,6 +431,9 @@ class SlatePolicy(ActorCriticPolicy):
         if self.item_table is not None:
             parts.append(self.item_table(catalog_ids(obs["candidates"], self.item_table.num_embeddings)))
         if self.session_weight is not None:  # last: _actor_parts reads it back as cand[..., -1]
+            if "session_sim" not in obs:
+                raise ValueError("this policy reads obs['session_sim'] (it was trained with env.obs_session_sim): "
+                                 "play it on an env with env.obs_session_sim=true")
             parts.append(standardise_rows(obs["session_sim"]).unsqueeze(-1))
         cand = th.cat(parts, dim=-1) if len(parts) > 1 else parts[0]  # (B, N, X)
         mask = obs["mask"] > 0.5 if "mask" in obs else None

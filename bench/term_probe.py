@@ -44,6 +44,7 @@ learner on the same users.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -464,8 +465,16 @@ def compare_runs(runs: list[str], core: BatchedCore, world: World, plan: Episode
     from agents.registry import load_run
 
     out: dict[str, Any] = {}
+    flagged: BatchedCore | None = None  # the same sessions with obs["session_sim"], for policies that read it
     for run in runs:
-        ret = run_episodes(core, load_run(run, n_items=world.n_items), plan).ret
+        ranker = load_run(run, n_items=world.n_items)
+        play = core
+        if getattr(getattr(ranker, "policy", None), "reads_session_sim", False) and not core.cfg.obs_session_sim:
+            if flagged is None:  # the column changes no draw: the sessions are the same ones
+                flagged = BatchedCore(world, dataclasses.replace(core.cfg, obs_session_sim=True), core.B,
+                                      core.population)
+            play = flagged
+        ret = run_episodes(play, ranker, plan).ret
         row: dict[str, Any] = {"return": float(ret.mean()), "vs tuned-diverse": paired_test(ret, ref, boot)}
         for name, pick in picks.items():
             row[f"vs {name}"] = paired_test(ret, pick, boot)

@@ -6,6 +6,7 @@ The fixtures (a tiny run directory and its exports, ``make_run_dir``) are in ``t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -109,6 +110,9 @@ def test_a_policy_reading_session_sim_trains_evaluates_and_is_refused_by_export(
     core = BatchedCore(small_world, cfg.env, 16, "heldout")
     stats = run_episodes(core, ranker, episode_plan(16, [0], small_world.populations["heldout"].size))
     assert np.isfinite(stats.ret).all() and stats.ret.shape == (16,)
+    plain = BatchedCore(small_world, dataclasses.replace(cfg.env, obs_session_sim=False), 16, "heldout")
+    with pytest.raises(ValueError, match=r"env\.obs_session_sim=true"):  # no column: said, not a KeyError
+        run_episodes(plain, ranker, episode_plan(16, [0], small_world.populations["heldout"].size))
     with pytest.raises(ValueError, match="session_sim"):
         export_run(run, "onnx", world=small_world, parity_envs=8, parity_steps=4)
 
