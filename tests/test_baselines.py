@@ -375,10 +375,12 @@ def test_tuned_session_diverse_starts_at_tuned_diverse_and_is_its_heuristic_at_z
     """tuned-session-diverse: its search starts at tuned-diverse's point with β = 0 and searches β with the same
     axes; at β = 0 the ranker's slates are tuned-diverse's, and with a click in the session a large β changes them."""
     from agents.rankers import SessionDiverseRanker
-    from agents.tuning import session_diverse_ranker
+    from agents.tuning import SESSION_DIVERSE_RULE, session_diverse_ranker
 
     search = ctx.session_diverse_search()
     assert search.start == {"session_weight": 0.0, **ctx.diverse_search().best}
+    rule = {n: float(v) for n, v in SESSION_DIVERSE_RULE.items()}
+    assert rule in search.validation_points  # the hand-set rule meets the validation sessions, whatever the search did
     assert set(search.axes) == {"session_weight", *ctx.diverse_search().axes}
     assert search.axes["session_weight"][0] == 0.0 and len(search.axes["session_weight"]) > 1
     core = ctx.core
