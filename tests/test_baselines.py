@@ -804,3 +804,15 @@ def test_the_stable_import_path_re_exports_the_new_homes() -> None:
     for name in baselines.__all__:
         assert any(getattr(m, name, None) is getattr(baselines, name) for m in homes) or name.startswith("_"), name
     assert baselines._examined is agents.fitting.examined_slots and baselines._TUNE_SEED == agents.tuning.TUNE_SEED
+
+
+def test_reference_check_refuses_bad_arguments_by_name(capsys: pytest.CaptureFixture[str]) -> None:
+    """``bench.reference_check``: a run among the references, an unknown spec, a missing run directory or too few
+    sessions are refused, naming what is wrong, before any world is loaded."""
+    from bench.reference_check import main
+
+    for argv, why in ((["--rankers", "run:x"], "pass runs with --runs"), (["--rankers", "nope"], "valid choices"),
+                      (["--runs", "no/such/run"], "no/such/run"), (["--episodes", "1"], "--episodes")):
+        with pytest.raises(SystemExit):
+            main(argv)
+        assert why in capsys.readouterr().err

@@ -1,0 +1,91 @@
+"""Trained runs against registry references on one training seed's held-out sessions, with that seed's tuning.
+
+``python -m bench.reference_check --preset default --seed 1 --rankers tuned-diverse,tuned-session-diverse --runs
+runs/protocol10/p10-default-s1,runs/protocol14/p14-default-s1`` builds the references as ``train.py`` with
+``train.seed=1`` does (its cached searches: the same tuning sessions, the same picks), plays them and the runs on
+``--episodes`` held-out sessions of evaluation seed ``--seed`` (every ranker meets the same sessions), and prints each
+ranker's return, each reference paired with the first one, and each run paired with each reference (95% bootstrap
+intervals over the sessions). Session 17 used it to play ``tuned-session-diverse`` against the PPO runs of every
+seed. The last printed line is a JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from agents.evaluation import episode_plan, run_episodes
+from agents.final_report import tuning_context
+from agents.registry import load_run, make_ranker, parse_spec
+from agents.report import Bootstrap, paired_test
+from configs.loader import resolve_config
+from configs.schema import ConfigError
+from envs.factory import make_core
+from envs.presets import load_world
+
+
+def _fmt(t: dict[str, Any]) -> str:
+    return f"{t['diff']:+.3f} ({t['ci95'][0]:+.3f} to {t['ci95'][1]:+.3f})"
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the check; print the table and the JSON summary (last line)."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="default")
+    ap.add_argument("--config", default=None, help="config file (its env and eval settings)")
+    ap.add_argument("--seed", type=int, default=0, help="training seed of the tuning, and evaluation seed")
+    ap.add_argument("--rankers", default="tuned-diverse,tuned-session-diverse",
+                    help="comma-separated registry specs (not run:DIR); the first is the others' reference")
+    ap.add_argument("--runs", default="", help="comma-separated trained run directories")
+    ap.add_argument("--episodes", type=int, default=2000, help="held-out sessions")
+    ap.add_argument("--batch", type=int, default=500)
+    args = ap.parse_args(argv)
+    specs = [r.strip() for r in args.rankers.split(",") if r.strip()]
+    runs = [r.strip() for r in args.runs.split(",") if r.strip()]
+    if not specs:
+        ap.error("--rankers: give at least one registry spec")
+    for spec in specs:
+        try:
+            name, _ = parse_spec(spec)
+        except ValueError as exc:
+            ap.error(f"--rankers: {exc}")
+        if name == "run":
+            ap.error(f"--rankers: {spec!r} is a run; pass runs with --runs")
+    missing = [r for r in runs if not Path(r).is_dir()]
+    if missing:
+        ap.error(f"--runs: no such run directory: {', '.join(missing)}")
+    if args.episodes < 2 or args.batch < 1:
+        ap.error(f"--episodes must be >= 2 and --batch >= 1, got {args.episodes} and {args.batch}")
+    try:
+        cfg = resolve_config(args.config, args.preset, [f"train.seed={args.seed}"])
+    except ConfigError as exc:
+        ap.error(str(exc))
+    world = load_world(cfg.env, cfg.encoder)
+    core = make_core(cfg.env, cfg.env.preset, cfg.encoder, world, "heldout", args.batch)
+    plan = episode_plan(args.episodes, [args.seed], world.populations["heldout"].size)
+    ctx = tuning_context(cfg, world, core, progress=False)  # train.py's references for this seed (cached searches)
+    boot = Bootstrap(len(plan), 1000, args.seed)
+    rets = {spec: run_episodes(core, make_ranker(spec, ctx), plan).ret for spec in specs}
+    out: dict[str, Any] = {"preset": args.preset, "seed": args.seed, "episodes": len(plan),
+                           "rankers": {s: float(r.mean()) for s, r in rets.items()}, "references": {}, "runs": {}}
+    first = specs[0]
+    for spec in specs:
+        search = getattr(make_ranker(spec, ctx), "search", None)
+        line = f"{spec}: {rets[spec].mean():.3f}" + (f" (pick {search.best})" if search is not None else "")
+        if spec != first:
+            out["references"][spec] = paired_test(rets[spec], rets[first], boot)
+            line += f"; − {first} {_fmt(out['references'][spec])}"
+        print(line, flush=True)
+    for run in runs:
+        ret = run_episodes(core, load_run(run, n_items=world.n_items), plan).ret
+        row = {"return": float(ret.mean()), **{f"vs {s}": paired_test(ret, r, boot) for s, r in rets.items()}}
+        out["runs"][run] = row
+        print(f"{run}: {ret.mean():.3f}; " + "; ".join(f"− {s} {_fmt(row[f'vs {s}'])}" for s in specs), flush=True)
+    print(json.dumps(out))
+    return out
+
+
+if __name__ == "__main__":
+    main()
