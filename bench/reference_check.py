@@ -16,18 +16,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from agents.evaluation import episode_plan, run_episodes
-from agents.final_report import tuning_context
-from agents.registry import load_run, make_ranker, parse_spec
+from agents.evaluation import run_episodes
+from agents.registry import make_ranker, parse_spec
 from agents.report import Bootstrap, paired_test
-from configs.loader import resolve_config
+from bench.term_probe import compare_runs, heldout_setup
 from configs.schema import ConfigError
-from envs.factory import make_core
-from envs.presets import load_world
-
-
-def _fmt(t: dict[str, Any]) -> str:
-    return f"{t['diff']:+.3f} ({t['ci95'][0]:+.3f} to {t['ci95'][1]:+.3f})"
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -59,30 +52,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.episodes < 2 or args.batch < 1:
         ap.error(f"--episodes must be >= 2 and --batch >= 1, got {args.episodes} and {args.batch}")
     try:
-        cfg = resolve_config(args.config, args.preset, [f"train.seed={args.seed}"])
+        _, world, core, plan, ctx = heldout_setup(args.config, args.preset, args.seed, args.episodes, args.batch)
     except ConfigError as exc:
         ap.error(str(exc))
-    world = load_world(cfg.env, cfg.encoder)
-    core = make_core(cfg.env, cfg.env.preset, cfg.encoder, world, "heldout", args.batch)
-    plan = episode_plan(args.episodes, [args.seed], world.populations["heldout"].size)
-    ctx = tuning_context(cfg, world, core, progress=False)  # train.py's references for this seed (cached searches)
     boot = Bootstrap(len(plan), 1000, args.seed)
-    rets = {spec: run_episodes(core, make_ranker(spec, ctx), plan).ret for spec in specs}
+    rankers = {spec: make_ranker(spec, ctx) for spec in specs}
+    rets = {spec: run_episodes(core, r, plan).ret for spec, r in rankers.items()}
     out: dict[str, Any] = {"preset": args.preset, "seed": args.seed, "episodes": len(plan),
-                           "rankers": {s: float(r.mean()) for s, r in rets.items()}, "references": {}, "runs": {}}
+                           "rankers": {s: float(r.mean()) for s, r in rets.items()}, "references": {}}
     first = specs[0]
-    for spec in specs:
-        search = getattr(make_ranker(spec, ctx), "search", None)
+    for spec, ranker in rankers.items():
+        search = getattr(ranker, "search", None)
         line = f"{spec}: {rets[spec].mean():.3f}" + (f" (pick {search.best})" if search is not None else "")
         if spec != first:
             out["references"][spec] = paired_test(rets[spec], rets[first], boot)
-            line += f"; − {first} {_fmt(out['references'][spec])}"
+            t = out["references"][spec]
+            line += f"; − {first} {t['diff']:+.3f} ({t['ci95'][0]:+.3f} to {t['ci95'][1]:+.3f})"
         print(line, flush=True)
-    for run in runs:
-        ret = run_episodes(core, load_run(run, n_items=world.n_items), plan).ret
-        row = {"return": float(ret.mean()), **{f"vs {s}": paired_test(ret, r, boot) for s, r in rets.items()}}
-        out["runs"][run] = row
-        print(f"{run}: {ret.mean():.3f}; " + "; ".join(f"− {s} {_fmt(row[f'vs {s}'])}" for s in specs), flush=True)
+    out["runs"] = compare_runs(runs, core, world, plan, rets, boot)
     print(json.dumps(out))
     return out
 

@@ -56,6 +56,7 @@ from agents.base import Feedback, Ranker
 from agents.evaluation import EpisodePlan, episode_plan, run_episodes
 from agents.final_report import tuning_context
 from agents.rankers import DiverseRanker, SessionClicks, z_rows
+from agents.registry import RankerContext, load_run
 from agents.report import Bootstrap, paired_test
 from agents.tuning import (
     DIVERSE_GRID,
@@ -394,13 +395,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if missing:
         ap.error(f"--runs: no such run directory: {', '.join(missing)}")
     try:
-        cfg = resolve_config(args.config, args.preset, [f"train.seed={args.seed}"])
+        cfg, world, core, plan, ctx = heldout_setup(args.config, args.preset, args.seed, args.episodes, args.batch)
     except ConfigError as exc:
         ap.error(str(exc))
-    world = load_world(cfg.env, cfg.encoder)
-    core = make_core(cfg.env, cfg.env.preset, cfg.encoder, world, "heldout", args.batch)
-    plan = episode_plan(args.episodes, [args.seed], world.populations["heldout"].size)
-    ctx = tuning_context(cfg, world, core, progress=False)  # a run's references: train.py's cached search
     point = ctx.diverse_search().best
     base = diverse_ranker(cfg.env.slate_size, world.catalog.category, point, name="tuned-diverse")
     ref = run_episodes(core, base, plan).ret
@@ -413,7 +410,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.retune:
         out["terms"] = retune_terms(names, cfg, world, core, plan, base, point, ref, boot, args.tune_episodes,
                                     args.batch, args.seed, betas, picks)
-        out["runs"] = compare_runs(runs, core, world, plan, ref, picks, boot)
+        out["runs"] = compare_runs(runs, core, world, plan, {"tuned-diverse": ref, **picks}, boot)
         print(json.dumps(out))
         return out
 
@@ -441,47 +438,63 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(f"  {name:<10} β {beta:+.2f}: {ret.mean():.3f}, paired {test['diff']:+.3f} "
                   f"(95% CI {test['ci95'][0]:+.3f} to {test['ci95'][1]:+.3f})")
         out["terms"][name] = rows
-    out["runs"] = compare_runs(runs, core, world, plan, ref, picks, boot)
+    out["runs"] = compare_runs(runs, core, world, plan, {"tuned-diverse": ref, **picks}, boot)
     print(json.dumps(out))
     return out
 
 
-def compare_runs(runs: list[str], core: BatchedCore, world: World, plan: EpisodePlan, ref: np.ndarray,
-                 picks: dict[str, np.ndarray], boot: Bootstrap) -> dict[str, Any]:
-    """``--runs``: each trained policy on the probe's held-out sessions, paired with tuned-diverse and each pick.
+def heldout_setup(config: str | None, preset: str, seed: int, episodes: int,
+                  batch: int) -> tuple[Config, World, BatchedCore, EpisodePlan, RankerContext]:
+    """What a probe of training seed ``seed`` plays on: its config (``train.seed = seed``), world, held-out core,
+    ``episodes`` held-out sessions of evaluation seed ``seed``, and ``train.py``'s tuning context for that seed (its
+    cached searches: the same references a run of that seed has).
+
+    Raises:
+        ConfigError: For a bad config or preset.
+    """
+    cfg = resolve_config(config, preset, [f"train.seed={seed}"])
+    world = load_world(cfg.env, cfg.encoder)
+    core = make_core(cfg.env, cfg.env.preset, cfg.encoder, world, "heldout", batch)
+    plan = episode_plan(episodes, [seed], world.populations["heldout"].size)
+    return cfg, world, core, plan, tuning_context(cfg, world, core, progress=False)
+
+
+def compare_runs(runs: list[str], core: BatchedCore, world: World, plan: EpisodePlan,
+                 references: dict[str, np.ndarray], boot: Bootstrap) -> dict[str, Any]:
+    """Each trained policy on the held-out sessions ``plan``, paired with each reference.
+
+    A policy that reads ``obs["session_sim"]`` (``env.obs_session_sim``) plays a copy of ``core`` with the column:
+    the column changes no draw, so the sessions are the same ones.
 
     Args:
         runs: Run directories (``train.py``).
         core: The held-out core.
         world: The world (its catalog size is checked against each policy's).
         plan: The held-out sessions.
-        ref: float (E,) tuned-diverse's returns on ``plan``.
-        picks: Term → float (E,) returns of its pick on ``plan``.
+        references: Name → float (E,) its returns on ``plan``.
         boot: The paired test's bootstrap.
 
     Returns:
-        Run → ``{"return", "vs tuned-diverse": paired test, "vs <term>": paired test, …}``.
+        Run → ``{"return", "vs <name>": paired test, …}``.
     """
-    from agents.registry import load_run
 
     out: dict[str, Any] = {}
-    flagged: BatchedCore | None = None  # the same sessions with obs["session_sim"], for policies that read it
+    flagged: BatchedCore | None = None
     for run in runs:
         ranker = load_run(run, n_items=world.n_items)
         play = core
         if getattr(getattr(ranker, "policy", None), "reads_session_sim", False) and not core.cfg.obs_session_sim:
-            if flagged is None:  # the column changes no draw: the sessions are the same ones
+            if flagged is None:
                 flagged = BatchedCore(world, dataclasses.replace(core.cfg, obs_session_sim=True), core.B,
                                       core.population)
             play = flagged
         ret = run_episodes(play, ranker, plan).ret
-        row: dict[str, Any] = {"return": float(ret.mean()), "vs tuned-diverse": paired_test(ret, ref, boot)}
-        for name, pick in picks.items():
-            row[f"vs {name}"] = paired_test(ret, pick, boot)
+        row: dict[str, Any] = {"return": float(ret.mean())}
+        row.update({f"vs {name}": paired_test(ret, r, boot) for name, r in references.items()})
         out[run] = row
         print(f"  {run}: {ret.mean():.3f}; " + "; ".join(
             f"{key} {t['diff']:+.3f} ({t['ci95'][0]:+.3f} to {t['ci95'][1]:+.3f})"
-            for key, t in row.items() if key != "return"))
+            for key, t in row.items() if key != "return"), flush=True)
     return out
 
 
