@@ -34,8 +34,8 @@ from envs.factory import make_core
 from envs.world import World
 
 #: Baselines of the final comparison (the oracle reads hidden state; it is the upper reference).
-FINAL_BASELINES = ("random", "greedy-llm", "greedy-cf", "tuned-alpha", "linucb", "diverse", "tuned-diverse", "oracle",
-                   "tuned-oracle-diverse")
+FINAL_BASELINES = ("random", "greedy-llm", "greedy-cf", "tuned-alpha", "linucb", "diverse", "tuned-diverse",
+                   "session-diverse", "oracle", "tuned-oracle-diverse")
 #: The quality bar's reference (the strongest hand-written ranker) and the non-myopic ceiling (reads hidden state).
 STRONGEST_HEURISTIC, CEILING = "tuned-diverse", "tuned-oracle-diverse"
 #: The rankers that read the hidden state (upper references, never "hand-written").
@@ -140,6 +140,7 @@ def final_comparison(cfg: Config, world: World, policy: SlatePolicy, curve: Any,
     results["paired_vs_tuned_diverse"] = paired_test(stats["ppo"].ret, stats[STRONGEST_HEURISTIC].ret,
                                                      Bootstrap(len(stats["ppo"].ret), ec.bootstrap, cfg.train.seed))
     results["best_hand_written_heldout"] = best_hand_written(stats, ec.bootstrap, cfg.train.seed)
+    results["extra_references"] = list(ec.extra_references)  # so bench.quality_protocol can compare with each
     for key, top in (("gap_closed_to_oracle", "oracle"), ("gap_closed_to_ceiling", CEILING)):
         gap = r[top]["return"]["mean"] - r["tuned-alpha"]["return"]["mean"]
         if gap > 0:

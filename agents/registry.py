@@ -2,9 +2,10 @@
 
 Specs (see :data:`SPECS`): ``random``, ``popular``, ``greedy-llm``, ``greedy-cf``, ``fixed-alpha:A``, ``scored``,
 ``tuned-alpha``, ``online-alpha:A``, ``strategy-alpha:A``, ``linucb[:C]``, ``diverse:A``, ``tuned-diverse``,
-``tuned-session-diverse``, ``oracle``, ``tuned-oracle-diverse``, ``run:DIR``. Rankers that learn before the
-evaluation do so on the TRAINING population only (:mod:`agents.tuning`, :mod:`agents.fitting`), with seeds derived
-from the context's seed (never the global RNG); :class:`RankerContext` runs each tuning or fit once and shares it.
+``session-diverse``, ``tuned-session-diverse``, ``oracle``, ``tuned-oracle-diverse``, ``run:DIR``. Rankers that
+learn before the evaluation do so on the TRAINING population only (:mod:`agents.tuning`, :mod:`agents.fitting`), with
+seeds derived from the context's seed (never the global RNG); :class:`RankerContext` runs each tuning or fit once and
+shares it.
 """
 
 from __future__ import annotations
@@ -32,10 +33,12 @@ from agents.rankers import (
 )
 from agents.tuning import (
     ALPHA_GRID,
+    SESSION_DIVERSE_RULE,
     SESSION_WEIGHTS,
     TUNE_SEED,
     AlphaCurve,
     ParamSearch,
+    session_diverse_ranker,
     tune_alpha,
     tune_diverse,
     tune_oracle_diverse,
@@ -60,6 +63,9 @@ SPECS: dict[str, str] = {
     "diverse:A": "fixed-alpha:A with penalties on recently shown categories and items, at most 2 per category",
     "tuned-diverse": "diverse with α, its feedback-adaptive weight, category cap and penalty weights searched on the "
                      "training users",
+    "session-diverse": "the hand-set rule of tuned-diverse's axes plus a weight on each candidate's cosine with the "
+                       "items clicked so far this session (tuning.SESSION_DIVERSE_RULE: the point a search found on "
+                       "the default preset in session 17); no search",
     "tuned-session-diverse": "tuned-diverse plus a weight on each candidate's cosine with the items clicked so far "
                              "this session, searched with tuned-diverse's axes on the training users",
     "oracle": "true click probability (reads the simulator's hidden state)",
@@ -74,7 +80,7 @@ SPECS: dict[str, str] = {
 _SAMPLABLE = ("fixed-alpha", "greedy-llm", "greedy-cf", "tuned-alpha", "diverse", "tuned-diverse", "run")
 _NEEDS_ALPHA = ("fixed-alpha", "online-alpha", "strategy-alpha", "diverse")
 _NO_ARG = ("random", "popular", "greedy-llm", "greedy-cf", "scored", "tuned-alpha", "tuned-diverse",
-           "tuned-session-diverse", "oracle", "tuned-oracle-diverse")
+           "session-diverse", "tuned-session-diverse", "oracle", "tuned-oracle-diverse")
 
 
 def valid_choices() -> str:
@@ -295,6 +301,9 @@ def make_ranker(spec: str, ctx: RankerContext) -> Ranker:
         ranker = DiverseRanker(k, float(arg), ctx.world.catalog.category)
     elif name == "tuned-diverse":
         ranker = TunedDiverseRanker(k, ctx.world.catalog.category, ctx.diverse_search())
+    elif name == "session-diverse":
+        ranker = session_diverse_ranker(k, ctx.world.catalog.category, ctx.world.item_emb, SESSION_DIVERSE_RULE,
+                                        name="session-diverse")
     elif name == "tuned-session-diverse":
         ranker = TunedSessionDiverseRanker(k, ctx.world.catalog.category, ctx.world.item_emb,
                                            ctx.session_diverse_search())

@@ -12,6 +12,9 @@ on the same held-out sessions (common random numbers) against the baselines, the
 * the share of the tuned-alpha → non-myopic ceiling (``tuned-oracle-diverse``) gap closed, and of the gap to the
   myopic oracle;
 * α by hidden user type, and every run's plausibility flags;
+* the same against each of the runs' ``eval.extra_references`` (``configs/quality.yaml``: tuned-session-diverse) and
+  against each run's strongest hand-written ranker on its held-out sessions (picked on those sessions, so the
+  comparison is the conservative one for PPO);
 * when every run wrote its per-session returns (``report/returns.npz``) on the same sessions: the difference and the
   ratio to tuned-diverse with an interval over **seeds and sessions** (:func:`seeds_and_sessions_interval`). The
   t-interval across seeds holds the set of held-out sessions fixed (every run meets the same ones), so it leaves out
@@ -152,13 +155,15 @@ def seeds_and_sessions_interval(x: np.ndarray) -> dict[str, Any]:
             "var_interaction": ms["residual"] / (n_s * n_e)}
 
 
-def pooled_vs_reference(runs: list[Path], reference: str = REFERENCE) -> dict[str, Any] | None:
+def pooled_vs_reference(runs: list[Path], reference: str | list[str] = REFERENCE) -> dict[str, Any] | None:
     """PPO − ``reference`` and PPO / ``reference`` with intervals over seeds and sessions, from the runs' per-session
     returns; ``{"skipped": why}`` when a run lacks them or the runs met different sessions, ``None`` for one run.
     The ratio's interval is the difference's on the linearised values ``(ppo − r·ref) / mean(ref)`` (delta method).
+    ``reference`` is one ranker for every run, or one per run (each run's strongest hand-written ranker).
     """
     if len(runs) < 2:
         return None
+    refs = [reference] * len(runs) if isinstance(reference, str) else list(reference)
     paths = [r / "report" / "returns.npz" for r in runs]
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
@@ -170,10 +175,10 @@ def pooled_vs_reference(runs: list[Path], reference: str = REFERENCE) -> dict[st
     keys = loaded[0][0]
     if any(k.shape != keys.shape or not np.array_equal(k, keys) for k, _ in loaded[1:]):
         return {"skipped": "the runs met different held-out sessions (eval settings differ)"}
-    if any("ppo" not in rets or reference not in rets for _, rets in loaded):
+    if any("ppo" not in rets or name not in rets for (_, rets), name in zip(loaded, refs, strict=True)):
         return {"skipped": f"a run lacks the returns of ppo or {reference}"}
     ppo = np.stack([rets["ppo"] for _, rets in loaded])  # (S, E)
-    ref = np.stack([rets[reference] for _, rets in loaded])  # (S, E)
+    ref = np.stack([rets[name] for (_, rets), name in zip(loaded, refs, strict=True)])  # (S, E)
     ratio = float(ppo.mean() / ref.mean())
     lin = seeds_and_sessions_interval((ppo - ratio * ref) / ref.mean())
     half = (lin["ci95"][1] - lin["ci95"][0]) / 2
@@ -195,14 +200,12 @@ def aggregate(runs: list[Path]) -> dict[str, Any]:
         x = ppo / per_seed[ref]
         return {"mean": float(x.mean()), "ci95": t_interval(x), "per_seed": x.tolist()}
 
-    out["ratio_vs_tuned_diverse"] = ratio(REFERENCE)
+    reference = against(runs, ppo, per_seed[REFERENCE], REFERENCE)
+    out["ratio_vs_tuned_diverse"] = reference["ratio"]
     out["ratio_vs_tuned_alpha"] = ratio("tuned-alpha")
-    diff = ppo - per_seed[REFERENCE]
-    out["diff_vs_tuned_diverse"] = {"mean": float(diff.mean()), "ci95": t_interval(diff), "per_seed": diff.tolist()}
+    out["diff_vs_tuned_diverse"] = reference["diff"]
     out["paired_vs_tuned_diverse_per_run"] = [r.get("paired_vs_tuned_diverse") for r in results]
-    # one run has no interval across seeds (t_interval returns the point): no verdict rather than a zero-width one
-    out["above_tuned_diverse_intervals_apart"] = (bool(out["diff_vs_tuned_diverse"]["ci95"][0] > 0) if len(runs) > 1
-                                                  else None)
+    out["above_tuned_diverse_intervals_apart"] = reference["above_intervals_apart"]
     for key, top in (("gap_closed_to_ceiling", CEILING), ("gap_closed_to_oracle", MYOPIC)):
         if top in per_seed:
             gap = (ppo - per_seed["tuned-alpha"]) / (per_seed[top] - per_seed["tuned-alpha"])
@@ -217,11 +220,43 @@ def aggregate(runs: list[Path]) -> dict[str, Any]:
         if p.is_file():
             flags.append(json.loads(p.read_text(encoding="utf-8")).get("policy_flags", {}).get("ppo", []))
     out["plausibility_flags"] = flags
-    pooled = pooled_vs_reference(runs)
+    pooled = reference.get("seeds_and_sessions")
     if pooled is not None:
         out["vs_tuned_diverse_seeds_and_sessions"] = pooled
         if "skipped" not in pooled:
             out["above_tuned_diverse_seeds_and_sessions"] = bool(pooled["diff"]["ci95"][0] > 0)
+    # the runs' eval.extra_references (rows every run has), and per run the strongest hand-written ranker on its
+    # held-out sessions (picked on those very sessions: the conservative comparison for PPO)
+    extras = [n for n in results[0].get("extra_references", []) if all(n in r["rankers"] for r in results)]
+    versus = {ref: against(runs, ppo, per_seed[ref], ref) for ref in extras}
+    best = [(r.get("best_hand_written_heldout") or {}).get("name") for r in results]
+    if all(best):
+        strongest = np.array([r["rankers"][b]["return"]["mean"] for r, b in zip(results, best, strict=True)])
+        versus["strongest hand-written per run"] = {"names": best, **against(runs, ppo, strongest, best)}
+    if versus:
+        out["vs_references"] = versus
+    return out
+
+
+def against(runs: list[Path], ppo: np.ndarray, ref: np.ndarray, name: str | list[str]) -> dict[str, Any]:
+    """PPO against one reference: ratio and difference per seed with t-intervals across seeds, the verdict, and the
+    interval over seeds and sessions (:func:`pooled_vs_reference`, when the runs saved their per-session returns).
+
+    Args:
+        runs: The finished run directories.
+        ppo: float (S,) PPO's mean return per run.
+        ref: float (S,) the reference's mean return per run.
+        name: The reference's row, or one per run.
+    """
+    ratio, diff = ppo / ref, ppo - ref
+    out: dict[str, Any] = {
+        "ratio": {"mean": float(ratio.mean()), "ci95": t_interval(ratio), "per_seed": ratio.tolist()},
+        "diff": {"mean": float(diff.mean()), "ci95": t_interval(diff), "per_seed": diff.tolist()},
+        # one run has no interval across seeds (t_interval returns the point): no verdict, not a zero-width one
+        "above_intervals_apart": bool(t_interval(diff)[0] > 0) if len(runs) > 1 else None}
+    pooled = pooled_vs_reference(runs, name)
+    if pooled is not None:
+        out["seeds_and_sessions"] = pooled
     return out
 
 
@@ -272,6 +307,16 @@ def markdown(agg: dict[str, Any], title: str) -> str:
                      f"{d['var_interaction']:.3g} |")
         lines.append(f"| PPO / tuned-diverse, the same | "
                      f"{r['mean']:.3f} ({r['ci95'][0]:.3f} to {r['ci95'][1]:.3f}) | |")
+    for ref, v in agg.get("vs_references", {}).items():
+        label = ref if "names" not in v else f"{ref} ({', '.join(v['names'])})"
+        lines.append(f"| PPO / {label} | {ci(v['ratio'], '.3f')} | "
+                     f"{', '.join(f'{x:.3f}' for x in v['ratio']['per_seed'])} |")
+        lines.append(f"| PPO − {label} | {ci(v['diff'], '+.3f')} | "
+                     f"{', '.join(f'{x:+.3f}' for x in v['diff']['per_seed'])} |")
+        p = v.get("seeds_and_sessions")
+        if p and "skipped" not in p:
+            lines.append(f"| PPO − {ref}, 95% interval over seeds **and** sessions | {p['diff']['mean']:+.3f} "
+                         f"({p['diff']['ci95'][0]:+.3f} to {p['diff']['ci95'][1]:+.3f}) | SE {p['diff']['se']:.3f} |")
     if "probe" in agg:
         for key, label in (("effective_alpha_gap", "probe: effective α gap cf − llm at request 5"),
                            ("slate_lean_gap", "probe: slate-lean gap cf − llm at request 5")):
@@ -292,6 +337,11 @@ def markdown(agg: dict[str, Any], title: str) -> str:
         dd = agg["vs_tuned_diverse_seeds_and_sessions"]["diff"]
         verdict += (f"; over seeds and sessions **{agg['above_tuned_diverse_seeds_and_sessions']}** "
                     f"({dd['ci95'][0]:+.2f} to {dd['ci95'][1]:+.2f})")
+    for ref, v in agg.get("vs_references", {}).items():
+        p = v.get("seeds_and_sessions")
+        both = (f"; over seeds and sessions **{bool(p['diff']['ci95'][0] > 0)}**" if p and "skipped" not in p
+                else "")
+        verdict += f". Above {ref}: across seeds **{v['above_intervals_apart']}**{both}"
     lines.append(f"\nPPO above tuned-diverse with the interval of the difference above 0: {verdict}. "
                  f"α by hidden user type per run: "
                  + "; ".join(", ".join(f"{v:.2f}" for v in a.values() if v is not None)

@@ -55,7 +55,7 @@ from envs.world import World
 
 ALL_SPECS = ["random", "popular", "greedy-llm", "greedy-cf", "fixed-alpha:0.3", "scored", "tuned-alpha",
              "online-alpha:0.5", "strategy-alpha:0.5", "linucb", "linucb:0.5", "diverse:0.7", "tuned-diverse",
-             "tuned-session-diverse", "oracle", "tuned-oracle-diverse"]
+             "session-diverse", "tuned-session-diverse", "oracle", "tuned-oracle-diverse"]
 HIDDEN = ("oracle", "tuned-oracle-diverse")
 #: Tiny grids: the tuned references of the ``ctx`` fixture stay cheap.
 TINY_DIVERSE = {"alpha": (0.5, 1.0), "cap": (1, 2), "exposure_weight": (0.0, 3.0), "seen_weight": (0.5,)}

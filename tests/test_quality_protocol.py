@@ -206,3 +206,54 @@ def test_per_session_returns_give_the_pooled_row_or_say_why_not(tmp_path: Path) 
     assert "no per-session returns" in skipped and "p2" in skipped
     assert "No interval over seeds and sessions" in markdown(aggregate(runs), "t")
     assert "above_tuned_diverse_seeds_and_sessions" not in aggregate(runs)  # no verdict without the interval
+
+
+def test_extra_references_and_each_runs_strongest_ranker_get_their_own_rows(tmp_path: Path) -> None:
+    """A run's eval.extra_references and its strongest hand-written ranker on its held-out sessions are compared
+    with PPO like tuned-diverse: per seed, across seeds, and over seeds and sessions from the per-session returns,
+    each run against its own strongest ranker."""
+    from agents.evaluation import EpisodePlan
+    from agents.report import write_returns
+
+    rng = np.random.default_rng(3)
+    keys = np.arange(40, dtype=np.uint64)
+    runs, gaps = [], []
+    # seed 0: the extra reference is the strongest; seed 1 and 2: tuned-diverse is
+    for i, (ppo_m, div_m, rule_m) in enumerate([(8.0, 7.0, 7.9), (8.2, 7.6, 7.1), (8.1, 7.5, 7.4)]):
+        rets = {n: m + rng.normal(0, 0.3, 40) for n, m in (("ppo", ppo_m), ("tuned-diverse", div_m),
+                                                           ("tuned-session-diverse", rule_m))}
+        means = {n: float(v.mean()) for n, v in rets.items()}
+        run = _fake_run(tmp_path, f"x{i}", {**_returns(means["ppo"], means["tuned-diverse"]),
+                                            "tuned-session-diverse": means["tuned-session-diverse"]}, 0.0)
+        best = max(("tuned-diverse", "tuned-session-diverse"), key=means.__getitem__)
+        results = json.loads((run / "report" / "results.json").read_text())
+        results["extra_references"] = ["tuned-session-diverse"]
+        results["best_hand_written_heldout"] = {"name": best, "return": means[best]}
+        (run / "report" / "results.json").write_text(json.dumps(results))
+        stats = {n: argparse.Namespace(ret=v) for n, v in rets.items()}
+        plan = EpisodePlan(keys=keys, users=np.arange(40), seeds=np.zeros(40, np.int64))
+        write_returns(stats, plan, run / "report" / "returns.npz")  # type: ignore[arg-type]
+        runs.append(run)
+        gaps.append(rets["ppo"] - rets[best])
+    agg = aggregate(runs)
+    rule = agg["vs_references"]["tuned-session-diverse"]
+    assert rule["diff"]["per_seed"] == pytest.approx(
+        [agg["return"]["ppo"]["per_seed"][i] - agg["return"]["tuned-session-diverse"]["per_seed"][i]
+         for i in range(3)])
+    strongest = agg["vs_references"]["strongest hand-written per run"]
+    assert strongest["names"] == ["tuned-session-diverse", "tuned-diverse", "tuned-diverse"]
+    # the pooled row reads each run's own strongest ranker's per-session returns
+    assert strongest["seeds_and_sessions"]["diff"]["mean"] == pytest.approx(np.mean(gaps))
+    assert strongest["diff"]["mean"] == pytest.approx(np.mean(gaps))
+    md = markdown(agg, "t")
+    assert "| PPO − tuned-session-diverse |" in md
+    assert "strongest hand-written per run (tuned-session-diverse, tuned-diverse, tuned-diverse)" in md
+    assert "Above tuned-session-diverse: across seeds **" in md
+    # runs from before extra_references was recorded: no such rows, and nothing else changes
+    for run in runs:
+        results = json.loads((run / "report" / "results.json").read_text())
+        del results["extra_references"], results["best_hand_written_heldout"]
+        (run / "report" / "results.json").write_text(json.dumps(results))
+    old = aggregate(runs)
+    assert "vs_references" not in old
+    assert old["diff_vs_tuned_diverse"] == agg["diff_vs_tuned_diverse"]

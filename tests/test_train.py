@@ -42,6 +42,8 @@ def test_smoke_run_writes_a_run_directory_that_evaluate_loads(cache: Path) -> No
     if hand.get("tuned-diverse") == best["return"]:  # a tie with tuned-diverse (it kept its start) names it
         assert best["name"] == "tuned-diverse"
     assert best["paired"]["diff"] == pytest.approx(saved["heldout"]["ppo"]["mean"] - best["return"], abs=1e-9)
+    report = json.loads((run / "report" / "results.json").read_text())
+    assert report["extra_references"] == ["tuned-session-diverse"]  # what bench.quality_protocol compares with
     keys, rets = read_returns(run / "report" / "returns.npz")  # per-session returns, the report's means
     assert set(rets) == set(saved["heldout"]) and all(len(r) == len(keys) for r in rets.values())
     for name, ret in rets.items():
