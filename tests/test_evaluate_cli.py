@@ -85,8 +85,8 @@ def test_shipped_config_matches_the_documented_command() -> None:
         ["--config", str(Path(evaluate.__file__).parent / "configs" / "eval_baselines.yaml")]))
     from_flags, _ = evaluate.resolve_config(evaluate.build_parser().parse_args(
         ["--rankers", "random,popular,greedy-llm,greedy-cf,fixed-alpha:0.5,scored,tuned-alpha,online-alpha:0.5,"
-         "strategy-alpha:0.5,linucb,diverse:0.9,tuned-diverse,oracle,tuned-oracle-diverse", "--episodes", "1000",
-         "--seeds", "2", "--users", "heldout", "--out", "reports/baselines"]))
+         "strategy-alpha:0.5,linucb,diverse:0.9,tuned-diverse,session-diverse,oracle,tuned-oracle-diverse",
+         "--episodes", "1000", "--seeds", "2", "--users", "heldout", "--out", "reports/baselines"]))
     assert from_file.eval == from_flags.eval and from_file.env == from_flags.env
 
 
