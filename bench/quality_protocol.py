@@ -280,7 +280,8 @@ def probe_runs(runs: list[Path]) -> dict[str, Any]:
 def markdown(agg: dict[str, Any], title: str) -> str:
     """The protocol's table (Markdown)."""
     def ci(d: dict[str, Any], fmt: str = ".2f") -> str:
-        return f"{d['mean']:{fmt}} ({d['ci95'][0]:{fmt}}–{d['ci95'][1]:{fmt}})"
+        sep = " to " if fmt.startswith("+") else "–"  # signed bounds: "-0.53 to +0.56", not "-0.53–+0.56"
+        return f"{d['mean']:{fmt}} ({d['ci95'][0]:{fmt}}{sep}{d['ci95'][1]:{fmt}})"
 
     lines = [f"### {title}", "", f"{agg['seeds']} training seeds; steps per run {agg['steps']}; learning minutes "
              f"{agg['learn_minutes']}. Return per held-out session: mean over seeds (95% t-interval across seeds).",
