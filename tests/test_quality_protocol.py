@@ -219,7 +219,7 @@ def test_extra_references_and_each_runs_strongest_ranker_get_their_own_rows(tmp_
     keys = np.arange(40, dtype=np.uint64)
     runs, gaps = [], []
     # seed 0: the extra reference is the strongest; seed 1 and 2: tuned-diverse is
-    for i, (ppo_m, div_m, rule_m) in enumerate([(8.0, 7.0, 7.9), (8.2, 7.6, 7.1), (8.1, 7.5, 7.4)]):
+    for i, (ppo_m, div_m, rule_m) in enumerate([(8.0, 7.0, 7.9), (8.2, 7.6, 7.1), (8.1, 7.5, 7.0)]):
         rets = {n: m + rng.normal(0, 0.3, 40) for n, m in (("ppo", ppo_m), ("tuned-diverse", div_m),
                                                            ("tuned-session-diverse", rule_m))}
         means = {n: float(v.mean()) for n, v in rets.items()}
