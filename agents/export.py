@@ -4,7 +4,7 @@
 ``RUN_DIR/export``)::
 
     policy.onnx | policy.pt   the actor: (user (B, D), features (B, N, F), context (B, C)
-                              [, candidates (B, N) int64] [, item_emb (B, N, D)])
+                              [, candidates (B, N) int64] [, item_emb (B, N, D)] [, session_sim (B, N)])
                               -> (logits (B, N), alpha (B,), repulsion (B,), parts (B, N, P))
                               (parts: the logits' additive parts, named by the manifest's "score_parts")
     items.npz                 what the runtime needs to build features (np.load(allow_pickle=False)):
@@ -83,7 +83,7 @@ class PolicyGraph(nn.Module):
     Args:
         policy: The trained SlatePolicy (put in eval mode).
         input_names: The graph inputs, in order: ``user``, ``features``, ``context`` and, when the policy needs
-            them, ``candidates`` (int64 catalog ids, for the item table) and ``item_emb``.
+            them, ``candidates`` (int64 catalog ids, for the item table), ``item_emb`` and ``session_sim``.
     """
 
     def __init__(self, policy: nn.Module, input_names: list[str]) -> None:
@@ -92,7 +92,8 @@ class PolicyGraph(nn.Module):
         self.input_names = list(input_names)
 
     def forward(self, *inputs: th.Tensor) -> tuple[th.Tensor, th.Tensor, th.Tensor, th.Tensor]:
-        """``(user (B, D), features (B, N, F), context (B, C)[, candidates (B, N)][, item_emb (B, N, D)])``
+        """``(user (B, D), features (B, N, F), context (B, C)[, candidates (B, N)][, item_emb (B, N, D)]
+        [, session_sim (B, N)])``
         → ``(logits (B, N), alpha (B,), repulsion (B,), parts (B, N, P))`` (repulsion β = 0 for a policy without
         one; the parts sum to the logits, see :meth:`agents.policies.SlatePolicy.score_parts`)."""
         obs = dict(zip(self.input_names, inputs, strict=True))
@@ -114,6 +115,8 @@ def graph_inputs(policy: Any) -> list[str]:
         names.append("candidates")
     if "item_emb" in policy.observation_space.spaces:
         names.append("item_emb")
+    if "session_sim" in policy.observation_space.spaces:  # env.obs_session_sim: the runtime keeps the click sum
+        names.append("session_sim")
     return names
 
 
@@ -396,8 +399,8 @@ def parity_check(model: Any, path: Path, fmt: Format, names: list[str], obs: dic
     n = obs["features"].shape[1]
     n2 = 2 * n + 3
     idx = np.arange(n2) % n
-    big = {key: (v[:, idx] if key in ("features", "candidates", "item_emb") else v) for key, v in obs.items()
-           if key in names}
+    big = {key: (v[:, idx] if key in ("features", "candidates", "item_emb", "session_sim") else v)
+           for key, v in obs.items() if key in names}
     big_args = _graph_args(big, names)
     with th.no_grad():
         ref2 = PolicyGraph(policy, names)(*big_args)[0]
@@ -480,9 +483,6 @@ def export_run(run_dir: str | Path, fmt: Format = "onnx", out: str | Path | None
                          "recfeed version it was trained with")
     if "mask" in space.spaces:
         raise ValueError("policies with a candidate mask input are not exportable yet")
-    if "session_sim" in space.spaces:
-        raise ValueError("the policy reads obs['session_sim'] (env.obs_session_sim), which the serving runtime does "
-                         "not compute yet: it is not exportable; train without env.obs_session_sim to serve it")
     if has_repulsion(policy):
         cats = policy.item_category.cpu().numpy()
         if cats.shape != (world.n_items,) or not np.array_equal(cats, world.catalog.category):

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import SAFETY_S, FakeClock, free_port, ids_of, redis_server_or_skip
+from conftest import SAFETY_S, FakeClock, free_port, ids_of, make_run_dir, redis_server_or_skip
 
 from agents.serving import (
     CorruptStateError,
@@ -66,15 +66,16 @@ FORCED = {"click_purchase": {"no_click_utility": -50.0, "purchase_bias": 50.0}, 
 
 
 def _replay(runtime: ServingRuntime, world: World, scenario: str, n_sessions: int, split_dwell: bool = False,
-            policy: Any = None) -> dict:
+            policy: Any = None, session_sim: bool = False) -> dict:
     """Replay env sessions through the runtime: the runtime ranks, the env's user responds, the runtime observes
     the same click / dwell / purchase; at every request the runtime's observation of the env's candidates is
     compared with the env's (every feature column, the context, the user vector).
 
     With ``split_dwell`` every other click is sent without its dwell, which follows as a ``dwell`` event (a dwell
     reported later). With ``policy`` (the run's SlatePolicy) every served slate is also checked to be the policy's
-    mode on the runtime's observation (repulsion and category cap included). Returns the counts of steps and events
-    and the largest differences per column.
+    mode on the runtime's observation (repulsion and category cap included). With ``session_sim`` the env has
+    ``env.obs_session_sim`` and the runtime's ``session_sim`` is compared too (``worst_session_sim``). Returns the
+    counts of steps and events and the largest differences per column.
     """
     from envs.presets import preset_config
     from envs.rec_env import RecEnv
@@ -82,10 +83,12 @@ def _replay(runtime: ServingRuntime, world: World, scenario: str, n_sessions: in
     cfg = preset_config("small")
     for key, value in FORCED.get(scenario, {}).items():
         setattr(cfg.user_model, key, value)
+    cfg.obs_session_sim = session_sim
     env = RecEnv(config=cfg, world=world)
     pop = world.populations["train"]
     out = {"steps": 0, "clicks": 0, "purchases": 0, "dwell_events": 0, "max_dwell_ema": 0.0,
-           "worst_f": np.zeros(len(FEATURE_NAMES)), "worst_c": np.zeros(len(CONTEXT_NAMES))}
+           "worst_f": np.zeros(len(FEATURE_NAMES)), "worst_c": np.zeros(len(CONTEXT_NAMES)), "worst_session_sim": 0.0,
+           "session_sim_nonzero": 0}
     for ep in range(n_sessions):
         u = (3 * ep + 1) % pop.init_state.shape[0]
         obs, _ = env.reset(seed=100 + ep, options={"user": u})
@@ -99,6 +102,10 @@ def _replay(runtime: ServingRuntime, world: World, scenario: str, n_sessions: in
             out["worst_c"] = np.maximum(out["worst_c"], np.abs(mine["context"] - obs["context"]))
             out["max_dwell_ema"] = max(out["max_dwell_ema"], float(obs["context"][CONTEXT_NAMES.index("dwell_ema")]))
             np.testing.assert_allclose(mine["user"], obs["user"], atol=1e-5)
+            if session_sim:
+                diff = float(np.abs(mine["session_sim"] - obs["session_sim"]).max())
+                out["worst_session_sim"] = max(out["worst_session_sim"], diff)
+                out["session_sim_nonzero"] += int(np.abs(obs["session_sim"]).max() > 0)
             rec = runtime.recommend(uid, cids)
             assert rec.source == "model", rec.fallback_reason
             pos = np.array([cids.index(i) for i in rec.items])
@@ -168,6 +175,39 @@ def test_sessions_without_clicks_replay_like_the_simulator(onnx_export: Path, sm
     out = _replay(runtime, small_world, "skip", n_sessions=4)
     assert out["clicks"] == 0 and out["steps"] >= 4
     assert _parity_failures(out) == ({}, {})
+
+
+def test_a_policy_reading_session_sim_is_served_like_the_simulator(tmp_path: Path, small_world: World) -> None:
+    """``env.obs_session_sim``: the export takes ``session_sim`` as a graph input (parity checked on it), and the
+    runtime keeps each session's click sum, so at every request its ``session_sim`` equals the env's (users who
+    click at every request, and the trained policy's own sessions) and its slate is the policy's mode on that
+    observation; a new session starts from zero."""
+    from agents.export import export_run
+    from agents.ppo_ranker import load_policy
+    from bench.feedback_probe import BEHAVIOURS, ProbeSettings, run_probe
+
+    run = make_run_dir(tmp_path, small_world, steps=64, session_sim=True)
+    art = export_run(run, "onnx", out=tmp_path / "export", world=small_world, parity_envs=8, parity_steps=4)
+    m = load_manifest(art)
+    assert m["inputs"][-1] == "session_sim"
+    assert m["parity"]["slates_equal_up_to_ties"] == m["parity"]["observations"] == 32
+    runtime = ServingRuntime.load(art, clock=FakeClock(), time_budget_ms=60_000)
+    policy = load_policy(run, "cpu")
+    clicked = _replay(runtime, small_world, "click_purchase", n_sessions=3, policy=policy, session_sim=True)
+    assert clicked["clicks"] == clicked["steps"] >= 3  # forced: every request after a session's first has a click
+    assert clicked["session_sim_nonzero"] == clicked["steps"] - 3
+    played = _replay(runtime, small_world, "default", n_sessions=6, policy=policy, session_sim=True)
+    for out in (clicked, played):
+        assert out["mode_checked"] == out["steps"]
+        assert out["worst_session_sim"] <= 1e-5 and _parity_failures(out) == ({}, {})
+    uid, cids = "sim-click_purchase-2", ids_of(small_world, range(12))
+    assert np.abs(runtime.observation(uid, cids)["session_sim"]).max() > 0
+    runtime.end_session(uid)
+    assert not runtime.observation(uid, cids)["session_sim"].any()
+    # the feedback probe plays exports through this runtime, so it now runs on such a run too
+    probe = run_probe(run, ProbeSettings(sessions=3, requests=5, seed=1, n_boot=50), export_dir=art,
+                      world=small_world)
+    assert len(probe["rows"]) == 5 * len(BEHAVIOURS) and all(0.0 < r["alpha"] < 1.0 for r in probe["rows"])
 
 
 def test_simulator_context_stays_within_the_serving_bounds(small_world: World) -> None:
@@ -304,10 +344,12 @@ def test_state_serialisation_round_trip() -> None:
     st.seen_counts = np.array([1.0, 3.0], np.float32)
     st.cf_a[0, 1] = 0.5
     st.t, st.n_events, st.last_active = 4, 11, 123.5
+    st.sess_sum[:] = np.linspace(-1.0, 1.0, 8)
     blob = encode_state(st)
     back = decode_state(blob)
     assert encode_state(back) == blob and len(blob) < 1000
     np.testing.assert_array_equal(back.seen_counts, st.seen_counts)
+    np.testing.assert_array_equal(back.sess_sum, st.sess_sum)
     back.state[0] = 42.0  # decoded arrays are writable copies
     with pytest.raises(ValueError, match="not a recfeed user state"):
         decode_state(b"pickle?")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SAFETY_S, ids_of
+from conftest import SAFETY_S, ids_of, make_run_dir
 
 from agents.ope.plackett_luce import pl_prefix_log_prob
 from agents.serving import Event, ServingRuntime
@@ -309,6 +309,45 @@ def test_logs_are_readable_by_ope_and_the_report(ab_runtime: ABRuntime, small_wo
     assert "| ppo |" in table and "precision" in table
     assert report_main(["--logs", d, "--reference", "zzz"]) == 2
     assert report_main(["--logs", str(tmp_path / "empty")]) == 2
+
+
+def test_an_arm_reading_session_sim_is_served_logged_and_valued_offline(onnx_export: Path, small_world: World,
+                                                                       tmp_path: Path) -> None:
+    """An arm whose policy reads ``session_sim`` (``env.obs_session_sim``) beside one that does not: the runtime
+    builds the column because an arm reads it, the log carries it, the logged propensities of both arms equal their
+    recomputation from the log, and the off-policy estimators value the arm from the log."""
+    from agents.export import export_run
+    from agents.ope import main as ope_main
+
+    run = make_run_dir(tmp_path, small_world, steps=64, session_sim=True)
+    sess = export_run(run, "onnx", out=tmp_path / "export-session", world=small_world, parity_envs=4, parity_steps=2)
+    rt = ABRuntime.load(onnx_export, log_key="test-key", time_budget_ms=SAFETY_S * 1000.0)
+    assert "session_sim" not in rt.obs_inputs
+    rt.set_arms(parse_arms([{"name": "ppo", "export": str(onnx_export), "share": 0.5, "temperature": 1.0},
+                            {"name": "sess", "export": str(sess), "share": 0.5, "temperature": 1.0}]),
+                log_dir=tmp_path / "logs", seed=0, flush_s=0.5)
+    assert "session_sim" in rt.obs_inputs
+    recs = _serve(rt, small_world, users=16)
+    assert {r.arm for r in recs} == {"ppo", "sess"}
+    rt.close()
+    f = read_ab_logs(rt.writer.dir).frame
+    n = len(f)
+    obs = {"features": np.stack(f["features"]).reshape(n, 20, int(f["n_features"][0])),
+           "context": np.stack(f["context"]), "user": np.stack(f["user_state"]),
+           "candidates": np.stack(f["candidates"]), "session_sim": np.stack(f["session_sim"])}
+    after_click = f["step"].to_numpy() > 0
+    assert (np.abs(obs["session_sim"][after_click]).max(axis=1) > 0).any()  # clicked users' later requests
+    assert not obs["session_sim"][f["step"].to_numpy() == 0].any()  # nothing clicked yet this session
+    groups, slates = np.stack(f["groups"]), np.stack(f["positions"])
+    model = (f["source"] == "model").to_numpy()
+    for arm, path in (("ppo", onnx_export), ("sess", sess)):
+        offline = arm_prefix_log_prob(ModelScorer(path), obs, groups, slates, 1.0)
+        np.testing.assert_allclose(np.stack(f[f"lp.{arm}"])[model], offline[model], atol=1e-4)
+    out = tmp_path / "ope.json"
+    assert ope_main(["--logs", str(rt.writer.dir), "--policy", "arm:sess", "--estimators", "ips,snips",
+                     "--json", str(out)]) == 0
+    res = json.loads(out.read_text())["arm:sess"]["reward"]
+    assert all(np.isfinite(v["value"]) and v["n"] == n for v in res.values())
 
 
 def test_serve_cli_refuses_bad_arms(tmp_path: Path, onnx_export: Path, monkeypatch: pytest.MonkeyPatch,

@@ -132,6 +132,8 @@ def served_log(source: str | Path | ABLog, reward: RewardWeights | None = None, 
     obs = {"features": stack("features", np.float32).reshape(len(g), common, nf),
            "context": stack("context", np.float32), "user": stack("user_state", np.float32),
            "candidates": stack("candidates", np.int64)}
+    if "session_sim" in g.columns and g["session_sim"].notna().all():  # logged when an arm reads it
+        obs["session_sim"] = stack("session_sim", np.float32)
     logits = stack("logits", np.float64)
     temp = g["temperature"].to_numpy(np.float64)
     log = SlateLog(slates, rewards, clicks, logits / temp[:, None], 0.0, obs)

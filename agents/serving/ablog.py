@@ -10,7 +10,8 @@ raised. Files are rotated by rows and by (estimated) bytes, and flushed every ``
   filled in by :func:`read_ab_logs`) plus ``request_id``, ``ts``, ``arm``, ``forced``, ``source``, ``temperature``,
   ``positions`` (the slate as positions into ``candidates``), the serving arm's ``logits``, ``beta``, ``cap`` and
   the candidates' ``groups`` (categories), the observation (``features`` flattened (N·F), ``context``,
-  ``user_state``) and, per arm, ``lp.<arm>``: the slate's prefix log-propensities (K) under that arm.
+  ``user_state``, and ``session_sim`` (N) when an arm reads it) and, per arm, ``lp.<arm>``: the slate's prefix
+  log-propensities (K) under that arm.
 * ``feedback-<start>-<pid>-<seq>.parquet``: ``ts, user, request_id, type, item, dwell_s`` per applied event.
 
 :func:`read_ab_logs` joins the two by ``(user, request_id)`` into one frame with the rollout-log response columns
@@ -204,6 +205,8 @@ class ServeLogWriter:
             "context": lists([r["context"] for r in rows], np.float32, pa.float32()),
             "user_state": lists([r["user_state"] for r in rows], np.float32, pa.float32()),
         }
+        if all("session_sim" in r for r in rows):
+            col["session_sim"] = lists([r["session_sim"] for r in rows], np.float32, pa.float32())
         for a in self.arms:
             col[f"lp.{a}"] = lists([r["lp"][a] for r in rows], np.float64, pa.float64())
         return pa.table(col)

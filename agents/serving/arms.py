@@ -294,9 +294,16 @@ class ModelScorer(ArmScorer):
         self.part_names: tuple[str, ...] = tuple(names) if names and self.model.has_parts else ()
 
     def inputs(self, obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """The graph's inputs from batched observations (``item_emb`` from the export's item table if absent)."""
+        """The graph's inputs from batched observations (``item_emb`` from the export's item table if absent).
+
+        Raises:
+            ValueError: The graph reads ``session_sim`` and the observations lack it (it needs the session's clicks).
+        """
         out = {}
         for n in self.input_names:
+            if n == "session_sim" and n not in obs:
+                raise ValueError(f"{self.root}: this arm's policy reads obs['session_sim'] (env.obs_session_sim); "
+                                 "give it observations that carry it")
             if n == "item_emb" and n not in obs:
                 out[n] = np.take(self.items.emb, np.asarray(obs["candidates"]), axis=0).astype(np.float32)
             elif n == "candidates":
@@ -398,6 +405,8 @@ class ABRuntime(ServingRuntime):
                 raise ValueError(f"arm {a.name!r}: its export's item table ({s.items.fingerprint}) is not the served "
                                  f"one ({self.items.fingerprint}); arms must share one catalog")
         self.arms, self.scorers = list(arms), scorers
+        self.obs_inputs = frozenset(self.input_names).union(
+            *(s.input_names for s in scorers if isinstance(s, ModelScorer)))  # observations every arm can read
         self._cum = cumulative_shares(self.arms)
         self._index = {a.name: i for i, a in enumerate(self.arms)}
         self._gen = np.random.default_rng(seed)
@@ -496,6 +505,8 @@ class ABRuntime(ServingRuntime):
         row.update(ts=time.time(), user=self.hash_user_id(user_id), session=session, step=step,
                    request_id=rec.request_id, candidates=obs["candidates"], features=obs["features"],
                    context=obs["context"], user_state=obs["user"])
+        if "session_sim" in obs:  # an arm reads it: logged so that the arm's propensities can be recomputed
+            row["session_sim"] = obs["session_sim"]
         self.writer.log_request(row)
 
     def _observed(self, user_id: str, events: list[Event], applied: list[bool], request_ids: list[int]) -> None:

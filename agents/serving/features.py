@@ -55,6 +55,23 @@ def candidate_features(cand: np.ndarray, emb: np.ndarray, state: np.ndarray, inv
         write_candidate(out[n], llm, cf, static[i, 0], static[i, 1], exposure[c], cat_clicks[c], seen)
 
 
+def session_similarity(cand: np.ndarray, emb: np.ndarray, sess_sum: np.ndarray) -> np.ndarray:
+    """``session_sim`` (``env.obs_session_sim``): each candidate's cosine with this session's click sum.
+
+    Args:
+        cand: int (N,) catalog rows.
+        emb: float32 (M, D) the catalog's unit embeddings.
+        sess_sum: float32 (D,) the sum of the embeddings of the items clicked this session.
+
+    Returns:
+        float32 (N,): ``emb[cand] · s / ‖s‖``, 0 before the session's first click (as ``BatchedCore``).
+    """
+    norm = float(np.sqrt(np.dot(sess_sum.astype(np.float64), sess_sum)))
+    if norm <= 0.0:
+        return np.zeros(len(cand), np.float32)
+    return (np.take(emb, cand, axis=0) @ sess_sum / np.float32(norm)).astype(np.float32)
+
+
 @numba.njit(cache=True, nogil=True)
 def consume(state: np.ndarray, emb: np.ndarray, keep: float, weight: float, fold_in: bool, cf_a: np.ndarray,
             cf_b: np.ndarray, q: np.ndarray, cf_items: np.ndarray, item: int, c: float) -> bool:

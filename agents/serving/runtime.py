@@ -33,7 +33,7 @@ from agents.serving.errors import (
     InvalidRequestError,
     ModelTimeoutError,
 )
-from agents.serving.features import candidate_features, consume, fold_in
+from agents.serving.features import candidate_features, consume, fold_in, session_similarity
 from agents.serving.messages import EVENT_TYPES, Event, Recommendation
 from agents.serving.metrics import ServingMetrics
 from agents.serving.privacy import UserIdHasher
@@ -128,6 +128,9 @@ class ServingRuntime:
         self.manifest, self.items, self.model, self.store = manifest, items, model, store
         self.const = ObsConstants.from_manifest(manifest)
         self.input_names: list[str] = list(manifest["inputs"])
+        #: The observation keys the graphs read (an A/B runtime adds its arms'): ``item_emb`` and ``session_sim``
+        #: are built only when one of them is here.
+        self.obs_inputs: frozenset[str] = frozenset(self.input_names)
         self.slate_size = int(manifest["slate_size"])
         self.fallback_alpha = float(manifest["fallback_alpha"])
         cap = manifest.get("category_cap")  # absent in artifacts exported before the cap existed: none
@@ -253,7 +256,7 @@ class ServingRuntime:
               and st.cf_b.shape == (f,) and st.exposure.shape == st.cat_clicks.shape == (c,)
               and st.seen_items.shape == st.seen_counts.shape
               and st.ctx.shape == (len(obs_state.ACC_NAMES),) and st.ctx.dtype == np.float32
-              and st.slate_llm.shape == st.slate_cf.shape == (k,))
+              and st.slate_llm.shape == st.slate_cf.shape == (k,) and st.sess_sum.shape == (d,))
         for rows in (st.seen_items, st.slate_items, st.cf_items):
             ok = ok and (len(rows) == 0 or (int(rows.min()) >= 0 and int(rows.max()) < it.n_items))
         if not ok:
@@ -277,7 +280,7 @@ class ServingRuntime:
 
         Returns:
             ``user (D,)``, ``candidates (N,)`` int64, ``features (N, F)``, ``context (C,)`` float32, and ``item_emb
-            (N, D)`` when the graph needs it.
+            (N, D)`` and ``session_sim (N,)`` when the graph needs them.
         """
         return self._observe(st, cand)[0]
 
@@ -301,8 +304,10 @@ class ServingRuntime:
         out_of_range = (raw < self._ctx_lo) | (raw > self._ctx_hi)
         context = np.clip(raw, self._ctx_lo, self._ctx_hi).astype(np.float32) if out_of_range.any() else raw
         obs = {"user": user, "candidates": cand, "features": feats, "context": context}
-        if "item_emb" in self.input_names:
+        if "item_emb" in self.obs_inputs:
             obs["item_emb"] = np.take(it.emb, cand, axis=0)
+        if "session_sim" in self.obs_inputs:
+            obs["session_sim"] = session_similarity(cand, it.emb, st.sess_sum)
         return obs, out_of_range
 
     def observation(self, user_id: str, candidate_ids: Sequence[str]) -> dict[str, np.ndarray]:
@@ -346,7 +351,8 @@ class ServingRuntime:
         parts: np.ndarray | None = None
         model = self.model if model is None else model  # an A/B arm's own model
         if model is not None:
-            inputs = {n: obs[n][None] for n in self.input_names}
+            names = getattr(model, "input_names", None) or self.input_names  # an arm's graph reads its own
+            inputs = {n: obs[n][None] for n in names}
             t0 = time.perf_counter()
             try:
                 if explain:
@@ -519,7 +525,8 @@ class ServingRuntime:
         def fn(st: UserState) -> list[bool]:
             self._touch(st, self.clock())
             resolved[:] = [st.slate_id if e.request_id is None else int(e.request_id) for e in evs]
-            return [apply_event(st, e, int(row), min(e.dwell_s, cap), self.items.category, self.const, self._consume)
+            return [apply_event(st, e, int(row), min(e.dwell_s, cap), self.items.category, self.const, self._consume,
+                                self.items.emb)
                     for e, row in zip(evs, rows, strict=True)]
 
         applied = self.store.transact(user_id, fn, self._new_state) if evs else []

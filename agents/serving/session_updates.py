@@ -55,7 +55,7 @@ def record_slate(st: UserState, items: np.ndarray, feats: np.ndarray, category: 
 
 
 def apply_event(st: UserState, e: Event, item: int, dwell_s: float, category: np.ndarray, const: ObsConstants,
-                consume: Consume) -> bool:
+                consume: Consume, emb: np.ndarray) -> bool:
     """One event (``BatchedCore.step``'s response-dependent part, for this user), with its dwell clipped.
 
     Args:
@@ -82,6 +82,7 @@ def apply_event(st: UserState, e: Event, item: int, dwell_s: float, category: np
         in_slate = int(hits[0]) if len(hits) else -1
     if e.type == "click":
         consume(st, item, const.state_decay, const.click_weight)
+        st.sess_sum += emb[item]  # every click of the session (the simulator's one click per slate included)
         first = in_slate >= 0 and not st.slate_clicked  # the slate's click (a later one moves only the counts)
         rank = in_slate if first else -1
         st.slate_clicked = st.slate_clicked or first

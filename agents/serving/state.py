@@ -14,11 +14,11 @@ from agents.serving.errors import CorruptStateError
 from envs.features import new_accumulators, reset_session
 
 STATE_MAGIC = b"RFUS"
-STATE_VERSION = 3  # 3: float32 accumulators in envs.features.ACC_NAMES order
+STATE_VERSION = 4  # 3: float32 accumulators in envs.features.ACC_NAMES order; 4: the session's click sum
 
 
 ARRAY_FIELDS = ("state", "cf_factor", "cf_a", "cf_b", "cf_items", "exposure", "cat_clicks", "seen_items",
-                 "seen_counts", "ctx", "slate_items", "slate_llm", "slate_cf")
+                 "seen_counts", "ctx", "slate_items", "slate_llm", "slate_cf", "sess_sum")
 SCALAR_FIELDS = ("cf_pinned", "cf_dirty", "t", "n_requests", "slate_id", "slate_clicked", "last_active", "n_events",
                   "sessions")
 
@@ -46,6 +46,8 @@ class UserState:
         slate_items: int32 (k,) its items, best first.
         slate_llm: float32 (k,) their ``llm_sim`` as served, minus the slate's mean (the click's evidence).
         slate_cf: float32 (k,) their ``cf_score`` as served, minus the slate's mean.
+        sess_sum: float32 (D,) the sum of the embeddings of the items clicked this session (``session_sim``'s
+            direction, ``env.obs_session_sim``).
         slate_clicked: The last slate already got a click.
         last_active: Wall-clock time of the last request or event.
         n_events: Events observed ever.
@@ -65,6 +67,7 @@ class UserState:
     slate_items: np.ndarray
     slate_llm: np.ndarray
     slate_cf: np.ndarray
+    sess_sum: np.ndarray
     cf_pinned: bool = False
     cf_dirty: bool = False
     t: int = 0
@@ -83,7 +86,7 @@ class UserState:
                  exposure=np.zeros(n_categories, np.float32), cat_clicks=np.zeros(n_categories, np.float32),
                  seen_items=np.zeros(0, np.int32), seen_counts=np.zeros(0, np.float32),
                  ctx=new_accumulators(1)[0], slate_items=np.zeros(0, np.int32), slate_llm=np.zeros(0, np.float32),
-                 slate_cf=np.zeros(0, np.float32))
+                 slate_cf=np.zeros(0, np.float32), sess_sum=np.zeros(dim, np.float32))
         st.reset_session()
         return st
 
@@ -98,6 +101,7 @@ class UserState:
         self.slate_llm = np.zeros(0, np.float32)
         self.slate_cf = np.zeros(0, np.float32)
         self.slate_clicked = False
+        self.sess_sum = np.zeros_like(self.sess_sum)
         self.sessions += 1
 
     def copy(self) -> UserState:
