@@ -343,6 +343,8 @@ def test_an_arm_reading_session_sim_is_served_logged_and_valued_offline(onnx_exp
     for arm, path in (("ppo", onnx_export), ("sess", sess)):
         offline = arm_prefix_log_prob(ModelScorer(path), obs, groups, slates, 1.0)
         np.testing.assert_allclose(np.stack(f[f"lp.{arm}"])[model], offline[model], atol=1e-4)
+    with pytest.raises(ValueError, match=r"obs\['session_sim'\]"):  # a log without the column: said, not a KeyError
+        ModelScorer(sess).inputs({k: v for k, v in obs.items() if k != "session_sim"})
     out = tmp_path / "ope.json"
     assert ope_main(["--logs", str(rt.writer.dir), "--policy", "arm:sess", "--estimators", "ips,snips",
                      "--json", str(out)]) == 0
