@@ -483,6 +483,10 @@ def export_run(run_dir: str | Path, fmt: Format = "onnx", out: str | Path | None
                          "recfeed version it was trained with")
     if "mask" in space.spaces:
         raise ValueError("policies with a candidate mask input are not exportable yet")
+    if "hidden_taste" in space.spaces:
+        raise ValueError("the policy reads obs['hidden_taste'] (env.obs_hidden_taste), the simulated user's hidden "
+                         "taste: a research ablation that no service can observe, so it is not exportable; train "
+                         "without env.obs_hidden_taste to serve it")
     if has_repulsion(policy):
         cats = policy.item_category.cpu().numpy()
         if cats.shape != (world.n_items,) or not np.array_equal(cats, world.catalog.category):

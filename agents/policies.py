@@ -291,7 +291,12 @@ class SlatePolicy(ActorCriticPolicy):
         # env.obs_session_sim: z(session_sim), the cosine with this session's clicks, is the candidate input's last
         # column, and reaches the logits through the residual MLP and a direct weight (zero at init)
         self.reads_session_sim = "session_sim" in obs_space.spaces
-        cand_dim = n_feat + emb_dim + (self.item_dim if self.use_item_table else 0) + int(self.reads_session_sim)
+        # env.obs_hidden_taste (a research ablation): z(hidden_taste), the true taste utility, sits just before
+        # session_sim (or last), with its own direct weight (zero at init)
+        self.reads_hidden_taste = "hidden_taste" in obs_space.spaces
+        self._taste_col = -1 - int(self.reads_session_sim)
+        cand_dim = (n_feat + emb_dim + (self.item_dim if self.use_item_table else 0) + int(self.reads_hidden_taste)
+                    + int(self.reads_session_sim))
         state_in = user_dim + ctx_dim + 2 * cand_dim
         act = self.activation_fn
 
@@ -317,6 +322,8 @@ class SlatePolicy(ActorCriticPolicy):
         self.feature_linear = nn.Linear(n_feat, 1, bias=False)
         self.session_weight: nn.Parameter | None = (
             nn.Parameter(th.zeros((), dtype=th.float32)) if self.reads_session_sim else None)
+        self.taste_weight: nn.Parameter | None = (
+            nn.Parameter(th.zeros((), dtype=th.float32)) if self.reads_hidden_taste else None)
         mask: th.Tensor | None = None
         if self.gate_only_signals:  # (F,) 0 on the two signals: the residual does not see them
             mask = th.ones(n_feat)
@@ -430,6 +437,11 @@ class SlatePolicy(ActorCriticPolicy):
             parts.append(obs["item_emb"])
         if self.item_table is not None:
             parts.append(self.item_table(catalog_ids(obs["candidates"], self.item_table.num_embeddings)))
+        if self.taste_weight is not None:  # before session_sim: _actor_parts reads it back as cand[..., _taste_col]
+            if "hidden_taste" not in obs:
+                raise ValueError("this policy reads obs['hidden_taste'] (it was trained with env.obs_hidden_taste, "
+                                 "a research ablation): play it on an env with env.obs_hidden_taste=true")
+            parts.append(standardise_rows(obs["hidden_taste"]).unsqueeze(-1))
         if self.session_weight is not None:  # last: _actor_parts reads it back as cand[..., -1]
             if "session_sim" not in obs:
                 raise ValueError("this policy reads obs['session_sim'] (it was trained with env.obs_session_sim): "
@@ -484,6 +496,8 @@ class SlatePolicy(ActorCriticPolicy):
         residual = self._residual(cand, h) + self.feature_linear(seen).squeeze(-1)  # (B, N)
         if self.session_weight is not None:
             residual = residual + self.session_weight * cand[..., -1]
+        if self.taste_weight is not None:
+            residual = residual + self.taste_weight * cand[..., self._taste_col]
         inv_t = self.log_inv_temperature.exp()
         raw = (blend if penalty is None else z + penalty) * inv_t + residual
         # Candidates more than LOGIT_RANGE nats below the row's best are held there (their probability is < e^-30

@@ -257,8 +257,8 @@ def markdown_table(results: dict[str, Any]) -> str:
     notes = ["", "Mean per session ± half the 95% bootstrap interval; p: two-sided paired t-test on per-session "
              f"differences against {ref} (same users, same seeds)."]
     if hidden:
-        notes.append("† reads the simulator's hidden state (true click probabilities): an upper reference, "
-                     "not a deployable policy.")
+        notes.append("† reads the simulator's hidden state (true click probabilities, or a PPO trained with "
+                     "env.obs_hidden_taste the true taste): an upper reference, not a deployable policy.")
     return "\n".join(lines + notes) + "\n"
 
 

@@ -321,8 +321,12 @@ class EnvConfig:
         obs_item_embeddings: Also put the candidates' embeddings (N, D) in the observation (small presets).
         obs_session_sim: Also put ``session_sim`` (N,) in the observation: each candidate's cosine with the sum of
             the embeddings of the items clicked so far in this session (0 before the first click). Opt-in, for
-            the policy only: rankers ignore it and ``agents.export`` refuses a policy that reads it (serving does
-            not compute it yet).
+            the policy only (rankers ignore it); serving computes it from the user's state (``UserState.sess_sum``).
+        obs_hidden_taste: Research ablation, never servable: also put ``hidden_taste`` (N,) in the observation,
+            each candidate's part of the user's *true* utility that is taste (``semantic + static`` of
+            :meth:`envs.core.BatchedCore.utility_parts`: the drifting semantic taste, the CF taste, quality and
+            price; the hidden state). It measures what a learner would make of perfect taste knowledge (BENCHMARKS,
+            session 20); ``agents.export`` and serving refuse a policy that reads it.
         state_decay: Weight kept by the pooled state on each new event.
         click_weight: Pool weight of a clicked item.
         purchase_weight: Extra pool weight of a purchased item.
@@ -360,6 +364,7 @@ class EnvConfig:
     obs_mode: Literal["pooled", "text"] = "pooled"
     obs_item_embeddings: bool = False
     obs_session_sim: bool = False
+    obs_hidden_taste: bool = False
     state_decay: float = 0.85
     click_weight: float = 1.0
     purchase_weight: float = 1.0

@@ -270,6 +270,7 @@ class BatchedCore:
         self.obs_features = alloc((b, self.N, len(FEATURE_NAMES)), f32)
         self.obs_context = alloc((b, len(CONTEXT_NAMES)), f32)
         self.obs_session_sim = alloc((b, self.N if self.cfg.obs_session_sim else 0), f32)
+        self.obs_hidden_taste = alloc((b, self.N if self.cfg.obs_hidden_taste else 0), f32)
 
     def _bind(self) -> None:
         """(Re)build the tuple of arrays the kernels take from the current attributes."""
@@ -391,7 +392,8 @@ class BatchedCore:
 
         Returns:
             ``{"user": (B, D), "candidates": (B, N) int64, "features": (B, N, F), "context": (B, C)}`` (plus
-            ``item_emb`` (B, N, D) when configured): the current observation arrays, all B rows.
+            ``item_emb`` (B, N, D), ``session_sim`` (B, N) and ``hidden_taste`` (B, N) when configured): the current
+            observation arrays, all B rows.
         """
         sel: slice | np.ndarray = slice(None) if rows is None else np.asarray(rows, dtype=np.int64)
         idx = self._rows[sel]
@@ -418,6 +420,10 @@ class BatchedCore:
             sim = self._gather(self.sess_sim, idx, self.cand_slots[idx])  # (r, N)
             self.obs_session_sim[idx] = np.where(norm[:, None] > 0, sim / np.maximum(norm, 1e-12)[:, None], 0.0)
             obs["session_sim"] = self.obs_session_sim
+        if self.cfg.obs_hidden_taste:  # a research ablation: the hidden state, never servable
+            parts = self.utility_parts(self.cand_slots[idx], idx)
+            self.obs_hidden_taste[idx] = parts["semantic"] + parts["static"]
+            obs["hidden_taste"] = self.obs_hidden_taste
         return obs
 
     def prompts(self, rows: np.ndarray | None = None) -> list[str]:
@@ -455,22 +461,23 @@ class BatchedCore:
 
     # ---- hidden truth -------------------------------------------------------------------------------------------
 
-    def utility_parts(self, slots: np.ndarray) -> dict[str, np.ndarray]:
-        """The terms of each row's true utility of its slots (hidden state), each float32 (B, X).
+    def utility_parts(self, slots: np.ndarray, rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """The terms of each row's true utility of its slots (hidden state), each float32 (r, X).
 
         ``semantic``: ``a·ρ_u·z_sem`` (the drifting semantic taste); ``static``: ``a·(1−ρ_u)·z_cf + q·quality −
         p_u·log1p(price)`` (fixed over the session); ``fatigue`` and ``repeat``: the penalties, as the positive
         amounts subtracted. :meth:`utility` is ``semantic + static − fatigue − repeat``.
 
         Args:
-            slots: int64 (B, X) slot indices (``cand_slots`` or a slate's slots).
+            slots: int64 (r, X) slot indices (``cand_slots`` or a slate's slots) of the rows ``rows``.
+            rows: int (r,) the rows (default all B).
         """
         um = self.cfg.user_model
-        idx = self._rows
-        items = np.take_along_axis(self.slot_items, slots, axis=1)
-        z_sem = (self._gather(self.sem_aff, idx, slots) - self.sem_mu[:, None]) / self.sem_sd[:, None]
+        idx = self._rows if rows is None else rows
+        items = np.take_along_axis(self.slot_items if rows is None else self.slot_items[rows], slots, axis=1)
+        z_sem = (self._gather(self.sem_aff, idx, slots) - self.sem_mu[idx, None]) / self.sem_sd[idx, None]
         fat = self.fatigue.ravel()[idx[:, None] * self.C + self._category[items]]
-        return {"semantic": self.a_rho[:, None] * z_sem, "static": self._gather(self.static_util, idx, slots),
+        return {"semantic": self.a_rho[idx, None] * z_sem, "static": self._gather(self.static_util, idx, slots),
                 "fatigue": um.fatigue_weight * fat, "repeat": um.repeat_weight * self._gather(self.seen, idx, slots)}
 
     def utility(self, slots: np.ndarray) -> np.ndarray:

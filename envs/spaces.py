@@ -51,7 +51,8 @@ CONTEXT_NAMES: tuple[str, ...] = (
 
 
 def observation_space(
-    n_items: int, n_candidates: int, dim: int, with_item_embeddings: bool = False, with_session_sim: bool = False
+    n_items: int, n_candidates: int, dim: int, with_item_embeddings: bool = False, with_session_sim: bool = False,
+    with_hidden_taste: bool = False,
 ) -> gym.spaces.Dict:
     """The single-user observation space.
 
@@ -62,10 +63,12 @@ def observation_space(
         with_item_embeddings: Add ``item_emb`` (N, D).
         with_session_sim: Add ``session_sim`` (N,): each candidate's cosine with this session's clicked items
             (``env.obs_session_sim``).
+        with_hidden_taste: Add ``hidden_taste`` (N,): each candidate's true taste utility, the hidden state
+            (``env.obs_hidden_taste``, a research ablation).
 
     Returns:
         ``Dict(user (D,), candidates (N,) int64, features (N, F), context (C,) [, item_emb (N, D)]
-        [, session_sim (N,)])``.
+        [, session_sim (N,)] [, hidden_taste (N,)])``.
     """
     spaces: dict[str, gym.spaces.Space] = {
         "user": gym.spaces.Box(-1.0, 1.0, (dim,), np.float32),
@@ -77,6 +80,8 @@ def observation_space(
         spaces["item_emb"] = gym.spaces.Box(-1.0, 1.0, (n_candidates, dim), np.float32)
     if with_session_sim:  # a cosine, unbounded in the space only for float rounding's sake
         spaces["session_sim"] = gym.spaces.Box(-np.inf, np.inf, (n_candidates,), np.float32)
+    if with_hidden_taste:
+        spaces["hidden_taste"] = gym.spaces.Box(-np.inf, np.inf, (n_candidates,), np.float32)
     return gym.spaces.Dict(spaces)
 
 

@@ -266,6 +266,37 @@ def test_kernel_threads_work_in_a_forked_child(small_cfg: EnvConfig, small_world
     assert os.read(read, 1) == b"1"
 
 
+def test_hidden_taste_is_the_true_taste_utility_of_the_candidates(small_cfg: EnvConfig, small_world: World) -> None:
+    """``env.obs_hidden_taste`` (a research ablation): ``hidden_taste`` is each candidate's ``semantic + static``
+    true utility (the hidden state), after every step (the semantic taste drifts with clicks) and after a partial
+    re-observation of the rows whose sessions ended; the rest of the observation and the sessions are those of a
+    core without it (the column draws no random numbers)."""
+    on = dataclasses.replace(small_cfg, obs_hidden_taste=True)
+    core, plain = make_core(on, small_world, b=32), make_core(small_cfg, small_world, b=32)
+    obs, ref = core.observe(), plain.observe()
+    assert "hidden_taste" not in ref
+    restarted = 0
+    for _ in range(12):
+        np.testing.assert_array_equal(obs["features"], ref["features"])
+        parts = core.utility_parts(core.cand_slots)
+        np.testing.assert_allclose(obs["hidden_taste"], parts["semantic"] + parts["static"], rtol=1e-6, atol=1e-6)
+        assert obs["hidden_taste"].std(axis=1).min() > 0  # it varies over each row's candidates
+        slate = greedy(obs, core.K)
+        res, ref_res = core.step(slate), plain.step(slate)
+        np.testing.assert_array_equal(res.click_rank, ref_res.click_rank)
+        done = np.flatnonzero(res.terminated | res.truncated)
+        restarted += done.size
+        for c in (core, plain):
+            c.reset_rows(done, done.astype(np.uint64) + np.uint64(5000))
+        if done.size:  # the rows that restarted are re-observed alone, then the whole batch
+            part = core.observe(done)
+            want = core.utility_parts(core.cand_slots[done], done)
+            np.testing.assert_allclose(part["hidden_taste"][done], want["semantic"] + want["static"], rtol=1e-6,
+                                       atol=1e-6)
+        obs, ref = core.observe(), plain.observe()
+    assert restarted > 0
+
+
 @pytest.mark.parametrize("gram_budget_mb", [64, 0])  # the item Gram matrix, or the embeddings
 def test_session_sim_is_the_cosine_with_this_sessions_clicks(small_cfg: EnvConfig, small_world: World,
                                                              gram_budget_mb: int) -> None:

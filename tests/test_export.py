@@ -115,6 +115,27 @@ def test_a_policy_reading_session_sim_trains_and_evaluates(tmp_path: Path, small
         run_episodes(plain, ranker, episode_plan(16, [0], small_world.populations["heldout"].size))
 
 
+def test_a_policy_reading_the_hidden_taste_trains_evaluates_and_is_not_exported(tmp_path: Path,
+                                                                               small_world: World) -> None:
+    """``env.obs_hidden_taste`` (the research ablation): PPO trains on the column, the run plays sessions of a core
+    that has it, and the export refuses it by name (no service observes a user's true taste), writing nothing."""
+    from agents.evaluation import episode_plan, run_episodes
+    from agents.registry import load_run
+    from configs.loader import load_config
+    from envs.core import BatchedCore
+
+    run = make_run_dir(tmp_path, small_world, steps=64, hidden_taste=True)
+    ranker = load_run(str(run))
+    assert ranker.policy.taste_weight is not None  # type: ignore[attr-defined]
+    cfg = load_config(run / "config.yaml")
+    core = BatchedCore(small_world, cfg.env, 16, "heldout")
+    stats = run_episodes(core, ranker, episode_plan(16, [0], small_world.populations["heldout"].size))
+    assert np.isfinite(stats.ret).all() and stats.ret.shape == (16,)
+    with pytest.raises(ValueError, match=r"hidden_taste.*not exportable"):
+        export_run(run, "onnx", world=small_world, parity_envs=4, parity_steps=2)
+    assert not (run / "export").exists()
+
+
 def test_export_cli_and_errors(tmp_path: Path, run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The CLI loads the world from the run's config (the cache the fixture filled) and reports parity."""
     assert main([str(run_dir), "--format", "onnx", "--out", str(tmp_path / "cli"), "--parity-envs", "4",

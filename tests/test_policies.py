@@ -686,6 +686,42 @@ def test_session_sim_input_starts_silent_then_steers_the_logits_and_round_trips(
     assert loaded.session_weight is not None and float(loaded.session_weight.detach()) == 2.0
 
 
+def test_hidden_taste_input_has_its_own_column_and_weight_beside_session_sim() -> None:
+    """A policy over an observation with ``hidden_taste`` (``env.obs_hidden_taste``, the research ablation) and
+    ``session_sim``: silent at init (the logits of the policy without either column, given a zero residual); the
+    taste weight adds ``w·z(hidden_taste)`` and the session weight ``v·z(session_sim)``, each reading its own
+    column; gradients reach the taste weight; it survives a save / load; a missing column is named."""
+    from agents.ppo_ranker import build_policy, policy_settings
+
+    plain_space = observation_space(N_ITEMS, N_CAND, DIM)
+    space = observation_space(N_ITEMS, N_CAND, DIM, with_session_sim=True, with_hidden_taste=True)
+    kwargs: dict[str, Any] = dict(residual_init_scale=0.0, item_category=np.arange(N_ITEMS) % 3)
+    th.manual_seed(1)
+    policy = _policy(space, **kwargs)
+    th.manual_seed(1)
+    plain = _policy(plain_space, **kwargs)
+    assert policy.taste_weight is not None and policy.session_weight is not None and plain.taste_weight is None
+    obs = _fake_obs(space, 32, seed=8)
+    plain_obs = {k: v for k, v in obs.items() if k not in ("session_sim", "hidden_taste")}
+    with th.no_grad():
+        base = policy.candidate_logits(obs)
+        np.testing.assert_allclose(base.numpy(), plain.candidate_logits(plain_obs).numpy(), atol=1e-6)
+        policy.taste_weight.fill_(1.5)
+        taste = policy.candidate_logits(obs)
+        policy.session_weight.fill_(-0.5)
+        both = policy.candidate_logits(obs)
+    z_taste = standardise_rows(th.as_tensor(obs["hidden_taste"]))
+    z_sess = standardise_rows(th.as_tensor(obs["session_sim"]))
+    np.testing.assert_allclose((taste - base).numpy(), (1.5 * z_taste).numpy(), atol=1e-5)
+    np.testing.assert_allclose((both - taste).numpy(), (-0.5 * z_sess).numpy(), atol=1e-5)
+    policy.candidate_logits(obs).sum().backward()
+    assert policy.taste_weight.grad is not None and policy.taste_weight.grad.abs() > 0
+    loaded = build_policy(policy_settings(policy), dict(policy.state_dict()))
+    assert loaded.taste_weight is not None and float(loaded.taste_weight.detach()) == 1.5
+    with pytest.raises(ValueError, match=r"env\.obs_hidden_taste=true"):
+        policy.candidate_logits({k: v for k, v in obs.items() if k != "hidden_taste"})
+
+
 def test_session_base_starts_at_tuned_session_diverse_and_its_parts_sum_to_the_logits() -> None:
     """``session_base_weight`` β: the diverse base becomes ``z(z(blend) + β·z(session_sim))``, so with a zero
     residual the policy's mode is tuned-session-diverse's slate (the heuristic reading the same column) on every
