@@ -463,8 +463,9 @@ def compare_runs(runs: list[str], core: BatchedCore, world: World, plan: Episode
                  references: dict[str, np.ndarray], boot: Bootstrap) -> dict[str, Any]:
     """Each trained policy on the held-out sessions ``plan``, paired with each reference.
 
-    A policy that reads ``obs["session_sim"]`` (``env.obs_session_sim``) plays a copy of ``core`` with the column:
-    the column changes no draw, so the sessions are the same ones.
+    A policy that reads ``obs["session_sim"]`` (``env.obs_session_sim``) or ``obs["hidden_taste"]``
+    (``env.obs_hidden_taste``) plays a copy of ``core`` with the column: no column changes a draw, so the sessions
+    are the same ones.
 
     Args:
         runs: Run directories (``train.py``).
@@ -479,16 +480,17 @@ def compare_runs(runs: list[str], core: BatchedCore, world: World, plan: Episode
     """
 
     out: dict[str, Any] = {}
-    flagged: BatchedCore | None = None
+    flagged: dict[tuple[bool, bool], BatchedCore] = {(core.cfg.obs_session_sim, core.cfg.obs_hidden_taste): core}
     for run in runs:
         ranker = load_run(run, n_items=world.n_items)
-        play = core
-        if getattr(getattr(ranker, "policy", None), "reads_session_sim", False) and not core.cfg.obs_session_sim:
-            if flagged is None:
-                flagged = BatchedCore(world, dataclasses.replace(core.cfg, obs_session_sim=True), core.B,
-                                      core.population)
-            play = flagged
-        ret = run_episodes(play, ranker, plan).ret
+        policy = getattr(ranker, "policy", None)
+        flags = (core.cfg.obs_session_sim or getattr(policy, "reads_session_sim", False),
+                 core.cfg.obs_hidden_taste or getattr(policy, "reads_hidden_taste", False))
+        if flags not in flagged:
+            flagged[flags] = BatchedCore(world, dataclasses.replace(core.cfg, obs_session_sim=flags[0],
+                                                                    obs_hidden_taste=flags[1]),
+                                         core.B, core.population)
+        ret = run_episodes(flagged[flags], ranker, plan).ret
         row: dict[str, Any] = {"return": float(ret.mean())}
         row.update({f"vs {name}": paired_test(ret, r, boot) for name, r in references.items()})
         out[run] = row

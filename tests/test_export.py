@@ -118,9 +118,12 @@ def test_a_policy_reading_session_sim_trains_and_evaluates(tmp_path: Path, small
 def test_a_policy_reading_the_hidden_taste_trains_evaluates_and_is_not_exported(tmp_path: Path,
                                                                                small_world: World) -> None:
     """``env.obs_hidden_taste`` (the research ablation): PPO trains on the column, the run plays sessions of a core
-    that has it, and the export refuses it by name (no service observes a user's true taste), writing nothing."""
+    that has it, ``bench.term_probe --runs`` plays it on the same sessions from a core without it (the column draws
+    nothing), and the export refuses it by name (no service observes a user's true taste), writing nothing."""
     from agents.evaluation import episode_plan, run_episodes
     from agents.registry import load_run
+    from agents.report import Bootstrap
+    from bench.term_probe import compare_runs
     from configs.loader import load_config
     from envs.core import BatchedCore
 
@@ -129,8 +132,13 @@ def test_a_policy_reading_the_hidden_taste_trains_evaluates_and_is_not_exported(
     assert ranker.policy.taste_weight is not None  # type: ignore[attr-defined]
     cfg = load_config(run / "config.yaml")
     core = BatchedCore(small_world, cfg.env, 16, "heldout")
-    stats = run_episodes(core, ranker, episode_plan(16, [0], small_world.populations["heldout"].size))
+    plan = episode_plan(16, [0], small_world.populations["heldout"].size)
+    stats = run_episodes(core, ranker, plan)
     assert np.isfinite(stats.ret).all() and stats.ret.shape == (16,)
+    plain = BatchedCore(small_world, dataclasses.replace(cfg.env, obs_hidden_taste=False), 16, "heldout")
+    rows = compare_runs([str(run)], plain, small_world, plan, {"zero": np.zeros(16)}, Bootstrap(16, 200, 0))
+    assert rows[str(run)]["return"] == pytest.approx(float(stats.ret.mean()), abs=1e-6)
+    assert rows[str(run)]["vs zero"]["diff"] == pytest.approx(float(stats.ret.mean()), abs=1e-6)
     with pytest.raises(ValueError, match=r"hidden_taste.*not exportable"):
         export_run(run, "onnx", world=small_world, parity_envs=4, parity_steps=2)
     assert not (run / "export").exists()
