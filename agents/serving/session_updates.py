@@ -66,6 +66,7 @@ def apply_event(st: UserState, e: Event, item: int, dwell_s: float, category: np
         category: int (M,) the catalog's category per row.
         const: The simulator's observation constants.
         consume: Pools a clicked or bought item into the state (the runtime's, which knows the item tables).
+        emb: float32 (M, D) the catalog's unit embeddings (a click adds its item's to ``st.sess_sum``).
 
     Returns:
         Whether it was applied (not: the item was not shown this session).
