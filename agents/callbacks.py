@@ -1,18 +1,22 @@
 """The SB3 callbacks of a training run: rollout metrics, the wall-time limit, periodic evaluation, checkpoints, the
-running average of the policy's weights.
+running average of the policy's weights, the choice of the best iterate on training users.
 
 :func:`agents.training.train` hands them to ``PPO.learn``; what they log goes to the run's TensorBoard folder.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch as th
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
 from stable_baselines3.common.callbacks import BaseCallback
 from tqdm.auto import tqdm
 
@@ -20,8 +24,19 @@ from agents.checkpoints import CKPT_DIR, save_checkpoint
 from agents.evaluation import run_episodes
 from agents.policies import SlatePolicy
 from agents.ppo_ranker import PPORanker
+from configs.fileio import atomic_write_bytes, atomic_write_text
 from envs.core import BatchedCore
 from envs.sb3 import SB3VecEnv
+
+#: The training-user sessions that pick the saved iterate are ``episode_plan(E, [seed + SELECT_SEED], U_train)``:
+#: apart from the tuning sessions (``seed + TUNE_SEED``) and their validation (``+ 7,919``).
+SELECT_SEED = 2_000_029
+#: The best iterate so far (weights, safetensors) and what it scored (JSON), written atomically on every new best, so
+#: that ``--resume`` continues the choice.
+BEST_WEIGHTS_FILE = "best_iterate.safetensors"
+BEST_STATE_FILE = "best_iterate.json"
+#: One JSON line per evaluation of the choice: ``{"step", "return", "best"}``.
+SELECTION_LOG = "selection.jsonl"
 
 
 class RolloutMetrics(BaseCallback):
@@ -240,3 +255,103 @@ class Checkpointer(_Every):
         if self.average is not None:
             self.average.update()
         save_checkpoint(self.model, self.dir, average=None if self.average is None else self.average.average)
+
+
+class SelectIterate(_Every):
+    """Every ``every`` steps: the policy on fixed sessions of the *training* users; the best iterate is kept.
+
+    The run's saved policy is the iterate (one of those evaluated here, the last one included) with the highest mean
+    return on these sessions (``train.select_episodes``). They are training users, so the choice reads nothing of the
+    held-out users that the final table measures. Each evaluation is a line of ``selection.jsonl``; each new best
+    is written to ``best_iterate.safetensors`` + ``best_iterate.json`` (atomically, the weights first) so that a
+    resumed run continues the choice. Ties keep the earlier iterate.
+
+    Args:
+        core: Core over the training users.
+        plan: The fixed sessions (``episode_plan(E, [seed + SELECT_SEED], U_train)``).
+        every: Steps between evaluations (``train.eval_every``).
+        run_dir: The run directory.
+        k: Slate size.
+        start: The step count learning starts from (a resumed run's).
+        resume: Read the best iterate a previous part of the run kept (a missing or changed file is named on
+            stderr and the choice starts again).
+    """
+
+    def __init__(self, core: BatchedCore, plan: Any, every: int, run_dir: Path, k: int, start: int = 0,
+                 resume: bool = False) -> None:
+        super().__init__(every, start)
+        self.core, self.plan, self.run_dir, self.k = core, plan, run_dir, k
+        self.best_return = -np.inf
+        self.best_step: int | None = None
+        self.best_weights: dict[str, th.Tensor] | None = None
+        self.last: dict[str, Any] | None = None
+        self.evaluations = 0
+        if resume:
+            self._read_best()
+
+    def fire(self) -> None:
+        self.evaluate()
+
+    def evaluate(self) -> dict[str, Any]:
+        """Evaluate the current weights (once per step count); keep them when they beat the best so far."""
+        step = int(self.model.num_timesteps)  # the model's: after learn() the callback's copy may lag
+        if self.last is not None and self.last["step"] == step:
+            return self.last
+        ret = self.score()
+        best = ret > self.best_return
+        if best:
+            self.best_return, self.best_step = ret, step
+            weights = self.model.policy.state_dict()
+            self.best_weights = {n: v.detach().cpu().clone().contiguous() for n, v in weights.items()}
+            self._write_best()
+        self.evaluations += 1
+        self.last = {"step": step, "return": ret, "best": best}
+        self.logger.record("select/return", ret)
+        self.logger.record("select/best_return", self.best_return)
+        with open(self.run_dir / SELECTION_LOG, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(self.last) + "\n")
+        return self.last
+
+    def score(self) -> float:
+        """The current policy's mean return on the selection sessions."""
+        policy = self.model.policy
+        assert isinstance(policy, SlatePolicy)
+        ret = float(run_episodes(self.core, PPORanker(policy, self.k), self.plan).ret.mean())
+        policy.train()
+        return ret
+
+    def summary(self) -> dict[str, Any]:
+        """What was chosen: ``{"episodes", "evaluations", "best_step", "best_return", "last_step", "last_return"}``
+        (returns on the training users' selection sessions)."""
+        return {"episodes": len(self.plan), "evaluations": self.evaluations, "best_step": self.best_step,
+                "best_return": self.best_return, "last_step": None if self.last is None else self.last["step"],
+                "last_return": None if self.last is None else self.last["return"]}
+
+    def _state(self) -> dict[str, Any]:
+        return {"episodes": len(self.plan), "keys_head": [int(x) for x in self.plan.keys[:4]]}
+
+    def _write_best(self) -> None:
+        assert self.best_weights is not None
+        data = save_tensors(self.best_weights)
+        atomic_write_bytes(self.run_dir / BEST_WEIGHTS_FILE, data)
+        atomic_write_text(self.run_dir / BEST_STATE_FILE, json.dumps(
+            {**self._state(), "step": self.best_step, "return": self.best_return,
+             "sha256": hashlib.sha256(data).hexdigest()}) + "\n")
+
+    def _read_best(self) -> None:
+        wpath, spath = self.run_dir / BEST_WEIGHTS_FILE, self.run_dir / BEST_STATE_FILE
+        if not spath.is_file():
+            return
+        try:
+            state = json.loads(spath.read_text(encoding="utf-8"))
+            data = wpath.read_bytes()
+            if hashlib.sha256(data).hexdigest() != state["sha256"]:
+                raise ValueError(f"{wpath.name} is missing, truncated or changed since {spath.name} was written")
+            if {k: state[k] for k in self._state()} != self._state():
+                raise ValueError("it was chosen on other sessions (train.select_episodes or the seed changed)")
+            self.best_weights = load_tensors(data)
+            self.best_return, self.best_step = float(state["return"]), int(state["step"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            print(f"train.py: warning: the best iterate kept so far ({spath}) cannot be used: {exc}; the choice "
+                  "starts again from this part of the run", file=sys.stderr, flush=True)
+            self.best_weights, self.best_return, self.best_step = None, -np.inf, None

@@ -40,7 +40,8 @@ FINAL_BASELINES = ("random", "greedy-llm", "greedy-cf", "tuned-alpha", "linucb",
 STRONGEST_HEURISTIC, CEILING = "tuned-diverse", "tuned-oracle-diverse"
 #: The rankers that read the hidden state (upper references, never "hand-written").
 HIDDEN = ("oracle", CEILING)
-#: The row of the last iterate when the run's policy is an average of its weights (``train.policy_average_halflife``).
+#: The row of the last iterate when the run's policy is an average of its weights or an earlier iterate chosen on
+#: training users (``train.policy_average_halflife``, ``train.select_episodes``).
 LAST_ITERATE = "ppo-last"
 
 
@@ -95,8 +96,9 @@ def final_comparison(cfg: Config, world: World, policy: SlatePolicy, curve: Any,
         tuning: The run's tuning context (:func:`tuning_context`), whose searches training already ran (a
             ``"diverse"`` policy starts at tuned-diverse), so that the table's references are the very searches the
             policy started from; None builds one (its searches are re-read from the on-disk cache or run).
-        last_iterate: When ``policy`` is an average of the weights (``train.policy_average_halflife``), the last
-            iterate: a row ``ppo-last`` on the same sessions, so that the table shows what the averaging did.
+        last_iterate: When ``policy`` is an average of the weights (``train.policy_average_halflife``) or an earlier
+            iterate chosen on training users (``train.select_episodes``), the last iterate: a row ``ppo-last`` on
+            the same sessions, so that the table shows what the averaging or the choice did.
     """
     ec = cfg.eval
     core = make_core(cfg.env, cfg.env.preset, cfg.encoder, world, "heldout", ec.batch)

@@ -10,7 +10,10 @@
     eval.jsonl       periodic evaluations against tuned-alpha on held-out users
     policy.safetensors + policy.json   the final policy, pickle-free: what evaluate.py / export / serve read (with
                      train.policy_average_halflife > 0, the average of the weights; the checkpoints hold the
-                     last iterate and the average, policy_average.safetensors)
+                     last iterate and the average, policy_average.safetensors; with train.select_episodes > 0, the
+                     iterate that scored best on fixed sessions of the training users)
+    selection.jsonl, best_iterate.safetensors + .json   with train.select_episodes > 0: every evaluation of that
+                     choice, and the best iterate so far (what a resume continues from)
     model.zip        the final model as SB3's archive (PPO with SlatePolicy), for SB3 users; recfeed never reads it
     report/          final comparison: results.json / .md / .csv, plots/*.png, alpha.json (agents/final_report.py)
     summary.json     headline figures, timings and paths
@@ -38,7 +41,15 @@ from stable_baselines3.common.vec_env import VecNormalize
 from tqdm.auto import tqdm
 
 from agents.baselines import ParamSearch, RankerContext, make_ranker
-from agents.callbacks import Checkpointer, PeriodicEval, PolicyAverage, RolloutMetrics, TimeLimit
+from agents.callbacks import (
+    SELECT_SEED,
+    Checkpointer,
+    PeriodicEval,
+    PolicyAverage,
+    RolloutMetrics,
+    SelectIterate,
+    TimeLimit,
+)
 from agents.checkpoints import (
     CKPT_DIR,
     STATE_FILE,
@@ -335,9 +346,17 @@ def _learn_and_report(cfg: Config, run_dir: Path, world: World, curve: Any, tuni
                   flush=True)
         average = PolicyAverage(tc.policy_average_halflife, None if ckpt is None else ckpt.average)
     checkpointer = Checkpointer(run_dir, tc.checkpoint_every, start=model.num_timesteps, average=average)
+    select = None
+    if tc.select_episodes > 0:  # the saved policy: the best iterate on fixed sessions of the training users
+        select_core = make_core(cfg.env, cfg.env.preset, cfg.encoder, world, "train", cfg.eval.batch)
+        select_plan = episode_plan(tc.select_episodes, [tc.seed + SELECT_SEED], world.populations["train"].size)
+        select = SelectIterate(select_core, select_plan, tc.eval_every, run_dir, cfg.env.slate_size,
+                               start=model.num_timesteps, resume=resume)
+        select.init_callback(model)  # the final evaluation needs it when nothing is left to learn
     t_learn = time.perf_counter()
     steps_before = model.num_timesteps
     callbacks: list[BaseCallback] = [metrics, periodic, checkpointer] + ([average] if average is not None else [])
+    callbacks += [select] if select is not None else []
     if tc.max_minutes is not None:
         callbacks.append(TimeLimit(tc.max_minutes))
     periodic.init_callback(model)  # learn() does this too, but the final evaluation needs it when nothing is left
@@ -357,7 +376,16 @@ def _learn_and_report(cfg: Config, run_dir: Path, world: World, curve: Any, tuni
     if average is not None and average.average is not None:
         last_iterate = copy.deepcopy(model.policy)
         model.policy.load_state_dict(average.average)
-    save_policy(model.policy, run_dir)  # what recfeed reads (pickle-free): the average when there is one
+    selection = None
+    if select is not None:
+        select.evaluate()  # the last iterate is a candidate too
+        selection = select.summary()
+        if select.best_step != model.num_timesteps and select.best_weights is not None:
+            last_iterate = copy.deepcopy(model.policy)
+            model.policy.load_state_dict(select.best_weights)
+            say(f"saved policy: the iterate of step {select.best_step:,} ({select.best_return:.3f} on "
+                f"{tc.select_episodes} training-user sessions; the last iterate {selection['last_return']:.3f})")
+    save_policy(model.policy, run_dir)  # what recfeed reads (pickle-free): the average or the chosen iterate
     _atomic_save(model.save, run_dir / MODEL_FILE)  # SB3's archive, for SB3 users
     say(f"trained {model.num_timesteps - steps_before:,} steps in {learn_s:.0f}s "
         f"({(model.num_timesteps - steps_before) / max(learn_s, 1e-9):,.0f} steps/s; "
@@ -382,6 +410,7 @@ def _learn_and_report(cfg: Config, run_dir: Path, world: World, curve: Any, tuni
         "paired_vs_tuned_diverse": report["paired_vs_tuned_diverse"],
         "best_hand_written_heldout": report["best_hand_written_heldout"],
         "policy_base": tc.policy.base,
+        "selected_iterate": selection,
         "gap_closed_to_ceiling": report.get("gap_closed_to_ceiling"),
         "alpha_by_user_type": report["alpha"]["by_rho"],
         "alpha_by_user_type_effective": report["alpha"].get("by_rho_effective"),

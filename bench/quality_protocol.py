@@ -2,7 +2,8 @@
 
 ``python -m bench.quality_protocol --preset default --seeds 0,1,2,3,4 --minutes 15 --parallel 2`` trains one run
 per seed with ``train.py --config configs/quality.yaml`` (at most ``--minutes`` of learning each, ``--parallel``
-runs at a time, each on one core: one torch thread, one env-kernel thread), each run evaluated by ``train.py``
+runs at a time, each on ``--threads`` cores: that many torch threads and env-kernel threads, default 1; ``--parallel
+1 --threads 2`` gives each run the whole of a 2-core machine), each run evaluated by ``train.py``
 on the same held-out sessions (common random numbers) against the baselines, then aggregates the runs:
 
 * per ranker, the mean return over the seeds and its 95% t-interval across seeds (the baselines vary with the
@@ -53,6 +54,8 @@ from bench.ppo_seeds import t_interval
 from configs.loader import atomic_write_text
 
 REFERENCE, CEILING, MYOPIC = "tuned-diverse", "tuned-oracle-diverse", "oracle"
+#: The last iterate's row in a run that saved another policy (the average, or an iterate chosen on training users).
+LAST = "ppo-last"
 
 
 def _seeds(text: str) -> list[int]:
@@ -71,7 +74,7 @@ def train_commands(args: argparse.Namespace) -> list[tuple[Path, list[str]]]:
     for seed in args.seeds:
         name = f"{args.name}-s{seed}"
         cmd = [sys.executable, "train.py", "--preset", args.preset, "--out", str(args.out), "--name", name, "--quiet",
-               "--set", f"train.seed={seed}"]
+               "--set", f"train.seed={seed}", "--set", f"train.torch_threads={args.threads}"]
         if args.steps is not None:  # a step budget, no time limit: the same runs whatever the machine's load
             cmd += ["--config", args.config, "--set", f"train.total_timesteps={args.steps}",
                     "--set", "train.max_minutes=null"]
@@ -83,8 +86,9 @@ def train_commands(args: argparse.Namespace) -> list[tuple[Path, list[str]]]:
     return out
 
 
-def run_all(jobs: list[tuple[Path, list[str]]], parallel: int) -> dict[str, Any]:
-    """Run the training commands, ``parallel`` at a time; skip runs that have finished. Returns per-run status."""
+def run_all(jobs: list[tuple[Path, list[str]]], parallel: int, threads: int = 1) -> dict[str, Any]:
+    """Run the training commands, ``parallel`` at a time with ``threads`` env-kernel threads each (the commands set
+    the torch threads); skip runs that have finished. Returns per-run status."""
     status: dict[str, Any] = {}
     pending = []
     for run, cmd in jobs:
@@ -92,7 +96,7 @@ def run_all(jobs: list[tuple[Path, list[str]]], parallel: int) -> dict[str, Any]
             status[run.name] = "finished before"
         else:
             pending.append((run, cmd))
-    env = {**os.environ, "RECFEED_ENV_THREADS": "1"}
+    env = {**os.environ, "RECFEED_ENV_THREADS": str(threads)}
     active: list[tuple[Path, subprocess.Popen, Any, float]] = []
     while pending or active:
         while pending and len(active) < parallel:
@@ -190,7 +194,7 @@ def aggregate(runs: list[Path]) -> dict[str, Any]:
     """The protocol's figures from finished run directories (see the module docstring)."""
     results = [json.loads((r / "report" / "results.json").read_text(encoding="utf-8")) for r in runs]
     summaries = [json.loads((r / "summary.json").read_text(encoding="utf-8")) for r in runs]
-    names = list(results[0]["rankers"])
+    names = [n for n in results[0]["rankers"] if all(n in r["rankers"] for r in results)]  # rows every run has
     per_seed = {n: np.array([r["rankers"][n]["return"]["mean"] for r in results]) for n in names}
     table = {n: {"mean": float(v.mean()), "ci95": t_interval(v), "per_seed": v.tolist()} for n, v in per_seed.items()}
     ppo = per_seed["ppo"]
@@ -235,6 +239,11 @@ def aggregate(runs: list[Path]) -> dict[str, Any]:
         versus["strongest hand-written per run"] = {"names": best, **against(runs, ppo, strongest, best)}
     if versus:
         out["vs_references"] = versus
+    last = [LAST if LAST in r["rankers"] else "ppo" for r in results]  # "ppo": the run kept its last iterate
+    if LAST in last:  # the runs chose their saved policy (train.select_episodes) or averaged it: what that did
+        last_ret = np.array([r["rankers"][n]["return"]["mean"] for r, n in zip(results, last, strict=True)])
+        out["vs_last_iterate"] = {"names": last, **against(runs, ppo, last_ret, last)}
+        out["selected_iterate"] = [s.get("selected_iterate") for s in summaries]
     return out
 
 
@@ -318,6 +327,16 @@ def markdown(agg: dict[str, Any], title: str) -> str:
         if p and "skipped" not in p:
             lines.append(f"| PPO − {ref}, 95% interval over seeds **and** sessions | {p['diff']['mean']:+.3f} "
                          f"({p['diff']['ci95'][0]:+.3f} to {p['diff']['ci95'][1]:+.3f}) | SE {p['diff']['se']:.3f} |")
+    if "vs_last_iterate" in agg:
+        v = agg["vs_last_iterate"]
+        chosen = [f"{c['best_step']:,}" if c else "-" for c in agg.get("selected_iterate") or []]
+        lines.append(f"| PPO − its last iterate (the saved policy's choice; step chosen per run: "
+                     f"{', '.join(chosen) or 'averaged'}) | {ci(v['diff'], '+.3f')} | "
+                     f"{', '.join(f'{x:+.3f}' for x in v['diff']['per_seed'])} |")
+        p = v.get("seeds_and_sessions")
+        if p and "skipped" not in p:
+            lines.append(f"| PPO − its last iterate, 95% interval over seeds **and** sessions | "
+                         f"{p['diff']['mean']:+.3f} ({p['diff']['ci95'][0]:+.3f} to {p['diff']['ci95'][1]:+.3f}) | |")
     if "probe" in agg:
         for key, label in (("effective_alpha_gap", "probe: effective α gap cf − llm at request 5"),
                            ("slate_lean_gap", "probe: slate-lean gap cf − llm at request 5")):
@@ -362,7 +381,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     help="a step budget per run instead of the time limit (train.total_timesteps, no time limit): a "
                          "run is deterministic given its seed and steps, so on one machine the protocol repeats "
                          "exactly, whatever the load")
-    ap.add_argument("--parallel", type=int, default=2, help="runs at a time (one core each)")
+    ap.add_argument("--parallel", type=int, default=2, help="runs at a time")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="cores per run: its torch threads and env-kernel threads (train.torch_threads, "
+                         "RECFEED_ENV_THREADS); keep --parallel x --threads within the machine's cores")
     ap.add_argument("--config", default=None, help="train.py config of every run (default configs/quality.yaml)")
     ap.add_argument("--make-train", action="store_true",
                     help="run make train's job per seed: train.py's embedded defaults, no --config, no time limit")
@@ -381,13 +403,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                  f"{'' if args.minutes is None else f' and --minutes {args.minutes:g}'})")
     args.config = args.config or "configs/quality.yaml"
     args.minutes = 15.0 if args.minutes is None else args.minutes
-    if args.minutes <= 0 or args.parallel < 1:
-        ap.error("--minutes must be > 0 and --parallel >= 1")
+    if args.minutes <= 0 or args.parallel < 1 or args.threads < 1:
+        ap.error("--minutes must be > 0, --parallel and --threads >= 1")
+    if args.parallel * args.threads > (os.cpu_count() or 1):
+        print(f"[protocol] warning: --parallel {args.parallel} x --threads {args.threads} exceeds this machine's "
+              f"{os.cpu_count()} cores: the runs will contend (torch threads spin-wait on a busy core)",
+              file=sys.stderr, flush=True)
     if not args.make_train and not Path(args.config).is_file():
         ap.error(f"--config {args.config} does not exist")
     args.name = args.name or f"{'make-train' if args.make_train else 'protocol'}-{Path(args.preset).name}"
     jobs = train_commands(args)
-    status = {} if args.aggregate_only else run_all(jobs, args.parallel)
+    status = {} if args.aggregate_only else run_all(jobs, args.parallel, args.threads)
     done = [run for run, _ in jobs if (run / "report" / "results.json").is_file() and (run / "summary.json").is_file()]
     if not done:
         raise SystemExit(f"no finished run under {args.out} (status: {status})")

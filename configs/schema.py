@@ -563,6 +563,10 @@ class TrainConfig:
         policy_average_halflife: > 0: the run's saved policy is an exponential moving average of the weights over
             PPO updates with this half-life in updates (rollouts); the final table adds the last iterate as
             ``ppo-last`` (:class:`agents.callbacks.PolicyAverage`). 0: the last iterate, as before.
+        select_episodes: > 0: at every periodic evaluation (``eval_every``) and at the end, the policy also plays
+            this many fixed sessions of the *training* users (never the held-out ones); the run's saved policy is the
+            iterate with the highest mean return there, and the final table adds the last iterate as ``ppo-last``
+            (:class:`agents.callbacks.SelectIterate`). 0: the last iterate. Not with ``policy_average_halflife``.
         out_dir: Parent folder of run directories.
         run_name: Run directory name (``None``: a timestamp).
         backend: ``"local"`` (the vector env in this process) or ``"ray"`` (rollouts collected on Ray actors,
@@ -581,6 +585,7 @@ class TrainConfig:
     eval_episodes: int = 512
     checkpoint_every: int = 100_000
     policy_average_halflife: float = 0.0
+    select_episodes: int = 0
     out_dir: str = "runs"
     run_name: str | None = None
     backend: Literal["local", "ray"] = "local"
@@ -592,8 +597,16 @@ class TrainConfig:
         _finite(self)
         _check(self, ">=1", "total_timesteps", "eval_episodes")
         _check(self, ">0", "max_minutes")
-        _check(self, ">=0", "seed", "torch_threads", "eval_every", "checkpoint_every", "policy_average_halflife")
+        _check(self, ">=0", "seed", "torch_threads", "eval_every", "checkpoint_every", "policy_average_halflife",
+               "select_episodes")
         _nonempty(self, "out_dir", "device")
+        if _number(self.select_episodes) and self.select_episodes > 0:
+            if _number(self.eval_every) and self.eval_every == 0:
+                raise FieldError("select_episodes", "picks among the iterates of the periodic evaluations: set "
+                                 "train.eval_every > 0 (or select_episodes = 0)")
+            if _number(self.policy_average_halflife) and self.policy_average_halflife > 0:
+                raise FieldError("select_episodes", "and train.policy_average_halflife both choose the run's saved "
+                                 "policy: set one of them to 0")
         name = self.run_name
         if isinstance(name, str) and (not name.strip() or name in (".", "..") or "/" in name or "\\" in name):
             raise FieldError("run_name", f"must be a plain folder name (no path separators), got {name!r}")

@@ -55,6 +55,13 @@ def test_finished_runs_are_not_trained_again(tmp_path: Path) -> None:
     status = run_all([(done, ["false"]), (fail, [sys.executable, "-c", "import sys; sys.exit(3)"])], parallel=2)
     assert status["p-s0"] == "finished before"
     assert status["p-s1"].startswith("failed (exit 3")
+    # a run's env-kernel threads are --threads (its torch threads are in its command)
+    seen = tmp_path / "p-s2"
+    write = (f"import os, pathlib; pathlib.Path({str(seen)!r}, 'summary.json')"
+             ".write_text(os.environ['RECFEED_ENV_THREADS'])")
+    seen.mkdir()
+    assert run_all([(seen, [sys.executable, "-c", write])], parallel=1, threads=2)["p-s2"] == "trained"
+    assert (seen / "summary.json").read_text() == "2"
 
 
 def test_aggregate_only_reads_finished_runs_and_rejects_bad_flags(tmp_path: Path,
@@ -95,7 +102,7 @@ def test_make_train_mode_runs_train_py_defaults_per_seed(tmp_path: Path, capsys:
     """``--make-train`` runs ``make train``'s job per seed: no config file, no time limit, only the seed set; the
     15-minute protocol keeps both. Giving it a config or a time limit is an error, not silently ignored."""
     base = {"preset": "default", "seeds": [0, 3], "out": tmp_path, "name": "m", "set": ["eval.batch=64"],
-            "config": "configs/quality.yaml", "minutes": 15.0, "steps": None}
+            "config": "configs/quality.yaml", "minutes": 15.0, "steps": None, "threads": 1}
     jobs = train_commands(argparse.Namespace(**base, make_train=True))
     assert [run.name for run, _ in jobs] == ["m-s0", "m-s3"]
     cmd = jobs[1][1]
@@ -117,7 +124,7 @@ def test_a_step_budget_replaces_the_time_limit(tmp_path: Path, capsys: pytest.Ca
     """``--steps N``: every run gets ``train.total_timesteps=N`` and no time limit (the config's 15 minutes are
     lifted); it does not combine with ``--minutes``, and a budget below 1 is refused by name."""
     base = {"preset": "adapt", "seeds": [1], "out": tmp_path, "name": "s", "set": [], "make_train": False,
-            "config": "configs/quality.yaml", "minutes": 15.0}
+            "config": "configs/quality.yaml", "minutes": 15.0, "threads": 2}
     cmd = train_commands(argparse.Namespace(**base, steps=3_400_000))[0][1]
     assert "train.total_timesteps=3400000" in cmd and "train.max_minutes=null" in cmd
     assert "train.max_minutes=15" not in cmd and "configs/quality.yaml" in cmd
@@ -126,6 +133,7 @@ def test_a_step_budget_replaces_the_time_limit(tmp_path: Path, capsys: pytest.Ca
     overrides = [cmd[i + 1] for i, c in enumerate(cmd) if c == "--set"]
     cfg = resolve_config("configs/quality.yaml", "adapt", overrides)
     assert cfg.train.max_minutes is None and cfg.train.total_timesteps == 3_400_000
+    assert cfg.train.torch_threads == 2  # --threads 2 wins over the config's one thread
     for bad, why in ((["--steps", "1000", "--minutes", "5"], "not with it"), (["--steps", "0"], ">= 1 steps")):
         with pytest.raises(SystemExit):
             main([*bad, "--out", str(tmp_path), "--aggregate-only"])
@@ -257,3 +265,43 @@ def test_extra_references_and_each_runs_strongest_ranker_get_their_own_rows(tmp_
     old = aggregate(runs)
     assert "vs_references" not in old
     assert old["diff_vs_tuned_diverse"] == agg["diff_vs_tuned_diverse"]
+
+
+def test_runs_that_chose_an_earlier_iterate_get_a_row_against_their_last_iterate(tmp_path: Path) -> None:
+    """A run whose saved policy is not its last iterate reports ``ppo-last``; a run that kept its last iterate has no
+    such row and counts as a difference of 0 (its ``ppo`` is its last iterate), per seed and per session."""
+    from agents.evaluation import EpisodePlan
+    from agents.report import write_returns
+
+    rng = np.random.default_rng(5)
+    keys = np.arange(30, dtype=np.uint64)
+    runs, diffs = [], []
+    for i, chose in enumerate([True, False, True]):
+        rets = {"ppo": 8.0 + rng.normal(0, 0.5, 30), "tuned-diverse": 7.0 + rng.normal(0, 0.5, 30)}
+        if chose:
+            rets["ppo-last"] = rets["ppo"] - 0.3 + rng.normal(0, 0.1, 30)
+        means = {n: float(v.mean()) for n, v in rets.items()}
+        run = _fake_run(tmp_path, f"c{i}", {**_returns(means["ppo"], means["tuned-diverse"]),
+                                            **({"ppo-last": means["ppo-last"]} if chose else {})}, 1.0)
+        summary = json.loads((run / "summary.json").read_text())
+        summary["selected_iterate"] = {"best_step": 400 + i} if chose else {"best_step": 1000}
+        (run / "summary.json").write_text(json.dumps(summary))
+        plan = EpisodePlan(keys=keys, users=np.arange(30), seeds=np.zeros(30, np.int64))
+        write_returns({n: argparse.Namespace(ret=v) for n, v in rets.items()}, plan,  # type: ignore[misc]
+                      run / "report" / "returns.npz")
+        runs.append(run)
+        diffs.append(rets["ppo"] - rets.get("ppo-last", rets["ppo"]))
+    agg = aggregate(runs)
+    v = agg["vs_last_iterate"]
+    assert v["names"] == ["ppo-last", "ppo", "ppo-last"]
+    assert v["diff"]["per_seed"] == pytest.approx([float(d.mean()) for d in diffs])
+    assert v["diff"]["per_seed"][1] == 0.0
+    assert v["seeds_and_sessions"]["diff"]["mean"] == pytest.approx(np.mean(diffs))
+    md = markdown(agg, "t")
+    assert "| PPO − its last iterate (the saved policy's choice; step chosen per run: 400, 1,000, 402) |" in md
+    # runs that all kept their last iterate: no such row
+    for run in runs:
+        results = json.loads((run / "report" / "results.json").read_text())
+        results["rankers"].pop("ppo-last", None)
+        (run / "report" / "results.json").write_text(json.dumps(results))
+    assert "vs_last_iterate" not in aggregate(runs)

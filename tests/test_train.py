@@ -36,6 +36,9 @@ def test_smoke_run_writes_a_run_directory_that_evaluate_loads(cache: Path) -> No
     saved = json.loads((run / "summary.json").read_text())
     assert saved["total_timesteps"] >= 1024 and "ppo" in saved["heldout"] and "tuned-alpha" in saved["heldout"]
     assert "tuned-session-diverse" in saved["heldout"]  # eval.extra_references: a row of the table, a candidate below
+    # no train.select_episodes: the last iterate is the policy, and nothing of a choice is written
+    assert saved["selected_iterate"] is None and "ppo-last" not in saved["heldout"]
+    assert not (run / "selection.jsonl").exists() and not (run / "best_iterate.safetensors").exists()
     best = saved["best_hand_written_heldout"]  # the best non-hidden, non-PPO ranker on these sessions
     hand = {n: v["mean"] for n, v in saved["heldout"].items() if n not in ("ppo", "oracle", "tuned-oracle-diverse")}
     assert hand[best["name"]] == max(hand.values()) and best["return"] == pytest.approx(hand[best["name"]])
