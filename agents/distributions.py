@@ -43,7 +43,7 @@ import torch as th
 from stable_baselines3.common.distributions import Distribution
 from torch import nn
 
-EntropyEstimator = Literal["sample", "mode"]
+EntropyEstimator = Literal["sample", "mode", "action"]
 
 
 class _PathTermsCPU(th.autograd.Function):
@@ -113,13 +113,17 @@ class PlackettLuceDistribution(Distribution):
     conditional softmaxes only (not through the choice of ``x``), so the gradient is that of the
     "path-wise" conditional entropies, a standard, well-behaved exploration bonus for PPO. With
     ``"mode"`` ``x`` is the top-K by logits: deterministic, biased (it is the entropy of the most likely
-    path's conditionals), no extra random draws.
+    path's conditionals), no extra random draws. With ``"action"`` ``x`` is the slate being scored: PPO's update asks
+    for the log-probability of the rollout's slates, which the old policy sampled, and their path entropy comes out of
+    the same pass (:meth:`log_prob_and_entropy`) at no extra cost. It is the ``"sample"`` estimate with the old
+    policy's draw instead of a fresh one: unbiased in the first minibatch of an update, off by the PPO step after it
+    (the ratio the clip keeps near 1). :meth:`entropy`, which has no slate to score, draws one as ``"sample"`` does.
 
     Args:
         n_candidates: N.
         slate_size: K (``K <= N``).
         generator: Optional ``torch.Generator`` for sampling (on the logits' device).
-        entropy_estimator: ``"sample"`` or ``"mode"`` (see above).
+        entropy_estimator: ``"sample"``, ``"mode"`` or ``"action"`` (see above).
         category_cap: Soft cap on the picks per group (``None``: none); needs groups (see above).
     """
 
@@ -139,8 +143,8 @@ class PlackettLuceDistribution(Distribution):
             raise ValueError(f"category_cap must be >= 1 or None, got {category_cap}")
         if not 1 <= slate_size <= n_candidates:
             raise ValueError(f"slate_size must be in [1, n_candidates={n_candidates}], got {slate_size}")
-        if entropy_estimator not in ("sample", "mode"):
-            raise ValueError(f"entropy_estimator must be 'sample' or 'mode', got {entropy_estimator!r}")
+        if entropy_estimator not in ("sample", "mode", "action"):
+            raise ValueError(f"entropy_estimator must be 'sample', 'mode' or 'action', got {entropy_estimator!r}")
         self.n_candidates = int(n_candidates)
         self.slate_size = int(slate_size)
         self.generator = generator
@@ -510,12 +514,32 @@ class PlackettLuceDistribution(Distribution):
         Returns:
             (B,) log-probabilities, differentiable in the logits (and β).
         """
+        return self._scored(actions, entropy=False)[0]
+
+    def log_prob_and_entropy(self, actions: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
+        """:meth:`log_prob` of ``actions`` and the entropy estimate, as PPO's update needs them.
+
+        With ``entropy_estimator="action"`` the estimate is the path entropy along ``actions`` itself, from the
+        same pass over the slates as the log-probability (see the class docstring); otherwise :meth:`entropy`.
+
+        Args:
+            actions: (B, K) candidate positions, any numeric dtype.
+
+        Returns:
+            ``(log_prob (B,), entropy (B,))``, both differentiable in the logits (and β).
+        """
+        if self.entropy_estimator != "action":
+            return self.log_prob(actions), self.entropy()
+        return self._scored(actions, entropy=True)
+
+    def _scored(self, actions: th.Tensor, entropy: bool) -> tuple[th.Tensor, th.Tensor]:
+        """Log-probabilities (B,) of ``actions`` (B, K) and their path entropies (B,) (zeros unless asked)."""
         logits = self._require_logits()
         actions = actions.reshape(-1, self.slate_size).long().to(logits.device)  # slates may come from the host
         if actions.shape[0] != logits.shape[0]:
             raise ValueError(f"actions batch {actions.shape[0]} != logits batch {logits.shape[0]}")
-        log_p, _, invalid = self._path_terms(actions, entropy=False)
-        return log_p.sum(dim=1).to(logits.dtype).masked_fill(invalid, float("-inf"))
+        log_p, ent, invalid = self._path_terms(actions, entropy=entropy)
+        return log_p.sum(dim=1).to(logits.dtype).masked_fill(invalid, float("-inf")), ent.to(logits.dtype)
 
     def sample_with_log_prob(self, deterministic: bool = False) -> tuple[th.Tensor, th.Tensor]:
         """Slates (B, K) and their log-probabilities (B,) in one pass (what a rollout needs).
@@ -554,7 +578,7 @@ class PlackettLuceDistribution(Distribution):
         Returns:
             (B,) estimate, differentiable in the logits.
         """
-        path = self.sample() if self.entropy_estimator == "sample" else self.mode()
+        path = self.mode() if self.entropy_estimator == "mode" else self.sample()
         return self._path_entropy(path)
 
     def actions_from_params(

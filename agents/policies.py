@@ -103,7 +103,7 @@ class SlatePolicy(ActorCriticPolicy):
         n_items: Rows of the item table (``None``: ``observation_space["candidates"].high.max() + 1``).
         item_dim: Width of the item table.
         share_state_net: Critic reads the actor's state embedding instead of its own MLP.
-        entropy_estimator: Slate-entropy estimate, ``"sample"`` or ``"mode"`` (see the distribution).
+        entropy_estimator: Slate-entropy estimate, ``"sample"``, ``"mode"`` or ``"action"`` (see the distribution).
         base: ``"blend"`` (the fixed-α blend) or ``"diverse"`` (the standardised blend plus ``base_weights``, with
             the category cap; see the module docstring).
         base_weights: (F,) fixed weights of the feature columns added to the standardised blend (``"diverse"``
@@ -630,7 +630,8 @@ class SlatePolicy(ActorCriticPolicy):
     def evaluate_actions(self, obs: PyTorchObs, actions: th.Tensor) -> tuple[th.Tensor, th.Tensor, th.Tensor | None]:
         """Values (B, 1), log-probabilities (B,) of ``actions`` (B, K) and the entropy estimate (B,)."""
         dist, state_in, h = self._dist_for(self._prepare(obs))
-        return self._critic(state_in, h), dist.log_prob(actions), dist.entropy()
+        log_prob, entropy = dist.log_prob_and_entropy(actions)
+        return self._critic(state_in, h), log_prob, entropy
 
     def get_distribution(self, obs: PyTorchObs) -> PlackettLuceDistribution:
         """The Plackett-Luce distribution over slates for a batch of observations."""

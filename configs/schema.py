@@ -465,7 +465,9 @@ class PolicyConfig:
         residual_init_scale: Scale of the residual head's last layer at init (near 0: start at the blend).
         use_item_table: Learn an item embedding table indexed by candidate id.
         category_repulsion: Learn a state-dependent within-slate repulsion between items of one category.
-        entropy_estimator: ``"sample"`` (unbiased, one extra sampled slate per minibatch) or ``"mode"``.
+        entropy_estimator: ``"sample"`` (unbiased, one extra sampled slate per minibatch), ``"mode"`` or ``"action"``
+            (the rollout's slate, scored in the log-probability's pass: no extra sample; see
+            ``agents/distributions.py``).
         base: What the policy is a residual on: ``"blend"`` (the fixed α blend, started at tuned-alpha's α) or
             ``"diverse"`` (the diversity heuristic at ``tuned-diverse``'s parameters, searched on the training users
             before training: the standardised blend, its exposure / seen penalties and its category cap; needs
@@ -491,7 +493,7 @@ class PolicyConfig:
     residual_init_scale: float = 0.01
     use_item_table: bool = False
     category_repulsion: bool = True
-    entropy_estimator: Literal["sample", "mode"] = "sample"
+    entropy_estimator: Literal["sample", "mode", "action"] = "sample"
     base: Literal["blend", "diverse"] = "diverse"
     gate: Literal["auto", "raw", "standardised"] = "auto"
     gate_gain: float = 1.0
