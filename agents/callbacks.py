@@ -1,5 +1,6 @@
 """The SB3 callbacks of a training run: rollout metrics, the wall-time limit, periodic evaluation, checkpoints, the
-running average of the policy's weights, the choice of the best iterate on training users.
+running average of the policy's weights, the choice of the best iterate on training users, the advantages' scale
+per value bin.
 
 :func:`agents.training.train` hands them to ``PPO.learn``; what they log goes to the run's TensorBoard folder.
 """
@@ -179,6 +180,72 @@ class PeriodicEval(_Every):
         with open(self.path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(row) + "\n")
         return row
+
+
+class AdvantageBins(BaseCallback):
+    """Give every band of the critic's value estimate the same advantage scale before each PPO update.
+
+    After a rollout (its advantages computed, before ``PPO.train``) the B·T samples are split into ``bins`` quantile
+    bins of the critic's value estimate ``V(s)``, and each bin's advantages are multiplied by ``σ / σ_bin`` (σ the
+    rollout's standard deviation of the advantages, σ_bin the bin's), the gain capped at ``max_gain``. SB3 then
+    centres and scales each minibatch as usual; the value targets (``returns``) are untouched.
+
+    Why: with one scale for all samples, the policy gradient of a state is proportional to what is at stake there.
+    On ``adapt`` a CF-driven user's session returns ~3 and a content-driven user's ~14.5, so PPO's updates are
+    dominated by the content-driven users, and the CF-driven ones, where most of the value of adaptation lies
+    (BENCHMARKS.md, "Session 24"), move the policy little. Rescaling per value band re-weights states, not what is
+    best within a state: at every state the ascent direction of the policy is the same up to a positive factor.
+
+    Args:
+        bins: Quantile bins of ``V(s)`` (>= 2).
+        max_gain: Largest factor a bin's advantages are multiplied by (a bin of near-zero advantages stays small).
+    """
+
+    def __init__(self, bins: int, max_gain: float = 10.0) -> None:
+        super().__init__()
+        if bins < 2:
+            raise ValueError(f"bins must be >= 2, got {bins}")
+        if not max_gain >= 1:
+            raise ValueError(f"max_gain must be >= 1, got {max_gain}")
+        self.bins = int(bins)
+        self.max_gain = float(max_gain)
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_end(self) -> None:
+        buf = self.model.rollout_buffer
+        gains = rescale_advantages(buf.advantages, buf.values, self.bins, self.max_gain)
+        self.logger.record("train/adv_bin_gain_max", float(gains.max()))
+        self.logger.record("train/adv_bin_gain_min", float(gains.min()))
+
+
+def rescale_advantages(advantages: np.ndarray, values: np.ndarray, bins: int, max_gain: float) -> np.ndarray:
+    """Scale ``advantages`` in place so that each quantile bin of ``values`` has the overall standard deviation.
+
+    Args:
+        advantages: float (T, B) a rollout's advantages (modified in place).
+        values: float (T, B) the critic's estimates at the same samples.
+        bins: Quantile bins of ``values`` (>= 2).
+        max_gain: Cap on each bin's factor (>= 1).
+
+    Returns:
+        float (bins,) the factor each bin got (1 for an empty bin).
+    """
+    a, v = advantages.reshape(-1), values.reshape(-1)
+    sigma = float(a.std())
+    gains = np.ones(bins)
+    if not sigma > 0:
+        return gains
+    order = np.argsort(v, kind="stable")  # equal-count bins, ties split by position: every bin gets its share
+    for b, idx in enumerate(np.array_split(order, bins)):
+        if idx.size < 2:
+            continue
+        s = float(a[idx].std())
+        if s > 0:  # a bin of equal advantages carries no signal to amplify
+            gains[b] = min(sigma / s, max_gain)
+            a[idx] *= gains[b]
+    return gains
 
 
 class PolicyAverage(BaseCallback):

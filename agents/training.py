@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 from agents.baselines import ParamSearch, RankerContext, make_ranker
 from agents.callbacks import (
     SELECT_SEED,
+    AdvantageBins,
     Checkpointer,
     PeriodicEval,
     PolicyAverage,
@@ -355,7 +356,9 @@ def _learn_and_report(cfg: Config, run_dir: Path, world: World, curve: Any, tuni
         select.init_callback(model)  # the final evaluation needs it when nothing is left to learn
     t_learn = time.perf_counter()
     steps_before = model.num_timesteps
-    callbacks: list[BaseCallback] = [metrics, periodic, checkpointer] + ([average] if average is not None else [])
+    bins = cfg.train.ppo.advantage_bins
+    callbacks: list[BaseCallback] = [AdvantageBins(bins)] if bins else []  # first: the update sees its advantages
+    callbacks += [metrics, periodic, checkpointer] + ([average] if average is not None else [])
     callbacks += [select] if select is not None else []
     if tc.max_minutes is not None:
         callbacks.append(TimeLimit(tc.max_minutes))

@@ -423,6 +423,9 @@ class PPOConfig:
         max_grad_norm: Gradient clip.
         target_kl: Early stop of an update (``None``: off).
         normalize_reward: Wrap with VecNormalize on rewards only.
+        advantage_bins: 0 (off) or B >= 2: before each update, give each of B quantile bins of the critic's value
+            estimate the rollout's advantage scale, so that states with little return at stake are learned as fast
+            as the rest (``agents.callbacks.AdvantageBins``; BENCHMARKS.md, "Session 24").
     """
 
     n_envs: int = 256
@@ -438,10 +441,14 @@ class PPOConfig:
     max_grad_norm: float = 0.5
     target_kl: float | None = None
     normalize_reward: bool = True
+    advantage_bins: int = 0
 
     def __post_init__(self) -> None:
         _finite(self)
         _check(self, ">=1", "n_envs", "n_steps", "n_epochs")
+        _check(self, ">=0", "advantage_bins")
+        if self.advantage_bins == 1:
+            raise FieldError("advantage_bins", "1 bin is the rollout itself; use 0 (off) or at least 2")
         _check(self, ">=2", "batch_size")  # SB3 normalises advantages per minibatch
         _check(self, ">0", "learning_rate", "clip_range", "max_grad_norm", "target_kl")
         _check(self, "[0,1]", "gamma", "gae_lambda")
