@@ -19,7 +19,9 @@ on the same held-out sessions (common random numbers) against the baselines, the
 * when every run wrote its per-session returns (``report/returns.npz``) on the same sessions: the difference and the
   ratio to tuned-diverse with an interval over **seeds and sessions** (:func:`seeds_and_sessions_interval`). The
   t-interval across seeds holds the set of held-out sessions fixed (every run meets the same ones), so it leaves out
-  how far those sessions' mean is from the population's; this one adds that part (a two-way random-effects ANOVA).
+  how far those sessions' mean is from the population's; this one adds that part (a two-way random-effects ANOVA);
+  and the same difference per hidden user type (ρ below or above 0.5, :func:`by_user_type`): where PPO's margin
+  comes from, beside ``bench.headroom``'s value of adaptation per type.
 
 ``--steps N`` replaces the time limit by a step budget (``train.total_timesteps``, no time limit). A run is
 deterministic given its seed and step count, while the steps that 15 minutes buy vary by a third with the machine's
@@ -43,17 +45,20 @@ import subprocess
 import sys
 import time
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from scipy import stats
 
-from agents.report import read_returns
+from agents.report import RETURNS_PREFIX, read_returns
 from bench.ppo_seeds import t_interval
 from configs.loader import atomic_write_text
 
 REFERENCE, CEILING, MYOPIC = "tuned-diverse", "tuned-oracle-diverse", "oracle"
+#: The hidden ρ that splits the per-type rows (``bench.headroom``'s columns): below, the user follows the crowd.
+RHO_EDGE = 0.5
 #: The last iterate's row in a run that saved another policy (the average, or an iterate chosen on training users).
 LAST = "ppo-last"
 
@@ -190,6 +195,62 @@ def pooled_vs_reference(runs: list[Path], reference: str | list[str] = REFERENCE
             "ratio": {"mean": ratio, "ci95": [ratio - half, ratio + half], "se": lin["se"], "df": lin["df"]}}
 
 
+def heldout_rho(run: Path) -> np.ndarray:
+    """The hidden ρ (U,) of the held-out users of ``run``'s world (the run's config; the world from the cache)."""
+    from agents.ppo_ranker import load_run_config
+    from envs.presets import load_world
+
+    cfg = load_run_config(run)
+    return load_world(cfg.env, cfg.encoder, progress=False).populations["heldout"].rho
+
+
+def by_user_type(runs: list[Path], rho_of: Callable[[Path], np.ndarray] = heldout_rho) -> dict[str, Any] | None:
+    """PPO − tuned-diverse per hidden user type, over seeds and sessions: where PPO's margin comes from.
+
+    The sessions are split by their user's hidden ρ (``< RHO_EDGE``: the user follows the crowd, CF-leaning; else
+    content-leaning), the split ``bench.headroom`` prints its per-type columns and value of adaptation by. Research
+    only (ρ is hidden state), like the α by user type of the final table.
+
+    Args:
+        runs: The finished run directories (>= 2, all with ``report/returns.npz`` on the same sessions).
+        rho_of: Run directory → ρ (U,) of its held-out users.
+
+    Returns:
+        ``{"edge", "groups": {label: {"sessions", "ppo", "tuned-diverse", "diff": seeds-and-sessions interval}}}``,
+        ``{"skipped": why}``, or ``None`` for one run.
+    """
+    if len(runs) < 2:
+        return None
+    paths = [r / "report" / "returns.npz" for r in runs]
+    if not all(p.is_file() for p in paths):
+        return {"skipped": "a run has no per-session returns"}
+    try:
+        loaded = []
+        for p in paths:
+            with np.load(p, allow_pickle=False) as data:
+                loaded.append({k: data[k] for k in ("keys", "users", f"{RETURNS_PREFIX}ppo",
+                                                    f"{RETURNS_PREFIX}{REFERENCE}")})
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
+        return {"skipped": f"unreadable per-session returns: {exc}"}
+    first = loaded[0]
+    if any(not np.array_equal(d["keys"], first["keys"]) for d in loaded[1:]):
+        return {"skipped": "the runs met different held-out sessions (eval settings differ)"}
+    try:
+        rho = rho_of(runs[0])[first["users"]]
+    except (OSError, ValueError, KeyError, IndexError) as exc:  # no config.yaml, a world that does not load
+        return {"skipped": f"the held-out users' ρ: {exc}"}
+    ppo = np.stack([d[f"{RETURNS_PREFIX}ppo"] for d in loaded])  # (S, E)
+    ref = np.stack([d[f"{RETURNS_PREFIX}{REFERENCE}"] for d in loaded])  # (S, E)
+    groups: dict[str, Any] = {}
+    for label, mask in ((f"rho<{RHO_EDGE} (CF-leaning)", rho < RHO_EDGE),
+                        (f"rho>={RHO_EDGE} (content-leaning)", rho >= RHO_EDGE)):
+        if mask.sum() >= 2:
+            groups[label] = {"sessions": int(mask.sum()), "ppo": float(ppo[:, mask].mean()),
+                             REFERENCE: float(ref[:, mask].mean()),
+                             "diff": seeds_and_sessions_interval(ppo[:, mask] - ref[:, mask])}
+    return {"edge": RHO_EDGE, "groups": groups}
+
+
 def aggregate(runs: list[Path]) -> dict[str, Any]:
     """The protocol's figures from finished run directories (see the module docstring)."""
     results = [json.loads((r / "report" / "results.json").read_text(encoding="utf-8")) for r in runs]
@@ -239,6 +300,9 @@ def aggregate(runs: list[Path]) -> dict[str, Any]:
         versus["strongest hand-written per run"] = {"names": best, **against(runs, ppo, strongest, best)}
     if versus:
         out["vs_references"] = versus
+    types = by_user_type(runs)
+    if types is not None:
+        out["by_user_type"] = types
     last = [LAST if LAST in r["rankers"] else "ppo" for r in results]  # "ppo": the run kept its last iterate
     if LAST in last:  # the runs chose their saved policy (train.select_episodes) or averaged it: what that did
         last_ret = np.array([r["rankers"][n]["return"]["mean"] for r, n in zip(results, last, strict=True)])
@@ -337,6 +401,11 @@ def markdown(agg: dict[str, Any], title: str) -> str:
         if p and "skipped" not in p:
             lines.append(f"| PPO − its last iterate, 95% interval over seeds **and** sessions | "
                          f"{p['diff']['mean']:+.3f} ({p['diff']['ci95'][0]:+.3f} to {p['diff']['ci95'][1]:+.3f}) | |")
+    for label, g in (agg.get("by_user_type") or {}).get("groups", {}).items():
+        d = g["diff"]
+        lines.append(f"| PPO − tuned-diverse, users with {label} ({g['sessions']} sessions; hidden), over seeds and "
+                     f"sessions | {d['mean']:+.3f} ({d['ci95'][0]:+.3f} to {d['ci95'][1]:+.3f}) | PPO {g['ppo']:.2f}, "
+                     f"tuned-diverse {g[REFERENCE]:.2f} |")
     if "probe" in agg:
         for key, label in (("effective_alpha_gap", "probe: effective α gap cf − llm at request 5"),
                            ("slate_lean_gap", "probe: slate-lean gap cf − llm at request 5")):

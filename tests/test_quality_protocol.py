@@ -305,3 +305,33 @@ def test_runs_that_chose_an_earlier_iterate_get_a_row_against_their_last_iterate
         results["rankers"].pop("ppo-last", None)
         (run / "report" / "results.json").write_text(json.dumps(results))
     assert "vs_last_iterate" not in aggregate(runs)
+
+
+def test_the_margin_is_split_by_hidden_user_type(tmp_path: Path) -> None:
+    """Sessions of users below ρ 0.5 get PPO − tuned-diverse ≈ 0, the others +1: each group's row says so, with the
+    group's own interval; runs that met other sessions are refused, one run gives no rows."""
+    from bench.quality_protocol import by_user_type
+
+    rng = np.random.default_rng(3)
+    keys = np.arange(40, dtype=np.uint64)
+    rho = np.where(np.arange(40) % 4 == 0, 0.1, 0.9)  # a quarter of the users lean to the crowd
+    runs = []
+    for i in range(3):
+        div = rng.gamma(2.0, 3.0, 40)
+        ppo = div + np.where(rho < 0.5, 0.0, 1.0) + rng.normal(0, 0.1, 40)
+        run = _fake_run(tmp_path, f"t{i}", _returns(float(ppo.mean()), float(div.mean())), 0.7)
+        _with_returns(run, keys, ppo, div)
+        runs.append(run)
+    types = by_user_type(runs, rho_of=lambda run: rho)
+    assert types is not None and set(types["groups"]) == {"rho<0.5 (CF-leaning)", "rho>=0.5 (content-leaning)"}
+    low, high = types["groups"]["rho<0.5 (CF-leaning)"], types["groups"]["rho>=0.5 (content-leaning)"]
+    assert (low["sessions"], high["sessions"]) == (10, 30)
+    assert low["diff"]["ci95"][0] < 0 < low["diff"]["ci95"][1] and abs(low["diff"]["mean"]) < 0.2
+    assert 0.8 < high["diff"]["ci95"][0] < 1.0 < high["diff"]["ci95"][1] < 1.2
+    assert by_user_type(runs[:1], rho_of=lambda run: rho) is None
+    other = _fake_run(tmp_path, "t3", _returns(7.0, 6.0), 1.0)
+    _with_returns(other, keys + 1, np.ones(40), np.zeros(40))
+    assert "skipped" in by_user_type([runs[0], other], rho_of=lambda run: rho)  # type: ignore[operator]
+    assert "config.yaml" in aggregate(runs)["by_user_type"]["skipped"]  # fabricated runs: no world to read ρ from
+    md = markdown({**aggregate(runs[:1]), "by_user_type": types}, "t")
+    assert "users with rho<0.5 (CF-leaning) (10 sessions; hidden)" in md
