@@ -298,6 +298,12 @@ class SlatePolicy(ActorCriticPolicy):
         cand_dim = (n_feat + emb_dim + (self.item_dim if self.use_item_table else 0) + int(self.reads_hidden_taste)
                     + int(self.reads_session_sim))
         state_in = user_dim + ctx_dim + 2 * cand_dim
+        # env.obs_critic_state: the user's hidden state joins the critic's input only (an asymmetric actor-critic)
+        self.reads_critic_state = "critic_state" in obs_space.spaces
+        critic_extra = int(obs_space["critic_state"].shape[0]) if self.reads_critic_state else 0
+        if critic_extra and self.share_state_net:
+            raise ValueError("obs['critic_state'] (env.obs_critic_state) is for the critic only, and share_state_net "
+                             "makes the critic read the actor's state embedding: set one of them off")
         act = self.activation_fn
 
         self.state_net = mlp(state_in, self.hidden, self.n_layers, act)
@@ -339,7 +345,7 @@ class SlatePolicy(ActorCriticPolicy):
             w = self.base_weights_list if self.base_weights_list is not None else [0.0] * n_feat
             self.register_buffer("base_weights", th.tensor(w, dtype=th.float32))
         self.value_trunk: nn.Module = (
-            nn.Identity() if self.share_state_net else mlp(state_in, self.hidden, self.n_layers, act)
+            nn.Identity() if self.share_state_net else mlp(state_in + critic_extra, self.hidden, self.n_layers, act)
         )
         self.value_net = nn.Linear(self.hidden, 1)
         self.repulsion_head: nn.Linear | None = None
@@ -590,12 +596,19 @@ class SlatePolicy(ActorCriticPolicy):
         head = self.residual_head
         return rows_linear(s, 2.0 * head.weight, head.bias - head.weight.sum(dim=1)).view(b, n)
 
-    def _critic(self, state_in: th.Tensor, h: th.Tensor | None) -> th.Tensor:
-        """Values (B, 1) from the state input (or, with ``share_state_net``, the actor's embedding)."""
+    def _critic(self, state_in: th.Tensor, h: th.Tensor | None, obs: dict[str, th.Tensor]) -> th.Tensor:
+        """Values (B, 1) from the state input (or, with ``share_state_net``, the actor's embedding), and the hidden
+        ``obs["critic_state"]`` when the policy was built with it (``env.obs_critic_state``)."""
         if self.share_state_net:
             if h is None:
                 h = self._state(state_in)
             return self.value_net(h)
+        if self.reads_critic_state:
+            if "critic_state" not in obs:
+                raise ValueError("this policy's critic reads obs['critic_state'] (it was trained with "
+                                 "env.obs_critic_state): values need an env with env.obs_critic_state=true (the actor, "
+                                 "the slates, do not)")
+            state_in = th.cat([state_in, obs["critic_state"]], dim=-1)
         return self.value_net(self.value_trunk(state_in))
 
     def _repulsion(self, h: th.Tensor) -> th.Tensor | None:
@@ -623,15 +636,17 @@ class SlatePolicy(ActorCriticPolicy):
 
     def forward(self, obs: PyTorchObs, deterministic: bool = False) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
         """Actions int64 (B, K), values (B, 1) and log-probabilities (B,) for a batch of observations."""
-        dist, state_in, h = self._dist_for(self._prepare(obs))
+        prepared = self._prepare(obs)
+        dist, state_in, h = self._dist_for(prepared)
         actions, log_prob = dist.sample_with_log_prob(deterministic=deterministic)
-        return actions, self._critic(state_in, h), log_prob
+        return actions, self._critic(state_in, h, prepared), log_prob
 
     def evaluate_actions(self, obs: PyTorchObs, actions: th.Tensor) -> tuple[th.Tensor, th.Tensor, th.Tensor | None]:
         """Values (B, 1), log-probabilities (B,) of ``actions`` (B, K) and the entropy estimate (B,)."""
-        dist, state_in, h = self._dist_for(self._prepare(obs))
+        prepared = self._prepare(obs)
+        dist, state_in, h = self._dist_for(prepared)
         log_prob, entropy = dist.log_prob_and_entropy(actions)
-        return self._critic(state_in, h), log_prob, entropy
+        return self._critic(state_in, h, prepared), log_prob, entropy
 
     def get_distribution(self, obs: PyTorchObs) -> PlackettLuceDistribution:
         """The Plackett-Luce distribution over slates for a batch of observations."""
@@ -698,8 +713,9 @@ class SlatePolicy(ActorCriticPolicy):
 
     def predict_values(self, obs: PyTorchObs) -> th.Tensor:
         """Values (B, 1)."""
-        state_in, _, _, _ = self._encode(self._prepare(obs))
-        return self._critic(state_in, None)
+        prepared = self._prepare(obs)
+        state_in, _, _, _ = self._encode(prepared)
+        return self._critic(state_in, None, prepared)
 
     def _predict(self, observation: PyTorchObs, deterministic: bool = False) -> th.Tensor:
         return self.get_distribution(observation).get_actions(deterministic=deterministic)

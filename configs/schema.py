@@ -327,6 +327,11 @@ class EnvConfig:
             :meth:`envs.core.BatchedCore.utility_parts`: the drifting semantic taste, the CF taste, quality and
             price; the hidden state). It measures what a learner would make of perfect taste knowledge (BENCHMARKS,
             session 20); ``agents.export`` and serving refuse a policy that reads it.
+        obs_critic_state: Also put ``critic_state`` (P,) in the observation: the user's hidden state
+            (``envs.spaces.CRITIC_STATE_NAMES``: ρ, price sensitivity, the budget left, fatigue) for the *critic*
+            only, an asymmetric actor-critic (Pinto et al., 2018; the critic also reads the observation, so the
+            policy gradient stays unbiased: Baisero & Amato, 2022). The actor never reads it, so the trained policy
+            is servable (export drops the key); evaluation and the baselines ignore it.
         state_decay: Weight kept by the pooled state on each new event.
         click_weight: Pool weight of a clicked item.
         purchase_weight: Extra pool weight of a purchased item.
@@ -365,6 +370,7 @@ class EnvConfig:
     obs_item_embeddings: bool = False
     obs_session_sim: bool = False
     obs_hidden_taste: bool = False
+    obs_critic_state: bool = False
     state_decay: float = 0.85
     click_weight: float = 1.0
     purchase_weight: float = 1.0

@@ -31,7 +31,7 @@ from envs.kernels import (
     step_sessions,
 )
 from envs.response import position_weights
-from envs.spaces import CONTEXT_NAMES, F_LLM, FEATURE_NAMES, validate_slate
+from envs.spaces import CONTEXT_NAMES, CRITIC_STATE_NAMES, F_LLM, FEATURE_NAMES, validate_slate
 from envs.world import World
 
 #: Decay per step of the observable category exposure / click counters and of the context EMAs.
@@ -271,6 +271,7 @@ class BatchedCore:
         self.obs_context = alloc((b, len(CONTEXT_NAMES)), f32)
         self.obs_session_sim = alloc((b, self.N if self.cfg.obs_session_sim else 0), f32)
         self.obs_hidden_taste = alloc((b, self.N if self.cfg.obs_hidden_taste else 0), f32)
+        self.obs_critic_state = alloc((b, len(CRITIC_STATE_NAMES) if self.cfg.obs_critic_state else 0), f32)
 
     def _bind(self) -> None:
         """(Re)build the tuple of arrays the kernels take from the current attributes."""
@@ -424,7 +425,20 @@ class BatchedCore:
             parts = self.utility_parts(self.cand_slots[idx], idx)
             self.obs_hidden_taste[idx] = parts["semantic"] + parts["static"]
             obs["hidden_taste"] = self.obs_hidden_taste
+        if self.cfg.obs_critic_state:  # the hidden state for the critic only (asymmetric actor-critic)
+            self.obs_critic_state[idx] = self.critic_state(idx)
+            obs["critic_state"] = self.obs_critic_state
         return obs
+
+    def critic_state(self, rows: np.ndarray) -> np.ndarray:
+        """The user's hidden state in ``rows`` (``env.obs_critic_state``): float32 (r, P), the columns of
+        :data:`envs.spaces.CRITIC_STATE_NAMES` (ρ, log price sensitivity, budget left / budget mean, mean and max
+        fatigue over categories)."""
+        fatigue = self.fatigue[rows]
+        return np.stack([self.pop.rho[self.user[rows]],
+                         np.log(np.maximum(self.price_sens[rows], 1e-9)),
+                         self.budget[rows] / self.cfg.user_model.budget_mean,
+                         fatigue.mean(axis=1), fatigue.max(axis=1)], axis=1).astype(np.float32)
 
     def prompts(self, rows: np.ndarray | None = None) -> list[str]:
         """The text-mode prompt of each row: [user context] + [task objective].

@@ -95,7 +95,8 @@ class RecEnv(gym.Env):
         self.render_mode, self.repair = render_mode, repair
         self.observation_space = observation_space(self.core.M, self.core.N, self.core.D,
                                                    self.config.obs_item_embeddings,
-                                                   self.config.obs_session_sim, self.config.obs_hidden_taste)
+                                                   self.config.obs_session_sim, self.config.obs_hidden_taste,
+                                                   self.config.obs_critic_state)
         self.action_space = action_space(self.core.N, self.core.K)
         self._key: np.uint64 | None = None
         self._ended: str | None = "never reset"  # why step() must wait for a reset; None while a session runs

@@ -49,10 +49,20 @@ CONTEXT_NAMES: tuple[str, ...] = (
     C_SKIP_STREAK,
 ) = range(len(CONTEXT_NAMES))
 
+#: The critic's privileged input, ``obs["critic_state"]`` (…, P) (``env.obs_critic_state``): the simulated user's
+#: hidden state, for the value function during training only (the actor never reads it; export and serving drop it).
+CRITIC_STATE_NAMES: tuple[str, ...] = (
+    "rho",  # the user's hidden weight of the semantic taste in the utility, in [0, 1]
+    "log_price_sens",  # log of the user's hidden price sensitivity
+    "budget",  # the session's hidden time budget left, / user_model.budget_mean
+    "fatigue_mean",  # the hidden per-category fatigue, mean over categories
+    "fatigue_max",  # and its maximum
+)
+
 
 def observation_space(
     n_items: int, n_candidates: int, dim: int, with_item_embeddings: bool = False, with_session_sim: bool = False,
-    with_hidden_taste: bool = False,
+    with_hidden_taste: bool = False, with_critic_state: bool = False,
 ) -> gym.spaces.Dict:
     """The single-user observation space.
 
@@ -65,10 +75,12 @@ def observation_space(
             (``env.obs_session_sim``).
         with_hidden_taste: Add ``hidden_taste`` (N,): each candidate's true taste utility, the hidden state
             (``env.obs_hidden_taste``, a research ablation).
+        with_critic_state: Add ``critic_state`` (P,): the user's hidden state for the critic only
+            (``env.obs_critic_state``, :data:`CRITIC_STATE_NAMES`).
 
     Returns:
         ``Dict(user (D,), candidates (N,) int64, features (N, F), context (C,) [, item_emb (N, D)]
-        [, session_sim (N,)] [, hidden_taste (N,)])``.
+        [, session_sim (N,)] [, hidden_taste (N,)] [, critic_state (P,)])``.
     """
     spaces: dict[str, gym.spaces.Space] = {
         "user": gym.spaces.Box(-1.0, 1.0, (dim,), np.float32),
@@ -82,6 +94,8 @@ def observation_space(
         spaces["session_sim"] = gym.spaces.Box(-np.inf, np.inf, (n_candidates,), np.float32)
     if with_hidden_taste:
         spaces["hidden_taste"] = gym.spaces.Box(-np.inf, np.inf, (n_candidates,), np.float32)
+    if with_critic_state:
+        spaces["critic_state"] = gym.spaces.Box(-np.inf, np.inf, (len(CRITIC_STATE_NAMES),), np.float32)
     return gym.spaces.Dict(spaces)
 
 

@@ -59,7 +59,8 @@ class RecVectorEnv(VectorEnv):
         self.render_mode = None
         self.single_observation_space = observation_space(self.core.M, self.core.N, self.core.D,
                                                           self.config.obs_item_embeddings,
-                                                          self.config.obs_session_sim, self.config.obs_hidden_taste)
+                                                          self.config.obs_session_sim, self.config.obs_hidden_taste,
+                                                          self.config.obs_critic_state)
         self.single_action_space = action_space(self.core.N, self.core.K)
         self.observation_space = batch_space(self.single_observation_space, num_envs)
         self.action_space = batch_space(self.single_action_space, num_envs)

@@ -106,7 +106,8 @@ def small_world(small_cfg: EnvConfig) -> World:
 
 def make_run_dir(root: Path, world: World, use_item_table: bool = False, steps: int = 256,
                  summary: dict | None = None, repulsion: bool = True, diverse: bool = True,
-                 gate: str = "raw", session_sim: bool = False, hidden_taste: bool = False) -> Path:
+                 gate: str = "raw", session_sim: bool = False, hidden_taste: bool = False,
+                 critic_state: bool = False) -> Path:
     """A tiny run directory: config.yaml (small preset, 64-d hashing encoder, caches under ``root``), a PPO
     model.zip and the pickle-free policy.safetensors / policy.json, learned for ``steps`` steps (with the category
     repulsion train.py uses by default, strong enough to change slates, and, with ``diverse``, train.py's default
@@ -115,7 +116,8 @@ def make_run_dir(root: Path, world: World, use_item_table: bool = False, steps: 
     also gets the direct context path, ``gate_context``, the residual blind to the signals,
     ``gate_only_signals``, the click lean seen by the gate only, ``lean_gate_only``, and the heuristic's
     feedback-adaptive α in the gate, ``gate_lean``). ``session_sim`` turns ``env.obs_session_sim`` on,
-    ``hidden_taste`` the research ablation ``env.obs_hidden_taste``."""
+    ``hidden_taste`` the research ablation ``env.obs_hidden_taste``, ``critic_state`` the critic's hidden input
+    ``env.obs_critic_state``."""
     from stable_baselines3 import PPO
 
     from agents.policies import SlatePolicy
@@ -124,7 +126,7 @@ def make_run_dir(root: Path, world: World, use_item_table: bool = False, steps: 
     from envs.vector_env import RecVectorEnv
 
     run = root / ("run-table" if use_item_table else "run-session" if session_sim else "run-taste" if hidden_taste
-                  else "run" if gate == "raw" else f"run-{gate}")
+                  else "run-critic" if critic_state else "run" if gate == "raw" else f"run-{gate}")
     run.mkdir(parents=True)
     cfg = Config(encoder=EncoderConfig(kind="hashing", hashing_dim=64, cache_dir=str(root / "cache"), progress=False),
                  env=preset_config("small"))
@@ -132,6 +134,7 @@ def make_run_dir(root: Path, world: World, use_item_table: bool = False, steps: 
     cfg.train.policy.use_item_table = use_item_table
     cfg.env.obs_session_sim = session_sim
     cfg.env.obs_hidden_taste = hidden_taste
+    cfg.env.obs_critic_state = critic_state
     save_yaml(cfg, run / "config.yaml")
     # Put the fixture's world where load_world(cfg.env, cfg.encoder) looks for it (saves a rebuild).
     folder = default_world_dir(cfg.env, cfg.encoder) / world_key(cfg.env, world.encoder_name)

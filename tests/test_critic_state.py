@@ -1,0 +1,146 @@
+"""``env.obs_critic_state``: the user's hidden state for the critic only (an asymmetric actor-critic).
+
+The core puts the row's hidden ρ, price sensitivity, budget left and fatigue in ``obs["critic_state"]`` without
+drawing a random number; the policy's critic reads it and its actor does not (slates, α and the repulsion are the
+same whatever the column holds), so a trained policy plays, evaluates and exports without it."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch as th
+from conftest import greedy, make_core, make_run_dir
+
+from agents.policies import SlatePolicy
+from configs.schema import EnvConfig
+from envs.spaces import CRITIC_STATE_NAMES, F_CF, F_LLM, FEATURE_NAMES, action_space, observation_space
+from envs.world import World
+
+N_ITEMS, N_CAND, DIM, K = 50, 8, 16, 3
+
+
+def _want(core, rows: np.ndarray) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """The hidden state of ``rows`` read straight off the core's arrays: float64 (r, P)."""
+    fatigue = core.fatigue[rows].astype(np.float64)
+    return np.stack([core.pop.rho[core.user[rows]], np.log(core.price_sens[rows]),
+                     core.budget[rows] / core.cfg.user_model.budget_mean, fatigue.mean(axis=1),
+                     fatigue.max(axis=1)], axis=1)
+
+
+def test_critic_state_is_the_rows_hidden_user_state_and_draws_nothing(small_cfg: EnvConfig,
+                                                                      small_world: World) -> None:
+    """Each row's ``critic_state`` is its user's ρ, log price sensitivity, the budget left over its mean, and the
+    mean and max of the category fatigue, after every step and after a partial re-observation of restarted rows;
+    a request without a click spends budget and shown categories tire; everything else (observation and sessions) is
+    that of a core without the column."""
+    on = dataclasses.replace(small_cfg, obs_critic_state=True)
+    core, plain = make_core(on, small_world, b=32), make_core(small_cfg, small_world, b=32)
+    obs, ref = core.observe(), plain.observe()
+    assert "critic_state" not in ref and obs["critic_state"].shape == (32, len(CRITIC_STATE_NAMES))
+    space = observation_space(core.M, core.N, core.D, with_critic_state=True)
+    first_budget = obs["critic_state"][:, 2].copy()
+    assert (obs["critic_state"][:, 3:] == 0).all() and (first_budget > 0).all()  # nothing shown yet: no fatigue
+    restarted = 0
+    for step in range(12):
+        np.testing.assert_array_equal(obs["features"], ref["features"])
+        np.testing.assert_allclose(obs["critic_state"], _want(core, np.arange(32)), rtol=1e-5, atol=1e-6)
+        assert space.contains({k: v[0] for k, v in obs.items()})
+        slate = greedy(obs, core.K)
+        res, ref_res = core.step(slate), plain.step(slate)
+        np.testing.assert_array_equal(res.click_rank, ref_res.click_rank)
+        if step == 0:  # one request later, before any restart: without a click the budget fell; fatigue built up
+            after = core.observe()["critic_state"]
+            skipped = res.click_rank < 0
+            assert skipped.any() and (after[skipped, 2] < first_budget[skipped]).all() and (after[:, 4] > 0).any()
+        done = np.flatnonzero(res.terminated | res.truncated)
+        restarted += done.size
+        for c in (core, plain):
+            c.reset_rows(done, done.astype(np.uint64) + np.uint64(5000))
+        if done.size:  # the restarted rows alone: their new users' state, fatigue back to 0
+            part = core.observe(done)["critic_state"][done]
+            np.testing.assert_allclose(part, _want(core, done), rtol=1e-5, atol=1e-6)
+            assert (part[:, 3:] == 0).all()
+        obs, ref = core.observe(), plain.observe()
+    assert restarted > 0
+
+
+def _fake_obs(space, batch: int, seed: int) -> dict[str, np.ndarray]:  # type: ignore[no-untyped-def]
+    rng = np.random.default_rng(seed)
+    space.seed(seed)
+    obs = {k: np.stack([space[k].sample() for _ in range(batch)]) for k in space.spaces}
+    feats = rng.uniform(0.0, 1.0, (batch, N_CAND, len(FEATURE_NAMES))).astype(np.float32)
+    feats[..., F_LLM] = rng.uniform(-1.0, 1.0, (batch, N_CAND))
+    feats[..., F_CF] = rng.normal(0.0, 1.0, (batch, N_CAND))
+    obs["features"] = feats
+    user = rng.normal(size=obs["user"].shape)
+    obs["user"] = (user / np.linalg.norm(user, axis=-1, keepdims=True)).astype(np.float32)
+    obs["context"] = rng.uniform(0.0, 1.0, obs["context"].shape).astype(np.float32)
+    obs["critic_state"] = rng.normal(size=(batch, len(CRITIC_STATE_NAMES))).astype(np.float32)
+    return obs
+
+
+def test_the_critic_reads_critic_state_and_the_actor_does_not() -> None:
+    """Changing ``critic_state`` changes the values and gradients reach the critic's weights on it; the logits, α,
+    the repulsion and a sampled slate stay the same, and the actor needs no such column; values without it are
+    refused by name; a critic that shares the actor's state net cannot take it; a save / load keeps the values."""
+    from agents.ppo_ranker import build_policy, policy_settings
+
+    space = observation_space(N_ITEMS, N_CAND, DIM, with_critic_state=True)
+    th.manual_seed(0)
+    policy = SlatePolicy(space, action_space(N_CAND, K), lambda _: 1e-3, hidden=16,
+                         item_category=np.arange(N_ITEMS) % 3, residual_init_scale=0.5)
+    assert policy.reads_critic_state
+    obs = _fake_obs(space, 16, seed=1)
+    moved = {**obs, "critic_state": obs["critic_state"] + 3.0}
+    blind = {k: v for k, v in obs.items() if k != "critic_state"}
+    with th.no_grad():
+        v0, v1 = policy.predict_values(obs), policy.predict_values(moved)
+        assert (v0 - v1).abs().max() > 1e-3
+        for fn in (policy.candidate_logits, policy.alpha, policy.repulsion):
+            np.testing.assert_array_equal(fn(obs).numpy(), fn(moved).numpy())
+            np.testing.assert_array_equal(fn(obs).numpy(), fn(blind).numpy())
+        policy.set_generator(th.Generator().manual_seed(3))
+        a0 = policy.get_distribution(obs).get_actions()
+        policy.set_generator(th.Generator().manual_seed(3))
+        np.testing.assert_array_equal(a0.numpy(), policy.get_distribution(blind).get_actions().numpy())
+    values, _, _ = policy.evaluate_actions(policy.obs_to_tensor(obs)[0], a0)  # type: ignore[arg-type]
+    values.sum().backward()
+    first = policy.value_trunk[0]
+    assert first.weight.grad is not None and first.weight.grad[:, -len(CRITIC_STATE_NAMES):].abs().sum() > 0
+    with pytest.raises(ValueError, match=r"env\.obs_critic_state=true"):
+        policy.predict_values(blind)
+    with pytest.raises(ValueError, match="share_state_net"):
+        SlatePolicy(space, action_space(N_CAND, K), lambda _: 1e-3, hidden=16, share_state_net=True)
+    loaded = build_policy(policy_settings(policy), dict(policy.state_dict()))
+    with th.no_grad():
+        np.testing.assert_allclose(loaded.predict_values(obs).numpy(), v0.numpy(), rtol=1e-6, atol=1e-6)
+
+
+def test_a_run_with_the_critic_state_plays_without_it_and_exports(tmp_path: Path, small_world: World) -> None:
+    """PPO trains with ``env.obs_critic_state``; the run plays the same sessions with the same returns on a core
+    that has the column and on one that does not (the actor never reads it, the column draws nothing); the export
+    leaves it out of the graph's inputs and matches the policy's slates."""
+    from agents.evaluation import episode_plan, run_episodes
+    from agents.export import export_run, graph_inputs
+    from agents.registry import load_run
+    from configs.loader import load_config
+    from envs.core import BatchedCore
+
+    run = make_run_dir(tmp_path, small_world, steps=64, critic_state=True)
+    ranker = load_run(str(run))
+    assert ranker.policy.reads_critic_state  # type: ignore[attr-defined]
+    cfg = load_config(run / "config.yaml")
+    assert cfg.env.obs_critic_state
+    plan = episode_plan(16, [0], small_world.populations["heldout"].size)
+    with_col = run_episodes(BatchedCore(small_world, cfg.env, 16, "heldout"), ranker, plan)
+    plain_cfg = dataclasses.replace(cfg.env, obs_critic_state=False)
+    without = run_episodes(BatchedCore(small_world, plain_cfg, 16, "heldout"), load_run(str(run)), plan)
+    np.testing.assert_array_equal(with_col.ret, without.ret)
+    assert "critic_state" not in graph_inputs(ranker.policy)
+    dest = export_run(run, "onnx", world=small_world, parity_envs=4, parity_steps=2)
+    parity = json.loads((dest / "manifest.json").read_text(encoding="utf-8"))["parity"]
+    assert parity["slates_equal_up_to_ties"] == parity["observations"] == 8
