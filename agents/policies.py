@@ -43,7 +43,9 @@ in the same pass as the logits; the exported graph returns them as its ``parts``
 "Explanations").
 
 The critic is a separate MLP over the same state input (user, context, candidate summaries) unless
-``share_state_net`` is set, in which case it reads the actor's state embedding.
+``share_state_net`` is set, in which case it reads the actor's state embedding. With ``obs["critic_state"]``
+(``env.obs_critic_state``) the critic's MLP also reads the simulated user's hidden state (an asymmetric
+actor-critic); the actor never does, so the slates, the export and serving do not depend on it.
 """
 
 from __future__ import annotations
@@ -83,7 +85,8 @@ class SlatePolicy(ActorCriticPolicy):
 
     Args:
         observation_space: ``Dict(user (D,), candidates (N,), features (N, F), context (C,) [, item_emb (N, D)]
-            [, mask (N,)])``. An optional ``mask`` key (nonzero = valid candidate) is honoured if present.
+            [, mask (N,)] [, critic_state (P,)])``. An optional ``mask`` key (nonzero = valid candidate) is honoured
+            if present; ``critic_state`` is read by the critic only (not with ``share_state_net``).
         action_space: ``MultiDiscrete([N] * K)``.
         lr_schedule: Learning-rate schedule; ``lr_schedule(1)`` is the initial rate.
         hidden: Width of the state and critic MLPs.
