@@ -78,6 +78,11 @@ GATES = ("raw", "standardised")
 SCORE_PARTS = ("llm", "cf", "diversity", "residual", "clip")
 
 
+def _zero_valued(x: th.Tensor) -> th.Tensor:
+    """``x − sg(x)``: zero in value, the gradient of ``x``."""
+    return x - x.detach()
+
+
 class SlatePolicy(ActorCriticPolicy):
     """Actor-critic slate policy for the Dict observation of :mod:`envs.spaces` and ``MultiDiscrete([N]*K)``.
 
@@ -135,6 +140,12 @@ class SlatePolicy(ActorCriticPolicy):
             clicks lean to) reach the actor only through the gate's direct context path: they are zeroed in the
             input of the shared state net, so the residual, the gate's MLP path and the repulsion cannot read them
             (the critic's own trunk still does). Needs ``gate_context``.
+        type_head_weight: > 0: a type head, an MLP over the state input that predicts the user's hidden ρ, fitted on
+            ``obs["critic_state"]``'s ρ (``env.obs_critic_state``) by a binary cross-entropy of this weight added to
+            PPO's loss; its logit (detached) joins the actor's state input and, by a learned weight (zero at init),
+            the gate's logit shift (see :meth:`_type_logit`). 0: none.
+        type_loss_scale: ``type_head_weight / ent_coef`` (see :meth:`evaluate_actions`); set by
+            ``agents.training.policy_kwargs``. 0: the head is not fitted.
         activation_fn: Hidden activation.
         ortho_init: Orthogonal initialisation of the hidden layers (gain √2), critic head gain 1.
         use_sde: Must be False (SB3's algorithms pass it).
@@ -174,6 +185,8 @@ class SlatePolicy(ActorCriticPolicy):
         lean_gate_only: bool = False,
         gate_lean: float | None = None,
         session_base_weight: float = 0.0,
+        type_head_weight: float = 0.0,
+        type_loss_scale: float = 0.0,
         activation_fn: type[nn.Module] = nn.Tanh,
         ortho_init: bool = True,
         use_sde: bool = False,
@@ -236,6 +249,15 @@ class SlatePolicy(ActorCriticPolicy):
             raise ValueError("lean_gate_only needs gate_context=True (the gate's direct context path is then the "
                              "actor's only view of the clicked-signal EMAs)")
         self.lean_gate_only = bool(lean_gate_only)
+        if not (math.isfinite(type_head_weight) and type_head_weight >= 0 and math.isfinite(type_loss_scale)
+                and type_loss_scale >= 0):
+            raise ValueError(f"type_head_weight and type_loss_scale must be finite numbers >= 0, got "
+                             f"{type_head_weight}, {type_loss_scale}")
+        if type_head_weight > 0 and "critic_state" not in observation_space.spaces:
+            raise ValueError("type_head_weight > 0 learns to predict the user's hidden ρ from obs['critic_state'] "
+                             "(env.obs_critic_state): the observation space has no such key")
+        self.type_head_weight = float(type_head_weight)
+        self.type_loss_scale = float(type_loss_scale)
         if gate_lean is not None and (gate != "standardised" or not math.isfinite(gate_lean)):
             raise ValueError(f"gate_lean must be a finite number and goes with gate='standardised', got {gate_lean} "
                              f"with gate={gate!r}")
@@ -309,7 +331,14 @@ class SlatePolicy(ActorCriticPolicy):
                              "makes the critic read the actor's state embedding: set one of them off")
         act = self.activation_fn
 
-        self.state_net = mlp(state_in, self.hidden, self.n_layers, act)
+        # type_head_weight > 0: a classifier of the user's hidden ρ from the state input, fitted on the training users'
+        # hidden ρ (a supervised auxiliary loss); its logit joins the actor's state input and the gate (see _type_logit)
+        self.type_net: nn.Module | None = None
+        self.type_gate: nn.Parameter | None = None
+        if self.type_head_weight > 0:
+            self.type_net = nn.Sequential(*mlp(state_in, self.hidden, self.n_layers, act), nn.Linear(self.hidden, 1))
+            self.type_gate = nn.Parameter(th.zeros((), dtype=th.float32))
+        self.state_net = mlp(state_in + int(self.type_net is not None), self.hidden, self.n_layers, act)
         self.alpha_head = nn.Linear(self.hidden, 1)
         self._ctx_cols = (user_dim, user_dim + ctx_dim)  # where obs["context"] sits in the state input
         self.alpha_context: nn.Linear | None = nn.Linear(ctx_dim, 1, bias=False) if self.gate_context else None
@@ -340,7 +369,7 @@ class SlatePolicy(ActorCriticPolicy):
         self.register_buffer("residual_feature_mask", mask)  # None: not a buffer (older policies have none)
         state_mask: th.Tensor | None = None
         if self.lean_gate_only:  # (S,) 0 on the two clicked-signal EMAs of obs["context"] (see _state)
-            state_mask = th.ones(state_in)
+            state_mask = th.ones(state_in + int(self.type_net is not None))
             state_mask[[user_dim + C_CLICKED_LLM, user_dim + C_CLICKED_CF]] = 0.0
         self.register_buffer("actor_state_mask", state_mask)
         self.log_inv_temperature = nn.Parameter(th.tensor(math.log(1.0 / self.temperature)))
@@ -357,7 +386,8 @@ class SlatePolicy(ActorCriticPolicy):
             self.repulsion_head = nn.Linear(self.hidden, 1)
 
         if self.ortho_init:
-            hidden = (self.state_net, self.residual_cand, self.residual_state, self.residual_net, self.value_trunk)
+            hidden = (self.state_net, self.residual_cand, self.residual_state, self.residual_net, self.value_trunk,
+                      *(() if self.type_net is None else (self.type_net,)))
             for module in hidden:
                 module.apply(lambda m: self.init_weights(m, gain=math.sqrt(2)))
             self.init_weights(self.value_net, gain=1.0)
@@ -414,6 +444,8 @@ class SlatePolicy(ActorCriticPolicy):
             lean_gate_only=self.lean_gate_only,
             gate_lean=self.gate_lean,
             session_base_weight=self.session_base_weight,
+            type_head_weight=self.type_head_weight,
+            type_loss_scale=self.type_loss_scale,
             activation_fn=self.activation_fn,
             ortho_init=self.ortho_init,
             optimizer_class=self.optimizer_class,
@@ -534,8 +566,34 @@ class SlatePolicy(ActorCriticPolicy):
         return logits, alpha, h, parts
 
     def _state(self, state_in: th.Tensor) -> th.Tensor:
-        """The actor's state embedding (B, H) from the state input (B, S), less what ``lean_gate_only`` hides."""
+        """The actor's state embedding (B, H) from the state input (B, S) (and the type logit, with a type head),
+        less what ``lean_gate_only`` hides."""
+        if self.type_net is not None:
+            state_in = th.cat([state_in, self._type_logit(state_in).detach().unsqueeze(-1)], dim=-1)
         return self.state_net(state_in if self.actor_state_mask is None else state_in * self.actor_state_mask)
+
+    def _type_logit(self, state_in: th.Tensor) -> th.Tensor:
+        """The type head's logit of the user's hidden ρ (B,) from the state input (observations only).
+
+        Fitted by a supervised loss (:meth:`type_loss`) on the training users' hidden ρ, never by the policy
+        gradient: the actor reads it detached, in its state input and, through a learned weight (zero at init), in
+        the gate's logit shift. So at deployment the policy reads the observation only; the hidden state taught it
+        what in the observation tells the user types apart (learning with privileged information)."""
+        assert self.type_net is not None
+        return self.type_net(state_in).squeeze(-1)
+
+    def type_loss(self, obs: PyTorchObs | dict[str, np.ndarray]) -> th.Tensor:
+        """Per-row binary cross-entropy of the type head against the hidden ρ (``obs["critic_state"]``'s first
+        column, a soft label in [0, 1]): float (B,)."""
+        prepared = self._prepare(obs)
+        return self._type_bce(self._encode(prepared)[0], prepared)
+
+    def _type_bce(self, state_in: th.Tensor, obs: dict[str, th.Tensor]) -> th.Tensor:
+        if self.type_net is None or "critic_state" not in obs:
+            raise ValueError("the type loss needs a policy with a type head and obs['critic_state'] "
+                             "(env.obs_critic_state=true)")
+        rho = obs["critic_state"][:, 0].clamp(0.0, 1.0)
+        return nn.functional.binary_cross_entropy_with_logits(self._type_logit(state_in), rho, reduction="none")
 
     def _gate(self, h: th.Tensor, features: th.Tensor,
               state_in: th.Tensor) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
@@ -549,6 +607,8 @@ class SlatePolicy(ActorCriticPolicy):
         """
         llm, cf = features[..., F_LLM], features[..., F_CF]
         shift = self.alpha_head(h).squeeze(-1)  # (B,)
+        if self.type_gate is not None:  # the type head's (detached) logit of ρ, by a learned weight
+            shift = shift + self.type_gate * self._type_logit(state_in).detach()
         if self.alpha_context is not None:  # gate_context: the feedback EMAs straight to the gate
             lo, hi = self._ctx_cols
             shift = shift + self.alpha_context(state_in[:, lo:hi]).squeeze(-1)
@@ -645,10 +705,19 @@ class SlatePolicy(ActorCriticPolicy):
         return actions, self._critic(state_in, h, prepared), log_prob
 
     def evaluate_actions(self, obs: PyTorchObs, actions: th.Tensor) -> tuple[th.Tensor, th.Tensor, th.Tensor | None]:
-        """Values (B, 1), log-probabilities (B,) of ``actions`` (B, K) and the entropy estimate (B,)."""
+        """Values (B, 1), log-probabilities (B,) of ``actions`` (B, K) and the entropy estimate (B,).
+
+        With a type head, in training mode (SB3's update), the returned entropy carries the type head's loss with
+        value zero: ``entropy − s·(bce − sg(bce))`` (``sg``: stop-gradient, ``s = type_loss_scale`` =
+        ``type_head_weight / ent_coef``). Its value, and so SB3's logged entropy, is unchanged, and the
+        gradient of SB3's loss ``… − ent_coef·mean(entropy)`` gains exactly ``type_head_weight·∇mean(bce)``: the
+        supervised loss joins PPO's update without a fork of SB3's ``train``.
+        """
         prepared = self._prepare(obs)
         dist, state_in, h = self._dist_for(prepared)
         log_prob, entropy = dist.log_prob_and_entropy(actions)
+        if self.type_net is not None and self.training and self.type_loss_scale > 0:
+            entropy = entropy - self.type_loss_scale * _zero_valued(self._type_bce(state_in, prepared))
         return self._critic(state_in, h, prepared), log_prob, entropy
 
     def get_distribution(self, obs: PyTorchObs) -> PlackettLuceDistribution:

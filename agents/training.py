@@ -155,7 +155,9 @@ def policy_kwargs(cfg: Config, init_alpha: float, world: World,
                 item_category=world.catalog.category if pc.category_repulsion else None,
                 entropy_estimator=pc.entropy_estimator, gate_gain=pc.gate_gain,
                 gate_context=pc.gate_context, gate_only_signals=pc.gate_only_signals,
-                lean_gate_only=pc.lean_gate_only, **extra)
+                lean_gate_only=pc.lean_gate_only, type_head_weight=pc.type_head_weight,
+                type_loss_scale=pc.type_head_weight / cfg.train.ppo.ent_coef if pc.type_head_weight > 0 else 0.0,
+                **extra)
 
 
 def load_training_world(cfg: Config, progress: bool = False) -> World:

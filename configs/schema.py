@@ -496,6 +496,11 @@ class PolicyConfig:
         lean_gate_only: The clicked-signal EMAs (which signal the user's clicks lean to) reach the actor only through
             the gate's direct context path (needs ``gate_context``): the residual cannot reweight the two signals
             by the user's click lean, so the gate α carries that adaptation.
+        type_head_weight: > 0: learn, beside the policy, a classifier of the user's hidden ρ from what the policy
+            observes, fitted on the training users' hidden ρ (``obs["critic_state"]``, so it needs
+            ``env.obs_critic_state``) by a cross-entropy of this weight in PPO's loss (needs ``train.ppo.ent_coef``
+            > 0, through whose term it enters; see ``SlatePolicy.evaluate_actions``); its logit feeds the actor's
+            state and gate. The deployed policy reads observations only. 0: off.
     """
 
     hidden: int = 64
@@ -513,9 +518,11 @@ class PolicyConfig:
     gate_context: bool = False
     gate_only_signals: bool = False
     lean_gate_only: bool = False
+    type_head_weight: float = 0.0
 
     def __post_init__(self) -> None:
         _finite(self)
+        _check(self, ">=0", "type_head_weight")
         if self.base == "diverse" and not self.category_repulsion:
             raise FieldError("base", "'diverse' needs category_repulsion: true (the category cap acts on the slate "
                              "distribution's category groups)")
@@ -690,3 +697,13 @@ class Config:
     env: EnvConfig = field(default_factory=EnvConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        weight = self.train.policy.type_head_weight
+        if _number(weight) and weight > 0:
+            if not self.env.obs_critic_state:
+                raise FieldError("train.policy.type_head_weight", "needs env.obs_critic_state: true (the type head "
+                                 "learns the user's hidden ρ from obs['critic_state'])")
+            if not (_number(self.train.ppo.ent_coef) and self.train.ppo.ent_coef > 0):
+                raise FieldError("train.policy.type_head_weight", "needs train.ppo.ent_coef > 0 (the type loss joins "
+                                 "PPO's loss through the entropy term)")

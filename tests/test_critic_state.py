@@ -144,3 +144,118 @@ def test_a_run_with_the_critic_state_plays_without_it_and_exports(tmp_path: Path
     dest = export_run(run, "onnx", world=small_world, parity_envs=4, parity_steps=2)
     parity = json.loads((dest / "manifest.json").read_text(encoding="utf-8"))["parity"]
     assert parity["slates_equal_up_to_ties"] == parity["observations"] == 8
+
+
+def _type_policy(weight: float = 0.5, ent_coef: float = 0.01, seed: int = 0) -> SlatePolicy:
+    space = observation_space(N_ITEMS, N_CAND, DIM, with_critic_state=True)
+    th.manual_seed(seed)
+    return SlatePolicy(space, action_space(N_CAND, K), lambda _: 1e-2, hidden=16,
+                       item_category=np.arange(N_ITEMS) % 3, residual_init_scale=0.5, type_head_weight=weight,
+                       type_loss_scale=weight / ent_coef, entropy_estimator="action")  # no draw: the same twice
+
+
+def _labelled_obs(batch: int, seed: int) -> dict[str, np.ndarray]:
+    """Fake observations whose hidden ρ is a function of what the policy observes (the first context column)."""
+    space = observation_space(N_ITEMS, N_CAND, DIM, with_critic_state=True)
+    obs = _fake_obs(space, batch, seed)
+    obs["critic_state"][:, 0] = (obs["context"][:, 0] > 0.5).astype(np.float32) * 0.8 + 0.1
+    return obs
+
+
+def test_the_type_loss_joins_ppos_loss_through_the_entropy_with_value_zero() -> None:
+    """In training mode ``evaluate_actions``' entropy has the value it has in eval mode, and the gradient of SB3's
+    entropy term ``−ent_coef·mean(entropy)`` differs from eval mode's by exactly ``w·∇mean(bce)``: on the type
+    head's weights, and nowhere else (the actor reads the head's logit detached)."""
+    ent_coef, weight = 0.01, 0.5
+    policy = _type_policy(weight, ent_coef)
+    obs = _labelled_obs(32, seed=2)
+    tensors = policy.obs_to_tensor(obs)[0]
+    actions = policy.get_distribution(obs).get_actions()
+
+    def grads(training: bool) -> tuple[th.Tensor, dict[str, th.Tensor]]:
+        policy.set_training_mode(training)
+        policy.zero_grad()
+        _, _, entropy = policy.evaluate_actions(tensors, actions)  # type: ignore[arg-type]
+        assert entropy is not None
+        (-ent_coef * entropy.mean()).backward()
+        return entropy.detach(), {n: p.grad.clone() if p.grad is not None else th.zeros_like(p)
+                                  for n, p in policy.named_parameters()}
+
+    ent_train, g_train = grads(True)
+    ent_eval, g_eval = grads(False)
+    np.testing.assert_allclose(ent_train.numpy(), ent_eval.numpy(), rtol=1e-6, atol=1e-6)
+    policy.zero_grad()
+    (weight * policy.type_loss(obs).mean()).backward()
+    moved = set()
+    for name, p in policy.named_parameters():
+        want = p.grad if p.grad is not None else th.zeros_like(p)
+        np.testing.assert_allclose((g_train[name] - g_eval[name]).numpy(), want.numpy(), rtol=1e-4, atol=1e-7,
+                                   err_msg=name)
+        if want.abs().sum() > 0:
+            moved.add(name.split(".")[0])
+    assert moved == {"type_net"}
+
+
+def test_the_type_head_learns_the_hidden_type_and_feeds_the_gate() -> None:
+    """Fitted through PPO's entropy term alone, the head tells the two types apart on fresh observations; its logit
+    moves α through the gate's weight (zero at init), whatever ``critic_state`` holds; a save / load keeps it; the
+    head needs ``critic_state`` in the space."""
+    from agents.ppo_ranker import build_policy, policy_settings
+
+    ent_coef = 0.01
+    policy = _type_policy(1.0, ent_coef)
+    opt = th.optim.Adam(policy.type_net.parameters(), lr=1e-2)  # type: ignore[union-attr]
+    policy.set_training_mode(True)
+    for step in range(150):
+        obs = _labelled_obs(64, seed=100 + step)
+        tensors = policy.obs_to_tensor(obs)[0]
+        with th.no_grad():
+            actions = policy.get_distribution(obs).get_actions()
+        _, _, entropy = policy.evaluate_actions(tensors, actions)  # type: ignore[arg-type]
+        opt.zero_grad()
+        (-ent_coef * entropy.mean()).backward()  # type: ignore[union-attr]
+        opt.step()
+    policy.set_training_mode(False)
+    test = _labelled_obs(256, seed=7)
+    with th.no_grad():
+        state_in = policy._encode(policy._prepare(test))[0]
+        logit = policy._type_logit(state_in).numpy()
+        truth = test["critic_state"][:, 0] > 0.5
+        assert ((logit > 0) == truth).mean() > 0.9
+        before = policy.alpha(test)
+        policy.type_gate.fill_(1.0)  # type: ignore[union-attr]
+        after = policy.alpha(test)
+        shifted = {**test, "critic_state": np.zeros_like(test["critic_state"])}
+        np.testing.assert_array_equal(after.numpy(), policy.alpha(shifted).numpy())
+    logit_after = th.logit(after.clamp(1e-6, 1 - 1e-6)) - th.logit(before.clamp(1e-6, 1 - 1e-6))
+    np.testing.assert_allclose(logit_after.numpy(), logit, rtol=1e-3, atol=1e-3)
+    loaded = build_policy(policy_settings(policy), dict(policy.state_dict()))
+    with th.no_grad():
+        np.testing.assert_allclose(loaded.alpha(test).numpy(), after.numpy(), rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="critic_state"):
+        SlatePolicy(observation_space(N_ITEMS, N_CAND, DIM), action_space(N_CAND, K), lambda _: 1e-3,
+                    type_head_weight=1.0)
+
+
+def test_type_head_config_needs_the_critic_state_and_an_entropy_term() -> None:
+    """``train.policy.type_head_weight`` names the settings it needs; ``policy_kwargs`` hands the policy the
+    weight over ``ent_coef``."""
+    from configs.loader import ConfigError, resolve_config
+
+    with pytest.raises(ConfigError, match=r"type_head_weight.*env\.obs_critic_state"):
+        resolve_config(None, "small", ["train.policy.type_head_weight=1"])
+    with pytest.raises(ConfigError, match=r"type_head_weight.*ent_coef"):
+        resolve_config(None, "small", ["train.policy.type_head_weight=1", "env.obs_critic_state=true",
+                                       "train.ppo.ent_coef=0"])
+    with pytest.raises(ConfigError, match="type_head_weight"):
+        resolve_config(None, "small", ["train.policy.type_head_weight=-1"])
+
+
+def test_a_run_with_a_type_head_exports_with_parity(tmp_path: Path, small_world: World) -> None:
+    """The type head is part of the actor: the exported graph (observations only) gives the policy's slates."""
+    from agents.export import export_run
+
+    run = make_run_dir(tmp_path, small_world, steps=64, type_head=True)
+    dest = export_run(run, "onnx", world=small_world, parity_envs=4, parity_steps=2)
+    parity = json.loads((dest / "manifest.json").read_text(encoding="utf-8"))["parity"]
+    assert parity["slates_equal_up_to_ties"] == parity["observations"] == 8
