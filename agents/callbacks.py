@@ -46,7 +46,9 @@ class RolloutMetrics(BaseCallback):
     ``rollout/ctr`` (sessions' requests with a click), ``rollout/purchase_rate`` (purchases per request),
     ``rollout/dwell`` (dwell seconds per request), ``rollout/session_length``, ``rollout/session_return``,
     ``train/alpha_mean`` / ``train/alpha_std`` and the ``train/alpha`` histogram over the rollout's states,
-    ``time/collect_s``, ``time/train_s``, ``time/env_steps_per_s``.
+    with a type head ``train/type_bce``, ``train/type_accuracy`` (ρ ≥ 0.5 told apart on the rollout's states,
+    before the update) and ``train/type_gate`` (its weight in the gate), ``time/collect_s``, ``time/train_s``,
+    ``time/env_steps_per_s``.
     """
 
     def __init__(self, stats_env: SB3VecEnv, bar: tqdm | None = None) -> None:
@@ -107,6 +109,15 @@ class RolloutMetrics(BaseCallback):
             beta = policy.repulsion(flat)
         if beta is not None:
             self.logger.record("train/repulsion_mean", float(beta.mean()))
+        if policy.type_net is not None and "critic_state" in flat:  # train.policy.type_head_weight
+            with th.no_grad():
+                state_in = policy._encode(policy._prepare(flat))[0]
+                logit = policy._type_logit(state_in)
+                rho = policy._prepare(flat)["critic_state"][:, 0]
+                bce = th.nn.functional.binary_cross_entropy_with_logits(logit, rho.clamp(0.0, 1.0))
+            self.logger.record("train/type_bce", float(bce))
+            self.logger.record("train/type_accuracy", float(((logit > 0) == (rho >= 0.5)).float().mean()))
+            self.logger.record("train/type_gate", float(policy.type_gate))  # type: ignore[arg-type]
         if self.bar is not None:
             self.bar.set_postfix(ctr=f"{s['clicks'] / steps:.3f}", alpha=f"{float(alpha.mean()):.2f}")
 
