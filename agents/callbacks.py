@@ -117,7 +117,7 @@ class RolloutMetrics(BaseCallback):
                 bce = th.nn.functional.binary_cross_entropy_with_logits(logit, rho.clamp(0.0, 1.0))
             self.logger.record("train/type_bce", float(bce))
             self.logger.record("train/type_accuracy", float(((logit > 0) == (rho >= 0.5)).float().mean()))
-            self.logger.record("train/type_gate", float(policy.type_gate))  # type: ignore[arg-type]
+            self.logger.record("train/type_gate", float(policy.type_gate.detach()))  # type: ignore[union-attr]
         if self.bar is not None:
             self.bar.set_postfix(ctr=f"{s['clicks'] / steps:.3f}", alpha=f"{float(alpha.mean()):.2f}")
 

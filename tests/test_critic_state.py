@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch as th
-from conftest import greedy, make_core, make_run_dir
+from conftest import greedy, make_core, make_run_dir, tiny_args
 
 from agents.policies import SlatePolicy
 from configs.schema import EnvConfig
@@ -259,3 +259,31 @@ def test_a_run_with_a_type_head_exports_with_parity(tmp_path: Path, small_world:
     dest = export_run(run, "onnx", world=small_world, parity_envs=4, parity_steps=2)
     parity = json.loads((dest / "manifest.json").read_text(encoding="utf-8"))["parity"]
     assert parity["slates_equal_up_to_ties"] == parity["observations"] == 8
+
+
+def test_train_py_fits_the_type_head_and_logs_it(tmp_path: Path, runs_cache: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """``train.py`` with ``env.obs_critic_state`` and ``train.policy.type_head_weight``: the policy has the head,
+    the run logs its cross-entropy, accuracy and gate weight per rollout, and PPO moved the gate's weight on it."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    import train
+    from agents.ppo_ranker import load_policy
+
+    monkeypatch.setenv("RECFEED_CACHE", str(runs_cache))
+    summary = train.main([*tiny_args(tmp_path / "runs", "type", 1024), "--set", "env.obs_critic_state=true",
+                          "--set", "train.policy.type_head_weight=1"])
+    run = Path(summary["run_dir"])
+    policy = load_policy(run, device="cpu")
+    assert policy.type_net is not None and policy.reads_critic_state
+    events = [str(p) for p in (run / "tb").rglob("events.out.tfevents.*")]
+    tags: dict[str, list[float]] = {}
+    for path in events:
+        acc = EventAccumulator(path)
+        acc.Reload()
+        for tag in ("train/type_bce", "train/type_accuracy", "train/type_gate"):
+            if tag in acc.Tags()["scalars"]:
+                tags[tag] = [e.value for e in acc.Scalars(tag)]
+    assert set(tags) == {"train/type_bce", "train/type_accuracy", "train/type_gate"}
+    assert len(tags["train/type_bce"]) >= 2 and all(0.0 <= a <= 1.0 for a in tags["train/type_accuracy"])
+    assert all(np.isfinite(v) for v in tags["train/type_bce"]) and float(policy.type_gate.detach()) != 0.0  # type: ignore[union-attr]
