@@ -286,4 +286,5 @@ def test_train_py_fits_the_type_head_and_logs_it(tmp_path: Path, runs_cache: Pat
                 tags[tag] = [e.value for e in acc.Scalars(tag)]
     assert set(tags) == {"train/type_bce", "train/type_accuracy", "train/type_gate"}
     assert len(tags["train/type_bce"]) >= 2 and all(0.0 <= a <= 1.0 for a in tags["train/type_accuracy"])
-    assert all(np.isfinite(v) for v in tags["train/type_bce"]) and float(policy.type_gate.detach()) != 0.0  # type: ignore[union-attr]
+    assert all(np.isfinite(v) for v in tags["train/type_bce"])
+    assert policy.type_gate is not None and float(policy.type_gate.detach()) != 0.0
