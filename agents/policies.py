@@ -146,6 +146,8 @@ class SlatePolicy(ActorCriticPolicy):
             the gate's logit shift (see :meth:`_type_logit`). 0: none.
         type_loss_scale: ``type_head_weight / ent_coef`` (see :meth:`evaluate_actions`); set by
             ``agents.training.policy_kwargs``. 0: the head is not fitted.
+        type_gate_init: The gate's weight on the type logit at init (0: the policy starts blind to it; > 0: α
+            starts to follow the head's posterior as the head learns, lower where it reads a CF-leaning user).
         activation_fn: Hidden activation.
         ortho_init: Orthogonal initialisation of the hidden layers (gain √2), critic head gain 1.
         use_sde: Must be False (SB3's algorithms pass it).
@@ -187,6 +189,7 @@ class SlatePolicy(ActorCriticPolicy):
         session_base_weight: float = 0.0,
         type_head_weight: float = 0.0,
         type_loss_scale: float = 0.0,
+        type_gate_init: float = 0.0,
         activation_fn: type[nn.Module] = nn.Tanh,
         ortho_init: bool = True,
         use_sde: bool = False,
@@ -258,6 +261,10 @@ class SlatePolicy(ActorCriticPolicy):
                              "(env.obs_critic_state): the observation space has no such key")
         self.type_head_weight = float(type_head_weight)
         self.type_loss_scale = float(type_loss_scale)
+        if not math.isfinite(type_gate_init) or (type_gate_init != 0.0 and type_head_weight <= 0):
+            raise ValueError(f"type_gate_init must be a finite number and needs type_head_weight > 0, got "
+                             f"{type_gate_init}")
+        self.type_gate_init = float(type_gate_init)
         if gate_lean is not None and (gate != "standardised" or not math.isfinite(gate_lean)):
             raise ValueError(f"gate_lean must be a finite number and goes with gate='standardised', got {gate_lean} "
                              f"with gate={gate!r}")
@@ -337,7 +344,7 @@ class SlatePolicy(ActorCriticPolicy):
         self.type_gate: nn.Parameter | None = None
         if self.type_head_weight > 0:
             self.type_net = nn.Sequential(*mlp(state_in, self.hidden, self.n_layers, act), nn.Linear(self.hidden, 1))
-            self.type_gate = nn.Parameter(th.zeros((), dtype=th.float32))
+            self.type_gate = nn.Parameter(th.tensor(self.type_gate_init, dtype=th.float32))
         self.state_net = mlp(state_in + int(self.type_net is not None), self.hidden, self.n_layers, act)
         self.alpha_head = nn.Linear(self.hidden, 1)
         self._ctx_cols = (user_dim, user_dim + ctx_dim)  # where obs["context"] sits in the state input
@@ -446,6 +453,7 @@ class SlatePolicy(ActorCriticPolicy):
             session_base_weight=self.session_base_weight,
             type_head_weight=self.type_head_weight,
             type_loss_scale=self.type_loss_scale,
+            type_gate_init=self.type_gate_init,
             activation_fn=self.activation_fn,
             ortho_init=self.ortho_init,
             optimizer_class=self.optimizer_class,

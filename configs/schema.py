@@ -501,6 +501,7 @@ class PolicyConfig:
             ``env.obs_critic_state``) by a cross-entropy of this weight in PPO's loss (needs ``train.ppo.ent_coef``
             > 0, through whose term it enters; see ``SlatePolicy.evaluate_actions``); its logit feeds the actor's
             state and gate. The deployed policy reads observations only. 0: off.
+        type_gate_init: The gate's weight on the type head's logit at init (0: learned from zero).
     """
 
     hidden: int = 64
@@ -519,10 +520,14 @@ class PolicyConfig:
     gate_only_signals: bool = False
     lean_gate_only: bool = False
     type_head_weight: float = 0.0
+    type_gate_init: float = 0.0
 
     def __post_init__(self) -> None:
         _finite(self)
         _check(self, ">=0", "type_head_weight")
+        if _number(self.type_gate_init) and self.type_gate_init != 0 and not (
+                _number(self.type_head_weight) and self.type_head_weight > 0):
+            raise FieldError("type_gate_init", "needs type_head_weight > 0 (there is no type head to weigh)")
         if self.base == "diverse" and not self.category_repulsion:
             raise FieldError("base", "'diverse' needs category_repulsion: true (the category cap acts on the slate "
                              "distribution's category groups)")

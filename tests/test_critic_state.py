@@ -146,12 +146,13 @@ def test_a_run_with_the_critic_state_plays_without_it_and_exports(tmp_path: Path
     assert parity["slates_equal_up_to_ties"] == parity["observations"] == 8
 
 
-def _type_policy(weight: float = 0.5, ent_coef: float = 0.01, seed: int = 0) -> SlatePolicy:
+def _type_policy(weight: float = 0.5, ent_coef: float = 0.01, seed: int = 0, gate_init: float = 0.0) -> SlatePolicy:
     space = observation_space(N_ITEMS, N_CAND, DIM, with_critic_state=True)
     th.manual_seed(seed)
     return SlatePolicy(space, action_space(N_CAND, K), lambda _: 1e-2, hidden=16,
                        item_category=np.arange(N_ITEMS) % 3, residual_init_scale=0.5, type_head_weight=weight,
-                       type_loss_scale=weight / ent_coef, entropy_estimator="action")  # no draw: the same twice
+                       type_loss_scale=weight / ent_coef, entropy_estimator="action",  # no draw: the same twice
+                       type_gate_init=gate_init)
 
 
 def _labelled_obs(batch: int, seed: int) -> dict[str, np.ndarray]:
@@ -249,6 +250,12 @@ def test_type_head_config_needs_the_critic_state_and_an_entropy_term() -> None:
                                        "train.ppo.ent_coef=0"])
     with pytest.raises(ConfigError, match="type_head_weight"):
         resolve_config(None, "small", ["train.policy.type_head_weight=-1"])
+    with pytest.raises(ConfigError, match=r"type_gate_init.*type_head_weight"):
+        resolve_config(None, "small", ["train.policy.type_gate_init=0.5"])
+    with pytest.raises(ValueError, match="type_gate_init"):
+        _type_policy(0.0, 0.01, gate_init=0.5)  # no head: no gate weight to start
+    assert float(SlatePolicy(observation_space(N_ITEMS, N_CAND, DIM, with_critic_state=True), action_space(N_CAND, K),
+                             lambda _: 1e-3, type_head_weight=1.0, type_gate_init=0.5).type_gate.detach()) == 0.5
 
 
 def test_a_run_with_a_type_head_exports_with_parity(tmp_path: Path, small_world: World) -> None:
