@@ -1,0 +1,196 @@
+"""Can a hand-written ranker infer the user's type within the session and switch its rule? (issue #13, session 25)
+
+On a preset whose users want clearly different rules (``adapt``), the value of adaptation is what a fixed ranker
+gains by knowing each user's hidden ρ (``bench.headroom``). This bench asks how much of it an engineer's rule gets
+*without* that knowledge, from what the session shows:
+
+1. the two rules: ``tuned-diverse`` (A) and the best diversity-heuristic point for the CF-leaning users (B,
+   ``bench.headroom.diverse_by_group`` with one edge at ρ = 0.5, on the training users);
+2. a **type classifier** on what a service observes at each request (the candidates' signal spreads and means, the
+   session's context, its click lean): a logistic regression (:func:`agents.fitting.fit_logistic`) fitted on the
+   training users' requests under A, labelled with their hidden ρ < 0.5 (a label only a simulator has; the fitted
+   rule reads observations only);
+3. the **switch**: B for the requests whose classifier probability of a CF-leaning user exceeds p, else A; p chosen
+   on training sessions, the choice evaluated on the held-out sessions against tuned-diverse (common random
+   numbers), split by hidden type;
+4. which of B's parameters carry its gain on the CF-leaning users: A with B's α (and click-lean weight) only.
+
+``python -m bench.type_switch --preset adapt`` prints a table; the last line is a JSON object with every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from agents.base import Ranker
+from agents.evaluation import EpisodePlan, episode_plan, run_episodes
+from agents.fitting import fit_logistic
+from agents.rankers import DiverseRanker, click_lean, z_rows
+from agents.registry import RankerContext
+from agents.report import Bootstrap, percentile_ci
+from agents.tuning import TUNE_SEED, diverse_ranker
+from bench.headroom import diverse_by_group
+from configs.loader import ConfigError, resolve_config
+from envs.core import BatchedCore
+from envs.factory import make_core
+from envs.presets import load_world
+from envs.spaces import F_CF, F_LLM, F_POP, F_PRICE
+
+#: Hidden ρ below this: a CF-leaning user (the split of ``bench.headroom``'s value of adaptation on ``adapt``).
+RHO_EDGE = 0.5
+#: Switch thresholds searched on the training sessions (probability of a CF-leaning user).
+THRESHOLDS: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+#: Seed offset of the training sessions the classifier is fitted on (apart from the tuning sessions).
+FIT_SEED_OFFSET = 77
+
+
+def type_features(obs: dict[str, np.ndarray]) -> np.ndarray:
+    """What a service observes of a request, per row: float64 (B, 9 + C + 1).
+
+    The candidates' LLM and CF signals (mean, spread, max), their standardised correlation, mean popularity and
+    price, the session context (C) and the click lean (:func:`agents.rankers.click_lean`).
+    """
+    f = obs["features"].astype(np.float64)
+    llm, cf = f[:, :, F_LLM], f[:, :, F_CF]
+    sd_llm, sd_cf = llm.std(axis=1) + 1e-9, cf.std(axis=1) + 1e-9
+    return np.c_[llm.mean(1), sd_llm, llm.max(1), cf.mean(1), sd_cf, cf.max(1), (z_rows(llm) * z_rows(cf)).mean(1),
+                 f[:, :, F_POP].mean(1), f[:, :, F_PRICE].mean(1), obs["context"].astype(np.float64),
+                 click_lean(obs["context"], sd_llm, sd_cf)]
+
+
+class TypeClassifier:
+    """Logistic regression of "CF-leaning user" (ρ < :data:`RHO_EDGE`) on :func:`type_features`, standardised.
+
+    Args:
+        x: float (n, p) features of training requests.
+        y: bool (n,) their users' hidden type.
+        l2: Ridge weight.
+    """
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, l2: float = 1e-3) -> None:
+        self.mu, self.sd = x.mean(axis=0), x.std(axis=0) + 1e-9
+        self.w = fit_logistic(self._design(x), y, l2=l2)
+
+    def _design(self, x: np.ndarray) -> np.ndarray:
+        return np.c_[(x - self.mu) / self.sd, np.ones(len(x))]
+
+    def proba(self, x: np.ndarray) -> np.ndarray:
+        """float64 (n,) probability of a CF-leaning user."""
+        return 1.0 / (1.0 + np.exp(-self._design(x) @ self.w))
+
+
+class SwitchRanker(Ranker):
+    """Rule A, or rule B on the rows whose classifier probability of a CF-leaning user exceeds ``threshold``.
+
+    Args:
+        a: The default rule (tuned-diverse).
+        b: The CF-leaning users' rule.
+        classifier: The type classifier.
+        threshold: p; above 1 it never switches (A's slates exactly).
+    """
+
+    def __init__(self, a: DiverseRanker, b: DiverseRanker, classifier: TypeClassifier, threshold: float) -> None:
+        super().__init__(a.k)
+        self.a, self.b, self.classifier, self.threshold = a, b, classifier, float(threshold)
+        self.name = f"switch:{threshold:g}"
+        self.switched = 0
+
+    def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        """A's slate, or B's on the rows read as CF-leaning: int64 (B, K)."""
+        use_b = self.classifier.proba(type_features(obs)) > self.threshold  # (B,)
+        self.switched += int(use_b.sum())
+        slate = self.a.act(obs)
+        if use_b.any():
+            slate[use_b] = self.b.act({k: v[use_b] for k, v in obs.items()})
+        return slate
+
+
+def fit_classifier(core: BatchedCore, rule: Ranker, plan: EpisodePlan) -> TypeClassifier:
+    """The type classifier, fitted on every request of ``plan``'s sessions played by ``rule`` on ``core``."""
+    xs: list[np.ndarray] = []
+    ys: list[np.ndarray] = []
+
+    def on_step(obs: dict[str, np.ndarray], slate: np.ndarray, feedback: Any, active: np.ndarray) -> None:
+        xs.append(type_features(obs)[active])
+        ys.append(core.pop.rho[core.user[active]] < RHO_EDGE)
+
+    run_episodes(core, rule, plan, on_step=on_step)
+    return TypeClassifier(np.concatenate(xs), np.concatenate(ys))
+
+
+def _diff(x: np.ndarray, ref: np.ndarray, boot: Bootstrap, sel: np.ndarray) -> dict[str, Any]:
+    d = np.where(sel, x - ref, 0.0)
+    means = boot.means(d) / np.maximum(boot.means(sel.astype(float)), 1e-12)
+    return {"mean": float((x - ref)[sel].mean()), "ci95": list(percentile_ci(means))}
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Run the bench; print the table and the JSON summary (last line)."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="adapt")
+    ap.add_argument("--episodes", type=int, default=2000, help="held-out sessions")
+    ap.add_argument("--tune-episodes", type=int, default=1000, help="training sessions per rule tried")
+    ap.add_argument("--fit-episodes", type=int, default=3000, help="training sessions the classifier is fitted on")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--batch", type=int, default=500)
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    args = ap.parse_args(argv)
+    try:
+        full = resolve_config(None, args.preset, args.overrides)
+    except ConfigError as exc:
+        ap.error(str(exc))
+    cfg = full.env
+    world = load_world(cfg, full.encoder)
+    k, category = cfg.slate_size, world.catalog.category
+    ctx = RankerContext(world, cfg, seed=args.seed, tune_episodes=args.tune_episodes, batch=256)
+    point_a = ctx.diverse_search().best
+    tune_seed = args.seed + TUNE_SEED
+    by_type = diverse_by_group(world, cfg, point_a, None, (RHO_EDGE,), args.tune_episodes, tune_seed)
+    point_b = by_type["per_group"][0]
+    rule_a = diverse_ranker(k, category, point_a, name="tuned-diverse")
+    rule_b = diverse_ranker(k, category, point_b, name="rule B (ρ<0.5's)")
+
+    train_core = make_core(cfg, cfg.preset, None, world, "train", min(args.batch, 256))
+    n_train = world.populations["train"].size
+    classifier = fit_classifier(train_core, rule_a,
+                                episode_plan(args.fit_episodes, [tune_seed + FIT_SEED_OFFSET], n_train))
+    tune_plan = episode_plan(args.tune_episodes, [tune_seed], n_train)
+    tuning = {p: float(run_episodes(train_core, SwitchRanker(rule_a, rule_b, classifier, p), tune_plan).ret.mean())
+              for p in THRESHOLDS}
+    tuning["never"] = float(run_episodes(train_core, rule_a, tune_plan).ret.mean())
+    best = max(THRESHOLDS, key=lambda p: tuning[p])
+
+    core = make_core(cfg, cfg.preset, None, world, "heldout", args.batch)
+    plan = episode_plan(args.episodes, [args.seed], world.populations["heldout"].size)
+    switch = SwitchRanker(rule_a, rule_b, classifier, best)
+    alpha_only = diverse_ranker(k, category, {**point_a, "alpha": point_b["alpha"],
+                                              "lean_weight": point_b.get("lean_weight", 0.0)}, name="A with B's α")
+    stats = {r.name: run_episodes(core, r, plan) for r in (rule_a, rule_b, switch, alpha_only)}
+    ref = stats["tuned-diverse"].ret
+    cf = stats["tuned-diverse"].rho < RHO_EDGE
+    boot = Bootstrap(len(plan), 2000, args.seed)
+    rows: dict[str, Any] = {}
+    print(f"{'ranker':24s} {'return':>7s} {'ρ<0.5':>7s} {'ρ≥0.5':>7s}   − tuned-diverse: all, ρ<0.5, ρ≥0.5 (95%)")
+    for name, s in stats.items():
+        figs = {"return": float(s.ret.mean()), "cf": float(s.ret[cf].mean()), "content": float(s.ret[~cf].mean()),
+                "diff": _diff(s.ret, ref, boot, np.ones_like(cf)), "diff_cf": _diff(s.ret, ref, boot, cf),
+                "diff_content": _diff(s.ret, ref, boot, ~cf)}
+        rows[name] = figs
+        cells = ", ".join(f"{figs[c]['mean']:+.3f} ({figs[c]['ci95'][0]:+.2f} to {figs[c]['ci95'][1]:+.2f})"
+                          for c in ("diff", "diff_cf", "diff_content"))
+        print(f"{name:24s} {figs['return']:7.3f} {figs['cf']:7.3f} {figs['content']:7.3f}   {cells}")
+    summary = {"preset": args.preset, "rule_a": point_a, "rule_b": point_b,
+               "threshold": best, "tuning": {str(p): v for p, v in tuning.items()},
+               "switched_share": switch.switched / max(int(stats[switch.name].length.sum()), 1),
+               "heldout": rows, "sessions": len(plan), "cf_share": float(cf.mean())}
+    print(json.dumps(summary))
+    return summary
+
+
+if __name__ == "__main__":
+    main()
