@@ -148,6 +148,8 @@ class SlatePolicy(ActorCriticPolicy):
             ``agents.training.policy_kwargs``. 0: the head is not fitted.
         type_gate_init: The gate's weight on the type logit at init (0: the policy starts blind to it; > 0: α
             starts to follow the head's posterior as the head learns, lower where it reads a CF-leaning user).
+        type_gate_lower_only: The gate reads the type logit only where it is negative (a CF-leaning user): α may
+            fall for those users and is left alone for the others.
         activation_fn: Hidden activation.
         ortho_init: Orthogonal initialisation of the hidden layers (gain √2), critic head gain 1.
         use_sde: Must be False (SB3's algorithms pass it).
@@ -190,6 +192,7 @@ class SlatePolicy(ActorCriticPolicy):
         type_head_weight: float = 0.0,
         type_loss_scale: float = 0.0,
         type_gate_init: float = 0.0,
+        type_gate_lower_only: bool = False,
         activation_fn: type[nn.Module] = nn.Tanh,
         ortho_init: bool = True,
         use_sde: bool = False,
@@ -265,6 +268,7 @@ class SlatePolicy(ActorCriticPolicy):
             raise ValueError(f"type_gate_init must be a finite number and needs type_head_weight > 0, got "
                              f"{type_gate_init}")
         self.type_gate_init = float(type_gate_init)
+        self.type_gate_lower_only = bool(type_gate_lower_only)
         if gate_lean is not None and (gate != "standardised" or not math.isfinite(gate_lean)):
             raise ValueError(f"gate_lean must be a finite number and goes with gate='standardised', got {gate_lean} "
                              f"with gate={gate!r}")
@@ -454,6 +458,7 @@ class SlatePolicy(ActorCriticPolicy):
             type_head_weight=self.type_head_weight,
             type_loss_scale=self.type_loss_scale,
             type_gate_init=self.type_gate_init,
+            type_gate_lower_only=self.type_gate_lower_only,
             activation_fn=self.activation_fn,
             ortho_init=self.ortho_init,
             optimizer_class=self.optimizer_class,
@@ -616,7 +621,10 @@ class SlatePolicy(ActorCriticPolicy):
         llm, cf = features[..., F_LLM], features[..., F_CF]
         shift = self.alpha_head(h).squeeze(-1)  # (B,)
         if self.type_gate is not None:  # the type head's (detached) logit of ρ, by a learned weight
-            shift = shift + self.type_gate * self._type_logit(state_in).detach()
+            type_logit = self._type_logit(state_in).detach()
+            if self.type_gate_lower_only:  # only where the head reads a CF-leaning user (ρ < 0.5)
+                type_logit = type_logit.clamp(max=0.0)
+            shift = shift + self.type_gate * type_logit
         if self.alpha_context is not None:  # gate_context: the feedback EMAs straight to the gate
             lo, hi = self._ctx_cols
             shift = shift + self.alpha_context(state_in[:, lo:hi]).squeeze(-1)

@@ -502,6 +502,7 @@ class PolicyConfig:
             > 0, through whose term it enters; see ``SlatePolicy.evaluate_actions``); its logit feeds the actor's
             state and gate. The deployed policy reads observations only. 0: off.
         type_gate_init: The gate's weight on the type head's logit at init (0: learned from zero).
+        type_gate_lower_only: The gate reads the type logit only where it reads a CF-leaning user (logit < 0).
     """
 
     hidden: int = 64
@@ -521,6 +522,7 @@ class PolicyConfig:
     lean_gate_only: bool = False
     type_head_weight: float = 0.0
     type_gate_init: float = 0.0
+    type_gate_lower_only: bool = False
 
     def __post_init__(self) -> None:
         _finite(self)

@@ -230,6 +230,12 @@ def test_the_type_head_learns_the_hidden_type_and_feeds_the_gate() -> None:
         np.testing.assert_array_equal(after.numpy(), policy.alpha(shifted).numpy())
     logit_after = th.logit(after.clamp(1e-6, 1 - 1e-6)) - th.logit(before.clamp(1e-6, 1 - 1e-6))
     np.testing.assert_allclose(logit_after.numpy(), logit, rtol=1e-3, atol=1e-3)
+    policy.type_gate_lower_only = True  # only the CF-leaning reading moves α
+    with th.no_grad():
+        lower = th.logit(policy.alpha(test).clamp(1e-6, 1 - 1e-6)) - th.logit(before.clamp(1e-6, 1 - 1e-6))
+    np.testing.assert_allclose(lower.numpy(), np.minimum(logit, 0.0), rtol=1e-3, atol=1e-3)
+    assert (logit > 0).any() and (logit < 0).any()
+    policy.type_gate_lower_only = False
     loaded = build_policy(policy_settings(policy), dict(policy.state_dict()))
     with th.no_grad():
         np.testing.assert_allclose(loaded.alpha(test).numpy(), after.numpy(), rtol=1e-6, atol=1e-6)
