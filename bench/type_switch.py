@@ -98,7 +98,7 @@ class SwitchRanker(Ranker):
         super().__init__(a.k)
         self.a, self.b, self.classifier, self.threshold = a, b, classifier, float(threshold)
         self.name = f"switch:{threshold:g}"
-        self.switched = 0
+        self.switched = 0  # rows answered by B over all calls (a batch's idle rows included)
 
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         """A's slate, or B's on the rows read as CF-leaning: int64 (B, K)."""
@@ -186,7 +186,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         print(f"{name:24s} {figs['return']:7.3f} {figs['cf']:7.3f} {figs['content']:7.3f}   {cells}")
     summary = {"preset": args.preset, "rule_a": point_a, "rule_b": point_b,
                "threshold": best, "tuning": {str(p): v for p, v in tuning.items()},
-               "switched_share": switch.switched / max(int(stats[switch.name].length.sum()), 1),
                "heldout": rows, "sessions": len(plan), "cf_share": float(cf.mean())}
     print(json.dumps(summary))
     return summary
