@@ -142,8 +142,8 @@ class SlatePolicy(ActorCriticPolicy):
             (the critic's own trunk still does). Needs ``gate_context``.
         type_head_weight: > 0: a type head, an MLP over the state input that predicts the user's hidden ρ, fitted on
             ``obs["critic_state"]``'s ρ (``env.obs_critic_state``) by a binary cross-entropy of this weight added to
-            PPO's loss; its logit (detached) joins the actor's state input and, by a learned weight (zero at init),
-            the gate's logit shift (see :meth:`_type_logit`). 0: none.
+            PPO's loss; its logit (detached) joins the actor's state input and, by a learned weight
+            (``type_gate_init`` at init), the gate's logit shift (see :meth:`_type_logit`). 0: none.
         type_loss_scale: ``type_head_weight / ent_coef`` (see :meth:`evaluate_actions`); set by
             ``agents.training.policy_kwargs``. 0: the head is not fitted.
         type_gate_init: The gate's weight on the type logit at init (0: the policy starts blind to it; > 0: α
@@ -589,9 +589,9 @@ class SlatePolicy(ActorCriticPolicy):
         """The type head's logit of the user's hidden ρ (B,) from the state input (observations only).
 
         Fitted by a supervised loss (:meth:`type_loss`) on the training users' hidden ρ, never by the policy
-        gradient: the actor reads it detached, in its state input and, through a learned weight (zero at init), in
-        the gate's logit shift. So at deployment the policy reads the observation only; the hidden state taught it
-        what in the observation tells the user types apart (learning with privileged information)."""
+        gradient: the actor reads it detached, in its state input and, through a learned weight (``type_gate_init``
+        at init), in the gate's logit shift. So at deployment the policy reads the observation only; the hidden
+        state taught it what in the observation tells the user types apart (learning with privileged information)."""
         assert self.type_net is not None
         return self.type_net(state_in).squeeze(-1)
 
