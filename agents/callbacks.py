@@ -111,10 +111,10 @@ class RolloutMetrics(BaseCallback):
             self.logger.record("train/repulsion_mean", float(beta.mean()))
         if policy.type_net is not None and "critic_state" in flat:  # train.policy.type_head_weight
             with th.no_grad():
-                state_in = policy._encode(policy._prepare(flat))[0]
-                logit = policy._type_logit(state_in)
-                rho = policy._prepare(flat)["critic_state"][:, 0]
-                bce = th.nn.functional.binary_cross_entropy_with_logits(logit, rho.clamp(0.0, 1.0))
+                prepared = policy._prepare(flat)
+                state_in = policy._encode(prepared)[0]
+                logit, rho = policy._type_logit(state_in), prepared["critic_state"][:, 0]
+                bce = policy._type_bce(state_in, prepared).mean()  # the loss the update fits, not a copy of it
             self.logger.record("train/type_bce", float(bce))
             self.logger.record("train/type_accuracy", float(((logit > 0) == (rho >= 0.5)).float().mean()))
             self.logger.record("train/type_gate", float(policy.type_gate.detach()))  # type: ignore[union-attr]
