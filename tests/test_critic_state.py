@@ -235,10 +235,12 @@ def test_the_type_head_learns_the_hidden_type_and_feeds_the_gate() -> None:
         lower = th.logit(policy.alpha(test).clamp(1e-6, 1 - 1e-6)) - th.logit(before.clamp(1e-6, 1 - 1e-6))
     np.testing.assert_allclose(lower.numpy(), np.minimum(logit, 0.0), rtol=1e-3, atol=1e-3)
     assert (logit > 0).any() and (logit < 0).any()
-    policy.type_gate_lower_only = False
-    loaded = build_policy(policy_settings(policy), dict(policy.state_dict()))
-    with th.no_grad():
-        np.testing.assert_allclose(loaded.alpha(test).numpy(), after.numpy(), rtol=1e-6, atol=1e-6)
+    for lower_only, want in ((True, th.sigmoid(th.logit(before.clamp(1e-6, 1 - 1e-6)) + lower)), (False, after)):
+        policy.type_gate_lower_only = lower_only  # a save / load keeps the gate's reading and its side
+        loaded = build_policy(policy_settings(policy), dict(policy.state_dict()))
+        assert loaded.type_gate_lower_only is lower_only
+        with th.no_grad():
+            np.testing.assert_allclose(loaded.alpha(test).numpy(), want.numpy(), rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="critic_state"):
         SlatePolicy(observation_space(N_ITEMS, N_CAND, DIM), action_space(N_CAND, K), lambda _: 1e-3,
                     type_head_weight=1.0)
