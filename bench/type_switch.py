@@ -13,7 +13,10 @@ gains by knowing each user's hidden ρ (``bench.headroom``). This bench asks how
 3. the **switch**: B for the requests whose classifier probability of a CF-leaning user exceeds p, else A; p chosen
    on training sessions, the choice evaluated on the held-out sessions against tuned-diverse (common random
    numbers), split by hidden type;
-4. which of B's parameters carry its gain on the CF-leaning users: A with B's α (and click-lean weight) only.
+4. which of B's parameters carry its gain on the CF-leaning users: A with B's α (and click-lean weight) only;
+5. with ``--runs RUN [RUN ...]`` (trained runs of the preset, one per training seed, e.g. a quality protocol's): the
+   switch on the runs' own held-out sessions (their ``report/returns.npz``), and PPO − switch paired on them, per
+   run and over seeds and sessions, split by hidden type: PPO against the strongest hand-written use of the type.
 
 ``python -m bench.type_switch --preset adapt`` prints a table; the last line is a JSON object with every figure.
 """
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,10 +36,11 @@ from agents.evaluation import EpisodePlan, episode_plan, run_episodes
 from agents.fitting import fit_logistic
 from agents.rankers import DiverseRanker, click_lean, z_rows
 from agents.registry import RankerContext
-from agents.report import Bootstrap, percentile_ci
+from agents.report import Bootstrap, percentile_ci, read_returns
 from agents.tuning import TUNE_SEED, diverse_ranker
 from bench.headroom import diverse_by_group
-from configs.loader import ConfigError, resolve_config
+from bench.quality_protocol import seeds_and_sessions_interval
+from configs.loader import ConfigError, load_config, resolve_config
 from envs.core import BatchedCore
 from envs.factory import make_core
 from envs.presets import load_world
@@ -129,6 +134,68 @@ def _diff(x: np.ndarray, ref: np.ndarray, boot: Bootstrap, sel: np.ndarray) -> d
     return {"mean": float((x - ref)[sel].mean()), "ci95": list(percentile_ci(means))}
 
 
+def runs_plan(runs: Sequence[Path], preset: str, n_heldout: int) -> EpisodePlan:
+    """The held-out sessions the runs' final reports were evaluated on (one plan, shared by every run).
+
+    Raises:
+        ValueError: A run without a config, of another preset, or whose evaluation met other sessions.
+    """
+    plans = []
+    for run in runs:
+        if not (run / "config.yaml").is_file():
+            raise ValueError(f"--runs: {run} is not a run directory (no config.yaml)")
+        cfg = load_config(run / "config.yaml")
+        if cfg.env.preset != preset:
+            raise ValueError(f"--runs: {run} was trained on preset {cfg.env.preset!r}, not {preset!r}")
+        plans.append((cfg.eval.episodes, cfg.eval.seeds))
+    if len(set(plans)) != 1:
+        raise ValueError(f"--runs: the runs were evaluated on different held-out sessions (episodes, seeds): {plans}")
+    episodes, seeds = plans[0]
+    return episode_plan(episodes, list(range(seeds)), n_heldout)
+
+
+def ppo_against(rule: np.ndarray, plan: EpisodePlan, runs: Sequence[Path], cf: np.ndarray,
+                bootstrap: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """PPO − ``rule`` paired on ``plan``'s sessions: per run (a bootstrap over sessions) and over seeds and
+    sessions, for all users and split by hidden type.
+
+    Args:
+        rule: float (E,) the rule's return per session of ``plan``.
+        plan: The sessions (E of them), those of the runs' ``report/returns.npz``.
+        runs: Run directories (S >= 1; two or more for the interval over seeds and sessions).
+        cf: bool (E,) the sessions whose user is CF-leaning (hidden ρ < :data:`RHO_EDGE`).
+        bootstrap: Bootstrap resamples of the sessions per run.
+        seed: Bootstrap seed.
+
+    Returns:
+        ``{"per_run": {run: {group: {"mean", "ci95"}}}, "over_seeds_and_sessions": {group: {...}}}`` with the
+        groups ``all``, ``cf`` and ``content`` (the second key only for two or more runs).
+
+    Raises:
+        ValueError: A run without returns of PPO, or whose returns are of other sessions than ``plan``'s.
+    """
+    groups = {"all": np.ones_like(cf), "cf": cf, "content": ~cf}
+    boot = Bootstrap(len(plan), bootstrap, seed)
+    per_run: dict[str, Any] = {}
+    diffs = []
+    for run in runs:
+        path = run / "report" / "returns.npz"
+        if not path.is_file():
+            raise ValueError(f"--runs: {run} has no per-session returns ({path}): evaluate it first")
+        keys, rets = read_returns(path)
+        if keys.shape != plan.keys.shape or not np.array_equal(keys, plan.keys):
+            raise ValueError(f"--runs: {path} holds other sessions than the run's eval settings name")
+        if "ppo" not in rets:
+            raise ValueError(f"--runs: {path} has no returns of ppo")
+        diffs.append(rets["ppo"] - rule)
+        per_run[str(run)] = {g: _diff(rets["ppo"], rule, boot, m) for g, m in groups.items()}
+    out: dict[str, Any] = {"per_run": per_run}
+    if len(diffs) > 1:
+        table = np.stack(diffs)  # (S, E)
+        out["over_seeds_and_sessions"] = {g: seeds_and_sessions_interval(table[:, m]) for g, m in groups.items()}
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the bench; print the table and the JSON summary (last line)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -139,6 +206,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch", type=int, default=500)
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--runs", nargs="+", type=Path, default=[], metavar="RUN",
+                    help="trained runs of the preset: PPO − switch paired on their held-out sessions")
     args = ap.parse_args(argv)
     try:
         full = resolve_config(None, args.preset, args.overrides)
@@ -146,6 +215,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         ap.error(str(exc))
     cfg = full.env
     world = load_world(cfg, full.encoder)
+    try:
+        runs_sessions = runs_plan(args.runs, cfg.preset, world.populations["heldout"].size) if args.runs else None
+    except ValueError as exc:
+        ap.error(str(exc))
     k, category = cfg.slate_size, world.catalog.category
     ctx = RankerContext(world, cfg, seed=args.seed, tune_episodes=args.tune_episodes, batch=256)
     point_a = ctx.diverse_search().best
@@ -187,6 +260,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     summary = {"preset": args.preset, "rule_a": point_a, "rule_b": point_b,
                "threshold": best, "tuning": {str(p): v for p, v in tuning.items()},
                "heldout": rows, "sessions": len(plan), "cf_share": float(cf.mean())}
+    if runs_sessions is not None:
+        on_runs = run_episodes(core, switch, runs_sessions)
+        summary["runs"] = {"switch_return": float(on_runs.ret.mean()),
+                           **ppo_against(on_runs.ret, runs_sessions, args.runs, on_runs.rho < RHO_EDGE,
+                                         seed=args.seed)}
+        print(f"\nPPO − {switch.name} on the runs' {len(runs_sessions)} held-out sessions (switch "
+              f"{on_runs.ret.mean():.3f}): all, ρ<0.5, ρ≥0.5 (95%)")
+        parts = [(Path(r).name, figs) for r, figs in summary["runs"]["per_run"].items()]
+        parts += [("over seeds and sessions", summary["runs"]["over_seeds_and_sessions"])] if len(args.runs) > 1 else []
+        for label, figs in parts:
+            print(f"{label:24s} " + ", ".join(f"{figs[g]['mean']:+.3f} ({figs[g]['ci95'][0]:+.2f} to "
+                                               f"{figs[g]['ci95'][1]:+.2f})" for g in ("all", "cf", "content")))
     print(json.dumps(summary))
     return summary
 

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from types import SimpleNamespace
+
 import numpy as np
+import pytest
 from conftest import make_core
 
 from agents.evaluation import episode_plan, run_episodes
+from agents.report import write_returns
 from agents.tuning import diverse_ranker
-from bench.type_switch import SwitchRanker, TypeClassifier, fit_classifier, type_features
+from bench.type_switch import SwitchRanker, TypeClassifier, fit_classifier, ppo_against, runs_plan, type_features
+from configs.loader import resolve_config, save_yaml
 from configs.schema import EnvConfig
 from envs.world import World
 
@@ -44,3 +50,49 @@ def test_a_switch_that_never_or_always_switches_is_its_rule_session_for_session(
     some = SwitchRanker(a, b, classifier, median)
     stats = run_episodes(core, some, plan)
     assert 0 < some.switched < stats.length.sum()
+
+
+def _run(root: Path, name: str, preset: str, episodes: int, ppo: np.ndarray | None = None,
+         plan_seeds: int = 2) -> Path:
+    """A run directory with a config of ``preset`` (eval: ``episodes`` × 2 held-out sessions) and, when ``ppo`` is
+    given, per-session returns of PPO on ``plan_seeds`` seeds' sessions."""
+    run = root / name
+    run.mkdir()
+    save_yaml(resolve_config(None, preset, [f"eval.episodes={episodes}", "eval.seeds=2"]), run / "config.yaml")
+    if ppo is not None:
+        plan = episode_plan(episodes, list(range(plan_seeds)), 40)
+        write_returns({"ppo": SimpleNamespace(ret=ppo)}, plan, run / "report" / "returns.npz")  # type: ignore[dict-item]
+    return run
+
+
+def test_ppo_against_the_switch_is_paired_on_the_runs_sessions_and_refuses_others(tmp_path: Path) -> None:
+    """``--runs``: the runs' held-out sessions come from their eval settings; PPO − rule is the paired difference
+    per run and over seeds and sessions, by hidden type; runs of another preset, other sessions or without returns
+    are refused by name."""
+    rng = np.random.default_rng(1)
+    rule = rng.normal(size=20)
+    cf = np.arange(20) % 3 == 0
+    ppo = [rule + 0.5 + 1.0 * cf + rng.normal(scale=0.01, size=20), rule + 0.3 + 1.0 * cf]
+    runs = [_run(tmp_path, f"s{i}", "small", 10, p) for i, p in enumerate(ppo)]
+    plan = runs_plan(runs, "small", 40)
+    assert len(plan) == 20
+    out = ppo_against(rule, plan, runs, cf, bootstrap=200)
+    first = out["per_run"][str(runs[0])]
+    assert first["all"]["mean"] == pytest.approx(float((ppo[0] - rule).mean()))
+    assert first["cf"]["mean"] == pytest.approx(1.5, abs=0.02)
+    assert first["content"]["mean"] == pytest.approx(0.5, abs=0.02)
+    over = out["over_seeds_and_sessions"]
+    assert over["cf"]["mean"] == pytest.approx(1.4, abs=0.02)
+    assert over["content"]["mean"] == pytest.approx(0.4, abs=0.02)
+    assert over["all"]["ci95"][0] < over["all"]["mean"] < over["all"]["ci95"][1]
+    assert "over_seeds_and_sessions" not in ppo_against(rule, plan, runs[:1], cf, bootstrap=50)
+    with pytest.raises(ValueError, match="preset 'small', not 'adapt'"):
+        runs_plan(runs, "adapt", 40)
+    with pytest.raises(ValueError, match="different held-out sessions"):
+        runs_plan([*runs, _run(tmp_path, "other", "small", 12)], "small", 40)
+    with pytest.raises(ValueError, match=r"no config\.yaml"):
+        runs_plan([tmp_path], "small", 40)
+    with pytest.raises(ValueError, match="other sessions"):
+        ppo_against(rule, plan, [_run(tmp_path, "late", "small", 5, rule[:15], plan_seeds=3)], cf)
+    with pytest.raises(ValueError, match="no per-session returns"):
+        ppo_against(rule, plan, [_run(tmp_path, "bare", "small", 10)], cf)
