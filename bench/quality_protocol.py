@@ -23,6 +23,10 @@ on the same held-out sessions (common random numbers) against the baselines, the
   and the same difference per hidden user type (ρ below or above 0.5, :func:`by_user_type`): where PPO's margin
   comes from, beside ``bench.headroom``'s value of adaptation per type.
 
+``--against PREFIX`` compares the runs with another protocol's runs of the same seeds (``PREFIX-s<seed>``, e.g. an
+earlier recipe or an ablation) session by session: PPO − their PPO over seeds and sessions, per seed and per hidden
+user type (:func:`paired_with`), so that a change is judged on the same seeds and sessions, not across protocols.
+
 ``--steps N`` replaces the time limit by a step budget (``train.total_timesteps``, no time limit). A run is
 deterministic given its seed and step count, while the steps that 15 minutes buy vary by a third with the machine's
 load, so a step budget makes the protocol repeat exactly on one machine and compares sessions at equal samples.
@@ -204,6 +208,38 @@ def heldout_rho(run: Path) -> np.ndarray:
     return load_world(cfg.env, cfg.encoder, progress=False).populations["heldout"].rho
 
 
+def _returns_table(runs: list[Path],
+                   names: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """The runs' per-session returns of ``names``, stacked: ``(session keys uint64 (E,), users int64 (E,),
+    name → float64 (S, E))``.
+
+    Raises:
+        ValueError: A run without per-session returns or without one of ``names``, an unreadable file, or runs that
+            met different held-out sessions (the message says which).
+    """
+    loaded = []
+    for run in runs:
+        path = run / "report" / "returns.npz"
+        if not path.is_file():
+            raise ValueError(f"{run.name} has no per-session returns")
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                loaded.append({k: data[k] for k in ("keys", "users", *(RETURNS_PREFIX + n for n in names))})
+        except KeyError as exc:
+            raise ValueError(f"{run.name} has no returns of {str(exc.args[0]).removeprefix(RETURNS_PREFIX)}") from None
+        except (OSError, ValueError, zipfile.BadZipFile) as exc:
+            raise ValueError(f"unreadable per-session returns: {exc}") from None
+    first = loaded[0]
+    if any(not np.array_equal(d["keys"], first["keys"]) for d in loaded[1:]):
+        raise ValueError("the runs met different held-out sessions (eval settings differ)")
+    return first["keys"], first["users"], {n: np.stack([d[RETURNS_PREFIX + n] for d in loaded]) for n in names}
+
+
+def _type_masks(rho: np.ndarray) -> dict[str, np.ndarray]:
+    """The sessions of each hidden user type, by their user's ρ (E,): label → bool (E,)."""
+    return {f"rho<{RHO_EDGE} (CF-leaning)": rho < RHO_EDGE, f"rho>={RHO_EDGE} (content-leaning)": rho >= RHO_EDGE}
+
+
 def by_user_type(runs: list[Path], rho_of: Callable[[Path], np.ndarray] = heldout_rho) -> dict[str, Any] | None:
     """PPO − tuned-diverse per hidden user type, over seeds and sessions: where PPO's margin comes from.
 
@@ -221,34 +257,53 @@ def by_user_type(runs: list[Path], rho_of: Callable[[Path], np.ndarray] = heldou
     """
     if len(runs) < 2:
         return None
-    paths = [r / "report" / "returns.npz" for r in runs]
-    if not all(p.is_file() for p in paths):
-        return {"skipped": "a run has no per-session returns"}
     try:
-        loaded = []
-        for p in paths:
-            with np.load(p, allow_pickle=False) as data:
-                loaded.append({k: data[k] for k in ("keys", "users", f"{RETURNS_PREFIX}ppo",
-                                                    f"{RETURNS_PREFIX}{REFERENCE}")})
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
-        return {"skipped": f"unreadable per-session returns: {exc}"}
-    first = loaded[0]
-    if any(not np.array_equal(d["keys"], first["keys"]) for d in loaded[1:]):
-        return {"skipped": "the runs met different held-out sessions (eval settings differ)"}
-    try:
-        rho = rho_of(runs[0])[first["users"]]
-    except (OSError, ValueError, KeyError, IndexError) as exc:  # no config.yaml, a world that does not load
-        return {"skipped": f"the held-out users' ρ: {exc}"}
-    ppo = np.stack([d[f"{RETURNS_PREFIX}ppo"] for d in loaded])  # (S, E)
-    ref = np.stack([d[f"{RETURNS_PREFIX}{REFERENCE}"] for d in loaded])  # (S, E)
+        _, users, table = _returns_table(runs, ("ppo", REFERENCE))
+        rho = rho_of(runs[0])[users]
+    except (OSError, ValueError, KeyError, IndexError) as exc:  # returns, or a config / world that does not load
+        return {"skipped": str(exc)}
+    ppo, ref = table["ppo"], table[REFERENCE]  # (S, E) each
     groups: dict[str, Any] = {}
-    for label, mask in ((f"rho<{RHO_EDGE} (CF-leaning)", rho < RHO_EDGE),
-                        (f"rho>={RHO_EDGE} (content-leaning)", rho >= RHO_EDGE)):
+    for label, mask in _type_masks(rho).items():
         if mask.sum() >= 2:
             groups[label] = {"sessions": int(mask.sum()), "ppo": float(ppo[:, mask].mean()),
                              REFERENCE: float(ref[:, mask].mean()),
                              "diff": seeds_and_sessions_interval(ppo[:, mask] - ref[:, mask])}
     return {"edge": RHO_EDGE, "groups": groups}
+
+
+def paired_with(runs: list[Path], others: list[Path],
+                rho_of: Callable[[Path], np.ndarray] = heldout_rho) -> dict[str, Any]:
+    """PPO − the PPO of other runs of the same seeds (an earlier recipe, an ablation), paired on the held-out sessions.
+
+    Both sets must have met the same sessions. Over seeds and sessions for all users (with two or more seeds), per
+    seed, and per hidden user type as in :func:`by_user_type`: whether a change helps, and whom.
+
+    Args:
+        runs: The finished run directories, one per seed.
+        others: The runs to compare with, the same seeds in the same order.
+        rho_of: Run directory → ρ (U,) of its held-out users.
+
+    Returns:
+        ``{"against": [names], "per_seed": [S], "diff": interval or None, "groups": {label: {"sessions", "diff",
+        "per_seed"}}}``, or ``{"skipped": why}``.
+    """
+    try:
+        keys, users, new = _returns_table(runs, ("ppo",))
+        keys_old, _, old = _returns_table(others, ("ppo",))
+        if not np.array_equal(keys, keys_old) or new["ppo"].shape != old["ppo"].shape:
+            raise ValueError("the two sets of runs met different held-out sessions")
+        rho = rho_of(runs[0])[users]
+    except (OSError, ValueError, KeyError, IndexError) as exc:
+        return {"skipped": str(exc)}
+    diff = new["ppo"] - old["ppo"]  # (S, E)
+    out: dict[str, Any] = {"against": [o.name for o in others], "per_seed": diff.mean(axis=1).tolist(),
+                           "diff": seeds_and_sessions_interval(diff) if len(runs) > 1 else None, "groups": {}}
+    for label, mask in _type_masks(rho).items():
+        if mask.sum() >= 2:
+            out["groups"][label] = {"sessions": int(mask.sum()), "per_seed": diff[:, mask].mean(axis=1).tolist(),
+                                    "diff": seeds_and_sessions_interval(diff[:, mask]) if len(runs) > 1 else None}
+    return out
 
 
 def aggregate(runs: list[Path]) -> dict[str, Any]:
@@ -406,6 +461,19 @@ def markdown(agg: dict[str, Any], title: str) -> str:
         lines.append(f"| PPO − tuned-diverse, users with {label} ({g['sessions']} sessions; hidden), over seeds and "
                      f"sessions | {d['mean']:+.3f} ({d['ci95'][0]:+.3f} to {d['ci95'][1]:+.3f}) | PPO {g['ppo']:.2f}, "
                      f"tuned-diverse {g[REFERENCE]:.2f} |")
+    pw = agg.get("paired_with")
+    if pw:
+        other = pw.get("prefix") or ", ".join(pw.get("against", [])) or "the other runs"
+        if "skipped" in pw:
+            lines.append(f"| PPO − the PPO of {other}, paired | not compared: {pw['skipped']} | |")
+        else:
+            rows = [("all users", pw["diff"], pw["per_seed"]),
+                    *((f"users with {k} ({v['sessions']} sessions; hidden)", v["diff"], v["per_seed"])
+                      for k, v in pw["groups"].items())]
+            for label, d, per_seed in rows:
+                cell = "(one seed)" if d is None else ci(d, "+.3f")
+                lines.append(f"| PPO − the PPO of {other}, paired, {label}, over seeds and sessions | {cell} | "
+                             f"{', '.join(f'{x:+.3f}' for x in per_seed)} |")
     if "probe" in agg:
         for key, label in (("effective_alpha_gap", "probe: effective α gap cf − llm at request 5"),
                            ("slate_lean_gap", "probe: slate-lean gap cf − llm at request 5")):
@@ -464,6 +532,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--aggregate-only", action="store_true", help="do not train; aggregate the finished runs")
     ap.add_argument("--probe", action="store_true",
                     help="also play the feedback probe (bench.feedback_probe) on every run and aggregate its α gap")
+    ap.add_argument("--against", default=None, metavar="PREFIX",
+                    help="another protocol's runs, PREFIX-s<seed> (e.g. runs/protocol/protocol-adapt): PPO − their "
+                         "PPO paired on the same seeds and held-out sessions, for all users and by hidden type")
     args = ap.parse_args(argv)
     if args.make_train and (args.config is not None or args.minutes is not None or args.steps is not None):
         ap.error("--make-train runs train.py's own defaults: it takes neither --config nor --minutes nor --steps")
@@ -489,6 +560,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     agg = aggregate(done)
     if args.probe:
         agg["probe"] = probe_runs(done)
+    if args.against:
+        others = [Path(f"{args.against}-s{run.name.rsplit('-s', 1)[1]}") for run in done]  # the same seeds
+        agg["paired_with"] = {"prefix": args.against, **paired_with(done, others)}
     agg["status"] = status
     agg["command"] = " ".join(["python -m bench.quality_protocol", *(argv if argv is not None else sys.argv[1:])])
     budget = ("make train's job (train.py defaults)" if args.make_train

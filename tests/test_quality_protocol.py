@@ -335,3 +335,36 @@ def test_the_margin_is_split_by_hidden_user_type(tmp_path: Path) -> None:
     assert "config.yaml" in aggregate(runs)["by_user_type"]["skipped"]  # fabricated runs: no world to read ρ from
     md = markdown({**aggregate(runs[:1]), "by_user_type": types}, "t")
     assert "users with rho<0.5 (CF-leaning) (10 sessions; hidden)" in md
+
+
+def test_paired_with_another_protocols_runs_by_seed_and_type(tmp_path: Path) -> None:
+    """``--against``: PPO − the other runs' PPO on the same seeds and sessions, over seeds and sessions and by hidden
+    type (here +0.5 for the CF-leaning users, 0 for the others); runs of other sessions or without returns are named
+    as not compared; the table gets one row per group."""
+    from bench.quality_protocol import paired_with
+
+    rng = np.random.default_rng(5)
+    keys = np.arange(40, dtype=np.uint64)
+    rho = np.where(np.arange(40) % 4 == 0, 0.1, 0.9)
+    new, old = [], []
+    for i in range(3):
+        base = rng.gamma(2.0, 3.0, 40)
+        for prefix, runs, ppo in (("new", new, base + np.where(rho < 0.5, 0.5, 0.0) + rng.normal(0, 0.05, 40)),
+                                  ("old", old, base)):
+            run = _fake_run(tmp_path, f"{prefix}-s{i}", _returns(float(ppo.mean()), 6.0), 0.1)
+            _with_returns(run, keys, ppo, base)
+            runs.append(run)
+    out = paired_with(new, old, rho_of=lambda run: rho)
+    assert out["against"] == ["old-s0", "old-s1", "old-s2"] and len(out["per_seed"]) == 3
+    assert out["diff"]["mean"] == pytest.approx(0.125, abs=0.02)
+    cf, content = out["groups"]["rho<0.5 (CF-leaning)"], out["groups"]["rho>=0.5 (content-leaning)"]
+    assert cf["diff"]["ci95"][0] > 0.4 and cf["sessions"] == 10
+    assert content["diff"]["ci95"][0] < 0 < content["diff"]["ci95"][1]
+    shifted = _fake_run(tmp_path, "old-s9", _returns(7.0, 6.0), 0.1)
+    _with_returns(shifted, keys + 1, np.ones(40), np.ones(40))
+    assert "different held-out sessions" in paired_with(new[:1], [shifted], rho_of=lambda run: rho)["skipped"]
+    assert "no per-session returns" in paired_with(new[:1], [tmp_path / "absent"], rho_of=lambda run: rho)["skipped"]
+    md = markdown({**aggregate(new), "paired_with": {"prefix": "old", **out}}, "t")
+    assert "| PPO − the PPO of old, paired, users with rho<0.5 (CF-leaning) (10 sessions; hidden)" in md
+    md = markdown({**aggregate(new), "paired_with": {"prefix": "x", "skipped": "why"}}, "t")
+    assert "| PPO − the PPO of x, paired | not compared: why | |" in md
