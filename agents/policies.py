@@ -150,6 +150,8 @@ class SlatePolicy(ActorCriticPolicy):
             starts to follow the head's posterior as the head learns, lower where it reads a CF-leaning user).
         type_gate_lower_only: The gate reads the type logit only where it is negative (a CF-leaning user): α may
             fall for those users and is left alone for the others.
+        type_gate_margin: >= 0, with ``type_gate_lower_only``: the gate reads ``min(logit + margin, 0)``, so only
+            readings of a CF-leaning user with probability above ``σ(margin)`` move α.
         activation_fn: Hidden activation.
         ortho_init: Orthogonal initialisation of the hidden layers (gain √2), critic head gain 1.
         use_sde: Must be False (SB3's algorithms pass it).
@@ -193,6 +195,7 @@ class SlatePolicy(ActorCriticPolicy):
         type_loss_scale: float = 0.0,
         type_gate_init: float = 0.0,
         type_gate_lower_only: bool = False,
+        type_gate_margin: float = 0.0,
         activation_fn: type[nn.Module] = nn.Tanh,
         ortho_init: bool = True,
         use_sde: bool = False,
@@ -269,6 +272,11 @@ class SlatePolicy(ActorCriticPolicy):
                              f"{type_gate_init}")
         self.type_gate_init = float(type_gate_init)
         self.type_gate_lower_only = bool(type_gate_lower_only)
+        if not (math.isfinite(type_gate_margin) and type_gate_margin >= 0) or (type_gate_margin > 0
+                                                                              and not type_gate_lower_only):
+            raise ValueError(f"type_gate_margin must be a finite number >= 0 and goes with type_gate_lower_only, got "
+                             f"{type_gate_margin}")
+        self.type_gate_margin = float(type_gate_margin)
         if gate_lean is not None and (gate != "standardised" or not math.isfinite(gate_lean)):
             raise ValueError(f"gate_lean must be a finite number and goes with gate='standardised', got {gate_lean} "
                              f"with gate={gate!r}")
@@ -459,6 +467,7 @@ class SlatePolicy(ActorCriticPolicy):
             type_loss_scale=self.type_loss_scale,
             type_gate_init=self.type_gate_init,
             type_gate_lower_only=self.type_gate_lower_only,
+            type_gate_margin=self.type_gate_margin,
             activation_fn=self.activation_fn,
             ortho_init=self.ortho_init,
             optimizer_class=self.optimizer_class,
@@ -622,8 +631,8 @@ class SlatePolicy(ActorCriticPolicy):
         shift = self.alpha_head(h).squeeze(-1)  # (B,)
         if self.type_gate is not None:  # the type head's (detached) logit of ρ, by a learned weight
             type_logit = self._type_logit(state_in).detach()
-            if self.type_gate_lower_only:  # only where the head reads a CF-leaning user (ρ < 0.5)
-                type_logit = type_logit.clamp(max=0.0)
+            if self.type_gate_lower_only:  # only where the head reads a CF-leaning user (ρ < 0.5), with a margin
+                type_logit = (type_logit + self.type_gate_margin).clamp(max=0.0)
             shift = shift + self.type_gate * type_logit
         if self.alpha_context is not None:  # gate_context: the feedback EMAs straight to the gate
             lo, hi = self._ctx_cols

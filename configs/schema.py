@@ -503,6 +503,8 @@ class PolicyConfig:
             state and gate. The deployed policy reads observations only. 0: off.
         type_gate_init: The gate's weight on the type head's logit at init (0: learned from zero).
         type_gate_lower_only: The gate reads the type logit only where it reads a CF-leaning user (logit < 0).
+        type_gate_margin: >= 0, with ``type_gate_lower_only``: the gate reads ``min(logit + margin, 0)``, so only a
+            confident CF-leaning reading (probability above ``σ(margin)``) moves α. 0: every CF-leaning reading.
     """
 
     hidden: int = 64
@@ -523,6 +525,7 @@ class PolicyConfig:
     type_head_weight: float = 0.0
     type_gate_init: float = 0.0
     type_gate_lower_only: bool = False
+    type_gate_margin: float = 0.0
 
     def __post_init__(self) -> None:
         _finite(self)
@@ -530,6 +533,9 @@ class PolicyConfig:
         if _number(self.type_gate_init) and self.type_gate_init != 0 and not (
                 _number(self.type_head_weight) and self.type_head_weight > 0):
             raise FieldError("type_gate_init", "needs type_head_weight > 0 (there is no type head to weigh)")
+        _check(self, ">=0", "type_gate_margin")
+        if _number(self.type_gate_margin) and self.type_gate_margin != 0 and not self.type_gate_lower_only:
+            raise FieldError("type_gate_margin", "needs type_gate_lower_only: true (the margin shifts the lower side)")
         if self.base == "diverse" and not self.category_repulsion:
             raise FieldError("base", "'diverse' needs category_repulsion: true (the category cap acts on the slate "
                              "distribution's category groups)")

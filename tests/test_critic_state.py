@@ -235,6 +235,15 @@ def test_the_type_head_learns_the_hidden_type_and_feeds_the_gate() -> None:
         lower = th.logit(policy.alpha(test).clamp(1e-6, 1 - 1e-6)) - th.logit(before.clamp(1e-6, 1 - 1e-6))
     np.testing.assert_allclose(lower.numpy(), np.minimum(logit, 0.0), rtol=1e-3, atol=1e-3)
     assert (logit > 0).any() and (logit < 0).any()
+    margin = float(np.median(-logit[logit < 0]))  # half the CF-leaning readings are confident enough to move α
+    policy.type_gate_margin = margin
+    with th.no_grad():
+        confident = th.logit(policy.alpha(test).clamp(1e-6, 1 - 1e-6)) - th.logit(before.clamp(1e-6, 1 - 1e-6))
+    np.testing.assert_allclose(confident.numpy(), np.minimum(logit + margin, 0.0), rtol=1e-3, atol=1e-3)
+    assert 0 < (confident.numpy() < -1e-4).sum() < (logit < 0).sum()
+    loaded = build_policy(policy_settings(policy), dict(policy.state_dict()))
+    assert loaded.type_gate_margin == margin
+    policy.type_gate_margin = 0.0
     for lower_only, want in ((True, th.sigmoid(th.logit(before.clamp(1e-6, 1 - 1e-6)) + lower)), (False, after)):
         policy.type_gate_lower_only = lower_only  # a save / load keeps the gate's reading and its side
         loaded = build_policy(policy_settings(policy), dict(policy.state_dict()))
@@ -260,6 +269,12 @@ def test_type_head_config_needs_the_critic_state_and_an_entropy_term() -> None:
         resolve_config(None, "small", ["train.policy.type_head_weight=-1"])
     with pytest.raises(ConfigError, match=r"type_gate_init.*type_head_weight"):
         resolve_config(None, "small", ["train.policy.type_gate_init=0.5"])
+    with pytest.raises(ConfigError, match=r"type_gate_margin.*type_gate_lower_only"):
+        resolve_config(None, "small", ["train.policy.type_head_weight=1", "env.obs_critic_state=true",
+                                       "train.policy.type_gate_margin=1"])
+    with pytest.raises(ConfigError, match="type_gate_margin"):
+        resolve_config(None, "small", ["train.policy.type_head_weight=1", "env.obs_critic_state=true",
+                                       "train.policy.type_gate_lower_only=true", "train.policy.type_gate_margin=-1"])
     with pytest.raises(ValueError, match="type_gate_init"):
         _type_policy(0.0, 0.01, gate_init=0.5)  # no head: no gate weight to start
     assert float(SlatePolicy(observation_space(N_ITEMS, N_CAND, DIM, with_critic_state=True), action_space(N_CAND, K),
