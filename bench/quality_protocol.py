@@ -49,7 +49,7 @@ import subprocess
 import sys
 import time
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -208,8 +208,8 @@ def heldout_rho(run: Path) -> np.ndarray:
     return load_world(cfg.env, cfg.encoder, progress=False).populations["heldout"].rho
 
 
-def _returns_table(runs: list[Path],
-                   names: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+def returns_table(runs: Sequence[Path],
+                  names: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """The runs' per-session returns of ``names``, stacked: ``(session keys uint64 (E,), users int64 (E,),
     name → float64 (S, E))``.
 
@@ -258,7 +258,7 @@ def by_user_type(runs: list[Path], rho_of: Callable[[Path], np.ndarray] = heldou
     if len(runs) < 2:
         return None
     try:
-        _, users, table = _returns_table(runs, ("ppo", REFERENCE))
+        _, users, table = returns_table(runs, ("ppo", REFERENCE))
         rho = rho_of(runs[0])[users]
     except (OSError, ValueError, KeyError, IndexError) as exc:  # returns, or a config / world that does not load
         return {"skipped": str(exc)}
@@ -289,8 +289,8 @@ def paired_with(runs: list[Path], others: list[Path],
         "per_seed"}}}``, or ``{"skipped": why}``.
     """
     try:
-        keys, users, new = _returns_table(runs, ("ppo",))
-        keys_old, _, old = _returns_table(others, ("ppo",))
+        keys, users, new = returns_table(runs, ("ppo",))
+        keys_old, _, old = returns_table(others, ("ppo",))
         if not np.array_equal(keys, keys_old) or new["ppo"].shape != old["ppo"].shape:
             raise ValueError("the two sets of runs met different held-out sessions")
         rho = rho_of(runs[0])[users]

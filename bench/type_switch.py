@@ -36,10 +36,10 @@ from agents.evaluation import EpisodePlan, episode_plan, run_episodes
 from agents.fitting import fit_logistic
 from agents.rankers import DiverseRanker, click_lean, z_rows
 from agents.registry import RankerContext
-from agents.report import Bootstrap, percentile_ci, read_returns
+from agents.report import Bootstrap, percentile_ci
 from agents.tuning import TUNE_SEED, diverse_ranker
 from bench.headroom import diverse_by_group
-from bench.quality_protocol import seeds_and_sessions_interval
+from bench.quality_protocol import returns_table, seeds_and_sessions_interval
 from configs.loader import ConfigError, load_config, resolve_config
 from envs.core import BatchedCore
 from envs.factory import make_core
@@ -154,6 +154,19 @@ def runs_plan(runs: Sequence[Path], preset: str, n_heldout: int) -> EpisodePlan:
     return episode_plan(episodes, list(range(seeds)), n_heldout)
 
 
+def runs_ppo(runs: Sequence[Path], plan: EpisodePlan) -> np.ndarray:
+    """PPO's return per run and session of ``plan``: float64 (S, E), from the runs' ``report/returns.npz``.
+
+    Raises:
+        ValueError: A run without returns of PPO (:func:`bench.quality_protocol.returns_table`), or returns of other
+            sessions than ``plan``'s.
+    """
+    keys, _, table = returns_table(runs, ("ppo",))
+    if keys.shape != plan.keys.shape or not np.array_equal(keys, plan.keys):
+        raise ValueError("--runs: the runs' per-session returns are of other sessions than their eval settings name")
+    return table["ppo"]
+
+
 def ppo_against(rule: np.ndarray, plan: EpisodePlan, runs: Sequence[Path], cf: np.ndarray,
                 bootstrap: int = 2000, seed: int = 0) -> dict[str, Any]:
     """PPO − ``rule`` paired on ``plan``'s sessions: per run (a bootstrap over sessions) and over seeds and
@@ -172,27 +185,17 @@ def ppo_against(rule: np.ndarray, plan: EpisodePlan, runs: Sequence[Path], cf: n
         groups ``all``, ``cf`` and ``content`` (the second key only for two or more runs).
 
     Raises:
-        ValueError: A run without returns of PPO, or whose returns are of other sessions than ``plan``'s.
+        ValueError: As :func:`runs_ppo`.
     """
     groups = {"all": np.ones_like(cf), "cf": cf, "content": ~cf}
     boot = Bootstrap(len(plan), bootstrap, seed)
-    per_run: dict[str, Any] = {}
-    diffs = []
-    for run in runs:
-        path = run / "report" / "returns.npz"
-        if not path.is_file():
-            raise ValueError(f"--runs: {run} has no per-session returns ({path}): evaluate it first")
-        keys, rets = read_returns(path)
-        if keys.shape != plan.keys.shape or not np.array_equal(keys, plan.keys):
-            raise ValueError(f"--runs: {path} holds other sessions than the run's eval settings name")
-        if "ppo" not in rets:
-            raise ValueError(f"--runs: {path} has no returns of ppo")
-        diffs.append(rets["ppo"] - rule)
-        per_run[str(run)] = {g: _diff(rets["ppo"], rule, boot, m) for g, m in groups.items()}
+    ppo = runs_ppo(runs, plan)  # (S, E)
+    diffs = ppo - rule  # (S, E)
+    per_run = {str(run): {g: _diff(row, rule, boot, m) for g, m in groups.items()}
+               for run, row in zip(runs, ppo, strict=True)}
     out: dict[str, Any] = {"per_run": per_run}
-    if len(diffs) > 1:
-        table = np.stack(diffs)  # (S, E)
-        out["over_seeds_and_sessions"] = {g: seeds_and_sessions_interval(table[:, m]) for g, m in groups.items()}
+    if len(runs) > 1:
+        out["over_seeds_and_sessions"] = {g: seeds_and_sessions_interval(diffs[:, m]) for g, m in groups.items()}
     return out
 
 
@@ -215,8 +218,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         ap.error(str(exc))
     cfg = full.env
     world = load_world(cfg, full.encoder)
-    try:
+    try:  # refuse bad runs before the minutes of tuning
         runs_sessions = runs_plan(args.runs, cfg.preset, world.populations["heldout"].size) if args.runs else None
+        if runs_sessions is not None:
+            runs_ppo(args.runs, runs_sessions)
     except ValueError as exc:
         ap.error(str(exc))
     k, category = cfg.slate_size, world.catalog.category
