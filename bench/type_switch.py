@@ -38,12 +38,12 @@ from agents.rankers import DiverseRanker, click_lean, z_rows
 from agents.registry import RankerContext
 from agents.report import Bootstrap, percentile_ci
 from agents.tuning import TUNE_SEED, diverse_ranker
+from bench.env_throughput import config_and_world
 from bench.headroom import diverse_by_group
 from bench.quality_protocol import returns_table, seeds_and_sessions_interval
-from configs.loader import ConfigError, load_config, resolve_config
+from configs.loader import load_config
 from envs.core import BatchedCore
 from envs.factory import make_core
-from envs.presets import load_world
 from envs.spaces import F_CF, F_LLM, F_POP, F_PRICE
 
 #: Hidden ρ below this: a CF-leaning user (the split of ``bench.headroom``'s value of adaptation on ``adapt``).
@@ -212,12 +212,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--runs", nargs="+", type=Path, default=[], metavar="RUN",
                     help="trained runs of the preset: PPO − switch paired on their held-out sessions")
     args = ap.parse_args(argv)
-    try:
-        full = resolve_config(None, args.preset, args.overrides)
-    except ConfigError as exc:
-        ap.error(str(exc))
+    full, world = config_and_world(ap, args, progress=True)
     cfg = full.env
-    world = load_world(cfg, full.encoder)
     try:  # refuse bad runs before the minutes of tuning
         runs_sessions = runs_plan(args.runs, cfg.preset, world.populations["heldout"].size) if args.runs else None
         if runs_sessions is not None:
