@@ -156,6 +156,11 @@ class UserConfig:
         fatigue_weight: Utility penalty per unit of category fatigue.
         repeat_weight: Utility penalty per earlier impression of the same item in the session.
         drift_rate: Step of the semantic taste toward a liked item (and away from a disappointing one).
+        session_intent: Strength σ of a per-session intent: a session starts from the semantic taste
+            ``θ_s = ‖θ_u‖·(θ_u + σ·ξ_s) / ‖θ_u + σ·ξ_s‖`` with ``ξ_s ~ N(0, C)``, C the item embeddings' second
+            moment (so ``E‖ξ‖² = 1`` for unit embeddings), drawn from the session's key and never observed:
+            only this session's clicks reveal it. 0 (the default) turns it off. ``envs.calibrate`` fits it
+            to how much more alike a real user's items within one session are than across their sessions.
         like_threshold: Satisfaction (relative to the outside option) above which a click counts as liked;
             below ``like_threshold - 1.5`` it disappointed.
         budget_mean: Mean initial time budget (in "requests" of patience); Gamma distributed.
@@ -193,6 +198,7 @@ class UserConfig:
     fatigue_weight: float = 0.5
     repeat_weight: float = 0.5
     drift_rate: float = 0.08
+    session_intent: float = 0.0
     like_threshold: float = -1.0
     budget_mean: float = 10.0
     budget_shape: float = 4.0
@@ -214,7 +220,7 @@ class UserConfig:
         _check(self, ">=1", "n_train")
         _check(self, ">=0", "n_heldout", "seed", "position_decay", "fatigue_gain", "fatigue_click_gain",
                "step_cost", "no_click_cost", "click_refund_base", "click_refund_weight", "dwell_sigma",
-               "satisfaction_noise")
+               "satisfaction_noise", "session_intent")
         _check(self, "[0,1]", "rho_mix", "fatigue_recovery", "drift_rate")
         _check(self, "[0,1)", "cascade_abandon")
         _check(self, ">0", "rho_a", "rho_b", "budget_mean", "budget_shape", "dwell_cap")

@@ -18,6 +18,8 @@ import numpy as np
 
 from configs.schema import EnvConfig
 from encoders.base import TextEncoder
+from envs import rng
+from envs.dynamics import intent_affinity, intent_factor
 from envs.factored import FactoredTables, fill_factored
 from envs.features import ACC_NAMES, new_accumulators, text_llm_sim
 from envs.kernels import (
@@ -177,6 +179,7 @@ class BatchedCore:
         self._rows = np.arange(batch_size)
         self.threads = kernel_threads()
         self._a_rho = (um.affinity_scale * self.pop.rho).astype(np.float32)
+        self._intent = intent_factor(world.item_emb) if um.session_intent > 0 else None  # float64 (D, D)
         self._history = np.ascontiguousarray(self.pop.history if self.H else np.zeros((self.pop.size, 0)), np.int64)
         self._pop_top = np.ascontiguousarray(world.popular_items[: max(3 * int(self._part_sizes[2]), 1)])
         gram = world.gram if 4 * self.M * self.M <= cfg.gram_budget_mb * 2**20 else None
@@ -322,8 +325,19 @@ class BatchedCore:
                 copy_slot_emb(rows, self.slot_items, self.world.item_emb, self._slot_emb, self._slot_scale, lo, hi)
 
         split_rows(len(rows), start, self.threads)
+        if self._intent is not None:
+            self._start_intent(rows)
         self.sess_sim[rows] = 0.0
         self.sess_norm2[rows] = 0.0
+
+    def _start_intent(self, rows: np.ndarray) -> None:
+        """Move the new sessions' hidden affinities to their session intent (``UserConfig.session_intent``)."""
+        for lo in range(0, rows.size, 256):  # bounds the (r, S, D) gather of slot embeddings
+            r = rows[lo:lo + 256]
+            z = rng.normal(self.keys[r], 0, rng.INTENT, self.D)  # (r, D)
+            self.sem_aff[r] = intent_affinity(self.sem_aff[r], self.pop.sem_taste[self.user[r]],
+                                              self.world.item_emb[self.slot_items[r]], z, self._intent,
+                                              self.cfg.user_model.session_intent)
 
     def copy_rows(self, src: BatchedCore, src_rows: np.ndarray, dst_rows: np.ndarray,
                   keys: np.ndarray | None = None) -> None:

@@ -1,4 +1,4 @@
-"""User dynamics within a session: fatigue, budget and interest drift. Pure functions over batched arrays.
+"""User dynamics within a session: its intent, fatigue, budget and interest drift. Pure functions over batched arrays.
 
 The simulator's step runs these rules compiled, per row (``envs.kernels.step_sessions``); these numpy forms are
 their readable statement, used by the reference core the kernels are tested against.
@@ -98,3 +98,52 @@ def drift_norm(theta_dot_theta: np.ndarray, theta_dot_item: np.ndarray, c_keep: 
     """
     sq = c_keep**2 * theta_dot_theta + 2.0 * c_keep * c_item * theta_dot_item + c_item**2
     return np.sqrt(np.maximum(sq, 1e-16))
+
+
+INTENT_SAMPLE = 65_536  # items that estimate the intent's covariance (a stride sample of larger catalogs)
+
+
+def intent_factor(item_emb: np.ndarray) -> np.ndarray:
+    """The symmetric square root ``L`` of the item embeddings' second moment ``C = E[e·eᵀ]``: ``L·z ~ N(0, C)``.
+
+    A session intent drawn this way points where items are (``E‖ξ‖² = E‖e‖²``, 1 for unit embeddings) and
+    favours whole neighbourhoods of the catalog, unlike isotropic noise, most of which is orthogonal to every item.
+
+    Args:
+        item_emb: float (M, D) item embeddings; catalogs above :data:`INTENT_SAMPLE` items are read at a stride.
+
+    Returns:
+        float64 (D, D), rounded through float32 so that every process (whatever its BLAS threads) holds the same
+        values, and unique (no eigenvector signs in it).
+    """
+    step = max(1, -(-item_emb.shape[0] // INTENT_SAMPLE))
+    e = np.asarray(item_emb[::step], dtype=np.float64)
+    lam, vec = np.linalg.eigh(e.T @ e / e.shape[0])
+    root = (vec * np.sqrt(np.clip(lam, 0.0, None))[None, :]) @ vec.T
+    return root.astype(np.float32).astype(np.float64)
+
+
+def intent_affinity(sem_aff: np.ndarray, theta: np.ndarray, slot_emb: np.ndarray, z: np.ndarray,
+                    factor: np.ndarray, sigma: float) -> np.ndarray:
+    """The session-start affinities ``θ_s·e`` of a session intent (``UserConfig.session_intent``).
+
+    ``θ_s = ‖θ‖·(θ + σ·ξ) / ‖θ + σ·ξ‖`` with ``ξ = L·z``. Per-row reductions only (``einsum``, no BLAS), so a
+    row's values do not depend on the rows it is batched with.
+
+    Args:
+        sem_aff: float (r, S) the user's affinities ``θ·e`` of the session's slot items.
+        theta: float (r, D) the users' semantic tastes.
+        slot_emb: float (r, S, D) the slot items' embeddings.
+        z: float64 (r, D) standard normal draws of the sessions.
+        factor: float64 (D, D) :func:`intent_factor`.
+        sigma: σ.
+
+    Returns:
+        float32 (r, S).
+    """
+    xi = np.einsum("de,re->rd", factor, z)  # (r, D)
+    theta = np.asarray(theta, dtype=np.float64)
+    moved = theta + sigma * xi
+    scale = np.sqrt(np.einsum("rd,rd->r", theta, theta) / np.maximum(np.einsum("rd,rd->r", moved, moved), 1e-24))
+    xe = np.einsum("rsd,rd->rs", np.asarray(slot_emb, dtype=np.float64), xi)  # (r, S)
+    return ((np.asarray(sem_aff, dtype=np.float64) + sigma * xe) * scale[:, None]).astype(np.float32)

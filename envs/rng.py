@@ -30,6 +30,7 @@ CANDIDATES = 7
 POOL = 8
 RANKER = 9
 LOGGING = 10
+INTENT = 11
 
 
 def splitmix64(x: np.ndarray) -> np.ndarray:

@@ -171,6 +171,7 @@ def test_configs_import_nothing_downstream() -> None:
         ("env.logging.history_len=0", "env.logging.history_len: must be >= 1, got 0"),
         ("env.candidates.pool_size=0", "env.candidates.pool_size: must be >= 1, got 0"),
         ("env.candidates.cf_share=-0.1", "env.candidates.cf_share: must be >= 0, got -0.1"),
+        ("env.user_model.session_intent=-0.5", "env.user_model.session_intent: must be >= 0, got -0.5"),
         ("encoder.hashing_dim=0", "encoder.hashing_dim: must be >= 1, got 0"),
         ("train.total_timesteps=0", "train.total_timesteps: must be >= 1, got 0"),
         ("train.max_minutes=0", "train.max_minutes: must be > 0, got 0.0"),

@@ -335,3 +335,46 @@ def test_session_sim_is_the_cosine_with_this_sessions_clicks(small_cfg: EnvConfi
     copy.copy_rows(core, np.array([3, 7, 11, 20]), np.arange(4))
     np.testing.assert_array_equal(copy.sess_sim, core.sess_sim[[3, 7, 11, 20]])
     np.testing.assert_array_equal(copy.sess_norm2, core.sess_norm2[[3, 7, 11, 20]])
+
+
+def test_session_intent_moves_the_hidden_taste_per_session(small_cfg: EnvConfig, small_world: World) -> None:
+    """``user_model.session_intent``: each session's hidden affinities are ``θ_s·e`` for the definition's
+    ``θ_s = ‖θ‖·(θ + σ·ξ)/‖θ + σ·ξ‖``, ``ξ = L·z`` with z the session key's INTENT normals; σ = 0 is the user's
+    own taste; the observation does not change; a row's intent does not depend on the rows started with it."""
+    from envs import rng
+    from envs.dynamics import intent_factor
+
+    plain = make_core(small_cfg, small_world, b=48)
+    moved = make_core(small_cfg, small_world, b=48, session_intent=0.8)
+    np.testing.assert_array_equal(moved.user, plain.user)
+    np.testing.assert_array_equal(moved.obs_features, plain.obs_features)  # hidden: nothing observed moves
+    theta = small_world.populations[small_cfg.users].sem_taste
+    np.testing.assert_allclose(plain.sem_aff, np.einsum("bd,bsd->bs", theta[plain.user],
+                                                        small_world.item_emb[plain.slot_items]), atol=1e-5)
+    z = rng.normal(moved.keys, 0, rng.INTENT, small_world.dim)
+    theta_s = theta[moved.user] + 0.8 * z @ intent_factor(small_world.item_emb).T
+    theta_s *= (np.linalg.norm(theta[moved.user], axis=1) / np.linalg.norm(theta_s, axis=1))[:, None]
+    want = np.einsum("bd,bsd->bs", theta_s, small_world.item_emb[moved.slot_items])
+    np.testing.assert_allclose(moved.sem_aff, want, atol=1e-5)
+    assert np.abs(moved.sem_aff - plain.sem_aff).max() > 0.1
+    # the same user's sessions under different keys want different things, more so for a larger σ
+    corr = []
+    for sigma in (0.3, 1.5):
+        a = make_core(small_cfg, small_world, b=48, session_intent=sigma)
+        corr.append(np.mean([np.corrcoef(a.sem_aff[i], plain.sem_aff[i])[0, 1] for i in range(48)]))
+    assert 1.0 > corr[0] > corr[1]
+    # one row started alone gets the values it got in the batch
+    alone = BatchedCore(small_world, dataclasses.replace(
+        small_cfg, user_model=dataclasses.replace(small_cfg.user_model, session_intent=0.8)), 4)
+    alone.reset_rows(np.array([2]), moved.keys[[7]])
+    np.testing.assert_array_equal(alone.sem_aff[2], moved.sem_aff[7])
+
+
+def test_intent_factor_is_the_square_root_of_the_embeddings_second_moment(small_world: World) -> None:
+    from envs.dynamics import intent_factor
+
+    e = small_world.item_emb.astype(np.float64)
+    root = intent_factor(e)
+    np.testing.assert_allclose(root, root.T, atol=1e-7)
+    np.testing.assert_allclose(root @ root, e.T @ e / len(e), atol=1e-5)
+    assert abs(np.trace(root @ root) - 1.0) < 1e-4  # unit embeddings: E‖ξ‖² = 1

@@ -21,6 +21,15 @@ from configs.schema import EnvConfig
 from encoders.base import TextEncoder
 from envs.calibrate.fidelity import METRICS, distribution_checks, fidelity_markdown, rank_held_out
 from envs.calibrate.fitting import ResponseFit, choice_sequences, fit_response
+from envs.calibrate.intent import (
+    SIGMA_GRID,
+    IntentFit,
+    coherence,
+    fit_session_intent,
+    session_ids,
+    sessions_read,
+    simulated_ratio,
+)
 from envs.calibrate.tastes import (
     center_embeddings,
     event_order,
@@ -334,6 +343,51 @@ def _build_world(source: str, splits: _Splits, item_emb: np.ndarray, fit: Respon
                   n_train_events=n_train_events, quality_weight=qw, affinity_scale=a)
 
 
+def _fit_intent(built: _Built, splits: _Splits, cfg: CalibrationConfig, overrides: Mapping[str, Any],
+                say: Callable[[str], None]) -> IntentFit | None:
+    """Step 4b: ``session_intent`` from the coherence of the train split's sessions (an explicit override wins).
+
+    Sets ``built.env``'s value; returns the fit, or None when not fitted (turned off, overridden, or fewer than
+    10 users with two sessions: then it stays 0).
+    """
+    if not cfg.session_intent or "session_intent" in overrides.get("user_model", {}):
+        return None
+    train, world, env = splits.train, built.world, built.env
+    users, items = train.codes()
+    sessions = session_ids(users, train.events["timestamp"].to_numpy(np.int64), 60.0 * cfg.session_gap_minutes)
+    keep = sessions_read(users, sessions, min_items=cfg.session_min_items, max_sessions=cfg.session_max,
+                         max_size=cfg.session_max_items, skip_first=cfg.session_skip_first, seed=cfg.seed)
+    data = coherence(users[keep], sessions[keep], items[keep], world.item_emb, min_items=cfg.session_min_items,
+                     seed=cfg.seed)
+    if data.users < 10:
+        say(f"session intent: {data.users} users with two sessions of {cfg.session_min_items} events "
+            f"(gap {cfg.session_gap_minutes:g} min); too few to fit, left at 0")
+        return None
+    sims = []
+    for name, idx in ({"train": built.users["train"]} if built.users["heldout"] is built.users["train"]
+                      else built.users).items():
+        pop, um = world.populations[name], env.user_model
+        tab = world.tables(name, 1, um.affinity_scale, um.quality_weight)
+        ku, ks = users[keep], sessions[keep]
+        sizes = []
+        for u in idx:
+            _, k = np.unique(ks[ku == u], return_counts=True)
+            sizes.append(k)
+        sims.append((pop.size, simulated_ratio(
+            SIGMA_GRID, sem_taste=pop.sem_taste, rho=pop.rho, sem_mu=tab.sem_mu, sem_sd=tab.sem_sd,
+            static_util=tab.static_util, item_emb=world.item_emb, affinity_scale=um.affinity_scale,
+            session_sizes=sizes, min_items=cfg.session_min_items, seed=cfg.seed)))
+    weights = np.array([n for n, _ in sims], np.float64)
+    sim = (np.array([[c.ratio for c in r] for _, r in sims]) * weights[:, None]).sum(axis=0) / weights.sum()
+    result = fit_session_intent(data, sim.tolist())
+    built.env = dataclasses.replace(env, user_model=dataclasses.replace(env.user_model,
+                                                                        session_intent=_r(result.sigma)))
+    curve = ", ".join(f"{g:g}: {r:.2f}" for g, r in zip(SIGMA_GRID, sim, strict=True))
+    say(f"session intent: sigma = {result.sigma:.3f} (coherence ratio {data.ratio:.3f} over {data.users} users, "
+        f"{data.sessions} sessions; simulated {curve})")
+    return result
+
+
 def _set_outside_option(built: _Built, cfg: CalibrationConfig, overrides: Mapping[str, Any],
                         out: Path) -> tuple[EnvConfig, float, float | None]:
     """Step 5: ``no_click_utility`` for the target random-slate CTR (an explicit override wins); save the world.
@@ -355,7 +409,8 @@ def _set_outside_option(built: _Built, cfg: CalibrationConfig, overrides: Mappin
 
 def _report(*, source: str, env: EnvConfig, encoder: TextEncoder, command: str | None, cfg: CalibrationConfig,
             splits: _Splits, built: _Built, fit: ResponseFit, u0: float, ctr0: float | None,
-            models: dict[str, dict[str, float]], n_eval: int, dist: dict[str, Any], plots: list[str],
+            intent: IntentFit | None, models: dict[str, dict[str, float]], n_eval: int, dist: dict[str, Any],
+            plots: list[str],
             cache_counts: tuple[int | None, int | None], timings: dict[str, float]) -> dict[str, Any]:
     """The fidelity report (what ``fidelity.json`` holds)."""
     clean, prep = splits.clean, splits.prep
@@ -391,6 +446,12 @@ def _report(*, source: str, env: EnvConfig, encoder: TextEncoder, command: str |
                     "iterations": cfg.als_iterations},
             "taste": {"halflife": cfg.taste_halflife, "rating_weight": cfg.taste_rating_weight,
                       "center": cfg.taste_center},
+            "session_intent": {"sigma": env.user_model.session_intent, "fitted": intent is not None}
+            | ({} if intent is None else {
+                "gap_minutes": cfg.session_gap_minutes, "users": intent.data.users,
+                "sessions": intent.data.sessions, "within": _r(intent.data.within),
+                "across": _r(intent.data.across), "between": _r(intent.data.between),
+                "ratio": _r(intent.data.ratio), "grid": intent.grid, "simulated": [_r(r) for r in intent.simulated]}),
         },
         "item_embeddings": {k: v for k, v in built.world.meta.get("item_emb", {}).items() if k != "mean"},
         "populations": {n: int(p.size) for n, p in built.world.populations.items()}
@@ -495,6 +556,9 @@ def calibrate(
     built.world.meta["item_emb"] = emb_info
     clock.lap("build_world")
 
+    intent = _fit_intent(built, splits, cfg, overrides, say)
+    clock.lap("session_intent")
+
     env, u0, ctr0 = _set_outside_option(built, cfg, overrides, out)
     clock.lap("outside_option_and_save")
     say(f"world saved to {out / 'world'}: {built.world.n_items} items, populations "
@@ -513,7 +577,7 @@ def calibrate(
 
     clock.finish()
     report = _report(source=source, env=env, encoder=encoder, command=command, cfg=cfg, splits=splits, built=built,
-                     fit=fit, u0=u0, ctr0=ctr0, models=models, n_eval=n_eval, dist=dist, plots=plots,
+                     fit=fit, u0=u0, ctr0=ctr0, intent=intent, models=models, n_eval=n_eval, dist=dist, plots=plots,
                      cache_counts=(hits, misses), timings=clock.timings)
     _write_report_and_preset(out, report, splits.prep, env, source)
     say(f"wrote {out / 'env.yaml'}, fidelity.json, fidelity.md and {len(plots)} plots in "
