@@ -58,7 +58,9 @@ class RecEnv(gym.Env):
 
     ## Starting State
     A user drawn from the population by the episode key, with the prior history the service logged for them
-    (pooled LLM state, CF factor), a fresh time budget, no fatigue.
+    (pooled LLM state, CF factor), a fresh time budget, no fatigue; with ``user_model.session_intent`` > 0 the
+    session's hidden semantic taste is the user's moved toward a random intent of this session, which only the
+    session's clicks reveal.
 
     ## Episode End
     ``terminated`` when the user's time budget is exhausted (the user leaves); ``truncated`` at

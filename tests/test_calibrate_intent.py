@@ -128,6 +128,8 @@ def test_calibration_fits_a_larger_intent_to_themed_sessions(tmp_path: Path) -> 
         assert fitted["fitted"] and fitted["users"] >= 10 and len(fitted["simulated"]) == len(SIGMA_GRID)
         sigma[theme] = fitted["sigma"]
         assert preset_config(str(tmp_path / f"p{theme}")).user_model.session_intent == sigma[theme]
+        assert f"| session intent σ | {sigma[theme]}, fitted: coherence" in (tmp_path / f"p{theme}" /
+                                                                            "fidelity.md").read_text()
         if theme:
             assert fitted["ratio"] > 0.5  # one genre per session: far more alike within than across
     assert sigma[True] > sigma[False]
@@ -135,6 +137,7 @@ def test_calibration_fits_a_larger_intent_to_themed_sessions(tmp_path: Path) -> 
     log = load_logs(f"movielens:{tmp_path / 'mlTrue'}")
     over = calibrate(log, cfg, encoder, tmp_path / "q", env_overrides=env | {"user_model": {"session_intent": 0.3}})
     assert over["fit"]["session_intent"] == {"sigma": 0.3, "fitted": False}
+    assert "| session intent σ | 0.3 (not fitted) |" in (tmp_path / "q" / "fidelity.md").read_text()
     off = calibrate(log, CalibrationConfig(heldout_users=0.0, history_len=5, sim_sessions=1, rho_grid=5,
                                            fit_rounds=2), encoder, tmp_path / "r", env_overrides=env)
     assert off["fit"]["session_intent"] == {"sigma": 0.0, "fitted": False}

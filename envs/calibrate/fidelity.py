@@ -310,6 +310,18 @@ def _plots(out: Path, dist: dict[str, Any], models: dict[str, dict[str, float]],
     return written
 
 
+def _intent_row(intent: dict | None) -> str:
+    """The session intent's row of the fidelity table (absent in reports written before it)."""
+    if not intent:
+        return "0 (not fitted)"
+    if not intent.get("fitted"):
+        return f"{intent['sigma']} (not fitted)"
+    sim = ", ".join(f"{g:g}: {r}" for g, r in zip(intent["grid"], intent["simulated"], strict=True))
+    return (f"{intent['sigma']}, fitted: coherence within / across / between sessions {intent['within']} / "
+            f"{intent['across']} / {intent['between']}, ratio {intent['ratio']} ({intent['users']} users, "
+            f"{intent['sessions']} sessions, {intent['gap_minutes']:g}-minute gaps); simulated ratio by σ {sim}")
+
+
 def fidelity_markdown(report: dict[str, Any], prep: PreprocessReport | None = None) -> str:
     """The fidelity report as Markdown (what ``fidelity.md`` holds).
 
@@ -364,6 +376,7 @@ def fidelity_markdown(report: dict[str, Any], prep: PreprocessReport | None = No
         f"{fit['random_slate_ctr']}, target {fit['target_random_ctr']}) |",
         f"| ALS | {fit['als']} |",
         f"| semantic taste | {fit['taste']} |",
+        f"| session intent σ | {_intent_row(fit.get('session_intent'))} |",
         "",
         "## Distributions, simulated against real",
         "",
