@@ -141,3 +141,24 @@ def test_calibration_fits_a_larger_intent_to_themed_sessions(tmp_path: Path) -> 
     off = calibrate(log, CalibrationConfig(heldout_users=0.0, history_len=5, sim_sessions=1, rho_grid=5,
                                            fit_rounds=2), encoder, tmp_path / "r", env_overrides=env)
     assert off["fit"]["session_intent"] == {"sigma": 0.0, "fitted": False}
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("session_gap_minutes", 0.0, "calibrate.session_gap_minutes must be > 0, got 0.0"),
+    ("session_min_items", 1, "calibrate.session_min_items must be >= 2, got 1"),
+    ("session_max", 0, "calibrate.session_max must be >= 1, got 0"),
+    ("session_max_items", 0, "calibrate.session_max_items must be >= 1, got 0"),
+])
+def test_bad_session_settings_are_clear_errors(key: str, value: float, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        CalibrationConfig(**{key: value})
+
+
+def test_the_command_line_settings_reach_the_config() -> None:
+    from configs.loader import from_dict
+    from envs.calibrate.cli import _parse_sets
+
+    sets = _parse_sets(["calibrate.session_intent=true", "calibrate.session_gap_minutes=60"])
+    cfg = from_dict(CalibrationConfig, sets["calibrate"], "calibrate")
+    assert cfg.session_intent is True and cfg.session_gap_minutes == 60.0
+    assert CalibrationConfig().session_intent is False  # off by default (docs/calibration.md)
