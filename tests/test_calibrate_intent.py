@@ -162,3 +162,21 @@ def test_the_command_line_settings_reach_the_config() -> None:
     cfg = from_dict(CalibrationConfig, sets["calibrate"], "calibrate")
     assert cfg.session_intent is True and cfg.session_gap_minutes == 60.0
     assert CalibrationConfig().session_intent is False  # off by default (docs/calibration.md)
+
+
+def test_simulated_ratio_grows_with_the_intent_and_is_nan_without_sessions() -> None:
+    from envs.calibrate.intent import simulated_ratio
+
+    gen = np.random.default_rng(1)
+    u, d, m = 40, 16, 400
+    emb = gen.normal(size=(m, d))
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    taste = gen.normal(size=(u, d))
+    taste /= np.linalg.norm(taste, axis=1, keepdims=True)
+    aff = taste @ emb.T
+    kw = dict(sem_taste=taste, rho=np.ones(u), sem_mu=aff.mean(axis=1), sem_sd=aff.std(axis=1),
+              static_util=np.zeros((u, m)), item_emb=emb, affinity_scale=3.0)
+    out = simulated_ratio([0.0, 3.0], session_sizes=[np.array([6, 6, 6])] * u, **kw)
+    assert out[0].sessions == 3 * u and out[1].ratio > out[0].ratio + 0.3
+    empty = simulated_ratio([0.0], session_sizes=[np.array([], np.int64)] * u, **kw)
+    assert np.isnan(empty[0].ratio) and empty[0].sessions == 0

@@ -167,7 +167,7 @@ def simulated_ratio(sigmas: list[float] | tuple[float, ...], *, sem_taste: np.nd
         seed: Seed of the draws.
 
     Returns:
-        The coherence per σ.
+        The coherence per σ (all NaN when no session is given).
     """
     gen = np.random.default_rng(seed)
     root = intent_factor(item_emb)
@@ -189,16 +189,23 @@ def simulated_ratio(sigmas: list[float] | tuple[float, ...], *, sem_taste: np.nd
             moved *= np.linalg.norm(theta) / np.linalg.norm(moved, axis=1, keepdims=True)
             util = affinity_scale * rho[u] * (moved @ emb.T - sem_mu[u]) / sem_sd[u] + static_util[u][None, :]
             keys = util + gumbel
+            left = emb.shape[0]
             for j, k in enumerate(sizes):  # in time order; a user consumes an item once, as real users rate it once
+                k = int(min(k, left))
+                if k < 1:
+                    break
+                left -= k
                 top = np.argpartition(-keys[j], k - 1)[:k]
                 keys[j + 1:, top] = -np.inf
                 us.append(np.full(k, u))
                 ss.append(np.full(k, sid))
                 its.append(top)
                 sid += 1
-        c = coherence(np.concatenate(us), np.concatenate(ss), np.concatenate(its), item_emb, min_items=min_items,
-                      seed=seed)
-        out.append(c)
+        if not us:
+            out.append(Coherence(np.nan, np.nan, np.nan, np.nan, 0, 0))
+            continue
+        out.append(coherence(np.concatenate(us), np.concatenate(ss), np.concatenate(its), item_emb,
+                             min_items=min_items, seed=seed))
     return out
 
 

@@ -367,18 +367,24 @@ def _fit_intent(built: _Built, splits: _Splits, cfg: CalibrationConfig, override
     for name, idx in ({"train": built.users["train"]} if built.users["heldout"] is built.users["train"]
                       else built.users).items():
         pop, um = world.populations[name], env.user_model
+        if world.is_factored(pop.size, env.table_budget_mb):
+            say("session intent: the catalog's per-user tables exceed env.table_budget_mb; not fitted, left at 0")
+            return None
         tab = world.tables(name, 1, um.affinity_scale, um.quality_weight)
         ku, ks = users[keep], sessions[keep]
         sizes = []
         for u in idx:
             _, k = np.unique(ks[ku == u], return_counts=True)
             sizes.append(k)
-        sims.append((pop.size, simulated_ratio(
+        sims.append(simulated_ratio(
             SIGMA_GRID, sem_taste=pop.sem_taste, rho=pop.rho, sem_mu=tab.sem_mu, sem_sd=tab.sem_sd,
             static_util=tab.static_util, item_emb=world.item_emb, affinity_scale=um.affinity_scale,
-            session_sizes=sizes, min_items=cfg.session_min_items, seed=cfg.seed)))
-    weights = np.array([n for n, _ in sims], np.float64)
-    sim = (np.array([[c.ratio for c in r] for _, r in sims]) * weights[:, None]).sum(axis=0) / weights.sum()
+            session_sizes=sizes, min_items=cfg.session_min_items, seed=cfg.seed))
+    # the populations' curves, weighted by the sessions each simulated (a population without any is left out)
+    ratios = np.array([[c.ratio for c in r] for r in sims])  # (populations, grid)
+    weights = np.array([[c.sessions for c in r] for r in sims], np.float64)
+    weights[~np.isfinite(ratios)] = 0.0
+    sim = np.nansum(np.where(weights > 0, ratios, 0.0) * weights, axis=0) / np.maximum(weights.sum(axis=0), 1.0)
     result = fit_session_intent(data, sim.tolist())
     built.env = dataclasses.replace(env, user_model=dataclasses.replace(env.user_model,
                                                                         session_intent=_r(result.sigma)))
