@@ -72,7 +72,7 @@ def world_key(cfg: EnvConfig, encoder_name: str) -> str:
         "format": WORLD_FORMAT,
         "encoder": encoder_name,
         "catalog": _catalog_key(cfg),
-        "user_model": to_dict(cfg.user_model),
+        "user_model": _user_model_key(cfg),
         "logging": to_dict(cfg.logging),
         "candidates": to_dict(cfg.candidates),
         "reward": to_dict(cfg.reward),
@@ -88,6 +88,14 @@ def world_key(cfg: EnvConfig, encoder_name: str) -> str:
         p = Path(cfg.catalog.source)
         relevant["catalog_file"] = [str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns]
     return hashlib.sha1(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _user_model_key(cfg: EnvConfig) -> dict:
+    """The user-model section of the world key, without ``session_intent``: the intent is drawn at each session's
+    start (``BatchedCore``), not built into the world, so worlds built before it keep their keys."""
+    data = to_dict(cfg.user_model)
+    data.pop("session_intent", None)
+    return data
 
 
 def _catalog_key(cfg: EnvConfig) -> dict:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -334,6 +335,13 @@ def test_default_presets_worlds_are_not_centred(small_cfg: EnvConfig, small_worl
     assert world_key(preset_config("default"), enc.name) == "783c843dc019d9c9"
     assert world_key(preset_config("default"), "transformer:model:33fac7a9c422") == "3ef433fdef456828"
     assert world_key(preset_config("small"), enc.name) == "3b21def4043ec455"
+    # the session intent is drawn at each session's start, not built into the world; the user model's other
+    # fields are
+    default = preset_config("default")
+    with_intent = replace(default, user_model=replace(default.user_model, session_intent=2.0))
+    assert world_key(with_intent, enc.name) == world_key(default, enc.name)
+    other = replace(default, user_model=replace(default.user_model, seed=default.user_model.seed + 1))
+    assert world_key(other, enc.name) != world_key(default, enc.name)
     np.testing.assert_array_equal(small_world.item_emb, enc.encode(small_world.catalog.texts).astype(np.float32))
     for pop in small_world.populations.values():
         np.testing.assert_array_equal(pop.init_state,
