@@ -114,7 +114,7 @@ class RolloutMetrics(BaseCallback):
                 prepared = policy._prepare(flat)
                 state_in = policy._encode(prepared)[0]
                 logit, rho = policy._type_logit(state_in), prepared["critic_state"][:, 0]
-                bce = policy._type_bce(state_in, prepared).mean()  # the loss the update fits, not a copy of it
+                bce = policy._type_bce(logit, prepared).mean()  # the loss the update fits, not a copy of it
             self.logger.record("train/type_bce", float(bce))
             self.logger.record("train/type_accuracy", float(((logit > 0) == (rho >= 0.5)).float().mean()))
             self.logger.record("train/type_gate", float(policy.type_gate.detach()))  # type: ignore[union-attr]

@@ -524,25 +524,32 @@ class SlatePolicy(ActorCriticPolicy):
         return state_in, cand, features, mask
 
     def _actor(
-        self, state_in: th.Tensor, cand: th.Tensor, features: th.Tensor
+        self, state_in: th.Tensor, cand: th.Tensor, features: th.Tensor, type_logit: th.Tensor | None = None
     ) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
         """Returns ``(logits (B, N), alpha (B,), state embedding (B, H))`` (:meth:`_actor_parts` without the parts)."""
-        logits, alpha, h, _ = self._actor_parts(state_in, cand, features, with_parts=False)
+        logits, alpha, h, _ = self._actor_parts(state_in, cand, features, with_parts=False, type_logit=type_logit)
         return logits, alpha, h
 
     def _actor_parts(
-        self, state_in: th.Tensor, cand: th.Tensor, features: th.Tensor, with_parts: bool = True
+        self, state_in: th.Tensor, cand: th.Tensor, features: th.Tensor, with_parts: bool = True,
+        type_logit: th.Tensor | None = None,
     ) -> tuple[th.Tensor, th.Tensor, th.Tensor, th.Tensor | None]:
         """The actor's logits and, with ``with_parts``, the parts of each logit (see :meth:`score_parts`), from one
         pass: the parts are extra (B, N) terms read off the intermediate values, so the logits are the same either
         way.
 
+        Args:
+            type_logit: The type head's logit (B,) of this state input when the caller has it (the update reuses it
+                for the type loss); computed here otherwise, once for the state input and the gate.
+
         Returns:
             ``(logits (B, N), alpha (B,), state embedding (B, H), parts (B, N, P) or None)``,
             P = ``len(SCORE_PARTS)``.
         """
-        h = self._state(state_in)  # (B, H)
-        alpha, sig_llm, sig_cf = self._gate(h, features, state_in)  # (B,), (B, N), (B, N)
+        if type_logit is None and self.type_net is not None:
+            type_logit = self._type_logit(state_in)
+        h = self._state(state_in, type_logit)  # (B, H)
+        alpha, sig_llm, sig_cf = self._gate(h, features, state_in, type_logit)  # (B,), (B, N), (B, N)
         a = alpha.unsqueeze(-1)
         blend = a * sig_llm + (1.0 - a) * sig_cf
         penalty: th.Tensor | None = None
@@ -587,11 +594,13 @@ class SlatePolicy(ActorCriticPolicy):
         parts = th.stack([llm_w * inv_t, cf_w * inv_t, diversity, learned, logits - raw], dim=-1)
         return logits, alpha, h, parts
 
-    def _state(self, state_in: th.Tensor) -> th.Tensor:
-        """The actor's state embedding (B, H) from the state input (B, S) (and the type logit, with a type head),
-        less what ``lean_gate_only`` hides."""
+    def _state(self, state_in: th.Tensor, type_logit: th.Tensor | None = None) -> th.Tensor:
+        """The actor's state embedding (B, H) from the state input (B, S) (and the type logit (B,), with a type
+        head: the given one, else computed), less what ``lean_gate_only`` hides."""
         if self.type_net is not None:
-            state_in = th.cat([state_in, self._type_logit(state_in).detach().unsqueeze(-1)], dim=-1)
+            if type_logit is None:
+                type_logit = self._type_logit(state_in)
+            state_in = th.cat([state_in, type_logit.detach().unsqueeze(-1)], dim=-1)
         return self.state_net(state_in if self.actor_state_mask is None else state_in * self.actor_state_mask)
 
     def _type_logit(self, state_in: th.Tensor) -> th.Tensor:
@@ -608,18 +617,20 @@ class SlatePolicy(ActorCriticPolicy):
         """Per-row binary cross-entropy of the type head against the hidden ρ (``obs["critic_state"]``'s first
         column, a soft label in [0, 1]): float (B,)."""
         prepared = self._prepare(obs)
-        return self._type_bce(self._encode(prepared)[0], prepared)
+        logit = self._type_logit(self._encode(prepared)[0]) if self.type_net is not None else None
+        return self._type_bce(logit, prepared)
 
-    def _type_bce(self, state_in: th.Tensor, obs: dict[str, th.Tensor]) -> th.Tensor:
-        if self.type_net is None or "critic_state" not in obs:
+    def _type_bce(self, type_logit: th.Tensor | None, obs: dict[str, th.Tensor]) -> th.Tensor:
+        """Per-row cross-entropy (B,) of the type head's logit (B,) against the hidden ρ of ``obs``."""
+        if type_logit is None or self.type_net is None or "critic_state" not in obs:
             raise ValueError("the type loss needs a policy with a type head and obs['critic_state'] "
                              "(env.obs_critic_state=true)")
         rho = obs["critic_state"][:, 0].clamp(0.0, 1.0)
-        return nn.functional.binary_cross_entropy_with_logits(self._type_logit(state_in), rho, reduction="none")
+        return nn.functional.binary_cross_entropy_with_logits(type_logit, rho, reduction="none")
 
-    def _gate(self, h: th.Tensor, features: th.Tensor,
-              state_in: th.Tensor) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
-        """The gate α (B,) and the two signals it weighs, (B, N) each.
+    def _gate(self, h: th.Tensor, features: th.Tensor, state_in: th.Tensor,
+              type_logit: th.Tensor | None = None) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
+        """The gate α (B,) and the two signals it weighs, (B, N) each (``type_logit``: as in :meth:`_state`).
 
         ``"raw"``: ``α = σ(gain·head(h))`` and the raw ``llm_sim``, ``cf_score`` columns.
         ``"standardised"``: the columns
@@ -630,7 +641,7 @@ class SlatePolicy(ActorCriticPolicy):
         llm, cf = features[..., F_LLM], features[..., F_CF]
         shift = self.alpha_head(h).squeeze(-1)  # (B,)
         if self.type_gate is not None:  # the type head's (detached) logit of ρ, by a learned weight
-            type_logit = self._type_logit(state_in).detach()
+            type_logit = (self._type_logit(state_in) if type_logit is None else type_logit).detach()
             if self.type_gate_lower_only:  # only where the head reads a CF-leaning user (ρ < 0.5), with a margin
                 type_logit = (type_logit + self.type_gate_margin).clamp(max=0.0)
             shift = shift + self.type_gate * type_logit
@@ -712,20 +723,24 @@ class SlatePolicy(ActorCriticPolicy):
         table = self.item_category
         return table[catalog_ids(obs["candidates"], table.numel())]
 
-    def _dist_for(self, obs: dict[str, th.Tensor]) -> tuple[PlackettLuceDistribution, th.Tensor, th.Tensor]:
-        """The slate distribution for prepared obs; also the state input and the state embedding."""
+    def _dist_for(
+        self, obs: dict[str, th.Tensor]
+    ) -> tuple[PlackettLuceDistribution, th.Tensor, th.Tensor, th.Tensor | None]:
+        """The slate distribution for prepared obs; also the state input, the state embedding and the type head's
+        logit (B,) (None without a type head; its one pass per forward serves the actor and the type loss)."""
         state_in, cand, features, mask = self._encode(obs)
-        logits, _, h = self._actor(state_in, cand, features)
+        type_logit = self._type_logit(state_in) if self.type_net is not None else None
+        logits, _, h = self._actor(state_in, cand, features, type_logit)
         beta = self._repulsion(h)
         groups = self._groups(obs)
-        return self.action_dist.proba_distribution(logits, mask, groups, beta), state_in, h
+        return self.action_dist.proba_distribution(logits, mask, groups, beta), state_in, h, type_logit
 
     # ------------------------------------------------------------------ SB3 interface
 
     def forward(self, obs: PyTorchObs, deterministic: bool = False) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
         """Actions int64 (B, K), values (B, 1) and log-probabilities (B,) for a batch of observations."""
         prepared = self._prepare(obs)
-        dist, state_in, h = self._dist_for(prepared)
+        dist, state_in, h, _ = self._dist_for(prepared)
         actions, log_prob = dist.sample_with_log_prob(deterministic=deterministic)
         return actions, self._critic(state_in, h, prepared), log_prob
 
@@ -739,10 +754,10 @@ class SlatePolicy(ActorCriticPolicy):
         supervised loss joins PPO's update without a fork of SB3's ``train``.
         """
         prepared = self._prepare(obs)
-        dist, state_in, h = self._dist_for(prepared)
+        dist, state_in, h, type_logit = self._dist_for(prepared)
         log_prob, entropy = dist.log_prob_and_entropy(actions)
-        if self.type_net is not None and self.training and self.type_loss_scale > 0:
-            entropy = entropy - self.type_loss_scale * _zero_valued(self._type_bce(state_in, prepared))
+        if type_logit is not None and self.training and self.type_loss_scale > 0:
+            entropy = entropy - self.type_loss_scale * _zero_valued(self._type_bce(type_logit, prepared))
         return self._critic(state_in, h, prepared), log_prob, entropy
 
     def get_distribution(self, obs: PyTorchObs) -> PlackettLuceDistribution:

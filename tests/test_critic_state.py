@@ -197,6 +197,30 @@ def test_the_type_loss_joins_ppos_loss_through_the_entropy_with_value_zero() -> 
     assert moved == {"type_net"}
 
 
+def test_the_type_head_runs_once_per_pass() -> None:
+    """The type head's logit feeds the state input, the gate and (in an update) the type loss from one pass of its
+    MLP; the slate distribution is the one built from a logit computed apart."""
+    policy = _type_policy(0.5, gate_init=0.7)
+    policy.set_training_mode(True)
+    obs = _labelled_obs(16, seed=3)
+    tensors = policy.obs_to_tensor(obs)[0]
+    calls = []
+    handle = policy.type_net.register_forward_hook(lambda *_: calls.append(1))  # type: ignore[union-attr]
+    actions, _, _ = policy.forward(tensors)  # type: ignore[arg-type]
+    assert len(calls) == 1
+    policy.evaluate_actions(tensors, actions)  # type: ignore[arg-type]
+    assert len(calls) == 2
+    handle.remove()
+    prepared = policy._prepare(tensors)  # type: ignore[arg-type]
+    state_in, cand, features, _ = policy._encode(prepared)
+    with th.no_grad():
+        shared = policy._actor(state_in, cand, features)[0]
+        apart = policy._actor(state_in, cand, features, policy._type_logit(state_in))[0]
+        moved = policy._actor(state_in, cand, features, policy._type_logit(state_in) - 3.0)[0]
+    np.testing.assert_array_equal(shared.numpy(), apart.numpy())
+    assert not th.allclose(shared, moved)  # the logit handed in is the one the actor reads
+
+
 def test_the_type_head_learns_the_hidden_type_and_feeds_the_gate() -> None:
     """Fitted through PPO's entropy term alone, the head tells the two types apart on fresh observations; its logit
     moves α through the gate's weight (zero at init), whatever ``critic_state`` holds; a save / load keeps it; the
