@@ -299,13 +299,22 @@ def validation_candidates(start: dict[str, float], evaluated: list[tuple[dict[st
     return [dict(start)] + [dict(others[i][0]) for i in order[:top]]
 
 
+def _user_model_key(env_cfg: EnvConfig) -> dict[str, Any]:
+    """The user model in a search's cache key; ``session_intent`` only when set (searches cached before it keep
+    their files)."""
+    data = to_dict(env_cfg.user_model)
+    if not data.get("session_intent"):
+        data.pop("session_intent", None)
+    return data
+
+
 def _search_cache_path(cache_dir: str | Path, kind: str, world: World, env_cfg: EnvConfig,
                        spec: dict[str, Any]) -> Path:
     """The cache file of one search: keyed by the world (its config key) and everything the search depends on."""
     world_id = world.meta.get("config_key") or world_key(env_cfg, world.encoder_name)
     key = {"kind": kind, "world": world_id, "preset_dir": env_cfg.preset_dir, "obs_mode": env_cfg.obs_mode,
            "env": {k: getattr(env_cfg, k) for k in ("n_candidates", "slate_size", "max_steps")},
-           "user_model": to_dict(env_cfg.user_model), "reward": to_dict(env_cfg.reward), **spec}
+           "user_model": _user_model_key(env_cfg), "reward": to_dict(env_cfg.reward), **spec}
     digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return Path(cache_dir) / f"{kind}-{digest}.json"
 

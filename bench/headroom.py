@@ -48,6 +48,7 @@ from agents.tuning import (
     VALIDATION_SEED_OFFSET,
     coordinate_search,
     diverse_ranker,
+    tuning_cache_dir,
     validation_candidates,
 )
 from configs.loader import ConfigError, resolve_config
@@ -314,19 +315,26 @@ def _figures(s: EpisodeStats, boot: Bootstrap, groups: np.ndarray, n_groups: int
     }
 
 
+def add_world_args(ap: argparse.ArgumentParser, preset: str) -> None:
+    """The options of a bench that tunes references on a preset's training users and plays its held-out ones:
+    ``--preset``, ``--episodes``, ``--tune-episodes``, ``--seed``, ``--batch`` and ``--set`` (repeatable)."""
+    ap.add_argument("--preset", default=preset)
+    ap.add_argument("--episodes", type=int, default=2000, help="held-out sessions (same for every ranker)")
+    ap.add_argument("--tune-episodes", type=int, default=1000,
+                    help="training sessions per grid point of the tuned references (their searches are cached beside "
+                         "the world and shared with the runs that tuned with the same seed and sessions)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the sessions and of the tuning (a run's train.seed)")
+    ap.add_argument("--batch", type=int, default=500)
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config value, e.g. env.max_steps=30 (repeatable; configs/schema.py)")
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Run the checks; print a table and the JSON summary (last line)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--episodes", type=int, default=2000, help="held-out sessions (same for every ranker)")
-    ap.add_argument("--tune-episodes", type=int, default=1000,
-                    help="training sessions per grid point for the tuned references and the value of adaptation")
-    ap.add_argument("--preset", default="default")
-    ap.add_argument("--batch", type=int, default=500)
-    ap.add_argument("--seed", type=int, default=0)
+    add_world_args(ap, preset="default")
     ap.add_argument("--rho-edges", default="0.3333333,0.6666667",
                     help="inner edges of the ρ_u groups of the value of adaptation, comma separated")
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a config value, e.g. env.max_steps=30 (repeatable; configs/schema.py)")
     args = ap.parse_args(argv)
     edges = tuple(float(x) for x in args.rho_edges.split(",") if x.strip())
     try:
@@ -337,7 +345,8 @@ def main(argv: list[str] | None = None) -> dict:
     world = load_world(cfg, full.encoder)
     core = make_core(cfg, cfg.preset, None, world, "heldout", args.batch)
     plan: EpisodePlan = episode_plan(args.episodes, [args.seed], world.populations["heldout"].size)
-    ctx = RankerContext(world, cfg, core=core, seed=args.seed, tune_episodes=args.tune_episodes, batch=256)
+    ctx = RankerContext(world, cfg, core=core, seed=args.seed, tune_episodes=args.tune_episodes, batch=256,
+                        cache_dir=str(tuning_cache_dir(cfg, full.encoder)))
     fixed_specs = [f"fixed-alpha:{a:g}" for a in ALPHA_GRID]
     specs = ["random", "greedy-llm", "greedy-cf", *fixed_specs, "diverse:0.9", "tuned-alpha", "tuned-diverse",
              "oracle", "tuned-oracle-diverse"]

@@ -37,9 +37,9 @@ from agents.fitting import fit_logistic
 from agents.rankers import DiverseRanker, click_lean, z_rows
 from agents.registry import RankerContext
 from agents.report import Bootstrap, percentile_ci
-from agents.tuning import TUNE_SEED, diverse_ranker
+from agents.tuning import TUNE_SEED, diverse_ranker, tuning_cache_dir
 from bench.env_throughput import config_and_world
-from bench.headroom import diverse_by_group
+from bench.headroom import add_world_args, diverse_by_group
 from bench.quality_protocol import returns_table, seeds_and_sessions_interval
 from configs.loader import load_config
 from envs.core import BatchedCore
@@ -202,13 +202,8 @@ def ppo_against(rule: np.ndarray, plan: EpisodePlan, runs: Sequence[Path], cf: n
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the bench; print the table and the JSON summary (last line)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", default="adapt")
-    ap.add_argument("--episodes", type=int, default=2000, help="held-out sessions")
-    ap.add_argument("--tune-episodes", type=int, default=1000, help="training sessions per rule tried")
+    add_world_args(ap, preset="adapt")
     ap.add_argument("--fit-episodes", type=int, default=3000, help="training sessions the classifier is fitted on")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--batch", type=int, default=500)
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--runs", nargs="+", type=Path, default=[], metavar="RUN",
                     help="trained runs of the preset: PPO − switch paired on their held-out sessions")
     args = ap.parse_args(argv)
@@ -221,7 +216,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     except ValueError as exc:
         ap.error(str(exc))
     k, category = cfg.slate_size, world.catalog.category
-    ctx = RankerContext(world, cfg, seed=args.seed, tune_episodes=args.tune_episodes, batch=256)
+    ctx = RankerContext(world, cfg, seed=args.seed, tune_episodes=args.tune_episodes, batch=256,
+                        cache_dir=str(tuning_cache_dir(cfg, full.encoder)))  # a run's own search, when it has one
     point_a = ctx.diverse_search().best
     tune_seed = args.seed + TUNE_SEED
     by_type = diverse_by_group(world, cfg, point_a, None, (RHO_EDGE,), args.tune_episodes, tune_seed)

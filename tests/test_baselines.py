@@ -3,6 +3,7 @@ registry.py; agents/baselines.py re-exports them)."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import itertools
 import json
@@ -654,6 +655,10 @@ def test_tuning_results_are_cached_by_world_and_settings(small_world: World, sma
     assert ParamSearch.from_dict(json.loads(files[0].read_text(encoding="utf-8"))) == first
     other = tune_diverse(small_world, small_cfg, 1.0, TINY_DIVERSE, episodes=24, seed=2, batch=24, cache_dir=tmp_path)
     assert other.seed == 2 and len(list(tmp_path.glob("diverse-*.json"))) == 2
+    # the session intent changes the sessions a search plays: it is part of the key when set
+    intent = dataclasses.replace(small_cfg, user_model=dataclasses.replace(small_cfg.user_model, session_intent=1.5))
+    tune_diverse(small_world, intent, 1.0, TINY_DIVERSE, episodes=24, seed=2, batch=24, cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("diverse-*.json"))) == 3
 
 
 def test_the_alpha_curve_is_cached_by_world_and_settings(small_world: World, small_cfg: EnvConfig, tmp_path: Path,
