@@ -93,8 +93,13 @@ class CalibrationConfig:
             false (the default) leaves it 0. Off by default: on ml-latest-small the fit reaches the top of its grid,
             because the simulator's choices cannot be as alike within a session as real ones at any σ
             (docs/calibration.md). An explicit ``--set env.user_model.session_intent=...`` wins either way.
+        drift_rate: Fit ``env.user_model.drift_rate`` to how a log's sessions' items follow one another
+            (``envs.calibrate.drift``); false (the default) leaves the configured value. Off by default: on
+            ml-latest-small the order within a session partly reflects the site's rating pages, and the fitted
+            rate (~0.37) changes no reference's standing (docs/calibration.md). An explicit
+            ``--set env.user_model.drift_rate=...`` wins either way.
         session_gap_minutes: A user's events more than this apart belong to different sessions.
-        session_min_items: Sessions with fewer events are not read by the intent's fit.
+        session_min_items: Sessions with fewer events are not read by the intent's and the drift's fits.
         session_max: Sessions read per user (a seeded sample when there are more).
         session_max_items: Events read per session (its first ones).
         session_skip_first: Leave each user's first session out of the fit (MovieLens's sign-up flow).
@@ -124,6 +129,7 @@ class CalibrationConfig:
     target_random_ctr: float = 0.12
     sim_sessions: int = 3
     session_intent: bool = False
+    drift_rate: bool = False
     session_gap_minutes: float = 30.0
     session_min_items: int = 3
     session_max: int = 8

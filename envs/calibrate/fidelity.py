@@ -322,6 +322,19 @@ def _intent_row(intent: dict | None) -> str:
             f"{intent['sessions']} sessions, {intent['gap_minutes']:g}-minute gaps); simulated ratio by σ {sim}")
 
 
+def _drift_row(drift: dict | None) -> str:
+    """The drift rate's row of the fidelity table (absent in reports written before it)."""
+    if not drift:
+        return "(not fitted)"
+    if not drift.get("fitted"):
+        return f"{drift['rate']} (not fitted)"
+    prof = ", ".join(f"{lag}: {c}" for lag, c in zip(drift["lags"], drift["cosine"], strict=True))
+    sim = ", ".join(f"{g:g}: {d}" for g, d in zip(drift["grid"], drift["simulated"], strict=True))
+    return (f"{drift['rate']}, fitted: mean cosine of two items of a session by events apart {prof}, decay "
+            f"{drift['decay']} ({drift['gap_minutes']:g}-minute gaps); simulated decay by η {sim} "
+            f"({drift['sessions_simulated']} sessions)")
+
+
 def fidelity_markdown(report: dict[str, Any], prep: PreprocessReport | None = None) -> str:
     """The fidelity report as Markdown (what ``fidelity.md`` holds).
 
@@ -377,6 +390,7 @@ def fidelity_markdown(report: dict[str, Any], prep: PreprocessReport | None = No
         f"| ALS | {fit['als']} |",
         f"| semantic taste | {fit['taste']} |",
         f"| session intent σ | {_intent_row(fit.get('session_intent'))} |",
+        f"| drift rate η | {_drift_row(fit.get('drift_rate'))} |",
         "",
         "## Distributions, simulated against real",
         "",

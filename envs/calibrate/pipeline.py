@@ -19,6 +19,7 @@ from configs.fileio import atomic_write_text, json_default
 from configs.loader import deep_merge, from_dict, to_dict
 from configs.schema import EnvConfig
 from encoders.base import TextEncoder
+from envs.calibrate.drift import DRIFT_GRID, DriftFit, fit_drift_rate, lag_profile, simulated_lag_profiles
 from envs.calibrate.fidelity import METRICS, distribution_checks, fidelity_markdown, rank_held_out
 from envs.calibrate.fitting import ResponseFit, choice_sequences, fit_response
 from envs.calibrate.intent import (
@@ -394,6 +395,58 @@ def _fit_intent(built: _Built, splits: _Splits, cfg: CalibrationConfig, override
     return result
 
 
+def _fit_drift(built: _Built, splits: _Splits, cfg: CalibrationConfig, overrides: Mapping[str, Any],
+               say: Callable[[str], None]) -> DriftFit | None:
+    """Step 4c: ``drift_rate`` from the lag profile of the train split's sessions (an explicit override wins).
+
+    Sets ``built.env``'s value; returns the fit, or None when not fitted (turned off, overridden, fewer than 10
+    sessions longer than the largest lag, or factored tables: then it stays as configured).
+    """
+    if not cfg.drift_rate or "drift_rate" in overrides.get("user_model", {}):
+        return None
+    train, world, env = splits.train, built.world, built.env
+    users, items = train.codes()
+    t = train.events["timestamp"].to_numpy(np.int64)
+    sessions = session_ids(users, t, 60.0 * cfg.session_gap_minutes)
+    keep = sessions_read(users, sessions, min_items=cfg.session_min_items, max_sessions=cfg.session_max,
+                         max_size=cfg.session_max_items, skip_first=cfg.session_skip_first, seed=cfg.seed)
+    order = np.lexsort((np.arange(users.size), t, sessions))
+    order = order[keep[order]]  # each session's events together, in time order (ties: the log's order)
+    data = lag_profile(sessions[order], items[order], world.item_emb)
+    if data.pairs[-1] < 10 * data.lags[-1]:
+        say(f"drift: {data.pairs[-1]} pairs of events {data.lags[-1]} apart in a session; too few to fit, left at "
+            f"{env.user_model.drift_rate:g}")
+        return None
+    ids, first, size = np.unique(sessions[order], return_index=True, return_counts=True)
+    owner = users[order][first]  # (sessions,) user code of each session
+    decays, weights = [], []
+    for name, idx in ({"train": built.users["train"]} if built.users["heldout"] is built.users["train"]
+                      else built.users).items():
+        pop, um = world.populations[name], env.user_model
+        if world.is_factored(pop.size, env.table_budget_mb):
+            say(f"drift: the catalog's per-user tables exceed env.table_budget_mb; not fitted, left at "
+                f"{um.drift_rate:g}")
+            return None
+        row = np.full(int(max(users.max(), np.max(idx))) + 1, -1, np.int64)
+        row[np.asarray(idx, np.int64)] = np.arange(len(idx))
+        mine = row[owner] >= 0
+        if not mine.any():
+            continue
+        tab = world.tables(name, 1, um.affinity_scale, um.quality_weight)
+        profiles = simulated_lag_profiles(
+            DRIFT_GRID, sem_taste=pop.sem_taste, rho=pop.rho, sem_mu=tab.sem_mu, sem_sd=tab.sem_sd,
+            static_util=tab.static_util, item_emb=world.item_emb, affinity_scale=um.affinity_scale,
+            session_users=row[owner[mine]], session_sizes=size[mine], seed=cfg.seed)
+        decays.append([p.decay for p in profiles])
+        weights.append(float(mine.sum()))
+    sim = np.average(np.array(decays), axis=0, weights=np.array(weights))  # (grid,) by the sessions of each
+    result = fit_drift_rate(data, sim.tolist(), DRIFT_GRID, sessions=int(sum(weights)))
+    built.env = dataclasses.replace(env, user_model=dataclasses.replace(env.user_model, drift_rate=_r(result.rate)))
+    curve = ", ".join(f"{g:g}: {d:.4f}" for g, d in zip(DRIFT_GRID, sim, strict=True))
+    say(f"drift: rate = {result.rate:.3f} (lag decay {data.decay:.4f} over {ids.size} sessions; simulated {curve})")
+    return result
+
+
 def _set_outside_option(built: _Built, cfg: CalibrationConfig, overrides: Mapping[str, Any],
                         out: Path) -> tuple[EnvConfig, float, float | None]:
     """Step 5: ``no_click_utility`` for the target random-slate CTR (an explicit override wins); save the world.
@@ -415,7 +468,8 @@ def _set_outside_option(built: _Built, cfg: CalibrationConfig, overrides: Mappin
 
 def _report(*, source: str, env: EnvConfig, encoder: TextEncoder, command: str | None, cfg: CalibrationConfig,
             splits: _Splits, built: _Built, fit: ResponseFit, u0: float, ctr0: float | None,
-            intent: IntentFit | None, models: dict[str, dict[str, float]], n_eval: int, dist: dict[str, Any],
+            intent: IntentFit | None, drift: DriftFit | None, models: dict[str, dict[str, float]], n_eval: int,
+            dist: dict[str, Any],
             plots: list[str],
             cache_counts: tuple[int | None, int | None], timings: dict[str, float]) -> dict[str, Any]:
     """The fidelity report (what ``fidelity.json`` holds)."""
@@ -458,6 +512,12 @@ def _report(*, source: str, env: EnvConfig, encoder: TextEncoder, command: str |
                 "sessions": intent.data.sessions, "within": _r(intent.data.within),
                 "across": _r(intent.data.across), "between": _r(intent.data.between),
                 "ratio": _r(intent.data.ratio), "grid": intent.grid, "simulated": [_r(r) for r in intent.simulated]}),
+            "drift_rate": {"rate": env.user_model.drift_rate, "fitted": drift is not None}
+            | ({} if drift is None else {
+                "gap_minutes": cfg.session_gap_minutes, "lags": list(drift.data.lags),
+                "cosine": [_r(c) for c in drift.data.cosine], "pairs": list(drift.data.pairs),
+                "decay": _r(drift.data.decay), "grid": drift.grid, "simulated": [_r(d) for d in drift.simulated],
+                "sessions_simulated": drift.sessions}),
         },
         "item_embeddings": {k: v for k, v in built.world.meta.get("item_emb", {}).items() if k != "mean"},
         "populations": {n: int(p.size) for n, p in built.world.populations.items()}
@@ -565,6 +625,9 @@ def calibrate(
     intent = _fit_intent(built, splits, cfg, overrides, say)
     clock.lap("session_intent")
 
+    drift = _fit_drift(built, splits, cfg, overrides, say)
+    clock.lap("drift_rate")
+
     env, u0, ctr0 = _set_outside_option(built, cfg, overrides, out)
     clock.lap("outside_option_and_save")
     say(f"world saved to {out / 'world'}: {built.world.n_items} items, populations "
@@ -583,8 +646,8 @@ def calibrate(
 
     clock.finish()
     report = _report(source=source, env=env, encoder=encoder, command=command, cfg=cfg, splits=splits, built=built,
-                     fit=fit, u0=u0, ctr0=ctr0, intent=intent, models=models, n_eval=n_eval, dist=dist, plots=plots,
-                     cache_counts=(hits, misses), timings=clock.timings)
+                     fit=fit, u0=u0, ctr0=ctr0, intent=intent, drift=drift, models=models, n_eval=n_eval, dist=dist,
+                     plots=plots, cache_counts=(hits, misses), timings=clock.timings)
     _write_report_and_preset(out, report, splits.prep, env, source)
     say(f"wrote {out / 'env.yaml'}, fidelity.json, fidelity.md and {len(plots)} plots in "
         f"{clock.timings['total']:.1f} s")
