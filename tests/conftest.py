@@ -55,6 +55,25 @@ def require_movielens(path: Path | None = None) -> Path:
     pytest.skip(reason)
 
 
+GENRES = ["Action", "Comedy", "Drama", "Horror", "Romance", "Sci-Fi"]
+
+
+def write_genre_log(root: Path, n_items: int, rows: list[tuple[int, int, float, int]]) -> Path:
+    """An ml-latest-small-format log in ``root``: ``n_items`` films whose genre cycles through :data:`GENRES` (film
+    ``j`` is ``GENRES[j % 6]``, its title names it) and the ratings ``rows`` (user id, 0-based film, rating, epoch
+    seconds). Returns ``root``."""
+    import pandas as pd
+
+    root.mkdir(parents=True, exist_ok=True)
+    genre = np.arange(n_items) % len(GENRES)
+    pd.DataFrame({"movieId": np.arange(1, n_items + 1),
+                  "title": [f"Film {GENRES[genre[j]]} number {j} ({1970 + j % 50})" for j in range(n_items)],
+                  "genres": [GENRES[g] for g in genre]}).to_csv(root / "movies.csv", index=False)
+    pd.DataFrame([(u, i + 1, r, t) for u, i, r, t in rows],
+                 columns=["userId", "movieId", "rating", "timestamp"]).to_csv(root / "ratings.csv", index=False)
+    return root
+
+
 def require_ray() -> object:
     """The ``ray`` module; skips without it, fails under CI (CI installs the dev extra, which holds Ray)."""
     try:

@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
+from conftest import GENRES, write_genre_log
 
 from configs.data import CalibrationConfig
 from configs.schema import EncoderConfig
@@ -16,8 +16,6 @@ from envs.calibrate import calibrate
 from envs.calibrate.drift import DRIFT_GRID, LagProfile, fit_drift_rate, lag_profile, simulated_lag_profiles
 from envs.data import load_logs
 from envs.presets import preset_config
-
-GENRES = ["Action", "Comedy", "Drama", "Horror", "Romance", "Sci-Fi"]
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -101,12 +99,8 @@ def _write_sessions(root: Path, wander: bool, seed: int = 0) -> Path:
     each next film keeps the last one's genre with probability 0.85 (``wander``: the session drifts through its
     genres) or takes any liked genre (not)."""
     gen = np.random.default_rng(seed)
-    root.mkdir(parents=True, exist_ok=True)
     n_items = 720
     genre = np.arange(n_items) % len(GENRES)
-    pd.DataFrame({"movieId": np.arange(1, n_items + 1),
-                  "title": [f"Film {GENRES[genre[j]]} number {j} ({1970 + j % 50})" for j in range(n_items)],
-                  "genres": [GENRES[g] for g in genre]}).to_csv(root / "movies.csv", index=False)
     rows = []
     for u in range(40):
         liked = gen.choice(len(GENRES), 3, replace=False)
@@ -119,12 +113,10 @@ def _write_sessions(root: Path, wander: bool, seed: int = 0) -> Path:
                     g = int(gen.choice(liked))
                 i = int(gen.choice([i for i in np.flatnonzero(genre == g) if i not in seen]))
                 seen.add(i)
-                rows.append((u + 1, i + 1, float(gen.choice([3.0, 4.0, 5.0])), t))
+                rows.append((u + 1, i, float(gen.choice([3.0, 4.0, 5.0])), t))
                 t += 60
             t += 6 * 3600
-    pd.DataFrame(rows, columns=["userId", "movieId", "rating", "timestamp"]).to_csv(root / "ratings.csv",
-                                                                                 index=False)
-    return root
+    return write_genre_log(root, n_items, rows)
 
 
 def test_calibration_fits_a_larger_drift_to_wandering_sessions(tmp_path: Path) -> None:

@@ -7,8 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
+from conftest import GENRES, write_genre_log
 
 from configs.data import CalibrationConfig
 from configs.schema import EncoderConfig
@@ -24,8 +24,6 @@ from envs.calibrate.intent import (
 )
 from envs.data import load_logs
 from envs.presets import preset_config
-
-GENRES = ["Action", "Comedy", "Drama", "Horror", "Romance", "Sci-Fi"]
 
 
 def test_session_ids_split_at_gaps_and_users() -> None:
@@ -91,12 +89,8 @@ def _write_sessions(root: Path, theme: bool, seed: int = 0) -> Path:
     """An ml-latest-small-format log whose users rate in sessions of 6 (hours apart), each session from one genre
     (``theme``) or from the user's two liked genres (not)."""
     gen = np.random.default_rng(seed)
-    root.mkdir(parents=True, exist_ok=True)
     n_items = 360
     genre = np.arange(n_items) % len(GENRES)
-    pd.DataFrame({"movieId": np.arange(1, n_items + 1),
-                  "title": [f"Film {GENRES[genre[j]]} number {j} ({1970 + j % 50})" for j in range(n_items)],
-                  "genres": [GENRES[g] for g in genre]}).to_csv(root / "movies.csv", index=False)
     rows = []
     for u in range(48):
         liked = gen.choice(len(GENRES), 2, replace=False)
@@ -107,12 +101,10 @@ def _write_sessions(root: Path, theme: bool, seed: int = 0) -> Path:
             pool = [i for i in np.flatnonzero(np.isin(genre, pick)) if i not in seen]
             for i in gen.choice(pool, 6, replace=False):
                 seen.add(int(i))
-                rows.append((u + 1, int(i) + 1, float(gen.choice([3.0, 4.0, 5.0])), t))
+                rows.append((u + 1, int(i), float(gen.choice([3.0, 4.0, 5.0])), t))
                 t += 60
             t += 6 * 3600
-    pd.DataFrame(rows, columns=["userId", "movieId", "rating", "timestamp"]).to_csv(root / "ratings.csv",
-                                                                                 index=False)
-    return root
+    return write_genre_log(root, n_items, rows)
 
 
 def test_calibration_fits_a_larger_intent_to_themed_sessions(tmp_path: Path) -> None:

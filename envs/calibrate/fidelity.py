@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -310,29 +311,29 @@ def _plots(out: Path, dist: dict[str, Any], models: dict[str, dict[str, float]],
     return written
 
 
-def _intent_row(intent: dict | None) -> str:
-    """The session intent's row of the fidelity table (absent in reports written before it)."""
-    if not intent:
-        return "0 (not fitted)"
-    if not intent.get("fitted"):
-        return f"{intent['sigma']} (not fitted)"
-    sim = ", ".join(f"{g:g}: {r}" for g, r in zip(intent["grid"], intent["simulated"], strict=True))
-    return (f"{intent['sigma']}, fitted: coherence within / across / between sessions {intent['within']} / "
-            f"{intent['across']} / {intent['between']}, ratio {intent['ratio']} ({intent['users']} users, "
-            f"{intent['sessions']} sessions, {intent['gap_minutes']:g}-minute gaps); simulated ratio by σ {sim}")
-
-
-def _drift_row(drift: dict | None) -> str:
-    """The drift rate's row of the fidelity table (absent in reports written before it)."""
-    if not drift:
+def _fitted_row(entry: dict | None, value: str, describe: Callable[[dict], str]) -> str:
+    """A fitted parameter's row of the fidelity table: its value, and what it was fitted from (``describe``) or
+    "(not fitted)"; reports written before the parameter had a fit have no entry."""
+    if not entry:
         return "(not fitted)"
-    if not drift.get("fitted"):
-        return f"{drift['rate']} (not fitted)"
+    if not entry.get("fitted"):
+        return f"{entry[value]} (not fitted)"
+    return f"{entry[value]}, fitted: {describe(entry)}"
+
+
+def _intent_fit(intent: dict) -> str:
+    sim = ", ".join(f"{g:g}: {r}" for g, r in zip(intent["grid"], intent["simulated"], strict=True))
+    return (f"coherence within / across / between sessions {intent['within']} / {intent['across']} / "
+            f"{intent['between']}, ratio {intent['ratio']} ({intent['users']} users, {intent['sessions']} sessions, "
+            f"{intent['gap_minutes']:g}-minute gaps); simulated ratio by σ {sim}")
+
+
+def _drift_fit(drift: dict) -> str:
     prof = ", ".join(f"{lag}: {c}" for lag, c in zip(drift["lags"], drift["cosine"], strict=True))
     sim = ", ".join(f"{g:g}: {d}" for g, d in zip(drift["grid"], drift["simulated"], strict=True))
-    return (f"{drift['rate']}, fitted: mean cosine of two items of a session by events apart {prof}, decay "
-            f"{drift['decay']} ({drift['gap_minutes']:g}-minute gaps); simulated decay by η {sim} "
-            f"({drift['sessions_simulated']} sessions)")
+    return (f"mean cosine of two items of a session by events apart {prof}, decay {drift['decay']} "
+            f"({drift['gap_minutes']:g}-minute gaps); simulated decay by η {sim} ({drift['sessions_simulated']} "
+            f"sessions)")
 
 
 def fidelity_markdown(report: dict[str, Any], prep: PreprocessReport | None = None) -> str:
@@ -389,8 +390,8 @@ def fidelity_markdown(report: dict[str, Any], prep: PreprocessReport | None = No
         f"{fit['random_slate_ctr']}, target {fit['target_random_ctr']}) |",
         f"| ALS | {fit['als']} |",
         f"| semantic taste | {fit['taste']} |",
-        f"| session intent σ | {_intent_row(fit.get('session_intent'))} |",
-        f"| drift rate η | {_drift_row(fit.get('drift_rate'))} |",
+        f"| session intent σ | {_fitted_row(fit.get('session_intent'), 'sigma', _intent_fit)} |",
+        f"| drift rate η | {_fitted_row(fit.get('drift_rate'), 'rate', _drift_fit)} |",
         "",
         "## Distributions, simulated against real",
         "",
