@@ -94,8 +94,8 @@ def test_fit_interpolates_clips_and_refuses_undefined_decays() -> None:
         fit_drift_rate(data(0.01), sim, grid[:2])
 
 
-def _write_sessions(root: Path, wander: bool, seed: int = 0) -> Path:
-    """An ml-latest-small-format log whose users rate in sessions of 14 (hours apart) from their three liked genres:
+def _write_sessions(root: Path, wander: bool, seed: int = 0, size: int = 14) -> Path:
+    """An ml-latest-small-format log whose users rate in sessions of ``size`` (hours apart) from their three liked genres:
     each next film keeps the last one's genre with probability 0.85 (``wander``: the session drifts through its
     genres) or takes any liked genre (not)."""
     gen = np.random.default_rng(seed)
@@ -108,7 +108,7 @@ def _write_sessions(root: Path, wander: bool, seed: int = 0) -> Path:
         t = 1_100_000_000 + int(gen.integers(0, 10**6))
         for _ in range(4):
             g = int(gen.choice(liked))
-            for _ in range(14):
+            for _ in range(size):
                 if not wander or gen.random() > 0.85:
                     g = int(gen.choice(liked))
                 i = int(gen.choice([i for i in np.flatnonzero(genre == g) if i not in seen]))
@@ -144,3 +144,8 @@ def test_calibration_fits_a_larger_drift_to_wandering_sessions(tmp_path: Path) -
                                            fit_rounds=2), encoder, tmp_path / "r", env_overrides=env)
     assert off["fit"]["drift_rate"] == {"rate": preset_config("default").user_model.drift_rate, "fitted": False}
     assert CalibrationConfig().drift_rate is False
+    # sessions too short for the profile's last lag: not fitted, said so, left as configured
+    said: list[str] = []
+    short = calibrate(load_logs(f"movielens:{_write_sessions(tmp_path / 'short', True, size=8)}"), cfg, encoder,
+                      tmp_path / "s", env_overrides=env, progress=said.append)
+    assert short["fit"]["drift_rate"]["fitted"] is False and any("too few to fit" in m for m in said)

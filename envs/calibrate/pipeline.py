@@ -399,8 +399,9 @@ def _fit_drift(built: _Built, splits: _Splits, cfg: CalibrationConfig, overrides
                say: Callable[[str], None]) -> DriftFit | None:
     """Step 4c: ``drift_rate`` from the lag profile of the train split's sessions (an explicit override wins).
 
-    Sets ``built.env``'s value; returns the fit, or None when not fitted (turned off, overridden, fewer than 10
-    sessions longer than the largest lag, or factored tables: then it stays as configured).
+    Sets ``built.env``'s value; returns the fit, or None when not fitted (turned off, overridden, fewer than 100
+    pairs of events the largest lag apart, no simulated user with such sessions, or factored tables: then it stays
+    as configured).
     """
     if not cfg.drift_rate or "drift_rate" in overrides.get("user_model", {}):
         return None
@@ -427,8 +428,9 @@ def _fit_drift(built: _Built, splits: _Splits, cfg: CalibrationConfig, overrides
             say(f"drift: the catalog's per-user tables exceed env.table_budget_mb; not fitted, left at "
                 f"{um.drift_rate:g}")
             return None
-        row = np.full(int(max(users.max(), np.max(idx))) + 1, -1, np.int64)
-        row[np.asarray(idx, np.int64)] = np.arange(len(idx))
+        idx = np.asarray(idx, np.int64)
+        row = np.full(int(max(users.max(), idx.max(initial=0))) + 1, -1, np.int64)
+        row[idx] = np.arange(idx.size)
         mine = row[owner] >= 0
         if not mine.any():
             continue
@@ -439,6 +441,9 @@ def _fit_drift(built: _Built, splits: _Splits, cfg: CalibrationConfig, overrides
             session_users=row[owner[mine]], session_sizes=size[mine], seed=cfg.seed)
         decays.append([p.decay for p in profiles])
         weights.append(float(mine.sum()))
+    if not decays:
+        say(f"drift: no simulated user has the log's sessions; not fitted, left at {env.user_model.drift_rate:g}")
+        return None
     sim = np.average(np.array(decays), axis=0, weights=np.array(weights))  # (grid,) by the sessions of each
     result = fit_drift_rate(data, sim.tolist(), DRIFT_GRID, sessions=int(sum(weights)))
     built.env = dataclasses.replace(env, user_model=dataclasses.replace(env.user_model, drift_rate=_r(result.rate)))
