@@ -95,9 +95,9 @@ def test_fit_interpolates_clips_and_refuses_undefined_decays() -> None:
 
 
 def _write_sessions(root: Path, wander: bool, seed: int = 0, size: int = 14) -> Path:
-    """An ml-latest-small-format log whose users rate in sessions of ``size`` (hours apart) from their three liked genres:
-    each next film keeps the last one's genre with probability 0.85 (``wander``: the session drifts through its
-    genres) or takes any liked genre (not)."""
+    """An ml-latest-small-format log whose users rate in sessions of ``size`` (hours apart) from their three liked
+    genres: each next film keeps the last one's genre with probability 0.85 (``wander``: the session drifts through
+    its genres) or takes any liked genre (not)."""
     gen = np.random.default_rng(seed)
     n_items = 720
     genre = np.arange(n_items) % len(GENRES)

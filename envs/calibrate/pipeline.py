@@ -46,7 +46,7 @@ from envs.data.cf_eval import interaction_matrix
 from envs.data.interaction_log import InteractionLog
 from envs.data.preprocess import PreprocessReport, preprocess, temporal_split
 from envs.users import Population, pool_history
-from envs.world import World
+from envs.world import PopulationTables, World
 
 #: Version of the preset / report layout (part of the world's config key).
 FORMAT = 1
@@ -344,6 +344,23 @@ def _build_world(source: str, splits: _Splits, item_emb: np.ndarray, fit: Respon
                   n_train_events=n_train_events, quality_weight=qw, affinity_scale=a)
 
 
+def _simulated_users(built: _Built, what: str, left: str,
+                     say: Callable[[str], None]) -> list[tuple[np.ndarray, Population, PopulationTables]] | None:
+    """The distinct populations a fit simulates the real users of: per population, its users' codes in the train
+    split (int64 (U,), row order), the population and its session-start tables (``World.tables``). None, said,
+    when a population's tables would be factored (the fits need the dense per-user utility)."""
+    world, um = built.world, built.env.user_model
+    out = []
+    for name, idx in ({"train": built.users["train"]} if built.users["heldout"] is built.users["train"]
+                      else built.users).items():
+        pop = world.populations[name]
+        if world.is_factored(pop.size, built.env.table_budget_mb):
+            say(f"{what}the catalog's per-user tables exceed env.table_budget_mb; not fitted, left at {left}")
+            return None
+        out.append((np.asarray(idx, np.int64), pop, world.tables(name, 1, um.affinity_scale, um.quality_weight)))
+    return out
+
+
 def _fit_intent(built: _Built, splits: _Splits, cfg: CalibrationConfig, overrides: Mapping[str, Any],
                 say: Callable[[str], None]) -> IntentFit | None:
     """Step 4b: ``session_intent`` from the coherence of the train split's sessions (an explicit override wins).
@@ -364,14 +381,12 @@ def _fit_intent(built: _Built, splits: _Splits, cfg: CalibrationConfig, override
         say(f"session intent: {data.users} users with two sessions of {cfg.session_min_items} events "
             f"(gap {cfg.session_gap_minutes:g} min); too few to fit, left at 0")
         return None
+    tables = _simulated_users(built, "session intent: ", "0", say)
+    if tables is None:
+        return None
     sims = []
-    for name, idx in ({"train": built.users["train"]} if built.users["heldout"] is built.users["train"]
-                      else built.users).items():
-        pop, um = world.populations[name], env.user_model
-        if world.is_factored(pop.size, env.table_budget_mb):
-            say("session intent: the catalog's per-user tables exceed env.table_budget_mb; not fitted, left at 0")
-            return None
-        tab = world.tables(name, 1, um.affinity_scale, um.quality_weight)
+    um = env.user_model
+    for idx, pop, tab in tables:
         ku, ks = users[keep], sessions[keep]
         sizes = []
         for u in idx:
@@ -420,21 +435,17 @@ def _fit_drift(built: _Built, splits: _Splits, cfg: CalibrationConfig, overrides
         return None
     ids, first, size = np.unique(sessions[order], return_index=True, return_counts=True)
     owner = users[order][first]  # (sessions,) user code of each session
+    tables = _simulated_users(built, "drift: ", f"{env.user_model.drift_rate:g}", say)
+    if tables is None:
+        return None
     decays, weights = [], []
-    for name, idx in ({"train": built.users["train"]} if built.users["heldout"] is built.users["train"]
-                      else built.users).items():
-        pop, um = world.populations[name], env.user_model
-        if world.is_factored(pop.size, env.table_budget_mb):
-            say(f"drift: the catalog's per-user tables exceed env.table_budget_mb; not fitted, left at "
-                f"{um.drift_rate:g}")
-            return None
-        idx = np.asarray(idx, np.int64)
+    um = env.user_model
+    for idx, pop, tab in tables:
         row = np.full(int(max(users.max(), idx.max(initial=0))) + 1, -1, np.int64)
         row[idx] = np.arange(idx.size)
         mine = row[owner] >= 0
         if not mine.any():
             continue
-        tab = world.tables(name, 1, um.affinity_scale, um.quality_weight)
         profiles = simulated_lag_profiles(
             DRIFT_GRID, sem_taste=pop.sem_taste, rho=pop.rho, sem_mu=tab.sem_mu, sem_sd=tab.sem_sd,
             static_util=tab.static_util, item_emb=world.item_emb, affinity_scale=um.affinity_scale,
