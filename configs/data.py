@@ -96,7 +96,7 @@ class CalibrationConfig:
         drift_rate: Fit ``env.user_model.drift_rate`` to how a log's sessions' items follow one another
             (``envs.calibrate.drift``); false (the default) leaves the configured value. Off by default: on
             ml-latest-small the order within a session partly reflects the site's rating pages, and the fitted
-            rate (~0.37) changes no reference's standing (docs/calibration.md). An explicit
+            rate (0.42) changes no reference's standing (docs/calibration.md). An explicit
             ``--set env.user_model.drift_rate=...`` wins either way.
         session_gap_minutes: A user's events more than this apart belong to different sessions.
         session_min_items: Sessions with fewer events are not read by the intent's and the drift's fits.
