@@ -26,6 +26,7 @@ from agents.rankers import TunedAlphaRanker
 from agents.registry import RankerContext, check_specs, make_ranker, run_dir_of, valid_choices
 from agents.report import markdown_table, summarise, write_report
 from agents.runinfo import SIGNATURE_FILE, describe, mismatch, read_signature, signature
+from agents.tuning import tuning_cache_dir
 from configs import loader
 from configs.loader import (
     ConfigError,
@@ -60,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="text encoder (hashing: fast, for smoke runs only)")
     ap.add_argument("--tune-episodes", type=int,
                     help="training sessions per grid point of the tuned references' searches (eval.tune_episodes)")
+    ap.add_argument("--tune-seed", type=int, default=0,
+                    help="seed of the rankers' own randomness and of the tuned references' training-user sessions; "
+                         "train.py uses the run's train.seed, so --tune-seed S compares a run of seed S with the "
+                         "references it was reported against")
     ap.add_argument("--fit-sessions", type=int, default=600,
                     help="logged training sessions that scored and linucb are fitted on")
     ap.add_argument("--device", default="auto", help="torch device for run:DIR rankers")
@@ -180,9 +185,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         parser.error(str(exc))
     plan = episode_plan(ev.episodes, list(range(ev.seeds)), world.populations[ev.users].size)
     core = make_core(cfg.env, cfg.env.preset, cfg.encoder, world, ev.users, min(ev.batch, len(plan)))
-    ctx = RankerContext(world, cfg.env, core=core, seed=0, tune_episodes=ev.tune_episodes,
+    # the searches are read from (and written to) the tuning cache beside the world, which train.py's final table
+    # shares: a run's own references are not searched again
+    ctx = RankerContext(world, cfg.env, core=core, seed=args.tune_seed, tune_episodes=ev.tune_episodes,
                         fit_sessions=args.fit_sessions, batch=ev.batch, encoder=cfg.encoder, device=args.device,
-                        progress=progress)
+                        progress=progress, cache_dir=str(tuning_cache_dir(cfg.env, cfg.encoder)))
     rankers = {spec: make_ranker(spec, ctx) for spec in ev.rankers}
     stats = evaluate_rankers(core, rankers, plan, progress=progress)
     tuned = rankers.get("tuned-alpha")
@@ -190,6 +197,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "command": "python evaluate.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "preset": cfg.env.preset, "world": world.meta.get("config_key"), "encoder": world.encoder_name,
         "users": ev.users, "episodes_per_seed": ev.episodes, "seeds": list(range(ev.seeds)), "batch": core.B,
+        "tune_seed": args.tune_seed,
         "n_items": core.M, "n_candidates": core.N, "slate_size": core.K, "tune_episodes": ev.tune_episodes,
         "fit_sessions": args.fit_sessions, "note": note,
     }

@@ -674,8 +674,8 @@ class EvalConfig:
             (tuned-alpha, tuned-diverse, which is also the policy's start, and tuned-oracle-diverse; the validation
             of a search's best points uses 5× as many). Fewer make the references noisier; tests use few. 1000
             since session 20: at 400 the pick moved with the seed by 0.7 per session on the default preset, and PPO,
-            which starts there, with it (BENCHMARKS "Session 20"); ``configs/quality.yaml`` keeps 400, the value
-            its published protocols were measured with.
+            which starts there, with it (BENCHMARKS "Session 20"). The protocols of sessions 6-20 were tuned with
+            400; ``--set eval.tune_episodes=400`` reproduces their figures (``configs/quality.yaml``).
         extra_references: More ranker specs for ``train.py``'s final table, beside its fixed baselines (for example
             ``tuned-session-diverse``, whose search costs minutes on the default preset: the quality protocols'
             config lists it, ``make train``'s does not). Checked against the registry before training.

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import evaluate
+from agents.tuning import TUNE_SEED
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +55,20 @@ def test_yaml_config_and_determinism(tmp_path: Path, cache: list[str]) -> None:
     b = evaluate.main(["--config", str(cfg), *_args(tmp_path / "b", cache)])
     assert a["setup"]["users"] == "train" and a["paired"]["reference"] == "greedy-cf"
     assert a["rankers"] == b["rankers"] and a["paired"] == b["paired"]
+
+
+def test_tune_seed_picks_the_tuning_sessions_and_the_cache_serves_them(tmp_path: Path, cache: list[str]) -> None:
+    args = ["--rankers", "random,tuned-alpha", "--set", "eval.bootstrap=200"]
+    a = evaluate.main([*_args(tmp_path / "a", cache), *args, "--tune-seed", "3"])
+    assert a["setup"]["tune_seed"] == 3 and a["alpha_curve"]["seed"] == 3 + TUNE_SEED
+    cached = sorted((Path(cache[1].split("=", 1)[1]) / "worlds" / "tuning").glob("alpha-*.json"))
+    assert cached, "the α curve was not written to the tuning cache"
+    stamp = {p: p.stat().st_mtime_ns for p in cached}
+    b = evaluate.main([*_args(tmp_path / "b", cache), *args, "--tune-seed", "3"])
+    assert b["alpha_curve"] == a["alpha_curve"] and b["rankers"] == a["rankers"]
+    assert {p: p.stat().st_mtime_ns for p in cached} == stamp  # read back, not searched and written again
+    c = evaluate.main([*_args(tmp_path / "c", cache), *args])
+    assert c["setup"]["tune_seed"] == 0 and c["alpha_curve"]["seed"] == TUNE_SEED
 
 
 @pytest.mark.parametrize(
