@@ -6,9 +6,10 @@
 
 Every ranker meets the same sessions (same users, same episode keys: common random numbers), so the
 comparisons are paired. ``tuned-alpha``, ``scored`` and ``linucb`` learn on the training users only. Writes
-``results.json``, ``results.csv``, ``results.md`` and ``plots/*.png`` into ``--out`` (atomically) and prints the
-Markdown table. The engine is :mod:`agents.evaluation`, the report :mod:`agents.report`, the rankers are
-:mod:`agents.rankers`, built from specs by :mod:`agents.registry`.
+``results.json``, ``results.csv``, ``results.md``, ``returns.npz`` (every ranker's return per session,
+:func:`agents.report.write_returns`) and ``plots/*.png`` into ``--out`` (atomically) and prints the Markdown table.
+The engine is :mod:`agents.evaluation`, the report :mod:`agents.report`, the rankers are :mod:`agents.rankers`, built
+from specs by :mod:`agents.registry`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from agents.plausibility import plausibility_markdown, write_plausibility
 from agents.ppo_ranker import MODEL_FILE, WEIGHTS_FILE
 from agents.rankers import TunedAlphaRanker
 from agents.registry import RankerContext, check_specs, make_ranker, run_dir_of, valid_choices
-from agents.report import markdown_table, summarise, write_report
+from agents.report import markdown_table, summarise, write_report, write_returns
 from agents.runinfo import SIGNATURE_FILE, describe, mismatch, read_signature, signature
 from agents.tuning import tuning_cache_dir
 from configs import loader
@@ -206,6 +207,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         alpha_curve=tuned.curve.to_dict() if isinstance(tuned, TunedAlphaRanker) else None,
                         setup=setup)
     paths = write_report(results, ev.out)
+    # every ranker's return per session, as train.py's report writes them (the plan is seed-major, so a run's own
+    # held-out sessions, eval.seeds 0..S-1 of its config, are the first of a larger evaluation's)
+    paths["returns"] = Path(ev.out) / "returns.npz"
+    write_returns(stats, plan, paths["returns"])
     plaus = write_plausibility(results, ev.out, policies=[n for n in rankers if n.startswith("run:") and "@" not in n])
     print(markdown_table(results))
     print(plausibility_markdown(plaus))

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import evaluate
+from agents.report import read_returns
 from agents.tuning import TUNE_SEED
 
 
@@ -43,6 +44,10 @@ def test_smoke_run_writes_a_parsable_report(tmp_path: Path, cache: list[str], ca
     assert {r["ranker"] for r in rows} == set(rankers.split(","))
     for name in ("metrics", "alpha_curve", "by_rho"):
         assert (out / "plots" / f"{name}.png").stat().st_size > 1000
+    keys, rets = read_returns(out / "returns.npz")
+    assert len(np.unique(keys)) == 48 and list(rets) == rankers.split(",")
+    for name, ret in rets.items():  # the per-session returns are the ones the table averages
+        assert ret.mean() == pytest.approx(results["rankers"][name]["return"]["mean"], rel=1e-9)
     printed = capsys.readouterr().out
     assert "| ranker | return |" in printed and printed.count("\n|") >= 8
 
