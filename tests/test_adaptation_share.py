@@ -1,0 +1,59 @@
+"""bench.adaptation_share: the share of the value of adaptation, paired on a report's own sessions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import evaluate
+from agents.report import Bootstrap
+from bench import adaptation_share
+from configs.loader import resolve_config, save_yaml, to_dict
+
+
+def test_share_pairs_both_margins_on_the_same_resamples() -> None:
+    rng = np.random.default_rng(0)
+    ref = rng.normal(5.0, 3.0, 4000)
+    policy, typed = ref + 0.2 + rng.normal(0, 0.1, 4000), ref + 0.4
+    boot = Bootstrap(4000, 400, 0)
+    res = adaptation_share.share(policy, ref, typed, boot)
+    assert res["value"]["mean"] == pytest.approx(0.4) and res["value"]["ci95"] == pytest.approx([0.4, 0.4])
+    assert res["policy_diff"]["mean"] == pytest.approx((policy - ref).mean())
+    assert res["share"]["mean"] == pytest.approx(res["policy_diff"]["mean"] / 0.4)
+    lo, hi = res["share"]["ci95"]
+    assert lo < res["share"]["mean"] < hi and hi - lo < 0.05  # the reference's own spread cancels in the pairing
+    sel = np.arange(4000) < 1000
+    part = adaptation_share.share(policy, ref, typed, boot, sel)
+    assert part["sessions"] == 1000
+    assert part["policy_diff"]["mean"] == pytest.approx((policy - ref)[:1000].mean())
+
+
+def test_replays_the_report_and_refuses_another_tuning_seed(tmp_path: Path) -> None:
+    cache = ["--set", f"env.cache_dir={tmp_path / 'c'}", "--set", f"encoder.cache_dir={tmp_path / 'c'}"]
+    base = ["--preset", "small", "--encoder", "hashing", "--episodes", "60", "--seeds", "2", "--tune-episodes", "120",
+            "--no-progress", "--set", "eval.bootstrap=200", *cache]
+    # a stand-in for a trained policy: any ranker of the report; the run folder only lends its config
+    evaluate.main([*base, "--rankers", "diverse:0.5,tuned-diverse", "--reference", "tuned-diverse", "--tune-seed", "2",
+                   "--out", str(tmp_path / "report")])
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg = resolve_config(None, "small", [f"env.cache_dir={tmp_path / 'c'}", f"encoder.cache_dir={tmp_path / 'c'}"],
+                         flags={"encoder": {"kind": "hashing"}})
+    save_yaml(to_dict(cfg), run / "config.yaml")
+    res = adaptation_share.analyse(tmp_path / "report", "diverse:0.5", run=run, tune_seed=2, tune_episodes=120,
+                                   bootstrap=200)
+    assert res["all"]["sessions"] == 120
+    assert sum(g["sessions"] for g in res["by_user_type"].values()) == 120
+    # the per-type rule is chosen on training users and keeps the single choice where a group is too small; on
+    # these sessions its margin is what the value reads
+    assert len(res["per_group"]) == 3 and res["returns"]["reference"] == pytest.approx(
+        res["returns"]["typed"] - res["all"]["value"]["mean"])
+    assert "| all | 120 |" in adaptation_share.markdown(res)
+    with pytest.raises(ValueError, match="does not replay"):
+        adaptation_share.analyse(tmp_path / "report", "diverse:0.5", run=run, tune_seed=5, tune_episodes=120)
+    with pytest.raises(ValueError, match="not a run:DIR ranker"):
+        adaptation_share.analyse(tmp_path / "report", "diverse:0.5")
+    with pytest.raises(ValueError, match=r"no returns of \['ppo'\]"):
+        adaptation_share.analyse(tmp_path / "report", "ppo", run=run)
