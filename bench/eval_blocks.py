@@ -108,16 +108,18 @@ def analyse(report: Path, ranker: str, reference: str, block: int, rho: np.ndarr
 
 
 def markdown(res: dict[str, Any]) -> str:
-    """The result as a Markdown table: one row for all users and one per user type."""
+    """The result as a Markdown table: one row for all users and one per user type (every block mean: the JSON)."""
     lines = [f"{res['ranker']} − {res['reference']} ({res['ranker_mean']:.3f} − {res['reference_mean']:.3f})", "",
-             "| users | sessions | mean (95% CI) | block | block means | block SD | a block's SE from its sessions |",
-             "|---|---:|---:|---:|---|---:|---:|"]
+             "| users | sessions | mean (95% CI) | block | blocks | first block | block means: min / median / max "
+             "| block SD | a block's SE from its sessions |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     rows = [("all", res["all"]), *res.get("by_user_type", {}).items()]
     for label, b in rows:
         sd = "—" if b["block_sd"] is None else f"{b['block_sd']:.3f}"
+        m = np.asarray(b["block_means"])
         lines.append(f"| {label} | {b['sessions']} | {b['mean']:+.3f} ({b['ci95'][0]:+.3f} to {b['ci95'][1]:+.3f}) "
-                     f"| {b['block']} | {', '.join(f'{m:+.2f}' for m in b['block_means'])} | {sd} "
-                     f"| {b['block_se_expected']:.3f} |")
+                     f"| {b['block']} | {m.size} | {m[0]:+.3f} | {m.min():+.2f} / {np.median(m):+.2f} / {m.max():+.2f} "
+                     f"| {sd} | {b['block_se_expected']:.3f} |")
     return "\n".join(lines)
 
 

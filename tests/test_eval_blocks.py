@@ -55,7 +55,7 @@ def test_analyse_pairs_the_named_rankers_and_splits_by_type(tmp_path: Path) -> N
     assert sorted(groups) == ["rho<0.5 (CF-leaning)", "rho>=0.5 (content-leaning)"]
     assert groups["rho<0.5 (CF-leaning)"]["share"] == pytest.approx(0.4)
     assert sum(g["sessions"] for g in groups.values()) == 400
-    assert "| all | 400 | +0.500" in eval_blocks.markdown(res)
+    assert "| all | 400 | +0.500 (+0.500 to +0.500) | 100 | 4 | +0.500 |" in eval_blocks.markdown(res)
 
 
 def test_bad_input_names_what_is_wrong(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
