@@ -27,6 +27,12 @@ on the same held-out sessions (common random numbers) against the baselines, the
 earlier recipe or an ablation) session by session: PPO − their PPO over seeds and sessions, per seed and per hidden
 user type (:func:`paired_with`), so that a change is judged on the same seeds and sessions, not across protocols.
 
+``--adaptation`` (the ``adapt`` bar's figure) replays, on every run's held-out sessions, the rule that knows each
+user's hidden type (``bench.headroom``'s per-type tuned-diverse, chosen on the run's training-side sessions) and
+reports PPO's share of its margin over tuned-diverse, paired session by session (:func:`adaptation_runs`,
+``bench.adaptation_share``): the value of adaptation is then measured on the sessions PPO met, not taken from
+another evaluation.
+
 ``--steps N`` replaces the time limit by a step budget (``train.total_timesteps``, no time limit). A run is
 deterministic given its seed and step count, while the steps that 15 minutes buy vary by a third with the machine's
 load, so a step budget makes the protocol repeat exactly on one machine and compares sessions at equal samples.
@@ -405,6 +411,40 @@ def probe_runs(runs: list[Path]) -> dict[str, Any]:
     return {k: {"mean": float(np.mean(v)), "ci95": t_interval(np.array(v)), "per_seed": v} for k, v in gaps.items()}
 
 
+def adaptation_runs(runs: list[Path]) -> dict[str, Any]:
+    """PPO's share of the value of adaptation per run, the per-type rule replayed on the run's own held-out sessions
+    (:func:`bench.adaptation_share.analyse`; computed now unless ``report/adaptation_share.json`` exists), and over
+    the runs: ``{"share", "policy_diff", "value": {"mean", "ci95", "per_seed"}, "pooled_share", "by_user_type"}``.
+    ``pooled_share`` is the mean margin over the mean value (every run meets the same sessions); the intervals are
+    t-intervals across the runs, each run's own (bootstrap over sessions) is in ``per_run``."""
+    from agents.ppo_ranker import load_run_config
+    from bench.adaptation_share import analyse
+
+    per_run = []
+    for run in runs:
+        path = run / "report" / "adaptation_share.json"
+        if not path.is_file():
+            print(f"[protocol] the per-type rule on {run.name}'s sessions (value of adaptation)", flush=True)
+            cfg = load_run_config(run)
+            res = analyse(run / "report", "ppo", run=run, tune_seed=cfg.train.seed,
+                          tune_episodes=cfg.eval.tune_episodes)
+            atomic_write_text(path, json.dumps(res, indent=1, default=float))
+        per_run.append(json.loads(path.read_text(encoding="utf-8")))
+
+    def across(rows: list[dict[str, Any]], key: str) -> dict[str, Any]:
+        v = np.array([r[key]["mean"] for r in rows])
+        return {"mean": float(v.mean()), "ci95": t_interval(v), "per_seed": v.tolist()}
+
+    alls = [r["all"] for r in per_run]
+    out: dict[str, Any] = {key: across(alls, key) for key in ("share", "policy_diff", "value")}
+    out["pooled_share"] = out["policy_diff"]["mean"] / out["value"]["mean"]
+    out["per_run"] = alls
+    out["by_user_type"] = {label: {key: across([r["by_user_type"][label] for r in per_run], key)
+                                   for key in ("share", "policy_diff", "value")}
+                           for label in per_run[0]["by_user_type"]}
+    return out
+
+
 def markdown(agg: dict[str, Any], title: str) -> str:
     """The protocol's table (Markdown)."""
     def ci(d: dict[str, Any], fmt: str = ".2f") -> str:
@@ -479,6 +519,17 @@ def markdown(agg: dict[str, Any], title: str) -> str:
                            ("slate_lean_gap", "probe: slate-lean gap cf − llm at request 5")):
             d = agg["probe"][key]
             lines.append(f"| {label} | {ci(d, '+.3f')} | {', '.join(f'{v:+.3f}' for v in d['per_seed'])} |")
+    if "adaptation" in agg:
+        ad = agg["adaptation"]
+        rows = [("all users", ad), *((f"users with {k} (hidden)", v) for k, v in ad["by_user_type"].items())]
+        for label, v in rows:
+            lines.append(f"| value of adaptation on these sessions (per-type rule − tuned-diverse), {label} | "
+                         f"{ci(v['value'], '+.3f')} | {', '.join(f'{x:+.3f}' for x in v['value']['per_seed'])} |")
+            lines.append(f"| PPO's share of it, {label} | {ci(v['share'], '.2f')} | "
+                         f"{', '.join(f'{x:.2f}' for x in v['share']['per_seed'])} |")
+        lines.append(f"| PPO's share, pooled (mean margin / mean value) | {ad['pooled_share']:.2f} | per run, over its "
+                     "sessions: " + ", ".join(f"{r['share']['mean']:.2f} ({r['share']['ci95'][0]:.2f}–"
+                                              f"{r['share']['ci95'][1]:.2f})" for r in ad["per_run"]) + " |")
     eff = [a for a in agg.get("alpha_by_user_type_effective", []) if a]
     if eff:
         lines.append("\nEffective α (the LLM signal's share, both signals standardised) by hidden user type per run: "
@@ -532,6 +583,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--aggregate-only", action="store_true", help="do not train; aggregate the finished runs")
     ap.add_argument("--probe", action="store_true",
                     help="also play the feedback probe (bench.feedback_probe) on every run and aggregate its α gap")
+    ap.add_argument("--adaptation", action="store_true",
+                    help="also replay the per-type rule (bench.headroom's value of adaptation, reads the hidden ρ) on "
+                         "every run's held-out sessions and report PPO's share of it, paired (bench.adaptation_share)")
     ap.add_argument("--against", default=None, metavar="PREFIX",
                     help="another protocol's runs, PREFIX-s<seed> (e.g. runs/protocol/protocol-adapt): PPO − their "
                          "PPO paired on the same seeds and held-out sessions, for all users and by hidden type")
@@ -560,6 +614,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     agg = aggregate(done)
     if args.probe:
         agg["probe"] = probe_runs(done)
+    if args.adaptation:
+        agg["adaptation"] = adaptation_runs(done)
     if args.against:
         others = [Path(f"{args.against}-s{run.name.rsplit('-s', 1)[1]}") for run in done]  # the same seeds
         agg["paired_with"] = {"prefix": args.against, **paired_with(done, others)}

@@ -98,6 +98,32 @@ def test_probe_gaps_are_read_per_run_and_aggregated(tmp_path: Path,
     assert "probe: effective α gap cf − llm at request 5" in capsys.readouterr().out
 
 
+def test_adaptation_shares_are_read_per_run_and_aggregated(tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """``--adaptation`` reads each run's ``report/adaptation_share.json`` (a finished replay is not run again) and gives
+    PPO's share of the value of adaptation per seed, across seeds, pooled, and by hidden user type."""
+    margins, values = [0.2, 0.3, 0.1], [0.4, 0.5, 0.4]
+
+    def cell(m: float) -> dict[str, object]:
+        return {"mean": m, "ci95": [m - 0.1, m + 0.1]}
+
+    for s, (m, v) in enumerate(zip(margins, values, strict=True)):
+        run = _fake_run(tmp_path, f"protocol-adapt-s{s}", _returns(8.0, 6.5), 1.5)
+        part = {"sessions": 100, "policy_diff": cell(m), "value": cell(v), "share": cell(m / v)}
+        res = {"all": part, "by_user_type": {"rho<0.5 (CF-leaning)": part, "rho>=0.5 (content-leaning)": part}}
+        (run / "report" / "adaptation_share.json").write_text(json.dumps(res))
+    agg = main(["--preset", "adapt", "--seeds", "0,1,2", "--out", str(tmp_path), "--aggregate-only", "--adaptation"])
+    ad = agg["adaptation"]
+    assert ad["share"]["per_seed"] == pytest.approx([0.5, 0.6, 0.25])
+    assert ad["share"]["mean"] == pytest.approx(np.mean([0.5, 0.6, 0.25]))
+    assert ad["pooled_share"] == pytest.approx(np.mean(margins) / np.mean(values))
+    assert ad["value"]["ci95"][0] < np.mean(values) < ad["value"]["ci95"][1]
+    assert sorted(ad["by_user_type"]) == ["rho<0.5 (CF-leaning)", "rho>=0.5 (content-leaning)"]
+    out = capsys.readouterr().out
+    assert "| PPO's share, pooled (mean margin / mean value) | 0.46 |" in out
+    assert "value of adaptation on these sessions (per-type rule − tuned-diverse), all users" in out
+
+
 def test_make_train_mode_runs_train_py_defaults_per_seed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """``--make-train`` runs ``make train``'s job per seed: no config file, no time limit, only the seed set; the
     15-minute protocol keeps both. Giving it a config or a time limit is an error, not silently ignored."""
