@@ -26,10 +26,11 @@ from typing import Any
 
 import numpy as np
 
-from agents.evaluation import EpisodePlan, run_episodes
+from agents.evaluation import run_episodes
 from agents.registry import RankerContext, run_dir_of
-from agents.report import Bootstrap, percentile_ci, read_returns
+from agents.report import Bootstrap, percentile_ci
 from agents.tuning import TUNE_SEED, diverse_ranker, tuning_cache_dir
+from bench.eval_blocks import report_returns
 from bench.headroom import RHO_EDGES, diverse_by_group, grouped_returns, rho_groups
 
 #: The hidden-type split of the rows by ρ (``bench.quality_protocol``'s CF-leaning / content-leaning).
@@ -88,19 +89,10 @@ def analyse(report: Path, ranker: str, run: Path | None = None, reference: str =
     from envs.factory import make_core
     from envs.presets import load_world
 
-    path = Path(report) / "returns.npz"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: re-run evaluate.py (it writes per-session returns since "
-                                "session 30)")
-    keys, rets = read_returns(path)
-    missing = [n for n in (ranker, reference) if n not in rets]
-    if missing:
-        raise ValueError(f"{path} has no returns of {missing}; it has {sorted(rets)}")
+    plan, rets = report_returns(report, (ranker, reference))
     run = run if run is not None else (Path(d) if (d := run_dir_of(ranker)) else None)
     if run is None:
         raise ValueError(f"{ranker!r} is not a run:DIR ranker: name the run whose world to load (--run)")
-    with np.load(path, allow_pickle=False) as data:
-        plan = EpisodePlan(keys, data["users"], data["seeds"])
     cfg = load_run_config(run)
     world = load_world(cfg.env, cfg.encoder, progress=False)
     core = make_core(cfg.env, cfg.env.preset, None, world, "heldout", min(batch, len(plan)))

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from agents.evaluation import EpisodePlan
 from agents.report import Bootstrap, percentile_ci, read_returns
 from bench.ppo_seeds import t_interval
 
@@ -62,6 +63,29 @@ def blocks(diff: np.ndarray, block: int, bootstrap: int = 2000, seed: int = 0) -
             "block_se_expected": within / float(np.sqrt(block))}
 
 
+def report_returns(report: Path, names: tuple[str, ...]) -> tuple[EpisodePlan, dict[str, np.ndarray]]:
+    """The sessions of an ``evaluate.py`` report folder and the per-session returns of ``names`` on them.
+
+    Returns:
+        ``(plan, name → float64 (E,))``: the plan rebuilt from the file (keys, users, evaluation seeds).
+
+    Raises:
+        FileNotFoundError: Without ``returns.npz`` (reports from before evaluate.py wrote it).
+        ValueError: A name the report lacks (the message lists what it has), or a malformed file.
+    """
+    path = Path(report) / "returns.npz"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: re-run evaluate.py (it writes per-session returns since "
+                                "session 30)")
+    keys, rets = read_returns(path)
+    missing = [n for n in names if n not in rets]
+    if missing:
+        raise ValueError(f"{path} has no returns of {missing}; it has {sorted(rets)}")
+    with np.load(path, allow_pickle=False) as data:
+        plan = EpisodePlan(keys, data["users"], data["seeds"])
+    return plan, {n: rets[n] for n in names}
+
+
 def analyse(report: Path, ranker: str, reference: str, block: int, rho: np.ndarray | None = None,
             users: np.ndarray | None = None, bootstrap: int = 2000) -> dict[str, Any]:
     """:func:`blocks` of ``ranker − reference`` from an ``evaluate.py`` report folder's ``returns.npz``.
@@ -79,22 +103,13 @@ def analyse(report: Path, ranker: str, reference: str, block: int, rho: np.ndarr
         FileNotFoundError: Without ``returns.npz`` (reports from before evaluate.py wrote it).
         ValueError: A name the report lacks (the message lists what it has), or a bad block.
     """
-    path = Path(report) / "returns.npz"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: re-run evaluate.py (it writes per-session returns since "
-                                "session 30)")
-    _, rets = read_returns(path)
-    missing = [n for n in (ranker, reference) if n not in rets]
-    if missing:
-        raise ValueError(f"{path} has no returns of {missing}; it has {sorted(rets)}")
+    plan, rets = report_returns(report, (ranker, reference))
     diff = rets[ranker] - rets[reference]
     out: dict[str, Any] = {"report": str(report), "ranker": ranker, "reference": reference,
                            "ranker_mean": float(rets[ranker].mean()), "reference_mean": float(rets[reference].mean()),
                            "all": blocks(diff, block, bootstrap)}
     if rho is not None:
-        if users is None:
-            with np.load(path, allow_pickle=False) as data:
-                users = data["users"]
+        users = plan.users if users is None else users
         from bench.quality_protocol import _type_masks
 
         groups = {}
