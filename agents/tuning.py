@@ -333,6 +333,31 @@ def _read_cached(path: Path | None, from_dict: Callable[[dict[str, Any]], T]) ->
         return None
 
 
+def cached_search(cache_dir: str | Path | None, kind: str, world: World, env_cfg: EnvConfig, spec: dict[str, Any],
+                  compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """A search's JSON result from the tuning cache, else ``compute()`` written there (atomically).
+
+    For searches outside this module (``bench.headroom``'s per-type rules) that want the cache the references use:
+    keyed like them by the world and everything the search depends on (``spec``).
+
+    Args:
+        cache_dir: The cache folder (:func:`tuning_cache_dir`), or ``None``: compute, cache nothing.
+        kind: The search's name (the file's prefix).
+        world: The world searched.
+        env_cfg: Its env config.
+        spec: Everything else the result depends on (JSON-serialisable).
+        compute: Runs the search; returns a JSON-serialisable dict.
+    """
+    path = _search_cache_path(cache_dir, kind, world, env_cfg, spec) if cache_dir is not None else None
+    cached = _read_cached(path, dict)
+    if cached is not None:
+        return cached
+    result = compute()
+    if path is not None:
+        atomic_write_text(path, json.dumps(result, indent=1, default=float))
+    return result
+
+
 def search_family(kind: str, factory: Callable[[BatchedCore, dict[str, float]], Ranker],
                   default_grid: dict[str, tuple[float, ...]], grid: dict[str, tuple[float, ...]] | None,
                   start: dict[str, float], world: World, env_cfg: EnvConfig, episodes: int, seed: int, batch: int,

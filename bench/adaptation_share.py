@@ -114,7 +114,8 @@ def analyse(report: Path, ranker: str, run: Path | None = None, reference: str =
         raise ValueError(f"tuned-diverse tuned with seed {tune_seed} does not replay the report's {reference!r} "
                          f"(largest per-session difference {worst:.3g}): pass the report's --tune-seed and "
                          "--tune-episodes")
-    by_div = diverse_by_group(world, cfg.env, start, None, edges, tune_episodes, tune_seed + TUNE_SEED)
+    by_div = diverse_by_group(world, cfg.env, start, None, edges, tune_episodes, tune_seed + TUNE_SEED,
+                              cache_dir=tuning_cache_dir(cfg.env, cfg.encoder))
     rho = world.populations["heldout"].rho[plan.users]
     typed = grouped_returns(returns_of, rho_groups(rho, edges), by_div["per_group"])
     boot = Bootstrap(len(plan), bootstrap, 0)

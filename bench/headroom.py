@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -46,6 +47,7 @@ from agents.tuning import (
     VALIDATE_TOP,
     VALIDATION_FACTOR,
     VALIDATION_SEED_OFFSET,
+    cached_search,
     coordinate_search,
     diverse_ranker,
     tuning_cache_dir,
@@ -170,7 +172,7 @@ def alpha_by_group(world: World, cfg: EnvConfig, alphas: Sequence[float] = ALPHA
 def diverse_by_group(world: World, cfg: EnvConfig, start: dict[str, float],
                      grid: dict[str, tuple[float, ...]] | None = None, edges: Sequence[float] = RHO_EDGES,
                      episodes: int = 1000, seed: int = TUNE_SEED, batch: int = 256, population: str = "train",
-                     min_count: int = MIN_GROUP_EPISODES) -> dict[str, Any]:
+                     min_count: int = MIN_GROUP_EPISODES, cache_dir: str | Path | None = None) -> dict[str, Any]:
     """The best diversity-heuristic parameters of each hidden ρ group on ``population`` (training users).
 
     Per group, the protocol of tuned-diverse itself (:func:`agents.tuning.search_family`) on that group's sessions:
@@ -191,6 +193,7 @@ def diverse_by_group(world: World, cfg: EnvConfig, start: dict[str, float],
         batch: Users simulated at once.
         population: Population the choices are made on.
         min_count: A group with fewer sessions keeps ``start``.
+        cache_dir: The tuning cache (:func:`agents.tuning.tuning_cache_dir`; ``None``: search every time).
 
     Returns:
         ``{"single": start, "per_group": [point per group], "counts": [sessions per group], "points": n,
@@ -201,6 +204,19 @@ def diverse_by_group(world: World, cfg: EnvConfig, start: dict[str, float],
     axes = dict(DIVERSE_GRID if grid is None else grid)
     axes["cap"] = tuple(sorted({min(int(c), k) for c in axes["cap"]}))
     axes = {n: tuple(sorted(set(v) | {start[n]})) for n, v in axes.items()}
+    spec = {"start": start, "axes": {n: list(v) for n, v in axes.items()}, "edges": list(edges), "episodes": episodes,
+            "seed": seed, "population": population, "min_count": min_count,
+            "validation": [VALIDATE_TOP, VALIDATION_FACTOR, VALIDATION_SEED_OFFSET]}
+    return cached_search(cache_dir, "diverse-by-group", world, cfg, spec,
+                         lambda: _diverse_by_group(world, cfg, start, axes, edges, episodes, seed, batch, population,
+                                                   min_count))
+
+
+def _diverse_by_group(world: World, cfg: EnvConfig, start: dict[str, float], axes: dict[str, tuple[float, ...]],
+                      edges: Sequence[float], episodes: int, seed: int, batch: int, population: str,
+                      min_count: int) -> dict[str, Any]:
+    """:func:`diverse_by_group`'s search itself, on the resolved start and axes."""
+    k = cfg.slate_size
     core = make_core(cfg, cfg.preset, None, world, population, min(batch, episodes))
     pop = world.populations[population]
     plan = episode_plan(episodes, [seed], pop.size)
@@ -369,7 +385,8 @@ def main(argv: list[str] | None = None) -> dict:
     tune_seed = args.seed + TUNE_SEED
     by_alpha = alpha_by_group(world, cfg, ALPHA_GRID, edges, args.tune_episodes, tune_seed)
     tuned_div = ctx.diverse_search()
-    by_div = diverse_by_group(world, cfg, tuned_div.best, None, edges, args.tune_episodes, tune_seed)
+    by_div = diverse_by_group(world, cfg, tuned_div.best, None, edges, args.tune_episodes, tune_seed,
+                              cache_dir=tuning_cache_dir(cfg, full.encoder))
     div_cache: dict[tuple, np.ndarray] = {}
 
     def div_returns(point: dict[str, float]) -> np.ndarray:

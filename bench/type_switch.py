@@ -220,7 +220,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                         cache_dir=str(tuning_cache_dir(cfg, full.encoder)))  # a run's own search, when it has one
     point_a = ctx.diverse_search().best
     tune_seed = args.seed + TUNE_SEED
-    by_type = diverse_by_group(world, cfg, point_a, None, (RHO_EDGE,), args.tune_episodes, tune_seed)
+    by_type = diverse_by_group(world, cfg, point_a, None, (RHO_EDGE,), args.tune_episodes, tune_seed,
+                               cache_dir=tuning_cache_dir(cfg, full.encoder))
     point_b = by_type["per_group"][0]
     rule_a = diverse_ranker(k, category, point_a, name="tuned-diverse")
     rule_b = diverse_ranker(k, category, point_b, name="rule B (ρ<0.5's)")

@@ -742,7 +742,8 @@ def test_rho_groups_and_grouped_returns() -> None:
     assert grouped_returns(lambda key: returns[key], groups, ["b", "a"]).tolist() == [2.0, 5.0, 3.0, 2.0]
 
 
-def test_per_group_choices_are_the_argmax_within_each_group(small_world: World, small_cfg: EnvConfig) -> None:
+def test_per_group_choices_are_the_argmax_within_each_group(small_world: World, small_cfg: EnvConfig,
+                                                            tmp_path: Path) -> None:
     episodes, seed, edges = 80, 4, (0.5,)
     core = BatchedCore(small_world, small_cfg, 40, population="train")
     plan = episode_plan(episodes, [seed], small_world.populations["train"].size)
@@ -777,6 +778,17 @@ def test_per_group_choices_are_the_argmax_within_each_group(small_world: World, 
                                valid_plan).ret[valid_sel].mean() for p in candidates]
         assert means == pytest.approx(direct)
         assert chosen == candidates[int(np.argmax(direct))]
+    # with the tuning cache: searched once, then read back as it was
+    first = diverse_by_group(small_world, small_cfg, start, TINY_DIVERSE, edges, episodes, seed, batch=40,
+                             min_count=20, cache_dir=tmp_path)
+    (path,) = tmp_path.glob("diverse-by-group-*.json")
+    stamp = path.stat().st_mtime_ns
+    again = diverse_by_group(small_world, small_cfg, start, TINY_DIVERSE, edges, episodes, seed, batch=40,
+                             min_count=20, cache_dir=tmp_path)
+    assert first == div and again == div and path.stat().st_mtime_ns == stamp
+    diverse_by_group(small_world, small_cfg, start, TINY_DIVERSE, edges, episodes, seed + 1, batch=40, min_count=20,
+                     cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("diverse-by-group-*.json"))) == 2  # another seed, another entry
 
 
 # ---- the adapt preset ------------------------------------------------------------------------------------------
