@@ -129,7 +129,7 @@ def analyse(report: Path, ranker: str, run: Path | None = None, reference: str =
 
 
 def markdown(res: dict[str, Any]) -> str:
-    """One row for all users and one per user type."""
+    """One row for all users and one per user type (no share where the value's interval reaches 0)."""
     r = res["returns"]
     lines = [f"{res['ranker']} {r['policy']:.3f}, {res['reference']} {r['reference']:.3f}, the per-type rule "
              f"(reads ρ) {r['typed']:.3f}", "",
@@ -141,8 +141,8 @@ def markdown(res: dict[str, Any]) -> str:
         return f"{f(x['mean'])} ({f(x['ci95'][0])} to {f(x['ci95'][1])})"
 
     for label, s in [("all", res["all"]), *res["by_user_type"].items()]:
-        lines.append(f"| {label} | {s['sessions']} | {cell(s['policy_diff'])} | {cell(s['value'])} "
-                     f"| {cell(s['share'], pct=True)} |")
+        part = cell(s["share"], pct=True) if s["value"]["ci95"][0] > 0 else "— (no value above 0 to share)"
+        lines.append(f"| {label} | {s['sessions']} | {cell(s['policy_diff'])} | {cell(s['value'])} | {part} |")
     return "\n".join(lines)
 
 

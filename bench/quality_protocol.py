@@ -525,8 +525,9 @@ def markdown(agg: dict[str, Any], title: str) -> str:
         for label, v in rows:
             lines.append(f"| value of adaptation on these sessions (per-type rule − tuned-diverse), {label} | "
                          f"{ci(v['value'], '+.3f')} | {', '.join(f'{x:+.3f}' for x in v['value']['per_seed'])} |")
-            lines.append(f"| PPO's share of it, {label} | {ci(v['share'], '.2f')} | "
-                         f"{', '.join(f'{x:.2f}' for x in v['share']['per_seed'])} |")
+            if all(r > 0 for r in v["value"]["per_seed"]):  # a share of nothing is no figure
+                lines.append(f"| PPO's share of it, {label} | {ci(v['share'], '.2f')} | "
+                             f"{', '.join(f'{x:.2f}' for x in v['share']['per_seed'])} |")
         lines.append(f"| PPO's share, pooled (mean margin / mean value) | {ad['pooled_share']:.2f} | per run, over its "
                      "sessions: " + ", ".join(f"{r['share']['mean']:.2f} ({r['share']['ci95'][0]:.2f}–"
                                               f"{r['share']['ci95'][1]:.2f})" for r in ad["per_run"]) + " |")

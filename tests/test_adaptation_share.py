@@ -51,6 +51,8 @@ def test_replays_the_report_and_refuses_another_tuning_seed(tmp_path: Path) -> N
     assert len(res["per_group"]) == 3 and res["returns"]["reference"] == pytest.approx(
         res["returns"]["typed"] - res["all"]["value"]["mean"])
     assert "| all | 120 |" in adaptation_share.markdown(res)
+    res["all"]["value"]["ci95"][0] = 0.0
+    assert "— (no value above 0 to share)" in adaptation_share.markdown(res)
     with pytest.raises(ValueError, match="does not replay"):
         adaptation_share.analyse(tmp_path / "report", "diverse:0.5", run=run, tune_seed=5, tune_episodes=120)
     with pytest.raises(ValueError, match="not a run:DIR ranker"):
