@@ -414,7 +414,8 @@ def probe_runs(runs: list[Path]) -> dict[str, Any]:
 def adaptation_runs(runs: list[Path]) -> dict[str, Any]:
     """PPO's share of the value of adaptation per run, the per-type rule replayed on the run's own held-out sessions
     (:func:`bench.adaptation_share.analyse`; computed now unless ``report/adaptation_share.json`` exists), and over
-    the runs: ``{"share", "policy_diff", "value": {"mean", "ci95", "per_seed"}, "pooled_share", "by_user_type"}``.
+    the runs: ``{"share", "policy_diff", "value": {"mean", "ci95", "per_seed"}, "pooled_share", "by_user_type"}``, or
+    ``{"skipped": why}`` when a run has no per-session returns to replay against.
     ``pooled_share`` is the mean margin over the mean value (every run meets the same sessions); the intervals are
     t-intervals across the runs, each run's own (bootstrap over sessions) is in ``per_run``."""
     from agents.ppo_ranker import load_run_config
@@ -426,8 +427,11 @@ def adaptation_runs(runs: list[Path]) -> dict[str, Any]:
         if not path.is_file():
             print(f"[protocol] the per-type rule on {run.name}'s sessions (value of adaptation)", flush=True)
             cfg = load_run_config(run)
-            res = analyse(run / "report", "ppo", run=run, tune_seed=cfg.train.seed,
-                          tune_episodes=cfg.eval.tune_episodes)
+            try:
+                res = analyse(run / "report", "ppo", run=run, tune_seed=cfg.train.seed,
+                              tune_episodes=cfg.eval.tune_episodes)
+            except (FileNotFoundError, ValueError) as exc:  # a run from before per-session returns, or another's
+                return {"skipped": f"{run.name}: {exc}"}
             atomic_write_text(path, json.dumps(res, indent=1, default=float))
         per_run.append(json.loads(path.read_text(encoding="utf-8")))
 
@@ -519,7 +523,9 @@ def markdown(agg: dict[str, Any], title: str) -> str:
                            ("slate_lean_gap", "probe: slate-lean gap cf − llm at request 5")):
             d = agg["probe"][key]
             lines.append(f"| {label} | {ci(d, '+.3f')} | {', '.join(f'{v:+.3f}' for v in d['per_seed'])} |")
-    if "adaptation" in agg:
+    if "skipped" in agg.get("adaptation", {}):
+        lines.append(f"| value of adaptation on these sessions | not measured: {agg['adaptation']['skipped']} | |")
+    elif "adaptation" in agg:
         ad = agg["adaptation"]
         rows = [("all users", ad), *((f"users with {k} (hidden)", v) for k, v in ad["by_user_type"].items())]
         for label, v in rows:

@@ -122,6 +122,12 @@ def test_adaptation_shares_are_read_per_run_and_aggregated(tmp_path: Path,
     out = capsys.readouterr().out
     assert "| PPO's share, pooled (mean margin / mean value) | 0.46 |" in out
     assert "value of adaptation on these sessions (per-type rule − tuned-diverse), all users" in out
+    # a run without a finished replay and without per-session returns: said in the table, not a traceback
+    (tmp_path / "protocol-adapt-s1" / "report" / "adaptation_share.json").unlink()
+    (tmp_path / "protocol-adapt-s1" / "config.yaml").write_text("train:\n  seed: 1\n")
+    agg = main(["--preset", "adapt", "--seeds", "0,1,2", "--out", str(tmp_path), "--aggregate-only", "--adaptation"])
+    assert "returns.npz is missing" in agg["adaptation"]["skipped"]
+    assert "| value of adaptation on these sessions | not measured: protocol-adapt-s1:" in capsys.readouterr().out
 
 
 def test_make_train_mode_runs_train_py_defaults_per_seed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
