@@ -126,6 +126,8 @@ def resolve_config(args: argparse.Namespace) -> tuple[Config, str | None]:
     ev = cfg.eval
     if args.fit_sessions < 1:
         raise ConfigError("--fit-sessions must be >= 1")
+    if args.tune_seed < 0:
+        raise ConfigError(f"--tune-seed must be >= 0, got {args.tune_seed}")
     check_output_dir(ev.out, "--out" if args.out is not None else "eval.out")
     env_sig = signature(cfg)
     for run in runs:

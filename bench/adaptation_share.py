@@ -159,6 +159,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--batch", type=int, default=500)
     ap.add_argument("--bootstrap", type=int, default=2000)
     args = ap.parse_args(argv)
+    if args.tune_seed < 0 or args.tune_episodes < 1:
+        ap.error(f"--tune-seed must be >= 0 and --tune-episodes >= 1, got {args.tune_seed} and {args.tune_episodes}")
     edges = tuple(float(x) for x in args.rho_edges.split(",") if x.strip())
     try:
         res = analyse(Path(args.report), args.ranker, Path(args.run) if args.run else None, args.reference,

@@ -87,6 +87,7 @@ def test_tune_seed_picks_the_tuning_sessions_and_the_cache_serves_them(tmp_path:
         (["--rankers", "random", "--preset", "nope"], "unknown preset 'nope'"),
         (["--rankers", "random", "--config", "/no/such.yaml"], "does not exist"),
         (["--rankers", "random", "--episodes", "0"], "eval.episodes"),
+        (["--rankers", "random", "--tune-seed", "-1"], "--tune-seed must be >= 0, got -1"),
     ],
 )
 def test_bad_input_is_a_clear_error(tmp_path: Path, cache: list[str], capsys: pytest.CaptureFixture,
