@@ -32,9 +32,7 @@ from agents.report import Bootstrap, percentile_ci
 from agents.tuning import TUNE_SEED, diverse_ranker, tuning_cache_dir
 from bench.eval_blocks import report_returns
 from bench.headroom import RHO_EDGES, diverse_by_group, grouped_returns, rho_groups
-
-#: The hidden-type split of the rows by ρ (``bench.quality_protocol``'s CF-leaning / content-leaning).
-RHO_SPLIT = 0.5
+from bench.quality_protocol import _type_masks
 
 
 def share(policy: np.ndarray, reference: np.ndarray, typed: np.ndarray, boot: Bootstrap,
@@ -120,7 +118,7 @@ def analyse(report: Path, ranker: str, run: Path | None = None, reference: str =
     typed = grouped_returns(returns_of, rho_groups(rho, edges), by_div["per_group"])
     boot = Bootstrap(len(plan), bootstrap, 0)
     policy, ref = rets[ranker], rets[reference]
-    split = {f"rho<{RHO_SPLIT} (CF-leaning)": rho < RHO_SPLIT, f"rho>={RHO_SPLIT} (content-leaning)": rho >= RHO_SPLIT}
+    split = _type_masks(rho)  # bench.quality_protocol's CF-leaning / content-leaning split
     return {"report": str(report), "ranker": ranker, "reference": reference, "tune_seed": tune_seed,
             "edges": list(edges), "start": start, "per_group": by_div["per_group"],
             "returns": {"policy": float(policy.mean()), "reference": float(ref.mean()), "typed": float(typed.mean())},
