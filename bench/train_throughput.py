@@ -5,7 +5,8 @@ does (every ``train.ppo`` hyperparameter, reward normalisation, the policy kwarg
 then times ``--rollouts`` more (``--repeats`` times, in one process). The last line is a JSON object with
 ``steps_per_s`` (the median over the repeats), ``collect_s`` / ``update_s`` (the split of the timed wall time
 between collecting rollouts and the gradient updates, summed over the repeats) and the per-repeat figures.
-``--set key=value`` overrides config values (e.g. ``train.ppo.n_epochs=2``).
+``--config FILE`` starts from a config file (e.g. ``configs/quality-adapt.yaml``, the learner of the ``adapt``
+protocol); ``--set key=value`` overrides config values (e.g. ``train.ppo.n_epochs=2``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from stable_baselines3.common.vec_env import VecNormalize
 from agents.policies import SlatePolicy
 from agents.training import make_venv, policy_kwargs
 from configs.loader import ConfigError, resolve_config
+from configs.schema import Config
 from envs.presets import load_world
 from envs.sb3 import SB3VecEnv
 
@@ -62,29 +64,37 @@ class _Split(BaseCallback):
 HEURISTIC = {"alpha": 0.9, "cap": 2, "exposure_weight": 3.0, "seen_weight": 0.5}
 
 
+def make_model(cfg: Config) -> PPO:
+    """PPO over ``cfg``'s world as ``train.py`` builds it (every ``train.ppo`` hyperparameter, reward normalisation,
+    the policy kwargs, ``train.device``), starting from :data:`HEURISTIC`; nothing learned yet."""
+    world = load_world(cfg.env, cfg.encoder, progress=False)
+    pc = cfg.train.ppo
+    venv: SB3VecEnv | VecNormalize = make_venv(cfg, world, 0)
+    if pc.normalize_reward:
+        venv = VecNormalize(venv, norm_obs=False, norm_reward=True, gamma=pc.gamma)
+    return PPO(SlatePolicy, venv, learning_rate=pc.learning_rate, n_steps=pc.n_steps, batch_size=pc.batch_size,
+               n_epochs=pc.n_epochs, gamma=pc.gamma, gae_lambda=pc.gae_lambda, clip_range=pc.clip_range,
+               ent_coef=pc.ent_coef, vf_coef=pc.vf_coef, max_grad_norm=pc.max_grad_norm, target_kl=pc.target_kl,
+               seed=0, policy_kwargs=policy_kwargs(cfg, 0.9, world, HEURISTIC), verbose=0, device=cfg.train.device)
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Run the benchmark; print the JSON summary as the last line."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     ap.add_argument("--rollouts", type=int, default=3, help="timed rollouts (after one warm-up)")
     ap.add_argument("--repeats", type=int, default=1, help="timed blocks of --rollouts; steps_per_s is the median")
+    ap.add_argument("--config", help="YAML config (e.g. configs/quality-adapt.yaml; default: the schema's defaults)")
     ap.add_argument("--preset", help="env preset (default: env.preset, else 'default')")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = ap.parse_args(argv)
     th.set_num_threads(args.threads)
     try:
-        cfg = resolve_config(None, args.preset, args.overrides)
+        cfg = resolve_config(args.config, args.preset, args.overrides)
     except ConfigError as exc:
         ap.error(str(exc))
-    world = load_world(cfg.env, cfg.encoder, progress=False)
+    model = make_model(cfg)
     pc = cfg.train.ppo
-    venv: SB3VecEnv | VecNormalize = make_venv(cfg, world, 0)
-    if pc.normalize_reward:
-        venv = VecNormalize(venv, norm_obs=False, norm_reward=True, gamma=pc.gamma)
-    model = PPO(SlatePolicy, venv, learning_rate=pc.learning_rate, n_steps=pc.n_steps, batch_size=pc.batch_size,
-                n_epochs=pc.n_epochs, gamma=pc.gamma, gae_lambda=pc.gae_lambda, clip_range=pc.clip_range,
-                ent_coef=pc.ent_coef, vf_coef=pc.vf_coef, max_grad_norm=pc.max_grad_norm, target_kl=pc.target_kl,
-                seed=0, policy_kwargs=policy_kwargs(cfg, 0.9, world, HEURISTIC), verbose=0)
     per_rollout = pc.n_envs * pc.n_steps
     model.learn(per_rollout)
     split = _Split()

@@ -6,12 +6,13 @@ reference runs. These tests hold the two against each other, and train a few PPO
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch as th
 
 from agents.distributions import PlackettLuceDistribution
-from configs.schema import EnvConfig
 from envs.world import World
 
 pytestmark = pytest.mark.skipif(not th.cuda.is_available(), reason="no CUDA device")
@@ -69,22 +70,48 @@ def test_gradients_agree_with_cpu() -> None:
     assert th.allclose(grads[0][1], grads[1][1], atol=1e-4, rtol=1e-3)
 
 
-def test_ppo_trains_on_cuda(small_cfg: EnvConfig, small_world: World) -> None:
-    """A few PPO updates on the GPU: parameters live on cuda, move, and stay finite."""
+#: tuned-diverse's parameters as ``agents.training.policy_kwargs`` takes them (the default ``policy.base = "diverse"``
+#: starts there; train.py searches them, these are bench.train_throughput's untuned start)
+HEURISTIC = {"alpha": 0.9, "cap": 2, "exposure_weight": 3.0, "seen_weight": 0.5}
+SMALL_PPO = ["train.ppo.n_steps=16", "train.ppo.n_envs=32", "train.ppo.batch_size=256"]
+
+
+@pytest.mark.parametrize("config", [None, "configs/quality-adapt.yaml"], ids=["default", "adapt-learner"])
+def test_ppo_trains_on_cuda_as_on_cpu(config: str | None, small_world: World, tmp_path: Path) -> None:
+    """PPO as train.py builds it (the default learner, and the ``adapt`` protocol's: the critic reading the hidden
+    state, the type head, the entropy of the drawn slate) trains on the GPU: parameters live on cuda, move and stay
+    finite; and the trained policy, saved as train.py saves it and loaded on the CPU, gives the same values and
+    log-probabilities there."""
     from stable_baselines3 import PPO
 
     from agents.policies import SlatePolicy
+    from agents.ppo_ranker import load_policy, save_policy
     from agents.training import make_venv, policy_kwargs
-    from configs.loader import load_config
+    from configs.loader import resolve_config
 
-    cfg = load_config(None, ["train.ppo.n_steps=16", "train.ppo.n_envs=32", "train.ppo.batch_size=256"])
-    cfg.env = small_cfg
-    venv = make_venv(cfg, small_world, seed=0)
-    model = PPO(SlatePolicy, venv, n_steps=16, batch_size=256, n_epochs=1, device="cuda", seed=0,
-                policy_kwargs=policy_kwargs(cfg, 0.5, small_world))
+    path = None if config is None else Path(__file__).resolve().parents[1] / config
+    cfg = resolve_config(path, "small", SMALL_PPO)
+    pc = cfg.train.ppo
+    venv = make_venv(cfg, small_world, 0)
+    model = PPO(SlatePolicy, venv, n_steps=pc.n_steps, batch_size=pc.batch_size, n_epochs=pc.n_epochs,
+                ent_coef=pc.ent_coef, device="cuda", seed=0, policy_kwargs=policy_kwargs(cfg, 0.9, small_world,
+                                                                                        HEURISTIC))
     before = [p.detach().clone() for p in model.policy.parameters()]
     assert all(p.is_cuda for p in before)
-    model.learn(16 * 32 * 2)
+    model.learn(pc.n_steps * pc.n_envs * 2)
     after = list(model.policy.parameters())
     assert any(not th.equal(a, b) for a, b in zip(after, before, strict=True))
     assert all(th.isfinite(a).all() for a in after)
+
+    gpu = model.policy
+    gpu.set_training_mode(False)
+    save_policy(gpu, tmp_path)
+    cpu = load_policy(tmp_path, device="cpu")
+    cpu.set_training_mode(False)
+    obs = venv.reset()
+    slates = cpu.get_distribution(cpu.obs_to_tensor(obs)[0]).sample()
+    with th.no_grad():
+        v_cpu, lp_cpu, _ = cpu.evaluate_actions(cpu.obs_to_tensor(obs)[0], slates)
+        v_gpu, lp_gpu, _ = gpu.evaluate_actions(gpu.obs_to_tensor(obs)[0], slates.cuda())
+    assert th.allclose(v_cpu, v_gpu.cpu(), atol=1e-4, rtol=1e-4)
+    assert th.allclose(lp_cpu, lp_gpu.cpu(), atol=1e-3, rtol=1e-4)
