@@ -43,6 +43,7 @@ from agents.ppo_ranker import (
     same_space,
     save_policy,
 )
+from agents.rollouts import RecPPO
 from configs.fileio import atomic_write_text, json_default, sha256_file
 from configs.schema import Config
 from envs.sb3 import SB3VecEnv
@@ -338,7 +339,7 @@ def new_ppo(cfg: Config, env: SB3VecEnv | VecNormalize, device: th.device, run_d
     before loading a checkpoint into it: it lives here so that both build the same PPO.
     """
     pc, tc = cfg.train.ppo, cfg.train
-    algo = PPO
+    algo: type[PPO] = RecPPO  # SB3's PPO, the time-limit bootstrap batched (agents/rollouts.py)
     if tc.backend == "ray":  # rollouts from Ray actors (agents/ray_backend.py), the same update
         from agents.ray_backend import RayPPO
 

@@ -4,7 +4,9 @@
 does (every ``train.ppo`` hyperparameter, reward normalisation, the policy kwargs), learns one warm-up rollout,
 then times ``--rollouts`` more (``--repeats`` times, in one process). The last line is a JSON object with
 ``steps_per_s`` (the median over the repeats), ``collect_s`` / ``update_s`` (the split of the timed wall time
-between collecting rollouts and the gradient updates, summed over the repeats) and the per-repeat figures.
+between collecting rollouts and the gradient updates, summed over the repeats), ``truncated_per_step`` (sessions
+the step limit ended per collection step, each bootstrapped with its final observation's value) and the
+per-repeat figures.
 ``--config FILE`` starts from a config file (e.g. ``configs/quality-adapt.yaml``, the learner of the ``adapt``
 protocol); ``--set key=value`` overrides config values (e.g. ``train.ppo.n_epochs=2``).
 """
@@ -21,7 +23,9 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import VecNormalize
 
-from agents.policies import SlatePolicy
+from agents.checkpoints import new_ppo
+from agents.ppo_ranker import resolve_device
+from agents.rollouts import BOOTSTRAPPED
 from agents.training import make_venv, policy_kwargs
 from configs.loader import ConfigError, resolve_config
 from configs.schema import Config
@@ -30,11 +34,13 @@ from envs.sb3 import SB3VecEnv
 
 
 class _Split(BaseCallback):
-    """Wall time spent collecting rollouts vs in the updates that follow them."""
+    """Wall time spent collecting rollouts vs in the updates that follow them; collection steps, and sessions the
+    step limit ended (each needs the value of its final observation: SB3's time-limit bootstrap)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.collect_s = self.update_s = 0.0
+        self.steps = self.truncated = 0
         self._t: float | None = None
         self._in_update = False
 
@@ -56,6 +62,8 @@ class _Split(BaseCallback):
         self._in_update = False
 
     def _on_step(self) -> bool:
+        self.steps += 1
+        self.truncated += sum(bool(i.get("TimeLimit.truncated") or i.get(BOOTSTRAPPED)) for i in self.locals["infos"])
         return True
 
 
@@ -65,17 +73,14 @@ HEURISTIC = {"alpha": 0.9, "cap": 2, "exposure_weight": 3.0, "seen_weight": 0.5}
 
 
 def make_model(cfg: Config) -> PPO:
-    """PPO over ``cfg``'s world as ``train.py`` builds it (every ``train.ppo`` hyperparameter, reward normalisation,
-    the policy kwargs, ``train.device``), starting from :data:`HEURISTIC`; nothing learned yet."""
+    """PPO over ``cfg``'s world as ``train.py`` builds it (:func:`agents.checkpoints.new_ppo`: every ``train.ppo``
+    hyperparameter, the policy kwargs, ``train.device``; reward normalisation), starting from :data:`HEURISTIC`;
+    nothing learned yet."""
     world = load_world(cfg.env, cfg.encoder, progress=False)
-    pc = cfg.train.ppo
     venv: SB3VecEnv | VecNormalize = make_venv(cfg, world, 0)
-    if pc.normalize_reward:
-        venv = VecNormalize(venv, norm_obs=False, norm_reward=True, gamma=pc.gamma)
-    return PPO(SlatePolicy, venv, learning_rate=pc.learning_rate, n_steps=pc.n_steps, batch_size=pc.batch_size,
-               n_epochs=pc.n_epochs, gamma=pc.gamma, gae_lambda=pc.gae_lambda, clip_range=pc.clip_range,
-               ent_coef=pc.ent_coef, vf_coef=pc.vf_coef, max_grad_norm=pc.max_grad_norm, target_kl=pc.target_kl,
-               seed=0, policy_kwargs=policy_kwargs(cfg, 0.9, world, HEURISTIC), verbose=0, device=cfg.train.device)
+    if cfg.train.ppo.normalize_reward:
+        venv = VecNormalize(venv, norm_obs=False, norm_reward=True, gamma=cfg.train.ppo.gamma)
+    return new_ppo(cfg, venv, resolve_device(cfg.train.device), None, policy_kwargs(cfg, 0.9, world, HEURISTIC))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -106,7 +111,8 @@ def main(argv: list[str] | None = None) -> dict:
     out = {"threads": args.threads, "steps": args.rollouts * per_rollout, "repeats": args.repeats,
            "steps_per_s": statistics.median(rates), "runs": rates, "collect_s": round(split.collect_s, 2),
            "update_s": round(split.update_s, 2), "n_envs": pc.n_envs, "n_steps": pc.n_steps,
-           "batch_size": pc.batch_size, "n_epochs": pc.n_epochs}
+           "batch_size": pc.batch_size, "n_epochs": pc.n_epochs,
+           "truncated_per_step": round(split.truncated / max(split.steps, 1), 2)}
     print(json.dumps(out))
     return out
 

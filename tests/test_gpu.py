@@ -78,13 +78,11 @@ SMALL_PPO = ["train.ppo.n_steps=16", "train.ppo.n_envs=32", "train.ppo.batch_siz
 
 @pytest.mark.parametrize("config", [None, "configs/quality-adapt.yaml"], ids=["default", "adapt-learner"])
 def test_ppo_trains_on_cuda_as_on_cpu(config: str | None, small_world: World, tmp_path: Path) -> None:
-    """PPO as train.py builds it (the default learner, and the ``adapt`` protocol's: the critic reading the hidden
-    state, the type head, the entropy of the drawn slate) trains on the GPU: parameters live on cuda, move and stay
-    finite; and the trained policy, saved as train.py saves it and loaded on the CPU, gives the same values and
-    log-probabilities there."""
-    from stable_baselines3 import PPO
-
-    from agents.policies import SlatePolicy
+    """PPO as train.py builds it (``new_ppo``; the default learner, and the ``adapt`` protocol's: the critic reading
+    the hidden state, the type head, the entropy of the drawn slate) trains on the GPU: parameters live on cuda, move
+    and stay finite; and the trained policy, saved as train.py saves it and loaded on the CPU, gives the same values
+    and log-probabilities there."""
+    from agents.checkpoints import new_ppo
     from agents.ppo_ranker import load_policy, save_policy
     from agents.training import make_venv, policy_kwargs
     from configs.loader import resolve_config
@@ -93,9 +91,7 @@ def test_ppo_trains_on_cuda_as_on_cpu(config: str | None, small_world: World, tm
     cfg = resolve_config(path, "small", SMALL_PPO)
     pc = cfg.train.ppo
     venv = make_venv(cfg, small_world, 0)
-    model = PPO(SlatePolicy, venv, n_steps=pc.n_steps, batch_size=pc.batch_size, n_epochs=pc.n_epochs,
-                ent_coef=pc.ent_coef, device="cuda", seed=0, policy_kwargs=policy_kwargs(cfg, 0.9, small_world,
-                                                                                        HEURISTIC))
+    model = new_ppo(cfg, venv, th.device("cuda"), None, policy_kwargs(cfg, 0.9, small_world, HEURISTIC))
     before = [p.detach().clone() for p in model.policy.parameters()]
     assert all(p.is_cuda for p in before)
     model.learn(pc.n_steps * pc.n_envs * 2)
