@@ -4,14 +4,17 @@
 #   bash bench/device_check.sh            # results under $OUT (default /tmp/recfeed-device)
 #   DEV=cpu JOBS=2 bash bench/device_check.sh   # the same steps on a machine without one (a dry run)
 #
-# Wheels of what the machine lacks (gymnasium, stable-baselines3, implicit, faiss-cpu, the serving stack, ...) may
-# be carried in .whl/. The hashing encoder (D = 384) stands in for MiniLM, whose weights are not on such a machine:
-# throughput does not depend on which encoder built the world. Steps, each under its own time limit so that one
-# that fails or hangs leaves the others' figures: the package's install (no index, no deps); the whole test suite
-# on that machine (pytest-xdist over JOBS workers; policies there load on "auto", i.e. on the GPU, so the training,
-# export and serving tests run their torch code on cuda); PPO training throughput on the GPU and on the CPU (same
-# config, collect / update split), for the default config, the `adapt` protocol's learner (configs/quality-adapt.yaml)
-# and 4x the default batch; the host-device copies per step (bench.host_device_copies); a short train.py on the GPU.
+# Wheels of what the machine lacks may be carried in .whl/ (session 31: gymnasium, farama-notifications,
+# stable-baselines3, implicit, faiss-cpu and the serving stack, 31 MB; BENCHMARKS.md, "GPU ... session 31"). The
+# hashing encoder (D = 384) stands in for MiniLM, whose weights are not on such a machine: throughput does not
+# depend on which encoder built the world. Steps, each under its own time limit so that one
+# that fails or hangs leaves the others' figures, the most wanted first: the package's install (no index, no deps);
+# the test suite but the serving layer's (which needs no GPU and more wheels) on that machine (pytest-xdist over JOBS
+# workers; policies there load on "auto", i.e. on the GPU, so the training and export tests run their torch code on
+# cuda); PPO training throughput on the GPU and on the CPU (same config, collect / update split) for the default
+# config; the host-device copies per step (bench.host_device_copies); a short train.py on the GPU; then the
+# throughput of the `adapt` protocol's learner (configs/quality-adapt.yaml) and of 4x the default batch. In
+# session 31 the whole suite took 224 s of that machine and the steps after it about 300 s.
 set -uo pipefail
 OUT=${OUT:-/tmp/recfeed-device}
 DEV=${DEV:-cuda}
@@ -39,7 +42,8 @@ stage "install (no index, no deps: the package itself, built and installed into 
 print('installed package imports from', envs.__file__)"); } 2>&1 | tee "$OUT/install.log"
 
 stage "the test suite ($JOBS workers)"
-timeout 270 python3 -m pytest -q -p no:cacheprovider -n "$JOBS" -rfEs 2>&1 | tail -60 | tee "$OUT/tests.log"
+timeout 200 python3 -m pytest -q -p no:cacheprovider -n "$JOBS" -rfEs --ignore-glob='tests/test_serving*.py' 2>&1 \
+  | tail -60 | tee "$OUT/tests.log"
 
 tp() {  # tp LABEL ARGS...: one throughput figure, appended to throughput.jsonl with its label
   local label=$1; shift
@@ -54,11 +58,10 @@ for cfg in "" configs/quality-adapt.yaml; do
   timeout 120 python3 -m bench.host_device_copies ${cfg:+--config "$cfg"} --set "train.device=$DEV" "${ENC[@]}" 2>&1 \
     | tail -1 | tee -a "$OUT/copies.jsonl"
 done
+stage "train.py on $DEV"
+timeout 150 python3 train.py --quiet --set "train.device=$DEV" --set train.total_timesteps=500000 "${ENC[@]}" \
+  --out /tmp/recfeed-runs 2>&1 | tail -40 | tee "$OUT/train.log"
 tp "adapt learner, $DEV" --config configs/quality-adapt.yaml --set "train.device=$DEV"
 tp "adapt learner, cpu" --config configs/quality-adapt.yaml --set train.device=cpu
 tp "default 4x batch, $DEV" --set "train.device=$DEV" --set train.ppo.n_envs=1024 --set train.ppo.batch_size=8192
-
-stage "train.py on $DEV"
-timeout 200 python3 train.py --quiet --set "train.device=$DEV" --set train.total_timesteps=1000000 "${ENC[@]}" \
-  --out /tmp/recfeed-runs 2>&1 | tail -40 | tee "$OUT/train.log"
 stage "done"
