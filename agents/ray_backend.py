@@ -37,6 +37,7 @@ from stable_baselines3.common.utils import obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices, VecEnvObs, VecEnvStepReturn
 
+from agents.rollouts import final_values, truncated_rows
 from configs.schema import Config
 
 #: Environment variables the actors get from the driver (cache folders, env threads, …).
@@ -164,12 +165,9 @@ class RolloutWorker:
             act = actions.numpy()
             new_obs, rewards, dones, infos = self.venv.step(act)
             ended = np.flatnonzero(dones)
-            trunc = [i for i in ended if infos[i].get("TimeLimit.truncated") and "terminal_observation" in infos[i]]
-            if trunc:  # SB3's bootstrap of a time-limit end (its collect_rollouts), batched
-                term = {k: np.stack([infos[i]["terminal_observation"][k] for i in trunc]) for k in new_obs}
-                with th.no_grad():
-                    out["terminal_values"][t, trunc] = self.policy.predict_values(
-                        obs_as_tensor(term, th.device("cpu"))).numpy().ravel()
+            trunc = truncated_rows(dones, infos)
+            if trunc:  # SB3's bootstrap of a time-limit end (its collect_rollouts), batched as RecPPO does
+                out["terminal_values"][t, trunc] = final_values(self.policy, infos, trunc)
             for i in ended:
                 ep = infos[i].get("episode")
                 if ep is not None:

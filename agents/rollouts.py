@@ -16,6 +16,7 @@ import torch as th
 from stable_baselines3 import PPO
 from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.utils import obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs, VecEnvStepReturn
@@ -30,6 +31,14 @@ def truncated_rows(dones: np.ndarray, infos: list[dict]) -> list[int]:
             if infos[i].get("terminal_observation") is not None and infos[i].get("TimeLimit.truncated", False)]
 
 
+def final_values(policy: BasePolicy, infos: list[dict], rows: list[int]) -> np.ndarray:
+    """The policy's values of ``rows``' final observations, in one batched call: float32 (len(rows),)."""
+    final = [infos[i]["terminal_observation"] for i in rows]
+    batch = {k: np.stack([f[k] for f in final]) for k in final[0]} if isinstance(final[0], dict) else np.stack(final)
+    with th.no_grad():
+        return policy.predict_values(obs_as_tensor(batch, policy.device)).cpu().numpy().ravel().astype(np.float32)
+
+
 class _BatchedBootstrap(VecEnvWrapper):
     """The training env as :class:`RecPPO`'s collection sees it: each step's truncated sessions get
     ``gamma × V(final observation)`` added to their (normalised, where ``VecNormalize`` is below) reward in one
@@ -39,7 +48,6 @@ class _BatchedBootstrap(VecEnvWrapper):
     def __init__(self, venv: VecEnv, model: PPO) -> None:
         super().__init__(venv)
         self.model = model
-        self.bootstrapped = 0  # sessions corrected (for tests and benches)
 
     def reset(self) -> VecEnvObs:
         return self.venv.reset()
@@ -48,17 +56,10 @@ class _BatchedBootstrap(VecEnvWrapper):
         obs, rewards, dones, infos = self.venv.step_wait()
         rows = truncated_rows(dones, infos)
         if rows:
-            policy = self.model.policy
-            final = [infos[i]["terminal_observation"] for i in rows]
-            batch = {k: np.stack([f[k] for f in final]) for k in final[0]} if isinstance(final[0], dict) \
-                else np.stack(final)
-            with th.no_grad():
-                values = policy.predict_values(obs_as_tensor(batch, policy.device)).cpu().numpy().ravel()
-            rewards[rows] += self.model.gamma * values.astype(rewards.dtype)
+            rewards[rows] += self.model.gamma * final_values(self.model.policy, infos, rows).astype(rewards.dtype)
             for i in rows:
                 infos[i]["TimeLimit.truncated"] = False
                 infos[i][BOOTSTRAPPED] = True
-            self.bootstrapped += len(rows)
         return obs, rewards, dones, infos
 
 

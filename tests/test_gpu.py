@@ -13,6 +13,7 @@ import pytest
 import torch as th
 
 from agents.distributions import PlackettLuceDistribution
+from bench.train_throughput import HEURISTIC  # the untuned start of the default policy.base = "diverse"
 from envs.world import World
 
 pytestmark = pytest.mark.skipif(not th.cuda.is_available(), reason="no CUDA device")
@@ -70,9 +71,6 @@ def test_gradients_agree_with_cpu() -> None:
     assert th.allclose(grads[0][1], grads[1][1], atol=1e-4, rtol=1e-3)
 
 
-#: tuned-diverse's parameters as ``agents.training.policy_kwargs`` takes them (the default ``policy.base = "diverse"``
-#: starts there; train.py searches them, these are bench.train_throughput's untuned start)
-HEURISTIC = {"alpha": 0.9, "cap": 2, "exposure_weight": 3.0, "seen_weight": 0.5}
 SMALL_PPO = ["train.ppo.n_steps=16", "train.ppo.n_envs=32", "train.ppo.batch_size=256"]
 
 

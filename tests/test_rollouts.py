@@ -11,10 +11,9 @@ from stable_baselines3.common.vec_env import VecNormalize
 from agents.checkpoints import new_ppo
 from agents.rollouts import RecPPO
 from agents.training import make_venv, policy_kwargs
+from bench.train_throughput import HEURISTIC
 from configs.loader import resolve_config
 from envs.world import World
-
-HEURISTIC = {"alpha": 0.9, "cap": 2, "exposure_weight": 3.0, "seen_weight": 0.5}
 
 
 def _collect(algo: type[PPO], world: World, normalize: bool) -> tuple[PPO, int]:
