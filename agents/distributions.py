@@ -451,10 +451,11 @@ class PlackettLuceDistribution(Distribution):
                 weight = th.where(counts < n_valid, weight, 0.0)  # a group whose valid candidates are all placed
                 cum = weight.cumsum(dim=1)  # (B, G)
                 grp = th.searchsorted(cum, u[:, k : k + 1] * cum[:, -1:], right=True).clamp_(max=n_g - 1)
-                bad = weight.gather(1, grp) <= 0  # only by float rounding when u is within 2^-53 of 1
-                if bool(bad.any()):
-                    last = th.where(weight > 0, th.arange(n_g, device=x.device), -1).argmax(1, keepdim=True)
-                    grp = th.where(bad, last, grp)
+                # a group of zero weight is drawn only by float rounding when u is within 2^-53 of 1: take the last
+                # group of positive weight instead (always computed: testing for it first would wait for the device)
+                bad = weight.gather(1, grp) <= 0
+                last = th.where(weight > 0, th.arange(n_g, device=x.device), -1).argmax(1, keepdim=True)
+                grp = th.where(bad, last, grp)
                 c_g = counts.gather(1, grp)  # (B, 1)
                 item = order.gather(1, start.gather(1, grp) + c_g)  # (B, 1)
                 picks[:, k : k + 1] = item

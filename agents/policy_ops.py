@@ -76,7 +76,7 @@ def catalog_ids(candidates: th.Tensor, n_items: int) -> th.Tensor:
     ids = candidates.round().long()
     if ids.numel() and not (th.jit.is_tracing() or th.onnx.is_in_onnx_export()):
         lo, hi = th.aminmax(ids)
-        if bool(lo < 0) or bool(hi >= n_items):
+        if bool((lo < 0) | (hi >= n_items)):  # one read of the device, not two
             bad = (ids < 0) | (ids >= n_items)
             row = int(bad.any(dim=-1).nonzero()[0, 0]) if ids.dim() > 1 else 0
             value = int(ids.reshape(-1)[bad.reshape(-1).nonzero()[0, 0]])
