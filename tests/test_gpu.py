@@ -1,7 +1,10 @@
-"""The CUDA path agrees with the CPU path (skipped without a GPU; run on the device machine, see BENCHMARKS.md).
+"""The CUDA path agrees with the CPU path (the CUDA tests skip without a GPU; run on the device machine, see
+BENCHMARKS.md).
 
 On CPU the Plackett-Luce distribution's path terms run in compiled kernels; on any other device the torch-op
-reference runs. These tests hold the two against each other, and train a few PPO updates on the GPU.
+reference runs. These tests hold the two against each other, and train a few PPO updates on the GPU. The PPO test
+also runs on the CPU, so that CI (which has no GPU) keeps its body in step with how train.py builds PPO: session 31
+found the GPU-only version had not built since session 6.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from agents.distributions import PlackettLuceDistribution
 from bench.train_throughput import HEURISTIC  # the untuned start of the default policy.base = "diverse"
 from envs.world import World
 
-pytestmark = pytest.mark.skipif(not th.cuda.is_available(), reason="no CUDA device")
+needs_cuda = pytest.mark.skipif(not th.cuda.is_available(), reason="no CUDA device")
 
 
 def _inputs(b: int, n: int, g: int, seed: int) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
@@ -27,6 +30,7 @@ def _inputs(b: int, n: int, g: int, seed: int) -> tuple[th.Tensor, th.Tensor, th
     return logits, groups, beta
 
 
+@needs_cuda
 @pytest.mark.parametrize("repulsion", [False, True])
 def test_log_prob_and_entropy_agree_with_cpu(repulsion: bool) -> None:
     b, n, k, g = 64, 20, 5, 4
@@ -45,6 +49,7 @@ def test_log_prob_and_entropy_agree_with_cpu(repulsion: bool) -> None:
     assert th.allclose(gpu.log_prob(slates).cpu(), lp_cpu, atol=1e-4, rtol=1e-4)
 
 
+@needs_cuda
 def test_gpu_samples_are_valid_slates() -> None:
     b, n, k, g = 512, 30, 10, 6
     logits, groups, beta = _inputs(b, n, g, seed=5)
@@ -56,6 +61,7 @@ def test_gpu_samples_are_valid_slates() -> None:
     assert (srt[:, 1:] != srt[:, :-1]).all(), "a GPU sample repeats a candidate"
 
 
+@needs_cuda
 def test_gradients_agree_with_cpu() -> None:
     b, n, k, g = 32, 12, 4, 3
     logits, groups, beta = _inputs(b, n, g, seed=7)
@@ -74,12 +80,13 @@ def test_gradients_agree_with_cpu() -> None:
 SMALL_PPO = ["train.ppo.n_steps=16", "train.ppo.n_envs=32", "train.ppo.batch_size=256"]
 
 
+@pytest.mark.parametrize("device", [pytest.param("cuda", marks=needs_cuda), "cpu"])
 @pytest.mark.parametrize("config", [None, "configs/quality-adapt.yaml"], ids=["default", "adapt-learner"])
-def test_ppo_trains_on_cuda_as_on_cpu(config: str | None, small_world: World, tmp_path: Path) -> None:
+def test_ppo_trains_on_device_as_on_cpu(device: str, config: str | None, small_world: World, tmp_path: Path) -> None:
     """PPO as train.py builds it (``new_ppo``; the default learner, and the ``adapt`` protocol's: the critic reading
-    the hidden state, the type head, the entropy of the drawn slate) trains on the GPU: parameters live on cuda, move
-    and stay finite; and the trained policy, saved as train.py saves it and loaded on the CPU, gives the same values
-    and log-probabilities there."""
+    the hidden state, the type head, the entropy of the drawn slate) trains on ``device``: parameters live there,
+    move and stay finite; and the trained policy, saved as train.py saves it and loaded on the CPU, gives the same
+    values and log-probabilities there."""
     from agents.checkpoints import new_ppo
     from agents.ppo_ranker import load_policy, save_policy
     from agents.training import make_venv, policy_kwargs
@@ -89,23 +96,24 @@ def test_ppo_trains_on_cuda_as_on_cpu(config: str | None, small_world: World, tm
     cfg = resolve_config(path, "small", SMALL_PPO)
     pc = cfg.train.ppo
     venv = make_venv(cfg, small_world, 0)
-    model = new_ppo(cfg, venv, th.device("cuda"), None, policy_kwargs(cfg, 0.9, small_world, HEURISTIC))
+    model = new_ppo(cfg, venv, th.device(device), None, policy_kwargs(cfg, 0.9, small_world, HEURISTIC))
     before = [p.detach().clone() for p in model.policy.parameters()]
-    assert all(p.is_cuda for p in before)
+    assert all(p.device.type == device for p in before)
     model.learn(pc.n_steps * pc.n_envs * 2)
     after = list(model.policy.parameters())
     assert any(not th.equal(a, b) for a, b in zip(after, before, strict=True))
     assert all(th.isfinite(a).all() for a in after)
 
-    gpu = model.policy
-    gpu.set_training_mode(False)
-    save_policy(gpu, tmp_path)
+    trained = model.policy
+    trained.set_training_mode(False)
+    save_policy(trained, tmp_path)
     cpu = load_policy(tmp_path, device="cpu")
     cpu.set_training_mode(False)
+    assert cpu is not trained and next(cpu.parameters()).device.type == "cpu"
     obs = venv.reset()
     slates = cpu.get_distribution(cpu.obs_to_tensor(obs)[0]).sample()
     with th.no_grad():
         v_cpu, lp_cpu, _ = cpu.evaluate_actions(cpu.obs_to_tensor(obs)[0], slates)
-        v_gpu, lp_gpu, _ = gpu.evaluate_actions(gpu.obs_to_tensor(obs)[0], slates.cuda())
-    assert th.allclose(v_cpu, v_gpu.cpu(), atol=1e-4, rtol=1e-4)
-    assert th.allclose(lp_cpu, lp_gpu.cpu(), atol=1e-3, rtol=1e-4)
+        v_dev, lp_dev, _ = trained.evaluate_actions(trained.obs_to_tensor(obs)[0], slates.to(device))
+    assert th.allclose(v_cpu, v_dev.cpu(), atol=1e-4, rtol=1e-4)
+    assert th.allclose(lp_cpu, lp_dev.cpu(), atol=1e-3, rtol=1e-4)
