@@ -4,9 +4,9 @@ SB3's ``collect_rollouts`` adds ``gamma × V(final observation)`` to the reward 
 ended (``TimeLimit.truncated``), one policy call per such session: a batch of one, with its own host-device copies
 and synchronisation on a GPU. Sessions end by the limit often here (``env.max_steps``: on the default config about
 2.5 of the 256 training users per step, 13% of the sessions), so on a GPU most of a collection step's host→device
-copies came from those calls (by count; BENCHMARKS.md, "GPU (one NVIDIA H200, session 31)"). :class:`RecPPO` makes the same correction in
-one call per step over all the step's truncated sessions and leaves the rest of SB3's loop and its update as they
-are; the Ray backend's actors batch it the same way (:mod:`agents.ray_backend`).
+copies came from those calls (by count; BENCHMARKS.md, "GPU (one NVIDIA H200, session 31)"). :class:`RecPPO` makes
+the same correction in one call per step over all the step's truncated sessions and leaves the rest of SB3's loop
+and its update as they are; the Ray backend's actors batch it the same way (:mod:`agents.ray_backend`).
 """
 
 from __future__ import annotations
