@@ -339,13 +339,14 @@ def new_ppo(cfg: Config, env: SB3VecEnv | VecNormalize, device: th.device, run_d
     before loading a checkpoint into it: it lives here so that both build the same PPO.
     """
     pc, tc = cfg.train.ppo, cfg.train
-    algo: type[PPO] = RecPPO  # SB3's PPO, the time-limit bootstrap batched (agents/rollouts.py)
+    algo: type[PPO] = RecPPO  # SB3's PPO, the bootstrap batched, rollouts on collect_device (agents/rollouts.py)
+    extra: dict[str, Any] = {"collect_device": tc.collect_device}
     if tc.backend == "ray":  # rollouts from Ray actors (agents/ray_backend.py), the same update
         from agents.ray_backend import RayPPO
 
-        algo = RayPPO
+        algo, extra = RayPPO, {}
     return algo(SlatePolicy, env, learning_rate=pc.learning_rate, n_steps=pc.n_steps, batch_size=pc.batch_size,
                n_epochs=pc.n_epochs, gamma=pc.gamma, gae_lambda=pc.gae_lambda, clip_range=pc.clip_range,
                ent_coef=pc.ent_coef, vf_coef=pc.vf_coef, max_grad_norm=pc.max_grad_norm, target_kl=pc.target_kl,
                tensorboard_log=None if run_dir is None else str(run_dir / "tb"), device=device, seed=tc.seed,
-               policy_kwargs=kwargs, verbose=0)
+               policy_kwargs=kwargs, verbose=0, **extra)

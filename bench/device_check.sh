@@ -3,31 +3,40 @@
 #
 #   bash bench/device_check.sh            # results under $OUT (default /tmp/recfeed-device)
 #   DEV=cpu JOBS=2 bash bench/device_check.sh   # the same steps on a machine without one (a dry run)
+#   BUDGET=520 bash bench/device_check.sh # stop starting steps once 520 s have passed (default 540)
+#   WHEELS=none DEV=cpu JOBS=2 bash bench/device_check.sh  # a dry run with the venv's packages (PATH=.venv/bin:...)
 #
-# Wheels of what the machine lacks may be carried in .whl/ (session 31: gymnasium, farama-notifications,
-# stable-baselines3, implicit, faiss-cpu and the serving stack, 31 MB; BENCHMARKS.md, "GPU ... session 31"). The
-# hashing encoder (D = 384) stands in for MiniLM, whose weights are not on such a machine: throughput does not
-# depend on which encoder built the world. Steps, each under its own time limit so that one
-# that fails or hangs leaves the others' figures, the most wanted first: the package's install (no index, no deps);
-# the test suite but the serving layer's (which needs no GPU and more wheels) on that machine (pytest-xdist over JOBS
-# workers; policies there load on "auto", i.e. on the GPU, so the training and export tests run their torch code on
-# cuda); PPO training throughput on the GPU and on the CPU (same config, collect / update split) for the default
-# config; the host-device copies per step (bench.host_device_copies); a short train.py on the GPU; then the
-# throughput of the `adapt` protocol's learner (configs/quality-adapt.yaml) and of 4x the default batch. In
-# session 31 the whole suite took 224 s of that machine and the steps after it about 300 s.
+# Wheels of what the machine lacks may be carried in .whl/ (session 32: gymnasium, farama-notifications,
+# stable-baselines3, implicit, faiss-cpu and the serving stack with opentelemetry-api, 31 MB). The hashing encoder
+# (D = 384) stands in for MiniLM, whose weights are not on such a machine: throughput does not depend on which encoder
+# built the world. Steps, each under its own time limit and all under BUDGET seconds, so that one that fails or hangs
+# leaves the others' figures, the most wanted first: the package's install (no index, no deps); the tests that run
+# torch code on the device (pytest-xdist over JOBS workers; policies there load on "auto", i.e. on the GPU); PPO
+# training throughput (collect / update split) with the rollouts collected on a CPU copy of the policy
+# (train.collect_device=cpu, the default since session 32) and on the GPU (=train), then on the CPU alone, for the
+# default config, the `adapt` protocol's learner (configs/quality-adapt.yaml) and 4x the default batch; the
+# host-device copies per step (bench.host_device_copies) both ways; a short train.py on the GPU. Session 31 ran the
+# whole suite there (224 s); session 32 only the tests with device code, to leave time for the figures.
 set -uo pipefail
 OUT=${OUT:-/tmp/recfeed-device}
 DEV=${DEV:-cuda}
 JOBS=${JOBS:-12}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 RECFEED_CACHE=/tmp/recfeed-cache
-if compgen -G ".whl/*.whl" >/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    || exit 1
-  export PYTHONPATH=/tmp/site:$PWD
+WHEELS=${WHEELS:-.whl}  # WHEELS=none: use what the Python on PATH has (a dry run)
+if compgen -G "$WHEELS/*.whl" >/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+    "$WHEELS"/*.whl || exit 1
+  export PYTHONPATH=/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}
 fi
 ENC=(--set encoder.kind=hashing --set encoder.hashing_dim=384)
+BUDGET=${BUDGET:-540}
 stage() { echo "== [$(date +%T), ${SECONDS}s] $*" | tee -a "$OUT/stages.txt"; }
+run() {  # run LIMIT CMD...: CMD under min(LIMIT, what is left of BUDGET) seconds; skipped when under 20 s are left
+  local limit=$1 left=$((BUDGET - SECONDS)); shift
+  if ((left < 20)); then echo "skipped: ${left}s of the budget left" | tee -a "$OUT/stages.txt"; return 0; fi
+  timeout $((limit < left ? limit : left)) "$@"
+}
 {
   nvidia-smi -L
   nproc
@@ -41,27 +50,37 @@ stage "install (no index, no deps: the package itself, built and installed into 
   && (cd /tmp && PYTHONPATH=/tmp/rf-pkg:${PYTHONPATH:-} python3 -c "import envs, agents.training, train, evaluate;
 print('installed package imports from', envs.__file__)"); } 2>&1 | tee "$OUT/install.log"
 
-stage "the test suite ($JOBS workers)"
-timeout 200 python3 -m pytest -q -p no:cacheprovider -n "$JOBS" -rfEs --ignore-glob='tests/test_serving*.py' 2>&1 \
-  | tail -60 | tee "$OUT/tests.log"
+stage "the tests that run torch code on the device ($JOBS workers)"
+run 150 python3 -m pytest -q -p no:cacheprovider -n "$JOBS" -rfEs tests/test_gpu.py tests/test_rollouts.py \
+  tests/test_distributions.py tests/test_policies.py tests/test_critic_state.py tests/test_host_device_copies.py \
+  2>&1 | tail -40 | tee "$OUT/tests.log"
 
 tp() {  # tp LABEL ARGS...: one throughput figure, appended to throughput.jsonl with its label
   local label=$1; shift
   stage "train throughput: $label"
-  timeout 150 python3 -m bench.train_throughput --threads 1 --rollouts 3 --repeats 3 "${ENC[@]}" "$@" 2>&1 \
+  run 90 python3 -m bench.train_throughput --rollouts 3 --repeats 3 "${ENC[@]}" "$@" 2>&1 \
     | tail -1 | sed "s/^{/{\"label\": \"$label\", /" | tee -a "$OUT/throughput.jsonl"
 }
-tp "default, $DEV" --set "train.device=$DEV"
-tp "default, cpu" --set train.device=cpu
-stage "host-device copies per collection step and update minibatch (default config, then the adapt learner)"
-for cfg in "" configs/quality-adapt.yaml; do
-  timeout 120 python3 -m bench.host_device_copies ${cfg:+--config "$cfg"} --set "train.device=$DEV" "${ENC[@]}" 2>&1 \
-    | tail -1 | tee -a "$OUT/copies.jsonl"
-done
-stage "train.py on $DEV"
-timeout 150 python3 train.py --quiet --set "train.device=$DEV" --set train.total_timesteps=500000 "${ENC[@]}" \
+copies() {  # copies ARGS...: host-device copies per step, appended to copies.jsonl
+  stage "host-device copies: $*"
+  run 60 python3 -m bench.host_device_copies --set "train.device=$DEV" "${ENC[@]}" "$@" 2>&1 | tail -1 \
+    | tee -a "$OUT/copies.jsonl"
+}
+ADAPT=(--config configs/quality-adapt.yaml)
+X4=(--set train.ppo.n_envs=1024 --set train.ppo.batch_size=8192)
+tp "default, $DEV, collect cpu" --threads 1 --set "train.device=$DEV" --set train.collect_device=cpu
+tp "default, $DEV, collect $DEV" --threads 1 --set "train.device=$DEV" --set train.collect_device=train
+tp "default, cpu" --threads 1 --set train.device=cpu
+tp "adapt learner, $DEV, collect cpu" --threads 1 "${ADAPT[@]}" --set "train.device=$DEV" --set train.collect_device=cpu
+tp "adapt learner, $DEV, collect $DEV" --threads 1 "${ADAPT[@]}" --set "train.device=$DEV" \
+  --set train.collect_device=train
+tp "default 4x batch, $DEV, collect cpu" --threads 1 "${X4[@]}" --set "train.device=$DEV" --set train.collect_device=cpu
+copies --set train.collect_device=train
+copies --set train.collect_device=cpu
+tp "default, $DEV, collect cpu, 4 torch threads" --threads 4 --set "train.device=$DEV" --set train.collect_device=cpu
+tp "default 4x batch, $DEV, collect $DEV" --threads 1 "${X4[@]}" --set "train.device=$DEV" \
+  --set train.collect_device=train
+stage "train.py on $DEV (500k steps)"
+run 150 python3 train.py --quiet --set "train.device=$DEV" --set train.total_timesteps=500000 "${ENC[@]}" \
   --out /tmp/recfeed-runs 2>&1 | tail -40 | tee "$OUT/train.log"
-tp "adapt learner, $DEV" --config configs/quality-adapt.yaml --set "train.device=$DEV"
-tp "adapt learner, cpu" --config configs/quality-adapt.yaml --set train.device=cpu
-tp "default 4x batch, $DEV" --set "train.device=$DEV" --set train.ppo.n_envs=1024 --set train.ppo.batch_size=8192
 stage "done"

@@ -4,11 +4,12 @@
 (``--config`` / ``--preset`` / ``--set`` as there), learns one warm-up rollout, then runs one more rollout's
 collection and one update under torch's profiler and counts the copies the GPU saw (``Memcpy HtoD``, ``DtoH``,
 ``DtoD`` activity records) and the host's synchronisations (``cudaStreamSynchronize`` / ``cudaDeviceSynchronize``
-calls). One collection step is one batched call for all ``n_envs`` users, so the figures per step do not grow
-with the batch. ``--sources N`` also records Python calls and names the N functions that issue the most
-scalar reads (``aten::_local_scalar_dense``: ``.item()``, ``int()`` or ``bool()`` of a tensor, each a wait for the
-GPU), ``nonzero`` calls (a wait too) and device or dtype moves (``aten::_to_copy``). The last line is a JSON
-object. Without a CUDA device there is nothing to count: it says so and exits with status 2.
+calls). One collection step is one batched call for all ``n_envs`` users, so the figures per step do not grow with the
+batch; with ``train.collect_device=cpu`` (the default) the collection's policy calls run on a CPU copy and the
+rollout's copies are the weights' refresh at its start. ``--sources N`` also records Python calls and names the N
+functions that issue the most scalar reads (``aten::_local_scalar_dense``: ``.item()``, ``int()`` or ``bool()`` of a
+tensor, each a wait for the GPU), ``nonzero`` calls (a wait too) and device or dtype moves (``aten::_to_copy``). The
+last line is a JSON object. Without a CUDA device there is nothing to count: it says so and exits with status 2.
 """
 
 from __future__ import annotations
@@ -55,6 +56,13 @@ def _caller(ev: Any) -> str:
     return next((f for f in frames if "): " in f and "torch/" not in f and not f.startswith("<")), "?")
 
 
+def records_python_frames(prof: profile) -> bool:
+    """Whether the profile names any Python caller: torch 2.13 (the pinned version) does; the torch 2.11 of the H200
+    image of sessions 31-32 kept no Python frames with ``with_stack=True``, so :func:`sources` has nothing to name
+    there."""
+    return any(_caller(ev) != "?" for ev in prof.events())
+
+
 def sources(prof: profile, n: int) -> list[tuple[str, str, int]]:
     """The ``n`` most frequent ``(op, calling function, count)`` of :data:`SOURCE_OPS` in a profile recorded with
     ``with_stack=True``."""
@@ -94,11 +102,14 @@ def main(argv: list[str] | None = None) -> dict:
         th.cuda.synchronize()
     minibatches = pc.n_epochs * -(-pc.n_envs * pc.n_steps // pc.batch_size)
     c, u = count(collect), count(update)
-    out = {"device": str(model.device), "n_envs": pc.n_envs, "n_steps": pc.n_steps, "minibatches": minibatches,
+    out = {"device": str(model.device), "collect_device": cfg.train.collect_device, "n_envs": pc.n_envs,
+           "n_steps": pc.n_steps, "minibatches": minibatches,
            "collect": c, "update": u,
            "collect_per_step": {k: round(v / pc.n_steps, 2) for k, v in c.items()},
            "update_per_minibatch": {k: round(v / minibatches, 2) for k, v in u.items()}}
-    if args.sources > 0:
+    if args.sources > 0 and not records_python_frames(collect):
+        out["sources"] = f"torch {th.__version__}'s profiler recorded no Python frames: no sources to name"
+    elif args.sources > 0:
         out["collect_sources"] = sources(collect, args.sources)
         out["update_sources"] = sources(update, args.sources)
     print(json.dumps(out))

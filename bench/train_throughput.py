@@ -108,7 +108,8 @@ def main(argv: list[str] | None = None) -> dict:
         t0 = time.perf_counter()
         model.learn(args.rollouts * per_rollout, reset_num_timesteps=False, callback=split)
         rates.append(round(args.rollouts * per_rollout / (time.perf_counter() - t0), 1))
-    out = {"threads": args.threads, "steps": args.rollouts * per_rollout, "repeats": args.repeats,
+    out = {"device": str(model.device), "collect_device": cfg.train.collect_device, "threads": args.threads,
+           "steps": args.rollouts * per_rollout, "repeats": args.repeats,
            "steps_per_s": statistics.median(rates), "runs": rates, "collect_s": round(split.collect_s, 2),
            "update_s": round(split.update_s, 2), "n_envs": pc.n_envs, "n_steps": pc.n_steps,
            "batch_size": pc.batch_size, "n_epochs": pc.n_epochs,

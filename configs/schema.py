@@ -594,6 +594,10 @@ class TrainConfig:
         max_minutes: Stop learning after this many minutes of wall time, whatever the steps (``None``: no limit).
         seed: Run seed.
         device: ``"auto"`` (cuda when available), ``"cpu"`` or ``"cuda"``.
+        collect_device: Where the rollouts' policy calls run: ``"cpu"`` (default: on a GPU run a CPU copy of the
+            policy collects, its weights refreshed before each rollout, and the update runs on the GPU) or
+            ``"train"`` (on ``device``, every collection step's policy call on the GPU). The same with ``device =
+            "cpu"``. The local backend's (Ray actors always collect on their CPUs). :mod:`agents.rollouts`.
         torch_threads: CPU threads for torch (0: torch's default, all cores). The default is 1: on a 2-core
             machine busy with anything else, OpenMP spin-waiting across 2 threads made PPO updates 20× slower
             (and a first update of `make train` took minutes); alone on 2 quiet cores, 2 threads are about 1.6×
@@ -621,6 +625,7 @@ class TrainConfig:
     max_minutes: float | None = None
     seed: int = 0
     device: str = "auto"
+    collect_device: Literal["cpu", "train"] = "cpu"
     torch_threads: int = 1
     eval_every: int = 100_000
     eval_episodes: int = 512

@@ -80,20 +80,23 @@ def test_gradients_agree_with_cpu() -> None:
 SMALL_PPO = ["train.ppo.n_steps=16", "train.ppo.n_envs=32", "train.ppo.batch_size=256"]
 
 
+@pytest.mark.parametrize("collect", ["cpu", "train"], ids=["collect-cpu", "collect-train"])
 @pytest.mark.parametrize("device", [pytest.param("cuda", marks=needs_cuda), "cpu"])
 @pytest.mark.parametrize("config", [None, "configs/quality-adapt.yaml"], ids=["default", "adapt-learner"])
-def test_ppo_trains_on_device_as_on_cpu(device: str, config: str | None, small_world: World, tmp_path: Path) -> None:
+def test_ppo_trains_on_device_as_on_cpu(device: str, config: str | None, collect: str, small_world: World,
+                                        tmp_path: Path) -> None:
     """PPO as train.py builds it (``new_ppo``; the default learner, and the ``adapt`` protocol's: the critic reading
-    the hidden state, the type head, the entropy of the drawn slate) trains on ``device``: parameters live there,
-    move and stay finite; and the trained policy, saved as train.py saves it and loaded on the CPU, gives the same
-    values and log-probabilities there."""
+    the hidden state, the type head, the entropy of the drawn slate) trains on ``device``, its rollouts collected on
+    the CPU or on ``device`` (``train.collect_device``): parameters live there, move and stay finite; and the
+    trained policy, saved as train.py saves it and loaded on the CPU, gives the same values and log-probabilities
+    there."""
     from agents.checkpoints import new_ppo
     from agents.ppo_ranker import load_policy, save_policy
     from agents.training import make_venv, policy_kwargs
     from configs.loader import resolve_config
 
     path = None if config is None else Path(__file__).resolve().parents[1] / config
-    cfg = resolve_config(path, "small", SMALL_PPO)
+    cfg = resolve_config(path, "small", [*SMALL_PPO, f"train.collect_device={collect}"])
     pc = cfg.train.ppo
     venv = make_venv(cfg, small_world, 0)
     model = new_ppo(cfg, venv, th.device(device), None, policy_kwargs(cfg, 0.9, small_world, HEURISTIC))
@@ -103,6 +106,12 @@ def test_ppo_trains_on_device_as_on_cpu(device: str, config: str | None, small_w
     after = list(model.policy.parameters())
     assert any(not th.equal(a, b) for a, b in zip(after, before, strict=True))
     assert all(th.isfinite(a).all() for a in after)
+    copy = model._collector  # type: ignore[attr-defined]  # RecPPO's CPU copy, when it collects on another device
+    if device != "cpu" and collect == "cpu":
+        assert copy is not None and next(copy.parameters()).device.type == "cpu"
+        assert model.rollout_buffer.device.type == device  # the update's minibatches go to the device
+    else:
+        assert copy is None
 
     trained = model.policy
     trained.set_training_mode(False)

@@ -8,7 +8,7 @@ import pytest
 import torch as th
 from torch.profiler import ProfilerActivity, profile
 
-from bench.host_device_copies import count, main, sources
+from bench.host_device_copies import count, main, records_python_frames, sources
 
 
 def _reads_scalars(x: th.Tensor) -> float:
@@ -21,6 +21,8 @@ def test_sources_name_the_function_behind_scalar_reads_and_moves() -> None:
         for _ in range(3):
             _reads_scalars(x)
         x.sum()  # no scalar read: not counted
+    if not records_python_frames(prof):  # the pinned torch 2.13 records them; the H200 image's torch 2.11 did not
+        pytest.skip(f"torch {th.__version__}'s profiler records no Python frames (sources has nothing to name)")
     found = {(op, frame.rsplit(": ", 1)[-1]): k for op, frame, k in sources(prof, 10)}
     assert found[("aten::_local_scalar_dense", "_reads_scalars")] == 6
     assert found[("aten::_to_copy", "_reads_scalars")] == 3

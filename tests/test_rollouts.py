@@ -6,13 +6,15 @@ import numpy as np
 import pytest
 import torch as th
 from stable_baselines3 import PPO
+from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import VecNormalize
 
 from agents.checkpoints import new_ppo
+from agents.policies import SlatePolicy
 from agents.rollouts import RecPPO
 from agents.training import make_venv, policy_kwargs
 from bench.train_throughput import HEURISTIC
-from configs.loader import resolve_config
+from configs.loader import ConfigError, resolve_config
 from envs.world import World
 
 
@@ -65,3 +67,64 @@ def test_new_ppo_builds_recppo_for_the_local_backend(small_world: World) -> None
     model = new_ppo(cfg, make_venv(cfg, small_world, 0), th.device("cpu"), None,
                     policy_kwargs(cfg, 0.9, small_world, HEURISTIC))
     assert type(model) is RecPPO
+
+
+class _SeesTrainedPolicy(BaseCallback):
+    """Checks at every collection step that ``model.policy`` is the trained policy and whether the loop's calls went
+    to a copy (its ``forward`` swapped in)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.steps = self.swapped = 0
+
+    def _on_step(self) -> bool:
+        assert type(self.model.policy) is SlatePolicy and self.model.policy is self.locals["self"].policy
+        self.steps += 1
+        self.swapped += "forward" in vars(self.model.policy)
+        return True
+
+
+def _learn(world: World, copy: bool, monkeypatch: pytest.MonkeyPatch) -> tuple[RecPPO, _SeesTrainedPolicy]:
+    """Two rollouts and their updates on the small world; ``copy``: through a separate collecting policy (on the CPU,
+    where the copy is built only when forced: on a GPU run it collects on the CPU while the update runs on cuda)."""
+    cfg = resolve_config(None, "small", ["train.ppo.n_envs=8", "train.ppo.n_steps=16", "train.ppo.batch_size=64",
+                                          "train.device=cpu", "train.seed=3"])
+    model = new_ppo(cfg, make_venv(cfg, world, 0), th.device("cpu"), None, policy_kwargs(cfg, 0.9, world, HEURISTIC))
+    assert isinstance(model, RecPPO) and model.collect_device == "cpu"
+    if copy:
+        monkeypatch.setattr(model, "_separate_collector", lambda: True)
+    seen = _SeesTrainedPolicy()
+    model.learn(2 * 8 * 16, callback=seen)
+    return model, seen
+
+
+def test_a_separate_collecting_policy_collects_what_the_trained_policy_would(small_world: World,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    plain, seen_plain = _learn(small_world, False, monkeypatch)
+    copied, seen_copied = _learn(small_world, True, monkeypatch)
+    assert plain._collector is None and seen_plain.swapped == 0
+    assert copied._collector is not None and copied._collector is not copied.policy
+    assert seen_copied.swapped == seen_copied.steps == 2 * 16  # every step's calls went to the copy
+    assert "forward" not in vars(copied.policy) and "predict_values" not in vars(copied.policy)  # restored
+    assert copied.device == th.device("cpu")
+    # The second rollout ran on weights refreshed after the first update: the same sessions, values and updates.
+    a, b = copied.rollout_buffer, plain.rollout_buffer
+    np.testing.assert_array_equal(a.actions, b.actions)
+    np.testing.assert_array_equal(a.values, b.values)
+    np.testing.assert_array_equal(a.rewards, b.rewards)
+    for (name, x), y in zip(copied.policy.state_dict().items(), plain.policy.state_dict().values(), strict=True):
+        assert th.equal(x, y), name
+    # The copy holds the weights of the last rollout, the trained policy those of the update after it.
+    assert any(not th.equal(x, y) for x, y in zip(copied._collector.state_dict().values(),
+                                                   copied.policy.state_dict().values(), strict=True))
+    assert all(th.equal(x, y) for x, y in zip(copied.rollout_policy().state_dict().values(),
+                                              copied.policy.state_dict().values(), strict=True))
+
+
+def test_recppo_refuses_an_unknown_collect_device(small_world: World) -> None:
+    cfg = resolve_config(None, "small", ["train.device=cpu"])
+    with pytest.raises(ValueError, match="collect_device must be one of"):
+        RecPPO(SlatePolicy, make_venv(cfg, small_world, 0), collect_device="gpu",
+               policy_kwargs=policy_kwargs(cfg, 0.9, small_world, HEURISTIC))
+    with pytest.raises(ConfigError, match="collect_device"):
+        resolve_config(None, "small", ["train.collect_device=gpu"])
