@@ -110,7 +110,7 @@ class RecPPO(PPO):
         **kwargs: SB3's ``PPO`` keyword arguments.
     """
 
-    def __init__(self, *args: object, collect_device: str = "train", **kwargs: object) -> None:
+    def __init__(self, *args: object, collect_device: str = "cpu", **kwargs: object) -> None:
         if collect_device not in COLLECT_DEVICES:
             raise ValueError(f"collect_device must be one of {list(COLLECT_DEVICES)}, got {collect_device!r}")
         self.collect_device = collect_device
