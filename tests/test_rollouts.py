@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import zipfile
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch as th
@@ -99,7 +102,8 @@ def _learn(world: World, copy: bool, monkeypatch: pytest.MonkeyPatch) -> tuple[R
 
 
 def test_a_separate_collecting_policy_collects_what_the_trained_policy_would(small_world: World,
-                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+                                                                             monkeypatch: pytest.MonkeyPatch,
+                                                                             tmp_path: Path) -> None:
     plain, seen_plain = _learn(small_world, False, monkeypatch)
     copied, seen_copied = _learn(small_world, True, monkeypatch)
     assert plain._collector is None and seen_plain.swapped == 0
@@ -119,6 +123,11 @@ def test_a_separate_collecting_policy_collects_what_the_trained_policy_would(sma
                                                    copied.policy.state_dict().values(), strict=True))
     assert all(th.equal(x, y) for x, y in zip(copied.rollout_policy().state_dict().values(),
                                               copied.policy.state_dict().values(), strict=True))
+    # SB3's archive (train.py writes one) holds the trained policy and the setting, not the copy.
+    copied.save(tmp_path / "model.zip")
+    with zipfile.ZipFile(tmp_path / "model.zip") as zf:
+        data = zf.read("data").decode()
+    assert '"_collector"' not in data and '"collect_device": "cpu"' in data
 
 
 def test_recppo_refuses_an_unknown_collect_device(small_world: World) -> None:
