@@ -18,6 +18,7 @@ import numpy as np
 import torch as th
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
+from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from tqdm.auto import tqdm
 
@@ -25,6 +26,7 @@ from agents.checkpoints import CKPT_DIR, save_checkpoint
 from agents.evaluation import run_episodes
 from agents.policies import SlatePolicy
 from agents.ppo_ranker import PPORanker
+from agents.rollouts import RecPPO
 from configs.fileio import atomic_write_bytes, atomic_write_text
 from envs.core import BatchedCore
 from envs.sb3 import SB3VecEnv
@@ -38,6 +40,21 @@ BEST_WEIGHTS_FILE = "best_iterate.safetensors"
 BEST_STATE_FILE = "best_iterate.json"
 #: One JSON line per evaluation of the choice: ``{"step", "return", "best"}``.
 SELECTION_LOG = "selection.jsonl"
+
+
+def play(model: BaseAlgorithm, core: BatchedCore, plan: Any, k: int) -> np.ndarray:
+    """The returns of ``plan``'s sessions played by the model's current weights (deterministic slates): float (E,).
+
+    On :class:`agents.rollouts.RecPPO`'s rollout policy, i.e. where the rollouts are collected (a CPU copy of the
+    weights on a GPU run with ``train.collect_device = "cpu"``: a request is as small a batch as a collection step),
+    else on ``model.policy``.
+    """
+    policy = model.rollout_policy() if isinstance(model, RecPPO) else model.policy
+    assert isinstance(policy, SlatePolicy)
+    ret = run_episodes(core, PPORanker(policy, k), plan).ret
+    if policy is model.policy:
+        policy.train()  # PPORanker put it in eval mode
+    return ret
 
 
 class RolloutMetrics(BaseCallback):
@@ -179,10 +196,7 @@ class PeriodicEval(_Every):
 
     def evaluate(self) -> dict[str, float]:
         """Run the evaluation now; log and append it."""
-        policy = self.model.policy
-        assert isinstance(policy, SlatePolicy)
-        ret = run_episodes(self.core, PPORanker(policy, self.k), self.plan).ret
-        policy.train()
+        ret = play(self.model, self.core, self.plan, self.k)
         row = {"step": int(self.num_timesteps), "return": float(ret.mean()),
                "return_tuned_alpha": float(self.tuned.mean()), "ratio_vs_tuned": float(ret.mean() / self.tuned.mean()),
                "time": time.time()}
@@ -394,11 +408,7 @@ class SelectIterate(_Every):
 
     def score(self) -> float:
         """The current policy's mean return on the selection sessions."""
-        policy = self.model.policy
-        assert isinstance(policy, SlatePolicy)
-        ret = float(run_episodes(self.core, PPORanker(policy, self.k), self.plan).ret.mean())
-        policy.train()
-        return ret
+        return float(play(self.model, self.core, self.plan, self.k).mean())
 
     def summary(self) -> dict[str, Any]:
         """What was chosen: ``{"episodes", "evaluations", "best_step", "best_return", "last_step", "last_return"}``

@@ -65,6 +65,7 @@ from agents.evaluation import episode_plan, run_episodes
 from agents.final_report import final_comparison, tuning_context
 from agents.policies import SlatePolicy
 from agents.ppo_ranker import CONFIG_FILE, MODEL_FILE, WEIGHTS_FILE, resolve_device, save_policy
+from agents.rollouts import RecPPO
 from agents.runinfo import write_signature
 from configs.fileio import json_default
 from configs.loader import atomic_write_text, load_config, save_yaml, to_dict
@@ -398,7 +399,10 @@ def _learn_and_report(cfg: Config, run_dir: Path, world: World, curve: Any, tuni
         f"({(model.num_timesteps - steps_before) / max(learn_s, 1e-9):,.0f} steps/s; "
         f"collection {metrics.collect_s:.0f}s, updates {metrics.train_s:.0f}s)")
 
-    report = final_comparison(cfg, world, model.policy, curve, run_dir, progress, tuning, last_iterate)
+    # the final table plays the saved weights where the rollouts were collected (a CPU copy on a GPU run)
+    acting = model.rollout_policy() if isinstance(model, RecPPO) else model.policy
+    assert isinstance(acting, SlatePolicy)
+    report = final_comparison(cfg, world, acting, curve, run_dir, progress, tuning, last_iterate)
     summary = {
         "run_dir": str(run_dir),
         "total_timesteps": int(model.num_timesteps),

@@ -12,12 +12,16 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import VecNormalize
 
+from agents.callbacks import play
 from agents.checkpoints import new_ppo
+from agents.evaluation import episode_plan, run_episodes
 from agents.policies import SlatePolicy
+from agents.ppo_ranker import PPORanker
 from agents.rollouts import RecPPO
 from agents.training import make_venv, policy_kwargs
 from bench.train_throughput import HEURISTIC
 from configs.loader import ConfigError, resolve_config
+from envs.factory import make_core
 from envs.world import World
 
 
@@ -137,3 +141,27 @@ def test_recppo_refuses_an_unknown_collect_device(small_world: World) -> None:
                policy_kwargs=policy_kwargs(cfg, 0.9, small_world, HEURISTIC))
     with pytest.raises(ConfigError, match="collect_device"):
         resolve_config(None, "small", ["train.collect_device=gpu"])
+
+
+def test_training_evaluations_play_on_the_collecting_copy(small_world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``agents.callbacks.play`` (the periodic evaluation and the iterate choice) plays the copy that collects, with
+    the trained policy's current weights: the same returns as the trained policy's own, its mode left alone."""
+    copied, _ = _learn(small_world, True, monkeypatch)
+    cfg = resolve_config(None, "small", ["train.device=cpu"])
+    core = make_core(cfg.env, cfg.env.preset, cfg.encoder, small_world, "heldout", 16)
+    plan = episode_plan(16, [7], small_world.populations["heldout"].size)
+    calls = 0
+    inner = copied.rollout_policy
+
+    def counted() -> SlatePolicy:
+        nonlocal calls
+        calls += 1
+        return inner()
+
+    monkeypatch.setattr(copied, "rollout_policy", counted)
+    copied.policy.set_training_mode(True)
+    ret = play(copied, core, plan, cfg.env.slate_size)
+    assert calls == 1 and copied.policy.training  # the copy played; the trained policy's mode is untouched
+    own = run_episodes(core, PPORanker(copied.policy, cfg.env.slate_size), plan).ret
+    np.testing.assert_array_equal(ret, own)
+    assert np.ptp(ret) > 0  # sessions differ: a constant would hide a wrong policy
