@@ -16,7 +16,14 @@ gains by knowing each user's hidden ρ (``bench.headroom``). This bench asks how
 4. which of B's parameters carry its gain on the CF-leaning users: A with B's α (and click-lean weight) only;
 5. with ``--runs RUN [RUN ...]`` (trained runs of the preset, one per training seed, e.g. a quality protocol's): the
    switch on the runs' own held-out sessions (their ``report/returns.npz``), and PPO − switch paired on them, per
-   run and over seeds and sessions, split by hidden type: PPO against the strongest hand-written use of the type.
+   run and over seeds and sessions, split by hidden type: PPO against the strongest hand-written use of the type;
+6. with ``--runs`` and ``--override``: **PPO with the engineer's override** (session 32), the switch with each run's
+   PPO in place of rule A: B on the requests whose probability of a CF-leaning user, by a classifier fitted on the
+   run's own requests on training users, exceeds a threshold chosen on training sessions (or never, when no
+   threshold beats PPO there); the hybrid − PPO paired on the runs' held-out sessions, by hidden type. What it
+   gains is what PPO leaves on the table for the users it could tell apart (a learner with the CF-leaning users'
+   rule as a second base would aim at it). PPO is replayed from the saved policy on the first sessions and checked
+   against its stored returns first.
 
 ``python -m bench.type_switch --preset adapt`` prints a table; the last line is a JSON object with every figure.
 """
@@ -34,7 +41,8 @@ import numpy as np
 from agents.base import Ranker
 from agents.evaluation import EpisodePlan, episode_plan, run_episodes
 from agents.fitting import fit_logistic
-from agents.rankers import DiverseRanker, click_lean, z_rows
+from agents.ppo_ranker import PPORanker, load_policy
+from agents.rankers import click_lean, z_rows
 from agents.registry import RankerContext
 from agents.report import Bootstrap, percentile_ci
 from agents.tuning import TUNE_SEED, diverse_ranker, tuning_cache_dir
@@ -93,13 +101,13 @@ class SwitchRanker(Ranker):
     """Rule A, or rule B on the rows whose classifier probability of a CF-leaning user exceeds ``threshold``.
 
     Args:
-        a: The default rule (tuned-diverse).
+        a: The default rule (tuned-diverse, or a run's PPO: ``--override``).
         b: The CF-leaning users' rule.
         classifier: The type classifier.
         threshold: p; above 1 it never switches (A's slates exactly).
     """
 
-    def __init__(self, a: DiverseRanker, b: DiverseRanker, classifier: TypeClassifier, threshold: float) -> None:
+    def __init__(self, a: Ranker, b: Ranker, classifier: TypeClassifier, threshold: float) -> None:
         super().__init__(a.k)
         self.a, self.b, self.classifier, self.threshold = a, b, classifier, float(threshold)
         self.name = f"switch:{threshold:g}"
@@ -199,6 +207,64 @@ def ppo_against(rule: np.ndarray, plan: EpisodePlan, runs: Sequence[Path], cf: n
     return out
 
 
+#: Sessions of the runs' plan on which a saved policy must replay its stored returns before ``--override`` uses it.
+REPLAY_SESSIONS = 200
+
+
+def _subplan(plan: EpisodePlan, n: int) -> EpisodePlan:
+    return EpisodePlan(plan.keys[:n], plan.users[:n], plan.seeds[:n])
+
+
+def override_run(run: Path, rule_b: Ranker, train_core: BatchedCore, core: BatchedCore, fit_plan: EpisodePlan,
+                 tune_plan: EpisodePlan, plan: EpisodePlan, stored: np.ndarray) -> dict[str, Any]:
+    """One run's PPO with the engineer's override (item 6 of the module docstring).
+
+    Args:
+        run: The run directory (its saved policy is played on the CPU).
+        rule_b: The CF-leaning users' rule.
+        train_core: Training users (the classifier's requests and the threshold's sessions).
+        core: Held-out users.
+        fit_plan: Training sessions whose requests, played by PPO, the classifier is fitted on.
+        tune_plan: Training sessions that choose the threshold.
+        plan: The run's held-out sessions.
+        stored: float (E,) PPO's stored return per session of ``plan`` (``report/returns.npz``).
+
+    Returns:
+        ``{"threshold" (None: never), "tuning" {threshold: return}, "ret" float (E,), "switched"}``: ``ret`` the
+        hybrid's return per session of ``plan``; ``switched`` the share of its answered requests that B answered.
+
+    Raises:
+        ValueError: The saved policy reads an observation the core does not make, or does not replay its stored
+            returns.
+    """
+    policy = load_policy(run, device="cpu", n_items=core.M)
+    missing = sorted(set(policy.observation_space.spaces) - set(core.observe()))
+    if missing:
+        raise ValueError(f"--override: {run}'s policy reads {missing}, which this core does not observe (pass the "
+                         f"run's env settings with --set, e.g. env.obs_critic_state=true)")
+    ppo = PPORanker(policy, core.K)
+    head = _subplan(plan, min(REPLAY_SESSIONS, len(plan)))
+    replay = run_episodes(core, ppo, head).ret
+    if not np.allclose(replay, stored[: len(head)], rtol=1e-5, atol=1e-6):
+        raise ValueError(f"--override: {run}'s saved policy does not replay its stored returns "
+                         f"(max gap {np.abs(replay - stored[: len(head)]).max():.3g})")
+    classifier = fit_classifier(train_core, ppo, fit_plan)
+    tuning: dict[str, float] = {"never": float(run_episodes(train_core, ppo, tune_plan).ret.mean())}
+    for p in THRESHOLDS:
+        tuning[str(p)] = float(run_episodes(train_core, SwitchRanker(ppo, rule_b, classifier, p), tune_plan).ret.mean())
+    best = max(tuning, key=lambda key: tuning[key])
+    hybrid = SwitchRanker(ppo, rule_b, classifier, 2.0 if best == "never" else float(best))
+    answered = [0, 0]  # requests answered, of them by B
+
+    def count(obs: dict[str, np.ndarray], slate: np.ndarray, feedback: Any, active: np.ndarray) -> None:
+        answered[0] += int(active.sum())
+        answered[1] += int((classifier.proba(type_features(obs))[active] > hybrid.threshold).sum())
+
+    stats = run_episodes(core, hybrid, plan, on_step=count)
+    return {"threshold": None if best == "never" else float(best), "tuning": tuning, "ret": stats.ret,
+            "switched": answered[1] / max(answered[0], 1)}
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the bench; print the table and the JSON summary (last line)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -206,7 +272,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--fit-episodes", type=int, default=3000, help="training sessions the classifier is fitted on")
     ap.add_argument("--runs", nargs="+", type=Path, default=[], metavar="RUN",
                     help="trained runs of the preset: PPO − switch paired on their held-out sessions")
+    ap.add_argument("--override", action="store_true",
+                    help="with --runs: each run's PPO with the engineer's override (B above a classifier threshold "
+                         "fitted and chosen on training users), paired with PPO on the runs' held-out sessions")
     args = ap.parse_args(argv)
+    if args.override and not args.runs:
+        ap.error("--override needs --runs")
     full, world = config_and_world(ap, args, progress=True)
     cfg = full.env
     try:  # refuse bad runs before the minutes of tuning
@@ -270,7 +341,38 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         for label, figs in parts:
             print(f"{label:24s} " + ", ".join(f"{figs[g]['mean']:+.3f} ({figs[g]['ci95'][0]:+.2f} to "
                                                f"{figs[g]['ci95'][1]:+.2f})" for g in ("all", "cf", "content")))
+        if args.override:
+            summary["override"] = override_summary(args, rule_b, train_core, core, runs_sessions,
+                                                   on_runs.rho < RHO_EDGE, tune_plan, n_train, tune_seed)
     print(json.dumps(summary))
+    return summary
+
+
+def override_summary(args: argparse.Namespace, rule_b: Ranker, train_core: BatchedCore, core: BatchedCore,
+                     plan: EpisodePlan, cf: np.ndarray, tune_plan: EpisodePlan, n_train: int,
+                     tune_seed: int) -> dict[str, Any]:
+    """``--override`` over the runs: per run the threshold, the share of requests B answered and hybrid − PPO by
+    hidden type; over seeds and sessions with two or more runs. Prints a table."""
+    groups = {"all": np.ones_like(cf), "cf": cf, "content": ~cf}
+    boot = Bootstrap(len(plan), 2000, args.seed)
+    ppo = runs_ppo(args.runs, plan)  # (S, E)
+    fit_plan = episode_plan(args.fit_episodes, [tune_seed + FIT_SEED_OFFSET], n_train)
+    per_run: dict[str, Any] = {}
+    diffs = []
+    print("\nPPO with the override − PPO on the runs' held-out sessions: all, ρ<0.5, ρ≥0.5 (95%)")
+    for run, stored in zip(args.runs, ppo, strict=True):
+        out = override_run(run, rule_b, train_core, core, fit_plan, tune_plan, plan, stored)
+        diffs.append(out["ret"] - stored)
+        figs = {g: _diff(out["ret"], stored, boot, m) for g, m in groups.items()}
+        per_run[str(run)] = {"threshold": out["threshold"], "tuning": out["tuning"], "switched": out["switched"],
+                             "return": float(out["ret"].mean()), **figs}
+        print(f"{Path(run).name:24s} " + ", ".join(f"{figs[g]['mean']:+.3f} ({figs[g]['ci95'][0]:+.2f} to "
+                                                   f"{figs[g]['ci95'][1]:+.2f})" for g in groups)
+              + f"   threshold {out['threshold']}, B answered {out['switched']:.1%} of requests")
+    summary: dict[str, Any] = {"per_run": per_run}
+    if len(args.runs) > 1:
+        d = np.stack(diffs)
+        summary["over_seeds_and_sessions"] = {g: seeds_and_sessions_interval(d[:, m]) for g, m in groups.items()}
     return summary
 
 

@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from conftest import make_core
+from conftest import make_core, make_run_dir
 
 from agents.evaluation import episode_plan, run_episodes
+from agents.ppo_ranker import PPORanker, load_policy
 from agents.report import write_returns
 from agents.tuning import diverse_ranker
-from bench.type_switch import SwitchRanker, TypeClassifier, fit_classifier, ppo_against, runs_plan, type_features
+from bench.type_switch import (
+    THRESHOLDS,
+    SwitchRanker,
+    TypeClassifier,
+    fit_classifier,
+    override_run,
+    ppo_against,
+    runs_plan,
+    type_features,
+)
 from configs.loader import resolve_config, save_yaml
 from configs.schema import EnvConfig
 from envs.world import World
@@ -96,3 +107,36 @@ def test_ppo_against_the_switch_is_paired_on_the_runs_sessions_and_refuses_other
         ppo_against(rule, plan, [_run(tmp_path, "late", "small", 5, rule[:15], plan_seeds=3)], cf)
     with pytest.raises(ValueError, match="no per-session returns"):
         ppo_against(rule, plan, [_run(tmp_path, "bare", "small", 10)], cf)
+
+
+def test_ppo_with_the_override_replays_ppo_first_and_switches_only_where_it_pays(
+        tmp_path: Path, small_cfg: EnvConfig, small_world: World) -> None:
+    """``--override``: the run's saved PPO must replay its stored returns (a wrong store is refused); the hybrid's
+    threshold is one of the searched ones or none, and with none it is PPO session for session; a policy reading an
+    observation the core lacks is refused by name."""
+    run = make_run_dir(tmp_path, small_world, critic_state=True)
+    policy = load_policy(run, device="cpu")
+    k, cat = small_cfg.slate_size, small_world.catalog.category
+    crit_cfg = dataclasses.replace(small_cfg, obs_critic_state=True)
+    core, train_core = make_core(crit_cfg, small_world, b=32), make_core(crit_cfg, small_world, b=32)
+    n = small_world.populations["train"].size
+    plan = episode_plan(48, [3], small_world.populations["heldout"].size)
+    stored = run_episodes(core, PPORanker(policy, k), plan).ret
+    rule_b = diverse_ranker(k, cat, {"alpha": 0.1, "cap": 1, "exposure_weight": 0.5, "seen_weight": 0.5})
+    fit, tune = episode_plan(32, [5], n), episode_plan(32, [6], n)
+    out = override_run(run, rule_b, train_core, core, fit, tune, plan, stored)
+    assert out["threshold"] is None or out["threshold"] in THRESHOLDS
+    assert set(out["tuning"]) == {"never", *map(str, THRESHOLDS)}
+    assert out["ret"].shape == stored.shape and np.isfinite(out["ret"]).all()
+    best = max(out["tuning"].values())
+    assert out["tuning"]["never" if out["threshold"] is None else str(out["threshold"])] == best
+    if out["threshold"] is None:
+        np.testing.assert_array_equal(out["ret"], stored)
+        assert out["switched"] == 0
+    else:
+        assert 0 < out["switched"] <= 1
+    with pytest.raises(ValueError, match="does not replay its stored returns"):
+        override_run(run, rule_b, train_core, core, fit, tune, plan, stored + 1.0)
+    with pytest.raises(ValueError, match="critic_state"):
+        override_run(run, rule_b, make_core(small_cfg, small_world, b=32), make_core(small_cfg, small_world, b=32),
+                     fit, tune, plan, stored)
