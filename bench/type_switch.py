@@ -372,7 +372,10 @@ def override_summary(args: argparse.Namespace, rule_b: Ranker, train_core: Batch
     summary: dict[str, Any] = {"per_run": per_run}
     if len(args.runs) > 1:
         d = np.stack(diffs)
-        summary["over_seeds_and_sessions"] = {g: seeds_and_sessions_interval(d[:, m]) for g, m in groups.items()}
+        over = {g: seeds_and_sessions_interval(d[:, m]) for g, m in groups.items()}
+        summary["over_seeds_and_sessions"] = over
+        print(f"{'over seeds and sessions':24s} " + ", ".join(f"{over[g]['mean']:+.3f} ({over[g]['ci95'][0]:+.2f} to "
+                                                              f"{over[g]['ci95'][1]:+.2f})" for g in groups))
     return summary
 
 
