@@ -41,6 +41,7 @@ import numpy as np
 from agents.base import Ranker
 from agents.evaluation import EpisodePlan, episode_plan, run_episodes
 from agents.fitting import fit_logistic
+from agents.policies import SlatePolicy
 from agents.ppo_ranker import PPORanker, load_policy
 from agents.rankers import click_lean, z_rows
 from agents.registry import RankerContext
@@ -215,6 +216,20 @@ def _subplan(plan: EpisodePlan, n: int) -> EpisodePlan:
     return EpisodePlan(plan.keys[:n], plan.users[:n], plan.seeds[:n])
 
 
+def playable_policy(run: Path, core: BatchedCore) -> SlatePolicy:
+    """``run``'s saved policy on the CPU, checked to read only observations ``core`` makes.
+
+    Raises:
+        ValueError: It reads one the core does not make (the run's env settings were not passed with ``--set``).
+    """
+    policy = load_policy(run, device="cpu", n_items=core.M)
+    missing = sorted(set(policy.observation_space.spaces) - set(core.observe()))
+    if missing:
+        raise ValueError(f"--override: {run}'s policy reads {missing}, which this core does not observe (pass the "
+                         f"run's env settings with --set, e.g. env.obs_critic_state=true)")
+    return policy
+
+
 def override_run(run: Path, rule_b: Ranker, train_core: BatchedCore, core: BatchedCore, fit_plan: EpisodePlan,
                  tune_plan: EpisodePlan, plan: EpisodePlan, stored: np.ndarray) -> dict[str, Any]:
     """One run's PPO with the engineer's override (item 6 of the module docstring).
@@ -237,12 +252,7 @@ def override_run(run: Path, rule_b: Ranker, train_core: BatchedCore, core: Batch
         ValueError: The saved policy reads an observation the core does not make, or does not replay its stored
             returns.
     """
-    policy = load_policy(run, device="cpu", n_items=core.M)
-    missing = sorted(set(policy.observation_space.spaces) - set(core.observe()))
-    if missing:
-        raise ValueError(f"--override: {run}'s policy reads {missing}, which this core does not observe (pass the "
-                         f"run's env settings with --set, e.g. env.obs_critic_state=true)")
-    ppo = PPORanker(policy, core.K)
+    ppo = PPORanker(playable_policy(run, core), core.K)
     head = _subplan(plan, min(REPLAY_SESSIONS, len(plan)))
     replay = run_episodes(core, ppo, head).ret
     if not np.allclose(replay, stored[: len(head)], rtol=1e-5, atol=1e-6):
@@ -284,6 +294,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         runs_sessions = runs_plan(args.runs, cfg.preset, world.populations["heldout"].size) if args.runs else None
         if runs_sessions is not None:
             runs_ppo(args.runs, runs_sessions)
+        if args.override:
+            probe = make_core(cfg, cfg.preset, None, world, "heldout", 1)
+            for run in args.runs:
+                playable_policy(run, probe)
     except ValueError as exc:
         ap.error(str(exc))
     k, category = cfg.slate_size, world.catalog.category
