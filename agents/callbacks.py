@@ -26,7 +26,7 @@ from agents.checkpoints import CKPT_DIR, save_checkpoint
 from agents.evaluation import run_episodes
 from agents.policies import SlatePolicy
 from agents.ppo_ranker import PPORanker
-from agents.rollouts import RecPPO
+from agents.rollouts import acting_policy
 from configs.fileio import atomic_write_bytes, atomic_write_text
 from envs.core import BatchedCore
 from envs.sb3 import SB3VecEnv
@@ -45,11 +45,10 @@ SELECTION_LOG = "selection.jsonl"
 def play(model: BaseAlgorithm, core: BatchedCore, plan: Any, k: int) -> np.ndarray:
     """The returns of ``plan``'s sessions played by the model's current weights (deterministic slates): float (E,).
 
-    On :class:`agents.rollouts.RecPPO`'s rollout policy, i.e. where the rollouts are collected (a CPU copy of the
-    weights on a GPU run with ``train.collect_device = "cpu"``: a request is as small a batch as a collection step),
-    else on ``model.policy``.
+    On :func:`agents.rollouts.acting_policy`, i.e. where the rollouts are collected (a CPU copy of the weights on a
+    GPU run with ``train.collect_device = "cpu"``: a request is as small a batch as a collection step).
     """
-    policy = model.rollout_policy() if isinstance(model, RecPPO) else model.policy
+    policy = acting_policy(model)
     assert isinstance(policy, SlatePolicy)
     ret = run_episodes(core, PPORanker(policy, k), plan).ret
     if policy is model.policy:

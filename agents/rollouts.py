@@ -154,3 +154,9 @@ class RecPPO(PPO):
             return super().collect_rollouts(bootstrapped, callback, rollout_buffer, n_rollout_steps)
         with _policy_calls_on(self, collector):
             return super().collect_rollouts(bootstrapped, callback, rollout_buffer, n_rollout_steps)
+
+
+def acting_policy(model: PPO) -> BasePolicy:
+    """The policy that plays sessions for ``model`` (its rollouts, and the evaluations during and after training):
+    :meth:`RecPPO.rollout_policy` (a CPU copy with the current weights on a GPU run), else ``model.policy``."""
+    return model.rollout_policy() if isinstance(model, RecPPO) else model.policy

@@ -65,7 +65,7 @@ from agents.evaluation import episode_plan, run_episodes
 from agents.final_report import final_comparison, tuning_context
 from agents.policies import SlatePolicy
 from agents.ppo_ranker import CONFIG_FILE, MODEL_FILE, WEIGHTS_FILE, resolve_device, save_policy
-from agents.rollouts import RecPPO
+from agents.rollouts import acting_policy
 from agents.runinfo import write_signature
 from configs.fileio import json_default
 from configs.loader import atomic_write_text, load_config, save_yaml, to_dict
@@ -400,7 +400,7 @@ def _learn_and_report(cfg: Config, run_dir: Path, world: World, curve: Any, tuni
         f"collection {metrics.collect_s:.0f}s, updates {metrics.train_s:.0f}s)")
 
     # the final table plays the saved weights where the rollouts were collected (a CPU copy on a GPU run)
-    acting = model.rollout_policy() if isinstance(model, RecPPO) else model.policy
+    acting = acting_policy(model)
     assert isinstance(acting, SlatePolicy)
     report = final_comparison(cfg, world, acting, curve, run_dir, progress, tuning, last_iterate)
     summary = {
