@@ -155,7 +155,7 @@ class PlackettLuceDistribution(Distribution):
         self._stats: tuple[th.Tensor, th.Tensor, th.Tensor, th.Tensor, th.Tensor | None] | None = None
         self._groups_count: int | None = None
         self._stats_have_grad = False
-        self.use_compiled = True  # on CPU, the path terms by the compiled kernels (False: the torch ops)
+        self.use_compiled = True  # on CPU, path terms and sampling by the compiled kernels (False: the torch ops)
         self.category_cap = None if category_cap is None else int(category_cap)
 
     def _cap_args(self) -> tuple[int, float]:
@@ -196,7 +196,8 @@ class PlackettLuceDistribution(Distribution):
         return nn.Linear(latent_dim, self.n_candidates)
 
     def proba_distribution(self, logits: th.Tensor, mask: th.Tensor | None = None, groups: th.Tensor | None = None,
-                           repulsion: th.Tensor | None = None) -> PlackettLuceDistribution:
+                           repulsion: th.Tensor | None = None, *, n_groups: int | None = None,
+                           validate: bool = True) -> PlackettLuceDistribution:
         """Set the distribution's parameters.
 
         Args:
@@ -205,25 +206,38 @@ class PlackettLuceDistribution(Distribution):
                 needs at least K valid candidates.
             groups: Optional (B, N) int64 group ids in ``[0, G)`` for within-slate repulsion.
             repulsion: (B,) β >= 0, required with ``groups``.
+            n_groups: G, when the caller knows it (a bound on every group id plus one, such as the item → category
+                table's); ``None``: read from ``groups`` when first needed (one read of the device).
+            validate: Check the values: no NaN logit, at least K valid candidates per row. Each check reads the
+                device; a caller whose inputs were already checked (PPO's update re-scoring the observations its
+                collection checked) may skip them on an accelerator, and must then check the weights after the update
+                (``agents.policy_ops.refuse_nonfinite_weights``): a NaN logit, which only weights made NaN earlier in
+                the same update can produce there, is read as 0 so that sampling stays in range. Shapes are checked
+                either way.
 
         Returns:
             self.
 
         Raises:
-            ValueError: Wrong shapes, or a row with fewer than K valid candidates.
+            ValueError: Wrong shapes, ``n_groups < 1``, or (with ``validate``) NaN logits or a row with fewer than
+                K valid candidates.
         """
         if logits.ndim != 2 or logits.shape[1] != self.n_candidates:
             raise ValueError(f"logits must have shape (B, {self.n_candidates}), got {tuple(logits.shape)}")
-        if bool(th.isnan(logits.detach()).any()):  # the samplers would return no valid slate for such a row
+        if n_groups is not None and n_groups < 1:
+            raise ValueError(f"n_groups must be >= 1, got {n_groups}")
+        if validate and bool(th.isnan(logits.detach()).any()):  # the samplers would return no valid slate for it
             row = int(th.isnan(logits.detach()).any(dim=1).nonzero()[0, 0])
             raise ValueError(f"slate logits contain NaN (row {row}): the policy's weights diverged; lower the "
                              "learning rate or raise the temperature, and resume from an earlier checkpoint")
+        if not validate:  # a NaN row draws an in-range slate (no out-of-range gather on a device) and its loss stays
+            logits = th.where(th.isnan(logits), th.zeros_like(logits), logits)  # NaN through the other terms
         if mask is not None:
             if mask.shape != logits.shape:
                 raise ValueError(f"mask must have shape {tuple(logits.shape)}, got {tuple(mask.shape)}")
             mask = mask.bool()
-            short = mask.sum(dim=1) < self.slate_size
-            if bool(short.any()):
+            short = mask.sum(dim=1) < self.slate_size if validate else None
+            if short is not None and bool(short.any()):
                 row = int(th.nonzero(short)[0, 0])
                 raise ValueError(f"mask row {row} has fewer than slate_size={self.slate_size} valid candidates")
             logits = logits.masked_fill(~mask, float("-inf"))
@@ -236,7 +250,7 @@ class PlackettLuceDistribution(Distribution):
             groups = groups.long()
         self.logits, self.groups, self.repulsion = logits, groups, repulsion
         self._stats = None
-        self._groups_count = None
+        self._groups_count = None if groups is None else n_groups
         return self
 
     def _walk(self, with_log_prob: bool = False) -> tuple[th.Tensor, th.Tensor | None]:
@@ -418,7 +432,7 @@ class PlackettLuceDistribution(Distribution):
         Returns:
             ``(int64 (B, K), (B,) log-probabilities in the logits' dtype or None)``.
         """
-        if self._require_logits().device.type == "cpu":
+        if self._require_logits().device.type == "cpu" and self.use_compiled:
             return self._sample_groups_cpu(with_log_prob)
         return self._sample_groups_torch(with_log_prob)
 

@@ -400,6 +400,7 @@ class SlatePolicy(ActorCriticPolicy):
         )
         self.value_net = nn.Linear(self.hidden, 1)
         self.repulsion_head: nn.Linear | None = None
+        self._n_categories_cache: tuple[tuple[int, int], int] | None = None  # ((data_ptr, version), G)
         if self.item_category_list is not None:
             self.register_buffer("item_category", th.tensor(self.item_category_list, dtype=th.long))
             self.repulsion_head = nn.Linear(self.hidden, 1)
@@ -487,8 +488,9 @@ class SlatePolicy(ActorCriticPolicy):
         assert isinstance(out, dict)
         return out
 
-    def _encode(self, obs: dict[str, th.Tensor]) -> tuple[th.Tensor, th.Tensor, th.Tensor, th.Tensor | None]:
-        """Shared encoding.
+    def _encode(self, obs: dict[str, th.Tensor], check: bool = True
+                ) -> tuple[th.Tensor, th.Tensor, th.Tensor, th.Tensor | None]:
+        """Shared encoding (``check``: see :meth:`_dist_for`).
 
         Returns:
             ``(state_in (B, S), cand (B, N, X), features (B, N, F), mask (B, N) bool or None)``.
@@ -499,7 +501,7 @@ class SlatePolicy(ActorCriticPolicy):
         if "item_emb" in obs:
             parts.append(obs["item_emb"])
         if self.item_table is not None:
-            parts.append(self.item_table(catalog_ids(obs["candidates"], self.item_table.num_embeddings)))
+            parts.append(self.item_table(catalog_ids(obs["candidates"], self.item_table.num_embeddings, check)))
         if self.taste_weight is not None:  # before session_sim: _actor_parts reads it back as cand[..., _taste_col]
             if "hidden_taste" not in obs:
                 raise ValueError("this policy reads obs['hidden_taste'] (it was trained with env.obs_hidden_taste, "
@@ -716,24 +718,45 @@ class SlatePolicy(ActorCriticPolicy):
             return None
         return nn.functional.softplus(self.repulsion_head(h)).squeeze(-1)
 
-    def _groups(self, obs: dict[str, th.Tensor]) -> th.Tensor | None:
+    def _groups(self, obs: dict[str, th.Tensor], check: bool = True) -> th.Tensor | None:
         """Category (B, N) of each candidate, or None without item categories."""
         if self.repulsion_head is None:
             return None
         table = self.item_category
-        return table[catalog_ids(obs["candidates"], table.numel())]
+        return table[catalog_ids(obs["candidates"], table.numel(), check)]
+
+    def n_categories(self) -> int:
+        """G: one more than the largest id in the ``item_category`` buffer (1 without categories).
+
+        Read from the buffer once per change of it (cached by its storage and version counter, which
+        ``load_state_dict``, ``.to()`` and any in-place write move), so a forward pass on an accelerator does not
+        wait for the device to learn it.
+        """
+        if self.repulsion_head is None:
+            return 1
+        table = self.item_category
+        key = (table.data_ptr(), table._version)
+        if self._n_categories_cache is None or self._n_categories_cache[0] != key:
+            self._n_categories_cache = (key, int(table.max()) + 1 if table.numel() else 1)
+        return self._n_categories_cache[1]
 
     def _dist_for(
-        self, obs: dict[str, th.Tensor]
+        self, obs: dict[str, th.Tensor], check: bool = True
     ) -> tuple[PlackettLuceDistribution, th.Tensor, th.Tensor, th.Tensor | None]:
         """The slate distribution for prepared obs; also the state input, the state embedding and the type head's
-        logit (B,) (None without a type head; its one pass per forward serves the actor and the type loss)."""
-        state_in, cand, features, mask = self._encode(obs)
+        logit (B,) (None without a type head; its one pass per forward serves the actor and the type loss).
+
+        ``check``: validate the inputs' values (candidate ids inside the catalog, no NaN logit, K valid candidates
+        per row). Each such check reads the device; :meth:`evaluate_actions` skips them on an accelerator.
+        """
+        state_in, cand, features, mask = self._encode(obs, check)
         type_logit = self._type_logit(state_in) if self.type_net is not None else None
         logits, _, h = self._actor(state_in, cand, features, type_logit)
         beta = self._repulsion(h)
-        groups = self._groups(obs)
-        return self.action_dist.proba_distribution(logits, mask, groups, beta), state_in, h, type_logit
+        groups = self._groups(obs, check)
+        dist = self.action_dist.proba_distribution(logits, mask, groups, beta, validate=check,
+                                                   n_groups=None if groups is None else self.n_categories())
+        return dist, state_in, h, type_logit
 
     # ------------------------------------------------------------------ SB3 interface
 
@@ -743,6 +766,15 @@ class SlatePolicy(ActorCriticPolicy):
         dist, state_in, h, _ = self._dist_for(prepared)
         actions, log_prob = dist.sample_with_log_prob(deterministic=deterministic)
         return actions, self._critic(state_in, h, prepared), log_prob
+
+    def update_checks_inputs(self) -> bool:
+        """Whether :meth:`evaluate_actions` validates its inputs' values (see :meth:`_dist_for`): always on the CPU and
+        outside training mode; not in PPO's update on an accelerator, where each check would make the host wait for
+        the device once per minibatch. Nothing goes unchecked there: the update re-scores the observations its
+        collection checked when it acted on them, and NaN logits from weights that the update itself made diverge
+        are refused at the next collection's first step (it runs ``forward``, which checks), before any callback
+        sees the policy."""
+        return not self.training or self.device.type == "cpu"
 
     def evaluate_actions(self, obs: PyTorchObs, actions: th.Tensor) -> tuple[th.Tensor, th.Tensor, th.Tensor | None]:
         """Values (B, 1), log-probabilities (B,) of ``actions`` (B, K) and the entropy estimate (B,).
@@ -754,7 +786,7 @@ class SlatePolicy(ActorCriticPolicy):
         supervised loss joins PPO's update without a fork of SB3's ``train``.
         """
         prepared = self._prepare(obs)
-        dist, state_in, h, type_logit = self._dist_for(prepared)
+        dist, state_in, h, type_logit = self._dist_for(prepared, check=self.update_checks_inputs())
         log_prob, entropy = dist.log_prob_and_entropy(actions)
         if type_logit is not None and self.training and self.type_loss_scale > 0:
             entropy = entropy - self.type_loss_scale * _zero_valued(self._type_bce(type_logit, prepared))

@@ -1,5 +1,6 @@
 """Tensor building blocks of the slate policy (``agents/policies.py``): row standardisation, the symlog squash, a
-linear layer whose backward suits tall inputs, the candidate-id check and the hidden MLP stack.
+linear layer whose backward suits tall inputs, the candidate-id check, the hidden MLP stack and the check that an
+update left the weights finite.
 
 Kept apart from the policy class so that the network's structure reads on its own; all are pure functions of their
 inputs (no state), shapes noted on each.
@@ -63,18 +64,19 @@ def rows_linear(x: th.Tensor, w: th.Tensor, b: th.Tensor) -> th.Tensor:
     return th.addmm(b, x, w.t())
 
 
-def catalog_ids(candidates: th.Tensor, n_items: int) -> th.Tensor:
+def catalog_ids(candidates: th.Tensor, n_items: int, check: bool = True) -> th.Tensor:
     """Candidate catalog ids (B, N) as int64, checked to lie in ``[0, n_items)`` (the policy's item tables).
 
     An id outside the catalog the policy was trained on is an error, never clamped onto another item: it means
-    the observation comes from another world. The check is one ``aminmax`` over (B, N); it is left out while the
-    graph is traced for export (the exported runtime's gather then rejects such an id itself).
+    the observation comes from another world. The check is one ``aminmax`` over (B, N) and one read of the device;
+    it is left out while the graph is traced for export (the exported runtime's gather then rejects such an id
+    itself) and where the caller says the ids were checked already (``check=False``).
 
     Raises:
         ValueError: Naming the first offending row and id.
     """
     ids = candidates.round().long()
-    if ids.numel() and not (th.jit.is_tracing() or th.onnx.is_in_onnx_export()):
+    if check and ids.numel() and not (th.jit.is_tracing() or th.onnx.is_in_onnx_export()):
         lo, hi = th.aminmax(ids)
         if bool((lo < 0) | (hi >= n_items)):  # one read of the device, not two
             bad = (ids < 0) | (ids >= n_items)
@@ -93,3 +95,28 @@ def mlp(in_dim: int, hidden: int, n_layers: int, activation_fn: type[nn.Module])
         layers += [nn.Linear(dim, hidden), activation_fn()]
         dim = hidden
     return nn.Sequential(*layers)
+
+
+def refuse_nonfinite_weights(module: nn.Module, step: int) -> None:
+    """Raise if an update left any of ``module``'s parameters NaN or infinite (one read of the device for all).
+
+    PPO's update on an accelerator does not check its minibatches' logits (``SlatePolicy.update_checks_inputs``);
+    this check after each update keeps a diverged update from reaching a checkpoint or a callback.
+
+    Args:
+        module: The trained policy.
+        step: The run's step count, for the message.
+
+    Raises:
+        FloatingPointError: Naming the first parameters affected.
+    """
+    named = [(name, p) for name, p in module.named_parameters()]
+    if not named:
+        return
+    bad = th.stack([~th.isfinite(p.detach()).all() for _, p in named])
+    if bool(bad.any()):
+        names = [name for (name, _), b in zip(named, bad.tolist(), strict=True) if b]
+        raise FloatingPointError(
+            f"the PPO update at step {step:,} left non-finite weights ({', '.join(names[:4])}"
+            f"{', ...' if len(names) > 4 else ''}): the policy's weights diverged; lower the learning rate or raise "
+            "the temperature, and resume from an earlier checkpoint")

@@ -37,6 +37,7 @@ from stable_baselines3.common.utils import obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices, VecEnvObs, VecEnvStepReturn
 
+from agents.policy_ops import refuse_nonfinite_weights
 from agents.rollouts import final_values, truncated_rows
 from configs.schema import Config
 
@@ -380,6 +381,11 @@ class RayPPO(PPO):
     ``num_timesteps`` advanced by ``n_envs`` (so evaluations, checkpoints and the time limit fall where they do
     locally); then GAE from the actors' last values.
     """
+
+    def train(self) -> None:
+        """SB3's update, then :func:`agents.policy_ops.refuse_nonfinite_weights` (once per update)."""
+        super().train()
+        refuse_nonfinite_weights(self.policy, self.num_timesteps)
 
     def collect_rollouts(self, env: VecEnv, callback: BaseCallback, rollout_buffer: RolloutBuffer,
                          n_rollout_steps: int) -> bool:

@@ -32,6 +32,8 @@ from stable_baselines3.common.utils import obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs, VecEnvStepReturn
 
+from agents.policy_ops import refuse_nonfinite_weights
+
 #: The info key set on a session whose time-limit bootstrap :class:`RecPPO` already added to its reward.
 BOOTSTRAPPED = "TimeLimit.bootstrapped"
 
@@ -143,6 +145,11 @@ class RecPPO(PPO):
         with th.no_grad():
             self._collector.load_state_dict(self.policy.state_dict())
         return self._collector
+
+    def train(self) -> None:
+        """SB3's update, then :func:`agents.policy_ops.refuse_nonfinite_weights` (once per update)."""
+        super().train()
+        refuse_nonfinite_weights(self.policy, self.num_timesteps)
 
     def collect_rollouts(self, env: VecEnv, callback: BaseCallback, rollout_buffer: RolloutBuffer,
                          n_rollout_steps: int) -> bool:

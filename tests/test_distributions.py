@@ -465,6 +465,51 @@ def test_nan_logits_are_a_clear_error_not_an_out_of_range_slate() -> None:
         PlackettLuceDistribution(5, 2).proba_distribution(logits)
 
 
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "torch-ops"])
+def test_a_known_group_count_gives_what_reading_it_gives(compiled: bool) -> None:
+    """``n_groups`` (a bound the caller knows, here larger than the groups in the batch: empty groups add exact zeros)
+    spares the read of the device and changes no value: log-probabilities, entropies, their gradients, samples."""
+    th.manual_seed(5)
+    b, n, k = 64, 9, 3
+    logits0 = th.randn(b, n) * 2
+    groups = th.randint(0, 4, (b, n))
+    beta = th.rand(b) * 2
+    slates = th.argsort(th.rand(b, n), dim=1)[:, :k]
+    out = []
+    for n_groups in (None, 7):
+        logits = logits0.clone().requires_grad_(True)
+        dist = PlackettLuceDistribution(n, k, entropy_estimator="action", category_cap=2)
+        dist.use_compiled = compiled
+        dist.proba_distribution(logits, groups=groups, repulsion=beta, n_groups=n_groups)
+        assert dist._n_groups() == (int(groups.max()) + 1 if n_groups is None else n_groups)
+        log_p, ent = dist.log_prob_and_entropy(slates)
+        (log_p.sum() + ent.sum()).backward()
+        dist.set_generator(th.Generator().manual_seed(3))
+        out.append((log_p.detach(), ent.detach(), logits.grad, dist.sample()))
+    for x, y in zip(out[0][:3], out[1][:3], strict=True):  # equal up to the order of a float64 sum's terms
+        assert th.allclose(x.double(), y.double(), rtol=1e-6, atol=1e-6)
+    assert th.equal(out[0][3], out[1][3])
+    with pytest.raises(ValueError, match="n_groups must be >= 1"):
+        PlackettLuceDistribution(n, k).proba_distribution(logits0, groups=groups, repulsion=beta, n_groups=0)
+
+
+def test_validate_false_skips_only_the_value_checks() -> None:
+    """``validate=False`` (PPO's update on an accelerator, whose observations were checked when collected) leaves out
+    the checks that read the device; the shapes are still checked."""
+    logits = th.zeros(2, 5)
+    logits[1, 2] = float("nan")
+    mask = th.ones(2, 5, dtype=th.bool)
+    mask[0, 1:] = False  # one valid candidate, K = 2
+    dist = PlackettLuceDistribution(5, 2)
+    with pytest.raises(ValueError, match="NaN"):
+        dist.proba_distribution(logits, mask)
+    with pytest.raises(ValueError, match="fewer than slate_size"):
+        dist.proba_distribution(logits.nan_to_num(0.0), mask)
+    assert dist.proba_distribution(logits, mask, validate=False).logits is not None
+    with pytest.raises(ValueError, match="logits must have shape"):
+        dist.proba_distribution(th.zeros(2, 4), validate=False)
+
+
 @pytest.mark.parametrize("repulsion", [False, True])
 def test_action_entropy_is_the_scored_slates_path_entropy_from_one_pass(repulsion: bool) -> None:
     """``"action"`` scores the given slates once: their log-probabilities as :meth:`log_prob` gives them, and their path

@@ -751,3 +751,55 @@ def test_session_base_starts_at_tuned_session_diverse_and_its_parts_sum_to_the_l
                 session_base_weight=0.7)
     with pytest.raises(ValueError, match="session_base_weight"):
         _policy(space, session_base_weight=0.7)
+
+
+_HOST_READS = ("__bool__", "__int__", "__float__", "__index__", "item", "tolist", "numpy", "cpu")
+
+
+def test_the_update_on_an_accelerator_reads_nothing_back_from_the_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    """PPO's update re-scores observations its collection checked, so on an accelerator (where each check makes the
+    host wait for the device, once per minibatch) ``evaluate_actions`` leaves the checks out and knows the category
+    count without reading it: on the torch-op path that a GPU runs, no tensor is read back to the host once the
+    count is cached. The values are those of the checked pass."""
+    policy = _policy(item_category=np.arange(N_ITEMS) % 4, category_cap=2, base="diverse", use_item_table=True,
+                     residual_init_scale=1.0)
+    policy.action_dist.use_compiled = False  # the path any device but the CPU takes
+    policy.set_training_mode(True)
+    assert policy.update_checks_inputs()  # on the CPU the checks stay (they cost no wait there)
+    t = _tensor(policy, _fake_obs(observation_space(N_ITEMS, N_CAND, DIM), 32, seed=6))
+    actions = policy.get_distribution(t).sample().float()
+    th.manual_seed(1)  # the entropy estimate draws a slate
+    checked = policy.evaluate_actions(t, actions)
+    monkeypatch.setattr(SlatePolicy, "update_checks_inputs", lambda self: not self.training)  # as on an accelerator
+    reads: list[str] = []
+    for name in _HOST_READS:
+        original = getattr(th.Tensor, name)
+
+        def counted(self: th.Tensor, *args: Any, _name: str = name, _f: Any = original, **kwargs: Any) -> Any:
+            reads.append(_name)
+            return _f(self, *args, **kwargs)
+
+        monkeypatch.setattr(th.Tensor, name, counted)
+    th.manual_seed(1)
+    unchecked = policy.evaluate_actions(t, actions)
+    assert reads == [], reads
+    monkeypatch.undo()
+    for x, y in zip(checked, unchecked, strict=True):
+        assert x is not None and y is not None and th.equal(x, y)
+    policy.set_training_mode(False)  # outside the update (scoring someone's logged slates) the checks stay
+    assert SlatePolicy.update_checks_inputs(policy)
+
+
+def test_the_category_count_follows_the_buffer() -> None:
+    """``n_categories`` is read from the ``item_category`` buffer once per change of it: a state dict with another
+    table (same catalog size) moves it."""
+    policy = _policy(item_category=np.arange(N_ITEMS) % 4)
+    assert policy.n_categories() == 4
+    state = policy.state_dict()
+    state["item_category"] = th.as_tensor(np.arange(N_ITEMS) % 6)
+    policy.load_state_dict(state)
+    assert policy.n_categories() == 6
+    with th.no_grad():
+        policy.item_category.zero_()
+    assert policy.n_categories() == 1
+    assert _policy().n_categories() == 1  # no categories: one group

@@ -165,3 +165,39 @@ def test_training_evaluations_play_on_the_collecting_copy(small_world: World, mo
     own = run_episodes(core, PPORanker(copied.policy, cfg.env.slate_size), plan).ret
     np.testing.assert_array_equal(ret, own)
     assert np.ptp(ret) > 0  # sessions differ: a constant would hide a wrong policy
+
+
+class _Diverge(BaseCallback):
+    """Poisons one weight at the end of the first rollout, as an update that diverged would leave it."""
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_end(self) -> None:
+        with th.no_grad():
+            self.model.policy.value_net.weight[0, 0] = float("nan")
+
+
+def test_an_update_that_leaves_non_finite_weights_stops_the_run(small_world: World,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """On an accelerator the update does not check its minibatches' logits (``update_checks_inputs``); RecPPO checks
+    the weights once after each update instead, so a diverged update stops the run there, naming the weights, before
+    the next rollout or a checkpoint."""
+    cfg = resolve_config(None, "small", ["train.ppo.n_envs=8", "train.ppo.n_steps=16", "train.ppo.batch_size=64",
+                                          "train.device=cpu"])
+    model = new_ppo(cfg, make_venv(cfg, small_world, 0), th.device("cpu"), None,
+                    policy_kwargs(cfg, 0.9, small_world, HEURISTIC))
+    monkeypatch.setattr(SlatePolicy, "update_checks_inputs", lambda self: False)  # as on an accelerator,
+    model.policy.action_dist.use_compiled = False  # with the torch ops an accelerator runs
+    steps = 0
+    inner = model.collect_rollouts
+
+    def counted(*args, **kwargs):  # type: ignore[no-untyped-def]
+        nonlocal steps
+        steps += 1
+        return inner(*args, **kwargs)
+
+    monkeypatch.setattr(model, "collect_rollouts", counted)
+    with pytest.raises(FloatingPointError, match=r"step 128 left non-finite weights \([a-z_]+"):
+        model.learn(4 * 8 * 16, callback=_Diverge())
+    assert steps == 1  # stopped after the first update, before a second rollout
