@@ -400,7 +400,7 @@ class SlatePolicy(ActorCriticPolicy):
         )
         self.value_net = nn.Linear(self.hidden, 1)
         self.repulsion_head: nn.Linear | None = None
-        self._n_categories_cache: tuple[tuple[int, int], int] | None = None  # ((data_ptr, version), G)
+        self._n_categories_cache: tuple[tuple[int, int, int], int] | None = None  # see n_categories
         if self.item_category_list is not None:
             self.register_buffer("item_category", th.tensor(self.item_category_list, dtype=th.long))
             self.repulsion_head = nn.Linear(self.hidden, 1)
@@ -728,14 +728,14 @@ class SlatePolicy(ActorCriticPolicy):
     def n_categories(self) -> int:
         """G: one more than the largest id in the ``item_category`` buffer (1 without categories).
 
-        Read from the buffer once per change of it (cached by its storage and version counter, which
-        ``load_state_dict``, ``.to()`` and any in-place write move), so a forward pass on an accelerator does not
-        wait for the device to learn it.
+        Read from the buffer once per change of it (cached by the tensor's identity, storage and version counter:
+        ``.to()`` and a re-registered buffer make a new tensor, ``load_state_dict`` and any in-place write move the
+        version), so a forward pass on an accelerator does not wait for the device to learn it.
         """
         if self.repulsion_head is None:
             return 1
         table = self.item_category
-        key = (table.data_ptr(), table._version)
+        key = (id(table), table.data_ptr(), table._version)
         if self._n_categories_cache is None or self._n_categories_cache[0] != key:
             self._n_categories_cache = (key, int(table.max()) + 1 if table.numel() else 1)
         return self._n_categories_cache[1]

@@ -802,4 +802,6 @@ def test_the_category_count_follows_the_buffer() -> None:
     with th.no_grad():
         policy.item_category.zero_()
     assert policy.n_categories() == 1
+    policy.item_category = th.as_tensor(np.arange(N_ITEMS) % 5)  # a buffer replaced by another tensor
+    assert policy.n_categories() == 5
     assert _policy().n_categories() == 1  # no categories: one group
