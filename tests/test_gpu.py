@@ -77,6 +77,35 @@ def test_gradients_agree_with_cpu() -> None:
     assert th.allclose(grads[0][1], grads[1][1], atol=1e-4, rtol=1e-3)
 
 
+@needs_cuda
+@pytest.mark.parametrize("estimator", ["sample", "action"])
+def test_the_update_pass_never_waits_for_the_device(estimator: str) -> None:
+    """PPO's update pass (``evaluate_actions`` in training mode, then the backward pass) makes no synchronisation on
+    cuda once the policy has acted (which checked the observations and cached the category count): torch's sync debug
+    mode raises on any. The CPU test ``test_the_update_on_an_accelerator_reads_nothing_back_from_the_device`` counts
+    the host reads of the same pass on the torch-op path."""
+    from agents.policies import SlatePolicy
+    from envs.spaces import action_space, observation_space
+
+    space = observation_space(50, 8, 16)
+    policy = SlatePolicy(space, action_space(8, 3), lambda _: 3e-4, item_category=np.arange(50) % 4, category_cap=2,
+                         base="diverse", entropy_estimator=estimator, residual_init_scale=1.0).cuda()
+    space.seed(0)
+    obs, _ = policy.obs_to_tensor({k: np.stack([space[k].sample() for _ in range(32)]) for k in space.spaces})
+    policy.set_training_mode(False)
+    actions = policy.get_distribution(obs).sample().float()  # the collection's pass: checks on
+    policy.set_training_mode(True)
+    th.cuda.synchronize()
+    th.cuda.set_sync_debug_mode("error")
+    try:
+        values, log_prob, entropy = policy.evaluate_actions(obs, actions)
+        assert entropy is not None
+        (values.square().mean() - log_prob.mean() - entropy.mean()).backward()
+    finally:
+        th.cuda.set_sync_debug_mode(0)
+    assert bool(th.isfinite(log_prob).all()) and bool(th.isfinite(entropy).all())
+
+
 SMALL_PPO = ["train.ppo.n_steps=16", "train.ppo.n_envs=32", "train.ppo.batch_size=256"]
 
 
