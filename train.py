@@ -109,8 +109,8 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         warm = {"init_from": args.init_from} if args.init_from else {}
         summary = train(cfg, run_dir, resume=run_dir is not None, progress=not args.quiet, **warm)
-    except (ConfigError, CheckpointError, FileNotFoundError, FileExistsError) as exc:
-        sys.exit(f"train.py: error: {exc}")
+    except (ConfigError, CheckpointError, FileNotFoundError, FileExistsError, FloatingPointError) as exc:
+        sys.exit(f"train.py: error: {exc}")  # FloatingPointError: an update left non-finite weights (RecPPO.train)
     print_summary(summary, Path(summary["paths"]["report"]) / "results.md")
     return summary
 

@@ -85,6 +85,19 @@ def test_bad_config_is_a_clear_error(cache: Path, capsys: pytest.CaptureFixture[
             train.main(["--config", str(SMOKE), "--set", f"eval.extra_references={bad}", "--out", str(cache)])
 
 
+def test_a_diverged_update_ends_train_py_with_its_message(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``RecPPO.train``'s refusal of non-finite weights reaches the user as train.py's one-line error, not a
+    traceback (the refusal itself: ``tests/test_rollouts.py``)."""
+    import agents.training
+
+    def diverged(*args: object, **kwargs: object) -> dict:
+        raise FloatingPointError("the PPO update at step 4,096 left non-finite weights (value_net.weight): …")
+
+    monkeypatch.setattr(agents.training, "train", diverged)
+    with pytest.raises(SystemExit, match=r"^train.py: error: the PPO update at step 4,096 left non-finite weights"):
+        train.main(tiny_args(cache / "runs", "diverged", 512))
+
+
 def test_policy_kwargs_of_the_diverse_base_are_tuned_diverses_parameters(small_world) -> None:
     """``policy.base = "diverse"`` (the default): the policy starts at tuned-diverse's α, with its exposure and seen
     weights as fixed feature weights and its cap (a cap of K or more is no cap); without the search it refuses."""
