@@ -110,7 +110,7 @@ def refuse_nonfinite_weights(module: nn.Module, step: int) -> None:
     Raises:
         FloatingPointError: Naming the first parameters affected.
     """
-    named = [(name, p) for name, p in module.named_parameters()]
+    named = list(module.named_parameters())
     if not named:
         return
     bad = th.stack([~th.isfinite(p.detach()).all() for _, p in named])
