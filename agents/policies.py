@@ -771,9 +771,9 @@ class SlatePolicy(ActorCriticPolicy):
         """Whether :meth:`evaluate_actions` validates its inputs' values (see :meth:`_dist_for`): always on the CPU and
         outside training mode; not in PPO's update on an accelerator, where each check would make the host wait for
         the device once per minibatch. Nothing goes unchecked there: the update re-scores the observations its
-        collection checked when it acted on them, and NaN logits from weights that the update itself made diverge
-        are refused at the next collection's first step (it runs ``forward``, which checks), before any callback
-        sees the policy."""
+        collection checked when it acted on them, and weights that the update itself made diverge are refused once
+        after it (``RecPPO.train`` / ``RayPPO.train``: :func:`agents.policy_ops.refuse_nonfinite_weights`), before
+        a rollout, callback or checkpoint uses them."""
         return not self.training or self.device.type == "cpu"
 
     def evaluate_actions(self, obs: PyTorchObs, actions: th.Tensor) -> tuple[th.Tensor, th.Tensor, th.Tensor | None]:

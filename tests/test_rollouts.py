@@ -187,7 +187,7 @@ def test_an_update_that_leaves_non_finite_weights_stops_the_run(small_world: Wor
                                           "train.device=cpu"])
     model = new_ppo(cfg, make_venv(cfg, small_world, 0), th.device("cpu"), None,
                     policy_kwargs(cfg, 0.9, small_world, HEURISTIC))
-    monkeypatch.setattr(SlatePolicy, "update_checks_inputs", lambda self: False)  # as on an accelerator,
+    monkeypatch.setattr(SlatePolicy, "update_checks_inputs", lambda self: False)  # as on an accelerator
     model.policy.action_dist.use_compiled = False  # with the torch ops an accelerator runs
     steps = 0
     inner = model.collect_rollouts
