@@ -38,6 +38,7 @@ from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices, VecEnvObs, VecEnvStepReturn
 
 from agents.policy_ops import refuse_nonfinite_weights
+from agents.ppo_update import ppo_update
 from agents.rollouts import final_values, truncated_rows
 from configs.schema import Config
 
@@ -373,7 +374,8 @@ class RayVecEnv(VecEnv):
 
 
 class RayPPO(PPO):
-    """SB3's PPO whose rollouts come from :class:`RayVecEnv`'s actors; the update is PPO's own.
+    """SB3's PPO whose rollouts come from :class:`RayVecEnv`'s actors; the update is the local backend's
+    (:func:`agents.ppo_update.ppo_update`, SB3's own with one read of the device).
 
     ``collect_rollouts`` replays the actors' rollouts into the buffer as SB3's loop would have filled it: per step,
     the reward normalised by the run's ``VecNormalize`` statistics (updated as its ``step_wait`` does), plus
@@ -383,8 +385,9 @@ class RayPPO(PPO):
     """
 
     def train(self) -> None:
-        """SB3's update, then :func:`agents.policy_ops.refuse_nonfinite_weights` (once per update)."""
-        super().train()
+        """SB3's update with one read of the device (:func:`agents.ppo_update.ppo_update`), then
+        :func:`agents.policy_ops.refuse_nonfinite_weights`."""
+        ppo_update(self)
         refuse_nonfinite_weights(self.policy, self.num_timesteps)
 
     def collect_rollouts(self, env: VecEnv, callback: BaseCallback, rollout_buffer: RolloutBuffer,

@@ -33,6 +33,7 @@ from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs, VecEnvStepReturn
 
 from agents.policy_ops import refuse_nonfinite_weights
+from agents.ppo_update import ppo_update
 
 #: The info key set on a session whose time-limit bootstrap :class:`RecPPO` already added to its reward.
 BOOTSTRAPPED = "TimeLimit.bootstrapped"
@@ -102,9 +103,10 @@ class RecPPO(PPO):
     """SB3's PPO, its time-limit bootstrap made in one value call per step and its rollouts collected on
     ``collect_device`` (see the module docstring).
 
-    Everything else is SB3's: the rollout loop, the buffer, GAE, the update, saving. With the collection on the
-    training device (or both on the CPU) the only difference from ``PPO`` is the batch in which the truncated
-    sessions' values are computed (equal to float rounding).
+    Everything else is SB3's: the rollout loop, the buffer, GAE, saving; the update is SB3's too, its minibatches
+    gathered on the training device and its statistics read once per update (:mod:`agents.ppo_update`, the same
+    weights bit for bit). With the collection on the training device (or both on the CPU) the only difference from
+    ``PPO`` is the batch in which the truncated sessions' values are computed (equal to float rounding).
 
     Args:
         *args: SB3's ``PPO`` arguments.
@@ -147,8 +149,9 @@ class RecPPO(PPO):
         return self._collector
 
     def train(self) -> None:
-        """SB3's update, then :func:`agents.policy_ops.refuse_nonfinite_weights` (once per update)."""
-        super().train()
+        """SB3's update with one read of the device (:func:`agents.ppo_update.ppo_update`), then
+        :func:`agents.policy_ops.refuse_nonfinite_weights`."""
+        ppo_update(self)
         refuse_nonfinite_weights(self.policy, self.num_timesteps)
 
     def collect_rollouts(self, env: VecEnv, callback: BaseCallback, rollout_buffer: RolloutBuffer,

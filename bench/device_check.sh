@@ -14,7 +14,8 @@
 # torch code on the device (pytest-xdist over JOBS workers; policies there load on "auto", i.e. on the GPU); PPO
 # training throughput (collect / update split) with the rollouts collected on a CPU copy of the policy
 # (train.collect_device=cpu, the default since session 32) and on the GPU (=train), then on the CPU alone, for the
-# default config, the `adapt` protocol's learner (configs/quality-adapt.yaml) and 4x the default batch; the
+# default config, the `adapt` protocol's learner (configs/quality-adapt.yaml) and 4x the default batch; the update
+# alone against SB3's own (bench.update_speed, session 34); the
 # host-device copies per step (bench.host_device_copies) both ways; a short train.py on the GPU. Session 31 ran the
 # whole suite there (224 s); session 32 only the tests with device code, to leave time for the figures.
 set -uo pipefail
@@ -53,7 +54,7 @@ print('installed package imports from', envs.__file__)"); } 2>&1 | tee "$OUT/ins
 stage "the tests that run torch code on the device ($JOBS workers)"
 run 150 python3 -m pytest -q -p no:cacheprovider -n "$JOBS" -rfEs tests/test_gpu.py tests/test_rollouts.py \
   tests/test_distributions.py tests/test_policies.py tests/test_critic_state.py tests/test_host_device_copies.py \
-  2>&1 | tail -40 | tee "$OUT/tests.log"
+  tests/test_ppo_update.py 2>&1 | tail -40 | tee "$OUT/tests.log"
 
 tp() {  # tp LABEL ARGS...: one throughput figure, appended to throughput.jsonl with its label
   local label=$1; shift
@@ -69,6 +70,9 @@ copies() {  # copies ARGS...: host-device copies per step, appended to copies.js
 ADAPT=(--config configs/quality-adapt.yaml)
 X4=(--set train.ppo.n_envs=1024 --set train.ppo.batch_size=8192)
 tp "default, $DEV, collect cpu" --threads 1 --set "train.device=$DEV" --set train.collect_device=cpu
+stage "the update alone: recfeed's (one host read) against SB3's, alternately (session 34)"
+run 90 python3 -m bench.update_speed --repeats 5 "${ENC[@]}" --set "train.device=$DEV" 2>&1 | tail -1 \
+  | tee -a "$OUT/update.jsonl"
 tp "default, $DEV, collect $DEV" --threads 1 --set "train.device=$DEV" --set train.collect_device=train
 tp "default, cpu" --threads 1 --set train.device=cpu
 tp "adapt learner, $DEV, collect cpu" --threads 1 "${ADAPT[@]}" --set "train.device=$DEV" --set train.collect_device=cpu

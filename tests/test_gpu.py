@@ -155,3 +155,48 @@ def test_ppo_trains_on_device_as_on_cpu(device: str, config: str | None, collect
         v_dev, lp_dev, _ = trained.evaluate_actions(trained.obs_to_tensor(obs)[0], slates.to(device))
     assert th.allclose(v_cpu, v_dev.cpu(), atol=1e-4, rtol=1e-4)
     assert th.allclose(lp_cpu, lp_dev.cpu(), atol=1e-3, rtol=1e-4)
+
+
+@needs_cuda
+def test_the_update_synchronises_a_fixed_number_of_times_however_many_minibatches(small_world: World) -> None:
+    """recfeed's PPO update on cuda (``agents.ppo_update``): the rollout's copy to the device, one permutation per
+    epoch and the statistics' read at the end are its only synchronisations, so 3 and 12 minibatches per epoch make
+    the same number (torch's sync debug mode, set to warn, counts them); SB3's own update makes several more per
+    minibatch. The CPU test ``test_the_update_reads_the_device_once_however_many_minibatches`` counts the reads."""
+    import warnings
+
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.buffers import DictRolloutBuffer
+
+    from agents.checkpoints import new_ppo
+    from agents.training import make_venv, policy_kwargs
+    from configs.loader import resolve_config
+
+    def syncs(batch_size: int, sb3: bool) -> int:
+        cfg = resolve_config(None, "small", ["train.ppo.n_envs=16", "train.ppo.n_steps=12",
+                                              f"train.ppo.batch_size={batch_size}"])
+        model = new_ppo(cfg, make_venv(cfg, small_world, 0), th.device("cuda"), None,
+                        policy_kwargs(cfg, 0.9, small_world, HEURISTIC))
+        if sb3:
+            model.rollout_buffer = DictRolloutBuffer(model.n_steps, model.observation_space, model.action_space,
+                                                     device=model.device, gamma=model.gamma,
+                                                     gae_lambda=model.gae_lambda, n_envs=model.n_envs)
+            model.train = lambda: PPO.train(model)  # type: ignore[method-assign]
+        model.learn(model.n_envs * model.n_steps)  # a warm-up update; then one more rollout, its update counted
+        _, callback = model._setup_learn(model.n_envs * model.n_steps, None, reset_num_timesteps=False)
+        callback.on_training_start(locals(), globals())
+        model.collect_rollouts(model.env, callback, model.rollout_buffer, model.n_steps)
+        th.cuda.synchronize()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            th.cuda.set_sync_debug_mode("warn")
+            try:
+                model.train()
+            finally:
+                th.cuda.set_sync_debug_mode(0)
+        return sum("synchroniz" in str(w.message) for w in caught)
+
+    few, many = syncs(64, False), syncs(16, False)
+    assert few == many, (few, many)
+    n_epochs = resolve_config(None, "small", []).train.ppo.n_epochs
+    assert syncs(16, True) >= 5 * n_epochs * 12  # SB3's: at least its five reads per minibatch (192 / 16 = 12)

@@ -1,0 +1,160 @@
+"""``agents.ppo_update``: SB3's PPO update with its minibatches gathered on the device and one host read."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import torch as th
+from gymnasium import spaces
+from stable_baselines3 import PPO
+from stable_baselines3.common.buffers import DictRolloutBuffer
+
+from agents.checkpoints import new_ppo
+from agents.policies import SlatePolicy
+from agents.ppo_update import DeviceDictRolloutBuffer
+from agents.training import make_venv, policy_kwargs
+from bench.train_throughput import HEURISTIC
+from configs.loader import resolve_config
+from envs.world import World
+
+_TRAIN_KEYS = ("train/entropy_loss", "train/policy_gradient_loss", "train/value_loss", "train/approx_kl",
+               "train/clip_fraction", "train/loss", "train/explained_variance", "train/clip_range", "train/n_updates")
+
+
+def _model(world: World, *overrides: str) -> PPO:
+    """The recfeed PPO on the small world (16 users × 12 steps per rollout), as train.py builds it."""
+    cfg = resolve_config(None, "small", ["train.ppo.n_envs=16", "train.ppo.n_steps=12", "train.ppo.batch_size=64",
+                                          "train.device=cpu", *overrides])
+    return new_ppo(cfg, make_venv(cfg, world, 0), th.device("cpu"), None, policy_kwargs(cfg, 0.9, world, HEURISTIC))
+
+
+def _learn_with(world: World, sb3: bool, rollouts: int, *overrides: str) -> PPO:
+    """``rollouts`` rollouts and updates of a new model; ``sb3``: with SB3's own buffer and update."""
+    model = _model(world, *overrides)
+    if sb3:  # SB3's buffer and SB3's update; the collection stays recfeed's
+        model.rollout_buffer = DictRolloutBuffer(model.n_steps, model.observation_space, model.action_space,
+                                                 device=model.device, gamma=model.gamma, gae_lambda=model.gae_lambda,
+                                                 n_envs=model.n_envs)
+        model.train = lambda: PPO.train(model)  # type: ignore[method-assign]
+    model.learn(total_timesteps=rollouts * model.n_envs * model.n_steps)
+    return model
+
+
+@pytest.mark.parametrize("target_kl", [None, 1e-4], ids=["no-early-stop", "early-stop"])
+def test_the_update_leaves_sb3s_weights_bit_for_bit_and_logs_its_statistics(small_world: World,
+                                                                            target_kl: float | None) -> None:
+    """Three rollouts and updates from one seed: the same weights, Adam state, update count and logged statistics
+    as SB3's buffer and update; with a tiny ``target_kl`` the early stop cuts the epochs where SB3's does."""
+    extra = [] if target_kl is None else [f"train.ppo.target_kl={target_kl}", "train.ppo.n_epochs=4"]
+    ours = _learn_with(small_world, False, 3, *extra)
+    theirs = _learn_with(small_world, True, 3, *extra)
+    assert isinstance(ours.rollout_buffer, DeviceDictRolloutBuffer)
+    assert type(theirs.rollout_buffer) is DictRolloutBuffer
+    for (name, a), (_, b) in zip(ours.policy.state_dict().items(), theirs.policy.state_dict().items(), strict=True):
+        assert th.equal(a, b), name
+    start = _model(small_world, *extra).policy.state_dict()
+    changed = sum(not th.equal(a, start[k]) for k, a in ours.policy.state_dict().items())
+    assert changed > 5, "the updates moved the weights"
+    for a, b in zip(ours.policy.optimizer.state_dict()["state"].values(),
+                    theirs.policy.optimizer.state_dict()["state"].values(), strict=True):
+        assert all(th.equal(a[k], b[k]) for k in a)
+    assert ours._n_updates == theirs._n_updates
+    if target_kl is None:
+        assert ours._n_updates == 3 * ours.n_epochs
+    else:
+        assert ours._n_updates < 3 * ours.n_epochs, "the early stop did not trigger: the test needs it"
+    logged, expected = ours.logger.name_to_value, theirs.logger.name_to_value
+    for key in _TRAIN_KEYS:
+        assert logged[key] == pytest.approx(expected[key], rel=1e-5, abs=1e-7), key
+
+
+_HOST_READS = ("__bool__", "__int__", "__float__", "__index__", "item", "tolist", "numpy", "cpu")
+
+
+def _count_update_reads(model: PPO, update: Any, monkeypatch: pytest.MonkeyPatch) -> int:
+    """Tensor reads to the host during ``update()``, as on an accelerator (the policy's value checks off, the
+    distribution's torch-op path). The optimizer's own reads are not counted: they read its step counters, which
+    Adam keeps on the CPU whatever the device."""
+    monkeypatch.setattr(SlatePolicy, "update_checks_inputs", lambda self: not self.training)
+    model.policy.action_dist.use_compiled = False
+    reads = 0
+    counting = True
+    for name in _HOST_READS:
+        original = getattr(th.Tensor, name)
+
+        def counted(self: th.Tensor, *args: Any, _f: Any = original, **kwargs: Any) -> Any:
+            nonlocal reads
+            reads += counting
+            return _f(self, *args, **kwargs)
+
+        monkeypatch.setattr(th.Tensor, name, counted)
+    step = model.policy.optimizer.step
+
+    def uncounted_step(*args: Any, **kwargs: Any) -> Any:
+        nonlocal counting
+        counting = False
+        try:
+            return step(*args, **kwargs)
+        finally:
+            counting = True
+
+    monkeypatch.setattr(model.policy.optimizer, "step", uncounted_step)
+    update()
+    monkeypatch.undo()
+    return reads
+
+
+@pytest.mark.parametrize("batch_size", [64, 16])
+def test_the_update_reads_the_device_once_however_many_minibatches(small_world: World, batch_size: int,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """recfeed's update reads one tensor back per update (its statistics) plus the weight check's one, at 3 and at
+    12 minibatches per epoch; SB3's reads five per minibatch, so the count above is not blind."""
+    ours = _model(small_world, f"train.ppo.batch_size={batch_size}")
+    ours.learn(total_timesteps=ours.n_envs * ours.n_steps)  # one rollout and update: the buffer is full
+    assert _count_update_reads(ours, ours.train, monkeypatch) == 2
+    minibatches = ours.n_epochs * -(-ours.n_envs * ours.n_steps // batch_size)
+    sb3 = _learn_with(small_world, True, 1, f"train.ppo.batch_size={batch_size}")
+    assert _count_update_reads(sb3, sb3.train, monkeypatch) >= 5 * minibatches
+
+
+def _dict_space() -> spaces.Dict:
+    return spaces.Dict({"x": spaces.Box(-1, 1, (3, 2), np.float32), "ids": spaces.Box(0, 99, (4,), np.int64)})
+
+
+def _filled(cls: type[DictRolloutBuffer], seed: int) -> DictRolloutBuffer:
+    space, actions = _dict_space(), spaces.MultiDiscrete([5, 5])
+    buf = cls(6, space, actions, device="cpu", n_envs=3)
+    gen = np.random.default_rng(seed)
+    for _ in range(6):
+        obs = {k: gen.integers(0, 99, (3, *s.shape)).astype(s.dtype) for k, s in space.spaces.items()}
+        buf.add(obs, gen.integers(0, 5, (3, 2)), gen.normal(size=3).astype(np.float32), np.zeros(3),
+                th.as_tensor(gen.normal(size=3)), th.as_tensor(gen.normal(size=3)))
+    buf.compute_returns_and_advantage(th.as_tensor(gen.normal(size=3)), np.zeros(3))
+    return buf
+
+
+def test_the_device_buffer_yields_sb3s_minibatches_and_copies() -> None:
+    """For the same ``np.random`` state the device buffer yields SB3's minibatches (values, dtypes, shapes) epoch
+    after epoch; changing a yielded tensor leaves the buffer's samples as they were; a reset drops the device copy."""
+    ours, theirs = _filled(DeviceDictRolloutBuffer, 0), _filled(DictRolloutBuffer, 0)
+    for epoch in range(2):
+        np.random.seed(epoch)
+        a = list(ours.get(5))
+        np.random.seed(epoch)
+        b = list(theirs.get(5))
+        assert [len(x.actions) for x in a] == [5, 5, 5, 3]
+        for x, y in zip(a, b, strict=True):
+            for key in y.observations:
+                assert x.observations[key].dtype == y.observations[key].dtype
+                assert th.equal(x.observations[key], y.observations[key])
+            for field in ("actions", "old_values", "old_log_prob", "advantages", "returns"):
+                assert th.equal(getattr(x, field), getattr(y, field)), field
+        a[0].observations["x"].fill_(-123.5)  # a minibatch is the caller's to change
+        a[0].advantages.fill_(-123.5)
+    assert not (ours.observations["x"] == -123.5).any() and not (ours.advantages == -123.5).any()
+    whole = next(ours.get(None))
+    assert len(whole.returns) == 18
+    ours.reset()
+    assert ours._on_device is None and not ours.full
