@@ -83,21 +83,33 @@ def make_model(cfg: Config) -> PPO:
     return new_ppo(cfg, venv, resolve_device(cfg.train.device), None, policy_kwargs(cfg, 0.9, world, HEURISTIC))
 
 
-def main(argv: list[str] | None = None) -> dict:
-    """Run the benchmark; print the JSON summary as the last line."""
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_model_args(ap: argparse.ArgumentParser) -> None:
+    """The options that pick the model a training benchmark builds: ``--threads``, ``--config``, ``--preset``,
+    ``--set`` (read back by :func:`model_config`)."""
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    ap.add_argument("--rollouts", type=int, default=3, help="timed rollouts (after one warm-up)")
-    ap.add_argument("--repeats", type=int, default=1, help="timed blocks of --rollouts; steps_per_s is the median")
     ap.add_argument("--config", help="YAML config (e.g. configs/quality-adapt.yaml; default: the schema's defaults)")
     ap.add_argument("--preset", help="env preset (default: env.preset, else 'default')")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    args = ap.parse_args(argv)
+
+
+def model_config(ap: argparse.ArgumentParser, args: argparse.Namespace) -> Config:
+    """The config that :func:`add_model_args`' options name (a bad one is the parser's error); sets the torch
+    threads."""
     th.set_num_threads(args.threads)
     try:
-        cfg = resolve_config(args.config, args.preset, args.overrides)
+        return resolve_config(args.config, args.preset, args.overrides)
     except ConfigError as exc:
         ap.error(str(exc))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Run the benchmark; print the JSON summary as the last line."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_args(ap)
+    ap.add_argument("--rollouts", type=int, default=3, help="timed rollouts (after one warm-up)")
+    ap.add_argument("--repeats", type=int, default=1, help="timed blocks of --rollouts; steps_per_s is the median")
+    args = ap.parse_args(argv)
+    cfg = model_config(ap, args)
     model = make_model(cfg)
     pc = cfg.train.ppo
     per_rollout = pc.n_envs * pc.n_steps

@@ -28,8 +28,7 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.buffers import DictRolloutBuffer
 
 from agents.ppo_update import DeviceDictRolloutBuffer, ppo_update
-from bench.train_throughput import make_model
-from configs.loader import ConfigError, resolve_config
+from bench.train_throughput import add_model_args, make_model, model_config
 
 _ARRAYS = ("actions", "rewards", "returns", "episode_starts", "values", "log_probs", "advantages")
 
@@ -48,20 +47,12 @@ def _buffer_like(model: PPO, source: DictRolloutBuffer, cls: type[DictRolloutBuf
 def main(argv: list[str] | None = None) -> dict:
     """Run the benchmark; print the JSON summary as the last line."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    add_model_args(ap)
     ap.add_argument("--repeats", type=int, default=5, help="timed updates of each kind (alternating)")
-    ap.add_argument("--config", help="YAML config (default: the schema's defaults)")
-    ap.add_argument("--preset", help="env preset (default: env.preset, else 'default')")
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = ap.parse_args(argv)
     if args.repeats < 1:
         ap.error("--repeats must be >= 1")
-    th.set_num_threads(args.threads)
-    try:
-        cfg = resolve_config(args.config, args.preset, args.overrides)
-    except ConfigError as exc:
-        ap.error(str(exc))
-    model = make_model(cfg)
+    model = make_model(model_config(ap, args))
     model.learn(model.n_envs * model.n_steps)  # one rollout and update: the weights are not the initial ones
     _, callback = model._setup_learn(model.n_envs * model.n_steps, None, reset_num_timesteps=False)
     callback.on_training_start(locals(), globals())

@@ -158,3 +158,21 @@ def test_the_device_buffer_yields_sb3s_minibatches_and_copies() -> None:
     assert len(whole.returns) == 18
     ours.reset()
     assert ours._on_device is None and not ours.full
+
+
+def test_the_update_benchmark_runs_both_updates_to_the_same_weights(capsys: pytest.CaptureFixture[str]) -> None:
+    """``bench.update_speed`` on the small preset: both updates of one rollout, alternately from one state, end at
+    the same weights; a bad config or repeat count is the parser's error."""
+    import json
+
+    from bench import update_speed
+
+    args = ["--preset", "small", "--repeats", "2", "--set", "train.ppo.n_envs=16", "--set", "train.ppo.n_steps=12",
+            "--set", "train.ppo.batch_size=64", "--set", "train.device=cpu"]
+    out = update_speed.main(args)
+    assert out["same_weights"] is True
+    assert out["samples"] == 192 and len(out["runs"]["recfeed"]) == len(out["runs"]["sb3"]) == 2
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == out
+    for bad in (["--set", "env.slate_size=0"], ["--repeats", "0"]):
+        with pytest.raises(SystemExit):
+            update_speed.main(["--preset", "small", *bad])
