@@ -24,6 +24,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch as th
+from gymnasium import spaces
 from stable_baselines3 import PPO
 from stable_baselines3.common.buffers import DictRolloutBuffer
 
@@ -35,6 +36,7 @@ _ARRAYS = ("actions", "rewards", "returns", "episode_starts", "values", "log_pro
 
 def _buffer_like(model: PPO, source: DictRolloutBuffer, cls: type[DictRolloutBuffer]) -> DictRolloutBuffer:
     """A full buffer of class ``cls`` holding a copy of ``source``'s rollout (not yet flattened)."""
+    assert isinstance(model.observation_space, spaces.Dict), "recfeed's observations are a Dict space"
     buf = cls(model.n_steps, model.observation_space, model.action_space, device=model.device, gamma=model.gamma,
               gae_lambda=model.gae_lambda, n_envs=model.n_envs)
     buf.observations = {k: v.copy() for k, v in source.observations.items()}
@@ -56,7 +58,9 @@ def main(argv: list[str] | None = None) -> dict:
     model.learn(model.n_envs * model.n_steps)  # one rollout and update: the weights are not the initial ones
     _, callback = model._setup_learn(model.n_envs * model.n_steps, None, reset_num_timesteps=False)
     callback.on_training_start(locals(), globals())
-    model.collect_rollouts(model.env, callback, model.rollout_buffer, model.n_steps)
+    env = model.get_env()
+    assert env is not None and isinstance(model.rollout_buffer, DictRolloutBuffer)
+    model.collect_rollouts(env, callback, model.rollout_buffer, model.n_steps)
     rollout = copy.deepcopy(model.rollout_buffer)
     weights = copy.deepcopy(model.policy.state_dict())
     optimizer = copy.deepcopy(model.policy.optimizer.state_dict())

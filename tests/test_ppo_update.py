@@ -12,6 +12,7 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.buffers import DictRolloutBuffer
 
 from agents.checkpoints import new_ppo
+from agents.distributions import PlackettLuceDistribution
 from agents.policies import SlatePolicy
 from agents.ppo_update import DeviceDictRolloutBuffer
 from agents.training import make_venv, policy_kwargs
@@ -34,6 +35,7 @@ def _learn_with(world: World, sb3: bool, rollouts: int, *overrides: str) -> PPO:
     """``rollouts`` rollouts and updates of a new model; ``sb3``: with SB3's own buffer and update."""
     model = _model(world, *overrides)
     if sb3:  # SB3's buffer and SB3's update; the collection stays recfeed's
+        assert isinstance(model.observation_space, spaces.Dict)
         model.rollout_buffer = DictRolloutBuffer(model.n_steps, model.observation_space, model.action_space,
                                                  device=model.device, gamma=model.gamma, gae_lambda=model.gae_lambda,
                                                  n_envs=model.n_envs)
@@ -78,7 +80,9 @@ def _count_update_reads(model: PPO, update: Any, monkeypatch: pytest.MonkeyPatch
     distribution's torch-op path). The optimizer's own reads are not counted: they read its step counters, which
     Adam keeps on the CPU whatever the device."""
     monkeypatch.setattr(SlatePolicy, "update_checks_inputs", lambda self: not self.training)
-    model.policy.action_dist.use_compiled = False
+    dist = model.policy.action_dist
+    assert isinstance(dist, PlackettLuceDistribution)
+    dist.use_compiled = False
     reads = 0
     counting = True
     for name in _HOST_READS:
@@ -128,7 +132,7 @@ def _filled(cls: type[DictRolloutBuffer], seed: int) -> DictRolloutBuffer:
     buf = cls(6, space, actions, device="cpu", n_envs=3)
     gen = np.random.default_rng(seed)
     for _ in range(6):
-        obs = {k: gen.integers(0, 99, (3, *s.shape)).astype(s.dtype) for k, s in space.spaces.items()}
+        obs = {k: gen.integers(0, 99, (3, *(s.shape or ()))).astype(s.dtype) for k, s in space.spaces.items()}
         buf.add(obs, gen.integers(0, 5, (3, 2)), gen.normal(size=3).astype(np.float32), np.zeros(3),
                 th.as_tensor(gen.normal(size=3)), th.as_tensor(gen.normal(size=3)))
     buf.compute_returns_and_advantage(th.as_tensor(gen.normal(size=3)), np.zeros(3))
@@ -139,6 +143,7 @@ def test_the_device_buffer_yields_sb3s_minibatches_and_copies() -> None:
     """For the same ``np.random`` state the device buffer yields SB3's minibatches (values, dtypes, shapes) epoch
     after epoch; changing a yielded tensor leaves the buffer's samples as they were; a reset drops the device copy."""
     ours, theirs = _filled(DeviceDictRolloutBuffer, 0), _filled(DictRolloutBuffer, 0)
+    assert isinstance(ours, DeviceDictRolloutBuffer)
     for epoch in range(2):
         np.random.seed(epoch)
         a = list(ours.get(5))
