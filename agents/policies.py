@@ -772,7 +772,7 @@ class SlatePolicy(ActorCriticPolicy):
         outside training mode; not in PPO's update on an accelerator, where each check would make the host wait for
         the device once per minibatch. Nothing goes unchecked there: the update re-scores the observations its
         collection checked when it acted on them, and weights that the update itself made diverge are refused once
-        after it (``RecPPO.train`` / ``RayPPO.train``: :func:`agents.policy_ops.refuse_nonfinite_weights`), before
+        after it (:func:`agents.ppo_update.ppo_update`: :func:`agents.policy_ops.refuse_nonfinite_weights`), before
         a rollout, callback or checkpoint uses them."""
         return not self.training or self.device.type == "cpu"
 

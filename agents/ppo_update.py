@@ -12,8 +12,9 @@ cost a numpy gather and a copy per array.
   share the buffer's arrays: no copy), each epoch's permutation once per epoch, and each minibatch is gathered there.
   The permutation is SB3's own draw (``np.random.permutation``), so the minibatches are SB3's, value for value.
 - :func:`ppo_update`: SB3's update, operation for operation (the weights it leaves are SB3's bit for bit, tested),
-  with its statistics kept on the device and read once at the end. With ``target_kl`` set the approximate KL is
-  still read per minibatch: the early stop is a host decision.
+  with its statistics kept on the device and read once at the end, then one check that the weights are finite
+  (:func:`agents.policy_ops.refuse_nonfinite_weights`). With ``target_kl`` set the approximate KL is still read per
+  minibatch: the early stop is a host decision. Both backends' ``train`` is this function.
 
 Everything else (the rollout loop, GAE, the logger's keys and their meaning) stays SB3's; the logged means are
 computed in float64 on the device rather than by numpy over Python floats (equal to float rounding).
@@ -31,6 +32,8 @@ from stable_baselines3.common.buffers import DictRolloutBuffer
 from stable_baselines3.common.type_aliases import DictRolloutBufferSamples
 from stable_baselines3.common.utils import explained_variance
 from torch.nn import functional as F
+
+from agents.policy_ops import refuse_nonfinite_weights
 
 #: The rollout's per-sample arrays besides the observations (SB3's names), flattened by ``get``.
 _ARRAYS = ("actions", "values", "log_probs", "advantages", "returns")
@@ -101,12 +104,28 @@ class DeviceDictRolloutBuffer(DictRolloutBuffer):
             advantages=take(data.advantages), returns=take(data.returns))
 
 
+def new_rollout_buffer(model: PPO, cls: type[DictRolloutBuffer] = DeviceDictRolloutBuffer) -> DictRolloutBuffer:
+    """An empty rollout buffer of class ``cls`` with ``model``'s sizes, spaces, device, γ and λ (as SB3 builds it).
+
+    Args:
+        model: The PPO the buffer is for (a ``Dict`` observation space).
+        cls: :class:`DeviceDictRolloutBuffer`, or SB3's ``DictRolloutBuffer`` (benchmarks and tests compare them).
+    """
+    assert isinstance(model.observation_space, spaces.Dict), "recfeed's observations are a Dict space"
+    return cls(model.n_steps, model.observation_space, model.action_space, device=model.device, gamma=model.gamma,
+               gae_lambda=model.gae_lambda, n_envs=model.n_envs)
+
+
 def ppo_update(model: PPO) -> None:
     """SB3's ``PPO.train`` on ``model``'s rollout buffer, reading the device once at the end (see the module
-    docstring): the same epochs, minibatches, losses, gradient clipping and optimizer steps, the same logger keys.
+    docstring): the same epochs, minibatches, losses, gradient clipping and optimizer steps, the same logger keys;
+    then the weights' finiteness check.
 
     Args:
         model: The PPO whose policy is updated (its rollout buffer full).
+
+    Raises:
+        FloatingPointError: The update left non-finite weights (:func:`agents.policy_ops.refuse_nonfinite_weights`).
     """
     policy = model.policy
     policy.set_training_mode(True)
@@ -178,3 +197,4 @@ def ppo_update(model: PPO) -> None:
     model.logger.record("train/clip_range", clip_range)
     if clip_range_vf is not None:
         model.logger.record("train/clip_range_vf", clip_range_vf)
+    refuse_nonfinite_weights(policy, model.num_timesteps)  # before a rollout, callback or checkpoint uses them

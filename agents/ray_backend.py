@@ -37,7 +37,6 @@ from stable_baselines3.common.utils import obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices, VecEnvObs, VecEnvStepReturn
 
-from agents.policy_ops import refuse_nonfinite_weights
 from agents.ppo_update import ppo_update
 from agents.rollouts import final_values, truncated_rows
 from configs.schema import Config
@@ -385,10 +384,9 @@ class RayPPO(PPO):
     """
 
     def train(self) -> None:
-        """SB3's update with one read of the device (:func:`agents.ppo_update.ppo_update`), then
-        :func:`agents.policy_ops.refuse_nonfinite_weights`."""
+        """SB3's update with one read of the device, then the weights' finiteness check
+        (:func:`agents.ppo_update.ppo_update`)."""
         ppo_update(self)
-        refuse_nonfinite_weights(self.policy, self.num_timesteps)
 
     def collect_rollouts(self, env: VecEnv, callback: BaseCallback, rollout_buffer: RolloutBuffer,
                          n_rollout_steps: int) -> bool:

@@ -32,7 +32,6 @@ from stable_baselines3.common.utils import obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs, VecEnvStepReturn
 
-from agents.policy_ops import refuse_nonfinite_weights
 from agents.ppo_update import ppo_update
 
 #: The info key set on a session whose time-limit bootstrap :class:`RecPPO` already added to its reward.
@@ -149,10 +148,9 @@ class RecPPO(PPO):
         return self._collector
 
     def train(self) -> None:
-        """SB3's update with one read of the device (:func:`agents.ppo_update.ppo_update`), then
-        :func:`agents.policy_ops.refuse_nonfinite_weights`."""
+        """SB3's update with one read of the device, then the weights' finiteness check
+        (:func:`agents.ppo_update.ppo_update`)."""
         ppo_update(self)
-        refuse_nonfinite_weights(self.policy, self.num_timesteps)
 
     def collect_rollouts(self, env: VecEnv, callback: BaseCallback, rollout_buffer: RolloutBuffer,
                          n_rollout_steps: int) -> bool:

@@ -24,11 +24,10 @@ from collections.abc import Callable
 
 import numpy as np
 import torch as th
-from gymnasium import spaces
 from stable_baselines3 import PPO
 from stable_baselines3.common.buffers import DictRolloutBuffer
 
-from agents.ppo_update import DeviceDictRolloutBuffer, ppo_update
+from agents.ppo_update import DeviceDictRolloutBuffer, new_rollout_buffer, ppo_update
 from bench.train_throughput import add_model_args, make_model, model_config
 
 _ARRAYS = ("actions", "rewards", "returns", "episode_starts", "values", "log_probs", "advantages")
@@ -36,9 +35,7 @@ _ARRAYS = ("actions", "rewards", "returns", "episode_starts", "values", "log_pro
 
 def _buffer_like(model: PPO, source: DictRolloutBuffer, cls: type[DictRolloutBuffer]) -> DictRolloutBuffer:
     """A full buffer of class ``cls`` holding a copy of ``source``'s rollout (not yet flattened)."""
-    assert isinstance(model.observation_space, spaces.Dict), "recfeed's observations are a Dict space"
-    buf = cls(model.n_steps, model.observation_space, model.action_space, device=model.device, gamma=model.gamma,
-              gae_lambda=model.gae_lambda, n_envs=model.n_envs)
+    buf = new_rollout_buffer(model, cls)
     buf.observations = {k: v.copy() for k, v in source.observations.items()}
     for name in _ARRAYS:
         setattr(buf, name, getattr(source, name).copy())

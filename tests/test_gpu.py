@@ -169,6 +169,7 @@ def test_the_update_synchronises_a_fixed_number_of_times_however_many_minibatche
     from stable_baselines3.common.buffers import DictRolloutBuffer
 
     from agents.checkpoints import new_ppo
+    from agents.ppo_update import new_rollout_buffer
     from agents.training import make_venv, policy_kwargs
     from configs.loader import resolve_config
 
@@ -178,9 +179,7 @@ def test_the_update_synchronises_a_fixed_number_of_times_however_many_minibatche
         model = new_ppo(cfg, make_venv(cfg, small_world, 0), th.device("cuda"), None,
                         policy_kwargs(cfg, 0.9, small_world, HEURISTIC))
         if sb3:
-            model.rollout_buffer = DictRolloutBuffer(model.n_steps, model.observation_space, model.action_space,
-                                                     device=model.device, gamma=model.gamma,
-                                                     gae_lambda=model.gae_lambda, n_envs=model.n_envs)
+            model.rollout_buffer = new_rollout_buffer(model, DictRolloutBuffer)
             model.train = lambda: PPO.train(model)  # type: ignore[method-assign]
         model.learn(model.n_envs * model.n_steps)  # a warm-up update; then one more rollout, its update counted
         _, callback = model._setup_learn(model.n_envs * model.n_steps, None, reset_num_timesteps=False)

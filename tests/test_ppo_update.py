@@ -14,7 +14,7 @@ from stable_baselines3.common.buffers import DictRolloutBuffer
 from agents.checkpoints import new_ppo
 from agents.distributions import PlackettLuceDistribution
 from agents.policies import SlatePolicy
-from agents.ppo_update import DeviceDictRolloutBuffer
+from agents.ppo_update import DeviceDictRolloutBuffer, new_rollout_buffer
 from agents.training import make_venv, policy_kwargs
 from bench.train_throughput import HEURISTIC
 from configs.loader import resolve_config
@@ -35,10 +35,7 @@ def _learn_with(world: World, sb3: bool, rollouts: int, *overrides: str) -> PPO:
     """``rollouts`` rollouts and updates of a new model; ``sb3``: with SB3's own buffer and update."""
     model = _model(world, *overrides)
     if sb3:  # SB3's buffer and SB3's update; the collection stays recfeed's
-        assert isinstance(model.observation_space, spaces.Dict)
-        model.rollout_buffer = DictRolloutBuffer(model.n_steps, model.observation_space, model.action_space,
-                                                 device=model.device, gamma=model.gamma, gae_lambda=model.gae_lambda,
-                                                 n_envs=model.n_envs)
+        model.rollout_buffer = new_rollout_buffer(model, DictRolloutBuffer)
         model.train = lambda: PPO.train(model)  # type: ignore[method-assign]
     model.learn(total_timesteps=rollouts * model.n_envs * model.n_steps)
     return model

@@ -86,8 +86,8 @@ def test_bad_config_is_a_clear_error(cache: Path, capsys: pytest.CaptureFixture[
 
 
 def test_a_diverged_update_ends_train_py_with_its_message(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """``RecPPO.train``'s refusal of non-finite weights reaches the user as train.py's one-line error, not a
-    traceback (the refusal itself: ``tests/test_rollouts.py``)."""
+    """The update's refusal of non-finite weights (``agents.ppo_update.ppo_update``) reaches the user as train.py's
+    one-line error, not a traceback (the refusal itself: ``tests/test_rollouts.py``)."""
     import agents.training
 
     def diverged(*args: object, **kwargs: object) -> dict:
