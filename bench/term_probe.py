@@ -30,6 +30,13 @@ products with the session's feedback context, fitted with the hidden taste as ta
 under tuned-diverse (``fit_observed_taste``). It says how much of the taste's worth the observation holds for a
 per-candidate linear reading, the question a learner's headroom turns on.
 
+``noisy-taste:σ`` is the true taste seen through a known amount of noise: ``z(z(taste) + σ·e)`` with ``e`` a standard
+normal fixed per (user, item) (the same in every request and session of that user, as an estimation error of the
+user's taste would be), so its squared correlation with the taste over a request's candidates is about
+``1 / (1 + σ²)``. Searched like the others, a few σ trace the best hand-written ranker's return against how much of
+the taste it knows, and put ``observed-taste`` (whose fit reports the same R²) and a trained policy on that curve:
+what the observation's reading is worth beside an unstructured error of the same size (session 35).
+
 ``session-clicks`` reads only what a service sees item by item: the cosine of each candidate's embedding with the sum
 of the embeddings of the items this user clicked in this session (0 before the first click), standardised over the
 request (:class:`agents.rankers.SessionClicks`, session 17; ``tuned-session-diverse`` is the ranker it became). The
@@ -67,6 +74,7 @@ from agents.tuning import (
     search_family,
     tuning_cache_dir,
 )
+from configs.fileio import atomic_write_text
 from configs.loader import resolve_config
 from configs.schema import Config, ConfigError, EncoderConfig, EnvConfig
 from envs.core import BatchedCore
@@ -155,6 +163,10 @@ RETUNE_PARTS: dict[str, tuple[str, ...]] = {"semantic": ("semantic",), "static":
                                             "taste": ("semantic", "static"), "utility": tuple(UTILITY_SIGN)}
 #: ``--retune``'s observation-only term: the least-squares reading of the true taste from the observation.
 OBSERVED_TASTE = "observed-taste"
+#: ``--retune``'s degraded truth: ``noisy-taste:σ`` (:func:`noisy_taste_term`).
+NOISY_TASTE = "noisy-taste"
+#: Seed of the noisy-taste term's per-(user, item) errors.
+NOISE_SEED = 35
 #: ``--retune``'s observation-only term with memory: :class:`agents.rankers.SessionClicks`.
 SESSION_CLICKS = "session-clicks"
 #: Context columns the observed-taste design multiplies the two signals by (what feedback says about the user).
@@ -237,6 +249,73 @@ def fit_observed_taste(core: BatchedCore, base: DiverseRanker, plan: EpisodePlan
                "candidates": int(rec.sums["n"])}
 
 
+def pair_normal(users: np.ndarray, items: np.ndarray, seed: int) -> np.ndarray:
+    """A standard normal per (user, item) pair, the same on every call: float64 of the broadcast shape.
+
+    Counter-based (splitmix64 of the pair, then the normal quantile of the top 53 bits), so it needs no state and
+    costs a few vector operations per request.
+
+    Args:
+        users: int, broadcastable with ``items`` (user indices).
+        items: int, broadcastable with ``users`` (item ids).
+        seed: Which noise.
+    """
+    from scipy.special import ndtri
+
+    with np.errstate(over="ignore"):
+        h = (np.asarray(users, np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+             + np.asarray(items, np.uint64) * np.uint64(0xD1B54A32D192ED03)
+             + np.uint64(seed) * np.uint64(0x94D049BB133111EB))
+        for shift, mult in ((30, 0xBF58476D1CE4E5B9), (27, 0x94D049BB133111EB)):
+            h = (h ^ (h >> np.uint64(shift))) * np.uint64(mult)
+        h = h ^ (h >> np.uint64(31))
+    u = ((h >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0**-53  # (0, 1)
+    return ndtri(u)
+
+
+def noisy_taste_term(core: BatchedCore, sigma: float, seed: int = NOISE_SEED) -> Term:
+    """obs → float64 (B, N): ``z(z(true taste) + σ·e)``, ``e`` standard normal per (user, item) (:func:`pair_normal`).
+
+    It reads the hidden state: the taste of ``core``'s sessions with an error of known size that does not change
+    within a user's sessions. Its squared correlation with the taste over a request's candidates is about
+    ``1 / (1 + σ²)``.
+
+    Args:
+        core: The core whose sessions the ranker acts on.
+        sigma: The error's standard deviation, in units of the taste's spread over the request (>= 0).
+        seed: Which errors.
+
+    Raises:
+        ValueError: If ``sigma`` is negative or not finite.
+    """
+    if not np.isfinite(sigma) or sigma < 0:
+        raise ValueError(f"noisy-taste: σ must be a finite number >= 0, got {sigma}")
+    truth = hidden_term(core, "semantic", "static")
+
+    def term(obs: dict[str, np.ndarray]) -> np.ndarray:
+        t = truth(obs)
+        return t if sigma == 0 else z_rows(t + sigma * pair_normal(core.user[:, None], obs["candidates"], seed))
+
+    return term
+
+
+def noisy_sigma(name: str) -> float | None:
+    """σ of a ``noisy-taste:σ`` term name; ``None`` for any other name.
+
+    Raises:
+        ValueError: A ``noisy-taste`` name without a finite σ >= 0.
+    """
+    if name.split(":", 1)[0] != NOISY_TASTE:
+        return None
+    try:
+        sigma = float(name.split(":", 1)[1])
+    except (IndexError, ValueError):
+        raise ValueError(f"{name!r}: write noisy-taste:σ with σ a number >= 0, e.g. noisy-taste:0.5") from None
+    if not np.isfinite(sigma) or sigma < 0:
+        raise ValueError(f"{name!r}: σ must be a finite number >= 0")
+    return sigma
+
+
 def observed_taste_term(w: np.ndarray) -> Term:
     """obs → float64 (B, N): ``z(taste_design(obs) @ w)``, the fitted reading of the taste (observation only)."""
     return lambda obs: z_rows(taste_design(obs) @ w)
@@ -288,7 +367,8 @@ def retune_terms(names: list[str], cfg: Config, world: World, core: BatchedCore,
     """``--retune``: per term, the search of :func:`retune_with_term`, then its pick on the held-out sessions.
 
     Args:
-        names: Terms (keys of :data:`RETUNE_PARTS`, :data:`OBSERVED_TASTE` or :data:`SESSION_CLICKS`).
+        names: Terms (keys of :data:`RETUNE_PARTS`, :data:`OBSERVED_TASTE`, :data:`SESSION_CLICKS` or
+            ``noisy-taste:σ``).
         cfg: The probe's config.
         world: The world.
         core: The held-out core.
@@ -327,6 +407,11 @@ def retune_terms(names: list[str], cfg: Config, world: World, core: BatchedCore,
         elif name == SESSION_CLICKS:
             def make_term(c: BatchedCore) -> Term:
                 return SessionClicks(world.item_emb)
+        elif (sigma := noisy_sigma(name)) is not None:
+            fit = {"sigma": sigma, "r2_nominal": 1.0 / (1.0 + sigma * sigma)}
+
+            def make_term(c: BatchedCore, sigma: float = sigma) -> Term:
+                return noisy_taste_term(c, sigma)
         else:
             def make_term(c: BatchedCore, parts: tuple[str, ...] = RETUNE_PARTS[name]) -> Term:
                 return hidden_term(c, *parts)
@@ -359,7 +444,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--batch", type=int, default=500)
     ap.add_argument("--terms", default=None,
                     help=f"comma-separated terms to probe, of {', '.join(BETAS)} (default all; with --retune, of "
-                         f"{', '.join([*RETUNE_PARTS, OBSERVED_TASTE, SESSION_CLICKS])}, default taste)")
+                         f"{', '.join([*RETUNE_PARTS, OBSERVED_TASTE, SESSION_CLICKS])}, {NOISY_TASTE}:σ; "
+                         "default taste)")
     ap.add_argument("--retune", action="store_true",
                     help="search β with tuned-diverse's own axes on the training users, then score that one point "
                          "on the held-out sessions (see the module's text)")
@@ -371,7 +457,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                          "compared, paired, with tuned-diverse and each term's pick (best β for the plain probe)")
     ap.add_argument("--tune-episodes", type=int, default=400,
                     help="with --retune: tuning sessions per point (validation: 5× as many)")
+    ap.add_argument("--json", type=Path, default=None,
+                    help="also write the summary (the last line printed) to this file, atomically (read by "
+                         "bench.information_curve)")
     args = ap.parse_args(argv)
+    if args.json is not None and not args.json.parent.is_dir():
+        ap.error(f"--json: folder {str(args.json.parent)!r} does not exist")
     if args.episodes < 2 or args.batch < 1 or args.tune_episodes < 2:
         ap.error(f"--episodes and --tune-episodes must be >= 2 and --batch >= 1, got {args.episodes}, "
                  f"{args.tune_episodes} and {args.batch}")
@@ -386,10 +477,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ap.error(f"--betas must be finite and include 0 (tuned-diverse itself, the search's start), got {args.betas!r}")
     choices = [*RETUNE_PARTS, OBSERVED_TASTE, SESSION_CLICKS] if args.retune else list(BETAS)
     names = [t.strip() for t in (args.terms or ("taste" if args.retune else ",".join(BETAS))).split(",") if t.strip()]
-    unknown = [t for t in names if t not in choices]
+    unknown = [t for t in names if t not in choices and not (args.retune and t.startswith(f"{NOISY_TASTE}:"))]
+    for t in names:
+        if args.retune and t.startswith(f"{NOISY_TASTE}:"):
+            try:
+                noisy_sigma(t)
+            except ValueError as exc:
+                ap.error(f"--terms: {exc}")
     if unknown or not names:
         ap.error(f"--terms: unknown or empty {unknown or args.terms!r}"
-                 f"{' with --retune' if args.retune else ''}; choose from {', '.join(choices)}")
+                 f"{' with --retune' if args.retune else ''}; choose from {', '.join(choices)}"
+                 f"{f', {NOISY_TASTE}:σ' if args.retune else ''}")
     runs = [r.strip() for r in (args.runs or "").split(",") if r.strip()]
     missing = [r for r in runs if not Path(r).is_dir()]
     if missing:
@@ -403,16 +501,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ref = run_episodes(core, base, plan).ret
     quality = world.catalog.quality.astype(np.float64)
     boot = Bootstrap(len(plan), 1000, args.seed)
-    out: dict[str, Any] = {"preset": args.preset, "tuned_diverse": point, "tuned_diverse_return": float(ref.mean()),
-                           "episodes": len(plan), "terms": {}}
+    out: dict[str, Any] = {"preset": args.preset, "seed": args.seed, "tuned_diverse": point,
+                           "tuned_diverse_return": float(ref.mean()), "episodes": len(plan), "terms": {}}
     print(f"tuned-diverse {point}: {ref.mean():.3f} on {len(plan)} held-out sessions")
     picks: dict[str, np.ndarray] = {}  # term → float (E,) returns of its pick on the held-out sessions
     if args.retune:
         out["terms"] = retune_terms(names, cfg, world, core, plan, base, point, ref, boot, args.tune_episodes,
                                     args.batch, args.seed, betas, picks)
         out["runs"] = compare_runs(runs, core, world, plan, {"tuned-diverse": ref, **picks}, boot)
-        print(json.dumps(out))
-        return out
+        return _finish(out, args.json)
 
     def hidden(*parts: str) -> Term:
         return hidden_term(core, *parts)
@@ -439,7 +536,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   f"(95% CI {test['ci95'][0]:+.3f} to {test['ci95'][1]:+.3f})")
         out["terms"][name] = rows
     out["runs"] = compare_runs(runs, core, world, plan, {"tuned-diverse": ref, **picks}, boot)
-    print(json.dumps(out))
+    return _finish(out, args.json)
+
+
+def _finish(out: dict[str, Any], path: Path | None) -> dict[str, Any]:
+    """Write the summary to ``path`` (atomically) when given, print it as the last line, and return it."""
+    text = json.dumps(out)
+    if path is not None:
+        atomic_write_text(path, text + "\n")
+        print(f"wrote {path}")
+    print(text)
     return out
 
 

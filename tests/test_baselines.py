@@ -482,6 +482,10 @@ def test_term_probe_retune_refuses_a_term_it_cannot_search(capsys: pytest.Captur
         main(["--betas", "0,1"])
     err = capsys.readouterr().err
     assert "--betas" in err and "without --retune" in err
+    with pytest.raises(SystemExit):  # a noisy-taste term needs its σ, before any world is loaded
+        main(["--retune", "--terms", "noisy-taste:x"])
+    err = capsys.readouterr().err
+    assert "--terms" in err and "noisy-taste:x" in err
     with pytest.raises(SystemExit):  # a run to compare with must exist, before any world is loaded
         main(["--retune", "--terms", "session-clicks", "--runs", "no/such/run"])
     err = capsys.readouterr().err
@@ -535,6 +539,60 @@ def test_observed_taste_fit_reads_the_taste_from_the_observation_on_other_users(
                  plan)
     x, y = (np.concatenate(v) for v in zip(*pairs, strict=True))
     assert np.corrcoef(x, y)[0, 1] > 0.5 * np.sqrt(fit["r2"])
+
+
+def test_noisy_taste_is_the_taste_at_zero_and_loses_the_share_of_it_that_sigma_says(small_world: World,
+                                                                                    small_cfg: EnvConfig) -> None:
+    """``bench.term_probe.noisy_taste_term``: σ = 0 is the standardised true taste; with σ its squared correlation
+    with the taste over the candidates is about 1 / (1 + σ²); the error belongs to the (user, item) pair (the same
+    item of the same user gets the same error in another request); a bad σ is refused by name."""
+    from bench.term_probe import hidden_term, noisy_sigma, noisy_taste_term, pair_normal
+    from envs.factory import make_core as make_env_core
+
+    core = make_env_core(small_cfg, small_cfg.preset, None, small_world, "heldout", 16)
+    plan = episode_plan(16, [1], small_world.populations["heldout"].size)
+    taste, exact, noisy = hidden_term(core, "semantic", "static"), noisy_taste_term(core, 0.0), \
+        noisy_taste_term(core, 1.0)
+    seen: list[tuple[np.ndarray, np.ndarray]] = []
+
+    class Probe(DiverseRanker):
+        def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+            t = taste(obs)
+            assert np.array_equal(exact(obs), t)
+            seen.append((t.ravel(), noisy(obs).ravel()))
+            return super().act(obs)
+
+    run_episodes(core, Probe(small_cfg.slate_size, 0.8, small_world.catalog.category, exposure_weight=1.0, cap=2),
+                 plan)
+    t, x = (np.concatenate(v) for v in zip(*seen, strict=True))
+    assert 0.3 < np.corrcoef(t, x)[0, 1] ** 2 < 0.7  # 1 / (1 + 1²) = 0.5
+    users, items = np.array([[3], [3], [4]]), np.array([[7, 8], [7, 8], [7, 8]])
+    e = pair_normal(users, items, seed=1)
+    assert e[0, 0] == e[1, 0] and e[0, 1] == e[1, 1] and e[0, 0] != e[2, 0] and e[0, 0] != e[0, 1]
+    big = pair_normal(np.arange(200)[:, None], np.arange(500)[None, :], seed=1)
+    assert abs(big.mean()) < 0.02 and abs(big.std() - 1.0) < 0.02 and np.isfinite(big).all()
+    assert not np.array_equal(big, pair_normal(np.arange(200)[:, None], np.arange(500)[None, :], seed=2))
+    assert noisy_sigma("noisy-taste:0.5") == 0.5 and noisy_sigma("taste") is None
+    for bad in ("noisy-taste", "noisy-taste:x", "noisy-taste:-1", "noisy-taste:inf"):
+        with pytest.raises(ValueError, match="noisy-taste"):
+            noisy_sigma(bad)
+    with pytest.raises(ValueError, match="σ"):
+        noisy_taste_term(core, -0.5)
+
+
+def test_term_probe_summary_is_the_last_line_and_the_json_file(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """``--json`` writes the summary the probe prints as its last line (what ``bench.information_curve`` reads);
+    a folder that does not exist is refused before any world is loaded."""
+    from bench.term_probe import _finish, main
+
+    out = {"preset": "p", "seed": 3, "terms": {"taste": {"return": 1.5}}}
+    assert _finish(out, tmp_path / "s.json") is out
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert json.loads(last) == out == json.loads((tmp_path / "s.json").read_text(encoding="utf-8"))
+    with pytest.raises(SystemExit):
+        main(["--retune", "--json", str(tmp_path / "no" / "s.json")])
+    assert "--json" in capsys.readouterr().err
 
 
 def test_diverse_lean_weight_follows_the_clicks_and_is_the_fixed_blend_at_zero() -> None:

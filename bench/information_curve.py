@@ -1,0 +1,172 @@
+"""How exactly must a ranker know each user's taste to gain from it? One figure from ``bench.term_probe`` files.
+
+``bench.term_probe --retune --terms taste,noisy-taste:σ,…,observed-taste --runs RUN --json F`` scores, on one
+seed's held-out sessions, the best hand-written ranker (tuned-diverse's family, searched on the training users) given
+the user's true taste through an error of standard deviation σ (``noisy-taste:σ``; σ = 0 is ``taste``), given the
+observation's best linear reading of the taste (``observed-taste``), and the trained policies of ``--runs``.
+``python -m bench.information_curve F [F …] --bar 1.05 --out docs/img/ml_information.png`` puts them on one figure:
+
+- x: the error σ, in units of the taste's spread over a request's candidates; the top axis gives the same point as
+  R², the squared correlation of what the ranker reads with the true taste (``1 / (1 + σ²)``);
+- y: the return as a multiple of tuned-diverse's on the same sessions, with the paired 95% interval over sessions;
+  one marker per seed (files of one seed's sessions may split the terms between them), a line through the mean over
+  seeds per σ;
+- ``observed-taste`` at the σ with its fit's R² (``σ = sqrt(1/R² − 1)``), each trained policy as a band (mean and
+  interval over seeds), and the bar (``--bar``) as a dashed line.
+
+It answers the question the MovieLens bar turns on: how much of the taste's worth survives an error of the size the
+observation leaves. The table printed beside it gives every point. The PNG is written atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from configs.fileio import atomic_write_bytes
+
+TASTE, NOISY, OBSERVED = "taste", "noisy-taste:", "observed-taste"
+
+
+@dataclass(frozen=True)
+class Point:
+    """One ranker's figure on one file's sessions, as a multiple of tuned-diverse's return there."""
+
+    source: str  # whose sessions: "seed S" (the file's name for a summary without its seed)
+    name: str  # the term, or the run's folder name without its "-sSEED" (the protocols' runs of one recipe)
+    sigma: float | None  # the error's SD (None: a trained policy)
+    ratio: float
+    ci: tuple[float, float]  # the paired 95% interval, as ratios
+
+
+def _ratio_point(source: str, name: str, sigma: float | None, row: dict[str, Any], ref: float,
+                 test: dict[str, Any]) -> Point:
+    lo, hi = test["ci95"]
+    return Point(source, name, sigma, float(row["return"]) / ref, (1.0 + float(lo) / ref, 1.0 + float(hi) / ref))
+
+
+def read_points(path: str) -> list[Point]:
+    """Every point of one ``bench.term_probe --json`` file.
+
+    Raises:
+        ValueError: Not a probe summary (no tuned-diverse return or no terms), or a term without the fields it needs
+            (a plain probe's rows).
+    """
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: cannot read a bench.term_probe summary ({exc})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("tuned_diverse_return"), (int, float)) \
+            or not isinstance(data.get("terms"), dict):
+        raise ValueError(f"{path}: not a bench.term_probe summary (no tuned_diverse_return or terms)")
+    ref = float(data["tuned_diverse_return"])
+    source = f"seed {data['seed']}" if "seed" in data else Path(path).name
+    points: list[Point] = []
+    for name, row in data["terms"].items():
+        if not isinstance(row, dict) or "return" not in row or "ci95" not in row:
+            raise ValueError(f"{path}: term {name!r} has no return and interval: was it run with --retune?")
+        if name == TASTE:
+            sigma: float | None = 0.0
+        elif name.startswith(NOISY):
+            sigma = float(row["sigma"])
+        elif name == OBSERVED:
+            sigma = math.sqrt(max(1.0 / float(row["r2"]) - 1.0, 0.0))
+        else:
+            continue
+        points.append(_ratio_point(source, name, sigma, row, ref, row))
+    for run, row in (data.get("runs") or {}).items():
+        recipe = re.sub(r"-s\d+$", "", Path(run).name)
+        points.append(_ratio_point(source, recipe, None, row, ref, row["vs tuned-diverse"]))
+    return points
+
+
+def curve(points: list[Point]) -> list[tuple[float, float]]:
+    """(σ, mean ratio over seeds) for the taste and noisy-taste points, by increasing σ."""
+    by_sigma: dict[float, list[float]] = {}
+    for p in points:
+        if p.sigma is not None and p.name != OBSERVED:
+            by_sigma.setdefault(p.sigma, []).append(p.ratio)
+    return [(s, sum(v) / len(v)) for s, v in sorted(by_sigma.items())]
+
+
+def plot(points: list[Point], bar: float | None, out: Path) -> None:
+    """Draw the figure (see the module's text) and write it to ``out`` atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sources = sorted({p.source for p in points})
+    fig, ax = plt.subplots(figsize=(8.0, 4.6))
+    xs, ys = zip(*curve(points), strict=True)
+    ax.plot(xs, ys, "-", color="tab:orange", lw=1.5, label="hand-written, told the taste with error σ (mean)")
+    for i, src in enumerate(sources):
+        dx = 0.006 * (i - (len(sources) - 1) / 2)
+        for p in (q for q in points if q.source == src and q.sigma is not None):
+            observed = p.name == OBSERVED
+            ax.errorbar(p.sigma + dx, p.ratio, yerr=[[p.ratio - p.ci[0]], [p.ci[1] - p.ratio]],
+                        fmt="D" if observed else "o", color="tab:green" if observed else "tab:orange", ms=5,
+                        capsize=2, lw=0.8)
+    runs = sorted({p.name for p in points if p.sigma is None})
+    for j, run in enumerate(runs):
+        rs = [p for p in points if p.sigma is None and p.name == run]
+        mean = sum(p.ratio for p in rs) / len(rs)
+        lo, hi = (sum(p.ci[k] for p in rs) / len(rs) for k in (0, 1))
+        ax.axhspan(lo, hi, color="tab:blue", alpha=0.12)
+        ax.axhline(mean, color="tab:blue", lw=1.2, label="trained policy (PPO), mean and interval" if j == 0 else None)
+    ax.plot([], [], "D", color="tab:green", label="hand-written, told the observation's best reading of the taste")
+    if bar is not None:
+        ax.axhline(bar, color="k", ls="--", lw=1.0, label=f"the bar: {bar:g} × tuned-diverse")
+    ax.axhline(1.0, color="0.6", lw=0.8)
+    ax.set_xlabel("error σ in what the ranker reads of the user's taste (units of its spread over a request)")
+    ax.set_ylabel("return / tuned-diverse (same sessions)")
+    top = ax.secondary_xaxis("top", functions=(lambda s: 1.0 / (1.0 + s * s),
+                                               lambda r: (1.0 / r.clip(1e-9, None) - 1.0).clip(0, None) ** 0.5))
+    top.set_xticks([1.0, 0.98, 0.92, 0.8, 0.5])
+    top.set_xlabel("R² with the true taste")
+    ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(out, buf.getvalue())
+
+
+def main(argv: list[str] | None = None) -> list[Point]:
+    """Read the files, print the table, write the figure; return every point."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("files", nargs="+", help="bench.term_probe --retune --json files (one per seed)")
+    ap.add_argument("--bar", type=float, default=None, help="the quality bar, as a multiple of tuned-diverse")
+    ap.add_argument("--out", type=Path, required=True, help="the PNG to write")
+    args = ap.parse_args(argv)
+    if args.bar is not None and not (math.isfinite(args.bar) and args.bar > 0):
+        ap.error(f"--bar must be a positive number, got {args.bar}")
+    if not args.out.parent.is_dir():
+        ap.error(f"--out: folder {str(args.out.parent)!r} does not exist")
+    try:
+        points = [p for f in args.files for p in read_points(f)]
+    except ValueError as exc:
+        ap.error(str(exc))
+    if not curve(points):
+        ap.error(f"no taste or noisy-taste term in {', '.join(args.files)}: nothing to draw the curve from")
+    print("| what the ranker reads | σ | R² | × tuned-diverse (95% CI), per seed |")
+    print("|---|---:|---:|---|")
+    for name in dict.fromkeys(p.name for p in sorted(points, key=lambda p: (p.sigma is None, p.sigma or 0.0))):
+        rs = [p for p in points if p.name == name]
+        sigma = rs[0].sigma
+        cells = "; ".join(f"{p.source}: {p.ratio:.3f} ({p.ci[0]:.3f}–{p.ci[1]:.3f})" for p in rs)
+        r2 = "" if sigma is None else f"{1.0 / (1.0 + sigma * sigma):.3f}"
+        print(f"| {name} | {'' if sigma is None else f'{sigma:.2f}'} | {r2} | {cells} |")
+    plot(points, args.bar, args.out)
+    print(f"wrote {args.out}")
+    return points
+
+
+if __name__ == "__main__":
+    main()
