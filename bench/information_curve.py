@@ -9,8 +9,7 @@ observation's best linear reading of the taste (``observed-taste``), and the tra
 - x: the error σ, in units of the taste's spread over a request's candidates; the top axis gives the same point as
   R², the squared correlation of what the ranker reads with the true taste (``1 / (1 + σ²)``);
 - y: the return as a multiple of tuned-diverse's on the same sessions, with the paired 95% interval over sessions;
-  one marker per seed (files of one seed's sessions may split the terms between them), a line through the mean over
-  seeds per σ;
+  a line per seed (files of one seed's sessions may split the terms between them);
 - ``observed-taste`` at the σ with its fit's R² (``σ = sqrt(1/R² − 1)``), each trained policy as a band (mean and
   interval over seeds), and the bar (``--bar``) as a dashed line.
 
@@ -86,13 +85,10 @@ def read_points(path: str) -> list[Point]:
     return points
 
 
-def curve(points: list[Point]) -> list[tuple[float, float]]:
-    """(σ, mean ratio over seeds) for the taste and noisy-taste points, by increasing σ."""
-    by_sigma: dict[float, list[float]] = {}
-    for p in points:
-        if p.sigma is not None and p.name != OBSERVED:
-            by_sigma.setdefault(p.sigma, []).append(p.ratio)
-    return [(s, sum(v) / len(v)) for s, v in sorted(by_sigma.items())]
+def curve(points: list[Point], source: str | None = None) -> list[tuple[float, float]]:
+    """(σ, ratio) of the taste and noisy-taste points of ``source`` (one seed's sessions; ``None``: any), by σ."""
+    return sorted((p.sigma, p.ratio) for p in points
+                  if p.sigma is not None and p.name != OBSERVED and source in (None, p.source))
 
 
 def plot(points: list[Point], bar: float | None, out: Path) -> None:
@@ -104,10 +100,13 @@ def plot(points: list[Point], bar: float | None, out: Path) -> None:
 
     sources = sorted({p.source for p in points})
     fig, ax = plt.subplots(figsize=(8.0, 4.6))
-    xs, ys = zip(*curve(points), strict=True)
-    ax.plot(xs, ys, "-", color="tab:orange", lw=1.5, label="hand-written, told the taste with error σ (mean)")
     for i, src in enumerate(sources):
         dx = 0.006 * (i - (len(sources) - 1) / 2)
+        line = curve(points, src)
+        if line:
+            xs, ys = zip(*line, strict=True)
+            ax.plot([x + dx for x in xs], ys, "-", color="tab:orange", lw=1.2, alpha=0.4 + 0.6 / (i + 1),
+                    label="hand-written, told the taste with error σ (a line per seed)" if i == 0 else None)
         for p in (q for q in points if q.source == src and q.sigma is not None):
             observed = p.name == OBSERVED
             ax.errorbar(p.sigma + dx, p.ratio, yerr=[[p.ratio - p.ci[0]], [p.ci[1] - p.ratio]],
@@ -130,7 +129,9 @@ def plot(points: list[Point], bar: float | None, out: Path) -> None:
                                                lambda r: (1.0 / r.clip(1e-9, None) - 1.0).clip(0, None) ** 0.5))
     top.set_xticks([1.0, 0.98, 0.92, 0.8, 0.5])
     top.set_xlabel("R² with the true taste")
-    ax.legend(fontsize=8, loc="lower left")
+    lo, hi = ax.get_ylim()
+    ax.set_ylim(lo, hi + 0.4 * (hi - lo))  # room above the points for the legend
+    ax.legend(fontsize=8, loc="upper right")
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)

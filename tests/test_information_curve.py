@@ -31,7 +31,7 @@ def _write(tmp_path: Path, name: str, data: Any) -> str:
 def test_the_curve_places_each_term_at_its_error_and_averages_over_seeds(tmp_path: Path,
                                                                        capsys: pytest.CaptureFixture[str]) -> None:
     """Ratios are returns over tuned-diverse's on the same seed, intervals the paired ones; the observed reading
-    sits at σ = sqrt(1/R² − 1); the curve is the mean over seeds per σ (the files of one seed may split its terms);
+    sits at σ = sqrt(1/R² − 1); each seed's curve has its own points (the files of one seed may split its terms);
     a protocol's runs of one recipe are one policy; the table names every point and the PNG is written."""
     s0a = _write(tmp_path, "s0a.json", _summary(0, 5.0, {"taste": (5.25, {}), "noisy-taste:0.5": (5.0, {"sigma": 0.5})},
                                                 {"runs/p-ml-s0": 5.1}))
@@ -43,8 +43,8 @@ def test_the_curve_places_each_term_at_its_error_and_averages_over_seeds(tmp_pat
     observed = next(p for p in points if p.name == "observed-taste")
     assert observed.sigma == pytest.approx(0.5) and observed.ratio == pytest.approx(1.01)
     assert observed.ci == pytest.approx((1.0, 1.02)) and observed.source == "seed 0"
-    assert information_curve.curve(points) == [(0.0, pytest.approx((1.05 + 1.1) / 2)),
-                                               (0.5, pytest.approx((1.0 + 1.01) / 2))]
+    assert information_curve.curve(points, "seed 0") == [(0.0, pytest.approx(1.05)), (0.5, pytest.approx(1.0))]
+    assert information_curve.curve(points, "seed 1") == [(0.0, pytest.approx(1.1)), (0.5, pytest.approx(1.01))]
     runs = [p for p in points if p.sigma is None]
     assert {p.name for p in runs} == {"p-ml"} and sorted(p.ratio for p in runs) == pytest.approx([1.02, 1.05])
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
