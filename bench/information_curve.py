@@ -10,8 +10,9 @@ observation's best linear reading of the taste (``observed-taste``), and the tra
   R², the squared correlation of what the ranker reads with the true taste (``1 / (1 + σ²)``);
 - y: the return as a multiple of tuned-diverse's on the same sessions, with the paired 95% interval over sessions;
   a line per seed (files of one seed's sessions may split the terms between them);
-- ``observed-taste`` at the σ with its fit's R² (``σ = sqrt(1/R² − 1)``), each trained policy as a band (mean and
-  interval over seeds), and the bar (``--bar``) as a dashed line.
+- ``observed-taste`` at the σ with its fit's R² (``σ = sqrt(1/R² − 1)``), each trained recipe (a protocol's runs,
+  ``NAME-sSEED``) as a line at its mean over seeds in a band from the mean of their per-seed intervals, and the bar
+  (``--bar``) as a dashed line.
 
 It answers the question the MovieLens bar turns on: how much of the taste's worth survives an error of the size the
 observation leaves. The table printed beside it gives every point. The PNG is written atomically.
@@ -31,6 +32,7 @@ from typing import Any
 from configs.fileio import atomic_write_bytes
 
 TASTE, NOISY, OBSERVED = "taste", "noisy-taste:", "observed-taste"
+RUN_COLORS = ("tab:blue", "tab:purple", "tab:brown", "tab:pink")  # one per trained recipe
 
 
 @dataclass(frozen=True)
@@ -117,8 +119,9 @@ def plot(points: list[Point], bar: float | None, out: Path) -> None:
         rs = [p for p in points if p.sigma is None and p.name == run]
         mean = sum(p.ratio for p in rs) / len(rs)
         lo, hi = (sum(p.ci[k] for p in rs) / len(rs) for k in (0, 1))
-        ax.axhspan(lo, hi, color="tab:blue", alpha=0.12)
-        ax.axhline(mean, color="tab:blue", lw=1.2, label="trained policy (PPO), mean and interval" if j == 0 else None)
+        color = RUN_COLORS[j % len(RUN_COLORS)]
+        ax.axhspan(lo, hi, color=color, alpha=0.12)
+        ax.axhline(mean, color=color, lw=1.2, label=f"trained: {run} (mean over seeds)")
     ax.plot([], [], "D", color="tab:green", label="hand-written, told the observation's best reading of the taste")
     if bar is not None:
         ax.axhline(bar, color="k", ls="--", lw=1.0, label=f"the bar: {bar:g} × tuned-diverse")
