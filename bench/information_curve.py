@@ -93,8 +93,8 @@ def curve(points: list[Point], source: str | None = None) -> list[tuple[float, f
                   if p.sigma is not None and p.name != OBSERVED and source in (None, p.source))
 
 
-def plot(points: list[Point], bar: float | None, out: Path) -> None:
-    """Draw the figure (see the module's text) and write it to ``out`` atomically."""
+def plot(points: list[Point], bar: float | None, out: Path, labels: dict[str, str] | None = None) -> None:
+    """Draw the figure (see the module's text) and write it to ``out`` atomically; ``labels``: recipe → legend text."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -121,7 +121,7 @@ def plot(points: list[Point], bar: float | None, out: Path) -> None:
         lo, hi = (sum(p.ci[k] for p in rs) / len(rs) for k in (0, 1))
         color = RUN_COLORS[j % len(RUN_COLORS)]
         ax.axhspan(lo, hi, color=color, alpha=0.12)
-        ax.axhline(mean, color=color, lw=1.2, label=f"trained: {run} (mean over seeds)")
+        ax.axhline(mean, color=color, lw=1.2, label=f"{(labels or {}).get(run, run)} (mean over seeds)")
     ax.plot([], [], "D", color="tab:green", label="hand-written, told the observation's best reading of the taste")
     if bar is not None:
         ax.axhline(bar, color="k", ls="--", lw=1.0, label=f"the bar: {bar:g} × tuned-diverse")
@@ -148,15 +148,21 @@ def main(argv: list[str] | None = None) -> list[Point]:
     ap.add_argument("files", nargs="+", help="bench.term_probe --retune --json files (one per seed)")
     ap.add_argument("--bar", type=float, default=None, help="the quality bar, as a multiple of tuned-diverse")
     ap.add_argument("--out", type=Path, required=True, help="the PNG to write")
+    ap.add_argument("--label", action="append", default=[], metavar="RECIPE=TEXT",
+                    help="legend text of a trained recipe (a run's folder name without -sSEED); repeatable")
     args = ap.parse_args(argv)
+    labels = dict(item.split("=", 1) for item in args.label if "=" in item)
+    if len(labels) != len(args.label):
+        ap.error(f"--label: write RECIPE=TEXT, got {[x for x in args.label if '=' not in x]}")
     if args.bar is not None and not (math.isfinite(args.bar) and args.bar > 0):
         ap.error(f"--bar must be a positive number, got {args.bar}")
     if not args.out.parent.is_dir():
         ap.error(f"--out: folder {str(args.out.parent)!r} does not exist")
     try:
-        points = [p for f in args.files for p in read_points(f)]
+        read = {(p.source, p.name): p for f in args.files for p in read_points(f)}  # a later file's repeat wins
     except ValueError as exc:
         ap.error(str(exc))
+    points = list(read.values())
     if not curve(points):
         ap.error(f"no taste or noisy-taste term in {', '.join(args.files)}: nothing to draw the curve from")
     print("| what the ranker reads | σ | R² | × tuned-diverse (95% CI), per seed |")
@@ -167,7 +173,10 @@ def main(argv: list[str] | None = None) -> list[Point]:
         cells = "; ".join(f"{p.source}: {p.ratio:.3f} ({p.ci[0]:.3f}–{p.ci[1]:.3f})" for p in rs)
         r2 = "" if sigma is None else f"{1.0 / (1.0 + sigma * sigma):.3f}"
         print(f"| {name} | {'' if sigma is None else f'{sigma:.2f}'} | {r2} | {cells} |")
-    plot(points, args.bar, args.out)
+    unknown = sorted(set(labels) - {p.name for p in points if p.sigma is None})
+    if unknown:
+        ap.error(f"--label: no trained recipe {', '.join(unknown)} in the files")
+    plot(points, args.bar, args.out, labels)
     print(f"wrote {args.out}")
     return points
 

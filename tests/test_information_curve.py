@@ -31,15 +31,17 @@ def _write(tmp_path: Path, name: str, data: Any) -> str:
 def test_the_curve_places_each_term_at_its_error_and_averages_over_seeds(tmp_path: Path,
                                                                        capsys: pytest.CaptureFixture[str]) -> None:
     """Ratios are returns over tuned-diverse's on the same seed, intervals the paired ones; the observed reading
-    sits at σ = sqrt(1/R² − 1); each seed's curve has its own points (the files of one seed may split its terms);
+    sits at σ = sqrt(1/R² − 1); each seed's curve has its own points (the files of one seed may split its terms, and a
+    term two of them hold is one point);
     a protocol's runs of one recipe are one policy; the table names every point and the PNG is written."""
     s0a = _write(tmp_path, "s0a.json", _summary(0, 5.0, {"taste": (5.25, {}), "noisy-taste:0.5": (5.0, {"sigma": 0.5})},
                                                 {"runs/p-ml-s0": 5.1}))
-    s0b = _write(tmp_path, "s0b.json", _summary(0, 5.0, {"observed-taste": (5.05, {"r2": 0.8})}, {}))
+    s0b = _write(tmp_path, "s0b.json", _summary(0, 5.0, {"observed-taste": (5.05, {"r2": 0.8}), "taste": (5.25, {})},
+                                                {}))  # seed 0's taste again: one point
     s1 = _write(tmp_path, "s1.json", _summary(1, 4.0, {"taste": (4.4, {}), "noisy-taste:0.5": (4.04, {"sigma": 0.5})},
                                               {"runs/p-ml-s1": 4.2}))
     out = tmp_path / "curve.png"
-    points = information_curve.main([s0a, s0b, s1, "--bar", "1.05", "--out", str(out)])
+    points = information_curve.main([s0a, s0b, s1, "--bar", "1.05", "--out", str(out), "--label", "p-ml=PPO"])
     observed = next(p for p in points if p.name == "observed-taste")
     assert observed.sigma == pytest.approx(0.5) and observed.ratio == pytest.approx(1.01)
     assert observed.ci == pytest.approx((1.0, 1.02)) and observed.source == "seed 0"
@@ -65,6 +67,8 @@ def test_the_curve_refuses_what_it_cannot_draw(tmp_path: Path, capsys: pytest.Ca
         ([_write(tmp_path, "obs.json", _summary(0, 5.0, {"observed-taste": (5.0, {"r2": 0.9})}, {}))],
          "no taste or noisy-taste"),
         ([good, "--bar", "-1"], "--bar"),
+        ([good, "--label", "PPO"], "RECIPE=TEXT"),
+        ([good, "--label", "nope=PPO"], "no trained recipe nope"),
     ]
     for args, why in cases:
         out = tmp_path / "x.png"
