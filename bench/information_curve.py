@@ -72,18 +72,24 @@ def read_points(path: str) -> list[Point]:
     for name, row in data["terms"].items():
         if not isinstance(row, dict) or "return" not in row or "ci95" not in row:
             raise ValueError(f"{path}: term {name!r} has no return and interval: was it run with --retune?")
-        if name == TASTE:
-            sigma: float | None = 0.0
-        elif name.startswith(NOISY):
-            sigma = float(row["sigma"])
-        elif name == OBSERVED:
-            sigma = math.sqrt(max(1.0 / float(row["r2"]) - 1.0, 0.0))
-        else:
-            continue
-        points.append(_ratio_point(source, name, sigma, row, ref, row))
+        try:
+            if name == TASTE:
+                sigma: float | None = 0.0
+            elif name.startswith(NOISY):
+                sigma = float(row["sigma"])
+            elif name == OBSERVED:
+                sigma = math.sqrt(max(1.0 / float(row["r2"]) - 1.0, 0.0))
+            else:
+                continue
+            points.append(_ratio_point(source, name, sigma, row, ref, row))
+        except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
+            raise ValueError(f"{path}: term {name!r} lacks a field the figure reads ({exc!r})") from None
     for run, row in (data.get("runs") or {}).items():
         recipe = re.sub(r"-s\d+$", "", Path(run).name)
-        points.append(_ratio_point(source, recipe, None, row, ref, row["vs tuned-diverse"]))
+        try:
+            points.append(_ratio_point(source, recipe, None, row, ref, row["vs tuned-diverse"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{path}: run {run!r} lacks a field the figure reads ({exc!r})") from None
     return points
 
 
@@ -122,7 +128,8 @@ def plot(points: list[Point], bar: float | None, out: Path, labels: dict[str, st
         color = RUN_COLORS[j % len(RUN_COLORS)]
         ax.axhspan(lo, hi, color=color, alpha=0.12)
         ax.axhline(mean, color=color, lw=1.2, label=f"{(labels or {}).get(run, run)} (mean over seeds)")
-    ax.plot([], [], "D", color="tab:green", label="hand-written, told the observation's best reading of the taste")
+    if any(p.name == OBSERVED for p in points):
+        ax.plot([], [], "D", color="tab:green", label="hand-written, told the observation's best reading of the taste")
     if bar is not None:
         ax.axhline(bar, color="k", ls="--", lw=1.0, label=f"the bar: {bar:g} × tuned-diverse")
     ax.axhline(1.0, color="0.6", lw=0.8)

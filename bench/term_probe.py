@@ -250,7 +250,7 @@ def fit_observed_taste(core: BatchedCore, base: DiverseRanker, plan: EpisodePlan
 
 
 def pair_normal(users: np.ndarray, items: np.ndarray, seed: int) -> np.ndarray:
-    """A standard normal per (user, item) pair, the same on every call: float64 of the broadcast shape.
+    """A standard normal per (user, item) pair, the same on every call.
 
     Counter-based (splitmix64 of the pair, then the normal quantile of the top 53 bits), so it needs no state and
     costs a few vector operations per request.
@@ -259,6 +259,9 @@ def pair_normal(users: np.ndarray, items: np.ndarray, seed: int) -> np.ndarray:
         users: int, broadcastable with ``items`` (user indices).
         items: int, broadcastable with ``users`` (item ids).
         seed: Which noise.
+
+    Returns:
+        float64, the broadcast shape of ``users`` and ``items``.
     """
     from scipy.special import ndtri
 
@@ -416,7 +419,8 @@ def retune_terms(names: list[str], cfg: Config, world: World, core: BatchedCore,
             def make_term(c: BatchedCore, parts: tuple[str, ...] = RETUNE_PARTS[name]) -> Term:
                 return hidden_term(c, *parts)
 
-        search = retune_with_term(world, cfg.env, name, make_term, point, tune_episodes, batch, cfg.encoder, cache,
+        kind = name if noisy_sigma(name) is None else f"{name}/e{NOISE_SEED}"  # the errors are part of the term
+        search = retune_with_term(world, cfg.env, kind, make_term, point, tune_episodes, batch, cfg.encoder, cache,
                                   {"beta": betas, **DIVERSE_GRID}, seed + TUNE_SEED)
         best = search.best
         ranker = TermDiverseRanker(diverse_ranker(cfg.env.slate_size, world.catalog.category, best), make_term(core),
@@ -477,13 +481,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ap.error(f"--betas must be finite and include 0 (tuned-diverse itself, the search's start), got {args.betas!r}")
     choices = [*RETUNE_PARTS, OBSERVED_TASTE, SESSION_CLICKS] if args.retune else list(BETAS)
     names = [t.strip() for t in (args.terms or ("taste" if args.retune else ",".join(BETAS))).split(",") if t.strip()]
-    unknown = [t for t in names if t not in choices and not (args.retune and t.startswith(f"{NOISY_TASTE}:"))]
+    unknown = []
     for t in names:
-        if args.retune and t.startswith(f"{NOISY_TASTE}:"):
-            try:
-                noisy_sigma(t)
-            except ValueError as exc:
-                ap.error(f"--terms: {exc}")
+        try:
+            if t not in choices and not (args.retune and noisy_sigma(t) is not None):
+                unknown.append(t)
+        except ValueError as exc:
+            ap.error(f"--terms: {exc}")
     if unknown or not names:
         ap.error(f"--terms: unknown or empty {unknown or args.terms!r}"
                  f"{' with --retune' if args.retune else ''}; choose from {', '.join(choices)}"

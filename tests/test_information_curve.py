@@ -57,7 +57,8 @@ def test_the_curve_places_each_term_at_its_error_and_averages_over_seeds(tmp_pat
 
 def test_the_curve_refuses_what_it_cannot_draw(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A file that is not JSON, a summary without tuned-diverse's return, a plain probe's rows (no --retune), one
-    with no taste term to draw from, a bad bar and a missing folder: each is a parser error naming it, no PNG."""
+    with no taste term to draw from, a run without its paired test, a bad bar or label and a missing folder: each is
+    a parser error naming it, no PNG."""
     good = _write(tmp_path, "good.json", _summary(0, 5.0, {"taste": (5.2, {})}, {}))
     cases = [
         ([_write(tmp_path, "bad.json", "{not json")], "bad.json"),
@@ -66,6 +67,8 @@ def test_the_curve_refuses_what_it_cannot_draw(tmp_path: Path, capsys: pytest.Ca
          "--retune"),
         ([_write(tmp_path, "obs.json", _summary(0, 5.0, {"observed-taste": (5.0, {"r2": 0.9})}, {}))],
          "no taste or noisy-taste"),
+        ([_write(tmp_path, "norun.json", {**_summary(0, 5.0, {"taste": (5.2, {})}, {}),
+                                          "runs": {"r-s0": {"return": 5.0}}})], "run 'r-s0' lacks"),
         ([good, "--bar", "-1"], "--bar"),
         ([good, "--label", "PPO"], "RECIPE=TEXT"),
         ([good, "--label", "nope=PPO"], "no trained recipe nope"),
