@@ -9,7 +9,8 @@ observation's best linear reading of the taste (``observed-taste``), and the tra
 - x: the error σ, in units of the taste's spread over a request's candidates; the top axis gives the same point as
   R², the squared correlation of what the ranker reads with the true taste (``1 / (1 + σ²)``);
 - y: the return as a multiple of tuned-diverse's on the same sessions, with the paired 95% interval over sessions;
-  a line per seed (files of one seed's sessions may split the terms between them);
+  a line per seed (files of one seed's sessions may split the terms between them); a low-rank error
+  (``noisy-taste:σ:r``) as separate squares;
 - ``observed-taste`` at the σ with its fit's R² (``σ = sqrt(1/R² − 1)``), each trained recipe (a protocol's runs,
   ``NAME-sSEED``) as a line at its mean over seeds in a band from the mean of their per-seed intervals, and the bar
   (``--bar``) as a dashed line.
@@ -44,12 +45,15 @@ class Point:
     sigma: float | None  # the error's SD (None: a trained policy)
     ratio: float
     ci: tuple[float, float]  # the paired 95% interval, as ratios
+    rank: int | None = None  # a low-rank error's rank (``noisy-taste:σ:r``); None: independent per pair
 
 
 def _ratio_point(source: str, name: str, sigma: float | None, row: dict[str, Any], ref: float,
                  test: dict[str, Any]) -> Point:
     lo, hi = test["ci95"]
-    return Point(source, name, sigma, float(row["return"]) / ref, (1.0 + float(lo) / ref, 1.0 + float(hi) / ref))
+    rank = row.get("rank")
+    return Point(source, name, sigma, float(row["return"]) / ref, (1.0 + float(lo) / ref, 1.0 + float(hi) / ref),
+                 None if rank is None else int(rank))
 
 
 def read_points(path: str) -> list[Point]:
@@ -94,9 +98,10 @@ def read_points(path: str) -> list[Point]:
 
 
 def curve(points: list[Point], source: str | None = None) -> list[tuple[float, float]]:
-    """(σ, ratio) of the taste and noisy-taste points of ``source`` (one seed's sessions; ``None``: any), by σ."""
+    """(σ, ratio) of the taste and (independent-error) noisy-taste points of ``source`` (one seed's sessions;
+    ``None``: any), by σ."""
     return sorted((p.sigma, p.ratio) for p in points
-                  if p.sigma is not None and p.name != OBSERVED and source in (None, p.source))
+                  if p.sigma is not None and p.name != OBSERVED and p.rank is None and source in (None, p.source))
 
 
 def plot(points: list[Point], bar: float | None, out: Path, labels: dict[str, str] | None = None) -> None:
@@ -116,10 +121,10 @@ def plot(points: list[Point], bar: float | None, out: Path, labels: dict[str, st
             ax.plot([x + dx for x in xs], ys, "-", color="tab:orange", lw=1.2, alpha=0.4 + 0.6 / (i + 1),
                     label="hand-written, told the taste with error σ (a line per seed)" if i == 0 else None)
         for p in (q for q in points if q.source == src and q.sigma is not None):
-            observed = p.name == OBSERVED
-            ax.errorbar(p.sigma + dx, p.ratio, yerr=[[p.ratio - p.ci[0]], [p.ci[1] - p.ratio]],
-                        fmt="D" if observed else "o", color="tab:green" if observed else "tab:orange", ms=5,
-                        capsize=2, lw=0.8)
+            fmt, color = ("D", "tab:green") if p.name == OBSERVED else ("s", "tab:red") if p.rank else \
+                ("o", "tab:orange")
+            ax.errorbar(p.sigma + dx, p.ratio, yerr=[[p.ratio - p.ci[0]], [p.ci[1] - p.ratio]], fmt=fmt, color=color,
+                        ms=5, capsize=2, lw=0.8)
     runs = sorted({p.name for p in points if p.sigma is None})
     for j, run in enumerate(runs):
         rs = [p for p in points if p.sigma is None and p.name == run]
@@ -128,6 +133,10 @@ def plot(points: list[Point], bar: float | None, out: Path, labels: dict[str, st
         color = RUN_COLORS[j % len(RUN_COLORS)]
         ax.axhspan(lo, hi, color=color, alpha=0.12)
         ax.axhline(mean, color=color, lw=1.2, label=f"{(labels or {}).get(run, run)} (mean over seeds)")
+    ranks = sorted({p.rank for p in points if p.rank})
+    if ranks:
+        ax.plot([], [], "s", color="tab:red",
+                label=f"hand-written, told the taste with a low-rank error (rank {', '.join(map(str, ranks))})")
     if any(p.name == OBSERVED for p in points):
         ax.plot([], [], "D", color="tab:green", label="hand-written, told the observation's best reading of the taste")
     if bar is not None:

@@ -36,6 +36,8 @@ user's taste would be), so its squared correlation with the taste over a request
 ``1 / (1 + σ²)``. Searched like the others, a few σ trace the best hand-written ranker's return against how much of
 the taste it knows, and put ``observed-taste`` (whose fit reports the same R²) and a trained policy on that curve:
 what the observation's reading is worth beside an unstructured error of the same size (session 35).
+``noisy-taste:σ:r`` makes the error low-rank, as a wrong estimate of the user's taste vector would be: ``e = g_u·f_i
+/ √r`` with ``g_u`` and ``f_i`` standard normal r-vectors per user and per item (each ``e`` still has variance 1).
 
 ``session-clicks`` reads only what a service sees item by item: the cosine of each candidate's embedding with the sum
 of the embeddings of the items this user clicked in this session (0 before the first click), standardised over the
@@ -163,7 +165,7 @@ RETUNE_PARTS: dict[str, tuple[str, ...]] = {"semantic": ("semantic",), "static":
                                             "taste": ("semantic", "static"), "utility": tuple(UTILITY_SIGN)}
 #: ``--retune``'s observation-only term: the least-squares reading of the true taste from the observation.
 OBSERVED_TASTE = "observed-taste"
-#: ``--retune``'s degraded truth: ``noisy-taste:σ`` (:func:`noisy_taste_term`).
+#: ``--retune``'s degraded truth: ``noisy-taste:σ[:rank]`` (:func:`noisy_taste_term`).
 NOISY_TASTE = "noisy-taste"
 #: Seed of the noisy-taste term's per-(user, item) errors.
 NOISE_SEED = 35
@@ -276,8 +278,30 @@ def pair_normal(users: np.ndarray, items: np.ndarray, seed: int) -> np.ndarray:
     return ndtri(u)
 
 
-def noisy_taste_term(core: BatchedCore, sigma: float, seed: int = NOISE_SEED) -> Term:
-    """obs → float64 (B, N): ``z(z(true taste) + σ·e)``, ``e`` standard normal per (user, item) (:func:`pair_normal`).
+def low_rank_normal(users: np.ndarray, items: np.ndarray, seed: int, rank: int) -> np.ndarray:
+    """A rank-``rank`` error per (user, item) pair: ``g_u·f_i / √rank``, ``g_u``, ``f_i`` standard normal vectors.
+
+    Each value has mean 0 and variance 1; a user's errors over items are correlated through ``g_u`` (a wrong taste
+    vector), unlike :func:`pair_normal`'s.
+
+    Args:
+        users: int, broadcastable with ``items`` (user indices).
+        items: int, broadcastable with ``users`` (item ids).
+        seed: Which noise.
+        rank: r >= 1.
+
+    Returns:
+        float64, the broadcast shape of ``users`` and ``items``.
+    """
+    axis = np.arange(rank)
+    g = pair_normal(np.asarray(users)[..., None], axis, 2 * seed)  # (..., r)
+    f = pair_normal(np.asarray(items)[..., None], axis, 2 * seed + 1)  # (..., r)
+    return (g * f).sum(axis=-1) / np.sqrt(rank)
+
+
+def noisy_taste_term(core: BatchedCore, sigma: float, seed: int = NOISE_SEED, rank: int | None = None) -> Term:
+    """obs → float64 (B, N): ``z(z(true taste) + σ·e)``, ``e`` standard normal per (user, item) (:func:`pair_normal`)
+    or, with ``rank``, a low-rank error (:func:`low_rank_normal`).
 
     It reads the hidden state: the taste of ``core``'s sessions with an error of known size that does not change
     within a user's sessions. Its squared correlation with the taste over a request's candidates is about
@@ -287,36 +311,49 @@ def noisy_taste_term(core: BatchedCore, sigma: float, seed: int = NOISE_SEED) ->
         core: The core whose sessions the ranker acts on.
         sigma: The error's standard deviation, in units of the taste's spread over the request (>= 0).
         seed: Which errors.
+        rank: ``None``: independent per pair; r >= 1: rank r.
 
     Raises:
-        ValueError: If ``sigma`` is negative or not finite.
+        ValueError: If ``sigma`` is negative or not finite, or ``rank`` < 1.
     """
     if not np.isfinite(sigma) or sigma < 0:
         raise ValueError(f"noisy-taste: σ must be a finite number >= 0, got {sigma}")
+    if rank is not None and rank < 1:
+        raise ValueError(f"noisy-taste: the rank must be >= 1, got {rank}")
     truth = hidden_term(core, "semantic", "static")
 
     def term(obs: dict[str, np.ndarray]) -> np.ndarray:
         t = truth(obs)
-        return t if sigma == 0 else z_rows(t + sigma * pair_normal(core.user[:, None], obs["candidates"], seed))
+        if sigma == 0:
+            return t
+        users = core.user[:, None]
+        e = pair_normal(users, obs["candidates"], seed) if rank is None else \
+            low_rank_normal(users, obs["candidates"], seed, rank)
+        return z_rows(t + sigma * e)
 
     return term
 
 
-def noisy_sigma(name: str) -> float | None:
-    """σ of a ``noisy-taste:σ`` term name; ``None`` for any other name.
+def noisy_spec(name: str) -> tuple[float, int | None] | None:
+    """``(σ, rank or None)`` of a ``noisy-taste:σ[:r]`` term name; ``None`` for any other name.
 
     Raises:
-        ValueError: A ``noisy-taste`` name without a finite σ >= 0.
+        ValueError: A ``noisy-taste`` name without a finite σ >= 0, or with a rank that is not an integer >= 1.
     """
-    if name.split(":", 1)[0] != NOISY_TASTE:
+    parts = name.split(":")
+    if parts[0] != NOISY_TASTE:
         return None
+    how = f"{name!r}: write noisy-taste:σ or noisy-taste:σ:r (σ >= 0, rank r >= 1), e.g. noisy-taste:0.5:8"
+    if len(parts) not in (2, 3):
+        raise ValueError(how)
     try:
-        sigma = float(name.split(":", 1)[1])
-    except (IndexError, ValueError):
-        raise ValueError(f"{name!r}: write noisy-taste:σ with σ a number >= 0, e.g. noisy-taste:0.5") from None
-    if not np.isfinite(sigma) or sigma < 0:
-        raise ValueError(f"{name!r}: σ must be a finite number >= 0")
-    return sigma
+        sigma = float(parts[1])
+        rank = int(parts[2]) if len(parts) == 3 else None
+    except ValueError:
+        raise ValueError(how) from None
+    if not np.isfinite(sigma) or sigma < 0 or (rank is not None and rank < 1):
+        raise ValueError(how)
+    return sigma, rank
 
 
 def observed_taste_term(w: np.ndarray) -> Term:
@@ -371,7 +408,7 @@ def retune_terms(names: list[str], cfg: Config, world: World, core: BatchedCore,
 
     Args:
         names: Terms (keys of :data:`RETUNE_PARTS`, :data:`OBSERVED_TASTE`, :data:`SESSION_CLICKS` or
-            ``noisy-taste:σ``).
+            ``noisy-taste:σ[:rank]``).
         cfg: The probe's config.
         world: The world.
         core: The held-out core.
@@ -410,16 +447,16 @@ def retune_terms(names: list[str], cfg: Config, world: World, core: BatchedCore,
         elif name == SESSION_CLICKS:
             def make_term(c: BatchedCore) -> Term:
                 return SessionClicks(world.item_emb)
-        elif (sigma := noisy_sigma(name)) is not None:
-            fit = {"sigma": sigma, "r2_nominal": 1.0 / (1.0 + sigma * sigma)}
+        elif (spec := noisy_spec(name)) is not None:
+            fit = {"sigma": spec[0], "rank": spec[1], "r2_nominal": 1.0 / (1.0 + spec[0] ** 2)}
 
-            def make_term(c: BatchedCore, sigma: float = sigma) -> Term:
-                return noisy_taste_term(c, sigma)
+            def make_term(c: BatchedCore, spec: tuple[float, int | None] = spec) -> Term:
+                return noisy_taste_term(c, spec[0], rank=spec[1])
         else:
             def make_term(c: BatchedCore, parts: tuple[str, ...] = RETUNE_PARTS[name]) -> Term:
                 return hidden_term(c, *parts)
 
-        kind = name if noisy_sigma(name) is None else f"{name}/e{NOISE_SEED}"  # the errors are part of the term
+        kind = name if noisy_spec(name) is None else f"{name}/e{NOISE_SEED}"  # the errors are part of the term
         search = retune_with_term(world, cfg.env, kind, make_term, point, tune_episodes, batch, cfg.encoder, cache,
                                   {"beta": betas, **DIVERSE_GRID}, seed + TUNE_SEED)
         best = search.best
@@ -448,7 +485,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--batch", type=int, default=500)
     ap.add_argument("--terms", default=None,
                     help=f"comma-separated terms to probe, of {', '.join(BETAS)} (default all; with --retune, of "
-                         f"{', '.join([*RETUNE_PARTS, OBSERVED_TASTE, SESSION_CLICKS])}, {NOISY_TASTE}:σ; "
+                         f"{', '.join([*RETUNE_PARTS, OBSERVED_TASTE, SESSION_CLICKS])}, {NOISY_TASTE}:σ[:rank]; "
                          "default taste)")
     ap.add_argument("--retune", action="store_true",
                     help="search β with tuned-diverse's own axes on the training users, then score that one point "
@@ -484,14 +521,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     unknown = []
     for t in names:
         try:
-            if t not in choices and not (args.retune and noisy_sigma(t) is not None):
+            if t not in choices and not (args.retune and noisy_spec(t) is not None):
                 unknown.append(t)
         except ValueError as exc:
             ap.error(f"--terms: {exc}")
     if unknown or not names:
         ap.error(f"--terms: unknown or empty {unknown or args.terms!r}"
                  f"{' with --retune' if args.retune else ''}; choose from {', '.join(choices)}"
-                 f"{f', {NOISY_TASTE}:σ' if args.retune else ''}")
+                 f"{f', {NOISY_TASTE}:σ[:rank]' if args.retune else ''}")
     runs = [r.strip() for r in (args.runs or "").split(",") if r.strip()]
     missing = [r for r in runs if not Path(r).is_dir()]
     if missing:

@@ -545,39 +545,50 @@ def test_noisy_taste_is_the_taste_at_zero_and_loses_the_share_of_it_that_sigma_s
                                                                                     small_cfg: EnvConfig) -> None:
     """``bench.term_probe.noisy_taste_term``: σ = 0 is the standardised true taste; with σ its squared correlation
     with the taste over the candidates is about 1 / (1 + σ²); the error belongs to the (user, item) pair (the same
-    item of the same user gets the same error in another request); a bad σ is refused by name."""
-    from bench.term_probe import hidden_term, noisy_sigma, noisy_taste_term, pair_normal
+    item of the same user gets the same error in another request); the low-rank error has unit variance and the
+    rank it is asked; a bad σ or rank is refused by name."""
+    from bench.term_probe import hidden_term, low_rank_normal, noisy_spec, noisy_taste_term, pair_normal
     from envs.factory import make_core as make_env_core
 
     core = make_env_core(small_cfg, small_cfg.preset, None, small_world, "heldout", 16)
     plan = episode_plan(16, [1], small_world.populations["heldout"].size)
     taste, exact, noisy = hidden_term(core, "semantic", "static"), noisy_taste_term(core, 0.0), \
         noisy_taste_term(core, 1.0)
-    seen: list[tuple[np.ndarray, np.ndarray]] = []
+    low_term = noisy_taste_term(core, 1.0, rank=8)
+    seen: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
 
     class Probe(DiverseRanker):
         def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
             t = taste(obs)
             assert np.array_equal(exact(obs), t)
-            seen.append((t.ravel(), noisy(obs).ravel()))
+            seen.append((t.ravel(), noisy(obs).ravel(), low_term(obs).ravel()))
             return super().act(obs)
 
     run_episodes(core, Probe(small_cfg.slate_size, 0.8, small_world.catalog.category, exposure_weight=1.0, cap=2),
                  plan)
-    t, x = (np.concatenate(v) for v in zip(*seen, strict=True))
+    t, x, lr = (np.concatenate(v) for v in zip(*seen, strict=True))
     assert 0.3 < np.corrcoef(t, x)[0, 1] ** 2 < 0.7  # 1 / (1 + 1²) = 0.5
+    assert 0.2 < np.corrcoef(t, lr)[0, 1] ** 2 < 0.8 and not np.allclose(x, lr)  # the same on the mean, another error
     users, items = np.array([[3], [3], [4]]), np.array([[7, 8], [7, 8], [7, 8]])
     e = pair_normal(users, items, seed=1)
     assert e[0, 0] == e[1, 0] and e[0, 1] == e[1, 1] and e[0, 0] != e[2, 0] and e[0, 0] != e[0, 1]
     big = pair_normal(np.arange(200)[:, None], np.arange(500)[None, :], seed=1)
     assert abs(big.mean()) < 0.02 and abs(big.std() - 1.0) < 0.02 and np.isfinite(big).all()
     assert not np.array_equal(big, pair_normal(np.arange(200)[:, None], np.arange(500)[None, :], seed=2))
-    assert noisy_sigma("noisy-taste:0.5") == 0.5 and noisy_sigma("taste") is None
-    for bad in ("noisy-taste", "noisy-taste:x", "noisy-taste:-1", "noisy-taste:inf"):
+    low = low_rank_normal(np.arange(400)[:, None], np.arange(400)[None, :], seed=1, rank=4)  # (users, items)
+    assert abs(low.mean()) < 0.05 and abs(low.std() - 1.0) < 0.05
+    assert np.linalg.matrix_rank(low) == 4 and np.linalg.matrix_rank(big) > 100
+    assert noisy_spec("noisy-taste:0.5") == (0.5, None) and noisy_spec("noisy-taste:0.5:8") == (0.5, 8)
+    assert noisy_spec("taste") is None
+    for bad in ("noisy-taste", "noisy-taste:x", "noisy-taste:-1", "noisy-taste:inf", "noisy-taste:1:0",
+                "noisy-taste:1:2.5", "noisy-taste:1:2:3"):
         with pytest.raises(ValueError, match="noisy-taste"):
-            noisy_sigma(bad)
+            noisy_spec(bad)
     with pytest.raises(ValueError, match="σ"):
         noisy_taste_term(core, -0.5)
+    with pytest.raises(ValueError, match="rank"):
+        noisy_taste_term(core, 0.5, rank=0)
+
 
 
 def test_term_probe_summary_is_the_last_line_and_the_json_file(tmp_path: Path,

@@ -38,7 +38,8 @@ def test_the_curve_places_each_term_at_its_error_and_averages_over_seeds(tmp_pat
                                                 {"runs/p-ml-s0": 5.1}))
     s0b = _write(tmp_path, "s0b.json", _summary(0, 5.0, {"observed-taste": (5.05, {"r2": 0.8}), "taste": (5.25, {})},
                                                 {}))  # seed 0's taste again: one point
-    s1 = _write(tmp_path, "s1.json", _summary(1, 4.0, {"taste": (4.4, {}), "noisy-taste:0.5": (4.04, {"sigma": 0.5})},
+    s1 = _write(tmp_path, "s1.json", _summary(1, 4.0, {"taste": (4.4, {}), "noisy-taste:0.5": (4.04, {"sigma": 0.5}),
+                                                 "noisy-taste:0.5:8": (4.2, {"sigma": 0.5, "rank": 8})},
                                               {"runs/p-ml-s1": 4.2}))
     out = tmp_path / "curve.png"
     points = information_curve.main([s0a, s0b, s1, "--bar", "1.05", "--out", str(out), "--label", "p-ml=PPO"])
@@ -47,6 +48,8 @@ def test_the_curve_places_each_term_at_its_error_and_averages_over_seeds(tmp_pat
     assert observed.ci == pytest.approx((1.0, 1.02)) and observed.source == "seed 0"
     assert information_curve.curve(points, "seed 0") == [(0.0, pytest.approx(1.05)), (0.5, pytest.approx(1.0))]
     assert information_curve.curve(points, "seed 1") == [(0.0, pytest.approx(1.1)), (0.5, pytest.approx(1.01))]
+    low = next(p for p in points if p.rank is not None)  # a low-rank error: its own marker, not on the line
+    assert (low.name, low.sigma, low.rank, low.ratio) == ("noisy-taste:0.5:8", 0.5, 8, pytest.approx(1.05))
     runs = [p for p in points if p.sigma is None]
     assert {p.name for p in runs} == {"p-ml"} and sorted(p.ratio for p in runs) == pytest.approx([1.02, 1.05])
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
