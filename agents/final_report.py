@@ -209,14 +209,13 @@ def _correlation(x: np.ndarray, y: np.ndarray) -> float | None:
 
 def _alpha_plot(alpha: dict[str, Any], path: Path) -> None:
     """Plot learned α by hidden user type and by step within the session."""
-    import io
 
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from configs.loader import atomic_write_bytes
+    from configs.fileio import atomic_write_bytes, figure_png
 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
     labels = [k for k, v in alpha["by_rho"].items() if v is not None]
@@ -234,10 +233,9 @@ def _alpha_plot(alpha: dict[str, Any], path: Path) -> None:
     a2.set_title("α within the session")
     a2.legend()
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
+    png = figure_png(fig)
     plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, png)
 
 
 

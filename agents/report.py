@@ -20,7 +20,7 @@ import numpy as np
 from scipy import sparse, stats
 
 from agents.evaluation import RHO_EDGES, RHO_LABELS, EpisodePlan, EpisodeStats
-from configs.fileio import atomic_write_bytes, atomic_write_text, json_default
+from configs.fileio import atomic_write_bytes, atomic_write_text, figure_png, json_default
 
 #: Column label and number format of each metric in the Markdown table (``clicks`` is left to JSON/CSV).
 TABLE_COLUMNS: dict[str, tuple[str, str]] = {
@@ -331,10 +331,8 @@ def write_report(results: dict[str, Any], out_dir: str | Path) -> dict[str, Path
     atomic_write_text(paths["csv"], results_csv(results))
     atomic_write_text(paths["markdown"], markdown_table(results))
     for name, fig in _plots(results).items():
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
         paths[name] = out / "plots" / f"{name}.png"
-        atomic_write_bytes(paths[name], buf.getvalue())
+        atomic_write_bytes(paths[name], figure_png(fig, bbox_inches="tight"))
     return paths
 
 

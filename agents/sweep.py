@@ -53,6 +53,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from configs.fileio import figure_png
 from configs.loader import (
     ConfigError,
     atomic_write_bytes,
@@ -610,10 +611,9 @@ def _plot(rows: list[dict[str, Any]], title: str, path: Path) -> None:
     if names:
         ax.legend(fontsize=8)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
+    png = figure_png(fig)
     plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, png)
 
 
 # ---- command line ----------------------------------------------------------------------------------------------

@@ -43,7 +43,6 @@ of the gap.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import math
 import sys
@@ -55,7 +54,7 @@ from typing import Any
 
 import numpy as np
 
-from configs.fileio import atomic_write_bytes, atomic_write_text
+from configs.fileio import atomic_write_bytes, atomic_write_text, figure_png
 from configs.loader import ConfigError
 
 #: The scripted behaviours, in report order.
@@ -512,9 +511,7 @@ def probe_plot(result: dict[str, Any]) -> bytes:
     for ax in (ax_a, ax_l, ax_c):
         ax.set_xlabel("request in session")
         ax.legend(title="user clicks", fontsize=8)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    return buf.getvalue()
+    return figure_png(fig)
 
 
 def write_probe(result: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:

@@ -22,7 +22,6 @@ observation leaves. The table printed beside it gives every point. The PNG is wr
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import math
 import re
@@ -30,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from configs.fileio import atomic_write_bytes
+from configs.fileio import atomic_write_bytes, figure_png
 
 TASTE, NOISY, OBSERVED = "taste", "noisy-taste:", "observed-taste"
 RUN_COLORS = ("tab:blue", "tab:purple", "tab:brown", "tab:pink")  # one per trained recipe
@@ -152,10 +151,9 @@ def plot(points: list[Point], bar: float | None, out: Path, labels: dict[str, st
     ax.set_ylim(lo, hi + 0.4 * (hi - lo))  # room above the points for the legend
     ax.legend(fontsize=8, loc="upper right")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
+    png = figure_png(fig)
     plt.close(fig)
-    atomic_write_bytes(out, buf.getvalue())
+    atomic_write_bytes(out, png)
 
 
 def main(argv: list[str] | None = None) -> list[Point]:

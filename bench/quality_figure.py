@@ -20,14 +20,13 @@ the other. The table printed beside it gives the returns and the ratios. The PNG
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from configs.fileio import atomic_write_bytes
+from configs.fileio import atomic_write_bytes, figure_png
 
 REFERENCE, CEILING, MYOPIC = "tuned-diverse", "tuned-oracle-diverse", "oracle"
 RULES = ("tuned-session-diverse", "session-diverse")  # the strongest hand-written rule, the first one present
@@ -157,9 +156,7 @@ def figure(placements: list[Placement]) -> bytes:
                         "the issue's bar"], loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=4, fontsize=7,
               frameon=False)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=130)
-    return buf.getvalue()
+    return figure_png(fig, dpi=130)
 
 
 def _pairs(items: list[str], what: str, ap: argparse.ArgumentParser) -> dict[str, str]:

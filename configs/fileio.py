@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import os
 import shutil
 import tempfile
@@ -13,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["atomic_dir", "atomic_write_bytes", "atomic_write_text", "json_default", "sha256_file"]
+__all__ = ["atomic_dir", "atomic_write_bytes", "atomic_write_text", "figure_png", "json_default", "sha256_file"]
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
@@ -24,6 +25,19 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
         text: Content (UTF-8).
     """
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def figure_png(fig: Any, dpi: int = 110, **savefig: Any) -> bytes:
+    """A matplotlib figure rendered as PNG bytes (to write with :func:`atomic_write_bytes`).
+
+    Args:
+        fig: A ``matplotlib.figure.Figure`` (pyplot's or a bare one).
+        dpi: Resolution.
+        savefig: Further ``Figure.savefig`` options (``bbox_inches``, …).
+    """
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, **savefig)
+    return buf.getvalue()
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,7 +10,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from configs.fileio import atomic_write_bytes
+from configs.fileio import atomic_write_bytes, figure_png
 from configs.schema import EnvConfig
 from envs.catalog import Catalog
 from envs.cf import MFModel
@@ -230,9 +229,7 @@ def _distributions(real_items: np.ndarray, sims: dict[str, tuple[np.ndarray, np.
 
 
 def _save_figure(fig: Any, path: Path) -> None:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, figure_png(fig, dpi=90))
 
 
 def _plots(out: Path, dist: dict[str, Any], models: dict[str, dict[str, float]], real_activity: np.ndarray,
