@@ -47,6 +47,7 @@ from agents.serving.ablog import RewardWeights, read_ab_logs
 from agents.serving.app import create_app
 from agents.serving.arms import ABRuntime, arm_prefix_log_prob, load_arms_file
 from agents.tuning import tuning_cache_dir
+from configs.fileio import atomic_write_text
 from configs.schema import Config
 from envs.factory import make_core
 from envs.presets import load_world
@@ -138,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {logs} is not empty (the report would mix runs); choose another --out", file=sys.stderr)
         return 2
     arms_file = out / "arms.json"
-    arms_file.write_text(json.dumps({"arms": [
+    atomic_write_text(arms_file, json.dumps({"arms": [
         {"name": "ppo", "export": str(export.resolve()), "share": 0.5, "temperature": args.ppo_temperature},
         {"name": "tuned-alpha", "kind": "blend", "alpha": alpha, "share": 0.5,
          "temperature": args.blend_temperature},
@@ -227,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
                "eval_paired_return": ev, "agree": agree, "tuned_alpha": alpha, "tuned_diverse": div, "ope": ope,
                "wall_s": time.time() - t_start, "command": "python -m bench.ab_loop " + " ".join(
                    argv if argv is not None else sys.argv[1:])}
-    (out / "ab_loop.json").write_text(json.dumps(summary, indent=2, default=float))
+    atomic_write_text(out / "ab_loop.json", json.dumps(summary, indent=2, default=float))
     print(f"\nchecks: arm difference agrees with evaluate.py's: {agree}; OPE ({args.check_estimator}) covers "
           f"tuned-diverse's on-policy value: {covered[args.check_estimator]}; wall {summary['wall_s']:.0f} s")
     print(json.dumps({"agree": agree, "ope_covered": {k: v["covered"] for k, v in ope.items()},

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from configs.fileio import atomic_write_text
 from configs.loader import load_config
 from configs.schema import CatalogConfig
 
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     data = yaml.safe_load((src / "config.yaml").read_text(encoding="utf-8"))
     data.pop("env", None)
     data["train"].pop("run_name", None)
-    (out / "train.yaml").write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    atomic_write_text(out / "train.yaml", yaml.safe_dump(data, sort_keys=False))
     common = ["--config", str(out / "train.yaml"), "--preset", str(updated), "--out", str(out), "--quiet",
               "--set", f"train.total_timesteps={args.steps}", "--set", f"train.max_minutes={args.minutes}",
               "--set", f"train.eval_every={args.eval_every}", "--set", f"train.checkpoint_every={args.eval_every * 4}"]
@@ -112,10 +113,10 @@ def main(argv: list[str] | None = None) -> int:
         if p.wait() != 0:
             print(f"arm {arm} failed: see {out / f'arm-{arm}.log'}", file=sys.stderr)
             return 1
-        (out / f"arm-{arm}" / "bench_start.json").write_text(json.dumps({"start": starts[arm]}), encoding="utf-8")
+        atomic_write_text(out / f"arm-{arm}" / "bench_start.json", json.dumps({"start": starts[arm]}))
     step0 = out / "step0.json"
     if not step0.is_file():
-        step0.write_text(json.dumps(step0_returns(out, src)), encoding="utf-8")
+        atomic_write_text(step0, json.dumps(step0_returns(out, src)))
     print(curve_table(out, args.arms.split(",")))
     return 0
 

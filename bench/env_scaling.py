@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import os
 import resource
@@ -76,6 +77,8 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from configs.fileio import atomic_write_bytes, figure_png
+
     x = [r["n_items"] for r in rows]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     for ax, key, label in zip(axes, ("build_s", "user_steps_per_s", "peak_rss_gb"),
@@ -87,8 +90,9 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.grid(alpha=0.3)
     fig.suptitle(f"recfeed cost vs catalog size ({rows[0]['n_users']:,} users, hashing encoder)")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    png = figure_png(fig, dpi=100)
     plt.close(fig)
+    atomic_write_bytes(path, png)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -144,11 +148,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.append and (out / "env_scaling.json").is_file():
         old = json.loads((out / "env_scaling.json").read_text(encoding="utf-8"))
         rows = sorted([r for r in old if r["n_items"] not in sizes] + rows, key=lambda r: r["n_items"])
-    (out / "env_scaling.json").write_text(json.dumps(rows, indent=1), encoding="utf-8")
-    with open(out / "env_scaling.csv", "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(r for r in rows if "error" not in r)
+    from configs.fileio import atomic_write_text
+
+    atomic_write_text(out / "env_scaling.json", json.dumps(rows, indent=1))
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(r for r in rows if "error" not in r)
+    atomic_write_text(out / "env_scaling.csv", table.getvalue())
     ok = [r for r in rows if "error" not in r]
     if ok:
         plot(ok, out / "env_scaling.png")
