@@ -17,10 +17,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.sparse as sp
 from conftest import require_movielens
 
 import envs.calibrate.cli
 import envs.calibrate.pipeline
+import envs.core
 import envs.data.columns
 import envs.data.files
 import envs.data.movielens
@@ -31,8 +33,10 @@ from configs.schema import EncoderConfig, EnvConfig
 from encoders.factory import make_encoder
 from envs.calibrate import METRICS, MODELS, calibrate
 from envs.calibrate.cli import _parse_sets, build_parser, check_data_spec, main
+from envs.calibrate.fidelity import _draw_choices
 from envs.calibrate.tastes import center_embeddings, event_order, last_items, semantic_taste
 from envs.data import load_logs
+from envs.factored import FactoredTables
 from envs.presets import load_world, preset_config
 from envs.world import World
 
@@ -133,6 +137,48 @@ def test_fidelity_json_has_the_four_models_and_metrics(tiny_preset: tuple[Path, 
     md = (out / "fidelity.md").read_text()
     assert "| simulator |" in md and "| llm_sim |" in md and "plots/popularity.png" in md
     assert report["item_embeddings"]["centred"] is True and "mean" not in report["item_embeddings"]
+
+
+def test_calibration_past_the_table_budget_reports_what_the_dense_tables_give(
+    tiny_preset: tuple[Path, dict, int], tmp_path: Path
+) -> None:
+    """A log whose per-user tables exceed ``env.table_budget_mb`` (forced with 0) calibrates on the factored
+    path: the fidelity report reads the factors a block of users at a time and matches the dense report."""
+    _, dense, _ = tiny_preset
+    data = write_movielens(tmp_path / "ml")  # the fixture's log
+    out = tmp_path / "preset"
+    code = main(["--data", f"movielens:{data}", "--out", str(out), "--encoder", "hashing", "--quiet",
+                 "--set", f"encoder.cache_dir={tmp_path / 'cache'}", "--set", "env.table_budget_mb=0",
+                 *[x for s in TINY_ENV for x in ("--set", s)]])
+    assert code == 0
+    report = json.loads((out / "fidelity.json").read_text())
+    cfg = preset_config(str(out))
+    assert isinstance(envs.core.BatchedCore(load_world(cfg), cfg, 1).tables, FactoredTables)
+    for model in MODELS:
+        for metric in METRICS:
+            assert report["models"][model][metric] == pytest.approx(dense["models"][model][metric], abs=2e-3)
+    assert report["fit"]["no_click_utility"] == pytest.approx(dense["fit"]["no_click_utility"], rel=1e-3)
+    got, want = report["distributions"]["popularity"], dense["distributions"]["popularity"]
+    assert got["simulated_choices"]["events"] == want["simulated_choices"]["events"] == want["real"]["events"]
+    assert got["simulated_choices"]["gini"] == pytest.approx(want["simulated_choices"]["gini"], abs=0.02)
+
+
+def test_simulated_choices_do_not_depend_on_the_block_size() -> None:
+    gen = np.random.default_rng(0)
+    util = gen.normal(size=(7, 30)).astype(np.float32)
+    exclude = (sp.random(7, 30, density=0.3, random_state=1, format="csr") > 0).tocsr()
+    n_draw = gen.integers(0, 12, 7)
+    n_draw[2] = 30  # more than the user may draw: capped at the items not excluded
+    users, items = _draw_choices([(0, 7, util)], exclude, n_draw, seed=5)
+    blocks = [(lo, min(lo + 3, 7), util[lo:lo + 3]) for lo in range(0, 7, 3)]
+    b_users, b_items = _draw_choices(blocks, exclude, n_draw, seed=5)
+    np.testing.assert_array_equal(b_users, users)
+    np.testing.assert_array_equal(b_items, items)
+    allowed = ~exclude.toarray()
+    for u in range(7):
+        mine = items[users == u]
+        assert mine.size == min(n_draw[u], allowed[u].sum()) == np.unique(mine).size
+        assert allowed[u, mine].all()
 
 
 def test_calibrate_function_and_explicit_override(tmp_path: Path) -> None:

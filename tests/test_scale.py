@@ -42,6 +42,8 @@ def test_dense_and_factored_tables_agree(small_cfg: EnvConfig, small_world: Worl
     u, m = td.packed.shape[:2]
     users, items = np.repeat(np.arange(u), m), np.tile(np.arange(m), u)
     np.testing.assert_allclose(tf.values(users, items).reshape(u, m, 4), td.packed, atol=1e-4)
+    rows = np.array([3, 0, u - 1, 3])  # any order, repeats allowed
+    np.testing.assert_allclose(tf.catalog_rows(rows), td.packed[rows], atol=1e-4)
     # exact retrieval on both paths: the lists agree but for near-ties that float rounding may swap
     assert (tf.llm_top == td.llm_top).mean() > 0.99
     assert (tf.cf_top == td.cf_top).mean() > 0.99

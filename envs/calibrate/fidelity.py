@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,8 @@ from envs.cf import MFModel
 from envs.data.cf_eval import evaluate_scores, interaction_matrix
 from envs.data.interaction_log import InteractionLog
 from envs.data.preprocess import PreprocessReport
-from envs.world import World
+from envs.factored import FactoredTables
+from envs.world import PopulationTables, World
 
 #: Model keys of ``fidelity.json``: the simulator's hidden utility, the ALS, popularity, and the observed LLM
 #: similarity ``llm_sim`` (pooled history state · item embedding: the signal ``greedy-llm`` and α weigh).
@@ -26,33 +27,76 @@ MODELS: tuple[str, ...] = ("simulator", "mf", "popularity", "llm_sim")
 METRICS: tuple[str, ...] = ("auc", "ndcg@10", "recall@10")
 
 
-def _session_start_scores(world: World, cfg: EnvConfig, users: dict[str, np.ndarray],
-                          n_users: int) -> tuple[np.ndarray, np.ndarray]:
-    """Every real user's session-start utility and observed LLM similarity, from the world's tables.
+#: Real users per block of session-start scores (bounds the (block, M) arrays on large catalogs).
+SCORE_BLOCK = 256
+
+
+class SessionStartScores:
+    """Every real user's session-start utility and observed LLM similarity over the catalog, a block of users
+    at a time, from each population's tables: the dense ones, or, past ``env.table_budget_mb``, the factored
+    path's factors (:meth:`envs.factored.FactoredTables.catalog_rows`, equal up to float rounding). Nothing of
+    size U×M is held, so the report runs on catalogs whose dense tables would not fit.
 
     The tables are taken from a one-row core of each population, so the env's later cores reuse them.
 
-    Returns:
-        (float32 (U, M) hidden utility (no fatigue, no repeats), float32 (U, M) observed ``state_sim = s_u·e_i``:
-        the env's ``llm_sim`` feature times ``‖s_u‖``, the same order per user).
+    Args:
+        world: The calibrated world.
+        cfg: Its env config.
+        users: Real user indices per distinct population.
+        n_users: U, real users (a user in no population scores 0 everywhere).
     """
-    from envs.core import BatchedCore
 
-    um = cfg.user_model
-    util = np.zeros((n_users, world.n_items), np.float32)
-    llm = np.zeros((n_users, world.n_items), np.float32)
-    for name, idx in users.items():
-        pop = world.populations[name]
-        tab = BatchedCore(world, cfg, 1, population=name).tables
-        util[idx] = um.affinity_scale * pop.rho[:, None] * (tab.sem_aff - tab.sem_mu[:, None]) / tab.sem_sd[:, None]
-        util[idx] += tab.static_util
-        llm[idx] = tab.state_sim
-    return util, llm
+    def __init__(self, world: World, cfg: EnvConfig, users: dict[str, np.ndarray], n_users: int) -> None:
+        from envs.core import BatchedCore
+
+        self.n_users, self.n_items = n_users, world.n_items
+        self._affinity_scale = cfg.user_model.affinity_scale
+        self._where = np.full(n_users, -1, np.int64)  # population index per real user
+        self._row = np.zeros(n_users, np.int64)  # the user's row in it
+        self._parts: list[tuple[PopulationTables | FactoredTables, np.ndarray]] = []
+        for j, (name, idx) in enumerate(users.items()):
+            self._parts.append((BatchedCore(world, cfg, 1, population=name).tables, world.populations[name].rho))
+            self._where[idx] = j
+            self._row[idx] = np.arange(len(idx))
+
+    def __call__(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Scores of a block of real users.
+
+        Args:
+            users: int (b,) real user indices.
+
+        Returns:
+            (float32 (b, M) hidden utility (no fatigue, no repeats), float32 (b, M) observed ``state_sim =
+            s_u·e_i``: the env's ``llm_sim`` feature times ``‖s_u‖``, the same order per user).
+        """
+        users = np.asarray(users, np.int64)
+        util = np.zeros((users.size, self.n_items), np.float32)
+        llm = np.zeros((users.size, self.n_items), np.float32)
+        for j, (tab, rho) in enumerate(self._parts):
+            sel = np.flatnonzero(self._where[users] == j)
+            if sel.size == 0:
+                continue
+            rows = self._row[users[sel]]
+            if isinstance(tab, FactoredTables):
+                packed = tab.catalog_rows(rows)
+                sem, static, state = packed[..., 0], packed[..., 1], packed[..., 3]
+            else:
+                sem, static, state = tab.sem_aff[rows], tab.static_util[rows], tab.state_sim[rows]
+            util[sel] = self._affinity_scale * rho[rows, None] * (sem - tab.sem_mu[rows, None]) / tab.sem_sd[rows, None]
+            util[sel] += static
+            llm[sel] = state
+        return util, llm
+
+    def blocks(self, size: int = SCORE_BLOCK) -> Iterator[tuple[int, int, np.ndarray]]:
+        """``(lo, hi, utility float32 (hi - lo, M))`` for consecutive blocks of real users, in order."""
+        for lo in range(0, self.n_users, size):
+            hi = min(lo + size, self.n_users)
+            yield lo, hi, self(np.arange(lo, hi))[0]
 
 
 def rank_held_out(world: World, env: EnvConfig, users: dict[str, np.ndarray], n_users: int, mf: MFModel,
                   popularity: np.ndarray, train: InteractionLog, test: InteractionLog,
-                  ) -> tuple[dict[str, dict[str, float]], int, np.ndarray]:
+                  ) -> tuple[dict[str, dict[str, float]], int, SessionStartScores]:
     """Held-out ranking of the simulator's session-start utility, the ALS alone, popularity and the observed LLM
     similarity (what the service sees of the text signal).
 
@@ -67,23 +111,23 @@ def rank_held_out(world: World, env: EnvConfig, users: dict[str, np.ndarray], n_
         test: Held-out split.
 
     Returns:
-        (``{model: {metric: value}}`` rounded to 4 places, users evaluated, float32 (U, M) the simulator's utility).
+        (``{model: {metric: value}}`` rounded to 4 places, users evaluated, the session-start scores).
     """
-    util, llm = _session_start_scores(world, env, users, n_users)  # (U, M) each
+    scores = SessionStartScores(world, env, users, n_users)
     uf, itf = mf.user_factors, mf.item_factors
     pop_scores = popularity.astype(np.float64)
     models = {
-        "simulator": evaluate_scores(lambda ub: util[ub], train, test),
+        "simulator": evaluate_scores(lambda ub: scores(ub)[0], train, test, chunk_size=SCORE_BLOCK),
         "mf": evaluate_scores(lambda ub: uf[ub] @ itf.T, train, test),
         "popularity": evaluate_scores(lambda ub: np.broadcast_to(pop_scores, (len(ub), pop_scores.size)), train,
                                       test),
-        "llm_sim": evaluate_scores(lambda ub: llm[ub], train, test),
+        "llm_sim": evaluate_scores(lambda ub: scores(ub)[1], train, test, chunk_size=SCORE_BLOCK),
     }
     n_eval = models["simulator"]["users"]
-    return {k: {m_: round(float(v[m_]), 4) for m_ in METRICS} for k, v in models.items()}, n_eval, util
+    return {k: {m_: round(float(v[m_]), 4) for m_ in METRICS} for k, v in models.items()}, n_eval, scores
 
 
-def distribution_checks(world: World, env: EnvConfig, users: dict[str, np.ndarray], util: np.ndarray,
+def distribution_checks(world: World, env: EnvConfig, users: dict[str, np.ndarray], scores: SessionStartScores,
                         train: InteractionLog, test: InteractionLog, n_train_events: np.ndarray, sim_sessions: int,
                         seed: int, models: dict[str, dict[str, float]], out: Path) -> tuple[dict[str, Any], list[str]]:
     """Real held-out consumption against simulated choices and simulated sessions; the plots.
@@ -92,7 +136,7 @@ def distribution_checks(world: World, env: EnvConfig, users: dict[str, np.ndarra
         world: The calibrated world.
         env: Its env config.
         users: Real user indices per distinct population.
-        util: float32 (U, M) the simulator's session-start utility.
+        scores: The simulator's session-start scores (:func:`rank_held_out`).
         train: Train split.
         test: Held-out split.
         n_train_events: int (U,) train events per real user (the real activity).
@@ -108,11 +152,11 @@ def distribution_checks(world: World, env: EnvConfig, users: dict[str, np.ndarra
 
     from envs.presets import run_logging_phase
 
-    n_users = len(util)
+    n_users = scores.n_users
     seen_train = interaction_matrix(train)
     held = (interaction_matrix(test) > seen_train).tocsr()
     _, real_i = held.nonzero()
-    sims = {"simulated_choices": _draw_choices(util, seen_train, np.diff(held.indptr), seed)}
+    sims = {"simulated_choices": _draw_choices(scores.blocks(), seen_train, np.diff(held.indptr), seed)}
     env_sim = dataclasses.replace(env, logging=dataclasses.replace(env.logging, sessions_per_user=sim_sessions))
     su, si = [], []
     # These few sessions compute the Gram rows they need from the embeddings (World.gram_block's path for large
@@ -164,13 +208,16 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
     return round(float(spearmanr(a, b).statistic), 4)
 
 
-def _draw_choices(util: np.ndarray, exclude: sp.csr_matrix, n_draw: np.ndarray, seed: int) -> tuple[np.ndarray, ...]:
+def _draw_choices(blocks: Iterable[tuple[int, int, np.ndarray]], exclude: sp.csr_matrix, n_draw: np.ndarray,
+                  seed: int) -> tuple[np.ndarray, ...]:
     """Each user draws ``n_draw[u]`` items without replacement from softmax(util[u]) over non-excluded items.
 
     Gumbel-top-k: the k largest of ``util + Gumbel noise`` are a sample without replacement from the softmax.
+    The blocks draw their noise in turn from one generator, so the draw does not depend on the block size.
 
     Args:
-        util: float32 (U, M) utilities.
+        blocks: ``(lo, hi, float32 (hi - lo, M) utilities)`` covering the users in order (e.g.
+            :meth:`SessionStartScores.blocks`).
         exclude: bool (U, M) items that cannot be drawn.
         n_draw: int (U,) items per user.
         seed: Seed.
@@ -179,18 +226,21 @@ def _draw_choices(util: np.ndarray, exclude: sp.csr_matrix, n_draw: np.ndarray, 
         (users int64 (n,), items int64 (n,)).
     """
     gen = np.random.default_rng(seed)
-    keys = util - np.log(-np.log(gen.random(util.shape, dtype=np.float32) + np.float32(1e-12)))
-    keys[exclude.toarray().astype(bool)] = -np.inf
-    n_draw = np.minimum(n_draw, np.isfinite(keys).sum(axis=1))
-    width = int(n_draw.max()) if n_draw.size else 0
-    if width == 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    top = np.argpartition(-keys, width - 1, axis=1)[:, :width]
-    order = np.argsort(-np.take_along_axis(keys, top, axis=1), axis=1)
-    top = np.take_along_axis(top, order, axis=1)
-    take = np.arange(width)[None, :] < n_draw[:, None]
-    users = np.broadcast_to(np.arange(len(util))[:, None], top.shape)[take]
-    return users.astype(np.int64), top[take].astype(np.int64)
+    users_out, items_out = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    for lo, hi, util in blocks:
+        keys = util - np.log(-np.log(gen.random(util.shape, dtype=np.float32) + np.float32(1e-12)))
+        keys[exclude[lo:hi].toarray().astype(bool)] = -np.inf
+        n = np.minimum(n_draw[lo:hi], np.isfinite(keys).sum(axis=1))
+        width = int(n.max()) if n.size else 0
+        if width == 0:
+            continue
+        top = np.argpartition(-keys, width - 1, axis=1)[:, :width]
+        order = np.argsort(-np.take_along_axis(keys, top, axis=1), axis=1)
+        top = np.take_along_axis(top, order, axis=1)
+        take = np.arange(width)[None, :] < n[:, None]
+        users_out.append(np.broadcast_to(np.arange(lo, hi)[:, None], top.shape)[take].astype(np.int64))
+        items_out.append(top[take].astype(np.int64))
+    return np.concatenate(users_out), np.concatenate(items_out)
 
 
 def _distributions(real_items: np.ndarray, sims: dict[str, tuple[np.ndarray, np.ndarray]], real_activity: np.ndarray,

@@ -650,13 +650,13 @@ def calibrate(
         + ", ".join(f"{n} {p.size}" for n, p in built.world.populations.items()) + f"; no_click_utility = {u0:.3f}")
 
     unique = {"train": built.users["train"]} if built.users["heldout"] is built.users["train"] else built.users
-    models, n_eval, util = rank_held_out(built.world, env, unique, splits.clean.n_users, built.parts.mf,
-                                         built.popularity, splits.train, splits.test)
+    models, n_eval, scores = rank_held_out(built.world, env, unique, splits.clean.n_users, built.parts.mf,
+                                           built.popularity, splits.train, splits.test)
     clock.lap("fidelity_ranking")
     say("held-out ranking: " + "; ".join(f"{k} " + ", ".join(f"{m_} {v[m_]:.4f}" for m_ in METRICS)
                                          for k, v in models.items()))
 
-    dist, plots = distribution_checks(built.world, env, unique, util, splits.train, splits.test,
+    dist, plots = distribution_checks(built.world, env, unique, scores, splits.train, splits.test,
                                       built.n_train_events, cfg.sim_sessions, cfg.seed, models, out)
     clock.lap("distributions")
 
