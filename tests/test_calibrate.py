@@ -163,6 +163,20 @@ def test_calibration_past_the_table_budget_reports_what_the_dense_tables_give(
     assert got["simulated_choices"]["gini"] == pytest.approx(want["simulated_choices"]["gini"], abs=0.02)
 
 
+def test_fidelity_ranking_on_a_sample_of_users(tmp_path: Path) -> None:
+    data = write_movielens(tmp_path / "ml", n_users=30, n_items=60, seed=4)
+    log = load_logs(f"movielens:{data}")
+    encoder = make_encoder(EncoderConfig(kind="hashing", hashing_dim=64, cache_dir=str(tmp_path / "cache")))
+    env = {"n_candidates": 8, "slate_size": 2, "max_steps": 4}
+    cfg = CalibrationConfig(history_len=5, sim_sessions=1, rho_grid=5, fit_rounds=2, fidelity_users=12)
+    report = calibrate(log, cfg, encoder, tmp_path / "p", env_overrides=env, progress=None)
+    split = report["split"]
+    assert split["users_with_held_out"] == 30 and split["fidelity_users"] == 12 and 0 < split["users_evaluated"] <= 12
+    assert "a seeded sample of 12 of the 30 users" in (tmp_path / "p" / "fidelity.md").read_text()
+    with pytest.raises(ValueError, match="fidelity_users"):
+        CalibrationConfig(fidelity_users=-1)
+
+
 def test_simulated_choices_do_not_depend_on_the_block_size() -> None:
     gen = np.random.default_rng(0)
     util = gen.normal(size=(7, 30)).astype(np.float32)

@@ -83,6 +83,44 @@ def test_ndcg_recall_auc_hand_computed():
     assert r["auc"] == pytest.approx((2 / 6 + 2 / 4) / 2)
 
 
+def test_a_subset_of_users_is_the_same_metric_on_those_users():
+    rows = [(f"u{k}", f"i{(3 * k + j) % 11}", "click", T0 + j, None) for k in range(9) for j in range(7)]
+    train, test = temporal_split(make_log(rows))
+    scores = np.random.default_rng(0).normal(size=(train.n_users, train.n_items))
+
+    def fn(users):
+        return scores[users]
+
+    whole = evaluate_scores(fn, train, test, k=3)
+    first = evaluate_scores(fn, train, test, k=3, users=np.array([4, 0, 2, 2]))  # any order, repeats ignored
+    rest = evaluate_scores(fn, train, test, k=3, users=np.setdiff1d(np.arange(train.n_users), [0, 2, 4]))
+    assert first["users"] == 3 and first["users"] + rest["users"] == whole["users"] == train.n_users
+    for metric in ("auc", "ndcg@3", "recall@3"):  # per-user means: the two parts weigh by their users
+        assert (3 * first[metric] + rest["users"] * rest[metric]) / whole["users"] == pytest.approx(whole[metric])
+    assert evaluate_scores(fn, train, test, users=np.zeros(0, np.int64))["users"] == 0
+    with pytest.raises(ValueError, match="users must be codes"):
+        evaluate_scores(fn, train, test, users=np.array([0, train.n_users]))
+
+
+def test_rank_sums_and_top_k_equal_the_full_sorts_they_replace():
+    """The metrics' two kernels against scipy's average ranks and numpy's stable argsort, with many ties and the
+    excluded items' -inf."""
+    from scipy.stats import rankdata
+
+    from envs.data.cf_eval import _positive_rank_sums, _top_k
+
+    gen = np.random.default_rng(1)
+    for _ in range(200):
+        b, m = int(gen.integers(1, 9)), int(gen.integers(1, 60))
+        scores = np.round(gen.normal(size=(b, m)) * gen.choice([1, 3, 100]))
+        excluded = gen.random((b, m)) < 0.3
+        scores = np.where(excluded, -np.inf, scores)
+        pos = (gen.random((b, m)) < 0.2) & ~excluded
+        np.testing.assert_array_equal(_positive_rank_sums(scores, pos), (rankdata(scores, axis=1) * pos).sum(axis=1))
+        k = int(gen.integers(1, m + 1))
+        np.testing.assert_array_equal(_top_k(scores, k), np.argsort(-scores, axis=1, kind="stable")[:, :k])
+
+
 def test_metric_input_errors():
     train, test = tiny_split()
     with pytest.raises(ValueError, match="shape"):

@@ -95,8 +95,8 @@ class SessionStartScores:
 
 
 def rank_held_out(world: World, env: EnvConfig, users: dict[str, np.ndarray], n_users: int, mf: MFModel,
-                  popularity: np.ndarray, train: InteractionLog, test: InteractionLog,
-                  ) -> tuple[dict[str, dict[str, float]], int, SessionStartScores]:
+                  popularity: np.ndarray, train: InteractionLog, test: InteractionLog, max_users: int = 0,
+                  seed: int = 0) -> tuple[dict[str, dict[str, float]], int, SessionStartScores]:
     """Held-out ranking of the simulator's session-start utility, the ALS alone, popularity and the observed LLM
     similarity (what the service sees of the text signal).
 
@@ -109,19 +109,25 @@ def rank_held_out(world: World, env: EnvConfig, users: dict[str, np.ndarray], n_
         popularity: float (M,) distinct train users per item.
         train: Train split.
         test: Held-out split.
+        max_users: Evaluate at most this many users, a uniform sample (seeded) of those with held-out items
+            (``calibrate.fidelity_users``; 0: all). The four models meet the same users.
+        seed: Seed of that sample.
 
     Returns:
         (``{model: {metric: value}}`` rounded to 4 places, users evaluated, the session-start scores).
     """
     scores = SessionStartScores(world, env, users, n_users)
+    sample = np.unique(test.codes()[0])
+    if 0 < max_users < sample.size:
+        sample = np.sort(np.random.default_rng(seed).choice(sample, max_users, replace=False))
     uf, itf = mf.user_factors, mf.item_factors
     pop_scores = popularity.astype(np.float64)
     models = {
-        "simulator": evaluate_scores(lambda ub: scores(ub)[0], train, test, chunk_size=SCORE_BLOCK),
-        "mf": evaluate_scores(lambda ub: uf[ub] @ itf.T, train, test),
+        "simulator": evaluate_scores(lambda ub: scores(ub)[0], train, test, users=sample),
+        "mf": evaluate_scores(lambda ub: uf[ub] @ itf.T, train, test, users=sample),
         "popularity": evaluate_scores(lambda ub: np.broadcast_to(pop_scores, (len(ub), pop_scores.size)), train,
-                                      test),
-        "llm_sim": evaluate_scores(lambda ub: scores(ub)[1], train, test, chunk_size=SCORE_BLOCK),
+                                      test, users=sample),
+        "llm_sim": evaluate_scores(lambda ub: scores(ub)[1], train, test, users=sample),
     }
     n_eval = models["simulator"]["users"]
     return {k: {m_: round(float(v[m_]), 4) for m_ in METRICS} for k, v in models.items()}, n_eval, scores
@@ -403,7 +409,10 @@ def fidelity_markdown(report: dict[str, Any], prep: PreprocessReport | None = No
         "## Held-out ranking",
         "",
         f"Temporal split: each user's last {sp_['holdout']:.0%} of events in time held out; train "
-        f"{sp_['train_events']} / test {sp_['test_events']} events; {sp_['users_evaluated']} users evaluated over "
+        f"{sp_['train_events']} / test {sp_['test_events']} events; {sp_['users_evaluated']} users evaluated"
+        + (f" (a seeded sample of {sp_['fidelity_users']} of the {sp_['users_with_held_out']} users with held-out "
+           "items, `calibrate.fidelity_users`)"
+           if 0 < sp_.get("fidelity_users", 0) < sp_.get("users_with_held_out", 0) else "") + " over "
         f"the items they had not consumed in train ({sp_['items']} items). `simulator`: the simulated user's "
         "session-start utility (the order of its click probabilities); `mf`: the same ALS alone; `popularity`: "
         "distinct train users per item; `llm_sim`: the *observed* LLM similarity of the pooled history state "

@@ -502,7 +502,8 @@ def _report(*, source: str, env: EnvConfig, encoder: TextEncoder, command: str |
         "split": {
             "method": "temporal: each user's last share of events in time held out",
             "holdout": cfg.holdout, "min_events": cfg.min_events, "users": clean.n_users,
-            "users_evaluated": n_eval, "items": clean.n_items, "train_events": splits.train.n_events,
+            "users_evaluated": n_eval, "users_with_held_out": int(np.unique(splits.test.codes()[0]).size),
+            "fidelity_users": cfg.fidelity_users, "items": clean.n_items, "train_events": splits.train.n_events,
             "test_events": splits.test.n_events, "validation": cfg.validation, "validation_choices": fit.n_choices,
         },
         "preprocess": {"rows_in": prep.rows_in, "rows_out": prep.rows_out, "dropped": prep.dropped,
@@ -651,7 +652,7 @@ def calibrate(
 
     unique = {"train": built.users["train"]} if built.users["heldout"] is built.users["train"] else built.users
     models, n_eval, scores = rank_held_out(built.world, env, unique, splits.clean.n_users, built.parts.mf,
-                                           built.popularity, splits.train, splits.test)
+                                           built.popularity, splits.train, splits.test, cfg.fidelity_users, cfg.seed)
     clock.lap("fidelity_ranking")
     say("held-out ranking: " + "; ".join(f"{k} " + ", ".join(f"{m_} {v[m_]:.4f}" for m_ in METRICS)
                                          for k, v in models.items()))

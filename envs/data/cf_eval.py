@@ -8,7 +8,6 @@ from collections.abc import Callable
 
 import numpy as np
 import scipy.sparse as sp
-from scipy.stats import rankdata
 
 from envs.cf import fit_als
 from envs.data.interaction_log import InteractionLog
@@ -33,7 +32,8 @@ def _same_maps(a: InteractionLog, b: InteractionLog) -> None:
 
 
 def evaluate_scores(
-    score_fn: ScoreFn, train: InteractionLog, test: InteractionLog, k: int = 10, chunk_size: int = 256
+    score_fn: ScoreFn, train: InteractionLog, test: InteractionLog, k: int = 10, chunk_size: int = 256,
+    users: np.ndarray | None = None,
 ) -> dict[str, float]:
     """AUC, NDCG@k and recall@k of a scorer on a held-out split.
 
@@ -55,6 +55,8 @@ def evaluate_scores(
         test: Held-out log sharing ``train``'s maps.
         k: Cut-off.
         chunk_size: Users scored per call.
+        users: int (n,) user codes to evaluate (e.g. a sample of a large log); default all. The rule above still
+            skips those without a positive or a negative.
 
     Returns:
         ``{"auc", f"ndcg@{k}", f"recall@{k}", "users"}``: means over evaluated users, and their number.
@@ -71,7 +73,14 @@ def evaluate_scores(
     held = (held > seen).tocsr()  # held-out items not already in train (bool difference)
     n_pos_all = np.asarray(held.sum(axis=1)).ravel()
     n_seen_all = np.asarray(seen.sum(axis=1)).ravel()
-    users = np.flatnonzero((n_pos_all > 0) & (n_pos_all < M - n_seen_all)).astype(np.int64)
+    eligible = (n_pos_all > 0) & (n_pos_all < M - n_seen_all)
+    if users is not None:
+        users = np.unique(np.asarray(users, np.int64))
+        if users.size and (users[0] < 0 or users[-1] >= train.n_users):
+            raise ValueError(f"users must be codes in [0, {train.n_users}), got {users[0]}..{users[-1]}")
+        users = users[eligible[users]]
+    else:
+        users = np.flatnonzero(eligible).astype(np.int64)
     discount = 1.0 / np.log2(np.arange(2, k + 2))
     ideal = np.cumsum(discount)
     kk = min(k, M)
@@ -89,10 +98,9 @@ def evaluate_scores(
         n_excl = excl.sum(axis=1)
         n_neg = M - n_excl - n_pos
         masked = np.where(excl, -np.inf, scores)
-        ranks = rankdata(masked, axis=1)  # average ranks; excluded items fill the lowest n_excl ranks
-        pos_rank_sum = (ranks * pos).sum(axis=1) - n_pos * n_excl
+        pos_rank_sum = _positive_rank_sums(masked, pos) - n_pos * n_excl  # excluded items fill the lowest ranks
         auc.append((pos_rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-        top = np.argsort(-masked, axis=1, kind="stable")[:, :kk]  # (B, k); ties by lower item index
+        top = _top_k(masked, kk)  # (B, k); ties by lower item index
         gains = np.take_along_axis(pos, top, axis=1)
         hits = gains.sum(axis=1)
         ndcg.append((gains * discount[:kk]).sum(axis=1) / ideal[np.minimum(n_pos, k) - 1])
@@ -105,6 +113,46 @@ def evaluate_scores(
         f"recall@{k}": float(np.concatenate(recall).mean()),
         "users": int(users.size),
     }
+
+
+def _positive_rank_sums(scores: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    """Per row, the sum over the positive items of their average rank (1-based, ties share the mean of their
+    ranks: ``scipy.stats.rankdata``'s "average") among all the row's items: float64 (B,).
+
+    One sort per row and two binary searches per positive; ``rankdata`` over (B, M) costs ~100 times more.
+
+    Args:
+        scores: float (B, M).
+        pos: bool (B, M) positives.
+    """
+    ordered = np.sort(scores, axis=1)
+    out = np.zeros(len(scores))
+    for r in range(len(scores)):
+        x = scores[r, pos[r]]
+        if x.size:
+            left = np.searchsorted(ordered[r], x, side="left")
+            right = np.searchsorted(ordered[r], x, side="right")
+            out[r] = ((left + right + 1) / 2).sum()
+    return out
+
+
+def _top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Per row, the k highest-scoring items in descending order, ties by lower item index: int64 (B, k), what
+    ``np.argsort(-scores, axis=1, kind="stable")[:, :k]`` gives, from a partition instead of a full sort.
+
+    Args:
+        scores: float (B, M), no NaN.
+        k: 1 <= k <= M.
+    """
+    b, _ = scores.shape
+    kth = -np.partition(-scores, k - 1, axis=1)[:, k - 1:k]  # (B, 1) the k-th highest score
+    above = scores > kth
+    tied = scores == kth
+    need = k - above.sum(axis=1, keepdims=True)  # the lowest-index items of the tie that complete the k
+    chosen = above | (tied & (np.cumsum(tied, axis=1) <= need))
+    idx = np.nonzero(chosen)[1].reshape(b, k)  # row by row, in item order
+    order = np.argsort(-np.take_along_axis(scores, idx, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(idx, order, axis=1)
 
 
 def popularity_scorer(train: InteractionLog) -> ScoreFn:
