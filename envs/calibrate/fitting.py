@@ -11,6 +11,7 @@ import scipy.sparse as sp
 
 from envs.calibrate.tastes import event_order
 from envs.data.interaction_log import InteractionLog
+from envs.factored import item_moments, user_stats
 
 
 @dataclass
@@ -72,6 +73,47 @@ def choice_sequences(log: InteractionLog, exclude: sp.csr_matrix | None = None) 
     return out
 
 
+class RowStandardised:
+    """``standardise_rows(users @ items.T)`` without the (U, M) matrix: the columns and entries a fit reads.
+
+    Each row's mean and (population) std over the M items are exact from the items' moments
+    (:func:`envs.factored.user_stats`), as on the world's factored path, so the values equal the dense matrix's
+    up to float rounding, and memory is O((U + M)·d) instead of 4·U·M bytes.
+
+    Args:
+        users: float (U, d) user vectors.
+        items: float (M, d) item vectors.
+    """
+
+    def __init__(self, users: np.ndarray, items: np.ndarray) -> None:
+        self.users = np.ascontiguousarray(users, np.float32)
+        self.items = np.ascontiguousarray(items, np.float32)
+        mu, sd = user_stats(self.users, *item_moments(self.items))
+        self.mu = mu.astype(np.float32)[:, None]  # (U, 1)
+        self.sd = np.maximum(sd, 1e-6).astype(np.float32)[:, None]
+        self.shape = (len(self.users), len(self.items))
+
+    def columns(self, cols: np.ndarray) -> np.ndarray:
+        """float32 (U, S): the standardised scores of every user on the items ``cols`` (S,)."""
+        return (self.users @ self.items[cols].T - self.mu) / self.sd
+
+    def at(self, items: np.ndarray) -> np.ndarray:
+        """float32 (U, P): user u's standardised score of item ``items[u, p]``."""
+        return (np.einsum("ud,upd->up", self.users, self.items[items]) - self.mu) / self.sd
+
+
+#: A fit's standardised affinities: the dense float32 (U, M) matrix, or its lazy form.
+Affinity = np.ndarray | RowStandardised
+
+
+def _columns(z: Affinity, cols: np.ndarray) -> np.ndarray:
+    return z.columns(cols) if isinstance(z, RowStandardised) else z[:, cols]
+
+
+def _at(z: Affinity, items: np.ndarray) -> np.ndarray:
+    return z.at(items) if isinstance(z, RowStandardised) else z[np.arange(len(z))[:, None], items]
+
+
 @dataclass
 class _ChoiceBlock:
     """The choice sets of a fit as a dense (U, C) block: S sampled catalog columns, then each user's P choices.
@@ -99,7 +141,7 @@ class _ChoiceBlock:
         return int(self.f_cols.shape[1])
 
 
-def _choice_block(z_sem: np.ndarray, z_cf: np.ndarray, features: np.ndarray, choices: np.ndarray,
+def _choice_block(z_sem: Affinity, z_cf: Affinity, features: np.ndarray, choices: np.ndarray,
                   exclude: sp.csr_matrix, sample: int, seed: int, anchor: np.ndarray | None = None) -> _ChoiceBlock:
     """Columns: ``sample`` catalog items (all items when ``sample`` <= 0 or >= M), then each user's choices.
 
@@ -133,9 +175,8 @@ def _choice_block(z_sem: np.ndarray, z_cf: np.ndarray, features: np.ndarray, cho
     n_drawn = np.stack([((~blocked_cols) & (stratum == g)).sum(axis=1) for g in (0, 1)], axis=1)  # (U, 2)
     scale = np.where(n_drawn > 0, n_avail / np.maximum(n_drawn, 1), 0.0)  # (U, 2)
     log_w_cols = np.where(blocked_cols, -np.inf, np.log(np.maximum(scale[:, stratum], 1e-300))).astype(np.float32)
-    r = np.arange(n_users)[:, None]
-    zc = np.concatenate([z_cf[:, cols], z_cf[r, items]], axis=1).astype(np.float32)
-    zs = np.concatenate([z_sem[:, cols], z_sem[r, items]], axis=1).astype(np.float32)
+    zc = np.concatenate([_columns(z_cf, cols), _at(z_cf, items)], axis=1).astype(np.float32)
+    zs = np.concatenate([_columns(z_sem, cols), _at(z_sem, items)], axis=1).astype(np.float32)
     return _ChoiceBlock(
         z_cf=zc,
         diff=zs - zc,
@@ -243,8 +284,8 @@ def _grid_loglik(blk: _ChoiceBlock, a: float, q: np.ndarray, rho_grid: np.ndarra
 
 
 def fit_response(
-    z_sem: np.ndarray,
-    z_cf: np.ndarray,
+    z_sem: Affinity,
+    z_cf: Affinity,
     features: np.ndarray,
     choices: np.ndarray,
     exclude: sp.csr_matrix,
@@ -269,8 +310,8 @@ def fit_response(
     ``sample`` <= 0 sums over the whole catalog.
 
     Args:
-        z_sem: float32 (U, M) standardised semantic affinity.
-        z_cf: float32 (U, M) standardised CF affinity.
+        z_sem: float32 (U, M) standardised semantic affinity, or its lazy :class:`RowStandardised` form.
+        z_cf: float32 (U, M) standardised CF affinity, or its lazy form.
         features: float32 (Q, M) item features (Q may be 0).
         choices: int64 (U, P) chosen items in order, -1 padded (:func:`choice_sequences`); distinct per row.
         exclude: bool (U, M) items not available to the user (consumed before); must not hold a choice.

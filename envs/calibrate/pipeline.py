@@ -21,7 +21,7 @@ from configs.schema import EnvConfig
 from encoders.base import TextEncoder
 from envs.calibrate.drift import DRIFT_GRID, DriftFit, fit_drift_rate, lag_profile, simulated_lag_profiles
 from envs.calibrate.fidelity import METRICS, distribution_checks, fidelity_markdown, rank_held_out
-from envs.calibrate.fitting import ResponseFit, choice_sequences, fit_response
+from envs.calibrate.fitting import Affinity, ResponseFit, RowStandardised, choice_sequences, fit_response
 from envs.calibrate.intent import (
     SIGMA_GRID,
     IntentFit,
@@ -45,6 +45,7 @@ from envs.cf import MFModel, fit_als
 from envs.data.cf_eval import interaction_matrix
 from envs.data.interaction_log import InteractionLog
 from envs.data.preprocess import PreprocessReport, preprocess, temporal_split
+from envs.factored import dense_table_bytes
 from envs.users import Population, pool_history
 from envs.world import PopulationTables, World
 
@@ -64,16 +65,16 @@ class _Parts:
     Attributes:
         mf: The ALS model.
         sem_taste: float32 (U, D) unit semantic tastes.
-        z_sem: float32 (U, M) standardised ``θ_u·e_i`` (None when not asked for).
-        z_cf: float32 (U, M) standardised ALS scores (None when not asked for).
+        z_sem: float32 (U, M) standardised ``θ_u·e_i``, or its lazy form (None when not asked for).
+        z_cf: float32 (U, M) standardised ALS scores, or its lazy form (None when not asked for).
         features: float32 (Q, M) standardised item features.
         feature_names: Their names.
     """
 
     mf: MFModel
     sem_taste: np.ndarray
-    z_sem: np.ndarray | None
-    z_cf: np.ndarray | None
+    z_sem: Affinity | None
+    z_cf: Affinity | None
     features: np.ndarray
     feature_names: list[str]
 
@@ -84,14 +85,23 @@ def _als(log: InteractionLog, cfg: CalibrationConfig) -> MFModel:
                    iterations=cfg.als_iterations, alpha=cfg.als_alpha, seed=cfg.seed)
 
 
-def _parts(log: InteractionLog, item_emb: np.ndarray, cfg: CalibrationConfig, with_z: bool = True) -> _Parts:
+def _parts(log: InteractionLog, item_emb: np.ndarray, cfg: CalibrationConfig, with_z: bool = True,
+           budget_mb: float | None = None) -> _Parts:
+    """ALS, tastes and item features of a log; with ``with_z`` the standardised affinities the response fit reads:
+    dense (U, M) matrices, or their lazy :class:`RowStandardised` form when dense ones would take more than
+    ``budget_mb`` MiB (``env.table_budget_mb``, the bound of the world's own tables; None: always dense)."""
     mf = _als(log, cfg)
     u, i, _ = event_order(log)
     w = taste_weights(log, cfg.taste_halflife, cfg.taste_rating_weight)
     theta = semantic_taste(u, i, w, item_emb, log.n_users, center=cfg.taste_center)
     feats, names = item_features(log, cfg.quality_features, cfg.rating_prior)
-    z_sem = standardise_rows(theta @ item_emb.T) if with_z else None
-    z_cf = standardise_rows(mf.user_factors @ mf.item_factors.T) if with_z else None
+    z_sem: Affinity | None = None
+    z_cf: Affinity | None = None
+    if with_z and budget_mb is not None and dense_table_bytes(log.n_users, log.n_items) > budget_mb * 2**20:
+        z_sem, z_cf = RowStandardised(theta, item_emb), RowStandardised(mf.user_factors, mf.item_factors)
+    elif with_z:
+        z_sem = standardise_rows(theta @ item_emb.T)
+        z_cf = standardise_rows(mf.user_factors @ mf.item_factors.T)
     return _Parts(mf=mf, sem_taste=theta, z_sem=z_sem, z_cf=z_cf, features=feats, feature_names=names)
 
 
@@ -268,9 +278,10 @@ def _encode_items(clean: InteractionLog, encoder: TextEncoder, center: bool,
 
 
 def _fit_response_parameters(splits: _Splits, item_emb: np.ndarray, cfg: CalibrationConfig,
-                             say: Callable[[str], None]) -> ResponseFit:
-    """Step 3: ρ_u, a and q by maximum likelihood on the validation choices (ALS and tastes from the fit split)."""
-    parts_fit = _parts(splits.fit, item_emb, cfg)
+                             say: Callable[[str], None], budget_mb: float | None = None) -> ResponseFit:
+    """Step 3: ρ_u, a and q by maximum likelihood on the validation choices (ALS and tastes from the fit split;
+    the affinities lazy past ``budget_mb``, see :func:`_parts`)."""
+    parts_fit = _parts(splits.fit, item_emb, cfg, budget_mb=budget_mb)
     seen_fit = interaction_matrix(splits.fit)
     choices = choice_sequences(splits.validation, seen_fit)  # (U, P) new items in time order
     if not (choices >= 0).any():
@@ -629,7 +640,7 @@ def calibrate(
     cache = f" (cache: {hits} hits, {misses} misses)" if hits is not None else ""
     say(f"encoded in {clock.timings['encode']:.1f} s{cache}")
 
-    fit = _fit_response_parameters(splits, item_emb, cfg, say)
+    fit = _fit_response_parameters(splits, item_emb, cfg, say, base_env.table_budget_mb)
     clock.lap("fit_response")
     say(f"fit: a = {fit.affinity_scale:.3f}, q = {np.round(fit.quality_coef, 3).tolist()}, mean rho = "
         f"{fit.rho.mean():.3f}, log-likelihood per choice {fit.loglik_per_choice:.3f} "
