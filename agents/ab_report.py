@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -85,11 +86,32 @@ def compare_arms(sessions: pd.DataFrame, reference: str | None = None, n_boot: i
         for mname in METRICS:
             x = sessions.loc[sessions["arm"] == a, mname].to_numpy(np.float64)
             y = sessions.loc[sessions["arm"] == reference, mname].to_numpy(np.float64)
-            t = stats.ttest_ind(x, y, equal_var=False)
             out["diff"][a][mname] = {"diff": float(x.mean() - y.mean()),
                                      "ci95": list(percentile_ci(boots[a][mname] - boots[reference][mname])),
-                                     "p_value": float(t.pvalue) if np.isfinite(t.pvalue) else None}
+                                     "p_value": welch_p_value(x, y)}
     return out
+
+
+def welch_p_value(x: np.ndarray, y: np.ndarray) -> float | None:
+    """Two-sided p-value of Welch's t-test of ``mean(x) = mean(y)`` (``scipy.stats.ttest_ind``, unequal variances).
+
+    Two constant samples make the test degenerate: the p-value is then 1 if they are equal, else 0 (as
+    ``agents.report.paired_test`` does for equal paired differences); one constant sample is fine (its variance is
+    0), though scipy warns of precision loss computing it, a warning not passed on.
+
+    Args:
+        x: float (n,) one arm's per-session values (n >= 2).
+        y: float (m,) the reference arm's (m >= 2).
+
+    Returns:
+        The p-value, or None where scipy's is not finite.
+    """
+    if np.ptp(x) == 0 and np.ptp(y) == 0:
+        return 1.0 if x[0] == y[0] else 0.0
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Precision loss occurred", category=RuntimeWarning)
+        p = float(stats.ttest_ind(x, y, equal_var=False).pvalue)
+    return p if np.isfinite(p) else None
 
 
 def markdown(report: dict[str, Any]) -> str:

@@ -411,3 +411,22 @@ def test_items_added_while_arms_serve_are_ranked_by_every_arm(ab_runtime: ABRunt
         rec = ab_runtime.recommend(f"new-items-{arm}", cids, arm=arm)
         assert rec.arm == arm and len(rec.items) == len(set(rec.items)) and set(rec.items) <= set(cids)
         assert np.isfinite(rec.log_propensity)
+
+
+def test_welch_p_value_handles_constant_arms_without_warnings() -> None:
+    import warnings
+
+    from scipy import stats
+
+    from agents.ab_report import welch_p_value
+
+    gen = np.random.default_rng(0)
+    noisy = gen.normal(0.5, 0.1, 40)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the precision-loss warning of a constant sample is not passed on
+        assert welch_p_value(np.full(5, 2 / 3), np.full(7, 2 / 3)) == 1.0  # degenerate: equal
+        assert welch_p_value(np.full(5, 2 / 3), np.full(7, 0.5)) == 0.0  # degenerate: different
+        one_constant = welch_p_value(np.full(6, 2 / 3), noisy)
+    assert one_constant is not None and 0.0 <= one_constant < 1e-3  # 0.667 against a mean of 0.5 ± 0.1
+    both = welch_p_value(noisy[:20], noisy[20:])
+    assert both == pytest.approx(stats.ttest_ind(noisy[:20], noisy[20:], equal_var=False).pvalue)

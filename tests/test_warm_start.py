@@ -29,6 +29,7 @@ def src_run(tmp_path_factory: pytest.TempPathFactory, small_world: World) -> Pat
 def _model(src: Path, world: World):
     cfg = load_config(src / "config.yaml")
     cfg.env.catalog.n_items = world.n_items
+    cfg.train.ppo.batch_size = 4 * cfg.train.ppo.n_steps  # the 4-user rollout (SB3 warns of a larger minibatch)
     venv = SB3VecEnv(RecVectorEnv(4, config=cfg.env, world=world))
     venv.seed(0)
     model, prov = warm_start_model(cfg, src, venv, world, th.device("cpu"), None)
@@ -69,6 +70,7 @@ def test_warm_start_on_a_grown_catalog(src_run: Path, small_world: World) -> Non
 
 def test_warm_start_refuses_a_policy_that_does_not_fit(src_run: Path, small_world: World, tmp_path: Path) -> None:
     cfg = load_config(src_run / "config.yaml")
+    cfg.train.ppo.batch_size = 4 * cfg.train.ppo.n_steps
     venv = SB3VecEnv(RecVectorEnv(4, config=cfg.env, world=small_world))
     with pytest.raises(CheckpointError, match="init-from"):
         warm_start_model(cfg, tmp_path, venv, small_world, th.device("cpu"), None)  # no policy files
