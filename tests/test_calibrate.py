@@ -154,10 +154,12 @@ def test_calibration_past_the_table_budget_reports_what_the_dense_tables_give(
     report = json.loads((out / "fidelity.json").read_text())
     cfg = preset_config(str(out))
     assert isinstance(envs.core.BatchedCore(load_world(cfg), cfg, 1).tables, FactoredTables)
+    # equal on this log up to float rounding, which can reorder near-ties (a retrieval list, a top-10) on some
+    # machine: hence tolerances far above rounding and below what a wrong score moves (no CF term: AUC −0.03)
     for model in MODELS:
         for metric in METRICS:
-            assert report["models"][model][metric] == pytest.approx(dense["models"][model][metric], abs=2e-3)
-    assert report["fit"]["no_click_utility"] == pytest.approx(dense["fit"]["no_click_utility"], rel=1e-3)
+            assert report["models"][model][metric] == pytest.approx(dense["models"][model][metric], abs=0.01)
+    assert report["fit"]["no_click_utility"] == pytest.approx(dense["fit"]["no_click_utility"], rel=0.02)
     got, want = report["distributions"]["popularity"], dense["distributions"]["popularity"]
     assert got["simulated_choices"]["events"] == want["simulated_choices"]["events"] == want["real"]["events"]
     assert got["simulated_choices"]["gini"] == pytest.approx(want["simulated_choices"]["gini"], abs=0.02)
