@@ -130,23 +130,35 @@ class FactoredTables:
         st = np.einsum("nd,nd->n", f.init_state[users], e)
         return np.stack([sem, static, cfo, st], axis=1).astype(np.float32)
 
-    def catalog_rows(self, users: np.ndarray) -> np.ndarray:
+    def catalog_rows(self, users: np.ndarray, columns: tuple[int, ...] = (0, 1, 2, 3)) -> np.ndarray:
         """The dense tables' rows for a block of users over the whole catalog: what ``PopulationTables.packed
-        [users]`` holds on the dense path, float32 (b, M, 4) (``sem_aff, static_util, cf_obs, state_sim``).
+        [users][..., columns]`` holds on the dense path, float32 (b, M, len(columns)) (column 0 ``sem_aff``,
+        1 ``static_util``, 2 ``cf_obs``, 3 ``state_sim``; only those asked are computed).
 
         Offline use (the calibration's fidelity report): O(b·M) memory, so callers pass users in blocks.
 
         Args:
             users: int (b,) rows of the population.
+            columns: Which of the four, in the order wanted.
         """
         f = self.factors
         u = np.asarray(users, np.int64)
-        out = np.empty((u.size, len(f.item_emb), 4), np.float32)
-        out[..., 0] = f.sem_taste[u] @ f.item_emb.T
-        cft = (f.cf_taste[u] @ f.cf_factor.T - f.cft_mu[u, None]) / f.cft_sd[u, None]
-        out[..., 1] = f.w_cf[u, None] * cft + f.q_quality[None, :] - f.price_sens[u, None] * f.log_price[None, :]
-        out[..., 2] = (f.cf_user[u] @ f.item_factors.T - f.cfo_mu[u, None]) / f.cfo_sd[u, None]
-        out[..., 3] = f.init_state[u] @ f.item_emb.T
+
+        def column(c: int) -> np.ndarray:
+            if c == 0:
+                return f.sem_taste[u] @ f.item_emb.T
+            if c == 1:
+                cft = (f.cf_taste[u] @ f.cf_factor.T - f.cft_mu[u, None]) / f.cft_sd[u, None]
+                return f.w_cf[u, None] * cft + f.q_quality[None, :] - f.price_sens[u, None] * f.log_price[None, :]
+            if c == 2:
+                return (f.cf_user[u] @ f.item_factors.T - f.cfo_mu[u, None]) / f.cfo_sd[u, None]
+            if c == 3:
+                return f.init_state[u] @ f.item_emb.T
+            raise ValueError(f"columns are 0-3 (sem_aff, static_util, cf_obs, state_sim), got {c}")
+
+        out = np.empty((u.size, len(f.item_emb), len(columns)), np.float32)
+        for j, c in enumerate(columns):
+            out[..., j] = column(c)
         return out
 
 

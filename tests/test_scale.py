@@ -44,6 +44,9 @@ def test_dense_and_factored_tables_agree(small_cfg: EnvConfig, small_world: Worl
     np.testing.assert_allclose(tf.values(users, items).reshape(u, m, 4), td.packed, atol=1e-4)
     rows = np.array([3, 0, u - 1, 3])  # any order, repeats allowed
     np.testing.assert_allclose(tf.catalog_rows(rows), td.packed[rows], atol=1e-4)
+    np.testing.assert_allclose(tf.catalog_rows(rows, (3, 0)), td.packed[rows][..., [3, 0]], atol=1e-4)
+    with pytest.raises(ValueError, match="columns are 0-3"):
+        tf.catalog_rows(rows, (4,))
     # exact retrieval on both paths: the lists agree but for near-ties that float rounding may swap
     assert (tf.llm_top == td.llm_top).mean() > 0.99
     assert (tf.cf_top == td.cf_top).mean() > 0.99

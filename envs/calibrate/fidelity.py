@@ -59,39 +59,42 @@ class SessionStartScores:
             self._where[idx] = j
             self._row[idx] = np.arange(len(idx))
 
-    def __call__(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Scores of a block of real users.
+    def utility(self, users: np.ndarray) -> np.ndarray:
+        """float32 (b, M): the hidden session-start utility (no fatigue, no repeats) of a block of real users
+        (int (b,))."""
+        return self._rows(users, observed=False)
 
-        Args:
-            users: int (b,) real user indices.
+    def observed(self, users: np.ndarray) -> np.ndarray:
+        """float32 (b, M): the observed ``state_sim = s_u·e_i`` of a block of real users (int (b,)): the env's
+        ``llm_sim`` feature times ``‖s_u‖``, the same order per user."""
+        return self._rows(users, observed=True)
 
-        Returns:
-            (float32 (b, M) hidden utility (no fatigue, no repeats), float32 (b, M) observed ``state_sim =
-            s_u·e_i``: the env's ``llm_sim`` feature times ``‖s_u‖``, the same order per user).
-        """
+    def _rows(self, users: np.ndarray, observed: bool) -> np.ndarray:
         users = np.asarray(users, np.int64)
-        util = np.zeros((users.size, self.n_items), np.float32)
-        llm = np.zeros((users.size, self.n_items), np.float32)
+        out = np.zeros((users.size, self.n_items), np.float32)
         for j, (tab, rho) in enumerate(self._parts):
             sel = np.flatnonzero(self._where[users] == j)
             if sel.size == 0:
                 continue
             rows = self._row[users[sel]]
-            if isinstance(tab, FactoredTables):
-                packed = tab.catalog_rows(rows)
-                sem, static, state = packed[..., 0], packed[..., 1], packed[..., 3]
+            factored = isinstance(tab, FactoredTables)
+            if observed:
+                out[sel] = tab.catalog_rows(rows, (3,))[..., 0] if factored else tab.state_sim[rows]
+                continue
+            if factored:
+                packed = tab.catalog_rows(rows, (0, 1))
+                sem, static = packed[..., 0], packed[..., 1]
             else:
-                sem, static, state = tab.sem_aff[rows], tab.static_util[rows], tab.state_sim[rows]
-            util[sel] = self._affinity_scale * rho[rows, None] * (sem - tab.sem_mu[rows, None]) / tab.sem_sd[rows, None]
-            util[sel] += static
-            llm[sel] = state
-        return util, llm
+                sem, static = tab.sem_aff[rows], tab.static_util[rows]
+            out[sel] = self._affinity_scale * rho[rows, None] * (sem - tab.sem_mu[rows, None]) / tab.sem_sd[rows, None]
+            out[sel] += static
+        return out
 
     def blocks(self, size: int = SCORE_BLOCK) -> Iterator[tuple[int, int, np.ndarray]]:
         """``(lo, hi, utility float32 (hi - lo, M))`` for consecutive blocks of real users, in order."""
         for lo in range(0, self.n_users, size):
             hi = min(lo + size, self.n_users)
-            yield lo, hi, self(np.arange(lo, hi))[0]
+            yield lo, hi, self.utility(np.arange(lo, hi))
 
 
 def rank_held_out(world: World, env: EnvConfig, users: dict[str, np.ndarray], n_users: int, mf: MFModel,
@@ -123,11 +126,11 @@ def rank_held_out(world: World, env: EnvConfig, users: dict[str, np.ndarray], n_
     uf, itf = mf.user_factors, mf.item_factors
     pop_scores = popularity.astype(np.float64)
     models = {
-        "simulator": evaluate_scores(lambda ub: scores(ub)[0], train, test, users=sample),
+        "simulator": evaluate_scores(scores.utility, train, test, users=sample),
         "mf": evaluate_scores(lambda ub: uf[ub] @ itf.T, train, test, users=sample),
         "popularity": evaluate_scores(lambda ub: np.broadcast_to(pop_scores, (len(ub), pop_scores.size)), train,
                                       test, users=sample),
-        "llm_sim": evaluate_scores(lambda ub: scores(ub)[1], train, test, users=sample),
+        "llm_sim": evaluate_scores(scores.observed, train, test, users=sample),
     }
     n_eval = models["simulator"]["users"]
     return {k: {m_: round(float(v[m_]), 4) for m_ in METRICS} for k, v in models.items()}, n_eval, scores
