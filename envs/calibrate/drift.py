@@ -127,7 +127,8 @@ def simulated_lag_profiles(rates: Sequence[float], *, sem_taste: np.ndarray, rho
         rho: float (U,) ρ_u.
         sem_mu: float (U,) mean of ``θ_u·e`` over the catalog; ``sem_sd`` likewise.
         sem_sd: float (U,).
-        static_util: float (U, M) the utility's non-semantic part.
+        static_util: float (U, M) the utility's non-semantic part, or anything whose ``[users]`` gives those rows
+            (the factored path's rows on demand: only the sampled sessions' users are read).
         item_emb: float (M, D) unit item embeddings (as the world holds them).
         affinity_scale: a.
         session_users: int (S,) the user (row of the arrays above) of each session.
@@ -150,7 +151,7 @@ def simulated_lag_profiles(rates: Sequence[float], *, sem_taste: np.ndarray, rho
     steps = int(sizes.max()) if sizes.size else 0
     scale = (affinity_scale * np.asarray(rho, np.float64)[users] / np.asarray(sem_sd, np.float64)[users])[:, None]
     base_aff = np.asarray(sem_taste, np.float32)[users] @ emb.T  # (S, M) θ_u·e
-    static = np.asarray(static_util, np.float64)[users] - scale * np.asarray(sem_mu, np.float64)[users][:, None]
+    static = np.asarray(static_util[users], np.float64) - scale * np.asarray(sem_mu, np.float64)[users][:, None]
     draw_seed = int(gen.integers(2**63))  # step j's Gumbel matrix comes from (draw_seed, j): the same for every η
     out = []
     for rate in rates:

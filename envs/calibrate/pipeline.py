@@ -45,7 +45,7 @@ from envs.cf import MFModel, fit_als
 from envs.data.cf_eval import interaction_matrix
 from envs.data.interaction_log import InteractionLog
 from envs.data.preprocess import PreprocessReport, preprocess, temporal_split
-from envs.factored import dense_table_bytes
+from envs.factored import FactoredTables, dense_table_bytes
 from envs.users import Population, pool_history
 from envs.world import PopulationTables, World
 
@@ -355,20 +355,36 @@ def _build_world(source: str, splits: _Splits, item_emb: np.ndarray, fit: Respon
                   n_train_events=n_train_events, quality_weight=qw, affinity_scale=a)
 
 
-def _simulated_users(built: _Built, what: str, left: str,
-                     say: Callable[[str], None]) -> list[tuple[np.ndarray, Population, PopulationTables]] | None:
+class _StaticRows:
+    """``static_util`` rows of a factored population, computed on demand: ``rows[users]`` is float32 (n, M) for
+    int users (n,), what the dense table's ``static_util[users]`` holds (for a fit that reads a sample of users)."""
+
+    def __init__(self, tables: FactoredTables) -> None:
+        self._tables = tables
+
+    def __getitem__(self, users: np.ndarray) -> np.ndarray:
+        return self._tables.catalog_rows(np.asarray(users, np.int64), (1,))[..., 0]
+
+
+def _simulated_users(built: _Built, what: str, left: str, say: Callable[[str], None], factored_ok: bool = False,
+                     ) -> list[tuple[np.ndarray, Population, PopulationTables | FactoredTables, Any]] | None:
     """The distinct populations a fit simulates the real users of: per population, its users' codes in the train
-    split (int64 (U,), row order), the population and its session-start tables (``World.tables``). None, said,
-    when a population's tables would be factored (the fits need the dense per-user utility)."""
-    world, um = built.world, built.env.user_model
+    split (int64 (U,), row order), the population, its session-start tables and their ``static_util`` (the dense
+    table, or with ``factored_ok`` a :class:`_StaticRows` on factored tables, for a fit that reads a sample of
+    rows). None, said, when a population's tables are factored and the fit needs them dense."""
+    from envs.core import BatchedCore
+
+    world = built.world
     out = []
     for name, idx in ({"train": built.users["train"]} if built.users["heldout"] is built.users["train"]
                       else built.users).items():
         pop = world.populations[name]
-        if world.is_factored(pop.size, built.env.table_budget_mb):
+        if world.is_factored(pop.size, built.env.table_budget_mb) and not factored_ok:
             say(f"{what}the catalog's per-user tables exceed env.table_budget_mb; not fitted, left at {left}")
             return None
-        out.append((np.asarray(idx, np.int64), pop, world.tables(name, 1, um.affinity_scale, um.quality_weight)))
+        tab = BatchedCore(world, built.env, 1, population=name).tables
+        static = _StaticRows(tab) if isinstance(tab, FactoredTables) else tab.static_util
+        out.append((np.asarray(idx, np.int64), pop, tab, static))
     return out
 
 
@@ -397,7 +413,7 @@ def _fit_intent(built: _Built, splits: _Splits, cfg: CalibrationConfig, override
         return None
     sims = []
     um = env.user_model
-    for idx, pop, tab in tables:
+    for idx, pop, tab, static in tables:
         ku, ks = users[keep], sessions[keep]
         sizes = []
         for u in idx:
@@ -405,7 +421,7 @@ def _fit_intent(built: _Built, splits: _Splits, cfg: CalibrationConfig, override
             sizes.append(k)
         sims.append(simulated_ratio(
             SIGMA_GRID, sem_taste=pop.sem_taste, rho=pop.rho, sem_mu=tab.sem_mu, sem_sd=tab.sem_sd,
-            static_util=tab.static_util, item_emb=world.item_emb, affinity_scale=um.affinity_scale,
+            static_util=static, item_emb=world.item_emb, affinity_scale=um.affinity_scale,
             session_sizes=sizes, min_items=cfg.session_min_items, seed=cfg.seed))
     # the populations' curves, weighted by the sessions each simulated (a population without any is left out)
     ratios = np.array([[c.ratio for c in r] for r in sims])  # (populations, grid)
@@ -426,8 +442,8 @@ def _fit_drift(built: _Built, splits: _Splits, cfg: CalibrationConfig, overrides
     """Step 4c: ``drift_rate`` from the lag profile of the train split's sessions (an explicit override wins).
 
     Sets ``built.env``'s value; returns the fit, or None when not fitted (turned off, overridden, fewer than 100
-    pairs of events the largest lag apart, no simulated user with such sessions, or factored tables: then it stays
-    as configured).
+    pairs of events the largest lag apart, or no simulated user with such sessions: then it stays as configured).
+    On factored tables the simulation reads its sampled users' rows on demand.
     """
     if not cfg.drift_rate or "drift_rate" in overrides.get("user_model", {}):
         return None
@@ -446,12 +462,13 @@ def _fit_drift(built: _Built, splits: _Splits, cfg: CalibrationConfig, overrides
         return None
     ids, first, size = np.unique(sessions[order], return_index=True, return_counts=True)
     owner = users[order][first]  # (sessions,) user code of each session
-    tables = _simulated_users(built, "drift: ", f"{env.user_model.drift_rate:g}", say)
+    # the fit reads at most MAX_SIM_SESSIONS sessions' users: factored tables give their rows on demand
+    tables = _simulated_users(built, "drift: ", f"{env.user_model.drift_rate:g}", say, factored_ok=True)
     if tables is None:
         return None
     decays, weights = [], []
     um = env.user_model
-    for idx, pop, tab in tables:
+    for idx, pop, tab, static in tables:
         row = np.full(int(max(users.max(), idx.max(initial=0))) + 1, -1, np.int64)
         row[idx] = np.arange(idx.size)
         mine = row[owner] >= 0
@@ -459,7 +476,7 @@ def _fit_drift(built: _Built, splits: _Splits, cfg: CalibrationConfig, overrides
             continue
         profiles = simulated_lag_profiles(
             DRIFT_GRID, sem_taste=pop.sem_taste, rho=pop.rho, sem_mu=tab.sem_mu, sem_sd=tab.sem_sd,
-            static_util=tab.static_util, item_emb=world.item_emb, affinity_scale=um.affinity_scale,
+            static_util=static, item_emb=world.item_emb, affinity_scale=um.affinity_scale,
             session_users=row[owner[mine]], session_sizes=size[mine], seed=cfg.seed)
         decays.append([p.decay for p in profiles])
         weights.append(float(mine.sum()))
