@@ -140,6 +140,8 @@ def main(argv: list[str] | None = None) -> dict:
     for name in ("users", "items", "per_user"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.items < 2 * args.per_user:
+        p.error(f"--items ({args.items}) must be at least twice --per-user ({args.per_user})")
 
     from envs.calibrate.cli import main as calibrate_main
     from envs.factored import dense_table_bytes

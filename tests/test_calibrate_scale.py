@@ -45,3 +45,11 @@ def test_kernel_timing_reports_both_kernels() -> None:
     figures = time_kernels(300, repeats=1)
     assert set(figures) == {"rankdata_argsort_s", "sort_partition_s", "ratio"}
     assert figures["rankdata_argsort_s"] >= 0 and figures["sort_partition_s"] >= 0 and figures["ratio"] > 0
+
+
+@pytest.mark.parametrize("argv", [["--users", "0"], ["--items", "10", "--per-user", "6"]])
+def test_bad_sizes_are_refused_by_name(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(argv)
+    err = capsys.readouterr().err
+    assert ("--users must be >= 1" in err) if "--users" in argv else ("at least twice --per-user" in err)
