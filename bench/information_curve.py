@@ -11,9 +11,10 @@ observation's best linear reading of the taste (``observed-taste``), and the tra
 - y: the return as a multiple of tuned-diverse's on the same sessions, with the paired 95% interval over sessions;
   a line per seed (files of one seed's sessions may split the terms between them); a low-rank error
   (``noisy-taste:σ:r``) as separate squares;
-- ``observed-taste`` at the σ with its fit's R² (``σ = sqrt(1/R² − 1)``), each trained recipe (a protocol's runs,
-  ``NAME-sSEED``) as a line at its mean over seeds in a band from the mean of their per-seed intervals, and the bar
-  (``--bar``) as a dashed line.
+- ``observed-taste`` at the σ with its fit's R² (``σ = sqrt(1/R² − 1)``), the long-term states (``history-taste``,
+  ``history-pool:d``) at the σ of that fit's R² with the state as one more column, each trained recipe (a protocol's
+  runs, ``NAME-sSEED``) as a line at its mean over seeds in a band from the mean of their per-seed intervals, and the
+  bar (``--bar``) as a dashed line.
 
 It answers the question the MovieLens bar turns on: how much of the taste's worth survives an error of the size the
 observation leaves. The table printed beside it gives every point. The PNG is written atomically.
@@ -32,6 +33,12 @@ from typing import Any
 from configs.fileio import atomic_write_bytes, figure_png
 
 TASTE, NOISY, OBSERVED = "taste", "noisy-taste:", "observed-taste"
+#: Long-term states (``history-taste``, ``history-pool:d``): placed at the R² of the observation's reading with them.
+HISTORY = "history-"
+#: Marker and colour of each kind of point read from the observation (and a state), and its legend text.
+READ_MARKERS = {OBSERVED: ("D", "tab:green", "hand-written, told the observation's best reading of the taste"),
+                "history-taste": ("^", "tab:cyan", "hand-written, also told the whole logged history's taste"),
+                "history-pool": ("v", "tab:olive", "hand-written, also told the logged items pooled (history-pool)")}
 RUN_COLORS = ("tab:blue", "tab:purple", "tab:brown", "tab:pink")  # one per trained recipe
 
 
@@ -80,7 +87,7 @@ def read_points(path: str) -> list[Point]:
                 sigma: float | None = 0.0
             elif name.startswith(NOISY):
                 sigma = float(row["sigma"])
-            elif name == OBSERVED:
+            elif name == OBSERVED or name.startswith(HISTORY):
                 sigma = math.sqrt(max(1.0 / float(row["r2"]) - 1.0, 0.0))
             else:
                 continue
@@ -100,7 +107,12 @@ def curve(points: list[Point], source: str | None = None) -> list[tuple[float, f
     """(σ, ratio) of the taste and (independent-error) noisy-taste points of ``source`` (one seed's sessions;
     ``None``: any), by σ."""
     return sorted((p.sigma, p.ratio) for p in points
-                  if p.sigma is not None and p.name != OBSERVED and p.rank is None and source in (None, p.source))
+                  if p.sigma is not None and not _read(p.name) and p.rank is None and source in (None, p.source))
+
+
+def _read(name: str) -> tuple[str, str, str] | None:
+    """Marker, colour and legend text of a point read from the observation (``None``: a told-taste point)."""
+    return READ_MARKERS.get(name.split(":")[0]) if name == OBSERVED or name.startswith(HISTORY) else None
 
 
 def plot(points: list[Point], bar: float | None, out: Path, labels: dict[str, str] | None = None) -> None:
@@ -120,8 +132,8 @@ def plot(points: list[Point], bar: float | None, out: Path, labels: dict[str, st
             ax.plot([x + dx for x in xs], ys, "-", color="tab:orange", lw=1.2, alpha=0.4 + 0.6 / (i + 1),
                     label="hand-written, told the taste with error σ (a line per seed)" if i == 0 else None)
         for p in (q for q in points if q.source == src and q.sigma is not None):
-            fmt, color = ("D", "tab:green") if p.name == OBSERVED else ("s", "tab:red") if p.rank else \
-                ("o", "tab:orange")
+            read = _read(p.name)
+            fmt, color = read[:2] if read else ("s", "tab:red") if p.rank else ("o", "tab:orange")
             ax.errorbar(p.sigma + dx, p.ratio, yerr=[[p.ratio - p.ci[0]], [p.ci[1] - p.ratio]], fmt=fmt, color=color,
                         ms=5, capsize=2, lw=0.8)
     runs = sorted({p.name for p in points if p.sigma is None})
@@ -136,8 +148,8 @@ def plot(points: list[Point], bar: float | None, out: Path, labels: dict[str, st
     if ranks:
         ax.plot([], [], "s", color="tab:red",
                 label=f"hand-written, told the taste with a low-rank error (rank {', '.join(map(str, ranks))})")
-    if any(p.name == OBSERVED for p in points):
-        ax.plot([], [], "D", color="tab:green", label="hand-written, told the observation's best reading of the taste")
+    for fmt, color, text in dict.fromkeys(r for p in points if (r := _read(p.name))):
+        ax.plot([], [], fmt, color=color, label=text)
     if bar is not None:
         ax.axhline(bar, color="k", ls="--", lw=1.0, label=f"the bar: {bar:g} × tuned-diverse")
     ax.axhline(1.0, color="0.6", lw=0.8)

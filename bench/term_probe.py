@@ -95,6 +95,7 @@ from envs.spaces import (
     F_POP,
     F_PRICE,
 )
+from envs.users import pool_history
 from envs.world import World
 
 #: β values tried per term.
@@ -169,6 +170,12 @@ OBSERVED_TASTE = "observed-taste"
 NOISY_TASTE = "noisy-taste"
 #: Seed of the noisy-taste term's per-(user, item) errors.
 NOISE_SEED = 35
+#: ``--retune``'s long-term state: the similarity with the user's taste at the session's start (calibrated worlds:
+#: the whole logged train history pooled by the calibration's weights, so the logs hold it; built-in presets: the
+#: hidden persona).
+HISTORY_TASTE = "history-taste"
+#: ``--retune``'s observed long-term state: ``history-pool:d``, the logged history pooled with decay ``d`` per item.
+HISTORY_POOL = "history-pool"
 #: ``--retune``'s observation-only term with memory: :class:`agents.rankers.SessionClicks`.
 SESSION_CLICKS = "session-clicks"
 #: Context columns the observed-taste design multiplies the two signals by (what feedback says about the user).
@@ -196,9 +203,9 @@ class _TasteRecorder(Ranker):
     correlation of the taste with ``base``'s own standardised blend. Every row is recorded: the rows that idle at the
     plan's tail replay real sessions of the same population, so they are valid requests too."""
 
-    def __init__(self, base: DiverseRanker, core: BatchedCore) -> None:
+    def __init__(self, base: DiverseRanker, core: BatchedCore, extra: Term | None = None) -> None:
         super().__init__(base.k)
-        self.base, self.name = base, f"{base.name} (recording)"
+        self.base, self.name, self.extra = base, f"{base.name} (recording)", extra
         self.taste = hidden_term(core, "semantic", "static")
         self.xtx: np.ndarray | float = 0.0  # (P, P) after the first request
         self.xty: np.ndarray | float = 0.0  # (P,)
@@ -209,6 +216,8 @@ class _TasteRecorder(Ranker):
 
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         x = taste_design(obs)
+        if self.extra is not None:  # one more column: a candidate term whose information is in question
+            x = np.concatenate([x, self.extra(obs)[..., None]], axis=-1)
         x = x.reshape(-1, x.shape[-1])
         y = self.taste(obs).ravel()
         blend = z_rows(self.base.blend(obs)).ravel()
@@ -222,8 +231,8 @@ class _TasteRecorder(Ranker):
         self.base.update(obs, slate, feedback)
 
 
-def fit_observed_taste(core: BatchedCore, base: DiverseRanker, plan: EpisodePlan,
-                       ridge: float = 1e-3) -> tuple[np.ndarray, dict[str, float]]:
+def fit_observed_taste(core: BatchedCore, base: DiverseRanker, plan: EpisodePlan, ridge: float = 1e-3,
+                       extra: Term | None = None) -> tuple[np.ndarray, dict[str, float]]:
     """Least-squares weights of ``z(true taste) ≈ taste_design(obs) @ w`` over the requests ``base`` meets on ``plan``.
 
     The fit reads the hidden taste (the simulator's ground truth, on training users); the term it gives reads only
@@ -235,20 +244,30 @@ def fit_observed_taste(core: BatchedCore, base: DiverseRanker, plan: EpisodePlan
         base: The ranker whose sessions are recorded (tuned-diverse).
         plan: The sessions.
         ridge: Ridge penalty relative to the mean diagonal of ``XᵀX``.
+        extra: A term (made for ``core``) whose column joins the design (its weight is last in ``w``): how much
+            the reading's R² gains from it says what the term knows of the taste beyond the observation.
 
     Returns:
         ``(w float64 (P,), {"r2": the fit's R², "r2_blend": R² of the base's standardised blend alone (its squared
-        correlation with the taste), "candidates": rows of the fit})``.
+        correlation with the taste), "candidates": rows of the fit[, "r2_without": the fit's R² without
+        ``extra``]})``.
     """
-    rec = _TasteRecorder(base, core)
+    rec = _TasteRecorder(base, core, extra)
     run_episodes(core, rec, plan)
     assert isinstance(rec.xtx, np.ndarray) and isinstance(rec.xty, np.ndarray)  # a plan has at least one request
-    lam = ridge * float(np.trace(rec.xtx)) / len(rec.xtx)
-    w = np.linalg.solve(rec.xtx + lam * np.eye(len(rec.xtx)), rec.xty)
     yy = rec.sums["yy"]
-    sse = yy - 2 * float(w @ rec.xty) + float(w @ rec.xtx @ w)
-    return w, {"r2": 1.0 - sse / yy, "r2_blend": rec.sums["yb"] ** 2 / (rec.sums["bb"] * yy),
-               "candidates": int(rec.sums["n"])}
+
+    def solve(p: int) -> tuple[np.ndarray, float]:  # the ridge fit on the design's first p columns, and its R²
+        xtx, xty = rec.xtx[:p, :p], rec.xty[:p]
+        lam = ridge * float(np.trace(xtx)) / p
+        w = np.linalg.solve(xtx + lam * np.eye(p), xty)
+        return w, 1.0 - (yy - 2 * float(w @ xty) + float(w @ xtx @ w)) / yy
+
+    w, r2 = solve(len(rec.xtx))
+    out = {"r2": r2, "r2_blend": rec.sums["yb"] ** 2 / (rec.sums["bb"] * yy), "candidates": int(rec.sums["n"])}
+    if extra is not None:
+        out["r2_without"] = solve(len(rec.xtx) - 1)[1]
+    return w, out
 
 
 def pair_normal(users: np.ndarray, items: np.ndarray, seed: int) -> np.ndarray:
@@ -332,6 +351,43 @@ def noisy_taste_term(core: BatchedCore, sigma: float, seed: int = NOISE_SEED, ra
         return z_rows(t + sigma * e)
 
     return term
+
+
+def state_term(core: BatchedCore, state: np.ndarray) -> Term:
+    """obs → float64 (B, N): ``z(s_u·e_i)``, each candidate's similarity with a per-user state, standardised.
+
+    Args:
+        core: The core whose sessions the ranker acts on (its ``user`` names each row's user).
+        state: float (U, D) one vector per user of ``core``'s population, in the item embeddings' space.
+    """
+    emb = core.world.item_emb
+
+    def term(obs: dict[str, np.ndarray]) -> np.ndarray:
+        s = state[core.user].astype(np.float64)  # (B, D)
+        return z_rows(np.einsum("bd,bnd->bn", s, emb[obs["candidates"]], dtype=np.float64))
+
+    return term
+
+
+def history_spec(name: str) -> float | None:
+    """The decay ``d`` of a ``history-pool:d`` term name; ``None`` for any other name.
+
+    Raises:
+        ValueError: A ``history-pool`` name without a decay in (0, 1].
+    """
+    parts = name.split(":")
+    if parts[0] != HISTORY_POOL:
+        return None
+    how = f"{name!r}: write {HISTORY_POOL}:d with a decay 0 < d <= 1, e.g. {HISTORY_POOL}:1"
+    try:
+        if len(parts) != 2:
+            raise ValueError(how)
+        d = float(parts[1])
+    except ValueError:
+        raise ValueError(how) from None
+    if not 0 < d <= 1:
+        raise ValueError(how)
+    return d
 
 
 def noisy_spec(name: str) -> tuple[float, int | None] | None:
@@ -427,14 +483,17 @@ def retune_terms(names: list[str], cfg: Config, world: World, core: BatchedCore,
         Term → ``{"best", "return", "ratio", "points", "validation_points", "validation_means", [the fit's
         figures,] "diff", "ci95", …}`` (the paired test against tuned-diverse).
     """
+    def fit_setup() -> tuple[BatchedCore, EpisodePlan]:  # fresh training sessions (neither tuning nor validation)
+        plan = episode_plan(VALIDATION_FACTOR * tune_episodes, [seed + TUNE_SEED + FIT_SEED_OFFSET],
+                            world.populations["train"].size)
+        return make_core(cfg.env, cfg.env.preset, cfg.encoder, world, "train", batch), plan
+
     out: dict[str, Any] = {}
     for name in names:
         fit: dict[str, Any] = {}
         cache: Path | None = tuning_cache_dir(cfg.env, cfg.encoder)
         if name == OBSERVED_TASTE:  # fitted on fresh training sessions under tuned-diverse, then searched
-            train_core = make_core(cfg.env, cfg.env.preset, cfg.encoder, world, "train", batch)
-            fit_plan = episode_plan(VALIDATION_FACTOR * tune_episodes, [seed + TUNE_SEED + FIT_SEED_OFFSET],
-                                    world.populations["train"].size)
+            train_core, fit_plan = fit_setup()
             w, fit = fit_observed_taste(train_core, base, fit_plan)
             fit["weights"] = w.tolist()
             print(f"  {name}: R² of the true taste {fit['r2']:.3f} (tuned-diverse's blend alone "
@@ -447,6 +506,14 @@ def retune_terms(names: list[str], cfg: Config, world: World, core: BatchedCore,
         elif name == SESSION_CLICKS:
             def make_term(c: BatchedCore) -> Term:
                 return SessionClicks(world.item_emb)
+        elif name == HISTORY_TASTE:
+            def make_term(c: BatchedCore) -> Term:
+                return state_term(c, c.pop.sem_taste)
+        elif (decay := history_spec(name)) is not None:
+            fit = {"decay": decay}
+
+            def make_term(c: BatchedCore, decay: float = decay) -> Term:
+                return state_term(c, pool_history(c.pop.history, c.world.item_emb, decay))
         elif (spec := noisy_spec(name)) is not None:
             fit = {"sigma": spec[0], "rank": spec[1], "r2_nominal": 1.0 / (1.0 + spec[0] ** 2)}
 
@@ -456,6 +523,11 @@ def retune_terms(names: list[str], cfg: Config, world: World, core: BatchedCore,
             def make_term(c: BatchedCore, parts: tuple[str, ...] = RETUNE_PARTS[name]) -> Term:
                 return hidden_term(c, *parts)
 
+        if name == HISTORY_TASTE or history_spec(name) is not None:  # what the state adds to the observation's reading
+            train_core, fit_plan = fit_setup()
+            fit.update(fit_observed_taste(train_core, base, fit_plan, extra=make_term(train_core))[1])
+            print(f"  {name}: R² of the true taste read from the observation {fit['r2_without']:.3f}, with this "
+                  f"state too {fit['r2']:.3f}, over {fit['candidates']:,} candidates")
         kind = name if noisy_spec(name) is None else f"{name}/e{NOISE_SEED}"  # the errors are part of the term
         search = retune_with_term(world, cfg.env, kind, make_term, point, tune_episodes, batch, cfg.encoder, cache,
                                   {"beta": betas, **DIVERSE_GRID}, seed + TUNE_SEED)
@@ -485,7 +557,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--batch", type=int, default=500)
     ap.add_argument("--terms", default=None,
                     help=f"comma-separated terms to probe, of {', '.join(BETAS)} (default all; with --retune, of "
-                         f"{', '.join([*RETUNE_PARTS, OBSERVED_TASTE, SESSION_CLICKS])}, {NOISY_TASTE}:σ[:rank]; "
+                         f"{', '.join([*RETUNE_PARTS, OBSERVED_TASTE, SESSION_CLICKS, HISTORY_TASTE])}, "
+                         f"{NOISY_TASTE}:σ[:rank], {HISTORY_POOL}:d; "
                          "default taste)")
     ap.add_argument("--retune", action="store_true",
                     help="search β with tuned-diverse's own axes on the training users, then score that one point "
@@ -516,19 +589,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ap.error(f"--betas: not a comma-separated list of numbers: {args.betas!r}")
     if 0.0 not in betas or any(not np.isfinite(b) for b in betas):
         ap.error(f"--betas must be finite and include 0 (tuned-diverse itself, the search's start), got {args.betas!r}")
-    choices = [*RETUNE_PARTS, OBSERVED_TASTE, SESSION_CLICKS] if args.retune else list(BETAS)
+    choices = [*RETUNE_PARTS, OBSERVED_TASTE, SESSION_CLICKS, HISTORY_TASTE] if args.retune else list(BETAS)
     names = [t.strip() for t in (args.terms or ("taste" if args.retune else ",".join(BETAS))).split(",") if t.strip()]
     unknown = []
     for t in names:
         try:
-            if t not in choices and not (args.retune and noisy_spec(t) is not None):
+            if t not in choices and not (args.retune and (noisy_spec(t) is not None or history_spec(t) is not None)):
                 unknown.append(t)
         except ValueError as exc:
             ap.error(f"--terms: {exc}")
     if unknown or not names:
         ap.error(f"--terms: unknown or empty {unknown or args.terms!r}"
                  f"{' with --retune' if args.retune else ''}; choose from {', '.join(choices)}"
-                 f"{f', {NOISY_TASTE}:σ[:rank]' if args.retune else ''}")
+                 f"{f', {NOISY_TASTE}:σ[:rank], {HISTORY_POOL}:d' if args.retune else ''}")
     runs = [r.strip() for r in (args.runs or "").split(",") if r.strip()]
     missing = [r for r in runs if not Path(r).is_dir()]
     if missing:

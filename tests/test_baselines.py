@@ -591,6 +591,55 @@ def test_noisy_taste_is_the_taste_at_zero_and_loses_the_share_of_it_that_sigma_s
 
 
 
+def test_history_terms_read_each_users_state_and_the_fit_says_what_a_column_adds(small_world: World,
+                                                                                  small_cfg: EnvConfig) -> None:
+    """``history-taste`` and ``history-pool:d`` (``bench.term_probe.state_term``): each candidate's similarity with
+    the row's own user's state, standardised over the request; ``history-pool:1`` pools the logged history
+    unweighted; the observed-taste fit with an extra column reports its R² with and without it, and a column that is
+    the taste itself lifts it to 1; a bad decay is refused by name."""
+    from bench.term_probe import fit_observed_taste, hidden_term, history_spec, state_term
+    from envs.factory import make_core as make_env_core
+    from envs.users import pool_history
+
+    core = make_env_core(small_cfg, small_cfg.preset, None, small_world, "heldout", 16)
+    pop, emb = core.pop, small_world.item_emb
+    taste_term = state_term(core, pop.sem_taste)
+    pooled = pool_history(pop.history, emb, 1.0)
+    pool_term = state_term(core, pooled)
+    checked: list[bool] = []
+
+    class Probe(DiverseRanker):
+        def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+            cand = obs["candidates"]
+            for row in (0, len(cand) - 1):
+                u = core.user[row]
+                for term, state in ((taste_term, pop.sem_taste[u]), (pool_term, pooled[u])):
+                    sim = emb[cand[row]].astype(np.float64) @ state.astype(np.float64)
+                    want = (sim - sim.mean()) / sim.std()
+                    np.testing.assert_allclose(term(obs)[row], want, rtol=1e-6, atol=1e-6)
+            checked.append(True)
+            return super().act(obs)
+
+    run_episodes(core, Probe(small_cfg.slate_size, 0.8, small_world.catalog.category, exposure_weight=1.0, cap=2),
+                 episode_plan(8, [1], pop.size))
+    assert checked
+    base = DiverseRanker(small_cfg.slate_size, 0.8, small_world.catalog.category, exposure_weight=1.0, cap=2)
+    plan = episode_plan(16, [0], small_world.populations["train"].size)
+    train_core = make_env_core(small_cfg, small_cfg.preset, None, small_world, "train", 16)
+    _, plain = fit_observed_taste(train_core, base, plan)
+    w, fit = fit_observed_taste(train_core, base, plan, extra=hidden_term(train_core, "semantic", "static"))
+    assert fit["r2_without"] == pytest.approx(plain["r2"], rel=1e-9) and "r2_without" not in plain
+    assert fit["r2"] > 0.999 > plain["r2"] and len(w) == len(fit_observed_taste(train_core, base, plan)[0]) + 1
+    train_pooled = state_term(train_core, pool_history(train_core.pop.history, emb, 1.0))
+    _, pooled_fit = fit_observed_taste(train_core, base, plan, extra=train_pooled)
+    assert plain["r2"] - 1e-9 <= pooled_fit["r2"] < 0.999
+    assert history_spec("history-pool:1") == 1.0 and history_spec("history-pool:0.85") == 0.85
+    assert history_spec("history-taste") is None and history_spec("taste") is None
+    for bad in ("history-pool", "history-pool:0", "history-pool:1.5", "history-pool:x", "history-pool:1:2"):
+        with pytest.raises(ValueError, match="history-pool"):
+            history_spec(bad)
+
+
 def test_term_probe_summary_is_the_last_line_and_the_json_file(tmp_path: Path,
                                                                 capsys: pytest.CaptureFixture[str]) -> None:
     """``--json`` writes the summary the probe prints as its last line (what ``bench.information_curve`` reads);

@@ -36,7 +36,9 @@ def test_the_curve_places_each_term_at_its_error_and_averages_over_seeds(tmp_pat
     a protocol's runs of one recipe are one policy; the table names every point and the PNG is written."""
     s0a = _write(tmp_path, "s0a.json", _summary(0, 5.0, {"taste": (5.25, {}), "noisy-taste:0.5": (5.0, {"sigma": 0.5})},
                                                 {"runs/p-ml-s0": 5.1}))
-    s0b = _write(tmp_path, "s0b.json", _summary(0, 5.0, {"observed-taste": (5.05, {"r2": 0.8}), "taste": (5.25, {})},
+    s0b = _write(tmp_path, "s0b.json", _summary(0, 5.0, {"observed-taste": (5.05, {"r2": 0.8}), "taste": (5.25, {}),
+                                                     "history-taste": (5.1, {"r2": 0.9, "r2_without": 0.8}),
+                                                     "history-pool:1": (5.0, {"r2": 0.8, "decay": 1.0})},
                                                 {}))  # seed 0's taste again: one point
     s1 = _write(tmp_path, "s1.json", _summary(1, 4.0, {"taste": (4.4, {}), "noisy-taste:0.5": (4.04, {"sigma": 0.5}),
                                                  "noisy-taste:0.5:8": (4.2, {"sigma": 0.5, "rank": 8})},
@@ -48,6 +50,9 @@ def test_the_curve_places_each_term_at_its_error_and_averages_over_seeds(tmp_pat
     assert observed.ci == pytest.approx((1.0, 1.02)) and observed.source == "seed 0"
     assert information_curve.curve(points, "seed 0") == [(0.0, pytest.approx(1.05)), (0.5, pytest.approx(1.0))]
     assert information_curve.curve(points, "seed 1") == [(0.0, pytest.approx(1.1)), (0.5, pytest.approx(1.01))]
+    hist = {p.name: p for p in points if p.name.startswith("history-")}  # at their R², off the told-taste line
+    assert hist["history-taste"].sigma == pytest.approx(1 / 3) and hist["history-taste"].ratio == pytest.approx(1.02)
+    assert hist["history-pool:1"].sigma == pytest.approx(0.5)
     low = next(p for p in points if p.rank is not None)  # a low-rank error: its own marker, not on the line
     assert (low.name, low.sigma, low.rank, low.ratio) == ("noisy-taste:0.5:8", 0.5, 8, pytest.approx(1.05))
     runs = [p for p in points if p.sigma is None]
