@@ -39,6 +39,15 @@ what the observation's reading is worth beside an unstructured error of the same
 ``noisy-taste:σ:r`` makes the error low-rank, as a wrong estimate of the user's taste vector would be: ``e = g_u·f_i
 / √r`` with ``g_u`` and ``f_i`` standard normal r-vectors per user and per item (each ``e`` still has variance 1).
 
+``history-taste`` and ``history-pool:d`` ask what a long-term user state would add to the observation (whose pooled
+state ``llm_sim`` reads forgets an item in a few: ``env.state_decay``). Each is the cosine of every candidate with one
+vector per user, standardised over the request: ``history-taste`` the user's semantic taste at the session's start,
+which in a calibrated world *is* the whole logged train history pooled by the calibration's weights (a service
+holding the same log could compute it; in the built-in presets it is the hidden persona), ``history-pool:d`` the
+logged history the observation starts from (``env.logging.history_len`` items) pooled with decay ``d`` per item
+(observable in every world; ``d`` 1: unweighted). Beside the search each reports the R² of the observation's reading
+of the taste with and without the state as one more column (``r2``, ``r2_without``: the observed-taste fit's design).
+
 ``session-clicks`` reads only what a service sees item by item: the cosine of each candidate's embedding with the sum
 of the embeddings of the items this user clicked in this session (0 before the first click), standardised over the
 request (:class:`agents.rankers.SessionClicks`, session 17; ``tuned-session-diverse`` is the ranker it became). The
@@ -463,8 +472,8 @@ def retune_terms(names: list[str], cfg: Config, world: World, core: BatchedCore,
     """``--retune``: per term, the search of :func:`retune_with_term`, then its pick on the held-out sessions.
 
     Args:
-        names: Terms (keys of :data:`RETUNE_PARTS`, :data:`OBSERVED_TASTE`, :data:`SESSION_CLICKS` or
-            ``noisy-taste:σ[:rank]``).
+        names: Terms (keys of :data:`RETUNE_PARTS`, :data:`OBSERVED_TASTE`, :data:`SESSION_CLICKS`,
+            :data:`HISTORY_TASTE`, ``noisy-taste:σ[:rank]`` or ``history-pool:d``).
         cfg: The probe's config.
         world: The world.
         core: The held-out core.

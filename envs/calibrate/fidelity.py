@@ -132,7 +132,7 @@ def rank_held_out(world: World, env: EnvConfig, users: dict[str, np.ndarray], n_
                                       test, users=sample),
         "llm_sim": evaluate_scores(scores.observed, train, test, users=sample),
     }
-    n_eval = models["simulator"]["users"]
+    n_eval = int(models["simulator"]["users"])
     return {k: {m_: round(float(v[m_]), 4) for m_ in METRICS} for k, v in models.items()}, n_eval, scores
 
 
@@ -266,7 +266,7 @@ def _distributions(real_items: np.ndarray, sims: dict[str, tuple[np.ndarray, np.
     shares = {k: (v / max(v.sum(), 1)).round(4).tolist() for k, v in mix.items()}
     tv = {k: round(0.5 * float(np.abs(np.array(shares[k]) - np.array(shares["real"])).sum()), 4) for k in sims}
 
-    def quantiles(x: np.ndarray) -> dict[str, float]:
+    def quantiles(x: np.ndarray) -> dict[str, float | None]:
         med = float(np.median(x)) if x.size else 0.0
         qs = np.quantile(x, [0.1, 0.25, 0.5, 0.75, 0.9]) if x.size else np.zeros(5)
         return {"median": round(med, 3), "mean": round(float(x.mean()) if x.size else 0.0, 3),
