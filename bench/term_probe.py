@@ -48,6 +48,9 @@ logged history the observation starts from (``env.logging.history_len`` items) p
 (observable in every world; ``d`` 1: unweighted). Beside the search each reports the R² of the observation's reading
 of the taste with and without the state as one more column (``r2``, ``r2_without``: the observed-taste fit's design).
 
+``start-taste`` is ``taste`` as it stood at the session's start (the semantic part from the user's taste before the
+session's drift): beside ``taste`` it says what following the drift is worth. It reads the hidden state.
+
 ``session-clicks`` reads only what a service sees item by item: the cosine of each candidate's embedding with the sum
 of the embeddings of the items this user clicked in this session (0 before the first click), standardised over the
 request (:class:`agents.rankers.SessionClicks`, session 17; ``tuned-session-diverse`` is the ranker it became). The
@@ -183,6 +186,8 @@ NOISE_SEED = 35
 #: the whole logged train history pooled by the calibration's weights, so the logs hold it; built-in presets: the
 #: hidden persona).
 HISTORY_TASTE = "history-taste"
+#: ``--retune``'s hidden taste without the session's drift (:func:`start_taste_term`).
+START_TASTE = "start-taste"
 #: ``--retune``'s observed long-term state: ``history-pool:d``, the logged history pooled with decay ``d`` per item.
 HISTORY_POOL = "history-pool"
 #: ``--retune``'s observation-only term with memory: :class:`agents.rankers.SessionClicks`.
@@ -378,6 +383,25 @@ def state_term(core: BatchedCore, state: np.ndarray) -> Term:
     return term
 
 
+def start_taste_term(core: BatchedCore) -> Term:
+    """obs → float64 (B, N): the true taste as it was at the session's start, ``z(a·ρ_u·z_sem⁰ + static)``.
+
+    ``taste`` with the semantic affinity taken from the user's taste before any drift (``Population.sem_taste``),
+    standardised as the core standardises it at session start; the static part (CF taste, quality, price) is fixed
+    over a session anyway. It reads the hidden state; beside ``taste`` it says what the in-session drift is worth.
+    """
+    emb, pop = core.world.item_emb, core.pop
+
+    def term(obs: dict[str, np.ndarray]) -> np.ndarray:
+        sem0 = np.einsum("bd,bnd->bn", pop.sem_taste[core.user].astype(np.float64), emb[obs["candidates"]],
+                         dtype=np.float64)
+        z0 = (sem0 - core.sem_mu[:, None]) / core.sem_sd[:, None]
+        static = core.utility_parts(core.cand_slots)["static"].astype(np.float64)
+        return z_rows(core.a_rho[:, None].astype(np.float64) * z0 + static)
+
+    return term
+
+
 def history_spec(name: str) -> float | None:
     """The decay ``d`` of a ``history-pool:d`` term name; ``None`` for any other name.
 
@@ -426,6 +450,9 @@ def observed_taste_term(w: np.ndarray) -> Term:
     return lambda obs: z_rows(taste_design(obs) @ w)
 
 
+#: ``--retune``'s terms by name beside :data:`RETUNE_PARTS` (the parameterised ones are ``noisy-taste:σ[:rank]`` and
+#: ``history-pool:d``).
+RETUNE_NAMED: tuple[str, ...] = (OBSERVED_TASTE, SESSION_CLICKS, HISTORY_TASTE, START_TASTE)
 #: The observed-taste fit's sessions: seed ``seed + TUNE_SEED`` plus this (neither tuning nor validation sessions).
 FIT_SEED_OFFSET = 104_729
 #: β's axis in the ``--retune`` search (0 is tuned-diverse itself, the search's start).
@@ -473,7 +500,7 @@ def retune_terms(names: list[str], cfg: Config, world: World, core: BatchedCore,
 
     Args:
         names: Terms (keys of :data:`RETUNE_PARTS`, :data:`OBSERVED_TASTE`, :data:`SESSION_CLICKS`,
-            :data:`HISTORY_TASTE`, ``noisy-taste:σ[:rank]`` or ``history-pool:d``).
+            :data:`HISTORY_TASTE`, :data:`START_TASTE`, ``noisy-taste:σ[:rank]`` or ``history-pool:d``).
         cfg: The probe's config.
         world: The world.
         core: The held-out core.
@@ -515,6 +542,9 @@ def retune_terms(names: list[str], cfg: Config, world: World, core: BatchedCore,
         elif name == SESSION_CLICKS:
             def make_term(c: BatchedCore) -> Term:
                 return SessionClicks(world.item_emb)
+        elif name == START_TASTE:
+            def make_term(c: BatchedCore) -> Term:
+                return start_taste_term(c)
         elif name == HISTORY_TASTE:
             def make_term(c: BatchedCore) -> Term:
                 return state_term(c, c.pop.sem_taste)
@@ -566,7 +596,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--batch", type=int, default=500)
     ap.add_argument("--terms", default=None,
                     help=f"comma-separated terms to probe, of {', '.join(BETAS)} (default all; with --retune, of "
-                         f"{', '.join([*RETUNE_PARTS, OBSERVED_TASTE, SESSION_CLICKS, HISTORY_TASTE])}, "
+                         f"{', '.join([*RETUNE_PARTS, *RETUNE_NAMED])}, "
                          f"{NOISY_TASTE}:σ[:rank], {HISTORY_POOL}:d; "
                          "default taste)")
     ap.add_argument("--retune", action="store_true",
@@ -598,7 +628,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ap.error(f"--betas: not a comma-separated list of numbers: {args.betas!r}")
     if 0.0 not in betas or any(not np.isfinite(b) for b in betas):
         ap.error(f"--betas must be finite and include 0 (tuned-diverse itself, the search's start), got {args.betas!r}")
-    choices = [*RETUNE_PARTS, OBSERVED_TASTE, SESSION_CLICKS, HISTORY_TASTE] if args.retune else list(BETAS)
+    choices = [*RETUNE_PARTS, *RETUNE_NAMED] if args.retune else list(BETAS)
     names = [t.strip() for t in (args.terms or ("taste" if args.retune else ",".join(BETAS))).split(",") if t.strip()]
     unknown = []
     for t in names:

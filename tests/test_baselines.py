@@ -640,6 +640,31 @@ def test_history_terms_read_each_users_state_and_the_fit_says_what_a_column_adds
             history_spec(bad)
 
 
+def test_start_taste_is_the_taste_until_the_session_drifts(small_world: World, small_cfg: EnvConfig) -> None:
+    """``bench.term_probe.start_taste_term``: at a session's first request it equals the standardised true taste
+    (nothing has drifted yet); once the user has clicked, the drifting taste leaves it (the drift rate is > 0)."""
+    from bench.term_probe import hidden_term, start_taste_term
+    from envs.factory import make_core as make_env_core
+
+    assert small_cfg.user_model.drift_rate > 0
+    core = make_env_core(small_cfg, small_cfg.preset, None, small_world, "heldout", 16)
+    start, taste = start_taste_term(core), hidden_term(core, "semantic", "static")
+    gaps: dict[bool, list[float]] = {True: [], False: []}
+
+    class Probe(DiverseRanker):
+        def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+            gap = np.abs(start(obs) - taste(obs)).max(axis=1)
+            first = core.t == 0
+            gaps[True] += gap[first].tolist()
+            gaps[False] += gap[~first].tolist()
+            return super().act(obs)
+
+    run_episodes(core, Probe(small_cfg.slate_size, 0.8, small_world.catalog.category, exposure_weight=1.0, cap=2),
+                 episode_plan(32, [1], core.pop.size))
+    assert gaps[True] and max(gaps[True]) < 1e-4
+    assert gaps[False] and max(gaps[False]) > 1e-2
+
+
 def test_term_probe_summary_is_the_last_line_and_the_json_file(tmp_path: Path,
                                                                 capsys: pytest.CaptureFixture[str]) -> None:
     """``--json`` writes the summary the probe prints as its last line (what ``bench.information_curve`` reads);
