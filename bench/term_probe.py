@@ -389,6 +389,7 @@ def start_taste_term(core: BatchedCore) -> Term:
     ``taste`` with the semantic affinity taken from the user's taste before any drift (``Population.sem_taste``),
     standardised as the core standardises it at session start; the static part (CF taste, quality, price) is fixed
     over a session anyway. It reads the hidden state; beside ``taste`` it says what the in-session drift is worth.
+    In a world with a session intent (``user_model.session_intent`` > 0) it is the user's taste, not the session's.
     """
     emb, pop = core.world.item_emb, core.pop
 
