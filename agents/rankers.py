@@ -529,6 +529,13 @@ class TunedDiverseRanker(DiverseRanker):
         self.search = search
 
 
+def shown_discount(k: int) -> np.ndarray:
+    """float64 (K,): DCG's examination discount ``1/log2(2 + rank)``, normalised to sum 1 (a service's own prior
+    on which slots a user looks at; the simulator's hidden position weights are not read)."""
+    w = 1.0 / np.log2(2.0 + np.arange(k))
+    return w / w.sum()
+
+
 class SessionClicks:
     """What a service knows of this session's clicks, item by item: per row, the sum ``c`` of the embeddings of the
     items clicked since the session started.
@@ -536,12 +543,22 @@ class SessionClicks:
     ``similarity(obs)`` is each candidate's cosine with ``c`` (0 on rows without a click yet): the observation's
     ``session_sim`` (``env.obs_session_sim``), computed from the catalog's embeddings.
 
+    With ``shown_weight`` λ > 0 every slate shown is subtracted too: ``c = Σ_t (e_clicked,t − λ·ē_t)``, ``ē_t`` the
+    slate's embeddings averaged by :func:`shown_discount`. At λ equal to the click rate per slate this is the
+    gradient of a multinomial-logit choice model's log-likelihood in the taste at a prior that finds every shown
+    item alike: the choices' whole evidence about the taste direction, skips included (what the user chose *over*,
+    not only what was chosen), not just the clicked items' sum (session 38).
+
     Args:
         item_emb: float (M, D) item embeddings (the catalog's, public to the service).
+        shown_weight: λ, the weight of each shown slate's discounted mean (0: the clicked items alone).
     """
 
-    def __init__(self, item_emb: np.ndarray) -> None:
+    def __init__(self, item_emb: np.ndarray, shown_weight: float = 0.0) -> None:
+        if not np.isfinite(shown_weight) or shown_weight < 0:
+            raise ValueError(f"shown_weight must be a finite number >= 0, got {shown_weight}")
         self.item_emb = np.asarray(item_emb, np.float64)
+        self.shown_weight = float(shown_weight)
         self.clicked = np.zeros((0, self.item_emb.shape[1]))  # float64 (B, D) once the batch size is known
 
     def _rows(self, b: int) -> np.ndarray:
@@ -550,7 +567,8 @@ class SessionClicks:
         return self.clicked
 
     def similarity(self, obs: dict[str, np.ndarray]) -> np.ndarray:
-        """float64 (B, N): ``cos(e_i, c)`` per candidate (0 on rows without a click this session)."""
+        """float64 (B, N): ``cos(e_i, c)`` per candidate (0 on rows with ``c`` = 0: no click yet at λ = 0, no
+        feedback yet at λ > 0)."""
         c = self._rows(len(obs["candidates"]))
         norm = np.linalg.norm(c, axis=1, keepdims=True)
         return np.einsum("bnd,bd->bn", self.item_emb[obs["candidates"]], c / np.maximum(norm, 1e-12))
@@ -565,10 +583,13 @@ class SessionClicks:
             self.clicked[rows] = 0.0
 
     def update(self, obs: dict[str, np.ndarray], slate: np.ndarray, feedback: Feedback) -> None:
-        """Add each row's clicked item (if any) to its sum."""
+        """Add each row's clicked item (if any) to its sum, less λ times the slate's discounted mean."""
         c = self._rows(len(slate))
         items = np.take_along_axis(obs["candidates"], slate, axis=1)  # (B, K)
-        c += np.einsum("bk,bkd->bd", feedback.clicks.astype(np.float64), self.item_emb[items])
+        emb = self.item_emb[items]  # (B, K, D)
+        c += np.einsum("bk,bkd->bd", feedback.clicks.astype(np.float64), emb)
+        if self.shown_weight:
+            c -= self.shown_weight * np.einsum("k,bkd->bd", shown_discount(slate.shape[1]), emb)
 
 
 class SessionDiverseRanker(DiverseRanker):

@@ -57,6 +57,13 @@ request (:class:`agents.rankers.SessionClicks`, session 17; ``tuned-session-dive
 observed ``llm_sim`` already pools the session's clicks into the history's state; this term weighs them on their own.
 It is a term with memory: the probe's ranker hands it each request's feedback.
 
+``session-choices:λ`` weighs the session's choices as a multinomial-logit user makes them: the clicked items' sum
+less λ times each shown slate's mean (discounted by rank as DCG does), so that what the user passed over counts
+too; at λ near the click rate per slate it is the choice model's score, the direction the session's feedback moves
+the taste's estimate (:class:`agents.rankers.SessionClicks` with ``shown_weight``; session 38). Beside the search,
+``session-clicks`` and ``session-choices:λ`` report the R² the observation's reading of the taste reaches with the
+term as one more column, as the history terms do: what the session's feedback, read this way, adds to it.
+
 ``--runs RUN[,RUN…]`` plays trained policies on the same held-out sessions and pairs each with tuned-diverse and with
 each term's pick (the retuned point, or the plain probe's best β), so a new hand-written term is measured against the
 learner on the same users.
@@ -192,6 +199,8 @@ START_TASTE = "start-taste"
 HISTORY_POOL = "history-pool"
 #: ``--retune``'s observation-only term with memory: :class:`agents.rankers.SessionClicks`.
 SESSION_CLICKS = "session-clicks"
+#: ``--retune``'s ``session-choices:λ``: :class:`agents.rankers.SessionClicks` with each shown slate subtracted (λ).
+SESSION_CHOICES = "session-choices"
 #: Context columns the observed-taste design multiplies the two signals by (what feedback says about the user).
 TASTE_CONTEXT = (C_CLICKED_LLM, C_CLICKED_CF, C_CLICK_RATE, C_T_FRAC)
 
@@ -227,6 +236,8 @@ class _TasteRecorder(Ranker):
 
     def reset(self, rows: np.ndarray, obs: dict[str, np.ndarray]) -> None:
         self.base.reset(rows, obs)
+        if isinstance(self.extra, SessionClicks):
+            self.extra.reset(rows)
 
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         x = taste_design(obs)
@@ -243,6 +254,8 @@ class _TasteRecorder(Ranker):
 
     def update(self, obs: dict[str, np.ndarray], slate: np.ndarray, feedback: Any) -> None:
         self.base.update(obs, slate, feedback)
+        if isinstance(self.extra, SessionClicks):
+            self.extra.update(obs, slate, feedback)
 
 
 def fit_observed_taste(core: BatchedCore, base: DiverseRanker, plan: EpisodePlan, ridge: float = 1e-3,
@@ -403,25 +416,45 @@ def start_taste_term(core: BatchedCore) -> Term:
     return term
 
 
+def _number_spec(name: str, prefix: str, valid: Callable[[float], bool], how: str) -> float | None:
+    """The number ``x`` of a ``prefix:x`` term name; ``None`` for a name with another prefix.
+
+    Raises:
+        ValueError: ``how`` (prefixed with the name), for a ``prefix`` name whose number is missing or not ``valid``.
+    """
+    parts = name.split(":")
+    if parts[0] != prefix:
+        return None
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        x = float(parts[1])
+    except ValueError:
+        raise ValueError(f"{name!r}: {how}") from None
+    if not (np.isfinite(x) and valid(x)):
+        raise ValueError(f"{name!r}: {how}")
+    return x
+
+
 def history_spec(name: str) -> float | None:
     """The decay ``d`` of a ``history-pool:d`` term name; ``None`` for any other name.
 
     Raises:
         ValueError: A ``history-pool`` name without a decay in (0, 1].
     """
-    parts = name.split(":")
-    if parts[0] != HISTORY_POOL:
-        return None
-    how = f"{name!r}: write {HISTORY_POOL}:d with a decay 0 < d <= 1, e.g. {HISTORY_POOL}:1"
-    try:
-        if len(parts) != 2:
-            raise ValueError(how)
-        d = float(parts[1])
-    except ValueError:
-        raise ValueError(how) from None
-    if not 0 < d <= 1:
-        raise ValueError(how)
-    return d
+    return _number_spec(name, HISTORY_POOL, lambda d: 0 < d <= 1,
+                        f"write {HISTORY_POOL}:d with a decay 0 < d <= 1, e.g. {HISTORY_POOL}:1")
+
+
+def choices_spec(name: str) -> float | None:
+    """The shown-slate weight λ of a ``session-choices:λ`` term name; ``None`` for any other name.
+
+    Raises:
+        ValueError: A ``session-choices`` name without a finite λ >= 0.
+    """
+    return _number_spec(name, SESSION_CHOICES, lambda lam: lam >= 0,
+                        f"write {SESSION_CHOICES}:λ with a weight λ >= 0 of each shown slate, e.g. "
+                        f"{SESSION_CHOICES}:0.3")
 
 
 def noisy_spec(name: str) -> tuple[float, int | None] | None:
@@ -451,8 +484,8 @@ def observed_taste_term(w: np.ndarray) -> Term:
     return lambda obs: z_rows(taste_design(obs) @ w)
 
 
-#: ``--retune``'s terms by name beside :data:`RETUNE_PARTS` (the parameterised ones are ``noisy-taste:σ[:rank]`` and
-#: ``history-pool:d``).
+#: ``--retune``'s terms by name beside :data:`RETUNE_PARTS` (the parameterised ones are ``noisy-taste:σ[:rank]``,
+#: ``history-pool:d`` and ``session-choices:λ``).
 RETUNE_NAMED: tuple[str, ...] = (OBSERVED_TASTE, SESSION_CLICKS, HISTORY_TASTE, START_TASTE)
 #: The observed-taste fit's sessions: seed ``seed + TUNE_SEED`` plus this (neither tuning nor validation sessions).
 FIT_SEED_OFFSET = 104_729
@@ -501,7 +534,8 @@ def retune_terms(names: list[str], cfg: Config, world: World, core: BatchedCore,
 
     Args:
         names: Terms (keys of :data:`RETUNE_PARTS`, :data:`OBSERVED_TASTE`, :data:`SESSION_CLICKS`,
-            :data:`HISTORY_TASTE`, :data:`START_TASTE`, ``noisy-taste:σ[:rank]`` or ``history-pool:d``).
+            :data:`HISTORY_TASTE`, :data:`START_TASTE`, ``noisy-taste:σ[:rank]``, ``history-pool:d`` or
+            ``session-choices:λ``).
         cfg: The probe's config.
         world: The world.
         core: The held-out core.
@@ -540,9 +574,12 @@ def retune_terms(names: list[str], cfg: Config, world: World, core: BatchedCore,
                 return observed_taste_term(w)
 
             cache = None  # a fitted term is not part of the cache key
-        elif name == SESSION_CLICKS:
-            def make_term(c: BatchedCore) -> Term:
-                return SessionClicks(world.item_emb)
+        elif name == SESSION_CLICKS or choices_spec(name) is not None:
+            lam = choices_spec(name) or 0.0
+            fit = {"shown_weight": lam}
+
+            def make_term(c: BatchedCore, lam: float = lam) -> Term:
+                return SessionClicks(world.item_emb, lam)
         elif name == START_TASTE:
             def make_term(c: BatchedCore) -> Term:
                 return start_taste_term(c)
@@ -563,11 +600,11 @@ def retune_terms(names: list[str], cfg: Config, world: World, core: BatchedCore,
             def make_term(c: BatchedCore, parts: tuple[str, ...] = RETUNE_PARTS[name]) -> Term:
                 return hidden_term(c, *parts)
 
-        if name == HISTORY_TASTE or history_spec(name) is not None:  # what the state adds to the observation's reading
-            train_core, fit_plan = fit_setup()
+        if name in (HISTORY_TASTE, SESSION_CLICKS) or history_spec(name) is not None or choices_spec(name) is not None:
+            train_core, fit_plan = fit_setup()  # what the state adds to the observation's reading of the taste
             fit.update(fit_observed_taste(train_core, base, fit_plan, extra=make_term(train_core))[1])
             print(f"  {name}: R² of the true taste read from the observation {fit['r2_without']:.3f}, with this "
-                  f"state too {fit['r2']:.3f}, over {fit['candidates']:,} candidates")
+                  f"term too {fit['r2']:.3f}, over {fit['candidates']:,} candidates")
         kind = name if noisy_spec(name) is None else f"{name}/e{NOISE_SEED}"  # the errors are part of the term
         search = retune_with_term(world, cfg.env, kind, make_term, point, tune_episodes, batch, cfg.encoder, cache,
                                   {"beta": betas, **DIVERSE_GRID}, seed + TUNE_SEED)
@@ -598,7 +635,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--terms", default=None,
                     help=f"comma-separated terms to probe, of {', '.join(BETAS)} (default all; with --retune, of "
                          f"{', '.join([*RETUNE_PARTS, *RETUNE_NAMED])}, "
-                         f"{NOISY_TASTE}:σ[:rank], {HISTORY_POOL}:d; "
+                         f"{NOISY_TASTE}:σ[:rank], {HISTORY_POOL}:d, {SESSION_CHOICES}:λ; "
                          "default taste)")
     ap.add_argument("--retune", action="store_true",
                     help="search β with tuned-diverse's own axes on the training users, then score that one point "
@@ -634,14 +671,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     unknown = []
     for t in names:
         try:
-            if t not in choices and not (args.retune and (noisy_spec(t) is not None or history_spec(t) is not None)):
+            if t not in choices and not (args.retune and any(spec(t) is not None for spec in
+                                                             (noisy_spec, history_spec, choices_spec))):
                 unknown.append(t)
         except ValueError as exc:
             ap.error(f"--terms: {exc}")
     if unknown or not names:
         ap.error(f"--terms: unknown or empty {unknown or args.terms!r}"
                  f"{' with --retune' if args.retune else ''}; choose from {', '.join(choices)}"
-                 f"{f', {NOISY_TASTE}:σ[:rank], {HISTORY_POOL}:d' if args.retune else ''}")
+                 f"{f', {NOISY_TASTE}:σ[:rank], {HISTORY_POOL}:d, {SESSION_CHOICES}:λ' if args.retune else ''}")
     runs = [r.strip() for r in (args.runs or "").split(",") if r.strip()]
     missing = [r for r in runs if not Path(r).is_dir()]
     if missing:

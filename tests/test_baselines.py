@@ -372,6 +372,64 @@ def test_session_click_term_follows_this_sessions_clicks_and_forgets_them_at_a_n
     np.testing.assert_array_equal(ranker.act(full)[0], base.act(full)[0])  # forgotten: the heuristic's slate
 
 
+def test_session_choices_subtract_what_was_shown_and_the_recorder_hands_the_term_its_feedback(
+        small_world: World, small_cfg: EnvConfig) -> None:
+    """``SessionClicks(shown_weight=λ)`` (``bench.term_probe``'s ``session-choices:λ``): after a skipped slate the
+    sum is −λ times the slate's DCG-discounted mean, after a click the clicked item less that; λ = 0 is the plain
+    session-clicks term; a negative λ and a bad term name are refused by name; the observed-taste fit hands the term
+    each request's feedback and session start, so its column is the term as a ranker would see it."""
+    from agents.base import Feedback
+    from agents.rankers import SessionClicks, shown_discount
+    from bench.term_probe import choices_spec, fit_observed_taste
+    from envs.factory import make_core as make_env_core
+
+    rng = np.random.default_rng(5)
+    m, d, b, n, k = 30, 6, 2, 10, 4
+    emb = rng.normal(size=(m, d))
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)  # unit rows, as the catalog's are
+    cands = np.stack([rng.permutation(m)[:n] for _ in range(b)])
+    obs = {"candidates": cands}
+    slate = np.tile(np.arange(k)[::-1], (b, 1))  # shown best-first: candidates 3, 2, 1, 0
+    clicks = np.zeros((b, k), bool)
+    clicks[1, 2] = True  # row 0 skips the slate, row 1 clicks its third slot (candidate 1)
+    feedback = Feedback(clicks, np.zeros((b, k), bool), np.zeros((b, k), np.float32), np.zeros(b, np.float32))
+    disc = shown_discount(k)
+    assert disc.sum() == pytest.approx(1.0) and np.all(np.diff(disc) < 0)
+    lam = 0.4
+    term, plain = SessionClicks(emb, lam), SessionClicks(emb)
+    term.update(obs, slate, feedback)
+    plain.update(obs, slate, feedback)
+    for row in range(b):
+        shown = emb[cands[row, slate[row]]]  # (K, D)
+        want = clicks[row].astype(float) @ shown - lam * disc @ shown
+        np.testing.assert_allclose(term.clicked[row], want, rtol=1e-12, atol=1e-12)
+        cos = emb[cands[row]] @ want / np.linalg.norm(want)
+        np.testing.assert_allclose(term.similarity(obs)[row], cos, rtol=1e-9, atol=1e-12)
+    np.testing.assert_array_equal(plain.similarity(obs)[0], 0.0)  # λ = 0: a skip leaves nothing
+    assert np.all(term.similarity(obs)[0] != 0.0)
+    with pytest.raises(ValueError, match="shown_weight"):
+        SessionClicks(emb, -0.1)
+    assert choices_spec("session-choices:0.3") == 0.3 and choices_spec("session-choices:0") == 0.0
+    assert choices_spec("session-clicks") is None
+    for bad in ("session-choices", "session-choices:-1", "session-choices:x", "session-choices:nan"):
+        with pytest.raises(ValueError, match="session-choices"):
+            choices_spec(bad)
+
+    base = DiverseRanker(small_cfg.slate_size, 0.8, small_world.catalog.category, exposure_weight=1.0, cap=2)
+    plan = episode_plan(16, [0], small_world.populations["train"].size)
+    core = make_env_core(small_cfg, small_cfg.preset, None, small_world, "train", 16)
+    seen: list[float] = []
+
+    class Spy(SessionClicks):  # records how much feedback the term holds at each request
+        def __call__(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+            seen.append(float(np.abs(self.clicked).sum()) if len(self.clicked) else 0.0)
+            return super().__call__(obs)
+
+    _, fit = fit_observed_taste(core, base, plan, extra=Spy(small_world.item_emb, lam))
+    assert seen[0] == 0.0 and max(seen) > 0.0  # empty at the first request, fed by the sessions' slates after
+    assert fit["r2"] >= fit["r2_without"] - 1e-9
+
+
 def test_tuned_session_diverse_starts_at_tuned_diverse_and_is_its_heuristic_at_zero_weight(ctx: RankerContext) -> None:
     """tuned-session-diverse: its search starts at tuned-diverse's point with β = 0 and searches β with the same
     axes; at β = 0 the ranker's slates are tuned-diverse's, and with a click in the session a large β changes them."""
