@@ -126,6 +126,8 @@ class EpisodeStats:
             ``None``).
         recall_real: float64 recall@K against the same items, or ``None``.
         f1_real: float64 F1@K of those two, or ``None``.
+        step_reward: float64 (E, T) the reward of each episode's t-th request (0 past its end; T the env's
+            ``max_steps``), or ``None`` unless :func:`run_episodes` was asked for it (``per_step=True``).
     """
 
     ret: np.ndarray
@@ -147,6 +149,7 @@ class EpisodeStats:
     precision_real: np.ndarray | None = None
     recall_real: np.ndarray | None = None
     f1_real: np.ndarray | None = None
+    step_reward: np.ndarray | None = None
 
     @property
     def metric_names(self) -> tuple[str, ...]:
@@ -272,8 +275,8 @@ def item_novelty(popularity: np.ndarray) -> np.ndarray:
 
 def run_episodes(core: BatchedCore, ranker: Ranker, plan: EpisodePlan, progress: bool = False,
                  desc: str | None = None,
-                 on_step: Callable[[dict[str, np.ndarray], np.ndarray, Feedback, np.ndarray], None] | None = None
-                 ) -> EpisodeStats:
+                 on_step: Callable[[dict[str, np.ndarray], np.ndarray, Feedback, np.ndarray], None] | None = None,
+                 per_step: bool = False) -> EpisodeStats:
     """Run ``ranker`` over every episode of ``plan`` on ``core`` (B rows refilled from the plan as sessions end).
 
     The rows play the plan as a queue (:class:`envs.sessions.Sessions`): when a session ends the next episode
@@ -287,6 +290,7 @@ def run_episodes(core: BatchedCore, ranker: Ranker, plan: EpisodePlan, progress:
         progress: Show a progress bar.
         desc: Progress bar label (default the ranker's name).
         on_step: Called after each step with ``(obs, slate, feedback, active (B,) bool)``.
+        per_step: Also record each episode's reward request by request (``EpisodeStats.step_reward``).
 
     Returns:
         The per-episode outcomes.
@@ -304,6 +308,7 @@ def run_episodes(core: BatchedCore, ranker: Ranker, plan: EpisodePlan, progress:
     sums = {name: np.zeros(b) for name in ("ret", "clicks", "purchases", "dwell", "length", "ndcg", "diversity",
                                            "novelty")}
     out = {name: np.zeros(n_ep) for name in sums}
+    step_reward = np.zeros((n_ep, core.cfg.max_steps)) if per_step else None
     shown_ep: list[np.ndarray] = []
     shown_item: list[np.ndarray] = []
     rel_ep: list[np.ndarray] = []
@@ -325,6 +330,8 @@ def run_episodes(core: BatchedCore, ranker: Ranker, plan: EpisodePlan, progress:
         if on_step is not None:
             on_step(obs, slate, feedback, active)
         ranker.update(obs, slate, feedback)
+        if step_reward is not None:  # the request's index in its session is the steps served before it
+            step_reward[sessions.session[active], sums["length"][active].astype(np.int64)] = feedback.reward[active]
         sums["ret"] += feedback.reward
         sums["clicks"] += feedback.clicks.any(axis=1)
         sums["purchases"] += feedback.purchases.sum(axis=1)
@@ -363,7 +370,7 @@ def run_episodes(core: BatchedCore, ranker: Ranker, plan: EpisodePlan, progress:
         ndcg=out["ndcg"] / steps, diversity=out["diversity"] / steps, novelty=out["novelty"] / steps,
         precision=precision, recall=recall, f1=f1,
         users=plan.users.copy(), rho=pop_rho[plan.users], seeds=plan.seeds.copy(), shown=shown,
-        seconds=time.perf_counter() - t0, **real,
+        seconds=time.perf_counter() - t0, step_reward=step_reward, **real,
     )
 
 

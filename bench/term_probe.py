@@ -741,7 +741,7 @@ def _finish(out: dict[str, Any], path: Path | None) -> dict[str, Any]:
     return out
 
 
-def heldout_setup(config: str | None, preset: str, seed: int, episodes: int,
+def heldout_setup(config: str | None, preset: str | None, seed: int, episodes: int,
                   batch: int) -> tuple[Config, World, BatchedCore, EpisodePlan, RankerContext]:
     """What a probe of training seed ``seed`` plays on: its config (``train.seed = seed``), world, held-out core,
     ``episodes`` held-out sessions of evaluation seed ``seed``, and ``train.py``'s tuning context for that seed (its
@@ -757,13 +757,35 @@ def heldout_setup(config: str | None, preset: str, seed: int, episodes: int,
     return cfg, world, core, plan, tuning_context(cfg, world, core, progress=False)
 
 
-def compare_runs(runs: list[str], core: BatchedCore, world: World, plan: EpisodePlan,
-                 references: dict[str, np.ndarray], boot: Bootstrap) -> dict[str, Any]:
-    """Each trained policy on the held-out sessions ``plan``, paired with each reference.
+def policy_core(ranker: Ranker, core: BatchedCore, world: World,
+                cores: dict[tuple[bool, bool], BatchedCore]) -> BatchedCore:
+    """``core``, or a copy of it with the columns a trained policy reads that ``core`` lacks.
 
     A policy that reads ``obs["session_sim"]`` (``env.obs_session_sim``) or ``obs["hidden_taste"]``
     (``env.obs_hidden_taste``) plays a copy of ``core`` with the column: no column changes a draw, so the sessions
     are the same ones.
+
+    Args:
+        ranker: The ranker (a trained policy's ``policy`` says which columns it reads; any other ranker reads none).
+        core: The held-out core.
+        world: Its world.
+        cores: Copies made so far, by ``(session_sim, hidden_taste)`` (filled here; pass the same dict each call).
+    """
+    policy = getattr(ranker, "policy", None)
+    flags = (core.cfg.obs_session_sim or getattr(policy, "reads_session_sim", False),
+             core.cfg.obs_hidden_taste or getattr(policy, "reads_hidden_taste", False))
+    if flags == (core.cfg.obs_session_sim, core.cfg.obs_hidden_taste):
+        return core
+    if flags not in cores:
+        cores[flags] = BatchedCore(world, dataclasses.replace(core.cfg, obs_session_sim=flags[0],
+                                                              obs_hidden_taste=flags[1]), core.B, core.population)
+    return cores[flags]
+
+
+def compare_runs(runs: list[str], core: BatchedCore, world: World, plan: EpisodePlan,
+                 references: dict[str, np.ndarray], boot: Bootstrap) -> dict[str, Any]:
+    """Each trained policy on the held-out sessions ``plan``, paired with each reference (a policy that reads a
+    column ``core`` lacks plays :func:`policy_core`'s copy: the same sessions).
 
     Args:
         runs: Run directories (``train.py``).
@@ -778,17 +800,10 @@ def compare_runs(runs: list[str], core: BatchedCore, world: World, plan: Episode
     """
 
     out: dict[str, Any] = {}
-    flagged: dict[tuple[bool, bool], BatchedCore] = {(core.cfg.obs_session_sim, core.cfg.obs_hidden_taste): core}
+    flagged: dict[tuple[bool, bool], BatchedCore] = {}
     for run in runs:
         ranker = load_run(run, n_items=world.n_items)
-        policy = getattr(ranker, "policy", None)
-        flags = (core.cfg.obs_session_sim or getattr(policy, "reads_session_sim", False),
-                 core.cfg.obs_hidden_taste or getattr(policy, "reads_hidden_taste", False))
-        if flags not in flagged:
-            flagged[flags] = BatchedCore(world, dataclasses.replace(core.cfg, obs_session_sim=flags[0],
-                                                                    obs_hidden_taste=flags[1]),
-                                         core.B, core.population)
-        ret = run_episodes(flagged[flags], ranker, plan).ret
+        ret = run_episodes(policy_core(ranker, core, world, flagged), ranker, plan).ret
         row: dict[str, Any] = {"return": float(ret.mean())}
         row.update({f"vs {name}": paired_test(ret, r, boot) for name, r in references.items()})
         out[run] = row

@@ -299,6 +299,25 @@ def test_episodes_do_not_depend_on_the_batch(small_world: World, small_cfg: EnvC
         assert np.allclose(st.ndcg, runs[0].ndcg)
 
 
+def test_step_rewards_are_each_requests_reward_in_its_session(small_world: World, small_cfg: EnvConfig) -> None:
+    """``per_step=True``: row e of ``step_reward`` is episode e's rewards request by request, in plan order whatever
+    the batch (3 rows start most episodes mid-run): they sum to its return, the requests past its length are 0, and
+    without the flag nothing is recorded."""
+    plan = episode_plan(20, [3], small_world.populations["heldout"].size)
+    k = small_cfg.slate_size
+    stats = [run_episodes(BatchedCore(small_world, small_cfg, b, population="heldout"), BlendRanker(k, 0.7), plan,
+                          per_step=True) for b in (3, 20)]
+    plain = run_episodes(BatchedCore(small_world, small_cfg, 3, population="heldout"), BlendRanker(k, 0.7), plan)
+    assert plain.step_reward is None
+    for st in stats:
+        r = st.step_reward
+        assert r is not None and r.shape == (len(plan), small_cfg.max_steps)
+        np.testing.assert_allclose(r.sum(axis=1), st.ret, rtol=1e-9, atol=1e-9)
+        past = np.arange(small_cfg.max_steps)[None, :] >= st.length[:, None]
+        assert np.all(r[past] == 0.0) and st.length.max() >= 2 and np.count_nonzero(r[~past]) > len(plan)
+    np.testing.assert_array_equal(stats[0].step_reward, stats[1].step_reward)  # rows differ, episodes do not
+
+
 def test_evaluation_is_deterministic_and_paired(small_world: World, small_cfg: EnvConfig) -> None:
     plan = episode_plan(30, [0, 1], small_world.populations["heldout"].size)
     k = small_cfg.slate_size
