@@ -28,7 +28,9 @@ best hand-written ranker gets from the term when its penalties and cap may re-ba
 true taste (semantic + static, standardised per request) from the candidate features, their squares and their
 products with the session's feedback context, fitted with the hidden taste as target on fresh training sessions
 under tuned-diverse (``fit_observed_taste``). It says how much of the taste's worth the observation holds for a
-per-candidate linear reading, the question a learner's headroom turns on.
+per-candidate linear reading, the question a learner's headroom turns on. ``popularity`` and ``price`` (the observed
+columns, standardised; pass ``--betas`` with negative values to let β change sign) are searched the same way: a term
+an engineer could add by hand, so that a gain from one is a gap in tuned-diverse, not missing information (session 38).
 
 ``noisy-taste:σ`` is the true taste seen through a known amount of noise: ``z(z(taste) + σ·e)`` with ``e`` a standard
 normal fixed per (user, item) (the same in every request and session of that user, as an estimation error of the
@@ -183,6 +185,15 @@ def hidden_term(core: BatchedCore, *parts: str) -> Term:
 #: The hidden terms ``--retune`` can search, as parts of the true utility.
 RETUNE_PARTS: dict[str, tuple[str, ...]] = {"semantic": ("semantic",), "static": ("static",),
                                             "taste": ("semantic", "static"), "utility": tuple(UTILITY_SIGN)}
+#: Observed feature columns a probe may add, standardised over the request (``--retune`` searches them too: a term an
+#: engineer could write, so a gain from one is a gap in tuned-diverse, not information the observation lacks).
+OBSERVED_COLUMNS: dict[str, int] = {"popularity": F_POP, "price": F_PRICE}
+
+
+def column_term(col: int) -> Term:
+    """obs → float64 (B, N): the observed feature column ``col``, standardised over each request's candidates."""
+    return lambda obs: z_rows(obs["features"][:, :, col].astype(np.float64))
+
 #: ``--retune``'s observation-only term: the least-squares reading of the true taste from the observation.
 OBSERVED_TASTE = "observed-taste"
 #: ``--retune``'s degraded truth: ``noisy-taste:σ[:rank]`` (:func:`noisy_taste_term`).
@@ -486,7 +497,7 @@ def observed_taste_term(w: np.ndarray) -> Term:
 
 #: ``--retune``'s terms by name beside :data:`RETUNE_PARTS` (the parameterised ones are ``noisy-taste:σ[:rank]``,
 #: ``history-pool:d`` and ``session-choices:λ``).
-RETUNE_NAMED: tuple[str, ...] = (OBSERVED_TASTE, SESSION_CLICKS, HISTORY_TASTE, START_TASTE)
+RETUNE_NAMED: tuple[str, ...] = (OBSERVED_TASTE, SESSION_CLICKS, HISTORY_TASTE, START_TASTE, *OBSERVED_COLUMNS)
 #: The observed-taste fit's sessions: seed ``seed + TUNE_SEED`` plus this (neither tuning nor validation sessions).
 FIT_SEED_OFFSET = 104_729
 #: β's axis in the ``--retune`` search (0 is tuned-diverse itself, the search's start).
@@ -583,6 +594,9 @@ def retune_terms(names: list[str], cfg: Config, world: World, core: BatchedCore,
         elif name == START_TASTE:
             def make_term(c: BatchedCore) -> Term:
                 return start_taste_term(c)
+        elif name in OBSERVED_COLUMNS:
+            def make_term(c: BatchedCore, col: int = OBSERVED_COLUMNS[name]) -> Term:
+                return column_term(col)
         elif name == HISTORY_TASTE:
             def make_term(c: BatchedCore) -> Term:
                 return state_term(c, c.pop.sem_taste)
@@ -627,7 +641,8 @@ def retune_terms(names: list[str], cfg: Config, world: World, core: BatchedCore,
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the probes; print one line per term and β, and the JSON summary (last line)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", default="default")
+    ap.add_argument("--preset", default=None,
+                    help="preset name or calibrated preset folder (default: the config's env.preset, else default)")
     ap.add_argument("--config", default=None, help="config file (its eval and tuning settings)")
     ap.add_argument("--episodes", type=int, default=2000, help="held-out sessions (the same for every ranker)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the sessions and of tuned-diverse's tuning")
@@ -693,7 +708,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ref = run_episodes(core, base, plan).ret
     quality = world.catalog.quality.astype(np.float64)
     boot = Bootstrap(len(plan), 1000, args.seed)
-    out: dict[str, Any] = {"preset": args.preset, "seed": args.seed, "tuned_diverse": point,
+    out: dict[str, Any] = {"preset": cfg.env.preset, "seed": args.seed, "tuned_diverse": point,
                            "tuned_diverse_return": float(ref.mean()), "episodes": len(plan), "terms": {}}
     print(f"tuned-diverse {point}: {ref.mean():.3f} on {len(plan)} held-out sessions")
     picks: dict[str, np.ndarray] = {}  # term → float (E,) returns of its pick on the held-out sessions
@@ -708,8 +723,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     all_terms: dict[str, Term] = {
         "quality": lambda obs: quality[obs["candidates"]],
-        "popularity": lambda obs: z_rows(obs["features"][:, :, F_POP].astype(np.float64)),
-        "price": lambda obs: z_rows(obs["features"][:, :, F_PRICE].astype(np.float64)),
+        **{name: column_term(col) for name, col in OBSERVED_COLUMNS.items()},
         "semantic": hidden("semantic"), "static": hidden("static"), "taste": hidden("semantic", "static"),
         "utility": hidden(*UTILITY_SIGN),
         "cat_clicks": lambda obs: -obs["features"][:, :, F_CAT_CLICKS].astype(np.float64),

@@ -521,16 +521,35 @@ def test_term_probe_rejects_too_few_sessions_by_name(capsys: pytest.CaptureFixtu
     assert "--terms" in err and "tastee" in err
 
 
+def test_observed_column_terms_are_the_standardised_column_and_searchable_with_retune() -> None:
+    """``bench.term_probe.column_term``: the observed column standardised over each request (mean 0, SD 1 per row, the
+    column's order kept); ``popularity`` and ``price`` are ``--retune`` terms (an engineer's terms)."""
+    from bench.term_probe import OBSERVED_COLUMNS, RETUNE_NAMED, column_term
+    from envs.spaces import F_POP, F_PRICE
+
+    rng = np.random.default_rng(2)
+    feats = rng.uniform(0.0, 3.0, (3, 9, len(FEATURE_NAMES)))
+    assert OBSERVED_COLUMNS == {"popularity": F_POP, "price": F_PRICE}
+    assert set(OBSERVED_COLUMNS) <= set(RETUNE_NAMED)
+    for col in (F_POP, F_PRICE):
+        z = column_term(col)({"features": feats.astype(np.float32)})
+        np.testing.assert_allclose(z.mean(axis=1), 0.0, atol=1e-9)
+        np.testing.assert_allclose(z.std(axis=1), 1.0, rtol=1e-6)
+        for row in range(3):
+            np.testing.assert_array_equal(np.argsort(z[row]), np.argsort(feats[row, :, col].astype(np.float32)))
+
+
 def test_term_probe_retune_refuses_a_term_it_cannot_search(capsys: pytest.CaptureFixture[str]) -> None:
-    """``--retune`` searches parts of the true utility and ``observed-taste``; another probe term (an observed column)
-    is refused by name, with the choices; so is a β axis without 0 (tuned-diverse itself) or with a non-number, and a
-    β axis without ``--retune``."""
+    """``--retune`` searches parts of the true utility, ``observed-taste`` and the observed columns; another probe
+    term (the plain probe's category penalty) is refused by name, with the choices; so is a β axis without 0
+    (tuned-diverse itself) or with a non-number, and a β axis without ``--retune``."""
     from bench.term_probe import main
 
     with pytest.raises(SystemExit):
-        main(["--retune", "--terms", "popularity"])
+        main(["--retune", "--terms", "cat_clicks"])
     err = capsys.readouterr().err
-    assert "popularity" in err and "--retune" in err and "taste" in err and "observed-taste" in err
+    assert "cat_clicks" in err and "--retune" in err and "taste" in err and "observed-taste" in err
+    assert "popularity" in err  # an observed column is searched with --retune (a term an engineer could write)
     for betas, why in (("1,2", "include 0"), ("0,x", "not a comma-separated list"), ("0,inf", "finite")):
         with pytest.raises(SystemExit):  # β's axis: refused before any world is loaded
             main(["--retune", "--betas", betas])
