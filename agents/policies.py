@@ -63,7 +63,7 @@ from torch import nn
 
 from agents.distributions import EntropyEstimator, PlackettLuceDistribution
 from agents.policy_ops import catalog_ids, mlp, rows_linear, standardise_rows, symlog
-from envs.spaces import C_CLICKED_CF, C_CLICKED_LLM, F_CF, F_LLM
+from envs.spaces import C_CLICKED_CF, C_CLICKED_LLM, F_CF, F_LLM, F_POP
 
 DEFAULT_INIT_ALPHA = 0.5
 #: How far below the row's best logit a candidate's logit may go (nats; see ``SlatePolicy._actor``).
@@ -136,6 +136,10 @@ class SlatePolicy(ActorCriticPolicy):
         session_base_weight: β of tuned-session-diverse in the diverse base: ``z(z(blend) + β·z(session_sim))``
             replaces ``z(blend)``, so a policy over an observation with ``session_sim`` (``env.obs_session_sim``)
             starts at that heuristic's slates (0: the plain diverse base). Needs ``base="diverse"``.
+        pop_base_weight: w of tuned-pop-diverse in the diverse base: ``z(z(blend) + w·z(popularity))`` replaces
+            ``z(blend)`` (with ``session_base_weight`` too, both terms join before the one re-standardisation), so
+            the policy starts at that heuristic's slates (``train.policy.start: pop-diverse``; 0: the plain diverse
+            base). Needs ``base="diverse"``.
         lean_gate_only: The two clicked-signal EMAs (``clicked_llm_ema``, ``clicked_cf_ema``: which signal the user's
             clicks lean to) reach the actor only through the gate's direct context path: they are zeroed in the
             input of the shared state net, so the residual, the gate's MLP path and the repulsion cannot read them
@@ -191,6 +195,7 @@ class SlatePolicy(ActorCriticPolicy):
         lean_gate_only: bool = False,
         gate_lean: float | None = None,
         session_base_weight: float = 0.0,
+        pop_base_weight: float = 0.0,
         type_head_weight: float = 0.0,
         type_loss_scale: float = 0.0,
         type_gate_init: float = 0.0,
@@ -286,6 +291,9 @@ class SlatePolicy(ActorCriticPolicy):
             raise ValueError(f"session_base_weight ({session_base_weight}) goes with base='diverse' and an observation "
                              "with session_sim (env.obs_session_sim)")
         self.session_base_weight = float(session_base_weight)
+        if pop_base_weight != 0.0 and (base != "diverse" or not math.isfinite(pop_base_weight)):
+            raise ValueError(f"pop_base_weight ({pop_base_weight}) goes with base='diverse' and must be finite")
+        self.pop_base_weight = float(pop_base_weight)
         n_feat = int(observation_space["features"].shape[1])
         if base_weights is not None:
             if base != "diverse":
@@ -464,6 +472,7 @@ class SlatePolicy(ActorCriticPolicy):
             lean_gate_only=self.lean_gate_only,
             gate_lean=self.gate_lean,
             session_base_weight=self.session_base_weight,
+            pop_base_weight=self.pop_base_weight,
             type_head_weight=self.type_head_weight,
             type_loss_scale=self.type_loss_scale,
             type_gate_init=self.type_gate_init,
@@ -555,12 +564,18 @@ class SlatePolicy(ActorCriticPolicy):
         a = alpha.unsqueeze(-1)
         blend = a * sig_llm + (1.0 - a) * sig_cf
         penalty: th.Tensor | None = None
-        session_scale: th.Tensor | None = None  # (B, 1) the base's re-standardisation with the session term
+        session_scale: th.Tensor | None = None  # (B, 1) the base's re-standardisation with its extra terms
+        base_terms: th.Tensor | None = None  # (B, N) β·z(session_sim) + w·z(popularity), before that re-standardisation
         if self.base == "diverse":
             penalty = features @ self.base_weights
             z = standardise_rows(blend)
             if self.session_base_weight != 0.0:  # tuned-session-diverse's z(z(blend) + β·z(session_sim))
-                zs = z + self.session_base_weight * cand[..., -1]
+                base_terms = self.session_base_weight * cand[..., -1]
+            if self.pop_base_weight != 0.0:  # tuned-pop-diverse's z(z(blend) + w·z(popularity))
+                pop = self.pop_base_weight * standardise_rows(features[..., F_POP])
+                base_terms = pop if base_terms is None else base_terms + pop
+            if base_terms is not None:
+                zs = z + base_terms
                 session_scale = 1.0 / ((zs - zs.mean(dim=-1, keepdim=True)).square().mean(dim=-1, keepdim=True)
                                        .sqrt() + 1e-9)
                 z = standardise_rows(zs)
@@ -590,9 +605,9 @@ class SlatePolicy(ActorCriticPolicy):
             cf_w = (cf_w - cf_w.mean(dim=-1, keepdim=True)) / denom
             diversity = penalty * inv_t
         learned = residual
-        if session_scale is not None:  # z = (z(blend) + β·z(session_sim))·scale: the session term joins the residual
-            llm_w, cf_w = llm_w * session_scale, cf_w * session_scale
-            learned = residual + self.session_base_weight * cand[..., -1] * session_scale * inv_t
+        if session_scale is not None and base_terms is not None:  # z = (z(blend) + terms)·scale: the terms join the
+            llm_w, cf_w = llm_w * session_scale, cf_w * session_scale  # residual's part
+            learned = residual + base_terms * session_scale * inv_t
         parts = th.stack([llm_w * inv_t, cf_w * inv_t, diversity, learned, logits - raw], dim=-1)
         return logits, alpha, h, parts
 

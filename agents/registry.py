@@ -2,7 +2,8 @@
 
 Specs (see :data:`SPECS`): ``random``, ``popular``, ``greedy-llm``, ``greedy-cf``, ``fixed-alpha:A``, ``scored``,
 ``tuned-alpha``, ``online-alpha:A``, ``strategy-alpha:A``, ``linucb[:C]``, ``diverse:A``, ``tuned-diverse``,
-``session-diverse``, ``tuned-session-diverse``, ``oracle``, ``tuned-oracle-diverse``, ``run:DIR``. Rankers that
+``session-diverse``, ``tuned-session-diverse``, ``tuned-pop-diverse``, ``oracle``, ``tuned-oracle-diverse``,
+``run:DIR``. Rankers that
 learn before the evaluation do so on the TRAINING population only (:mod:`agents.tuning`, :mod:`agents.fitting`), with
 seeds derived from the context's seed (never the global RNG); :class:`RankerContext` runs each tuning or fit once and
 shares it.
@@ -29,10 +30,12 @@ from agents.rankers import (
     TunedAlphaRanker,
     TunedDiverseRanker,
     TunedOracleDiverseRanker,
+    TunedPopDiverseRanker,
     TunedSessionDiverseRanker,
 )
 from agents.tuning import (
     ALPHA_GRID,
+    POP_WEIGHTS,
     SESSION_DIVERSE_RULE,
     SESSION_WEIGHTS,
     TUNE_SEED,
@@ -42,6 +45,7 @@ from agents.tuning import (
     tune_alpha,
     tune_diverse,
     tune_oracle_diverse,
+    tune_pop_diverse,
     tune_session_diverse,
 )
 from configs.schema import EncoderConfig, EnvConfig
@@ -68,6 +72,8 @@ SPECS: dict[str, str] = {
                        "the default preset in session 17); no search",
     "tuned-session-diverse": "tuned-diverse plus a weight on each candidate's cosine with the items clicked so far "
                              "this session, searched with tuned-diverse's axes on the training users",
+    "tuned-pop-diverse": "tuned-diverse plus a popularity prior (a weight on each candidate's standardised "
+                         "popularity), searched with tuned-diverse's axes on the training users",
     "oracle": "true click probability (reads the simulator's hidden state)",
     "tuned-oracle-diverse": "true utility with a category cap and exposure penalty tuned on the training users "
                             "(non-myopic upper reference; reads the simulator's hidden state)",
@@ -80,7 +86,7 @@ SPECS: dict[str, str] = {
 _SAMPLABLE = ("fixed-alpha", "greedy-llm", "greedy-cf", "tuned-alpha", "diverse", "tuned-diverse", "run")
 _NEEDS_ALPHA = ("fixed-alpha", "online-alpha", "strategy-alpha", "diverse")
 _NO_ARG = ("random", "popular", "greedy-llm", "greedy-cf", "scored", "tuned-alpha", "tuned-diverse",
-           "session-diverse", "tuned-session-diverse", "oracle", "tuned-oracle-diverse")
+           "session-diverse", "tuned-session-diverse", "tuned-pop-diverse", "oracle", "tuned-oracle-diverse")
 
 
 def valid_choices() -> str:
@@ -218,6 +224,7 @@ class RankerContext:
     _diverse: ParamSearch | None = field(default=None, repr=False)
     _oracle_diverse: ParamSearch | None = field(default=None, repr=False)
     _session_diverse: ParamSearch | None = field(default=None, repr=False)
+    _pop_diverse: ParamSearch | None = field(default=None, repr=False)
 
     def impressions(self) -> Impressions:
         """Logged impressions on the training users (collected once, shared by ``scored`` and ``linucb``)."""
@@ -252,6 +259,15 @@ class RankerContext:
                                                          self.train_population, self.encoder, self.progress,
                                                          self.cache_dir)
         return self._session_diverse
+
+    def pop_diverse_search(self) -> ParamSearch:
+        """tuned-pop-diverse's search on the training users, from tuned-diverse's point (run once)."""
+        if self._pop_diverse is None:
+            grid = None if self.diverse_grid is None else {"pop_weight": POP_WEIGHTS, **self.diverse_grid}
+            self._pop_diverse = tune_pop_diverse(self.world, self.env_cfg, self.diverse_search().best, grid,
+                                                 self.tune_episodes, self.seed + TUNE_SEED, self.batch,
+                                                 self.train_population, self.encoder, self.progress, self.cache_dir)
+        return self._pop_diverse
 
     def oracle_diverse_search(self) -> ParamSearch:
         """tuned-oracle-diverse's search on the training users (run once)."""
@@ -307,6 +323,8 @@ def make_ranker(spec: str, ctx: RankerContext) -> Ranker:
     elif name == "tuned-session-diverse":
         ranker = TunedSessionDiverseRanker(k, ctx.world.catalog.category, ctx.world.item_emb,
                                            ctx.session_diverse_search())
+    elif name == "tuned-pop-diverse":
+        ranker = TunedPopDiverseRanker(k, ctx.world.catalog.category, ctx.pop_diverse_search())
     elif name == "online-alpha":
         ranker = OnlineAlphaRanker(k, float(arg), ctx.world.item_emb)
     elif name == "strategy-alpha":

@@ -127,7 +127,8 @@ def policy_kwargs(cfg: Config, init_alpha: float, world: World,
         world: The world (item categories).
         diverse: ``tuned-diverse``'s parameters ``{alpha, cap, exposure_weight, seen_weight}``; required for
             ``policy.base = "diverse"``, whose start they are (α, the fixed penalties, the category cap). With
-            ``env.obs_session_sim``, tuned-session-diverse's (the same and ``session_weight``).
+            ``env.obs_session_sim``, tuned-session-diverse's (the same and ``session_weight``); with
+            ``policy.start = "pop-diverse"``, tuned-pop-diverse's (the same and ``pop_weight``).
     """
     pc = cfg.train.policy
     extra: dict[str, Any] = {}
@@ -149,6 +150,8 @@ def policy_kwargs(cfg: Config, init_alpha: float, world: World,
                      gate_lean=lean if lean != 0.0 else None)
         if cfg.env.obs_session_sim:  # the start is tuned-session-diverse: its β on z(session_sim) too
             extra["session_base_weight"] = float(diverse["session_weight"])
+        if pc.start == "pop-diverse":  # the start is tuned-pop-diverse: its w on z(popularity) too
+            extra["pop_base_weight"] = float(diverse["pop_weight"])
     alpha0 = pc.init_alpha if pc.init_alpha is not None else init_alpha
     return dict(hidden=pc.hidden, candidate_hidden=pc.candidate_hidden, n_layers=pc.n_layers,
                 temperature=pc.temperature, init_alpha=float(np.clip(alpha0, 0.02, 0.98)),
@@ -288,6 +291,12 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False, progre
             t0 = time.perf_counter()
             diverse = tuning.session_diverse_search()
             say(f"tuned-session-diverse on training users: {diverse.best} (validation sessions: "
+                f"{max(diverse.validation_means):.2f} against tuned-diverse's {diverse.validation_means[0]:.2f}; "
+                f"{time.perf_counter() - t0:.0f}s)")
+        elif tc.policy.start == "pop-diverse":  # start at the heuristic with a popularity prior
+            t0 = time.perf_counter()
+            diverse = tuning.pop_diverse_search()
+            say(f"tuned-pop-diverse on training users: {diverse.best} (validation sessions: "
                 f"{max(diverse.validation_means):.2f} against tuned-diverse's {diverse.validation_means[0]:.2f}; "
                 f"{time.perf_counter() - t0:.0f}s)")
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from agents.base import Ranker
 from agents.evaluation import episode_plan, run_episodes
-from agents.rankers import BlendRanker, DiverseRanker, OracleDiverseRanker, SessionDiverseRanker
+from agents.rankers import BlendRanker, DiverseRanker, OracleDiverseRanker, PopDiverseRanker, SessionDiverseRanker
 from agents.report import Bootstrap, percentile_ci
 from configs.fileio import atomic_write_text
 from configs.loader import to_dict
@@ -548,6 +548,52 @@ def tune_session_diverse(world: World, env_cfg: EnvConfig, start: dict[str, floa
                          {"session_weight": SESSION_WEIGHTS, **DIVERSE_GRID}, grid,
                          {"session_weight": 0.0, **start}, world, env_cfg, episodes, seed, batch, population,
                          encoder, progress, cache_dir, also=SESSION_DIVERSE_RULE)
+
+
+#: The popularity prior's axis of :func:`tune_pop_diverse` (0: tuned-diverse itself, the search's start).
+POP_WEIGHTS: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.5, 1.0)
+
+
+def pop_diverse_ranker(k: int, category: np.ndarray, point: dict[str, float],
+                       name: str | None = None) -> PopDiverseRanker:
+    """The :class:`PopDiverseRanker` of one grid point (:func:`diverse_ranker`'s axes and ``pop_weight``)."""
+    return PopDiverseRanker(k, float(point["alpha"]), category, float(point["pop_weight"]),
+                            exposure_weight=float(point["exposure_weight"]), seen_weight=float(point["seen_weight"]),
+                            cap=int(point["cap"]), name=name, lean_weight=float(point.get("lean_weight", 0.0)))
+
+
+def tune_pop_diverse(world: World, env_cfg: EnvConfig, start: dict[str, float],
+                     grid: dict[str, tuple[float, ...]] | None = None, episodes: int = 400,
+                     seed: int = TUNE_SEED, batch: int = 256, population: str = "train",
+                     encoder: EncoderConfig | None = None, progress: bool = False,
+                     cache_dir: str | Path | None = None) -> ParamSearch:
+    """Tune ``pop-diverse``: the popularity prior's weight searched together with tuned-diverse's axes, from
+    tuned-diverse's point with weight 0, by :func:`search_family`'s protocol (so its pick is never worse than
+    tuned-diverse on the validation sessions). The same search as ``bench.term_probe --retune --terms popularity
+    --betas`` :data:`POP_WEIGHTS` (session 38).
+
+    Args:
+        world: The world.
+        env_cfg: Env config.
+        start: tuned-diverse's parameters (its search's ``best``).
+        grid: Axes ``pop_weight`` and :data:`DIVERSE_GRID`'s (default :data:`POP_WEIGHTS` and those).
+        episodes: Sessions per point.
+        seed: Seed of the sessions.
+        batch: Users simulated at once.
+        population: Population to tune on.
+        encoder: Encoder config (text observation mode only).
+        progress: Show progress bars.
+        cache_dir: JSON cache folder (see :func:`tune_diverse`), or ``None``.
+
+    Returns:
+        The search; ``best`` holds the prior's weight and the heuristic's parameters.
+    """
+    k, category = env_cfg.slate_size, world.catalog.category
+    if grid is not None and "lean_weight" not in grid:  # as tune_diverse: a grid without the axis, the fixed blend
+        grid = {"lean_weight": (0.0,), **grid}
+    return search_family("pop-diverse", lambda core, p: pop_diverse_ranker(k, category, p),
+                         {"pop_weight": POP_WEIGHTS, **DIVERSE_GRID}, grid, {"pop_weight": 0.0, **start}, world,
+                         env_cfg, episodes, seed, batch, population, encoder, progress, cache_dir)
 
 
 def oracle_diverse_ranker(k: int, core: BatchedCore, point: dict[str, float],

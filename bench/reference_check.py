@@ -26,10 +26,11 @@ from configs.schema import ConfigError
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the check; print the table and the JSON summary (last line)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", default="default")
+    ap.add_argument("--preset", default=None,
+                    help="preset name or calibrated preset folder (default: the config's env.preset, else default)")
     ap.add_argument("--config", default=None, help="config file (its env and eval settings)")
     ap.add_argument("--seed", type=int, default=0, help="training seed of the tuning, and evaluation seed")
-    ap.add_argument("--rankers", default="tuned-diverse,tuned-session-diverse",
+    ap.add_argument("--rankers", default="tuned-diverse,tuned-session-diverse,tuned-pop-diverse",
                     help="comma-separated registry specs (not run:DIR); the first is the others' reference")
     ap.add_argument("--runs", default="", help="comma-separated trained run directories")
     ap.add_argument("--episodes", type=int, default=2000, help="held-out sessions")
@@ -52,13 +53,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.episodes < 2 or args.batch < 1:
         ap.error(f"--episodes must be >= 2 and --batch >= 1, got {args.episodes} and {args.batch}")
     try:
-        _, world, core, plan, ctx = heldout_setup(args.config, args.preset, args.seed, args.episodes, args.batch)
+        cfg, world, core, plan, ctx = heldout_setup(args.config, args.preset, args.seed, args.episodes, args.batch)
     except ConfigError as exc:
         ap.error(str(exc))
     boot = Bootstrap(len(plan), 1000, args.seed)
     rankers = {spec: make_ranker(spec, ctx) for spec in specs}
     rets = {spec: run_episodes(core, r, plan).ret for spec, r in rankers.items()}
-    out: dict[str, Any] = {"preset": args.preset, "seed": args.seed, "episodes": len(plan),
+    out: dict[str, Any] = {"preset": cfg.env.preset, "seed": args.seed, "episodes": len(plan),
                            "rankers": {s: float(r.mean()) for s, r in rets.items()}, "references": {}}
     first = specs[0]
     for spec, ranker in rankers.items():

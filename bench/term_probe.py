@@ -85,7 +85,7 @@ import numpy as np
 from agents.base import Feedback, Ranker
 from agents.evaluation import EpisodePlan, episode_plan, run_episodes
 from agents.final_report import tuning_context
-from agents.rankers import DiverseRanker, SessionClicks, z_rows
+from agents.rankers import DiverseRanker, SessionClicks, z_feature, z_rows
 from agents.registry import RankerContext, load_run
 from agents.report import Bootstrap, paired_test
 from agents.tuning import (
@@ -191,8 +191,9 @@ OBSERVED_COLUMNS: dict[str, int] = {"popularity": F_POP, "price": F_PRICE}
 
 
 def column_term(col: int) -> Term:
-    """obs → float64 (B, N): the observed feature column ``col``, standardised over each request's candidates."""
-    return lambda obs: z_rows(obs["features"][:, :, col].astype(np.float64))
+    """obs → float64 (B, N): the observed feature column ``col``, standardised over each request's candidates (the
+    term of ``popularity`` is :class:`agents.rankers.PopDiverseRanker`'s prior)."""
+    return lambda obs: z_feature(obs, col)
 
 #: ``--retune``'s observation-only term: the least-squares reading of the true taste from the observation.
 OBSERVED_TASTE = "observed-taste"

@@ -491,6 +491,10 @@ class PolicyConfig:
             ``"diverse"`` (the diversity heuristic at ``tuned-diverse``'s parameters, searched on the training users
             before training: the standardised blend, its exposure / seen penalties and its category cap; needs
             ``category_repulsion``). See ``agents/policies.py``.
+        start: With base ``"diverse"``, the hand-written rule the policy starts at: ``"diverse"`` (tuned-diverse;
+            tuned-session-diverse with ``env.obs_session_sim``) or ``"pop-diverse"`` (tuned-pop-diverse: the same
+            rule with a popularity prior, the strongest hand-written rule on the default preset, session 38; its
+            search costs minutes before training). Opt-in until its protocols are run.
         gate: What α weighs: ``"raw"`` (the raw LLM similarity and CF score) or ``"standardised"`` (both standardised
             over the request's candidates, α started per request at the share the base's α gives the LLM signal;
             base ``"diverse"`` only); ``"auto"``: ``"standardised"`` when tuned-diverse's α follows the clicks (its
@@ -523,6 +527,7 @@ class PolicyConfig:
     category_repulsion: bool = True
     entropy_estimator: Literal["sample", "mode", "action"] = "sample"
     base: Literal["blend", "diverse"] = "diverse"
+    start: Literal["diverse", "pop-diverse"] = "diverse"
     gate: Literal["auto", "raw", "standardised"] = "auto"
     gate_gain: float = 1.0
     gate_context: bool = False
@@ -545,6 +550,8 @@ class PolicyConfig:
         if self.base == "diverse" and not self.category_repulsion:
             raise FieldError("base", "'diverse' needs category_repulsion: true (the category cap acts on the slate "
                              "distribution's category groups)")
+        if self.start != "diverse" and self.base != "diverse":
+            raise FieldError("start", f"{self.start!r} needs base: diverse (it is a start of the diverse base)")
         if self.gate == "standardised" and self.base != "diverse":
             raise FieldError("gate", "'standardised' needs base: diverse (the blend is standardised there)")
         _check(self, ">=1", "hidden", "candidate_hidden", "n_layers")
@@ -682,8 +689,9 @@ class EvalConfig:
             which starts there, with it (BENCHMARKS "Session 20"). The protocols of sessions 6-20 were tuned with
             400; ``--set eval.tune_episodes=400`` reproduces their figures (``configs/quality.yaml``).
         extra_references: More ranker specs for ``train.py``'s final table, beside its fixed baselines (for example
-            ``tuned-session-diverse``, whose search costs minutes on the default preset: the quality protocols'
-            config lists it, ``make train``'s does not). Checked against the registry before training.
+            ``tuned-session-diverse`` and ``tuned-pop-diverse``, whose searches cost minutes on the default preset:
+            the quality protocols' configs list them, ``make train``'s does not). Checked against the registry before
+            training.
     """
 
     rankers: list[str] = field(
@@ -723,6 +731,9 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
+        if self.train.policy.start == "pop-diverse" and self.env.obs_session_sim:
+            raise FieldError("train.policy.start", "'pop-diverse' does not combine with env.obs_session_sim (that "
+                             "observation starts the policy at tuned-session-diverse)")
         weight = self.train.policy.type_head_weight
         if _number(weight) and weight > 0:
             if not self.env.obs_critic_state:

@@ -468,6 +468,46 @@ def test_tuned_session_diverse_starts_at_tuned_diverse_and_is_its_heuristic_at_z
     np.testing.assert_array_equal(moved[res.click_rank < 0], slate[res.click_rank < 0])
 
 
+def test_tuned_pop_diverse_starts_at_tuned_diverse_and_adds_a_popularity_prior(ctx: RankerContext) -> None:
+    """tuned-pop-diverse: its search starts at tuned-diverse's point with weight 0 and searches the prior's weight
+    with the same axes; at weight 0 its slates are tuned-diverse's; a large weight fills the slate with the most
+    popular candidates the category cap allows; its score equals the term probe's ranker with the popularity column
+    (the search that found it)."""
+    from agents.rankers import PopDiverseRanker
+    from agents.tuning import POP_WEIGHTS, pop_diverse_ranker
+    from bench.term_probe import OBSERVED_COLUMNS, TermDiverseRanker, column_term
+    from envs.spaces import F_POP
+
+    search = ctx.pop_diverse_search()
+    assert search.start == {"pop_weight": 0.0, **ctx.diverse_search().best}
+    assert set(search.axes) == {"pop_weight", *ctx.diverse_search().axes}
+    assert list(search.axes["pop_weight"]) == list(POP_WEIGHTS) and POP_WEIGHTS[0] == 0.0
+    ranker = make_ranker("tuned-pop-diverse", ctx)
+    assert isinstance(ranker, PopDiverseRanker) and ranker.pop_weight == search.best["pop_weight"]
+    core = ctx.core
+    assert core is not None
+    core.reset_rows(np.arange(core.B), np.arange(core.B, dtype=np.uint64) + np.uint64(11))
+    obs = {key: v.copy() for key, v in core.observe().items()}
+    k, cat = core.K, ctx.world.catalog.category
+    zero = pop_diverse_ranker(k, cat, {**search.start})
+    plain = make_ranker("tuned-diverse", ctx)
+    np.testing.assert_array_equal(zero.act(obs), plain.act(obs))
+    point = {**search.start, "pop_weight": 0.3}
+    probe = TermDiverseRanker(plain, column_term(OBSERVED_COLUMNS["popularity"]), 0.3)  # type: ignore[arg-type]
+    np.testing.assert_allclose(pop_diverse_ranker(k, cat, point).blend(obs), probe.blend(obs), rtol=1e-12)
+    strong = pop_diverse_ranker(k, cat, {**search.start, "pop_weight": 1e6, "exposure_weight": 0.0,
+                                         "seen_weight": 0.0, "lean_weight": 0.0})
+    slate = strong.act(obs)
+    pop = obs["features"][:, :, F_POP]
+    for row in range(0, core.B, max(1, core.B // 8)):
+        chosen = pop[row, slate[row]]
+        np.testing.assert_array_equal(np.sort(chosen)[::-1], chosen)  # best first
+        rest = np.setdiff1d(np.arange(pop.shape[1]), slate[row])
+        cap_full = np.bincount(cat[obs["candidates"][row, slate[row]]], minlength=cat.max() + 1) >= strong.cap
+        free = rest[~cap_full[cat[obs["candidates"][row, rest]]]]  # candidates the cap still allowed
+        assert free.size == 0 or pop[row, free].max() <= chosen.min()
+
+
 def test_cap_probe_variants_reduce_to_the_heuristic_and_do_what_they_say() -> None:
     """``bench.cap_probe``: the default variant gives tuned-diverse's slates (fixed and click-following blend); a soft
     cap of 0 is no cap; ``relax`` gives a clicked category exactly one more slot and the others none."""

@@ -753,6 +753,54 @@ def test_session_base_starts_at_tuned_session_diverse_and_its_parts_sum_to_the_l
         _policy(space, session_base_weight=0.7)
 
 
+def test_pop_base_starts_at_tuned_pop_diverse_and_its_parts_sum_to_the_logits() -> None:
+    """``pop_base_weight`` w: the diverse base becomes ``z(z(blend) + w·z(popularity))``, so with a zero residual the
+    policy's mode is ``PopDiverseRanker``'s slate on every row (the heuristic ``train.policy.start: pop-diverse``
+    starts at), with the session term too when both are set; the score parts still sum to the logits; the weight
+    survives a save and load; w without the diverse base is refused."""
+    from agents.ppo_ranker import build_policy, policy_settings
+    from agents.rankers import DiverseRanker, PopDiverseRanker, z_rows
+    from bench.term_probe import TermDiverseRanker
+    from envs.spaces import F_CAT_EXPOSURE, F_POP
+
+    space = observation_space(N_ITEMS, N_CAND, DIM)
+    categories = np.arange(N_ITEMS) % 3
+    weights = np.zeros(len(FEATURE_NAMES))
+    weights[F_CAT_EXPOSURE], weights[F_ITEM_SEEN] = -1.0, -0.5
+    policy = _policy(space, base="diverse", base_weights=weights.tolist(), category_cap=2, item_category=categories,
+                     init_alpha=0.8, residual_init_scale=0.0, repulsion_init=1e-6, pop_base_weight=0.6)
+    obs = _fake_obs(space, 128, seed=4)
+    heuristic = PopDiverseRanker(K, 0.8, categories, 0.6, exposure_weight=1.0, seen_weight=0.5, cap=2).act(obs)
+    with th.no_grad():
+        mode = policy.get_distribution(_tensor(policy, obs)).mode().numpy()
+        parts = policy.score_parts_tensor(_tensor(policy, obs))
+        logits = policy.candidate_logits(obs)
+    np.testing.assert_array_equal(mode, heuristic)
+    plain = DiverseRanker(K, 0.8, categories, exposure_weight=1.0, seen_weight=0.5, cap=2)
+    assert (plain.act(obs) != heuristic).any(axis=1).mean() > 0.3  # the prior moves the slates
+    np.testing.assert_allclose(parts.sum(dim=-1).numpy(), logits.numpy(), atol=1e-4)
+
+    both_space = observation_space(N_ITEMS, N_CAND, DIM, with_session_sim=True)
+    both = _policy(both_space, base="diverse", base_weights=weights.tolist(), category_cap=2,
+                   item_category=categories, init_alpha=0.8, residual_init_scale=0.0, repulsion_init=1e-6,
+                   session_base_weight=0.7, pop_base_weight=0.6)
+    both_obs = _fake_obs(both_space, 64, seed=5)
+    term = TermDiverseRanker(plain, lambda o: 0.7 * z_rows(o["session_sim"]) + 0.6 * z_rows(o["features"][:, :, F_POP]),
+                             1.0)
+    with th.no_grad():
+        both_mode = both.get_distribution(_tensor(both, both_obs)).mode().numpy()
+        both_parts = both.score_parts_tensor(_tensor(both, both_obs))
+        both_logits = both.candidate_logits(both_obs)
+    np.testing.assert_array_equal(both_mode, term.act(both_obs))
+    np.testing.assert_allclose(both_parts.sum(dim=-1).numpy(), both_logits.numpy(), atol=1e-4)
+
+    loaded = build_policy(policy_settings(policy), dict(policy.state_dict()))
+    assert loaded.pop_base_weight == 0.6
+    np.testing.assert_allclose(loaded.candidate_logits(obs).detach().numpy(), logits.numpy(), rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="pop_base_weight"):
+        _policy(space, pop_base_weight=0.6)
+
+
 _HOST_READS = ("__bool__", "__int__", "__float__", "__index__", "item", "tolist", "numpy", "cpu")
 
 

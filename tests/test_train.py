@@ -121,3 +121,27 @@ def test_policy_kwargs_of_the_diverse_base_are_tuned_diverses_parameters(small_w
     cfg.train.policy.base = "blend"
     blend = policy_kwargs(cfg, 0.9, small_world)
     assert "base" not in blend and blend["init_alpha"] == 0.9
+    cfg.train.policy.base, cfg.train.policy.start = "diverse", "pop-diverse"
+    pop = policy_kwargs(cfg, 0.9, small_world, {**point, "pop_weight": 0.2})
+    assert pop["pop_base_weight"] == 0.2 and pop["base_weights"] == w  # the same rule, and its popularity prior
+    assert "pop_base_weight" not in kw
+
+
+def test_a_run_started_at_tuned_pop_diverse_saves_its_prior_and_reports_the_reference(cache: Path) -> None:
+    """``train.policy.start: pop-diverse``: the policy starts at tuned-pop-diverse (its saved settings carry the
+    search's prior weight) and, listed in ``eval.extra_references``, tuned-pop-diverse is a row of the table."""
+    summary = train.main([*tiny_args(cache / "runs", "pop", 256), "--set", "train.policy.start=pop-diverse",
+                          "--set", "eval.extra_references=[tuned-pop-diverse]"])
+    run = Path(summary["run_dir"])
+    settings = json.loads((run / "policy.json").read_text())
+    saved = json.loads((run / "summary.json").read_text())
+    assert "tuned-pop-diverse" in saved["heldout"]
+    from agents.final_report import tuning_context
+    from configs.loader import resolve_config
+    from envs.presets import load_world
+
+    cfg = resolve_config(run / "config.yaml")
+    world = load_world(cfg.env, cfg.encoder)
+    pick = tuning_context(cfg, world, None, progress=False).pop_diverse_search().best  # cached: the run's search
+    assert settings["kwargs"]["pop_base_weight"] == pick["pop_weight"]
+    assert settings["kwargs"]["init_alpha"] == pytest.approx(min(max(pick["alpha"], 0.02), 0.98))
