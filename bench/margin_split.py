@@ -14,6 +14,9 @@ over the base, exactly, in two:
 
 with ``a_X[t]`` the share of sessions that reach request t under ranker X and ``m_X[t]`` its mean reward per session
 that does (the symmetric split: the two parts sum to the margin, and neither order of the two effects is favoured).
+``m_X[t]`` averages over the sessions that reach t, which differ between rankers (one that keeps more users keeps
+some who would have left); the split does not remove that selection, so late bands of "better requests" are
+read with it in mind.
 95% intervals over sessions come from one shared bootstrap (the sessions resampled in pairs). The table gives the
 parts per band of request indices too, so a margin earned late in the session (a non-myopic policy: it spends
 early requests to keep the user) reads apart from one earned from the first request (a better myopic ranking).
