@@ -498,6 +498,20 @@ def tune_diverse(world: World, env_cfg: EnvConfig, alpha: float, grid: dict[str,
                          world, env_cfg, episodes, seed, batch, population, encoder, progress, cache_dir)
 
 
+def _search_with_axis(kind: str, axis: str, values: tuple[float, ...],
+                      factory: Callable[[BatchedCore, dict[str, float]], Ranker], start: dict[str, float],
+                      grid: dict[str, tuple[float, ...]] | None, world: World, env_cfg: EnvConfig, episodes: int,
+                      seed: int, batch: int, population: str, encoder: EncoderConfig | None, progress: bool,
+                      cache_dir: str | Path | None, also: dict[str, float] | None = None) -> ParamSearch:
+    """:func:`search_family` over tuned-diverse's axes plus one more, ``axis`` (default ``values``), from
+    tuned-diverse's point ``start`` with ``axis`` at 0; a ``grid`` without the lean axis searches the fixed blend (as
+    :func:`tune_diverse`)."""
+    if grid is not None and "lean_weight" not in grid:
+        grid = {"lean_weight": (0.0,), **grid}
+    return search_family(kind, factory, {axis: values, **DIVERSE_GRID}, grid, {axis: 0.0, **start}, world, env_cfg,
+                         episodes, seed, batch, population, encoder, progress, cache_dir, also=also)
+
+
 #: β's axis of :func:`tune_session_diverse` (0: tuned-diverse itself, the search's start).
 SESSION_WEIGHTS: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 2.0)
 #: A hand-set session-diverse rule that :func:`tune_session_diverse` always validates beside its own best points: the
@@ -542,12 +556,10 @@ def tune_session_diverse(world: World, env_cfg: EnvConfig, start: dict[str, floa
         The search; ``best`` holds β and the heuristic's parameters.
     """
     k, category, emb = env_cfg.slate_size, world.catalog.category, world.item_emb
-    if grid is not None and "lean_weight" not in grid:  # as tune_diverse: a grid without the axis, the fixed blend
-        grid = {"lean_weight": (0.0,), **grid}
-    return search_family("session-diverse", lambda core, p: session_diverse_ranker(k, category, emb, p),
-                         {"session_weight": SESSION_WEIGHTS, **DIVERSE_GRID}, grid,
-                         {"session_weight": 0.0, **start}, world, env_cfg, episodes, seed, batch, population,
-                         encoder, progress, cache_dir, also=SESSION_DIVERSE_RULE)
+    return _search_with_axis("session-diverse", "session_weight", SESSION_WEIGHTS,
+                             lambda core, p: session_diverse_ranker(k, category, emb, p), start, grid, world, env_cfg,
+                             episodes, seed, batch, population, encoder, progress, cache_dir,
+                             also=SESSION_DIVERSE_RULE)
 
 
 #: The popularity prior's axis of :func:`tune_pop_diverse` (0: tuned-diverse itself, the search's start).
@@ -589,11 +601,9 @@ def tune_pop_diverse(world: World, env_cfg: EnvConfig, start: dict[str, float],
         The search; ``best`` holds the prior's weight and the heuristic's parameters.
     """
     k, category = env_cfg.slate_size, world.catalog.category
-    if grid is not None and "lean_weight" not in grid:  # as tune_diverse: a grid without the axis, the fixed blend
-        grid = {"lean_weight": (0.0,), **grid}
-    return search_family("pop-diverse", lambda core, p: pop_diverse_ranker(k, category, p),
-                         {"pop_weight": POP_WEIGHTS, **DIVERSE_GRID}, grid, {"pop_weight": 0.0, **start}, world,
-                         env_cfg, episodes, seed, batch, population, encoder, progress, cache_dir)
+    return _search_with_axis("pop-diverse", "pop_weight", POP_WEIGHTS,
+                             lambda core, p: pop_diverse_ranker(k, category, p), start, grid, world, env_cfg,
+                             episodes, seed, batch, population, encoder, progress, cache_dir)
 
 
 def oracle_diverse_ranker(k: int, core: BatchedCore, point: dict[str, float],
