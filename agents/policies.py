@@ -856,7 +856,9 @@ class SlatePolicy(ActorCriticPolicy):
         * ``residual``: everything PPO learned beyond the gated blend and the fixed penalty: the residual MLP
           plus the learned linear feature term ``feature_linear·f_i`` (not divided by τ, as in the logits). The
           linear term is counted here, not under ``diversity``: it is learned, spans every feature column (LLM
-          and CF scores, popularity and price too) and its sign is free.
+          and CF scores, popularity and price too) and its sign is free. With ``session_base_weight`` or
+          ``pop_base_weight`` the base's fixed extra terms (``β·z(session_sim)``, ``w·z(popularity)``, re-standardised
+          with the blend) are counted here too, and ``llm`` and ``cf`` carry that re-standardisation's scale.
         * ``clip``: what the hold at :data:`LOGIT_RANGE` below the row's best added (``>= 0``; 0 unless it binds).
 
         The parts sum to :meth:`candidate_logits` (to float rounding) and are computed in the same pass (the
