@@ -50,7 +50,9 @@ actor-critic); the actor never does, so the slates, the export and serving do no
 
 from __future__ import annotations
 
+import copy
 import math
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -76,6 +78,9 @@ GATES = ("raw", "standardised")
 #: The parts of a candidate's logit, in the order of :meth:`SlatePolicy.score_parts_tensor`'s last axis (see
 #: :meth:`SlatePolicy.score_parts`): they sum to the logit.
 SCORE_PARTS = ("llm", "cf", "diversity", "residual", "clip")
+#: What training changes in the actor, in parts that :meth:`SlatePolicy.with_components_at_start` can put back at
+#: their start values one by one (``bench.policy_anatomy`` credits PPO's margin to each).
+LEARNED_COMPONENTS = ("gate", "residual", "repulsion", "temperature")
 
 
 def _zero_valued(x: th.Tensor) -> th.Tensor:
@@ -882,6 +887,59 @@ class SlatePolicy(ActorCriticPolicy):
         return self.get_distribution(observation).get_actions(deterministic=deterministic)
 
     # ------------------------------------------------------------------ interpretability
+
+    def with_components_at_start(self, components: Iterable[str]) -> SlatePolicy:
+        """A copy of this policy with the named parts of the actor put back at their start values.
+
+        What each of :data:`LEARNED_COMPONENTS` is, and its start value (the value at which the policy's mode is the
+        rule it was started at, ``agents.training``; the state net, which only these heads read, is left as is):
+
+        * ``gate``: the learned shift of α: the gate head (weights 0, bias at its init), the context path and the
+          type head's weight in the gate (0) and the click-lean weight (its start value ``gate_lean``), so α is the
+          started rule's (``init_alpha``, or its per-request prior with ``gate="standardised"``);
+        * ``residual``: the per-candidate residual MLP's output layer, the linear feature path and the learned
+          weights on ``session_sim`` / ``hidden_taste`` (all 0);
+        * ``repulsion``: the within-slate category repulsion β (``repulsion_init``, state-independent);
+        * ``temperature``: the learned 1/τ (``1 / temperature``).
+
+        Args:
+            components: Names from :data:`LEARNED_COMPONENTS` (any order; none: an unchanged copy).
+
+        Returns:
+            A deep copy (the same device and mode); this policy is not changed.
+
+        Raises:
+            ValueError: For a name not in :data:`LEARNED_COMPONENTS`.
+        """
+        names = set(components)
+        unknown = sorted(names - set(LEARNED_COMPONENTS))
+        if unknown:
+            raise ValueError(f"unknown policy components {unknown}: the learned components are {LEARNED_COMPONENTS}")
+        out = copy.deepcopy(self)
+        with th.no_grad():
+            if "gate" in names:
+                out.alpha_head.weight.zero_()
+                out.alpha_head.bias.fill_(0.0 if out.gate == "standardised"
+                                          else math.log(out.init_alpha / (1.0 - out.init_alpha)) / out.gate_gain)
+                if out.alpha_context is not None:
+                    out.alpha_context.weight.zero_()
+                if out.type_gate is not None:
+                    out.type_gate.zero_()
+                if out.lean_weight is not None and out.gate_lean is not None:
+                    out.lean_weight.fill_(out.gate_lean)
+            if "residual" in names:
+                out.residual_head.weight.zero_()
+                out.residual_head.bias.zero_()
+                out.feature_linear.weight.zero_()
+                for weight in (out.session_weight, out.taste_weight):
+                    if weight is not None:
+                        weight.zero_()
+            if "repulsion" in names and out.repulsion_head is not None:
+                out.repulsion_head.weight.zero_()
+                out.repulsion_head.bias.fill_(math.log(math.expm1(out.repulsion_init)))
+            if "temperature" in names:
+                out.log_inv_temperature.fill_(math.log(1.0 / out.temperature))
+        return out
 
     def alpha(self, obs: PyTorchObs | dict[str, np.ndarray]) -> th.Tensor:
         """The state-dependent blend weight α_θ(s) (B,), e.g. for ``train/alpha_mean`` (with ``gate="standardised"``

@@ -1,0 +1,241 @@
+"""Which part of a trained policy earns its margin: each learned component credited by its Shapley value.
+
+``python -m bench.policy_anatomy RUN [--episodes E] [--seed S] [--json F]`` plays a trained run's policy on the same
+held-out sessions (common random numbers: each session's user, key and draws are the same for every variant) with
+every subset of its learned components put back at their start values
+(:meth:`agents.policies.SlatePolicy.with_components_at_start`, :data:`agents.policies.LEARNED_COMPONENTS`):
+
+* ``gate``: the learned shift of α (what the policy makes of the feedback for the blend's weight);
+* ``residual``: the per-candidate residual (the MLP over each candidate and the state, and the linear feature path);
+* ``repulsion``: the state-dependent within-slate category repulsion β;
+* ``temperature``: the learned sharpness of the blend against the residual.
+
+With all four at their start the policy's mode is the rule it was started at (``tuned-diverse`` on the default
+preset: the run's training tunes it and a test checks the slates agree), so the 2⁴ = 16 variants span the way from
+that rule to the trained policy. Each component's **Shapley value** is its margin added, averaged over the orders in
+which the components can be switched on: the four values sum exactly to the policy's margin over the started rule,
+and a component that adds only in combination with another shares that gain with it. The same is reported for the
+session length (requests per session; on the default preset most of PPO's margin is users kept longer,
+``bench.margin_split``). Intervals: percentile bootstrap over the sessions (one shared resampling, so every figure is
+paired). The references ``--references`` (default: the run's started rule, ``tuned-diverse``, and
+``tuned-pop-diverse``) play the same sessions, so "all at start" can be checked against the rule itself.
+
+``--pool F [F …]`` reads such summaries (one per seed) and prints each component's mean Shapley value with its 95%
+t-interval over them. The last line printed is the JSON summary (``--json``: also written there, atomically).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agents.evaluation import run_episodes
+from agents.policies import LEARNED_COMPONENTS
+from agents.ppo_ranker import PPORanker
+from agents.registry import check_specs, load_run, make_ranker
+from agents.report import Bootstrap, percentile_ci
+from bench.ppo_seeds import t_interval
+from bench.term_probe import heldout_setup, policy_core
+from configs.fileio import atomic_write_text
+from configs.schema import ConfigError
+
+DEFAULT_REFERENCES = ("tuned-diverse", "tuned-pop-diverse")
+
+
+def subsets(names: tuple[str, ...]) -> list[frozenset[str]]:
+    """Every subset of ``names`` (the components left *learned*), the empty set first, the full set last."""
+    return [frozenset(c) for r in range(len(names) + 1) for c in itertools.combinations(names, r)]
+
+
+def shapley(values: dict[frozenset[str], np.ndarray], names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Shapley value of each player of the game ``values`` (subset of players → payoff, any array shape).
+
+    ``φ_i = Σ_{S ∌ i} |S|!·(n − |S| − 1)!/n! · (v(S ∪ {i}) − v(S))``; the values sum to ``v(all) − v(∅)``.
+
+    Args:
+        values: The payoff of every subset of ``names`` (arrays of one shape: per session values stay per session).
+        names: The players.
+
+    Returns:
+        Player → its value (the payoffs' shape).
+    """
+    n = len(names)
+    out: dict[str, np.ndarray] = {}
+    for name in names:
+        others = tuple(x for x in names if x != name)
+        total = np.zeros_like(np.asarray(values[frozenset(names)], dtype=np.float64))
+        for s in subsets(others):
+            weight = math.factorial(len(s)) * math.factorial(n - len(s) - 1) / math.factorial(n)
+            total = total + weight * (np.asarray(values[s | {name}], np.float64) - np.asarray(values[s], np.float64))
+        out[name] = total
+    return out
+
+
+def label(learned: frozenset[str]) -> str:
+    """A variant's name: the components it keeps learned (``start``: none, ``ppo``: all)."""
+    if not learned:
+        return "start"
+    if learned == frozenset(LEARNED_COMPONENTS):
+        return "ppo"
+    return "+".join(c for c in LEARNED_COMPONENTS if c in learned)
+
+
+def _interval(x: np.ndarray, boot: Bootstrap) -> dict[str, Any]:
+    """Mean of the per-session values ``x`` (E,) with its bootstrap interval."""
+    return {"mean": float(x.mean()), "ci95": list(percentile_ci(boot.means(x)))}
+
+
+def anatomy(ranker: PPORanker, returns: dict[frozenset[str], np.ndarray], lengths: dict[frozenset[str], np.ndarray],
+            references: dict[str, np.ndarray], boot: Bootstrap) -> dict[str, Any]:
+    """The summary of one run: every variant's return and length, each component's Shapley values, the references.
+
+    Args:
+        ranker: The run's ranker (for its name only).
+        returns: Subset of learned components → float (E,) per-session returns.
+        lengths: The same, requests per session.
+        references: Reference name → float (E,) per-session returns on the same sessions.
+        boot: The shared resampling.
+    """
+    start, full = returns[frozenset()], returns[frozenset(LEARNED_COMPONENTS)]
+    phi_ret, phi_len = shapley(returns, LEARNED_COMPONENTS), shapley(lengths, LEARNED_COMPONENTS)
+    return {
+        "ranker": ranker.name,
+        "variants": {label(s): {"return": _interval(r, boot), "length": float(lengths[s].mean()),
+                                "vs start": _interval(r - start, boot)} for s, r in returns.items()},
+        "margin": _interval(full - start, boot),
+        "shapley_return": {c: _interval(v, boot) for c, v in phi_ret.items()},
+        "shapley_length": {c: _interval(v, boot) for c, v in phi_len.items()},
+        "references": {name: {"return": _interval(r, boot), "start − it": _interval(start - r, boot),
+                               "ppo − it": _interval(full - r, boot)} for name, r in references.items()},
+    }
+
+
+def _fmt(p: dict[str, Any], digits: int = 3) -> str:
+    lo, hi = p["ci95"]
+    return f"{p['mean']:+.{digits}f} ({lo:+.{digits}f} to {hi:+.{digits}f})"
+
+
+def print_summary(out: dict[str, Any]) -> None:
+    """The tables of one run's summary."""
+    print(f"\n{out['run']}: {out['episodes']} held-out sessions of seed {out['seed']} ({out['preset']})")
+    print("| learned (the rest at start) | return | requests | vs start |\n|---|---:|---:|---:|")
+    for name, v in out["variants"].items():
+        print(f"| {name} | {v['return']['mean']:.3f} | {v['length']:.2f} | {_fmt(v['vs start'])} |")
+    print(f"\nmargin of the trained policy over its start: {_fmt(out['margin'])}")
+    print("| component | Shapley value, return | Shapley value, requests per session |\n|---|---:|---:|")
+    for c in LEARNED_COMPONENTS:
+        print(f"| {c} | {_fmt(out['shapley_return'][c])} | {_fmt(out['shapley_length'][c], 2)} |")
+    for name, r in out["references"].items():
+        print(f"{name}: {r['return']['mean']:.3f}; start − it {_fmt(r['start − it'])}; ppo − it {_fmt(r['ppo − it'])}")
+
+
+def pool(summaries: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each component's mean Shapley value over the summaries (seeds) with a 95% t-interval over them."""
+    def part(values: list[float]) -> dict[str, Any]:
+        x = np.asarray(values, np.float64)
+        return {"mean": float(x.mean()), "ci95": t_interval(x), "per_file": [round(v, 4) for v in values]}
+
+    out: dict[str, Any] = {"n": len(summaries), "runs": [s["run"] for s in summaries],
+                           "margin": part([s["margin"]["mean"] for s in summaries])}
+    for key in ("shapley_return", "shapley_length"):
+        out[key] = {c: part([s[key][c]["mean"] for s in summaries]) for c in LEARNED_COMPONENTS}
+    names = set.intersection(*(set(s["references"]) for s in summaries)) if summaries else set()
+    out["references"] = {n: {k: part([s["references"][n][k]["mean"] for s in summaries])
+                             for k in ("start − it", "ppo − it")} for n in sorted(names)}
+    return out
+
+
+def print_pooled(p: dict[str, Any]) -> None:
+    """The pooled table."""
+    print(f"\n{p['n']} runs, t-intervals over them: margin over the start {_fmt(p['margin'])}")
+    print("| component | Shapley value, return | per run | Shapley value, requests per session |\n|---|---:|---|---:|")
+    for c in LEARNED_COMPONENTS:
+        r, n = p["shapley_return"][c], p["shapley_length"][c]
+        print(f"| {c} | {_fmt(r)} | {', '.join(f'{v:+.3f}' for v in r['per_file'])} | {_fmt(n, 2)} |")
+    for name, r in p["references"].items():
+        print(f"{name}: start − it {_fmt(r['start − it'])}; ppo − it {_fmt(r['ppo − it'])}")
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Play the variants, print the tables, return (and print last) the JSON summary."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run", nargs="?", default=None, help="a trained run's directory (train.py)")
+    ap.add_argument("--seed", type=int, default=None,
+                    help="seed of the held-out sessions and of the references' tuning (default: the run's train.seed)")
+    ap.add_argument("--episodes", type=int, default=2000, help="held-out sessions (the same for every variant)")
+    ap.add_argument("--references", default=",".join(DEFAULT_REFERENCES),
+                    help="comma-separated ranker specs played on the same sessions ('' for none)")
+    ap.add_argument("--batch", type=int, default=500)
+    ap.add_argument("--boot", type=int, default=1000, help="bootstrap resamples of the intervals")
+    ap.add_argument("--json", type=Path, default=None, help="also write the summary here, atomically")
+    ap.add_argument("--pool", type=Path, nargs="+", default=None,
+                    help="instead: pool the --json summaries of several runs (means, 95%% t-intervals over them)")
+    args = ap.parse_args(argv)
+    if args.pool is not None:
+        if args.run is not None:
+            ap.error("--pool reads finished summaries; it plays no run")
+        try:
+            pooled = pool([json.loads(Path(f).read_text(encoding="utf-8")) for f in args.pool])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            ap.error(f"--pool: {type(exc).__name__}: {exc}")
+        print_pooled(pooled)
+        print(json.dumps(pooled))
+        return {"pooled": pooled}
+    if args.run is None:
+        ap.error("name a run directory (or --pool summaries)")
+    if args.json is not None and not args.json.parent.is_dir():
+        ap.error(f"--json: folder {str(args.json.parent)!r} does not exist")
+    if args.episodes < 2 or args.batch < 1 or args.boot < 1:
+        ap.error(f"--episodes must be >= 2, --batch and --boot >= 1, got {args.episodes}, {args.batch}, {args.boot}")
+    config = Path(args.run) / "config.yaml"
+    if not config.is_file():
+        ap.error(f"{args.run} is not a finished recfeed run directory: {config} is missing")
+    specs = [s.strip() for s in args.references.split(",") if s.strip()]
+    try:
+        check_specs(specs)
+        seed = args.seed
+        if seed is None:
+            from configs.loader import load_config
+
+            seed = int(load_config(config).train.seed)
+        cfg, world, core, plan, ctx = heldout_setup(str(config), None, seed, args.episodes, args.batch)
+        ranker = load_run(args.run, n_items=world.n_items)
+    except (ConfigError, ValueError, FileNotFoundError) as exc:
+        ap.error(str(exc))
+    if not isinstance(ranker, PPORanker):
+        ap.error(f"{args.run}: not a PPO run (its ranker is {type(ranker).__name__})")
+    boot = Bootstrap(len(plan), args.boot, seed)
+    cores: dict[tuple[bool, bool], Any] = {}
+    play_core = policy_core(ranker, core, world, cores)
+    returns: dict[frozenset[str], np.ndarray] = {}
+    lengths: dict[frozenset[str], np.ndarray] = {}
+    for learned in subsets(LEARNED_COMPONENTS):
+        at_start = [c for c in LEARNED_COMPONENTS if c not in learned]
+        variant = PPORanker(ranker.policy.with_components_at_start(at_start), ranker.k, name=label(learned))
+        stats = run_episodes(play_core, variant, plan)
+        returns[learned], lengths[learned] = stats.ret, stats.length.astype(np.float64)
+        print(f"{label(learned)}: {stats.ret.mean():.3f} per session, {stats.length.mean():.2f} requests", flush=True)
+    references = {}
+    for spec in specs:
+        ref = make_ranker(spec, ctx)
+        references[spec] = run_episodes(policy_core(ref, core, world, cores), ref, plan).ret
+        print(f"{spec}: {references[spec].mean():.3f} per session", flush=True)
+    out: dict[str, Any] = {"run": args.run, "preset": cfg.env.preset, "seed": seed, "episodes": len(plan)}
+    out.update(anatomy(ranker, returns, lengths, references, boot))
+    print_summary(out)
+    text = json.dumps(out)
+    if args.json is not None:
+        atomic_write_text(args.json, text + "\n")
+        print(f"wrote {args.json}")
+    print(text)
+    return out
+
+
+if __name__ == "__main__":
+    main()
