@@ -661,17 +661,7 @@ class SlatePolicy(ActorCriticPolicy):
         ``α·z(llm) + (1 − α)·z(cf)`` is a positive multiple of ``α₀·llm + (1 − α₀)·cf`` minus its row mean.
         """
         llm, cf = features[..., F_LLM], features[..., F_CF]
-        shift = self.alpha_head(h).squeeze(-1)  # (B,)
-        if self.type_gate is not None:  # the type head's (detached) logit of ρ, by a learned weight
-            type_logit = (self._type_logit(state_in) if type_logit is None else type_logit).detach()
-            if self.type_gate_lower_only:  # only where the head reads a CF-leaning user (ρ < 0.5), with a margin
-                type_logit = (type_logit + self.type_gate_margin).clamp(max=0.0)
-            shift = shift + self.type_gate * type_logit
-        if self.alpha_context is not None:  # gate_context: the feedback EMAs straight to the gate
-            lo, hi = self._ctx_cols
-            shift = shift + self.alpha_context(state_in[:, lo:hi]).squeeze(-1)
-        if self.gate_gain != 1.0:
-            shift = self.gate_gain * shift
+        shift = self._gate_shift(h, state_in, type_logit)
         if self.gate == "raw":
             return th.sigmoid(shift), llm, cf
         eps = 1e-9
@@ -686,6 +676,21 @@ class SlatePolicy(ActorCriticPolicy):
         z_llm = (llm - llm.mean(dim=-1, keepdim=True)) / sd_llm
         z_cf = (cf - cf.mean(dim=-1, keepdim=True)) / sd_cf
         return th.sigmoid(prior + shift), z_llm, z_cf
+
+    def _gate_shift(self, h: th.Tensor, state_in: th.Tensor, type_logit: th.Tensor | None = None) -> th.Tensor:
+        """The gate's learned logit (B,): ``gain·(head(h) + type weight·type logit + context path)`` (see
+        :meth:`_gate`; with ``gate="raw"`` α is its sigmoid, with ``"standardised"`` it shifts the per-request
+        prior)."""
+        shift = self.alpha_head(h).squeeze(-1)  # (B,)
+        if self.type_gate is not None:  # the type head's (detached) logit of ρ, by a learned weight
+            type_logit = (self._type_logit(state_in) if type_logit is None else type_logit).detach()
+            if self.type_gate_lower_only:  # only where the head reads a CF-leaning user (ρ < 0.5), with a margin
+                type_logit = (type_logit + self.type_gate_margin).clamp(max=0.0)
+            shift = shift + self.type_gate * type_logit
+        if self.alpha_context is not None:  # gate_context: the feedback EMAs straight to the gate
+            lo, hi = self._ctx_cols
+            shift = shift + self.alpha_context(state_in[:, lo:hi]).squeeze(-1)
+        return self.gate_gain * shift if self.gate_gain != 1.0 else shift
 
     def _residual(self, cand: th.Tensor, h: th.Tensor) -> th.Tensor:
         """The per-candidate residual MLP ``head(net(W_x·x_i + W_h·h))`` → (B, N).
@@ -915,18 +920,14 @@ class SlatePolicy(ActorCriticPolicy):
         unknown = sorted(names - set(LEARNED_COMPONENTS))
         if unknown:
             raise ValueError(f"unknown policy components {unknown}: the learned components are {LEARNED_COMPONENTS}")
-        out = copy.deepcopy(self)
+        if "gate" in names:  # the learned logit at its init: 0 (standardised), else logit(init_alpha)
+            out = self.with_constant_gate(0.0 if self.gate == "standardised"
+                                          else math.log(self.init_alpha / (1.0 - self.init_alpha)))
+        else:
+            out = copy.deepcopy(self)
         with th.no_grad():
-            if "gate" in names:
-                out.alpha_head.weight.zero_()
-                out.alpha_head.bias.fill_(0.0 if out.gate == "standardised"
-                                          else math.log(out.init_alpha / (1.0 - out.init_alpha)) / out.gate_gain)
-                if out.alpha_context is not None:
-                    out.alpha_context.weight.zero_()
-                if out.type_gate is not None:
-                    out.type_gate.zero_()
-                if out.lean_weight is not None and out.gate_lean is not None:
-                    out.lean_weight.fill_(out.gate_lean)
+            if "gate" in names and out.lean_weight is not None and out.gate_lean is not None:
+                out.lean_weight.fill_(out.gate_lean)
             if "residual" in names:
                 out.residual_head.weight.zero_()
                 out.residual_head.bias.zero_()
@@ -939,6 +940,28 @@ class SlatePolicy(ActorCriticPolicy):
                 out.repulsion_head.bias.fill_(math.log(math.expm1(out.repulsion_init)))
             if "temperature" in names:
                 out.log_inv_temperature.fill_(math.log(1.0 / out.temperature))
+        return out
+
+    def gate_shift(self, obs: PyTorchObs | dict[str, np.ndarray]) -> th.Tensor:
+        """The gate's learned, state-dependent logit (B,) (:meth:`_gate`): α's departure from the started rule's, in
+        logit units (with ``gate="raw"`` it is α's whole logit); the click-lean term is not part of it."""
+        state_in, _, _, _ = self._encode(self._prepare(obs))
+        return self._gate_shift(self._state(state_in), state_in)
+
+    def with_constant_gate(self, shift: float) -> SlatePolicy:
+        """A copy of this policy whose gate's learned logit (:meth:`gate_shift`) is ``shift`` in every state: the gate
+        head's weights, its context path and the type head's weight in the gate at 0, the head's bias at
+        ``shift / gate_gain``; the click-lean weight and everything else as they are. With ``shift`` the mean of
+        :meth:`gate_shift` over the states the policy visits, it is the policy without its gate's state dependence
+        (``bench.policy_anatomy``)."""
+        out = copy.deepcopy(self)
+        with th.no_grad():
+            out.alpha_head.weight.zero_()
+            out.alpha_head.bias.fill_(float(shift) / out.gate_gain)
+            if out.alpha_context is not None:
+                out.alpha_context.weight.zero_()
+            if out.type_gate is not None:
+                out.type_gate.zero_()
         return out
 
     def alpha(self, obs: PyTorchObs | dict[str, np.ndarray]) -> th.Tensor:

@@ -20,6 +20,11 @@ session length (requests per session; on the default preset most of PPO's margin
 paired). The references ``--references`` (default: the run's started rule, ``tuned-diverse``, and
 ``tuned-pop-diverse``) play the same sessions, so "all at start" can be checked against the rule itself.
 
+What the gate's worth is made of: the trained policy is played once more with the gate's learned logit held at
+its mean over the states it visited (:meth:`agents.policies.SlatePolicy.with_constant_gate`; every other part
+learned): a gate that only moved α to a better constant loses nothing there, one that follows the session's state
+(the feedback) loses what that following is worth (``gate_state_dependence``, paired, with the logit's mean and SD).
+
 ``--pool F [F …]`` reads such summaries (one per seed) and prints each component's mean Shapley value with its 95%
 t-interval over them. The last line printed is the JSON summary (``--json``: also written there, atomically).
 """
@@ -34,9 +39,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch as th
 
 from agents.evaluation import run_episodes
-from agents.policies import LEARNED_COMPONENTS
+from agents.policies import LEARNED_COMPONENTS, SlatePolicy
 from agents.ppo_ranker import PPORanker
 from agents.registry import check_specs, load_run, make_ranker
 from agents.report import Bootstrap, percentile_ci
@@ -86,13 +92,37 @@ def label(learned: frozenset[str]) -> str:
     return "+".join(c for c in LEARNED_COMPONENTS if c in learned)
 
 
+class ShiftRecorder(PPORanker):
+    """A :class:`PPORanker` that also records the gate's learned logit (:meth:`SlatePolicy.gate_shift`) of every
+    request it answers (its sum, sum of squares and count)."""
+
+    def __init__(self, policy: SlatePolicy, k: int, name: str = "ppo") -> None:
+        super().__init__(policy, k, name=name)
+        self.total, self.total_sq, self.count = 0.0, 0.0, 0
+
+    def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        """The policy's slates (int64 (B, K)); the requests' gate logits are added to the record."""
+        with th.no_grad():
+            shift = self.policy.gate_shift(obs).double().cpu().numpy()
+        self.total += float(shift.sum())
+        self.total_sq += float(np.square(shift).sum())
+        self.count += shift.size
+        return super().act(obs)
+
+    def moments(self) -> tuple[float, float]:
+        """Mean and SD of the recorded logits."""
+        mean = self.total / max(self.count, 1)
+        return mean, math.sqrt(max(self.total_sq / max(self.count, 1) - mean * mean, 0.0))
+
+
 def _interval(x: np.ndarray, boot: Bootstrap) -> dict[str, Any]:
     """Mean of the per-session values ``x`` (E,) with its bootstrap interval."""
     return {"mean": float(x.mean()), "ci95": list(percentile_ci(boot.means(x)))}
 
 
 def anatomy(ranker: PPORanker, returns: dict[frozenset[str], np.ndarray], lengths: dict[frozenset[str], np.ndarray],
-            references: dict[str, np.ndarray], boot: Bootstrap) -> dict[str, Any]:
+            references: dict[str, np.ndarray], boot: Bootstrap, constant_gate: np.ndarray,
+            shift: tuple[float, float]) -> dict[str, Any]:
     """The summary of one run: every variant's return and length, each component's Shapley values, the references.
 
     Args:
@@ -101,6 +131,8 @@ def anatomy(ranker: PPORanker, returns: dict[frozenset[str], np.ndarray], length
         lengths: The same, requests per session.
         references: Reference name → float (E,) per-session returns on the same sessions.
         boot: The shared resampling.
+        constant_gate: float (E,) the trained policy's returns with its gate's logit held at ``shift[0]``.
+        shift: Mean and SD of the gate's learned logit over the requests the trained policy answered.
     """
     start, full = returns[frozenset()], returns[frozenset(LEARNED_COMPONENTS)]
     phi_ret, phi_len = shapley(returns, LEARNED_COMPONENTS), shapley(lengths, LEARNED_COMPONENTS)
@@ -113,6 +145,9 @@ def anatomy(ranker: PPORanker, returns: dict[frozenset[str], np.ndarray], length
         "shapley_length": {c: _interval(v, boot) for c, v in phi_len.items()},
         "references": {name: {"return": _interval(r, boot), "start − it": _interval(start - r, boot),
                                "ppo − it": _interval(full - r, boot)} for name, r in references.items()},
+        "gate_shift": {"mean": shift[0], "sd": shift[1]},
+        "constant_gate": _interval(constant_gate, boot),
+        "gate_state_dependence": _interval(full - constant_gate, boot),
     }
 
 
@@ -131,6 +166,10 @@ def print_summary(out: dict[str, Any]) -> None:
     print("| component | Shapley value, return | Shapley value, requests per session |\n|---|---:|---:|")
     for c in LEARNED_COMPONENTS:
         print(f"| {c} | {_fmt(out['shapley_return'][c])} | {_fmt(out['shapley_length'][c], 2)} |")
+    g = out["gate_shift"]
+    print(f"gate's learned logit over the requests answered: mean {g['mean']:+.3f}, SD {g['sd']:.3f}; held at its "
+          f"mean: {out['constant_gate']['mean']:.3f}; the trained policy − that (the gate's state dependence): "
+          f"{_fmt(out['gate_state_dependence'])}")
     for name, r in out["references"].items():
         print(f"{name}: {r['return']['mean']:.3f}; start − it {_fmt(r['start − it'])}; ppo − it {_fmt(r['ppo − it'])}")
 
@@ -142,7 +181,9 @@ def pool(summaries: list[dict[str, Any]]) -> dict[str, Any]:
         return {"mean": float(x.mean()), "ci95": t_interval(x), "per_file": [round(v, 4) for v in values]}
 
     out: dict[str, Any] = {"n": len(summaries), "runs": [s["run"] for s in summaries],
-                           "margin": part([s["margin"]["mean"] for s in summaries])}
+                           "margin": part([s["margin"]["mean"] for s in summaries]),
+                           "gate_state_dependence": part([s["gate_state_dependence"]["mean"] for s in summaries]),
+                           "gate_shift_sd": part([s["gate_shift"]["sd"] for s in summaries])}
     for key in ("shapley_return", "shapley_length"):
         out[key] = {c: part([s[key][c]["mean"] for s in summaries]) for c in LEARNED_COMPONENTS}
     names = set.intersection(*(set(s["references"]) for s in summaries)) if summaries else set()
@@ -158,6 +199,8 @@ def print_pooled(p: dict[str, Any]) -> None:
     for c in LEARNED_COMPONENTS:
         r, n = p["shapley_return"][c], p["shapley_length"][c]
         print(f"| {c} | {_fmt(r)} | {', '.join(f'{v:+.3f}' for v in r['per_file'])} | {_fmt(n, 2)} |")
+    print(f"the gate's state dependence (the trained policy − it with the gate's logit at its mean): "
+          f"{_fmt(p['gate_state_dependence'])}; the logit's SD over the requests {_fmt(p['gate_shift_sd'])}")
     for name, r in p["references"].items():
         print(f"{name}: start − it {_fmt(r['start − it'])}; ppo − it {_fmt(r['ppo − it'])}")
 
@@ -215,19 +258,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     play_core = policy_core(ranker, core, world, cores)
     returns: dict[frozenset[str], np.ndarray] = {}
     lengths: dict[frozenset[str], np.ndarray] = {}
+    recorder = ShiftRecorder(ranker.policy, ranker.k)
     for learned in subsets(LEARNED_COMPONENTS):
         at_start = [c for c in LEARNED_COMPONENTS if c not in learned]
-        variant = PPORanker(ranker.policy.with_components_at_start(at_start), ranker.k, name=label(learned))
+        variant = (recorder if not at_start
+                   else PPORanker(ranker.policy.with_components_at_start(at_start), ranker.k, name=label(learned)))
         stats = run_episodes(play_core, variant, plan)
         returns[learned], lengths[learned] = stats.ret, stats.length.astype(np.float64)
         print(f"{label(learned)}: {stats.ret.mean():.3f} per session, {stats.length.mean():.2f} requests", flush=True)
+    shift = recorder.moments()
+    constant = PPORanker(ranker.policy.with_constant_gate(shift[0]), ranker.k, name="ppo, gate at its mean")
+    constant_ret = run_episodes(play_core, constant, plan).ret
+    print(f"ppo with its gate's logit at its mean ({shift[0]:+.3f}): {constant_ret.mean():.3f} per session", flush=True)
     references = {}
     for spec in specs:
         ref = make_ranker(spec, ctx)
         references[spec] = run_episodes(policy_core(ref, core, world, cores), ref, plan).ret
         print(f"{spec}: {references[spec].mean():.3f} per session", flush=True)
     out: dict[str, Any] = {"run": args.run, "preset": cfg.env.preset, "seed": seed, "episodes": len(plan)}
-    out.update(anatomy(ranker, returns, lengths, references, boot))
+    out.update(anatomy(ranker, returns, lengths, references, boot, constant_ret, shift))
     print_summary(out)
     text = json.dumps(out)
     if args.json is not None:

@@ -60,7 +60,8 @@ def _obs(seed: int = 0, batch: int = 6) -> dict[str, np.ndarray]:
 def test_components_go_back_to_their_start_values_one_by_one_and_the_policy_is_untouched() -> None:
     """Trained-like weights (every parameter moved) with all four components at start score as the untrained policy
     with its residual at 0: the same α, the same repulsion, no residual part, the same logits; a single component at
-    start changes only its own part; the trained policy itself is not changed; an unknown name is refused."""
+    start changes only its own part; a gate held constant has that learned logit in every state and keeps the rest; the
+    trained policy itself is not changed; an unknown name is refused."""
     th.manual_seed(0)
     start = _policy().eval()
     trained = copy.deepcopy(start)
@@ -88,6 +89,11 @@ def test_components_go_back_to_their_start_values_one_by_one_and_the_policy_is_u
         th.testing.assert_close(residual_only.alpha(obs), trained.alpha(obs))
         same = trained.with_components_at_start([])
         th.testing.assert_close(same.candidate_logits(obs), trained.candidate_logits(obs))
+        shift = trained.gate_shift(obs)
+        assert shift.std() > 0 and th.all(start.gate_shift(obs) == 0)  # moved weights: α follows the state
+        constant = trained.with_constant_gate(0.7)
+        th.testing.assert_close(constant.gate_shift(obs), th.full_like(shift, 0.7))
+        th.testing.assert_close(constant.score_parts(obs)["residual"], trained.score_parts(obs)["residual"])
     assert all(th.equal(before[k], v) for k, v in trained.state_dict().items())
     with pytest.raises(ValueError, match=r"unknown policy components.*'bias'"):
         trained.with_components_at_start(["gate", "bias"])
@@ -110,6 +116,8 @@ def test_the_command_credits_a_runs_margin_on_shared_sessions(tmp_path: Path, ru
     assert sum(v["mean"] for v in got["shapley_return"].values()) == pytest.approx(margin, abs=1e-9)
     assert sum(v["mean"] for v in got["shapley_length"].values()) == pytest.approx(
         ppo["length"] - start["length"], abs=1e-9)
+    assert got["gate_state_dependence"]["mean"] == pytest.approx(
+        ppo["return"]["mean"] - got["constant_gate"]["mean"], abs=1e-9) and got["gate_shift"]["sd"] >= 0
     pooled = pool([got, got])
     assert pooled["n"] == 2 and pooled["margin"]["mean"] == pytest.approx(margin, abs=1e-9)
     assert pooled["shapley_return"]["gate"]["per_file"][0] == pooled["shapley_return"]["gate"]["per_file"][1]
