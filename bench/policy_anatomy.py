@@ -26,7 +26,8 @@ learned): a gate that only moved α to a better constant loses nothing there, on
 (the feedback) loses what that following is worth (``gate_state_dependence``, paired, with the logit's mean and SD).
 
 ``--pool F [F …]`` reads such summaries (one per seed) and prints each component's mean Shapley value with its 95%
-t-interval over them. The last line printed is the JSON summary (``--json``: also written there, atomically).
+t-interval over them; ``--group LABEL F [F …]`` (repeatable) pools each group apart and ``--out PNG`` draws every
+group's values side by side. The last line printed is the JSON summary (``--json``: also written there, atomically).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ from agents.registry import check_specs, load_run, make_ranker
 from agents.report import Bootstrap, percentile_ci
 from bench.ppo_seeds import t_interval
 from bench.term_probe import heldout_setup, policy_core
-from configs.fileio import atomic_write_text
+from configs.fileio import atomic_write_bytes, atomic_write_text, figure_png
 from configs.schema import ConfigError
 
 DEFAULT_REFERENCES = ("tuned-diverse", "tuned-pop-diverse")
@@ -205,6 +206,38 @@ def print_pooled(p: dict[str, Any]) -> None:
         print(f"{name}: start − it {_fmt(r['start − it'])}; ppo − it {_fmt(r['ppo − it'])}")
 
 
+def plot_groups(groups: dict[str, dict[str, Any]]) -> bytes:
+    """PNG bytes: per group of runs, each component's Shapley value on the return (bar: the mean over the runs, line:
+    its 95% t-interval, dots: the runs) and the gate's state dependence."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [*LEARNED_COMPONENTS, "gate's state\ndependence"]
+    fig, ax = plt.subplots(figsize=(8.0, 4.2))
+    width = 0.8 / max(len(groups), 1)
+    for g, (name, p) in enumerate(groups.items()):
+        parts = [p["shapley_return"][c] for c in LEARNED_COMPONENTS] + [p["gate_state_dependence"]]
+        x = np.arange(len(keys)) + (g - (len(groups) - 1) / 2) * width
+        means = [q["mean"] for q in parts]
+        lo = [q["mean"] - q["ci95"][0] for q in parts]
+        hi = [q["ci95"][1] - q["mean"] for q in parts]
+        bars = ax.bar(x, means, width * 0.9, label=f"{name} ({p['n']} runs; margin {p['margin']['mean']:+.2f})")
+        ax.errorbar(x, means, yerr=[lo, hi], fmt="none", ecolor="black", lw=1, capsize=2)
+        for xi, q in zip(x, parts, strict=True):
+            ax.plot([xi] * len(q["per_file"]), q["per_file"], ".", color=bars.patches[0].get_facecolor(),
+                    markeredgecolor="black", markeredgewidth=0.4, ms=5)
+    ax.axhline(0.0, color="grey", lw=0.8)
+    ax.set_xticks(np.arange(len(keys)), keys)
+    ax.set_ylabel("return per session (Shapley value)")
+    ax.set_title("The trained policy's margin over the rule it starts at, by learned component", fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    return figure_png(fig)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Play the variants, print the tables, return (and print last) the JSON summary."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -219,17 +252,37 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--json", type=Path, default=None, help="also write the summary here, atomically")
     ap.add_argument("--pool", type=Path, nargs="+", default=None,
                     help="instead: pool the --json summaries of several runs (means, 95%% t-intervals over them)")
+    ap.add_argument("--group", nargs="+", action="append", default=None, metavar=("LABEL", "F"),
+                    help="instead: a label and the --json summaries of its runs, pooled apart (repeatable)")
+    ap.add_argument("--out", type=Path, default=None, help="with --group: draw the groups' values here (PNG)")
     args = ap.parse_args(argv)
-    if args.pool is not None:
+    if args.pool is not None or args.group is not None:
         if args.run is not None:
-            ap.error("--pool reads finished summaries; it plays no run")
-        try:
-            pooled = pool([json.loads(Path(f).read_text(encoding="utf-8")) for f in args.pool])
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            ap.error(f"--pool: {type(exc).__name__}: {exc}")
-        print_pooled(pooled)
-        print(json.dumps(pooled))
-        return {"pooled": pooled}
+            ap.error("--pool and --group read finished summaries; they play no run")
+        if args.pool is not None and args.group is not None:
+            ap.error("--pool and --group: give one of them")
+        if args.out is not None and (args.group is None or not args.out.parent.is_dir()):
+            ap.error(f"--out goes with --group, in an existing folder: {args.out}")
+        named = {"pooled": [str(f) for f in args.pool]} if args.pool is not None else {}
+        for g in args.group or []:
+            if len(g) < 2 or g[0] in named:
+                ap.error(f"--group {' '.join(g)}: a new label and at least one summary file")
+            named[g[0]] = g[1:]
+        groups: dict[str, dict[str, Any]] = {}
+        for name, files in named.items():
+            try:
+                groups[name] = pool([json.loads(Path(f).read_text(encoding="utf-8")) for f in files])
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                ap.error(f"{'--pool' if args.pool is not None else '--group ' + name}: {type(exc).__name__}: {exc}")
+            if args.group is not None:
+                print(f"\n## {name}")
+            print_pooled(groups[name])
+        if args.out is not None:
+            atomic_write_bytes(args.out, plot_groups(groups))
+            print(f"wrote {args.out}")
+        result = groups["pooled"] if args.pool is not None else groups
+        print(json.dumps(result))
+        return {"pooled": result} if args.pool is not None else {"groups": result}
     if args.run is None:
         ap.error("name a run directory (or --pool summaries)")
     if args.json is not None and not args.json.parent.is_dir():

@@ -122,16 +122,22 @@ def test_the_command_credits_a_runs_margin_on_shared_sessions(tmp_path: Path, ru
     assert pooled["n"] == 2 and pooled["margin"]["mean"] == pytest.approx(margin, abs=1e-9)
     assert pooled["shapley_return"]["gate"]["per_file"][0] == pooled["shapley_return"]["gate"]["per_file"][1]
     assert main(["--pool", str(out), str(out)])["pooled"]["n"] == 2
+    png = tmp_path / "anatomy.png"
+    groups = main(["--group", "a", str(out), str(out), "--group", "b", str(out), "--out", str(png)])["groups"]
+    assert [groups[g]["n"] for g in ("a", "b")] == [2, 1] and png.read_bytes()[:4] == b"\x89PNG"
 
 
 def test_the_command_refuses_bad_arguments_by_name(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """No run, a folder that is not a run, too few sessions, a missing output folder and an unreadable pool file are
-    refused by name before any world is loaded."""
+    """No run, a folder that is not a run, too few sessions, a missing output folder, an unreadable pool file, a group
+    without files and a figure without groups are refused by name before any world is loaded."""
     for argv, why in (([], "run directory"),
                       ([str(tmp_path)], "config.yaml"),
                       ([str(tmp_path), "--episodes", "1"], "--episodes"),
                       ([str(tmp_path), "--json", str(tmp_path / "no" / "x.json")], "--json"),
-                      (["--pool", str(tmp_path / "missing.json")], "--pool")):
+                      (["--pool", str(tmp_path / "missing.json")], "--pool"),
+                      (["--group", "a", str(tmp_path / "missing.json")], "--group a"),
+                      (["--group", "a"], "at least one summary"),
+                      (["--pool", str(tmp_path / "x.json"), "--out", str(tmp_path / "x.png")], "--out")):
         with pytest.raises(SystemExit):
             main(argv)
         assert why in capsys.readouterr().err
