@@ -964,6 +964,29 @@ class SlatePolicy(ActorCriticPolicy):
                 out.type_gate.zero_()
         return out
 
+    def state_embedding(self, obs: PyTorchObs | dict[str, np.ndarray]) -> th.Tensor:
+        """The actor's state embedding h (B, H): what the gate, the residual and the repulsion read of the user, the
+        session's context and the candidate set."""
+        return self._state(self._encode(self._prepare(obs))[0])
+
+    def with_constant_state(self, state: th.Tensor, shift: float) -> SlatePolicy:
+        """A copy of this policy whose heads read one state embedding ``state`` (H,) in every request: the gate's
+        learned logit held at ``shift`` (:meth:`with_constant_gate`), the residual's state input ``W_h·h`` at
+        ``W_h·state`` (folded into the candidate layer's bias), the repulsion at its value there. Each candidate is
+        then scored from its own features only (the rule's blend and penalties, and the residual MLP over the
+        candidate's feature row, which holds the session's per-item counters such as ``cat_exposure``); with the
+        mean embedding and logit over the states the policy visits, what the policy loses is what its reading of the
+        user and the session's state is worth (``bench.policy_anatomy``)."""
+        out = self.with_constant_gate(shift)
+        h = state.to(device=self.residual_state.weight.device, dtype=self.residual_state.weight.dtype)
+        with th.no_grad():
+            out.residual_cand.bias.add_(out.residual_state(h))
+            out.residual_state.weight.zero_()
+            if out.repulsion_head is not None:
+                out.repulsion_head.bias.copy_(out.repulsion_head(h))
+                out.repulsion_head.weight.zero_()
+        return out
+
     def alpha(self, obs: PyTorchObs | dict[str, np.ndarray]) -> th.Tensor:
         """The state-dependent blend weight α_θ(s) (B,), e.g. for ``train/alpha_mean`` (with ``gate="standardised"``
         the weight on the standardised LLM signal; see :meth:`_gate`)."""

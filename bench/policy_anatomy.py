@@ -24,6 +24,11 @@ What the gate's worth is made of: the trained policy is played once more with th
 its mean over the states it visited (:meth:`agents.policies.SlatePolicy.with_constant_gate`; every other part
 learned): a gate that only moved α to a better constant loses nothing there, one that follows the session's state
 (the feedback) loses what that following is worth (``gate_state_dependence``, paired, with the logit's mean and SD).
+And once with every head reading the mean state embedding (:meth:`agents.policies.SlatePolicy.with_constant_state`:
+the gate at its mean logit, the residual and the repulsion at the mean of what they read of the user, the session's
+context and the candidate set): each candidate is then scored from its own feature row only, a static re-scoring an
+engineer could tabulate, so ``state_dependence`` (the trained policy − it) is what the policy's reading of the user
+and the session is worth, and ``constant_state − start`` what the static re-scoring is worth over the rule.
 
 ``--pool F [F …]`` reads such summaries (one per seed) and prints each component's mean Shapley value with its 95%
 t-interval over them; ``--group LABEL F [F …]`` (repeatable) pools each group apart and ``--out PNG`` draws every
@@ -94,21 +99,30 @@ def label(learned: frozenset[str]) -> str:
 
 
 class ShiftRecorder(PPORanker):
-    """A :class:`PPORanker` that also records the gate's learned logit (:meth:`SlatePolicy.gate_shift`) of every
-    request it answers (its sum, sum of squares and count)."""
+    """A :class:`PPORanker` that also records, over every request it answers, the gate's learned logit
+    (:meth:`SlatePolicy.gate_shift`: its sum and sum of squares) and the state embedding
+    (:meth:`SlatePolicy.state_embedding`: its sum), and the count."""
 
     def __init__(self, policy: SlatePolicy, k: int, name: str = "ppo") -> None:
         super().__init__(policy, k, name=name)
         self.total, self.total_sq, self.count = 0.0, 0.0, 0
+        self.state_total: th.Tensor | None = None
 
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
-        """The policy's slates (int64 (B, K)); the requests' gate logits are added to the record."""
+        """The policy's slates (int64 (B, K)); the requests' gate logits and state embeddings join the record."""
         with th.no_grad():
             shift = self.policy.gate_shift(obs).double().cpu().numpy()
+            h = self.policy.state_embedding(obs).double().sum(dim=0).cpu()
+        self.state_total = h if self.state_total is None else self.state_total + h
         self.total += float(shift.sum())
         self.total_sq += float(np.square(shift).sum())
         self.count += shift.size
         return super().act(obs)
+
+    def mean_state(self) -> th.Tensor:
+        """The mean recorded state embedding (H,) float32."""
+        assert self.state_total is not None, "no request recorded"
+        return (self.state_total / self.count).float()
 
     def moments(self) -> tuple[float, float]:
         """Mean and SD of the recorded logits."""
@@ -123,7 +137,7 @@ def _interval(x: np.ndarray, boot: Bootstrap) -> dict[str, Any]:
 
 def anatomy(ranker: PPORanker, returns: dict[frozenset[str], np.ndarray], lengths: dict[frozenset[str], np.ndarray],
             references: dict[str, np.ndarray], boot: Bootstrap, constant_gate: np.ndarray,
-            shift: tuple[float, float]) -> dict[str, Any]:
+            shift: tuple[float, float], constant_state: np.ndarray) -> dict[str, Any]:
     """The summary of one run: every variant's return and length, each component's Shapley values, the references.
 
     Args:
@@ -134,6 +148,7 @@ def anatomy(ranker: PPORanker, returns: dict[frozenset[str], np.ndarray], length
         boot: The shared resampling.
         constant_gate: float (E,) the trained policy's returns with its gate's logit held at ``shift[0]``.
         shift: Mean and SD of the gate's learned logit over the requests the trained policy answered.
+        constant_state: float (E,) the trained policy's returns with every head reading the mean state embedding.
     """
     start, full = returns[frozenset()], returns[frozenset(LEARNED_COMPONENTS)]
     phi_ret, phi_len = shapley(returns, LEARNED_COMPONENTS), shapley(lengths, LEARNED_COMPONENTS)
@@ -149,6 +164,9 @@ def anatomy(ranker: PPORanker, returns: dict[frozenset[str], np.ndarray], length
         "gate_shift": {"mean": shift[0], "sd": shift[1]},
         "constant_gate": _interval(constant_gate, boot),
         "gate_state_dependence": _interval(full - constant_gate, boot),
+        "constant_state": _interval(constant_state, boot),
+        "state_dependence": _interval(full - constant_state, boot),
+        "constant_state − start": _interval(constant_state - start, boot),
     }
 
 
@@ -171,6 +189,9 @@ def print_summary(out: dict[str, Any]) -> None:
     print(f"gate's learned logit over the requests answered: mean {g['mean']:+.3f}, SD {g['sd']:.3f}; held at its "
           f"mean: {out['constant_gate']['mean']:.3f}; the trained policy − that (the gate's state dependence): "
           f"{_fmt(out['gate_state_dependence'])}")
+    print(f"every head at the mean state embedding: {out['constant_state']['mean']:.3f}; the trained policy − that "
+          f"(its reading of the user and the session): {_fmt(out['state_dependence'])}; that − the start: "
+          f"{_fmt(out['constant_state − start'])}")
     for name, r in out["references"].items():
         print(f"{name}: {r['return']['mean']:.3f}; start − it {_fmt(r['start − it'])}; ppo − it {_fmt(r['ppo − it'])}")
 
@@ -184,7 +205,9 @@ def pool(summaries: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {"n": len(summaries), "runs": [s["run"] for s in summaries],
                            "margin": part([s["margin"]["mean"] for s in summaries]),
                            "gate_state_dependence": part([s["gate_state_dependence"]["mean"] for s in summaries]),
-                           "gate_shift_sd": part([s["gate_shift"]["sd"] for s in summaries])}
+                           "gate_shift_sd": part([s["gate_shift"]["sd"] for s in summaries]),
+                           "state_dependence": part([s["state_dependence"]["mean"] for s in summaries]),
+                           "constant_state − start": part([s["constant_state − start"]["mean"] for s in summaries])}
     for key in ("shapley_return", "shapley_length"):
         out[key] = {c: part([s[key][c]["mean"] for s in summaries]) for c in LEARNED_COMPONENTS}
     names = set.intersection(*(set(s["references"]) for s in summaries)) if summaries else set()
@@ -202,23 +225,26 @@ def print_pooled(p: dict[str, Any]) -> None:
         print(f"| {c} | {_fmt(r)} | {', '.join(f'{v:+.3f}' for v in r['per_file'])} | {_fmt(n, 2)} |")
     print(f"the gate's state dependence (the trained policy − it with the gate's logit at its mean): "
           f"{_fmt(p['gate_state_dependence'])}; the logit's SD over the requests {_fmt(p['gate_shift_sd'])}")
+    print(f"its reading of the state (the trained policy − it with every head at the mean state): "
+          f"{_fmt(p['state_dependence'])}; that static policy − the start {_fmt(p['constant_state − start'])}")
     for name, r in p["references"].items():
         print(f"{name}: start − it {_fmt(r['start − it'])}; ppo − it {_fmt(r['ppo − it'])}")
 
 
 def plot_groups(groups: dict[str, dict[str, Any]]) -> bytes:
     """PNG bytes: per group of runs, each component's Shapley value on the return (bar: the mean over the runs, line:
-    its 95% t-interval, dots: the runs) and the gate's state dependence."""
+    its 95% t-interval, dots: the runs), the gate's state dependence and the whole reading of the state."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = [*LEARNED_COMPONENTS, "gate's state\ndependence"]
+    keys = [*LEARNED_COMPONENTS, "gate's state\ndependence", "reading of\nthe state"]
     fig, ax = plt.subplots(figsize=(8.0, 4.2))
     width = 0.8 / max(len(groups), 1)
     for g, (name, p) in enumerate(groups.items()):
-        parts = [p["shapley_return"][c] for c in LEARNED_COMPONENTS] + [p["gate_state_dependence"]]
+        parts = [p["shapley_return"][c] for c in LEARNED_COMPONENTS] + [p["gate_state_dependence"],
+                                                                         p["state_dependence"]]
         x = np.arange(len(keys)) + (g - (len(groups) - 1) / 2) * width
         means = [q["mean"] for q in parts]
         lo = [q["mean"] - q["ci95"][0] for q in parts]
@@ -323,13 +349,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     constant = PPORanker(ranker.policy.with_constant_gate(shift[0]), ranker.k, name="ppo, gate at its mean")
     constant_ret = run_episodes(play_core, constant, plan).ret
     print(f"ppo with its gate's logit at its mean ({shift[0]:+.3f}): {constant_ret.mean():.3f} per session", flush=True)
+    static = PPORanker(ranker.policy.with_constant_state(recorder.mean_state(), shift[0]), ranker.k,
+                       name="ppo, every head at the mean state")
+    static_ret = run_episodes(play_core, static, plan).ret
+    print(f"ppo with every head at the mean state: {static_ret.mean():.3f} per session", flush=True)
     references = {}
     for spec in specs:
         ref = make_ranker(spec, ctx)
         references[spec] = run_episodes(policy_core(ref, core, world, cores), ref, plan).ret
         print(f"{spec}: {references[spec].mean():.3f} per session", flush=True)
     out: dict[str, Any] = {"run": args.run, "preset": cfg.env.preset, "seed": seed, "episodes": len(plan)}
-    out.update(anatomy(ranker, returns, lengths, references, boot, constant_ret, shift))
+    out.update(anatomy(ranker, returns, lengths, references, boot, constant_ret, shift, static_ret))
     print_summary(out)
     text = json.dumps(out)
     if args.json is not None:

@@ -61,7 +61,8 @@ def test_components_go_back_to_their_start_values_one_by_one_and_the_policy_is_u
     """Trained-like weights (every parameter moved) with all four components at start score as the untrained policy
     with its residual at 0: the same α, the same repulsion, no residual part, the same logits; a single component at
     start changes only its own part; a gate held constant has that learned logit in every state and keeps the rest; the
-    trained policy itself is not changed; an unknown name is refused."""
+    policy read at one state scores every request as the trained policy scores that state's; the trained policy itself
+    is not changed; an unknown name is refused."""
     th.manual_seed(0)
     start = _policy().eval()
     trained = copy.deepcopy(start)
@@ -94,6 +95,13 @@ def test_components_go_back_to_their_start_values_one_by_one_and_the_policy_is_u
         constant = trained.with_constant_gate(0.7)
         th.testing.assert_close(constant.gate_shift(obs), th.full_like(shift, 0.7))
         th.testing.assert_close(constant.score_parts(obs)["residual"], trained.score_parts(obs)["residual"])
+        state = trained.state_embedding(obs)  # (B, H)
+        static = trained.with_constant_state(state[2], float(shift[2]))  # every request read as request 2
+        logits, want = static.candidate_logits(obs), trained.candidate_logits(obs)
+        th.testing.assert_close(logits[2], want[2])
+        assert not th.allclose(logits[0], want[0])
+        th.testing.assert_close(static.repulsion(obs), trained.repulsion(obs)[2].expand(len(state)))
+        th.testing.assert_close(static.gate_shift(obs), th.full_like(shift, float(shift[2])))
     assert all(th.equal(before[k], v) for k, v in trained.state_dict().items())
     with pytest.raises(ValueError, match=r"unknown policy components.*'bias'"):
         trained.with_components_at_start(["gate", "bias"])
@@ -118,6 +126,8 @@ def test_the_command_credits_a_runs_margin_on_shared_sessions(tmp_path: Path, ru
         ppo["length"] - start["length"], abs=1e-9)
     assert got["gate_state_dependence"]["mean"] == pytest.approx(
         ppo["return"]["mean"] - got["constant_gate"]["mean"], abs=1e-9) and got["gate_shift"]["sd"] >= 0
+    assert got["state_dependence"]["mean"] == pytest.approx(ppo["return"]["mean"] - got["constant_state"]["mean"],
+                                                            abs=1e-9)
     pooled = pool([got, got])
     assert pooled["n"] == 2 and pooled["margin"]["mean"] == pytest.approx(margin, abs=1e-9)
     assert pooled["shapley_return"]["gate"]["per_file"][0] == pooled["shapley_return"]["gate"]["per_file"][1]
