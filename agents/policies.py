@@ -969,6 +969,32 @@ class SlatePolicy(ActorCriticPolicy):
         session's context and the candidate set."""
         return self._state(self._encode(self._prepare(obs))[0])
 
+    def residual_of(self, features: th.Tensor, state: th.Tensor) -> th.Tensor:
+        """The learned residual (the residual MLP plus the linear feature path, :meth:`score_parts`' ``residual``
+        without the base's fixed extra terms) of candidate feature rows read at given state embeddings.
+
+        For reading what the residual responds to (``bench.policy_readout``): any feature value may be put in, not
+        only those a request holds. Only for policies whose per-candidate input is the feature row alone (no item
+        embeddings, item table, ``session_sim`` or ``hidden_taste``).
+
+        Args:
+            features: float (R, F) candidate feature rows (``obs["features"]``' columns).
+            state: float (R, H) the state embedding each row is read at (:meth:`state_embedding`).
+
+        Returns:
+            float (R,).
+
+        Raises:
+            ValueError: For a policy whose candidates carry more than their feature row.
+        """
+        if (self.item_table is not None or self.session_weight is not None or self.taste_weight is not None
+                or self.residual_cand.in_features != features.shape[-1]):
+            raise ValueError("residual_of reads policies whose per-candidate input is the feature row alone; this one "
+                             f"reads {self.residual_cand.in_features} columns per candidate")
+        seen = features if self.residual_feature_mask is None else features * self.residual_feature_mask
+        return (self._residual(symlog(seen).unsqueeze(1), state) + self.feature_linear(seen.unsqueeze(1)).squeeze(-1)
+                ).squeeze(1)
+
     def with_constant_state(self, state: th.Tensor, shift: float) -> SlatePolicy:
         """A copy of this policy whose heads read one state embedding ``state`` (H,) in every request: the gate's
         learned logit held at ``shift`` (:meth:`with_constant_gate`), the residual's state input ``W_h·h`` at

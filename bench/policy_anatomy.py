@@ -99,25 +99,34 @@ def label(learned: frozenset[str]) -> str:
 
 
 class ShiftRecorder(PPORanker):
-    """A :class:`PPORanker` that also records, over every request it answers, the gate's learned logit
-    (:meth:`SlatePolicy.gate_shift`: its sum and sum of squares) and the state embedding
-    (:meth:`SlatePolicy.state_embedding`: its sum), and the count."""
+    """A :class:`PPORanker` that also records, over every request of a live session it answers, the gate's learned
+    logit (:meth:`SlatePolicy.gate_shift`: its sum and sum of squares) and the state embedding
+    (:meth:`SlatePolicy.state_embedding`: its sum), and the count. Pass :meth:`on_step` to
+    :func:`agents.evaluation.run_episodes`: it says which rows held a session (rows without one idle at the end)."""
 
     def __init__(self, policy: SlatePolicy, k: int, name: str = "ppo") -> None:
         super().__init__(policy, k, name=name)
         self.total, self.total_sq, self.count = 0.0, 0.0, 0
         self.state_total: th.Tensor | None = None
+        self._pending: tuple[np.ndarray, th.Tensor] | None = None
 
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
-        """The policy's slates (int64 (B, K)); the requests' gate logits and state embeddings join the record."""
+        """The policy's slates (int64 (B, K)); the requests' gate logits and state embeddings wait for
+        :meth:`on_step`."""
         with th.no_grad():
-            shift = self.policy.gate_shift(obs).double().cpu().numpy()
-            h = self.policy.state_embedding(obs).double().sum(dim=0).cpu()
+            self._pending = (self.policy.gate_shift(obs).double().cpu().numpy(),
+                             self.policy.state_embedding(obs).double().cpu())
+        return super().act(obs)
+
+    def on_step(self, obs: dict[str, np.ndarray], slate: np.ndarray, feedback: Any, active: np.ndarray) -> None:
+        """The rows of the last request that held a session (``active`` (B,) bool) join the record."""
+        assert self._pending is not None, "on_step before act"
+        shift, h = self._pending[0][active], self._pending[1][th.as_tensor(active)].sum(dim=0)
         self.state_total = h if self.state_total is None else self.state_total + h
         self.total += float(shift.sum())
         self.total_sq += float(np.square(shift).sum())
         self.count += shift.size
-        return super().act(obs)
+        self._pending = None
 
     def mean_state(self) -> th.Tensor:
         """The mean recorded state embedding (H,) float32."""
@@ -342,7 +351,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         at_start = [c for c in LEARNED_COMPONENTS if c not in learned]
         variant = (recorder if not at_start
                    else PPORanker(ranker.policy.with_components_at_start(at_start), ranker.k, name=label(learned)))
-        stats = run_episodes(play_core, variant, plan)
+        stats = run_episodes(play_core, variant, plan, on_step=recorder.on_step if variant is recorder else None)
         returns[learned], lengths[learned] = stats.ret, stats.length.astype(np.float64)
         print(f"{label(learned)}: {stats.ret.mean():.3f} per session, {stats.length.mean():.2f} requests", flush=True)
     shift = recorder.moments()

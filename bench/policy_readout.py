@@ -1,0 +1,268 @@
+"""What a trained policy's learned parts respond to: the residual per candidate feature, the gate per session column.
+
+``python -m bench.policy_readout RUN [--episodes E] [--seed S] [--rows R] [--out PNG] [--json F]`` plays a trained
+run's policy on ``E`` held-out sessions (its own slates), records every request it answers (the candidates' feature
+rows, the state embedding, the session's context row, the gate's learned logit) and reads off:
+
+* **the residual's shape**: for each candidate feature (``envs.spaces.FEATURE_NAMES``), the partial dependence of the
+  learned residual (:meth:`agents.policies.SlatePolicy.residual_of`) on it: the residual averaged over ``R`` recorded
+  (request, candidate) rows, each read at its own state, with that one feature set to each value of a grid spanning
+  what the requests held (its 2nd to 98th percentile, or every value of a feature with few). The residual is divided
+  by the learned 1/τ, so it is in the units of the rule's own score (the standardised blend, whose spread per request
+  is 1, and the fixed penalties, ``−λ_c`` per unit of ``cat_exposure`` and ``−λ_s`` per unit of ``item_seen``): a
+  curve that rises by 0.5 across a feature's range moves a candidate by half the blend's spread. Beside each curve, a
+  linear reading: the least-squares weights of the residual on the features, both centred per request (only a
+  candidate's standing against the request's others changes a slate), with its R², and the residual's spread per
+  request;
+* **the gate's inputs**: the learned logit's mean and SD over the requests and the least-squares weights, per SD of
+  each session column (``envs.spaces.CONTEXT_NAMES``), of the logit on the context row, with its R² (the rest is what
+  the gate reads of the user's pooled state and of the candidate set).
+
+``bench.policy_anatomy`` says how much each part is worth; this says what it does. ``--out`` draws the curves and the
+gate's weights; the last line printed is the JSON summary (``--json``: also written there, atomically).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch as th
+
+from agents.evaluation import run_episodes
+from agents.policies import SlatePolicy
+from agents.ppo_ranker import PPORanker
+from agents.registry import load_run
+from bench.term_probe import heldout_setup, policy_core
+from configs.fileio import atomic_write_bytes, atomic_write_text, figure_png
+from configs.schema import ConfigError
+from envs.spaces import CONTEXT_NAMES, FEATURE_NAMES
+
+#: Percentiles of a feature's recorded values that make its grid (a feature with at most ``FEW_VALUES`` distinct
+#: values uses them all).
+GRID_PERCENTILES = (2, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 98)
+FEW_VALUES = 12
+
+
+class RequestRecorder(PPORanker):
+    """A :class:`PPORanker` that records, for every request of a live session it answers, the candidates' feature
+    rows, the state embedding, the context row and the gate's learned logit (float32 arrays, one list entry per
+    step). Pass :meth:`on_step` to :func:`agents.evaluation.run_episodes`: it keeps the rows that held a session."""
+
+    def __init__(self, policy: SlatePolicy, k: int) -> None:
+        super().__init__(policy, k)
+        self.features: list[np.ndarray] = []
+        self.states: list[np.ndarray] = []
+        self.contexts: list[np.ndarray] = []
+        self.shifts: list[np.ndarray] = []
+        self._pending: tuple[np.ndarray, np.ndarray] | None = None
+
+    def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        """The policy's slates (int64 (B, K)); the request waits for :meth:`on_step`."""
+        with th.no_grad():
+            self._pending = (self.policy.state_embedding(obs).float().cpu().numpy(),
+                             self.policy.gate_shift(obs).float().cpu().numpy())
+        return super().act(obs)
+
+    def on_step(self, obs: dict[str, np.ndarray], slate: np.ndarray, feedback: Any, active: np.ndarray) -> None:
+        """The rows of the last request that held a session (``active`` (B,) bool) join the record."""
+        assert self._pending is not None, "on_step before act"
+        self.states.append(self._pending[0][active])
+        self.shifts.append(self._pending[1][active])
+        self.features.append(np.asarray(obs["features"], np.float32)[active])
+        self.contexts.append(np.asarray(obs["context"], np.float32)[active])
+        self._pending = None
+
+
+def feature_grid(values: np.ndarray) -> np.ndarray:
+    """The grid of one feature's partial dependence: its distinct values when few, else :data:`GRID_PERCENTILES` of
+    ``values`` (float64 (G,), increasing, distinct)."""
+    distinct = np.unique(values)
+    if len(distinct) <= FEW_VALUES:
+        return distinct.astype(np.float64)
+    return np.unique(np.percentile(values, GRID_PERCENTILES))
+
+
+def centred_fit(y: np.ndarray, x: np.ndarray, groups: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+    """Least-squares weights of ``y`` (R,) on the columns of ``x`` (R, P) and the fit's R², both centred within each
+    group of rows (``groups`` (R,) int, e.g. the request; ``None``: over all rows). Constant columns get weight 0.
+
+    Returns:
+        ``(weights float64 (P,), r2)``.
+    """
+    y, x = np.asarray(y, np.float64), np.asarray(x, np.float64)
+    if groups is None:
+        groups = np.zeros(len(y), np.int64)
+    _, inv, counts = np.unique(groups, return_inverse=True, return_counts=True)
+
+    def centre(a: np.ndarray) -> np.ndarray:
+        sums = np.zeros((len(counts), *a.shape[1:]))
+        np.add.at(sums, inv, a)
+        return a - (sums / counts.reshape(-1, *([1] * (a.ndim - 1))))[inv]
+
+    yc, xc = centre(y), centre(x)
+    live = xc.std(axis=0) > 1e-12
+    w = np.zeros(x.shape[1])
+    if live.any():
+        w[live] = np.linalg.lstsq(xc[:, live], yc, rcond=None)[0]
+    ss = float(np.square(yc).sum())
+    r2 = 1.0 - float(np.square(yc - xc @ w).sum()) / ss if ss > 0 else 0.0
+    return w, r2
+
+
+def readout(policy: SlatePolicy, features: np.ndarray, states: np.ndarray, contexts: np.ndarray, shifts: np.ndarray,
+            rows: int, seed: int) -> dict[str, Any]:
+    """The summary: the residual's partial dependence and linear reading, the gate's logit against the context.
+
+    Args:
+        policy: The trained policy.
+        features: float (Q, N, F) the recorded requests' candidate feature rows.
+        states: float (Q, H) their state embeddings.
+        contexts: float (Q, C) their context rows.
+        shifts: float (Q,) the gate's learned logit at each.
+        rows: How many (request, candidate) rows the partial dependence averages over (a seeded sample).
+        seed: The sample's seed.
+    """
+    q, n, f = features.shape
+    inv_t = float(policy.log_inv_temperature.detach().exp())
+    flat = features.reshape(q * n, f)
+    req = np.repeat(np.arange(q), n)
+    with th.no_grad():
+        dev = policy.device
+        state_t = th.as_tensor(states, device=dev)
+
+        def residual(x: np.ndarray, r: np.ndarray) -> np.ndarray:  # (R, F), request of each row → (R,) / inv_t
+            out = [policy.residual_of(th.as_tensor(x[i:i + 65536], device=dev), state_t[r[i:i + 65536]])
+                   .double().cpu().numpy() for i in range(0, len(x), 65536)]
+            return np.concatenate(out) / inv_t
+
+        res = residual(flat, req)  # every recorded row
+        pick = np.random.default_rng(seed).choice(q * n, size=min(rows, q * n), replace=False)
+        curves = {}
+        for j, name in enumerate(FEATURE_NAMES):
+            grid = feature_grid(flat[:, j])
+            pd = []
+            for v in grid:
+                x = flat[pick].copy()
+                x[:, j] = v
+                pd.append(float(residual(x, req[pick]).mean()))
+            curves[name] = {"grid": grid.tolist(), "pd": pd, "range": float(max(pd) - min(pd))}
+    weights, r2 = centred_fit(res, flat, req)
+    spread = float(res.reshape(q, n).std(axis=1).mean())
+    base = (policy.base_weights.cpu().numpy().tolist() if getattr(policy, "base_weights", None) is not None
+            else [0.0] * f)
+    ctx_sd = contexts.std(axis=0)
+    gate_w, gate_r2 = centred_fit(shifts, contexts / np.where(ctx_sd > 0, ctx_sd, 1.0))
+    return {
+        "requests": q, "rows": len(pick), "inv_temperature": inv_t,
+        "residual": {"spread_per_request": spread, "linear_r2": r2,
+                     "features": {name: {"weight": float(weights[j]), "rule_weight": float(base[j]),
+                                         "sd": float(flat[:, j].std()), **curves[name]}
+                                  for j, name in enumerate(FEATURE_NAMES)}},
+        "gate": {"mean": float(shifts.mean()), "sd": float(shifts.std()), "context_r2": gate_r2,
+                 "weights_per_sd": {name: float(gate_w[k]) for k, name in enumerate(CONTEXT_NAMES)}},
+    }
+
+
+def print_summary(out: dict[str, Any]) -> None:
+    """The tables."""
+    r = out["residual"]
+    print(f"\n{out['run']}: {out['requests']} requests of {out['episodes']} held-out sessions (seed {out['seed']}); "
+          f"learned 1/τ {out['inv_temperature']:.2f}")
+    print(f"residual (in units of the rule's score): spread per request {r['spread_per_request']:.3f} (the blend's: "
+          f"1); linear reading R² {r['linear_r2']:.3f}")
+    print("| feature | partial dependence: range over the grid | first → last grid value | linear weight (per unit) |"
+          " the rule's fixed weight | feature SD |\n|---|---:|---|---:|---:|---:|")
+    for name, v in r["features"].items():
+        print(f"| {name} | {v['range']:.3f} | {v['pd'][0]:+.3f} at {v['grid'][0]:.3g} → {v['pd'][-1]:+.3f} at "
+              f"{v['grid'][-1]:.3g} | {v['weight']:+.3f} | {v['rule_weight']:+.2f} | {v['sd']:.3f} |")
+    g = out["gate"]
+    weights = ", ".join(f"{k} {w:+.3f}" for k, w in g["weights_per_sd"].items())
+    print(f"gate's learned logit: mean {g['mean']:+.3f}, SD {g['sd']:.3f}; on the context row R² "
+          f"{g['context_r2']:.3f}; weights per SD: {weights}")
+
+
+def plot(out: dict[str, Any]) -> bytes:
+    """PNG bytes: the residual's partial dependence per feature, and the gate's weights per context column."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    feats = out["residual"]["features"]
+    fig, axes = plt.subplots(2, 4, figsize=(11.0, 5.6))
+    for ax, (name, v) in zip(axes.flat, feats.items(), strict=False):
+        ax.plot(v["grid"], np.asarray(v["pd"]) - v["pd"][0], marker=".")
+        if v["rule_weight"]:
+            ax.plot(v["grid"], v["rule_weight"] * (np.asarray(v["grid"]) - v["grid"][0]), ls="--", color="grey",
+                    label="the rule's fixed weight")
+            ax.legend(fontsize=7)
+        ax.set_title(name, fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0, 0].set_ylabel("residual, from the grid's first value\n(units of the rule's score)", fontsize=8)
+    ax = axes.flat[-1]
+    g = out["gate"]["weights_per_sd"]
+    ax.barh(list(g), list(g.values()))
+    ax.axvline(0.0, color="grey", lw=0.8)
+    ax.tick_params(labelsize=7)
+    ax.set_title(f"gate's logit per SD (R² {out['gate']['context_r2']:.2f})", fontsize=9)
+    fig.suptitle(f"{out['run']}: what the learned residual and gate respond to", fontsize=10)
+    fig.tight_layout()
+    return figure_png(fig)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Play the run, print the tables, return (and print last) the JSON summary."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run", help="a trained run's directory (train.py)")
+    ap.add_argument("--seed", type=int, default=None, help="seed of the held-out sessions (default: the run's)")
+    ap.add_argument("--episodes", type=int, default=500, help="held-out sessions played")
+    ap.add_argument("--rows", type=int, default=20000, help="(request, candidate) rows the curves average over")
+    ap.add_argument("--batch", type=int, default=500)
+    ap.add_argument("--json", type=Path, default=None, help="also write the summary here, atomically")
+    ap.add_argument("--out", type=Path, default=None, help="draw the curves here (PNG), atomically")
+    args = ap.parse_args(argv)
+    for flag, path in (("--json", args.json), ("--out", args.out)):
+        if path is not None and not path.parent.is_dir():
+            ap.error(f"{flag}: folder {str(path.parent)!r} does not exist")
+    if args.episodes < 1 or args.rows < 1 or args.batch < 1:
+        ap.error(f"--episodes, --rows and --batch must be >= 1, got {args.episodes}, {args.rows}, {args.batch}")
+    config = Path(args.run) / "config.yaml"
+    if not config.is_file():
+        ap.error(f"{args.run} is not a finished recfeed run directory: {config} is missing")
+    try:
+        from configs.loader import load_config
+
+        seed = int(load_config(config).train.seed) if args.seed is None else args.seed
+        cfg, world, core, plan, _ = heldout_setup(str(config), None, seed, args.episodes, args.batch)
+        ranker = load_run(args.run, n_items=world.n_items)
+    except (ConfigError, ValueError, FileNotFoundError) as exc:
+        ap.error(str(exc))
+    if not isinstance(ranker, PPORanker):
+        ap.error(f"{args.run}: not a PPO run (its ranker is {type(ranker).__name__})")
+    recorder = RequestRecorder(ranker.policy, ranker.k)
+    stats = run_episodes(policy_core(ranker, core, world, {}), recorder, plan, on_step=recorder.on_step)
+    try:
+        summary = readout(ranker.policy, np.concatenate(recorder.features), np.concatenate(recorder.states),
+                          np.concatenate(recorder.contexts), np.concatenate(recorder.shifts), args.rows, seed)
+    except ValueError as exc:
+        ap.error(f"{args.run}: {exc}")
+    out: dict[str, Any] = {"run": args.run, "preset": cfg.env.preset, "seed": seed, "episodes": len(plan),
+                           "return": float(stats.ret.mean()), **summary}
+    print_summary(out)
+    if args.out is not None:
+        atomic_write_bytes(args.out, plot(out))
+        print(f"wrote {args.out}")
+    text = json.dumps(out)
+    if args.json is not None:
+        atomic_write_text(args.json, text + "\n")
+        print(f"wrote {args.json}")
+    print(text)
+    return out
+
+
+if __name__ == "__main__":
+    main()
