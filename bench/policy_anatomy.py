@@ -146,7 +146,7 @@ def _interval(x: np.ndarray, boot: Bootstrap) -> dict[str, Any]:
 
 def anatomy(ranker: PPORanker, returns: dict[frozenset[str], np.ndarray], lengths: dict[frozenset[str], np.ndarray],
             references: dict[str, np.ndarray], boot: Bootstrap, constant_gate: np.ndarray,
-            shift: tuple[float, float], constant_state: np.ndarray) -> dict[str, Any]:
+            shift: tuple[float, float], constant_state: np.ndarray, requests: int) -> dict[str, Any]:
     """The summary of one run: every variant's return and length, each component's Shapley values, the references.
 
     Args:
@@ -158,6 +158,7 @@ def anatomy(ranker: PPORanker, returns: dict[frozenset[str], np.ndarray], length
         constant_gate: float (E,) the trained policy's returns with its gate's logit held at ``shift[0]``.
         shift: Mean and SD of the gate's learned logit over the requests the trained policy answered.
         constant_state: float (E,) the trained policy's returns with every head reading the mean state embedding.
+        requests: How many requests the means are over.
     """
     start, full = returns[frozenset()], returns[frozenset(LEARNED_COMPONENTS)]
     phi_ret, phi_len = shapley(returns, LEARNED_COMPONENTS), shapley(lengths, LEARNED_COMPONENTS)
@@ -170,7 +171,7 @@ def anatomy(ranker: PPORanker, returns: dict[frozenset[str], np.ndarray], length
         "shapley_length": {c: _interval(v, boot) for c, v in phi_len.items()},
         "references": {name: {"return": _interval(r, boot), "start − it": _interval(start - r, boot),
                                "ppo − it": _interval(full - r, boot)} for name, r in references.items()},
-        "gate_shift": {"mean": shift[0], "sd": shift[1]},
+        "gate_shift": {"mean": shift[0], "sd": shift[1], "requests": requests},
         "constant_gate": _interval(constant_gate, boot),
         "gate_state_dependence": _interval(full - constant_gate, boot),
         "constant_state": _interval(constant_state, boot),
@@ -368,7 +369,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         references[spec] = run_episodes(policy_core(ref, core, world, cores), ref, plan).ret
         print(f"{spec}: {references[spec].mean():.3f} per session", flush=True)
     out: dict[str, Any] = {"run": args.run, "preset": cfg.env.preset, "seed": seed, "episodes": len(plan)}
-    out.update(anatomy(ranker, returns, lengths, references, boot, constant_ret, shift, static_ret))
+    out.update(anatomy(ranker, returns, lengths, references, boot, constant_ret, shift, static_ret, recorder.count))
     print_summary(out)
     text = json.dumps(out)
     if args.json is not None:

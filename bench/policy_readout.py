@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     except ValueError as exc:
         ap.error(f"{args.run}: {exc}")
     out: dict[str, Any] = {"run": args.run, "preset": cfg.env.preset, "seed": seed, "episodes": len(plan),
-                           "return": float(stats.ret.mean()), **summary}
+                           "return": float(stats.ret.mean()), "session_requests": int(stats.length.sum()), **summary}
     print_summary(out)
     if args.out is not None:
         atomic_write_bytes(args.out, plot(out))
