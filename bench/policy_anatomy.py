@@ -28,7 +28,9 @@ And once with every head reading the mean state embedding (:meth:`agents.policie
 the gate at its mean logit, the residual and the repulsion at the mean of what they read of the user, the session's
 context and the candidate set): each candidate is then scored from its own feature row only, a static re-scoring an
 engineer could tabulate, so ``state_dependence`` (the trained policy − it) is what the policy's reading of the user
-and the session is worth, and ``constant_state − start`` what the static re-scoring is worth over the rule.
+and the session is worth, and ``constant_state − start`` what the static re-scoring is worth over the rule. Last,
+the start with only α moved by the gate's mean logit (``shifted_start − start``): what a better constant α is worth
+to the rule, beside what the gate adds within the trained policy.
 
 ``--pool F [F …]`` reads such summaries (one per seed) and prints each component's mean Shapley value with its 95%
 t-interval over them; ``--group LABEL F [F …]`` (repeatable) pools each group apart and ``--out PNG`` draws every
@@ -146,7 +148,8 @@ def _interval(x: np.ndarray, boot: Bootstrap) -> dict[str, Any]:
 
 def anatomy(ranker: PPORanker, returns: dict[frozenset[str], np.ndarray], lengths: dict[frozenset[str], np.ndarray],
             references: dict[str, np.ndarray], boot: Bootstrap, constant_gate: np.ndarray,
-            shift: tuple[float, float], constant_state: np.ndarray, requests: int) -> dict[str, Any]:
+            shift: tuple[float, float], constant_state: np.ndarray, requests: int,
+            shifted_start: np.ndarray) -> dict[str, Any]:
     """The summary of one run: every variant's return and length, each component's Shapley values, the references.
 
     Args:
@@ -159,6 +162,8 @@ def anatomy(ranker: PPORanker, returns: dict[frozenset[str], np.ndarray], length
         shift: Mean and SD of the gate's learned logit over the requests the trained policy answered.
         constant_state: float (E,) the trained policy's returns with every head reading the mean state embedding.
         requests: How many requests the means are over.
+        shifted_start: float (E,) the start (every component at its start value) with the gate's learned logit at
+            ``shift[0]``: the rule with α moved by PPO's mean shift, a better constant α if that is what the gate is.
     """
     start, full = returns[frozenset()], returns[frozenset(LEARNED_COMPONENTS)]
     phi_ret, phi_len = shapley(returns, LEARNED_COMPONENTS), shapley(lengths, LEARNED_COMPONENTS)
@@ -177,6 +182,7 @@ def anatomy(ranker: PPORanker, returns: dict[frozenset[str], np.ndarray], length
         "constant_state": _interval(constant_state, boot),
         "state_dependence": _interval(full - constant_state, boot),
         "constant_state − start": _interval(constant_state - start, boot),
+        "shifted_start − start": _interval(shifted_start - start, boot),
     }
 
 
@@ -202,6 +208,8 @@ def print_summary(out: dict[str, Any]) -> None:
     print(f"every head at the mean state embedding: {out['constant_state']['mean']:.3f}; the trained policy − that "
           f"(its reading of the user and the session): {_fmt(out['state_dependence'])}; that − the start: "
           f"{_fmt(out['constant_state − start'])}")
+    print(f"the start with α moved by the gate's mean logit − the start (a better constant α): "
+          f"{_fmt(out['shifted_start − start'])}")
     for name, r in out["references"].items():
         print(f"{name}: {r['return']['mean']:.3f}; start − it {_fmt(r['start − it'])}; ppo − it {_fmt(r['ppo − it'])}")
 
@@ -217,7 +225,8 @@ def pool(summaries: list[dict[str, Any]]) -> dict[str, Any]:
                            "gate_state_dependence": part([s["gate_state_dependence"]["mean"] for s in summaries]),
                            "gate_shift_sd": part([s["gate_shift"]["sd"] for s in summaries]),
                            "state_dependence": part([s["state_dependence"]["mean"] for s in summaries]),
-                           "constant_state − start": part([s["constant_state − start"]["mean"] for s in summaries])}
+                           "constant_state − start": part([s["constant_state − start"]["mean"] for s in summaries]),
+                           "shifted_start − start": part([s["shifted_start − start"]["mean"] for s in summaries])}
     for key in ("shapley_return", "shapley_length"):
         out[key] = {c: part([s[key][c]["mean"] for s in summaries]) for c in LEARNED_COMPONENTS}
     names = set.intersection(*(set(s["references"]) for s in summaries)) if summaries else set()
@@ -237,6 +246,7 @@ def print_pooled(p: dict[str, Any]) -> None:
           f"{_fmt(p['gate_state_dependence'])}; the logit's SD over the requests {_fmt(p['gate_shift_sd'])}")
     print(f"its reading of the state (the trained policy − it with every head at the mean state): "
           f"{_fmt(p['state_dependence'])}; that static policy − the start {_fmt(p['constant_state − start'])}")
+    print(f"the start with α moved by the gate's mean logit − the start: {_fmt(p['shifted_start − start'])}")
     for name, r in p["references"].items():
         print(f"{name}: start − it {_fmt(r['start − it'])}; ppo − it {_fmt(r['ppo − it'])}")
 
@@ -363,13 +373,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                        name="ppo, every head at the mean state")
     static_ret = run_episodes(play_core, static, plan).ret
     print(f"ppo with every head at the mean state: {static_ret.mean():.3f} per session", flush=True)
+    rule = ranker.policy.with_components_at_start([c for c in LEARNED_COMPONENTS if c != "gate"])
+    shifted = PPORanker(rule.with_constant_gate(shift[0]), ranker.k, name="start, α shifted by the gate's mean")
+    shifted_ret = run_episodes(play_core, shifted, plan).ret
+    print(f"the start with α shifted by the gate's mean logit: {shifted_ret.mean():.3f} per session", flush=True)
     references = {}
     for spec in specs:
         ref = make_ranker(spec, ctx)
         references[spec] = run_episodes(policy_core(ref, core, world, cores), ref, plan).ret
         print(f"{spec}: {references[spec].mean():.3f} per session", flush=True)
     out: dict[str, Any] = {"run": args.run, "preset": cfg.env.preset, "seed": seed, "episodes": len(plan)}
-    out.update(anatomy(ranker, returns, lengths, references, boot, constant_ret, shift, static_ret, recorder.count))
+    out.update(anatomy(ranker, returns, lengths, references, boot, constant_ret, shift, static_ret, recorder.count,
+                       shifted_ret))
     print_summary(out)
     text = json.dumps(out)
     if args.json is not None:

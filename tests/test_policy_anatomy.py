@@ -126,6 +126,7 @@ def test_the_command_credits_a_runs_margin_on_shared_sessions(tmp_path: Path, ru
         ppo["length"] - start["length"], abs=1e-9)
     assert got["gate_state_dependence"]["mean"] == pytest.approx(
         ppo["return"]["mean"] - got["constant_gate"]["mean"], abs=1e-9) and got["gate_shift"]["sd"] >= 0
+    assert got["shifted_start − start"]["ci95"][0] <= got["shifted_start − start"]["mean"]
     assert got["gate_shift"]["requests"] == round(ppo["length"] * got["episodes"])  # live rows only
     assert got["state_dependence"]["mean"] == pytest.approx(ppo["return"]["mean"] - got["constant_state"]["mean"],
                                                             abs=1e-9)
