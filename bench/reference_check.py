@@ -7,11 +7,17 @@ runs/protocol10/p10-default-s1,runs/protocol14/p14-default-s1`` builds the refer
 ranker's return, each reference paired with the first one, and each run paired with each reference (95% bootstrap
 intervals over the sessions). Session 17 used it to play ``tuned-session-diverse`` against the PPO runs of every
 seed. The last printed line is a JSON object.
+
+``--alpha-grid 0,0.1,…,0.97,0.98,0.99,1`` plays every reference twice: as is and searched with that α axis in place
+of :data:`agents.tuning.ALPHA_GRID` (the rest of the search unchanged; printed as ``SPEC [α grid]``, paired with
+``SPEC``). The raw α grid is coarse where the tuned rules sit: the CF score's spread is ~15× the cosine's, so raw α
+0.9 and 1.0 put 0.38 and ~0.77 of the standardised weight on the LLM signal, and nothing lies between (session 39).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -19,6 +25,7 @@ from typing import Any
 from agents.evaluation import run_episodes
 from agents.registry import make_ranker, parse_spec
 from agents.report import Bootstrap, paired_test
+from agents.tuning import DIVERSE_GRID
 from bench.term_probe import compare_runs, heldout_setup
 from configs.schema import ConfigError
 
@@ -35,6 +42,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--runs", default="", help="comma-separated trained run directories")
     ap.add_argument("--episodes", type=int, default=2000, help="held-out sessions")
     ap.add_argument("--batch", type=int, default=500)
+    ap.add_argument("--alpha-grid", default=None,
+                    help="comma-separated α values: also play each reference searched with this α axis")
     args = ap.parse_args(argv)
     specs = [r.strip() for r in args.rankers.split(",") if r.strip()]
     runs = [r.strip() for r in args.runs.split(",") if r.strip()]
@@ -52,23 +61,40 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ap.error(f"--runs: no such run directory: {', '.join(missing)}")
     if args.episodes < 2 or args.batch < 1:
         ap.error(f"--episodes must be >= 2 and --batch >= 1, got {args.episodes} and {args.batch}")
+    alpha_grid: tuple[float, ...] | None = None
+    if args.alpha_grid is not None:
+        try:
+            alpha_grid = tuple(sorted({float(a) for a in args.alpha_grid.split(",") if a.strip()}))
+        except ValueError:
+            ap.error(f"--alpha-grid: comma-separated numbers in [0, 1], got {args.alpha_grid!r}")
+        if not alpha_grid or not all(0.0 <= a <= 1.0 for a in alpha_grid):
+            ap.error(f"--alpha-grid: comma-separated numbers in [0, 1], got {args.alpha_grid!r}")
     try:
         cfg, world, core, plan, ctx = heldout_setup(args.config, args.preset, args.seed, args.episodes, args.batch)
     except ConfigError as exc:
         ap.error(str(exc))
     boot = Bootstrap(len(plan), 1000, args.seed)
     rankers = {spec: make_ranker(spec, ctx) for spec in specs}
+    paired_with = {spec: specs[0] for spec in specs[1:]}
+    if alpha_grid is not None:
+        fine = dataclasses.replace(ctx, diverse_grid={**DIVERSE_GRID, "alpha": alpha_grid}, _diverse=None,
+                                   _session_diverse=None, _pop_diverse=None)
+        for spec in specs:
+            rankers[f"{spec} [α grid]"] = make_ranker(spec, fine)
+            paired_with[f"{spec} [α grid]"] = spec
     rets = {spec: run_episodes(core, r, plan).ret for spec, r in rankers.items()}
     out: dict[str, Any] = {"preset": cfg.env.preset, "seed": args.seed, "episodes": len(plan),
-                           "rankers": {s: float(r.mean()) for s, r in rets.items()}, "references": {}}
-    first = specs[0]
+                           "alpha_grid": None if alpha_grid is None else list(alpha_grid),
+                           "rankers": {s: float(r.mean()) for s, r in rets.items()}, "references": {},
+                           "picks": {s: {"best": r.search.best, "alpha_axis": list(r.search.axes.get("alpha", []))}
+                                     for s, r in rankers.items() if getattr(r, "search", None) is not None}}
     for spec, ranker in rankers.items():
         search = getattr(ranker, "search", None)
         line = f"{spec}: {rets[spec].mean():.3f}" + (f" (pick {search.best})" if search is not None else "")
-        if spec != first:
-            out["references"][spec] = paired_test(rets[spec], rets[first], boot)
-            t = out["references"][spec]
-            line += f"; − {first} {t['diff']:+.3f} ({t['ci95'][0]:+.3f} to {t['ci95'][1]:+.3f})"
+        if spec in paired_with:
+            base = paired_with[spec]
+            out["references"][spec] = t = {"against": base, **paired_test(rets[spec], rets[base], boot)}
+            line += f"; − {base} {t['diff']:+.3f} ({t['ci95'][0]:+.3f} to {t['ci95'][1]:+.3f})"
         print(line, flush=True)
     out["runs"] = compare_runs(runs, core, world, plan, rets, boot)
     print(json.dumps(out))

@@ -1089,7 +1089,26 @@ def test_reference_check_refuses_bad_arguments_by_name(capsys: pytest.CaptureFix
     from bench.reference_check import main
 
     for argv, why in ((["--rankers", "run:x"], "pass runs with --runs"), (["--rankers", "nope"], "valid choices"),
-                      (["--runs", "no/such/run"], "no/such/run"), (["--episodes", "1"], "--episodes")):
+                      (["--runs", "no/such/run"], "no/such/run"), (["--episodes", "1"], "--episodes"),
+                      (["--alpha-grid", "0.5,x"], "--alpha-grid"), (["--alpha-grid", "0.5,1.5"], "--alpha-grid")):
         with pytest.raises(SystemExit):
             main(argv)
         assert why in capsys.readouterr().err
+
+
+def test_reference_check_plays_each_reference_searched_on_another_alpha_axis(run_dir: Path) -> None:
+    """``--alpha-grid``: each reference is played as is and searched with that α axis, which its pick comes from,
+    paired with the plain one on the same sessions; a run is paired with all of them."""
+    from bench.reference_check import main
+
+    got = main(["--config", str(run_dir / "config.yaml"), "--rankers", "tuned-diverse", "--alpha-grid",
+                "0.35,0.65", "--episodes", "10", "--batch", "5", "--runs", str(run_dir)])
+    fine = "tuned-diverse [α grid]"
+    assert got["alpha_grid"] == [0.35, 0.65] and set(got["rankers"]) == {"tuned-diverse", fine}
+    ref = got["references"][fine]
+    assert ref["against"] == "tuned-diverse"
+    assert ref["diff"] == pytest.approx(got["rankers"][fine] - got["rankers"]["tuned-diverse"], abs=1e-9)
+    assert set(got["runs"][str(run_dir)]) == {"return", "vs tuned-diverse", f"vs {fine}"}
+    axis = got["picks"][fine]["alpha_axis"]  # the given values and the search's start (tuned-alpha's α)
+    assert {0.35, 0.65} <= set(axis) and len(axis) <= 3 and got["picks"][fine]["best"]["alpha"] in axis
+    assert len(got["picks"]["tuned-diverse"]["alpha_axis"]) == 11
