@@ -253,18 +253,19 @@ def print_pooled(p: dict[str, Any]) -> None:
 
 def plot_groups(groups: dict[str, dict[str, Any]]) -> bytes:
     """PNG bytes: per group of runs, each component's Shapley value on the return (bar: the mean over the runs, line:
-    its 95% t-interval, dots: the runs), the gate's state dependence and the whole reading of the state."""
+    its 95% t-interval, dots: the runs), the gate's state dependence, the whole reading of the state, and what the
+    gate's mean α shift alone adds to the start."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = [*LEARNED_COMPONENTS, "gate's state\ndependence", "reading of\nthe state"]
-    fig, ax = plt.subplots(figsize=(8.0, 4.2))
+    keys = [*LEARNED_COMPONENTS, "gate's state\ndependence", "reading of\nthe state", "start with the\ngate's mean α"]
+    fig, ax = plt.subplots(figsize=(9.0, 4.2))
     width = 0.8 / max(len(groups), 1)
     for g, (name, p) in enumerate(groups.items()):
-        parts = [p["shapley_return"][c] for c in LEARNED_COMPONENTS] + [p["gate_state_dependence"],
-                                                                         p["state_dependence"]]
+        parts = [p["shapley_return"][c] for c in LEARNED_COMPONENTS] + [
+            p["gate_state_dependence"], p["state_dependence"], p["shifted_start − start"]]
         x = np.arange(len(keys)) + (g - (len(groups) - 1) / 2) * width
         means = [q["mean"] for q in parts]
         lo = [q["mean"] - q["ci95"][0] for q in parts]
