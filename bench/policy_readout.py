@@ -218,6 +218,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Play the run, print the tables, return (and print last) the JSON summary."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run", help="a trained run's directory (train.py)")
+    ap.add_argument("--preset", default=None,
+                    help="preset name or calibrated preset folder (default: the run's env.preset; a calibrated run "
+                         "records where its preset came from, so name the folder: --preset presets/ml)")
     ap.add_argument("--seed", type=int, default=None, help="seed of the held-out sessions (default: the run's)")
     ap.add_argument("--episodes", type=int, default=500, help="held-out sessions played")
     ap.add_argument("--rows", type=int, default=20000, help="(request, candidate) rows the curves average over")
@@ -237,7 +240,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         from configs.loader import load_config
 
         seed = int(load_config(config).train.seed) if args.seed is None else args.seed
-        cfg, world, core, plan, _ = heldout_setup(str(config), None, seed, args.episodes, args.batch)
+        cfg, world, core, plan, _ = heldout_setup(str(config), args.preset, seed, args.episodes, args.batch)
         ranker = load_run(args.run, n_items=world.n_items)
     except (ConfigError, ValueError, FileNotFoundError) as exc:
         ap.error(str(exc))

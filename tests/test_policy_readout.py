@@ -102,7 +102,8 @@ def test_residual_of_refuses_a_policy_that_reads_more_than_the_feature_row() -> 
 def test_the_command_reads_a_run_on_live_requests_only(tmp_path: Path, run_dir: Path,
                                                        capsys: pytest.CaptureFixture[str]) -> None:
     """End to end on a tiny run: the record holds exactly the requests of the sessions played (not the rows idling
-    after their session ended), the JSON and the figure are written; bad arguments are refused by name."""
+    after their session ended), the JSON and the figure are written; bad arguments (a missing preset folder among them)
+    are refused by name."""
     out, png = tmp_path / "readout.json", tmp_path / "readout.png"
     got = main([str(run_dir), "--episodes", "12", "--batch", "5", "--rows", "50", "--json", str(out),
                 "--out", str(png)])
@@ -110,6 +111,7 @@ def test_the_command_reads_a_run_on_live_requests_only(tmp_path: Path, run_dir: 
     assert json.loads(out.read_text()) == json.loads(json.dumps(got)) and png.read_bytes()[:4] == b"\x89PNG"
     assert set(got["residual"]["features"]) == set(FEATURE_NAMES)
     for argv, why in (([str(tmp_path)], "config.yaml"), ([str(run_dir), "--rows", "0"], "--rows"),
+                      ([str(run_dir), "--preset", str(tmp_path / "no-preset")], "no-preset"),
                       ([str(run_dir), "--out", str(tmp_path / "no" / "x.png")], "--out")):
         with pytest.raises(SystemExit):
             main(argv)
