@@ -277,7 +277,7 @@ def plot_groups(groups: dict[str, dict[str, Any]]) -> bytes:
                     markeredgecolor="black", markeredgewidth=0.4, ms=5)
     ax.axhline(0.0, color="grey", lw=0.8)
     ax.set_xticks(np.arange(len(keys)), keys)
-    ax.set_ylabel("return per session (Shapley value)")
+    ax.set_ylabel("return per session\n(Shapley value; last three: paired difference)", fontsize=9)
     ax.set_title("The trained policy's margin over the rule it starts at, by learned component", fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3, axis="y")
