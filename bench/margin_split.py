@@ -41,8 +41,8 @@ from agents.evaluation import run_episodes
 from agents.registry import check_specs, make_ranker
 from agents.report import Bootstrap, percentile_ci
 from bench.ppo_seeds import t_interval
-from bench.term_probe import heldout_setup, policy_core
-from configs.fileio import atomic_write_bytes, atomic_write_text, figure_png
+from bench.term_probe import finish_summary, heldout_setup, policy_core
+from configs.fileio import atomic_write_bytes, figure_png
 from configs.schema import ConfigError
 
 #: Bands of request indices (1-based, inclusive) of the printed table; the last runs to the session's cap.
@@ -305,12 +305,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         atomic_write_bytes(args.out, plot(curves, f"{cfg.env.preset}, seed {args.seed}: {len(plan):,} held-out "
                                                   f"sessions, the same for every ranker"))
         print(f"wrote {args.out}")
-    text = json.dumps(out)
-    if args.json is not None:
-        atomic_write_text(args.json, text + "\n")
-        print(f"wrote {args.json}")
-    print(text)
-    return out
+    return finish_summary(out, args.json)
 
 
 if __name__ == "__main__":

@@ -52,11 +52,11 @@ import torch as th
 from agents.evaluation import run_episodes
 from agents.policies import LEARNED_COMPONENTS, SlatePolicy
 from agents.ppo_ranker import PPORanker
-from agents.registry import check_specs, load_run, make_ranker
+from agents.registry import check_specs, make_ranker
 from agents.report import Bootstrap, percentile_ci
 from bench.ppo_seeds import t_interval
-from bench.term_probe import heldout_setup, policy_core
-from configs.fileio import atomic_write_bytes, atomic_write_text, figure_png
+from bench.term_probe import finish_summary, policy_core, run_setup
+from configs.fileio import atomic_write_bytes, figure_png
 from configs.schema import ConfigError
 
 DEFAULT_REFERENCES = ("tuned-diverse", "tuned-pop-diverse")
@@ -339,23 +339,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ap.error(f"--json: folder {str(args.json.parent)!r} does not exist")
     if args.episodes < 2 or args.batch < 1 or args.boot < 1:
         ap.error(f"--episodes must be >= 2, --batch and --boot >= 1, got {args.episodes}, {args.batch}, {args.boot}")
-    config = Path(args.run) / "config.yaml"
-    if not config.is_file():
-        ap.error(f"{args.run} is not a finished recfeed run directory: {config} is missing")
     specs = [s.strip() for s in args.references.split(",") if s.strip()]
     try:
         check_specs(specs)
-        seed = args.seed
-        if seed is None:
-            from configs.loader import load_config
-
-            seed = int(load_config(config).train.seed)
-        cfg, world, core, plan, ctx = heldout_setup(str(config), args.preset, seed, args.episodes, args.batch)
-        ranker = load_run(args.run, n_items=world.n_items)
+        cfg, world, core, plan, ctx, ranker, seed = run_setup(args.run, args.preset, args.seed, args.episodes,
+                                                              args.batch)
     except (ConfigError, ValueError, FileNotFoundError) as exc:
         ap.error(str(exc))
-    if not isinstance(ranker, PPORanker):
-        ap.error(f"{args.run}: not a PPO run (its ranker is {type(ranker).__name__})")
     boot = Bootstrap(len(plan), args.boot, seed)
     cores: dict[tuple[bool, bool], Any] = {}
     play_core = policy_core(ranker, core, world, cores)
@@ -390,12 +380,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out.update(anatomy(ranker, returns, lengths, references, boot, constant_ret, shift, static_ret, recorder.count,
                        shifted_ret))
     print_summary(out)
-    text = json.dumps(out)
-    if args.json is not None:
-        atomic_write_text(args.json, text + "\n")
-        print(f"wrote {args.json}")
-    print(text)
-    return out
+    return finish_summary(out, args.json)
 
 
 if __name__ == "__main__":

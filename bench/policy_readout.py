@@ -25,7 +25,6 @@ gate's weights; the last line printed is the JSON summary (``--json``: also writ
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +34,8 @@ import torch as th
 from agents.evaluation import run_episodes
 from agents.policies import SlatePolicy
 from agents.ppo_ranker import PPORanker
-from agents.registry import load_run
-from bench.term_probe import heldout_setup, policy_core
-from configs.fileio import atomic_write_bytes, atomic_write_text, figure_png
+from bench.term_probe import finish_summary, policy_core, run_setup
+from configs.fileio import atomic_write_bytes, figure_png
 from configs.schema import ConfigError
 from envs.spaces import CONTEXT_NAMES, FEATURE_NAMES
 
@@ -233,19 +231,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             ap.error(f"{flag}: folder {str(path.parent)!r} does not exist")
     if args.episodes < 1 or args.rows < 1 or args.batch < 1:
         ap.error(f"--episodes, --rows and --batch must be >= 1, got {args.episodes}, {args.rows}, {args.batch}")
-    config = Path(args.run) / "config.yaml"
-    if not config.is_file():
-        ap.error(f"{args.run} is not a finished recfeed run directory: {config} is missing")
     try:
-        from configs.loader import load_config
-
-        seed = int(load_config(config).train.seed) if args.seed is None else args.seed
-        cfg, world, core, plan, _ = heldout_setup(str(config), args.preset, seed, args.episodes, args.batch)
-        ranker = load_run(args.run, n_items=world.n_items)
+        cfg, world, core, plan, _, ranker, seed = run_setup(args.run, args.preset, args.seed, args.episodes,
+                                                            args.batch)
     except (ConfigError, ValueError, FileNotFoundError) as exc:
         ap.error(str(exc))
-    if not isinstance(ranker, PPORanker):
-        ap.error(f"{args.run}: not a PPO run (its ranker is {type(ranker).__name__})")
     recorder = RequestRecorder(ranker.policy, ranker.k)
     stats = run_episodes(policy_core(ranker, core, world, {}), recorder, plan, on_step=recorder.on_step)
     try:
@@ -259,12 +249,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.out is not None:
         atomic_write_bytes(args.out, plot(out))
         print(f"wrote {args.out}")
-    text = json.dumps(out)
-    if args.json is not None:
-        atomic_write_text(args.json, text + "\n")
-        print(f"wrote {args.json}")
-    print(text)
-    return out
+    return finish_summary(out, args.json)
 
 
 if __name__ == "__main__":

@@ -717,7 +717,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         out["terms"] = retune_terms(names, cfg, world, core, plan, base, point, ref, boot, args.tune_episodes,
                                     args.batch, args.seed, betas, picks)
         out["runs"] = compare_runs(runs, core, world, plan, {"tuned-diverse": ref, **picks}, boot)
-        return _finish(out, args.json)
+        return finish_summary(out, args.json)
 
     def hidden(*parts: str) -> Term:
         return hidden_term(core, *parts)
@@ -743,10 +743,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   f"(95% CI {test['ci95'][0]:+.3f} to {test['ci95'][1]:+.3f})")
         out["terms"][name] = rows
     out["runs"] = compare_runs(runs, core, world, plan, {"tuned-diverse": ref, **picks}, boot)
-    return _finish(out, args.json)
+    return finish_summary(out, args.json)
 
 
-def _finish(out: dict[str, Any], path: Path | None) -> dict[str, Any]:
+def finish_summary(out: dict[str, Any], path: Path | None) -> dict[str, Any]:
     """Write the summary to ``path`` (atomically) when given, print it as the last line, and return it."""
     text = json.dumps(out)
     if path is not None:
@@ -770,6 +770,33 @@ def heldout_setup(config: str | None, preset: str | None, seed: int, episodes: i
     core = make_core(cfg.env, cfg.env.preset, cfg.encoder, world, "heldout", batch)
     plan = episode_plan(episodes, [seed], world.populations["heldout"].size)
     return cfg, world, core, plan, tuning_context(cfg, world, core, progress=False)
+
+
+def run_setup(run: str, preset: str | None, seed: int | None, episodes: int, batch: int
+              ) -> tuple[Config, World, BatchedCore, EpisodePlan, RankerContext, Any, int]:
+    """:func:`heldout_setup` for a trained run: its config, ``seed`` (``None``: the run's ``train.seed``), and its
+    policy as a :class:`agents.ppo_ranker.PPORanker` (the world's catalog size checked against it).
+
+    Returns:
+        ``(config, world, held-out core, plan, tuning context, ranker, seed)``.
+
+    Raises:
+        FileNotFoundError: If ``run`` is not a finished run directory.
+        ConfigError: For a bad config or preset.
+        ValueError: If the run is not a PPO run, or was trained on another catalog.
+    """
+    from agents.ppo_ranker import PPORanker
+    from configs.loader import load_config
+
+    config = Path(run) / "config.yaml"
+    if not config.is_file():
+        raise FileNotFoundError(f"{run} is not a finished recfeed run directory: {config} is missing")
+    seed = int(load_config(config).train.seed) if seed is None else seed
+    cfg, world, core, plan, ctx = heldout_setup(str(config), preset, seed, episodes, batch)
+    ranker = load_run(run, n_items=world.n_items)
+    if not isinstance(ranker, PPORanker):
+        raise ValueError(f"{run}: not a PPO run (its ranker is {type(ranker).__name__})")
+    return cfg, world, core, plan, ctx, ranker, seed
 
 
 def policy_core(ranker: Ranker, core: BatchedCore, world: World,

@@ -786,10 +786,10 @@ def test_term_probe_summary_is_the_last_line_and_the_json_file(tmp_path: Path,
                                                                 capsys: pytest.CaptureFixture[str]) -> None:
     """``--json`` writes the summary the probe prints as its last line (what ``bench.information_curve`` reads);
     a folder that does not exist is refused before any world is loaded."""
-    from bench.term_probe import _finish, main
+    from bench.term_probe import finish_summary, main
 
     out = {"preset": "p", "seed": 3, "terms": {"taste": {"return": 1.5}}}
-    assert _finish(out, tmp_path / "s.json") is out
+    assert finish_summary(out, tmp_path / "s.json") is out
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert json.loads(last) == out == json.loads((tmp_path / "s.json").read_text(encoding="utf-8"))
     with pytest.raises(SystemExit):
