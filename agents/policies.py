@@ -995,6 +995,32 @@ class SlatePolicy(ActorCriticPolicy):
         return (self._residual(symlog(seen).unsqueeze(1), state) + self.feature_linear(seen.unsqueeze(1)).squeeze(-1)
                 ).squeeze(1)
 
+    def with_linear_residual(self, weights: np.ndarray | list[float]) -> SlatePolicy:
+        """A copy of this policy whose residual is ``weights·f_i`` in units of the base's score (the standardised
+        blend and the fixed penalties): the residual MLP's output and the learned weights on ``session_sim`` /
+        ``hidden_taste`` at 0, the linear feature path at ``weights / τ`` (the logits are ``base / τ + residual``).
+        With the weights of ``bench.policy_readout``'s linear reading it is the policy's residual written as a rule.
+
+        Args:
+            weights: (F,) one weight per feature column.
+
+        Raises:
+            ValueError: For a wrong number of weights.
+        """
+        w = th.as_tensor(np.asarray(weights, np.float32), device=self.feature_linear.weight.device)
+        if w.shape != (self.feature_linear.in_features,):
+            raise ValueError(f"with_linear_residual needs {self.feature_linear.in_features} weights (one per feature "
+                             f"column), got shape {tuple(w.shape)}")
+        out = copy.deepcopy(self)
+        with th.no_grad():
+            out.residual_head.weight.zero_()
+            out.residual_head.bias.zero_()
+            for weight in (out.session_weight, out.taste_weight):
+                if weight is not None:
+                    weight.zero_()
+            out.feature_linear.weight.copy_((w * out.log_inv_temperature.exp()).unsqueeze(0))
+        return out
+
     def with_constant_state(self, state: th.Tensor, shift: float) -> SlatePolicy:
         """A copy of this policy whose heads read one state embedding ``state`` (H,) in every request: the gate's
         learned logit held at ``shift`` (:meth:`with_constant_gate`), the residual's state input ``W_h·h`` at

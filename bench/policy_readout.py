@@ -20,6 +20,14 @@ rows, the state embedding, the session's context row, the gate's learned logit) 
 
 ``bench.policy_anatomy`` says how much each part is worth; this says what it does. ``--out`` draws the curves and the
 gate's weights; the last line printed is the JSON summary (``--json``: also written there, atomically).
+
+``--evaluate E`` then asks whether the reading *is* the policy: on ``E`` other held-out sessions (evaluation seed
+``seed + 1``, none of those the reading was fitted on; the fit used the policy's own scores, never a return) it plays
+the rule the policy started at, the policy with every head at the mean state embedding and the gate at its mean logit
+(the static policy, :meth:`agents.policies.SlatePolicy.with_constant_state`), that static policy with its residual
+replaced by the linear reading (:meth:`~agents.policies.SlatePolicy.with_linear_residual`: a rule an engineer can
+read: α shifted by the gate's mean logit, plus a weight per unit of each feature), and the trained policy, all on
+the same sessions, with paired 95% bootstrap intervals.
 """
 
 from __future__ import annotations
@@ -31,9 +39,10 @@ from typing import Any
 import numpy as np
 import torch as th
 
-from agents.evaluation import run_episodes
-from agents.policies import SlatePolicy
+from agents.evaluation import episode_plan, run_episodes
+from agents.policies import LEARNED_COMPONENTS, SlatePolicy
 from agents.ppo_ranker import PPORanker
+from agents.report import Bootstrap, percentile_ci
 from bench.term_probe import finish_summary, policy_core, run_setup
 from configs.fileio import atomic_write_bytes, figure_png
 from configs.schema import ConfigError
@@ -165,6 +174,38 @@ def readout(policy: SlatePolicy, features: np.ndarray, states: np.ndarray, conte
     }
 
 
+def distil(ranker: PPORanker, summary: dict[str, Any], states: np.ndarray, core: Any, world: Any, plan: Any,
+           seed: int) -> dict[str, Any]:
+    """The trained policy against its static version and that version's linear reading, on the sessions ``plan``.
+
+    Args:
+        ranker: The trained run's ranker.
+        summary: :func:`readout`'s result for it (the linear weights and the gate's mean logit).
+        states: float (Q, H) the recorded state embeddings (their mean is the static policy's state).
+        core: The held-out core.
+        world: Its world.
+        plan: The sessions to play (not the recorded ones).
+        seed: The bootstrap's seed.
+
+    Returns:
+        ``{"returns": {name: mean}, "pairs": {"a − b": {"mean", "ci95"}}}``.
+    """
+    policy = ranker.policy
+    weights = [summary["residual"]["features"][name]["weight"] for name in FEATURE_NAMES]
+    static = policy.with_constant_state(th.as_tensor(states.mean(axis=0)), summary["gate"]["mean"])
+    variants = {"start": policy.with_components_at_start(LEARNED_COMPONENTS), "static": static,
+                "static, linear residual": static.with_linear_residual(weights), "ppo": policy}
+    play = policy_core(ranker, core, world, {})
+    rets = {name: run_episodes(play, PPORanker(p, ranker.k, name=name), plan).ret for name, p in variants.items()}
+    boot = Bootstrap(len(plan), 1000, seed)
+    pairs = {}
+    for a, b in (("static, linear residual", "start"), ("static", "static, linear residual"), ("ppo", "static"),
+                 ("ppo", "start")):
+        d = rets[a] - rets[b]
+        pairs[f"{a} − {b}"] = {"mean": float(d.mean()), "ci95": list(percentile_ci(boot.means(d)))}
+    return {"episodes": len(plan), "returns": {k: float(v.mean()) for k, v in rets.items()}, "pairs": pairs}
+
+
 def print_summary(out: dict[str, Any]) -> None:
     """The tables."""
     r = out["residual"]
@@ -181,6 +222,12 @@ def print_summary(out: dict[str, Any]) -> None:
     weights = ", ".join(f"{k} {w:+.3f}" for k, w in g["weights_per_sd"].items())
     print(f"gate's learned logit: mean {g['mean']:+.3f}, SD {g['sd']:.3f}; on the context row R² "
           f"{g['context_r2']:.3f}; weights per SD: {weights}")
+    if "distillation" in out:
+        d = out["distillation"]
+        returns = ", ".join(f"{k} {v:.3f}" for k, v in d["returns"].items())
+        print(f"on {d['episodes']} other held-out sessions: {returns}")
+        for name, p in d["pairs"].items():
+            print(f"  {name}: {p['mean']:+.3f} ({p['ci95'][0]:+.3f} to {p['ci95'][1]:+.3f})")
 
 
 def plot(out: dict[str, Any]) -> bytes:
@@ -225,12 +272,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--batch", type=int, default=500)
     ap.add_argument("--json", type=Path, default=None, help="also write the summary here, atomically")
     ap.add_argument("--out", type=Path, default=None, help="draw the curves here (PNG), atomically")
+    ap.add_argument("--evaluate", type=int, default=0,
+                    help="also play the static policy and its linear reading on this many other held-out sessions")
     args = ap.parse_args(argv)
     for flag, path in (("--json", args.json), ("--out", args.out)):
         if path is not None and not path.parent.is_dir():
             ap.error(f"{flag}: folder {str(path.parent)!r} does not exist")
-    if args.episodes < 1 or args.rows < 1 or args.batch < 1:
-        ap.error(f"--episodes, --rows and --batch must be >= 1, got {args.episodes}, {args.rows}, {args.batch}")
+    if args.episodes < 1 or args.rows < 1 or args.batch < 1 or args.evaluate < 0:
+        ap.error(f"--episodes, --rows and --batch must be >= 1 and --evaluate >= 0, got {args.episodes}, {args.rows}, "
+                 f"{args.batch}, {args.evaluate}")
     try:
         cfg, world, core, plan, _, ranker, seed = run_setup(args.run, args.preset, args.seed, args.episodes,
                                                             args.batch)
@@ -245,6 +295,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ap.error(f"{args.run}: {exc}")
     out: dict[str, Any] = {"run": args.run, "preset": cfg.env.preset, "seed": seed, "episodes": len(plan),
                            "return": float(stats.ret.mean()), "session_requests": int(stats.length.sum()), **summary}
+    if args.evaluate:
+        out["distillation"] = distil(ranker, summary, np.concatenate(recorder.states), core, world,
+                                     episode_plan(args.evaluate, [seed + 1], world.populations["heldout"].size), seed)
     print_summary(out)
     if args.out is not None:
         atomic_write_bytes(args.out, plot(out))

@@ -91,6 +91,28 @@ def test_residual_of_is_the_residual_part_and_a_linear_residual_reads_back_exact
     assert out["gate"]["context_r2"] == pytest.approx(1.0)
 
 
+def test_a_linear_residual_scores_as_its_weights_in_units_of_the_base() -> None:
+    """``with_linear_residual(w)``: the residual part of every candidate is ``w·f / τ`` (so ``w·f`` in the base's
+    units), the rest of the logit is the policy's own; a wrong number of weights is refused."""
+    th.manual_seed(1)
+    policy = _policy().eval()
+    with th.no_grad():
+        for p in policy.parameters():
+            p.add_(0.2 * th.randn_like(p))
+    obs = _obs()
+    w = np.linspace(-0.5, 0.5, len(FEATURE_NAMES))
+    linear = policy.with_linear_residual(w)
+    with th.no_grad():
+        got, own = linear.score_parts(obs), policy.score_parts(obs)
+        inv_t = float(policy.log_inv_temperature.exp())
+        want = th.as_tensor(obs["features"]) @ th.as_tensor(w, dtype=th.float32) * inv_t
+        th.testing.assert_close(got["residual"], want)
+        for part in ("llm", "cf", "diversity"):
+            th.testing.assert_close(got[part], own[part])
+    with pytest.raises(ValueError, match="one per feature"):
+        policy.with_linear_residual([0.1, 0.2])
+
+
 def test_residual_of_refuses_a_policy_that_reads_more_than_the_feature_row() -> None:
     """A policy over item embeddings scores candidates from more than their feature row: refused by name."""
     space = observation_space(N_ITEMS, N_CAND, DIM, with_item_embeddings=True)
@@ -102,17 +124,21 @@ def test_residual_of_refuses_a_policy_that_reads_more_than_the_feature_row() -> 
 def test_the_command_reads_a_run_on_live_requests_only(tmp_path: Path, run_dir: Path,
                                                        capsys: pytest.CaptureFixture[str]) -> None:
     """End to end on a tiny run: the record holds exactly the requests of the sessions played (not the rows idling
-    after their session ended), the JSON and the figure are written; bad arguments (a missing preset folder among them)
-    are refused by name."""
+    after their session ended), the JSON and the figure are written, ``--evaluate`` plays the four variants on other
+    sessions; bad arguments (a missing preset folder among them) are refused by name."""
     out, png = tmp_path / "readout.json", tmp_path / "readout.png"
     got = main([str(run_dir), "--episodes", "12", "--batch", "5", "--rows", "50", "--json", str(out),
-                "--out", str(png)])
+                "--out", str(png), "--evaluate", "10"])
     assert got["requests"] == got["session_requests"] > 0 and got["rows"] == 50
+    d = got["distillation"]
+    assert d["episodes"] == 10 and set(d["returns"]) == {"start", "static", "static, linear residual", "ppo"}
+    assert d["pairs"]["ppo − start"]["mean"] == pytest.approx(d["returns"]["ppo"] - d["returns"]["start"], abs=1e-9)
     assert json.loads(out.read_text()) == json.loads(json.dumps(got)) and png.read_bytes()[:4] == b"\x89PNG"
     assert set(got["residual"]["features"]) == set(FEATURE_NAMES)
     for argv, why in (([str(tmp_path)], "config.yaml"), ([str(run_dir), "--rows", "0"], "--rows"),
                       ([str(run_dir), "--preset", str(tmp_path / "no-preset")], "no-preset"),
-                      ([str(run_dir), "--out", str(tmp_path / "no" / "x.png")], "--out")):
+                      ([str(run_dir), "--out", str(tmp_path / "no" / "x.png")], "--out"),
+                      ([str(run_dir), "--evaluate", "-1"], "--evaluate")):
         with pytest.raises(SystemExit):
             main(argv)
         assert why in capsys.readouterr().err
