@@ -925,16 +925,11 @@ class SlatePolicy(ActorCriticPolicy):
                                           else math.log(self.init_alpha / (1.0 - self.init_alpha)))
         else:
             out = copy.deepcopy(self)
+        if "residual" in names:  # a linear residual of weight 0
+            out = out.with_linear_residual(np.zeros(out.feature_linear.in_features))
         with th.no_grad():
             if "gate" in names and out.lean_weight is not None and out.gate_lean is not None:
                 out.lean_weight.fill_(out.gate_lean)
-            if "residual" in names:
-                out.residual_head.weight.zero_()
-                out.residual_head.bias.zero_()
-                out.feature_linear.weight.zero_()
-                for weight in (out.session_weight, out.taste_weight):
-                    if weight is not None:
-                        weight.zero_()
             if "repulsion" in names and out.repulsion_head is not None:
                 out.repulsion_head.weight.zero_()
                 out.repulsion_head.bias.fill_(math.log(math.expm1(out.repulsion_init)))
