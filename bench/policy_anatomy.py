@@ -50,10 +50,11 @@ import numpy as np
 import torch as th
 
 from agents.evaluation import run_episodes
-from agents.policies import LEARNED_COMPONENTS, SlatePolicy
+from agents.policies import LEARNED_COMPONENTS
 from agents.ppo_ranker import PPORanker
 from agents.registry import check_specs, make_ranker
 from agents.report import Bootstrap, percentile_ci
+from bench.policy_readout import RequestRecorder
 from bench.ppo_seeds import t_interval
 from bench.term_probe import finish_summary, policy_core, run_setup
 from configs.fileio import atomic_write_bytes, figure_png
@@ -98,47 +99,6 @@ def label(learned: frozenset[str]) -> str:
     if learned == frozenset(LEARNED_COMPONENTS):
         return "ppo"
     return "+".join(c for c in LEARNED_COMPONENTS if c in learned)
-
-
-class ShiftRecorder(PPORanker):
-    """A :class:`PPORanker` that also records, over every request of a live session it answers, the gate's learned
-    logit (:meth:`SlatePolicy.gate_shift`: its sum and sum of squares) and the state embedding
-    (:meth:`SlatePolicy.state_embedding`: its sum), and the count. Pass :meth:`on_step` to
-    :func:`agents.evaluation.run_episodes`: it says which rows held a session (rows without one idle at the end)."""
-
-    def __init__(self, policy: SlatePolicy, k: int, name: str = "ppo") -> None:
-        super().__init__(policy, k, name=name)
-        self.total, self.total_sq, self.count = 0.0, 0.0, 0
-        self.state_total: th.Tensor | None = None
-        self._pending: tuple[np.ndarray, th.Tensor] | None = None
-
-    def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
-        """The policy's slates (int64 (B, K)); the requests' gate logits and state embeddings wait for
-        :meth:`on_step`."""
-        with th.no_grad():
-            self._pending = (self.policy.gate_shift(obs).double().cpu().numpy(),
-                             self.policy.state_embedding(obs).double().cpu())
-        return super().act(obs)
-
-    def on_step(self, obs: dict[str, np.ndarray], slate: np.ndarray, feedback: Any, active: np.ndarray) -> None:
-        """The rows of the last request that held a session (``active`` (B,) bool) join the record."""
-        assert self._pending is not None, "on_step before act"
-        shift, h = self._pending[0][active], self._pending[1][th.as_tensor(active)].sum(dim=0)
-        self.state_total = h if self.state_total is None else self.state_total + h
-        self.total += float(shift.sum())
-        self.total_sq += float(np.square(shift).sum())
-        self.count += shift.size
-        self._pending = None
-
-    def mean_state(self) -> th.Tensor:
-        """The mean recorded state embedding (H,) float32."""
-        assert self.state_total is not None, "no request recorded"
-        return (self.state_total / self.count).float()
-
-    def moments(self) -> tuple[float, float]:
-        """Mean and SD of the recorded logits."""
-        mean = self.total / max(self.count, 1)
-        return mean, math.sqrt(max(self.total_sq / max(self.count, 1) - mean * mean, 0.0))
 
 
 def _interval(x: np.ndarray, boot: Bootstrap) -> dict[str, Any]:
@@ -351,7 +311,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     play_core = policy_core(ranker, core, world, cores)
     returns: dict[frozenset[str], np.ndarray] = {}
     lengths: dict[frozenset[str], np.ndarray] = {}
-    recorder = ShiftRecorder(ranker.policy, ranker.k)
+    recorder = RequestRecorder(ranker.policy, ranker.k)
     for learned in subsets(LEARNED_COMPONENTS):
         at_start = [c for c in LEARNED_COMPONENTS if c not in learned]
         variant = (recorder if not at_start
@@ -359,11 +319,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         stats = run_episodes(play_core, variant, plan, on_step=recorder.on_step if variant is recorder else None)
         returns[learned], lengths[learned] = stats.ret, stats.length.astype(np.float64)
         print(f"{label(learned)}: {stats.ret.mean():.3f} per session, {stats.length.mean():.2f} requests", flush=True)
-    shift = recorder.moments()
+    shifts = np.concatenate(recorder.shifts).astype(np.float64)  # the gate's logit of every request answered
+    shift = (float(shifts.mean()), float(shifts.std()))
+    mean_state = th.as_tensor(np.concatenate(recorder.states).mean(axis=0, dtype=np.float64), dtype=th.float32)
     constant = PPORanker(ranker.policy.with_constant_gate(shift[0]), ranker.k, name="ppo, gate at its mean")
     constant_ret = run_episodes(play_core, constant, plan).ret
     print(f"ppo with its gate's logit at its mean ({shift[0]:+.3f}): {constant_ret.mean():.3f} per session", flush=True)
-    static = PPORanker(ranker.policy.with_constant_state(recorder.mean_state(), shift[0]), ranker.k,
+    static = PPORanker(ranker.policy.with_constant_state(mean_state, shift[0]), ranker.k,
                        name="ppo, every head at the mean state")
     static_ret = run_episodes(play_core, static, plan).ret
     print(f"ppo with every head at the mean state: {static_ret.mean():.3f} per session", flush=True)
@@ -377,7 +339,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         references[spec] = run_episodes(policy_core(ref, core, world, cores), ref, plan).ret
         print(f"{spec}: {references[spec].mean():.3f} per session", flush=True)
     out: dict[str, Any] = {"run": args.run, "preset": cfg.env.preset, "seed": seed, "episodes": len(plan)}
-    out.update(anatomy(ranker, returns, lengths, references, boot, constant_ret, shift, static_ret, recorder.count,
+    out.update(anatomy(ranker, returns, lengths, references, boot, constant_ret, shift, static_ret, len(shifts),
                        shifted_ret))
     print_summary(out)
     return finish_summary(out, args.json)
