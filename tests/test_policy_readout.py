@@ -43,6 +43,16 @@ def _policy() -> SlatePolicy:
                        gate="standardised", gate_context=True)
 
 
+def _trained_like(seed: int) -> SlatePolicy:
+    """:func:`_policy` with every parameter moved by noise (seeded), as training moves them; in eval mode."""
+    th.manual_seed(seed)
+    policy = _policy().eval()
+    with th.no_grad():
+        for p in policy.parameters():
+            p.add_(0.2 * th.randn_like(p))
+    return policy
+
+
 def _obs(batch: int = 6, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     user = rng.normal(size=(batch, DIM))
@@ -56,11 +66,7 @@ def test_residual_of_is_the_residual_part_and_a_linear_residual_reads_back_exact
     """``residual_of`` at each request's own state is ``score_parts``' residual; a policy whose residual is a known
     linear function of the features reads back that function over the learned 1/τ (partial dependence slopes, linear
     weights, R² 1), and a gate that reads only the context reads back with R² 1."""
-    th.manual_seed(0)
-    policy = _policy().eval()
-    with th.no_grad():
-        for p in policy.parameters():
-            p.add_(0.2 * th.randn_like(p))
+    policy = _trained_like(0)
     obs = _obs()
     with th.no_grad():
         state = policy.state_embedding(obs)
@@ -94,11 +100,7 @@ def test_residual_of_is_the_residual_part_and_a_linear_residual_reads_back_exact
 def test_a_linear_residual_scores_as_its_weights_in_units_of_the_base() -> None:
     """``with_linear_residual(w)``: the residual part of every candidate is ``w·f / τ`` (so ``w·f`` in the base's
     units), the rest of the logit is the policy's own; a wrong number of weights is refused."""
-    th.manual_seed(1)
-    policy = _policy().eval()
-    with th.no_grad():
-        for p in policy.parameters():
-            p.add_(0.2 * th.randn_like(p))
+    policy = _trained_like(1)
     obs = _obs()
     w = np.linspace(-0.5, 0.5, len(FEATURE_NAMES))
     linear = policy.with_linear_residual(w)
