@@ -26,13 +26,16 @@ gate's weights; the last line printed is the JSON summary (``--json``: also writ
 the rule the policy started at, the policy with every head at the mean state embedding and the gate at its mean logit
 (the static policy, :meth:`agents.policies.SlatePolicy.with_constant_state`), that static policy with its residual
 replaced by the linear reading (:meth:`~agents.policies.SlatePolicy.with_linear_residual`: a rule an engineer can
-read: α shifted by the gate's mean logit, plus a weight per unit of each feature), and the trained policy, all on
-the same sessions, with paired 95% bootstrap intervals.
+read: α shifted by the gate's mean logit, plus a weight per unit of each feature), the same rule written into the
+start itself (the started rule plus those eight numbers, nothing else learned), and the trained policy, all on the
+same sessions, with paired 95% bootstrap intervals. ``--rule-from F …`` also plays other runs' rules (their readouts'
+``--json``) on this run's start: does a rule read off one run carry to another seed?
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
@@ -174,9 +177,27 @@ def readout(policy: SlatePolicy, features: np.ndarray, states: np.ndarray, conte
     }
 
 
+def rule_of(summary: dict[str, Any]) -> tuple[float, list[float]]:
+    """The linear rule a readout describes: the gate's mean logit and the residual's linear weights (F,).
+
+    Raises:
+        KeyError, TypeError, ValueError: For a summary that is not :func:`readout`'s (or lacks a feature column).
+    """
+    shift = float(summary["gate"]["mean"])
+    weights = [float(summary["residual"]["features"][name]["weight"]) for name in FEATURE_NAMES]
+    if not all(np.isfinite([shift, *weights])):
+        raise ValueError("the rule's constants must be finite numbers")
+    return shift, weights
+
+
 def distil(ranker: PPORanker, summary: dict[str, Any], states: np.ndarray, core: Any, world: Any, plan: Any,
-           seed: int) -> dict[str, Any]:
-    """The trained policy against its static version and that version's linear reading, on the sessions ``plan``.
+           seed: int, other_rules: dict[str, tuple[float, list[float]]] | None = None) -> dict[str, Any]:
+    """The trained policy against its static version, that version's linear reading and the linear rule itself, on
+    the sessions ``plan``.
+
+    The linear rule is the start (the rule the policy started at: every learned part at its start value) with α moved
+    by the gate's mean logit and the residual's linear weights added (:meth:`SlatePolicy.with_constant_gate`,
+    :meth:`SlatePolicy.with_linear_residual`): the started rule plus eight numbers.
 
     Args:
         ranker: The trained run's ranker.
@@ -186,21 +207,27 @@ def distil(ranker: PPORanker, summary: dict[str, Any], states: np.ndarray, core:
         world: Its world.
         plan: The sessions to play (not the recorded ones).
         seed: The bootstrap's seed.
+        other_rules: Name → another run's rule (:func:`rule_of`), each also played on this run's start.
 
     Returns:
-        ``{"returns": {name: mean}, "pairs": {"a − b": {"mean", "ci95"}}}``.
+        ``{"episodes", "returns": {name: mean}, "pairs": {"a − b": {"mean", "ci95"}}}``.
     """
     policy = ranker.policy
-    weights = [summary["residual"]["features"][name]["weight"] for name in FEATURE_NAMES]
-    static = policy.with_constant_state(th.as_tensor(states.mean(axis=0)), summary["gate"]["mean"])
-    variants = {"start": policy.with_components_at_start(LEARNED_COMPONENTS), "static": static,
-                "static, linear residual": static.with_linear_residual(weights), "ppo": policy}
+    shift, weights = rule_of(summary)
+    start = policy.with_components_at_start(LEARNED_COMPONENTS)
+    static = policy.with_constant_state(th.as_tensor(states.mean(axis=0)), shift)
+    variants = {"start": start, "the rule": start.with_constant_gate(shift).with_linear_residual(weights),
+                "static": static, "static, linear residual": static.with_linear_residual(weights), "ppo": policy}
+    for name, (other_shift, other_weights) in (other_rules or {}).items():
+        variants[f"the rule of {name}"] = start.with_constant_gate(other_shift).with_linear_residual(other_weights)
     play = policy_core(ranker, core, world, {})
     rets = {name: run_episodes(play, PPORanker(p, ranker.k, name=name), plan).ret for name, p in variants.items()}
     boot = Bootstrap(len(plan), 1000, seed)
     pairs = {}
-    for a, b in (("static, linear residual", "start"), ("static", "static, linear residual"), ("ppo", "static"),
-                 ("ppo", "start")):
+    compared = [("the rule", "start"), ("static, linear residual", "the rule"), ("static", "static, linear residual"),
+                ("ppo", "static"), ("ppo", "the rule"), ("ppo", "start")]
+    compared += [(f"the rule of {name}", "start") for name in other_rules or {}]
+    for a, b in compared:
         d = rets[a] - rets[b]
         pairs[f"{a} − {b}"] = {"mean": float(d.mean()), "ci95": list(percentile_ci(boot.means(d)))}
     return {"episodes": len(plan), "returns": {k: float(v.mean()) for k, v in rets.items()}, "pairs": pairs}
@@ -274,6 +301,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--out", type=Path, default=None, help="draw the curves here (PNG), atomically")
     ap.add_argument("--evaluate", type=int, default=0,
                     help="also play the static policy and its linear reading on this many other held-out sessions")
+    ap.add_argument("--rule-from", type=Path, nargs="+", default=None, metavar="JSON",
+                    help="with --evaluate: also play the linear rule of each of these readouts (--json of other runs) "
+                         "on this run's start")
     args = ap.parse_args(argv)
     for flag, path in (("--json", args.json), ("--out", args.out)):
         if path is not None and not path.parent.is_dir():
@@ -281,6 +311,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.episodes < 1 or args.rows < 1 or args.batch < 1 or args.evaluate < 0:
         ap.error(f"--episodes, --rows and --batch must be >= 1 and --evaluate >= 0, got {args.episodes}, {args.rows}, "
                  f"{args.batch}, {args.evaluate}")
+    other_rules: dict[str, tuple[float, list[float]]] = {}
+    if args.rule_from is not None:
+        if not args.evaluate:
+            ap.error("--rule-from goes with --evaluate")
+        for path in args.rule_from:
+            try:
+                other = json.loads(path.read_text(encoding="utf-8"))
+                other_rules[str(other.get("run", path))] = rule_of(other)
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+                ap.error(f"--rule-from {path}: not a policy_readout summary ({type(exc).__name__}: {exc})")
     try:
         cfg, world, core, plan, _, ranker, seed = run_setup(args.run, args.preset, args.seed, args.episodes,
                                                             args.batch)
@@ -297,7 +337,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                            "return": float(stats.ret.mean()), "session_requests": int(stats.length.sum()), **summary}
     if args.evaluate:
         out["distillation"] = distil(ranker, summary, np.concatenate(recorder.states), core, world,
-                                     episode_plan(args.evaluate, [seed + 1], world.populations["heldout"].size), seed)
+                                     episode_plan(args.evaluate, [seed + 1], world.populations["heldout"].size), seed,
+                                     other_rules)
     print_summary(out)
     if args.out is not None:
         atomic_write_bytes(args.out, plot(out))

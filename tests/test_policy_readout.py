@@ -126,21 +126,28 @@ def test_residual_of_refuses_a_policy_that_reads_more_than_the_feature_row() -> 
 def test_the_command_reads_a_run_on_live_requests_only(tmp_path: Path, run_dir: Path,
                                                        capsys: pytest.CaptureFixture[str]) -> None:
     """End to end on a tiny run: the record holds exactly the requests of the sessions played (not the rows idling
-    after their session ended), the JSON and the figure are written, ``--evaluate`` plays the four variants on other
-    sessions; bad arguments (a missing preset folder among them) are refused by name."""
+    after their session ended), the JSON and the figure are written, ``--evaluate`` plays the variants on other
+    sessions and a rule read back from a readout's JSON plays as the run's own; bad arguments (a missing preset folder,
+    a file that is not a readout among them) are refused by name."""
     out, png = tmp_path / "readout.json", tmp_path / "readout.png"
     got = main([str(run_dir), "--episodes", "12", "--batch", "5", "--rows", "50", "--json", str(out),
                 "--out", str(png), "--evaluate", "10"])
     assert got["requests"] == got["session_requests"] > 0 and got["rows"] == 50
     d = got["distillation"]
-    assert d["episodes"] == 10 and set(d["returns"]) == {"start", "static", "static, linear residual", "ppo"}
+    assert d["episodes"] == 10
+    assert set(d["returns"]) == {"start", "the rule", "static", "static, linear residual", "ppo"}
     assert d["pairs"]["ppo − start"]["mean"] == pytest.approx(d["returns"]["ppo"] - d["returns"]["start"], abs=1e-9)
+    again = main([str(run_dir), "--episodes", "12", "--batch", "5", "--rows", "50", "--evaluate", "10",
+                  "--rule-from", str(out)])["distillation"]["returns"]  # its own rule, read back from the JSON
+    assert again[f"the rule of {run_dir}"] == pytest.approx(again["the rule"], abs=1e-12)
     assert json.loads(out.read_text()) == json.loads(json.dumps(got)) and png.read_bytes()[:4] == b"\x89PNG"
     assert set(got["residual"]["features"]) == set(FEATURE_NAMES)
     for argv, why in (([str(tmp_path)], "config.yaml"), ([str(run_dir), "--rows", "0"], "--rows"),
                       ([str(run_dir), "--preset", str(tmp_path / "no-preset")], "no-preset"),
                       ([str(run_dir), "--out", str(tmp_path / "no" / "x.png")], "--out"),
-                      ([str(run_dir), "--evaluate", "-1"], "--evaluate")):
+                      ([str(run_dir), "--evaluate", "-1"], "--evaluate"),
+                      ([str(run_dir), "--rule-from", str(out)], "goes with --evaluate"),
+                      ([str(run_dir), "--evaluate", "5", "--rule-from", str(png)], "not a policy_readout summary")):
         with pytest.raises(SystemExit):
             main(argv)
         assert why in capsys.readouterr().err
