@@ -329,8 +329,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                        name="ppo, every head at the mean state")
     static_ret = run_episodes(play_core, static, plan).ret
     print(f"ppo with every head at the mean state: {static_ret.mean():.3f} per session", flush=True)
-    rule = ranker.policy.with_components_at_start([c for c in LEARNED_COMPONENTS if c != "gate"])
-    shifted = PPORanker(rule.with_constant_gate(shift[0]), ranker.k, name="start, α shifted by the gate's mean")
+    start = ranker.policy.with_components_at_start(LEARNED_COMPONENTS)  # the click-lean weight at its start too
+    shifted = PPORanker(start.with_constant_gate(shift[0]), ranker.k, name="start, α shifted by the gate's mean")
     shifted_ret = run_episodes(play_core, shifted, plan).ret
     print(f"the start with α shifted by the gate's mean logit: {shifted_ret.mean():.3f} per session", flush=True)
     references = {}

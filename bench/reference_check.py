@@ -77,7 +77,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rankers = {spec: make_ranker(spec, ctx) for spec in specs}
     paired_with = {spec: specs[0] for spec in specs[1:]}
     if alpha_grid is not None:
-        fine = dataclasses.replace(ctx, diverse_grid={**DIVERSE_GRID, "alpha": alpha_grid}, _diverse=None,
+        fine = dataclasses.replace(ctx, diverse_grid={**(ctx.diverse_grid or DIVERSE_GRID), "alpha": alpha_grid},
+                                   _diverse=None,
                                    _session_diverse=None, _pop_diverse=None)
         for spec in specs:
             rankers[f"{spec} [α grid]"] = make_ranker(spec, fine)
