@@ -24,7 +24,7 @@ from agents.evaluation import episode_plan, evaluate_rankers
 from agents.plausibility import plausibility_markdown, write_plausibility
 from agents.ppo_ranker import MODEL_FILE, WEIGHTS_FILE
 from agents.rankers import TunedAlphaRanker
-from agents.registry import RankerContext, check_specs, make_ranker, run_dir_of, valid_choices
+from agents.registry import RankerContext, alpha_grid_kwargs, check_specs, make_ranker, run_dir_of, valid_choices
 from agents.report import markdown_table, summarise, write_report, write_returns
 from agents.runinfo import SIGNATURE_FILE, describe, mismatch, read_signature, signature
 from agents.tuning import tuning_cache_dir
@@ -192,7 +192,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # shares: a run's own references are not searched again
     ctx = RankerContext(world, cfg.env, core=core, seed=args.tune_seed, tune_episodes=ev.tune_episodes,
                         fit_sessions=args.fit_sessions, batch=ev.batch, encoder=cfg.encoder, device=args.device,
-                        progress=progress, cache_dir=str(tuning_cache_dir(cfg.env, cfg.encoder)))
+                        progress=progress, cache_dir=str(tuning_cache_dir(cfg.env, cfg.encoder)),
+                        **alpha_grid_kwargs(ev.alpha_grid))
     rankers = {spec: make_ranker(spec, ctx) for spec in ev.rankers}
     stats = evaluate_rankers(core, rankers, plan, progress=progress)
     tuned = rankers.get("tuned-alpha")

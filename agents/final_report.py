@@ -28,6 +28,7 @@ from agents.evaluation import (
 from agents.plausibility import write_plausibility
 from agents.policies import SlatePolicy
 from agents.ppo_ranker import PPORanker
+from agents.registry import alpha_grid_kwargs
 from agents.report import write_returns
 from configs.schema import Config
 from envs.factory import make_core
@@ -75,7 +76,8 @@ def best_hand_written(stats: dict[str, Any], n_boot: int, seed: int) -> dict[str
 def tuning_context(cfg: Config, world: World, core: Any, progress: bool) -> RankerContext:
     """The references' context of a run: tuning on the training users, its searches cached beside the world."""
     return RankerContext(world, cfg.env, core=core, seed=cfg.train.seed, batch=cfg.eval.batch, progress=progress,
-                         tune_episodes=cfg.eval.tune_episodes, cache_dir=str(tuning_cache_dir(cfg.env, cfg.encoder)))
+                         tune_episodes=cfg.eval.tune_episodes, cache_dir=str(tuning_cache_dir(cfg.env, cfg.encoder)),
+                         **alpha_grid_kwargs(cfg.eval.alpha_grid))
 
 
 def final_comparison(cfg: Config, world: World, policy: SlatePolicy, curve: Any, run_dir: Path,

@@ -12,8 +12,10 @@ shares it.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from agents.base import Ranker
 from agents.fitting import FIT_SEED, Impressions, collect_impressions
@@ -35,6 +37,7 @@ from agents.rankers import (
 )
 from agents.tuning import (
     ALPHA_GRID,
+    DIVERSE_GRID,
     POP_WEIGHTS,
     SESSION_DIVERSE_RULE,
     SESSION_WEIGHTS,
@@ -178,6 +181,22 @@ def check_specs(specs: list[str]) -> None:
         name, arg = parse_spec(spec)
         if name == "run" and arg is not None and not Path(arg).is_dir():
             raise FileNotFoundError(f"run directory {arg!r} (ranker {spec!r}) does not exist")
+
+
+def alpha_grid_kwargs(alpha_grid: Sequence[float] | None) -> dict[str, Any]:
+    """:class:`RankerContext` keywords that search the references on ``alpha_grid`` (``eval.alpha_grid``).
+
+    Args:
+        alpha_grid: The α axis of tuned-alpha's curve and of tuned-diverse's search (and its variants'), or ``None``
+            for the defaults (:data:`ALPHA_GRID`, :data:`DIVERSE_GRID`).
+
+    Returns:
+        ``{}`` for ``None``; else ``alphas`` and ``diverse_grid`` with that α axis (the other axes unchanged).
+    """
+    if alpha_grid is None:
+        return {}
+    axis = tuple(float(a) for a in alpha_grid)
+    return {"alphas": axis, "diverse_grid": {**DIVERSE_GRID, "alpha": axis}}
 
 
 @dataclass

@@ -692,6 +692,11 @@ class EvalConfig:
             ``tuned-session-diverse`` and ``tuned-pop-diverse``, whose searches cost minutes on the default preset:
             the quality protocols' configs list them, ``make train``'s does not). Checked against the registry before
             training.
+        alpha_grid: The α axis of the tuned references' searches: tuned-alpha's curve and the α axis of tuned-diverse
+            and its variants (tuned-session-diverse, tuned-pop-diverse), which PPO starts at. ``None``: the 11 points
+            0, 0.1, …, 1 (:data:`agents.tuning.ALPHA_GRID`). On the default preset the best rule sits between 0.9 and 1
+            (BENCHMARKS "Session 39", "Session 40"), where the LLM signal's share of the standardised weight jumps
+            from about 0.4 to 0.8; a finer axis there makes the references honest at that gap. Every value in [0, 1].
     """
 
     rankers: list[str] = field(
@@ -706,9 +711,16 @@ class EvalConfig:
     out: str = "reports/eval"
     tune_episodes: int = 1000
     extra_references: list[str] = field(default_factory=list)
+    alpha_grid: list[float] | None = None
 
     def __post_init__(self) -> None:
         _check(self, ">=1", "episodes", "seeds", "batch", "tune_episodes")
+        if self.alpha_grid is not None:
+            grid = self.alpha_grid
+            if (not isinstance(grid, list) or not grid
+                    or not all(_number(a) and 0.0 <= a <= 1.0 for a in grid)):
+                raise FieldError("alpha_grid", f"a non-empty list of numbers in [0, 1], got {grid!r}")
+            self.alpha_grid = sorted({float(a) for a in grid})
         if _number(self.bootstrap) and self.bootstrap < 100:
             raise FieldError("bootstrap", f"use at least 100 resamples, got {self.bootstrap!r}")
         _nonempty(self, "reference", "out")

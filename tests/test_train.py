@@ -145,3 +145,26 @@ def test_a_run_started_at_tuned_pop_diverse_saves_its_prior_and_reports_the_refe
     pick = tuning_context(cfg, world, None, progress=False).pop_diverse_search().best  # cached: the run's search
     assert settings["kwargs"]["pop_base_weight"] == pick["pop_weight"]
     assert settings["kwargs"]["init_alpha"] == pytest.approx(min(max(pick["alpha"], 0.02), 0.98))
+
+
+def test_eval_alpha_grid_is_the_axis_of_every_references_search(cache: Path, small_world) -> None:
+    """``eval.alpha_grid`` replaces the α axis of tuned-alpha's curve and of tuned-diverse's search (its other axes
+    kept), and its searches are cached apart from the default grid's."""
+    from agents.final_report import tuning_context
+    from agents.tuning import ALPHA_GRID, DIVERSE_GRID
+    from configs.schema import Config
+    from envs.presets import preset_config
+
+    cfg = Config(env=preset_config("small"))
+    cfg.eval.tune_episodes = 16
+    cfg.eval.alpha_grid = [0.3, 0.7]
+    fine = tuning_context(cfg, small_world, None, progress=False)
+    curve = fine.alpha_curve()
+    assert curve.alphas == [0.3, 0.7] and curve.best_alpha in (0.3, 0.7)
+    search = fine.diverse_search()
+    assert search.axes["alpha"] == [0.3, 0.7] and search.best["alpha"] in (0.3, 0.7)
+    assert {k: tuple(v) for k, v in search.axes.items() if k != "alpha"} == {
+        k: tuple(float(x) for x in v) for k, v in DIVERSE_GRID.items() if k != "alpha"}
+    cfg.eval.alpha_grid = None
+    default = tuning_context(cfg, small_world, None, progress=False).alpha_curve()
+    assert default.alphas == [float(a) for a in ALPHA_GRID]
