@@ -30,8 +30,16 @@ from envs.factory import make_core
 from envs.presets import default_world_dir, world_key
 from envs.world import World
 
-#: The α grid of ``tuned-alpha``.
-ALPHA_GRID: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(11))
+#: The α grid of the references before session 40: 0, 0.1, …, 1 (``--set eval.alpha_grid=[0,0.1,…,1]`` reproduces
+#: the figures of earlier sessions).
+COARSE_ALPHA_GRID: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(11))
+#: The α axis of ``tuned-alpha`` and of ``tuned-diverse``'s search (and its variants'): the coarse grid plus seven
+#: points between 0.9 and 1. recfeed's CF feature is a standardised score (spread ~1–3 over a request's candidates)
+#: and its LLM feature a cosine (spread ~0.2), so the LLM signal's share of the standardised weight
+#: (:func:`agents.ppo_ranker.effective_alpha`) moves from about 0.4 to 1 between raw α 0.9 and 1, where the coarse
+#: grid has no point; the tuned rules sit there (0.96–0.97 on the default preset), and on the coarse grid the
+#: references were 0.5 per session weaker than they can be (BENCHMARKS "Session 40").
+ALPHA_GRID: tuple[float, ...] = (*COARSE_ALPHA_GRID[:-1], 0.92, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99, 1.0)
 #: The tuning seed offset (keeps the training-side sessions apart from the evaluation seeds): tuning sessions are
 #: ``episode_plan(episodes, [seed + TUNE_SEED], U)``.
 TUNE_SEED = 1_000_003

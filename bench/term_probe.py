@@ -756,11 +756,11 @@ def finish_summary(out: dict[str, Any], path: Path | None) -> dict[str, Any]:
     return out
 
 
-def heldout_setup(config: str | None, preset: str | None, seed: int, episodes: int,
-                  batch: int) -> tuple[Config, World, BatchedCore, EpisodePlan, RankerContext]:
+def heldout_setup(config: str | None, preset: str | None, seed: int, episodes: int, batch: int,
+                  eval_seed: int | None = None) -> tuple[Config, World, BatchedCore, EpisodePlan, RankerContext]:
     """What a probe of training seed ``seed`` plays on: its config (``train.seed = seed``), world, held-out core,
-    ``episodes`` held-out sessions of evaluation seed ``seed``, and ``train.py``'s tuning context for that seed (its
-    cached searches: the same references a run of that seed has).
+    ``episodes`` held-out sessions of evaluation seed ``eval_seed`` (``None``: ``seed``), and ``train.py``'s tuning
+    context for that seed (its cached searches: the same references a run of that seed has).
 
     Raises:
         ConfigError: For a bad config or preset.
@@ -768,7 +768,7 @@ def heldout_setup(config: str | None, preset: str | None, seed: int, episodes: i
     cfg = resolve_config(config, preset, [f"train.seed={seed}"])
     world = load_world(cfg.env, cfg.encoder)
     core = make_core(cfg.env, cfg.env.preset, cfg.encoder, world, "heldout", batch)
-    plan = episode_plan(episodes, [seed], world.populations["heldout"].size)
+    plan = episode_plan(episodes, [seed if eval_seed is None else eval_seed], world.populations["heldout"].size)
     return cfg, world, core, plan, tuning_context(cfg, world, core, progress=False)
 
 

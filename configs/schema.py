@@ -693,10 +693,11 @@ class EvalConfig:
             the quality protocols' configs list them, ``make train``'s does not). Checked against the registry before
             training.
         alpha_grid: The α axis of the tuned references' searches: tuned-alpha's curve and the α axis of tuned-diverse
-            and its variants (tuned-session-diverse, tuned-pop-diverse), which PPO starts at. ``None``: the 11 points
-            0, 0.1, …, 1 (:data:`agents.tuning.ALPHA_GRID`). On the default preset the best rule sits between 0.9 and 1
-            (BENCHMARKS "Session 39", "Session 40"), where the LLM signal's share of the standardised weight jumps
-            from about 0.4 to 0.8; a finer axis there makes the references honest at that gap. Every value in [0, 1].
+            and its variants (tuned-session-diverse, tuned-pop-diverse), which PPO starts at. ``None``:
+            :data:`agents.tuning.ALPHA_GRID` (0, 0.1, …, 0.9, seven points between 0.9 and 1, and 1: the tuned rules
+            sit between 0.9 and 1, where the LLM signal's share of the standardised weight moves from about 0.4 to 1;
+            BENCHMARKS "Session 40"). ``[0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1]`` reproduces the figures of the
+            sessions before 40. Every value in [0, 1].
     """
 
     rankers: list[str] = field(

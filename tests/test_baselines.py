@@ -30,6 +30,7 @@ from agents.rankers import (
 from agents.registry import SPECS, RankerContext, check_specs, make_ranker, parse_spec
 from agents.report import paired_test
 from agents.tuning import (
+    ALPHA_GRID,
     DIVERSE_GRID,
     VALIDATE_TOP,
     VALIDATION_FACTOR,
@@ -1109,6 +1110,39 @@ def test_reference_check_plays_each_reference_searched_on_another_alpha_axis(run
     assert ref["against"] == "tuned-diverse"
     assert ref["diff"] == pytest.approx(got["rankers"][fine] - got["rankers"]["tuned-diverse"], abs=1e-9)
     assert set(got["runs"][str(run_dir)]) == {"return", "vs tuned-diverse", f"vs {fine}"}
-    axis = got["picks"][fine]["alpha_axis"]  # the given values and the search's start (tuned-alpha's α)
-    assert {0.35, 0.65} <= set(axis) and len(axis) <= 3 and got["picks"][fine]["best"]["alpha"] in axis
-    assert len(got["picks"]["tuned-diverse"]["alpha_axis"]) == 11
+    axis = got["picks"][fine]["alpha_axis"]  # the given values: tuned-alpha, the search's start, is on them too
+    assert axis == [0.35, 0.65] and got["picks"][fine]["best"]["alpha"] in axis
+    assert set(ALPHA_GRID) <= set(got["picks"]["tuned-diverse"]["alpha_axis"])
+
+
+def test_reference_check_on_other_sessions_writes_summaries_that_pool(run_dir: Path, tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """``--eval-seed`` plays other sessions with the same references; ``--json`` writes the summary; ``--pool`` gives
+    each run comparison's mean over the summaries with a t-interval across them, and refuses a file that is not one."""
+    from bench.reference_check import main
+
+    argv = ["--config", str(run_dir / "config.yaml"), "--rankers", "tuned-alpha", "--episodes", "12", "--batch", "6",
+            "--runs", str(run_dir)]
+    same = main(argv)
+    paths = [tmp_path / "a.json", tmp_path / "b.json"]
+    other = [main([*argv, "--eval-seed", str(e), "--json", str(p)]) for e, p in zip((101, 202), paths, strict=True)]
+    assert same["eval_seed"] == 0 and [o["eval_seed"] for o in other] == [101, 202]
+    rets = [o["rankers"]["tuned-alpha"] for o in (same, *other)]
+    assert len(set(rets)) == 3  # other sessions, other returns
+    assert json.loads(paths[0].read_text()) == other[0]
+    diffs = [o["runs"][str(run_dir)]["vs tuned-alpha"]["diff"] for o in other]
+    pooled = main(["--pool", *map(str, paths)])[f"{run_dir} vs tuned-alpha"]
+    assert pooled["n"] == 2 and pooled["per_run"] == pytest.approx(diffs)
+    assert pooled["mean"] == pytest.approx(np.mean(diffs)) and pooled["ci95"][0] <= pooled["mean"] <= pooled["ci95"][1]
+    assert pooled["above_zero"] == sum(d > 0 for d in diffs)
+    for seed, (dp, dq) in enumerate(((0.1, -1.0), (0.3, -3.0))):  # two protocols' runs, played in the same checks
+        runs = {f"x/p-s{seed}": {"return": 1.0, "vs r": {"diff": dp}}, f"x/q-s{seed}": {"vs r": {"diff": dq}}}
+        (tmp_path / f"s{seed}.json").write_text(json.dumps({"runs": runs}))
+    two = main(["--pool", str(tmp_path / "s0.json"), str(tmp_path / "s1.json")])
+    assert set(two) == {"x/p vs r", "x/q vs r"} and two["x/p vs r"]["mean"] == pytest.approx(0.2)
+    assert two["x/q vs r"]["per_run"] == [-1.0, -3.0] and two["x/q vs r"]["above_zero"] == 0
+    (tmp_path / "bad.json").write_text("{}")
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["--pool", str(paths[0]), str(tmp_path / "bad.json")])
+    assert "bad.json" in capsys.readouterr().err
