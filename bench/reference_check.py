@@ -33,12 +33,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 from agents.evaluation import run_episodes
-from agents.registry import make_ranker, parse_spec
+from agents.registry import alpha_grid_kwargs, make_ranker, parse_spec
 from agents.report import Bootstrap, paired_test
-from agents.tuning import DIVERSE_GRID
+from bench.ppo_seeds import t_interval
 from bench.term_probe import compare_runs, heldout_setup
 from configs.fileio import atomic_write_text
 from configs.schema import ConfigError
@@ -74,9 +73,8 @@ def pool(paths: list[str]) -> dict[str, Any]:
         if len(d) < 2:
             continue
         x = np.asarray(d)
-        half = float(stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x)))
-        out[key] = {"mean": float(x.mean()), "ci95": [float(x.mean() - half), float(x.mean() + half)],
-                    "per_run": d, "above_zero": int((x > 0).sum()), "n": len(d)}
+        out[key] = {"mean": float(x.mean()), "ci95": t_interval(x), "per_run": d, "above_zero": int((x > 0).sum()),
+                    "n": len(d)}
     if not out:
         raise ValueError("--pool: no comparison has runs in two or more summaries")
     return out
@@ -146,9 +144,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     paired_with = {spec: specs[0] for spec in specs[1:]}
     if alpha_grid is not None:
         # as train.py with eval.alpha_grid: tuned-alpha's curve (the searches' start) on that axis too
-        fine = dataclasses.replace(ctx, alphas=alpha_grid,
-                                   diverse_grid={**(ctx.diverse_grid or DIVERSE_GRID), "alpha": alpha_grid},
-                                   _alpha_curve=None, _diverse=None, _session_diverse=None, _pop_diverse=None)
+        fine = dataclasses.replace(ctx, **alpha_grid_kwargs(alpha_grid), _alpha_curve=None, _diverse=None,
+                                   _session_diverse=None, _pop_diverse=None)
         for spec in specs:
             rankers[f"{spec} [α grid]"] = make_ranker(spec, fine)
             paired_with[f"{spec} [α grid]"] = spec
