@@ -427,7 +427,8 @@ class PPOConfig:
             one-layer network learned more than three epochs of the two-layer one, at ~1.6× the steps per second
             (BENCHMARKS.md, "PPO").
         learning_rate: Adam learning rate.
-        gamma: Discount.
+        gamma: Discount. 0.97: 0.99 (closer to the undiscounted session return the evaluation reports) was no
+            better at ``make train``'s budget (BENCHMARKS.md, "Session 41").
         gae_lambda: GAE lambda.
         clip_range: PPO clip.
         ent_coef: Entropy bonus.
