@@ -487,6 +487,10 @@ def export_run(run_dir: str | Path, fmt: Format = "onnx", out: str | Path | None
         raise ValueError("the policy reads obs['hidden_taste'] (env.obs_hidden_taste), the simulated user's hidden "
                          "taste: a research ablation that no service can observe, so it is not exportable; train "
                          "without env.obs_hidden_taste to serve it")
+    if getattr(policy, "actor_hidden_state", False):
+        raise ValueError("the policy's actor reads obs['critic_state'] (train.policy.actor_hidden_state), the "
+                         "simulated user's hidden state: a research ablation that no service can observe, so it is not "
+                         "exportable; train without it to serve")
     if has_repulsion(policy):
         cats = policy.item_category.cpu().numpy()
         if cats.shape != (world.n_items,) or not np.array_equal(cats, world.catalog.category):

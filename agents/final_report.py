@@ -133,7 +133,8 @@ def final_comparison(cfg: Config, world: World, policy: SlatePolicy, curve: Any,
     for name, r in rankers.items():
         stats[name] = run_episodes(core, r, plan, progress=progress, desc=f"{name} (held-out)")
     results = summarise(stats, reference="tuned-alpha", n_boot=ec.bootstrap, seed=cfg.train.seed,
-                        hidden=list(HIDDEN) + (["ppo", LAST_ITERATE] if cfg.env.obs_hidden_taste else []),
+                        hidden=list(HIDDEN) + (["ppo", LAST_ITERATE] if cfg.env.obs_hidden_taste
+                                                or cfg.train.policy.actor_hidden_state else []),
                         alpha_curve=curve.to_dict(),
                         setup={"users": "heldout", "preset": cfg.env.preset, "seeds": list(range(ec.seeds))})
     rho, step, alpha, alpha_eff = (np.concatenate(x) for x in zip(*alpha_rows, strict=True))

@@ -161,6 +161,10 @@ class SlatePolicy(ActorCriticPolicy):
             fall for those users and is left alone for the others.
         type_gate_margin: >= 0, with ``type_gate_lower_only``: the gate reads ``min(logit + margin, 0)``, so only
             readings of a CF-leaning user with probability above ``σ(margin)`` move α.
+        actor_hidden_state: A research ablation: ``obs["critic_state"]`` (``env.obs_critic_state``: the user's hidden
+            ρ, price sensitivity, budget left and fatigue) joins the *actor's* state input too (appended last), so
+            the policy is told what no deployed ranker knows: an upper reference of what knowing that state is
+            worth to the learner, never exportable or servable.
         activation_fn: Hidden activation.
         ortho_init: Orthogonal initialisation of the hidden layers (gain √2), critic head gain 1.
         use_sde: Must be False (SB3's algorithms pass it).
@@ -206,6 +210,7 @@ class SlatePolicy(ActorCriticPolicy):
         type_gate_init: float = 0.0,
         type_gate_lower_only: bool = False,
         type_gate_margin: float = 0.0,
+        actor_hidden_state: bool = False,
         activation_fn: type[nn.Module] = nn.Tanh,
         ortho_init: bool = True,
         use_sde: bool = False,
@@ -287,6 +292,10 @@ class SlatePolicy(ActorCriticPolicy):
             raise ValueError(f"type_gate_margin must be a finite number >= 0 and goes with type_gate_lower_only, got "
                              f"{type_gate_margin}")
         self.type_gate_margin = float(type_gate_margin)
+        if actor_hidden_state and "critic_state" not in observation_space.spaces:
+            raise ValueError("actor_hidden_state reads obs['critic_state'] (env.obs_critic_state): the observation "
+                             "space has no such key")
+        self.actor_hidden_state = bool(actor_hidden_state)
         if gate_lean is not None and (gate != "standardised" or not math.isfinite(gate_lean)):
             raise ValueError(f"gate_lean must be a finite number and goes with gate='standardised', got {gate_lean} "
                              f"with gate={gate!r}")
@@ -358,7 +367,10 @@ class SlatePolicy(ActorCriticPolicy):
         # env.obs_critic_state: the user's hidden state joins the critic's input only (an asymmetric actor-critic)
         self.reads_critic_state = "critic_state" in obs_space.spaces
         critic_extra = int(obs_space["critic_state"].shape[0]) if self.reads_critic_state else 0
-        if critic_extra and self.share_state_net:
+        if self.actor_hidden_state:  # the hidden state is the state input's last P columns, for actor and critic
+            state_in += critic_extra
+            critic_extra = 0
+        elif critic_extra and self.share_state_net:
             raise ValueError("obs['critic_state'] (env.obs_critic_state) is for the critic only, and share_state_net "
                              "makes the critic read the actor's state embedding: set one of them off")
         act = self.activation_fn
@@ -483,6 +495,7 @@ class SlatePolicy(ActorCriticPolicy):
             type_gate_init=self.type_gate_init,
             type_gate_lower_only=self.type_gate_lower_only,
             type_gate_margin=self.type_gate_margin,
+            actor_hidden_state=self.actor_hidden_state,
             activation_fn=self.activation_fn,
             ortho_init=self.ortho_init,
             optimizer_class=self.optimizer_class,
@@ -536,7 +549,14 @@ class SlatePolicy(ActorCriticPolicy):
             mean = (cand * w).sum(dim=1) / w.sum(dim=1).clamp(min=1.0)
             mx = cand.masked_fill(~mask.unsqueeze(-1), float("-inf")).max(dim=1).values
             mx = th.where(th.isfinite(mx), mx, th.zeros_like(mx))
-        state_in = th.cat([obs["user"], obs["context"], mean, mx], dim=-1)
+        state_parts = [obs["user"], obs["context"], mean, mx]
+        if self.actor_hidden_state:
+            if "critic_state" not in obs:
+                raise ValueError("this policy's actor reads obs['critic_state'] (it was trained with "
+                                 "train.policy.actor_hidden_state, a research ablation): play it on an env with "
+                                 "env.obs_critic_state=true")
+            state_parts.append(obs["critic_state"])
+        state_in = th.cat(state_parts, dim=-1)
         return state_in, cand, features, mask
 
     def _actor(
@@ -729,7 +749,7 @@ class SlatePolicy(ActorCriticPolicy):
             if h is None:
                 h = self._state(state_in)
             return self.value_net(h)
-        if self.reads_critic_state:
+        if self.reads_critic_state and not self.actor_hidden_state:  # else state_in holds it already
             if "critic_state" not in obs:
                 raise ValueError("this policy's critic reads obs['critic_state'] (it was trained with "
                                  "env.obs_critic_state): values need an env with env.obs_critic_state=true (the actor, "

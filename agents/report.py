@@ -258,7 +258,8 @@ def markdown_table(results: dict[str, Any]) -> str:
              f"differences against {ref} (same users, same seeds)."]
     if hidden:
         notes.append("† reads the simulator's hidden state (true click probabilities, or a PPO trained with "
-                     "env.obs_hidden_taste the true taste): an upper reference, not a deployable policy.")
+                     "env.obs_hidden_taste the true taste or with train.policy.actor_hidden_state the user's hidden "
+                     "state): an upper reference, not a deployable policy.")
     return "\n".join(lines + notes) + "\n"
 
 

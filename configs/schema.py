@@ -516,6 +516,9 @@ class PolicyConfig:
         type_gate_lower_only: The gate reads the type logit only where it reads a CF-leaning user (logit < 0).
         type_gate_margin: >= 0, with ``type_gate_lower_only``: the gate reads ``min(logit + margin, 0)``, so only a
             confident CF-leaning reading (probability above ``σ(margin)``) moves α. 0: every CF-leaning reading.
+        actor_hidden_state: A research ablation (needs ``env.obs_critic_state``): the actor reads the simulated
+            user's hidden state too (ρ, price sensitivity, the budget left, fatigue), so the run measures what
+            knowing it is worth to the learner (an upper reference; the policy is not exportable). False: off.
     """
 
     hidden: int = 64
@@ -538,6 +541,7 @@ class PolicyConfig:
     type_gate_init: float = 0.0
     type_gate_lower_only: bool = False
     type_gate_margin: float = 0.0
+    actor_hidden_state: bool = False
 
     def __post_init__(self) -> None:
         _finite(self)
@@ -748,6 +752,9 @@ class Config:
         if self.train.policy.start == "pop-diverse" and self.env.obs_session_sim:
             raise FieldError("train.policy.start", "'pop-diverse' does not combine with env.obs_session_sim (that "
                              "observation starts the policy at tuned-session-diverse)")
+        if self.train.policy.actor_hidden_state and not self.env.obs_critic_state:
+            raise FieldError("train.policy.actor_hidden_state", "needs env.obs_critic_state: true (the actor reads "
+                             "obs['critic_state'])")
         weight = self.train.policy.type_head_weight
         if _number(weight) and weight > 0:
             if not self.env.obs_critic_state:

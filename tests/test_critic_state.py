@@ -120,6 +120,47 @@ def test_the_critic_reads_critic_state_and_the_actor_does_not() -> None:
         np.testing.assert_allclose(loaded.predict_values(obs).numpy(), v0.numpy(), rtol=1e-6, atol=1e-6)
 
 
+def test_the_actor_hidden_state_ablation_moves_the_slates_and_is_refused_where_unobservable() -> None:
+    """``actor_hidden_state`` (a research ablation): the actor's logits and α change with ``critic_state``, gradients
+    of the logits reach the state net's weights on it, the critic reads it once (the trunk's input is the actor's),
+    play without the column is refused by name, the config refuses it without ``env.obs_critic_state``, and a
+    save / load keeps the logits."""
+    from agents.ppo_ranker import build_policy, policy_settings
+    from configs.schema import Config, FieldError
+
+    space = observation_space(N_ITEMS, N_CAND, DIM, with_critic_state=True)
+    th.manual_seed(0)
+    policy = SlatePolicy(space, action_space(N_CAND, K), lambda _: 1e-3, hidden=16,
+                         item_category=np.arange(N_ITEMS) % 3, residual_init_scale=0.5, actor_hidden_state=True)
+    plain = SlatePolicy(space, action_space(N_CAND, K), lambda _: 1e-3, hidden=16,
+                        item_category=np.arange(N_ITEMS) % 3, residual_init_scale=0.5)
+    p = len(CRITIC_STATE_NAMES)
+    assert policy.state_net[0].in_features == plain.state_net[0].in_features + p
+    assert policy.value_trunk[0].in_features == plain.value_trunk[0].in_features  # not read twice
+    obs = _fake_obs(space, 16, seed=1)
+    moved = {**obs, "critic_state": obs["critic_state"] + 3.0}
+    with th.no_grad():
+        assert (policy.candidate_logits(obs) - policy.candidate_logits(moved)).abs().max() > 1e-4
+        assert (policy.predict_values(obs) - policy.predict_values(moved)).abs().max() > 1e-4
+    policy.candidate_logits(obs).sum().backward()
+    grad = policy.state_net[0].weight.grad
+    assert grad is not None and grad[:, -p:].abs().sum() > 0
+    with pytest.raises(ValueError, match=r"actor_hidden_state.*env\.obs_critic_state=true"):
+        policy.candidate_logits({k: v for k, v in obs.items() if k != "critic_state"})
+    with pytest.raises(ValueError, match="actor_hidden_state"):
+        SlatePolicy(observation_space(N_ITEMS, N_CAND, DIM), action_space(N_CAND, K), lambda _: 1e-3,
+                    actor_hidden_state=True)
+    cfg = Config()
+    cfg.train.policy.actor_hidden_state = True
+    with pytest.raises(FieldError, match="obs_critic_state"):
+        cfg.__post_init__()
+    loaded = build_policy(policy_settings(policy), dict(policy.state_dict()))
+    assert loaded.actor_hidden_state  # type: ignore[attr-defined]
+    with th.no_grad():
+        np.testing.assert_allclose(loaded.candidate_logits(obs).numpy(), policy.candidate_logits(obs).numpy(),
+                                   rtol=1e-6, atol=1e-6)
+
+
 def test_a_run_with_the_critic_state_plays_without_it_and_exports(tmp_path: Path, small_world: World) -> None:
     """PPO trains with ``env.obs_critic_state``; the run plays the same sessions with the same returns on a core
     that has the column and on one that does not (the actor never reads it, the column draws nothing); the export
