@@ -121,10 +121,10 @@ def test_the_critic_reads_critic_state_and_the_actor_does_not() -> None:
 
 
 def test_the_actor_hidden_state_ablation_moves_the_slates_and_is_refused_where_unobservable() -> None:
-    """``actor_hidden_state`` (a research ablation): the actor's logits and α change with ``critic_state``, gradients
-    of the logits reach the state net's weights on it, the critic reads it once (the trunk's input is the actor's),
-    play without the column is refused by name, the config refuses it without ``env.obs_critic_state``, and a
-    save / load keeps the logits."""
+    """``actor_hidden_state`` (a research ablation): the actor's logits and the values change with ``critic_state``,
+    gradients of the logits reach the state net's weights on it, the critic reads it once (its trunk's input is the
+    actor's state input), play without the column is refused by name, the config refuses it without
+    ``env.obs_critic_state``, and a save / load keeps the logits."""
     from agents.ppo_ranker import build_policy, policy_settings
     from configs.schema import Config, FieldError
 
