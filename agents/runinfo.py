@@ -8,10 +8,15 @@ to simulate and stops, with one line naming both sides, before anything is evalu
 A signature is a flat JSON mapping::
 
     format, preset, n_candidates, slate_size, max_steps, n_items, embedding_dim, n_features, n_context,
-    obs_item_embeddings, obs_mode, encoder_kind, encoder, world_key
+    obs_item_embeddings, obs_mode, encoder_kind, encoder, world_key, obs_hidden, actor_reads_hidden
 
 ``None`` means "not known" (an env before its world is loaded, or a run from before signatures that the
-signature was derived for); :func:`mismatch` skips those keys.
+signature was derived for); :func:`mismatch` skips those keys. The last two name the observation keys that only a
+research ablation adds (:data:`HIDDEN_OBS`, the simulated user's hidden state): ``obs_hidden`` those the env puts in
+its observation, ``actor_reads_hidden`` those the run's actor cannot act without. A run whose actor reads one that
+the env lacks does not fit it (such a run used to fail only at its first request, after the references' tuning,
+as a ranker that "returned a bad slate"); a column that only the critic reads does not count (the run plays
+without it). Signatures written before these keys existed lack them and are checked as before.
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ SIGNATURE_FORMAT = 1
 #: The keys that must agree, in the order a mismatch names them (shapes first, then what the world is).
 MATCH_KEYS: tuple[str, ...] = ("n_candidates", "slate_size", "n_items", "embedding_dim", "n_features", "n_context",
                                "obs_item_embeddings", "obs_mode", "encoder_kind", "encoder", "max_steps", "world_key")
+#: The observation keys that only a research ablation adds, and the setting that adds each.
+HIDDEN_OBS: dict[str, str] = {"hidden_taste": "env.obs_hidden_taste", "critic_state": "env.obs_critic_state"}
 _SHORT = {"n_candidates": "N", "slate_size": "K", "n_items": "M", "embedding_dim": "D", "world_key": "world"}
 
 
@@ -65,6 +72,11 @@ def signature(cfg: Config, world: World | None = None) -> dict[str, Any]:
         "encoder_kind": None if calibrated else enc.kind,
         "encoder": None,
         "world_key": None,
+        "obs_hidden": [key for key, on in (("hidden_taste", env.obs_hidden_taste),
+                                           ("critic_state", env.obs_critic_state)) if on],
+        # a policy trained with the true taste reads it at every request; the hidden state only with the ablation
+        "actor_reads_hidden": [key for key, on in (("hidden_taste", env.obs_hidden_taste),
+                                                   ("critic_state", cfg.train.policy.actor_hidden_state)) if on],
     }
     if world is not None:
         from envs.presets import world_key
@@ -149,7 +161,8 @@ def mismatch(run_sig: dict[str, Any], env_sig: dict[str, Any], run_label: str = 
              env_label: str = "the env to evaluate on") -> str | None:
     """Why a run does not fit an env, in one line naming both sides; ``None`` when it fits.
 
-    Keys that either side does not know (``None``) are skipped.
+    Keys that either side does not know (``None``) are skipped. Beyond :data:`MATCH_KEYS`, every hidden observation
+    key that the run's actor reads (``actor_reads_hidden``) must be among the other side's ``obs_hidden``.
 
     Args:
         run_sig: The run's signature (:func:`read_signature`).
@@ -163,6 +176,10 @@ def mismatch(run_sig: dict[str, Any], env_sig: dict[str, Any], run_label: str = 
     """
     diffs = [f"{key} {run_sig.get(key)!r} vs {env_sig.get(key)!r}" for key in MATCH_KEYS
              if run_sig.get(key) is not None and env_sig.get(key) is not None and run_sig[key] != env_sig[key]]
+    reads, has = run_sig.get("actor_reads_hidden"), env_sig.get("obs_hidden")
+    if reads is not None and has is not None:
+        diffs += [f"the run's actor reads obs[{key!r}], which needs {HIDDEN_OBS.get(key, key)}=true (a research "
+                  "ablation's hidden column)" for key in reads if key not in has]
     if not diffs:
         return None
     hint = ""

@@ -278,7 +278,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     except (ConfigError, ValueError, FileNotFoundError) as exc:
         ap.error(str(exc))
     boot = Bootstrap(len(plan), args.boot, args.seed)
-    cores: dict[tuple[bool, bool], Any] = {}
+    cores: dict[tuple[bool, bool, bool], Any] = {}
     curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     boots: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     returns: dict[str, float] = {}

@@ -307,7 +307,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     except (ConfigError, ValueError, FileNotFoundError) as exc:
         ap.error(str(exc))
     boot = Bootstrap(len(plan), args.boot, seed)
-    cores: dict[tuple[bool, bool], Any] = {}
+    cores: dict[tuple[bool, bool, bool], Any] = {}
     play_core = policy_core(ranker, core, world, cores)
     returns: dict[frozenset[str], np.ndarray] = {}
     lengths: dict[frozenset[str], np.ndarray] = {}

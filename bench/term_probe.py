@@ -800,27 +800,31 @@ def run_setup(run: str, preset: str | None, seed: int | None, episodes: int, bat
 
 
 def policy_core(ranker: Ranker, core: BatchedCore, world: World,
-                cores: dict[tuple[bool, bool], BatchedCore]) -> BatchedCore:
+                cores: dict[tuple[bool, bool, bool], BatchedCore]) -> BatchedCore:
     """``core``, or a copy of it with the columns a trained policy reads that ``core`` lacks.
 
-    A policy that reads ``obs["session_sim"]`` (``env.obs_session_sim``) or ``obs["hidden_taste"]``
-    (``env.obs_hidden_taste``) plays a copy of ``core`` with the column: no column changes a draw, so the sessions
-    are the same ones.
+    A policy that reads ``obs["session_sim"]`` (``env.obs_session_sim``), ``obs["hidden_taste"]``
+    (``env.obs_hidden_taste``) or, in its actor, ``obs["critic_state"]`` (``train.policy.actor_hidden_state``) plays
+    a copy of ``core`` with the column: no column changes a draw, so the sessions are the same ones.
 
     Args:
         ranker: The ranker (a trained policy's ``policy`` says which columns it reads; any other ranker reads none).
         core: The held-out core.
         world: Its world.
-        cores: Copies made so far, by ``(session_sim, hidden_taste)`` (filled here; pass the same dict each call).
+        cores: Copies made so far, by ``(session_sim, hidden_taste, critic_state)`` (filled here; pass the same dict
+            each call).
     """
     policy = getattr(ranker, "policy", None)
-    flags = (core.cfg.obs_session_sim or getattr(policy, "reads_session_sim", False),
-             core.cfg.obs_hidden_taste or getattr(policy, "reads_hidden_taste", False))
-    if flags == (core.cfg.obs_session_sim, core.cfg.obs_hidden_taste):
+    have = (core.cfg.obs_session_sim, core.cfg.obs_hidden_taste, core.cfg.obs_critic_state)
+    flags = (have[0] or getattr(policy, "reads_session_sim", False),
+             have[1] or getattr(policy, "reads_hidden_taste", False),
+             have[2] or getattr(policy, "actor_hidden_state", False))
+    if flags == have:
         return core
     if flags not in cores:
         cores[flags] = BatchedCore(world, dataclasses.replace(core.cfg, obs_session_sim=flags[0],
-                                                              obs_hidden_taste=flags[1]), core.B, core.population)
+                                                              obs_hidden_taste=flags[1], obs_critic_state=flags[2]),
+                                   core.B, core.population)
     return cores[flags]
 
 
@@ -842,7 +846,7 @@ def compare_runs(runs: list[str], core: BatchedCore, world: World, plan: Episode
     """
 
     out: dict[str, Any] = {}
-    flagged: dict[tuple[bool, bool], BatchedCore] = {}
+    flagged: dict[tuple[bool, bool, bool], BatchedCore] = {}
     for run in runs:
         ranker = load_run(run, n_items=world.n_items)
         ret = run_episodes(policy_core(ranker, core, world, flagged), ranker, plan).ret

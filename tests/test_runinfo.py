@@ -125,6 +125,31 @@ def test_mismatch_is_one_line_naming_both_sides() -> None:
     assert only_world is not None and "world_key 'aaa' vs 'bbb' (the worlds were built from different" in only_world
 
 
+def test_an_actor_that_reads_a_hidden_column_fits_only_an_env_that_has_it() -> None:
+    """The research ablations' hidden columns: a run whose actor reads the true taste (``env.obs_hidden_taste``) or
+    the hidden state (``train.policy.actor_hidden_state``) does not fit an env without that column; a column only
+    the critic reads (``env.obs_critic_state`` alone) is not needed; signatures from before these keys pass."""
+    def sig(taste: bool = False, state: bool = False, actor: bool = False) -> dict[str, Any]:
+        cfg = Config()
+        cfg.env.obs_hidden_taste, cfg.env.obs_critic_state, cfg.train.policy.actor_hidden_state = taste, state, actor
+        return signature(cfg)
+
+    plain, critic, actor, taste = sig(), sig(state=True), sig(state=True, actor=True), sig(taste=True)
+    assert (plain["obs_hidden"], plain["actor_reads_hidden"]) == ([], [])
+    assert (critic["obs_hidden"], critic["actor_reads_hidden"]) == (["critic_state"], [])
+    assert (actor["obs_hidden"], actor["actor_reads_hidden"]) == (["critic_state"], ["critic_state"])
+    assert (taste["obs_hidden"], taste["actor_reads_hidden"]) == (["hidden_taste"], ["hidden_taste"])
+    assert mismatch(critic, plain) is None and mismatch(actor, critic) is None and mismatch(plain, taste) is None
+    why = mismatch(actor, plain, "run:runs/a", "the env")
+    assert why is not None and why.endswith("the run's actor reads obs['critic_state'], which needs "
+                                            "env.obs_critic_state=true (a research ablation's hidden column)")
+    why = mismatch(taste, critic)
+    assert why is not None and why.endswith("obs['hidden_taste'], which needs env.obs_hidden_taste=true (a research "
+                                            "ablation's hidden column)")
+    old = {k: v for k, v in actor.items() if k not in ("obs_hidden", "actor_reads_hidden")}
+    assert mismatch(old, plain) is None and mismatch(actor, old) is None
+
+
 # ---- evaluate.py with run:DIR ---------------------------------------------------------------------------------------
 
 
@@ -167,6 +192,30 @@ def test_evaluate_stops_before_the_world_on_another_env(run: Path, tmp_path: Pat
     line = last_error(capsys)
     assert line.startswith(f"evaluate.py: error: run:{run} (preset small, N=20, K=5, M=400, D=32")
     assert "does not fit the env to evaluate on (" in line and line.endswith(diff)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("extra", [[], ["--preset", "small", "--encoder", "hashing", "--set",
+                                          "encoder.hashing_dim=32"]])
+def test_evaluate_stops_before_the_world_when_the_actor_reads_a_column_the_env_lacks(
+        run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        extra: list[str]) -> None:
+    """Regression (session 42): a run trained with ``train.policy.actor_hidden_state`` evaluated on an env without
+    ``env.obs_critic_state`` failed only at its first request, after the references' tuning, as a ranker that
+    "returned a bad slate". Now it stops before the world is loaded, whether the env is the run's own config's or a
+    preset's, naming the setting."""
+    def no_world(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the world was loaded for a run that does not fit")
+
+    hidden = copy_run(run, tmp_path / "hidden", actor_reads_hidden=["critic_state"])
+    monkeypatch.setattr(evaluate, "load_world", no_world)
+    with pytest.raises(SystemExit) as exc:
+        evaluate.main(["--rankers", f"random,run:{hidden}", *eval_args(tmp_path / "out"), *extra])
+    assert exc.value.code == 2
+    line = last_error(capsys)
+    assert line.startswith(f"evaluate.py: error: run:{hidden} (preset small, N=20, K=5, M=400, D=32")
+    assert line.endswith("obs['critic_state'], which needs env.obs_critic_state=true (a research ablation's hidden "
+                         "column)")
     assert not (tmp_path / "out").exists()
 
 
