@@ -73,18 +73,20 @@ tp "default, $DEV, collect cpu" --threads 1 --set "train.device=$DEV" --set trai
 stage "the update alone: recfeed's (one host read) against SB3's, alternately (session 34)"
 run 90 python3 -m bench.update_speed --repeats 5 "${ENC[@]}" --set "train.device=$DEV" 2>&1 | tail -1 \
   | tee -a "$OUT/update.jsonl"
-tp "default, $DEV, collect $DEV" --threads 1 --set "train.device=$DEV" --set train.collect_device=train
+copies --set train.collect_device=cpu
+copies --set train.collect_device=train
 tp "default, cpu" --threads 1 --set train.device=cpu
+stage "train.py on $DEV (300k steps, short references: the command of session 32's CPU comparison)"
+run 120 python3 train.py --quiet --set "train.device=$DEV" --set train.total_timesteps=300000 "${ENC[@]}" \
+  --set eval.tune_episodes=100 --set eval.episodes=100 --set train.eval_every=0 --set train.checkpoint_every=0 \
+  --out /tmp/recfeed-runs 2>&1 | tail -40 | tee "$OUT/train.log"
+cp /tmp/recfeed-runs/*/summary.json "$OUT/train_summary.json" 2>/dev/null
+tp "default, $DEV, collect $DEV" --threads 1 --set "train.device=$DEV" --set train.collect_device=train
 tp "adapt learner, $DEV, collect cpu" --threads 1 "${ADAPT[@]}" --set "train.device=$DEV" --set train.collect_device=cpu
+tp "default 4x batch, $DEV, collect cpu" --threads 1 "${X4[@]}" --set "train.device=$DEV" --set train.collect_device=cpu
+tp "default, $DEV, collect cpu, 4 torch threads" --threads 4 --set "train.device=$DEV" --set train.collect_device=cpu
 tp "adapt learner, $DEV, collect $DEV" --threads 1 "${ADAPT[@]}" --set "train.device=$DEV" \
   --set train.collect_device=train
-tp "default 4x batch, $DEV, collect cpu" --threads 1 "${X4[@]}" --set "train.device=$DEV" --set train.collect_device=cpu
-copies --set train.collect_device=train
-copies --set train.collect_device=cpu
-tp "default, $DEV, collect cpu, 4 torch threads" --threads 4 --set "train.device=$DEV" --set train.collect_device=cpu
 tp "default 4x batch, $DEV, collect $DEV" --threads 1 "${X4[@]}" --set "train.device=$DEV" \
   --set train.collect_device=train
-stage "train.py on $DEV (500k steps)"
-run 150 python3 train.py --quiet --set "train.device=$DEV" --set train.total_timesteps=500000 "${ENC[@]}" \
-  --out /tmp/recfeed-runs 2>&1 | tail -40 | tee "$OUT/train.log"
 stage "done"
