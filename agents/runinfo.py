@@ -16,7 +16,8 @@ research ablation adds (:data:`HIDDEN_OBS`, the simulated user's hidden state): 
 its observation, ``actor_reads_hidden`` those the run's actor cannot act without. A run whose actor reads one that
 the env lacks does not fit it (such a run used to fail only at its first request, after the references' tuning,
 as a ranker that "returned a bad slate"); a column that only the critic reads does not count (the run plays
-without it). Signatures written before these keys existed lack them and are checked as before.
+without it). :func:`read_signature` fills them in from the run's ``config.yaml`` for a signature written before
+they existed; without either, a signature is checked as before.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ MATCH_KEYS: tuple[str, ...] = ("n_candidates", "slate_size", "n_items", "embeddi
                                "obs_item_embeddings", "obs_mode", "encoder_kind", "encoder", "max_steps", "world_key")
 #: The observation keys that only a research ablation adds, and the setting that adds each.
 HIDDEN_OBS: dict[str, str] = {"hidden_taste": "env.obs_hidden_taste", "critic_state": "env.obs_critic_state"}
+_HIDDEN_KEYS = ("obs_hidden", "actor_reads_hidden")
 _SHORT = {"n_candidates": "N", "slate_size": "K", "n_items": "M", "embedding_dim": "D", "world_key": "world"}
 
 
@@ -97,7 +99,8 @@ def read_signature(run_dir: str | Path) -> dict[str, Any]:
     """The signature of a run directory.
 
     Runs written before signatures existed have none: it is derived from the run's ``config.yaml`` (and the world
-    key in ``versions.json``), with ``"derived_from"`` saying so and ``None`` where the config cannot tell.
+    key in ``versions.json``), with ``"derived_from"`` saying so and ``None`` where the config cannot tell. A
+    signature written before the hidden-column keys existed gets them from ``config.yaml``.
 
     Args:
         run_dir: A run directory written by ``train.py``.
@@ -118,6 +121,13 @@ def read_signature(run_dir: str | Path) -> dict[str, Any]:
         if not isinstance(data, dict) or not set(MATCH_KEYS) <= set(data):
             missing = sorted(set(MATCH_KEYS) - set(data)) if isinstance(data, dict) else "all"
             raise ConfigError(f"{path} is not a recfeed run signature (missing keys: {missing})")
+        config = run / "config.yaml"
+        if not set(_HIDDEN_KEYS) <= set(data) and config.is_file():  # written before these keys: the config says
+            try:
+                derived = signature(load_config(config))
+            except ConfigError:  # a config this version cannot read: the keys stay unknown, as before
+                derived = {}
+            data.update({key: derived[key] for key in _HIDDEN_KEYS if key in derived})
         return data
     config = run / "config.yaml"
     if not config.is_file():

@@ -195,19 +195,32 @@ def test_evaluate_stops_before_the_world_on_another_env(run: Path, tmp_path: Pat
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("extra", [[], ["--preset", "small", "--encoder", "hashing", "--set",
-                                          "encoder.hashing_dim=32"]])
+@pytest.mark.parametrize(("extra", "old_signature"), [
+    ([], False),
+    (["--preset", "small", "--encoder", "hashing", "--set", "encoder.hashing_dim=32"], False),
+    (["--set", "env.obs_critic_state=false"], True),
+])
 def test_evaluate_stops_before_the_world_when_the_actor_reads_a_column_the_env_lacks(
         run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
-        extra: list[str]) -> None:
+        extra: list[str], old_signature: bool) -> None:
     """Regression (session 42): a run trained with ``train.policy.actor_hidden_state`` evaluated on an env without
     ``env.obs_critic_state`` failed only at its first request, after the references' tuning, as a ranker that
-    "returned a bad slate". Now it stops before the world is loaded, whether the env is the run's own config's or a
-    preset's, naming the setting."""
+    "returned a bad slate". Now it stops before the world is loaded, whether the env is the run's own config's, a
+    preset's or the run's with the column turned off, naming the setting; a signature written before the hidden keys
+    existed gets them from the run's config.yaml."""
     def no_world(*args: object, **kwargs: object) -> None:
         raise AssertionError("the world was loaded for a run that does not fit")
 
     hidden = copy_run(run, tmp_path / "hidden", actor_reads_hidden=["critic_state"])
+    if old_signature:
+        sig = json.loads((hidden / SIGNATURE_FILE).read_text())
+        del sig["obs_hidden"], sig["actor_reads_hidden"]
+        (hidden / SIGNATURE_FILE).write_text(json.dumps(sig))
+        config = (hidden / "config.yaml").read_text()
+        assert "actor_hidden_state: false" in config and "obs_critic_state: false" in config
+        (hidden / "config.yaml").write_text(config.replace("actor_hidden_state: false", "actor_hidden_state: true")
+                                            .replace("obs_critic_state: false", "obs_critic_state: true"))
+        assert read_signature(hidden)["actor_reads_hidden"] == ["critic_state"]
     monkeypatch.setattr(evaluate, "load_world", no_world)
     with pytest.raises(SystemExit) as exc:
         evaluate.main(["--rankers", f"random,run:{hidden}", *eval_args(tmp_path / "out"), *extra])
