@@ -18,11 +18,18 @@ form every ``term_probe --retune`` ranker has), the true taste (z) of the K best
 with the taste's own top K (K the slate size). Session 42 found the observed reading worth nothing to the best
 hand-written ranker while an independent error of the same R² is worth 1.09–1.17×, and named "it fits the bulk, not
 the top" as a likely reason without measuring it: this measures it. The last line is the JSON summary.
+
+``python -m bench.top_reading --figure runs/s43/top-s*.json --worth runs/s42/voi-s*.json --out PNG`` puts each
+reading's worth to the best hand-written ranker (from ``bench.term_probe --retune --json`` files of the same seeds:
+``taste``, ``noisy-taste:σ``, ``observed-taste``) against what it knows, twice: by its R² with the taste over all
+candidates, and by its partial R² beyond the blend among the blend's top candidates (where the slate is picked). The
+PNG is written atomically.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +40,7 @@ from agents.base import Ranker
 from agents.evaluation import episode_plan, run_episodes
 from agents.rankers import DiverseRanker, z_rows
 from agents.tuning import TUNE_SEED, VALIDATION_FACTOR, diverse_ranker
+from bench.information_curve import Point, read_points
 from bench.term_probe import (
     FIT_SEED_OFFSET,
     Term,
@@ -43,6 +51,7 @@ from bench.term_probe import (
     noisy_taste_term,
     observed_taste_term,
 )
+from configs.fileio import atomic_write_bytes, figure_png
 from configs.schema import ConfigError
 from envs.core import BatchedCore
 from envs.factory import make_core
@@ -148,6 +157,113 @@ class _TopRecorder(Ranker):
         return out
 
 
+@dataclass(frozen=True)
+class Known:
+    """One reading on one seed's sessions: what it knows of the taste and what it is worth."""
+
+    source: str  # "seed S"
+    name: str  # "taste", "noisy:σ" or "observed"
+    r2: float  # with the taste over all candidates
+    partial_r2_top: float  # beyond the blend, among the blend's top candidates
+    worth: Point  # bench.term_probe's ratio to tuned-diverse and its paired interval
+
+
+def match_worth(top_files: list[str], worth_files: list[str]) -> list[Known]:
+    """Pair each reading of ``top_files`` (this module's summaries) with its worth in ``worth_files``
+    (``bench.term_probe --retune --json`` summaries) on the same seed: ``taste`` with ``taste``, ``noisy:σ`` with
+    ``noisy-taste:σ`` (independent error), ``observed`` with ``observed-taste``. Readings without a worth are skipped.
+
+    Raises:
+        ValueError: A file that is not a summary of its kind (the message names it).
+    """
+    worth: dict[tuple[str, str, float | None], Point] = {}
+    for path in worth_files:
+        for p in read_points(path):
+            if p.sigma is None or p.rank is not None or p.name.startswith("history-"):
+                continue
+            kind = "observed" if p.name == "observed-taste" else "noisy"  # taste: noisy at σ 0
+            worth[(p.source, kind, None if kind == "observed" else p.sigma)] = p
+    out: list[Known] = []
+    for path in top_files:
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+            source, readings = f"seed {data['seed']}", dict(data["readings"])
+        except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{path}: cannot read a bench.top_reading summary ({exc!r})") from None
+        for name, row in readings.items():
+            kind, _, sigma = name.partition(":")
+            if kind == "observed":
+                key: tuple[str, str, float | None] = (source, "observed", None)
+            elif kind in ("taste", "noisy"):
+                key = (source, "noisy", float(sigma) if sigma else 0.0)
+            else:
+                continue
+            if key in worth:
+                try:
+                    out.append(Known(source, name, float(row["r2"]), float(row["partial_r2_top"]), worth[key]))
+                except (KeyError, TypeError, ValueError) as exc:
+                    raise ValueError(f"{path}: reading {name!r} lacks a field the figure reads ({exc!r})") from None
+    return out
+
+
+def plot(known: list[Known], out: Path, top: int = 20) -> None:
+    """Two panels, worth against R² over all candidates and against partial R² at the top; written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10.0, 4.4), sharey=True)
+    sources = sorted({k.source for k in known})
+    panels = (("r2", "R² with the taste over all of a request's candidates"),
+              ("partial_r2_top", f"partial R² beyond tuned-diverse's blend, among its top {top} candidates"))
+    for ax, (attr, xlabel) in zip(axes, panels, strict=True):
+        for i, src in enumerate(sources):
+            told = sorted((getattr(k, attr), k.worth.ratio) for k in known if k.source == src and k.name != "observed")
+            if told:
+                xs, ys = zip(*told, strict=True)
+                ax.plot(xs, ys, "o-", color="tab:orange", lw=1.2, ms=4, alpha=0.4 + 0.6 / (i + 1),
+                        label="told the taste with an independent error (a line per seed)" if i == 0 else None)
+            for k in (k for k in known if k.source == src and k.name == "observed"):
+                x, w = getattr(k, attr), k.worth
+                ax.errorbar(x, w.ratio, yerr=[[w.ratio - w.ci[0]], [w.ci[1] - w.ratio]], fmt="D", color="tab:green",
+                            ms=6, capsize=2, lw=0.8,
+                            label="told the observation's best reading of the taste" if i == 0 else None)
+        ax.axhline(1.0, color="grey", lw=0.8, ls=":")
+        ax.set_xlabel(xlabel, fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("return / tuned-diverse's, held-out sessions")
+    axes[0].legend(fontsize=8, loc="upper left")
+    fig.suptitle("A reading of the taste: its worth to the best hand-written ranker against what it knows",
+                 fontsize=10)
+    fig.tight_layout()
+    png = figure_png(fig)
+    plt.close(fig)
+    atomic_write_bytes(out, png)
+
+
+def figure_main(args: argparse.Namespace, ap: argparse.ArgumentParser) -> list[Known]:
+    """``--figure``: pair the files, print the table, draw."""
+    if not args.worth or args.out is None:
+        ap.error("--figure needs --worth (bench.term_probe --retune --json files) and --out PNG")
+    if not args.out.parent.is_dir():
+        ap.error(f"--out: folder {str(args.out.parent)!r} does not exist")
+    try:
+        known = match_worth(args.figure, args.worth)
+    except ValueError as exc:
+        ap.error(str(exc))
+    if not known:
+        ap.error("--figure: no reading of these files has a worth in the --worth files (the same seeds; terms taste, "
+                 "noisy-taste:σ, observed-taste)")
+    print("| seed | reading | R² | partial R² at the top | worth (95% interval) |\n|---|---|---:|---:|---:|")
+    for k in sorted(known, key=lambda k: (k.source, k.name != "observed", -k.r2)):
+        print(f"| {k.source} | {k.name} | {k.r2:.3f} | {k.partial_r2_top:.3f} | {k.worth.ratio:.3f} "
+              f"({k.worth.ci[0]:.3f}–{k.worth.ci[1]:.3f}) |")
+    plot(known, args.out, args.top)
+    print(f"wrote {args.out}")
+    return known
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Fit the observed reading, play the held-out sessions, print the table and the JSON summary (last line)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -162,7 +278,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--tune-episodes", type=int, default=400,
                     help="as bench.term_probe's: the observed reading is fitted on 5× as many fresh training sessions")
     ap.add_argument("--json", type=Path, default=None, help="also write the summary to this file, atomically")
+    ap.add_argument("--figure", nargs="+", default=None, metavar="TOP_JSON",
+                    help="draw instead of measuring: this module's --json summaries (see the module's text)")
+    ap.add_argument("--worth", nargs="+", default=None, metavar="PROBE_JSON",
+                    help="with --figure: bench.term_probe --retune --json summaries of the same seeds")
+    ap.add_argument("--out", type=Path, default=None, help="with --figure: the PNG")
     args = ap.parse_args(argv)
+    if args.figure is not None:
+        return {"known": figure_main(args, ap)}
+    if args.worth is not None or args.out is not None:
+        ap.error("--worth and --out go with --figure")
     if args.json is not None and not args.json.parent.is_dir():
         ap.error(f"--json: folder {str(args.json.parent)!r} does not exist")
     try:

@@ -58,3 +58,45 @@ def test_bad_arguments_are_named_before_any_world_is_loaded(tmp_path: Path, caps
         with pytest.raises(SystemExit) as exc:
             main(argv)
         assert exc.value.code == 2 and flag in capsys.readouterr().err
+
+
+def test_the_figure_pairs_each_reading_with_its_worth_on_the_same_seed(tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """``--figure``: ``noisy:σ`` meets ``noisy-taste:σ``, ``taste`` meets ``taste`` and ``observed`` meets
+    ``observed-taste`` of the same seed (another seed's worth, a low-rank error and the blend are not paired); the
+    worth is the probe's ratio to tuned-diverse; the PNG is written; missing pieces are named."""
+    import json
+
+    from bench.top_reading import match_worth
+
+    def top(seed: int) -> str:
+        rows = {name: {"r2": r2, "partial_r2_top": p} for name, r2, p in
+                (("blend", 0.4, 0.0), ("observed", 0.68, 0.3), ("noisy:0.7", 0.67, 0.44), ("taste", 1.0, 1.0))}
+        path = tmp_path / f"top-s{seed}.json"
+        path.write_text(json.dumps({"seed": seed, "readings": rows}), encoding="utf-8")
+        return str(path)
+
+    def worth(seed: int, terms: dict[str, tuple[float, dict[str, object]]]) -> str:
+        path = tmp_path / f"voi-s{seed}.json"
+        path.write_text(json.dumps({"seed": seed, "tuned_diverse_return": 8.0, "terms": {
+            name: {"return": ret, "ci95": [ret - 8.1, ret - 7.9], **extra} for name, (ret, extra) in terms.items()}}),
+            encoding="utf-8")
+        return str(path)
+
+    w0 = worth(0, {"taste": (14.0, {}), "noisy-taste:0.7": (9.2, {"sigma": 0.7}),
+                   "noisy-taste:0.7:8": (8.4, {"sigma": 0.7, "rank": 8}), "observed-taste": (8.0, {"r2": 0.68})})
+    w1 = worth(1, {"noisy-taste:0.7": (8.8, {"sigma": 0.7})})
+    known = match_worth([top(0), top(1)], [w0, w1])
+    got = {(k.source, k.name): (k.r2, k.partial_r2_top, round(k.worth.ratio, 6)) for k in known}
+    assert got == {("seed 0", "observed"): (0.68, 0.3, 1.0), ("seed 0", "noisy:0.7"): (0.67, 0.44, 1.15),
+                   ("seed 0", "taste"): (1.0, 1.0, 1.75), ("seed 1", "noisy:0.7"): (0.67, 0.44, 1.1)}
+    out = tmp_path / "top.png"
+    main(["--figure", top(0), "--worth", w0, "--out", str(out)])
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| seed 0 | observed | 0.680 | 0.300 | 1.000" in capsys.readouterr().out
+    for argv, message in ((["--figure", top(0)], "--figure needs --worth"),
+                          (["--figure", top(1), "--worth", w0, "--out", str(out)], "no reading of these files"),
+                          (["--worth", w0], "--worth and --out go with --figure")):
+        with pytest.raises(SystemExit):
+            main(argv)
+        assert message in capsys.readouterr().err
