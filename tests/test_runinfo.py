@@ -81,6 +81,21 @@ def last_error(capsys: pytest.CaptureFixture[str]) -> str:
     return err[-1]
 
 
+def refusal_before_the_world(run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                             capsys: pytest.CaptureFixture[str], extra: list[str]) -> str:
+    """``evaluate.py`` with ``run:RUN`` and ``extra`` must stop with exit code 2 before loading the world and before
+    writing anything; returns its error line."""
+    def no_world(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the world was loaded for a run that does not fit")
+
+    monkeypatch.setattr(evaluate, "load_world", no_world)
+    with pytest.raises(SystemExit) as exc:
+        evaluate.main(["--rankers", f"random,run:{run}", *eval_args(tmp_path / "out"), *extra])
+    assert exc.value.code == 2
+    assert not (tmp_path / "out").exists()
+    return last_error(capsys)
+
+
 # ---- the signature ------------------------------------------------------------------------------------------------
 
 
@@ -182,17 +197,9 @@ def test_evaluate_stops_before_the_world_on_another_env(run: Path, tmp_path: Pat
                                                         diff: str) -> None:
     """Regression: another N crashed in torch (``Sizes of tensors must match``); another catalog size was clamped
     silently. Now: one line naming both sides, before the world is even loaded."""
-    def no_world(*args: object, **kwargs: object) -> None:
-        raise AssertionError("the world was loaded for a run that does not fit")
-
-    monkeypatch.setattr(evaluate, "load_world", no_world)
-    with pytest.raises(SystemExit) as exc:
-        evaluate.main(["--rankers", f"random,run:{run}", *eval_args(tmp_path / "out"), *extra])
-    assert exc.value.code == 2
-    line = last_error(capsys)
+    line = refusal_before_the_world(run, tmp_path, monkeypatch, capsys, extra)
     assert line.startswith(f"evaluate.py: error: run:{run} (preset small, N=20, K=5, M=400, D=32")
     assert "does not fit the env to evaluate on (" in line and line.endswith(diff)
-    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize(("extra", "old_signature"), [
@@ -208,9 +215,6 @@ def test_evaluate_stops_before_the_world_when_the_actor_reads_a_column_the_env_l
     "returned a bad slate". Now it stops before the world is loaded, whether the env is the run's own config's, a
     preset's or the run's with the column turned off, naming the setting; a signature written before the hidden keys
     existed gets them from the run's config.yaml."""
-    def no_world(*args: object, **kwargs: object) -> None:
-        raise AssertionError("the world was loaded for a run that does not fit")
-
     hidden = copy_run(run, tmp_path / "hidden", actor_reads_hidden=["critic_state"])
     if old_signature:
         sig = json.loads((hidden / SIGNATURE_FILE).read_text())
@@ -221,15 +225,10 @@ def test_evaluate_stops_before_the_world_when_the_actor_reads_a_column_the_env_l
         (hidden / "config.yaml").write_text(config.replace("actor_hidden_state: false", "actor_hidden_state: true")
                                             .replace("obs_critic_state: false", "obs_critic_state: true"))
         assert read_signature(hidden)["actor_reads_hidden"] == ["critic_state"]
-    monkeypatch.setattr(evaluate, "load_world", no_world)
-    with pytest.raises(SystemExit) as exc:
-        evaluate.main(["--rankers", f"random,run:{hidden}", *eval_args(tmp_path / "out"), *extra])
-    assert exc.value.code == 2
-    line = last_error(capsys)
+    line = refusal_before_the_world(hidden, tmp_path, monkeypatch, capsys, extra)
     assert line.startswith(f"evaluate.py: error: run:{hidden} (preset small, N=20, K=5, M=400, D=32")
     assert line.endswith("obs['critic_state'], which needs env.obs_critic_state=true (a research ablation's hidden "
                          "column)")
-    assert not (tmp_path / "out").exists()
 
 
 def test_evaluate_stops_after_the_world_when_only_the_world_differs(run: Path, tmp_path: Path, no_evaluation: None,
