@@ -10,14 +10,20 @@
 # stable-baselines3, implicit, faiss-cpu and the serving stack with opentelemetry-api, 31 MB). The hashing encoder
 # (D = 384) stands in for MiniLM, whose weights are not on such a machine: throughput does not depend on which encoder
 # built the world. Steps, each under its own time limit and all under BUDGET seconds, so that one that fails or hangs
-# leaves the others' figures, the most wanted first: the package's install (no index, no deps); the tests that run
-# torch code on the device (pytest-xdist over JOBS workers; policies there load on "auto", i.e. on the GPU); PPO
-# training throughput (collect / update split) with the rollouts collected on a CPU copy of the policy
-# (train.collect_device=cpu, the default since session 32) and on the GPU (=train), then on the CPU alone, for the
-# default config, the `adapt` protocol's learner (configs/quality-adapt.yaml) and 4x the default batch; the update
-# alone against SB3's own (bench.update_speed, session 34); the
-# host-device copies per step (bench.host_device_copies) both ways; a short train.py on the GPU. Session 31 ran the
-# whole suite there (224 s); session 32 only the tests with device code, to leave time for the figures.
+# leaves the others' figures, the most wanted first (the order of session 43): the package's install (no index, no
+# deps); the tests that run torch code on the device (pytest-xdist over JOBS workers; policies there load on "auto",
+# i.e. on the GPU), the update's sync-debug test of session 34 among them; PPO training throughput (collect / update
+# split) of the default config with the rollouts collected on a CPU copy of the policy (train.collect_device=cpu, the
+# default since session 32); the update alone against SB3's own (bench.update_speed, session 34); the host-device
+# copies per step (bench.host_device_copies) both ways; the same throughput on the CPU alone; a 300k-step train.py on
+# the GPU with short references (session 32's comparison command); then the throughput collecting on the GPU
+# (=train), of the `adapt` protocol's learner (configs/quality-adapt.yaml), of 4x the default batch and with 4 torch
+# threads. Session 31 ran the whole suite there (224 s); sessions 32 and 43 only the tests with device code.
+#
+# Everything lands in 7 files under $OUT (device.txt, stages.txt, tests.log, throughput.jsonl, update.jsonl,
+# copies.jsonl, train.log; the device tool returns at most 8), each written as its step ends: run it with the tool's
+# own OUT (`bash bench/device_check.sh`, no redirection) so that a call cut at its time limit still returns the steps
+# that finished (session 43's call kept its files in /tmp until the end; the machine was lost, so nothing came back).
 set -uo pipefail
 OUT=${OUT:-/tmp/recfeed-device}
 DEV=${DEV:-cuda}
@@ -49,7 +55,7 @@ gymnasium.__version__, 'sb3', sb3.__version__)"
 stage "install (no index, no deps: the package itself, built and installed into a folder of its own)"
 { python3 -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/rf-pkg . 2>&1 | tail -3 \
   && (cd /tmp && PYTHONPATH=/tmp/rf-pkg:${PYTHONPATH:-} python3 -c "import envs, agents.training, train, evaluate;
-print('installed package imports from', envs.__file__)"); } 2>&1 | tee "$OUT/install.log"
+print('installed package imports from', envs.__file__)"); } 2>&1 | tee -a "$OUT/device.txt"
 
 stage "the tests that run torch code on the device ($JOBS workers)"
 run 150 python3 -m pytest -q -p no:cacheprovider -n "$JOBS" -rfEs tests/test_gpu.py tests/test_rollouts.py \
@@ -80,7 +86,7 @@ stage "train.py on $DEV (300k steps, short references: the command of session 32
 run 120 python3 train.py --quiet --set "train.device=$DEV" --set train.total_timesteps=300000 "${ENC[@]}" \
   --set eval.tune_episodes=100 --set eval.episodes=100 --set train.eval_every=0 --set train.checkpoint_every=0 \
   --out /tmp/recfeed-runs 2>&1 | tail -40 | tee "$OUT/train.log"
-cp /tmp/recfeed-runs/*/summary.json "$OUT/train_summary.json" 2>/dev/null
+{ echo "summary.json:"; cat /tmp/recfeed-runs/*/summary.json; } >>"$OUT/train.log" 2>/dev/null
 tp "default, $DEV, collect $DEV" --threads 1 --set "train.device=$DEV" --set train.collect_device=train
 tp "adapt learner, $DEV, collect cpu" --threads 1 "${ADAPT[@]}" --set "train.device=$DEV" --set train.collect_device=cpu
 tp "default 4x batch, $DEV, collect cpu" --threads 1 "${X4[@]}" --set "train.device=$DEV" --set train.collect_device=cpu
