@@ -15,7 +15,12 @@ For each it reports the R² with the taste over all candidates; the part of the 
 (partial R²: the taste and the reading both residualised on the blend) over all candidates and among the blend's
 top ``--top`` candidates (where the rule picks its slate); and, added to the blend (``z(blend) + β·reading``, the
 form every ``term_probe --retune`` ranker has), the true taste (z) of the K best-scored candidates and their overlap
-with the taste's own top K (K the slate size). Session 42 found the observed reading worth nothing to the best
+with the taste's own top K (K the slate size). Beside these scores, each reading's *slate* is measured on the same
+requests: tuned-diverse with the reading added (β 1, its other parameters tuned-diverse's) picks a slate, with its
+penalties and category cap, as does each trained policy of ``--runs`` (its mode slate), and the mean true taste of
+the slate's items, and their mean true utility (the taste less this moment's fatigue and repeat penalties), are
+reported beside those of the slate tuned-diverse shows (every shadow ranker is told the played
+sessions' feedback, as the played ranker is). Session 42 found the observed reading worth nothing to the best
 hand-written ranker while an independent error of the same R² is worth 1.09–1.17×, and named "it fits the bulk, not
 the top" as a likely reason without measuring it: this measures it. The last line is the JSON summary.
 
@@ -39,17 +44,21 @@ import numpy as np
 from agents.base import Ranker
 from agents.evaluation import episode_plan, run_episodes
 from agents.rankers import DiverseRanker, z_rows
+from agents.registry import load_run
 from agents.tuning import TUNE_SEED, VALIDATION_FACTOR, diverse_ranker
 from bench.information_curve import Point, read_points
 from bench.term_probe import (
     FIT_SEED_OFFSET,
+    UTILITY_SIGN,
     Term,
+    TermDiverseRanker,
     finish_summary,
     fit_observed_taste,
     heldout_setup,
     hidden_term,
     noisy_taste_term,
     observed_taste_term,
+    policy_core,
 )
 from configs.fileio import atomic_write_bytes, figure_png
 from configs.schema import ConfigError
@@ -97,9 +106,15 @@ class _TopRecorder(Ranker):
     Every row is recorded: the rows that idle at the plan's tail replay real sessions of the same population, so
     they are valid requests too (as ``bench.term_probe``'s fit records them)."""
 
-    def __init__(self, base: DiverseRanker, core: BatchedCore, readings: dict[str, Term], top: int) -> None:
+    def __init__(self, base: DiverseRanker, core: BatchedCore, readings: dict[str, Term], top: int,
+                 shadows: dict[str, Ranker] | None = None) -> None:
         super().__init__(base.k)
         self.base, self.readings, self.top, self.name = base, readings, top, f"{base.name} (recording)"
+        self.shadows = dict(shadows or {})  # rankers that pick a slate on the same requests, never played
+        # Σ over requests of the slate's mean true taste (z) and mean true utility (z: the taste less the fatigue
+        # and repeat penalties of this moment, what the user's choice weighs)
+        self.slate_z = {name: [0.0, 0.0] for name in ["played", *self.shadows]}
+        self.utility = hidden_term(core, *UTILITY_SIGN)
         self.taste = hidden_term(core, "semantic", "static")
         self.all = {name: _Pooled() for name in ["blend", *readings]}
         self.at_top = {name: _Pooled() for name in ["blend", *readings]}
@@ -110,6 +125,8 @@ class _TopRecorder(Ranker):
 
     def reset(self, rows: np.ndarray, obs: dict[str, np.ndarray]) -> None:
         self.base.reset(rows, obs)
+        for shadow in self.shadows.values():
+            shadow.reset(rows, obs)
 
     def _topk(self, score: np.ndarray, t: np.ndarray, best: np.ndarray, acc: list[float]) -> None:
         k = self.k
@@ -135,14 +152,25 @@ class _TopRecorder(Ranker):
                 self._topk(b + beta * x, t, best, self.topk[name][beta])
             self._topk(x, t, best, self.topk[name]["alone"])
         self.requests += len(t)
-        return self.base.act(obs)
+        slate = self.base.act(obs)
+        u = self.utility(obs) if self.shadows else None
+        for name, picked in (("played", slate), *((n, r.act(obs)) for n, r in self.shadows.items())):
+            acc = self.slate_z[name]
+            acc[0] += float(np.take_along_axis(t, picked, axis=1).mean(axis=1).sum())
+            if u is not None:
+                acc[1] += float(np.take_along_axis(u, picked, axis=1).mean(axis=1).sum())
+        return slate
 
     def update(self, obs: dict[str, np.ndarray], slate: np.ndarray, feedback: Any) -> None:
         self.base.update(obs, slate, feedback)
+        for shadow in self.shadows.values():
+            shadow.update(obs, slate, feedback)
 
     def summary(self) -> dict[str, Any]:
         """Per reading: ``r2``, ``partial_r2`` (beyond the blend), the same among the blend's top candidates, and
-        per β (and ``alone``) the mean true z of the top K and their overlap with the taste's top K."""
+        per β (and ``alone``) the mean true z of the top K and their overlap with the taste's top K; under
+        ``"slates"``, the mean true taste (``true_z``) and true utility (``utility_z``, with shadow rankers only) of
+        the slate each ranker picks (``"played"``: tuned-diverse's), both standardised over the request."""
         n = max(self.requests, 1)
         out: dict[str, Any] = {}
         for name in self.all:
@@ -154,6 +182,7 @@ class _TopRecorder(Ranker):
                 row["topk"] = {str(key): {"true_z": acc[0] / n, "overlap": acc[1] / n}
                                for key, acc in self.topk[name].items()}
             out[name] = row
+        out["slates"] = {name: {"true_z": z / n, "utility_z": uz / n} for name, (z, uz) in self.slate_z.items()}
         return out
 
 
@@ -277,6 +306,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--top", type=int, default=20, help="the blend's top candidates of the partial R² at the top")
     ap.add_argument("--tune-episodes", type=int, default=400,
                     help="as bench.term_probe's: the observed reading is fitted on 5× as many fresh training sessions")
+    ap.add_argument("--runs", default=None,
+                    help="comma-separated trained run directories: each picks its slate on the same requests")
     ap.add_argument("--json", type=Path, default=None, help="also write the summary to this file, atomically")
     ap.add_argument("--figure", nargs="+", default=None, metavar="TOP_JSON",
                     help="draw instead of measuring: this module's --json summaries (see the module's text)")
@@ -288,6 +319,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return {"known": figure_main(args, ap)}
     if args.worth is not None or args.out is not None:
         ap.error("--worth and --out go with --figure")
+    runs = [r.strip() for r in (args.runs or "").split(",") if r.strip()]
+    missing = [r for r in runs if not Path(r).is_dir()]
+    if missing:
+        ap.error(f"--runs: no such run directory: {', '.join(missing)}")
     if args.json is not None and not args.json.parent.is_dir():
         ap.error(f"--json: folder {str(args.json.parent)!r} does not exist")
     try:
@@ -313,7 +348,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     readings: dict[str, Term] = {"observed": observed_taste_term(w),
                                  **{f"noisy:{s:g}": noisy_taste_term(core, s) for s in sigmas},
                                  "taste": hidden_term(core, "semantic", "static")}
-    rec = _TopRecorder(base, core, readings, args.top)
+    shadows: dict[str, Ranker] = {f"tuned-diverse + {name}": TermDiverseRanker(base, term, 1.0)
+                                  for name, term in readings.items()}
+    for run in runs:
+        ranker = load_run(run, n_items=world.n_items)
+        if policy_core(ranker, core, world, {}) is not core:
+            ap.error(f"--runs: {run} reads an observation column this env lacks (a research ablation); evaluate it "
+                     "with bench.term_probe --runs")
+        shadows[f"run:{run}"] = ranker
+    rec = _TopRecorder(base, core, readings, args.top, shadows)
     run_episodes(core, rec, plan)
     table = rec.summary()
     print(f"tuned-diverse {point}; the observed reading's fit: R² {fit['r2']:.3f} on {fit['candidates']:,} training "
@@ -322,6 +365,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"| reading | R² | partial R² beyond the blend | R² in the blend's top {args.top} | partial R² there | "
           f"top {core.K} alone: true z, overlap | {head} |")
     for name, row in table.items():
+        if name == "slates":
+            continue
         cells = [f"{row[key]:.3f}" for key in ("r2", "partial_r2", "r2_top", "partial_r2_top")]
         tk = row["topk"]
         if name == "blend":  # its own top K (blend + β·blend is the blend)
@@ -329,6 +374,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         else:
             cells += [f"{c['true_z']:.2f}, {c['overlap']:.2f}" for c in [tk["alone"], *(tk[str(b)] for b in BETAS)]]
         print(f"| {name} | " + " | ".join(cells) + " |")
+    print("| slate picked on the same requests | its items' mean true taste (z) | mean true utility (z) |\n"
+          "|---|---:|---:|")
+    for name, z in table["slates"].items():
+        print(f"| {'tuned-diverse (played)' if name == 'played' else name} | {z['true_z']:.3f} | "
+              f"{z['utility_z']:.3f} |")
     out = {"preset": cfg.env.preset, "seed": args.seed, "episodes": len(plan), "requests": rec.requests,
            "top": args.top, "k": core.K, "tuned_diverse": point, "observed_fit": {"r2": fit["r2"],
            "r2_blend": fit["r2_blend"], "candidates": fit["candidates"]}, "readings": table}

@@ -35,7 +35,7 @@ def test_the_recorder_scores_the_truth_at_its_maximum_and_the_blend_at_nothing_b
     played = run_episodes(core, rec, plan).ret
     np.testing.assert_array_equal(played, run_episodes(core, base(), plan).ret)
     table = rec.summary()
-    assert rec.requests > 0 and set(table) == {"blend", *readings}
+    assert rec.requests > 0 and set(table) == {"blend", *readings, "slates"}
     taste = table["taste"]
     for key in ("r2", "partial_r2", "r2_top", "partial_r2_top"):
         assert taste[key] == pytest.approx(1.0)
@@ -50,6 +50,32 @@ def test_the_recorder_scores_the_truth_at_its_maximum_and_the_blend_at_nothing_b
     assert same["partial_r2"] == 0.0 and same["partial_r2_top"] == 0.0
     assert same["r2"] == pytest.approx(table["blend"]["r2"]) and 0.0 < same["r2"] < 1.0
     assert 0.3 < table["noisy:1"]["r2"] < 0.7 and 0.0 < table["noisy:1"]["partial_r2"] < table["noisy:1"]["r2"] + 0.1
+    assert set(table["slates"]) == {"played"} and table["slates"]["played"]["utility_z"] == 0.0  # no shadows
+
+
+def test_shadow_rankers_pick_slates_on_the_played_requests_and_hear_the_played_feedback(
+        small_world: World, small_cfg: EnvConfig) -> None:
+    """A shadow that is the played ranker's twin picks the played slate at every request (so it hears the same
+    feedback and keeps the same session state); a shadow that ranks by the true taste picks slates of a higher mean
+    true taste than the played one; the played sessions' returns do not change with shadows beside them."""
+    from bench.term_probe import TermDiverseRanker
+
+    core = make_core(small_cfg, small_cfg.preset, None, small_world, "heldout", 16)
+    plan = episode_plan(16, [2], small_world.populations["heldout"].size)
+
+    def base() -> DiverseRanker:
+        return DiverseRanker(small_cfg.slate_size, 0.8, small_world.catalog.category, exposure_weight=1.0, cap=2,
+                             lean_weight=1.0)  # the lean follows the session's clicks: the twin needs the feedback
+
+    taste = hidden_term(core, "semantic", "static")
+    alone = run_episodes(core, base(), plan).ret
+    rec = _TopRecorder(base(), core, {}, top=10,
+                       shadows={"twin": base(), "taste": TermDiverseRanker(base(), taste, 8.0)})
+    np.testing.assert_array_equal(run_episodes(core, rec, plan).ret, alone)
+    slates = rec.summary()["slates"]
+    assert set(slates) == {"played", "twin", "taste"}
+    assert slates["twin"] == slates["played"] and slates["taste"]["true_z"] > slates["played"]["true_z"] + 0.1
+    assert slates["played"]["utility_z"] != 0.0
 
 
 def test_bad_arguments_are_named_before_any_world_is_loaded(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
