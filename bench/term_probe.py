@@ -505,6 +505,16 @@ FIT_SEED_OFFSET = 104_729
 RETUNE_BETAS: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 
 
+def fit_sessions(cfg: Config, world: World, seed: int, tune_episodes: int, batch: int
+                 ) -> tuple[BatchedCore, EpisodePlan]:
+    """The fresh training sessions the observed-taste reading is fitted on (neither tuning nor validation ones):
+    a core over the training users and ``VALIDATION_FACTOR · tune_episodes`` sessions of seed
+    ``seed + TUNE_SEED + FIT_SEED_OFFSET`` (so every probe of one seed fits the same weights)."""
+    plan = episode_plan(VALIDATION_FACTOR * tune_episodes, [seed + TUNE_SEED + FIT_SEED_OFFSET],
+                        world.populations["train"].size)
+    return make_core(cfg.env, cfg.env.preset, cfg.encoder, world, "train", batch), plan
+
+
 def retune_with_term(world: World, env_cfg: EnvConfig, name: str, make_term: Callable[[BatchedCore], Term],
                      start: dict[str, float], episodes: int, batch: int, encoder: EncoderConfig | None = None,
                      cache_dir: str | Path | None = None, grid: dict[str, tuple[float, ...]] | None = None,
@@ -566,10 +576,8 @@ def retune_terms(names: list[str], cfg: Config, world: World, core: BatchedCore,
         Term → ``{"best", "return", "ratio", "points", "validation_points", "validation_means", [the fit's
         figures,] "diff", "ci95", …}`` (the paired test against tuned-diverse).
     """
-    def fit_setup() -> tuple[BatchedCore, EpisodePlan]:  # fresh training sessions (neither tuning nor validation)
-        plan = episode_plan(VALIDATION_FACTOR * tune_episodes, [seed + TUNE_SEED + FIT_SEED_OFFSET],
-                            world.populations["train"].size)
-        return make_core(cfg.env, cfg.env.preset, cfg.encoder, world, "train", batch), plan
+    def fit_setup() -> tuple[BatchedCore, EpisodePlan]:
+        return fit_sessions(cfg, world, seed, tune_episodes, batch)
 
     out: dict[str, Any] = {}
     for name in names:

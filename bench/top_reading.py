@@ -42,18 +42,18 @@ from typing import Any
 import numpy as np
 
 from agents.base import Ranker
-from agents.evaluation import episode_plan, run_episodes
+from agents.evaluation import run_episodes
 from agents.rankers import DiverseRanker, z_rows
 from agents.registry import load_run
-from agents.tuning import TUNE_SEED, VALIDATION_FACTOR, diverse_ranker
+from agents.tuning import diverse_ranker
 from bench.information_curve import Point, read_points
 from bench.term_probe import (
-    FIT_SEED_OFFSET,
     UTILITY_SIGN,
     Term,
     TermDiverseRanker,
     finish_summary,
     fit_observed_taste,
+    fit_sessions,
     heldout_setup,
     hidden_term,
     noisy_taste_term,
@@ -63,7 +63,6 @@ from bench.term_probe import (
 from configs.fileio import atomic_write_bytes, figure_png
 from configs.schema import ConfigError
 from envs.core import BatchedCore
-from envs.factory import make_core
 
 #: β of ``z(blend) + β·reading`` whose top K is scored (0: the blend alone).
 BETAS: tuple[float, ...] = (0.5, 1.0, 2.0)
@@ -341,9 +340,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ap.error(f"--top must be in {core.K}..{core.N} (the slate size to the request's candidates), got {args.top}")
     point = ctx.diverse_search().best
     base = diverse_ranker(cfg.env.slate_size, world.catalog.category, point, name="tuned-diverse")
-    fit_plan = episode_plan(VALIDATION_FACTOR * args.tune_episodes, [args.seed + TUNE_SEED + FIT_SEED_OFFSET],
-                            world.populations["train"].size)
-    train_core = make_core(cfg.env, cfg.env.preset, cfg.encoder, world, "train", args.batch)
+    train_core, fit_plan = fit_sessions(cfg, world, args.seed, args.tune_episodes, args.batch)
     w, fit = fit_observed_taste(train_core, base, fit_plan)
     readings: dict[str, Term] = {"observed": observed_taste_term(w),
                                  **{f"noisy:{s:g}": noisy_taste_term(core, s) for s in sigmas},
