@@ -83,10 +83,11 @@ copies --set train.collect_device=cpu
 copies --set train.collect_device=train
 tp "default, cpu" --threads 1 --set train.device=cpu
 stage "train.py on $DEV (300k steps, short references: the command of session 32's CPU comparison)"
+RUNS=$(mktemp -d /tmp/recfeed-runs.XXXXXX)  # a folder of this run's own: its summary.json is the only one there
 run 120 python3 train.py --quiet --set "train.device=$DEV" --set train.total_timesteps=300000 "${ENC[@]}" \
   --set eval.tune_episodes=100 --set eval.episodes=100 --set train.eval_every=0 --set train.checkpoint_every=0 \
-  --out /tmp/recfeed-runs 2>&1 | tail -40 | tee "$OUT/train.log"
-{ echo "summary.json:"; cat /tmp/recfeed-runs/*/summary.json; } >>"$OUT/train.log" 2>/dev/null
+  --out "$RUNS" 2>&1 | tail -40 | tee "$OUT/train.log"
+{ echo "summary.json:"; cat "$RUNS"/*/summary.json; } >>"$OUT/train.log" 2>/dev/null
 tp "default, $DEV, collect $DEV" --threads 1 --set "train.device=$DEV" --set train.collect_device=train
 tp "adapt learner, $DEV, collect cpu" --threads 1 "${ADAPT[@]}" --set "train.device=$DEV" --set train.collect_device=cpu
 tp "default 4x batch, $DEV, collect cpu" --threads 1 "${X4[@]}" --set "train.device=$DEV" --set train.collect_device=cpu
