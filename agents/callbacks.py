@@ -26,6 +26,7 @@ from agents.checkpoints import CKPT_DIR, save_checkpoint
 from agents.evaluation import run_episodes
 from agents.policies import SlatePolicy
 from agents.ppo_ranker import PPORanker
+from agents.ppo_update import LinearRate
 from agents.rollouts import acting_policy
 from configs.fileio import atomic_write_bytes, atomic_write_text
 from envs.core import BatchedCore
@@ -139,11 +140,21 @@ class RolloutMetrics(BaseCallback):
 
 
 class TimeLimit(BaseCallback):
-    """Stops learning once ``minutes`` of wall time have passed (checked every step)."""
+    """Stops learning once ``minutes`` of wall time have passed (checked every step).
+
+    A :class:`agents.ppo_update.LinearRate` learning rate is given the same clock when learning starts, so that it
+    reaches its end rate by the deadline when the minutes end the run before its step count does.
+    """
 
     def __init__(self, minutes: float) -> None:
         super().__init__()
-        self.deadline = time.perf_counter() + 60.0 * minutes
+        self.seconds = 60.0 * minutes
+        self.deadline = time.perf_counter() + self.seconds
+
+    def _on_training_start(self) -> None:
+        rate = getattr(self.model.lr_schedule, "value_schedule", None)  # SB3 wraps it in a FloatSchedule
+        if isinstance(rate, LinearRate):
+            rate.wall_clock = (self.deadline - self.seconds, self.seconds)
 
     def _on_step(self) -> bool:
         return time.perf_counter() < self.deadline

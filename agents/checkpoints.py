@@ -43,7 +43,7 @@ from agents.ppo_ranker import (
     same_space,
     save_policy,
 )
-from agents.ppo_update import DeviceDictRolloutBuffer
+from agents.ppo_update import DeviceDictRolloutBuffer, LinearRate
 from agents.rollouts import RecPPO
 from configs.fileio import atomic_write_text, json_default, sha256_file
 from configs.schema import Config
@@ -346,7 +346,8 @@ def new_ppo(cfg: Config, env: SB3VecEnv | VecNormalize, device: th.device, run_d
         from agents.ray_backend import RayPPO
 
         algo, extra = RayPPO, {}
-    return algo(SlatePolicy, env, learning_rate=pc.learning_rate, n_steps=pc.n_steps, batch_size=pc.batch_size,
+    rate = pc.learning_rate if pc.learning_rate_end is None else LinearRate(pc.learning_rate, pc.learning_rate_end)
+    return algo(SlatePolicy, env, learning_rate=rate, n_steps=pc.n_steps, batch_size=pc.batch_size,
                n_epochs=pc.n_epochs, gamma=pc.gamma, gae_lambda=pc.gae_lambda, clip_range=pc.clip_range,
                ent_coef=pc.ent_coef, vf_coef=pc.vf_coef, max_grad_norm=pc.max_grad_norm, target_kl=pc.target_kl,
                tensorboard_log=None if run_dir is None else str(run_dir / "tb"), device=device, seed=tc.seed,

@@ -22,7 +22,9 @@ computed in float64 on the device rather than by numpy over Python floats (equal
 
 from __future__ import annotations
 
+import time
 from collections.abc import Generator
+from dataclasses import dataclass
 
 import numpy as np
 import torch as th
@@ -34,6 +36,38 @@ from stable_baselines3.common.utils import explained_variance
 from torch.nn import functional as F
 
 from agents.policy_ops import refuse_nonfinite_weights
+
+
+@dataclass
+class LinearRate:
+    """A learning rate going linearly from ``start`` to ``end`` over a run (``train.ppo.learning_rate_end``).
+
+    An SB3 schedule: called with SB3's ``progress_remaining`` (1 at the run's first update, 0 at
+    ``train.total_timesteps``) at the start of every update. A run stopped by ``train.max_minutes`` usually ends far
+    from its step count, so :class:`agents.callbacks.TimeLimit` sets ``wall_clock`` when learning starts and the
+    progress is then whichever is further, the steps or the minutes.
+
+    Attributes:
+        start: The rate at progress 0.
+        end: The rate at the end of the run.
+        wall_clock: ``(time.perf_counter() at the start, seconds allowed)``, or ``None`` (steps only).
+    """
+
+    start: float
+    end: float
+    wall_clock: tuple[float, float] | None = None
+
+    def remaining(self, progress_remaining: float) -> float:
+        """The share of the run still to come, in [0, 1], from SB3's step count and the wall clock."""
+        left = float(progress_remaining)
+        if self.wall_clock is not None:
+            t0, seconds = self.wall_clock
+            left = min(left, 1.0 - (time.perf_counter() - t0) / seconds)
+        return min(max(left, 0.0), 1.0)
+
+    def __call__(self, progress_remaining: float) -> float:
+        return self.end + (self.start - self.end) * self.remaining(progress_remaining)
+
 
 #: The rollout's per-sample arrays besides the observations (SB3's names), flattened by ``get``.
 _ARRAYS = ("actions", "values", "log_probs", "advantages", "returns")

@@ -426,7 +426,10 @@ class PPOConfig:
         n_epochs: Epochs per update. 2 by default: at equal wall time (15 minutes, 5 seeds) two epochs of the
             one-layer network learned more than three epochs of the two-layer one, at ~1.6× the steps per second
             (BENCHMARKS.md, "PPO").
-        learning_rate: Adam learning rate.
+        learning_rate: Adam learning rate (at the start of the run).
+        learning_rate_end: ``None`` (the default): the rate stays ``learning_rate``. A number: the rate goes
+            linearly from ``learning_rate`` to it over the run, by the share of ``train.total_timesteps`` done or,
+            under ``train.max_minutes``, of the minutes spent, whichever is further (``agents.ppo_update``).
         gamma: Discount. 0.97: 0.99 (closer to the undiscounted session return the evaluation reports) was no
             better at ``make train``'s budget (BENCHMARKS.md, "Session 41").
         gae_lambda: GAE lambda.
@@ -446,6 +449,7 @@ class PPOConfig:
     batch_size: int = 2048
     n_epochs: int = 2
     learning_rate: float = 1e-3
+    learning_rate_end: float | None = None
     gamma: float = 0.97
     gae_lambda: float = 0.95
     clip_range: float = 0.2
@@ -464,6 +468,7 @@ class PPOConfig:
             raise FieldError("advantage_bins", "1 bin is the rollout itself; use 0 (off) or at least 2")
         _check(self, ">=2", "batch_size")  # SB3 normalises advantages per minibatch
         _check(self, ">0", "learning_rate", "clip_range", "max_grad_norm", "target_kl")
+        _check(self, ">=0", "learning_rate_end")
         _check(self, "[0,1]", "gamma", "gae_lambda")
         _check(self, ">=0", "ent_coef", "vf_coef")
         if _number(self.n_envs) and _number(self.n_steps) and self.n_envs * self.n_steps < 2:

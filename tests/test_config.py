@@ -183,6 +183,7 @@ def test_configs_import_nothing_downstream() -> None:
         ("train.ppo.gamma=1.01", "train.ppo.gamma: must be in [0, 1], got 1.01"),
         ("train.ppo.learning_rate=0", "train.ppo.learning_rate: must be > 0, got 0.0"),
         ("train.ppo.target_kl=-1", "train.ppo.target_kl: must be > 0, got -1.0"),
+        ("train.ppo.learning_rate_end=-1e-4", "train.ppo.learning_rate_end: must be >= 0, got -0.0001"),
         ("train.policy.init_alpha=2", "train.policy.init_alpha: must be in [0, 1], got 2.0"),
         ("train.policy.temperature=0", "train.policy.temperature: must be > 0, got 0.0"),
         ("eval.episodes=0", "eval.episodes: must be >= 1, got 0"),

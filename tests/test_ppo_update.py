@@ -10,11 +10,12 @@ import torch as th
 from gymnasium import spaces
 from stable_baselines3 import PPO
 from stable_baselines3.common.buffers import DictRolloutBuffer
+from stable_baselines3.common.utils import FloatSchedule
 
 from agents.checkpoints import new_ppo
 from agents.distributions import PlackettLuceDistribution
 from agents.policies import SlatePolicy
-from agents.ppo_update import DeviceDictRolloutBuffer, new_rollout_buffer
+from agents.ppo_update import DeviceDictRolloutBuffer, LinearRate, new_rollout_buffer
 from agents.training import make_venv, policy_kwargs
 from bench.train_throughput import HEURISTIC
 from configs.loader import resolve_config
@@ -178,3 +179,53 @@ def test_the_update_benchmark_runs_both_updates_to_the_same_weights(capsys: pyte
     for bad in (["--set", "env.slate_size=0"], ["--repeats", "0"]):
         with pytest.raises(SystemExit):
             update_speed.main(["--preset", "small", *bad])
+
+
+def test_a_linear_learning_rate_reaches_its_end_with_the_steps(small_world: World) -> None:
+    """``train.ppo.learning_rate_end``: each update's Adam rate follows the line from the start rate to the end rate
+    by the share of the steps done (SB3's progress), the last update at the share its rollout starts from."""
+    model = _model(small_world, "train.ppo.learning_rate=2e-3", "train.ppo.learning_rate_end=5e-4")
+    rates: list[float] = []
+    update = model.train
+
+    def recorded() -> None:
+        update()
+        rates.append(model.policy.optimizer.param_groups[0]["lr"])
+
+    model.train = recorded  # type: ignore[method-assign]
+    model.learn(total_timesteps=4 * model.n_envs * model.n_steps)
+    # SB3 updates the progress after each rollout: 3/4, 2/4, 1/4, 0 of the run remain at the four updates
+    assert rates == pytest.approx([5e-4 + 1.5e-3 * left for left in (0.75, 0.5, 0.25, 0.0)])
+    constant = _model(small_world, "train.ppo.learning_rate=2e-3")
+    constant.learn(total_timesteps=2 * constant.n_envs * constant.n_steps)
+    assert constant.policy.optimizer.param_groups[0]["lr"] == 2e-3
+
+
+def test_a_linear_learning_rate_under_a_time_limit_follows_the_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under ``train.max_minutes`` the run ends by its clock: :class:`TimeLimit` gives the rate its deadline, and the
+    progress is whichever is further, the steps or the minutes."""
+    from agents import ppo_update
+    from agents.callbacks import TimeLimit
+
+    now = [100.0]
+    monkeypatch.setattr(ppo_update.time, "perf_counter", lambda: now[0])
+    rate = LinearRate(1e-3, 0.0)
+    assert rate(0.5) == pytest.approx(5e-4) and rate(1.5) == 1e-3 and rate(-0.1) == 0.0  # clipped to [0, 1]
+
+    class _Model:  # what TimeLimit reads of a model: SB3 keeps the schedule in a FloatSchedule
+        lr_schedule = FloatSchedule(rate)
+
+    limit = TimeLimit(minutes=10.0)
+    limit.deadline = now[0] + limit.seconds  # the callback's clock is the real one: align it with the fake
+    limit.model = _Model()  # type: ignore[assignment]
+    limit._on_training_start()
+    assert rate.wall_clock == (100.0, 600.0)
+    now[0] = 100.0 + 150.0  # a quarter of the minutes spent, a tenth of the steps
+    assert rate(0.9) == pytest.approx(0.75e-3)
+    assert rate(0.5) == pytest.approx(0.5e-3)  # half the steps done: the steps are further
+    now[0] = 100.0 + 900.0  # past the deadline
+    assert rate(1.0) == 0.0
+    other = TimeLimit(minutes=1.0)  # a constant rate stays constant
+    other.model = type("M", (), {"lr_schedule": FloatSchedule(1e-3)})()  # type: ignore[assignment]
+    other._on_training_start()
+    assert other.model.lr_schedule(0.0) == 1e-3
