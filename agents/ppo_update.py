@@ -48,8 +48,8 @@ class LinearRate:
     progress is then whichever is further, the steps or the minutes.
 
     Attributes:
-        start: The rate at progress 0.
-        end: The rate at the end of the run.
+        start: The rate when the run starts (SB3's ``progress_remaining`` 1).
+        end: The rate when it ends (``progress_remaining`` 0, or the deadline).
         wall_clock: ``(time.perf_counter() at the start, seconds allowed)``, or ``None`` (steps only).
     """
 
