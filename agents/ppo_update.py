@@ -42,10 +42,10 @@ from agents.policy_ops import refuse_nonfinite_weights
 class LinearRate:
     """A learning rate going linearly from ``start`` to ``end`` over a run (``train.ppo.learning_rate_end``).
 
-    An SB3 schedule: called with SB3's ``progress_remaining`` (1 at the run's first update, 0 at
-    ``train.total_timesteps``) at the start of every update. A run stopped by ``train.max_minutes`` usually ends far
-    from its step count, so :class:`agents.callbacks.TimeLimit` sets ``wall_clock`` when learning starts and the
-    progress is then whichever is further, the steps or the minutes.
+    An SB3 schedule: called at the start of every update with SB3's ``progress_remaining``, the share of
+    ``train.total_timesteps`` still to come once the update's rollout is collected (the last update sees 0). A run
+    stopped by ``train.max_minutes`` usually ends far from its step count, so :class:`agents.callbacks.TimeLimit` sets
+    ``wall_clock`` when learning starts and the progress is then whichever is further, the steps or the minutes.
 
     Attributes:
         start: The rate when the run starts (SB3's ``progress_remaining`` 1).

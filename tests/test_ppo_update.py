@@ -183,7 +183,7 @@ def test_the_update_benchmark_runs_both_updates_to_the_same_weights(capsys: pyte
 
 def test_a_linear_learning_rate_reaches_its_end_with_the_steps(small_world: World) -> None:
     """``train.ppo.learning_rate_end``: each update's Adam rate follows the line from the start rate to the end rate
-    by the share of the steps done (SB3's progress), the last update at the share its rollout starts from."""
+    by the share of the steps done (SB3's progress, counted once each rollout is collected)."""
     model = _model(small_world, "train.ppo.learning_rate=2e-3", "train.ppo.learning_rate_end=5e-4")
     rates: list[float] = []
     update = model.train
