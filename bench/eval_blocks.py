@@ -1,7 +1,8 @@
 """How much of a policy's margin is the held-out sessions' draw: one evaluation, cut into blocks of sessions.
 
-A quality protocol meets one set of held-out sessions (``eval.episodes`` × ``eval.seeds``, 2,000 in
-``configs/quality*.yaml``) and reads each training seed's margin over a reference there. When margins differ from
+A quality protocol meets one set of held-out sessions (``eval.episodes`` × ``eval.seeds``: 20,000 in
+``configs/quality*.yaml``, 2,000 in ``configs/quality.yaml`` before session 45) and reads each training seed's margin
+over a reference there. When margins differ from
 seed to seed, the question is whether the policies differ or the 2,000 sessions do. This bench answers it for one
 policy: evaluate it on many more sessions (``evaluate.py ... --seeds 10``: the plan is seed-major, so the run's own
 sessions are the first block), then cut the per-session differences into consecutive blocks of the protocol's size.
