@@ -2,12 +2,11 @@
 
 A quality protocol meets one set of held-out sessions (``eval.episodes`` × ``eval.seeds``: 20,000 in
 ``configs/quality*.yaml``, 2,000 in ``configs/quality.yaml`` before session 45) and reads each training seed's margin
-over a reference there. When margins differ from
-seed to seed, the question is whether the policies differ or the 2,000 sessions do. This bench answers it for one
-policy: evaluate it on many more sessions (``evaluate.py ... --seeds 10``: the plan is seed-major, so the run's own
-sessions are the first block), then cut the per-session differences into consecutive blocks of the protocol's size.
-The spread of the block means is what re-drawing the sessions alone does to one policy's reading; the mean over all
-blocks is the policy's margin with that noise shrunk.
+over a reference there. When margins differ from seed to seed, the question is whether the policies differ or the
+sessions do. This bench answers it for one policy: evaluate it on many more sessions (``evaluate.py ... --seeds
+10``: the plan is seed-major, so the run's own sessions are the first block), then cut the per-session differences
+into consecutive blocks of the protocol's size. The spread of the block means is what re-drawing the sessions alone
+does to one policy's reading; the mean over all blocks is the policy's margin with that noise shrunk.
 
     python evaluate.py --rankers run:RUN,tuned-diverse --reference tuned-diverse --episodes 1000 --seeds 10 \\
         --tune-seed S --out runs/s6-10k
