@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from bench.ppo_seeds import t_interval
+from bench.reference_check import protocol_of
 from configs.fileio import atomic_write_bytes, figure_png
 
 
@@ -89,7 +89,7 @@ def load(paths: list[str], base: str | Path = ".") -> list[Budget]:
             raise ValueError(f"{path}: seed {seed}'s runs met other sessions or references than in "
                              f"{seen[seed][0]}; a seed's summaries must share --eval-seed, --episodes and references")
         for run, row in runs.items():
-            protocol = re.sub(r"-s[0-9]+$", "", run)
+            protocol = protocol_of(run)
             if placed.setdefault((protocol, seed), path) != path:
                 raise ValueError(f"{path}: {run} is in {placed[(protocol, seed)]} too")
             steps.setdefault(protocol, []).append(_steps(run, Path(base)))

@@ -43,6 +43,11 @@ from configs.fileio import atomic_write_text
 from configs.schema import ConfigError
 
 
+def protocol_of(run: str) -> str:
+    """A run folder without its ``-s<seed>`` suffix: its protocol, in ``bench.quality_protocol``'s naming."""
+    return re.sub(r"-s[0-9]+$", "", run)
+
+
 def pool(paths: list[str]) -> dict[str, Any]:
     """Run comparisons pooled over several checks' JSON summaries (one per training seed, each on its own sessions).
 
@@ -67,7 +72,7 @@ def pool(paths: list[str]) -> dict[str, Any]:
         for run, row in runs.items():
             for key, test in row.items():
                 if key.startswith("vs "):
-                    diffs.setdefault(f"{re.sub(r'-s[0-9]+$', '', run)} {key}", []).append(float(test["diff"]))
+                    diffs.setdefault(f"{protocol_of(run)} {key}", []).append(float(test["diff"]))
     out: dict[str, Any] = {}
     for key, d in diffs.items():
         if len(d) < 2:
