@@ -64,7 +64,8 @@ def load(paths: list[str], base: str | Path = ".") -> list[Budget]:
 
     Args:
         paths: ``bench.reference_check --json`` summaries: one or more per training seed, a seed's all on the same
-            held-out sessions (``--eval-seed`` and ``--episodes``) against the same references.
+            held-out sessions (``--eval-seed`` and ``--episodes``); a reference two of them play must return the
+            same there (the same pick).
         base: Folder the summaries' relative run folders are read from (where ``reference_check`` ran).
 
     Returns:
@@ -76,7 +77,7 @@ def load(paths: list[str], base: str | Path = ".") -> list[Budget]:
     """
     diffs: dict[tuple[str, str], dict[int, float]] = {}
     steps: dict[str, list[int]] = {}
-    seen: dict[int, tuple[str, tuple[Any, ...]]] = {}  # seed -> its first summary, the sessions it names
+    seen: dict[int, tuple[str, tuple[Any, Any], dict[str, float]]] = {}  # seed -> first summary, sessions, returns
     placed: dict[tuple[str, int], str] = {}  # (protocol, seed) -> the summary that holds that run
     for path in paths:
         try:
@@ -84,10 +85,12 @@ def load(paths: list[str], base: str | Path = ".") -> list[Budget]:
             seed, runs = int(data["seed"]), dict(data["runs"])
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ValueError(f"{path}: not a bench.reference_check summary (--json): {exc}") from exc
-        sessions = (data.get("eval_seed"), data.get("episodes"), json.dumps(data.get("rankers"), sort_keys=True))
-        if seen.setdefault(seed, (path, sessions))[1] != sessions:
-            raise ValueError(f"{path}: seed {seed}'s runs met other sessions or references than in "
-                             f"{seen[seed][0]}; a seed's summaries must share --eval-seed, --episodes and references")
+        sessions = (data.get("eval_seed"), data.get("episodes"))
+        references = dict(data.get("rankers") or {})
+        first, first_sessions, first_refs = seen.setdefault(seed, (path, sessions, references))
+        if sessions != first_sessions or any(first_refs[k] != v for k, v in references.items() if k in first_refs):
+            raise ValueError(f"{path}: seed {seed}'s runs met other sessions or references than in {first}; a "
+                             "seed's summaries must share --eval-seed and --episodes, and its references' picks")
         for run, row in runs.items():
             protocol = protocol_of(run)
             if placed.setdefault((protocol, seed), path) != path:
@@ -122,7 +125,7 @@ def table(budgets: list[Budget]) -> str:
         lo, hi = b.steps_range
         span = _millions(lo) if lo == hi else f"{_millions(lo)}–{_millions(hi)}"
         above = sum(v > 0 for v in b.per_seed.values())
-        seeds = ", ".join(f"{v:+.2f}" for v in b.per_seed.values())
+        seeds = ", ".join(f"{seed}: {v:+.2f}" for seed, v in b.per_seed.items())
         rows.append(f"| {b.protocol} | {span} | {b.reference} | {b.mean:+.3f} ({b.ci95[0]:+.3f} to {b.ci95[1]:+.3f})"
                     f" | {above}/{len(b.per_seed)} | {seeds} |")
     return "\n".join(rows)

@@ -62,7 +62,8 @@ def test_runs_pool_per_protocol_in_order_of_steps_and_the_figure_is_written(
     assert short.ci95[0] < short.mean < short.ci95[1]
     assert long.ci95[1] - long.ci95[0] < short.ci95[1] - short.ci95[0]  # less spread across seeds, narrower
     printed = capsys.readouterr().out
-    assert "| runs/long | 5.0M–7.0M | tuned-diverse | +0.300" in printed and "| 2/3 |" in printed
+    assert "| runs/long | 5.0M–7.0M | tuned-diverse | +0.300" in printed
+    assert "| 2/3 | 0: +0.10, 1: -0.10, 2: +0.30 |" in printed
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     kept = budget_curve.main([*files, "--base", str(root), "--reference", "tuned-pop-diverse"])
@@ -86,6 +87,13 @@ def test_bad_input_is_refused_with_what_is_wrong(checks: tuple[Path, list[str]],
     assert "on two or more seeds" in refused(files[:2])  # one seed: nothing to pool
     other = _summary(root, 0, {"runs/long-s0": {"tuned-diverse": 0.0}}, eval_seed=1, tag="-other")
     assert "other sessions or references" in refused([*files, other])
+    repicked = json.loads(Path(files[1]).read_text(encoding="utf-8"))
+    repicked["rankers"]["tuned-diverse"] += 0.5  # the same sessions, another pick of the reference
+    Path(files[1]).write_text(json.dumps(repicked), encoding="utf-8")
+    assert "other sessions or references" in refused(files)
+    del repicked["rankers"]["tuned-diverse"]  # a summary that plays fewer references meets the same sessions
+    Path(files[1]).write_text(json.dumps(repicked), encoding="utf-8")
+    assert budget_curve.main([*files, "--base", str(root)])
     again = _summary(root, 0, {"runs/short-s0": {"tuned-diverse": 0.0}}, tag="-again")
     assert "runs/short-s0 is in" in refused([*files, again])
     (root / "runs/short-s1/summary.json").unlink()
