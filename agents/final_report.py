@@ -242,6 +242,21 @@ def _alpha_plot(alpha: dict[str, Any], path: Path) -> None:
 
 
 
+def margin_verdict(ci95: tuple[float, float] | list[float]) -> str:
+    """What one run's paired interval PPO − tuned-diverse says, in a line of ``train.py``'s closing message.
+
+    Args:
+        ci95: The 95% interval of the paired difference on the run's held-out sessions.
+    """
+    lo, hi = float(ci95[0]), float(ci95[1])
+    if lo > 0:
+        return "PPO is above tuned-diverse on these sessions, the interval clear of 0"
+    if hi < 0:
+        return "PPO is below tuned-diverse on these sessions, the interval clear of 0"
+    return ("level with tuned-diverse within these sessions' noise: PPO's margin grows with the steps "
+            "(BENCHMARKS.md, \"PPO\", session 46), and a bar is measured over seeds: python -m bench.quality_protocol")
+
+
 def print_summary(summary: dict[str, Any], results_md: Path) -> None:
     """The closing message of ``train.py``: how PPO compares, and where everything is."""
     print()
@@ -258,6 +273,7 @@ def print_summary(summary: dict[str, Any], results_md: Path) -> None:
     if pd and pd.get("ci95"):
         print(f"  paired on the same sessions: PPO − tuned-diverse {pd['diff']:+.3f} (95% CI {pd['ci95'][0]:+.3f} to "
               f"{pd['ci95'][1]:+.3f}, p {pd['p_value']:.2g})")
+        print(f"  {margin_verdict(pd['ci95'])}")
     best = summary.get("best_hand_written_heldout")
     if best and best["name"] != STRONGEST_HEURISTIC and best["paired"].get("ci95"):
         bp = best["paired"]
