@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,7 @@ class Budget:
     steps_range: tuple[int, int]
     mean: float
     ci95: tuple[float, float]
-    per_seed: dict[int, float] = field(default_factory=dict)
+    per_seed: dict[int, float]
 
 
 def _steps(run: str, base: Path) -> int:
@@ -96,9 +96,12 @@ def load(paths: list[str], base: str | Path = ".") -> list[Budget]:
             if placed.setdefault((protocol, seed), path) != path:
                 raise ValueError(f"{path}: {run} is in {placed[(protocol, seed)]} too")
             steps.setdefault(protocol, []).append(_steps(run, Path(base)))
-            for key, test in row.items():
-                if key.startswith("vs "):
-                    diffs.setdefault((protocol, key[3:]), {})[seed] = float(test["diff"])
+            try:
+                run_diffs = {key[3:]: float(test["diff"]) for key, test in row.items() if key.startswith("vs ")}
+            except (AttributeError, KeyError, TypeError, ValueError) as exc:
+                raise ValueError(f"{path}: {run}'s comparisons are not reference_check's ({exc})") from exc
+            for reference, diff in run_diffs.items():
+                diffs.setdefault((protocol, reference), {})[seed] = diff
     out = []
     for (protocol, reference), per_seed in diffs.items():
         if len(per_seed) < 2:

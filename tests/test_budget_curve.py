@@ -75,7 +75,8 @@ def test_runs_pool_per_protocol_in_order_of_steps_and_the_figure_is_written(
 def test_bad_input_is_refused_with_what_is_wrong(checks: tuple[Path, list[str]],
                                                  capsys: pytest.CaptureFixture[str]) -> None:
     """A seed's summaries on other sessions, a run in two summaries of its seed, a run without a summary, a file
-    that is not a check's summary and an unknown reference each stop the command with a message naming them."""
+    that is not a check's summary, a malformed comparison and an unknown reference each stop the command with a
+    message naming them."""
     root, files = checks
 
     def refused(argv: list[str]) -> str:
@@ -101,3 +102,7 @@ def test_bad_input_is_refused_with_what_is_wrong(checks: tuple[Path, list[str]],
     bad = root / "bad.json"
     bad.write_text("[1, 2]", encoding="utf-8")
     assert "bad.json: not a bench.reference_check summary" in refused([str(bad)])
+    broken = json.loads(Path(files[0]).read_text(encoding="utf-8"))
+    broken["runs"]["runs/short-s0"]["vs tuned-diverse"] = 0.1  # a bare number, not a paired test
+    Path(files[0]).write_text(json.dumps(broken), encoding="utf-8")
+    assert "runs/short-s0's comparisons are not reference_check's" in refused(files)
