@@ -43,7 +43,8 @@ training seeds and not on seed 0 alone.
 
 A run whose ``summary.json`` exists is not trained again (re-running the command finishes a protocol that was
 interrupted); ``--preset`` takes a preset name or a calibrated preset folder; ``--set`` passes config overrides to
-every run. Writes ``<name>.json`` and ``<name>.md`` into ``--out``; the last printed line is the JSON.
+every run. Writes ``<name>.json`` and ``<name>.md`` into ``--out`` (``--table STEM``: ``<STEM>.json`` and ``.md``, so
+that aggregating another set of seeds of the same runs keeps the first table); the last printed line is the JSON.
 """
 
 from __future__ import annotations
@@ -587,6 +588,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--out", type=Path, default=Path("runs/protocol"), help="parent folder of the runs")
     ap.add_argument("--name", default=None,
                     help="run name prefix (default: protocol-<preset>; make-train-<preset> with --make-train)")
+    ap.add_argument("--table", default=None, metavar="STEM",
+                    help="file stem of the table's .json and .md in --out (default: --name); another stem keeps an "
+                         "earlier table of the same runs, e.g. when aggregating another set of seeds")
     ap.add_argument("--aggregate-only", action="store_true", help="do not train; aggregate the finished runs")
     ap.add_argument("--probe", action="store_true",
                     help="also play the feedback probe (bench.feedback_probe) on every run and aggregate its α gap")
@@ -613,6 +617,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if not args.make_train and not Path(args.config).is_file():
         ap.error(f"--config {args.config} does not exist")
     args.name = args.name or f"{'make-train' if args.make_train else 'protocol'}-{Path(args.preset).name}"
+    if args.table is not None and (not args.table or Path(args.table).name != args.table):
+        ap.error(f"--table is a file stem inside --out, not a path: got {args.table!r}")
     jobs = train_commands(args)
     status = {} if args.aggregate_only else run_all(jobs, args.parallel, args.threads)
     done = [run for run, _ in jobs if (run / "report" / "results.json").is_file() and (run / "summary.json").is_file()]
@@ -632,8 +638,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               else f"{args.steps:,} steps each" if args.steps is not None else f"≤ {args.minutes:g} min each")
     md = markdown(agg, f"Quality protocol: preset {args.preset}, {len(done)} seeds, {budget}")
     args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out / f"{args.name}.json", json.dumps(agg, indent=1))
-    atomic_write_text(args.out / f"{args.name}.md", md)
+    table = args.table or args.name
+    atomic_write_text(args.out / f"{table}.json", json.dumps(agg, indent=1))
+    atomic_write_text(args.out / f"{table}.md", md)
     print(md)
     print(json.dumps(agg))
     return agg

@@ -74,6 +74,12 @@ def test_aggregate_only_reads_finished_runs_and_rejects_bad_flags(tmp_path: Path
     assert one["above_tuned_diverse_intervals_apart"] is None  # one run: no interval across seeds, no verdict
     assert "across seeds: none (one run)" in (tmp_path / "protocol-default.md").read_text()
     assert (tmp_path / "protocol-default.json").is_file() and (tmp_path / "protocol-default.md").is_file()
+    both = main(["--seeds", "0,1", "--out", str(tmp_path), "--aggregate-only", "--table", "both-seeds"])
+    assert both["seeds"] == 2 and json.loads((tmp_path / "both-seeds.json").read_text())["seeds"] == 2
+    assert json.loads((tmp_path / "protocol-default.json").read_text())["seeds"] == 1  # the earlier table is kept
+    with pytest.raises(SystemExit):
+        main(["--seeds", "0", "--out", str(tmp_path), "--aggregate-only", "--table", "sub/t"])
+    assert "--table is a file stem" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["--seeds", "0,0", "--out", str(tmp_path), "--aggregate-only"])
     assert "distinct seeds" in capsys.readouterr().err
