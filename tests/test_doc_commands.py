@@ -69,11 +69,16 @@ def _candidate_lines(text: str) -> Iterator[tuple[int, str, bool]]:
     fenced: set[int] = set()
     for block in _FENCE.finditer(text):
         first = text.count("\n", 0, block.start(1)) + 1
-        body = re.sub(r"\\\n\s*", " ", block.group(1))  # shell continuation lines
-        # A joined line keeps the number of its first line; the offset drifts by the continuations only.
-        for i, line in enumerate(body.splitlines()):
-            fenced.add(first + i)
-            yield first + i, line, True
+        fenced.update(range(first, first + block.group(1).count("\n") + 1))
+        joined, start = "", first
+        for i, line in enumerate(block.group(1).splitlines()):
+            if not joined:
+                start = first + i
+            if line.endswith("\\"):  # a shell continuation: the command goes on on the next line
+                joined += line[:-1] + " "
+                continue
+            yield start, joined + line, True
+            joined = ""
     for n, line in enumerate(text.splitlines(), start=1):
         if n in fenced:
             continue
