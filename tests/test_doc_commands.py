@@ -98,7 +98,7 @@ def doc_commands(paths: tuple[Path, ...] = DOCS) -> list[DocCommand]:
             rest = m.group("rest").split(" #", 1)[0].strip().removesuffix("&")  # a shell comment, a background job
             if any(mark in rest for mark in _GRAMMAR) or target != target.lower():
                 continue
-            if not fenced and not rest.strip():
+            if not fenced and not rest:
                 continue  # prose naming a tool, not a command line
             found.append(DocCommand(f"{path.name}:{n}", target, bool(m.group("module")),
                                     tuple(_NUMERIC_PLACEHOLDERS.get(a, a) for a in shlex.split(rest))))
