@@ -40,8 +40,8 @@ _FENCE = re.compile(r"^```[^\n]*\n(.*?)^```", re.S | re.M)
 _SPAN = re.compile(r"`([^`\n]+)`")
 #: Marks of a usage grammar, not a command to run.
 _GRAMMAR = ("[", "|", "…", "──▶")
-#: Placeholders that a numeric argument takes as written in the docs.
-_NUMERIC_PLACEHOLDERS = {"S": "0", "$((60000+S))": "60000"}
+#: Placeholders that a numeric argument takes as written in the docs (``--tune-seed S``).
+_NUMERIC_PLACEHOLDERS = {"S": "0"}
 
 
 @dataclass(frozen=True)
