@@ -165,6 +165,11 @@ class SlatePolicy(ActorCriticPolicy):
             ρ, price sensitivity, budget left and fatigue) joins the *actor's* state input too (appended last), so
             the policy is told what no deployed ranker knows: an upper reference of what knowing that state is
             worth to the learner, never exportable or servable.
+        feature_gate: A state-dependent weight per feature column: a linear head on the state embedding (zero at
+            init) gives each request its own weights ``v_θ(s)`` (F,), and ``v_θ(s)·f_i`` joins the residual, as
+            ``α_θ(s)`` gives each request its own blend. The linear feature path learns one weight per column for
+            every user; with this gate the weights on, e.g., ``cat_exposure`` and ``item_seen`` (the heuristic's
+            penalties) can differ by user and by what the session has shown, as the per-type rule's do.
         activation_fn: Hidden activation.
         ortho_init: Orthogonal initialisation of the hidden layers (gain √2), critic head gain 1.
         use_sde: Must be False (SB3's algorithms pass it).
@@ -211,6 +216,7 @@ class SlatePolicy(ActorCriticPolicy):
         type_gate_lower_only: bool = False,
         type_gate_margin: float = 0.0,
         actor_hidden_state: bool = False,
+        feature_gate: bool = False,
         activation_fn: type[nn.Module] = nn.Tanh,
         ortho_init: bool = True,
         use_sde: bool = False,
@@ -296,6 +302,7 @@ class SlatePolicy(ActorCriticPolicy):
             raise ValueError("actor_hidden_state reads obs['critic_state'] (env.obs_critic_state): the observation "
                              "space has no such key")
         self.actor_hidden_state = bool(actor_hidden_state)
+        self.feature_gate = bool(feature_gate)
         if gate_lean is not None and (gate != "standardised" or not math.isfinite(gate_lean)):
             raise ValueError(f"gate_lean must be a finite number and goes with gate='standardised', got {gate_lean} "
                              f"with gate={gate!r}")
@@ -402,6 +409,10 @@ class SlatePolicy(ActorCriticPolicy):
         # A linear path from the raw features to the logits (zero at init): penalties such as "recently shown
         # category" or "already seen" are linear in the features, and PPO finds them much faster this way.
         self.feature_linear = nn.Linear(n_feat, 1, bias=False)
+        # feature_gate: per-request weights of the feature columns from the state embedding, (F, H), zero at init
+        # (a plain parameter: built without drawing from torch's RNG, so every other weight's init is unchanged)
+        self.feature_gate_weight: nn.Parameter | None = (
+            nn.Parameter(th.zeros(n_feat, self.hidden)) if self.feature_gate else None)
         self.session_weight: nn.Parameter | None = (
             nn.Parameter(th.zeros((), dtype=th.float32)) if self.reads_session_sim else None)
         self.taste_weight: nn.Parameter | None = (
@@ -496,6 +507,7 @@ class SlatePolicy(ActorCriticPolicy):
             type_gate_lower_only=self.type_gate_lower_only,
             type_gate_margin=self.type_gate_margin,
             actor_hidden_state=self.actor_hidden_state,
+            feature_gate=self.feature_gate,
             activation_fn=self.activation_fn,
             ortho_init=self.ortho_init,
             optimizer_class=self.optimizer_class,
@@ -605,7 +617,7 @@ class SlatePolicy(ActorCriticPolicy):
                                        .sqrt() + 1e-9)
                 z = standardise_rows(zs)
         seen = features if self.residual_feature_mask is None else features * self.residual_feature_mask
-        residual = self._residual(cand, h) + self.feature_linear(seen).squeeze(-1)  # (B, N)
+        residual = self._residual(cand, h) + self._linear_features(seen, h)  # (B, N)
         if self.session_weight is not None:
             residual = residual + self.session_weight * cand[..., -1]
         if self.taste_weight is not None:
@@ -635,6 +647,14 @@ class SlatePolicy(ActorCriticPolicy):
             learned = residual + base_terms * session_scale * inv_t
         parts = th.stack([llm_w * inv_t, cf_w * inv_t, diversity, learned, logits - raw], dim=-1)
         return logits, alpha, h, parts
+
+    def _linear_features(self, seen: th.Tensor, h: th.Tensor) -> th.Tensor:
+        """The linear feature path (B, N): ``w·f_i`` with the learned weights ``w`` (F,), plus ``v_θ(s)·f_i`` with
+        the feature gate's per-request weights (B, F) from the state embedding ``h`` (B, H) when it is on."""
+        out = self.feature_linear(seen).squeeze(-1)
+        if self.feature_gate_weight is not None:
+            out = out + (seen * (h @ self.feature_gate_weight.T).unsqueeze(-2)).sum(dim=-1)
+        return out
 
     def _state(self, state_in: th.Tensor, type_logit: th.Tensor | None = None) -> th.Tensor:
         """The actor's state embedding (B, H) from the state input (B, S) (and the type logit (B,), with a type
@@ -884,7 +904,8 @@ class SlatePolicy(ActorCriticPolicy):
         * ``diversity``: the fixed penalty of the diversity heuristic, ``base_weights·f_i·inv_t`` (``-λ_c`` on
           ``cat_exposure``, ``-λ_s`` on ``item_seen``); 0 for base ``"blend"``.
         * ``residual``: everything PPO learned beyond the gated blend and the fixed penalty: the residual MLP
-          plus the learned linear feature term ``feature_linear·f_i`` (not divided by τ, as in the logits). The
+          plus the learned linear feature term ``feature_linear·f_i`` (with ``feature_gate``, plus the state's own
+          weights ``v_θ(s)·f_i``; not divided by τ, as in the logits). The
           linear term is counted here, not under ``diversity``: it is learned, spans every feature column (LLM
           and CF scores, popularity and price too) and its sign is free. With ``session_base_weight`` or
           ``pop_base_weight`` the base's fixed extra terms (``β·z(session_sim)``, ``w·z(popularity)``, re-standardised
@@ -922,8 +943,8 @@ class SlatePolicy(ActorCriticPolicy):
         * ``gate``: the learned shift of α: the gate head (weights 0, bias at its init), the context path and the
           type head's weight in the gate (0) and the click-lean weight (its start value ``gate_lean``), so α is the
           started rule's (``init_alpha``, or its per-request prior with ``gate="standardised"``);
-        * ``residual``: the per-candidate residual MLP's output layer, the linear feature path and the learned
-          weights on ``session_sim`` / ``hidden_taste`` (all 0);
+        * ``residual``: the per-candidate residual MLP's output layer, the linear feature path (with the feature
+          gate's weights) and the learned weights on ``session_sim`` / ``hidden_taste`` (all 0);
         * ``repulsion``: the within-slate category repulsion β (``repulsion_init``, state-independent);
         * ``temperature``: the learned 1/τ (``1 / temperature``).
 
@@ -1007,7 +1028,7 @@ class SlatePolicy(ActorCriticPolicy):
             raise ValueError("residual_of reads policies whose per-candidate input is the feature row alone; this one "
                              f"reads {self.residual_cand.in_features} columns per candidate")
         seen = features if self.residual_feature_mask is None else features * self.residual_feature_mask
-        return (self._residual(symlog(seen).unsqueeze(1), state) + self.feature_linear(seen.unsqueeze(1)).squeeze(-1)
+        return (self._residual(symlog(seen).unsqueeze(1), state) + self._linear_features(seen.unsqueeze(1), state)
                 ).squeeze(1)
 
     def with_linear_residual(self, weights: np.ndarray | list[float]) -> SlatePolicy:
@@ -1033,6 +1054,8 @@ class SlatePolicy(ActorCriticPolicy):
             for weight in (out.session_weight, out.taste_weight):
                 if weight is not None:
                     weight.zero_()
+            if out.feature_gate_weight is not None:
+                out.feature_gate_weight.zero_()
             out.feature_linear.weight.copy_((w * out.log_inv_temperature.exp()).unsqueeze(0))
         return out
 
@@ -1049,6 +1072,9 @@ class SlatePolicy(ActorCriticPolicy):
         with th.no_grad():
             out.residual_cand.bias.add_(out.residual_state(h))
             out.residual_state.weight.zero_()
+            if out.feature_gate_weight is not None:  # the gate's weights at that state join the linear path
+                out.feature_linear.weight.add_((out.feature_gate_weight @ h).reshape(1, -1))
+                out.feature_gate_weight.zero_()
             if out.repulsion_head is not None:
                 out.repulsion_head.bias.copy_(out.repulsion_head(h))
                 out.repulsion_head.weight.zero_()

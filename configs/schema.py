@@ -524,6 +524,10 @@ class PolicyConfig:
         actor_hidden_state: A research ablation (needs ``env.obs_critic_state``): the actor reads the simulated
             user's hidden state too (ρ, price sensitivity, the budget left, fatigue), so the run measures what
             knowing it is worth to the learner (an upper reference; the policy is not exportable). False: off.
+        feature_gate: Per-request weights of the candidates' feature columns, read from the policy's state (zero
+            at init, beside the one learned weight per column): the heuristic's exposure and seen penalties, the
+            popularity and price columns can then weigh differently by user and session, as the rule tuned per
+            user type does (see ``agents/policies.py``). False: off.
     """
 
     hidden: int = 64
@@ -547,6 +551,7 @@ class PolicyConfig:
     type_gate_lower_only: bool = False
     type_gate_margin: float = 0.0
     actor_hidden_state: bool = False
+    feature_gate: bool = False
 
     def __post_init__(self) -> None:
         _finite(self)

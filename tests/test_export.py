@@ -93,6 +93,20 @@ def test_export_with_standardised_gate(tmp_path: Path, small_world: World) -> No
     assert m["parity"]["slates_equal_up_to_ties"] == m["parity"]["observations"] == 32
 
 
+def test_export_with_feature_gate(tmp_path: Path, small_world: World) -> None:
+    """A policy whose feature weights follow the state (``train.policy.feature_gate``), trained until its gate has
+    moved, exports with parity: the graph computes the per-request weights as the policy does."""
+    run = make_run_dir(tmp_path, small_world, steps=64, gate="standardised", feature_gate=True)
+    from agents.ppo_ranker import load_policy
+
+    gate = load_policy(run, device="cpu").feature_gate_weight
+    assert gate is not None and bool(gate.detach().abs().max() > 0)  # it learned away from its zero start
+    out = export_run(run, "onnx", world=small_world, parity_envs=8, parity_steps=4)
+    m = _manifest(out)
+    assert m["parity"]["slates_equal_up_to_ties"] == m["parity"]["observations"] == 32
+    assert m["parity"]["max_abs_logit_diff"] <= 1e-3 and m["parity"]["max_abs_parts_diff"] <= 1e-3
+
+
 def test_a_policy_reading_session_sim_trains_and_evaluates(tmp_path: Path, small_world: World) -> None:
     """``env.obs_session_sim``: PPO trains on it (the key reaches the policy through the SB3 adapter), the run's
     ranker plays sessions of a core that has it and refuses, by name, a core without it (its export and serving:

@@ -587,7 +587,8 @@ def test_very_sharp_logits_keep_a_finite_entropy_and_gradients() -> None:
 @pytest.mark.parametrize(("base", "inv_t", "extras"), [("blend", 4.0, {}), ("diverse", 4.0, {}),
                                                          ("diverse", 4.0, {"gate_standardised": True}),
                                                          ("diverse", 60.0, {"use_item_table": True}),
-                                                         ("blend", 60.0, {"with_item_emb": True})])
+                                                         ("blend", 60.0, {"with_item_emb": True}),
+                                                         ("diverse", 4.0, {"feature_gate": True})])
 def test_score_parts_sum_to_the_logits(base: str, inv_t: float, extras: dict[str, bool]) -> None:
     """The parts of each logit (LLM, CF, diversity penalty, learned residual, range clip) sum to
     ``candidate_logits``, for both bases, on a policy whose every weight is perturbed away from its
@@ -600,7 +601,8 @@ def test_score_parts_sum_to_the_logits(base: str, inv_t: float, extras: dict[str
     with_emb = extras.get("with_item_emb", False)
     space = observation_space(N_ITEMS, N_CAND, DIM, with_item_embeddings=True) if with_emb else None
     kwargs: dict[str, Any] = dict(item_category=np.arange(N_ITEMS) % 3,
-                                  use_item_table=extras.get("use_item_table", False))
+                                  use_item_table=extras.get("use_item_table", False),
+                                  feature_gate=extras.get("feature_gate", False))
     if base == "diverse":
         weights = np.zeros(len(FEATURE_NAMES))
         weights[F_CAT_EXPOSURE], weights[F_ITEM_SEEN] = -0.7, -1.3
@@ -612,6 +614,8 @@ def test_score_parts_sum_to_the_logits(base: str, inv_t: float, extras: dict[str
         for p in policy.parameters():
             p.add_(0.3 * th.randn(p.shape, generator=gen))
         policy.log_inv_temperature.fill_(math.log(inv_t))
+        if policy.feature_gate_weight is not None:  # (F, H) weights on every feature: kept to the logits' scale
+            policy.feature_gate_weight.mul_(0.05)
     obs = _fake_obs(space or observation_space(N_ITEMS, N_CAND, DIM), 64, seed=5)
     t = _tensor(policy, obs)
     with th.no_grad():
@@ -684,6 +688,63 @@ def test_session_sim_input_starts_silent_then_steers_the_logits_and_round_trips(
     assert policy.session_weight.grad is not None and policy.session_weight.grad.abs() > 0
     loaded = build_policy(policy_settings(policy), dict(policy.state_dict()))
     assert loaded.session_weight is not None and float(loaded.session_weight.detach()) == 2.0
+
+
+def test_feature_gate_starts_silent_then_weighs_each_request_s_features_by_its_state() -> None:
+    """``feature_gate``: built from the same seed, the policy's weights and logits are those of the policy without
+    it (the gate's weights start at 0 and draw nothing from the RNG); moved, it adds ``(W·h_b)·f_i`` to each
+    candidate of row ``b``, so two requests with the same candidates but other states weigh them differently; the
+    policy gradient reaches it from its zero start; it survives a save / load; the anatomy's resets account for
+    it (``residual`` at start removes it, a constant state folds it into the linear path exactly)."""
+    from agents.ppo_ranker import build_policy, policy_settings
+
+    weights = np.zeros(len(FEATURE_NAMES))
+    weights[F_ITEM_SEEN] = -0.5
+    kwargs: dict[str, Any] = dict(item_category=np.arange(N_ITEMS) % 3, base="diverse",
+                                  base_weights=weights.tolist(), category_cap=2)
+    th.manual_seed(4)
+    plain = _policy(**kwargs)
+    th.manual_seed(4)
+    policy = _policy(feature_gate=True, **kwargs)
+    assert plain.feature_gate_weight is None and policy.feature_gate_weight is not None
+    shared = plain.state_dict()
+    assert all(th.equal(v, shared[k]) for k, v in policy.state_dict().items() if k != "feature_gate_weight")
+    obs = _fake_obs(policy.observation_space, 16, seed=2)
+    t = _tensor(policy, obs)
+    with th.no_grad():
+        base = policy.candidate_logits(t)
+        assert th.equal(base, plain.candidate_logits(t))
+
+    gen = th.Generator().manual_seed(9)
+    with th.no_grad():
+        policy.feature_gate_weight.copy_(0.5 * th.randn(policy.feature_gate_weight.shape, generator=gen))
+        moved = policy.candidate_logits(t)
+        state_in, _, features, _ = policy._encode(t)
+        h = policy._state(state_in)
+        per_row = h @ policy.feature_gate_weight.T  # (B, F): each request's own weights
+        expected = (features * per_row.unsqueeze(1)).sum(-1)
+    assert not th.allclose(per_row[0], per_row[1])  # other states, other weights
+    # no clip binds at this scale: the logits move by exactly the gate's term
+    np.testing.assert_allclose((moved - base).numpy(), expected.numpy(), atol=1e-4)
+
+    loaded = build_policy(policy_settings(policy), dict(policy.state_dict()))
+    assert loaded.feature_gate
+    with th.no_grad():
+        assert th.equal(loaded.candidate_logits(t), moved)
+        reset = policy.with_components_at_start(["residual"])
+        assert reset.feature_gate_weight is not None and not bool(reset.feature_gate_weight.any())
+        folded = policy.with_constant_state(h[0], 0.0)
+        lin, lin_folded = policy._linear_features(features, h), folded._linear_features(features, h)
+    np.testing.assert_allclose(lin_folded[0].numpy(), lin[0].numpy(), atol=1e-5)  # row 0 was read at h[0]
+
+    # the policy gradient reaches the gate's weights from their zero start (the twin without it, now with it)
+    th.manual_seed(4)
+    fresh = _policy(feature_gate=True, **kwargs)
+    actions = fresh.get_distribution(t).get_actions(deterministic=True)
+    _, log_prob, _ = fresh.evaluate_actions(t, actions)
+    log_prob.sum().backward()
+    assert fresh.feature_gate_weight is not None and fresh.feature_gate_weight.grad is not None
+    assert bool((fresh.feature_gate_weight.grad.abs() > 0).any())
 
 
 def test_hidden_taste_input_has_its_own_column_and_weight_beside_session_sim() -> None:

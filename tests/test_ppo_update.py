@@ -228,3 +228,15 @@ def test_a_linear_learning_rate_under_a_time_limit_follows_the_clock(monkeypatch
     other.model = type("M", (), {"lr_schedule": FloatSchedule(1e-3)})()  # type: ignore[assignment]
     other._on_training_start()
     assert other.model.lr_schedule(0.0) == 1e-3
+
+
+def test_the_feature_gate_setting_reaches_the_policy_and_learns_from_zero(small_world: World) -> None:
+    """``train.policy.feature_gate`` builds the policy with per-request feature weights; they start at 0 and the
+    recfeed update moves them (a policy without the setting has none)."""
+    plain = _model(small_world)
+    assert not plain.policy.feature_gate and plain.policy.feature_gate_weight is None
+    model = _model(small_world, "train.policy.feature_gate=true")
+    weight = model.policy.feature_gate_weight
+    assert model.policy.feature_gate and weight is not None and not bool(weight.detach().any())
+    model.learn(total_timesteps=2 * model.n_envs * model.n_steps)
+    assert bool(weight.detach().abs().max() > 0)
