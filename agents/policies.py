@@ -1066,7 +1066,8 @@ class SlatePolicy(ActorCriticPolicy):
         then scored from its own features only (the rule's blend and penalties, and the residual MLP over the
         candidate's feature row, which holds the session's per-item counters such as ``cat_exposure``); with the
         mean embedding and logit over the states the policy visits, what the policy loses is what its reading of the
-        user and the session's state is worth (``bench.policy_anatomy``)."""
+        user and the session's state is worth (``bench.policy_anatomy``). The feature gate's weights at ``state``
+        join the linear feature path."""
         out = self.with_constant_gate(shift)
         h = state.to(device=self.residual_state.weight.device, dtype=self.residual_state.weight.dtype)
         with th.no_grad():
