@@ -13,8 +13,18 @@ bootstrap interval (the same resamples for both differences):
     python -m bench.adaptation_share runs/x --ranker run:RUN --tune-seed S
 
 ``--tune-seed`` must be the report's (the run's ``train.seed``): tuned-diverse is replayed first from the tuning
-cache and must return what the report holds, session for session, or the command stops. Research only: the
-per-type rule reads the hidden ρ. Prints a Markdown table; the last printed line is the JSON.
+cache and must return what the report holds, session for session, or the command stops.
+
+``--common-reference`` reads the share against one reference whatever run made the report: tuned-diverse and the
+per-type rule are searched with ``--tune-seed`` and ``--tune-episodes`` (the ``adapt`` bar's reading since session 51:
+seed 11, 4,000 sessions per point) and both are replayed on the report's sessions; the report need not hold a
+tuned-diverse, and its own is not used. Several runs read this way on the same sessions share one value of
+adaptation, so their shares differ only by their own returns (``bench.quality_protocol --adaptation-reference``):
+
+    python -m bench.adaptation_share runs/RUN/report --ranker ppo --run runs/RUN --common-reference \
+        --tune-seed 11 --tune-episodes 4000
+
+Research only: the per-type rule reads the hidden ρ. Prints a Markdown table; the last printed line is the JSON.
 """
 
 from __future__ import annotations
@@ -65,19 +75,23 @@ def share(policy: np.ndarray, reference: np.ndarray, typed: np.ndarray, boot: Bo
 
 def analyse(report: Path, ranker: str, run: Path | None = None, reference: str = "tuned-diverse", tune_seed: int = 0,
             tune_episodes: int = 1000, edges: tuple[float, ...] = RHO_EDGES, batch: int = 500,
-            bootstrap: int = 2000) -> dict[str, Any]:
+            bootstrap: int = 2000, common: bool = False) -> dict[str, Any]:
     """Replay tuned-diverse and the per-type rule on a report's sessions and pair them with ``ranker``.
 
     Args:
         report: An ``evaluate.py`` report folder with ``returns.npz`` (held-out users).
         ranker: The policy's name in the report.
         run: The run whose world and config to load (default: ``ranker``'s own ``run:DIR``).
-        reference: tuned-diverse's name in the report.
-        tune_seed: The report's ``--tune-seed``.
-        tune_episodes: Training sessions per grid point of the searches (the report's ``eval.tune_episodes``).
+        reference: tuned-diverse's name in the report (unused with ``common``).
+        tune_seed: The report's ``--tune-seed``; with ``common``, the common reference's.
+        tune_episodes: Training sessions per grid point of the searches (the report's ``eval.tune_episodes``; with
+            ``common``, the common reference's).
         edges: Inner ρ group edges of the per-type rule (``bench.headroom``'s default thirds).
         batch: Users simulated at once.
         bootstrap: Resamples of the intervals.
+        common: Use tuned-diverse searched with ``tune_seed`` and ``tune_episodes``, replayed on the report's
+            sessions, as the reference instead of the report's own (which then need not exist): one reference for
+            every run read this way.
 
     Raises:
         FileNotFoundError: Without ``returns.npz``.
@@ -87,7 +101,7 @@ def analyse(report: Path, ranker: str, run: Path | None = None, reference: str =
     from envs.factory import make_core
     from envs.presets import load_world
 
-    plan, rets = report_returns(report, (ranker, reference))
+    plan, rets = report_returns(report, (ranker,) if common else (ranker, reference))
     run = run if run is not None else (Path(d) if (d := run_dir_of(ranker)) else None)
     if run is None:
         raise ValueError(f"{ranker!r} is not a run:DIR ranker: name the run whose world to load (--run)")
@@ -107,7 +121,10 @@ def analyse(report: Path, ranker: str, run: Path | None = None, reference: str =
         return memo[key]
 
     replay = returns_of(start)
-    if not np.allclose(replay, rets[reference], rtol=1e-9, atol=1e-9):
+    if common:
+        reference = f"tuned-diverse (tune seed {tune_seed}, {tune_episodes} sessions per point)"
+        rets[reference] = replay
+    elif not np.allclose(replay, rets[reference], rtol=1e-9, atol=1e-9):
         worst = float(np.abs(replay - rets[reference]).max())
         raise ValueError(f"tuned-diverse tuned with seed {tune_seed} does not replay the report's {reference!r} "
                          f"(largest per-session difference {worst:.3g}): pass the report's --tune-seed and "
@@ -120,7 +137,8 @@ def analyse(report: Path, ranker: str, run: Path | None = None, reference: str =
     policy, ref = rets[ranker], rets[reference]
     split = _type_masks(rho)  # bench.quality_protocol's CF-leaning / content-leaning split
     return {"report": str(report), "ranker": ranker, "reference": reference, "tune_seed": tune_seed,
-            "edges": list(edges), "start": start, "per_group": by_div["per_group"],
+            "tune_episodes": tune_episodes, "common_reference": common, "edges": list(edges), "start": start,
+            "per_group": by_div["per_group"],
             "returns": {"policy": float(policy.mean()), "reference": float(ref.mean()), "typed": float(typed.mean())},
             "all": share(policy, ref, typed, boot),
             "by_user_type": {label: share(policy, ref, typed, boot, sel) for label, sel in split.items()}}
@@ -151,8 +169,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--ranker", required=True, help="the policy's name in the report, e.g. run:runs/x")
     ap.add_argument("--run", help="the run whose world to load (default: the ranker's run:DIR)")
     ap.add_argument("--reference", default="tuned-diverse", help="tuned-diverse's name in the report")
-    ap.add_argument("--tune-seed", type=int, default=0, help="the report's --tune-seed (the run's train.seed)")
-    ap.add_argument("--tune-episodes", type=int, default=1000, help="the report's eval.tune_episodes")
+    ap.add_argument("--tune-seed", type=int, default=0,
+                    help="the report's --tune-seed (the run's train.seed); with --common-reference, the reference's")
+    ap.add_argument("--tune-episodes", type=int, default=1000,
+                    help="the report's eval.tune_episodes; with --common-reference, the reference's")
+    ap.add_argument("--common-reference", action="store_true",
+                    help="search tuned-diverse and the per-type rule with --tune-seed and --tune-episodes and replay "
+                         "both on the report's sessions, in place of the report's own tuned-diverse")
     ap.add_argument("--rho-edges", default="0.3333333,0.6666667", help="inner ρ group edges of the per-type rule")
     ap.add_argument("--batch", type=int, default=500)
     ap.add_argument("--bootstrap", type=int, default=2000)
@@ -162,7 +185,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     edges = tuple(float(x) for x in args.rho_edges.split(",") if x.strip())
     try:
         res = analyse(Path(args.report), args.ranker, Path(args.run) if args.run else None, args.reference,
-                      args.tune_seed, args.tune_episodes, edges, args.batch, args.bootstrap)
+                      args.tune_seed, args.tune_episodes, edges, args.batch, args.bootstrap,
+                      common=args.common_reference)
     except (FileNotFoundError, ValueError) as exc:
         ap.error(str(exc))
     print(markdown(res))

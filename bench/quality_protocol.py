@@ -31,7 +31,10 @@ user type (:func:`paired_with`), so that a change is judged on the same seeds an
 user's hidden type (``bench.headroom``'s per-type tuned-diverse, chosen on the run's training-side sessions) and
 reports PPO's share of its margin over tuned-diverse, paired session by session (:func:`adaptation_runs`,
 ``bench.adaptation_share``): the value of adaptation is then measured on the sessions PPO met, not taken from
-another evaluation.
+another evaluation. ``--adaptation-reference SEED`` reads every run against one reference (tuned-diverse and the
+per-type rule searched with that seed on ``--adaptation-tune-episodes`` sessions per point, default 4,000) instead of
+each run's own: the bar's reading since session 51 (DESIGN_NOTES), as the searches move more between seeds than the
+runs do.
 
 ``--steps N`` replaces the time limit by a step budget (``train.total_timesteps``, no time limit). A run is
 deterministic given its seed and step count, while the steps that 15 minutes buy vary by a third with the machine's
@@ -412,25 +415,33 @@ def probe_runs(runs: list[Path]) -> dict[str, Any]:
     return {k: {"mean": float(np.mean(v)), "ci95": t_interval(np.array(v)), "per_seed": v} for k, v in gaps.items()}
 
 
-def adaptation_runs(runs: list[Path]) -> dict[str, Any]:
+def adaptation_runs(runs: list[Path], common: tuple[int, int] | None = None) -> dict[str, Any]:
     """PPO's share of the value of adaptation per run, the per-type rule replayed on the run's own held-out sessions
-    (:func:`bench.adaptation_share.analyse`; computed now unless ``report/adaptation_share.json`` exists), and over
-    the runs: ``{"share", "policy_diff", "value": {"mean", "ci95", "per_seed"}, "pooled_share", "by_user_type"}``, or
-    ``{"skipped": why}`` when a run has no per-session returns to replay against.
+    (:func:`bench.adaptation_share.analyse`; computed now unless the run's report holds it), and over the runs:
+    ``{"reference", "share", "policy_diff", "value": {"mean", "ci95", "per_seed"}, "pooled_share", "by_user_type"}``,
+    or ``{"skipped": why}`` when a run has no per-session returns to replay against.
+
+    Each run is read against its own references (tuned-diverse and the per-type rule searched with its
+    ``train.seed`` on its ``eval.tune_episodes``; ``report/adaptation_share.json``), or, with ``common = (seed,
+    episodes)``, every run against one pair searched with that seed on that many sessions per point
+    (``report/adaptation_share-common-s<seed>-e<episodes>.json``): the ``adapt`` bar's reading since session 51, in
+    which the runs share one value of adaptation on their common sessions and differ only by their own returns.
     ``pooled_share`` is the mean margin over the mean value (every run meets the same sessions); the intervals are
     t-intervals across the runs, each run's own (bootstrap over sessions) is in ``per_run``."""
     from agents.ppo_ranker import load_run_config
     from bench.adaptation_share import analyse
 
+    name = "adaptation_share.json" if common is None else f"adaptation_share-common-s{common[0]}-e{common[1]}.json"
     per_run = []
     for run in runs:
-        path = run / "report" / "adaptation_share.json"
+        path = run / "report" / name
         if not path.is_file():
             print(f"[protocol] the per-type rule on {run.name}'s sessions (value of adaptation)", flush=True)
             cfg = load_run_config(run)
+            seed, episodes = (cfg.train.seed, cfg.eval.tune_episodes) if common is None else common
             try:
-                res = analyse(run / "report", "ppo", run=run, tune_seed=cfg.train.seed,
-                              tune_episodes=cfg.eval.tune_episodes)
+                res = analyse(run / "report", "ppo", run=run, tune_seed=seed, tune_episodes=episodes,
+                              common=common is not None)
             except (FileNotFoundError, ValueError) as exc:  # a run from before per-session returns, or another's
                 return {"skipped": f"{run.name}: {exc}"}
             atomic_write_text(path, json.dumps(res, indent=1, default=float))
@@ -441,7 +452,10 @@ def adaptation_runs(runs: list[Path]) -> dict[str, Any]:
         return {"mean": float(v.mean()), "ci95": t_interval(v), "per_seed": v.tolist()}
 
     alls = [r["all"] for r in per_run]
-    out: dict[str, Any] = {key: across(alls, key) for key in ("share", "policy_diff", "value")}
+    out: dict[str, Any] = {"reference": ("each run's own (its train.seed, its eval.tune_episodes)" if common is None
+                                         else f"one for every run (tune seed {common[0]}, {common[1]} sessions per "
+                                              "point)")}
+    out.update({key: across(alls, key) for key in ("share", "policy_diff", "value")})
     out["pooled_share"] = out["policy_diff"]["mean"] / out["value"]["mean"]
     out["per_run"] = alls
     out["by_user_type"] = {label: {key: across([r["by_user_type"][label] for r in per_run], key)
@@ -528,6 +542,8 @@ def markdown(agg: dict[str, Any], title: str) -> str:
         lines.append(f"| value of adaptation on these sessions | not measured: {agg['adaptation']['skipped']} | |")
     elif "adaptation" in agg:
         ad = agg["adaptation"]
+        lines.append(f"| references of the value of adaptation (tuned-diverse, the per-type rule) | "
+                     f"{ad.get('reference', 'each run' + chr(39) + 's own')} | |")
         rows = [("all users", ad), *((f"users with {k} (hidden)", v) for k, v in ad["by_user_type"].items())]
         for label, v in rows:
             lines.append(f"| value of adaptation on these sessions (per-type rule − tuned-diverse), {label} | "
@@ -597,10 +613,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--adaptation", action="store_true",
                     help="also replay the per-type rule (bench.headroom's value of adaptation, reads the hidden ρ) on "
                          "every run's held-out sessions and report PPO's share of it, paired (bench.adaptation_share)")
+    ap.add_argument("--adaptation-reference", type=int, default=None, metavar="SEED",
+                    help="with --adaptation: read every run's share against one reference, tuned-diverse and the "
+                         "per-type rule searched with this tuning seed (the adapt bar's reading: 11), instead of each "
+                         "run's own searched with its train.seed")
+    ap.add_argument("--adaptation-tune-episodes", type=int, default=4000, metavar="N",
+                    help="training sessions per grid point of --adaptation-reference's searches (default 4000)")
     ap.add_argument("--against", default=None, metavar="PREFIX",
                     help="another protocol's runs, PREFIX-s<seed> (e.g. runs/protocol/protocol-adapt): PPO − their "
                          "PPO paired on the same seeds and held-out sessions, for all users and by hidden type")
     args = ap.parse_args(argv)
+    if args.adaptation_reference is not None and (not args.adaptation or args.adaptation_reference < 0
+                                                  or args.adaptation_tune_episodes < 1):
+        ap.error("--adaptation-reference SEED reads --adaptation's share against one reference: it needs "
+                 f"--adaptation, a SEED >= 0 and --adaptation-tune-episodes >= 1 (got {args.adaptation_reference}, "
+                 f"{args.adaptation_tune_episodes}{'' if args.adaptation else ', no --adaptation'})")
     if args.make_train and (args.config is not None or args.minutes is not None or args.steps is not None):
         ap.error("--make-train runs train.py's own defaults: it takes neither --config nor --minutes nor --steps")
     if args.steps is not None and (args.minutes is not None or args.steps < 1):
@@ -628,7 +655,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.probe:
         agg["probe"] = probe_runs(done)
     if args.adaptation:
-        agg["adaptation"] = adaptation_runs(done)
+        common = (None if args.adaptation_reference is None
+                  else (args.adaptation_reference, args.adaptation_tune_episodes))
+        agg["adaptation"] = adaptation_runs(done, common)
     if args.against:
         others = [Path(f"{args.against}-s{run.name.rsplit('-s', 1)[1]}") for run in done]  # the same seeds
         agg["paired_with"] = {"prefix": args.against, **paired_with(done, others)}

@@ -55,6 +55,20 @@ def test_replays_the_report_and_refuses_another_tuning_seed(tmp_path: Path) -> N
     assert "— (no value above 0 to share)" in adaptation_share.markdown(res)
     with pytest.raises(ValueError, match="does not replay"):
         adaptation_share.analyse(tmp_path / "report", "diverse:0.5", run=run, tune_seed=5, tune_episodes=120)
+    # one reference for every report: read with seed 5's searches, the seed-2 report gives what a report evaluated
+    # with seed 5 gives against its own, session for session (the report's own tuned-diverse is not needed)
+    evaluate.main([*base, "--rankers", "diverse:0.5,tuned-diverse", "--reference", "tuned-diverse", "--tune-seed", "5",
+                   "--out", str(tmp_path / "report5")])
+    own5 = adaptation_share.analyse(tmp_path / "report5", "diverse:0.5", run=run, tune_seed=5, tune_episodes=120,
+                                    bootstrap=200)
+    common5 = adaptation_share.analyse(tmp_path / "report", "diverse:0.5", run=run, reference="absent", tune_seed=5,
+                                       tune_episodes=120, bootstrap=200, common=True)
+    assert common5["common_reference"] and "tune seed 5, 120 sessions" in common5["reference"]
+    assert common5["returns"] == pytest.approx(own5["returns"], abs=1e-12)
+    assert common5["all"] == own5["all"] and common5["per_group"] == own5["per_group"]
+    common2 = adaptation_share.analyse(tmp_path / "report", "diverse:0.5", run=run, tune_seed=2, tune_episodes=120,
+                                       bootstrap=200, common=True)
+    assert common2["returns"] == pytest.approx(res["returns"], abs=1e-12)  # its own seed: the own reading
     with pytest.raises(ValueError, match="not a run:DIR ranker"):
         adaptation_share.analyse(tmp_path / "report", "diverse:0.5")
     with pytest.raises(ValueError, match=r"no returns of \['ppo'\]"):

@@ -128,6 +128,24 @@ def test_adaptation_shares_are_read_per_run_and_aggregated(tmp_path: Path,
     out = capsys.readouterr().out
     assert "| PPO's share, pooled (mean margin / mean value) | 0.46 |" in out
     assert "value of adaptation on these sessions (per-type rule − tuned-diverse), all users" in out
+    # one reference for every run: its own files, not the runs' own readings
+    for s, m in enumerate(margins):
+        part = {"sessions": 100, "policy_diff": cell(m), "value": cell(0.5), "share": cell(m / 0.5)}
+        res = {"all": part, "by_user_type": {"rho<0.5 (CF-leaning)": part, "rho>=0.5 (content-leaning)": part}}
+        (tmp_path / f"protocol-adapt-s{s}" / "report" / "adaptation_share-common-s11-e4000.json").write_text(
+            json.dumps(res))
+    agg = main(["--preset", "adapt", "--seeds", "0,1,2", "--out", str(tmp_path), "--aggregate-only", "--adaptation",
+                "--adaptation-reference", "11"])
+    ad = agg["adaptation"]
+    assert ad["share"]["per_seed"] == pytest.approx([0.4, 0.6, 0.2])
+    assert ad["value"]["ci95"] == pytest.approx([0.5, 0.5])
+    assert ad["reference"] == "one for every run (tune seed 11, 4000 sessions per point)"
+    assert "| references of the value of adaptation (tuned-diverse, the per-type rule) | one for every run" in (
+        capsys.readouterr().out)
+    with pytest.raises(SystemExit):
+        main(["--preset", "adapt", "--seeds", "0", "--out", str(tmp_path), "--aggregate-only",
+              "--adaptation-reference", "11"])
+    assert "it needs --adaptation" in capsys.readouterr().err
     # a run without a finished replay and without per-session returns: said in the table, not a traceback
     (tmp_path / "protocol-adapt-s1" / "report" / "adaptation_share.json").unlink()
     (tmp_path / "protocol-adapt-s1" / "config.yaml").write_text("train:\n  seed: 1\n")
