@@ -449,7 +449,8 @@ def adaptation_runs(runs: list[Path], common: tuple[int, int] | None = None) -> 
 
     def across(rows: list[dict[str, Any]], key: str) -> dict[str, Any]:
         v = np.array([r[key]["mean"] for r in rows])
-        return {"mean": float(v.mean()), "ci95": t_interval(v), "per_seed": v.tolist()}
+        return {"mean": float(v.mean()), "ci95": t_interval(v), "per_seed": v.tolist(),
+                "per_seed_ci95": [list(r[key]["ci95"]) for r in rows]}  # each run's bootstrap over its sessions
 
     alls = [r["all"] for r in per_run]
     out: dict[str, Any] = {"reference": ("each run's own (its train.seed, its eval.tune_episodes)" if common is None
@@ -548,7 +549,9 @@ def markdown(agg: dict[str, Any], title: str) -> str:
         for label, v in rows:
             lines.append(f"| value of adaptation on these sessions (per-type rule − tuned-diverse), {label} | "
                          f"{ci(v['value'], '+.3f')} | {', '.join(f'{x:+.3f}' for x in v['value']['per_seed'])} |")
-            if all(r > 0 for r in v["value"]["per_seed"]):  # a share of nothing is no figure
+            # a share of nothing is no figure: every run's value must be above 0 over its sessions (a common
+            # reference gives every run one value, so the t-interval across runs says nothing of it)
+            if all(lo > 0 for lo, _ in v["value"]["per_seed_ci95"]):
                 lines.append(f"| PPO's share of it, {label} | {ci(v['share'], '.2f')} | "
                              f"{', '.join(f'{x:.2f}' for x in v['share']['per_seed'])} |")
         lines.append(f"| PPO's share, pooled (mean margin / mean value) | {ad['pooled_share']:.2f} | per run, over its "

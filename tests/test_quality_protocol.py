@@ -131,7 +131,8 @@ def test_adaptation_shares_are_read_per_run_and_aggregated(tmp_path: Path,
     # one reference for every run: its own files, not the runs' own readings
     for s, m in enumerate(margins):
         part = {"sessions": 100, "policy_diff": cell(m), "value": cell(0.5), "share": cell(m / 0.5)}
-        res = {"all": part, "by_user_type": {"rho<0.5 (CF-leaning)": part, "rho>=0.5 (content-leaning)": part}}
+        none = {"sessions": 100, "policy_diff": cell(m), "value": cell(0.002), "share": cell(m / 0.002)}
+        res = {"all": part, "by_user_type": {"rho<0.5 (CF-leaning)": part, "rho>=0.5 (content-leaning)": none}}
         (tmp_path / f"protocol-adapt-s{s}" / "report" / "adaptation_share-common-s11-e4000.json").write_text(
             json.dumps(res))
     agg = main(["--preset", "adapt", "--seeds", "0,1,2", "--out", str(tmp_path), "--aggregate-only", "--adaptation",
@@ -140,8 +141,12 @@ def test_adaptation_shares_are_read_per_run_and_aggregated(tmp_path: Path,
     assert ad["share"]["per_seed"] == pytest.approx([0.4, 0.6, 0.2])
     assert ad["value"]["ci95"] == pytest.approx([0.5, 0.5])
     assert ad["reference"] == "one for every run (tune seed 11, 4000 sessions per point)"
-    assert "| references of the value of adaptation (tuned-diverse, the per-type rule) | one for every run" in (
-        capsys.readouterr().out)
+    out = capsys.readouterr().out
+    assert "| references of the value of adaptation (tuned-diverse, the per-type rule) | one for every run" in out
+    # one value for every run: its t-interval across runs is a point, so the share is shown only where each run's
+    # own interval over its sessions is above 0 (here not for the content-leaning users: 0.002 ± 0.1)
+    assert "PPO's share of it, users with rho<0.5 (CF-leaning) (hidden)" in out
+    assert "PPO's share of it, users with rho>=0.5" not in out
     with pytest.raises(SystemExit):
         main(["--preset", "adapt", "--seeds", "0", "--out", str(tmp_path), "--aggregate-only",
               "--adaptation-reference", "11"])
