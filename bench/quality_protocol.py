@@ -418,8 +418,8 @@ def probe_runs(runs: list[Path]) -> dict[str, Any]:
 def adaptation_runs(runs: list[Path], common: tuple[int, int] | None = None) -> dict[str, Any]:
     """PPO's share of the value of adaptation per run, the per-type rule replayed on the run's own held-out sessions
     (:func:`bench.adaptation_share.analyse`; computed now unless the run's report holds it), and over the runs:
-    ``{"reference", "share", "policy_diff", "value": {"mean", "ci95", "per_seed"}, "pooled_share", "by_user_type"}``,
-    or ``{"skipped": why}`` when a run has no per-session returns to replay against.
+    ``{"reference", "share", "policy_diff", "value": {"mean", "ci95", "per_seed", "per_seed_ci95"}, "pooled_share",
+    "by_user_type"}``, or ``{"skipped": why}`` when a run has no per-session returns to replay against.
 
     Each run is read against its own references (tuned-diverse and the per-type rule searched with its
     ``train.seed`` on its ``eval.tune_episodes``; ``report/adaptation_share.json``), or, with ``common = (seed,
@@ -544,7 +544,7 @@ def markdown(agg: dict[str, Any], title: str) -> str:
     elif "adaptation" in agg:
         ad = agg["adaptation"]
         lines.append(f"| references of the value of adaptation (tuned-diverse, the per-type rule) | "
-                     f"{ad.get('reference', 'each run' + chr(39) + 's own')} | |")
+                     f"{ad['reference']} | |")
         rows = [("all users", ad), *((f"users with {k} (hidden)", v) for k, v in ad["by_user_type"].items())]
         for label, v in rows:
             lines.append(f"| value of adaptation on these sessions (per-type rule − tuned-diverse), {label} | "
