@@ -52,7 +52,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -65,7 +65,7 @@ from torch import nn
 
 from agents.distributions import EntropyEstimator, PlackettLuceDistribution
 from agents.policy_ops import catalog_ids, mlp, rows_linear, standardise_rows, symlog
-from envs.spaces import C_CLICKED_CF, C_CLICKED_LLM, F_CF, F_LLM, F_POP
+from envs.spaces import C_CLICKED_CF, C_CLICKED_LLM, CRITIC_STATE_NAMES, F_CF, F_LLM, F_POP
 
 DEFAULT_INIT_ALPHA = 0.5
 #: How far below the row's best logit a candidate's logit may go (nats; see ``SlatePolicy._actor``).
@@ -81,6 +81,25 @@ SCORE_PARTS = ("llm", "cf", "diversity", "residual", "clip")
 #: What training changes in the actor, in parts that :meth:`SlatePolicy.with_components_at_start` can put back at
 #: their start values one by one (``bench.policy_anatomy`` credits PPO's margin to each).
 LEARNED_COMPONENTS = ("gate", "residual", "repulsion", "temperature")
+
+
+def _hidden_columns(names: Sequence[str] | None, on: bool) -> tuple[int, ...] | None:
+    """Indices into ``CRITIC_STATE_NAMES`` of the hidden columns the actor reads (``None``: all of them).
+
+    Raises:
+        ValueError: ``names`` without ``actor_hidden_state``, empty, repeated, or naming no hidden column.
+    """
+    if names is None:
+        return None
+    if isinstance(names, str):
+        names = [names]
+    if not on:
+        raise ValueError("actor_hidden_columns goes with actor_hidden_state=True")
+    unknown = [n for n in names if n not in CRITIC_STATE_NAMES]
+    if unknown or not names or len(set(names)) != len(names):
+        raise ValueError(f"actor_hidden_columns must be distinct names of {list(CRITIC_STATE_NAMES)}, "
+                         f"got {list(names)}")
+    return tuple(CRITIC_STATE_NAMES.index(n) for n in names)
 
 
 def _zero_valued(x: th.Tensor) -> th.Tensor:
@@ -165,6 +184,10 @@ class SlatePolicy(ActorCriticPolicy):
             ρ, price sensitivity, budget left and fatigue) joins the *actor's* state input too (appended last), so
             the policy is told what no deployed ranker knows: an upper reference of what knowing that state is
             worth to the learner, never exportable or servable.
+        actor_hidden_columns: With ``actor_hidden_state``, the names (``envs.spaces.CRITIC_STATE_NAMES``) of the hidden
+            columns the actor reads, e.g. ``("rho",)``: what knowing the user's type alone is worth to the learner,
+            the information the per-type rule of ``bench.headroom`` has (``None``: every column). The critic reads
+            every column either way.
         feature_gate: A state-dependent weight per feature column: a linear head on the state embedding (zero at
             init) gives each request its own weights ``v_θ(s)`` (F,), and ``v_θ(s)·f_i`` joins the residual, as
             ``α_θ(s)`` gives each request its own blend. The linear feature path learns one weight per column for
@@ -216,6 +239,7 @@ class SlatePolicy(ActorCriticPolicy):
         type_gate_lower_only: bool = False,
         type_gate_margin: float = 0.0,
         actor_hidden_state: bool = False,
+        actor_hidden_columns: Sequence[str] | None = None,
         feature_gate: bool = False,
         activation_fn: type[nn.Module] = nn.Tanh,
         ortho_init: bool = True,
@@ -302,6 +326,7 @@ class SlatePolicy(ActorCriticPolicy):
             raise ValueError("actor_hidden_state reads obs['critic_state'] (env.obs_critic_state): the observation "
                              "space has no such key")
         self.actor_hidden_state = bool(actor_hidden_state)
+        self.actor_hidden_columns = _hidden_columns(actor_hidden_columns, self.actor_hidden_state)
         self.feature_gate = bool(feature_gate)
         if gate_lean is not None and (gate != "standardised" or not math.isfinite(gate_lean)):
             raise ValueError(f"gate_lean must be a finite number and goes with gate='standardised', got {gate_lean} "
@@ -374,9 +399,11 @@ class SlatePolicy(ActorCriticPolicy):
         # env.obs_critic_state: the user's hidden state joins the critic's input only (an asymmetric actor-critic)
         self.reads_critic_state = "critic_state" in obs_space.spaces
         critic_extra = int(obs_space["critic_state"].shape[0]) if self.reads_critic_state else 0
-        if self.actor_hidden_state:  # the hidden state is the state input's last P columns, for actor and critic
-            state_in += critic_extra
+        if self.actor_hidden_state and self.actor_hidden_columns is None:  # the hidden state is the state input's
+            state_in += critic_extra  # last P columns, for actor and critic
             critic_extra = 0
+        elif self.actor_hidden_state:  # some of its columns join the actor's state input; the critic reads them all
+            state_in += len(self.actor_hidden_columns or ())
         elif critic_extra and self.share_state_net:
             raise ValueError("obs['critic_state'] (env.obs_critic_state) is for the critic only, and share_state_net "
                              "makes the critic read the actor's state embedding: set one of them off")
@@ -507,6 +534,8 @@ class SlatePolicy(ActorCriticPolicy):
             type_gate_lower_only=self.type_gate_lower_only,
             type_gate_margin=self.type_gate_margin,
             actor_hidden_state=self.actor_hidden_state,
+            actor_hidden_columns=(None if self.actor_hidden_columns is None
+                                  else [CRITIC_STATE_NAMES[i] for i in self.actor_hidden_columns]),
             feature_gate=self.feature_gate,
             activation_fn=self.activation_fn,
             ortho_init=self.ortho_init,
@@ -567,7 +596,9 @@ class SlatePolicy(ActorCriticPolicy):
                 raise ValueError("this policy's actor reads obs['critic_state'] (it was trained with "
                                  "train.policy.actor_hidden_state, a research ablation): play it on an env with "
                                  "env.obs_critic_state=true")
-            state_parts.append(obs["critic_state"])
+            hidden = obs["critic_state"]  # (B, P)
+            cols = self.actor_hidden_columns
+            state_parts.append(hidden if cols is None else hidden[:, list(cols)])
         state_in = th.cat(state_parts, dim=-1)
         return state_in, cand, features, mask
 
@@ -769,7 +800,8 @@ class SlatePolicy(ActorCriticPolicy):
             if h is None:
                 h = self._state(state_in)
             return self.value_net(h)
-        if self.reads_critic_state and not self.actor_hidden_state:  # else state_in holds it already
+        if self.reads_critic_state and not (self.actor_hidden_state and self.actor_hidden_columns is None):
+            # (else state_in holds it already)
             if "critic_state" not in obs:
                 raise ValueError("this policy's critic reads obs['critic_state'] (it was trained with "
                                  "env.obs_critic_state): values need an env with env.obs_critic_state=true (the actor, "

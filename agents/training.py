@@ -163,7 +163,7 @@ def policy_kwargs(cfg: Config, init_alpha: float, world: World,
                 type_loss_scale=pc.type_head_weight / cfg.train.ppo.ent_coef if pc.type_head_weight > 0 else 0.0,
                 type_gate_init=pc.type_gate_init, type_gate_lower_only=pc.type_gate_lower_only,
                 type_gate_margin=pc.type_gate_margin, actor_hidden_state=pc.actor_hidden_state,
-                feature_gate=pc.feature_gate,
+                actor_hidden_columns=pc.actor_hidden_columns, feature_gate=pc.feature_gate,
                 **extra)
 
 

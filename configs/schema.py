@@ -524,6 +524,9 @@ class PolicyConfig:
         actor_hidden_state: A research ablation (needs ``env.obs_critic_state``): the actor reads the simulated
             user's hidden state too (ρ, price sensitivity, the budget left, fatigue), so the run measures what
             knowing it is worth to the learner (an upper reference; the policy is not exportable). False: off.
+        actor_hidden_columns: With ``actor_hidden_state``, which hidden columns the actor reads, by name
+            (``envs.spaces.CRITIC_STATE_NAMES``), e.g. ``[rho]``: the user's type alone, what the per-type rule of
+            ``bench.headroom`` knows. None: all of them.
         feature_gate: Per-request weights of the candidates' feature columns, read from the policy's state (zero
             at init, beside the one learned weight per column): the heuristic's exposure and seen penalties, the
             popularity and price columns can then weigh differently by user and session, as the rule tuned per
@@ -551,6 +554,7 @@ class PolicyConfig:
     type_gate_lower_only: bool = False
     type_gate_margin: float = 0.0
     actor_hidden_state: bool = False
+    actor_hidden_columns: list[str] | None = None
     feature_gate: bool = False
 
     def __post_init__(self) -> None:
@@ -577,6 +581,14 @@ class PolicyConfig:
         if self.lean_gate_only and not self.gate_context:
             raise FieldError("lean_gate_only", "needs gate_context: true (the gate's direct context path is then "
                              "the actor's only view of the clicked-signal EMAs)")
+        if self.actor_hidden_columns is not None:
+            from envs.spaces import CRITIC_STATE_NAMES  # the observation's layout (configs import no env at load)
+
+            cols = self.actor_hidden_columns
+            if (not isinstance(cols, list) or not cols or len(set(map(str, cols))) != len(cols)
+                    or any(c not in CRITIC_STATE_NAMES for c in cols)):
+                raise FieldError("actor_hidden_columns", f"must be a list of distinct names of "
+                                 f"{list(CRITIC_STATE_NAMES)}, got {cols!r}")
 
 
 @dataclass
@@ -767,6 +779,8 @@ class Config:
         if self.train.policy.actor_hidden_state and not self.env.obs_critic_state:
             raise FieldError("train.policy.actor_hidden_state", "needs env.obs_critic_state: true (the actor reads "
                              "obs['critic_state'])")
+        if self.train.policy.actor_hidden_columns is not None and not self.train.policy.actor_hidden_state:
+            raise FieldError("train.policy.actor_hidden_columns", "goes with train.policy.actor_hidden_state: true")
         weight = self.train.policy.type_head_weight
         if _number(weight) and weight > 0:
             if not self.env.obs_critic_state:

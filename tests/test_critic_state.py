@@ -161,6 +161,57 @@ def test_the_actor_hidden_state_ablation_moves_the_slates_and_is_refused_where_u
                                    rtol=1e-6, atol=1e-6)
 
 
+def test_the_actor_told_only_the_users_type_reads_rho_and_nothing_else_of_the_hidden_state() -> None:
+    """``actor_hidden_columns: [rho]``: the actor's state input grows by one column, its logits move with ρ and not
+    with the budget or fatigue, the critic still reads every hidden column (its values move with the budget), a save /
+    load keeps the column, and names that are not hidden columns, repeats, or the option without
+    ``actor_hidden_state`` are refused by name (policy and config)."""
+    from agents.ppo_ranker import build_policy, policy_settings
+    from configs.schema import Config, FieldError
+
+    space = observation_space(N_ITEMS, N_CAND, DIM, with_critic_state=True)
+    th.manual_seed(0)
+    kw = dict(hidden=16, item_category=np.arange(N_ITEMS) % 3, residual_init_scale=0.5)
+    policy = SlatePolicy(space, action_space(N_CAND, K), lambda _: 1e-3, actor_hidden_state=True,
+                         actor_hidden_columns=["rho"], **kw)  # type: ignore[arg-type]
+    plain = SlatePolicy(space, action_space(N_CAND, K), lambda _: 1e-3, **kw)  # type: ignore[arg-type]
+    assert policy.state_net[0].in_features == plain.state_net[0].in_features + 1
+    assert policy.value_trunk[0].in_features == plain.value_trunk[0].in_features + 1  # its input and every column
+    obs = _fake_obs(space, 16, seed=3)
+    rho_moved, rest_moved = dict(obs), dict(obs)
+    rho_moved["critic_state"] = obs["critic_state"].copy()
+    rho_moved["critic_state"][:, CRITIC_STATE_NAMES.index("rho")] += 3.0
+    rest_moved["critic_state"] = obs["critic_state"].copy()
+    rest_moved["critic_state"][:, CRITIC_STATE_NAMES.index("budget"):] += 3.0
+    with th.no_grad():
+        logits = policy.candidate_logits(obs)
+        assert (logits - policy.candidate_logits(rho_moved)).abs().max() > 1e-4
+        np.testing.assert_array_equal(policy.candidate_logits(rest_moved).numpy(), logits.numpy())
+        assert (policy.predict_values(obs) - policy.predict_values(rest_moved)).abs().max() > 1e-4
+    loaded = build_policy(policy_settings(policy), dict(policy.state_dict()))
+    assert loaded.actor_hidden_columns == (CRITIC_STATE_NAMES.index("rho"),)  # type: ignore[attr-defined]
+    with th.no_grad():
+        np.testing.assert_allclose(loaded.candidate_logits(rho_moved).numpy(),
+                                   policy.candidate_logits(rho_moved).numpy(), rtol=1e-6, atol=1e-6)
+    for bad in (["rho", "rho"], ["taste"], []):
+        with pytest.raises(ValueError, match="actor_hidden_columns must be distinct names"):
+            SlatePolicy(space, action_space(N_CAND, K), lambda _: 1e-3, actor_hidden_state=True,
+                        actor_hidden_columns=bad, **kw)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="goes with actor_hidden_state"):
+        SlatePolicy(space, action_space(N_CAND, K), lambda _: 1e-3, actor_hidden_columns=["rho"],
+                    **kw)  # type: ignore[arg-type]
+    cfg = Config()
+    cfg.env.obs_critic_state = True
+    cfg.train.policy.actor_hidden_columns = ["rho"]
+    with pytest.raises(FieldError, match=r"actor_hidden_columns.*goes with"):
+        cfg.__post_init__()
+    cfg.train.policy.actor_hidden_state = True
+    cfg.__post_init__()  # accepted
+    cfg.train.policy.actor_hidden_columns = ["budget_left"]
+    with pytest.raises(FieldError, match=r"actor_hidden_columns.*distinct names"):
+        cfg.train.policy.__post_init__()
+
+
 def test_a_run_with_the_critic_state_plays_without_it_and_exports(tmp_path: Path, small_world: World) -> None:
     """PPO trains with ``env.obs_critic_state``; the run plays the same sessions with the same returns on a core
     that has the column and on one that does not (the actor never reads it, the column draws nothing); the export
