@@ -126,7 +126,8 @@ def small_world(small_cfg: EnvConfig) -> World:
 def make_run_dir(root: Path, world: World, use_item_table: bool = False, steps: int = 256,
                  summary: dict | None = None, repulsion: bool = True, diverse: bool = True,
                  gate: str = "raw", session_sim: bool = False, hidden_taste: bool = False,
-                 critic_state: bool = False, type_head: bool = False, feature_gate: bool = False) -> Path:
+                 critic_state: bool = False, type_head: bool = False, feature_gate: bool = False,
+                 told_rho: bool = False) -> Path:
     """A tiny run directory: config.yaml (small preset, 64-d hashing encoder, caches under ``root``), a PPO
     model.zip and the pickle-free policy.safetensors / policy.json, learned for ``steps`` steps (with the category
     repulsion train.py uses by default, strong enough to change slates, and, with ``diverse``, train.py's default
@@ -137,7 +138,8 @@ def make_run_dir(root: Path, world: World, use_item_table: bool = False, steps: 
     feedback-adaptive α in the gate, ``gate_lean``). ``session_sim`` turns ``env.obs_session_sim`` on,
     ``hidden_taste`` the research ablation ``env.obs_hidden_taste``, ``critic_state`` the critic's hidden input
     ``env.obs_critic_state``, ``type_head`` (with it) the policy's type head (``train.policy.type_head_weight``),
-    ``feature_gate`` the state's own weights of the feature columns (``train.policy.feature_gate``)."""
+    ``feature_gate`` the state's own weights of the feature columns (``train.policy.feature_gate``), ``told_rho``
+    the research ablation of an actor told the hidden ρ (``train.policy.actor_hidden_columns: [rho]``)."""
     from stable_baselines3 import PPO
 
     from agents.policies import SlatePolicy
@@ -146,8 +148,8 @@ def make_run_dir(root: Path, world: World, use_item_table: bool = False, steps: 
     from envs.vector_env import RecVectorEnv
 
     run = root / ("run-table" if use_item_table else "run-session" if session_sim else "run-taste" if hidden_taste
-                  else "run-type" if type_head else "run-critic" if critic_state else "run-fgate" if feature_gate
-                  else "run" if gate == "raw" else f"run-{gate}")
+                  else "run-type" if type_head else "run-told" if told_rho else "run-critic" if critic_state
+                  else "run-fgate" if feature_gate else "run" if gate == "raw" else f"run-{gate}")
     run.mkdir(parents=True)
     cfg = Config(encoder=EncoderConfig(kind="hashing", hashing_dim=64, cache_dir=str(root / "cache"), progress=False),
                  env=preset_config("small"))
@@ -155,7 +157,9 @@ def make_run_dir(root: Path, world: World, use_item_table: bool = False, steps: 
     cfg.train.policy.use_item_table = use_item_table
     cfg.env.obs_session_sim = session_sim
     cfg.env.obs_hidden_taste = hidden_taste
-    cfg.env.obs_critic_state = critic_state or type_head
+    cfg.env.obs_critic_state = critic_state or type_head or told_rho
+    cfg.train.policy.actor_hidden_state = told_rho
+    cfg.train.policy.actor_hidden_columns = ["rho"] if told_rho else None
     cfg.train.policy.type_head_weight = 0.1 if type_head else 0.0
     cfg.train.policy.feature_gate = feature_gate
     save_yaml(cfg, run / "config.yaml")
@@ -165,7 +169,9 @@ def make_run_dir(root: Path, world: World, use_item_table: bool = False, steps: 
         world.save(folder)
     venv = SB3VecEnv(RecVectorEnv(8, config=cfg.env, world=world))
     venv.seed(0)
-    type_kwargs = {"type_head_weight": 0.1, "type_loss_scale": 0.1 / 0.01} if type_head else {}
+    type_kwargs: dict = {"type_head_weight": 0.1, "type_loss_scale": 0.1 / 0.01} if type_head else {}
+    if told_rho:
+        type_kwargs.update(actor_hidden_state=True, actor_hidden_columns=["rho"])
     model = PPO(SlatePolicy, venv, n_steps=32, batch_size=64, n_epochs=1, seed=0, device="cpu",
                 ent_coef=0.01 if type_head else 0.0,
                 policy_kwargs={"hidden": 32, "use_item_table": use_item_table, "repulsion_init": 2.0, **type_kwargs,

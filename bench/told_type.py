@@ -1,0 +1,230 @@
+"""Does PPO on ``adapt`` lack the user's type, or the skill to act on it? (issue #13, session 53)
+
+Each ``adapt`` run trades one user group against the other (BENCHMARKS "Session 51"). Two explanations fit: PPO
+cannot learn one policy good for both groups (an optimisation limit), or it cannot tell the groups apart early enough
+in a session (an information limit). The research ablation ``train.policy.actor_hidden_columns: [rho]`` tells the
+actor each user's hidden ρ, the one thing the per-type rule of ``bench.headroom`` knows, and the quality protocol
+measures what that is worth to the learner. This bench asks the follow-up question: is the told policy any good with
+the type *read from the session* instead? It plays the told policy on its own held-out sessions three ways, paired
+with an observation-only run of the same sessions (a run with the type head, ``train.policy.type_head_weight``):
+
+* **told** (ρ true): a replay of the told run's stored returns, checked session by session on the first sessions;
+* **soft**: ρ replaced by the other run's type head reading, ``σ(logit)`` (its fitted estimate of ρ from what the
+  service observes);
+* **hard**: ρ replaced by the mean ρ of the training users of the side the head reads (below or above 0.5).
+
+Each row gives the return for all users and per hidden type, and the difference from the observation-only run's PPO
+with a bootstrap interval over sessions. A told policy that gains with the estimate would be a deployable two-stage
+recipe (a policy taught with the type, an estimator in front of it); one that loses shows that what it learned rests
+on knowing the type from the session's first request. Research only: the told policy's rows read the hidden ρ.
+
+    python -m bench.told_type runs/protocol53/p53-adapt-rho-s0 runs/protocol52/p52-adapt-s0
+
+Both runs must have been evaluated on the same held-out sessions (a protocol's runs are: ``report/returns.npz``),
+or ``--report DIR`` names one ``evaluate.py`` report holding both as ``run:TOLD`` and ``run:ESTIMATOR``. Prints a
+Markdown table; the last printed line is the JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch as th
+
+from agents.base import Ranker
+from agents.evaluation import EpisodePlan, run_episodes
+from agents.policies import SlatePolicy
+from agents.ppo_ranker import PPORanker, load_policy, load_run_config
+from agents.report import Bootstrap, percentile_ci
+from bench.eval_blocks import report_returns
+from envs.spaces import CRITIC_STATE_NAMES
+
+#: Hidden ρ below this: a CF-leaning user (``bench.quality_protocol``'s split).
+RHO_EDGE = 0.5
+#: Sessions on which the told policy must replay its stored returns before its other rows are trusted.
+REPLAY_SESSIONS = 200
+MODES = ("told", "soft", "hard")
+_RHO = CRITIC_STATE_NAMES.index("rho")
+
+
+def type_reading(estimator: SlatePolicy, obs: dict[str, np.ndarray]) -> np.ndarray:
+    """The estimator's type head reading of ρ per row: ``σ(logit)``, float64 (B,) in (0, 1)."""
+    assert estimator.type_net is not None
+    with th.no_grad():
+        prepared = estimator._prepare(obs)
+        logit = estimator._type_logit(estimator._encode(prepared)[0]).double().cpu().numpy()
+    return 1.0 / (1.0 + np.exp(-logit))
+
+
+class EstimatedTypeRanker(Ranker):
+    """A policy told the hidden ρ, playing with ρ as given (``told``) or replaced by an estimator's reading.
+
+    Args:
+        told: A policy whose actor reads ``critic_state``'s ρ (``actor_hidden_columns: [rho]``).
+        estimator: A policy with a type head reading observations only (unused for ``told``).
+        k: Slate size.
+        mode: ``"told"``, ``"soft"`` (ρ := σ(logit)) or ``"hard"`` (ρ := ``sides[0]`` where σ(logit) < 0.5, else
+            ``sides[1]``).
+        sides: The ρ given for a CF-leaning and a content-leaning reading (``hard``).
+    """
+
+    reads_hidden_state = True
+
+    def __init__(self, told: SlatePolicy, estimator: SlatePolicy | None, k: int, mode: str = "told",
+                 sides: tuple[float, float] = (0.0, 1.0)) -> None:
+        super().__init__(k)
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if mode != "told" and estimator is None:
+            raise ValueError(f"mode {mode!r} needs an estimator")
+        self.policy = PPORanker(told, k)
+        self.estimator, self.mode, self.sides = estimator, mode, sides
+        self.name = f"told ρ ({mode})"
+
+    def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        """Slates (B, K) of the told policy, given ρ per :attr:`mode`."""
+        if self.mode != "told":
+            assert self.estimator is not None
+            rho = type_reading(self.estimator, obs)  # (B,)
+            if self.mode == "hard":
+                rho = np.where(rho < RHO_EDGE, self.sides[0], self.sides[1])
+            state = np.array(obs["critic_state"], copy=True)  # (B, P)
+            state[:, _RHO] = rho
+            obs = {**obs, "critic_state": state}
+        return self.policy.act(obs)
+
+
+def _check_told(policy: SlatePolicy, run: Path) -> None:
+    if not getattr(policy, "actor_hidden_state", False) or policy.actor_hidden_columns != (_RHO,):  # type: ignore[attr-defined]
+        raise ValueError(f"{run}'s actor is not told ρ alone: train it with train.policy.actor_hidden_state=true "
+                         "and train.policy.actor_hidden_columns=[rho]")
+
+
+def _check_estimator(policy: SlatePolicy, run: Path) -> None:
+    if policy.type_net is None or getattr(policy, "actor_hidden_state", False):
+        raise ValueError(f"{run} has no type head reading observations only: train it with "
+                         "train.policy.type_head_weight > 0 and without train.policy.actor_hidden_state")
+
+
+def _returns(told: Path, estimator: Path, report: Path | None) -> tuple[EpisodePlan, np.ndarray, np.ndarray]:
+    """The shared sessions and the stored returns (E,) of the told run's and the estimator run's PPO on them."""
+    if report is not None:
+        plan, rets = report_returns(report, (f"run:{told}", f"run:{estimator}"))
+        return plan, rets[f"run:{told}"], rets[f"run:{estimator}"]
+    plan, told_rets = report_returns(told / "report", ("ppo",))
+    other, est_rets = report_returns(estimator / "report", ("ppo",))
+    if other.keys.shape != plan.keys.shape or not np.array_equal(other.keys, plan.keys):
+        raise ValueError(f"{told} and {estimator} were evaluated on different held-out sessions: evaluate both in "
+                         "one evaluate.py report and pass it with --report")
+    return plan, told_rets["ppo"], est_rets["ppo"]
+
+
+def analyse(told: Path, estimator: Path, report: Path | None = None, sessions: int | None = None,
+            batch: int = 500, bootstrap: int = 2000) -> dict[str, Any]:
+    """The told policy with ρ true, soft and hard-estimated, paired with the estimator run's PPO.
+
+    Args:
+        told: Run directory of the policy told ρ.
+        estimator: Run directory of an observation-only policy with a type head, evaluated on the same sessions.
+        report: One ``evaluate.py`` report holding both runs (``None``: each run's own ``report/``).
+        sessions: Play only the first this many sessions (``None``: all).
+        batch: Users simulated at once.
+        bootstrap: Resamples of the intervals.
+
+    Returns:
+        ``{"sessions", "sides", "rows": {name: {"return", "cf", "content", "diff", "diff_cf", "diff_content"}}}``;
+        each ``diff*`` is ``{"mean", "ci95"}`` against the estimator run's PPO.
+
+    Raises:
+        ValueError: A run of the wrong kind, different sessions, or a told policy that does not replay its returns.
+        FileNotFoundError: A report without ``returns.npz``.
+    """
+    from envs.factory import make_core
+    from envs.presets import load_world
+
+    plan, told_ret, est_ret = _returns(told, estimator, report)
+    n = len(plan) if sessions is None else min(int(sessions), len(plan))
+    if n < 1:
+        raise ValueError(f"sessions must be >= 1, got {sessions}")
+    plan = EpisodePlan(plan.keys[:n], plan.users[:n], plan.seeds[:n])
+    told_ret, est_ret = told_ret[:n], est_ret[:n]
+    cfg = load_run_config(told)
+    if not cfg.env.obs_critic_state:
+        raise ValueError(f"{told}'s env has no critic_state: it cannot be a run told ρ")
+    world = load_world(cfg.env, cfg.encoder, progress=False)
+    core = make_core(cfg.env, cfg.env.preset, None, world, "heldout", min(batch, n))
+    told_pol = load_policy(told, device="cpu", n_items=core.M)
+    est_pol = load_policy(estimator, device="cpu", n_items=core.M)
+    _check_told(told_pol, told)
+    _check_estimator(est_pol, estimator)
+    k = cfg.env.slate_size
+    m = min(REPLAY_SESSIONS, n)
+    replay = run_episodes(core, EstimatedTypeRanker(told_pol, None, k),
+                          EpisodePlan(plan.keys[:m], plan.users[:m], plan.seeds[:m])).ret
+    if not np.allclose(replay, told_ret[:m], rtol=1e-9, atol=1e-9):
+        raise ValueError(f"{told}'s policy does not replay its stored returns (largest difference "
+                         f"{float(np.abs(replay - told_ret[:m]).max()):.3g}): is this its report?")
+    train_rho = world.populations["train"].rho
+    sides = (float(train_rho[train_rho < RHO_EDGE].mean()), float(train_rho[train_rho >= RHO_EDGE].mean()))
+    rows = {"told ρ (true)": told_ret}
+    for mode in ("soft", "hard"):
+        rows[f"told ρ ({mode}: the type head's reading)"] = run_episodes(
+            core, EstimatedTypeRanker(told_pol, est_pol, k, mode, sides), plan).ret
+    rows["the estimator run's PPO (observations only)"] = est_ret
+    cf = world.populations["heldout"].rho[plan.users] < RHO_EDGE  # (E,)
+    boot = Bootstrap(n, bootstrap, 0)
+
+    def diff(x: np.ndarray, sel: np.ndarray) -> dict[str, Any]:
+        d = np.where(sel, x - est_ret, 0.0)
+        means = boot.means(d) / np.maximum(boot.means(sel.astype(np.float64)), 1e-12)
+        return {"mean": float((x - est_ret)[sel].mean()), "ci95": [float(v) for v in percentile_ci(means)]}
+
+    everyone = np.ones(n, dtype=bool)
+    out = {name: {"return": float(r.mean()), "cf": float(r[cf].mean()), "content": float(r[~cf].mean()),
+                  "diff": diff(r, everyone), "diff_cf": diff(r, cf), "diff_content": diff(r, ~cf)}
+           for name, r in rows.items()}
+    return {"told": str(told), "estimator": str(estimator), "sessions": n, "cf_sessions": int(cf.sum()),
+            "sides": list(sides), "rows": out}
+
+
+def markdown(res: dict[str, Any]) -> str:
+    """One row per way of playing the told policy, and the estimator run's PPO."""
+    lines = [f"{res['sessions']} held-out sessions ({res['cf_sessions']} CF-leaning); hard: ρ := "
+             f"{res['sides'][0]:.2f} / {res['sides'][1]:.2f}", "",
+             "| policy | return | CF-leaning | content-leaning | − the estimator run's PPO: all | CF-leaning | "
+             "content-leaning |", "|---|---:|---:|---:|---:|---:|---:|"]
+
+    def cell(x: dict[str, Any]) -> str:
+        return f"{x['mean']:+.3f} ({x['ci95'][0]:+.2f} to {x['ci95'][1]:+.2f})"
+
+    for name, r in res["rows"].items():
+        lines.append(f"| {name} | {r['return']:.3f} | {r['cf']:.3f} | {r['content']:.3f} | {cell(r['diff'])} | "
+                     f"{cell(r['diff_cf'])} | {cell(r['diff_content'])} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Print the table and the JSON."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("told", type=Path, help="run told ρ (train.policy.actor_hidden_columns=[rho])")
+    ap.add_argument("estimator", type=Path, help="an observation-only run with a type head, on the same sessions")
+    ap.add_argument("--report", type=Path, help="one evaluate.py report holding both runs as run:DIR rankers")
+    ap.add_argument("--sessions", type=int, help="play only the first this many sessions")
+    ap.add_argument("--batch", type=int, default=500)
+    ap.add_argument("--bootstrap", type=int, default=2000)
+    args = ap.parse_args(argv)
+    try:
+        res = analyse(args.told, args.estimator, args.report, args.sessions, args.batch, args.bootstrap)
+    except (FileNotFoundError, ValueError) as exc:
+        ap.error(str(exc))
+    print(markdown(res))
+    print(json.dumps(res))
+    return res
+
+
+if __name__ == "__main__":
+    main()
