@@ -11,7 +11,9 @@ with an observation-only run of the same sessions (a run with the type head, ``t
 * **told** (ρ true): a replay of the told run's stored returns, checked session by session on the first sessions;
 * **soft**: ρ replaced by the other run's type head reading, ``σ(logit)`` (its fitted estimate of ρ from what the
   service observes);
-* **hard**: ρ replaced by the mean ρ of the training users of the side the head reads (below or above 0.5).
+* **hard**: ρ replaced by the mean ρ of the training users of the side the head reads (below or above 0.5);
+* with ``--told-from T …``: ρ true from the session's T-th request on, the head's soft reading before it: how soon a
+  reader must know the type for the told policy to keep its gain (T = 1 is the told row).
 
 Each row gives the return for all users and per hidden type, and the difference from the observation-only run's PPO
 with a bootstrap interval over sessions. A told policy that gains with the estimate would be a deployable two-stage
@@ -41,7 +43,7 @@ from agents.policies import SlatePolicy
 from agents.ppo_ranker import PPORanker, load_policy, load_run_config
 from agents.report import Bootstrap, percentile_ci
 from bench.eval_blocks import report_returns
-from envs.spaces import CRITIC_STATE_NAMES
+from envs.spaces import C_T_FRAC, CRITIC_STATE_NAMES
 
 #: Hidden ρ below this: a CF-leaning user (``bench.quality_protocol``'s split).
 RHO_EDGE = 0.5
@@ -70,20 +72,28 @@ class EstimatedTypeRanker(Ranker):
         mode: ``"told"``, ``"soft"`` (ρ := σ(logit)) or ``"hard"`` (ρ := ``sides[0]`` where σ(logit) < 0.5, else
             ``sides[1]``).
         sides: The ρ given for a CF-leaning and a content-leaning reading (``hard``).
+        told_from: With ``soft``: the true ρ from the session's ``told_from``-th request on (1-based; the request
+            index is ``context.t_frac · max_steps``), the reading before it. ``None``: never the true ρ.
+        max_steps: The env's ``max_steps`` (needed with ``told_from``).
     """
 
     reads_hidden_state = True
 
     def __init__(self, told: SlatePolicy, estimator: SlatePolicy | None, k: int, mode: str = "told",
-                 sides: tuple[float, float] = (0.0, 1.0)) -> None:
+                 sides: tuple[float, float] = (0.0, 1.0), told_from: int | None = None,
+                 max_steps: int | None = None) -> None:
         super().__init__(k)
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if mode != "told" and estimator is None:
             raise ValueError(f"mode {mode!r} needs an estimator")
+        if told_from is not None and (mode != "soft" or told_from < 1 or max_steps is None or max_steps < 1):
+            raise ValueError(f"told_from goes with mode 'soft', is >= 1 and needs max_steps >= 1, got told_from "
+                             f"{told_from}, mode {mode!r}, max_steps {max_steps}")
         self.policy = PPORanker(told, k)
         self.estimator, self.mode, self.sides = estimator, mode, sides
-        self.name = f"told ρ ({mode})"
+        self.told_from, self.max_steps = told_from, max_steps
+        self.name = f"told ρ ({mode})" if told_from is None else f"told ρ from request {told_from}"
 
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         """Slates (B, K) of the told policy, given ρ per :attr:`mode`."""
@@ -93,6 +103,10 @@ class EstimatedTypeRanker(Ranker):
             if self.mode == "hard":
                 rho = np.where(rho < RHO_EDGE, self.sides[0], self.sides[1])
             state = np.array(obs["critic_state"], copy=True)  # (B, P)
+            if self.told_from is not None:
+                assert self.max_steps is not None
+                request = np.rint(obs["context"][:, C_T_FRAC] * self.max_steps)  # (B,) 0-based request index
+                rho = np.where(request >= self.told_from - 1, state[:, _RHO], rho)
             state[:, _RHO] = rho
             obs = {**obs, "critic_state": state}
         return self.policy.act(obs)
@@ -124,7 +138,7 @@ def _returns(told: Path, estimator: Path, report: Path | None) -> tuple[EpisodeP
 
 
 def analyse(told: Path, estimator: Path, report: Path | None = None, sessions: int | None = None,
-            batch: int = 500, bootstrap: int = 2000) -> dict[str, Any]:
+            batch: int = 500, bootstrap: int = 2000, told_from: tuple[int, ...] = ()) -> dict[str, Any]:
     """The told policy with ρ true, soft and hard-estimated, paired with the estimator run's PPO.
 
     Args:
@@ -134,6 +148,7 @@ def analyse(told: Path, estimator: Path, report: Path | None = None, sessions: i
         sessions: Play only the first this many sessions (``None``: all).
         batch: Users simulated at once.
         bootstrap: Resamples of the intervals.
+        told_from: Requests (1-based) from which to tell the true ρ, one row each (the soft reading before).
 
     Returns:
         ``{"sessions", "sides", "rows": {name: {"return", "cf", "content", "diff", "diff_cf", "diff_content"}}}``;
@@ -174,6 +189,9 @@ def analyse(told: Path, estimator: Path, report: Path | None = None, sessions: i
     for mode in ("soft", "hard"):
         rows[f"told ρ ({mode}: the type head's reading)"] = run_episodes(
             core, EstimatedTypeRanker(told_pol, est_pol, k, mode, sides), plan).ret
+    for t in told_from:
+        ranker = EstimatedTypeRanker(told_pol, est_pol, k, "soft", told_from=t, max_steps=cfg.env.max_steps)
+        rows[f"told ρ from request {t} (the head's reading before)"] = run_episodes(core, ranker, plan).ret
     rows["the estimator run's PPO (observations only)"] = est_ret
     cf = world.populations["heldout"].rho[plan.users] < RHO_EDGE  # (E,)
     boot = Bootstrap(n, bootstrap, 0)
@@ -216,9 +234,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--sessions", type=int, help="play only the first this many sessions")
     ap.add_argument("--batch", type=int, default=500)
     ap.add_argument("--bootstrap", type=int, default=2000)
+    ap.add_argument("--told-from", default="", metavar="T,T,...",
+                    help="requests (1-based) from which the true ρ is told, one row each; the head's reading before")
     args = ap.parse_args(argv)
     try:
-        res = analyse(args.told, args.estimator, args.report, args.sessions, args.batch, args.bootstrap)
+        told_from = tuple(int(x) for x in args.told_from.split(",") if x.strip())
+    except ValueError:
+        ap.error(f"--told-from must be comma-separated integers, got {args.told_from!r}")
+    if any(t < 1 for t in told_from):
+        ap.error(f"--told-from takes requests >= 1, got {args.told_from!r}")
+    try:
+        res = analyse(args.told, args.estimator, args.report, args.sessions, args.batch, args.bootstrap, told_from)
     except (FileNotFoundError, ValueError) as exc:
         ap.error(str(exc))
     print(markdown(res))

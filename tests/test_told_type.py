@@ -11,7 +11,7 @@ from conftest import make_core, make_run_dir
 import evaluate
 from agents.ppo_ranker import PPORanker, load_policy
 from bench import told_type
-from envs.spaces import CRITIC_STATE_NAMES
+from envs.spaces import C_T_FRAC, CRITIC_STATE_NAMES
 from envs.world import World
 
 
@@ -45,6 +45,17 @@ def test_the_told_policy_plays_the_head_reading_in_place_of_rho(tmp_path: Path, 
     given["critic_state"][:, rho_col] = np.where(reading < 0.5, *sides)
     np.testing.assert_array_equal(told_type.EstimatedTypeRanker(told_pol, est_pol, 3, "hard", sides).act(obs),
                                   PPORanker(told_pol, 3).act(given))
+    # told from request T: at the session's first request (every row here) T = 1 tells the true ρ, T = 2 the reading
+    steps = cfg.env.max_steps
+    assert np.all(np.rint(obs["context"][:, C_T_FRAC] * steps) == 0)
+    np.testing.assert_array_equal(
+        told_type.EstimatedTypeRanker(told_pol, est_pol, 3, "soft", told_from=1, max_steps=steps).act(obs),
+        PPORanker(told_pol, 3).act(obs))
+    np.testing.assert_array_equal(
+        told_type.EstimatedTypeRanker(told_pol, est_pol, 3, "soft", told_from=2, max_steps=steps).act(obs), want)
+    for bad in ({"told_from": 0, "max_steps": steps}, {"told_from": 2}):
+        with pytest.raises(ValueError, match="told_from goes with mode 'soft'"):
+            told_type.EstimatedTypeRanker(told_pol, est_pol, 3, "soft", **bad)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="needs an estimator"):
         told_type.EstimatedTypeRanker(told_pol, None, 3, "soft")
     with pytest.raises(ValueError, match="mode must be one of"):
@@ -53,9 +64,10 @@ def test_the_told_policy_plays_the_head_reading_in_place_of_rho(tmp_path: Path, 
     report = tmp_path / "report"
     evaluate.main(["--rankers", f"run:{told},run:{est}", "--episodes", "30", "--seeds", "1", "--reference",
                    f"run:{est}", "--set", "eval.bootstrap=100", "--no-progress", "--out", str(report)])
-    res = told_type.analyse(told, est, report=report, bootstrap=100)
+    res = told_type.analyse(told, est, report=report, bootstrap=100, told_from=(1, 3))
     rows = res["rows"]
-    assert res["sessions"] == 30 and len(rows) == 4
+    assert res["sessions"] == 30 and len(rows) == 6
+    assert rows["told ρ from request 1 (the head's reading before)"]["return"] == rows["told ρ (true)"]["return"]
     own = rows["the estimator run's PPO (observations only)"]
     assert own["diff"]["mean"] == 0.0 and own["diff"]["ci95"] == [0.0, 0.0]
     assert 0.0 <= res["sides"][0] < 0.5 <= res["sides"][1] <= 1.0
