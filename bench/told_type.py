@@ -161,15 +161,19 @@ def analyse(told: Path, estimator: Path, report: Path | None = None, sessions: i
     from envs.factory import make_core
     from envs.presets import load_world
 
+    cfg = load_run_config(told)
+    if not cfg.env.obs_critic_state:
+        raise ValueError(f"{told}'s env has no critic_state: it cannot be a run told ρ")
+    other = load_run_config(estimator).env
+    if (other.preset, other.preset_dir) != (cfg.env.preset, cfg.env.preset_dir):
+        raise ValueError(f"{estimator} was trained on preset {other.preset_dir or other.preset!r}, {told} on "
+                         f"{cfg.env.preset_dir or cfg.env.preset!r}: the type head must read the same world")
     plan, told_ret, est_ret = _returns(told, estimator, report)
     n = len(plan) if sessions is None else min(int(sessions), len(plan))
     if n < 1:
         raise ValueError(f"sessions must be >= 1, got {sessions}")
     plan = EpisodePlan(plan.keys[:n], plan.users[:n], plan.seeds[:n])
     told_ret, est_ret = told_ret[:n], est_ret[:n]
-    cfg = load_run_config(told)
-    if not cfg.env.obs_critic_state:
-        raise ValueError(f"{told}'s env has no critic_state: it cannot be a run told ρ")
     world = load_world(cfg.env, cfg.encoder, progress=False)
     core = make_core(cfg.env, cfg.env.preset, None, world, "heldout", min(batch, n))
     told_pol = load_policy(told, device="cpu", n_items=core.M)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -78,5 +79,12 @@ def test_the_told_policy_plays_the_head_reading_in_place_of_rho(tmp_path: Path, 
     assert "| told ρ (true) |" in told_type.markdown(res)
     with pytest.raises(ValueError, match="not told ρ alone"):
         told_type.analyse(est, told, report=report)
+    elsewhere = tmp_path / "run-elsewhere"
+    shutil.copytree(est, elsewhere)
+    config = (elsewhere / "config.yaml").read_text(encoding="utf-8")
+    assert "preset: small" in config
+    (elsewhere / "config.yaml").write_text(config.replace("preset: small", "preset: default"), encoding="utf-8")
+    with pytest.raises(ValueError, match="must read the same world"):
+        told_type.analyse(told, elsewhere, report=report)
     with pytest.raises(FileNotFoundError, match=r"returns\.npz is missing"):
         told_type.analyse(told, est)  # neither run has a report/ of its own
