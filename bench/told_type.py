@@ -50,6 +50,8 @@ RHO_EDGE = 0.5
 #: Sessions on which the told policy must replay its stored returns before its other rows are trusted.
 REPLAY_SESSIONS = 200
 MODES = ("told", "soft", "hard")
+#: Requests of a session (from the first) whose type-head accuracy the table reports.
+HEAD_REQUESTS = 10
 _RHO = CRITIC_STATE_NAMES.index("rho")
 
 
@@ -94,12 +96,13 @@ class EstimatedTypeRanker(Ranker):
         self.estimator, self.mode, self.sides = estimator, mode, sides
         self.told_from, self.max_steps = told_from, max_steps
         self.name = f"told ρ ({mode})" if told_from is None else f"told ρ from request {told_from}"
+        self.last_reading: np.ndarray | None = None  # (B,) σ(logit) of the last request (soft and hard)
 
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         """Slates (B, K) of the told policy, given ρ per :attr:`mode`."""
         if self.mode != "told":
             assert self.estimator is not None
-            rho = type_reading(self.estimator, obs)  # (B,)
+            rho = self.last_reading = type_reading(self.estimator, obs)  # (B,)
             if self.mode == "hard":
                 rho = np.where(rho < RHO_EDGE, self.sides[0], self.sides[1])
             state = np.array(obs["critic_state"], copy=True)  # (B, P)
@@ -151,8 +154,10 @@ def analyse(told: Path, estimator: Path, report: Path | None = None, sessions: i
         told_from: Requests (1-based) from which to tell the true ρ, one row each (the soft reading before).
 
     Returns:
-        ``{"sessions", "sides", "rows": {name: {"return", "cf", "content", "diff", "diff_cf", "diff_content"}}}``;
-        each ``diff*`` is ``{"mean", "ci95"}`` against the estimator run's PPO.
+        ``{"sessions", "sides", "rows": {name: {"return", "cf", "content", "diff", "diff_cf", "diff_content"}},
+        "head_accuracy_by_request": [{"request", "readings", "accuracy"}]}``; each ``diff*`` is ``{"mean", "ci95"}``
+        against the estimator run's PPO; the accuracy is the head's (σ(logit) < 0.5 against ρ < 0.5) at each of the
+        first :data:`HEAD_REQUESTS` requests of the sessions the told policy played with the soft reading.
 
     Raises:
         ValueError: A run of the wrong kind, different sessions, or a told policy that does not replay its returns.
@@ -190,9 +195,20 @@ def analyse(told: Path, estimator: Path, report: Path | None = None, sessions: i
     train_rho = world.populations["train"].rho
     sides = (float(train_rho[train_rho < RHO_EDGE].mean()), float(train_rho[train_rho >= RHO_EDGE].mean()))
     rows = {"told ρ (true)": told_ret}
-    for mode in ("soft", "hard"):
-        rows[f"told ρ ({mode}: the type head's reading)"] = run_episodes(
-            core, EstimatedTypeRanker(told_pol, est_pol, k, mode, sides), plan).ret
+    steps = cfg.env.max_steps
+    hits, seen = np.zeros(steps), np.zeros(steps)  # per 0-based request index: right readings, readings
+
+    def tally(obs: dict[str, np.ndarray], slate: np.ndarray, feedback: Any, active: np.ndarray) -> None:
+        assert soft.last_reading is not None
+        request = np.rint(obs["context"][active, C_T_FRAC] * steps).astype(np.int64).clip(0, steps - 1)
+        right = (soft.last_reading[active] < RHO_EDGE) == (obs["critic_state"][active, _RHO] < RHO_EDGE)
+        hits[:] += np.bincount(request, weights=right, minlength=steps)
+        seen[:] += np.bincount(request, minlength=steps)
+
+    soft = EstimatedTypeRanker(told_pol, est_pol, k, "soft")
+    rows["told ρ (soft: the type head's reading)"] = run_episodes(core, soft, plan, on_step=tally).ret
+    rows["told ρ (hard: the type head's reading)"] = run_episodes(
+        core, EstimatedTypeRanker(told_pol, est_pol, k, "hard", sides), plan).ret
     for t in told_from:
         ranker = EstimatedTypeRanker(told_pol, est_pol, k, "soft", told_from=t, max_steps=cfg.env.max_steps)
         rows[f"told ρ from request {t} (the head's reading before)"] = run_episodes(core, ranker, plan).ret
@@ -209,8 +225,10 @@ def analyse(told: Path, estimator: Path, report: Path | None = None, sessions: i
     out = {name: {"return": float(r.mean()), "cf": float(r[cf].mean()), "content": float(r[~cf].mean()),
                   "diff": diff(r, everyone), "diff_cf": diff(r, cf), "diff_content": diff(r, ~cf)}
            for name, r in rows.items()}
+    shown = [t for t in range(min(steps, HEAD_REQUESTS)) if seen[t] > 0]
+    accuracy = [{"request": t + 1, "readings": int(seen[t]), "accuracy": float(hits[t] / seen[t])} for t in shown]
     return {"told": str(told), "estimator": str(estimator), "sessions": n, "cf_sessions": int(cf.sum()),
-            "sides": list(sides), "rows": out}
+            "sides": list(sides), "rows": out, "head_accuracy_by_request": accuracy}
 
 
 def markdown(res: dict[str, Any]) -> str:
@@ -226,6 +244,8 @@ def markdown(res: dict[str, Any]) -> str:
     for name, r in res["rows"].items():
         lines.append(f"| {name} | {r['return']:.3f} | {r['cf']:.3f} | {r['content']:.3f} | {cell(r['diff'])} | "
                      f"{cell(r['diff_cf'])} | {cell(r['diff_content'])} |")
+    acc = ", ".join(f"{a['accuracy']:.0%}" for a in res["head_accuracy_by_request"])
+    lines += ["", f"The type head reads the type right (ρ < 0.5 or not) at requests 1, 2, …: {acc}"]
     return "\n".join(lines)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import shutil
 from pathlib import Path
 
@@ -77,6 +78,13 @@ def test_the_told_policy_plays_the_head_reading_in_place_of_rho(tmp_path: Path, 
         if 0 < n_cf < 30:
             assert r["return"] == pytest.approx((n_cf * r["cf"] + (30 - n_cf) * r["content"]) / 30)
     assert "| told ρ (true) |" in told_type.markdown(res)
+    # the head's accuracy by request: every session reads its first request once; fewer sessions last longer
+    acc = res["head_accuracy_by_request"]
+    assert acc[0]["request"] == 1 and acc[0]["readings"] == 30
+    assert [a["request"] for a in acc] == list(range(1, len(acc) + 1))
+    assert all(b["readings"] <= a["readings"] for a, b in itertools.pairwise(acc))
+    assert all(0.0 <= a["accuracy"] <= 1.0 for a in acc)
+    assert "The type head reads the type right" in told_type.markdown(res)
     with pytest.raises(ValueError, match="not told ρ alone"):
         told_type.analyse(est, told, report=report)
     elsewhere = tmp_path / "run-elsewhere"
