@@ -41,18 +41,23 @@ from agents.base import Ranker
 from agents.evaluation import EpisodePlan, run_episodes
 from agents.policies import SlatePolicy
 from agents.ppo_ranker import PPORanker, load_policy, load_run_config
-from agents.report import Bootstrap, percentile_ci
+from agents.report import Bootstrap
 from bench.eval_blocks import report_returns
+from bench.quality_protocol import RHO_EDGE
+from bench.type_switch import _diff
 from envs.spaces import C_T_FRAC, CRITIC_STATE_NAMES
 
-#: Hidden ρ below this: a CF-leaning user (``bench.quality_protocol``'s split).
-RHO_EDGE = 0.5
 #: Sessions on which the told policy must replay its stored returns before its other rows are trusted.
 REPLAY_SESSIONS = 200
 MODES = ("told", "soft", "hard")
 #: Requests of a session (from the first) whose type-head accuracy the table reports.
 HEAD_REQUESTS = 10
 _RHO = CRITIC_STATE_NAMES.index("rho")
+
+
+def request_index(context: np.ndarray, max_steps: int) -> np.ndarray:
+    """The 0-based index of each row's request in its session, from ``obs["context"]`` (B, C): int64 (B,)."""
+    return np.rint(context[:, C_T_FRAC] * max_steps).astype(np.int64)
 
 
 def type_reading(estimator: SlatePolicy, obs: dict[str, np.ndarray]) -> np.ndarray:
@@ -108,8 +113,8 @@ class EstimatedTypeRanker(Ranker):
             state = np.array(obs["critic_state"], copy=True)  # (B, P)
             if self.told_from is not None:
                 assert self.max_steps is not None
-                request = np.rint(obs["context"][:, C_T_FRAC] * self.max_steps)  # (B,) 0-based request index
-                rho = np.where(request >= self.told_from - 1, state[:, _RHO], rho)
+                told = request_index(obs["context"], self.max_steps) >= self.told_from - 1  # (B,)
+                rho = np.where(told, state[:, _RHO], rho)
             state[:, _RHO] = rho
             obs = {**obs, "critic_state": state}
         return self.policy.act(obs)
@@ -200,7 +205,7 @@ def analyse(told: Path, estimator: Path, report: Path | None = None, sessions: i
 
     def tally(obs: dict[str, np.ndarray], slate: np.ndarray, feedback: Any, active: np.ndarray) -> None:
         assert soft.last_reading is not None
-        request = np.rint(obs["context"][active, C_T_FRAC] * steps).astype(np.int64).clip(0, steps - 1)
+        request = request_index(obs["context"][active], steps).clip(0, steps - 1)
         right = (soft.last_reading[active] < RHO_EDGE) == (obs["critic_state"][active, _RHO] < RHO_EDGE)
         hits[:] += np.bincount(request, weights=right, minlength=steps)
         seen[:] += np.bincount(request, minlength=steps)
@@ -216,14 +221,10 @@ def analyse(told: Path, estimator: Path, report: Path | None = None, sessions: i
     cf = world.populations["heldout"].rho[plan.users] < RHO_EDGE  # (E,)
     boot = Bootstrap(n, bootstrap, 0)
 
-    def diff(x: np.ndarray, sel: np.ndarray) -> dict[str, Any]:
-        d = np.where(sel, x - est_ret, 0.0)
-        means = boot.means(d) / np.maximum(boot.means(sel.astype(np.float64)), 1e-12)
-        return {"mean": float((x - est_ret)[sel].mean()), "ci95": [float(v) for v in percentile_ci(means)]}
-
     everyone = np.ones(n, dtype=bool)
     out = {name: {"return": float(r.mean()), "cf": float(r[cf].mean()), "content": float(r[~cf].mean()),
-                  "diff": diff(r, everyone), "diff_cf": diff(r, cf), "diff_content": diff(r, ~cf)}
+                  "diff": _diff(r, est_ret, boot, everyone), "diff_cf": _diff(r, est_ret, boot, cf),
+                  "diff_content": _diff(r, est_ret, boot, ~cf)}
            for name, r in rows.items()}
     shown = [t for t in range(min(steps, HEAD_REQUESTS)) if seen[t] > 0]
     accuracy = [{"request": t + 1, "readings": int(seen[t]), "accuracy": float(hits[t] / seen[t])} for t in shown]
