@@ -64,7 +64,7 @@ from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 from torch import nn
 
 from agents.distributions import EntropyEstimator, PlackettLuceDistribution
-from agents.policy_ops import catalog_ids, mlp, rows_linear, standardise_rows, symlog
+from agents.policy_ops import candidate_spread, catalog_ids, mlp, rows_linear, standardise_rows, symlog
 from envs.spaces import C_CLICKED_CF, C_CLICKED_LLM, CRITIC_STATE_NAMES, F_CF, F_LLM, F_POP
 
 DEFAULT_INIT_ALPHA = 0.5
@@ -193,6 +193,10 @@ class SlatePolicy(ActorCriticPolicy):
             ``α_θ(s)`` gives each request its own blend. The linear feature path learns one weight per column for
             every user; with this gate the weights on, e.g., ``cat_exposure`` and ``item_seen`` (the heuristic's
             penalties) can differ by user and by what the session has shown, as the per-type rule's do.
+        pool_spread: The state input pools the request's candidates by their spread too: beside each candidate
+            column's mean and max, its standard deviation over the request's candidates and the correlation of the
+            LLM and CF signals across them (:func:`candidate_spread`). On ``adapt`` these read the user's type at
+            the first request, before any feedback, where the mean and max do not (BENCHMARKS "Session 54").
         activation_fn: Hidden activation.
         ortho_init: Orthogonal initialisation of the hidden layers (gain √2), critic head gain 1.
         use_sde: Must be False (SB3's algorithms pass it).
@@ -241,6 +245,7 @@ class SlatePolicy(ActorCriticPolicy):
         actor_hidden_state: bool = False,
         actor_hidden_columns: Sequence[str] | None = None,
         feature_gate: bool = False,
+        pool_spread: bool = False,
         activation_fn: type[nn.Module] = nn.Tanh,
         ortho_init: bool = True,
         use_sde: bool = False,
@@ -328,6 +333,7 @@ class SlatePolicy(ActorCriticPolicy):
         self.actor_hidden_state = bool(actor_hidden_state)
         self.actor_hidden_columns = _hidden_columns(actor_hidden_columns, self.actor_hidden_state)
         self.feature_gate = bool(feature_gate)
+        self.pool_spread = bool(pool_spread)
         if gate_lean is not None and (gate != "standardised" or not math.isfinite(gate_lean)):
             raise ValueError(f"gate_lean must be a finite number and goes with gate='standardised', got {gate_lean} "
                              f"with gate={gate!r}")
@@ -395,7 +401,7 @@ class SlatePolicy(ActorCriticPolicy):
         self._taste_col = -1 - int(self.reads_session_sim)
         cand_dim = (n_feat + emb_dim + (self.item_dim if self.use_item_table else 0) + int(self.reads_hidden_taste)
                     + int(self.reads_session_sim))
-        state_in = user_dim + ctx_dim + 2 * cand_dim
+        state_in = user_dim + ctx_dim + 2 * cand_dim + (cand_dim + 1 if self.pool_spread else 0)
         # env.obs_critic_state: the user's hidden state joins the critic's input only (an asymmetric actor-critic)
         self.reads_critic_state = "critic_state" in obs_space.spaces
         critic_extra = int(obs_space["critic_state"].shape[0]) if self.reads_critic_state else 0
@@ -537,6 +543,7 @@ class SlatePolicy(ActorCriticPolicy):
             actor_hidden_columns=(None if self.actor_hidden_columns is None
                                   else [CRITIC_STATE_NAMES[i] for i in self.actor_hidden_columns]),
             feature_gate=self.feature_gate,
+            pool_spread=self.pool_spread,
             activation_fn=self.activation_fn,
             ortho_init=self.ortho_init,
             optimizer_class=self.optimizer_class,
@@ -591,6 +598,8 @@ class SlatePolicy(ActorCriticPolicy):
             mx = cand.masked_fill(~mask.unsqueeze(-1), float("-inf")).max(dim=1).values
             mx = th.where(th.isfinite(mx), mx, th.zeros_like(mx))
         state_parts = [obs["user"], obs["context"], mean, mx]
+        if self.pool_spread:
+            state_parts.append(candidate_spread(cand, features, mask, F_LLM, F_CF))
         if self.actor_hidden_state:
             if "critic_state" not in obs:
                 raise ValueError("this policy's actor reads obs['critic_state'] (it was trained with "

@@ -1,6 +1,6 @@
-"""Tensor building blocks of the slate policy (``agents/policies.py``): row standardisation, the symlog squash, a
-linear layer whose backward suits tall inputs, the candidate-id check, the hidden MLP stack and the check that an
-update left the weights finite.
+"""Tensor building blocks of the slate policy (``agents/policies.py``): row standardisation, the candidates' spread,
+the symlog squash, a linear layer whose backward suits tall inputs, the candidate-id check, the hidden MLP stack and
+the check that an update left the weights finite.
 
 Kept apart from the policy class so that the network's structure reads on its own; all are pure functions of their
 inputs (no state), shapes noted on each.
@@ -22,6 +22,40 @@ def standardise_rows(x: th.Tensor, eps: float = 1e-9) -> th.Tensor:
     mean = x.mean(dim=-1, keepdim=True)
     std = (x - mean).square().mean(dim=-1, keepdim=True).sqrt()
     return (x - mean) / (std + eps)
+
+
+#: Added under the square roots of :func:`candidate_spread` (a request whose candidates are all alike reads 0).
+SPREAD_EPS = 1e-8
+
+
+def candidate_spread(cand: th.Tensor, features: th.Tensor, mask: th.Tensor | None, llm_col: int,
+                     cf_col: int) -> th.Tensor:
+    """How the request's candidates spread: each candidate column's standard deviation over the candidates, and the
+    correlation of two raw feature columns (the LLM and CF signals) across them, over the unmasked ones.
+
+    Args:
+        cand: (B, N, X) the policy's candidate rows.
+        features: (B, N, F) the raw feature rows.
+        mask: (B, N) bool, the candidates that count, or None (all).
+        llm_col: The LLM signal's column of ``features``.
+        cf_col: The CF signal's.
+
+    Returns:
+        (B, X + 1): the X standard deviations (population, ``sqrt(var + SPREAD_EPS)``), then the correlation.
+    """
+    w = th.ones_like(cand[..., :1]) if mask is None else mask.unsqueeze(-1).to(cand.dtype)  # (B, N, 1)
+    n = w.sum(dim=1).clamp(min=1.0)  # (B, 1)
+
+    def centred(x: th.Tensor) -> th.Tensor:  # (B, N, k) minus its weighted mean over N, zero where masked
+        return (x - (x * w).sum(dim=1, keepdim=True) / n.unsqueeze(1)) * w
+
+    c = centred(cand)
+    sd = (c.square().sum(dim=1) / n + SPREAD_EPS).sqrt()  # (B, X)
+    pair = centred(th.stack([features[..., llm_col], features[..., cf_col]], dim=-1).to(cand.dtype))  # (B, N, 2)
+    var = pair.square().sum(dim=1) / n  # (B, 2)
+    cov = (pair[..., 0] * pair[..., 1]).sum(dim=1, keepdim=True) / n  # (B, 1)
+    corr = cov / ((var[:, :1] + SPREAD_EPS) * (var[:, 1:] + SPREAD_EPS)).sqrt()
+    return th.cat([sd, corr], dim=-1)
 
 
 def symlog(x: th.Tensor) -> th.Tensor:

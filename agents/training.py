@@ -164,7 +164,7 @@ def policy_kwargs(cfg: Config, init_alpha: float, world: World,
                 type_gate_init=pc.type_gate_init, type_gate_lower_only=pc.type_gate_lower_only,
                 type_gate_margin=pc.type_gate_margin, actor_hidden_state=pc.actor_hidden_state,
                 actor_hidden_columns=pc.actor_hidden_columns, feature_gate=pc.feature_gate,
-                **extra)
+                pool_spread=pc.pool_spread, **extra)
 
 
 def load_training_world(cfg: Config, progress: bool = False) -> World:

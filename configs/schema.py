@@ -531,6 +531,9 @@ class PolicyConfig:
             at init, beside the one learned weight per column): the heuristic's exposure and seen penalties, the
             popularity and price columns can then weigh differently by user and session, as the rule tuned per
             user type does (see ``agents/policies.py``). False: off.
+        pool_spread: The policy's state pools the request's candidates by their spread too (each candidate column's
+            standard deviation and the LLM–CF correlation across them, beside the mean and max): on ``adapt`` they
+            tell the user's type at the first request, before any feedback (BENCHMARKS "Session 54"). False: off.
     """
 
     hidden: int = 64
@@ -556,6 +559,7 @@ class PolicyConfig:
     actor_hidden_state: bool = False
     actor_hidden_columns: list[str] | None = None
     feature_gate: bool = False
+    pool_spread: bool = False
 
     def __post_init__(self) -> None:
         _finite(self)

@@ -127,7 +127,7 @@ def make_run_dir(root: Path, world: World, use_item_table: bool = False, steps: 
                  summary: dict | None = None, repulsion: bool = True, diverse: bool = True,
                  gate: str = "raw", session_sim: bool = False, hidden_taste: bool = False,
                  critic_state: bool = False, type_head: bool = False, feature_gate: bool = False,
-                 told_rho: bool = False) -> Path:
+                 told_rho: bool = False, pool_spread: bool = False) -> Path:
     """A tiny run directory: config.yaml (small preset, 64-d hashing encoder, caches under ``root``), a PPO
     model.zip and the pickle-free policy.safetensors / policy.json, learned for ``steps`` steps (with the category
     repulsion train.py uses by default, strong enough to change slates, and, with ``diverse``, train.py's default
@@ -139,7 +139,8 @@ def make_run_dir(root: Path, world: World, use_item_table: bool = False, steps: 
     ``hidden_taste`` the research ablation ``env.obs_hidden_taste``, ``critic_state`` the critic's hidden input
     ``env.obs_critic_state``, ``type_head`` (with it) the policy's type head (``train.policy.type_head_weight``),
     ``feature_gate`` the state's own weights of the feature columns (``train.policy.feature_gate``), ``told_rho``
-    the research ablation of an actor told the hidden ρ (``train.policy.actor_hidden_columns: [rho]``)."""
+    the research ablation of an actor told the hidden ρ (``train.policy.actor_hidden_columns: [rho]``),
+    ``pool_spread`` the candidates' spread in the state (``train.policy.pool_spread``)."""
     from stable_baselines3 import PPO
 
     from agents.policies import SlatePolicy
@@ -149,7 +150,8 @@ def make_run_dir(root: Path, world: World, use_item_table: bool = False, steps: 
 
     run = root / ("run-table" if use_item_table else "run-session" if session_sim else "run-taste" if hidden_taste
                   else "run-type" if type_head else "run-told" if told_rho else "run-critic" if critic_state
-                  else "run-fgate" if feature_gate else "run" if gate == "raw" else f"run-{gate}")
+                  else "run-fgate" if feature_gate else "run-spread" if pool_spread else "run" if gate == "raw"
+                  else f"run-{gate}")
     run.mkdir(parents=True)
     cfg = Config(encoder=EncoderConfig(kind="hashing", hashing_dim=64, cache_dir=str(root / "cache"), progress=False),
                  env=preset_config("small"))
@@ -162,6 +164,7 @@ def make_run_dir(root: Path, world: World, use_item_table: bool = False, steps: 
     cfg.train.policy.actor_hidden_columns = ["rho"] if told_rho else None
     cfg.train.policy.type_head_weight = 0.1 if type_head else 0.0
     cfg.train.policy.feature_gate = feature_gate
+    cfg.train.policy.pool_spread = pool_spread
     save_yaml(cfg, run / "config.yaml")
     # Put the fixture's world where load_world(cfg.env, cfg.encoder) looks for it (saves a rebuild).
     folder = default_world_dir(cfg.env, cfg.encoder) / world_key(cfg.env, world.encoder_name)
@@ -176,7 +179,7 @@ def make_run_dir(root: Path, world: World, use_item_table: bool = False, steps: 
                 ent_coef=0.01 if type_head else 0.0,
                 policy_kwargs={"hidden": 32, "use_item_table": use_item_table, "repulsion_init": 2.0, **type_kwargs,
                                "item_category": world.catalog.category if repulsion else None,
-                               "feature_gate": feature_gate,
+                               "feature_gate": feature_gate, "pool_spread": pool_spread,
                                **(_diverse_kwargs(gate) if diverse and repulsion else {})})
     model.learn(steps)
     model.save(run / "model.zip")

@@ -107,6 +107,20 @@ def test_export_with_feature_gate(tmp_path: Path, small_world: World) -> None:
     assert m["parity"]["max_abs_logit_diff"] <= 1e-3 and m["parity"]["max_abs_parts_diff"] <= 1e-3
 
 
+def test_export_with_the_candidates_spread(tmp_path: Path, small_world: World) -> None:
+    """A policy whose state pools the candidates' spread (``train.policy.pool_spread``) exports with parity: the graph
+    computes the standard deviations and the LLM–CF correlation from its ``features`` input as the policy does."""
+    run = make_run_dir(tmp_path, small_world, steps=64, pool_spread=True)
+    from agents.ppo_ranker import load_policy
+
+    assert load_policy(run, device="cpu").pool_spread
+    out = export_run(run, "onnx", world=small_world, parity_envs=8, parity_steps=4)
+    m = _manifest(out)
+    assert m["inputs"] == ["user", "features", "context"]
+    assert m["parity"]["slates_equal_up_to_ties"] == m["parity"]["observations"] == 32
+    assert m["parity"]["max_abs_logit_diff"] <= 1e-3
+
+
 def test_a_policy_reading_session_sim_trains_and_evaluates(tmp_path: Path, small_world: World) -> None:
     """``env.obs_session_sim``: PPO trains on it (the key reaches the policy through the SB3 adapter), the run's
     ranker plays sessions of a core that has it and refuses, by name, a core without it (its export and serving:

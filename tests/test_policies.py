@@ -20,7 +20,7 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 from agents.policies import SlatePolicy
-from agents.policy_ops import standardise_rows
+from agents.policy_ops import candidate_spread, standardise_rows
 from envs.spaces import F_CAT_CLICKS, F_CF, F_ITEM_SEEN, F_LLM, FEATURE_NAMES, action_space, observation_space
 
 N_ITEMS, N_CAND, DIM, K = 50, 8, 16, 3
@@ -184,12 +184,14 @@ def test_evaluate_actions_agrees_with_get_distribution(share_state_net: bool) ->
     assert all(p.grad is not None for p in policy.residual_net.parameters())
 
 
-@pytest.mark.parametrize("extras", [{}, {"item_emb": True}, {"use_item_table": True}, {"session_sim": True}])
+@pytest.mark.parametrize("extras", [{}, {"item_emb": True}, {"use_item_table": True}, {"session_sim": True},
+                                    {"pool_spread": True, "use_item_table": True}])
 def test_policy_is_permutation_equivariant(extras: dict[str, bool]) -> None:
     th.manual_seed(0)
     space = observation_space(N_ITEMS, N_CAND, DIM, with_item_embeddings=bool(extras.get("item_emb")),
                               with_session_sim=bool(extras.get("session_sim")))
-    policy = _policy(space, residual_init_scale=1.0, use_item_table=bool(extras.get("use_item_table")))
+    policy = _policy(space, residual_init_scale=1.0, use_item_table=bool(extras.get("use_item_table")),
+                     pool_spread=bool(extras.get("pool_spread")))
     if policy.session_weight is not None:
         with th.no_grad():
             policy.session_weight.fill_(0.7)
@@ -273,6 +275,73 @@ def test_policy_save_load_round_trip(tmp_path: Path) -> None:
     loaded = SlatePolicy.load(str(path), device="cpu")  # compared with the CPU original (a GPU would be "auto")
     assert (loaded.hidden, loaded.temperature, loaded.init_alpha, loaded.use_item_table) == (32, 0.5, 0.3, True)
     obs = _fake_obs(policy.observation_space, 8, seed=7)
+    with th.no_grad():
+        assert th.equal(policy.candidate_logits(obs), loaded.candidate_logits(obs))
+
+
+def test_candidate_spread_is_the_population_std_and_correlation_over_the_unmasked_candidates() -> None:
+    """Each column's standard deviation over the candidates and the LLM–CF correlation, as numpy computes them; with a
+    mask, those of the unmasked candidates alone (the masked ones' values do not matter)."""
+    rng = np.random.default_rng(0)
+    cand, feats = rng.normal(size=(4, 9, 3)), rng.normal(size=(4, 9, len(FEATURE_NAMES)))
+    feats[..., F_CF] += 0.8 * feats[..., F_LLM]  # a correlation well away from 0
+    got = candidate_spread(th.tensor(cand), th.tensor(feats), None, F_LLM, F_CF).numpy()
+    assert got.shape == (4, 4)
+    np.testing.assert_allclose(got[:, :3], cand.std(axis=1), atol=1e-7)
+    corr = [np.corrcoef(feats[b, :, F_LLM], feats[b, :, F_CF])[0, 1] for b in range(4)]
+    np.testing.assert_allclose(got[:, 3], corr, atol=1e-7)
+    mask = rng.random((4, 9)) > 0.4
+    mask[:, :3] = True
+    noisy_cand, noisy_feats = cand.copy(), feats.copy()
+    noisy_cand[~mask], noisy_feats[~mask] = 1e3, -1e3
+    masked = candidate_spread(th.tensor(noisy_cand), th.tensor(noisy_feats), th.tensor(mask), F_LLM, F_CF).numpy()
+    for b in range(4):
+        alone = candidate_spread(th.tensor(cand[b:b + 1, mask[b]]), th.tensor(feats[b:b + 1, mask[b]]), None,
+                                 F_LLM, F_CF).numpy()
+        np.testing.assert_allclose(masked[b:b + 1], alone, atol=1e-7)
+    same = np.ones((1, 5, 3))  # candidates all alike: a spread of 0, no NaN
+    flat = candidate_spread(th.tensor(same), th.tensor(np.ones((1, 5, len(FEATURE_NAMES)))), None, F_LLM, F_CF)
+    assert bool(th.isfinite(flat).all()) and float(flat.abs().max()) < 1e-3
+
+
+def test_pool_spread_adds_the_candidates_spread_to_the_state_and_round_trips(tmp_path: Path) -> None:
+    """``pool_spread``: the state input is the plain policy's with the candidates' spread after it (X + 1 columns:
+    :func:`candidate_spread` of the candidate rows the policy pools), the actor's α and the critic's value read it,
+    and save / load keeps the setting."""
+    th.manual_seed(0)
+    plain = _policy(hidden=32)
+    policy = _policy(hidden=32, pool_spread=True)
+    gen = th.Generator().manual_seed(3)
+    with th.no_grad():  # away from the init, where α's head is 0
+        for p in policy.parameters():
+            p.add_(0.3 * th.randn(p.shape, generator=gen))
+    obs = _fake_obs(policy.observation_space, 16, seed=3)
+    t = _tensor(policy, obs)
+    with th.no_grad():
+        base, _, _, _ = plain._encode(t)
+        state, cand, features, mask = policy._encode(t)
+        assert state.shape[1] == base.shape[1] + cand.shape[-1] + 1
+        np.testing.assert_array_equal(state[:, :base.shape[1]].numpy(), base.numpy())
+        np.testing.assert_allclose(state[:, base.shape[1]:].numpy(),
+                                   candidate_spread(cand, features, mask, F_LLM, F_CF).numpy(), atol=1e-6)
+        # the same pooled means and maxima (of symlog(features), what the policy pools), a wider spread: the two
+        # middle LLM values pushed apart by as much each way, the upper one staying below the largest
+        moved = {k: v.copy() for k, v in obs.items()}
+        y = np.sign(obs["features"][..., F_LLM]) * np.log1p(np.abs(obs["features"][..., F_LLM]))  # (B, N)
+        order, rows = np.argsort(y, axis=1), np.arange(len(y))
+        low, high = order[:, N_CAND // 2 - 1], order[:, N_CAND // 2]
+        d = 0.5 * (y.max(axis=1) - y[rows, high])  # (B,) > 0
+        y[rows, low] -= d
+        y[rows, high] += d
+        moved["features"][..., F_LLM] = np.sign(y) * np.expm1(np.abs(y))
+        t2 = _tensor(policy, moved)
+        np.testing.assert_allclose(plain._encode(t2)[0].numpy(), base.numpy(), atol=1e-5)  # the plain state: the same
+        assert (policy.alpha(t2) - policy.alpha(t)).abs().min() > 1e-6  # every row's α moves
+        assert (policy.predict_values(t2) - policy.predict_values(t)).abs().min() > 1e-6
+    path = tmp_path / "policy.pt"
+    policy.save(str(path))
+    loaded = SlatePolicy.load(str(path), device="cpu")
+    assert loaded.pool_spread and not plain.pool_spread
     with th.no_grad():
         assert th.equal(policy.candidate_logits(obs), loaded.candidate_logits(obs))
 
