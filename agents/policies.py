@@ -196,7 +196,7 @@ class SlatePolicy(ActorCriticPolicy):
         pool_spread: The state input pools the request's candidates by their spread too: beside each candidate
             column's mean and max, its standard deviation over the request's candidates and the correlation of the
             LLM and CF signals across them (:func:`candidate_spread`). On ``adapt`` these read the user's type at
-            the first request, before any feedback, where the mean and max do not (BENCHMARKS "Session 54").
+            the first request, before any feedback, better than the mean and max alone (BENCHMARKS "Session 54").
         activation_fn: Hidden activation.
         ortho_init: Orthogonal initialisation of the hidden layers (gain √2), critic head gain 1.
         use_sde: Must be False (SB3's algorithms pass it).

@@ -14,8 +14,9 @@ sides of that trade with hand-written rules, on the preset's held-out sessions:
    the requests whose type classifier reads a CF-leaning user above a threshold. The classifier is fitted on
    training users' requests played by that variant's first request and default rule, the threshold chosen on
    training sessions; so each variant reads the type as well as a logistic rule can after its own first slate;
-3. the type classifier's accuracy at each of the first requests on the held-out sessions (the reading the mixed
-   slate is for), and each variant's return against tuned-diverse, split by hidden type (common random numbers);
+3. the type classifier's accuracy at each of the first requests on the held-out sessions, played by the variant's
+   first request and default rule without the switch, as the classifier was fitted (the reading the mixed slate is
+   for), and each variant's return against tuned-diverse, split by hidden type (common random numbers);
 4. with ``--runs RUN [RUN ...]`` (trained runs of the preset): PPO − the best variant paired on the runs' own
    held-out sessions.
 
