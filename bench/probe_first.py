@@ -36,11 +36,10 @@ import numpy as np
 
 from agents.base import Feedback, Ranker
 from agents.evaluation import EpisodePlan, episode_plan, run_episodes
-from agents.registry import RankerContext
 from agents.report import Bootstrap
-from agents.tuning import TUNE_SEED, diverse_ranker, tuning_cache_dir
+from agents.tuning import TUNE_SEED, diverse_ranker
 from bench.env_throughput import config_and_world
-from bench.headroom import add_world_args, diverse_by_group
+from bench.headroom import add_world_args
 from bench.told_type import request_index
 from bench.type_switch import (
     FIT_SEED_OFFSET,
@@ -48,11 +47,14 @@ from bench.type_switch import (
     THRESHOLDS,
     SwitchRanker,
     TypeClassifier,
-    _diff,
+    by_type_cells,
+    by_type_row,
     ppo_against,
+    print_ppo_against,
     runs_plan,
     runs_ppo,
     type_features,
+    type_rules,
 )
 from envs.core import BatchedCore
 from envs.factory import make_core
@@ -181,14 +183,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     except ValueError as exc:
         ap.error(str(exc))
     k, category, steps = cfg.slate_size, world.catalog.category, cfg.max_steps
-    cache = tuning_cache_dir(cfg, full.encoder)
-    ctx = RankerContext(world, cfg, seed=args.seed, tune_episodes=args.tune_episodes, batch=256, cache_dir=str(cache))
-    point_a = ctx.diverse_search().best
+    points = type_rules(world, full, args.seed, args.tune_episodes)
     tune_seed = args.seed + TUNE_SEED
-    by_type = diverse_by_group(world, cfg, point_a, None, (RHO_EDGE,), args.tune_episodes, tune_seed, cache_dir=cache)
-    rules = {"A": diverse_ranker(k, category, point_a, name="tuned-diverse"),
-             "B": diverse_ranker(k, category, by_type["per_group"][0], name="rule B (ρ<0.5's)"),
-             "C": diverse_ranker(k, category, by_type["per_group"][1], name="rule C (ρ≥0.5's)")}
+    rules = {name: diverse_ranker(k, category, points[name], name=label)
+             for name, label in (("A", "tuned-diverse"), ("B", "rule B (ρ<0.5's)"), ("C", "rule C (ρ≥0.5's)"))}
 
     train_core = make_core(cfg, cfg.preset, None, world, "train", min(args.batch, 256))
     core = make_core(cfg, cfg.preset, None, world, "heldout", args.batch)
@@ -227,32 +225,22 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     print(f"{'ranker':32s} {'return':>7s} {'ρ<0.5':>7s} {'ρ≥0.5':>7s}  − tuned-diverse: all, ρ<0.5, ρ≥0.5 (95%)"
           f"   type read right at request {', '.join(map(str, READ_AT))}")
     for name, s in stats.items():
-        figs = {"return": float(s.ret.mean()), "cf": float(s.ret[cf].mean()), "content": float(s.ret[~cf].mean()),
-                "diff": _diff(s.ret, ref, boot, np.ones_like(cf)), "diff_cf": _diff(s.ret, ref, boot, cf),
-                "diff_content": _diff(s.ret, ref, boot, ~cf), **reading.get(name, {})}
-        rows[name] = figs
-        cells = ", ".join(f"{figs[c]['mean']:+.3f} ({figs[c]['ci95'][0]:+.2f} to {figs[c]['ci95'][1]:+.2f})"
-                          for c in ("diff", "diff_cf", "diff_content"))
+        rows[name] = figs = {**by_type_row(s.ret, ref, boot, cf), **reading.get(name, {})}
+        cells = by_type_cells(figs)
         acc = " ".join(f"{v:.0%}" for v in figs.get("accuracy", {}).values())
         acc += f"   first slate clicked {figs['first_click']:.0%}" if "first_click" in figs else ""
         print(f"{name:32s} {figs['return']:7.3f} {figs['cf']:7.3f} {figs['content']:7.3f}  {cells}   {acc}")
-    summary: dict[str, Any] = {"preset": args.preset, "rules": {"A": point_a, "B": by_type["per_group"][0],
-                                                                "C": by_type["per_group"][1]},
-                               "heldout": rows, "sessions": len(plan), "cf_share": float(cf.mean())}
+    summary: dict[str, Any] = {"preset": args.preset, "rules": points, "heldout": rows, "sessions": len(plan),
+                               "cf_share": float(cf.mean())}
     if runs_sessions is not None:
-        switches = [n for n in reading]
-        best_name = max(switches, key=lambda n: rows[n]["return"])
+        best_name = max(reading, key=lambda n: rows[n]["return"])
         on_runs = run_episodes(core, played[best_name], runs_sessions)
         summary["runs"] = {"against": best_name, "rule_return": float(on_runs.ret.mean()),
                            **ppo_against(on_runs.ret, runs_sessions, args.runs, on_runs.rho < RHO_EDGE,
                                          seed=args.seed)}
         print(f"\nPPO − {best_name!r} on the runs' {len(runs_sessions)} held-out sessions (rule "
               f"{on_runs.ret.mean():.3f}): all, ρ<0.5, ρ≥0.5 (95%)")
-        parts = [(Path(r).name, figs) for r, figs in summary["runs"]["per_run"].items()]
-        parts += [("over seeds and sessions", summary["runs"]["over_seeds_and_sessions"])] if len(args.runs) > 1 else []
-        for label, figs in parts:
-            print(f"{label:32s} " + ", ".join(f"{figs[g]['mean']:+.3f} ({figs[g]['ci95'][0]:+.2f} to "
-                                               f"{figs[g]['ci95'][1]:+.2f})" for g in ("all", "cf", "content")))
+        print_ppo_against(summary["runs"], width=32)
     print(json.dumps(summary))
     return summary
 

@@ -51,9 +51,11 @@ from bench.env_throughput import config_and_world
 from bench.headroom import add_world_args, diverse_by_group
 from bench.quality_protocol import returns_table, seeds_and_sessions_interval
 from configs.loader import load_config
+from configs.schema import Config
 from envs.core import BatchedCore
 from envs.factory import make_core
 from envs.spaces import F_CF, F_LLM, F_POP, F_PRICE
+from envs.world import World
 
 #: Hidden ρ below this: a CF-leaning user (the split of ``bench.headroom``'s value of adaptation on ``adapt``).
 RHO_EDGE = 0.5
@@ -141,6 +143,56 @@ def _diff(x: np.ndarray, ref: np.ndarray, boot: Bootstrap, sel: np.ndarray) -> d
     d = np.where(sel, x - ref, 0.0)
     means = boot.means(d) / np.maximum(boot.means(sel.astype(float)), 1e-12)
     return {"mean": float((x - ref)[sel].mean()), "ci95": list(percentile_ci(means))}
+
+
+def type_rules(world: World, full: Config, seed: int, tune_episodes: int) -> dict[str, dict[str, float]]:
+    """The diversity-heuristic points of the type switch, searched on training users (cached beside the world):
+    ``A`` tuned-diverse, ``B`` the best for the CF-leaning users and ``C`` for the content-leaning ones (hidden ρ
+    either side of :data:`RHO_EDGE`, ``bench.headroom.diverse_by_group``).
+
+    Args:
+        world: The world.
+        full: The resolved config (its env and encoder name the cache).
+        seed: The tuning seed (a run's ``train.seed``; the sessions are ``seed + TUNE_SEED``'s).
+        tune_episodes: Training sessions per searched point.
+    """
+    cfg, cache = full.env, tuning_cache_dir(full.env, full.encoder)
+    ctx = RankerContext(world, cfg, seed=seed, tune_episodes=tune_episodes, batch=256, cache_dir=str(cache))
+    point_a = ctx.diverse_search().best  # a run's own search, when it has one
+    by_type = diverse_by_group(world, cfg, point_a, None, (RHO_EDGE,), tune_episodes, seed + TUNE_SEED,
+                               cache_dir=cache)
+    return {"A": point_a, "B": by_type["per_group"][0], "C": by_type["per_group"][1]}
+
+
+def by_type_row(ret: np.ndarray, ref: np.ndarray, boot: Bootstrap, cf: np.ndarray) -> dict[str, Any]:
+    """One ranker's row of a table split by hidden type: its mean return (all, CF-leaning, content-leaning users) and
+    its paired difference from ``ref`` in each, with a bootstrap interval over sessions.
+
+    Args:
+        ret: float (E,) the ranker's return per session.
+        ref: float (E,) the reference's on the same sessions.
+        boot: The bootstrap over the E sessions.
+        cf: bool (E,) the sessions whose user is CF-leaning (hidden ρ < :data:`RHO_EDGE`).
+    """
+    return {"return": float(ret.mean()), "cf": float(ret[cf].mean()), "content": float(ret[~cf].mean()),
+            "diff": _diff(ret, ref, boot, np.ones_like(cf)), "diff_cf": _diff(ret, ref, boot, cf),
+            "diff_content": _diff(ret, ref, boot, ~cf)}
+
+
+def by_type_cells(row: dict[str, Any]) -> str:
+    """The three paired differences of a :func:`by_type_row`, as table text."""
+    return ", ".join(f"{row[c]['mean']:+.3f} ({row[c]['ci95'][0]:+.2f} to {row[c]['ci95'][1]:+.2f})"
+                     for c in ("diff", "diff_cf", "diff_content"))
+
+
+def print_ppo_against(figures: dict[str, Any], width: int) -> None:
+    """Print :func:`ppo_against`'s figures: a line per run, then over seeds and sessions (two or more runs)."""
+    parts = [(Path(r).name, figs) for r, figs in figures["per_run"].items()]
+    if "over_seeds_and_sessions" in figures:
+        parts.append(("over seeds and sessions", figures["over_seeds_and_sessions"]))
+    for label, figs in parts:
+        print(f"{label:{width}s} " + ", ".join(f"{figs[g]['mean']:+.3f} ({figs[g]['ci95'][0]:+.2f} to "
+                                               f"{figs[g]['ci95'][1]:+.2f})" for g in ("all", "cf", "content")))
 
 
 def runs_plan(runs: Sequence[Path], preset: str, n_heldout: int) -> EpisodePlan:
@@ -301,13 +353,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     except ValueError as exc:
         ap.error(str(exc))
     k, category = cfg.slate_size, world.catalog.category
-    ctx = RankerContext(world, cfg, seed=args.seed, tune_episodes=args.tune_episodes, batch=256,
-                        cache_dir=str(tuning_cache_dir(cfg, full.encoder)))  # a run's own search, when it has one
-    point_a = ctx.diverse_search().best
+    points = type_rules(world, full, args.seed, args.tune_episodes)
+    point_a, point_b = points["A"], points["B"]
     tune_seed = args.seed + TUNE_SEED
-    by_type = diverse_by_group(world, cfg, point_a, None, (RHO_EDGE,), args.tune_episodes, tune_seed,
-                               cache_dir=tuning_cache_dir(cfg, full.encoder))
-    point_b = by_type["per_group"][0]
     rule_a = diverse_ranker(k, category, point_a, name="tuned-diverse")
     rule_b = diverse_ranker(k, category, point_b, name="rule B (ρ<0.5's)")
 
@@ -333,13 +381,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     rows: dict[str, Any] = {}
     print(f"{'ranker':24s} {'return':>7s} {'ρ<0.5':>7s} {'ρ≥0.5':>7s}   − tuned-diverse: all, ρ<0.5, ρ≥0.5 (95%)")
     for name, s in stats.items():
-        figs = {"return": float(s.ret.mean()), "cf": float(s.ret[cf].mean()), "content": float(s.ret[~cf].mean()),
-                "diff": _diff(s.ret, ref, boot, np.ones_like(cf)), "diff_cf": _diff(s.ret, ref, boot, cf),
-                "diff_content": _diff(s.ret, ref, boot, ~cf)}
-        rows[name] = figs
-        cells = ", ".join(f"{figs[c]['mean']:+.3f} ({figs[c]['ci95'][0]:+.2f} to {figs[c]['ci95'][1]:+.2f})"
-                          for c in ("diff", "diff_cf", "diff_content"))
-        print(f"{name:24s} {figs['return']:7.3f} {figs['cf']:7.3f} {figs['content']:7.3f}   {cells}")
+        rows[name] = figs = by_type_row(s.ret, ref, boot, cf)
+        print(f"{name:24s} {figs['return']:7.3f} {figs['cf']:7.3f} {figs['content']:7.3f}   {by_type_cells(figs)}")
     summary = {"preset": args.preset, "rule_a": point_a, "rule_b": point_b,
                "threshold": best, "tuning": {str(p): v for p, v in tuning.items()},
                "heldout": rows, "sessions": len(plan), "cf_share": float(cf.mean())}
@@ -350,11 +393,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                                          seed=args.seed)}
         print(f"\nPPO − {switch.name} on the runs' {len(runs_sessions)} held-out sessions (switch "
               f"{on_runs.ret.mean():.3f}): all, ρ<0.5, ρ≥0.5 (95%)")
-        parts = [(Path(r).name, figs) for r, figs in summary["runs"]["per_run"].items()]
-        parts += [("over seeds and sessions", summary["runs"]["over_seeds_and_sessions"])] if len(args.runs) > 1 else []
-        for label, figs in parts:
-            print(f"{label:24s} " + ", ".join(f"{figs[g]['mean']:+.3f} ({figs[g]['ci95'][0]:+.2f} to "
-                                               f"{figs[g]['ci95'][1]:+.2f})" for g in ("all", "cf", "content")))
+        print_ppo_against(summary["runs"], width=24)
         if args.override:
             summary["override"] = override_summary(args, rule_b, train_core, core, runs_sessions,
                                                    on_runs.rho < RHO_EDGE, tune_plan, n_train, tune_seed)
