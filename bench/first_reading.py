@@ -75,6 +75,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     add_world_args(ap, preset="adapt")
     ap.add_argument("--train-sessions", type=int, default=8000, help="training users' first requests fitted on")
     args = ap.parse_args(argv)
+    for flag in ("episodes", "train_sessions"):
+        if getattr(args, flag) < 1:
+            ap.error(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
     full, world = config_and_world(ap, args)
     cfg = full.env
     obs_tr, y_tr = first_requests(world, cfg, "train", args.train_sessions, args.seed)

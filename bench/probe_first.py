@@ -58,10 +58,8 @@ from bench.type_switch import (
 )
 from envs.core import BatchedCore
 from envs.factory import make_core
-from envs.spaces import C_LAST_CLICK
+from envs.spaces import C_LAST_CLICK, CONTEXT_NAMES
 
-#: Where the context columns start in :func:`bench.type_switch.type_features`' rows.
-TYPE_CONTEXT_START = 9
 #: Requests (1-based) at which the type classifier's accuracy is reported.
 READ_AT: tuple[int, ...] = (1, 2, 3, 4, 5, 10)
 
@@ -161,9 +159,10 @@ def accuracy_by_request(classifier: TypeClassifier, x: np.ndarray, cf: np.ndarra
 
 def first_click_share(x: np.ndarray, t: np.ndarray) -> float:
     """The share of sessions whose first slate got a click, among those that reached a second request: the
-    ``last_click`` context column of :func:`bench.type_switch.type_features` (after its nine candidate columns) at
-    request 2."""
-    return float(x[t == 1, TYPE_CONTEXT_START + C_LAST_CLICK].mean())
+    ``last_click`` context column of :func:`bench.type_switch.type_features` (whose rows end with the context and the
+    click lean) at request 2."""
+    context_start = x.shape[1] - len(CONTEXT_NAMES) - 1
+    return float(x[t == 1, context_start + C_LAST_CLICK].mean())
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -174,6 +173,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--runs", nargs="+", type=Path, default=[], metavar="RUN",
                     help="trained runs of the preset: PPO − the best variant paired on their held-out sessions")
     args = ap.parse_args(argv)
+    for flag in ("episodes", "tune_episodes", "fit_episodes"):
+        if getattr(args, flag) < 1:
+            ap.error(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
     full, world = config_and_world(ap, args, progress=True)
     cfg = full.env
     try:  # refuse bad runs before the minutes of tuning

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from agents.evaluation import episode_plan
 from agents.policy_ops import SPREAD_EPS
-from bench.first_reading import first_requests, pooled
+from bench.first_reading import first_requests, main, pooled
 from bench.type_switch import RHO_EDGE, type_features
 from configs.schema import EnvConfig
 from envs.factory import make_core
@@ -48,3 +49,11 @@ def test_each_reader_pools_what_it_names(small_cfg: EnvConfig, small_world: Worl
     assert got["mean+max+user"].shape[1] == 2 * n_feat + dim
     np.testing.assert_array_equal(got["mean+max+spread+user"][:, -dim:], obs["user"].astype(np.float64))
     np.testing.assert_array_equal(got["type_features"], type_features(obs))
+
+
+@pytest.mark.parametrize("flag", ["--episodes", "--train-sessions"])
+def test_a_count_below_one_is_refused_by_name(flag: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """No session to read is a usage error naming the flag, before any world is built."""
+    with pytest.raises(SystemExit):
+        main([flag, "0"])
+    assert f"{flag} must be at least 1, got 0" in capsys.readouterr().err

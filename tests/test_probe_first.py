@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from conftest import make_core
 
 from agents.base import Feedback, Ranker
 from agents.evaluation import episode_plan, run_episodes
 from agents.tuning import diverse_ranker
-from bench.probe_first import READ_AT, FirstRequest, accuracy_by_request, first_click_share, interleave, read_requests
+from bench.probe_first import (
+    READ_AT,
+    FirstRequest,
+    accuracy_by_request,
+    first_click_share,
+    interleave,
+    main,
+    read_requests,
+)
 from bench.told_type import request_index
 from bench.type_switch import TypeClassifier
 from configs.schema import EnvConfig
@@ -96,3 +105,11 @@ def test_the_reading_is_scored_per_request_of_its_session(small_cfg: EnvConfig, 
     assert 0 < share < 1 and round(share * reached) <= sum(first_clicks)
     if reached == 48:  # every session reached a second request: the share is the first slates' click rate
         assert round(share * reached) == sum(first_clicks)
+
+
+@pytest.mark.parametrize("flag", ["--episodes", "--tune-episodes", "--fit-episodes"])
+def test_a_count_below_one_is_refused_by_name(flag: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """No session to play is a usage error naming the flag, before any world is built or rule tuned."""
+    with pytest.raises(SystemExit):
+        main([flag, "0"])
+    assert f"{flag} must be at least 1, got 0" in capsys.readouterr().err
