@@ -35,12 +35,11 @@ from typing import Any
 import numpy as np
 
 from agents.base import Feedback, Ranker
-from agents.evaluation import EpisodePlan, episode_plan, run_episodes
+from agents.evaluation import episode_plan, run_episodes
 from agents.report import Bootstrap
 from agents.tuning import TUNE_SEED, diverse_ranker
 from bench.env_throughput import config_and_world
 from bench.headroom import add_world_args
-from bench.told_type import request_index
 from bench.type_switch import (
     FIT_SEED_OFFSET,
     RHO_EDGE,
@@ -49,14 +48,15 @@ from bench.type_switch import (
     TypeClassifier,
     by_type_cells,
     by_type_row,
+    fit_classifier,
+    played_requests,
     ppo_against,
     print_ppo_against,
+    request_index,
     runs_plan,
     runs_ppo,
-    type_features,
     type_rules,
 )
-from envs.core import BatchedCore
 from envs.factory import make_core
 from envs.spaces import C_LAST_CLICK, CONTEXT_NAMES
 
@@ -124,33 +124,6 @@ class FirstRequest(Ranker):
         self.rule.update(obs, slate, feedback)
 
 
-def read_requests(core: BatchedCore, ranker: Ranker, plan: EpisodePlan,
-                  max_steps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every request of ``plan``'s sessions played by ``ranker``: its features, its user's type and its index.
-
-    Args:
-        core: The simulator.
-        ranker: Who answers the requests.
-        plan: The sessions.
-        max_steps: T.
-
-    Returns:
-        ``(x, cf, t)``: float64 (n, p) :func:`bench.type_switch.type_features`, bool (n,) hidden ρ < :data:`RHO_EDGE`,
-        int64 (n,) the request's 0-based index in its session.
-    """
-    xs: list[np.ndarray] = []
-    ys: list[np.ndarray] = []
-    ts: list[np.ndarray] = []
-
-    def on_step(obs: dict[str, np.ndarray], slate: np.ndarray, feedback: Any, active: np.ndarray) -> None:
-        xs.append(type_features(obs)[active])
-        ys.append(core.pop.rho[core.user[active]] < RHO_EDGE)
-        ts.append(request_index(obs["context"], max_steps)[active])
-
-    run_episodes(core, ranker, plan, on_step=on_step)
-    return np.concatenate(xs), np.concatenate(ys), np.concatenate(ts)
-
-
 def accuracy_by_request(classifier: TypeClassifier, x: np.ndarray, cf: np.ndarray, t: np.ndarray) -> dict[str, float]:
     """The classifier's share of requests whose type it reads right (probability 0.5), at each of :data:`READ_AT`."""
     right = (classifier.proba(x) > 0.5) == cf
@@ -205,14 +178,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             rule = rules[default]
             base = rule if opening == "own" else FirstRequest(rule, rules["B"], rules["C"], steps,
                                                              name=f"mixed first, then {default}")
-            classifier = TypeClassifier(*read_requests(train_core, base, fit_plan, steps)[:2])
+            classifier = fit_classifier(train_core, base, fit_plan)
             label = f"{opening} first, switch {default}/B"
-            tuning = {p: float(run_episodes(train_core, _switched(base, rules, default, classifier, p, steps),
+            tuning = {p: float(run_episodes(train_core, _switched(base, rules, default, classifier, p),
                                             tune_plan).ret.mean()) for p in THRESHOLDS}
             best = max(THRESHOLDS, key=lambda p: tuning[p])
-            played[label] = _switched(base, rules, default, classifier, best, steps)
+            played[label] = _switched(base, rules, default, classifier, best)
             played[label].name = label
-            x, cf_rows, t = read_requests(core, base, plan, steps)
+            x, cf_rows, t = played_requests(core, base, plan)
             reading[label] = {"threshold": best, "tuning": {str(p): v for p, v in tuning.items()},
                               "accuracy": accuracy_by_request(classifier, x, cf_rows, t),
                               "first_click": first_click_share(x, t)}
@@ -247,12 +220,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     return summary
 
 
-def _switched(base: Ranker, rules: dict[str, Ranker], default: str, classifier: TypeClassifier, threshold: float,
-              steps: int) -> Ranker:
+def _switched(base: Ranker, rules: dict[str, Ranker], default: str, classifier: TypeClassifier,
+              threshold: float) -> Ranker:
     """``base``'s first request (its own rule's, or the mixed slate), then the switch between ``default`` and B."""
     switch = SwitchRanker(rules[default], rules["B"], classifier, threshold)
     if isinstance(base, FirstRequest):
-        return FirstRequest(switch, base.first, base.second, steps, name=base.name)
+        return FirstRequest(switch, base.first, base.second, base.max_steps, name=base.name)
     return switch
 
 

@@ -44,8 +44,8 @@ from agents.ppo_ranker import PPORanker, load_policy, load_run_config
 from agents.report import Bootstrap
 from bench.eval_blocks import report_returns
 from bench.quality_protocol import RHO_EDGE
-from bench.type_switch import _diff
-from envs.spaces import C_T_FRAC, CRITIC_STATE_NAMES
+from bench.type_switch import _diff, request_index
+from envs.spaces import CRITIC_STATE_NAMES
 
 #: Sessions on which the told policy must replay its stored returns before its other rows are trusted.
 REPLAY_SESSIONS = 200
@@ -53,11 +53,6 @@ MODES = ("told", "soft", "hard")
 #: Requests of a session (from the first) whose type-head accuracy the table reports.
 HEAD_REQUESTS = 10
 _RHO = CRITIC_STATE_NAMES.index("rho")
-
-
-def request_index(context: np.ndarray, max_steps: int) -> np.ndarray:
-    """The 0-based index of each row's request in its session, from ``obs["context"]`` (B, C): int64 (B,)."""
-    return np.rint(context[:, C_T_FRAC] * max_steps).astype(np.int64)
 
 
 def type_reading(estimator: SlatePolicy, obs: dict[str, np.ndarray]) -> np.ndarray:

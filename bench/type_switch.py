@@ -54,7 +54,7 @@ from configs.loader import load_config
 from configs.schema import Config
 from envs.core import BatchedCore
 from envs.factory import make_core
-from envs.spaces import F_CF, F_LLM, F_POP, F_PRICE
+from envs.spaces import C_T_FRAC, F_CF, F_LLM, F_POP, F_PRICE
 from envs.world import World
 
 #: Hidden ρ below this: a CF-leaning user (the split of ``bench.headroom``'s value of adaptation on ``adapt``).
@@ -126,17 +126,36 @@ class SwitchRanker(Ranker):
         return slate
 
 
-def fit_classifier(core: BatchedCore, rule: Ranker, plan: EpisodePlan) -> TypeClassifier:
-    """The type classifier, fitted on every request of ``plan``'s sessions played by ``rule`` on ``core``."""
+def request_index(context: np.ndarray, max_steps: int) -> np.ndarray:
+    """The 0-based index of each row's request in its session, from ``obs["context"]`` (B, C): int64 (B,)."""
+    return np.rint(context[:, C_T_FRAC] * max_steps).astype(np.int64)
+
+
+def played_requests(core: BatchedCore, ranker: Ranker, plan: EpisodePlan) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every request of ``plan``'s sessions played by ``ranker`` on ``core``: what a service observes of it, its
+    user's hidden type and its place in the session.
+
+    Returns:
+        ``(x, cf, t)``: float64 (n, p) :func:`type_features`, bool (n,) hidden ρ < :data:`RHO_EDGE`, int64 (n,) the
+        request's 0-based index in its session.
+    """
     xs: list[np.ndarray] = []
     ys: list[np.ndarray] = []
+    ts: list[np.ndarray] = []
 
     def on_step(obs: dict[str, np.ndarray], slate: np.ndarray, feedback: Any, active: np.ndarray) -> None:
         xs.append(type_features(obs)[active])
         ys.append(core.pop.rho[core.user[active]] < RHO_EDGE)
+        ts.append(request_index(obs["context"], core.cfg.max_steps)[active])
 
-    run_episodes(core, rule, plan, on_step=on_step)
-    return TypeClassifier(np.concatenate(xs), np.concatenate(ys))
+    run_episodes(core, ranker, plan, on_step=on_step)
+    return np.concatenate(xs), np.concatenate(ys), np.concatenate(ts)
+
+
+def fit_classifier(core: BatchedCore, rule: Ranker, plan: EpisodePlan) -> TypeClassifier:
+    """The type classifier, fitted on every request of ``plan``'s sessions played by ``rule`` on ``core``."""
+    x, cf, _ = played_requests(core, rule, plan)
+    return TypeClassifier(x, cf)
 
 
 def _diff(x: np.ndarray, ref: np.ndarray, boot: Bootstrap, sel: np.ndarray) -> dict[str, Any]:

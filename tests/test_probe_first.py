@@ -16,10 +16,8 @@ from bench.probe_first import (
     first_click_share,
     interleave,
     main,
-    read_requests,
 )
-from bench.told_type import request_index
-from bench.type_switch import TypeClassifier
+from bench.type_switch import TypeClassifier, played_requests, request_index
 from configs.schema import EnvConfig
 from envs.world import World
 
@@ -75,13 +73,13 @@ def test_the_mixed_slate_opens_each_session_and_the_rule_answers_the_rest(small_
 
 
 def test_the_reading_is_scored_per_request_of_its_session(small_cfg: EnvConfig, small_world: World) -> None:
-    """``read_requests`` gives one row per request met with its index and its user's type; the accuracy at a
-    request is the share read right among the requests of that index only."""
+    """``bench.type_switch.played_requests`` gives one row per request met with its index and its user's type; the
+    accuracy at a request is the share read right among the requests of that index only."""
     core = make_core(small_cfg, small_world, b=16)
     rule = diverse_ranker(small_cfg.slate_size, small_world.catalog.category,
                           {"alpha": 0.5, "cap": 2, "exposure_weight": 0.5, "seen_weight": 0.5})
     plan = episode_plan(48, [2], small_world.populations["train"].size)
-    x, cf, t = read_requests(core, rule, plan, small_cfg.max_steps)
+    x, cf, t = played_requests(core, rule, plan)
     assert len(x) == len(cf) == len(t) == run_episodes(core, rule, plan).length.sum()
     assert (t == 0).sum() == 48 and t.min() == 0
     truth = np.where(cf, 1.0, -1.0)
