@@ -44,6 +44,10 @@ load, so a step budget makes the protocol repeat exactly on one machine and comp
 ``--config``, no time limit: the default budget of 1M steps), so that the ``make train`` bar is measured over
 training seeds and not on seed 0 alone.
 
+``--runs DIR [DIR ...]`` aggregates finished runs named one by one instead of training ``--seeds`` (it needs
+``--table``): seeds of one recipe run by two protocols, e.g. two machines' sessions, pooled into one table with its
+intervals over all their seeds. The runs must be of distinct training seeds.
+
 A run whose ``summary.json`` exists is not trained again (re-running the command finishes a protocol that was
 interrupted); ``--preset`` takes a preset name or a calibrated preset folder; ``--set`` passes config overrides to
 every run. Writes ``<name>.json`` and ``<name>.md`` into ``--out`` (``--table STEM``: ``<STEM>.json`` and ``.md``, so
@@ -103,6 +107,25 @@ def train_commands(args: argparse.Namespace) -> list[tuple[Path, list[str]]]:
             cmd += ["--set", item]
         out.append((Path(args.out) / name, cmd))
     return out
+
+
+def finished_runs(runs: Sequence[Path], error: Callable[[str], Any]) -> list[Path]:
+    """The runs of ``--runs``, checked: each finished (``summary.json`` and ``report/results.json``), none named
+    twice, no two of one training seed (pooled seeds must be independent). ``error`` reports what is wrong."""
+    from agents.ppo_ranker import load_run_config
+
+    seeds: dict[int, Path] = {}
+    for run in runs:
+        missing = [f for f in ("summary.json", "report/results.json") if not (run / f).is_file()]
+        if missing:
+            error(f"--runs: {run} is not a finished run (no {' and no '.join(missing)})")
+        seed = load_run_config(run).train.seed
+        if seed in seeds:
+            error(f"--runs: {seeds[seed]} and {run} are both of training seed {seed}"
+                  f"{' (the same run twice)' if seeds[seed].resolve() == run.resolve() else ''}; pooled runs must be "
+                  "of distinct seeds")
+        seeds[seed] = run
+    return list(runs)
 
 
 def run_all(jobs: list[tuple[Path, list[str]]], parallel: int, threads: int = 1) -> dict[str, Any]:
@@ -611,6 +634,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     help="file stem of the table's .json and .md in --out (default: --name); another stem keeps an "
                          "earlier table of the same runs, e.g. when aggregating another set of seeds")
     ap.add_argument("--aggregate-only", action="store_true", help="do not train; aggregate the finished runs")
+    ap.add_argument("--runs", nargs="+", type=Path, default=None, metavar="DIR",
+                    help="aggregate these finished runs instead of --seeds' (no training; needs --table), e.g. the "
+                         "seeds of one recipe from two protocols pooled")
     ap.add_argument("--probe", action="store_true",
                     help="also play the feedback probe (bench.feedback_probe) on every run and aggregate its α gap")
     ap.add_argument("--adaptation", action="store_true",
@@ -649,9 +675,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args.name = args.name or f"{'make-train' if args.make_train else 'protocol'}-{Path(args.preset).name}"
     if args.table is not None and (not args.table or Path(args.table).name != args.table):
         ap.error(f"--table is a file stem inside --out, not a path: got {args.table!r}")
-    jobs = train_commands(args)
-    status = {} if args.aggregate_only else run_all(jobs, args.parallel, args.threads)
-    done = [run for run, _ in jobs if (run / "report" / "results.json").is_file() and (run / "summary.json").is_file()]
+    if args.runs is not None:
+        if args.table is None:
+            ap.error("--runs needs --table STEM: the pooled table is written as <STEM>.json and .md in --out")
+        done, status = finished_runs(args.runs, ap.error), {}
+    else:
+        jobs = train_commands(args)
+        status = {} if args.aggregate_only else run_all(jobs, args.parallel, args.threads)
+        done = [run for run, _ in jobs
+                if (run / "report" / "results.json").is_file() and (run / "summary.json").is_file()]
     if not done:
         raise SystemExit(f"no finished run under {args.out} (status: {status})")
     agg = aggregate(done)

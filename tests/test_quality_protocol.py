@@ -85,6 +85,38 @@ def test_aggregate_only_reads_finished_runs_and_rejects_bad_flags(tmp_path: Path
     assert "distinct seeds" in capsys.readouterr().err
 
 
+def test_named_runs_of_two_protocols_are_pooled_by_seed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--runs`` aggregates finished runs from any folders (two protocols' seeds of one recipe) into one table
+    over all their seeds; it needs ``--table``, and refuses an unfinished run and two runs of one seed."""
+    runs = []
+    for proto, seeds in (("a", (0, 1)), ("b", (11,))):
+        for s in seeds:
+            run = _fake_run(tmp_path / proto, f"{proto}-s{s}", _returns(7.0 + s / 11, 6.0), 1.0 + s / 11)
+            (run / "config.yaml").write_text(f"train:\n  seed: {s}\n")
+            runs.append(run)
+    out = tmp_path / "pooled"
+    agg = main(["--runs", *map(str, runs), "--out", str(out), "--table", "six"])
+    assert agg["seeds"] == 3 and agg["runs"] == [str(r) for r in runs]
+    assert agg["diff_vs_tuned_diverse"]["per_seed"] == pytest.approx([1.0, 1.0 + 1 / 11, 2.0])
+    assert json.loads((out / "six.json").read_text())["seeds"] == 3
+    assert not (tmp_path / "a" / "six.json").exists()  # written into --out only
+    with pytest.raises(SystemExit):
+        main(["--runs", *map(str, runs), "--out", str(out)])
+    assert "--runs needs --table" in capsys.readouterr().err
+    twin = _fake_run(tmp_path / "c", "c-s0", _returns(7.0, 6.0), 1.0)
+    (twin / "config.yaml").write_text("train:\n  seed: 0\n")
+    with pytest.raises(SystemExit):
+        main(["--runs", str(runs[0]), str(twin), "--out", str(out), "--table", "t"])
+    assert "are both of training seed 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--runs", str(runs[0]), str(runs[0]), "--out", str(out), "--table", "t"])
+    assert "(the same run twice)" in capsys.readouterr().err
+    (runs[1] / "summary.json").unlink()
+    with pytest.raises(SystemExit):
+        main(["--runs", *map(str, runs), "--out", str(out), "--table", "t"])
+    assert "is not a finished run (no summary.json)" in capsys.readouterr().err
+
+
 def test_probe_gaps_are_read_per_run_and_aggregated(tmp_path: Path,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
     """``--probe`` reads each run's ``report/feedback_probe.json`` (a finished probe is not played again) and gives
