@@ -110,16 +110,24 @@ def train_commands(args: argparse.Namespace) -> list[tuple[Path, list[str]]]:
 
 
 def finished_runs(runs: Sequence[Path], error: Callable[[str], Any]) -> list[Path]:
-    """The runs of ``--runs``, checked: each finished (``summary.json`` and ``report/results.json``), none named
-    twice, no two of one training seed (pooled seeds must be independent). ``error`` reports what is wrong."""
+    """The runs of ``--runs``, checked: each finished (``summary.json`` and ``report/results.json``), all of one
+    world (``env.preset``, ``env.preset_dir``), no two of one training seed (pooled seeds must be independent).
+    ``error`` reports what is wrong."""
     from agents.ppo_ranker import load_run_config
 
     seeds: dict[int, Path] = {}
+    worlds: dict[tuple[str, str | None], Path] = {}
     for run in runs:
         missing = [f for f in ("summary.json", "report/results.json") if not (run / f).is_file()]
         if missing:
             error(f"--runs: {run} is not a finished run (no {' and no '.join(missing)})")
-        seed = load_run_config(run).train.seed
+        cfg = load_run_config(run)
+        worlds.setdefault((cfg.env.preset, cfg.env.preset_dir), run)
+        if len(worlds) > 1:
+            (w0, r0), (w1, r1) = list(worlds.items())[:2]
+            error(f"--runs: {r0} and {r1} are of different worlds (preset {w0[0]!r}, folder {w0[1]} against "
+                  f"{w1[0]!r}, {w1[1]}); pooled runs must meet the same users")
+        seed = cfg.train.seed
         if seed in seeds:
             error(f"--runs: {seeds[seed]} and {run} are both of training seed {seed}"
                   f"{' (the same run twice)' if seeds[seed].resolve() == run.resolve() else ''}; pooled runs must be "

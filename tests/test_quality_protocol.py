@@ -87,7 +87,8 @@ def test_aggregate_only_reads_finished_runs_and_rejects_bad_flags(tmp_path: Path
 
 def test_named_runs_of_two_protocols_are_pooled_by_seed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """``--runs`` aggregates finished runs from any folders (two protocols' seeds of one recipe) into one table
-    over all their seeds; it needs ``--table``, and refuses an unfinished run and two runs of one seed."""
+    over all their seeds; it needs ``--table``, and refuses an unfinished run, two runs of one seed and runs of two
+    worlds."""
     runs = []
     for proto, seeds in (("a", (0, 1)), ("b", (11,))):
         for s in seeds:
@@ -111,6 +112,11 @@ def test_named_runs_of_two_protocols_are_pooled_by_seed(tmp_path: Path, capsys: 
     with pytest.raises(SystemExit):
         main(["--runs", str(runs[0]), str(runs[0]), "--out", str(out), "--table", "t"])
     assert "(the same run twice)" in capsys.readouterr().err
+    other = _fake_run(tmp_path / "d", "d-s5", _returns(7.0, 6.0), 1.0)
+    (other / "config.yaml").write_text("env:\n  preset: adapt\ntrain:\n  seed: 5\n")
+    with pytest.raises(SystemExit):
+        main(["--runs", str(runs[0]), str(other), "--out", str(out), "--table", "t"])
+    assert "are of different worlds (preset 'default'" in capsys.readouterr().err
     (runs[1] / "summary.json").unlink()
     with pytest.raises(SystemExit):
         main(["--runs", *map(str, runs), "--out", str(out), "--table", "t"])
