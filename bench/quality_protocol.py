@@ -26,6 +26,7 @@ on the same held-out sessions (common random numbers) against the baselines, the
 ``--against PREFIX`` compares the runs with another protocol's runs of the same seeds (``PREFIX-s<seed>``, e.g. an
 earlier recipe or an ablation) session by session: PPO − their PPO over seeds and sessions, per seed and per hidden
 user type (:func:`paired_with`), so that a change is judged on the same seeds and sessions, not across protocols.
+``--against-runs DIR [DIR ...]`` names those runs one by one, in the order of the runs.
 
 ``--adaptation`` (the ``adapt`` bar's figure) replays, on every run's held-out sessions, the rule that knows each
 user's hidden type (``bench.headroom``'s per-type tuned-diverse, chosen on the run's training-side sessions) and
@@ -659,7 +660,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--against", default=None, metavar="PREFIX",
                     help="another protocol's runs, PREFIX-s<seed> (e.g. runs/protocol/protocol-adapt): PPO − their "
                          "PPO paired on the same seeds and held-out sessions, for all users and by hidden type")
+    ap.add_argument("--against-runs", nargs="+", type=Path, default=None, metavar="DIR",
+                    help="as --against, the other runs named one by one, in the order of the runs (e.g. with --runs, "
+                         "when the seeds being compared come from several protocols)")
     args = ap.parse_args(argv)
+    if args.against is not None and args.against_runs is not None:
+        ap.error("--against PREFIX and --against-runs DIR... name the same thing: give one of them")
     if args.adaptation_reference is not None and (not args.adaptation or args.adaptation_reference < 0
                                                   or args.adaptation_tune_episodes < 1):
         ap.error("--adaptation-reference SEED reads --adaptation's share against one reference: it needs "
@@ -694,6 +700,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 if (run / "report" / "results.json").is_file() and (run / "summary.json").is_file()]
     if not done:
         raise SystemExit(f"no finished run under {args.out} (status: {status})")
+    if args.against_runs is not None and len(args.against_runs) != len(done):
+        ap.error(f"--against-runs names {len(args.against_runs)} runs for {len(done)} finished runs: one each, in the "
+                 "same order")
     agg = aggregate(done)
     if args.probe:
         agg["probe"] = probe_runs(done)
@@ -704,6 +713,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.against:
         others = [Path(f"{args.against}-s{run.name.rsplit('-s', 1)[1]}") for run in done]  # the same seeds
         agg["paired_with"] = {"prefix": args.against, **paired_with(done, others)}
+    elif args.against_runs is not None:
+        agg["paired_with"] = paired_with(done, args.against_runs)
     agg["status"] = status
     agg["command"] = " ".join(["python -m bench.quality_protocol", *(argv if argv is not None else sys.argv[1:])])
     budget = ("make train's job (train.py defaults)" if args.make_train

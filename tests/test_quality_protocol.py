@@ -117,6 +117,12 @@ def test_named_runs_of_two_protocols_are_pooled_by_seed(tmp_path: Path, capsys: 
     with pytest.raises(SystemExit):
         main(["--runs", str(runs[0]), str(other), "--out", str(out), "--table", "t"])
     assert "are of different worlds (preset 'default'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--runs", *map(str, runs), "--out", str(out), "--table", "t", "--against-runs", str(runs[0])])
+    assert "--against-runs names 1 runs for 3 finished runs" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--runs", *map(str, runs), "--out", str(out), "--table", "t", "--against", "x", "--against-runs", "y"])
+    assert "give one of them" in capsys.readouterr().err
     (runs[1] / "summary.json").unlink()
     with pytest.raises(SystemExit):
         main(["--runs", *map(str, runs), "--out", str(out), "--table", "t"])
@@ -467,3 +473,5 @@ def test_paired_with_another_protocols_runs_by_seed_and_type(tmp_path: Path) -> 
     assert "| PPO − the PPO of old, paired, users with rho<0.5 (CF-leaning) (10 sessions; hidden)" in md
     md = markdown({**aggregate(new), "paired_with": {"prefix": "x", "skipped": "why"}}, "t")
     assert "| PPO − the PPO of x, paired | not compared: why | |" in md
+    md = markdown({**aggregate(new), "paired_with": out}, "t")  # --against-runs: the runs named, no prefix
+    assert "| PPO − the PPO of old-s0, old-s1, old-s2, paired, all users" in md
