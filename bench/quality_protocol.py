@@ -47,7 +47,7 @@ training seeds and not on seed 0 alone.
 
 ``--runs DIR [DIR ...]`` aggregates finished runs named one by one instead of training ``--seeds`` (it needs
 ``--table``): seeds of one recipe run by two protocols, e.g. two machines' sessions, pooled into one table with its
-intervals over all their seeds. The runs must be of distinct training seeds.
+intervals over all their seeds. The runs must be of one world and of distinct training seeds.
 
 A run whose ``summary.json`` exists is not trained again (re-running the command finishes a protocol that was
 interrupted); ``--preset`` takes a preset name or a calibrated preset folder; ``--set`` passes config overrides to
@@ -122,7 +122,10 @@ def finished_runs(runs: Sequence[Path], error: Callable[[str], Any]) -> list[Pat
         missing = [f for f in ("summary.json", "report/results.json") if not (run / f).is_file()]
         if missing:
             error(f"--runs: {run} is not a finished run (no {' and no '.join(missing)})")
-        cfg = load_run_config(run)
+        try:
+            cfg = load_run_config(run)
+        except (FileNotFoundError, ValueError) as exc:
+            error(f"--runs: {run}: {exc}")
         worlds.setdefault((cfg.env.preset, cfg.env.preset_dir), run)
         if len(worlds) > 1:
             (w0, r0), (w1, r1) = list(worlds.items())[:2]

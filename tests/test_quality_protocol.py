@@ -123,6 +123,10 @@ def test_named_runs_of_two_protocols_are_pooled_by_seed(tmp_path: Path, capsys: 
     with pytest.raises(SystemExit):
         main(["--runs", *map(str, runs), "--out", str(out), "--table", "t", "--against", "x", "--against-runs", "y"])
     assert "give one of them" in capsys.readouterr().err
+    (runs[1] / "config.yaml").unlink()
+    with pytest.raises(SystemExit):
+        main(["--runs", *map(str, runs), "--out", str(out), "--table", "t"])
+    assert "is not a recfeed run directory" in capsys.readouterr().err
     (runs[1] / "summary.json").unlink()
     with pytest.raises(SystemExit):
         main(["--runs", *map(str, runs), "--out", str(out), "--table", "t"])
