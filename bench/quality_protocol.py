@@ -584,6 +584,10 @@ def markdown(agg: dict[str, Any], title: str) -> str:
         for label, v in rows:
             lines.append(f"| value of adaptation on these sessions (per-type rule − tuned-diverse), {label} | "
                          f"{ci(v['value'], '+.3f')} | {', '.join(f'{x:+.3f}' for x in v['value']['per_seed'])} |")
+            # the share's numerator, shown where there is no share too: a run's loss on users for whom adapting is
+            # worth nothing is the other half of the trade between user groups (BENCHMARKS "Session 56")
+            lines.append(f"| PPO − the value's tuned-diverse, {label} | {ci(v['policy_diff'], '+.3f')} | "
+                         f"{', '.join(f'{x:+.3f}' for x in v['policy_diff']['per_seed'])} |")
             # a share of nothing is no figure: every run's value must be above 0 over its sessions (a common
             # reference gives every run one value, so the t-interval across runs says nothing of it)
             if all(lo > 0 for lo, _ in v["value"]["per_seed_ci95"]):

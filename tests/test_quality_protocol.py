@@ -195,6 +195,11 @@ def test_adaptation_shares_are_read_per_run_and_aggregated(tmp_path: Path,
     # own interval over its sessions is above 0 (here not for the content-leaning users: 0.002 ± 0.1)
     assert "PPO's share of it, users with rho<0.5 (CF-leaning) (hidden)" in out
     assert "PPO's share of it, users with rho>=0.5" not in out
+    # ... while PPO's difference from the reference is shown per seed for every group, the share's or not
+    assert ad["by_user_type"]["rho>=0.5 (content-leaning)"]["policy_diff"]["per_seed"] == pytest.approx(margins)
+    assert "| PPO − the value's tuned-diverse, users with rho>=0.5 (content-leaning) (hidden) | +0.200 (" in out
+    assert out.count("| PPO − the value's tuned-diverse, ") == 3
+    assert "| +0.200, +0.300, +0.100 |" in out
     with pytest.raises(SystemExit):
         main(["--preset", "adapt", "--seeds", "0", "--out", str(tmp_path), "--aggregate-only",
               "--adaptation-reference", "11"])
