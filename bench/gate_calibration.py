@@ -94,7 +94,8 @@ def calibrate(run: Path, episodes: int = 4000, margins: Sequence[float] = MARGIN
         file); the per-session differences (E,) are returned under ``"_diff"`` for pooling.
 
     Raises:
-        ValueError: A run without the gate, or a policy that does not replay its stored returns.
+        ValueError: A run without the gate, a margin that is nan or -inf, or a policy that does not replay its stored
+            returns.
         FileNotFoundError: A run without ``report/returns.npz``.
     """
     from envs.factory import make_core
@@ -102,6 +103,8 @@ def calibrate(run: Path, episodes: int = 4000, margins: Sequence[float] = MARGIN
 
     run = Path(run)
     grid = sorted({float(m) for m in margins} | {0.0})
+    if any(math.isnan(m) or m == -math.inf for m in grid):
+        raise ValueError(f"margins must be numbers or +inf, got {list(margins)}")
     cfg = load_run_config(run)
     world = load_world(cfg.env, cfg.encoder, progress=False)
     k = cfg.env.slate_size
@@ -211,8 +214,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = ap.parse_args(argv)
     if args.episodes < 1:
         ap.error(f"--episodes must be >= 1, got {args.episodes}")
-    if any(math.isnan(m) for m in args.margins):
-        ap.error("--margins must be numbers or inf, got nan")
     results = []
     for run in args.runs:
         try:

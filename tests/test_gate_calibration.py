@@ -103,6 +103,8 @@ def test_calibrate_picks_on_training_users_and_pairs_on_held_out_sessions(tmp_pa
     key = next(k for k in arrays if k.endswith(f"run:{run}"))
     arrays[key] = arrays[key] + 1.0
     np.savez(other / "returns.npz", **arrays)
+    with pytest.raises(ValueError, match="margins must be numbers or"):
+        gate_calibration.calibrate(run, episodes=20, margins=[float("nan")], report=report, name=f"run:{run}")
     with pytest.raises(ValueError, match="does not replay its stored held-out returns"):
         gate_calibration.calibrate(run, episodes=20, margins=[math.inf], bootstrap=100, report=other,
                                    name=f"run:{run}")
