@@ -37,18 +37,20 @@ import numpy as np
 from agents.evaluation import EpisodePlan, episode_plan, run_episodes
 from agents.policies import SlatePolicy
 from agents.ppo_ranker import PPORanker, load_policy, load_run_config
-from agents.report import Bootstrap, percentile_ci
+from agents.report import Bootstrap
 from agents.tuning import TUNE_SEED, VALIDATE_TOP, VALIDATION_FACTOR, VALIDATION_SEED_OFFSET, validation_candidates
 from bench.eval_blocks import report_returns
-from bench.quality_protocol import RHO_EDGE, seeds_and_sessions_interval
+from bench.quality_protocol import RHO_EDGE, adaptation_share_file, seeds_and_sessions_interval
+from bench.type_switch import _diff
 from configs.loader import atomic_write_text
 
 #: The margins searched (0: the run as trained; ``inf``: the gate blind to the type head).
 MARGINS: tuple[float, ...] = (-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0, math.inf)
 #: Held-out sessions the policy at margin 0 must replay exactly before its other figures are trusted.
 REPLAY_SESSIONS = 200
-#: Where a run's report keeps the common reference's value of adaptation (``bench.quality_protocol``).
-COMMON_SHARE_FILE = "adaptation_share-common-s11-e4000.json"
+#: The common reference of the ``adapt`` bar (tune seed, sessions per point): ``bench.quality_protocol
+#: --adaptation-reference 11`` keeps each run's share against it in its report.
+COMMON_REFERENCE: tuple[int, int] = (11, 4000)
 GROUPS = ("CF-leaning (rho<0.5)", "content-leaning (rho>=0.5)")
 
 
@@ -76,7 +78,8 @@ def _returns_at(core: Any, ranker: PPORanker, plan: EpisodePlan, margin: float) 
 
 
 def calibrate(run: Path, episodes: int = 4000, margins: Sequence[float] = MARGINS, batch: int = 500,
-              bootstrap: int = 2000, report: Path | None = None, name: str = "ppo") -> dict[str, Any]:
+              bootstrap: int = 2000, report: Path | None = None, name: str = "ppo",
+              common: tuple[int, int] = COMMON_REFERENCE) -> dict[str, Any]:
     """Pick ``run``'s gate margin on training users and pair it with the run as trained on its held-out sessions.
 
     Args:
@@ -87,11 +90,13 @@ def calibrate(run: Path, episodes: int = 4000, margins: Sequence[float] = MARGIN
         bootstrap: Resamples of the per-run intervals.
         report: The ``evaluate.py`` report holding the run's held-out returns (``None``: the run's ``report/``).
         name: The run's name in that report (``ppo`` in a run's own report, ``run:DIR`` in ``evaluate.py``'s).
+        common: The common reference ``(tune seed, sessions per point)`` whose share the report may hold.
 
     Returns:
         ``{"run", "seed", "train": {label: mean}, "validation": {label: mean}, "picked", "heldout": {"sessions",
         "diff", "diff_by_group"}, "share_before", "share_after"}`` (shares ``None`` without the common reference's
-        file); the per-session differences (E,) are returned under ``"_diff"`` for pooling.
+        file); the per-session differences (E,), the hidden type masks (E,) and the session keys (E,) are returned
+        under ``"_diff"``, ``"_cf"`` and ``"_keys"`` for pooling.
 
     Raises:
         ValueError: A run without the gate, a margin that is nan or -inf, or a policy that does not replay its stored
@@ -134,13 +139,12 @@ def calibrate(run: Path, episodes: int = 4000, margins: Sequence[float] = MARGIN
     cf = world.populations["heldout"].rho[heldout.users] < RHO_EDGE  # (E,)
 
     def cell(sel: np.ndarray) -> dict[str, Any]:
-        means = boot.means(np.where(sel, diff, 0.0)) / np.maximum(boot.means(sel.astype(float)), 1e-12)
-        return {"mean": float(diff[sel].mean()), "ci95": [float(v) for v in percentile_ci(means)]}
+        return _diff(after, trained, boot, sel)
 
     share_before = share_after = None
-    common = report / COMMON_SHARE_FILE
-    if common.is_file():
-        res = json.loads(common.read_text())["all"]
+    shares = report / adaptation_share_file(common)
+    if shares.is_file():
+        res = json.loads(shares.read_text())["all"]
         value = float(res["value"]["mean"])
         share_before = float(res["share"]["mean"])
         share_after = share_before + float(diff.mean()) / value
@@ -150,20 +154,20 @@ def calibrate(run: Path, episodes: int = 4000, margins: Sequence[float] = MARGIN
             "picked": margin_label(picked),
             "heldout": {"sessions": len(diff), "diff": cell(np.ones(len(diff), dtype=bool)),
                         "diff_by_group": {GROUPS[0]: cell(cf), GROUPS[1]: cell(~cf)}},
-            "share_before": share_before, "share_after": share_after, "_diff": diff, "_cf": cf}
+            "share_before": share_before, "share_after": share_after, "_diff": diff, "_cf": cf,
+            "_keys": heldout.keys}
 
 
 def pool(results: list[dict[str, Any]]) -> dict[str, Any]:
     """The runs' paired differences over seeds *and* sessions, for all users and per group.
 
     Raises:
-        ValueError: Runs evaluated on different numbers of held-out sessions or users of different types.
+        ValueError: Runs evaluated on different held-out sessions.
     """
-    diffs = np.stack([r["_diff"] for r in results]) if len({len(r["_diff"]) for r in results}) == 1 else None
-    if diffs is None or any(not np.array_equal(r["_cf"], results[0]["_cf"]) for r in results):
+    if any(not np.array_equal(r["_keys"], results[0]["_keys"]) for r in results):
         raise ValueError("the runs were not evaluated on the same held-out sessions: pool runs of one protocol "
                          "or of protocols that share their sessions")
-    cf = results[0]["_cf"]
+    diffs, cf = np.stack([r["_diff"] for r in results]), results[0]["_cf"]
     out = {"all": seeds_and_sessions_interval(diffs),
            "by_group": {GROUPS[0]: seeds_and_sessions_interval(diffs[:, cf]),
                         GROUPS[1]: seeds_and_sessions_interval(diffs[:, ~cf])}}
@@ -210,6 +214,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--margins", type=lambda s: [float(x) for x in s.split(",")], default=list(MARGINS),
                     help="comma-separated margins (inf: the gate blind to the type); 0 is always searched")
     ap.add_argument("--batch", type=int, default=500, help="users simulated at once")
+    ap.add_argument("--adaptation-reference", type=int, default=COMMON_REFERENCE[0], metavar="SEED",
+                    help="the common reference's tune seed whose shares the runs' reports hold (default 11)")
+    ap.add_argument("--adaptation-tune-episodes", type=int, default=COMMON_REFERENCE[1],
+                    help="its sessions per searched point (default 4000)")
     ap.add_argument("--json", type=Path, default=None, help="write the figures here (atomically)")
     args = ap.parse_args(argv)
     if args.episodes < 1:
@@ -217,7 +225,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results = []
     for run in args.runs:
         try:
-            results.append(calibrate(run, args.episodes, args.margins, args.batch))
+            results.append(calibrate(run, args.episodes, args.margins, args.batch,
+                                     common=(args.adaptation_reference, args.adaptation_tune_episodes)))
         except (ValueError, FileNotFoundError) as e:
             ap.error(str(e))
         print(f"[gate] {run}: picked {results[-1]['picked']}", flush=True)

@@ -450,6 +450,12 @@ def probe_runs(runs: list[Path]) -> dict[str, Any]:
     return {k: {"mean": float(np.mean(v)), "ci95": t_interval(np.array(v)), "per_seed": v} for k, v in gaps.items()}
 
 
+def adaptation_share_file(common: tuple[int, int] | None = None) -> str:
+    """The file in a run's ``report/`` that keeps its share of the value of adaptation: against its own references
+    (``common`` ``None``) or against the one pair searched with ``common = (seed, episodes)``."""
+    return "adaptation_share.json" if common is None else f"adaptation_share-common-s{common[0]}-e{common[1]}.json"
+
+
 def adaptation_runs(runs: list[Path], common: tuple[int, int] | None = None) -> dict[str, Any]:
     """PPO's share of the value of adaptation per run, the per-type rule replayed on the run's own held-out sessions
     (:func:`bench.adaptation_share.analyse`; computed now unless the run's report holds it), and over the runs:
@@ -466,7 +472,7 @@ def adaptation_runs(runs: list[Path], common: tuple[int, int] | None = None) -> 
     from agents.ppo_ranker import load_run_config
     from bench.adaptation_share import analyse
 
-    name = "adaptation_share.json" if common is None else f"adaptation_share-common-s{common[0]}-e{common[1]}.json"
+    name = adaptation_share_file(common)
     per_run = []
     for run in runs:
         path = run / "report" / name

@@ -83,8 +83,8 @@ def test_calibrate_picks_on_training_users_and_pairs_on_held_out_sessions(tmp_pa
                  + (40 - n_cf) * groups[gate_calibration.GROUPS[1]]["mean"]) / 40
         assert whole == pytest.approx(h["diff"]["mean"])
     assert res["share_before"] is None
-    (report / gate_calibration.COMMON_SHARE_FILE).write_text(json.dumps({"all": {"value": {"mean": 0.5},
-                                                                                  "share": {"mean": 0.4}}}))
+    shares = {"all": {"value": {"mean": 0.5}, "share": {"mean": 0.4}}}
+    (report / gate_calibration.adaptation_share_file(gate_calibration.COMMON_REFERENCE)).write_text(json.dumps(shares))
     again = gate_calibration.calibrate(run, episodes=20, margins=[-1.0, math.inf], bootstrap=100, report=report,
                                        name=f"run:{run}")
     assert again["picked"] == res["picked"]  # the same sessions, the same pick
@@ -94,7 +94,7 @@ def test_calibrate_picks_on_training_users_and_pairs_on_held_out_sessions(tmp_pa
     assert pooled["share_before"] == pytest.approx(0.4)
     assert "| picked |" in gate_calibration.markdown([again, again], pooled)
     with pytest.raises(ValueError, match="same held-out sessions"):
-        gate_calibration.pool([again, {**again, "_diff": diff[:-1], "_cf": cf[:-1]}])
+        gate_calibration.pool([again, {**again, "_keys": again["_keys"][::-1]}])
     # a report whose stored returns are not this policy's
     other = tmp_path / "report-other"
     shutil.copytree(report, other)
