@@ -101,36 +101,28 @@ def test_named_runs_of_two_protocols_are_pooled_by_seed(tmp_path: Path, capsys: 
     assert agg["diff_vs_tuned_diverse"]["per_seed"] == pytest.approx([1.0, 1.0 + 1 / 11, 2.0])
     assert json.loads((out / "six.json").read_text())["seeds"] == 3
     assert not (tmp_path / "a" / "six.json").exists()  # written into --out only
-    with pytest.raises(SystemExit):
-        main(["--runs", *map(str, runs), "--out", str(out)])
-    assert "--runs needs --table" in capsys.readouterr().err
+    def refused(*argv: str) -> str:
+        """The error ``main`` stops with on ``argv``."""
+        with pytest.raises(SystemExit):
+            main(list(argv))
+        return capsys.readouterr().err
+
+    names, table = [str(r) for r in runs], ("--out", str(out), "--table", "t")
+    assert "--runs needs --table" in refused("--runs", *names, "--out", str(out))
     twin = _fake_run(tmp_path / "c", "c-s0", _returns(7.0, 6.0), 1.0)
     (twin / "config.yaml").write_text("train:\n  seed: 0\n")
-    with pytest.raises(SystemExit):
-        main(["--runs", str(runs[0]), str(twin), "--out", str(out), "--table", "t"])
-    assert "are both of training seed 0" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(["--runs", str(runs[0]), str(runs[0]), "--out", str(out), "--table", "t"])
-    assert "(the same run twice)" in capsys.readouterr().err
+    assert "are both of training seed 0" in refused("--runs", names[0], str(twin), *table)
+    assert "(the same run twice)" in refused("--runs", names[0], names[0], *table)
     other = _fake_run(tmp_path / "d", "d-s5", _returns(7.0, 6.0), 1.0)
     (other / "config.yaml").write_text("env:\n  preset: adapt\ntrain:\n  seed: 5\n")
-    with pytest.raises(SystemExit):
-        main(["--runs", str(runs[0]), str(other), "--out", str(out), "--table", "t"])
-    assert "are of different worlds (preset 'default'" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(["--runs", *map(str, runs), "--out", str(out), "--table", "t", "--against-runs", str(runs[0])])
-    assert "--against-runs names 1 runs for 3 finished runs" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(["--runs", *map(str, runs), "--out", str(out), "--table", "t", "--against", "x", "--against-runs", "y"])
-    assert "give one of them" in capsys.readouterr().err
+    assert "are of different worlds (preset 'default'" in refused("--runs", names[0], str(other), *table)
+    assert "--against-runs names 1 runs for 3 finished runs" in refused("--runs", *names, *table, "--against-runs",
+                                                                         names[0])
+    assert "give one of them" in refused("--runs", *names, *table, "--against", "x", "--against-runs", "y")
     (runs[1] / "config.yaml").unlink()
-    with pytest.raises(SystemExit):
-        main(["--runs", *map(str, runs), "--out", str(out), "--table", "t"])
-    assert "is not a recfeed run directory" in capsys.readouterr().err
+    assert "is not a recfeed run directory" in refused("--runs", *names, *table)
     (runs[1] / "summary.json").unlink()
-    with pytest.raises(SystemExit):
-        main(["--runs", *map(str, runs), "--out", str(out), "--table", "t"])
-    assert "is not a finished run (no summary.json)" in capsys.readouterr().err
+    assert "is not a finished run (no summary.json)" in refused("--runs", *names, *table)
 
 
 def test_probe_gaps_are_read_per_run_and_aggregated(tmp_path: Path,
