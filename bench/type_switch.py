@@ -9,7 +9,10 @@ gains by knowing each user's hidden ρ (``bench.headroom``). This bench asks how
 2. a **type classifier** on what a service observes at each request (the candidates' signal spreads and means, the
    session's context, its click lean): a logistic regression (:func:`agents.fitting.fit_logistic`) fitted on the
    training users' requests under A, labelled with their hidden ρ < 0.5 (a label only a simulator has; the fitted
-   rule reads observations only);
+   rule reads observations only); ``--reader boosted`` fits gradient-boosted trees (scikit-learn's
+   ``HistGradientBoostingClassifier``) on those statistics and the policy's pooling of the candidates (each
+   symlog feature column's mean, max and spread, and the LLM–CF correlation: :func:`reading_features`) instead, a
+   non-linear reader (session 57: it reads the type at the first request 4–6 points better);
 3. the **switch**: B for the requests whose classifier probability of a CF-leaning user exceeds p, else A; p chosen
    on training sessions, the choice evaluated on the held-out sessions against tuned-diverse (common random
    numbers), split by hidden type;
@@ -32,16 +35,18 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch as th
 
 from agents.base import Ranker
 from agents.evaluation import EpisodePlan, episode_plan, run_episodes
 from agents.fitting import fit_logistic
 from agents.policies import SlatePolicy
+from agents.policy_ops import candidate_spread, symlog
 from agents.ppo_ranker import PPORanker, load_policy
 from agents.rankers import click_lean, z_rows
 from agents.registry import RankerContext
@@ -63,6 +68,8 @@ RHO_EDGE = 0.5
 THRESHOLDS: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 #: Seed offset of the training sessions the classifier is fitted on (apart from the tuning sessions).
 FIT_SEED_OFFSET = 77
+#: The type readers of ``--reader``.
+READERS: tuple[str, ...] = ("logistic", "boosted")
 
 
 def type_features(obs: dict[str, np.ndarray]) -> np.ndarray:
@@ -79,6 +86,19 @@ def type_features(obs: dict[str, np.ndarray]) -> np.ndarray:
                  click_lean(obs["context"], sd_llm, sd_cf)]
 
 
+def reading_features(obs: dict[str, np.ndarray]) -> np.ndarray:
+    """:func:`type_features` and the policy's pooling of the candidates, per row: float64 (B, 9 + C + 1 + 3F + 1).
+
+    The pooling is each column of ``symlog(features)`` averaged, maxed and its standard deviation over the request's
+    candidates, and the LLM–CF correlation (:func:`agents.policy_ops.candidate_spread`): what a policy with
+    ``train.policy.pool_spread`` reads of the candidates.
+    """
+    f = th.as_tensor(obs["features"], dtype=th.float64)
+    cand = symlog(f)  # (B, N, F)
+    pooled = th.cat([cand.mean(dim=1), cand.max(dim=1).values, candidate_spread(cand, f, None, F_LLM, F_CF)], dim=-1)
+    return np.c_[type_features(obs), pooled.numpy()]
+
+
 class TypeClassifier:
     """Logistic regression of "CF-leaning user" (ρ < :data:`RHO_EDGE`) on :func:`type_features`, standardised.
 
@@ -86,9 +106,12 @@ class TypeClassifier:
         x: float (n, p) features of training requests.
         y: bool (n,) their users' hidden type.
         l2: Ridge weight.
+        features: What the classifier reads of an observation (:meth:`read`); ``x`` are its rows.
     """
 
-    def __init__(self, x: np.ndarray, y: np.ndarray, l2: float = 1e-3) -> None:
+    def __init__(self, x: np.ndarray, y: np.ndarray, l2: float = 1e-3,
+                 features: Callable[[dict[str, np.ndarray]], np.ndarray] = type_features) -> None:
+        self.features = features
         self.mu, self.sd = x.mean(axis=0), x.std(axis=0) + 1e-9
         self.w = fit_logistic(self._design(x), y, l2=l2)
 
@@ -98,6 +121,35 @@ class TypeClassifier:
     def proba(self, x: np.ndarray) -> np.ndarray:
         """float64 (n,) probability of a CF-leaning user."""
         return 1.0 / (1.0 + np.exp(-self._design(x) @ self.w))
+
+    def read(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        """float64 (B,) probability of a CF-leaning user for each row of a batched observation."""
+        return self.proba(self.features(obs))
+
+
+class BoostedClassifier(TypeClassifier):
+    """Gradient-boosted trees (scikit-learn's ``HistGradientBoostingClassifier``) of "CF-leaning user" on
+    :func:`reading_features` (by default): a non-linear reader of the same observation.
+
+    Args:
+        x: float (n, p) features of training requests.
+        y: bool (n,) their users' hidden type (both classes present).
+        seed: The trees' random state (early stopping's validation split).
+        features: What the classifier reads of an observation.
+    """
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, seed: int = 0,
+                 features: Callable[[dict[str, np.ndarray]], np.ndarray] = reading_features) -> None:
+        from sklearn.ensemble import HistGradientBoostingClassifier  # a bench-only dependency (the dev extra)
+
+        self.features = features
+        self.model = HistGradientBoostingClassifier(max_iter=400, learning_rate=0.05, early_stopping=True,
+                                                    validation_fraction=0.15, random_state=seed)
+        self.model.fit(x, np.asarray(y, dtype=bool))
+
+    def proba(self, x: np.ndarray) -> np.ndarray:
+        """float64 (n,) probability of a CF-leaning user."""
+        return self.model.predict_proba(x)[:, 1].astype(np.float64)
 
 
 class SwitchRanker(Ranker):
@@ -118,7 +170,7 @@ class SwitchRanker(Ranker):
 
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         """A's slate, or B's on the rows read as CF-leaning: int64 (B, K)."""
-        use_b = self.classifier.proba(type_features(obs)) > self.threshold  # (B,)
+        use_b = self.classifier.read(obs) > self.threshold  # (B,)
         self.switched += int(use_b.sum())
         slate = self.a.act(obs)
         if use_b.any():
@@ -131,20 +183,22 @@ def request_index(context: np.ndarray, max_steps: int) -> np.ndarray:
     return np.rint(context[:, C_T_FRAC] * max_steps).astype(np.int64)
 
 
-def played_requests(core: BatchedCore, ranker: Ranker, plan: EpisodePlan) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def played_requests(core: BatchedCore, ranker: Ranker, plan: EpisodePlan,
+                    features: Callable[[dict[str, np.ndarray]], np.ndarray] = type_features,
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every request of ``plan``'s sessions played by ``ranker`` on ``core``: what a service observes of it, its
     user's hidden type and its place in the session.
 
     Returns:
-        ``(x, cf, t)``: float64 (n, p) :func:`type_features`, bool (n,) hidden ρ < :data:`RHO_EDGE`, int64 (n,) the
-        request's 0-based index in its session.
+        ``(x, cf, t)``: float64 (n, p) ``features`` (:func:`type_features` by default), bool (n,) hidden
+        ρ < :data:`RHO_EDGE`, int64 (n,) the request's 0-based index in its session.
     """
     xs: list[np.ndarray] = []
     ys: list[np.ndarray] = []
     ts: list[np.ndarray] = []
 
     def on_step(obs: dict[str, np.ndarray], slate: np.ndarray, feedback: Any, active: np.ndarray) -> None:
-        xs.append(type_features(obs)[active])
+        xs.append(features(obs)[active])
         ys.append(core.pop.rho[core.user[active]] < RHO_EDGE)
         ts.append(request_index(obs["context"], core.cfg.max_steps)[active])
 
@@ -152,8 +206,23 @@ def played_requests(core: BatchedCore, ranker: Ranker, plan: EpisodePlan) -> tup
     return np.concatenate(xs), np.concatenate(ys), np.concatenate(ts)
 
 
-def fit_classifier(core: BatchedCore, rule: Ranker, plan: EpisodePlan) -> TypeClassifier:
-    """The type classifier, fitted on every request of ``plan``'s sessions played by ``rule`` on ``core``."""
+def fit_classifier(core: BatchedCore, rule: Ranker, plan: EpisodePlan, reader: str = "logistic",
+                   seed: int = 0) -> TypeClassifier:
+    """The type classifier, fitted on every request of ``plan``'s sessions played by ``rule`` on ``core``.
+
+    Args:
+        reader: ``"logistic"`` (:class:`TypeClassifier` on :func:`type_features`) or ``"boosted"``
+            (:class:`BoostedClassifier` on :func:`reading_features`).
+        seed: The boosted reader's random state.
+
+    Raises:
+        ValueError: An unknown reader.
+    """
+    if reader not in READERS:
+        raise ValueError(f"reader must be one of {READERS}, got {reader!r}")
+    if reader == "boosted":
+        x, cf, _ = played_requests(core, rule, plan, reading_features)
+        return BoostedClassifier(x, cf, seed=seed)
     x, cf, _ = played_requests(core, rule, plan)
     return TypeClassifier(x, cf)
 
@@ -339,7 +408,7 @@ def override_run(run: Path, rule_b: Ranker, train_core: BatchedCore, core: Batch
 
     def count(obs: dict[str, np.ndarray], slate: np.ndarray, feedback: Any, active: np.ndarray) -> None:
         answered[0] += int(active.sum())
-        answered[1] += int((classifier.proba(type_features(obs))[active] > hybrid.threshold).sum())
+        answered[1] += int((classifier.read(obs)[active] > hybrid.threshold).sum())
 
     stats = run_episodes(core, hybrid, plan, on_step=count)
     return {"threshold": None if best == "never" else float(best), "tuning": tuning, "ret": stats.ret,
@@ -351,6 +420,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_world_args(ap, preset="adapt")
     ap.add_argument("--fit-episodes", type=int, default=3000, help="training sessions the classifier is fitted on")
+    ap.add_argument("--reader", choices=READERS, default="logistic",
+                    help="the type classifier: a logistic regression on the request's statistics, or gradient-boosted "
+                         "trees on those and the candidates' pooled columns (--fit-episodes 8000 in BENCHMARKS)")
     ap.add_argument("--runs", nargs="+", type=Path, default=[], metavar="RUN",
                     help="trained runs of the preset: PPO − switch paired on their held-out sessions")
     ap.add_argument("--override", action="store_true",
@@ -381,7 +453,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     train_core = make_core(cfg, cfg.preset, None, world, "train", min(args.batch, 256))
     n_train = world.populations["train"].size
     classifier = fit_classifier(train_core, rule_a,
-                                episode_plan(args.fit_episodes, [tune_seed + FIT_SEED_OFFSET], n_train))
+                                episode_plan(args.fit_episodes, [tune_seed + FIT_SEED_OFFSET], n_train),
+                                reader=args.reader, seed=args.seed)
     tune_plan = episode_plan(args.tune_episodes, [tune_seed], n_train)
     tuning = {p: float(run_episodes(train_core, SwitchRanker(rule_a, rule_b, classifier, p), tune_plan).ret.mean())
               for p in THRESHOLDS}
@@ -402,7 +475,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     for name, s in stats.items():
         rows[name] = figs = by_type_row(s.ret, ref, boot, cf)
         print(f"{name:24s} {figs['return']:7.3f} {figs['cf']:7.3f} {figs['content']:7.3f}   {by_type_cells(figs)}")
-    summary = {"preset": args.preset, "rule_a": point_a, "rule_b": point_b,
+    summary = {"preset": args.preset, "reader": args.reader, "rule_a": point_a, "rule_b": point_b,
                "threshold": best, "tuning": {str(p): v for p, v in tuning.items()},
                "heldout": rows, "sessions": len(plan), "cf_share": float(cf.mean())}
     if runs_sessions is not None:
