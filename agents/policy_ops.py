@@ -1,9 +1,9 @@
 """Tensor building blocks of the slate policy (``agents/policies.py``): row standardisation, the candidates' spread,
-the symlog squash, a linear layer whose backward suits tall inputs, the candidate-id check, the hidden MLP stack and
-the check that an update left the weights finite.
+the symlog squash, a linear layer whose backward suits tall inputs, the candidate-id check, the hidden MLP stack, a
+column standardiser with running statistics and the check that an update left the weights finite.
 
 Kept apart from the policy class so that the network's structure reads on its own; all are pure functions of their
-inputs (no state), shapes noted on each.
+inputs (no state) except :class:`RunningStandardiser`, whose statistics are buffers; shapes noted on each.
 """
 
 from __future__ import annotations
@@ -129,6 +129,62 @@ def mlp(in_dim: int, hidden: int, n_layers: int, activation_fn: type[nn.Module])
         layers += [nn.Linear(dim, hidden), activation_fn()]
         dim = hidden
     return nn.Sequential(*layers)
+
+
+class RunningStandardiser(nn.Module):
+    """``(x − mean) / sqrt(var + eps)`` per column, with a mean and variance running over the rows joined to them.
+
+    Rows join only through :meth:`update` (Chan's pooled mean and variance; once ``horizon`` rows have been seen, the
+    past counts as ``horizon`` rows, so the statistics follow a drifting input over about that many); the forward
+    pass only standardises, in training and eval mode alike, so a rollout's collection and its update can read the
+    same statistics (``SlatePolicy.join_input_statistics``). The statistics are buffers: they travel with
+    ``state_dict`` (checkpoints, the collector's copy) and are constants of an exported graph. Before any row has
+    joined it is the identity (to ``eps``).
+
+    Args:
+        dim: Columns.
+        horizon: Rows after which the past keeps a fixed weight.
+        eps: Added to the variance.
+    """
+
+    mean: th.Tensor
+    var: th.Tensor
+    count: th.Tensor
+
+    def __init__(self, dim: int, horizon: float = 1e6, eps: float = 1e-8) -> None:
+        super().__init__()
+        if dim < 1 or not horizon >= 1 or not eps > 0:
+            raise ValueError(f"RunningStandardiser needs dim >= 1, horizon >= 1 and eps > 0, got {dim}, {horizon}, "
+                             f"{eps}")
+        self.horizon, self.eps = float(horizon), float(eps)
+        self.register_buffer("mean", th.zeros(dim))
+        self.register_buffer("var", th.ones(dim))
+        self.register_buffer("count", th.zeros(()))
+
+    @th.no_grad()
+    def update(self, x: th.Tensor) -> None:
+        """Join the rows of ``x`` (…, dim) to the statistics."""
+        rows = x.detach().reshape(-1, self.mean.shape[0]).to(self.mean.dtype)
+        n = float(rows.shape[0])
+        if n == 0:
+            return
+        batch_mean = rows.mean(dim=0)
+        batch_var = (rows - batch_mean).square().mean(dim=0)
+        past = self.count.clamp(max=self.horizon)
+        total = past + n
+        delta = batch_mean - self.mean
+        self.var.copy_((self.var * past + batch_var * n + delta.square() * past * n / total) / total)
+        self.mean.add_(delta * n / total)
+        self.count.copy_(total.clamp(max=self.horizon))
+
+    @property
+    def empty(self) -> bool:
+        """No row has joined the statistics yet."""
+        return bool(self.count == 0)
+
+    def forward(self, x: th.Tensor) -> th.Tensor:
+        """(…, dim) → (…, dim), standardised by the current statistics."""
+        return (x - self.mean) / (self.var + self.eps).sqrt()
 
 
 def refuse_nonfinite_weights(module: nn.Module, step: int) -> None:

@@ -162,6 +162,11 @@ def ppo_update(model: PPO) -> None:
         FloatingPointError: The update left non-finite weights (:func:`agents.policy_ops.refuse_nonfinite_weights`).
     """
     policy = model.policy
+    join = getattr(policy, "join_input_statistics", None)  # SlatePolicy: a standardised type-head input
+    standardiser = getattr(policy, "type_standardiser", None)
+    first_join = join is not None and standardiser is not None and standardiser.empty  # the run's first update
+    if first_join:
+        join(_observations(model))
     policy.set_training_mode(True)
     model._update_learning_rate(policy.optimizer)
     progress = model._current_progress_remaining
@@ -232,3 +237,15 @@ def ppo_update(model: PPO) -> None:
     if clip_range_vf is not None:
         model.logger.record("train/clip_range_vf", clip_range_vf)
     refuse_nonfinite_weights(policy, model.num_timesteps)  # before a rollout, callback or checkpoint uses them
+    if join is not None and standardiser is not None and not first_join:  # the next collection and its update
+        join(_observations(model))  # read the same statistics
+
+
+def _observations(model: PPO) -> dict[str, th.Tensor]:
+    """The rollout buffer's observations as tensors on the policy's device, each key (n_steps · n_envs, …) (before
+    or after the buffer flattened them; the row order does not matter to statistics)."""
+    space = model.policy.observation_space
+    obs = model.rollout_buffer.observations
+    assert isinstance(obs, dict) and isinstance(space, spaces.Dict)
+    return {key: th.as_tensor(np.asarray(value).reshape(-1, *space[key].shape), device=model.policy.device)
+            for key, value in obs.items()}

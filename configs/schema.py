@@ -521,6 +521,10 @@ class PolicyConfig:
         type_gate_lower_only: The gate reads the type logit only where it reads a CF-leaning user (logit < 0).
         type_gate_margin: >= 0, with ``type_gate_lower_only``: the gate reads ``min(logit + margin, 0)``, so only a
             confident CF-leaning reading (probability above ``σ(margin)``) moves α. 0: every CF-leaning reading.
+        type_head_input: What the type head reads: ``"state"`` (the policy's whole state input, the user's LLM state
+            included) or ``"request"`` (the session context and the candidates' pooled columns, each standardised
+            by running statistics; needs ``pool_spread``): on ``adapt`` the standardised request statistics tell
+            the type at the first request better than the raw state input (BENCHMARKS "Session 57").
         actor_hidden_state: A research ablation (needs ``env.obs_critic_state``): the actor reads the simulated
             user's hidden state too (ρ, price sensitivity, the budget left, fatigue), so the run measures what
             knowing it is worth to the learner (an upper reference; the policy is not exportable). False: off.
@@ -556,6 +560,7 @@ class PolicyConfig:
     type_gate_init: float = 0.0
     type_gate_lower_only: bool = False
     type_gate_margin: float = 0.0
+    type_head_input: Literal["state", "request"] = "state"
     actor_hidden_state: bool = False
     actor_hidden_columns: list[str] | None = None
     feature_gate: bool = False
@@ -570,6 +575,10 @@ class PolicyConfig:
         _check(self, ">=0", "type_gate_margin")
         if _number(self.type_gate_margin) and self.type_gate_margin != 0 and not self.type_gate_lower_only:
             raise FieldError("type_gate_margin", "needs type_gate_lower_only: true (the margin shifts the lower side)")
+        if self.type_head_input == "request" and not (
+                self.pool_spread and _number(self.type_head_weight) and self.type_head_weight > 0):
+            raise FieldError("type_head_input", "'request' needs type_head_weight > 0 and pool_spread: true (the "
+                             "head reads the candidates' pooled spread)")
         if self.base == "diverse" and not self.category_repulsion:
             raise FieldError("base", "'diverse' needs category_repulsion: true (the category cap acts on the slate "
                              "distribution's category groups)")

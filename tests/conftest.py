@@ -127,7 +127,7 @@ def make_run_dir(root: Path, world: World, use_item_table: bool = False, steps: 
                  summary: dict | None = None, repulsion: bool = True, diverse: bool = True,
                  gate: str = "raw", session_sim: bool = False, hidden_taste: bool = False,
                  critic_state: bool = False, type_head: bool = False, feature_gate: bool = False,
-                 told_rho: bool = False, pool_spread: bool = False) -> Path:
+                 told_rho: bool = False, pool_spread: bool = False, type_head_input: str = "state") -> Path:
     """A tiny run directory: config.yaml (small preset, 64-d hashing encoder, caches under ``root``), a PPO
     model.zip and the pickle-free policy.safetensors / policy.json, learned for ``steps`` steps (with the category
     repulsion train.py uses by default, strong enough to change slates, and, with ``diverse``, train.py's default
@@ -140,7 +140,9 @@ def make_run_dir(root: Path, world: World, use_item_table: bool = False, steps: 
     ``env.obs_critic_state``, ``type_head`` (with it) the policy's type head (``train.policy.type_head_weight``),
     ``feature_gate`` the state's own weights of the feature columns (``train.policy.feature_gate``), ``told_rho``
     the research ablation of an actor told the hidden ρ (``train.policy.actor_hidden_columns: [rho]``),
-    ``pool_spread`` the candidates' spread in the state (``train.policy.pool_spread``)."""
+    ``pool_spread`` the candidates' spread in the state (``train.policy.pool_spread``), ``type_head_input`` what the
+    type head reads (``train.policy.type_head_input``; ``"request"``: its input statistics joined from the last
+    rollout, as the update does)."""
     from stable_baselines3 import PPO
 
     from agents.policies import SlatePolicy
@@ -165,6 +167,7 @@ def make_run_dir(root: Path, world: World, use_item_table: bool = False, steps: 
     cfg.train.policy.type_head_weight = 0.1 if type_head else 0.0
     cfg.train.policy.feature_gate = feature_gate
     cfg.train.policy.pool_spread = pool_spread
+    cfg.train.policy.type_head_input = type_head_input  # type: ignore[assignment]
     save_yaml(cfg, run / "config.yaml")
     # Put the fixture's world where load_world(cfg.env, cfg.encoder) looks for it (saves a rebuild).
     folder = default_world_dir(cfg.env, cfg.encoder) / world_key(cfg.env, world.encoder_name)
@@ -172,7 +175,8 @@ def make_run_dir(root: Path, world: World, use_item_table: bool = False, steps: 
         world.save(folder)
     venv = SB3VecEnv(RecVectorEnv(8, config=cfg.env, world=world))
     venv.seed(0)
-    type_kwargs: dict = {"type_head_weight": 0.1, "type_loss_scale": 0.1 / 0.01} if type_head else {}
+    type_kwargs: dict = ({"type_head_weight": 0.1, "type_loss_scale": 0.1 / 0.01, "type_head_input": type_head_input}
+                         if type_head else {})
     if told_rho:
         type_kwargs.update(actor_hidden_state=True, actor_hidden_columns=["rho"])
     model = PPO(SlatePolicy, venv, n_steps=32, batch_size=64, n_epochs=1, seed=0, device="cpu",
@@ -182,6 +186,10 @@ def make_run_dir(root: Path, world: World, use_item_table: bool = False, steps: 
                                "feature_gate": feature_gate, "pool_spread": pool_spread,
                                **(_diverse_kwargs(gate) if diverse and repulsion else {})})
     model.learn(steps)
+    if type_head_input == "request":  # SB3's own update does not join them (agents.ppo_update does)
+        from agents.ppo_update import _observations
+
+        model.policy.join_input_statistics(_observations(model))  # type: ignore[operator]
     model.save(run / "model.zip")
     save_policy(model.policy, run)  # policy.safetensors + policy.json, what recfeed loads (as train.py writes them)
     if summary is not None:

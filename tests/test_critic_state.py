@@ -10,6 +10,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch as th
@@ -17,7 +18,15 @@ from conftest import greedy, make_core, make_run_dir, tiny_args
 
 from agents.policies import SlatePolicy
 from configs.schema import EnvConfig
-from envs.spaces import CRITIC_STATE_NAMES, F_CF, F_LLM, FEATURE_NAMES, action_space, observation_space
+from envs.spaces import (
+    CONTEXT_NAMES,
+    CRITIC_STATE_NAMES,
+    F_CF,
+    F_LLM,
+    FEATURE_NAMES,
+    action_space,
+    observation_space,
+)
 from envs.world import World
 
 N_ITEMS, N_CAND, DIM, K = 50, 8, 16, 3
@@ -407,6 +416,22 @@ def test_a_run_with_a_type_head_exports_with_parity(tmp_path: Path, small_world:
     assert parity["slates_equal_up_to_ties"] == parity["observations"] == 8
 
 
+def test_a_run_whose_type_head_reads_the_standardised_request_exports_with_parity(tmp_path: Path,
+                                                                                  small_world: World) -> None:
+    """``type_head_input: request``: the standardiser's statistics are constants of the exported graph, which gives
+    the policy's slates and logits."""
+    from agents.export import export_run
+    from agents.ppo_ranker import load_policy
+
+    run = make_run_dir(tmp_path, small_world, steps=64, type_head=True, pool_spread=True, type_head_input="request")
+    norm = load_policy(run, device="cpu").type_standardiser
+    assert norm is not None and not norm.empty
+    dest = export_run(run, "onnx", world=small_world, parity_envs=4, parity_steps=2)
+    parity = json.loads((dest / "manifest.json").read_text(encoding="utf-8"))["parity"]
+    assert parity["slates_equal_up_to_ties"] == parity["observations"] == 8
+    assert parity["max_abs_logit_diff"] <= 1e-3
+
+
 def test_train_py_fits_the_type_head_and_logs_it(tmp_path: Path, runs_cache: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """``train.py`` with ``env.obs_critic_state`` and ``train.policy.type_head_weight``: the policy has the head,
@@ -434,3 +459,101 @@ def test_train_py_fits_the_type_head_and_logs_it(tmp_path: Path, runs_cache: Pat
     assert len(tags["train/type_bce"]) >= 2 and all(0.0 <= a <= 1.0 for a in tags["train/type_accuracy"])
     assert all(np.isfinite(v) for v in tags["train/type_bce"])
     assert policy.type_gate is not None and float(policy.type_gate.detach()) != 0.0
+
+
+def _request_head_policy(seed: int = 0) -> SlatePolicy:
+    space = observation_space(N_ITEMS, N_CAND, DIM, with_critic_state=True)
+    th.manual_seed(seed)
+    return SlatePolicy(space, action_space(N_CAND, K), lambda _: 1e-2, hidden=16,
+                       item_category=np.arange(N_ITEMS) % 3, type_head_weight=0.5, type_loss_scale=50.0,
+                       entropy_estimator="action", type_gate_init=1.0, pool_spread=True, type_head_input="request")
+
+
+def test_a_request_type_head_reads_the_standardised_request_not_the_users_llm_state() -> None:
+    """``type_head_input="request"``: the head's logit ignores ``obs["user"]`` and follows the context and the
+    candidates; its input is standardised by statistics that only :meth:`join_input_statistics` moves (a forward
+    pass in training mode leaves them), to the mean and variance of the encoded columns it joined; a save / load
+    keeps the setting and the statistics; the setting needs a type head and the pooled spread."""
+    from agents.ppo_ranker import build_policy, policy_settings
+
+    policy = _request_head_policy()
+    norm = policy.type_standardiser
+    assert norm is not None and norm.empty and _type_policy().type_standardiser is None
+    obs = _labelled_obs(64, seed=4)
+    prepared = policy._prepare(obs)
+    policy.set_training_mode(True)
+    with th.no_grad():
+        state_in = policy._encode(prepared)[0]
+        before = policy._type_logit(state_in)
+        policy.evaluate_actions(policy.obs_to_tensor(obs)[0], policy.get_distribution(obs).get_actions())
+    assert norm.empty  # a training-mode pass joined nothing
+    policy.join_input_statistics(obs, chunk=24)  # in three chunks
+    lo, hi = policy._type_cols
+    cols = state_in[:, lo:hi].double()
+    assert hi - lo == len(CONTEXT_NAMES) + 3 * len(FEATURE_NAMES) + 1 and lo == DIM
+    np.testing.assert_allclose(norm.mean.numpy(), cols.mean(dim=0).numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(norm.var.numpy(), cols.var(dim=0, unbiased=False).numpy(), rtol=1e-3, atol=1e-6)
+    assert float(norm.count) == 64
+    with th.no_grad():
+        logit = policy._type_logit(state_in)
+        other_user = {**obs, "user": np.roll(obs["user"], 1, axis=0)}
+        np.testing.assert_array_equal(policy._type_logit(policy._encode(policy._prepare(other_user))[0]).numpy(),
+                                      logit.numpy())
+        other_ctx = {**obs, "context": np.roll(obs["context"], 1, axis=0)}
+        assert not th.allclose(policy._type_logit(policy._encode(policy._prepare(other_ctx))[0]), logit)
+    assert not th.allclose(before, logit)  # the statistics moved the reading
+    loaded = build_policy(policy_settings(policy), dict(policy.state_dict()))
+    assert loaded.type_head_input == "request" and loaded.type_standardiser is not None
+    with th.no_grad():
+        np.testing.assert_array_equal(loaded._type_logit(state_in).numpy(), logit.numpy())
+    space = observation_space(N_ITEMS, N_CAND, DIM, with_critic_state=True)
+    for kwargs in ({"type_head_weight": 0.5, "pool_spread": False}, {"type_head_weight": 0.0, "pool_spread": True}):
+        with pytest.raises(ValueError, match="type_head_input='request' needs"):
+            SlatePolicy(space, action_space(N_CAND, K), lambda _: 1e-3, type_head_input="request", **kwargs)
+    with pytest.raises(ValueError, match="type_head_input must be one of"):
+        SlatePolicy(space, action_space(N_CAND, K), lambda _: 1e-3, type_head_weight=0.5, type_head_input="user")
+
+
+def test_ppo_joins_the_rollouts_to_the_type_heads_statistics_between_updates(tmp_path: Path) -> None:
+    """With a standardised type-head input, the update joins its rollout once (the first update before it runs,
+    every later one after), so a collection and its update read the same statistics; the update is SB3's
+    otherwise (the run learns and its weights stay finite)."""
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    from agents.ppo_update import ppo_update
+
+    space = observation_space(N_ITEMS, N_CAND, DIM, with_critic_state=True)
+
+    class _Env(gym.Env):
+        observation_space = space
+        action_space = action_space(N_CAND, K)
+
+        def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[dict, dict]:
+            super().reset(seed=seed)
+            self._t = 0
+            return self._obs(), {}
+
+        def _obs(self) -> dict:
+            return {k: v[0] for k, v in _labelled_obs(1, int(self.np_random.integers(1 << 30))).items()}
+
+        def step(self, action: np.ndarray) -> tuple[dict, float, bool, bool, dict]:
+            self._t += 1
+            return self._obs(), float(np.asarray(action)[0] == 0), self._t >= 4, False, {}
+
+    class _PPO(PPO):
+        def train(self) -> None:
+            seen.append(float(self.policy.type_standardiser.count))  # type: ignore[union-attr]
+            ppo_update(self)
+            seen.append(float(self.policy.type_standardiser.count))  # type: ignore[union-attr]
+
+    seen: list[float] = []
+    model = _PPO(SlatePolicy, DummyVecEnv([_Env, _Env]), n_steps=16, batch_size=16, n_epochs=1, seed=0,
+                 device="cpu", ent_coef=0.01,
+                 policy_kwargs={"hidden": 16, "type_head_weight": 0.5, "type_loss_scale": 50.0, "pool_spread": True,
+                                "type_head_input": "request", "item_category": np.arange(N_ITEMS) % 3,
+                                "entropy_estimator": "action"})
+    model.learn(96)
+    assert seen == [0.0, 32.0, 32.0, 64.0, 64.0, 96.0]
+    norm = model.policy.type_standardiser  # type: ignore[attr-defined]
+    assert norm is not None and bool(th.isfinite(norm.mean).all()) and float(norm.var.min()) > 0

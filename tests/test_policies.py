@@ -983,3 +983,33 @@ def test_the_category_count_follows_the_buffer() -> None:
     policy.item_category = th.as_tensor(np.arange(N_ITEMS) % 5)  # a buffer replaced by another tensor
     assert policy.n_categories() == 5
     assert _policy().n_categories() == 1  # no categories: one group
+
+
+def test_the_running_standardiser_pools_its_batches_and_then_follows_a_drift() -> None:
+    """:class:`RunningStandardiser`: the identity before any row joins; after batches of different sizes its mean and
+    variance are those of all their rows (below the horizon); past the horizon the old rows weigh as ``horizon``
+    rows, so a shifted input pulls the mean most of the way within a few horizons; the forward pass never moves the
+    statistics; bad settings are refused."""
+    from agents.policy_ops import RunningStandardiser
+
+    rng = np.random.default_rng(0)
+    norm = RunningStandardiser(3, horizon=1000)
+    x = th.tensor(rng.normal(size=(5, 3)), dtype=th.float32)
+    np.testing.assert_allclose(norm(x).numpy(), x.numpy(), rtol=1e-6)
+    rows = [rng.normal(loc=[1.0, -2.0, 5.0], scale=[0.5, 3.0, 0.01], size=(n, 3)) for n in (7, 50, 1, 200)]
+    for r in rows:
+        norm.update(th.tensor(r, dtype=th.float32))
+    every = np.concatenate(rows)
+    np.testing.assert_allclose(norm.mean.numpy(), every.mean(axis=0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(norm.var.numpy(), every.var(axis=0), rtol=1e-4, atol=1e-9)
+    assert float(norm.count) == len(every) and not norm.empty
+    out = norm(th.tensor(every, dtype=th.float32)).double().numpy()
+    np.testing.assert_allclose(out.mean(axis=0), 0.0, atol=1e-4)
+    np.testing.assert_allclose(out.std(axis=0), 1.0, atol=1e-3)
+    assert float(norm.count) == len(every)  # the forward pass joined nothing
+    for _ in range(5):  # 5 horizons of a shifted input
+        norm.update(th.tensor(rng.normal(loc=[11.0, -2.0, 5.0], size=(1000, 3)), dtype=th.float32))
+    assert float(norm.count) == 1000 and float(norm.mean[0]) > 10.5
+    for bad in ({"dim": 0}, {"dim": 2, "horizon": 0.5}, {"dim": 2, "eps": 0.0}):
+        with pytest.raises(ValueError, match="RunningStandardiser needs"):
+            RunningStandardiser(**bad)
