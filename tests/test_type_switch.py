@@ -16,11 +16,13 @@ from agents.report import write_returns
 from agents.tuning import diverse_ranker
 from bench.type_switch import (
     THRESHOLDS,
+    BoostedClassifier,
     SwitchRanker,
     TypeClassifier,
     fit_classifier,
     override_run,
     ppo_against,
+    reading_features,
     runs_plan,
     type_features,
 )
@@ -61,6 +63,36 @@ def test_a_switch_that_never_or_always_switches_is_its_rule_session_for_session(
     some = SwitchRanker(a, b, classifier, median)
     stats = run_episodes(core, some, plan)
     assert 0 < some.switched < stats.length.sum()
+
+
+def test_the_boosted_reader_reads_the_pooled_candidates_too_and_drives_the_switch(small_cfg: EnvConfig,
+                                                                                 small_world: World) -> None:
+    """``--reader boosted``: the classifier reads :func:`reading_features` (the request's statistics and the
+    candidates' pooled columns: 3F + 1 more), gives one probability in [0, 1] per row, tells the types apart on its
+    own training requests better than chance, and plays in the switch as the logistic one does; an unknown reader is
+    refused by name."""
+    pytest.importorskip("sklearn")
+    core = make_core(small_cfg, small_world, b=32)
+    k, cat = small_cfg.slate_size, small_world.catalog.category
+    a = diverse_ranker(k, cat, {"alpha": 0.9, "cap": 2, "exposure_weight": 0.0, "seen_weight": 0.5})
+    b = diverse_ranker(k, cat, {"alpha": 0.1, "cap": 1, "exposure_weight": 0.5, "seen_weight": 0.5, "lean_weight": 4})
+    obs = core.observe()
+    n_feat = obs["features"].shape[-1]
+    assert reading_features(obs).shape == (32, type_features(obs).shape[1] + 3 * n_feat + 1)
+    fit_plan = episode_plan(96, [9], small_world.populations["train"].size)
+    boosted = fit_classifier(core, a, fit_plan, reader="boosted")
+    assert isinstance(boosted, BoostedClassifier)
+    p = boosted.read(obs)
+    assert p.shape == (32,) and ((p >= 0) & (p <= 1)).all()
+    from bench.type_switch import played_requests
+
+    x, cf, _ = played_requests(core, a, fit_plan, reading_features)
+    assert 0 < cf.mean() < 1 and ((boosted.proba(x) > 0.5) == cf).mean() > max(cf.mean(), 1 - cf.mean())
+    plan = episode_plan(32, [3], small_world.populations["train"].size)
+    never = SwitchRanker(a, b, boosted, 1.1)
+    np.testing.assert_array_equal(run_episodes(core, never, plan).ret, run_episodes(core, a, plan).ret)
+    with pytest.raises(ValueError, match="reader must be one of"):
+        fit_classifier(core, a, fit_plan, reader="forest")
 
 
 def _run(root: Path, name: str, preset: str, episodes: int, ppo: np.ndarray | None = None,
