@@ -166,7 +166,7 @@ def ppo_update(model: PPO) -> None:
     standardiser = getattr(policy, "type_standardiser", None)
     first_join = join is not None and standardiser is not None and standardiser.empty  # the run's first update
     if first_join:
-        join(_observations(model))
+        join(rollout_observations(model))
     policy.set_training_mode(True)
     model._update_learning_rate(policy.optimizer)
     progress = model._current_progress_remaining
@@ -238,10 +238,10 @@ def ppo_update(model: PPO) -> None:
         model.logger.record("train/clip_range_vf", clip_range_vf)
     refuse_nonfinite_weights(policy, model.num_timesteps)  # before a rollout, callback or checkpoint uses them
     if join is not None and standardiser is not None and not first_join:  # the next collection and its update
-        join(_observations(model))  # read the same statistics
+        join(rollout_observations(model))  # read the same statistics
 
 
-def _observations(model: PPO) -> dict[str, th.Tensor]:
+def rollout_observations(model: PPO) -> dict[str, th.Tensor]:
     """The rollout buffer's observations as tensors on the policy's device, each key (n_steps · n_envs, …) (before
     or after the buffer flattened them; the row order does not matter to statistics)."""
     space = model.policy.observation_space

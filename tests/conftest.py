@@ -187,9 +187,9 @@ def make_run_dir(root: Path, world: World, use_item_table: bool = False, steps: 
                                **(_diverse_kwargs(gate) if diverse and repulsion else {})})
     model.learn(steps)
     if type_head_input == "request":  # SB3's own update does not join them (agents.ppo_update does)
-        from agents.ppo_update import _observations
+        from agents.ppo_update import rollout_observations
 
-        model.policy.join_input_statistics(_observations(model))  # type: ignore[operator]
+        model.policy.join_input_statistics(rollout_observations(model))  # type: ignore[operator]
     model.save(run / "model.zip")
     save_policy(model.policy, run)  # policy.safetensors + policy.json, what recfeed loads (as train.py writes them)
     if summary is not None:
