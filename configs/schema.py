@@ -523,8 +523,9 @@ class PolicyConfig:
             confident CF-leaning reading (probability above ``σ(margin)``) moves α. 0: every CF-leaning reading.
         type_head_input: What the type head reads: ``"state"`` (the policy's whole state input, the user's LLM state
             included) or ``"request"`` (the session context and the candidates' pooled columns, each standardised
-            by running statistics; needs ``pool_spread``): on ``adapt`` the standardised request statistics tell
-            the type at the first request better than the raw state input (BENCHMARKS "Session 57").
+            by running statistics; needs ``pool_spread``): on ``adapt`` such a head reads the type at 82% at the
+            first request, against 65–66% over the raw state input (BENCHMARKS "Session 57";
+            ``configs/quality-adapt.yaml`` sets it).
         actor_hidden_state: A research ablation (needs ``env.obs_critic_state``): the actor reads the simulated
             user's hidden state too (ρ, price sensitivity, the budget left, fatigue), so the run measures what
             knowing it is worth to the learner (an upper reference; the policy is not exportable). False: off.
