@@ -113,6 +113,14 @@ class DeviceDictRolloutBuffer(DictRolloutBuffer):
         for start in range(0, n, size):
             yield self._gather(order[start:start + size])
 
+    def device_observations(self) -> dict[str, th.Tensor] | None:
+        """The rollout's observations on ``self.device`` as this update gathered them (each key (n, …)), or ``None``
+        before the update's first ``get``."""
+        if self._on_device is None:
+            return None
+        assert isinstance(self._on_device.observations, dict)
+        return self._on_device.observations
+
     def _to_device(self) -> DictRolloutBufferSamples:
         """The flattened rollout as tensors on ``self.device``: one copy per array (none on the CPU)."""
         def put(array: np.ndarray) -> th.Tensor:
@@ -243,9 +251,14 @@ def ppo_update(model: PPO) -> None:
 
 def rollout_observations(model: PPO) -> dict[str, th.Tensor]:
     """The rollout buffer's observations as tensors on the policy's device, each key (n_steps · n_envs, …) (before
-    or after the buffer flattened them; the row order does not matter to statistics)."""
+    or after the buffer flattened them; the row order does not matter to statistics). After an update's first
+    minibatch a :class:`DeviceDictRolloutBuffer` already holds them there: no second copy."""
+    buffer = model.rollout_buffer
+    on_device = buffer.device_observations() if isinstance(buffer, DeviceDictRolloutBuffer) else None
+    if on_device is not None:
+        return on_device
     space = model.policy.observation_space
-    obs = model.rollout_buffer.observations
+    obs = buffer.observations
     assert isinstance(obs, dict) and isinstance(space, spaces.Dict)
     return {key: th.as_tensor(np.asarray(value).reshape(-1, *space[key].shape), device=model.policy.device)
             for key, value in obs.items()}

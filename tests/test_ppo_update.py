@@ -163,6 +163,30 @@ def test_the_device_buffer_yields_sb3s_minibatches_and_copies() -> None:
     assert ours._on_device is None and not ours.full
 
 
+def test_the_device_buffer_hands_out_its_observations_once_an_update_gathered_them() -> None:
+    """``device_observations``: ``None`` before the first ``get``, then the flattened observations the minibatches
+    are gathered from (every row of the rollout, each key (n, …)), which ``rollout_observations`` hands on without a
+    copy; before that it reads the buffer's arrays, the same rows in another order."""
+    from types import SimpleNamespace
+
+    from agents.ppo_update import rollout_observations
+
+    buf = _filled(DeviceDictRolloutBuffer, 1)
+    assert isinstance(buf, DeviceDictRolloutBuffer) and buf.device_observations() is None
+    space = _dict_space()
+    model = SimpleNamespace(rollout_buffer=buf, policy=SimpleNamespace(observation_space=space, device="cpu"))
+    before = rollout_observations(model)  # type: ignore[arg-type]
+    assert before["x"].shape == (18, 3, 2) and before["ids"].shape == (18, 4)
+    next(buf.get(5))
+    on_device = buf.device_observations()
+    assert on_device is not None and on_device["x"].shape == (18, 3, 2)
+    after = rollout_observations(model)  # type: ignore[arg-type]
+    assert after["x"] is on_device["x"]
+    for key in ("x", "ids"):  # the same rows: sort each row's values to compare the two orders
+        np.testing.assert_array_equal(np.sort(before[key].reshape(18, -1).numpy(), axis=0),
+                                      np.sort(after[key].reshape(18, -1).numpy(), axis=0))
+
+
 def test_the_update_benchmark_runs_both_updates_to_the_same_weights(capsys: pytest.CaptureFixture[str]) -> None:
     """``bench.update_speed`` on the small preset: both updates of one rollout, alternately from one state, end at
     the same weights; a bad config or repeat count is the parser's error."""
