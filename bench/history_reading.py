@@ -38,7 +38,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sklearn.ensemble import HistGradientBoostingClassifier
 
 from agents.base import Feedback, Ranker
 from agents.evaluation import episode_plan, run_episodes
@@ -46,7 +45,15 @@ from agents.rankers import z_rows
 from agents.tuning import TUNE_SEED, diverse_ranker
 from bench.env_throughput import config_and_world
 from bench.headroom import add_world_args
-from bench.type_switch import FIT_SEED_OFFSET, RHO_EDGE, TypeClassifier, request_index, type_features, type_rules
+from bench.type_switch import (
+    FIT_SEED_OFFSET,
+    RHO_EDGE,
+    BoostedClassifier,
+    TypeClassifier,
+    request_index,
+    type_features,
+    type_rules,
+)
 from envs.core import BatchedCore
 from envs.factory import make_core
 from envs.spaces import F_CF, F_LLM
@@ -160,8 +167,7 @@ def _scores(p: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> dict[str,
         boot = v[idx].mean(axis=1)
         out[name] = float(v.mean())
         out[f"{name}_ci"] = [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))]
-    # paired: the same sessions resampled for every reader
-    out["_right"], out["_loss"] = right, loss
+    out["_right"] = right  # per session, for the paired differences
     return out
 
 
@@ -172,9 +178,7 @@ def readers(train: Record, test: Record, t: int, seed: int) -> dict[str, Any]:
     rng = np.random.default_rng(seed)
     probs = {"request": TypeClassifier(req_tr, y_tr, l2=1e-2).proba(req_te),
              "history (linear)": TypeClassifier(hist_tr, y_tr, l2=1e-2).proba(hist_te)}
-    boosted = HistGradientBoostingClassifier(max_iter=300, learning_rate=0.05, early_stopping=True,
-                                             validation_fraction=0.15, random_state=seed)
-    probs["history (boosted)"] = boosted.fit(hist_tr, y_tr).predict_proba(hist_te)[:, 1]
+    probs["history (boosted)"] = BoostedClassifier(hist_tr, y_tr, seed=seed).proba(hist_te)
     idx = rng.integers(0, len(y_te), size=(BOOTSTRAP, len(y_te)))
     out: dict[str, Any] = {"train_sessions": len(y_tr), "heldout_sessions": len(y_te),
                            "cf_share": float(y_te.mean()), "columns": int(hist_tr.shape[1])}
@@ -182,7 +186,6 @@ def readers(train: Record, test: Record, t: int, seed: int) -> dict[str, Any]:
     for name, p in probs.items():
         s = _scores(p, y_te, np.random.default_rng(seed))
         right = s.pop("_right")
-        s.pop("_loss")
         if base is None:
             base = right
         else:
