@@ -37,6 +37,15 @@ last layer has orthogonal gain ``residual_init_scale`` (near 0): the policy star
 (its mode is the fixed-α greedy top-K) and PPO learns where to depart from it. The slate is drawn from a
 :class:`agents.distributions.PlackettLuceDistribution` over the logits.
 
+**A second base for the CF-leaning users** (``cf_rule_alpha``; ``train.policy.cf_rule_base``). With a type head,
+the base can move, user by user, from the started rule (A, tuned-diverse) to the rule tuned for the CF-leaning users
+on the training users (B, ``agents.tuning.diverse_by_group``): by the head's reading ``q = σ(s·(−ℓ − logit p))``
+(ℓ the type logit, high for a content-leaning user; p the threshold, s :data:`CF_RULE_SHARPNESS`), the α prior's
+logit, the click-lean weight and the penalty weights move by ``q`` times B's difference from A. So the policy
+starts at a soft version of the engineer's type switch (``bench.type_switch``): A where the head is unsure or reads a
+content-leaning user, B where it reads a CF-leaning one with a probability well above p; the category cap stays A's
+(a slate-level constant of the distribution). The head's logit is detached here as everywhere.
+
 **Explanations.** :meth:`SlatePolicy.score_parts` splits each logit into additive parts (the LLM and CF terms
 of the blend, the fixed diversity penalty, the learned residual, the range clip; :data:`SCORE_PARTS`), computed
 in the same pass as the logits; the exported graph returns them as its ``parts`` output (``docs/serving.md``,
@@ -85,6 +94,9 @@ BASES = ("blend", "diverse")
 GATES = ("raw", "standardised")
 #: What the type head reads (``SlatePolicy``'s ``type_head_input``).
 TYPE_HEAD_INPUTS = ("state", "request")
+#: Slope of the CF-leaning users' rule's share in the type logit (``SlatePolicy``'s ``cf_rule_alpha``): at the
+#: threshold the share is 1/2, a logit 1 below it 0.88, an unsure head (logit 0) with p = 0.8 0.06.
+CF_RULE_SHARPNESS = 2.0
 #: The parts of a candidate's logit, in the order of :meth:`SlatePolicy.score_parts_tensor`'s last axis (see
 #: :meth:`SlatePolicy.score_parts`): they sum to the logit.
 SCORE_PARTS = ("llm", "cf", "diversity", "residual", "clip")
@@ -197,6 +209,12 @@ class SlatePolicy(ActorCriticPolicy):
             type at 82% at the first request where a head over the raw state input reads 65–66% (BENCHMARKS
             "Session 57"). The standardised near-constant columns make the float32 logits 2e-4 from their float64
             evaluation (the export's parity allows 1e-3).
+        cf_rule_alpha: The raw α of the CF-leaning users' rule (B), in (0, 1): with a type head (and base
+            ``"diverse"``, gate ``"standardised"``) the base moves toward B by the head's reading of a CF-leaning
+            user (see the module docstring). ``None``: no second base.
+        cf_rule_lean: B's click-lean weight (needs ``gate_lean``, A's, which may be 0).
+        cf_rule_weights: B's fixed feature weights (F,) (``None``: A's ``base_weights``).
+        cf_rule_threshold: The probability of a CF-leaning user, in (0, 1), at which the base is half-way to B.
         actor_hidden_state: A research ablation: ``obs["critic_state"]`` (``env.obs_critic_state``: the user's hidden
             ρ, price sensitivity, budget left and fatigue) joins the *actor's* state input too (appended last), so
             the policy is told what no deployed ranker knows: an upper reference of what knowing that state is
@@ -260,6 +278,10 @@ class SlatePolicy(ActorCriticPolicy):
         type_gate_lower_only: bool = False,
         type_gate_margin: float = 0.0,
         type_head_input: str = "state",
+        cf_rule_alpha: float | None = None,
+        cf_rule_lean: float = 0.0,
+        cf_rule_weights: list[float] | np.ndarray | None = None,
+        cf_rule_threshold: float = 0.8,
         actor_hidden_state: bool = False,
         actor_hidden_columns: Sequence[str] | None = None,
         feature_gate: bool = False,
@@ -381,6 +403,27 @@ class SlatePolicy(ActorCriticPolicy):
         if category_cap is not None and (item_category is None or int(category_cap) < 1):
             raise ValueError("category_cap needs item_category and must be >= 1")
         self.category_cap = None if category_cap is None else int(category_cap)
+        if cf_rule_alpha is not None:
+            if not (type_head_weight > 0 and base == "diverse" and gate == "standardised" and gate_lean is not None):
+                raise ValueError("cf_rule_alpha (a second base for the CF-leaning users) needs a type head "
+                                 "(type_head_weight > 0), base='diverse', gate='standardised' and gate_lean (A's "
+                                 "click-lean weight, 0 for none)")
+            if not 0.0 < float(cf_rule_alpha) < 1.0:
+                raise ValueError(f"cf_rule_alpha must be in (0, 1), got {cf_rule_alpha}")
+            if not 0.0 < float(cf_rule_threshold) < 1.0:
+                raise ValueError(f"cf_rule_threshold must be in (0, 1), got {cf_rule_threshold}")
+            if not math.isfinite(cf_rule_lean):
+                raise ValueError(f"cf_rule_lean must be a finite number, got {cf_rule_lean}")
+            if cf_rule_weights is not None and (len(cf_rule_weights) != n_feat
+                                                or not np.all(np.isfinite(np.asarray(cf_rule_weights, float)))):
+                raise ValueError(f"cf_rule_weights needs {n_feat} finite entries (one per feature column), got "
+                                 f"{list(cf_rule_weights)}")
+        elif cf_rule_weights is not None or cf_rule_lean != 0.0:
+            raise ValueError("cf_rule_lean and cf_rule_weights go with cf_rule_alpha")
+        self.cf_rule_alpha = None if cf_rule_alpha is None else float(cf_rule_alpha)
+        self.cf_rule_lean = float(cf_rule_lean)
+        self.cf_rule_weights = None if cf_rule_weights is None else [float(w) for w in cf_rule_weights]
+        self.cf_rule_threshold = float(cf_rule_threshold)
         self.n_candidates = n_cand
         self.slate_size = len(action_space.nvec)
         for ignored in ("net_arch", "log_std_init", "full_std", "use_expln", "squash_output"):
@@ -494,6 +537,13 @@ class SlatePolicy(ActorCriticPolicy):
         if self.base == "diverse":
             w = self.base_weights_list if self.base_weights_list is not None else [0.0] * n_feat
             self.register_buffer("base_weights", th.tensor(w, dtype=th.float32))
+        if self.cf_rule_alpha is not None:  # B − A: the α prior's logit, the lean weight, the penalty weights (F,)
+            a0, b0 = self.init_alpha, self.cf_rule_alpha
+            self._cf_rule_alpha_shift = math.log(b0 / (1.0 - b0)) - math.log(a0 / (1.0 - a0))
+            self._cf_rule_lean_shift = self.cf_rule_lean - float(self.gate_lean or 0.0)
+            wb = self.cf_rule_weights if self.cf_rule_weights is not None else w
+            self.register_buffer("cf_rule_weight_shift", th.tensor(wb, dtype=th.float32) - self.base_weights)
+            self._cf_rule_center = math.log(self.cf_rule_threshold / (1.0 - self.cf_rule_threshold))
         self.value_trunk: nn.Module = (
             nn.Identity() if self.share_state_net else mlp(state_in + critic_extra, self.hidden, self.n_layers, act)
         )
@@ -570,6 +620,10 @@ class SlatePolicy(ActorCriticPolicy):
             type_gate_lower_only=self.type_gate_lower_only,
             type_gate_margin=self.type_gate_margin,
             type_head_input=self.type_head_input,
+            cf_rule_alpha=self.cf_rule_alpha,
+            cf_rule_lean=self.cf_rule_lean,
+            cf_rule_weights=self.cf_rule_weights,
+            cf_rule_threshold=self.cf_rule_threshold,
             actor_hidden_state=self.actor_hidden_state,
             actor_hidden_columns=(None if self.actor_hidden_columns is None
                                   else [CRITIC_STATE_NAMES[i] for i in self.actor_hidden_columns]),
@@ -668,7 +722,8 @@ class SlatePolicy(ActorCriticPolicy):
         if type_logit is None and self.type_net is not None:
             type_logit = self._type_logit(state_in)
         h = self._state(state_in, type_logit)  # (B, H)
-        alpha, sig_llm, sig_cf = self._gate(h, features, state_in, type_logit)  # (B,), (B, N), (B, N)
+        share = self.cf_rule_share(type_logit)  # (B,) or None
+        alpha, sig_llm, sig_cf = self._gate(h, features, state_in, type_logit, share)  # (B,), (B, N), (B, N)
         a = alpha.unsqueeze(-1)
         blend = a * sig_llm + (1.0 - a) * sig_cf
         penalty: th.Tensor | None = None
@@ -676,6 +731,8 @@ class SlatePolicy(ActorCriticPolicy):
         base_terms: th.Tensor | None = None  # (B, N) β·z(session_sim) + w·z(popularity), before that re-standardisation
         if self.base == "diverse":
             penalty = features @ self.base_weights
+            if share is not None:  # toward the CF-leaning users' rule's penalties
+                penalty = penalty + share.unsqueeze(-1) * (features @ self.cf_rule_weight_shift)
             z = standardise_rows(blend)
             if self.session_base_weight != 0.0:  # tuned-session-diverse's z(z(blend) + β·z(session_sim))
                 base_terms = self.session_base_weight * cand[..., -1]
@@ -790,9 +847,18 @@ class SlatePolicy(ActorCriticPolicy):
         rho = obs["critic_state"][:, 0].clamp(0.0, 1.0)
         return nn.functional.binary_cross_entropy_with_logits(type_logit, rho, reduction="none")
 
-    def _gate(self, h: th.Tensor, features: th.Tensor, state_in: th.Tensor,
-              type_logit: th.Tensor | None = None) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
-        """The gate α (B,) and the two signals it weighs, (B, N) each (``type_logit``: as in :meth:`_state`).
+    def cf_rule_share(self, type_logit: th.Tensor | None) -> th.Tensor | None:
+        """How far the base has moved toward the CF-leaning users' rule, q (B,) in (0, 1), from the type head's logit
+        (B,) (detached): ``σ(s·(−ℓ − logit p))`` (see the module docstring); ``None`` without that rule."""
+        if self.cf_rule_alpha is None:
+            return None
+        assert type_logit is not None
+        return th.sigmoid(CF_RULE_SHARPNESS * (-type_logit.detach() - self._cf_rule_center))
+
+    def _gate(self, h: th.Tensor, features: th.Tensor, state_in: th.Tensor, type_logit: th.Tensor | None = None,
+              share: th.Tensor | None = None) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
+        """The gate α (B,) and the two signals it weighs, (B, N) each (``type_logit``: as in :meth:`_state`;
+        ``share``: :meth:`cf_rule_share` of it, computed here when the policy has that rule and it is not given).
 
         ``"raw"``: ``α = σ(gain·head(h))`` and the raw ``llm_sim``, ``cf_score`` columns.
         ``"standardised"``: the columns
@@ -808,11 +874,18 @@ class SlatePolicy(ActorCriticPolicy):
         sd_llm = (llm - llm.mean(dim=-1, keepdim=True)).square().mean(dim=-1, keepdim=True).sqrt() + eps  # (B, 1)
         sd_cf = (cf - cf.mean(dim=-1, keepdim=True)).square().mean(dim=-1, keepdim=True).sqrt() + eps
         prior = math.log(self.init_alpha / (1.0 - self.init_alpha)) + (sd_llm.log() - sd_cf.log()).squeeze(-1)
-        if self.lean_weight is not None:  # gate_lean: the heuristic's feedback-adaptive α (agents.rankers.click_lean)
+        lean_weight: th.Tensor | None = self.lean_weight
+        if self.cf_rule_alpha is not None:  # toward the CF-leaning users' rule's α and click-lean weight
+            if share is None:
+                share = self.cf_rule_share(self._type_logit(state_in) if type_logit is None else type_logit)
+            assert share is not None and lean_weight is not None
+            prior = prior + share * self._cf_rule_alpha_shift
+            lean_weight = lean_weight + share * self._cf_rule_lean_shift
+        if lean_weight is not None:  # gate_lean: the heuristic's feedback-adaptive α (agents.rankers.click_lean)
             lo, _ = self._ctx_cols  # obs["context"] inside the state input
             lean = (state_in[:, lo + C_CLICKED_LLM] / sd_llm.squeeze(-1)
                     - state_in[:, lo + C_CLICKED_CF] / sd_cf.squeeze(-1))  # (B,)
-            prior = prior + self.lean_weight * lean
+            prior = prior + lean_weight * lean
         z_llm = (llm - llm.mean(dim=-1, keepdim=True)) / sd_llm
         z_cf = (cf - cf.mean(dim=-1, keepdim=True)) / sd_cf
         return th.sigmoid(prior + shift), z_llm, z_cf

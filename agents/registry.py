@@ -44,6 +44,7 @@ from agents.tuning import (
     TUNE_SEED,
     AlphaCurve,
     ParamSearch,
+    diverse_by_group,
     session_diverse_ranker,
     tune_alpha,
     tune_diverse,
@@ -54,6 +55,10 @@ from agents.tuning import (
 from configs.schema import EncoderConfig, EnvConfig
 from envs.core import BatchedCore
 from envs.world import World
+
+#: Hidden ρ below this: a CF-leaning user (the edge of ``bench.type_switch``'s rules and of :meth:`RankerContext.
+#: cf_rule_search`).
+CF_LEANING_RHO = 0.5
 
 #: Spec syntax → what it is; the order of the error message listing the valid choices.
 SPECS: dict[str, str] = {
@@ -244,6 +249,7 @@ class RankerContext:
     _oracle_diverse: ParamSearch | None = field(default=None, repr=False)
     _session_diverse: ParamSearch | None = field(default=None, repr=False)
     _pop_diverse: ParamSearch | None = field(default=None, repr=False)
+    _cf_rule: dict[str, float] | None = field(default=None, repr=False)
 
     def impressions(self) -> Impressions:
         """Logged impressions on the training users (collected once, shared by ``scored`` and ``linucb``)."""
@@ -278,6 +284,18 @@ class RankerContext:
                                                          self.train_population, self.encoder, self.progress,
                                                          self.cache_dir)
         return self._session_diverse
+
+    def cf_rule_search(self) -> dict[str, float]:
+        """The diversity heuristic's point for the CF-leaning training users (hidden ρ < :data:`CF_LEANING_RHO`), by
+        tuned-diverse's protocol from tuned-diverse's point (:func:`agents.tuning.diverse_by_group`; run once, cached
+        beside tuned-diverse's search): rule B of ``bench.type_switch``, the second base of
+        ``train.policy.cf_rule_base``."""
+        if self._cf_rule is None:
+            by_group = diverse_by_group(self.world, self.env_cfg, self.diverse_search().best, self.diverse_grid,
+                                        (CF_LEANING_RHO,), self.tune_episodes, self.seed + TUNE_SEED, self.batch,
+                                        self.train_population, cache_dir=self.cache_dir)
+            self._cf_rule = dict(by_group["per_group"][0])
+        return self._cf_rule
 
     def pop_diverse_search(self) -> ParamSearch:
         """tuned-pop-diverse's search on the training users, from tuned-diverse's point (run once)."""

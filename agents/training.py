@@ -117,8 +117,18 @@ def _atomic_save(save: Any, dest: Path) -> None:
     os.replace(written, dest)
 
 
+def penalty_weights(point: dict[str, float]) -> np.ndarray:
+    """The diversity heuristic's fixed feature weights (F,) at a point of its search: minus its exposure and seen
+    weights on ``cat_exposure`` and ``item_seen``, 0 elsewhere (the policy's ``base_weights``)."""
+    weights = np.zeros(len(FEATURE_NAMES))
+    weights[F_CAT_EXPOSURE] = -float(point["exposure_weight"])
+    weights[F_ITEM_SEEN] = -float(point["seen_weight"])
+    return weights
+
+
 def policy_kwargs(cfg: Config, init_alpha: float, world: World,
-                  diverse: dict[str, float] | None = None) -> dict[str, Any]:
+                  diverse: dict[str, float] | None = None,
+                  cf_rule: dict[str, float] | None = None) -> dict[str, Any]:
     """SlatePolicy constructor arguments from the config (``init_alpha`` clipped into (0, 1)).
 
     Args:
@@ -129,6 +139,9 @@ def policy_kwargs(cfg: Config, init_alpha: float, world: World,
             ``policy.base = "diverse"``, whose start they are (α, the fixed penalties, the category cap). With
             ``env.obs_session_sim``, tuned-session-diverse's (the same and ``session_weight``); with
             ``policy.start = "pop-diverse"``, tuned-pop-diverse's (the same and ``pop_weight``).
+        cf_rule: The CF-leaning users' point of the same rule (``RankerContext.cf_rule_search``); required for
+            ``policy.cf_rule_base``, the second base (its α, click-lean weight and penalties; the cap stays
+            tuned-diverse's).
     """
     pc = cfg.train.policy
     extra: dict[str, Any] = {}
@@ -136,12 +149,10 @@ def policy_kwargs(cfg: Config, init_alpha: float, world: World,
         if diverse is None:
             raise ValueError("policy.base = 'diverse' needs tuned-diverse's parameters")
         init_alpha = float(diverse["alpha"])
-        weights = np.zeros(len(FEATURE_NAMES))
-        weights[F_CAT_EXPOSURE] = -float(diverse["exposure_weight"])
-        weights[F_ITEM_SEEN] = -float(diverse["seen_weight"])
+        weights = penalty_weights(diverse)
         cap = int(diverse["cap"])
         lean = float(diverse.get("lean_weight", 0.0))
-        gate = pc.gate if pc.gate != "auto" else "standardised" if lean != 0.0 else "raw"
+        gate = pc.gate if pc.gate != "auto" else "standardised" if lean != 0.0 or pc.cf_rule_base else "raw"
         if lean != 0.0 and gate != "standardised":
             raise ValueError(f"train.policy.gate: {pc.gate!r} cannot start at tuned-diverse, whose α follows the "
                              f"clicks (lean_weight {lean:g}); use 'auto' or 'standardised'")
@@ -152,6 +163,13 @@ def policy_kwargs(cfg: Config, init_alpha: float, world: World,
             extra["session_base_weight"] = float(diverse["session_weight"])
         if pc.start == "pop-diverse":  # the start is tuned-pop-diverse: its w on z(popularity) too
             extra["pop_base_weight"] = float(diverse["pop_weight"])
+        if pc.cf_rule_base:  # the second base: the CF-leaning users' point, reached by the type head's reading
+            if cf_rule is None:
+                raise ValueError("policy.cf_rule_base needs the CF-leaning users' rule (RankerContext.cf_rule_search)")
+            extra.update(gate_lean=lean, cf_rule_alpha=float(np.clip(cf_rule["alpha"], 0.02, 0.98)),
+                         cf_rule_lean=float(cf_rule.get("lean_weight", 0.0)),
+                         cf_rule_weights=penalty_weights(cf_rule).tolist(),
+                         cf_rule_threshold=pc.cf_rule_threshold)
     alpha0 = pc.init_alpha if pc.init_alpha is not None else init_alpha
     return dict(hidden=pc.hidden, candidate_hidden=pc.candidate_hidden, n_layers=pc.n_layers,
                 temperature=pc.temperature, init_alpha=float(np.clip(alpha0, 0.02, 0.98)),
@@ -302,7 +320,12 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False, progre
                 f"{max(diverse.validation_means):.2f} against tuned-diverse's {diverse.validation_means[0]:.2f}; "
                 f"{time.perf_counter() - t0:.0f}s)")
 
-    kwargs = policy_kwargs(cfg, curve.best_alpha, world, None if diverse is None else diverse.best)
+    cf_rule: dict[str, float] | None = None
+    if tc.policy.cf_rule_base:  # the second base: the same rule's point for the CF-leaning training users
+        t0 = time.perf_counter()
+        cf_rule = tuning.cf_rule_search()
+        say(f"the CF-leaning users' rule on training users: {cf_rule} ({time.perf_counter() - t0:.0f}s)")
+    kwargs = policy_kwargs(cfg, curve.best_alpha, world, None if diverse is None else diverse.best, cf_rule)
     venv: SB3VecEnv | VecNormalize = make_train_env(cfg, world, kwargs)
     try:
         return _learn_and_report(cfg, run_dir, world, curve, tuning, venv, ckpt, skipped, kwargs, device, say,

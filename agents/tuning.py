@@ -11,7 +11,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -652,6 +652,119 @@ def tune_oracle_diverse(world: World, env_cfg: EnvConfig, grid: dict[str, tuple[
     return search_family("oracle-diverse", lambda core, p: oracle_diverse_ranker(k, core, p), ORACLE_DIVERSE_GRID,
                          grid, {"cap": k, "exposure_weight": 0.0}, world, env_cfg, episodes, seed, batch, population,
                          encoder, progress, cache_dir)
+
+
+# ---- the diversity heuristic per hidden ρ group (the value of adaptation; the CF-leaning users' rule) -------------
+
+#: Default ρ_u group edges of the value of adaptation (the thirds of ``agents.evaluation.RHO_EDGES``).
+RHO_EDGES: tuple[float, ...] = (1 / 3, 2 / 3)
+#: A ρ group with fewer training sessions than this keeps the single tuned choice.
+MIN_GROUP_EPISODES = 30
+
+
+def rho_groups(rho: np.ndarray, edges: Sequence[float] = RHO_EDGES) -> np.ndarray:
+    """The ρ group of each value: ``i`` for ``edges[i-1] <= ρ < edges[i]`` (inner edges, increasing).
+
+    Args:
+        rho: (E,) hidden ρ_u values.
+        edges: Inner edges (G − 1 of them for G groups).
+
+    Returns:
+        int64 (E,) in [0, G).
+
+    Raises:
+        ValueError: If the edges are not strictly increasing inside (0, 1).
+    """
+    e = np.asarray(edges, dtype=np.float64)
+    if e.ndim != 1 or (e.size and (e[0] <= 0.0 or e[-1] >= 1.0 or np.any(np.diff(e) <= 0))):
+        raise ValueError(f"ρ group edges must be strictly increasing inside (0, 1), got {list(edges)}")
+    return np.searchsorted(e, np.asarray(rho, dtype=np.float64), side="right").astype(np.int64)
+
+
+def diverse_by_group(world: World, cfg: EnvConfig, start: dict[str, float],
+                     grid: dict[str, tuple[float, ...]] | None = None, edges: Sequence[float] = RHO_EDGES,
+                     episodes: int = 1000, seed: int = TUNE_SEED, batch: int = 256, population: str = "train",
+                     min_count: int = MIN_GROUP_EPISODES, cache_dir: str | Path | None = None) -> dict[str, Any]:
+    """The best diversity-heuristic parameters of each hidden ρ group on ``population`` (training users).
+
+    Per group, the protocol of tuned-diverse itself (:func:`agents.tuning.search_family`) on that group's sessions:
+    one :func:`agents.tuning.coordinate_search` over the group's tuning sessions, starting from ``start`` (the single
+    tuned-diverse choice) and sharing evaluations with the other groups; then the choice among ``start`` and the
+    search's :data:`~agents.tuning.VALIDATE_TOP` best other points by their return on the group's sessions among
+    ``VALIDATION_FACTOR·episodes`` fresh validation sessions. So on the validation sessions each group's choice is at
+    least as good as ``start`` within the group, and it is not the luckiest of many points on the tuning sessions.
+
+    Args:
+        world: The world.
+        cfg: Env config.
+        start: The single tuned choice ``{alpha, cap, exposure_weight, seen_weight}``.
+        grid: Axes (default ``agents.tuning.DIVERSE_GRID``, caps clipped to K).
+        edges: Inner ρ group edges.
+        episodes: Training sessions per point (the validation has ``VALIDATION_FACTOR`` times as many).
+        seed: Seed of the sessions.
+        batch: Users simulated at once.
+        population: Population the choices are made on.
+        min_count: A group with fewer sessions keeps ``start``.
+        cache_dir: The tuning cache (:func:`agents.tuning.tuning_cache_dir`; ``None``: search every time).
+
+    Returns:
+        ``{"single": start, "per_group": [point per group], "counts": [sessions per group], "points": n,
+        "validation_points": [[point, ...] per group], "validation_means": [[group mean, ...] per group]}``.
+    """
+    k = cfg.slate_size
+    start = {**start, "cap": min(int(start["cap"]), k)}
+    axes = dict(DIVERSE_GRID if grid is None else grid)
+    axes["cap"] = tuple(sorted({min(int(c), k) for c in axes["cap"]}))
+    axes = {n: tuple(sorted(set(v) | {start[n]})) for n, v in axes.items()}
+    spec = {"start": start, "axes": {n: list(v) for n, v in axes.items()}, "edges": list(edges), "episodes": episodes,
+            "seed": seed, "population": population, "min_count": min_count,
+            "validation": [VALIDATE_TOP, VALIDATION_FACTOR, VALIDATION_SEED_OFFSET]}
+    return cached_search(cache_dir, "diverse-by-group", world, cfg, spec,
+                         lambda: _diverse_by_group(world, cfg, start, axes, edges, episodes, seed, batch, population,
+                                                   min_count))
+
+
+def _diverse_by_group(world: World, cfg: EnvConfig, start: dict[str, float], axes: dict[str, tuple[float, ...]],
+                      edges: Sequence[float], episodes: int, seed: int, batch: int, population: str,
+                      min_count: int) -> dict[str, Any]:
+    """:func:`diverse_by_group`'s search itself, on the resolved start and axes."""
+    k = cfg.slate_size
+    core = make_core(cfg, cfg.preset, None, world, population, min(batch, episodes))
+    pop = world.populations[population]
+    plan = episode_plan(episodes, [seed], pop.size)
+    valid_plan = episode_plan(VALIDATION_FACTOR * episodes, [seed + VALIDATION_SEED_OFFSET], pop.size)
+    groups = rho_groups(pop.rho[plan.users], edges)
+    valid_groups = rho_groups(pop.rho[valid_plan.users], edges)
+    memo: dict[tuple[float, ...], np.ndarray] = {}
+    valid_memo: dict[tuple[float, ...], np.ndarray] = {}
+    category = world.catalog.category
+
+    def evaluate(point: dict[str, float]) -> np.ndarray:
+        return run_episodes(core, diverse_ranker(k, category, point), plan).ret
+
+    def validate(point: dict[str, float]) -> np.ndarray:
+        key = tuple(point[n] for n in axes)
+        if key not in valid_memo:
+            valid_memo[key] = run_episodes(core, diverse_ranker(k, category, point), valid_plan).ret
+        return valid_memo[key]
+
+    per_group, valid_points, valid_means = [], [], []
+    for g in range(len(edges) + 1):
+        sel, valid_sel = groups == g, valid_groups == g
+        if sel.sum() < min_count or valid_sel.sum() < min_count:
+            per_group.append(dict(start))
+            valid_points.append([])
+            valid_means.append([])
+            continue
+        _, evaluated = coordinate_search(evaluate, axes, start, select=sel, memo=memo)
+        candidates = validation_candidates(start, evaluated, VALIDATE_TOP)
+        means = [float(validate(p)[valid_sel].mean()) for p in candidates]
+        per_group.append(candidates[int(np.argmax(means))])  # the first on ties: the start
+        valid_points.append(candidates)
+        valid_means.append(means)
+    return {"single": dict(start), "per_group": per_group,
+            "counts": [int((groups == g).sum()) for g in range(len(edges) + 1)], "points": len(memo),
+            "validation_points": valid_points, "validation_means": valid_means}
 
 
 def tuning_cache_dir(env_cfg: EnvConfig, encoder: EncoderConfig | None = None) -> Path:

@@ -49,11 +49,11 @@ from agents.policies import SlatePolicy
 from agents.policy_ops import candidate_spread, symlog
 from agents.ppo_ranker import PPORanker, load_policy
 from agents.rankers import click_lean, z_rows
-from agents.registry import RankerContext
+from agents.registry import CF_LEANING_RHO, RankerContext
 from agents.report import Bootstrap, percentile_ci
-from agents.tuning import TUNE_SEED, diverse_ranker, tuning_cache_dir
+from agents.tuning import TUNE_SEED, diverse_by_group, diverse_ranker, tuning_cache_dir
 from bench.env_throughput import config_and_world
-from bench.headroom import add_world_args, diverse_by_group
+from bench.headroom import add_world_args
 from bench.quality_protocol import returns_table, seeds_and_sessions_interval
 from configs.loader import load_config
 from configs.schema import Config
@@ -63,7 +63,7 @@ from envs.spaces import C_T_FRAC, F_CF, F_LLM, F_POP, F_PRICE
 from envs.world import World
 
 #: Hidden ρ below this: a CF-leaning user (the split of ``bench.headroom``'s value of adaptation on ``adapt``).
-RHO_EDGE = 0.5
+RHO_EDGE = CF_LEANING_RHO
 #: Switch thresholds searched on the training sessions (probability of a CF-leaning user).
 THRESHOLDS: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 #: Seed offset of the training sessions the classifier is fitted on (apart from the tuning sessions).

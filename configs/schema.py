@@ -38,7 +38,7 @@ def _number(v: Any) -> bool:
 def _check(obj: Any, rule: str, *names: str) -> None:
     """Range rules over numeric fields (``None`` and non-numbers pass: types are the loader's job).
 
-    ``rule`` is one of ``">0"``, ``">=0"``, ``">=1"``, ``">=2"``, ``"[0,1]"``, ``"[0,1)"``, ``"(0,1]"``.
+    ``rule`` is one of ``">0"``, ``">=0"``, ``">=1"``, ``">=2"``, ``"[0,1]"``, ``"[0,1)"``, ``"(0,1]"``, ``"(0,1)"``.
     """
     tests = {
         ">0": (lambda v: v > 0, "must be > 0"),
@@ -48,6 +48,7 @@ def _check(obj: Any, rule: str, *names: str) -> None:
         "[0,1]": (lambda v: 0 <= v <= 1, "must be in [0, 1]"),
         "[0,1)": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
         "(0,1]": (lambda v: 0 < v <= 1, "must be in (0, 1]"),
+        "(0,1)": (lambda v: 0 < v < 1, "must be in (0, 1)"),
     }
     ok, need = tests[rule]
     for name in names:
@@ -526,6 +527,13 @@ class PolicyConfig:
             by running statistics; needs ``pool_spread``): on ``adapt`` such a head reads the type at 82% at the
             first request, against 65–66% over the raw state input (BENCHMARKS "Session 57";
             ``configs/quality-adapt.yaml`` sets it).
+        cf_rule_base: A second base for the CF-leaning users (needs a type head, base ``"diverse"`` and
+            ``start: diverse``): the diversity heuristic's point searched on the training users whose hidden ρ < 0.5
+            (``agents.tuning.diverse_by_group``, before training, cached), toward which the base's α, click-lean
+            weight and penalties move by the type head's reading of a CF-leaning user, so the policy starts at a soft
+            type switch (see ``agents/policies.py``). False: off.
+        cf_rule_threshold: With ``cf_rule_base``, the head's probability of a CF-leaning user at which the base is
+            half-way to that rule (in (0, 1); ``bench.type_switch``'s switch picks 0.8 on ``adapt``).
         actor_hidden_state: A research ablation (needs ``env.obs_critic_state``): the actor reads the simulated
             user's hidden state too (ρ, price sensitivity, the budget left, fatigue), so the run measures what
             knowing it is worth to the learner (an upper reference; the policy is not exportable). False: off.
@@ -562,6 +570,8 @@ class PolicyConfig:
     type_gate_lower_only: bool = False
     type_gate_margin: float = 0.0
     type_head_input: Literal["state", "request"] = "state"
+    cf_rule_base: bool = False
+    cf_rule_threshold: float = 0.8
     actor_hidden_state: bool = False
     actor_hidden_columns: list[str] | None = None
     feature_gate: bool = False
@@ -580,6 +590,14 @@ class PolicyConfig:
                 self.pool_spread and _number(self.type_head_weight) and self.type_head_weight > 0):
             raise FieldError("type_head_input", "'request' needs type_head_weight > 0 and pool_spread: true (the "
                              "head reads the candidates' pooled spread)")
+        _check(self, "(0,1)", "cf_rule_threshold")
+        if self.cf_rule_base and not (_number(self.type_head_weight) and self.type_head_weight > 0
+                                      and self.base == "diverse" and self.start == "diverse"):
+            raise FieldError("cf_rule_base", "needs a type head (type_head_weight > 0), base: diverse and start: "
+                             "diverse (the second base is the CF-leaning users' point of tuned-diverse's rule)")
+        if self.cf_rule_base and self.gate == "raw":
+            raise FieldError("cf_rule_base", "needs gate: auto or standardised (the rules' α move on the standardised "
+                             "gate)")
         if self.base == "diverse" and not self.category_repulsion:
             raise FieldError("base", "'diverse' needs category_repulsion: true (the category cap acts on the slate "
                              "distribution's category groups)")
@@ -790,6 +808,10 @@ class Config:
         if self.train.policy.start == "pop-diverse" and self.env.obs_session_sim:
             raise FieldError("train.policy.start", "'pop-diverse' does not combine with env.obs_session_sim (that "
                              "observation starts the policy at tuned-session-diverse)")
+        if self.train.policy.cf_rule_base and self.env.obs_session_sim:
+            raise FieldError("train.policy.cf_rule_base", "does not combine with env.obs_session_sim (that "
+                             "observation starts the policy at tuned-session-diverse, whose CF-leaning users' point is "
+                             "not searched)")
         if self.train.policy.actor_hidden_state and not self.env.obs_critic_state:
             raise FieldError("train.policy.actor_hidden_state", "needs env.obs_critic_state: true (the actor reads "
                              "obs['critic_state'])")

@@ -127,7 +127,8 @@ def make_run_dir(root: Path, world: World, use_item_table: bool = False, steps: 
                  summary: dict | None = None, repulsion: bool = True, diverse: bool = True,
                  gate: str = "raw", session_sim: bool = False, hidden_taste: bool = False,
                  critic_state: bool = False, type_head: bool = False, feature_gate: bool = False,
-                 told_rho: bool = False, pool_spread: bool = False, type_head_input: str = "state") -> Path:
+                 told_rho: bool = False, pool_spread: bool = False, type_head_input: str = "state",
+                 cf_rule: bool = False) -> Path:
     """A tiny run directory: config.yaml (small preset, 64-d hashing encoder, caches under ``root``), a PPO
     model.zip and the pickle-free policy.safetensors / policy.json, learned for ``steps`` steps (with the category
     repulsion train.py uses by default, strong enough to change slates, and, with ``diverse``, train.py's default
@@ -142,7 +143,8 @@ def make_run_dir(root: Path, world: World, use_item_table: bool = False, steps: 
     the research ablation of an actor told the hidden ρ (``train.policy.actor_hidden_columns: [rho]``),
     ``pool_spread`` the candidates' spread in the state (``train.policy.pool_spread``), ``type_head_input`` what the
     type head reads (``train.policy.type_head_input``; ``"request"``: its input statistics joined from the last
-    rollout, as the update does)."""
+    rollout, as the update does), ``cf_rule`` (with ``type_head`` and ``gate="standardised"``) a second base for the
+    CF-leaning users (``train.policy.cf_rule_base``; threshold 1/2, so an unsure head mixes the two rules)."""
     from stable_baselines3 import PPO
 
     from agents.policies import SlatePolicy
@@ -168,6 +170,8 @@ def make_run_dir(root: Path, world: World, use_item_table: bool = False, steps: 
     cfg.train.policy.feature_gate = feature_gate
     cfg.train.policy.pool_spread = pool_spread
     cfg.train.policy.type_head_input = type_head_input  # type: ignore[assignment]
+    cfg.train.policy.cf_rule_base = cf_rule
+    cfg.train.policy.cf_rule_threshold = 0.5
     save_yaml(cfg, run / "config.yaml")
     # Put the fixture's world where load_world(cfg.env, cfg.encoder) looks for it (saves a rebuild).
     folder = default_world_dir(cfg.env, cfg.encoder) / world_key(cfg.env, world.encoder_name)
@@ -179,6 +183,12 @@ def make_run_dir(root: Path, world: World, use_item_table: bool = False, steps: 
                          if type_head else {})
     if told_rho:
         type_kwargs.update(actor_hidden_state=True, actor_hidden_columns=["rho"])
+    if cf_rule:
+        from envs.spaces import F_CAT_EXPOSURE, FEATURE_NAMES
+
+        weights_b = [0.0] * len(FEATURE_NAMES)
+        weights_b[F_CAT_EXPOSURE] = -2.0
+        type_kwargs.update(cf_rule_alpha=0.2, cf_rule_lean=3.0, cf_rule_weights=weights_b, cf_rule_threshold=0.5)
     model = PPO(SlatePolicy, venv, n_steps=32, batch_size=64, n_epochs=1, seed=0, device="cpu",
                 ent_coef=0.01 if type_head else 0.0,
                 policy_kwargs={"hidden": 32, "use_item_table": use_item_table, "repulsion_init": 2.0, **type_kwargs,

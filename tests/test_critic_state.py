@@ -19,9 +19,13 @@ from conftest import greedy, make_core, make_run_dir, tiny_args
 from agents.policies import SlatePolicy
 from configs.schema import EnvConfig
 from envs.spaces import (
+    C_CLICKED_CF,
+    C_CLICKED_LLM,
     CONTEXT_NAMES,
     CRITIC_STATE_NAMES,
+    F_CAT_EXPOSURE,
     F_CF,
+    F_ITEM_SEEN,
     F_LLM,
     FEATURE_NAMES,
     action_space,
@@ -557,3 +561,140 @@ def test_ppo_joins_the_rollouts_to_the_type_heads_statistics_between_updates(tmp
     assert seen == [0.0, 32.0, 32.0, 64.0, 64.0, 96.0]
     norm = model.policy.type_standardiser  # type: ignore[attr-defined]
     assert norm is not None and bool(th.isfinite(norm.mean).all()) and float(norm.var.min()) > 0
+
+
+def _cf_rule_policy(cf_rule: dict | None, alpha: float = 0.9, lean: float = 1.0,
+                    weights: tuple[float, ...] = (-1.0, -0.5)) -> SlatePolicy:
+    """A diverse-base policy with a type head (seed 0: the same weights every call), rule A at ``alpha``, ``lean``
+    and penalty ``weights`` on (cat_exposure, item_seen), with ``cf_rule`` (``{alpha, lean, weights}``) as its
+    second base, or none."""
+    space = observation_space(N_ITEMS, N_CAND, DIM, with_critic_state=True)
+
+    def w(pair: tuple[float, ...]) -> list[float]:
+        out = [0.0] * len(FEATURE_NAMES)
+        out[F_CAT_EXPOSURE], out[F_ITEM_SEEN] = pair
+        return out
+
+    extra = {} if cf_rule is None else {"cf_rule_alpha": cf_rule["alpha"], "cf_rule_lean": cf_rule["lean"],
+                                        "cf_rule_weights": w(cf_rule["weights"]), "cf_rule_threshold": 0.8}
+    th.manual_seed(0)
+    return SlatePolicy(space, action_space(N_CAND, K), lambda _: 1e-2, hidden=16, residual_init_scale=0.5,
+                       item_category=np.arange(N_ITEMS) % 3, base="diverse", base_weights=w(weights), category_cap=2,
+                       gate="standardised", gate_lean=lean, init_alpha=alpha, type_head_weight=0.5,
+                       type_loss_scale=50.0, entropy_estimator="action", **extra)
+
+
+def _with_type_bias(policy: SlatePolicy, bias: float) -> SlatePolicy:
+    """The policy with its type head's output pinned at ``bias`` (last layer's weights 0)."""
+    assert policy.type_net is not None
+    last = policy.type_net[-1]
+    with th.no_grad():
+        last.weight.zero_()
+        last.bias.fill_(bias)
+    return policy
+
+
+def test_the_cf_rule_base_moves_the_base_from_rule_a_to_rule_b_by_the_type_heads_reading() -> None:
+    """``cf_rule_alpha``: where the type head reads a content-leaning user for sure the policy is the one without a
+    second base (rule A's α, lean weight and penalties); where it reads a CF-leaning user for sure it is the policy
+    started at rule B's; at the threshold it is half-way in the α prior's logit; save / load keeps the rule; bad
+    settings are refused by name."""
+    from agents.policies import CF_RULE_SHARPNESS
+    from agents.ppo_ranker import build_policy, policy_settings
+
+    rule_b = {"alpha": 0.1, "lean": 4.0, "weights": (-0.5, -0.25)}
+    obs = _labelled_obs(32, seed=5)
+    obs["context"][:, [C_CLICKED_LLM, C_CLICKED_CF]] = np.abs(obs["context"][:, [C_CLICKED_LLM, C_CLICKED_CF]])
+    for bias, want in ((40.0, _cf_rule_policy(None)),
+                       (-40.0, _cf_rule_policy(None, rule_b["alpha"], rule_b["lean"], rule_b["weights"]))):
+        mixed = _with_type_bias(_cf_rule_policy(rule_b), bias)
+        _with_type_bias(want, bias)
+        with th.no_grad():
+            np.testing.assert_allclose(mixed.candidate_logits(obs).numpy(), want.candidate_logits(obs).numpy(),
+                                       rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(mixed.alpha(obs).numpy(), want.alpha(obs).numpy(), rtol=1e-5, atol=1e-6)
+    # the share is q = σ(s·(−ℓ − logit 0.8)): 1/2 at the threshold's logit, and A's and B's α priors meet there
+    thr = -float(np.log(0.8 / 0.2))
+    half = _with_type_bias(_cf_rule_policy(rule_b), thr)
+    share = half.cf_rule_share(th.full((3,), thr))
+    assert share is not None
+    np.testing.assert_allclose(share.numpy(), 0.5, atol=1e-6)
+    assert float(half.cf_rule_share(th.full((1,), thr - 1.0))[0]) == pytest.approx(  # type: ignore[index]
+        1.0 / (1.0 + np.exp(-CF_RULE_SHARPNESS)), rel=1e-5)
+    a, b = _with_type_bias(_cf_rule_policy(None), 40.0), _with_type_bias(
+        _cf_rule_policy(None, rule_b["alpha"], rule_b["lean"], rule_b["weights"]), 40.0)
+    obs0 = {**obs, "context": obs["context"].copy()}
+    obs0["context"][:, [C_CLICKED_LLM, C_CLICKED_CF]] = 0.0  # no clicks yet: the lean term is 0
+    with th.no_grad():
+        logit = lambda p: th.logit(p.alpha(obs0).double())  # noqa: E731
+        np.testing.assert_allclose(logit(half).numpy(), (0.5 * (logit(a) + logit(b))).numpy(), rtol=1e-4, atol=1e-4)
+    loaded = build_policy(policy_settings(half), dict(half.state_dict()))
+    assert (loaded.cf_rule_alpha, loaded.cf_rule_lean, loaded.cf_rule_threshold) == (0.1, 4.0, 0.8)
+    with th.no_grad():
+        np.testing.assert_array_equal(loaded.candidate_logits(obs).numpy(), half.candidate_logits(obs).numpy())
+    space = observation_space(N_ITEMS, N_CAND, DIM, with_critic_state=True)
+    base = dict(item_category=np.arange(N_ITEMS) % 3, base="diverse", gate="standardised", gate_lean=0.0,
+                type_head_weight=0.5, type_loss_scale=50.0)
+    for bad, match in (({"type_head_weight": 0.0, "type_loss_scale": 0.0}, "needs a type head"),
+                       ({"gate_lean": None}, "needs a type head"),
+                       ({"cf_rule_alpha": 1.0}, "cf_rule_alpha must be in"),
+                       ({"cf_rule_threshold": 0.0}, "cf_rule_threshold must be in"),
+                       ({"cf_rule_weights": [0.0]}, "cf_rule_weights needs")):
+        with pytest.raises(ValueError, match=match):
+            SlatePolicy(space, action_space(N_CAND, K), lambda _: 1e-3, **{**base, "cf_rule_alpha": 0.2, **bad})
+    with pytest.raises(ValueError, match="go with cf_rule_alpha"):
+        SlatePolicy(space, action_space(N_CAND, K), lambda _: 1e-3, **{**base, "cf_rule_lean": 2.0})
+
+
+def test_a_run_with_the_cf_rule_base_exports_with_parity(tmp_path: Path, small_world: World) -> None:
+    """The second base is part of the actor's graph: the exported model (observations only) gives the policy's
+    slates, the rule's settings travel in policy.json."""
+    from agents.export import export_run
+    from agents.ppo_ranker import load_policy
+
+    run = make_run_dir(tmp_path, small_world, steps=64, type_head=True, gate="standardised", cf_rule=True)
+    policy = load_policy(run)
+    assert policy.cf_rule_alpha == pytest.approx(0.2) and policy.cf_rule_threshold == 0.5
+    dest = export_run(run, "onnx", world=small_world, parity_envs=4, parity_steps=2)
+    parity = json.loads((dest / "manifest.json").read_text(encoding="utf-8"))["parity"]
+    assert parity["slates_equal_up_to_ties"] == parity["observations"] == 8
+
+
+def test_the_cf_rule_base_config_and_its_search(tmp_path: Path, small_world: World) -> None:
+    """``train.policy.cf_rule_base`` names what it needs; ``RankerContext.cf_rule_search`` is the CF-leaning
+    group's point of ``diverse_by_group`` from tuned-diverse's, and ``policy_kwargs`` hands the policy its α, lean
+    weight and penalties (the cap stays A's), on the standardised gate even where A's α does not follow clicks."""
+    from agents.registry import RankerContext
+    from agents.training import penalty_weights, policy_kwargs
+    from configs.loader import ConfigError, resolve_config
+
+    need = ["env.obs_critic_state=true", "train.policy.type_head_weight=0.1"]
+    with pytest.raises(ConfigError, match=r"cf_rule_base.*type head"):
+        resolve_config(None, "small", ["train.policy.cf_rule_base=true"])
+    with pytest.raises(ConfigError, match=r"cf_rule_base.*start: diverse"):
+        resolve_config(None, "small", [*need, "train.policy.cf_rule_base=true", "train.policy.start=pop-diverse"])
+    with pytest.raises(ConfigError, match=r"cf_rule_base.*gate"):
+        resolve_config(None, "small", [*need, "train.policy.cf_rule_base=true", "train.policy.gate=raw"])
+    with pytest.raises(ConfigError, match=r"cf_rule_base.*obs_session_sim"):
+        resolve_config(None, "small", [*need, "train.policy.cf_rule_base=true", "env.obs_session_sim=true"])
+    with pytest.raises(ConfigError, match="cf_rule_threshold"):
+        resolve_config(None, "small", [*need, "train.policy.cf_rule_threshold=1"])
+    cfg = resolve_config(None, "small", [*need, "train.policy.cf_rule_base=true"])
+    grid = {"alpha": (0.2, 0.9), "cap": (2,), "exposure_weight": (0.0, 1.0), "seen_weight": (0.5,),
+            "lean_weight": (0.0,)}
+    ctx = RankerContext(small_world, cfg.env, seed=0, tune_episodes=40, batch=40, diverse_grid=grid,
+                        alphas=(0.2, 0.9), cache_dir=str(tmp_path / "tuning"))
+    point_a, point_b = ctx.diverse_search().best, ctx.cf_rule_search()
+    assert set(point_b) == set(point_a) and point_b["alpha"] in grid["alpha"]
+    assert ctx.cf_rule_search() is ctx.cf_rule_search()  # searched once
+    fresh = RankerContext(small_world, cfg.env, seed=0, tune_episodes=40, batch=40, diverse_grid=grid,
+                          alphas=(0.2, 0.9), cache_dir=str(tmp_path / "tuning"))
+    assert fresh.cf_rule_search() == point_b  # read back from the cache
+    b = {**point_a, "alpha": 0.2, "lean_weight": 2.0, "exposure_weight": 3.0, "cap": 1}
+    kwargs = policy_kwargs(cfg, 0.5, small_world, {**point_a, "lean_weight": 0.0}, b)
+    assert kwargs["gate"] == "standardised" and kwargs["gate_lean"] == 0.0
+    assert (kwargs["cf_rule_alpha"], kwargs["cf_rule_lean"], kwargs["cf_rule_threshold"]) == (0.2, 2.0, 0.8)
+    assert kwargs["cf_rule_weights"] == penalty_weights(b).tolist() and kwargs["cf_rule_weights"][F_CAT_EXPOSURE] == -3
+    assert kwargs["category_cap"] == (int(point_a["cap"]) if point_a["cap"] < cfg.env.slate_size else None)
+    with pytest.raises(ValueError, match="cf_rule_base needs"):
+        policy_kwargs(cfg, 0.5, small_world, point_a)
