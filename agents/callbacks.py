@@ -64,7 +64,9 @@ class RolloutMetrics(BaseCallback):
     ``rollout/dwell`` (dwell seconds per request), ``rollout/session_length``, ``rollout/session_return``,
     ``train/alpha_mean`` / ``train/alpha_std`` and the ``train/alpha`` histogram over the rollout's states,
     with a type head ``train/type_bce``, ``train/type_accuracy`` (ρ ≥ 0.5 told apart on the rollout's states,
-    before the update) and ``train/type_gate`` (its weight in the gate), ``time/collect_s``, ``time/train_s``,
+    before the update) and ``train/type_gate`` (its weight in the gate), with ``train.policy.cf_rule_base``
+    ``train/cf_rule_share`` (the base's mean share of the CF-leaning users' rule, and ``_cf`` / ``_content`` by hidden
+    type), ``time/collect_s``, ``time/train_s``,
     ``time/env_steps_per_s``.
     """
 
@@ -135,6 +137,13 @@ class RolloutMetrics(BaseCallback):
             self.logger.record("train/type_bce", float(bce))
             self.logger.record("train/type_accuracy", float(((logit > 0) == (rho >= 0.5)).float().mean()))
             self.logger.record("train/type_gate", float(policy.type_gate.detach()))  # type: ignore[union-attr]
+            share = policy.cf_rule_share(logit)
+            if share is not None:  # train.policy.cf_rule_base: how far the base moved to the CF-leaning users' rule
+                self.logger.record("train/cf_rule_share", float(share.mean()))
+                cf = rho < 0.5
+                if bool(cf.any()) and bool((~cf).any()):
+                    self.logger.record("train/cf_rule_share_cf", float(share[cf].mean()))
+                    self.logger.record("train/cf_rule_share_content", float(share[~cf].mean()))
         if self.bar is not None:
             self.bar.set_postfix(ctr=f"{s['clicks'] / steps:.3f}", alpha=f"{float(alpha.mean()):.2f}")
 
