@@ -1,0 +1,212 @@
+"""Where does a policy with the CF-leaning users' second base gain and lose? (issue #13, session 58)
+
+``train.policy.cf_rule_base`` moves a policy's base from tuned-diverse (A) to the rule tuned for the CF-leaning users
+(B) by its type head's reading, ``q = σ(2·(−ℓ − logit p))`` (``agents.policies``). A run with it can lose on the
+content-leaning users for two reasons: the share leaks onto them where the head misreads them (B costs a
+content-leaning user about 10 a session), or what PPO learned on top of the base serves them worse. This bench replays
+the run's trained policy on its own held-out sessions with the share replaced, the rest of the policy as trained:
+
+* **share off**: q = 0 (base A for every user: the learned policy without its second base);
+* **share hard**: q = 1 where the head's soft share is above 1/2 (its probability of a CF-leaning user above p), else 0;
+* **share by the hidden type** (research: reads the simulator's ρ): q = 1 for ρ < 0.5, else 0: what a perfect reader of
+  the type would give this policy;
+
+beside the run's PPO as trained (its stored returns, checked by a replay of the first sessions). Each row gives the
+return for all users and per hidden type and its difference from the run's PPO, with a bootstrap interval over
+sessions; with ``--against RUN`` (a run evaluated on the same sessions, e.g. the same seed without the second base)
+that run's PPO is a row too. The table also gives the mean soft share at each of the first requests, per hidden type.
+
+    python -m bench.cf_rule_split runs/protocol58/p58-adapt-cfrule-s14 --against runs/protocol57/p57-adapt-request-s14
+
+Prints a Markdown table; the last printed line is the JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch as th
+
+from agents.base import Ranker
+from agents.evaluation import EpisodePlan, run_episodes
+from agents.policies import SlatePolicy
+from agents.ppo_ranker import PPORanker, load_policy, load_run_config
+from agents.report import Bootstrap
+from bench.eval_blocks import report_returns
+from bench.quality_protocol import RHO_EDGE
+from bench.type_switch import _diff, request_index
+from envs.spaces import CRITIC_STATE_NAMES
+
+#: Sessions on which the policy must replay its stored returns before the other rows are trusted.
+REPLAY_SESSIONS = 200
+#: How each row sets the share (``"trained"``: as the policy computes it).
+MODES = ("trained", "off", "hard", "hidden")
+#: Requests (from the first) whose mean share the table reports.
+SHARE_REQUESTS = 6
+_RHO = CRITIC_STATE_NAMES.index("rho")
+
+
+class ShareRanker(Ranker):
+    """A policy with the CF-leaning users' second base, its share set per :data:`MODES`.
+
+    Args:
+        policy: A policy with ``cf_rule_alpha`` (copied; the original is not changed).
+        k: Slate size.
+        mode: One of :data:`MODES`.
+    """
+
+    def __init__(self, policy: SlatePolicy, k: int, mode: str = "trained") -> None:
+        super().__init__(k)
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if policy.cf_rule_alpha is None:
+            raise ValueError("the policy has no second base (train.policy.cf_rule_base)")
+        self.mode, self.name = mode, f"share {mode}"
+        self.reads_hidden_state = mode == "hidden"
+        self.policy = copy.deepcopy(policy)
+        trained = self.policy.cf_rule_share
+        self._hidden: th.Tensor | None = None  # (B,) 1 for a CF-leaning user, set per request (mode "hidden")
+        self.last_share: np.ndarray | None = None  # (B,) the trained share of the last request
+
+        def share(logit: th.Tensor | None) -> th.Tensor | None:
+            soft = trained(logit)
+            assert soft is not None
+            if mode == "off":
+                return th.zeros_like(soft)
+            if mode == "hard":
+                return (soft > 0.5).to(soft.dtype)
+            if mode == "hidden":
+                assert self._hidden is not None
+                return self._hidden.to(device=soft.device, dtype=soft.dtype)
+            return soft
+
+        self.policy.cf_rule_share = share  # type: ignore[method-assign]
+        self.ranker = PPORanker(self.policy, k)
+
+    def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        """Slates (B, K) of the policy with its share set per :attr:`mode`."""
+        if self.mode == "hidden":
+            self._hidden = th.as_tensor(obs["critic_state"][:, _RHO] < RHO_EDGE, dtype=th.float32)
+        with th.no_grad():
+            prepared = self.policy._prepare(obs)
+            logit = self.policy._type_logit(self.policy._encode(prepared)[0])
+            soft = SlatePolicy.cf_rule_share(self.policy, logit)
+        self.last_share = None if soft is None else soft.double().cpu().numpy()
+        return self.ranker.act(obs)
+
+
+def analyse(run: Path, against: Path | None = None, sessions: int | None = None, batch: int = 500,
+            bootstrap: int = 2000) -> dict[str, Any]:
+    """The run's policy with its share as trained, off, hard and by the hidden type, on its held-out sessions.
+
+    Args:
+        run: A run directory trained with ``train.policy.cf_rule_base`` and evaluated (``report/returns.npz``).
+        against: Another run evaluated on the same sessions, whose PPO joins the table (``None``: none).
+        sessions: Play only the first this many sessions (``None``: all).
+        batch: Users simulated at once.
+        bootstrap: Resamples of the intervals.
+
+    Returns:
+        ``{"run", "sessions", "cf_sessions", "rows": {name: {"return", "cf", "content", "diff", "diff_cf",
+        "diff_content"}}, "share_by_request": [{"request", "cf", "content"}]}``; each ``diff*`` is ``{"mean",
+        "ci95"}`` against the run's PPO.
+
+    Raises:
+        ValueError: A run without the second base, other sessions, or a policy that does not replay its returns.
+        FileNotFoundError: A report without ``returns.npz``.
+    """
+    from envs.factory import make_core
+    from envs.presets import load_world
+
+    cfg = load_run_config(run)
+    if not cfg.env.obs_critic_state:
+        raise ValueError(f"{run}'s env has no critic_state: the hidden-type row needs it (env.obs_critic_state)")
+    plan, rets = report_returns(run / "report", ("ppo",))
+    n = len(plan) if sessions is None else min(int(sessions), len(plan))
+    if n < 1:
+        raise ValueError(f"sessions must be >= 1, got {sessions}")
+    plan = EpisodePlan(plan.keys[:n], plan.users[:n], plan.seeds[:n])
+    rows: dict[str, np.ndarray] = {"PPO as trained (stored)": rets["ppo"][:n]}
+    world = load_world(cfg.env, cfg.encoder, progress=False)
+    core = make_core(cfg.env, cfg.env.preset, None, world, "heldout", min(batch, n))
+    policy = load_policy(run, device="cpu", n_items=core.M)
+    k = cfg.env.slate_size
+    m = min(REPLAY_SESSIONS, n)
+    replay = run_episodes(core, ShareRanker(policy, k), EpisodePlan(plan.keys[:m], plan.users[:m], plan.seeds[:m])).ret
+    if not np.allclose(replay, rows["PPO as trained (stored)"][:m], rtol=1e-9, atol=1e-9):
+        raise ValueError(f"{run}'s policy does not replay its stored returns (largest difference "
+                         f"{float(np.abs(replay - rows['PPO as trained (stored)'][:m]).max()):.3g})")
+    steps = cfg.env.max_steps
+    total, seen = np.zeros((2, steps)), np.zeros((2, steps))  # per hidden side (CF-leaning, content) and request
+
+    def tally(obs: dict[str, np.ndarray], slate: np.ndarray, feedback: Any, active: np.ndarray) -> None:
+        assert trained.last_share is not None
+        request = request_index(obs["context"][active], steps).clip(0, steps - 1)
+        side = (obs["critic_state"][active, _RHO] >= RHO_EDGE).astype(np.int64)
+        np.add.at(total, (side, request), trained.last_share[active])
+        np.add.at(seen, (side, request), 1.0)
+
+    trained = ShareRanker(policy, k, "trained")
+    run_episodes(core, trained, plan, on_step=tally)
+    labels = {"off": "share off (base A only)", "hard": "share hard (1 where the head's share > 1/2)",
+              "hidden": "share by the hidden type (research)"}
+    for mode, label in labels.items():
+        rows[label] = run_episodes(core, ShareRanker(policy, k, mode), plan).ret
+    if against is not None:
+        other, other_rets = report_returns(against / "report", ("ppo",))
+        if len(other) < n or not np.array_equal(other.keys[:n], plan.keys):
+            raise ValueError(f"{against} was evaluated on other held-out sessions than {run}")
+        rows[f"{against.name}'s PPO"] = other_rets["ppo"][:n]
+    ref = rows["PPO as trained (stored)"]
+    cf = world.populations["heldout"].rho[plan.users] < RHO_EDGE  # (E,)
+    boot = Bootstrap(n, bootstrap, 0)
+    everyone = np.ones(n, dtype=bool)
+    out = {name: {"return": float(r.mean()), "cf": float(r[cf].mean()), "content": float(r[~cf].mean()),
+                  "diff": _diff(r, ref, boot, everyone), "diff_cf": _diff(r, ref, boot, cf),
+                  "diff_content": _diff(r, ref, boot, ~cf)}
+           for name, r in rows.items()}
+    shares = [{"request": t + 1, "cf": float(total[0, t] / seen[0, t]), "content": float(total[1, t] / seen[1, t])}
+              for t in range(min(steps, SHARE_REQUESTS)) if seen[0, t] > 0 and seen[1, t] > 0]
+    return {"run": str(run), "sessions": n, "cf_sessions": int(cf.sum()), "rows": out, "share_by_request": shares}
+
+
+def markdown(res: dict[str, Any]) -> str:
+    """One row per way of setting the share, and the mean share by request."""
+    lines = [f"{res['run']}: {res['sessions']} held-out sessions ({res['cf_sessions']} CF-leaning)", "",
+             "| policy | return | CF-leaning | content-leaning | − PPO as trained: all | CF-leaning | "
+             "content-leaning |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+
+    def cell(x: dict[str, Any]) -> str:
+        return f"{x['mean']:+.3f} ({x['ci95'][0]:+.2f} to {x['ci95'][1]:+.2f})"
+
+    for name, r in res["rows"].items():
+        lines.append(f"| {name} | {r['return']:.3f} | {r['cf']:.3f} | {r['content']:.3f} | {cell(r['diff'])} | "
+                     f"{cell(r['diff_cf'])} | {cell(r['diff_content'])} |")
+    share = "; ".join(f"{s['request']}: {s['cf']:.2f} / {s['content']:.2f}" for s in res["share_by_request"])
+    lines += ["", f"Mean share of the CF-leaning users' rule by request, CF-leaning / content-leaning users: {share}"]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Print the table and the JSON."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run", type=Path, help="a run trained with train.policy.cf_rule_base, evaluated")
+    ap.add_argument("--against", type=Path, default=None, help="a run evaluated on the same sessions (its PPO a row)")
+    ap.add_argument("--sessions", type=int, default=None, help="play only the first N sessions (default: all)")
+    ap.add_argument("--batch", type=int, default=500)
+    ap.add_argument("--bootstrap", type=int, default=2000)
+    args = ap.parse_args(argv)
+    res = analyse(args.run, args.against, args.sessions, args.batch, args.bootstrap)
+    print(markdown(res))
+    print(json.dumps(res))
+    return res
+
+
+if __name__ == "__main__":
+    main()
