@@ -40,7 +40,7 @@ last layer has orthogonal gain ``residual_init_scale`` (near 0): the policy star
 **A second base for the CF-leaning users** (``cf_rule_alpha``; ``train.policy.cf_rule_base``). With a type head,
 the base can move, user by user, from the started rule (A, tuned-diverse) to the rule tuned for the CF-leaning users
 on the training users (B, ``agents.tuning.diverse_by_group``): by the head's reading ``q = σ(s·(−ℓ − logit p))``
-(ℓ the type logit, high for a content-leaning user; p the threshold, s :data:`CF_RULE_SHARPNESS`), the α prior's
+(ℓ the type logit, high for a content-leaning user; p the threshold, s the sharpness), the α prior's
 logit, the click-lean weight and the penalty weights move by ``q`` times B's difference from A. So the policy
 starts at a soft version of the engineer's type switch (``bench.type_switch``): A where the head is unsure or reads a
 content-leaning user, B where it reads a CF-leaning one with a probability well above p; the category cap stays A's
@@ -94,8 +94,8 @@ BASES = ("blend", "diverse")
 GATES = ("raw", "standardised")
 #: What the type head reads (``SlatePolicy``'s ``type_head_input``).
 TYPE_HEAD_INPUTS = ("state", "request")
-#: Slope of the CF-leaning users' rule's share in the type logit (``SlatePolicy``'s ``cf_rule_alpha``): at the
-#: threshold the share is 1/2, a logit 1 below it 0.88, an unsure head (logit 0) with p = 0.8 0.06.
+#: Default slope of the CF-leaning users' rule's share in the type logit (``SlatePolicy``'s ``cf_rule_sharpness``):
+#: at the threshold the share is 1/2, a logit 1 below it 0.88, an unsure head (logit 0) with p = 0.8 0.06.
 CF_RULE_SHARPNESS = 2.0
 #: The parts of a candidate's logit, in the order of :meth:`SlatePolicy.score_parts_tensor`'s last axis (see
 #: :meth:`SlatePolicy.score_parts`): they sum to the logit.
@@ -215,6 +215,7 @@ class SlatePolicy(ActorCriticPolicy):
         cf_rule_lean: B's click-lean weight (needs ``gate_lean``, A's, which may be 0).
         cf_rule_weights: B's fixed feature weights (F,) (``None``: A's ``base_weights``).
         cf_rule_threshold: The probability of a CF-leaning user, in (0, 1), at which the base is half-way to B.
+        cf_rule_sharpness: > 0, the share's slope s in the type logit (large: a hard switch at the threshold).
         actor_hidden_state: A research ablation: ``obs["critic_state"]`` (``env.obs_critic_state``: the user's hidden
             ρ, price sensitivity, budget left and fatigue) joins the *actor's* state input too (appended last), so
             the policy is told what no deployed ranker knows: an upper reference of what knowing that state is
@@ -282,6 +283,7 @@ class SlatePolicy(ActorCriticPolicy):
         cf_rule_lean: float = 0.0,
         cf_rule_weights: list[float] | np.ndarray | None = None,
         cf_rule_threshold: float = 0.8,
+        cf_rule_sharpness: float = CF_RULE_SHARPNESS,
         actor_hidden_state: bool = False,
         actor_hidden_columns: Sequence[str] | None = None,
         feature_gate: bool = False,
@@ -412,6 +414,8 @@ class SlatePolicy(ActorCriticPolicy):
                 raise ValueError(f"cf_rule_alpha must be in (0, 1), got {cf_rule_alpha}")
             if not 0.0 < float(cf_rule_threshold) < 1.0:
                 raise ValueError(f"cf_rule_threshold must be in (0, 1), got {cf_rule_threshold}")
+            if not (math.isfinite(cf_rule_sharpness) and cf_rule_sharpness > 0):
+                raise ValueError(f"cf_rule_sharpness must be a finite number > 0, got {cf_rule_sharpness}")
             if not math.isfinite(cf_rule_lean):
                 raise ValueError(f"cf_rule_lean must be a finite number, got {cf_rule_lean}")
             if cf_rule_weights is not None and (len(cf_rule_weights) != n_feat
@@ -424,6 +428,7 @@ class SlatePolicy(ActorCriticPolicy):
         self.cf_rule_lean = float(cf_rule_lean)
         self.cf_rule_weights = None if cf_rule_weights is None else [float(w) for w in cf_rule_weights]
         self.cf_rule_threshold = float(cf_rule_threshold)
+        self.cf_rule_sharpness = float(cf_rule_sharpness)
         self.n_candidates = n_cand
         self.slate_size = len(action_space.nvec)
         for ignored in ("net_arch", "log_std_init", "full_std", "use_expln", "squash_output"):
@@ -624,6 +629,7 @@ class SlatePolicy(ActorCriticPolicy):
             cf_rule_lean=self.cf_rule_lean,
             cf_rule_weights=self.cf_rule_weights,
             cf_rule_threshold=self.cf_rule_threshold,
+            cf_rule_sharpness=self.cf_rule_sharpness,
             actor_hidden_state=self.actor_hidden_state,
             actor_hidden_columns=(None if self.actor_hidden_columns is None
                                   else [CRITIC_STATE_NAMES[i] for i in self.actor_hidden_columns]),
@@ -853,7 +859,7 @@ class SlatePolicy(ActorCriticPolicy):
         if self.cf_rule_alpha is None:
             return None
         assert type_logit is not None
-        return th.sigmoid(CF_RULE_SHARPNESS * (-type_logit.detach() - self._cf_rule_center))
+        return th.sigmoid(self.cf_rule_sharpness * (-type_logit.detach() - self._cf_rule_center))
 
     def _gate(self, h: th.Tensor, features: th.Tensor, state_in: th.Tensor, type_logit: th.Tensor | None = None,
               share: th.Tensor | None = None) -> tuple[th.Tensor, th.Tensor, th.Tensor]:

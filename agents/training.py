@@ -169,7 +169,7 @@ def policy_kwargs(cfg: Config, init_alpha: float, world: World,
             extra.update(gate_lean=lean, cf_rule_alpha=float(np.clip(cf_rule["alpha"], 0.02, 0.98)),
                          cf_rule_lean=float(cf_rule.get("lean_weight", 0.0)),
                          cf_rule_weights=penalty_weights(cf_rule).tolist(),
-                         cf_rule_threshold=pc.cf_rule_threshold)
+                         cf_rule_threshold=pc.cf_rule_threshold, cf_rule_sharpness=pc.cf_rule_sharpness)
     alpha0 = pc.init_alpha if pc.init_alpha is not None else init_alpha
     return dict(hidden=pc.hidden, candidate_hidden=pc.candidate_hidden, n_layers=pc.n_layers,
                 temperature=pc.temperature, init_alpha=float(np.clip(alpha0, 0.02, 0.98)),

@@ -534,6 +534,8 @@ class PolicyConfig:
             type switch (see ``agents/policies.py``). False: off.
         cf_rule_threshold: With ``cf_rule_base``, the head's probability of a CF-leaning user at which the base is
             half-way to that rule (in (0, 1); ``bench.type_switch``'s switch picks 0.8 on ``adapt``).
+        cf_rule_sharpness: > 0, the slope of the base's share of that rule in the head's logit: the share is
+            ``σ(s·(logit of the CF-leaning probability − logit threshold))``; large values make it a hard switch.
         actor_hidden_state: A research ablation (needs ``env.obs_critic_state``): the actor reads the simulated
             user's hidden state too (ρ, price sensitivity, the budget left, fatigue), so the run measures what
             knowing it is worth to the learner (an upper reference; the policy is not exportable). False: off.
@@ -572,6 +574,7 @@ class PolicyConfig:
     type_head_input: Literal["state", "request"] = "state"
     cf_rule_base: bool = False
     cf_rule_threshold: float = 0.8
+    cf_rule_sharpness: float = 2.0
     actor_hidden_state: bool = False
     actor_hidden_columns: list[str] | None = None
     feature_gate: bool = False
@@ -591,6 +594,7 @@ class PolicyConfig:
             raise FieldError("type_head_input", "'request' needs type_head_weight > 0 and pool_spread: true (the "
                              "head reads the candidates' pooled spread)")
         _check(self, "(0,1)", "cf_rule_threshold")
+        _check(self, ">0", "cf_rule_sharpness")
         if self.cf_rule_base and not (_number(self.type_head_weight) and self.type_head_weight > 0
                                       and self.base == "diverse" and self.start == "diverse"):
             raise FieldError("cf_rule_base", "needs a type head (type_head_weight > 0), base: diverse and start: "

@@ -621,6 +621,11 @@ def test_the_cf_rule_base_moves_the_base_from_rule_a_to_rule_b_by_the_type_heads
     np.testing.assert_allclose(share.numpy(), 0.5, atol=1e-6)
     assert float(half.cf_rule_share(th.full((1,), thr - 1.0))[0]) == pytest.approx(  # type: ignore[index]
         1.0 / (1.0 + np.exp(-CF_RULE_SHARPNESS)), rel=1e-5)
+    half.cf_rule_sharpness = 8.0  # a sharper share: the same 1/2 at the threshold, nearer 1 a logit below it
+    assert float(half.cf_rule_share(th.full((1,), thr))[0]) == pytest.approx(0.5)  # type: ignore[index]
+    assert float(half.cf_rule_share(th.full((1,), thr - 1.0))[0]) == pytest.approx(  # type: ignore[index]
+        1.0 / (1.0 + np.exp(-8.0)), rel=1e-5)
+    half.cf_rule_sharpness = CF_RULE_SHARPNESS
     a, b = _with_type_bias(_cf_rule_policy(None), 40.0), _with_type_bias(
         _cf_rule_policy(None, rule_b["alpha"], rule_b["lean"], rule_b["weights"]), 40.0)
     obs0 = {**obs, "context": obs["context"].copy()}
@@ -629,7 +634,8 @@ def test_the_cf_rule_base_moves_the_base_from_rule_a_to_rule_b_by_the_type_heads
         logit = lambda p: th.logit(p.alpha(obs0).double())  # noqa: E731
         np.testing.assert_allclose(logit(half).numpy(), (0.5 * (logit(a) + logit(b))).numpy(), rtol=1e-4, atol=1e-4)
     loaded = build_policy(policy_settings(half), dict(half.state_dict()))
-    assert (loaded.cf_rule_alpha, loaded.cf_rule_lean, loaded.cf_rule_threshold) == (0.1, 4.0, 0.8)
+    assert (loaded.cf_rule_alpha, loaded.cf_rule_lean, loaded.cf_rule_threshold, loaded.cf_rule_sharpness) == (
+        0.1, 4.0, 0.8, CF_RULE_SHARPNESS)
     with th.no_grad():
         np.testing.assert_array_equal(loaded.candidate_logits(obs).numpy(), half.candidate_logits(obs).numpy())
     space = observation_space(N_ITEMS, N_CAND, DIM, with_critic_state=True)
@@ -639,6 +645,7 @@ def test_the_cf_rule_base_moves_the_base_from_rule_a_to_rule_b_by_the_type_heads
                        ({"gate_lean": None}, "needs a type head"),
                        ({"cf_rule_alpha": 1.0}, "cf_rule_alpha must be in"),
                        ({"cf_rule_threshold": 0.0}, "cf_rule_threshold must be in"),
+                       ({"cf_rule_sharpness": 0.0}, "cf_rule_sharpness must be"),
                        ({"cf_rule_weights": [0.0]}, "cf_rule_weights needs")):
         with pytest.raises(ValueError, match=match):
             SlatePolicy(space, action_space(N_CAND, K), lambda _: 1e-3, **{**base, "cf_rule_alpha": 0.2, **bad})
@@ -694,6 +701,11 @@ def test_the_cf_rule_base_config_and_its_search(tmp_path: Path, small_world: Wor
     kwargs = policy_kwargs(cfg, 0.5, small_world, {**point_a, "lean_weight": 0.0}, b)
     assert kwargs["gate"] == "standardised" and kwargs["gate_lean"] == 0.0
     assert (kwargs["cf_rule_alpha"], kwargs["cf_rule_lean"], kwargs["cf_rule_threshold"]) == (0.2, 2.0, 0.8)
+    assert kwargs["cf_rule_sharpness"] == 2.0
+    sharp = resolve_config(None, "small", [*need, "train.policy.cf_rule_base=true", "train.policy.cf_rule_sharpness=8"])
+    assert policy_kwargs(sharp, 0.5, small_world, point_a, b)["cf_rule_sharpness"] == 8.0
+    with pytest.raises(ConfigError, match="cf_rule_sharpness"):
+        resolve_config(None, "small", [*need, "train.policy.cf_rule_sharpness=0"])
     assert kwargs["cf_rule_weights"] == penalty_weights(b).tolist() and kwargs["cf_rule_weights"][F_CAT_EXPOSURE] == -3
     assert kwargs["category_cap"] == (int(point_a["cap"]) if point_a["cap"] < cfg.env.slate_size else None)
     with pytest.raises(ValueError, match="cf_rule_base needs"):
