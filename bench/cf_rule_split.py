@@ -39,7 +39,7 @@ from agents.ppo_ranker import PPORanker, load_policy, load_run_config
 from agents.report import Bootstrap
 from bench.eval_blocks import report_returns
 from bench.quality_protocol import RHO_EDGE
-from bench.type_switch import _diff, request_index
+from bench.type_switch import by_type_row, by_type_table, request_index
 from envs.spaces import CRITIC_STATE_NAMES
 
 #: Sessions on which the policy must replay its stored returns before the other rows are trusted.
@@ -165,11 +165,7 @@ def analyse(run: Path, against: Path | None = None, sessions: int | None = None,
     ref = rows["PPO as trained (stored)"]
     cf = world.populations["heldout"].rho[plan.users] < RHO_EDGE  # (E,)
     boot = Bootstrap(n, bootstrap, 0)
-    everyone = np.ones(n, dtype=bool)
-    out = {name: {"return": float(r.mean()), "cf": float(r[cf].mean()), "content": float(r[~cf].mean()),
-                  "diff": _diff(r, ref, boot, everyone), "diff_cf": _diff(r, ref, boot, cf),
-                  "diff_content": _diff(r, ref, boot, ~cf)}
-           for name, r in rows.items()}
+    out = {name: by_type_row(r, ref, boot, cf) for name, r in rows.items()}
     shares = [{"request": t + 1, "cf": float(total[0, t] / seen[0, t]), "content": float(total[1, t] / seen[1, t])}
               for t in range(min(steps, SHARE_REQUESTS)) if seen[0, t] > 0 and seen[1, t] > 0]
     return {"run": str(run), "sessions": n, "cf_sessions": int(cf.sum()), "rows": out, "share_by_request": shares}
@@ -178,16 +174,7 @@ def analyse(run: Path, against: Path | None = None, sessions: int | None = None,
 def markdown(res: dict[str, Any]) -> str:
     """One row per way of setting the share, and the mean share by request."""
     lines = [f"{res['run']}: {res['sessions']} held-out sessions ({res['cf_sessions']} CF-leaning)", "",
-             "| policy | return | CF-leaning | content-leaning | − PPO as trained: all | CF-leaning | "
-             "content-leaning |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
-
-    def cell(x: dict[str, Any]) -> str:
-        return f"{x['mean']:+.3f} ({x['ci95'][0]:+.2f} to {x['ci95'][1]:+.2f})"
-
-    for name, r in res["rows"].items():
-        lines.append(f"| {name} | {r['return']:.3f} | {r['cf']:.3f} | {r['content']:.3f} | {cell(r['diff'])} | "
-                     f"{cell(r['diff_cf'])} | {cell(r['diff_content'])} |")
+             *by_type_table(res["rows"], "PPO as trained")]
     share = "; ".join(f"{s['request']}: {s['cf']:.2f} / {s['content']:.2f}" for s in res["share_by_request"])
     lines += ["", f"Mean share of the CF-leaning users' rule by request, CF-leaning / content-leaning users: {share}"]
     return "\n".join(lines)

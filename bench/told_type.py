@@ -44,7 +44,7 @@ from agents.ppo_ranker import PPORanker, load_policy, load_run_config
 from agents.report import Bootstrap
 from bench.eval_blocks import report_returns
 from bench.quality_protocol import RHO_EDGE
-from bench.type_switch import _diff, request_index
+from bench.type_switch import by_type_row, by_type_table, request_index
 from envs.spaces import CRITIC_STATE_NAMES
 
 #: Sessions on which the told policy must replay its stored returns before its other rows are trusted.
@@ -216,11 +216,7 @@ def analyse(told: Path, estimator: Path, report: Path | None = None, sessions: i
     cf = world.populations["heldout"].rho[plan.users] < RHO_EDGE  # (E,)
     boot = Bootstrap(n, bootstrap, 0)
 
-    everyone = np.ones(n, dtype=bool)
-    out = {name: {"return": float(r.mean()), "cf": float(r[cf].mean()), "content": float(r[~cf].mean()),
-                  "diff": _diff(r, est_ret, boot, everyone), "diff_cf": _diff(r, est_ret, boot, cf),
-                  "diff_content": _diff(r, est_ret, boot, ~cf)}
-           for name, r in rows.items()}
+    out = {name: by_type_row(r, est_ret, boot, cf) for name, r in rows.items()}
     shown = [t for t in range(min(steps, HEAD_REQUESTS)) if seen[t] > 0]
     accuracy = [{"request": t + 1, "readings": int(seen[t]), "accuracy": float(hits[t] / seen[t])} for t in shown]
     return {"told": str(told), "estimator": str(estimator), "sessions": n, "cf_sessions": int(cf.sum()),
@@ -231,15 +227,7 @@ def markdown(res: dict[str, Any]) -> str:
     """One row per way of playing the told policy, and the estimator run's PPO."""
     lines = [f"{res['sessions']} held-out sessions ({res['cf_sessions']} CF-leaning); hard: ρ := "
              f"{res['sides'][0]:.2f} / {res['sides'][1]:.2f}", "",
-             "| policy | return | CF-leaning | content-leaning | − the estimator run's PPO: all | CF-leaning | "
-             "content-leaning |", "|---|---:|---:|---:|---:|---:|---:|"]
-
-    def cell(x: dict[str, Any]) -> str:
-        return f"{x['mean']:+.3f} ({x['ci95'][0]:+.2f} to {x['ci95'][1]:+.2f})"
-
-    for name, r in res["rows"].items():
-        lines.append(f"| {name} | {r['return']:.3f} | {r['cf']:.3f} | {r['content']:.3f} | {cell(r['diff'])} | "
-                     f"{cell(r['diff_cf'])} | {cell(r['diff_content'])} |")
+             *by_type_table(res["rows"], "the estimator run's PPO")]
     acc = ", ".join(f"{a['accuracy']:.0%}" for a in res["head_accuracy_by_request"])
     lines += ["", f"The type head reads the type right (ρ < 0.5 or not) at requests 1, 2, …: {acc}"]
     return "\n".join(lines)

@@ -267,6 +267,20 @@ def by_type_row(ret: np.ndarray, ref: np.ndarray, boot: Bootstrap, cf: np.ndarra
             "diff_content": _diff(ret, ref, boot, ~cf)}
 
 
+def by_type_table(rows: dict[str, dict[str, Any]], against: str) -> list[str]:
+    """Markdown lines of a table of :func:`by_type_row` rows: each row's return (all, CF-leaning, content-leaning
+    users) and its three paired differences from ``against`` (the reference's name, in the header)."""
+    def cell(x: dict[str, Any]) -> str:
+        return f"{x['mean']:+.3f} ({x['ci95'][0]:+.2f} to {x['ci95'][1]:+.2f})"
+
+    lines = [f"| policy | return | CF-leaning | content-leaning | − {against}: all | CF-leaning | content-leaning |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, r in rows.items():
+        lines.append(f"| {name} | {r['return']:.3f} | {r['cf']:.3f} | {r['content']:.3f} | {cell(r['diff'])} | "
+                     f"{cell(r['diff_cf'])} | {cell(r['diff_content'])} |")
+    return lines
+
+
 def by_type_cells(row: dict[str, Any]) -> str:
     """The three paired differences of a :func:`by_type_row`, as table text."""
     return ", ".join(f"{row[c]['mean']:+.3f} ({row[c]['ci95'][0]:+.2f} to {row[c]['ci95'][1]:+.2f})"
