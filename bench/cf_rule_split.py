@@ -71,11 +71,12 @@ class ShareRanker(Ranker):
         self.policy = copy.deepcopy(policy)
         trained = self.policy.cf_rule_share
         self._hidden: th.Tensor | None = None  # (B,) 1 for a CF-leaning user, set per request (mode "hidden")
-        self.last_share: np.ndarray | None = None  # (B,) the trained share of the last request
+        self.last_share: np.ndarray | None = None  # (B,) the trained share of the last request (its soft share)
 
         def share(logit: th.Tensor | None) -> th.Tensor | None:
             soft = trained(logit)
             assert soft is not None
+            self.last_share = soft.double().cpu().numpy()  # each pass of a request reads the same rows
             if mode == "off":
                 return th.zeros_like(soft)
             if mode == "hard":
@@ -92,11 +93,6 @@ class ShareRanker(Ranker):
         """Slates (B, K) of the policy with its share set per :attr:`mode`."""
         if self.mode == "hidden":
             self._hidden = th.as_tensor(obs["critic_state"][:, _RHO] < RHO_EDGE, dtype=th.float32)
-        with th.no_grad():
-            prepared = self.policy._prepare(obs)
-            logit = self.policy._type_logit(self.policy._encode(prepared)[0])
-            soft = SlatePolicy.cf_rule_share(self.policy, logit)
-        self.last_share = None if soft is None else soft.double().cpu().numpy()
         return self.ranker.act(obs)
 
 

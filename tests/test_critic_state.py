@@ -631,7 +631,9 @@ def test_the_cf_rule_base_moves_the_base_from_rule_a_to_rule_b_by_the_type_heads
     obs0 = {**obs, "context": obs["context"].copy()}
     obs0["context"][:, [C_CLICKED_LLM, C_CLICKED_CF]] = 0.0  # no clicks yet: the lean term is 0
     with th.no_grad():
-        logit = lambda p: th.logit(p.alpha(obs0).double())  # noqa: E731
+        def logit(p: SlatePolicy) -> th.Tensor:
+            return th.logit(p.alpha(obs0).double())
+
         np.testing.assert_allclose(logit(half).numpy(), (0.5 * (logit(a) + logit(b))).numpy(), rtol=1e-4, atol=1e-4)
     loaded = build_policy(policy_settings(half), dict(half.state_dict()))
     assert (loaded.cf_rule_alpha, loaded.cf_rule_lean, loaded.cf_rule_threshold, loaded.cf_rule_sharpness) == (
