@@ -2,8 +2,8 @@
 
 Specs (see :data:`SPECS`): ``random``, ``popular``, ``greedy-llm``, ``greedy-cf``, ``fixed-alpha:A``, ``scored``,
 ``tuned-alpha``, ``online-alpha:A``, ``strategy-alpha:A``, ``linucb[:C]``, ``diverse:A``, ``tuned-diverse``,
-``session-diverse``, ``tuned-session-diverse``, ``tuned-pop-diverse``, ``oracle``, ``tuned-oracle-diverse``,
-``run:DIR``. Rankers that
+``session-diverse``, ``tuned-session-diverse``, ``tuned-pop-diverse``, ``tuned-switch[:READER]``, ``oracle``,
+``tuned-oracle-diverse``, ``run:DIR``. Rankers that
 learn before the evaluation do so on the TRAINING population only (:mod:`agents.tuning`, :mod:`agents.fitting`), with
 seeds derived from the context's seed (never the global RNG); :class:`RankerContext` runs each tuning or fit once and
 shares it.
@@ -45,6 +45,7 @@ from agents.tuning import (
     AlphaCurve,
     ParamSearch,
     diverse_by_group,
+    diverse_ranker,
     session_diverse_ranker,
     tune_alpha,
     tune_diverse,
@@ -52,13 +53,14 @@ from agents.tuning import (
     tune_pop_diverse,
     tune_session_diverse,
 )
+from agents.type_switch import CF_LEANING_RHO, READERS, SwitchRanker, SwitchSearch, tune_switch
 from configs.schema import EncoderConfig, EnvConfig
 from envs.core import BatchedCore
+from envs.factory import make_core
 from envs.world import World
 
-#: Hidden ρ below this: a CF-leaning user (the edge of ``bench.type_switch``'s rules and of :meth:`RankerContext.
-#: cf_rule_search`).
-CF_LEANING_RHO = 0.5
+#: ``tuned-switch``'s type classifier is fitted on this many training sessions per tuning session.
+SWITCH_FIT_FACTOR = 4
 
 #: Spec syntax → what it is; the order of the error message listing the valid choices.
 SPECS: dict[str, str] = {
@@ -82,6 +84,10 @@ SPECS: dict[str, str] = {
                              "this session, searched with tuned-diverse's axes on the training users",
     "tuned-pop-diverse": "tuned-diverse plus a popularity prior (a weight on each candidate's standardised "
                          "popularity), searched with tuned-diverse's axes on the training users",
+    "tuned-switch[:READER]": "the engineer's type switch: tuned-diverse, or the diversity rule tuned for the "
+                             "CF-leaning training users where a classifier of the request (READER boosted, the "
+                             "default, or logistic; fitted on training users' hidden type) reads a CF-leaning user "
+                             "above a threshold chosen on training users",
     "oracle": "true click probability (reads the simulator's hidden state)",
     "tuned-oracle-diverse": "true utility with a category cap and exposure penalty tuned on the training users "
                             "(non-myopic upper reference; reads the simulator's hidden state)",
@@ -167,6 +173,10 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
         if not arg:
             raise ValueError(f"ranker {spec!r} needs a run directory, as in 'run:runs/my-run'{bad}")
         return name, arg
+    if name == "tuned-switch":
+        if sep and arg not in READERS:
+            raise ValueError(f"ranker {spec!r}: the type reader must be one of {', '.join(READERS)}{bad}")
+        return name, arg or None
     raise ValueError(f"unknown ranker {spec!r}; valid choices: {valid_choices()}")
 
 
@@ -250,6 +260,7 @@ class RankerContext:
     _session_diverse: ParamSearch | None = field(default=None, repr=False)
     _pop_diverse: ParamSearch | None = field(default=None, repr=False)
     _cf_rule: dict[str, float] | None = field(default=None, repr=False)
+    _switch: dict[str, SwitchSearch] = field(default_factory=dict, repr=False)
 
     def impressions(self) -> Impressions:
         """Logged impressions on the training users (collected once, shared by ``scored`` and ``linucb``)."""
@@ -296,6 +307,23 @@ class RankerContext:
                                         self.train_population, cache_dir=self.cache_dir)
             self._cf_rule = dict(by_group["per_group"][0])
         return self._cf_rule
+
+    def switch_search(self, reader: str = "boosted") -> SwitchSearch:
+        """``tuned-switch``'s fit on the training users (run once per reader): tuned-diverse (A), the CF-leaning
+        users' rule (B, :meth:`cf_rule_search`), a type classifier fitted on :data:`SWITCH_FIT_FACTOR` ×
+        ``tune_episodes`` training sessions played by A and the threshold chosen on ``tune_episodes`` sessions of the
+        tuning seed (:func:`agents.type_switch.tune_switch`). Not cached on disk: the classifier is refitted (a
+        fitted model is not a JSON search result, and recfeed unpickles nothing)."""
+        if reader not in self._switch:
+            k, category = self.env_cfg.slate_size, self.world.catalog.category
+            a = diverse_ranker(k, category, self.diverse_search().best, name="tuned-diverse")
+            b = diverse_ranker(k, category, self.cf_rule_search(), name="cf-leaning rule")
+            core = make_core(self.env_cfg, self.env_cfg.preset, self.encoder, self.world, self.train_population,
+                             min(self.batch, 256))
+            self._switch[reader] = tune_switch(core, a, b, SWITCH_FIT_FACTOR * self.tune_episodes,
+                                               self.tune_episodes, self.seed + TUNE_SEED, reader,
+                                               classifier_seed=self.seed)
+        return self._switch[reader]
 
     def pop_diverse_search(self) -> ParamSearch:
         """tuned-pop-diverse's search on the training users, from tuned-diverse's point (run once)."""
@@ -362,6 +390,9 @@ def make_ranker(spec: str, ctx: RankerContext) -> Ranker:
                                            ctx.session_diverse_search())
     elif name == "tuned-pop-diverse":
         ranker = TunedPopDiverseRanker(k, ctx.world.catalog.category, ctx.pop_diverse_search())
+    elif name == "tuned-switch":
+        fitted = ctx.switch_search(arg or "boosted").ranker  # a fresh switch (its own count) around the fitted parts
+        ranker = SwitchRanker(fitted.a, fitted.b, fitted.classifier, fitted.threshold)
     elif name == "online-alpha":
         ranker = OnlineAlphaRanker(k, float(arg), ctx.world.item_emb)
     elif name == "strategy-alpha":

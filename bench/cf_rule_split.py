@@ -37,9 +37,10 @@ from agents.evaluation import EpisodePlan, run_episodes
 from agents.policies import SlatePolicy
 from agents.ppo_ranker import PPORanker, load_policy, load_run_config
 from agents.report import Bootstrap
+from agents.type_switch import request_index
 from bench.eval_blocks import report_returns
 from bench.quality_protocol import RHO_EDGE
-from bench.type_switch import by_type_row, by_type_table, request_index
+from bench.type_switch import by_type_row, by_type_table
 from envs.spaces import CRITIC_STATE_NAMES
 
 #: Sessions on which the policy must replay its stored returns before the other rows are trusted.

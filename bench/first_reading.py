@@ -30,9 +30,9 @@ import torch as th
 
 from agents.evaluation import episode_plan
 from agents.policy_ops import candidate_spread, symlog
+from agents.type_switch import RHO_EDGE, TypeClassifier, type_features
 from bench.env_throughput import config_and_world
 from bench.headroom import add_world_args
-from bench.type_switch import RHO_EDGE, TypeClassifier, type_features
 from configs.schema import EnvConfig
 from envs.factory import make_core
 from envs.spaces import F_CF, F_LLM

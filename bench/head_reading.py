@@ -24,9 +24,9 @@ import torch as th
 
 from agents.evaluation import EpisodePlan, run_episodes
 from agents.ppo_ranker import PPORanker, load_policy, load_run_config
+from agents.type_switch import request_index
 from bench.eval_blocks import report_returns
 from bench.quality_protocol import RHO_EDGE
-from bench.type_switch import request_index
 from configs.loader import atomic_write_text
 
 #: Requests (1-based, from the first) whose reading the table shows.

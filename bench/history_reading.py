@@ -13,7 +13,7 @@ starts from; a different ranker shows different slates, so the figures are of th
 ``t = 1, 2, …`` (among the sessions that reach it) three readers of "CF-leaning user" (hidden ρ < 0.5) are fitted on
 training users and scored on held-out users:
 
-- ``request``: a logistic regression on the current request's statistics (``bench.type_switch.type_features``: the
+- ``request``: a logistic regression on the current request's statistics (``agents.type_switch.type_features``: the
   candidates' LLM and CF signals, the context, the click lean), fitted per request index;
 - ``history (linear)``: a logistic regression on those and, for every earlier request of the session, what it
   showed and what the user did (:func:`response_row`: a click, its rank, the clicked item's LLM and CF signal as
@@ -43,17 +43,17 @@ from agents.base import Feedback, Ranker
 from agents.evaluation import episode_plan, run_episodes
 from agents.rankers import z_rows
 from agents.tuning import TUNE_SEED, diverse_ranker
-from bench.env_throughput import config_and_world
-from bench.headroom import add_world_args
-from bench.type_switch import (
+from agents.type_switch import (
     FIT_SEED_OFFSET,
     RHO_EDGE,
     BoostedClassifier,
     TypeClassifier,
     request_index,
     type_features,
-    type_rules,
 )
+from bench.env_throughput import config_and_world
+from bench.headroom import add_world_args
+from bench.type_switch import type_rules
 from envs.core import BatchedCore
 from envs.factory import make_core
 from envs.spaces import F_CF, F_LLM
@@ -101,9 +101,9 @@ class Record:
     Attributes:
         session: int64 (n,) the session of each request (0-based, in the order sessions started).
         t: int64 (n,) the request's 0-based index in its session.
-        request: float64 (n, p) :func:`bench.type_switch.type_features` of the request.
+        request: float64 (n, p) :func:`agents.type_switch.type_features` of the request.
         response: float64 (n, r) :func:`response_row` of it.
-        cf: bool (n,) its user's hidden type (ρ < :data:`bench.type_switch.RHO_EDGE`).
+        cf: bool (n,) its user's hidden type (ρ < :data:`agents.type_switch.RHO_EDGE`).
     """
 
     session: np.ndarray

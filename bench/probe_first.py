@@ -38,21 +38,23 @@ from agents.base import Feedback, Ranker
 from agents.evaluation import episode_plan, run_episodes
 from agents.report import Bootstrap
 from agents.tuning import TUNE_SEED, diverse_ranker
-from bench.env_throughput import config_and_world
-from bench.headroom import add_world_args
-from bench.type_switch import (
+from agents.type_switch import (
     FIT_SEED_OFFSET,
     RHO_EDGE,
     THRESHOLDS,
     SwitchRanker,
     TypeClassifier,
-    by_type_cells,
-    by_type_row,
     fit_classifier,
     played_requests,
+    request_index,
+)
+from bench.env_throughput import config_and_world
+from bench.headroom import add_world_args
+from bench.type_switch import (
+    by_type_cells,
+    by_type_row,
     ppo_against,
     print_ppo_against,
-    request_index,
     runs_plan,
     runs_ppo,
     type_rules,
@@ -132,7 +134,7 @@ def accuracy_by_request(classifier: TypeClassifier, x: np.ndarray, cf: np.ndarra
 
 def first_click_share(x: np.ndarray, t: np.ndarray) -> float:
     """The share of sessions whose first slate got a click, among those that reached a second request: the
-    ``last_click`` context column of :func:`bench.type_switch.type_features` (whose rows end with the context and the
+    ``last_click`` context column of :func:`agents.type_switch.type_features` (whose rows end with the context and the
     click lean) at request 2."""
     context_start = x.shape[1] - len(CONTEXT_NAMES) - 1
     return float(x[t == 1, context_start + C_LAST_CLICK].mean())

@@ -35,23 +35,29 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch as th
 
 from agents.base import Ranker
 from agents.evaluation import EpisodePlan, episode_plan, run_episodes
-from agents.fitting import fit_logistic
 from agents.policies import SlatePolicy
-from agents.policy_ops import candidate_spread, symlog
 from agents.ppo_ranker import PPORanker, load_policy
-from agents.rankers import click_lean, z_rows
-from agents.registry import CF_LEANING_RHO, RankerContext
+from agents.registry import RankerContext
 from agents.report import Bootstrap, percentile_ci
 from agents.tuning import TUNE_SEED, diverse_by_group, diverse_ranker, tuning_cache_dir
+from agents.type_switch import (  # the switch itself: agents (the registry's tuned-switch)
+    FIT_SEED_OFFSET,
+    NEVER,
+    READERS,
+    RHO_EDGE,
+    SwitchRanker,
+    fit_classifier,
+    pick_threshold,
+    tune_switch,
+)
 from bench.env_throughput import config_and_world
 from bench.headroom import add_world_args
 from bench.quality_protocol import returns_table, seeds_and_sessions_interval
@@ -59,172 +65,7 @@ from configs.loader import load_config
 from configs.schema import Config
 from envs.core import BatchedCore
 from envs.factory import make_core
-from envs.spaces import C_T_FRAC, F_CF, F_LLM, F_POP, F_PRICE
 from envs.world import World
-
-#: Hidden ρ below this: a CF-leaning user (the split of ``bench.headroom``'s value of adaptation on ``adapt``).
-RHO_EDGE = CF_LEANING_RHO
-#: Switch thresholds searched on the training sessions (probability of a CF-leaning user).
-THRESHOLDS: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
-#: Seed offset of the training sessions the classifier is fitted on (apart from the tuning sessions).
-FIT_SEED_OFFSET = 77
-#: The type readers of ``--reader``.
-READERS: tuple[str, ...] = ("logistic", "boosted")
-
-
-def type_features(obs: dict[str, np.ndarray]) -> np.ndarray:
-    """What a service observes of a request, per row: float64 (B, 9 + C + 1).
-
-    The candidates' LLM and CF signals (mean, spread, max), their standardised correlation, mean popularity and
-    price, the session context (C) and the click lean (:func:`agents.rankers.click_lean`).
-    """
-    f = obs["features"].astype(np.float64)
-    llm, cf = f[:, :, F_LLM], f[:, :, F_CF]
-    sd_llm, sd_cf = llm.std(axis=1) + 1e-9, cf.std(axis=1) + 1e-9
-    return np.c_[llm.mean(1), sd_llm, llm.max(1), cf.mean(1), sd_cf, cf.max(1), (z_rows(llm) * z_rows(cf)).mean(1),
-                 f[:, :, F_POP].mean(1), f[:, :, F_PRICE].mean(1), obs["context"].astype(np.float64),
-                 click_lean(obs["context"], sd_llm, sd_cf)]
-
-
-def reading_features(obs: dict[str, np.ndarray]) -> np.ndarray:
-    """:func:`type_features` and the policy's pooling of the candidates, per row: float64 (B, 9 + C + 1 + 3F + 1).
-
-    The pooling is each column of ``symlog(features)`` averaged, maxed and its standard deviation over the request's
-    candidates, and the LLM–CF correlation (:func:`agents.policy_ops.candidate_spread`): what a policy with
-    ``train.policy.pool_spread`` reads of the candidates.
-    """
-    f = th.as_tensor(obs["features"], dtype=th.float64)
-    cand = symlog(f)  # (B, N, F)
-    pooled = th.cat([cand.mean(dim=1), cand.max(dim=1).values, candidate_spread(cand, f, None, F_LLM, F_CF)], dim=-1)
-    return np.c_[type_features(obs), pooled.numpy()]
-
-
-class TypeClassifier:
-    """Logistic regression of "CF-leaning user" (ρ < :data:`RHO_EDGE`) on :func:`type_features`, standardised.
-
-    Args:
-        x: float (n, p) features of training requests.
-        y: bool (n,) their users' hidden type.
-        l2: Ridge weight.
-        features: What the classifier reads of an observation (:meth:`read`); ``x`` are its rows.
-    """
-
-    def __init__(self, x: np.ndarray, y: np.ndarray, l2: float = 1e-3,
-                 features: Callable[[dict[str, np.ndarray]], np.ndarray] = type_features) -> None:
-        self.features = features
-        self.mu, self.sd = x.mean(axis=0), x.std(axis=0) + 1e-9
-        self.w = fit_logistic(self._design(x), y, l2=l2)
-
-    def _design(self, x: np.ndarray) -> np.ndarray:
-        return np.c_[(x - self.mu) / self.sd, np.ones(len(x))]
-
-    def proba(self, x: np.ndarray) -> np.ndarray:
-        """float64 (n,) probability of a CF-leaning user."""
-        return 1.0 / (1.0 + np.exp(-self._design(x) @ self.w))
-
-    def read(self, obs: dict[str, np.ndarray]) -> np.ndarray:
-        """float64 (B,) probability of a CF-leaning user for each row of a batched observation."""
-        return self.proba(self.features(obs))
-
-
-class BoostedClassifier(TypeClassifier):
-    """Gradient-boosted trees (scikit-learn's ``HistGradientBoostingClassifier``) of "CF-leaning user" on
-    :func:`reading_features` (by default): a non-linear reader of the same observation.
-
-    Args:
-        x: float (n, p) features of training requests.
-        y: bool (n,) their users' hidden type (both classes present).
-        seed: The trees' random state (early stopping's validation split).
-        features: What the classifier reads of an observation.
-    """
-
-    def __init__(self, x: np.ndarray, y: np.ndarray, seed: int = 0,
-                 features: Callable[[dict[str, np.ndarray]], np.ndarray] = reading_features) -> None:
-        from sklearn.ensemble import HistGradientBoostingClassifier  # a bench-only dependency (the dev extra)
-
-        self.features = features
-        self.model = HistGradientBoostingClassifier(max_iter=400, learning_rate=0.05, early_stopping=True,
-                                                    validation_fraction=0.15, random_state=seed)
-        self.model.fit(x, np.asarray(y, dtype=bool))
-
-    def proba(self, x: np.ndarray) -> np.ndarray:
-        """float64 (n,) probability of a CF-leaning user."""
-        return self.model.predict_proba(x)[:, 1].astype(np.float64)
-
-
-class SwitchRanker(Ranker):
-    """Rule A, or rule B on the rows whose classifier probability of a CF-leaning user exceeds ``threshold``.
-
-    Args:
-        a: The default rule (tuned-diverse, or a run's PPO: ``--override``).
-        b: The CF-leaning users' rule.
-        classifier: The type classifier.
-        threshold: p; above 1 it never switches (A's slates exactly).
-    """
-
-    def __init__(self, a: Ranker, b: Ranker, classifier: TypeClassifier, threshold: float) -> None:
-        super().__init__(a.k)
-        self.a, self.b, self.classifier, self.threshold = a, b, classifier, float(threshold)
-        self.name = f"switch:{threshold:g}"
-        self.switched = 0  # rows answered by B over all calls (a batch's idle rows included)
-
-    def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
-        """A's slate, or B's on the rows read as CF-leaning: int64 (B, K)."""
-        use_b = self.classifier.read(obs) > self.threshold  # (B,)
-        self.switched += int(use_b.sum())
-        slate = self.a.act(obs)
-        if use_b.any():
-            slate[use_b] = self.b.act({k: v[use_b] for k, v in obs.items()})
-        return slate
-
-
-def request_index(context: np.ndarray, max_steps: int) -> np.ndarray:
-    """The 0-based index of each row's request in its session, from ``obs["context"]`` (B, C): int64 (B,)."""
-    return np.rint(context[:, C_T_FRAC] * max_steps).astype(np.int64)
-
-
-def played_requests(core: BatchedCore, ranker: Ranker, plan: EpisodePlan,
-                    features: Callable[[dict[str, np.ndarray]], np.ndarray] = type_features,
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every request of ``plan``'s sessions played by ``ranker`` on ``core``: what a service observes of it, its
-    user's hidden type and its place in the session.
-
-    Returns:
-        ``(x, cf, t)``: float64 (n, p) ``features`` (:func:`type_features` by default), bool (n,) hidden
-        ρ < :data:`RHO_EDGE`, int64 (n,) the request's 0-based index in its session.
-    """
-    xs: list[np.ndarray] = []
-    ys: list[np.ndarray] = []
-    ts: list[np.ndarray] = []
-
-    def on_step(obs: dict[str, np.ndarray], slate: np.ndarray, feedback: Any, active: np.ndarray) -> None:
-        xs.append(features(obs)[active])
-        ys.append(core.pop.rho[core.user[active]] < RHO_EDGE)
-        ts.append(request_index(obs["context"], core.cfg.max_steps)[active])
-
-    run_episodes(core, ranker, plan, on_step=on_step)
-    return np.concatenate(xs), np.concatenate(ys), np.concatenate(ts)
-
-
-def fit_classifier(core: BatchedCore, rule: Ranker, plan: EpisodePlan, reader: str = "logistic",
-                   seed: int = 0) -> TypeClassifier:
-    """The type classifier, fitted on every request of ``plan``'s sessions played by ``rule`` on ``core``.
-
-    Args:
-        reader: ``"logistic"`` (:class:`TypeClassifier` on :func:`type_features`) or ``"boosted"``
-            (:class:`BoostedClassifier` on :func:`reading_features`).
-        seed: The boosted reader's random state.
-
-    Raises:
-        ValueError: An unknown reader.
-    """
-    if reader not in READERS:
-        raise ValueError(f"reader must be one of {READERS}, got {reader!r}")
-    if reader == "boosted":
-        x, cf, _ = played_requests(core, rule, plan, reading_features)
-        return BoostedClassifier(x, cf, seed=seed)
-    x, cf, _ = played_requests(core, rule, plan)
-    return TypeClassifier(x, cf)
 
 
 def _diff(x: np.ndarray, ref: np.ndarray, boot: Bootstrap, sel: np.ndarray) -> dict[str, Any]:
@@ -413,11 +254,8 @@ def override_run(run: Path, rule_b: Ranker, train_core: BatchedCore, core: Batch
         raise ValueError(f"--override: {run}'s saved policy does not replay its stored returns "
                          f"(max gap {np.abs(replay - stored[: len(head)]).max():.3g})")
     classifier = fit_classifier(train_core, ppo, fit_plan)
-    tuning: dict[str, float] = {"never": float(run_episodes(train_core, ppo, tune_plan).ret.mean())}
-    for p in THRESHOLDS:
-        tuning[str(p)] = float(run_episodes(train_core, SwitchRanker(ppo, rule_b, classifier, p), tune_plan).ret.mean())
-    best = max(tuning, key=lambda key: tuning[key])
-    hybrid = SwitchRanker(ppo, rule_b, classifier, 2.0 if best == "never" else float(best))
+    best, tuning = pick_threshold(train_core, ppo, rule_b, classifier, tune_plan)
+    hybrid = SwitchRanker(ppo, rule_b, classifier, best)
     answered = [0, 0]  # requests answered, of them by B
 
     def count(obs: dict[str, np.ndarray], slate: np.ndarray, feedback: Any, active: np.ndarray) -> None:
@@ -425,7 +263,7 @@ def override_run(run: Path, rule_b: Ranker, train_core: BatchedCore, core: Batch
         answered[1] += int((classifier.read(obs)[active] > hybrid.threshold).sum())
 
     stats = run_episodes(core, hybrid, plan, on_step=count)
-    return {"threshold": None if best == "never" else float(best), "tuning": tuning, "ret": stats.ret,
+    return {"threshold": None if best == NEVER else best, "tuning": tuning, "ret": stats.ret,
             "switched": answered[1] / max(answered[0], 1)}
 
 
@@ -466,18 +304,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     train_core = make_core(cfg, cfg.preset, None, world, "train", min(args.batch, 256))
     n_train = world.populations["train"].size
-    classifier = fit_classifier(train_core, rule_a,
-                                episode_plan(args.fit_episodes, [tune_seed + FIT_SEED_OFFSET], n_train),
-                                reader=args.reader, seed=args.seed)
+    search = tune_switch(train_core, rule_a, rule_b, args.fit_episodes, args.tune_episodes, tune_seed, args.reader,
+                         classifier_seed=args.seed)
     tune_plan = episode_plan(args.tune_episodes, [tune_seed], n_train)
-    tuning = {p: float(run_episodes(train_core, SwitchRanker(rule_a, rule_b, classifier, p), tune_plan).ret.mean())
-              for p in THRESHOLDS}
-    tuning["never"] = float(run_episodes(train_core, rule_a, tune_plan).ret.mean())
-    best = max(THRESHOLDS, key=lambda p: tuning[p])
+    best, tuning, switch = search.threshold, search.tuning, search.ranker
 
     core = make_core(cfg, cfg.preset, None, world, "heldout", args.batch)
     plan = episode_plan(args.episodes, [args.seed], world.populations["heldout"].size)
-    switch = SwitchRanker(rule_a, rule_b, classifier, best)
     alpha_only = diverse_ranker(k, category, {**point_a, "alpha": point_b["alpha"],
                                               "lean_weight": point_b.get("lean_weight", 0.0)}, name="A with B's α")
     stats = {r.name: run_episodes(core, r, plan) for r in (rule_a, rule_b, switch, alpha_only)}

@@ -7,8 +7,8 @@ import pytest
 
 from agents.evaluation import episode_plan
 from agents.policy_ops import SPREAD_EPS
+from agents.type_switch import RHO_EDGE, type_features
 from bench.first_reading import first_requests, main, pooled
-from bench.type_switch import RHO_EDGE, type_features
 from configs.schema import EnvConfig
 from envs.factory import make_core
 from envs.spaces import C_T_FRAC, CONTEXT_NAMES, F_CF, F_LLM, FEATURE_NAMES

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from agents.base import Feedback
 from agents.tuning import diverse_ranker
@@ -61,7 +60,6 @@ def test_the_readers_on_played_sessions_score_between_0_and_1_with_intervals(sma
     """Sessions played by a rule give one record row per request with finite columns; each reader's share read
     right lies in its interval and in [0, 1], and the history readers' difference from the request reader is
     paired (it is 0 where both read alike: at the first request the linear readers see the same columns)."""
-    pytest.importorskip("sklearn")
     k, cat = small_cfg.slate_size, small_world.catalog.category
     rule = diverse_ranker(k, cat, {"alpha": 0.9, "cap": 2, "exposure_weight": 0.5, "seen_weight": 0.5})
     train = record(BatchedCore(small_world, small_cfg, 32, "train"), rule, 96, seed=1)

@@ -9,6 +9,7 @@ from conftest import make_core
 from agents.base import Feedback, Ranker
 from agents.evaluation import episode_plan, run_episodes
 from agents.tuning import diverse_ranker
+from agents.type_switch import TypeClassifier, played_requests, request_index
 from bench.probe_first import (
     READ_AT,
     FirstRequest,
@@ -17,7 +18,6 @@ from bench.probe_first import (
     interleave,
     main,
 )
-from bench.type_switch import TypeClassifier, played_requests, request_index
 from configs.schema import EnvConfig
 from envs.world import World
 
@@ -73,7 +73,7 @@ def test_the_mixed_slate_opens_each_session_and_the_rule_answers_the_rest(small_
 
 
 def test_the_reading_is_scored_per_request_of_its_session(small_cfg: EnvConfig, small_world: World) -> None:
-    """``bench.type_switch.played_requests`` gives one row per request met with its index and its user's type; the
+    """``agents.type_switch.played_requests`` gives one row per request met with its index and its user's type; the
     accuracy at a request is the share read right among the requests of that index only."""
     core = make_core(small_cfg, small_world, b=16)
     rule = diverse_ranker(small_cfg.slate_size, small_world.catalog.category,

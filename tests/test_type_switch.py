@@ -14,18 +14,16 @@ from agents.evaluation import episode_plan, run_episodes
 from agents.ppo_ranker import PPORanker, load_policy
 from agents.report import write_returns
 from agents.tuning import diverse_ranker
-from bench.type_switch import (
+from agents.type_switch import (
     THRESHOLDS,
     BoostedClassifier,
     SwitchRanker,
     TypeClassifier,
     fit_classifier,
-    override_run,
-    ppo_against,
     reading_features,
-    runs_plan,
     type_features,
 )
+from bench.type_switch import override_run, ppo_against, runs_plan
 from configs.loader import resolve_config, save_yaml
 from configs.schema import EnvConfig
 from envs.world import World
@@ -71,7 +69,6 @@ def test_the_boosted_reader_reads_the_pooled_candidates_too_and_drives_the_switc
     candidates' pooled columns: 3F + 1 more), gives one probability in [0, 1] per row, tells the types apart on its
     own training requests better than chance, and plays in the switch as the logistic one does; an unknown reader is
     refused by name."""
-    pytest.importorskip("sklearn")
     core = make_core(small_cfg, small_world, b=32)
     k, cat = small_cfg.slate_size, small_world.catalog.category
     a = diverse_ranker(k, cat, {"alpha": 0.9, "cap": 2, "exposure_weight": 0.0, "seen_weight": 0.5})
@@ -84,7 +81,7 @@ def test_the_boosted_reader_reads_the_pooled_candidates_too_and_drives_the_switc
     assert isinstance(boosted, BoostedClassifier)
     p = boosted.read(obs)
     assert p.shape == (32,) and ((p >= 0) & (p <= 1)).all()
-    from bench.type_switch import played_requests
+    from agents.type_switch import played_requests
 
     x, cf, _ = played_requests(core, a, fit_plan, reading_features)
     assert 0 < cf.mean() < 1 and ((boosted.proba(x) > 0.5) == cf).mean() > max(cf.mean(), 1 - cf.mean())
