@@ -24,6 +24,10 @@ adaptation, so their shares differ only by their own returns (``bench.quality_pr
     python -m bench.adaptation_share runs/RUN/report --ranker ppo --run runs/RUN --common-reference \
         --tune-seed 11 --tune-episodes 4000
 
+Beside it, the engineer's type switch (the registry's ``tuned-switch``, boosted reader, fitted with the same seed and
+sessions per point) is replayed on the same sessions: its own share of the value of adaptation, and the policy − the
+switch, by hidden type: the policy against the strongest hand-written use of the type (``"switch"`` in the JSON).
+
 Research only: the per-type rule reads the hidden ρ. Prints a Markdown table; the last printed line is the JSON.
 """
 
@@ -36,13 +40,14 @@ from typing import Any
 
 import numpy as np
 
-from agents.evaluation import run_episodes
+from agents.evaluation import EpisodePlan, run_episodes
 from agents.registry import RankerContext, run_dir_of
 from agents.report import Bootstrap, percentile_ci
 from agents.tuning import TUNE_SEED, diverse_ranker, tuning_cache_dir
 from bench.eval_blocks import report_returns
 from bench.headroom import RHO_EDGES, diverse_by_group, grouped_returns, rho_groups
 from bench.quality_protocol import _type_masks
+from envs.core import BatchedCore
 
 
 def share(policy: np.ndarray, reference: np.ndarray, typed: np.ndarray, boot: Bootstrap,
@@ -141,7 +146,47 @@ def analyse(report: Path, ranker: str, run: Path | None = None, reference: str =
             "per_group": by_div["per_group"],
             "returns": {"policy": float(policy.mean()), "reference": float(ref.mean()), "typed": float(typed.mean())},
             "all": share(policy, ref, typed, boot),
-            "by_user_type": {label: share(policy, ref, typed, boot, sel) for label, sel in split.items()}}
+            "by_user_type": {label: share(policy, ref, typed, boot, sel) for label, sel in split.items()},
+            "switch": switch_figures(ctx, core, plan, policy, ref, typed, boot, split)}
+
+
+def switch_figures(ctx: RankerContext, core: BatchedCore, plan: EpisodePlan, policy: np.ndarray,
+                   reference: np.ndarray, typed: np.ndarray, boot: Bootstrap,
+                   split: dict[str, np.ndarray]) -> dict[str, Any]:
+    """The type switch (``tuned-switch``, fitted by ``ctx``) replayed on ``plan``'s sessions: its share of the value
+    of adaptation and the policy − it, for all users and by hidden type.
+
+    Args:
+        ctx: The references' context (its seed and sessions per point fit the switch).
+        core: Held-out users.
+        plan: The report's sessions (E).
+        policy: float (E,) the policy's per-session returns.
+        reference: float (E,) tuned-diverse's.
+        typed: float (E,) the per-type rule's.
+        boot: Resamples over the E sessions.
+        split: Hidden type label → bool (E,) its sessions.
+
+    Returns:
+        ``{"threshold", "return", "all", "by_user_type", "policy_minus_switch"}`` (:func:`share` figures of the
+        switch; ``policy_minus_switch`` per label ``all`` and each type: ``{"mean", "ci95"}``), or ``{"skipped":
+        why}`` where the training users are of one type.
+    """
+    try:
+        search = ctx.switch_search("boosted")
+    except ValueError as exc:
+        return {"skipped": str(exc)}
+    ret = run_episodes(core, search.ranker, plan).ret
+    diff = policy - ret
+
+    def paired(sel: np.ndarray) -> dict[str, Any]:
+        w = sel.astype(np.float64)
+        return {"mean": float(diff[sel].mean()), "ci95": list(percentile_ci(boot.means(diff * w) / boot.means(w)))}
+
+    return {"threshold": search.threshold, "return": float(ret.mean()),
+            "all": share(ret, reference, typed, boot),
+            "by_user_type": {label: share(ret, reference, typed, boot, sel) for label, sel in split.items()},
+            "policy_minus_switch": {"all": paired(np.ones(len(plan), dtype=bool)),
+                                    **{label: paired(sel) for label, sel in split.items()}}}
 
 
 def markdown(res: dict[str, Any]) -> str:
@@ -159,6 +204,16 @@ def markdown(res: dict[str, Any]) -> str:
     for label, s in [("all", res["all"]), *res["by_user_type"].items()]:
         part = cell(s["share"], pct=True) if s["value"]["ci95"][0] > 0 else "— (no value above 0 to share)"
         lines.append(f"| {label} | {s['sessions']} | {cell(s['policy_diff'])} | {cell(s['value'])} | {part} |")
+    sw = res.get("switch", {})
+    if "skipped" in sw:
+        lines += ["", f"The type switch: not played ({sw['skipped']})."]
+    elif sw:
+        lines += ["", f"The type switch (tuned-switch, threshold {sw['threshold']:g}) {sw['return']:.3f}:", "",
+                  "| users | switch − reference | its share | policy − switch |", "|---|---:|---:|---:|"]
+        for label, s in [("all", sw["all"]), *sw["by_user_type"].items()]:
+            part = cell(s["share"], pct=True) if s["value"]["ci95"][0] > 0 else "—"
+            lines.append(f"| {label} | {cell(s['policy_diff'])} | {part} | "
+                         f"{cell(sw['policy_minus_switch'][label])} |")
     return "\n".join(lines)
 
 

@@ -476,8 +476,9 @@ def adaptation_runs(runs: list[Path], common: tuple[int, int] | None = None) -> 
     per_run = []
     for run in runs:
         path = run / "report" / name
-        if not path.is_file():
-            print(f"[protocol] the per-type rule on {run.name}'s sessions (value of adaptation)", flush=True)
+        if not path.is_file() or "switch" not in json.loads(path.read_text(encoding="utf-8")):  # or before the switch
+            print(f"[protocol] the per-type rule and the type switch on {run.name}'s sessions (value of adaptation)",
+                  flush=True)
             cfg = load_run_config(run)
             seed, episodes = (cfg.train.seed, cfg.eval.tune_episodes) if common is None else common
             try:
@@ -503,6 +504,24 @@ def adaptation_runs(runs: list[Path], common: tuple[int, int] | None = None) -> 
     out["by_user_type"] = {label: {key: across([r["by_user_type"][label] for r in per_run], key)
                                    for key in ("share", "policy_diff", "value")}
                            for label in per_run[0]["by_user_type"]}
+    switches = [r["switch"] for r in per_run]
+    skipped = [sw["skipped"] for sw in switches if "skipped" in sw]
+    if skipped:
+        out["switch"] = {"skipped": skipped[0]}
+    else:  # the type switch on the same sessions: its share, and PPO − it (t-intervals across the runs)
+        def across_means(rows: list[dict[str, Any]]) -> dict[str, Any]:
+            v = np.array([r["mean"] for r in rows])
+            return {"mean": float(v.mean()), "ci95": t_interval(v), "per_seed": v.tolist(),
+                    "per_seed_ci95": [list(r["ci95"]) for r in rows]}
+
+        labels = ["all", *per_run[0]["by_user_type"]]
+        out["switch"] = {
+            "threshold": [sw["threshold"] for sw in switches],
+            "return": [sw["return"] for sw in switches],
+            "share": {label: across_means([(sw["all"] if label == "all" else sw["by_user_type"][label])["share"]
+                                           for sw in switches]) for label in labels},
+            "policy_minus_switch": {label: across_means([sw["policy_minus_switch"][label] for sw in switches])
+                                    for label in labels}}
     return out
 
 
@@ -602,6 +621,17 @@ def markdown(agg: dict[str, Any], title: str) -> str:
         lines.append(f"| PPO's share, pooled (mean margin / mean value) | {ad['pooled_share']:.2f} | per run, over its "
                      "sessions: " + ", ".join(f"{r['share']['mean']:.2f} ({r['share']['ci95'][0]:.2f}–"
                                               f"{r['share']['ci95'][1]:.2f})" for r in ad["per_run"]) + " |")
+        sw = ad.get("switch", {})
+        if "skipped" in sw:
+            lines.append(f"| the type switch (tuned-switch) | not played: {sw['skipped']} | |")
+        elif sw:
+            share_all = sw["share"]["all"]
+            lines.append(f"| the type switch (tuned-switch, the same references; thresholds "
+                         f"{', '.join(f'{t:g}' for t in sw['threshold'])}): its share of the value, all users | "
+                         f"{ci(share_all, '.2f')} | {', '.join(f'{x:.2f}' for x in share_all['per_seed'])} |")
+            for label, v in sw["policy_minus_switch"].items():
+                lines.append(f"| PPO − the type switch, {label if label == 'all' else 'users with ' + label} | "
+                             f"{ci(v, '+.3f')} | {', '.join(f'{x:+.3f}' for x in v['per_seed'])} |")
     eff = [a for a in agg.get("alpha_by_user_type_effective", []) if a]
     if eff:
         lines.append("\nEffective α (the LLM signal's share, both signals standardised) by hidden user type per run: "

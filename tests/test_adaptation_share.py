@@ -51,6 +51,14 @@ def test_replays_the_report_and_refuses_another_tuning_seed(tmp_path: Path) -> N
     assert len(res["per_group"]) == 3 and res["returns"]["reference"] == pytest.approx(
         res["returns"]["typed"] - res["all"]["value"]["mean"])
     assert "| all | 120 |" in adaptation_share.markdown(res)
+    # the type switch on the same sessions: its margin over the same reference, and the policy − it
+    sw = res["switch"]
+    assert sw["threshold"] in (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 2.0)
+    assert sw["all"]["value"]["mean"] == pytest.approx(res["all"]["value"]["mean"])
+    assert sw["return"] - res["returns"]["reference"] == pytest.approx(sw["all"]["policy_diff"]["mean"])
+    assert res["returns"]["policy"] - sw["return"] == pytest.approx(sw["policy_minus_switch"]["all"]["mean"])
+    assert set(sw["policy_minus_switch"]) == {"all", *res["by_user_type"]}
+    assert "The type switch (tuned-switch, threshold" in adaptation_share.markdown(res)
     res["all"]["value"]["ci95"][0] = 0.0
     assert "— (no value above 0 to share)" in adaptation_share.markdown(res)
     with pytest.raises(ValueError, match="does not replay"):

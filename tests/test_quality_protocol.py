@@ -153,10 +153,17 @@ def test_adaptation_shares_are_read_per_run_and_aggregated(tmp_path: Path,
     def cell(m: float) -> dict[str, object]:
         return {"mean": m, "ci95": [m - 0.1, m + 0.1]}
 
+    types = ("rho<0.5 (CF-leaning)", "rho>=0.5 (content-leaning)")
+
+    def switch(m: float, v: float) -> dict[str, object]:  # the type switch 0.1 below PPO, half of it on the CF-leaning
+        part = {"sessions": 100, "policy_diff": cell(m - 0.1), "value": cell(v), "share": cell((m - 0.1) / v)}
+        return {"threshold": 0.8, "return": 8.0 - m, "all": part, "by_user_type": dict.fromkeys(types, part),
+                "policy_minus_switch": {"all": cell(0.1), types[0]: cell(0.05), types[1]: cell(0.15)}}
+
     for s, (m, v) in enumerate(zip(margins, values, strict=True)):
         run = _fake_run(tmp_path, f"protocol-adapt-s{s}", _returns(8.0, 6.5), 1.5)
         part = {"sessions": 100, "policy_diff": cell(m), "value": cell(v), "share": cell(m / v)}
-        res = {"all": part, "by_user_type": {"rho<0.5 (CF-leaning)": part, "rho>=0.5 (content-leaning)": part}}
+        res = {"all": part, "by_user_type": dict.fromkeys(types, part), "switch": switch(m, v)}
         (run / "report" / "adaptation_share.json").write_text(json.dumps(res))
     agg = main(["--preset", "adapt", "--seeds", "0,1,2", "--out", str(tmp_path), "--aggregate-only", "--adaptation"])
     ad = agg["adaptation"]
@@ -165,14 +172,21 @@ def test_adaptation_shares_are_read_per_run_and_aggregated(tmp_path: Path,
     assert ad["pooled_share"] == pytest.approx(np.mean(margins) / np.mean(values))
     assert ad["value"]["ci95"][0] < np.mean(values) < ad["value"]["ci95"][1]
     assert sorted(ad["by_user_type"]) == ["rho<0.5 (CF-leaning)", "rho>=0.5 (content-leaning)"]
+    sw = ad["switch"]
+    assert sw["threshold"] == [0.8] * 3 and sw["return"] == pytest.approx([7.8, 7.7, 7.9])
+    assert sw["share"]["all"]["per_seed"] == pytest.approx([0.25, 0.4, 0.0], abs=1e-12)
+    assert sw["policy_minus_switch"]["all"]["mean"] == pytest.approx(0.1)
+    assert sw["policy_minus_switch"][types[1]]["per_seed"] == pytest.approx([0.15] * 3)
     out = capsys.readouterr().out
     assert "| PPO's share, pooled (mean margin / mean value) | 0.46 |" in out
+    assert "| the type switch (tuned-switch, the same references; thresholds 0.8, 0.8, 0.8)" in out
+    assert "| PPO − the type switch, users with rho>=0.5 (content-leaning) | +0.150 (" in out
     assert "value of adaptation on these sessions (per-type rule − tuned-diverse), all users" in out
     # one reference for every run: its own files, not the runs' own readings
     for s, m in enumerate(margins):
         part = {"sessions": 100, "policy_diff": cell(m), "value": cell(0.5), "share": cell(m / 0.5)}
         none = {"sessions": 100, "policy_diff": cell(m), "value": cell(0.002), "share": cell(m / 0.002)}
-        res = {"all": part, "by_user_type": {"rho<0.5 (CF-leaning)": part, "rho>=0.5 (content-leaning)": none}}
+        res = {"all": part, "by_user_type": {types[0]: part, types[1]: none}, "switch": {"skipped": "one type"}}
         (tmp_path / f"protocol-adapt-s{s}" / "report" / "adaptation_share-common-s11-e4000.json").write_text(
             json.dumps(res))
     agg = main(["--preset", "adapt", "--seeds", "0,1,2", "--out", str(tmp_path), "--aggregate-only", "--adaptation",
@@ -181,7 +195,9 @@ def test_adaptation_shares_are_read_per_run_and_aggregated(tmp_path: Path,
     assert ad["share"]["per_seed"] == pytest.approx([0.4, 0.6, 0.2])
     assert ad["value"]["ci95"] == pytest.approx([0.5, 0.5])
     assert ad["reference"] == "one for every run (tune seed 11, 4000 sessions per point)"
+    assert ad["switch"] == {"skipped": "one type"}
     out = capsys.readouterr().out
+    assert "| the type switch (tuned-switch) | not played: one type |" in out
     assert "| references of the value of adaptation (tuned-diverse, the per-type rule) | one for every run" in out
     # one value for every run: its t-interval across runs is a point, so the share is shown only where each run's
     # own interval over its sessions is above 0 (here not for the content-leaning users: 0.002 ± 0.1)
