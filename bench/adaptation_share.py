@@ -42,7 +42,7 @@ import numpy as np
 
 from agents.evaluation import EpisodePlan, run_episodes
 from agents.registry import RankerContext, run_dir_of
-from agents.report import Bootstrap, percentile_ci
+from agents.report import Bootstrap, percentile_ci, write_returns
 from agents.tuning import TUNE_SEED, diverse_ranker, tuning_cache_dir
 from bench.eval_blocks import report_returns
 from bench.headroom import RHO_EDGES, diverse_by_group, grouped_returns, rho_groups
@@ -80,7 +80,7 @@ def share(policy: np.ndarray, reference: np.ndarray, typed: np.ndarray, boot: Bo
 
 def analyse(report: Path, ranker: str, run: Path | None = None, reference: str = "tuned-diverse", tune_seed: int = 0,
             tune_episodes: int = 1000, edges: tuple[float, ...] = RHO_EDGES, batch: int = 500,
-            bootstrap: int = 2000, common: bool = False) -> dict[str, Any]:
+            bootstrap: int = 2000, common: bool = False, switch_returns: Path | None = None) -> dict[str, Any]:
     """Replay tuned-diverse and the per-type rule on a report's sessions and pair them with ``ranker``.
 
     Args:
@@ -97,6 +97,8 @@ def analyse(report: Path, ranker: str, run: Path | None = None, reference: str =
         common: Use tuned-diverse searched with ``tune_seed`` and ``tune_episodes``, replayed on the report's
             sessions, as the reference instead of the report's own (which then need not exist): one reference for
             every run read this way.
+        switch_returns: Where to write the type switch's per-session returns on the report's sessions
+            (:func:`agents.report.write_returns`, ranker ``tuned-switch``; ``None``: not written).
 
     Raises:
         FileNotFoundError: Without ``returns.npz``.
@@ -147,12 +149,12 @@ def analyse(report: Path, ranker: str, run: Path | None = None, reference: str =
             "returns": {"policy": float(policy.mean()), "reference": float(ref.mean()), "typed": float(typed.mean())},
             "all": share(policy, ref, typed, boot),
             "by_user_type": {label: share(policy, ref, typed, boot, sel) for label, sel in split.items()},
-            "switch": switch_figures(ctx, core, plan, policy, ref, typed, boot, split)}
+            "switch": switch_figures(ctx, core, plan, policy, ref, typed, boot, split, switch_returns)}
 
 
 def switch_figures(ctx: RankerContext, core: BatchedCore, plan: EpisodePlan, policy: np.ndarray,
                    reference: np.ndarray, typed: np.ndarray, boot: Bootstrap,
-                   split: dict[str, np.ndarray]) -> dict[str, Any]:
+                   split: dict[str, np.ndarray], out: Path | None = None) -> dict[str, Any]:
     """The type switch (``tuned-switch``, fitted by ``ctx``) replayed on ``plan``'s sessions: its share of the value
     of adaptation and the policy − it, for all users and by hidden type.
 
@@ -165,6 +167,7 @@ def switch_figures(ctx: RankerContext, core: BatchedCore, plan: EpisodePlan, pol
         typed: float (E,) the per-type rule's.
         boot: Resamples over the E sessions.
         split: Hidden type label → bool (E,) its sessions.
+        out: Where to write the switch's per-session returns (``None``: not written).
 
     Returns:
         ``{"threshold", "return", "all", "by_user_type", "policy_minus_switch"}`` (:func:`share` figures of the
@@ -175,7 +178,10 @@ def switch_figures(ctx: RankerContext, core: BatchedCore, plan: EpisodePlan, pol
         search = ctx.switch_search("boosted")
     except ValueError as exc:
         return {"skipped": str(exc)}
-    ret = run_episodes(core, search.ranker, plan).ret
+    stats = run_episodes(core, search.ranker, plan)
+    if out is not None:
+        write_returns({"tuned-switch": stats}, plan, out)
+    ret = stats.ret
     diff = policy - ret
 
     def paired(sel: np.ndarray) -> dict[str, Any]:

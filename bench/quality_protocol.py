@@ -473,17 +473,20 @@ def adaptation_runs(runs: list[Path], common: tuple[int, int] | None = None) -> 
     from bench.adaptation_share import analyse
 
     name = adaptation_share_file(common)
+    switch_name = name.removesuffix(".json") + ".switch-returns.npz"  # the type switch's per-session returns
     per_run = []
     for run in runs:
         path = run / "report" / name
-        if not path.is_file() or "switch" not in json.loads(path.read_text(encoding="utf-8")):  # or before the switch
+        done = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        fresh = "switch" in done and ("skipped" in done["switch"] or (run / "report" / switch_name).is_file())
+        if not fresh:  # not replayed yet, or before the type switch was
             print(f"[protocol] the per-type rule and the type switch on {run.name}'s sessions (value of adaptation)",
                   flush=True)
             cfg = load_run_config(run)
             seed, episodes = (cfg.train.seed, cfg.eval.tune_episodes) if common is None else common
             try:
                 res = analyse(run / "report", "ppo", run=run, tune_seed=seed, tune_episodes=episodes,
-                              common=common is not None)
+                              common=common is not None, switch_returns=run / "report" / switch_name)
             except (FileNotFoundError, ValueError) as exc:  # a run from before per-session returns, or another's
                 return {"skipped": f"{run.name}: {exc}"}
             atomic_write_text(path, json.dumps(res, indent=1, default=float))
@@ -522,7 +525,28 @@ def adaptation_runs(runs: list[Path], common: tuple[int, int] | None = None) -> 
                                            for sw in switches]) for label in labels},
             "policy_minus_switch": {label: across_means([sw["policy_minus_switch"][label] for sw in switches])
                                     for label in labels}}
+        if len(runs) > 1:
+            out["switch"]["policy_minus_switch_seeds_and_sessions"] = switch_over_seeds_and_sessions(runs, switch_name)
     return out
+
+
+def switch_over_seeds_and_sessions(runs: list[Path], switch_name: str) -> dict[str, Any]:
+    """PPO − the type switch over seeds **and** sessions (:func:`seeds_and_sessions_interval`), for all users and by
+    hidden type, from the runs' per-session returns and the switch's (``report/<switch_name>``, written by
+    :func:`adaptation_runs`); ``{"skipped": why}`` where they are missing or of other sessions."""
+    try:
+        keys, users, table = returns_table(runs, ("ppo",))
+        switch = []
+        for run in runs:
+            sw_keys, rets = read_returns(run / "report" / switch_name)
+            if not np.array_equal(sw_keys, keys):
+                return {"skipped": f"{run.name}: the switch's returns are of other sessions than PPO's"}
+            switch.append(rets["tuned-switch"])
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
+        return {"skipped": f"no per-session returns of PPO and the switch: {exc}"}
+    diff = table["ppo"] - np.stack(switch)  # (S, E)
+    masks = {"all": np.ones(diff.shape[1], dtype=bool), **_type_masks(heldout_rho(runs[0])[users])}
+    return {label: seeds_and_sessions_interval(diff[:, m]) for label, m in masks.items()}
 
 
 def markdown(agg: dict[str, Any], title: str) -> str:
@@ -629,9 +653,17 @@ def markdown(agg: dict[str, Any], title: str) -> str:
             lines.append(f"| the type switch (tuned-switch, the same references; thresholds "
                          f"{', '.join(f'{t:g}' for t in sw['threshold'])}): its share of the value, all users | "
                          f"{ci(share_all, '.2f')} | {', '.join(f'{x:.2f}' for x in share_all['per_seed'])} |")
+            pooled_sw = sw.get("policy_minus_switch_seeds_and_sessions", {})
+            if "skipped" in pooled_sw:
+                lines.append(f"| PPO − the type switch over seeds and sessions | not measured: {pooled_sw['skipped']} "
+                             "| |")
             for label, v in sw["policy_minus_switch"].items():
-                lines.append(f"| PPO − the type switch, {label if label == 'all' else 'users with ' + label} | "
-                             f"{ci(v, '+.3f')} | {', '.join(f'{x:+.3f}' for x in v['per_seed'])} |")
+                users = label if label == "all" else "users with " + label
+                lines.append(f"| PPO − the type switch, {users} | {ci(v, '+.3f')} | "
+                             f"{', '.join(f'{x:+.3f}' for x in v['per_seed'])} |")
+                if label in pooled_sw:
+                    lines.append(f"| PPO − the type switch, {users}, 95% interval over seeds **and** sessions | "
+                                 f"{ci(pooled_sw[label], '+.3f')} | |")
     eff = [a for a in agg.get("alpha_by_user_type_effective", []) if a]
     if eff:
         lines.append("\nEffective α (the LLM signal's share, both signals standardised) by hidden user type per run: "

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -165,6 +166,7 @@ def test_adaptation_shares_are_read_per_run_and_aggregated(tmp_path: Path,
         part = {"sessions": 100, "policy_diff": cell(m), "value": cell(v), "share": cell(m / v)}
         res = {"all": part, "by_user_type": dict.fromkeys(types, part), "switch": switch(m, v)}
         (run / "report" / "adaptation_share.json").write_text(json.dumps(res))
+        (run / "report" / "adaptation_share.switch-returns.npz").write_bytes(b"")  # replayed: not run again
     agg = main(["--preset", "adapt", "--seeds", "0,1,2", "--out", str(tmp_path), "--aggregate-only", "--adaptation"])
     ad = agg["adaptation"]
     assert ad["share"]["per_seed"] == pytest.approx([0.5, 0.6, 0.25])
@@ -181,6 +183,9 @@ def test_adaptation_shares_are_read_per_run_and_aggregated(tmp_path: Path,
     assert "| PPO's share, pooled (mean margin / mean value) | 0.46 |" in out
     assert "| the type switch (tuned-switch, the same references; thresholds 0.8, 0.8, 0.8)" in out
     assert "| PPO − the type switch, users with rho>=0.5 (content-leaning) | +0.150 (" in out
+    # the interval over seeds and sessions needs per-session returns, which these runs lack: said, not a traceback
+    assert "no per-session returns" in sw["policy_minus_switch_seeds_and_sessions"]["skipped"]
+    assert "| PPO − the type switch over seeds and sessions | not measured: no per-session returns" in out
     assert "value of adaptation on these sessions (per-type rule − tuned-diverse), all users" in out
     # one reference for every run: its own files, not the runs' own readings
     for s, m in enumerate(margins):
@@ -492,3 +497,36 @@ def test_paired_with_another_protocols_runs_by_seed_and_type(tmp_path: Path) -> 
     assert "| PPO − the PPO of x, paired | not compared: why | |" in md
     md = markdown({**aggregate(new), "paired_with": out}, "t")  # --against-runs: the runs named, no prefix
     assert "| PPO − the PPO of old-s0, old-s1, old-s2, paired, all users" in md
+
+
+def test_ppo_against_the_switch_over_seeds_and_sessions_pairs_each_runs_sessions(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """PPO − the type switch over seeds and sessions reads PPO's and the switch's per-session returns of each run,
+    pairs them session by session, splits them by the sessions' users' hidden type, and refuses switch returns of
+    other sessions."""
+    from agents.evaluation import episode_plan
+    from agents.report import write_returns
+    from bench import quality_protocol
+
+    plan = episode_plan(50, [0, 1], 10)
+    rho = np.linspace(0.0, 1.0, 10)  # users 0-4 CF-leaning
+    monkeypatch.setattr(quality_protocol, "heldout_rho", lambda run: rho)
+    rng = np.random.default_rng(0)
+    runs = []
+    for s in range(3):
+        run = tmp_path / f"r{s}"
+        (run / "report").mkdir(parents=True)
+        ppo = rng.normal(5.0, 1.0, len(plan))
+        switch = ppo - np.where(rho[plan.users] < 0.5, -0.2, 0.3) - 0.01 * s
+        write_returns({"ppo": SimpleNamespace(ret=ppo)}, plan, run / "report" / "returns.npz")
+        write_returns({"tuned-switch": SimpleNamespace(ret=switch)}, plan, run / "report" / "sw.npz")
+        runs.append(run)
+    out = quality_protocol.switch_over_seeds_and_sessions(runs, "sw.npz")
+    cf, content = out["rho<0.5 (CF-leaning)"], out["rho>=0.5 (content-leaning)"]
+    assert cf["mean"] == pytest.approx(-0.19) and content["mean"] == pytest.approx(0.31)
+    assert out["all"]["mean"] == pytest.approx(np.mean(np.where(rho[plan.users] < 0.5, -0.2, 0.3)) + 0.01)
+    other = episode_plan(50, [5, 6], 10)
+    zeros = SimpleNamespace(ret=np.zeros(len(other)))
+    write_returns({"tuned-switch": zeros}, other, runs[1] / "report" / "sw.npz")
+    assert "r1: the switch's returns are of other sessions" in quality_protocol.switch_over_seeds_and_sessions(
+        runs, "sw.npz")["skipped"]
