@@ -153,6 +153,11 @@ def final_comparison(cfg: Config, world: World, policy: SlatePolicy, curve: Any,
             results[key] = (r["ppo"]["return"]["mean"] - r["tuned-alpha"]["return"]["mean"]) / gap
     results["tuned_parameters"] = {name: rankers[name].search.to_dict() for name in (STRONGEST_HEURISTIC, CEILING)
                                    if getattr(rankers[name], "search", None) is not None}
+    for spec in ec.extra_references:  # the type switch's fit: its threshold and the training sessions' scores
+        if spec.startswith("tuned-switch"):
+            search = ctx.switch_search(spec.partition(":")[2] or "boosted")
+            results["tuned_parameters"][spec] = {"threshold": search.threshold, "tuning": search.tuning,
+                                                 "reader": search.reader, "fit_requests": search.fit_requests}
     out = run_dir / "report"
     write_report(results, out)
     write_returns(stats, plan, out / "returns.npz")

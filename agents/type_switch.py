@@ -128,6 +128,21 @@ class BoostedClassifier(TypeClassifier):
         return self.model.predict_proba(x)[:, 1].astype(np.float64)
 
 
+class NeverReads(TypeClassifier):
+    """The reader of a switch whose training users are all of one type: probability 0 for every row."""
+
+    def __init__(self) -> None:
+        self.features, self.n_fit = type_features, 0
+
+    def proba(self, x: np.ndarray) -> np.ndarray:
+        """float64 (n,) zeros."""
+        return np.zeros(len(x))
+
+    def read(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        """float64 (B,) zeros (nothing is computed)."""
+        return np.zeros(len(obs["context"]))
+
+
 class SwitchRanker(Ranker):
     """Rule A, or rule B on the rows whose classifier probability of a CF-leaning user exceeds ``threshold``.
 
@@ -280,12 +295,20 @@ def tune_switch(core: BatchedCore, a: Ranker, b: Ranker, fit_episodes: int, tune
     Returns:
         The switch and its tuning.
 
+    Where the training users are all of one type there is nothing to read: the switch never switches (A's slates,
+    threshold :data:`NEVER`, ``tuning`` holds A's mean alone), as an engineer's rule for such users would.
+
     Raises:
-        ValueError: As :func:`fit_classifier`.
+        ValueError: An unknown reader.
     """
     if reader not in READERS:
         raise ValueError(f"reader must be one of {READERS}, got {reader!r}")
     fit_plan = episode_plan(fit_episodes, [seed + FIT_SEED_OFFSET], core.pop.size)
+    tune_plan = episode_plan(tune_episodes, [seed], core.pop.size)
+    cf_share = float((core.pop.rho < RHO_EDGE).mean())
+    if cf_share in (0.0, 1.0):
+        tuning = {"never": float(run_episodes(core, a, tune_plan).ret.mean())}
+        return SwitchSearch(SwitchRanker(a, b, NeverReads(), NEVER), NEVER, tuning, reader, 0)
     classifier = fit_classifier(core, a, fit_plan, reader, classifier_seed)
-    threshold, tuning = pick_threshold(core, a, b, classifier, episode_plan(tune_episodes, [seed], core.pop.size))
+    threshold, tuning = pick_threshold(core, a, b, classifier, tune_plan)
     return SwitchSearch(SwitchRanker(a, b, classifier, threshold), threshold, tuning, reader, classifier.n_fit)

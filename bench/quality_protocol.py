@@ -650,9 +650,13 @@ def markdown(agg: dict[str, Any], title: str) -> str:
             lines.append(f"| the type switch (tuned-switch) | not played: {sw['skipped']} | |")
         elif sw:
             share_all = sw["share"]["all"]
+            own = [f"{x:.2f} ({lo:.2f}–{hi:.2f})" for x, (lo, hi) in zip(share_all["per_seed"],
+                                                                         share_all["per_seed_ci95"], strict=True)]
+            # one switch for every run (a common reference): one figure, its interval over the sessions
+            value = (f"{own[0]} over the sessions" if len(set(own)) == 1 else ci(share_all, ".2f"))
             lines.append(f"| the type switch (tuned-switch, the same references; thresholds "
                          f"{', '.join(f'{t:g}' for t in sw['threshold'])}): its share of the value, all users | "
-                         f"{ci(share_all, '.2f')} | {', '.join(f'{x:.2f}' for x in share_all['per_seed'])} |")
+                         f"{value} | per run, over its sessions: {', '.join(own)} |")
             pooled_sw = sw.get("policy_minus_switch_seeds_and_sessions", {})
             if "skipped" in pooled_sw:
                 lines.append(f"| PPO − the type switch over seeds and sessions | not measured: {pooled_sw['skipped']} "

@@ -182,6 +182,7 @@ def test_adaptation_shares_are_read_per_run_and_aggregated(tmp_path: Path,
     out = capsys.readouterr().out
     assert "| PPO's share, pooled (mean margin / mean value) | 0.46 |" in out
     assert "| the type switch (tuned-switch, the same references; thresholds 0.8, 0.8, 0.8)" in out
+    assert "| per run, over its sessions: 0.25 (0.15–0.35), 0.40 (0.30–0.50), 0.00 (-0.10–0.10) |" in out
     assert "| PPO − the type switch, users with rho>=0.5 (content-leaning) | +0.150 (" in out
     # the interval over seeds and sessions needs per-session returns, which these runs lack: said, not a traceback
     assert "no per-session returns" in sw["policy_minus_switch_seeds_and_sessions"]["skipped"]

@@ -24,7 +24,7 @@ def cache(tmp_path: Path, runs_cache: Path, monkeypatch: pytest.MonkeyPatch) -> 
 
 def test_smoke_run_writes_a_run_directory_that_evaluate_loads(cache: Path) -> None:
     summary = train.main([*tiny_args(cache / "runs", "smoke", 1024), "--set",
-                          "eval.extra_references=[tuned-session-diverse]"])
+                          "eval.extra_references=[tuned-session-diverse,tuned-switch:logistic]"])
     run = Path(summary["run_dir"])
     for name in ("config.yaml", "versions.json", "model.zip", "policy.safetensors", "policy.json", "summary.json",
                  "eval.jsonl", "report/results.json", "report/plots/alpha.png"):
@@ -36,6 +36,7 @@ def test_smoke_run_writes_a_run_directory_that_evaluate_loads(cache: Path) -> No
     saved = json.loads((run / "summary.json").read_text())
     assert saved["total_timesteps"] >= 1024 and "ppo" in saved["heldout"] and "tuned-alpha" in saved["heldout"]
     assert "tuned-session-diverse" in saved["heldout"]  # eval.extra_references: a row of the table, a candidate below
+    assert "tuned-switch:logistic" in saved["heldout"]
     # no train.select_episodes: the last iterate is the policy, and nothing of a choice is written
     assert saved["selected_iterate"] is None and "ppo-last" not in saved["heldout"]
     assert not (run / "selection.jsonl").exists() and not (run / "best_iterate.safetensors").exists()
@@ -46,7 +47,11 @@ def test_smoke_run_writes_a_run_directory_that_evaluate_loads(cache: Path) -> No
         assert best["name"] == "tuned-diverse"
     assert best["paired"]["diff"] == pytest.approx(saved["heldout"]["ppo"]["mean"] - best["return"], abs=1e-9)
     report = json.loads((run / "report" / "results.json").read_text())
-    assert report["extra_references"] == ["tuned-session-diverse"]  # what bench.quality_protocol compares with
+    assert report["extra_references"] == ["tuned-session-diverse", "tuned-switch:logistic"]  # what the protocol reads
+    fit = report["tuned_parameters"]["tuned-switch:logistic"]  # the type switch's fit on the training users
+    assert fit["reader"] == "logistic" and fit["fit_requests"] > 0 and "never" in fit["tuning"]
+    assert max(fit["tuning"].values()) == (fit["tuning"]["never"] if fit["threshold"] == 2.0
+                                           else fit["tuning"][str(fit["threshold"])])
     keys, rets = read_returns(run / "report" / "returns.npz")  # per-session returns, the report's means
     assert set(rets) == set(saved["heldout"]) and all(len(r) == len(keys) for r in rets.values())
     for name, ret in rets.items():

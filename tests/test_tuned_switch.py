@@ -137,3 +137,25 @@ def test_tuned_switch_is_fitted_on_training_users_and_plays_rule_a_or_b_per_requ
     slate = forced.act(obs)
     np.testing.assert_array_equal(slate[~use_b], ranker.a.act(obs)[~use_b])
     np.testing.assert_array_equal(slate[use_b], ranker.b.act({key: v[use_b] for key, v in obs.items()}))
+
+
+def test_a_switch_over_users_of_one_type_never_switches(small_cfg: EnvConfig, small_world: World) -> None:
+    """Where every training user is of one type there is nothing to read: ``tune_switch`` returns the switch that
+    never switches (A's slates, threshold ``NEVER``), scored on the tuning sessions, instead of failing a run's
+    final table."""
+    from agents.type_switch import tune_switch
+
+    train = small_world.populations["train"]
+    saved = train.rho.copy()
+    try:
+        train.rho[:] = 0.9
+        core = make_core(small_cfg, small_world, b=16)
+        k, cat = small_cfg.slate_size, small_world.catalog.category
+        a, b = diverse_ranker(k, cat, A), diverse_ranker(k, cat, B)
+        search = tune_switch(core, a, b, fit_episodes=32, tune_episodes=16, seed=5, reader="logistic")
+        plan = episode_plan(16, [5], train.size)
+        assert search.threshold == NEVER and search.fit_requests == 0 and set(search.tuning) == {"never"}
+        assert search.tuning["never"] == pytest.approx(run_episodes(core, a, plan).ret.mean())
+        np.testing.assert_array_equal(run_episodes(core, search.ranker, plan).ret, run_episodes(core, a, plan).ret)
+    finally:
+        train.rho[:] = saved
