@@ -42,6 +42,8 @@ CF_LEANING_RHO = 0.5
 RHO_EDGE = CF_LEANING_RHO
 #: Switch thresholds searched on the training sessions (probability of a CF-leaning user).
 THRESHOLDS: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+#: The switch's "never" (a threshold above every probability: A's slates exactly).
+NEVER = 2.0
 #: Seed offset of the training sessions the classifier is fitted on (apart from the tuning sessions).
 FIT_SEED_OFFSET = 77
 #: The type readers (``tuned-switch:READER``, ``bench.type_switch --reader``).
@@ -228,12 +230,6 @@ def fit_classifier(core: BatchedCore, rule: Ranker, plan: EpisodePlan, reader: s
         raise ValueError(f"the type classifier needs requests of CF-leaning users (hidden ρ < {RHO_EDGE}) and of "
                          f"others; all {len(cf)} training requests were of one type")
     return BoostedClassifier(x, cf, seed=seed) if reader == "boosted" else TypeClassifier(x, cf)
-
-
-
-
-#: The switch's "never" (a threshold above every probability: A's slates exactly).
-NEVER = 2.0
 
 
 def pick_threshold(core: BatchedCore, a: Ranker, b: Ranker, classifier: TypeClassifier,
