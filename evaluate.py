@@ -52,7 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="override a config value, e.g. eval.bootstrap=5000 or env.max_steps=30 (repeatable)")
     ap.add_argument("--rankers", help=f"comma-separated ranker specs; valid: {valid_choices()}")
     ap.add_argument("--episodes", type=int, help="sessions per seed")
-    ap.add_argument("--seeds", type=int, help="number of evaluation seeds (seeds 0..S-1)")
+    ap.add_argument("--seeds", type=int, help="number of evaluation seeds (seeds F..F+S-1, F the first seed)")
+    ap.add_argument("--first-seed", type=int,
+                    help="the first evaluation seed (eval.first_seed, 0): a later one plays sessions that no run's "
+                         "own report met (a run's table meets seeds 0..eval.seeds-1)")
     ap.add_argument("--users", choices=["heldout", "train"], help="population to evaluate on")
     ap.add_argument("--reference", help="ranker the paired tests compare against (default tuned-alpha)")
     ap.add_argument("--out", help="report folder")
@@ -95,7 +98,8 @@ def resolve_config(args: argparse.Namespace) -> tuple[Config, str | None]:
         if not isinstance(data.setdefault(section, {}), dict):
             raise ConfigError(f"{section}: expected a mapping, got {data[section]!r}")
     explicit_reference = args.reference is not None or "reference" in data["eval"]
-    flags = {"rankers": args.rankers, "episodes": args.episodes, "seeds": args.seeds, "users": args.users,
+    flags = {"rankers": args.rankers, "episodes": args.episodes, "seeds": args.seeds, "first_seed": args.first_seed,
+             "users": args.users,
              "reference": args.reference, "out": args.out, "tune_episodes": args.tune_episodes}
     ev_flags: dict[str, Any] = {k: v for k, v in flags.items() if v is not None}
     # the rankers first: a bad spec or a missing run directory is named before any run is read
@@ -186,7 +190,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         check_runs(cfg, world, list(dict.fromkeys(d for d in map(run_dir_of, ev.rankers) if d is not None)))
     except ConfigError as exc:
         parser.error(str(exc))
-    plan = episode_plan(ev.episodes, list(range(ev.seeds)), world.populations[ev.users].size)
+    plan = episode_plan(ev.episodes, ev.seed_list, world.populations[ev.users].size)
     core = make_core(cfg.env, cfg.env.preset, cfg.encoder, world, ev.users, min(ev.batch, len(plan)))
     # the searches are read from (and written to) the tuning cache beside the world, which train.py's final table
     # shares: a run's own references are not searched again
@@ -200,7 +204,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     setup = {
         "command": "python evaluate.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "preset": cfg.env.preset, "world": world.meta.get("config_key"), "encoder": world.encoder_name,
-        "users": ev.users, "episodes_per_seed": ev.episodes, "seeds": list(range(ev.seeds)), "batch": core.B,
+        "users": ev.users, "episodes_per_seed": ev.episodes, "seeds": ev.seed_list, "batch": core.B,
         "tune_seed": args.tune_seed,
         "n_items": core.M, "n_candidates": core.N, "slate_size": core.K, "tune_episodes": ev.tune_episodes,
         "fit_sessions": args.fit_sessions, "note": note,
@@ -211,7 +215,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         setup=setup)
     paths = write_report(results, ev.out)
     # every ranker's return per session, as train.py's report writes them (the plan is seed-major, so a run's own
-    # held-out sessions, eval.seeds 0..S-1 of its config, are the first of a larger evaluation's)
+    # held-out sessions, eval.seeds 0..S-1 of its config, are the first of a larger evaluation's, and --first-seed F
+    # plays the sessions after them)
     paths["returns"] = Path(ev.out) / "returns.npz"
     write_returns(stats, plan, paths["returns"])
     plaus = write_plausibility(results, ev.out, policies=[n for n in rankers if n.startswith("run:") and "@" not in n])

@@ -104,7 +104,7 @@ def final_comparison(cfg: Config, world: World, policy: SlatePolicy, curve: Any,
     """
     ec = cfg.eval
     core = make_core(cfg.env, cfg.env.preset, cfg.encoder, world, "heldout", ec.batch)
-    plan = episode_plan(ec.episodes, list(range(ec.seeds)), world.populations["heldout"].size)
+    plan = episode_plan(ec.episodes, ec.seed_list, world.populations["heldout"].size)
     # the same context with the held-out core: a copy keeps the searches already run
     ctx = tuning_context(cfg, world, core, progress) if tuning is None else replace(tuning, core=core)
     rankers = {}
@@ -136,7 +136,7 @@ def final_comparison(cfg: Config, world: World, policy: SlatePolicy, curve: Any,
                         hidden=list(HIDDEN) + (["ppo", LAST_ITERATE] if cfg.env.obs_hidden_taste
                                                 or cfg.train.policy.actor_hidden_state else []),
                         alpha_curve=curve.to_dict(),
-                        setup={"users": "heldout", "preset": cfg.env.preset, "seeds": list(range(ec.seeds))})
+                        setup={"users": "heldout", "preset": cfg.env.preset, "seeds": ec.seed_list})
     rho, step, alpha, alpha_eff = (np.concatenate(x) for x in zip(*alpha_rows, strict=True))
     results["alpha"] = alpha_by_type(rho, step, alpha, alpha_eff, min(cfg.env.max_steps, 20))
     r = results["rankers"]

@@ -28,6 +28,16 @@ Beside it, the engineer's type switch (the registry's ``tuned-switch``, boosted 
 sessions per point) is replayed on the same sessions: its own share of the value of adaptation, and the policy − the
 switch, by hidden type: the policy against the strongest hand-written use of the type (``"switch"`` in the JSON).
 
+Several policies of one report, one per training seed (``--ranker`` repeated, with ``--common-reference``), are read
+against the same references replayed once, and over the runs: the share's mean with its t-interval across runs, and
+the policies − tuned-diverse and − the switch over seeds and sessions. With ``evaluate.py --first-seed`` the report
+can be a fresh draw of sessions that none of the runs' own reports met (the confirmatory reading of session 60):
+
+    python evaluate.py --preset adapt --rankers run:A,run:B,run:C --episodes 1000 --first-seed 20 --seeds 80 \
+        --tune-seed 11 --tune-episodes 4000 --out runs/fresh
+    python -m bench.adaptation_share runs/fresh --ranker run:A --ranker run:B --ranker run:C --common-reference \
+        --tune-seed 11 --tune-episodes 4000
+
 Research only: the per-type rule reads the hidden ρ. Prints a Markdown table; the last printed line is the JSON.
 """
 
@@ -35,6 +45,8 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +58,8 @@ from agents.report import Bootstrap, percentile_ci, write_returns
 from agents.tuning import TUNE_SEED, diverse_ranker, tuning_cache_dir
 from bench.eval_blocks import report_returns
 from bench.headroom import RHO_EDGES, diverse_by_group, grouped_returns, rho_groups
-from bench.quality_protocol import _type_masks
+from bench.ppo_seeds import t_interval
+from bench.quality_protocol import _type_masks, seeds_and_sessions_interval
 from envs.core import BatchedCore
 
 
@@ -78,6 +91,81 @@ def share(policy: np.ndarray, reference: np.ndarray, typed: np.ndarray, boot: Bo
                       "ci95": list(percentile_ci(share_r)) if np.isfinite(share_r).any() else [float("nan")] * 2}}
 
 
+@dataclass
+class Replay:
+    """The references replayed on a report's sessions (E of them): what every policy of the report is read against.
+
+    Attributes:
+        plan: The report's sessions.
+        returns: Name → float (E,) the report's per-session returns of the policies read.
+        reference: The reference's name (tuned-diverse, the report's own or the common one).
+        ref: float (E,) its per-session returns.
+        typed: float (E,) the per-type rule's.
+        split: Hidden type label → bool (E,) its sessions (``bench.quality_protocol``'s CF- / content-leaning split).
+        boot: Resamples over the E sessions.
+        start: tuned-diverse's point.
+        per_group: The per-type rule's point per ρ group.
+        ctx: The references' context (fits the type switch).
+        core: Held-out users of the run's world.
+    """
+
+    plan: EpisodePlan
+    returns: dict[str, np.ndarray]
+    reference: str
+    ref: np.ndarray
+    typed: np.ndarray
+    split: dict[str, np.ndarray]
+    boot: Bootstrap
+    start: dict[str, float]
+    per_group: list[dict[str, Any]]
+    ctx: RankerContext
+    core: BatchedCore
+
+
+def replay(report: Path, rankers: Sequence[str], run: Path | None = None, reference: str = "tuned-diverse",
+           tune_seed: int = 0, tune_episodes: int = 1000, edges: tuple[float, ...] = RHO_EDGES, batch: int = 500,
+           bootstrap: int = 2000, common: bool = False) -> Replay:
+    """Replay tuned-diverse and the per-type rule on a report's sessions (arguments as :func:`analyse`'s; ``run``
+    defaults to the first ranker's own ``run:DIR``)."""
+    from agents.ppo_ranker import load_run_config
+    from envs.factory import make_core
+    from envs.presets import load_world
+
+    plan, rets = report_returns(report, tuple(rankers) if common else (*rankers, reference))
+    run = run if run is not None else (Path(d) if (d := run_dir_of(rankers[0])) else None)
+    if run is None:
+        raise ValueError(f"{rankers[0]!r} is not a run:DIR ranker: name the run whose world to load (--run)")
+    cfg = load_run_config(run)
+    world = load_world(cfg.env, cfg.encoder, progress=False)
+    core = make_core(cfg.env, cfg.env.preset, None, world, "heldout", min(batch, len(plan)))
+    ctx = RankerContext(world, cfg.env, seed=tune_seed, tune_episodes=tune_episodes, batch=256,
+                        cache_dir=str(tuning_cache_dir(cfg.env, cfg.encoder)))
+    start = ctx.diverse_search().best
+    k, category = cfg.env.slate_size, world.catalog.category
+    memo: dict[tuple, np.ndarray] = {}
+
+    def returns_of(point: dict[str, float]) -> np.ndarray:
+        key = tuple(sorted(point.items()))
+        if key not in memo:
+            memo[key] = run_episodes(core, diverse_ranker(k, category, point), plan).ret
+        return memo[key]
+
+    ref = returns_of(start)
+    if common:
+        reference = f"tuned-diverse (tune seed {tune_seed}, {tune_episodes} sessions per point)"
+    elif not np.allclose(ref, rets[reference], rtol=1e-9, atol=1e-9):
+        worst = float(np.abs(ref - rets[reference]).max())
+        raise ValueError(f"tuned-diverse tuned with seed {tune_seed} does not replay the report's {reference!r} "
+                         f"(largest per-session difference {worst:.3g}): pass the report's --tune-seed and "
+                         "--tune-episodes")
+    by_div = diverse_by_group(world, cfg.env, start, None, edges, tune_episodes, tune_seed + TUNE_SEED,
+                              cache_dir=tuning_cache_dir(cfg.env, cfg.encoder))
+    rho = world.populations["heldout"].rho[plan.users]
+    typed = grouped_returns(returns_of, rho_groups(rho, edges), by_div["per_group"])
+    return Replay(plan, {n: rets[n] for n in rankers}, reference, ref, typed, _type_masks(rho),
+                  Bootstrap(len(plan), bootstrap, 0), start, by_div["per_group"], ctx, core)
+
+
 def analyse(report: Path, ranker: str, run: Path | None = None, reference: str = "tuned-diverse", tune_seed: int = 0,
             tune_episodes: int = 1000, edges: tuple[float, ...] = RHO_EDGES, batch: int = 500,
             bootstrap: int = 2000, common: bool = False, switch_returns: Path | None = None) -> dict[str, Any]:
@@ -104,95 +192,129 @@ def analyse(report: Path, ranker: str, run: Path | None = None, reference: str =
         FileNotFoundError: Without ``returns.npz``.
         ValueError: A name the report lacks, no run to load, or a tuned-diverse that does not replay the report's.
     """
-    from agents.ppo_ranker import load_run_config
-    from envs.factory import make_core
-    from envs.presets import load_world
-
-    plan, rets = report_returns(report, (ranker,) if common else (ranker, reference))
-    run = run if run is not None else (Path(d) if (d := run_dir_of(ranker)) else None)
-    if run is None:
-        raise ValueError(f"{ranker!r} is not a run:DIR ranker: name the run whose world to load (--run)")
-    cfg = load_run_config(run)
-    world = load_world(cfg.env, cfg.encoder, progress=False)
-    core = make_core(cfg.env, cfg.env.preset, None, world, "heldout", min(batch, len(plan)))
-    ctx = RankerContext(world, cfg.env, seed=tune_seed, tune_episodes=tune_episodes, batch=256,
-                        cache_dir=str(tuning_cache_dir(cfg.env, cfg.encoder)))
-    start = ctx.diverse_search().best
-    k, category = cfg.env.slate_size, world.catalog.category
-    memo: dict[tuple, np.ndarray] = {}
-
-    def returns_of(point: dict[str, float]) -> np.ndarray:
-        key = tuple(sorted(point.items()))
-        if key not in memo:
-            memo[key] = run_episodes(core, diverse_ranker(k, category, point), plan).ret
-        return memo[key]
-
-    replay = returns_of(start)
-    if common:
-        reference = f"tuned-diverse (tune seed {tune_seed}, {tune_episodes} sessions per point)"
-        rets[reference] = replay
-    elif not np.allclose(replay, rets[reference], rtol=1e-9, atol=1e-9):
-        worst = float(np.abs(replay - rets[reference]).max())
-        raise ValueError(f"tuned-diverse tuned with seed {tune_seed} does not replay the report's {reference!r} "
-                         f"(largest per-session difference {worst:.3g}): pass the report's --tune-seed and "
-                         "--tune-episodes")
-    by_div = diverse_by_group(world, cfg.env, start, None, edges, tune_episodes, tune_seed + TUNE_SEED,
-                              cache_dir=tuning_cache_dir(cfg.env, cfg.encoder))
-    rho = world.populations["heldout"].rho[plan.users]
-    typed = grouped_returns(returns_of, rho_groups(rho, edges), by_div["per_group"])
-    boot = Bootstrap(len(plan), bootstrap, 0)
-    policy, ref = rets[ranker], rets[reference]
-    split = _type_masks(rho)  # bench.quality_protocol's CF-leaning / content-leaning split
-    return {"report": str(report), "ranker": ranker, "reference": reference, "tune_seed": tune_seed,
-            "tune_episodes": tune_episodes, "common_reference": common, "edges": list(edges), "start": start,
-            "per_group": by_div["per_group"],
-            "returns": {"policy": float(policy.mean()), "reference": float(ref.mean()), "typed": float(typed.mean())},
-            "all": share(policy, ref, typed, boot),
-            "by_user_type": {label: share(policy, ref, typed, boot, sel) for label, sel in split.items()},
-            "switch": switch_figures(ctx, core, plan, policy, ref, typed, boot, split, switch_returns)}
+    r = replay(report, [ranker], run, reference, tune_seed, tune_episodes, edges, batch, bootstrap, common)
+    policy = r.returns[ranker]
+    switch = play_switch(r, switch_returns)
+    return {"report": str(report), "ranker": ranker, "reference": r.reference, "tune_seed": tune_seed,
+            "tune_episodes": tune_episodes, "common_reference": common, "edges": list(edges), "start": r.start,
+            "per_group": r.per_group,
+            "returns": {"policy": float(policy.mean()), "reference": float(r.ref.mean()),
+                        "typed": float(r.typed.mean())},
+            "all": share(policy, r.ref, r.typed, r.boot),
+            "by_user_type": {label: share(policy, r.ref, r.typed, r.boot, sel) for label, sel in r.split.items()},
+            "switch": switch if "skipped" in switch else switch_figures(r, policy, **switch)}
 
 
-def switch_figures(ctx: RankerContext, core: BatchedCore, plan: EpisodePlan, policy: np.ndarray,
-                   reference: np.ndarray, typed: np.ndarray, boot: Bootstrap,
-                   split: dict[str, np.ndarray], out: Path | None = None) -> dict[str, Any]:
-    """The type switch (``tuned-switch``, fitted by ``ctx``) replayed on ``plan``'s sessions: its share of the value
-    of adaptation and the policy − it, for all users and by hidden type.
+def play_switch(r: Replay, out: Path | None = None) -> dict[str, Any]:
+    """The type switch (``tuned-switch``, boosted reader, fitted by ``r.ctx``) played on ``r``'s sessions:
+    ``{"threshold", "ret": float (E,)}``, or ``{"skipped": why}`` where the training users are of one type; its
+    per-session returns written to ``out`` unless ``None``."""
+    try:
+        search = r.ctx.switch_search("boosted")
+    except ValueError as exc:
+        return {"skipped": str(exc)}
+    stats = run_episodes(r.core, search.ranker, r.plan)
+    if out is not None:
+        write_returns({"tuned-switch": stats}, r.plan, out)
+    return {"threshold": search.threshold, "ret": stats.ret}
+
+
+def switch_figures(r: Replay, policy: np.ndarray, threshold: float, ret: np.ndarray) -> dict[str, Any]:
+    """The switch's share of the value of adaptation and the policy − it, for all users and by hidden type.
 
     Args:
-        ctx: The references' context (its seed and sessions per point fit the switch).
-        core: Held-out users.
-        plan: The report's sessions (E).
+        r: The references on the report's sessions.
         policy: float (E,) the policy's per-session returns.
-        reference: float (E,) tuned-diverse's.
-        typed: float (E,) the per-type rule's.
-        boot: Resamples over the E sessions.
-        split: Hidden type label → bool (E,) its sessions.
-        out: Where to write the switch's per-session returns (``None``: not written).
+        threshold: The switch's threshold.
+        ret: float (E,) the switch's per-session returns (:func:`play_switch`).
 
     Returns:
         ``{"threshold", "return", "all", "by_user_type", "policy_minus_switch"}`` (:func:`share` figures of the
-        switch; ``policy_minus_switch`` per label ``all`` and each type: ``{"mean", "ci95"}``), or ``{"skipped":
-        why}`` where the training users are of one type.
+        switch; ``policy_minus_switch`` per label ``all`` and each type: ``{"mean", "ci95"}``).
     """
-    try:
-        search = ctx.switch_search("boosted")
-    except ValueError as exc:
-        return {"skipped": str(exc)}
-    stats = run_episodes(core, search.ranker, plan)
-    if out is not None:
-        write_returns({"tuned-switch": stats}, plan, out)
-    ret = stats.ret
     diff = policy - ret
 
     def paired(sel: np.ndarray) -> dict[str, Any]:
         w = sel.astype(np.float64)
-        return {"mean": float(diff[sel].mean()), "ci95": list(percentile_ci(boot.means(diff * w) / boot.means(w)))}
+        return {"mean": float(diff[sel].mean()),
+                "ci95": list(percentile_ci(r.boot.means(diff * w) / r.boot.means(w)))}
 
-    return {"threshold": search.threshold, "return": float(ret.mean()),
-            "all": share(ret, reference, typed, boot),
-            "by_user_type": {label: share(ret, reference, typed, boot, sel) for label, sel in split.items()},
-            "policy_minus_switch": {"all": paired(np.ones(len(plan), dtype=bool)),
-                                    **{label: paired(sel) for label, sel in split.items()}}}
+    return {"threshold": threshold, "return": float(ret.mean()),
+            "all": share(ret, r.ref, r.typed, r.boot),
+            "by_user_type": {label: share(ret, r.ref, r.typed, r.boot, sel) for label, sel in r.split.items()},
+            "policy_minus_switch": {"all": paired(np.ones(len(r.plan), dtype=bool)),
+                                    **{label: paired(sel) for label, sel in r.split.items()}}}
+
+
+def analyse_runs(report: Path, rankers: Sequence[str], run: Path | None = None, tune_seed: int = 11,
+                 tune_episodes: int = 4000, edges: tuple[float, ...] = RHO_EDGES, batch: int = 500,
+                 bootstrap: int = 2000) -> dict[str, Any]:
+    """Several policies of one report (one per training seed) against one common reference and type switch.
+
+    The references (tuned-diverse, the per-type rule, the switch; searched with ``tune_seed`` on ``tune_episodes``
+    sessions per point, as ``--common-reference``) are replayed once on the report's sessions, so every policy meets
+    the same sessions and the same references: a reading of finished runs on a fresh draw of sessions (``evaluate.py
+    --first-seed``). Over the policies: the share of the value of adaptation (mean of the per-run shares, t-interval
+    across runs, as ``bench.quality_protocol --adaptation``), and the policy − tuned-diverse and − the switch over
+    seeds **and** sessions (``bench.quality_protocol.seeds_and_sessions_interval``), for all users and by hidden type.
+
+    Args:
+        report: An ``evaluate.py`` report folder holding every policy's returns.
+        rankers: The policies' names in the report (>= 2).
+        run: The run whose world to load (default: the first ranker's ``run:DIR``).
+        tune_seed: The common reference's seed.
+        tune_episodes: Its training sessions per grid point.
+        edges: Inner ρ group edges of the per-type rule.
+        batch: Users simulated at once.
+        bootstrap: Resamples of the per-run intervals.
+
+    Raises:
+        FileNotFoundError: Without ``returns.npz``.
+        ValueError: Fewer than two policies, a name the report lacks, or no run to load.
+    """
+    if len(set(rankers)) < 2:
+        raise ValueError(f"analyse_runs reads two or more policies, got {list(rankers)}")
+    r = replay(report, list(rankers), run, tune_seed=tune_seed, tune_episodes=tune_episodes, edges=edges,
+               batch=batch, bootstrap=bootstrap, common=True)
+    switch = play_switch(r)
+    labels = {"all": np.ones(len(r.plan), dtype=bool), **r.split}
+    per_run = {}
+    for name in rankers:
+        policy = r.returns[name]
+        per_run[name] = {"return": float(policy.mean()),
+                         "share": {label: share(policy, r.ref, r.typed, r.boot, sel)["share"]
+                                   for label, sel in labels.items()}}
+        if "skipped" not in switch:
+            per_run[name]["policy_minus_switch"] = switch_figures(r, policy, **switch)["policy_minus_switch"]
+    table = np.stack([r.returns[n] for n in rankers])  # (S, E)
+    over: dict[str, Any] = {
+        "share": {label: _across(np.array([per_run[n]["share"][label]["mean"] for n in rankers]))
+                  for label in labels},
+        "policy_minus_reference": {label: seeds_and_sessions_interval(table[:, m] - r.ref[m])
+                                   for label, m in labels.items()}}
+    out: dict[str, Any] = {
+        "report": str(report), "rankers": list(rankers), "reference": r.reference, "tune_seed": tune_seed,
+        "tune_episodes": tune_episodes, "sessions": len(r.plan), "seeds": sorted(set(r.plan.seeds.tolist())),
+        "edges": list(edges), "start": r.start, "per_group": r.per_group,
+        "returns": {"reference": float(r.ref.mean()), "typed": float(r.typed.mean())},
+        # the value of adaptation (per-type rule − reference), read through share() with the reference as policy
+        "value": {label: share(r.ref, r.ref, r.typed, r.boot, sel)["value"] for label, sel in labels.items()},
+        "per_run": per_run, "over_runs": over}
+    if "skipped" in switch:
+        out["switch"] = {"skipped": switch["skipped"]}
+    else:
+        sw = switch_figures(r, r.ref, **switch)
+        out["switch"] = {"threshold": switch["threshold"], "return": sw["return"],
+                         "share": {label: (sw["all"] if label == "all" else sw["by_user_type"][label])["share"]
+                                   for label in labels}}
+        over["policy_minus_switch"] = {label: seeds_and_sessions_interval(table[:, m] - switch["ret"][m])
+                                       for label, m in labels.items()}
+    return out
+
+
+def _across(v: np.ndarray) -> dict[str, Any]:
+    """Mean of per-run figures with its t-interval across the runs."""
+    return {"mean": float(v.mean()), "ci95": t_interval(v), "per_seed": v.tolist()}
 
 
 def markdown(res: dict[str, Any]) -> str:
@@ -223,11 +345,51 @@ def markdown(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def markdown_runs(res: dict[str, Any]) -> str:
+    """:func:`analyse_runs`' table: a row per run, then the figures over the runs."""
+    def cell(x: dict[str, Any], pct: bool = False) -> str:
+        f = (lambda v: f"{100 * v:.0f}%") if pct else (lambda v: f"{v:+.3f}")
+        return f"{f(x['mean'])} ({f(x['ci95'][0])} to {f(x['ci95'][1])})"
+
+    labels = list(res["value"])
+    sw = res["switch"]
+    lines = [f"{len(res['rankers'])} policies on {res['sessions']} sessions (evaluation seeds {res['seeds'][0]}–"
+             f"{res['seeds'][-1]}); {res['reference']} {res['returns']['reference']:.3f}, the per-type rule (reads ρ) "
+             f"{res['returns']['typed']:.3f}"
+             + ("" if "skipped" in sw else f", the type switch (threshold {sw['threshold']:g}) {sw['return']:.3f}"),
+             "", "| value of adaptation | " + " | ".join(labels) + " |", "|---|" + "---:|" * len(labels),
+             "| per-type rule − reference | " + " | ".join(cell(res["value"][lb]) for lb in labels) + " |"]
+    if "skipped" not in sw:
+        lines.append("| the type switch's share | " + " | ".join(cell(sw["share"][lb], pct=True) for lb in labels)
+                     + " |")
+    lines += ["", "| policy | return | share (all users) | − the switch: all | " + " | ".join(labels[1:]) + " |",
+              "|---|---:|---:|---:|" + "---:|" * (len(labels) - 1)]
+    for name, row in res["per_run"].items():
+        pms = row.get("policy_minus_switch")
+        lines.append(f"| {name} | {row['return']:.3f} | {cell(row['share']['all'], pct=True)} | "
+                     + (" | ".join(cell(pms[lb]) for lb in labels) if pms else " | ".join("—" for _ in labels))
+                     + " |")
+    over = res["over_runs"]
+    lines += ["", "| over the runs | " + " | ".join(labels) + " |", "|---|" + "---:|" * len(labels),
+              "| share of the value of adaptation (t-interval across runs) | "
+              + " | ".join(cell(over["share"][lb], pct=True) for lb in labels) + " |",
+              "| policy − reference (seeds and sessions) | "
+              + " | ".join(cell(over["policy_minus_reference"][lb]) for lb in labels) + " |"]
+    if "policy_minus_switch" in over:
+        lines.append("| **policy − the type switch** (seeds and sessions) | "
+                     + " | ".join(cell(over["policy_minus_switch"][lb]) for lb in labels) + " |")
+    else:
+        lines += ["", f"The type switch: not played ({sw['skipped']})."]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Print the table and the JSON."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("report", help="an evaluate.py report folder (with returns.npz), on held-out users")
-    ap.add_argument("--ranker", required=True, help="the policy's name in the report, e.g. run:runs/x")
+    ap.add_argument("--ranker", required=True, action="append",
+                    help="the policy's name in the report, e.g. run:runs/x; repeated (with --common-reference), "
+                         "several policies of one report against the same references, and over them")
     ap.add_argument("--run", help="the run whose world to load (default: the ranker's run:DIR)")
     ap.add_argument("--reference", default="tuned-diverse", help="tuned-diverse's name in the report")
     ap.add_argument("--tune-seed", type=int, default=0,
@@ -244,13 +406,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.tune_seed < 0 or args.tune_episodes < 1:
         ap.error(f"--tune-seed must be >= 0 and --tune-episodes >= 1, got {args.tune_seed} and {args.tune_episodes}")
     edges = tuple(float(x) for x in args.rho_edges.split(",") if x.strip())
+    rankers = list(dict.fromkeys(args.ranker))
+    if len(rankers) > 1 and not args.common_reference:
+        ap.error("several --ranker read together need --common-reference (one reference for all of them)")
+    run = Path(args.run) if args.run else None
     try:
-        res = analyse(Path(args.report), args.ranker, Path(args.run) if args.run else None, args.reference,
-                      args.tune_seed, args.tune_episodes, edges, args.batch, args.bootstrap,
-                      common=args.common_reference)
+        if len(rankers) > 1:
+            res = analyse_runs(Path(args.report), rankers, run, args.tune_seed, args.tune_episodes, edges, args.batch,
+                               args.bootstrap)
+        else:
+            res = analyse(Path(args.report), rankers[0], run, args.reference, args.tune_seed, args.tune_episodes,
+                          edges, args.batch, args.bootstrap, common=args.common_reference)
     except (FileNotFoundError, ValueError) as exc:
         ap.error(str(exc))
-    print(markdown(res))
+    print(markdown_runs(res) if len(rankers) > 1 else markdown(res))
     print(json.dumps(res, default=float))
     return res
 

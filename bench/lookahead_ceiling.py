@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     world = load_world(cfg.env, cfg.encoder)
     k, n_users = cfg.env.slate_size, world.populations["heldout"].size
     if args.episodes is None:
-        plan = episode_plan(cfg.eval.episodes, list(range(cfg.eval.seeds)), n_users)
+        plan = episode_plan(cfg.eval.episodes, cfg.eval.seed_list, n_users)
     else:
         plan = episode_plan(args.episodes, [0], n_users)
     core = make_core(cfg.env, cfg.env.preset, cfg.encoder, world, "heldout", args.batch)

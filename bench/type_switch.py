@@ -151,11 +151,11 @@ def runs_plan(runs: Sequence[Path], preset: str, n_heldout: int) -> EpisodePlan:
         cfg = load_config(run / "config.yaml")
         if cfg.env.preset != preset:
             raise ValueError(f"--runs: {run} was trained on preset {cfg.env.preset!r}, not {preset!r}")
-        plans.append((cfg.eval.episodes, cfg.eval.seeds))
+        plans.append((cfg.eval.episodes, tuple(cfg.eval.seed_list)))
     if len(set(plans)) != 1:
         raise ValueError(f"--runs: the runs were evaluated on different held-out sessions (episodes, seeds): {plans}")
     episodes, seeds = plans[0]
-    return episode_plan(episodes, list(range(seeds)), n_heldout)
+    return episode_plan(episodes, list(seeds), n_heldout)
 
 
 def runs_ppo(runs: Sequence[Path], plan: EpisodePlan) -> np.ndarray:

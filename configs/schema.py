@@ -741,7 +741,12 @@ class EvalConfig:
         episodes: Sessions per seed. 2,500 (× 2 seeds: ``make train``'s table meets 5,000 held-out sessions) since
             session 45: on 1,000 a run's margin over tuned-diverse carried ±0.45 from the draw of sessions alone
             (BENCHMARKS "Session 45").
-        seeds: Evaluation seeds (common random numbers across rankers).
+        seeds: Evaluation seeds (common random numbers across rankers): ``first_seed`` … ``first_seed + seeds − 1``.
+        first_seed: The first evaluation seed. 0 by default (every run's final table meets seeds 0 … S − 1); a later
+            one gives a fresh draw of held-out sessions that no earlier report met, for a confirmatory reading of
+            finished runs (``evaluate.py --first-seed 20 --seeds 80``: the 80,000 sessions after a protocol's
+            20,000). The plan is seed-major and each seed's sessions depend on its seed alone, so seeds F … F + S − 1
+            are the last S seeds' sessions of an evaluation over seeds 0 … F + S − 1.
         users: ``"heldout"`` or ``"train"``.
         reference: Ranker the paired tests compare against.
         bootstrap: Bootstrap resamples for the 95% intervals.
@@ -770,6 +775,7 @@ class EvalConfig:
     )
     episodes: int = 2500
     seeds: int = 2
+    first_seed: int = 0
     users: Literal["train", "heldout"] = "heldout"
     reference: str = "tuned-alpha"
     bootstrap: int = 2000
@@ -781,6 +787,7 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         _check(self, ">=1", "episodes", "seeds", "batch", "tune_episodes")
+        _check(self, ">=0", "first_seed")
         if self.alpha_grid is not None:
             grid = self.alpha_grid
             if (not isinstance(grid, list) or not grid
@@ -790,6 +797,11 @@ class EvalConfig:
         if _number(self.bootstrap) and self.bootstrap < 100:
             raise FieldError("bootstrap", f"use at least 100 resamples, got {self.bootstrap!r}")
         _nonempty(self, "reference", "out")
+
+    @property
+    def seed_list(self) -> list[int]:
+        """The evaluation seeds, ``first_seed`` … ``first_seed + seeds − 1``."""
+        return list(range(self.first_seed, self.first_seed + self.seeds))
 
 
 @dataclass

@@ -84,3 +84,45 @@ def test_replays_the_report_and_refuses_another_tuning_seed(tmp_path: Path) -> N
         adaptation_share.analyse(tmp_path / "report", "diverse:0.5")
     with pytest.raises(ValueError, match=r"no returns of \['ppo'\]"):
         adaptation_share.analyse(tmp_path / "report", "ppo", run=run)
+
+
+def test_several_runs_against_one_reference_replayed_once(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    cache = ["--set", f"env.cache_dir={tmp_path / 'c'}", "--set", f"encoder.cache_dir={tmp_path / 'c'}"]
+    evaluate.main(["--preset", "small", "--encoder", "hashing", "--episodes", "60", "--seeds", "2", "--first-seed", "3",
+                   "--tune-episodes", "120", "--no-progress", "--set", "eval.bootstrap=200", *cache,
+                   "--rankers", "diverse:0.5,diverse:0.9,greedy-cf", "--tune-seed", "2", "--out", str(tmp_path / "r")])
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg = resolve_config(None, "small", [f"env.cache_dir={tmp_path / 'c'}", f"encoder.cache_dir={tmp_path / 'c'}"],
+                         flags={"encoder": {"kind": "hashing"}})
+    save_yaml(to_dict(cfg), run / "config.yaml")
+    names = ["diverse:0.5", "diverse:0.9", "greedy-cf"]
+    res = adaptation_share.analyse_runs(tmp_path / "r", names, run=run, tune_seed=2, tune_episodes=120,
+                                        bootstrap=200)
+    assert res["sessions"] == 120 and res["seeds"] == [3, 4] and res["rankers"] == names
+    one = {n: adaptation_share.analyse(tmp_path / "r", n, run=run, tune_seed=2, tune_episodes=120, bootstrap=200,
+                                       common=True) for n in names}
+    # each policy reads as it does alone against the common reference: the same share and the same switch
+    for n in names:
+        assert res["per_run"][n]["share"]["all"]["mean"] == pytest.approx(one[n]["all"]["share"]["mean"], rel=1e-9)
+        assert res["per_run"][n]["policy_minus_switch"]["all"]["mean"] == pytest.approx(
+            one[n]["switch"]["policy_minus_switch"]["all"]["mean"], rel=1e-9, abs=1e-12)
+    assert res["returns"]["reference"] == pytest.approx(one[names[0]]["returns"]["reference"], abs=1e-12)
+    assert res["switch"]["return"] == pytest.approx(one[names[0]]["switch"]["return"], abs=1e-12)
+    # over the runs: the mean of the per-run shares and, over seeds and sessions, the mean paired difference
+    over = res["over_runs"]
+    shares = [one[n]["all"]["share"]["mean"] for n in names]
+    assert over["share"]["all"]["mean"] == pytest.approx(np.mean(shares), rel=1e-9)
+    assert over["share"]["all"]["ci95"][0] < over["share"]["all"]["mean"] < over["share"]["all"]["ci95"][1]
+    diffs = [one[n]["switch"]["policy_minus_switch"]["all"]["mean"] for n in names]
+    assert over["policy_minus_switch"]["all"]["mean"] == pytest.approx(np.mean(diffs), rel=1e-9, abs=1e-12)
+    lo, hi = over["policy_minus_switch"]["all"]["ci95"]
+    assert lo < over["policy_minus_switch"]["all"]["mean"] < hi
+    assert set(over["policy_minus_reference"]) == {"all", *one[names[0]]["by_user_type"]}
+    assert "**policy − the type switch**" in adaptation_share.markdown_runs(res)
+    with pytest.raises(ValueError, match="two or more policies"):
+        adaptation_share.analyse_runs(tmp_path / "r", ["greedy-cf"], run=run, tune_seed=2, tune_episodes=120)
+    with pytest.raises(SystemExit):
+        adaptation_share.main([str(tmp_path / "r"), "--ranker", "greedy-cf", "--ranker", "diverse:0.5", "--run",
+                               str(run), "--tune-seed", "2", "--tune-episodes", "120"])
+    assert "need --common-reference" in capsys.readouterr().err

@@ -188,6 +188,7 @@ def test_configs_import_nothing_downstream() -> None:
         ("train.policy.temperature=0", "train.policy.temperature: must be > 0, got 0.0"),
         ("eval.episodes=0", "eval.episodes: must be >= 1, got 0"),
         ("eval.tune_episodes=0", "eval.tune_episodes: must be >= 1, got 0"),
+        ("eval.first_seed=-1", "eval.first_seed: must be >= 0, got -1"),
         ("eval.bootstrap=10", "eval.bootstrap: use at least 100 resamples, got 10"),
         ("eval.alpha_grid=[]", "eval.alpha_grid: a non-empty list of numbers in [0, 1], got []"),
         ("eval.alpha_grid=[0.5,1.2]", "eval.alpha_grid: a non-empty list of numbers in [0, 1], got [0.5, 1.2]"),

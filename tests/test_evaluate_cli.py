@@ -52,6 +52,22 @@ def test_smoke_run_writes_a_parsable_report(tmp_path: Path, cache: list[str], ca
     assert "| ranker | return |" in printed and printed.count("\n|") >= 8
 
 
+def test_first_seed_plays_the_sessions_after_the_first_seeds(tmp_path: Path, cache: list[str]) -> None:
+    # a fresh draw of held-out sessions: seeds 1..2 are the last two seeds' sessions of an evaluation over 0..2,
+    # returns included, and none of them is a session of seed 0's
+    args = ["--rankers", "greedy-llm,diverse:0.5", "--set", "eval.bootstrap=200"]
+    whole = evaluate.main(_args(tmp_path / "whole", cache, *args, "--seeds", "3"))
+    later = evaluate.main(_args(tmp_path / "later", cache, *args, "--first-seed", "1"))
+    assert whole["setup"]["seeds"] == [0, 1, 2] and later["setup"]["seeds"] == [1, 2]
+    keys3, rets3 = read_returns(tmp_path / "whole" / "returns.npz")
+    keys2, rets2 = read_returns(tmp_path / "later" / "returns.npz")
+    assert np.array_equal(keys2, keys3[24:]) and not np.isin(keys2, keys3[:24]).any()
+    for name in rets2:
+        np.testing.assert_array_equal(rets2[name], rets3[name][24:])
+    with np.load(tmp_path / "later" / "returns.npz") as data:
+        assert set(data["seeds"].tolist()) == {1, 2}
+
+
 def test_yaml_config_and_determinism(tmp_path: Path, cache: list[str]) -> None:
     cfg = tmp_path / "eval.yaml"
     cfg.write_text("eval:\n  rankers: [random, greedy-cf, strategy-alpha:0.5]\n  reference: greedy-cf\n"
