@@ -353,6 +353,10 @@ def markdown_runs(res: dict[str, Any]) -> str:
 
     labels = list(res["value"])
     sw = res["switch"]
+
+    def share_cell(x: dict[str, Any], label: str) -> str:  # no share of a value whose interval reaches 0
+        return cell(x, pct=True) if res["value"][label]["ci95"][0] > 0 else "—"
+
     lines = [f"{len(res['rankers'])} policies on {res['sessions']} sessions (evaluation seeds {res['seeds'][0]}–"
              f"{res['seeds'][-1]}); {res['reference']} {res['returns']['reference']:.3f}, the per-type rule (reads ρ) "
              f"{res['returns']['typed']:.3f}"
@@ -360,19 +364,19 @@ def markdown_runs(res: dict[str, Any]) -> str:
              "", "| value of adaptation | " + " | ".join(labels) + " |", "|---|" + "---:|" * len(labels),
              "| per-type rule − reference | " + " | ".join(cell(res["value"][lb]) for lb in labels) + " |"]
     if "skipped" not in sw:
-        lines.append("| the type switch's share | " + " | ".join(cell(sw["share"][lb], pct=True) for lb in labels)
+        lines.append("| the type switch's share | " + " | ".join(share_cell(sw["share"][lb], lb) for lb in labels)
                      + " |")
     lines += ["", "| policy | return | share (all users) | − the switch: all | " + " | ".join(labels[1:]) + " |",
               "|---|---:|---:|---:|" + "---:|" * (len(labels) - 1)]
     for name, row in res["per_run"].items():
         pms = row.get("policy_minus_switch")
-        lines.append(f"| {name} | {row['return']:.3f} | {cell(row['share']['all'], pct=True)} | "
+        lines.append(f"| {name} | {row['return']:.3f} | {share_cell(row['share']['all'], 'all')} | "
                      + (" | ".join(cell(pms[lb]) for lb in labels) if pms else " | ".join("—" for _ in labels))
                      + " |")
     over = res["over_runs"]
     lines += ["", "| over the runs | " + " | ".join(labels) + " |", "|---|" + "---:|" * len(labels),
               "| share of the value of adaptation (t-interval across runs) | "
-              + " | ".join(cell(over["share"][lb], pct=True) for lb in labels) + " |",
+              + " | ".join(share_cell(over["share"][lb], lb) for lb in labels) + " |",
               "| policy − reference (seeds and sessions) | "
               + " | ".join(cell(over["policy_minus_reference"][lb]) for lb in labels) + " |"]
     if "policy_minus_switch" in over:
