@@ -21,6 +21,15 @@ read with it in mind.
 parts per band of request indices too, so a margin earned late in the session (a non-myopic policy: it spends
 early requests to keep the user) reads apart from one earned from the first request (a better myopic ranking).
 
+``--by-type`` repeats the split on each hidden user type's sessions (ρ below or above ``agents.type_switch.RHO_EDGE``,
+the quality protocol's CF-leaning / content-leaning split; research only, ρ is hidden): where, request by request, a
+policy gains or loses against a rule for each kind of user. ``--tune-episodes`` and ``--eval-seed`` set the
+references' search budget and the held-out sessions' evaluation seed apart from ``--seed`` (the references' tuning
+seed), so a run can be split against the ``adapt`` bar's common references (``--seed 11 --tune-episodes 4000``).
+
+``--over-rankers`` reads the rankers as runs of one recipe (one per training seed) and adds each part's mean over them
+with its 95% t-interval (per type too with ``--by-type``), as ``--pool`` does over files.
+
 ``--json`` writes the summary atomically; ``--out PNG`` draws ``a_X[t]`` and ``m_X[t]`` for every ranker.
 ``--pool F [F …]`` reads such summaries (one per seed, each of its own run and sessions) and prints, per ranker
 (runs matched by position; the first k, k the fewest any file has), each part's mean over the files with its
@@ -41,6 +50,7 @@ from agents.evaluation import run_episodes
 from agents.registry import check_specs, make_ranker
 from agents.report import Bootstrap, percentile_ci
 from bench.ppo_seeds import t_interval
+from bench.quality_protocol import _type_masks
 from bench.term_probe import finish_summary, heldout_setup, policy_core
 from configs.fileio import atomic_write_bytes, figure_png
 from configs.schema import ConfigError
@@ -206,6 +216,50 @@ def pool(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def over_rankers(rows: list[dict[str, Any]], base: str, title: str) -> dict[str, Any]:
+    """Each part of ``rows`` (:func:`margin_table` rows of one recipe's runs against ``base`` on the same sessions)
+    averaged over the runs with its 95% t-interval over them (:func:`pool`'s reading; printed)."""
+    row = pool([{"base": base, "splits": [r]} for r in rows])[0]
+    row["ranker"] = f"the mean over {title} (t-intervals over the rankers)"
+    print_table(row)
+    return row
+
+
+def split_by_type(played: dict[str, tuple[np.ndarray, np.ndarray]], base: str, specs: list[str], rho: np.ndarray,
+                  n_boot: int, seed: int) -> dict[str, Any]:
+    """Each ranker's split against ``base`` on each hidden user type's sessions (printed as it goes).
+
+    Args:
+        played: Ranker → (float (E, T) reward per request, float (E,) requests), every ranker on the same sessions.
+        base: The base's name (in ``played``).
+        specs: The rankers to split.
+        rho: float (E,) the hidden ρ of each session's user.
+        n_boot: Bootstrap resamples (over each type's sessions).
+        seed: Seed of the resampling.
+
+    Returns:
+        Type label → ``{"sessions", "returns": name → mean, "splits": [margin_table rows]}``.
+    """
+    out: dict[str, Any] = {}
+    for label, sel in _type_masks(rho).items():
+        if sel.sum() < 2:
+            out[label] = {"sessions": int(sel.sum()), "splits": []}
+            continue
+        boot = Bootstrap(int(sel.sum()), n_boot, seed)
+        curves = {n: survival_and_reward(played[n][0][sel], played[n][1][sel]) for n in [base, *specs]}
+        boots = {n: _boot_curves(played[n][0][sel], played[n][1][sel], boot) for n in [base, *specs]}
+        rows = []
+        for spec in specs:
+            row = margin_table(f"{spec} [{label}]", base, split_margin(*curves[spec], *curves[base]),
+                               split_margin(*boots[spec], *boots[base]))
+            print_table(row)
+            rows.append(row)
+        out[label] = {"sessions": int(sel.sum()),
+                      "returns": {n: float(played[n][0][sel].sum(axis=1).mean()) for n in [base, *specs]},
+                      "splits": rows}
+    return out
+
+
 def plot(curves: dict[str, tuple[np.ndarray, np.ndarray]], title: str) -> bytes:
     """PNG bytes: per ranker, the share of sessions reaching each request and the mean reward of those that do."""
     import matplotlib
@@ -238,6 +292,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     help="preset name or calibrated preset folder (default: the config's env.preset, else default)")
     ap.add_argument("--config", default=None, help="config file (a run's config.yaml: its env, tuning and eval)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the held-out sessions and of the references' tuning")
+    ap.add_argument("--eval-seed", type=int, default=None,
+                    help="evaluation seed of the held-out sessions (default: --seed)")
+    ap.add_argument("--tune-episodes", type=int, default=None,
+                    help="training sessions per point of the references' searches (default: the config's "
+                         "eval.tune_episodes)")
+    ap.add_argument("--over-rankers", action="store_true",
+                    help="the rankers are runs of one recipe: also give each part's mean over them (t-intervals)")
+    ap.add_argument("--by-type", action="store_true",
+                    help="also split on each hidden user type's sessions (CF-leaning / content-leaning)")
     ap.add_argument("--rankers", help="comma-separated ranker specs (evaluate.py's), e.g. run:DIR")
     ap.add_argument("--base", default="tuned-diverse", help="the ranker each margin is taken over")
     ap.add_argument("--episodes", type=int, default=2000, help="held-out sessions (the same for every ranker)")
@@ -269,12 +332,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             ap.error(f"{flag}: folder {str(path.parent)!r} does not exist")
     if args.episodes < 2 or args.batch < 1 or args.boot < 1:
         ap.error(f"--episodes must be >= 2, --batch and --boot >= 1, got {args.episodes}, {args.batch}, {args.boot}")
+    if (args.tune_episodes is not None and args.tune_episodes < 1) or (args.eval_seed is not None
+                                                                       and args.eval_seed < 0):
+        ap.error(f"--tune-episodes must be >= 1 and --eval-seed >= 0, got {args.tune_episodes}, {args.eval_seed}")
     specs = [s.strip() for s in args.rankers.split(",") if s.strip()]
     if not specs:
         ap.error("--rankers: name at least one ranker")
     try:
         check_specs([args.base, *specs])
-        cfg, world, core, plan, ctx = heldout_setup(args.config, args.preset, args.seed, args.episodes, args.batch)
+        overrides = [] if args.tune_episodes is None else [f"eval.tune_episodes={args.tune_episodes}"]
+        cfg, world, core, plan, ctx = heldout_setup(args.config, args.preset, args.seed, args.episodes, args.batch,
+                                                    eval_seed=args.eval_seed, overrides=overrides)
     except (ConfigError, ValueError, FileNotFoundError) as exc:
         ap.error(str(exc))
     boot = Bootstrap(len(plan), args.boot, args.seed)
@@ -282,6 +350,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     boots: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     returns: dict[str, float] = {}
+    played: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # (step rewards (E, T), lengths (E,)) for --by-type
     for spec in [args.base, *specs]:
         ranker = make_ranker(spec, ctx)
         stats = run_episodes(policy_core(ranker, core, world, cores), ranker, plan, per_step=True)
@@ -289,10 +358,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         curves[spec] = survival_and_reward(stats.step_reward, stats.length)
         boots[spec] = _boot_curves(stats.step_reward, stats.length, boot)
         returns[spec] = float(stats.ret.mean())
+        if args.by_type:
+            played[spec] = (stats.step_reward, stats.length)
         print(f"{spec}: {stats.ret.mean():.3f} per session, {stats.length.mean():.2f} requests, "
               f"{stats.ret.sum() / stats.length.sum():.3f} per request", flush=True)
-    out: dict[str, Any] = {"preset": cfg.env.preset, "config": args.config, "seed": args.seed, "episodes": len(plan),
-                           "base": args.base, "returns": returns, "splits": []}
+    out: dict[str, Any] = {"preset": cfg.env.preset, "config": args.config, "seed": args.seed,
+                           "eval_seed": args.seed if args.eval_seed is None else args.eval_seed,
+                           "tune_episodes": cfg.eval.tune_episodes, "episodes": len(plan), "base": args.base,
+                           "returns": returns, "splits": []}
     a_b, s_b = curves[args.base]
     ba_b, bs_b = boots[args.base]
     for spec in specs:
@@ -300,6 +373,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                            split_margin(*boots[spec], ba_b, bs_b))
         print_table(row)
         out["splits"].append(row)
+    if args.by_type:
+        out["by_type"] = split_by_type(played, args.base, specs, core.pop.rho[plan.users], args.boot, args.seed)
+    if args.over_rankers and len(specs) > 1:
+        groups = [("all users", out)] + [(label, t) for label, t in out.get("by_type", {}).items() if t["splits"]]
+        for label, holder in groups:
+            holder["over_rankers"] = over_rankers(holder["splits"], args.base, f"{len(specs)} rankers, {label}")
     out["curves"] = {k: {"reach": a.tolist(), "reward": s.tolist()} for k, (a, s) in curves.items()}
     if args.out is not None:
         atomic_write_bytes(args.out, plot(curves, f"{cfg.env.preset}, seed {args.seed}: {len(plan):,} held-out "

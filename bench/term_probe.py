@@ -76,7 +76,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -765,15 +765,17 @@ def finish_summary(out: dict[str, Any], path: Path | None) -> dict[str, Any]:
 
 
 def heldout_setup(config: str | None, preset: str | None, seed: int, episodes: int, batch: int,
-                  eval_seed: int | None = None) -> tuple[Config, World, BatchedCore, EpisodePlan, RankerContext]:
-    """What a probe of training seed ``seed`` plays on: its config (``train.seed = seed``), world, held-out core,
-    ``episodes`` held-out sessions of evaluation seed ``eval_seed`` (``None``: ``seed``), and ``train.py``'s tuning
-    context for that seed (its cached searches: the same references a run of that seed has).
+                  eval_seed: int | None = None, overrides: Sequence[str] = ()
+                  ) -> tuple[Config, World, BatchedCore, EpisodePlan, RankerContext]:
+    """What a probe of training seed ``seed`` plays on: its config (``train.seed = seed``, then ``overrides``, e.g.
+    ``eval.tune_episodes=4000``), world, held-out core, ``episodes`` held-out sessions of evaluation seed
+    ``eval_seed`` (``None``: ``seed``), and ``train.py``'s tuning context for that seed (its cached searches: the same
+    references a run of that seed has).
 
     Raises:
         ConfigError: For a bad config or preset.
     """
-    cfg = resolve_config(config, preset, [f"train.seed={seed}"])
+    cfg = resolve_config(config, preset, [f"train.seed={seed}", *overrides])
     world = load_world(cfg.env, cfg.encoder)
     core = make_core(cfg.env, cfg.env.preset, cfg.encoder, world, "heldout", batch)
     plan = episode_plan(episodes, [seed if eval_seed is None else eval_seed], world.populations["heldout"].size)

@@ -67,6 +67,37 @@ def test_the_command_splits_a_runs_margin_on_shared_sessions(tmp_path: Path, run
         assert row["bands"][0]["from"] == 1 and row["bands"][-1]["to"] == len(got["curves"]["greedy-llm"]["reach"])
 
 
+def test_by_type_splits_each_user_types_sessions_and_they_add_up(tmp_path: Path, run_dir: Path) -> None:
+    """``--by-type``: each hidden type's margin is its sessions' paired difference, the types' margins weighted by
+    their sessions give the whole margin back, and each type's parts sum to its margin; ``--eval-seed`` and
+    ``--tune-episodes`` reach the sessions and the references' search."""
+    argv = ["--config", str(run_dir / "config.yaml"), "--rankers", f"run:{run_dir},diverse:0.9", "--base",
+            "tuned-diverse", "--episodes", "40", "--batch", "20", "--boot", "40", "--seed", "3"]
+    got = main([*argv, "--eval-seed", "7", "--tune-episodes", "24", "--by-type", "--over-rankers"])
+    assert got["eval_seed"] == 7 and got["tune_episodes"] == 24
+    # over the rankers: each part's mean over them, per type too
+    for holder in [got, *(t for t in got["by_type"].values() if t["splits"])]:
+        pooled = holder["over_rankers"]
+        assert pooled["n"] == 2 and pooled["margin"]["value"] == pytest.approx(
+            np.mean([r["margin"]["value"] for r in holder["splits"]]), abs=1e-12)
+    other = main([*argv, "--eval-seed", "8", "--tune-episodes", "24"])
+    assert "by_type" not in other and other["returns"]["diverse:0.9"] != got["returns"]["diverse:0.9"]
+    types = got["by_type"]
+    assert sum(t["sessions"] for t in types.values()) == 40
+    for i, row in enumerate(got["splits"]):
+        name = row["ranker"]
+        weighted = sum(t["sessions"] * t["splits"][i]["margin"]["value"] for t in types.values() if t["splits"])
+        assert weighted / 40 == pytest.approx(row["margin"]["value"], abs=1e-9)
+        for t in types.values():
+            if not t["splits"]:
+                continue
+            part = t["splits"][i]
+            assert part["margin"]["value"] == pytest.approx(t["returns"][name] - t["returns"]["tuned-diverse"],
+                                                            abs=1e-9)
+            assert part["requests"]["value"] + part["sessions"]["value"] == pytest.approx(part["margin"]["value"],
+                                                                                          abs=1e-9)
+
+
 def test_the_command_refuses_bad_arguments_by_name(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A missing run, a listed-twice ranker, a missing output folder and too few sessions are refused by name before
     any world is loaded."""
@@ -74,6 +105,7 @@ def test_the_command_refuses_bad_arguments_by_name(tmp_path: Path, capsys: pytes
                       (["--rankers", "greedy-llm", "--base", "greedy-llm"], "twice"),
                       (["--rankers", "greedy-llm", "--json", str(tmp_path / "no" / "x.json")], "--json"),
                       (["--rankers", "greedy-llm", "--episodes", "1"], "--episodes"),
+                      (["--rankers", "greedy-llm", "--tune-episodes", "0"], "--tune-episodes"),
                       (["--rankers", " , "], "--rankers")):
         with pytest.raises(SystemExit):
             main(argv)
