@@ -216,6 +216,11 @@ class SlatePolicy(ActorCriticPolicy):
         cf_rule_weights: B's fixed feature weights (F,) (``None``: A's ``base_weights``).
         cf_rule_threshold: The probability of a CF-leaning user, in (0, 1), at which the base is half-way to B.
         cf_rule_sharpness: > 0, the share's slope s in the type logit (large: a hard switch at the threshold).
+        type_cap: A category cap of one item per category on the requests where the type head reads a CF-leaning
+            user with probability above this (in (0, 1); needs a type head and ``item_category``): the repulsion β
+            gains the slate distribution's full-category penalty there (:attr:`PlackettLuceDistribution.CAP_PENALTY`),
+            the cap of the rule tuned for those users, which a learned β does not reach from its start (BENCHMARKS
+            "Session 60"). A hard threshold on the detached logit: no gradient flows through it. ``None``: off.
         actor_hidden_state: A research ablation: ``obs["critic_state"]`` (``env.obs_critic_state``: the user's hidden
             ρ, price sensitivity, budget left and fatigue) joins the *actor's* state input too (appended last), so
             the policy is told what no deployed ranker knows: an upper reference of what knowing that state is
@@ -284,6 +289,7 @@ class SlatePolicy(ActorCriticPolicy):
         cf_rule_weights: list[float] | np.ndarray | None = None,
         cf_rule_threshold: float = 0.8,
         cf_rule_sharpness: float = CF_RULE_SHARPNESS,
+        type_cap: float | None = None,
         actor_hidden_state: bool = False,
         actor_hidden_columns: Sequence[str] | None = None,
         feature_gate: bool = False,
@@ -429,6 +435,13 @@ class SlatePolicy(ActorCriticPolicy):
         self.cf_rule_weights = None if cf_rule_weights is None else [float(w) for w in cf_rule_weights]
         self.cf_rule_threshold = float(cf_rule_threshold)
         self.cf_rule_sharpness = float(cf_rule_sharpness)
+        if type_cap is not None:
+            if not (type_head_weight > 0 and item_category is not None):
+                raise ValueError("type_cap (a category cap where the type head reads a CF-leaning user) needs a type "
+                                 "head (type_head_weight > 0) and item_category")
+            if not 0.0 < float(type_cap) < 1.0:
+                raise ValueError(f"type_cap must be in (0, 1), got {type_cap}")
+        self.type_cap = None if type_cap is None else float(type_cap)
         self.n_candidates = n_cand
         self.slate_size = len(action_space.nvec)
         for ignored in ("net_arch", "log_std_init", "full_std", "use_expln", "squash_output"):
@@ -630,6 +643,7 @@ class SlatePolicy(ActorCriticPolicy):
             cf_rule_weights=self.cf_rule_weights,
             cf_rule_threshold=self.cf_rule_threshold,
             cf_rule_sharpness=self.cf_rule_sharpness,
+            type_cap=self.type_cap,
             actor_hidden_state=self.actor_hidden_state,
             actor_hidden_columns=(None if self.actor_hidden_columns is None
                                   else [CRITIC_STATE_NAMES[i] for i in self.actor_hidden_columns]),
@@ -957,11 +971,19 @@ class SlatePolicy(ActorCriticPolicy):
             state_in = th.cat([state_in, obs["critic_state"]], dim=-1)
         return self.value_net(self.value_trunk(state_in))
 
-    def _repulsion(self, h: th.Tensor) -> th.Tensor | None:
-        """β_θ(s) >= 0 (B,) from the state embedding, or None without item categories."""
+    def _repulsion(self, h: th.Tensor, type_logit: th.Tensor | None = None) -> th.Tensor | None:
+        """β_θ(s) >= 0 (B,) from the state embedding, or None without item categories; with ``type_cap``, plus the
+        full-category penalty on the rows whose type logit (B,), which it then needs, reads a CF-leaning user above
+        the threshold (``σ(−ℓ) > type_cap``)."""
         if self.repulsion_head is None:
             return None
-        return nn.functional.softplus(self.repulsion_head(h)).squeeze(-1)
+        beta = nn.functional.softplus(self.repulsion_head(h)).squeeze(-1)
+        if self.type_cap is None:
+            return beta
+        if type_logit is None:
+            raise ValueError("a policy with type_cap needs the type head's logit for its repulsion")
+        capped = (-type_logit.detach() > math.log(self.type_cap / (1.0 - self.type_cap))).to(beta.dtype)
+        return beta + PlackettLuceDistribution.CAP_PENALTY * capped
 
     def _groups(self, obs: dict[str, th.Tensor], check: bool = True) -> th.Tensor | None:
         """Category (B, N) of each candidate, or None without item categories."""
@@ -997,7 +1019,7 @@ class SlatePolicy(ActorCriticPolicy):
         state_in, cand, features, mask = self._encode(obs, check)
         type_logit = self._type_logit(state_in) if self.type_net is not None else None
         logits, _, h = self._actor(state_in, cand, features, type_logit)
-        beta = self._repulsion(h)
+        beta = self._repulsion(h, type_logit)
         groups = self._groups(obs, check)
         dist = self.action_dist.proba_distribution(logits, mask, groups, beta, validate=check,
                                                    n_groups=None if groups is None else self.n_categories())
@@ -1048,8 +1070,9 @@ class SlatePolicy(ActorCriticPolicy):
             ``(logits (B, N), alpha (B,), repulsion β (B,) or None)`` (masked candidates are not filled here).
         """
         state_in, cand, features, _ = self._encode(obs)
-        logits, alpha, h = self._actor(state_in, cand, features)
-        return logits, alpha, self._repulsion(h)
+        type_logit = self._type_logit(state_in) if self.type_net is not None else None
+        logits, alpha, h = self._actor(state_in, cand, features, type_logit)
+        return logits, alpha, self._repulsion(h, type_logit)
 
     def score_candidates_explained(
         self, obs: dict[str, th.Tensor]
@@ -1061,9 +1084,10 @@ class SlatePolicy(ActorCriticPolicy):
             :data:`SCORE_PARTS`.
         """
         state_in, cand, features, _ = self._encode(obs)
-        logits, alpha, h, parts = self._actor_parts(state_in, cand, features)
+        type_logit = self._type_logit(state_in) if self.type_net is not None else None
+        logits, alpha, h, parts = self._actor_parts(state_in, cand, features, type_logit=type_logit)
         assert parts is not None
-        return logits, alpha, self._repulsion(h), parts
+        return logits, alpha, self._repulsion(h, type_logit), parts
 
     def score_parts_tensor(self, obs: PyTorchObs | dict[str, np.ndarray]) -> th.Tensor:
         """:meth:`score_parts` as one tensor (B, N, P), the last axis in the order of :data:`SCORE_PARTS`."""
@@ -1101,7 +1125,8 @@ class SlatePolicy(ActorCriticPolicy):
     def repulsion(self, obs: PyTorchObs | dict[str, np.ndarray]) -> th.Tensor | None:
         """The within-slate category repulsion β_θ(s) (B,), or None when the policy has no item categories."""
         state_in, _, _, _ = self._encode(self._prepare(obs))
-        return self._repulsion(self._state(state_in))
+        type_logit = self._type_logit(state_in) if self.type_net is not None else None
+        return self._repulsion(self._state(state_in, type_logit), type_logit)
 
     def predict_values(self, obs: PyTorchObs) -> th.Tensor:
         """Values (B, 1)."""

@@ -181,7 +181,7 @@ def policy_kwargs(cfg: Config, init_alpha: float, world: World,
                 type_loss_scale=pc.type_head_weight / cfg.train.ppo.ent_coef if pc.type_head_weight > 0 else 0.0,
                 type_gate_init=pc.type_gate_init, type_gate_lower_only=pc.type_gate_lower_only,
                 type_gate_margin=pc.type_gate_margin, type_head_input=pc.type_head_input,
-                actor_hidden_state=pc.actor_hidden_state,
+                type_cap=pc.type_cap, actor_hidden_state=pc.actor_hidden_state,
                 actor_hidden_columns=pc.actor_hidden_columns, feature_gate=pc.feature_gate,
                 pool_spread=pc.pool_spread, **extra)
 

@@ -50,6 +50,8 @@ _RHO = CRITIC_STATE_NAMES.index("rho")
 class TypeCapRanker(Ranker):
     """A trained policy whose repulsion β is raised by :data:`CAP_BETA` where the user reads (or is) CF-leaning.
 
+    With a threshold this is the policy's own ``type_cap`` set after training (replacing any it was trained with).
+
     Args:
         policy: A policy with a type head and item categories (copied; the original is not changed).
         k: Slate size.
@@ -68,23 +70,17 @@ class TypeCapRanker(Ranker):
         self.name = ("cap by the hidden type (research)" if threshold is None
                      else f"cap where the head reads p > {threshold:g}")
         self.policy = copy.deepcopy(policy)
-        self._cf: th.Tensor | None = None  # (B,) 1.0 where β is raised, set by each pass of the type head
-        type_logit, repulsion = self.policy._type_logit, self.policy._repulsion
+        self.policy.type_cap = threshold  # the policy's own option (train.policy.type_cap), set after training
+        self._cf: th.Tensor | None = None  # (B,) 1.0 for a CF-leaning user by the hidden ρ, set per request
+        if threshold is None:
+            repulsion = self.policy._repulsion
 
-        def read(state_in: th.Tensor) -> th.Tensor:
-            logit = type_logit(state_in)  # high for a content-leaning user
-            if threshold is not None:
-                self._cf = (th.sigmoid(-logit) > threshold).to(logit.dtype)
-            return logit
+            def raised(h: th.Tensor, type_logit: th.Tensor | None = None) -> th.Tensor | None:
+                beta = repulsion(h, type_logit)
+                assert beta is not None and self._cf is not None
+                return beta + CAP_BETA * self._cf.to(device=beta.device, dtype=beta.dtype)
 
-        def raised(h: th.Tensor) -> th.Tensor | None:
-            beta = repulsion(h)
-            assert beta is not None and self._cf is not None
-            return beta + CAP_BETA * self._cf.to(device=beta.device, dtype=beta.dtype)
-
-        # every pass computes the type logit before the repulsion (SlatePolicy._dist_for, score_candidates)
-        self.policy._type_logit = read  # type: ignore[method-assign]
-        self.policy._repulsion = raised  # type: ignore[method-assign]
+            self.policy._repulsion = raised  # type: ignore[method-assign]
         self.ranker = PPORanker(self.policy, k)
 
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:

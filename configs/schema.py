@@ -536,6 +536,10 @@ class PolicyConfig:
             half-way to that rule (in (0, 1); ``bench.type_switch``'s switch picks 0.8 on ``adapt``).
         cf_rule_sharpness: > 0, the slope of the base's share of that rule in the head's logit: the share is
             ``σ(s·(logit of the CF-leaning probability − logit threshold))``; large values make it a hard switch.
+        type_cap: A category cap of one item per category on the requests where the type head reads a CF-leaning
+            user with probability above this (in (0, 1); needs a type head and ``category_repulsion``): the rule
+            tuned for those users on ``adapt`` keeps one item per category, which the learned repulsion does not
+            reach from its start (``bench.type_cap``; BENCHMARKS "Session 60"). None: off.
         actor_hidden_state: A research ablation (needs ``env.obs_critic_state``): the actor reads the simulated
             user's hidden state too (ρ, price sensitivity, the budget left, fatigue), so the run measures what
             knowing it is worth to the learner (an upper reference; the policy is not exportable). False: off.
@@ -575,6 +579,7 @@ class PolicyConfig:
     cf_rule_base: bool = False
     cf_rule_threshold: float = 0.8
     cf_rule_sharpness: float = 2.0
+    type_cap: float | None = None
     actor_hidden_state: bool = False
     actor_hidden_columns: list[str] | None = None
     feature_gate: bool = False
@@ -593,8 +598,12 @@ class PolicyConfig:
                 self.pool_spread and _number(self.type_head_weight) and self.type_head_weight > 0):
             raise FieldError("type_head_input", "'request' needs type_head_weight > 0 and pool_spread: true (the "
                              "head reads the candidates' pooled spread)")
-        _check(self, "(0,1)", "cf_rule_threshold")
+        _check(self, "(0,1)", "cf_rule_threshold", "type_cap")
         _check(self, ">0", "cf_rule_sharpness")
+        if self.type_cap is not None and not (_number(self.type_head_weight) and self.type_head_weight > 0
+                                              and self.category_repulsion):
+            raise FieldError("type_cap", "needs a type head (type_head_weight > 0) and category_repulsion: true (the "
+                             "cap acts through the type head's reading on the repulsion)")
         if self.cf_rule_base and not (_number(self.type_head_weight) and self.type_head_weight > 0
                                       and self.base == "diverse" and self.start == "diverse"):
             raise FieldError("cf_rule_base", "needs a type head (type_head_weight > 0), base: diverse and start: "

@@ -438,8 +438,9 @@ def test_a_run_whose_type_head_reads_the_standardised_request_exports_with_parit
 
 def test_train_py_fits_the_type_head_and_logs_it(tmp_path: Path, runs_cache: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    """``train.py`` with ``env.obs_critic_state`` and ``train.policy.type_head_weight``: the policy has the head,
-    the run logs its cross-entropy, accuracy and gate weight per rollout, and PPO moved the gate's weight on it."""
+    """``train.py`` with ``env.obs_critic_state`` and ``train.policy.type_head_weight`` (and ``type_cap``): the policy
+    has the head, the run logs its cross-entropy, accuracy and gate weight per rollout, and PPO moved the gate's weight
+    on it."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     import train
@@ -447,10 +448,11 @@ def test_train_py_fits_the_type_head_and_logs_it(tmp_path: Path, runs_cache: Pat
 
     monkeypatch.setenv("RECFEED_CACHE", str(runs_cache))
     summary = train.main([*tiny_args(tmp_path / "runs", "type", 1024), "--set", "env.obs_critic_state=true",
-                          "--set", "train.policy.type_head_weight=1"])
+                          "--set", "train.policy.type_head_weight=1", "--set", "train.policy.type_cap=0.6"])
     run = Path(summary["run_dir"])
     policy = load_policy(run, device="cpu")
     assert policy.type_net is not None and policy.reads_critic_state
+    assert policy.type_cap == 0.6  # train.policy.type_cap reaches the policy and its saved settings
     events = [str(p) for p in (run / "tb").rglob("events.out.tfevents.*")]
     tags: dict[str, list[float]] = {}
     for path in events:

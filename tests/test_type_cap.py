@@ -1,8 +1,9 @@
-"""bench.type_cap: a trained policy given a category cap of one where its type head (or the hidden ρ) says CF-leaning."""
+"""bench.type_cap and the policy's type_cap: a category cap of one where the type head reads CF-leaning."""
 
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import numpy as np
@@ -86,3 +87,62 @@ def test_analyse_pairs_each_row_with_the_run_as_trained(tmp_path: Path, small_wo
     with pytest.raises(SystemExit):
         type_cap.main([str(runs[0]), "--thresholds", "1.5"])
     assert "--thresholds" in capsys.readouterr().err
+
+
+def test_the_policy_option_caps_where_its_head_reads_cf_leaning_saves_and_exports(tmp_path: Path,
+                                                                                 small_world: World) -> None:
+    """``type_cap`` in the policy: one item per category on the rows its head reads CF-leaning above the threshold
+    (the bench's ranker gives the same slates), nothing changed where it reads content-leaning; the setting travels in
+    policy.json and the exported graph keeps parity with it; the constructor and the config name what it needs."""
+    from agents.export import export_run
+    from agents.policies import SlatePolicy
+    from agents.ppo_ranker import save_policy
+    from configs.loader import ConfigError, resolve_config
+    from envs.spaces import action_space, observation_space
+
+    run = make_run_dir(tmp_path / "a", small_world, steps=64, type_head=True)
+    cfg = load_run_config(run)
+    obs = make_core(cfg.env, small_world, b=48).observe()
+    category, k = small_world.catalog.category, cfg.env.slate_size
+    policy = load_policy(run, device="cpu")
+    last = policy.type_net[-1]
+    with th.no_grad():
+        last.weight.zero_()
+        last.bias.fill_(-50.0)  # every user read CF-leaning
+    free = PPORanker(policy, k).act(obs)
+    policy.type_cap = 0.9
+    capped = PPORanker(policy, k).act(obs)
+    assert _distinct_where_possible(capped, obs, category).all() and not np.array_equal(capped, free)
+    np.testing.assert_array_equal(capped, type_cap.TypeCapRanker(policy, k, 0.9).act(obs))
+    assert bool((policy.repulsion(obs) >= type_cap.CAP_BETA).all())
+    with th.no_grad():
+        last.bias.fill_(50.0)  # every user read content-leaning: the cap never applies
+    content = PPORanker(policy, k).act(obs)
+    policy.type_cap = None
+    np.testing.assert_array_equal(content, PPORanker(policy, k).act(obs))
+
+    policy.type_cap = 0.9
+    with th.no_grad():
+        last.bias.fill_(-50.0)
+    save_policy(policy, run)
+    assert load_policy(run, device="cpu").type_cap == 0.9
+    dest = export_run(run, "onnx", world=small_world, parity_envs=4, parity_steps=2)
+    parity = json.loads((dest / "manifest.json").read_text(encoding="utf-8"))["parity"]
+    assert parity["slates_equal_up_to_ties"] == parity["observations"] == 8
+
+    space, actions = observation_space(50, 8, 16, with_critic_state=True), action_space(8, 3)
+    cats = np.arange(50) % 5
+    with pytest.raises(ValueError, match="needs a type head"):
+        SlatePolicy(space, actions, lambda _: 1e-3, item_category=cats, type_cap=0.9)
+    with pytest.raises(ValueError, match="type_cap must be in"):
+        SlatePolicy(space, actions, lambda _: 1e-3, item_category=cats, type_head_weight=1.0, type_cap=1.5)
+    assert SlatePolicy(space, actions, lambda _: 1e-3, item_category=cats, type_head_weight=1.0,
+                       type_cap=0.8).type_cap == 0.8
+    with pytest.raises(ConfigError, match="type_cap"):
+        resolve_config(None, "small", ["train.policy.type_cap=0.9"])
+    with pytest.raises(ConfigError, match="type_cap"):
+        resolve_config(None, "small", ["env.obs_critic_state=true", "train.policy.type_head_weight=0.1",
+                                       "train.policy.type_cap=1.0"])
+    ok = resolve_config(None, "small", ["env.obs_critic_state=true", "train.policy.type_head_weight=0.1",
+                                        "train.policy.type_cap=0.9"])
+    assert ok.train.policy.type_cap == 0.9
