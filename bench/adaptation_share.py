@@ -248,7 +248,7 @@ def switch_figures(r: Replay, policy: np.ndarray, threshold: float, ret: np.ndar
 
 def analyse_runs(report: Path, rankers: Sequence[str], run: Path | None = None, tune_seed: int = 11,
                  tune_episodes: int = 4000, edges: tuple[float, ...] = RHO_EDGES, batch: int = 500,
-                 bootstrap: int = 2000) -> dict[str, Any]:
+                 bootstrap: int = 2000, against: Sequence[str] = ()) -> dict[str, Any]:
     """Several policies of one report (one per training seed) against one common reference and type switch.
 
     The references (tuned-diverse, the per-type rule, the switch; searched with ``tune_seed`` on ``tune_episodes``
@@ -267,15 +267,20 @@ def analyse_runs(report: Path, rankers: Sequence[str], run: Path | None = None, 
         edges: Inner ρ group edges of the per-type rule.
         batch: Users simulated at once.
         bootstrap: Resamples of the per-run intervals.
+        against: Policies of another recipe in the same report, matched to ``rankers`` by position (the same
+            training seed): adds the policies − them, paired run by run, over seeds and sessions
+            (``"policy_minus_against"``). Empty: none.
 
     Raises:
         FileNotFoundError: Without ``returns.npz``.
-        ValueError: Fewer than two policies, a name the report lacks, or no run to load.
+        ValueError: Fewer than two policies, ``against`` of another length, or a name the report lacks.
     """
     if len(set(rankers)) < 2:
         raise ValueError(f"analyse_runs reads two or more policies, got {list(rankers)}")
-    r = replay(report, list(rankers), run, tune_seed=tune_seed, tune_episodes=tune_episodes, edges=edges,
-               batch=batch, bootstrap=bootstrap, common=True)
+    if against and len(against) != len(rankers):
+        raise ValueError(f"against pairs run by run: {len(against)} policies for {len(rankers)}")
+    r = replay(report, list(dict.fromkeys([*rankers, *against])), run, tune_seed=tune_seed,
+               tune_episodes=tune_episodes, edges=edges, batch=batch, bootstrap=bootstrap, common=True)
     switch = play_switch(r)
     labels = {"all": np.ones(len(r.plan), dtype=bool), **r.split}
     per_run = {}
@@ -292,9 +297,14 @@ def analyse_runs(report: Path, rankers: Sequence[str], run: Path | None = None, 
                   for label in labels},
         "policy_minus_reference": {label: seeds_and_sessions_interval(table[:, m] - r.ref[m])
                                    for label, m in labels.items()}}
+    if against:
+        other = np.stack([r.returns[n] for n in against])  # (S, E), row s the same training seed as table's
+        over["policy_minus_against"] = {label: seeds_and_sessions_interval(table[:, m] - other[:, m])
+                                        for label, m in labels.items()}
     out: dict[str, Any] = {
         "report": str(report), "rankers": list(rankers), "reference": r.reference, "tune_seed": tune_seed,
         "tune_episodes": tune_episodes, "sessions": len(r.plan), "seeds": sorted(set(r.plan.seeds.tolist())),
+        "against": list(against),
         "edges": list(edges), "start": r.start, "per_group": r.per_group,
         "returns": {"reference": float(r.ref.mean()), "typed": float(r.typed.mean())},
         # the value of adaptation (per-type rule − reference), read through share() with the reference as policy
@@ -379,6 +389,9 @@ def markdown_runs(res: dict[str, Any]) -> str:
               + " | ".join(share_cell(over["share"][lb], lb) for lb in labels) + " |",
               "| policy − reference (seeds and sessions) | "
               + " | ".join(cell(over["policy_minus_reference"][lb]) for lb in labels) + " |"]
+    if "policy_minus_against" in over:
+        lines.append("| policy − the `--against` policy of its seed (seeds and sessions) | "
+                     + " | ".join(cell(over["policy_minus_against"][lb]) for lb in labels) + " |")
     if "policy_minus_switch" in over:
         lines.append("| **policy − the type switch** (seeds and sessions) | "
                      + " | ".join(cell(over["policy_minus_switch"][lb]) for lb in labels) + " |")
@@ -394,6 +407,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--ranker", required=True, action="append",
                     help="the policy's name in the report, e.g. run:runs/x; repeated (with --common-reference), "
                          "several policies of one report against the same references, and over them")
+    ap.add_argument("--against", action="append", default=[],
+                    help="with several --ranker: a policy of another recipe in the report, one per --ranker in the "
+                         "same order (the same training seed): the policies − them, paired, over seeds and sessions")
     ap.add_argument("--run", help="the run whose world to load (default: the ranker's run:DIR)")
     ap.add_argument("--reference", default="tuned-diverse", help="tuned-diverse's name in the report")
     ap.add_argument("--tune-seed", type=int, default=0,
@@ -413,11 +429,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rankers = list(dict.fromkeys(args.ranker))
     if len(rankers) > 1 and not args.common_reference:
         ap.error("several --ranker read together need --common-reference (one reference for all of them)")
+    if args.against and len(rankers) < 2:
+        ap.error("--against pairs several --ranker run by run")
     run = Path(args.run) if args.run else None
     try:
         if len(rankers) > 1:
             res = analyse_runs(Path(args.report), rankers, run, args.tune_seed, args.tune_episodes, edges, args.batch,
-                               args.bootstrap)
+                               args.bootstrap, args.against)
         else:
             res = analyse(Path(args.report), rankers[0], run, args.reference, args.tune_seed, args.tune_episodes,
                           edges, args.batch, args.bootstrap, common=args.common_reference)

@@ -120,6 +120,16 @@ def test_several_runs_against_one_reference_replayed_once(tmp_path: Path, capsys
     assert lo < over["policy_minus_switch"]["all"]["mean"] < hi
     assert set(over["policy_minus_reference"]) == {"all", *one[names[0]]["by_user_type"]}
     assert "**policy − the type switch**" in adaptation_share.markdown_runs(res)
+    # --against: paired run by run with another recipe's policies of the same report
+    paired = adaptation_share.analyse_runs(tmp_path / "r", names[:2], run=run, tune_seed=2, tune_episodes=120,
+                                           bootstrap=200, against=[names[2], names[2]])
+    mine = [one[n]["returns"]["policy"] for n in names]
+    assert paired["over_runs"]["policy_minus_against"]["all"]["mean"] == pytest.approx(
+        np.mean(mine[:2]) - mine[2], abs=1e-9)
+    assert "`--against` policy" in adaptation_share.markdown_runs(paired)
+    with pytest.raises(ValueError, match="run by run"):
+        adaptation_share.analyse_runs(tmp_path / "r", names[:2], run=run, tune_seed=2, tune_episodes=120,
+                                      against=[names[2]])
     with pytest.raises(ValueError, match="two or more policies"):
         adaptation_share.analyse_runs(tmp_path / "r", ["greedy-cf"], run=run, tune_seed=2, tune_episodes=120)
     with pytest.raises(SystemExit):

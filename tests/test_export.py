@@ -15,7 +15,7 @@ import pytest
 import torch
 from conftest import make_run_dir
 
-from agents.export import ITEMS_FILE, MANIFEST_FILE, MODEL_FILES, export_run, main, run_exported
+from agents.export import ITEMS_FILE, MANIFEST_FILE, MODEL_FILES, TIE_TOL, export_run, main, run_exported, tie_tolerance
 from agents.serving import greedy_slates
 from envs.spaces import CONTEXT_NAMES, FEATURE_NAMES
 from envs.world import World
@@ -211,3 +211,18 @@ def test_exported_score_parts_match_the_policy(fmt: str, run_dir: Path, onnx_exp
     np.testing.assert_allclose(plain[0], logits, rtol=0, atol=1e-6)
     np.testing.assert_allclose(plain[1], alpha, rtol=0, atol=1e-7)
     np.testing.assert_allclose(plain[2], beta, rtol=0, atol=1e-7)
+
+
+def test_ties_are_judged_within_what_two_implementations_disagree_on() -> None:
+    """Two candidates 3e-4 apart, swapped by an implementation whose logits are 2e-4 from the other's, are a tie at
+    the parity check's tolerance (twice the disagreement) and not at the fixed floor; with no disagreement the floor
+    holds, and the repulsion's disagreement counts once per earlier pick of the slate."""
+    from agents.slate_mode import is_greedy_path
+
+    logits = np.array([1.0003, 1.0, 0.2, 0.1])
+    swapped = np.array([1, 0, 2])
+    tol = tie_tolerance(2e-4, 0.0, 3)
+    assert tol == pytest.approx(4e-4) and is_greedy_path(swapped, logits, None, 0.0, tol)
+    assert not is_greedy_path(swapped, logits, None, 0.0, TIE_TOL)
+    assert tie_tolerance(0.0, 0.0, 10) == TIE_TOL
+    assert tie_tolerance(1e-4, 1e-5, 10) == pytest.approx(2 * (1e-4 + 9 * 1e-5))
