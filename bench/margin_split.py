@@ -332,9 +332,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             ap.error(f"{flag}: folder {str(path.parent)!r} does not exist")
     if args.episodes < 2 or args.batch < 1 or args.boot < 1:
         ap.error(f"--episodes must be >= 2, --batch and --boot >= 1, got {args.episodes}, {args.batch}, {args.boot}")
-    if (args.tune_episodes is not None and args.tune_episodes < 1) or (args.eval_seed is not None
-                                                                       and args.eval_seed < 0):
-        ap.error(f"--tune-episodes must be >= 1 and --eval-seed >= 0, got {args.tune_episodes}, {args.eval_seed}")
+    if args.tune_episodes is not None and args.tune_episodes < 1:
+        ap.error(f"--tune-episodes must be >= 1, got {args.tune_episodes}")
+    if args.eval_seed is not None and args.eval_seed < 0:
+        ap.error(f"--eval-seed must be >= 0, got {args.eval_seed}")
     specs = [s.strip() for s in args.rankers.split(",") if s.strip()]
     if not specs:
         ap.error("--rankers: name at least one ranker")

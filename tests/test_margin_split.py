@@ -106,6 +106,7 @@ def test_the_command_refuses_bad_arguments_by_name(tmp_path: Path, capsys: pytes
                       (["--rankers", "greedy-llm", "--json", str(tmp_path / "no" / "x.json")], "--json"),
                       (["--rankers", "greedy-llm", "--episodes", "1"], "--episodes"),
                       (["--rankers", "greedy-llm", "--tune-episodes", "0"], "--tune-episodes"),
+                      (["--rankers", "greedy-llm", "--eval-seed", "-1"], "--eval-seed must be >= 0"),
                       (["--rankers", " , "], "--rankers")):
         with pytest.raises(SystemExit):
             main(argv)
