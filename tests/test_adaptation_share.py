@@ -102,9 +102,14 @@ def test_several_runs_against_one_reference_replayed_once(tmp_path: Path, capsys
     assert res["sessions"] == 120 and res["seeds"] == [3, 4] and res["rankers"] == names
     one = {n: adaptation_share.analyse(tmp_path / "r", n, run=run, tune_seed=2, tune_episodes=120, bootstrap=200,
                                        common=True) for n in names}
-    # each policy reads as it does alone against the common reference: the same share and the same switch
+    # each policy reads as it does alone against the common reference: the same value of adaptation, share and switch.
+    # On this tiny tuning the per-type rule may pick tuned-diverse's own point (a value of exactly 0, so no share: NaN),
+    # depending on the CPU's rounding; NaN must then read NaN on both paths
+    value = res["value"]["all"]["mean"]
+    assert value == pytest.approx(one[names[0]]["all"]["value"]["mean"], abs=1e-12)
     for n in names:
-        assert res["per_run"][n]["share"]["all"]["mean"] == pytest.approx(one[n]["all"]["share"]["mean"], rel=1e-9)
+        assert res["per_run"][n]["share"]["all"]["mean"] == pytest.approx(one[n]["all"]["share"]["mean"], rel=1e-9,
+                                                                          nan_ok=True)
         assert res["per_run"][n]["policy_minus_switch"]["all"]["mean"] == pytest.approx(
             one[n]["switch"]["policy_minus_switch"]["all"]["mean"], rel=1e-9, abs=1e-12)
     assert res["returns"]["reference"] == pytest.approx(one[names[0]]["returns"]["reference"], abs=1e-12)
@@ -112,8 +117,10 @@ def test_several_runs_against_one_reference_replayed_once(tmp_path: Path, capsys
     # over the runs: the mean of the per-run shares and, over seeds and sessions, the mean paired difference
     over = res["over_runs"]
     shares = [one[n]["all"]["share"]["mean"] for n in names]
-    assert over["share"]["all"]["mean"] == pytest.approx(np.mean(shares), rel=1e-9)
-    assert over["share"]["all"]["ci95"][0] < over["share"]["all"]["mean"] < over["share"]["all"]["ci95"][1]
+    assert over["share"]["all"]["mean"] == pytest.approx(np.mean(shares), rel=1e-9, nan_ok=True)
+    assert np.isfinite(over["share"]["all"]["mean"]) == (value != 0)
+    if value != 0:
+        assert over["share"]["all"]["ci95"][0] < over["share"]["all"]["mean"] < over["share"]["all"]["ci95"][1]
     diffs = [one[n]["switch"]["policy_minus_switch"]["all"]["mean"] for n in names]
     assert over["policy_minus_switch"]["all"]["mean"] == pytest.approx(np.mean(diffs), rel=1e-9, abs=1e-12)
     lo, hi = over["policy_minus_switch"]["all"]["ci95"]
