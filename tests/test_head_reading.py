@@ -57,3 +57,55 @@ def test_a_head_that_reads_every_user_as_content_leaning_scores_the_content_shar
     with pytest.raises(ValueError, match="sessions must be"):
         head_reading.read_run(run, sessions=0, report=report, name=f"run:{run}")
     assert np.isfinite([r["right"] for r in rows]).all()
+
+
+@pytest.mark.parametrize("bias", [50.0, -50.0])
+def test_a_head_that_reads_one_type_fires_the_cap_on_all_or_none(tmp_path: Path, small_world: World,
+                                                                  bias: float) -> None:
+    """At a threshold the bench gives each hidden type's share read as CF-leaning above it: a head whose logit is a
+    large positive constant reads every user as content-leaning, so no session of either type is above p = 0.9; a
+    large negative one reads every user as CF-leaning, so every session of both types is; the two types' readings add
+    up to the request's, the markdown gains the second table, and a threshold outside (0, 1) is refused."""
+    run = make_run_dir(tmp_path, small_world, steps=64, type_head=True)
+    policy = load_policy(run, device="cpu")
+    assert policy.type_gate is not None and policy.type_cap is None
+    policy.type_gate.data.fill_(0.0)
+    last = policy.type_net[-1]
+    last.weight.data.zero_()
+    last.bias.data.fill_(bias)
+    save_policy(policy, run)
+    report = tmp_path / "report"
+    _evaluated(run, report)
+    plain = head_reading.read_run(run, sessions=40, requests=3, report=report, name=f"run:{run}")
+    assert plain["threshold"] is None and "cf_above" not in plain["by_request"][0]
+    assert "read CF-leaning above p" not in head_reading.markdown([plain])
+    res = head_reading.read_run(run, sessions=40, requests=3, report=report, name=f"run:{run}", threshold=0.9)
+    assert res["threshold"] == 0.9
+    users = episode_plan(40, [0], small_world.populations["heldout"].size).users
+    cf = small_world.populations["heldout"].rho[users] < 0.5
+    first = res["by_request"][0]
+    assert (first["cf_readings"], first["content_readings"]) == (int(cf.sum()), int((~cf).sum()))
+    for row in res["by_request"]:
+        assert row["cf_readings"] + row["content_readings"] == row["readings"]
+        for group in ("cf", "content"):
+            if row[f"{group}_readings"]:
+                assert row[f"{group}_above"] == (1.0 if bias < 0 else 0.0)
+                lo, hi = row[f"{group}_above_ci95"]
+                assert lo == hi == row[f"{group}_above"]
+    assert [r["right"] for r in res["by_request"]] == [r["right"] for r in plain["by_request"]]
+    assert "| " + run.name + " (p 0.9) | CF-leaning (the cap's reach) |" in head_reading.markdown([res])
+    with pytest.raises(ValueError, match="threshold must be in"):
+        head_reading.read_run(run, sessions=40, report=report, name=f"run:{run}", threshold=1.0)
+
+
+def test_at_one_half_the_cap_reads_the_head_exactly_as_its_right_share(tmp_path: Path, small_world: World) -> None:
+    """At p = 0.5 a reading above p is a CF-leaning reading, so an untrained head's share right is the CF-leaning
+    users' share above p and the content-leaning users' share not above it, weighted by their readings."""
+    run = make_run_dir(tmp_path, small_world, steps=64, type_head=True)
+    report = tmp_path / "report"
+    _evaluated(run, report)
+    res = head_reading.read_run(run, sessions=40, requests=4, report=report, name=f"run:{run}", threshold=0.5)
+    for row in res["by_request"]:
+        ncf, nco = row["cf_readings"], row["content_readings"]
+        right = (ncf * (row["cf_above"] if ncf else 0.0) + nco * (1.0 - row["content_above"] if nco else 0.0))
+        assert right / row["readings"] == pytest.approx(row["right"])
