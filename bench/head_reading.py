@@ -167,7 +167,8 @@ def markdown(results: list[dict[str, Any]]) -> str:
             f"request {t}" for t in range(1, width + 1)) + " |", "|---|---|" + "---:|" * width]
         for r in fired:
             for group, label in (("cf", "CF-leaning (the cap's reach)"), ("content", "content-leaning (misfires)")):
-                cells = [f"{100 * x[f'{group}_above']:.1f}%" for x in r["by_request"]]
+                shares = [x[f"{group}_above"] for x in r["by_request"]]
+                cells = ["–" if math.isnan(v) else f"{100 * v:.1f}%" for v in shares]
                 cells += ["–"] * (width - len(cells))
                 lines.append(f"| {Path(r['run']).name} (p {r['threshold']:g}) | {label} | " + " | ".join(cells) + " |")
         lines.append("\nShare of each hidden type's sessions that the head reads as CF-leaning with probability above "

@@ -109,3 +109,15 @@ def test_at_one_half_the_cap_reads_the_head_exactly_as_its_right_share(tmp_path:
         ncf, nco = row["cf_readings"], row["content_readings"]
         right = (ncf * (row["cf_above"] if ncf else 0.0) + nco * (1.0 - row["content_above"] if nco else 0.0))
         assert right / row["readings"] == pytest.approx(row["right"])
+
+
+def test_a_type_that_no_session_of_reaches_a_request_shows_a_dash_not_nan() -> None:
+    """A request that no session of one hidden type reaches has no share for that type: the table shows "–"."""
+    row = {"request": 1, "readings": 3, "right": 2 / 3, "ci95": [0.0, 1.0], "cf_readings": 3, "cf_above": 1 / 3,
+           "cf_above_ci95": [0.0, 1.0], "content_readings": 0, "content_above": float("nan"),
+           "content_above_ci95": [float("nan"), float("nan")]}
+    table = head_reading.markdown([{"run": "runs/r", "sessions": 3, "type_head_input": "request", "threshold": 0.9,
+                                    "by_request": [row]}])
+    assert "nan" not in table
+    assert "| r (p 0.9) | CF-leaning (the cap's reach) | 33.3% |" in table
+    assert "| r (p 0.9) | content-leaning (misfires) | – |" in table
