@@ -129,6 +129,20 @@ def _zero_valued(x: th.Tensor) -> th.Tensor:
     return x - x.detach()
 
 
+
+def reads_cf_leaning(type_logit: th.Tensor, p: float) -> th.Tensor:
+    """Where a type head reads a CF-leaning user with probability above ``p``: ``σ(−ℓ) > p``, the rows on which
+    ``type_cap`` fires.
+
+    Args:
+        type_logit: The type head's logit ℓ (B,) (σ(ℓ) estimates the user's ρ).
+        p: The probability threshold, in (0, 1).
+
+    Returns:
+        A bool tensor (B,).
+    """
+    return -type_logit > math.log(p / (1.0 - p))
+
 class SlatePolicy(ActorCriticPolicy):
     """Actor-critic slate policy for the Dict observation of :mod:`envs.spaces` and ``MultiDiscrete([N]*K)``.
 
@@ -982,7 +996,7 @@ class SlatePolicy(ActorCriticPolicy):
             return beta
         if type_logit is None:
             raise ValueError("a policy with type_cap needs the type head's logit for its repulsion")
-        capped = (-type_logit.detach() > math.log(self.type_cap / (1.0 - self.type_cap))).to(beta.dtype)
+        capped = reads_cf_leaning(type_logit.detach(), self.type_cap).to(beta.dtype)
         return beta + PlackettLuceDistribution.CAP_PENALTY * capped
 
     def _groups(self, obs: dict[str, th.Tensor], check: bool = True) -> th.Tensor | None:

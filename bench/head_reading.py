@@ -32,6 +32,7 @@ import numpy as np
 import torch as th
 
 from agents.evaluation import EpisodePlan, run_episodes
+from agents.policies import reads_cf_leaning
 from agents.ppo_ranker import PPORanker, load_policy, load_run_config
 from agents.type_switch import request_index
 from bench.eval_blocks import report_returns
@@ -99,8 +100,6 @@ def read_run(run: Path, sessions: int = 4000, batch: int = 500, requests: int = 
         threshold = policy.type_cap
     if threshold is not None and not 0.0 < float(threshold) < 1.0:
         raise ValueError(f"threshold must be in (0, 1), got {threshold}")
-    # σ(−logit) > p ⇔ −logit > log(p / (1 − p)), as the policy's cap reads it
-    fire_at = None if threshold is None else math.log(float(threshold) / (1.0 - float(threshold)))
     steps = cfg.env.max_steps
     # per session and request index: the head's reading was right (1), wrong (0), or the session had ended (-1)
     right = np.full((n, steps), -1, dtype=np.int8)
@@ -113,7 +112,8 @@ def read_run(run: Path, sessions: int = 4000, batch: int = 500, requests: int = 
     def score(obs: dict[str, np.ndarray], slate: np.ndarray, feedback: Any, active: np.ndarray) -> None:
         nonlocal started
         with th.no_grad():
-            logit = policy._type_logit(policy._encode(policy._prepare(obs))[0]).double().numpy()  # (B,)
+            head = policy._type_logit(policy._encode(policy._prepare(obs))[0])  # (B,)
+        logit = head.double().numpy()
         t = request_index(obs["context"], steps).clip(0, steps - 1)
         new = np.flatnonzero(active & (t == 0))
         sessions_at[new] = started + np.arange(len(new))
@@ -122,8 +122,8 @@ def read_run(run: Path, sessions: int = 4000, batch: int = 500, requests: int = 
         cf = core.pop.rho[core.user[rows]] < RHO_EDGE
         right[sessions_at[rows], t[rows]] = ((logit[rows] < 0) == cf).astype(np.int8)
         cf_session[sessions_at[rows]] = cf
-        if fire_at is not None:
-            above[sessions_at[rows], t[rows]] = (-logit[rows] > fire_at).astype(np.int8)
+        if threshold is not None:  # where the policy's own cap would fire
+            above[sessions_at[rows], t[rows]] = reads_cf_leaning(head, threshold).numpy()[rows].astype(np.int8)
 
     replay = run_episodes(core, PPORanker(policy, cfg.env.slate_size), plan, on_step=score).ret
     if not np.allclose(replay, stored[name][:n], rtol=1e-9, atol=1e-9):
@@ -138,7 +138,7 @@ def read_run(run: Path, sessions: int = 4000, batch: int = 500, requests: int = 
             break
         share, ci = _share(right[:, t] == 1, met, idx)
         row: dict[str, Any] = {"request": t + 1, "readings": int(met.sum()), "right": share, "ci95": ci}
-        if fire_at is not None:
+        if threshold is not None:
             for group, members in (("cf", cf_session), ("content", ~cf_session)):
                 share, ci = _share(above[:, t] == 1, met & members, idx)
                 row |= {f"{group}_readings": int((met & members).sum()), f"{group}_above": share,
