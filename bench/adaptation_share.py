@@ -44,7 +44,6 @@ Research only: the per-type rule reads the hidden ρ. Prints a Markdown table; t
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +55,7 @@ from agents.evaluation import EpisodePlan, run_episodes
 from agents.registry import RankerContext, run_dir_of
 from agents.report import Bootstrap, percentile_ci, write_returns
 from agents.tuning import TUNE_SEED, diverse_ranker, tuning_cache_dir
+from bench.cli import print_analysis
 from bench.eval_blocks import report_returns
 from bench.headroom import RHO_EDGES, diverse_by_group, grouped_returns, rho_groups
 from bench.ppo_seeds import t_interval
@@ -432,18 +432,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.against and len(rankers) < 2:
         ap.error("--against pairs several --ranker run by run")
     run = Path(args.run) if args.run else None
-    try:
-        if len(rankers) > 1:
-            res = analyse_runs(Path(args.report), rankers, run, args.tune_seed, args.tune_episodes, edges, args.batch,
-                               args.bootstrap, args.against)
-        else:
-            res = analyse(Path(args.report), rankers[0], run, args.reference, args.tune_seed, args.tune_episodes,
-                          edges, args.batch, args.bootstrap, common=args.common_reference)
-    except (FileNotFoundError, ValueError) as exc:
-        ap.error(str(exc))
-    print(markdown_runs(res) if len(rankers) > 1 else markdown(res))
-    print(json.dumps(res, default=float))
-    return res
+    if len(rankers) > 1:
+        return print_analysis(ap, lambda: analyse_runs(Path(args.report), rankers, run, args.tune_seed,
+                                                       args.tune_episodes, edges, args.batch, args.bootstrap,
+                                                       args.against), markdown_runs)
+    return print_analysis(ap, lambda: analyse(Path(args.report), rankers[0], run, args.reference, args.tune_seed,
+                                              args.tune_episodes, edges, args.batch, args.bootstrap,
+                                              common=args.common_reference), markdown)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +37,7 @@ from agents.policies import SlatePolicy
 from agents.ppo_ranker import PPORanker, load_policy, load_run_config
 from agents.report import Bootstrap
 from agents.type_switch import request_index
+from bench.cli import print_analysis
 from bench.eval_blocks import report_returns
 from bench.quality_protocol import RHO_EDGE
 from bench.type_switch import by_type_row, by_type_table
@@ -186,10 +186,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--batch", type=int, default=500)
     ap.add_argument("--bootstrap", type=int, default=2000)
     args = ap.parse_args(argv)
-    res = analyse(args.run, args.against, args.sessions, args.batch, args.bootstrap)
-    print(markdown(res))
-    print(json.dumps(res))
-    return res
+    return print_analysis(ap, lambda: analyse(args.run, args.against, args.sessions, args.batch, args.bootstrap),
+                          markdown)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ research only: ρ is hidden state). Prints a Markdown table; the last printed li
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ import numpy as np
 
 from agents.evaluation import EpisodePlan
 from agents.report import Bootstrap, percentile_ci, read_returns
+from bench.cli import print_analysis
 from bench.ppo_seeds import t_interval
 
 
@@ -153,13 +153,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         from bench.quality_protocol import heldout_rho
 
         rho = heldout_rho(Path(args.run))
-    try:
-        res = analyse(Path(args.report), args.ranker, args.reference, args.block, rho, bootstrap=args.bootstrap)
-    except (FileNotFoundError, ValueError) as exc:
-        ap.error(str(exc))
-    print(markdown(res))
-    print(json.dumps(res))
-    return res
+    return print_analysis(ap, lambda: analyse(Path(args.report), args.ranker, args.reference, args.block, rho,
+                                              bootstrap=args.bootstrap), markdown)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,6 @@ Markdown table; the last printed line is the JSON.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +42,7 @@ from agents.policies import SlatePolicy
 from agents.ppo_ranker import PPORanker, load_policy, load_run_config
 from agents.report import Bootstrap
 from agents.type_switch import request_index
+from bench.cli import print_analysis
 from bench.eval_blocks import report_returns
 from bench.quality_protocol import RHO_EDGE
 from bench.type_switch import by_type_row, by_type_table
@@ -252,13 +252,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ap.error(f"--told-from must be comma-separated integers, got {args.told_from!r}")
     if any(t < 1 for t in told_from):
         ap.error(f"--told-from takes requests >= 1, got {args.told_from!r}")
-    try:
-        res = analyse(args.told, args.estimator, args.report, args.sessions, args.batch, args.bootstrap, told_from)
-    except (FileNotFoundError, ValueError) as exc:
-        ap.error(str(exc))
-    print(markdown(res))
-    print(json.dumps(res))
-    return res
+    return print_analysis(ap, lambda: analyse(args.told, args.estimator, args.report, args.sessions, args.batch,
+                                              args.bootstrap, told_from), markdown)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +37,7 @@ from agents.ppo_ranker import PPORanker, load_policy, load_run_config
 from agents.report import Bootstrap
 from agents.runinfo import mismatch, read_signature
 from agents.type_switch import RHO_EDGE
+from bench.cli import print_analysis
 from bench.ppo_seeds import t_interval
 from bench.type_switch import by_type_row, by_type_table
 from envs.spaces import CRITIC_STATE_NAMES
@@ -186,13 +186,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if not all(0.0 < p < 1.0 for p in thresholds) or args.episodes < 2 or args.eval_seed < 0:
         ap.error(f"--thresholds in (0, 1), --episodes >= 2 and --eval-seed >= 0, got {args.thresholds!r}, "
                  f"{args.episodes}, {args.eval_seed}")
-    try:
-        res = analyse(list(args.runs), thresholds, args.episodes, args.eval_seed, args.batch, args.bootstrap)
-    except (ValueError, FileNotFoundError) as exc:
-        ap.error(str(exc))
-    print(markdown(res))
-    print(json.dumps(res))
-    return res
+    return print_analysis(ap, lambda: analyse(list(args.runs), thresholds, args.episodes, args.eval_seed, args.batch,
+                                              args.bootstrap), markdown)
 
 
 if __name__ == "__main__":
