@@ -8,10 +8,22 @@ from pathlib import Path
 import pandas as pd
 
 from envs.data.columns import _validate_events, _validate_items, check_item_references
-from envs.data.files import _read_raw
+from envs.data.files import _Raw, _read_raw
 from envs.data.interaction_log import InteractionLog
 from envs.data.movielens import read_movielens
 from envs.data.schema import OnBadRows, ReadReport, _check_on_bad
+
+
+def _read_renamed(path: str | Path, on_bad_rows: OnBadRows, encoding: str,
+                  columns: Mapping[str, str] | None) -> tuple[_Raw, ReadReport]:
+    """The file's rows, read by its extension with ``columns`` renamed, and the report of what was skipped."""
+    _check_on_bad(on_bad_rows)
+    path = Path(path)
+    report = ReadReport(str(path))
+    raw = _read_raw(path, encoding=encoding, on_bad_rows=on_bad_rows, report=report)
+    if columns:
+        raw.frame = raw.frame.rename(columns=dict(columns))
+    return raw, report
 
 
 def read_events(
@@ -40,12 +52,7 @@ def read_events(
             rows (the latter three only with ``on_bad_rows="error"``), or no valid row left.
         FileNotFoundError: No such file.
     """
-    _check_on_bad(on_bad_rows)
-    path = Path(path)
-    report = ReadReport(str(path))
-    raw = _read_raw(path, encoding=encoding, on_bad_rows=on_bad_rows, report=report)
-    if columns:
-        raw.frame = raw.frame.rename(columns=dict(columns))
+    raw, report = _read_renamed(path, on_bad_rows, encoding, columns)
     return _validate_events(raw, on_bad_rows, report, event_aliases), report
 
 
@@ -74,12 +81,7 @@ def read_items(
         LogFormatError: As :func:`read_events`.
         FileNotFoundError: No such file.
     """
-    _check_on_bad(on_bad_rows)
-    path = Path(path)
-    report = ReadReport(str(path))
-    raw = _read_raw(path, encoding=encoding, on_bad_rows=on_bad_rows, report=report)
-    if columns:
-        raw.frame = raw.frame.rename(columns=dict(columns))
+    raw, report = _read_renamed(path, on_bad_rows, encoding, columns)
     return _validate_items(raw, on_bad_rows, report), report
 
 
