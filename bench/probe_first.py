@@ -53,10 +53,9 @@ from bench.headroom import add_world_args
 from bench.type_switch import (
     by_type_cells,
     by_type_row,
+    checked_runs_plan,
     ppo_against,
     print_ppo_against,
-    runs_plan,
-    runs_ppo,
     type_rules,
 )
 from envs.factory import make_core
@@ -154,9 +153,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     full, world = config_and_world(ap, args, progress=True)
     cfg = full.env
     try:  # refuse bad runs before the minutes of tuning
-        runs_sessions = runs_plan(args.runs, cfg.preset, world.populations["heldout"].size) if args.runs else None
-        if runs_sessions is not None:
-            runs_ppo(args.runs, runs_sessions)
+        runs_sessions = checked_runs_plan(args.runs, cfg.preset, world.populations["heldout"].size)
     except ValueError as exc:
         ap.error(str(exc))
     k, category, steps = cfg.slate_size, world.catalog.category, cfg.max_steps

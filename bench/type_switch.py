@@ -171,6 +171,20 @@ def runs_ppo(runs: Sequence[Path], plan: EpisodePlan) -> np.ndarray:
     return table["ppo"]
 
 
+def checked_runs_plan(runs: Sequence[Path], preset: str, n_heldout: int) -> EpisodePlan | None:
+    """:func:`runs_plan` with every run's PPO returns read against it (:func:`runs_ppo`), so that a command refuses
+    bad ``--runs`` before its minutes of tuning; ``None`` when ``runs`` is empty.
+
+    Raises:
+        ValueError: As :func:`runs_plan` and :func:`runs_ppo`.
+    """
+    if not runs:
+        return None
+    plan = runs_plan(runs, preset, n_heldout)
+    runs_ppo(runs, plan)
+    return plan
+
+
 def ppo_against(rule: np.ndarray, plan: EpisodePlan, runs: Sequence[Path], cf: np.ndarray,
                 bootstrap: int = 2000, seed: int = 0) -> dict[str, Any]:
     """PPO − ``rule`` paired on ``plan``'s sessions: per run (a bootstrap over sessions) and over seeds and
@@ -286,9 +300,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     full, world = config_and_world(ap, args, progress=True)
     cfg = full.env
     try:  # refuse bad runs before the minutes of tuning
-        runs_sessions = runs_plan(args.runs, cfg.preset, world.populations["heldout"].size) if args.runs else None
-        if runs_sessions is not None:
-            runs_ppo(args.runs, runs_sessions)
+        runs_sessions = checked_runs_plan(args.runs, cfg.preset, world.populations["heldout"].size)
         if args.override:
             probe = make_core(cfg, cfg.preset, None, world, "heldout", 1)
             for run in args.runs:

@@ -23,7 +23,7 @@ from agents.type_switch import (
     reading_features,
     type_features,
 )
-from bench.type_switch import override_run, ppo_against, runs_plan
+from bench.type_switch import checked_runs_plan, override_run, ppo_against, runs_plan
 from configs.loader import resolve_config, save_yaml
 from configs.schema import EnvConfig
 from envs.world import World
@@ -136,6 +136,10 @@ def test_ppo_against_the_switch_is_paired_on_the_runs_sessions_and_refuses_other
         ppo_against(rule, plan, [_run(tmp_path, "late", "small", 5, rule[:15], plan_seeds=3)], cf)
     with pytest.raises(ValueError, match="no per-session returns"):
         ppo_against(rule, plan, [_run(tmp_path, "bare", "small", 10)], cf)
+    assert checked_runs_plan([], "small", 40) is None
+    assert np.array_equal(checked_runs_plan(runs, "small", 40).keys, plan.keys)
+    with pytest.raises(ValueError, match="no per-session returns"):  # refused before any tuning, not at the end
+        checked_runs_plan([*runs, _run(tmp_path, "bare2", "small", 10)], "small", 40)
 
 
 def test_ppo_with_the_override_replays_ppo_first_and_switches_only_where_it_pays(
