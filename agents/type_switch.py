@@ -109,6 +109,11 @@ class BoostedClassifier(TypeClassifier):
     """Gradient-boosted trees (scikit-learn's ``HistGradientBoostingClassifier``) of "CF-leaning user" on
     :func:`reading_features` (by default): a non-linear reader of the same observation.
 
+    The trees fit and read on one OpenMP thread, not on OpenMP's default of every core: with another process busy
+    on one of two cores, scikit-learn's threads wait on each other at every node, and a fit took 30–75× longer
+    than on one thread, where alone two threads are only 1.3× faster (``bench.reader_threads``, session 64). The
+    trees and their readings are the same whatever the thread count.
+
     Args:
         x: float (n, p) features of training requests.
         y: bool (n,) their users' hidden type (both classes present).
@@ -123,11 +128,24 @@ class BoostedClassifier(TypeClassifier):
         self.features, self.n_fit = features, len(x)
         self.model = HistGradientBoostingClassifier(max_iter=400, learning_rate=0.05, early_stopping=True,
                                                     validation_fraction=0.15, random_state=seed)
-        self.model.fit(x, np.asarray(y, dtype=bool))
+        with _openmp_threads():
+            self.model.fit(x, np.asarray(y, dtype=bool))
 
     def proba(self, x: np.ndarray) -> np.ndarray:
         """float64 (n,) probability of a CF-leaning user."""
-        return self.model.predict_proba(x)[:, 1].astype(np.float64)
+        with _openmp_threads():
+            return self.model.predict_proba(x)[:, 1].astype(np.float64)
+
+
+#: OpenMP threads of :class:`BoostedClassifier`'s fit and reading (see its docstring for why one).
+READER_THREADS = 1
+
+
+def _openmp_threads() -> Any:
+    """A context that bounds OpenMP (scikit-learn's trees) to :data:`READER_THREADS` threads."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=READER_THREADS, user_api="openmp")
 
 
 class NeverReads(TypeClassifier):

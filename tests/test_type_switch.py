@@ -15,6 +15,7 @@ from agents.ppo_ranker import PPORanker, load_policy
 from agents.report import write_returns
 from agents.tuning import diverse_ranker
 from agents.type_switch import (
+    READER_THREADS,
     THRESHOLDS,
     BoostedClassifier,
     SwitchRanker,
@@ -36,6 +37,40 @@ def test_the_classifier_recovers_a_label_the_features_carry() -> None:
     y = x[:, 0] > 4.0
     proba = TypeClassifier(x, y).proba(x)
     assert ((proba > 0.5) == y).mean() > 0.95 and (proba >= 0).all() and (proba <= 1).all()
+
+
+def test_the_boosted_reader_runs_on_one_openmp_thread_and_reads_as_on_two(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The trees fit and read on :data:`READER_THREADS` OpenMP threads whatever OpenMP would take (its default of
+    every core thrashes when another process holds one), and read what the same trees fitted on two threads read."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    seen: list[int] = []
+    fit, predict = HistGradientBoostingClassifier.fit, HistGradientBoostingClassifier.predict_proba
+
+    def openmp_threads() -> int:
+        return max(m["num_threads"] for m in threadpool_info() if m["user_api"] == "openmp")
+
+    def spying_fit(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append(openmp_threads())
+        return fit(self, *args, **kwargs)
+
+    def spying_predict(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append(openmp_threads())
+        return predict(self, *args, **kwargs)
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3000, 4))
+    y = x[:, 0] + 0.5 * rng.normal(size=3000) > 0
+    with threadpool_limits(limits=2, user_api="openmp"):
+        two = BoostedClassifier(x, y, seed=0).proba(x[:200])  # the spy is not in yet: scikit-learn's own threads
+        monkeypatch.setattr(HistGradientBoostingClassifier, "fit", spying_fit)
+        monkeypatch.setattr(HistGradientBoostingClassifier, "predict_proba", spying_predict)
+        one = BoostedClassifier(x, y, seed=0).proba(x[:200])
+        assert openmp_threads() == 2  # the bound holds only inside the reader
+    assert seen == [READER_THREADS, READER_THREADS]
+    np.testing.assert_array_equal(one, two)
+    assert ((one > 0.5) == y[:200]).mean() > 0.8
 
 
 def test_a_switch_that_never_or_always_switches_is_its_rule_session_for_session(small_cfg: EnvConfig,
