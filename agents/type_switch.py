@@ -109,10 +109,11 @@ class BoostedClassifier(TypeClassifier):
     """Gradient-boosted trees (scikit-learn's ``HistGradientBoostingClassifier``) of "CF-leaning user" on
     :func:`reading_features` (by default): a non-linear reader of the same observation.
 
-    The trees fit and read on one OpenMP thread, not on OpenMP's default of every core: with another process busy
-    on one of two cores, scikit-learn's threads wait on each other at every node, and a fit took 30–75× longer
-    than on one thread, where alone two threads are only 1.3× faster (``bench.reader_threads``, session 64). The
-    trees and their readings are the same whatever the thread count.
+    The trees fit and read on one OpenMP thread, not on OpenMP's default of every core: when another job holds one
+    of two cores, scikit-learn's threads wait on each other at every node. Beside another process fitting trees a
+    fit on two threads took 7× as long as on one, beside a protocol's replay 21–78×, where alone two threads are
+    only 1.4× faster (``bench.reader_threads``, BENCHMARKS "Evaluation", session 64). The trees and their readings
+    are the same whatever the thread count.
 
     Args:
         x: float (n, p) features of training requests.

@@ -3,11 +3,12 @@
 ``agents.type_switch.BoostedClassifier`` (the reader of ``tuned-switch`` and ``bench.type_switch --reader boosted``)
 fits scikit-learn's ``HistGradientBoostingClassifier``, whose OpenMP threads default to every core. This bench fits
 trees of the reader's settings on a synthetic table of its size and reads a request's batch, on one thread and on
-``--threads`` (default: every core), first with the machine to itself, then with ``--busy`` processes spinning on
-other cores (as when a training run or a second protocol shares the machine). Medians of ``--repeats`` runs of
-each; the ratios are of medians measured in the same run. The last printed line is the JSON.
+``--threads`` (default: every core): with the machine to itself, beside ``--busy`` processes spinning in plain
+Python, and beside as many processes that fit trees on every core (another OpenMP job: a second protocol, a test
+run). Medians of ``--repeats`` runs of each; the ratios are of medians measured in the same run. The last printed
+line is the JSON.
 
-    .venv/bin/python -m bench.reader_threads --repeats 5
+    .venv/bin/python -m bench.reader_threads --repeats 3
 """
 
 from __future__ import annotations
@@ -23,9 +24,21 @@ import numpy as np
 
 
 def _spin(stop: Any) -> None:
-    """Keep one core busy until ``stop`` is set."""
+    """Keep one core busy in plain Python until ``stop`` is set."""
     while not stop.is_set():
         sum(range(10_000))
+
+
+def _fit_trees(stop: Any) -> None:
+    """Keep fitting the reader's trees on OpenMP's default threads (every core) until ``stop`` is set: another
+    OpenMP job, as a second protocol or a test run that fits the reader is."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(20_000, 12))
+    y = x[:, 0] + rng.normal(size=20_000) > 0
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    while not stop.is_set():
+        HistGradientBoostingClassifier(max_iter=50, random_state=0).fit(x, y)
 
 
 def time_reader(threads: int, x: np.ndarray, y: np.ndarray, batch: np.ndarray, reads: int) -> tuple[float, float]:
@@ -64,9 +77,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     batch = rng.normal(size=(args.batch, args.features))
     out: dict[str, Any] = {"cpu_count": os.cpu_count(), "rows": args.rows, "threads": args.threads,
                            "busy": args.busy, "repeats": args.repeats}
-    for setting, busy in (("alone", 0), ("beside_busy", args.busy)):
-        stop = mp.Event()
-        spinners = [mp.Process(target=_spin, args=(stop,), daemon=True) for _ in range(busy)]
+    settings = {"alone": (0, _spin), "beside_python": (args.busy, _spin), "beside_openmp": (args.busy, _fit_trees)}
+    for setting, (busy, job) in settings.items():
+        ctx = mp.get_context("spawn")  # OpenMP's runtime does not survive a fork once it has run
+        stop = ctx.Event()
+        spinners = [ctx.Process(target=job, args=(stop,), daemon=True) for _ in range(busy)]
         for p in spinners:
             p.start()
         try:
@@ -80,13 +95,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                  "read_ms": float(np.median([r[1] for r in rs]))} for n, rs in runs.items()}
     print(f"| machine | threads | fit (s, median of {args.repeats}) | read of {args.batch} rows (ms) |")
     print("|---|---:|---:|---:|")
-    for setting in ("alone", "beside_busy"):
+    labels = {"alone": "alone", "beside_python": f"beside {args.busy} busy Python process(es)",
+              "beside_openmp": f"beside {args.busy} process(es) fitting trees on every core"}
+    for setting, label in labels.items():
         for n, fig in out[setting].items():
-            label = setting if setting == "alone" else f"{args.busy} busy process(es)"
             print(f"| {label} | {n} | {fig['fit_s']:.2f} | {fig['read_ms']:.1f} |")
     many = str(args.threads)
-    for setting in ("alone", "beside_busy"):
+    for setting in labels:
         out[f"{setting}_fit_ratio_many_over_one"] = out[setting][many]["fit_s"] / out[setting]["1"]["fit_s"]
+        print(f"{labels[setting]}: fit on {many} threads / on 1: {out[f'{setting}_fit_ratio_many_over_one']:.2f}")
     print(json.dumps(out))
     return out
 
