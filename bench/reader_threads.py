@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--batch", type=int, default=500, help="rows of one read (users simulated at once)")
     ap.add_argument("--reads", type=int, default=50)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="the many-thread arm (default: cores)")
-    ap.add_argument("--busy", type=int, default=1, help="processes kept busy in the second half")
+    ap.add_argument("--busy", type=int, default=1, help="neighbours: busy in plain Python, then fitting trees")
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args(argv)
     if min(args.rows, args.features, args.batch, args.reads, args.threads, args.repeats) < 1 or args.busy < 0:
