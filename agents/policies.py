@@ -129,7 +129,6 @@ def _zero_valued(x: th.Tensor) -> th.Tensor:
     return x - x.detach()
 
 
-
 def reads_cf_leaning(type_logit: th.Tensor, p: float) -> th.Tensor:
     """Where a type head reads a CF-leaning user with probability above ``p``: ``σ(−ℓ) > p``, the rows on which
     ``type_cap`` fires.
@@ -142,6 +141,7 @@ def reads_cf_leaning(type_logit: th.Tensor, p: float) -> th.Tensor:
         A bool tensor (B,).
     """
     return -type_logit > math.log(p / (1.0 - p))
+
 
 class SlatePolicy(ActorCriticPolicy):
     """Actor-critic slate policy for the Dict observation of :mod:`envs.spaces` and ``MultiDiscrete([N]*K)``.
