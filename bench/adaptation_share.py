@@ -13,7 +13,8 @@ bootstrap interval (the same resamples for both differences):
     python -m bench.adaptation_share runs/x --ranker run:RUN --tune-seed S
 
 ``--tune-seed`` must be the report's (the run's ``train.seed``): tuned-diverse is replayed first from the tuning
-cache and must return what the report holds, session for session, or the command stops.
+cache and must return what the report holds, session for session, or the command stops. The searches use the α axis
+of the run's config (``eval.alpha_grid``; the default axis without one), as its own table did.
 
 ``--common-reference`` reads the share against one reference whatever run made the report: tuned-diverse and the
 per-type rule are searched with ``--tune-seed`` and ``--tune-episodes`` (the ``adapt`` bar's reading since session 51:
@@ -52,7 +53,7 @@ from typing import Any
 import numpy as np
 
 from agents.evaluation import EpisodePlan, run_episodes
-from agents.registry import RankerContext, run_dir_of
+from agents.registry import RankerContext, alpha_grid_kwargs, run_dir_of
 from agents.report import Bootstrap, percentile_ci, write_returns
 from agents.tuning import TUNE_SEED, diverse_ranker, tuning_cache_dir
 from bench.cli import print_analysis
@@ -139,7 +140,7 @@ def replay(report: Path, rankers: Sequence[str], run: Path | None = None, refere
     world = load_world(cfg.env, cfg.encoder, progress=False)
     core = make_core(cfg.env, cfg.env.preset, None, world, "heldout", min(batch, len(plan)))
     ctx = RankerContext(world, cfg.env, seed=tune_seed, tune_episodes=tune_episodes, batch=256,
-                        cache_dir=str(tuning_cache_dir(cfg.env, cfg.encoder)))
+                        cache_dir=str(tuning_cache_dir(cfg.env, cfg.encoder)), **alpha_grid_kwargs(cfg.eval.alpha_grid))
     start = ctx.diverse_search().best
     k, category = cfg.env.slate_size, world.catalog.category
     memo: dict[tuple, np.ndarray] = {}
@@ -158,7 +159,7 @@ def replay(report: Path, rankers: Sequence[str], run: Path | None = None, refere
         raise ValueError(f"tuned-diverse tuned with seed {tune_seed} does not replay the report's {reference!r} "
                          f"(largest per-session difference {worst:.3g}): pass the report's --tune-seed and "
                          "--tune-episodes")
-    by_div = diverse_by_group(world, cfg.env, start, None, edges, tune_episodes, tune_seed + TUNE_SEED,
+    by_div = diverse_by_group(world, cfg.env, start, ctx.diverse_grid, edges, tune_episodes, tune_seed + TUNE_SEED,
                               cache_dir=tuning_cache_dir(cfg.env, cfg.encoder))
     rho = world.populations["heldout"].rho[plan.users]
     typed = grouped_returns(returns_of, rho_groups(rho, edges), by_div["per_group"])

@@ -30,18 +30,38 @@ def test_share_pairs_both_margins_on_the_same_resamples() -> None:
     assert part["policy_diff"]["mean"] == pytest.approx((policy - ref)[:1000].mean())
 
 
-def test_replays_the_report_and_refuses_another_tuning_seed(tmp_path: Path) -> None:
-    cache = ["--set", f"env.cache_dir={tmp_path / 'c'}", "--set", f"encoder.cache_dir={tmp_path / 'c'}"]
+#: A short α axis for the searches of these tests (the replay takes the run config's, as evaluate.py does): the
+#: replays' logic does not depend on the axis, and the default axis's 18 points made these the suite's slowest tests.
+ALPHA_GRID = "eval.alpha_grid=[0.5,0.9,1.0]"
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One world and tuning cache for the file's tests: the searches they share (tune seed 2) run once."""
+    return tmp_path_factory.mktemp("c")
+
+
+def _cache_args(cache: Path) -> list[str]:
+    return ["--set", f"env.cache_dir={cache}", "--set", f"encoder.cache_dir={cache}", "--set", ALPHA_GRID]
+
+
+def _run_folder(tmp_path: Path, cache: Path) -> Path:
+    """A stand-in run folder: only its config.yaml (the small preset, hashing encoder, the short α axis)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg = resolve_config(None, "small", [f"env.cache_dir={cache}", f"encoder.cache_dir={cache}", ALPHA_GRID],
+                         flags={"encoder": {"kind": "hashing"}})
+    save_yaml(to_dict(cfg), run / "config.yaml")
+    return run
+
+
+def test_replays_the_report_and_refuses_another_tuning_seed(tmp_path: Path, cache: Path) -> None:
     base = ["--preset", "small", "--encoder", "hashing", "--episodes", "60", "--seeds", "2", "--tune-episodes", "120",
-            "--no-progress", "--set", "eval.bootstrap=200", *cache]
+            "--no-progress", "--set", "eval.bootstrap=200", *_cache_args(cache)]
     # a stand-in for a trained policy: any ranker of the report; the run folder only lends its config
     evaluate.main([*base, "--rankers", "diverse:0.5,tuned-diverse", "--reference", "tuned-diverse", "--tune-seed", "2",
                    "--out", str(tmp_path / "report")])
-    run = tmp_path / "run"
-    run.mkdir()
-    cfg = resolve_config(None, "small", [f"env.cache_dir={tmp_path / 'c'}", f"encoder.cache_dir={tmp_path / 'c'}"],
-                         flags={"encoder": {"kind": "hashing"}})
-    save_yaml(to_dict(cfg), run / "config.yaml")
+    run = _run_folder(tmp_path, cache)
     res = adaptation_share.analyse(tmp_path / "report", "diverse:0.5", run=run, tune_seed=2, tune_episodes=120,
                                    bootstrap=200)
     assert res["all"]["sessions"] == 120
@@ -86,16 +106,12 @@ def test_replays_the_report_and_refuses_another_tuning_seed(tmp_path: Path) -> N
         adaptation_share.analyse(tmp_path / "report", "ppo", run=run)
 
 
-def test_several_runs_against_one_reference_replayed_once(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    cache = ["--set", f"env.cache_dir={tmp_path / 'c'}", "--set", f"encoder.cache_dir={tmp_path / 'c'}"]
+def test_several_runs_against_one_reference_replayed_once(tmp_path: Path, cache: Path,
+                                                           capsys: pytest.CaptureFixture) -> None:
     evaluate.main(["--preset", "small", "--encoder", "hashing", "--episodes", "60", "--seeds", "2", "--first-seed", "3",
-                   "--tune-episodes", "120", "--no-progress", "--set", "eval.bootstrap=200", *cache,
+                   "--tune-episodes", "120", "--no-progress", "--set", "eval.bootstrap=200", *_cache_args(cache),
                    "--rankers", "diverse:0.5,diverse:0.9,greedy-cf", "--tune-seed", "2", "--out", str(tmp_path / "r")])
-    run = tmp_path / "run"
-    run.mkdir()
-    cfg = resolve_config(None, "small", [f"env.cache_dir={tmp_path / 'c'}", f"encoder.cache_dir={tmp_path / 'c'}"],
-                         flags={"encoder": {"kind": "hashing"}})
-    save_yaml(to_dict(cfg), run / "config.yaml")
+    run = _run_folder(tmp_path, cache)
     names = ["diverse:0.5", "diverse:0.9", "greedy-cf"]
     res = adaptation_share.analyse_runs(tmp_path / "r", names, run=run, tune_seed=2, tune_episodes=120,
                                         bootstrap=200)
