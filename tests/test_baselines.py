@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TINY_TUNE_EPISODES
 
 from agents.base import Feedback
 from agents.evaluation import episode_plan, evaluate_rankers, run_episodes
@@ -1097,12 +1098,24 @@ def test_reference_check_refuses_bad_arguments_by_name(capsys: pytest.CaptureFix
         assert why in capsys.readouterr().err
 
 
-def test_reference_check_plays_each_reference_searched_on_another_alpha_axis(run_dir: Path) -> None:
+def _tiny_tuning(run_dir: Path, tmp_path: Path) -> str:
+    """The run's config with the tiny runs' tuning budget (``eval.tune_episodes``): the checks below read what the
+    references are searched on and played against, not how well; 1,000 sessions per point made them 38 s."""
+    import yaml
+
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+    cfg["eval"]["tune_episodes"] = TINY_TUNE_EPISODES
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    return str(path)
+
+
+def test_reference_check_plays_each_reference_searched_on_another_alpha_axis(run_dir: Path, tmp_path: Path) -> None:
     """``--alpha-grid``: each reference is played as is and searched with that α axis, which its pick comes from,
     paired with the plain one on the same sessions; a run is paired with all of them."""
     from bench.reference_check import main
 
-    got = main(["--config", str(run_dir / "config.yaml"), "--rankers", "tuned-diverse", "--alpha-grid",
+    got = main(["--config", _tiny_tuning(run_dir, tmp_path), "--rankers", "tuned-diverse", "--alpha-grid",
                 "0.35,0.65", "--episodes", "10", "--batch", "5", "--runs", str(run_dir)])
     fine = "tuned-diverse [α grid]"
     assert got["alpha_grid"] == [0.35, 0.65] and set(got["rankers"]) == {"tuned-diverse", fine}
@@ -1121,7 +1134,7 @@ def test_reference_check_on_other_sessions_writes_summaries_that_pool(run_dir: P
     each run comparison's mean over the summaries with a t-interval across them, and refuses a file that is not one."""
     from bench.reference_check import main
 
-    argv = ["--config", str(run_dir / "config.yaml"), "--rankers", "tuned-alpha", "--episodes", "12", "--batch", "6",
+    argv = ["--config", _tiny_tuning(run_dir, tmp_path), "--rankers", "tuned-alpha", "--episodes", "12", "--batch", "6",
             "--runs", str(run_dir)]
     same = main(argv)
     paths = [tmp_path / "a.json", tmp_path / "b.json"]
