@@ -1,14 +1,19 @@
-"""What the boosted type reader's OpenMP threads cost, alone and beside a busy process.
+"""What recfeed's OpenMP fits cost on one thread and on every core, alone and beside a busy process.
 
-``agents.type_switch.BoostedClassifier`` (the reader of ``tuned-switch`` and ``bench.type_switch --reader boosted``)
-fits scikit-learn's ``HistGradientBoostingClassifier``, whose OpenMP threads default to every core. This bench fits
-trees of the reader's settings on a synthetic table of its size and reads a request's batch, on one thread and on
-``--threads`` (default: every core): with the machine to itself, beside ``--busy`` processes spinning in plain
-Python, and beside as many processes that fit trees on every core (another OpenMP job: a second protocol, a test
-run). Medians of ``--repeats`` runs of each; the ratios are of medians measured in the same run. The last printed
-line is the JSON.
+``--library trees`` (the default): ``agents.type_switch.BoostedClassifier`` (the reader of ``tuned-switch`` and
+``bench.type_switch --reader boosted``) fits scikit-learn's ``HistGradientBoostingClassifier``, whose OpenMP threads
+default to every core. The bench fits trees of the reader's settings on a synthetic table of its size and reads a
+request's batch. ``--library als``: ``envs.cf.fit_als`` (the world's CF model, calibration, ``envs.data.cf_eval``)
+fits implicit's ALS, whose OpenMP loop over users and items takes every core by default (``num_threads=0``); the bench
+fits it on a synthetic implicit-feedback matrix of ``--rows`` users × ``--items`` items, as the world builds do.
+
+Each fit runs on one thread and on ``--threads`` (default: every core): with the machine to itself, beside
+``--busy`` processes spinning in plain Python, and beside as many processes that run the same fit on every core
+(another OpenMP job: a second protocol, a test run, a world build). Medians of ``--repeats`` runs of each; the ratios
+are of medians measured in the same run. The last printed line is the JSON.
 
     .venv/bin/python -m bench.reader_threads --repeats 3
+    .venv/bin/python -m bench.reader_threads --library als --rows 20000 --repeats 3
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import json
 import multiprocessing as mp
 import os
 import time
+import warnings
 from typing import Any
 
 import numpy as np
@@ -41,6 +47,44 @@ def _fit_trees(stop: Any) -> None:
         HistGradientBoostingClassifier(max_iter=50, random_state=0).fit(x, y)
 
 
+def als_matrix(users: int, items: int, per_user: int = 30, seed: int = 0) -> Any:
+    """float32 CSR (users, items) implicit feedback: ``per_user`` items a user, drawn by a Zipf-like popularity,
+    confidence ``1 + weight`` as :func:`envs.cf.fit_als` builds it."""
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(seed)
+    pop = 1.0 / np.arange(1, items + 1) ** 0.8
+    cols = rng.choice(items, size=users * per_user, p=pop / pop.sum())
+    rows = np.repeat(np.arange(users), per_user)
+    m = sp.csr_matrix((np.ones(len(rows), np.float32) + rng.integers(0, 2, len(rows)), (rows, cols)),
+                      shape=(users, items), dtype=np.float32)
+    m.sum_duplicates()
+    return m
+
+
+def time_als(threads: int, matrix: Any) -> float:
+    """Seconds of one ALS fit with the world's settings (16 factors, 15 iterations) on ``threads`` OpenMP threads
+    (implicit's ``num_threads``), BLAS on one thread as :func:`envs.cf.fit_als` has it."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1, "blas"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        from implicit.cpu.als import AlternatingLeastSquares
+
+        model = AlternatingLeastSquares(factors=16, regularization=0.05, iterations=15, random_state=0,
+                                        num_threads=threads)
+        t0 = time.perf_counter()
+        model.fit(matrix, show_progress=False)
+        return time.perf_counter() - t0
+
+
+def _fit_als(stop: Any) -> None:
+    """Keep fitting ALS on implicit's default threads (every core) until ``stop`` is set: another OpenMP job."""
+    matrix = als_matrix(10_000, 3_000, seed=1)
+    while not stop.is_set():
+        time_als(0, matrix)
+
+
 def time_reader(threads: int, x: np.ndarray, y: np.ndarray, batch: np.ndarray, reads: int) -> tuple[float, float]:
     """Seconds of one fit with the reader's settings and milliseconds of one read of ``batch``, on ``threads``."""
     from sklearn.ensemble import HistGradientBoostingClassifier
@@ -58,26 +102,64 @@ def time_reader(threads: int, x: np.ndarray, y: np.ndarray, batch: np.ndarray, r
     return fit_s, read_ms
 
 
+def bound_cost_ms(calls: int = 200) -> dict[str, float]:
+    """Milliseconds to enter and leave a one-thread OpenMP bound, median of ``calls``: ``threadpool_limits`` (which
+    finds the loaded libraries on each call) against a ``ThreadpoolController`` found once, as the reader keeps one."""
+    import sklearn.ensemble  # noqa: F401  (scikit-learn's OpenMP loaded, as in the reader)
+    from threadpoolctl import ThreadpoolController, threadpool_limits
+
+    controller = ThreadpoolController()
+    out = {}
+    for name, bound in (("threadpool_limits", lambda: threadpool_limits(limits=1, user_api="openmp")),
+                        ("controller", lambda: controller.limit(limits=1, user_api="openmp"))):
+        times = []
+        for _ in range(calls):
+            t0 = time.perf_counter()
+            with bound():
+                pass
+            times.append(time.perf_counter() - t0)
+        out[name] = float(np.median(times) * 1e3)
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the bench and print the table and the JSON."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rows", type=int, default=40_000, help="training requests (the reader fits on ~10^4-10^5)")
-    ap.add_argument("--features", type=int, default=12)
-    ap.add_argument("--batch", type=int, default=500, help="rows of one read (users simulated at once)")
-    ap.add_argument("--reads", type=int, default=50)
+    ap.add_argument("--library", choices=("trees", "als"), default="trees",
+                    help="trees: the boosted type reader (scikit-learn); als: the CF model's fit (implicit)")
+    ap.add_argument("--rows", type=int, default=40_000,
+                    help="trees: training requests (the reader fits on ~10^4-10^5); als: users")
+    ap.add_argument("--features", type=int, default=12, help="trees: columns")
+    ap.add_argument("--items", type=int, default=3_000, help="als: items")
+    ap.add_argument("--batch", type=int, default=500, help="trees: rows of one read (users simulated at once)")
+    ap.add_argument("--reads", type=int, default=50, help="trees: reads timed per fit")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="the many-thread arm (default: cores)")
-    ap.add_argument("--busy", type=int, default=1, help="neighbours: busy in plain Python, then fitting trees")
+    ap.add_argument("--busy", type=int, default=1, help="neighbours: busy in plain Python, then running the same fit")
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args(argv)
-    if min(args.rows, args.features, args.batch, args.reads, args.threads, args.repeats) < 1 or args.busy < 0:
-        ap.error("--rows, --features, --batch, --reads, --threads and --repeats must be >= 1, --busy >= 0")
+    if min(args.rows, args.features, args.items, args.batch, args.reads, args.threads, args.repeats) < 1 \
+            or args.busy < 0:
+        ap.error("--rows, --features, --items, --batch, --reads, --threads and --repeats must be >= 1, --busy >= 0")
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(args.rows, args.features))
-    y = x[:, 0] + rng.normal(size=args.rows) > 0
-    batch = rng.normal(size=(args.batch, args.features))
-    out: dict[str, Any] = {"cpu_count": os.cpu_count(), "rows": args.rows, "threads": args.threads,
-                           "busy": args.busy, "repeats": args.repeats}
-    settings = {"alone": (0, _spin), "beside_python": (args.busy, _spin), "beside_openmp": (args.busy, _fit_trees)}
+    if args.library == "trees":
+        x = rng.normal(size=(args.rows, args.features))
+        y = x[:, 0] + rng.normal(size=args.rows) > 0
+        batch = rng.normal(size=(args.batch, args.features))
+
+        def one(n: int) -> tuple[float, float | None]:
+            return time_reader(n, x, y, batch, args.reads)
+
+        neighbour = _fit_trees
+    else:
+        matrix = als_matrix(args.rows, args.items)
+
+        def one(n: int) -> tuple[float, float | None]:
+            return time_als(n, matrix), None
+
+        neighbour = _fit_als
+    out: dict[str, Any] = {"library": args.library, "cpu_count": os.cpu_count(), "rows": args.rows,
+                           "threads": args.threads, "busy": args.busy, "repeats": args.repeats}
+    settings = {"alone": (0, _spin), "beside_python": (args.busy, _spin), "beside_openmp": (args.busy, neighbour)}
     for setting, (busy, job) in settings.items():
         ctx = mp.get_context("spawn")  # OpenMP's runtime does not survive a fork once it has run
         stop = ctx.Event()
@@ -85,25 +167,31 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for p in spinners:
             p.start()
         try:
-            runs = {n: [time_reader(n, x, y, batch, args.reads) for _ in range(args.repeats)]
-                    for n in sorted({1, args.threads})}
+            runs = {n: [one(n) for _ in range(args.repeats)] for n in sorted({1, args.threads})}
         finally:
             stop.set()
             for p in spinners:
                 p.join()
         out[setting] = {str(n): {"fit_s": float(np.median([r[0] for r in rs])),
-                                 "read_ms": float(np.median([r[1] for r in rs]))} for n, rs in runs.items()}
+                                 "read_ms": None if rs[0][1] is None else float(np.median([r[1] for r in rs]))}
+                        for n, rs in runs.items()}
+    what = "trees" if args.library == "trees" else "ALS"
     print(f"| machine | threads | fit (s, median of {args.repeats}) | read of {args.batch} rows (ms) |")
     print("|---|---:|---:|---:|")
     labels = {"alone": "alone", "beside_python": f"beside {args.busy} busy Python process(es)",
-              "beside_openmp": f"beside {args.busy} process(es) fitting trees on every core"}
+              "beside_openmp": f"beside {args.busy} process(es) fitting {what} on every core"}
     for setting, label in labels.items():
         for n, fig in out[setting].items():
-            print(f"| {label} | {n} | {fig['fit_s']:.2f} | {fig['read_ms']:.1f} |")
+            read = "—" if fig["read_ms"] is None else f"{fig['read_ms']:.1f}"
+            print(f"| {label} | {n} | {fig['fit_s']:.2f} | {read} |")
     many = str(args.threads)
     for setting in labels:
         out[f"{setting}_fit_ratio_many_over_one"] = out[setting][many]["fit_s"] / out[setting]["1"]["fit_s"]
         print(f"{labels[setting]}: fit on {many} threads / on 1: {out[f'{setting}_fit_ratio_many_over_one']:.2f}")
+    if args.library == "trees":
+        out["bound_ms"] = bound_cost_ms()
+        print(f"the one-thread bound per call (ms): threadpool_limits {out['bound_ms']['threadpool_limits']:.3f}, "
+              f"the reader's controller {out['bound_ms']['controller']:.3f}")
     print(json.dumps(out))
     return out
 
