@@ -20,6 +20,14 @@ held-out sessions, as a protocol's do) and, where a run's report holds the commo
 
     python -m bench.gate_calibration runs/protocol56/p56-adapt-s14 runs/protocol56/p56-adapt-s15 --json out.json
 
+``--scales`` screens the gate's other knob instead, its weight on the type logit (``type_gate``, learned from
+``type_gate_init``): each run's trained weight multiplied by each scale, played on training users' sessions of
+``--session-seed`` (777 by default: no reference is tuned on it) and paired with the run as trained, for all users and
+per hidden type. A screen on training users, not a calibration: nothing is picked and no held-out session is played
+(session 65):
+
+    python -m bench.gate_calibration runs/p61-adapt-cap-s17 runs/p61-adapt-cap-s18 --scales 1.5,2,3
+
 Prints a Markdown table; with ``--json`` also writes the figures (atomically).
 """
 
@@ -158,6 +166,84 @@ def calibrate(run: Path, episodes: int = 4000, margins: Sequence[float] = MARGIN
             "_keys": heldout.keys}
 
 
+#: Training users' session seed of the scale screen: none of the references' tuning seeds (``TUNE_SEED`` + a run's
+#: seed, and its validation offset) reaches it for the seeds the protocols use.
+SCREEN_SEED = 777
+
+
+def scale_screen(run: Path, scales: Sequence[float], episodes: int = 4000, seed: int = SCREEN_SEED,
+                 batch: int = 500) -> dict[str, Any]:
+    """``run``'s policy with its type gate's weight multiplied by each of ``scales`` after training, on training users.
+
+    Args:
+        run: A finished run directory whose policy has the lower-only type gate.
+        scales: Finite multipliers of the trained weight (0: the gate blind to the type; 1, the run as trained, is
+            always played).
+        episodes: Training users' sessions.
+        seed: Their session seed.
+        batch: Users simulated at once.
+
+    Returns:
+        ``{"run", "weight": the trained weight, "sessions", "seed", "by_scale": {label: {"return", "diff": {"mean",
+        "se"}, "diff_by_group": {group: mean}}}}``, each difference paired with the run as trained on the same
+        sessions. The policy is left as loaded.
+
+    Raises:
+        ValueError: A run without the gate, or a scale that is not a finite number.
+    """
+    import torch as th
+
+    from envs.factory import make_core
+    from envs.presets import load_world
+
+    grid = sorted({float(x) for x in scales} | {1.0})
+    if not all(math.isfinite(x) for x in grid):
+        raise ValueError(f"scales must be finite numbers, got {list(scales)}")
+    run = Path(run)
+    cfg = load_run_config(run)
+    world = load_world(cfg.env, cfg.encoder, progress=False)
+    core = make_core(cfg.env, cfg.env.preset, None, world, "train", min(batch, episodes))
+    policy = gated_policy(run, core.M)
+    assert policy.type_gate is not None  # gated_policy checked it
+    ranker = PPORanker(policy, cfg.env.slate_size)
+    plan = episode_plan(episodes, [seed], world.populations["train"].size)
+    cf = world.populations["train"].rho[plan.users] < RHO_EDGE  # (E,)
+    weight = float(policy.type_gate.detach())
+    rets: dict[float, np.ndarray] = {}
+    try:
+        for x in grid:
+            with th.no_grad():
+                policy.type_gate.fill_(weight * x)
+            rets[x] = run_episodes(core, ranker, plan).ret  # (E,)
+    finally:
+        with th.no_grad():
+            policy.type_gate.fill_(weight)
+    by_scale = {}
+    for x in grid:
+        d = rets[x] - rets[1.0]  # (E,)
+        by_scale[f"{x:g}"] = {"return": float(rets[x].mean()),
+                              "diff": {"mean": float(d.mean()), "se": float(d.std(ddof=1) / math.sqrt(len(d)))
+                                       if len(d) > 1 else math.nan},
+                              "diff_by_group": {GROUPS[0]: float(d[cf].mean()) if cf.any() else math.nan,
+                                                GROUPS[1]: float(d[~cf].mean()) if (~cf).any() else math.nan}}
+    return {"run": str(run), "weight": weight, "sessions": len(plan), "seed": seed, "by_scale": by_scale}
+
+
+def screen_markdown(results: list[dict[str, Any]]) -> str:
+    """One row per run and scale: the mean return and the paired difference with the run as trained."""
+    lines = ["| run | trained weight | × | return | Δ all (SE) | " + " | ".join(f"Δ {g}" for g in GROUPS) + " |",
+             "|---|---:|---:|---:|---:|" + "---:|" * len(GROUPS)]
+    for r in results:
+        for label, c in r["by_scale"].items():
+            lines.append(f"| {Path(r['run']).name} | {r['weight']:.3f} | {label} | {c['return']:.3f} | "
+                         f"{c['diff']['mean']:+.3f} ({c['diff']['se']:.3f}) | "
+                         + " | ".join(f"{c['diff_by_group'][g]:+.3f}" for g in GROUPS) + " |")
+    r0 = results[0]
+    lines.append(f"\n{r0['sessions']:,} training users' sessions of seed {r0['seed']} per run and scale; Δ: the "
+                 "scaled gate − the run as trained on the same sessions (SE over sessions).")
+    return "\n".join(lines)
+
+
 def pool(results: list[dict[str, Any]]) -> dict[str, Any]:
     """The runs' paired differences over seeds *and* sessions, for all users and per group.
 
@@ -219,9 +305,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--adaptation-tune-episodes", type=int, default=COMMON_REFERENCE[1],
                     help="its sessions per searched point (default 4000)")
     ap.add_argument("--json", type=Path, default=None, help="write the figures here (atomically)")
+    ap.add_argument("--scales", type=lambda s: [float(x) for x in s.split(",")], default=None,
+                    help="screen the gate's weight instead: comma-separated multipliers of the trained weight, "
+                         "played on training users only (1 is always played)")
+    ap.add_argument("--session-seed", type=int, default=SCREEN_SEED,
+                    help=f"with --scales: the training users' session seed (default {SCREEN_SEED})")
     args = ap.parse_args(argv)
     if args.episodes < 1:
         ap.error(f"--episodes must be >= 1, got {args.episodes}")
+    if args.scales is not None:
+        try:
+            screened = [scale_screen(run, args.scales, args.episodes, args.session_seed, args.batch)
+                        for run in args.runs]
+        except (ValueError, FileNotFoundError) as e:
+            ap.error(str(e))
+        print(screen_markdown(screened))
+        out_screen = {"scale_screen": screened, "episodes": args.episodes}
+        if args.json is not None:
+            atomic_write_text(args.json, json.dumps(out_screen, indent=1))
+        return out_screen
     results = []
     for run in args.runs:
         try:

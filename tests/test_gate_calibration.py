@@ -108,3 +108,35 @@ def test_calibrate_picks_on_training_users_and_pairs_on_held_out_sessions(tmp_pa
     with pytest.raises(ValueError, match="does not replay its stored held-out returns"):
         gate_calibration.calibrate(run, episodes=20, margins=[math.inf], bootstrap=100, report=other,
                                    name=f"run:{run}")
+
+
+def test_the_scale_screen_pairs_each_weight_with_the_run_as_trained(tmp_path: Path, small_world: World,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """``--scales``: scale 1 is the run as trained (no difference), scale 0 plays what the gate blind to the type
+    (margin ∞) plays on the same training sessions, the groups' differences add up to the whole, and a scale that is
+    not a finite number is refused by name."""
+    from agents.evaluation import episode_plan, run_episodes
+    from envs.factory import make_core as factory_core
+
+    run = _gated_run(tmp_path, small_world)
+    res = gate_calibration.scale_screen(run, [3.0, 0.0], episodes=30, batch=10)
+    assert list(res["by_scale"]) == ["0", "1", "3"] and res["weight"] == pytest.approx(1.0)
+    assert res["sessions"] == 30 and res["seed"] == gate_calibration.SCREEN_SEED
+    assert res["by_scale"]["1"]["diff"]["mean"] == 0.0
+    cfg = gate_calibration.load_run_config(run)
+    core = factory_core(cfg.env, cfg.env.preset, None, small_world, "train", 10)
+    policy = gate_calibration.gated_policy(run, core.M)
+    policy.type_gate_margin = math.inf
+    plan = episode_plan(30, [gate_calibration.SCREEN_SEED], small_world.populations["train"].size)
+    blind = run_episodes(core, PPORanker(policy, cfg.env.slate_size), plan).ret
+    assert res["by_scale"]["0"]["return"] == pytest.approx(float(blind.mean()), abs=1e-9)
+    cf = small_world.populations["train"].rho[plan.users] < gate_calibration.RHO_EDGE
+    three = res["by_scale"]["3"]
+    parts = [(n, three["diff_by_group"][g]) for n, g in zip((cf.sum(), (~cf).sum()), gate_calibration.GROUPS,
+                                                           strict=True) if n]
+    assert sum(n * d for n, d in parts) / 30 == pytest.approx(three["diff"]["mean"], abs=1e-9)
+    with pytest.raises(ValueError, match="finite numbers"):
+        gate_calibration.scale_screen(run, [math.nan], episodes=5)
+    out = gate_calibration.main([str(run), "--scales", "2", "--episodes", "12", "--batch", "6"])
+    assert list(out["scale_screen"][0]["by_scale"]) == ["1", "2"]
+    assert "| trained weight | × |" in capsys.readouterr().out
