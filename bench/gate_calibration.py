@@ -292,12 +292,24 @@ def markdown(results: list[dict[str, Any]], pooled: dict[str, Any] | None) -> st
     return "\n".join(lines)
 
 
+def comma_numbers(text: str) -> list[float]:
+    """``--margins`` / ``--scales``: one or more comma-separated numbers (``inf`` allowed, refused later where it
+    does not belong), or an ``argparse`` error that shows what was given."""
+    try:
+        values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        values = []
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}")
+    return values
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Command line: calibrate each run, print the table, optionally write the JSON."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", nargs="+", type=Path, help="finished run directories (a protocol's: report/returns.npz)")
     ap.add_argument("--episodes", type=int, default=4000, help="training sessions per margin (default 4000)")
-    ap.add_argument("--margins", type=lambda s: [float(x) for x in s.split(",")], default=list(MARGINS),
+    ap.add_argument("--margins", type=comma_numbers, default=list(MARGINS),
                     help="comma-separated margins (inf: the gate blind to the type); 0 is always searched")
     ap.add_argument("--batch", type=int, default=500, help="users simulated at once")
     ap.add_argument("--adaptation-reference", type=int, default=COMMON_REFERENCE[0], metavar="SEED",
@@ -305,7 +317,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--adaptation-tune-episodes", type=int, default=COMMON_REFERENCE[1],
                     help="its sessions per searched point (default 4000)")
     ap.add_argument("--json", type=Path, default=None, help="write the figures here (atomically)")
-    ap.add_argument("--scales", type=lambda s: [float(x) for x in s.split(",")], default=None,
+    ap.add_argument("--scales", type=comma_numbers, default=None,
                     help="screen the gate's weight instead: comma-separated multipliers of the trained weight, "
                          "played on training users only (1 is always played)")
     ap.add_argument("--session-seed", type=int, default=SCREEN_SEED,

@@ -140,3 +140,6 @@ def test_the_scale_screen_pairs_each_weight_with_the_run_as_trained(tmp_path: Pa
     out = gate_calibration.main([str(run), "--scales", "2", "--episodes", "12", "--batch", "6"])
     assert list(out["scale_screen"][0]["by_scale"]) == ["1", "2"]
     assert "| trained weight | × |" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        gate_calibration.main([str(run), "--scales", "2,x"])
+    assert "--scales: expected comma-separated numbers, got '2,x'" in capsys.readouterr().err

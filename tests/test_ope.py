@@ -253,5 +253,10 @@ def test_logged_requests_round_trip_and_cli(small_world, small_cfg, tmp_path, ca
     assert main(["--logs", str(path), "--policy", "pl:0.5:0.2", "--samples", "64"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(out["pl:0.5:0.2"]["reward"]) == {"ips", "snips", "iips", "rips", "pi", "cascade-dr"}
-    assert main(["--logs", str(tmp_path / "missing.parquet"), "--policy", "pl:0.5:0.2"]) == 2
+    capsys.readouterr()
+    assert main(["--logs", str(tmp_path / "missing.parquet"), "--policy", "run:nowhere"]) == 2
+    assert "missing.parquet: no such file or folder" in capsys.readouterr().err  # the logs first, not the policy
     assert main(["--logs", str(path), "--policy", "greedy"]) == 2
+    assert "unknown policy 'greedy'" in capsys.readouterr().err
+    assert main(["--logs", str(path), "--policy", "run:somewhere"]) == 2  # a serving-log target on a rollout log
+    assert "are for an A/B serving log folder" in capsys.readouterr().err

@@ -46,6 +46,10 @@ def main(argv: list[str] | None = None) -> int:
                     "(the simulator's env.reward)")
     args = ap.parse_args(argv)
     ests = [e.strip() for e in args.estimators.split(",") if e.strip()]
+    if not Path(args.logs).exists():
+        print(f"error: --logs {args.logs}: no such file or folder (a rollout log or an A/B serving log folder)",
+              file=sys.stderr)
+        return 2
     if Path(args.logs).is_dir():
         return _served_main(args, ests)
     try:

@@ -82,7 +82,8 @@ def parse_policy(spec: str, cfg: EnvConfig | None = None) -> PLPolicy:
     Raises:
         ValueError: For any other spec or bad numbers (the message shows the syntax).
     """
-    syntax = "policy specs: 'pl:ALPHA:TEMP[:EPS]' (e.g. pl:0.5:0.1), 'logging', 'run:DIR'"
+    syntax = ("a rollout log's policy specs: 'pl:ALPHA:TEMP[:EPS]' (e.g. pl:0.5:0.1) or 'logging' (run:DIR, blend:, "
+              "diverse: and arm: targets are for an A/B serving log folder)")
     if spec == "logging":
         if cfg is None:
             raise ValueError("the 'logging' policy needs the env config")
