@@ -73,7 +73,8 @@ from scipy import stats
 
 from agents.report import RETURNS_PREFIX, read_returns
 from bench.ppo_seeds import t_interval
-from configs.loader import atomic_write_text
+from configs.loader import atomic_write_text, resolve_config
+from configs.schema import ConfigError
 
 REFERENCE, CEILING, MYOPIC = "tuned-diverse", "tuned-oracle-diverse", "oracle"
 #: The hidden ρ that splits the per-type rows (``bench.headroom``'s columns): below, the user follows the crowd.
@@ -773,6 +774,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             ap.error("--runs needs --table STEM: the pooled table is written as <STEM>.json and .md in --out")
         done, status = finished_runs(args.runs, ap.error), {}
     else:
+        if not args.aggregate_only:  # a bad preset, config or --set is named here, not in each run's log
+            try:
+                resolve_config(None if args.make_train else args.config, args.preset, args.set)
+            except ConfigError as exc:
+                ap.error(str(exc))
         jobs = train_commands(args)
         status = {} if args.aggregate_only else run_all(jobs, args.parallel, args.threads)
         done = [run for run, _ in jobs

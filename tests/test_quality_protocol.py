@@ -84,6 +84,13 @@ def test_aggregate_only_reads_finished_runs_and_rejects_bad_flags(tmp_path: Path
     with pytest.raises(SystemExit):
         main(["--seeds", "0,0", "--out", str(tmp_path), "--aggregate-only"])
     assert "distinct seeds" in capsys.readouterr().err
+    # a bad preset or override is named before any run starts (not in each run's log)
+    for bad, says in ((["--preset", "nosuch"], "unknown preset 'nosuch'"),
+                      (["--set", "train.ppo.n_steps=-1"], "train.ppo.n_steps: must be >= 1")):
+        with pytest.raises(SystemExit):
+            main(["--seeds", "0", "--out", str(tmp_path / "bad"), *bad])
+        assert says in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
 
 
 def test_named_runs_of_two_protocols_are_pooled_by_seed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
