@@ -131,7 +131,7 @@ class BoostedClassifier(TypeClassifier):
         self.model = HistGradientBoostingClassifier(max_iter=400, learning_rate=0.05, early_stopping=True,
                                                     validation_fraction=0.15, random_state=seed)
         # The thread pools are found once, here (scikit-learn's OpenMP is loaded by now): ``threadpool_limits``
-        # scans every loaded library on each call, about 6 ms, as long as a read of 500 rows.
+        # scans every loaded library on each call, about 5 ms, more than a read of 500 rows (BENCHMARKS "Evaluation").
         self._pools = ThreadpoolController()
         with self._one_thread():
             self.model.fit(x, np.asarray(y, dtype=bool))
