@@ -48,30 +48,32 @@ def _fit_trees(stop: Any) -> None:
 
 
 def als_matrix(users: int, items: int, per_user: int = 30, seed: int = 0) -> Any:
-    """float32 CSR (users, items) implicit feedback: ``per_user`` items a user, drawn by a Zipf-like popularity,
-    confidence ``1 + weight`` as :func:`envs.cf.fit_als` builds it."""
+    """float32 CSR (users, items) implicit feedback as :func:`envs.cf.fit_als` builds it from the world's logs:
+    ``per_user`` clicks a user on items drawn by a Zipf-like popularity, weight 1 a click and 2 a purchase, times the
+    world's confidence scale (``env.logging.cf_alpha``, 10)."""
     import scipy.sparse as sp
 
     rng = np.random.default_rng(seed)
     pop = 1.0 / np.arange(1, items + 1) ** 0.8
     cols = rng.choice(items, size=users * per_user, p=pop / pop.sum())
     rows = np.repeat(np.arange(users), per_user)
-    m = sp.csr_matrix((np.ones(len(rows), np.float32) + rng.integers(0, 2, len(rows)), (rows, cols)),
-                      shape=(users, items), dtype=np.float32)
+    weight = 1.0 + rng.integers(0, 2, len(rows))
+    m = sp.csr_matrix((10.0 * weight, (rows, cols)), shape=(users, items), dtype=np.float32)
     m.sum_duplicates()
     return m
 
 
 def time_als(threads: int, matrix: Any) -> float:
-    """Seconds of one ALS fit with the world's settings (16 factors, 15 iterations) on ``threads`` OpenMP threads
-    (implicit's ``num_threads``), BLAS on one thread as :func:`envs.cf.fit_als` has it."""
+    """Seconds of one ALS fit with the world's settings (``env.logging``: 16 factors, 15 iterations, regularisation
+    0.1) on ``threads`` OpenMP threads (implicit's ``num_threads``), BLAS on one thread as :func:`envs.cf.fit_als`
+    has it."""
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(1, "blas"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         from implicit.cpu.als import AlternatingLeastSquares
 
-        model = AlternatingLeastSquares(factors=16, regularization=0.05, iterations=15, random_state=0,
+        model = AlternatingLeastSquares(factors=16, regularization=0.1, iterations=15, random_state=0,
                                         num_threads=threads)
         t0 = time.perf_counter()
         model.fit(matrix, show_progress=False)
