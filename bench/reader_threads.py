@@ -6,6 +6,10 @@ default to every core. The bench fits trees of the reader's settings on a synthe
 request's batch. ``--library als``: ``envs.cf.fit_als`` (the world's CF model, calibration, ``envs.data.cf_eval``)
 fits implicit's ALS, whose OpenMP loop over users and items takes every core by default (``num_threads=0``); the bench
 fits it on a synthetic implicit-feedback matrix of ``--rows`` users × ``--items`` items, as the world builds do.
+``--library torch``: PPO's update (``train.torch_threads``, torch's intra-op pool, OpenMP on Linux); the bench times
+``--steps`` Adam steps of a network of the slate policy's size on one minibatch (``train.ppo.batch_size`` 2,048
+requests × 100 candidates: a 64-wide state net over a 400-d input, a 16-wide per-candidate net over the 7 features
+and the state).
 
 Each fit runs on one thread and on ``--threads`` (default: every core): with the machine to itself, beside
 ``--busy`` processes spinning in plain Python, and beside as many processes that run the same fit on every core
@@ -13,7 +17,8 @@ Each fit runs on one thread and on ``--threads`` (default: every core): with the
 are of medians measured in the same run. The last printed line is the JSON.
 
     .venv/bin/python -m bench.reader_threads --repeats 3
-    .venv/bin/python -m bench.reader_threads --library als --rows 20000 --repeats 3
+    .venv/bin/python -m bench.reader_threads --library als --rows 20000 --repeats 5
+    .venv/bin/python -m bench.reader_threads --library torch --repeats 5
 """
 
 from __future__ import annotations
@@ -87,6 +92,40 @@ def _fit_als(stop: Any) -> None:
         time_als(0, matrix)
 
 
+def time_torch(threads: int, steps: int = 10) -> float:
+    """Seconds of ``steps`` Adam steps (forward, backward, step) of a policy-sized network on one PPO minibatch, on
+    ``threads`` torch intra-op threads (restored after)."""
+    import torch as th
+
+    before = th.get_num_threads()
+    th.set_num_threads(threads)
+    try:
+        gen = th.Generator().manual_seed(0)
+        state, cand = th.randn(2048, 400, generator=gen), th.randn(2048, 100, 7, generator=gen)
+        state_net = th.nn.Sequential(th.nn.Linear(400, 64), th.nn.ReLU(), th.nn.Linear(64, 64))
+        cand_net = th.nn.Sequential(th.nn.Linear(7 + 64, 16), th.nn.ReLU(), th.nn.Linear(16, 1))
+        opt = th.optim.Adam([*state_net.parameters(), *cand_net.parameters()], lr=1e-3)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            h = state_net(state)  # (2048, 64)
+            logits = cand_net(th.cat([cand, h[:, None, :].expand(-1, 100, -1)], dim=-1))[..., 0]  # (2048, 100)
+            loss = th.logsumexp(logits, dim=1).mean() - logits[:, 0].mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return time.perf_counter() - t0
+    finally:
+        th.set_num_threads(before)
+
+
+def _fit_torch(stop: Any) -> None:
+    """Keep taking update steps on torch's default threads (every core) until ``stop`` is set: another PPO run."""
+    import torch as th
+
+    while not stop.is_set():
+        time_torch(th.get_num_threads(), steps=2)
+
+
 def time_reader(threads: int, x: np.ndarray, y: np.ndarray, batch: np.ndarray, reads: int) -> tuple[float, float]:
     """Seconds of one fit with the reader's settings and milliseconds of one read of ``batch``, on ``threads``."""
     from sklearn.ensemble import HistGradientBoostingClassifier
@@ -127,21 +166,24 @@ def bound_cost_ms(calls: int = 200) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the bench and print the table and the JSON."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--library", choices=("trees", "als"), default="trees",
-                    help="trees: the boosted type reader (scikit-learn); als: the CF model's fit (implicit)")
+    ap.add_argument("--library", choices=("trees", "als", "torch"), default="trees",
+                    help="trees: the boosted type reader (scikit-learn); als: the CF model's fit (implicit); "
+                         "torch: PPO's update steps")
     ap.add_argument("--rows", type=int, default=40_000,
                     help="trees: training requests (the reader fits on ~10^4-10^5); als: users")
     ap.add_argument("--features", type=int, default=12, help="trees: columns")
     ap.add_argument("--items", type=int, default=3_000, help="als: items")
     ap.add_argument("--batch", type=int, default=500, help="trees: rows of one read (users simulated at once)")
     ap.add_argument("--reads", type=int, default=50, help="trees: reads timed per fit")
+    ap.add_argument("--steps", type=int, default=10, help="torch: update steps timed per fit")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="the many-thread arm (default: cores)")
     ap.add_argument("--busy", type=int, default=1, help="neighbours: busy in plain Python, then running the same fit")
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args(argv)
-    if min(args.rows, args.features, args.items, args.batch, args.reads, args.threads, args.repeats) < 1 \
+    if min(args.rows, args.features, args.items, args.batch, args.reads, args.steps, args.threads, args.repeats) < 1 \
             or args.busy < 0:
-        ap.error("--rows, --features, --items, --batch, --reads, --threads and --repeats must be >= 1, --busy >= 0")
+        ap.error("--rows, --features, --items, --batch, --reads, --steps, --threads and --repeats must be >= 1, "
+                 "--busy >= 0")
     rng = np.random.default_rng(0)
     if args.library == "trees":
         x = rng.normal(size=(args.rows, args.features))
@@ -152,13 +194,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             return time_reader(n, x, y, batch, args.reads)
 
         neighbour = _fit_trees
-    else:
+    elif args.library == "als":
         matrix = als_matrix(args.rows, args.items)
 
         def one(n: int) -> tuple[float, float | None]:
             return time_als(n, matrix), None
 
         neighbour = _fit_als
+    else:
+        time_torch(1, steps=1)  # torch's first call pays one-off set-up
+
+        def one(n: int) -> tuple[float, float | None]:
+            return time_torch(n, args.steps), None
+
+        neighbour = _fit_torch
     out: dict[str, Any] = {"library": args.library, "cpu_count": os.cpu_count(), "rows": args.rows,
                            "threads": args.threads, "busy": args.busy, "repeats": args.repeats}
     settings = {"alone": (0, _spin), "beside_python": (args.busy, _spin), "beside_openmp": (args.busy, neighbour)}
@@ -177,7 +226,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         out[setting] = {str(n): {"fit_s": float(np.median([r[0] for r in rs])),
                                  "read_ms": None if rs[0][1] is None else float(np.median([r[1] for r in rs]))}
                         for n, rs in runs.items()}
-    what = "trees" if args.library == "trees" else "ALS"
+    what = {"trees": "trees", "als": "ALS", "torch": "a policy (torch)"}[args.library]
     print(f"| machine | threads | fit (s, median of {args.repeats}) | read of {args.batch} rows (ms) |")
     print("|---|---:|---:|---:|")
     labels = {"alone": "alone", "beside_python": f"beside {args.busy} busy Python process(es)",
