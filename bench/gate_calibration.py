@@ -186,7 +186,7 @@ def scale_screen(run: Path, scales: Sequence[float], episodes: int = 4000, seed:
     Returns:
         ``{"run", "weight": the trained weight, "sessions", "seed", "by_scale": {label: {"return", "diff": {"mean",
         "se"}, "diff_by_group": {group: mean}}}}``, each difference paired with the run as trained on the same
-        sessions. The policy is left as loaded.
+        sessions (``None`` for an SE of one session or a group without sessions: JSON has no NaN).
 
     Raises:
         ValueError: A run without the gate, or a scale that is not a finite number.
@@ -210,22 +210,18 @@ def scale_screen(run: Path, scales: Sequence[float], episodes: int = 4000, seed:
     cf = world.populations["train"].rho[plan.users] < RHO_EDGE  # (E,)
     weight = float(policy.type_gate.detach())
     rets: dict[float, np.ndarray] = {}
-    try:
-        for x in grid:
-            with th.no_grad():
-                policy.type_gate.fill_(weight * x)
-            rets[x] = run_episodes(core, ranker, plan).ret  # (E,)
-    finally:
+    for x in grid:  # the policy is this call's own copy: nothing to put back
         with th.no_grad():
-            policy.type_gate.fill_(weight)
+            policy.type_gate.fill_(weight * x)
+        rets[x] = run_episodes(core, ranker, plan).ret  # (E,)
     by_scale = {}
     for x in grid:
         d = rets[x] - rets[1.0]  # (E,)
         by_scale[f"{x:g}"] = {"return": float(rets[x].mean()),
-                              "diff": {"mean": float(d.mean()), "se": float(d.std(ddof=1) / math.sqrt(len(d)))
-                                       if len(d) > 1 else math.nan},
-                              "diff_by_group": {GROUPS[0]: float(d[cf].mean()) if cf.any() else math.nan,
-                                                GROUPS[1]: float(d[~cf].mean()) if (~cf).any() else math.nan}}
+                              "diff": {"mean": float(d.mean()),
+                                       "se": float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else None},
+                              "diff_by_group": {g: float(d[sel].mean()) if sel.any() else None
+                                                for g, sel in zip(GROUPS, (cf, ~cf), strict=True)}}
     return {"run": str(run), "weight": weight, "sessions": len(plan), "seed": seed, "by_scale": by_scale}
 
 
@@ -233,11 +229,14 @@ def screen_markdown(results: list[dict[str, Any]]) -> str:
     """One row per run and scale: the mean return and the paired difference with the run as trained."""
     lines = ["| run | trained weight | × | return | Δ all (SE) | " + " | ".join(f"Δ {g}" for g in GROUPS) + " |",
              "|---|---:|---:|---:|---:|" + "---:|" * len(GROUPS)]
+    def num(x: float | None, fmt: str) -> str:
+        return "—" if x is None else format(x, fmt)
+
     for r in results:
         for label, c in r["by_scale"].items():
             lines.append(f"| {Path(r['run']).name} | {r['weight']:.3f} | {label} | {c['return']:.3f} | "
-                         f"{c['diff']['mean']:+.3f} ({c['diff']['se']:.3f}) | "
-                         + " | ".join(f"{c['diff_by_group'][g]:+.3f}" for g in GROUPS) + " |")
+                         f"{c['diff']['mean']:+.3f} ({num(c['diff']['se'], '.3f')}) | "
+                         + " | ".join(num(c["diff_by_group"][g], "+.3f") for g in GROUPS) + " |")
     r0 = results[0]
     lines.append(f"\n{r0['sessions']:,} training users' sessions of seed {r0['seed']} per run and scale; Δ: the "
                  "scaled gate − the run as trained on the same sessions (SE over sessions).")
