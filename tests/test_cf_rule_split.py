@@ -72,3 +72,50 @@ def test_the_share_modes_and_the_split_of_a_run(tmp_path: Path, small_world: Wor
     assert [s["request"] for s in res["share_by_request"]] == list(range(1, len(res["share_by_request"]) + 1))
     assert all(0.0 < s["cf"] < 1.0 and 0.0 < s["content"] < 1.0 for s in res["share_by_request"])
     assert "| share off (base A only) |" in cf_rule_split.markdown(res)
+
+
+def test_rule_b_installed_after_training_plays_as_the_trained_second_base(tmp_path: Path, small_world: World) -> None:
+    """``install_rule`` gives a run trained without the second base the slates of the same weights built with it
+    (``cf_rule_base``'s constructor arguments, its share made hard at the threshold); with the share off it plays the
+    run as trained; ``install_screen`` pairs each row with the run on training users, and the hidden-type row leaves
+    every content-leaning user's sessions as they were."""
+    from agents.policies import SlatePolicy
+    from agents.training import penalty_weights
+
+    run = make_run_dir(tmp_path / "a", small_world, steps=64, type_head=True, gate="standardised")
+    cfg = cf_rule_split.load_run_config(run)
+    obs = make_core(cfg.env, small_world, b=32).observe()
+    policy = load_policy(run, device="cpu")
+    rule = {"alpha": 0.05, "lean_weight": 1.5, "cap": 1, "exposure_weight": 1.0, "seen_weight": 0.25}
+    with th.no_grad():
+        p_cf = th.sigmoid(-policy._type_logit(policy._encode(policy._prepare(obs))[0])).numpy()  # (B,)
+    threshold = float(np.median(p_cf))  # half the users read above it
+    installed = cf_rule_split.install_rule(policy, rule, threshold)
+    as_trained = PPORanker(policy, 3).act(obs)
+    np.testing.assert_array_equal(cf_rule_split.ShareRanker(installed, 3, "off").act(obs), as_trained)
+    kwargs = policy._get_constructor_parameters()
+    kwargs.update(cf_rule_alpha=rule["alpha"], cf_rule_lean=rule["lean_weight"], cf_rule_threshold=threshold,
+                  cf_rule_weights=penalty_weights(rule).tolist(),
+                  cf_rule_sharpness=1e6)
+    built = SlatePolicy(**kwargs)
+    built.load_state_dict(policy.state_dict(), strict=False)  # all but B's penalty shift, a buffer of the build
+    assert th.equal(built.cf_rule_weight_shift, installed.cf_rule_weight_shift)
+    hard = cf_rule_split.ShareRanker(installed, 3, "trained").act(obs)
+    np.testing.assert_array_equal(hard, PPORanker(built, 3).act(obs))
+    above = p_cf > threshold
+    assert above.any() and (~above).any() and not np.array_equal(hard[above], as_trained[above])
+    np.testing.assert_array_equal(hard[~above], as_trained[~above])
+    with pytest.raises(ValueError, match="threshold must be in"):
+        cf_rule_split.install_rule(policy, rule, 1.0)
+    with pytest.raises(ValueError, match="trained with its second base"):
+        cf_rule_split.install_rule(installed, rule, 0.5)
+
+    res = cf_rule_split.install_screen(run, [threshold, 0.99], episodes=40, seed=3, tune_seed=1, tune_episodes=20,
+                                       bootstrap=100)
+    rows = res["rows"]
+    assert res["sessions"] == 40 and len(rows) == 4 and set(res["rule"]) >= {"alpha", "cap"}
+    assert rows["PPO as trained"]["diff"] == {"mean": 0.0, "ci95": [0.0, 0.0]}
+    hidden = rows["B by the hidden type (research)"]
+    if res["cf_sessions"] < 40:
+        assert hidden["diff_content"]["mean"] == 0.0
+    assert "| B where the head reads CF-leaning above 0.99 |" in cf_rule_split.install_markdown(res)
