@@ -24,6 +24,10 @@ is installed after training as that base with a hard share at each of ``--thresh
 and penalties where the head reads a CF-leaning user above p; the category cap stays the run's own, ``type_cap``), and
 by the hidden type; each paired with the run as trained on training users' sessions (``--seed``, 777 as the other
 screens), so that nothing is chosen on held-out sessions. Would the confidently read users gain from B's whole base?
+Two more rows place the run against the engineer's type switch on the same sessions: the switch itself
+(``tuned-switch``, fitted with the same searches) and the run's PPO only where its head reads a CF-leaning user above
+each threshold, tuned-diverse elsewhere (the switch with the run's head as its reader and PPO as its rule B): what
+the run's own choices are worth on the requests its head is unsure of.
 
     python -m bench.cf_rule_split runs/protocol61/p61-adapt-cap-s17 --install --thresholds 0.9,0.95
 
@@ -48,7 +52,7 @@ from agents.evaluation import EpisodePlan, episode_plan, run_episodes
 from agents.policies import SlatePolicy
 from agents.ppo_ranker import PPORanker, load_policy, load_run_config
 from agents.report import Bootstrap
-from agents.type_switch import request_index
+from agents.type_switch import SwitchRanker, TypeClassifier, request_index
 from bench.cli import print_analysis
 from bench.eval_blocks import report_returns
 from bench.gate_calibration import COMMON_REFERENCE, SCREEN_SEED, comma_numbers
@@ -181,6 +185,22 @@ def analyse(run: Path, against: Path | None = None, sessions: int | None = None,
     return {"run": str(run), "sessions": n, "cf_sessions": int(cf.sum()), "rows": out, "share_by_request": shares}
 
 
+class HeadReader(TypeClassifier):
+    """A run's type head as a type switch's reader: its probability of a CF-leaning user, ``σ(−ℓ)``, per row."""
+
+    def __init__(self, policy: SlatePolicy) -> None:
+        if policy.type_net is None:
+            raise ValueError("the policy has no type head to read the user's type with")
+        self.policy, self.features, self.n_fit = policy, None, 0
+
+    def read(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        """float64 (B,) the head's probability of a CF-leaning user for each row."""
+        pol = self.policy
+        with th.no_grad():
+            logit = pol._type_logit(pol._encode(pol._prepare(obs))[0])  # (B,)
+        return th.sigmoid(-logit).double().cpu().numpy()
+
+
 def install_rule(policy: SlatePolicy, rule: dict[str, float], threshold: float) -> SlatePolicy:
     """A copy of a policy trained without the second base, with rule B installed as that base after training.
 
@@ -245,7 +265,7 @@ def install_screen(run: Path, thresholds: Sequence[float] = (0.9,), episodes: in
             play as the run when its share is off.
     """
     from agents.registry import RankerContext, alpha_grid_kwargs
-    from agents.tuning import tuning_cache_dir
+    from agents.tuning import diverse_ranker, tuning_cache_dir
     from envs.factory import make_core
     from envs.presets import load_world
 
@@ -271,6 +291,13 @@ def install_screen(run: Path, thresholds: Sequence[float] = (0.9,), episodes: in
         rows[f"B where the head reads CF-leaning above {p:g}"] = run_episodes(
             core, ShareRanker(install_rule(policy, rule, float(p)), k, "trained"), plan).ret
     rows["B by the hidden type (research)"] = run_episodes(core, ShareRanker(first, k, "hidden"), plan).ret
+    a = diverse_ranker(k, world.catalog.category, ctx.diverse_search().best, name="tuned-diverse")
+    for p in thresholds:
+        rows[f"PPO where the head reads CF-leaning above {p:g}, tuned-diverse elsewhere"] = run_episodes(
+            core, SwitchRanker(a, PPORanker(policy, k), HeadReader(policy), float(p)), plan).ret
+    switch = ctx.switch_search()
+    rows[f"the type switch (tuned-switch, threshold {switch.threshold:g})"] = run_episodes(core, switch.ranker,
+                                                                                          plan).ret
     cf = world.populations["train"].rho[plan.users] < RHO_EDGE  # (E,)
     boot = Bootstrap(len(plan), bootstrap, 0)
     return {"run": str(run), "rule": rule, "sessions": len(plan), "cf_sessions": int(cf.sum()), "seed": seed,

@@ -77,8 +77,9 @@ def test_the_share_modes_and_the_split_of_a_run(tmp_path: Path, small_world: Wor
 def test_rule_b_installed_after_training_plays_as_the_trained_second_base(tmp_path: Path, small_world: World) -> None:
     """``install_rule`` gives a run trained without the second base the slates of the same weights built with it
     (``cf_rule_base``'s constructor arguments, its share made hard at the threshold); with the share off it plays the
-    run as trained; ``install_screen`` pairs each row with the run on training users, and the hidden-type row leaves
-    every content-leaning user's sessions as they were."""
+    run as trained; ``install_screen`` pairs each row (B installed, by the hidden type, PPO only where its head is
+    sure, the type switch) with the run on training users, and the hidden-type row leaves every content-leaning
+    user's sessions as they were."""
     from agents.policies import SlatePolicy
     from agents.training import penalty_weights
 
@@ -105,6 +106,7 @@ def test_rule_b_installed_after_training_plays_as_the_trained_second_base(tmp_pa
     above = p_cf > threshold
     assert above.any() and (~above).any() and not np.array_equal(hard[above], as_trained[above])
     np.testing.assert_array_equal(hard[~above], as_trained[~above])
+    np.testing.assert_allclose(cf_rule_split.HeadReader(policy).read(obs), p_cf, rtol=1e-6)  # the switch's reader
     with pytest.raises(ValueError, match="threshold must be in"):
         cf_rule_split.install_rule(policy, rule, 1.0)
     with pytest.raises(ValueError, match="trained with its second base"):
@@ -113,7 +115,8 @@ def test_rule_b_installed_after_training_plays_as_the_trained_second_base(tmp_pa
     res = cf_rule_split.install_screen(run, [threshold, 0.99], episodes=40, seed=3, tune_seed=1, tune_episodes=20,
                                        bootstrap=100)
     rows = res["rows"]
-    assert res["sessions"] == 40 and len(rows) == 4 and set(res["rule"]) >= {"alpha", "cap"}
+    assert res["sessions"] == 40 and len(rows) == 7 and set(res["rule"]) >= {"alpha", "cap"}
+    assert sum(name.startswith("the type switch (tuned-switch, threshold") for name in rows) == 1
     assert rows["PPO as trained"]["diff"] == {"mean": 0.0, "ci95": [0.0, 0.0]}
     hidden = rows["B by the hidden type (research)"]
     if res["cf_sessions"] < 40:
