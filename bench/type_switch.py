@@ -21,9 +21,9 @@ gains by knowing each user's hidden ρ (``bench.headroom``). This bench asks how
    switch on the runs' own held-out sessions (their ``report/returns.npz``), and PPO − switch paired on them, per
    run and over seeds and sessions, split by hidden type: PPO against the strongest hand-written use of the type;
 6. with ``--runs`` and ``--override``: **PPO with the engineer's override** (session 32), the switch with each run's
-   PPO in place of rule A: B on the requests whose probability of a CF-leaning user, by a classifier fitted on the
-   run's own requests on training users, exceeds a threshold chosen on training sessions (or never, when no
-   threshold beats PPO there); the hybrid − PPO paired on the runs' held-out sessions, by hidden type. What it
+   PPO in place of rule A: B on the requests whose probability of a CF-leaning user, by a classifier (``--reader``'s)
+   fitted on the run's own requests on training users, exceeds a threshold chosen on training sessions (or never,
+   when no threshold beats PPO there); the hybrid − PPO paired on the runs' held-out sessions, by hidden type. What it
    gains is what PPO leaves on the table for the users it could tell apart (a learner with the CF-leaning users'
    rule as a second base would aim at it). PPO is replayed from the saved policy on the first sessions and checked
    against its stored returns first.
@@ -240,7 +240,8 @@ def playable_policy(run: Path, core: BatchedCore) -> SlatePolicy:
 
 
 def override_run(run: Path, rule_b: Ranker, train_core: BatchedCore, core: BatchedCore, fit_plan: EpisodePlan,
-                 tune_plan: EpisodePlan, plan: EpisodePlan, stored: np.ndarray) -> dict[str, Any]:
+                 tune_plan: EpisodePlan, plan: EpisodePlan, stored: np.ndarray, reader: str = "logistic",
+                 classifier_seed: int = 0) -> dict[str, Any]:
     """One run's PPO with the engineer's override (item 6 of the module docstring).
 
     Args:
@@ -252,6 +253,8 @@ def override_run(run: Path, rule_b: Ranker, train_core: BatchedCore, core: Batch
         tune_plan: Training sessions that choose the threshold.
         plan: The run's held-out sessions.
         stored: float (E,) PPO's stored return per session of ``plan`` (``report/returns.npz``).
+        reader: The classifier (``"logistic"`` or ``"boosted"``, as the switch's ``--reader``).
+        classifier_seed: The boosted reader's random state.
 
     Returns:
         ``{"threshold" (None: never), "tuning" {threshold: return}, "ret" float (E,), "switched"}``: ``ret`` the
@@ -267,7 +270,7 @@ def override_run(run: Path, rule_b: Ranker, train_core: BatchedCore, core: Batch
     if not np.allclose(replay, stored[: len(head)], rtol=1e-5, atol=1e-6):
         raise ValueError(f"--override: {run}'s saved policy does not replay its stored returns "
                          f"(max gap {np.abs(replay - stored[: len(head)]).max():.3g})")
-    classifier = fit_classifier(train_core, ppo, fit_plan)
+    classifier = fit_classifier(train_core, ppo, fit_plan, reader, classifier_seed)
     best, tuning = pick_threshold(train_core, ppo, rule_b, classifier, tune_plan)
     hybrid = SwitchRanker(ppo, rule_b, classifier, best)
     answered = [0, 0]  # requests answered, of them by B
@@ -365,7 +368,7 @@ def override_summary(args: argparse.Namespace, rule_b: Ranker, train_core: Batch
     diffs = []
     print("\nPPO with the override − PPO on the runs' held-out sessions: all, ρ<0.5, ρ≥0.5 (95%)")
     for run, stored in zip(args.runs, ppo, strict=True):
-        out = override_run(run, rule_b, train_core, core, fit_plan, tune_plan, plan, stored)
+        out = override_run(run, rule_b, train_core, core, fit_plan, tune_plan, plan, stored, args.reader, args.seed)
         diffs.append(out["ret"] - stored)
         figs = {g: _diff(out["ret"], stored, boot, m) for g, m in groups.items()}
         per_run[str(run)] = {"threshold": out["threshold"], "tuning": out["tuning"], "switched": out["switched"],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -24,6 +25,7 @@ from agents.type_switch import (
     reading_features,
     type_features,
 )
+from bench import type_switch as type_switch_bench
 from bench.type_switch import checked_runs_plan, override_run, ppo_against, runs_plan
 from configs.loader import resolve_config, save_yaml
 from configs.schema import EnvConfig
@@ -178,7 +180,7 @@ def test_ppo_against_the_switch_is_paired_on_the_runs_sessions_and_refuses_other
 
 
 def test_ppo_with_the_override_replays_ppo_first_and_switches_only_where_it_pays(
-        tmp_path: Path, small_cfg: EnvConfig, small_world: World) -> None:
+        tmp_path: Path, small_cfg: EnvConfig, small_world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     """``--override``: the run's saved PPO must replay its stored returns (a wrong store is refused); the hybrid's
     threshold is one of the searched ones or none, and with none it is PPO session for session; a policy reading an
     observation the core lacks is refused by name."""
@@ -203,6 +205,16 @@ def test_ppo_with_the_override_replays_ppo_first_and_switches_only_where_it_pays
         assert out["switched"] == 0
     else:
         assert 0 < out["switched"] <= 1
+    readers: list[str] = []
+    fit_classifier = type_switch_bench.fit_classifier
+
+    def spy(*args: Any) -> Any:
+        readers.append(args[3])
+        return fit_classifier(*args)
+
+    monkeypatch.setattr(type_switch_bench, "fit_classifier", spy)  # --reader reaches the override's classifier
+    boosted = override_run(run, rule_b, train_core, core, fit, tune, plan, stored, "boosted", 1)
+    assert readers == ["boosted"] and boosted["tuning"]["never"] == out["tuning"]["never"]
     with pytest.raises(ValueError, match="does not replay its stored returns"):
         override_run(run, rule_b, train_core, core, fit, tune, plan, stored + 1.0)
     with pytest.raises(ValueError, match="critic_state"):
